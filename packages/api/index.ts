@@ -1,0 +1,23 @@
+/**
+ * @vessel/api: the catalogue of kinds Vessel serves, their upstream schemas, validation,
+ * defaulting and the OpenAPI documents. Pure functions and data; no I/O beyond reading the
+ * bundled schema files once.
+ */
+export type { FieldCause, KindInfo, KubeObject, ObjectMeta, OwnerReference, PrinterColumn, ValidationResult } from './types.ts';
+export {
+  apiVersionOf,
+  findByKind,
+  findByResource,
+  groupVersions,
+  kinds,
+  kindsInCategory,
+  resolveName,
+  schemaNameFor,
+} from './kinds.ts';
+export { validateObject, type FieldValidation, type ValidateOptions } from './validate.ts';
+export { applyDefaults, applyVmiSpecDefaults, defaultDiskBus, firmwareUUID, uuidV5 } from './defaults.ts';
+export { openApiV2, openApiV3, openApiV3Hash, openApiV3Index, openApiV3Path, type OpenApiDocument } from './openapi.ts';
+export { parseQuantity, tryParseQuantity } from './quantity.ts';
+export { ApiError, ErrorCode, Reason, invalidObjectMessage } from './errors.ts';
+export { SUPPORTED_FIELDS, VMI_SPEC_SUPPORTED, DV_SPEC_SUPPORTED } from './support.ts';
+export { upstreamSchemas, type JsonSchema } from './schemas.ts';

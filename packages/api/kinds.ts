@@ -1,0 +1,241 @@
+/**
+ * The catalogue of kinds Vessel serves: names, scope, subresources and printer columns as the
+ * upstream API server (core kinds) or the upstream CRDs (KubeVirt, CDI) declare them, so that
+ * `kubectl get vm`, `kubectl get dv -o wide`, short names and `kubectl get all` behave the same.
+ */
+import type { KindInfo, PrinterColumn } from './types.ts';
+
+const AGE: PrinterColumn = { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' };
+
+function kind(k: Omit<KindInfo, 'listKind' | 'verbs'> & { verbs?: string[] }): KindInfo {
+  return { ...k, listKind: `${k.kind}List`, verbs: k.verbs ?? [] };
+}
+
+/**
+ * Core kinds' columns mirror kubectl's built-in table printers where a JSONPath can express them
+ * (e.g. Service PORT(S) shows the port numbers, not "80/TCP"; Node STATUS the Ready condition).
+ */
+export const kinds: readonly KindInfo[] = Object.freeze([
+  kind({
+    group: '', version: 'v1', kind: 'Namespace', plural: 'namespaces', singular: 'namespace',
+    shortNames: ['ns'], categories: [], namespaced: false, statusSubresource: true,
+    printerColumns: [{ name: 'Status', type: 'string', jsonPath: '.status.phase', description: 'The phase of the namespace' }, AGE],
+  }),
+  kind({
+    group: '', version: 'v1', kind: 'Secret', plural: 'secrets', singular: 'secret',
+    shortNames: [], categories: [], namespaced: true, statusSubresource: false,
+    printerColumns: [
+      { name: 'Type', type: 'string', jsonPath: '.type' },
+      { name: 'Data', type: 'integer', jsonPath: '.data', count: true },
+      AGE,
+    ],
+  }),
+  kind({
+    group: '', version: 'v1', kind: 'ConfigMap', plural: 'configmaps', singular: 'configmap',
+    shortNames: ['cm'], categories: [], namespaced: true, statusSubresource: false,
+    printerColumns: [{ name: 'Data', type: 'integer', jsonPath: '.data', count: true }, AGE],
+  }),
+  kind({
+    group: '', version: 'v1', kind: 'Event', plural: 'events', singular: 'event',
+    shortNames: ['ev'], categories: [], namespaced: true, statusSubresource: false,
+    printerColumns: [
+      { name: 'Last Seen', type: 'date', jsonPath: '.lastTimestamp' },
+      { name: 'Type', type: 'string', jsonPath: '.type' },
+      { name: 'Reason', type: 'string', jsonPath: '.reason' },
+      { name: 'Object', type: 'string', jsonPath: '.involvedObject.name' },
+      { name: 'Subobject', type: 'string', jsonPath: '.involvedObject.fieldPath', priority: 1 },
+      { name: 'Source', type: 'string', jsonPath: '.source.component', priority: 1 },
+      { name: 'Message', type: 'string', jsonPath: '.message' },
+      { name: 'First Seen', type: 'date', jsonPath: '.firstTimestamp', priority: 1 },
+      { name: 'Count', type: 'integer', jsonPath: '.count', priority: 1 },
+    ],
+  }),
+  kind({
+    group: '', version: 'v1', kind: 'Node', plural: 'nodes', singular: 'node',
+    shortNames: ['no'], categories: [], namespaced: false, statusSubresource: true,
+    printerColumns: [
+      { name: 'Status', type: 'string', jsonPath: ".status.conditions[?(@.type=='Ready')].status", description: 'Status of the Ready condition' },
+      AGE,
+      { name: 'Version', type: 'string', jsonPath: '.status.nodeInfo.kubeletVersion' },
+      { name: 'Internal-IP', type: 'string', jsonPath: ".status.addresses[?(@.type=='InternalIP')].address", priority: 1 },
+      { name: 'OS-Image', type: 'string', jsonPath: '.status.nodeInfo.osImage', priority: 1 },
+      { name: 'Kernel-Version', type: 'string', jsonPath: '.status.nodeInfo.kernelVersion', priority: 1 },
+    ],
+  }),
+  kind({
+    group: '', version: 'v1', kind: 'Service', plural: 'services', singular: 'service',
+    shortNames: ['svc'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'Type', type: 'string', jsonPath: '.spec.type' },
+      { name: 'Cluster-IP', type: 'string', jsonPath: '.spec.clusterIP' },
+      { name: 'External-IP', type: 'string', jsonPath: '.status.loadBalancer.ingress[*].ip' },
+      { name: 'Port(s)', type: 'string', jsonPath: '.spec.ports[*].port' },
+      AGE,
+      { name: 'Selector', type: 'string', jsonPath: '.spec.selector', priority: 1 },
+    ],
+  }),
+  kind({
+    group: '', version: 'v1', kind: 'PersistentVolumeClaim', plural: 'persistentvolumeclaims', singular: 'persistentvolumeclaim',
+    shortNames: ['pvc'], categories: [], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'Status', type: 'string', jsonPath: '.status.phase' },
+      { name: 'Volume', type: 'string', jsonPath: '.spec.volumeName' },
+      { name: 'Capacity', type: 'string', jsonPath: '.status.capacity.storage' },
+      { name: 'Access Modes', type: 'string', jsonPath: '.status.accessModes' },
+      { name: 'StorageClass', type: 'string', jsonPath: '.spec.storageClassName' },
+      AGE,
+      { name: 'VolumeMode', type: 'string', jsonPath: '.spec.volumeMode', priority: 1 },
+    ],
+  }),
+  kind({
+    group: 'storage.k8s.io', version: 'v1', kind: 'StorageClass', plural: 'storageclasses', singular: 'storageclass',
+    shortNames: ['sc'], categories: [], namespaced: false, statusSubresource: false,
+    printerColumns: [
+      { name: 'Provisioner', type: 'string', jsonPath: '.provisioner' },
+      { name: 'ReclaimPolicy', type: 'string', jsonPath: '.reclaimPolicy' },
+      { name: 'VolumeBindingMode', type: 'string', jsonPath: '.volumeBindingMode' },
+      { name: 'AllowVolumeExpansion', type: 'boolean', jsonPath: '.allowVolumeExpansion' },
+      AGE,
+    ],
+  }),
+  // KubeVirt: names, columns and subresources as virt-operator's CRDs declare them.
+  kind({
+    group: 'kubevirt.io', version: 'v1', kind: 'VirtualMachine', plural: 'virtualmachines', singular: 'virtualmachine',
+    shortNames: ['vm', 'vms'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      AGE,
+      { name: 'Status', type: 'string', jsonPath: '.status.printableStatus', description: 'Human Readable Status' },
+      { name: 'Ready', type: 'string', jsonPath: ".status.conditions[?(@.type=='Ready')].status" },
+    ],
+  }),
+  kind({
+    // No status subresource upstream: virt-handler writes VMI status through the main resource.
+    group: 'kubevirt.io', version: 'v1', kind: 'VirtualMachineInstance', plural: 'virtualmachineinstances', singular: 'virtualmachineinstance',
+    shortNames: ['vmi', 'vmis'], categories: ['all'], namespaced: true, statusSubresource: false,
+    printerColumns: [
+      AGE,
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+      { name: 'IP', type: 'string', jsonPath: '.status.interfaces[0].ipAddress' },
+      { name: 'NodeName', type: 'string', jsonPath: '.status.nodeName' },
+      { name: 'Ready', type: 'string', jsonPath: ".status.conditions[?(@.type=='Ready')].status" },
+      { name: 'Live-Migratable', type: 'string', jsonPath: ".status.conditions[?(@.type=='LiveMigratable')].status", priority: 1 },
+      { name: 'Paused', type: 'string', jsonPath: ".status.conditions[?(@.type=='Paused')].status", priority: 1 },
+    ],
+  }),
+  kind({
+    group: 'kubevirt.io', version: 'v1', kind: 'VirtualMachineInstanceMigration', plural: 'virtualmachineinstancemigrations',
+    singular: 'virtualmachineinstancemigration', shortNames: ['vmim', 'vmims'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'The current phase of VM instance migration' },
+      { name: 'VMI', type: 'string', jsonPath: '.spec.vmiName', description: 'The name of the VMI to perform the migration on' },
+    ],
+  }),
+  // CDI: from the kubebuilder markers of CDI's v1beta1 types.
+  kind({
+    group: 'cdi.kubevirt.io', version: 'v1beta1', kind: 'DataVolume', plural: 'datavolumes', singular: 'datavolume',
+    shortNames: ['dv', 'dvs'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'The phase the data volume is in' },
+      { name: 'Progress', type: 'string', jsonPath: '.status.progress', description: 'Transfer progress in percentage if known, N/A otherwise' },
+      { name: 'Restarts', type: 'integer', jsonPath: '.status.restartCount', description: 'The number of times the transfer has been restarted.' },
+      AGE,
+    ],
+  }),
+  kind({
+    group: 'cdi.kubevirt.io', version: 'v1beta1', kind: 'DataSource', plural: 'datasources', singular: 'datasource',
+    shortNames: ['das'], categories: ['all'], namespaced: true, statusSubresource: false,
+    printerColumns: [AGE],
+  }),
+]);
+
+/** OpenAPI component schema name of each kind (and `<name>List` for its list), as in upstream documents. */
+const SCHEMA_NAMES: Record<string, string> = {
+  '/v1/Namespace': 'io.k8s.api.core.v1.Namespace',
+  '/v1/Secret': 'io.k8s.api.core.v1.Secret',
+  '/v1/ConfigMap': 'io.k8s.api.core.v1.ConfigMap',
+  '/v1/Event': 'io.k8s.api.core.v1.Event',
+  '/v1/Node': 'io.k8s.api.core.v1.Node',
+  '/v1/Service': 'io.k8s.api.core.v1.Service',
+  '/v1/PersistentVolumeClaim': 'io.k8s.api.core.v1.PersistentVolumeClaim',
+  'storage.k8s.io/v1/StorageClass': 'io.k8s.api.storage.v1.StorageClass',
+  'kubevirt.io/v1/VirtualMachine': 'io.kubevirt.v1.VirtualMachine',
+  'kubevirt.io/v1/VirtualMachineInstance': 'io.kubevirt.v1.VirtualMachineInstance',
+  'kubevirt.io/v1/VirtualMachineInstanceMigration': 'io.kubevirt.v1.VirtualMachineInstanceMigration',
+  'cdi.kubevirt.io/v1beta1/DataVolume': 'io.kubevirt.cdi.v1beta1.DataVolume',
+  'cdi.kubevirt.io/v1beta1/DataSource': 'io.kubevirt.cdi.v1beta1.DataSource',
+};
+
+/** The OpenAPI component schema name for a kind, e.g. 'io.kubevirt.v1.VirtualMachine'. */
+export function schemaNameFor(info: KindInfo): string {
+  const name = SCHEMA_NAMES[`${info.group}/${info.version}/${info.kind}`];
+  if (!name) throw new Error(`no schema registered for ${info.group}/${info.version} ${info.kind}`);
+  return name;
+}
+
+/** "kubevirt.io/v1" or "v1" for the core group. */
+export function apiVersionOf(info: KindInfo): string {
+  return info.group ? `${info.group}/${info.version}` : info.version;
+}
+
+const byResource = new Map<string, KindInfo>();
+const byKind = new Map<string, KindInfo>();
+const byName = new Map<string, KindInfo[]>();
+
+function addName(name: string, info: KindInfo): void {
+  const list = byName.get(name) ?? [];
+  if (!list.includes(info)) list.push(info);
+  byName.set(name, list);
+}
+
+for (const info of kinds) {
+  byResource.set(`${info.group}/${info.version}/${info.plural}`, info);
+  byKind.set(`${apiVersionOf(info)}/${info.kind}`, info);
+  // kubectl accepts plural, singular, short names and the lower-cased kind, each optionally
+  // qualified by group ("vm.kubevirt.io") or by version and group ("vm.v1.kubevirt.io").
+  for (const n of [info.plural, info.singular, info.kind.toLowerCase(), ...info.shortNames]) {
+    addName(n, info);
+    if (info.group) {
+      addName(`${n}.${info.group}`, info);
+      addName(`${n}.${info.version}.${info.group}`, info);
+    } else {
+      addName(`${n}.${info.version}`, info);
+    }
+  }
+}
+
+/** The kind served at /api/<version>/<plural> ('' group) or /apis/<group>/<version>/<plural>. */
+export function findByResource(group: string, version: string, plural: string): KindInfo | undefined {
+  return byResource.get(`${group}/${version}/${plural}`);
+}
+
+/** The kind for an object's apiVersion ("v1", "kubevirt.io/v1") and kind. */
+export function findByKind(apiVersion: string, kind: string): KindInfo | undefined {
+  return byKind.get(`${apiVersion}/${kind}`);
+}
+
+/**
+ * Resolves a kubectl-style resource name ('vm', 'vms', 'VirtualMachine', 'virtualmachines.kubevirt.io',
+ * 'pvc', 'ns', 'sc.storage.k8s.io') to its kind; undefined when unknown. Case-insensitive like kubectl.
+ */
+export function resolveName(name: string): KindInfo | undefined {
+  return byName.get(name.toLowerCase())?.[0];
+}
+
+/** Kinds in a category, for `kubectl get all`-style expansion. */
+export function kindsInCategory(category: string): KindInfo[] {
+  return kinds.filter((k) => k.categories.includes(category));
+}
+
+/** The API groups served, each with its versions, in a stable order (core group first). */
+export function groupVersions(): Array<{ group: string; version: string }> {
+  const seen = new Set<string>();
+  const out: Array<{ group: string; version: string }> = [];
+  for (const k of kinds) {
+    const key = `${k.group}/${k.version}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      out.push({ group: k.group, version: k.version });
+    }
+  }
+  return out;
+}

@@ -1,0 +1,297 @@
+/**
+ * KubeVirt semantics that matter now, following virt-api's validating webhooks (vms-admitter,
+ * vmi-create-admitter, storage and network admitters): run strategy, disks/volumes/interfaces/
+ * networks consistency, memory requests, cloud-init data, dataVolumeTemplates, migration spec.
+ * Messages keep upstream's wording where it is clear, and say what to change.
+ */
+import { duplicate, forbidden, invalid, notSupported, required } from '../errors.ts';
+import { validateAnnotations, validateLabels } from '../meta.ts';
+import { dns1123Label, dns1123Subdomain } from '../names.ts';
+import { tryParseQuantity } from '../quantity.ts';
+import type { KubeObject } from '../types.ts';
+import { validateDataVolumeSpec } from './cdi.ts';
+import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
+
+export const RUN_STRATEGIES = ['Always', 'RerunOnFailure', 'Manual', 'Halted', 'Once', 'WaitAsReceiver'] as const;
+export const DISK_BUSES = ['virtio', 'sata', 'scsi', 'usb'] as const;
+const VOLUME_SOURCES = [
+  'cloudInitConfigDrive', 'cloudInitNoCloud', 'configMap', 'containerDisk', 'containerPath', 'dataVolume', 'downwardAPI',
+  'downwardMetrics', 'emptyDisk', 'ephemeral', 'hostDisk', 'memoryDump', 'persistentVolumeClaim', 'secret', 'serviceAccount', 'sysprep',
+];
+const INTERFACE_BINDINGS = ['bridge', 'masquerade', 'sriov', 'slirp', 'macvtap', 'passt', 'passtBinding', 'binding'];
+const CLOUD_INIT_MAX = 2048; // bytes of inline userData/networkData (cloudInitUserMaxLen upstream)
+const MIN_MEMORY = 1e6; // "must be greater than or equal to 1M"
+
+export interface VmiSpecOptions {
+  /** The VM refers to an instancetype/preference that may provide CPU and memory. */
+  hasInstancetype: boolean;
+}
+
+function names(list: unknown[]): Map<string, number> {
+  const m = new Map<string, number>();
+  list.forEach((e, i) => {
+    const n = isObj(e) ? str(e.name) : undefined;
+    if (n !== undefined && !m.has(n)) m.set(n, i);
+  });
+  return m;
+}
+
+function uniqueNames(list: unknown[], field: string, what: string, ctx: SemanticContext): void {
+  const seen = new Map<string, number>();
+  list.forEach((e, i) => {
+    const n = isObj(e) ? str(e.name) : undefined;
+    if (n === undefined) return;
+    const first = seen.get(n);
+    if (first !== undefined) {
+      ctx.causes.push(duplicate(`${field}[${i}].name`, n, `${field}[${i}] and ${field}[${first}] must not have the same name; every ${what} needs a unique name`));
+    } else seen.set(n, i);
+  });
+}
+
+function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
+  const domain = obj(spec.domain) ?? {};
+  const resources = obj(domain.resources) ?? {};
+  const reqField = `${path}.domain.resources.requests.memory`;
+  const limField = `${path}.domain.resources.limits.memory`;
+  const reqRaw = obj(resources.requests)?.memory;
+  const limRaw = obj(resources.limits)?.memory;
+  const req = tryParseQuantity(reqRaw);
+  const lim = tryParseQuantity(limRaw);
+  if (req !== undefined && req < 0) ctx.causes.push(invalid(reqField, reqRaw, 'must be greater than or equal to 0'));
+  else if (req !== undefined && req > 0 && req < MIN_MEMORY) ctx.causes.push(invalid(reqField, reqRaw, 'must be greater than or equal to 1M'));
+  if (lim !== undefined && lim < 0) ctx.causes.push(invalid(limField, limRaw, 'must be greater than or equal to 0'));
+  if (req !== undefined && lim !== undefined && lim > 0 && req > lim) {
+    ctx.causes.push(invalid(reqField, reqRaw, `must be less than or equal to the memory limit ${String(limRaw)} (${limField})`));
+  }
+  const memory = obj(domain.memory) ?? {};
+  const guestRaw = memory.guest;
+  const guest = tryParseQuantity(guestRaw);
+  if (guest !== undefined && guest <= 0) ctx.causes.push(invalid(`${path}.domain.memory.guest`, guestRaw, 'must be greater than 0'));
+  if (guest !== undefined && lim !== undefined && lim > 0 && guest > lim) {
+    ctx.causes.push(invalid(`${path}.domain.memory.guest`, guestRaw, `must be less than or equal to the memory limit ${String(limRaw)} (${limField})`));
+  }
+  const hasMemory = (req ?? 0) > 0 || (lim ?? 0) > 0 || isSet(guestRaw) || isSet(memory.hugepages);
+  if (!hasMemory && !opts.hasInstancetype) {
+    ctx.causes.push(
+      required(reqField, `no memory requested, at least one of '${path}.domain.memory.guest', '${path}.domain.memory.hugepages.pageSize' or '${reqField}' must be set`),
+    );
+  }
+}
+
+function checkCloudInit(vol: Obj, field: string, kind: 'cloudInitNoCloud' | 'cloudInitConfigDrive', ctx: SemanticContext): void {
+  const ci = obj(vol[kind]);
+  if (!ci) return;
+  const base = `${field}.${kind}`;
+  const userSources = ['userData', 'userDataBase64', 'secretRef'].filter((k) => isSet(ci[k]));
+  const netSources = ['networkData', 'networkDataBase64', 'networkDataSecretRef'].filter((k) => isSet(ci[k]));
+  if (userSources.length > 1) ctx.causes.push(invalid(base, userSources.join(', '), 'must have only one userdata source set: userData, userDataBase64 or secretRef'));
+  if (netSources.length > 1) ctx.causes.push(invalid(base, netSources.join(', '), 'must have only one networkdata source set: networkData, networkDataBase64 or networkDataSecretRef'));
+  if (userSources.length === 0 && netSources.length === 0) {
+    ctx.causes.push(required(base, 'must have at least one userdata source or one networkdata source set'));
+  }
+  for (const [k, secretHint] of [['userData', 'secretRef'], ['networkData', 'networkDataSecretRef']] as const) {
+    const plain = str(ci[k]);
+    if (plain !== undefined && Buffer.byteLength(plain) > CLOUD_INIT_MAX) {
+      ctx.causes.push(invalid(`${base}.${k}`, `${plain.slice(0, 20)}...`, `exceeds the ${CLOUD_INIT_MAX} byte limit; put larger data in a Secret and use ${secretHint}`));
+    }
+    const b64 = str(ci[`${k}Base64`]);
+    if (b64 !== undefined) {
+      if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64.replace(/\s/g, '')) || b64.replace(/\s/g, '').length % 4 !== 0) {
+        ctx.causes.push(invalid(`${base}.${k}Base64`, `${b64.slice(0, 20)}...`, 'is not a valid base64 value'));
+      } else if (Buffer.from(b64, 'base64').length > CLOUD_INIT_MAX) {
+        ctx.causes.push(invalid(`${base}.${k}Base64`, `${b64.slice(0, 20)}...`, `exceeds the ${CLOUD_INIT_MAX} byte limit; put larger data in a Secret and use ${secretHint}`));
+      }
+    }
+  }
+}
+
+/** Validates a VirtualMachineInstanceSpec found at `path` ("spec" or "spec.template.spec"). */
+export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
+  const causes = ctx.causes;
+  const domain = obj(spec.domain);
+  const devices = obj(domain?.devices) ?? {};
+  const disks = arr(devices.disks);
+  const interfaces = arr(devices.interfaces);
+  const volumes = arr(spec.volumes);
+  const networks = arr(spec.networks);
+  const disksField = `${path}.domain.devices.disks`;
+  const ifField = `${path}.domain.devices.interfaces`;
+
+  // Volumes: unique names, exactly one source each.
+  uniqueNames(volumes, `${path}.volumes`, 'volume', ctx);
+  volumes.forEach((v, i) => {
+    if (!isObj(v)) return;
+    const sources = VOLUME_SOURCES.filter((s) => isSet(v[s]));
+    if (sources.length !== 1) {
+      causes.push(
+        sources.length === 0
+          ? required(`${path}.volumes[${i}]`, 'must have exactly one source type set (e.g. containerDisk, dataVolume, persistentVolumeClaim, cloudInitNoCloud)')
+          : invalid(`${path}.volumes[${i}]`, sources.join(', '), 'must have exactly one source type set'),
+      );
+    }
+    const dv = obj(v.dataVolume);
+    if (dv && !str(dv.name)) causes.push(required(`${path}.volumes[${i}].dataVolume.name`, "DataVolume 'name' must be set"));
+    const pvc = obj(v.persistentVolumeClaim);
+    if (pvc && !str(pvc.claimName)) causes.push(required(`${path}.volumes[${i}].persistentVolumeClaim.claimName`));
+    checkCloudInit(v, `${path}.volumes[${i}]`, 'cloudInitNoCloud', ctx);
+    checkCloudInit(v, `${path}.volumes[${i}]`, 'cloudInitConfigDrive', ctx);
+  });
+
+  // Disks: unique names, each backed by a volume, one target type, a known bus.
+  const volumeNames = names(volumes);
+  uniqueNames(disks, disksField, 'disk', ctx);
+  disks.forEach((d, i) => {
+    if (!isObj(d)) return;
+    const name = str(d.name);
+    if (name !== undefined && !volumeNames.has(name)) {
+      causes.push(invalid(`${disksField}[${i}].name`, name, `${disksField}[${i}].name '${name}' not found: add a volume named '${name}' to ${path}.volumes`));
+    }
+    const targets = ['disk', 'lun', 'cdrom'].filter((t) => isSet(d[t]));
+    if (targets.length > 1) causes.push(invalid(`${disksField}[${i}]`, targets.join(', '), 'can only have a single target type defined: disk, cdrom or lun'));
+    for (const t of targets) {
+      const bus = str(obj(d[t])?.bus);
+      if (bus === undefined || bus === '') continue;
+      const busField = `${disksField}[${i}].${t}.bus`;
+      if (bus === 'ide') causes.push(invalid(busField, bus, 'IDE bus is not supported; use sata'));
+      else if (!(DISK_BUSES as readonly string[]).includes(bus)) causes.push(notSupported(busField, bus, DISK_BUSES));
+      else if (t === 'cdrom' && bus === 'virtio') causes.push(invalid(busField, bus, 'Bus type virtio is invalid for CD-ROM device; use sata or scsi'));
+      else if (t === 'disk' && bus === 'sata' && obj(d.disk)?.readonly === true) causes.push(invalid(busField, bus, 'sata hard-disks do not support read-only'));
+    }
+    if (typeof d.bootOrder === 'number' && d.bootOrder < 1) causes.push(invalid(`${disksField}[${i}].bootOrder`, d.bootOrder, 'must have a boot order > 0, if supplied'));
+  });
+
+  // Networks and interfaces: unique names, each interface bound to a network, one binding each.
+  const netField = `${path}.networks`;
+  const seenNets = new Map<string, number>();
+  let podNetworks = 0;
+  networks.forEach((n, i) => {
+    if (!isObj(n)) return;
+    const name = str(n.name);
+    if (name !== undefined) {
+      if (seenNets.has(name)) causes.push(duplicate(`${netField}[${i}].name`, name, `Network with name "${name}" already exists, every network must have a unique name`));
+      else seenNets.set(name, i);
+    }
+    const types = ['pod', 'multus'].filter((t) => isSet(n[t]));
+    if (types.length !== 1) causes.push(invalid(`${netField}[${i}]`, types.join(', ') || null, 'should have exactly one network type: pod or multus'));
+    if (isSet(n.pod)) podNetworks++;
+  });
+  if (podNetworks > 1) causes.push(invalid(netField, podNetworks, 'more than one pod network is not allowed'));
+  const seenIfs = new Set<string>();
+  interfaces.forEach((f, i) => {
+    if (!isObj(f)) return;
+    const name = str(f.name);
+    if (name !== undefined) {
+      if (seenIfs.has(name)) causes.push(duplicate(`${ifField}[${i}].name`, name, 'Only one interface can be connected to one specific network'));
+      seenIfs.add(name);
+      if (!seenNets.has(name)) {
+        causes.push(invalid(`${ifField}[${i}].name`, name, `${ifField}[${i}].name '${name}' not found: add a network named '${name}' to ${netField}`));
+      }
+    }
+    const bindings = INTERFACE_BINDINGS.filter((b) => isSet(f[b]));
+    if (bindings.length > 1) causes.push(invalid(`${ifField}[${i}]`, bindings.join(', '), 'an interface can have only one binding method (e.g. masquerade or bridge)'));
+  });
+  for (const [name, i] of seenNets) {
+    if (!seenIfs.has(name)) {
+      causes.push(invalid(`${netField}[${i}].name`, name, `network '${name}' has no interface: add an interface named '${name}' to ${ifField}`));
+    }
+  }
+
+  if (domain) {
+    checkMemory(spec, path, opts, ctx);
+    const bootloader = obj(obj(domain.firmware)?.bootloader);
+    if (bootloader && isSet(bootloader.bios) && isSet(bootloader.efi)) {
+      causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
+    }
+  }
+  const hostname = str(spec.hostname);
+  if (hostname) for (const e of dns1123Label(hostname)) causes.push(invalid(`${path}.hostname`, hostname, e));
+  const subdomain = str(spec.subdomain);
+  if (subdomain) for (const e of dns1123Subdomain(subdomain)) causes.push(invalid(`${path}.subdomain`, subdomain, e));
+}
+
+export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): void {
+  const causes = ctx.causes;
+  const spec = obj(o.spec);
+  if (!spec) return;
+  const running = spec.running;
+  const runStrategy = spec.runStrategy;
+  if (isSet(running) && isSet(runStrategy)) {
+    causes.push(invalid('spec.running', running, 'Running and RunStrategy are mutually exclusive; remove spec.running (deprecated) and keep spec.runStrategy'));
+  } else if (!isSet(running) && !isSet(runStrategy)) {
+    // KubeVirt v1.x has no default here: its webhook rejects such VMs ("RunStrategy must be specified").
+    causes.push(required('spec.runStrategy', 'RunStrategy must be specified: set spec.runStrategy to one of Always, RerunOnFailure, Manual, Halted, Once'));
+  }
+  if (typeof runStrategy === 'string') {
+    if (!(RUN_STRATEGIES as readonly string[]).includes(runStrategy)) causes.push(notSupported('spec.runStrategy', runStrategy, RUN_STRATEGIES));
+    else if (runStrategy === 'WaitAsReceiver') ctx.warnings.push('spec.runStrategy: WaitAsReceiver (decentralized live migration) is not implemented by Vessel yet; accepted and ignored');
+  }
+  if (isSet(running)) ctx.warnings.push('spec.running is deprecated, please use spec.runStrategy instead.');
+
+  const template = obj(spec.template);
+  const hasInstancetype = isSet(spec.instancetype) || isSet(spec.preference);
+  if (template) {
+    const tmeta = obj(template.metadata);
+    if (tmeta) {
+      validateLabels(tmeta.labels, 'spec.template.metadata.labels', causes);
+      validateAnnotations(tmeta.annotations, 'spec.template.metadata.annotations', causes);
+    }
+    const tspec = obj(template.spec);
+    if (!tspec) causes.push(required('spec.template.spec', 'the VirtualMachineInstance template needs a spec with at least spec.domain'));
+    else validateVmiSpec(tspec, 'spec.template.spec', { hasInstancetype }, ctx);
+  }
+
+  const volumes = arr(obj(template?.spec)?.volumes);
+  const dvts = arr(spec.dataVolumeTemplates);
+  uniqueNames(
+    dvts.map((t) => (isObj(t) ? { name: obj(t.metadata)?.name } : t)),
+    'spec.dataVolumeTemplates',
+    'dataVolumeTemplate',
+    ctx,
+  );
+  dvts.forEach((t, i) => {
+    if (!isObj(t)) return;
+    const field = `spec.dataVolumeTemplates[${i}]`;
+    const meta = obj(t.metadata);
+    const name = str(meta?.name);
+    if (!name) {
+      causes.push(required(`${field}.metadata.name`, 'every dataVolumeTemplate needs a name; the DataVolume is created with it'));
+    } else {
+      for (const e of dns1123Subdomain(name)) causes.push(invalid(`${field}.metadata.name`, name, e));
+      const referenced = volumes.some(
+        (v) => isObj(v) && (str(obj(v.dataVolume)?.name) === name || str(obj(v.persistentVolumeClaim)?.claimName) === name),
+      );
+      if (!referenced) {
+        causes.push(required(field, `DataVolumeTemplate '${name}' must be referenced in the VMI template's 'volumes' list (a dataVolume volume named '${name}')`));
+      }
+    }
+    const ns = str(meta?.namespace);
+    if (ns && o.metadata?.namespace && ns !== o.metadata.namespace) {
+      causes.push(invalid(`${field}.metadata.namespace`, ns, `Embedded DataVolume namespace ${ns} differs from VM namespace ${o.metadata.namespace}`));
+    }
+    if (meta) {
+      validateLabels(meta.labels, `${field}.metadata.labels`, causes);
+      validateAnnotations(meta.annotations, `${field}.metadata.annotations`, causes);
+    }
+    const dvSpec = obj(t.spec);
+    if (dvSpec) validateDataVolumeSpec(dvSpec, `${field}.spec`, ctx);
+  });
+}
+
+export function validateVirtualMachineInstance(o: KubeObject, ctx: SemanticContext): void {
+  const spec = obj(o.spec);
+  if (!spec) return;
+  validateVmiSpec(spec, 'spec', { hasInstancetype: false }, ctx);
+}
+
+export function validateMigration(o: KubeObject, ctx: SemanticContext): void {
+  const spec = obj(o.spec);
+  if (!spec) {
+    ctx.causes.push(required('spec', 'set spec.vmiName to the VirtualMachineInstance to migrate'));
+    return;
+  }
+  const vmiName = str(spec.vmiName);
+  if (!vmiName && !isSet(spec.receive)) ctx.causes.push(required('spec.vmiName', 'name the VirtualMachineInstance to migrate'));
+  if (ctx.op === 'update' && ctx.old && !jsonEqual(spec, ctx.old.spec)) {
+    ctx.causes.push(forbidden('spec', 'the spec of a migration is immutable; create a new VirtualMachineInstanceMigration instead'));
+  }
+}

@@ -1,0 +1,62 @@
+/**
+ * Who is calling (bearer tokens) and what they may do (authorize). Tokens live in the store,
+ * hashed with SHA-256, so every server sharing a store accepts the same tokens and a leaked
+ * database does not leak credentials. `authorize` is the one place access is decided; RBAC
+ * will grow there.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import type { Store } from '@vessel/store';
+import { isStoreError } from '@vessel/store';
+import { forbidden, qualified } from './errors.ts';
+
+export interface User { name: string; groups: string[] }
+
+interface TokenRecord { user: string; groups: string[]; created: string; description?: string }
+
+const TOKEN_PREFIX = '/vessel/tokens/';
+export const ADMIN_GROUP = 'system:masters';
+/** Tokens in this group may read (get, list, watch) everything and change nothing. */
+export const VIEW_GROUP = 'vessel:view';
+
+const hash = (token: string) => createHash('sha256').update(token).digest('hex');
+
+export async function createToken(store: Store, user: string, groups: string[], description?: string): Promise<string> {
+  const token = `vsl_${randomBytes(24).toString('base64url')}`;
+  const record: TokenRecord = { user, groups, created: new Date().toISOString(), description };
+  await store.create(TOKEN_PREFIX + hash(token), JSON.stringify(record));
+  return token;
+}
+
+export async function authenticate(store: Store, header: string | undefined): Promise<User | undefined> {
+  const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
+  if (!m) return undefined;
+  try {
+    const kv = await store.get(TOKEN_PREFIX + hash(m[1]));
+    if (!kv) return undefined;
+    const rec = JSON.parse(kv.value) as TokenRecord;
+    return { name: rec.user, groups: rec.groups };
+  } catch (e) {
+    if (isStoreError(e, 'NotFound')) return undefined;
+    throw e;
+  }
+}
+
+export interface Attributes {
+  verb: string; // get, list, watch, create, update, patch, delete, deletecollection
+  group: string;
+  resource: string;
+  subresource?: string;
+  namespace?: string;
+  name?: string;
+}
+
+const READ_VERBS = new Set(['get', 'list', 'watch']);
+
+/** Throws a 403 Status unless `user` may do `attrs`. */
+export function authorize(user: User, attrs: Attributes): void {
+  if (user.groups.includes(ADMIN_GROUP)) return;
+  if (user.groups.includes(VIEW_GROUP) && READ_VERBS.has(attrs.verb)) return;
+  const res = attrs.subresource ? `${attrs.resource}/${attrs.subresource}` : attrs.resource;
+  const where = attrs.namespace ? ` in the namespace "${attrs.namespace}"` : ' at the cluster scope';
+  throw forbidden(`${qualified(attrs.resource, attrs.group)}${attrs.name ? ` "${attrs.name}"` : ''} is forbidden: User "${user.name}" cannot ${attrs.verb} resource "${res}" in API group "${attrs.group}"${where}`);
+}

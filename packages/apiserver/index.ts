@@ -1,0 +1,134 @@
+/**
+ * @vessel/apiserver: the Kubernetes-compatible API server. `startServer` opens the store,
+ * makes certificates and the admin kubeconfig on first start, and serves HTTPS.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import YAML from 'yaml';
+import { findByResource } from '@vessel/api';
+import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
+import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
+import { ApiError } from './errors.ts';
+import { Resources } from './resources.ts';
+import { createHandler, createHttpsServer } from './server.ts';
+import { ensureServingCerts } from './tls.ts';
+
+export { ApiError, type Status } from './errors.ts';
+export { ADMIN_GROUP, VIEW_GROUP, authenticate, authorize, createToken, type User } from './auth.ts';
+export { createHandler, parseResourcePath, MAX_BODY_BYTES } from './server.ts';
+export { Resources } from './resources.ts';
+
+export interface ServerOptions {
+  dataDir: string;
+  /** HOST:PORT; port 0 picks a free one. */
+  listen: string;
+  /** Default: SQLite at DATA_DIR/store.db. */
+  store?: StoreConfig;
+  /** How often watches with allowWatchBookmarks get a BOOKMARK (Kubernetes: about a minute). */
+  bookmarkIntervalMs?: number;
+  /** Every interval, history older than the previous tick's revision is compacted (Kubernetes: 5 minutes). */
+  compactIntervalMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  kubeconfigPath: string;
+  adminToken: string;
+  caPem: string;
+  store: Store;
+  close(): Promise<void>;
+}
+
+export const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease'];
+
+function splitHostPort(listen: string): { host: string; port: number } {
+  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(listen);
+  if (!m) throw new Error(`--listen must be HOST:PORT (for example 127.0.0.1:6443), not "${listen}"`);
+  return { host: m[1] || '127.0.0.1', port: Number(m[2]) };
+}
+
+export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const { host, port } = splitHostPort(opts.listen);
+  await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
+  const store = await openStore(opts.store ?? { kind: 'sqlite', path: join(opts.dataDir, 'store.db') });
+  try {
+    await bootstrapNamespaces(store);
+    const certs = await ensureServingCerts(join(opts.dataDir, 'pki'), [host]);
+    const clientHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
+
+    let serverAddress = `${clientHost}:${port}`;
+    const handler = createHandler({
+      store, get serverAddress() { return serverAddress; },
+      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log,
+    });
+    const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => { server.off('error', reject); resolve(); });
+    });
+    const actualPort = (server.address() as AddressInfo).port;
+    serverAddress = `${clientHost.includes(':') ? `[${clientHost}]` : clientHost}:${actualPort}`;
+    const url = `https://${serverAddress}`;
+
+    const kubeconfigPath = join(opts.dataDir, 'kubeconfig');
+    const adminToken = await adminTokenFor(store, kubeconfigPath);
+    await writeKubeconfig(kubeconfigPath, url, certs.caPem, adminToken);
+
+    const compactor = startCompactor(store, { intervalMs: opts.compactIntervalMs, onError: (e) => opts.log?.(`compaction failed: ${e.message}`) });
+    return {
+      url, port: actualPort, kubeconfigPath, adminToken, caPem: certs.caPem, store,
+      async close() {
+        compactor.stop();
+        server.closeAllConnections();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+        await store.close();
+      },
+    };
+  } catch (e) {
+    await store.close();
+    throw e;
+  }
+}
+
+async function bootstrapNamespaces(store: Store): Promise<void> {
+  const resources = new Resources(store);
+  const info = findByResource('', 'v1', 'namespaces')!;
+  for (const name of DEFAULT_NAMESPACES) {
+    try {
+      await resources.create(info, undefined, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+    } catch (e) {
+      if (!(e instanceof ApiError && e.reason === 'AlreadyExists')) throw e;
+    }
+  }
+}
+
+/** Reuses the token of an existing kubeconfig while the store still knows it. */
+async function adminTokenFor(store: Store, kubeconfigPath: string): Promise<string> {
+  if (existsSync(kubeconfigPath)) {
+    const existing = YAML.parse(await readFile(kubeconfigPath, 'utf8')) as { users?: { user?: { token?: string } }[] };
+    const token = existing?.users?.[0]?.user?.token;
+    if (token && (await authenticate(store, `Bearer ${token}`))) return token;
+  }
+  return createToken(store, 'admin', [ADMIN_GROUP], 'created by the server for its kubeconfig');
+}
+
+export function kubeconfigFor(url: string, caPem: string, token: string, user = 'admin'): string {
+  return YAML.stringify({
+    apiVersion: 'v1', kind: 'Config',
+    clusters: [{ name: 'vessel', cluster: { server: url, 'certificate-authority-data': Buffer.from(caPem).toString('base64') } }],
+    users: [{ name: user, user: { token } }],
+    contexts: [{ name: 'vessel', context: { cluster: 'vessel', user, namespace: 'default' } }],
+    'current-context': 'vessel',
+    preferences: {},
+  });
+}
+
+async function writeKubeconfig(path: string, url: string, caPem: string, token: string): Promise<void> {
+  // Written to a temporary name and renamed, so a reader never sees half a file.
+  await writeFile(`${path}.tmp`, kubeconfigFor(url, caPem, token), { mode: 0o600 });
+  await rename(`${path}.tmp`, path);
+}

@@ -1,0 +1,127 @@
+/**
+ * The four patch types Kubernetes clients send:
+ * - JSON merge patch (RFC 7396): `kubectl patch --type merge`, `kubectl apply` for KubeVirt kinds;
+ * - JSON patch (RFC 6902): `kubectl patch --type json`;
+ * - strategic merge patch: `kubectl apply`/`patch` for core kinds. Vessel has no Go struct tags,
+ *   so list merge keys come from a small table of the fields its kinds use (see MERGE_KEYS);
+ *   lists not in the table are replaced, as merge patch does;
+ * - apply patch (server-side apply): the applied configuration is merged over the live object.
+ *   Field ownership (managedFields) is not tracked yet, so fields dropped from the applied
+ *   configuration are kept rather than removed.
+ */
+import jsonpatch from 'fast-json-patch';
+import YAML from 'yaml';
+import { ApiError, badRequest, unsupportedMediaType } from './errors.ts';
+
+type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
+type JsonObject = { [key: string]: Json };
+
+const isObject = (v: unknown): v is JsonObject => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+export function mergePatch(target: Json | undefined, patch: Json): Json {
+  if (!isObject(patch)) return patch;
+  const out: JsonObject = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (v === null) delete out[k];
+    else out[k] = mergePatch(out[k], v);
+  }
+  return out;
+}
+
+/** Merge keys of the list fields Vessel's kinds have, as in Kubernetes' patchMergeKey tags. */
+const MERGE_KEYS: Record<string, string> = {
+  ports: 'port', containers: 'name', initContainers: 'name', volumes: 'name', volumeMounts: 'name',
+  env: 'name', conditions: 'type', ownerReferences: 'uid', imagePullSecrets: 'name',
+  disks: 'name', interfaces: 'name', networks: 'name', dataVolumeTemplates: 'name',
+};
+/** Primitive lists that strategic merge unions instead of replacing. */
+const MERGED_PRIMITIVE_LISTS = new Set(['finalizers']);
+
+export function strategicMergePatch(target: Json | undefined, patch: Json): Json {
+  if (!isObject(patch)) return patch;
+  if (patch.$patch === 'replace') { const { $patch: _, ...rest } = patch; return rest; }
+  if (patch.$patch === 'delete') return null;
+  const out: JsonObject = isObject(target) ? { ...target } : {};
+  for (const [k, v] of Object.entries(patch)) {
+    if (k.startsWith('$setElementOrder/') || k === '$retainKeys' || k === '$patch') continue;
+    if (k.startsWith('$deleteFromPrimitiveList/')) {
+      const field = k.slice('$deleteFromPrimitiveList/'.length);
+      const drop = new Set((Array.isArray(v) ? v : []).map((x) => JSON.stringify(x)));
+      const cur = out[field];
+      if (Array.isArray(cur)) out[field] = cur.filter((x) => !drop.has(JSON.stringify(x)));
+      continue;
+    }
+    if (v === null) { delete out[k]; continue; }
+    const cur = out[k];
+    if (Array.isArray(v) && Array.isArray(cur)) {
+      const mergeKey = MERGE_KEYS[k];
+      if (mergeKey && v.every(isObject) && cur.every(isObject)) {
+        out[k] = mergeListByKey(cur as JsonObject[], v as JsonObject[], mergeKey);
+        continue;
+      }
+      if (MERGED_PRIMITIVE_LISTS.has(k)) {
+        const seen = new Set(cur.map((x) => JSON.stringify(x)));
+        out[k] = [...cur, ...v.filter((x) => !seen.has(JSON.stringify(x)))];
+        continue;
+      }
+    }
+    const merged = strategicMergePatch(cur, v);
+    if (merged === null) delete out[k]; else out[k] = merged;
+  }
+  return out;
+}
+
+function mergeListByKey(cur: JsonObject[], patch: JsonObject[], key: string): JsonObject[] {
+  const out = [...cur];
+  for (const item of patch) {
+    const idx = out.findIndex((c) => JSON.stringify(c[key]) === JSON.stringify(item[key]));
+    if (item.$patch === 'delete') { if (idx >= 0) out.splice(idx, 1); continue; }
+    if (idx >= 0) out[idx] = strategicMergePatch(out[idx], item) as JsonObject;
+    else { const { $patch: _, ...rest } = item; out.push(rest); }
+  }
+  return out;
+}
+
+export function jsonPatch(target: Json, ops: Json): Json {
+  if (!Array.isArray(ops)) throw badRequest('a JSON patch must be an array of operations, e.g. [{"op":"replace","path":"/spec/running","value":true}]');
+  const err = jsonpatch.validate(ops as unknown as jsonpatch.Operation[], target);
+  // A failed `test` operation is a precondition that did not hold (422, as Kubernetes answers).
+  if (err?.name === 'TEST_OPERATION_FAILED') throw new ApiError(422, 'Invalid', `the server rejected our request due to an error in our request: test operation ${err.index} failed`);
+  if (err) throw badRequest(`invalid JSON patch: ${err.name}: ${err.message.split('\n')[0]} (operation ${err.index})`);
+  try {
+    return jsonpatch.applyPatch(structuredClone(target), ops as unknown as jsonpatch.Operation[], false, true).newDocument as Json;
+  } catch (e) {
+    throw badRequest(`invalid JSON patch: ${e instanceof Error ? e.message.split('\n')[0] : String(e)}`);
+  }
+}
+
+export type PatchType = 'merge' | 'json' | 'strategic' | 'apply';
+
+export function patchTypeOf(contentType: string | undefined): PatchType {
+  const t = (contentType ?? '').split(';')[0].trim().toLowerCase();
+  switch (t) {
+    case 'application/merge-patch+json': return 'merge';
+    case 'application/json-patch+json': return 'json';
+    case 'application/strategic-merge-patch+json': return 'strategic';
+    case 'application/apply-patch+yaml': case 'application/apply-patch+json': return 'apply';
+    default: throw unsupportedMediaType(t || '(none)');
+  }
+}
+
+/** Parses a patch body (YAML for apply patches, JSON for the rest). */
+export function parsePatchBody(type: PatchType, body: string): Json {
+  try {
+    return (type === 'apply' ? YAML.parse(body) : JSON.parse(body)) as Json;
+  } catch (e) {
+    throw badRequest(`the patch body is not valid ${type === 'apply' ? 'YAML' : 'JSON'}: ${e instanceof Error ? e.message.split('\n')[0] : e}`);
+  }
+}
+
+export function applyPatch(type: PatchType, target: Json, patch: Json): Json {
+  switch (type) {
+    case 'merge': if (!isObject(patch)) throw badRequest('a merge patch must be a JSON object'); return mergePatch(target, patch);
+    case 'strategic': if (!isObject(patch)) throw badRequest('a strategic merge patch must be a JSON object'); return strategicMergePatch(target, patch);
+    case 'apply': if (!isObject(patch)) throw badRequest('an apply patch must be an object'); return mergePatch(target, patch);
+    case 'json': return jsonPatch(target, patch);
+  }
+}

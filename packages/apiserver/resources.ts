@@ -1,0 +1,328 @@
+/**
+ * The REST semantics of every kind, on top of the store: create, get, list, update, patch,
+ * delete, with Kubernetes' rules for names, uids, generation, the status subresource,
+ * optimistic concurrency, finalizers and dry runs. Validation happens before any write, so
+ * an invalid request never changes stored state.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { applyDefaults, findByResource, validateObject } from '@vessel/api';
+import type { KindInfo, KubeObject } from '@vessel/api';
+import type { Store } from '@vessel/store';
+import { isStoreError } from '@vessel/store';
+import { ApiError, badRequest, conflict, forbidden, gone, invalid, notFound, toApiError } from './errors.ts';
+import { apiVersionOf, decode, encode, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
+import { applyPatch, parsePatchBody, type PatchType } from './patch.ts';
+import type { Matcher } from './selectors.ts';
+
+export interface WriteOptions {
+  dryRun?: boolean;
+  fieldManager?: string;
+  /** Unknown fields: Strict (Vessel's default) rejects them, Warn and Ignore drop them. */
+  fieldValidation?: 'Strict' | 'Warn' | 'Ignore';
+}
+export interface Written { object: StoredObject; warnings: string[] }
+
+export interface ListQuery {
+  labels?: Matcher;
+  fields?: Matcher;
+  limit?: number;
+  continueToken?: string;
+}
+export interface ListPage { items: StoredObject[]; revision: number; continueToken?: string }
+
+export interface DeleteOptions {
+  dryRun?: boolean;
+  propagationPolicy?: 'Orphan' | 'Background' | 'Foreground';
+  preconditions?: { uid?: string; resourceVersion?: string };
+}
+
+/** A delete either removed the object or marked it (finalizers still pending). */
+export interface Deleted { object: StoredObject; pending: boolean }
+
+const MAX_UPDATE_RETRIES = 16;
+const NAME_SUFFIX_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789';
+
+function generateSuffix(): string {
+  return [...randomBytes(5)].map((b) => NAME_SUFFIX_ALPHABET[b % NAME_SUFFIX_ALPHABET.length]).join('');
+}
+
+function isObject(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/** Namespaces finalize through spec.finalizers ("kubernetes") as well as metadata.finalizers. */
+function pendingFinalizers(obj: KubeObject): string[] {
+  const spec = obj.spec as { finalizers?: string[] } | undefined;
+  return [...(obj.metadata?.finalizers ?? []), ...(obj.kind === 'Namespace' ? spec?.finalizers ?? [] : [])];
+}
+
+export class Resources {
+  private readonly namespaces: KindInfo;
+
+  constructor(private readonly store: Store) {
+    const ns = findByResource('', 'v1', 'namespaces');
+    if (!ns) throw new Error('the Namespace kind is not registered');
+    this.namespaces = ns;
+  }
+
+  async get(info: KindInfo, namespace: string | undefined, name: string): Promise<StoredObject> {
+    const kv = await this.store.get(objectKey(info, namespace, name));
+    if (!kv) throw notFound(info.plural, info.group, name);
+    return decode(kv);
+  }
+
+  async list(info: KindInfo, namespace: string | undefined, q: ListQuery): Promise<ListPage> {
+    const prefix = listPrefix(info, namespace);
+    let revision: number | undefined;
+    let startAfter: string | undefined;
+    if (q.continueToken) ({ revision, startAfter } = parseContinue(q.continueToken, prefix));
+    const limit = q.limit && q.limit > 0 ? q.limit : 0;
+    const items: StoredObject[] = [];
+    const pageSize = limit ? Math.max(limit, 100) : 0;
+    let lastKey: string | undefined;
+    for (;;) {
+      let page;
+      try {
+        page = await this.store.list(prefix, { limit: pageSize, startAfter, revision });
+      } catch (e) {
+        if (isStoreError(e, 'Gone')) throw gone('The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.');
+        throw e;
+      }
+      revision ??= page.revision;
+      for (const kv of page.items) {
+        const obj = decode(kv);
+        lastKey = kv.key;
+        if ((q.labels && !q.labels(obj)) || (q.fields && !q.fields(obj))) continue;
+        items.push(obj);
+        if (limit && items.length === limit) {
+          const more = page.more || kv !== page.items[page.items.length - 1];
+          return { items, revision, continueToken: more ? makeContinue(revision, kv.key) : undefined };
+        }
+      }
+      if (!page.more || page.items.length === 0) break;
+      startAfter = lastKey;
+    }
+    return { items, revision: revision ?? (await this.store.currentRevision()) };
+  }
+
+  async create(info: KindInfo, namespace: string | undefined, body: unknown, opts: WriteOptions = {}): Promise<Written> {
+    const obj = this.checkBody(info, namespace, body);
+    const meta = obj.metadata;
+    if (!meta.name) {
+      if (!meta.generateName) {
+        throw invalid(info.kind, info.group, '', [{ reason: 'FieldValueRequired', field: 'metadata.name', message: 'name or generateName is required' }]);
+      }
+      meta.name = meta.generateName + generateSuffix();
+    }
+    for (const f of ['uid', 'resourceVersion', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'managedFields'] as const) delete meta[f];
+    if (info.statusSubresource) delete obj.status;
+    const { causes, warnings } = validateObject(info, obj, 'create', undefined, validation(opts));
+    if (causes.length) throw invalid(info.kind, info.group, meta.name, causes);
+    applyDefaults(info, obj);
+    if (info.kind === 'Namespace') {
+      // As in Kubernetes: the namespace controller removes this once the namespace is empty.
+      const spec = (obj.spec ?? {}) as { finalizers?: string[] };
+      obj.spec = { ...spec, finalizers: spec.finalizers ?? ['kubernetes'] };
+      obj.status = { phase: 'Active' };
+    }
+    meta.uid = randomUUID();
+    meta.creationTimestamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+    meta.generation = 1;
+    if (info.namespaced) await this.requireActiveNamespace(namespace!);
+    if (opts.dryRun) return { object: obj, warnings };
+    const key = objectKey(info, namespace, meta.name);
+    try {
+      return { object: decode(await this.store.create(key, encode(obj))), warnings };
+    } catch (e) {
+      throw toApiError(e, info.plural, info.group, meta.name);
+    }
+  }
+
+  /** PUT: replace the object (or only its status, for the status subresource). */
+  async update(info: KindInfo, namespace: string | undefined, name: string, body: unknown, subresource: string | undefined, opts: WriteOptions = {}): Promise<Written> {
+    const next = this.checkBody(info, namespace, body);
+    if (next.metadata.name && next.metadata.name !== name) {
+      throw badRequest(`the name of the object (${next.metadata.name}) does not match the name on the URL (${name})`);
+    }
+    const wanted = next.metadata.resourceVersion;
+    return this.guaranteedUpdate(info, namespace, name, wanted, opts, () => next, subresource);
+  }
+
+  async patch(info: KindInfo, namespace: string | undefined, name: string, type: PatchType, rawBody: string, subresource: string | undefined, opts: WriteOptions = {}): Promise<Written> {
+    const patch = parsePatchBody(type, rawBody);
+    if (type === 'apply' && !opts.fieldManager) throw badRequest('PATCH with application/apply-patch+yaml requires the fieldManager query parameter');
+    const wanted = isObject(patch) && isObject(patch.metadata) && typeof patch.metadata.resourceVersion === 'string' ? patch.metadata.resourceVersion : undefined;
+    try {
+      return await this.guaranteedUpdate(info, namespace, name, wanted, opts,
+        (current) => applyPatch(type, current as never, patch as never) as unknown, subresource);
+    } catch (e) {
+      // Server-side apply creates what does not exist yet.
+      if (type === 'apply' && e instanceof ApiError && e.code === 404 && !subresource) {
+        const obj = isObject(patch) ? patch : {};
+        return this.create(info, namespace, { ...obj, metadata: { ...(obj.metadata as object), name } }, opts);
+      }
+      throw e;
+    }
+  }
+
+  async delete(info: KindInfo, namespace: string | undefined, name: string, options: DeleteOptions = {}): Promise<Deleted> {
+    const key = objectKey(info, namespace, name);
+    for (let attempt = 0; attempt < MAX_UPDATE_RETRIES; attempt++) {
+      const current = await this.get(info, namespace, name);
+      const meta = current.metadata;
+      const pre = options.preconditions ?? {};
+      if (pre.uid && pre.uid !== meta.uid) {
+        throw new ApiError(409, 'Conflict', `Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${meta.uid}`, { name, group: info.group, kind: info.plural });
+      }
+      if (pre.resourceVersion && pre.resourceVersion !== meta.resourceVersion) throw conflict(info.plural, info.group, name);
+      const next = structuredClone(current);
+      const finalizers = new Set(next.metadata.finalizers ?? []);
+      if (options.propagationPolicy === 'Foreground') finalizers.add('foregroundDeletion');
+      if (options.propagationPolicy === 'Orphan') finalizers.add('orphan');
+      if (finalizers.size) next.metadata.finalizers = [...finalizers];
+      if (info.kind === 'Namespace') next.status = { ...(next.status as object), phase: 'Terminating' };
+      if (pendingFinalizers(next).length === 0) {
+        if (options.dryRun) return { object: current, pending: false };
+        try {
+          const kv = await this.store.delete(key, Number(meta.resourceVersion));
+          const gone = decode(kv);
+          gone.metadata.resourceVersion = String(kv.modRevision);
+          return { object: gone, pending: false };
+        } catch (e) {
+          if (isStoreError(e, 'Conflict') && !pre.resourceVersion) continue;
+          throw toApiError(e, info.plural, info.group, name);
+        }
+      }
+      // Finalizers pending: mark the object; whoever removes the last finalizer deletes it.
+      next.metadata.deletionTimestamp ??= new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+      next.metadata.deletionGracePeriodSeconds ??= 0;
+      if (options.dryRun) return { object: next, pending: true };
+      if (specOf(next) === specOf(current) && JSON.stringify(next.metadata) === JSON.stringify(current.metadata) && JSON.stringify(next.status) === JSON.stringify(current.status)) {
+        return { object: current, pending: true };
+      }
+      try {
+        return { object: decode(await this.store.update(key, encode(next), Number(meta.resourceVersion))), pending: true };
+      } catch (e) {
+        if (isStoreError(e, 'Conflict') && !pre.resourceVersion) continue;
+        throw toApiError(e, info.plural, info.group, name);
+      }
+    }
+    throw new ApiError(409, 'Conflict', `too many concurrent writes to ${info.plural} "${name}"; try again`);
+  }
+
+  /**
+   * The read-modify-write loop behind PUT and PATCH: retries on concurrent writes unless the
+   * client pinned a resourceVersion, in which case a mismatch is its 409.
+   */
+  private async guaranteedUpdate(info: KindInfo, namespace: string | undefined, name: string, wanted: string | undefined,
+    opts: WriteOptions, change: (current: StoredObject) => unknown, subresource: string | undefined): Promise<Written> {
+    if (subresource && subresource !== 'status') throw notFound(`${info.plural}/${subresource}`, info.group, name);
+    if (subresource === 'status' && !info.statusSubresource) throw notFound(`${info.plural}/status`, info.group, name);
+    const key = objectKey(info, namespace, name);
+    for (let attempt = 0; attempt < MAX_UPDATE_RETRIES; attempt++) {
+      const current = await this.get(info, namespace, name);
+      if (wanted !== undefined && wanted !== current.metadata.resourceVersion) throw conflict(info.plural, info.group, name);
+      const changed = change(structuredClone(current));
+      const next = this.checkBody(info, namespace, changed);
+      const merged = this.mergeUpdate(info, current, next, subresource);
+      const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
+      if (causes.length) throw invalid(info.kind, info.group, name, causes);
+      if (!subresource) applyDefaults(info, merged);
+      if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
+      if (opts.dryRun) return { object: merged, warnings };
+      if (encode(merged) === encode(current)) return { object: current, warnings };
+      try {
+        if (merged.metadata.deletionTimestamp && pendingFinalizers(merged).length === 0) {
+          // The last finalizer is gone: the object goes with it.
+          const kv = await this.store.delete(key, Number(current.metadata.resourceVersion));
+          return { object: { ...merged, metadata: { ...merged.metadata, resourceVersion: String(kv.modRevision) } }, warnings };
+        }
+        return { object: decode(await this.store.update(key, encode(merged), Number(current.metadata.resourceVersion))), warnings };
+      } catch (e) {
+        if (isStoreError(e, 'Conflict') && wanted === undefined) continue;
+        throw toApiError(e, info.plural, info.group, name);
+      }
+    }
+    throw new ApiError(409, 'Conflict', `too many concurrent writes to ${info.plural} "${name}"; try again`);
+  }
+
+  /** What an update may change: the status subresource only status; the main resource all but status. */
+  private mergeUpdate(info: KindInfo, current: StoredObject, next: StoredObject, subresource: string | undefined): StoredObject {
+    if (subresource === 'status') {
+      const out = structuredClone(current);
+      if (next.status === undefined) delete out.status; else out.status = next.status;
+      return out;
+    }
+    const meta = { ...next.metadata };
+    for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'generation', 'namespace'] as const) {
+      if (current.metadata[f] === undefined) delete meta[f]; else (meta as Record<string, unknown>)[f] = current.metadata[f];
+    }
+    meta.name = current.metadata.name;
+    delete meta.managedFields;
+    if (current.metadata.deletionTimestamp) {
+      // A terminating object may lose finalizers but gain none.
+      const had = new Set(current.metadata.finalizers ?? []);
+      const added = (meta.finalizers ?? []).filter((f) => !had.has(f));
+      if (added.length) throw forbidden(`cannot add finalizers ${added.join(', ')} to ${info.plural} "${current.metadata.name}": it is being deleted`);
+    }
+    const out: StoredObject = { ...next, metadata: meta };
+    if (info.statusSubresource) {
+      if (current.status === undefined) delete out.status; else out.status = current.status;
+    }
+    if (info.kind === 'Namespace') out.status = current.status;
+    return out;
+  }
+
+  /** Checks the envelope of a submitted object against the URL and fills apiVersion/kind/namespace. */
+  private checkBody(info: KindInfo, namespace: string | undefined, body: unknown): StoredObject {
+    if (!isObject(body)) throw badRequest(`the request body must be a ${info.kind} object`);
+    const obj = body as KubeObject;
+    const apiVersion = apiVersionOf(info);
+    if (obj.apiVersion !== undefined && obj.apiVersion !== apiVersion) {
+      throw badRequest(`the API version in the data (${String(obj.apiVersion)}) does not match the expected API version (${apiVersion})`);
+    }
+    if (obj.kind !== undefined && obj.kind !== info.kind) {
+      throw badRequest(`the kind in the data (${String(obj.kind)}) does not match the expected kind (${info.kind}) for ${info.plural}`);
+    }
+    if (obj.metadata !== undefined && !isObject(obj.metadata)) {
+      throw invalid(info.kind, info.group, '', [{ reason: 'FieldValueInvalid', field: 'metadata', message: 'must be an object' }]);
+    }
+    const meta = { ...(obj.metadata ?? {}) } as StoredObject['metadata'];
+    if (info.namespaced) {
+      if (meta.namespace !== undefined && meta.namespace !== namespace) {
+        throw badRequest(`the namespace of the provided object (${String(meta.namespace)}) does not match the namespace sent on the request (${namespace})`);
+      }
+      meta.namespace = namespace;
+    } else {
+      delete meta.namespace;
+    }
+    return { ...obj, apiVersion, kind: info.kind, metadata: meta };
+  }
+
+  private async requireActiveNamespace(namespace: string): Promise<void> {
+    const kv = await this.store.get(objectKey(this.namespaces, undefined, namespace));
+    if (!kv) throw notFound('namespaces', '', namespace);
+    if (decode(kv).metadata.deletionTimestamp) {
+      throw forbidden(`unable to create new content in namespace ${namespace} because it is being terminated`);
+    }
+  }
+}
+
+function validation(opts: WriteOptions) {
+  const mode = opts.fieldValidation ?? 'Strict';
+  return { fieldValidation: mode, pruneUnknown: mode !== 'Strict' };
+}
+
+function makeContinue(revision: number, key: string): string {
+  return Buffer.from(JSON.stringify({ v: 1, rv: revision, start: key })).toString('base64url');
+}
+
+function parseContinue(token: string, prefix: string): { revision: number; startAfter: string } {
+  try {
+    const c = JSON.parse(Buffer.from(token, 'base64url').toString()) as { v: number; rv: number; start: string };
+    if (c.v === 1 && Number.isInteger(c.rv) && typeof c.start === 'string' && c.start.startsWith(prefix)) {
+      return { revision: c.rv, startAfter: c.start };
+    }
+  } catch { /* reported below */ }
+  throw badRequest('invalid value for continue: it must be the metadata.continue of a previous list of the same resource');
+}

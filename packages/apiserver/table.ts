@@ -1,0 +1,91 @@
+/**
+ * Server-side printing: `kubectl get` asks for a meta.k8s.io/v1 Table and prints its cells, so
+ * the columns a kind shows (printerColumns) are decided here, as for CRDs in Kubernetes.
+ */
+import type { KindInfo, PrinterColumn } from '@vessel/api';
+import type { StoredObject } from './objects.ts';
+
+export interface TableColumn { name: string; type: string; format: string; description: string; priority: number }
+export interface TableRow { cells: unknown[]; object: unknown }
+export interface Table {
+  kind: 'Table';
+  apiVersion: 'meta.k8s.io/v1';
+  metadata: { resourceVersion?: string; continue?: string };
+  columnDefinitions: TableColumn[];
+  rows: TableRow[];
+}
+
+/** True when the Accept header asks for a Table (kubectl get's default). */
+export function wantsTable(accept: string | undefined): boolean {
+  return !!accept && accept.split(',').some((part) => /;\s*as=Table/.test(part) && /g=meta\.k8s\.io/.test(part));
+}
+
+/**
+ * Evaluates the JSONPath subset printer columns use: `.a.b`, `.a[0]`, `.a[*].b`, `.a['x.y']`
+ * and filters like `.conditions[?(@.type=='Ready')].status`. Returns every match.
+ */
+export function evalPath(obj: unknown, path: string): unknown[] {
+  let cur: unknown[] = [obj];
+  const re = /\.([A-Za-z0-9_-]+)|\[(\d+)\]|\['([^']+)'\]|\[\*\]|\[\?\(@\.([A-Za-z0-9_.-]+)\s*==\s*['"]([^'"]*)['"]\)\]/g;
+  let m: RegExpExecArray | null;
+  const field = (v: unknown, k: string) => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>)[k] : undefined);
+  while ((m = re.exec(path)) !== null) {
+    const [token, name, index, quoted, filterKey, filterValue] = m;
+    if (name !== undefined || quoted !== undefined) cur = cur.map((v) => field(v, name ?? quoted));
+    else if (index !== undefined) cur = cur.map((v) => (Array.isArray(v) ? v[Number(index)] : undefined));
+    else if (token === '[*]') cur = cur.flatMap((v) => (Array.isArray(v) ? v : []));
+    else cur = cur.flatMap((v) => (Array.isArray(v) ? v : [])).filter((v) => String(filterKey.split('.').reduce(field, v as unknown)) === filterValue);
+    cur = cur.filter((v) => v !== undefined && v !== null);
+  }
+  return cur;
+}
+
+/** Kubernetes' short age format: 45s, 5m, 3h, 2d, 1y. */
+export function age(timestamp: string | undefined, now = Date.now()): string {
+  if (!timestamp) return '<unknown>';
+  const s = Math.max(0, Math.floor((now - Date.parse(timestamp)) / 1000));
+  if (s < 120) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 10) return `${m}m${s % 60 ? `${s % 60}s` : ''}`;
+  if (m < 180) return `${m}m`;
+  const h = Math.floor(m / 60);
+  if (h < 48) return `${h}h`;
+  const d = Math.floor(h / 24);
+  return d < 365 * 2 ? `${d}d` : `${Math.floor(d / 365)}y`;
+}
+
+function cell(col: PrinterColumn, obj: StoredObject): unknown {
+  const values = evalPath(obj, col.jsonPath);
+  if (col.count) {
+    const v = values[0];
+    return Array.isArray(v) ? v.length : v && typeof v === 'object' ? Object.keys(v).length : 0;
+  }
+  if (values.length === 0) return col.type === 'date' ? '<unknown>' : col.type === 'integer' || col.type === 'number' ? null : '';
+  if (col.type === 'date') return age(String(values[0]));
+  if (values.length === 1 && typeof values[0] !== 'object') return values[0];
+  return values.map((v) => (typeof v === 'object' ? JSON.stringify(v) : String(v))).join(',');
+}
+
+function columnsOf(info: KindInfo): PrinterColumn[] {
+  const cols = info.printerColumns;
+  const hasAge = cols.some((c) => c.jsonPath === '.metadata.creationTimestamp');
+  return hasAge ? cols : [...cols, { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' }];
+}
+
+export function toTable(info: KindInfo, objects: StoredObject[], meta: Table['metadata'], includeObject: string | undefined): Table {
+  const cols = columnsOf(info);
+  return {
+    kind: 'Table',
+    apiVersion: 'meta.k8s.io/v1',
+    metadata: meta,
+    columnDefinitions: [
+      { name: 'Name', type: 'string', format: 'name', description: 'Name must be unique within a namespace.', priority: 0 },
+      ...cols.map((c) => ({ name: c.name, type: c.type === 'date' ? 'date' : c.type, format: '', description: c.description ?? '', priority: c.priority ?? 0 })),
+    ],
+    rows: objects.map((o) => ({
+      cells: [o.metadata.name, ...cols.map((c) => cell(c, o))],
+      object: includeObject === 'None' ? undefined : includeObject === 'Object' ? o
+        : { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
+    })),
+  };
+}

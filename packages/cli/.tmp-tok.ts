@@ -1,0 +1,12 @@
+import { startServer, createToken } from '@vessel/apiserver';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+const s = await startServer({ dataDir: '/tmp/tok/data', listen: '127.0.0.1:0' });
+const token = await createToken(s.store, 'alice', ['vessel:view']);
+writeFileSync('/tmp/tok/viewer', readFileSync(s.kubeconfigPath, 'utf8').replace(s.adminToken, token));
+writeFileSync('/tmp/tok/bad', readFileSync(s.kubeconfigPath, 'utf8').replace(s.adminToken, 'nope'));
+const run = (args: string[]) => { try { return execFileSync('/work/main/bin/vessel', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }); } catch (e) { return `rc=${(e as {status:number}).status} ${(e as {stderr:string}).stderr}`; } };
+console.log(run(['--kubeconfig', '/tmp/tok/viewer', 'get', 'ns']));
+console.log(run(['--kubeconfig', '/tmp/tok/viewer', 'create', 'ns', 'x']));
+console.log(run(['--kubeconfig', '/tmp/tok/bad', 'get', 'ns']));
+await s.close();

@@ -1,0 +1,71 @@
+/**
+ * `vessel server`: runs the API server in the foreground until SIGINT/SIGTERM, then closes it
+ * cleanly (open watches ended, store closed). The server writes DATA_DIR/kubeconfig for the
+ * admin, which `vessel` finds through $VESSEL_DATA_DIR or the default data dir.
+ */
+import type { Command } from 'commander';
+import { defaultDataDir } from '@vessel/client';
+import { note, out } from '../context.ts';
+import { UsageError } from '../errors.ts';
+
+interface ServerFlags {
+  dataDir?: string;
+  listen: string;
+  store: string;
+  sqlitePath?: string;
+  etcdEndpoints?: string;
+  etcdPrefix?: string;
+}
+
+type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
+
+export function registerServer(program: Command): void {
+  program.command('server')
+    .description('run the Vessel API server in the foreground')
+    .option('--data-dir <dir>', 'where certificates, the kubeconfig and the SQLite store live (default: $VESSEL_DATA_DIR or /var/lib/vessel)')
+    .option('--listen <host:port>', 'address to serve on; port 0 picks a free port', '127.0.0.1:6443')
+    .option('--store <kind>', 'sqlite or etcd', 'sqlite')
+    .option('--sqlite-path <file>', 'SQLite database file (default: DATA_DIR/store.db)')
+    .option('--etcd-endpoints <urls>', 'comma-separated etcd URLs, e.g. http://127.0.0.1:2379')
+    .option('--etcd-prefix <prefix>', 'key prefix in etcd, to share one etcd between servers')
+    .action(async (flags: ServerFlags) => {
+      const dataDir = flags.dataDir ?? defaultDataDir();
+      const store = storeConfig(flags);
+      // Loaded here, not at the top, so the other commands start without the server's modules.
+      const { startServer } = await import('@vessel/apiserver');
+      const server = await startServer({ dataDir, listen: flags.listen, store, log: (line) => note(`${line}\n`) });
+      out(`Vessel API server listening on ${server.url}\n`);
+      out(`kubeconfig: ${server.kubeconfigPath}\n`);
+      out(`  export KUBECONFIG=${server.kubeconfigPath}\n`);
+      await untilSignal();
+      note('shutting down\n');
+      // A second signal while closing means "now".
+      const force = () => process.exit(1);
+      process.once('SIGINT', force);
+      process.once('SIGTERM', force);
+      await server.close();
+    });
+}
+
+function storeConfig(flags: ServerFlags): StoreFlag {
+  if (flags.store === 'etcd') {
+    const endpoints = (flags.etcdEndpoints ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+    if (endpoints.length === 0) throw new UsageError('--store etcd needs --etcd-endpoints, e.g. http://127.0.0.1:2379');
+    return { kind: 'etcd', endpoints, prefix: flags.etcdPrefix };
+  }
+  if (flags.store !== 'sqlite') throw new UsageError(`unknown --store "${flags.store}": use sqlite or etcd`);
+  if (flags.etcdEndpoints) throw new UsageError('--etcd-endpoints needs --store etcd');
+  return flags.sqlitePath ? { kind: 'sqlite', path: flags.sqlitePath } : undefined;
+}
+
+function untilSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const onSignal = (signal: NodeJS.Signals) => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      resolve(signal);
+    };
+    process.on('SIGINT', onSignal);
+    process.on('SIGTERM', onSignal);
+  });
+}

@@ -1,0 +1,12 @@
+/**
+ * Entry point of the `vessel` command (bin/vessel runs this with tsx). Errors are printed as
+ * one readable message and exit code 1, never as a stack trace.
+ */
+import { reportError } from './errors.ts';
+import { buildProgram } from './program.ts';
+
+try {
+  await buildProgram().parseAsync(process.argv);
+} catch (e) {
+  reportError(e);
+}

@@ -1,0 +1,35 @@
+/**
+ * The `vessel` command line: global flags and one subcommand per verb (commands/<verb>.ts).
+ */
+import { Command } from 'commander';
+import { registerApiResources } from './commands/api-resources.ts';
+import { registerApply } from './commands/apply.ts';
+import { registerCreate } from './commands/create.ts';
+import { registerDelete } from './commands/delete.ts';
+import { registerDescribe } from './commands/describe.ts';
+import { registerGet } from './commands/get.ts';
+import { registerKubeconfig } from './commands/kubeconfig.ts';
+import { registerServer } from './commands/server.ts';
+import { registerToken } from './commands/token.ts';
+import { registerVersion } from './commands/version.ts';
+
+export function buildProgram(): Command {
+  const program = new Command('vessel')
+    .description('Vessel: a Kubernetes-compatible API server for KubeVirt virtual machines, and its client')
+    .option('--kubeconfig <file>', 'kubeconfig to use (default: $KUBECONFIG, $VESSEL_DATA_DIR/kubeconfig, /var/lib/vessel/kubeconfig, ~/.kube/config)')
+    .option('--context <name>', 'kubeconfig context to use (default: its current-context)')
+    .option('-n, --namespace <namespace>', "namespace to work in (default: the context's, else default)")
+    .showHelpAfterError('(run `vessel --help` or `vessel COMMAND --help` for usage)')
+    .configureOutput({ outputError: (text, write) => write(text.replace(/^error:/, 'Error:')) });
+  registerApply(program);
+  registerGet(program);
+  registerDescribe(program);
+  registerDelete(program);
+  registerCreate(program);
+  registerApiResources(program);
+  registerKubeconfig(program);
+  registerVersion(program);
+  registerToken(program);
+  registerServer(program);
+  return program;
+}
