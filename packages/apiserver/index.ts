@@ -10,7 +10,7 @@ import YAML from 'yaml';
 import { findByResource } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
-import { ApiError } from './errors.ts';
+import { ApiError, badRequest } from './errors.ts';
 import { Resources } from './resources.ts';
 import { createHandler, createHttpsServer } from './server.ts';
 import { ensureServingCerts } from './tls.ts';
@@ -66,6 +66,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log,
     });
     const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
+    // Requests Node cannot parse (bad characters in the path, broken headers) still get a Status.
+    server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+      if (!socket.writable) return socket.destroy();
+      const body = JSON.stringify(badRequest(`malformed HTTP request: ${err.code ?? err.message}`).toStatus());
+      socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => { server.off('error', reject); resolve(); });
