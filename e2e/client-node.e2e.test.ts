@@ -32,10 +32,14 @@ describe('@kubernetes/client-node against vessel', () => {
     const informer = k8s.makeInformer(kc, '/apis/kubevirt.io/v1/namespaces/default/virtualmachines', list);
     const seen: string[] = [];
     let errors = 0;
+    let stopped = false;
     informer.on('add', (o) => seen.push(`add ${o.metadata?.name}`));
     informer.on('update', (o) => seen.push(`update ${o.metadata?.name} ${o.metadata?.labels?.step ?? ''}`.trim()));
     informer.on('delete', (o) => seen.push(`delete ${o.metadata?.name}`));
-    informer.on('error', () => { errors++; setTimeout(() => { void informer.start().catch(() => {}); }, 200); });
+    informer.on('error', () => {
+      errors++;
+      if (!stopped) setTimeout(() => { if (!stopped) void informer.start().catch(() => {}); }, 200);
+    });
     await informer.start();
     try {
       await v.client.create(VM, vm('inf1'));
@@ -54,6 +58,7 @@ describe('@kubernetes/client-node against vessel', () => {
       assert.ok(errors >= 1, 'the informer noticed the restart');
       assert.deepEqual(informer.list().map((o) => o.metadata?.name).sort(), ['inf2']);
     } finally {
+      stopped = true;
       await informer.stop();
     }
   });

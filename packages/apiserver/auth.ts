@@ -27,14 +27,29 @@ export async function createToken(store: Store, user: string, groups: string[], 
   return token;
 }
 
+/**
+ * Known tokens are remembered for a few seconds: otherwise every request costs a store read
+ * (a linearizable etcd round trip). A revoked token therefore works for up to TOKEN_CACHE_MS.
+ */
+const TOKEN_CACHE_MS = 10_000;
+const tokenCache = new WeakMap<Store, Map<string, { user: User; until: number }>>();
+
 export async function authenticate(store: Store, header: string | undefined): Promise<User | undefined> {
   const m = /^Bearer\s+(\S+)\s*$/i.exec(header ?? '');
   if (!m) return undefined;
+  const key = hash(m[1]);
+  let cache = tokenCache.get(store);
+  if (!cache) tokenCache.set(store, (cache = new Map()));
+  const hit = cache.get(key);
+  if (hit && hit.until > Date.now()) return hit.user;
   try {
-    const kv = await store.get(TOKEN_PREFIX + hash(m[1]));
+    const kv = await store.get(TOKEN_PREFIX + key);
     if (!kv) return undefined;
     const rec = JSON.parse(kv.value) as TokenRecord;
-    return { name: rec.user, groups: rec.groups };
+    const user = { name: rec.user, groups: rec.groups };
+    if (cache.size > 10_000) cache.clear();
+    cache.set(key, { user, until: Date.now() + TOKEN_CACHE_MS });
+    return user;
   } catch (e) {
     if (isStoreError(e, 'NotFound')) return undefined;
     throw e;

@@ -89,6 +89,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       url, port: actualPort, kubeconfigPath, adminToken, caPem: certs.caPem, store,
       async close() {
         compactor.stop();
+        await handler.close();
         server.closeAllConnections();
         await new Promise<void>((resolve) => server.close(() => resolve()));
         await store.close();

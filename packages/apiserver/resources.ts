@@ -78,7 +78,8 @@ export class Resources {
     if (q.continueToken) ({ revision, startAfter } = parseContinue(q.continueToken, prefix));
     const limit = q.limit && q.limit > 0 ? q.limit : 0;
     const items: StoredObject[] = [];
-    const pageSize = limit ? Math.max(limit, 100) : 0;
+    // Reads go page by page (at one revision) so no single store read is unbounded.
+    const pageSize = limit ? Math.max(limit, 100) : 1000;
     let lastKey: string | undefined;
     for (;;) {
       let page;

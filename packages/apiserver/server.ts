@@ -18,6 +18,7 @@ import { Resources, type DeleteOptions, type WriteOptions } from './resources.ts
 import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
 import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
+import { WatchCaches } from './watch-cache.ts';
 
 /** Kubernetes' own limit for a request body. */
 export const MAX_BODY_BYTES = 3 * 1024 * 1024;
@@ -63,10 +64,17 @@ export function parseResourcePath(pathname: string): ResourcePath | undefined {
   return { info, namespace, name: rest[1], subresource: rest[2], watchPath };
 }
 
-export function createHandler(opts: HandlerOptions) {
-  const resources = new Resources(opts.store);
+export interface Handler {
+  (req: IncomingMessage, res: ServerResponse): Promise<void>;
+  /** Ends the shared store watches behind HTTP watches. */
+  close(): Promise<void>;
+}
 
-  return async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+export function createHandler(opts: HandlerOptions): Handler {
+  const resources = new Resources(opts.store);
+  const caches = new WatchCaches(opts.store);
+
+  const handle = async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = Date.now();
     const url = new URL(req.url ?? '/', 'https://vessel');
     const r = new Request(req, url);
@@ -81,6 +89,7 @@ export function createHandler(opts: HandlerOptions) {
       opts.log?.(`${req.method} ${url.pathname}${url.search} ${res.statusCode} ${Date.now() - started}ms`);
     }
   };
+  return Object.assign(handle, { close: () => caches.close() });
 
   async function route(r: Request, res: ServerResponse): Promise<void> {
     const p = r.url.pathname.replace(/\/+$/, '') || '/';
@@ -170,7 +179,7 @@ export function createHandler(opts: HandlerOptions) {
       }
       case 'watch': {
         const timeout = r.q('timeoutSeconds');
-        return serveWatch(opts.store, res, {
+        return serveWatch(opts.store, caches, res, {
           info, namespace, resourceVersion: r.q('resourceVersion'), labels,
           fields: name ? combine(fields, (o) => (o.metadata as { name?: string }).name === name) : fields,
           allowBookmarks: r.q('allowWatchBookmarks') === 'true', sendInitialEvents: r.q('sendInitialEvents') === 'true',

@@ -40,18 +40,21 @@ export function evalPath(obj: unknown, path: string): unknown[] {
   return cur;
 }
 
-/** Kubernetes' short age format: 45s, 5m, 3h, 2d, 1y. */
+/** Kubernetes' HumanDuration: 45s, 4m30s, 25m, 3h20m, 20h, 3d4h, 40d, 3y20d. */
 export function age(timestamp: string | undefined, now = Date.now()): string {
   if (!timestamp) return '<unknown>';
   const s = Math.max(0, Math.floor((now - Date.parse(timestamp)) / 1000));
+  const two = (big: number, unitA: string, small: number, unitB: string) => `${big}${unitA}${small ? `${small}${unitB}` : ''}`;
   if (s < 120) return `${s}s`;
-  const m = Math.floor(s / 60);
-  if (m < 10) return `${m}m${s % 60 ? `${s % 60}s` : ''}`;
+  const m = Math.floor(s / 60), h = Math.floor(m / 60), d = Math.floor(h / 24), y = Math.floor(d / 365);
+  if (m < 10) return two(m, 'm', s % 60, 's');
   if (m < 180) return `${m}m`;
-  const h = Math.floor(m / 60);
+  if (h < 8) return two(h, 'h', m % 60, 'm');
   if (h < 48) return `${h}h`;
-  const d = Math.floor(h / 24);
-  return d < 365 * 2 ? `${d}d` : `${Math.floor(d / 365)}y`;
+  if (h < 24 * 8) return two(d, 'd', h % 24, 'h');
+  if (d < 365 * 2) return `${d}d`;
+  if (d < 365 * 8) return two(y, 'y', d % 365, 'd');
+  return `${y}y`;
 }
 
 function cell(col: PrinterColumn, obj: StoredObject): unknown {

@@ -6,10 +6,11 @@
  */
 import type { ServerResponse } from 'node:http';
 import type { KindInfo } from '@vessel/api';
-import type { Store, WatchEvent } from '@vessel/store';
+import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { badRequest, gone, toApiError } from './errors.ts';
-import { apiVersionOf, decode, listPrefix, type StoredObject } from './objects.ts';
+import { apiVersionOf, decode, kindPrefix, listPrefix, type StoredObject } from './objects.ts';
+import type { DecodedEvent, Subscription, WatchCaches } from './watch-cache.ts';
 import type { Matcher } from './selectors.ts';
 import { toTable } from './table.ts';
 
@@ -29,7 +30,7 @@ export interface WatchRequest {
 
 type EventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
 
-export async function serveWatch(store: Store, res: ServerResponse, w: WatchRequest): Promise<void> {
+export async function serveWatch(store: Store, caches: WatchCaches, res: ServerResponse, w: WatchRequest): Promise<void> {
   const matches = (o: StoredObject | undefined) => !!o && (!w.labels || w.labels(o)) && (!w.fields || w.fields(o));
   const prefix = listPrefix(w.info, w.namespace);
   const rvParam = w.resourceVersion;
@@ -41,9 +42,16 @@ export async function serveWatch(store: Store, res: ServerResponse, w: WatchRequ
   let fromRevision = initial ? 0 : Number(rvParam);
   let initialObjects: StoredObject[] = [];
   if (initial) {
-    const listed = await store.list(prefix, rvParam && rvParam !== '0' ? { revision: Number(rvParam) } : {});
-    initialObjects = listed.items.map(decode).filter(matches);
-    fromRevision = listed.revision;
+    let revision = rvParam && rvParam !== '0' ? Number(rvParam) : undefined;
+    let startAfter: string | undefined;
+    for (;;) {
+      const page = await store.list(prefix, { revision, startAfter, limit: 1000 });
+      revision = page.revision;
+      initialObjects.push(...page.items.map(decode).filter(matches));
+      if (!page.more || page.items.length === 0) break;
+      startAfter = page.items[page.items.length - 1].key;
+    }
+    fromRevision = revision;
   } else if (fromRevision < (await store.compactedRevision())) {
     // Answer like Kubernetes: a 200 stream whose only event is the 410.
     beginStream(res);
@@ -60,54 +68,58 @@ export async function serveWatch(store: Store, res: ServerResponse, w: WatchRequ
 
   await new Promise<void>((resolve) => {
     let finished = false;
+    let sub: Subscription | undefined;
     const timers: NodeJS.Timeout[] = [];
     const finish = () => {
       if (finished) return;
       finished = true;
-      watch.close();
+      sub?.close();
       timers.forEach(clearTimeout);
       timers.forEach(clearInterval);
       if (!res.writableEnded) res.end();
       resolve();
     };
-    const watch = store.watch(prefix, {
-      fromRevision,
-      onEvent: (ev: WatchEvent) => {
-        if (finished) return;
-        lastRevision = ev.kv.modRevision;
-        const out = translate(ev, matches);
-        if (out && !res.write(line(w, out.type, out.object))) {
-          // A client that reads too slowly gets disconnected rather than buffered without bound.
-          if (res.writableLength > 64 * 1024 * 1024) finish();
-        }
-      },
-      onError: (err: Error) => {
-        if (finished) return;
-        const status = isStoreError(err, 'Gone') ? gone(`too old resource version: ${fromRevision}`) : toApiError(err);
-        writeEvent(res, w, 'ERROR', status.toStatus());
-        finish();
-      },
-    });
+    const onEvent = (ev: DecodedEvent) => {
+      if (finished) return;
+      lastRevision = ev.revision;
+      const type = transition(ev, matches);
+      if (type && !res.write(cachedLine(w, type, ev))) {
+        // A client that reads too slowly gets disconnected rather than buffered without bound.
+        if (res.writableLength > 64 * 1024 * 1024) finish();
+      }
+    };
+    const onError = (err: Error) => {
+      if (finished) return;
+      const status = isStoreError(err, 'Gone') ? gone(`too old resource version: ${fromRevision}`) : toApiError(err);
+      writeEvent(res, w, 'ERROR', status.toStatus());
+      finish();
+    };
     res.on('close', finish);
+    caches.subscribe(kindPrefix(w.info), prefix, fromRevision, onEvent, onError).then((s) => {
+      if (finished) s.close(); else sub = s;
+    }, onError);
     if (w.allowBookmarks) timers.push(setInterval(() => writeBookmark(res, w, lastRevision), w.bookmarkIntervalMs));
     const timeout = w.timeoutSeconds ?? 1800 + Math.floor(Math.random() * 1800);
     timers.push(setTimeout(finish, timeout * 1000));
   });
 }
 
-function translate(ev: WatchEvent, matches: (o: StoredObject | undefined) => boolean): { type: EventType; object: StoredObject } | undefined {
-  const prev = ev.prev ? decode(ev.prev) : undefined;
-  if (ev.type === 'delete') {
-    if (!prev || !matches(prev)) return undefined;
-    prev.metadata.resourceVersion = String(ev.kv.modRevision);
-    return { type: 'DELETED', object: prev };
-  }
-  const obj = decode(ev.kv);
-  const now = matches(obj), before = matches(prev);
-  if (now && before) return { type: 'MODIFIED', object: obj };
-  if (now) return { type: 'ADDED', object: obj };
-  if (before) return { type: 'DELETED', object: obj };
+/** Kubernetes' selector rules: starting to match is ADDED, ceasing to match is DELETED. */
+function transition(ev: DecodedEvent, matches: (o: StoredObject | undefined) => boolean): EventType | undefined {
+  if (ev.deleted) return matches(ev.prev) ? 'DELETED' : undefined;
+  const now = matches(ev.object), before = matches(ev.prev);
+  if (now && before) return 'MODIFIED';
+  if (now) return 'ADDED';
+  if (before) return 'DELETED';
   return undefined;
+}
+
+/** Serializes an event once per type and format, however many watchers send it. */
+function cachedLine(w: WatchRequest, type: EventType, ev: DecodedEvent): string {
+  const key = w.table ? `${type}:table:${w.info.plural}:${w.includeObject ?? ''}` : type;
+  let text = ev.lines.get(key);
+  if (text === undefined) { text = line(w, type, ev.object); ev.lines.set(key, text); }
+  return text;
 }
 
 function beginStream(res: ServerResponse): void {

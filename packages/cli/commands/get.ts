@@ -47,6 +47,9 @@ export function registerGet(program: Command): void {
       const ctx = contextOf(cmd);
       const client = ctx.client();
       const targets = await resolveTargets(client, [type, ...names]);
+      if (opts.allNamespaces && targets.some((t) => t.names.length > 0 && t.resource.namespaced)) {
+        throw new UsageError('an object cannot be fetched by name across all namespaces: drop -A, or pass -n NAMESPACE');
+      }
       const namespace = opts.allNamespaces ? undefined : ctx.namespace();
       if (opts.watch || opts.watchOnly) {
         await watchTarget(client, targets, namespace, format, opts);
@@ -80,7 +83,7 @@ async function printTables(client: Client, targets: Target[], namespace: string 
         query: { ...listQuery(opts), includeObject: 'Metadata' }, accept: TABLE_ACCEPT,
       }));
     } else {
-      table = await tableOfNames(client, resource, ns ?? namespace, names);
+      table = await tableOfNames(client, resource, ns, names);
     }
     const text = renderTable(table, {
       wide,
@@ -101,7 +104,7 @@ async function tableOfNames(client: Client, resource: ApiResource, namespace: st
   let merged: Table | undefined;
   for (const name of names) {
     try {
-      const table = asTable(await client.request('GET', resourcePath(resource, resource.namespaced ? namespace : undefined, name), {
+      const table = asTable(await client.request('GET', resourcePath(resource, namespace, name), {
         query: { includeObject: 'Metadata' }, accept: TABLE_ACCEPT,
       }));
       if (!merged) merged = table;
@@ -127,7 +130,7 @@ async function printStructured(client: Client, targets: Target[], namespace: str
     } else {
       for (const name of names) {
         try {
-          found.push(withTypeMeta(resource, await client.get(resource, name, { namespace: ns ?? namespace })));
+          found.push(withTypeMeta(resource, await client.get(resource, name, { namespace: ns })));
         } catch (e) {
           reportError(e);
         }

@@ -104,6 +104,9 @@ export class EtcdStore implements Store {
       // Streams (watches) have no deadline; unary calls do, so a dead etcd can't hang requests.
       defaultCallOptions: (context) => (context.isStream ? {} : { deadline: Date.now() + timeout }),
       faultHandling: { global: oneShotPolicy },
+      // gRPC's default 4 MiB receive limit breaks unpaged lists of a few thousand objects;
+      // etcd itself caps a request at 1.5 MiB per value, so a range can legitimately be large.
+      grpcOptions: { 'grpc.max_receive_message_length': 512 * 1024 * 1024 },
     });
   }
 

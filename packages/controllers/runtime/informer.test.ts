@@ -1,0 +1,62 @@
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { Informer, type KubeObject, type ListWatch, type WatchEventType } from './informer.ts';
+
+/** A scripted server: a list of objects and a watch the test drives. */
+class FakeServer implements ListWatch {
+  objects = new Map<string, KubeObject>();
+  rv = 1;
+  lists = 0;
+  watchFrom: string[] = [];
+  private sink?: { onEvent: (t: WatchEventType, o: KubeObject) => void; onEnd: (e?: Error) => void };
+  async list() { this.lists++; return { items: [...this.objects.values()], resourceVersion: String(this.rv) }; }
+  watch(rv: string, onEvent: (t: WatchEventType, o: KubeObject) => void, onEnd: (e?: Error) => void) {
+    this.watchFrom.push(rv);
+    this.sink = { onEvent, onEnd };
+    return { close: () => { this.sink = undefined; } };
+  }
+  put(name: string, label = '') {
+    const obj = { metadata: { name, resourceVersion: String(++this.rv), labels: { l: label } } };
+    const type = this.objects.has(name) ? 'MODIFIED' : 'ADDED';
+    this.objects.set(name, obj);
+    this.sink?.onEvent(type, obj);
+  }
+  remove(name: string) {
+    const obj = this.objects.get(name)!;
+    this.objects.delete(name);
+    this.rv++;
+    this.sink?.onEvent('DELETED', { ...obj, metadata: { ...obj.metadata, resourceVersion: String(this.rv) } });
+  }
+  end(err?: Error) { const s = this.sink; this.sink = undefined; s?.onEnd(err); }
+  expire() { this.sink?.onEvent('ERROR', { code: 410 } as unknown as KubeObject); this.end(); }
+}
+
+const tick = (ms = 20) => new Promise((r) => setTimeout(r, ms));
+
+describe('informer', () => {
+  it('lists, watches, resumes from the last version and relists after 410', async () => {
+    const server = new FakeServer();
+    server.put('a');
+    const inf = new Informer(server);
+    const seen: string[] = [];
+    inf.on({ add: (o) => seen.push(`add ${o.metadata.name}`), update: (_o, n) => seen.push(`update ${n.metadata.name}`), delete: (o) => seen.push(`delete ${o.metadata.name}`) });
+    inf.start();
+    await inf.waitForSync();
+    server.put('b');
+    server.put('a', 'x');
+    server.end(); // a clean end: resume from the last seen version, no relist
+    await tick();
+    assert.equal(server.lists, 1);
+    assert.equal(server.watchFrom.at(-1), String(server.rv));
+    server.remove('b');
+    // While the watch is expired, 'c' appears and 'a' goes: the relist reports both.
+    server.expire();
+    server.objects.set('c', { metadata: { name: 'c', resourceVersion: String(++server.rv) } });
+    server.objects.delete('a');
+    await tick(50);
+    inf.stop();
+    assert.equal(server.lists, 2);
+    assert.deepEqual(seen, ['add a', 'add b', 'update a', 'delete b', 'delete a', 'add c']);
+    assert.deepEqual(inf.list().map((o) => o.metadata.name), ['c']);
+  });
+});
