@@ -6,9 +6,9 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startServer, type RunningServer } from '@vessel/apiserver';
-import { Client } from '@vessel/client';
-import { startControllers, type RunningControllers } from '@vessel/controllers';
+import type { RunningServer } from '@vessel/apiserver';
+import type { Client } from '@vessel/client';
+import { startControlPlane } from '../packages/cli/control-plane.ts';
 import type { StoreConfig } from '@vessel/store';
 import type { KubeObject } from '@vessel/client';
 
@@ -34,24 +34,19 @@ export interface VesselOptions {
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'vessel-test-'));
-  const server = await startServer({
-    dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store,
+  const cp = await startControlPlane({
+    dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store, controllers: opts.controllers,
     bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });
-  const client = Client.fromKubeconfig({ explicit: server.kubeconfigPath });
-  let controllers: RunningControllers | undefined;
-  if (opts.controllers !== false) controllers = await startControllers(client);
   let stopped = false;
   const stop = async () => {
     if (stopped) return;
     stopped = true;
-    await controllers?.stop();
-    client.close();
-    await server.close();
+    await cp.close();
   };
   return {
-    dataDir, server, client, kubeconfig: server.kubeconfigPath, stop,
+    dataDir, server: cp.server, client: cp.client, kubeconfig: cp.server.kubeconfigPath, stop,
     async close() { await stop(); await rm(dataDir, { recursive: true, force: true }); },
   };
 }

@@ -40,7 +40,7 @@ export async function serveWatch(store: Store, caches: WatchCaches, res: ServerR
   // "" and "0" mean: start with the current state as ADDED events, then follow.
   const initial = rvParam === undefined || rvParam === '' || rvParam === '0' || w.sendInitialEvents;
   let fromRevision = initial ? 0 : Number(rvParam);
-  let initialObjects: StoredObject[] = [];
+  const initialObjects: StoredObject[] = [];
   if (initial) {
     let revision = rvParam && rvParam !== '0' ? Number(rvParam) : undefined;
     let startAfter: string | undefined;

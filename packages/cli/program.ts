@@ -11,6 +11,7 @@ import { registerGet } from './commands/get.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerServer } from './commands/server.ts';
 import { registerToken } from './commands/token.ts';
+import { registerUp } from './commands/up.ts';
 import { registerVersion } from './commands/version.ts';
 
 export function buildProgram(): Command {
@@ -31,5 +32,6 @@ export function buildProgram(): Command {
   registerVersion(program);
   registerToken(program);
   registerServer(program);
+  registerUp(program);
   return program;
 }

@@ -15,6 +15,7 @@ interface ServerFlags {
   sqlitePath?: string;
   etcdEndpoints?: string;
   etcdPrefix?: string;
+  controllers: boolean;
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -28,12 +29,14 @@ export function registerServer(program: Command): void {
     .option('--sqlite-path <file>', 'SQLite database file (default: DATA_DIR/store.db)')
     .option('--etcd-endpoints <urls>', 'comma-separated etcd URLs, e.g. http://127.0.0.1:2379')
     .option('--etcd-prefix <prefix>', 'key prefix in etcd, to share one etcd between servers')
+    .option('--no-controllers', 'serve the API only; with several servers on one etcd, let one run the controllers')
     .action(async (flags: ServerFlags) => {
       const dataDir = flags.dataDir ?? defaultDataDir();
       const store = storeConfig(flags);
       // Loaded here, not at the top, so the other commands start without the server's modules.
-      const { startServer } = await import('@vessel/apiserver');
-      const server = await startServer({ dataDir, listen: flags.listen, store, log: (line) => note(`${line}\n`) });
+      const { startControlPlane } = await import('../control-plane.ts');
+      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, log: (line) => note(`${line}\n`) });
+      const server = cp.server;
       out(`Vessel API server listening on ${server.url}\n`);
       out(`kubeconfig: ${server.kubeconfigPath}\n`);
       out(`  export KUBECONFIG=${server.kubeconfigPath}\n`);
@@ -43,7 +46,7 @@ export function registerServer(program: Command): void {
       const force = () => process.exit(1);
       process.once('SIGINT', force);
       process.once('SIGTERM', force);
-      await server.close();
+      await cp.close();
     });
 }
 
@@ -58,7 +61,7 @@ function storeConfig(flags: ServerFlags): StoreFlag {
   return flags.sqlitePath ? { kind: 'sqlite', path: flags.sqlitePath } : undefined;
 }
 
-function untilSignal(): Promise<NodeJS.Signals> {
+export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
     const onSignal = (signal: NodeJS.Signals) => {
       process.off('SIGINT', onSignal);
