@@ -6,22 +6,11 @@
 import { request } from 'node:https';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
+import { rng } from '../packages/store/conformance.ts';
 import { startVessel, vm, type Vessel } from './harness.ts';
 
 const SEED = Number(process.env.FUZZ_SEED ?? 20261122);
 const COUNT = Number(process.env.FUZZ_COUNT ?? 3000);
-
-/** mulberry32: a small deterministic PRNG. */
-function prng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Req { method: string; path: string; headers: Record<string, string>; body?: string | Buffer }
 
@@ -113,7 +102,7 @@ describe('fuzzing the API server', () => {
   after(async () => { await v?.close(); });
 
   it(`answers ${COUNT} generated bad requests without a 5xx (seed ${SEED})`, async () => {
-    const next = generator(prng(SEED));
+    const next = generator(rng(SEED));
     const url = new URL(v.server.url);
     const failures: string[] = [];
     const codes = new Map<number, number>();

@@ -69,7 +69,7 @@ export function record(store: Store, prefix: string, fromRevision: number): Reco
 }
 
 /** Small deterministic PRNG (mulberry32) so randomized tests are reproducible. */
-function rng(seed: number): () => number {
+export function rng(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
