@@ -17,7 +17,7 @@ describe('two servers on one etcd', () => {
   before(async () => {
     etcd = await startEtcd();
     a = await startVessel({ store: { kind: 'etcd', endpoints: etcd.endpoints } });
-    b = await startVessel({ store: { kind: 'etcd', endpoints: etcd.endpoints }, controllers: false });
+    b = await startVessel({ store: { kind: 'etcd', endpoints: etcd.endpoints } });
   });
   after(async () => {
     await a?.close();
@@ -53,5 +53,32 @@ describe('two servers on one etcd', () => {
     const cross = new Client({ ...b.client.config, token: a.server.adminToken });
     assert.equal((await cross.list(VM, { namespace: 'default' })).kind, 'VirtualMachineList');
     cross.close();
+  });
+
+  it('runs the controllers in exactly one server, and fails over to the other', async () => {
+    const leaders = async () => {
+      const deadline = Date.now() + 10_000;
+      while (Date.now() < deadline && !(a.controllers!.leading || b.controllers!.leading)) await new Promise((r) => setTimeout(r, 50));
+      return [a, b].filter((v) => v.controllers!.leading);
+    };
+    const [leader] = await leaders();
+    assert.equal((await leaders()).length, 1, 'exactly one leader');
+    const follower = leader === a ? b : a;
+    await leader.stop(); // steps down and releases the lease
+    const deadline = Date.now() + 15_000;
+    while (!follower.controllers!.leading && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(follower.controllers!.leading, true, 'the other server took over');
+    // The new leader's garbage collector works.
+    const CM = findByResource('', 'v1', 'configmaps')!;
+    const owner = await follower.client.create(VM, vm('owner'));
+    await follower.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'dep', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'owner', uid: owner.metadata!.uid! }] } });
+    await follower.client.delete(VM, 'owner');
+    const gone = Date.now() + 10_000;
+    let exists = true;
+    while (exists && Date.now() < gone) {
+      exists = await follower.client.get(CM, 'dep').then(() => true, () => false);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.equal(exists, false, 'the dependent was collected by the new leader');
   });
 });

@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunningServer } from '@vessel/apiserver';
 import type { Client } from '@vessel/client';
+import type { RunningControllers } from '@vessel/controllers';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
 import type { StoreConfig } from '@vessel/store';
 import type { KubeObject } from '@vessel/client';
@@ -16,6 +17,7 @@ export interface Vessel {
   dataDir: string;
   server: RunningServer;
   client: Client;
+  controllers?: RunningControllers;
   kubeconfig: string;
   /** Stops the server and controllers but keeps the data directory (for restart tests). */
   stop(): Promise<void>;
@@ -30,13 +32,14 @@ export interface VesselOptions {
   controllers?: boolean;
   bookmarkIntervalMs?: number;
   compactIntervalMs?: number;
+  leaseMs?: number;
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'vessel-test-'));
   const cp = await startControlPlane({
     dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store, controllers: opts.controllers,
-    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs,
+    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });
   let stopped = false;
@@ -46,7 +49,7 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
     await cp.close();
   };
   return {
-    dataDir, server: cp.server, client: cp.client, kubeconfig: cp.server.kubeconfigPath, stop,
+    dataDir, server: cp.server, client: cp.client, controllers: cp.controllers, kubeconfig: cp.server.kubeconfigPath, stop,
     async close() { await stop(); await rm(dataDir, { recursive: true, force: true }); },
   };
 }

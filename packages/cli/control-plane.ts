@@ -5,15 +5,18 @@
  */
 import { startServer, type RunningServer, type ServerOptions } from '@vessel/apiserver';
 import { Client } from '@vessel/client';
-import { startControllers } from '@vessel/controllers';
+import { startControllers, type RunningControllers } from '@vessel/controllers';
 
 export interface ControlPlaneOptions extends ServerOptions {
-  /** Run the controllers in this process (default true; with several servers on one etcd, run them in one). */
+  /** Run the controllers in this process (default true); with several servers on one store, a lease picks the one that runs them. */
   controllers?: boolean;
+  /** Controllers' lease duration (tests shorten it to see a takeover quickly). */
+  leaseMs?: number;
 }
 
 export interface ControlPlane {
   server: RunningServer;
+  controllers?: RunningControllers;
   /** An admin client of this server. */
   client: Client;
   close(): Promise<void>;
@@ -23,9 +26,9 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
   const server = await startServer(opts);
   const client = Client.fromKubeconfig({ explicit: server.kubeconfigPath });
   try {
-    const controllers = opts.controllers === false ? undefined : await startControllers(client, opts.log);
+    const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs });
     return {
-      server, client,
+      server, client, controllers,
       async close() {
         await controllers?.stop();
         client.close();

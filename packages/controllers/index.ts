@@ -5,18 +5,46 @@
 import type { Client } from '@vessel/client';
 import { GarbageCollector } from './gc.ts';
 import { NamespaceController } from './namespace.ts';
+import { LeaderElector } from './runtime/leader.ts';
 
 export { Informer, cacheKey, type ListWatch, type InformerHandlers } from './runtime/informer.ts';
 export { WorkQueue, runWorkers } from './runtime/workqueue.ts';
 export { listWatchFor } from './runtime/listwatch.ts';
+export { LeaderElector, type LeaderElectionOptions } from './runtime/leader.ts';
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
 
-export interface RunningControllers { stop(): Promise<void> }
+export interface RunningControllers {
+  /** Whether this process currently holds the lease and runs the controllers. */
+  readonly leading: boolean;
+  stop(): Promise<void>;
+}
 
-/** Starts every controller against the API server `client` talks to. */
-export async function startControllers(client: Client, log?: (line: string) => void): Promise<RunningControllers> {
-  const controllers = [new GarbageCollector(client, log), new NamespaceController(client, log)];
-  await Promise.all(controllers.map((c) => c.start()));
-  return { async stop() { await Promise.all(controllers.map((c) => c.stop())); } };
+export interface ControllerOptions {
+  log?: (line: string) => void;
+  /** Lease timing (defaults: 15 s lease, renewed every 5 s). */
+  leaseMs?: number;
+}
+
+/**
+ * Runs every controller against the API server `client` talks to, while this process holds
+ * the controllers' lease: with several servers on one store, exactly one runs them.
+ */
+export async function startControllers(client: Client, opts: ControllerOptions = {}): Promise<RunningControllers> {
+  let running: { start(): Promise<void>; stop(): Promise<void> }[] = [];
+  const elector = new LeaderElector(client, {
+    name: 'vessel-controllers', leaseMs: opts.leaseMs, log: opts.log,
+    async onStartedLeading() {
+      // Fresh instances each term: an informer does not restart after stop().
+      running = [new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log)];
+      await Promise.all(running.map((c) => c.start()));
+    },
+    async onStoppedLeading() {
+      const stopping = running;
+      running = [];
+      await Promise.all(stopping.map((c) => c.stop()));
+    },
+  });
+  elector.start();
+  return { get leading() { return elector.isLeader; }, stop: () => elector.stop() };
 }
