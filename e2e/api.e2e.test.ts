@@ -39,7 +39,7 @@ const exists = (c: Client, res: typeof VM, name: string, ns = 'default') =>
 describe('API server semantics', () => {
   let v: Vessel;
   let c: Client;
-  before(async () => { v = await startVessel(); c = v.client; });
+  before(async () => { v = await startVessel({ bookmarkIntervalMs: 200 }); c = v.client; });
   after(async () => { await v?.close(); });
 
   it('creates, reads and refuses duplicates', async () => {
@@ -139,6 +139,20 @@ describe('API server semantics', () => {
     assert.deepEqual(events.map((e) => `${e.type} ${e.object.metadata?.name}`), ['MODIFIED page-00', 'ADDED w-new', 'DELETED page-01', 'MODIFIED w-new']);
     const rvs = events.map((e) => Number(e.object.metadata?.resourceVersion));
     assert.deepEqual([...rvs].sort((a, b) => a - b), rvs, 'events arrive in revision order');
+  });
+
+  it('sends bookmarks and the end of initial events when asked', async () => {
+    const events: WatchEvent[] = [];
+    const w = c.watch('/apis/kubevirt.io/v1/namespaces/default/virtualmachines',
+      { allowWatchBookmarks: true, sendInitialEvents: true, resourceVersionMatch: 'NotOlderThan', fieldSelector: 'metadata.name=a1' }, (e) => events.push(e));
+    await eventually(async () => events.filter((e) => e.type === 'BOOKMARK').length >= 2, 'two bookmarks');
+    w.close();
+    assert.equal(events[0].type, 'ADDED');
+    assert.equal(events[0].object.metadata?.name, 'a1');
+    const initialEnd = events[1];
+    assert.equal(initialEnd.type, 'BOOKMARK');
+    assert.equal(initialEnd.object.metadata?.annotations?.['k8s.io/initial-events-end'], 'true');
+    assert.match(events.at(-1)!.object.metadata?.resourceVersion ?? '', /^\d+$/);
   });
 
   it('answers a watch from a compacted revision with 410 Expired', async () => {
