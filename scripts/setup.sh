@@ -4,10 +4,26 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each line: a check that passes when the Debian package is there, and the package.
 need=()
-command -v openssl >/dev/null || need+=(openssl)
-command -v etcd >/dev/null || need+=(etcd-server)
-command -v etcdctl >/dev/null || need+=(etcd-client)
+want() { eval "$1" >/dev/null 2>&1 || need+=("$2"); }
+want 'command -v openssl'               openssl
+want 'command -v etcd'                  etcd-server        # the etcd store and its tests
+want 'command -v etcdctl'               etcd-client
+want 'command -v qemu-system-x86_64'    qemu-system-x86    # VMs (TCG when KVM does not work)
+want 'command -v qemu-img'              qemu-utils         # disks and importers
+want 'command -v xz'                    xz-utils
+# guest/build-tiny.sh: the tiny test guest (Debian cloud kernel + busybox)
+want 'ls /boot/vmlinuz-*-cloud-amd64'   linux-image-cloud-amd64
+want 'dpkg -s busybox-static'           busybox-static
+want 'command -v cpio'                  cpio
+want 'command -v mkfs.ext4'             e2fsprogs
+want 'command -v mkfs.vfat'             dosfstools
+want 'command -v mcopy'                 mtools
+want 'command -v syslinux'              syslinux
+want 'test -f /usr/lib/syslinux/mbr/mbr.bin' syslinux-common
+want 'command -v sfdisk'                fdisk
+want 'command -v genisoimage'           genisoimage        # cloud-init seed ISOs
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root, or: sudo apt-get install -y ${need[*]}" >&2; exit 1; fi

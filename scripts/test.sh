@@ -22,9 +22,9 @@ if [ ${#files[@]} -eq 0 ]; then
   echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
   echo "== lint"; npx eslint --max-warnings=0 .
   case $mode in
-    unit) mapfile -t files < <(find packages e2e -name '*.test.ts' -not -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort) ;;
-    e2e) mapfile -t files < <(find packages e2e -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort) ;;
-    all) mapfile -t files < <(find packages e2e -name '*.test.ts' -not -path '*/node_modules/*' | sort) ;;
+    unit) mapfile -t files < <(find packages e2e guest -name '*.test.ts' -not -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort) ;;
+    e2e) mapfile -t files < <(find packages e2e guest -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort) ;;
+    all) mapfile -t files < <(find packages e2e guest -name '*.test.ts' -not -path '*/node_modules/*' | sort) ;;
   esac
 fi
 echo "== tests (${#files[@]} files)"
