@@ -16,6 +16,7 @@ export type ImportErrorCode =
   | 'HttpError' // the server answered with an error, or could not be reached
   | 'QemuImgFailed' // qemu-img itself failed (missing, crashed, timed out)
   | 'Aborted' // the caller's AbortSignal fired
+  | 'IOError' // reading the source or writing the volume failed (permissions, I/O errors)
   | 'InvalidArgument'; // the request itself cannot be served (bad checksum syntax, bad size)
 
 /** A refused or failed import. Nothing is left behind when one is thrown from importDisk. */
