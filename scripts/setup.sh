@@ -13,6 +13,7 @@ want 'command -v etcdctl'               etcd-client
 want 'command -v qemu-system-x86_64'    qemu-system-x86    # VMs (TCG when KVM does not work)
 want 'command -v qemu-img'              qemu-utils         # disks and importers
 want 'command -v xz'                    xz-utils
+want 'command -v curl'                  curl               # the import benchmark's baseline
 # guest/build-tiny.sh: the tiny test guest (Debian cloud kernel + busybox)
 want 'ls /boot/vmlinuz-*-cloud-amd64'   linux-image-cloud-amd64
 want 'dpkg -s busybox-static'           busybox-static
