@@ -42,6 +42,14 @@ describe('API server semantics', () => {
   before(async () => { v = await startVessel({ bookmarkIntervalMs: 200 }); c = v.client; });
   after(async () => { await v?.close(); });
 
+  it('starts with the namespaces and the default storage class of a fresh install', async () => {
+    const names = (await c.list(NS)).items.map((n) => n.metadata?.name);
+    for (const ns of ['default', 'kube-system', 'vessel-images']) assert.ok(names.includes(ns), `namespace ${ns}`);
+    const classes = (await c.list(findByResource('storage.k8s.io', 'v1', 'storageclasses')!)).items;
+    const defaults = classes.filter((sc) => sc.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true');
+    assert.deepEqual(defaults.map((sc) => sc.metadata?.name), ['local']);
+  });
+
   it('creates, reads and refuses duplicates', async () => {
     const created = await c.create(VM, vm('a1'));
     assert.ok(created.metadata?.uid);

@@ -43,7 +43,17 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease'];
+/** `vessel-images` holds the golden images every tenant may read (OpenShift's openshift-virtualization-os-images). */
+export const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease', 'vessel-images'];
+
+/**
+ * The storage classes of a fresh install: `local` (a directory per node, the default) and
+ * `shared` (one directory every node sees). The node agent's pools serve them.
+ */
+export const DEFAULT_STORAGE_CLASSES = [
+  { name: 'local', isDefault: true, pool: 'local' },
+  { name: 'shared', isDefault: false, pool: 'shared' },
+];
 
 function splitHostPort(listen: string): { host: string; port: number } {
   const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(listen);
@@ -56,7 +66,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const store = await openStore(opts.store ?? { kind: 'sqlite', path: join(opts.dataDir, 'store.db') });
   try {
-    await bootstrapNamespaces(store);
+    await bootstrap(store);
     const certs = await ensureServingCerts(join(opts.dataDir, 'pki'), [host]);
     const clientHost = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host;
 
@@ -101,15 +111,24 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
   }
 }
 
-async function bootstrapNamespaces(store: Store): Promise<void> {
+/** Creates what a fresh install has, once: existing objects (a user's edits included) are left alone. */
+async function bootstrap(store: Store): Promise<void> {
   const resources = new Resources(store);
-  const info = findByResource('', 'v1', 'namespaces')!;
-  for (const name of DEFAULT_NAMESPACES) {
+  const ensure = async (plural: string, group: string, version: string, obj: Record<string, unknown>) => {
     try {
-      await resources.create(info, undefined, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+      await resources.create(findByResource(group, version, plural)!, undefined, obj);
     } catch (e) {
       if (!(e instanceof ApiError && e.reason === 'AlreadyExists')) throw e;
     }
+  };
+  for (const name of DEFAULT_NAMESPACES) await ensure('namespaces', '', 'v1', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+  for (const sc of DEFAULT_STORAGE_CLASSES) {
+    await ensure('storageclasses', 'storage.k8s.io', 'v1', {
+      apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass',
+      metadata: { name: sc.name, annotations: { 'storageclass.kubernetes.io/is-default-class': String(sc.isDefault) } },
+      provisioner: 'vessel.io/qcow2', parameters: { pool: sc.pool },
+      reclaimPolicy: 'Delete', volumeBindingMode: 'WaitForFirstConsumer', allowVolumeExpansion: true,
+    });
   }
 }
 

@@ -5,7 +5,7 @@
  */
 import { duplicate, forbidden, invalid, notSupported, required, tooLong } from '../errors.ts';
 import { validateLabels } from '../meta.ts';
-import { dns1123Label, dns1123Subdomain } from '../names.ts';
+import { dns1123Label, qualifiedName } from '../names.ts';
 import { tryParseQuantity } from '../quantity.ts';
 import type { KubeObject } from '../types.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
@@ -169,7 +169,8 @@ export function validateConfigMap(o: KubeObject, ctx: SemanticContext): void {
 
 export function validateStorageClass(o: KubeObject, ctx: SemanticContext): void {
   const provisioner = str(o.provisioner);
-  if (provisioner) for (const e of dns1123Subdomain(provisioner.toLowerCase())) ctx.causes.push(invalid('provisioner', provisioner, e));
+  // Kubernetes checks a qualified name (`kubernetes.io/host-path`), not a DNS subdomain.
+  if (provisioner) for (const e of qualifiedName(provisioner.toLowerCase())) ctx.causes.push(invalid('provisioner', provisioner, e));
   const rp = str(o.reclaimPolicy);
   if (rp !== undefined && !RECLAIM_POLICIES.includes(rp)) ctx.causes.push(notSupported('reclaimPolicy', rp, RECLAIM_POLICIES));
   const bm = str(o.volumeBindingMode);
