@@ -34,18 +34,15 @@ export function registerServer(program: Command): void {
       const dataDir = flags.dataDir ?? defaultDataDir();
       const store = storeConfig(flags);
       // Loaded here, not at the top, so the other commands start without the server's modules.
+      const signalled = untilSignal(); // listening from the start: a signal during start-up still shuts down cleanly
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, log: (line) => note(`${line}\n`) });
       const server = cp.server;
       out(`Vessel API server listening on ${server.url}\n`);
       out(`kubeconfig: ${server.kubeconfigPath}\n`);
       out(`  export KUBECONFIG=${server.kubeconfigPath}\n`);
-      await untilSignal();
+      await signalled;
       note('shutting down\n');
-      // A second signal while closing means "now".
-      const force = () => process.exit(1);
-      process.once('SIGINT', force);
-      process.once('SIGTERM', force);
       await cp.close();
     });
 }
@@ -61,11 +58,16 @@ function storeConfig(flags: ServerFlags): StoreFlag {
   return flags.sqlitePath ? { kind: 'sqlite', path: flags.sqlitePath } : undefined;
 }
 
+/**
+ * Resolves on the first SIGINT or SIGTERM. The handlers stay installed: a second signal while
+ * shutting down means "now" and exits with 1, instead of Node's default of dying by signal.
+ */
 export function untilSignal(): Promise<NodeJS.Signals> {
   return new Promise((resolve) => {
+    let received = false;
     const onSignal = (signal: NodeJS.Signals) => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      if (received) process.exit(1);
+      received = true;
       resolve(signal);
     };
     process.on('SIGINT', onSignal);

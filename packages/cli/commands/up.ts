@@ -42,6 +42,7 @@ export function registerUp(program: Command): void {
     .option('--listen <host:port>', 'API server address', '127.0.0.1:6443')
     .action(async (flags: { dataDir?: string; listen: string }) => {
       const dataDir = flags.dataDir ?? defaultDataDir();
+      const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({ dataDir, listen: flags.listen, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined });
       let demo = 'exists';
@@ -65,7 +66,7 @@ export function registerUp(program: Command): void {
         'Ctrl-C stops the control plane.',
         '',
       ].join('\n'));
-      await untilSignal();
+      await signalled;
       note('shutting down\n');
       await cp.close();
     });
