@@ -185,10 +185,7 @@ export class Resources {
       if (pendingFinalizers(next).length === 0) {
         if (options.dryRun) return { object: current, pending: false };
         try {
-          const kv = await this.store.delete(key, Number(meta.resourceVersion));
-          const gone = decode(kv);
-          gone.metadata.resourceVersion = String(kv.modRevision);
-          return { object: gone, pending: false };
+          return { object: decode(await this.store.delete(key, Number(meta.resourceVersion))), pending: false };
         } catch (e) {
           if (isStoreError(e, 'Conflict') && !pre.resourceVersion) continue;
           throw toApiError(e, info.plural, info.group, name);
@@ -198,9 +195,7 @@ export class Resources {
       next.metadata.deletionTimestamp ??= new Date().toISOString().replace(/\.\d+Z$/, 'Z');
       next.metadata.deletionGracePeriodSeconds ??= 0;
       if (options.dryRun) return { object: next, pending: true };
-      if (specOf(next) === specOf(current) && JSON.stringify(next.metadata) === JSON.stringify(current.metadata) && JSON.stringify(next.status) === JSON.stringify(current.status)) {
-        return { object: current, pending: true };
-      }
+      if (encode(next) === encode(current)) return { object: current, pending: true };
       try {
         return { object: decode(await this.store.update(key, encode(next), Number(meta.resourceVersion))), pending: true };
       } catch (e) {

@@ -6,7 +6,7 @@
  */
 import { kinds } from '@vessel/api';
 import type { KindInfo } from '@vessel/api';
-import { isNotFound, type Client } from '@vessel/client';
+import { isNotFound, resourcePath, type Client } from '@vessel/client';
 import { Informer, type KubeObject } from './runtime/informer.ts';
 import { listWatchFor } from './runtime/listwatch.ts';
 import { runWorkers, WorkQueue } from './runtime/workqueue.ts';
@@ -153,7 +153,5 @@ export class GarbageCollector {
 }
 
 function objectPath(info: KindInfo, obj: KubeObject): string {
-  const base = info.group ? `/apis/${info.group}/${info.version}` : `/api/${info.version}`;
-  const ns = info.namespaced ? `/namespaces/${obj.metadata.namespace}` : '';
-  return `${base}${ns}/${info.plural}/${obj.metadata.name}`;
+  return resourcePath(info, obj.metadata.namespace, obj.metadata.name);
 }

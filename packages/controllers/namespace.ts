@@ -4,7 +4,7 @@
  * lets the Namespace go.
  */
 import { findByResource, kinds } from '@vessel/api';
-import type { Client } from '@vessel/client';
+import { resourcePath, type Client } from '@vessel/client';
 import { Informer, type KubeObject } from './runtime/informer.ts';
 import { listWatchFor } from './runtime/listwatch.ts';
 import { runWorkers, WorkQueue } from './runtime/workqueue.ts';
@@ -41,7 +41,7 @@ export class NamespaceController {
       const list = await this.client.list(info, { namespace: name });
       remaining += list.items.length;
       if (list.items.length) {
-        await this.client.request('DELETE', `${info.group ? `/apis/${info.group}/${info.version}` : `/api/${info.version}`}/namespaces/${name}/${info.plural}`, {
+        await this.client.request('DELETE', resourcePath(info, name), {
           body: { kind: 'DeleteOptions', apiVersion: 'v1', propagationPolicy: 'Background' },
         });
       }
