@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import type { RunningServer } from '@vessel/apiserver';
 import type { Client } from '@vessel/client';
 import type { RunningControllers } from '@vessel/controllers';
+import type { RunningAgent } from '@vessel/agent';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
 import type { StoreConfig } from '@vessel/store';
 import type { KubeObject } from '@vessel/client';
@@ -18,6 +19,8 @@ export interface Vessel {
   server: RunningServer;
   client: Client;
   controllers?: RunningControllers;
+  /** The node agent, when started with `agent`. */
+  agent?: RunningAgent;
   kubeconfig: string;
   /** Stops the server and controllers but keeps the data directory (for restart tests). */
   stop(): Promise<void>;
@@ -33,13 +36,15 @@ export interface VesselOptions {
   bookmarkIntervalMs?: number;
   compactIntervalMs?: number;
   leaseMs?: number;
+  /** Run a node agent in the process too (storage and, later, VMs): its node name. */
+  agent?: { nodeName: string; sharedDir?: string };
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'vessel-test-'));
   const cp = await startControlPlane({
     dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store, controllers: opts.controllers,
-    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs,
+    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs, agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });
   let stopped = false;
@@ -49,7 +54,7 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
     await cp.close();
   };
   return {
-    dataDir, server: cp.server, client: cp.client, controllers: cp.controllers, kubeconfig: cp.server.kubeconfigPath, stop,
+    dataDir, server: cp.server, client: cp.client, controllers: cp.controllers, agent: cp.agent, kubeconfig: cp.server.kubeconfigPath, stop,
     async close() { await stop(); await rm(dataDir, { recursive: true, force: true }); },
   };
 }
@@ -71,6 +76,20 @@ export function run(cmd: string, args: string[], opts: { input?: string; timeout
     child.on('close', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
     child.stdin.end(opts.input ?? '');
   });
+}
+
+/** Polls `check` until it returns a value (not undefined), or fails with `what` after timeoutMs. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (e) { last = e; }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last instanceof Error ? last.message : last}` : ''}`);
+    await new Promise((r) => setTimeout(r, 150));
+  }
 }
 
 /** A minimal valid VirtualMachine (Halted, 64Mi). */

@@ -1,7 +1,10 @@
 /**
- * @vessel/agent: the node agent's libraries. For now the storage data plane (qemu-img
- * wrapper and disk importer) that the DataVolume controller will call.
+ * @vessel/agent: the node agent (`vessel agent`): Node registration, the storage pools and
+ * volume manager, its HTTPS endpoint, and the storage data plane (qemu-img, importers).
  */
+export { startAgent, type AgentOptions, type RunningAgent } from './agent.ts';
+export { Pool, backingFile } from './storage/pools.ts';
+export { VolumeManager } from './storage/volumes.ts';
 export * from './storage/errors.ts';
 export * as qemuImg from './storage/qemu-img.ts';
 export type { DiskFormat, ImageInfo } from './storage/qemu-img.ts';

@@ -21,3 +21,5 @@ export { parseQuantity, tryParseQuantity } from './quantity.ts';
 export { ApiError, ErrorCode, Reason, invalidObjectMessage } from './errors.ts';
 export { SUPPORTED_FIELDS, VMI_SPEC_SUPPORTED, DV_SPEC_SUPPORTED } from './support.ts';
 export { upstreamSchemas, type JsonSchema } from './schemas.ts';
+export * as storage from './storage.ts';
+export type { DataVolumePhase, PopulationSource } from './storage.ts';

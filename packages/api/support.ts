@@ -65,6 +65,7 @@ export const DV_SPEC_SUPPORTED: readonly string[] = [
   'source.http',
   'source.registry',
   'source.blank',
+  'source.upload',
   'source.pvc',
   'sourceRef',
   'storage',

@@ -5,6 +5,7 @@
  * will grow there.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { storage } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { forbidden, qualified } from './errors.ts';
@@ -67,10 +68,28 @@ export interface Attributes {
 
 const READ_VERBS = new Set(['get', 'list', 'watch']);
 
+/**
+ * A token in group `vessel:tenant:<namespace>` owns that namespace (every verb on what lives
+ * in it), reads the golden images in vessel-images and the storage classes, and nothing else.
+ */
+export const TENANT_GROUP_PREFIX = 'vessel:tenant:';
+const GOLDEN_READABLE = new Set(['datasources', 'datavolumes', 'persistentvolumeclaims']);
+const CLUSTER_READABLE = new Set(['storageclasses']);
+
+function tenantAllows(namespaces: string[], attrs: Attributes): boolean {
+  if (attrs.namespace && namespaces.includes(attrs.namespace)) return true;
+  if (!READ_VERBS.has(attrs.verb)) return false;
+  if (attrs.namespace === storage.GOLDEN_IMAGES_NAMESPACE && GOLDEN_READABLE.has(attrs.resource) && !attrs.subresource) return true;
+  if (!attrs.namespace && attrs.resource === 'namespaces' && attrs.name && namespaces.includes(attrs.name)) return true;
+  return !attrs.namespace && CLUSTER_READABLE.has(attrs.resource);
+}
+
 /** Throws a 403 Status unless `user` may do `attrs`. */
 export function authorize(user: User, attrs: Attributes): void {
   if (user.groups.includes(ADMIN_GROUP)) return;
   if (user.groups.includes(VIEW_GROUP) && READ_VERBS.has(attrs.verb)) return;
+  const tenantOf = user.groups.filter((g) => g.startsWith(TENANT_GROUP_PREFIX)).map((g) => g.slice(TENANT_GROUP_PREFIX.length));
+  if (tenantOf.length && tenantAllows(tenantOf, attrs)) return;
   const res = attrs.subresource ? `${attrs.resource}/${attrs.subresource}` : attrs.resource;
   const where = attrs.namespace ? ` in the namespace "${attrs.namespace}"` : ' at the cluster scope';
   throw forbidden(`${qualified(attrs.resource, attrs.group)}${attrs.name ? ` "${attrs.name}"` : ''} is forbidden: User "${user.name}" cannot ${attrs.verb} resource "${res}" in API group "${attrs.group}"${where}`);

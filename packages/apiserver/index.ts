@@ -14,6 +14,7 @@ import { ApiError, badRequest } from './errors.ts';
 import { Resources } from './resources.ts';
 import { createHandler, createHttpsServer } from './server.ts';
 import { ensureServingCerts } from './tls.ts';
+import { agentAuthSecret } from './upload.ts';
 
 export { ApiError, type Status } from './errors.ts';
 export { ADMIN_GROUP, VIEW_GROUP, authenticate, authorize, createToken, type User } from './auth.ts';
@@ -116,12 +117,13 @@ async function bootstrap(store: Store): Promise<void> {
   const resources = new Resources(store);
   const ensure = async (plural: string, group: string, version: string, obj: Record<string, unknown>) => {
     try {
-      await resources.create(findByResource(group, version, plural)!, undefined, obj);
+      await resources.create(findByResource(group, version, plural)!, (obj.metadata as { namespace?: string }).namespace, obj);
     } catch (e) {
       if (!(e instanceof ApiError && e.reason === 'AlreadyExists')) throw e;
     }
   };
   for (const name of DEFAULT_NAMESPACES) await ensure('namespaces', '', 'v1', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+  await ensure('secrets', '', 'v1', agentAuthSecret());
   for (const sc of DEFAULT_STORAGE_CLASSES) {
     await ensure('storageclasses', 'storage.k8s.io', 'v1', {
       apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass',

@@ -10,6 +10,7 @@ import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/ap
 import type { KindInfo } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
+import { authorizeCloneSources } from './admission.ts';
 import { apiGroupDoc, apiGroupList, apiResourceList, apiVersions, serverVersion } from './discovery.ts';
 import { ApiError, badRequest, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
 import { patchTypeOf } from './patch.ts';
@@ -19,6 +20,7 @@ import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
 import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
+import { issueUploadToken, proxyUpload, TOKEN_REQUEST_PATH, UPLOAD_PATHS } from './upload.ts';
 
 /** Kubernetes' own limit for a request body. */
 export const MAX_BODY_BYTES = 3 * 1024 * 1024;
@@ -96,11 +98,20 @@ export function createHandler(opts: HandlerOptions): Handler {
     const method = r.req.method ?? 'GET';
     if (['/healthz', '/livez', '/readyz'].includes(p)) { res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok'); return; }
     if (p === '/version') return sendJson(res, 200, serverVersion);
+    // Upload tokens authenticate uploads (CDI's upload proxy), not users.
+    if (UPLOAD_PATHS.includes(p)) {
+      if (method !== 'POST' && method !== 'PUT' && method !== 'HEAD') throw methodNotAllowed(method, p);
+      return proxyUpload(resources, r.req, res, p);
+    }
 
     const user = await authenticate(opts.store, r.req.headers.authorization);
     if (!user) throw unauthorized();
 
     if (p === '/vessel/v1/tokens' && method === 'POST') return issueToken(r, res, user);
+    const tokenRequest = TOKEN_REQUEST_PATH.exec(p);
+    if (tokenRequest && method === 'POST') {
+      return sendJson(res, 201, await issueUploadToken(resources, user, decodeURIComponent(tokenRequest[1]), parseBody(await readBody(r.req), r.req.headers['content-type'])));
+    }
     if (method === 'GET') {
       if (p.startsWith('/openapi/') && !acceptsJson(r.req.headers.accept)) {
         // kubectl asks for protobuf OpenAPI first and falls back to JSON on 406.
@@ -159,7 +170,10 @@ export function createHandler(opts: HandlerOptions): Handler {
     authorize(user, { verb, group: info.group, resource: info.plural, subresource, namespace, name });
     const labels = parseLabelSelector(r.q('labelSelector'));
     const fields = parseFieldSelector(r.q('fieldSelector'));
-    const write: WriteOptions = { dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')) };
+    const write: WriteOptions = {
+      dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
+      admit: (obj) => authorizeCloneSources(user, info, obj),
+    };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');
 

@@ -6,17 +6,21 @@
 import { startServer, type RunningServer, type ServerOptions } from '@vessel/apiserver';
 import { Client } from '@vessel/client';
 import { startControllers, type RunningControllers } from '@vessel/controllers';
+import type { RunningAgent } from '@vessel/agent';
 
 export interface ControlPlaneOptions extends ServerOptions {
   /** Run the controllers in this process (default true); with several servers on one store, a lease picks the one that runs them. */
   controllers?: boolean;
   /** Controllers' lease duration (tests shorten it to see a takeover quickly). */
   leaseMs?: number;
+  /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
+  agent?: { nodeName: string; sharedDir?: string; version?: string };
 }
 
 export interface ControlPlane {
   server: RunningServer;
   controllers?: RunningControllers;
+  agent?: RunningAgent;
   /** An admin client of this server. */
   client: Client;
   close(): Promise<void>;
@@ -27,9 +31,15 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
   const client = Client.fromKubeconfig({ explicit: server.kubeconfigPath });
   try {
     const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs });
+    let agent: RunningAgent | undefined;
+    if (opts.agent) {
+      const { startAgent } = await import('@vessel/agent');
+      agent = await startAgent({ client, dataDir: opts.dataDir, ...opts.agent, log: opts.log });
+    }
     return {
-      server, client, controllers,
+      server, client, controllers, agent,
       async close() {
+        await agent?.stop();
         await controllers?.stop();
         client.close();
         await server.close();

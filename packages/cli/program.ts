@@ -2,12 +2,14 @@
  * The `vessel` command line: global flags and one subcommand per verb (commands/<verb>.ts).
  */
 import { Command } from 'commander';
+import { registerAgent } from './commands/agent.ts';
 import { registerApiResources } from './commands/api-resources.ts';
 import { registerApply } from './commands/apply.ts';
 import { registerCreate } from './commands/create.ts';
 import { registerDelete } from './commands/delete.ts';
 import { registerDescribe } from './commands/describe.ts';
 import { registerGet } from './commands/get.ts';
+import { registerImageUpload } from './commands/image-upload.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerServer } from './commands/server.ts';
 import { registerToken } from './commands/token.ts';
@@ -33,5 +35,7 @@ export function buildProgram(): Command {
   registerToken(program);
   registerServer(program);
   registerUp(program);
+  registerAgent(program);
+  registerImageUpload(program);
   return program;
 }

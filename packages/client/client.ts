@@ -322,6 +322,25 @@ export class Client {
     return res.namespaced ? (opts.namespace ?? this.config.namespace) : undefined;
   }
 
+  /**
+   * A request whose body streams from `body` and whose response is handed over unread (uploads).
+   * `bearer` replaces the kubeconfig's token (upload tokens). No timeout: a stall is the caller's to judge.
+   */
+  stream(method: string, path: string, opts: { headers?: http.OutgoingHttpHeaders; body?: NodeJS.ReadableStream; bearer?: string; signal?: AbortSignal } = {}): Promise<http.IncomingMessage> {
+    const headers = { ...this.headers(undefined, opts.body ? 'application/octet-stream' : undefined), ...opts.headers };
+    if (opts.bearer) headers.Authorization = `Bearer ${opts.bearer}`;
+    const url = new URL(path, this.config.server);
+    return new Promise((resolvePromise, reject) => {
+      const req = this.transport().request(url, { method, agent: this.agent, headers, signal: opts.signal });
+      req.on('error', (err) => reject(this.unreachable(err)));
+      req.on('response', resolvePromise);
+      if (opts.body) {
+        opts.body.on('error', (e) => req.destroy(e));
+        opts.body.pipe(req);
+      } else req.end();
+    });
+  }
+
   private transport(): typeof http | typeof https {
     return this.config.server.startsWith('https:') ? https : http;
   }

@@ -3,16 +3,28 @@
  * (runtime/: informer, work queue). Each controller is one file.
  */
 import type { Client } from '@vessel/client';
+import { DataSourceController } from './datasource.ts';
+import { DataVolumeController } from './datavolume.ts';
 import { GarbageCollector } from './gc.ts';
 import { NamespaceController } from './namespace.ts';
 import { LeaderElector } from './runtime/leader.ts';
+import { VirtualMachineController } from './vm.ts';
+import { VolumeBinder } from './volume-binder.ts';
 
-export { Informer, cacheKey, type ListWatch, type InformerHandlers } from './runtime/informer.ts';
+export { Informer, cacheKey, type ListWatch, type InformerHandlers, type KubeObject } from './runtime/informer.ts';
 export { WorkQueue, runWorkers } from './runtime/workqueue.ts';
 export { listWatchFor } from './runtime/listwatch.ts';
 export { LeaderElector, type LeaderElectionOptions } from './runtime/leader.ts';
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
+export { Controller, splitKey, type Log } from './runtime/controller.ts';
+export { EventRecorder, type EventType } from './runtime/events.ts';
+export { updateStatus, setCondition, getCondition, type Status } from './runtime/status.ts';
+export { VolumeBinder, PROVISIONER, CLONE_SOURCE, nodePools, isNodeReady, defaultClass, type NodePool } from './volume-binder.ts';
+export { DataVolumeController } from './datavolume.ts';
+export { DataSourceController } from './datasource.ts';
+export { VirtualMachineController } from './vm.ts';
+export * as refs from './refs.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */
@@ -36,7 +48,10 @@ export async function startControllers(client: Client, opts: ControllerOptions =
     name: 'vessel-controllers', leaseMs: opts.leaseMs, log: opts.log,
     async onStartedLeading() {
       // Fresh instances each term: an informer does not restart after stop().
-      running = [new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log)];
+      running = [
+        new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
+        new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log),
+      ];
       await Promise.all(running.map((c) => c.start()));
     },
     async onStoppedLeading() {

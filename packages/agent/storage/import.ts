@@ -580,7 +580,7 @@ function isPlainQcow2(inf: ImageInfo & { leaks: number }): boolean {
  * MiB: 420 ms, against 380 ms + 270 ms fsync through the page cache. Filesystems without
  * O_DIRECT get the page cache and the fsync in publish().
  */
-async function convertDurably(input: string, out: string, format: DiskFormat, signal: AbortSignal | undefined, onProgress: (p: number) => void): Promise<void> {
+export async function convertDurably(input: string, out: string, format: DiskFormat, signal: AbortSignal | undefined, onProgress: (p: number) => void): Promise<void> {
   const run = (destCache: 'none' | undefined) => qemuImg.convert(input, out, { srcFormat: format, outFormat: 'qcow2', destCache, signal, onProgress });
   try {
     await run('none');
@@ -612,7 +612,8 @@ async function verifyOutput(path: string, expectedSize: number, max: number, sig
 }
 
 /** fsync the file, rename it into place, fsync the directory: the disk survives a crash whole or not at all. */
-async function publish(tmp: string, dest: string): Promise<void> {
+/** fsyncs `tmp`, renames it to `dest` and fsyncs the directory: after a crash `dest` is absent or whole. */
+export async function publish(tmp: string, dest: string): Promise<void> {
   const fh = await open(tmp, 'r+');
   try {
     await fh.sync();

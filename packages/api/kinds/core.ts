@@ -109,7 +109,13 @@ export function validatePersistentVolumeClaim(o: KubeObject, ctx: SemanticContex
   }
   if (ctx.op === 'update' && ctx.old) {
     const oldSpec = obj(ctx.old.spec);
-    if (oldSpec && !jsonEqual(withoutResources(spec), withoutResources(oldSpec))) {
+    // As Kubernetes: binding sets volumeName once, and a claim without a class may get the default one.
+    const settable = (s: Obj, other: Obj) => ({
+      ...withoutResources(s),
+      volumeName: other.volumeName ? s.volumeName : undefined,
+      storageClassName: other.storageClassName ? s.storageClassName : undefined,
+    });
+    if (oldSpec && !jsonEqual(settable(spec, oldSpec), settable(oldSpec, oldSpec))) {
       causes.push(forbidden('spec', 'spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims'));
     }
   }

@@ -1,8 +1,10 @@
 /**
- * `vessel up`: the all-in-one single-host mode. Starts the control plane on embedded SQLite,
- * makes sure the demo VirtualMachine exists, and prints how to reach it. Running it again on
- * the same data directory picks up where it left off. Ctrl-C stops the control plane.
+ * `vessel up`: the all-in-one single-host mode. Starts the control plane on embedded SQLite
+ * and a node agent for this host, makes sure the `tiny` golden image and the demo
+ * VirtualMachine exist, and prints how to reach them. Running it again on the same data
+ * directory picks up where it left off. Ctrl-C stops the control plane.
  */
+import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { defaultDataDir, isNotFound, type ResourceRef } from '@vessel/client';
 import { note, out } from '../context.ts';
@@ -24,7 +26,6 @@ export const DEMO_VM = {
           resources: { requests: { memory: '256Mi' } },
           devices: { disks: [{ name: 'rootdisk', disk: { bus: 'virtio' } }] },
         },
-        // The golden image `tiny` is imported by the disks-and-images work; the VM refers to it already.
         volumes: [{ name: 'rootdisk', dataVolume: { name: 'demo-rootdisk' } }],
       },
     },
@@ -44,7 +45,12 @@ export function registerUp(program: Command): void {
       const dataDir = flags.dataDir ?? defaultDataDir();
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
-      const cp = await startControlPlane({ dataDir, listen: flags.listen, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined });
+      const cp = await startControlPlane({
+        dataDir, listen: flags.listen, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
+        agent: { nodeName: hostname() },
+      });
+      const { ensureTinyImage } = await import('../golden.ts');
+      const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`));
       let demo = 'exists';
       try {
         await cp.client.get(VM, 'demo', { namespace: 'default' });
@@ -59,10 +65,11 @@ export function registerUp(program: Command): void {
         `  API server   ${cp.server.url}`,
         `  kubeconfig   ${cp.server.kubeconfigPath}`,
         `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
-        `  demo VM      default/demo (${demo}):  ${vessel} get vm demo   |   kubectl get vm demo -o yaml`,
-        '               Vessel stores, validates and serves VMs today; the node agent that boots them',
-        '               (console, VNC) is the next piece of work, so demo shows no status yet.',
-        `  try          kubectl explain vm.spec.runStrategy   |   ${vessel} get vms -w   |   kubectl api-resources`,
+        `  node         ${cp.agent?.nodeName} (this host; pools under ${dataDir}/pools)`,
+        `  golden image vessel-images/tiny (${tiny}):  ${vessel} get datasource,dv,pvc -n vessel-images`,
+        `  demo VM      default/demo (${demo}):  ${vessel} get vm demo   |   ${vessel} get dv,pvc   (its disk: a linked clone of tiny)`,
+        '               Booting VMs (console, VNC) is the VM runtime, the next piece of work: demo has its disk but no guest yet.',
+        `  try          ${vessel} image-upload dv mydisk --image-path FILE --size 2Gi   |   kubectl explain datavolume.spec.source`,
         'Ctrl-C stops the control plane.',
         '',
       ].join('\n'));

@@ -1,0 +1,92 @@
+/**
+ * `vessel agent`: one per host. Registers the Node, serves the storage pools of this host
+ * (`local` under the data directory, `shared` in a directory every node sees), fills and
+ * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
+ */
+import { join } from 'node:path';
+import { storage } from '@vessel/api';
+import { isNotFound, type Client } from '@vessel/client';
+import { refs, type NodePool } from '@vessel/controllers';
+import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
+import { NodeRegistration } from './node.ts';
+import { Pool } from './storage/pools.ts';
+import { VolumeManager } from './storage/volumes.ts';
+import { ensureAgentCert } from './tls.ts';
+
+export interface AgentOptions {
+  client: Client;
+  nodeName: string;
+  dataDir: string;
+  /** The shared pool's directory (the same path on every node); default DATA_DIR/pools/shared. */
+  sharedDir?: string;
+  /** Endpoint address to listen on (default 127.0.0.1:0) and the address the server should use. */
+  listen?: string;
+  address?: string;
+  version?: string;
+  heartbeatMs?: number;
+  log?: (line: string) => void;
+}
+
+export interface RunningAgent {
+  nodeName: string;
+  dataDir: string;
+  pools: Map<string, Pool>;
+  endpoint: AgentEndpoint;
+  stop(): Promise<void>;
+}
+
+export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
+  const log = opts.log ?? (() => {});
+  const pools = new Map<string, Pool>([
+    ['local', new Pool('local', join(opts.dataDir, 'pools', 'local'), false)],
+    ['shared', new Pool('shared', opts.sharedDir ?? join(opts.dataDir, 'pools', 'shared'), true)],
+  ]);
+  for (const p of pools.values()) await p.init();
+  const token = await agentToken(opts.client);
+  const cert = await ensureAgentCert(join(opts.dataDir, 'agent'), opts.nodeName);
+  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log });
+  const [host, port] = splitListen(opts.listen ?? '127.0.0.1:0');
+  const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, log });
+  const nodePools: Record<string, NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
+  const node = new NodeRegistration(opts.client, {
+    nodeName: opts.nodeName, address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host), port: endpoint.port,
+    certFingerprint256: cert.fingerprint256, pools: nodePools, version: opts.version ?? 'dev', heartbeatMs: opts.heartbeatMs, log,
+  });
+  try {
+    await node.start();
+    await volumes.start();
+  } catch (e) {
+    node.stop();
+    await endpoint.close();
+    throw e;
+  }
+  log(`agent: node ${opts.nodeName} registered; endpoint on ${host}:${endpoint.port}`);
+  return {
+    nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint,
+    async stop() {
+      node.stop();
+      await volumes.stop();
+      await endpoint.close();
+    },
+  };
+}
+
+/** The token the API server presents to agents (kube-system/vessel-agent-auth), made by the server on first start. */
+async function agentToken(client: Client): Promise<string> {
+  for (let i = 0; ; i++) {
+    try {
+      const s = await client.get(refs.SECRETS, storage.AGENT_AUTH_SECRET, { namespace: 'kube-system' });
+      const t = (s.data as Record<string, string> | undefined)?.token;
+      if (t) return Buffer.from(t, 'base64').toString('utf8');
+    } catch (e) {
+      if (!isNotFound(e) || i > 50) throw e;
+    }
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+function splitListen(listen: string): [string, number] {
+  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(listen);
+  if (!m) throw new Error(`--listen must be HOST:PORT, not "${listen}"`);
+  return [m[1] || '127.0.0.1', Number(m[2])];
+}

@@ -1,0 +1,76 @@
+/**
+ * The agent's Node: registered on start (created, or taken over after a restart), with
+ * capacity, addresses, the pools it serves and the port and certificate of its endpoint,
+ * and a Ready heartbeat every `heartbeatMs` (kubelet's node status update).
+ */
+import { cpus, hostname, release, totalmem } from 'node:os';
+import { statfs } from 'node:fs/promises';
+import { storage } from '@vessel/api';
+import { isNotFound, type Client } from '@vessel/client';
+import { refs, setCondition, updateStatus, type NodePool } from '@vessel/controllers';
+
+export interface NodeRegistrationOptions {
+  nodeName: string;
+  /** The address the server reaches this agent at. */
+  address: string;
+  port: number;
+  certFingerprint256: string;
+  pools: Record<string, NodePool>;
+  labels?: Record<string, string>;
+  heartbeatMs?: number;
+  version: string;
+  log?: (line: string) => void;
+}
+
+export class NodeRegistration {
+  private timer?: NodeJS.Timeout;
+
+  constructor(private readonly client: Client, private readonly opts: NodeRegistrationOptions) {}
+
+  async start(): Promise<void> {
+    const { nodeName } = this.opts;
+    const metadata = {
+      name: nodeName,
+      labels: {
+        'kubernetes.io/hostname': nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64',
+        'kubevirt.io/schedulable': 'true', ...this.opts.labels,
+      },
+      annotations: { [storage.NODE_POOLS]: JSON.stringify(this.opts.pools), [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256 },
+    };
+    try {
+      await this.client.get(refs.NODES, nodeName);
+      await this.client.patch(refs.NODES, nodeName, { metadata });
+    } catch (e) {
+      if (!isNotFound(e)) throw e;
+      await this.client.create(refs.NODES, { apiVersion: 'v1', kind: 'Node', metadata, spec: {} });
+    }
+    await this.heartbeat();
+    this.timer = setInterval(() => { this.heartbeat().catch((e: Error) => this.opts.log?.(`node: heartbeat failed: ${e.message}`)); }, this.opts.heartbeatMs ?? 10_000);
+    this.timer.unref();
+  }
+
+  stop(): void { clearInterval(this.timer); }
+
+  private async heartbeat(): Promise<void> {
+    const cpu = String(cpus().length);
+    const memKi = `${Math.floor(totalmem() / 1024)}Ki`;
+    const fs = await statfs(Object.values(this.opts.pools)[0]?.dir ?? '/').catch(() => undefined);
+    const disk = fs ? `${Math.floor((fs.blocks * fs.bsize) / 1024)}Ki` : '0';
+    const resources = { cpu, memory: memKi, 'ephemeral-storage': disk, pods: '110' };
+    await updateStatus(this.client, refs.NODES, undefined, this.opts.nodeName, (s) => {
+      s.capacity = resources;
+      s.allocatable = resources;
+      s.addresses = [{ type: 'InternalIP', address: this.opts.address }, { type: 'Hostname', address: hostname() }];
+      s.daemonEndpoints = { kubeletEndpoint: { Port: this.opts.port } };
+      s.nodeInfo = {
+        architecture: 'amd64', operatingSystem: 'linux', kernelVersion: release(), osImage: 'Debian GNU/Linux',
+        kubeletVersion: `vessel-agent/${this.opts.version}`, kubeProxyVersion: '', containerRuntimeVersion: 'qemu',
+        machineID: '', systemUUID: '', bootID: '',
+      };
+      for (const type of ['MemoryPressure', 'DiskPressure', 'PIDPressure']) setCondition(s, { type, status: 'False', reason: `AgentHasNo${type}`, message: '' });
+      setCondition(s, { type: 'Ready', status: 'True', reason: 'AgentReady', message: 'vessel agent is posting ready status' });
+      // The heartbeat itself: always moves, so the write always happens.
+      for (const c of s.conditions as Record<string, unknown>[]) c.lastHeartbeatTime = new Date().toISOString();
+    });
+  }
+}

@@ -1,0 +1,775 @@
+/**
+ * The DataVolume `registry` source: pulls a KubeVirt containerDisk (an image whose layers
+ * hold a disk image file under /disk/) over the OCI distribution API, without docker or
+ * skopeo. Layers are read newest first and streamed through sha256, gunzip and a small tar
+ * reader, so memory stays flat whatever the image size; the disk file's bytes go to
+ * importDisk as a stream that fails if its layer's digest turns out wrong at the end.
+ */
+import { createHash, type Hash } from 'node:crypto';
+import http from 'node:http';
+import https from 'node:https';
+import { posix } from 'node:path';
+import { Readable, pipeline } from 'node:stream';
+import { rootCertificates } from 'node:tls';
+import { createGunzip } from 'node:zlib';
+import { ImportError } from './errors.ts';
+
+export interface RegistryRef {
+  /** host[:port] as written in the URL; "docker.io" for Docker Hub short names. */
+  registry: string;
+  repository: string;
+  /** A tag, or a digest "sha256:<hex>". */
+  reference: string;
+}
+
+export interface RegistryDiskOptions {
+  /** docker://host[:port]/repo[:tag|@sha256:digest] */
+  url: string;
+  /** Plain HTTP instead of HTTPS. */
+  insecure?: boolean;
+  /** Extra CA certificates (PEM) trusted besides the system ones: CDI's certConfigMap. */
+  caPem?: string;
+  /** From the DataVolume's secretRef (accessKeyId / secretKey). */
+  credentials?: { username: string; password: string };
+  signal?: AbortSignal;
+  /** Architecture chosen from a multi-platform index; default amd64. */
+  architecture?: string;
+  /** A request with no bytes for this long fails, ms. Default 60 s. */
+  idleTimeoutMs?: number;
+}
+
+export interface RegistryDisk {
+  /** The disk file's bytes as stored in the image (maybe gz/xz); errors (ImportError) if the layer's digest is wrong. */
+  stream: Readable;
+  /** Size of the disk file in bytes. */
+  size: number;
+  /** Digest of the manifest (or index) the URL names: pin it with docker://...@<digest>. */
+  digest: string;
+  /** Path of the disk file inside the image, e.g. disk/disk.qcow2. */
+  file: string;
+}
+
+const MEDIA = {
+  ociManifest: 'application/vnd.oci.image.manifest.v1+json',
+  ociIndex: 'application/vnd.oci.image.index.v1+json',
+  dockerManifest: 'application/vnd.docker.distribution.manifest.v2+json',
+  dockerList: 'application/vnd.docker.distribution.manifest.list.v2+json',
+} as const;
+const ACCEPT = [MEDIA.ociManifest, MEDIA.ociIndex, MEDIA.dockerManifest, MEDIA.dockerList].join(', ');
+const MAX_MANIFEST = 4 << 20;
+const MAX_REDIRECTS = 5;
+const DIGEST_RE = /^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/;
+const REPO_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
+const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
+const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
+
+// ---------------------------------------------------------------------------------------
+// URL
+
+/**
+ * Splits a CDI registry URL into registry, repository and tag or digest, with Docker's
+ * rules for short names: "docker://fedora" is docker.io/library/fedora:latest.
+ */
+export function parseRegistryUrl(url: string): RegistryRef {
+  const bad = (why: string) => new ImportError('InvalidArgument', `registry URL "${url}" ${why}: write it as docker://host[:port]/repository[:tag] or docker://host[:port]/repository@sha256:<digest>`);
+  if (typeof url !== 'string' || !url.startsWith('docker://')) {
+    throw bad(/^oci-archive:/.test(String(url)) ? 'is an oci-archive, which Vessel does not import' : 'does not start with docker://');
+  }
+  let rest = url.slice('docker://'.length);
+  let digest: string | undefined;
+  const at = rest.indexOf('@');
+  if (at >= 0) {
+    digest = rest.slice(at + 1);
+    rest = rest.slice(0, at);
+    if (!DIGEST_RE.test(digest)) throw bad(`has digest "${digest}", not sha256:<64 lowercase hex digits>`);
+  }
+  if (rest === '' || rest.includes('://')) throw bad('names no image');
+  const slash = rest.indexOf('/');
+  const first = slash >= 0 ? rest.slice(0, slash) : '';
+  // Docker's rule: the first component is a host only if it looks like one.
+  const hasHost = slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost' || first.startsWith('['));
+  let registry = hasHost ? first : 'docker.io';
+  let path = hasHost ? rest.slice(slash + 1) : rest;
+  const lastSlash = path.lastIndexOf('/');
+  const colon = path.lastIndexOf(':');
+  let tag: string | undefined;
+  if (colon > lastSlash) {
+    tag = path.slice(colon + 1);
+    path = path.slice(0, colon);
+    if (!TAG_RE.test(tag)) throw bad(`has tag "${tag}", which is not a valid tag`);
+  }
+  const hm = HOST_RE.exec(registry);
+  if (!hm || (hm[1] !== undefined && (Number(hm[1]) < 1 || Number(hm[1]) > 65535))) throw bad(`has "${registry}", which is not a host[:port]`);
+  if (registry === 'index.docker.io') registry = 'docker.io';
+  if (registry === 'docker.io' && path !== '' && !path.includes('/')) path = `library/${path}`;
+  if (path === '' || path.length > 255 || !path.split('/').every((c) => REPO_COMPONENT.test(c))) {
+    throw bad(`has repository "${path}": use lowercase letters, digits and . _ - separated by /`);
+  }
+  return { registry, repository: path, reference: digest ?? tag ?? 'latest' };
+}
+
+function imageName(ref: RegistryRef): string {
+  return DIGEST_RE.test(ref.reference) ? `${ref.repository}@${ref.reference}` : `${ref.repository}:${ref.reference}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// Pull
+
+interface Ctx {
+  ref: RegistryRef;
+  base: string;
+  display: string;
+  opts: RegistryDiskOptions;
+  idleMs: number;
+  /** The Authorization header that works, once a challenge was answered. */
+  auth?: string;
+  /** Set when a request was cut for idling, so the stream error says so. */
+  stalled?: string;
+}
+
+interface Descriptor { mediaType: string; digest: string; size: number; platform?: { os?: string; architecture?: string; variant?: string } }
+
+/**
+ * Finds the disk file of a containerDisk image and returns a stream of its bytes. Throws
+ * ImportError when the image cannot be fetched or has no file under /disk/; the stream
+ * fails with ImportError if the transfer breaks or a digest does not match.
+ */
+export async function openRegistryDisk(opts: RegistryDiskOptions): Promise<RegistryDisk> {
+  const ref = parseRegistryUrl(opts.url);
+  const host = ref.registry === 'docker.io' ? 'registry-1.docker.io' : ref.registry;
+  const ctx: Ctx = { ref, base: `${opts.insecure ? 'http' : 'https'}://${host}`, display: ref.registry, opts, idleMs: opts.idleTimeoutMs ?? 60_000 };
+  throwIfAborted(opts.signal);
+  const name = imageName(ref);
+  const top = await fetchManifest(ctx, ref.reference);
+  let manifest = top;
+  for (let depth = 0; manifest.kind === 'index'; depth++) {
+    if (depth >= 2) throw new ImportError('UnsupportedFormat', `image ${name} nests indexes more than two deep: push a plain image or a one-level index`);
+    const chosen = choosePlatform(manifest.json, opts.architecture ?? 'amd64', name);
+    manifest = await fetchManifest(ctx, chosen.digest);
+  }
+  const layers = manifestLayers(manifest.json, name);
+
+  // Whiteouts and non-directories in an upper layer hide paths in the layers below it.
+  const hidden: Mask[] = [];
+  const skipped: string[] = [];
+  for (let i = layers.length - 1; i >= 0; i--) {
+    const layer = await openLayer(ctx, layers[i], name);
+    try {
+      const masks: Mask[] = [];
+      for (;;) {
+        const r = await layer.entries.next();
+        if (r.done) break;
+        const entry = r.value;
+        const path = normalizePath(entry.path);
+        const wh = whiteoutMask(path);
+        if (wh) { masks.push(wh); continue; }
+        if (path === 'disk' && entry.type !== 'directory') { masks.push({ path, opaque: false }); continue; }
+        if (!path.startsWith('disk/') || isHidden(path, hidden) || entry.type === 'directory') continue;
+        if (entry.type === 'file') {
+          return { stream: diskStream(ctx, layer, entry.body, layers[i].digest), size: entry.size, digest: top.digest, file: path };
+        }
+        if (entry.type === 'sparse') {
+          throw new ImportError('UnsupportedFormat', `${path} in image ${name} is stored as a sparse tar entry, which Vessel cannot read: build the image without sparse files (e.g. COPY of a plain file)`);
+        }
+        skipped.push(`${path} (${entry.type})`);
+        masks.push({ path, opaque: false });
+      }
+      await layer.finish();
+      hidden.push(...masks);
+    } catch (e) {
+      layer.destroy();
+      throw streamError(e, ctx, layers[i].digest);
+    }
+  }
+  const links = skipped.length ? ` (skipped ${skipped.slice(0, 3).join(', ')}: only regular files are read, links are not followed)` : '';
+  throw new ImportError('UnsupportedFormat', `image ${name} has no file under /disk/: is it a containerDisk? Build one with a disk image at /disk/disk.img or /disk/disk.qcow2${links}`);
+}
+
+function throwIfAborted(signal: AbortSignal | undefined): void {
+  if (signal?.aborted) throw aborted(signal);
+}
+
+function aborted(signal: AbortSignal): ImportError {
+  return new ImportError('Aborted', 'the import was cancelled; nothing was written', { cause: signal.reason });
+}
+
+interface Manifest { kind: 'index' | 'manifest'; json: Record<string, unknown>; digest: string }
+
+async function fetchManifest(ctx: Ctx, reference: string): Promise<Manifest> {
+  const name = imageName({ ...ctx.ref, reference });
+  const res = await registryGet(ctx, `/v2/${ctx.ref.repository}/manifests/${reference}`, ACCEPT);
+  const status = res.statusCode ?? 0;
+  if (status !== 200) {
+    const detail = await errorDetail(res);
+    if (status === 404) {
+      throw new ImportError('HttpError', `registry ${ctx.display} has no image ${name}${paren(detail)}: check the repository and tag in the URL, and that the image was pushed`);
+    }
+    throw statusError(ctx, status, detail, `image ${name}`);
+  }
+  const body = await readBody(res, MAX_MANIFEST, `the manifest of ${name}`);
+  const algo = reference.startsWith('sha512:') ? 'sha512' : 'sha256';
+  const digest = `${algo}:${createHash(algo).update(body).digest('hex')}`;
+  if (DIGEST_RE.test(reference) && digest !== reference) {
+    throw new ImportError('ChecksumMismatch', `registry ${ctx.display} sent a manifest for ${name} whose digest is ${digest}: it was altered on the way or by the registry; retry, or push the image again`);
+  }
+  let json: Record<string, unknown>;
+  try {
+    const parsed: unknown = JSON.parse(body.toString('utf8'));
+    if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new Error('not an object');
+    json = parsed as Record<string, unknown>;
+  } catch (e) {
+    throw new ImportError('Corrupt', `the manifest of ${name} is not valid JSON (${(e as Error).message}): push the image again`, { cause: e });
+  }
+  const type = typeof json.mediaType === 'string' ? json.mediaType : String(res.headers['content-type'] ?? '').split(';')[0].trim();
+  if (json.schemaVersion === 1 || /^application\/vnd\.docker\.distribution\.manifest\.v1\+(prettyjws|json)$/.test(type)) {
+    throw new ImportError('UnsupportedFormat', `image ${name} has a Docker schema 1 manifest, which Vessel does not read: push it again with a current docker, podman or buildah (schema 2 or OCI)`);
+  }
+  if (type === MEDIA.ociIndex || type === MEDIA.dockerList || (type !== MEDIA.ociManifest && type !== MEDIA.dockerManifest && Array.isArray(json.manifests))) {
+    return { kind: 'index', json, digest };
+  }
+  if (type === MEDIA.ociManifest || type === MEDIA.dockerManifest || Array.isArray(json.layers)) return { kind: 'manifest', json, digest };
+  throw new ImportError('UnsupportedFormat', `${name} is a "${type || 'unknown'}" manifest, not a container image: check the URL`);
+}
+
+function descriptor(v: unknown, what: string): Descriptor {
+  const d = (v ?? {}) as Record<string, unknown>;
+  if (typeof d.digest !== 'string' || !DIGEST_RE.test(d.digest) || typeof d.size !== 'number' || !Number.isSafeInteger(d.size) || d.size < 0) {
+    throw new ImportError('Corrupt', `${what} has an invalid descriptor (${JSON.stringify(v)?.slice(0, 200)}): push the image again`);
+  }
+  const p = d.platform as Descriptor['platform'] | undefined;
+  return { mediaType: typeof d.mediaType === 'string' ? d.mediaType : '', digest: d.digest, size: d.size, platform: p && typeof p === 'object' ? p : undefined };
+}
+
+function choosePlatform(index: Record<string, unknown>, arch: string, name: string): Descriptor {
+  const list = Array.isArray(index.manifests) ? index.manifests.map((m, i) => descriptor(m, `entry ${i} of the index of ${name}`)) : [];
+  const match = list.filter((m) => m.platform?.os === 'linux' && m.platform.architecture === arch);
+  // Prefer the plain variant (amd64 has v2/v3 variants in some indexes).
+  const chosen = match.find((m) => !m.platform?.variant) ?? match[0];
+  if (chosen) return chosen;
+  const have = [...new Set(list.map((m) => `${m.platform?.os ?? '?'}/${m.platform?.architecture ?? '?'}`))].join(', ') || 'none';
+  throw new ImportError('UnsupportedFormat', `image ${name} has no linux/${arch} variant (it has: ${have}): push a linux/${arch} containerDisk under this tag`);
+}
+
+function manifestLayers(m: Record<string, unknown>, name: string): Descriptor[] {
+  if (!Array.isArray(m.layers)) throw new ImportError('Corrupt', `the manifest of ${name} lists no layers: push the image again`);
+  return m.layers.map((l, i) => descriptor(l, `layer ${i} of ${name}`));
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP and auth
+
+/** GET on the registry: answers an auth challenge once, follows redirects (blobs live on storage hosts). */
+async function registryGet(ctx: Ctx, path: string, accept?: string): Promise<http.IncomingMessage> {
+  let url = new URL(path, ctx.base);
+  let challenged = false;
+  let sameOrigin = true;
+  for (let hop = 0; ; ) {
+    const headers: Record<string, string> = {};
+    if (accept) headers.accept = accept;
+    // Credentials stay with the registry: storage redirects carry their own signature, and S3 refuses both.
+    if (ctx.auth && sameOrigin) headers.authorization = ctx.auth;
+    const res = await send(ctx, url, headers);
+    const status = res.statusCode ?? 0;
+    if (status === 401 && sameOrigin && !challenged) {
+      const challenge = res.headers['www-authenticate'];
+      res.resume();
+      challenged = true;
+      await authenticate(ctx, Array.isArray(challenge) ? challenge[0] : challenge);
+      continue;
+    }
+    if (status >= 300 && status < 400 && res.headers.location) {
+      res.resume();
+      if (++hop > MAX_REDIRECTS) throw new ImportError('HttpError', `registry ${ctx.display} redirects ${path} more than ${MAX_REDIRECTS} times: the registry or its storage is misconfigured`);
+      url = new URL(res.headers.location, url);
+      sameOrigin = url.origin === new URL(ctx.base).origin;
+      continue;
+    }
+    return res;
+  }
+}
+
+function send(ctx: Ctx, url: URL, headers: Record<string, string>): Promise<http.IncomingMessage> {
+  const signal = ctx.opts.signal;
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    return Promise.reject(new ImportError('HttpError', `registry ${ctx.display} sent Vessel to ${url.protocol} URL, which it cannot follow`));
+  }
+  return new Promise((resolve, reject) => {
+    const lib = url.protocol === 'https:' ? https : http;
+    // node's `ca` replaces the system roots: add the certConfigMap's CAs to them instead.
+    const tls = url.protocol === 'https:' && ctx.opts.caPem ? { ca: [...rootCertificates, ctx.opts.caPem] } : {};
+    const req = lib.get(url, { headers: { 'user-agent': 'vessel-importer', ...headers }, signal, ...tls }, resolve);
+    req.setTimeout(ctx.idleMs, () => {
+      ctx.stalled = url.host;
+      req.destroy(new ImportError('HttpError', `no data from ${url.host} for ${ctx.idleMs / 1000} s: the registry is stuck or unreachable; retry the import`));
+    });
+    req.on('error', (e) => reject(netError(e, url, ctx)));
+  });
+}
+
+function netError(e: unknown, url: URL, ctx: Ctx): ImportError {
+  if (ctx.opts.signal?.aborted) return aborted(ctx.opts.signal);
+  if (e instanceof ImportError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const code = err?.code ?? '';
+  const msg = err?.message ?? String(e);
+  const host = url.host;
+  if (code === 'ECONNREFUSED') return new ImportError('HttpError', `cannot reach registry ${host}: connection refused; check the host and port in the URL and that the registry is running`, { cause: e });
+  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return new ImportError('HttpError', `cannot resolve ${url.hostname}: check the registry host name in the URL and the node's DNS`, { cause: e });
+  if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code)) {
+    return new ImportError('HttpError', `the TLS certificate of ${host} is not trusted (${code}): add its CA with certConfigMap`, { cause: e });
+  }
+  if (/wrong version number|packet length too long|http request/i.test(msg)) {
+    return new ImportError('HttpError', `registry ${host} does not speak TLS (it seems to serve plain HTTP): mark it insecure, or give the registry a TLS certificate`, { cause: e });
+  }
+  if (code === 'EPROTO' || code.startsWith('ERR_SSL')) {
+    // OpenSSL's text is "...:SSL routines:<function>:<reason>:<file>:<line>:": keep the reason.
+    const reason = /routines:[^:]*:([^:]+)/.exec(msg)?.[1] ?? msg.split('\n')[0];
+    return new ImportError('HttpError', `TLS with registry ${host} failed (${reason}): check that it serves HTTPS on this port, or mark it insecure if it serves plain HTTP`, { cause: e });
+  }
+  return new ImportError('HttpError', `cannot reach registry ${host}: ${msg}`, { cause: e });
+}
+
+interface Challenge { scheme: string; params: Record<string, string> }
+
+/** Parses one WWW-Authenticate challenge: `Bearer realm="...",service="...",scope="..."`. */
+export function parseChallenge(header: string): Challenge | undefined {
+  const m = /^\s*([A-Za-z][\w-]*)\s*(.*)$/s.exec(header);
+  if (!m) return undefined;
+  const params: Record<string, string> = {};
+  const re = /([A-Za-z][\w-]*)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]*))/g;
+  for (let p = re.exec(m[2]); p; p = re.exec(m[2])) {
+    params[p[1].toLowerCase()] = p[2] !== undefined ? p[2].replace(/\\(.)/g, '$1') : p[3];
+  }
+  return { scheme: m[1].toLowerCase(), params };
+}
+
+async function authenticate(ctx: Ctx, header: string | undefined): Promise<void> {
+  const creds = ctx.opts.credentials;
+  const needCreds = `registry ${ctx.display} requires a user name and password for ${ctx.ref.repository}: set the DataVolume's secretRef to a Secret with accessKeyId and secretKey`;
+  const ch = header ? parseChallenge(header) : undefined;
+  if (!ch) throw new ImportError('HttpError', creds ? `registry ${ctx.display} refused the request (HTTP 401) without saying how to log in: check the URL` : needCreds);
+  const basic = creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
+  if (ch.scheme === 'basic') {
+    if (!basic) throw new ImportError('HttpError', needCreds);
+    ctx.auth = basic;
+    return;
+  }
+  if (ch.scheme !== 'bearer' || !ch.params.realm) {
+    throw new ImportError('HttpError', `registry ${ctx.display} asks for "${ch.scheme}" authentication, which Vessel does not speak (only Basic and Bearer tokens)`);
+  }
+  let realm: URL;
+  try {
+    realm = new URL(ch.params.realm);
+  } catch {
+    throw new ImportError('HttpError', `registry ${ctx.display} names an invalid token service "${ch.params.realm}": the registry is misconfigured`);
+  }
+  if (ch.params.service) realm.searchParams.set('service', ch.params.service);
+  realm.searchParams.set('scope', ch.params.scope ?? `repository:${ctx.ref.repository}:pull`);
+  const res = await send(ctx, realm, basic ? { authorization: basic } : {});
+  const status = res.statusCode ?? 0;
+  if (status !== 200) {
+    const detail = await errorDetail(res);
+    if (status === 401 || status === 403) {
+      throw new ImportError('HttpError', basic
+        ? `the token service of ${ctx.display} refused the credentials from secretRef ${httpStatus(status, detail)}: check accessKeyId and secretKey in the Secret`
+        : needCreds);
+    }
+    throw new ImportError('HttpError', `the token service of ${ctx.display} (${realm.host}) answered HTTP ${status}${paren(detail)}: retry later`);
+  }
+  let token: unknown;
+  try {
+    const body = JSON.parse((await readBody(res, 1 << 20, 'the token')).toString('utf8')) as Record<string, unknown>;
+    token = body.token ?? body.access_token;
+  } catch (e) {
+    if (e instanceof ImportError) throw e;
+    throw new ImportError('HttpError', `the token service of ${ctx.display} answered something that is not JSON: the registry is misconfigured`, { cause: e });
+  }
+  if (typeof token !== 'string' || token === '') throw new ImportError('HttpError', `the token service of ${ctx.display} gave no token: the registry is misconfigured`);
+  ctx.auth = `Bearer ${token}`;
+}
+
+function statusError(ctx: Ctx, status: number, detail: string, what: string): ImportError {
+  if (status === 401) {
+    return new ImportError('HttpError', ctx.opts.credentials
+      ? `registry ${ctx.display} refused the credentials from secretRef for ${what} ${httpStatus(401, detail)}: check accessKeyId and secretKey in the Secret`
+      : `registry ${ctx.display} requires credentials for ${what}${paren(detail)}: set the DataVolume's secretRef to a Secret with accessKeyId and secretKey`);
+  }
+  if (status === 403) return new ImportError('HttpError', `registry ${ctx.display} denies access to ${what} ${httpStatus(403, detail)}: check that the account in secretRef may pull it`);
+  if (status === 429) return new ImportError('HttpError', `registry ${ctx.display} is rate-limiting pulls ${httpStatus(429, detail)}: retry later, or log in with secretRef`);
+  return new ImportError('HttpError', `registry ${ctx.display} answered HTTP ${status} for ${what}${paren(detail)}: retry later, or check the registry`);
+}
+
+/** The registry's own reason from an error body ({"errors":[{"code","message"}]}), or "". */
+async function errorDetail(res: http.IncomingMessage): Promise<string> {
+  try {
+    const body = await readBody(res, 64 << 10, 'error');
+    const json = JSON.parse(body.toString('utf8')) as { errors?: { code?: string; message?: string }[] };
+    const first = json.errors?.[0];
+    return String(first?.message || first?.code || '');
+  } catch {
+    return '';
+  }
+}
+
+function paren(detail: string): string {
+  return detail ? ` (${detail})` : '';
+}
+
+function httpStatus(status: number, detail: string): string {
+  return `(HTTP ${status}${detail ? `: ${detail}` : ''})`;
+}
+
+async function readBody(res: http.IncomingMessage, max: number, what: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let n = 0;
+  for await (const c of res as AsyncIterable<Buffer>) {
+    n += c.length;
+    if (n > max) {
+      res.destroy();
+      throw new ImportError('Corrupt', `${what} is larger than ${max} bytes: this is not a container image manifest`);
+    }
+    parts.push(c);
+  }
+  return Buffer.concat(parts, n);
+}
+
+// ---------------------------------------------------------------------------------------
+// Layers
+
+interface OpenLayer {
+  entries: AsyncGenerator<TarEntry>;
+  /** Reads the rest of the blob; rejects if its digest or size is wrong. */
+  finish(): Promise<void>;
+  destroy(): void;
+}
+
+async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<OpenLayer> {
+  const res = await registryGet(ctx, `/v2/${ctx.ref.repository}/blobs/${layer.digest}`);
+  const status = res.statusCode ?? 0;
+  if (status !== 200) {
+    const detail = await errorDetail(res);
+    if (status === 404) throw new ImportError('HttpError', `registry ${ctx.display} has no layer ${layer.digest} of image ${name}${paren(detail)}: the image is incomplete in the registry; push it again`);
+    throw statusError(ctx, status, detail, `layer ${layer.digest} of ${name}`);
+  }
+  if (/\+zstd$/.test(layer.mediaType)) throw zstd(name);
+  const algo = layer.digest.slice(0, layer.digest.indexOf(':'));
+  const hash: Hash = createHash(algo);
+  let count = 0;
+  let verified = false;
+  async function* raw(): AsyncGenerator<Buffer> {
+    for await (const c of res as AsyncIterable<Buffer>) {
+      count += c.length;
+      if (count > layer.size) {
+        throw new ImportError('ChecksumMismatch', `layer ${layer.digest} of image ${name} is larger than the ${layer.size} bytes its manifest says: the registry sent something else; push the image again`);
+      }
+      hash.update(c);
+      yield c;
+    }
+    if (count < layer.size) {
+      throw new ImportError('Truncated', `layer ${layer.digest} of image ${name} ended after ${count} of ${layer.size} bytes: the registry closed the connection early; retry the import`);
+    }
+    const got = `${algo}:${hash.digest('hex')}`;
+    if (got !== layer.digest) {
+      throw new ImportError('ChecksumMismatch', `layer ${layer.digest} of image ${name} arrived with digest ${got}: it was altered in the registry or on the way; retry, or push the image again`);
+    }
+    verified = true;
+  }
+  const rawIt = raw();
+  // Compression is decided by the bytes, not the media type, which some tools get wrong.
+  const head: Buffer[] = [];
+  let headLen = 0;
+  while (headLen < 4) {
+    const r = await rawIt.next().catch((e: unknown) => { res.destroy(); throw streamError(e, ctx, layer.digest); });
+    if (r.done) break;
+    head.push(r.value);
+    headLen += r.value.length;
+  }
+  const first = Buffer.concat(head, headLen);
+  if (first.length >= 4 && first.readUInt32BE(0) === 0x28b52ffd) {
+    res.destroy();
+    throw zstd(name);
+  }
+  async function* all(): AsyncGenerator<Buffer> {
+    if (first.length) yield first;
+    yield* rawIt;
+  }
+  let source: AsyncIterable<Buffer> = all();
+  let gunzipped: Promise<void> | undefined;
+  let gunzip: ReturnType<typeof createGunzip> | undefined;
+  if (first.length >= 2 && first[0] === 0x1f && first[1] === 0x8b) {
+    gunzip = createGunzip({ chunkSize: 1 << 20 });
+    const g = gunzip;
+    gunzipped = new Promise((resolve, reject) => { pipeline(source, g, (err) => (err ? reject(err) : resolve())); });
+    gunzipped.catch(() => undefined); // surfaced through the gunzip stream or finish()
+    source = g;
+  }
+  const reader = new ByteReader(source[Symbol.asyncIterator]());
+  const entries = readTarFrom(reader);
+  return {
+    entries,
+    async finish() {
+      for (;;) if ((await entries.next()).done) break;
+      await reader.drain();
+      await gunzipped;
+      if (!verified) throw new ImportError('Corrupt', `layer ${layer.digest} of image ${name} has data after its end: push the image again`);
+    },
+    destroy() {
+      res.destroy();
+      gunzip?.destroy();
+    },
+  };
+}
+
+function zstd(name: string): ImportError {
+  return new ImportError('UnsupportedFormat', `image ${name} has zstd-compressed layers, which Vessel cannot read yet: push the containerDisk with gzip (or uncompressed) layers`);
+}
+
+/** The disk entry's bytes, then the rest of its layer, so the digest is checked before the stream ends. */
+function diskStream(ctx: Ctx, layer: OpenLayer, body: AsyncIterable<Buffer>, digest: string): Readable {
+  async function* bytes(): AsyncGenerator<Buffer> {
+    try {
+      yield* body;
+      await layer.finish();
+    } catch (e) {
+      throw streamError(e, ctx, digest);
+    } finally {
+      layer.destroy();
+    }
+  }
+  const stream = Readable.from(bytes(), { objectMode: false, highWaterMark: 1 << 20 });
+  // A consumer that gives up must not leave the generator waiting on a stalled socket.
+  stream.once('close', () => layer.destroy());
+  return stream;
+}
+
+function streamError(e: unknown, ctx: Ctx, digest: string): ImportError {
+  if (ctx.opts.signal?.aborted) return aborted(ctx.opts.signal);
+  if (e instanceof ImportError) return e;
+  const err = e as NodeJS.ErrnoException;
+  const code = err?.code ?? '';
+  const msg = err?.message ?? String(e);
+  if (ctx.stalled) return new ImportError('HttpError', `no data from ${ctx.stalled} for ${ctx.idleMs / 1000} s while reading layer ${digest}: the registry is stuck or unreachable; retry the import`, { cause: e });
+  if (code === 'Z_BUF_ERROR' || /unexpected end of file/i.test(msg)) {
+    return new ImportError('Truncated', `the gzip data of layer ${digest} ends early: the layer is incomplete in the registry; push the image again`, { cause: e });
+  }
+  if (code.startsWith('Z_')) return new ImportError('Corrupt', `layer ${digest} cannot be decompressed (${msg}): push the image again`, { cause: e });
+  if (code === 'ECONNRESET' || msg === 'aborted' || code === 'ERR_STREAM_PREMATURE_CLOSE') {
+    return new ImportError('Truncated', `the registry closed the connection while sending layer ${digest}: retry the import`, { cause: e });
+  }
+  return new ImportError('HttpError', `reading layer ${digest} failed: ${msg}`, { cause: e });
+}
+
+// ---------------------------------------------------------------------------------------
+// Paths and whiteouts
+
+interface Mask { path: string; opaque: boolean }
+
+/** "./disk//x", "/disk/x" and "disk/x" are the same file. */
+export function normalizePath(p: string): string {
+  let n = posix.normalize(p);
+  while (n.startsWith('/') || n.startsWith('./')) n = n.startsWith('/') ? n.slice(1) : n.slice(2);
+  if (n.endsWith('/')) n = n.slice(0, -1);
+  return n === '.' ? '' : n;
+}
+
+/** An OCI whiteout: ".wh.<name>" deletes name below; ".wh..wh..opq" empties its directory below. */
+function whiteoutMask(path: string): Mask | undefined {
+  const base = posix.basename(path);
+  if (!base.startsWith('.wh.')) return undefined;
+  const dir = posix.dirname(path);
+  const parent = dir === '.' ? '' : dir;
+  if (base === '.wh..wh..opq') return { path: parent, opaque: true };
+  const target = base.slice('.wh.'.length);
+  return { path: parent ? `${parent}/${target}` : target, opaque: false };
+}
+
+function isHidden(path: string, masks: Mask[]): boolean {
+  return masks.some((m) => (m.opaque ? m.path === '' : path === m.path) || path.startsWith(`${m.path}/`));
+}
+
+// ---------------------------------------------------------------------------------------
+// Tar
+
+export type TarEntryType = 'file' | 'directory' | 'symlink' | 'hardlink' | 'sparse' | 'other';
+
+export interface TarEntry {
+  /** The name as stored (pax path, GNU long name, or ustar prefix/name). */
+  path: string;
+  type: TarEntryType;
+  size: number;
+  linkname: string;
+  /** The entry's bytes; read it (or not) before asking for the next entry. */
+  body: AsyncGenerator<Buffer>;
+}
+
+const MAX_META = 1 << 20;
+
+/** Reads exact amounts from a chunk stream without copying the bulk data. */
+class ByteReader {
+  private pending: Buffer = Buffer.alloc(0);
+  private ended = false;
+  constructor(private readonly it: AsyncIterator<Buffer>) {}
+
+  private async fill(): Promise<boolean> {
+    while (this.pending.length === 0) {
+      if (this.ended) return false;
+      const r = await this.it.next();
+      if (r.done) { this.ended = true; return false; }
+      this.pending = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
+    }
+    return true;
+  }
+
+  /** n bytes (fewer only at the end): for headers and metadata, which are small. */
+  async read(n: number): Promise<Buffer> {
+    const parts: Buffer[] = [];
+    let got = 0;
+    while (got < n && (await this.fill())) {
+      const take = this.pending.subarray(0, n - got);
+      this.pending = this.pending.subarray(take.length);
+      parts.push(take);
+      got += take.length;
+    }
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, got);
+  }
+
+  /** The next n bytes as they arrive; `counter.left` says how many were not read (if abandoned). */
+  async *chunks(n: number, counter: { left: number }): AsyncGenerator<Buffer> {
+    while (counter.left > 0 && (await this.fill())) {
+      const take = this.pending.subarray(0, Math.min(counter.left, this.pending.length));
+      this.pending = this.pending.subarray(take.length);
+      counter.left -= take.length;
+      yield take;
+    }
+    if (counter.left > 0) throw new ImportError('Truncated', `a tar entry of ${n} bytes ends after ${n - counter.left}: the layer is incomplete; push the image again`);
+  }
+
+  async skip(n: number): Promise<number> {
+    let left = n;
+    while (left > 0 && (await this.fill())) {
+      const take = Math.min(left, this.pending.length);
+      this.pending = this.pending.subarray(take);
+      left -= take;
+    }
+    return n - left;
+  }
+
+  async drain(): Promise<void> {
+    while (await this.fill()) this.pending = Buffer.alloc(0);
+  }
+}
+
+/** Streams the entries of a tar archive (ustar, GNU long names, pax). */
+export function readTar(source: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<TarEntry> {
+  async function* chunks(): AsyncGenerator<Buffer> { yield* source; }
+  return readTarFrom(new ByteReader(chunks()));
+}
+
+async function* readTarFrom(r: ByteReader): AsyncGenerator<TarEntry> {
+  const global: Record<string, string> = {};
+  let pax: Record<string, string> = {};
+  let longName: string | undefined;
+  let longLink: string | undefined;
+  for (;;) {
+    const h = await r.read(512);
+    if (h.length === 0) return; // some writers omit the end-of-archive blocks
+    if (h.length < 512) throw corruptTar('the archive ends inside a header');
+    if (h.every((b) => b === 0)) return;
+    checkSum(h);
+    const flag = h[156] === 0 ? '0' : String.fromCharCode(h[156]);
+    const attrs = { ...global, ...pax };
+    let size = headerSize(h);
+    // Only a per-entry pax size counts: a global one would apply to every entry.
+    if (pax.size !== undefined) {
+      if (!/^\d+$/.test(pax.size) || !Number.isSafeInteger(Number(pax.size))) throw corruptTar(`a pax size "${pax.size}" is not a number`);
+      size = Number(pax.size);
+    }
+    const padding = (512 - (size % 512)) % 512;
+    if (flag === 'L' || flag === 'K' || flag === 'x' || flag === 'g') {
+      if (size > MAX_META) throw corruptTar(`a metadata entry of ${size} bytes is too large`);
+      const data = await r.read(size);
+      if (data.length < size) throw corruptTar('the archive ends inside a metadata entry');
+      await r.skip(padding);
+      if (flag === 'L') longName = cString(data, 0, data.length);
+      else if (flag === 'K') longLink = cString(data, 0, data.length);
+      else if (flag === 'x') pax = parsePax(data);
+      else Object.assign(global, parsePax(data));
+      continue;
+    }
+    const ustar = h.toString('latin1', 257, 263) === 'ustar\0';
+    const name = cString(h, 0, 100);
+    const prefix = ustar ? cString(h, 345, 155) : '';
+    const path = pax.path ?? longName ?? (prefix ? `${prefix}/${name}` : name);
+    const linkname = pax.linkpath ?? longLink ?? cString(h, 157, 100);
+    const sparse = flag === 'S' || attrs['GNU.sparse.major'] !== undefined || attrs['GNU.sparse.map'] !== undefined;
+    const type: TarEntryType = sparse ? 'sparse'
+      : flag === '0' || flag === '7' ? (path.endsWith('/') ? 'directory' : 'file')
+        : flag === '5' ? 'directory' : flag === '2' ? 'symlink' : flag === '1' ? 'hardlink' : 'other';
+    pax = {};
+    longName = longLink = undefined;
+    const counter = { left: size };
+    yield { path, type, size, linkname, body: r.chunks(size, counter) };
+    const skipped = await r.skip(counter.left);
+    if (skipped < counter.left) throw corruptTar(`the archive ends inside ${path}`);
+    await r.skip(padding);
+  }
+}
+
+function corruptTar(why: string): ImportError {
+  return new ImportError('Corrupt', `a layer is not a valid tar archive (${why}): push the image again`);
+}
+
+function cString(b: Buffer, off: number, len: number): string {
+  const end = b.indexOf(0, off);
+  return b.toString('utf8', off, end >= 0 && end < off + len ? end : off + len);
+}
+
+function checkSum(h: Buffer): void {
+  const stored = parseOctal(h.subarray(148, 156));
+  let unsigned = 0;
+  let signed = 0;
+  for (let i = 0; i < 512; i++) {
+    const b = i >= 148 && i < 156 ? 0x20 : h[i];
+    unsigned += b;
+    signed += b > 127 ? b - 256 : b;
+  }
+  if (stored !== unsigned && stored !== signed) throw corruptTar('a header checksum does not match');
+}
+
+function parseOctal(field: Buffer): number {
+  const s = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^[ \0]+/, '');
+  if (s === '') return 0;
+  if (!/^[0-7]+$/.test(s)) throw corruptTar(`"${s}" is not an octal number`);
+  return parseInt(s, 8);
+}
+
+/** Size field: octal, or GNU base-256 (high bit set) for sizes of 8 GiB and more. */
+function headerSize(h: Buffer): number {
+  const f = h.subarray(124, 136);
+  if (f[0] & 0x80) {
+    if (f[0] === 0xff) throw corruptTar('a size is negative');
+    let v = f[0] & 0x7f;
+    for (let i = 1; i < 12; i++) v = v * 256 + f[i];
+    if (!Number.isSafeInteger(v)) throw corruptTar('a size is too large');
+    return v;
+  }
+  return parseOctal(f);
+}
+
+/** pax records: "<len> <key>=<value>\n", len counting the whole record. */
+function parsePax(data: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  let pos = 0;
+  while (pos < data.length) {
+    if (data[pos] === 0) break;
+    const sp = data.indexOf(0x20, pos);
+    const len = sp > pos ? Number(data.toString('latin1', pos, sp)) : NaN;
+    if (!Number.isSafeInteger(len) || len <= sp - pos + 1 || pos + len > data.length || data[pos + len - 1] !== 0x0a) throw corruptTar('a pax header is malformed');
+    const rec = data.toString('utf8', sp + 1, pos + len - 1);
+    const eq = rec.indexOf('=');
+    if (eq <= 0) throw corruptTar('a pax record has no key');
+    out[rec.slice(0, eq)] = rec.slice(eq + 1);
+    pos += len;
+  }
+  return out;
+}

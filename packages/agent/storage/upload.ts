@@ -1,0 +1,81 @@
+/**
+ * Upload sessions: the bytes of `vessel image-upload` (through the API server's upload proxy)
+ * land in `<volume>.upload`, as sent. The file survives a dropped connection or a restart, so
+ * a client asks for the offset (HEAD) and sends the rest (Vessel's resume extension; CDI has
+ * none). When every byte is there the usual importer turns the file into the volume, with all
+ * its checks, and the file is removed. Streams end to end: memory stays flat.
+ */
+import { createWriteStream } from 'node:fs';
+import { open, rm, stat } from 'node:fs/promises';
+import type { Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+
+export class UploadError extends Error {
+  constructor(readonly httpCode: number, message: string, readonly offset?: number) {
+    super(message);
+    this.name = 'UploadError';
+  }
+}
+
+export const partPath = (dest: string) => `${dest}.upload`;
+
+/** Bytes of the upload received so far (0 when none). */
+export async function uploadOffset(dest: string): Promise<number> {
+  return stat(partPath(dest)).then((s) => s.size, () => 0);
+}
+
+export interface ReceiveOptions {
+  /** Where this request's body starts in the file; must equal the bytes already received. */
+  offset: number;
+  /** Total size of the file, when the client knows it. */
+  length?: number;
+  onBytes?: (received: number) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Appends `body` to the session's file at `offset`. Resolves with the bytes now held and
+ * whether the upload is complete (all of `length`, or the body ended and no length was
+ * given). A body that breaks off keeps what arrived, fsynced, for the next attempt.
+ */
+export async function receiveUpload(dest: string, body: Readable, opts: ReceiveOptions): Promise<{ received: number; complete: boolean }> {
+  const have = await uploadOffset(dest);
+  if (opts.offset !== have) {
+    body.resume();
+    throw new UploadError(409, `upload offset ${opts.offset} does not match the ${have} bytes already received: resume from ${have}`, have);
+  }
+  if (opts.length !== undefined && opts.length < have) {
+    body.resume();
+    throw new UploadError(409, `Upload-Length ${opts.length} is less than the ${have} bytes already received`, have);
+  }
+  const path = partPath(dest);
+  // Without truncating: an upload that starts at 0 truncates, one that resumes appends.
+  const out = createWriteStream(path, { flags: opts.offset === 0 ? 'w' : 'r+', start: opts.offset });
+  let received = opts.offset;
+  body.on('data', (chunk: Buffer) => { received += chunk.length; opts.onBytes?.(received); });
+  try {
+    await pipeline(body, out, { signal: opts.signal });
+  } catch {
+    // Broken off: keep what arrived, durably. The next HEAD reports the size.
+    await syncFile(path);
+    const kept = await uploadOffset(dest);
+    throw new UploadError(499, `upload interrupted after ${kept} bytes: resume from there`, kept);
+  }
+  await syncFile(path);
+  const size = await uploadOffset(dest);
+  if (opts.length !== undefined && size > opts.length) {
+    await rm(path, { force: true });
+    throw new UploadError(400, `received ${size} bytes, more than the announced Upload-Length ${opts.length}; start again`);
+  }
+  return { received: size, complete: opts.length === undefined || size === opts.length };
+}
+
+async function syncFile(path: string): Promise<void> {
+  const fh = await open(path, 'r+').catch(() => undefined);
+  if (!fh) return;
+  try { await fh.sync(); } finally { await fh.close(); }
+}
+
+export async function discardUpload(dest: string): Promise<void> {
+  await rm(partPath(dest), { force: true });
+}

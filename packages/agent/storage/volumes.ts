@@ -1,0 +1,396 @@
+/**
+ * The agent's volume manager: for every claim bound to this node it makes the volume in the
+ * claim's pool, filling it from the claim's DataVolume (http, registry, upload, clone, blank)
+ * or leaving it blank, and only then shows the claim Bound, with its capacity and the
+ * vessel.io/volume-path annotation: a claim never shows a half-made disk. It reports the
+ * DataVolume's progress and outcome with CDI's phases and Events. Deleting a claim waits
+ * while a VM uses it (the pvc-protection finalizer), then removes the volume.
+ *
+ * An import that dies with the agent starts again when the agent comes back (the volume
+ * file does not exist until an import publishes it); an upload resumes from its file.
+ */
+import { X509Certificate } from 'node:crypto';
+import { stat } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import type { Readable } from 'node:stream';
+import { parseQuantity, storage, type PopulationSource } from '@vessel/api';
+import type { Client } from '@vessel/client';
+import { Controller, EventRecorder, refs, setCondition, updateStatus, CLONE_SOURCE, type KubeObject, type Informer, type Log } from '@vessel/controllers';
+import { cloneVolume } from './clone.ts';
+import { ImportError } from './errors.ts';
+import { formatProgress, importDisk, type ImportSource } from './import.ts';
+import type { Pool } from './pools.ts';
+import * as qemuImg from './qemu-img.ts';
+import { openRegistryDisk } from './registry.ts';
+import { discardUpload, partPath, receiveUpload, UploadError, uploadOffset } from './upload.ts';
+
+type Obj = Record<string, unknown>;
+const { PVCS, DATAVOLUMES, STORAGE_CLASSES, VMIS, SECRETS, CONFIGMAPS } = refs;
+const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
+const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
+
+/** Failures that will fail again however often they are retried: the DataVolume goes Failed. */
+const PERMANENT = new Set(['BackingFileRefused', 'DataFileRefused', 'EncryptedRefused', 'TooLarge', 'Corrupt', 'ChecksumMismatch', 'UnsupportedFormat', 'InvalidArgument']);
+
+export interface VolumeManagerOptions {
+  nodeName: string;
+  pools: Map<string, Pool>;
+  log?: Log;
+}
+
+interface Population { abort: AbortController; done: Promise<void> }
+
+export class VolumeManager extends Controller {
+  private readonly pvcs: Informer;
+  private readonly dvs: Informer;
+  private readonly classes: Informer;
+  private readonly vmis: Informer;
+  private readonly events: EventRecorder;
+  /** Running populations by claim key. */
+  private readonly running = new Map<string, Population>();
+  /** Transient failures so far, per claim uid, for backoff and restartCount. */
+  private readonly restarts = new Map<string, number>();
+  private readonly inUseReported = new Set<string>();
+
+  constructor(client: Client, private readonly opts: VolumeManagerOptions) {
+    super('volumes', client, opts.log);
+    this.events = new EventRecorder(client, 'vessel-agent', opts.nodeName);
+    this.pvcs = this.inform(PVCS);
+    this.dvs = this.inform(DATAVOLUMES, (dv) => [keyOf(dv)]);
+    this.classes = this.inform(STORAGE_CLASSES, () => []);
+    // A VM letting go of a claim may unblock its deletion.
+    this.vmis = this.inform(VMIS, () => this.pvcs.list().filter((p) => p.metadata.deletionTimestamp).map(keyOf));
+  }
+
+  /** Removes importers' leftovers of an earlier run of this agent, once the caches know the claims. */
+  protected override async started(): Promise<void> {
+    const byUid = new Map(this.pvcs.list().map((p) => [p.metadata.uid ?? '', p]));
+    for (const pool of this.opts.pools.values()) {
+      const removed = await pool.removeStaleTemps((uid) => {
+        const p = byUid.get(uid);
+        return !pool.shared || !p || annotations(p)[storage.SELECTED_NODE] === this.opts.nodeName;
+      });
+      if (removed.length) this.log(`volumes: removed ${removed.length} temporary file(s) of interrupted imports in pool ${pool.name}`);
+      await pool.collect();
+    }
+  }
+
+  protected override async stopped(): Promise<void> {
+    for (const p of this.running.values()) p.abort.abort();
+    await Promise.all([...this.running.values()].map((p) => p.done));
+  }
+
+  protected async reconcile(key: string): Promise<void> {
+    const pvc = this.pvcs.get(key);
+    if (!pvc) return this.abortPopulation(key);
+    if (annotations(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) return;
+    const pool = this.poolOf(pvc);
+    if (!pool) return;
+    if (pvc.metadata.deletionTimestamp) return this.release(pvc, pool);
+    if ((pvc.status as Obj | undefined)?.phase === 'Bound') return;
+    const finalizers = (pvc.metadata.finalizers as string[] | undefined) ?? [];
+    if (!finalizers.includes(storage.PVC_PROTECTION)) {
+      // First the finalizer, so a volume is never made for a claim that can vanish without us.
+      await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: [...finalizers, storage.PVC_PROTECTION] } }, { namespace: pvc.metadata.namespace });
+      return;
+    }
+    const dest = pool.volumePath(pvc.metadata.namespace!, pvc.metadata.name, pvc.metadata.uid!);
+    await pool.ensureNamespaceDir(pvc.metadata.namespace!);
+    if (this.running.has(key)) return;
+    if (await exists(dest)) return this.bind(pvc, pool, dest); // published before a restart, not yet recorded
+    const dvName = annotations(pvc)[storage.POPULATED_FOR];
+    const dv = dvName ? this.dvs.get(`${pvc.metadata.namespace}/${dvName}`) : undefined;
+    if (dvName && !dv) return; // the DataVolume's informer event brings us back
+    if (dv && String((dv.status as Obj | undefined)?.phase) === 'Failed') return;
+    this.startPopulation(pvc, dv, pool, dest);
+  }
+
+  private poolOf(pvc: KubeObject): Pool | undefined {
+    const recorded = annotations(pvc)[storage.VOLUME_POOL];
+    const className = (pvc.spec as Obj | undefined)?.storageClassName as string | undefined;
+    const sc = className ? this.classes.get(className) : undefined;
+    const name = recorded ?? (sc?.parameters as Record<string, string> | undefined)?.pool ?? className;
+    return name ? this.opts.pools.get(name) : undefined;
+  }
+
+  private startPopulation(pvc: KubeObject, dv: KubeObject | undefined, pool: Pool, dest: string): void {
+    const key = keyOf(pvc);
+    const abort = new AbortController();
+    const done = this.populate(pvc, dv, pool, dest, abort.signal)
+      .catch((e) => this.failed(pvc, dv, e, abort.signal))
+      .finally(() => { if (this.running.get(key)?.abort === abort) this.running.delete(key); });
+    this.running.set(key, { abort, done });
+  }
+
+  private async abortPopulation(key: string): Promise<void> {
+    const p = this.running.get(key);
+    if (!p) return;
+    p.abort.abort();
+    await p.done;
+  }
+
+  private async populate(pvc: KubeObject, dv: KubeObject | undefined, pool: Pool, dest: string, signal: AbortSignal): Promise<void> {
+    const size = requestedBytes(pvc);
+    if (!dv) {
+      await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
+      await this.bind(pvc, pool, dest);
+      return;
+    }
+    const ns = dv.metadata.namespace!;
+    const spec = (dv.spec ?? {}) as Obj;
+    const cloneFrom = annotations(pvc)[CLONE_SOURCE];
+    const source: PopulationSource | undefined = cloneFrom
+      ? { kind: 'pvc', namespace: cloneFrom.split('/')[0], name: cloneFrom.split('/')[1] }
+      : storage.populationSource(spec, ns, annotations(dv));
+    if (!source) throw new ImportError('InvalidArgument', 'the DataVolume has no source Vessel can fill a volume from');
+    const { running } = storage.phasesFor(source.kind);
+    const progress = this.progressReporter(dv);
+    if (source.kind === 'upload') {
+      await this.setDvPhase(dv, running, 'UploadReady', 'Upload into the volume is ready: run `vessel image-upload dv ' + dv.metadata.name + ' --image-path FILE`', await uploadOffset(dest) > 0);
+      return; // the bytes arrive through receive(); see there
+    }
+    await this.setDvPhase(dv, running, running, `${source.kind === 'pvc' ? 'Cloning from ' + source.namespace + '/' + source.name : 'Import into ' + pvc.metadata.name + ' in progress'}`);
+    if (source.kind === 'pvc') {
+      const src = this.pvcs.get(`${source.namespace}/${source.name}`);
+      const srcPath = src && annotations(src)[storage.VOLUME_PATH];
+      if (!src || !srcPath) throw new ImportError('IOError', `clone source ${source.namespace}/${source.name} has no volume yet`);
+      const samePool = annotations(src)[storage.VOLUME_POOL] === pool.name;
+      const linked = annotations(pvc)[storage.CLONE_TYPE] === 'linked' && samePool;
+      await cloneVolume({ source: srcPath, dest, size: Math.max(size, 0), linked, signal, onProgress: progress });
+    } else if (source.kind === 'blank') {
+      await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
+    } else {
+      await importDisk({ source: await this.importSource(source, ns, signal), dest, maxVirtualSize: size, checksum: source.kind === 'http' ? source.checksum : undefined, onProgress: progress, signal });
+    }
+    await this.bind(pvc, pool, dest, dv);
+  }
+
+  /** The importer's source for http/registry/blank, with CA bundles and credentials read from the namespace. */
+  private async importSource(source: Extract<PopulationSource, { kind: 'http' | 'registry' }>, ns: string, signal: AbortSignal): Promise<ImportSource> {
+    {
+      const caPem = source.certConfigMap ? await this.caBundle(ns, source.certConfigMap) : undefined;
+      const creds = source.secretRef ? await this.credentials(ns, source.secretRef) : undefined;
+      if (source.kind === 'http') {
+        const headers = creds ? { Authorization: `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` } : undefined;
+        return { kind: 'http', url: source.url, caPem, headers };
+      }
+      const reg = await openRegistryDisk({ url: source.url, insecure: isLoopbackRegistry(source.url), caPem, credentials: creds, signal });
+      return { kind: 'stream', stream: reg.stream, sizeHint: reg.size };
+    }
+  }
+
+  private async caBundle(ns: string, name: string): Promise<string> {
+    const cm = await this.client.get(CONFIGMAPS, name, { namespace: ns });
+    const pems = Object.values((cm.data as Record<string, string> | undefined) ?? {}).filter((v) => v.includes('BEGIN CERTIFICATE'));
+    if (!pems.length) throw new ImportError('InvalidArgument', `ConfigMap ${ns}/${name} (certConfigMap) holds no PEM certificate`);
+    for (const p of pems) new X509Certificate(p); // a clear error now beats a TLS failure later
+    return pems.join('\n');
+  }
+
+  /** CDI's secretRef: keys accessKeyId and secretKey. */
+  private async credentials(ns: string, name: string): Promise<{ username: string; password: string }> {
+    const secret = await this.client.get(SECRETS, name, { namespace: ns });
+    const data = (secret.data as Record<string, string> | undefined) ?? {};
+    const dec = (k: string) => (data[k] ? Buffer.from(data[k], 'base64').toString('utf8') : '');
+    if (!data.accessKeyId) throw new ImportError('InvalidArgument', `Secret ${ns}/${name} (secretRef) has no accessKeyId`);
+    return { username: dec('accessKeyId'), password: dec('secretKey') };
+  }
+
+  /** Publishes a made volume: grows it to the claim's size, records where it lives, marks the claim Bound and the DataVolume Succeeded. */
+  private async bind(pvc: KubeObject, pool: Pool, dest: string, dv?: KubeObject): Promise<void> {
+    const size = requestedBytes(pvc);
+    const info = await qemuImg.info(dest, { format: 'qcow2' });
+    if (info.virtualSize < size) await qemuImg.resize(dest, size, { format: 'qcow2' });
+    const ns = pvc.metadata.namespace!;
+    await discardUpload(dest);
+    await this.client.patch(PVCS, pvc.metadata.name, {
+      metadata: { annotations: { [storage.VOLUME_PATH]: dest, [storage.VOLUME_POOL]: pool.name } },
+      spec: { volumeName: `pvc-${pvc.metadata.uid}` },
+    }, { namespace: ns });
+    const spec = (pvc.spec ?? {}) as Obj;
+    let newlyBound = false;
+    await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
+      newlyBound = s.phase !== 'Bound';
+      s.phase = 'Bound';
+      s.accessModes = spec.accessModes ?? ['ReadWriteOnce'];
+      s.capacity = { storage: ((spec.resources as Obj | undefined)?.requests as Obj | undefined)?.storage ?? String(Math.max(size, info.virtualSize)) };
+    });
+    this.restarts.delete(pvc.metadata.uid ?? '');
+    const dvName = annotations(pvc)[storage.POPULATED_FOR];
+    const owner = dv ?? (dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined);
+    if (owner) {
+      const kind = annotations(pvc)[CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
+      let changed = false;
+      await updateStatus(this.client, DATAVOLUMES, ns, owner.metadata.name, (s) => {
+        if (s.phase === 'Succeeded') return false;
+        changed = true;
+        s.phase = 'Succeeded';
+        s.progress = '100.0%';
+        s.claimName = pvc.metadata.name;
+        setCondition(s, { type: 'Bound', status: 'True', reason: 'Bound', message: `PVC ${pvc.metadata.name} Bound` });
+        setCondition(s, { type: 'Ready', status: 'True', reason: '', message: '' });
+        setCondition(s, { type: 'Running', status: 'False', reason: 'Completed', message: '' });
+      });
+      if (changed) await this.events.record(owner, 'Normal', `${kind}Succeeded`, `Successfully ${kind === 'Clone' ? 'cloned' : kind === 'Upload' ? 'uploaded' : 'imported'} into PVC ${pvc.metadata.name}`);
+    } else if (newlyBound) {
+      await this.events.record(pvc, 'Normal', 'ProvisioningSucceeded', `Successfully provisioned volume pvc-${pvc.metadata.uid} in pool ${pool.name}`);
+    }
+  }
+
+  private async failed(pvc: KubeObject, dv: KubeObject | undefined, e: unknown, signal: AbortSignal): Promise<void> {
+    if (signal.aborted) return;
+    const code = e instanceof ImportError ? e.code : 'Error';
+    const message = e instanceof Error ? e.message : String(e);
+    this.log(`volumes: ${keyOf(pvc)}: ${code}: ${message}`);
+    const uid = pvc.metadata.uid ?? '';
+    const permanent = PERMANENT.has(code);
+    const restarts = (this.restarts.get(uid) ?? 0) + (permanent ? 0 : 1);
+    this.restarts.set(uid, restarts);
+    if (dv) {
+      await updateStatus(this.client, DATAVOLUMES, dv.metadata.namespace, dv.metadata.name, (s) => {
+        if (permanent) s.phase = 'Failed';
+        s.restartCount = restarts;
+        setCondition(s, { type: 'Ready', status: 'False', reason: code, message });
+        setCondition(s, { type: 'Running', status: 'False', reason: code, message });
+      }).catch(() => undefined);
+    }
+    await this.events.record(dv ?? pvc, 'Warning', permanent ? `${code}` : 'ImportRetry', permanent ? message : `${message} (attempt ${restarts}; retrying)`);
+    if (!permanent) this.queue.addAfter(keyOf(pvc), Math.min(60_000, 1000 * 2 ** Math.min(restarts, 6)));
+  }
+
+  private async setDvPhase(dv: KubeObject, phase: string, reason: string, message: string, keepProgress = false): Promise<void> {
+    let changed = false;
+    await updateStatus(this.client, DATAVOLUMES, dv.metadata.namespace, dv.metadata.name, (s) => {
+      changed = s.phase !== phase;
+      s.phase = phase;
+      if (!keepProgress) s.progress = 'N/A';
+      if (this.restarts.get(dv.metadata.uid ?? '') === undefined) s.restartCount ??= 0;
+      setCondition(s, { type: 'Bound', status: 'True', reason: 'Bound', message: `PVC ${dv.metadata.name} Bound` });
+      setCondition(s, { type: 'Running', status: 'True', reason: '', message: '' });
+      setCondition(s, { type: 'Ready', status: 'False', reason, message });
+    });
+    if (changed) await this.events.record(dv, 'Normal', reason, message);
+  }
+
+  /** Writes status.progress at most once a second (and always the final 100%). */
+  private progressReporter(dv: KubeObject): (percent: number) => void {
+    let last = 0;
+    let shown = -1;
+    let writing = false;
+    return (percent) => {
+      const now = Date.now();
+      const p = Math.floor(percent * 100) / 100;
+      if (writing || p === shown || (now - last < 1000 && p < 100)) return;
+      last = now;
+      shown = p;
+      writing = true;
+      void updateStatus(this.client, DATAVOLUMES, dv.metadata.namespace, dv.metadata.name, (s) => {
+        if (s.phase === 'Succeeded' || s.phase === 'Failed') return false;
+        s.progress = formatProgress(p);
+      }).catch(() => undefined).finally(() => { writing = false; });
+    };
+  }
+
+  /** Deletion: wait while a VM uses the claim, then remove the volume and the finalizer. */
+  private async release(pvc: KubeObject, pool: Pool): Promise<void> {
+    const key = keyOf(pvc);
+    await this.abortPopulation(key);
+    const user = this.userOf(pvc);
+    if (user) {
+      if (!this.inUseReported.has(key)) {
+        this.inUseReported.add(key);
+        await this.events.record(pvc, 'Normal', 'VolumeInUse', `the volume is in use by VirtualMachineInstance ${user}; it will be deleted when the VM stops`);
+      }
+      return;
+    }
+    this.inUseReported.delete(key);
+    const path = annotations(pvc)[storage.VOLUME_PATH] ?? pool.volumePath(pvc.metadata.namespace!, pvc.metadata.name, pvc.metadata.uid!);
+    await discardUpload(path);
+    const outcome = await pool.deleteVolume(path);
+    if (outcome === 'kept-for-clones') this.log(`volumes: ${key}: volume kept until its linked clones are deleted`);
+    const finalizers = ((pvc.metadata.finalizers as string[] | undefined) ?? []).filter((f) => f !== storage.PVC_PROTECTION);
+    await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: finalizers.length ? finalizers : null } }, { namespace: pvc.metadata.namespace });
+  }
+
+  /** A VirtualMachineInstance that has not finished and mounts the claim (directly or through its DataVolume). */
+  private userOf(pvc: KubeObject): string | undefined {
+    const ns = pvc.metadata.namespace;
+    for (const vmi of this.vmis.list()) {
+      if (vmi.metadata.namespace !== ns) continue;
+      const phase = (vmi.status as Obj | undefined)?.phase;
+      if (phase === 'Succeeded' || phase === 'Failed') continue;
+      const vols = ((vmi.spec as Obj | undefined)?.volumes as { persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] | undefined) ?? [];
+      if (vols.some((v) => v.persistentVolumeClaim?.claimName === pvc.metadata.name || v.dataVolume?.name === pvc.metadata.name)) return vmi.metadata.name;
+    }
+    return undefined;
+  }
+
+  // ---- uploads (called by the agent's HTTP server) ----
+
+  /** Bytes received so far for the claim's upload; throws UploadError when it takes no upload. */
+  async uploadStatus(ns: string, name: string): Promise<{ offset: number }> {
+    const { dest } = this.uploadTarget(ns, name);
+    return { offset: await uploadOffset(dest) };
+  }
+
+  /**
+   * Receives (part of) an upload; when complete, imports it into the volume and binds the
+   * claim. `wait` false answers as soon as the bytes are safe (upload-async).
+   */
+  async receive(ns: string, name: string, body: Readable, opts: { offset: number; length?: number; wait: boolean; signal?: AbortSignal }): Promise<{ received: number; complete: boolean; done?: Promise<void> }> {
+    const { pvc, dv, pool, dest } = this.uploadTarget(ns, name);
+    const progress = this.progressReporter(dv);
+    const r = await receiveUpload(dest, body, {
+      offset: opts.offset, length: opts.length, signal: opts.signal,
+      onBytes: opts.length ? (n) => progress((n / opts.length!) * 100 * 0.5) : undefined,
+    });
+    if (!r.complete) return r;
+    // Registered as the claim's running population, so a reconcile meanwhile leaves it alone.
+    const key = keyOf(pvc);
+    const abort = new AbortController();
+    const finish = (async () => {
+      try {
+        await importDisk({ source: { kind: 'file', path: partPath(dest) }, dest, maxVirtualSize: requestedBytes(pvc), onProgress: (p) => progress(50 + p / 2), signal: abort.signal });
+        await this.bind(pvc, pool, dest, dv);
+      } catch (e) {
+        await discardUpload(dest);
+        await this.failed(pvc, dv, e, abort.signal);
+        throw e;
+      } finally {
+        if (this.running.get(key)?.abort === abort) this.running.delete(key);
+      }
+    })();
+    this.running.set(key, { abort, done: finish.catch(() => undefined) });
+    if (!opts.wait) finish.catch(() => undefined);
+    return { ...r, done: finish };
+  }
+
+  private uploadTarget(ns: string, name: string): { pvc: KubeObject; dv: KubeObject; pool: Pool; dest: string } {
+    const pvc = this.pvcs.get(`${ns}/${name}`);
+    if (!pvc || annotations(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) throw new UploadError(404, `PersistentVolumeClaim ${ns}/${name} is not on node ${this.opts.nodeName}`);
+    const dvName = annotations(pvc)[storage.POPULATED_FOR];
+    const dv = dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined;
+    if (!dv || !((dv.spec as Obj | undefined)?.source as Obj | undefined)?.upload) throw new UploadError(400, `PersistentVolumeClaim ${ns}/${name} is not filled by an upload DataVolume`);
+    const phase = (dv.status as Obj | undefined)?.phase;
+    if (phase === 'Succeeded') throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} already holds its upload`);
+    if (phase !== 'UploadReady') throw new UploadError(503, `DataVolume ${ns}/${dv.metadata.name} is ${phase ?? 'Pending'}, not UploadReady yet: try again shortly`);
+    const pool = this.poolOf(pvc);
+    if (!pool) throw new UploadError(500, `no pool for PersistentVolumeClaim ${ns}/${name} on node ${this.opts.nodeName}`);
+    return { pvc, dv, pool, dest: pool.volumePath(ns, name, pvc.metadata.uid!) };
+  }
+}
+
+export function requestedBytes(pvc: KubeObject): number {
+  const q = (((pvc.spec as Obj | undefined)?.resources as Obj | undefined)?.requests as Obj | undefined)?.storage;
+  return q === undefined ? 0 : parseQuantity(q as string);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
+}
+
+/** Docker's rule: registries on loopback speak plain HTTP unless told otherwise. */
+export function isLoopbackRegistry(url: string): boolean {
+  const host = url.replace(/^docker:\/\//, '').split('/')[0].replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || (isIP(host) === 4 && host.startsWith('127.')) || host === '::1';
+}

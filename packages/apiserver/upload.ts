@@ -1,0 +1,100 @@
+/**
+ * Uploads, CDI's way: a client asks for a token bound to one claim
+ * (POST /apis/upload.cdi.kubevirt.io/v1beta1/namespaces/NS/uploadtokenrequests, authorized
+ * like any create in NS), then sends the bytes to /v1beta1/upload (wait for the import) or
+ * /v1beta1/upload-async with `Authorization: Bearer <token>`. The server checks the token
+ * against the hash it left on the claim and streams the body to the agent that holds the
+ * volume, pinning that agent's certificate. Vessel adds resume: HEAD tells the bytes already
+ * received (Upload-Offset), and a POST with Upload-Offset continues from there.
+ */
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { request as httpsRequest } from 'node:https';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { TLSSocket } from 'node:tls';
+import { findByResource, storage } from '@vessel/api';
+import { authorize, type User } from './auth.ts';
+import { ApiError, badRequest, unauthorized } from './errors.ts';
+import { agentTarget } from './agents.ts';
+import type { Resources } from './resources.ts';
+
+const PVC = findByResource('', 'v1', 'persistentvolumeclaims')!;
+/** CDI's upload tokens last 5 minutes; a large upload only needs the token at its start. */
+const TOKEN_TTL_S = 5 * 60;
+export const UPLOAD_PATHS = ['/v1beta1/upload', '/v1beta1/upload-async'];
+export const TOKEN_REQUEST_PATH = /^\/apis\/upload\.cdi\.kubevirt\.io\/v1beta1\/namespaces\/([^/]+)\/uploadtokenrequests$/;
+
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/** Issues a token for one claim; its hash and expiry go on the claim (the newest token wins). */
+export async function issueUploadToken(resources: Resources, user: User, namespace: string, body: unknown): Promise<Record<string, unknown>> {
+  authorize(user, { verb: 'create', group: 'upload.cdi.kubevirt.io', resource: 'uploadtokenrequests', namespace });
+  const pvcName = (body as { spec?: { pvcName?: unknown } } | undefined)?.spec?.pvcName;
+  if (typeof pvcName !== 'string' || !pvcName) {
+    throw new ApiError(422, 'Invalid', 'UploadTokenRequest is invalid: spec.pvcName: Required value', { kind: 'UploadTokenRequest', group: 'upload.cdi.kubevirt.io', causes: [{ reason: 'FieldValueRequired', field: 'spec.pvcName', message: 'Required value' }] });
+  }
+  const pvc = await resources.get(PVC, namespace, pvcName);
+  const dvName = (pvc.metadata.annotations as Record<string, string> | undefined)?.[storage.POPULATED_FOR];
+  if (!dvName) throw badRequest(`PersistentVolumeClaim ${namespace}/${pvcName} is not filled by an upload DataVolume: create a DataVolume with spec.source.upload`);
+  const token = `${Buffer.from(`${namespace}/${pvcName}`).toString('base64url')}.${randomBytes(24).toString('base64url')}`;
+  const expires = Math.floor(Date.now() / 1000) + TOKEN_TTL_S;
+  await resources.patch(PVC, namespace, pvcName, 'merge', JSON.stringify({ metadata: { annotations: { [storage.UPLOAD_TOKEN]: `${sha256(token)}:${expires}` } } }), undefined);
+  return { apiVersion: 'upload.cdi.kubevirt.io/v1beta1', kind: 'UploadTokenRequest', metadata: { name: pvcName, namespace }, spec: { pvcName }, status: { token } };
+}
+
+/** Serves /v1beta1/upload[-async]: checks the token, then streams to the claim's agent. */
+export async function proxyUpload(resources: Resources, req: IncomingMessage, res: ServerResponse, path: string): Promise<void> {
+  const token = /^Bearer\s+(\S+)$/.exec(req.headers.authorization ?? '')?.[1];
+  if (!token) throw unauthorized();
+  const [claimRef] = token.split('.');
+  const [namespace, name] = Buffer.from(claimRef ?? '', 'base64url').toString('utf8').split('/');
+  if (!namespace || !name) throw new ApiError(401, 'Unauthorized', 'the upload token is not valid: request a new one');
+  const pvc = await resources.get(PVC, namespace, name).catch(() => undefined);
+  const recorded = (pvc?.metadata.annotations as Record<string, string> | undefined)?.[storage.UPLOAD_TOKEN] ?? '';
+  const [hash, expires] = recorded.split(':');
+  const ok = !!hash && hash.length === 64 && timingSafeEqual(Buffer.from(hash), Buffer.from(sha256(token)));
+  if (!pvc || !ok) throw new ApiError(401, 'Unauthorized', 'the upload token is not valid (a newer one was issued, or the claim is gone): request a new one');
+  if (Number(expires) < Date.now() / 1000 && !req.headers['upload-offset']) {
+    // A resumed upload keeps its token; a new one must start within the token's lifetime.
+    throw new ApiError(401, 'Unauthorized', 'the upload token has expired: request a new one');
+  }
+  const nodeName = (pvc.metadata.annotations as Record<string, string>)[storage.SELECTED_NODE];
+  if (!nodeName) throw new ApiError(503, 'ServiceUnavailable', `PersistentVolumeClaim ${namespace}/${name} has no node yet: wait for the DataVolume to show UploadReady`, { retryAfterSeconds: 2 });
+  const target = await agentTarget(resources, nodeName);
+  const headers: Record<string, string> = { Authorization: `Bearer ${target.token}`, 'X-Upload-Mode': path.endsWith('-async') ? 'async' : 'sync' };
+  for (const h of ['upload-offset', 'upload-length', 'content-length', 'content-type']) {
+    const v = req.headers[h];
+    if (typeof v === 'string') headers[h] = v;
+  }
+  if (!headers['upload-length'] && headers['content-length'] && !headers['upload-offset']) headers['upload-length'] = headers['content-length'];
+  await new Promise<void>((resolve, reject) => {
+    const out = httpsRequest({
+      host: target.host, port: target.port, method: req.method === 'HEAD' ? 'HEAD' : 'POST',
+      path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers,
+      rejectUnauthorized: false, // the agent's certificate is self-signed: pinned below instead
+    }, (agentRes) => {
+      res.writeHead(agentRes.statusCode ?? 502, Object.fromEntries(Object.entries(agentRes.headers).filter(([k]) => ['content-type', 'content-length', 'upload-offset'].includes(k))) as Record<string, string>);
+      agentRes.pipe(res);
+      agentRes.on('end', resolve);
+      agentRes.on('error', reject);
+    });
+    out.on('socket', (s) => {
+      s.once('secureConnect', () => {
+        const fp = (s as TLSSocket).getPeerCertificate().fingerprint256;
+        if (fp !== target.fingerprint256) out.destroy(new ApiError(502, 'InternalError', `node ${nodeName}'s agent presented a certificate that does not match its Node (vessel.io/agent-cert-sha256)`));
+      });
+    });
+    out.on('error', (e) => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
+    // A client that goes away mid-upload: the agent keeps what arrived for a resume.
+    req.on('aborted', () => out.destroy());
+    if (req.method === 'HEAD') { req.resume(); out.end(); } else req.pipe(out);
+  });
+}
+
+/** The Secret agents check the server's calls against; made once on a fresh install. */
+export function agentAuthSecret(): Record<string, unknown> {
+  return {
+    apiVersion: 'v1', kind: 'Secret', type: 'Opaque',
+    metadata: { name: storage.AGENT_AUTH_SECRET, namespace: 'kube-system' },
+    data: { token: Buffer.from(randomBytes(32).toString('base64url')).toString('base64') },
+  };
+}

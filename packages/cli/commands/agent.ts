@@ -1,0 +1,54 @@
+/**
+ * `vessel agent`: the node agent in the foreground. It reaches the API server with a
+ * kubeconfig (--kubeconfig, or the data directory's) or with --server, --token and
+ * --certificate-authority, registers the Node and serves this host's storage pools.
+ */
+import { readFileSync } from 'node:fs';
+import { hostname } from 'node:os';
+import type { Command } from 'commander';
+import { Client, defaultDataDir } from '@vessel/client';
+import { contextOf, note, out } from '../context.ts';
+import { UsageError } from '../errors.ts';
+import { untilSignal } from './server.ts';
+import { clientVersion } from './version.ts';
+
+interface AgentFlags { server?: string; token?: string; certificateAuthority?: string; insecureSkipTlsVerify?: boolean; nodeName?: string; dataDir?: string; sharedDir?: string; listen: string; address?: string }
+
+export function registerAgent(program: Command): void {
+  program.command('agent')
+    .description('run the node agent in the foreground: registers this host as a Node and runs its storage (and VMs)')
+    .option('--server <url>', 'API server URL (default: from the kubeconfig)')
+    .option('--token <token>', 'bearer token for --server')
+    .option('--certificate-authority <file>', "PEM of the server's CA, for --server")
+    .option('--insecure-skip-tls-verify', "do not check the server's certificate (tests only)")
+    .option('--node-name <name>', 'Node name (default: the host name)')
+    .option('--data-dir <dir>', 'state directory: pools/local, agent certificate (default: $VESSEL_DATA_DIR or /var/lib/vessel)')
+    .option('--shared-dir <dir>', 'directory of the shared pool, the same path on every node (default: DATA_DIR/pools/shared)')
+    .option('--listen <host:port>', "the agent endpoint's address (the server connects to it)", '127.0.0.1:0')
+    .option('--address <ip>', 'the address the server should use for this node (default: the --listen host)')
+    .action(async (flags: AgentFlags, cmd: Command) => {
+      const signalled = untilSignal();
+      const client = agentClient(flags, cmd);
+      const { startAgent } = await import('@vessel/agent');
+      const agent = await startAgent({
+        client, nodeName: flags.nodeName ?? hostname(), dataDir: flags.dataDir ?? defaultDataDir(), sharedDir: flags.sharedDir,
+        listen: flags.listen, address: flags.address, version: clientVersion(), log: (l) => note(`${l}\n`),
+      });
+      out(`Vessel agent running as node ${agent.nodeName}\n`);
+      await signalled;
+      note('shutting down\n');
+      await agent.stop();
+      client.close();
+    });
+}
+
+function agentClient(flags: AgentFlags, cmd: Command): Client {
+  if (!flags.server) return contextOf(cmd).client();
+  if (!flags.token) throw new UsageError('--server needs --token (make one with `vessel token create`)');
+  if (!flags.certificateAuthority && !flags.insecureSkipTlsVerify) throw new UsageError("--server needs --certificate-authority FILE (the server's DATA_DIR/pki/ca.crt) or --insecure-skip-tls-verify");
+  return new Client({
+    path: '', context: '', server: flags.server.replace(/\/+$/, ''), token: flags.token, namespace: 'default',
+    caPem: flags.certificateAuthority ? readFileSync(flags.certificateAuthority, 'utf8') : undefined,
+    insecureSkipTlsVerify: !!flags.insecureSkipTlsVerify,
+  });
+}

@@ -1,0 +1,39 @@
+/**
+ * The DataSource controller: a golden image is Ready when the claim it names exists and is
+ * populated (Bound). `status.source` mirrors the spec, as CDI reports it.
+ */
+import type { Client } from '@vessel/client';
+import { Controller, type Log } from './runtime/controller.ts';
+import { cacheKey, type Informer } from './runtime/informer.ts';
+import { setCondition, updateStatus } from './runtime/status.ts';
+import { DATASOURCES, PVCS } from './refs.ts';
+
+type Obj = Record<string, unknown>;
+
+export class DataSourceController extends Controller {
+  private readonly sources: Informer;
+  private readonly pvcs: Informer;
+
+  constructor(client: Client, log?: Log) {
+    super('datasource', client, log, 1);
+    this.sources = this.inform(DATASOURCES);
+    this.pvcs = this.inform(PVCS, () => this.sources.list().map(cacheKey));
+  }
+
+  protected async reconcile(key: string): Promise<void> {
+    const ds = this.sources.get(key);
+    if (!ds || ds.metadata.deletionTimestamp) return;
+    const src = ((ds.spec as Obj | undefined)?.source as { pvc?: { name?: string; namespace?: string } } | undefined)?.pvc;
+    const ns = src?.namespace ?? ds.metadata.namespace;
+    const pvc = src?.name ? this.pvcs.get(`${ns}/${src.name}`) : undefined;
+    const phase = (pvc?.status as Obj | undefined)?.phase;
+    const cond = !src?.name ? { status: 'False' as const, reason: 'NoSource', message: 'spec.source.pvc is not set' }
+      : !pvc ? { status: 'False' as const, reason: 'NotFound', message: `PersistentVolumeClaim ${ns}/${src.name} not found` }
+      : phase !== 'Bound' ? { status: 'False' as const, reason: 'ImportInProgress', message: `PersistentVolumeClaim ${ns}/${src.name} is ${phase ?? 'Pending'}` }
+      : { status: 'True' as const, reason: 'Ready', message: '' };
+    await updateStatus(this.client, DATASOURCES, ds.metadata.namespace, ds.metadata.name, (s) => {
+      s.source = (ds.spec as Obj | undefined)?.source ?? {};
+      setCondition(s, { type: 'Ready', ...cond });
+    });
+  }
+}

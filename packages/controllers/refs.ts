@@ -1,0 +1,14 @@
+/** The resources the controllers work with, as client references (one place, not one per file). */
+import { findByResource, type KindInfo } from '@vessel/api';
+
+const ref = (group: string, version: string, plural: string): KindInfo => findByResource(group, version, plural)!;
+
+export const PVCS = ref('', 'v1', 'persistentvolumeclaims');
+export const NODES = ref('', 'v1', 'nodes');
+export const SECRETS = ref('', 'v1', 'secrets');
+export const CONFIGMAPS = ref('', 'v1', 'configmaps');
+export const STORAGE_CLASSES = ref('storage.k8s.io', 'v1', 'storageclasses');
+export const DATAVOLUMES = ref('cdi.kubevirt.io', 'v1beta1', 'datavolumes');
+export const DATASOURCES = ref('cdi.kubevirt.io', 'v1beta1', 'datasources');
+export const VMS = ref('kubevirt.io', 'v1', 'virtualmachines');
+export const VMIS = ref('kubevirt.io', 'v1', 'virtualmachineinstances');
