@@ -1,23 +1,34 @@
 /**
- * `vessel up` (the README's first command): brings up the control plane with the demo VM,
- * prints how to reach it, stops on SIGINT, and picks up where it left off when run again.
+ * `vessel up` (the README's first command): brings up the control plane, the node agent, the
+ * tiny golden image and the demo VM, which boots; prints how to reach it; stops on SIGINT
+ * leaving the VM running, and picks up where it left off (the same QEMU) when run again.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import YAML from 'yaml';
-import { run } from './harness.ts';
+import { eventually, run } from './harness.ts';
 
 const VESSEL = resolve(import.meta.dirname, '..', 'bin', 'vessel');
 
-function up(dataDir: string): Promise<{ output: string; stop: () => Promise<string> }> {
+/** A live process (not a zombie: QEMU daemonizes, and PID 1 here may not reap it). */
+function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
+function up(dataDir: string, ...extra: string[]): Promise<{ output: string; stop: () => Promise<string> }> {
   return new Promise((res, rej) => {
-    const child = spawn(VESSEL, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(VESSEL, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); rej(new Error(`vessel up did not come up: ${output}`)); }, 60_000);
+    const timer = setTimeout(() => { child.kill('SIGKILL'); rej(new Error(`vessel up did not come up: ${output}`)); }, 180_000);
     const onData = (d: Buffer) => {
       output += d;
       if (output.includes('Ctrl-C stops')) {
@@ -33,20 +44,47 @@ function up(dataDir: string): Promise<{ output: string; stop: () => Promise<stri
 
 describe('vessel up', () => {
   let dataDir = '';
-  after(async () => { if (dataDir) await rm(dataDir, { recursive: true, force: true }); });
+  after(async () => {
+    if (!dataDir) return;
+    // Whatever happened, no demo QEMU outlives the test.
+    const pid = Number(await readFile(join(dataDir, 'vms', 'default', 'demo', 'qemu.pid'), 'utf8').catch(() => '0'));
+    if (pid) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    await rm(dataDir, { recursive: true, force: true });
+  });
 
-  it('brings up the control plane with the demo VM, and comes back to it', async () => {
+  it('brings up the demo VM, which boots; Ctrl-C leaves it running; the next up re-adopts it', async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'vessel-up-'));
     const first = await up(dataDir);
+    assert.match(first.output, /golden image vessel-images\/tiny \(imported\)/);
     assert.match(first.output, /demo VM\s+default\/demo \(created\)/);
+    assert.match(first.output, /vessel console demo/);
     const kubeconfig = /kubeconfig\s+(\S+)/.exec(first.output)![1];
-    const got = await run('kubectl', ['--kubeconfig', kubeconfig, 'get', 'vm', 'demo', '-o', 'yaml']);
+    const kubectl = (...args: string[]) => run('kubectl', ['--kubeconfig', kubeconfig, ...args]);
+    const got = await kubectl('get', 'vm', 'demo', '-o', 'yaml');
     assert.equal(got.code, 0, got.err);
     assert.equal(YAML.parse(got.out).spec.runStrategy, 'Always');
+    await eventually('demo Running', async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined), 120_000);
+    const serialLog = join(dataDir, 'vms', 'default', 'demo', 'serial.log');
+    await eventually('the demo guest booted', async () => ((await readFile(serialLog, 'utf8').catch(() => '')).includes('VESSEL-GUEST-READY') ? true : undefined), 120_000);
+    // `vessel console demo` (what up prints) shows the boot, even though nobody watched it happen.
+    const consoleOut = await new Promise<string>((res) => {
+      const c = spawn(VESSEL, ['--kubeconfig', kubeconfig, 'console', 'demo'], { stdio: ['pipe', 'pipe', 'pipe'] });
+      let out = '';
+      c.stdout.on('data', (d) => { out += d; if (out.includes('VESSEL-GUEST-READY')) c.stdin.write('\x1d'); });
+      setTimeout(() => c.kill('SIGKILL'), 30_000);
+      c.on('close', () => res(out));
+    });
+    assert.match(consoleOut, /VESSEL-GUEST-READY/);
+    const pid = Number(await readFile(join(dataDir, 'vms', 'default', 'demo', 'qemu.pid'), 'utf8'));
     assert.match(await first.stop(), /^code=0 /);
+    assert.ok(alive(pid), 'the VM outlived the control plane');
 
-    const second = await up(dataDir);
+    const second = await up(dataDir, '--stop-vms-on-exit');
     assert.match(second.output, /demo VM\s+default\/demo \(exists\)/);
+    assert.match(second.output, /golden image vessel-images\/tiny \(exists\)/);
+    await eventually('demo Running again', async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined), 30_000);
+    assert.equal(Number(await readFile(join(dataDir, 'vms', 'default', 'demo', 'qemu.pid'), 'utf8')), pid, 're-adopted, not started again');
     assert.match(await second.stop(), /^code=0 /);
+    assert.ok(!alive(pid), 'stopped with --stop-vms-on-exit');
   });
 });

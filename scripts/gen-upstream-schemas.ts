@@ -101,6 +101,18 @@ const PATCH_META: Record<string, Record<string, JsonSchema>> = {
   },
 };
 
+/**
+ * Fields KubeVirt's API has that the .d.ts dropped (KubeVirt's swagger types them as nullable
+ * metav1.Time, which the TypeScript generator skips): condition timestamps.
+ */
+const TIME = (description: string): JsonSchema => ({ description, type: 'string', format: 'date-time', nullable: true });
+const MISSING_FIELDS: Record<string, Record<string, JsonSchema>> = Object.fromEntries(
+  ['VirtualMachineCondition', 'VirtualMachineInstanceCondition', 'VirtualMachineInstanceMigrationCondition'].map((k) => [`io.kubevirt.v1.${k}`, {
+    lastProbeTime: TIME('Last time the condition was checked.'),
+    lastTransitionTime: TIME('Last time the condition transitioned from one status to another.'),
+  }]),
+);
+
 /** The `metadata` of top-level kinds has no description in the .d.ts; these are the upstream texts. */
 const OBJECT_META_FIELD_DESC =
   "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
@@ -327,6 +339,7 @@ class Generator {
       properties[wireName] = prop;
       if (!m.questionToken) required.push(wireName);
     }
+    for (const [name, prop] of Object.entries(MISSING_FIELDS[r.name] ?? {})) properties[name] ??= prop;
     const schema: JsonSchema = {};
     const desc = descriptionOf(decl);
     if (desc) schema.description = desc;

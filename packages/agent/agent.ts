@@ -3,15 +3,19 @@
  * (`local` under the data directory, `shared` in a directory every node sees), fills and
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { storage } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { refs, type NodePool } from '@vessel/controllers';
+import { consoleHandlers } from './console.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
 import { Pool } from './storage/pools.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { ensureAgentCert } from './tls.ts';
+import { detectAccelerator, type Accelerator } from './vms/accel.ts';
+import { VmActionError, VmRuntime, type VmAction } from './vms/runtime.ts';
 
 export interface AgentOptions {
   client: Client;
@@ -32,6 +36,8 @@ export interface RunningAgent {
   dataDir: string;
   pools: Map<string, Pool>;
   endpoint: AgentEndpoint;
+  vms: VmRuntime;
+  accel: Accelerator;
   stop(): Promise<void>;
 }
 
@@ -44,30 +50,58 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   for (const p of pools.values()) await p.init();
   const token = await agentToken(opts.client);
   const cert = await ensureAgentCert(join(opts.dataDir, 'agent'), opts.nodeName);
+  const accel = await detectAccelerator();
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log });
+  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log });
   const [host, port] = splitListen(opts.listen ?? '127.0.0.1:0');
   const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, log });
+  const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
+  endpoint.handlers.request.push(vmActionHandler(vms), (req, res) => consoles.request(req, res));
+  endpoint.handlers.upgrade.push((req, socket, head) => consoles.upgrade(req, socket, head));
   const nodePools: Record<string, NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
   const node = new NodeRegistration(opts.client, {
     nodeName: opts.nodeName, address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host), port: endpoint.port,
-    certFingerprint256: cert.fingerprint256, pools: nodePools, version: opts.version ?? 'dev', heartbeatMs: opts.heartbeatMs, log,
+    certFingerprint256: cert.fingerprint256, certPem: cert.certPem, pools: nodePools, version: opts.version ?? 'dev', heartbeatMs: opts.heartbeatMs, log,
+    labels: { 'vessel.io/accelerator': accel },
   });
   try {
     await node.start();
     await volumes.start();
+    await vms.start();
   } catch (e) {
     node.stop();
     await endpoint.close();
     throw e;
   }
-  log(`agent: node ${opts.nodeName} registered; endpoint on ${host}:${endpoint.port}`);
+  log(`agent: node ${opts.nodeName} registered (${accel}); endpoint on ${host}:${endpoint.port}`);
   return {
-    nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint,
+    nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint, vms, accel,
     async stop() {
       node.stop();
+      await vms.stop();
       await volumes.stop();
+      consoles.close(); // open consoles would keep the endpoint from closing
       await endpoint.close();
     },
+  };
+}
+
+/** PUT /v1/vmi/<ns>/<name>/<pause|unpause|softreboot|reset>: the VMI subresources, carried out over QMP. */
+function vmActionHandler(vms: VmRuntime) {
+  return async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
+    const m = /^\/v1\/vmi\/([^/]+)\/([^/]+)\/(pause|unpause|softreboot|reset)$/.exec((req.url ?? '').split('?')[0]);
+    if (!m || req.method !== 'PUT') return false;
+    req.resume();
+    let code = 200, message = '';
+    try {
+      await vms.act(decodeURIComponent(m[1]), decodeURIComponent(m[2]), m[3] as VmAction);
+    } catch (e) {
+      code = e instanceof VmActionError ? e.httpCode : 500;
+      message = (e as Error).message;
+    }
+    const body = JSON.stringify({ message });
+    res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) }).end(body);
+    return true;
   };
 }
 

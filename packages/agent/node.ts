@@ -15,6 +15,7 @@ export interface NodeRegistrationOptions {
   address: string;
   port: number;
   certFingerprint256: string;
+  certPem: string;
   pools: Record<string, NodePool>;
   labels?: Record<string, string>;
   heartbeatMs?: number;
@@ -35,7 +36,7 @@ export class NodeRegistration {
         'kubernetes.io/hostname': nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64',
         'kubevirt.io/schedulable': 'true', ...this.opts.labels,
       },
-      annotations: { [storage.NODE_POOLS]: JSON.stringify(this.opts.pools), [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256 },
+      annotations: { [storage.NODE_POOLS]: JSON.stringify(this.opts.pools), [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256, [storage.NODE_CERT]: this.opts.certPem },
     };
     try {
       await this.client.get(refs.NODES, nodeName);

@@ -3,6 +3,8 @@
  * Node, the certificate fingerprint to pin, and the token agents accept from the server
  * (kube-system/vessel-agent-auth). Uploads use it today; consoles and VNC next.
  */
+import { request as httpsRequest } from 'node:https';
+import type { PeerCertificate } from 'node:tls';
 import { findByResource, storage } from '@vessel/api';
 import { ApiError } from './errors.ts';
 import type { Resources } from './resources.ts';
@@ -10,7 +12,17 @@ import type { Resources } from './resources.ts';
 const NODE = findByResource('', 'v1', 'nodes')!;
 const SECRET = findByResource('', 'v1', 'secrets')!;
 
-export interface AgentTarget { host: string; port: number; fingerprint256: string; token: string }
+export interface AgentTarget {
+  host: string;
+  port: number;
+  fingerprint256: string;
+  token: string;
+  /**
+   * TLS options for https.request / ws: the agent's own self-signed certificate is the only CA,
+   * and the fingerprint must match (the name in it is the node's, not the address dialled).
+   */
+  tls: { ca: string; rejectUnauthorized: true; checkServerIdentity: (host: string, cert: PeerCertificate) => Error | undefined; agent: false };
+}
 
 export async function agentTarget(resources: Resources, nodeName: string): Promise<AgentTarget> {
   const node = await resources.get(NODE, undefined, nodeName);
@@ -18,9 +30,28 @@ export async function agentTarget(resources: Resources, nodeName: string): Promi
   const host = status.addresses?.find((a) => a.type === 'InternalIP')?.address;
   const port = status.daemonEndpoints?.kubeletEndpoint?.Port;
   const fingerprint256 = (node.metadata.annotations as Record<string, string> | undefined)?.[storage.NODE_CERT_SHA256];
-  if (!host || !port || !fingerprint256) throw new ApiError(503, 'ServiceUnavailable', `node ${nodeName} has not published its agent endpoint yet`, { retryAfterSeconds: 2 });
+  const ca = (node.metadata.annotations as Record<string, string> | undefined)?.[storage.NODE_CERT];
+  if (!host || !port || !fingerprint256 || !ca) throw new ApiError(503, 'ServiceUnavailable', `node ${nodeName} has not published its agent endpoint yet`, { retryAfterSeconds: 2 });
   const secret = await resources.get(SECRET, 'kube-system', storage.AGENT_AUTH_SECRET);
   const token = Buffer.from(String((secret.data as Record<string, string>).token), 'base64').toString('utf8');
-  return { host, port, fingerprint256, token };
+  const checkServerIdentity = (_host: string, cert: PeerCertificate) =>
+    cert.fingerprint256 === fingerprint256 ? undefined : new Error(`node ${nodeName}'s agent presented a certificate that does not match its Node`);
+  return { host, port, fingerprint256, token, tls: { ca, rejectUnauthorized: true, checkServerIdentity, agent: false } };
 }
 
+
+/** One request to a node's agent (certificate pinned, agent token sent); resolves with its answer. */
+export async function callAgent(resources: Resources, nodeName: string, method: string, path: string): Promise<{ code: number; body: string }> {
+  const target = await agentTarget(resources, nodeName);
+  return new Promise((resolve, reject) => {
+    const req = httpsRequest({ host: target.host, port: target.port, method, path, headers: { Authorization: `Bearer ${target.token}` }, ...target.tls }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => { body += d; });
+      res.on('end', () => resolve({ code: res.statusCode ?? 502, body }));
+    });
+    req.setTimeout(30_000, () => req.destroy(new Error(`node ${nodeName}'s agent did not answer within 30 s`)));
+    req.on('error', (e) => reject(new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
+    req.end();
+  });
+}

@@ -87,7 +87,9 @@ function tenantAllows(namespaces: string[], attrs: Attributes): boolean {
 /** Throws a 403 Status unless `user` may do `attrs`. */
 export function authorize(user: User, attrs: Attributes): void {
   if (user.groups.includes(ADMIN_GROUP)) return;
-  if (user.groups.includes(VIEW_GROUP) && READ_VERBS.has(attrs.verb)) return;
+  // Viewers read objects; a console or VNC session is access to the guest, as in KubeVirt's view role.
+  const guestAccess = attrs.group === 'subresources.kubevirt.io';
+  if (user.groups.includes(VIEW_GROUP) && READ_VERBS.has(attrs.verb) && !guestAccess) return;
   const tenantOf = user.groups.filter((g) => g.startsWith(TENANT_GROUP_PREFIX)).map((g) => g.slice(TENANT_GROUP_PREFIX.length));
   if (tenantOf.length && tenantAllows(tenantOf, attrs)) return;
   const res = attrs.subresource ? `${attrs.resource}/${attrs.subresource}` : attrs.resource;

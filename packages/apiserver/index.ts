@@ -10,6 +10,7 @@ import YAML from 'yaml';
 import { findByResource } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
+import { consoleUpgrade, rejectUpgrade } from './console.ts';
 import { ApiError, badRequest } from './errors.ts';
 import { Resources } from './resources.ts';
 import { createHandler, createHttpsServer } from './server.ts';
@@ -77,6 +78,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log,
     });
     const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
+    const consoles = consoleUpgrade({ store, resources: new Resources(store), log: opts.log });
+    server.on('upgrade', (req, socket, head: Buffer) => { if (!consoles(req, socket, head)) rejectUpgrade(socket, new ApiError(404, 'NotFound', `the server could not find the requested resource (upgrade ${req.url})`)); });
     // Requests Node cannot parse (bad characters in the path, broken headers) still get a Status.
     server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       if (!socket.writable) return socket.destroy();
@@ -101,6 +104,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       async close() {
         compactor.stop();
         await handler.close();
+        consoles.close();
         server.closeAllConnections();
         await new Promise<void>((resolve) => server.close(() => resolve()));
         await store.close();

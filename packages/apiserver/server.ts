@@ -20,7 +20,9 @@ import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
 import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
+import { runAction, SUBRESOURCE_PATH } from './subresources.ts';
 import { issueUploadToken, proxyUpload, TOKEN_REQUEST_PATH, UPLOAD_PATHS } from './upload.ts';
+import { serialLog } from './console.ts';
 
 /** Kubernetes' own limit for a request body. */
 export const MAX_BODY_BYTES = 3 * 1024 * 1024;
@@ -106,8 +108,17 @@ export function createHandler(opts: HandlerOptions): Handler {
 
     const user = await authenticate(opts.store, r.req.headers.authorization);
     if (!user) throw unauthorized();
+    if (await serialLog({ store: opts.store, resources })(r.req, res, p)) return;
 
     if (p === '/vessel/v1/tokens' && method === 'POST') return issueToken(r, res, user);
+    const action = SUBRESOURCE_PATH.exec(p);
+    if (action) {
+      if (method !== 'PUT') throw methodNotAllowed(method, p);
+      r.req.resume();
+      const [ns, resource, name, verb] = action.slice(1).map(decodeURIComponent);
+      res.writeHead(await runAction(resources, user, ns, resource, name, verb)).end();
+      return;
+    }
     const tokenRequest = TOKEN_REQUEST_PATH.exec(p);
     if (tokenRequest && method === 'POST') {
       return sendJson(res, 201, await issueUploadToken(resources, user, decodeURIComponent(tokenRequest[1]), parseBody(await readBody(r.req), r.req.headers['content-type'])));

@@ -10,7 +10,6 @@
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { request as httpsRequest } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { TLSSocket } from 'node:tls';
 import { findByResource, storage } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
 import { ApiError, badRequest, unauthorized } from './errors.ts';
@@ -69,21 +68,14 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
   await new Promise<void>((resolve, reject) => {
     const out = httpsRequest({
       host: target.host, port: target.port, method: req.method === 'HEAD' ? 'HEAD' : 'POST',
-      path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers,
-      rejectUnauthorized: false, // the agent's certificate is self-signed: pinned below instead
+      path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers, ...target.tls,
     }, (agentRes) => {
       res.writeHead(agentRes.statusCode ?? 502, Object.fromEntries(Object.entries(agentRes.headers).filter(([k]) => ['content-type', 'content-length', 'upload-offset'].includes(k))) as Record<string, string>);
       agentRes.pipe(res);
       agentRes.on('end', resolve);
       agentRes.on('error', reject);
     });
-    out.on('socket', (s) => {
-      s.once('secureConnect', () => {
-        const fp = (s as TLSSocket).getPeerCertificate().fingerprint256;
-        if (fp !== target.fingerprint256) out.destroy(new ApiError(502, 'InternalError', `node ${nodeName}'s agent presented a certificate that does not match its Node (vessel.io/agent-cert-sha256)`));
-      });
-    });
-    out.on('error', (e) => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
+    out.on('error', (e) => reject(new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
     // A client that goes away mid-upload: the agent keeps what arrived for a resume.
     req.on('aborted', () => out.destroy());
     if (req.method === 'HEAD') { req.resume(); out.end(); } else req.pipe(out);

@@ -5,16 +5,20 @@ import { Command } from 'commander';
 import { registerAgent } from './commands/agent.ts';
 import { registerApiResources } from './commands/api-resources.ts';
 import { registerApply } from './commands/apply.ts';
+import { registerConsole } from './commands/console.ts';
 import { registerCreate } from './commands/create.ts';
 import { registerDelete } from './commands/delete.ts';
 import { registerDescribe } from './commands/describe.ts';
 import { registerGet } from './commands/get.ts';
 import { registerImageUpload } from './commands/image-upload.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
+import { registerLogs } from './commands/logs.ts';
 import { registerServer } from './commands/server.ts';
 import { registerToken } from './commands/token.ts';
 import { registerUp } from './commands/up.ts';
 import { registerVersion } from './commands/version.ts';
+import { registerVmActions } from './commands/vm-actions.ts';
+import { registerVnc } from './commands/vnc.ts';
 
 export function buildProgram(): Command {
   const program = new Command('vessel')
@@ -37,5 +41,9 @@ export function buildProgram(): Command {
   registerUp(program);
   registerAgent(program);
   registerImageUpload(program);
+  registerVmActions(program);
+  registerConsole(program);
+  registerVnc(program);
+  registerLogs(program);
   return program;
 }

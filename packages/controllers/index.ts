@@ -10,6 +10,7 @@ import { NamespaceController } from './namespace.ts';
 import { LeaderElector } from './runtime/leader.ts';
 import { VirtualMachineController } from './vm.ts';
 import { VolumeBinder } from './volume-binder.ts';
+import { Scheduler } from './scheduler.ts';
 
 export { Informer, cacheKey, type ListWatch, type InformerHandlers, type KubeObject } from './runtime/informer.ts';
 export { WorkQueue, runWorkers } from './runtime/workqueue.ts';
@@ -23,7 +24,8 @@ export { updateStatus, setCondition, getCondition, type Status } from './runtime
 export { VolumeBinder, PROVISIONER, CLONE_SOURCE, nodePools, isNodeReady, defaultClass, type NodePool } from './volume-binder.ts';
 export { DataVolumeController } from './datavolume.ts';
 export { DataSourceController } from './datasource.ts';
-export { VirtualMachineController } from './vm.ts';
+export { VirtualMachineController, runStrategyOf } from './vm.ts';
+export { Scheduler } from './scheduler.ts';
 export * as refs from './refs.ts';
 
 export interface RunningControllers {
@@ -50,7 +52,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
       // Fresh instances each term: an informer does not restart after stop().
       running = [
         new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
-        new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log),
+        new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

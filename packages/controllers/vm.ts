@@ -1,31 +1,138 @@
 /**
- * The VirtualMachine controller. So far its storage duty: each entry of
- * spec.dataVolumeTemplates becomes a DataVolume owned by the VM (KubeVirt creates them
- * whether or not the VM runs, so disks are ready by the time it starts).
+ * The VirtualMachine controller, with KubeVirt's semantics:
+ * - each spec.dataVolumeTemplates entry becomes a DataVolume owned by the VM (whether or not it
+ *   runs, so disks are ready by the time it starts);
+ * - the run strategy decides whether a VirtualMachineInstance should exist: Always (restart
+ *   whenever it ends), RerunOnFailure (restart only after a failure), Once (run one time),
+ *   Manual (only start/stop requests), Halted (never); the deprecated `running` maps to
+ *   Always/Halted. start/stop/restart subresources leave status.stateChangeRequests here;
+ * - restarts after failures back off (status.startFailure; printableStatus CrashLoopBackOff);
+ * - status.printableStatus and conditions always say why a VM is not running.
  */
+import { createHash } from 'node:crypto';
 import { isStatusError, type Client } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
+import { Controller, splitKey, type Log } from './runtime/controller.ts';
 import { EventRecorder } from './runtime/events.ts';
 import { type Informer, type KubeObject } from './runtime/informer.ts';
-import { DATAVOLUMES, VMS } from './refs.ts';
+import { getCondition, setCondition, updateStatus } from './runtime/status.ts';
+import { DATAVOLUMES, PVCS, VMIS, VMS } from './refs.ts';
 
 type Obj = Record<string, unknown>;
+type Strategy = 'Always' | 'RerunOnFailure' | 'Once' | 'Manual' | 'Halted';
+interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
+
+/** On a VMI: hash of the VM template it was made from (RestartRequired when the template moves on). */
+export const TEMPLATE_HASH = 'vessel.io/template-hash';
+/** On a VM with runStrategy Once: the uid of the VMI that was its one run. */
+export const ONCE_RAN = 'vessel.io/once-ran';
+const FINAL = new Set(['Succeeded', 'Failed']);
+/** A VMI that ran this long before failing resets the crash-loop count. */
+const STABLE_RUN_MS = 60_000;
+
+const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
+const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v ?? {})).digest('hex').slice(0, 16);
+
+export function runStrategyOf(vm: KubeObject): Strategy {
+  const spec = (vm.spec ?? {}) as { runStrategy?: Strategy; running?: boolean };
+  if (spec.runStrategy) return spec.runStrategy;
+  return spec.running ? 'Always' : 'Halted';
+}
 
 export class VirtualMachineController extends Controller {
   private readonly vms: Informer;
+  private readonly vmis: Informer;
   private readonly dvs: Informer;
+  private readonly pvcs: Informer;
   private readonly events: EventRecorder;
 
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
     this.events = new EventRecorder(client, 'virtualmachine-controller');
     this.vms = this.inform(VMS);
-    this.dvs = this.inform(DATAVOLUMES, (dv) => ownerVm(dv));
+    this.vmis = this.inform(VMIS, (vmi) => ownerVm(vmi));
+    this.dvs = this.inform(DATAVOLUMES, (dv) => [...ownerVm(dv), ...this.usersOf(dv)]);
+    this.pvcs = this.inform(PVCS, (pvc) => this.usersOf(pvc));
+  }
+
+  /** VMs whose template mounts this DataVolume / claim by name. */
+  private usersOf(o: KubeObject): string[] {
+    return this.vms.list().filter((vm) => vm.metadata.namespace === o.metadata.namespace && volumeRefs(vm).some((r) => r.name === o.metadata.name)).map((vm) => `${vm.metadata.namespace}/${vm.metadata.name}`);
   }
 
   protected async reconcile(key: string): Promise<void> {
     const vm = this.vms.get(key);
-    if (!vm || vm.metadata.deletionTimestamp) return;
+    if (!vm) return;
+    const { namespace } = splitKey(key);
+    let vmi = this.vmis.get(key);
+    if (vmi && !ownerVm(vmi).includes(key)) vmi = undefined; // someone else's VMI of the same name
+    if (vm.metadata.deletionTimestamp) return this.writeStatus(vm, vmi, 'Terminating');
+    await this.ensureDataVolumes(vm);
+
+    const strategy = runStrategyOf(vm);
+    const status = (vm.status ?? {}) as Obj;
+    let requests = ((status.stateChangeRequests as ChangeRequest[] | undefined) ?? []).slice();
+    const alive = vmi && !FINAL.has(phaseOf(vmi)) && !vmi.metadata.deletionTimestamp;
+
+    // A stop request (for this VMI, or any) ends it; it is done once the VMI is gone.
+    if (requests[0]?.action === 'Stop') {
+      if (vmi && (!requests[0].uid || requests[0].uid === vmi.metadata.uid)) {
+        if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'stop requested');
+        return this.writeStatus(vm, vmi, 'Stopping');
+      }
+      requests = requests.slice(1);
+      await this.setRequests(vm, requests);
+    }
+
+    // Crash-loop bookkeeping for a VMI that failed.
+    let backoffUntil = 0;
+    if (vmi && phaseOf(vmi) === 'Failed') backoffUntil = await this.recordFailure(vm, vmi);
+    else if (vmi && phaseOf(vmi) === 'Running' && runningFor(vmi) > STABLE_RUN_MS && status.startFailure) await this.clearFailure(vm);
+
+    // Should a VMI run?
+    const wantStart = requests[0]?.action === 'Start';
+    let want: boolean;
+    switch (strategy) {
+      case 'Always': want = true; break;
+      case 'Halted': want = false; break;
+      case 'RerunOnFailure': want = wantStart || !(vmi && phaseOf(vmi) === 'Succeeded'); break;
+      case 'Once': want = !(vm.metadata.annotations as Record<string, string> | undefined)?.[ONCE_RAN]; break;
+      case 'Manual': want = wantStart || !!alive; break;
+    }
+
+    if (vmi && FINAL.has(phaseOf(vmi)) && !vmi.metadata.deletionTimestamp) {
+      const restart = want && (strategy === 'Always' || wantStart || (strategy === 'RerunOnFailure' && phaseOf(vmi) === 'Failed'));
+      if (!restart) {
+        if (strategy === 'Halted') await this.deleteVmi(vm, vmi, 'the VM is halted');
+        return this.writeStatus(vm, vmi);
+      }
+      if (backoffUntil > Date.now()) {
+        this.queue.addAfter(key, backoffUntil - Date.now() + 50);
+        return this.writeStatus(vm, vmi, 'CrashLoopBackOff');
+      }
+      await this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
+      return this.writeStatus(vm, vmi, 'Starting');
+    }
+    if (!want) {
+      if (alive) await this.deleteVmi(vm, vmi!, `runStrategy ${strategy}`);
+      return this.writeStatus(vm, vmi);
+    }
+    if (vmi && neverScheduled(vmi) && (vmi.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH] !== hashOf(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec)) {
+      // A VMI that never reached a node has nothing to lose: the changed template (say, less
+      // memory for an unschedulable VM) takes effect at once instead of waiting for a restart.
+      if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'the template changed before it was scheduled');
+      return this.writeStatus(vm, vmi, 'Starting');
+    }
+    if (vmi) return this.writeStatus(vm, vmi);
+
+    // Start: only once every disk is ready.
+    const blocked = this.volumeProblem(vm, namespace!);
+    if (blocked) return this.writeStatus(vm, undefined, blocked.status, blocked);
+    await this.createVmi(vm);
+    if (wantStart) await this.setRequests(vm, requests.slice(1));
+    if (strategy === 'Once') await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace });
+  }
+
+  private async ensureDataVolumes(vm: KubeObject): Promise<void> {
     const templates = ((vm.spec as Obj | undefined)?.dataVolumeTemplates as { metadata?: Obj; spec?: Obj }[] | undefined) ?? [];
     for (const t of templates) {
       const name = String(t.metadata?.name ?? '');
@@ -38,7 +145,7 @@ export class VirtualMachineController extends Controller {
             name, namespace: vm.metadata.namespace,
             labels: { ...(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
             annotations: meta.annotations as Record<string, string> | undefined,
-            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true }],
+            ownerReferences: [ownerRef(vm)],
           },
           spec: t.spec,
         }, { namespace: vm.metadata.namespace });
@@ -50,9 +157,143 @@ export class VirtualMachineController extends Controller {
       }
     }
   }
+
+  /** Why the VM's disks keep it from starting, if they do. */
+  private volumeProblem(vm: KubeObject, ns: string): { status: string; reason: string; message: string } | undefined {
+    for (const ref of volumeRefs(vm)) {
+      if (ref.kind === 'dataVolume') {
+        const dv = this.dvs.get(`${ns}/${ref.name}`);
+        if (!dv) return { status: 'ErrorDataVolumeNotFound', reason: 'DataVolumeNotFound', message: `DataVolume ${ref.name} does not exist` };
+        const phase = phaseOf(dv);
+        if (phase === 'Failed') {
+          const why = getCondition(dv, 'Ready')?.message ?? '';
+          return { status: 'DataVolumeError', reason: 'DataVolumeError', message: `DataVolume ${ref.name} failed: ${why}` };
+        }
+        if (phase !== 'Succeeded') return { status: 'Provisioning', reason: 'DataVolumeNotReady', message: `DataVolume ${ref.name} is ${phase || 'Pending'} (${String((dv.status as Obj | undefined)?.progress ?? 'N/A')})` };
+      } else {
+        const pvc = this.pvcs.get(`${ns}/${ref.name}`);
+        if (!pvc) return { status: 'ErrorPvcNotFound', reason: 'PvcNotFound', message: `PersistentVolumeClaim ${ref.name} does not exist` };
+      }
+    }
+    return undefined;
+  }
+
+  private async createVmi(vm: KubeObject): Promise<void> {
+    const template = ((vm.spec as Obj | undefined)?.template ?? {}) as { metadata?: Obj; spec?: Obj };
+    const meta = template.metadata ?? {};
+    try {
+      await this.client.create(VMIS, {
+        apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance',
+        metadata: {
+          name: vm.metadata.name, namespace: vm.metadata.namespace,
+          labels: { ...(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+          annotations: { ...(meta.annotations as Record<string, string> | undefined), [TEMPLATE_HASH]: hashOf(template.spec) },
+          ownerReferences: [ownerRef(vm)],
+        },
+        spec: template.spec,
+      }, { namespace: vm.metadata.namespace });
+      await this.events.record(vm, 'Normal', 'SuccessfulCreate', `Started the virtual machine by creating the new virtual machine instance ${vm.metadata.name}`);
+    } catch (e) {
+      if (isStatusError(e, 'AlreadyExists')) return;
+      await this.events.record(vm, 'Warning', 'FailedCreate', `Error creating VirtualMachineInstance: ${e instanceof Error ? e.message : e}`);
+      throw e;
+    }
+  }
+
+  private async deleteVmi(vm: KubeObject, vmi: KubeObject, why: string): Promise<void> {
+    try {
+      await this.client.delete(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace, preconditions: { uid: vmi.metadata.uid } } as never);
+      await this.events.record(vm, 'Normal', 'SuccessfulDelete', `Stopped the virtual machine by deleting the virtual machine instance ${vmi.metadata.uid} (${why})`);
+    } catch (e) {
+      if (!isStatusError(e, 'NotFound') && !isStatusError(e, 'Conflict')) throw e;
+    }
+  }
+
+  private async setRequests(vm: KubeObject, requests: ChangeRequest[]): Promise<void> {
+    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {
+      if (requests.length) s.stateChangeRequests = requests; else delete s.stateChangeRequests;
+    });
+  }
+
+  /** Counts a failed VMI once; returns when the next start may happen. */
+  private async recordFailure(vm: KubeObject, vmi: KubeObject): Promise<number> {
+    const prior = ((vm.status as Obj | undefined)?.startFailure ?? {}) as { consecutiveFailCount?: number; lastFailedVMIUID?: string; retryAfterTimestamp?: string };
+    if (prior.lastFailedVMIUID === vmi.metadata.uid) return Date.parse(prior.retryAfterTimestamp ?? '') || 0;
+    const count = runningFor(vmi) > STABLE_RUN_MS ? 1 : (prior.consecutiveFailCount ?? 0) + 1;
+    // KubeVirt's curve: 10 s doubling per consecutive failure, at most 5 minutes; the first retry is immediate.
+    const delay = count <= 1 ? 0 : Math.min(300_000, 10_000 * 2 ** (count - 2));
+    const retryAfter = new Date(Date.now() + delay);
+    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {
+      s.startFailure = { consecutiveFailCount: count, lastFailedVMIUID: vmi.metadata.uid, retryAfterTimestamp: retryAfter.toISOString() };
+    });
+    return retryAfter.getTime();
+  }
+
+  private async clearFailure(vm: KubeObject): Promise<void> {
+    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => { delete s.startFailure; });
+  }
+
+  private async writeStatus(vm: KubeObject, vmi: KubeObject | undefined, forced?: string, problem?: { reason: string; message: string }): Promise<void> {
+    const vmiStatus = (vmi?.status ?? {}) as Obj;
+    const paused = vmi ? getCondition(vmi, 'Paused')?.status === 'True' : false;
+    const unschedulable = vmi ? getCondition(vmi, 'PodScheduled') : undefined;
+    const printable = forced ?? (
+      !vmi ? 'Stopped'
+        : vmi.metadata.deletionTimestamp ? 'Stopping'
+        : FINAL.has(phaseOf(vmi)) ? 'Stopped'
+        : phaseOf(vmi) === 'Running' ? (paused ? 'Paused' : 'Running')
+        : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable' ? 'ErrorUnschedulable'
+        : 'Starting');
+    const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
+    const templateHash = hashOf(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec);
+    const vmiHash = (vmi?.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH];
+    const restartRequired = !!vmi && !FINAL.has(phaseOf(vmi)) && vmiHash !== undefined && vmiHash !== templateHash;
+    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {
+      s.printableStatus = printable;
+      s.ready = ready;
+      s.created = !!vmi && !FINAL.has(phaseOf(vmi));
+      s.runStrategy = runStrategyOf(vm);
+      s.desiredGeneration = vm.metadata.generation;
+      s.observedGeneration = vm.metadata.generation;
+      const why = problem ?? (vmi ? { reason: String((getCondition(vmi, 'Ready')?.reason) || phaseOf(vmi) || 'Pending'), message: getCondition(vmi, 'Ready')?.message ?? '' } : { reason: 'VMINotExists', message: 'VMI does not exist' });
+      setCondition(s, ready ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: why.reason, message: why.message }, false);
+      setCondition(s, paused ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' } : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
+      if (restartRequired) setCondition(s, { type: 'RestartRequired', status: 'True', reason: 'TemplateChanged', message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start' }, false);
+      else if (Array.isArray(s.conditions)) s.conditions = (s.conditions as Obj[]).filter((c) => c.type !== 'RestartRequired');
+      if (vmiStatus.phase === undefined && !vmi) delete s.volumeSnapshotStatuses;
+    });
+  }
+}
+
+function ownerRef(vm: KubeObject): Obj {
+  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true };
 }
 
 function ownerVm(o: KubeObject): string[] {
   const refs = (o.metadata.ownerReferences as { kind: string; name: string; controller?: boolean }[] | undefined) ?? [];
   return refs.filter((r) => r.kind === 'VirtualMachine' && r.controller).map((r) => `${o.metadata.namespace}/${r.name}`);
+}
+
+function volumeRefs(vm: KubeObject): { kind: 'dataVolume' | 'claim'; name: string }[] {
+  const vols = ((((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec as Obj | undefined)?.volumes as { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[] | undefined) ?? [];
+  const out: { kind: 'dataVolume' | 'claim'; name: string }[] = [];
+  for (const v of vols) {
+    if (v.dataVolume) out.push({ kind: 'dataVolume', name: v.dataVolume.name });
+    else if (v.persistentVolumeClaim) out.push({ kind: 'claim', name: v.persistentVolumeClaim.claimName });
+  }
+  return out;
+}
+
+function neverScheduled(vmi: KubeObject): boolean {
+  const s = (vmi.status ?? {}) as Obj;
+  return !s.nodeName && ['', 'Pending', 'Scheduling'].includes(String(s.phase ?? ''));
+}
+
+/** How long a VMI has been (or was) Running, from its phase transition timestamps. */
+function runningFor(vmi: KubeObject): number {
+  const stamps = ((vmi.status as Obj | undefined)?.phaseTransitionTimestamps as { phase: string; phaseTransitionTimestamp: string }[] | undefined) ?? [];
+  const start = stamps.find((t) => t.phase === 'Running');
+  if (!start) return 0;
+  const end = stamps.find((t) => FINAL.has(t.phase));
+  return (end ? Date.parse(end.phaseTransitionTimestamp) : Date.now()) - Date.parse(start.phaseTransitionTimestamp);
 }

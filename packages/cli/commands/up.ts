@@ -36,12 +36,24 @@ export const DEMO_VM = {
   },
 };
 
+const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+
+/** Halts every VM (their guests get ACPI power-off) and waits, up to a minute, for their instances to go. */
+async function stopAllVms(client: import('@vessel/client').Client): Promise<void> {
+  for (const vm of (await client.list(VM)).items) {
+    await client.patch(VM, vm.metadata!.name!, { spec: { runStrategy: 'Halted', running: null } }, { namespace: vm.metadata!.namespace }).catch(() => undefined);
+  }
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline && (await client.list(VMI)).items.length > 0) await new Promise((r) => setTimeout(r, 500));
+}
+
 export function registerUp(program: Command): void {
   program.command('up')
     .description('run Vessel on this host: API server, controllers and a demo VM, on embedded SQLite')
     .option('--data-dir <dir>', 'state directory (default: $VESSEL_DATA_DIR or /var/lib/vessel)')
     .option('--listen <host:port>', 'API server address', '127.0.0.1:6443')
-    .action(async (flags: { dataDir?: string; listen: string }) => {
+    .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
+    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean }) => {
       const dataDir = flags.dataDir ?? defaultDataDir();
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
@@ -67,13 +79,18 @@ export function registerUp(program: Command): void {
         `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
         `  node         ${cp.agent?.nodeName} (this host; pools under ${dataDir}/pools)`,
         `  golden image vessel-images/tiny (${tiny}):  ${vessel} get datasource,dv,pvc -n vessel-images`,
-        `  demo VM      default/demo (${demo}):  ${vessel} get vm demo   |   ${vessel} get dv,pvc   (its disk: a linked clone of tiny)`,
-        '               Booting VMs (console, VNC) is the VM runtime, the next piece of work: demo has its disk but no guest yet.',
-        `  try          ${vessel} image-upload dv mydisk --image-path FILE --size 2Gi   |   kubectl explain datavolume.spec.source`,
-        'Ctrl-C stops the control plane.',
+        `  demo VM      default/demo (${demo}), booting under ${cp.agent?.accel.toUpperCase()}:  ${vessel} get vm demo   |   ${vessel} console demo   (^] leaves)`,
+        `               its disk is a linked clone of tiny: ${vessel} get dv,pvc`,
+        `  try          ${vessel} stop|start|restart|pause|unpause demo   |   ${vessel} vnc demo   |   ${vessel} logs demo`,
+        `               ${vessel} image-upload dv mydisk --image-path FILE --size 2Gi   |   kubectl explain vm.spec.runStrategy`,
+        `Ctrl-C stops the control plane; ${flags.stopVmsOnExit ? 'VMs are stopped too (--stop-vms-on-exit).' : 'VMs keep running and are picked up again by the next `vessel up`.'}`,
         '',
       ].join('\n'));
       await signalled;
+      if (flags.stopVmsOnExit) {
+        note('stopping VMs\n');
+        await stopAllVms(cp.client);
+      }
       note('shutting down\n');
       await cp.close();
     });

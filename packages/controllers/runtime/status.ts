@@ -37,8 +37,12 @@ export async function updateStatus(
   }
 }
 
-/** Sets (or replaces) the condition of `type` in a status, keeping lastTransitionTime when status did not change. */
-export function setCondition(status: Status, cond: { type: string; status: 'True' | 'False' | 'Unknown'; reason?: string; message?: string }): void {
+/**
+ * Sets (or replaces) the condition of `type` in a status, keeping lastTransitionTime when status
+ * did not change. `heartbeat`: CDI's and core conditions carry lastHeartbeatTime; KubeVirt's
+ * (VM, VMI) do not.
+ */
+export function setCondition(status: Status, cond: { type: string; status: 'True' | 'False' | 'Unknown'; reason?: string; message?: string }, heartbeat = true): void {
   const list = ((status.conditions as Record<string, unknown>[] | undefined) ?? []).slice();
   const i = list.findIndex((c) => c.type === cond.type);
   const now = new Date().toISOString();
@@ -46,14 +50,14 @@ export function setCondition(status: Status, cond: { type: string; status: 'True
   const next = {
     type: cond.type, status: cond.status, reason: cond.reason ?? '', message: cond.message ?? '',
     lastTransitionTime: prev && prev.status === cond.status ? prev.lastTransitionTime : now,
-    lastHeartbeatTime: prev && prev.status === cond.status && prev.reason === (cond.reason ?? '') && prev.message === (cond.message ?? '') ? prev.lastHeartbeatTime ?? now : now,
+    ...(heartbeat ? { lastHeartbeatTime: prev && prev.status === cond.status && prev.reason === (cond.reason ?? '') && prev.message === (cond.message ?? '') ? prev.lastHeartbeatTime ?? now : now } : {}),
   };
   if (i >= 0) list[i] = next; else list.push(next);
   status.conditions = list;
 }
 
 /** The condition of `type`, if set. */
-export function getCondition(obj: { status?: unknown }, type: string): { status: string; reason?: string; message?: string } | undefined {
+export function getCondition(obj: { status?: unknown } | KubeObject, type: string): { status: string; reason?: string; message?: string } | undefined {
   const list = ((obj.status as Status | undefined)?.conditions as { type: string; status: string; reason?: string; message?: string }[] | undefined) ?? [];
   return list.find((c) => c.type === type);
 }

@@ -1,0 +1,320 @@
+/**
+ * Consoles on the agent's endpoint (the API server is the only caller; the endpoint has checked
+ * its token already):
+ *
+ *   upgrade /v1/console/NS/NAME   websocket <-> the VM's serial.sock (raw bytes, binary frames)
+ *   upgrade /v1/vnc/NS/NAME       websocket <-> the VM's vnc.sock (raw RFB)
+ *   GET     /v1/serial-log/NS/NAME[?follow=true&tailBytes=N]   serial.log as text/plain
+ *
+ * QEMU serves one client per chardev socket and parks the next one until the first leaves, so a
+ * new console connection takes over: the previous session is closed with a message saying why
+ * (KubeVirt does the same). VNC needs no such rule: QEMU's VNC server takes several clients.
+ * Errors before the upgrade are plain HTTP answers with a JSON `{message, reason}` body, which
+ * the API server turns into a Status.
+ */
+import { open, stat } from 'node:fs/promises';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import WebSocket, { WebSocketServer, type RawData } from 'ws';
+import { probe, runDirFiles } from './qemu/process.ts';
+
+export interface ConsoleHandlerOptions {
+  /** The run directory of a VM on this node, or undefined when the agent does not know it. */
+  runDirFor(namespace: string, name: string): string | undefined;
+  log?: (line: string) => void;
+  /** How often a followed serial.log is polled for new output (default 200 ms). */
+  pollMs?: number;
+}
+
+export interface ConsoleHandlers {
+  request: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
+  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => boolean;
+  /** Ends every console, VNC and followed log: upgraded sockets would otherwise keep the endpoint from closing. */
+  close(): void;
+}
+
+/** Close reason a console session gets when a newer connection takes the serial port over. */
+export const TAKEN_OVER_REASON = 'another console connection took over this VM\'s serial console';
+
+const PLAIN_PROTOCOL = 'plain.kubevirt.io';
+const BINARY_PROTOCOL = 'binary.kubevirt.io';
+/** Pause the unix socket while this much is queued towards a slow websocket reader. */
+const HIGH_WATER = 1024 * 1024;
+const CONNECT_TIMEOUT_MS = 5000;
+
+class HttpFailure extends Error {
+  constructor(readonly code: number, message: string) { super(message); }
+}
+
+interface Session { ws?: WebSocket; sock?: net.Socket; end(reason: string): void }
+
+export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
+  const log = opts.log ?? (() => {});
+  const pollMs = opts.pollMs ?? 200;
+  const wss = new WebSocketServer({
+    noServer: true, perMessageDeflate: false,
+    handleProtocols: (offered) => (offered.has(PLAIN_PROTOCOL) ? PLAIN_PROTOCOL : offered.has(BINARY_PROTOCOL) ? BINARY_PROTOCOL : false),
+  });
+  /** The console session per run directory: the newest one wins. */
+  const consoles = new Map<string, Session>();
+  const sessions = new Set<Session>();
+  const follows = new Set<ServerResponse>();
+  let closed = false;
+
+  function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
+    const m = /^\/v1\/(console|vnc)\/([^/]+)\/([^/]+)$/.exec(pathOf(req));
+    if (!m) return false;
+    socket.on('error', () => {}); // a client that resets mid-handshake is not our error
+    const [kind, ns, name] = [m[1] as 'console' | 'vnc', decodeURIComponent(m[2]), decodeURIComponent(m[3])];
+    connect(kind, ns, name, req, socket, head).catch((e: unknown) => {
+      const code = e instanceof HttpFailure ? e.code : 500;
+      if (code >= 500) log(`agent ${kind} ${ns}/${name}: ${e instanceof Error ? e.stack : e}`);
+      rejectSocket(socket, code, e instanceof Error ? e.message : String(e));
+    });
+    return true;
+  }
+
+  async function connect(kind: 'console' | 'vnc', ns: string, name: string, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (closed) throw new HttpFailure(503, 'the agent is shutting down');
+    const runDir = opts.runDirFor(ns, name);
+    if (!runDir) throw new HttpFailure(404, `VM ${ns}/${name} is not on this node`);
+    if ((await probe(runDir)) === undefined) throw new HttpFailure(409, `VM ${ns}/${name} is not running on this node (no QEMU process)`);
+    const files = runDirFiles(runDir);
+    const session: Session = { end: () => {} };
+    if (kind === 'console') {
+      // Take over before connecting: QEMU would park our connection behind the old one.
+      consoles.get(files.dir)?.end(TAKEN_OVER_REASON);
+      consoles.set(files.dir, session);
+    }
+    let sock: net.Socket;
+    try {
+      sock = await connectUnix(kind === 'console' ? files.serial : files.vnc, kind === 'vnc' ? `VM ${ns}/${name} has no VNC display` : `the serial console of VM ${ns}/${name} is not available (QEMU is starting or stopping)`);
+    } catch (e) {
+      if (consoles.get(files.dir) === session) consoles.delete(files.dir);
+      throw e;
+    }
+    if (kind === 'console' && consoles.get(files.dir) !== session) {
+      sock.destroy();
+      throw new HttpFailure(409, TAKEN_OVER_REASON);
+    }
+    if (socket.destroyed) {
+      if (consoles.get(files.dir) === session) consoles.delete(files.dir);
+      sock.destroy();
+      return;
+    }
+    let upgraded = false;
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      upgraded = true;
+      session.ws = ws;
+      session.sock = sock;
+      let reason = kind === 'console' ? `the serial console of VM ${ns}/${name} closed (the VM stopped)` : `the VNC display of VM ${ns}/${name} closed (the VM stopped)`;
+      session.end = (why) => { reason = why; closeWs(ws, 1000, why); sock.destroy(); };
+      sessions.add(session);
+      log(`agent ${kind} ${ns}/${name}: connected`);
+      bridge(ws, sock, () => reason, () => {
+        sessions.delete(session);
+        if (consoles.get(files.dir) === session) consoles.delete(files.dir);
+        log(`agent ${kind} ${ns}/${name}: disconnected`);
+      });
+    });
+    // handleUpgrade answers a broken handshake itself and never calls back.
+    if (!upgraded) {
+      if (consoles.get(files.dir) === session) consoles.delete(files.dir);
+      sock.destroy();
+    }
+  }
+
+  async function request(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
+    const m = /^\/v1\/serial-log\/([^/]+)\/([^/]+)$/.exec(pathOf(req));
+    if (!m) return false;
+    const [ns, name] = [decodeURIComponent(m[1]), decodeURIComponent(m[2])];
+    try {
+      if (req.method !== 'GET') throw new HttpFailure(405, `${req.method} is not allowed on the serial log: use GET`);
+      const url = new URL(req.url ?? '/', 'http://agent');
+      const follow = ['true', '1'].includes(url.searchParams.get('follow') ?? '');
+      const tail = url.searchParams.get('tailBytes');
+      if (tail !== null && !/^\d+$/.test(tail)) throw new HttpFailure(400, 'tailBytes must be a non-negative integer');
+      const runDir = opts.runDirFor(ns, name);
+      if (!runDir || !(await isDir(runDir))) throw new HttpFailure(404, `VM ${ns}/${name} has no run directory on this node: it never ran here, or it was cleaned up`);
+      await streamLog(runDir, res, follow, tail === null ? undefined : Number(tail));
+    } catch (e) {
+      const code = e instanceof HttpFailure ? e.code : 500;
+      if (code >= 500) log(`agent serial-log ${ns}/${name}: ${e instanceof Error ? e.stack : e}`);
+      if (!res.headersSent) sendJson(res, code, e instanceof Error ? e.message : String(e));
+      else res.destroy();
+    }
+    return true;
+  }
+
+  /** Writes serial.log from the tail asked for; with follow, keeps polling until the client leaves or the run directory goes. */
+  async function streamLog(runDir: string, res: ServerResponse, follow: boolean, tailBytes: number | undefined): Promise<void> {
+    const file = runDirFiles(runDir).serialLog;
+    let pos = tailBytes === undefined ? 0 : Math.max(0, (await sizeOf(file)) - tailBytes);
+    res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' });
+    res.flushHeaders();
+    let gone = false;
+    res.on('close', () => { gone = true; });
+    follows.add(res);
+    try {
+      for (;;) {
+        const { data, truncated } = await readFrom(file, pos);
+        if (truncated) { pos = 0; continue; } // a new launch rotated serial.log: go on with the new one
+        if (data.length > 0) {
+          pos += data.length;
+          if (!res.write(data)) await new Promise<void>((resolve) => { res.once('drain', resolve); res.once('close', resolve); });
+          continue;
+        }
+        if (!follow || gone || closed) break;
+        if (!(await isDir(runDir))) {
+          // Whatever was written just before the directory went is already read.
+          break;
+        }
+        await sleep(pollMs);
+        if (gone || closed) break;
+      }
+    } finally {
+      follows.delete(res);
+    }
+    if (!res.writableEnded) res.end();
+  }
+
+  function close(): void {
+    closed = true;
+    for (const s of sessions) s.end('the node agent is shutting down');
+    for (const res of follows) res.end();
+    for (const ws of wss.clients) ws.terminate();
+  }
+
+  return { request, upgrade, close };
+}
+
+/**
+ * Copies bytes both ways until either side ends, pausing the faster side when the other one
+ * cannot keep up (VNC frame updates are large; a console paste can be too).
+ */
+function bridge(ws: WebSocket, sock: net.Socket, reason: () => string, done: () => void): void {
+  let finished = false;
+  const finish = () => {
+    if (finished) return;
+    finished = true;
+    done();
+  };
+  sock.on('data', (chunk: Buffer) => {
+    ws.send(chunk, { binary: true }, () => {
+      if (sock.isPaused() && ws.bufferedAmount < HIGH_WATER / 2) sock.resume();
+    });
+    if (ws.bufferedAmount > HIGH_WATER) sock.pause();
+  });
+  ws.on('message', (data: RawData) => {
+    if (!sock.writable) return;
+    if (!sock.write(toBuffer(data))) ws.pause();
+  });
+  sock.on('drain', () => ws.resume());
+  sock.on('error', () => {}); // 'close' follows and says the rest
+  sock.on('close', () => {
+    closeWs(ws, 1000, reason());
+    finish();
+  });
+  ws.on('error', () => {});
+  ws.on('close', () => {
+    sock.destroy();
+    finish();
+  });
+}
+
+function closeWs(ws: WebSocket, code: number, reason: string): void {
+  if (ws.readyState === WebSocket.OPEN) ws.close(code, truncateReason(reason));
+}
+
+/** A close reason must fit in 123 bytes. */
+function truncateReason(reason: string): string {
+  const buf = Buffer.from(reason);
+  return buf.length <= 123 ? reason : buf.subarray(0, 120).toString('utf8').replace(/\uFFFD+$/, '') + '...';
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+function connectUnix(file: string, unavailable: string): Promise<net.Socket> {
+  return new Promise((resolve, reject) => {
+    const sock = net.createConnection({ path: file });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new HttpFailure(503, `${file} did not accept a connection within ${CONNECT_TIMEOUT_MS} ms: QEMU is hung or the host is overloaded`));
+    }, CONNECT_TIMEOUT_MS);
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      sock.removeAllListeners('error');
+      resolve(sock);
+    });
+    sock.once('error', (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(new HttpFailure(409, `${unavailable} (${err.code ?? err.message})`));
+    });
+  });
+}
+
+function pathOf(req: IncomingMessage): string {
+  return (req.url ?? '/').split('?')[0];
+}
+
+function reasonOf(code: number): string {
+  return ({ 400: 'BadRequest', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict', 503: 'ServiceUnavailable' } as Record<number, string>)[code] ?? 'InternalError';
+}
+
+function sendJson(res: ServerResponse, code: number, message: string): void {
+  const body = JSON.stringify({ message, reason: reasonOf(code) });
+  res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) }).end(body);
+}
+
+/** Answers an upgrade request that will not become a websocket. */
+function rejectSocket(socket: Duplex, code: number, message: string): void {
+  if (socket.destroyed || !socket.writable) { socket.destroy(); return; }
+  const body = JSON.stringify({ message, reason: reasonOf(code) });
+  socket.end(`HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+async function isDir(dir: string): Promise<boolean> {
+  try {
+    return (await stat(dir)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+async function sizeOf(file: string): Promise<number> {
+  try {
+    return (await stat(file)).size;
+  } catch {
+    return 0;
+  }
+}
+
+/** Up to 256 KiB of `file` from `pos`; truncated when the file is now shorter than pos. */
+async function readFrom(file: string, pos: number): Promise<{ data: Buffer; truncated: boolean }> {
+  let fh;
+  try {
+    fh = await open(file, 'r');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { data: Buffer.alloc(0), truncated: pos > 0 };
+    throw err;
+  }
+  try {
+    const { size } = await fh.stat();
+    if (size < pos) return { data: Buffer.alloc(0), truncated: true };
+    const len = Math.min(size - pos, 256 * 1024);
+    if (len === 0) return { data: Buffer.alloc(0), truncated: false };
+    const data = Buffer.alloc(len);
+    const { bytesRead } = await fh.read(data, 0, len, pos);
+    return { data: data.subarray(0, bytesRead), truncated: false };
+  } finally {
+    await fh.close();
+  }
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -1,0 +1,148 @@
+/**
+ * Everything a VMI needs on disk before QEMU starts, made in its run directory: each volume
+ * resolved to a file (claims to their pool volume; `ephemeral` and `containerDisk` as fresh
+ * qcow2 overlays, so writes vanish when the VM stops; `emptyDisk` as a new blank disk;
+ * cloud-init as a seed ISO), the UEFI variable store, and the network backends.
+ * Problems come back as `PrepareError`s that say which volume and why.
+ */
+import { copyFile, mkdir, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { V1VirtualMachineInstanceSpec, V1Volume } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import { parseQuantity, storage } from '@vessel/api';
+import type { Client, KubeObject } from '@vessel/client';
+import { refs } from '@vessel/controllers';
+import { buildCloudInitIso, cloudInitIsoOptions } from '../qemu/cloudinit.ts';
+import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } from '../qemu/argv.ts';
+import { importDisk } from '../storage/import.ts';
+import * as qemuImg from '../storage/qemu-img.ts';
+import { openRegistryDisk } from '../storage/registry.ts';
+import { isLoopbackRegistry } from '../storage/volumes.ts';
+
+export type PrepareReason = 'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError';
+
+export class PrepareError extends Error {
+  /** `retry`: the cause may go away by itself (a claim still filling); else the VMI fails. */
+  constructor(readonly reason: PrepareReason, message: string, readonly retry: boolean) {
+    super(message);
+    this.name = 'PrepareError';
+  }
+}
+
+export interface Prepared {
+  volumes: Record<string, QemuVolume>;
+  networks: Record<string, QemuNetwork>;
+  firmware?: QemuInput['firmware'];
+}
+
+export interface PrepareContext {
+  client: Client;
+  /** Claims by "namespace/name", from the agent's cache. */
+  claim(namespace: string, name: string): KubeObject | undefined;
+  /** Whether a pool directory is reachable from this node (its own local pool or a shared one). */
+  reachable(path: string): boolean;
+  signal?: AbortSignal;
+}
+
+type Vmi = { metadata: { name: string; namespace: string; uid?: string }; spec: V1VirtualMachineInstanceSpec };
+
+export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): Promise<Prepared> {
+  await mkdir(runDir, { recursive: true, mode: 0o750 });
+  const volumes: Record<string, QemuVolume> = {};
+  for (const vol of vmi.spec.volumes ?? []) {
+    volumes[vol.name] = await prepareVolume(vmi, vol, runDir, ctx);
+  }
+  const networks: Record<string, QemuNetwork> = {};
+  // The cluster network comes later: every interface is QEMU user networking for now.
+  for (const iface of vmi.spec.domain.devices.interfaces ?? []) networks[iface.name] = { kind: 'user', mac: iface.macAddress };
+  let firmware: QemuInput['firmware'];
+  const efi = efiRequirements(vmi.spec);
+  if (efi.efi) {
+    const code = efi.secureBoot ? '/usr/share/OVMF/OVMF_CODE_4M.secboot.fd' : '/usr/share/OVMF/OVMF_CODE_4M.fd';
+    const varsTemplate = efi.secureBoot ? '/usr/share/OVMF/OVMF_VARS_4M.ms.fd' : '/usr/share/OVMF/OVMF_VARS_4M.fd';
+    const vars = join(runDir, 'OVMF_VARS.fd');
+    // The variable store is the VM's NVRAM: made once, kept across boots.
+    if (!(await exists(vars))) await copyFile(varsTemplate, vars).catch((e: Error) => { throw new PrepareError('VolumeError', `UEFI firmware is missing (${e.message}): apt-get install ovmf`, false); });
+    firmware = { ovmfCode: code, ovmfVars: vars };
+  }
+  return { volumes, networks, firmware };
+}
+
+async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: PrepareContext): Promise<QemuVolume> {
+  const ns = vmi.metadata.namespace;
+  const overlay = join(runDir, `${vol.name}.overlay.qcow2`);
+  if (vol.dataVolume || vol.persistentVolumeClaim) {
+    const name = vol.dataVolume?.name ?? vol.persistentVolumeClaim!.claimName;
+    const path = claimPath(ns, name, vol.name, ctx);
+    return { path, format: 'qcow2', readOnly: vol.persistentVolumeClaim?.readOnly === true };
+  }
+  if (vol.ephemeral) {
+    const base = claimPath(ns, vol.ephemeral.persistentVolumeClaim?.claimName ?? '', vol.name, ctx);
+    await freshOverlay(overlay, base);
+    return { path: overlay, format: 'qcow2' };
+  }
+  if (vol.emptyDisk) {
+    const path = join(runDir, `${vol.name}.empty.qcow2`);
+    await rm(path, { force: true });
+    await qemuImg.create(path, { format: 'qcow2', size: parseQuantity(vol.emptyDisk.capacity as string) });
+    return { path, format: 'qcow2' };
+  }
+  if (vol.containerDisk) {
+    // Pulled once per VMI (kept while it lives, across guest reboots), with a fresh overlay per start.
+    const base = join(runDir, `${vol.name}.containerdisk.qcow2`);
+    if (!(await exists(base))) {
+      const url = `docker://${vol.containerDisk.image}`;
+      try {
+        const reg = await openRegistryDisk({ url, insecure: isLoopbackRegistry(url), signal: ctx.signal });
+        await importDisk({ source: { kind: 'stream', stream: reg.stream, sizeHint: reg.size }, dest: base, maxVirtualSize: Number.MAX_SAFE_INTEGER, signal: ctx.signal });
+      } catch (e) {
+        throw new PrepareError('ImagePullFailed', `volume ${vol.name}: cannot pull containerDisk ${vol.containerDisk.image}: ${(e as Error).message}`, true);
+      }
+    }
+    await freshOverlay(overlay, base);
+    return { path: overlay, format: 'qcow2' };
+  }
+  if (vol.cloudInitNoCloud || vol.cloudInitConfigDrive) {
+    const src = vol.cloudInitNoCloud ?? vol.cloudInitConfigDrive!;
+    const secretData: { userData?: string; networkData?: string } = {};
+    if (src.secretRef?.name) secretData.userData = await secretValue(ctx, ns, src.secretRef.name, ['userdata', 'userData'], vol.name);
+    if (src.networkDataSecretRef?.name) secretData.networkData = await secretValue(ctx, ns, src.networkDataSecretRef.name, ['networkdata', 'networkData'], vol.name);
+    const dest = join(runDir, `${vol.name}.cloudinit.iso`);
+    await buildCloudInitIso(cloudInitIsoOptions({ vmi, volume: vol, secretData, dest }));
+    return { path: dest, format: 'raw', readOnly: true };
+  }
+  // Other volume types are refused by the argv builder with their field path.
+  return { path: '/dev/null', format: 'raw' };
+}
+
+function claimPath(ns: string, claim: string, volume: string, ctx: PrepareContext): string {
+  const pvc = ctx.claim(ns, claim);
+  if (!pvc) throw new PrepareError('PvcNotFound', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} does not exist`, true);
+  const path = (pvc.metadata?.annotations as Record<string, string> | undefined)?.[storage.VOLUME_PATH];
+  if ((pvc.status as { phase?: string } | undefined)?.phase !== 'Bound' || !path) {
+    throw new PrepareError('PvcNotReady', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} is not Bound yet`, true);
+  }
+  if (!ctx.reachable(path)) throw new PrepareError('VolumeNotOnNode', `volume ${volume}: ${ns}/${claim} lives in another node's local pool`, false);
+  return path;
+}
+
+async function freshOverlay(path: string, base: string): Promise<void> {
+  await rm(path, { force: true });
+  await qemuImg.create(path, { format: 'qcow2', backingFile: base, backingFormat: 'qcow2' });
+}
+
+async function secretValue(ctx: PrepareContext, ns: string, name: string, keys: string[], volume: string): Promise<string> {
+  let secret: KubeObject;
+  try {
+    secret = await ctx.client.get(refs.SECRETS, name, { namespace: ns });
+  } catch {
+    throw new PrepareError('SecretNotFound', `volume ${volume}: Secret ${ns}/${name} does not exist`, true);
+  }
+  const data = (secret.data as Record<string, string> | undefined) ?? {};
+  const key = keys.find((k) => data[k] !== undefined);
+  if (!key) throw new PrepareError('SecretNotFound', `volume ${volume}: Secret ${ns}/${name} has none of the keys ${keys.join(', ')}`, false);
+  return Buffer.from(data[key], 'base64').toString('utf8');
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(() => true, () => false);
+}

@@ -1,0 +1,361 @@
+/**
+ * The agent's VM runtime (KubeVirt's virt-handler and virt-launcher in one): for every VMI
+ * scheduled to this node it prepares the disks, builds the QEMU command line, starts QEMU
+ * detached in the VMI's run directory (`<dataDir>/vms/<namespace>/<name>`) and follows it over
+ * QMP: phase Running, the Paused condition, Succeeded when the guest powers off, Failed when
+ * QEMU dies or cannot start. Deleting a VMI powers the guest down through ACPI, then kills QEMU
+ * after terminationGracePeriodSeconds.
+ *
+ * QEMU outlives the agent. On start the agent re-adopts every QEMU it finds in its run
+ * directories, so a restart never starts a guest twice, and it reconciles what happened while
+ * it was away (a guest that powered off stays in QEMU's 'shutdown' state thanks to
+ * -no-shutdown, so it is seen as Succeeded, not as a crash).
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import type { Client } from '@vessel/client';
+import { Controller, EventRecorder, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
+import { QemuProcessError } from '../qemu/errors.ts';
+import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
+import { QmpClient, type QmpEvent } from '../qmp/client.ts';
+import type { Pool } from '../storage/pools.ts';
+import type { Accelerator } from './accel.ts';
+import { PrepareError, prepareVm } from './prepare.ts';
+
+type Obj = Record<string, unknown>;
+const { VMIS, PVCS } = refs;
+/** Held on a VMI while its QEMU may still run, so the object outlives the guest. */
+export const VMI_FINALIZER = 'vessel.io/qemu';
+const FINAL = new Set(['Succeeded', 'Failed']);
+const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
+const phaseOf = (o: KubeObject) => String((o.status as Obj | undefined)?.phase ?? '');
+
+export interface VmRuntimeOptions {
+  nodeName: string;
+  dataDir: string;
+  accel: Accelerator;
+  pools: Map<string, Pool>;
+  log?: Log;
+}
+
+/** One running QEMU followed over QMP. */
+interface Session {
+  uid: string;
+  qmp: QmpClient;
+  /** Set when we end the QEMU ourselves, so its going away is not a crash. */
+  stopping: boolean;
+  /** softreboot: the next guest shutdown becomes a reset. */
+  rebootPending: boolean;
+}
+
+export type VmAction = 'pause' | 'unpause' | 'softreboot' | 'reset';
+
+export class VmRuntime extends Controller {
+  private readonly vmis: Informer;
+  private readonly pvcs: Informer;
+  private readonly events: EventRecorder;
+  private readonly sessions = new Map<string, Session>();
+  private readonly busy = new Map<string, Promise<void>>();
+
+  constructor(client: Client, private readonly opts: VmRuntimeOptions) {
+    super('vms', client, opts.log, 4);
+    this.events = new EventRecorder(client, 'virt-handler', opts.nodeName);
+    this.vmis = this.inform(VMIS);
+    // A claim becoming Bound can unblock a VMI waiting for it.
+    this.pvcs = this.inform(PVCS, () => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v)) && phaseOf(v) !== 'Running').map(keyOf));
+  }
+
+  runDirFor(namespace: string, name: string): string {
+    return join(resolve(this.opts.dataDir), 'vms', namespace, name);
+  }
+
+  private mine(vmi: KubeObject): boolean {
+    return (vmi.status as Obj | undefined)?.nodeName === this.opts.nodeName;
+  }
+
+  /** Re-adopts the QEMUs of an earlier run; each is then reconciled like any VMI. */
+  protected override async started(): Promise<void> {
+    const root = join(resolve(this.opts.dataDir), 'vms');
+    for (const ns of await readdir(root).catch(() => [] as string[])) {
+      for (const vm of await listRunDirs(join(root, ns))) {
+        const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
+        const vmi = this.vmis.get(key);
+        if (!vmi || vmi.metadata.uid !== vm.meta.uid) {
+          this.log(`vms: QEMU pid ${vm.pid} in ${vm.runDir} belongs to no current VMI: stopping it`);
+          await terminate(vm.runDir, { graceMs: 5000 });
+          continue;
+        }
+        this.log(`vms: re-adopted ${key} (QEMU pid ${vm.pid})`);
+        await this.attach(vmi);
+      }
+    }
+  }
+
+  protected override async stopped(): Promise<void> {
+    // The agent stops; the guests do not. Only the QMP connections close.
+    for (const s of this.sessions.values()) { s.stopping = true; await s.qmp.close(); }
+    this.sessions.clear();
+  }
+
+  protected async reconcile(key: string): Promise<void> {
+    const pending = this.busy.get(key);
+    if (pending) { await pending; }
+    const vmi = this.vmis.get(key);
+    const [ns, name] = key.split('/');
+    const runDir = this.runDirFor(ns, name);
+    if (!vmi) {
+      // Gone without us (finalizer removed by hand): a QEMU left must not run on.
+      if (await probe(runDir)) await this.stopQemu(key, runDir, 0);
+      return;
+    }
+    if (!this.mine(vmi)) return;
+    const session = this.sessions.get(key);
+    if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, runDir, 0);
+
+    if (vmi.metadata.deletionTimestamp) return this.track(key, this.shutdown(vmi, runDir));
+    if (FINAL.has(phaseOf(vmi))) {
+      if (await probe(runDir)) await this.stopQemu(key, runDir, 0);
+      return this.dropFinalizer(vmi);
+    }
+    if (this.sessions.has(key)) return;
+    const alive = await adopt(runDir);
+    if (alive && alive.meta.uid === vmi.metadata.uid) return this.attach(vmi);
+    if (alive) await this.stopQemu(key, runDir, 0);
+    if (phaseOf(vmi) === 'Running') {
+      // It ran, and its QEMU is gone while we were not watching: a crash or a kill.
+      return this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited while the agent was away: ${await lastLogLine(runDir)}`);
+    }
+    return this.track(key, this.startVm(vmi, runDir));
+  }
+
+  /** Runs a long step outside the worker, one per VMI at a time. */
+  private track(key: string, work: Promise<void>): void {
+    const p = work.catch((e: unknown) => this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`)).finally(() => {
+      if (this.busy.get(key) === p) this.busy.delete(key);
+    });
+    this.busy.set(key, p);
+  }
+
+  private async startVm(vmi: KubeObject, runDir: string): Promise<void> {
+    const key = keyOf(vmi);
+    const finalizers = (vmi.metadata.finalizers as string[] | undefined) ?? [];
+    if (!finalizers.includes(VMI_FINALIZER)) {
+      await this.client.patch(VMIS, vmi.metadata.name, { metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: [...finalizers, VMI_FINALIZER] } }, { namespace: vmi.metadata.namespace });
+      return; // the update brings the VMI back
+    }
+    const typed = { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid }, spec: vmi.spec as V1VirtualMachineInstanceSpec };
+    let argv: ReturnType<typeof buildQemuArgv>;
+    try {
+      const prepared = await prepareVm(typed, runDir, {
+        client: this.client,
+        claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
+        reachable: (path) => [...this.opts.pools.values()].some((p) => path.startsWith(p.dir + '/')),
+      });
+      argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
+    } catch (e) {
+      if (e instanceof PrepareError && e.retry) {
+        await this.condition(vmi, 'Ready', 'False', e.reason, e.message);
+        await this.events.record(vmi, 'Warning', e.reason, e.message);
+        this.queue.addAfter(key, 3000);
+        return;
+      }
+      const reason = e instanceof PrepareError ? e.reason : e instanceof VmSpecError ? e.code : 'PrepareFailed';
+      const message = e instanceof VmSpecError ? `${e.message}: ${e.causes.map((c) => `${c.field}: ${c.message}`).join('; ')}` : (e as Error).message;
+      return this.finish(vmi, 'Failed', reason, message);
+    }
+    for (const w of argv.warnings) await this.events.record(vmi, 'Warning', 'SpecWarning', w);
+    try {
+      await launch({
+        runDir, argv: argv.argv, chardevs: argv.chardevs, env: { ...process.env, ...argv.env }, vnc: true, noShutdown: true,
+        vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
+      });
+    } catch (e) {
+      const reason = e instanceof QemuProcessError ? e.code : 'LaunchFailed';
+      return this.finish(vmi, 'Failed', reason, (e as Error).message);
+    }
+    await this.attach(vmi);
+    await this.events.record(vmi, 'Normal', 'Started', `VirtualMachineInstance started on ${this.opts.nodeName} (${this.opts.accel.toUpperCase()})`);
+  }
+
+  /** Follows a running QEMU over QMP and records what it is doing. */
+  private async attach(vmi: KubeObject): Promise<void> {
+    const key = keyOf(vmi);
+    const runDir = this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name);
+    const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
+    const session: Session = { uid: vmi.metadata.uid ?? '', qmp, stopping: false, rebootPending: false };
+    this.sessions.set(key, session);
+    qmp.on('event', (ev) => { void this.onEvent(key, session, ev).catch((e: Error) => this.log(`vms: ${key}: ${ev.event}: ${e.message}`)); });
+    qmp.on('close', () => {
+      if (this.sessions.get(key) === session) this.sessions.delete(key);
+      if (!session.stopping) void this.onQemuGone(key, session);
+    });
+    const { status } = await qmp.execute<{ status: string }>('query-status');
+    if (status === 'shutdown') return this.guestPoweredOff(key, session);
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+      if (FINAL.has(String(s.phase))) return false;
+      this.markRunning(s, vmi);
+      setCondition(s, status === 'paused'
+        ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' }
+        : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
+    });
+  }
+
+  private markRunning(s: Obj, vmi: KubeObject): void {
+    if (s.phase !== 'Running') {
+      s.phase = 'Running';
+      const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
+      s.phaseTransitionTimestamps = [...stamps, { phase: 'Running', phaseTransitionTimestamp: new Date().toISOString() }];
+    }
+    s.nodeName = this.opts.nodeName;
+    const spec = (vmi.spec ?? {}) as V1VirtualMachineInstanceSpec;
+    s.interfaces = (spec.domain?.devices?.interfaces ?? []).map((i) => ({ name: i.name, mac: i.macAddress, infoSource: 'domain' }));
+    s.machine = { type: spec.domain?.machine?.type ?? 'q35' };
+    s.qosClass = 'Burstable';
+    s.guestOSInfo ??= {};
+    setCondition(s, { type: 'Ready', status: 'True', reason: '', message: '' }, false);
+    setCondition(s, { type: 'LiveMigratable', status: 'False', reason: 'NotMigratable', message: 'live migration is not implemented yet' }, false);
+  }
+
+  private async onEvent(key: string, session: Session, ev: QmpEvent): Promise<void> {
+    const [ns, name] = key.split('/');
+    if (ev.event === 'STOP' || ev.event === 'RESUME') {
+      const { status } = await session.qmp.execute<{ status: string }>('query-status');
+      if (status === 'shutdown') return; // SHUTDOWN handles it
+      const paused = status !== 'running';
+      await updateStatus(this.client, VMIS, ns, name, (s) => {
+        if (FINAL.has(String(s.phase))) return false;
+        setCondition(s, paused
+          ? { type: 'Paused', status: 'True', reason: status === 'paused' ? 'PausedByUser' : `Paused${status}`, message: status === 'paused' ? 'VMI was paused by user' : `QEMU status ${status}` }
+          : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
+      });
+      const vmi = this.vmis.get(key);
+      if (vmi) await this.events.record(vmi, 'Normal', paused ? 'Paused' : 'Unpaused', paused ? 'VirtualMachineInstance paused' : 'VirtualMachineInstance unpaused');
+    } else if (ev.event === 'SHUTDOWN') {
+      if (session.rebootPending) {
+        // softreboot without a guest agent: the ACPI power-off we asked for becomes a reset.
+        session.rebootPending = false;
+        await session.qmp.execute('system_reset');
+        await session.qmp.execute('cont');
+        const vmi = this.vmis.get(key);
+        if (vmi) await this.events.record(vmi, 'Normal', 'SoftRebooted', 'VirtualMachineInstance soft rebooted');
+        return;
+      }
+      if (ev.data.guest === true) await this.guestPoweredOff(key, session);
+    } else if (ev.event === 'RESET') {
+      const vmi = this.vmis.get(key);
+      if (vmi && ev.data.guest === true) await this.events.record(vmi, 'Normal', 'GuestReset', 'the guest rebooted');
+    }
+  }
+
+  /** The guest powered itself off: QEMU is waiting in 'shutdown'. The VMI has Succeeded. */
+  private async guestPoweredOff(key: string, session: Session): Promise<void> {
+    const vmi = this.vmis.get(key);
+    if (!vmi || vmi.metadata.deletionTimestamp) return; // shutdown() is on it
+    await this.stopQemu(key, this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name), 0, session);
+    await this.finish(vmi, 'Succeeded', 'GuestShutdown', 'the guest powered off');
+  }
+
+  private async onQemuGone(key: string, session: Session): Promise<void> {
+    const vmi = this.vmis.get(key);
+    if (!vmi || vmi.metadata.uid !== session.uid || FINAL.has(phaseOf(vmi)) || vmi.metadata.deletionTimestamp) return;
+    const runDir = this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name);
+    await this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited unexpectedly: ${await lastLogLine(runDir)}`);
+  }
+
+  /** Deletion: ACPI power-off, then the kill after the grace period; then the finalizer goes. */
+  private async shutdown(vmi: KubeObject, runDir: string): Promise<void> {
+    const key = keyOf(vmi);
+    const grace = Number((vmi.spec as Obj | undefined)?.terminationGracePeriodSeconds ?? 30);
+    const session = this.sessions.get(key);
+    if (session && (await probe(runDir))) {
+      session.stopping = true;
+      await this.events.record(vmi, 'Normal', 'ShuttingDown', `Signaled Graceful Shutdown (grace period ${grace}s)`);
+      const off = session.qmp.waitForEvent('SHUTDOWN', { timeoutMs: grace * 1000 }).then(() => true, () => false);
+      await session.qmp.execute('system_powerdown').catch(() => undefined);
+      const graceful = await off;
+      await this.stopQemu(key, runDir, 0, session);
+      await this.events.record(vmi, 'Normal', 'Deleted', graceful ? 'the guest shut down' : `the guest did not shut down within ${grace}s: stopped`);
+    } else if (await probe(runDir)) {
+      await this.stopQemu(key, runDir, 0);
+    }
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+      if (FINAL.has(String(s.phase))) return false;
+      s.phase = 'Succeeded';
+      setCondition(s, { type: 'Ready', status: 'False', reason: 'Deleted', message: 'the VMI is being deleted' }, false);
+    }).catch(() => undefined);
+    await this.dropFinalizer(vmi);
+  }
+
+  private async stopQemu(key: string, runDir: string, graceMs: number, session = this.sessions.get(key)): Promise<void> {
+    if (session) {
+      session.stopping = true;
+      this.sessions.delete(key);
+      await session.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
+      await session.qmp.close();
+    }
+    await terminate(runDir, { graceMs: Math.max(graceMs, 2000) });
+  }
+
+  private async finish(vmi: KubeObject, phase: 'Succeeded' | 'Failed', reason: string, message: string): Promise<void> {
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+      if (FINAL.has(String(s.phase))) return false;
+      s.phase = phase;
+      s.reason = reason;
+      const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
+      s.phaseTransitionTimestamps = [...stamps, { phase, phaseTransitionTimestamp: new Date().toISOString() }];
+      setCondition(s, { type: 'Ready', status: 'False', reason, message }, false);
+    });
+    await this.events.record(vmi, phase === 'Failed' ? 'Warning' : 'Normal', phase === 'Failed' ? reason : 'Stopped', message);
+    await this.dropFinalizer(vmi);
+  }
+
+  private async condition(vmi: KubeObject, type: string, status: 'True' | 'False', reason: string, message: string): Promise<void> {
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => { setCondition(s, { type, status, reason, message }, false); });
+  }
+
+  private async dropFinalizer(vmi: KubeObject): Promise<void> {
+    const fresh = await this.client.get(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace }).catch(() => undefined);
+    const finalizers = (fresh?.metadata?.finalizers as string[] | undefined) ?? [];
+    if (!fresh || !finalizers.includes(VMI_FINALIZER)) return;
+    const rest = finalizers.filter((f) => f !== VMI_FINALIZER);
+    await this.client.patch(VMIS, vmi.metadata.name, { metadata: { resourceVersion: fresh.metadata?.resourceVersion, finalizers: rest.length ? rest : null } }, { namespace: vmi.metadata.namespace });
+  }
+
+  /** pause / unpause / softreboot / reset, as the API server's subresources ask. */
+  async act(namespace: string, name: string, action: VmAction): Promise<void> {
+    const session = this.sessions.get(`${namespace}/${name}`);
+    if (!session) throw new VmActionError(409, `VirtualMachineInstance ${namespace}/${name} is not running on node ${this.opts.nodeName}`);
+    const { status } = await session.qmp.execute<{ status: string }>('query-status');
+    switch (action) {
+      case 'pause':
+        if (status === 'paused') throw new VmActionError(409, 'VMI is already paused');
+        await session.qmp.execute('stop');
+        return;
+      case 'unpause':
+        if (status !== 'paused') throw new VmActionError(409, 'VMI is not paused');
+        await session.qmp.execute('cont');
+        return;
+      case 'softreboot':
+        if (status === 'paused') throw new VmActionError(409, 'VMI is paused: unpause it first');
+        session.rebootPending = true;
+        await session.qmp.execute('system_powerdown');
+        return;
+      case 'reset':
+        await session.qmp.execute('system_reset');
+        if (status === 'paused') await session.qmp.execute('cont');
+        return;
+    }
+  }
+}
+
+export class VmActionError extends Error {
+  constructor(readonly httpCode: number, message: string) { super(message); this.name = 'VmActionError'; }
+}
+
+async function lastLogLine(runDir: string): Promise<string> {
+  const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
+  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  return lines[lines.length - 1] ?? 'no output from QEMU';
+}

@@ -1,0 +1,294 @@
+/**
+ * KubeVirt's console and VNC subresources, and Vessel's serial log:
+ *
+ *   upgrade /apis/subresources.kubevirt.io/v1/namespaces/NS/virtualmachineinstances/NAME/console
+ *   upgrade .../vnc
+ *   GET     .../serial-log[?follow=true&tailBytes=N]    (Vessel's; streams text/plain)
+ *
+ * (v1alpha3 too, as virt-api serves it). Access is KubeVirt's RBAC rule: `get` on
+ * `virtualmachineinstances/console` (or `/vnc`) in `subresources.kubevirt.io`; the serial log
+ * counts as the console. The server connects to the VMI's node agent first (its token, its
+ * pinned certificate) and completes the client's upgrade only when the agent accepted, so every
+ * failure reaches the client as an HTTP Status with the right code instead of a websocket that
+ * opens and dies. Frames are raw bytes both ways (`plain.kubevirt.io`, what virtctl offers for
+ * both; `binary.kubevirt.io`, what web VNC clients offer, is the same stream).
+ */
+import { request as httpsRequest } from 'node:https';
+import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import net from 'node:net';
+import type { Duplex } from 'node:stream';
+import tls from 'node:tls';
+import WebSocket, { WebSocketServer, type RawData } from 'ws';
+import { findByResource } from '@vessel/api';
+import type { Store } from '@vessel/store';
+import { agentTarget, type AgentTarget } from './agents.ts';
+import { authenticate, authorize, type User } from './auth.ts';
+import { ApiError, methodNotAllowed, toApiError, unauthorized, type StatusReason } from './errors.ts';
+import type { Resources } from './resources.ts';
+
+export interface ConsoleDeps {
+  store: Store;
+  resources: Resources;
+  log?: (line: string) => void;
+}
+
+/** The upgrade listener part: true when the request was a console/VNC one (answered either way). */
+export interface ConsoleUpgrade {
+  (req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  /** Ends every open session (upgraded sockets would keep the HTTPS server from closing). */
+  close(): void;
+}
+
+export const PLAIN_STREAM_PROTOCOL = 'plain.kubevirt.io';
+export const BINARY_STREAM_PROTOCOL = 'binary.kubevirt.io';
+export const SUBRESOURCES_GROUP = 'subresources.kubevirt.io';
+/** Kubernetes' way for browsers, which cannot set Authorization on a websocket, to send a bearer token. */
+const BEARER_PROTOCOL_PREFIX = 'base64url.bearer.authorization.k8s.io.';
+
+const VMI = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
+const PATH = /^\/apis\/subresources\.kubevirt\.io\/(?:v1|v1alpha3)\/namespaces\/([^/]+)\/virtualmachineinstances\/([^/]+)\/(console|vnc|serial-log)\/?$/;
+const HIGH_WATER = 1024 * 1024;
+/** Idle websockets die in proxies and NATs; a ping now and then keeps them open. */
+const PING_MS = 30_000;
+
+interface Target { namespace: string; name: string; subresource: 'console' | 'vnc' | 'serial-log' }
+
+function parse(url: string | undefined): Target | undefined {
+  const m = PATH.exec((url ?? '/').split('?')[0]);
+  if (!m) return undefined;
+  return { namespace: decodeURIComponent(m[1]), name: decodeURIComponent(m[2]), subresource: m[3] as Target['subresource'] };
+}
+
+export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
+  const wss = new WebSocketServer({
+    noServer: true, perMessageDeflate: false,
+    handleProtocols: (offered) => [...offered].find((p) => p === PLAIN_STREAM_PROTOCOL || p === BINARY_STREAM_PROTOCOL) ?? false,
+  });
+  const open = new Set<WebSocket>();
+
+  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): boolean => {
+    const t = parse(req.url);
+    if (!t || t.subresource === 'serial-log') return false;
+    socket.on('error', () => {}); // a client that resets mid-handshake is not a server error
+    connect(req, socket, head, t).catch((e: unknown) => {
+      const err = toApiError(e);
+      if (err.code >= 500) deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: ${e instanceof Error ? e.stack : e}`);
+      rejectUpgrade(socket, err);
+    });
+    return true;
+  };
+
+  async function connect(req: IncomingMessage, socket: Duplex, head: Buffer, t: Target): Promise<void> {
+    if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', req.url ?? '');
+    const nodeName = await admit(deps, req, t);
+    const target = await agentTarget(deps.resources, nodeName);
+    const agent = await dialAgent(target, nodeName, `/v1/${t.subresource}/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}`, socket);
+    if (!agent) return; // the client went away meanwhile
+    // The agent's websocket comes paused: its frames wait until the client's side is ready.
+    let upgraded = false;
+    wss.handleUpgrade(req, socket, head, (client) => {
+      upgraded = true;
+      open.add(client);
+      deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: connected through node ${nodeName}`);
+      relay(client, agent, () => open.delete(client));
+      agent.resume();
+    });
+    if (!upgraded) agent.terminate(); // a broken handshake: handleUpgrade answered it
+  }
+
+  return Object.assign(upgrade, {
+    close() {
+      for (const ws of open) ws.terminate();
+    },
+  });
+}
+
+/**
+ * GET .../virtualmachineinstances/NAME/serial-log: everything the guest printed on its serial
+ * console (kept by the node across reboots), streamed from the node; `follow=true` keeps it
+ * coming. Answers false for any other path.
+ */
+export function serialLog(deps: ConsoleDeps): (req: IncomingMessage, res: ServerResponse, path: string) => Promise<boolean> {
+  return async (req, res, path) => {
+    const t = parse(path);
+    if (!t || t.subresource !== 'serial-log') return false;
+    if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', path);
+    const nodeName = await admit(deps, req, t, false);
+    const target = await agentTarget(deps.resources, nodeName);
+    const query = new URL(req.url ?? '/', 'https://vessel').searchParams;
+    const forward = new URLSearchParams();
+    for (const key of ['follow', 'tailBytes']) {
+      const v = query.get(key);
+      if (v !== null) forward.set(key, v);
+    }
+    const tail = forward.get('tailBytes');
+    if (tail !== null && !/^\d+$/.test(tail)) throw new ApiError(400, 'BadRequest', `invalid tailBytes "${tail}": it must be a non-negative integer`);
+    const agentPath = `/v1/serial-log/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}${forward.toString() ? `?${forward}` : ''}`;
+    await new Promise<void>((resolve, reject) => {
+      const out = httpsRequest({
+        host: target.host, port: target.port, method: 'GET', path: agentPath,
+        headers: { Authorization: `Bearer ${target.token}` },
+        rejectUnauthorized: false, // the agent's certificate is self-signed: pinned instead
+        createConnection: pinnedConnect(target, nodeName),
+      }, (agentRes) => {
+        const code = agentRes.statusCode ?? 502;
+        if (code >= 400) {
+          readAll(agentRes).then((text) => reject(agentError(code, text, nodeName)), reject);
+          return;
+        }
+        res.writeHead(200, { 'Content-Type': agentRes.headers['content-type'] ?? 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' });
+        res.flushHeaders();
+        agentRes.pipe(res);
+        agentRes.on('end', resolve);
+        agentRes.on('error', () => { res.destroy(); resolve(); });
+        agentRes.on('aborted', () => { res.destroy(); resolve(); });
+      });
+      out.on('error', (e) => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
+      // A follower that hangs up ends the agent's follow too.
+      res.on('close', () => { out.destroy(); resolve(); });
+      out.end();
+    });
+    return true;
+  };
+}
+
+/**
+ * Answers an upgrade request with a Status instead of a websocket. Also for the server's
+ * upgrade listener to refuse paths nobody serves.
+ */
+export function rejectUpgrade(socket: Duplex, err: ApiError): void {
+  if (socket.destroyed || !socket.writable) { socket.destroy(); return; }
+  const body = JSON.stringify(err.toStatus());
+  socket.end(`HTTP/1.1 ${err.code} ${STATUS_CODES[err.code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+}
+
+/** Authenticates and authorizes the caller, and returns the node of the VMI (which must be running for console/VNC). */
+async function admit(deps: ConsoleDeps, req: IncomingMessage, t: Target, mustRun = true): Promise<string> {
+  const user: User | undefined = await authenticate(deps.store, authorizationOf(req));
+  if (!user) throw unauthorized();
+  authorize(user, {
+    verb: 'get', group: SUBRESOURCES_GROUP, resource: VMI.plural,
+    subresource: t.subresource === 'serial-log' ? 'console' : t.subresource, namespace: t.namespace, name: t.name,
+  });
+  const vmi = await deps.resources.get(VMI, t.namespace, t.name);
+  const status = (vmi.status ?? {}) as { phase?: string; nodeName?: string };
+  const notRunning = (why: string) => new ApiError(409, 'Conflict',
+    `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is not running${why}`,
+    { name: t.name, group: VMI.group, kind: 'virtualmachineinstances' });
+  if (mustRun && status.phase !== 'Running') throw notRunning(status.phase ? ` (phase ${status.phase})` : ' (it has no phase yet)');
+  if (!status.nodeName) throw notRunning(': it has not been scheduled to a node yet (status.nodeName is empty)');
+  return status.nodeName;
+}
+
+/** The Authorization header, or the bearer token a browser put into its subprotocols. */
+function authorizationOf(req: IncomingMessage): string | undefined {
+  if (req.headers.authorization) return req.headers.authorization;
+  const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+  const b64 = offered.find((p) => p.startsWith(BEARER_PROTOCOL_PREFIX))?.slice(BEARER_PROTOCOL_PREFIX.length);
+  return b64 ? `Bearer ${Buffer.from(b64, 'base64url').toString('utf8')}` : undefined;
+}
+
+/** A TLS connection to an agent that is dropped unless the agent shows the certificate its Node names. */
+function pinnedConnect(target: AgentTarget, nodeName: string): (options: object) => tls.TLSSocket {
+  return (options) => {
+    const o = options as tls.ConnectionOptions;
+    const host = o.host ?? target.host;
+    // `path` is the HTTP path here, not a unix socket; no SNI for an IP address.
+    const socket = tls.connect({ ...o, path: undefined, servername: net.isIP(host) ? '' : host });
+    socket.once('secureConnect', () => {
+      if (socket.getPeerCertificate().fingerprint256 !== target.fingerprint256) {
+        socket.destroy(new ApiError(502, 'InternalError', `node ${nodeName}'s agent presented a certificate that does not match its Node (vessel.io/agent-cert-sha256)`));
+      }
+    });
+    return socket;
+  };
+}
+
+/**
+ * Opens the websocket to the agent, paused (resume it once its frames have somewhere to go).
+ * Resolves undefined when the client hung up meanwhile; rejects with the agent's refusal
+ * (404, 409, ...) as an ApiError.
+ */
+function dialAgent(target: AgentTarget, nodeName: string, path: string, client: Duplex): Promise<WebSocket | undefined> {
+  const host = target.host.includes(':') ? `[${target.host}]` : target.host;
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    const settle = (fn: () => void) => {
+      if (settled) return;
+      settled = true;
+      client.off('close', onClientClose);
+      fn();
+    };
+    const ws = new WebSocket(`wss://${host}:${target.port}${path}`, {
+      headers: { Authorization: `Bearer ${target.token}` },
+      rejectUnauthorized: false, // self-signed: pinned in pinnedConnect
+      createConnection: pinnedConnect(target, nodeName) as unknown as typeof net.createConnection,
+      perMessageDeflate: false, handshakeTimeout: 15_000,
+    });
+    const onClientClose = () => settle(() => { ws.terminate(); resolve(undefined); });
+    client.once('close', onClientClose);
+    // Paused before anyone listens: QEMU's VNC greeting can come in the same read as the 101,
+    // and would be emitted before the caller's continuation runs.
+    ws.once('open', () => settle(() => { ws.pause(); resolve(ws); }));
+    ws.on('unexpected-response', (req, res) => {
+      readAll(res).then((text) => {
+        settle(() => reject(agentError(res.statusCode ?? 502, text, nodeName)));
+        req.destroy();
+      }, (e: Error) => settle(() => reject(e)));
+    });
+    ws.on('error', (e) => settle(() => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`))));
+  });
+}
+
+/** The agent's refusal as a Status: its own message, and the code when it is about the VM. */
+function agentError(code: number, text: string, nodeName: string): ApiError {
+  let message = text.trim();
+  try {
+    const parsed = JSON.parse(text) as { message?: unknown };
+    if (typeof parsed.message === 'string') message = parsed.message;
+  } catch {
+    // not JSON: keep the text
+  }
+  const reasons: Record<number, StatusReason> = { 400: 'BadRequest', 404: 'NotFound', 409: 'Conflict', 503: 'ServiceUnavailable' };
+  if (reasons[code]) return new ApiError(code, reasons[code], message || `the agent of node ${nodeName} answered ${code}`);
+  return new ApiError(502, 'InternalError', `the agent of node ${nodeName} answered ${code}: ${message || STATUS_CODES[code] || 'error'}`);
+}
+
+/** Copies frames between the client's websocket and the agent's, with backpressure, close codes and keep-alive pings. */
+function relay(client: WebSocket, agent: WebSocket, done: () => void): void {
+  const pipe = (from: WebSocket, to: WebSocket) => {
+    from.on('message', (data: RawData) => {
+      if (to.readyState !== WebSocket.OPEN) return;
+      to.send(data, { binary: true }, () => {
+        if (from.isPaused && to.bufferedAmount < HIGH_WATER / 2) from.resume();
+      });
+      if (to.bufferedAmount > HIGH_WATER) from.pause();
+    });
+    from.on('error', () => {}); // 'close' follows
+    from.on('close', (code: number, reason: Buffer) => {
+      clearInterval(ping);
+      done();
+      if (to.readyState === WebSocket.OPEN || to.readyState === WebSocket.CONNECTING) {
+        // 1005/1006 cannot be sent: say "went away" or "broke" instead.
+        const sendable = code === 1005 ? 1000 : code === 1006 ? 1011 : code;
+        const why = reason.toString() || (code === 1006 ? (from === agent ? 'the connection to the node agent broke' : 'the client connection broke') : '');
+        to.close(sendable, why);
+      }
+    });
+  };
+  pipe(client, agent);
+  pipe(agent, client);
+  const ping = setInterval(() => {
+    for (const ws of [client, agent]) if (ws.readyState === WebSocket.OPEN) ws.ping();
+  }, PING_MS);
+  ping.unref();
+}
+
+function readAll(res: IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    res.on('data', (c: Buffer) => { if (chunks.length < 64) chunks.push(c); });
+    res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    res.on('error', reject);
+  });
+}

@@ -1,0 +1,102 @@
+/**
+ * The VM scheduler: binds each pending VMI to a node (status.nodeName, phase Scheduled), by
+ * the rules in scheduling/fit.ts: readiness, taints, selectors and affinity, free CPU and
+ * memory after overcommit, and the node a local volume lives on. A VMI that fits nowhere
+ * stays Pending with condition PodScheduled=False, reason Unschedulable, and the
+ * kube-scheduler-style message saying why; it is tried again whenever nodes or VMIs change.
+ * Claims of WaitForFirstConsumer classes get the chosen node (their first consumer).
+ */
+import { storage } from '@vessel/api';
+import type { Client } from '@vessel/client';
+import { Controller, type Log } from './runtime/controller.ts';
+import { EventRecorder } from './runtime/events.ts';
+import { cacheKey, type Informer, type KubeObject } from './runtime/informer.ts';
+import { setCondition, updateStatus } from './runtime/status.ts';
+import { NODES, PVCS, VMIS } from './refs.ts';
+import { scheduleVmi, vmiRequests, type NodeLike, type SchedulingSettings, type VmiSchedulingSpec } from './scheduling/fit.ts';
+import { nodePools } from './volume-binder.ts';
+
+type Obj = Record<string, unknown>;
+const phaseOf = (o: KubeObject) => String((o.status as Obj | undefined)?.phase ?? '');
+const nodeOf = (o: KubeObject) => (o.status as Obj | undefined)?.nodeName as string | undefined;
+const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
+const UNSCHEDULED = new Set(['', 'Pending', 'Scheduling']);
+
+export class Scheduler extends Controller {
+  private readonly vmis: Informer;
+  private readonly nodes: Informer;
+  private readonly pvcs: Informer;
+  private readonly events: EventRecorder;
+  private readonly reported = new Map<string, string>();
+
+  constructor(client: Client, log?: Log, private readonly settings: SchedulingSettings = {}) {
+    super('scheduler', client, log, 1); // one worker: each decision sees the one before
+    this.events = new EventRecorder(client, 'vessel-scheduler');
+    this.vmis = this.inform(VMIS, () => this.pending());
+    this.nodes = this.inform(NODES, () => this.pending());
+    this.pvcs = this.inform(PVCS, () => this.pending());
+  }
+
+  private pending(): string[] {
+    return this.vmis.list().filter((v) => UNSCHEDULED.has(phaseOf(v)) && !nodeOf(v) && !v.metadata.deletionTimestamp).map(cacheKey);
+  }
+
+  protected async reconcile(key: string): Promise<void> {
+    const vmi = this.vmis.get(key);
+    if (!vmi || vmi.metadata.deletionTimestamp || nodeOf(vmi) || !UNSCHEDULED.has(phaseOf(vmi))) return;
+    const spec = (vmi.spec ?? {}) as VmiSchedulingSpec & { volumes?: { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[] };
+    const placed = this.vmis.list()
+      .filter((v) => nodeOf(v) && !['Succeeded', 'Failed'].includes(phaseOf(v)) && v.metadata.uid !== vmi.metadata.uid)
+      .map((v) => ({ nodeName: nodeOf(v)!, requests: vmiRequests((v.spec ?? {}) as VmiSchedulingSpec, this.settings) }));
+    const { required, waitFor } = this.volumeNodes(vmi.metadata.namespace!, spec.volumes ?? []);
+    const result = scheduleVmi({
+      vmi: { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace! }, spec },
+      nodes: this.nodes.list() as unknown as NodeLike[], placed, requiredNodes: required, settings: this.settings,
+    });
+    if (result.node === undefined) {
+      if (this.reported.get(key) !== result.message) {
+        this.reported.set(key, result.message);
+        await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+          s.phase = 'Pending';
+          setCondition(s, { type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: result.message }, false);
+          setCondition(s, { type: 'Ready', status: 'False', reason: 'Unschedulable', message: result.message }, false);
+        });
+        await this.events.record(vmi, 'Warning', 'FailedScheduling', result.message);
+      }
+      return;
+    }
+    this.reported.delete(key);
+    // First consumer of WaitForFirstConsumer claims: they follow the VM.
+    for (const claim of waitFor) {
+      await this.client.patch(PVCS, claim, { metadata: { annotations: { [storage.SELECTED_NODE]: result.node } } }, { namespace: vmi.metadata.namespace });
+    }
+    await this.client.patch(VMIS, vmi.metadata.name, { metadata: { labels: { 'kubevirt.io/nodeName': result.node } } }, { namespace: vmi.metadata.namespace });
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+      if (s.nodeName) return false;
+      s.phase = 'Scheduled';
+      s.nodeName = result.node;
+      const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
+      s.phaseTransitionTimestamps = [...stamps, { phase: 'Scheduled', phaseTransitionTimestamp: new Date().toISOString() }];
+      setCondition(s, { type: 'PodScheduled', status: 'True', reason: '', message: '' }, false);
+    });
+    await this.events.record(vmi, 'Normal', 'Scheduled', `Successfully assigned ${key} to ${result.node}`);
+  }
+
+  /** Nodes the VMI's claims pin it to (local pools), and claims still waiting for a first consumer. */
+  private volumeNodes(ns: string, volumes: { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[]): { required?: string[]; waitFor: string[] } {
+    let required: string[] | undefined;
+    const waitFor: string[] = [];
+    for (const v of volumes) {
+      const name = v.dataVolume?.name ?? v.persistentVolumeClaim?.claimName;
+      const pvc = name ? this.pvcs.get(`${ns}/${name}`) : undefined;
+      if (!pvc) continue;
+      const node = annotations(pvc)[storage.SELECTED_NODE];
+      if (!node) { waitFor.push(pvc.metadata.name); continue; }
+      const pool = annotations(pvc)[storage.VOLUME_POOL];
+      const nodeObj = this.nodes.get(node);
+      const shared = !!(pool && nodeObj && nodePools(nodeObj)[pool]?.shared);
+      if (!shared) required = required ? required.filter((n) => n === node) : [node];
+    }
+    return { required, waitFor };
+  }
+}
