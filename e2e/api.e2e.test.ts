@@ -10,6 +10,7 @@ import { Client, StatusError, type KubeObject, type WatchEvent } from '@vessel/c
 import { startVessel, vm, type Vessel } from './harness.ts';
 
 const VM = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
+const CMS = findByResource('', 'v1', 'configmaps')!;
 const CM = findByResource('', 'v1', 'configmaps')!;
 const NS = findByResource('', 'v1', 'namespaces')!;
 
@@ -134,17 +135,21 @@ describe('API server semantics', () => {
   });
 
   it('resumes a watch from a resourceVersion without gaps or duplicates', async () => {
-    const start = (await c.list(VM, { namespace: 'default' })).metadata!.resourceVersion!;
-    await c.patch(VM, 'page-00', { metadata: { labels: { w: '1' } } });
-    await c.create(VM, vm('w-new'));
-    await c.delete(VM, 'page-01');
+    // ConfigMaps: no controller writes to them, so every event is one of ours.
+    const cm = (name: string) => ({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name }, data: { k: name } });
+    await c.create(CMS, cm('w-0'));
+    await c.create(CMS, cm('w-1'));
+    const start = (await c.list(CMS, { namespace: 'default' })).metadata!.resourceVersion!;
+    await c.patch(CMS, 'w-0', { metadata: { labels: { w: '1' } } });
+    await c.create(CMS, cm('w-new'));
+    await c.delete(CMS, 'w-1');
     const events: WatchEvent[] = [];
-    const w = c.watchResource(VM, { namespace: 'default', resourceVersion: start }, (e) => events.push(e));
+    const w = c.watchResource(CMS, { namespace: 'default', resourceVersion: start }, (e) => events.push(e));
     await eventually(async () => events.length >= 3, 'three replayed events');
-    await c.patch(VM, 'w-new', { metadata: { labels: { live: 'yes' } } });
+    await c.patch(CMS, 'w-new', { metadata: { labels: { live: 'yes' } } });
     await eventually(async () => events.length >= 4, 'a live event');
     w.close();
-    assert.deepEqual(events.map((e) => `${e.type} ${e.object.metadata?.name}`), ['MODIFIED page-00', 'ADDED w-new', 'DELETED page-01', 'MODIFIED w-new']);
+    assert.deepEqual(events.map((e) => `${e.type} ${e.object.metadata?.name}`), ['MODIFIED w-0', 'ADDED w-new', 'DELETED w-1', 'MODIFIED w-new']);
     const rvs = events.map((e) => Number(e.object.metadata?.resourceVersion));
     assert.deepEqual([...rvs].sort((a, b) => a - b), rvs, 'events arrive in revision order');
   });

@@ -10,6 +10,7 @@ import { startEtcd, type EtcdServer } from '../packages/store/testing/etcd-serve
 import { startVessel, vm, type Vessel } from './harness.ts';
 
 const VM = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
+const CM = findByResource('', 'v1', 'configmaps')!;
 
 describe('two servers on one etcd', () => {
   let etcd: EtcdServer;
@@ -26,23 +27,24 @@ describe('two servers on one etcd', () => {
   });
 
   it('serves one consistent state from both servers', async () => {
+    // A ConfigMap: no controller writes to it, so every event is one of ours.
     const events: WatchEvent[] = [];
-    const start = (await b.client.list(VM, { namespace: 'default' })).metadata!.resourceVersion!;
-    const w = b.client.watchResource(VM, { namespace: 'default', resourceVersion: start }, (e) => events.push(e));
-    const created = await a.client.create(VM, vm('shared'));
-    const viaB = await b.client.get(VM, 'shared');
+    const start = (await b.client.list(CM, { namespace: 'default' })).metadata!.resourceVersion!;
+    const w = b.client.watchResource(CM, { namespace: 'default', resourceVersion: start }, (e) => events.push(e));
+    const created = await a.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'shared' }, data: { a: 'b' } }, { namespace: 'default' });
+    const viaB = await b.client.get(CM, 'shared', { namespace: 'default' });
     assert.equal(viaB.metadata?.uid, created.metadata?.uid);
     assert.equal(viaB.metadata?.resourceVersion, created.metadata?.resourceVersion);
 
     // A stale write through B after a write through A is a conflict, not a lost update.
-    await a.client.patch(VM, 'shared', { metadata: { labels: { by: 'a' } } });
+    await a.client.patch(CM, 'shared', { metadata: { labels: { by: 'a' } } });
     try {
-      await b.client.update(VM, { ...viaB, metadata: { ...viaB.metadata, labels: { by: 'b' } } });
+      await b.client.update(CM, { ...viaB, metadata: { ...viaB.metadata, labels: { by: 'b' } } });
       assert.fail('the stale update through b should conflict');
     } catch (e) {
       assert.ok(e instanceof StatusError && e.code === 409, String(e));
     }
-    await a.client.delete(VM, 'shared');
+    await a.client.delete(CM, 'shared', { namespace: 'default' });
     const deadline = Date.now() + 10_000;
     while (events.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     w.close();
@@ -69,7 +71,6 @@ describe('two servers on one etcd', () => {
     while (!follower.controllers!.leading && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     assert.equal(follower.controllers!.leading, true, 'the other server took over');
     // The new leader's garbage collector works.
-    const CM = findByResource('', 'v1', 'configmaps')!;
     const owner = await follower.client.create(VM, vm('owner'));
     await follower.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'dep', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'owner', uid: owner.metadata!.uid! }] } });
     await follower.client.delete(VM, 'owner');

@@ -257,7 +257,7 @@ describe('golden images and clones', () => {
   test('a claim a VMI uses is deleted only when the VMI is gone', async () => {
     await v.client.create(DV, dataVolume('in-use', { blank: {} }, '16Mi'));
     const pvc = await boundClaim('in-use');
-    await v.client.create(VMI, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'user' }, spec: { domain: { devices: { disks: [{ name: 'd', disk: {} }] }, resources: { requests: { memory: '64Mi' } } }, volumes: [{ name: 'd', dataVolume: { name: 'in-use' } }] } });
+    await v.client.create(VMI, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'user' }, spec: { terminationGracePeriodSeconds: 1, domain: { devices: { disks: [{ name: 'd', disk: {} }] }, resources: { requests: { memory: '64Mi' } } }, volumes: [{ name: 'd', dataVolume: { name: 'in-use' } }] } });
     await v.client.delete(DV, 'in-use', { namespace: 'default' });
     await eventually('VolumeInUse event', async () => (await v.client.list(EVENTS, { namespace: 'default' })).items.find((e) => e.reason === 'VolumeInUse'));
     const held = await v.client.get(PVC, 'in-use', { namespace: 'default' });

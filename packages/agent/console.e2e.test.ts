@@ -110,8 +110,8 @@ async function body(res: http.IncomingMessage): Promise<string> {
   return s;
 }
 
-test('console: the boot output, a shell command, and take-over by a second connection', { timeout: 90_000 }, async () => {
-  await until('the ready marker on the console', () => first.text().includes(TINY_SERIAL.ready), 60_000);
+test('console: the boot output, a shell command, and take-over by a second connection', { timeout: 200_000 }, async () => {
+  await until('the ready marker on the console', () => first.text().includes(TINY_SERIAL.ready), 150_000);
   log('marker seen on the console');
   assert.match(first.text(), /Linux version/);
   // The guest's serial shell starts on Enter; send the command until it has run.

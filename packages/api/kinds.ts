@@ -81,7 +81,7 @@ export const kinds: readonly KindInfo[] = Object.freeze([
       { name: 'Status', type: 'string', jsonPath: '.status.phase' },
       { name: 'Volume', type: 'string', jsonPath: '.spec.volumeName' },
       { name: 'Capacity', type: 'string', jsonPath: '.status.capacity.storage' },
-      { name: 'Access Modes', type: 'string', jsonPath: '.status.accessModes' },
+      { name: 'Access Modes', type: 'string', jsonPath: '.status.accessModes[*]' },
       { name: 'StorageClass', type: 'string', jsonPath: '.spec.storageClassName' },
       AGE,
       { name: 'VolumeMode', type: 'string', jsonPath: '.spec.volumeMode', priority: 1 },
