@@ -5,7 +5,7 @@
  */
 import { startServer, type RunningServer, type ServerOptions } from '@vessel/apiserver';
 import { Client } from '@vessel/client';
-import { startControllers, type RunningControllers } from '@vessel/controllers';
+import { startControllers, type RunningControllers, type SchedulingSettings } from '@vessel/controllers';
 import type { RunningAgent } from '@vessel/agent';
 
 export interface ControlPlaneOptions extends ServerOptions {
@@ -13,6 +13,8 @@ export interface ControlPlaneOptions extends ServerOptions {
   controllers?: boolean;
   /** Controllers' lease duration (tests shorten it to see a takeover quickly). */
   leaseMs?: number;
+  /** The scheduler's overcommit settings. */
+  scheduling?: SchedulingSettings;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
   agent?: { nodeName: string; sharedDir?: string; version?: string };
 }
@@ -30,7 +32,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
   const server = await startServer(opts);
   const client = Client.fromKubeconfig({ explicit: server.kubeconfigPath });
   try {
-    const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs });
+    const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs, scheduling: opts.scheduling });
     let agent: RunningAgent | undefined;
     if (opts.agent) {
       const { startAgent } = await import('@vessel/agent');

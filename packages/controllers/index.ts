@@ -11,6 +11,7 @@ import { LeaderElector } from './runtime/leader.ts';
 import { VirtualMachineController } from './vm.ts';
 import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
+import type { SchedulingSettings } from './scheduling/fit.ts';
 
 export { Informer, cacheKey, type ListWatch, type InformerHandlers, type KubeObject } from './runtime/informer.ts';
 export { WorkQueue, runWorkers } from './runtime/workqueue.ts';
@@ -26,6 +27,7 @@ export { DataVolumeController } from './datavolume.ts';
 export { DataSourceController } from './datasource.ts';
 export { VirtualMachineController, runStrategyOf } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
+export type { SchedulingSettings } from './scheduling/fit.ts';
 export * as refs from './refs.ts';
 
 export interface RunningControllers {
@@ -38,6 +40,8 @@ export interface ControllerOptions {
   log?: (line: string) => void;
   /** Lease timing (defaults: 15 s lease, renewed every 5 s). */
   leaseMs?: number;
+  /** The scheduler's overcommit settings (KubeVirt's cpuAllocationRatio and memoryOvercommit). */
+  scheduling?: SchedulingSettings;
 }
 
 /**
@@ -52,7 +56,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
       // Fresh instances each term: an informer does not restart after stop().
       running = [
         new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
-        new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log),
+        new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

@@ -16,6 +16,8 @@ interface ServerFlags {
   etcdEndpoints?: string;
   etcdPrefix?: string;
   controllers: boolean;
+  cpuAllocationRatio?: string;
+  memoryOvercommit?: string;
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -30,13 +32,15 @@ export function registerServer(program: Command): void {
     .option('--etcd-endpoints <urls>', 'comma-separated etcd URLs, e.g. http://127.0.0.1:2379')
     .option('--etcd-prefix <prefix>', 'key prefix in etcd, to share one etcd between servers')
     .option('--no-controllers', 'serve the API only; with several servers on one etcd, let one run the controllers')
+    .option('--cpu-allocation-ratio <n>', "vCPUs per requested CPU when a VM requests none (KubeVirt's cpuAllocationRatio)", '10')
+    .option('--memory-overcommit <percent>', "guest memory as a percentage of what a VM's scheduling reserves (KubeVirt's memoryOvercommit)", '100')
     .action(async (flags: ServerFlags) => {
       const dataDir = flags.dataDir ?? defaultDataDir();
       const store = storeConfig(flags);
       // Loaded here, not at the top, so the other commands start without the server's modules.
       const signalled = untilSignal(); // listening from the start: a signal during start-up still shuts down cleanly
       const { startControlPlane } = await import('../control-plane.ts');
-      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, log: (line) => note(`${line}\n`) });
+      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, scheduling: schedulingFlags(flags), log: (line) => note(`${line}\n`) });
       const server = cp.server;
       out(`Vessel API server listening on ${server.url}\n`);
       out(`kubeconfig: ${server.kubeconfigPath}\n`);
@@ -45,6 +49,14 @@ export function registerServer(program: Command): void {
       note('shutting down\n');
       await cp.close();
     });
+}
+
+function schedulingFlags(flags: ServerFlags): { cpuAllocationRatio: number; memoryOvercommitPercent: number } {
+  const ratio = Number(flags.cpuAllocationRatio ?? 10);
+  const percent = Number(flags.memoryOvercommit ?? 100);
+  if (!(ratio > 0)) throw new UsageError(`--cpu-allocation-ratio must be a positive number, not "${flags.cpuAllocationRatio}"`);
+  if (!(percent >= 10)) throw new UsageError(`--memory-overcommit must be a percentage of at least 10, not "${flags.memoryOvercommit}"`);
+  return { cpuAllocationRatio: ratio, memoryOvercommitPercent: percent };
 }
 
 function storeConfig(flags: ServerFlags): StoreFlag {
