@@ -2,8 +2,10 @@
  * Shared helpers for the benchmarks: environment knobs, percentiles, a bounded worker pool
  * (bounded in count and in time), formatting, and the result shape bench/run.ts summarises.
  */
+import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
+import { isNotFound, type Client, type KubeObject, type ResourceRef } from '@vessel/client';
 
 /** One line of a benchmark's summary: a ratio against a baseline measured in the same run. */
 export interface Figure {
@@ -137,4 +139,104 @@ export async function within<T>(p: Promise<T>, timeoutMs: number, what: string):
   } finally {
     clearTimeout(timer);
   }
+}
+
+/** Median of the samples (mean of the middle two for an even count). NaN when empty. */
+export function median(samples: number[]): number {
+  if (samples.length === 0) return NaN;
+  const s = [...samples].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** Polls `check` every `everyMs` until it returns a value (not undefined); rejects with `what` after timeoutMs. */
+export async function pollUntil<T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number, everyMs = 100): Promise<T> {
+  const deadline = now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await check();
+      if (v !== undefined) return v;
+    } catch (e) { last = e; }
+    if (now() > deadline) throw new Error(`${what}: not done within ${timeoutMs} ms${last ? ` (last error: ${errText(last)})` : ''}`);
+    await sleep(everyMs);
+  }
+}
+
+export const DATAVOLUMES: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
+export const DATASOURCES: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datasources', namespaced: true };
+export const PVCS: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
+
+/** A DataVolume's status.phase ('' when it has none yet). */
+export function dvPhase(dv: KubeObject): string {
+  return String((dv.status as { phase?: unknown } | undefined)?.phase ?? '');
+}
+
+/** The vessel.io/volume-path annotation of a claim (where the agent put its qcow2), if any. */
+export function volumePath(pvc: KubeObject): string | undefined {
+  return (pvc.metadata?.annotations as Record<string, string> | undefined)?.['vessel.io/volume-path'];
+}
+
+/**
+ * The user-visible path of a DataVolume: POSTs `dv` and waits for phase Succeeded, as
+ * `kubectl wait` would. A watch on the namespace's DataVolumes is opened first, from the
+ * resourceVersion of a list, so no event between the POST and the watch connecting is missed;
+ * `ms` runs from just before the POST to the moment the Succeeded event is parsed. If the
+ * watch stream ends early, GET polls (every 50 ms) take over. `phases` says when each phase
+ * was first seen (ms after the POST), which shows where the time went. Rejects on phase
+ * Failed (with the Ready condition's reason and message) or after timeoutMs.
+ */
+export async function createDataVolumeAndWait(client: Client, namespace: string, dv: KubeObject, timeoutMs: number): Promise<{ ms: number; dv: KubeObject; phases: { phase: string; ms: number }[] }> {
+  const name = dv.metadata?.name;
+  if (!name) throw new Error('createDataVolumeAndWait: the DataVolume needs metadata.name');
+  const rv = (await client.list(DATAVOLUMES, { namespace, limit: 1 })).metadata?.resourceVersion;
+  let settle: { resolve: (o: KubeObject) => void; reject: (e: Error) => void } | undefined;
+  const outcome = new Promise<KubeObject>((resolve, reject) => { settle = { resolve, reject }; });
+  outcome.catch(() => undefined); // observed below; never an unhandled rejection
+  let finished = false;
+  let t0 = now();
+  const phases: { phase: string; ms: number }[] = [];
+  const seen = (o: KubeObject) => {
+    if (finished || o.metadata?.name !== name) return;
+    const phase = dvPhase(o);
+    if (phase && !phases.some((x) => x.phase === phase)) phases.push({ phase, ms: now() - t0 });
+    if (phase === 'Succeeded') { finished = true; settle!.resolve(o); }
+    if (phase === 'Failed') {
+      finished = true;
+      const ready = ((o.status as { conditions?: { type: string; reason?: string; message?: string }[] } | undefined)?.conditions ?? []).find((c) => c.type === 'Ready');
+      settle!.reject(new Error(`DataVolume ${namespace}/${name} Failed: ${ready?.reason ?? '?'}: ${ready?.message ?? ''}`));
+    }
+  };
+  const watch = client.watchResource(DATAVOLUMES, { namespace, resourceVersion: rv }, (ev) => {
+    if (ev.type === 'ADDED' || ev.type === 'MODIFIED') seen(ev.object);
+  });
+  const poll = async () => {
+    while (!finished) {
+      await sleep(50);
+      const o = await client.get(DATAVOLUMES, name, { namespace }).catch(() => undefined);
+      if (o) seen(o);
+    }
+  };
+  watch.done.then(() => (finished ? undefined : poll()), () => (finished ? undefined : poll())).catch(() => undefined);
+  try {
+    t0 = now();
+    await client.create(DATAVOLUMES, dv, { namespace });
+    const done = await within(outcome, timeoutMs, `DataVolume ${namespace}/${name} to be Succeeded`);
+    return { ms: phases.find((x) => x.phase === 'Succeeded')?.ms ?? now() - t0, dv: done, phases };
+  } finally {
+    finished = true;
+    watch.close();
+  }
+}
+
+/** Deletes a DataVolume and waits until its claim (of the same name) is gone, so its volume file is removed too. */
+export async function deleteDataVolume(client: Client, namespace: string, name: string, timeoutMs: number): Promise<void> {
+  await client.delete(DATAVOLUMES, name, { namespace });
+  const gone = (p: Promise<unknown>) => p.then(() => false, (e: unknown) => { if (isNotFound(e)) return true; throw e; });
+  await pollUntil(`DataVolume ${namespace}/${name} and its claim to be deleted`, async () => ((await gone(client.get(DATAVOLUMES, name, { namespace }))) && (await gone(client.get(PVCS, name, { namespace }))) ? true : undefined), timeoutMs, 100);
+}
+
+/** "load average 1.23 0.98 0.50 on 2 cores": printed by long benchmarks, since other work on the machine moves their figures. */
+export function loadLine(): string {
+  return `load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} on ${cpus().length} cores`;
 }

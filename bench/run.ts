@@ -1,9 +1,11 @@
 /**
- * `npm run bench`: runs every benchmark in sequence (crud, then watch) and prints each
+ * `npm run bench`: runs every benchmark in sequence (crud, watch, then clone) and prints each
  * one's figures, then a summary. Every figure is a ratio against a baseline measured in the
  * same run; see bench/README.md. Exits 1 if any check failed (counts, missed events).
- *   BENCH_ONLY=crud|watch runs just one.
+ *   BENCH_ONLY=crud|watch|clone runs just one.
+ * The import benchmark (bench/import.bench.ts, about 5.5 minutes) is run on its own.
  */
+import { runClone } from './clone.bench.ts';
 import { runCrud } from './crud.bench.ts';
 import { errText, fmtRatio, now, printResult, type BenchResult } from './lib.ts';
 import { runWatch } from './watch.bench.ts';
@@ -11,6 +13,7 @@ import { runWatch } from './watch.bench.ts';
 const benches: [string, () => Promise<BenchResult>][] = [
   ['crud', runCrud],
   ['watch', runWatch],
+  ['clone', runClone],
 ];
 
 const only = process.env.BENCH_ONLY;
