@@ -39,7 +39,8 @@ moddir=/lib/modules/$kver
 [ -r "$kimg" ] || die "kernel $kimg not readable"
 [ -d "$moddir" ] || die "no $moddir"
 busybox=/bin/busybox
-[ -x "$busybox" ] && "$busybox" --list 2>/dev/null | grep -qx acpid || die "no $busybox with acpid: apt-get install busybox-static"
+# grep without -q reads all of busybox's output: with pipefail, -q quitting early would make busybox die of SIGPIPE.
+[ -x "$busybox" ] && "$busybox" --list 2>/dev/null | grep -x acpid >/dev/null || die "no $busybox with acpid: apt-get install busybox-static"
 if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: apt-get install busybox-static"; fi
 
 # Cache key: every recipe file (path and content) + kernel version (and file size, mtime) + busybox version.
