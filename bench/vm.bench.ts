@@ -34,6 +34,7 @@
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { qemuImg } from '@vessel/agent';
 import { isNotFound, type KubeObject, type ResourceRef, type Watch } from '@vessel/client';
 import { startVessel, type Vessel } from '../e2e/harness.ts';
@@ -490,6 +491,10 @@ export async function runVmScale(): Promise<BenchResult> {
     const created = new Map<string, number>();
     const createdWall = new Map<string, number>();
     const names = Array.from({ length: n }, (_, i) => `scale-${i}`);
+    // Is the control plane busy, or starved by the guests? Its CPU time and event-loop delay over the burst.
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 });
+    loopDelay.enable();
+    const burstCpu0 = process.cpuUsage();
     const t0 = now();
     const creates: Promise<unknown>[] = [];
     for (let i = 0; i < n; i++) {
@@ -519,6 +524,9 @@ export async function runVmScale(): Promise<BenchResult> {
       problems.push(`only ${reached} of ${n} VMs reached Running within ${timeoutMs / 1000} s (${[...why].map(([k, c]) => `${c} × ${k}`).join('; ')}): try a smaller BENCH_VM_SCALE_N`);
     }
     const allRunning = now() - t0;
+    loopDelay.disable();
+    const burstCpuMs = cpuMsSince(burstCpu0);
+    const lag = (q: number) => ms(loopDelay.percentile(q) / 1e6);
     const toRunning = names.flatMap((nm) => { const r = tracker!.at(`vm/${nm}:Running`); return r === undefined ? [] : [r - created.get(nm)!]; });
     // Where the time goes: per VM, ms after its create at which each stage was first seen.
     const stages: [string, (nm: string) => Promise<number | undefined>][] = [
@@ -571,7 +579,9 @@ export async function runVmScale(): Promise<BenchResult> {
       ratio: ratio(p(toRunning, 50), p(aloneMs, 50)),
       detail: `${count} VMs: ${p50p95(toRunning)}, all Running ${ms(allRunning)} after the first create (creates spread over ${ms(createSpan)}); ` +
         `one at a time (${alone}): ${p50p95(aloneMs)}. Includes each VM's DataVolume clone (dataVolumeTemplates). ` +
-        `Stages, p50/p95 ms after each create: ${breakdown.join(', ')}`,
+        `Stages, p50/p95 ms after each create: ${breakdown.join(', ')}. ` +
+        `Until all were Running this process used ${ms(burstCpuMs)} of CPU in ${ms(allRunning)} (${(100 * burstCpuMs / allRunning).toFixed(0)}% of one core); ` +
+        `event-loop delay p50 ${lag(50)}, p99 ${lag(99)}, max ${ms(loopDelay.max / 1e6)}; ${loadLine()}`,
     });
     figures.push({
       name: 'platform RSS growth per VM / QEMU RSS per VM',

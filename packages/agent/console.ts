@@ -12,12 +12,12 @@
  * Errors before the upgrade are plain HTTP answers with a JSON `{message, reason}` body, which
  * the API server turns into a Status.
  */
-import { open, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
-import { probe, runDirFiles } from './qemu/process.ts';
+import { probe, readFrom, runDirFiles } from './qemu/process.ts';
 
 export interface ConsoleHandlerOptions {
   /** The run directory of a VM on this node, or undefined when the agent does not know it. */
@@ -158,7 +158,7 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     follows.add(res);
     try {
       for (;;) {
-        const { data, truncated } = await readFrom(file, pos);
+        const { data, truncated } = await readFrom(file, pos, 256 * 1024);
         if (truncated) { pos = 0; continue; } // a new launch rotated serial.log: go on with the new one
         if (data.length > 0) {
           pos += data.length;
@@ -295,26 +295,5 @@ async function sizeOf(file: string): Promise<number> {
   }
 }
 
-/** Up to 256 KiB of `file` from `pos`; truncated when the file is now shorter than pos. */
-async function readFrom(file: string, pos: number): Promise<{ data: Buffer; truncated: boolean }> {
-  let fh;
-  try {
-    fh = await open(file, 'r');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return { data: Buffer.alloc(0), truncated: pos > 0 };
-    throw err;
-  }
-  try {
-    const { size } = await fh.stat();
-    if (size < pos) return { data: Buffer.alloc(0), truncated: true };
-    const len = Math.min(size - pos, 256 * 1024);
-    if (len === 0) return { data: Buffer.alloc(0), truncated: false };
-    const data = Buffer.alloc(len);
-    const { bytesRead } = await fh.read(data, 0, len, pos);
-    return { data: data.subarray(0, bytesRead), truncated: false };
-  } finally {
-    await fh.close();
-  }
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

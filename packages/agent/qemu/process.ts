@@ -597,8 +597,8 @@ async function readText(file: string): Promise<string> {
   }
 }
 
-/** Bytes of `file` from `pos` on (at most 4 MiB per call); truncated when the file shrank. */
-async function readFrom(file: string, pos: number): Promise<{ data: Buffer; truncated: boolean }> {
+/** Bytes of `file` from `pos` on (at most `max` per call); truncated when the file shrank (a rotated log). */
+export async function readFrom(file: string, pos: number, max = 4 * 1024 * 1024): Promise<{ data: Buffer; truncated: boolean }> {
   let fh;
   try {
     fh = await open(file, 'r');
@@ -609,7 +609,7 @@ async function readFrom(file: string, pos: number): Promise<{ data: Buffer; trun
   try {
     const { size } = await fh.stat();
     if (size < pos) return { data: Buffer.alloc(0), truncated: true };
-    const len = Math.min(size - pos, 4 * 1024 * 1024);
+    const len = Math.min(size - pos, max);
     if (len === 0) return { data: Buffer.alloc(0), truncated: false };
     const data = Buffer.alloc(len);
     const { bytesRead } = await fh.read(data, 0, len, pos);
