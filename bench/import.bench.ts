@@ -25,7 +25,7 @@
  * The first run of each variant is checked with `qemu-img compare` against the original.
  * The disk is mostly non-zero data (every size is real); the .gz is Huffman-only deflate.
  *
- *   node --import tsx bench/import.bench.ts          (about 5.5 minutes at 2 GiB on 2 cores)
+ *   node --import tsx bench/import.bench.ts          (about 6 minutes at 2 GiB on 2 cores)
  *   env: BENCH_IMPORT_GIB (2; fractions such as 0.5 allowed), BENCH_IMPORT_REPS (rounds, 3),
  *        BENCH_IMPORT_DIRECT_REPS (rounds with the direct variants, 2; at most REPS),
  *        BENCH_IMPORT_DIR (a temp dir under os.tmpdir())

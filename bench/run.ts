@@ -3,7 +3,7 @@
  * one's figures, then a summary. Every figure is a ratio against a baseline measured in the
  * same run; see bench/README.md. Exits 1 if any check failed (counts, missed events).
  *   BENCH_ONLY=crud|watch|clone runs just one.
- * The import benchmark (bench/import.bench.ts, about 5.5 minutes) is run on its own.
+ * The import benchmark (bench/import.bench.ts, about 6 minutes) is run on its own.
  */
 import { runClone } from './clone.bench.ts';
 import { runCrud } from './crud.bench.ts';
