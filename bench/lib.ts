@@ -6,6 +6,7 @@ import { cpus, loadavg } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { isNotFound, type Client, type KubeObject, type ResourceRef } from '@vessel/client';
+import { eventually as pollUntil } from '../e2e/harness.ts';
 
 /** One line of a benchmark's summary: a ratio against a baseline measured in the same run. */
 export interface Figure {
@@ -149,19 +150,8 @@ export function median(samples: number[]): number {
   return s.length % 2 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
 }
 
-/** Polls `check` every `everyMs` until it returns a value (not undefined); rejects with `what` after timeoutMs. */
-export async function pollUntil<T>(what: string, check: () => Promise<T | undefined>, timeoutMs: number, everyMs = 100): Promise<T> {
-  const deadline = now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await check();
-      if (v !== undefined) return v;
-    } catch (e) { last = e; }
-    if (now() > deadline) throw new Error(`${what}: not done within ${timeoutMs} ms${last ? ` (last error: ${errText(last)})` : ''}`);
-    await sleep(everyMs);
-  }
-}
+/** The tests' poller: every `everyMs` until `check` returns a value, or fails with `what`. */
+export { pollUntil };
 
 export const DATAVOLUMES: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 export const DATASOURCES: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datasources', namespaced: true };

@@ -78,8 +78,8 @@ export function run(cmd: string, args: string[], opts: { input?: string; timeout
   });
 }
 
-/** Polls `check` until it returns a value (not undefined), or fails with `what` after timeoutMs. */
-export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000): Promise<T> {
+/** Polls `check` every `everyMs` until it returns a value (not undefined), or fails with `what` after timeoutMs. */
+export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000, everyMs = 150): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -88,7 +88,7 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
       if (v !== undefined) return v;
     } catch (e) { last = e; }
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last instanceof Error ? last.message : last}` : ''}`);
-    await new Promise((r) => setTimeout(r, 150));
+    await new Promise((r) => setTimeout(r, everyMs));
   }
 }
 

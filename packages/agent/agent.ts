@@ -9,7 +9,7 @@ import { storage } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { refs, type NodePool } from '@vessel/controllers';
 import { consoleHandlers } from './console.ts';
-import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
+import { reply, startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
 import { Pool } from './storage/pools.ts';
 import { VolumeManager } from './storage/volumes.ts';
@@ -99,8 +99,7 @@ function vmActionHandler(vms: VmRuntime) {
       code = e instanceof VmActionError ? e.httpCode : 500;
       message = (e as Error).message;
     }
-    const body = JSON.stringify({ message });
-    res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) }).end(body);
+    reply(res, code, { message });
     return true;
   };
 }

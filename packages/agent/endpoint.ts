@@ -85,7 +85,8 @@ function intHeader(req: IncomingMessage, name: string): number | undefined {
   return Number(v);
 }
 
-function reply(res: ServerResponse, code: number, body: Record<string, unknown>): void {
+/** A JSON answer (the endpoint's routes all answer this way). */
+export function reply(res: ServerResponse, code: number, body: Record<string, unknown>): void {
   if (res.headersSent) { res.end(); return; }
   const data = JSON.stringify(body);
   res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(data)) }).end(data);

@@ -15,7 +15,6 @@ const SECRET = findByResource('', 'v1', 'secrets')!;
 export interface AgentTarget {
   host: string;
   port: number;
-  fingerprint256: string;
   token: string;
   /**
    * TLS options for https.request / ws: the agent's own self-signed certificate is the only CA,
@@ -36,7 +35,7 @@ export async function agentTarget(resources: Resources, nodeName: string): Promi
   const token = Buffer.from(String((secret.data as Record<string, string>).token), 'base64').toString('utf8');
   const checkServerIdentity = (_host: string, cert: PeerCertificate) =>
     cert.fingerprint256 === fingerprint256 ? undefined : new Error(`node ${nodeName}'s agent presented a certificate that does not match its Node`);
-  return { host, port, fingerprint256, token, tls: { ca, rejectUnauthorized: true, checkServerIdentity, agent: false } };
+  return { host, port, token, tls: { ca, rejectUnauthorized: true, checkServerIdentity, agent: false } };
 }
 
 

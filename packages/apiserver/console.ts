@@ -14,10 +14,8 @@
  * both; `binary.kubevirt.io`, what web VNC clients offer, is the same stream).
  */
 import { request as httpsRequest } from 'node:https';
-import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
-import net from 'node:net';
+import { STATUS_CODES, type ClientRequestArgs, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
-import tls from 'node:tls';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
 import { findByResource } from '@vessel/api';
 import type { Store } from '@vessel/store';
@@ -127,9 +125,7 @@ export function serialLog(deps: ConsoleDeps): (req: IncomingMessage, res: Server
     await new Promise<void>((resolve, reject) => {
       const out = httpsRequest({
         host: target.host, port: target.port, method: 'GET', path: agentPath,
-        headers: { Authorization: `Bearer ${target.token}` },
-        rejectUnauthorized: false, // the agent's certificate is self-signed: pinned instead
-        createConnection: pinnedConnect(target, nodeName),
+        headers: { Authorization: `Bearer ${target.token}` }, ...target.tls,
       }, (agentRes) => {
         const code = agentRes.statusCode ?? 502;
         if (code >= 400) {
@@ -188,22 +184,6 @@ function authorizationOf(req: IncomingMessage): string | undefined {
   return b64 ? `Bearer ${Buffer.from(b64, 'base64url').toString('utf8')}` : undefined;
 }
 
-/** A TLS connection to an agent that is dropped unless the agent shows the certificate its Node names. */
-function pinnedConnect(target: AgentTarget, nodeName: string): (options: object) => tls.TLSSocket {
-  return (options) => {
-    const o = options as tls.ConnectionOptions;
-    const host = o.host ?? target.host;
-    // `path` is the HTTP path here, not a unix socket; no SNI for an IP address.
-    const socket = tls.connect({ ...o, path: undefined, servername: net.isIP(host) ? '' : host });
-    socket.once('secureConnect', () => {
-      if (socket.getPeerCertificate().fingerprint256 !== target.fingerprint256) {
-        socket.destroy(new ApiError(502, 'InternalError', `node ${nodeName}'s agent presented a certificate that does not match its Node (vessel.io/agent-cert-sha256)`));
-      }
-    });
-    return socket;
-  };
-}
-
 /**
  * Opens the websocket to the agent, paused (resume it once its frames have somewhere to go).
  * Resolves undefined when the client hung up meanwhile; rejects with the agent's refusal
@@ -221,8 +201,7 @@ function dialAgent(target: AgentTarget, nodeName: string, path: string, client: 
     };
     const ws = new WebSocket(`wss://${host}:${target.port}${path}`, {
       headers: { Authorization: `Bearer ${target.token}` },
-      rejectUnauthorized: false, // self-signed: pinned in pinnedConnect
-      createConnection: pinnedConnect(target, nodeName) as unknown as typeof net.createConnection,
+      ...(target.tls as ClientRequestArgs), // ws's own typing of checkServerIdentity predates Node's; it is passed to tls.connect as is
       perMessageDeflate: false, handshakeTimeout: 15_000,
     });
     const onClientClose = () => settle(() => { ws.terminate(); resolve(undefined); });

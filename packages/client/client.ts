@@ -51,6 +51,8 @@ export interface WatchOptions extends ListOptions {
 export interface DeleteOptions extends NamespaceOption {
   propagationPolicy?: 'Foreground' | 'Background' | 'Orphan';
   gracePeriodSeconds?: number;
+  /** Delete only this incarnation (uid) or version of the object; otherwise 409. */
+  preconditions?: { uid?: string; resourceVersion?: string };
 }
 
 export type PatchType = 'merge' | 'json' | 'strategic';

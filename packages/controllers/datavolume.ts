@@ -94,14 +94,12 @@ export class DataVolumeController extends Controller {
     const target = ((spec.storage ?? spec.pvc) ?? {}) as Obj;
     const source = clone && !('pending' in clone) ? this.pvcs.get(`${clone.namespace}/${clone.name}`) : undefined;
     const sourceSpec = (source?.spec ?? {}) as Obj;
-    const requested = ((target.resources as Obj | undefined)?.requests as Obj | undefined)?.storage
-      ?? ((source?.status as Obj | undefined)?.capacity as Obj | undefined)?.storage;
-    const size = typeof requested === 'string' || typeof requested === 'number' ? String(requested) : undefined;
-    const sourceSize = ((source?.status as Obj | undefined)?.capacity as Obj | undefined)?.storage;
+    const asSize = (q: unknown) => (typeof q === 'string' || typeof q === 'number' ? String(q) : undefined);
+    const sourceSize = asSize(((source?.status as Obj | undefined)?.capacity as Obj | undefined)?.storage);
+    const requested = asSize(((target.resources as Obj | undefined)?.requests as Obj | undefined)?.storage) ?? sourceSize;
     // A clone may not be smaller than its source: the guest's filesystem would be cut.
-    const bytes = size !== undefined ? tryParseQuantity(size) : undefined;
-    const srcBytes = sourceSize !== undefined ? tryParseQuantity(sourceSize) : undefined;
-    const finalSize = bytes !== undefined && srcBytes !== undefined && bytes < srcBytes ? String(sourceSize) : size;
+    const smaller = requested !== undefined && sourceSize !== undefined && (tryParseQuantity(requested) ?? 0) < (tryParseQuantity(sourceSize) ?? 0);
+    const finalSize = smaller ? sourceSize : requested;
     const a: Record<string, string> = { [storage.POPULATED_FOR]: dv.metadata.name };
     if (clone && !('pending' in clone)) {
       a[CLONE_SOURCE] = `${clone.namespace}/${clone.name}`;

@@ -202,7 +202,7 @@ export class VirtualMachineController extends Controller {
 
   private async deleteVmi(vm: KubeObject, vmi: KubeObject, why: string): Promise<void> {
     try {
-      await this.client.delete(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace, preconditions: { uid: vmi.metadata.uid } } as never);
+      await this.client.delete(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace, preconditions: { uid: vmi.metadata.uid } });
       await this.events.record(vm, 'Normal', 'SuccessfulDelete', `Stopped the virtual machine by deleting the virtual machine instance ${vmi.metadata.uid} (${why})`);
     } catch (e) {
       if (!isStatusError(e, 'NotFound') && !isStatusError(e, 'Conflict')) throw e;
@@ -234,7 +234,6 @@ export class VirtualMachineController extends Controller {
   }
 
   private async writeStatus(vm: KubeObject, vmi: KubeObject | undefined, forced?: string, problem?: { reason: string; message: string }): Promise<void> {
-    const vmiStatus = (vmi?.status ?? {}) as Obj;
     const paused = vmi ? getCondition(vmi, 'Paused')?.status === 'True' : false;
     const unschedulable = vmi ? getCondition(vmi, 'PodScheduled') : undefined;
     const printable = forced ?? (
@@ -260,7 +259,6 @@ export class VirtualMachineController extends Controller {
       setCondition(s, paused ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' } : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
       if (restartRequired) setCondition(s, { type: 'RestartRequired', status: 'True', reason: 'TemplateChanged', message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start' }, false);
       else if (Array.isArray(s.conditions)) s.conditions = (s.conditions as Obj[]).filter((c) => c.type !== 'RestartRequired');
-      if (vmiStatus.phase === undefined && !vmi) delete s.volumeSnapshotStatuses;
     });
   }
 }

@@ -8,6 +8,7 @@
 import { createHash, type Hash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
+import { isIP } from 'node:net';
 import { posix } from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { rootCertificates } from 'node:tls';
@@ -772,4 +773,12 @@ function parsePax(data: Buffer): Record<string, string> {
     pos += len;
   }
   return out;
+}
+
+/** Docker's rule: registries on loopback speak plain HTTP unless told otherwise. */
+export function isLoopbackRegistry(url: string): boolean {
+  let registry: string;
+  try { registry = parseRegistryUrl(url).registry; } catch { return false; }
+  const host = registry.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
+  return host === 'localhost' || (isIP(host) === 4 && host.startsWith('127.')) || host === '::1';
 }

@@ -11,7 +11,6 @@
  */
 import { X509Certificate } from 'node:crypto';
 import { stat } from 'node:fs/promises';
-import { isIP } from 'node:net';
 import type { Readable } from 'node:stream';
 import { parseQuantity, storage, type PopulationSource } from '@vessel/api';
 import type { Client } from '@vessel/client';
@@ -21,7 +20,7 @@ import { ImportError } from './errors.ts';
 import { formatProgress, importDisk, type ImportSource } from './import.ts';
 import type { Pool } from './pools.ts';
 import * as qemuImg from './qemu-img.ts';
-import { openRegistryDisk } from './registry.ts';
+import { isLoopbackRegistry, openRegistryDisk } from './registry.ts';
 import { discardUpload, partPath, receiveUpload, UploadError, uploadOffset } from './upload.ts';
 
 type Obj = Record<string, unknown>;
@@ -387,10 +386,4 @@ export function requestedBytes(pvc: KubeObject): number {
 
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
-}
-
-/** Docker's rule: registries on loopback speak plain HTTP unless told otherwise. */
-export function isLoopbackRegistry(url: string): boolean {
-  const host = url.replace(/^docker:\/\//, '').split('/')[0].replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
-  return host === 'localhost' || (isIP(host) === 4 && host.startsWith('127.')) || host === '::1';
 }

@@ -15,8 +15,7 @@ import { buildCloudInitIso, cloudInitIsoOptions } from '../qemu/cloudinit.ts';
 import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } from '../qemu/argv.ts';
 import { importDisk } from '../storage/import.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
-import { openRegistryDisk } from '../storage/registry.ts';
-import { isLoopbackRegistry } from '../storage/volumes.ts';
+import { isLoopbackRegistry, openRegistryDisk } from '../storage/registry.ts';
 
 export type PrepareReason = 'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError';
 

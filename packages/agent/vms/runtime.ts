@@ -107,22 +107,22 @@ export class VmRuntime extends Controller {
     const runDir = this.runDirFor(ns, name);
     if (!vmi) {
       // Gone without us (finalizer removed by hand): a QEMU left must not run on.
-      if (await probe(runDir)) await this.stopQemu(key, runDir, 0);
+      if (await probe(runDir)) await this.stopQemu(key, runDir);
       return;
     }
     if (!this.mine(vmi)) return;
     const session = this.sessions.get(key);
-    if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, runDir, 0);
+    if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, runDir);
 
     if (vmi.metadata.deletionTimestamp) return this.track(key, this.shutdown(vmi, runDir));
     if (FINAL.has(phaseOf(vmi))) {
-      if (await probe(runDir)) await this.stopQemu(key, runDir, 0);
+      if (await probe(runDir)) await this.stopQemu(key, runDir);
       return this.dropFinalizer(vmi);
     }
     if (this.sessions.has(key)) return;
     const alive = await adopt(runDir);
     if (alive && alive.meta.uid === vmi.metadata.uid) return this.attach(vmi);
-    if (alive) await this.stopQemu(key, runDir, 0);
+    if (alive) await this.stopQemu(key, runDir);
     if (phaseOf(vmi) === 'Running') {
       // It ran, and its QEMU is gone while we were not watching: a crash or a kill.
       return this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited while the agent was away: ${await lastLogLine(runDir)}`);
@@ -253,7 +253,7 @@ export class VmRuntime extends Controller {
   private async guestPoweredOff(key: string, session: Session): Promise<void> {
     const vmi = this.vmis.get(key);
     if (!vmi || vmi.metadata.deletionTimestamp) return; // shutdown() is on it
-    await this.stopQemu(key, this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name), 0, session);
+    await this.stopQemu(key, this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name), session);
     await this.finish(vmi, 'Succeeded', 'GuestShutdown', 'the guest powered off');
   }
 
@@ -275,10 +275,10 @@ export class VmRuntime extends Controller {
       const off = session.qmp.waitForEvent('SHUTDOWN', { timeoutMs: grace * 1000 }).then(() => true, () => false);
       await session.qmp.execute('system_powerdown').catch(() => undefined);
       const graceful = await off;
-      await this.stopQemu(key, runDir, 0, session);
+      await this.stopQemu(key, runDir, session);
       await this.events.record(vmi, 'Normal', 'Deleted', graceful ? 'the guest shut down' : `the guest did not shut down within ${grace}s: stopped`);
     } else if (await probe(runDir)) {
-      await this.stopQemu(key, runDir, 0);
+      await this.stopQemu(key, runDir);
     }
     await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
       if (FINAL.has(String(s.phase))) return false;
@@ -288,14 +288,15 @@ export class VmRuntime extends Controller {
     await this.dropFinalizer(vmi);
   }
 
-  private async stopQemu(key: string, runDir: string, graceMs: number, session = this.sessions.get(key)): Promise<void> {
+  /** Ends a QEMU now (quit over QMP, then signals): callers have already given the guest its grace. */
+  private async stopQemu(key: string, runDir: string, session = this.sessions.get(key)): Promise<void> {
     if (session) {
       session.stopping = true;
       this.sessions.delete(key);
       await session.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
       await session.qmp.close();
     }
-    await terminate(runDir, { graceMs: Math.max(graceMs, 2000) });
+    await terminate(runDir, { graceMs: 2000 });
   }
 
   private async finish(vmi: KubeObject, phase: 'Succeeded' | 'Failed', reason: string, message: string): Promise<void> {
