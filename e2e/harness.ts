@@ -2,12 +2,12 @@
  * Starts a real Vessel control plane (API server + controllers) in a temporary data
  * directory for a test, and tears it down. Store: SQLite by default, or a given etcd.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunningServer } from '@vessel/apiserver';
-import type { Client } from '@vessel/client';
+import { Client } from '@vessel/client';
 import type { RunningControllers } from '@vessel/controllers';
 import type { RunningAgent } from '@vessel/agent';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
@@ -56,6 +56,36 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   return {
     dataDir, server: cp.server, client: cp.client, controllers: cp.controllers, agent: cp.agent, kubeconfig: cp.server.kubeconfigPath, stop,
     async close() { await stop(); await rm(dataDir, { recursive: true, force: true }); },
+  };
+}
+
+/** A control plane with a node agent in a child process (e2e/control-plane-child.ts), for tests that kill it. */
+export interface ChildControlPlane {
+  client: Client;
+  process: ChildProcess;
+  /** Resolves with the exit code when the child ends (by itself, at a crash point, or killed). */
+  exited: Promise<number | null>;
+  /** SIGKILL, as a power cut; resolves once it is gone. */
+  kill(): Promise<void>;
+}
+
+/** Starts the child on `dataDir` (again after a kill: it picks up where it was). `env` adds to this process's. */
+export async function startChildControlPlane(dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<ChildControlPlane> {
+  const p = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'control-plane-child.ts'), dataDir, '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+  const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+  const kubeconfig = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    p.stdout!.on('data', (d) => { out += d; const m = /READY (\S+)/.exec(out); if (m) resolve(m[1]); });
+    void exited.then((code) => reject(new Error(`control plane child exited with ${code} before it was ready`)));
+  });
+  const client = Client.fromKubeconfig({ explicit: kubeconfig });
+  return {
+    client, process: p, exited,
+    async kill() {
+      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+      await exited;
+      client.close();
+    },
   };
 }
 

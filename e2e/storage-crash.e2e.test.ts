@@ -5,7 +5,6 @@
  * shows a half-written disk, and nothing is left behind in the pool.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';
 import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
@@ -13,10 +12,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { qemuImg } from '@vessel/agent';
-import { Client, type KubeObject, type ResourceRef } from '@vessel/client';
+import type { Client, KubeObject, ResourceRef } from '@vessel/client';
 import { MiB, sh, startServer, type TestServer } from '../packages/agent/storage/testing.ts';
 import { requestUploadToken, uploadImage } from '../packages/cli/upload.ts';
-import { eventually } from './harness.ts';
+import { eventually, startChildControlPlane, type ChildControlPlane } from './harness.ts';
 
 const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
@@ -28,32 +27,16 @@ let dataDir: string;
 let raw: string;
 let qcow2: string;
 let http: TestServer;
-let child: ChildProcess | undefined;
+let cp: ChildControlPlane | undefined;
 let client: Client;
 
 /** Starts the control plane + agent child and a client for it. */
 async function startChild(): Promise<void> {
-  const p = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'control-plane-child.ts'), dataDir, '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  child = p;
-  const kubeconfig = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    p.stdout!.on('data', (d) => {
-      out += d;
-      const m = /READY (\S+)/.exec(out);
-      if (m) resolve(m[1]);
-    });
-    p.on('exit', (code) => reject(new Error(`control plane child exited with ${code} before it was ready`)));
-  });
-  client = Client.fromKubeconfig({ explicit: kubeconfig });
+  cp = await startChildControlPlane(dataDir);
+  client = cp.client;
 }
 
-async function killChild(): Promise<void> {
-  const p = child!;
-  const exited = new Promise((r) => p.on('exit', r));
-  p.kill('SIGKILL');
-  await exited;
-  client.close();
-}
+const killChild = () => cp!.kill();
 
 async function poolFiles(): Promise<string[]> {
   return (await readdir(join(dataDir, 'pools', 'local', 'default')).catch(() => [])).sort();
@@ -79,7 +62,7 @@ before(async () => {
 });
 
 after(async () => {
-  if (child && child.exitCode === null) { child.kill('SIGKILL'); client.close(); }
+  await cp?.kill();
   await http?.close();
   await rm(dir, { recursive: true, force: true });
 });

@@ -5,14 +5,13 @@
  * the statuses converge within seconds with the same QEMU processes (no VM started twice).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { Client, type KubeObject, type ResourceRef } from '@vessel/client';
+import type { Client, KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually } from './harness.ts';
+import { eventually, run, startChildControlPlane, type ChildControlPlane } from './harness.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -20,18 +19,12 @@ const NAMES = ['k1', 'k2', 'k3', 'k4', 'k5'];
 type Obj = Record<string, unknown>;
 
 let dir: string;
-let child: ChildProcess | undefined;
+let cp: ChildControlPlane | undefined;
 let client: Client;
 
 async function startChild(dataDir: string): Promise<void> {
-  const p = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'control-plane-child.ts'), dataDir, '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  child = p;
-  const kubeconfig = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    p.stdout!.on('data', (d) => { out += d; const m = /READY (\S+)/.exec(out); if (m) resolve(m[1]); });
-    p.on('exit', (code) => reject(new Error(`control plane child exited with ${code}`)));
-  });
-  client = Client.fromKubeconfig({ explicit: kubeconfig });
+  cp = await startChildControlPlane(dataDir);
+  client = cp.client;
 }
 
 const pidOf = async (dataDir: string, name: string) => Number((await readFile(join(dataDir, 'vms', 'default', name, 'qemu.pid'), 'utf8')).trim());
@@ -46,7 +39,7 @@ after(async () => {
     for (const n of NAMES) await client.delete(VM, n, { namespace: 'default' }).catch(() => undefined);
     await eventually('VMIs gone', async () => ((await client.list(VMI, { namespace: 'default' })).items.length === 0 ? true : undefined), 90_000).catch(() => undefined);
   }
-  if (child && child.exitCode === null) child.kill('SIGTERM');
+  if (cp && cp.process.exitCode === null) cp.process.kill('SIGTERM');
   await new Promise((r) => setTimeout(r, 1000));
   if (dir) await rm(dir, { recursive: true, force: true });
 });
@@ -74,10 +67,7 @@ test('SIGKILL of server and agent while 5 VMs run: guests live on, status conver
     pids.set(name, await pidOf(dataDir, name));
   }
 
-  const killed = new Promise((r) => child!.on('exit', r));
-  child!.kill('SIGKILL');
-  await killed;
-  client.close();
+  await cp!.kill();
   const before = new Map<string, number>();
   for (const name of NAMES) before.set(name, await counter(dataDir, name));
   await new Promise((r) => setTimeout(r, 5000));
@@ -96,12 +86,7 @@ test('SIGKILL of server and agent while 5 VMs run: guests live on, status conver
     assert.equal(vmi.metadata!.uid, uids.get(name), `${name}: the same VMI`);
     assert.equal(await pidOf(dataDir, name), pids.get(name), `${name}: the same QEMU process, not a second start`);
   }
-  const ps = await new Promise<string>((resolve) => {
-    const p = spawn('ps', ['-eo', 'args'], { stdio: ['ignore', 'pipe', 'ignore'] });
-    let out = '';
-    p.stdout.on('data', (d) => { out += d; });
-    p.on('close', () => resolve(out));
-  });
+  const ps = (await run('ps', ['-eo', 'args'])).out;
   for (const name of NAMES) assert.equal(ps.split('\n').filter((l) => l.includes(`guest=default_${name},`)).length, 1, `exactly one QEMU for ${name}`);
   console.log(`# status converged ${converged} ms after the restart`);
 });

@@ -10,6 +10,8 @@ bash scripts/setup.sh
 
 mode=all
 files=()
+unit=()
+e2e=()
 for a in "$@"; do
   case "$a" in
     --unit) mode=unit ;;
@@ -21,11 +23,21 @@ done
 if [ ${#files[@]} -eq 0 ]; then
   echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
   echo "== lint"; npx eslint --max-warnings=0 .
-  case $mode in
-    unit) mapfile -t files < <(find packages e2e guest -name '*.test.ts' -not -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort) ;;
-    e2e) mapfile -t files < <(find packages e2e guest -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort) ;;
-    all) mapfile -t files < <(find packages e2e guest -name '*.test.ts' -not -path '*/node_modules/*' | sort) ;;
-  esac
+  [ $mode = e2e ] || mapfile -t unit < <(find packages e2e guest -name '*.test.ts' -not -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort)
+  [ $mode = unit ] || mapfile -t e2e < <(find packages e2e guest -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort)
+else
+  for f in "${files[@]}"; do case "$f" in *.e2e.test.ts) e2e+=("$f") ;; *) unit+=("$f") ;; esac; done
 fi
-echo "== tests (${#files[@]} files)"
-exec node --import tsx --test --test-concurrency=2 --test-reporter=spec "${files[@]}"
+
+# Unit tests run two files at a time. End-to-end files run one at a time: each boots TCG guests
+# that need a core of their own, and two at once on a 2-core machine starve each other's guests.
+status=0
+run() {
+  local concurrency=$1; shift
+  [ $# -gt 0 ] || return 0
+  echo "== tests ($# files, $concurrency at a time)"
+  node --import tsx --test --test-concurrency="$concurrency" --test-reporter=spec "$@" || status=1
+}
+run 2 "${unit[@]}"
+run 1 "${e2e[@]}"
+exit $status
