@@ -44,7 +44,32 @@ const ROOTS: Array<[SourceId, string]> = [
     (k): Array<[SourceId, string]> => [['kubevirt', `V1${k}`], ['kubevirt', `V1${k}List`]],
   ),
   ...['DataVolume', 'DataSource'].flatMap((k): Array<[SourceId, string]> => [['cdi', `V1beta1${k}`], ['cdi', `V1beta1${k}List`]]),
+  // snapshot.kubevirt.io/v1beta1 and clone.kubevirt.io/v1beta1 (KubeVirt's dist, emitted into kubevirt.json).
+  ...['VirtualMachineSnapshot', 'VirtualMachineSnapshotContent', 'VirtualMachineRestore', 'VirtualMachineClone'].flatMap(
+    (k): Array<[SourceId, string]> => [['kubevirt', `V1beta1${k}`], ['kubevirt', `V1beta1${k}List`]],
+  ),
 ];
+
+/**
+ * KubeVirt's dist names every v1beta1 type `V1beta1*` whatever its API group; these are the types of
+ * snapshot.kubevirt.io (kubevirt.io/api/snapshot/v1beta1) and clone.kubevirt.io
+ * (kubevirt.io/api/clone/v1beta1), named as kube-apiserver names CRD schemas (reversed group:
+ * io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshot). Upstream the clone group has its own
+ * Condition type, identical in shape to snapshot's; the .d.ts has only one V1beta1Condition, so
+ * clone status refers to io.kubevirt.snapshot.v1beta1.Condition.
+ */
+const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
+  ...Object.fromEntries([
+    'VirtualMachineSnapshot', 'VirtualMachineSnapshotList', 'VirtualMachineSnapshotSpec', 'VirtualMachineSnapshotStatus',
+    'VirtualMachineSnapshotContent', 'VirtualMachineSnapshotContentList', 'VirtualMachineSnapshotContentSpec', 'VirtualMachineSnapshotContentStatus',
+    'VirtualMachineRestore', 'VirtualMachineRestoreList', 'VirtualMachineRestoreSpec', 'VirtualMachineRestoreStatus',
+    'Condition', 'Error', 'SnapshotVolumesLists', 'SourceIndication', 'SourceSpec', 'VirtualMachine', 'PersistentVolumeClaim',
+    'VolumeBackup', 'VolumeSnapshotStatus', 'VolumeRestore', 'VolumeRestoreOverride',
+  ].map((n) => [n, 'snapshot' as const])),
+  ...Object.fromEntries([
+    'VirtualMachineClone', 'VirtualMachineCloneList', 'VirtualMachineCloneSpec', 'VirtualMachineCloneStatus', 'VirtualMachineCloneTemplateFilters',
+  ].map((n) => [n, 'clone' as const])),
+};
 
 export const QUANTITY = 'io.k8s.apimachinery.pkg.api.resource.Quantity';
 export const INT_OR_STRING = 'io.k8s.apimachinery.pkg.util.intstr.IntOrString';
@@ -107,7 +132,10 @@ const PATCH_META: Record<string, Record<string, JsonSchema>> = {
  */
 const TIME = (description: string): JsonSchema => ({ description, type: 'string', format: 'date-time', nullable: true });
 const MISSING_FIELDS: Record<string, Record<string, JsonSchema>> = Object.fromEntries(
-  ['VirtualMachineCondition', 'VirtualMachineInstanceCondition', 'VirtualMachineInstanceMigrationCondition'].map((k) => [`io.kubevirt.v1.${k}`, {
+  [
+    ...['VirtualMachineCondition', 'VirtualMachineInstanceCondition', 'VirtualMachineInstanceMigrationCondition'].map((k) => `io.kubevirt.v1.${k}`),
+    'io.kubevirt.snapshot.v1beta1.Condition',
+  ].map((k) => [k, {
     lastProbeTime: TIME('Last time the condition was checked.'),
     lastTransitionTime: TIME('Last time the condition transitioned from one status to another.'),
   }]),
@@ -276,6 +304,8 @@ class Generator {
       return { source, tsName, name: dottedK8sName(alt), file: 'kubernetes' };
     }
     if (source.id === 'kubevirt') {
+      const group = tsName.startsWith('V1beta1') ? V1BETA1_GROUP[tsName.slice(7)] : undefined;
+      if (group) return { source, tsName, name: `io.kubevirt.${group}.v1beta1.${tsName.slice(7)}`, file: 'kubevirt' };
       if (tsName.startsWith('V1beta1') && cdi.interfaces.has(tsName)) return this.resolve(cdi, tsName);
       const m = /^(V\d+(?:alpha|beta)?\d*)(.*)$/.exec(tsName);
       if (!m) throw new Error(`unexpected KubeVirt type name ${tsName}`);

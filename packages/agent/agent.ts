@@ -12,6 +12,8 @@ import { consoleHandlers } from './console.ts';
 import { reply, startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
 import { Pool } from './storage/pools.ts';
+import { RestoreController } from './snapshots/restores.ts';
+import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { ensureAgentCert } from './tls.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
@@ -51,8 +53,11 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const token = await agentToken(opts.client);
   const cert = await ensureAgentCert(join(opts.dataDir, 'agent'), opts.nodeName);
   const accel = await detectAccelerator();
-  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log });
   const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log });
+  // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
+  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms });
+  const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
+  const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const [host, port] = splitListen(opts.listen ?? '127.0.0.1:0');
   const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, log });
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
@@ -68,6 +73,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await node.start();
     await volumes.start();
     await vms.start();
+    await snapshots.start();
+    await restores.start();
   } catch (e) {
     node.stop();
     await endpoint.close();
@@ -78,6 +85,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint, vms, accel,
     async stop() {
       node.stop();
+      await restores.stop();
+      await snapshots.stop();
       await vms.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing

@@ -65,14 +65,59 @@ test('upstream-accurate names, scope, subresources and columns', () => {
   for (const k of ['Namespace', 'Node']) assert.equal(findByKind('v1', k)?.namespaced, false);
   assert.equal(findByKind('storage.k8s.io/v1', 'StorageClass')?.namespaced, false);
   assert.deepEqual(kindsInCategory('all').map((k) => k.plural).sort(), [
-    'datasources', 'datavolumes', 'services', 'virtualmachineinstancemigrations', 'virtualmachineinstances', 'virtualmachines',
+    'datasources', 'datavolumes', 'services', 'virtualmachineclones', 'virtualmachineinstancemigrations', 'virtualmachineinstances',
+    'virtualmachinerestores', 'virtualmachines', 'virtualmachinesnapshotcontents', 'virtualmachinesnapshots',
   ]);
   assert.deepEqual(groupVersions(), [
     { group: '', version: 'v1' },
     { group: 'storage.k8s.io', version: 'v1' },
     { group: 'kubevirt.io', version: 'v1' },
     { group: 'cdi.kubevirt.io', version: 'v1beta1' },
+    { group: 'snapshot.kubevirt.io', version: 'v1beta1' },
+    { group: 'clone.kubevirt.io', version: 'v1beta1' },
   ]);
+});
+
+test('snapshot and clone kinds: names, scope, status subresource and columns as in KubeVirt CRDs', () => {
+  const cases: Record<string, string> = {
+    vmsnapshot: 'VirtualMachineSnapshot',
+    vmsnapshots: 'VirtualMachineSnapshot',
+    'virtualmachinesnapshots.snapshot.kubevirt.io': 'VirtualMachineSnapshot',
+    vmsnapshotcontent: 'VirtualMachineSnapshotContent',
+    vmsnapshotcontents: 'VirtualMachineSnapshotContent',
+    vmrestore: 'VirtualMachineRestore',
+    'vmrestores.v1beta1.snapshot.kubevirt.io': 'VirtualMachineRestore',
+    vmclone: 'VirtualMachineClone',
+    vmclones: 'VirtualMachineClone',
+    'virtualmachineclones.clone.kubevirt.io': 'VirtualMachineClone',
+  };
+  for (const [name, kind] of Object.entries(cases)) assert.equal(resolveName(name)?.kind, kind, name);
+  const columns = (apiVersion: string, kind: string) => findByKind(apiVersion, kind)!.printerColumns.map((c) => `${c.name}=${c.jsonPath}`);
+  assert.deepEqual(columns('snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshot'), [
+    'SourceKind=.spec.source.kind', 'SourceName=.spec.source.name', 'Phase=.status.phase', 'ReadyToUse=.status.readyToUse',
+    'CreationTime=.status.creationTime', 'Error=.status.error.message',
+  ]);
+  assert.deepEqual(columns('snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshotContent'), [
+    'ReadyToUse=.status.readyToUse', 'CreationTime=.status.creationTime', 'Error=.status.error.message',
+  ]);
+  assert.deepEqual(columns('snapshot.kubevirt.io/v1beta1', 'VirtualMachineRestore'), [
+    'TargetKind=.spec.target.kind', 'TargetName=.spec.target.name', 'Complete=.status.complete', 'RestoreTime=.status.restoreTime',
+    'Error=.status.error.message',
+  ]);
+  assert.deepEqual(columns('clone.kubevirt.io/v1beta1', 'VirtualMachineClone'), [
+    'Phase=.status.phase', 'SourceVirtualMachine=.spec.source.name', 'TargetVirtualMachine=.spec.target.name',
+  ]);
+  for (const [apiVersion, kind] of [
+    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshot'], ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshotContent'],
+    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineRestore'], ['clone.kubevirt.io/v1beta1', 'VirtualMachineClone'],
+  ]) {
+    const k = findByKind(apiVersion, kind)!;
+    assert.equal(k.namespaced, true, kind);
+    assert.equal(k.statusSubresource, true, kind);
+    assert.equal(k.listKind, `${kind}List`);
+    for (const c of k.printerColumns) if (c.name.endsWith('Time')) assert.equal(c.type, 'date', `${kind} ${c.name}`);
+  }
+  assert.equal(schemaNameFor(findByKind('clone.kubevirt.io/v1beta1', 'VirtualMachineClone')!), 'io.kubevirt.clone.v1beta1.VirtualMachineClone');
 });
 
 test('every kind has its schema and list schema upstream', () => {

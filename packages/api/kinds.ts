@@ -1,7 +1,8 @@
 /**
  * The catalogue of kinds Vessel serves: names, scope, subresources and printer columns as the
- * upstream API server (core kinds) or the upstream CRDs (KubeVirt, CDI) declare them, so that
- * `kubectl get vm`, `kubectl get dv -o wide`, short names and `kubectl get all` behave the same.
+ * upstream API server (core kinds) or the upstream CRDs (KubeVirt with its snapshot and clone
+ * groups, CDI) declare them, so that `kubectl get vm`, `kubectl get dv -o wide`, short names and
+ * `kubectl get all` behave the same.
  */
 import type { KindInfo, PrinterColumn } from './types.ts';
 
@@ -146,6 +147,50 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     shortNames: ['das'], categories: ['all'], namespaced: true, statusSubresource: false,
     printerColumns: [AGE],
   }),
+  // KubeVirt snapshots and clones: as virt-operator's CRDs declare them (no Age column: a CRD
+  // that declares printer columns gets only those).
+  kind({
+    group: 'snapshot.kubevirt.io', version: 'v1beta1', kind: 'VirtualMachineSnapshot', plural: 'virtualmachinesnapshots',
+    singular: 'virtualmachinesnapshot', shortNames: ['vmsnapshot', 'vmsnapshots'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'SourceKind', type: 'string', jsonPath: '.spec.source.kind' },
+      { name: 'SourceName', type: 'string', jsonPath: '.spec.source.name' },
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+      { name: 'ReadyToUse', type: 'boolean', jsonPath: '.status.readyToUse' },
+      { name: 'CreationTime', type: 'date', jsonPath: '.status.creationTime' },
+      { name: 'Error', type: 'string', jsonPath: '.status.error.message' },
+    ],
+  }),
+  kind({
+    group: 'snapshot.kubevirt.io', version: 'v1beta1', kind: 'VirtualMachineSnapshotContent', plural: 'virtualmachinesnapshotcontents',
+    singular: 'virtualmachinesnapshotcontent', shortNames: ['vmsnapshotcontent', 'vmsnapshotcontents'], categories: ['all'], namespaced: true,
+    statusSubresource: true,
+    printerColumns: [
+      { name: 'ReadyToUse', type: 'boolean', jsonPath: '.status.readyToUse' },
+      { name: 'CreationTime', type: 'date', jsonPath: '.status.creationTime' },
+      { name: 'Error', type: 'string', jsonPath: '.status.error.message' },
+    ],
+  }),
+  kind({
+    group: 'snapshot.kubevirt.io', version: 'v1beta1', kind: 'VirtualMachineRestore', plural: 'virtualmachinerestores',
+    singular: 'virtualmachinerestore', shortNames: ['vmrestore', 'vmrestores'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'TargetKind', type: 'string', jsonPath: '.spec.target.kind' },
+      { name: 'TargetName', type: 'string', jsonPath: '.spec.target.name' },
+      { name: 'Complete', type: 'boolean', jsonPath: '.status.complete' },
+      { name: 'RestoreTime', type: 'date', jsonPath: '.status.restoreTime' },
+      { name: 'Error', type: 'string', jsonPath: '.status.error.message' },
+    ],
+  }),
+  kind({
+    group: 'clone.kubevirt.io', version: 'v1beta1', kind: 'VirtualMachineClone', plural: 'virtualmachineclones',
+    singular: 'virtualmachineclone', shortNames: ['vmclone', 'vmclones'], categories: ['all'], namespaced: true, statusSubresource: true,
+    printerColumns: [
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+      { name: 'SourceVirtualMachine', type: 'string', jsonPath: '.spec.source.name' },
+      { name: 'TargetVirtualMachine', type: 'string', jsonPath: '.spec.target.name' },
+    ],
+  }),
 ]);
 
 /** OpenAPI component schema name of each kind (and `<name>List` for its list), as in upstream documents. */
@@ -163,6 +208,10 @@ const SCHEMA_NAMES: Record<string, string> = {
   'kubevirt.io/v1/VirtualMachineInstanceMigration': 'io.kubevirt.v1.VirtualMachineInstanceMigration',
   'cdi.kubevirt.io/v1beta1/DataVolume': 'io.kubevirt.cdi.v1beta1.DataVolume',
   'cdi.kubevirt.io/v1beta1/DataSource': 'io.kubevirt.cdi.v1beta1.DataSource',
+  'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshot': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshot',
+  'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshotContent': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshotContent',
+  'snapshot.kubevirt.io/v1beta1/VirtualMachineRestore': 'io.kubevirt.snapshot.v1beta1.VirtualMachineRestore',
+  'clone.kubevirt.io/v1beta1/VirtualMachineClone': 'io.kubevirt.clone.v1beta1.VirtualMachineClone',
 };
 
 /** The OpenAPI component schema name for a kind, e.g. 'io.kubevirt.v1.VirtualMachine'. */

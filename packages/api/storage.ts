@@ -46,6 +46,9 @@ export type PopulationSource =
 /** On a DataVolume: "sha256:<hex>" (or sha512/sha1/md5) the http source's bytes must match (CDI's v1beta1 type has no field for it). */
 export const CHECKSUM = 'vessel.io/checksum';
 
+/** On a claim a restore makes: the snapshot file its volume is a linked clone of. */
+export const RESTORE_SOURCE = 'vessel.io/restore-source';
+
 /** The population source of a DataVolume spec (sourceRef must already be resolved to a pvc source). */
 export function populationSource(spec: Record<string, unknown>, namespace: string, annotations: Record<string, string> = {}): PopulationSource | undefined {
   const source = (spec.source ?? {}) as Record<string, Record<string, unknown> | undefined>;

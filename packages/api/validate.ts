@@ -10,8 +10,10 @@
 import { invalid, notSupported, required } from './errors.ts';
 import { apiVersionOf, schemaNameFor } from './kinds.ts';
 import { validateDataSource, validateDataVolume } from './kinds/cdi.ts';
+import { validateVirtualMachineClone } from './kinds/clone.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
+import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
 import { validateObjectMeta } from './meta.ts';
 import type { NameRule } from './names.ts';
@@ -50,6 +52,10 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'kubevirt.io/VirtualMachineInstanceMigration': validateMigration,
   'cdi.kubevirt.io/DataVolume': validateDataVolume,
   'cdi.kubevirt.io/DataSource': validateDataSource,
+  'snapshot.kubevirt.io/VirtualMachineSnapshot': validateVirtualMachineSnapshot,
+  'snapshot.kubevirt.io/VirtualMachineSnapshotContent': validateVirtualMachineSnapshotContent,
+  'snapshot.kubevirt.io/VirtualMachineRestore': validateVirtualMachineRestore,
+  'clone.kubevirt.io/VirtualMachineClone': validateVirtualMachineClone,
   '/Service': validateService,
   '/PersistentVolumeClaim': validatePersistentVolumeClaim,
   '/Secret': validateSecret,

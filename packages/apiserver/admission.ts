@@ -1,17 +1,31 @@
 /**
- * Admission checks that need the requesting user, not just the object: a DataVolume (or a
- * VM's dataVolumeTemplates, or a DataSource) that copies another namespace's disk needs read
- * access to that disk, as CDI's clone authorization does. Without this a tenant could clone
- * any tenant's volume by naming it.
+ * Admission checks that need more than the object itself:
+ *  - the requesting user: a DataVolume (or a VM's dataVolumeTemplates, or a DataSource) that
+ *    copies another namespace's disk needs read access to that disk, as CDI's clone
+ *    authorization does, and a VirtualMachineClone needs read access to the VM or snapshot it
+ *    copies. Without this a tenant could clone any tenant's volume by naming it;
+ *  - other objects (admitReferences), as virt-api's VMRestoreAdmitter reads them: a restore
+ *    needs a usable VirtualMachineSnapshot, and a target VM that is not running unless the
+ *    restore may stop it (targetReadinessPolicy StopTarget) or wait for it (WaitEventually).
  */
-import type { KindInfo } from '@vessel/api';
+import { findByResource, pvcResizeRefusal, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
+import { ApiError, forbidden, invalid } from './errors.ts';
 
 type Obj = Record<string, unknown>;
 
-interface Ref { resource: 'datasources' | 'persistentvolumeclaims'; group: string; namespace: string; name: string; field: string }
+interface Ref {
+  resource: 'datasources' | 'persistentvolumeclaims' | 'virtualmachines' | 'virtualmachinesnapshots';
+  group: string; namespace: string; name: string; field: string;
+}
 
-/** The volumes an object copies from, with the field that names each. */
+/** What a VirtualMachineClone may copy (spec.source.kind -> the resource read). */
+const CLONE_SOURCES: Record<string, { resource: Ref['resource']; group: string }> = {
+  VirtualMachine: { resource: 'virtualmachines', group: 'kubevirt.io' },
+  VirtualMachineSnapshot: { resource: 'virtualmachinesnapshots', group: 'snapshot.kubevirt.io' },
+};
+
+/** What an object copies from (volumes; a clone's VM or snapshot), with the field that names each. */
 export function cloneReferences(info: KindInfo, obj: Obj): Ref[] {
   const ns = String((obj.metadata as Obj | undefined)?.namespace ?? 'default');
   const fromDvSpec = (spec: Obj | undefined, field: string): Ref[] => {
@@ -29,10 +43,16 @@ export function cloneReferences(info: KindInfo, obj: Obj): Ref[] {
     const templates = ((obj.spec as Obj | undefined)?.dataVolumeTemplates as { spec?: Obj }[] | undefined) ?? [];
     return templates.flatMap((t, i) => fromDvSpec(t.spec, `spec.dataVolumeTemplates[${i}].spec`));
   }
+  if (info.group === 'clone.kubevirt.io' && info.kind === 'VirtualMachineClone') {
+    // A local reference: the source lives in the clone's namespace.
+    const source = (obj.spec as { source?: { kind?: string; name?: string } } | undefined)?.source;
+    const kind = source?.kind !== undefined ? CLONE_SOURCES[source.kind] : undefined;
+    if (kind && source?.name) return [{ ...kind, namespace: ns, name: source.name, field: 'spec.source' }];
+  }
   return [];
 }
 
-/** Throws 403 when `user` may not read a volume `obj` copies from. */
+/** Throws 403 when `user` may not read something `obj` copies from. */
 export function authorizeCloneSources(user: User, info: KindInfo, obj: unknown): void {
   if (typeof obj !== 'object' || obj === null) return;
   for (const ref of cloneReferences(info, obj as Obj)) {
@@ -43,4 +63,97 @@ export function authorizeCloneSources(user: User, info: KindInfo, obj: unknown):
       throw e;
     }
   }
+}
+
+/** How admission reads other objects: Resources.get (a 404 ApiError when the object is absent). */
+export interface ObjectReader {
+  get(info: KindInfo, namespace: string | undefined, name: string): Promise<KubeObject>;
+}
+
+const VMS = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
+const STORAGE_CLASSES = findByResource('storage.k8s.io', 'v1', 'storageclasses')!;
+const VMIS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
+const VMSNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
+
+/** A VMI in one of these phases has stopped for good; any other VMI is a running VM. */
+const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
+/** Restores that may proceed while the target runs: they stop it, or wait until it is stopped. */
+const MAY_RUN_POLICIES = new Set(['StopTarget', 'WaitEventually']);
+
+async function getOrUndefined(reader: ObjectReader, info: KindInfo, namespace: string, name: string): Promise<KubeObject | undefined> {
+  try {
+    return await reader.get(info, namespace, name);
+  } catch (e) {
+    if (e instanceof ApiError && e.code === 404) return undefined;
+    throw e;
+  }
+}
+
+/** The checks of virt-api's VMRestoreAdmitter that read other objects, as causes. */
+async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promise<FieldCause[]> {
+  const causes: FieldCause[] = [];
+  const snapshotName = typeof spec.virtualMachineSnapshotName === 'string' ? spec.virtualMachineSnapshotName : '';
+  if (snapshotName) {
+    const snapshot = await getOrUndefined(reader, VMSNAPSHOTS, ns, snapshotName);
+    const field = 'spec.virtualMachineSnapshotName';
+    const status = (snapshot?.status ?? {}) as { phase?: string; readyToUse?: boolean };
+    if (!snapshot) {
+      causes.push({ reason: 'FieldValueInvalid', field, message: `VirtualMachineSnapshot "${snapshotName}" does not exist in namespace "${ns}": name an existing snapshot (vessel get vmsnapshots -n ${ns})` });
+    } else if (status.phase === 'Failed') {
+      causes.push({ reason: 'FieldValueInvalid', field, message: `VirtualMachineSnapshot "${snapshotName}" has failed and is invalid to use: take a new snapshot` });
+    } else if (status.readyToUse !== true) {
+      causes.push({ reason: 'FieldValueInvalid', field, message: `VirtualMachineSnapshot "${snapshotName}" is not ready to use yet: wait until its status.readyToUse is true` });
+    }
+  }
+  const target = (spec.target ?? {}) as { apiGroup?: string; kind?: string; name?: string };
+  const policy = typeof spec.targetReadinessPolicy === 'string' ? spec.targetReadinessPolicy : undefined;
+  if (target.kind === 'VirtualMachine' && target.name && !(policy && MAY_RUN_POLICIES.has(policy))) {
+    const vm = await getOrUndefined(reader, VMS, ns, target.name);
+    const vmi = vm ? await getOrUndefined(reader, VMIS, ns, target.name) : undefined;
+    const phase = (vmi?.status as { phase?: string } | undefined)?.phase ?? '';
+    if (vmi && !FINAL_PHASES.has(phase)) {
+      causes.push({
+        reason: 'FieldValueInvalid', field: 'spec.target',
+        message: `VirtualMachine ${target.name} is running: stop it first (vessel stop ${target.name}) or set spec.targetReadinessPolicy: StopTarget`,
+      });
+    }
+  }
+  return causes;
+}
+
+/**
+ * Checks of a new object against the objects it refers to; throws a 422 Invalid naming the
+ * fields. Only on create: the specs concerned are immutable, and an update (a finalizer
+ * removed, a label added) must not fail because the world changed since. Resources calls
+ * admission before it assigns the uid, so an object without a uid is being created.
+ */
+export async function admitReferences(reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+  if (obj.metadata?.uid) return;
+  if (info.group === 'snapshot.kubevirt.io' && info.kind === 'VirtualMachineRestore') {
+    const ns = obj.metadata?.namespace ?? 'default';
+    const causes = await restoreCauses(reader, ns, (obj.spec ?? {}) as Obj);
+    if (causes.length) throw invalid(info.kind, info.group, obj.metadata?.name ?? '', causes);
+  }
+}
+
+/**
+ * Everything admission checks before `obj` is stored: the caller's access to what it copies
+ * (403), then the objects it refers to (422). What the API server's write path runs as
+ * WriteOptions.admit, with `reader` its Resources.
+ */
+export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+  authorizeCloneSources(user, info, obj);
+  await admitReferences(reader, info, obj);
+  await admitClaimResize(reader, info, obj);
+}
+
+/** Kubernetes' PersistentVolumeClaimResize admission: a claim grows only in a class that allows it (403). */
+async function admitClaimResize(reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+  if (info.group !== '' || info.kind !== 'PersistentVolumeClaim' || !obj.metadata?.uid) return;
+  const old = await getOrUndefined(reader, info, obj.metadata.namespace ?? 'default', obj.metadata.name ?? '');
+  if (!old) return;
+  const className = (obj.spec as { storageClassName?: string } | undefined)?.storageClassName;
+  const sc = className ? await getOrUndefined(reader, STORAGE_CLASSES, '', className) : undefined;
+  const why = pvcResizeRefusal(obj, old, sc);
+  if (why) throw forbidden(`persistentvolumeclaims "${obj.metadata.name}" is forbidden: ${why}`);
 }

@@ -20,7 +20,7 @@ export interface WriteOptions {
   /** Unknown fields: Strict (Vessel's default) rejects them, Warn and Ignore drop them. */
   fieldValidation?: 'Strict' | 'Warn' | 'Ignore';
   /** Checks on the object about to be stored that need the caller (see admission.ts); throws to refuse. */
-  admit?: (obj: KubeObject) => void;
+  admit?: (obj: KubeObject) => void | Promise<void>;
 }
 export interface Written { object: StoredObject; warnings: string[] }
 
@@ -122,7 +122,7 @@ export class Resources {
     const { causes, warnings } = validateObject(info, obj, 'create', undefined, validation(opts));
     if (causes.length) throw invalid(info.kind, info.group, meta.name, causes);
     applyDefaults(info, obj);
-    opts.admit?.(obj);
+    await opts.admit?.(obj);
     if (info.kind === 'Namespace') {
       // As in Kubernetes: the namespace controller removes this once the namespace is empty.
       const spec = (obj.spec ?? {}) as { finalizers?: string[] };
@@ -227,7 +227,7 @@ export class Resources {
       const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
-      if (!subresource) opts.admit?.(merged);
+      if (!subresource) await opts.admit?.(merged);
       if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
       if (opts.dryRun) return { object: merged, warnings };
       if (encode(merged) === encode(current)) return { object: current, warnings };

@@ -10,7 +10,7 @@ import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/ap
 import type { KindInfo } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
-import { authorizeCloneSources } from './admission.ts';
+import { admit } from './admission.ts';
 import { apiGroupDoc, apiGroupList, apiResourceList, apiVersions, serverVersion } from './discovery.ts';
 import { ApiError, badRequest, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
 import { patchTypeOf } from './patch.ts';
@@ -20,7 +20,7 @@ import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
 import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
-import { runAction, SUBRESOURCE_PATH } from './subresources.ts';
+import { BODY_ACTIONS, runAction, SUBRESOURCE_PATH } from './subresources.ts';
 import { issueUploadToken, proxyUpload, TOKEN_REQUEST_PATH, UPLOAD_PATHS } from './upload.ts';
 import { serialLog } from './console.ts';
 
@@ -114,9 +114,11 @@ export function createHandler(opts: HandlerOptions): Handler {
     const action = SUBRESOURCE_PATH.exec(p);
     if (action) {
       if (method !== 'PUT') throw methodNotAllowed(method, p);
-      r.req.resume();
       const [ns, resource, name, verb] = action.slice(1).map(decodeURIComponent);
-      res.writeHead(await runAction(resources, user, ns, resource, name, verb)).end();
+      // addvolume / removevolume carry their options as JSON (read once authorized); the others need no body.
+      const body = BODY_ACTIONS.has(verb) ? async () => parseBody(await readBody(r.req), r.req.headers['content-type']) : undefined;
+      if (!body) r.req.resume();
+      res.writeHead(await runAction(resources, user, ns, resource, name, verb, body)).end();
       return;
     }
     const tokenRequest = TOKEN_REQUEST_PATH.exec(p);
@@ -183,7 +185,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const fields = parseFieldSelector(r.q('fieldSelector'));
     const write: WriteOptions = {
       dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
-      admit: (obj) => authorizeCloneSources(user, info, obj),
+      admit: (obj) => admit(user, resources, info, obj),
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');

@@ -2,18 +2,23 @@
  * The `vessel` command line: global flags and one subcommand per verb (commands/<verb>.ts).
  */
 import { Command } from 'commander';
+import { registerAddVolume } from './commands/addvolume.ts';
 import { registerAgent } from './commands/agent.ts';
 import { registerApiResources } from './commands/api-resources.ts';
 import { registerApply } from './commands/apply.ts';
+import { registerClone } from './commands/clone.ts';
 import { registerConsole } from './commands/console.ts';
 import { registerCreate } from './commands/create.ts';
 import { registerDelete } from './commands/delete.ts';
 import { registerDescribe } from './commands/describe.ts';
 import { registerGet } from './commands/get.ts';
+import { registerImage } from './commands/image.ts';
 import { registerImageUpload } from './commands/image-upload.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
+import { registerRemoveVolume } from './commands/removevolume.ts';
 import { registerServer } from './commands/server.ts';
+import { registerSnapshot } from './commands/snapshot.ts';
 import { registerToken } from './commands/token.ts';
 import { registerUp } from './commands/up.ts';
 import { registerVersion } from './commands/version.ts';
@@ -42,8 +47,13 @@ export function buildProgram(): Command {
   registerAgent(program);
   registerImageUpload(program);
   registerVmActions(program);
+  registerAddVolume(program);
+  registerRemoveVolume(program);
   registerConsole(program);
   registerVnc(program);
   registerLogs(program);
+  registerSnapshot(program);
+  registerClone(program);
+  registerImage(program);
   return program;
 }

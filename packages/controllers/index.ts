@@ -11,6 +11,7 @@ import { LeaderElector } from './runtime/leader.ts';
 import { VirtualMachineController } from './vm.ts';
 import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
+import { CloneController } from './clone.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 
 export { Informer, cacheKey, type ListWatch, type InformerHandlers, type KubeObject } from './runtime/informer.ts';
@@ -25,8 +26,9 @@ export { updateStatus, setCondition, getCondition, type Status } from './runtime
 export { VolumeBinder, PROVISIONER, CLONE_SOURCE, nodePools, isNodeReady, defaultClass, type NodePool } from './volume-binder.ts';
 export { DataVolumeController } from './datavolume.ts';
 export { DataSourceController } from './datasource.ts';
-export { VirtualMachineController, runStrategyOf } from './vm.ts';
+export { VirtualMachineController, runStrategyOf, RESUME_MEMORY } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
+export { CloneController, CLONE_DISK_TYPE } from './clone.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 export * as refs from './refs.ts';
 
@@ -57,6 +59,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
       running = [
         new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
         new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
+        new CloneController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

@@ -23,6 +23,8 @@ interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
 
 /** On a VMI: hash of the VM template it was made from (RestartRequired when the template moves on). */
 export const TEMPLATE_HASH = 'vessel.io/template-hash';
+/** On a VM, then its next VMI: the guest memory file that start resumes from (a restore with memory). */
+export const RESUME_MEMORY = 'vessel.io/resume-memory';
 /** On a VM with runStrategy Once: the uid of the VMI that was its one run. */
 export const ONCE_RAN = 'vessel.io/once-ran';
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -31,6 +33,23 @@ const STABLE_RUN_MS = 60_000;
 
 const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v ?? {})).digest('hex').slice(0, 16);
+
+/**
+ * Hash of a VM template's spec, for RestartRequired. Hotpluggable volumes (`hotpluggable: true`,
+ * what `addvolume --persist` adds) and their disks do not count: they reach the running VMI by
+ * hotplug, so adding or removing them needs no restart.
+ */
+export function templateSpecHash(spec: unknown): string {
+  const s = spec as { volumes?: Obj[]; domain?: { devices?: { disks?: Obj[] } } } | undefined;
+  const hot = new Set((Array.isArray(s?.volumes) ? s.volumes : []).filter((v) =>
+    (v.dataVolume as Obj | undefined)?.hotpluggable === true || (v.persistentVolumeClaim as Obj | undefined)?.hotpluggable === true).map((v) => v.name));
+  if (hot.size === 0) return hashOf(spec);
+  const cold = structuredClone(s!);
+  cold.volumes = cold.volumes!.filter((v) => !hot.has(v.name));
+  const devices = cold.domain?.devices;
+  if (devices && Array.isArray(devices.disks)) devices.disks = devices.disks.filter((d) => !hot.has(d.name));
+  return hashOf(cold);
+}
 
 export function runStrategyOf(vm: KubeObject): Strategy {
   const spec = (vm.spec ?? {}) as { runStrategy?: Strategy; running?: boolean };
@@ -116,7 +135,7 @@ export class VirtualMachineController extends Controller {
       if (alive) await this.deleteVmi(vm, vmi!, `runStrategy ${strategy}`);
       return this.writeStatus(vm, vmi);
     }
-    if (vmi && neverScheduled(vmi) && (vmi.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH] !== hashOf(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec)) {
+    if (vmi && neverScheduled(vmi) && (vmi.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH] !== templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec)) {
       // A VMI that never reached a node has nothing to lose: the changed template (say, less
       // memory for an unschedulable VM) takes effect at once instead of waiting for a restart.
       if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'the template changed before it was scheduled');
@@ -181,18 +200,21 @@ export class VirtualMachineController extends Controller {
   private async createVmi(vm: KubeObject): Promise<void> {
     const template = ((vm.spec as Obj | undefined)?.template ?? {}) as { metadata?: Obj; spec?: Obj };
     const meta = template.metadata ?? {};
+    const resume = (vm.metadata.annotations as Record<string, string> | undefined)?.[RESUME_MEMORY];
     try {
       await this.client.create(VMIS, {
         apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance',
         metadata: {
           name: vm.metadata.name, namespace: vm.metadata.namespace,
           labels: { ...(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-          annotations: { ...(meta.annotations as Record<string, string> | undefined), [TEMPLATE_HASH]: hashOf(template.spec) },
+          annotations: { ...(meta.annotations as Record<string, string> | undefined), [TEMPLATE_HASH]: templateSpecHash(template.spec), ...(resume ? { [RESUME_MEMORY]: resume } : {}) },
           ownerReferences: [ownerRef(vm)],
         },
         spec: template.spec,
       }, { namespace: vm.metadata.namespace });
       await this.events.record(vm, 'Normal', 'SuccessfulCreate', `Started the virtual machine by creating the new virtual machine instance ${vm.metadata.name}`);
+      // The memory state is for this one start.
+      if (resume) await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [RESUME_MEMORY]: null } } }, { namespace: vm.metadata.namespace });
     } catch (e) {
       if (isStatusError(e, 'AlreadyExists')) return;
       await this.events.record(vm, 'Warning', 'FailedCreate', `Error creating VirtualMachineInstance: ${e instanceof Error ? e.message : e}`);
@@ -244,7 +266,7 @@ export class VirtualMachineController extends Controller {
         : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable' ? 'ErrorUnschedulable'
         : 'Starting');
     const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
-    const templateHash = hashOf(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec);
+    const templateHash = templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec);
     const vmiHash = (vmi?.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH];
     const restartRequired = !!vmi && !FINAL.has(phaseOf(vmi)) && vmiHash !== undefined && vmiHash !== templateHash;
     await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {

@@ -180,6 +180,19 @@ test('caveats come back as warnings, not silence', () => {
   assert.equal(out.argv[out.argv.indexOf('-m') + 1], '96M');
 });
 
+test('the virtio-scsi controller for hotplugged disks: always there, first, unless disableHotplug and no scsi disk', () => {
+  const controllers = (out: QemuArgv) => out.argv.filter((a) => a.startsWith('virtio-scsi-pci'));
+  const input = inputOf(loadCase('minimal'));
+  const plain = buildQemuArgv(input);
+  assert.deepEqual(controllers(plain), ['virtio-scsi-pci,id=scsi0']);
+  assert.ok(plain.argv.indexOf('virtio-scsi-pci,id=scsi0') < plain.argv.findIndex((a) => a.startsWith('driver=file')), 'before the disks');
+  const spec = structuredClone(input.vmi.spec);
+  spec.domain.devices.disableHotplug = true;
+  assert.deepEqual(controllers(buildQemuArgv({ ...input, vmi: { ...input.vmi, spec } })), []);
+  spec.domain.devices.disks = [{ name: 'rootdisk', disk: { bus: 'scsi' } }];
+  assert.deepEqual(controllers(buildQemuArgv({ ...input, vmi: { ...input.vmi, spec } })), ['virtio-scsi-pci,id=scsi0'], 'a scsi disk still needs it');
+});
+
 test('a disk and an interface with the same name would share a device id', () => {
   const input = inputOf(loadCase('minimal'));
   const spec = structuredClone(input.vmi.spec);

@@ -200,7 +200,7 @@ const SPEC_ALLOW: Allow = {
       blockMultiQueue: L,
       networkInterfaceMultiqueue: L,
       useVirtioTransitional: L,
-      disableHotplug: L, // nothing is hot-pluggable yet
+      disableHotplug: L, // true: no virtio-scsi controller for hotplugged disks (unless a scsi disk needs one)
     },
   },
   networks: { '[]': { name: L, pod: { vmNetworkCIDR: L }, multus: { networkName: L, default: L } } },
@@ -208,8 +208,10 @@ const SPEC_ALLOW: Allow = {
     '[]': {
       name: L,
       containerDisk: { image: L, imagePullPolicy: L, imagePullSecret: L, path: L },
-      dataVolume: { name: L, hotpluggable: F },
-      persistentVolumeClaim: { claimName: L, readOnly: L, hotpluggable: F },
+      // Hotpluggable volumes present at start are plugged like any other; the agent's hotplug
+      // (vms/hotplug.ts) attaches and detaches the ones added or removed while the VM runs.
+      dataVolume: { name: L, hotpluggable: L },
+      persistentVolumeClaim: { claimName: L, readOnly: L, hotpluggable: L },
       ephemeral: { persistentVolumeClaim: PVC_REF },
       emptyDisk: { capacity: L },
       cloudInitNoCloud: CLOUD_INIT,
@@ -361,6 +363,9 @@ export function blockNodeNames(diskName: string): { file: string; format: string
   const base = diskName.length <= 26 ? diskName : `${diskName.slice(0, 17)}-${shortHash(diskName)}`;
   return { file: `file-${base}`, format: `disk-${base}` };
 }
+
+/** Device id of the virtio-scsi controller every VM has (unless disableHotplug); hotplugged disks go on its bus `scsi0.0`. */
+export const SCSI_CONTROLLER_ID = 'scsi0';
 
 /** Netdev id of an interface. */
 export const netdevId = (ifaceName: string): string => `net-${ifaceName}`;
@@ -1128,9 +1133,8 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
       head = virtio(ctx, 'virtio-blk-pci');
       if (blockMQ && ctx.vcpus > 1) where.push(['num-queues', ctx.vcpus]);
     } else if (bus === 'scsi') {
-      if (scsiCount === 0) controllers.push('-device', opt(virtio(ctx, 'virtio-scsi-pci'), [['id', 'scsi0']]));
       head = kind === 'cdrom' ? 'scsi-cd' : 'scsi-hd';
-      where.push(['bus', 'scsi0.0'], ['channel', 0], ['scsi-id', scsiCount], ['lun', 0]);
+      where.push(['bus', `${SCSI_CONTROLLER_ID}.0`], ['channel', 0], ['scsi-id', scsiCount], ['lun', 0]);
       scsiCount++;
     } else {
       // Six ports per AHCI controller; q35 has one built in (bus "ide"), more are ich9-ahci.
@@ -1163,6 +1167,10 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
   for (const [vname, v] of volumes) {
     if (!v.used) ctx.warnings.push(`spec.volumes[${v.index}]: volume ${vname} is not used by any disk`);
   }
+  // Every VM gets the virtio-scsi controller, as in KubeVirt: hotplugged disks go on it. Only
+  // disableHotplug without a scsi disk leaves it out. It comes first, so its PCI slot never moves.
+  const disableHotplug = readBool(devices.disableHotplug, 'spec.domain.devices.disableHotplug', c) === true;
+  if (scsiCount > 0 || !disableHotplug) controllers.unshift('-device', opt(virtio(ctx, 'virtio-scsi-pci'), [['id', SCSI_CONTROLLER_ID]]));
   return [...controllers, ...disks];
 }
 

@@ -144,6 +144,8 @@ export interface CreateOptions extends RunOptions {
   backingFile?: string;
   /** Format of the backing file (-F); required whenever backingFile is set so nothing is probed. */
   backingFormat?: DiskFormat | string;
+  /** -u: do not open the backing file (it may be locked by a running QEMU); then size is required. */
+  unsafeBacking?: boolean;
   options?: Record<string, string>;
 }
 
@@ -153,6 +155,7 @@ export async function create(path: string, opts: CreateOptions): Promise<void> {
   if (opts.backingFile !== undefined) {
     if (!opts.backingFormat) throw new QemuImgError(['create'], null, '', 'qemu-img create with a backing file needs backingFormat, so the backing file is never probed');
     args.push('-b', opts.backingFile, '-F', opts.backingFormat);
+    if (opts.unsafeBacking) args.push('-u');
   }
   const o = optionString(opts.options);
   if (o) args.push('-o', o);
@@ -294,4 +297,22 @@ async function run(args: string[], opts: InternalRun): Promise<{ stdout: string;
       reject(new QemuImgError(args, code, stderr));
     });
   });
+}
+
+export interface RebaseOptions extends RunOptions {
+  format?: DiskFormat | string;
+  backingFormat?: DiskFormat | string;
+}
+
+/**
+ * `qemu-img rebase -f fmt -b backing -F fmt path` in safe mode: copies into `path` every
+ * cluster whose content differs between the old and the new backing chain, so what the guest
+ * sees does not change. `backing` '' makes the image stand alone. Takes the image's write lock:
+ * it fails while a QEMU has the image open.
+ */
+export async function rebase(path: string, backing: string, opts: RebaseOptions = {}): Promise<void> {
+  const args = ['rebase', '-f', opts.format ?? 'qcow2', '-b', backing];
+  if (backing !== '') args.push('-F', opts.backingFormat ?? 'qcow2');
+  args.push(path);
+  await run(args, opts);
 }

@@ -8,13 +8,23 @@
  *
  * An import that dies with the agent starts again when the agent comes back (the volume
  * file does not exist until an import publishes it); an upload resumes from its file.
+ *
+ * Expansion: a Bound claim whose request grows past status.capacity is grown in place, as
+ * Kubernetes' resizer and KubeVirt's disk expansion do: through QMP `block_resize` when a VMI
+ * running on this node uses it (the guest sees the bigger disk at once), else with `qemu-img
+ * resize`; then status.capacity follows, with the Resizing condition meanwhile and
+ * VolumeResizeSuccessful / VolumeResizeFailed Events. Both only grow metadata and are checked
+ * against the size the disk already has, so a resize cut short by a crash simply completes on
+ * the next reconcile.
  */
 import { X509Certificate } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { parseQuantity, storage, type PopulationSource } from '@vessel/api';
+import { parseQuantity, storage, tryParseQuantity, type PopulationSource } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { Controller, EventRecorder, refs, setCondition, updateStatus, CLONE_SOURCE, type KubeObject, type Informer, type Log } from '@vessel/controllers';
+import { deviceId } from '../qemu/argv.ts';
+import type { QmpClient } from '../qmp/client.ts';
 import { cloneVolume } from './clone.ts';
 import { ImportError } from './errors.ts';
 import { formatProgress, importDisk, type ImportSource } from './import.ts';
@@ -35,6 +45,20 @@ export interface VolumeManagerOptions {
   nodeName: string;
   pools: Map<string, Pool>;
   log?: Log;
+  /** The VMs running on this node (the agent's VmRuntime), for online resizes; without it every resize is offline. */
+  live?: LiveVms;
+}
+
+/** The QMP commands the volume manager sends. */
+export type QmpLike = Pick<QmpClient, 'execute'>;
+
+/** What the volume manager needs of the VM runtime (VmRuntime satisfies it). */
+export interface LiveVms {
+  /**
+   * Runs `work` while no start, stop or other held work of the VMI runs; `qmp` is its QEMU's
+   * connection when it runs on this node.
+   */
+  withVm<T>(namespace: string, name: string, work: (qmp: QmpLike | undefined) => Promise<T>): Promise<T>;
 }
 
 interface Population { abort: AbortController; done: Promise<void> }
@@ -50,15 +74,22 @@ export class VolumeManager extends Controller {
   /** Transient failures so far, per claim uid, for backoff and restartCount. */
   private readonly restarts = new Map<string, number>();
   private readonly inUseReported = new Set<string>();
+  /** Expansions refused (class without allowVolumeExpansion) and already reported, by "uid/request". */
+  private readonly refusalsReported = new Set<string>();
 
   constructor(client: Client, private readonly opts: VolumeManagerOptions) {
     super('volumes', client, opts.log);
     this.events = new EventRecorder(client, 'vessel-agent', opts.nodeName);
     this.pvcs = this.inform(PVCS);
     this.dvs = this.inform(DATAVOLUMES, (dv) => [keyOf(dv)]);
-    this.classes = this.inform(STORAGE_CLASSES, () => []);
-    // A VM letting go of a claim may unblock its deletion.
-    this.vmis = this.inform(VMIS, () => this.pvcs.list().filter((p) => p.metadata.deletionTimestamp).map(keyOf));
+    // A class that now allows expansion lets its claims' pending expansions go on.
+    this.classes = this.inform(STORAGE_CLASSES, (sc) => this.pvcs.list().filter((p) => (p.spec as Obj | undefined)?.storageClassName === sc.metadata.name && expansionRequested(p)).map(keyOf));
+    // A VM letting go of a claim may unblock its deletion; a VM starting or stopping changes how a
+    // pending expansion is done.
+    this.vmis = this.inform(VMIS, (vmi) => [
+      ...this.pvcs.list().filter((p) => p.metadata.deletionTimestamp).map(keyOf),
+      ...claimsOf(vmi).map((c) => `${vmi.metadata.namespace}/${c.claim}`).filter((k) => { const p = this.pvcs.get(k); return p !== undefined && expansionRequested(p); }),
+    ]);
   }
 
   /** Removes importers' leftovers of an earlier run of this agent, once the caches know the claims. */
@@ -82,6 +113,8 @@ export class VolumeManager extends Controller {
   protected async reconcile(key: string): Promise<void> {
     const pvc = this.pvcs.get(key);
     if (!pvc) return this.abortPopulation(key);
+    // Before the node check: a claim in the shared pool is grown by the node its VM runs on.
+    if (expansionRequested(pvc)) return this.expand(pvc);
     if (annotations(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) return;
     const pool = this.poolOf(pvc);
     if (!pool) return;
@@ -130,6 +163,17 @@ export class VolumeManager extends Controller {
 
   private async populate(pvc: KubeObject, dv: KubeObject | undefined, pool: Pool, dest: string, signal: AbortSignal): Promise<void> {
     const size = requestedBytes(pvc);
+    const restoreFrom = annotations(pvc)[storage.RESTORE_SOURCE];
+    if (restoreFrom) {
+      // Only a snapshot file of the claim's own namespace, or any for an image in the golden namespace (admins only).
+      const ns = pvc.metadata.namespace!;
+      const allowed = [...this.opts.pools.values()].some((p) => restoreFrom.startsWith(`${p.dir}/${ns}/`) || (ns === storage.GOLDEN_IMAGES_NAMESPACE && restoreFrom.startsWith(`${p.dir}/`)));
+      if (!allowed || !restoreFrom.includes('@')) throw new ImportError('InvalidArgument', `${storage.RESTORE_SOURCE} must name a snapshot file of namespace ${ns}`);
+      // A restore into a new VM: a linked clone of the snapshot file (which never changes), or a full copy.
+      await cloneVolume({ source: restoreFrom, dest, size: Math.max(size, 0), linked: annotations(pvc)[storage.CLONE_TYPE] !== 'full', signal });
+      await this.bind(pvc, pool, dest);
+      return;
+    }
     if (!dv) {
       await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
       await this.bind(pvc, pool, dest);
@@ -324,6 +368,82 @@ export class VolumeManager extends Controller {
     return undefined;
   }
 
+  // ---- expansion ----
+
+  /** Grows the claim's volume to its request (see planExpansion), online when its VM runs here. */
+  private async expand(pvc: KubeObject): Promise<void> {
+    const key = keyOf(pvc);
+    const ns = pvc.metadata.namespace!;
+    const className = (pvc.spec as Obj | undefined)?.storageClassName as string | undefined;
+    const plan = planExpansion(pvc, { nodeName: this.opts.nodeName, storageClass: className ? this.classes.get(className) : undefined, vmis: this.vmis.list() });
+    if (plan.action === 'none') return;
+    if (plan.action === 'refuse') {
+      const seen = `${pvc.metadata.uid}/${requestedBytes(pvc)}`;
+      if (!this.refusalsReported.has(seen)) {
+        this.refusalsReported.add(seen);
+        await this.events.record(pvc, 'Warning', 'VolumeResizeFailed', `resize volume pvc-${pvc.metadata.uid} refused: ${plan.message}`);
+      }
+      return;
+    }
+    const { request, size, user } = plan;
+    const path = annotations(pvc)[storage.VOLUME_PATH]!;
+    const volumeName = `pvc-${pvc.metadata.uid}`;
+    let started = false;
+    await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
+      const capacity = ((s.capacity as Obj | undefined)?.storage as string | undefined);
+      if (s.phase !== 'Bound' || (capacity !== undefined && parseQuantity(capacity) >= requestedBytes(pvc))) return false;
+      started = !(s.conditions as Obj[] | undefined)?.some((c) => c.type === 'Resizing');
+      s.allocatedResources = { ...(s.allocatedResources as Obj | undefined), storage: request };
+      s.allocatedResourceStatuses = { ...(s.allocatedResourceStatuses as Obj | undefined), storage: 'ControllerResizeInProgress' };
+      setPvcCondition(s, 'Resizing', user?.running ? `growing the disk of the running VirtualMachineInstance ${user.vmi}` : '');
+    });
+    if (started) await this.events.record(pvc, 'Normal', 'Resizing', `Vessel is resizing volume ${volumeName} to ${request}`);
+    let how: string;
+    try {
+      if (user && this.opts.live) {
+        how = await this.opts.live.withVm(ns, user.vmi, async (qmp) => {
+          // Running by the cache but not (yet) attached here, e.g. while the agent re-adopts its
+          // QEMUs: qemu-img could not take the image from it anyway.
+          if (!qmp && user.running) return 'wait';
+          const online = qmp ? await growOnline(qmp, user.volume, size) : 'absent';
+          if (online === 'grown') return `online, in the running VirtualMachineInstance ${user.vmi}`;
+          if (online === 'already') return 'the disk already had that size';
+          return (await growOffline(path, size)) ? 'offline' : 'the disk already had that size';
+        });
+      } else if (user?.running) {
+        how = 'wait';
+      } else {
+        how = (await growOffline(path, size)) ? 'offline' : 'the disk already had that size';
+      }
+    } catch (e) {
+      const message = e instanceof Error ? e.message : String(e);
+      this.log(`volumes: ${key}: resize to ${request} failed: ${message}`);
+      await this.events.record(pvc, 'Warning', 'VolumeResizeFailed', `resize volume ${volumeName} to ${request} failed: ${message}`);
+      throw e; // retried with backoff
+    }
+    if (how === 'wait') {
+      this.queue.addAfter(key, 1000);
+      return;
+    }
+    let finished = false;
+    await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
+      const capacity = ((s.capacity as Obj | undefined)?.storage as string | undefined);
+      if (capacity !== undefined && parseQuantity(capacity) >= requestedBytes(pvc)) return false;
+      finished = true;
+      s.capacity = { ...(s.capacity as Obj | undefined), storage: request };
+      s.allocatedResources = { ...(s.allocatedResources as Obj | undefined), storage: request };
+      const statuses = { ...(s.allocatedResourceStatuses as Obj | undefined) };
+      delete statuses.storage;
+      if (Object.keys(statuses).length) s.allocatedResourceStatuses = statuses; else delete s.allocatedResourceStatuses;
+      const conditions = ((s.conditions as Obj[] | undefined) ?? []).filter((c) => c.type !== 'Resizing' && c.type !== 'FileSystemResizePending');
+      if (conditions.length) s.conditions = conditions; else delete s.conditions;
+    });
+    if (finished) {
+      this.log(`volumes: ${key}: grown to ${request} (${how})`);
+      await this.events.record(pvc, 'Normal', 'VolumeResizeSuccessful', `Resize volume succeeded: ${volumeName} is ${request} (${how})`);
+    }
+  }
+
   // ---- uploads (called by the agent's HTTP server) ----
 
   /** Bytes received so far for the claim's upload; throws UploadError when it takes no upload. */
@@ -377,6 +497,117 @@ export class VolumeManager extends Controller {
     if (!pool) throw new UploadError(500, `no pool for PersistentVolumeClaim ${ns}/${name} on node ${this.opts.nodeName}`);
     return { pvc, dv, pool, dest: pool.volumePath(ns, name, pvc.metadata.uid!) };
   }
+}
+
+/** The claim's volumes in a VMI: spec.volumes[] naming it directly or through its DataVolume (the claim has the DataVolume's name). */
+function claimsOf(vmi: KubeObject): { volume: string; claim: string }[] {
+  const vols = ((vmi.spec as Obj | undefined)?.volumes as { name?: string; persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] | undefined) ?? [];
+  const out: { volume: string; claim: string }[] = [];
+  for (const v of vols) {
+    const claim = v.persistentVolumeClaim?.claimName ?? v.dataVolume?.name;
+    if (v.name && claim) out.push({ volume: v.name, claim });
+  }
+  return out;
+}
+
+/** A Bound claim (not being deleted) whose request is more than its recorded capacity. */
+export function expansionRequested(pvc: KubeObject): boolean {
+  const status = (pvc.status ?? {}) as Obj;
+  if (status.phase !== 'Bound' || pvc.metadata.deletionTimestamp || !annotations(pvc)[storage.VOLUME_PATH]) return false;
+  const capacity = tryParseQuantity((status.capacity as Obj | undefined)?.storage) ?? 0;
+  return (tryParseQuantity((((pvc.spec as Obj | undefined)?.resources as Obj | undefined)?.requests as Obj | undefined)?.storage) ?? 0) > capacity;
+}
+
+/** A VMI using a claim: which VMI, through which of its volumes (= disk name), where, and whether its QEMU runs. */
+export interface ExpansionUser { vmi: string; volume: string; node?: string; running: boolean }
+
+export type ExpansionPlan =
+  /** Nothing for this node to do (no growth asked, or another node's job). */
+  | { action: 'none'; why: string }
+  /** The class does not allow expansion (what the API server's admission would have said). */
+  | { action: 'refuse'; message: string }
+  /** Grow to `size` bytes (the request rounded up to whole 512-byte sectors); online in `user` when it runs. */
+  | { action: 'expand'; request: string; size: number; user?: ExpansionUser };
+
+/**
+ * What this node does about a claim whose request may exceed its capacity. The node that grows
+ * it is the one where a VMI using it is (that agent holds the VMI's QEMU), else the claim's
+ * selected node; a class without allowVolumeExpansion refuses it, as Kubernetes' admission does.
+ */
+export function planExpansion(pvc: KubeObject, ctx: { nodeName: string; storageClass: KubeObject | undefined; vmis: readonly KubeObject[] }): ExpansionPlan {
+  if (!expansionRequested(pvc)) return { action: 'none', why: 'no expansion requested' };
+  const ns = pvc.metadata.namespace;
+  const users: ExpansionUser[] = [];
+  for (const vmi of ctx.vmis) {
+    if (vmi.metadata.namespace !== ns) continue;
+    const status = (vmi.status ?? {}) as Obj;
+    if (status.phase === 'Succeeded' || status.phase === 'Failed') continue;
+    const use = claimsOf(vmi).find((c) => c.claim === pvc.metadata.name);
+    if (use) users.push({ vmi: vmi.metadata.name, volume: use.volume, node: status.nodeName as string | undefined, running: status.phase === 'Running' });
+  }
+  // A running user first: its QEMU must see the new size.
+  const user = users.find((u) => u.running) ?? users[0];
+  const node = user?.node ?? annotations(pvc)[storage.SELECTED_NODE];
+  if (node !== ctx.nodeName) return { action: 'none', why: `node ${node ?? '(none yet)'} grows it` };
+  const sc = ctx.storageClass;
+  const className = (pvc.spec as Obj | undefined)?.storageClassName;
+  if (!sc || !className || sc.metadata.name !== className || sc.allowVolumeExpansion !== true) {
+    return { action: 'refuse', message: `StorageClass ${className ? String(className) : '(none)'}: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize` };
+  }
+  const storageReq = (((pvc.spec as Obj).resources as Obj).requests as Obj).storage;
+  return { action: 'expand', request: String(storageReq), size: alignedSize(requestedBytes(pvc)), user };
+}
+
+/** Bytes rounded up to whole 512-byte sectors (QEMU and qcow2 refuse other sizes). */
+export function alignedSize(bytes: number): number {
+  return Math.ceil(bytes / 512) * 512;
+}
+
+/** One entry of QMP query-block, reduced to what is read here. */
+export interface BlockInfo { device?: string; qdev?: string; inserted?: { 'node-name'?: string; image?: { 'virtual-size'?: number } } }
+
+/**
+ * The top block node of a disk and its current size, from `query-block`: the entry whose qdev
+ * is the disk's device id (or a QOM path under it, as virtio-blk-pci reports its backend). The
+ * top node changes when a snapshot adds an overlay, so it is looked up each time.
+ */
+export function topBlockNode(blocks: readonly BlockInfo[], diskName: string): { nodeName: string; size: number } | undefined {
+  const id = deviceId(diskName);
+  const b = blocks.find((x) => x.qdev === id || x.qdev === `/machine/peripheral/${id}` || x.qdev?.startsWith(`/machine/peripheral/${id}/`));
+  const nodeName = b?.inserted?.['node-name'];
+  if (!nodeName) return undefined;
+  return { nodeName, size: Number(b.inserted?.image?.['virtual-size'] ?? 0) };
+}
+
+/**
+ * block_resize of the disk's top node in a running QEMU: 'grown', 'already' when it was that
+ * big, 'absent' when QEMU has no such disk (a volume no disk uses: QEMU does not open it).
+ */
+async function growOnline(qmp: QmpLike, diskName: string, size: number): Promise<'grown' | 'already' | 'absent'> {
+  const top = topBlockNode(await qmp.execute<BlockInfo[]>('query-block'), diskName);
+  if (!top) return 'absent';
+  if (top.size >= size) return 'already';
+  await qmp.execute('block_resize', { 'node-name': top.nodeName, size });
+  return 'grown';
+}
+
+/** qemu-img resize of a volume no QEMU has open; false when it was already that big. */
+async function growOffline(path: string, size: number): Promise<boolean> {
+  const info = await qemuImg.info(path, { format: 'qcow2', forceShare: true });
+  if (info.virtualSize >= size) return false;
+  await qemuImg.resize(path, size, { format: 'qcow2' });
+  return true;
+}
+
+/** Sets a PersistentVolumeClaimCondition (core/v1: lastProbeTime and lastTransitionTime, no heartbeat). */
+function setPvcCondition(s: Obj, type: string, message: string): void {
+  const list = ((s.conditions as Obj[] | undefined) ?? []).slice();
+  const i = list.findIndex((c) => c.type === type);
+  const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
+  const prev = i >= 0 ? list[i] : undefined;
+  const next: Obj = { type, status: 'True', lastTransitionTime: prev?.status === 'True' ? prev.lastTransitionTime : now, ...(message ? { message } : {}) };
+  if (i >= 0) list[i] = next; else list.push(next);
+  s.conditions = list;
 }
 
 export function requestedBytes(pvc: KubeObject): number {

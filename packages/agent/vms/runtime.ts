@@ -11,7 +11,7 @@
  * it was away (a guest that powered off stays in QEMU's 'shutdown' state thanks to
  * -no-shutdown, so it is seen as Succeeded, not as a crash).
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
@@ -22,6 +22,8 @@ import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qe
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import type { Pool } from '../storage/pools.ts';
 import type { Accelerator } from './accel.ts';
+import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
+import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import { PrepareError, prepareVm } from './prepare.ts';
 
 type Obj = Record<string, unknown>;
@@ -58,6 +60,7 @@ export class VmRuntime extends Controller {
   private readonly events: EventRecorder;
   private readonly sessions = new Map<string, Session>();
   private readonly busy = new Map<string, Promise<void>>();
+  private readonly hotplug: VolumeHotplug;
 
   constructor(client: Client, private readonly opts: VmRuntimeOptions) {
     super('vms', client, opts.log, 4);
@@ -65,6 +68,11 @@ export class VmRuntime extends Controller {
     this.vmis = this.inform(VMIS);
     // A claim becoming Bound can unblock a VMI waiting for it.
     this.pvcs = this.inform(PVCS, () => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v)) && phaseOf(v) !== 'Running').map(keyOf));
+    this.hotplug = new VolumeHotplug(agentHotplugDeps({
+      client, events: this.events, log: this.log,
+      claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
+      reachable: (path) => [...opts.pools.values()].some((p) => path.startsWith(p.dir + '/')),
+    }));
   }
 
   runDirFor(namespace: string, name: string): string {
@@ -100,8 +108,7 @@ export class VmRuntime extends Controller {
   }
 
   protected async reconcile(key: string): Promise<void> {
-    const pending = this.busy.get(key);
-    if (pending) { await pending; }
+    for (let p = this.busy.get(key); p; p = this.busy.get(key)) await p;
     const vmi = this.vmis.get(key);
     const [ns, name] = key.split('/');
     const runDir = this.runDirFor(ns, name);
@@ -114,12 +121,18 @@ export class VmRuntime extends Controller {
     const session = this.sessions.get(key);
     if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, runDir);
 
-    if (vmi.metadata.deletionTimestamp) return this.track(key, this.shutdown(vmi, runDir));
+    if (vmi.metadata.deletionTimestamp) return this.track(key, () => this.shutdown(vmi, runDir));
     if (FINAL.has(phaseOf(vmi))) {
       if (await probe(runDir)) await this.stopQemu(key, runDir);
       return this.dropFinalizer(vmi);
     }
-    if (this.sessions.has(key)) return;
+    if (this.sessions.has(key)) {
+      // Running here: attach / detach its hotplug volumes (vms/hotplug.ts), held against start and stop.
+      if (phaseOf(vmi) !== 'Running') return;
+      const { retryMs } = await this.withVm(ns, name, (qmp) => this.hotplug.sync(vmi, qmp));
+      if (retryMs) this.queue.addAfter(key, retryMs);
+      return;
+    }
     const alive = await adopt(runDir);
     if (alive && alive.meta.uid === vmi.metadata.uid) return this.attach(vmi);
     if (alive) await this.stopQemu(key, runDir);
@@ -127,12 +140,35 @@ export class VmRuntime extends Controller {
       // It ran, and its QEMU is gone while we were not watching: a crash or a kill.
       return this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited while the agent was away: ${await lastLogLine(runDir)}`);
     }
-    return this.track(key, this.startVm(vmi, runDir));
+    return this.track(key, () => this.startVm(vmi, runDir));
   }
 
-  /** Runs a long step outside the worker, one per VMI at a time. */
-  private track(key: string, work: Promise<void>): void {
-    const p = work.catch((e: unknown) => this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`)).finally(() => {
+  /** The QMP connection of the VMI's QEMU when it runs on this node. */
+  qmpFor(namespace: string, name: string): QmpClient | undefined {
+    return this.sessions.get(`${namespace}/${name}`)?.qmp;
+  }
+
+  /**
+   * Runs `work` with the VMI held: no start, shutdown or other held work of the same VMI runs
+   * meanwhile (snapshots, restores and hotplug must not race a start). `qmp` is its QEMU's
+   * connection when it runs here.
+   */
+  async withVm<T>(namespace: string, name: string, work: (qmp: QmpClient | undefined) => Promise<T>): Promise<T> {
+    const key = `${namespace}/${name}`;
+    for (let p = this.busy.get(key); p; p = this.busy.get(key)) await p;
+    const run = work(this.qmpFor(namespace, name));
+    const held: Promise<void> = run.then(() => undefined, () => undefined).finally(() => { if (this.busy.get(key) === held) this.busy.delete(key); });
+    this.busy.set(key, held);
+    return run;
+  }
+
+  /**
+   * Runs a long step outside the worker, one per VMI at a time. If other work took hold of the
+   * VMI (withVm) while this reconcile awaited, the step waits for its turn.
+   */
+  private track(key: string, work: () => Promise<void>): void {
+    if (this.busy.has(key)) { this.queue.addAfter(key, 250); return; }
+    const p = work().catch((e: unknown) => this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`)).finally(() => {
       if (this.busy.get(key) === p) this.busy.delete(key);
     });
     this.busy.set(key, p);
@@ -166,6 +202,11 @@ export class VmRuntime extends Controller {
       return this.finish(vmi, 'Failed', reason, message);
     }
     for (const w of argv.warnings) await this.events.record(vmi, 'Warning', 'SpecWarning', w);
+    // A restore with memory: QEMU waits for the saved state instead of booting the guest.
+    const resume = (vmi.metadata.annotations as Record<string, string> | undefined)?.[RESUME_MEMORY];
+    const resuming = !!resume && (await stat(resume).then(() => true, () => false));
+    if (resume && !resuming) await this.events.record(vmi, 'Warning', 'MemoryStateMissing', `the memory state ${resume} is gone: the guest boots from its disks`);
+    if (resuming) argv.argv.push('-incoming', 'defer');
     try {
       await launch({
         runDir, argv: argv.argv, chardevs: argv.chardevs, env: { ...process.env, ...argv.env }, vnc: true, noShutdown: true,
@@ -176,6 +217,13 @@ export class VmRuntime extends Controller {
       return this.finish(vmi, 'Failed', reason, (e as Error).message);
     }
     await this.attach(vmi);
+    const qmp = this.qmpFor(vmi.metadata.namespace!, vmi.metadata.name);
+    if (resuming && qmp) {
+      const t0 = Date.now();
+      await loadMemory(qmp, resume);
+      if ((await qmp.execute<{ status: string }>('query-status')).status === 'paused') await qmp.execute('cont');
+      await this.events.record(vmi, 'Normal', 'Resumed', `the guest resumed from its saved memory state in ${Date.now() - t0} ms`);
+    }
     await this.events.record(vmi, 'Normal', 'Started', `VirtualMachineInstance started on ${this.opts.nodeName} (${this.opts.accel.toUpperCase()})`);
   }
 

@@ -81,9 +81,54 @@ export function validateService(o: KubeObject, ctx: SemanticContext): void {
   }
 }
 
-function withoutResources(spec: Obj): Obj {
-  const { resources: _r, volumeAttributesClassName: _v, ...rest } = spec;
-  return rest;
+/** The claim's spec.resources.requests.storage as given (quantity string or number), if any. */
+function storageRequest(spec: Obj | undefined): unknown {
+  return obj(obj(spec?.resources)?.requests)?.storage;
+}
+
+/**
+ * What an update may not change, as Kubernetes compares it: all of the spec but
+ * volumeAttributesClassName; requests.storage only while the claim is Bound (as a value, so
+ * "1Gi" and "1073741824" are the same); volumeName and storageClassName while the other side
+ * has none (binding sets volumeName once; a claim without a class may get the default one).
+ */
+function immutablePart(s: Obj, other: Obj, bound: boolean): Obj {
+  const { resources, volumeAttributesClassName: _v, ...rest } = s;
+  const res = obj(resources);
+  const requests = obj(res?.requests);
+  let fixedResources: unknown = resources;
+  if (res && requests && 'storage' in requests) {
+    const { storage, ...otherRequests } = requests;
+    fixedResources = { ...res, requests: { ...otherRequests, ...(bound ? {} : { storage: tryParseQuantity(storage) ?? storage }) } };
+  }
+  return {
+    ...rest,
+    volumeMode: rest.volumeMode ?? 'Filesystem', // defaulted on create; a PUT without it is no change
+    resources: fixedResources,
+    volumeName: other.volumeName ? s.volumeName : undefined,
+    storageClassName: other.storageClassName ? s.storageClassName : undefined,
+  };
+}
+
+/** kube-apiserver's message (PersistentVolumeClaimResize admission) when a claim's class does not allow expansion. */
+export const PVC_RESIZE_NOT_ALLOWED = 'only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize';
+
+/**
+ * Kubernetes' PersistentVolumeClaimResize admission, for whoever can see the StorageClass (the
+ * API server's admission, the agent): undefined when the update may go on, else why it is
+ * Forbidden (403). Only growing a claim is checked; shrinking is refused by validation (422).
+ */
+export function pvcResizeRefusal(pvc: KubeObject, old: KubeObject, storageClass: KubeObject | undefined): string | undefined {
+  const newSize = tryParseQuantity(storageRequest(obj(pvc.spec)));
+  const oldSize = tryParseQuantity(storageRequest(obj(old.spec)));
+  if (newSize === undefined || oldSize === undefined || newSize <= oldSize) return undefined;
+  if (str(obj(old.status)?.phase) !== 'Bound') return 'Only bound persistent volume claims can be expanded';
+  const className = str(obj(pvc.spec)?.storageClassName);
+  const oldClassName = str(obj(old.spec)?.storageClassName);
+  if (!className || className !== oldClassName || !storageClass || storageClass.metadata?.name !== className || storageClass.allowVolumeExpansion !== true) {
+    return PVC_RESIZE_NOT_ALLOWED;
+  }
+  return undefined;
 }
 
 export function validatePersistentVolumeClaim(o: KubeObject, ctx: SemanticContext): void {
@@ -101,7 +146,7 @@ export function validatePersistentVolumeClaim(o: KubeObject, ctx: SemanticContex
   if (modes.includes('ReadWriteOncePod') && modes.length > 1) causes.push(forbidden('spec.accessModes', 'may not use ReadWriteOncePod with other access modes'));
   const mode = str(spec.volumeMode);
   if (mode !== undefined && !VOLUME_MODES.includes(mode)) causes.push(notSupported('spec.volumeMode', mode, VOLUME_MODES));
-  const storage = obj(obj(spec.resources)?.requests)?.storage;
+  const storage = storageRequest(spec);
   if (!isSet(storage)) causes.push(required('spec.resources[storage]', 'set spec.resources.requests.storage (e.g. 10Gi)'));
   else {
     const bytes = tryParseQuantity(storage);
@@ -109,14 +154,16 @@ export function validatePersistentVolumeClaim(o: KubeObject, ctx: SemanticContex
   }
   if (ctx.op === 'update' && ctx.old) {
     const oldSpec = obj(ctx.old.spec);
-    // As Kubernetes: binding sets volumeName once, and a claim without a class may get the default one.
-    const settable = (s: Obj, other: Obj) => ({
-      ...withoutResources(s),
-      volumeName: other.volumeName ? s.volumeName : undefined,
-      storageClassName: other.storageClassName ? s.storageClassName : undefined,
-    });
-    if (oldSpec && !jsonEqual(settable(spec, oldSpec), settable(oldSpec, oldSpec))) {
+    // The status is the stored one (an update of the main resource cannot change it).
+    const bound = str(obj(ctx.old.status)?.phase) === 'Bound';
+    if (oldSpec && !jsonEqual(immutablePart(spec, oldSpec, bound), immutablePart(oldSpec, oldSpec, bound))) {
       causes.push(forbidden('spec', 'spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims'));
+    }
+    // Volumes only grow (Kubernetes without RecoverVolumeExpansionFailure).
+    const newSize = tryParseQuantity(storage);
+    const oldSize = tryParseQuantity(storageRequest(oldSpec));
+    if (newSize !== undefined && oldSize !== undefined && newSize < oldSize) {
+      causes.push(forbidden('spec.resources.requests.storage', 'field can not be less than previous value'));
     }
   }
 }

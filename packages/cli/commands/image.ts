@@ -1,0 +1,79 @@
+/**
+ * `vessel image create NAME --from-snapshot S` publishes a disk of a VirtualMachineSnapshot
+ * as a golden image: a standalone copy (`qemu-img convert`, which leaves out unallocated and
+ * zero clusters) in a claim NAME, and a DataSource NAME pointing at it, in the current
+ * namespace or, with -n vessel-images, for every tenant, as CNStack's image service does.
+ * `--from-vm VM` takes a snapshot of the stopped VM first and removes it afterwards.
+ */
+import type { Command } from 'commander';
+import type { Client, KubeObject } from '@vessel/client';
+import { findByResource, storage } from '@vessel/api';
+import { contextOf, note, out } from '../context.ts';
+import { UsageError } from '../errors.ts';
+import { waitFor } from './snapshot.ts';
+
+const SNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
+const CONTENTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshotcontents')!;
+const PVCS = findByResource('', 'v1', 'persistentvolumeclaims')!;
+const DATASOURCES = findByResource('cdi.kubevirt.io', 'v1beta1', 'datasources')!;
+type Obj = Record<string, unknown>;
+
+interface Flags { fromSnapshot?: string; fromVm?: string; snapshotNamespace?: string; volume?: string; timeout: string }
+
+export function registerImage(program: Command): void {
+  const image = program.command('image').description('golden images (DataSources) made from VMs');
+  image.command('create')
+    .description('publish a disk of a VM snapshot (or of a stopped VM) as a DataSource')
+    .argument('<name>', 'name of the new DataSource and its claim')
+    .option('--from-snapshot <snapshot>', 'the VirtualMachineSnapshot to take the disk from')
+    .option('--from-vm <vm>', 'snapshot this VM (stopped or running) and take the disk from that')
+    .option('--snapshot-namespace <ns>', 'namespace of the snapshot or VM (default: the current one)')
+    .option('--volume <name>', 'which of the VM\'s disks (default: the first)')
+    .option('--timeout <seconds>', 'how long to wait', '600')
+    .action(async (name: string, flags: Flags, cmd: Command) => {
+      if (!!flags.fromSnapshot === !!flags.fromVm) throw new UsageError('give exactly one of --from-snapshot SNAPSHOT or --from-vm VM');
+      const ctx = contextOf(cmd);
+      const client = ctx.client();
+      const ns = ctx.namespace();
+      const srcNs = flags.snapshotNamespace ?? ns;
+      const timeoutMs = Number(flags.timeout) * 1000;
+      let snapshot = flags.fromSnapshot!;
+      if (flags.fromVm) {
+        snapshot = `image-${name}-${Date.now().toString(36)}`;
+        await client.create(SNAPSHOTS, { apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name: snapshot, namespace: srcNs }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: flags.fromVm } } }, { namespace: srcNs });
+      }
+      try {
+        const snap = await waitFor(client, SNAPSHOTS, srcNs, snapshot, timeoutMs, (s) => {
+          if (s.phase === 'Failed') throw new Error(`snapshot ${snapshot} failed: ${String((s.error as Obj | undefined)?.message ?? '')}`);
+          return s.readyToUse === true;
+        });
+        await publishImage(client, snap, srcNs, ns, name, flags.volume, timeoutMs);
+        out(`datasource.cdi.kubevirt.io/${name} created in ${ns}: use it with sourceRef {kind: DataSource, name: ${name}, namespace: ${ns}}\n`);
+      } finally {
+        if (flags.fromVm) await client.delete(SNAPSHOTS, snapshot, { namespace: srcNs }).catch(() => undefined);
+      }
+    });
+}
+
+async function publishImage(client: Client, snap: KubeObject, srcNs: string, ns: string, name: string, volume: string | undefined, timeoutMs: number): Promise<void> {
+  const contentName = String((snap.status as Obj).virtualMachineSnapshotContentName);
+  const content = await client.get(CONTENTS, contentName, { namespace: srcNs });
+  const backups = ((content.spec as Obj).volumeBackups as { volumeName: string; persistentVolumeClaim: { spec: Obj } }[] | undefined) ?? [];
+  const backup = volume ? backups.find((b) => b.volumeName === volume) : backups[0];
+  if (!backup) throw new UsageError(`snapshot ${snap.metadata?.name} has no disk ${volume ?? ''}: it has ${backups.map((b) => b.volumeName).join(', ') || 'none'}`);
+  const ann = (content.metadata?.annotations ?? {}) as Record<string, string>;
+  const file = (JSON.parse(ann['vessel.io/snapshot-files'] ?? '{}') as Record<string, string>)[backup.volumeName];
+  const claim = backup.persistentVolumeClaim.spec as { resources?: Obj; storageClassName?: string };
+  await client.create(PVCS, {
+    apiVersion: 'v1', kind: 'PersistentVolumeClaim',
+    metadata: { name, namespace: ns, annotations: { [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: ann['vessel.io/node'], [storage.CLONE_TYPE]: 'full' } },
+    spec: { accessModes: ['ReadWriteOnce'], resources: claim.resources, storageClassName: claim.storageClassName },
+  }, { namespace: ns });
+  note(`copying disk ${backup.volumeName} of snapshot ${snap.metadata?.name} into ${ns}/${name}...\n`);
+  await waitFor(client, PVCS, ns, name, timeoutMs, (s) => s.phase === 'Bound');
+  await client.create(DATASOURCES, {
+    apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource',
+    metadata: { name, namespace: ns },
+    spec: { source: { pvc: { name, namespace: ns } } },
+  }, { namespace: ns });
+}

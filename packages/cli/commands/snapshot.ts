@@ -1,0 +1,89 @@
+/**
+ * `vessel snapshot VM NAME` takes a VirtualMachineSnapshot of a VM (online if it runs) and
+ * `vessel restore VM SNAPSHOT [--to NEWVM]` restores it, into the VM itself (which must be
+ * stopped) or into a new VM. Both create KubeVirt's objects, then wait for them to finish
+ * unless --no-wait, printing each change of phase.
+ */
+import type { Command } from 'commander';
+import type { Client, KubeObject } from '@vessel/client';
+import { findByResource } from '@vessel/api';
+import { contextOf, out } from '../context.ts';
+
+const SNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
+const RESTORES = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores')!;
+type Obj = Record<string, unknown>;
+type Condition = { type: string; status: string; reason?: string; message?: string };
+
+export function registerSnapshot(program: Command): void {
+  program.command('snapshot')
+    .description('take a VirtualMachineSnapshot of a VM (online while it runs)')
+    .argument('<vm>', 'VirtualMachine name')
+    .argument('<name>', 'name of the new VirtualMachineSnapshot')
+    .option('--with-memory', 'also save the guest memory (the VM must run), so a restore resumes the guest instead of booting it')
+    .option('--no-wait', 'return once the snapshot is created')
+    .option('--timeout <seconds>', 'how long to wait', '300')
+    .action(async (vm: string, name: string, flags: { withMemory?: boolean; wait: boolean; timeout: string }, cmd: Command) => {
+      const ctx = contextOf(cmd);
+      const ns = ctx.namespace();
+      const client = ctx.client();
+      await client.create(SNAPSHOTS, {
+        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot',
+        metadata: { name, namespace: ns, ...(flags.withMemory ? { annotations: { 'snapshot.vessel.io/with-memory': 'true' } } : {}) },
+        spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
+      }, { namespace: ns });
+      out(`virtualmachinesnapshot.snapshot.kubevirt.io/${name} created\n`);
+      if (!flags.wait) return;
+      await waitFor(client, SNAPSHOTS, ns, name, Number(flags.timeout) * 1000, (s) => {
+        if (s.phase === 'Succeeded') return true;
+        if (s.phase === 'Failed') throw new Error(`snapshot ${name} failed: ${(s.error as Obj | undefined)?.message ?? 'see vessel describe vmsnapshot ' + name}`);
+        return false;
+      });
+      out(`snapshot ${name} of ${vm} is ready to use\n`);
+    });
+
+  program.command('restore')
+    .description('restore a VM from a VirtualMachineSnapshot (the VM must be stopped), or make a new VM from it with --to')
+    .argument('<vm>', 'VirtualMachine the snapshot was taken of')
+    .argument('<snapshot>', 'VirtualMachineSnapshot name')
+    .option('--to <newvm>', 'restore into a new VM of this name instead')
+    .option('--name <restore>', 'name of the VirtualMachineRestore (default restore-<vm>-<time>)')
+    .option('--stop', 'stop the VM first if it runs (targetReadinessPolicy StopTarget)')
+    .option('--no-wait', 'return once the restore is created')
+    .option('--timeout <seconds>', 'how long to wait', '300')
+    .action(async (vm: string, snapshot: string, flags: { to?: string; name?: string; stop?: boolean; wait: boolean; timeout: string }, cmd: Command) => {
+      const ctx = contextOf(cmd);
+      const ns = ctx.namespace();
+      const client = ctx.client();
+      const name = flags.name ?? `restore-${flags.to ?? vm}-${Date.now().toString(36)}`;
+      const target = flags.to ?? vm;
+      await client.create(RESTORES, {
+        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore',
+        metadata: { name, namespace: ns },
+        spec: {
+          target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+          virtualMachineSnapshotName: snapshot,
+          ...(flags.stop ? { targetReadinessPolicy: 'StopTarget' } : {}),
+        },
+      }, { namespace: ns });
+      out(`virtualmachinerestore.snapshot.kubevirt.io/${name} created\n`);
+      if (!flags.wait) return;
+      await waitFor(client, RESTORES, ns, name, Number(flags.timeout) * 1000, (s) => s.complete === true);
+      out(`${target} restored from ${snapshot}\n`);
+    });
+}
+
+/** Polls until `done(status)`, printing each new Progressing message. */
+export async function waitFor(client: Client, res: typeof SNAPSHOTS, ns: string, name: string, timeoutMs: number, done: (status: Obj) => boolean): Promise<KubeObject> {
+  const deadline = Date.now() + timeoutMs;
+  let said = '';
+  for (;;) {
+    const obj = await client.get(res, name, { namespace: ns });
+    const status = (obj.status ?? {}) as Obj;
+    if (done(status)) return obj;
+    const progressing = ((status.conditions as Condition[] | undefined) ?? []).find((c) => c.type === 'Progressing');
+    const line = progressing?.message ? `${status.phase ?? 'Pending'}: ${progressing.message}` : '';
+    if (line && line !== said) { out(`${line}\n`); said = line; }
+    if (Date.now() > deadline) throw new Error(`${res.kind} ${ns}/${name} did not finish within ${timeoutMs / 1000}s${said ? ` (${said})` : ''}: see vessel describe ${res.plural} ${name}`);
+    await new Promise((r) => setTimeout(r, 500));
+  }
+}
