@@ -8,12 +8,11 @@
  * errors.
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { StatusError, type KubeObject, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
+import { serialLog, tinyVm as tinyVmFor } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -43,26 +42,13 @@ while [ ! -b /dev/sda ]; do sleep 1; done
 echo "HOTPLUG-READ $(dd if=/dev/sda bs=512 count=1 2>/dev/null | tr -d '\\000' | head -n 1)"
 `;
 
-function tinyVm(name: string, userData: string, memory = '128Mi'): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: ns },
-    spec: {
-      runStrategy: 'Always',
-      template: { spec: {
-        terminationGracePeriodSeconds: 10,
-        domain: { resources: { requests: { memory } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, { name: 'cloudinit', disk: { bus: 'virtio' } }] } },
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, { name: 'cloudinit', cloudInitNoCloud: { userData } }],
-      } },
-      dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } } }],
-    },
-  };
-}
+const tinyVm = (name: string, userData: string, memory = '128Mi') => tinyVmFor(name, { namespace: ns, userData, memory });
 const blankDv = (name: string): Obj => ({
   apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name, namespace: ns },
   spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '64Mi' } } } },
 });
 
-const serial = (name: string) => readFile(join(v.dataDir, 'vms', ns, name, 'serial.log'), 'utf8').catch(() => '');
+const serial = (name: string) => serialLog(v.dataDir, ns, name);
 async function serialHas(name: string, what: RegExp, timeoutMs = 180_000): Promise<RegExpMatchArray> {
   return eventually(`${what} on ${name}'s serial console`, async () => (await serial(name)).match(what) ?? undefined, timeoutMs, 500);
 }
@@ -174,9 +160,9 @@ describe('disk hotplug', () => {
     await eventually('extra gone from writer\'s volumeStatus', async () => ((await volumeStatus('writer')).some((s) => s.name === 'extra') ? undefined : true), 60_000);
     assert.ok(!conditions(await settled('writer')).some((c) => c.type === 'RestartRequired'));
     // The control: any other template change does make it RestartRequired.
-    await v.client.patch(VM, 'writer', { spec: { template: { spec: { terminationGracePeriodSeconds: 11 } } } }, { namespace: ns });
+    await v.client.patch(VM, 'writer', { spec: { template: { spec: { terminationGracePeriodSeconds: 21 } } } }, { namespace: ns });
     assert.ok(conditions(await settled('writer')).some((c) => c.type === 'RestartRequired' && c.status === 'True'));
-    await v.client.patch(VM, 'writer', { spec: { template: { spec: { terminationGracePeriodSeconds: 10 } } } }, { namespace: ns });
+    await v.client.patch(VM, 'writer', { spec: { template: { spec: { terminationGracePeriodSeconds: 20 } } } }, { namespace: ns });
     assert.ok(!conditions(await settled('writer')).some((c) => c.type === 'RestartRequired'));
   });
 

@@ -11,13 +11,12 @@
  *   (a resize the agent did not get to record).
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { isStatusError, type KubeObject, type ResourceRef } from '@vessel/client';
 import { qemuImg } from '@vessel/agent';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
+import { serialLog, tinyVm as tinyVmFor } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -33,27 +32,9 @@ const ns = 'default';
 const GiB = 2 ** 30;
 const status = (o: KubeObject | undefined) => (o?.status ?? {}) as { printableStatus?: string; phase?: string; capacity?: { storage?: string }; conditions?: Condition[]; allocatedResourceStatuses?: Obj };
 
-/** The tiny VM of vm.e2e.test.ts, its root disk (virtio, the guest's vda) a 1Gi clone of the golden image. */
-function tinyVm(name: string, opts: { userData: string; memory?: string; cores?: number }): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: ns },
-    spec: {
-      runStrategy: 'Always',
-      template: { spec: {
-        terminationGracePeriodSeconds: 20,
-        domain: {
-          ...(opts.cores ? { cpu: { cores: opts.cores } } : {}),
-          resources: { requests: { memory: opts.memory ?? '128Mi' } },
-          devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, { name: 'cloudinit', disk: { bus: 'virtio' } }] },
-        },
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, { name: 'cloudinit', cloudInitNoCloud: { userData: opts.userData } }],
-      } },
-      dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } } }],
-    },
-  };
-}
+const tinyVm = (name: string, opts: { userData: string; memory?: string; cores?: number }) => tinyVmFor(name, { namespace: ns, ...opts });
 
-const serial = (name: string) => readFile(join(v.dataDir, 'vms', ns, name, 'serial.log'), 'utf8').catch(() => '');
+const serial = (name: string) => serialLog(v.dataDir, ns, name);
 const count = (text: string, marker: string) => text.split(marker).length - 1;
 const vessel = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 60_000 });
 const kubectl = (...args: string[]) => run('kubectl', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 60_000 });

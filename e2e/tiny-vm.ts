@@ -8,7 +8,7 @@ import { join } from 'node:path';
 
 type Obj = Record<string, unknown>;
 
-export interface TinyVmOptions { namespace?: string; runStrategy?: string; userData?: string; memory?: string; dataVolume?: string }
+export interface TinyVmOptions { namespace?: string; runStrategy?: string; userData?: string; memory?: string; cores?: number; dataVolume?: string }
 
 export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
   const volumes: Obj[] = [{ name: 'root', dataVolume: { name: opts.dataVolume ?? `${name}-root` } }];
@@ -19,7 +19,7 @@ export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
       runStrategy: opts.runStrategy ?? 'Always',
       template: { spec: {
         terminationGracePeriodSeconds: 20,
-        domain: { resources: { requests: { memory: opts.memory ?? '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...(opts.userData ? [{ name: 'cloudinit', disk: { bus: 'virtio' } }] : [])] } },
+        domain: { ...(opts.cores ? { cpu: { cores: opts.cores } } : {}), resources: { requests: { memory: opts.memory ?? '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...(opts.userData ? [{ name: 'cloudinit', disk: { bus: 'virtio' } }] : [])] } },
         volumes,
       } },
       dataVolumeTemplates: opts.dataVolume ? [] : [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } } }],
