@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the Vessel tiny test guest from Debian packages already installed on this machine
-# (linux-image-cloud-amd64, busybox-static, e2fsprogs, dosfstools, mtools, syslinux, fdisk, cpio,
-# qemu-utils): no network, no loop mounts.
+# (linux-image-cloud-amd64, busybox-static, qemu-guest-agent, e2fsprogs, dosfstools, mtools,
+# syslinux, fdisk, cpio, qemu-utils): no network, no loop mounts.
 #
 # Output (a cache entry, reused while the recipe and the kernel stay the same):
 #   $VESSEL_CACHE_DIR/guest/tiny-<hash>/   (VESSEL_CACHE_DIR defaults to /var/cache/vessel)
@@ -42,12 +42,20 @@ busybox=/bin/busybox
 # grep without -q reads all of busybox's output: with pipefail, -q quitting early would make busybox die of SIGPIPE.
 [ -x "$busybox" ] && "$busybox" --list 2>/dev/null | grep -x acpid >/dev/null || die "no $busybox with acpid: apt-get install busybox-static"
 if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: apt-get install busybox-static"; fi
+# The QEMU guest agent (Debian's qemu-guest-agent) and the shared libraries it loads: the only
+# dynamically linked program in the guest.
+qga=/usr/sbin/qemu-ga
+[ -x "$qga" ] || die "no $qga: apt-get install qemu-guest-agent (scripts/setup.sh does)"
+qga_libs=$(ldd "$qga" | grep -o '/[^ ]*' | LC_ALL=C sort -u) || die "ldd $qga failed"
+[ -n "$qga_libs" ] || die "ldd found no libraries for $qga"
 
-# Cache key: every recipe file (path and content) + kernel version (and file size, mtime) + busybox version.
+# Cache key: every recipe file (path and content) + kernel version (and file size, mtime) + busybox
+# version + the contents of qemu-ga and its libraries.
 hash=$( {
   cd "$here"
   echo "kernel $kver $(stat -c '%s %Y' "$kimg")"
   "$busybox" 2>&1 | head -n 1
+  for f in $qga $qga_libs; do echo "bin $f $(sha256sum <"$f" | cut -c1-64)"; done
   for f in build-tiny.sh $(find tiny -type f | LC_ALL=C sort); do
     echo "file $f $(sha256sum <"$f" | cut -c1-64)"
   done
@@ -83,7 +91,7 @@ if [ "$(id -u)" = 0 ]; then mknod -m 600 "$ird/dev/console" c 5 1; fi
 
 # Wanted modules; dependencies come first (from modules.dep). Missing ones (built in) are skipped.
 want="virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk virtio_net
-  virtio_scsi virtio_rng button evdev
+  virtio_scsi virtio_rng virtio_console button evdev
   cdrom sr_mod sd_mod libata ata_piix isofs fat vfat nls_cp437 nls_ascii nls_iso8859-1 nls_utf8"
 declare -A seen=()
 order=()
@@ -125,8 +133,11 @@ cp "$busybox" "$root/bin/busybox"
 for a in $("$busybox" --list-full); do
   [ -e "$root/$a" ] || ln -s /bin/busybox "$root/$a"
 done
+# qemu-ga with its libraries at the paths ldd resolved (the loader's default directories).
+cp "$qga" "$root/usr/sbin/qemu-ga"
+for l in $qga_libs; do mkdir -p "$root$(dirname "$l")"; cp -L "$l" "$root$l"; done
 cp -a "$recipe/rootfs/." "$root/"
-chmod 0755 "$root"/etc/init.d/* "$root"/usr/bin/vessel-* "$root"/etc/udhcpc/default.script "$root"/etc/acpi/PWRF/*
+chmod 0755 "$root"/etc/init.d/* "$root"/usr/bin/vessel-* "$root"/etc/udhcpc/default.script "$root"/etc/acpi/PWRF/* "$root"/etc/qemu/fsfreeze-hook
 chmod 1777 "$root/tmp"; chmod 0700 "$root/root"
 ln -s /run/resolv.conf "$root/etc/resolv.conf"
 echo "$kver" >"$root/etc/vessel-kernel"
@@ -172,6 +183,7 @@ cat >"$tmp/out/manifest.json" <<EOF
   "hash": "$hash",
   "kernelVersion": "$kver",
   "busybox": "$("$busybox" 2>&1 | head -n 1 | cut -d' ' -f2)",
+  "qemuGuestAgent": "$("$qga" -V 2>&1 | head -n 1 | sed 's/.*Agent //; s/"//g')",
   "cmdline": "$cmdline",
   "disk": "tiny.qcow2",
   "diskVirtualSizeMiB": $disk_mib,

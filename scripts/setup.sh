@@ -17,6 +17,7 @@ want 'command -v curl'                  curl               # the import benchmar
 # guest/build-tiny.sh: the tiny test guest (Debian cloud kernel + busybox)
 want 'ls /boot/vmlinuz-*-cloud-amd64'   linux-image-cloud-amd64
 want 'dpkg -s busybox-static'           busybox-static
+want 'test -x /usr/sbin/qemu-ga'        qemu-guest-agent   # copied into the guest (snapshots freeze through it)
 want 'command -v cpio'                  cpio
 want 'command -v mkfs.ext4'             e2fsprogs
 want 'command -v mkfs.vfat'             dosfstools

@@ -3,8 +3,9 @@
  * holds the VM's disks: the VMI's node while it runs, else the node its claims were made on.
  * For each disk of the VM (claims and DataVolumes; cloud-init, container and empty disks are
  * excluded, as in KubeVirt) the volume's current state becomes a snapshot file (see
- * storage/chain.ts): online while the guest runs (crash-consistent; the guest is paused for
- * the instant the disks switch when there are several), offline when it is stopped. The
+ * storage/chain.ts): online while the guest runs (its filesystems frozen through the guest
+ * agent when one answers, else crash-consistent; the guest is paused for the instant the disks
+ * switch when there are several), offline when it is stopped. The
  * VirtualMachineSnapshotContent records the VM's spec and, per volume, the claim and the file.
  * Deleting the content (its snapshot's deletion does, through the owner reference) deletes the
  * files, merging each into its child so every other snapshot and the VM stay whole.
@@ -16,7 +17,10 @@ import { Controller, EventRecorder, refs, setCondition, updateStatus, type Infor
 import { isStatusError } from '@vessel/client';
 import { storage } from '@vessel/api';
 import { faultPoint } from '../faults.ts';
+import { ping } from '../qga/client.ts';
+import { withFrozenGuest } from '../qga/freeze.ts';
 import { deviceId } from '../qemu/argv.ts';
+import { runDirFiles } from '../qemu/process.ts';
 import { ChainError, compact, deleteSnapshot, snapshotFileFor, takeSnapshot } from '../storage/chain.ts';
 import type { Pool } from '../storage/pools.ts';
 import { saveMemory } from '../vms/memory.ts';
@@ -119,7 +123,12 @@ export class SnapshotController extends Controller {
     // Memory only exists while the guest runs; a stopped VM's snapshot is its disks.
     const memory = running && annotations(snap)[WITH_MEMORY] === 'true' && claims[0]
       ? join(dirname(annotations(claims[0].pvc!)[storage.VOLUME_PATH]), `${vm.metadata.name}@${uid}.memory`) : undefined;
-    const indications = running ? ['Online', 'NoGuestAgent'] : [];
+    // A running guest whose agent answers is frozen around the disk switch (KubeVirt's GuestAgent
+    // indication). Not with memory: the paused instant already makes disks and memory one state,
+    // and a guest saved frozen would resume frozen.
+    const qga = runDirFiles(this.opts.vms.runDirFor(ns, vm.metadata.name)).qga;
+    const agent = running && !memory && (await ping(qga));
+    const indications = running ? ['Online', agent ? 'GuestAgent' : 'NoGuestAgent'] : [];
     await updateStatus(this.client, VMSNAPSHOTS, ns, snap.metadata.name, (s) => {
       s.phase = 'InProgress';
       s.sourceUID = vm.metadata.uid;
@@ -137,18 +146,31 @@ export class SnapshotController extends Controller {
       await this.opts.vms.withVm(ns, vm.metadata.name, async (qmp) => {
         // Several disks, or disks and memory, are taken while the guest is paused: one instant.
         const pause = !!qmp && (claims.length > 1 || !!memory) && (await qmp.execute<{ status: string }>('query-status')).status === 'running';
-        if (pause) await qmp.execute('stop');
-        try {
-          for (const c of claims) {
-            const vol = annotations(c.pvc!)[storage.VOLUME_PATH];
-            await takeSnapshot(vol, files[c.volume], qmp ? { qmp, device: deviceId(c.volume) } : undefined);
+        const take = async () => {
+          if (pause) await qmp.execute('stop');
+          try {
+            for (const c of claims) {
+              const vol = annotations(c.pvc!)[storage.VOLUME_PATH];
+              await takeSnapshot(vol, files[c.volume], qmp ? { qmp, device: deviceId(c.volume) } : undefined);
+            }
+            if (memory && qmp && !(await exists(memory))) {
+              const bytes = await saveMemory(qmp, memory);
+              this.log(`snapshots: ${ns}/${snap.metadata.name}: saved ${Math.round(bytes / 1048576)} MiB of guest memory`);
+            }
+          } finally {
+            if (pause) await qmp.execute('cont');
           }
-          if (memory && qmp && !(await exists(memory))) {
-            const bytes = await saveMemory(qmp, memory);
-            this.log(`snapshots: ${ns}/${snap.metadata.name}: saved ${Math.round(bytes / 1048576)} MiB of guest memory`);
-          }
-        } finally {
-          if (pause) await qmp.execute('cont');
+        };
+        if (!agent || !qmp) return take();
+        // Frozen (flushed, writes held) from before the disks switch until right after, thawed
+        // even when the switch fails, and at the latest at the deadline.
+        const { freeze } = await withFrozenGuest(qga, take, { log: (m) => this.log(`snapshots: ${ns}/${snap.metadata.name}: ${m}`) });
+        if (freeze.quiesced) {
+          this.log(`snapshots: ${ns}/${snap.metadata.name}: ${freeze.filesystems} guest filesystem(s) frozen for ${freeze.frozenMs} ms${freeze.problem ? `; ${freeze.problem}` : ''}`);
+        } else {
+          // Taken crash-consistent after all: said on the snapshot, as KubeVirt does.
+          await this.events.record(snap, 'Warning', 'QuiesceFailed', `${freeze.problem ?? 'the guest was not frozen'}: the snapshot is crash-consistent`);
+          await updateStatus(this.client, VMSNAPSHOTS, ns, snap.metadata.name, (s) => { s.indications = [...indications, 'QuiesceFailed']; });
         }
       });
     } catch (e) {

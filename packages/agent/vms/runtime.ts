@@ -16,6 +16,7 @@ import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
 import { Controller, EventRecorder, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
@@ -234,6 +235,9 @@ export class VmRuntime extends Controller {
     const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
     const session: Session = { uid: vmi.metadata.uid ?? '', qmp, stopping: false, rebootPending: false };
     this.sessions.set(key, session);
+    // AgentConnected while the guest agent answers (qga/watch.ts), watched as long as QMP is.
+    const stopAgentWatch = watchAgent(runDirFiles(runDir).qga, (up) => updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && agentConnected(s, up)));
+    qmp.on('close', stopAgentWatch);
     qmp.on('event', (ev) => { void this.onEvent(key, session, ev).catch((e: Error) => this.log(`vms: ${key}: ${ev.event}: ${e.message}`)); });
     qmp.on('close', () => {
       if (this.sessions.get(key) === session) this.sessions.delete(key);
