@@ -83,10 +83,11 @@ export async function restoreVolume(volume: string, snapshot: string): Promise<v
   if (!(await exists(snapshot))) throw new ChainError('SnapshotMissing', `the snapshot file ${snapshot} is gone`);
   await refuseGolden(volume);
   const current = await qemuImg.info(volume, { format: 'qcow2' }).then((i) => i.virtualSize, () => 0);
-  const size = Math.max(current, (await qemuImg.info(snapshot, { format: 'qcow2' })).virtualSize);
+  // Snapshot files never change, but a running QEMU (a clone's, or its VM's before a stop) may hold their lock.
+  const size = Math.max(current, (await qemuImg.info(snapshot, { format: 'qcow2', forceShare: true })).virtualSize);
   const overlay = pendingFor(volume);
   await writeJournal(volume, { op: 'restore', overlay });
-  await qemuImg.create(overlay, { format: 'qcow2', backingFile: snapshot, backingFormat: 'qcow2', size });
+  await qemuImg.create(overlay, { format: 'qcow2', backingFile: snapshot, backingFormat: 'qcow2', unsafeBacking: true, size });
   faultPoint('restore:overlay');
   await rename(overlay, volume);
   await syncDir(dirname(volume));

@@ -580,8 +580,8 @@ function isPlainQcow2(inf: ImageInfo & { leaks: number }): boolean {
  * MiB: 420 ms, against 380 ms + 270 ms fsync through the page cache. Filesystems without
  * O_DIRECT get the page cache and the fsync in publish().
  */
-export async function convertDurably(input: string, out: string, format: DiskFormat, signal: AbortSignal | undefined, onProgress: (p: number) => void): Promise<void> {
-  const run = (destCache: 'none' | undefined) => qemuImg.convert(input, out, { srcFormat: format, outFormat: 'qcow2', destCache, signal, onProgress });
+export async function convertDurably(input: string, out: string, format: DiskFormat, signal: AbortSignal | undefined, onProgress: (p: number) => void, forceShare = false): Promise<void> {
+  const run = (destCache: 'none' | undefined) => qemuImg.convert(input, out, { srcFormat: format, outFormat: 'qcow2', destCache, signal, onProgress, forceShare });
   try {
     await run('none');
   } catch (e) {

@@ -97,6 +97,8 @@ export interface ConvertOptions extends RunOptions {
   sparseSize?: string;
   /** -n: the target already exists; do not create it. */
   noCreate?: boolean;
+  /** -U: read a source a running QEMU holds (safe only when nobody writes it, e.g. a snapshot file). */
+  forceShare?: boolean;
 }
 
 /** `qemu-img convert -p -f src -O out [-o k=v,...] src dest`, reporting progress. */
@@ -110,6 +112,7 @@ export async function convert(src: string, dest: string, opts: ConvertOptions): 
   if (opts.srcCache) args.push('-T', opts.srcCache);
   if (opts.sparseSize !== undefined) args.push('-S', opts.sparseSize);
   if (opts.noCreate) args.push('-n');
+  if (opts.forceShare) args.push('-U');
   args.push(src, dest);
   const onStdout = opts.onProgress ? progressParser(opts.onProgress) : undefined;
   await run(args, { ...opts, onStdout });

@@ -170,7 +170,7 @@ export class VolumeManager extends Controller {
       const allowed = [...this.opts.pools.values()].some((p) => restoreFrom.startsWith(`${p.dir}/${ns}/`) || (ns === storage.GOLDEN_IMAGES_NAMESPACE && restoreFrom.startsWith(`${p.dir}/`)));
       if (!allowed || !restoreFrom.includes('@')) throw new ImportError('InvalidArgument', `${storage.RESTORE_SOURCE} must name a snapshot file of namespace ${ns}`);
       // A restore into a new VM: a linked clone of the snapshot file (which never changes), or a full copy.
-      await cloneVolume({ source: restoreFrom, dest, size: Math.max(size, 0), linked: annotations(pvc)[storage.CLONE_TYPE] !== 'full', signal });
+      await cloneVolume({ source: restoreFrom, dest, size: Math.max(size, 0), linked: annotations(pvc)[storage.CLONE_TYPE] !== 'full', immutableSource: true, signal });
       await this.bind(pvc, pool, dest);
       return;
     }
