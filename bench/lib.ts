@@ -7,6 +7,7 @@ import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { isNotFound, type Client, type KubeObject, type ResourceRef } from '@vessel/client';
 import { eventually as pollUntil } from '../e2e/harness.ts';
+import type { ChardevRequest } from '../packages/agent/qemu/process.ts';
 
 /** One line of a benchmark's summary: a ratio against a baseline measured in the same run. */
 export interface Figure {
@@ -229,4 +230,18 @@ export async function deleteDataVolume(client: Client, namespace: string, name: 
 /** "load average 1.23 0.98 0.50 on 2 cores": printed by long benchmarks, since other work on the machine moves their figures. */
 export function loadLine(): string {
   return `load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} on ${cpus().length} cores`;
+}
+
+/** The chardevs buildQemuArgv asked launch() for, read back from the argv's devices. */
+export function chardevsOf(argv: string[]): ChardevRequest[] {
+  const out: ChardevRequest[] = [];
+  for (let i = 0; i < argv.length - 1; i++) {
+    if (argv[i] !== '-device') continue;
+    const dev = argv[i + 1];
+    const id = /(?:^|,)chardev=([^,]+)/.exec(dev)?.[1];
+    if (!id) continue;
+    if (dev.startsWith('isa-serial,')) out.push({ id, role: 'serial-console' });
+    else if (dev.startsWith('virtserialport,')) out.push({ id, role: 'guest-agent' });
+  }
+  return out;
 }

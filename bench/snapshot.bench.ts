@@ -52,10 +52,10 @@ import { backingFile, qemuImg } from '@vessel/agent';
 import { isNotFound, type KubeObject, type ResourceRef, type Watch } from '@vessel/client';
 import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { attachSerial, launch, listRunDirs, runDirFiles, terminate, type ChardevRequest } from '../packages/agent/qemu/process.ts';
+import { attachSerial, launch, listRunDirs, runDirFiles, terminate } from '../packages/agent/qemu/process.ts';
 import { QmpClient } from '../packages/agent/qmp/client.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
-import { errText, fmtRatio, isMain, loadLine, ms, now, percentile, printResult, PVCS, ratio, sleep, volumePath, type BenchResult, type Figure } from './lib.ts';
+import { chardevsOf, errText, fmtRatio, isMain, loadLine, ms, now, percentile, printResult, PVCS, ratio, sleep, volumePath, type BenchResult, type Figure } from './lib.ts';
 
 const VMS: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMIS: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -807,20 +807,6 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
 /** 1 TiB/s: no limit in practice. */
 const UNLIMITED_BANDWIDTH = 2 ** 40;
 const MEM_SIZES = [{ label: '256 MiB', request: '256Mi', bytes: 256 * MiB, name: 'mem-256m' }, { label: '1 GiB', request: '1Gi', bytes: GiB, name: 'mem-1g' }];
-
-/** The chardevs buildQemuArgv asked launch() for, read back from the argv's devices (as bench/vm.bench.ts does). */
-function chardevsOf(argv: string[]): ChardevRequest[] {
-  const out: ChardevRequest[] = [];
-  for (let i = 0; i < argv.length - 1; i++) {
-    if (argv[i] !== '-device') continue;
-    const dev = argv[i + 1];
-    const id = /(?:^|,)chardev=([^,]+)/.exec(dev)?.[1];
-    if (!id) continue;
-    if (dev.startsWith('isa-serial,')) out.push({ id, role: 'serial-console' });
-    else if (dev.startsWith('virtserialport,')) out.push({ id, role: 'guest-agent' });
-  }
-  return out;
-}
 
 async function pollMigration(qmp: QmpClient, incoming: boolean, timeoutMs: number): Promise<void> {
   const deadline = now() + timeoutMs;

@@ -40,10 +40,10 @@ import { isNotFound, type KubeObject, type ResourceRef, type Watch } from '@vess
 import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { TINY_SERIAL } from '../guest/tiny.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { launch, listRunDirs, probe, terminate, type ChardevRequest } from '../packages/agent/qemu/process.ts';
+import { launch, listRunDirs, probe, terminate } from '../packages/agent/qemu/process.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
 import {
-  createDataVolumeAndWait, DATAVOLUMES, envInt, errText, fmtRatio, isMain, loadLine, ms, now, percentile, pollUntil, printResult, PVCS, ratio, sleep, volumePath,
+  chardevsOf, createDataVolumeAndWait, DATAVOLUMES, envInt, errText, fmtRatio, isMain, loadLine, ms, now, percentile, pollUntil, printResult, PVCS, ratio, sleep, volumePath,
   type BenchResult, type Figure,
 } from './lib.ts';
 
@@ -185,20 +185,6 @@ async function firstSerial(file: string, timeoutMs: number, alive?: () => boolea
     if (alive && !alive()) throw new Error(`gave up waiting for ${file}`);
     await sleep(10);
   }
-}
-
-/** The chardevs buildQemuArgv asked launch() for, read back from the argv's devices. */
-function chardevsOf(argv: string[]): ChardevRequest[] {
-  const out: ChardevRequest[] = [];
-  for (let i = 0; i < argv.length - 1; i++) {
-    if (argv[i] !== '-device') continue;
-    const dev = argv[i + 1];
-    const id = /(?:^|,)chardev=([^,]+)/.exec(dev)?.[1];
-    if (!id) continue;
-    if (dev.startsWith('isa-serial,')) out.push({ id, role: 'serial-console' });
-    else if (dev.startsWith('virtserialport,')) out.push({ id, role: 'guest-agent' });
-  }
-  return out;
 }
 
 async function cmdline(pid: number): Promise<string[]> {

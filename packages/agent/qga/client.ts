@@ -13,8 +13,9 @@
  * within this process.
  */
 import { randomInt } from 'node:crypto';
-import net from 'node:net';
+import type net from 'node:net';
 import { QgaClosedError, QgaConnectError, QgaError, QgaTimeoutError } from './errors.ts';
+import { connectOnce } from '../qmp/client.ts';
 
 const SECOND = 1000;
 
@@ -166,7 +167,7 @@ export class QgaClient {
   static async connect(socketPath: string, opts: QgaConnectOptions = {}): Promise<QgaClient> {
     const timeoutMs = opts.timeoutMs ?? 5 * SECOND;
     const deadline = Date.now() + timeoutMs;
-    const socket = await connectOnce(socketPath, timeoutMs);
+    const socket = await connectAgent(socketPath, timeoutMs);
     const client = new QgaClient(socket, socketPath);
     try {
       await client.sync(Math.max(1, deadline - Date.now()));
@@ -365,27 +366,15 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
-function connectOnce(socketPath: string, ms: number): Promise<net.Socket> {
-  return new Promise((resolve, reject) => {
-    const socket = net.createConnection({ path: socketPath });
-    const timer = setTimeout(() => {
-      socket.destroy();
-      reject(new QgaConnectError(socketPath, `could not connect to the guest agent socket ${socketPath} within ${ms} ms: the host is overloaded`));
-    }, ms);
-    socket.once('connect', () => {
-      clearTimeout(timer);
-      socket.off('error', onError);
-      socket.on('error', () => undefined); // the client attaches its own; 'close' follows either way
-      resolve(socket);
-    });
-    const onError = (err: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      socket.destroy();
-      const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
-        ? 'QEMU is not running for this VM, or was started without the guest agent channel'
-        : err.code === 'EACCES' ? 'the agent lacks permission on the run directory' : 'check that the path is the VM\'s qga.sock';
-      reject(new QgaConnectError(socketPath, `cannot connect to the guest agent socket ${socketPath} (${err.code ?? err.message}): ${hint}`, { cause: err }));
-    };
-    socket.once('error', onError);
-  });
+async function connectAgent(socketPath: string, ms: number): Promise<net.Socket> {
+  try {
+    return await connectOnce(socketPath, ms);
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'ETIMEDOUT') throw new QgaConnectError(socketPath, `could not connect to the guest agent socket ${socketPath} within ${ms} ms: the host is overloaded`);
+    const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+      ? 'QEMU is not running for this VM, or was started without the guest agent channel'
+      : err.code === 'EACCES' ? 'the agent lacks permission on the run directory' : 'check that the path is the VM\'s qga.sock';
+    throw new QgaConnectError(socketPath, `cannot connect to the guest agent socket ${socketPath} (${err.code ?? err.message}): ${hint}`, { cause: err });
+  }
 }

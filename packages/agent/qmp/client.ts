@@ -455,7 +455,11 @@ async function openSocket(socketPath: string, deadline: number, timeoutMs: numbe
   }
 }
 
-function connectOnce(socketPath: string, ms: number): Promise<net.Socket> {
+/**
+ * One connection attempt to a QEMU chardev's unix socket (QMP, the guest agent), within `ms`.
+ * Fails with the socket's error, or one with code ETIMEDOUT.
+ */
+export function connectOnce(socketPath: string, ms: number): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const socket = net.createConnection({ path: socketPath });
     const timer = setTimeout(() => {

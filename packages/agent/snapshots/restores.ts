@@ -11,13 +11,12 @@ import jsonpatch from 'fast-json-patch';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { storage } from '@vessel/api';
-import { CLONE_DISK_TYPE, Controller, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { CLONE_DISK_TYPE, Controller, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/controllers';
 import { faultPoint } from '../faults.ts';
 import { compact, restoreVolume } from '../storage/chain.ts';
-import type { Pool } from '../storage/pools.ts';
-import type { VmRuntime } from '../vms/runtime.ts';
+import { poolFor } from '../storage/pools.ts';
 import { RESUME_MEMORY } from '../vms/memory.ts';
-import { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE } from './snapshots.ts';
+import { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE, type SnapshotOptions } from './snapshots.ts';
 
 type Obj = Record<string, unknown>;
 const { VMS, VMIS, PVCS, VMSNAPSHOTS, VMSNAPSHOTCONTENTS, VMRESTORES } = refs;
@@ -27,12 +26,7 @@ const FINAL = new Set(['Succeeded', 'Failed']);
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 
-export interface RestoreOptions {
-  nodeName: string;
-  pools: Map<string, Pool>;
-  vms: VmRuntime;
-  log?: Log;
-}
+export type RestoreOptions = SnapshotOptions;
 
 interface Backup { volumeName: string; persistentVolumeClaim: { metadata: { name: string; labels?: Record<string, string> }; spec: Obj }; volumeSnapshotName: string }
 
@@ -89,7 +83,9 @@ export class RestoreController extends Controller {
           const pvc = this.pvcs.get(`${ns}/${b.persistentVolumeClaim.metadata.name}`);
           const path = pvc && annotations(pvc)[storage.VOLUME_PATH];
           if (!path) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} has no volume on this node`);
-          await restoreVolume(path, files[b.volumeName]);
+          const pool = poolFor(this.opts.pools.values(), path);
+          if (!pool) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} is in none of this node's pools`);
+          await restoreVolume(pool, path, files[b.volumeName]);
         }
       });
       // The recorded spec, keeping how the VM runs now.
@@ -151,7 +147,7 @@ export class RestoreController extends Controller {
     faultPoint('restore:new-vm');
     for (const b of backups) {
       const file = files[b.volumeName];
-      const pool = [...this.opts.pools.values()].find((p) => file.startsWith(p.dir + '/'));
+      const pool = poolFor(this.opts.pools.values(), file);
       const claim = b.persistentVolumeClaim.spec as { resources?: Obj; storageClassName?: string; accessModes?: string[] };
       try {
         await this.client.create(PVCS, {

@@ -22,7 +22,7 @@ import { withFrozenGuest } from '../qga/freeze.ts';
 import { deviceId } from '../qemu/argv.ts';
 import { runDirFiles } from '../qemu/process.ts';
 import { ChainError, compact, deleteSnapshot, snapshotFileFor, takeSnapshot } from '../storage/chain.ts';
-import type { Pool } from '../storage/pools.ts';
+import { poolFor, type Pool } from '../storage/pools.ts';
 import { saveMemory } from '../vms/memory.ts';
 import type { VmRuntime } from '../vms/runtime.ts';
 
@@ -151,7 +151,7 @@ export class SnapshotController extends Controller {
           try {
             for (const c of claims) {
               const vol = annotations(c.pvc!)[storage.VOLUME_PATH];
-              await takeSnapshot(vol, files[c.volume], qmp ? { qmp, device: deviceId(c.volume) } : undefined);
+              await takeSnapshot(this.poolOf(vol), vol, files[c.volume], qmp ? { qmp, device: deviceId(c.volume) } : undefined);
             }
             if (memory && qmp && !(await exists(memory))) {
               const bytes = await saveMemory(qmp, memory);
@@ -232,13 +232,19 @@ export class SnapshotController extends Controller {
     if (!finalizers.includes(CONTENT_FINALIZER)) return;
     const files = Object.values(JSON.parse(annotations(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>);
     for (const file of files) {
-      const pool = [...this.opts.pools.values()].find((p) => file.startsWith(p.dir + '/'));
+      const pool = poolFor(this.opts.pools.values(), file);
       if (pool) await deleteSnapshot(pool, file);
     }
     const memory = annotations(content)[MEMORY_FILE];
     if (memory) await rm(memory, { force: true });
     const rest = finalizers.filter((f) => f !== CONTENT_FINALIZER);
     await this.client.patch(VMSNAPSHOTCONTENTS, content.metadata.name, { metadata: { resourceVersion: content.metadata.resourceVersion, finalizers: rest.length ? rest : null } }, { namespace: content.metadata.namespace });
+  }
+
+  private poolOf(path: string): Pool {
+    const pool = poolFor(this.opts.pools.values(), path);
+    if (!pool) throw new Error(`${path} is in none of this node's pools`);
+    return pool;
   }
 
   /** Merges snapshot files deleted while their child was open, now that it may be closed. */

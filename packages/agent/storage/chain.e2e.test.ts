@@ -30,7 +30,7 @@ type SnapshotFault = 'link' | 'overlay' | 'switch';
 async function crashedSnapshot(vol: string, snapshot: string, live: LiveDisk | undefined, fault: SnapshotFault): Promise<void> {
   setFaultHook((p) => { if (p === `snapshot:${fault}`) throw new Error(`injected fault at ${p}`); });
   try {
-    await assert.rejects(takeSnapshot(vol, snapshot, live), /injected/);
+    await assert.rejects(takeSnapshot(pool, vol, snapshot, live), /injected/);
   } finally {
     setFaultHook(undefined);
   }
@@ -60,16 +60,16 @@ describe('offline', () => {
   test('snapshots keep their content; restore puts it back; deleting merges or waits', async () => {
     const vol = await volume();
     write(vol, 1);
-    await takeSnapshot(vol, snap(vol, 1));
+    await takeSnapshot(pool, vol, snap(vol, 1));
     write(vol, 2);
-    await takeSnapshot(vol, snap(vol, 2));
+    await takeSnapshot(pool, vol, snap(vol, 2));
     write(vol, 3);
     assert.deepEqual([read(snap(vol, 1)), read(snap(vol, 2)), read(vol)], [1, 2, 3]);
     assert.equal(await backingFile(vol), snap(vol, 2));
-    await takeSnapshot(vol, snap(vol, 2)); // again: already taken
+    await takeSnapshot(pool, vol, snap(vol, 2)); // again: already taken
     assert.equal(read(vol), 3);
 
-    await restoreVolume(vol, snap(vol, 1));
+    await restoreVolume(pool, vol, snap(vol, 1));
     assert.equal(read(vol), 1);
     assert.equal(await backingFile(vol), snap(vol, 1));
     // snap 1 now has two children (snap 2 and the volume): kept; snap 2 has none: gone.
@@ -85,7 +85,7 @@ describe('offline', () => {
 
   test('a chain of 5: deleting the middle ones in random order keeps the others and the volume', async () => {
     const vol = await volume();
-    for (let i = 1; i <= 5; i++) { write(vol, 10 + i); await takeSnapshot(vol, snap(vol, i)); }
+    for (let i = 1; i <= 5; i++) { write(vol, 10 + i); await takeSnapshot(pool, vol, snap(vol, i)); }
     write(vol, 99);
     const order = [3, 2, 4].sort(() => Math.random() - 0.5);
     for (const i of order) assert.equal(await deleteSnapshot(pool, snap(vol, i)), 'deleted', `snapshot ${i} merged into its child`);
@@ -95,7 +95,7 @@ describe('offline', () => {
     assert.equal(await backingFile(snap(vol, 5)), snap(vol, 1));
     const check = spawnSync('qemu-img', ['check', '-f', 'qcow2', vol], { encoding: 'utf8' });
     assert.equal(check.status, 0, check.stdout + check.stderr);
-    await restoreVolume(vol, snap(vol, 5));
+    await restoreVolume(pool, vol, snap(vol, 5));
     assert.equal(read(vol), 15);
   });
 
@@ -108,7 +108,7 @@ describe('offline', () => {
       assert.equal(read(vol), 7);
       assert.equal(await backingFile(vol), undefined);
       assert.deepEqual((await readdir(join(dir, 'ns'))).filter((f) => f.startsWith(`disk${n}-`)), [`disk${n}-00000000-0000-4000-8000-${String(n).padStart(12, '0')}.qcow2`], `${fault}: no leftovers`);
-      await takeSnapshot(vol, snap(vol, 1));
+      await takeSnapshot(pool, vol, snap(vol, 1));
       assert.equal(read(snap(vol, 1)), 7);
     }
   });
@@ -116,13 +116,13 @@ describe('offline', () => {
   test('a crash in the middle of a restore is undone, and the restore can run again', async () => {
     const vol = await volume();
     write(vol, 1);
-    await takeSnapshot(vol, snap(vol, 1));
+    await takeSnapshot(pool, vol, snap(vol, 1));
     write(vol, 2);
     setFaultHook((p) => { if (p === 'restore:overlay') throw new Error('injected'); });
-    try { await assert.rejects(restoreVolume(vol, snap(vol, 1)), /injected/); } finally { setFaultHook(undefined); }
+    try { await assert.rejects(restoreVolume(pool, vol, snap(vol, 1)), /injected/); } finally { setFaultHook(undefined); }
     assert.equal(read(vol), 2, 'the volume is as it was');
     assert.equal(await recover(vol), 'back');
-    await restoreVolume(vol, snap(vol, 1));
+    await restoreVolume(pool, vol, snap(vol, 1));
     assert.equal(read(vol), 1);
     assert.ok(!(await readdir(join(dir, 'ns'))).some((f) => /pending|\.chain/.test(f)), 'no leftovers');
   });
@@ -131,7 +131,7 @@ describe('offline', () => {
     const golden = await volume();
     const clone = `${golden}.clone.qcow2`;
     await qemuImg.create(clone, { format: 'qcow2', backingFile: golden, backingFormat: 'qcow2' });
-    await assert.rejects(takeSnapshot(golden, snap(golden, 1)), /base of linked clones/);
+    await assert.rejects(takeSnapshot(pool, golden, snap(golden, 1)), /base of linked clones/);
     await rm(clone);
   });
 });
@@ -164,10 +164,10 @@ describe('live (a running QEMU)', () => {
     write(vol, 1);
     const q = await startQemu(vol);
     try {
-      await takeSnapshot(vol, snap(vol, 1), q.live);
+      await takeSnapshot(pool, vol, snap(vol, 1), q.live);
       assert.equal(await backingFile(vol), snap(vol, 1));
       assert.doesNotMatch(await q.io('write -P 2 0 64k'), /error|fail/i);
-      await takeSnapshot(vol, snap(vol, 2), q.live);
+      await takeSnapshot(pool, vol, snap(vol, 2), q.live);
       assert.doesNotMatch(await q.io('write -P 3 0 64k'), /error|fail/i);
       // The snapshot being deleted is the running disk's backing file: locked, so kept for later.
       assert.equal(await deleteSnapshot(pool, snap(vol, 2)), 'kept');

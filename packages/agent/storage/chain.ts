@@ -18,8 +18,8 @@
  * commit; merges happen with the image closed.
  */
 import { randomBytes } from 'node:crypto';
-import { link, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { link, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import { faultPoint } from '../faults.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { QemuImgError } from './errors.ts';
@@ -54,13 +54,13 @@ const journalOf = (volume: string) => `${volume}.chain`;
 const pendingFor = (volume: string) => `${volume}.pending-${randomBytes(6).toString('hex')}`;
 
 /** Freezes the volume's current content as `snapshot` and continues in a new overlay on it. */
-export async function takeSnapshot(volume: string, snapshot: string, live?: LiveDisk): Promise<void> {
+export async function takeSnapshot(pool: Pool, volume: string, snapshot: string, live?: LiveDisk): Promise<void> {
   await recover(volume, live);
   if (await exists(snapshot)) {
     if ((await backingFile(volume)) === snapshot) return; // taken before a restart
     throw new ChainError('Conflict', `${snapshot} exists but is not the backing file of ${volume}`);
   }
-  await refuseGolden(volume);
+  await refuseGolden(pool, volume);
   const overlay = pendingFor(volume);
   const size = live ? await liveVirtualSize(live) : (await qemuImg.info(volume, { format: 'qcow2' })).virtualSize;
   await writeJournal(volume, { op: 'snapshot', snapshot, overlay, device: live?.device });
@@ -78,10 +78,10 @@ export async function takeSnapshot(volume: string, snapshot: string, live?: Live
 }
 
 /** Makes the volume's content that of `snapshot` again (a new overlay on it). The VM must not run. */
-export async function restoreVolume(volume: string, snapshot: string): Promise<void> {
+export async function restoreVolume(pool: Pool, volume: string, snapshot: string): Promise<void> {
   await recover(volume);
   if (!(await exists(snapshot))) throw new ChainError('SnapshotMissing', `the snapshot file ${snapshot} is gone`);
-  await refuseGolden(volume);
+  await refuseGolden(pool, volume);
   const current = await qemuImg.info(volume, { format: 'qcow2' }).then((i) => i.virtualSize, () => 0);
   // Snapshot files never change, but a running QEMU (a clone's, or its VM's before a stop) may hold their lock.
   const size = Math.max(current, (await qemuImg.info(snapshot, { format: 'qcow2', forceShare: true })).virtualSize);
@@ -163,15 +163,10 @@ export async function compact(pool: Pool, only?: string): Promise<string[]> {
   return merged;
 }
 
-async function refuseGolden(volume: string): Promise<void> {
-  const dir = dirname(volume);
-  for (const f of await readdir(dir)) {
-    if (!f.endsWith('.qcow2')) continue;
-    const path = `${dir}/${f}`;
-    if (path !== volume && (await backingFile(path)) === volume) {
-      throw new ChainError('GoldenImage', `${volume} is the base of linked clones (${f}): it must never change, so it cannot be snapshotted or restored; clone it fully first`);
-    }
-  }
+/** A golden image must never change: its linked clones, in any namespace, read it. */
+async function refuseGolden(pool: Pool, volume: string): Promise<void> {
+  const users = await pool.cloneUsers(volume);
+  if (users.length) throw new ChainError('GoldenImage', `${volume} is the base of linked clones (${basename(users[0])}): it must never change, so it cannot be snapshotted or restored; clone it fully first`);
 }
 
 interface BlockInfo { qdev?: string; inserted?: { 'node-name': string; image: { 'virtual-size': number } } }

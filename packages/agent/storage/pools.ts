@@ -106,6 +106,12 @@ export class Pool {
   }
 }
 
+/** The pool of `pools` a volume or snapshot file lives in. */
+export function poolFor(pools: Iterable<Pool>, path: string): Pool | undefined {
+  for (const p of pools) if (path.startsWith(p.dir + '/')) return p;
+  return undefined;
+}
+
 async function exists(path: string): Promise<boolean> {
   return stat(path).then(() => true, () => false);
 }

@@ -24,12 +24,12 @@
  * VolumeUnplugged, HotplugFailed). Other volumeStatus entries are left as they are.
  */
 import type { V1Disk, V1VirtualMachineInstanceSpec, V1Volume } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { storage } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { refs, updateStatus, type EventRecorder, type KubeObject } from '@vessel/controllers';
 import { blockNodeNames, deviceId, SCSI_CONTROLLER_ID } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { QmpError } from '../qmp/errors.ts';
+import { claimVolumePath, PrepareError } from './prepare.ts';
 
 type Obj = Record<string, unknown>;
 /** The part of the QMP client hotplug uses (a fake in unit tests). */
@@ -228,13 +228,12 @@ export class VolumeHotplug {
 
   /** The claim's volume file; a HotplugFailure says why it cannot be used (yet). */
   private claimPath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined): string {
-    if (!pvc) throw new HotplugFailure('PvcNotFound', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} does not exist`, RETRY_PENDING_MS);
-    const path = (pvc.metadata.annotations as Record<string, string> | undefined)?.[storage.VOLUME_PATH];
-    if ((pvc.status as { phase?: string } | undefined)?.phase !== 'Bound' || !path) {
-      throw new HotplugFailure('PvcNotReady', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} is not Bound yet`, RETRY_PENDING_MS);
+    try {
+      return claimVolumePath(ns, claim, volume, pvc, this.deps.reachable);
+    } catch (e) {
+      if (e instanceof PrepareError) throw new HotplugFailure(e.reason, e.message, e.retry ? RETRY_PENDING_MS : undefined);
+      throw e;
     }
-    if (!this.deps.reachable(path)) throw new HotplugFailure('VolumeNotOnNode', `volume ${volume}: ${ns}/${claim} lives in another node's local pool`);
-    return path;
   }
 }
 

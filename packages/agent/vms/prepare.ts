@@ -114,13 +114,17 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
 }
 
 function claimPath(ns: string, claim: string, volume: string, ctx: PrepareContext): string {
-  const pvc = ctx.claim(ns, claim);
+  return claimVolumePath(ns, claim, volume, ctx.claim(ns, claim), ctx.reachable);
+}
+
+/** The file of a claim a VM's volume uses, or a PrepareError saying why it cannot be used (yet). */
+export function claimVolumePath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined, reachable: (path: string) => boolean): string {
   if (!pvc) throw new PrepareError('PvcNotFound', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} does not exist`, true);
   const path = (pvc.metadata?.annotations as Record<string, string> | undefined)?.[storage.VOLUME_PATH];
   if ((pvc.status as { phase?: string } | undefined)?.phase !== 'Bound' || !path) {
     throw new PrepareError('PvcNotReady', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} is not Bound yet`, true);
   }
-  if (!ctx.reachable(path)) throw new PrepareError('VolumeNotOnNode', `volume ${volume}: ${ns}/${claim} lives in another node's local pool`, false);
+  if (!reachable(path)) throw new PrepareError('VolumeNotOnNode', `volume ${volume}: ${ns}/${claim} lives in another node's local pool`, false);
   return path;
 }
 

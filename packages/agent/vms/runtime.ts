@@ -21,7 +21,7 @@ import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
-import type { Pool } from '../storage/pools.ts';
+import { poolFor, type Pool } from '../storage/pools.ts';
 import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
@@ -72,7 +72,7 @@ export class VmRuntime extends Controller {
     this.hotplug = new VolumeHotplug(agentHotplugDeps({
       client, events: this.events, log: this.log,
       claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
-      reachable: (path) => [...opts.pools.values()].some((p) => path.startsWith(p.dir + '/')),
+      reachable: (path) => !!poolFor(opts.pools.values(), path),
     }));
   }
 
@@ -188,7 +188,7 @@ export class VmRuntime extends Controller {
       const prepared = await prepareVm(typed, runDir, {
         client: this.client,
         claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
-        reachable: (path) => [...this.opts.pools.values()].some((p) => path.startsWith(p.dir + '/')),
+        reachable: (path) => !!poolFor(this.opts.pools.values(), path),
       });
       argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
     } catch (e) {

@@ -9,7 +9,7 @@ import type { Client } from '@vessel/client';
 import { findByResource } from '@vessel/api';
 import { contextOf, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
-import { waitFor } from './snapshot.ts';
+import { createSnapshot, waitFor, waitForSnapshot } from './snapshot.ts';
 
 const CLONES = findByResource('clone.kubevirt.io', 'v1beta1', 'virtualmachineclones')!;
 const SNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
@@ -43,11 +43,8 @@ export function registerClone(program: Command): void {
       let snapshot = flags.fromSnapshot ? source : undefined;
       const shared = !snapshot && targets.length > 1 ? `clone-${source}-${Date.now().toString(36)}` : undefined;
       if (shared) {
-        await client.create(SNAPSHOTS, { apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name: shared, namespace: ns }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: source } } }, { namespace: ns });
-        await waitFor(client, SNAPSHOTS, ns, shared, timeoutMs, (s) => {
-          if (s.phase === 'Failed') throw new Error(`snapshot of ${source} failed: ${String((s.error as Obj | undefined)?.message ?? '')}`);
-          return s.readyToUse === true;
-        });
+        await createSnapshot(client, ns, shared, source);
+        await waitForSnapshot(client, ns, shared, timeoutMs);
         snapshot = shared;
       }
       try {

@@ -10,7 +10,7 @@ import type { Client, KubeObject } from '@vessel/client';
 import { findByResource, storage } from '@vessel/api';
 import { contextOf, note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
-import { waitFor } from './snapshot.ts';
+import { createSnapshot, waitFor, waitForSnapshot } from './snapshot.ts';
 
 const SNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
 const CONTENTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshotcontents')!;
@@ -40,13 +40,10 @@ export function registerImage(program: Command): void {
       let snapshot = flags.fromSnapshot!;
       if (flags.fromVm) {
         snapshot = `image-${name}-${Date.now().toString(36)}`;
-        await client.create(SNAPSHOTS, { apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name: snapshot, namespace: srcNs }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: flags.fromVm } } }, { namespace: srcNs });
+        await createSnapshot(client, srcNs, snapshot, flags.fromVm);
       }
       try {
-        const snap = await waitFor(client, SNAPSHOTS, srcNs, snapshot, timeoutMs, (s) => {
-          if (s.phase === 'Failed') throw new Error(`snapshot ${snapshot} failed: ${String((s.error as Obj | undefined)?.message ?? '')}`);
-          return s.readyToUse === true;
-        });
+        const snap = await waitForSnapshot(client, srcNs, snapshot, timeoutMs);
         await publishImage(client, snap, srcNs, ns, name, flags.volume, timeoutMs);
         out(`datasource.cdi.kubevirt.io/${name} created in ${ns}: use it with sourceRef {kind: DataSource, name: ${name}, namespace: ${ns}}\n`);
       } finally {

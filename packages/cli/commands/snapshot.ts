@@ -26,18 +26,10 @@ export function registerSnapshot(program: Command): void {
       const ctx = contextOf(cmd);
       const ns = ctx.namespace();
       const client = ctx.client();
-      await client.create(SNAPSHOTS, {
-        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot',
-        metadata: { name, namespace: ns, ...(flags.withMemory ? { annotations: { 'snapshot.vessel.io/with-memory': 'true' } } : {}) },
-        spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
-      }, { namespace: ns });
+      await createSnapshot(client, ns, name, vm, flags.withMemory === true);
       out(`virtualmachinesnapshot.snapshot.kubevirt.io/${name} created\n`);
       if (!flags.wait) return;
-      await waitFor(client, SNAPSHOTS, ns, name, Number(flags.timeout) * 1000, (s) => {
-        if (s.phase === 'Succeeded') return true;
-        if (s.phase === 'Failed') throw new Error(`snapshot ${name} failed: ${(s.error as Obj | undefined)?.message ?? 'see vessel describe vmsnapshot ' + name}`);
-        return false;
-      });
+      await waitForSnapshot(client, ns, name, Number(flags.timeout) * 1000);
       out(`snapshot ${name} of ${vm} is ready to use\n`);
     });
 
@@ -70,6 +62,23 @@ export function registerSnapshot(program: Command): void {
       await waitFor(client, RESTORES, ns, name, Number(flags.timeout) * 1000, (s) => s.complete === true);
       out(`${target} restored from ${snapshot}\n`);
     });
+}
+
+/** Creates a VirtualMachineSnapshot `name` of VM `vm`. */
+export async function createSnapshot(client: Client, ns: string, name: string, vm: string, withMemory = false): Promise<void> {
+  await client.create(SNAPSHOTS, {
+    apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot',
+    metadata: { name, namespace: ns, ...(withMemory ? { annotations: { 'snapshot.vessel.io/with-memory': 'true' } } : {}) },
+    spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
+  }, { namespace: ns });
+}
+
+/** Waits until the snapshot is ready to use; throws with its error when it failed. */
+export function waitForSnapshot(client: Client, ns: string, name: string, timeoutMs: number): Promise<KubeObject> {
+  return waitFor(client, SNAPSHOTS, ns, name, timeoutMs, (s) => {
+    if (s.phase === 'Failed') throw new Error(`snapshot ${name} failed: ${String((s.error as Obj | undefined)?.message ?? `see vessel describe vmsnapshot ${name}`)}`);
+    return s.readyToUse === true;
+  });
 }
 
 /** Polls until `done(status)`, printing each new Progressing message. */
