@@ -10,11 +10,12 @@
  *   the watch event that shows it done:
  *     offline snapshot (VirtualMachineSnapshot → Succeeded), restore into the same stopped VM
  *     (VirtualMachineRestore → complete), restore into a new VM and linked clone from the
- *     snapshot (VirtualMachineClone → Succeeded, both until the new claim is Bound: the restore
- *     completes before the agent has made the disk);
+ *     snapshot (VirtualMachineClone → Succeeded, both also until the new claim is Bound, which
+ *     since the restore waits for its claims should come first);
  *   then with both VMs running: online snapshot, and a linked clone of the running VM (which
  *   takes its own online snapshot; until the new claim is Bound, and a PROBLEM if it is not
- *   within 30 s, as before commit 8c3c616 while the source VM ran). Baseline: `qemu-img
+ *   within 30 s, as before commit 8c3c616 while the source VM ran, and for a second clone of a
+ *   running VM until its overlay's file node was added on its own). Baseline: `qemu-img
  *   create -f qcow2 -b <file> -F qcow2 <dest>` by hand on the VM's disk (offline) or on the
  *   snapshot file just taken (online). Claim: the times do not grow with the disk size (20 GiB / 1 GiB ~ 1).
  *
@@ -49,6 +50,7 @@ import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { backingFile, qemuImg } from '@vessel/agent';
+import { snapshots } from '@vessel/api';
 import { isNotFound, type KubeObject, type ResourceRef, type Watch } from '@vessel/client';
 import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
@@ -70,9 +72,7 @@ const IMAGES = 'vessel-images';
 const MiB = 1 << 20;
 const GiB = 1 << 30;
 /** Annotations of the product (packages/agent/snapshots/snapshots.ts, packages/controllers/clone.ts). */
-const WITH_MEMORY = 'snapshot.vessel.io/with-memory';
-const SNAPSHOT_FILES = 'vessel.io/snapshot-files';
-const MEMORY_FILE = 'vessel.io/memory-file';
+const { WITH_MEMORY, SNAPSHOT_FILES, MEMORY_FILE } = snapshots;
 const CLONE_TYPE = 'clone.vessel.io/type';
 
 const OP_TIMEOUT_MS = 180_000;
@@ -947,9 +947,9 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
         let qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000 });
         try {
           // First with QEMU's migration bandwidth limit (max-bandwidth, 128 MiB/s by default)
-          // lifted, as `virsh save` does; then the guest runs on for an instant (QEMU refuses a
-          // second migration of a guest paused by the first) and is saved as the agent saves it,
-          // with the default limit. That second file is the one resumed from.
+          // lifted, as `virsh save` and the agent do; then the guest runs on for an instant (QEMU
+          // refuses a second migration of a guest paused by the first) and is saved with QEMU's
+          // default limit. That second file is the one resumed from.
           const { 'max-bandwidth': defaultBandwidth } = await qmp.execute<{ 'max-bandwidth': number }>('query-migrate-parameters');
           const t2 = now();
           await qmp.execute('stop');
@@ -1010,14 +1010,14 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
           `the guest echoes a key on its console (it runs) ${p50p95(get(vm, 'resume echo'))} after the start, ${fmtRatio(ratio(p50(get(vm, 'resume echo')), p50(get(vm, 'boot'))))} of the cold boot`,
       });
       figures.push({
-        name: `snapshot with memory / raw stop+migrate, ${s.label} (p50)`,
+        name: `snapshot with memory / raw stop+migrate at QEMU's default limit, ${s.label} (p50)`,
         ratio: ratio(p50(get(vm, 'snapshot')), p50(get(vm, 'raw save'))),
         detail: `POST → Succeeded ${p50p95(get(vm, 'snapshot'))}, memory file ${mib(p50(get(vm, 'memory file')))} (${fillPct}% of the guest filled); raw QMP stop + migrate exec:cat > file ${p50p95(get(vm, 'raw save'))} (${mib(p50(get(vm, 'raw memory file')))}), + fsync ${ms(p50(get(vm, 'raw save+fsync')))}; restore in place ${p50p95(get(vm, 'restore'))}`,
       });
       figures.push({
         name: `snapshot with memory / raw migrate, max-bandwidth lifted, ${s.label} (p50)`,
         ratio: ratio(p50(get(vm, 'snapshot')), p50(get(vm, 'raw save unthrottled'))),
-        detail: `the same raw migrate after migrate-set-parameters max-bandwidth=1 TiB/s (QEMU's default limit is 128 MiB/s, which the agent keeps): ${p50p95(get(vm, 'raw save unthrottled'))}`,
+        detail: `the same raw migrate after migrate-set-parameters max-bandwidth=1 TiB/s (QEMU's default limit is 128 MiB/s; the agent lifts it the same way): ${p50p95(get(vm, 'raw save unthrottled'))}`,
       });
       figures.push({
         name: `resume, platform / raw QEMU -incoming, ${s.label} (p50)`,

@@ -59,3 +59,13 @@ test('ten clones of one VM all boot with their own MAC, UUID and cloud-init inst
   const vms = await run('kubectl', ['--kubeconfig', v.kubeconfig, 'get', 'vmclone']);
   assert.match(vms.out, /clone-web-10\s+Succeeded\s+/);
 });
+
+test('one more clone straight from the running VM boots with its own identity', async () => {
+  // A second online snapshot of `web`: its QEMU now reads the first one as a backing file.
+  const r = await vessel('clone', 'web', '--name', 'web-11');
+  assert.equal(r.code, 0, r.err + r.out);
+  const id = await identityOf('web-11');
+  assert.equal(id.instance, `web-11.${ns}`);
+  const others = await Promise.all(['web', 'web-1', 'web-10'].map(identityOf));
+  assert.ok(others.every((o) => o.mac !== id.mac && o.uuid !== id.uuid), 'web-11 has its own MAC and UUID');
+});

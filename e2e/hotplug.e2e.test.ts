@@ -18,8 +18,9 @@ const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualm
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
+const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
 type Obj = Record<string, unknown>;
-interface VolumeStatus { name: string; target: string; phase?: string; reason?: string; message?: string; hotplugVolume?: Obj }
+interface VolumeStatus { name: string; target: string; phase?: string; reason?: string; message?: string; hotplugVolume?: Obj; persistentVolumeClaimInfo?: Obj }
 
 let v: Vessel;
 const ns = 'default';
@@ -40,6 +41,9 @@ echo "HOTPLUG-GONE sda"
 const READER = `#!/bin/sh
 while [ ! -b /dev/sda ]; do sleep 1; done
 echo "HOTPLUG-READ $(dd if=/dev/sda bs=512 count=1 2>/dev/null | tr -d '\\000' | head -n 1)"
+size=$(cat /sys/block/sda/size)
+while [ -b /dev/sda ] && [ "$(cat /sys/block/sda/size)" = "$size" ]; do sleep 1; done
+echo "HOTPLUG-GREW $(cat /sys/block/sda/size) sectors"
 `;
 
 const tinyVm = (name: string, userData: string, memory = '128Mi') => tinyVmFor(name, { namespace: ns, userData, memory });
@@ -134,6 +138,15 @@ describe('disk hotplug', () => {
     assert.equal((await vessel('addvolume', 'reader', '--volume-name=scratch')).code, 0);
     const read = await serialHas('reader', /HOTPLUG-READ (\S*)/);
     assert.equal(read[1], MARKER, 'B reads what A wrote');
+
+    // Growing the plugged claim: the guest sees the new size, and volumeStatus shows it.
+    await v.client.patch(PVC, 'scratch', { spec: { resources: { requests: { storage: '96Mi' } } } }, { namespace: ns });
+    const grew = await serialHas('reader', /HOTPLUG-GREW (\d+) sectors/, 120_000);
+    assert.equal(Number(grew[1]), 96 * 2048);
+    await eventually('scratch at 96Mi in reader\'s volumeStatus', async () => {
+      const e = (await volumeStatus('reader')).find((x) => x.name === 'scratch');
+      return (e?.persistentVolumeClaimInfo?.capacity as Obj | undefined)?.storage === '96Mi' ? true : undefined;
+    }, 60_000);
   });
 
   test('--persist: the template gets the volume, the running VM gets the disk, and no RestartRequired', async () => {

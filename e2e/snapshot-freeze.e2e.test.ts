@@ -13,6 +13,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { snapshots } from '@vessel/api';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { fsfreezeStatus } from '../packages/agent/qga/client.ts';
@@ -43,7 +44,7 @@ async function snapshot(snap: string): Promise<{ status: SnapshotStatus; file: s
   assert.equal(r.code, 0, r.err + r.out);
   const status = (await v.client.get(SNAPSHOTS, snap, { namespace: ns })).status as SnapshotStatus;
   const content = await v.client.get(CONTENTS, status.virtualMachineSnapshotContentName, { namespace: ns });
-  const files = JSON.parse((content.metadata?.annotations as Record<string, string>)['vessel.io/snapshot-files']) as Record<string, string>;
+  const files = JSON.parse((content.metadata?.annotations as Record<string, string>)[snapshots.SNAPSHOT_FILES]) as Record<string, string>;
   return { status, file: files.root };
 }
 

@@ -16,6 +16,7 @@ import { counters, serialLog, tinyVm } from './tiny-vm.ts';
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const SNAPSHOTS: ResourceRef = { group: 'snapshot.kubevirt.io', version: 'v1beta1', plural: 'virtualmachinesnapshots', namespaced: true };
+const RESTORES: ResourceRef = { group: 'snapshot.kubevirt.io', version: 'v1beta1', plural: 'virtualmachinerestores', namespaced: true };
 const ns = 'default';
 let v: Vessel;
 
@@ -96,13 +97,19 @@ describe('snapshot and restore', () => {
   });
 
   test('restore into a new VM: it boots from the snapshot while the source VM keeps its own disk', async () => {
-    const r = await vessel('restore', 'db', 'before-upgrade', '--to', 'db-copy');
+    const r = await vessel('restore', 'db', 'before-upgrade', '--to', 'db-copy', '--name', 'to-copy');
     assert.equal(r.code, 0, r.err);
+    // Complete means the new VM's disk exists, and the status names it.
+    const done = await v.client.get(RESTORES, 'to-copy', { namespace: ns });
+    const claim = ((done.status as { restores: { persistentVolumeClaim: string }[] }).restores)[0].persistentVolumeClaim;
+    assert.match(claim, /^restore-/);
+    const pvc = await v.client.get({ group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true }, claim, { namespace: ns });
+    assert.equal((pvc.status as { phase?: string }).phase, 'Bound');
     const first = await firstCounterAfter('db-copy', 0);
     assert.ok(first === atSnapshot + 1 || first === atSnapshot + 2, `the copy counts on from ${atSnapshot}: first ${first}`);
     const copy = await v.client.get(VM, 'db-copy', { namespace: ns });
     const vols = ((copy.spec as { template: { spec: { volumes: { persistentVolumeClaim?: { claimName: string } }[] } } }).template.spec.volumes);
-    assert.match(vols[0].persistentVolumeClaim!.claimName, /^restore-/);
+    assert.equal(vols[0].persistentVolumeClaim!.claimName, claim);
     await v.client.delete(VM, 'db-copy', { namespace: ns });
   });
 
@@ -147,6 +154,31 @@ describe('snapshot and restore', () => {
     const first = await firstCounterAfter('from-golden', 0);
     assert.ok(first === atSnapshot + 1 || first === atSnapshot + 2, `a VM from the image counts on from ${atSnapshot}: first ${first}`);
     await v.client.delete(VM, 'from-golden', { namespace: ns });
+  });
+
+  test('image create --sparsify leaves out what the guest deleted', async () => {
+    // 40 MiB of random data written and deleted: still in the disk's clusters, not in its files.
+    const junk = '#!/bin/sh\ndd if=/dev/urandom of=/junk bs=1M count=40 2>/dev/null; sync; rm /junk; sync; echo VESSEL-JUNK-GONE\n';
+    await v.client.create(VM, tinyVm('junk', { userData: junk }), { namespace: ns });
+    await eventually('the guest wrote and deleted its junk', async () => (/VESSEL-JUNK-GONE/.test(await serial('junk')) ? true : undefined), 300_000, 500);
+    const imageBytes = async (name: string) => {
+      const pvc = await v.client.get({ group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true }, name, { namespace: ns });
+      const path = ((pvc.metadata?.annotations ?? {}) as Record<string, string>)['vessel.io/volume-path'];
+      return (JSON.parse((await run('qemu-img', ['info', '--output=json', '-U', path])).out) as { 'actual-size': number })['actual-size'];
+    };
+    const plain = await vessel('image', 'create', 'junk-plain', '--from-vm', 'junk');
+    assert.equal(plain.code, 0, plain.err + plain.out);
+    const sparse = await vessel('image', 'create', 'junk-sparse', '--from-vm', 'junk', '--sparsify');
+    assert.equal(sparse.code, 0, sparse.err + sparse.out);
+    const trimmed = /the guest trimmed (\d+) MiB/.exec(sparse.err);
+    assert.ok(trimmed && Number(trimmed[1]) >= 40, `the guest agent trimmed the free space: ${sparse.err}`);
+    const [a, b] = [await imageBytes('junk-plain'), await imageBytes('junk-sparse')];
+    console.log(`# image of the guest's disk: ${(a / 1048576).toFixed(1)} MiB as it is, ${(b / 1048576).toFixed(1)} MiB sparsified (${trimmed[1]} MiB trimmed)`);
+    assert.ok(a - b >= 35 * 1048576, `the sparsified image is smaller by the deleted data: ${a} vs ${b} bytes`);
+    const refused = await vessel('image', 'create', 'nope', '--from-snapshot', 'before-upgrade', '--sparsify');
+    assert.equal(refused.code, 1);
+    assert.match(refused.err, /--sparsify needs --from-vm/);
+    await v.client.delete(VM, 'junk', { namespace: ns });
   });
 
   test('with memory: the restored guest resumes where it was, without booting', async () => {

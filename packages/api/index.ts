@@ -22,5 +22,6 @@ export { ApiError, ErrorCode, Reason, invalidObjectMessage } from './errors.ts';
 export { SUPPORTED_FIELDS, VMI_SPEC_SUPPORTED, DV_SPEC_SUPPORTED } from './support.ts';
 export { upstreamSchemas, type JsonSchema } from './schemas.ts';
 export * as storage from './storage.ts';
+export * as snapshots from './snapshots.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

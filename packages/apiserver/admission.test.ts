@@ -16,6 +16,9 @@ function reader(objects: Record<string, KubeObject>): ObjectReader {
       if (!o) throw notFound(info.plural, info.group, name);
       return o;
     },
+    list: async (info: KindInfo, ns: string | undefined) => ({
+      items: Object.entries(objects).filter(([k]) => k.startsWith(`${info.plural}/${ns}/`)).map(([, o]) => o),
+    }),
   };
 }
 
@@ -72,6 +75,15 @@ test('restore: a running target VM is refused unless the restore may stop it or 
   await admitReferences(reader({ 'virtualmachinesnapshots/ns1/snap1': readySnapshot(), 'virtualmachines/ns1/vm1': VM }), RESTORES, restore());
 });
 
+test('restore: one unfinished restore per target VM at a time', async () => {
+  const other = (complete: boolean, target = 'vm1'): KubeObject => ({ metadata: { name: 'r0' }, spec: { target: { name: target } }, status: { complete } });
+  const world = (r0: KubeObject) => reader({ 'virtualmachinesnapshots/ns1/snap1': readySnapshot(), 'virtualmachinerestores/ns1/r0': r0 });
+  const e = await refused(admitReferences(world(other(false)), RESTORES, restore()), 422);
+  assert.deepEqual(e.details?.causes, [{ reason: 'FieldValueInvalid', field: 'spec.target', message: 'VirtualMachineRestore r0 of vm1 is in progress: wait until it completes, or delete it' }]);
+  await admitReferences(world(other(true)), RESTORES, restore());
+  await admitReferences(world(other(false, 'vm2')), RESTORES, restore());
+});
+
 test('restore: both problems at once; updates of a stored restore are not re-checked', async () => {
   const world = reader({ 'virtualmachines/ns1/vm1': VM, 'virtualmachineinstances/ns1/vm1': vmi('Running') });
   const e = await refused(admitReferences(world, RESTORES, restore()), 422);
@@ -80,7 +92,8 @@ test('restore: both problems at once; updates of a stored restore are not re-che
 });
 
 test('admission read errors other than 404 are not swallowed', async () => {
-  const broken: ObjectReader = { get: async () => { throw new ApiError(500, 'InternalError', 'store down'); } };
+  const down = async (): Promise<never> => { throw new ApiError(500, 'InternalError', 'store down'); };
+  const broken: ObjectReader = { get: down, list: down };
   await refused(admitReferences(broken, RESTORES, restore()), 500);
 });
 
@@ -102,4 +115,21 @@ test('clone: the source is a reference in the clone namespace; the caller must b
   assert.throws(() => authorizeCloneSources({ name: 'nobody', groups: [] }, CLONES, clone('VirtualMachineSnapshot', 's1')),
     /spec\.source: cannot clone from ns1\/s1: virtualmachinesnapshots\.snapshot\.kubevirt\.io "s1" is forbidden/);
   await admit({ name: 'alice', groups: ['vessel:tenant:ns1'] }, reader({}), CLONES, clone('VirtualMachine'));
+});
+
+test('claims: only administrators set or change where a volume lives', async () => {
+  const PVCS = findByResource('', 'v1', 'persistentvolumeclaims')!;
+  const tenant = { name: 'alice', groups: ['vessel:tenant:ns1'] };
+  const admin = { name: 'agent', groups: ['system:masters'] };
+  const claim = (annotations: Record<string, string>, uid?: string): KubeObject => ({ metadata: { name: 'c1', namespace: 'ns1', annotations, ...(uid ? { uid } : {}) }, spec: {} });
+  const path = { 'vessel.io/volume-path': '/pools/local/ns1/c1.qcow2' };
+  const e = await refused(admit(tenant, reader({}), PVCS, claim({ 'vessel.io/volume-path': '/pools/local/ns2/secret.qcow2' })), 422);
+  assert.deepEqual(e.details?.causes?.map((c) => [c.reason, c.field]), [['FieldValueForbidden', 'metadata.annotations[vessel.io/volume-path]']]);
+  // Changed on a stored claim: refused; kept as it is (any other change): fine.
+  const stored = reader({ 'persistentvolumeclaims/ns1/c1': claim(path, 'u1') });
+  await refused(admit(tenant, stored, PVCS, claim({ 'vessel.io/volume-path': '/pools/local/ns2/secret.qcow2' }, 'u1')), 422);
+  await refused(admit(tenant, stored, PVCS, claim({}, 'u1')), 422);
+  await admit(tenant, stored, PVCS, claim({ ...path, note: 'mine' }, 'u1'));
+  await admit(tenant, reader({}), PVCS, claim({ 'vessel.io/restore-source': '/pools/local/ns1/x@y.qcow2' }));
+  await admit(admin, reader({}), PVCS, claim({ 'vessel.io/volume-path': '/anywhere.qcow2', 'vessel.io/pool': 'local' }));
 });

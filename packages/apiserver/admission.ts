@@ -1,15 +1,17 @@
 /**
  * Admission checks that need more than the object itself:
- *  - the requesting user: a DataVolume (or a VM's dataVolumeTemplates, or a DataSource) that
+ *  - the requesting user: only administrators (the server and agents) set the annotations that
+ *    say where a claim's volume lives; a DataVolume (or a VM's dataVolumeTemplates, or a DataSource) that
  *    copies another namespace's disk needs read access to that disk, as CDI's clone
  *    authorization does, and a VirtualMachineClone needs read access to the VM or snapshot it
  *    copies. Without this a tenant could clone any tenant's volume by naming it;
  *  - other objects (admitReferences), as virt-api's VMRestoreAdmitter reads them: a restore
- *    needs a usable VirtualMachineSnapshot, and a target VM that is not running unless the
- *    restore may stop it (targetReadinessPolicy StopTarget) or wait for it (WaitEventually).
+ *    needs a usable VirtualMachineSnapshot, no other unfinished restore of its target, and a
+ *    target VM that is not running unless the restore may stop it (targetReadinessPolicy
+ *    StopTarget) or wait for it (WaitEventually).
  */
-import { findByResource, pvcResizeRefusal, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
-import { authorize, type User } from './auth.ts';
+import { findByResource, pvcResizeRefusal, storage, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
 
 type Obj = Record<string, unknown>;
@@ -68,12 +70,14 @@ export function authorizeCloneSources(user: User, info: KindInfo, obj: unknown):
 /** How admission reads other objects: Resources.get (a 404 ApiError when the object is absent). */
 export interface ObjectReader {
   get(info: KindInfo, namespace: string | undefined, name: string): Promise<KubeObject>;
+  list(info: KindInfo, namespace: string | undefined, q: Record<string, never>): Promise<{ items: KubeObject[] }>;
 }
 
 const VMS = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 const STORAGE_CLASSES = findByResource('storage.k8s.io', 'v1', 'storageclasses')!;
 const VMIS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
 const VMSNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
+const VMRESTORES = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores')!;
 
 /** A VMI in one of these phases has stopped for good; any other VMI is a running VM. */
 const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
@@ -106,6 +110,12 @@ async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promi
     }
   }
   const target = (spec.target ?? {}) as { apiGroup?: string; kind?: string; name?: string };
+  // Two restores writing one VM's disks and spec would leave it half one, half the other.
+  const unfinished = target.name ? (await reader.list(VMRESTORES, ns, {})).items.find((r) =>
+    ((r.spec as Obj | undefined)?.target as { name?: string } | undefined)?.name === target.name && (r.status as Obj | undefined)?.complete !== true) : undefined;
+  if (unfinished) {
+    causes.push({ reason: 'FieldValueInvalid', field: 'spec.target', message: `VirtualMachineRestore ${unfinished.metadata?.name} of ${target.name} is in progress: wait until it completes, or delete it` });
+  }
   const policy = typeof spec.targetReadinessPolicy === 'string' ? spec.targetReadinessPolicy : undefined;
   if (target.kind === 'VirtualMachine' && target.name && !(policy && MAY_RUN_POLICIES.has(policy))) {
     const vm = await getOrUndefined(reader, VMS, ns, target.name);
@@ -143,8 +153,29 @@ export async function admitReferences(reader: ObjectReader, info: KindInfo, obj:
  */
 export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
   authorizeCloneSources(user, info, obj);
+  await admitReservedAnnotations(user, reader, info, obj);
   await admitReferences(reader, info, obj);
   await admitClaimResize(reader, info, obj);
+}
+
+/**
+ * Where a claim's volume lives is the agent's to say: a tenant who could point
+ * vessel.io/volume-path at another file would start a VM on, or delete, another tenant's
+ * disk. Only administrators (the server's and agents' own identity) set or change these.
+ */
+const RESERVED_CLAIM_ANNOTATIONS = [storage.VOLUME_PATH, storage.VOLUME_POOL, storage.UPLOAD_TOKEN];
+
+export async function admitReservedAnnotations(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+  if (info.group !== '' || info.kind !== 'PersistentVolumeClaim' || user.groups.includes(ADMIN_GROUP)) return;
+  const stored = obj.metadata?.uid ? await getOrUndefined(reader, info, obj.metadata.namespace ?? 'default', obj.metadata.name ?? '') : undefined;
+  const before = (stored?.metadata?.annotations ?? {}) as Record<string, string>;
+  const after = (obj.metadata?.annotations ?? {}) as Record<string, string>;
+  const changed = RESERVED_CLAIM_ANNOTATIONS.filter((k) => before[k] !== after[k]);
+  if (changed.length) {
+    throw invalid(info.kind, info.group, obj.metadata?.name ?? '', changed.map((k) => ({
+      reason: 'FieldValueForbidden', field: `metadata.annotations[${k}]`, message: `${k} is set by Vessel's node agent: leave it out (or as it is)`,
+    })));
+  }
 }
 
 /** Kubernetes' PersistentVolumeClaimResize admission: a claim grows only in a class that allows it (403). */

@@ -69,10 +69,9 @@ function cell(col: PrinterColumn, obj: StoredObject): unknown {
   return values.map((v) => (typeof v === 'object' ? JSON.stringify(v) : String(v))).join(',');
 }
 
+/** A kind's own columns, as its CRD or Kubernetes' printer declares them; Age alone for a kind without any (the CRD default). */
 function columnsOf(info: KindInfo): PrinterColumn[] {
-  const cols = info.printerColumns;
-  const hasAge = cols.some((c) => c.jsonPath === '.metadata.creationTimestamp');
-  return hasAge ? cols : [...cols, { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' }];
+  return info.printerColumns.length ? info.printerColumns : [{ name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' }];
 }
 
 export function toTable(info: KindInfo, objects: StoredObject[], meta: Table['metadata'], includeObject: string | undefined): Table {

@@ -10,16 +10,17 @@
 import jsonpatch from 'fast-json-patch';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { storage } from '@vessel/api';
+import { snapshots, storage } from '@vessel/api';
 import { CLONE_DISK_TYPE, Controller, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/controllers';
 import { faultPoint } from '../faults.ts';
 import { compact, restoreVolume } from '../storage/chain.ts';
 import { poolFor } from '../storage/pools.ts';
 import { RESUME_MEMORY } from '../vms/memory.ts';
-import { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE, type SnapshotOptions } from './snapshots.ts';
+import type { SnapshotOptions } from './snapshots.ts';
 
 type Obj = Record<string, unknown>;
 const { VMS, VMIS, PVCS, VMSNAPSHOTS, VMSNAPSHOTCONTENTS, VMRESTORES } = refs;
+const { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE } = snapshots;
 /** On a VM made by a restore: the restore's uid. */
 export const RESTORED_BY = 'vessel.io/restored-by';
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -69,7 +70,9 @@ export class RestoreController extends Controller {
     const target = String(spec.target?.name ?? '');
     const vm = this.vmList.get(`${ns}/${target}`);
 
-    if (vm && annotations(vm)[RESTORED_BY] !== restore.metadata.uid) {
+    // In place: a VM that this restore did not make. Otherwise a new VM, perhaps made by an earlier pass.
+    const inPlace = !!vm && annotations(vm)[RESTORED_BY] !== restore.metadata.uid;
+    if (inPlace) {
       const vmi = this.vmis.get(`${ns}/${target}`);
       if (vmi && !FINAL.has(phaseOf(vmi))) {
         if (spec.targetReadinessPolicy === 'StopTarget' && runStrategyOf(vm) !== 'Halted') {
@@ -100,9 +103,14 @@ export class RestoreController extends Controller {
       await this.client.update(VMS, { ...vm, metadata, spec: next }, { namespace: ns });
       for (const pool of this.opts.pools.values()) await compact(pool);
     } else {
-      await this.restoreToNewVm(restore, target, recorded, backups, files, annotations(content)[MEMORY_FILE]);
+      const claims = backups.map((b) => this.pvcs.get(`${ns}/${claimFor(restore, b.volumeName)}`));
+      if (!vm || claims.some((c) => !c)) await this.restoreToNewVm(restore, target, recorded, backups, files, annotations(content)[MEMORY_FILE]);
+      // Done when the disks exist, not when they were asked for: a full clone copies for a while.
+      const unbound = backups.map((b, i) => ({ name: claimFor(restore, b.volumeName), pvc: claims[i] }))
+        .filter(({ pvc }) => phaseOf(pvc) !== 'Bound' || !annotations(pvc!)[storage.VOLUME_PATH]).map(({ name }) => name);
+      if (unbound.length) return this.progress(restore, 'RestoreInProgress', `waiting for the disks of ${target}: ${unbound.join(', ')}`, true);
     }
-    const restores = backups.map((b) => ({ volumeName: b.volumeName, persistentVolumeClaim: vm ? b.persistentVolumeClaim.metadata.name : claimFor(restore, b.volumeName), volumeSnapshotName: b.volumeSnapshotName }));
+    const restores = backups.map((b) => ({ volumeName: b.volumeName, persistentVolumeClaim: inPlace ? b.persistentVolumeClaim.metadata.name : claimFor(restore, b.volumeName), volumeSnapshotName: b.volumeSnapshotName }));
     await updateStatus(this.client, VMRESTORES, ns, restore.metadata.name, (s) => {
       s.complete = true;
       s.restoreTime = new Date().toISOString();
@@ -169,13 +177,14 @@ export class RestoreController extends Controller {
     }
   }
 
-  private async progress(restore: KubeObject, reason: string, message: string): Promise<void> {
+  /** Not done yet: `moving` when it advances by itself, otherwise it waits on something else. */
+  private async progress(restore: KubeObject, reason: string, message: string, moving = false): Promise<void> {
     await updateStatus(this.client, VMRESTORES, restore.metadata.namespace, restore.metadata.name, (s) => {
       s.complete = false;
-      setCondition(s, { type: 'Progressing', status: 'False', reason, message }, false);
+      setCondition(s, { type: 'Progressing', status: moving ? 'True' : 'False', reason, message }, false);
       setCondition(s, { type: 'Ready', status: 'False', reason, message }, false);
     });
-    this.queue.addAfter(`${restore.metadata.namespace}/${restore.metadata.name}`, 3000);
+    this.queue.addAfter(`${restore.metadata.namespace}/${restore.metadata.name}`, moving ? 1000 : 3000);
   }
 }
 

@@ -15,9 +15,9 @@ import { dirname, join } from 'node:path';
 import type { Client } from '@vessel/client';
 import { Controller, EventRecorder, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
 import { isStatusError } from '@vessel/client';
-import { storage } from '@vessel/api';
+import { snapshots, storage } from '@vessel/api';
 import { faultPoint } from '../faults.ts';
-import { ping } from '../qga/client.ts';
+import { fstrim, ping } from '../qga/client.ts';
 import { withFrozenGuest } from '../qga/freeze.ts';
 import { deviceId } from '../qemu/argv.ts';
 import { runDirFiles } from '../qemu/process.ts';
@@ -28,14 +28,7 @@ import type { VmRuntime } from '../vms/runtime.ts';
 
 type Obj = Record<string, unknown>;
 const { VMS, VMIS, PVCS, VMSNAPSHOTS, VMSNAPSHOTCONTENTS } = refs;
-/** On a content: JSON {volumeName: snapshot file}. */
-export const SNAPSHOT_FILES = 'vessel.io/snapshot-files';
-/** On a content: the node whose pools hold its files. */
-export const SNAPSHOT_NODE = 'vessel.io/node';
-/** On a content: the guest memory file of a snapshot taken with memory. */
-export const MEMORY_FILE = 'vessel.io/memory-file';
-/** On a VirtualMachineSnapshot: "true" to save the guest memory too (Vessel's extension). */
-export const WITH_MEMORY = 'snapshot.vessel.io/with-memory';
+const { SNAPSHOT_FILES, SNAPSHOT_NODE, MEMORY_FILE, WITH_MEMORY, SPARSIFY, TRIMMED_BYTES } = snapshots;
 /** Held on a content while its files exist. */
 export const CONTENT_FINALIZER = 'vessel.io/snapshot-files';
 const CONTENT_KEY = 'content:';
@@ -138,7 +131,14 @@ export class SnapshotController extends Controller {
       setCondition(s, { type: 'Progressing', status: 'True', reason: 'InProgress', message: 'Source locked and operation in progress' }, false);
       setCondition(s, { type: 'Ready', status: 'False', reason: 'NotReady', message: 'Not ready' }, false);
     });
-    await this.ensureContent(snap, vm, contentName, claims.map((c) => ({ volume: c.volume, pvc: c.pvc! })), files, memory);
+    // Sparsify: blocks the guest's filesystems no longer use are discarded before the disks
+    // switch, so they read as zeros in the snapshot and copies of it (images) leave them out.
+    let trimmed: number | undefined;
+    if (annotations(snap)[SPARSIFY] === 'true' && !this.contents.get(`${ns}/${contentName}`)) {
+      trimmed = running && (agent || (await ping(qga))) ? await this.trim(snap, qga) : undefined;
+      if (trimmed === undefined) await this.events.record(snap, 'Warning', 'NotSparsified', `${running ? 'no guest agent answers' : 'the VM is stopped'}: free space inside the guest could not be trimmed, so the snapshot keeps it`);
+    }
+    await this.ensureContent(snap, vm, contentName, claims.map((c) => ({ volume: c.volume, pvc: c.pvc! })), files, memory, trimmed);
     faultPoint('snapshot:content');
 
     const created = new Date().toISOString();
@@ -196,7 +196,21 @@ export class SnapshotController extends Controller {
     await this.events.record(snap, 'Normal', 'SuccessfulVirtualMachineSnapshot', `Virtual Machine snapshot ${snap.metadata.name} of ${vm.metadata.name} ${running ? 'taken online' : 'taken'} (${claims.length} disk${claims.length === 1 ? '' : 's'})`);
   }
 
-  private async ensureContent(snap: KubeObject, vm: KubeObject, name: string, claims: { volume: string; pvc: KubeObject }[], files: Record<string, string>, memory: string | undefined): Promise<void> {
+  /** guest-fstrim; the bytes trimmed, or undefined when the agent failed. */
+  private async trim(snap: KubeObject, qga: string): Promise<number | undefined> {
+    try {
+      const paths = await fstrim(qga);
+      const bytes = paths.reduce((n, p) => n + p.trimmed, 0);
+      const failed = paths.filter((p) => p.error).map((p) => `${p.path}: ${p.error}`);
+      await this.events.record(snap, 'Normal', 'GuestTrimmed', `the guest trimmed ${Math.round(bytes / 1048576)} MiB of free space on ${paths.length - failed.length} filesystem(s)${failed.length ? `; not on ${failed.join(', ')}` : ''}`);
+      return bytes;
+    } catch (e) {
+      this.log(`snapshots: ${snap.metadata.namespace}/${snap.metadata.name}: guest-fstrim: ${e instanceof Error ? e.message : String(e)}`);
+      return undefined;
+    }
+  }
+
+  private async ensureContent(snap: KubeObject, vm: KubeObject, name: string, claims: { volume: string; pvc: KubeObject }[], files: Record<string, string>, memory: string | undefined, trimmed: number | undefined): Promise<void> {
     if (this.contents.get(`${snap.metadata.namespace}/${name}`)) return;
     const uid = snap.metadata.uid!;
     try {
@@ -204,7 +218,10 @@ export class SnapshotController extends Controller {
         apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshotContent',
         metadata: {
           name, namespace: snap.metadata.namespace,
-          annotations: { [SNAPSHOT_FILES]: JSON.stringify(files), [SNAPSHOT_NODE]: this.opts.nodeName, ...(memory ? { [MEMORY_FILE]: memory } : {}) },
+          annotations: {
+            [SNAPSHOT_FILES]: JSON.stringify(files), [SNAPSHOT_NODE]: this.opts.nodeName,
+            ...(memory ? { [MEMORY_FILE]: memory } : {}), ...(trimmed !== undefined ? { [TRIMMED_BYTES]: String(trimmed) } : {}),
+          },
           finalizers: [CONTENT_FINALIZER],
           ownerReferences: [{ apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', name: snap.metadata.name, uid, controller: true, blockOwnerDeletion: true }],
         },

@@ -180,6 +180,28 @@ describe('live (a running QEMU)', () => {
     assert.equal(read(vol), 3);
   });
 
+  test('while the VM runs on, another process can open each of its snapshots (a clone\'s QEMU)', async () => {
+    const vol = await volume();
+    const clone = (i: number) => join(dir, `clone-${n}-${i}.qcow2`);
+    const q = await startQemu(vol);
+    try {
+      for (let i = 1; i <= 3; i++) {
+        assert.doesNotMatch(await q.io(`write -P ${i} 0 64k`), /error|fail/i);
+        await takeSnapshot(pool, vol, snap(vol, i), q.live);
+        // A linked clone read without -U: it fails if the running QEMU still holds a write
+        // lock on the file, as it did on every snapshot after the first when QEMU could not
+        // reopen the former top read-only.
+        await qemuImg.create(clone(i), { format: 'qcow2', backingFile: snap(vol, i), backingFormat: 'qcow2', unsafeBacking: true, size: 16 * MiB });
+        for (let j = 1; j <= i; j++) {
+          const r = spawnSync('qemu-io', ['-r', '-f', 'qcow2', '-c', `read -P ${j} 0 64k`, clone(j)], { encoding: 'utf8' });
+          assert.equal(r.status === 0 && !/fail|lock/i.test(r.stdout + r.stderr), true, `snapshot ${j} after ${i}: ${r.stdout}${r.stderr}`);
+        }
+      }
+    } finally {
+      await q.quit();
+    }
+  });
+
   test('a crash after QEMU switched to the overlay is finished; before, undone', async () => {
     for (const fault of ['overlay', 'switch'] as SnapshotFault[]) {
       const vol = await volume();

@@ -15,7 +15,8 @@
  *
  * A running QEMU keeps the names it opened files under (P for what is now S, O for what is now
  * P), so Vessel never asks a running QEMU to reopen a backing image by name: no live stream or
- * commit; merges happen with the image closed.
+ * commit; merges happen with the image closed. (QEMU's own read-only reopen of the former top
+ * at blockdev-snapshot is why O's file node is added on its own: see switchLive.)
  */
 import { randomBytes } from 'node:crypto';
 import { link, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
@@ -169,7 +170,7 @@ async function refuseGolden(pool: Pool, volume: string): Promise<void> {
   if (users.length) throw new ChainError('GoldenImage', `${volume} is the base of linked clones (${basename(users[0])}): it must never change, so it cannot be snapshotted or restored; clone it fully first`);
 }
 
-interface BlockInfo { qdev?: string; inserted?: { 'node-name': string; image: { 'virtual-size': number } } }
+interface BlockInfo { qdev?: string; inserted?: { 'node-name': string; image: { 'virtual-size': number }; cache: { direct: boolean; 'no-flush': boolean } } }
 
 async function liveBlock(live: LiveDisk): Promise<NonNullable<BlockInfo['inserted']>> {
   const blocks = await live.qmp.execute<BlockInfo[]>('query-block');
@@ -183,13 +184,17 @@ const liveTopNode = async (live: LiveDisk) => (await liveBlock(live))['node-name
 const nodeNameFor = (overlay: string) => `ov-${overlay.slice(-12)}`;
 
 async function switchLive(live: LiveDisk, overlay: string): Promise<void> {
-  const top = await liveTopNode(live);
+  const { 'node-name': top, cache: { direct, 'no-flush': noFlush } } = await liveBlock(live);
   const node = nodeNameFor(overlay);
-  await live.qmp.execute('blockdev-add', {
-    driver: 'qcow2', 'node-name': node, discard: 'unmap', backing: null,
-    file: { driver: 'file', 'node-name': `${node}-f`, filename: overlay },
-  });
+  // The disk's cache mode (KubeVirt's cache: none is O_DIRECT) carries over to its new layer.
+  const cache = { direct, 'no-flush': noFlush };
+  // The file node is a node of its own, as the VM's disks are on the command line: when a later
+  // snapshot makes this layer a backing file, QEMU reopens it read-only, and it would reopen an
+  // inline file child by its name, which by then is gone (renamed over P). The reopen failed,
+  // and the layer kept its write lock, so no other QEMU could read its snapshot.
+  await live.qmp.execute('blockdev-add', { driver: 'file', 'node-name': `${node}-f`, filename: overlay, discard: 'unmap', cache });
   try {
+    await live.qmp.execute('blockdev-add', { driver: 'qcow2', 'node-name': node, file: `${node}-f`, discard: 'unmap', backing: null, cache });
     await live.qmp.execute('blockdev-snapshot', { node: top, overlay: node });
   } catch (e) {
     await dropLiveNode(live, overlay);

@@ -19,6 +19,8 @@ export class MemoryStateError extends Error {
   }
 }
 
+/** Bytes per second: 1 TiB/s, i.e. no limit. */
+const UNLIMITED = 2 ** 40;
 const SAFE_PATH = /^\/[A-Za-z0-9._@/-]+$/;
 
 function checkPath(path: string): string {
@@ -29,6 +31,10 @@ function checkPath(path: string): string {
 /** Writes the paused guest's memory and device state to `file` (atomically). The guest stays paused. */
 export async function saveMemory(qmp: QmpClient, file: string, timeoutMs = 10 * 60_000): Promise<number> {
   const tmp = checkPath(`${file}.tmp`);
+  // QEMU caps a migration at 128 MiB/s by default, which is for networks shared with running
+  // guests; this one is paused and writes to a local file, so it goes as fast as the disk.
+  const { 'max-bandwidth': bandwidth } = await qmp.execute<{ 'max-bandwidth': number }>('query-migrate-parameters');
+  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': UNLIMITED });
   try {
     await qmp.execute('migrate', { uri: `exec:cat > ${tmp}` });
     await waitMigration(qmp, timeoutMs, 'saving the guest memory');
@@ -42,6 +48,8 @@ export async function saveMemory(qmp: QmpClient, file: string, timeoutMs = 10 * 
   } catch (e) {
     await rm(tmp, { force: true });
     throw e;
+  } finally {
+    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': bandwidth }).catch(() => undefined);
   }
 }
 

@@ -67,8 +67,10 @@ export class VmRuntime extends Controller {
     super('vms', client, opts.log, 4);
     this.events = new EventRecorder(client, 'virt-handler', opts.nodeName);
     this.vmis = this.inform(VMIS);
-    // A claim becoming Bound can unblock a VMI waiting for it.
-    this.pvcs = this.inform(PVCS, () => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v)) && phaseOf(v) !== 'Running').map(keyOf));
+    // A claim becoming Bound can unblock a VMI waiting for it (to start, or to plug it in), and
+    // a claim that grew changes the capacity its VMI's volumeStatus shows.
+    this.pvcs = this.inform(PVCS, (pvc) => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v))
+      && (phaseOf(v) !== 'Running' || (v.metadata.namespace === pvc.metadata.namespace && usesClaim(v, pvc.metadata.name)))).map(keyOf));
     this.hotplug = new VolumeHotplug(agentHotplugDeps({
       client, events: this.events, log: this.log,
       claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
@@ -411,4 +413,10 @@ async function lastLogLine(runDir: string): Promise<string> {
   const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
   const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
   return lines[lines.length - 1] ?? 'no output from QEMU';
+}
+
+/** Whether the VMI has a volume on claim (or DataVolume) `name`. */
+function usesClaim(vmi: KubeObject, name: string): boolean {
+  const volumes = ((vmi.spec as { volumes?: { persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] } | undefined)?.volumes) ?? [];
+  return volumes.some((v) => v.persistentVolumeClaim?.claimName === name || v.dataVolume?.name === name);
 }

@@ -3,14 +3,16 @@
  * as a golden image: a standalone copy (`qemu-img convert`, which leaves out unallocated and
  * zero clusters) in a claim NAME, and a DataSource NAME pointing at it, in the current
  * namespace or, with -n vessel-images, for every tenant, as CNStack's image service does.
- * `--from-vm VM` takes a snapshot of the stopped VM first and removes it afterwards.
+ * `--from-vm VM` takes a snapshot of the VM first and removes it afterwards; with --sparsify
+ * the guest agent of a running VM first trims the guest's free space (guest-fstrim), so blocks
+ * of deleted files read as zeros and the copy leaves them out.
  */
 import type { Command } from 'commander';
 import type { Client, KubeObject } from '@vessel/client';
-import { findByResource, storage } from '@vessel/api';
+import { findByResource, snapshots, storage } from '@vessel/api';
 import { contextOf, note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
-import { createSnapshot, waitFor, waitForSnapshot } from './snapshot.ts';
+import { createSnapshot, sparsified, waitFor, waitForSnapshot } from './snapshot.ts';
 
 const SNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
 const CONTENTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshotcontents')!;
@@ -18,7 +20,7 @@ const PVCS = findByResource('', 'v1', 'persistentvolumeclaims')!;
 const DATASOURCES = findByResource('cdi.kubevirt.io', 'v1beta1', 'datasources')!;
 type Obj = Record<string, unknown>;
 
-interface Flags { fromSnapshot?: string; fromVm?: string; snapshotNamespace?: string; volume?: string; timeout: string }
+interface Flags { fromSnapshot?: string; fromVm?: string; snapshotNamespace?: string; volume?: string; sparsify?: boolean; timeout: string }
 
 export function registerImage(program: Command): void {
   const image = program.command('image').description('golden images (DataSources) made from VMs');
@@ -29,9 +31,12 @@ export function registerImage(program: Command): void {
     .option('--from-vm <vm>', 'snapshot this VM (stopped or running) and take the disk from that')
     .option('--snapshot-namespace <ns>', 'namespace of the snapshot or VM (default: the current one)')
     .option('--volume <name>', 'which of the VM\'s disks (default: the first)')
+    .option('--sparsify', 'with --from-vm of a running VM: have its guest agent trim the free space first, so the image leaves it out')
     .option('--timeout <seconds>', 'how long to wait', '600')
     .action(async (name: string, flags: Flags, cmd: Command) => {
       if (!!flags.fromSnapshot === !!flags.fromVm) throw new UsageError('give exactly one of --from-snapshot SNAPSHOT or --from-vm VM');
+      // What a snapshot holds is fixed when it is taken; sparsifying is done in the guest before.
+      if (flags.sparsify && flags.fromSnapshot) throw new UsageError('--sparsify needs --from-vm VM: the guest trims its free space before the snapshot is taken (take one with vessel snapshot VM NAME --sparsify)');
       const ctx = contextOf(cmd);
       const client = ctx.client();
       const ns = ctx.namespace();
@@ -40,10 +45,11 @@ export function registerImage(program: Command): void {
       let snapshot = flags.fromSnapshot!;
       if (flags.fromVm) {
         snapshot = `image-${name}-${Date.now().toString(36)}`;
-        await createSnapshot(client, srcNs, snapshot, flags.fromVm);
+        await createSnapshot(client, srcNs, snapshot, flags.fromVm, { sparsify: flags.sparsify });
       }
       try {
         const snap = await waitForSnapshot(client, srcNs, snapshot, timeoutMs);
+        if (flags.sparsify) note(await sparsified(client, snap));
         await publishImage(client, snap, srcNs, ns, name, flags.volume, timeoutMs);
         out(`datasource.cdi.kubevirt.io/${name} created in ${ns}: use it with sourceRef {kind: DataSource, name: ${name}, namespace: ${ns}}\n`);
       } finally {
@@ -59,11 +65,11 @@ async function publishImage(client: Client, snap: KubeObject, srcNs: string, ns:
   const backup = volume ? backups.find((b) => b.volumeName === volume) : backups[0];
   if (!backup) throw new UsageError(`snapshot ${snap.metadata?.name} has no disk ${volume ?? ''}: it has ${backups.map((b) => b.volumeName).join(', ') || 'none'}`);
   const ann = (content.metadata?.annotations ?? {}) as Record<string, string>;
-  const file = (JSON.parse(ann['vessel.io/snapshot-files'] ?? '{}') as Record<string, string>)[backup.volumeName];
+  const file = (JSON.parse(ann[snapshots.SNAPSHOT_FILES] ?? '{}') as Record<string, string>)[backup.volumeName];
   const claim = backup.persistentVolumeClaim.spec as { resources?: Obj; storageClassName?: string };
   await client.create(PVCS, {
     apiVersion: 'v1', kind: 'PersistentVolumeClaim',
-    metadata: { name, namespace: ns, annotations: { [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: ann['vessel.io/node'], [storage.CLONE_TYPE]: 'full' } },
+    metadata: { name, namespace: ns, annotations: { [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: ann[snapshots.SNAPSHOT_NODE], [storage.CLONE_TYPE]: 'full' } },
     spec: { accessModes: ['ReadWriteOnce'], resources: claim.resources, storageClassName: claim.storageClassName },
   }, { namespace: ns });
   note(`copying disk ${backup.volumeName} of snapshot ${snap.metadata?.name} into ${ns}/${name}...\n`);
