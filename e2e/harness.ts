@@ -36,6 +36,7 @@ export interface VesselOptions {
   bookmarkIntervalMs?: number;
   compactIntervalMs?: number;
   leaseMs?: number;
+  nodeGracePeriodMs?: number;
   /** Run a node agent in the process too (storage and, later, VMs): its node name. */
   agent?: { nodeName: string; sharedDir?: string };
 }
@@ -44,7 +45,7 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'vessel-test-'));
   const cp = await startControlPlane({
     dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store, controllers: opts.controllers,
-    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs, agent: opts.agent,
+    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs, nodeGracePeriodMs: opts.nodeGracePeriodMs, agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });
   let stopped = false;

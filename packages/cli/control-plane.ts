@@ -15,6 +15,8 @@ export interface ControlPlaneOptions extends ServerOptions {
   leaseMs?: number;
   /** The scheduler's overcommit settings. */
   scheduling?: SchedulingSettings;
+  /** How long a node may go without its agent's heartbeat before it is Unknown (tests shorten it). */
+  nodeGracePeriodMs?: number;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
   agent?: { nodeName: string; sharedDir?: string; version?: string };
 }
@@ -32,7 +34,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
   const server = await startServer(opts);
   const client = Client.fromKubeconfig({ explicit: server.kubeconfigPath });
   try {
-    const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs, scheduling: opts.scheduling });
+    const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs, scheduling: opts.scheduling, nodeGracePeriodMs: opts.nodeGracePeriodMs });
     let agent: RunningAgent | undefined;
     if (opts.agent) {
       const { startAgent } = await import('@vessel/agent');

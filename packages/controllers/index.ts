@@ -12,6 +12,7 @@ import { VirtualMachineController } from './vm.ts';
 import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
 import { CloneController } from './clone.ts';
+import { NodeLifecycleController } from './node-lifecycle.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 
 export { Informer, cacheKey, type ListWatch, type InformerHandlers, type KubeObject } from './runtime/informer.ts';
@@ -29,6 +30,7 @@ export { DataSourceController } from './datasource.ts';
 export { VirtualMachineController, runStrategyOf, RESUME_MEMORY } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
 export { CloneController, CLONE_DISK_TYPE } from './clone.ts';
+export { NodeLifecycleController, NODE_UNRESPONSIVE } from './node-lifecycle.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 export * as refs from './refs.ts';
 
@@ -44,6 +46,8 @@ export interface ControllerOptions {
   leaseMs?: number;
   /** The scheduler's overcommit settings (KubeVirt's cpuAllocationRatio and memoryOvercommit). */
   scheduling?: SchedulingSettings;
+  /** How long a node may go without its agent's heartbeat before it is Unknown (default 40 s). */
+  nodeGracePeriodMs?: number;
 }
 
 /**
@@ -59,7 +63,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
       running = [
         new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
         new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
-        new CloneController(client, opts.log),
+        new CloneController(client, opts.log), new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

@@ -15,7 +15,7 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
-import { Controller, EventRecorder, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { Controller, EventRecorder, getCondition, NODE_UNRESPONSIVE, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
@@ -130,8 +130,12 @@ export class VmRuntime extends Controller {
       return this.dropFinalizer(vmi);
     }
     if (this.sessions.has(key)) {
-      // Running here: attach / detach its hotplug volumes (vms/hotplug.ts), held against start and stop.
       if (phaseOf(vmi) !== 'Running') return;
+      // The node lifecycle controller said NodeUnresponsive while this agent was away or slow: it runs.
+      if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) {
+        await updateStatus(this.client, VMIS, ns, name, (s) => { if (FINAL.has(String(s.phase))) return false; this.markRunning(s, vmi); });
+      }
+      // Running here: attach / detach its hotplug volumes (vms/hotplug.ts), held against start and stop.
       const { retryMs } = await this.withVm(ns, name, (qmp) => this.hotplug.sync(vmi, qmp));
       if (retryMs) this.queue.addAfter(key, retryMs);
       return;
