@@ -77,15 +77,17 @@ test('a node that posts its heartbeat stays Ready; one that stops goes Unknown a
   };
   await v.client.create(NODES, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-z' }, spec: {} });
   const started = Date.now();
+  let lastBeat = 0;
   while (Date.now() - started < 12_000) {
     await heartbeat();
+    lastBeat = Date.now();
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(condition(await v.client.get(NODES, 'node-z'), 'Ready')?.status, 'True', 'a node that posts stays Ready past the grace period');
   }
-  const stopped = Date.now();
   const c = await eventually('node-z Unknown', async () => { const r = condition(await v.client.get(NODES, 'node-z'), 'Ready'); return r?.status === 'Unknown' ? r : undefined; }, 20_000, 200);
-  const after = Date.now() - stopped;
-  assert.ok(after >= 5000 && after < 9000, `Unknown ${after} ms after the last heartbeat (grace 6 s)`);
+  const after = Date.now() - lastBeat;
+  console.log(`# node-z Unknown ${after} ms after its last heartbeat (grace 6 s)`);
+  assert.ok(after >= 5500 && after < 10_000, `Unknown ${after} ms after the last heartbeat (grace 6 s)`);
   assert.match(c.message ?? '', /stopped posting node status/);
   await v.client.delete(NODES, 'node-z');
 });

@@ -1,10 +1,10 @@
 /**
  * Admission checks that need more than the object itself:
  *  - the requesting user: only administrators (the server and agents) set the annotations that
- *    say where a claim's volume lives; a DataVolume (or a VM's dataVolumeTemplates, or a DataSource) that
- *    copies another namespace's disk needs read access to that disk, as CDI's clone
- *    authorization does, and a VirtualMachineClone needs read access to the VM or snapshot it
- *    copies. Without this a tenant could clone any tenant's volume by naming it;
+ *    say where a claim's volume lives; a DataVolume (or a VM's dataVolumeTemplates, or a
+ *    DataSource) that copies another namespace's disk needs read access to that disk, as CDI's
+ *    clone authorization does, and a VirtualMachineClone needs read access to the VM or
+ *    snapshot it copies. Without this a tenant could clone any tenant's volume by naming it;
  *  - other objects (admitReferences), as virt-api's VMRestoreAdmitter reads them: a restore
  *    needs a usable VirtualMachineSnapshot, no other unfinished restore of its target, and a
  *    target VM that is not running unless the restore may stop it (targetReadinessPolicy
@@ -67,7 +67,7 @@ export function authorizeCloneSources(user: User, info: KindInfo, obj: unknown):
   }
 }
 
-/** How admission reads other objects: Resources.get (a 404 ApiError when the object is absent). */
+/** How admission reads other objects: Resources.get (a 404 ApiError when the object is absent) and list. */
 export interface ObjectReader {
   get(info: KindInfo, namespace: string | undefined, name: string): Promise<KubeObject>;
   list(info: KindInfo, namespace: string | undefined, q: Record<string, never>): Promise<{ items: KubeObject[] }>;

@@ -67,7 +67,6 @@ export function registerSnapshot(program: Command): void {
     });
 }
 
-/** Creates a VirtualMachineSnapshot `name` of VM `vm`. */
 export interface SnapshotFlags {
   /** Save the guest memory too (snapshot.vessel.io/with-memory). */
   withMemory?: boolean;
@@ -75,6 +74,7 @@ export interface SnapshotFlags {
   sparsify?: boolean;
 }
 
+/** Creates a VirtualMachineSnapshot `name` of VM `vm`. */
 export async function createSnapshot(client: Client, ns: string, name: string, vm: string, flags: SnapshotFlags = {}): Promise<void> {
   const annotations: Record<string, string> = {};
   if (flags.withMemory) annotations[snapshots.WITH_MEMORY] = 'true';
