@@ -128,7 +128,7 @@ describe('hostile and broken images are refused and leave nothing behind', () =>
     ['backing-file', { http: { url: '' } }, 'BackingFileRefused'],
     ['too-large', { http: { url: '' } }, 'TooLarge'],
     ['corrupt', { http: { url: '' } }, 'Corrupt'],
-    ['bad-checksum', { http: { url: '' } }, 'ChecksumMismatch', { annotations: { 'vessel.io/checksum': `sha256:${'0'.repeat(64)}` } }],
+    ['bad-checksum', { http: { url: '' } }, 'ChecksumMismatch', { annotations: { 'cdi.vessel.io/checksum': `sha256:${'0'.repeat(64)}` } }],
   ];
   const files: Record<string, string> = { 'backing-file': 'backing.qcow2', 'too-large': 'huge.qcow2', corrupt: 'corrupt.qcow2', 'bad-checksum': 'disk.qcow2' };
   for (const [name, , reason, extra] of cases) {

@@ -22,6 +22,7 @@ export { ApiError, ErrorCode, Reason, invalidObjectMessage } from './errors.ts';
 export { SUPPORTED_FIELDS, VMI_SPEC_SUPPORTED, DV_SPEC_SUPPORTED } from './support.ts';
 export { upstreamSchemas, type JsonSchema } from './schemas.ts';
 export * as storage from './storage.ts';
+export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type EmbeddedMeta } from './reserved.ts';
 export * as snapshots from './snapshots.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

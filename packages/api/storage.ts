@@ -44,7 +44,7 @@ export type PopulationSource =
   | { kind: 'pvc'; namespace: string; name: string };
 
 /** On a DataVolume: "sha256:<hex>" (or sha512/sha1/md5) the http source's bytes must match (CDI's v1beta1 type has no field for it). */
-export const CHECKSUM = 'vessel.io/checksum';
+export const CHECKSUM = 'cdi.vessel.io/checksum';
 
 /** On a claim a restore makes: the snapshot file its volume is a linked clone of. */
 export const RESTORE_SOURCE = 'vessel.io/restore-source';

@@ -117,7 +117,7 @@ test('clone: the source is a reference in the clone namespace; the caller must b
   await admit({ name: 'alice', groups: ['vessel:tenant:ns1'] }, reader({}), CLONES, clone('VirtualMachine'));
 });
 
-test('claims: only administrators set or change where a volume lives', async () => {
+test("Vessel's own keys: only administrators set or change them; an update that leaves them out keeps them", async () => {
   const PVCS = findByResource('', 'v1', 'persistentvolumeclaims')!;
   const tenant = { name: 'alice', groups: ['vessel:tenant:ns1'] };
   const admin = { name: 'agent', groups: ['system:masters'] };
@@ -128,8 +128,12 @@ test('claims: only administrators set or change where a volume lives', async () 
   // Changed on a stored claim: refused; kept as it is (any other change): fine.
   const stored = reader({ 'persistentvolumeclaims/ns1/c1': claim(path, 'u1') });
   await refused(admit(tenant, stored, PVCS, claim({ 'vessel.io/volume-path': '/pools/local/ns2/secret.qcow2' }, 'u1')), 422);
-  await refused(admit(tenant, stored, PVCS, claim({}, 'u1')), 422);
+  const replaced = claim({ note: 'mine' }, 'u1');
+  await admit(tenant, stored, PVCS, replaced);
+  assert.deepEqual(replaced.metadata?.annotations, { note: 'mine', ...path });
   await admit(tenant, stored, PVCS, claim({ ...path, note: 'mine' }, 'u1'));
-  await admit(tenant, reader({}), PVCS, claim({ 'vessel.io/restore-source': '/pools/local/ns1/x@y.qcow2' }));
+  await refused(admit(tenant, reader({}), PVCS, claim({ 'vessel.io/restore-source': '/pools/local/ns1/x@y.qcow2' })), 422);
+  // Options for users live in subdomains.
+  await admit(tenant, reader({}), PVCS, claim({ 'cdi.vessel.io/checksum': 'sha256:00' }));
   await admit(admin, reader({}), PVCS, claim({ 'vessel.io/volume-path': '/anywhere.qcow2', 'vessel.io/pool': 'local' }));
 });

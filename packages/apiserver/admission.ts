@@ -1,7 +1,8 @@
 /**
  * Admission checks that need more than the object itself:
- *  - the requesting user: only administrators (the server and agents) set the annotations that
- *    say where a claim's volume lives; a DataVolume (or a VM's dataVolumeTemplates, or a
+ *  - the requesting user: only administrators (the server and agents) set Vessel's own
+ *    annotations and labels (`vessel.io/*`: where a claim's volume lives, what it is cloned or
+ *    restored from, which memory file a VM resumes); a DataVolume (or a VM's dataVolumeTemplates, or a
  *    DataSource) that copies another namespace's disk needs read access to that disk, as CDI's
  *    clone authorization does, and a VirtualMachineClone needs read access to the VM or
  *    snapshot it copies. Without this a tenant could clone any tenant's volume by naming it;
@@ -10,11 +11,12 @@
  *    target VM that is not running unless the restore may stop it (targetReadinessPolicy
  *    StopTarget) or wait for it (WaitEventually).
  */
-import { findByResource, pvcResizeRefusal, storage, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import { embeddedMetadata, findByResource, isReservedKey, pvcResizeRefusal, RESERVED_PREFIX, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
 import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
 
 type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 interface Ref {
   resource: 'datasources' | 'persistentvolumeclaims' | 'virtualmachines' | 'virtualmachinesnapshots';
@@ -153,29 +155,38 @@ export async function admitReferences(reader: ObjectReader, info: KindInfo, obj:
  */
 export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
   authorizeCloneSources(user, info, obj);
-  await admitReservedAnnotations(user, reader, info, obj);
+  await admitReservedKeys(user, reader, info, obj);
   await admitReferences(reader, info, obj);
   await admitClaimResize(reader, info, obj);
 }
 
 /**
- * Where a claim's volume lives is the agent's to say: a tenant who could point
- * vessel.io/volume-path at another file would start a VM on, or delete, another tenant's
- * disk. Only administrators (the server's and agents' own identity) set or change these.
+ * Vessel's own annotations and labels (reserved.ts): only administrators (the server's and
+ * agents' identity) set or change them, on every kind and in every embedded metadata a
+ * controller copies. A non-administrator's update that leaves one out keeps it, so a manifest
+ * applied again with `kubectl replace` does not fail on keys its author never wrote.
  */
-const RESERVED_CLAIM_ANNOTATIONS = [storage.VOLUME_PATH, storage.VOLUME_POOL, storage.UPLOAD_TOKEN];
-
-export async function admitReservedAnnotations(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
-  if (info.group !== '' || info.kind !== 'PersistentVolumeClaim' || user.groups.includes(ADMIN_GROUP)) return;
+export async function admitReservedKeys(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+  if (user.groups.includes(ADMIN_GROUP)) return;
   const stored = obj.metadata?.uid ? await getOrUndefined(reader, info, obj.metadata.namespace ?? 'default', obj.metadata.name ?? '') : undefined;
-  const before = (stored?.metadata?.annotations ?? {}) as Record<string, string>;
-  const after = (obj.metadata?.annotations ?? {}) as Record<string, string>;
-  const changed = RESERVED_CLAIM_ANNOTATIONS.filter((k) => before[k] !== after[k]);
-  if (changed.length) {
-    throw invalid(info.kind, info.group, obj.metadata?.name ?? '', changed.map((k) => ({
-      reason: 'FieldValueForbidden', field: `metadata.annotations[${k}]`, message: `${k} is set by Vessel's node agent: leave it out (or as it is)`,
-    })));
+  const before = new Map(stored ? embeddedMetadata(stored as Obj).map((e) => [e.path, e.meta]) : []);
+  const causes: FieldCause[] = [];
+  for (const { path, meta } of embeddedMetadata(obj as Obj)) {
+    for (const field of ['labels', 'annotations'] as const) {
+      const now = (isObj(meta[field]) ? meta[field] : {}) as Record<string, unknown>;
+      const old = before.get(path)?.[field];
+      const was = (isObj(old) ? old : {}) as Record<string, unknown>;
+      for (const [k, v] of Object.entries(now)) {
+        if (isReservedKey(k) && was[k] !== v) {
+          causes.push({ reason: 'FieldValueForbidden', field: `${path}.${field}[${k}]`, message: `${k} is set by Vessel itself: leave it out (keys under ${RESERVED_PREFIX} are reserved; user options live in subdomains such as snapshot.vessel.io/)` });
+        }
+      }
+      if (path !== 'metadata') continue;
+      const kept = Object.entries(was).filter(([k]) => isReservedKey(k) && !(k in now));
+      if (kept.length) meta[field] = { ...now, ...Object.fromEntries(kept) };
+    }
   }
+  if (causes.length) throw invalid(info.kind, info.group, obj.metadata?.name ?? '', causes);
 }
 
 /** Kubernetes' PersistentVolumeClaimResize admission: a claim grows only in a class that allows it (403). */

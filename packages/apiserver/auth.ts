@@ -16,8 +16,15 @@ interface TokenRecord { user: string; groups: string[]; created: string; descrip
 
 const TOKEN_PREFIX = '/vessel/tokens/';
 export const ADMIN_GROUP = 'system:masters';
-/** Tokens in this group may read (get, list, watch) everything and change nothing. */
+/**
+ * Tokens in this group may read (get, list, watch) everything but Secrets and change nothing,
+ * as Kubernetes' `view` role; `vessel:view:<namespace>` is the same within one namespace
+ * (`view` bound by a RoleBinding there).
+ */
 export const VIEW_GROUP = 'vessel:view';
+export const NAMESPACE_VIEW_GROUP_PREFIX = 'vessel:view:';
+/** Credentials: a viewer reading them could act as whoever they belong to. */
+const HIDDEN_FROM_VIEWERS = new Set(['secrets']);
 
 const hash = (token: string) => createHash('sha256').update(token).digest('hex');
 
@@ -89,7 +96,12 @@ export function authorize(user: User, attrs: Attributes): void {
   if (user.groups.includes(ADMIN_GROUP)) return;
   // Viewers read objects; a console or VNC session is access to the guest, as in KubeVirt's view role.
   const guestAccess = attrs.group === 'subresources.kubevirt.io';
-  if (user.groups.includes(VIEW_GROUP) && READ_VERBS.has(attrs.verb) && !guestAccess) return;
+  if (READ_VERBS.has(attrs.verb) && !guestAccess && !(attrs.group === '' && HIDDEN_FROM_VIEWERS.has(attrs.resource))) {
+    if (user.groups.includes(VIEW_GROUP)) return;
+    const viewed = user.groups.filter((g) => g.startsWith(NAMESPACE_VIEW_GROUP_PREFIX)).map((g) => g.slice(NAMESPACE_VIEW_GROUP_PREFIX.length));
+    if (attrs.namespace && viewed.includes(attrs.namespace)) return;
+    if (!attrs.namespace && attrs.resource === 'namespaces' && attrs.name && viewed.includes(attrs.name)) return;
+  }
   const tenantOf = user.groups.filter((g) => g.startsWith(TENANT_GROUP_PREFIX)).map((g) => g.slice(TENANT_GROUP_PREFIX.length));
   if (tenantOf.length && tenantAllows(tenantOf, attrs)) return;
   const res = attrs.subresource ? `${attrs.resource}/${attrs.subresource}` : attrs.resource;

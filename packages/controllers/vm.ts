@@ -10,6 +10,7 @@
  * - status.printableStatus and conditions always say why a VM is not running.
  */
 import { createHash } from 'node:crypto';
+import { withoutReserved } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
 import { Controller, splitKey, type Log } from './runtime/controller.ts';
 import { EventRecorder } from './runtime/events.ts';
@@ -162,8 +163,9 @@ export class VirtualMachineController extends Controller {
           apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume',
           metadata: {
             name, namespace: vm.metadata.namespace,
-            labels: { ...(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-            annotations: meta.annotations as Record<string, string> | undefined,
+            // Vessel's own keys are never copied from what a user wrote (see @vessel/api reserved.ts).
+            labels: { ...withoutReserved(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+            annotations: withoutReserved(meta.annotations as Record<string, string> | undefined),
             ownerReferences: [ownerRef(vm)],
           },
           spec: t.spec,
@@ -206,8 +208,8 @@ export class VirtualMachineController extends Controller {
         apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance',
         metadata: {
           name: vm.metadata.name, namespace: vm.metadata.namespace,
-          labels: { ...(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-          annotations: { ...(meta.annotations as Record<string, string> | undefined), [TEMPLATE_HASH]: templateSpecHash(template.spec), ...(resume ? { [RESUME_MEMORY]: resume } : {}) },
+          labels: { ...withoutReserved(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+          annotations: { ...withoutReserved(meta.annotations as Record<string, string> | undefined), [TEMPLATE_HASH]: templateSpecHash(template.spec), ...(resume ? { [RESUME_MEMORY]: resume } : {}) },
           ownerReferences: [ownerRef(vm)],
         },
         spec: template.spec,
