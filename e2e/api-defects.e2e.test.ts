@@ -124,6 +124,11 @@ describe('API defects of issue 10', () => {
       await v.server.store.compact(await v.server.store.currentRevision());
       const e = await rejects(v.client.request('GET', '/api/v1/namespaces/default/configmaps', { query: { resourceVersion: String(old), resourceVersionMatch: 'Exact' } }), 410);
       assert.equal(e.reason, 'Expired');
+      // ListOptions that make no sense are refused as Kubernetes refuses them.
+      for (const query of [{ resourceVersionMatch: 'Exact' }, { resourceVersionMatch: 'Sometimes', resourceVersion: '5' }, { resourceVersion: '5', continue: 'x' }]) {
+        const bad = await rejects(v.client.request('GET', '/api/v1/namespaces/default/configmaps', { query }), 422);
+        assert.match(bad.causes[0]?.field ?? '', /^resourceVersion/, JSON.stringify(query));
+      }
     });
   });
 

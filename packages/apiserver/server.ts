@@ -12,7 +12,7 @@ import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
 import { admit } from './admission.ts';
 import { apiGroupDoc, apiGroupList, apiResourceList, apiVersions, serverVersion } from './discovery.ts';
-import { ApiError, badRequest, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
+import { ApiError, badRequest, invalid, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
 import { patchTypeOf } from './patch.ts';
 import { decodeProtobufObject, PROTOBUF_CONTENT_TYPE, ProtobufError, UnsupportedProtobufKind } from './protobuf.ts';
 import { Resources, type DeleteOptions, type WriteOptions } from './resources.ts';
@@ -212,10 +212,12 @@ export function createHandler(opts: HandlerOptions): Handler {
         if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) throw badRequest(`invalid limit "${r.q('limit')}": it must be a non-negative integer`);
         const continueToken = r.q('continue') || undefined;
         const match = r.q('resourceVersionMatch') || undefined;
-        if (match !== undefined && match !== 'Exact' && match !== 'NotOlderThan') throw badRequest(`invalid resourceVersionMatch "${match}": use Exact or NotOlderThan`);
-        if (match !== undefined && rv === undefined) throw badRequest('resourceVersionMatch is forbidden unless resourceVersion is provided');
-        if (match === 'Exact' && rv === 0) throw badRequest('resourceVersionMatch "Exact" is forbidden for resourceVersion "0"');
-        if (continueToken && rv) throw badRequest('specifying resource version is not allowed when using continue');
+        // Kubernetes' ListOptions validation, a 422 like theirs.
+        const listCause = (field: string, reason: string, message: string) => invalid('ListOptions', 'meta.k8s.io', '', [{ reason, field, message }]);
+        if (match !== undefined && match !== 'Exact' && match !== 'NotOlderThan') throw listCause('resourceVersionMatch', 'FieldValueNotSupported', `Unsupported value: "${match}": supported values: "Exact", "NotOlderThan"`);
+        if (match !== undefined && rv === undefined) throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided');
+        if (match === 'Exact' && rv === 0) throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"');
+        if (continueToken && rv) throw listCause('resourceVersion', 'FieldValueForbidden', 'Forbidden: specifying resource version is not allowed when using continue');
         // Kubernetes' list semantics: a limit with a resourceVersion (and no match) reads at exactly that revision.
         const exact = !!rv && (match === 'Exact' || (match === undefined && limit !== undefined && limit > 0));
         if (rv) await waitForRevision(opts.store, rv);
