@@ -204,6 +204,23 @@ describe('API defects of issue 10', () => {
       assert.match(pvc.out, /accessModes\s+<\[\]string>/);
     });
 
+    it('apply of a v1 List validates its items against OpenAPI v2 and creates them', async () => {
+      const list = {
+        apiVersion: 'v1', kind: 'List', items: [
+          { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'from-list' }, data: { a: '1' } },
+          { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name: 'from-list' }, spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } } } },
+        ],
+      };
+      const r = await kubectl(['apply', '-f', '-'], JSON.stringify(list));
+      assert.equal(r.code, 0, r.err);
+      assert.match(r.out, /configmap\/from-list created/);
+      assert.match(r.out, /virtualmachine\.kubevirt\.io\/from-list created/);
+      // kubectl's client-side validation (strict for a List) reads the v2 schema and names an unknown field.
+      const bad = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'bad-list' }, dta: {} }] }));
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.err, /dta/);
+    });
+
     it('get nodes shows Ready, NotReady, Unknown and SchedulingDisabled', async () => {
       const nodes: [string, string | undefined, boolean][] = [['n-ready', 'True', false], ['n-notready', 'False', false], ['n-silent', 'Unknown', false], ['n-new', undefined, false], ['n-cordoned', 'True', true]];
       for (const [name, ready, cordoned] of nodes) {
