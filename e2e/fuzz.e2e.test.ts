@@ -1,6 +1,7 @@
 /**
  * Thousands of generated bad requests (mutated VirtualMachines, broken bodies, odd paths,
- * headers and query parameters) must each get a 4xx Status, never a 5xx, and leave the server
+ * headers and query parameters) must each get a 4xx Status, never a 5xx (but the 504 for a
+ * resourceVersion the store has not reached, as kube-apiserver answers), and leave the server
  * serving. Seeded, so a failure can be replayed with FUZZ_SEED.
  */
 import { request } from 'node:https';
@@ -113,7 +114,9 @@ describe('fuzzing the API server', () => {
         const r = next();
         const res = await send(url, v.server.caPem, v.server.adminToken, r);
         codes.set(res.code, (codes.get(res.code) ?? 0) + 1);
-        if (res.code >= 500) failures.push(`#${n} ${r.method} ${r.path} [${r.headers['content-type']}] -> ${res.code} ${res.body.slice(0, 300)}`);
+        // The one right 5xx: a read from a resourceVersion the store has not reached (kube's 504 ResourceVersionTooLarge).
+        const tooLarge = res.code === 504 && res.body.includes('"ResourceVersionTooLarge"');
+        if (res.code >= 500 && !tooLarge) failures.push(`#${n} ${r.method} ${r.path} [${r.headers['content-type']}] -> ${res.code} ${res.body.slice(0, 300)}`);
         else if (res.code >= 400 && r.method !== 'HEAD') {
           let status: { kind?: string; code?: number; message?: string } = {};
           try { status = JSON.parse(res.body); } catch { /* reported below */ }

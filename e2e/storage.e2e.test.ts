@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { backingFile, qemuImg } from '@vessel/agent';
-import { Client, type KubeObject, type ResourceRef } from '@vessel/client';
+import { Client, StatusError, type KubeObject, type ResourceRef } from '@vessel/client';
 import { gzipFile, makeRawDisk, MiB, sh, startServer, type TestServer } from '../packages/agent/storage/testing.ts';
 import { pushDiskImage, startRegistry } from '../packages/agent/storage/testing-registry.ts';
 import { uploadImage } from '../packages/cli/upload.ts';
@@ -196,6 +196,35 @@ describe('upload', () => {
     assert.equal(resumedFrom, offset, 'the second try started where the first stopped');
     await waitDv('resumed', ['Succeeded']);
     await assertSameDisk(await boundClaim('resumed'));
+  });
+
+  test('no token for a claim that is no upload target; the agent\'s refusals reach the client as Status', async () => {
+    const { requestUploadToken } = await import('../packages/cli/upload.ts');
+    await v.client.create(DV, dataVolume('blank-target', { blank: {} }));
+    await eventually('the blank DataVolume\'s claim', () => v.client.get(PVC, 'blank-target', { namespace: 'default' }).then((p) => p, () => undefined));
+    for (const claim of ['blank-target', 'no-such-claim']) {
+      const err = await requestUploadToken(v.client, 'default', claim).then(() => undefined, (e: unknown) => e);
+      assert.ok(err instanceof StatusError, `a token for ${claim} is refused: ${err}`);
+      if (claim === 'no-such-claim') { assert.equal(err.code, 404); continue; }
+      assert.equal(err.code, 422, err.message);
+      assert.equal(err.causes[0]?.field, 'spec.pvcName');
+      assert.match(err.message, /not an upload target.*blank/);
+    }
+    // A real upload target, but a resume from bytes the agent never received: its 409 comes back as a Status.
+    await v.client.create(DV, dataVolume('wrong-offset', { upload: {} }));
+    await waitDv('wrong-offset', ['UploadReady']);
+    const token = await requestUploadToken(v.client, 'default', 'wrong-offset');
+    const { Readable } = await import('node:stream');
+    const res = await v.client.stream('POST', '/v1beta1/upload', { bearer: token, body: Readable.from([Buffer.from('xxxx')]), headers: { 'Upload-Offset': '4096', 'Upload-Length': '8192', 'Content-Length': '4' } });
+    let text = '';
+    for await (const chunk of res) text += chunk;
+    assert.equal(res.statusCode, 409, text);
+    assert.match(String(res.headers['content-type']), /application\/json/);
+    const status = JSON.parse(text) as { kind?: string; code?: number; reason?: string; message?: string };
+    assert.equal(status.kind, 'Status', text);
+    assert.equal(status.code, 409);
+    assert.equal(status.reason, 'Conflict');
+    assert.match(status.message ?? '', /resume from 0/);
   });
 
   test('an upload with a wrong token is refused', async () => {

@@ -28,6 +28,7 @@ want 'command -v sfdisk'                fdisk
 want 'command -v genisoimage'           genisoimage        # cloud-init seed ISOs
 want 'test -f /usr/share/OVMF/OVMF_CODE_4M.fd' ovmf      # UEFI firmware
 want 'command -v docker-registry'       docker-registry    # the registry importer's tests
+want '/usr/bin/python3 -c "import kubernetes"' python3-kubernetes # the Python client's e2e test (e2e/api-defects)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root, or: sudo apt-get install -y ${need[*]}" >&2; exit 1; fi

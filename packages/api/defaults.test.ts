@@ -106,6 +106,7 @@ test('core kinds: Service, PVC, Namespace, Secret, StorageClass', () => {
   const pvc: Any = { apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'p' }, spec: { accessModes: ['ReadWriteOnce'] } };
   applyDefaults(findByKind('v1', 'PersistentVolumeClaim')!, pvc);
   assert.equal(pvc.spec.volumeMode, 'Filesystem');
+  assert.equal(pvc.status.phase, 'Pending');
   const ns: KubeObject = { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'team-a' } };
   applyDefaults(findByKind('v1', 'Namespace')!, ns);
   assert.deepEqual(ns.status, { phase: 'Active' });
@@ -113,6 +114,10 @@ test('core kinds: Service, PVC, Namespace, Secret, StorageClass', () => {
   const secret: KubeObject = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 's' } };
   applyDefaults(findByKind('v1', 'Secret')!, secret);
   assert.equal(secret.type, 'Opaque');
+  const withStrings: Any = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 's' }, data: { a: 'b2xk', keep: 'eA==' }, stringData: { a: 'new', 'user-data': '#cloud-config' } };
+  applyDefaults(findByKind('v1', 'Secret')!, withStrings);
+  assert.deepEqual(withStrings.data, { a: 'bmV3', keep: 'eA==', 'user-data': 'I2Nsb3VkLWNvbmZpZw==' });
+  assert.equal(withStrings.stringData, undefined);
   const sc: KubeObject = { apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass', metadata: { name: 'local' }, provisioner: 'vessel.io/local' };
   applyDefaults(findByKind('storage.k8s.io/v1', 'StorageClass')!, sc);
   assert.equal(sc.reclaimPolicy, 'Delete');

@@ -13,11 +13,14 @@
  *    upstream's cluster default binding is configurable, Vessel uses masquerade), containerDisk
  *    imagePullPolicy, memory.guest from the memory request, input bus/type.
  *  - Service: type ClusterIP, sessionAffinity None, port protocol TCP, targetPort = port,
- *    internalTrafficPolicy Cluster. PVC: volumeMode Filesystem. Secret: type Opaque.
+ *    internalTrafficPolicy Cluster. PVC: volumeMode Filesystem, status.phase Pending (as
+ *    SetDefaults_PersistentVolumeClaim). Secret: type Opaque, and stringData merged into data
+ *    (Kubernetes does that in its conversion; stringData is never stored).
  *    StorageClass: reclaimPolicy Delete, volumeBindingMode Immediate.
  *  - Namespace: status.phase Active and the kubernetes.io/metadata.name label.
  */
 import { createHash } from 'node:crypto';
+import { mergeStringData } from './kinds/core.ts';
 import { arr, isObj, isSet, obj, str, type Obj } from './kinds/util.ts';
 import type { KindInfo, KubeObject } from './types.ts';
 
@@ -170,6 +173,9 @@ function defaultService(o: KubeObject): void {
 function defaultPVC(o: KubeObject): void {
   const spec = obj(o.spec);
   if (spec && !str(spec.volumeMode)) spec.volumeMode = 'Filesystem';
+  // A claim is Pending from its creation until it is bound.
+  const status = isObj(o.status) ? o.status : (o.status = {});
+  if (!str(status.phase)) status.phase = 'Pending';
 }
 
 function defaultNamespace(o: KubeObject): void {
@@ -187,6 +193,7 @@ const DEFAULTERS: Record<string, (o: KubeObject) => void> = {
   '/Namespace': defaultNamespace,
   '/Secret': (o) => {
     if (!str(o.type)) o.type = 'Opaque';
+    mergeStringData(o);
   },
   'storage.k8s.io/StorageClass': (o) => {
     if (!str(o.reclaimPolicy)) o.reclaimPolicy = 'Delete';

@@ -14,7 +14,9 @@ function kind(k: Omit<KindInfo, 'listKind' | 'verbs'> & { verbs?: string[] }): K
 
 /**
  * Core kinds' columns mirror kubectl's built-in table printers where a JSONPath can express them
- * (e.g. Service PORT(S) shows the port numbers, not "80/TCP"; Node STATUS the Ready condition).
+ * (e.g. Service PORT(S) shows the port numbers, not "80/TCP"). The API server's table.ts computes
+ * what a path cannot: Node STATUS (Ready/NotReady/Unknown, SchedulingDisabled) and the
+ * StorageClass "(default)" mark.
  */
 export const kinds: readonly KindInfo[] = Object.freeze([
   kind({
@@ -55,7 +57,7 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     group: '', version: 'v1', kind: 'Node', plural: 'nodes', singular: 'node',
     shortNames: ['no'], categories: [], namespaced: false, statusSubresource: true,
     printerColumns: [
-      { name: 'Status', type: 'string', jsonPath: ".status.conditions[?(@.type=='Ready')].status", description: 'Status of the Ready condition' },
+      { name: 'Status', type: 'string', jsonPath: ".status.conditions[?(@.type=='Ready')].status", description: 'Ready, NotReady or Unknown from the Ready condition, with SchedulingDisabled when unschedulable' },
       AGE,
       { name: 'Version', type: 'string', jsonPath: '.status.nodeInfo.kubeletVersion' },
       { name: 'Internal-IP', type: 'string', jsonPath: ".status.addresses[?(@.type=='InternalIP')].address", priority: 1 },

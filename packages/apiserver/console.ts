@@ -104,12 +104,19 @@ export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
 /**
  * GET .../virtualmachineinstances/NAME/serial-log: everything the guest printed on its serial
  * console (kept by the node across reboots), streamed from the node; `follow=true` keeps it
- * coming. Answers false for any other path.
+ * coming. A plain (not upgraded) request for console or VNC is a 400 saying a websocket is
+ * needed. Answers false for any other path.
  */
 export function serialLog(deps: ConsoleDeps): (req: IncomingMessage, res: ServerResponse, path: string) => Promise<boolean> {
   return async (req, res, path) => {
     const t = parse(path);
-    if (!t || t.subresource !== 'serial-log') return false;
+    if (!t) return false;
+    if (t.subresource !== 'serial-log') {
+      // console and vnc exist only as websockets (the upgrade listener serves them).
+      throw new ApiError(400, 'BadRequest',
+        `${VMI.plural}/${t.subresource} of "${t.name}" is a websocket stream: send the request with "Connection: Upgrade" and "Upgrade: websocket" (as virtctl ${t.subresource} and vessel ${t.subresource} do)`,
+        { name: t.name, group: SUBRESOURCES_GROUP, kind: `${VMI.plural}/${t.subresource}` });
+    }
     if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', path);
     const nodeName = await admit(deps, req, t, false);
     const target = await agentTarget(deps.resources, nodeName);

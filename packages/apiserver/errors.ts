@@ -10,12 +10,15 @@ export type StatusReason =
   | 'Gone' | 'Expired' | 'Invalid' | 'MethodNotAllowed' | 'NotAcceptable' | 'UnsupportedMediaType'
   | 'RequestEntityTooLarge' | 'TooManyRequests' | 'InternalError' | 'ServiceUnavailable' | 'Timeout';
 
+/** metav1.StatusCause: a FieldCause, or a cause that names no field (e.g. ResourceVersionTooLarge). */
+export type StatusCause = FieldCause | { reason: string; message: string; field?: undefined };
+
 export interface StatusDetails {
   name?: string;
   group?: string;
   kind?: string;
   uid?: string;
-  causes?: FieldCause[];
+  causes?: StatusCause[];
   retryAfterSeconds?: number;
 }
 
@@ -75,6 +78,19 @@ export const invalid = (kind: string, group: string, name: string, causes: Field
     { name, group, kind, causes });
 
 export const gone = (message: string) => new ApiError(410, 'Expired', message);
+
+/** A resourceVersion that is not a decimal integer: Kubernetes' versioner refuses it before anything else. */
+export const invalidResourceVersion = (value: string, field = 'resourceVersion') =>
+  new ApiError(400, 'BadRequest', `${field}: Invalid value: ${JSON.stringify(value)}: must be a decimal integer (the metadata.resourceVersion of an earlier read)`,
+    { causes: [{ reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: must be a decimal integer` }] });
+
+/**
+ * A read from a resourceVersion the store has not reached (kube's NewTooLargeResourceVersionError,
+ * a Timeout): clients such as reflectors recognise it by the cause and retry.
+ */
+export const tooLargeResourceVersion = (wanted: number, current: number) =>
+  new ApiError(504, 'Timeout', `Timeout: Too large resource version: ${wanted}, current: ${current}`,
+    { causes: [{ reason: 'ResourceVersionTooLarge', message: 'Too large resource version' }], retryAfterSeconds: 1 });
 
 export const forbidden = (message: string) => new ApiError(403, 'Forbidden', message);
 

@@ -12,6 +12,7 @@ import { isStoreError } from '@vessel/store';
 import { ApiError, badRequest, conflict, forbidden, gone, invalid, notFound, toApiError } from './errors.ts';
 import { apiVersionOf, decode, encode, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
 import { applyPatch, parsePatchBody, type PatchType } from './patch.ts';
+import { parseResourceVersion } from './query.ts';
 import type { Matcher } from './selectors.ts';
 
 export interface WriteOptions {
@@ -29,6 +30,8 @@ export interface ListQuery {
   fields?: Matcher;
   limit?: number;
   continueToken?: string;
+  /** List at this revision (resourceVersionMatch=Exact); a compacted one is 410 Expired. */
+  revision?: number;
 }
 export interface ListPage { items: StoredObject[]; revision: number; continueToken?: string }
 
@@ -75,7 +78,7 @@ export class Resources {
 
   async list(info: KindInfo, namespace: string | undefined, q: ListQuery): Promise<ListPage> {
     const prefix = listPrefix(info, namespace);
-    let revision: number | undefined;
+    let revision: number | undefined = q.revision;
     let startAfter: string | undefined;
     if (q.continueToken) ({ revision, startAfter } = parseContinue(q.continueToken, prefix));
     const limit = q.limit && q.limit > 0 ? q.limit : 0;
@@ -88,7 +91,11 @@ export class Resources {
       try {
         page = await this.store.list(prefix, { limit: pageSize, startAfter, revision });
       } catch (e) {
-        if (isStoreError(e, 'Gone')) throw gone('The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.');
+        if (isStoreError(e, 'Gone')) {
+          throw gone(q.continueToken
+            ? 'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.'
+            : 'The resourceVersion for the provided list is too old.');
+        }
         throw e;
       }
       revision ??= page.revision;
@@ -148,14 +155,15 @@ export class Resources {
     if (next.metadata.name && next.metadata.name !== name) {
       throw badRequest(`the name of the object (${next.metadata.name}) does not match the name on the URL (${name})`);
     }
-    const wanted = next.metadata.resourceVersion;
+    // "" is no precondition (an unconditional update), as in Kubernetes.
+    const wanted = next.metadata.resourceVersion || undefined;
     return this.guaranteedUpdate(info, namespace, name, wanted, opts, () => next, subresource);
   }
 
   async patch(info: KindInfo, namespace: string | undefined, name: string, type: PatchType, rawBody: string, subresource: string | undefined, opts: WriteOptions = {}): Promise<Written> {
     const patch = parsePatchBody(type, rawBody);
     if (type === 'apply' && !opts.fieldManager) throw badRequest('PATCH with application/apply-patch+yaml requires the fieldManager query parameter');
-    const wanted = isObject(patch) && isObject(patch.metadata) && typeof patch.metadata.resourceVersion === 'string' ? patch.metadata.resourceVersion : undefined;
+    const wanted = isObject(patch) && isObject(patch.metadata) && typeof patch.metadata.resourceVersion === 'string' && patch.metadata.resourceVersion ? patch.metadata.resourceVersion : undefined;
     try {
       return await this.guaranteedUpdate(info, namespace, name, wanted, opts,
         (current) => applyPatch(type, current as never, patch as never) as unknown, subresource);
@@ -178,6 +186,7 @@ export class Resources {
       if (pre.uid && pre.uid !== meta.uid) {
         throw new ApiError(409, 'Conflict', `Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${meta.uid}`, { name, group: info.group, kind: info.plural });
       }
+      if (pre.resourceVersion) parseResourceVersion(pre.resourceVersion, 'preconditions.resourceVersion');
       if (pre.resourceVersion && pre.resourceVersion !== meta.resourceVersion) throw conflict(info.plural, info.group, name);
       const next = structuredClone(current);
       const finalizers = new Set(next.metadata.finalizers ?? []);
@@ -217,6 +226,8 @@ export class Resources {
     opts: WriteOptions, change: (current: StoredObject) => unknown, subresource: string | undefined): Promise<Written> {
     if (subresource && subresource !== 'status') throw notFound(`${info.plural}/${subresource}`, info.group, name);
     if (subresource === 'status' && !info.statusSubresource) throw notFound(`${info.plural}/status`, info.group, name);
+    // A malformed precondition is the client's error (400), not a conflict with the stored object.
+    if (wanted !== undefined) parseResourceVersion(wanted, 'metadata.resourceVersion');
     const key = objectKey(info, namespace, name);
     for (let attempt = 0; attempt < MAX_UPDATE_RETRIES; attempt++) {
       const current = await this.get(info, namespace, name);

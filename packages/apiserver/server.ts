@@ -12,10 +12,12 @@ import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
 import { admit } from './admission.ts';
 import { apiGroupDoc, apiGroupList, apiResourceList, apiVersions, serverVersion } from './discovery.ts';
-import { ApiError, badRequest, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
+import { ApiError, badRequest, invalid, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
 import { patchTypeOf } from './patch.ts';
 import { decodeProtobufObject, PROTOBUF_CONTENT_TYPE, ProtobufError, UnsupportedProtobufKind } from './protobuf.ts';
 import { Resources, type DeleteOptions, type WriteOptions } from './resources.ts';
+import { encodeOpenApiV2, OPENAPI_V2_PROTOBUF_REPLY, OPENAPI_V2_PROTOBUF_TYPES } from './openapi-proto.ts';
+import { parseBool, parseResourceVersion, waitForRevision } from './query.ts';
 import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
 import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
@@ -77,6 +79,7 @@ export interface Handler {
 export function createHandler(opts: HandlerOptions): Handler {
   const resources = new Resources(opts.store);
   const caches = new WatchCaches(opts.store);
+  let v2Protobuf: Buffer | undefined;
 
   const handle = async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = Date.now();
@@ -126,9 +129,14 @@ export function createHandler(opts: HandlerOptions): Handler {
       return sendJson(res, 201, await issueUploadToken(resources, user, decodeURIComponent(tokenRequest[1]), parseBody(await readBody(r.req), r.req.headers['content-type'])));
     }
     if (method === 'GET') {
+      if (p === '/openapi/v2' && OPENAPI_V2_PROTOBUF_TYPES.some((t) => accepts(r.req.headers.accept, t))) {
+        // client-go's discovery reads OpenAPI v2 only as protobuf (kubectl apply of a kind not in v3 needs it).
+        v2Protobuf ??= encodeOpenApiV2(openApiV2() as Record<string, unknown>);
+        res.writeHead(200, { 'Content-Type': OPENAPI_V2_PROTOBUF_REPLY, 'Content-Length': String(v2Protobuf.length) }).end(v2Protobuf);
+        return;
+      }
       if (p.startsWith('/openapi/') && !acceptsJson(r.req.headers.accept)) {
-        // kubectl asks for protobuf OpenAPI first and falls back to JSON on 406.
-        throw new ApiError(406, 'NotAcceptable', 'only application/json is served here');
+        throw new ApiError(406, 'NotAcceptable', 'only application/json is served here (and protobuf for /openapi/v2)');
       }
       const doc = discoveryDoc(p);
       if (doc !== undefined) {
@@ -177,7 +185,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     if (info.namespaced && name !== undefined && namespace === undefined) {
       throw new ApiError(404, 'NotFound', `the server could not find the requested resource: ${info.plural} are namespaced; use /namespaces/<namespace>/${info.plural}/${name}`);
     }
-    const watch = rp.watchPath || r.q('watch') === 'true' || r.q('watch') === '1';
+    const watch = rp.watchPath || parseBool('watch', r.q('watch')) === true;
     const verb = verbOf(method, name, watch);
     if (!verb) throw methodNotAllowed(method, r.url.pathname);
     authorize(user, { verb, group: info.group, resource: info.plural, subresource, namespace, name });
@@ -189,27 +197,43 @@ export function createHandler(opts: HandlerOptions): Handler {
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');
+    const rv = parseResourceVersion(r.q('resourceVersion'));
 
     switch (verb) {
       case 'get': {
         if (subresource && subresource !== 'status') throw new ApiError(404, 'NotFound', `${info.plural} has no subresource "${subresource}"`);
+        // A get at resourceVersion N answers with state at least that new.
+        if (rv) await waitForRevision(opts.store, rv);
         const obj = await resources.get(info, namespace, name!);
         return sendJson(res, 200, table ? toTable(info, [obj], { resourceVersion: obj.metadata.resourceVersion }, includeObject) : obj);
       }
       case 'list': {
         const limit = r.q('limit') ? Number(r.q('limit')) : undefined;
         if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) throw badRequest(`invalid limit "${r.q('limit')}": it must be a non-negative integer`);
-        const page = await resources.list(info, namespace, { labels, fields, limit, continueToken: r.q('continue') || undefined });
+        const continueToken = r.q('continue') || undefined;
+        const match = r.q('resourceVersionMatch') || undefined;
+        // Kubernetes' ListOptions validation, a 422 like theirs.
+        const listCause = (field: string, reason: string, message: string) => invalid('ListOptions', 'meta.k8s.io', '', [{ reason, field, message }]);
+        if (match !== undefined && match !== 'Exact' && match !== 'NotOlderThan') throw listCause('resourceVersionMatch', 'FieldValueNotSupported', `Unsupported value: "${match}": supported values: "Exact", "NotOlderThan"`);
+        if (match !== undefined && rv === undefined) throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided');
+        if (match === 'Exact' && rv === 0) throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"');
+        if (continueToken && rv) throw listCause('resourceVersion', 'FieldValueForbidden', 'Forbidden: specifying resource version is not allowed when using continue');
+        // Kubernetes' list semantics: a limit with a resourceVersion (and no match) reads at exactly that revision.
+        const exact = !!rv && (match === 'Exact' || (match === undefined && limit !== undefined && limit > 0));
+        if (rv) await waitForRevision(opts.store, rv);
+        const page = await resources.list(info, namespace, { labels, fields, limit, continueToken, revision: exact ? rv : undefined });
         const meta = { resourceVersion: String(page.revision), ...(page.continueToken ? { continue: page.continueToken } : {}) };
         if (table) return sendJson(res, 200, toTable(info, page.items, meta, includeObject));
         return sendJson(res, 200, { apiVersion: info.group ? `${info.group}/${info.version}` : info.version, kind: info.listKind, metadata: meta, items: page.items });
       }
       case 'watch': {
         const timeout = r.q('timeoutSeconds');
+        if (rv) await waitForRevision(opts.store, rv);
         return serveWatch(opts.store, caches, res, {
           info, namespace, resourceVersion: r.q('resourceVersion'), labels,
           fields: name ? combine(fields, (o) => (o.metadata as { name?: string }).name === name) : fields,
-          allowBookmarks: r.q('allowWatchBookmarks') === 'true', sendInitialEvents: r.q('sendInitialEvents') === 'true',
+          allowBookmarks: parseBool('allowWatchBookmarks', r.q('allowWatchBookmarks')) ?? false,
+          sendInitialEvents: parseBool('sendInitialEvents', r.q('sendInitialEvents')) ?? false,
           timeoutSeconds: timeout !== undefined && /^\d+$/.test(timeout) ? Number(timeout) : undefined,
           table, includeObject, bookmarkIntervalMs: opts.bookmarkIntervalMs,
         });
@@ -245,6 +269,10 @@ export function createHandler(opts: HandlerOptions): Handler {
       }
     }
   }
+}
+
+function accepts(accept: string | undefined, type: string): boolean {
+  return !!accept && accept.split(',').some((a) => a.split(';')[0].trim() === type);
 }
 
 function acceptsJson(accept: string | undefined): boolean {

@@ -69,6 +69,30 @@ function cell(col: PrinterColumn, obj: StoredObject): unknown {
   return values.map((v) => (typeof v === 'object' ? JSON.stringify(v) : String(v))).join(',');
 }
 
+/**
+ * Cells kubectl's built-in printers compute rather than read from one path, keyed by
+ * group/Kind/column: a Node's STATUS (Ready, NotReady or Unknown from the Ready condition, plus
+ * SchedulingDisabled when cordoned).
+ */
+const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
+  '/Node/Status': (o) => {
+    const ready = evalPath(o, ".status.conditions[?(@.type=='Ready')].status")[0];
+    const status = [ready === undefined ? 'Unknown' : ready === 'True' ? 'Ready' : 'NotReady'];
+    if ((o.spec as { unschedulable?: unknown } | undefined)?.unschedulable === true) status.push('SchedulingDisabled');
+    return status.join(',');
+  },
+};
+
+/** The NAME cell: kubectl's StorageClass printer marks the default class with " (default)". */
+function nameCell(info: KindInfo, o: StoredObject): string {
+  if (info.group === 'storage.k8s.io' && info.kind === 'StorageClass') {
+    const a = o.metadata.annotations ?? {};
+    // Kubernetes still honours the beta annotation.
+    if (a['storageclass.kubernetes.io/is-default-class'] === 'true' || a['storageclass.beta.kubernetes.io/is-default-class'] === 'true') return `${o.metadata.name} (default)`;
+  }
+  return o.metadata.name;
+}
+
 /** A kind's own columns, as its CRD or Kubernetes' printer declares them; Age alone for a kind without any (the CRD default). */
 function columnsOf(info: KindInfo): PrinterColumn[] {
   return info.printerColumns.length ? info.printerColumns : [{ name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' }];
@@ -85,7 +109,7 @@ export function toTable(info: KindInfo, objects: StoredObject[], meta: Table['me
       ...cols.map((c) => ({ name: c.name, type: c.type === 'date' ? 'date' : c.type, format: '', description: c.description ?? '', priority: c.priority ?? 0 })),
     ],
     rows: objects.map((o) => ({
-      cells: [o.metadata.name, ...cols.map((c) => cell(c, o))],
+      cells: [nameCell(info, o), ...cols.map((c) => COMPUTED[`${info.group}/${info.kind}/${c.name}`]?.(o) ?? cell(c, o))],
       object: includeObject === 'None' ? undefined : includeObject === 'Object' ? o
         : { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
     })),

@@ -12,11 +12,12 @@ import { request as httpsRequest } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { findByResource, storage } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
-import { ApiError, badRequest, unauthorized } from './errors.ts';
+import { ApiError, invalid, unauthorized, type StatusReason } from './errors.ts';
 import { agentTarget } from './agents.ts';
 import type { Resources } from './resources.ts';
 
 const PVC = findByResource('', 'v1', 'persistentvolumeclaims')!;
+const DV = findByResource('cdi.kubevirt.io', 'v1beta1', 'datavolumes')!;
 /** CDI's upload tokens last 5 minutes; a large upload only needs the token at its start. */
 const TOKEN_TTL_S = 5 * 60;
 export const UPLOAD_PATHS = ['/v1beta1/upload', '/v1beta1/upload-async'];
@@ -33,7 +34,19 @@ export async function issueUploadToken(resources: Resources, user: User, namespa
   }
   const pvc = await resources.get(PVC, namespace, pvcName);
   const dvName = (pvc.metadata.annotations as Record<string, string> | undefined)?.[storage.POPULATED_FOR];
-  if (!dvName) throw badRequest(`PersistentVolumeClaim ${namespace}/${pvcName} is not filled by an upload DataVolume: create a DataVolume with spec.source.upload`);
+  // Only a claim an upload DataVolume fills takes bytes: a token for any other would lead to an upload the agent refuses.
+  const notTarget = (why: string) => invalid('UploadTokenRequest', 'upload.cdi.kubevirt.io', pvcName,
+    [{ reason: 'FieldValueInvalid', field: 'spec.pvcName', message: `PersistentVolumeClaim ${namespace}/${pvcName} is not an upload target: ${why}` }]);
+  if (!dvName) throw notTarget('no DataVolume fills it (create a DataVolume with spec.source.upload)');
+  const dv = await resources.get(DV, namespace, dvName).catch((e: unknown) => {
+    if (e instanceof ApiError && e.code === 404) return undefined;
+    throw e;
+  });
+  if (!dv) throw notTarget(`its DataVolume ${dvName} is gone`);
+  const source = (dv.spec as { source?: Record<string, unknown> } | undefined)?.source ?? {};
+  if (!('upload' in source)) {
+    throw notTarget(`its DataVolume ${dvName} imports from ${Object.keys(source)[0] ?? 'nothing'} (spec.source.upload is not set)`);
+  }
   const token = `${Buffer.from(`${namespace}/${pvcName}`).toString('base64url')}.${randomBytes(24).toString('base64url')}`;
   const expires = Math.floor(Date.now() / 1000) + TOKEN_TTL_S;
   await resources.patch(PVC, namespace, pvcName, 'merge', JSON.stringify({ metadata: { annotations: { [storage.UPLOAD_TOKEN]: `${sha256(token)}:${expires}` } } }), undefined);
@@ -70,7 +83,16 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
       host: target.host, port: target.port, method: req.method === 'HEAD' ? 'HEAD' : 'POST',
       path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers, ...target.tls,
     }, (agentRes) => {
-      res.writeHead(agentRes.statusCode ?? 502, Object.fromEntries(Object.entries(agentRes.headers).filter(([k]) => ['content-type', 'content-length', 'upload-offset'].includes(k))) as Record<string, string>);
+      const code = agentRes.statusCode ?? 502;
+      if (code >= 400) {
+        // The agent's own error body becomes a Status, like every other failure a client sees.
+        const chunks: Buffer[] = [];
+        agentRes.on('data', (c: Buffer) => chunks.push(c));
+        agentRes.on('error', reject);
+        agentRes.on('end', () => reject(agentFailure(code, Buffer.concat(chunks).toString('utf8'), nodeName)));
+        return;
+      }
+      res.writeHead(code, Object.fromEntries(Object.entries(agentRes.headers).filter(([k]) => ['content-type', 'content-length', 'upload-offset'].includes(k))) as Record<string, string>);
       agentRes.pipe(res);
       agentRes.on('end', resolve);
       agentRes.on('error', reject);
@@ -80,6 +102,22 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
     req.on('aborted', () => out.destroy());
     if (req.method === 'HEAD') { req.resume(); out.end(); } else req.pipe(out);
   });
+}
+
+const REASONS: Record<number, StatusReason> = {
+  400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict',
+  413: 'RequestEntityTooLarge', 422: 'Invalid', 429: 'TooManyRequests', 503: 'ServiceUnavailable', 504: 'Timeout',
+};
+
+/** An agent's refusal ({message, offset?, reason?} JSON, or text) as an ApiError with the agent's code. */
+export function agentFailure(code: number, body: string, nodeName: string): ApiError {
+  let message = body.trim();
+  try {
+    const parsed = JSON.parse(body) as { message?: unknown; reason?: unknown };
+    if (typeof parsed.message === 'string') message = typeof parsed.reason === 'string' ? `${parsed.message} (${parsed.reason})` : parsed.message;
+  } catch { /* not JSON: the text is the message */ }
+  const reason = REASONS[code] ?? (code >= 500 ? 'InternalError' : 'BadRequest');
+  return new ApiError(code, reason, `upload refused by the agent of node ${nodeName}: ${message || `HTTP ${code}`}`);
 }
 
 /** The Secret agents check the server's calls against; made once on a fresh install. */

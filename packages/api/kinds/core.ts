@@ -194,6 +194,21 @@ function checkImmutable(o: KubeObject, ctx: SemanticContext, fields: string[]): 
   }
 }
 
+/**
+ * Kubernetes' conversion of a submitted Secret: each `stringData` entry is written into `data`
+ * (base64, overriding a `data` entry of the same key) and `stringData` is dropped, so it is
+ * never stored nor returned. Applied in place, after validation (which names stringData's keys).
+ */
+export function mergeStringData(o: KubeObject): void {
+  const strings = obj(o.stringData);
+  if (o.stringData === undefined) return;
+  delete o.stringData;
+  if (!strings) return;
+  const data: Obj = { ...(obj(o.data) ?? {}) };
+  for (const [k, v] of Object.entries(strings)) if (typeof v === 'string') data[k] = Buffer.from(v, 'utf8').toString('base64');
+  if (Object.keys(data).length) o.data = data;
+}
+
 export function validateSecret(o: KubeObject, ctx: SemanticContext): void {
   let size = validateDataKeys(o.data, 'data', ctx, true);
   size += validateDataKeys(o.stringData, 'stringData', ctx, false);
@@ -206,7 +221,10 @@ export function validateSecret(o: KubeObject, ctx: SemanticContext): void {
     const oldType = str(ctx.old.type) ?? 'Opaque';
     if ((type ?? 'Opaque') !== oldType) ctx.causes.push(invalid('type', type ?? 'Opaque', 'field is immutable'));
   }
-  checkImmutable(o, ctx, ['data']);
+  // An immutable Secret's data may not change through stringData either.
+  const merged = structuredClone(o);
+  mergeStringData(merged);
+  checkImmutable(merged, ctx, ['data']);
 }
 
 export function validateConfigMap(o: KubeObject, ctx: SemanticContext): void {
