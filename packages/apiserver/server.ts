@@ -185,6 +185,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const fields = parseFieldSelector(r.q('fieldSelector'));
     const write: WriteOptions = {
       dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
+      force: parseForce(r.q('force')), userAgent: r.req.headers['user-agent'],
       admit: (obj) => admit(user, resources, info, obj),
     };
     const table = wantsTable(r.req.headers.accept);
@@ -270,6 +271,12 @@ function parseDryRun(v: string | undefined): boolean {
   if (v === undefined || v === '') return false;
   if (v === 'All') return true;
   throw badRequest(`invalid dryRun "${v}": the only accepted value is "All"`);
+}
+
+function parseForce(v: string | undefined): boolean {
+  if (v === undefined || v === '' || v === 'false') return false;
+  if (v === 'true') return true;
+  throw badRequest(`invalid force "${v}": use true or false`);
 }
 
 function parseFieldValidation(v: string | undefined): WriteOptions['fieldValidation'] {
