@@ -89,6 +89,33 @@ describe('server-side apply with kubectl', { skip: haveKubectl ? false : process
     assert.ok(entries(await getYaml(['cm', 'settings'])).some((e) => e.manager === 'kubectl-client-side-apply' && e.operation === 'Update'));
   });
 
+  it('moves from client-side to server-side apply and back', async () => {
+    const cm = (data: Record<string, string>) => YAML.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'switcher' }, data });
+    await ok(['apply', '-f', '-'], cm({ a: '1', b: '2' }));
+    await ok(['apply', '--server-side', '-f', '-'], cm({ a: '1' }));
+    let got = await getYaml(['cm', 'switcher']);
+    assert.deepEqual(got.data, { a: '1' }, 'kubectl handed the client-side fields to its server-side manager, so b went');
+    assert.deepEqual(JSON.parse(got.metadata.annotations['kubectl.kubernetes.io/last-applied-configuration']).data, { a: '1' }, 'the annotation follows the apply');
+    await ok(['apply', '-f', '-'], cm({ a: '1', c: '3' }));
+    got = await getYaml(['cm', 'switcher']);
+    assert.deepEqual(got.data, { a: '1', c: '3' });
+  });
+
+  it('treats an object stored before ownership tracking as owned by before-first-apply', async () => {
+    // Written straight to the store, as objects of older Vessel versions are: no managedFields.
+    const old = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'old', namespace: 'default', uid: 'u-old', creationTimestamp: '2026-01-01T00:00:00Z' }, data: { a: '1', b: '2' } };
+    await v.server.store.create('/registry/core/configmaps/default/old', JSON.stringify(old));
+    await ok(['patch', 'cm', 'old', '--type', 'merge', '-p', '{"data":{"b":"3"}}']);
+    assert.equal((await getYaml(['cm', 'old'])).metadata.managedFields, undefined, 'updates do not start tracking');
+    await ok(['apply', '--server-side', '-f', '-'], YAML.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'old' }, data: { a: 'new' } }));
+    const got = await getYaml(['cm', 'old']);
+    assert.deepEqual(got.data, { a: 'new', b: '3' }, 'no conflict, and b stays');
+    assert.deepEqual(entries(got).map((e) => [e.manager, e.operation, e.fieldsV1]), [
+      ['kubectl', 'Apply', { 'f:data': { 'f:a': {} } }],
+      ['before-first-apply', 'Update', { 'f:data': { 'f:b': {} } }],
+    ]);
+  });
+
   it('keeps controllers\' status writes apart from spec applies', async () => {
     await ok(['apply', '--server-side', '-f', '-'], vm('owned', '128Mi'));
     // The VM controller writes status through the client library, which names no field manager.

@@ -79,17 +79,19 @@ describe('server-side apply', () => {
   });
 
   it('owns nothing of status from the main resource, and status writes do not conflict with spec applies', () => {
-    const vm = { apiVersion: 'v1', kind: 'X', metadata: { name: 'x' }, spec: { a: 1 }, status: { s: 1 } };
+    const created = { apiVersion: 'v1', kind: 'X', metadata: { name: 'x' }, spec: { a: 1 } };
+    const vm = { ...created, metadata: { name: 'x', managedFields: updateManagedFields(undefined, created, w('maker'), t) as unknown as JsonObject[] }, status: { s: 1 } };
     const entries = updateManagedFields(vm, { ...vm, status: { s: 2 } }, w('ctrl', { subresource: 'status' }), t);
-    assert.deepEqual(entries.map((e) => [e.manager, e.subresource, e.fieldsV1]), [['ctrl', 'status', { 'f:status': { 'f:s': {} } }]]);
+    assert.deepEqual(entries.map((e) => [e.manager, e.subresource, e.fieldsV1]).sort(), [['ctrl', 'status', { 'f:status': { 'f:s': {} } }], ['maker', undefined, { 'f:spec': { 'f:a': {} } }]]);
     const live = { ...vm, status: { s: 2 }, metadata: { name: 'x', managedFields: entries as unknown as JsonObject[] } };
-    const out = apply(live, { ...vm, spec: { a: 2 }, status: { s: 5 } } as JsonObject, 'me');
+    const out = apply(live, { ...created, spec: { a: 2 }, status: { s: 5 } } as JsonObject, 'me', true);
     const mine = (out.metadata as { managedFields: { manager: string; fieldsV1: object }[] }).managedFields.find((e) => e.manager === 'me');
     assert.deepEqual(mine?.fieldsV1, { 'f:spec': { 'f:a': {} } });
   });
 
   it('on an object without managedFields, before-first-apply keeps the old fields without conflicts', () => {
     const legacy = { ...base, data: { a: '1', b: '2' } };
+    assert.deepEqual(updateManagedFields(legacy, { ...legacy, data: { a: '2' } }, w('edit'), t), [], 'updates do not start tracking');
     let obj = apply(legacy, cfg({ a: 'changed' }), 'one');
     assert.deepEqual(obj.data, { a: 'changed', b: '2' });
     const entries = (obj.metadata as { managedFields: { manager: string; fieldsV1: object }[] }).managedFields;

@@ -311,15 +311,19 @@ interface Target { name: string; kind: string; group: string }
 /**
  * Ownership after a non-apply write (create when `live` is undefined): the writer owns what it
  * added or changed, other managers lose it. `sent` is managedFields as the client sent them
- * (on update/patch): a non-empty list that differs from the live one replaces it, and `[{}]`
- * clears it, as in Kubernetes; create ignores what was sent.
+ * (update/patch of the main resource): a list that differs from the live one replaces it, and
+ * `[]` or `[{}]` clears it, as in Kubernetes; create ignores what was sent. As in Kubernetes,
+ * an existing object nobody tracks yet (stored before ownership) stays untracked until its
+ * first apply, which gives what it has to `before-first-apply`.
  */
 export function updateManagedFields(live: JsonObject | undefined, next: JsonObject, w: FieldWrite, t: Target, sent?: unknown): ManagedFieldsEntry[] {
   let owners = ownersOf(liveEntries(live), t.name, t.kind, t.group);
-  if (live && w.subresource !== 'status' && Array.isArray(sent) && sent.length && JSON.stringify(sent) !== JSON.stringify(liveEntries(live) ?? [])) {
-    const reset = sent.length === 1 && isObject(sent[0]) && Object.keys(sent[0]).length === 0;
+  if (live && w.subresource !== 'status' && Array.isArray(sent) && JSON.stringify(sent) !== JSON.stringify(liveEntries(live) ?? [])) {
+    const reset = sent.length === 0 || (sent.length === 1 && isObject(sent[0]) && Object.keys(sent[0]).length === 0);
     owners = reset ? [] : ownersOf(sent, t.name, t.kind, t.group);
+    if (reset) return [];
   }
+  if (live && !owners.length) return [];
   const c = compare(live ? withoutManaged(live) : {}, withoutManaged(next));
   const changed = scope(union(c.added, c.modified), w);
   const removed = c.removed;
@@ -392,7 +396,25 @@ export function applyToLive(live: JsonObject, config: JsonObject, w: FieldWrite,
   const drop = [...minus(last, applied)].filter((p) => !coversOrBelow(others, p)).map(dec)
     .filter((path) => !isKeyField(path)).sort((a, b) => b.length - a.length);
   for (const path of drop) removePath(merged, path);
+  syncLastApplied(merged, config, w);
   return merged;
+}
+
+const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
+const LAST_APPLIED_PATH = enc(['f:metadata', 'f:annotations', `f:${LAST_APPLIED}`]);
+
+/**
+ * As Kubernetes does for `kubectl apply --server-side`: an object that also has a client-side
+ * apply annotation gets it set to this configuration, so a later client-side apply diffs
+ * against what was applied last. Other managers opt out by their name.
+ */
+function syncLastApplied(merged: JsonObject, config: JsonObject, w: FieldWrite): void {
+  const annotations = isObject(merged.metadata) && isObject(merged.metadata.annotations) ? merged.metadata.annotations : undefined;
+  if (w.manager !== 'kubectl' || w.subresource || typeof annotations?.[LAST_APPLIED] !== 'string' || !annotations[LAST_APPLIED]) return;
+  const meta = isObject(config.metadata) ? config.metadata : {};
+  const { [LAST_APPLIED]: _old, ...rest } = isObject(meta.annotations) ? meta.annotations : {};
+  const value = JSON.stringify({ ...config, metadata: { ...meta, annotations: rest } }) + '\n';
+  merged.metadata = { ...(merged.metadata as JsonObject), annotations: { ...annotations, [LAST_APPLIED]: value } };
 }
 
 /** Live owners, with everything owned by `before-first-apply` on an object that has no managedFields yet. */
@@ -415,6 +437,8 @@ export function applyManagedFields(live: JsonObject | undefined, next: JsonObjec
   const applied = scope(membersOf(config), w);
   const c = compare(live ? withoutManaged(live) : {}, withoutManaged(next));
   const changed = union(c.added, c.modified);
+  // The server rewrote the client-side apply annotation (syncLastApplied): no conflict over that.
+  if (w.manager === 'kubectl') changed.delete(LAST_APPLIED_PATH);
   const conflicts: { owner: Owner; path: string[] }[] = [];
   for (const o of owners) {
     if (ownerKey(o) === key) continue;
