@@ -106,14 +106,21 @@ function children(value: Json, field: string | undefined): [string, Json, string
 /** Whether a value is a list item that is a member itself (keyed and set list items are). */
 const isItemElement = (pe: string): boolean => pe.startsWith('k:') || pe.startsWith('v:');
 
+/**
+ * Walks carry a path as the inside of its JSON text (`"f:a","f:b"`; '' at the root), so each
+ * step appends one encoded element instead of copying and re-encoding the whole path.
+ */
+const down = (inner: string, pe: string): string => (inner ? `${inner},${JSON.stringify(pe)}` : JSON.stringify(pe));
+const pathKey = (inner: string): string => `[${inner}]`;
+
 /** Adds the members of `value` at `path` to `out`. */
-function addMembers(value: Json, field: string | undefined, path: string[], out: FieldSet): void {
+function addMembers(value: Json, field: string | undefined, path: string, out: FieldSet): void {
   const kids = children(value, field);
   // An empty map is no member: owning it would make its later keys conflict with its first writer.
-  if (!kids) { if (path.length && !(isObject(value) && !Object.keys(value).length)) out.add(enc(path)); return; }
+  if (!kids) { if (path && !(isObject(value) && !Object.keys(value).length)) out.add(pathKey(path)); return; }
   for (const [pe, v, f] of kids) {
-    const p = [...path, pe];
-    if (isItemElement(pe)) out.add(enc(p));
+    const p = down(path, pe);
+    if (isItemElement(pe)) out.add(pathKey(p));
     if (isItemElement(pe) && !isObject(v)) continue;
     addMembers(v, f, p, out);
   }
@@ -122,7 +129,7 @@ function addMembers(value: Json, field: string | undefined, path: string[], out:
 /** The members of a whole object (what an Apply of it owns). */
 export function membersOf(obj: JsonObject): FieldSet {
   const out: FieldSet = new Set();
-  addMembers(obj, undefined, [], out);
+  addMembers(obj, undefined, '', out);
   return out;
 }
 
@@ -131,12 +138,12 @@ export interface Comparison { added: FieldSet; removed: FieldSet; modified: Fiel
 /** The members `next` added, `prev` had and lost, and leaves whose value changed. */
 export function compare(prev: Json | undefined, next: Json | undefined): Comparison {
   const c: Comparison = { added: new Set(), removed: new Set(), modified: new Set() };
-  walkCompare(prev, next, undefined, [], c);
+  walkCompare(prev, next, undefined, '', c);
   for (const p of c.added) if (c.removed.delete(p)) { c.added.delete(p); c.modified.add(p); }
   return c;
 }
 
-function walkCompare(a: Json | undefined, b: Json | undefined, field: string | undefined, path: string[], c: Comparison): void {
+function walkCompare(a: Json | undefined, b: Json | undefined, field: string | undefined, path: string, c: Comparison): void {
   if (a === undefined && b === undefined) return;
   if (a === undefined) { addMembers(b!, field, path, c.added); return; }
   if (b === undefined) { addMembers(a, field, path, c.removed); return; }
@@ -144,35 +151,42 @@ function walkCompare(a: Json | undefined, b: Json | undefined, field: string | u
   const kb = children(b, field);
   const sameShape = isObject(a) === isObject(b) && Array.isArray(a) === Array.isArray(b);
   if (ka && kb && sameShape && (isObject(a) || sameListKind(a, b, field))) {
-    const ma = new Map(ka.map(([pe, v, f]) => [pe, [v, f] as const]));
     const mb = new Map(kb.map(([pe, v, f]) => [pe, [v, f] as const]));
-    for (const [pe, [va, f]] of ma) {
-      const p = [...path, pe];
+    const seen = new Set<string>();
+    for (const [pe, va, f] of ka) {
+      seen.add(pe);
+      const p = down(path, pe);
       const other = mb.get(pe);
       if (other === undefined) {
-        if (isItemElement(pe)) c.removed.add(enc(p));
+        if (isItemElement(pe)) c.removed.add(pathKey(p));
         if (!isItemElement(pe) || isObject(va)) addMembers(va, f, p, c.removed);
         continue;
       }
       if (isItemElement(pe) && !isObject(va) && !isObject(other[0])) continue; // same set value
-      if (isItemElement(pe) && (!isObject(va) || !isObject(other[0]))) { c.modified.add(enc(p)); continue; }
+      if (isItemElement(pe) && (!isObject(va) || !isObject(other[0]))) { c.modified.add(pathKey(p)); continue; }
       walkCompare(va, other[0], f, p, c);
     }
-    for (const [pe, [vb, f]] of mb) {
-      if (ma.has(pe)) continue;
-      const p = [...path, pe];
-      if (isItemElement(pe)) c.added.add(enc(p));
+    for (const [pe, vb, f] of kb) {
+      if (seen.has(pe)) continue;
+      const p = down(path, pe);
+      if (isItemElement(pe)) c.added.add(pathKey(p));
       if (!isItemElement(pe) || isObject(vb)) addMembers(vb, f, p, c.added);
     }
     return;
   }
   if (!ka && !kb) {
-    if (JSON.stringify(a) !== JSON.stringify(b) && path.length) c.modified.add(enc(path));
+    if (path && !sameJson(a, b)) c.modified.add(pathKey(path));
     return;
   }
   // The shape changed (e.g. a map became a string): everything below goes, the new value comes.
   addMembers(a, field, path, c.removed);
   addMembers(b, field, path, c.added);
+}
+
+/** Equality of two leaves (scalars, atomic lists, empty maps) without encoding scalars. */
+function sameJson(a: Json, b: Json): boolean {
+  if (typeof a !== 'object' || a === null || typeof b !== 'object' || b === null) return a === b;
+  return JSON.stringify(a) === JSON.stringify(b);
 }
 
 function sameListKind(a: Json, b: Json, field: string | undefined): boolean {
@@ -186,18 +200,14 @@ function sameListKind(a: Json, b: Json, field: string | undefined): boolean {
 /** A field set in FieldsV1 form. */
 export function toFieldsV1(set: FieldSet): FieldsV1 {
   const root: FieldsV1 = {};
-  const paths = [...set].map(dec);
-  const memberKeys = new Set(set);
-  for (const path of paths) {
+  const ends: FieldsV1[] = [];
+  for (const p of set) {
     let node = root;
-    for (const pe of path) node = node[pe] ??= {};
+    for (const pe of dec(p)) node = node[pe] ??= {};
+    ends.push(node);
   }
   // A member that has members below it carries `.`.
-  for (const path of paths) {
-    let node = root;
-    for (const pe of path) node = node[pe];
-    if (Object.keys(node).length && memberKeys.has(enc(path))) node['.'] = {};
-  }
+  for (const node of ends) if (Object.keys(node).length) node['.'] = {};
   return sortTrie(root);
 }
 
@@ -280,15 +290,19 @@ const SERVER_PATHS = ['apiVersion', 'kind'].map((f) => [`f:${f}`]).concat(
   ['name', 'namespace', 'uid', 'resourceVersion', 'generation', 'creationTimestamp', 'selfLink', 'managedFields', 'deletionTimestamp', 'deletionGracePeriodSeconds']
     .map((f) => ['f:metadata', `f:${f}`]));
 
+const SERVER_KEYS = SERVER_PATHS.map(enc);
+const STATUS_KEY = enc(['f:status']);
+/** Whether `p` is the path `k` or below it (both encoded). */
+const atOrBelow = (p: string, k: string): boolean => p === k || p.startsWith(`${k.slice(0, -1)},`);
+
 /** Keeps the paths this write may own: status only through its subresource, no server metadata. */
 function scope(set: FieldSet, w: FieldWrite): FieldSet {
   const out: FieldSet = new Set();
-  for (const key of set) {
-    const path = dec(key);
-    if (SERVER_PATHS.some((s) => s.every((pe, i) => path[i] === pe))) continue;
-    const isStatus = path[0] === 'f:status';
+  for (const p of set) {
+    if (SERVER_KEYS.some((k) => atOrBelow(p, k))) continue;
+    const isStatus = atOrBelow(p, STATUS_KEY);
     if (w.subresource === 'status' ? !isStatus : (w.statusSubresource && isStatus)) continue;
-    out.add(key);
+    out.add(p);
   }
   return out;
 }
@@ -299,10 +313,9 @@ const union = (...sets: FieldSet[]): FieldSet => new Set(sets.flatMap((s) => [..
 const sameSet = (a: FieldSet, b: FieldSet) => a.size === b.size && [...a].every((p) => b.has(p));
 
 /** Whether the set has `path` or anything below it. */
-function coversOrBelow(set: FieldSet, key: string): boolean {
-  if (set.has(key)) return true;
-  const prefix = key.slice(0, -1) + ',';
-  for (const p of set) if (p.startsWith(prefix)) return true;
+function coversOrBelow(set: FieldSet, k: string): boolean {
+  if (set.has(k)) return true;
+  for (const p of set) if (atOrBelow(p, k)) return true;
   return false;
 }
 
@@ -378,7 +391,7 @@ export function mergeApplied(live: Json | undefined, config: Json, field?: strin
       return [...live, ...config.filter((x) => !have.has(valueElement(x)))];
     }
   }
-  return structuredClone(config);
+  return typeof config === 'object' && config !== null ? structuredClone(config) : config;
 }
 
 /**

@@ -308,7 +308,10 @@ export class Resources {
     if (!isObject(body)) throw badRequest(`the request body must be a ${info.kind} object`);
     const obj = body as KubeObject;
     try {
-      checkNesting(obj);
+      // managedFields nest a few levels deeper than the fields they name: checked on their own.
+      const { managedFields, ...rest } = isObject(obj.metadata) ? obj.metadata : {};
+      checkNesting({ ...obj, metadata: rest });
+      checkNesting(managedFields, ['metadata', 'managedFields']);
     } catch (e) {
       if (!(e instanceof NestingError)) throw e;
       throw invalid(info.kind, info.group, String(obj.metadata?.name ?? ''), [{ reason: 'FieldValueInvalid', field: e.field, message: e.message }]);
