@@ -5,6 +5,7 @@
  * flavour nested absurdly deep are refused with a 422 and change nothing.
  */
 import { spawnSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import YAML from 'yaml';
@@ -12,6 +13,7 @@ import { StatusError } from '@vessel/client';
 import type { KubeObject } from '@vessel/client';
 import { run, startVessel, type Vessel } from './harness.ts';
 
+const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
 const haveKubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
 
 interface Entry { manager: string; operation: string; subresource?: string; fieldsV1: Record<string, unknown> }
@@ -130,8 +132,13 @@ describe('server-side apply with kubectl', { skip: haveKubectl ? false : process
     const after = await getYaml(['vm', 'owned']);
     assert.equal(after.spec.template.spec.domain.resources.requests.memory, '256Mi');
     assert.equal(after.status.ready, false);
-    // A list shows managedFields like a get; kubectl hides them unless asked.
+    // A list shows managedFields like a get; kubectl and vessel hide them unless asked.
     assert.doesNotMatch(await ok(['get', 'vm', 'owned', '-o', 'yaml']), /managedFields/);
+    const vessel = (args: string[]) => run(VESSEL, args, { env: { ...process.env, KUBECONFIG: v.kubeconfig } });
+    const hidden = await vessel(['get', 'vm', 'owned', '-o', 'yaml']);
+    assert.equal(hidden.code, 0, hidden.err);
+    assert.doesNotMatch(hidden.out, /managedFields/);
+    assert.match((await vessel(['get', 'vm', '-o', 'json', '--show-managed-fields'])).out, /"managedFields"/);
     const list = await v.client.list(res);
     assert.ok(list.items.every((o: KubeObject) => Array.isArray(o.metadata?.managedFields)));
   });
