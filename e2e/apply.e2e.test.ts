@@ -175,5 +175,9 @@ describe('server-side apply with kubectl', { skip: haveKubectl ? false : process
       body: `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"deep"},"data":${deep(10_000)}}`,
     }).then(() => undefined, (e: unknown) => e);
     assert.ok(created instanceof StatusError && created.status.code === 422 && /nested more than 1000/.test(created.message), String(created));
+    const createdYaml = await v.client.request('POST', '/api/v1/namespaces/default/configmaps', {
+      body: `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata: ${'['.repeat(10_000)}${']'.repeat(10_000)}\n`, contentType: 'application/yaml',
+    }).then(() => undefined, (e: unknown) => e);
+    assert.ok(createdYaml instanceof StatusError && createdYaml.status.code === 422 && /nested more than 1000/.test(createdYaml.message), String(createdYaml));
   });
 });

@@ -13,7 +13,7 @@ import { authenticate, authorize, createToken, type User } from './auth.ts';
 import { admit } from './admission.ts';
 import { apiGroupDoc, apiGroupList, apiResourceList, apiVersions, serverVersion } from './discovery.ts';
 import { ApiError, badRequest, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
-import { patchTypeOf } from './patch.ts';
+import { MAX_NESTING_DEPTH, patchTypeOf } from './patch.ts';
 import { decodeProtobufObject, PROTOBUF_CONTENT_TYPE, ProtobufError, UnsupportedProtobufKind } from './protobuf.ts';
 import { Resources, type DeleteOptions, type WriteOptions } from './resources.ts';
 import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
@@ -319,6 +319,10 @@ function parseBody(body: string, contentType: string | undefined): unknown {
     if (type === 'application/json' || type === '') return JSON.parse(body);
     if (type === 'application/yaml' || type === 'application/x-yaml' || type === 'text/yaml') return YAML.parse(body);
   } catch (e) {
+    // The YAML parser recurses: a body nested too deep for it is refused as JSON ones are (resources.ts checkBody).
+    if (e instanceof RangeError || (e instanceof Error && /Maximum call stack/.test(e.message))) {
+      throw new ApiError(422, 'Invalid', `the request body is invalid: must not be nested more than ${MAX_NESTING_DEPTH} levels deep`);
+    }
     throw badRequest(`the request body is not valid ${type.includes('yaml') ? 'YAML' : 'JSON'}: ${e instanceof Error ? e.message.split('\n')[0] : e}`);
   }
   throw unsupportedMediaType(type);
