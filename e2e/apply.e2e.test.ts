@@ -147,6 +147,9 @@ describe('server-side apply with kubectl', { skip: haveKubectl ? false : process
 
   it('keeps controllers\' status writes apart from spec applies', async () => {
     await ok(['apply', '--server-side', '-f', '-'], vm('owned', '128Mi'));
+    const created = await getYaml(['vm', 'owned']);
+    assert.ok(created.spec.template.spec.domain.machine?.type, 'the server defaulted the machine type');
+    assert.equal(JSON.stringify(entries(created)).includes('f:machine'), false, 'defaults belong to no manager');
     // The VM controller writes status through the client library, which names no field manager.
     const res = await v.client.resolve('virtualmachines');
     await v.client.patch(res, 'owned', { status: { printableStatus: 'Stopped', ready: false } }, { subresource: 'status' });

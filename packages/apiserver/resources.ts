@@ -186,7 +186,9 @@ export class Resources {
     } catch (e) {
       // Server-side apply creates what does not exist yet.
       if (config && e instanceof ApiError && e.code === 404 && !subresource) {
-        return this.create(info, namespace, { ...config, metadata: { ...(config.metadata as object), name } }, opts, config);
+        // A copy: defaulting fills the created object in place, and defaults are nobody's.
+        const body = structuredClone(config);
+        return this.create(info, namespace, { ...body, metadata: { ...(body.metadata as object), name } }, opts, config);
       }
       throw e;
     }
