@@ -122,3 +122,27 @@ describe('deep objects', () => {
   });
 });
 const base0 = { apiVersion: 'v1', kind: 'X', metadata: { name: 'x' } };
+
+describe('managedFields sent by clients', () => {
+  const created = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x' }, data: { a: '1' } };
+  const entries = updateManagedFields(undefined, created, w('maker'), t);
+  const live = { ...created, metadata: { name: 'x', managedFields: entries as unknown as JsonObject[] } };
+
+  it('keeps the live entries when the client sends them back unchanged or not at all', () => {
+    assert.deepEqual(updateManagedFields(live, live, w('editor'), t, entries), entries);
+    assert.deepEqual(updateManagedFields(live, live, w('editor'), t, undefined), entries);
+  });
+
+  it('takes a changed list as the new ownership, and [] or [{}] as none', () => {
+    const moved = [{ ...entries[0], manager: 'someone-else' }];
+    assert.deepEqual(updateManagedFields(live, live, w('editor'), t, moved).map((e) => e.manager), ['someone-else']);
+    assert.deepEqual(updateManagedFields(live, live, w('editor'), t, [{}]), []);
+    assert.deepEqual(updateManagedFields(live, live, w('editor'), t, []), []);
+  });
+
+  it('refuses entries it cannot read with the field path', () => {
+    assert.throws(() => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Sideways' }]),
+      (e: { code: number; details: { causes: { field: string }[] } }) => e.code === 422 && e.details.causes[0].field === 'metadata.managedFields[0]');
+    assert.throws(() => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Update', fieldsV1: { 'x:bad': {} } }]), /unknown path element/);
+  });
+});

@@ -192,6 +192,7 @@ export function applyPatch(type: PatchType, target: Json, patch: Json): Json {
   switch (type) {
     case 'merge': if (!isObject(patch)) throw badRequest('a merge patch must be a JSON object'); return mergePatch(target, patch);
     case 'strategic': if (!isObject(patch)) throw badRequest('a strategic merge patch must be a JSON object'); return strategicMergePatch(target, patch);
+    // Without field ownership; the API server applies through managed-fields.ts instead.
     case 'apply': if (!isObject(patch)) throw badRequest('an apply patch must be an object'); return mergePatch(target, patch);
     case 'json': return jsonPatch(target, patch);
   }

@@ -123,6 +123,7 @@ export class Resources {
       }
       meta.name = meta.generateName + generateSuffix();
     }
+    // managedFields sent on create are dropped (Kubernetes would keep valid ones): the creator owns what it wrote.
     for (const f of ['uid', 'resourceVersion', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'managedFields'] as const) delete meta[f];
     if (info.statusSubresource) delete obj.status;
     const { causes, warnings } = validateObject(info, obj, 'create', undefined, validation(opts));
