@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import YAML from 'yaml';
+import * as k8s from '@kubernetes/client-node';
 import { StatusError } from '@vessel/client';
 import type { KubeObject } from '@vessel/client';
 import { run, startVessel, type Vessel } from './harness.ts';
@@ -171,6 +172,19 @@ describe('server-side apply with kubectl', { skip: haveKubectl ? false : process
     assert.match((await vessel(['get', 'vm', '-o', 'json', '--show-managed-fields'])).out, /"managedFields"/);
     const list = await v.client.list(res);
     assert.ok(list.items.every((o: KubeObject) => Array.isArray(o.metadata?.managedFields)));
+  });
+
+  it('applies from @kubernetes/client-node, with its conflict and force', async () => {
+    const kc = new k8s.KubeConfig();
+    kc.loadFromFile(v.kubeconfig);
+    const api = k8s.KubernetesObjectApi.makeApiClient(kc);
+    const spec = (value: string) => ({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'from-node', namespace: 'default' }, data: { key: value } });
+    await api.patch(spec('1'), undefined, undefined, 'node-app', false, k8s.PatchStrategy.ServerSideApply);
+    const err = await api.patch(spec('2'), undefined, undefined, 'other-app', false, k8s.PatchStrategy.ServerSideApply).then(() => undefined, (e: unknown) => e);
+    assert.ok(err instanceof k8s.ApiException && err.code === 409, String(err));
+    const forced: k8s.V1ConfigMap = await api.patch(spec('2'), undefined, undefined, 'other-app', true, k8s.PatchStrategy.ServerSideApply);
+    assert.equal(forced.data?.key, '2');
+    assert.deepEqual(forced.metadata?.managedFields?.map((e) => e.manager), ['other-app']);
   });
 
   it('refuses patches nested 10,000 levels deep with a 422 and changes nothing', async () => {
