@@ -146,3 +146,19 @@ describe('managedFields sent by clients', () => {
     assert.throws(() => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Update', fieldsV1: { 'x:bad': {} } }]), /unknown path element/);
   });
 });
+
+describe('many writers', () => {
+  it('folds the oldest Update entries into ancient-changes beyond ten', () => {
+    let obj: JsonObject = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x' }, data: {} };
+    for (let i = 0; i < 14; i++) {
+      const next = { ...obj, data: { ...(obj.data as JsonObject), [`k${i}`]: 'v' } };
+      const managedFields = updateManagedFields(i === 0 ? undefined : obj, next, w(`writer-${i}`), t);
+      obj = { ...next, metadata: { name: 'x', managedFields: managedFields as unknown as JsonObject[] } };
+    }
+    const entries = (obj.metadata as { managedFields: { manager: string; fieldsV1: { 'f:data': object } }[] }).managedFields;
+    assert.equal(entries.length, 10);
+    const ancient = entries.find((e) => e.manager === 'ancient-changes');
+    assert.ok(ancient);
+    assert.equal(Object.keys(ancient.fieldsV1['f:data']).length + entries.length - 1, 14, 'every field is still owned by someone');
+  });
+});

@@ -275,7 +275,25 @@ function ownersOf(entries: unknown, name: string, kind: string, group: string): 
   });
 }
 
-function toEntries(owners: Owner[]): ManagedFieldsEntry[] {
+/** At most this many Update entries; older ones fold into `ancient-changes` (Kubernetes' cap). */
+const MAX_UPDATE_MANAGERS = 10;
+const ANCIENT_CHANGES = 'ancient-changes';
+
+/** Keeps managedFields bounded whatever the number of user agents writing to an object. */
+function capUpdateManagers(owners: Owner[]): Owner[] {
+  const updates = owners.filter((o) => o.operation === 'Update' && o.set.size);
+  if (updates.length <= MAX_UPDATE_MANAGERS) return owners;
+  const oldest = updates.filter((o) => o.manager !== ANCIENT_CHANGES).sort((a, b) => a.time.localeCompare(b.time))
+    .slice(0, updates.length - MAX_UPDATE_MANAGERS + (updates.some((o) => o.manager === ANCIENT_CHANGES) ? 0 : 1));
+  const ancient = owners.find((o) => o.manager === ANCIENT_CHANGES && o.operation === 'Update' && !o.subresource)
+    ?? { manager: ANCIENT_CHANGES, operation: 'Update' as const, apiVersion: oldest[0].apiVersion, time: '', set: new Set<string>() };
+  ancient.set = union(ancient.set, ...oldest.map((o) => o.set));
+  ancient.time = oldest.reduce((t, o) => (o.time > t ? o.time : t), ancient.time);
+  return [...owners.filter((o) => !oldest.includes(o) && o !== ancient), ancient];
+}
+
+function toEntries(all: Owner[]): ManagedFieldsEntry[] {
+  const owners = capUpdateManagers(all);
   // Kubernetes' order: Apply entries first, then by time, then by manager.
   const opRank = (o: Owner) => (o.operation === 'Apply' ? 0 : 1);
   return owners.filter((o) => o.set.size).sort((a, b) => opRank(a) - opRank(b) || a.time.localeCompare(b.time) || a.manager.localeCompare(b.manager))
