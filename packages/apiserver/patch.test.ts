@@ -1,6 +1,6 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyPatch, mergePatch, patchTypeOf, strategicMergePatch } from './patch.ts';
+import { applyPatch, checkNesting, MAX_NESTING_DEPTH, mergePatch, NestingError, parsePatchBody, patchTypeOf, strategicMergePatch } from './patch.ts';
 
 describe('merge patch (RFC 7396)', () => {
   it('merges objects, replaces lists and deletes with null', () => {
@@ -34,5 +34,21 @@ describe('JSON patch', () => {
     assert.equal(patchTypeOf('application/merge-patch+json; charset=utf-8'), 'merge');
     assert.equal(patchTypeOf('application/apply-patch+yaml'), 'apply');
     assert.throws(() => patchTypeOf('application/json'), /unknown format/);
+  });
+});
+
+describe('nesting limit', () => {
+  const deep = (n: number): unknown => { let v: unknown = 'x'; for (let i = 0; i < n; i++) v = { a: v }; return v; };
+
+  it('refuses bodies nested deeper than the limit before recursing, and names where', () => {
+    assert.doesNotThrow(() => checkNesting(deep(MAX_NESTING_DEPTH)));
+    assert.throws(() => checkNesting({ spec: deep(100_000) }), (e: unknown) => e instanceof NestingError && e.field === 'spec.a.a.a.a.a...');
+    const body = `{"metadata":{"labels":${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}}}`;
+    for (const type of ['merge', 'strategic', 'apply'] as const) assert.throws(() => parsePatchBody(type, body), NestingError, type);
+    assert.throws(() => parsePatchBody('apply', `a: ${'['.repeat(10_000)}${']'.repeat(10_000)}`), NestingError, 'YAML');
+    // A JSON patch value counts from the depth its path points at.
+    const op = (path: string, n: number) => JSON.stringify([{ op: 'add', path, value: deep(n) }]);
+    assert.doesNotThrow(() => parsePatchBody('json', op('/a', 900)));
+    assert.throws(() => parsePatchBody('json', op('/a'.repeat(200), 900)), NestingError);
   });
 });

@@ -11,13 +11,18 @@ import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { ApiError, badRequest, conflict, forbidden, gone, invalid, notFound, toApiError } from './errors.ts';
 import { apiVersionOf, decode, encode, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
-import { applyPatch, parsePatchBody, type PatchType } from './patch.ts';
+import { applyPatch, checkNesting, NestingError, parsePatchBody, type PatchType } from './patch.ts';
+import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite, type JsonObject } from './managed-fields.ts';
 import { parseResourceVersion } from './query.ts';
 import type { Matcher } from './selectors.ts';
 
 export interface WriteOptions {
   dryRun?: boolean;
   fieldManager?: string;
+  /** Server-side apply takes fields other managers own (`force=true`). */
+  force?: boolean;
+  /** Names the field manager when fieldManager is not given (its product, as Kubernetes does). */
+  userAgent?: string;
   /** Unknown fields: Strict (Vessel's default) rejects them, Warn and Ignore drop them. */
   fieldValidation?: 'Strict' | 'Warn' | 'Ignore';
   /** Checks on the object about to be stored that need the caller (see admission.ts); throws to refuse. */
@@ -115,7 +120,8 @@ export class Resources {
     return { items, revision: revision ?? (await this.store.currentRevision()) };
   }
 
-  async create(info: KindInfo, namespace: string | undefined, body: unknown, opts: WriteOptions = {}): Promise<Written> {
+  /** `applied`: the configuration, when a server-side apply creates the object. */
+  async create(info: KindInfo, namespace: string | undefined, body: unknown, opts: WriteOptions = {}, applied?: JsonObject): Promise<Written> {
     const obj = this.checkBody(info, namespace, body);
     const meta = obj.metadata;
     if (!meta.name) {
@@ -124,6 +130,7 @@ export class Resources {
       }
       meta.name = meta.generateName + generateSuffix();
     }
+    // managedFields sent on create are dropped (Kubernetes would keep valid ones): the creator owns what it wrote.
     for (const f of ['uid', 'resourceVersion', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'managedFields'] as const) delete meta[f];
     if (info.statusSubresource) delete obj.status;
     const { causes, warnings } = validateObject(info, obj, 'create', undefined, validation(opts));
@@ -140,6 +147,10 @@ export class Resources {
     meta.creationTimestamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
     meta.generation = 1;
     if (info.namespaced) await this.requireActiveNamespace(namespace!);
+    const w = fieldWrite(info, opts, undefined);
+    const target = { name: meta.name, kind: info.kind, group: info.group };
+    const managed = applied ? applyManagedFields(undefined, json(obj), applied, w, target, true) : updateManagedFields(undefined, json(obj), w, target);
+    if (managed.length) meta.managedFields = managed;
     if (opts.dryRun) return { object: obj, warnings };
     const key = objectKey(info, namespace, meta.name);
     try {
@@ -161,17 +172,32 @@ export class Resources {
   }
 
   async patch(info: KindInfo, namespace: string | undefined, name: string, type: PatchType, rawBody: string, subresource: string | undefined, opts: WriteOptions = {}): Promise<Written> {
+    try {
+      return await this.patchOnce(info, namespace, name, type, rawBody, subresource, opts);
+    } catch (e) {
+      if (e instanceof NestingError) throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field: e.field || '(patch)', message: e.message }]);
+      throw e;
+    }
+  }
+
+  private async patchOnce(info: KindInfo, namespace: string | undefined, name: string, type: PatchType, rawBody: string, subresource: string | undefined, opts: WriteOptions): Promise<Written> {
     const patch = parsePatchBody(type, rawBody);
     if (type === 'apply' && !opts.fieldManager) throw badRequest('PATCH with application/apply-patch+yaml requires the fieldManager query parameter');
+    if (type !== 'apply' && opts.force) throw badRequest('force=true is only allowed for apply patches (application/apply-patch+yaml)');
+    if (type === 'apply' && !isObject(patch)) throw badRequest('an apply patch must be an object');
     const wanted = isObject(patch) && isObject(patch.metadata) && typeof patch.metadata.resourceVersion === 'string' && patch.metadata.resourceVersion ? patch.metadata.resourceVersion : undefined;
+    const config = type === 'apply' ? cleanAppliedConfig(patch as JsonObject) : undefined;
+    const w = fieldWrite(info, opts, subresource);
     try {
       return await this.guaranteedUpdate(info, namespace, name, wanted, opts,
-        (current) => applyPatch(type, current as never, patch as never) as unknown, subresource);
+        (current) => (config ? applyToLive(json(current), config, w, { name, kind: info.kind, group: info.group }) : applyPatch(type, current as never, patch as never) as unknown),
+        subresource, config && { config, force: opts.force ?? false });
     } catch (e) {
       // Server-side apply creates what does not exist yet.
-      if (type === 'apply' && e instanceof ApiError && e.code === 404 && !subresource) {
-        const obj = isObject(patch) ? patch : {};
-        return this.create(info, namespace, { ...obj, metadata: { ...(obj.metadata as object), name } }, opts);
+      if (config && e instanceof ApiError && e.code === 404 && !subresource) {
+        // A copy: defaulting fills the created object in place, and defaults are nobody's.
+        const body = structuredClone(config);
+        return this.create(info, namespace, { ...body, metadata: { ...(body.metadata as object), name } }, opts, config);
       }
       throw e;
     }
@@ -223,7 +249,8 @@ export class Resources {
    * client pinned a resourceVersion, in which case a mismatch is its 409.
    */
   private async guaranteedUpdate(info: KindInfo, namespace: string | undefined, name: string, wanted: string | undefined,
-    opts: WriteOptions, change: (current: StoredObject) => unknown, subresource: string | undefined): Promise<Written> {
+    opts: WriteOptions, change: (current: StoredObject) => unknown, subresource: string | undefined,
+    apply?: { config: JsonObject; force: boolean }): Promise<Written> {
     if (subresource && subresource !== 'status') throw notFound(`${info.plural}/${subresource}`, info.group, name);
     if (subresource === 'status' && !info.statusSubresource) throw notFound(`${info.plural}/status`, info.group, name);
     // A malformed precondition is the client's error (400), not a conflict with the stored object.
@@ -234,12 +261,18 @@ export class Resources {
       if (wanted !== undefined && wanted !== current.metadata.resourceVersion) throw conflict(info.plural, info.group, name);
       const changed = change(structuredClone(current));
       const next = this.checkBody(info, namespace, changed);
+      const sentFields = next.metadata.managedFields;
       const merged = this.mergeUpdate(info, current, next, subresource);
       const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
       if (!subresource) await opts.admit?.(merged);
       if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
+      const w = fieldWrite(info, opts, subresource);
+      const target = { name, kind: info.kind, group: info.group };
+      const managed = apply ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
+        : updateManagedFields(json(current), json(merged), w, target, sentFields);
+      if (managed.length) merged.metadata.managedFields = managed;
       if (opts.dryRun) return { object: merged, warnings };
       if (encode(merged) === encode(current)) return { object: current, warnings };
       try {
@@ -288,6 +321,15 @@ export class Resources {
   private checkBody(info: KindInfo, namespace: string | undefined, body: unknown): StoredObject {
     if (!isObject(body)) throw badRequest(`the request body must be a ${info.kind} object`);
     const obj = body as KubeObject;
+    try {
+      // managedFields nest a few levels deeper than the fields they name: checked on their own.
+      const { managedFields, ...rest } = isObject(obj.metadata) ? obj.metadata : {};
+      checkNesting({ ...obj, metadata: rest });
+      checkNesting(managedFields, ['metadata', 'managedFields']);
+    } catch (e) {
+      if (!(e instanceof NestingError)) throw e;
+      throw invalid(info.kind, info.group, String(obj.metadata?.name ?? ''), [{ reason: 'FieldValueInvalid', field: e.field, message: e.message }]);
+    }
     const apiVersion = apiVersionOf(info);
     if (obj.apiVersion !== undefined && obj.apiVersion !== apiVersion) {
       throw badRequest(`the API version in the data (${String(obj.apiVersion)}) does not match the expected API version (${apiVersion})`);
@@ -318,6 +360,13 @@ export class Resources {
     }
   }
 }
+
+/** Who a write is, for metadata.managedFields. */
+function fieldWrite(info: KindInfo, opts: WriteOptions, subresource: string | undefined): FieldWrite {
+  return { manager: managerOf(opts.fieldManager, opts.userAgent), apiVersion: apiVersionOf(info), subresource, statusSubresource: !!info.statusSubresource || info.kind === 'Namespace' };
+}
+
+const json = (obj: KubeObject): JsonObject => obj as unknown as JsonObject;
 
 function validation(opts: WriteOptions) {
   const mode = opts.fieldValidation ?? 'Strict';

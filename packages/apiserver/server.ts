@@ -13,7 +13,7 @@ import { authenticate, authorize, createToken, type User } from './auth.ts';
 import { admit } from './admission.ts';
 import { apiGroupDoc, apiGroupList, apiResourceList, apiVersions, serverVersion } from './discovery.ts';
 import { ApiError, badRequest, invalid, methodNotAllowed, toApiError, tooLarge, unauthorized, unsupportedMediaType } from './errors.ts';
-import { patchTypeOf } from './patch.ts';
+import { MAX_NESTING_DEPTH, patchTypeOf } from './patch.ts';
 import { decodeProtobufObject, PROTOBUF_CONTENT_TYPE, ProtobufError, UnsupportedProtobufKind } from './protobuf.ts';
 import { Resources, type DeleteOptions, type WriteOptions } from './resources.ts';
 import { encodeOpenApiV2, OPENAPI_V2_PROTOBUF_REPLY, OPENAPI_V2_PROTOBUF_TYPES } from './openapi-proto.ts';
@@ -193,6 +193,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const fields = parseFieldSelector(r.q('fieldSelector'));
     const write: WriteOptions = {
       dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
+      force: parseForce(r.q('force')), userAgent: r.req.headers['user-agent'],
       admit: (obj) => admit(user, resources, info, obj),
     };
     const table = wantsTable(r.req.headers.accept);
@@ -300,6 +301,12 @@ function parseDryRun(v: string | undefined): boolean {
   throw badRequest(`invalid dryRun "${v}": the only accepted value is "All"`);
 }
 
+function parseForce(v: string | undefined): boolean {
+  if (v === undefined || v === '' || v === 'false') return false;
+  if (v === 'true') return true;
+  throw badRequest(`invalid force "${v}": use true or false`);
+}
+
 function parseFieldValidation(v: string | undefined): WriteOptions['fieldValidation'] {
   if (v === undefined || v === '') return undefined;
   if (v === 'Strict' || v === 'Warn' || v === 'Ignore') return v;
@@ -340,6 +347,10 @@ function parseBody(body: string, contentType: string | undefined): unknown {
     if (type === 'application/json' || type === '') return JSON.parse(body);
     if (type === 'application/yaml' || type === 'application/x-yaml' || type === 'text/yaml') return YAML.parse(body);
   } catch (e) {
+    // The YAML parser recurses: a body nested too deep for it is refused as JSON ones are (resources.ts checkBody).
+    if (e instanceof RangeError || (e instanceof Error && /Maximum call stack/.test(e.message))) {
+      throw new ApiError(422, 'Invalid', `the request body is invalid: must not be nested more than ${MAX_NESTING_DEPTH} levels deep`);
+    }
     throw badRequest(`the request body is not valid ${type.includes('yaml') ? 'YAML' : 'JSON'}: ${e instanceof Error ? e.message.split('\n')[0] : e}`);
   }
   throw unsupportedMediaType(type);

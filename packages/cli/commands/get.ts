@@ -23,6 +23,7 @@ interface GetOptions {
   allNamespaces?: boolean;
   /** false with --no-headers (commander's negatable option). */
   headers?: boolean;
+  showManagedFields?: boolean;
 }
 
 const FORMATS = ['', 'wide', 'yaml', 'json', 'name'];
@@ -39,6 +40,7 @@ export function registerGet(program: Command): void {
     .option('--field-selector <selector>', 'field selector, e.g. metadata.name=demo')
     .option('-A, --all-namespaces', 'list across all namespaces')
     .option('--no-headers', 'omit the table header')
+    .option('--show-managed-fields', 'keep metadata.managedFields in yaml and json output (hidden by default, as kubectl does)')
     .action(async (type: string, names: string[], opts: GetOptions, cmd: Command) => {
       const format = opts.output ?? '';
       if (!FORMATS.includes(format)) {
@@ -126,11 +128,11 @@ async function printStructured(client: Client, targets: Target[], namespace: str
     if (names.length === 0) {
       listed = true;
       const list = await client.list(resource, { namespace: ns, ...listQuery(opts) });
-      found.push(...list.items.map((item) => withTypeMeta(resource, item)));
+      found.push(...list.items.map((item) => printable(resource, item, opts)));
     } else {
       for (const name of names) {
         try {
-          found.push(withTypeMeta(resource, await client.get(resource, name, { namespace: ns })));
+          found.push(printable(resource, await client.get(resource, name, { namespace: ns }), opts));
         } catch (e) {
           reportError(e);
         }
@@ -177,8 +179,8 @@ async function watchTarget(client: Client, targets: Target[], namespace: string 
   };
   const printObject = (obj: KubeObject) => {
     if (format === 'name') return out(objectName(resource, obj) + '\n');
-    if (format === 'yaml') out((documents++ > 0 ? '---\n' : '') + toYaml(withTypeMeta(resource, obj)));
-    else out(toJson(withTypeMeta(resource, obj)));
+    if (format === 'yaml') out((documents++ > 0 ? '---\n' : '') + toYaml(printable(resource, obj, opts)));
+    else out(toJson(printable(resource, obj, opts)));
   };
 
   let resourceVersion: string | undefined;
@@ -248,4 +250,12 @@ async function rowFor(client: Client, resource: ApiResource, event: WatchEvent<K
     }
   }
   return { kind: 'Table', columnDefinitions: [], rows: previous ? [previous] : asTable(obj).rows };
+}
+
+/** An object as -o yaml|json print it: with apiVersion and kind, and without managedFields unless asked (as kubectl). */
+function printable(resource: ApiResource, obj: KubeObject, opts: GetOptions): KubeObject {
+  const typed = withTypeMeta(resource, obj);
+  if (opts.showManagedFields || !typed.metadata?.managedFields) return typed;
+  const { managedFields: _m, ...metadata } = typed.metadata;
+  return { ...typed, metadata };
 }
