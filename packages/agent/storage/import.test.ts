@@ -8,12 +8,15 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createGzip } from 'node:zlib';
 import { ImportError } from './errors.ts';
 import type { EgressPolicy } from './egress.ts';
-import { formatProgress, importDisk, sniffFormat, type ImportOptions } from './import.ts';
+import { formatProgress, humanBytes, importDisk, maxImageBytes, sniffFormat, streamTooLarge, type ImportOptions } from './import.ts';
 import * as qemuImg from './qemu-img.ts';
 import { MiB, gzipFile, makeRawDisk, sh, startServer, xzFile, type TestServer } from './testing.ts';
 
@@ -328,5 +331,74 @@ describe('helpers', () => {
     assert.equal(await sniffFormat(join(srcDir, 'liar.iso')), 'qcow2');
     assert.equal(await sniffFormat(join(srcDir, 'disk-fixed.vpc')), 'vpc');
     assert.equal(await sniffFormat(original), 'raw');
+  });
+});
+
+/** The largest total size of the files in `dir` seen while `work` runs (polled every 2 ms). */
+async function peakStored<T>(dir: string, work: () => Promise<T>): Promise<{ peak: number; result: PromiseSettledResult<T> }> {
+  let peak = 0;
+  let running = true;
+  const poll = (async () => {
+    while (running) {
+      let total = 0;
+      for (const f of await readdir(dir).catch(() => [] as string[])) total += await stat(join(dir, f)).then((s) => s.size, () => 0);
+      peak = Math.max(peak, total);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  })();
+  const [result] = await Promise.allSettled([work()]);
+  running = false;
+  await poll;
+  return { peak, result };
+}
+
+describe('importDisk stops a source that outgrows the claim while it streams', () => {
+  let endless: http.Server;
+  let url: string;
+  let sent = 0;
+  before(async () => {
+    // Never ends, never says how long: only the importer's own count can stop it.
+    endless = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const gz = req.url === '/endless.gz';
+      const z = gz ? createGzip() : undefined;
+      if (z) z.pipe(res);
+      const out: NodeJS.WritableStream = z ?? res;
+      const chunk = Buffer.alloc(MiB);
+      const more = () => { while (!res.destroyed) { sent += chunk.length; if (!out.write(chunk)) break; } };
+      (z ?? res).on('drain', more);
+      res.on('close', () => z?.destroy());
+      more();
+    });
+    await new Promise<void>((r) => endless.listen(0, '127.0.0.1', r));
+    url = `http://127.0.0.1:${(endless.address() as AddressInfo).port}`;
+  });
+  after(async () => { endless?.closeAllConnections(); await new Promise<void>((r) => endless?.close(() => r())); });
+
+  for (const [name, path] of [['an endless raw stream', '/endless'], ['an endless gzip stream (decompressed bytes count)', '/endless.gz']]) {
+    test(name, async () => {
+      const claim = MiB;
+      const dir = await freshDir();
+      sent = 0;
+      const started = Date.now();
+      const { peak, result } = await peakStored(dir, () => importDisk({ egress: LAB, source: { kind: 'http', url: url + path }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: claim }));
+      assert.equal(result.status, 'rejected');
+      const e = (result as PromiseRejectedResult).reason as ImportError;
+      assert.equal(e.code, 'TooLarge', e.message);
+      assert.match(e.message, /more than an image for the claim's 1048576 bytes \(1\.00 MiB\) can take .*request a larger PVC/);
+      assert.ok(peak <= maxImageBytes(claim), `stored at most ${maxImageBytes(claim)} bytes, saw ${peak}`);
+      assert.deepEqual(await readdir(dir), [], 'nothing left behind');
+      console.log(`# ${name}: claim ${claim} bytes, cap ${maxImageBytes(claim)}, peak stored ${peak} bytes, server sent ${sent} bytes (before compression), stopped after ${Date.now() - started} ms`);
+    });
+  }
+
+  test('sizes print in a unit that fits', () => {
+    assert.equal(humanBytes(300), '300 bytes');
+    assert.equal(humanBytes(1536), '1.5 KiB');
+    assert.equal(humanBytes(MiB), '1.00 MiB');
+    assert.equal(humanBytes(3 * 2 ** 30), '3.00 GiB');
+    const e = streamTooLarge(5 * MiB, MiB, 'the upload is');
+    assert.doesNotMatch(e.message, /0\.00 GiB/);
+    assert.match(e.message, /5242880 bytes \(5\.00 MiB\)/);
   });
 });
