@@ -7,8 +7,10 @@
  * or a host that does not answer. Traffic stays on loopback and the test's own link.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import http from 'node:http';
+import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -40,7 +42,6 @@ after(async () => {
 /** A decoy "host-only service": counts the requests that reach it and answers with the test disk. */
 async function decoy(host: string): Promise<{ url: string; port: number; hits: () => number; close(): Promise<void> }> {
   let hits = 0;
-  const { createReadStream } = await import('node:fs');
   const server = http.createServer((req, res) => { hits++; res.writeHead(200); createReadStream(qcow2).pipe(res); });
   await new Promise<void>((r) => server.listen(0, host, r));
   const port = (server.address() as AddressInfo).port;
@@ -125,6 +126,42 @@ describe('egress policy: loopback sources', () => {
   test('a registry source on loopback is refused without the override, before any request', async () => {
     await assert.rejects(openRegistryDisk({ url: `docker://127.0.0.1:${svc.port}/disks/x:v1`, insecure: true }), (e: unknown) => e instanceof ImportError && e.code === 'Unreachable');
     assert.equal(svc.hits(), 1, 'no new request');
+  });
+});
+
+describe('egress policy: https sources with a certConfigMap CA', () => {
+  let server: https.Server;
+  let caPem: string;
+  let port = 0;
+  let hits = 0;
+  before(async () => {
+    const at = (f: string) => join(work, f);
+    const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
+    sh('openssl', ['req', '-x509', ...ec, '-keyout', at('ca.key'), '-out', at('ca.pem'), '-days', '2', '-subj', '/CN=vessel egress test CA']);
+    sh('openssl', ['req', ...ec, '-keyout', at('tls.key'), '-out', at('tls.csr'), '-subj', '/CN=localhost']);
+    await writeFile(at('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
+    sh('openssl', ['x509', '-req', '-in', at('tls.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca.key'), '-CAcreateserial', '-out', at('tls.pem'), '-days', '2', '-extfile', at('ext.cnf')]);
+    caPem = await readFile(at('ca.pem'), 'utf8');
+    server = https.createServer({ cert: await readFile(at('tls.pem')), key: await readFile(at('tls.key')) }, (_req, res) => { hits++; res.writeHead(200); createReadStream(qcow2).pipe(res); });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    port = (server.address() as AddressInfo).port;
+  });
+  after(async () => { server?.closeAllConnections(); await new Promise<void>((r) => server?.close(() => r())); });
+
+  const run = async (url: string, egress: EgressPolicy | undefined, withCa = true) => {
+    const dir = await mkdtemp(join(work, 'dest-'));
+    return importDisk({ source: { kind: 'http', url, caPem: withCa ? caPem : undefined }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 64 * MiB, egress }).then(() => undefined, (e: ImportError) => e);
+  };
+
+  test('refused on loopback without the override; with it the CA is used, for an IP and for a name', async () => {
+    assert.equal((await run(`https://127.0.0.1:${port}/disk`, undefined))?.code, 'Unreachable');
+    assert.equal((await run(`https://localhost:${port}/disk`, undefined))?.code, 'Unreachable');
+    assert.equal(hits, 0);
+    assert.equal(await run(`https://127.0.0.1:${port}/disk`, { allowLoopback: true }), undefined);
+    assert.equal(await run(`https://localhost:${port}/disk`, { allowLoopback: true }), undefined, 'the name is checked against the certificate (SNI)');
+    const e = await run(`https://127.0.0.1:${port}/disk`, { allowLoopback: true }, false);
+    assert.equal(e?.code, 'HttpError');
+    assert.match(e?.message ?? '', /not trusted: add its CA with certConfigMap/);
   });
 });
 
