@@ -135,6 +135,11 @@ describe('an agent without --allow-loopback-imports', () => {
     assert.deepEqual((await poolFiles(v)).map((f) => f.name), [], 'no upload file, no volume');
     const pvc = await v.client.get(PVC, 'too-big', { namespace: 'default' });
     assert.notEqual((pvc.status as { phase?: string } | undefined)?.phase, 'Bound');
+    // Another try gets the reason, not a hint to wait.
+    const again = await v.client.stream('POST', '/v1beta1/upload', { bearer: token, body: Readable.from([Buffer.alloc(16)]) });
+    const againText = await new Response(again as unknown as ReadableStream).text().catch(() => '');
+    assert.equal(again.statusCode, 409, againText);
+    assert.match(againText, /has failed \(the upload was stopped at .*delete it and create it again/);
     console.log(`# upload of 4 GiB to a 1Mi claim: ${outcome.slice(0, 120)}; peak stored ${peak} bytes (cap ${cap}); client sent ${sent} bytes; ${Date.now() - started} ms`);
   });
 });

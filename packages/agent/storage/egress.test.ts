@@ -100,7 +100,7 @@ describe('egress policy: loopback sources', () => {
   after(async () => { await svc?.close(); });
 
   test('an http source on 127.0.0.1 (also as localhost and ::ffff:127.0.0.1) is refused without the override and never contacted', async () => {
-    for (const url of [`${svc.url}/disk.qcow2`, `http://localhost:${svc.port}/disk.qcow2`, `http://[::ffff:127.0.0.1]:${svc.port}/disk.qcow2`]) {
+    for (const url of [`${svc.url}/disk.qcow2`, `http://localhost:${svc.port}/disk.qcow2`, `http://[::ffff:127.0.0.1]:${svc.port}/disk.qcow2`, `http://2130706433:${svc.port}/disk.qcow2`, `http://0x7f.1:${svc.port}/disk.qcow2`]) {
       const r = await importFrom(url);
       assert.equal(r.error?.code, 'Unreachable', url);
       assert.deepEqual(await readdir(r.dir), [], 'nothing left behind');

@@ -470,7 +470,7 @@ export class VolumeManager extends Controller {
       });
     } catch (e) {
       // An upload larger than the claim fails the DataVolume, like an import of a too large image.
-      if (e instanceof ImportError) await this.failed(pvc, dv, e, new AbortController().signal);
+      if (e instanceof ImportError) await this.failed(pvc, dv, e, new AbortController().signal); // a signal never aborted: always recorded
       throw e;
     }
     if (!r.complete) return r;
@@ -502,6 +502,10 @@ export class VolumeManager extends Controller {
     if (!dv || !((dv.spec as Obj | undefined)?.source as Obj | undefined)?.upload) throw new UploadError(400, `PersistentVolumeClaim ${ns}/${name} is not filled by an upload DataVolume`);
     const phase = (dv.status as Obj | undefined)?.phase;
     if (phase === 'Succeeded') throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} already holds its upload`);
+    if (phase === 'Failed') {
+      const why = ((dv.status as Obj | undefined)?.conditions as { type?: string; message?: string }[] | undefined)?.find((c) => c.type === 'Ready')?.message;
+      throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} has failed${why ? ` (${why})` : ''}: delete it and create it again`);
+    }
     if (phase !== 'UploadReady') throw new UploadError(503, `DataVolume ${ns}/${dv.metadata.name} is ${phase ?? 'Pending'}, not UploadReady yet: try again shortly`);
     const pool = this.poolOf(pvc);
     if (!pool) throw new UploadError(500, `no pool for PersistentVolumeClaim ${ns}/${name} on node ${this.opts.nodeName}`);
