@@ -229,3 +229,23 @@ describe('egress policy: a network namespace joined by a veth pair', () => {
     assert.equal(srv.requests.length, before, 'the refused open ports saw no request');
   });
 });
+
+describe('credentials and redirects', () => {
+  test("the secretRef's Authorization goes to the URL's origin only, not to where it redirects", async () => {
+    const seen: (string | undefined)[] = [];
+    const target = http.createServer((req, res) => { seen.push(req.headers.authorization); res.writeHead(200); createReadStream(qcow2).pipe(res); });
+    await new Promise<void>((r) => target.listen(0, '127.0.0.1', r));
+    const tport = (target.address() as AddressInfo).port;
+    const first = http.createServer((req, res) => { seen.push(req.headers.authorization); res.writeHead(302, { location: `http://127.0.0.1:${tport}/disk` }).end(); });
+    await new Promise<void>((r) => first.listen(0, '127.0.0.1', r));
+    try {
+      const dir = await mkdtemp(join(work, 'dest-'));
+      await importDisk({ source: { kind: 'http', url: `http://127.0.0.1:${(first.address() as AddressInfo).port}/disk`, headers: { Authorization: 'Basic c2VjcmV0OnNlY3JldA==' } }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 64 * MiB, egress: { allowLoopback: true } });
+      assert.deepEqual(seen, ['Basic c2VjcmV0OnNlY3JldA==', undefined]);
+    } finally {
+      first.closeAllConnections(); target.closeAllConnections();
+      await new Promise<void>((r) => first.close(() => r()));
+      await new Promise<void>((r) => target.close(() => r()));
+    }
+  });
+});

@@ -377,6 +377,7 @@ async function receiveFile(path: string, tmpIn: string, opts: ImportOptions, wan
 /** GET with redirects (up to 5, like CDI's importer); returns the body stream and its length. */
 async function httpGet(src: { url: string; caPem?: string; headers?: Record<string, string> }, opts: ImportOptions): Promise<{ stream: Readable; length?: number }> {
   let url = src.url;
+  let origin: string | undefined;
   for (let hop = 0; hop <= 5; hop++) {
     let parsed: URL;
     try {
@@ -387,11 +388,13 @@ async function httpGet(src: { url: string; caPem?: string; headers?: Record<stri
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
       throw new ImportError('InvalidArgument', `only http and https URLs can be imported, not ${parsed.protocol}`);
     }
+    origin ??= parsed.origin;
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
       const lib = parsed.protocol === 'https:' ? https : http;
       // The connection (and TLS, with the certConfigMap's CA) is made by the egress check.
       const req = lib.get(parsed, {
-        headers: { 'user-agent': 'vessel-importer', ...src.headers },
+        // The secretRef's credentials go only to the URL's own origin, not where it redirects.
+        headers: { 'user-agent': 'vessel-importer', ...(parsed.origin === origin ? src.headers : {}) },
         signal: opts.signal,
         ...checkedRequestOptions(parsed, {
           policy: opts.egress, timeoutMs: opts.idleTimeoutMs ?? 60_000, signal: opts.signal, display: redact(parsed),
