@@ -20,7 +20,7 @@ import { unreachable } from '../packages/agent/storage/egress.ts';
 import { maxImageBytes } from '../packages/agent/storage/import.ts';
 import { MiB, makeRawDisk, sh } from '../packages/agent/storage/testing.ts';
 import { requestUploadToken } from '../packages/cli/upload.ts';
-import { eventually, startVessel, type Vessel } from './harness.ts';
+import { eventually, run, startVessel, type Vessel } from './harness.ts';
 
 const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
@@ -141,6 +141,26 @@ describe('an agent without --allow-loopback-imports', () => {
     assert.equal(again.statusCode, 409, againText);
     assert.match(againText, /has failed \(the upload was stopped at .*delete it and create it again/);
     console.log(`# upload of 4 GiB to a 1Mi claim: ${outcome.slice(0, 120)}; peak stored ${peak} bytes (cap ${cap}); client sent ${sent} bytes; ${Date.now() - started} ms`);
+  });
+});
+
+describe('vessel image-upload of a file larger than --size', () => {
+  let v: Vessel;
+  before(async () => { v = await startVessel({ agent: { nodeName: 'node-c' } }); });
+  after(async () => { await v?.close(); });
+
+  test('is refused from its announced length before a byte is stored, with the reason on the command line and the DataVolume', async () => {
+    const big = join(dir, 'big.raw');
+    await makeRawDisk(big, 32 * MiB);
+    const watch = watchPools(v);
+    const r = await run('bin/vessel', ['--kubeconfig', v.kubeconfig, 'image-upload', 'dv', 'oversize', '--image-path', big, '--size', '1Mi'], { timeoutMs: 120_000 });
+    const peak = await watch.stop();
+    assert.notEqual(r.code, 0, r.out);
+    assert.match(r.err + r.out, /the upload is 33554432 bytes \(32\.00 MiB\), more than an image for the claim's 1048576 bytes/);
+    const dv = await failedWith(v, 'oversize', 'TooLarge', 'Failed');
+    assert.match(ready(dv)?.message ?? '', /request a larger PVC/);
+    assert.equal(peak, 0, 'nothing stored');
+    assert.deepEqual((await poolFiles(v)).map((f) => f.name), []);
   });
 });
 
