@@ -138,7 +138,7 @@ describe('an agent without --allow-loopback-imports', () => {
     // Another try gets the reason, not a hint to wait.
     const again = await v.client.stream('POST', '/v1beta1/upload', { bearer: token, body: Readable.from([Buffer.alloc(16)]) });
     const againText = await new Response(again as unknown as ReadableStream).text().catch(() => '');
-    assert.equal(again.statusCode, 409, againText);
+    assert.equal(again.statusCode, 400, againText);
     assert.match(againText, /has failed \(the upload was stopped at .*delete it and create it again/);
     console.log(`# upload of 4 GiB to a 1Mi claim: ${outcome.slice(0, 120)}; peak stored ${peak} bytes (cap ${cap}); client sent ${sent} bytes; ${Date.now() - started} ms`);
   });
@@ -156,6 +156,7 @@ describe('vessel image-upload of a file larger than --size', () => {
     const r = await run('bin/vessel', ['--kubeconfig', v.kubeconfig, 'image-upload', 'dv', 'oversize', '--image-path', big, '--size', '1Mi'], { timeoutMs: 120_000 });
     const peak = await watch.stop();
     assert.notEqual(r.code, 0, r.out);
+    console.log(`# vessel image-upload of 32 MiB with --size 1Mi: exit ${r.code}: ${(r.err + r.out).trim().split('\n').slice(-3).join(' / ')}`);
     assert.match(r.err + r.out, /the upload is 33554432 bytes \(32\.00 MiB\), more than an image for the claim's 1048576 bytes/);
     const dv = await failedWith(v, 'oversize', 'TooLarge', 'Failed');
     assert.match(ready(dv)?.message ?? '', /request a larger PVC/);

@@ -70,6 +70,9 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
       host: target.host, port: target.port, method: req.method === 'HEAD' ? 'HEAD' : 'POST',
       path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers, ...target.tls,
     }, (agentRes) => {
+      // The agent answered before the body ended (an upload cut off for its size): close the
+      // client's connection after the answer, so its sender stops instead of stalling.
+      if (!req.complete) res.setHeader('Connection', 'close');
       res.writeHead(agentRes.statusCode ?? 502, Object.fromEntries(Object.entries(agentRes.headers).filter(([k]) => ['content-type', 'content-length', 'upload-offset'].includes(k))) as Record<string, string>);
       agentRes.pipe(res);
       agentRes.on('end', resolve);

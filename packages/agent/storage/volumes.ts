@@ -504,7 +504,7 @@ export class VolumeManager extends Controller {
     if (phase === 'Succeeded') throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} already holds its upload`);
     if (phase === 'Failed') {
       const why = ((dv.status as Obj | undefined)?.conditions as { type?: string; message?: string }[] | undefined)?.find((c) => c.type === 'Ready')?.message;
-      throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} has failed${why ? ` (${why})` : ''}: delete it and create it again`);
+      throw new UploadError(400, `DataVolume ${ns}/${dv.metadata.name} has failed${why ? ` (${why})` : ''}: delete it and create it again`);
     }
     if (phase !== 'UploadReady') throw new UploadError(503, `DataVolume ${ns}/${dv.metadata.name} is ${phase ?? 'Pending'}, not UploadReady yet: try again shortly`);
     const pool = this.poolOf(pvc);
