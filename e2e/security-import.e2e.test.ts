@@ -156,7 +156,7 @@ describe('vessel image-upload of a file larger than --size', () => {
     const r = await run('bin/vessel', ['--kubeconfig', v.kubeconfig, 'image-upload', 'dv', 'oversize', '--image-path', big, '--size', '1Mi'], { timeoutMs: 120_000 });
     const peak = await watch.stop();
     assert.notEqual(r.code, 0, r.out);
-    console.log(`# vessel image-upload of 32 MiB with --size 1Mi: exit ${r.code}: ${(r.err + r.out).trim().split('\n').slice(-3).join(' / ')}`);
+    console.log(`# vessel image-upload of 32 MiB with --size 1Mi: exit ${r.code}: ${(r.err + r.out).split(/\r|\n/).filter((l) => l.trim() && !l.includes('%')).slice(-1).join('').slice(0, 160)}`);
     assert.match(r.err + r.out, /the upload is 33554432 bytes \(32\.00 MiB\), more than an image for the claim's 1048576 bytes/);
     const dv = await failedWith(v, 'oversize', 'TooLarge', 'Failed');
     assert.match(ready(dv)?.message ?? '', /request a larger PVC/);

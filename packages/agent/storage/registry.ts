@@ -324,8 +324,8 @@ function netError(e: unknown, url: URL, ctx: Ctx): ImportError {
   const code = err?.code ?? '';
   const msg = err?.message ?? String(e);
   const host = url.host;
-  if (code === 'ECONNREFUSED') return new ImportError('HttpError', `cannot reach registry ${host}: connection refused; check the host and port in the URL and that the registry is running`, { cause: e });
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return new ImportError('HttpError', `cannot resolve ${url.hostname}: check the registry host name in the URL and the node's DNS`, { cause: e });
+  // Refused, closed, unresolvable and silent hosts never get here: the egress check answers
+  // them all with one Unreachable error (egress.ts), so a tenant cannot tell them apart.
   if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code)) {
     return new ImportError('HttpError', `the TLS certificate of ${host} is not trusted (${code}): add its CA with certConfigMap`, { cause: e });
   }
