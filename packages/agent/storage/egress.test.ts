@@ -224,6 +224,7 @@ describe('egress policy: a network namespace joined by a veth pair', () => {
     const before = srv.requests.length;
     const results = await probeInNetns(ns, targets, 1500);
     for (const r of results) assert.equal(r.code, 'Unreachable', `${r.label}: ${r.code} ${r.message}`);
+    console.log(`# from inside the namespace: ${results.map((r) => `${r.label} -> ${r.code}`).join('; ')}`);
     const shapes = new Set(results.map((r) => shape(r.message, r.url)));
     assert.deepEqual([...shapes], [unreachable('<URL>').message], 'one message for all');
     assert.equal(srv.requests.length, before, 'the refused open ports saw no request');
