@@ -37,8 +37,11 @@ export interface VesselOptions {
   compactIntervalMs?: number;
   leaseMs?: number;
   nodeGracePeriodMs?: number;
-  /** Run a node agent in the process too (storage and, later, VMs): its node name. */
-  agent?: { nodeName: string; sharedDir?: string };
+  /**
+   * Run a node agent in the process too (storage and, later, VMs): its node name.
+   * allowLoopbackImports: tests that import from their loopback http servers or registries.
+   */
+  agent?: { nodeName: string; sharedDir?: string; allowLoopbackImports?: boolean };
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {

@@ -11,6 +11,7 @@ import { refs, type NodePool } from '@vessel/controllers';
 import { consoleHandlers } from './console.ts';
 import { reply, startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
+import { agentEgressPolicy } from './storage/egress.ts';
 import { Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
@@ -31,6 +32,13 @@ export interface AgentOptions {
   version?: string;
   heartbeatMs?: number;
   log?: (line: string) => void;
+  /**
+   * Let http and registry imports (and containerDisk pulls) fetch from loopback addresses
+   * (`--allow-loopback-imports`): for labs and tests only, since every tenant could then read
+   * services that listen on this host's loopback. Link-local, this node's and the API
+   * server's addresses stay refused.
+   */
+  allowLoopbackImports?: boolean;
 }
 
 export interface RunningAgent {
@@ -53,9 +61,11 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const token = await agentToken(opts.client);
   const cert = await ensureAgentCert(join(opts.dataDir, 'agent'), opts.nodeName);
   const accel = await detectAccelerator();
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log });
+  const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
+  if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
+  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
-  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms });
+  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const [host, port] = splitListen(opts.listen ?? '127.0.0.1:0');

@@ -35,7 +35,9 @@ export async function startEndpoint(opts: { host: string; port: number; certPem:
   };
   const server: Server = createServer({ cert: opts.certPem, key: opts.keyPem }, (req, res) => {
     void handle(req, res).catch((e: unknown) => {
-      const code = e instanceof UploadError ? e.httpCode : e instanceof ImportError ? 400 : 500;
+      const code = e instanceof UploadError ? e.httpCode : e instanceof ImportError ? (e.code === 'TooLarge' ? 413 : 400) : 500;
+      // A body left unread (an upload cut off for its size) is not drained: the connection closes after the answer.
+      if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
       if (code >= 500) opts.log?.(`agent endpoint: ${req.method} ${req.url}: ${e instanceof Error ? e.stack : e}`);
       reply(res, code, { message: e instanceof Error ? e.message : String(e), ...(e instanceof UploadError && e.offset !== undefined ? { offset: e.offset } : {}), ...(e instanceof ImportError ? { reason: e.code } : {}) });
     });

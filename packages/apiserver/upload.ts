@@ -83,6 +83,9 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
       host: target.host, port: target.port, method: req.method === 'HEAD' ? 'HEAD' : 'POST',
       path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers, ...target.tls,
     }, (agentRes) => {
+      // The agent answered before the body ended (an upload cut off for its size): close the
+      // client's connection after the answer, so its sender stops instead of stalling.
+      if (!req.complete) res.setHeader('Connection', 'close');
       const code = agentRes.statusCode ?? 502;
       if (code >= 400) {
         // The agent's own error body becomes a Status, like every other failure a client sees.

@@ -18,7 +18,7 @@ export interface ControlPlaneOptions extends ServerOptions {
   /** How long a node may go without its agent's heartbeat before it is Unknown (tests shorten it). */
   nodeGracePeriodMs?: number;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
-  agent?: { nodeName: string; sharedDir?: string; version?: string };
+  agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean };
 }
 
 export interface ControlPlane {

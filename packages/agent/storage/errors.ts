@@ -13,7 +13,8 @@ export type ImportErrorCode =
   | 'ChecksumMismatch' // the downloaded bytes do not match the checksum the user gave
   | 'Truncated' // the download or the compressed stream ended early
   | 'UnsupportedFormat' // not raw, qcow2, vmdk, vpc or vhdx (after gz/xz)
-  | 'HttpError' // the server answered with an error, or could not be reached
+  | 'HttpError' // the server answered with an error
+  | 'Unreachable' // the source's host did not resolve or answer, or the egress policy refuses it (one message for all)
   | 'QemuImgFailed' // qemu-img itself failed (missing, crashed, timed out)
   | 'Aborted' // the caller's AbortSignal fired
   | 'IOError' // reading the source or writing the volume failed (permissions, I/O errors)

@@ -8,11 +8,15 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { copyFile, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { createGzip } from 'node:zlib';
 import { ImportError } from './errors.ts';
-import { formatProgress, importDisk, sniffFormat, type ImportOptions } from './import.ts';
+import type { EgressPolicy } from './egress.ts';
+import { formatProgress, humanBytes, importDisk, maxImageBytes, sniffFormat, streamTooLarge, type ImportOptions } from './import.ts';
 import * as qemuImg from './qemu-img.ts';
 import { MiB, gzipFile, makeRawDisk, sh, startServer, xzFile, type TestServer } from './testing.ts';
 
@@ -21,6 +25,8 @@ let srcDir: string;
 let server: TestServer;
 let original: string;
 const SIZE = 64 * MiB;
+/** The test server is on loopback, which the importer refuses unless told (see egress.test.ts). */
+const LAB: EgressPolicy = { allowLoopback: true };
 
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'vessel-import-'));
@@ -104,7 +110,7 @@ async function expectRefused(opts: Omit<ImportOptions, 'dest'>, code: ImportErro
   const d = dir ?? await freshDir();
   let caught: unknown;
   try {
-    await importDisk({ ...opts, dest: join(d, 'disk.qcow2') });
+    await importDisk({ egress: LAB, ...opts, dest: join(d, 'disk.qcow2') });
   } catch (e) {
     caught = e;
   }
@@ -126,7 +132,7 @@ describe('importDisk: every format, from HTTP and from a file', () => {
       const dir = await freshDir();
       const dest = join(dir, 'disk.qcow2');
       const seen: number[] = [];
-      const r = await importDisk({ source: { kind: 'http', url: server.file(name) }, dest, maxVirtualSize: SIZE + MiB, onProgress: (p) => seen.push(p) });
+      const r = await importDisk({ egress: LAB, source: { kind: 'http', url: server.file(name) }, dest, maxVirtualSize: SIZE + MiB, onProgress: (p) => seen.push(p) });
       assert.equal(r.sourceFormat, format);
       assert.equal(r.compression, compression);
       assert.equal(r.bytesTransferred, (await stat(join(srcDir, name))).size);
@@ -139,7 +145,7 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     test(`${name} from a file`, async () => {
       const dir = await freshDir();
       const dest = join(dir, 'disk.qcow2');
-      const r = await importDisk({ source: { kind: 'file', path: join(srcDir, name) }, dest, maxVirtualSize: SIZE + MiB });
+      const r = await importDisk({ egress: LAB, source: { kind: 'file', path: join(srcDir, name) }, dest, maxVirtualSize: SIZE + MiB });
       assert.equal(r.sourceFormat, format);
       await assertIdentical(dest);
       assert.deepEqual(await readdir(dir), ['disk.qcow2']);
@@ -148,16 +154,16 @@ describe('importDisk: every format, from HTTP and from a file', () => {
 
   test('a plain qcow2 is published as received unless told to convert', async () => {
     const dir = await freshDir();
-    const r1 = await importDisk({ source: { kind: 'http', url: server.file('disk.qcow2') }, dest: join(dir, 'a.qcow2'), maxVirtualSize: SIZE });
+    const r1 = await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2') }, dest: join(dir, 'a.qcow2'), maxVirtualSize: SIZE });
     assert.equal(r1.converted, false);
     assert.deepEqual(await readFile(join(dir, 'a.qcow2')), await readFile(join(srcDir, 'disk.qcow2')));
-    const r2 = await importDisk({ source: { kind: 'http', url: server.file('disk.qcow2') }, dest: join(dir, 'b.qcow2'), maxVirtualSize: SIZE, adoptPlainQcow2: false });
+    const r2 = await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2') }, dest: join(dir, 'b.qcow2'), maxVirtualSize: SIZE, adoptPlainQcow2: false });
     assert.equal(r2.converted, true);
     // A qcow2 with an internal snapshot is rewritten (convert drops the snapshot).
     const snap = join(work, 'snap.qcow2');
     await copyFile(join(srcDir, 'disk.qcow2'), snap);
     sh('qemu-img', ['snapshot', '-c', 'hidden', snap]);
-    const r3 = await importDisk({ source: { kind: 'stream', stream: createReadStream(snap) }, dest: join(dir, 'c.qcow2'), maxVirtualSize: SIZE });
+    const r3 = await importDisk({ egress: LAB, source: { kind: 'stream', stream: createReadStream(snap) }, dest: join(dir, 'c.qcow2'), maxVirtualSize: SIZE });
     assert.equal(r3.converted, true);
     assert.equal((await qemuImg.info(join(dir, 'c.qcow2'), { format: 'qcow2' })).raw.snapshots, undefined);
     assert.deepEqual((await readdir(dir)).sort(), ['a.qcow2', 'b.qcow2', 'c.qcow2']);
@@ -166,7 +172,7 @@ describe('importDisk: every format, from HTTP and from a file', () => {
   test('chunked HTTP (no Content-Length) and a redirect', async () => {
     for (const route of ['chunked', 'redirect'] as const) {
       const dir = await freshDir();
-      await importDisk({ source: { kind: 'http', url: server.file('disk.qcow2', route) }, dest: join(dir, 'd.qcow2'), maxVirtualSize: SIZE });
+      await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2', route) }, dest: join(dir, 'd.qcow2'), maxVirtualSize: SIZE });
       const r = await qemuImg.compare(original, join(dir, 'd.qcow2'), { formatA: 'raw', formatB: 'qcow2' });
       assert.ok(r.identical, r.message);
     }
@@ -176,7 +182,7 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     const dir = await freshDir();
     const path = join(srcDir, 'disk.raw.gz');
     const checksum = await sha('sha256', path);
-    const r = await importDisk({ source: { kind: 'stream', stream: createReadStream(path), sizeHint: (await stat(path)).size }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum });
+    const r = await importDisk({ egress: LAB, source: { kind: 'stream', stream: createReadStream(path), sizeHint: (await stat(path)).size }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum });
     assert.equal(r.checksum, checksum);
     await assertIdentical(join(dir, 'disk.qcow2'));
   });
@@ -185,17 +191,17 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     for (const algo of ['sha256', 'sha512', 'md5']) {
       const dir = await freshDir();
       const checksum = await sha(algo, join(srcDir, 'disk.vmdk'));
-      await importDisk({ source: { kind: 'http', url: server.file('disk.vmdk') }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum });
+      await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.vmdk') }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum });
       await assertIdentical(join(dir, 'disk.qcow2'));
     }
     // From a file: hashed in place.
     const dir = await freshDir();
-    await importDisk({ source: { kind: 'file', path: original }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum: await sha('sha256', original) });
+    await importDisk({ egress: LAB, source: { kind: 'file', path: original }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum: await sha('sha256', original) });
   });
 
   test('blank disk', async () => {
     const dir = await freshDir();
-    const r = await importDisk({ source: { kind: 'blank', size: 10 * 2 ** 30 }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 10 * 2 ** 30 });
+    const r = await importDisk({ egress: LAB, source: { kind: 'blank', size: 10 * 2 ** 30 }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 10 * 2 ** 30 });
     assert.equal(r.virtualSize, 10 * 2 ** 30);
     const info = await qemuImg.info(join(dir, 'disk.qcow2'), { format: 'qcow2' });
     assert.equal(info.virtualSize, 10 * 2 ** 30);
@@ -207,10 +213,10 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     const dir = await freshDir();
     const dest = join(dir, 'disk.qcow2');
     await writeFile(dest, 'previous');
-    await assert.rejects(importDisk({ source: { kind: 'http', url: server.file('backing.qcow2') }, dest, maxVirtualSize: SIZE }), { code: 'BackingFileRefused' });
+    await assert.rejects(importDisk({ egress: LAB, source: { kind: 'http', url: server.file('backing.qcow2') }, dest, maxVirtualSize: SIZE }), { code: 'BackingFileRefused' });
     assert.deepEqual(await readdir(dir), ['disk.qcow2']);
     assert.equal(await readFile(dest, 'utf8'), 'previous');
-    await importDisk({ source: { kind: 'http', url: server.file('disk.qcow2') }, dest, maxVirtualSize: SIZE });
+    await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2') }, dest, maxVirtualSize: SIZE });
     await assertIdentical(dest);
   });
 });
@@ -283,7 +289,7 @@ describe('importDisk refuses hostile and broken images, leaving nothing behind',
   test('HTTP 404 and an unreachable server', async () => {
     const e = await expectRefused({ source: { kind: 'http', url: `${server.url}/files/missing.qcow2` }, maxVirtualSize: SIZE }, 'HttpError');
     assert.match(e.message, /404/);
-    await expectRefused({ source: { kind: 'http', url: 'http://127.0.0.1:1/x.qcow2' }, maxVirtualSize: SIZE }, 'HttpError');
+    await expectRefused({ source: { kind: 'http', url: 'http://127.0.0.1:1/x.qcow2' }, maxVirtualSize: SIZE }, 'Unreachable');
   });
 
   test('abort mid-download', async () => {
@@ -291,7 +297,7 @@ describe('importDisk refuses hostile and broken images, leaving nothing behind',
     const ac = new AbortController();
     let sawProgress = false;
     const p = importDisk({
-      source: http('disk.qcow2', 'slow'), dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, signal: ac.signal,
+      egress: LAB, source: http('disk.qcow2', 'slow'), dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, signal: ac.signal,
       onProgress: (pct) => { if (pct > 0 && !sawProgress) { sawProgress = true; setTimeout(() => ac.abort(), 50); } },
     });
     await assert.rejects(p, (e: unknown) => e instanceof ImportError && e.code === 'Aborted');
@@ -325,5 +331,75 @@ describe('helpers', () => {
     assert.equal(await sniffFormat(join(srcDir, 'liar.iso')), 'qcow2');
     assert.equal(await sniffFormat(join(srcDir, 'disk-fixed.vpc')), 'vpc');
     assert.equal(await sniffFormat(original), 'raw');
+  });
+});
+
+/** The largest total size of the files in `dir` seen while `work` runs (polled every 2 ms). */
+async function peakStored<T>(dir: string, work: () => Promise<T>): Promise<{ peak: number; result: PromiseSettledResult<T> }> {
+  let peak = 0;
+  let running = true;
+  const poll = (async () => {
+    while (running) {
+      let total = 0;
+      for (const f of await readdir(dir).catch(() => [] as string[])) total += await stat(join(dir, f)).then((s) => s.size, () => 0);
+      peak = Math.max(peak, total);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  })();
+  const [result] = await Promise.allSettled([work()]);
+  running = false;
+  await poll;
+  return { peak, result };
+}
+
+describe('importDisk stops a source that outgrows the claim while it streams', () => {
+  let endless: http.Server;
+  let url: string;
+  let sent = 0;
+  before(async () => {
+    // Never ends, never says how long: only the importer's own count can stop it.
+    endless = http.createServer((req, res) => {
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const gz = req.url === '/endless.gz';
+      const z = gz ? createGzip() : undefined;
+      if (z) z.pipe(res);
+      const out: NodeJS.WritableStream = z ?? res;
+      const chunk = Buffer.alloc(MiB);
+      // Endless for the importer, but not for the disk should the cap ever regress: 1 GiB, then cut.
+      const more = () => { while (!res.destroyed) { if (sent >= 2 ** 30) { res.destroy(); break; } sent += chunk.length; if (!out.write(chunk)) break; } };
+      (z ?? res).on('drain', more);
+      res.on('close', () => z?.destroy());
+      more();
+    });
+    await new Promise<void>((r) => endless.listen(0, '127.0.0.1', r));
+    url = `http://127.0.0.1:${(endless.address() as AddressInfo).port}`;
+  });
+  after(async () => { endless?.closeAllConnections(); await new Promise<void>((r) => endless?.close(() => r())); });
+
+  for (const [name, path] of [['an endless raw stream', '/endless'], ['an endless gzip stream (decompressed bytes count)', '/endless.gz']]) {
+    test(name, async () => {
+      const claim = MiB;
+      const dir = await freshDir();
+      sent = 0;
+      const started = Date.now();
+      const { peak, result } = await peakStored(dir, () => importDisk({ egress: LAB, source: { kind: 'http', url: url + path }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: claim }));
+      assert.equal(result.status, 'rejected');
+      const e = (result as PromiseRejectedResult).reason as ImportError;
+      assert.equal(e.code, 'TooLarge', e.message);
+      assert.match(e.message, /more than an image for the claim's 1048576 bytes \(1\.00 MiB\) can take .*request a larger PVC/);
+      assert.ok(peak <= maxImageBytes(claim), `stored at most ${maxImageBytes(claim)} bytes, saw ${peak}`);
+      assert.deepEqual(await readdir(dir), [], 'nothing left behind');
+      console.log(`# ${name}: claim ${claim} bytes, cap ${maxImageBytes(claim)}, peak stored ${peak} bytes, server sent ${sent} bytes (before compression), stopped after ${Date.now() - started} ms`);
+    });
+  }
+
+  test('sizes print in a unit that fits', () => {
+    assert.equal(humanBytes(300), '300 bytes');
+    assert.equal(humanBytes(1536), '1.5 KiB');
+    assert.equal(humanBytes(MiB), '1.00 MiB');
+    assert.equal(humanBytes(3 * 2 ** 30), '3.00 GiB');
+    const e = streamTooLarge(5 * MiB, MiB, 'the upload is');
+    assert.doesNotMatch(e.message, /0\.00 GiB/);
+    assert.match(e.message, /5242880 bytes \(5\.00 MiB\)/);
   });
 });

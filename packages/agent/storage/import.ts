@@ -17,6 +17,7 @@ import { basename, dirname } from 'node:path';
 import { Duplex, type Readable, type Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGunzip } from 'node:zlib';
+import { checkedRequestOptions, type EgressPolicy } from './egress.ts';
 import { ImportError, QemuImgError, firstLine } from './errors.ts';
 import * as qemuImg from './qemu-img.ts';
 import type { DiskFormat, ImageInfo } from './qemu-img.ts';
@@ -54,6 +55,11 @@ export interface ImportOptions {
    * always converted, since the source file is not ours to move.
    */
   adoptPlainQcow2?: boolean;
+  /**
+   * Which addresses an http source (and its redirects) may be fetched from; default: no
+   * loopback, link-local, node or API server addresses (see egress.ts).
+   */
+  egress?: EgressPolicy;
 }
 
 export type Compression = 'none' | 'gzip' | 'xz';
@@ -80,8 +86,17 @@ export function formatProgress(percent: number): string {
 
 /** Share of the 0..100 progress given to the transfer when there is one (the rest is conversion). */
 const DOWNLOAD_SHARE = 50;
-/** How much a decompressed or downloaded image file may exceed the claim (metadata, padding). */
-const SLACK_BYTES = 64 << 20;
+/**
+ * The most bytes an image for a claim of `maxVirtualSize` may take as a file, counted while
+ * it streams (decompressed bytes for gz/xz, bytes as sent for uploads): the claim plus what
+ * an image format adds. qcow2 adds about 0.02 % (L2 and refcount tables with 64 KiB
+ * clusters) and 2 % with 512-byte clusters; vhdx a few MiB of headers, log and metadata;
+ * vmdk's grain tables less. S/16 + 8 MiB covers them with room to spare; anything bigger
+ * is stopped at that point instead of after the whole transfer.
+ */
+export function maxImageBytes(maxVirtualSize: number): number {
+  return maxVirtualSize + Math.ceil(maxVirtualSize / 16) + (8 << 20);
+}
 const DIGESTS: Record<string, number> = { md5: 32, sha1: 40, sha256: 64, sha512: 128 };
 
 /**
@@ -208,10 +223,10 @@ async function receive(
   body: Readable, length: number | undefined, tmpIn: string, opts: ImportOptions,
   wantSum: { algo: string } | undefined, progress: Progress, isHttp: boolean,
 ): Promise<Received> {
-  const cap = opts.maxVirtualSize + Math.max(SLACK_BYTES, opts.maxVirtualSize / 10);
+  const cap = maxImageBytes(opts.maxVirtualSize);
   if (length !== undefined && length > cap) {
     body.destroy();
-    throw tooLarge(length, opts.maxVirtualSize, 'the download is');
+    throw streamTooLarge(length, opts.maxVirtualSize, 'the download is');
   }
   const hash: Hash | undefined = wantSum ? createHash(wantSum.algo) : undefined;
   let bytes = 0;
@@ -237,7 +252,7 @@ async function receive(
     bytes += c.length;
     hash?.update(c);
     if (length) progress((Math.min(bytes, length) / length) * DOWNLOAD_SHARE, 'download');
-    if (compression === 'none' && bytes > cap) throw tooLarge(bytes, opts.maxVirtualSize, 'the download is at least');
+    if (compression === 'none' && bytes > cap) throw streamTooLarge(bytes, opts.maxVirtualSize, 'the download was stopped at');
   };
   async function* source(): AsyncGenerator<Buffer> {
     if (head.length) { account(head); yield head; }
@@ -254,7 +269,7 @@ async function receive(
   async function* capped(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
     for await (const c of src) {
       written += c.length;
-      if (written > cap) throw tooLarge(written, opts.maxVirtualSize, 'the decompressed image is at least');
+      if (written > cap) throw streamTooLarge(written, opts.maxVirtualSize, 'the decompressed image was stopped at');
       yield c;
     }
   }
@@ -362,6 +377,7 @@ async function receiveFile(path: string, tmpIn: string, opts: ImportOptions, wan
 /** GET with redirects (up to 5, like CDI's importer); returns the body stream and its length. */
 async function httpGet(src: { url: string; caPem?: string; headers?: Record<string, string> }, opts: ImportOptions): Promise<{ stream: Readable; length?: number }> {
   let url = src.url;
+  let origin: string | undefined;
   for (let hop = 0; hop <= 5; hop++) {
     let parsed: URL;
     try {
@@ -372,12 +388,18 @@ async function httpGet(src: { url: string; caPem?: string; headers?: Record<stri
     if (parsed.protocol !== 'http:' && parsed.protocol !== 'https:') {
       throw new ImportError('InvalidArgument', `only http and https URLs can be imported, not ${parsed.protocol}`);
     }
+    origin ??= parsed.origin;
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
       const lib = parsed.protocol === 'https:' ? https : http;
+      // The connection (and TLS, with the certConfigMap's CA) is made by the egress check.
       const req = lib.get(parsed, {
-        headers: { 'user-agent': 'vessel-importer', ...src.headers },
+        // The secretRef's credentials go only to the URL's own origin, not where it redirects.
+        headers: { 'user-agent': 'vessel-importer', ...(parsed.origin === origin ? src.headers : {}) },
         signal: opts.signal,
-        ...(parsed.protocol === 'https:' && src.caPem ? { ca: src.caPem } : {}),
+        ...checkedRequestOptions(parsed, {
+          policy: opts.egress, timeoutMs: opts.idleTimeoutMs ?? 60_000, signal: opts.signal, display: redact(parsed),
+          tls: parsed.protocol === 'https:' ? (src.caPem ? { ca: src.caPem } : {}) : undefined,
+        }),
       }, resolve);
       req.setTimeout(opts.idleTimeoutMs ?? 60_000, () => req.destroy(new ImportError('HttpError', `no data from ${parsed.host} for ${(opts.idleTimeoutMs ?? 60_000) / 1000} s: the server is stuck or unreachable; retry the import`)));
       req.on('error', (e) => {
@@ -508,11 +530,20 @@ function dataFileRefused(detail = 'keeps its data in an external data file'): Im
 }
 
 function tooLarge(size: number, max: number, what = "the image's virtual size is"): ImportError {
-  return new ImportError('TooLarge', `${what} ${size} bytes (${gib(size)}), more than the claim's ${max} bytes (${gib(max)}): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`);
+  return new ImportError('TooLarge', `${what} ${size} bytes (${humanBytes(size)}), more than the claim's ${max} bytes (${humanBytes(max)}): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`);
 }
 
-function gib(n: number): string {
-  return `${(n / 2 ** 30).toFixed(2)} GiB`;
+/** A transfer stopped (or refused up front) for outgrowing what the claim can hold. */
+export function streamTooLarge(bytes: number, max: number, what: string): ImportError {
+  return new ImportError('TooLarge', `${what} ${bytes} bytes (${humanBytes(bytes)}), more than an image for the claim's ${max} bytes (${humanBytes(max)}) can take (${maxImageBytes(max)} bytes with format overhead): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`);
+}
+
+/** A size for people: "1.50 GiB", "64.00 MiB", "12.5 KiB", "300 bytes". */
+export function humanBytes(n: number): string {
+  if (!Number.isFinite(n)) return String(n);
+  const units: [number, string, number][] = [[2 ** 40, 'TiB', 2], [2 ** 30, 'GiB', 2], [2 ** 20, 'MiB', 2], [2 ** 10, 'KiB', 1]];
+  for (const [size, unit, digits] of units) if (Math.abs(n) >= size) return `${(n / size).toFixed(digits)} ${unit}`;
+  return `${n} bytes`;
 }
 
 /** qemu-img info (+ check for qcow2) under resource limits, and every refusal rule. */

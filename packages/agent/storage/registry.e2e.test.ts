@@ -10,12 +10,16 @@ import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import type { EgressPolicy } from './egress.ts';
 import { ImportError } from './errors.ts';
 import { importDisk } from './import.ts';
 import * as qemuImg from './qemu-img.ts';
 import { openRegistryDisk, type RegistryDiskOptions } from './registry.ts';
 import { MiB, gzipFile, makeRawDisk, sh } from './testing.ts';
 import { REGISTRY_BIN, pushDiskImage, pushIndex, startRegistry, type PushedManifest, type TestRegistry } from './testing-registry.ts';
+
+/** The test registries are on loopback, which the importer refuses unless told (see egress.test.ts). */
+const LAB: EgressPolicy = { allowLoopback: true };
 
 const SIZE = 64 * MiB;
 
@@ -47,11 +51,11 @@ describe('registry source against docker-registry', { skip: existsSync(REGISTRY_
 
   /** Pulls and imports `url`; returns the imported disk's path and what openRegistryDisk said. */
   async function pullAndImport(url: string, extra: Partial<RegistryDiskOptions> = {}): Promise<{ dest: string; file: string; digest: string }> {
-    const d = await openRegistryDisk({ url, insecure: true, ...extra });
+    const d = await openRegistryDisk({ egress: LAB, url, insecure: true, ...extra });
     const dir = join(work, `out${n++}`);
     await mkdir(dir);
     const dest = join(dir, 'disk.qcow2');
-    await importDisk({ source: { kind: 'stream', stream: d.stream, sizeHint: d.size }, dest, maxVirtualSize: 1 << 30 });
+    await importDisk({ egress: LAB, source: { kind: 'stream', stream: d.stream, sizeHint: d.size }, dest, maxVirtualSize: 1 << 30 });
     return { dest, file: d.file, digest: d.digest };
   }
 
@@ -114,21 +118,21 @@ describe('registry source against docker-registry', { skip: existsSync(REGISTRY_
   });
 
   test('a missing tag fails with a message naming the image', async () => {
-    await assert.rejects(openRegistryDisk({ url: `docker://${reg.url}/disks/fedora:nope`, insecure: true }),
+    await assert.rejects(openRegistryDisk({ egress: LAB, url: `docker://${reg.url}/disks/fedora:nope`, insecure: true }),
       rejectsWith('HttpError', new RegExp(`registry ${reg.url.replace(/\./g, '\\.')} has no image disks/fedora:nope`)));
-    await assert.rejects(openRegistryDisk({ url: `docker://${reg.url}/disks/never-pushed:v1`, insecure: true }),
+    await assert.rejects(openRegistryDisk({ egress: LAB, url: `docker://${reg.url}/disks/never-pushed:v1`, insecure: true }),
       rejectsWith('HttpError', /has no image disks\/never-pushed:v1/));
   });
 
   test('an image without /disk/ is not a containerDisk', async () => {
     await pushDiskImage(reg.url, 'apps/nginx', 'v1', [[{ path: 'etc/nginx/nginx.conf', data: 'events {}\n' }], [{ path: 'diskette/readme', data: 'no\n' }]]);
-    await assert.rejects(openRegistryDisk({ url: `docker://${reg.url}/apps/nginx:v1`, insecure: true }),
+    await assert.rejects(openRegistryDisk({ egress: LAB, url: `docker://${reg.url}/apps/nginx:v1`, insecure: true }),
       rejectsWith('UnsupportedFormat', /image apps\/nginx:v1 has no file under \/disk\/: is it a containerDisk\?/));
   });
 
   test('a whiteout in an upper layer deletes the disk of the layer below', async () => {
     await pushDiskImage(reg.url, 'disks/deleted', 'v1', [[{ path: 'disk/disk.qcow2', file: qcow2 }], [{ path: 'disk/.wh.disk.qcow2', data: '' }]]);
-    await assert.rejects(openRegistryDisk({ url: `docker://${reg.url}/disks/deleted:v1`, insecure: true }),
+    await assert.rejects(openRegistryDisk({ egress: LAB, url: `docker://${reg.url}/disks/deleted:v1`, insecure: true }),
       rejectsWith('UnsupportedFormat', /has no file under \/disk\//));
   });
 
@@ -137,7 +141,7 @@ describe('registry source against docker-registry', { skip: existsSync(REGISTRY_
     try {
       await pushDiskImage(secure.url, 'disks/tls', 'v1', [[{ path: 'disk/disk.qcow2', file: qcow2 }]], { caPem: secure.caPem });
       const url = `docker://${secure.url}/disks/tls:v1`;
-      await assert.rejects(openRegistryDisk({ url }), rejectsWith('HttpError', /TLS certificate of 127\.0\.0\.1:\d+ is not trusted .*certConfigMap/));
+      await assert.rejects(openRegistryDisk({ egress: LAB, url }), rejectsWith('HttpError', /TLS certificate of 127\.0\.0\.1:\d+ is not trusted .*certConfigMap/));
       const r = await pullAndImport(url, { insecure: false, caPem: secure.caPem });
       await assertSameDisk(r.dest);
     } finally {
@@ -146,12 +150,12 @@ describe('registry source against docker-registry', { skip: existsSync(REGISTRY_
   });
 
   test('HTTPS against a plain-HTTP registry says to mark it insecure; nothing is left behind on failure', async () => {
-    await assert.rejects(openRegistryDisk({ url: `docker://${reg.url}/disks/fedora:qcow2` }), rejectsWith('HttpError', /does not speak TLS.*insecure/));
+    await assert.rejects(openRegistryDisk({ egress: LAB, url: `docker://${reg.url}/disks/fedora:qcow2` }), rejectsWith('HttpError', /does not speak TLS.*insecure/));
     // A disk larger than the claim: importDisk refuses it and cleans up as for any source.
-    const d = await openRegistryDisk({ url: `docker://${reg.url}/disks/fedora:qcow2`, insecure: true });
+    const d = await openRegistryDisk({ egress: LAB, url: `docker://${reg.url}/disks/fedora:qcow2`, insecure: true });
     const dir = join(work, 'small');
     await mkdir(dir);
-    await assert.rejects(importDisk({ source: { kind: 'stream', stream: d.stream, sizeHint: d.size }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 16 * MiB }),
+    await assert.rejects(importDisk({ egress: LAB, source: { kind: 'stream', stream: d.stream, sizeHint: d.size }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 16 * MiB }),
       rejectsWith('TooLarge', /virtual size/));
     assert.deepEqual(await readdir(dir), []);
     assert.ok(d.stream.destroyed);

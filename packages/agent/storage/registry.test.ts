@@ -16,10 +16,14 @@ import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { after, before, describe, test } from 'node:test';
 import { gzipSync } from 'node:zlib';
+import type { EgressPolicy } from './egress.ts';
 import { ImportError } from './errors.ts';
 import { importDisk } from './import.ts';
 import { normalizePath, openRegistryDisk, parseChallenge, parseRegistryUrl, readTar, type RegistryDiskOptions } from './registry.ts';
 import { tarStream, type TarInput } from './testing-registry.ts';
+
+/** The test registries are on loopback, which the importer refuses unless told (see egress.test.ts). */
+const LAB: EgressPolicy = { allowLoopback: true };
 
 // ---------------------------------------------------------------------------------------
 // Fake registry
@@ -213,7 +217,7 @@ async function readAll(s: Readable): Promise<Buffer> {
 }
 
 async function pull(opts: Partial<RegistryDiskOptions> & { url: string }): Promise<{ file: string; size: number; digest: string; data: Buffer }> {
-  const d = await openRegistryDisk({ insecure: true, ...opts });
+  const d = await openRegistryDisk({ egress: LAB, insecure: true, ...opts });
   return { file: d.file, size: d.size, digest: d.digest, data: await readAll(d.stream) };
 }
 
@@ -456,9 +460,9 @@ describe('openRegistryDisk against a fake registry', () => {
     fake.addImage('bad/digest', 'v2', [{ digest: d2, size: tar.length, mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);
     const dest = join(work, 'bad-digest');
     await mkdir(dest);
-    const disk = await openRegistryDisk({ url: fake.url('bad/digest:v2'), insecure: true });
+    const disk = await openRegistryDisk({ egress: LAB, url: fake.url('bad/digest:v2'), insecure: true });
     await assert.rejects(
-      importDisk({ source: { kind: 'stream', stream: disk.stream, sizeHint: disk.size }, dest: join(dest, 'disk.qcow2'), maxVirtualSize: 1 << 30 }),
+      importDisk({ egress: LAB, source: { kind: 'stream', stream: disk.stream, sizeHint: disk.size }, dest: join(dest, 'disk.qcow2'), maxVirtualSize: 1 << 30 }),
       isImportError('ChecksumMismatch', /arrived with digest sha256:/),
     );
     assert.deepEqual(await readdir(dest), []);
@@ -571,7 +575,7 @@ describe('openRegistryDisk against a fake registry', () => {
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
     const port = (srv.address() as AddressInfo).port;
     await new Promise<void>((r) => srv.close(() => r()));
-    await assert.rejects(pull({ url: `docker://127.0.0.1:${port}/x:y` }), isImportError('HttpError', /connection refused/));
+    await assert.rejects(pull({ url: `docker://127.0.0.1:${port}/x:y` }), isImportError('Unreachable', /cannot connect to http:\/\/127\.0\.0\.1:\d+\/v2\/x\/manifests\/y: the host does not resolve, does not answer/));
   });
 
   test('a layer cut short by the registry fails the stream as Truncated', async () => {
@@ -585,7 +589,7 @@ describe('openRegistryDisk against a fake registry', () => {
       res.write(blob.subarray(0, blob.length >> 1), () => res.socket?.destroy());
       return true;
     };
-    const d = await openRegistryDisk({ url: fake.url('cut/img:v1'), insecure: true });
+    const d = await openRegistryDisk({ egress: LAB, url: fake.url('cut/img:v1'), insecure: true });
     await assert.rejects(readAll(d.stream), isImportError('Truncated'));
   });
 
@@ -599,14 +603,14 @@ describe('openRegistryDisk against a fake registry', () => {
       res.write(blob.subarray(0, 200 << 10));
       return true; // and never more
     };
-    const d = await openRegistryDisk({ url: fake.url('stall/img:v1'), insecure: true, idleTimeoutMs: 300 });
+    const d = await openRegistryDisk({ egress: LAB, url: fake.url('stall/img:v1'), insecure: true, idleTimeoutMs: 300 });
     await assert.rejects(readAll(d.stream), isImportError('HttpError', /no data from .* for 0\.3 s/));
 
     const ac = new AbortController();
-    const d2 = await openRegistryDisk({ url: fake.url('stall/img:v1'), insecure: true, signal: ac.signal });
+    const d2 = await openRegistryDisk({ egress: LAB, url: fake.url('stall/img:v1'), insecure: true, signal: ac.signal });
     setTimeout(() => ac.abort(), 100);
     await assert.rejects(readAll(d2.stream), isImportError('Aborted'));
-    await assert.rejects(openRegistryDisk({ url: fake.url('stall/img:v1'), insecure: true, signal: ac.signal }), isImportError('Aborted'));
+    await assert.rejects(openRegistryDisk({ egress: LAB, url: fake.url('stall/img:v1'), insecure: true, signal: ac.signal }), isImportError('Aborted'));
   });
 
   test('backpressure: a consumer that does not read stops the download (memory stays flat)', async () => {
@@ -621,7 +625,7 @@ describe('openRegistryDisk against a fake registry', () => {
     const digest = `sha256:${hash.digest('hex')}`;
     fake.blobs.set(digest, { stream: tar, size });
     fake.addImage('big/img', 'v1', [{ digest, size, mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);
-    const d = await openRegistryDisk({ url: fake.url('big/img:v1'), insecure: true });
+    const d = await openRegistryDisk({ egress: LAB, url: fake.url('big/img:v1'), insecure: true });
     await new Promise((r) => setTimeout(r, 300));
     assert.ok(fake.blobBytesSent < 32 << 20, `the registry sent ${fake.blobBytesSent} bytes to a consumer that reads nothing`);
     let n = 0;

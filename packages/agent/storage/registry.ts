@@ -13,6 +13,7 @@ import { posix } from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { createGunzip } from 'node:zlib';
+import { checkedRequestOptions, type EgressPolicy } from './egress.ts';
 import { ImportError } from './errors.ts';
 
 export interface RegistryRef {
@@ -37,6 +38,11 @@ export interface RegistryDiskOptions {
   architecture?: string;
   /** A request with no bytes for this long fails, ms. Default 60 s. */
   idleTimeoutMs?: number;
+  /**
+   * Which addresses the registry, its token service and its storage redirects may be on;
+   * default: no loopback, link-local, node or API server addresses (see egress.ts).
+   */
+  egress?: EgressPolicy;
 }
 
 export interface RegistryDisk {
@@ -297,8 +303,12 @@ function send(ctx: Ctx, url: URL, headers: Record<string, string>): Promise<http
   return new Promise((resolve, reject) => {
     const lib = url.protocol === 'https:' ? https : http;
     // node's `ca` replaces the system roots: add the certConfigMap's CAs to them instead.
-    const tls = url.protocol === 'https:' && ctx.opts.caPem ? { ca: [...rootCertificates, ctx.opts.caPem] } : {};
-    const req = lib.get(url, { headers: { 'user-agent': 'vessel-importer', ...headers }, signal, ...tls }, resolve);
+    const tls = url.protocol === 'https:' ? (ctx.opts.caPem ? { ca: [...rootCertificates, ctx.opts.caPem] } : {}) : undefined;
+    // Every request (manifests, token service, blob redirects) connects through the egress check.
+    const req = lib.get(url, {
+      headers: { 'user-agent': 'vessel-importer', ...headers }, signal,
+      ...checkedRequestOptions(url, { policy: ctx.opts.egress, tls, timeoutMs: ctx.idleMs, signal, display: `${url.protocol}//${url.host}${url.pathname}` }),
+    }, resolve);
     req.setTimeout(ctx.idleMs, () => {
       ctx.stalled = url.host;
       req.destroy(new ImportError('HttpError', `no data from ${url.host} for ${ctx.idleMs / 1000} s: the registry is stuck or unreachable; retry the import`));
@@ -314,8 +324,8 @@ function netError(e: unknown, url: URL, ctx: Ctx): ImportError {
   const code = err?.code ?? '';
   const msg = err?.message ?? String(e);
   const host = url.host;
-  if (code === 'ECONNREFUSED') return new ImportError('HttpError', `cannot reach registry ${host}: connection refused; check the host and port in the URL and that the registry is running`, { cause: e });
-  if (code === 'ENOTFOUND' || code === 'EAI_AGAIN') return new ImportError('HttpError', `cannot resolve ${url.hostname}: check the registry host name in the URL and the node's DNS`, { cause: e });
+  // Refused, closed, unresolvable and silent hosts never get here: the egress check answers
+  // them all with one Unreachable error (egress.ts), so a tenant cannot tell them apart.
   if (/CERT|SELF_SIGNED|UNABLE_TO_VERIFY|ALTNAME/.test(code)) {
     return new ImportError('HttpError', `the TLS certificate of ${host} is not trusted (${code}): add its CA with certConfigMap`, { cause: e });
   }
@@ -775,10 +785,19 @@ function parsePax(data: Buffer): Record<string, string> {
   return out;
 }
 
-/** Docker's rule: registries on loopback speak plain HTTP unless told otherwise. */
+/**
+ * Docker's rule: registries on loopback speak plain HTTP unless told otherwise. Only
+ * meaningful where the egress policy allows loopback (see registryInsecure); elsewhere a
+ * loopback registry is refused whatever its scheme.
+ */
 export function isLoopbackRegistry(url: string): boolean {
   let registry: string;
   try { registry = parseRegistryUrl(url).registry; } catch { return false; }
   const host = registry.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
   return host === 'localhost' || (isIP(host) === 4 && host.startsWith('127.')) || host === '::1';
+}
+
+/** Plain HTTP for a registry on loopback, and only when the policy lets the importer reach loopback at all. */
+export function registryInsecure(url: string, egress: EgressPolicy | undefined): boolean {
+  return !!egress?.allowLoopback && isLoopbackRegistry(url);
 }

@@ -7,8 +7,10 @@
  */
 import { createWriteStream } from 'node:fs';
 import { open, rm, stat } from 'node:fs/promises';
-import type { Readable } from 'node:stream';
+import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import type { ImportError } from './errors.ts';
+import { maxImageBytes, streamTooLarge } from './import.ts';
 
 export class UploadError extends Error {
   constructor(readonly httpCode: number, message: string, readonly offset?: number) {
@@ -29,6 +31,12 @@ export interface ReceiveOptions {
   offset: number;
   /** Total size of the file, when the client knows it. */
   length?: number;
+  /**
+   * The claim's size. The upload may hold, in all (earlier attempts included), that plus the
+   * image format's overhead (import.ts maxImageBytes): one announced larger is refused
+   * before a byte is stored, one that grows past it is cut off while streaming.
+   */
+  claimBytes: number;
   onBytes?: (received: number) => void;
   signal?: AbortSignal;
 }
@@ -36,7 +44,9 @@ export interface ReceiveOptions {
 /**
  * Appends `body` to the session's file at `offset`. Resolves with the bytes now held and
  * whether the upload is complete (all of `length`, or the body ended and no length was
- * given). A body that breaks off keeps what arrived, fsynced, for the next attempt.
+ * given). A body that breaks off keeps what arrived, fsynced, for the next attempt. Throws
+ * ImportError TooLarge, with the file removed, when the upload outgrows the claim; the body
+ * is then left unread (paused), so the caller can answer and close the connection.
  */
 export async function receiveUpload(dest: string, body: Readable, opts: ReceiveOptions): Promise<{ received: number; complete: boolean }> {
   const have = await uploadOffset(dest);
@@ -48,15 +58,46 @@ export async function receiveUpload(dest: string, body: Readable, opts: ReceiveO
     body.resume();
     throw new UploadError(409, `Upload-Length ${opts.length} is less than the ${have} bytes already received`, have);
   }
+  const maxBytes = maxImageBytes(opts.claimBytes);
+  if (opts.length !== undefined && opts.length > maxBytes) {
+    await rm(partPath(dest), { force: true });
+    throw streamTooLarge(opts.length, opts.claimBytes, 'the upload is');
+  }
   const path = partPath(dest);
   // Without truncating: an upload that starts at 0 truncates, one that resumes appends.
   const out = createWriteStream(path, { flags: opts.offset === 0 ? 'w' : 'r+', start: opts.offset });
   let received = opts.offset;
-  body.on('data', (chunk: Buffer) => { received += chunk.length; opts.onBytes?.(received); });
+  let tooLarge: ImportError | undefined;
+  // The limit is checked before a chunk is written, so the file never holds more than maxBytes.
+  // The body is read through `feed`, not piped into the pipeline itself: the pipeline destroys
+  // what it reads from on error, and destroying the request would drop the answer too.
+  const feed = new PassThrough();
+  const onData = (chunk: Buffer) => {
+    if (received + chunk.length > maxBytes) {
+      tooLarge = streamTooLarge(received + chunk.length, opts.claimBytes, 'the upload was stopped at');
+      body.off('data', onData);
+      body.pause();
+      feed.destroy(tooLarge);
+      return;
+    }
+    received += chunk.length;
+    opts.onBytes?.(received);
+    if (!feed.write(chunk)) { body.pause(); feed.once('drain', () => { if (!tooLarge) body.resume(); }); }
+  };
+  body.on('data', onData);
+  body.once('end', () => feed.end());
+  body.once('error', (e) => feed.destroy(e));
+  body.once('close', () => { if (!body.readableEnded && !tooLarge) feed.destroy(new Error('aborted')); });
   try {
-    await pipeline(body, out, { signal: opts.signal });
+    await pipeline(feed, out, { signal: opts.signal });
   } catch {
+    if (tooLarge) {
+      // Nothing of an oversize upload is kept: a resume could only make it larger.
+      await rm(path, { force: true });
+      throw tooLarge;
+    }
     // Broken off: keep what arrived, durably. The next HEAD reports the size.
+    body.off('data', onData);
     await syncFile(path);
     const kept = await uploadOffset(dest);
     throw new UploadError(499, `upload interrupted after ${kept} bytes: resume from there`, kept);

@@ -30,7 +30,8 @@ import { ImportError } from './errors.ts';
 import { formatProgress, importDisk, type ImportSource } from './import.ts';
 import type { Pool } from './pools.ts';
 import * as qemuImg from './qemu-img.ts';
-import { isLoopbackRegistry, openRegistryDisk } from './registry.ts';
+import type { EgressPolicy } from './egress.ts';
+import { openRegistryDisk, registryInsecure } from './registry.ts';
 import { discardUpload, partPath, receiveUpload, UploadError, uploadOffset } from './upload.ts';
 
 type Obj = Record<string, unknown>;
@@ -47,6 +48,8 @@ export interface VolumeManagerOptions {
   log?: Log;
   /** The VMs running on this node (the agent's VmRuntime), for online resizes; without it every resize is offline. */
   live?: LiveVms;
+  /** Where http and registry sources may be fetched from (egress.ts); default: the built-in refusals only. */
+  egress?: EgressPolicy;
 }
 
 /** The QMP commands the volume manager sends. */
@@ -203,7 +206,7 @@ export class VolumeManager extends Controller {
     } else if (source.kind === 'blank') {
       await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
     } else {
-      await importDisk({ source: await this.importSource(source, ns, signal), dest, maxVirtualSize: size, checksum: source.kind === 'http' ? source.checksum : undefined, onProgress: progress, signal });
+      await importDisk({ source: await this.importSource(source, ns, signal), dest, maxVirtualSize: size, checksum: source.kind === 'http' ? source.checksum : undefined, onProgress: progress, signal, egress: this.opts.egress });
     }
     await this.bind(pvc, pool, dest, dv);
   }
@@ -217,7 +220,7 @@ export class VolumeManager extends Controller {
         const headers = creds ? { Authorization: `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` } : undefined;
         return { kind: 'http', url: source.url, caPem, headers };
       }
-      const reg = await openRegistryDisk({ url: source.url, insecure: isLoopbackRegistry(source.url), caPem, credentials: creds, signal });
+      const reg = await openRegistryDisk({ url: source.url, insecure: registryInsecure(source.url, this.opts.egress), caPem, credentials: creds, signal, egress: this.opts.egress });
       return { kind: 'stream', stream: reg.stream, sizeHint: reg.size };
     }
   }
@@ -459,10 +462,17 @@ export class VolumeManager extends Controller {
   async receive(ns: string, name: string, body: Readable, opts: { offset: number; length?: number; wait: boolean; signal?: AbortSignal }): Promise<{ received: number; complete: boolean; done?: Promise<void> }> {
     const { pvc, dv, pool, dest } = this.uploadTarget(ns, name);
     const progress = this.progressReporter(dv);
-    const r = await receiveUpload(dest, body, {
-      offset: opts.offset, length: opts.length, signal: opts.signal,
-      onBytes: opts.length ? (n) => progress((n / opts.length!) * 100 * 0.5) : undefined,
-    });
+    let r: { received: number; complete: boolean };
+    try {
+      r = await receiveUpload(dest, body, {
+        offset: opts.offset, length: opts.length, signal: opts.signal, claimBytes: requestedBytes(pvc),
+        onBytes: opts.length ? (n) => progress((n / opts.length!) * 100 * 0.5) : undefined,
+      });
+    } catch (e) {
+      // An upload larger than the claim fails the DataVolume, like an import of a too large image.
+      if (e instanceof ImportError) await this.failed(pvc, dv, e, new AbortController().signal); // a signal never aborted: always recorded
+      throw e;
+    }
     if (!r.complete) return r;
     // Registered as the claim's running population, so a reconcile meanwhile leaves it alone.
     const key = keyOf(pvc);
@@ -492,6 +502,10 @@ export class VolumeManager extends Controller {
     if (!dv || !((dv.spec as Obj | undefined)?.source as Obj | undefined)?.upload) throw new UploadError(400, `PersistentVolumeClaim ${ns}/${name} is not filled by an upload DataVolume`);
     const phase = (dv.status as Obj | undefined)?.phase;
     if (phase === 'Succeeded') throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} already holds its upload`);
+    if (phase === 'Failed') {
+      const why = ((dv.status as Obj | undefined)?.conditions as { type?: string; message?: string }[] | undefined)?.find((c) => c.type === 'Ready')?.message;
+      throw new UploadError(400, `DataVolume ${ns}/${dv.metadata.name} has failed${why ? ` (${why})` : ''}: delete it and create it again`);
+    }
     if (phase !== 'UploadReady') throw new UploadError(503, `DataVolume ${ns}/${dv.metadata.name} is ${phase ?? 'Pending'}, not UploadReady yet: try again shortly`);
     const pool = this.poolOf(pvc);
     if (!pool) throw new UploadError(500, `no pool for PersistentVolumeClaim ${ns}/${name} on node ${this.opts.nodeName}`);

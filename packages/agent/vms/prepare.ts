@@ -15,7 +15,8 @@ import { buildCloudInitIso, cloudInitIsoOptions } from '../qemu/cloudinit.ts';
 import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } from '../qemu/argv.ts';
 import { importDisk } from '../storage/import.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
-import { isLoopbackRegistry, openRegistryDisk } from '../storage/registry.ts';
+import type { EgressPolicy } from '../storage/egress.ts';
+import { openRegistryDisk, registryInsecure } from '../storage/registry.ts';
 
 export type PrepareReason = 'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError';
 
@@ -39,6 +40,8 @@ export interface PrepareContext {
   claim(namespace: string, name: string): KubeObject | undefined;
   /** Whether a pool directory is reachable from this node (its own local pool or a shared one). */
   reachable(path: string): boolean;
+  /** Where containerDisk images may be pulled from (storage/egress.ts). */
+  egress?: EgressPolicy;
   signal?: AbortSignal;
 }
 
@@ -91,7 +94,7 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
     if (!(await exists(base))) {
       const url = `docker://${vol.containerDisk.image}`;
       try {
-        const reg = await openRegistryDisk({ url, insecure: isLoopbackRegistry(url), signal: ctx.signal });
+        const reg = await openRegistryDisk({ url, insecure: registryInsecure(url, ctx.egress), signal: ctx.signal, egress: ctx.egress });
         await importDisk({ source: { kind: 'stream', stream: reg.stream, sizeHint: reg.size }, dest: base, maxVirtualSize: Number.MAX_SAFE_INTEGER, signal: ctx.signal });
       } catch (e) {
         throw new PrepareError('ImagePullFailed', `volume ${vol.name}: cannot pull containerDisk ${vol.containerDisk.image}: ${(e as Error).message}`, true);

@@ -25,6 +25,7 @@ import { poolFor, type Pool } from '../storage/pools.ts';
 import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
+import type { EgressPolicy } from '../storage/egress.ts';
 import { PrepareError, prepareVm } from './prepare.ts';
 
 type Obj = Record<string, unknown>;
@@ -41,6 +42,8 @@ export interface VmRuntimeOptions {
   accel: Accelerator;
   pools: Map<string, Pool>;
   log?: Log;
+  /** Where containerDisk images may be pulled from (storage/egress.ts). */
+  egress?: EgressPolicy;
 }
 
 /** One running QEMU followed over QMP. */
@@ -195,6 +198,7 @@ export class VmRuntime extends Controller {
         client: this.client,
         claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
         reachable: (path) => !!poolFor(this.opts.pools.values(), path),
+        egress: this.opts.egress,
       });
       argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
     } catch (e) {

@@ -14,7 +14,7 @@ import { clientVersion } from './version.ts';
 
 interface AgentFlags {
   server?: string; token?: string; certificateAuthority?: string; insecureSkipTlsVerify?: boolean; nodeName?: string; dataDir?: string; sharedDir?: string;
-  listen: string; address?: string; nodeStatusUpdateFrequency: string;
+  listen: string; address?: string; nodeStatusUpdateFrequency: string; allowLoopbackImports?: boolean;
 }
 
 export function registerAgent(program: Command): void {
@@ -29,6 +29,7 @@ export function registerAgent(program: Command): void {
     .option('--shared-dir <dir>', 'directory of the shared pool, the same path on every node (default: DATA_DIR/pools/shared)')
     .option('--listen <host:port>', "the agent endpoint's address (the server connects to it)", '127.0.0.1:0')
     .option('--address <ip>', 'the address the server should use for this node (default: the --listen host)')
+    .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
     .option('--node-status-update-frequency <seconds>', "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 40 s without)", '10')
     .action(async (flags: AgentFlags, cmd: Command) => {
       const heartbeatSeconds = Number(flags.nodeStatusUpdateFrequency);
@@ -38,7 +39,7 @@ export function registerAgent(program: Command): void {
       const { startAgent } = await import('@vessel/agent');
       const agent = await startAgent({
         client, nodeName: flags.nodeName ?? hostname(), dataDir: flags.dataDir ?? defaultDataDir(), sharedDir: flags.sharedDir,
-        listen: flags.listen, address: flags.address, heartbeatMs: heartbeatSeconds * 1000, version: clientVersion(), log: (l) => note(`${l}\n`),
+        listen: flags.listen, address: flags.address, heartbeatMs: heartbeatSeconds * 1000, allowLoopbackImports: !!flags.allowLoopbackImports, version: clientVersion(), log: (l) => note(`${l}\n`),
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
       await signalled;

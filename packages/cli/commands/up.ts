@@ -52,14 +52,15 @@ export function registerUp(program: Command): void {
     .description('run Vessel on this host: API server, controllers and a demo VM, on embedded SQLite')
     .option('--data-dir <dir>', 'state directory (default: $VESSEL_DATA_DIR or /var/lib/vessel)')
     .option('--listen <host:port>', 'API server address', '127.0.0.1:6443')
+    .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
     .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
-    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean }) => {
+    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean }) => {
       const dataDir = flags.dataDir ?? defaultDataDir();
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({
         dataDir, listen: flags.listen, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
-        agent: { nodeName: hostname() },
+        agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports },
       });
       const { ensureTinyImage } = await import('../golden.ts');
       const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`));
