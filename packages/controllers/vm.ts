@@ -25,7 +25,7 @@ interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
 export const TEMPLATE_HASH = 'vessel.io/template-hash';
 /** On a VM, then its next VMI: the guest memory file that start resumes from (a restore with memory). */
 export const RESUME_MEMORY = 'vessel.io/resume-memory';
-/** On a VM with runStrategy Once: the uid of the VMI that was its one run. */
+/** On a VM with runStrategy Once: it has made its one VMI, so it never makes another by itself. */
 export const ONCE_RAN = 'vessel.io/once-ran';
 const FINAL = new Set(['Succeeded', 'Failed']);
 /** A VMI that ran this long before failing resets the crash-loop count. */
@@ -114,7 +114,8 @@ export class VirtualMachineController extends Controller {
       case 'Always': want = true; break;
       case 'Halted': want = false; break;
       case 'RerunOnFailure': want = wantStart || !(vmi && phaseOf(vmi) === 'Succeeded'); break;
-      case 'Once': want = !(vm.metadata.annotations as Record<string, string> | undefined)?.[ONCE_RAN]; break;
+      // Once: the VMI it made runs until it ends; none is made again (a restart's Start request aside).
+      case 'Once': want = wantStart || (vmi ? !!alive : !(vm.metadata.annotations as Record<string, string> | undefined)?.[ONCE_RAN]); break;
       case 'Manual': want = wantStart || !!alive; break;
     }
 
