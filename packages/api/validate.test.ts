@@ -142,6 +142,34 @@ test('a bad quantity is rejected at its path', () => {
   assert.match(causeAt(run(VM, none).causes, 'spec.template.spec.domain.resources.requests.memory').message, /no memory requested/);
 });
 
+test('CPU: negative quantities and topology counts are refused at their path, as negative memory is', () => {
+  const at = (mutate: (d: Any) => void, field: string): string => {
+    const vm: Any = fedoraVM();
+    mutate(vm.spec.template.spec.domain);
+    return causeAt(run(VM, vm).causes, field).message;
+  };
+  const T = 'spec.template.spec.domain';
+  assert.match(at((d) => { d.resources.requests.cpu = '-1'; }, `${T}.resources.requests.cpu`), /^Invalid value: "-1": must be greater than or equal to 0/);
+  assert.match(at((d) => { d.resources.limits = { cpu: '-500m' }; }, `${T}.resources.limits.cpu`), /"-500m": must be greater than or equal to 0/);
+  assert.match(at((d) => { d.resources.requests.cpu = -2; }, `${T}.resources.requests.cpu`), /-2: must be greater than or equal to 0/);
+  assert.match(at((d) => { d.cpu.cores = -1; }, `${T}.cpu.cores`), /-1: must be greater than or equal to 0/);
+  assert.match(at((d) => { d.cpu.sockets = -4; }, `${T}.cpu.sockets`), /must be greater than or equal to 0/);
+  assert.match(at((d) => { d.cpu.threads = -1; }, `${T}.cpu.threads`), /must be greater than or equal to 0/);
+  assert.match(at((d) => { d.cpu = { sockets: 16, cores: 16, threads: 2 }; }, `${T}.cpu`), /at most 255 vCPUs/);
+  assert.match(at((d) => { d.resources = { requests: { memory: '2Gi', cpu: '4' }, limits: { cpu: '2' } }; }, `${T}.resources.requests.cpu`), /less than or equal to the CPU limit 2/);
+  // The same rules for a standalone VMI.
+  const vmi: Any = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'x', namespace: 'default' }, spec: structuredClone((fedoraVM() as Any).spec.template.spec) };
+  vmi.spec.domain.resources.requests.cpu = '-1';
+  causeAt(run(VMI, vmi).causes, 'spec.domain.resources.requests.cpu');
+  // Zero means unset (Kubernetes allows 0; KubeVirt then takes the vCPUs from elsewhere); positive is fine.
+  for (const cpu of ['0', '500m', '2', 3]) {
+    const ok: Any = fedoraVM();
+    ok.spec.template.spec.domain.resources.requests.cpu = cpu;
+    ok.spec.template.spec.domain.resources.limits = { cpu: 4 };
+    assert.deepEqual(run(VM, ok).causes, [], `cpu ${cpu}`);
+  }
+});
+
 test('a disk without a volume, duplicate disks and volumes', () => {
   const vm: Any = fedoraVM();
   vm.spec.template.spec.domain.devices.disks[0].name = 'nope';

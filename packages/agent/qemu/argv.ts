@@ -554,13 +554,14 @@ function cpuTopology(dom: Obj, c: Causes): { sockets: number; cores: number; thr
   const threads = readInt(cpu.threads, 'spec.domain.cpu.threads', c, 0, 255) ?? 0;
   if (sockets === 0 && cores === 0 && threads === 0) {
     // KubeVirt: with no topology, the vCPU count comes from the CPU limit, else the request
-    // (rounded up), as sockets.
+    // (rounded up), as sockets. A zero quantity counts as unset there, as it does here.
     const res = readObj(dom.resources, 'spec.domain.resources', c);
     for (const kind of ['limits', 'requests']) {
       const q = readObj(res?.[kind], `spec.domain.resources.${kind}`, c)?.cpu;
       if (!isSet(q)) continue;
       const v = tryParseQuantity(q);
-      if (v === undefined || v <= 0) {
+      if (v === 0) continue;
+      if (v === undefined || v < 0) {
         c.invalid(`spec.domain.resources.${kind}.cpu`, q, 'must be a positive quantity');
         break;
       }

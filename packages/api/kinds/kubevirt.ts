@@ -78,6 +78,46 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
   }
 }
 
+/** QEMU's (and Vessel's) vCPU ceiling: the argv builder cannot start more. */
+export const MAX_VCPUS = 255;
+
+/**
+ * CPU: quantities must not be negative (Kubernetes' rule for every resource quantity; zero means
+ * unset, as in KubeVirt), a request must not exceed its limit, and the topology counts (unsigned
+ * in KubeVirt's API) must not be negative and must stay within MAX_VCPUS. (Without a topology the
+ * argv builder caps the vCPUs a CPU quantity asks for at MAX_VCPUS.)
+ */
+function checkCpu(spec: Obj, path: string, ctx: SemanticContext): void {
+  const domain = obj(spec.domain) ?? {};
+  const resources = obj(domain.resources) ?? {};
+  const reqField = `${path}.domain.resources.requests.cpu`;
+  const limField = `${path}.domain.resources.limits.cpu`;
+  const reqRaw = obj(resources.requests)?.cpu;
+  const limRaw = obj(resources.limits)?.cpu;
+  const req = tryParseQuantity(reqRaw);
+  const lim = tryParseQuantity(limRaw);
+  if (req !== undefined && req < 0) ctx.causes.push(invalid(reqField, reqRaw, 'must be greater than or equal to 0'));
+  if (lim !== undefined && lim < 0) ctx.causes.push(invalid(limField, limRaw, 'must be greater than or equal to 0'));
+  if (req !== undefined && lim !== undefined && lim > 0 && req > lim) {
+    ctx.causes.push(invalid(reqField, reqRaw, `must be less than or equal to the CPU limit ${String(limRaw)} (${limField})`));
+  }
+  const cpu = obj(domain.cpu) ?? {};
+  let topology = 1;
+  let counted = false;
+  for (const k of ['sockets', 'cores', 'threads']) {
+    const n = cpu[k];
+    if (typeof n !== 'number') continue; // the structural walk reports wrong types
+    if (n < 0) ctx.causes.push(invalid(`${path}.domain.cpu.${k}`, n, 'must be greater than or equal to 0'));
+    else if (n > 0) {
+      topology *= n;
+      counted = true;
+    }
+  }
+  if (counted && topology > MAX_VCPUS) {
+    ctx.causes.push(invalid(`${path}.domain.cpu`, topology, `sockets * cores * threads must be at most ${MAX_VCPUS} vCPUs`));
+  }
+}
+
 function checkCloudInit(vol: Obj, field: string, kind: 'cloudInitNoCloud' | 'cloudInitConfigDrive', ctx: SemanticContext): void {
   const ci = obj(vol[kind]);
   if (!ci) return;
@@ -198,6 +238,7 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
 
   if (domain) {
     checkMemory(spec, path, opts, ctx);
+    checkCpu(spec, path, ctx);
     const bootloader = obj(obj(domain.firmware)?.bootloader);
     if (bootloader && isSet(bootloader.bios) && isSet(bootloader.efi)) {
       causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
