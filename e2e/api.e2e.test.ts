@@ -103,6 +103,32 @@ describe('API server semantics', () => {
     assert.equal((kept.spec as { template: { spec: { domain: Domain } } }).template.spec.domain.resources.requests.cpu, '500m', 'the refused patch changed nothing');
   });
 
+  it('refuses VMI fields the VM could not start with (422 naming them); implemented ones pass without a warning', async () => {
+    const warnings: string[] = [];
+    const w = new Client(c.config, { onWarning: (m) => warnings.push(m) });
+    type Spec = { domain: Record<string, unknown> & { devices: Record<string, unknown> }; networks?: unknown[] };
+    const withSpec = (name: string, edit: (s: Spec) => void) => {
+      const o = vm(name);
+      edit((o.spec as { template: { spec: Spec } }).template.spec);
+      return o;
+    };
+    const err = await rejects(w.create(VM, withSpec('pci', (s) => {
+      s.domain.devices.interfaces = [{ name: 'default', masquerade: {}, pciAddress: '0000:81:00.1' }];
+      s.networks = [{ name: 'default', pod: {} }];
+      s.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL' }];
+    })), 422);
+    assert.deepEqual(err.causes.map((x) => [x.field, x.reason]), [
+      ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported'],
+      ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported'],
+    ]);
+    assert.equal(await exists(c, VM, 'pci'), false);
+    await w.create(VM, withSpec('clocked', (s) => {
+      s.domain.clock = { timezone: 'Europe/Berlin' };
+      s.domain.devices.watchdog = { name: 'wd', i6300esb: { action: 'reset' } };
+    }));
+    assert.deepEqual(warnings, []);
+  });
+
   it('enforces resourceVersion preconditions', async () => {
     const cur = await c.get(VM, 'a1');
     const stale = structuredClone(cur);

@@ -1,64 +1,220 @@
 /**
  * What Vessel implements, per kind, as field-path patterns. A field the upstream schema has but no
  * pattern covers is accepted with a warning ("not implemented by Vessel yet; accepted and ignored"),
- * so KubeVirt manifests keep working while users learn what has no effect yet.
+ * so KubeVirt manifests keep working while users learn what has no effect yet. VMI specs are the
+ * exception: VMI_SPEC_FIELDS below decides, and what it does not allow is refused.
  *
  * A pattern covers the named field and everything below it; `[]` marks an array's items (the index
  * is dropped when matching). Kinds without an entry (the core kinds) are implemented as a whole.
  * `apiVersion`, `kind` and `status` are never warned about.
  */
+import { Reason } from './errors.ts';
+import type { FieldCause } from './types.ts';
 
-/** Fields of a VirtualMachineInstanceSpec Vessel implements (or certainly will soon). */
-export const VMI_SPEC_SUPPORTED: readonly string[] = [
-  'architecture',
-  'domain.cpu',
-  'domain.memory',
-  'domain.resources',
-  'domain.machine',
-  'domain.firmware.bootloader',
-  'domain.firmware.uuid',
-  'domain.firmware.serial',
-  'domain.firmware.kernelBoot',
-  'domain.features.acpi',
-  'domain.features.apic',
-  'domain.features.smm',
-  'domain.devices.disks',
-  'domain.devices.interfaces[].name',
-  'domain.devices.interfaces[].masquerade',
-  'domain.devices.interfaces[].bridge',
-  'domain.devices.interfaces[].model',
-  'domain.devices.interfaces[].macAddress',
-  'domain.devices.interfaces[].ports',
-  'domain.devices.interfaces[].bootOrder',
-  'domain.devices.interfaces[].pciAddress',
-  'domain.devices.autoattachPodInterface',
-  'domain.devices.autoattachGraphicsDevice',
-  'domain.devices.autoattachSerialConsole',
-  'domain.devices.autoattachMemBalloon',
-  'domain.devices.autoattachInputDevice',
-  'domain.devices.rng',
-  'domain.devices.inputs',
-  'domain.devices.networkInterfaceMultiqueue',
-  'domain.devices.blockMultiQueue',
-  'volumes[].name',
-  'volumes[].containerDisk',
-  'volumes[].dataVolume',
-  'volumes[].persistentVolumeClaim',
-  'volumes[].cloudInitNoCloud',
-  'volumes[].cloudInitConfigDrive',
-  'volumes[].emptyDisk',
-  'volumes[].ephemeral',
-  'networks[].name',
-  'networks[].pod',
-  'networks[].multus',
-  'nodeSelector',
-  'affinity',
-  'tolerations',
-  'terminationGracePeriodSeconds',
-  'evictionStrategy',
-  'hostname',
-  'subdomain',
-];
+// ---------------------------------------------------------------------------------------------
+// The VirtualMachineInstanceSpec fields Vessel implements: the one list both admission and the
+// agent's QEMU argv builder (packages/agent/qemu/argv.ts) use. A field set in a VMI spec (or a VM
+// template) that the tree does not allow is refused at admission (422 naming the field) and, for
+// objects stored before, by the argv builder at start: the builder cannot honour it, so accepting
+// it would only make a VM that never starts.
+//
+// 'leaf': any value; the argv builder reads and checks it. 'false-only': accepted only when false
+// (the feature stays off). An object lists its allowed keys (none: only `{}`); '[]' describes the
+// items of a list.
+
+export type FieldSupport = 'leaf' | 'false-only' | { readonly [key: string]: FieldSupport };
+const L = 'leaf';
+const F = 'false-only';
+
+const PVC_REF: FieldSupport = { claimName: L, readOnly: L };
+const CLOUD_INIT: FieldSupport = {
+  // Rendered into the seed ISO by the agent (cloudinit.ts); the disk is just that ISO.
+  userData: L,
+  userDataBase64: L,
+  secretRef: { name: L },
+  networkData: L,
+  networkDataBase64: L,
+  networkDataSecretRef: { name: L },
+};
+
+/** The VirtualMachineInstanceSpec fields Vessel implements (see above). */
+export const VMI_SPEC_FIELDS: FieldSupport = {
+  architecture: L,
+  hostname: L, // the DHCP hostname on user networks; cloud-init and DNS use it elsewhere
+  subdomain: L, // DNS records: the controllers' business, not QEMU's
+  nodeSelector: L, // scheduler
+  affinity: L, // scheduler
+  tolerations: L, // scheduler
+  terminationGracePeriodSeconds: L, // the agent's stop sequence
+  evictionStrategy: L, // controllers
+  domain: {
+    cpu: {
+      cores: L,
+      sockets: L,
+      threads: L,
+      model: L,
+      features: { '[]': { name: L, policy: L } },
+      dedicatedCpuPlacement: F,
+      isolateEmulatorThread: F,
+    },
+    memory: { guest: L, hugepages: { pageSize: L } },
+    resources: { requests: { cpu: L, memory: L }, limits: { cpu: L, memory: L } },
+    machine: { type: L },
+    firmware: {
+      uuid: L,
+      serial: L,
+      // efi.persistent: the agent keeps (or recreates) this VM's ovmfVars copy across restarts.
+      bootloader: { bios: { useSerial: L }, efi: { secureBoot: L, persistent: L } },
+      kernelBoot: {
+        kernelArgs: L,
+        container: { image: L, imagePullPolicy: L, imagePullSecret: L, kernelPath: L, initrdPath: L },
+      },
+    },
+    features: { acpi: { enabled: L }, apic: { enabled: L, endOfInterrupt: F }, smm: { enabled: L } },
+    clock: {
+      utc: { offsetSeconds: L },
+      timezone: L,
+      timer: { hpet: { present: L }, rtc: { present: L, tickPolicy: L }, pit: { present: L, tickPolicy: L } },
+    },
+    chassis: { manufacturer: L, version: L, serial: L, asset: L, sku: L },
+    devices: {
+      disks: {
+        '[]': {
+          name: L,
+          bootOrder: L,
+          cache: L,
+          io: L,
+          serial: L,
+          errorPolicy: L,
+          shareable: L,
+          dedicatedIOThread: F,
+          changedBlockTracking: F,
+          disk: { bus: L, readonly: L },
+          cdrom: { bus: L, readonly: L, tray: L },
+          blockSize: { custom: { logical: L, physical: L, discardGranularity: L } },
+        },
+      },
+      interfaces: {
+        '[]': {
+          name: L,
+          model: L,
+          macAddress: L,
+          bootOrder: L,
+          ports: { '[]': { name: L, port: L, protocol: L } }, // the agent derives host forwards from them
+          masquerade: {},
+          bridge: {},
+        },
+      },
+      inputs: { '[]': { name: L, type: L, bus: L } },
+      rng: {},
+      watchdog: { name: L, i6300esb: { action: L } },
+      video: { type: L },
+      autoattachPodInterface: L, // applied by API defaulting
+      autoattachGraphicsDevice: L,
+      autoattachSerialConsole: L,
+      autoattachMemBalloon: L,
+      autoattachInputDevice: L,
+      autoattachVSOCK: F,
+      logSerialConsole: L,
+      blockMultiQueue: L,
+      networkInterfaceMultiqueue: L,
+      useVirtioTransitional: L,
+      disableHotplug: L, // true: no virtio-scsi controller for hotplugged disks (unless a scsi disk needs one)
+    },
+  },
+  networks: { '[]': { name: L, pod: { vmNetworkCIDR: L }, multus: { networkName: L, default: L } } },
+  volumes: {
+    '[]': {
+      name: L,
+      containerDisk: { image: L, imagePullPolicy: L, imagePullSecret: L, path: L },
+      // Hotpluggable volumes present at start are plugged like any other; the agent's hotplug
+      // attaches and detaches the ones added or removed while the VM runs.
+      dataVolume: { name: L, hotpluggable: L },
+      persistentVolumeClaim: { claimName: L, readOnly: L, hotpluggable: L },
+      ephemeral: { persistentVolumeClaim: PVC_REF },
+      emptyDisk: { capacity: L },
+      cloudInitNoCloud: CLOUD_INIT,
+      cloudInitConfigDrive: CLOUD_INIT,
+    },
+  },
+};
+
+/**
+ * VMI_SPEC_FIELDS as patterns ("domain.devices.disks[].cache"), with "(false only)" and
+ * "({} only)" marks: for documentation and tests.
+ */
+export function vmiSpecFieldPatterns(): string[] {
+  const out: string[] = [];
+  const visit = (a: FieldSupport, prefix: string): void => {
+    if (typeof a === 'string') {
+      out.push(a === F ? `${prefix} (false only)` : prefix);
+      return;
+    }
+    const keys = Object.keys(a);
+    if (keys.length === 0) out.push(`${prefix} ({} only)`);
+    for (const k of keys) visit(a[k], k === '[]' ? `${prefix}[]` : prefix ? `${prefix}.${k}` : k);
+  };
+  visit(VMI_SPEC_FIELDS, '');
+  return out;
+}
+
+type Obj = Record<string, unknown>;
+const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** Unset: null, absent, or an empty list (it asks for nothing). */
+const isUnset = (v: unknown): boolean => v === undefined || v === null || (Array.isArray(v) && v.length === 0);
+
+function show(v: unknown): string {
+  const s = typeof v === 'string' ? JSON.stringify(v) : (JSON.stringify(v) ?? String(v));
+  return s.length > 120 ? `${s.slice(0, 117)}...` : s;
+}
+
+function sameJson(a: unknown, b: unknown): boolean {
+  return a === b || (a !== undefined && b !== undefined && JSON.stringify(a) === JSON.stringify(b));
+}
+
+/** Kubernetes field path of a map key: .key when it is an identifier, else [key]. */
+const keyPath = (path: string, key: string): string => (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${key}]`);
+
+/**
+ * The fields of a VMI spec (found at `path`: "spec", "spec.template.spec") that Vessel does not
+ * implement, as causes naming each field. With `old` (the stored spec, on updates) a field whose
+ * value did not change is not refused again, so objects stored before a field was refused can
+ * still be updated (Kubernetes calls this ratcheting).
+ */
+export function unsupportedVmiSpecFields(spec: unknown, path: string, old?: unknown): FieldCause[] {
+  const causes: FieldCause[] = [];
+  const walk = (value: unknown, allow: FieldSupport, p: string, prev: unknown): void => {
+    if (isUnset(value) || allow === L || sameJson(value, prev)) return;
+    if (allow === F) {
+      if (value !== false) causes.push({ reason: Reason.NotSupported, field: p, message: `Unsupported value: ${show(value)}: only false is supported by Vessel yet` });
+      return;
+    }
+    const items = allow['[]'];
+    if (items !== undefined) {
+      if (!Array.isArray(value)) {
+        causes.push({ reason: Reason.Invalid, field: p, message: `Invalid value: ${show(value)}: must be a list` });
+        return;
+      }
+      const prevList = Array.isArray(prev) ? prev : [];
+      value.forEach((v, i) => walk(v, items, `${p}[${i}]`, prevList[i]));
+      return;
+    }
+    if (!isObj(value)) {
+      causes.push({ reason: Reason.Invalid, field: p, message: `Invalid value: ${show(value)}: must be an object` });
+      return;
+    }
+    const prevObj = isObj(prev) ? prev : {};
+    for (const [k, v] of Object.entries(value)) {
+      const sub = allow[k];
+      if (sub !== undefined) walk(v, sub, keyPath(p, k), prevObj[k]);
+      else if (!isUnset(v) && !sameJson(v, prevObj[k])) {
+        causes.push({ reason: Reason.NotSupported, field: keyPath(p, k), message: 'Unsupported field: not supported by Vessel yet' });
+      }
+    }
+  };
+  walk(spec, VMI_SPEC_FIELDS, path, old);
+  return causes;
+}
 
 /** Fields of a DataVolumeSpec Vessel implements. */
 export const DV_SPEC_SUPPORTED: readonly string[] = [
@@ -82,13 +238,14 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
     'spec.running',
     'spec.runStrategy',
     'spec.template.metadata',
-    ...under('spec.template.spec', VMI_SPEC_SUPPORTED),
+    // The VMI spec is checked against VMI_SPEC_FIELDS (refused, not warned): kinds/kubevirt.ts.
+    'spec.template.spec',
     'spec.dataVolumeTemplates[].apiVersion',
     'spec.dataVolumeTemplates[].kind',
     'spec.dataVolumeTemplates[].metadata',
     ...under('spec.dataVolumeTemplates[].spec', DV_SPEC_SUPPORTED),
   ],
-  'kubevirt.io/VirtualMachineInstance': ['metadata', ...under('spec', VMI_SPEC_SUPPORTED)],
+  'kubevirt.io/VirtualMachineInstance': ['metadata', 'spec'],
   'kubevirt.io/VirtualMachineInstanceMigration': ['metadata', 'spec.vmiName'],
   'cdi.kubevirt.io/DataVolume': ['metadata', ...under('spec', DV_SPEC_SUPPORTED)],
   'cdi.kubevirt.io/DataSource': ['metadata', 'spec.source.pvc'],

@@ -217,22 +217,49 @@ test('running and runStrategy are mutually exclusive; one is required; strategie
   assert.deepEqual(r.warnings, ['spec.running is deprecated, please use spec.runStrategy instead.']);
 });
 
-test('a GPU (upstream field Vessel does not implement) is a warning, not an error', () => {
+test('a GPU (a VMI field Vessel does not implement) is refused, naming the field; VM-level extras are warned', () => {
   const vm: Any = fedoraVM();
   vm.spec.template.spec.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL_Tesla_T4' }];
   vm.spec.template.spec.volumes.push({ name: 'scratch', hostDisk: { path: '/tmp/x.img', type: 'DiskOrCreate', capacity: '1Gi' } });
   vm.spec.template.spec.domain.devices.disks.push({ name: 'scratch', disk: {} });
+  vm.spec.template.spec.domain.devices.interfaces[0].pciAddress = '0000:81:00.1';
   vm.spec.instancetype = { name: 'u1.medium' };
   const r = run(VM, vm);
-  assert.deepEqual(r.causes, []);
-  assert.deepEqual([...r.warnings].sort(), [
-    'spec.instancetype: not implemented by Vessel yet; accepted and ignored',
-    'spec.template.spec.domain.devices.gpus: not implemented by Vessel yet; accepted and ignored',
-    'spec.template.spec.volumes[2].hostDisk: not implemented by Vessel yet; accepted and ignored',
+  // The argv builder could not start it: refused now rather than failing at every start.
+  assert.deepEqual(r.causes.map((c) => [c.field, c.reason, c.message]), [
+    ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
+    ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
+    ['spec.template.spec.volumes[2].hostDisk', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
   ]);
-  // Still structurally validated below the warning.
+  assert.deepEqual(r.warnings, ['spec.instancetype: not implemented by Vessel yet; accepted and ignored']);
+  // Still structurally validated below, and a typo is reported once, as unknown.
   vm.spec.template.spec.domain.devices.gpus[0].deviceNam = 'typo';
-  causeAt(run(VM, vm).causes, 'spec.template.spec.domain.devices.gpus[0].deviceNam');
+  vm.spec.template.spec.domain.cpu.numaa = {};
+  const typo = run(VM, vm).causes;
+  causeAt(typo, 'spec.template.spec.domain.devices.gpus[0].deviceNam');
+  assert.equal(typo.filter((c) => c.field === 'spec.template.spec.domain.cpu.numaa').length, 1);
+  assert.deepEqual(run(VM, vm, { fieldValidation: 'Ignore' }).causes.map((c) => c.field).filter((f) => f.includes('numaa')), []);
+  // false-only fields: off is fine, on is refused.
+  const cpu: Any = fedoraVM();
+  cpu.spec.template.spec.domain.cpu.dedicatedCpuPlacement = false;
+  assert.deepEqual(run(VM, cpu).causes, []);
+  cpu.spec.template.spec.domain.cpu.dedicatedCpuPlacement = true;
+  assert.match(causeAt(run(VM, cpu).causes, 'spec.template.spec.domain.cpu.dedicatedCpuPlacement').message, /^Unsupported value: true: only false/);
+});
+
+test('updates: a refused field the stored object already had, unchanged, is not refused again', () => {
+  const old: Any = fedoraVM();
+  old.spec.template.spec.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL_Tesla_T4' }];
+  const next: Any = structuredClone(old);
+  next.metadata.labels.tier = 'gold';
+  assert.deepEqual(run(VM, next, {}, 'update', old).causes, []);
+  next.spec.template.spec.domain.devices.gpus[0].deviceName = 'nvidia.com/GA100';
+  causeAt(run(VM, next, {}, 'update', old).causes, 'spec.template.spec.domain.devices.gpus');
+  const vmi: Any = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'x', namespace: 'default' }, spec: structuredClone(old.spec.template.spec) };
+  causeAt(run(VMI, vmi).causes, 'spec.domain.devices.gpus');
+  const vmiNext: Any = structuredClone(vmi);
+  vmiNext.metadata.labels = { a: 'b' };
+  assert.deepEqual(run(VMI, vmiNext, {}, 'update', vmi).causes, []);
 });
 
 test('enums from the upstream schema are enforced', () => {

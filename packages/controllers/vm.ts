@@ -147,7 +147,14 @@ export class VirtualMachineController extends Controller {
     // Start: only once every disk is ready.
     const blocked = this.volumeProblem(vm, namespace!);
     if (blocked) return this.writeStatus(vm, undefined, blocked.status, blocked);
-    await this.createVmi(vm);
+    try {
+      await this.createVmi(vm);
+    } catch (e) {
+      // A template admission refuses (a field refused since the VM was stored) cannot start
+      // until it is edited, and the edit brings the VM back here: say why, without retrying.
+      if (!isStatusError(e, 'Invalid')) throw e;
+      return this.writeStatus(vm, undefined, 'Stopped', { reason: 'FailedCreate', message: e.message });
+    }
     if (wantStart) await this.setRequests(vm, requests.slice(1));
     if (strategy === 'Once') await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace });
   }

@@ -4,9 +4,10 @@
  * qemu-system-x86_64 arguments out. No file system, clock or randomness: the same input always
  * gives the same argv, and the golden files in testdata/ pin it down.
  *
- * Only fields on an explicit allow list (SPEC_ALLOW) pass; every other field set in the spec, and
- * every value the builder cannot honour, becomes a cause with its field path in one VmSpecError,
- * so a user sees all problems at once and nothing is silently ignored.
+ * Only fields on the allow list pass (VMI_SPEC_FIELDS in @vessel/api, which admission refuses every
+ * other field by); every other field set in the spec, and every value the builder cannot honour,
+ * becomes a cause with its field path in one VmSpecError, so a user sees all problems at once and
+ * nothing is silently ignored.
  *
  * Left to the process layer (not emitted here): the binary itself, -qmp, -pidfile, -daemonize,
  * -vnc, the chardevs and -no-shutdown. The devices emitted here refer to chardevs by fixed ids,
@@ -15,7 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { Reason, defaultDiskBus, tryParseQuantity, type FieldCause } from '@vessel/api';
+import { Reason, defaultDiskBus, tryParseQuantity, unsupportedVmiSpecFields, vmiSpecFieldPatterns, type FieldCause } from '@vessel/api';
 
 /** A volume the agent made available on this node (disk image, block device or seed ISO). */
 export interface QemuVolume {
@@ -100,140 +101,12 @@ export const SERIAL_CHARDEV_ID = 'serial0';
 /** Chardev id of the guest agent channel (org.qemu.guest_agent.0), defined by the process layer. */
 export const GUEST_AGENT_CHARDEV_ID = 'qga0';
 
-// ---------------------------------------------------------------------------------------------
-// The allow list. L: any value, read and checked by the builder below. F: accepted only when
-// false (the feature stays off). An object lists its allowed keys; '[]' describes list items.
-
-const L = 'leaf';
-const F = 'false-only';
-type Allow = typeof L | typeof F | { readonly [key: string]: Allow };
-
-const PVC_REF: Allow = { claimName: L, readOnly: L };
-const CLOUD_INIT: Allow = {
-  // Rendered into the seed ISO by the agent (cloudinit.ts); the disk here is just that ISO.
-  userData: L,
-  userDataBase64: L,
-  secretRef: { name: L },
-  networkData: L,
-  networkDataBase64: L,
-  networkDataSecretRef: { name: L },
-};
-
-const SPEC_ALLOW: Allow = {
-  architecture: L,
-  hostname: L, // the DHCP hostname on user networks; cloud-init and DNS use it elsewhere
-  subdomain: L, // DNS records: the controllers' business, not QEMU's
-  nodeSelector: L, // scheduler
-  affinity: L, // scheduler
-  tolerations: L, // scheduler
-  terminationGracePeriodSeconds: L, // the agent's stop sequence
-  evictionStrategy: L, // controllers
-  domain: {
-    cpu: {
-      cores: L,
-      sockets: L,
-      threads: L,
-      model: L,
-      features: { '[]': { name: L, policy: L } },
-      dedicatedCpuPlacement: F,
-      isolateEmulatorThread: F,
-    },
-    memory: { guest: L, hugepages: { pageSize: L } },
-    resources: { requests: { cpu: L, memory: L }, limits: { cpu: L, memory: L } },
-    machine: { type: L },
-    firmware: {
-      uuid: L,
-      serial: L,
-      // efi.persistent: the agent keeps (or recreates) this VM's ovmfVars copy across restarts.
-      bootloader: { bios: { useSerial: L }, efi: { secureBoot: L, persistent: L } },
-      kernelBoot: {
-        kernelArgs: L,
-        container: { image: L, imagePullPolicy: L, imagePullSecret: L, kernelPath: L, initrdPath: L },
-      },
-    },
-    features: { acpi: { enabled: L }, apic: { enabled: L, endOfInterrupt: F }, smm: { enabled: L } },
-    clock: {
-      utc: { offsetSeconds: L },
-      timezone: L,
-      timer: { hpet: { present: L }, rtc: { present: L, tickPolicy: L }, pit: { present: L, tickPolicy: L } },
-    },
-    chassis: { manufacturer: L, version: L, serial: L, asset: L, sku: L },
-    devices: {
-      disks: {
-        '[]': {
-          name: L,
-          bootOrder: L,
-          cache: L,
-          io: L,
-          serial: L,
-          errorPolicy: L,
-          shareable: L,
-          dedicatedIOThread: F,
-          changedBlockTracking: F,
-          disk: { bus: L, readonly: L },
-          cdrom: { bus: L, readonly: L, tray: L },
-          blockSize: { custom: { logical: L, physical: L, discardGranularity: L } },
-        },
-      },
-      interfaces: {
-        '[]': {
-          name: L,
-          model: L,
-          macAddress: L,
-          bootOrder: L,
-          ports: { '[]': { name: L, port: L, protocol: L } }, // the agent derives hostForwards from them
-          masquerade: {},
-          bridge: {},
-        },
-      },
-      inputs: { '[]': { name: L, type: L, bus: L } },
-      rng: {},
-      watchdog: { name: L, i6300esb: { action: L } },
-      video: { type: L },
-      autoattachPodInterface: L, // applied by API defaulting
-      autoattachGraphicsDevice: L,
-      autoattachSerialConsole: L,
-      autoattachMemBalloon: L,
-      autoattachInputDevice: L,
-      autoattachVSOCK: F,
-      logSerialConsole: L,
-      blockMultiQueue: L,
-      networkInterfaceMultiqueue: L,
-      useVirtioTransitional: L,
-      disableHotplug: L, // true: no virtio-scsi controller for hotplugged disks (unless a scsi disk needs one)
-    },
-  },
-  networks: { '[]': { name: L, pod: { vmNetworkCIDR: L }, multus: { networkName: L, default: L } } },
-  volumes: {
-    '[]': {
-      name: L,
-      containerDisk: { image: L, imagePullPolicy: L, imagePullSecret: L, path: L },
-      // Hotpluggable volumes present at start are plugged like any other; the agent's hotplug
-      // (vms/hotplug.ts) attaches and detaches the ones added or removed while the VM runs.
-      dataVolume: { name: L, hotpluggable: L },
-      persistentVolumeClaim: { claimName: L, readOnly: L, hotpluggable: L },
-      ephemeral: { persistentVolumeClaim: PVC_REF },
-      emptyDisk: { capacity: L },
-      cloudInitNoCloud: CLOUD_INIT,
-      cloudInitConfigDrive: CLOUD_INIT,
-    },
-  },
-};
-
-/** The spec fields the builder accepts, as patterns ("domain.devices.disks[].cache"). */
+/**
+ * The spec fields the builder accepts, as patterns ("domain.devices.disks[].cache"): the allow list
+ * is @vessel/api's VMI_SPEC_FIELDS, the one admission refuses everything else by.
+ */
 export function supportedSpecFields(): string[] {
-  const out: string[] = [];
-  const visit = (a: Allow, prefix: string): void => {
-    if (typeof a === 'string') {
-      out.push(a === F ? `${prefix} (false only)` : prefix);
-      return;
-    }
-    const keys = Object.keys(a);
-    if (keys.length === 0) out.push(`${prefix} ({} only)`);
-    for (const k of keys) visit(a[k], k === '[]' ? `${prefix}[]` : prefix ? `${prefix}.${k}` : k);
-  };
-  visit(SPEC_ALLOW, '');
-  return out;
+  return vmiSpecFieldPatterns();
 }
 
 type Obj = Record<string, unknown>;
@@ -254,10 +127,6 @@ class Causes {
     this.seen.add(key);
     this.list.push({ reason, field, message });
   }
-  /** A field Vessel does not implement. */
-  field(field: string, detail = 'not supported by Vessel yet'): void {
-    this.add(Reason.NotSupported, field, `Unsupported field: ${detail}`);
-  }
   /** A value outside what Vessel implements. */
   value(field: string, value: unknown, supported: readonly string[] | string): void {
     const tail = typeof supported === 'string' ? supported : `supported values: ${supported.map((s) => JSON.stringify(s)).join(', ')}`;
@@ -271,30 +140,6 @@ class Causes {
   }
   duplicate(field: string, value: unknown, detail?: string): void {
     this.add(Reason.Duplicate, field, `Duplicate value: ${fmt(value)}${detail ? `: ${detail}` : ''}`);
-  }
-}
-
-/** Kubernetes field path of a map key: .key when it is an identifier, else [key]. */
-const keyPath = (path: string, key: string): string => (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${key}]`);
-
-function walk(value: unknown, allow: Allow, path: string, causes: Causes): void {
-  if (!isSet(value) || allow === L) return;
-  if (allow === F) {
-    if (value !== false) causes.value(path, value, 'only false is supported by Vessel yet');
-    return;
-  }
-  const items = allow['[]'];
-  if (items !== undefined) {
-    if (!Array.isArray(value)) return causes.invalid(path, value, 'must be a list');
-    value.forEach((v, i) => walk(v, items, `${path}[${i}]`, causes));
-    return;
-  }
-  if (!isObj(value)) return causes.invalid(path, value, 'must be an object');
-  for (const [k, v] of Object.entries(value)) {
-    if (!isSet(v)) continue;
-    const sub = allow[k];
-    if (sub === undefined) causes.field(keyPath(path, k));
-    else walk(v, sub, keyPath(path, k), causes);
   }
 }
 
@@ -432,7 +277,7 @@ export function buildQemuArgv(input: QemuInput): QemuArgv {
   const { name, namespace } = input.vmi.metadata;
   if (!NAME_RE.test(name) || !NAME_RE.test(namespace)) throw new TypeError(`buildQemuArgv: bad VMI name ${JSON.stringify(`${namespace}/${name}`)}`);
   const spec: Obj = isObj(input.vmi.spec) ? (input.vmi.spec as unknown as Obj) : {};
-  walk(spec, SPEC_ALLOW, 'spec', c);
+  for (const u of unsupportedVmiSpecFields(spec, 'spec')) c.add(u.reason, u.field, u.message);
 
   const domain = readObj(spec.domain, 'spec.domain', c);
   if (!domain) c.required('spec.domain', 'the domain spec');

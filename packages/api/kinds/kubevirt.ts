@@ -8,6 +8,7 @@ import { duplicate, forbidden, invalid, notSupported, required } from '../errors
 import { validateAnnotations, validateLabels } from '../meta.ts';
 import { dns1123Label, dns1123Subdomain } from '../names.ts';
 import { tryParseQuantity } from '../quantity.ts';
+import { unsupportedVmiSpecFields } from '../support.ts';
 import type { KubeObject } from '../types.ts';
 import { validateDataVolumeSpec } from './cdi.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
@@ -25,6 +26,20 @@ const MIN_MEMORY = 1e6; // "must be greater than or equal to 1M"
 export interface VmiSpecOptions {
   /** The VM refers to an instancetype/preference that may provide CPU and memory. */
   hasInstancetype: boolean;
+  /** The stored spec, on updates: fields it already had unchanged are not refused again. */
+  old?: unknown;
+}
+
+/**
+ * Fields Vessel does not implement are refused here, by the same list the agent's argv builder
+ * uses (VMI_SPEC_FIELDS), so nothing accepted now fails at start for it. Fields the structural
+ * walk already reported (unknown to the schema, wrong type) are not reported twice.
+ */
+function checkSupported(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
+  const reported = new Set(ctx.causes.map((c) => c.field));
+  for (const c of unsupportedVmiSpecFields(spec, path, opts.old)) {
+    if (!reported.has(c.field) && !ctx.unknownFields?.has(c.field)) ctx.causes.push(c);
+  }
 }
 
 function names(list: unknown[]): Map<string, number> {
@@ -156,6 +171,7 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
   const networks = arr(spec.networks);
   const disksField = `${path}.domain.devices.disks`;
   const ifField = `${path}.domain.devices.interfaces`;
+  checkSupported(spec, path, opts, ctx);
 
   // Volumes: unique names, exactly one source each.
   uniqueNames(volumes, `${path}.volumes`, 'volume', ctx);
@@ -278,7 +294,7 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
     }
     const tspec = obj(template.spec);
     if (!tspec) causes.push(required('spec.template.spec', 'the VirtualMachineInstance template needs a spec with at least spec.domain'));
-    else validateVmiSpec(tspec, 'spec.template.spec', { hasInstancetype }, ctx);
+    else validateVmiSpec(tspec, 'spec.template.spec', { hasInstancetype, old: obj(obj(ctx.old?.spec)?.template)?.spec }, ctx);
   }
 
   const volumes = arr(obj(template?.spec)?.volumes);
@@ -321,7 +337,7 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
 export function validateVirtualMachineInstance(o: KubeObject, ctx: SemanticContext): void {
   const spec = obj(o.spec);
   if (!spec) return;
-  validateVmiSpec(spec, 'spec', { hasInstancetype: false }, ctx);
+  validateVmiSpec(spec, 'spec', { hasInstancetype: false, old: ctx.old?.spec }, ctx);
 }
 
 export function validateMigration(o: KubeObject, ctx: SemanticContext): void {
