@@ -196,6 +196,24 @@ describe('why a VM is not running', () => {
     await v.client.delete(VM, 'greedy', { namespace: ns });
   });
 
+  test('a template that makes no valid VMI: Stopped, and Ready says why, until it is fixed', async () => {
+    // The VM passes admission (its instancetype could give the memory; Vessel warns that it
+    // ignores instancetypes), but the VMI it would make has no memory and is refused.
+    const vm = tinyVm('typeless') as { spec: { instancetype?: Obj; template: { spec: { domain: Obj } } } };
+    vm.spec.instancetype = { name: 'u1.small' };
+    delete vm.spec.template.spec.domain.resources;
+    await v.client.create(VM, vm, { namespace: ns });
+    const ready = await eventually('the FailedCreate condition', async () => {
+      const c = status(await v.client.get(VM, 'typeless', { namespace: ns })).conditions?.find((x) => x.type === 'Ready');
+      return c?.reason === 'FailedCreate' ? c : undefined;
+    }, 60_000);
+    assert.match(ready.message ?? '', /spec\.domain\.resources\.requests\.memory/);
+    assert.equal(await vmStatus('typeless'), 'Stopped');
+    await v.client.patch(VM, 'typeless', { spec: { instancetype: null, template: { spec: { domain: { resources: { requests: { memory: '128Mi' } } } } } } }, { namespace: ns });
+    await until('typeless', 'Running');
+    await v.client.delete(VM, 'typeless', { namespace: ns });
+  });
+
   test('a missing DataVolume: ErrorDataVolumeNotFound, then Running once it exists', async () => {
     await v.client.create(VM, tinyVm('orphan', { dataVolume: 'later' }), { namespace: ns });
     await until('orphan', 'ErrorDataVolumeNotFound', 30_000);
