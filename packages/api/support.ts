@@ -8,7 +8,7 @@
  * is dropped when matching). Kinds without an entry (the core kinds) are implemented as a whole.
  * `apiVersion`, `kind` and `status` are never warned about.
  */
-import { Reason } from './errors.ts';
+import { Reason, notSupported } from './errors.ts';
 import type { FieldCause } from './types.ts';
 
 // ---------------------------------------------------------------------------------------------
@@ -19,10 +19,11 @@ import type { FieldCause } from './types.ts';
 // it would only make a VM that never starts.
 //
 // 'leaf': any value; the argv builder reads and checks it. 'false-only': accepted only when false
-// (the feature stays off). An object lists its allowed keys (none: only `{}`); '[]' describes the
-// items of a list.
+// (the feature stays off). A list of values: only those (where KubeVirt allows more, or any
+// string). An object lists its allowed keys (none: only `{}`); '[]' describes the items of a list.
 
-export type FieldSupport = 'leaf' | 'false-only' | { readonly [key: string]: FieldSupport };
+export type SupportedValue = string | number | boolean;
+export type FieldSupport = 'leaf' | 'false-only' | readonly SupportedValue[] | { readonly [key: string]: FieldSupport };
 const L = 'leaf';
 const F = 'false-only';
 
@@ -57,7 +58,7 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
       dedicatedCpuPlacement: F,
       isolateEmulatorThread: F,
     },
-    memory: { guest: L, hugepages: { pageSize: L } },
+    memory: { guest: L, hugepages: { pageSize: ['2Mi', '1Gi'] } },
     resources: { requests: { cpu: L, memory: L }, limits: { cpu: L, memory: L } },
     machine: { type: L },
     firmware: {
@@ -70,11 +71,12 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
         container: { image: L, imagePullPolicy: L, imagePullSecret: L, kernelPath: L, initrdPath: L },
       },
     },
-    features: { acpi: { enabled: L }, apic: { enabled: L, endOfInterrupt: F }, smm: { enabled: L } },
+    features: { acpi: { enabled: L }, apic: { enabled: [true], endOfInterrupt: F }, smm: { enabled: L } }, // x86 guests always have an APIC
     clock: {
-      utc: { offsetSeconds: L },
+      utc: { offsetSeconds: [0] },
       timezone: L,
-      timer: { hpet: { present: L }, rtc: { present: L, tickPolicy: L }, pit: { present: L, tickPolicy: L } },
+      // QEMU cannot remove the RTC or the PIT.
+      timer: { hpet: { present: L }, rtc: { present: [true], tickPolicy: ['delay', 'catchup'] }, pit: { present: [true], tickPolicy: ['delay', 'discard'] } },
     },
     chassis: { manufacturer: L, version: L, serial: L, asset: L, sku: L },
     devices: {
@@ -82,10 +84,10 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
         '[]': {
           name: L,
           bootOrder: L,
-          cache: L,
-          io: L,
+          cache: ['none', 'writethrough', 'writeback'],
+          io: ['native', 'threads', 'default'],
           serial: L,
-          errorPolicy: L,
+          errorPolicy: ['stop', 'report', 'ignore', 'enospace'],
           shareable: L,
           dedicatedIOThread: F,
           changedBlockTracking: F,
@@ -97,10 +99,10 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
       interfaces: {
         '[]': {
           name: L,
-          model: L,
+          model: ['virtio', 'e1000', 'e1000e', 'igb', 'ne2k_pci', 'pcnet', 'rtl8139'],
           macAddress: L,
           bootOrder: L,
-          ports: { '[]': { name: L, port: L, protocol: L } }, // the agent derives host forwards from them
+          ports: { '[]': { name: L, port: L, protocol: ['TCP', 'UDP'] } }, // the agent derives host forwards from them
           masquerade: {},
           bridge: {},
         },
@@ -108,7 +110,7 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
       inputs: { '[]': { name: L, type: L, bus: L } },
       rng: {},
       watchdog: { name: L, i6300esb: { action: L } },
-      video: { type: L },
+      video: { type: ['vga', 'virtio', 'bochs', 'cirrus'] },
       autoattachPodInterface: L, // applied by API defaulting
       autoattachGraphicsDevice: L,
       autoattachSerialConsole: L,
@@ -140,22 +142,60 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
 };
 
 /**
+ * Values the argv builder supports where KubeVirt allows more, shared with admission for the same
+ * reason as the fields: refused when the object is written, not at every start.
+ */
+export const SUPPORTED_ARCHITECTURES: readonly string[] = ['amd64'];
+/** Disk buses per target (`lun` is not implemented; a cdrom cannot be virtio in QEMU). */
+export const SUPPORTED_DISK_BUSES: Readonly<Record<'disk' | 'cdrom', readonly string[]>> = { disk: ['virtio', 'sata', 'scsi'], cdrom: ['sata', 'scsi'] };
+/** Machine types, as a Status lists them. */
+export const SUPPORTED_MACHINE_TYPES: readonly string[] = ['q35', 'pc', 'pc-q35-<version>', 'pc-i440fx-<version>'];
+
+/**
+ * The QEMU machine type for spec.domain.machine.type, or undefined when Vessel has none for it.
+ * RHEL-only types (OpenShift manifests) map to upstream's latest of the same family, with a note.
+ */
+export function qemuMachineType(type: string): { machine: string; note?: string } | undefined {
+  if (type === 'q35' || type === 'pc' || /^pc-(q35|i440fx)-[0-9]+\.[0-9]+$/.test(type)) return { machine: type };
+  if (/^pc-q35-rhel[0-9.]+$/.test(type)) return { machine: 'q35', note: `${type} is a RHEL machine type; using q35` };
+  if (/^pc-i440fx-rhel[0-9.]+$/.test(type)) return { machine: 'pc', note: `${type} is a RHEL machine type; using pc` };
+  return undefined;
+}
+
+/**
  * VMI_SPEC_FIELDS as patterns ("domain.devices.disks[].cache"), with "(false only)" and
  * "({} only)" marks: for documentation and tests.
  */
 export function vmiSpecFieldPatterns(): string[] {
   const out: string[] = [];
   const visit = (a: FieldSupport, prefix: string): void => {
+    if (Array.isArray(a)) {
+      out.push(prefix);
+      return;
+    }
     if (typeof a === 'string') {
       out.push(a === F ? `${prefix} (false only)` : prefix);
       return;
     }
-    const keys = Object.keys(a);
+    const o = a as { readonly [key: string]: FieldSupport };
+    const keys = Object.keys(o);
     if (keys.length === 0) out.push(`${prefix} ({} only)`);
-    for (const k of keys) visit(a[k], k === '[]' ? `${prefix}[]` : prefix ? `${prefix}.${k}` : k);
+    for (const k of keys) visit(o[k], k === '[]' ? `${prefix}[]` : prefix ? `${prefix}.${k}` : k);
   };
   visit(VMI_SPEC_FIELDS, '');
   return out;
+}
+
+/** The values VMI_SPEC_FIELDS allows at a pattern ("domain.devices.disks[].cache"). */
+export function supportedValues(pattern: string): readonly SupportedValue[] {
+  let at: FieldSupport | undefined = VMI_SPEC_FIELDS;
+  for (const raw of pattern.split('.')) {
+    const seg = raw.endsWith('[]') ? raw.slice(0, -2) : raw;
+    at = typeof at === 'object' && !Array.isArray(at) ? (at as { readonly [key: string]: FieldSupport })[seg] : undefined;
+    if (raw.endsWith('[]')) at = typeof at === 'object' && !Array.isArray(at) ? (at as { readonly [key: string]: FieldSupport })['[]'] : undefined;
+  }
+  if (!Array.isArray(at)) throw new Error(`no value list at ${pattern}`);
+  return at as readonly SupportedValue[];
 }
 
 type Obj = Record<string, unknown>;
@@ -177,19 +217,25 @@ const keyPath = (path: string, key: string): string => (/^[A-Za-z_][A-Za-z0-9_]*
 
 /**
  * The fields of a VMI spec (found at `path`: "spec", "spec.template.spec") that Vessel does not
- * implement, as causes naming each field. With `old` (the stored spec, on updates) a field whose
- * value did not change is not refused again, so objects stored before a field was refused can
- * still be updated (Kubernetes calls this ratcheting).
+ * implement, as causes naming each field; with `values`, also values outside a field's list (the
+ * argv builder checks those itself, with its own messages). With `old` (the stored spec, on
+ * updates) a field whose value did not change is not refused again, so objects stored before a
+ * field was refused can still be updated (Kubernetes calls this ratcheting).
  */
-export function unsupportedVmiSpecFields(spec: unknown, path: string, old?: unknown): FieldCause[] {
+export function unsupportedVmiSpecFields(spec: unknown, path: string, opts: { old?: unknown; values?: boolean } = {}): FieldCause[] {
   const causes: FieldCause[] = [];
   const walk = (value: unknown, allow: FieldSupport, p: string, prev: unknown): void => {
     if (isUnset(value) || allow === L || sameJson(value, prev)) return;
+    if (Array.isArray(allow)) {
+      if (opts.values && !allow.includes(value as SupportedValue)) causes.push(notSupported(p, value, allow.map(String)));
+      return;
+    }
     if (allow === F) {
       if (value !== false) causes.push({ reason: Reason.NotSupported, field: p, message: `Unsupported value: ${show(value)}: only false is supported by Vessel yet` });
       return;
     }
-    const items = allow['[]'];
+    const fields = allow as { readonly [key: string]: FieldSupport };
+    const items = fields['[]'];
     if (items !== undefined) {
       if (!Array.isArray(value)) {
         causes.push({ reason: Reason.Invalid, field: p, message: `Invalid value: ${show(value)}: must be a list` });
@@ -205,14 +251,14 @@ export function unsupportedVmiSpecFields(spec: unknown, path: string, old?: unkn
     }
     const prevObj = isObj(prev) ? prev : {};
     for (const [k, v] of Object.entries(value)) {
-      const sub = allow[k];
+      const sub = fields[k];
       if (sub !== undefined) walk(v, sub, keyPath(p, k), prevObj[k]);
       else if (!isUnset(v) && !sameJson(v, prevObj[k])) {
         causes.push({ reason: Reason.NotSupported, field: keyPath(p, k), message: 'Unsupported field: not supported by Vessel yet' });
       }
     }
   };
-  walk(spec, VMI_SPEC_FIELDS, path, old);
+  walk(spec, VMI_SPEC_FIELDS, path, opts.old);
   return causes;
 }
 

@@ -247,14 +247,37 @@ test('a GPU (a VMI field Vessel does not implement) is refused, naming the field
   assert.match(causeAt(run(VM, cpu).causes, 'spec.template.spec.domain.cpu.dedicatedCpuPlacement').message, /^Unsupported value: true: only false/);
 });
 
+test('values Vessel cannot run are refused at their field, with the supported ones listed', () => {
+  const at = (mutate: (s: Any) => void, field: string): string => {
+    const vm: Any = fedoraVM();
+    mutate(vm.spec.template.spec);
+    return causeAt(run(VM, vm).causes, `spec.template.spec.${field}`).message;
+  };
+  assert.equal(at((s) => { s.architecture = 'arm64'; }, 'architecture'), 'Unsupported value: "arm64": supported values: "amd64"');
+  assert.match(at((s) => { s.domain.machine.type = 'isapc'; }, 'domain.machine.type'), /^Unsupported value: "isapc": supported values: "q35", "pc"/);
+  assert.equal(at((s) => { s.domain.devices.disks[0].disk.bus = 'usb'; }, 'domain.devices.disks[0].disk.bus'), 'Unsupported value: "usb": supported values: "virtio", "sata", "scsi"');
+  assert.match(at((s) => { s.domain.devices.disks[0].cache = 'unsafe'; }, 'domain.devices.disks[0].cache'), /^Unsupported value: "unsafe": supported values: "none", "writethrough", "writeback"/);
+  assert.match(at((s) => { s.domain.devices.interfaces[0].model = 'vmxnet3'; }, 'domain.devices.interfaces[0].model'), /^Unsupported value: "vmxnet3"/);
+  assert.match(at((s) => { s.domain.clock = { utc: { offsetSeconds: 3600 } }; }, 'domain.clock.utc.offsetSeconds'), /^Unsupported value: 3600: supported values: "0"/);
+  assert.match(at((s) => { s.domain.memory = { hugepages: {} }; }, 'domain.memory.hugepages.pageSize'), /^Required value/);
+  const ok: Any = fedoraVM();
+  ok.spec.template.spec.domain.machine.type = 'pc-q35-rhel9.2.0';
+  ok.spec.template.spec.domain.devices.disks[0].cache = 'writeback';
+  assert.deepEqual(run(VM, ok).causes, []);
+});
+
 test('updates: a refused field the stored object already had, unchanged, is not refused again', () => {
   const old: Any = fedoraVM();
   old.spec.template.spec.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL_Tesla_T4' }];
+  old.spec.template.spec.domain.devices.disks[0].disk.bus = 'usb';
+  old.spec.template.spec.domain.machine.type = 'isapc';
   const next: Any = structuredClone(old);
   next.metadata.labels.tier = 'gold';
   assert.deepEqual(run(VM, next, {}, 'update', old).causes, []);
   next.spec.template.spec.domain.devices.gpus[0].deviceName = 'nvidia.com/GA100';
-  causeAt(run(VM, next, {}, 'update', old).causes, 'spec.template.spec.domain.devices.gpus');
+  next.spec.template.spec.domain.machine.type = 'isapc-2';
+  const changed = run(VM, next, {}, 'update', old).causes.map((c) => c.field);
+  assert.deepEqual(changed, ['spec.template.spec.domain.devices.gpus', 'spec.template.spec.domain.machine.type']);
   const vmi: Any = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'x', namespace: 'default' }, spec: structuredClone(old.spec.template.spec) };
   causeAt(run(VMI, vmi).causes, 'spec.domain.devices.gpus');
   const vmiNext: Any = structuredClone(vmi);

@@ -16,7 +16,19 @@
  */
 import { createHash } from 'node:crypto';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { Reason, defaultDiskBus, tryParseQuantity, unsupportedVmiSpecFields, vmiSpecFieldPatterns, type FieldCause } from '@vessel/api';
+import {
+  Reason,
+  SUPPORTED_ARCHITECTURES,
+  SUPPORTED_DISK_BUSES,
+  SUPPORTED_MACHINE_TYPES,
+  defaultDiskBus,
+  qemuMachineType,
+  supportedValues,
+  tryParseQuantity,
+  unsupportedVmiSpecFields,
+  vmiSpecFieldPatterns,
+  type FieldCause,
+} from '@vessel/api';
 
 /** A volume the agent made available on this node (disk image, block device or seed ISO). */
 export interface QemuVolume {
@@ -221,6 +233,15 @@ export function derivedMac(namespace: string, vmName: string, ifaceName: string)
   return ['52', '54', '00', h[0], h[1], h[2]].map((b) => (typeof b === 'number' ? b.toString(16).padStart(2, '0') : b)).join(':');
 }
 
+// Value lists shared with admission (VMI_SPEC_FIELDS); the maps below for models, video types and
+// error policies must cover theirs (support.test.ts builds every listed value).
+const values = (pattern: string): readonly string[] => supportedValues(pattern).map(String);
+const CACHE_MODES = values('domain.devices.disks[].cache');
+const IO_MODES = values('domain.devices.disks[].io');
+const PORT_PROTOCOLS = values('domain.devices.interfaces[].ports[].protocol');
+const RTC_TICK_POLICIES = values('domain.clock.timer.rtc.tickPolicy');
+const PIT_TICK_POLICIES = values('domain.clock.timer.pit.tickPolicy');
+
 const isQ35 = (machine: string): boolean => machine === 'q35' || machine.startsWith('pc-q35-');
 
 /**
@@ -285,7 +306,7 @@ export function buildQemuArgv(input: QemuInput): QemuArgv {
   const devices = readObj(dom.devices, 'spec.domain.devices', c) ?? {};
 
   const arch = readStr(spec.architecture, 'spec.architecture', c);
-  if (arch !== undefined && arch !== 'amd64') c.value('spec.architecture', arch, ['amd64']);
+  if (arch !== undefined && !SUPPORTED_ARCHITECTURES.includes(arch)) c.value('spec.architecture', arch, SUPPORTED_ARCHITECTURES);
 
   const machine = machineType(dom, c, warnings);
   const q35 = isQ35(machine);
@@ -376,19 +397,13 @@ const virtio = (ctx: Ctx, model: string): string => (ctx.transitional ? `${model
 function machineType(dom: Obj, c: Causes, warnings: string[]): string {
   const m = readObj(dom.machine, 'spec.domain.machine', c);
   const t = readStr(m?.type, 'spec.domain.machine.type', c) ?? 'q35';
-  if (t === 'q35' || t === 'pc') return t;
-  // RHEL-only machine types (OpenShift manifests) map to upstream's latest of the same family.
-  if (/^pc-q35-rhel[0-9.]+$/.test(t)) {
-    warnings.push(`spec.domain.machine.type: ${t} is a RHEL machine type; using q35`);
+  const qemu = qemuMachineType(t);
+  if (!qemu) {
+    c.value('spec.domain.machine.type', t, SUPPORTED_MACHINE_TYPES);
     return 'q35';
   }
-  if (/^pc-i440fx-rhel[0-9.]+$/.test(t)) {
-    warnings.push(`spec.domain.machine.type: ${t} is a RHEL machine type; using pc`);
-    return 'pc';
-  }
-  if (/^pc-(q35|i440fx)-[0-9]+\.[0-9]+$/.test(t)) return t;
-  c.value('spec.domain.machine.type', t, ['q35', 'pc', 'pc-q35-<version>', 'pc-i440fx-<version>']);
-  return 'q35';
+  if (qemu.note) warnings.push(`spec.domain.machine.type: ${qemu.note}`);
+  return qemu.machine;
 }
 
 function cpuTopology(dom: Obj, c: Causes): { sockets: number; cores: number; threads: number } {
@@ -631,14 +646,14 @@ function clockArgs(ctx: Ctx, dom: Obj, machineProps: MachineProps, env: Record<s
     if (readBool(rtcT.present, 'spec.domain.clock.timer.rtc.present', c) === false) c.value('spec.domain.clock.timer.rtc.present', false, 'the RTC cannot be removed');
     const tp = readStr(rtcT.tickPolicy, 'spec.domain.clock.timer.rtc.tickPolicy', c);
     if (tp === 'catchup') rtc.push(['driftfix', 'slew']);
-    else if (tp !== undefined && tp !== 'delay') c.value('spec.domain.clock.timer.rtc.tickPolicy', tp, ['delay', 'catchup']);
+    else if (tp !== undefined && tp !== 'delay') c.value('spec.domain.clock.timer.rtc.tickPolicy', tp, RTC_TICK_POLICIES);
   }
   const pit = readObj(timer.pit, 'spec.domain.clock.timer.pit', c);
   if (pit) {
     if (readBool(pit.present, 'spec.domain.clock.timer.pit.present', c) === false) c.value('spec.domain.clock.timer.pit.present', false, 'the PIT cannot be removed');
     const tp = readStr(pit.tickPolicy, 'spec.domain.clock.timer.pit.tickPolicy', c);
     if (tp !== undefined) {
-      if (tp !== 'delay' && tp !== 'discard') c.value('spec.domain.clock.timer.pit.tickPolicy', tp, ['delay', 'discard']);
+      if (!PIT_TICK_POLICIES.includes(tp)) c.value('spec.domain.clock.timer.pit.tickPolicy', tp, PIT_TICK_POLICIES);
       // Only KVM's in-kernel PIT has a lost-tick policy; TCG's PIT just delays.
       else if (ctx.input.accel === 'kvm') argv.push('-global', `kvm-pit.lost_tick_policy=${tp}`);
       else if (tp === 'discard') ctx.warnings.push('spec.domain.clock.timer.pit.tickPolicy: discard has no effect under TCG');
@@ -737,7 +752,7 @@ function networkArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
       const port = readInt(pp.port, `${path}.ports[${k}].port`, c, 1, 65535);
       const proto = readStr(pp.protocol, `${path}.ports[${k}].protocol`, c) ?? 'TCP';
       readStr(pp.name, `${path}.ports[${k}].name`, c);
-      if (proto !== 'TCP' && proto !== 'UDP') c.value(`${path}.ports[${k}].protocol`, proto, ['TCP', 'UDP']);
+      if (!PORT_PROTOCOLS.includes(proto)) c.value(`${path}.ports[${k}].protocol`, proto, PORT_PROTOCOLS);
       if (port !== undefined) ports.push({ proto, port });
     });
     const macSpec = readStr(o.macAddress, `${path}.macAddress`, c);
@@ -901,7 +916,7 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
     const kind: 'disk' | 'cdrom' = targets[0] === 'cdrom' ? 'cdrom' : 'disk';
     const target = readObj(o[kind], `${path}.${kind}`, c) ?? {};
     const bus = readStr(target.bus, `${path}.${kind}.bus`, c) ?? defaultDiskBus('amd64');
-    const buses = kind === 'disk' ? ['virtio', 'sata', 'scsi'] : ['sata', 'scsi'];
+    const buses = SUPPORTED_DISK_BUSES[kind];
     if (!buses.includes(bus)) {
       if (kind === 'cdrom' && bus === 'virtio') c.invalid(`${path}.cdrom.bus`, bus, 'a cdrom cannot use the virtio bus; use sata or scsi');
       else c.value(`${path}.${kind}.bus`, bus, buses);
@@ -921,10 +936,10 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
 
     const cacheDefault = hostVol?.directIO === false ? 'writethrough' : 'none';
     const cache = readStr(o.cache, `${path}.cache`, c) ?? cacheDefault;
-    if (!['none', 'writethrough', 'writeback'].includes(cache)) c.value(`${path}.cache`, cache, ['none', 'writethrough', 'writeback']);
+    if (!CACHE_MODES.includes(cache)) c.value(`${path}.cache`, cache, CACHE_MODES);
     if (cache === 'none' && hostVol?.directIO === false) c.invalid(`${path}.cache`, cache, 'the volume is on a file system without O_DIRECT support (such as tmpfs)');
     const io = readStr(o.io, `${path}.io`, c);
-    if (io !== undefined && !['native', 'threads', 'default'].includes(io)) c.value(`${path}.io`, io, ['native', 'threads', 'default']);
+    if (io !== undefined && !IO_MODES.includes(io)) c.value(`${path}.io`, io, IO_MODES);
     if (io === 'native' && cache !== 'none') c.invalid(`${path}.io`, io, 'native I/O needs cache none');
     const serial = readStr(o.serial, `${path}.serial`, c);
     if (serial !== undefined && !/^[A-Za-z0-9_.+-]+$/.test(serial)) c.invalid(`${path}.serial`, serial, 'must consist of letters, digits or _.+-');

@@ -1,6 +1,7 @@
 /**
  * Admission and the argv builder must agree on which VMI fields Vessel implements (both use
- * VMI_SPEC_FIELDS from @vessel/api): a field admission accepts must not make the VM fail at start,
+ * VMI_SPEC_FIELDS from @vessel/api, and its lists of supported values where KubeVirt allows more):
+ * a field admission accepts must not make the VM fail at start,
  * and a field the builder refuses must be refused at admission, with a 422 cause naming it.
  * Checked for every field of the upstream VirtualMachineInstanceSpec schema, and for a table of
  * representative specs through admission's whole validation and the whole builder.
@@ -8,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
-import { findByKind, upstreamSchemas, validateObject, type FieldCause, type JsonSchema, type KubeObject } from '@vessel/api';
+import { findByKind, supportedValues, upstreamSchemas, validateObject, vmiSpecFieldPatterns, type FieldCause, type JsonSchema, type KubeObject, type SupportedValue } from '@vessel/api';
 import { parse } from 'yaml';
 import { buildQemuArgv, VmSpecError, type QemuInput } from './argv.ts';
 
@@ -27,7 +28,8 @@ interface Outcome {
   warnings: string[];
 }
 
-const isUnsupported = (c: FieldCause) => c.reason === 'FieldValueNotSupported' && /^Unsupported field|only false is supported/.test(c.message);
+/** Refused because Vessel does not implement it: a field, a false-only feature on, or a value. */
+const isUnsupported = (c: FieldCause) => c.reason === 'FieldValueNotSupported';
 const outcome = (causes: FieldCause[], warnings: string[], strip: string): Outcome => ({
   all: causes.map((c) => `${c.field}: ${c.message}`),
   unsupported: causes.filter(isUnsupported).map((c) => c.field.replace(strip, 'spec.')).sort(),
@@ -138,19 +140,50 @@ describe('admission and the argv builder agree on every upstream VMI field', () 
   test('refused by one exactly when refused by the other; never "accepted and ignored"', () => {
     const mismatches: string[] = [];
     let refused = 0;
+    const fieldLevel = (o: Outcome) => o.unsupported.filter((f) => o.all.some((c) => c.startsWith(`${f}: `) && /: (Unsupported field|Unsupported value: .*only false)/.test(c)));
     for (const f of list) {
       const spec = withField(f);
       const a = admit(spec);
       const b = build(spec);
       const v = admitVm(spec);
-      if (a.unsupported.length > 0) refused++;
+      if (a.all.length > 0) refused++;
       const where = f.path.join('.');
-      if (JSON.stringify(a.unsupported) !== JSON.stringify(b.unsupported)) mismatches.push(`${where}: admission ${JSON.stringify(a.unsupported)} vs argv ${JSON.stringify(b.unsupported)}`);
+      // The one list: the same fields refused as not implemented, by both, in VMIs and VM templates.
+      if (JSON.stringify(fieldLevel(a)) !== JSON.stringify(fieldLevel(b))) mismatches.push(`${where}: admission ${JSON.stringify(fieldLevel(a))} vs argv ${JSON.stringify(fieldLevel(b))}`);
       if (JSON.stringify(v.unsupported) !== JSON.stringify(a.unsupported)) mismatches.push(`${where}: VM template ${JSON.stringify(v.unsupported)} vs VMI ${JSON.stringify(a.unsupported)}`);
+      // Whatever the builder refuses as not supported (a field or a value), admission refuses there.
+      for (const u of b.unsupported) if (!a.all.some((c) => c.startsWith(`${u}: `))) mismatches.push(`${where}: argv refuses ${u}, admission accepts it`);
       for (const w of [...a.warnings, ...v.warnings]) if (/not implemented/.test(w)) mismatches.push(`${where}: warned: ${w}`);
     }
     assert.deepEqual(mismatches, []);
     assert.ok(refused > 100 && refused < list.length - 50, `${refused} of ${list.length} fields refused`);
+  });
+
+  test('every value a field lists is accepted by admission and built by the argv builder', () => {
+    const lists = vmiSpecFieldPatterns().filter((p) => !p.includes(' ('));
+    let checked = 0;
+    for (const pattern of lists) {
+      let vals: readonly SupportedValue[];
+      try {
+        vals = supportedValues(pattern);
+      } catch {
+        continue; // not a value list
+      }
+      const path = pattern.replaceAll('[]', '.[]').split('.');
+      for (const value of vals) {
+        const spec = withField({ path, value });
+        const field = `spec.${pattern.replaceAll('[]', '[0]')}`;
+        const a = admit(spec).all.filter((c) => c.startsWith(`${field}: `));
+        const b = build(spec).all.filter((c) => c.startsWith(`${field}: `));
+        assert.deepEqual([a, b], [[], []], `${pattern} = ${JSON.stringify(value)}`);
+        checked++;
+      }
+      const bad = withField({ path, value: typeof vals[0] === 'string' ? 'no-such-value' : vals[0] === true ? false : 7 });
+      const field = `spec.${pattern.replaceAll('[]', '[0]')}`;
+      assert.ok(admit(bad).all.some((c) => c.startsWith(`${field}: Unsupported value`)), `admission refuses a value outside ${pattern}`);
+      assert.ok(build(bad).all.some((c) => c.startsWith(`${field}: Unsupported value`)), `argv refuses a value outside ${pattern}`);
+    }
+    assert.ok(checked > 25, `${checked} values`);
   });
 });
 
@@ -177,6 +210,12 @@ const cases: Array<[string, Edit, string[]]> = [
   ['masquerade takes no options', (s) => { s.domain.devices.interfaces[0].masquerade = { foo: 1 }; }, ['spec.domain.devices.interfaces[0].masquerade.foo']],
   ['a zero CPU request counts as unset', (s) => { s.domain.resources = { requests: { memory: '128Mi', cpu: '0' } }; }, []],
   ['empty lists ask for nothing', (s) => { s.domain.devices.gpus = []; s.domain.devices.hostDevices = []; }, []],
+  // Values KubeVirt allows and Vessel does not: refused by both, at the value's field.
+  ['an arm64 guest', (s) => { s.architecture = 'arm64'; }, ['spec.architecture']],
+  ['a machine type QEMU has no such name for', (s) => { s.domain.machine = { type: 'isapc' }; }, ['spec.domain.machine.type']],
+  ['a RHEL machine type maps to q35', (s) => { s.domain.machine = { type: 'pc-q35-rhel9.2.0' }; }, []],
+  ['a USB disk', (s) => { s.domain.devices.disks[0].disk = { bus: 'usb' }; }, ['spec.domain.devices.disks[0].disk.bus']],
+  ['a SCSI cdrom', (s) => { s.domain.devices.disks[0] = { name: 'rootdisk', cdrom: { bus: 'scsi', readonly: true, tray: 'closed' } }; }, []],
 ];
 
 describe('representative specs: admission accepts exactly what the argv builder builds', () => {
@@ -191,6 +230,7 @@ describe('representative specs: admission accepts exactly what the argv builder 
       assert.equal(a.all.length === 0, b.all.length === 0, `admission: ${a.all.join('; ') || 'accepted'}\nargv: ${b.all.join('; ') || 'built'}`);
       for (const f of refused) assert.ok(a.all.some((c) => c.startsWith(`${f}: Unsupported`)), `admission names ${f}`);
       assert.deepEqual(a.warnings, []);
+      assert.deepEqual(admitVm(spec).unsupported, refused, 'the same as a VM template');
     });
   }
 });

@@ -8,13 +8,12 @@ import { duplicate, forbidden, invalid, notSupported, required } from '../errors
 import { validateAnnotations, validateLabels } from '../meta.ts';
 import { dns1123Label, dns1123Subdomain } from '../names.ts';
 import { tryParseQuantity } from '../quantity.ts';
-import { unsupportedVmiSpecFields } from '../support.ts';
+import { SUPPORTED_ARCHITECTURES, SUPPORTED_DISK_BUSES, SUPPORTED_MACHINE_TYPES, qemuMachineType, unsupportedVmiSpecFields } from '../support.ts';
 import type { KubeObject } from '../types.ts';
 import { validateDataVolumeSpec } from './cdi.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
 
 export const RUN_STRATEGIES = ['Always', 'RerunOnFailure', 'Manual', 'Halted', 'Once', 'WaitAsReceiver'] as const;
-export const DISK_BUSES = ['virtio', 'sata', 'scsi', 'usb'] as const;
 const VOLUME_SOURCES = [
   'cloudInitConfigDrive', 'cloudInitNoCloud', 'configMap', 'containerDisk', 'containerPath', 'dataVolume', 'downwardAPI',
   'downwardMetrics', 'emptyDisk', 'ephemeral', 'hostDisk', 'memoryDump', 'persistentVolumeClaim', 'secret', 'serviceAccount', 'sysprep',
@@ -37,7 +36,7 @@ export interface VmiSpecOptions {
  */
 function checkSupported(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
   const reported = new Set(ctx.causes.map((c) => c.field));
-  for (const c of unsupportedVmiSpecFields(spec, path, opts.old)) {
+  for (const c of unsupportedVmiSpecFields(spec, path, { old: opts.old, values: true })) {
     if (!reported.has(c.field) && !ctx.unknownFields?.has(c.field)) ctx.causes.push(c);
   }
 }
@@ -85,6 +84,8 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
   if (guest !== undefined && lim !== undefined && lim > 0 && guest > lim) {
     ctx.causes.push(invalid(`${path}.domain.memory.guest`, guestRaw, `must be less than or equal to the memory limit ${String(limRaw)} (${limField})`));
   }
+  const hugepages = obj(memory.hugepages);
+  if (hugepages && !str(hugepages.pageSize)) ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
   const hasMemory = (req ?? 0) > 0 || (lim ?? 0) > 0 || isSet(guestRaw) || isSet(memory.hugepages);
   if (!hasMemory && !opts.hasInstancetype) {
     ctx.causes.push(
@@ -172,6 +173,12 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
   const disksField = `${path}.domain.devices.disks`;
   const ifField = `${path}.domain.devices.interfaces`;
   checkSupported(spec, path, opts, ctx);
+  // Vessel's own limits ratchet like checkSupported: a stored value left as it was passes.
+  const changed = (at: Array<string | number>, value: unknown): boolean => {
+    let o: unknown = opts.old;
+    for (const k of at) o = typeof k === 'number' ? (Array.isArray(o) ? o[k] : undefined) : obj(o)?.[k];
+    return o !== value;
+  };
 
   // Volumes: unique names, exactly one source each.
   uniqueNames(volumes, `${path}.volumes`, 'volume', ctx);
@@ -206,11 +213,13 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     if (targets.length > 1) causes.push(invalid(`${disksField}[${i}]`, targets.join(', '), 'can only have a single target type defined: disk, cdrom or lun'));
     for (const t of targets) {
       const bus = str(obj(d[t])?.bus);
-      if (bus === undefined || bus === '') continue;
+      if (bus === undefined || bus === '' || t === 'lun') continue; // lun: refused as a field
       const busField = `${disksField}[${i}].${t}.bus`;
+      // Vessel's buses (SUPPORTED_DISK_BUSES), a subset of KubeVirt's (no usb).
+      const buses = SUPPORTED_DISK_BUSES[t === 'cdrom' ? 'cdrom' : 'disk'];
       if (bus === 'ide') causes.push(invalid(busField, bus, 'IDE bus is not supported; use sata'));
-      else if (!(DISK_BUSES as readonly string[]).includes(bus)) causes.push(notSupported(busField, bus, DISK_BUSES));
       else if (t === 'cdrom' && bus === 'virtio') causes.push(invalid(busField, bus, 'Bus type virtio is invalid for CD-ROM device; use sata or scsi'));
+      else if (!buses.includes(bus) && changed(['domain', 'devices', 'disks', i, t, 'bus'], bus)) causes.push(notSupported(busField, bus, buses));
       else if (t === 'disk' && bus === 'sata' && obj(d.disk)?.readonly === true) causes.push(invalid(busField, bus, 'sata hard-disks do not support read-only'));
     }
     if (typeof d.bootOrder === 'number' && d.bootOrder < 1) causes.push(invalid(`${disksField}[${i}].bootOrder`, d.bootOrder, 'must have a boot order > 0, if supplied'));
@@ -260,6 +269,10 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
       causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
     }
   }
+  const arch = str(spec.architecture);
+  if (arch && !SUPPORTED_ARCHITECTURES.includes(arch) && changed(['architecture'], arch)) causes.push(notSupported(`${path}.architecture`, arch, SUPPORTED_ARCHITECTURES));
+  const machine = str(obj(domain?.machine)?.type);
+  if (machine && !qemuMachineType(machine) && changed(['domain', 'machine', 'type'], machine)) causes.push(notSupported(`${path}.domain.machine.type`, machine, SUPPORTED_MACHINE_TYPES));
   const hostname = str(spec.hostname);
   if (hostname) for (const e of dns1123Label(hostname)) causes.push(invalid(`${path}.hostname`, hostname, e));
   const subdomain = str(spec.subdomain);
