@@ -151,6 +151,22 @@ export const SUPPORTED_DISK_BUSES: Readonly<Record<'disk' | 'cdrom', readonly st
 /** Machine types, as a Status lists them. */
 export const SUPPORTED_MACHINE_TYPES: readonly string[] = ['q35', 'pc', 'pc-q35-<version>', 'pc-i440fx-<version>'];
 
+/** The least guest memory QEMU is started with (smaller guests cannot boot). */
+export const MIN_GUEST_MEMORY = 16 * 2 ** 20;
+
+/**
+ * Why a firmware UUID or an interface MAC cannot be given to QEMU, or undefined when it can.
+ * Shared by admission and the argv builder, so a spec admitted is a spec QEMU takes.
+ */
+export function firmwareUuidProblem(uuid: string): string | undefined {
+  return /^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(uuid) ? undefined : 'must be a UUID (8-4-4-4-12 hex digits)';
+}
+export function macAddressProblem(mac: string): string | undefined {
+  if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(mac)) return 'must be a MAC address such as 02:00:00:00:00:01';
+  if ((parseInt(mac.slice(0, 2), 16) & 1) === 1) return 'must be a unicast address (lowest bit of the first octet clear)';
+  return undefined;
+}
+
 /**
  * The QEMU machine type for spec.domain.machine.type, or undefined when Vessel has none for it.
  * RHEL-only types (OpenShift manifests) map to upstream's latest of the same family, with a note.

@@ -260,6 +260,11 @@ test('values Vessel cannot run are refused at their field, with the supported on
   assert.match(at((s) => { s.domain.devices.interfaces[0].model = 'vmxnet3'; }, 'domain.devices.interfaces[0].model'), /^Unsupported value: "vmxnet3"/);
   assert.match(at((s) => { s.domain.clock = { utc: { offsetSeconds: 3600 } }; }, 'domain.clock.utc.offsetSeconds'), /^Unsupported value: 3600: supported values: "0"/);
   assert.match(at((s) => { s.domain.memory = { hugepages: {} }; }, 'domain.memory.hugepages.pageSize'), /^Required value/);
+  assert.match(at((s) => { s.domain.devices.interfaces[0].macAddress = '02:00:00:00:01'; }, 'domain.devices.interfaces[0].macAddress'), /must be a MAC address/);
+  assert.match(at((s) => { s.domain.devices.interfaces[0].macAddress = '01:00:5e:00:00:01'; }, 'domain.devices.interfaces[0].macAddress'), /must be a unicast address/);
+  assert.match(at((s) => { s.domain.firmware = { uuid: 'abc' }; }, 'domain.firmware.uuid'), /must be a UUID/);
+  assert.match(at((s) => { s.domain.resources.requests.memory = '8Mi'; }, 'domain.resources.requests.memory'), /must be at least 16Mi/);
+  assert.match(at((s) => { s.domain.memory = { guest: '15Mi' }; }, 'domain.memory.guest'), /must be at least 16Mi/);
   const ok: Any = fedoraVM();
   ok.spec.template.spec.domain.machine.type = 'pc-q35-rhel9.2.0';
   ok.spec.template.spec.domain.devices.disks[0].cache = 'writeback';

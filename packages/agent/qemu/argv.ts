@@ -24,6 +24,9 @@ import {
   defaultDiskBus,
   qemuMachineType,
   supportedValues,
+  MIN_GUEST_MEMORY,
+  firmwareUuidProblem,
+  macAddressProblem,
   tryParseQuantity,
   unsupportedVmiSpecFields,
   vmiSpecFieldPatterns,
@@ -330,8 +333,9 @@ export function buildQemuArgv(input: QemuInput): QemuArgv {
   const firmware = readObj(dom.firmware, 'spec.domain.firmware', c) ?? {};
   const uuid = readStr(firmware.uuid, 'spec.domain.firmware.uuid', c);
   if (uuid !== undefined) {
-    if (/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(uuid)) argv.push('-uuid', uuid.toLowerCase());
-    else c.invalid('spec.domain.firmware.uuid', uuid, 'must be a UUID (8-4-4-4-12 hex digits)');
+    const problem = firmwareUuidProblem(uuid);
+    if (problem) c.invalid('spec.domain.firmware.uuid', uuid, problem);
+    else argv.push('-uuid', uuid.toLowerCase());
   }
   argv.push('-msg', 'timestamp=on', '-nodefaults', '-no-user-config');
 
@@ -501,7 +505,7 @@ function memoryArgs(ctx: Ctx, dom: Obj, machineProps: MachineProps): { argv: str
     return { argv, hugepages: false };
   }
   const bytes = tryParseQuantity(q);
-  if (bytes === undefined || bytes < 16 * 2 ** 20) {
+  if (bytes === undefined || bytes < MIN_GUEST_MEMORY) {
     c.invalid(field, q, 'must be a quantity of at least 16Mi');
     return { argv, hugepages: false };
   }
@@ -758,8 +762,8 @@ function networkArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
     const macSpec = readStr(o.macAddress, `${path}.macAddress`, c);
     let mac: string | undefined;
     if (macSpec !== undefined) {
-      if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(macSpec)) c.invalid(`${path}.macAddress`, macSpec, 'must be a MAC address such as 02:00:00:00:00:01');
-      else if ((parseInt(macSpec.slice(0, 2), 16) & 1) === 1) c.invalid(`${path}.macAddress`, macSpec, 'must be a unicast address (lowest bit of the first octet clear)');
+      const problem = macAddressProblem(macSpec);
+      if (problem) c.invalid(`${path}.macAddress`, macSpec, problem);
       else mac = macSpec.toLowerCase().replaceAll('-', ':');
     }
     const bootOrder = readBootOrder(ctx, o.bootOrder, `${path}.bootOrder`);

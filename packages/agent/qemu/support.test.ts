@@ -215,6 +215,10 @@ const cases: Array<[string, Edit, string[]]> = [
   ['a machine type QEMU has no such name for', (s) => { s.domain.machine = { type: 'isapc' }; }, ['spec.domain.machine.type']],
   ['a RHEL machine type maps to q35', (s) => { s.domain.machine = { type: 'pc-q35-rhel9.2.0' }; }, []],
   ['a USB disk', (s) => { s.domain.devices.disks[0].disk = { bus: 'usb' }; }, ['spec.domain.devices.disks[0].disk.bus']],
+  // Syntax QEMU needs: checked by the same functions on both sides.
+  ['a multicast MAC', (s) => { s.domain.devices.interfaces[0].macAddress = '03:00:00:00:00:01'; }, []],
+  ['a firmware UUID QEMU cannot parse', (s) => { (s.domain.firmware as Obj).uuid = 'not-a-uuid'; }, []],
+  ['8Mi of memory', (s) => { s.domain.memory = { guest: '8Mi' }; }, []],
   ['a SCSI cdrom', (s) => { s.domain.devices.disks[0] = { name: 'rootdisk', cdrom: { bus: 'scsi', readonly: true, tray: 'closed' } }; }, []],
 ];
 

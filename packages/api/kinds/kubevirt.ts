@@ -8,7 +8,16 @@ import { duplicate, forbidden, invalid, notSupported, required } from '../errors
 import { validateAnnotations, validateLabels } from '../meta.ts';
 import { dns1123Label, dns1123Subdomain } from '../names.ts';
 import { tryParseQuantity } from '../quantity.ts';
-import { SUPPORTED_ARCHITECTURES, SUPPORTED_DISK_BUSES, SUPPORTED_MACHINE_TYPES, qemuMachineType, unsupportedVmiSpecFields } from '../support.ts';
+import {
+  MIN_GUEST_MEMORY,
+  SUPPORTED_ARCHITECTURES,
+  SUPPORTED_DISK_BUSES,
+  SUPPORTED_MACHINE_TYPES,
+  firmwareUuidProblem,
+  macAddressProblem,
+  qemuMachineType,
+  unsupportedVmiSpecFields,
+} from '../support.ts';
 import type { KubeObject } from '../types.ts';
 import { validateDataVolumeSpec } from './cdi.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
@@ -83,6 +92,17 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
   if (guest !== undefined && guest <= 0) ctx.causes.push(invalid(`${path}.domain.memory.guest`, guestRaw, 'must be greater than 0'));
   if (guest !== undefined && lim !== undefined && lim > 0 && guest > lim) {
     ctx.causes.push(invalid(`${path}.domain.memory.guest`, guestRaw, `must be less than or equal to the memory limit ${String(limRaw)} (${limField})`));
+  }
+  // The guest gets memory.guest, else the request, else the limit (the argv builder's order); QEMU
+  // is never started with less than MIN_GUEST_MEMORY. A stored value left as it was passes.
+  const [gField, gRaw, gPath] = isSet(guestRaw) ? [`${path}.domain.memory.guest`, guestRaw, ['memory', 'guest']]
+    : isSet(reqRaw) ? [reqField, reqRaw, ['resources', 'requests', 'memory']]
+    : [limField, limRaw, ['resources', 'limits', 'memory']];
+  const gBytes = tryParseQuantity(gRaw);
+  let oldG: unknown = obj(opts.old)?.domain;
+  for (const k of gPath) oldG = obj(oldG)?.[k];
+  if (gBytes !== undefined && gBytes < MIN_GUEST_MEMORY && oldG !== gRaw && !ctx.causes.some((c) => c.field === gField)) {
+    ctx.causes.push(invalid(gField, gRaw, 'must be at least 16Mi: Vessel starts no smaller guest'));
   }
   const hugepages = obj(memory.hugepages);
   if (hugepages && !str(hugepages.pageSize)) ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
@@ -252,6 +272,9 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
         causes.push(invalid(`${ifField}[${i}].name`, name, `${ifField}[${i}].name '${name}' not found: add a network named '${name}' to ${netField}`));
       }
     }
+    const mac = str(f.macAddress);
+    const macProblem = mac === undefined ? undefined : macAddressProblem(mac);
+    if (macProblem && changed(['domain', 'devices', 'interfaces', i, 'macAddress'], mac)) causes.push(invalid(`${ifField}[${i}].macAddress`, mac, macProblem));
     const bindings = INTERFACE_BINDINGS.filter((b) => isSet(f[b]));
     if (bindings.length > 1) causes.push(invalid(`${ifField}[${i}]`, bindings.join(', '), 'an interface can have only one binding method (e.g. masquerade or bridge)'));
   });
@@ -269,6 +292,9 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
       causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
     }
   }
+  const uuid = str(obj(domain?.firmware)?.uuid);
+  const uuidProblem = uuid === undefined ? undefined : firmwareUuidProblem(uuid);
+  if (uuidProblem && changed(['domain', 'firmware', 'uuid'], uuid)) causes.push(invalid(`${path}.domain.firmware.uuid`, uuid, uuidProblem));
   const arch = str(spec.architecture);
   if (arch && !SUPPORTED_ARCHITECTURES.includes(arch) && changed(['architecture'], arch)) causes.push(notSupported(`${path}.architecture`, arch, SUPPORTED_ARCHITECTURES));
   const machine = str(obj(domain?.machine)?.type);
