@@ -167,6 +167,21 @@ export function macAddressProblem(mac: string): string | undefined {
   return undefined;
 }
 
+/** A disk's custom logical or physical block size QEMU takes. */
+export function blockSizeProblem(n: number): string | undefined {
+  return n < 512 || n > 32768 || (n & (n - 1)) !== 0 ? 'must be a power of two from 512 to 32768' : undefined;
+}
+
+/** The pod network's vmNetworkCIDR a user-mode (slirp) network can use: IPv4, /8 to /29. */
+export function parseVmNetworkCidr(cidr: string): { octets: number[]; prefix: number } | undefined {
+  const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
+  if (!m) return undefined;
+  const octets = m.slice(1, 5).map(Number);
+  const prefix = Number(m[5]);
+  return octets.some((o) => o > 255) || prefix < 8 || prefix > 29 ? undefined : { octets, prefix };
+}
+export const VM_NETWORK_CIDR_PROBLEM = 'must be an IPv4 CIDR with a prefix length from 8 to 29';
+
 /**
  * The QEMU machine type for spec.domain.machine.type, or undefined when Vessel has none for it.
  * RHEL-only types (OpenShift manifests) map to upstream's latest of the same family, with a note.

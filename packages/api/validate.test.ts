@@ -265,6 +265,11 @@ test('values Vessel cannot run are refused at their field, with the supported on
   assert.match(at((s) => { s.domain.firmware = { uuid: 'abc' }; }, 'domain.firmware.uuid'), /must be a UUID/);
   assert.match(at((s) => { s.domain.resources.requests.memory = '8Mi'; }, 'domain.resources.requests.memory'), /must be at least 16Mi/);
   assert.match(at((s) => { s.domain.memory = { guest: '15Mi' }; }, 'domain.memory.guest'), /must be at least 16Mi/);
+  assert.match(at((s) => { s.domain.devices.disks[0].blockSize = { custom: { logical: 1000 } }; }, 'domain.devices.disks[0].blockSize.custom.logical'), /power of two/);
+  assert.match(at((s) => { s.networks[0].pod = { vmNetworkCIDR: '10.0.0.0/30' }; }, 'networks[0].pod.vmNetworkCIDR'), /prefix length from 8 to 29/);
+  assert.match(at((s) => { s.domain.devices.watchdog = { name: 'wd' }; }, 'domain.devices.watchdog.i6300esb'), /^Required value/);
+  assert.match(at((s) => { s.domain.firmware = { kernelBoot: { kernelArgs: 'console=ttyS0' } }; }, 'domain.firmware.kernelBoot.container'), /kernelArgs need a kernel container/);
+  assert.match(at((s) => { s.domain.firmware = { kernelBoot: { container: { image: 'k' } } }; }, 'domain.firmware.kernelBoot.container.kernelPath'), /^Required value/);
   const ok: Any = fedoraVM();
   ok.spec.template.spec.domain.machine.type = 'pc-q35-rhel9.2.0';
   ok.spec.template.spec.domain.devices.disks[0].cache = 'writeback';

@@ -27,6 +27,9 @@ import {
   MIN_GUEST_MEMORY,
   firmwareUuidProblem,
   macAddressProblem,
+  blockSizeProblem,
+  parseVmNetworkCidr,
+  VM_NETWORK_CIDR_PROBLEM,
   tryParseQuantity,
   unsupportedVmiSpecFields,
   vmiSpecFieldPatterns,
@@ -827,12 +830,11 @@ function userNetdev(ctx: Ctx, id: string, net: { cidr?: string }, forwards: Host
   let base = [10, 0, 2, 0];
   let prefix = 24;
   if (net.cidr !== undefined) {
-    const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(net.cidr);
-    const octets = m ? m.slice(1, 5).map(Number) : [];
-    const len = m ? Number(m[5]) : -1;
-    if (!m || octets.some((o) => o > 255) || len < 8 || len > 29) {
-      ctx.c.invalid(cidrField, net.cidr, 'must be an IPv4 CIDR with a prefix length from 8 to 29');
+    const parsed = parseVmNetworkCidr(net.cidr);
+    if (!parsed) {
+      ctx.c.invalid(cidrField, net.cidr, VM_NETWORK_CIDR_PROBLEM);
     } else {
+      const { octets, prefix: len } = parsed;
       const ip = octets.reduce((a, o) => a * 256 + o, 0);
       const netIp = Math.floor(ip / 2 ** (32 - len)) * 2 ** (32 - len);
       base = [netIp >>> 24, (netIp >>> 16) & 255, (netIp >>> 8) & 255, netIp & 255];
@@ -955,7 +957,8 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
     const custom = readObj(readObj(o.blockSize, `${path}.blockSize`, c)?.custom, `${path}.blockSize.custom`, c);
     const blockSize = (k: string): number | undefined => {
       const n = readInt(custom?.[k], `${path}.blockSize.custom.${k}`, c, 0, 2 ** 31);
-      if (n !== undefined && (n < 512 || n > 32768 || (n & (n - 1)) !== 0)) c.invalid(`${path}.blockSize.custom.${k}`, n, 'must be a power of two from 512 to 32768');
+      const problem = n === undefined ? undefined : blockSizeProblem(n);
+      if (problem) c.invalid(`${path}.blockSize.custom.${k}`, n, problem);
       return n;
     };
     const logical = blockSize('logical');

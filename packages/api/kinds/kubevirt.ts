@@ -11,6 +11,9 @@ import { tryParseQuantity } from '../quantity.ts';
 import {
   MIN_GUEST_MEMORY,
   SUPPORTED_ARCHITECTURES,
+  VM_NETWORK_CIDR_PROBLEM,
+  blockSizeProblem,
+  parseVmNetworkCidr,
   SUPPORTED_DISK_BUSES,
   SUPPORTED_MACHINE_TYPES,
   firmwareUuidProblem,
@@ -242,6 +245,12 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
       else if (!buses.includes(bus) && changed(['domain', 'devices', 'disks', i, t, 'bus'], bus)) causes.push(notSupported(busField, bus, buses));
       else if (t === 'disk' && bus === 'sata' && obj(d.disk)?.readonly === true) causes.push(invalid(busField, bus, 'sata hard-disks do not support read-only'));
     }
+    const custom = obj(obj(d.blockSize)?.custom);
+    for (const k of ['logical', 'physical']) {
+      const n = custom?.[k];
+      const problem = typeof n === 'number' ? blockSizeProblem(n) : undefined;
+      if (problem && changed(['domain', 'devices', 'disks', i, 'blockSize', 'custom', k], n)) causes.push(invalid(`${disksField}[${i}].blockSize.custom.${k}`, n, problem));
+    }
     if (typeof d.bootOrder === 'number' && d.bootOrder < 1) causes.push(invalid(`${disksField}[${i}].bootOrder`, d.bootOrder, 'must have a boot order > 0, if supplied'));
   });
 
@@ -259,6 +268,8 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     const types = ['pod', 'multus'].filter((t) => isSet(n[t]));
     if (types.length !== 1) causes.push(invalid(`${netField}[${i}]`, types.join(', ') || null, 'should have exactly one network type: pod or multus'));
     if (isSet(n.pod)) podNetworks++;
+    const cidr = str(obj(n.pod)?.vmNetworkCIDR);
+    if (cidr !== undefined && !parseVmNetworkCidr(cidr) && changed(['networks', i, 'pod', 'vmNetworkCIDR'], cidr)) causes.push(invalid(`${netField}[${i}].pod.vmNetworkCIDR`, cidr, VM_NETWORK_CIDR_PROBLEM));
   });
   if (podNetworks > 1) causes.push(invalid(netField, podNetworks, 'more than one pod network is not allowed'));
   const seenIfs = new Set<string>();
@@ -291,6 +302,16 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     if (bootloader && isSet(bootloader.bios) && isSet(bootloader.efi)) {
       causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
     }
+  }
+  // A watchdog needs its model; a kernel boot needs the kernel's path in its container, and
+  // kernel arguments need a kernel (the argv builder's requirements).
+  const watchdog = obj(devices.watchdog);
+  if (watchdog && !isSet(watchdog.i6300esb) && !isSet(watchdog.diag288)) causes.push(required(`${path}.domain.devices.watchdog.i6300esb`, 'a watchdog model (i6300esb)'));
+  const kernelBoot = obj(obj(domain?.firmware)?.kernelBoot);
+  if (kernelBoot) {
+    const container = obj(kernelBoot.container);
+    if (!container && isSet(kernelBoot.kernelArgs)) causes.push(required(`${path}.domain.firmware.kernelBoot.container`, 'kernelArgs need a kernel container'));
+    if (container && !str(container.kernelPath)) causes.push(required(`${path}.domain.firmware.kernelBoot.container.kernelPath`, 'the kernel path in the container image'));
   }
   const uuid = str(obj(domain?.firmware)?.uuid);
   const uuidProblem = uuid === undefined ? undefined : firmwareUuidProblem(uuid);
