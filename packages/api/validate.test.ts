@@ -290,6 +290,15 @@ test('updates: a refused field the stored object already had, unchanged, is not 
   assert.deepEqual(changed, ['spec.template.spec.domain.devices.gpus', 'spec.template.spec.domain.machine.type']);
   const vmi: Any = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'x', namespace: 'default' }, spec: structuredClone(old.spec.template.spec) };
   causeAt(run(VMI, vmi).causes, 'spec.domain.devices.gpus');
+  // A VM stored with a negative CPU before admission checked it can still be updated (and have
+  // its status written); changing the CPU makes it checked again.
+  const neg: Any = fedoraVM();
+  neg.spec.template.spec.domain.resources.requests.cpu = '-1';
+  const negNext: Any = structuredClone(neg);
+  negNext.metadata.labels.tier = 'gold';
+  assert.deepEqual(run(VM, negNext, {}, 'update', neg).causes, []);
+  negNext.spec.template.spec.domain.resources.requests.cpu = '-2';
+  causeAt(run(VM, negNext, {}, 'update', neg).causes, 'spec.template.spec.domain.resources.requests.cpu');
   const vmiNext: Any = structuredClone(vmi);
   vmiNext.metadata.labels = { a: 'b' };
   assert.deepEqual(run(VMI, vmiNext, {}, 'update', vmi).causes, []);

@@ -11,13 +11,13 @@ import { tryParseQuantity } from '../quantity.ts';
 import {
   MIN_GUEST_MEMORY,
   SUPPORTED_ARCHITECTURES,
-  VM_NETWORK_CIDR_PROBLEM,
-  blockSizeProblem,
-  parseVmNetworkCidr,
   SUPPORTED_DISK_BUSES,
   SUPPORTED_MACHINE_TYPES,
+  VM_NETWORK_CIDR_PROBLEM,
+  blockSizeProblem,
   firmwareUuidProblem,
   macAddressProblem,
+  parseVmNetworkCidr,
   qemuMachineType,
   unsupportedVmiSpecFields,
 } from '../support.ts';
@@ -108,7 +108,7 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
     ctx.causes.push(invalid(gField, gRaw, 'must be at least 16Mi: Vessel starts no smaller guest'));
   }
   const hugepages = obj(memory.hugepages);
-  if (hugepages && !str(hugepages.pageSize)) ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
+  if (hugepages && !str(hugepages.pageSize) && !jsonEqual(hugepages, obj(obj(obj(opts.old)?.domain)?.memory)?.hugepages)) ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
   const hasMemory = (req ?? 0) > 0 || (lim ?? 0) > 0 || isSet(guestRaw) || isSet(memory.hugepages);
   if (!hasMemory && !opts.hasInstancetype) {
     ctx.causes.push(
@@ -126,8 +126,11 @@ export const MAX_VCPUS = 255;
  * in KubeVirt's API) must not be negative and must stay within MAX_VCPUS. (Without a topology the
  * argv builder caps the vCPUs a CPU quantity asks for at MAX_VCPUS.)
  */
-function checkCpu(spec: Obj, path: string, ctx: SemanticContext): void {
+function checkCpu(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
   const domain = obj(spec.domain) ?? {};
+  // Ratchets like the rest: a VM stored with `cpu: "-1"` before this check can still be updated.
+  const oldDomain = obj(obj(opts.old)?.domain);
+  if (oldDomain && jsonEqual(oldDomain.cpu, domain.cpu) && jsonEqual(oldDomain.resources, domain.resources)) return;
   const resources = obj(domain.resources) ?? {};
   const reqField = `${path}.domain.resources.requests.cpu`;
   const limField = `${path}.domain.resources.limits.cpu`;
@@ -200,7 +203,7 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
   const changed = (at: Array<string | number>, value: unknown): boolean => {
     let o: unknown = opts.old;
     for (const k of at) o = typeof k === 'number' ? (Array.isArray(o) ? o[k] : undefined) : obj(o)?.[k];
-    return o !== value;
+    return !jsonEqual(o, value);
   };
 
   // Volumes: unique names, exactly one source each.
@@ -297,7 +300,7 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
 
   if (domain) {
     checkMemory(spec, path, opts, ctx);
-    checkCpu(spec, path, ctx);
+    checkCpu(spec, path, opts, ctx);
     const bootloader = obj(obj(domain.firmware)?.bootloader);
     if (bootloader && isSet(bootloader.bios) && isSet(bootloader.efi)) {
       causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
@@ -306,9 +309,9 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
   // A watchdog needs its model; a kernel boot needs the kernel's path in its container, and
   // kernel arguments need a kernel (the argv builder's requirements).
   const watchdog = obj(devices.watchdog);
-  if (watchdog && !isSet(watchdog.i6300esb) && !isSet(watchdog.diag288)) causes.push(required(`${path}.domain.devices.watchdog.i6300esb`, 'a watchdog model (i6300esb)'));
+  if (watchdog && !isSet(watchdog.i6300esb) && !isSet(watchdog.diag288) && changed(['domain', 'devices', 'watchdog'], watchdog)) causes.push(required(`${path}.domain.devices.watchdog.i6300esb`, 'a watchdog model (i6300esb)'));
   const kernelBoot = obj(obj(domain?.firmware)?.kernelBoot);
-  if (kernelBoot) {
+  if (kernelBoot && changed(['domain', 'firmware', 'kernelBoot'], kernelBoot)) {
     const container = obj(kernelBoot.container);
     if (!container && isSet(kernelBoot.kernelArgs)) causes.push(required(`${path}.domain.firmware.kernelBoot.container`, 'kernelArgs need a kernel container'));
     if (container && !str(container.kernelPath)) causes.push(required(`${path}.domain.firmware.kernelBoot.container.kernelPath`, 'the kernel path in the container image'));
