@@ -76,6 +76,59 @@ describe('API server semantics', () => {
     assert.equal(await exists(c, VM, 'bad2'), false);
   });
 
+  it('refuses a negative CPU as it refuses negative memory: 422 naming the field, on create and on patch', async () => {
+    type Domain = { resources: { requests: Record<string, unknown> }; cpu?: Record<string, unknown> };
+    const withDomain = (name: string, edit: (d: Domain) => void) => {
+      const o = vm(name);
+      edit((o.spec as { template: { spec: { domain: Domain } } }).template.spec.domain);
+      return o;
+    };
+    const T = 'spec.template.spec.domain';
+    for (const [name, edit, field] of [
+      ['neg-mem', (d: Domain) => { d.resources.requests.memory = '-1Gi'; }, `${T}.resources.requests.memory`],
+      ['neg-cpu', (d: Domain) => { d.resources.requests.cpu = '-1'; }, `${T}.resources.requests.cpu`],
+      ['neg-limit', (d: Domain) => { (d.resources as Record<string, unknown>).limits = { cpu: '-2' }; }, `${T}.resources.limits.cpu`],
+      ['neg-cores', (d: Domain) => { d.cpu = { cores: -1 }; }, `${T}.cpu.cores`],
+    ] as const) {
+      const err = await rejects(c.create(VM, withDomain(name, edit)), 422);
+      assert.equal(err.reason, 'Invalid');
+      const cause = err.causes.find((x) => x.field === field);
+      assert.ok(cause, `${name}: ${JSON.stringify(err.causes)}`);
+      assert.match(cause.message ?? '', /must be greater than or equal to 0/);
+      assert.equal(await exists(c, VM, name), false);
+    }
+    await c.create(VM, withDomain('cpu-ok', (d) => { d.resources.requests.cpu = '500m'; }));
+    await rejects(c.patch(VM, 'cpu-ok', { spec: { template: { spec: { domain: { resources: { requests: { cpu: '-1' } } } } } } }), 422, /requests\.cpu/);
+    const kept = await c.get(VM, 'cpu-ok');
+    assert.equal((kept.spec as { template: { spec: { domain: Domain } } }).template.spec.domain.resources.requests.cpu, '500m', 'the refused patch changed nothing');
+  });
+
+  it('refuses VMI fields the VM could not start with (422 naming them); implemented ones pass without a warning', async () => {
+    const warnings: string[] = [];
+    const w = new Client(c.config, { onWarning: (m) => warnings.push(m) });
+    type Spec = { domain: Record<string, unknown> & { devices: Record<string, unknown> }; networks?: unknown[] };
+    const withSpec = (name: string, edit: (s: Spec) => void) => {
+      const o = vm(name);
+      edit((o.spec as { template: { spec: Spec } }).template.spec);
+      return o;
+    };
+    const err = await rejects(w.create(VM, withSpec('pci', (s) => {
+      s.domain.devices.interfaces = [{ name: 'default', masquerade: {}, pciAddress: '0000:81:00.1' }];
+      s.networks = [{ name: 'default', pod: {} }];
+      s.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL' }];
+    })), 422);
+    assert.deepEqual(err.causes.map((x) => [x.field, x.reason]), [
+      ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported'],
+      ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported'],
+    ]);
+    assert.equal(await exists(c, VM, 'pci'), false);
+    await w.create(VM, withSpec('clocked', (s) => {
+      s.domain.clock = { timezone: 'Europe/Berlin' };
+      s.domain.devices.watchdog = { name: 'wd', i6300esb: { action: 'reset' } };
+    }));
+    assert.deepEqual(warnings, []);
+  });
+
   it('enforces resourceVersion preconditions', async () => {
     const cur = await c.get(VM, 'a1');
     const stale = structuredClone(cur);

@@ -143,6 +143,28 @@ describe('runStrategy', () => {
     for (const n of ['always', 'rerun', 'manual']) await v.client.delete(VM, n, { namespace: ns });
   });
 
+  test('Once boots the guest one time; after it powers itself off the VM stays stopped', async () => {
+    // Long enough after boot that Running is seen before the guest goes away.
+    const userData = '#!/bin/sh\nsleep 4\necho once-powering-off\npoweroff\n';
+    await v.client.create(VM, tinyVm('once', { runStrategy: 'Once', userData }), { namespace: ns });
+    await until('once', 'Running');
+    const uid = (await v.client.get(VMI, 'once', { namespace: ns })).metadata!.uid;
+    await serialHas('once', 'VESSEL-GUEST-READY');
+    await serialHas('once', 'once-powering-off');
+    await until('once', 'Stopped', 120_000);
+    // Time for a restart to happen if one were coming.
+    await new Promise((r) => setTimeout(r, 5000));
+    const vmi = await v.client.get(VMI, 'once', { namespace: ns });
+    assert.equal(vmi.metadata!.uid, uid, 'the one VMI is kept, not replaced');
+    assert.equal(status(vmi).phase, 'Succeeded');
+    assert.equal(await vmStatus('once'), 'Stopped');
+    const text = await serial('once');
+    assert.equal(count(text, 'VESSEL-GUEST-READY'), 1, 'the guest booted once');
+    assert.equal(count(text, 'once-powering-off'), 1);
+    assert.match((await vessel('start', 'once')).err, /runStrategy Once does not support manual start requests/);
+    await v.client.delete(VM, 'once', { namespace: ns });
+  });
+
   test('RerunOnFailure restarts a VM whose QEMU dies; Halted stays down', async () => {
     await v.client.create(VM, tinyVm('crashy', { runStrategy: 'RerunOnFailure' }), { namespace: ns });
     await v.client.create(VM, tinyVm('halted', { runStrategy: 'Halted' }), { namespace: ns });
@@ -172,6 +194,24 @@ describe('why a VM is not running', () => {
     await v.client.patch(VM, 'greedy', { spec: { template: { spec: { domain: { resources: { requests: { memory: '128Mi' } } } } } } }, { namespace: ns });
     await until('greedy', 'Running');
     await v.client.delete(VM, 'greedy', { namespace: ns });
+  });
+
+  test('a template that makes no valid VMI: Stopped, and Ready says why, until it is fixed', async () => {
+    // The VM passes admission (its instancetype could give the memory; Vessel warns that it
+    // ignores instancetypes), but the VMI it would make has no memory and is refused.
+    const vm = tinyVm('typeless') as { spec: { instancetype?: Obj; template: { spec: { domain: Obj } } } };
+    vm.spec.instancetype = { name: 'u1.small' };
+    delete vm.spec.template.spec.domain.resources;
+    await v.client.create(VM, vm, { namespace: ns });
+    const ready = await eventually('the FailedCreate condition', async () => {
+      const c = status(await v.client.get(VM, 'typeless', { namespace: ns })).conditions?.find((x) => x.type === 'Ready');
+      return c?.reason === 'FailedCreate' ? c : undefined;
+    }, 60_000);
+    assert.match(ready.message ?? '', /spec\.domain\.resources\.requests\.memory/);
+    assert.equal(await vmStatus('typeless'), 'Stopped');
+    await v.client.patch(VM, 'typeless', { spec: { instancetype: null, template: { spec: { domain: { resources: { requests: { memory: '128Mi' } } } } } } }, { namespace: ns });
+    await until('typeless', 'Running');
+    await v.client.delete(VM, 'typeless', { namespace: ns });
   });
 
   test('a missing DataVolume: ErrorDataVolumeNotFound, then Running once it exists', async () => {

@@ -19,7 +19,26 @@ export { applyDefaults, applyVmiSpecDefaults, defaultDiskBus, firmwareUUID, uuid
 export { openApiV2, openApiV3, openApiV3Hash, openApiV3Index, openApiV3Path, type OpenApiDocument } from './openapi.ts';
 export { parseQuantity, tryParseQuantity } from './quantity.ts';
 export { ApiError, ErrorCode, Reason, invalidObjectMessage } from './errors.ts';
-export { SUPPORTED_FIELDS, VMI_SPEC_SUPPORTED, DV_SPEC_SUPPORTED } from './support.ts';
+export {
+  SUPPORTED_FIELDS,
+  DV_SPEC_SUPPORTED,
+  VMI_SPEC_FIELDS,
+  SUPPORTED_ARCHITECTURES,
+  SUPPORTED_DISK_BUSES,
+  SUPPORTED_MACHINE_TYPES,
+  qemuMachineType,
+  supportedValues,
+  MIN_GUEST_MEMORY,
+  firmwareUuidProblem,
+  macAddressProblem,
+  blockSizeProblem,
+  parseVmNetworkCidr,
+  VM_NETWORK_CIDR_PROBLEM,
+  unsupportedVmiSpecFields,
+  vmiSpecFieldPatterns,
+  type FieldSupport,
+  type SupportedValue,
+} from './support.ts';
 export { upstreamSchemas, type JsonSchema } from './schemas.ts';
 export * as storage from './storage.ts';
 export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type EmbeddedMeta } from './reserved.ts';

@@ -5,7 +5,8 @@
  *  2. metadata (name per the kind's rule, labels, annotations);
  *  3. kind semantics (kinds/*.ts), following the upstream webhooks.
  * The structural walk also splits "upstream has it" from "Vessel implements it" (support.ts): the
- * former is accepted with a warning. Schemas are compiled once; the walk allocates little.
+ * former is accepted with a warning, except in VMI specs, where kinds/kubevirt.ts refuses it.
+ * Schemas are compiled once; the walk allocates little.
  */
 import { invalid, notSupported, required } from './errors.ts';
 import { apiVersionOf, schemaNameFor } from './kinds.ts';
@@ -76,6 +77,8 @@ interface WalkContext {
    * custom resources (KubeVirt, CDI) the CRD/webhook form ("resources.requests.memory").
    */
   dotKeys: boolean;
+  /** Paths of unknown fields, so the kind semantics do not report them a second time. */
+  unknown: Set<string>;
 }
 
 function jsonType(v: unknown): string {
@@ -184,6 +187,7 @@ function walkObject(node: ObjectNode, o: Record<string, unknown>, path: string, 
 }
 
 function unknownField(ctx: WalkContext, o: Record<string, unknown>, key: string, path: string): void {
+  ctx.unknown.add(path);
   switch (ctx.fieldValidation) {
     case 'Strict':
       ctx.causes.push({
@@ -224,6 +228,7 @@ export function validateObject(
     fieldValidation,
     prune: opts.pruneUnknown && fieldValidation !== 'Strict' ? [] : null,
     dotKeys: info.group !== '' && !info.group.endsWith('.k8s.io'),
+    unknown: new Set(),
   };
 
   const apiVersion = apiVersionOf(info);
@@ -273,7 +278,7 @@ export function validateObject(
 
   const semantic = SEMANTIC[`${info.group}/${info.kind}`];
   if (semantic) {
-    const sctx: SemanticContext = { op, old, causes, warnings };
+    const sctx: SemanticContext = { op, old, causes, warnings, unknownFields: wctx.unknown };
     semantic(obj, sctx);
   }
 

@@ -26,7 +26,7 @@ interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
 export const TEMPLATE_HASH = 'vessel.io/template-hash';
 /** On a VM, then its next VMI: the guest memory file that start resumes from (a restore with memory). */
 export const RESUME_MEMORY = 'vessel.io/resume-memory';
-/** On a VM with runStrategy Once: the uid of the VMI that was its one run. */
+/** On a VM with runStrategy Once: it has made its one VMI, so it never makes another by itself. */
 export const ONCE_RAN = 'vessel.io/once-ran';
 const FINAL = new Set(['Succeeded', 'Failed']);
 /** A VMI that ran this long before failing resets the crash-loop count. */
@@ -115,7 +115,8 @@ export class VirtualMachineController extends Controller {
       case 'Always': want = true; break;
       case 'Halted': want = false; break;
       case 'RerunOnFailure': want = wantStart || !(vmi && phaseOf(vmi) === 'Succeeded'); break;
-      case 'Once': want = !(vm.metadata.annotations as Record<string, string> | undefined)?.[ONCE_RAN]; break;
+      // Once: the VMI it made runs until it ends; none is made again (a restart's Start request aside).
+      case 'Once': want = wantStart || (vmi ? !!alive : !(vm.metadata.annotations as Record<string, string> | undefined)?.[ONCE_RAN]); break;
       case 'Manual': want = wantStart || !!alive; break;
     }
 
@@ -147,7 +148,14 @@ export class VirtualMachineController extends Controller {
     // Start: only once every disk is ready.
     const blocked = this.volumeProblem(vm, namespace!);
     if (blocked) return this.writeStatus(vm, undefined, blocked.status, blocked);
-    await this.createVmi(vm);
+    try {
+      await this.createVmi(vm);
+    } catch (e) {
+      // A template admission refuses (a field refused since the VM was stored) cannot start
+      // until it is edited, and the edit brings the VM back here: say why, without retrying.
+      if (!isStatusError(e, 'Invalid')) throw e;
+      return this.writeStatus(vm, undefined, 'Stopped', { reason: 'FailedCreate', message: e.message });
+    }
     if (wantStart) await this.setRequests(vm, requests.slice(1));
     if (strategy === 'Once') await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace });
   }

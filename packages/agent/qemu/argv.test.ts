@@ -193,6 +193,20 @@ test('the virtio-scsi controller for hotplugged disks: always there, first, unle
   assert.deepEqual(controllers(buildQemuArgv({ ...input, vmi: { ...input.vmi, spec } })), ['virtio-scsi-pci,id=scsi0'], 'a scsi disk still needs it');
 });
 
+test('vCPUs from CPU quantities: a zero one counts as unset (as in KubeVirt), a negative one is refused', () => {
+  const input = inputOf(loadCase('minimal'));
+  const smp = (resources: Record<string, unknown>) => {
+    const spec = structuredClone(input.vmi.spec);
+    spec.domain.resources = resources;
+    const argv = buildQemuArgv({ ...input, vmi: { ...input.vmi, spec } }).argv;
+    return argv[argv.indexOf('-smp') + 1];
+  };
+  assert.equal(smp({ requests: { memory: '128Mi', cpu: '0' } }), '1,sockets=1,cores=1,threads=1');
+  assert.equal(smp({ requests: { memory: '128Mi', cpu: '3' }, limits: { cpu: '0' } }), '3,sockets=3,cores=1,threads=1');
+  assert.equal(smp({ requests: { memory: '128Mi', cpu: '1500m' }, limits: { cpu: 2 } }), '2,sockets=2,cores=1,threads=1');
+  assert.throws(() => smp({ requests: { memory: '128Mi', cpu: '-1' } }), (e: unknown) => e instanceof VmSpecError && e.causes[0].field === 'spec.domain.resources.requests.cpu');
+});
+
 test('a disk and an interface with the same name would share a device id', () => {
   const input = inputOf(loadCase('minimal'));
   const spec = structuredClone(input.vmi.spec);

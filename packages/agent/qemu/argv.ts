@@ -4,9 +4,10 @@
  * qemu-system-x86_64 arguments out. No file system, clock or randomness: the same input always
  * gives the same argv, and the golden files in testdata/ pin it down.
  *
- * Only fields on an explicit allow list (SPEC_ALLOW) pass; every other field set in the spec, and
- * every value the builder cannot honour, becomes a cause with its field path in one VmSpecError,
- * so a user sees all problems at once and nothing is silently ignored.
+ * Only fields on the allow list pass (VMI_SPEC_FIELDS in @vessel/api, which admission refuses every
+ * other field by); every other field set in the spec, and every value the builder cannot honour,
+ * becomes a cause with its field path in one VmSpecError, so a user sees all problems at once and
+ * nothing is silently ignored.
  *
  * Left to the process layer (not emitted here): the binary itself, -qmp, -pidfile, -daemonize,
  * -vnc, the chardevs and -no-shutdown. The devices emitted here refer to chardevs by fixed ids,
@@ -15,7 +16,25 @@
  */
 import { createHash } from 'node:crypto';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { Reason, defaultDiskBus, tryParseQuantity, type FieldCause } from '@vessel/api';
+import {
+  Reason,
+  SUPPORTED_ARCHITECTURES,
+  SUPPORTED_DISK_BUSES,
+  SUPPORTED_MACHINE_TYPES,
+  defaultDiskBus,
+  qemuMachineType,
+  supportedValues,
+  MIN_GUEST_MEMORY,
+  firmwareUuidProblem,
+  macAddressProblem,
+  blockSizeProblem,
+  parseVmNetworkCidr,
+  VM_NETWORK_CIDR_PROBLEM,
+  tryParseQuantity,
+  unsupportedVmiSpecFields,
+  vmiSpecFieldPatterns,
+  type FieldCause,
+} from '@vessel/api';
 
 /** A volume the agent made available on this node (disk image, block device or seed ISO). */
 export interface QemuVolume {
@@ -100,140 +119,12 @@ export const SERIAL_CHARDEV_ID = 'serial0';
 /** Chardev id of the guest agent channel (org.qemu.guest_agent.0), defined by the process layer. */
 export const GUEST_AGENT_CHARDEV_ID = 'qga0';
 
-// ---------------------------------------------------------------------------------------------
-// The allow list. L: any value, read and checked by the builder below. F: accepted only when
-// false (the feature stays off). An object lists its allowed keys; '[]' describes list items.
-
-const L = 'leaf';
-const F = 'false-only';
-type Allow = typeof L | typeof F | { readonly [key: string]: Allow };
-
-const PVC_REF: Allow = { claimName: L, readOnly: L };
-const CLOUD_INIT: Allow = {
-  // Rendered into the seed ISO by the agent (cloudinit.ts); the disk here is just that ISO.
-  userData: L,
-  userDataBase64: L,
-  secretRef: { name: L },
-  networkData: L,
-  networkDataBase64: L,
-  networkDataSecretRef: { name: L },
-};
-
-const SPEC_ALLOW: Allow = {
-  architecture: L,
-  hostname: L, // the DHCP hostname on user networks; cloud-init and DNS use it elsewhere
-  subdomain: L, // DNS records: the controllers' business, not QEMU's
-  nodeSelector: L, // scheduler
-  affinity: L, // scheduler
-  tolerations: L, // scheduler
-  terminationGracePeriodSeconds: L, // the agent's stop sequence
-  evictionStrategy: L, // controllers
-  domain: {
-    cpu: {
-      cores: L,
-      sockets: L,
-      threads: L,
-      model: L,
-      features: { '[]': { name: L, policy: L } },
-      dedicatedCpuPlacement: F,
-      isolateEmulatorThread: F,
-    },
-    memory: { guest: L, hugepages: { pageSize: L } },
-    resources: { requests: { cpu: L, memory: L }, limits: { cpu: L, memory: L } },
-    machine: { type: L },
-    firmware: {
-      uuid: L,
-      serial: L,
-      // efi.persistent: the agent keeps (or recreates) this VM's ovmfVars copy across restarts.
-      bootloader: { bios: { useSerial: L }, efi: { secureBoot: L, persistent: L } },
-      kernelBoot: {
-        kernelArgs: L,
-        container: { image: L, imagePullPolicy: L, imagePullSecret: L, kernelPath: L, initrdPath: L },
-      },
-    },
-    features: { acpi: { enabled: L }, apic: { enabled: L, endOfInterrupt: F }, smm: { enabled: L } },
-    clock: {
-      utc: { offsetSeconds: L },
-      timezone: L,
-      timer: { hpet: { present: L }, rtc: { present: L, tickPolicy: L }, pit: { present: L, tickPolicy: L } },
-    },
-    chassis: { manufacturer: L, version: L, serial: L, asset: L, sku: L },
-    devices: {
-      disks: {
-        '[]': {
-          name: L,
-          bootOrder: L,
-          cache: L,
-          io: L,
-          serial: L,
-          errorPolicy: L,
-          shareable: L,
-          dedicatedIOThread: F,
-          changedBlockTracking: F,
-          disk: { bus: L, readonly: L },
-          cdrom: { bus: L, readonly: L, tray: L },
-          blockSize: { custom: { logical: L, physical: L, discardGranularity: L } },
-        },
-      },
-      interfaces: {
-        '[]': {
-          name: L,
-          model: L,
-          macAddress: L,
-          bootOrder: L,
-          ports: { '[]': { name: L, port: L, protocol: L } }, // the agent derives hostForwards from them
-          masquerade: {},
-          bridge: {},
-        },
-      },
-      inputs: { '[]': { name: L, type: L, bus: L } },
-      rng: {},
-      watchdog: { name: L, i6300esb: { action: L } },
-      video: { type: L },
-      autoattachPodInterface: L, // applied by API defaulting
-      autoattachGraphicsDevice: L,
-      autoattachSerialConsole: L,
-      autoattachMemBalloon: L,
-      autoattachInputDevice: L,
-      autoattachVSOCK: F,
-      logSerialConsole: L,
-      blockMultiQueue: L,
-      networkInterfaceMultiqueue: L,
-      useVirtioTransitional: L,
-      disableHotplug: L, // true: no virtio-scsi controller for hotplugged disks (unless a scsi disk needs one)
-    },
-  },
-  networks: { '[]': { name: L, pod: { vmNetworkCIDR: L }, multus: { networkName: L, default: L } } },
-  volumes: {
-    '[]': {
-      name: L,
-      containerDisk: { image: L, imagePullPolicy: L, imagePullSecret: L, path: L },
-      // Hotpluggable volumes present at start are plugged like any other; the agent's hotplug
-      // (vms/hotplug.ts) attaches and detaches the ones added or removed while the VM runs.
-      dataVolume: { name: L, hotpluggable: L },
-      persistentVolumeClaim: { claimName: L, readOnly: L, hotpluggable: L },
-      ephemeral: { persistentVolumeClaim: PVC_REF },
-      emptyDisk: { capacity: L },
-      cloudInitNoCloud: CLOUD_INIT,
-      cloudInitConfigDrive: CLOUD_INIT,
-    },
-  },
-};
-
-/** The spec fields the builder accepts, as patterns ("domain.devices.disks[].cache"). */
+/**
+ * The spec fields the builder accepts, as patterns ("domain.devices.disks[].cache"): the allow list
+ * is @vessel/api's VMI_SPEC_FIELDS, the one admission refuses everything else by.
+ */
 export function supportedSpecFields(): string[] {
-  const out: string[] = [];
-  const visit = (a: Allow, prefix: string): void => {
-    if (typeof a === 'string') {
-      out.push(a === F ? `${prefix} (false only)` : prefix);
-      return;
-    }
-    const keys = Object.keys(a);
-    if (keys.length === 0) out.push(`${prefix} ({} only)`);
-    for (const k of keys) visit(a[k], k === '[]' ? `${prefix}[]` : prefix ? `${prefix}.${k}` : k);
-  };
-  visit(SPEC_ALLOW, '');
-  return out;
+  return vmiSpecFieldPatterns();
 }
 
 type Obj = Record<string, unknown>;
@@ -254,10 +145,6 @@ class Causes {
     this.seen.add(key);
     this.list.push({ reason, field, message });
   }
-  /** A field Vessel does not implement. */
-  field(field: string, detail = 'not supported by Vessel yet'): void {
-    this.add(Reason.NotSupported, field, `Unsupported field: ${detail}`);
-  }
   /** A value outside what Vessel implements. */
   value(field: string, value: unknown, supported: readonly string[] | string): void {
     const tail = typeof supported === 'string' ? supported : `supported values: ${supported.map((s) => JSON.stringify(s)).join(', ')}`;
@@ -271,30 +158,6 @@ class Causes {
   }
   duplicate(field: string, value: unknown, detail?: string): void {
     this.add(Reason.Duplicate, field, `Duplicate value: ${fmt(value)}${detail ? `: ${detail}` : ''}`);
-  }
-}
-
-/** Kubernetes field path of a map key: .key when it is an identifier, else [key]. */
-const keyPath = (path: string, key: string): string => (/^[A-Za-z_][A-Za-z0-9_]*$/.test(key) ? `${path}.${key}` : `${path}[${key}]`);
-
-function walk(value: unknown, allow: Allow, path: string, causes: Causes): void {
-  if (!isSet(value) || allow === L) return;
-  if (allow === F) {
-    if (value !== false) causes.value(path, value, 'only false is supported by Vessel yet');
-    return;
-  }
-  const items = allow['[]'];
-  if (items !== undefined) {
-    if (!Array.isArray(value)) return causes.invalid(path, value, 'must be a list');
-    value.forEach((v, i) => walk(v, items, `${path}[${i}]`, causes));
-    return;
-  }
-  if (!isObj(value)) return causes.invalid(path, value, 'must be an object');
-  for (const [k, v] of Object.entries(value)) {
-    if (!isSet(v)) continue;
-    const sub = allow[k];
-    if (sub === undefined) causes.field(keyPath(path, k));
-    else walk(v, sub, keyPath(path, k), causes);
   }
 }
 
@@ -376,6 +239,15 @@ export function derivedMac(namespace: string, vmName: string, ifaceName: string)
   return ['52', '54', '00', h[0], h[1], h[2]].map((b) => (typeof b === 'number' ? b.toString(16).padStart(2, '0') : b)).join(':');
 }
 
+// Value lists shared with admission (VMI_SPEC_FIELDS); the maps below for models, video types and
+// error policies must cover theirs (support.test.ts builds every listed value).
+const values = (pattern: string): readonly string[] => supportedValues(pattern).map(String);
+const CACHE_MODES = values('domain.devices.disks[].cache');
+const IO_MODES = values('domain.devices.disks[].io');
+const PORT_PROTOCOLS = values('domain.devices.interfaces[].ports[].protocol');
+const RTC_TICK_POLICIES = values('domain.clock.timer.rtc.tickPolicy');
+const PIT_TICK_POLICIES = values('domain.clock.timer.pit.tickPolicy');
+
 const isQ35 = (machine: string): boolean => machine === 'q35' || machine.startsWith('pc-q35-');
 
 /**
@@ -432,7 +304,7 @@ export function buildQemuArgv(input: QemuInput): QemuArgv {
   const { name, namespace } = input.vmi.metadata;
   if (!NAME_RE.test(name) || !NAME_RE.test(namespace)) throw new TypeError(`buildQemuArgv: bad VMI name ${JSON.stringify(`${namespace}/${name}`)}`);
   const spec: Obj = isObj(input.vmi.spec) ? (input.vmi.spec as unknown as Obj) : {};
-  walk(spec, SPEC_ALLOW, 'spec', c);
+  for (const u of unsupportedVmiSpecFields(spec, 'spec')) c.add(u.reason, u.field, u.message);
 
   const domain = readObj(spec.domain, 'spec.domain', c);
   if (!domain) c.required('spec.domain', 'the domain spec');
@@ -440,7 +312,7 @@ export function buildQemuArgv(input: QemuInput): QemuArgv {
   const devices = readObj(dom.devices, 'spec.domain.devices', c) ?? {};
 
   const arch = readStr(spec.architecture, 'spec.architecture', c);
-  if (arch !== undefined && arch !== 'amd64') c.value('spec.architecture', arch, ['amd64']);
+  if (arch !== undefined && !SUPPORTED_ARCHITECTURES.includes(arch)) c.value('spec.architecture', arch, SUPPORTED_ARCHITECTURES);
 
   const machine = machineType(dom, c, warnings);
   const q35 = isQ35(machine);
@@ -464,8 +336,9 @@ export function buildQemuArgv(input: QemuInput): QemuArgv {
   const firmware = readObj(dom.firmware, 'spec.domain.firmware', c) ?? {};
   const uuid = readStr(firmware.uuid, 'spec.domain.firmware.uuid', c);
   if (uuid !== undefined) {
-    if (/^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$/.test(uuid)) argv.push('-uuid', uuid.toLowerCase());
-    else c.invalid('spec.domain.firmware.uuid', uuid, 'must be a UUID (8-4-4-4-12 hex digits)');
+    const problem = firmwareUuidProblem(uuid);
+    if (problem) c.invalid('spec.domain.firmware.uuid', uuid, problem);
+    else argv.push('-uuid', uuid.toLowerCase());
   }
   argv.push('-msg', 'timestamp=on', '-nodefaults', '-no-user-config');
 
@@ -531,19 +404,13 @@ const virtio = (ctx: Ctx, model: string): string => (ctx.transitional ? `${model
 function machineType(dom: Obj, c: Causes, warnings: string[]): string {
   const m = readObj(dom.machine, 'spec.domain.machine', c);
   const t = readStr(m?.type, 'spec.domain.machine.type', c) ?? 'q35';
-  if (t === 'q35' || t === 'pc') return t;
-  // RHEL-only machine types (OpenShift manifests) map to upstream's latest of the same family.
-  if (/^pc-q35-rhel[0-9.]+$/.test(t)) {
-    warnings.push(`spec.domain.machine.type: ${t} is a RHEL machine type; using q35`);
+  const qemu = qemuMachineType(t);
+  if (!qemu) {
+    c.value('spec.domain.machine.type', t, SUPPORTED_MACHINE_TYPES);
     return 'q35';
   }
-  if (/^pc-i440fx-rhel[0-9.]+$/.test(t)) {
-    warnings.push(`spec.domain.machine.type: ${t} is a RHEL machine type; using pc`);
-    return 'pc';
-  }
-  if (/^pc-(q35|i440fx)-[0-9]+\.[0-9]+$/.test(t)) return t;
-  c.value('spec.domain.machine.type', t, ['q35', 'pc', 'pc-q35-<version>', 'pc-i440fx-<version>']);
-  return 'q35';
+  if (qemu.note) warnings.push(`spec.domain.machine.type: ${qemu.note}`);
+  return qemu.machine;
 }
 
 function cpuTopology(dom: Obj, c: Causes): { sockets: number; cores: number; threads: number } {
@@ -554,13 +421,14 @@ function cpuTopology(dom: Obj, c: Causes): { sockets: number; cores: number; thr
   const threads = readInt(cpu.threads, 'spec.domain.cpu.threads', c, 0, 255) ?? 0;
   if (sockets === 0 && cores === 0 && threads === 0) {
     // KubeVirt: with no topology, the vCPU count comes from the CPU limit, else the request
-    // (rounded up), as sockets.
+    // (rounded up), as sockets. A zero quantity counts as unset there, as it does here.
     const res = readObj(dom.resources, 'spec.domain.resources', c);
     for (const kind of ['limits', 'requests']) {
       const q = readObj(res?.[kind], `spec.domain.resources.${kind}`, c)?.cpu;
       if (!isSet(q)) continue;
       const v = tryParseQuantity(q);
-      if (v === undefined || v <= 0) {
+      if (v === 0) continue;
+      if (v === undefined || v < 0) {
         c.invalid(`spec.domain.resources.${kind}.cpu`, q, 'must be a positive quantity');
         break;
       }
@@ -640,7 +508,7 @@ function memoryArgs(ctx: Ctx, dom: Obj, machineProps: MachineProps): { argv: str
     return { argv, hugepages: false };
   }
   const bytes = tryParseQuantity(q);
-  if (bytes === undefined || bytes < 16 * 2 ** 20) {
+  if (bytes === undefined || bytes < MIN_GUEST_MEMORY) {
     c.invalid(field, q, 'must be a quantity of at least 16Mi');
     return { argv, hugepages: false };
   }
@@ -785,14 +653,14 @@ function clockArgs(ctx: Ctx, dom: Obj, machineProps: MachineProps, env: Record<s
     if (readBool(rtcT.present, 'spec.domain.clock.timer.rtc.present', c) === false) c.value('spec.domain.clock.timer.rtc.present', false, 'the RTC cannot be removed');
     const tp = readStr(rtcT.tickPolicy, 'spec.domain.clock.timer.rtc.tickPolicy', c);
     if (tp === 'catchup') rtc.push(['driftfix', 'slew']);
-    else if (tp !== undefined && tp !== 'delay') c.value('spec.domain.clock.timer.rtc.tickPolicy', tp, ['delay', 'catchup']);
+    else if (tp !== undefined && tp !== 'delay') c.value('spec.domain.clock.timer.rtc.tickPolicy', tp, RTC_TICK_POLICIES);
   }
   const pit = readObj(timer.pit, 'spec.domain.clock.timer.pit', c);
   if (pit) {
     if (readBool(pit.present, 'spec.domain.clock.timer.pit.present', c) === false) c.value('spec.domain.clock.timer.pit.present', false, 'the PIT cannot be removed');
     const tp = readStr(pit.tickPolicy, 'spec.domain.clock.timer.pit.tickPolicy', c);
     if (tp !== undefined) {
-      if (tp !== 'delay' && tp !== 'discard') c.value('spec.domain.clock.timer.pit.tickPolicy', tp, ['delay', 'discard']);
+      if (!PIT_TICK_POLICIES.includes(tp)) c.value('spec.domain.clock.timer.pit.tickPolicy', tp, PIT_TICK_POLICIES);
       // Only KVM's in-kernel PIT has a lost-tick policy; TCG's PIT just delays.
       else if (ctx.input.accel === 'kvm') argv.push('-global', `kvm-pit.lost_tick_policy=${tp}`);
       else if (tp === 'discard') ctx.warnings.push('spec.domain.clock.timer.pit.tickPolicy: discard has no effect under TCG');
@@ -891,14 +759,14 @@ function networkArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
       const port = readInt(pp.port, `${path}.ports[${k}].port`, c, 1, 65535);
       const proto = readStr(pp.protocol, `${path}.ports[${k}].protocol`, c) ?? 'TCP';
       readStr(pp.name, `${path}.ports[${k}].name`, c);
-      if (proto !== 'TCP' && proto !== 'UDP') c.value(`${path}.ports[${k}].protocol`, proto, ['TCP', 'UDP']);
+      if (!PORT_PROTOCOLS.includes(proto)) c.value(`${path}.ports[${k}].protocol`, proto, PORT_PROTOCOLS);
       if (port !== undefined) ports.push({ proto, port });
     });
     const macSpec = readStr(o.macAddress, `${path}.macAddress`, c);
     let mac: string | undefined;
     if (macSpec !== undefined) {
-      if (!/^[0-9a-fA-F]{2}([:-][0-9a-fA-F]{2}){5}$/.test(macSpec)) c.invalid(`${path}.macAddress`, macSpec, 'must be a MAC address such as 02:00:00:00:00:01');
-      else if ((parseInt(macSpec.slice(0, 2), 16) & 1) === 1) c.invalid(`${path}.macAddress`, macSpec, 'must be a unicast address (lowest bit of the first octet clear)');
+      const problem = macAddressProblem(macSpec);
+      if (problem) c.invalid(`${path}.macAddress`, macSpec, problem);
       else mac = macSpec.toLowerCase().replaceAll('-', ':');
     }
     const bootOrder = readBootOrder(ctx, o.bootOrder, `${path}.bootOrder`);
@@ -962,12 +830,11 @@ function userNetdev(ctx: Ctx, id: string, net: { cidr?: string }, forwards: Host
   let base = [10, 0, 2, 0];
   let prefix = 24;
   if (net.cidr !== undefined) {
-    const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(net.cidr);
-    const octets = m ? m.slice(1, 5).map(Number) : [];
-    const len = m ? Number(m[5]) : -1;
-    if (!m || octets.some((o) => o > 255) || len < 8 || len > 29) {
-      ctx.c.invalid(cidrField, net.cidr, 'must be an IPv4 CIDR with a prefix length from 8 to 29');
+    const parsed = parseVmNetworkCidr(net.cidr);
+    if (!parsed) {
+      ctx.c.invalid(cidrField, net.cidr, VM_NETWORK_CIDR_PROBLEM);
     } else {
+      const { octets, prefix: len } = parsed;
       const ip = octets.reduce((a, o) => a * 256 + o, 0);
       const netIp = Math.floor(ip / 2 ** (32 - len)) * 2 ** (32 - len);
       base = [netIp >>> 24, (netIp >>> 16) & 255, (netIp >>> 8) & 255, netIp & 255];
@@ -1055,7 +922,7 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
     const kind: 'disk' | 'cdrom' = targets[0] === 'cdrom' ? 'cdrom' : 'disk';
     const target = readObj(o[kind], `${path}.${kind}`, c) ?? {};
     const bus = readStr(target.bus, `${path}.${kind}.bus`, c) ?? defaultDiskBus('amd64');
-    const buses = kind === 'disk' ? ['virtio', 'sata', 'scsi'] : ['sata', 'scsi'];
+    const buses = SUPPORTED_DISK_BUSES[kind];
     if (!buses.includes(bus)) {
       if (kind === 'cdrom' && bus === 'virtio') c.invalid(`${path}.cdrom.bus`, bus, 'a cdrom cannot use the virtio bus; use sata or scsi');
       else c.value(`${path}.${kind}.bus`, bus, buses);
@@ -1075,10 +942,10 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
 
     const cacheDefault = hostVol?.directIO === false ? 'writethrough' : 'none';
     const cache = readStr(o.cache, `${path}.cache`, c) ?? cacheDefault;
-    if (!['none', 'writethrough', 'writeback'].includes(cache)) c.value(`${path}.cache`, cache, ['none', 'writethrough', 'writeback']);
+    if (!CACHE_MODES.includes(cache)) c.value(`${path}.cache`, cache, CACHE_MODES);
     if (cache === 'none' && hostVol?.directIO === false) c.invalid(`${path}.cache`, cache, 'the volume is on a file system without O_DIRECT support (such as tmpfs)');
     const io = readStr(o.io, `${path}.io`, c);
-    if (io !== undefined && !['native', 'threads', 'default'].includes(io)) c.value(`${path}.io`, io, ['native', 'threads', 'default']);
+    if (io !== undefined && !IO_MODES.includes(io)) c.value(`${path}.io`, io, IO_MODES);
     if (io === 'native' && cache !== 'none') c.invalid(`${path}.io`, io, 'native I/O needs cache none');
     const serial = readStr(o.serial, `${path}.serial`, c);
     if (serial !== undefined && !/^[A-Za-z0-9_.+-]+$/.test(serial)) c.invalid(`${path}.serial`, serial, 'must consist of letters, digits or _.+-');
@@ -1090,7 +957,8 @@ function diskArgs(ctx: Ctx, spec: Obj, devices: Obj): string[] {
     const custom = readObj(readObj(o.blockSize, `${path}.blockSize`, c)?.custom, `${path}.blockSize.custom`, c);
     const blockSize = (k: string): number | undefined => {
       const n = readInt(custom?.[k], `${path}.blockSize.custom.${k}`, c, 0, 2 ** 31);
-      if (n !== undefined && (n < 512 || n > 32768 || (n & (n - 1)) !== 0)) c.invalid(`${path}.blockSize.custom.${k}`, n, 'must be a power of two from 512 to 32768');
+      const problem = n === undefined ? undefined : blockSizeProblem(n);
+      if (problem) c.invalid(`${path}.blockSize.custom.${k}`, n, problem);
       return n;
     };
     const logical = blockSize('logical');

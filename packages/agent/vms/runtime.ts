@@ -58,6 +58,16 @@ interface Session {
 
 export type VmAction = 'pause' | 'unpause' | 'softreboot' | 'reset';
 
+/**
+ * The reason and message a VMI fails with when it cannot be prepared or its argv cannot be built.
+ * A VmSpecError's message already lists every cause; adding them again made the VM's
+ * CrashLoopBackOff message say each problem twice.
+ */
+export function startFailure(e: unknown): { reason: string; message: string } {
+  const reason = e instanceof PrepareError ? e.reason : e instanceof VmSpecError ? e.code : 'PrepareFailed';
+  return { reason, message: e instanceof Error ? e.message : String(e) };
+}
+
 export class VmRuntime extends Controller {
   private readonly vmis: Informer;
   private readonly pvcs: Informer;
@@ -208,8 +218,7 @@ export class VmRuntime extends Controller {
         this.queue.addAfter(key, 3000);
         return;
       }
-      const reason = e instanceof PrepareError ? e.reason : e instanceof VmSpecError ? e.code : 'PrepareFailed';
-      const message = e instanceof VmSpecError ? `${e.message}: ${e.causes.map((c) => `${c.field}: ${c.message}`).join('; ')}` : (e as Error).message;
+      const { reason, message } = startFailure(e);
       return this.finish(vmi, 'Failed', reason, message);
     }
     for (const w of argv.warnings) await this.events.record(vmi, 'Warning', 'SpecWarning', w);

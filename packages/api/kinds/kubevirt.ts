@@ -8,12 +8,24 @@ import { duplicate, forbidden, invalid, notSupported, required } from '../errors
 import { validateAnnotations, validateLabels } from '../meta.ts';
 import { dns1123Label, dns1123Subdomain } from '../names.ts';
 import { tryParseQuantity } from '../quantity.ts';
+import {
+  MIN_GUEST_MEMORY,
+  SUPPORTED_ARCHITECTURES,
+  SUPPORTED_DISK_BUSES,
+  SUPPORTED_MACHINE_TYPES,
+  VM_NETWORK_CIDR_PROBLEM,
+  blockSizeProblem,
+  firmwareUuidProblem,
+  macAddressProblem,
+  parseVmNetworkCidr,
+  qemuMachineType,
+  unsupportedVmiSpecFields,
+} from '../support.ts';
 import type { KubeObject } from '../types.ts';
 import { validateDataVolumeSpec } from './cdi.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
 
 export const RUN_STRATEGIES = ['Always', 'RerunOnFailure', 'Manual', 'Halted', 'Once', 'WaitAsReceiver'] as const;
-export const DISK_BUSES = ['virtio', 'sata', 'scsi', 'usb'] as const;
 const VOLUME_SOURCES = [
   'cloudInitConfigDrive', 'cloudInitNoCloud', 'configMap', 'containerDisk', 'containerPath', 'dataVolume', 'downwardAPI',
   'downwardMetrics', 'emptyDisk', 'ephemeral', 'hostDisk', 'memoryDump', 'persistentVolumeClaim', 'secret', 'serviceAccount', 'sysprep',
@@ -25,6 +37,20 @@ const MIN_MEMORY = 1e6; // "must be greater than or equal to 1M"
 export interface VmiSpecOptions {
   /** The VM refers to an instancetype/preference that may provide CPU and memory. */
   hasInstancetype: boolean;
+  /** The stored spec, on updates: fields it already had unchanged are not refused again. */
+  old?: unknown;
+}
+
+/**
+ * Fields Vessel does not implement are refused here, by the same list the agent's argv builder
+ * uses (VMI_SPEC_FIELDS), so nothing accepted now fails at start for it. Fields the structural
+ * walk already reported (unknown to the schema, wrong type) are not reported twice.
+ */
+function checkSupported(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
+  const reported = new Set(ctx.causes.map((c) => c.field));
+  for (const c of unsupportedVmiSpecFields(spec, path, { old: opts.old, values: true })) {
+    if (!reported.has(c.field) && !ctx.unknownFields?.has(c.field)) ctx.causes.push(c);
+  }
 }
 
 function names(list: unknown[]): Map<string, number> {
@@ -70,11 +96,67 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
   if (guest !== undefined && lim !== undefined && lim > 0 && guest > lim) {
     ctx.causes.push(invalid(`${path}.domain.memory.guest`, guestRaw, `must be less than or equal to the memory limit ${String(limRaw)} (${limField})`));
   }
+  // The guest gets memory.guest, else the request, else the limit (the argv builder's order); QEMU
+  // is never started with less than MIN_GUEST_MEMORY. A stored value left as it was passes.
+  const [gField, gRaw, gPath] = isSet(guestRaw) ? [`${path}.domain.memory.guest`, guestRaw, ['memory', 'guest']]
+    : isSet(reqRaw) ? [reqField, reqRaw, ['resources', 'requests', 'memory']]
+    : [limField, limRaw, ['resources', 'limits', 'memory']];
+  const gBytes = tryParseQuantity(gRaw);
+  let oldG: unknown = obj(opts.old)?.domain;
+  for (const k of gPath) oldG = obj(oldG)?.[k];
+  if (gBytes !== undefined && gBytes < MIN_GUEST_MEMORY && oldG !== gRaw && !ctx.causes.some((c) => c.field === gField)) {
+    ctx.causes.push(invalid(gField, gRaw, 'must be at least 16Mi: Vessel starts no smaller guest'));
+  }
+  const hugepages = obj(memory.hugepages);
+  if (hugepages && !str(hugepages.pageSize) && !jsonEqual(hugepages, obj(obj(obj(opts.old)?.domain)?.memory)?.hugepages)) ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
   const hasMemory = (req ?? 0) > 0 || (lim ?? 0) > 0 || isSet(guestRaw) || isSet(memory.hugepages);
   if (!hasMemory && !opts.hasInstancetype) {
     ctx.causes.push(
       required(reqField, `no memory requested, at least one of '${path}.domain.memory.guest', '${path}.domain.memory.hugepages.pageSize' or '${reqField}' must be set`),
     );
+  }
+}
+
+/** QEMU's (and Vessel's) vCPU ceiling: the argv builder cannot start more. */
+export const MAX_VCPUS = 255;
+
+/**
+ * CPU: quantities must not be negative (Kubernetes' rule for every resource quantity; zero means
+ * unset, as in KubeVirt), a request must not exceed its limit, and the topology counts (unsigned
+ * in KubeVirt's API) must not be negative and must stay within MAX_VCPUS. (Without a topology the
+ * argv builder caps the vCPUs a CPU quantity asks for at MAX_VCPUS.)
+ */
+function checkCpu(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticContext): void {
+  const domain = obj(spec.domain) ?? {};
+  // Ratchets like the rest: a VM stored with `cpu: "-1"` before this check can still be updated.
+  const oldDomain = obj(obj(opts.old)?.domain);
+  if (oldDomain && jsonEqual(oldDomain.cpu, domain.cpu) && jsonEqual(oldDomain.resources, domain.resources)) return;
+  const resources = obj(domain.resources) ?? {};
+  const reqField = `${path}.domain.resources.requests.cpu`;
+  const limField = `${path}.domain.resources.limits.cpu`;
+  const reqRaw = obj(resources.requests)?.cpu;
+  const limRaw = obj(resources.limits)?.cpu;
+  const req = tryParseQuantity(reqRaw);
+  const lim = tryParseQuantity(limRaw);
+  if (req !== undefined && req < 0) ctx.causes.push(invalid(reqField, reqRaw, 'must be greater than or equal to 0'));
+  if (lim !== undefined && lim < 0) ctx.causes.push(invalid(limField, limRaw, 'must be greater than or equal to 0'));
+  if (req !== undefined && lim !== undefined && lim > 0 && req > lim) {
+    ctx.causes.push(invalid(reqField, reqRaw, `must be less than or equal to the CPU limit ${String(limRaw)} (${limField})`));
+  }
+  const cpu = obj(domain.cpu) ?? {};
+  let topology = 1;
+  let counted = false;
+  for (const k of ['sockets', 'cores', 'threads']) {
+    const n = cpu[k];
+    if (typeof n !== 'number') continue; // the structural walk reports wrong types
+    if (n < 0) ctx.causes.push(invalid(`${path}.domain.cpu.${k}`, n, 'must be greater than or equal to 0'));
+    else if (n > 0) {
+      topology *= n;
+      counted = true;
+    }
+  }
+  if (counted && topology > MAX_VCPUS) {
+    ctx.causes.push(invalid(`${path}.domain.cpu`, topology, `sockets * cores * threads must be at most ${MAX_VCPUS} vCPUs`));
   }
 }
 
@@ -116,6 +198,13 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
   const networks = arr(spec.networks);
   const disksField = `${path}.domain.devices.disks`;
   const ifField = `${path}.domain.devices.interfaces`;
+  checkSupported(spec, path, opts, ctx);
+  // Vessel's own limits ratchet like checkSupported: a stored value left as it was passes.
+  const changed = (at: Array<string | number>, value: unknown): boolean => {
+    let o: unknown = opts.old;
+    for (const k of at) o = typeof k === 'number' ? (Array.isArray(o) ? o[k] : undefined) : obj(o)?.[k];
+    return !jsonEqual(o, value);
+  };
 
   // Volumes: unique names, exactly one source each.
   uniqueNames(volumes, `${path}.volumes`, 'volume', ctx);
@@ -150,12 +239,20 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     if (targets.length > 1) causes.push(invalid(`${disksField}[${i}]`, targets.join(', '), 'can only have a single target type defined: disk, cdrom or lun'));
     for (const t of targets) {
       const bus = str(obj(d[t])?.bus);
-      if (bus === undefined || bus === '') continue;
+      if (bus === undefined || bus === '' || t === 'lun') continue; // lun: refused as a field
       const busField = `${disksField}[${i}].${t}.bus`;
+      // Vessel's buses (SUPPORTED_DISK_BUSES), a subset of KubeVirt's (no usb).
+      const buses = SUPPORTED_DISK_BUSES[t === 'cdrom' ? 'cdrom' : 'disk'];
       if (bus === 'ide') causes.push(invalid(busField, bus, 'IDE bus is not supported; use sata'));
-      else if (!(DISK_BUSES as readonly string[]).includes(bus)) causes.push(notSupported(busField, bus, DISK_BUSES));
       else if (t === 'cdrom' && bus === 'virtio') causes.push(invalid(busField, bus, 'Bus type virtio is invalid for CD-ROM device; use sata or scsi'));
+      else if (!buses.includes(bus) && changed(['domain', 'devices', 'disks', i, t, 'bus'], bus)) causes.push(notSupported(busField, bus, buses));
       else if (t === 'disk' && bus === 'sata' && obj(d.disk)?.readonly === true) causes.push(invalid(busField, bus, 'sata hard-disks do not support read-only'));
+    }
+    const custom = obj(obj(d.blockSize)?.custom);
+    for (const k of ['logical', 'physical']) {
+      const n = custom?.[k];
+      const problem = typeof n === 'number' ? blockSizeProblem(n) : undefined;
+      if (problem && changed(['domain', 'devices', 'disks', i, 'blockSize', 'custom', k], n)) causes.push(invalid(`${disksField}[${i}].blockSize.custom.${k}`, n, problem));
     }
     if (typeof d.bootOrder === 'number' && d.bootOrder < 1) causes.push(invalid(`${disksField}[${i}].bootOrder`, d.bootOrder, 'must have a boot order > 0, if supplied'));
   });
@@ -174,6 +271,8 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     const types = ['pod', 'multus'].filter((t) => isSet(n[t]));
     if (types.length !== 1) causes.push(invalid(`${netField}[${i}]`, types.join(', ') || null, 'should have exactly one network type: pod or multus'));
     if (isSet(n.pod)) podNetworks++;
+    const cidr = str(obj(n.pod)?.vmNetworkCIDR);
+    if (cidr !== undefined && !parseVmNetworkCidr(cidr) && changed(['networks', i, 'pod', 'vmNetworkCIDR'], cidr)) causes.push(invalid(`${netField}[${i}].pod.vmNetworkCIDR`, cidr, VM_NETWORK_CIDR_PROBLEM));
   });
   if (podNetworks > 1) causes.push(invalid(netField, podNetworks, 'more than one pod network is not allowed'));
   const seenIfs = new Set<string>();
@@ -187,6 +286,9 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
         causes.push(invalid(`${ifField}[${i}].name`, name, `${ifField}[${i}].name '${name}' not found: add a network named '${name}' to ${netField}`));
       }
     }
+    const mac = str(f.macAddress);
+    const macProblem = mac === undefined ? undefined : macAddressProblem(mac);
+    if (macProblem && changed(['domain', 'devices', 'interfaces', i, 'macAddress'], mac)) causes.push(invalid(`${ifField}[${i}].macAddress`, mac, macProblem));
     const bindings = INTERFACE_BINDINGS.filter((b) => isSet(f[b]));
     if (bindings.length > 1) causes.push(invalid(`${ifField}[${i}]`, bindings.join(', '), 'an interface can have only one binding method (e.g. masquerade or bridge)'));
   });
@@ -198,11 +300,29 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
 
   if (domain) {
     checkMemory(spec, path, opts, ctx);
+    checkCpu(spec, path, opts, ctx);
     const bootloader = obj(obj(domain.firmware)?.bootloader);
     if (bootloader && isSet(bootloader.bios) && isSet(bootloader.efi)) {
       causes.push(invalid(`${path}.domain.firmware.bootloader`, 'bios, efi', 'has both EFI and BIOS configured, but they are mutually exclusive'));
     }
   }
+  // A watchdog needs its model; a kernel boot needs the kernel's path in its container, and
+  // kernel arguments need a kernel (the argv builder's requirements).
+  const watchdog = obj(devices.watchdog);
+  if (watchdog && !isSet(watchdog.i6300esb) && !isSet(watchdog.diag288) && changed(['domain', 'devices', 'watchdog'], watchdog)) causes.push(required(`${path}.domain.devices.watchdog.i6300esb`, 'a watchdog model (i6300esb)'));
+  const kernelBoot = obj(obj(domain?.firmware)?.kernelBoot);
+  if (kernelBoot && changed(['domain', 'firmware', 'kernelBoot'], kernelBoot)) {
+    const container = obj(kernelBoot.container);
+    if (!container && isSet(kernelBoot.kernelArgs)) causes.push(required(`${path}.domain.firmware.kernelBoot.container`, 'kernelArgs need a kernel container'));
+    if (container && !str(container.kernelPath)) causes.push(required(`${path}.domain.firmware.kernelBoot.container.kernelPath`, 'the kernel path in the container image'));
+  }
+  const uuid = str(obj(domain?.firmware)?.uuid);
+  const uuidProblem = uuid === undefined ? undefined : firmwareUuidProblem(uuid);
+  if (uuidProblem && changed(['domain', 'firmware', 'uuid'], uuid)) causes.push(invalid(`${path}.domain.firmware.uuid`, uuid, uuidProblem));
+  const arch = str(spec.architecture);
+  if (arch && !SUPPORTED_ARCHITECTURES.includes(arch) && changed(['architecture'], arch)) causes.push(notSupported(`${path}.architecture`, arch, SUPPORTED_ARCHITECTURES));
+  const machine = str(obj(domain?.machine)?.type);
+  if (machine && !qemuMachineType(machine) && changed(['domain', 'machine', 'type'], machine)) causes.push(notSupported(`${path}.domain.machine.type`, machine, SUPPORTED_MACHINE_TYPES));
   const hostname = str(spec.hostname);
   if (hostname) for (const e of dns1123Label(hostname)) causes.push(invalid(`${path}.hostname`, hostname, e));
   const subdomain = str(spec.subdomain);
@@ -237,7 +357,7 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
     }
     const tspec = obj(template.spec);
     if (!tspec) causes.push(required('spec.template.spec', 'the VirtualMachineInstance template needs a spec with at least spec.domain'));
-    else validateVmiSpec(tspec, 'spec.template.spec', { hasInstancetype }, ctx);
+    else validateVmiSpec(tspec, 'spec.template.spec', { hasInstancetype, old: obj(obj(ctx.old?.spec)?.template)?.spec }, ctx);
   }
 
   const volumes = arr(obj(template?.spec)?.volumes);
@@ -280,7 +400,7 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
 export function validateVirtualMachineInstance(o: KubeObject, ctx: SemanticContext): void {
   const spec = obj(o.spec);
   if (!spec) return;
-  validateVmiSpec(spec, 'spec', { hasInstancetype: false }, ctx);
+  validateVmiSpec(spec, 'spec', { hasInstancetype: false, old: ctx.old?.spec }, ctx);
 }
 
 export function validateMigration(o: KubeObject, ctx: SemanticContext): void {

@@ -9,6 +9,8 @@ export interface SemanticContext {
   old: KubeObject | undefined;
   causes: FieldCause[];
   warnings: string[];
+  /** Paths of fields the upstream schema does not know (the structural walk reported or pruned them). */
+  unknownFields?: ReadonlySet<string>;
 }
 
 export type SemanticValidator = (obj: KubeObject, ctx: SemanticContext) => void;
