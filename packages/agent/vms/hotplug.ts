@@ -244,13 +244,17 @@ export function agentHotplugDeps(opts: {
   claim: HotplugDeps['claim'];
   locate: HotplugDeps['locate'];
   log?: (line: string) => void;
+  /** Takes host paths out of what the VMI's status and Events say (QMP errors name files). */
+  scrub?: (message: string, namespace: string | undefined) => string;
 }): HotplugDeps {
+  const scrub = opts.scrub ?? ((m: string) => m);
   return {
     claim: opts.claim,
     locate: opts.locate,
     log: opts.log,
-    event: (vmi, type, reason, message) => opts.events.record(vmi, type, reason, message),
-    async writeVolumeStatus(vmi, entries) {
+    event: (vmi, type, reason, message) => opts.events.record(vmi, type, reason, scrub(message, vmi.metadata.namespace)),
+    async writeVolumeStatus(vmi, list) {
+      const entries = list.map((e) => (e.message ? { ...e, message: scrub(e.message, vmi.metadata.namespace) } : e));
       await updateStatus(opts.client, refs.VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, current) => {
         if (s.phase === 'Succeeded' || s.phase === 'Failed' || current.metadata.uid !== vmi.metadata.uid) return false;
         const next = mergeVolumeStatus(s.volumeStatus, entries);

@@ -95,6 +95,7 @@ export class VmRuntime extends Controller {
       client, events: this.events, log: this.log,
       claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
       locate: (ns, path) => containedPath(opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
+      scrub: (message, ns) => this.scrub(message, ns),
     }));
   }
 
