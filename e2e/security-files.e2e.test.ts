@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { readdir, readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { KubeObject, ResourceRef } from '@vessel/client';
@@ -163,4 +163,18 @@ test('a VM of the same name in a re-created namespace sees nothing of the delete
   await v.client.delete(VM, 'box', { namespace: ns });
   await eventually('the VMI gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 180_000);
   await eventually('the run directory of the deleted VM removed', async () => (existsSync(newDir) ? undefined : true), 30_000, 250);
+});
+
+test('a restarted agent removes run directories a crash left of VMs that no longer exist', async () => {
+  const dataDir = v.dataDir;
+  await v.stop();
+  // Decoys as a crash would leave them: a uid directory and one by name (the older layout).
+  const byUid = join(dataDir, 'vms', 'gone', '3f0e8a52-2d36-4b4f-9d9e-7a1c2b3d4e5f');
+  const byName = join(dataDir, 'vms', 'gone', 'oldvm');
+  for (const d of [byUid, byName]) {
+    await mkdir(d, { recursive: true });
+    await writeFile(join(d, 'serial.log'), 'DECOY OUTPUT OF A DELETED VM\n');
+  }
+  v = await startVessel({ dataDir, agent: { nodeName: 'node-a' } });
+  await eventually('the leftover run directories removed', async () => (!existsSync(byUid) && !existsSync(byName) && !existsSync(join(dataDir, 'vms', 'gone')) ? true : undefined), 30_000, 250);
 });
