@@ -400,6 +400,8 @@ export class VolumeManager extends Controller {
     }
     await discardUpload(path);
     const outcome = await pool.deleteVolume(path);
+    this.restarts.delete(pvc.metadata.uid ?? '');
+    this.retryAt.delete(pvc.metadata.uid ?? '');
     if (outcome === 'kept-for-clones') this.log(`volumes: ${key}: volume kept until its linked clones are deleted`);
     const finalizers = ((pvc.metadata.finalizers as string[] | undefined) ?? []).filter((f) => f !== storage.PVC_PROTECTION);
     await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: finalizers.length ? finalizers : null } }, { namespace: pvc.metadata.namespace });
