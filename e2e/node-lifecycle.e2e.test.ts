@@ -15,7 +15,7 @@ import { after, before, test } from 'node:test';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, startVessel, type Vessel } from './harness.ts';
-import { counters, serialLog, tinyVm } from './tiny-vm.ts';
+import { counters, runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -52,7 +52,7 @@ const condition = (o: KubeObject, type: string) => conditions(o).find((c) => c.t
 const nodeReady = async () => condition(await v.client.get(NODES, 'node-a'), 'Ready');
 const vmiReady = async (name: string) => condition(await v.client.get(VMI, name, { namespace: ns }), 'Ready');
 const serial = (name: string) => serialLog(agentDir, ns, name);
-const qemuPid = async (name: string) => (await readFile(join(agentDir, 'vms', ns, name, 'qemu.pid'), 'utf8')).trim();
+const qemuPid = async (name: string) => (await readFile(join((await runDirOf(agentDir, ns, name)) ?? '/nonexistent', 'qemu.pid'), 'utf8')).trim();
 
 before(async () => {
   v = await startVessel({ nodeGracePeriodMs: 6000 });

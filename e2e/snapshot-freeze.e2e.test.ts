@@ -19,7 +19,7 @@ import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { fsfreezeStatus } from '../packages/agent/qga/client.ts';
 import { runDirFiles } from '../packages/agent/qemu/process.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { counters, serialLog, tinyVm } from './tiny-vm.ts';
+import { counters, runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -120,7 +120,7 @@ describe('snapshots with the guest agent', () => {
     const thawed = text.indexOf('VESSEL-FSFREEZE thaw');
     assert.ok(froze >= 0 && thawed > froze, `the guest froze, then thawed: ${JSON.stringify(text)}`);
     // And it was left thawed: the agent says so and the counter (a write + sync every second) goes on.
-    assert.equal(await fsfreezeStatus(runDirFiles(join(v.dataDir, 'vms', ns, name)).qga), 'thawed');
+    assert.equal(await fsfreezeStatus(runDirFiles((await runDirOf(v.dataDir, ns, name))!).qga), 'thawed');
     const at = last(await serial());
     await eventually('the counter going on', async () => (last(await serial()) >= at + 2 ? true : undefined), 60_000, 300);
 

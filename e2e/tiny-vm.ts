@@ -3,7 +3,7 @@
  * its root disk is a linked clone of the `tiny` golden image; user data `#!/bin/sh` scripts run
  * at boot with their output on the console; `VESSEL-COUNTER n` is the on-disk counter.
  */
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 type Obj = Record<string, unknown>;
@@ -27,9 +27,24 @@ export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
   };
 }
 
+/**
+ * The run directory of VM (or VMI) `name` on the agent of `dataDir`: `vms/<namespace>/<uid>`
+ * (the VM's uid), found by the name in its vm.json; the most recently launched one if several.
+ */
+export async function runDirOf(dataDir: string, namespace: string, name: string): Promise<string | undefined> {
+  const root = join(dataDir, 'vms', namespace);
+  let best: { dir: string; at: string } | undefined;
+  for (const d of await readdir(root).catch(() => [] as string[])) {
+    const meta = JSON.parse(await readFile(join(root, d, 'vm.json'), 'utf8').catch(() => '{}')) as { name?: string; launchedAt?: string };
+    if (meta.name === name && (!best || (meta.launchedAt ?? '') > best.at)) best = { dir: join(root, d), at: meta.launchedAt ?? '' };
+  }
+  return best?.dir;
+}
+
 /** Everything the VM's guest printed on serial, across its runs (serial.log is appended). */
-export function serialLog(dataDir: string, namespace: string, name: string): Promise<string> {
-  return readFile(join(dataDir, 'vms', namespace, name, 'serial.log'), 'utf8').catch(() => '');
+export async function serialLog(dataDir: string, namespace: string, name: string): Promise<string> {
+  const dir = await runDirOf(dataDir, namespace, name);
+  return dir ? readFile(join(dir, 'serial.log'), 'utf8').catch(() => '') : '';
 }
 
 /** The counter values the text shows, in order. */

@@ -12,6 +12,7 @@ import { after, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import YAML from 'yaml';
 import { eventually, run } from './harness.ts';
+import { runDirOf } from './tiny-vm.ts';
 
 const VESSEL = resolve(import.meta.dirname, '..', 'bin', 'vessel');
 
@@ -47,7 +48,7 @@ describe('vessel up', () => {
   after(async () => {
     if (!dataDir) return;
     // Whatever happened, no demo QEMU outlives the test.
-    const pid = Number(await readFile(join(dataDir, 'vms', 'default', 'demo', 'qemu.pid'), 'utf8').catch(() => '0'));
+    const pid = Number(await readFile(join((await runDirOf(dataDir, 'default', 'demo')) ?? '/nonexistent', 'qemu.pid'), 'utf8').catch(() => '0'));
     if (pid) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
     await rm(dataDir, { recursive: true, force: true });
   });
@@ -64,7 +65,7 @@ describe('vessel up', () => {
     assert.equal(got.code, 0, got.err);
     assert.equal(YAML.parse(got.out).spec.runStrategy, 'Always');
     await eventually('demo Running', async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined), 120_000);
-    const serialLog = join(dataDir, 'vms', 'default', 'demo', 'serial.log');
+    const serialLog = join((await runDirOf(dataDir, 'default', 'demo'))!, 'serial.log');
     await eventually('the demo guest booted', async () => ((await readFile(serialLog, 'utf8').catch(() => '')).includes('VESSEL-GUEST-READY') ? true : undefined), 120_000);
     // `vessel console demo` (what up prints) shows the boot, even though nobody watched it happen.
     const consoleOut = await new Promise<string>((res) => {
@@ -75,7 +76,7 @@ describe('vessel up', () => {
       c.on('close', () => res(out));
     });
     assert.match(consoleOut, /VESSEL-GUEST-READY/);
-    const pid = Number(await readFile(join(dataDir, 'vms', 'default', 'demo', 'qemu.pid'), 'utf8'));
+    const pid = Number(await readFile(join((await runDirOf(dataDir, 'default', 'demo'))!, 'qemu.pid'), 'utf8'));
     assert.match(await first.stop(), /^code=0 /);
     assert.ok(alive(pid), 'the VM outlived the control plane');
 
@@ -83,7 +84,7 @@ describe('vessel up', () => {
     assert.match(second.output, /demo VM\s+default\/demo \(exists\)/);
     assert.match(second.output, /golden image vessel-images\/tiny \(exists\)/);
     await eventually('demo Running again', async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined), 30_000);
-    assert.equal(Number(await readFile(join(dataDir, 'vms', 'default', 'demo', 'qemu.pid'), 'utf8')), pid, 're-adopted, not started again');
+    assert.equal(Number(await readFile(join((await runDirOf(dataDir, 'default', 'demo'))!, 'qemu.pid'), 'utf8')), pid, 're-adopted, not started again');
     assert.match(await second.stop(), /^code=0 /);
     assert.ok(!alive(pid), 'stopped with --stop-vms-on-exit');
   });

@@ -12,6 +12,7 @@ import { after, test } from 'node:test';
 import type { Client, KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startChildControlPlane, type ChildControlPlane } from './harness.ts';
+import { runDirOf, serialLog } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -27,9 +28,9 @@ async function startChild(dataDir: string): Promise<void> {
   client = cp.client;
 }
 
-const pidOf = async (dataDir: string, name: string) => Number((await readFile(join(dataDir, 'vms', 'default', name, 'qemu.pid'), 'utf8')).trim());
+const pidOf = async (dataDir: string, name: string) => Number((await readFile(join((await runDirOf(dataDir, 'default', name)) ?? '/nonexistent', 'qemu.pid'), 'utf8')).trim());
 const counter = async (dataDir: string, name: string) => {
-  const text = await readFile(join(dataDir, 'vms', 'default', name, 'serial.log'), 'utf8').catch(() => '');
+  const text = await serialLog(dataDir, 'default', name);
   return Math.max(0, ...[...text.matchAll(/VESSEL-COUNTER (\d+)/g)].map((m) => Number(m[1])));
 };
 const printable = async (name: string) => String(((await client.get(VM, name, { namespace: 'default' })).status as Obj | undefined)?.printableStatus);

@@ -10,7 +10,7 @@ import { after, before, describe, test } from 'node:test';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { serialLog, tinyVm as tinyVmFor, type TinyVmOptions } from './tiny-vm.ts';
+import { runDirOf, serialLog, tinyVm as tinyVmFor, type TinyVmOptions } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -22,7 +22,7 @@ const status = (o: KubeObject | undefined) => (o?.status ?? {}) as { printableSt
 
 const tinyVm = (name: string, opts: Omit<TinyVmOptions, 'namespace'> = {}) => tinyVmFor(name, { ...opts, namespace: ns });
 
-const runDir = (name: string) => join(v.dataDir, 'vms', ns, name);
+const runDir = async (name: string) => (await runDirOf(v.dataDir, ns, name)) ?? join(v.dataDir, 'vms', ns, name);
 const serial = (name: string) => serialLog(v.dataDir, ns, name);
 const count = (text: string, marker: string) => text.split(marker).length - 1;
 
@@ -171,7 +171,7 @@ describe('runStrategy', () => {
     await until('crashy', 'Running');
     await serialHas('crashy', 'VESSEL-GUEST-READY');
     const uid = (await v.client.get(VMI, 'crashy', { namespace: ns })).metadata!.uid;
-    const pid = (await readFile(join(runDir('crashy'), 'qemu.pid'), 'utf8')).trim();
+    const pid = (await readFile(join(await runDir('crashy'), 'qemu.pid'), 'utf8')).trim();
     process.kill(Number(pid), 'SIGKILL');
     await eventually('a new VMI after the crash', async () => {
       const vmi = await v.client.get(VMI, 'crashy', { namespace: ns }).catch(() => undefined);

@@ -11,10 +11,11 @@ import jsonpatch from 'fast-json-patch';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { snapshots, storage } from '@vessel/api';
-import { CLONE_DISK_TYPE, Controller, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/controllers';
+import { CLONE_DISK_TYPE, Controller, getCondition, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/controllers';
 import { faultPoint } from '../faults.ts';
 import { compact, restoreVolume } from '../storage/chain.ts';
-import { poolFor } from '../storage/pools.ts';
+import { containedPath, PathError } from '../storage/pools.ts';
+import { scrubPaths } from '../scrub.ts';
 import { RESUME_MEMORY } from '../vms/memory.ts';
 import type { SnapshotOptions } from './snapshots.ts';
 
@@ -53,6 +54,27 @@ export class RestoreController extends Controller {
   }
 
   protected async reconcile(key: string): Promise<void> {
+    try {
+      await this.restore(key);
+    } catch (e) {
+      const restore = this.restores.get(key);
+      // Other failures are retried with the queue's backoff (a status write here would bring the
+      // restore straight back). A refused path fails the same way every time: said on the
+      // restore, without host paths, once.
+      if (!restore || !(e instanceof PathError)) throw e;
+      const message = scrubPaths(e.message, { pools: [...this.opts.pools.values()].map((p) => p.dir) }, restore.metadata.namespace);
+      const reason = e.code;
+      if (getCondition(restore, 'Ready')?.reason === reason) return; // said already
+      await updateStatus(this.client, VMRESTORES, restore.metadata.namespace, restore.metadata.name, (s) => {
+        s.complete = false;
+        setCondition(s, { type: 'Progressing', status: 'False', reason, message }, false);
+        setCondition(s, { type: 'Ready', status: 'False', reason, message }, false);
+      }).catch(() => undefined);
+      await this.events.record(restore, 'Warning', reason, message);
+    }
+  }
+
+  private async restore(key: string): Promise<void> {
     const restore = this.restores.get(key);
     if (!restore || restore.metadata.deletionTimestamp || (restore.status as Obj | undefined)?.complete === true) return;
     const ns = restore.metadata.namespace!;
@@ -84,11 +106,12 @@ export class RestoreController extends Controller {
         if (qmp) throw new Error(`VirtualMachine ${target} started during the restore`);
         for (const b of backups) {
           const pvc = this.pvcs.get(`${ns}/${b.persistentVolumeClaim.metadata.name}`);
-          const path = pvc && annotations(pvc)[storage.VOLUME_PATH];
-          if (!path) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} has no volume on this node`);
-          const pool = poolFor(this.opts.pools.values(), path);
-          if (!pool) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} is in none of this node's pools`);
-          await restoreVolume(pool, path, files[b.volumeName]);
+          const recorded = pvc && annotations(pvc)[storage.VOLUME_PATH];
+          if (!recorded) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} has no volume on this node`);
+          // The claim's file and the snapshot file, both in the restore's own namespace.
+          const { pool, path } = containedPath(this.opts.pools.values(), ns, recorded, `${storage.VOLUME_PATH} of claim ${b.persistentVolumeClaim.metadata.name}`);
+          const snapshotFile = containedPath([pool], ns, files[b.volumeName] ?? '', `${SNAPSHOT_FILES} of volume ${b.volumeName}`).path;
+          await restoreVolume(pool, path, snapshotFile);
         }
       });
       // The recorded spec, keeping how the VM runs now.
@@ -154,8 +177,8 @@ export class RestoreController extends Controller {
     }
     faultPoint('restore:new-vm');
     for (const b of backups) {
-      const file = files[b.volumeName];
-      const pool = poolFor(this.opts.pools.values(), file);
+      // Checked here for a clear failure, and again by the volume manager before it opens the file.
+      const { pool, path: file } = containedPath(this.opts.pools.values(), ns, files[b.volumeName] ?? '', `${SNAPSHOT_FILES} of volume ${b.volumeName}`);
       const claim = b.persistentVolumeClaim.spec as { resources?: Obj; storageClassName?: string; accessModes?: string[] };
       try {
         await this.client.create(PVCS, {

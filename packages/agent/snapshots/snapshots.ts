@@ -22,7 +22,8 @@ import { withFrozenGuest } from '../qga/freeze.ts';
 import { deviceId } from '../qemu/argv.ts';
 import { runDirFiles } from '../qemu/process.ts';
 import { ChainError, compact, deleteSnapshot, snapshotFileFor, takeSnapshot } from '../storage/chain.ts';
-import { poolFor, type Pool } from '../storage/pools.ts';
+import { containedPath, PathError, type Pool } from '../storage/pools.ts';
+import { scrubPaths } from '../scrub.ts';
 import { saveMemory } from '../vms/memory.ts';
 import type { VmRuntime } from '../vms/runtime.ts';
 
@@ -110,17 +111,26 @@ export class SnapshotController extends Controller {
     }
 
     const uid = snap.metadata.uid!;
+    // Each claim's file, checked to be in the namespace's own pool directory before anything opens it.
+    const volumes: Record<string, { pool: Pool; path: string }> = {};
+    try {
+      for (const c of claims) volumes[c.volume] = containedPath(this.opts.pools.values(), ns, annotations(c.pvc!)[storage.VOLUME_PATH], `${storage.VOLUME_PATH} of claim ${c.claim}`);
+    } catch (e) {
+      if (e instanceof PathError) return this.fail(snap, e.message);
+      throw e;
+    }
     const files: Record<string, string> = {};
-    for (const c of claims) files[c.volume] = snapshotFileFor(annotations(c.pvc!)[storage.VOLUME_PATH], uid);
+    for (const c of claims) files[c.volume] = snapshotFileFor(volumes[c.volume].path, uid);
     const contentName = `vmsnapshot-content-${uid}`;
     // Memory only exists while the guest runs; a stopped VM's snapshot is its disks.
     const memory = running && annotations(snap)[WITH_MEMORY] === 'true' && claims[0]
-      ? join(dirname(annotations(claims[0].pvc!)[storage.VOLUME_PATH]), `${vm.metadata.name}@${uid}.memory`) : undefined;
+      ? join(dirname(volumes[claims[0].volume].path), `${vm.metadata.name}@${uid}.memory`) : undefined;
     // A running guest whose agent answers is frozen around the disk switch (KubeVirt's GuestAgent
     // indication). Not with memory: the paused instant already makes disks and memory one state,
     // and a guest saved frozen would resume frozen.
-    const qga = runDirFiles(this.opts.vms.runDirFor(ns, vm.metadata.name)).qga;
-    const agent = running && !memory && (await ping(qga));
+    const runDir = this.opts.vms.runDirFor(ns, vm.metadata.name);
+    const qga = runDir ? runDirFiles(runDir).qga : '';
+    const agent = running && !!runDir && !memory && (await ping(qga));
     const indications = running ? ['Online', agent ? 'GuestAgent' : 'NoGuestAgent'] : [];
     await updateStatus(this.client, VMSNAPSHOTS, ns, snap.metadata.name, (s) => {
       s.phase = 'InProgress';
@@ -135,7 +145,7 @@ export class SnapshotController extends Controller {
     // switch, so they read as zeros in the snapshot and copies of it (images) leave them out.
     let trimmed: number | undefined;
     if (annotations(snap)[SPARSIFY] === 'true' && !this.contents.get(`${ns}/${contentName}`)) {
-      trimmed = running && (agent || (await ping(qga))) ? await this.trim(snap, qga) : undefined;
+      trimmed = running && runDir && (agent || (await ping(qga))) ? await this.trim(snap, qga) : undefined;
       if (trimmed === undefined) await this.events.record(snap, 'Warning', 'NotSparsified', `${running ? 'no guest agent answers' : 'the VM is stopped'}: free space inside the guest could not be trimmed, so the snapshot keeps it`);
     }
     await this.ensureContent(snap, vm, contentName, claims.map((c) => ({ volume: c.volume, pvc: c.pvc! })), files, memory, trimmed);
@@ -150,8 +160,8 @@ export class SnapshotController extends Controller {
           if (pause) await qmp.execute('stop');
           try {
             for (const c of claims) {
-              const vol = annotations(c.pvc!)[storage.VOLUME_PATH];
-              await takeSnapshot(this.poolOf(vol), vol, files[c.volume], qmp ? { qmp, device: deviceId(c.volume) } : undefined);
+              const vol = volumes[c.volume];
+              await takeSnapshot(vol.pool, vol.path, files[c.volume], qmp ? { qmp, device: deviceId(c.volume) } : undefined);
             }
             if (memory && qmp && !(await exists(memory))) {
               const bytes = await saveMemory(qmp, memory);
@@ -176,7 +186,7 @@ export class SnapshotController extends Controller {
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       if (e instanceof ChainError && e.code === 'GoldenImage') return this.fail(snap, message);
-      await this.events.record(snap, 'Warning', 'SnapshotRetry', message);
+      await this.events.record(snap, 'Warning', 'SnapshotRetry', this.scrub(message, ns));
       throw e; // retried with backoff
     }
     const volumeSnapshotStatus = claims.map((c) => ({ volumeSnapshotName: volumeSnapshotName(uid, c.volume), readyToUse: true, creationTime: created }));
@@ -247,21 +257,32 @@ export class SnapshotController extends Controller {
     if (annotations(content)[SNAPSHOT_NODE] !== this.opts.nodeName) return;
     const finalizers = (content.metadata.finalizers as string[] | undefined) ?? [];
     if (!finalizers.includes(CONTENT_FINALIZER)) return;
+    const ns = content.metadata.namespace!;
     const files = Object.values(JSON.parse(annotations(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>);
-    for (const file of files) {
-      const pool = poolFor(this.opts.pools.values(), file);
-      if (pool) await deleteSnapshot(pool, file);
-    }
     const memory = annotations(content)[MEMORY_FILE];
-    if (memory) await rm(memory, { force: true });
+    // Only files in the content's own namespace are deleted, whatever its annotations name.
+    const contained = (path: string, what: string) => {
+      try {
+        return containedPath(this.opts.pools.values(), ns, path, what);
+      } catch (e) {
+        if (!(e instanceof PathError)) throw e;
+        this.log(`snapshots: content ${key}: ${e.message}: not deleting it`);
+        return undefined;
+      }
+    };
+    for (const file of files) {
+      const c = contained(file, SNAPSHOT_FILES);
+      if (c) await deleteSnapshot(c.pool, c.path);
+    }
+    const mem = memory ? contained(memory, MEMORY_FILE) : undefined;
+    if (mem) await rm(mem.path, { force: true });
     const rest = finalizers.filter((f) => f !== CONTENT_FINALIZER);
     await this.client.patch(VMSNAPSHOTCONTENTS, content.metadata.name, { metadata: { resourceVersion: content.metadata.resourceVersion, finalizers: rest.length ? rest : null } }, { namespace: content.metadata.namespace });
   }
 
-  private poolOf(path: string): Pool {
-    const pool = poolFor(this.opts.pools.values(), path);
-    if (!pool) throw new Error(`${path} is in none of this node's pools`);
-    return pool;
+  /** A message for the snapshot's status or Events: no host paths (see scrub.ts). */
+  private scrub(message: string, namespace: string | undefined): string {
+    return scrubPaths(message, { pools: [...this.opts.pools.values()].map((p) => p.dir) }, namespace);
   }
 
   /** Merges snapshot files deleted while their child was open, now that it may be closed. */
@@ -280,7 +301,8 @@ export class SnapshotController extends Controller {
     });
   }
 
-  private async fail(snap: KubeObject, message: string): Promise<void> {
+  private async fail(snap: KubeObject, raw: string): Promise<void> {
+    const message = this.scrub(raw, snap.metadata.namespace);
     await updateStatus(this.client, VMSNAPSHOTS, snap.metadata.namespace, snap.metadata.name, (s) => {
       s.phase = 'Failed';
       s.error = { time: new Date().toISOString(), message };

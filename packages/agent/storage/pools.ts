@@ -6,8 +6,9 @@
  * Importers write `<volume>.tmp-*` / `.part-*` and publish by rename; uploads keep
  * `<volume>.upload` until the import from it succeeds, so a dropped upload can resume.
  */
-import { open, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { basename, join, resolve } from 'node:path';
+import { lstatSync, realpathSync } from 'node:fs';
+import { open, readdir, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, resolve, sep } from 'node:path';
 import { mkdir } from 'node:fs/promises';
 
 export interface PoolConfig {
@@ -31,6 +32,42 @@ export class Pool {
   }
 
   async ensureNamespaceDir(namespace: string): Promise<void> { await mkdir(join(this.dir, namespace), { recursive: true, mode: 0o700 }); }
+
+  /** Removes the namespace's directory when nothing is left in it (tombstoned volumes keep it). */
+  async removeNamespaceDirIfEmpty(namespace: string): Promise<boolean> {
+    return rmdir(join(this.dir, namespace)).then(() => true, () => false);
+  }
+
+  /** The namespaces that have a directory in this pool. */
+  async namespaceDirs(): Promise<string[]> {
+    return (await readdir(this.dir, { withFileTypes: true }).catch(() => [])).filter((d) => d.isDirectory()).map((d) => d.name);
+  }
+
+  /**
+   * `path` (taken from an object: an annotation) as a path inside this pool's directory of
+   * `namespace` (ANY_NAMESPACE: of any namespace), or a PathError. Checked lexically after
+   * path.resolve and again with symlinks resolved (realpath of the file, or of its directory
+   * when the file does not exist yet), before anything is opened: `<pool>/t1/../t2/f` or a
+   * symlink in t1's directory to t2's file is refused. Returns the resolved path.
+   */
+  containedPath(namespace: string, path: string): string {
+    if (typeof path !== 'string' || path === '' || path.includes('\0') || !isAbsolute(path)) {
+      throw new PathError('PathNotInPool', `${JSON.stringify(String(path))} is not an absolute file path`);
+    }
+    const lexical = resolve(path);
+    if (!lexical.startsWith(this.dir + sep)) throw new PathError('PathNotInPool', `the file is not in pool ${this.name}`);
+    const root = namespace === ANY_NAMESPACE ? this.dir : join(this.dir, namespace);
+    const refuse = () => new PathError('PathOutsideNamespace', namespace === ANY_NAMESPACE
+      ? `the file is not in a namespace directory of pool ${this.name}`
+      : `the file is not in namespace ${namespace}'s directory of pool ${this.name}: the agent only opens a namespace's own volumes`);
+    // Within a namespace's directory, never the pool's top level or the directory itself.
+    if (!lexical.startsWith(root + sep) || (namespace === ANY_NAMESPACE && dirname(lexical) === this.dir)) throw refuse();
+    const realRoot = realpathOr(root, () => join(realpathOr(this.dir), namespace === ANY_NAMESPACE ? '' : namespace));
+    // A name that exists but does not resolve (a dangling symlink) could be created through: refused.
+    const real = realpathOr(lexical, () => { if (lexists(lexical)) throw refuse(); return join(realpathOr(dirname(lexical)), basename(lexical)); });
+    if (!real.startsWith(realRoot + sep) || (namespace === ANY_NAMESPACE && dirname(real) === realRoot)) throw refuse();
+    return lexical;
+  }
 
   /** Every qcow2 volume file in the pool (tombstoned ones included). */
   async volumes(): Promise<string[]> {
@@ -103,6 +140,50 @@ export class Pool {
     const users: string[] = [];
     for (const v of await this.volumes()) if (v !== path && (await backingFile(v)) === path) users.push(v);
     return users;
+  }
+}
+
+/** For containedPath: a file in any namespace's directory (only for claims in the golden-images namespace). */
+export const ANY_NAMESPACE = '*';
+
+export type PathErrorCode = 'PathNotInPool' | 'PathOutsideNamespace';
+
+/** A path from an object that the agent will not open. */
+export class PathError extends Error {
+  constructor(readonly code: PathErrorCode, message: string) {
+    super(message);
+    this.name = 'PathError';
+  }
+}
+
+/**
+ * The pool of `pools` whose directory of `namespace` holds `path`, with the resolved path (see
+ * Pool.containedPath). Every path the agent takes from an object goes through here. `what`
+ * names the path's source in the error (e.g. the annotation).
+ */
+export function containedPath(pools: Iterable<Pool>, namespace: string, path: string, what: string): { pool: Pool; path: string } {
+  let outside: PathError | undefined;
+  for (const pool of pools) {
+    try {
+      return { pool, path: pool.containedPath(namespace, path) };
+    } catch (e) {
+      if (!(e instanceof PathError)) throw e;
+      if (e.code === 'PathOutsideNamespace') outside = e;
+    }
+  }
+  if (outside) throw new PathError(outside.code, `${what}: ${outside.message}; refused`);
+  throw new PathError('PathNotInPool', `${what}: the file is in none of this node's pools (another node's local pool, or not a volume at all)`);
+}
+
+function lexists(path: string): boolean {
+  try { lstatSync(path); return true; } catch { return false; }
+}
+
+function realpathOr(path: string, fallback: () => string = () => path): string {
+  try {
+    return realpathSync.native(path);
+  } catch {
+    return fallback();
   }
 }
 

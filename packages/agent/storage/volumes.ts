@@ -20,7 +20,7 @@
 import { X509Certificate } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { parseQuantity, storage, tryParseQuantity, type PopulationSource } from '@vessel/api';
+import { findByResource, parseQuantity, storage, tryParseQuantity, type PopulationSource } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { Controller, EventRecorder, refs, setCondition, updateStatus, CLONE_SOURCE, type KubeObject, type Informer, type Log } from '@vessel/controllers';
 import { deviceId } from '../qemu/argv.ts';
@@ -28,7 +28,8 @@ import type { QmpClient } from '../qmp/client.ts';
 import { cloneVolume } from './clone.ts';
 import { ImportError } from './errors.ts';
 import { formatProgress, importDisk, type ImportSource } from './import.ts';
-import type { Pool } from './pools.ts';
+import { ANY_NAMESPACE, containedPath, PathError, type Pool } from './pools.ts';
+import { scrubPaths } from '../scrub.ts';
 import * as qemuImg from './qemu-img.ts';
 import type { EgressPolicy } from './egress.ts';
 import { openRegistryDisk, registryInsecure } from './registry.ts';
@@ -36,11 +37,14 @@ import { discardUpload, partPath, receiveUpload, UploadError, uploadOffset } fro
 
 type Obj = Record<string, unknown>;
 const { PVCS, DATAVOLUMES, STORAGE_CLASSES, VMIS, SECRETS, CONFIGMAPS } = refs;
+const NAMESPACES = findByResource('', 'v1', 'namespaces')!;
+/** Queue keys of namespaces (names have no '/'): a deleted one's empty pool directories go. */
+const NAMESPACE_KEY = 'namespace:';
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
 /** Failures that will fail again however often they are retried: the DataVolume goes Failed. */
-const PERMANENT = new Set(['BackingFileRefused', 'DataFileRefused', 'EncryptedRefused', 'TooLarge', 'Corrupt', 'ChecksumMismatch', 'UnsupportedFormat', 'InvalidArgument']);
+const PERMANENT = new Set(['PathOutsideNamespace', 'PathNotInPool', 'BackingFileRefused', 'DataFileRefused', 'EncryptedRefused', 'TooLarge', 'Corrupt', 'ChecksumMismatch', 'UnsupportedFormat', 'InvalidArgument']);
 
 export interface VolumeManagerOptions {
   nodeName: string;
@@ -71,11 +75,14 @@ export class VolumeManager extends Controller {
   private readonly dvs: Informer;
   private readonly classes: Informer;
   private readonly vmis: Informer;
+  private readonly namespaces: Informer;
   private readonly events: EventRecorder;
   /** Running populations by claim key. */
   private readonly running = new Map<string, Population>();
   /** Transient failures so far, per claim uid, for backoff and restartCount. */
   private readonly restarts = new Map<string, number>();
+  /** When a claim's next attempt may start (ms since the epoch), per claim uid, after a failure. */
+  private readonly retryAt = new Map<string, number>();
   private readonly inUseReported = new Set<string>();
   /** Expansions refused (class without allowVolumeExpansion) and already reported, by "uid/request". */
   private readonly refusalsReported = new Set<string>();
@@ -84,6 +91,7 @@ export class VolumeManager extends Controller {
     super('volumes', client, opts.log);
     this.events = new EventRecorder(client, 'vessel-agent', opts.nodeName);
     this.pvcs = this.inform(PVCS);
+    this.namespaces = this.inform(NAMESPACES, (n) => [NAMESPACE_KEY + n.metadata.name]);
     this.dvs = this.inform(DATAVOLUMES, (dv) => [keyOf(dv)]);
     // A class that now allows expansion lets its claims' pending expansions go on.
     this.classes = this.inform(STORAGE_CLASSES, (sc) => this.pvcs.list().filter((p) => (p.spec as Obj | undefined)?.storageClassName === sc.metadata.name && expansionRequested(p)).map(keyOf));
@@ -105,7 +113,15 @@ export class VolumeManager extends Controller {
       });
       if (removed.length) this.log(`volumes: removed ${removed.length} temporary file(s) of interrupted imports in pool ${pool.name}`);
       await pool.collect();
+      for (const ns of await pool.namespaceDirs()) if (!this.namespaces.get(ns)) await pool.removeNamespaceDirIfEmpty(ns);
     }
+  }
+
+  /** A deleted namespace's directories in the pools go once empty (its claims' deletions empty them). */
+  private async namespaceGone(ns: string): Promise<void> {
+    if (this.namespaces.get(ns)) return;
+    if (this.pvcs.list().some((p) => p.metadata.namespace === ns)) { this.queue.addAfter(NAMESPACE_KEY + ns, 2000); return; }
+    for (const pool of this.opts.pools.values()) await pool.removeNamespaceDirIfEmpty(ns);
   }
 
   protected override async stopped(): Promise<void> {
@@ -114,6 +130,7 @@ export class VolumeManager extends Controller {
   }
 
   protected async reconcile(key: string): Promise<void> {
+    if (key.startsWith(NAMESPACE_KEY)) return this.namespaceGone(key.slice(NAMESPACE_KEY.length));
     const pvc = this.pvcs.get(key);
     if (!pvc) return this.abortPopulation(key);
     // Before the node check: a claim in the shared pool is grown by the node its VM runs on.
@@ -137,6 +154,9 @@ export class VolumeManager extends Controller {
     const dv = dvName ? this.dvs.get(`${pvc.metadata.namespace}/${dvName}`) : undefined;
     if (dvName && !dv) return; // the DataVolume's informer event brings us back
     if (dv && String((dv.status as Obj | undefined)?.phase) === 'Failed') return;
+    // Backing off after a failure: any event meanwhile (our own status write among them) waits too.
+    const wait = (this.retryAt.get(pvc.metadata.uid ?? '') ?? 0) - Date.now();
+    if (wait > 0) { if (Number.isFinite(wait)) this.queue.addAfter(key, wait); return; }
     this.startPopulation(pvc, dv, pool, dest);
   }
 
@@ -168,12 +188,13 @@ export class VolumeManager extends Controller {
     const size = requestedBytes(pvc);
     const restoreFrom = annotations(pvc)[storage.RESTORE_SOURCE];
     if (restoreFrom) {
-      // Only a snapshot file of the claim's own namespace, or any for an image in the golden namespace (admins only).
+      // Only a snapshot file of the claim's own namespace, or any for an image in the golden
+      // namespace (admins only), checked with `..` and symlinks resolved before it is opened.
       const ns = pvc.metadata.namespace!;
-      const allowed = [...this.opts.pools.values()].some((p) => restoreFrom.startsWith(`${p.dir}/${ns}/`) || (ns === storage.GOLDEN_IMAGES_NAMESPACE && restoreFrom.startsWith(`${p.dir}/`)));
-      if (!allowed || !restoreFrom.includes('@')) throw new ImportError('InvalidArgument', `${storage.RESTORE_SOURCE} must name a snapshot file of namespace ${ns}`);
+      const source = this.containedPath(ns === storage.GOLDEN_IMAGES_NAMESPACE ? ANY_NAMESPACE : ns, restoreFrom, storage.RESTORE_SOURCE);
+      if (!/@[^/]*$/.test(source)) throw new ImportError('InvalidArgument', `${storage.RESTORE_SOURCE} must name a snapshot file of namespace ${ns}`);
       // A restore into a new VM: a linked clone of the snapshot file (which never changes), or a full copy.
-      await cloneVolume({ source: restoreFrom, dest, size: Math.max(size, 0), linked: annotations(pvc)[storage.CLONE_TYPE] !== 'full', immutableSource: true, signal });
+      await cloneVolume({ source, dest, size: Math.max(size, 0), linked: annotations(pvc)[storage.CLONE_TYPE] !== 'full', immutableSource: true, signal });
       await this.bind(pvc, pool, dest);
       return;
     }
@@ -198,8 +219,10 @@ export class VolumeManager extends Controller {
     await this.setDvPhase(dv, running, running, `${source.kind === 'pvc' ? 'Cloning from ' + source.namespace + '/' + source.name : 'Import into ' + pvc.metadata.name + ' in progress'}`);
     if (source.kind === 'pvc') {
       const src = this.pvcs.get(`${source.namespace}/${source.name}`);
-      const srcPath = src && annotations(src)[storage.VOLUME_PATH];
-      if (!src || !srcPath) throw new ImportError('IOError', `clone source ${source.namespace}/${source.name} has no volume yet`);
+      const recorded = src && annotations(src)[storage.VOLUME_PATH];
+      if (!src || !recorded) throw new ImportError('IOError', `clone source ${source.namespace}/${source.name} has no volume yet`);
+      // The source's file must be in the source claim's own namespace (admission decided this tenant may read that claim).
+      const srcPath = this.containedPath(source.namespace, recorded, `${storage.VOLUME_PATH} of the clone source`);
       const samePool = annotations(src)[storage.VOLUME_POOL] === pool.name;
       const linked = annotations(pvc)[storage.CLONE_TYPE] === 'linked' && samePool;
       await cloneVolume({ source: srcPath, dest, size: Math.max(size, 0), linked, signal, onProgress: progress });
@@ -262,6 +285,7 @@ export class VolumeManager extends Controller {
       s.capacity = { storage: ((spec.resources as Obj | undefined)?.requests as Obj | undefined)?.storage ?? String(Math.max(size, info.virtualSize)) };
     });
     this.restarts.delete(pvc.metadata.uid ?? '');
+    this.retryAt.delete(pvc.metadata.uid ?? '');
     const dvName = annotations(pvc)[storage.POPULATED_FOR];
     const owner = dv ?? (dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined);
     if (owner) {
@@ -285,13 +309,20 @@ export class VolumeManager extends Controller {
 
   private async failed(pvc: KubeObject, dv: KubeObject | undefined, e: unknown, signal: AbortSignal): Promise<void> {
     if (signal.aborted) return;
-    const code = e instanceof ImportError ? e.code : 'Error';
-    const message = e instanceof Error ? e.message : String(e);
-    this.log(`volumes: ${keyOf(pvc)}: ${code}: ${message}`);
+    const code = e instanceof ImportError || e instanceof PathError ? e.code : 'Error';
+    const raw = e instanceof Error ? e.message : String(e);
+    this.log(`volumes: ${keyOf(pvc)}: ${code}: ${raw}`);
+    // The log keeps the paths; what the tenant reads does not.
+    const message = this.scrub(raw, pvc.metadata.namespace);
     const uid = pvc.metadata.uid ?? '';
     const permanent = PERMANENT.has(code);
     const restarts = (this.restarts.get(uid) ?? 0) + (permanent ? 0 : 1);
     this.restarts.set(uid, restarts);
+    // The next attempt waits 1 s, doubling to 60 s. Recorded before the status write below,
+    // whose informer event brings the claim straight back to reconcile().
+    const delay = Math.min(60_000, 1000 * 2 ** Math.min(restarts - 1, 6));
+    // A permanent failure is not tried again for this claim (a DataVolume shows Failed).
+    this.retryAt.set(uid, permanent ? Number.POSITIVE_INFINITY : Date.now() + delay);
     if (dv) {
       await updateStatus(this.client, DATAVOLUMES, dv.metadata.namespace, dv.metadata.name, (s) => {
         if (permanent) s.phase = 'Failed';
@@ -301,7 +332,17 @@ export class VolumeManager extends Controller {
       }).catch(() => undefined);
     }
     await this.events.record(dv ?? pvc, 'Warning', permanent ? `${code}` : 'ImportRetry', permanent ? message : `${message} (attempt ${restarts}; retrying)`);
-    if (!permanent) this.queue.addAfter(keyOf(pvc), Math.min(60_000, 1000 * 2 ** Math.min(restarts, 6)));
+    if (!permanent) this.queue.addAfter(keyOf(pvc), delay);
+  }
+
+  /** `path` from an object, inside `namespace`'s directory of one of this node's pools (see Pool.containedPath). */
+  private containedPath(namespace: string, path: string, what: string): string {
+    return containedPath(this.opts.pools.values(), namespace, path, what).path;
+  }
+
+  /** A message for a tenant's status or Event: no host paths (see scrub.ts). */
+  private scrub(message: string, namespace: string | undefined): string {
+    return scrubPaths(message, { pools: [...this.opts.pools.values()].map((p) => p.dir) }, namespace);
   }
 
   private async setDvPhase(dv: KubeObject, phase: string, reason: string, message: string, keepProgress = false): Promise<void> {
@@ -350,9 +391,20 @@ export class VolumeManager extends Controller {
       return;
     }
     this.inUseReported.delete(key);
-    const path = annotations(pvc)[storage.VOLUME_PATH] ?? pool.volumePath(pvc.metadata.namespace!, pvc.metadata.name, pvc.metadata.uid!);
+    const derived = pool.volumePath(pvc.metadata.namespace!, pvc.metadata.name, pvc.metadata.uid!);
+    const recorded = annotations(pvc)[storage.VOLUME_PATH];
+    let path = derived;
+    if (recorded && recorded !== derived) {
+      // Never delete a file outside the claim's namespace, whatever the annotation says.
+      try { path = this.containedPath(pvc.metadata.namespace!, recorded, storage.VOLUME_PATH); } catch (e) {
+        if (!(e instanceof PathError)) throw e;
+        this.log(`volumes: ${key}: ${e.message}; deleting ${derived} instead`);
+      }
+    }
     await discardUpload(path);
     const outcome = await pool.deleteVolume(path);
+    this.restarts.delete(pvc.metadata.uid ?? '');
+    this.retryAt.delete(pvc.metadata.uid ?? '');
     if (outcome === 'kept-for-clones') this.log(`volumes: ${key}: volume kept until its linked clones are deleted`);
     const finalizers = ((pvc.metadata.finalizers as string[] | undefined) ?? []).filter((f) => f !== storage.PVC_PROTECTION);
     await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: finalizers.length ? finalizers : null } }, { namespace: pvc.metadata.namespace });
@@ -389,7 +441,13 @@ export class VolumeManager extends Controller {
       return;
     }
     const { request, size, user } = plan;
-    const path = annotations(pvc)[storage.VOLUME_PATH]!;
+    let path: string;
+    try {
+      path = this.containedPath(ns, annotations(pvc)[storage.VOLUME_PATH]!, storage.VOLUME_PATH);
+    } catch (e) {
+      await this.events.record(pvc, 'Warning', 'VolumeResizeFailed', this.scrub(`resize volume pvc-${pvc.metadata.uid} refused: ${(e as Error).message}`, ns));
+      return;
+    }
     const volumeName = `pvc-${pvc.metadata.uid}`;
     let started = false;
     await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
@@ -421,7 +479,7 @@ export class VolumeManager extends Controller {
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
       this.log(`volumes: ${key}: resize to ${request} failed: ${message}`);
-      await this.events.record(pvc, 'Warning', 'VolumeResizeFailed', `resize volume ${volumeName} to ${request} failed: ${message}`);
+      await this.events.record(pvc, 'Warning', 'VolumeResizeFailed', this.scrub(`resize volume ${volumeName} to ${request} failed: ${message}`, ns));
       throw e; // retried with backoff
     }
     if (how === 'wait') {

@@ -13,6 +13,7 @@ import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api
 import { storage } from '@vessel/api';
 import type { KubeObject } from '@vessel/controllers';
 import { buildQemuArgv } from '../qemu/argv.ts';
+import { PathError } from '../storage/pools.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { isHotpluggable, mergeVolumeStatus, scsiTargetName, VolumeHotplug, type HotplugDeps, type HotplugQmp, type VolumeStatusEntry } from './hotplug.ts';
 
@@ -45,7 +46,7 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
   const vmi: KubeObject = { metadata: { name: 'hot', namespace: 'default', uid: 'u1' }, spec: {}, status: { phase: 'Running' } };
   const deps: HotplugDeps = {
     claim: (ns, name) => claims.get(`${ns}/${name}`),
-    reachable: (path) => path.startsWith(dir),
+    locate: (_ns, path) => { if (!path.startsWith(dir)) throw new PathError('PathNotInPool', 'not here'); return path; },
     event: async (_vmi, type, reason, message) => { events.push(`${type} ${reason} ${message}`); },
     writeVolumeStatus: async (_vmi, entries) => {
       const status = vmi.status as Obj;

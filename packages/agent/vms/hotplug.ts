@@ -49,8 +49,8 @@ export interface VolumeStatusEntry {
 export interface HotplugDeps {
   /** Claims by namespace and name, from the agent's cache. */
   claim(namespace: string, name: string): KubeObject | undefined;
-  /** Whether a volume path is reachable from this node (its own local pool or a shared one). */
-  reachable(path: string): boolean;
+  /** A claim's recorded volume path as a file of this node's pools in `namespace`'s directory, or a PathError (see PrepareContext.locate). */
+  locate(namespace: string, path: string): string;
   event(vmi: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void>;
   /** Replaces the hotplug entries (those with hotplugVolume) of the VMI's status.volumeStatus. */
   writeVolumeStatus(vmi: KubeObject, entries: VolumeStatusEntry[]): Promise<void>;
@@ -229,7 +229,7 @@ export class VolumeHotplug {
   /** The claim's volume file; a HotplugFailure says why it cannot be used (yet). */
   private claimPath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined): string {
     try {
-      return claimVolumePath(ns, claim, volume, pvc, this.deps.reachable);
+      return claimVolumePath(ns, claim, volume, pvc, this.deps.locate);
     } catch (e) {
       if (e instanceof PrepareError) throw new HotplugFailure(e.reason, e.message, e.retry ? RETRY_PENDING_MS : undefined);
       throw e;
@@ -242,15 +242,19 @@ export function agentHotplugDeps(opts: {
   client: Client;
   events: EventRecorder;
   claim: HotplugDeps['claim'];
-  reachable: HotplugDeps['reachable'];
+  locate: HotplugDeps['locate'];
   log?: (line: string) => void;
+  /** Takes host paths out of what the VMI's status and Events say (QMP errors name files). */
+  scrub?: (message: string, namespace: string | undefined) => string;
 }): HotplugDeps {
+  const scrub = opts.scrub ?? ((m: string) => m);
   return {
     claim: opts.claim,
-    reachable: opts.reachable,
+    locate: opts.locate,
     log: opts.log,
-    event: (vmi, type, reason, message) => opts.events.record(vmi, type, reason, message),
-    async writeVolumeStatus(vmi, entries) {
+    event: (vmi, type, reason, message) => opts.events.record(vmi, type, reason, scrub(message, vmi.metadata.namespace)),
+    async writeVolumeStatus(vmi, list) {
+      const entries = list.map((e) => (e.message ? { ...e, message: scrub(e.message, vmi.metadata.namespace) } : e));
       await updateStatus(opts.client, refs.VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, current) => {
         if (s.phase === 'Succeeded' || s.phase === 'Failed' || current.metadata.uid !== vmi.metadata.uid) return false;
         const next = mergeVolumeStatus(s.volumeStatus, entries);

@@ -14,6 +14,7 @@ import { refs } from '@vessel/controllers';
 import { buildCloudInitIso, cloudInitIsoOptions } from '../qemu/cloudinit.ts';
 import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } from '../qemu/argv.ts';
 import { importDisk } from '../storage/import.ts';
+import { PathError } from '../storage/pools.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { openRegistryDisk, registryInsecure } from '../storage/registry.ts';
@@ -38,8 +39,11 @@ export interface PrepareContext {
   client: Client;
   /** Claims by "namespace/name", from the agent's cache. */
   claim(namespace: string, name: string): KubeObject | undefined;
-  /** Whether a pool directory is reachable from this node (its own local pool or a shared one). */
-  reachable(path: string): boolean;
+  /**
+   * A claim's recorded volume path as a file in one of this node's pools (its local pool or a
+   * shared one), inside the directory of `namespace`; throws a PathError otherwise.
+   */
+  locate(namespace: string, path: string): string;
   /** Where containerDisk images may be pulled from (storage/egress.ts). */
   egress?: EgressPolicy;
   signal?: AbortSignal;
@@ -117,18 +121,23 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
 }
 
 function claimPath(ns: string, claim: string, volume: string, ctx: PrepareContext): string {
-  return claimVolumePath(ns, claim, volume, ctx.claim(ns, claim), ctx.reachable);
+  return claimVolumePath(ns, claim, volume, ctx.claim(ns, claim), ctx.locate);
 }
 
 /** The file of a claim a VM's volume uses, or a PrepareError saying why it cannot be used (yet). */
-export function claimVolumePath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined, reachable: (path: string) => boolean): string {
+export function claimVolumePath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined, locate: (namespace: string, path: string) => string): string {
   if (!pvc) throw new PrepareError('PvcNotFound', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} does not exist`, true);
   const path = (pvc.metadata?.annotations as Record<string, string> | undefined)?.[storage.VOLUME_PATH];
   if ((pvc.status as { phase?: string } | undefined)?.phase !== 'Bound' || !path) {
     throw new PrepareError('PvcNotReady', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} is not Bound yet`, true);
   }
-  if (!reachable(path)) throw new PrepareError('VolumeNotOnNode', `volume ${volume}: ${ns}/${claim} lives in another node's local pool`, false);
-  return path;
+  try {
+    return locate(ns, path);
+  } catch (e) {
+    if (!(e instanceof PathError)) throw e;
+    if (e.code === 'PathNotInPool') throw new PrepareError('VolumeNotOnNode', `volume ${volume}: ${ns}/${claim} lives in another node's local pool`, false);
+    throw new PrepareError('VolumeError', `volume ${volume}: PersistentVolumeClaim ${claim}: ${e.message}`, false);
+  }
 }
 
 async function freshOverlay(path: string, base: string): Promise<void> {

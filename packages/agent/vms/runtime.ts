@@ -1,7 +1,7 @@
 /**
  * The agent's VM runtime (KubeVirt's virt-handler and virt-launcher in one): for every VMI
  * scheduled to this node it prepares the disks, builds the QEMU command line, starts QEMU
- * detached in the VMI's run directory (`<dataDir>/vms/<namespace>/<name>`) and follows it over
+ * detached in the VMI's run directory (`<dataDir>/vms/<namespace>/<uid>`, see runDirOf) and follows it over
  * QMP: phase Running, the Paused condition, Succeeded when the guest powers off, Failed when
  * QEMU dies or cannot start. Deleting a VMI powers the guest down through ACPI, then kills QEMU
  * after terminationGracePeriodSeconds.
@@ -10,18 +10,28 @@
  * directories, so a restart never starts a guest twice, and it reconciles what happened while
  * it was away (a guest that powered off stays in QEMU's 'shutdown' state thanks to
  * -no-shutdown, so it is seen as Succeeded, not as a crash).
+ *
+ * Run directories are per VirtualMachine uid (a VMI without a VM: per VMI uid), never per
+ * name: they hold the cloud-init ISO with its user data, serial.log and emptyDisk images, and a
+ * VM of the same name in a re-created namespace must not see them. One outlives the VM's
+ * VMIs (serial.log across its runs, `vessel logs` of a stopped VM) and is removed once no QEMU
+ * runs there and neither the VM nor a VMI that uses it exists, and at agent start; an emptied
+ * namespace directory goes with it. QEMUs started before this layout (`vms/<namespace>/<name>`)
+ * are re-adopted where they run, and their directory is removed when their VMI is gone.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import { storage } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, EventRecorder, getCondition, NODE_UNRESPONSIVE, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { cacheKey, Controller, EventRecorder, getCondition, NODE_UNRESPONSIVE, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
-import { poolFor, type Pool } from '../storage/pools.ts';
+import { scrubPaths } from '../scrub.ts';
+import { containedPath, PathError, type Pool } from '../storage/pools.ts';
 import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
@@ -29,7 +39,9 @@ import type { EgressPolicy } from '../storage/egress.ts';
 import { PrepareError, prepareVm } from './prepare.ts';
 
 type Obj = Record<string, unknown>;
-const { VMIS, PVCS } = refs;
+const { VMIS, VMS, PVCS } = refs;
+/** The queue key of the run-directory collection (not a namespace/name). */
+const COLLECT_KEY = 'collect-run-dirs';
 /** Held on a VMI while its QEMU may still run, so the object outlives the guest. */
 export const VMI_FINALIZER = 'vessel.io/qemu';
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -49,6 +61,7 @@ export interface VmRuntimeOptions {
 /** One running QEMU followed over QMP. */
 interface Session {
   uid: string;
+  runDir: string;
   qmp: QmpClient;
   /** Set when we end the QEMU ourselves, so its going away is not a crash. */
   stopping: boolean;
@@ -70,7 +83,12 @@ export function startFailure(e: unknown): { reason: string; message: string } {
 
 export class VmRuntime extends Controller {
   private readonly vmis: Informer;
+  private readonly vmList: Informer;
   private readonly pvcs: Informer;
+  /** VMI uid → run directory of a QEMU started before run directories were per uid (re-adopted where it runs). */
+  private readonly legacyDirs = new Map<string, string>();
+  /** Run directories a start is preparing right now: never collected. */
+  private readonly preparing = new Set<string>();
   private readonly events: EventRecorder;
   private readonly sessions = new Map<string, Session>();
   private readonly busy = new Map<string, Promise<void>>();
@@ -79,7 +97,9 @@ export class VmRuntime extends Controller {
   constructor(client: Client, private readonly opts: VmRuntimeOptions) {
     super('vms', client, opts.log, 4);
     this.events = new EventRecorder(client, 'virt-handler', opts.nodeName);
-    this.vmis = this.inform(VMIS);
+    // Every VMI or VM change may leave a run directory unused: collected a little later, once.
+    this.vmis = this.inform(VMIS, (vmi) => { this.queue.addAfter(COLLECT_KEY, 2000); return [cacheKey(vmi)]; });
+    this.vmList = this.inform(VMS, () => { this.queue.addAfter(COLLECT_KEY, 2000); return []; });
     // A claim becoming Bound can unblock a VMI waiting for it (to start, or to plug it in), and
     // a claim that grew changes the capacity its VMI's volumeStatus shows.
     this.pvcs = this.inform(PVCS, (pvc) => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v))
@@ -87,12 +107,24 @@ export class VmRuntime extends Controller {
     this.hotplug = new VolumeHotplug(agentHotplugDeps({
       client, events: this.events, log: this.log,
       claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
-      reachable: (path) => !!poolFor(opts.pools.values(), path),
+      locate: (ns, path) => containedPath(opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
+      scrub: (message, ns) => this.scrub(message, ns),
     }));
   }
 
-  runDirFor(namespace: string, name: string): string {
-    return join(resolve(this.opts.dataDir), 'vms', namespace, name);
+  private get root(): string { return join(resolve(this.opts.dataDir), 'vms'); }
+
+  /** The VMI's run directory: its VM's (by uid), else its own (by uid); see the module comment. */
+  runDirOf(vmi: KubeObject): string {
+    return this.legacyDirs.get(vmi.metadata.uid ?? '') ?? join(this.root, vmi.metadata.namespace!, runDirKey(vmi));
+  }
+
+  /** The run directory of VMI or VM `name` (console, serial log, guest agent); undefined when neither exists. */
+  runDirFor(namespace: string, name: string): string | undefined {
+    const vmi = this.vmis.get(`${namespace}/${name}`);
+    if (vmi) return this.runDirOf(vmi);
+    const vm = this.vmList.get(`${namespace}/${name}`);
+    return vm?.metadata.uid ? join(this.root, namespace, vm.metadata.uid) : undefined;
   }
 
   private mine(vmi: KubeObject): boolean {
@@ -101,7 +133,7 @@ export class VmRuntime extends Controller {
 
   /** Re-adopts the QEMUs of an earlier run; each is then reconciled like any VMI. */
   protected override async started(): Promise<void> {
-    const root = join(resolve(this.opts.dataDir), 'vms');
+    const root = this.root;
     for (const ns of await readdir(root).catch(() => [] as string[])) {
       for (const vm of await listRunDirs(join(root, ns))) {
         const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
@@ -111,10 +143,40 @@ export class VmRuntime extends Controller {
           await terminate(vm.runDir, { graceMs: 5000 });
           continue;
         }
+        // Started by an agent before run directories were per uid: it stays where it runs.
+        if (vm.runDir !== this.runDirOf(vmi) && !UUID.test(vm.runDir.split('/').pop() ?? '')) this.legacyDirs.set(vmi.metadata.uid!, vm.runDir);
         this.log(`vms: re-adopted ${key} (QEMU pid ${vm.pid})`);
         await this.attach(vmi);
       }
     }
+    // What a crash left: run directories of VMs and VMIs that no longer exist.
+    await this.collectRunDirs();
+  }
+
+  /**
+   * Removes run directories no VM or VMI uses any more and in which no QEMU runs, then the
+   * namespace directories left empty. Directories are listed before the caches are read, so one
+   * made meanwhile for a new VMI is not taken for garbage.
+   */
+  private async collectRunDirs(): Promise<void> {
+    const root = this.root;
+    const found: { ns: string; dir: string }[] = [];
+    const namespaces = await readdir(root).catch(() => [] as string[]);
+    for (const ns of namespaces) for (const d of await readdir(join(root, ns)).catch(() => [] as string[])) found.push({ ns, dir: join(root, ns, d) });
+    const wanted = new Set<string>([...this.preparing]);
+    for (const vmi of this.vmis.list()) wanted.add(this.runDirOf(vmi));
+    for (const vm of this.vmList.list()) if (vm.metadata.uid) wanted.add(join(root, vm.metadata.namespace!, vm.metadata.uid));
+    for (const s of this.sessions.values()) wanted.add(s.runDir);
+    let removed = 0;
+    for (const { dir } of found) {
+      if (wanted.has(dir) || (await probe(dir)) !== undefined) continue;
+      await rm(dir, { recursive: true, force: true });
+      for (const [uid, d] of this.legacyDirs) if (d === dir) this.legacyDirs.delete(uid);
+      removed++;
+    }
+    const inUse = new Set(this.vmis.list().map((v) => v.metadata.namespace));
+    for (const ns of namespaces) if (!inUse.has(ns)) await rmdir(join(root, ns)).catch(() => undefined);
+    if (removed) this.log(`vms: removed ${removed} run director${removed === 1 ? 'y' : 'ies'} of VMs that no longer exist`);
   }
 
   protected override async stopped(): Promise<void> {
@@ -124,18 +186,20 @@ export class VmRuntime extends Controller {
   }
 
   protected async reconcile(key: string): Promise<void> {
+    if (key === COLLECT_KEY) return this.collectRunDirs();
     for (let p = this.busy.get(key); p; p = this.busy.get(key)) await p;
     const vmi = this.vmis.get(key);
     const [ns, name] = key.split('/');
-    const runDir = this.runDirFor(ns, name);
     if (!vmi) {
       // Gone without us (finalizer removed by hand): a QEMU left must not run on.
-      if (await probe(runDir)) await this.stopQemu(key, runDir);
+      const gone = this.sessions.get(key);
+      if (gone && (await probe(gone.runDir))) await this.stopQemu(key, gone.runDir, gone);
       return;
     }
+    const runDir = this.runDirOf(vmi);
     if (!this.mine(vmi)) return;
     const session = this.sessions.get(key);
-    if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, runDir);
+    if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, session.runDir, session);
 
     if (vmi.metadata.deletionTimestamp) return this.track(key, () => this.shutdown(vmi, runDir));
     if (FINAL.has(phaseOf(vmi))) {
@@ -155,6 +219,14 @@ export class VmRuntime extends Controller {
     }
     const alive = await adopt(runDir);
     if (alive && alive.meta.uid === vmi.metadata.uid) return this.attach(vmi);
+    if (!alive) {
+      // Its QEMU may run in a run directory by name (an agent before run directories were per uid).
+      const legacy = await adopt(join(this.root, ns, name)).catch(() => undefined);
+      if (legacy && legacy.meta.uid === vmi.metadata.uid) {
+        this.legacyDirs.set(vmi.metadata.uid!, legacy.runDir);
+        return this.attach(vmi);
+      }
+    }
     if (alive) await this.stopQemu(key, runDir);
     if (phaseOf(vmi) === 'Running') {
       // It ran, and its QEMU is gone while we were not watching: a crash or a kill.
@@ -195,37 +267,54 @@ export class VmRuntime extends Controller {
   }
 
   private async startVm(vmi: KubeObject, runDir: string): Promise<void> {
-    const key = keyOf(vmi);
     const finalizers = (vmi.metadata.finalizers as string[] | undefined) ?? [];
     if (!finalizers.includes(VMI_FINALIZER)) {
       await this.client.patch(VMIS, vmi.metadata.name, { metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: [...finalizers, VMI_FINALIZER] } }, { namespace: vmi.metadata.namespace });
       return; // the update brings the VMI back
     }
+    this.preparing.add(runDir);
+    try {
+      await this.launchVm(vmi, runDir);
+    } finally {
+      this.preparing.delete(runDir);
+    }
+  }
+
+  private async launchVm(vmi: KubeObject, runDir: string): Promise<void> {
+    const key = keyOf(vmi);
     const typed = { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid }, spec: vmi.spec as V1VirtualMachineInstanceSpec };
     let argv: ReturnType<typeof buildQemuArgv>;
     try {
       const prepared = await prepareVm(typed, runDir, {
         client: this.client,
         claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
-        reachable: (path) => !!poolFor(this.opts.pools.values(), path),
+        locate: (ns, path) => containedPath(this.opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
         egress: this.opts.egress,
       });
       argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
     } catch (e) {
       if (e instanceof PrepareError && e.retry) {
         await this.condition(vmi, 'Ready', 'False', e.reason, e.message);
-        await this.events.record(vmi, 'Warning', e.reason, e.message);
+        await this.events.record(vmi, 'Warning', e.reason, this.scrub(e.message, vmi.metadata.namespace));
         this.queue.addAfter(key, 3000);
         return;
       }
       const { reason, message } = startFailure(e);
       return this.finish(vmi, 'Failed', reason, message);
     }
-    for (const w of argv.warnings) await this.events.record(vmi, 'Warning', 'SpecWarning', w);
+    for (const w of argv.warnings) await this.events.record(vmi, 'Warning', 'SpecWarning', this.scrub(w, vmi.metadata.namespace));
     // A restore with memory: QEMU waits for the saved state instead of booting the guest.
-    const resume = (vmi.metadata.annotations as Record<string, string> | undefined)?.[RESUME_MEMORY];
+    const recordedResume = (vmi.metadata.annotations as Record<string, string> | undefined)?.[RESUME_MEMORY];
+    let resume: string | undefined;
+    try {
+      // Only a memory state of the VMI's own namespace is loaded.
+      resume = recordedResume ? containedPath(this.opts.pools.values(), vmi.metadata.namespace!, recordedResume, RESUME_MEMORY).path : undefined;
+    } catch (e) {
+      if (e instanceof PathError) return this.finish(vmi, 'Failed', e.code, `${e.message}: remove the annotation ${RESUME_MEMORY} from the VirtualMachine and start it again`);
+      throw e;
+    }
     const resuming = !!resume && (await stat(resume).then(() => true, () => false));
-    if (resume && !resuming) await this.events.record(vmi, 'Warning', 'MemoryStateMissing', `the memory state ${resume} is gone: the guest boots from its disks`);
+    if (resume && !resuming) await this.events.record(vmi, 'Warning', 'MemoryStateMissing', 'the saved memory state of the snapshot is gone: the guest boots from its disks');
     if (resuming) argv.argv.push('-incoming', 'defer');
     try {
       await launch({
@@ -238,7 +327,7 @@ export class VmRuntime extends Controller {
     }
     await this.attach(vmi);
     const qmp = this.qmpFor(vmi.metadata.namespace!, vmi.metadata.name);
-    if (resuming && qmp) {
+    if (resuming && qmp && resume) {
       const t0 = Date.now();
       await loadMemory(qmp, resume);
       if ((await qmp.execute<{ status: string }>('query-status')).status === 'paused') await qmp.execute('cont');
@@ -250,9 +339,9 @@ export class VmRuntime extends Controller {
   /** Follows a running QEMU over QMP and records what it is doing. */
   private async attach(vmi: KubeObject): Promise<void> {
     const key = keyOf(vmi);
-    const runDir = this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name);
+    const runDir = this.runDirOf(vmi);
     const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
-    const session: Session = { uid: vmi.metadata.uid ?? '', qmp, stopping: false, rebootPending: false };
+    const session: Session = { uid: vmi.metadata.uid ?? '', runDir, qmp, stopping: false, rebootPending: false };
     this.sessions.set(key, session);
     // AgentConnected while the guest agent answers (qga/watch.ts), watched as long as QMP is.
     const stopAgentWatch = watchAgent(runDirFiles(runDir).qga, (up) => updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && agentConnected(s, up)));
@@ -324,15 +413,14 @@ export class VmRuntime extends Controller {
   private async guestPoweredOff(key: string, session: Session): Promise<void> {
     const vmi = this.vmis.get(key);
     if (!vmi || vmi.metadata.deletionTimestamp) return; // shutdown() is on it
-    await this.stopQemu(key, this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name), session);
+    await this.stopQemu(key, session.runDir, session);
     await this.finish(vmi, 'Succeeded', 'GuestShutdown', 'the guest powered off');
   }
 
   private async onQemuGone(key: string, session: Session): Promise<void> {
     const vmi = this.vmis.get(key);
     if (!vmi || vmi.metadata.uid !== session.uid || FINAL.has(phaseOf(vmi)) || vmi.metadata.deletionTimestamp) return;
-    const runDir = this.runDirFor(vmi.metadata.namespace!, vmi.metadata.name);
-    await this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited unexpectedly: ${await lastLogLine(runDir)}`);
+    await this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited unexpectedly: ${await lastLogLine(session.runDir)}`);
   }
 
   /** Deletion: ACPI power-off, then the kill after the grace period; then the finalizer goes. */
@@ -370,7 +458,8 @@ export class VmRuntime extends Controller {
     await terminate(runDir, { graceMs: 2000 });
   }
 
-  private async finish(vmi: KubeObject, phase: 'Succeeded' | 'Failed', reason: string, message: string): Promise<void> {
+  private async finish(vmi: KubeObject, phase: 'Succeeded' | 'Failed', reason: string, raw: string): Promise<void> {
+    const message = this.scrub(raw, vmi.metadata.namespace);
     await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
       if (FINAL.has(String(s.phase))) return false;
       s.phase = phase;
@@ -384,7 +473,12 @@ export class VmRuntime extends Controller {
   }
 
   private async condition(vmi: KubeObject, type: string, status: 'True' | 'False', reason: string, message: string): Promise<void> {
-    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => { setCondition(s, { type, status, reason, message }, false); });
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => { setCondition(s, { type, status, reason, message: this.scrub(message, vmi.metadata.namespace) }, false); });
+  }
+
+  /** A message for the VMI's status or Events: no pool or run-directory paths (see scrub.ts). */
+  private scrub(message: string, namespace: string | undefined): string {
+    return scrubPaths(message, { pools: [...this.opts.pools.values()].map((p) => p.dir), other: [this.opts.dataDir] }, namespace);
   }
 
   private async dropFinalizer(vmi: KubeObject): Promise<void> {
@@ -430,6 +524,17 @@ async function lastLogLine(runDir: string): Promise<string> {
   const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
   const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
   return lines[lines.length - 1] ?? 'no output from QEMU';
+}
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+
+/** A VMI's run directory name: its VirtualMachine's uid (kept across the VM's runs), else its own. */
+function runDirKey(vmi: KubeObject): string {
+  const refs = (vmi.metadata.ownerReferences as { kind?: string; uid?: string }[] | undefined) ?? [];
+  const uid = refs.find((r) => r.kind === 'VirtualMachine' && typeof r.uid === 'string' && UUID.test(r.uid))?.uid ?? vmi.metadata.uid ?? '';
+  // A uid is what the API server made; anything else (no uid at all) must not make a path of it.
+  if (!UUID.test(uid)) throw new Error(`VirtualMachineInstance ${vmi.metadata.namespace}/${vmi.metadata.name} has no valid uid`);
+  return uid;
 }
 
 /** Whether the VMI has a volume on claim (or DataVolume) `name`. */
