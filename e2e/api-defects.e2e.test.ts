@@ -11,8 +11,8 @@ import assert from 'node:assert/strict';
 import { createInterface } from 'node:readline';
 import * as k8s from '@kubernetes/client-node';
 import { findByResource } from '@vessel/api';
-import { StatusError, type KubeObject } from '@vessel/client';
-import { run, startVessel, type Vessel } from './harness.ts';
+import type { KubeObject } from '@vessel/client';
+import { run, startVessel, type Vessel, rejects } from './harness.ts';
 
 const CM = findByResource('', 'v1', 'configmaps')!;
 const SECRET = findByResource('', 'v1', 'secrets')!;
@@ -24,16 +24,6 @@ const PYTHON = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', '
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-async function rejects(p: Promise<unknown>, code: number): Promise<StatusError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof StatusError, `expected a Status error, got ${e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    return e;
-  }
-  assert.fail(`expected HTTP ${code}, but the request succeeded`);
-}
 
 describe('API defects of issue 10', () => {
   let v: Vessel;

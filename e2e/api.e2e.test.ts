@@ -7,24 +7,13 @@ import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { findByResource } from '@vessel/api';
 import { Client, StatusError, type KubeObject, type WatchEvent } from '@vessel/client';
-import { startVessel, vm, type Vessel } from './harness.ts';
+import { startVessel, vm, type Vessel, rejects } from './harness.ts';
 
 const VM = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 const CMS = findByResource('', 'v1', 'configmaps')!;
 const CM = findByResource('', 'v1', 'configmaps')!;
 const NS = findByResource('', 'v1', 'namespaces')!;
 
-async function rejects(p: Promise<unknown>, code: number, match?: RegExp): Promise<StatusError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof StatusError, `expected a Status error, got ${e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    if (match) assert.match(e.message, match);
-    return e;
-  }
-  assert.fail(`expected HTTP ${code}, but the request succeeded`);
-}
 
 async function eventually(cond: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const start = Date.now();

@@ -7,7 +7,8 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { RunningServer } from '@vessel/apiserver';
-import { Client } from '@vessel/client';
+import assert from 'node:assert/strict';
+import { Client, StatusError } from '@vessel/client';
 import type { RunningControllers } from '@vessel/controllers';
 import type { RunningAgent } from '@vessel/agent';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
@@ -136,3 +137,16 @@ export function vm(name: string, labels: Record<string, string> = {}): KubeObjec
   };
 }
 
+
+/** Awaits `p`, which must fail with a Kubernetes Status of HTTP `code` (and a message matching `match`). */
+export async function rejects(p: Promise<unknown>, code: number, match?: RegExp): Promise<StatusError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof StatusError, `expected a Status error, got ${e}`);
+    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
+    if (match) assert.match(e.message, match);
+    return e;
+  }
+  assert.fail(`expected HTTP ${code}, but the request succeeded`);
+}

@@ -9,11 +9,11 @@ import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { findByResource } from '@vessel/api';
-import { Client, StatusError, type KubeObject } from '@vessel/client';
+import { Client, type KubeObject } from '@vessel/client';
 import { ApiError } from '../packages/apiserver/errors.ts';
 import { admit } from '../packages/apiserver/admission.ts';
 import { Resources } from '../packages/apiserver/resources.ts';
-import { run, startVessel, vm, type Vessel } from './harness.ts';
+import { run, startVessel, vm, type Vessel, rejects } from './harness.ts';
 
 const haveKubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
 
@@ -59,16 +59,6 @@ function vmi(name: string, phase: string): KubeObject {
   };
 }
 
-async function rejects(p: Promise<unknown>, code: number): Promise<StatusError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof StatusError, `expected a Status error, got ${e}`);
-    assert.equal(e.code, code, `expected ${code}, got ${e.code}: ${e.message}`);
-    return e;
-  }
-  assert.fail(`expected HTTP ${code}, but the request succeeded`);
-}
 
 /** The one cause of a 422, checked for its field and message. */
 async function invalidAt(p: Promise<unknown>, field: string, message: RegExp): Promise<void> {
