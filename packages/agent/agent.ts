@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { storage } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { refs, type NodePool } from '@vessel/controllers';
+import { ensureSelfSignedCert, parseListen } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { reply, startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
@@ -16,7 +17,6 @@ import { Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
-import { ensureAgentCert } from './tls.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
 import { VmActionError, VmRuntime, type VmAction } from './vms/runtime.ts';
 
@@ -59,7 +59,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   ]);
   for (const p of pools.values()) await p.init();
   const token = await agentToken(opts.client);
-  const cert = await ensureAgentCert(join(opts.dataDir, 'agent'), opts.nodeName);
+  const cert = await ensureSelfSignedCert(join(opts.dataDir, 'agent'), 'agent', `vessel-agent:${opts.nodeName}`);
   const accel = await detectAccelerator();
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
@@ -68,7 +68,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
-  const [host, port] = splitListen(opts.listen ?? '127.0.0.1:0');
+  const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, log });
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
   endpoint.handlers.request.push(vmActionHandler(vms), (req, res) => consoles.request(req, res));
@@ -135,10 +135,4 @@ async function agentToken(client: Client): Promise<string> {
     }
     await new Promise((r) => setTimeout(r, 200));
   }
-}
-
-function splitListen(listen: string): [string, number] {
-  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(listen);
-  if (!m) throw new Error(`--listen must be HOST:PORT, not "${listen}"`);
-  return [m[1] || '127.0.0.1', Number(m[2])];
 }

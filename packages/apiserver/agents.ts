@@ -6,6 +6,7 @@
 import { request as httpsRequest } from 'node:https';
 import type { PeerCertificate } from 'node:tls';
 import { findByResource, storage } from '@vessel/api';
+import { checkPinned } from '@vessel/tls';
 import { ApiError } from './errors.ts';
 import type { Resources } from './resources.ts';
 
@@ -33,8 +34,7 @@ export async function agentTarget(resources: Resources, nodeName: string): Promi
   if (!host || !port || !fingerprint256 || !ca) throw new ApiError(503, 'ServiceUnavailable', `node ${nodeName} has not published its agent endpoint yet`, { retryAfterSeconds: 2 });
   const secret = await resources.get(SECRET, 'kube-system', storage.AGENT_AUTH_SECRET);
   const token = Buffer.from(String((secret.data as Record<string, string>).token), 'base64').toString('utf8');
-  const checkServerIdentity = (_host: string, cert: PeerCertificate) =>
-    cert.fingerprint256 === fingerprint256 ? undefined : new Error(`node ${nodeName}'s agent presented a certificate that does not match its Node`);
+  const checkServerIdentity = checkPinned(fingerprint256, () => new Error(`node ${nodeName}'s agent presented a certificate that does not match its Node`));
   return { host, port, token, tls: { ca, rejectUnauthorized: true, checkServerIdentity, agent: false } };
 }
 

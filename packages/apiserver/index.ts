@@ -9,12 +9,12 @@ import { join } from 'node:path';
 import YAML from 'yaml';
 import { findByResource } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
+import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
 import { consoleUpgrade, rejectUpgrade } from './console.ts';
 import { ApiError, badRequest } from './errors.ts';
 import { Resources } from './resources.ts';
 import { createHandler, createHttpsServer } from './server.ts';
-import { ensureServingCerts } from './tls.ts';
 import { agentAuthSecret } from './upload.ts';
 
 export { ApiError, type Status } from './errors.ts';
@@ -57,14 +57,8 @@ export const DEFAULT_STORAGE_CLASSES = [
   { name: 'shared', isDefault: false, pool: 'shared' },
 ];
 
-function splitHostPort(listen: string): { host: string; port: number } {
-  const m = /^\[?([^\]]*)\]?:(\d+)$/.exec(listen);
-  if (!m) throw new Error(`--listen must be HOST:PORT (for example 127.0.0.1:6443), not "${listen}"`);
-  return { host: m[1] || '127.0.0.1', port: Number(m[2]) };
-}
-
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
-  const { host, port } = splitHostPort(opts.listen);
+  const { host, port } = parseListen(opts.listen, '127.0.0.1:6443');
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const store = await openStore(opts.store ?? { kind: 'sqlite', path: join(opts.dataDir, 'store.db') });
   try {

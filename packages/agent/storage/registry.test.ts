@@ -351,6 +351,14 @@ describe('readTar', () => {
     await assert.rejects(entries([tar.subarray(0, 1000)]), isImportError('Truncated'));
     await assert.rejects(entries([tar.subarray(0, 300)]), isImportError('Corrupt', /inside a header/));
   });
+
+  test('refuses a metadata entry (pax header, long name) larger than 4 MiB instead of holding it', async () => {
+    const huge = `disk/${'h'.repeat(5 << 20)}`;
+    for (const longName of ['pax', 'gnu'] as const) {
+      const tar = await tarBuffer([{ path: huge, data: 'x', longName }]);
+      await assert.rejects(entries([tar]), isImportError('Corrupt', /a metadata entry is larger than 4 MiB/), longName);
+    }
+  });
 });
 
 describe('openRegistryDisk against a fake registry', () => {

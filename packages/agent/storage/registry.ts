@@ -1,8 +1,8 @@
 /**
  * The DataVolume `registry` source: pulls a KubeVirt containerDisk (an image whose layers
  * hold a disk image file under /disk/) over the OCI distribution API, without docker or
- * skopeo. Layers are read newest first and streamed through sha256, gunzip and a small tar
- * reader, so memory stays flat whatever the image size; the disk file's bytes go to
+ * skopeo. Layers are read newest first and streamed through sha256, gunzip and tar-stream's
+ * parser, so memory stays flat whatever the image size; the disk file's bytes go to
  * importDisk as a stream that fails if its layer's digest turns out wrong at the end.
  */
 import { createHash, type Hash } from 'node:crypto';
@@ -13,6 +13,7 @@ import { posix } from 'node:path';
 import { Readable, pipeline } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { createGunzip } from 'node:zlib';
+import { extract as tarExtract, type Extract as TarExtract, type Header as TarHeader } from 'tar-stream';
 import { checkedRequestOptions, type EgressPolicy } from './egress.ts';
 import { ImportError } from './errors.ts';
 
@@ -176,7 +177,7 @@ export async function openRegistryDisk(opts: RegistryDiskOptions): Promise<Regis
           return { stream: diskStream(ctx, layer, entry.body, layers[i].digest), size: entry.size, digest: top.digest, file: path };
         }
         if (entry.type === 'sparse') {
-          throw new ImportError('UnsupportedFormat', `${path} in image ${name} is stored as a sparse tar entry, which Vessel cannot read: build the image without sparse files (e.g. COPY of a plain file)`);
+          throw new ImportError('UnsupportedFormat', `${path} in image ${name} is stored as a sparse (or another GNU-only) tar entry, which Vessel cannot read: build the image without sparse files (e.g. COPY of a plain file)`);
         }
         skipped.push(`${path} (${entry.type})`);
         masks.push({ path, opaque: false });
@@ -514,19 +515,20 @@ async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<Ope
     gunzipped.catch(() => undefined); // surfaced through the gunzip stream or finish()
     source = g;
   }
-  const reader = new ByteReader(source[Symbol.asyncIterator]());
-  const entries = readTarFrom(reader);
+  const tar = tarReader(source);
+  const entries = tar.entries;
   return {
     entries,
     async finish() {
       for (;;) if ((await entries.next()).done) break;
-      await reader.drain();
+      await tar.fed;
       await gunzipped;
       if (!verified) throw new ImportError('Corrupt', `layer ${layer.digest} of image ${name} has data after its end: push the image again`);
     },
     destroy() {
       res.destroy();
       gunzip?.destroy();
+      tar.destroy();
     },
   };
 }
@@ -609,180 +611,116 @@ export interface TarEntry {
   type: TarEntryType;
   size: number;
   linkname: string;
-  /** The entry's bytes; read it (or not) before asking for the next entry. */
+  /** The entry's bytes; read it to its end (or not at all) before asking for the next entry. */
   body: AsyncGenerator<Buffer>;
 }
 
-const MAX_META = 1 << 20;
+/** The entry being read, and how many of its bytes have not been. */
+interface TarPosition { size: number; left: number }
 
-/** Reads exact amounts from a chunk stream without copying the bulk data. */
-class ByteReader {
-  private pending: Buffer = Buffer.alloc(0);
-  private ended = false;
-  constructor(private readonly it: AsyncIterator<Buffer>) {}
-
-  private async fill(): Promise<boolean> {
-    while (this.pending.length === 0) {
-      if (this.ended) return false;
-      const r = await this.it.next();
-      if (r.done) { this.ended = true; return false; }
-      this.pending = Buffer.isBuffer(r.value) ? r.value : Buffer.from(r.value);
-    }
-    return true;
-  }
-
-  /** n bytes (fewer only at the end): for headers and metadata, which are small. */
-  async read(n: number): Promise<Buffer> {
-    const parts: Buffer[] = [];
-    let got = 0;
-    while (got < n && (await this.fill())) {
-      const take = this.pending.subarray(0, n - got);
-      this.pending = this.pending.subarray(take.length);
-      parts.push(take);
-      got += take.length;
-    }
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts, got);
-  }
-
-  /** The next n bytes as they arrive; `counter.left` says how many were not read (if abandoned). */
-  async *chunks(n: number, counter: { left: number }): AsyncGenerator<Buffer> {
-    while (counter.left > 0 && (await this.fill())) {
-      const take = this.pending.subarray(0, Math.min(counter.left, this.pending.length));
-      this.pending = this.pending.subarray(take.length);
-      counter.left -= take.length;
-      yield take;
-    }
-    if (counter.left > 0) throw new ImportError('Truncated', `a tar entry of ${n} bytes ends after ${n - counter.left}: the layer is incomplete; push the image again`);
-  }
-
-  async skip(n: number): Promise<number> {
-    let left = n;
-    while (left > 0 && (await this.fill())) {
-      const take = Math.min(left, this.pending.length);
-      this.pending = this.pending.subarray(take);
-      left -= take;
-    }
-    return n - left;
-  }
-
-  async drain(): Promise<void> {
-    while (await this.fill()) this.pending = Buffer.alloc(0);
-  }
+interface TarReader {
+  entries: AsyncGenerator<TarEntry>;
+  /** Settles once every source chunk was handed to the parser; rejects with the source's error. */
+  fed: Promise<void>;
+  destroy(): void;
 }
 
-/** Streams the entries of a tar archive (ustar, GNU long names, pax). */
+/** Streams the entries of a tar archive (ustar, GNU long names, pax; tar-stream parses them). */
 export function readTar(source: AsyncIterable<Buffer> | Iterable<Buffer>): AsyncGenerator<TarEntry> {
-  async function* chunks(): AsyncGenerator<Buffer> { yield* source; }
-  return readTarFrom(new ByteReader(chunks()));
+  return tarReader(source).entries;
 }
 
-async function* readTarFrom(r: ByteReader): AsyncGenerator<TarEntry> {
-  const global: Record<string, string> = {};
-  let pax: Record<string, string> = {};
-  let longName: string | undefined;
-  let longLink: string | undefined;
-  for (;;) {
-    const h = await r.read(512);
-    if (h.length === 0) return; // some writers omit the end-of-archive blocks
-    if (h.length < 512) throw corruptTar('the archive ends inside a header');
-    if (h.every((b) => b === 0)) return;
-    checkSum(h);
-    const flag = h[156] === 0 ? '0' : String.fromCharCode(h[156]);
-    const attrs = { ...global, ...pax };
-    let size = headerSize(h);
-    // Only a per-entry pax size counts: a global one would apply to every entry.
-    if (pax.size !== undefined) {
-      if (!/^\d+$/.test(pax.size) || !Number.isSafeInteger(Number(pax.size))) throw corruptTar(`a pax size "${pax.size}" is not a number`);
-      size = Number(pax.size);
+function tarReader(source: AsyncIterable<Buffer> | Iterable<Buffer>): TarReader {
+  // Old (v7) headers without ustar/GNU magic are still read, as tar itself does (an option
+  // tar-stream's typings leave out).
+  const ex = tarExtract({ allowUnknownFormat: true } as Parameters<typeof tarExtract>[0]);
+  let sourceError: unknown;
+  // Chunks go in only as fast as entries are read, so a whole layer is never held in memory.
+  const fed = (async () => {
+    try {
+      for await (const chunk of source) {
+        if (ex.destroyed) return;
+        if (!ex.write(chunk)) await drainedOrClosed(ex);
+      }
+      ex.end(undefined);
+    } catch (e) {
+      sourceError = e;
+      ex.destroy(e as Error);
+      throw e;
     }
-    const padding = (512 - (size % 512)) % 512;
-    if (flag === 'L' || flag === 'K' || flag === 'x' || flag === 'g') {
-      if (size > MAX_META) throw corruptTar(`a metadata entry of ${size} bytes is too large`);
-      const data = await r.read(size);
-      if (data.length < size) throw corruptTar('the archive ends inside a metadata entry');
-      await r.skip(padding);
-      if (flag === 'L') longName = cString(data, 0, data.length);
-      else if (flag === 'K') longLink = cString(data, 0, data.length);
-      else if (flag === 'x') pax = parsePax(data);
-      else Object.assign(global, parsePax(data));
-      continue;
+  })();
+  fed.catch(() => undefined); // surfaced through the entries or by whoever awaits fed
+
+  async function* entries(): AsyncGenerator<TarEntry> {
+    let current: TarPosition | undefined;
+    try {
+      for await (const src of ex) {
+        const h = src.header;
+        const entry: TarPosition = { size: h.size, left: h.size };
+        current = entry;
+        async function* body(): AsyncGenerator<Buffer> {
+          try {
+            for await (const c of src as AsyncIterable<Buffer>) {
+              entry.left -= c.length;
+              yield c;
+            }
+          } catch (e) {
+            throw failure(e, entry);
+          }
+        }
+        const gen = body();
+        yield { path: h.name, type: entryType(h), size: h.size, linkname: h.linkname ?? '', body: gen }; // linkname: null when empty, whatever the typings say
+        // What the caller did not read is read here: the parser moves on only past the data.
+        while (!(await gen.next()).done);
+        current = undefined;
+      }
+    } catch (e) {
+      throw failure(e, current);
     }
-    const ustar = h.toString('latin1', 257, 263) === 'ustar\0';
-    const name = cString(h, 0, 100);
-    const prefix = ustar ? cString(h, 345, 155) : '';
-    const path = pax.path ?? longName ?? (prefix ? `${prefix}/${name}` : name);
-    const linkname = pax.linkpath ?? longLink ?? cString(h, 157, 100);
-    const sparse = flag === 'S' || attrs['GNU.sparse.major'] !== undefined || attrs['GNU.sparse.map'] !== undefined;
-    const type: TarEntryType = sparse ? 'sparse'
-      : flag === '0' || flag === '7' ? (path.endsWith('/') ? 'directory' : 'file')
-        : flag === '5' ? 'directory' : flag === '2' ? 'symlink' : flag === '1' ? 'hardlink' : 'other';
-    pax = {};
-    longName = longLink = undefined;
-    const counter = { left: size };
-    yield { path, type, size, linkname, body: r.chunks(size, counter) };
-    const skipped = await r.skip(counter.left);
-    if (skipped < counter.left) throw corruptTar(`the archive ends inside ${path}`);
-    await r.skip(padding);
+  }
+  const failure = (e: unknown, current: TarPosition | undefined) => (e === sourceError || e instanceof ImportError ? e : tarError(e, current));
+  return { entries: entries(), fed, destroy: () => ex.destroy() };
+}
+
+function drainedOrClosed(ex: TarExtract): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => { ex.off('drain', done); ex.off('close', done); resolve(); };
+    ex.on('drain', done);
+    ex.on('close', done);
+  });
+}
+
+function entryType(h: TarHeader): TarEntryType {
+  const pax = (h.pax ?? {}) as Record<string, unknown>;
+  if (pax['GNU.sparse.major'] !== undefined || pax['GNU.sparse.map'] !== undefined) return 'sparse';
+  switch (h.type) {
+    case 'file': case 'contiguous-file': return 'file';
+    case 'directory': return 'directory';
+    case 'symlink': return 'symlink';
+    case 'link': return 'hardlink';
+    // tar-stream names no GNU-only type (its type is null): 'S' (old GNU sparse) is one; none is readable data.
+    case null: return 'sparse';
+    default: return 'other';
   }
 }
 
-function corruptTar(why: string): ImportError {
-  return new ImportError('Corrupt', `a layer is not a valid tar archive (${why}): push the image again`);
-}
-
-function cString(b: Buffer, off: number, len: number): string {
-  const end = b.indexOf(0, off);
-  return b.toString('utf8', off, end >= 0 && end < off + len ? end : off + len);
-}
-
-function checkSum(h: Buffer): void {
-  const stored = parseOctal(h.subarray(148, 156));
-  let unsigned = 0;
-  let signed = 0;
-  for (let i = 0; i < 512; i++) {
-    const b = i >= 148 && i < 156 ? 0x20 : h[i];
-    unsigned += b;
-    signed += b > 127 ? b - 256 : b;
+/** tar-stream's plain Errors, as ImportErrors that say what to do. */
+function tarError(e: unknown, current: TarPosition | undefined): ImportError {
+  const msg = (e as Error)?.message ?? String(e);
+  if (/unexpected end of data/i.test(msg)) {
+    if (current && current.left > 0) {
+      return new ImportError('Truncated', `a tar entry of ${current.size} bytes ends after ${current.size - current.left}: the layer is incomplete; push the image again`, { cause: e });
+    }
+    return corruptTar('the archive ends inside a header', e);
   }
-  if (stored !== unsigned && stored !== signed) throw corruptTar('a header checksum does not match');
+  if (/Invalid tar header\. Maybe/.test(msg)) return corruptTar('a header checksum does not match', e);
+  // tar-stream holds a long name or pax header whole, up to 4 MiB: a bigger one is hostile.
+  if (/exceeds max size/.test(msg)) return corruptTar('a metadata entry is larger than 4 MiB', e);
+  return corruptTar(msg.replace(/\.$/, ''), e);
 }
 
-function parseOctal(field: Buffer): number {
-  const s = field.toString('latin1').replace(/[\0 ]+$/, '').replace(/^[ \0]+/, '');
-  if (s === '') return 0;
-  if (!/^[0-7]+$/.test(s)) throw corruptTar(`"${s}" is not an octal number`);
-  return parseInt(s, 8);
-}
-
-/** Size field: octal, or GNU base-256 (high bit set) for sizes of 8 GiB and more. */
-function headerSize(h: Buffer): number {
-  const f = h.subarray(124, 136);
-  if (f[0] & 0x80) {
-    if (f[0] === 0xff) throw corruptTar('a size is negative');
-    let v = f[0] & 0x7f;
-    for (let i = 1; i < 12; i++) v = v * 256 + f[i];
-    if (!Number.isSafeInteger(v)) throw corruptTar('a size is too large');
-    return v;
-  }
-  return parseOctal(f);
-}
-
-/** pax records: "<len> <key>=<value>\n", len counting the whole record. */
-function parsePax(data: Buffer): Record<string, string> {
-  const out: Record<string, string> = {};
-  let pos = 0;
-  while (pos < data.length) {
-    if (data[pos] === 0) break;
-    const sp = data.indexOf(0x20, pos);
-    const len = sp > pos ? Number(data.toString('latin1', pos, sp)) : NaN;
-    if (!Number.isSafeInteger(len) || len <= sp - pos + 1 || pos + len > data.length || data[pos + len - 1] !== 0x0a) throw corruptTar('a pax header is malformed');
-    const rec = data.toString('utf8', sp + 1, pos + len - 1);
-    const eq = rec.indexOf('=');
-    if (eq <= 0) throw corruptTar('a pax record has no key');
-    out[rec.slice(0, eq)] = rec.slice(eq + 1);
-    pos += len;
-  }
-  return out;
+function corruptTar(why: string, cause?: unknown): ImportError {
+  return new ImportError('Corrupt', `a layer is not a valid tar archive (${why}): push the image again`, { cause });
 }
 
 /**

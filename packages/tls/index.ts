@@ -1,0 +1,8 @@
+/**
+ * @vessel/tls: the TLS pieces the API server and the agent share, kept apart from both so
+ * neither imports the other: certificates made with the openssl command on first start (the
+ * server's CA and serving certificate; an agent's self-signed one, pinned by its SHA-256
+ * fingerprint instead of a shared CA) and the `--listen HOST:PORT` parser.
+ */
+export { checkPinned, ensureSelfSignedCert, ensureServingCerts, type SelfSignedCert, type ServingCerts } from './certs.ts';
+export { parseListen, type ListenAddress } from './listen.ts';

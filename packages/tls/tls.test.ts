@@ -1,0 +1,49 @@
+/**
+ * @vessel/tls: certificates are made once and kept, the serving certificate follows the
+ * listen host under the same CA, a pin accepts only its own certificate, and --listen parses.
+ */
+import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { PeerCertificate } from 'node:tls';
+import { after, before, describe, test } from 'node:test';
+import { checkPinned, ensureSelfSignedCert, ensureServingCerts, parseListen } from './index.ts';
+
+describe('@vessel/tls', () => {
+  let dir: string;
+  before(async () => { dir = await mkdtemp(join(tmpdir(), 'vessel-tls-')); });
+  after(async () => { await rm(dir, { recursive: true, force: true }); });
+
+  test('a self-signed certificate is made once and kept; its fingerprint is what a pin accepts', async () => {
+    const a = await ensureSelfSignedCert(join(dir, 'agent'), 'agent', 'vessel-agent:n1');
+    const b = await ensureSelfSignedCert(join(dir, 'agent'), 'agent', 'vessel-agent:n1');
+    assert.equal(b.fingerprint256, a.fingerprint256);
+    assert.equal(new X509Certificate(a.certPem).subject, 'CN=vessel-agent:n1');
+    const check = checkPinned(a.fingerprint256, () => new Error('not the pinned certificate'));
+    assert.equal(check('10.0.0.1', { fingerprint256: a.fingerprint256 } as PeerCertificate), undefined);
+    assert.match(String(check('10.0.0.1', { fingerprint256: 'AA:BB' } as PeerCertificate)), /not the pinned certificate/);
+  });
+
+  test('the serving certificate covers the listen host, and is made again (same CA) for a new one', async () => {
+    const pki = join(dir, 'pki');
+    const first = await ensureServingCerts(pki, ['127.0.0.1']);
+    const cert = new X509Certificate(first.certPem);
+    assert.ok(cert.verify(new X509Certificate(first.caPem).publicKey));
+    assert.equal(cert.checkIP('127.0.0.1'), '127.0.0.1');
+    assert.equal((await ensureServingCerts(pki, ['127.0.0.1'])).certPem, first.certPem, 'kept while it covers the host');
+    const moved = await ensureServingCerts(pki, ['10.11.12.13']);
+    assert.equal(moved.caPem, first.caPem);
+    assert.notEqual(moved.certPem, first.certPem);
+    assert.equal(new X509Certificate(moved.certPem).checkIP('10.11.12.13'), '10.11.12.13');
+  });
+
+  test('--listen is HOST:PORT, [IPv6]:PORT, or :PORT for 127.0.0.1', () => {
+    assert.deepEqual(parseListen('0.0.0.0:6443'), { host: '0.0.0.0', port: 6443 });
+    assert.deepEqual(parseListen('[::1]:10250'), { host: '::1', port: 10250 });
+    assert.deepEqual(parseListen(':0'), { host: '127.0.0.1', port: 0 });
+    assert.throws(() => parseListen('6443', '127.0.0.1:6443'), /--listen must be HOST:PORT \(for example 127\.0\.0\.1:6443\), not "6443"/);
+    assert.throws(() => parseListen('host:port'), /--listen must be HOST:PORT, not "host:port"/);
+  });
+});
