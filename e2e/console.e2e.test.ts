@@ -16,7 +16,6 @@ import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Client, StatusError, type KubeObject, type ResourceRef } from '@vessel/client';
 import { ensureTinyGuest, TINY_SERIAL } from '../guest/tiny.ts';
-import { consoleHandlers, type ConsoleHandlers } from '../packages/agent/console.ts';
 import { launch, terminate, waitForSerial } from '../packages/agent/qemu/process.ts';
 import { connectSubresource } from '../packages/cli/commands/console.ts';
 import { startVessel, type Vessel } from './harness.ts';
@@ -43,7 +42,6 @@ try { await program.parseAsync(process.argv.slice(1), { from: 'user' }); } catch
 `;
 
 let v: Vessel;
-let handlers: ConsoleHandlers;
 let runDir: string;
 let otherKubeconfig: string;
 
@@ -100,9 +98,6 @@ before(async () => {
   const guest = ensureTinyGuest();
   v = await startVessel({ agent: { nodeName: 'node-a' }, controllers: false });
   const agent = v.agent!;
-  handlers = consoleHandlers({ runDirFor: (ns, name) => join(agent.dataDir, 'vms', ns, name) });
-  agent.endpoint.handlers.request.push(handlers.request);
-  agent.endpoint.handlers.upgrade.push(handlers.upgrade);
 
   // No status yet, so no controller or agent acts on them until the test says they run.
   await v.client.create(VMI, vmi('tiny'));
@@ -123,7 +118,6 @@ before(async () => {
 after(async () => {
   for (const c of children) c.kill('SIGKILL');
   if (runDir) await terminate(runDir, { graceMs: 2000 });
-  handlers?.close();
   await v?.close();
 });
 

@@ -3,14 +3,13 @@
  * (`local` under the data directory, `shared` in a directory every node sees), fills and
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
-import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { storage } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { refs, type NodePool } from '@vessel/controllers';
 import { ensureSelfSignedCert, parseListen } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
-import { reply, startEndpoint, type AgentEndpoint } from './endpoint.ts';
+import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
 import { Pool } from './storage/pools.ts';
@@ -18,7 +17,7 @@ import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
-import { VmActionError, VmRuntime, type VmAction } from './vms/runtime.ts';
+import { VmRuntime } from './vms/runtime.ts';
 
 export interface AgentOptions {
   client: Client;
@@ -69,10 +68,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
-  const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, log });
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
-  endpoint.handlers.request.push(vmActionHandler(vms), (req, res) => consoles.request(req, res));
-  endpoint.handlers.upgrade.push((req, socket, head) => consoles.upgrade(req, socket, head));
+  const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, vms, consoles, log });
   const nodePools: Record<string, NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
   const node = new NodeRegistration(opts.client, {
     nodeName: opts.nodeName, address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host), port: endpoint.port,
@@ -102,24 +99,6 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       consoles.close(); // open consoles would keep the endpoint from closing
       await endpoint.close();
     },
-  };
-}
-
-/** PUT /v1/vmi/<ns>/<name>/<pause|unpause|softreboot|reset>: the VMI subresources, carried out over QMP. */
-function vmActionHandler(vms: VmRuntime) {
-  return async (req: IncomingMessage, res: ServerResponse): Promise<boolean> => {
-    const m = /^\/v1\/vmi\/([^/]+)\/([^/]+)\/(pause|unpause|softreboot|reset)$/.exec((req.url ?? '').split('?')[0]);
-    if (!m || req.method !== 'PUT') return false;
-    req.resume();
-    let code = 200, message = '';
-    try {
-      await vms.act(decodeURIComponent(m[1]), decodeURIComponent(m[2]), m[3] as VmAction);
-    } catch (e) {
-      code = e instanceof VmActionError ? e.httpCode : 500;
-      message = (e as Error).message;
-    }
-    reply(res, code, { message });
-    return true;
   };
 }
 

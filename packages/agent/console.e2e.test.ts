@@ -15,6 +15,7 @@ import { after, before, test } from 'node:test';
 import WebSocket, { type RawData } from 'ws';
 import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '../../guest/tiny.ts';
 import { consoleHandlers, TAKEN_OVER_REASON, type ConsoleHandlers } from './console.ts';
+import { agentRoutes } from './endpoint.ts';
 import { launch, terminate } from './qemu/process.ts';
 
 let guest: TinyGuest;
@@ -36,10 +37,11 @@ before(async () => {
   root = await mkdtemp(join(tmpdir(), 'vessel-console-'));
   runDir = join(root, 'vms', 'default', 'tiny');
   handlers = consoleHandlers({ runDirFor: (ns, name) => (name === 'ghost' ? undefined : join(root, 'vms', ns, name)), pollMs: 100 });
-  server = http.createServer((req, res) => {
-    void handlers.request(req, res).then((mine) => { if (!mine) res.writeHead(404).end(); });
-  });
-  server.on('upgrade', (req, socket, head: Buffer) => { if (!handlers.upgrade(req, socket, head)) socket.end('HTTP/1.1 404 Not Found\r\n\r\n'); });
+  // The endpoint's own routes and error answers, minus TLS and the token check.
+  const unused = () => Promise.reject(new Error('not served in this test'));
+  const routes = agentRoutes({ consoles: handlers, volumes: { uploadStatus: unused, receive: unused }, vms: { act: unused } });
+  server = http.createServer((req, res) => routes.request(req, res));
+  server.on('upgrade', (req, socket, head: Buffer) => routes.upgrade(req, socket, head));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   base = `127.0.0.1:${(server.address() as AddressInfo).port}`;
 

@@ -9,14 +9,15 @@
  * QEMU serves one client per chardev socket and parks the next one until the first leaves, so a
  * new console connection takes over: the previous session is closed with a message saying why
  * (KubeVirt does the same). VNC needs no such rule: QEMU's VNC server takes several clients.
- * Errors before the upgrade are plain HTTP answers with a JSON `{message, reason}` body, which
- * the API server turns into a Status.
+ * Errors before the upgrade are HttpErrors: the endpoint answers them as plain HTTP with a JSON
+ * `{message}` body, which the API server turns into a Status.
  */
 import { stat } from 'node:fs/promises';
-import { STATUS_CODES, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
+import { HttpError } from '@vessel/http';
 import { probe, readFrom, runDirFiles } from './qemu/process.ts';
 
 export interface ConsoleHandlerOptions {
@@ -27,9 +28,12 @@ export interface ConsoleHandlerOptions {
   pollMs?: number;
 }
 
+/** The endpoint routes to these (endpoint.ts) and answers what they throw (HttpError: its code). */
 export interface ConsoleHandlers {
-  request: (req: IncomingMessage, res: ServerResponse) => Promise<boolean>;
-  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer) => boolean;
+  /** GET /v1/serial-log/NS/NAME. */
+  serialLog: (req: IncomingMessage, res: ServerResponse, namespace: string, name: string) => Promise<void>;
+  /** upgrade /v1/console|vnc/NS/NAME; settles once the websocket is up (or the client left). */
+  upgrade: (req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'console' | 'vnc', namespace: string, name: string) => Promise<void>;
   /** Ends every console, VNC and followed log: upgraded sockets would otherwise keep the endpoint from closing. */
   close(): void;
 }
@@ -42,10 +46,6 @@ const BINARY_PROTOCOL = 'binary.kubevirt.io';
 /** Pause the unix socket while this much is queued towards a slow websocket reader. */
 const HIGH_WATER = 1024 * 1024;
 const CONNECT_TIMEOUT_MS = 5000;
-
-class HttpFailure extends Error {
-  constructor(readonly code: number, message: string) { super(message); }
-}
 
 interface Session { ws?: WebSocket; sock?: net.Socket; end(reason: string): void }
 
@@ -62,24 +62,16 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
   const follows = new Set<ServerResponse>();
   let closed = false;
 
-  function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): boolean {
-    const m = /^\/v1\/(console|vnc)\/([^/]+)\/([^/]+)$/.exec(pathOf(req));
-    if (!m) return false;
+  function upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, kind: 'console' | 'vnc', ns: string, name: string): Promise<void> {
     socket.on('error', () => {}); // a client that resets mid-handshake is not our error
-    const [kind, ns, name] = [m[1] as 'console' | 'vnc', decodeURIComponent(m[2]), decodeURIComponent(m[3])];
-    connect(kind, ns, name, req, socket, head).catch((e: unknown) => {
-      const code = e instanceof HttpFailure ? e.code : 500;
-      if (code >= 500) log(`agent ${kind} ${ns}/${name}: ${e instanceof Error ? e.stack : e}`);
-      rejectSocket(socket, code, e instanceof Error ? e.message : String(e));
-    });
-    return true;
+    return connect(kind, ns, name, req, socket, head);
   }
 
   async function connect(kind: 'console' | 'vnc', ns: string, name: string, req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
-    if (closed) throw new HttpFailure(503, 'the agent is shutting down');
+    if (closed) throw new HttpError(503, 'the agent is shutting down');
     const runDir = opts.runDirFor(ns, name);
-    if (!runDir) throw new HttpFailure(404, `VM ${ns}/${name} is not on this node`);
-    if ((await probe(runDir)) === undefined) throw new HttpFailure(409, `VM ${ns}/${name} is not running on this node (no QEMU process)`);
+    if (!runDir) throw new HttpError(404, `VM ${ns}/${name} is not on this node`);
+    if ((await probe(runDir)) === undefined) throw new HttpError(409, `VM ${ns}/${name} is not running on this node (no QEMU process)`);
     const files = runDirFiles(runDir);
     const session: Session = { end: () => {} };
     if (kind === 'console') {
@@ -96,7 +88,7 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     }
     if (kind === 'console' && consoles.get(files.dir) !== session) {
       sock.destroy();
-      throw new HttpFailure(409, TAKEN_OVER_REASON);
+      throw new HttpError(409, TAKEN_OVER_REASON);
     }
     if (socket.destroyed) {
       if (consoles.get(files.dir) === session) consoles.delete(files.dir);
@@ -125,26 +117,15 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     }
   }
 
-  async function request(req: IncomingMessage, res: ServerResponse): Promise<boolean> {
-    const m = /^\/v1\/serial-log\/([^/]+)\/([^/]+)$/.exec(pathOf(req));
-    if (!m) return false;
-    const [ns, name] = [decodeURIComponent(m[1]), decodeURIComponent(m[2])];
-    try {
-      if (req.method !== 'GET') throw new HttpFailure(405, `${req.method} is not allowed on the serial log: use GET`);
-      const url = new URL(req.url ?? '/', 'http://agent');
-      const follow = ['true', '1'].includes(url.searchParams.get('follow') ?? '');
-      const tail = url.searchParams.get('tailBytes');
-      if (tail !== null && !/^\d+$/.test(tail)) throw new HttpFailure(400, 'tailBytes must be a non-negative integer');
-      const runDir = opts.runDirFor(ns, name);
-      if (!runDir || !(await isDir(runDir))) throw new HttpFailure(404, `VM ${ns}/${name} has no run directory on this node: it never ran here, or it was cleaned up`);
-      await streamLog(runDir, res, follow, tail === null ? undefined : Number(tail));
-    } catch (e) {
-      const code = e instanceof HttpFailure ? e.code : 500;
-      if (code >= 500) log(`agent serial-log ${ns}/${name}: ${e instanceof Error ? e.stack : e}`);
-      if (!res.headersSent) sendJson(res, code, e instanceof Error ? e.message : String(e));
-      else res.destroy();
-    }
-    return true;
+  async function serialLog(req: IncomingMessage, res: ServerResponse, ns: string, name: string): Promise<void> {
+    if (req.method !== 'GET') throw new HttpError(405, `${req.method} is not allowed on the serial log: use GET`);
+    const url = new URL(req.url ?? '/', 'http://agent');
+    const follow = ['true', '1'].includes(url.searchParams.get('follow') ?? '');
+    const tail = url.searchParams.get('tailBytes');
+    if (tail !== null && !/^\d+$/.test(tail)) throw new HttpError(400, 'tailBytes must be a non-negative integer');
+    const runDir = opts.runDirFor(ns, name);
+    if (!runDir || !(await isDir(runDir))) throw new HttpError(404, `VM ${ns}/${name} has no run directory on this node: it never ran here, or it was cleaned up`);
+    await streamLog(runDir, res, follow, tail === null ? undefined : Number(tail));
   }
 
   /** Writes serial.log from the tail asked for; with follow, keeps polling until the client leaves or the run directory goes. */
@@ -186,7 +167,7 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     for (const ws of wss.clients) ws.terminate();
   }
 
-  return { request, upgrade, close };
+  return { serialLog, upgrade, close };
 }
 
 /**
@@ -244,7 +225,7 @@ function connectUnix(file: string, unavailable: string): Promise<net.Socket> {
     const sock = net.createConnection({ path: file });
     const timer = setTimeout(() => {
       sock.destroy();
-      reject(new HttpFailure(503, `${file} did not accept a connection within ${CONNECT_TIMEOUT_MS} ms: QEMU is hung or the host is overloaded`));
+      reject(new HttpError(503, `${file} did not accept a connection within ${CONNECT_TIMEOUT_MS} ms: QEMU is hung or the host is overloaded`));
     }, CONNECT_TIMEOUT_MS);
     sock.once('connect', () => {
       clearTimeout(timer);
@@ -254,29 +235,9 @@ function connectUnix(file: string, unavailable: string): Promise<net.Socket> {
     sock.once('error', (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       sock.destroy();
-      reject(new HttpFailure(409, `${unavailable} (${err.code ?? err.message})`));
+      reject(new HttpError(409, `${unavailable} (${err.code ?? err.message})`));
     });
   });
-}
-
-function pathOf(req: IncomingMessage): string {
-  return (req.url ?? '/').split('?')[0];
-}
-
-function reasonOf(code: number): string {
-  return ({ 400: 'BadRequest', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict', 503: 'ServiceUnavailable' } as Record<number, string>)[code] ?? 'InternalError';
-}
-
-function sendJson(res: ServerResponse, code: number, message: string): void {
-  const body = JSON.stringify({ message, reason: reasonOf(code) });
-  res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(body)) }).end(body);
-}
-
-/** Answers an upgrade request that will not become a websocket. */
-function rejectSocket(socket: Duplex, code: number, message: string): void {
-  if (socket.destroyed || !socket.writable) { socket.destroy(); return; }
-  const body = JSON.stringify({ message, reason: reasonOf(code) });
-  socket.end(`HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
 }
 
 async function isDir(dir: string): Promise<boolean> {

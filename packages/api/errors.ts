@@ -15,24 +15,6 @@ export const Reason = {
   Forbidden: 'FieldValueForbidden',
 } as const;
 
-/** Stable codes for errors this package throws (programming errors, not validation results). */
-export const ErrorCode = {
-  UnknownKind: 'VESSEL_API_UNKNOWN_KIND',
-  UnknownSchema: 'VESSEL_API_UNKNOWN_SCHEMA',
-  UnknownGroupVersion: 'VESSEL_API_UNKNOWN_GROUP_VERSION',
-} as const;
-export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
-
-export class ApiError extends Error {
-  constructor(
-    readonly code: ErrorCodeValue,
-    message: string,
-  ) {
-    super(message);
-    this.name = 'ApiError';
-  }
-}
-
 /** How kube-apiserver prints a bad value: strings quoted, others as JSON, long ones cut. */
 export function formatValue(v: unknown): string {
   let s: string;

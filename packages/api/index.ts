@@ -18,7 +18,7 @@ export { validateObject, type FieldValidation, type ValidateOptions } from './va
 export { applyDefaults, applyVmiSpecDefaults, defaultDiskBus, firmwareUUID, uuidV5 } from './defaults.ts';
 export { openApiV2, openApiV3, openApiV3Hash, openApiV3Index, openApiV3Path, type OpenApiDocument } from './openapi.ts';
 export { parseQuantity, tryParseQuantity } from './quantity.ts';
-export { ApiError, ErrorCode, Reason, invalidObjectMessage } from './errors.ts';
+export { Reason, invalidObjectMessage } from './errors.ts';
 export {
   SUPPORTED_FIELDS,
   DV_SPEC_SUPPORTED,

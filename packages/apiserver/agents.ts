@@ -1,13 +1,15 @@
 /**
  * How the API server reaches a node's agent: the address and port the agent published on its
  * Node, the certificate fingerprint to pin, and the token agents accept from the server
- * (kube-system/vessel-agent-auth). Uploads use it today; consoles and VNC next.
+ * (kube-system/vessel-agent-auth), for uploads, consoles, VNC, the serial log and VM actions;
+ * and how the agent's refusals become Statuses (agentRefusal).
  */
+import { STATUS_CODES } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { PeerCertificate } from 'node:tls';
 import { findByResource, storage } from '@vessel/api';
 import { checkPinned } from '@vessel/tls';
-import { ApiError } from './errors.ts';
+import { ApiError, reasonFor } from './errors.ts';
 import type { Resources } from './resources.ts';
 
 const NODE = findByResource('', 'v1', 'nodes')!;
@@ -53,4 +55,34 @@ export async function callAgent(resources: Resources, nodeName: string, method: 
     req.on('error', (e) => reject(new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
     req.end();
   });
+}
+
+/** What the server asked an agent for: each passes the agent's codes through differently. */
+export type AgentCall = 'upload' | 'stream' | 'action';
+
+/**
+ * An agent's refusal (its endpoint answers `{message, offset?, reason?}` JSON, or text) as an
+ * ApiError: the one place agent answers become Statuses. Uploads keep the agent's code and
+ * name its reason; console, VNC and serial log keep the codes that are about the VM and are a
+ * 502 otherwise; VM actions are a 409 (the VM's state forbids it) or a 500.
+ */
+export function agentRefusal(call: AgentCall, code: number, body: string, nodeName: string): ApiError {
+  let message = body.trim();
+  let reason: string | undefined;
+  try {
+    const parsed = JSON.parse(body) as { message?: unknown; reason?: unknown };
+    if (typeof parsed.message === 'string') {
+      message = parsed.message;
+      if (typeof parsed.reason === 'string') reason = parsed.reason;
+    }
+  } catch { /* not JSON: the text is the message */ }
+  switch (call) {
+    case 'upload':
+      return new ApiError(code, reasonFor(code), `upload refused by the agent of node ${nodeName}: ${(reason ? `${message} (${reason})` : message) || `HTTP ${code}`}`);
+    case 'stream':
+      if ([400, 404, 409, 503].includes(code)) return new ApiError(code, reasonFor(code), message || `the agent of node ${nodeName} answered ${code}`);
+      return new ApiError(502, 'InternalError', `the agent of node ${nodeName} answered ${code}: ${message || STATUS_CODES[code] || 'error'}`);
+    case 'action':
+      return code === 409 ? new ApiError(409, 'Conflict', message) : new ApiError(500, 'InternalError', message);
+  }
 }

@@ -19,9 +19,9 @@ import type { Duplex } from 'node:stream';
 import WebSocket, { WebSocketServer, type RawData } from 'ws';
 import { findByResource } from '@vessel/api';
 import type { Store } from '@vessel/store';
-import { agentTarget, type AgentTarget } from './agents.ts';
+import { agentRefusal, agentTarget, type AgentTarget } from './agents.ts';
 import { authenticate, authorize, type User } from './auth.ts';
-import { ApiError, methodNotAllowed, toApiError, unauthorized, type StatusReason } from './errors.ts';
+import { ApiError, methodNotAllowed, toApiError, unauthorized } from './errors.ts';
 import type { Resources } from './resources.ts';
 
 export interface ConsoleDeps {
@@ -30,9 +30,9 @@ export interface ConsoleDeps {
   log?: (line: string) => void;
 }
 
-/** The upgrade listener part: true when the request was a console/VNC one (answered either way). */
+/** Serves one console/VNC upgrade (answered either way: a websocket, or a Status). */
 export interface ConsoleUpgrade {
-  (req: IncomingMessage, socket: Duplex, head: Buffer): boolean;
+  (req: IncomingMessage, socket: Duplex, head: Buffer, target: StreamTarget): void;
   /** Ends every open session (upgraded sockets would keep the HTTPS server from closing). */
   close(): void;
 }
@@ -44,18 +44,12 @@ export const SUBRESOURCES_GROUP = 'subresources.kubevirt.io';
 const BEARER_PROTOCOL_PREFIX = 'base64url.bearer.authorization.k8s.io.';
 
 const VMI = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
-const PATH = /^\/apis\/subresources\.kubevirt\.io\/(?:v1|v1alpha3)\/namespaces\/([^/]+)\/virtualmachineinstances\/([^/]+)\/(console|vnc|serial-log)\/?$/;
 const HIGH_WATER = 1024 * 1024;
 /** Idle websockets die in proxies and NATs; a ping now and then keeps them open. */
 const PING_MS = 30_000;
 
-interface Target { namespace: string; name: string; subresource: 'console' | 'vnc' | 'serial-log' }
-
-function parse(url: string | undefined): Target | undefined {
-  const m = PATH.exec((url ?? '/').split('?')[0]);
-  if (!m) return undefined;
-  return { namespace: decodeURIComponent(m[1]), name: decodeURIComponent(m[2]), subresource: m[3] as Target['subresource'] };
-}
+/** The VMI and stream a console, VNC or serial-log request names (server.ts routes them here). */
+export interface StreamTarget { namespace: string; name: string; subresource: 'console' | 'vnc' | 'serial-log' }
 
 export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
   const wss = new WebSocketServer({
@@ -64,19 +58,16 @@ export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
   });
   const open = new Set<WebSocket>();
 
-  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): boolean => {
-    const t = parse(req.url);
-    if (!t || t.subresource === 'serial-log') return false;
+  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer, t: StreamTarget): void => {
     socket.on('error', () => {}); // a client that resets mid-handshake is not a server error
     connect(req, socket, head, t).catch((e: unknown) => {
       const err = toApiError(e);
       if (err.code >= 500) deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: ${e instanceof Error ? e.stack : e}`);
       rejectUpgrade(socket, err);
     });
-    return true;
   };
 
-  async function connect(req: IncomingMessage, socket: Duplex, head: Buffer, t: Target): Promise<void> {
+  async function connect(req: IncomingMessage, socket: Duplex, head: Buffer, t: StreamTarget): Promise<void> {
     if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', req.url ?? '');
     const nodeName = await admit(deps, req, t);
     const target = await agentTarget(deps.resources, nodeName);
@@ -105,54 +96,49 @@ export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
  * GET .../virtualmachineinstances/NAME/serial-log: everything the guest printed on its serial
  * console (kept by the node across reboots), streamed from the node; `follow=true` keeps it
  * coming. A plain (not upgraded) request for console or VNC is a 400 saying a websocket is
- * needed. Answers false for any other path.
+ * needed.
  */
-export function serialLog(deps: ConsoleDeps): (req: IncomingMessage, res: ServerResponse, path: string) => Promise<boolean> {
-  return async (req, res, path) => {
-    const t = parse(path);
-    if (!t) return false;
-    if (t.subresource !== 'serial-log') {
-      // console and vnc exist only as websockets (the upgrade listener serves them).
-      throw new ApiError(400, 'BadRequest',
-        `${VMI.plural}/${t.subresource} of "${t.name}" is a websocket stream: send the request with "Connection: Upgrade" and "Upgrade: websocket" (as virtctl ${t.subresource} and vessel ${t.subresource} do)`,
-        { name: t.name, group: SUBRESOURCES_GROUP, kind: `${VMI.plural}/${t.subresource}` });
-    }
-    if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', path);
-    const nodeName = await admit(deps, req, t, false);
-    const target = await agentTarget(deps.resources, nodeName);
-    const query = new URL(req.url ?? '/', 'https://vessel').searchParams;
-    const forward = new URLSearchParams();
-    for (const key of ['follow', 'tailBytes']) {
-      const v = query.get(key);
-      if (v !== null) forward.set(key, v);
-    }
-    const tail = forward.get('tailBytes');
-    if (tail !== null && !/^\d+$/.test(tail)) throw new ApiError(400, 'BadRequest', `invalid tailBytes "${tail}": it must be a non-negative integer`);
-    const agentPath = `/v1/serial-log/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}${forward.toString() ? `?${forward}` : ''}`;
-    await new Promise<void>((resolve, reject) => {
-      const out = httpsRequest({
-        host: target.host, port: target.port, method: 'GET', path: agentPath,
-        headers: { Authorization: `Bearer ${target.token}` }, ...target.tls,
-      }, (agentRes) => {
-        const code = agentRes.statusCode ?? 502;
-        if (code >= 400) {
-          readAll(agentRes).then((text) => reject(agentError(code, text, nodeName)), reject);
-          return;
-        }
-        res.writeHead(200, { 'Content-Type': agentRes.headers['content-type'] ?? 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' });
-        res.flushHeaders();
-        agentRes.pipe(res);
-        agentRes.on('end', resolve);
-        agentRes.on('error', () => { res.destroy(); resolve(); });
-        agentRes.on('aborted', () => { res.destroy(); resolve(); });
-      });
-      out.on('error', (e) => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
-      // A follower that hangs up ends the agent's follow too.
-      res.on('close', () => { out.destroy(); resolve(); });
-      out.end();
+export async function serialLog(deps: ConsoleDeps, req: IncomingMessage, res: ServerResponse, path: string, t: StreamTarget): Promise<void> {
+  if (t.subresource !== 'serial-log') {
+    // console and vnc exist only as websockets (the upgrade listener serves them).
+    throw new ApiError(400, 'BadRequest',
+      `${VMI.plural}/${t.subresource} of "${t.name}" is a websocket stream: send the request with "Connection: Upgrade" and "Upgrade: websocket" (as virtctl ${t.subresource} and vessel ${t.subresource} do)`,
+      { name: t.name, group: SUBRESOURCES_GROUP, kind: `${VMI.plural}/${t.subresource}` });
+  }
+  if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', path);
+  const nodeName = await admit(deps, req, t, false);
+  const target = await agentTarget(deps.resources, nodeName);
+  const query = new URL(req.url ?? '/', 'https://vessel').searchParams;
+  const forward = new URLSearchParams();
+  for (const key of ['follow', 'tailBytes']) {
+    const v = query.get(key);
+    if (v !== null) forward.set(key, v);
+  }
+  const tail = forward.get('tailBytes');
+  if (tail !== null && !/^\d+$/.test(tail)) throw new ApiError(400, 'BadRequest', `invalid tailBytes "${tail}": it must be a non-negative integer`);
+  const agentPath = `/v1/serial-log/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}${forward.toString() ? `?${forward}` : ''}`;
+  await new Promise<void>((resolve, reject) => {
+    const out = httpsRequest({
+      host: target.host, port: target.port, method: 'GET', path: agentPath,
+      headers: { Authorization: `Bearer ${target.token}` }, ...target.tls,
+    }, (agentRes) => {
+      const code = agentRes.statusCode ?? 502;
+      if (code >= 400) {
+        readAll(agentRes).then((text) => reject(agentRefusal('stream', code, text, nodeName)), reject);
+        return;
+      }
+      res.writeHead(200, { 'Content-Type': agentRes.headers['content-type'] ?? 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' });
+      res.flushHeaders();
+      agentRes.pipe(res);
+      agentRes.on('end', resolve);
+      agentRes.on('error', () => { res.destroy(); resolve(); });
+      agentRes.on('aborted', () => { res.destroy(); resolve(); });
     });
-    return true;
-  };
+    out.on('error', (e) => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
+    // A follower that hangs up ends the agent's follow too.
+    res.on('close', () => { out.destroy(); resolve(); });
+    out.end();
+  });
 }
 
 /**
@@ -166,7 +152,7 @@ export function rejectUpgrade(socket: Duplex, err: ApiError): void {
 }
 
 /** Authenticates and authorizes the caller, and returns the node of the VMI (which must be running for console/VNC). */
-async function admit(deps: ConsoleDeps, req: IncomingMessage, t: Target, mustRun = true): Promise<string> {
+async function admit(deps: ConsoleDeps, req: IncomingMessage, t: StreamTarget, mustRun = true): Promise<string> {
   const user: User | undefined = await authenticate(deps.store, authorizationOf(req));
   if (!user) throw unauthorized();
   authorize(user, {
@@ -218,26 +204,12 @@ function dialAgent(target: AgentTarget, nodeName: string, path: string, client: 
     ws.once('open', () => settle(() => { ws.pause(); resolve(ws); }));
     ws.on('unexpected-response', (req, res) => {
       readAll(res).then((text) => {
-        settle(() => reject(agentError(res.statusCode ?? 502, text, nodeName)));
+        settle(() => reject(agentRefusal('stream', res.statusCode ?? 502, text, nodeName)));
         req.destroy();
       }, (e: Error) => settle(() => reject(e)));
     });
     ws.on('error', (e) => settle(() => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`))));
   });
-}
-
-/** The agent's refusal as a Status: its own message, and the code when it is about the VM. */
-function agentError(code: number, text: string, nodeName: string): ApiError {
-  let message = text.trim();
-  try {
-    const parsed = JSON.parse(text) as { message?: unknown };
-    if (typeof parsed.message === 'string') message = parsed.message;
-  } catch {
-    // not JSON: keep the text
-  }
-  const reasons: Record<number, StatusReason> = { 400: 'BadRequest', 404: 'NotFound', 409: 'Conflict', 503: 'ServiceUnavailable' };
-  if (reasons[code]) return new ApiError(code, reasons[code], message || `the agent of node ${nodeName} answered ${code}`);
-  return new ApiError(502, 'InternalError', `the agent of node ${nodeName} answered ${code}: ${message || STATUS_CODES[code] || 'error'}`);
 }
 
 /** Copies frames between the client's websocket and the agent's, with backpressure, close codes and keep-alive pings. */

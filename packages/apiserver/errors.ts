@@ -3,6 +3,7 @@
  * Codes are the Kubernetes `reason` strings so clients (kubectl, client-go) react correctly.
  */
 import type { FieldCause } from '@vessel/api';
+import { HttpError } from '@vessel/http';
 import { isStoreError } from '@vessel/store';
 
 export type StatusReason =
@@ -33,14 +34,13 @@ export interface Status {
   code: number;
 }
 
-export class ApiError extends Error {
-  readonly code: number;
+/** An HttpError with the Kubernetes Status reason and details; toStatus is the one place it becomes a Status. */
+export class ApiError extends HttpError {
   readonly reason: StatusReason;
   readonly details?: StatusDetails;
   constructor(code: number, reason: StatusReason, message: string, details?: StatusDetails) {
-    super(message);
+    super(code, message);
     this.name = 'ApiError';
-    this.code = code;
     this.reason = reason;
     this.details = details;
   }
@@ -51,6 +51,16 @@ export class ApiError extends Error {
       message: this.message, reason: this.reason, details: this.details, code: this.code,
     };
   }
+}
+
+const REASONS: Readonly<Record<number, StatusReason>> = {
+  400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict',
+  413: 'RequestEntityTooLarge', 422: 'Invalid', 429: 'TooManyRequests', 503: 'ServiceUnavailable', 504: 'Timeout',
+};
+
+/** The Status reason for an HTTP code another component answered with (InternalError for other 5xx, else BadRequest). */
+export function reasonFor(code: number): StatusReason {
+  return REASONS[code] ?? (code >= 500 ? 'InternalError' : 'BadRequest');
 }
 
 /** Names a resource the way Kubernetes messages do: `virtualmachines.kubevirt.io "demo"`. */

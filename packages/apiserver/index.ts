@@ -11,10 +11,9 @@ import { findByResource } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
-import { consoleUpgrade, rejectUpgrade } from './console.ts';
 import { ApiError, badRequest } from './errors.ts';
 import { Resources } from './resources.ts';
-import { createHandler, createHttpsServer } from './server.ts';
+import { createHandler, createHttpsServer, createUpgradeHandler } from './server.ts';
 import { agentAuthSecret } from './upload.ts';
 
 export { ApiError, type Status } from './errors.ts';
@@ -72,8 +71,8 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
       bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log,
     });
     const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
-    const consoles = consoleUpgrade({ store, resources: new Resources(store), log: opts.log });
-    server.on('upgrade', (req, socket, head: Buffer) => { if (!consoles(req, socket, head)) rejectUpgrade(socket, new ApiError(404, 'NotFound', `the server could not find the requested resource (upgrade ${req.url})`)); });
+    const consoles = createUpgradeHandler({ store, resources: new Resources(store), log: opts.log });
+    server.on('upgrade', consoles);
     // Requests Node cannot parse (bad characters in the path, broken headers) still get a Status.
     server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       if (!socket.writable) return socket.destroy();

@@ -5,9 +5,11 @@
  */
 import { createServer as createHttpsServer } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
 import YAML from 'yaml';
 import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/api';
 import type { KindInfo } from '@vessel/api';
+import { Router, type Params } from '@vessel/http';
 import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
 import { admit } from './admission.ts';
@@ -22,9 +24,9 @@ import { parseFieldSelector, parseLabelSelector } from './selectors.ts';
 import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
-import { BODY_ACTIONS, runAction, SUBRESOURCE_PATH } from './subresources.ts';
-import { issueUploadToken, proxyUpload, TOKEN_REQUEST_PATH, UPLOAD_PATHS } from './upload.ts';
-import { serialLog } from './console.ts';
+import { BODY_ACTIONS, runAction } from './subresources.ts';
+import { issueUploadToken, proxyUpload } from './upload.ts';
+import { consoleUpgrade, rejectUpgrade, serialLog, type ConsoleDeps, type StreamTarget } from './console.ts';
 
 /** Kubernetes' own limit for a request body. */
 export const MAX_BODY_BYTES = 3 * 1024 * 1024;
@@ -50,6 +52,27 @@ class Request {
   constructor(readonly req: IncomingMessage, readonly url: URL) {}
   q(name: string): string | undefined { return this.url.searchParams.get(name) ?? undefined; }
 }
+
+/** What a route's handler gets: the request, its path (trailing slashes dropped) and named params. */
+interface Exchange {
+  r: Request;
+  res: ServerResponse;
+  path: string;
+  method: string;
+  params: Params;
+}
+
+/** A route: `open` ones run without a user (probes, version, uploads, which carry an upload token). */
+type Route =
+  | { open: true; run: (x: Exchange) => Promise<void> | void }
+  | { open: false; run: (x: Exchange, user: User) => Promise<void> | void };
+const open = (run: (x: Exchange) => Promise<void> | void): Route => ({ open: true, run });
+const authed = (run: (x: Exchange, user: User) => Promise<void> | void): Route => ({ open: false, run });
+
+/** KubeVirt's subresource API (virt-api serves v1alpha3 as well). */
+const KUBEVIRT_SUBRESOURCES = '/apis/subresources.kubevirt.io/:version(v1|v1alpha3)/namespaces/:namespace';
+const ACTIONS = ':action(start|stop|restart|pause|unpause|softreboot|reset|addvolume|removevolume)';
+const notFoundPath = (x: Exchange) => new ApiError(404, 'NotFound', `the server could not find the requested resource (${x.method} ${x.path})`);
 
 export function parseResourcePath(pathname: string): ResourcePath | undefined {
   const segs = pathname.split('/').filter((s) => s !== '').map(decodeURIComponent);
@@ -78,15 +101,77 @@ export interface Handler {
 
 export function createHandler(opts: HandlerOptions): Handler {
   const resources = new Resources(opts.store);
+  const consoleDeps = { store: opts.store, resources, log: opts.log };
   const caches = new WatchCaches(opts.store);
   let v2Protobuf: Buffer | undefined;
+
+  /**
+   * Every path the server answers, first match wins. Routes that match a path but not the
+   * method fall through to the next; the resource catch-alls last.
+   */
+  const routes = new Router<Route>()
+    .on('*', '/:probe(healthz|livez|readyz)', open(({ res }) => { res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok'); }))
+    .on('*', '/version', open(({ res }) => sendJson(res, 200, serverVersion)))
+    // Upload tokens authenticate uploads (CDI's upload proxy), not users.
+    .on(['POST', 'PUT', 'HEAD'], '/v1beta1/:mode(upload|upload-async)', open(({ r, res, path }) => proxyUpload(resources, r.req, res, path)))
+    .on('*', '/v1beta1/:mode(upload|upload-async)', open(({ method, path }) => { throw methodNotAllowed(method, path); }))
+    // From here on, every route needs a user.
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc|serial-log)`, authed(({ r, res, path, params }) =>
+      serialLog(consoleDeps, r.req, res, path, { namespace: params.namespace, name: params.name, subresource: params.stream as StreamTarget['subresource'] })))
+    .on('POST', '/vessel/v1/tokens', authed(({ r, res }, user) => issueToken(r, res, user)))
+    .on('PUT', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`, authed(async ({ r, res, params }, user) => {
+      const { namespace, resource, name, action } = params;
+      // addvolume / removevolume carry their options as JSON (read once authorized); the others need no body.
+      const body = BODY_ACTIONS.has(action) ? () => readObject(r.req) : undefined;
+      if (!body) r.req.resume();
+      res.writeHead(await runAction(resources, user, namespace, resource, name, action, body)).end();
+    }))
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`, authed(({ method, path }) => { throw methodNotAllowed(method, path); }))
+    .on('POST', '/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/:namespace/uploadtokenrequests', authed(async ({ r, res, params }, user) =>
+      sendJson(res, 201, await issueUploadToken(resources, user, params.namespace, await readObject(r.req)))))
+    // OpenAPI: JSON, and v2 as protobuf too.
+    .on('GET', '/openapi/v2', authed(({ r, res }) => {
+      if (OPENAPI_V2_PROTOBUF_TYPES.some((t) => accepts(r.req.headers.accept, t))) {
+        // client-go's discovery reads OpenAPI v2 only as protobuf (kubectl apply of a kind not in v3 needs it).
+        v2Protobuf ??= encodeOpenApiV2(openApiV2() as Record<string, unknown>);
+        res.writeHead(200, { 'Content-Type': OPENAPI_V2_PROTOBUF_REPLY, 'Content-Length': String(v2Protobuf.length) }).end(v2Protobuf);
+        return;
+      }
+      sendDoc(r, res, '/openapi/v2', openApiV2());
+    }))
+    .on('GET', '/openapi/v3', authed(({ r, res, path }) => sendDoc(r, res, path, openApiV3Index())))
+    .on('GET', '/openapi/v3/api/:version(v1)', authed(({ r, res, path, params }) => sendDoc(r, res, path, openApiV3('', params.version))))
+    .on('GET', '/openapi/v3/apis/:group/:version', authed(({ r, res, path, params }) => sendDoc(r, res, path, openApiV3(params.group, params.version))))
+    .on('GET', '/openapi/*', authed((x) => { jsonOnly(x.r); throw notFoundPath(x); }))
+    // Discovery.
+    .on('GET', '/api', authed(({ res }) => sendJson(res, 200, apiVersions(opts.serverAddress))))
+    .on('GET', '/apis', authed(({ res }) => sendJson(res, 200, apiGroupList())))
+    .on('GET', '/api/v1', authed(({ r, res, path }) => sendDoc(r, res, path, apiResourceList('', 'v1'))))
+    .on('GET', '/apis/:group', authed(({ r, res, path, params }) => sendDoc(r, res, path, apiGroupDoc(params.group))))
+    .on('GET', '/apis/:group/:version', authed(({ r, res, path, params }) => sendDoc(r, res, path, apiResourceList(params.group, params.version))))
+    // Resources: /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]], /apis/GROUP/VERSION/... (parseResourcePath).
+    .on('*', '/:prefix(api|apis)/*', authed(async (x, user) => {
+      const rp = parseResourcePath(x.path);
+      if (!rp) throw notFoundPath(x);
+      await serveResource(x.r, x.res, rp, user, x.method);
+    }));
+  const unknownPath = authed((x) => { throw notFoundPath(x); });
 
   const handle = async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = Date.now();
     const url = new URL(req.url ?? '/', 'https://vessel');
-    const r = new Request(req, url);
     try {
-      await route(r, res);
+      const path = url.pathname.replace(/\/+$/, '') || '/';
+      const method = req.method ?? 'GET';
+      const { handler, params } = routes.match(method, path) ?? { handler: unknownPath, params: {} };
+      const x: Exchange = { r: new Request(req, url), res, path, method, params };
+      if (handler.open) await handler.run(x);
+      else {
+        // Every other path needs a user first: a 401 before any 404 or 405.
+        const user = await authenticate(opts.store, req.headers.authorization);
+        if (!user) throw unauthorized();
+        await handler.run(x, user);
+      }
     } catch (e) {
       const err = toApiError(e);
       if (err.code >= 500) opts.log?.(`error ${req.method} ${url.pathname}: ${e instanceof Error ? e.stack : e}`);
@@ -98,61 +183,10 @@ export function createHandler(opts: HandlerOptions): Handler {
   };
   return Object.assign(handle, { close: () => caches.close() });
 
-  async function route(r: Request, res: ServerResponse): Promise<void> {
-    const p = r.url.pathname.replace(/\/+$/, '') || '/';
-    const method = r.req.method ?? 'GET';
-    if (['/healthz', '/livez', '/readyz'].includes(p)) { res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok'); return; }
-    if (p === '/version') return sendJson(res, 200, serverVersion);
-    // Upload tokens authenticate uploads (CDI's upload proxy), not users.
-    if (UPLOAD_PATHS.includes(p)) {
-      if (method !== 'POST' && method !== 'PUT' && method !== 'HEAD') throw methodNotAllowed(method, p);
-      return proxyUpload(resources, r.req, res, p);
-    }
-
-    const user = await authenticate(opts.store, r.req.headers.authorization);
-    if (!user) throw unauthorized();
-    if (await serialLog({ store: opts.store, resources })(r.req, res, p)) return;
-
-    if (p === '/vessel/v1/tokens' && method === 'POST') return issueToken(r, res, user);
-    const action = SUBRESOURCE_PATH.exec(p);
-    if (action) {
-      if (method !== 'PUT') throw methodNotAllowed(method, p);
-      const [ns, resource, name, verb] = action.slice(1).map(decodeURIComponent);
-      // addvolume / removevolume carry their options as JSON (read once authorized); the others need no body.
-      const body = BODY_ACTIONS.has(verb) ? async () => parseBody(await readBody(r.req), r.req.headers['content-type']) : undefined;
-      if (!body) r.req.resume();
-      res.writeHead(await runAction(resources, user, ns, resource, name, verb, body)).end();
-      return;
-    }
-    const tokenRequest = TOKEN_REQUEST_PATH.exec(p);
-    if (tokenRequest && method === 'POST') {
-      return sendJson(res, 201, await issueUploadToken(resources, user, decodeURIComponent(tokenRequest[1]), parseBody(await readBody(r.req), r.req.headers['content-type'])));
-    }
-    if (method === 'GET') {
-      if (p === '/openapi/v2' && OPENAPI_V2_PROTOBUF_TYPES.some((t) => accepts(r.req.headers.accept, t))) {
-        // client-go's discovery reads OpenAPI v2 only as protobuf (kubectl apply of a kind not in v3 needs it).
-        v2Protobuf ??= encodeOpenApiV2(openApiV2() as Record<string, unknown>);
-        res.writeHead(200, { 'Content-Type': OPENAPI_V2_PROTOBUF_REPLY, 'Content-Length': String(v2Protobuf.length) }).end(v2Protobuf);
-        return;
-      }
-      if (p.startsWith('/openapi/') && !acceptsJson(r.req.headers.accept)) {
-        throw new ApiError(406, 'NotAcceptable', 'only application/json is served here (and protobuf for /openapi/v2)');
-      }
-      const doc = discoveryDoc(p);
-      if (doc !== undefined) {
-        if (doc === null) throw new ApiError(404, 'NotFound', `the server could not find the requested resource (${p})`);
-        return sendJson(res, 200, doc);
-      }
-    }
-    const rp = parseResourcePath(p);
-    if (!rp) throw new ApiError(404, 'NotFound', `the server could not find the requested resource (${method} ${p})`);
-    await serveResource(r, res, rp, user, method);
-  }
-
   /** `vessel token create`: admins issue tokens; the token is shown once and stored hashed. */
   async function issueToken(r: Request, res: ServerResponse, user: User): Promise<void> {
     authorize(user, { verb: 'create', group: 'vessel.io', resource: 'tokens' });
-    const body = parseBody(await readBody(r.req), r.req.headers['content-type']) as { user?: unknown; groups?: unknown; description?: unknown };
+    const body = await readObject(r.req) as { user?: unknown; groups?: unknown; description?: unknown };
     const causes = [];
     if (typeof body.user !== 'string' || !/^[A-Za-z0-9:@._-]{1,253}$/.test(body.user)) causes.push({ reason: 'FieldValueInvalid', field: 'user', message: 'must be a user name of letters, digits and :@._-' });
     if (body.groups !== undefined && !(Array.isArray(body.groups) && body.groups.every((g) => typeof g === 'string'))) causes.push({ reason: 'FieldValueInvalid', field: 'groups', message: 'must be a list of group names' });
@@ -160,24 +194,6 @@ export function createHandler(opts: HandlerOptions): Handler {
     const groups = (body.groups as string[] | undefined) ?? [];
     const token = await createToken(opts.store, body.user as string, groups, typeof body.description === 'string' ? body.description : undefined);
     return sendJson(res, 201, { kind: 'Token', apiVersion: 'vessel.io/v1', user: body.user, groups, token });
-  }
-
-  /** Discovery and OpenAPI documents; undefined when the path is not one, null when unknown. */
-  function discoveryDoc(p: string): unknown {
-    if (p === '/api') return apiVersions(opts.serverAddress);
-    if (p === '/apis') return apiGroupList();
-    if (p === '/api/v1') return apiResourceList('', 'v1') ?? null;
-    if (p === '/openapi/v2') return openApiV2();  // JSON only: see acceptsJson in route()
-    if (p === '/openapi/v3') return openApiV3Index();
-    let m = /^\/openapi\/v3\/api\/(v1)$/.exec(p);
-    if (m) return openApiV3('', m[1]) ?? null;
-    m = /^\/openapi\/v3\/apis\/([^/]+)\/([^/]+)$/.exec(p);
-    if (m) return openApiV3(m[1], m[2]) ?? null;
-    m = /^\/apis\/([^/]+)$/.exec(p);
-    if (m) return apiGroupDoc(m[1]) ?? null;
-    m = /^\/apis\/([^/]+)\/([^/]+)$/.exec(p);
-    if (m) return apiResourceList(m[1], m[2]) ?? null;
-    return undefined;
   }
 
   async function serveResource(r: Request, res: ServerResponse, rp: ResourcePath, user: User, method: string): Promise<void> {
@@ -241,16 +257,16 @@ export function createHandler(opts: HandlerOptions): Handler {
       }
       case 'create': {
         if (subresource) throw methodNotAllowed(method, r.url.pathname);
-        const w = await resources.create(info, namespace, parseBody(await readBody(r.req), r.req.headers['content-type']), write);
+        const w = await resources.create(info, namespace, await readObject(r.req), write);
         return sendJson(res, 201, w.object, w.warnings);
       }
       case 'update': {
-        const w = await resources.update(info, namespace, name!, parseBody(await readBody(r.req), r.req.headers['content-type']), subresource, write);
+        const w = await resources.update(info, namespace, name!, await readObject(r.req), subresource, write);
         return sendJson(res, 200, w.object, w.warnings);
       }
       case 'patch': {
         const type = patchTypeOf(r.req.headers['content-type']);
-        const w = await resources.patch(info, namespace, name!, type, await readBody(r.req), subresource, write);
+        const w = await resources.patch(info, namespace, name!, type, (await readBody(r.req)).toString('utf8'), subresource, write);
         return sendJson(res, 200, w.object, w.warnings);
       }
       case 'delete': {
@@ -270,6 +286,38 @@ export function createHandler(opts: HandlerOptions): Handler {
       }
     }
   }
+}
+
+/** A discovery or OpenAPI document as JSON; a 404 when the group or version is unknown. */
+function sendDoc(r: Request, res: ServerResponse, path: string, doc: unknown): void {
+  if (path.startsWith('/openapi/')) jsonOnly(r);
+  if (doc === undefined || doc === null) throw new ApiError(404, 'NotFound', `the server could not find the requested resource (${path})`);
+  sendJson(res, 200, doc);
+}
+
+function jsonOnly(r: Request): void {
+  if (!acceptsJson(r.req.headers.accept)) throw new ApiError(406, 'NotAcceptable', 'only application/json is served here (and protobuf for /openapi/v2)');
+}
+
+/** The upgrade listener: console and VNC websockets; any other upgrade is a 404 Status. */
+export interface UpgradeHandler {
+  (req: IncomingMessage, socket: Duplex, head: Buffer): void;
+  /** Ends every open session (upgraded sockets would keep the HTTPS server from closing). */
+  close(): void;
+}
+
+export function createUpgradeHandler(deps: ConsoleDeps): UpgradeHandler {
+  const consoles = consoleUpgrade(deps);
+  type Upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer, params: Params) => void;
+  const upgrades = new Router<Upgrade>()
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc)`, (req, socket, head, { namespace, name, stream }) =>
+      consoles(req, socket, head, { namespace, name, subresource: stream as StreamTarget['subresource'] }));
+  const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const m = upgrades.match(req.method ?? 'GET', (req.url ?? '/').split('?')[0].replace(/\/$/, ''));
+    if (m) m.handler(req, socket, head, m.params);
+    else rejectUpgrade(socket, new ApiError(404, 'NotFound', `the server could not find the requested resource (upgrade ${req.url})`));
+  };
+  return Object.assign(upgrade, { close: () => consoles.close() });
 }
 
 function accepts(accept: string | undefined, type: string): boolean {
@@ -313,8 +361,8 @@ function parseFieldValidation(v: string | undefined): WriteOptions['fieldValidat
   throw badRequest(`invalid fieldValidation "${v}": use Strict, Warn or Ignore`);
 }
 
-function deleteOptions(r: Request, body: string): DeleteOptions {
-  const parsed = body.trim() ? parseBody(body, r.req.headers['content-type']) : {};
+function deleteOptions(r: Request, body: Buffer): DeleteOptions {
+  const parsed = bodyText(body, r.req.headers['content-type']).trim() ? parseBody(body, r.req.headers['content-type']) : {};
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) throw badRequest('the DeleteOptions body must be an object');
   const o = parsed as { propagationPolicy?: string; orphanDependents?: boolean; dryRun?: string[]; preconditions?: DeleteOptions['preconditions'] };
   const policy = r.q('propagationPolicy') ?? o.propagationPolicy ?? (o.orphanDependents ? 'Orphan' : undefined);
@@ -325,7 +373,13 @@ function deleteOptions(r: Request, body: string): DeleteOptions {
   return { propagationPolicy: policy as DeleteOptions['propagationPolicy'], preconditions: o.preconditions, dryRun };
 }
 
-async function readBody(req: IncomingMessage): Promise<string> {
+/** The request body, parsed by its content type. */
+async function readObject(req: IncomingMessage): Promise<unknown> {
+  return parseBody(await readBody(req), req.headers['content-type']);
+}
+
+/** The request body's bytes, refused past MAX_BODY_BYTES; parseBody decodes them by content type. */
+async function readBody(req: IncomingMessage): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0);
   if (declared > MAX_BODY_BYTES) { req.resume(); throw tooLarge(MAX_BODY_BYTES); }
   const chunks: Buffer[] = [];
@@ -335,14 +389,19 @@ async function readBody(req: IncomingMessage): Promise<string> {
     if (size > MAX_BODY_BYTES) { req.resume(); throw tooLarge(MAX_BODY_BYTES); }
     chunks.push(chunk as Buffer);
   }
-  // latin1 maps each byte to one char, so a protobuf body survives the string plumbing intact.
-  return Buffer.concat(chunks).toString((req.headers['content-type'] ?? '').toLowerCase().startsWith(PROTOBUF_CONTENT_TYPE) ? 'latin1' : 'utf8');
+  return Buffer.concat(chunks);
 }
 
-function parseBody(body: string, contentType: string | undefined): unknown {
+/** The body as text for the emptiness check: protobuf bytes one char each (latin1), anything else UTF-8. */
+function bodyText(body: Buffer, contentType: string | undefined): string {
+  return body.toString((contentType ?? '').toLowerCase().startsWith(PROTOBUF_CONTENT_TYPE) ? 'latin1' : 'utf8');
+}
+
+function parseBody(bytes: Buffer, contentType: string | undefined): unknown {
   const type = (contentType ?? 'application/json').split(';')[0].trim().toLowerCase();
+  const body = bodyText(bytes, contentType);
   if (!body.trim()) throw badRequest('the request body is empty: send the object as JSON or YAML');
-  if (type === PROTOBUF_CONTENT_TYPE) return parseProtobuf(body);
+  if (type === PROTOBUF_CONTENT_TYPE) return parseProtobuf(bytes);
   try {
     if (type === 'application/json' || type === '') return JSON.parse(body);
     if (type === 'application/yaml' || type === 'application/x-yaml' || type === 'text/yaml') return YAML.parse(body);
@@ -356,10 +415,10 @@ function parseBody(body: string, contentType: string | undefined): unknown {
   throw unsupportedMediaType(type);
 }
 
-/** kubectl's typed clients (create namespace/configmap/secret/service) send protobuf; readBody kept the bytes as latin1. */
-function parseProtobuf(body: string): unknown {
+/** kubectl's typed clients (create namespace/configmap/secret/service) send protobuf. */
+function parseProtobuf(body: Buffer): unknown {
   try {
-    return decodeProtobufObject(Buffer.from(body, 'latin1'));
+    return decodeProtobufObject(body);
   } catch (e) {
     if (e instanceof UnsupportedProtobufKind) throw new ApiError(415, 'UnsupportedMediaType', e.message);
     if (e instanceof ProtobufError) throw badRequest(`the request body is not valid Kubernetes protobuf: ${e.message}`);

@@ -14,7 +14,7 @@
  */
 import { findByResource } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
-import { callAgent } from './agents.ts';
+import { agentRefusal, callAgent } from './agents.ts';
 import { ApiError, badRequest } from './errors.ts';
 import type { StoredObject } from './objects.ts';
 import type { Resources } from './resources.ts';
@@ -23,7 +23,6 @@ const VM = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 const VMI = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
 const PVC = findByResource('', 'v1', 'persistentvolumeclaims')!;
 const DV = findByResource('cdi.kubevirt.io', 'v1beta1', 'datavolumes')!;
-export const SUBRESOURCE_PATH = /^\/apis\/subresources\.kubevirt\.io\/(?:v1|v1alpha3)\/namespaces\/([^/]+)\/(virtualmachines|virtualmachineinstances)\/([^/]+)\/(start|stop|restart|pause|unpause|softreboot|reset|addvolume|removevolume)$/;
 /** Actions whose PUT carries a JSON body (AddVolumeOptions, RemoveVolumeOptions). */
 export const BODY_ACTIONS: ReadonlySet<string> = new Set(['addvolume', 'removevolume']);
 
@@ -80,10 +79,7 @@ async function vmiAction(resources: Resources, ns: string, name: string, action:
   const status = (vmi.status ?? {}) as { phase?: string; nodeName?: string };
   if (status.phase !== 'Running' || !status.nodeName) throw conflict(`VMI ${name} is not running`);
   const r = await callAgent(resources, status.nodeName, 'PUT', `/v1/vmi/${encodeURIComponent(ns)}/${encodeURIComponent(name)}/${action}`);
-  if (r.code >= 400) {
-    const message = (() => { try { return String((JSON.parse(r.body) as { message?: string }).message); } catch { return r.body; } })();
-    throw new ApiError(r.code === 409 ? 409 : 500, r.code === 409 ? 'Conflict' : 'InternalError', message);
-  }
+  if (r.code >= 400) throw agentRefusal('action', r.code, r.body, status.nodeName);
 }
 
 // ---- addvolume / removevolume ----

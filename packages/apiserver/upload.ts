@@ -12,16 +12,14 @@ import { request as httpsRequest } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { findByResource, storage } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
-import { ApiError, invalid, unauthorized, type StatusReason } from './errors.ts';
-import { agentTarget } from './agents.ts';
+import { ApiError, invalid, unauthorized } from './errors.ts';
+import { agentRefusal, agentTarget } from './agents.ts';
 import type { Resources } from './resources.ts';
 
 const PVC = findByResource('', 'v1', 'persistentvolumeclaims')!;
 const DV = findByResource('cdi.kubevirt.io', 'v1beta1', 'datavolumes')!;
 /** CDI's upload tokens last 5 minutes; a large upload only needs the token at its start. */
 const TOKEN_TTL_S = 5 * 60;
-export const UPLOAD_PATHS = ['/v1beta1/upload', '/v1beta1/upload-async'];
-export const TOKEN_REQUEST_PATH = /^\/apis\/upload\.cdi\.kubevirt\.io\/v1beta1\/namespaces\/([^/]+)\/uploadtokenrequests$/;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
@@ -92,7 +90,7 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
         const chunks: Buffer[] = [];
         agentRes.on('data', (c: Buffer) => chunks.push(c));
         agentRes.on('error', reject);
-        agentRes.on('end', () => reject(agentFailure(code, Buffer.concat(chunks).toString('utf8'), nodeName)));
+        agentRes.on('end', () => reject(agentRefusal('upload', code, Buffer.concat(chunks).toString('utf8'), nodeName)));
         return;
       }
       res.writeHead(code, Object.fromEntries(Object.entries(agentRes.headers).filter(([k]) => ['content-type', 'content-length', 'upload-offset'].includes(k))) as Record<string, string>);
@@ -105,22 +103,6 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
     req.on('aborted', () => out.destroy());
     if (req.method === 'HEAD') { req.resume(); out.end(); } else req.pipe(out);
   });
-}
-
-const REASONS: Record<number, StatusReason> = {
-  400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict',
-  413: 'RequestEntityTooLarge', 422: 'Invalid', 429: 'TooManyRequests', 503: 'ServiceUnavailable', 504: 'Timeout',
-};
-
-/** An agent's refusal ({message, offset?, reason?} JSON, or text) as an ApiError with the agent's code. */
-export function agentFailure(code: number, body: string, nodeName: string): ApiError {
-  let message = body.trim();
-  try {
-    const parsed = JSON.parse(body) as { message?: unknown; reason?: unknown };
-    if (typeof parsed.message === 'string') message = typeof parsed.reason === 'string' ? `${parsed.message} (${parsed.reason})` : parsed.message;
-  } catch { /* not JSON: the text is the message */ }
-  const reason = REASONS[code] ?? (code >= 500 ? 'InternalError' : 'BadRequest');
-  return new ApiError(code, reason, `upload refused by the agent of node ${nodeName}: ${message || `HTTP ${code}`}`);
 }
 
 /** The Secret agents check the server's calls against; made once on a fresh install. */

@@ -66,7 +66,7 @@ test('an upload far larger than the claim is cut off at the claim plus format ov
 test('a resumed upload counts the bytes already received', async () => {
   const dest = join(work, 'b.qcow2');
   // First attempt breaks off after 6 MiB: kept for the resume.
-  await assert.rejects(receiveUpload(dest, body(64 * MiB, 6 * MiB), { offset: 0, claimBytes: claim }), (e: unknown) => e instanceof UploadError && e.httpCode === 499);
+  await assert.rejects(receiveUpload(dest, body(64 * MiB, 6 * MiB), { offset: 0, claimBytes: claim }), (e: unknown) => e instanceof UploadError && e.code === 499);
   const have = await uploadOffset(dest);
   assert.ok(have >= 2 * MiB && have <= 6 * MiB, `kept ${have}`);
   // The resume alone (8 MiB) is within the cap (9.06 MiB), but with what is stored it is not.

@@ -9,12 +9,14 @@ import { createWriteStream } from 'node:fs';
 import { open, rm, stat } from 'node:fs/promises';
 import { PassThrough, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { HttpError } from '@vessel/http';
 import type { ImportError } from './errors.ts';
 import { maxImageBytes, streamTooLarge } from './import.ts';
 
-export class UploadError extends Error {
-  constructor(readonly httpCode: number, message: string, readonly offset?: number) {
-    super(message);
+/** An upload refused or cut off: `code` is the HTTP answer, `offset` the bytes kept (resume from there). */
+export class UploadError extends HttpError {
+  constructor(code: number, message: string, readonly offset?: number) {
+    super(code, message);
     this.name = 'UploadError';
   }
 }

@@ -24,6 +24,7 @@ import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { storage } from '@vessel/api';
 import type { Client } from '@vessel/client';
+import { HttpError } from '@vessel/http';
 import { cacheKey, Controller, EventRecorder, getCondition, NODE_UNRESPONSIVE, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
@@ -516,8 +517,9 @@ export class VmRuntime extends Controller {
   }
 }
 
-export class VmActionError extends Error {
-  constructor(readonly httpCode: number, message: string) { super(message); this.name = 'VmActionError'; }
+/** A VM action the VM's state forbids; `code` is the HTTP answer (409). */
+export class VmActionError extends HttpError {
+  constructor(code: number, message: string) { super(code, message); this.name = 'VmActionError'; }
 }
 
 async function lastLogLine(runDir: string): Promise<string> {
