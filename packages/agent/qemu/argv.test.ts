@@ -128,6 +128,11 @@ describe('refused specs name every field', () => {
     );
     const m = loadCase('error-missing-volumes');
     assert.throws(() => buildQemuArgv(inputOf(m)), (e: unknown) => e instanceof VmSpecError && e.code === 'InvalidVmSpec');
+    // A value named like an Object.prototype member is a refused value, not a crash.
+    const p = inputOf(loadCase('minimal'));
+    const disks = p.vmi.spec?.domain.devices.disks ?? [];
+    disks[0] = { ...disks[0], errorPolicy: 'toString' };
+    assert.throws(() => buildQemuArgv(p), (e: unknown) => e instanceof VmSpecError && e.causes.some((x) => x.field === 'spec.domain.devices.disks[0].errorPolicy'));
   });
 
   test('bad agent input is a TypeError, not a spec error', () => {

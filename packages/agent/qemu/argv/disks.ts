@@ -168,7 +168,7 @@ function readTuning(ctx: Ctx, o: Obj, path: string, hostVol: QemuVolume | undefi
   const serial = readStr(o.serial, `${path}.serial`, c);
   if (serial !== undefined && !/^[A-Za-z0-9_.+-]+$/.test(serial)) c.invalid(`${path}.serial`, serial, 'must consist of letters, digits or _.+-');
   const errorPolicy = readStr(o.errorPolicy, `${path}.errorPolicy`, c);
-  if (errorPolicy !== undefined && !ERROR_POLICIES[errorPolicy]) c.value(`${path}.errorPolicy`, errorPolicy, Object.keys(ERROR_POLICIES));
+  if (errorPolicy !== undefined && !Object.hasOwn(ERROR_POLICIES, errorPolicy)) c.value(`${path}.errorPolicy`, errorPolicy, Object.keys(ERROR_POLICIES));
   const shareable = readBool(o.shareable, `${path}.shareable`, c) === true;
   if (shareable && hostVol?.format === 'qcow2') c.invalid(`${path}.shareable`, true, 'only raw volumes can be shared; this one is qcow2');
   const custom = readObj(readObj(o.blockSize, `${path}.blockSize`, c)?.custom, `${path}.blockSize.custom`, c);
@@ -182,7 +182,7 @@ function readTuning(ctx: Ctx, o: Obj, path: string, hostVol: QemuVolume | undefi
     cache,
     io,
     serial,
-    errors: errorPolicy ? ERROR_POLICIES[errorPolicy] : undefined,
+    errors: errorPolicy && Object.hasOwn(ERROR_POLICIES, errorPolicy) ? ERROR_POLICIES[errorPolicy] : undefined,
     shareable,
     logical: blockSize('logical'),
     physical: blockSize('physical'),
