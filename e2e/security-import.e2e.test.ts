@@ -162,6 +162,13 @@ describe('vessel image-upload of a file larger than --size', () => {
     assert.match(ready(dv)?.message ?? '', /request a larger PVC/);
     assert.equal(peak, 0, 'nothing stored');
     assert.deepEqual((await poolFiles(v)).map((f) => f.name), []);
+    // A client whose connection was cut before the refusal arrived resumes by asking for the
+    // offset (GET): that answer carries the reason too, not a bare 400.
+    const token = await requestUploadToken(v.client, 'default', 'oversize');
+    const offset = await v.client.stream('GET', '/v1beta1/upload', { bearer: token });
+    const offsetText = await new Response(offset as unknown as ReadableStream).text();
+    assert.equal(offset.statusCode, 400, offsetText);
+    assert.match(offsetText, /has failed \(the upload is 33554432 bytes .*delete it and create it again/);
   });
 });
 

@@ -113,7 +113,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     .on('*', '/:probe(healthz|livez|readyz)', open(({ res }) => { res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok'); }))
     .on('*', '/version', open(({ res }) => sendJson(res, 200, serverVersion)))
     // Upload tokens authenticate uploads (CDI's upload proxy), not users.
-    .on(['POST', 'PUT', 'HEAD'], '/v1beta1/:mode(upload|upload-async)', open(({ r, res, path }) => proxyUpload(resources, r.req, res, path)))
+    .on(['POST', 'PUT', 'HEAD', 'GET'], '/v1beta1/:mode(upload|upload-async)', open(({ r, res, path }) => proxyUpload(resources, r.req, res, path)))
     .on('*', '/v1beta1/:mode(upload|upload-async)', open(({ method, path }) => { throw methodNotAllowed(method, path); }))
     // From here on, every route needs a user.
     .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc|serial-log)`, authed(({ r, res, path, params }) =>

@@ -4,7 +4,7 @@
  * like any create in NS), then sends the bytes to /v1beta1/upload (wait for the import) or
  * /v1beta1/upload-async with `Authorization: Bearer <token>`. The server checks the token
  * against the hash it left on the claim and streams the body to the agent that holds the
- * volume, pinning that agent's certificate. Vessel adds resume: HEAD tells the bytes already
+ * volume, pinning that agent's certificate. Vessel adds resume: HEAD (or GET) tells the bytes already
  * received (Upload-Offset), and a POST with Upload-Offset continues from there.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
@@ -78,7 +78,7 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
   if (!headers['upload-length'] && headers['content-length'] && !headers['upload-offset']) headers['upload-length'] = headers['content-length'];
   await new Promise<void>((resolve, reject) => {
     const out = httpsRequest({
-      host: target.host, port: target.port, method: req.method === 'HEAD' ? 'HEAD' : 'POST',
+      host: target.host, port: target.port, method: req.method === 'HEAD' || req.method === 'GET' ? req.method : 'POST',
       path: `/v1/upload/${encodeURIComponent(namespace)}/${encodeURIComponent(name)}`, headers, ...target.tls,
     }, (agentRes) => {
       // The agent answered before the body ended (an upload cut off for its size): close the
@@ -101,7 +101,7 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
     out.on('error', (e) => reject(new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
     // A client that goes away mid-upload: the agent keeps what arrived for a resume.
     req.on('aborted', () => out.destroy());
-    if (req.method === 'HEAD') { req.resume(); out.end(); } else req.pipe(out);
+    if (req.method === 'HEAD' || req.method === 'GET') { req.resume(); out.end(); } else req.pipe(out);
   });
 }
 

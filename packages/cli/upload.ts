@@ -1,6 +1,6 @@
 /**
  * The client side of an upload (`vessel image-upload`, `vessel up` for the tiny image): ask for
- * a token, ask how much the agent already has (HEAD, Upload-Offset), stream the rest of the
+ * a token, ask how much the agent already has (GET, Upload-Offset), stream the rest of the
  * file from there, and on a dropped connection or a restarting server do the same again: the
  * bytes already sent are kept, so a retry sends only what is missing.
  */
@@ -50,10 +50,11 @@ export async function uploadImage(client: Client, opts: UploadOptions): Promise<
   for (let attempt = 1; ; attempt++) {
     let offset = 0;
     try {
-      const head = await client.stream('HEAD', path, { bearer: token });
-      head.resume();
+      // GET rather than HEAD: a refusal (say, an upload already cut off for its size) carries its reason.
+      const head = await client.stream('GET', path, { bearer: token });
+      const headText = await body(head);
       if (head.statusCode === 401) { token = await requestUploadToken(client, opts.namespace, opts.pvcName); continue; }
-      if ((head.statusCode ?? 500) >= 400) throw failure(head.statusCode ?? 500, '');
+      if ((head.statusCode ?? 500) >= 400) throw failure(head.statusCode ?? 500, headText);
       offset = Number(head.headers['upload-offset'] ?? 0);
       if (offset > total) offset = 0; // not this file's bytes: start over
       const stream = createReadStream(opts.file, { start: offset });
