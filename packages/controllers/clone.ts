@@ -14,17 +14,13 @@
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import type { Informer, KubeObject } from './runtime/informer.ts';
-import { setCondition, updateStatus } from './runtime/status.ts';
-import { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } from './refs.ts';
+import { Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import { refs, phaseOf, CLONE_DISK_TYPE } from '@vessel/api';
+
+const { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } = refs;
 
 type Obj = Record<string, unknown>;
-/** On a clone: "full" for standalone disk copies instead of linked clones. */
-export const CLONE_DISK_TYPE = 'clone.vessel.io/type';
 const FINAL = new Set(['Succeeded', 'Failed']);
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 
 interface CloneSpec {
   source?: { apiGroup?: string; kind?: string; name?: string };

@@ -12,17 +12,14 @@
  * its next heartbeat, and its VMIs' Ready when it sees them (vms/runtime.ts).
  */
 import type { Client } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import type { Informer, KubeObject } from './runtime/informer.ts';
-import { getCondition, setCondition, updateStatus } from './runtime/status.ts';
-import { NODES, VMIS } from './refs.ts';
+import { Controller, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import { refs, NODE_UNRESPONSIVE } from '@vessel/api';
+
+const { NODES, VMIS } = refs;
 
 type Obj = Record<string, unknown>;
 type Condition = { type: string; status: string; reason?: string; message?: string; lastHeartbeatTime?: string; lastTransitionTime?: string };
 
-/** KubeVirt's reason on a VMI whose node stopped reporting. */
-export const NODE_UNRESPONSIVE = 'NodeUnresponsive';
 export const NODE_STATUS_UNKNOWN = 'NodeStatusUnknown';
 
 export interface NodeLifecycleOptions {

@@ -10,29 +10,23 @@
  * - status.printableStatus and conditions always say why a VM is not running.
  */
 import { createHash } from 'node:crypto';
-import { withoutReserved } from '@vessel/api';
+import { withoutReserved, refs, phaseOf, runStrategyOf, RESUME_MEMORY } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
-import { Controller, splitKey, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import { type Informer, type KubeObject } from './runtime/informer.ts';
-import { getCondition, setCondition, updateStatus } from './runtime/status.ts';
-import { DATAVOLUMES, PVCS, VMIS, VMS } from './refs.ts';
+import { Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+
+const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
 
 type Obj = Record<string, unknown>;
-type Strategy = 'Always' | 'RerunOnFailure' | 'Once' | 'Manual' | 'Halted';
 interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
 
 /** On a VMI: hash of the VM template it was made from (RestartRequired when the template moves on). */
 export const TEMPLATE_HASH = 'vessel.io/template-hash';
-/** On a VM, then its next VMI: the guest memory file that start resumes from (a restore with memory). */
-export const RESUME_MEMORY = 'vessel.io/resume-memory';
 /** On a VM with runStrategy Once: it has made its one VMI, so it never makes another by itself. */
 export const ONCE_RAN = 'vessel.io/once-ran';
 const FINAL = new Set(['Succeeded', 'Failed']);
 /** A VMI that ran this long before failing resets the crash-loop count. */
 const STABLE_RUN_MS = 60_000;
 
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v ?? {})).digest('hex').slice(0, 16);
 
 /**
@@ -50,12 +44,6 @@ export function templateSpecHash(spec: unknown): string {
   const devices = cold.domain?.devices;
   if (devices && Array.isArray(devices.disks)) devices.disks = devices.disks.filter((d) => !hot.has(d.name));
   return hashOf(cold);
-}
-
-export function runStrategyOf(vm: KubeObject): Strategy {
-  const spec = (vm.spec ?? {}) as { runStrategy?: Strategy; running?: boolean };
-  if (spec.runStrategy) return spec.runStrategy;
-  return spec.running ? 'Always' : 'Halted';
 }
 
 export class VirtualMachineController extends Controller {

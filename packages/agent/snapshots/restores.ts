@@ -10,8 +10,8 @@
 import jsonpatch from 'fast-json-patch';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { snapshots, storage } from '@vessel/api';
-import { CLONE_DISK_TYPE, Controller, getCondition, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/controllers';
+import { snapshots, storage, CLONE_DISK_TYPE, refs, runStrategyOf, phaseOf } from '@vessel/api';
+import { Controller, getCondition, EventRecorder, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/runtime';
 import { faultPoint } from '../faults.ts';
 import { compact, restoreVolume } from '../storage/chain.ts';
 import { containedPath, PathError } from '../storage/pools.ts';
@@ -26,7 +26,6 @@ const { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE } = snapshots;
 export const RESTORED_BY = 'vessel.io/restored-by';
 const FINAL = new Set(['Succeeded', 'Failed']);
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 
 export type RestoreOptions = SnapshotOptions;
 

@@ -20,9 +20,9 @@
 import { X509Certificate } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { findByResource, parseQuantity, storage, tryParseQuantity, type PopulationSource } from '@vessel/api';
+import { findByResource, parseQuantity, storage, tryParseQuantity, type PopulationSource, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, EventRecorder, refs, setCondition, updateStatus, CLONE_SOURCE, type KubeObject, type Informer, type Log } from '@vessel/controllers';
+import { Controller, EventRecorder, setCondition, updateStatus, type KubeObject, type Informer, type Log } from '@vessel/runtime';
 import { deviceId } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { cloneVolume } from './clone.ts';
@@ -205,7 +205,7 @@ export class VolumeManager extends Controller {
     }
     const ns = dv.metadata.namespace!;
     const spec = (dv.spec ?? {}) as Obj;
-    const cloneFrom = annotations(pvc)[CLONE_SOURCE];
+    const cloneFrom = annotations(pvc)[storage.CLONE_SOURCE];
     const source: PopulationSource | undefined = cloneFrom
       ? { kind: 'pvc', namespace: cloneFrom.split('/')[0], name: cloneFrom.split('/')[1] }
       : storage.populationSource(spec, ns, annotations(dv));
@@ -289,7 +289,7 @@ export class VolumeManager extends Controller {
     const dvName = annotations(pvc)[storage.POPULATED_FOR];
     const owner = dv ?? (dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined);
     if (owner) {
-      const kind = annotations(pvc)[CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
+      const kind = annotations(pvc)[storage.CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
       let changed = false;
       await updateStatus(this.client, DATAVOLUMES, ns, owner.metadata.name, (s) => {
         if (s.phase === 'Succeeded') return false;

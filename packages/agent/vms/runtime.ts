@@ -22,10 +22,10 @@
 import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { storage } from '@vessel/api';
+import { storage, NODE_UNRESPONSIVE, refs, phaseOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
-import { cacheKey, Controller, EventRecorder, getCondition, NODE_UNRESPONSIVE, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
@@ -47,7 +47,6 @@ const COLLECT_KEY = 'collect-run-dirs';
 export const VMI_FINALIZER = 'vessel.io/qemu';
 const FINAL = new Set(['Succeeded', 'Failed']);
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
-const phaseOf = (o: KubeObject) => String((o.status as Obj | undefined)?.phase ?? '');
 
 export interface VmRuntimeOptions {
   nodeName: string;
