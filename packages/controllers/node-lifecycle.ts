@@ -12,7 +12,7 @@
  * its next heartbeat, and its VMIs' Ready when it sees them (vms/runtime.ts).
  */
 import type { Client } from '@vessel/client';
-import { Controller, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_NODE, byNode, Controller, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
 import { refs, NODE_UNRESPONSIVE } from '@vessel/api';
 
 const { NODES, VMIS } = refs;
@@ -41,10 +41,7 @@ export class NodeLifecycleController extends Controller {
     this.events = new EventRecorder(client, 'node-controller');
     this.nodes = this.inform(NODES);
     // A VMI placed on a node already Unknown is marked too.
-    this.vmis = this.inform(VMIS, (vmi) => {
-      const node = (vmi.status as Obj | undefined)?.nodeName;
-      return typeof node === 'string' && node ? [node] : [];
-    });
+    this.vmis = this.inform(VMIS, byNode).addIndex(BY_NODE, byNode);
   }
 
   protected async reconcile(name: string): Promise<void> {
@@ -76,9 +73,9 @@ export class NodeLifecycleController extends Controller {
       this.log(`node-lifecycle: node ${name}: no heartbeat for ${seconds}s: Ready Unknown`);
       await this.events.record(node, 'Normal', 'NodeNotReady', `Node ${name} status is now: NodeNotReady`);
     }
-    for (const vmi of this.vmis.list()) {
+    for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
       const status = (vmi.status ?? {}) as Obj;
-      if (status.nodeName !== name || status.phase === 'Succeeded' || status.phase === 'Failed') continue;
+      if (status.phase === 'Succeeded' || status.phase === 'Failed') continue;
       if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) continue;
       await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, current) => {
         if (current.metadata.uid !== vmi.metadata.uid || s.nodeName !== name) return false;

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { Informer, type KubeObject, type ListWatch, type WatchEventType } from './informer.ts';
+import { byClaim, byNode, byOwner } from './indexes.ts';
 
 /** A scripted server: a list of objects and a watch the test drives. */
 class FakeServer implements ListWatch {
@@ -58,5 +59,56 @@ describe('informer', () => {
     assert.equal(server.lists, 2);
     assert.deepEqual(seen, ['add a', 'add b', 'update a', 'delete b', 'delete a', 'add c']);
     assert.deepEqual(inf.list().map((o) => o.metadata.name), ['c']);
+  });
+
+  it('keeps indexes current: an update moves an object between keys, deletes and relists drop it', async () => {
+    const server = new FakeServer();
+    server.put('a', 'x');
+    const inf = new Informer(server);
+    inf.start();
+    await inf.waitForSync();
+    // Added after the sync: filled from the cache at once.
+    inf.addIndex('label', (o) => [String((o.metadata.labels as Record<string, string>).l)]);
+    const names = (key: string) => inf.byIndex('label', key).map((o) => o.metadata.name).sort();
+    server.put('b', 'x');
+    assert.deepEqual(names('x'), ['a', 'b']);
+    server.put('a', 'y');
+    assert.deepEqual(names('x'), ['b']);
+    assert.deepEqual(names('y'), ['a']);
+    server.remove('b');
+    assert.deepEqual(names('x'), []);
+    // Gone while the watch was expired: the relist removes it from the index too.
+    server.expire();
+    server.objects.delete('a');
+    await tick(50);
+    inf.stop();
+    assert.deepEqual(names('y'), []);
+    assert.throws(() => inf.byIndex('nope', 'x'), /no index nope/);
+  });
+
+  it('files an object under its old keys, not what a handler mutated it to', async () => {
+    const server = new FakeServer();
+    const inf = new Informer(server).addIndex('label', (o) => [String((o.metadata.labels as Record<string, string>).l)]);
+    inf.start();
+    await inf.waitForSync();
+    server.put('a', 'x');
+    (inf.get('a')!.metadata.labels as Record<string, string>).l = 'mutated';
+    server.put('a', 'y');
+    inf.stop();
+    assert.deepEqual(inf.byIndex('label', 'x'), []);
+    assert.deepEqual(inf.byIndex('label', 'y').map((o) => o.metadata.name), ['a']);
+  });
+});
+
+describe('predefined indexes', () => {
+  it('file VMs and VMIs by claim, VMIs and claims by node, anything by owner uid', () => {
+    const vm = { kind: 'VirtualMachine', metadata: { name: 'vm', namespace: 'ns' }, spec: { template: { spec: { volumes: [
+      { name: 'root', dataVolume: { name: 'dv' } }, { name: 'data', persistentVolumeClaim: { claimName: 'pvc' } }, { name: 'ci', cloudInitNoCloud: {} }] } } } };
+    const vmi = { metadata: { name: 'vm', namespace: 'ns', ownerReferences: [{ uid: 'u1' }] }, spec: { volumes: [{ name: 'root', dataVolume: { name: 'dv' } }] }, status: { nodeName: 'n1' } };
+    const pvc = { metadata: { name: 'pvc', namespace: 'ns', annotations: { 'volume.kubernetes.io/selected-node': 'n2' } } };
+    assert.deepEqual(byClaim(vm), ['ns/dv', 'ns/pvc']);
+    assert.deepEqual(byClaim(vmi), ['ns/dv']);
+    assert.deepEqual([byNode(vmi), byNode(pvc), byNode(vm)], [['n1'], ['n2'], []]);
+    assert.deepEqual([byOwner(vmi), byOwner(vm)], [['u1'], []]);
   });
 });
