@@ -160,7 +160,7 @@ export class CloneController extends Controller {
   }
 
   private async createOwned(clone: KubeObject, res: typeof VMSNAPSHOTS, obj: KubeObject): Promise<void> {
-    obj.metadata.ownerReferences = [{ apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', name: clone.metadata.name, uid: clone.metadata.uid, controller: true, blockOwnerDeletion: true }];
+    obj.metadata.ownerReferences = [{ apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', name: clone.metadata.name, uid: clone.metadata.uid!, controller: true, blockOwnerDeletion: true }];
     try {
       await this.client.create(res, obj, { namespace: clone.metadata.namespace });
     } catch (e) {

@@ -108,7 +108,7 @@ export class DataVolumeController extends Controller {
         name: dv.metadata.name, namespace,
         labels: { app: 'containerized-data-importer', 'app.kubernetes.io/managed-by': 'vessel' },
         annotations: a,
-        ownerReferences: [{ apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', name: dv.metadata.name, uid: dv.metadata.uid, controller: true, blockOwnerDeletion: true }],
+        ownerReferences: [{ apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', name: dv.metadata.name, uid: dv.metadata.uid!, controller: true, blockOwnerDeletion: true }],
       },
       spec: {
         accessModes: (target.accessModes as string[] | undefined) ?? (sourceSpec.accessModes as string[] | undefined) ?? ['ReadWriteOnce'],

@@ -10,7 +10,7 @@
  * - status.printableStatus and conditions always say why a VM is not running.
  */
 import { createHash } from 'node:crypto';
-import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY } from '@vessel/api';
+import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
 import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
 
@@ -283,8 +283,8 @@ export class VirtualMachineController extends Controller {
   }
 }
 
-function ownerRef(vm: KubeObject): Obj {
-  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true };
+function ownerRef(vm: KubeObject): OwnerReference {
+  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid!, controller: true, blockOwnerDeletion: true };
 }
 
 function ownerVm(o: KubeObject): string[] {

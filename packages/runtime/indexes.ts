@@ -16,7 +16,7 @@ export const byNamespace: IndexFunc = (o) => (o.metadata.namespace ? [o.metadata
 
 /** The node an object is on: a VMI's status.nodeName, or a claim's selected node. */
 export const byNode: IndexFunc = (o) => {
-  const node = (o.status as { nodeName?: string } | undefined)?.nodeName ?? (o.metadata.annotations as Record<string, string> | undefined)?.[storage.SELECTED_NODE];
+  const node = (o.status as { nodeName?: string } | undefined)?.nodeName ?? o.metadata.annotations?.[storage.SELECTED_NODE];
   return node ? [node] : [];
 };
 
@@ -24,4 +24,4 @@ export const byNode: IndexFunc = (o) => {
 export const byClaim: IndexFunc = (o) => claimNames(o).map((c) => `${o.metadata.namespace}/${c}`);
 
 /** An object under the uid of each of its owners. */
-export const byOwner: IndexFunc = (o) => ((o.metadata.ownerReferences as { uid?: string }[] | undefined) ?? []).flatMap((r) => (r.uid ? [r.uid] : []));
+export const byOwner: IndexFunc = (o) => (o.metadata.ownerReferences ?? []).map((r) => r.uid);

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { Informer, type KubeObject, type ListWatch, type WatchEventType } from './informer.ts';
+import type { WatchEventType } from '@vessel/client';
+import { Informer, type KubeObject, type ListWatch } from './informer.ts';
 import { byClaim, byNode, byOwner } from './indexes.ts';
 
 /** A scripted server: a list of objects and a watch the test drives. */
@@ -104,7 +105,7 @@ describe('predefined indexes', () => {
   it('file VMs and VMIs by claim, VMIs and claims by node, anything by owner uid', () => {
     const vm = { kind: 'VirtualMachine', metadata: { name: 'vm', namespace: 'ns' }, spec: { template: { spec: { volumes: [
       { name: 'root', dataVolume: { name: 'dv' } }, { name: 'data', persistentVolumeClaim: { claimName: 'pvc' } }, { name: 'ci', cloudInitNoCloud: {} }] } } } };
-    const vmi = { metadata: { name: 'vm', namespace: 'ns', ownerReferences: [{ uid: 'u1' }] }, spec: { volumes: [{ name: 'root', dataVolume: { name: 'dv' } }] }, status: { nodeName: 'n1' } };
+    const vmi = { metadata: { name: 'vm', namespace: 'ns', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'vm', uid: 'u1' }] }, spec: { volumes: [{ name: 'root', dataVolume: { name: 'dv' } }] }, status: { nodeName: 'n1' } };
     const pvc = { metadata: { name: 'pvc', namespace: 'ns', annotations: { 'volume.kubernetes.io/selected-node': 'n2' } } };
     assert.deepEqual(byClaim(vm), ['ns/dv', 'ns/pvc']);
     assert.deepEqual(byClaim(vmi), ['ns/dv']);

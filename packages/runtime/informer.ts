@@ -8,11 +8,11 @@
  * scanning the cache: each index function maps an object to its keys, and the informer keeps
  * key → cache keys up to date on every add, update and delete, before handlers run.
  */
+import type { KubeObject as ApiObject, ObjectMeta } from '@vessel/api';
+import type { WatchEventType } from '@vessel/client';
 
-export interface ObjectMeta { name: string; namespace?: string; uid?: string; resourceVersion?: string; [k: string]: unknown }
-export interface KubeObject { apiVersion?: string; kind?: string; metadata: ObjectMeta; [k: string]: unknown }
-
-export type WatchEventType = 'ADDED' | 'MODIFIED' | 'DELETED' | 'BOOKMARK' | 'ERROR';
+/** @vessel/api's KubeObject as the server stores it: every object an informer caches has metadata and a name. */
+export type KubeObject = ApiObject & { metadata: ObjectMeta & { name: string } };
 
 /** What an informer needs from a client: implemented over HTTP in @vessel/client. */
 export interface ListWatch<T extends KubeObject = KubeObject> {
@@ -30,7 +30,7 @@ export interface InformerHandlers<T extends KubeObject = KubeObject> {
 /** The keys an object has under one index (none: it is not in that index). */
 export type IndexFunc<T extends KubeObject = KubeObject> = (obj: T) => string[];
 
-export const cacheKey = (obj: { metadata: ObjectMeta }) =>
+export const cacheKey = (obj: KubeObject): string =>
   obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name;
 
 export class Informer<T extends KubeObject = KubeObject> {

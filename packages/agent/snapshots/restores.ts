@@ -189,7 +189,7 @@ export class RestoreController extends Controller {
               [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: this.opts.nodeName, ...(pool ? { [storage.VOLUME_POOL]: pool.name } : {}),
               ...(annotations(restore)[CLONE_DISK_TYPE] === 'full' ? { [storage.CLONE_TYPE]: 'full' } : {}),
             },
-            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid, blockOwnerDeletion: true }],
+            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid!, blockOwnerDeletion: true }],
           },
           spec: { accessModes: claim.accessModes ?? ['ReadWriteOnce'], resources: claim.resources, storageClassName: claim.storageClassName },
         }, { namespace: ns });
