@@ -6,8 +6,8 @@ import type { KubeObject } from './types.ts';
 
 type Obj = Record<string, unknown>;
 
-/** A JSON object (not null, not an array). */
-export const isObject = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+/** A JSON object (not null, not an array); `T` names what its members are known to be (e.g. JSON values). */
+export const isObject = <T extends Record<string, unknown> = Record<string, unknown>>(v: unknown): v is T => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** `status.phase` as a string ('' when there is none). */
 export const phaseOf = (o: KubeObject | undefined): string => String((o?.status as Obj | undefined)?.phase ?? '');
