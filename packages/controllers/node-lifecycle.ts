@@ -11,13 +11,14 @@
  * second time on another node would corrupt its disks. The agent sets its node Ready again with
  * its next heartbeat, and its VMIs' Ready when it sees them (vms/runtime.ts).
  */
+import type { V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
-import { BY_NODE, byNode, Controller, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_NODE, byNode, Controller, type Typed, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
 import { refs, NODE_UNRESPONSIVE } from '@vessel/api';
 
 const { NODES, VMIS } = refs;
 
-type Obj = Record<string, unknown>;
+type Vmi = Typed<V1VirtualMachineInstance>;
 type Condition = { type: string; status: string; reason?: string; message?: string; lastHeartbeatTime?: string; lastTransitionTime?: string };
 
 export const NODE_STATUS_UNKNOWN = 'NodeStatusUnknown';
@@ -29,7 +30,7 @@ export interface NodeLifecycleOptions {
 
 export class NodeLifecycleController extends Controller {
   private readonly nodes: Informer;
-  private readonly vmis: Informer;
+  private readonly vmis: Informer<Vmi>;
   private readonly events: EventRecorder;
   private readonly graceMs: number;
   /** Per node: the last heartbeat seen, and when (this process's clock). */
@@ -41,7 +42,7 @@ export class NodeLifecycleController extends Controller {
     this.events = new EventRecorder(client, 'node-controller');
     this.nodes = this.inform(NODES);
     // A VMI placed on a node already Unknown is marked too.
-    this.vmis = this.inform(VMIS, byNode).addIndex(BY_NODE, byNode);
+    this.vmis = this.inform<Vmi>(VMIS, byNode).addIndex(BY_NODE, byNode);
   }
 
   protected async reconcile(name: string): Promise<void> {
@@ -74,8 +75,8 @@ export class NodeLifecycleController extends Controller {
       await this.events.record(node, 'Normal', 'NodeNotReady', `Node ${name} status is now: NodeNotReady`);
     }
     for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
-      const status = (vmi.status ?? {}) as Obj;
-      if (status.phase === 'Succeeded' || status.phase === 'Failed') continue;
+      const phase = vmi.status?.phase;
+      if (phase === 'Succeeded' || phase === 'Failed') continue;
       if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) continue;
       await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, current) => {
         if (current.metadata.uid !== vmi.metadata.uid || s.nodeName !== name) return false;

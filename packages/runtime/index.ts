@@ -4,7 +4,7 @@
  * with client-go's guarantees, leader election, the Controller base class, and helpers that
  * write status and Events. It knows the API only through @vessel/client and @vessel/api.
  */
-export { Informer, cacheKey, type ListWatch, type InformerHandlers, type IndexFunc, type KubeObject } from './informer.ts';
+export { Informer, cacheKey, type ListWatch, type InformerHandlers, type IndexFunc, type KubeObject, type Typed } from './informer.ts';
 export { BY_NAMESPACE, BY_NODE, BY_CLAIM, BY_OWNER, byNamespace, byNode, byClaim, byOwner } from './indexes.ts';
 export { WorkQueue, runWorkers } from './workqueue.ts';
 export { listWatchFor } from './listwatch.ts';

@@ -14,6 +14,12 @@ import type { WatchEventType } from '@vessel/client';
 /** @vessel/api's KubeObject as the server stores it: every object an informer caches has metadata and a name. */
 export type KubeObject = ApiObject & { metadata: ObjectMeta & { name: string } };
 
+/**
+ * A KubeVirt/CDI type (type-only, from @kubevirt-ui-ext/kubevirt-api) as an informer caches it:
+ * its spec and status typed, its metadata ours: `Informer<Typed<V1VirtualMachineInstance>>`.
+ */
+export type Typed<T> = KubeObject & Omit<T, 'metadata'>;
+
 /** What an informer needs from a client: implemented over HTTP in @vessel/client. */
 export interface ListWatch<T extends KubeObject = KubeObject> {
   list(): Promise<{ items: T[]; resourceVersion: string }>;
