@@ -12,7 +12,8 @@ export type Log = (line: string) => void;
 
 export abstract class Controller {
   protected readonly queue = new WorkQueue({ baseDelayMs: 200, maxDelayMs: 30_000 });
-  private readonly informers: { start(): void; stop(): void; waitForSync(): Promise<void> }[] = [];
+  // Only started and stopped here, whatever they hold.
+  private readonly informers: Pick<Informer, 'start' | 'stop' | 'waitForSync'>[] = [];
   private workers?: Promise<void[]>;
 
   constructor(readonly name: string, protected readonly client: Client, protected readonly log: Log = () => {}, private readonly workerCount = 2) {}

@@ -105,7 +105,7 @@ export class Informer<T extends KubeObject = KubeObject> {
       for (const [key, obj] of fresh) {
         const old = this.cache.get(key);
         if (!old) { this.store(key, obj); this.emit('ADDED', obj); }
-        else if (old.metadata.resourceVersion !== obj.metadata.resourceVersion) { this.store(key, obj, old); this.emit('MODIFIED', obj, old); }
+        else if (old.metadata.resourceVersion !== obj.metadata.resourceVersion) { this.store(key, obj); this.emit('MODIFIED', obj, old); }
       }
       this.resourceVersion = resourceVersion;
       if (this.relists++ === 0 || !this.synced) {
@@ -135,7 +135,7 @@ export class Informer<T extends KubeObject = KubeObject> {
       const key = cacheKey(obj);
       const old = this.cache.get(key);
       if (type === 'DELETED') { if (old) this.remove(key); this.emit('DELETED', old ?? obj); return; }
-      this.store(key, obj, old);
+      this.store(key, obj);
       this.emit(old ? 'MODIFIED' : 'ADDED', obj, old);
     }, (err) => {
       if (this.stopped) return;
@@ -154,8 +154,8 @@ export class Informer<T extends KubeObject = KubeObject> {
     setTimeout(fn, delay).unref();
   }
 
-  private store(key: string, obj: T, old?: T): void {
-    if (old) this.unindex(key);
+  private store(key: string, obj: T): void {
+    this.unindex(key);
     this.cache.set(key, obj);
     for (const [name, fn] of this.indexFuncs) this.indexOne(name, fn, key, obj);
   }
