@@ -1,7 +1,7 @@
 // Lint: typescript-eslint's recommended rules; `any` is an error so exported signatures stay typed.
 // The layers (docs/design.md, Layout) have no cycles: the agent and the controllers share
-// @vessel/runtime and @vessel/api and never import each other, and no package reaches into
-// another one (or guest/) by a relative path.
+// @vessel/runtime and @vessel/api and never import each other, lower layers never import higher
+// ones, and no package reaches into guest/ by a relative path.
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
