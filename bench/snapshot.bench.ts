@@ -50,7 +50,7 @@ import { createConnection, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { backingFile, qemuImg } from '@vessel/agent';
-import { snapshots } from '@vessel/api';
+import { CLONE_DISK_TYPE, snapshots } from '@vessel/api';
 import { isNotFound, type KubeObject, type ResourceRef, type Watch } from '@vessel/client';
 import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
@@ -71,9 +71,8 @@ const NS = 'default';
 const IMAGES = 'vessel-images';
 const MiB = 1 << 20;
 const GiB = 1 << 30;
-/** Annotations of the product (packages/agent/snapshots/snapshots.ts, packages/controllers/clone.ts). */
+/** Annotations of the product. */
 const { WITH_MEMORY, SNAPSHOT_FILES, MEMORY_FILE } = snapshots;
-const CLONE_TYPE = 'clone.vessel.io/type';
 
 const OP_TIMEOUT_MS = 180_000;
 const BOOT_TIMEOUT_MS = 240_000;
@@ -361,7 +360,7 @@ async function clone(c: Ctx, source: { kind: 'VirtualMachine' | 'VirtualMachineS
   const t0 = now();
   await c.v.client.create(CLONES, {
     apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone',
-    metadata: { name, namespace: NS, ...(full ? { annotations: { [CLONE_TYPE]: 'full' } } : {}) },
+    metadata: { name, namespace: NS, ...(full ? { annotations: { [CLONE_DISK_TYPE]: 'full' } } : {}) },
     spec: {
       source: { apiGroup: source.kind === 'VirtualMachine' ? 'kubevirt.io' : 'snapshot.kubevirt.io', kind: source.kind, name: source.name },
       target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },

@@ -4,9 +4,8 @@
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
 import { join } from 'node:path';
-import { storage } from '@vessel/api';
+import { storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
-import { refs, type NodePool } from '@vessel/controllers';
 import { ensureSelfSignedCert, parseListen } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
@@ -70,7 +69,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
   const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, vms, consoles, log });
-  const nodePools: Record<string, NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
+  const nodePools: Record<string, storage.NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
   const node = new NodeRegistration(opts.client, {
     nodeName: opts.nodeName, address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host), port: endpoint.port,
     certFingerprint256: cert.fingerprint256, certPem: cert.certPem, pools: nodePools, version: opts.version ?? 'dev', heartbeatMs: opts.heartbeatMs, log,

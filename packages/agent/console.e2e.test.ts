@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket, { type RawData } from 'ws';
-import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '../../guest/tiny.ts';
+import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
 import { consoleHandlers, TAKEN_OVER_REASON, type ConsoleHandlers } from './console.ts';
 import { agentRoutes } from './endpoint.ts';
 import { launch, terminate } from './qemu/process.ts';

@@ -5,9 +5,9 @@
  */
 import { cpus, hostname, release, totalmem } from 'node:os';
 import { statfs } from 'node:fs/promises';
-import { storage } from '@vessel/api';
+import { storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
-import { refs, setCondition, updateStatus, type NodePool } from '@vessel/controllers';
+import { setCondition, updateStatus } from '@vessel/runtime';
 
 export interface NodeRegistrationOptions {
   nodeName: string;
@@ -16,7 +16,7 @@ export interface NodeRegistrationOptions {
   port: number;
   certFingerprint256: string;
   certPem: string;
-  pools: Record<string, NodePool>;
+  pools: Record<string, storage.NodePool>;
   labels?: Record<string, string>;
   heartbeatMs?: number;
   version: string;

@@ -43,5 +43,7 @@ export { upstreamSchemas, type JsonSchema } from './schemas.ts';
 export * as storage from './storage.ts';
 export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type EmbeddedMeta } from './reserved.ts';
 export * as snapshots from './snapshots.ts';
+export * as refs from './refs.ts';
+export { isObject, phaseOf, runStrategyOf, claimVolumes, claimNames, NODE_UNRESPONSIVE, RESUME_MEMORY, CLONE_DISK_TYPE, type RunStrategy, type ClaimVolume } from './objects.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

@@ -3,6 +3,7 @@
  * where a claim's volume lives and who fills it. Kubernetes' and CDI's own annotation keys
  * where one exists, so tools that read them keep working.
  */
+import type { KubeObject } from './types.ts';
 
 /** The node that provisions a claim and holds its volume (set by the volume binder, as Kubernetes' scheduler does). */
 export const SELECTED_NODE = 'volume.kubernetes.io/selected-node';
@@ -16,6 +17,10 @@ export const VOLUME_POOL = 'vessel.io/pool';
 export const CLONE_TYPE = 'vessel.io/clone-type';
 /** On a claim: sha256 of the current upload token and its expiry, "sha256hex:unixSeconds" (see the upload proxy). */
 export const UPLOAD_TOKEN = 'vessel.io/upload-token';
+/** The provisioner of Vessel's StorageClasses. */
+export const PROVISIONER = 'vessel.io/qcow2';
+/** On a claim the DataVolume controller made: the claim it is cloned from, "namespace/name". */
+export const CLONE_SOURCE = 'vessel.io/clone-source';
 /** On a Node: JSON {poolName: directory} of the pools the agent serves. */
 export const NODE_POOLS = 'vessel.io/pools';
 /** On a Node: sha256 of the agent's self-signed TLS certificate (DER), which the server pins. */
@@ -66,4 +71,17 @@ export function phasesFor(kind: PopulationSource['kind']): { scheduled: DataVolu
   if (kind === 'pvc') return { scheduled: 'CloneScheduled', running: 'CloneInProgress' };
   if (kind === 'upload') return { scheduled: 'UploadScheduled', running: 'UploadReady' };
   return { scheduled: 'ImportScheduled', running: 'ImportInProgress' };
+}
+
+export interface NodePool { dir: string; shared: boolean }
+
+/** The pools a Node's agent serves (its NODE_POOLS annotation; none when unreadable). */
+export function nodePools(node: KubeObject): Record<string, NodePool> {
+  const raw = node.metadata?.annotations?.[NODE_POOLS];
+  try { return raw ? (JSON.parse(raw) as Record<string, NodePool>) : {}; } catch { return {}; }
+}
+
+export function isNodeReady(node: KubeObject): boolean {
+  const conds = ((node.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions) ?? [];
+  return conds.some((c) => c.type === 'Ready' && c.status === 'True');
 }

@@ -17,6 +17,7 @@
  * Entries are keyed by (manager, operation, subresource); status-subresource writes own only
  * `status`, and main-resource writes of kinds with a status subresource never own it.
  */
+import { isObject } from '@vessel/api';
 import { ApiError, badRequest, invalid } from './errors.ts';
 import { listMergeKey, isMergedPrimitiveList } from './patch.ts';
 
@@ -48,7 +49,6 @@ export interface FieldWrite {
 /** The manager that owns what an object had before its first apply (objects older than ownership tracking). */
 export const BEFORE_FIRST_APPLY = 'before-first-apply';
 
-const isObject = (v: unknown): v is JsonObject => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** A set of paths, each kept as the JSON text of its element list (canonical, so prefix tests work). */
 type FieldSet = Set<string>;
@@ -66,7 +66,7 @@ function listKind(field: string | undefined, list: Json[]): ListKind {
   if (key) {
     const seen = new Set<string>();
     for (const item of list) {
-      if (!isObject(item) || item[key] === undefined || isObject(item[key]) || Array.isArray(item[key])) return { kind: 'atomic' };
+      if (!isObject<JsonObject>(item) || item[key] === undefined || isObject<JsonObject>(item[key]) || Array.isArray(item[key])) return { kind: 'atomic' };
       const pe = keyElement(key, item);
       if (seen.has(pe)) return { kind: 'atomic' };
       seen.add(pe);
@@ -76,7 +76,7 @@ function listKind(field: string | undefined, list: Json[]): ListKind {
   if (isMergedPrimitiveList(field)) {
     const seen = new Set<string>();
     for (const item of list) {
-      if (isObject(item) || Array.isArray(item)) return { kind: 'atomic' };
+      if (isObject<JsonObject>(item) || Array.isArray(item)) return { kind: 'atomic' };
       const pe = valueElement(item);
       if (seen.has(pe)) return { kind: 'atomic' };
       seen.add(pe);
@@ -91,7 +91,7 @@ const valueElement = (item: Json): string => `v:${JSON.stringify(item)}`;
 
 /** The child values of a value with their path elements and the field name lists below use. */
 function children(value: Json, field: string | undefined): [string, Json, string | undefined][] | undefined {
-  if (isObject(value)) {
+  if (isObject<JsonObject>(value)) {
     const keys = Object.keys(value);
     return keys.length ? keys.map((k) => [`f:${k}`, value[k], k]) : undefined;
   }
@@ -117,11 +117,11 @@ const pathKey = (inner: string): string => `[${inner}]`;
 function addMembers(value: Json, field: string | undefined, path: string, out: FieldSet): void {
   const kids = children(value, field);
   // An empty map is no member: owning it would make its later keys conflict with its first writer.
-  if (!kids) { if (path && !(isObject(value) && !Object.keys(value).length)) out.add(pathKey(path)); return; }
+  if (!kids) { if (path && !(isObject<JsonObject>(value) && !Object.keys(value).length)) out.add(pathKey(path)); return; }
   for (const [pe, v, f] of kids) {
     const p = down(path, pe);
     if (isItemElement(pe)) out.add(pathKey(p));
-    if (isItemElement(pe) && !isObject(v)) continue;
+    if (isItemElement(pe) && !isObject<JsonObject>(v)) continue;
     addMembers(v, f, p, out);
   }
 }
@@ -149,8 +149,8 @@ function walkCompare(a: Json | undefined, b: Json | undefined, field: string | u
   if (b === undefined) { addMembers(a, field, path, c.removed); return; }
   const ka = children(a, field);
   const kb = children(b, field);
-  const sameShape = isObject(a) === isObject(b) && Array.isArray(a) === Array.isArray(b);
-  if (ka && kb && sameShape && (isObject(a) || sameListKind(a, b, field))) {
+  const sameShape = isObject<JsonObject>(a) === isObject<JsonObject>(b) && Array.isArray(a) === Array.isArray(b);
+  if (ka && kb && sameShape && (isObject<JsonObject>(a) || sameListKind(a, b, field))) {
     const mb = new Map(kb.map(([pe, v, f]) => [pe, [v, f] as const]));
     const seen = new Set<string>();
     for (const [pe, va, f] of ka) {
@@ -159,18 +159,18 @@ function walkCompare(a: Json | undefined, b: Json | undefined, field: string | u
       const other = mb.get(pe);
       if (other === undefined) {
         if (isItemElement(pe)) c.removed.add(pathKey(p));
-        if (!isItemElement(pe) || isObject(va)) addMembers(va, f, p, c.removed);
+        if (!isItemElement(pe) || isObject<JsonObject>(va)) addMembers(va, f, p, c.removed);
         continue;
       }
-      if (isItemElement(pe) && !isObject(va) && !isObject(other[0])) continue; // same set value
-      if (isItemElement(pe) && (!isObject(va) || !isObject(other[0]))) { c.modified.add(pathKey(p)); continue; }
+      if (isItemElement(pe) && !isObject<JsonObject>(va) && !isObject<JsonObject>(other[0])) continue; // same set value
+      if (isItemElement(pe) && (!isObject<JsonObject>(va) || !isObject<JsonObject>(other[0]))) { c.modified.add(pathKey(p)); continue; }
       walkCompare(va, other[0], f, p, c);
     }
     for (const [pe, vb, f] of kb) {
       if (seen.has(pe)) continue;
       const p = down(path, pe);
       if (isItemElement(pe)) c.added.add(pathKey(p));
-      if (!isItemElement(pe) || isObject(vb)) addMembers(vb, f, p, c.added);
+      if (!isItemElement(pe) || isObject<JsonObject>(vb)) addMembers(vb, f, p, c.added);
     }
     return;
   }
@@ -223,7 +223,7 @@ export function fromFieldsV1(trie: unknown): FieldSet {
   const stack: [unknown, string[]][] = [[trie, []]];
   while (stack.length) {
     const [node, path] = stack.pop()!;
-    if (!isObject(node)) throw new Error(`fieldsV1 must be an object at ${pathString(path) || 'the root'}`);
+    if (!isObject<JsonObject>(node)) throw new Error(`fieldsV1 must be an object at ${pathString(path) || 'the root'}`);
     const keys = Object.keys(node);
     if (!keys.length && path.length) out.add(enc(path));
     for (const k of keys) {
@@ -261,7 +261,7 @@ function ownersOf(entries: unknown, name: string, kind: string, group: string): 
     [{ reason: 'FieldValueInvalid', field: i === undefined ? 'metadata.managedFields' : `metadata.managedFields[${i}]`, message }]);
   if (!Array.isArray(entries)) throw bad(undefined, 'must be a list of ManagedFieldsEntry');
   return entries.map((e: unknown, i): Owner => {
-    if (!isObject(e)) throw bad(i, 'must be an object');
+    if (!isObject<JsonObject>(e)) throw bad(i, 'must be an object');
     const { manager, operation, apiVersion, time, fieldsType, fieldsV1, subresource } = e;
     if (typeof manager !== 'string') throw bad(i, 'manager must be a string');
     if (operation !== 'Apply' && operation !== 'Update') throw bad(i, 'operation must be Apply or Update');
@@ -350,7 +350,7 @@ interface Target { name: string; kind: string; group: string }
 export function updateManagedFields(live: JsonObject | undefined, next: JsonObject, w: FieldWrite, t: Target, sent?: unknown): ManagedFieldsEntry[] {
   let owners = ownersOf(liveEntries(live), t.name, t.kind, t.group);
   if (live && w.subresource !== 'status' && Array.isArray(sent) && JSON.stringify(sent) !== JSON.stringify(liveEntries(live) ?? [])) {
-    const reset = sent.length === 0 || (sent.length === 1 && isObject(sent[0]) && Object.keys(sent[0]).length === 0);
+    const reset = sent.length === 0 || (sent.length === 1 && isObject<JsonObject>(sent[0]) && Object.keys(sent[0]).length === 0);
     owners = reset ? [] : ownersOf(sent, t.name, t.kind, t.group);
     if (reset) return [];
   }
@@ -370,7 +370,7 @@ export function updateManagedFields(live: JsonObject | undefined, next: JsonObje
 /** The applied configuration as Apply sees it: nulls and server metadata dropped. */
 export function cleanAppliedConfig(config: JsonObject): JsonObject {
   const out = dropNulls(config) as JsonObject;
-  if (isObject(out.metadata)) {
+  if (isObject<JsonObject>(out.metadata)) {
     const { managedFields: _m, resourceVersion: _r, ...meta } = out.metadata;
     out.metadata = meta;
   }
@@ -380,7 +380,7 @@ export function cleanAppliedConfig(config: JsonObject): JsonObject {
 function dropNulls(v: Json): Json | undefined {
   if (v === null) return undefined;
   if (Array.isArray(v)) return v.map((x) => dropNulls(x) ?? null);
-  if (!isObject(v)) return v;
+  if (!isObject<JsonObject>(v)) return v;
   const out: JsonObject = {};
   for (const [k, x] of Object.entries(v)) { const d = dropNulls(x); if (d !== undefined) out[k] = d; }
   return out;
@@ -388,8 +388,8 @@ function dropNulls(v: Json): Json | undefined {
 
 /** Merges an applied configuration over the live object: maps by key, keyed and set lists by item, the rest replaced. */
 export function mergeApplied(live: Json | undefined, config: Json, field?: string): Json {
-  if (isObject(config)) {
-    const out: JsonObject = isObject(live) ? { ...live } : {};
+  if (isObject<JsonObject>(config)) {
+    const out: JsonObject = isObject<JsonObject>(live) ? { ...live } : {};
     for (const [k, v] of Object.entries(config)) out[k] = mergeApplied(out[k], v, k);
     return out;
   }
@@ -440,10 +440,10 @@ const LAST_APPLIED_PATH = enc(['f:metadata', 'f:annotations', `f:${LAST_APPLIED}
  * against what was applied last. Other managers opt out by their name.
  */
 function syncLastApplied(merged: JsonObject, config: JsonObject, w: FieldWrite): void {
-  const annotations = isObject(merged.metadata) && isObject(merged.metadata.annotations) ? merged.metadata.annotations : undefined;
+  const annotations = isObject<JsonObject>(merged.metadata) && isObject<JsonObject>(merged.metadata.annotations) ? merged.metadata.annotations : undefined;
   if (w.manager !== 'kubectl' || w.subresource || typeof annotations?.[LAST_APPLIED] !== 'string' || !annotations[LAST_APPLIED]) return;
-  const meta = isObject(config.metadata) ? config.metadata : {};
-  const { [LAST_APPLIED]: _old, ...rest } = isObject(meta.annotations) ? meta.annotations : {};
+  const meta = isObject<JsonObject>(config.metadata) ? config.metadata : {};
+  const { [LAST_APPLIED]: _old, ...rest } = isObject<JsonObject>(meta.annotations) ? meta.annotations : {};
   const value = JSON.stringify({ ...config, metadata: { ...meta, annotations: rest } }) + '\n';
   merged.metadata = { ...(merged.metadata as JsonObject), annotations: { ...annotations, [LAST_APPLIED]: value } };
 }
@@ -499,11 +499,11 @@ function conflictError(conflicts: { owner: Owner; path: string[] }[], t: Target)
 }
 
 function liveEntries(live: JsonObject | undefined): unknown {
-  return isObject(live?.metadata) ? live.metadata.managedFields : undefined;
+  return isObject<JsonObject>(live?.metadata) ? live.metadata.managedFields : undefined;
 }
 
 function withoutManaged(obj: JsonObject): JsonObject {
-  if (!isObject(obj.metadata) || obj.metadata.managedFields === undefined) return obj;
+  if (!isObject<JsonObject>(obj.metadata) || obj.metadata.managedFields === undefined) return obj;
   const { managedFields: _m, ...metadata } = obj.metadata;
   return { ...obj, metadata };
 }
@@ -530,10 +530,10 @@ function removePath(obj: JsonObject, path: string[]): void {
     const pe = path[i];
     if (i < path.length - 1) {
       const child = step(parent, pe);
-      const empty = (isObject(child) && !Object.keys(child).length) || (Array.isArray(child) && !child.length);
+      const empty = (isObject<JsonObject>(child) && !Object.keys(child).length) || (Array.isArray(child) && !child.length);
       if (!empty || (i === 0 && pe === 'f:metadata')) return;
     }
-    if (isObject(parent) && pe.startsWith('f:')) delete parent[pe.slice(2)];
+    if (isObject<JsonObject>(parent) && pe.startsWith('f:')) delete parent[pe.slice(2)];
     else if (Array.isArray(parent)) {
       const idx = parent.findIndex((x) => itemMatches(x, pe));
       if (idx >= 0) parent.splice(idx, 1);
@@ -542,14 +542,14 @@ function removePath(obj: JsonObject, path: string[]): void {
 }
 
 function step(v: Json | undefined, pe: string): Json | undefined {
-  if (isObject(v) && pe.startsWith('f:')) return v[pe.slice(2)];
+  if (isObject<JsonObject>(v) && pe.startsWith('f:')) return v[pe.slice(2)];
   if (Array.isArray(v)) return v.find((x) => itemMatches(x, pe));
   return undefined;
 }
 
 function itemMatches(item: Json, pe: string): boolean {
   if (pe.startsWith('v:')) return valueElement(item) === pe;
-  if (pe.startsWith('k:') && isObject(item)) {
+  if (pe.startsWith('k:') && isObject<JsonObject>(item)) {
     const key = JSON.parse(pe.slice(2)) as JsonObject;
     return Object.entries(key).every(([k, v]) => JSON.stringify(item[k]) === JSON.stringify(v));
   }

@@ -13,16 +13,16 @@
  */
 import jsonpatch from 'fast-json-patch';
 import YAML from 'yaml';
+import { isObject } from '@vessel/api';
 import { ApiError, badRequest, unsupportedMediaType } from './errors.ts';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 type JsonObject = { [key: string]: Json };
 
-const isObject = (v: unknown): v is JsonObject => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 export function mergePatch(target: Json | undefined, patch: Json): Json {
-  if (!isObject(patch)) return patch;
-  const out: JsonObject = isObject(target) ? { ...target } : {};
+  if (!isObject<JsonObject>(patch)) return patch;
+  const out: JsonObject = isObject<JsonObject>(target) ? { ...target } : {};
   for (const [k, v] of Object.entries(patch)) {
     if (v === null) delete out[k];
     else out[k] = mergePatch(out[k], v);
@@ -82,7 +82,7 @@ function fieldPath(path: string[]): string {
 function checkPatchNesting(type: PatchType, patch: Json): void {
   if (type !== 'json' || !Array.isArray(patch)) { checkNesting(patch); return; }
   patch.forEach((op, i) => {
-    if (!isObject(op)) return;
+    if (!isObject<JsonObject>(op)) return;
     const segments = typeof op.path === 'string' ? op.path.split('/').slice(1) : [];
     checkNesting(op, [`[${i}]`], 0);
     if (segments.length >= MAX_NESTING_DEPTH) throw new NestingError(`[${i}].path`);
@@ -91,10 +91,10 @@ function checkPatchNesting(type: PatchType, patch: Json): void {
 }
 
 export function strategicMergePatch(target: Json | undefined, patch: Json): Json {
-  if (!isObject(patch)) return patch;
+  if (!isObject<JsonObject>(patch)) return patch;
   if (patch.$patch === 'replace') { const { $patch: _, ...rest } = patch; return rest; }
   if (patch.$patch === 'delete') return null;
-  const out: JsonObject = isObject(target) ? { ...target } : {};
+  const out: JsonObject = isObject<JsonObject>(target) ? { ...target } : {};
   for (const [k, v] of Object.entries(patch)) {
     if (k.startsWith('$setElementOrder/') || k === '$retainKeys' || k === '$patch') continue;
     if (k.startsWith('$deleteFromPrimitiveList/')) {
@@ -190,10 +190,10 @@ function parseYamlOrJson(body: string): unknown {
 
 export function applyPatch(type: PatchType, target: Json, patch: Json): Json {
   switch (type) {
-    case 'merge': if (!isObject(patch)) throw badRequest('a merge patch must be a JSON object'); return mergePatch(target, patch);
-    case 'strategic': if (!isObject(patch)) throw badRequest('a strategic merge patch must be a JSON object'); return strategicMergePatch(target, patch);
+    case 'merge': if (!isObject<JsonObject>(patch)) throw badRequest('a merge patch must be a JSON object'); return mergePatch(target, patch);
+    case 'strategic': if (!isObject<JsonObject>(patch)) throw badRequest('a strategic merge patch must be a JSON object'); return strategicMergePatch(target, patch);
     // Without field ownership; the API server applies through managed-fields.ts instead.
-    case 'apply': if (!isObject(patch)) throw badRequest('an apply patch must be an object'); return mergePatch(target, patch);
+    case 'apply': if (!isObject<JsonObject>(patch)) throw badRequest('an apply patch must be an object'); return mergePatch(target, patch);
     case 'json': return jsonPatch(target, patch);
   }
 }

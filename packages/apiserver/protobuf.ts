@@ -5,6 +5,7 @@
  * direction is needed. The field tables mirror k8s.io/api core/v1 and apimachinery meta/v1
  * generated.proto, restricted to the kinds Vessel serves.
  */
+import { isObject } from '@vessel/api';
 
 export const PROTOBUF_CONTENT_TYPE = 'application/vnd.kubernetes.protobuf';
 
@@ -382,10 +383,6 @@ function readMapEntry(data: Uint8Array, valueType: string, where: string): [stri
   }
   // An entry without a value carries the zero value: "" for strings and bytes, "0" for quantities.
   return [key, value ?? (valueType === 'Quantity' ? '0' : '')];
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /**

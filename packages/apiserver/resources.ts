@@ -5,7 +5,7 @@
  * an invalid request never changes stored state.
  */
 import { randomBytes, randomUUID } from 'node:crypto';
-import { applyDefaults, findByResource, validateObject } from '@vessel/api';
+import { applyDefaults, findByResource, isObject, validateObject } from '@vessel/api';
 import type { KindInfo, KubeObject } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
@@ -54,10 +54,6 @@ const NAME_SUFFIX_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789';
 
 function generateSuffix(): string {
   return [...randomBytes(5)].map((b) => NAME_SUFFIX_ALPHABET[b % NAME_SUFFIX_ALPHABET.length]).join('');
-}
-
-function isObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 /** Namespaces finalize through spec.finalizers ("kubernetes") as well as metadata.finalizers. */

@@ -3,7 +3,7 @@
  * packages (guest/), uploaded into a DataVolume in vessel-images and published as the
  * DataSource every tenant can make VM disks from.
  */
-import { ensureTinyGuest } from '../../guest/tiny.ts';
+import { ensureTinyGuest } from '@vessel/guest';
 import { isNotFound, type Client, type ResourceRef } from '@vessel/client';
 import { ensureUploadDataVolume, waitForPhase } from './commands/image-upload.ts';
 import { uploadImage } from './upload.ts';

@@ -1,29 +1,11 @@
 /**
- * The JSON shapes the client reads and writes. Kept loose and local (not imported from
- * @vessel/api) so the client works against any Kubernetes-like server.
+ * The JSON shapes the client reads and writes, loose (any Kubernetes-like server's objects fit).
  */
 
-export interface ObjectMeta {
-  name?: string;
-  generateName?: string;
-  namespace?: string;
-  uid?: string;
-  resourceVersion?: string;
-  generation?: number;
-  creationTimestamp?: string;
-  deletionTimestamp?: string;
-  labels?: Record<string, string>;
-  annotations?: Record<string, string>;
-  finalizers?: string[];
-  [field: string]: unknown;
-}
-
-export interface KubeObject {
-  apiVersion?: string;
-  kind?: string;
-  metadata?: ObjectMeta;
-  [field: string]: unknown;
-}
+// One object type for the whole project (@vessel/api's); a type-only import, so the client still
+// loads without @vessel/api's schemas.
+import type { KubeObject } from '@vessel/api';
+export type { KubeObject, ObjectMeta } from '@vessel/api';
 
 export interface ListMeta {
   resourceVersion?: string;

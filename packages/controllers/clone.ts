@@ -14,17 +14,13 @@
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import type { Informer, KubeObject } from './runtime/informer.ts';
-import { setCondition, updateStatus } from './runtime/status.ts';
-import { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } from './refs.ts';
+import { Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import { refs, phaseOf, CLONE_DISK_TYPE } from '@vessel/api';
+
+const { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } = refs;
 
 type Obj = Record<string, unknown>;
-/** On a clone: "full" for standalone disk copies instead of linked clones. */
-export const CLONE_DISK_TYPE = 'clone.vessel.io/type';
 const FINAL = new Set(['Succeeded', 'Failed']);
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 
 interface CloneSpec {
   source?: { apiGroup?: string; kind?: string; name?: string };
@@ -164,7 +160,7 @@ export class CloneController extends Controller {
   }
 
   private async createOwned(clone: KubeObject, res: typeof VMSNAPSHOTS, obj: KubeObject): Promise<void> {
-    obj.metadata.ownerReferences = [{ apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', name: clone.metadata.name, uid: clone.metadata.uid, controller: true, blockOwnerDeletion: true }];
+    obj.metadata.ownerReferences = [{ apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', name: clone.metadata.name, uid: clone.metadata.uid!, controller: true, blockOwnerDeletion: true }];
     try {
       await this.client.create(res, obj, { namespace: clone.metadata.namespace });
     } catch (e) {

@@ -3,10 +3,10 @@
  * populated (Bound). `status.source` mirrors the spec, as CDI reports it.
  */
 import type { Client } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
-import { cacheKey, type Informer } from './runtime/informer.ts';
-import { setCondition, updateStatus } from './runtime/status.ts';
-import { DATASOURCES, PVCS } from './refs.ts';
+import { Controller, type Log, cacheKey, type Informer, setCondition, updateStatus } from '@vessel/runtime';
+import { refs } from '@vessel/api';
+
+const { DATASOURCES, PVCS } = refs;
 
 type Obj = Record<string, unknown>;
 

@@ -6,14 +6,11 @@
  * CloneScheduled / UploadScheduled once a node is chosen). From there the node agent that
  * holds the volume reports progress, Succeeded or Failed.
  */
-import { storage, tryParseQuantity } from '@vessel/api';
+import { storage, tryParseQuantity, refs, phaseOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, splitKey, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import { cacheKey, type Informer, type KubeObject } from './runtime/informer.ts';
-import { setCondition, updateStatus } from './runtime/status.ts';
-import { DATASOURCES, DATAVOLUMES, PVCS } from './refs.ts';
-import { CLONE_SOURCE } from './volume-binder.ts';
+import { Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+
+const { DATASOURCES, DATAVOLUMES, PVCS } = refs;
 
 type Obj = Record<string, unknown>;
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
@@ -102,7 +99,7 @@ export class DataVolumeController extends Controller {
     const finalSize = smaller ? sourceSize : requested;
     const a: Record<string, string> = { [storage.POPULATED_FOR]: dv.metadata.name };
     if (clone && !('pending' in clone)) {
-      a[CLONE_SOURCE] = `${clone.namespace}/${clone.name}`;
+      a[storage.CLONE_SOURCE] = `${clone.namespace}/${clone.name}`;
       a[storage.CLONE_TYPE] = clone.linked ? 'linked' : 'full';
     }
     const claim = {
@@ -111,7 +108,7 @@ export class DataVolumeController extends Controller {
         name: dv.metadata.name, namespace,
         labels: { app: 'containerized-data-importer', 'app.kubernetes.io/managed-by': 'vessel' },
         annotations: a,
-        ownerReferences: [{ apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', name: dv.metadata.name, uid: dv.metadata.uid, controller: true, blockOwnerDeletion: true }],
+        ownerReferences: [{ apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', name: dv.metadata.name, uid: dv.metadata.uid!, controller: true, blockOwnerDeletion: true }],
       },
       spec: {
         accessModes: (target.accessModes as string[] | undefined) ?? (sourceSpec.accessModes as string[] | undefined) ?? ['ReadWriteOnce'],
@@ -141,8 +138,4 @@ export class DataVolumeController extends Controller {
     });
     if (changed) await this.events.record(dv, phase === 'Pending' && reason !== 'Pending' ? 'Warning' : 'Normal', reason, message);
   }
-}
-
-export function phaseOf(o: KubeObject): string {
-  return String((o.status as Obj | undefined)?.phase ?? '');
 }

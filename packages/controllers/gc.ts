@@ -7,9 +7,7 @@
 import { kinds } from '@vessel/api';
 import type { KindInfo } from '@vessel/api';
 import { isNotFound, resourcePath, type Client } from '@vessel/client';
-import { Informer, type KubeObject } from './runtime/informer.ts';
-import { listWatchFor } from './runtime/listwatch.ts';
-import { runWorkers, WorkQueue } from './runtime/workqueue.ts';
+import { Informer, type KubeObject, listWatchFor, runWorkers, WorkQueue } from '@vessel/runtime';
 
 interface OwnerRef { apiVersion: string; kind: string; name: string; uid: string; blockOwnerDeletion?: boolean }
 interface Node { info: KindInfo; obj: KubeObject }

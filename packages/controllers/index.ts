@@ -1,13 +1,13 @@
 /**
- * @vessel/controllers: the control loops of the server, built on one small runtime
- * (runtime/: informer, work queue). Each controller is one file.
+ * @vessel/controllers: the control loops of the server, built on the small runtime they share
+ * with the agent (@vessel/runtime: informer, work queue). Each controller is one file.
  */
 import type { Client } from '@vessel/client';
 import { DataSourceController } from './datasource.ts';
 import { DataVolumeController } from './datavolume.ts';
 import { GarbageCollector } from './gc.ts';
 import { NamespaceController } from './namespace.ts';
-import { LeaderElector } from './runtime/leader.ts';
+import { LeaderElector } from '@vessel/runtime';
 import { VirtualMachineController } from './vm.ts';
 import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
@@ -15,24 +15,16 @@ import { CloneController } from './clone.ts';
 import { NodeLifecycleController } from './node-lifecycle.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 
-export { Informer, cacheKey, type ListWatch, type InformerHandlers, type KubeObject } from './runtime/informer.ts';
-export { WorkQueue, runWorkers } from './runtime/workqueue.ts';
-export { listWatchFor } from './runtime/listwatch.ts';
-export { LeaderElector, type LeaderElectionOptions } from './runtime/leader.ts';
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
-export { Controller, splitKey, type Log } from './runtime/controller.ts';
-export { EventRecorder, type EventType } from './runtime/events.ts';
-export { updateStatus, setCondition, getCondition, type Status } from './runtime/status.ts';
-export { VolumeBinder, PROVISIONER, CLONE_SOURCE, nodePools, isNodeReady, defaultClass, type NodePool } from './volume-binder.ts';
+export { VolumeBinder, defaultClass } from './volume-binder.ts';
 export { DataVolumeController } from './datavolume.ts';
 export { DataSourceController } from './datasource.ts';
-export { VirtualMachineController, runStrategyOf, RESUME_MEMORY } from './vm.ts';
+export { VirtualMachineController } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
-export { CloneController, CLONE_DISK_TYPE } from './clone.ts';
-export { NodeLifecycleController, NODE_UNRESPONSIVE } from './node-lifecycle.ts';
+export { CloneController } from './clone.ts';
+export { NodeLifecycleController } from './node-lifecycle.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
-export * as refs from './refs.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */

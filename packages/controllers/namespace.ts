@@ -5,9 +5,7 @@
  */
 import { findByResource, kinds } from '@vessel/api';
 import { resourcePath, type Client } from '@vessel/client';
-import { Informer, type KubeObject } from './runtime/informer.ts';
-import { listWatchFor } from './runtime/listwatch.ts';
-import { runWorkers, WorkQueue } from './runtime/workqueue.ts';
+import { Informer, type KubeObject, listWatchFor, runWorkers, WorkQueue } from '@vessel/runtime';
 
 export class NamespaceController {
   private readonly info = findByResource('', 'v1', 'namespaces')!;

@@ -11,18 +11,16 @@
  * second time on another node would corrupt its disks. The agent sets its node Ready again with
  * its next heartbeat, and its VMIs' Ready when it sees them (vms/runtime.ts).
  */
+import type { V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import type { Informer, KubeObject } from './runtime/informer.ts';
-import { getCondition, setCondition, updateStatus } from './runtime/status.ts';
-import { NODES, VMIS } from './refs.ts';
+import { BY_NODE, byNode, Controller, type Typed, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import { refs, NODE_UNRESPONSIVE } from '@vessel/api';
 
-type Obj = Record<string, unknown>;
+const { NODES, VMIS } = refs;
+
+type Vmi = Typed<V1VirtualMachineInstance>;
 type Condition = { type: string; status: string; reason?: string; message?: string; lastHeartbeatTime?: string; lastTransitionTime?: string };
 
-/** KubeVirt's reason on a VMI whose node stopped reporting. */
-export const NODE_UNRESPONSIVE = 'NodeUnresponsive';
 export const NODE_STATUS_UNKNOWN = 'NodeStatusUnknown';
 
 export interface NodeLifecycleOptions {
@@ -32,7 +30,7 @@ export interface NodeLifecycleOptions {
 
 export class NodeLifecycleController extends Controller {
   private readonly nodes: Informer;
-  private readonly vmis: Informer;
+  private readonly vmis: Informer<Vmi>;
   private readonly events: EventRecorder;
   private readonly graceMs: number;
   /** Per node: the last heartbeat seen, and when (this process's clock). */
@@ -44,10 +42,7 @@ export class NodeLifecycleController extends Controller {
     this.events = new EventRecorder(client, 'node-controller');
     this.nodes = this.inform(NODES);
     // A VMI placed on a node already Unknown is marked too.
-    this.vmis = this.inform(VMIS, (vmi) => {
-      const node = (vmi.status as Obj | undefined)?.nodeName;
-      return typeof node === 'string' && node ? [node] : [];
-    });
+    this.vmis = this.inform<Vmi>(VMIS, byNode).addIndex(BY_NODE, byNode);
   }
 
   protected async reconcile(name: string): Promise<void> {
@@ -79,9 +74,9 @@ export class NodeLifecycleController extends Controller {
       this.log(`node-lifecycle: node ${name}: no heartbeat for ${seconds}s: Ready Unknown`);
       await this.events.record(node, 'Normal', 'NodeNotReady', `Node ${name} status is now: NodeNotReady`);
     }
-    for (const vmi of this.vmis.list()) {
-      const status = (vmi.status ?? {}) as Obj;
-      if (status.nodeName !== name || status.phase === 'Succeeded' || status.phase === 'Failed') continue;
+    for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
+      const phase = vmi.status?.phase;
+      if (phase === 'Succeeded' || phase === 'Failed') continue;
       if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) continue;
       await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, current) => {
         if (current.metadata.uid !== vmi.metadata.uid || s.nodeName !== name) return false;

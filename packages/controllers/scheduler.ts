@@ -6,18 +6,14 @@
  * kube-scheduler-style message saying why; it is tried again whenever nodes or VMIs change.
  * Claims of WaitForFirstConsumer classes get the chosen node (their first consumer).
  */
-import { storage } from '@vessel/api';
+import { storage, refs, phaseOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import { cacheKey, type Informer, type KubeObject } from './runtime/informer.ts';
-import { setCondition, updateStatus } from './runtime/status.ts';
-import { NODES, PVCS, VMIS } from './refs.ts';
+import { Controller, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
 import { scheduleVmi, vmiRequests, type NodeLike, type SchedulingSettings, type VmiSchedulingSpec } from './scheduling/fit.ts';
-import { nodePools } from './volume-binder.ts';
+
+const { NODES, PVCS, VMIS } = refs;
 
 type Obj = Record<string, unknown>;
-const phaseOf = (o: KubeObject) => String((o.status as Obj | undefined)?.phase ?? '');
 const nodeOf = (o: KubeObject) => (o.status as Obj | undefined)?.nodeName as string | undefined;
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const UNSCHEDULED = new Set(['', 'Pending', 'Scheduling']);
@@ -94,7 +90,7 @@ export class Scheduler extends Controller {
       if (!node) { waitFor.push(pvc.metadata.name); continue; }
       const pool = annotations(pvc)[storage.VOLUME_POOL];
       const nodeObj = this.nodes.get(node);
-      const shared = !!(pool && nodeObj && nodePools(nodeObj)[pool]?.shared);
+      const shared = !!(pool && nodeObj && storage.nodePools(nodeObj)[pool]?.shared);
       if (!shared) required = required ? required.filter((n) => n === node) : [node];
     }
     return { required, waitFor };

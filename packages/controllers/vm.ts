@@ -10,29 +10,23 @@
  * - status.printableStatus and conditions always say why a VM is not running.
  */
 import { createHash } from 'node:crypto';
-import { withoutReserved } from '@vessel/api';
+import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
-import { Controller, splitKey, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import { type Informer, type KubeObject } from './runtime/informer.ts';
-import { getCondition, setCondition, updateStatus } from './runtime/status.ts';
-import { DATAVOLUMES, PVCS, VMIS, VMS } from './refs.ts';
+import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+
+const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
 
 type Obj = Record<string, unknown>;
-type Strategy = 'Always' | 'RerunOnFailure' | 'Once' | 'Manual' | 'Halted';
 interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
 
 /** On a VMI: hash of the VM template it was made from (RestartRequired when the template moves on). */
 export const TEMPLATE_HASH = 'vessel.io/template-hash';
-/** On a VM, then its next VMI: the guest memory file that start resumes from (a restore with memory). */
-export const RESUME_MEMORY = 'vessel.io/resume-memory';
 /** On a VM with runStrategy Once: it has made its one VMI, so it never makes another by itself. */
 export const ONCE_RAN = 'vessel.io/once-ran';
 const FINAL = new Set(['Succeeded', 'Failed']);
 /** A VMI that ran this long before failing resets the crash-loop count. */
 const STABLE_RUN_MS = 60_000;
 
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v ?? {})).digest('hex').slice(0, 16);
 
 /**
@@ -52,12 +46,6 @@ export function templateSpecHash(spec: unknown): string {
   return hashOf(cold);
 }
 
-export function runStrategyOf(vm: KubeObject): Strategy {
-  const spec = (vm.spec ?? {}) as { runStrategy?: Strategy; running?: boolean };
-  if (spec.runStrategy) return spec.runStrategy;
-  return spec.running ? 'Always' : 'Halted';
-}
-
 export class VirtualMachineController extends Controller {
   private readonly vms: Informer;
   private readonly vmis: Informer;
@@ -68,7 +56,7 @@ export class VirtualMachineController extends Controller {
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
     this.events = new EventRecorder(client, 'virtualmachine-controller');
-    this.vms = this.inform(VMS);
+    this.vms = this.inform(VMS).addIndex(BY_CLAIM, byClaim);
     this.vmis = this.inform(VMIS, (vmi) => ownerVm(vmi));
     this.dvs = this.inform(DATAVOLUMES, (dv) => [...ownerVm(dv), ...this.usersOf(dv)]);
     this.pvcs = this.inform(PVCS, (pvc) => this.usersOf(pvc));
@@ -76,7 +64,7 @@ export class VirtualMachineController extends Controller {
 
   /** VMs whose template mounts this DataVolume / claim by name. */
   private usersOf(o: KubeObject): string[] {
-    return this.vms.list().filter((vm) => vm.metadata.namespace === o.metadata.namespace && volumeRefs(vm).some((r) => r.name === o.metadata.name)).map((vm) => `${vm.metadata.namespace}/${vm.metadata.name}`);
+    return this.vms.byIndex(BY_CLAIM, cacheKey(o)).map(cacheKey);
   }
 
   protected async reconcile(key: string): Promise<void> {
@@ -189,19 +177,19 @@ export class VirtualMachineController extends Controller {
 
   /** Why the VM's disks keep it from starting, if they do. */
   private volumeProblem(vm: KubeObject, ns: string): { status: string; reason: string; message: string } | undefined {
-    for (const ref of volumeRefs(vm)) {
+    for (const ref of claimVolumes(vm)) {
       if (ref.kind === 'dataVolume') {
-        const dv = this.dvs.get(`${ns}/${ref.name}`);
-        if (!dv) return { status: 'ErrorDataVolumeNotFound', reason: 'DataVolumeNotFound', message: `DataVolume ${ref.name} does not exist` };
+        const dv = this.dvs.get(`${ns}/${ref.claim}`);
+        if (!dv) return { status: 'ErrorDataVolumeNotFound', reason: 'DataVolumeNotFound', message: `DataVolume ${ref.claim} does not exist` };
         const phase = phaseOf(dv);
         if (phase === 'Failed') {
           const why = getCondition(dv, 'Ready')?.message ?? '';
-          return { status: 'DataVolumeError', reason: 'DataVolumeError', message: `DataVolume ${ref.name} failed: ${why}` };
+          return { status: 'DataVolumeError', reason: 'DataVolumeError', message: `DataVolume ${ref.claim} failed: ${why}` };
         }
-        if (phase !== 'Succeeded') return { status: 'Provisioning', reason: 'DataVolumeNotReady', message: `DataVolume ${ref.name} is ${phase || 'Pending'} (${String((dv.status as Obj | undefined)?.progress ?? 'N/A')})` };
+        if (phase !== 'Succeeded') return { status: 'Provisioning', reason: 'DataVolumeNotReady', message: `DataVolume ${ref.claim} is ${phase || 'Pending'} (${String((dv.status as Obj | undefined)?.progress ?? 'N/A')})` };
       } else {
-        const pvc = this.pvcs.get(`${ns}/${ref.name}`);
-        if (!pvc) return { status: 'ErrorPvcNotFound', reason: 'PvcNotFound', message: `PersistentVolumeClaim ${ref.name} does not exist` };
+        const pvc = this.pvcs.get(`${ns}/${ref.claim}`);
+        if (!pvc) return { status: 'ErrorPvcNotFound', reason: 'PvcNotFound', message: `PersistentVolumeClaim ${ref.claim} does not exist` };
       }
     }
     return undefined;
@@ -295,23 +283,13 @@ export class VirtualMachineController extends Controller {
   }
 }
 
-function ownerRef(vm: KubeObject): Obj {
-  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true };
+function ownerRef(vm: KubeObject): OwnerReference {
+  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid!, controller: true, blockOwnerDeletion: true };
 }
 
 function ownerVm(o: KubeObject): string[] {
   const refs = (o.metadata.ownerReferences as { kind: string; name: string; controller?: boolean }[] | undefined) ?? [];
   return refs.filter((r) => r.kind === 'VirtualMachine' && r.controller).map((r) => `${o.metadata.namespace}/${r.name}`);
-}
-
-function volumeRefs(vm: KubeObject): { kind: 'dataVolume' | 'claim'; name: string }[] {
-  const vols = ((((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec as Obj | undefined)?.volumes as { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[] | undefined) ?? [];
-  const out: { kind: 'dataVolume' | 'claim'; name: string }[] = [];
-  for (const v of vols) {
-    if (v.dataVolume) out.push({ kind: 'dataVolume', name: v.dataVolume.name });
-    else if (v.persistentVolumeClaim) out.push({ kind: 'claim', name: v.persistentVolumeClaim.claimName });
-  }
-  return out;
 }
 
 function neverScheduled(vmi: KubeObject): boolean {

@@ -8,28 +8,11 @@
  * WaitForFirstConsumer classes wait for the VM scheduler, except for claims a DataVolume
  * fills (CDI imports them at once; see docs/design.md) or that ask to bind immediately.
  */
-import { storage } from '@vessel/api';
+import { storage, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, splitKey, type Log } from './runtime/controller.ts';
-import { EventRecorder } from './runtime/events.ts';
-import { cacheKey, type Informer, type KubeObject } from './runtime/informer.ts';
-import { NODES, PVCS, STORAGE_CLASSES } from './refs.ts';
+import { Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject } from '@vessel/runtime';
 
-export const PROVISIONER = 'vessel.io/qcow2';
-/** On a claim the DataVolume controller made: the claim it is cloned from, "namespace/name". */
-export const CLONE_SOURCE = 'vessel.io/clone-source';
-
-export interface NodePool { dir: string; shared: boolean }
-
-export function nodePools(node: KubeObject): Record<string, NodePool> {
-  const raw = (node.metadata.annotations as Record<string, string> | undefined)?.[storage.NODE_POOLS];
-  try { return raw ? (JSON.parse(raw) as Record<string, NodePool>) : {}; } catch { return {}; }
-}
-
-export function isNodeReady(node: KubeObject): boolean {
-  const conds = ((node.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions) ?? [];
-  return conds.some((c) => c.type === 'Ready' && c.status === 'True');
-}
+const { NODES, PVCS, STORAGE_CLASSES } = refs;
 
 export function defaultClass(classes: KubeObject[]): KubeObject | undefined {
   return classes.find((c) => (c.metadata.annotations as Record<string, string> | undefined)?.['storageclass.kubernetes.io/is-default-class'] === 'true');
@@ -69,7 +52,7 @@ export class VolumeBinder extends Controller {
     }
     const sc = this.classes.get(className);
     if (!sc) return this.warn(pvc, 'ProvisioningFailed', `storageclass.storage.k8s.io "${className}" not found`);
-    if (sc.provisioner !== PROVISIONER) return; // someone else's class
+    if (sc.provisioner !== storage.PROVISIONER) return; // someone else's class
     const pool = (sc.parameters as Record<string, string> | undefined)?.pool ?? className;
     const a = annotations(pvc);
     const populated = !!a[storage.POPULATED_FOR] || a[storage.BIND_IMMEDIATE] === 'true';
@@ -89,18 +72,18 @@ export class VolumeBinder extends Controller {
 
   /** A Ready node serving `pool`; the clone source's node when either pool is node-local. */
   private chooseNode(pvc: KubeObject, pool: string): string | { why: string } {
-    const ready = this.nodes.list().filter((n) => isNodeReady(n) && nodePools(n)[pool]).sort((x, y) => x.metadata.name.localeCompare(y.metadata.name));
+    const ready = this.nodes.list().filter((n) => storage.isNodeReady(n) && storage.nodePools(n)[pool]).sort((x, y) => x.metadata.name.localeCompare(y.metadata.name));
     if (ready.length === 0) return { why: `no Ready node serves pool "${pool}": start a vessel agent, or check \`vessel get nodes\`` };
-    const source = annotations(pvc)[CLONE_SOURCE];
+    const source = annotations(pvc)[storage.CLONE_SOURCE];
     if (source) {
       const { namespace, name } = splitKey(source);
       const src = this.pvcs.get(`${namespace}/${name}`);
       const srcNode = src && annotations(src)[storage.SELECTED_NODE];
       if (!src || !srcNode) return { why: `clone source ${source} is not provisioned yet` };
       const srcPool = annotations(src)[storage.VOLUME_POOL];
-      const targetShared = nodePools(ready[0])[pool].shared;
+      const targetShared = storage.nodePools(ready[0])[pool].shared;
       const srcNodeObj = this.nodes.get(srcNode);
-      const srcShared = !!(srcNodeObj && srcPool && nodePools(srcNodeObj)[srcPool]?.shared);
+      const srcShared = !!(srcNodeObj && srcPool && storage.nodePools(srcNodeObj)[srcPool]?.shared);
       if (!srcShared || !targetShared) {
         if (!ready.some((n) => n.metadata.name === srcNode)) return { why: `clone source ${source} lives on node ${srcNode}, which is not Ready or has no pool "${pool}"` };
         return srcNode;

@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '../../../guest/tiny.ts';
+import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { QemuLaunchError, QemuProcessError } from './errors.ts';
 import {

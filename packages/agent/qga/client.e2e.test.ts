@@ -10,7 +10,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { ensureTinyGuest, type TinyGuest } from '../../../guest/tiny.ts';
+import { ensureTinyGuest, type TinyGuest } from '@vessel/guest';
 import { QmpClient } from '../qmp/client.ts';
 import { launch, readSerialLog, serialLogSize, terminate, waitForSerial } from '../qemu/process.ts';
 import { GUEST_AGENT_CHARDEV_ID, SERIAL_CHARDEV_ID } from '../qemu/argv.ts';

@@ -3,7 +3,7 @@
  * it while qemu-ga is connected and removes it when the agent goes away). Pings the agent every
  * few seconds while it is silent (it starts late in a boot) and less often once it answers.
  */
-import { setCondition } from '@vessel/controllers';
+import { setCondition } from '@vessel/runtime';
 import { ping } from './client.ts';
 
 export interface WatchOptions {

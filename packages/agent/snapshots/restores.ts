@@ -10,8 +10,8 @@
 import jsonpatch from 'fast-json-patch';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { snapshots, storage } from '@vessel/api';
-import { CLONE_DISK_TYPE, Controller, getCondition, EventRecorder, refs, runStrategyOf, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/controllers';
+import { snapshots, storage, CLONE_DISK_TYPE, refs, runStrategyOf, phaseOf } from '@vessel/api';
+import { Controller, getCondition, EventRecorder, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/runtime';
 import { faultPoint } from '../faults.ts';
 import { compact, restoreVolume } from '../storage/chain.ts';
 import { containedPath, PathError } from '../storage/pools.ts';
@@ -26,7 +26,6 @@ const { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE } = snapshots;
 export const RESTORED_BY = 'vessel.io/restored-by';
 const FINAL = new Set(['Succeeded', 'Failed']);
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 
 export type RestoreOptions = SnapshotOptions;
 
@@ -190,7 +189,7 @@ export class RestoreController extends Controller {
               [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: this.opts.nodeName, ...(pool ? { [storage.VOLUME_POOL]: pool.name } : {}),
               ...(annotations(restore)[CLONE_DISK_TYPE] === 'full' ? { [storage.CLONE_TYPE]: 'full' } : {}),
             },
-            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid, blockOwnerDeletion: true }],
+            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid!, blockOwnerDeletion: true }],
           },
           spec: { accessModes: claim.accessModes ?? ['ReadWriteOnce'], resources: claim.resources, storageClassName: claim.storageClassName },
         }, { namespace: ns });

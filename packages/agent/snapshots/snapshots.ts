@@ -13,9 +13,9 @@
 import { rm, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import type { Client } from '@vessel/client';
-import { Controller, EventRecorder, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { Controller, EventRecorder, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { isStatusError } from '@vessel/client';
-import { snapshots, storage } from '@vessel/api';
+import { snapshots, storage, refs, phaseOf } from '@vessel/api';
 import { faultPoint } from '../faults.ts';
 import { fstrim, ping } from '../qga/client.ts';
 import { withFrozenGuest } from '../qga/freeze.ts';
@@ -37,7 +37,6 @@ const COMPACT_KEY = 'compact';
 const FINAL = new Set(['Succeeded', 'Failed']);
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
-const phaseOf = (o: KubeObject | undefined) => String((o?.status as Obj | undefined)?.phase ?? '');
 
 export interface SnapshotOptions {
   nodeName: string;

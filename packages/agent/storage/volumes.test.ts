@@ -1,7 +1,7 @@
 /** The volume manager's pure decisions: when and where a claim is grown, and which QEMU block node. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import type { KubeObject } from '@vessel/controllers';
+import type { KubeObject } from '@vessel/runtime';
 import { alignedSize, expansionRequested, planExpansion, topBlockNode, type BlockInfo } from './volumes.ts';
 
 function pvc(request: string, capacity: string | undefined, opts: { phase?: string; node?: string; className?: string; deleting?: boolean } = {}): KubeObject {

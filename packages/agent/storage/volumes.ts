@@ -20,9 +20,9 @@
 import { X509Certificate } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { findByResource, parseQuantity, storage, tryParseQuantity, type PopulationSource } from '@vessel/api';
+import { claimVolumes, findByResource, parseQuantity, phaseOf, storage, tryParseQuantity, type PopulationSource, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, EventRecorder, refs, setCondition, updateStatus, CLONE_SOURCE, type KubeObject, type Informer, type Log } from '@vessel/controllers';
+import { BY_CLAIM, BY_NAMESPACE, byClaim, byNamespace, Controller, EventRecorder, setCondition, updateStatus, type KubeObject, type Informer, type Log } from '@vessel/runtime';
 import { deviceId } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { cloneVolume } from './clone.ts';
@@ -40,6 +40,8 @@ const { PVCS, DATAVOLUMES, STORAGE_CLASSES, VMIS, SECRETS, CONFIGMAPS } = refs;
 const NAMESPACES = findByResource('', 'v1', 'namespaces')!;
 /** Queue keys of namespaces (names have no '/'): a deleted one's empty pool directories go. */
 const NAMESPACE_KEY = 'namespace:';
+/** Index of claims by their StorageClass's name. */
+const CLASS = 'storageClass';
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
@@ -90,17 +92,17 @@ export class VolumeManager extends Controller {
   constructor(client: Client, private readonly opts: VolumeManagerOptions) {
     super('volumes', client, opts.log);
     this.events = new EventRecorder(client, 'vessel-agent', opts.nodeName);
-    this.pvcs = this.inform(PVCS);
+    this.pvcs = this.inform(PVCS).addIndex(BY_NAMESPACE, byNamespace).addIndex(CLASS, (p) => [String((p.spec as Obj | undefined)?.storageClassName ?? '')]);
     this.namespaces = this.inform(NAMESPACES, (n) => [NAMESPACE_KEY + n.metadata.name]);
     this.dvs = this.inform(DATAVOLUMES, (dv) => [keyOf(dv)]);
     // A class that now allows expansion lets its claims' pending expansions go on.
-    this.classes = this.inform(STORAGE_CLASSES, (sc) => this.pvcs.list().filter((p) => (p.spec as Obj | undefined)?.storageClassName === sc.metadata.name && expansionRequested(p)).map(keyOf));
+    this.classes = this.inform(STORAGE_CLASSES, (sc) => this.pvcs.byIndex(CLASS, sc.metadata.name).filter(expansionRequested).map(keyOf));
     // A VM letting go of a claim may unblock its deletion; a VM starting or stopping changes how a
     // pending expansion is done.
     this.vmis = this.inform(VMIS, (vmi) => [
       ...this.pvcs.list().filter((p) => p.metadata.deletionTimestamp).map(keyOf),
-      ...claimsOf(vmi).map((c) => `${vmi.metadata.namespace}/${c.claim}`).filter((k) => { const p = this.pvcs.get(k); return p !== undefined && expansionRequested(p); }),
-    ]);
+      ...byClaim(vmi).filter((k) => { const p = this.pvcs.get(k); return p !== undefined && expansionRequested(p); }),
+    ]).addIndex(BY_CLAIM, byClaim);
   }
 
   /** Removes importers' leftovers of an earlier run of this agent, once the caches know the claims. */
@@ -120,7 +122,7 @@ export class VolumeManager extends Controller {
   /** A deleted namespace's directories in the pools go once empty (its claims' deletions empty them). */
   private async namespaceGone(ns: string): Promise<void> {
     if (this.namespaces.get(ns)) return;
-    if (this.pvcs.list().some((p) => p.metadata.namespace === ns)) { this.queue.addAfter(NAMESPACE_KEY + ns, 2000); return; }
+    if (this.pvcs.byIndex(BY_NAMESPACE, ns).length) { this.queue.addAfter(NAMESPACE_KEY + ns, 2000); return; }
     for (const pool of this.opts.pools.values()) await pool.removeNamespaceDirIfEmpty(ns);
   }
 
@@ -205,7 +207,7 @@ export class VolumeManager extends Controller {
     }
     const ns = dv.metadata.namespace!;
     const spec = (dv.spec ?? {}) as Obj;
-    const cloneFrom = annotations(pvc)[CLONE_SOURCE];
+    const cloneFrom = annotations(pvc)[storage.CLONE_SOURCE];
     const source: PopulationSource | undefined = cloneFrom
       ? { kind: 'pvc', namespace: cloneFrom.split('/')[0], name: cloneFrom.split('/')[1] }
       : storage.populationSource(spec, ns, annotations(dv));
@@ -289,7 +291,7 @@ export class VolumeManager extends Controller {
     const dvName = annotations(pvc)[storage.POPULATED_FOR];
     const owner = dv ?? (dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined);
     if (owner) {
-      const kind = annotations(pvc)[CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
+      const kind = annotations(pvc)[storage.CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
       let changed = false;
       await updateStatus(this.client, DATAVOLUMES, ns, owner.metadata.name, (s) => {
         if (s.phase === 'Succeeded') return false;
@@ -412,15 +414,7 @@ export class VolumeManager extends Controller {
 
   /** A VirtualMachineInstance that has not finished and mounts the claim (directly or through its DataVolume). */
   private userOf(pvc: KubeObject): string | undefined {
-    const ns = pvc.metadata.namespace;
-    for (const vmi of this.vmis.list()) {
-      if (vmi.metadata.namespace !== ns) continue;
-      const phase = (vmi.status as Obj | undefined)?.phase;
-      if (phase === 'Succeeded' || phase === 'Failed') continue;
-      const vols = ((vmi.spec as Obj | undefined)?.volumes as { persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] | undefined) ?? [];
-      if (vols.some((v) => v.persistentVolumeClaim?.claimName === pvc.metadata.name || v.dataVolume?.name === pvc.metadata.name)) return vmi.metadata.name;
-    }
-    return undefined;
+    return this.vmis.byIndex(BY_CLAIM, keyOf(pvc)).find((vmi) => !['Succeeded', 'Failed'].includes(phaseOf(vmi)))?.metadata.name;
   }
 
   // ---- expansion ----
@@ -571,17 +565,6 @@ export class VolumeManager extends Controller {
   }
 }
 
-/** The claim's volumes in a VMI: spec.volumes[] naming it directly or through its DataVolume (the claim has the DataVolume's name). */
-function claimsOf(vmi: KubeObject): { volume: string; claim: string }[] {
-  const vols = ((vmi.spec as Obj | undefined)?.volumes as { name?: string; persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] | undefined) ?? [];
-  const out: { volume: string; claim: string }[] = [];
-  for (const v of vols) {
-    const claim = v.persistentVolumeClaim?.claimName ?? v.dataVolume?.name;
-    if (v.name && claim) out.push({ volume: v.name, claim });
-  }
-  return out;
-}
-
 /** A Bound claim (not being deleted) whose request is more than its recorded capacity. */
 export function expansionRequested(pvc: KubeObject): boolean {
   const status = (pvc.status ?? {}) as Obj;
@@ -614,7 +597,7 @@ export function planExpansion(pvc: KubeObject, ctx: { nodeName: string; storageC
     if (vmi.metadata.namespace !== ns) continue;
     const status = (vmi.status ?? {}) as Obj;
     if (status.phase === 'Succeeded' || status.phase === 'Failed') continue;
-    const use = claimsOf(vmi).find((c) => c.claim === pvc.metadata.name);
+    const use = claimVolumes(vmi).find((c) => c.claim === pvc.metadata.name);
     if (use) users.push({ vmi: vmi.metadata.name, volume: use.volume, node: status.nodeName as string | undefined, running: status.phase === 'Running' });
   }
   // A running user first: its QEMU must see the new size.

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { storage } from '@vessel/api';
-import type { KubeObject } from '@vessel/controllers';
+import type { KubeObject } from '@vessel/runtime';
 import { buildQemuArgv } from '../qemu/argv.ts';
 import { PathError } from '../storage/pools.ts';
 import { QmpClient } from '../qmp/client.ts';

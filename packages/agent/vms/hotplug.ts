@@ -25,7 +25,8 @@
  */
 import type { V1Disk, V1VirtualMachineInstanceSpec, V1Volume } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
-import { refs, updateStatus, type EventRecorder, type KubeObject } from '@vessel/controllers';
+import { refs } from '@vessel/api';
+import { updateStatus, type EventRecorder, type KubeObject } from '@vessel/runtime';
 import { blockNodeNames, deviceId, SCSI_CONTROLLER_ID } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { QmpError } from '../qmp/errors.ts';

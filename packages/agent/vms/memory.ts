@@ -10,7 +10,7 @@ import { open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { QmpClient } from '../qmp/client.ts';
 
-export { RESUME_MEMORY } from '@vessel/controllers';
+export { RESUME_MEMORY } from '@vessel/api';
 
 export class MemoryStateError extends Error {
   constructor(message: string) {

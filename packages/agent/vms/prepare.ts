@@ -8,9 +8,8 @@
 import { copyFile, mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { V1VirtualMachineInstanceSpec, V1Volume } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { parseQuantity, storage } from '@vessel/api';
+import { parseQuantity, storage, refs } from '@vessel/api';
 import type { Client, KubeObject } from '@vessel/client';
-import { refs } from '@vessel/controllers';
 import { buildCloudInitIso, cloudInitIsoOptions } from '../qemu/cloudinit.ts';
 import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } from '../qemu/argv.ts';
 import { importDisk } from '../storage/import.ts';

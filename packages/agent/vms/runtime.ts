@@ -22,10 +22,10 @@
 import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { storage } from '@vessel/api';
+import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
-import { cacheKey, Controller, EventRecorder, getCondition, NODE_UNRESPONSIVE, refs, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/controllers';
+import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
@@ -47,7 +47,6 @@ const COLLECT_KEY = 'collect-run-dirs';
 export const VMI_FINALIZER = 'vessel.io/qemu';
 const FINAL = new Set(['Succeeded', 'Failed']);
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
-const phaseOf = (o: KubeObject) => String((o.status as Obj | undefined)?.phase ?? '');
 
 export interface VmRuntimeOptions {
   nodeName: string;
@@ -104,7 +103,7 @@ export class VmRuntime extends Controller {
     // A claim becoming Bound can unblock a VMI waiting for it (to start, or to plug it in), and
     // a claim that grew changes the capacity its VMI's volumeStatus shows.
     this.pvcs = this.inform(PVCS, (pvc) => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v))
-      && (phaseOf(v) !== 'Running' || (v.metadata.namespace === pvc.metadata.namespace && usesClaim(v, pvc.metadata.name)))).map(keyOf));
+      && (phaseOf(v) !== 'Running' || (v.metadata.namespace === pvc.metadata.namespace && claimNames(v).includes(pvc.metadata.name)))).map(keyOf));
     this.hotplug = new VolumeHotplug(agentHotplugDeps({
       client, events: this.events, log: this.log,
       claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
@@ -539,8 +538,3 @@ function runDirKey(vmi: KubeObject): string {
   return uid;
 }
 
-/** Whether the VMI has a volume on claim (or DataVolume) `name`. */
-function usesClaim(vmi: KubeObject, name: string): boolean {
-  const volumes = ((vmi.spec as { volumes?: { persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] } | undefined)?.volumes) ?? [];
-  return volumes.some((v) => v.persistentVolumeClaim?.claimName === name || v.dataVolume?.name === name);
-}

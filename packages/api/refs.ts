@@ -1,5 +1,6 @@
-/** The resources the controllers work with, as client references (one place, not one per file). */
-import { findByResource, type KindInfo } from '@vessel/api';
+/** The resources the controllers and the agent work with, as client references (one place, not one per file). */
+import { findByResource } from './kinds.ts';
+import type { KindInfo } from './types.ts';
 
 const ref = (group: string, version: string, plural: string): KindInfo => findByResource(group, version, plural)!;
 

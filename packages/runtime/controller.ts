@@ -12,7 +12,8 @@ export type Log = (line: string) => void;
 
 export abstract class Controller {
   protected readonly queue = new WorkQueue({ baseDelayMs: 200, maxDelayMs: 30_000 });
-  private readonly informers: Informer[] = [];
+  // Only started and stopped here, whatever they hold.
+  private readonly informers: Pick<Informer, 'start' | 'stop' | 'waitForSync'>[] = [];
   private workers?: Promise<void[]>;
 
   constructor(readonly name: string, protected readonly client: Client, protected readonly log: Log = () => {}, private readonly workerCount = 2) {}
@@ -21,9 +22,9 @@ export abstract class Controller {
    * Watches `res` into a cache; each change enqueues the keys `keysOf` returns (default: the
    * object's own namespace/name).
    */
-  protected inform(res: ResourceRef, keysOf: (o: KubeObject) => string[] = (o) => [cacheKey(o)], namespace?: string): Informer {
-    const inf = new Informer(listWatchFor(this.client, res, namespace), (e) => this.log(`${this.name}: ${res.plural}: ${e instanceof Error ? e.message : e}`));
-    const enqueue = (o: KubeObject) => { for (const k of keysOf(o)) this.queue.add(k); };
+  protected inform<T extends KubeObject = KubeObject>(res: ResourceRef, keysOf: (o: T) => string[] = (o) => [cacheKey(o)], namespace?: string): Informer<T> {
+    const inf = new Informer<T>(listWatchFor<T>(this.client, res, namespace), (e) => this.log(`${this.name}: ${res.plural}: ${e instanceof Error ? e.message : e}`));
+    const enqueue = (o: T) => { for (const k of keysOf(o)) this.queue.add(k); };
     inf.on({ add: enqueue, update: (_o, n) => enqueue(n), delete: enqueue });
     this.informers.push(inf);
     return inf;

@@ -1,0 +1,5 @@
+/**
+ * @vessel/guest: the test/demo guest images built from Debian packages (build-tiny.sh), for the
+ * CLI's golden image (`vessel up`) and the tests that boot a guest.
+ */
+export { ensureTinyGuest, TINY_SERIAL, TINY_PORTS, BUILD_SCRIPT, type TinyGuest } from './tiny.ts';
