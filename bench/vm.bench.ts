@@ -43,6 +43,7 @@ import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { TINY_SERIAL } from '../guest/tiny.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { launch, listRunDirs, probe, terminate } from '../packages/agent/qemu/process.ts';
+import { findPriorityTools } from '../packages/agent/qemu/priority.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
 import {
   chardevsOf, createDataVolumeAndWait, DATAVOLUMES, envInt, errText, fmtRatio, isMain, loadLine, ms, now, percentile, pollUntil, printResult, PVCS, ratio, sleep, volumePath,
@@ -67,6 +68,7 @@ const SERIAL_TIMEOUT_MS = 180_000;
 const GONE_TIMEOUT_MS = 120_000;
 
 type Obj = Record<string, unknown>;
+const priorityTools = findPriorityTools();
 
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 const p = (xs: number[], q: number) => percentile(sorted(xs), q);
@@ -345,7 +347,9 @@ export async function runVmBoot(): Promise<BenchResult> {
         const serial = firstSerial(join(runDir, 'serial.log'), SERIAL_TIMEOUT_MS, () => waiting);
         serial.catch(() => undefined);
         try {
-          const res = await launch({ runDir, argv, chardevs: chardevsOf(from.argv), vnc: true, noShutdown: true, vm: { namespace: 'bench', name: `raw-${j}` } });
+          // At the agent's default priority too, so both sides start QEMU the same way.
+          const priority = { nice: DEFAULT_QEMU_PRIORITY.nice, batch: DEFAULT_QEMU_PRIORITY.batch, tools: await priorityTools };
+          const res = await launch({ runDir, argv, chardevs: chardevsOf(from.argv), vnc: true, noShutdown: true, vm: { namespace: 'bench', name: `raw-${j}` }, priority });
           const launchReturned = now() - t0;
           const first = await serial;
           const cpuMs = cpuMsSince(cpu0);
