@@ -28,19 +28,22 @@
  *   node --import tsx --expose-gc bench/vm.bench.ts
  *   env: BENCH_VM_ONLY=boot|scale, BENCH_VM_BOOT_N (20), BENCH_VM_SCALE_N (50),
  *        BENCH_VM_SCALE_GAP_MS (100), BENCH_VM_SCALE_TIMEOUT_S (600),
- *        BENCH_VM_SCALE_BOOT_WAIT_S (300), BENCH_VM_MEMORY (96Mi),
+ *        BENCH_VM_SCALE_BOOT_WAIT_S (300; 0 skips), BENCH_VM_MEMORY (96Mi),
+ *        BENCH_VM_SCALE_PRIORITY (both: the scale part with QEMU at the control plane's
+ *        priority, then below it, compared; or off / on),
  *        BENCH_VM_DIR (a temp dir under os.tmpdir())
  */
 import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import { qemuImg } from '@vessel/agent';
+import { DEFAULT_QEMU_PRIORITY, NO_QEMU_PRIORITY, qemuImg, type QemuPriority } from '@vessel/agent';
 import { isNotFound, type KubeObject, type ResourceRef, type Watch } from '@vessel/client';
 import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { TINY_SERIAL } from '../guest/tiny.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { launch, listRunDirs, probe, terminate } from '../packages/agent/qemu/process.ts';
+import { findPriorityTools } from '../packages/agent/qemu/priority.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
 import {
   chardevsOf, createDataVolumeAndWait, DATAVOLUMES, envInt, errText, fmtRatio, isMain, loadLine, ms, now, percentile, pollUntil, printResult, PVCS, ratio, sleep, volumePath,
@@ -65,6 +68,7 @@ const SERIAL_TIMEOUT_MS = 180_000;
 const GONE_TIMEOUT_MS = 120_000;
 
 type Obj = Record<string, unknown>;
+const priorityTools = findPriorityTools();
 
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 const p = (xs: number[], q: number) => percentile(sorted(xs), q);
@@ -214,8 +218,8 @@ async function settleMemory(idleMs: number): Promise<boolean> {
   return gc !== undefined;
 }
 
-async function startWithTiny(dir: string): Promise<{ v: Vessel; golden: string }> {
-  const v = await startVessel({ dataDir: join(dir, 'vessel'), agent: { nodeName: 'node-a' } });
+async function startWithTiny(dir: string, qemuPriority?: QemuPriority): Promise<{ v: Vessel; golden: string }> {
+  const v = await startVessel({ dataDir: join(dir, 'vessel'), agent: { nodeName: 'node-a', qemuPriority } });
   await ensureTinyImage(v.client, (l) => console.log(`  ${l}`));
   const golden = volumePath(await v.client.get(PVCS, 'tiny', { namespace: IMAGES }));
   if (!golden) throw new Error(`claim ${IMAGES}/tiny has no vessel.io/volume-path`);
@@ -343,7 +347,9 @@ export async function runVmBoot(): Promise<BenchResult> {
         const serial = firstSerial(join(runDir, 'serial.log'), SERIAL_TIMEOUT_MS, () => waiting);
         serial.catch(() => undefined);
         try {
-          const res = await launch({ runDir, argv, chardevs: chardevsOf(from.argv), vnc: true, noShutdown: true, vm: { namespace: 'bench', name: `raw-${j}` } });
+          // At the agent's default priority too, so both sides start QEMU the same way.
+          const priority = { nice: DEFAULT_QEMU_PRIORITY.nice, batch: DEFAULT_QEMU_PRIORITY.batch, tools: await priorityTools };
+          const res = await launch({ runDir, argv, chardevs: chardevsOf(from.argv), vnc: true, noShutdown: true, vm: { namespace: 'bench', name: `raw-${j}` }, priority });
           const launchReturned = now() - t0;
           const first = await serial;
           const cpuMs = cpuMsSince(cpu0);
@@ -440,8 +446,49 @@ export async function runVmBoot(): Promise<BenchResult> {
 
 // ---------------------------------------------------------------- scale
 
+/** What the before/after comparison needs from one scale run. */
+interface ScaleStats { p50: number; p95: number; allRunning: number; lag50: number; lag99: number; lagMax: number; count: number }
+
+/**
+ * BENCH_VM_SCALE_PRIORITY: `both` (default) runs the scale part twice in this process, first
+ * with QEMU at the control plane's priority (`--qemu-priority off`, as before issue 11), then
+ * with the agent's default (nice 10 + SCHED_BATCH), and compares them; `off` or `on` runs one.
+ */
 export async function runVmScale(): Promise<BenchResult> {
   const started = now();
+  const mode = process.env.BENCH_VM_SCALE_PRIORITY || 'both';
+  if (!['both', 'on', 'off'].includes(mode)) throw new Error(`BENCH_VM_SCALE_PRIORITY must be both, on or off, not ${mode}`);
+  const figures: Figure[] = [];
+  const problems: string[] = [];
+  const runs: [string, QemuPriority][] = [];
+  if (mode !== 'on') runs.push(['QEMU at the control plane\'s priority (off)', NO_QEMU_PRIORITY]);
+  if (mode !== 'off') runs.push(['QEMU below it (default: nice 10 + SCHED_BATCH)', DEFAULT_QEMU_PRIORITY]);
+  const stats: (ScaleStats | undefined)[] = [];
+  for (const [label, prio] of runs) {
+    console.log(`  scale run: ${label}`);
+    const r = await scaleRun(prio);
+    const tag = runs.length > 1 ? `[${prio.nice ? 'nice' : 'off'}] ` : '';
+    figures.push(...r.figures.map((f) => ({ ...f, name: tag + f.name })));
+    problems.push(...r.problems.map((x) => tag + x));
+    stats.push(r.stats);
+  }
+  const [off, on] = stats;
+  if (runs.length === 2 && off && on) {
+    figures.push({
+      name: 'burst create → Running p50, nice / off',
+      ratio: ratio(on.p50, off.p50),
+      detail: `p50 ${ms(on.p50)} vs ${ms(off.p50)}; p95 ${ms(on.p95)} vs ${ms(off.p95)} (${fmtRatio(ratio(on.p95, off.p95))}); all Running after ${ms(on.allRunning)} vs ${ms(off.allRunning)} (${fmtRatio(ratio(on.allRunning, off.allRunning))}); ${on.count} and ${off.count} VMs`,
+    });
+    figures.push({
+      name: 'control plane event-loop delay during the burst p99, nice / off',
+      ratio: ratio(on.lag99, off.lag99),
+      detail: `p99 ${ms(on.lag99)} vs ${ms(off.lag99)}; p50 ${ms(on.lag50)} vs ${ms(off.lag50)} (${fmtRatio(ratio(on.lag50, off.lag50))}); max ${ms(on.lagMax)} vs ${ms(off.lagMax)}`,
+    });
+  }
+  return { bench: `vm scale: ${envInt('BENCH_VM_SCALE_N', 50)} VMs ${envInt('BENCH_VM_SCALE_GAP_MS', 100)} ms apart`, figures, problems, seconds: (now() - started) / 1000 };
+}
+
+async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]; problems: string[]; stats?: ScaleStats }> {
   const n = envInt('BENCH_VM_SCALE_N', 50);
   const gap = envInt('BENCH_VM_SCALE_GAP_MS', 100);
   const timeoutMs = envInt('BENCH_VM_SCALE_TIMEOUT_S', 600) * 1000;
@@ -451,8 +498,9 @@ export async function runVmScale(): Promise<BenchResult> {
   const dir = await mkdtemp(join(process.env.BENCH_VM_DIR ?? tmpdir(), 'vessel-vm-bench-'));
   let v: Vessel | undefined;
   let tracker: Tracker | undefined;
+  let stats: ScaleStats | undefined;
   try {
-    const s = await startWithTiny(dir);
+    const s = await startWithTiny(dir, qemuPriority);
     v = s.v;
     tracker = new Tracker(v);
     await tracker.start();
@@ -514,6 +562,7 @@ export async function runVmScale(): Promise<BenchResult> {
     const burstCpuMs = cpuMsSince(burstCpu0);
     const lag = (q: number) => ms(loopDelay.percentile(q) / 1e6);
     const toRunning = names.flatMap((nm) => { const r = tracker!.at(`vm/${nm}:Running`); return r === undefined ? [] : [r - created.get(nm)!]; });
+    stats = { p50: p(toRunning, 50), p95: p(toRunning, 95), allRunning, lag50: loopDelay.percentile(50) / 1e6, lag99: loopDelay.percentile(99) / 1e6, lagMax: loopDelay.max / 1e6, count: toRunning.length };
     // Where the time goes: per VM, ms after its create at which each stage was first seen.
     const stages: [string, (nm: string) => Promise<number | undefined>][] = [
       ['DataVolume Succeeded', async (nm) => tracker!.at(`dv/${nm}-root:Succeeded`)],
@@ -543,10 +592,11 @@ export async function runVmScale(): Promise<BenchResult> {
     const qemuPerVm = qemus ? qemuRss / qemus : NaN;
 
     // Again once the guests have booted (QEMU's RSS grows as a guest touches its memory).
-    const bootWaitMs = envInt('BENCH_VM_SCALE_BOOT_WAIT_S', 300) * 1000;
+    // 0 skips the wait and its figure (the before/after comparison does not need it).
+    const bootWaitMs = process.env.BENCH_VM_SCALE_BOOT_WAIT_S === '0' ? 0 : envInt('BENCH_VM_SCALE_BOOT_WAIT_S', 300) * 1000;
     const bootStart = now();
     let booted = 0;
-    await pollUntil(`${count} guests booted`, async () => {
+    if (bootWaitMs > 0) await pollUntil(`${count} guests booted`, async () => {
       const logs = await Promise.all(names.map((nm) => readFile(join(v!.dataDir, 'vms', NS, nm, 'serial.log'), 'latin1').catch(() => '')));
       booted = logs.filter((l) => l.includes(TINY_SERIAL.ready)).length;
       return booted >= count ? true : undefined;
@@ -558,7 +608,7 @@ export async function runVmScale(): Promise<BenchResult> {
     for (const vm of await listRunDirs(join(v.dataDir, 'vms', NS))) { qemuRss2 += await vmRssBytes(vm.pid); qemus2++; }
     const rssPerVm2 = (later.rss - before.rss) / count;
     const qemuPerVm2 = qemus2 ? qemuRss2 / qemus2 : NaN;
-    if (booted < count) problems.push(`only ${booted} of ${count} guests printed ${TINY_SERIAL.ready} within ${bootWaitMs / 1000} s of all being Running (the booted-memory figure is taken then anyway)`);
+    if (bootWaitMs > 0 && booted < count) problems.push(`only ${booted} of ${count} guests printed ${TINY_SERIAL.ready} within ${bootWaitMs / 1000} s of all being Running (the booted-memory figure is taken then anyway)`);
 
     figures.push({
       name: `create → Running, ${count} VMs ${gap} ms apart / one at a time, p50`,
@@ -576,7 +626,7 @@ export async function runVmScale(): Promise<BenchResult> {
         `RSS ${mib(before.rss)} → ${mib(after.rss)}, heapUsed ${mib(before.heapUsed)} → ${mib(after.heapUsed)}${gcOk ? '' : ' (no --expose-gc)'}; ` +
         `QEMU ${mib(qemuPerVm)} RSS per VM (${qemus} QEMUs, ${MEMORY} guests, summed VmRSS right after all were Running, guests still booting); KubeVirt reserves ~240 MiB per VM for virt-launcher`,
     });
-    figures.push({
+    if (bootWaitMs > 0) figures.push({
       name: 'the same once the guests have booted',
       ratio: ratio(rssPerVm2, qemuPerVm2),
       detail: `${booted} of ${count} guests printed ${TINY_SERIAL.ready}, ${ms(bootedAfter)} after all were Running: platform ${mib(rssPerVm2)} RSS and ` +
@@ -593,7 +643,7 @@ export async function runVmScale(): Promise<BenchResult> {
     }
     await rm(dir, { recursive: true, force: true });
   }
-  return { bench: `vm scale: ${envInt('BENCH_VM_SCALE_N', 50)} VMs ${envInt('BENCH_VM_SCALE_GAP_MS', 100)} ms apart`, figures, problems, seconds: (now() - started) / 1000 };
+  return { figures, problems, stats };
 }
 
 if (isMain(import.meta.url)) {

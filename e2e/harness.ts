@@ -10,7 +10,7 @@ import type { RunningServer } from '@vessel/apiserver';
 import assert from 'node:assert/strict';
 import { Client, StatusError } from '@vessel/client';
 import type { RunningControllers } from '@vessel/controllers';
-import type { RunningAgent } from '@vessel/agent';
+import type { QemuPriority, RunningAgent } from '@vessel/agent';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
 import type { StoreConfig } from '@vessel/store';
 import type { KubeObject } from '@vessel/client';
@@ -42,7 +42,7 @@ export interface VesselOptions {
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
    */
-  agent?: { nodeName: string; sharedDir?: string; allowLoopbackImports?: boolean };
+  agent?: { nodeName: string; sharedDir?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority };
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {

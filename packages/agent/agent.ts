@@ -17,6 +17,7 @@ import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
 import { VmRuntime } from './vms/runtime.ts';
+import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
   client: Client;
@@ -37,6 +38,11 @@ export interface AgentOptions {
    * server's addresses stay refused.
    */
   allowLoopbackImports?: boolean;
+  /**
+   * How QEMU runs below the agent, server and controllers (`--qemu-priority`, qemu/priority.ts):
+   * default nice 10 + SCHED_BATCH, and a cgroup per VM where cgroup v2 is delegated.
+   */
+  qemuPriority?: QemuPriority;
 }
 
 export interface RunningAgent {
@@ -61,7 +67,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const accel = await detectAccelerator();
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress });
+  const priority = await resolveQemuPriority(opts.qemuPriority ?? DEFAULT_QEMU_PRIORITY, log);
+  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });

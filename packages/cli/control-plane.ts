@@ -6,7 +6,7 @@
 import { startServer, type RunningServer, type ServerOptions } from '@vessel/apiserver';
 import { Client } from '@vessel/client';
 import { startControllers, type RunningControllers, type SchedulingSettings } from '@vessel/controllers';
-import type { RunningAgent } from '@vessel/agent';
+import type { QemuPriority, RunningAgent } from '@vessel/agent';
 
 export interface ControlPlaneOptions extends ServerOptions {
   /** Run the controllers in this process (default true); with several servers on one store, a lease picks the one that runs them. */
@@ -18,7 +18,7 @@ export interface ControlPlaneOptions extends ServerOptions {
   /** How long a node may go without its agent's heartbeat before it is Unknown (tests shorten it). */
   nodeGracePeriodMs?: number;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
-  agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean };
+  agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority };
 }
 
 export interface ControlPlane {

@@ -28,6 +28,7 @@ import {
   waitExit,
   waitForSerial,
 } from './process.ts';
+import { findPriorityTools, type LaunchPriority } from './priority.ts';
 
 let guest: TinyGuest;
 let root: string;
@@ -233,6 +234,36 @@ test('a launch that fails throws QEMU\'s reason and leaves no process; owned opt
     assert.match(err.message, /cannot run .*no-such-qemu: .*ENOENT/);
     return true;
   });
+  // Through nice/chrt a missing binary is still said the same way (not as their exit 127).
+  const priority: LaunchPriority = { nice: 10, batch: true, tools: await findPriorityTools() };
+  await assert.rejects(launch({ runDir, argv: [], binary: join(root, 'no-such-qemu'), priority }), (err: unknown) => {
+    assert.ok(err instanceof QemuLaunchError);
+    assert.match(err.message, /cannot run .*no-such-qemu: .*ENOENT/);
+    return true;
+  });
+});
+
+test('launch with a priority: every QEMU thread, the vCPU made after start included, has it; a re-adopted QEMU keeps it', { timeout: 60_000 }, async () => {
+  const tools = await findPriorityTools();
+  assert.ok(tools.nice && tools.chrt, 'nice (coreutils) and chrt (util-linux) are installed');
+  const runDir = join(root, 'vm-prio');
+  started.push(runDir);
+  const { pid } = await launch({ runDir, argv: tinyArgv(overlay('prio.qcow2')), priority: { nice: 7, batch: true, tools } });
+  await waitForSerial(runDir, TINY_SERIAL.ready, 60_000);
+  const sched = async (tid: string) => {
+    const st = await readFile(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+    const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+    return { nice: Number(f[16]), policy: Number(f[38]) }; // stat fields 19 and 41
+  };
+  const tids = await readdir(`/proc/${pid}/task`);
+  assert.ok(tids.length >= 2, `${tids.length} threads`);
+  for (const tid of tids) assert.deepEqual(await sched(tid), { nice: 7, policy: 3 }, `thread ${tid}`); // 3: SCHED_BATCH
+  // -daemonize's setsid made QEMU a session of its own: its autogroup carries the nice too.
+  const autogroup = await readFile(`/proc/${pid}/autogroup`, 'utf8').catch(() => undefined);
+  if (autogroup !== undefined) assert.match(autogroup, /nice 7$/m);
+  const again = await adopt(runDir);
+  assert.equal(again?.pid, pid);
+  for (const tid of await readdir(`/proc/${pid}/task`)) assert.deepEqual(await sched(tid), { nice: 7, policy: 3 }, `thread ${tid} after adopt`);
 });
 
 test('stale pidfile with a recycled pid: adopt refuses it, launch works; the VM outlives a SIGKILLed agent', { timeout: 60_000 }, async () => {

@@ -15,6 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { QmpClient } from '../qmp/client.ts';
 import { QemuLaunchError, QemuProcessError, firstQemuLine } from './errors.ts';
+import { findExecutable, joinCgroup, setAutogroupNice, wrapLaunch, type LaunchPriority } from './priority.ts';
 
 export const DEFAULT_QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -99,6 +100,12 @@ export interface LaunchOptions {
   /** Limit for QEMU's initialisation plus the first QMP answer (default 60 s). */
   timeoutMs?: number;
   env?: NodeJS.ProcessEnv;
+  /**
+   * Run QEMU below the caller's CPU priority (qemu/priority.ts): nice and SCHED_BATCH set
+   * before QEMU's first instruction, its autogroup's nice, and optionally a cgroup v2 group.
+   * Default: the caller's own priority.
+   */
+  priority?: LaunchPriority;
 }
 
 export interface LaunchResult {
@@ -155,11 +162,20 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   await writeJsonAtomic(files.meta, meta);
 
   const argv = [...opts.argv, ...runDirArgs(files, opts)];
+  const prio = opts.priority;
+  const command = wrapLaunch(binary, argv, prio);
+  // Through nice/chrt a missing QEMU would be their exit 127; say it the way spawn would.
+  const missing = command.file !== binary && (await findExecutable(binary, opts.env ?? process.env)) === undefined;
   const log = await open(files.log, 'a');
   let outcome: LauncherOutcome;
+  const joins: Promise<unknown>[] = [];
   try {
-    outcome = await runLauncher(binary, argv, log.fd, opts.env, timeoutMs);
+    outcome = missing
+      ? { error: Object.assign(new Error(`spawn ${binary} ENOENT`), { code: 'ENOENT' }) }
+      // The launcher joins the VM's cgroup at once, so the daemon it forks is born there.
+      : await runLauncher(command.file, command.args, log.fd, opts.env, timeoutMs, (pid) => { if (prio?.cgroupDir) joins.push(joinCgroup(prio.cgroupDir, pid).catch(() => undefined)); });
   } finally {
+    await Promise.all(joins);
     await log.close();
   }
 
@@ -182,6 +198,20 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     await killLeftover(files);
     const stderr = await readText(files.log);
     throw new QemuLaunchError('LaunchFailed', `QEMU reported a successful start but is not running: ${firstQemuLine(stderr) || `see ${files.log}`}`, stderr, 0);
+  }
+  if (prio) {
+    // -daemonize's setsid() made a new autogroup of nice 0, which would weigh as much as the
+    // agent's whole session whatever the threads' nice; and the daemon may have forked before
+    // the launcher joined its cgroup (a v2 move takes every thread of the process along).
+    if (prio.nice > 0) await setAutogroupNice(pid, prio.nice);
+    if (prio.cgroupDir) {
+      try {
+        await joinCgroup(prio.cgroupDir, pid);
+      } catch (err) {
+        await killLeftover(files);
+        throw new QemuLaunchError('LaunchFailed', `cannot move QEMU (pid ${pid}) into its cgroup ${prio.cgroupDir}: ${(err as Error).message}`, '', null, { cause: err });
+      }
+    }
   }
   try {
     const qmp = await QmpClient.connect(files.qmp, { timeoutMs: Math.max(2000, deadline - Date.now()), waitForSocket: true });
@@ -458,10 +488,11 @@ type LauncherOutcome = { error: Error } | { timedOut: boolean; code: number | nu
  * Runs the launching QEMU process. With -daemonize it exits once the daemon has initialised
  * (0) or failed (1), so its exit status is the startup verdict; the daemon is not our child.
  */
-function runLauncher(binary: string, argv: string[], logFd: number, env: NodeJS.ProcessEnv | undefined, timeoutMs: number): Promise<LauncherOutcome> {
+function runLauncher(binary: string, argv: string[], logFd: number, env: NodeJS.ProcessEnv | undefined, timeoutMs: number, onSpawn?: (pid: number) => void): Promise<LauncherOutcome> {
   return new Promise((resolve) => {
     // detached: its own session, so a signal to the agent's process group never reaches it.
     const child = spawn(binary, argv, { detached: true, stdio: ['ignore', logFd, logFd], env: env ?? process.env });
+    if (child.pid !== undefined) onSpawn?.(child.pid);
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;

@@ -20,7 +20,7 @@
  * are re-adopted where they run, and their directory is removed when their VMI is gone.
  */
 import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { basename, join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames } from '@vessel/api';
 import type { Client } from '@vessel/client';
@@ -30,6 +30,7 @@ import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
+import { cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { scrubPaths } from '../scrub.ts';
 import { containedPath, PathError, type Pool } from '../storage/pools.ts';
@@ -56,6 +57,8 @@ export interface VmRuntimeOptions {
   log?: Log;
   /** Where containerDisk images may be pulled from (storage/egress.ts). */
   egress?: EgressPolicy;
+  /** How QEMU runs below the agent (qemu/priority.ts); default: at the agent's priority. */
+  priority?: HostPriority;
 }
 
 /** One running QEMU followed over QMP. */
@@ -171,6 +174,7 @@ export class VmRuntime extends Controller {
     for (const { dir } of found) {
       if (wanted.has(dir) || (await probe(dir)) !== undefined) continue;
       await rm(dir, { recursive: true, force: true });
+      await this.dropCgroup(dir);
       for (const [uid, d] of this.legacyDirs) if (d === dir) this.legacyDirs.delete(uid);
       removed++;
     }
@@ -316,10 +320,17 @@ export class VmRuntime extends Controller {
     const resuming = !!resume && (await stat(resume).then(() => true, () => false));
     if (resume && !resuming) await this.events.record(vmi, 'Warning', 'MemoryStateMissing', 'the saved memory state of the snapshot is gone: the guest boots from its disks');
     if (resuming) argv.argv.push('-incoming', 'defer');
+    const prio = this.opts.priority;
     try {
+      // The VM's cgroup (where delegated) is named like its run directory and sized from its resources.
+      const domain = typed.spec.domain;
+      const cgroupDir = prio?.cgroupParent
+        ? await vmCgroup(prio.cgroupParent, basename(runDir), cgroupSettings({ requests: domain?.resources?.requests, limits: domain?.resources?.limits, guestMemory: domain?.memory?.guest }, this.opts.accel))
+        : undefined;
       await launch({
         runDir, argv: argv.argv, chardevs: argv.chardevs, env: { ...process.env, ...argv.env }, vnc: true, noShutdown: true,
         vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
+        priority: prio && { nice: prio.nice, batch: prio.batch, tools: prio.tools, cgroupDir },
       });
     } catch (e) {
       const reason = e instanceof QemuProcessError ? e.code : 'LaunchFailed';
@@ -456,6 +467,12 @@ export class VmRuntime extends Controller {
       await session.qmp.close();
     }
     await terminate(runDir, { graceMs: 2000 });
+    await this.dropCgroup(runDir);
+  }
+
+  /** The VM cgroup of a run directory whose QEMU is gone. */
+  private async dropCgroup(runDir: string): Promise<void> {
+    if (this.opts.priority?.cgroupParent) await removeVmCgroup(this.opts.priority.cgroupParent, basename(runDir));
   }
 
   private async finish(vmi: KubeObject, phase: 'Succeeded' | 'Failed', reason: string, raw: string): Promise<void> {

@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
+import type { QemuPriority } from '@vessel/agent';
 import { Client, defaultDataDir } from '@vessel/client';
 import { contextOf, note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
@@ -14,7 +15,21 @@ import { clientVersion } from './version.ts';
 
 interface AgentFlags {
   server?: string; token?: string; certificateAuthority?: string; insecureSkipTlsVerify?: boolean; nodeName?: string; dataDir?: string; sharedDir?: string;
-  listen: string; address?: string; nodeStatusUpdateFrequency: string; allowLoopbackImports?: boolean;
+  listen: string; address?: string; nodeStatusUpdateFrequency: string; allowLoopbackImports?: boolean; qemuPriority: string;
+}
+
+/** The --qemu-priority option, shared with `vessel up`. */
+export const QEMU_PRIORITY_HELP = 'how QEMU runs below the control plane: off, or a list of nice=0..19, batch|no-batch (SCHED_BATCH), cgroups|no-cgroups (a cgroup per VM where cgroup v2 is delegated)';
+export const QEMU_PRIORITY_DEFAULT = 'nice=10,batch,cgroups';
+
+/** Parses --qemu-priority into the agent's option (a UsageError when malformed). */
+export async function qemuPriorityFlag(spec: string): Promise<QemuPriority> {
+  const { parseQemuPriority } = await import('@vessel/agent');
+  try {
+    return parseQemuPriority(spec);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
 }
 
 export function registerAgent(program: Command): void {
@@ -30,16 +45,18 @@ export function registerAgent(program: Command): void {
     .option('--listen <host:port>', "the agent endpoint's address (the server connects to it)", '127.0.0.1:0')
     .option('--address <ip>', 'the address the server should use for this node (default: the --listen host)')
     .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
+    .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
     .option('--node-status-update-frequency <seconds>', "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 40 s without)", '10')
     .action(async (flags: AgentFlags, cmd: Command) => {
       const heartbeatSeconds = Number(flags.nodeStatusUpdateFrequency);
       if (!(heartbeatSeconds > 0)) throw new UsageError(`--node-status-update-frequency must be a positive number of seconds, not ${flags.nodeStatusUpdateFrequency}`);
+      const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
       const signalled = untilSignal();
       const client = agentClient(flags, cmd);
       const { startAgent } = await import('@vessel/agent');
       const agent = await startAgent({
         client, nodeName: flags.nodeName ?? hostname(), dataDir: flags.dataDir ?? defaultDataDir(), sharedDir: flags.sharedDir,
-        listen: flags.listen, address: flags.address, heartbeatMs: heartbeatSeconds * 1000, allowLoopbackImports: !!flags.allowLoopbackImports, version: clientVersion(), log: (l) => note(`${l}\n`),
+        listen: flags.listen, address: flags.address, heartbeatMs: heartbeatSeconds * 1000, allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority, version: clientVersion(), log: (l) => note(`${l}\n`),
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
       await signalled;
