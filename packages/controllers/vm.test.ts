@@ -124,6 +124,22 @@ test('crash loop: the second failure in a row backs off (CrashLoopBackOff, start
   assert.equal(await vmiUid(h.c, 'cl'), second, 'no restart during the backoff');
 });
 
+test('one VM status write per reconcile: a failure that starts a backoff is one write (startFailure and CrashLoopBackOff)', async () => {
+  await using h = await setup();
+  await h.c.create(VMS, vmObject('one', { runStrategy: 'Always' }));
+  const first = await until('VMI', () => vmiUid(h.c, 'one'));
+  await agentSets(h.c, 'one', 'Failed');
+  await until('a new VMI', async () => { const u = await vmiUid(h.c, 'one'); return u && u !== first ? u : undefined; });
+  await printable(h.c, 'one', 'Starting');
+  await settle();
+  const before = h.c.count((w) => w.resource === 'virtualmachines/status');
+  await agentSets(h.c, 'one', 'Failed');
+  await printable(h.c, 'one', 'CrashLoopBackOff');
+  await settle();
+  assert.equal((await vmStatus(h.c, 'one')).startFailure !== undefined, true);
+  assert.equal(h.c.count((w) => w.resource === 'virtualmachines/status') - before, 1);
+});
+
 test('RestartRequired when the template changes under a running VMI; cleared on the next VMI', async () => {
   await using h = await setup();
   await h.c.create(VMS, vmObject('rr', { runStrategy: 'Always' }));
@@ -203,6 +219,9 @@ for (const disk of [false, true]) {
     const events = writes.filter((w) => w.resource === 'events').length;
     const vmStatusWrites = writes.filter((w) => w.resource === 'virtualmachines/status').length;
     t.diagnostic(`API writes per VM start (${disk ? 'with' : 'without'} dataVolumeTemplates): ${writes.length} (${writes.length - events} without Events; VM status ${vmStatusWrites}): ${writes.map((w) => `${w.verb} ${w.resource} ${w.name}`).join(', ')}`);
-    assert.ok(writes.length > 0);
+    // Before one status write per reconcile, a VMI bound in one write and a DataVolume just made
+    // counted as Pending: 10 and 14 writes, 2 and 4 of them VM status (bench/README.md).
+    assert.ok(vmStatusWrites <= (disk ? 3 : 2), `VM status writes: ${vmStatusWrites}`);
+    assert.ok(writes.length <= (disk ? 12 : 9), `writes: ${writes.length}`);
   });
 }
