@@ -106,6 +106,22 @@ test('runStrategy Manual: nothing until a Start request; a Stop request ends the
   assert.equal((await vmStatus(h.c, 'm')).stateChangeRequests, undefined);
 });
 
+test('runStrategy Manual: a Start request left behind while the VMI runs is dropped; the guest stopping does not restart it', async () => {
+  await using h = await setup();
+  await h.c.create(VMS, vmObject('ml', { runStrategy: 'Manual' }));
+  await h.c.patch(VMS, 'ml', { status: { stateChangeRequests: [{ action: 'Start' }] } }, { namespace: 'default', subresource: 'status' });
+  const first = await until('VMI', () => vmiUid(h.c, 'ml'));
+  await agentSets(h.c, 'ml', 'Running');
+  await printable(h.c, 'ml', 'Running');
+  // As if the write that consumed it had lost a conflict.
+  await h.c.patch(VMS, 'ml', { status: { stateChangeRequests: [{ action: 'Start' }] } }, { namespace: 'default', subresource: 'status' });
+  await until('request dropped', async () => (await vmStatus(h.c, 'ml')).stateChangeRequests === undefined);
+  await agentSets(h.c, 'ml', 'Succeeded');
+  await printable(h.c, 'ml', 'Stopped');
+  await settle();
+  assert.equal(await vmiUid(h.c, 'ml'), first, 'no new VMI');
+});
+
 test('crash loop: the second failure in a row backs off (CrashLoopBackOff, startFailure)', async () => {
   await using h = await setup();
   await h.c.create(VMS, vmObject('cl', { runStrategy: 'Always' }));

@@ -69,6 +69,8 @@ export class VirtualMachineController extends Controller {
   private readonly events: EventRecorder;
   /** VM key → resourceVersion of this reconcile's own metadata patch of the VM (its status write follows it). */
   private readonly patched = new Map<string, string>();
+  /** VM key → the VM as this reconcile's early status write (before deleting a failed VMI) left it. */
+  private readonly committed = new Map<string, KubeObject>();
 
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
@@ -89,14 +91,30 @@ export class VirtualMachineController extends Controller {
     if (!vm) return;
     const status = structuredClone((vm.status ?? {}) as Obj);
     this.patched.delete(key);
+    this.committed.delete(key);
     await this.sync(key, vm, status);
-    const resourceVersion = this.patched.get(key) ?? vm.metadata.resourceVersion;
+    await this.commit(key, vm, status);
     this.patched.delete(key);
-    if (JSON.stringify(status) === JSON.stringify(vm.status ?? {})) return;
+    this.committed.delete(key);
+  }
+
+  /**
+   * Writes `s` as the VM's status if it differs from what the cache (or this reconcile) last
+   * saw. False when the write lost a conflict: a newer VM is on its way and runs the reconcile
+   * again, so nothing is lost by stopping here.
+   */
+  private async commit(key: string, vm: KubeObject, s: Obj): Promise<boolean> {
+    const last = this.committed.get(key) ?? vm;
+    if (JSON.stringify(s) === JSON.stringify(last.status ?? {})) return true;
+    const resourceVersion = this.patched.get(key) ?? last.metadata.resourceVersion;
     try {
-      await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status }, { namespace: vm.metadata.namespace, subresource: 'status' });
+      const written = await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
+      this.committed.set(key, written as KubeObject);
+      this.patched.delete(key);
+      return true;
     } catch (e) {
       if (!isStatusError(e, 'Conflict') && !isStatusError(e, 'NotFound')) throw e;
+      return false;
     }
   }
 
@@ -118,6 +136,14 @@ export class VirtualMachineController extends Controller {
         if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'stop requested');
         return describe(s, vm, vmi, 'Stopping');
       }
+      requests = requests.slice(1);
+      setRequests(s, requests);
+    }
+
+    // A Start request is done once its VMI runs: drop it here too, not only where the VMI is
+    // made, since the status write that dropped it there may have lost a conflict (a Start
+    // left behind would restart a Manual VM when its guest stops).
+    if (requests[0]?.action === 'Start' && alive) {
       requests = requests.slice(1);
       setRequests(s, requests);
     }
@@ -149,8 +175,11 @@ export class VirtualMachineController extends Controller {
         this.queue.addAfter(key, backoffUntil - Date.now() + 50);
         return describe(s, vm, vmi, 'CrashLoopBackOff');
       }
-      await this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
-      return describe(s, vm, vmi, 'Starting');
+      // The failure count must be stored before the failed VMI goes (it is counted from that
+      // VMI): the whole status is written first, still one write.
+      describe(s, vm, vmi, 'Starting');
+      if (phaseOf(vmi) === 'Failed' && !(await this.commit(key, vm, s))) return;
+      return this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
     }
     if (!want) {
       if (alive) await this.deleteVmi(vm, vmi!, `runStrategy ${strategy}`);
