@@ -175,11 +175,8 @@ export class VirtualMachineController extends Controller {
         this.queue.addAfter(key, backoffUntil - Date.now() + 50);
         return describe(s, vm, vmi, 'CrashLoopBackOff');
       }
-      // The failure count must be stored before the failed VMI goes (it is counted from that
-      // VMI): the whole status is written first, still one write.
-      describe(s, vm, vmi, 'Starting');
-      if (phaseOf(vmi) === 'Failed' && !(await this.commit(key, vm, s))) return;
-      return this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
+      await this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
+      return describe(s, vm, vmi, 'Starting');
     }
     if (!want) {
       if (alive) await this.deleteVmi(vm, vmi!, `runStrategy ${strategy}`);
