@@ -172,7 +172,7 @@ export class CloneController extends Controller {
     await updateStatus(this.client, VMCLONES, clone.metadata.namespace, clone.metadata.name, (s) => {
       s.phase = phase;
       s.targetName = target;
-      s.creationTimestamp ??= new Date().toISOString();
+      s.creationTime ??= new Date().toISOString(); // upstream field name: an unknown field is refused (Strict)
       if (snapshotName) s.snapshotName = snapshotName;
       if (restoreName) s.restoreName = restoreName;
       setCondition(s, { type: 'Progressing', status: 'True', reason, message }, false);

@@ -7,7 +7,7 @@
  * Claims of WaitForFirstConsumer classes get the chosen node (their first consumer).
  */
 import { storage, refs, phaseOf } from '@vessel/api';
-import type { Client } from '@vessel/client';
+import { isStatusError, type Client } from '@vessel/client';
 import { Controller, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
 import { scheduleVmi, vmiRequests, type NodeLike, type SchedulingSettings, type VmiSchedulingSpec } from './scheduling/fit.ts';
 
@@ -17,6 +17,7 @@ type Obj = Record<string, unknown>;
 const nodeOf = (o: KubeObject) => (o.status as Obj | undefined)?.nodeName as string | undefined;
 const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const UNSCHEDULED = new Set(['', 'Pending', 'Scheduling']);
+const NODE_LABEL = 'kubevirt.io/nodeName';
 
 export class Scheduler extends Controller {
   private readonly vmis: Informer;
@@ -66,16 +67,37 @@ export class Scheduler extends Controller {
     for (const claim of waitFor) {
       await this.client.patch(PVCS, claim, { metadata: { annotations: { [storage.SELECTED_NODE]: result.node } } }, { namespace: vmi.metadata.namespace });
     }
-    await this.client.patch(VMIS, vmi.metadata.name, { metadata: { labels: { 'kubevirt.io/nodeName': result.node } } }, { namespace: vmi.metadata.namespace });
-    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+    if (!await this.bind(vmi, result.node)) return;
+    await this.events.record(vmi, 'Normal', 'Scheduled', `Successfully assigned ${key} to ${result.node}`);
+  }
+
+  /**
+   * Binds the VMI to `node` in one write: the node label and the status together (VMIs have
+   * no status subresource; were there one, the label would be patched first). Retries on
+   * conflicts; false when the VMI is gone or someone bound it meanwhile.
+   */
+  private async bind(vmi: KubeObject, node: string): Promise<boolean> {
+    const opts = { namespace: vmi.metadata.namespace };
+    if (VMIS.statusSubresource) await this.client.patch(VMIS, vmi.metadata.name, { metadata: { labels: { [NODE_LABEL]: node } } }, opts);
+    for (let attempt = 0; ; attempt++) {
+      // The cached VMI first (no read); after a conflict, the server's.
+      const fresh = attempt === 0 ? vmi : await this.client.get(VMIS, vmi.metadata.name, opts).catch((e: unknown) => { if (isStatusError(e, 'NotFound')) return undefined; throw e; });
+      if (!fresh?.metadata || fresh.metadata.uid !== vmi.metadata.uid) return false;
+      const s = structuredClone((fresh.status ?? {}) as Obj);
       if (s.nodeName) return false;
       s.phase = 'Scheduled';
-      s.nodeName = result.node;
-      const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
-      s.phaseTransitionTimestamps = [...stamps, { phase: 'Scheduled', phaseTransitionTimestamp: new Date().toISOString() }];
+      s.nodeName = node;
+      s.phaseTransitionTimestamps = [...(s.phaseTransitionTimestamps as Obj[] | undefined) ?? [], { phase: 'Scheduled', phaseTransitionTimestamp: new Date().toISOString() }];
       setCondition(s, { type: 'PodScheduled', status: 'True', reason: '', message: '' }, false);
-    });
-    await this.events.record(vmi, 'Normal', 'Scheduled', `Successfully assigned ${key} to ${result.node}`);
+      const metadata = VMIS.statusSubresource ? fresh.metadata : { ...fresh.metadata, labels: { ...(fresh.metadata.labels as Record<string, string> | undefined), [NODE_LABEL]: node } };
+      try {
+        await this.client.update(VMIS, { ...fresh, metadata, status: s }, { ...opts, subresource: VMIS.statusSubresource ? 'status' : undefined });
+        return true;
+      } catch (e) {
+        if (isStatusError(e, 'NotFound')) return false;
+        if (!isStatusError(e, 'Conflict') || attempt >= 20) throw e;
+      }
+    }
   }
 
   /** Nodes the VMI's claims pin it to (local pools), and claims still waiting for a first consumer. */

@@ -8,11 +8,14 @@
  *   Always/Halted. start/stop/restart subresources leave status.stateChangeRequests here;
  * - restarts after failures back off (status.startFailure; printableStatus CrashLoopBackOff);
  * - status.printableStatus and conditions always say why a VM is not running.
+ * Each reconcile computes the VM's whole status in memory and writes it at most once, only
+ * when it differs from the informer's copy, with that copy's resourceVersion: a conflict means
+ * a newer VM is on its way to the cache, and its event runs the reconcile again.
  */
 import { createHash } from 'node:crypto';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
-import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition } from '@vessel/runtime';
 
 const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
 
@@ -52,6 +55,10 @@ export class VirtualMachineController extends Controller {
   private readonly dvs: Informer;
   private readonly pvcs: Informer;
   private readonly events: EventRecorder;
+  /** VM key → resourceVersion of this reconcile's own metadata patch of the VM (its status write follows it). */
+  private readonly patched = new Map<string, string>();
+  /** VM key → the VM as this reconcile's early status write (before deleting a failed VMI) left it. */
+  private readonly committed = new Map<string, KubeObject>();
 
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
@@ -70,31 +77,69 @@ export class VirtualMachineController extends Controller {
   protected async reconcile(key: string): Promise<void> {
     const vm = this.vms.get(key);
     if (!vm) return;
+    const status = structuredClone((vm.status ?? {}) as Obj);
+    this.patched.delete(key);
+    this.committed.delete(key);
+    await this.sync(key, vm, status);
+    await this.commit(key, vm, status);
+    this.patched.delete(key);
+    this.committed.delete(key);
+  }
+
+  /**
+   * Writes `s` as the VM's status if it differs from what the cache (or this reconcile) last
+   * saw. False when the write lost a conflict: a newer VM is on its way and runs the reconcile
+   * again, so nothing is lost by stopping here.
+   */
+  private async commit(key: string, vm: KubeObject, s: Obj): Promise<boolean> {
+    const last = this.committed.get(key) ?? vm;
+    if (JSON.stringify(s) === JSON.stringify(last.status ?? {})) return true;
+    const resourceVersion = this.patched.get(key) ?? last.metadata.resourceVersion;
+    try {
+      const written = await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
+      this.committed.set(key, written as KubeObject);
+      this.patched.delete(key);
+      return true;
+    } catch (e) {
+      if (!isStatusError(e, 'Conflict') && !isStatusError(e, 'NotFound')) throw e;
+      return false;
+    }
+  }
+
+  /** Acts on the VM and sets `s` (its status, a copy) to what it should be now. */
+  private async sync(key: string, vm: KubeObject, s: Obj): Promise<void> {
     const { namespace } = splitKey(key);
     let vmi = this.vmis.get(key);
     if (vmi && !ownerVm(vmi).includes(key)) vmi = undefined; // someone else's VMI of the same name
-    if (vm.metadata.deletionTimestamp) return this.writeStatus(vm, vmi, 'Terminating');
-    await this.ensureDataVolumes(vm);
+    if (vm.metadata.deletionTimestamp) return describe(s, vm, vmi, 'Terminating');
+    const createdDvs = await this.ensureDataVolumes(vm);
 
     const strategy = runStrategyOf(vm);
-    const status = (vm.status ?? {}) as Obj;
-    let requests = ((status.stateChangeRequests as ChangeRequest[] | undefined) ?? []).slice();
+    let requests = ((s.stateChangeRequests as ChangeRequest[] | undefined) ?? []).slice();
     const alive = vmi && !FINAL.has(phaseOf(vmi)) && !vmi.metadata.deletionTimestamp;
 
     // A stop request (for this VMI, or any) ends it; it is done once the VMI is gone.
     if (requests[0]?.action === 'Stop') {
       if (vmi && (!requests[0].uid || requests[0].uid === vmi.metadata.uid)) {
         if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'stop requested');
-        return this.writeStatus(vm, vmi, 'Stopping');
+        return describe(s, vm, vmi, 'Stopping');
       }
       requests = requests.slice(1);
-      await this.setRequests(vm, requests);
+      setRequests(s, requests);
+    }
+
+    // A Start request is done once its VMI runs: drop it here too, not only where the VMI is
+    // made, since the status write that dropped it there may have lost a conflict (a Start
+    // left behind would restart a Manual VM when its guest stops).
+    if (requests[0]?.action === 'Start' && alive) {
+      requests = requests.slice(1);
+      setRequests(s, requests);
     }
 
     // Crash-loop bookkeeping for a VMI that failed.
     let backoffUntil = 0;
-    if (vmi && phaseOf(vmi) === 'Failed') backoffUntil = await this.recordFailure(vm, vmi);
-    else if (vmi && phaseOf(vmi) === 'Running' && runningFor(vmi) > STABLE_RUN_MS && status.startFailure) await this.clearFailure(vm);
+    if (vmi && phaseOf(vmi) === 'Failed') backoffUntil = recordFailure(s, vmi);
+    else if (vmi && phaseOf(vmi) === 'Running' && runningFor(vmi) > STABLE_RUN_MS && s.startFailure) delete s.startFailure;
 
     // Should a VMI run?
     const wantStart = requests[0]?.action === 'Start';
@@ -112,50 +157,57 @@ export class VirtualMachineController extends Controller {
       const restart = want && (strategy === 'Always' || wantStart || (strategy === 'RerunOnFailure' && phaseOf(vmi) === 'Failed'));
       if (!restart) {
         if (strategy === 'Halted') await this.deleteVmi(vm, vmi, 'the VM is halted');
-        return this.writeStatus(vm, vmi);
+        return describe(s, vm, vmi);
       }
       if (backoffUntil > Date.now()) {
         this.queue.addAfter(key, backoffUntil - Date.now() + 50);
-        return this.writeStatus(vm, vmi, 'CrashLoopBackOff');
+        return describe(s, vm, vmi, 'CrashLoopBackOff');
       }
       await this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
-      return this.writeStatus(vm, vmi, 'Starting');
+      return describe(s, vm, vmi, 'Starting');
     }
     if (!want) {
       if (alive) await this.deleteVmi(vm, vmi!, `runStrategy ${strategy}`);
-      return this.writeStatus(vm, vmi);
+      return describe(s, vm, vmi);
     }
     if (vmi && neverScheduled(vmi) && (vmi.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH] !== templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec)) {
       // A VMI that never reached a node has nothing to lose: the changed template (say, less
       // memory for an unschedulable VM) takes effect at once instead of waiting for a restart.
       if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'the template changed before it was scheduled');
-      return this.writeStatus(vm, vmi, 'Starting');
+      return describe(s, vm, vmi, 'Starting');
     }
-    if (vmi) return this.writeStatus(vm, vmi);
+    if (vmi) return describe(s, vm, vmi);
 
     // Start: only once every disk is ready.
-    const blocked = this.volumeProblem(vm, namespace!);
-    if (blocked) return this.writeStatus(vm, undefined, blocked.status, blocked);
+    const blocked = this.volumeProblem(vm, namespace!, createdDvs);
+    if (blocked) return describe(s, vm, undefined, blocked.status, blocked);
     try {
-      await this.createVmi(vm);
+      vmi = await this.createVmi(key, vm);
     } catch (e) {
       // A template admission refuses (a field refused since the VM was stored) cannot start
       // until it is edited, and the edit brings the VM back here: say why, without retrying.
       if (!isStatusError(e, 'Invalid')) throw e;
-      return this.writeStatus(vm, undefined, 'Stopped', { reason: 'FailedCreate', message: e.message });
+      return describe(s, vm, undefined, 'Stopped', { reason: 'FailedCreate', message: e.message });
     }
-    if (wantStart) await this.setRequests(vm, requests.slice(1));
-    if (strategy === 'Once') await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace });
+    if (wantStart) setRequests(s, requests.slice(1));
+    if (vmi) describe(s, vm, vmi);
+    if (strategy === 'Once') this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace }));
   }
 
-  private async ensureDataVolumes(vm: KubeObject): Promise<void> {
+  private patchedTo(key: string, vm: { metadata?: { resourceVersion?: string } }): void {
+    if (vm.metadata?.resourceVersion) this.patched.set(key, vm.metadata.resourceVersion);
+  }
+
+  /** Creates the DataVolumes the VM's templates name that the cache lacks; returns those it created. */
+  private async ensureDataVolumes(vm: KubeObject): Promise<Map<string, KubeObject>> {
+    const created = new Map<string, KubeObject>();
     const templates = ((vm.spec as Obj | undefined)?.dataVolumeTemplates as { metadata?: Obj; spec?: Obj }[] | undefined) ?? [];
     for (const t of templates) {
       const name = String(t.metadata?.name ?? '');
       if (!name || this.dvs.get(`${vm.metadata.namespace}/${name}`)) continue;
       const meta = t.metadata ?? {};
       try {
-        await this.client.create(DATAVOLUMES, {
+        const dv = await this.client.create(DATAVOLUMES, {
           apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume',
           metadata: {
             name, namespace: vm.metadata.namespace,
@@ -166,6 +218,7 @@ export class VirtualMachineController extends Controller {
           },
           spec: t.spec,
         }, { namespace: vm.metadata.namespace });
+        created.set(name, dv as KubeObject);
         await this.events.record(vm, 'Normal', 'SuccessfulDataVolumeCreate', `Created DataVolume ${name}`);
       } catch (e) {
         if (isStatusError(e, 'AlreadyExists')) continue;
@@ -173,13 +226,17 @@ export class VirtualMachineController extends Controller {
         throw e;
       }
     }
+    return created;
   }
 
-  /** Why the VM's disks keep it from starting, if they do. */
-  private volumeProblem(vm: KubeObject, ns: string): { status: string; reason: string; message: string } | undefined {
+  /**
+   * Why the VM's disks keep it from starting, if they do. `created`: DataVolumes this reconcile
+   * just made, which the cache may not have yet (they are Pending, not missing).
+   */
+  private volumeProblem(vm: KubeObject, ns: string, created: Map<string, KubeObject>): { status: string; reason: string; message: string } | undefined {
     for (const ref of claimVolumes(vm)) {
       if (ref.kind === 'dataVolume') {
-        const dv = this.dvs.get(`${ns}/${ref.claim}`);
+        const dv = this.dvs.get(`${ns}/${ref.claim}`) ?? created.get(ref.claim);
         if (!dv) return { status: 'ErrorDataVolumeNotFound', reason: 'DataVolumeNotFound', message: `DataVolume ${ref.claim} does not exist` };
         const phase = phaseOf(dv);
         if (phase === 'Failed') {
@@ -195,12 +252,13 @@ export class VirtualMachineController extends Controller {
     return undefined;
   }
 
-  private async createVmi(vm: KubeObject): Promise<void> {
+  /** Creates the VM's VMI; returns it (undefined when one of that name appeared meanwhile). */
+  private async createVmi(key: string, vm: KubeObject): Promise<KubeObject | undefined> {
     const template = ((vm.spec as Obj | undefined)?.template ?? {}) as { metadata?: Obj; spec?: Obj };
     const meta = template.metadata ?? {};
     const resume = (vm.metadata.annotations as Record<string, string> | undefined)?.[RESUME_MEMORY];
     try {
-      await this.client.create(VMIS, {
+      const vmi = await this.client.create(VMIS, {
         apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance',
         metadata: {
           name: vm.metadata.name, namespace: vm.metadata.namespace,
@@ -212,9 +270,10 @@ export class VirtualMachineController extends Controller {
       }, { namespace: vm.metadata.namespace });
       await this.events.record(vm, 'Normal', 'SuccessfulCreate', `Started the virtual machine by creating the new virtual machine instance ${vm.metadata.name}`);
       // The memory state is for this one start.
-      if (resume) await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [RESUME_MEMORY]: null } } }, { namespace: vm.metadata.namespace });
+      if (resume) this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [RESUME_MEMORY]: null } } }, { namespace: vm.metadata.namespace }));
+      return vmi as KubeObject;
     } catch (e) {
-      if (isStatusError(e, 'AlreadyExists')) return;
+      if (isStatusError(e, 'AlreadyExists')) return undefined;
       await this.events.record(vm, 'Warning', 'FailedCreate', `Error creating VirtualMachineInstance: ${e instanceof Error ? e.message : e}`);
       throw e;
     }
@@ -229,58 +288,50 @@ export class VirtualMachineController extends Controller {
     }
   }
 
-  private async setRequests(vm: KubeObject, requests: ChangeRequest[]): Promise<void> {
-    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {
-      if (requests.length) s.stateChangeRequests = requests; else delete s.stateChangeRequests;
-    });
-  }
+}
 
-  /** Counts a failed VMI once; returns when the next start may happen. */
-  private async recordFailure(vm: KubeObject, vmi: KubeObject): Promise<number> {
-    const prior = ((vm.status as Obj | undefined)?.startFailure ?? {}) as { consecutiveFailCount?: number; lastFailedVMIUID?: string; retryAfterTimestamp?: string };
-    if (prior.lastFailedVMIUID === vmi.metadata.uid) return Date.parse(prior.retryAfterTimestamp ?? '') || 0;
-    const count = runningFor(vmi) > STABLE_RUN_MS ? 1 : (prior.consecutiveFailCount ?? 0) + 1;
-    // KubeVirt's curve: 10 s doubling per consecutive failure, at most 5 minutes; the first retry is immediate.
-    const delay = count <= 1 ? 0 : Math.min(300_000, 10_000 * 2 ** (count - 2));
-    const retryAfter = new Date(Date.now() + delay);
-    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {
-      s.startFailure = { consecutiveFailCount: count, lastFailedVMIUID: vmi.metadata.uid, retryAfterTimestamp: retryAfter.toISOString() };
-    });
-    return retryAfter.getTime();
-  }
+function setRequests(s: Obj, requests: ChangeRequest[]): void {
+  if (requests.length) s.stateChangeRequests = requests; else delete s.stateChangeRequests;
+}
 
-  private async clearFailure(vm: KubeObject): Promise<void> {
-    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => { delete s.startFailure; });
-  }
+/** Counts a failed VMI once (in `s.startFailure`); returns when the next start may happen. */
+function recordFailure(s: Obj, vmi: KubeObject): number {
+  const prior = (s.startFailure ?? {}) as { consecutiveFailCount?: number; lastFailedVMIUID?: string; retryAfterTimestamp?: string };
+  if (prior.lastFailedVMIUID === vmi.metadata.uid) return Date.parse(prior.retryAfterTimestamp ?? '') || 0;
+  const count = runningFor(vmi) > STABLE_RUN_MS ? 1 : (prior.consecutiveFailCount ?? 0) + 1;
+  // KubeVirt's curve: 10 s doubling per consecutive failure, at most 5 minutes; the first retry is immediate.
+  const delay = count <= 1 ? 0 : Math.min(300_000, 10_000 * 2 ** (count - 2));
+  const retryAfter = new Date(Date.now() + delay);
+  s.startFailure = { consecutiveFailCount: count, lastFailedVMIUID: vmi.metadata.uid, retryAfterTimestamp: retryAfter.toISOString() };
+  return retryAfter.getTime();
+}
 
-  private async writeStatus(vm: KubeObject, vmi: KubeObject | undefined, forced?: string, problem?: { reason: string; message: string }): Promise<void> {
-    const paused = vmi ? getCondition(vmi, 'Paused')?.status === 'True' : false;
-    const unschedulable = vmi ? getCondition(vmi, 'PodScheduled') : undefined;
-    const printable = forced ?? (
-      !vmi ? 'Stopped'
-        : vmi.metadata.deletionTimestamp ? 'Stopping'
-        : FINAL.has(phaseOf(vmi)) ? 'Stopped'
-        : phaseOf(vmi) === 'Running' ? (paused ? 'Paused' : 'Running')
-        : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable' ? 'ErrorUnschedulable'
-        : 'Starting');
-    const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
-    const templateHash = templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec);
-    const vmiHash = (vmi?.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH];
-    const restartRequired = !!vmi && !FINAL.has(phaseOf(vmi)) && vmiHash !== undefined && vmiHash !== templateHash;
-    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s) => {
-      s.printableStatus = printable;
-      s.ready = ready;
-      s.created = !!vmi && !FINAL.has(phaseOf(vmi));
-      s.runStrategy = runStrategyOf(vm);
-      s.desiredGeneration = vm.metadata.generation;
-      s.observedGeneration = vm.metadata.generation;
-      const why = problem ?? (vmi ? { reason: String((getCondition(vmi, 'Ready')?.reason) || phaseOf(vmi) || 'Pending'), message: getCondition(vmi, 'Ready')?.message ?? '' } : { reason: 'VMINotExists', message: 'VMI does not exist' });
-      setCondition(s, ready ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: why.reason, message: why.message }, false);
-      setCondition(s, paused ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' } : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
-      if (restartRequired) setCondition(s, { type: 'RestartRequired', status: 'True', reason: 'TemplateChanged', message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start' }, false);
-      else if (Array.isArray(s.conditions)) s.conditions = (s.conditions as Obj[]).filter((c) => c.type !== 'RestartRequired');
-    });
-  }
+/** Sets printableStatus, ready, created, conditions and generations in `s` from the VM and its VMI. */
+function describe(s: Obj, vm: KubeObject, vmi: KubeObject | undefined, forced?: string, problem?: { reason: string; message: string }): void {
+  const paused = vmi ? getCondition(vmi, 'Paused')?.status === 'True' : false;
+  const unschedulable = vmi ? getCondition(vmi, 'PodScheduled') : undefined;
+  const printable = forced ?? (
+    !vmi ? 'Stopped'
+      : vmi.metadata.deletionTimestamp ? 'Stopping'
+      : FINAL.has(phaseOf(vmi)) ? 'Stopped'
+      : phaseOf(vmi) === 'Running' ? (paused ? 'Paused' : 'Running')
+      : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable' ? 'ErrorUnschedulable'
+      : 'Starting');
+  const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
+  const templateHash = templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec);
+  const vmiHash = (vmi?.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH];
+  const restartRequired = !!vmi && !FINAL.has(phaseOf(vmi)) && vmiHash !== undefined && vmiHash !== templateHash;
+  s.printableStatus = printable;
+  s.ready = ready;
+  s.created = !!vmi && !FINAL.has(phaseOf(vmi));
+  s.runStrategy = runStrategyOf(vm);
+  s.desiredGeneration = vm.metadata.generation;
+  s.observedGeneration = vm.metadata.generation;
+  const why = problem ?? (vmi ? { reason: String((getCondition(vmi, 'Ready')?.reason) || phaseOf(vmi) || 'Pending'), message: getCondition(vmi, 'Ready')?.message ?? '' } : { reason: 'VMINotExists', message: 'VMI does not exist' });
+  setCondition(s, ready ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: why.reason, message: why.message }, false);
+  setCondition(s, paused ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' } : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
+  if (restartRequired) setCondition(s, { type: 'RestartRequired', status: 'True', reason: 'TemplateChanged', message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start' }, false);
+  else if (Array.isArray(s.conditions)) s.conditions = (s.conditions as Obj[]).filter((c) => c.type !== 'RestartRequired');
 }
 
 function ownerRef(vm: KubeObject): OwnerReference {

@@ -1,0 +1,117 @@
+/**
+ * Scheduler unit tests over the in-memory client (real Resources and SQLite :memory:): Nodes
+ * and VMIs are plain objects written through the API, the scheduler binds or explains.
+ */
+import assert from 'node:assert/strict';
+import { after, test } from 'node:test';
+import { getCondition } from '@vessel/runtime';
+import { refs } from '@vessel/api';
+import { Scheduler } from './scheduler.ts';
+import type { SchedulingSettings } from './scheduling/fit.ts';
+import { agentSets, createNode, InMemoryClient, settle, until } from './testing/harness.ts';
+import type { KubeObject } from '@vessel/runtime';
+
+const { VMIS } = refs;
+
+const started = performance.now();
+after(() => { console.log(`# scheduler.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
+
+type Obj = Record<string, unknown>;
+
+async function setup(settings?: SchedulingSettings) {
+  const c = new InMemoryClient();
+  await c.namespaces('default');
+  const sched = new Scheduler(c, undefined, settings);
+  await sched.start();
+  return { c, async [Symbol.asyncDispose]() { await sched.stop(); c.close(); } };
+}
+
+function vmi(name: string, spec: { memory?: string; cores?: number; cpu?: string; nodeSelector?: Record<string, string>; tolerations?: Obj[] } = {}): KubeObject {
+  return {
+    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name, namespace: 'default' },
+    spec: {
+      domain: { cpu: { cores: spec.cores ?? 1 }, resources: { requests: { memory: spec.memory ?? '1Gi', ...(spec.cpu ? { cpu: spec.cpu } : {}) } }, devices: {} },
+      ...(spec.nodeSelector ? { nodeSelector: spec.nodeSelector } : {}),
+      ...(spec.tolerations ? { tolerations: spec.tolerations } : {}),
+    },
+  };
+}
+
+const statusOf = async (c: InMemoryClient, name: string) => ((await c.get(VMIS, name, { namespace: 'default' })).status ?? {}) as { phase?: string; nodeName?: string };
+const placed = (c: InMemoryClient, name: string) => until(`${name} scheduled`, async () => (await statusOf(c, name)).nodeName);
+const unschedulable = (c: InMemoryClient, name: string) => until(`${name} unschedulable`, async () => {
+  const cond = getCondition({ status: (await c.get(VMIS, name, { namespace: 'default' })).status }, 'PodScheduled');
+  return cond?.status === 'False' && cond.reason === 'Unschedulable' ? cond.message : undefined;
+});
+
+test('binds a VMI to a Ready node in one write: phase Scheduled, nodeName, the node label, PodScheduled', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'node-a');
+  await settle(10);
+  await h.c.create(VMIS, vmi('v'));
+  assert.equal(await placed(h.c, 'v'), 'node-a');
+  const o = await h.c.get(VMIS, 'v', { namespace: 'default' });
+  assert.equal((o.status as { phase: string }).phase, 'Scheduled');
+  assert.equal(o.metadata?.labels?.['kubevirt.io/nodeName'], 'node-a');
+  assert.equal(getCondition({ status: o.status }, 'PodScheduled')?.status, 'True');
+  assert.equal(h.c.count((w) => w.resource === 'virtualmachineinstances' && w.verb !== 'create'), 1);
+});
+
+test('memory: a VMI that fits on no node stays Pending with the reason; a bigger node takes it', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'small', { memory: '2Gi' });
+  await settle(10);
+  await h.c.create(VMIS, vmi('big', { memory: '4Gi' }));
+  assert.match(await unschedulable(h.c, 'big'), /0\/1 nodes are available: 1 Insufficient memory/);
+  assert.equal((await statusOf(h.c, 'big')).phase, 'Pending');
+  await createNode(h.c, 'large', { memory: '16Gi' });
+  assert.equal(await placed(h.c, 'big'), 'large');
+});
+
+test('placed VMIs use up a node; a finished one frees it', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'n', { memory: '3Gi' });
+  await settle(10);
+  await h.c.create(VMIS, vmi('one', { memory: '2Gi' }));
+  await placed(h.c, 'one');
+  await h.c.create(VMIS, vmi('two', { memory: '2Gi' }));
+  assert.match(await unschedulable(h.c, 'two'), /Insufficient memory/);
+  await agentSets(h.c, 'one', 'Succeeded', 'default', 'n');
+  assert.equal(await placed(h.c, 'two'), 'n');
+});
+
+test('cpu overcommit: cpuAllocationRatio decides how many vCPUs a node takes', async () => {
+  // 2 CPUs; 8 vCPUs request 8/ratio CPUs: fits with the default ratio 10, not with ratio 2.
+  for (const [ratio, fits] of [[10, true], [2, false]] as const) {
+    await using h = await setup({ cpuAllocationRatio: ratio });
+    await createNode(h.c, 'n', { cpu: '2' });
+    await settle(10);
+    await h.c.create(VMIS, vmi('c', { cores: 8 }));
+    if (fits) assert.equal(await placed(h.c, 'c'), 'n');
+    else assert.match(await unschedulable(h.c, 'c'), /Insufficient cpu/);
+  }
+});
+
+test('nodeSelector: only a node with the labels', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'plain');
+  await createNode(h.c, 'gpu', { labels: { accel: 'gpu' } });
+  await settle(10);
+  await h.c.create(VMIS, vmi('s', { nodeSelector: { accel: 'gpu' } }));
+  assert.equal(await placed(h.c, 's'), 'gpu');
+  await h.c.create(VMIS, vmi('none', { nodeSelector: { accel: 'tpu' } }));
+  assert.match(await unschedulable(h.c, 'none'), /node affinity\/selector/);
+});
+
+test('taints: NoSchedule keeps VMIs off unless tolerated; a not-Ready node takes none', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'tainted', { taints: [{ key: 'dedicated', value: 'db', effect: 'NoSchedule' }] });
+  await createNode(h.c, 'down', { ready: false });
+  await settle(10);
+  await h.c.create(VMIS, vmi('t'));
+  const why = await unschedulable(h.c, 't');
+  assert.match(why, /0\/2 nodes are available/);
+  assert.match(why, /untolerated taint \{dedicated: db\}/);
+  await h.c.create(VMIS, vmi('tol', { tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'db', effect: 'NoSchedule' }] }));
+  assert.equal(await placed(h.c, 'tol'), 'tainted');
+});
