@@ -4,7 +4,6 @@
  * --force-conflicts, and controllers' status writes next to applies. Also: patches of every
  * flavour nested absurdly deep are refused with a 422 and change nothing.
  */
-import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
@@ -12,10 +11,9 @@ import YAML from 'yaml';
 import * as k8s from '@kubernetes/client-node';
 import { StatusError } from '@vessel/client';
 import type { KubeObject } from '@vessel/client';
-import { run, startVessel, type Vessel } from './harness.ts';
+import { run, startVessel, type Vessel, kubectlFor, KUBECTL_SKIP } from './harness.ts';
 
 const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
-const haveKubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
 
 interface Entry { manager: string; operation: string; subresource?: string; fieldsV1: Record<string, unknown> }
 const entries = (obj: { metadata?: { managedFields?: unknown } }) => (obj.metadata?.managedFields ?? []) as Entry[];
@@ -37,14 +35,9 @@ function vm(name: string, memory: string, labels: Record<string, string> = {}): 
   });
 }
 
-describe('server-side apply with kubectl', { skip: haveKubectl ? false : process.env.CI ? false : 'kubectl is not installed' }, () => {
+describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
   let v: Vessel;
-  const kubectl = (args: string[], input?: string) => run('kubectl', ['--kubeconfig', v.kubeconfig, ...args], { input });
-  const ok = async (args: string[], input?: string) => {
-    const r = await kubectl(args, input);
-    assert.equal(r.code, 0, `kubectl ${args.join(' ')} failed: ${r.err}`);
-    return r.out;
-  };
+  const { kubectl, ok } = kubectlFor(() => v);
   const getYaml = async (what: string[]) => YAML.parse(await ok(['get', ...what, '-o', 'yaml', '--show-managed-fields']));
 
   before(async () => { v = await startVessel(); });

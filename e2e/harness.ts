@@ -2,7 +2,7 @@
  * Starts a real Vessel control plane (API server + controllers) in a temporary data
  * directory for a test, and tears it down. Store: SQLite by default, or a given etcd.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -149,4 +149,18 @@ export async function rejects(p: Promise<unknown>, code: number, match?: RegExp)
     return e;
   }
   assert.fail(`expected HTTP ${code}, but the request succeeded`);
+}
+
+/** kubectl on this machine; without it the kubectl suites skip locally and fail in CI (which must have it). */
+export const KUBECTL_SKIP: string | false = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0 || process.env.CI ? false : 'kubectl is not installed';
+
+/** Runs kubectl against the Vessel `v()` returns (a getter: suites start theirs in before()); `ok` asserts success and returns stdout. */
+export function kubectlFor(v: () => Vessel) {
+  const kubectl = (args: string[], input?: string) => run('kubectl', ['--kubeconfig', v().kubeconfig, ...args], { input });
+  const ok = async (args: string[], input?: string) => {
+    const r = await kubectl(args, input);
+    assert.equal(r.code, 0, `kubectl ${args.join(' ')} failed: ${r.err}`);
+    return r.out;
+  };
+  return { kubectl, ok };
 }

@@ -2,13 +2,12 @@
  * The API's real test: an unmodified kubectl against a Vessel server, doing what a KubeVirt
  * user does with a VirtualMachine (apply, get, watch, patch, explain, delete, api-resources).
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import YAML from 'yaml';
-import { run, startVessel, type Vessel } from './harness.ts';
+import { startVessel, type Vessel, kubectlFor, KUBECTL_SKIP } from './harness.ts';
 
-const haveKubectl = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0;
 
 function vmManifest(name: string, extra: Record<string, unknown> = {}): string {
   return YAML.stringify({
@@ -31,14 +30,9 @@ function vmManifest(name: string, extra: Record<string, unknown> = {}): string {
   });
 }
 
-describe('kubectl against vessel', { skip: haveKubectl ? false : process.env.CI ? false : 'kubectl is not installed' }, () => {
+describe('kubectl against vessel', { skip: KUBECTL_SKIP }, () => {
   let v: Vessel;
-  const kubectl = (args: string[], input?: string) => run('kubectl', ['--kubeconfig', v.kubeconfig, ...args], { input });
-  const ok = async (args: string[], input?: string) => {
-    const r = await kubectl(args, input);
-    assert.equal(r.code, 0, `kubectl ${args.join(' ')} failed: ${r.err}`);
-    return r.out;
-  };
+  const { kubectl, ok } = kubectlFor(() => v);
 
   before(async () => { v = await startVessel(); });
   after(async () => { await v?.close(); });
