@@ -52,3 +52,18 @@ export function isHostOf(cidr: Cidr, ip: number): boolean {
 export function macForIPv4(ip: number): string {
   return ['0a', '58', ...[ip >>> 24, (ip >>> 16) & 255, (ip >>> 8) & 255, ip & 255].map((b) => b.toString(16).padStart(2, '0'))].join(':');
 }
+
+/**
+ * The first host address of `cidr` at or after `from` (wrapping around) that `taken` does not
+ * hold, or undefined when the range is full. Allocators start from a rotating offset so that an
+ * address just released is not handed out again at once.
+ */
+export function firstFree(cidr: Cidr, taken: (ip: number) => boolean, from: number = cidr.base + 1): number | undefined {
+  const hosts = cidr.size - 2;
+  const start = Math.min(Math.max(from - cidr.base - 1, 0), hosts - 1);
+  for (let i = 0; i < hosts; i++) {
+    const ip = cidr.base + 1 + ((start + i) % hosts);
+    if (!taken(ip)) return ip;
+  }
+  return undefined;
+}

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { findByKind } from '../kinds.ts';
 import { validateObject } from '../validate.ts';
-import { macForIPv4, parseCidr, parseIPv4 } from '../ip.ts';
+import { firstFree, macForIPv4, parseCidr, parseIPv4 } from '../ip.ts';
 import type { KubeObject } from '../types.ts';
 
 const fields = (o: KubeObject, old?: KubeObject) => {
@@ -39,4 +39,12 @@ test('an EndpointSlice has a known address type, addresses of that type and vali
   assert.deepEqual(fields(slice({ addressType: 'IPv4', endpoints: [{ addresses: ['web'] }, { addresses: [] }] })), ['endpoints[0].addresses[0]', 'endpoints[1].addresses']);
   assert.deepEqual(fields(slice({ addressType: 'IPv4', endpoints: [], ports: [{ name: 'a', port: 0 }, { name: 'a', port: 80, protocol: 'ICMP' }] })), ['ports[0].port', 'ports[1].name', 'ports[1].protocol']);
   assert.deepEqual(fields(slice({ addressType: 'IPv6', endpoints: [] }), slice({ addressType: 'IPv4', endpoints: [] })), ['addressType']);
+});
+
+test('firstFree skips taken addresses, the network and the broadcast address, and wraps around', () => {
+  const c = parseCidr('10.0.0.0/30')!; // hosts .1 and .2
+  assert.equal(firstFree(c, () => false), parseIPv4('10.0.0.1'));
+  assert.equal(firstFree(c, (ip) => ip === parseIPv4('10.0.0.1')), parseIPv4('10.0.0.2'));
+  assert.equal(firstFree(c, (ip) => ip === parseIPv4('10.0.0.2'), parseIPv4('10.0.0.2')), parseIPv4('10.0.0.1'));
+  assert.equal(firstFree(c, () => true), undefined);
 });
