@@ -17,3 +17,4 @@ export const VMSNAPSHOTS = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachin
 export const VMSNAPSHOTCONTENTS = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshotcontents');
 export const VMRESTORES = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores');
 export const VMCLONES = ref('clone.kubevirt.io', 'v1beta1', 'virtualmachineclones');
+export const IPADDRESSES = ref('networking.k8s.io', 'v1', 'ipaddresses');

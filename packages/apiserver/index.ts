@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { findByResource } from '@vessel/api';
+import { CIDR_PROBLEM, findByResource, ipam, parseCidr } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -32,6 +32,8 @@ export interface ServerOptions {
   /** Every interval, history older than the previous tick's revision is compacted (Kubernetes: 5 minutes). */
   compactIntervalMs?: number;
   log?: (line: string) => void;
+  /** The VM network (default 10.244.0.0/16): admission checks fixed addresses against it. */
+  vmNetworkCidr?: string;
 }
 
 export interface RunningServer {
@@ -57,6 +59,8 @@ export const DEFAULT_STORAGE_CLASSES = [
 ];
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const vmNetwork = parseCidr(opts.vmNetworkCidr ?? ipam.DEFAULT_VM_NETWORK_CIDR);
+  if (!vmNetwork) throw new Error(`invalid VM network CIDR "${opts.vmNetworkCidr}": ${CIDR_PROBLEM}`);
   const { host, port } = parseListen(opts.listen, '127.0.0.1:6443');
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const store = await openStore(opts.store ?? { kind: 'sqlite', path: join(opts.dataDir, 'store.db') });
@@ -68,7 +72,7 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     let serverAddress = `${clientHost}:${port}`;
     const handler = createHandler({
       store, get serverAddress() { return serverAddress; },
-      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log,
+      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log, vmNetwork,
     });
     const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
     const consoles = createUpgradeHandler({ store, resources: new Resources(store), log: opts.log });

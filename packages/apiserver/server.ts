@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import YAML from 'yaml';
 import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/api';
-import type { KindInfo } from '@vessel/api';
+import type { Cidr, KindInfo } from '@vessel/api';
 import { Router, type Params } from '@vessel/http';
 import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
@@ -37,6 +37,8 @@ export interface HandlerOptions {
   serverAddress: string;
   bookmarkIntervalMs: number;
   log?: (line: string) => void;
+  /** The VM network fixed addresses must lie in (default 10.244.0.0/16). */
+  vmNetwork?: Cidr;
 }
 
 /** A parsed resource path: /api/v1/namespaces/ns/plural/name/sub or /apis/g/v/... */
@@ -210,7 +212,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const write: WriteOptions = {
       dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
       force: parseForce(r.q('force')), userAgent: r.req.headers['user-agent'],
-      admit: (obj) => admit(user, resources, info, obj),
+      admit: (obj) => admit(user, resources, info, obj, { vmNetwork: opts.vmNetwork }),
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');

@@ -9,7 +9,8 @@ import type { Command } from 'commander';
 import { defaultDataDir, isNotFound, type ResourceRef } from '@vessel/client';
 import { note, out } from '../context.ts';
 import { qemuPriorityFlag, QEMU_PRIORITY_DEFAULT, QEMU_PRIORITY_HELP } from './agent.ts';
-import { untilSignal } from './server.ts';
+import { untilSignal, vmNetworkFlag, VM_NETWORK_FLAG, VM_NETWORK_HELP } from './server.ts';
+import { ipam } from '@vessel/api';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 
@@ -56,13 +57,15 @@ export function registerUp(program: Command): void {
     .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
     .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
     .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
-    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string }) => {
+    .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
+    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; vmNetworkCidr: string }) => {
+      const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
       const dataDir = flags.dataDir ?? defaultDataDir();
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({
-        dataDir, listen: flags.listen, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
+        dataDir, listen: flags.listen, vmNetworkCidr, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
         agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
       });
       const { ensureTinyImage } = await import('../golden.ts');
