@@ -74,8 +74,8 @@ export function fixedIpField(kind: 'VirtualMachine' | 'VirtualMachineInstance'):
 }
 
 /** The fixed address a VM (template annotation) or VMI (its own annotation) asks for. */
-export function fixedIpOf(obj: { kind?: string; metadata?: unknown; spec?: unknown }): string | undefined {
-  const meta = obj.kind === 'VirtualMachine'
+export function fixedIpOf(kind: 'VirtualMachine' | 'VirtualMachineInstance', obj: { metadata?: unknown; spec?: unknown }): string | undefined {
+  const meta = kind === 'VirtualMachine'
     ? (isObj(obj.spec) && isObj(obj.spec.template) ? obj.spec.template.metadata : undefined)
     : obj.metadata;
   const v = isObj(meta) && isObj(meta.annotations) ? meta.annotations[FIXED_IP] : undefined;

@@ -183,17 +183,18 @@ const DEFAULT_VM_NETWORK = parseCidr(ipam.DEFAULT_VM_NETWORK_CIDR)!;
  */
 export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK): Promise<void> {
   if (info.group !== 'kubevirt.io' || (info.kind !== 'VirtualMachine' && info.kind !== 'VirtualMachineInstance')) return;
-  const value = ipam.fixedIpOf(obj);
+  const kind = info.kind;
+  const value = ipam.fixedIpOf(kind, obj);
   if (value === undefined) return;
   const vmOwned = (obj.metadata?.ownerReferences ?? []).some((r) => r.kind === 'VirtualMachine' && r.controller);
-  if (info.kind === 'VirtualMachineInstance' && vmOwned) return;
+  if (kind === 'VirtualMachineInstance' && vmOwned) return;
   const ns = obj.metadata?.namespace ?? 'default';
   const name = obj.metadata?.name ?? '';
   if (obj.metadata?.uid) {
     const stored = await getOrUndefined(reader, info, ns, name);
-    if (stored && ipam.fixedIpOf(stored) === value) return;
+    if (stored && ipam.fixedIpOf(kind, stored) === value) return;
   }
-  const field = ipam.fixedIpField(info.kind);
+  const field = ipam.fixedIpField(kind);
   const cause = ipam.fixedIpProblem(field, value, cidr);
   if (cause) throw invalid(info.kind, info.group, name, [cause]);
   const holder = await getOrUndefined(reader, IPADDRESSES, '', value);

@@ -151,13 +151,13 @@ export class IpamController extends Controller {
       const template = (vm?.spec as Obj | undefined)?.template as Obj | undefined;
       const iface = ipam.podInterface(template?.spec);
       if (!vm || !iface) return undefined;
-      return { ref: { group: 'kubevirt.io', resource, namespace, name }, obj: vm, uid: vm.metadata.uid ?? '', iface, fixed: ipam.fixedIpOf(vm), fixedField: ipam.fixedIpField('VirtualMachine') };
+      return { ref: { group: 'kubevirt.io', resource, namespace, name }, obj: vm, uid: vm.metadata.uid ?? '', iface, fixed: ipam.fixedIpOf('VirtualMachine', vm), fixedField: ipam.fixedIpField('VirtualMachine') };
     }
     if (resource === 'virtualmachineinstances') {
       const vmi = this.vmis.get(`${namespace}/${name}`);
       const iface = vmi && !ownedByVm(vmi) ? ipam.podInterface(vmi.spec) : undefined;
       if (!vmi || !iface) return undefined;
-      return { ref: { group: 'kubevirt.io', resource, namespace, name }, obj: vmi, uid: vmi.metadata.uid ?? '', iface, fixed: ipam.fixedIpOf(vmi), fixedField: ipam.fixedIpField('VirtualMachineInstance') };
+      return { ref: { group: 'kubevirt.io', resource, namespace, name }, obj: vmi, uid: vmi.metadata.uid ?? '', iface, fixed: ipam.fixedIpOf('VirtualMachineInstance', vmi), fixedField: ipam.fixedIpField('VirtualMachineInstance') };
     }
     return undefined;
   }
