@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { ipam, macForIPv4, parseIPv4, refs } from '@vessel/api';
 import type { KubeObject } from '@vessel/runtime';
+import type { KubeObject as ApiObject, ResourceRef, Watch, WatchEvent, WatchOptions } from '@vessel/client';
 import { ADDRESS_CONDITION, IpamController, type IpamOptions } from './ipam.ts';
 import { VirtualMachineController } from './vm.ts';
 import { createNode, InMemoryClient, NODES, settle, tryGet, until, vmObject, vmStatus } from './testing/harness.ts';
@@ -16,8 +17,8 @@ const EVENTS = { group: '', version: 'v1', plural: 'events', namespaced: true };
 const started = performance.now();
 after(() => { console.log(`# ipam.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
 
-async function setup(opts: IpamOptions & { vmController?: boolean; before?: (c: InMemoryClient) => Promise<void> } = {}) {
-  const c = new InMemoryClient();
+async function setup(opts: IpamOptions & { vmController?: boolean; before?: (c: InMemoryClient) => Promise<void>; client?: InMemoryClient } = {}) {
+  const c = opts.client ?? new InMemoryClient();
   await c.namespaces('default');
   await opts.before?.(c);
   const ctl = new IpamController(c, undefined, opts);
@@ -105,6 +106,30 @@ test('one address per VM, however often it is reconciled; many VMs at once get d
   assert.equal(all.length, 21);
   assert.equal(new Set(all.map((a) => ipam.parentKey((a.spec as { parentRef: ipam.ParentRef }).parentRef))).size, 21);
   assert.equal((await addressesOf(h.c, 'virtualmachines/default/r')).length, 1);
+  // No second allocation was made and released behind the scenes either.
+  assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'create'), 21);
+  assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'delete'), 0);
+});
+
+/** Delivers IPAddress watch events late: reconciles then run before the cache has the controller's own creates. */
+class LaggingClient extends InMemoryClient {
+  override watchResource<T extends ApiObject = ApiObject>(res: ResourceRef, opts: WatchOptions, onEvent: (event: WatchEvent<T>) => void): Watch {
+    if (res.plural !== 'ipaddresses') return super.watchResource<T>(res, opts, onEvent);
+    return super.watchResource<T>(res, opts, (ev) => { setTimeout(() => onEvent(ev), 40); });
+  }
+}
+
+test('one address per VM even when the address cache lags behind the controller\'s own creates', async () => {
+  await using h = await setup({ client: new LaggingClient() });
+  await h.c.create(VMS, vm('lag'));
+  for (let i = 0; i < 10; i++) {
+    await h.c.patch(VMS, 'lag', { metadata: { labels: { n: String(i) } } }, { namespace: 'default' });
+    await settle(3);
+  }
+  await oneAddress(h.c, 'virtualmachines/default/lag');
+  await settle(80);
+  assert.equal((await addressesOf(h.c, 'virtualmachines/default/lag')).length, 1);
+  assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'create'), 1);
 });
 
 test('deleting the VM (or a standalone VMI) releases its address', async () => {

@@ -110,7 +110,11 @@ export class IpamController extends Controller {
     this.resyncMs = opts.resyncMs ?? 300_000;
     this.events = new EventRecorder(client, 'ipam-controller');
     this.vms = this.inform(VMS, (vm) => [`virtualmachines/${cacheKey(vm)}`]);
-    this.vmis = this.inform(VMIS, (vmi) => (ownedByVm(vmi) ? [] : [`virtualmachineinstances/${cacheKey(vmi)}`]));
+    // A VM's VMI is not a parent (its VM is), unless it holds an address from before it had an owner.
+    this.vmis = this.inform(VMIS, (vmi) => {
+      const key = `virtualmachineinstances/${cacheKey(vmi)}`;
+      return ownedByVm(vmi) && this.addresses.byIndex(BY_PARENT, key).length === 0 ? [] : [key];
+    });
     this.nodes = this.inform(NODES, (n) => [`nodes/${n.metadata.name}`]);
     this.addresses = this.inform(IPADDRESSES, (a) => this.keysOfAddress(a)).addIndex(BY_PARENT, byParent);
   }
@@ -272,7 +276,12 @@ export class IpamController extends Controller {
     const { labels, annotations } = this.metadataFor(a.metadata.name, want);
     const stale = (have: Record<string, string>, need: Record<string, string>) => Object.entries(need).some(([k, v]) => have[k] !== v);
     if (!stale(labelsOf(a), labels) && !stale(annotationsOf(a), annotations)) return;
-    await this.client.patch(IPADDRESSES, a.metadata.name, { metadata: { labels, annotations } });
+    try {
+      await this.client.patch(IPADDRESSES, a.metadata.name, { metadata: { labels, annotations } });
+    } catch (e) {
+      // Deleted meanwhile: its delete event brings the parent back here for a new one.
+      if (!isStatusError(e, 'NotFound')) throw e;
+    }
   }
 
   /** Deletes an allocation (that incarnation only); `want`: the parent keeps living, so it hears of it. */
