@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { ipam, macForIPv4, parseIPv4, refs } from '@vessel/api';
+import { ipam, macForIPv4, parseCidr, parseIPv4, refs } from '@vessel/api';
 import type { KubeObject } from '@vessel/runtime';
 import type { KubeObject as ApiObject, ResourceRef, Watch, WatchEvent, WatchOptions } from '@vessel/client';
-import { ADDRESS_CONDITION, IpamController, type IpamOptions } from './ipam.ts';
+import { ADDRESS_CONDITION, IpamController, staticBand, type IpamOptions } from './ipam.ts';
 import { VirtualMachineController } from './vm.ts';
 import { createNode, InMemoryClient, NODES, settle, tryGet, until, vmObject, vmStatus } from './testing/harness.ts';
 
@@ -54,7 +54,8 @@ test('a VM on the pod network gets one address as soon as it is created, with it
   await h.c.create(VMS, vm('a'));
   const a = await oneAddress(h.c, 'virtualmachines/default/a');
   const ip = parseIPv4(a.metadata!.name!)!;
-  assert.ok(a.metadata!.name!.startsWith('10.244.'), a.metadata!.name);
+  // Above the static band (10.244.0.1 to 10.244.1.0), which is left for fixed addresses.
+  assert.ok(ip > parseIPv4('10.244.1.0')! && ip < parseIPv4('10.244.255.255')!, a.metadata!.name);
   assert.deepEqual(a.spec, { parentRef: { group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'default', name: 'a' } });
   assert.equal(a.metadata!.labels![ipam.NETWORK_LABEL], 'cluster');
   assert.equal(a.metadata!.labels![ipam.INTERFACE_LABEL], 'eth0');
@@ -273,4 +274,14 @@ test('an invalid range is refused when the controller is made', () => {
   const c = new InMemoryClient();
   assert.throws(() => new IpamController(c, undefined, { cidr: '10.244.0.1/16' }), /invalid VM network CIDR "10\.244\.0\.1\/16": must be an IPv4 range such as 10\.244\.0\.0\/16/);
   c.close();
+});
+
+test('dynamic addresses leave the start of the range to fixed ones, as Kubernetes splits ClusterIPs', async () => {
+  assert.equal(staticBand(parseCidr('10.244.0.0/16')!), 256);
+  assert.equal(staticBand(parseCidr('10.244.0.0/24')!), 16);
+  assert.equal(staticBand(parseCidr('10.244.0.0/20')!), 256);
+  assert.equal(staticBand(parseCidr('10.9.0.0/27')!), 0);
+  await using h = await setup({ cidr: '10.8.0.0/24' });
+  await h.c.create(VMS, vm('first'));
+  assert.equal((await oneAddress(h.c, 'virtualmachines/default/first')).metadata!.name, '10.8.0.17');
 });

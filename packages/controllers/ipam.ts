@@ -78,6 +78,15 @@ function byParent(a: KubeObject): string[] {
 
 const ownedByVm = (o: KubeObject) => (o.metadata.ownerReferences ?? []).some((r) => r.kind === 'VirtualMachine' && r.controller);
 
+/**
+ * How many host addresses at the start of the range dynamic allocation leaves for fixed ones
+ * until the rest is full (Kubernetes' ClusterIP allocator, KEP-3070: min(max(16, size/16), 256));
+ * none in ranges under 64 addresses, which are too small to split.
+ */
+export function staticBand(cidr: Cidr): number {
+  return cidr.size < 64 ? 0 : Math.min(Math.max(16, cidr.size / 16), 256);
+}
+
 /** Parses a vmNetworkCidr option; throws with the flag's rule when it is not a usable range. */
 export function vmNetworkCidr(text: string = ipam.DEFAULT_VM_NETWORK_CIDR): Cidr {
   const cidr = parseCidr(text);
@@ -96,6 +105,8 @@ export class IpamController extends Controller {
   private resyncTimer?: NodeJS.Timeout;
   /** Where the next search for a free address starts, so an address just released is not handed out again at once. */
   private next: number;
+  /** The first address of the dynamic band: below it, the static band fixed addresses are best picked from. */
+  private readonly dynamic: number;
   /** Parent key → the IPAddress this controller created for it, until the cache has it (a reconcile may run before). */
   private readonly created = new Map<string, KubeObject>();
   /** Parent key → the address it waits for ('' = any: the range was full), so a release wakes it. */
@@ -106,7 +117,8 @@ export class IpamController extends Controller {
   constructor(client: Client, log?: Log, opts: IpamOptions = {}) {
     super('ipam', client, log);
     this.cidr = vmNetworkCidr(opts.cidr);
-    this.next = this.cidr.base + 1;
+    this.dynamic = this.cidr.base + 1 + staticBand(this.cidr);
+    this.next = this.dynamic;
     this.resyncMs = opts.resyncMs ?? 300_000;
     this.events = new EventRecorder(client, 'ipam-controller');
     this.vms = this.inform(VMS, (vm) => [`virtualmachines/${cacheKey(vm)}`]);
@@ -227,7 +239,7 @@ export class IpamController extends Controller {
         this.waiting.set(key, '');
         return { reason: IpamReason.RangeFull, message: `no free address in the VM network ${this.cidr.text} (${this.cidr.size - 2} host addresses, all held): delete VMs, or start the server with a larger --vm-network-cidr` };
       }
-      this.next = ip + 1 >= this.cidr.base + this.cidr.size - 1 ? this.cidr.base + 1 : ip + 1;
+      this.next = ip + 1 >= this.cidr.base + this.cidr.size - 1 ? this.dynamic : ip + 1;
       if (await this.create(key, ip, want)) return undefined;
       tried.add(ip);
     }
