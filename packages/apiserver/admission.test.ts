@@ -186,6 +186,12 @@ test('a fixed address (ipam.vessel.io/ip): refused, naming the annotation, when 
   const e = await refused(admitFixedAddress(other, VMIS, vmi(false)), 422);
   assert.equal(e.details?.causes?.[0].field, 'metadata.annotations[ipam.vessel.io/ip]');
   await admitFixedAddress(other, VMIS, vmi(true));
+  // A tenant is not told who holds it in another namespace.
+  const tenant = { name: 'alice', groups: ['vessel:tenant:ns1'] };
+  const elsewhere = reader({ 'ipaddresses//10.244.0.5': held({ group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'ns2', name: 'secret-vm' }) });
+  const hidden = await refused(admit(tenant, elsewhere, VMS, vmWith('10.244.0.5')), 422);
+  assert.equal(hidden.details?.causes?.[0].message, 'Invalid value: "10.244.0.5": already held by another parent: pick a free address (kubectl get ipaddresses)');
+  assert.match((await refused(admit(tenant, other, VMS, vmWith('10.244.0.5')), 422)).message, /already held by virtualmachines\/ns1\/vm2/);
   // Through admit(), for every user, with the server's range.
   await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
 });

@@ -162,7 +162,7 @@ export async function admit(user: User, reader: ObjectReader, info: KindInfo, ob
   await admitReservedKeys(user, reader, info, obj);
   await admitReferences(reader, info, obj);
   await admitClaimResize(reader, info, obj);
-  await admitFixedAddress(reader, info, obj, opts.vmNetwork);
+  await admitFixedAddress(reader, info, obj, opts.vmNetwork, user);
 }
 
 /** What admission needs from the server's configuration. */
@@ -181,7 +181,7 @@ const DEFAULT_VM_NETWORK = parseCidr(ipam.DEFAULT_VM_NETWORK_CIDR)!;
  * changes; an update that keeps it is not refused because the world changed since. A VMI a VM
  * owns carries its template's annotation, but the VM is the parent: it is not checked again.
  */
-export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK): Promise<void> {
+export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK, user?: User): Promise<void> {
   if (info.group !== 'kubevirt.io' || (info.kind !== 'VirtualMachine' && info.kind !== 'VirtualMachineInstance')) return;
   const kind = info.kind;
   const value = ipam.fixedIpOf(kind, obj);
@@ -201,7 +201,14 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
   if (!holder) return;
   const p = ((holder.spec as Obj | undefined)?.parentRef ?? {}) as Partial<ipam.ParentRef>;
   if (p.group === 'kubevirt.io' && p.resource === info.plural && p.namespace === ns && p.name === name) return;
-  const by = p.resource && p.name ? ipam.parentKey(p as ipam.ParentRef) : 'another parent';
+  // The holder is named only to those who may read it: a tenant learns nothing of another namespace.
+  let by = 'another parent';
+  if (p.resource && p.name) {
+    try {
+      if (user) authorize(user, { verb: 'get', group: p.group ?? '', resource: p.resource, namespace: p.namespace, name: p.name });
+      by = ipam.parentKey(p as ipam.ParentRef);
+    } catch { /* not readable by this user: left unnamed */ }
+  }
   throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: already held by ${by}: pick a free address (kubectl get ipaddresses)` }]);
 }
 

@@ -76,6 +76,13 @@ function byParent(a: KubeObject): string[] {
   return [ipam.parentKey(p as ipam.ParentRef)];
 }
 
+/** Who holds an address, as the parent's status may say it: a tenant's VM learns nothing of another namespace. */
+function holderOf(p: Partial<ipam.ParentRef>, namespace: string | undefined): string {
+  if (!p.resource || !p.name) return 'another parent';
+  if (p.resource === 'nodes') return `the gateway of node ${p.name}`;
+  return p.namespace === namespace ? ipam.parentKey(p as ipam.ParentRef) : 'a parent in another namespace';
+}
+
 const ownedByVm = (o: KubeObject) => (o.metadata.ownerReferences ?? []).some((r) => r.kind === 'VirtualMachine' && r.controller);
 
 /**
@@ -226,7 +233,7 @@ export class IpamController extends Controller {
     if (await this.create(key, ip, want)) return undefined;
     this.waiting.set(key, want.fixed!);
     const holder: ApiObject | undefined = this.addresses.get(want.fixed!) ?? await this.client.get(IPADDRESSES, want.fixed!).catch(() => undefined);
-    const by = holder ? ` by ${ipam.parentKey(parentRefOf(holder) as ipam.ParentRef)}` : '';
+    const by = holder ? ` by ${holderOf(parentRefOf(holder), want.ref.namespace)}` : '';
     return { reason: IpamReason.Conflict, message: `the fixed address ${want.fixed} (${field}) is already held${by}: it is not replaced by another; it is taken once released` };
   }
 
