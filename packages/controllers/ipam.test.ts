@@ -285,3 +285,15 @@ test('dynamic addresses leave the start of the range to fixed ones, as Kubernete
   await h.c.create(VMS, vm('first'));
   assert.equal((await oneAddress(h.c, 'virtualmachines/default/first')).metadata!.name, '10.8.0.17');
 });
+
+test('resyncs of a steady state write nothing', async () => {
+  await using h = await setup({ resyncMs: 10 });
+  await createNode(h.c, 'node-a');
+  await h.c.create(VMS, vm('steady'));
+  await oneAddress(h.c, 'virtualmachines/default/steady');
+  await oneAddress(h.c, 'nodes/node-a');
+  await settle(20);
+  const writes = h.c.count();
+  await settle(60);
+  assert.equal(h.c.count(), writes, JSON.stringify(h.c.writes.slice(writes)));
+});

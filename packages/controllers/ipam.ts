@@ -156,9 +156,12 @@ export class IpamController extends Controller {
     clearInterval(this.resyncTimer);
   }
 
+  /** Every allocation's parent and every possible parent again: reconciles that find all in order write nothing. */
   private resync(): void {
     for (const a of this.addresses.list()) for (const k of byParent(a)) this.queue.add(k);
-    for (const k of this.waiting.keys()) this.queue.add(k);
+    for (const vm of this.vms.list()) this.queue.add(`virtualmachines/${cacheKey(vm)}`);
+    for (const vmi of this.vmis.list()) if (!ownedByVm(vmi)) this.queue.add(`virtualmachineinstances/${cacheKey(vmi)}`);
+    for (const node of this.nodes.list()) this.queue.add(`nodes/${node.metadata.name}`);
   }
 
   /** What the parent behind `key` should hold, from the caches; undefined: nothing. */
@@ -232,6 +235,7 @@ export class IpamController extends Controller {
     const ip = parseIPv4(want.fixed!)!;
     if (await this.create(key, ip, want)) return undefined;
     this.waiting.set(key, want.fixed!);
+    // Only for the message: the cache may not have the holder yet, and a failed read just leaves it unnamed.
     const holder: ApiObject | undefined = this.addresses.get(want.fixed!) ?? await this.client.get(IPADDRESSES, want.fixed!).catch(() => undefined);
     const by = holder ? ` by ${holderOf(parentRefOf(holder), want.ref.namespace)}` : '';
     return { reason: IpamReason.Conflict, message: `the fixed address ${want.fixed} (${field}) is already held${by}: it is not replaced by another; it is taken once released` };
