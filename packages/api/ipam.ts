@@ -81,3 +81,16 @@ export function fixedIpOf(kind: 'VirtualMachine' | 'VirtualMachineInstance', obj
   const v = isObj(meta) && isObj(meta.annotations) ? meta.annotations[FIXED_IP] : undefined;
   return typeof v === 'string' ? v : undefined;
 }
+
+/**
+ * The parent whose allocation a VMI's pod interface uses: its VM (the controller owner) when it
+ * has one, else the VMI itself. What an agent looks up (by parent and `vessel.io/parent-uid`)
+ * before it launches a VMI.
+ */
+export function vmiParent(vmi: { metadata?: { name?: string; namespace?: string; uid?: string; ownerReferences?: { kind: string; name: string; uid: string; controller?: boolean }[] } }): ParentRef & { uid: string } {
+  const meta = vmi.metadata ?? {};
+  const vm = (meta.ownerReferences ?? []).find((r) => r.kind === 'VirtualMachine' && r.controller);
+  return vm
+    ? { group: 'kubevirt.io', resource: 'virtualmachines', namespace: meta.namespace, name: vm.name, uid: vm.uid }
+    : { group: 'kubevirt.io', resource: 'virtualmachineinstances', namespace: meta.namespace, name: meta.name ?? '', uid: meta.uid ?? '' };
+}
