@@ -51,6 +51,9 @@ describe('IPAM through the API', { skip: KUBECTL_SKIP }, () => {
     const out = await rejects(v.client.create(VMS, vmOnPod('clash', '10.244.0.5'), { namespace: 'default' }), 422, /must be in the VM network 10\.250\.0\.0\/24/);
     assert.deepEqual(out.causes.map((c) => c.field), [field]);
     await rejects(v.client.get(VMS, 'clash', { namespace: 'default' }), 404);
+    // Back to back, before the controller has allocated for the first: the second is refused all the same.
+    await v.client.create(VMS, vmOnPod('quick', '10.250.0.60'), { namespace: 'default' });
+    await rejects(v.client.create(VMS, vmOnPod('quick2', '10.250.0.60'), { namespace: 'default' }), 422, /already (held|asked for) by virtualmachines\/default\/quick:/);
     // Moving an existing VM onto a held address is refused the same way.
     await rejects(v.client.patch(VMS, 'web', { spec: { template: { metadata: { annotations: { 'ipam.vessel.io/ip': '10.250.0.50' } } } } }, { namespace: 'default' }), 422, /already held/);
   });

@@ -17,7 +17,8 @@ function reader(objects: Record<string, KubeObject>): ObjectReader {
       return o;
     },
     list: async (info: KindInfo, ns: string | undefined) => ({
-      items: Object.entries(objects).filter(([k]) => k.startsWith(`${info.plural}/${ns}/`)).map(([, o]) => o),
+      // No namespace: every namespace, as Resources lists.
+      items: Object.entries(objects).filter(([k]) => k.startsWith(ns === undefined ? `${info.plural}/` : `${info.plural}/${ns}/`)).map(([, o]) => o),
     }),
   };
 }
@@ -192,6 +193,13 @@ test('a fixed address (ipam.vessel.io/ip): refused, naming the annotation, when 
   const hidden = await refused(admit(tenant, elsewhere, VMS, vmWith('10.244.0.5')), 422);
   assert.equal(hidden.details?.causes?.[0].message, 'Invalid value: "10.244.0.5": already held by another parent: pick a free address (kubectl get ipaddresses)');
   assert.match((await refused(admit(tenant, other, VMS, vmWith('10.244.0.5')), 422)).message, /already held by virtualmachines\/ns1\/vm2/);
+  // Asked for by another VM (or standalone VMI) that has no allocation yet: refused too; a VM's own VMI does not count.
+  const asked = (extra: Record<string, KubeObject> = {}) => reader({ 'virtualmachines/ns2/first': { ...vmWith('10.244.0.5', 'first', 'u0'), metadata: { name: 'first', namespace: 'ns2', uid: 'u0' } }, ...extra });
+  const pending = await refused(admit({ name: 'agent', groups: ['system:masters'] }, asked(), VMS, vmWith('10.244.0.5')), 422);
+  assert.equal(pending.details?.causes?.[0].message, 'Invalid value: "10.244.0.5": already asked for by virtualmachines/ns2/first: pick a free address (kubectl get ipaddresses)');
+  assert.match((await refused(admit(tenant, asked(), VMS, vmWith('10.244.0.5')), 422)).message, /already asked for by another parent:/);
+  const ownVmi: KubeObject = { ...vmi(true), metadata: { ...vmi(true).metadata, namespace: 'ns3', name: 'x' } };
+  await admitFixedAddress(reader({ 'virtualmachineinstances/ns3/x': ownVmi }), VMS, vmWith('10.244.0.5'));
   // Through admit(), for every user, with the server's range.
   await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
 });

@@ -198,18 +198,32 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
   const cause = ipam.fixedIpProblem(field, value, cidr);
   if (cause) throw invalid(info.kind, info.group, name, [cause]);
   const holder = await getOrUndefined(reader, IPADDRESSES, '', value);
-  if (!holder) return;
-  const p = ((holder.spec as Obj | undefined)?.parentRef ?? {}) as Partial<ipam.ParentRef>;
-  if (p.group === 'kubevirt.io' && p.resource === info.plural && p.namespace === ns && p.name === name) return;
-  // The holder is named only to those who may read it: a tenant learns nothing of another namespace.
+  const p = ((holder?.spec as Obj | undefined)?.parentRef ?? {}) as Partial<ipam.ParentRef>;
+  const self = (q: Partial<ipam.ParentRef>) => q.group === 'kubevirt.io' && q.resource === info.plural && q.namespace === ns && q.name === name;
+  let clash: { parent: Partial<ipam.ParentRef>; verb: string } | undefined = holder && !self(p) ? { parent: p, verb: 'already held by' } : undefined;
+  // Two VMs stored one after the other with one address would both pass the check above
+  // before the controller allocates for the first: what others ask for counts too.
+  if (!clash) {
+    for (const other of [VMS, VMIS]) {
+      const asking = (await reader.list(other, undefined, {})).items.find((o) => {
+        if (other === VMIS && (o.metadata?.ownerReferences ?? []).some((r) => r.kind === 'VirtualMachine' && r.controller)) return false;
+        const parent = { group: 'kubevirt.io', resource: other.plural, namespace: o.metadata?.namespace, name: o.metadata?.name };
+        return !self(parent) && ipam.fixedIpOf(other.kind as 'VirtualMachine' | 'VirtualMachineInstance', o) === value;
+      });
+      if (asking) { clash = { parent: { group: 'kubevirt.io', resource: other.plural, namespace: asking.metadata?.namespace, name: asking.metadata?.name }, verb: 'already asked for by' }; break; }
+    }
+  }
+  if (!clash) return;
+  // The other parent is named only to those who may read it: a tenant learns nothing of another namespace.
   let by = 'another parent';
-  if (p.resource && p.name) {
+  const q = clash.parent;
+  if (q.resource && q.name) {
     try {
-      if (user) authorize(user, { verb: 'get', group: p.group ?? '', resource: p.resource, namespace: p.namespace, name: p.name });
-      by = ipam.parentKey(p as ipam.ParentRef);
+      if (user) authorize(user, { verb: 'get', group: q.group ?? '', resource: q.resource, namespace: q.namespace, name: q.name });
+      by = ipam.parentKey(q as ipam.ParentRef);
     } catch { /* not readable by this user: left unnamed */ }
   }
-  throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: already held by ${by}: pick a free address (kubectl get ipaddresses)` }]);
+  throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: ${clash.verb} ${by}: pick a free address (kubectl get ipaddresses)` }]);
 }
 
 /**
