@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { parseCidr } from './ip.ts';
-import { fixedIpProblem, podInterface, vmiParent } from './ipam.ts';
+import { fixedIpProblem, podInterface, vmiParent, vmNetwork, VmNetworkCidrError } from './ipam.ts';
 
 test('podInterface: the interface named by the pod network; KubeVirt\'s default when the spec names none', () => {
   const spec = (interfaces: unknown[], networks: unknown[], devices: Record<string, unknown> = {}) => ({ domain: { devices: { interfaces, ...devices } }, networks });
@@ -31,4 +31,12 @@ test('vmiParent: the VM that owns the VMI, else the VMI', () => {
     { group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'ns', name: 'a', uid: 'vm-uid' });
   assert.deepEqual(vmiParent({ metadata: { name: 'solo', namespace: 'ns', uid: 'vmi-uid' } }),
     { group: 'kubevirt.io', resource: 'virtualmachineinstances', namespace: 'ns', name: 'solo', uid: 'vmi-uid' });
+});
+
+test('vmNetwork: the default, a given range, or VmNetworkCidrError (code InvalidVmNetworkCidr) with the rule', () => {
+  assert.equal(vmNetwork().text, '10.244.0.0/16');
+  assert.equal(vmNetwork('10.9.0.0/24').size, 256);
+  for (const bad of ['10.244.0.1/16', '10.244.0.0/31', 'fd00::/64', '']) {
+    assert.throws(() => vmNetwork(bad), (e: unknown) => e instanceof VmNetworkCidrError && e.code === 'InvalidVmNetworkCidr' && e.message === `invalid VM network CIDR "${bad}": must be an IPv4 range such as 10.244.0.0/16: host bits zero, prefix length 8 to 30`);
+  }
 });

@@ -5,10 +5,26 @@
  * node agents all read these, so the keys live here once.
  */
 import { invalid } from './errors.ts';
-import { isHostOf, parseIPv4, type Cidr } from './ip.ts';
+import { CIDR_PROBLEM, isHostOf, parseCidr, parseIPv4, type Cidr } from './ip.ts';
 import type { FieldCause } from './types.ts';
 
 export const DEFAULT_VM_NETWORK_CIDR = '10.244.0.0/16';
+
+/** A vmNetworkCidr option that is not a usable range (code `InvalidVmNetworkCidr`): the server and controllers refuse to start. */
+export class VmNetworkCidrError extends Error {
+  readonly code = 'InvalidVmNetworkCidr';
+  constructor(readonly value: string) {
+    super(`invalid VM network CIDR "${value}": ${CIDR_PROBLEM}`);
+    this.name = 'VmNetworkCidrError';
+  }
+}
+
+/** The VM network of a vmNetworkCidr option (default 10.244.0.0/16); throws VmNetworkCidrError. */
+export function vmNetwork(text: string = DEFAULT_VM_NETWORK_CIDR): Cidr {
+  const cidr = parseCidr(text);
+  if (!cidr) throw new VmNetworkCidrError(text);
+  return cidr;
+}
 
 /** A user option (not reserved: a subdomain of vessel.io) on a VM template or a standalone VMI: the address to hold. */
 export const FIXED_IP = 'ipam.vessel.io/ip';

@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { CIDR_PROBLEM, findByResource, ipam, parseCidr } from '@vessel/api';
+import { findByResource, ipam } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -59,8 +59,7 @@ export const DEFAULT_STORAGE_CLASSES = [
 ];
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
-  const vmNetwork = parseCidr(opts.vmNetworkCidr ?? ipam.DEFAULT_VM_NETWORK_CIDR);
-  if (!vmNetwork) throw new Error(`invalid VM network CIDR "${opts.vmNetworkCidr}": ${CIDR_PROBLEM}`);
+  const vmNetwork = ipam.vmNetwork(opts.vmNetworkCidr); // a bad range stops the server before it starts
   const { host, port } = parseListen(opts.listen, '127.0.0.1:6443');
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const store = await openStore(opts.store ?? { kind: 'sqlite', path: join(opts.dataDir, 'store.db') });

@@ -20,7 +20,7 @@
  * a VM deleted and re-created under the same name), are released: on the parent's delete event,
  * at start (the first list), and at every resync.
  */
-import { CIDR_PROBLEM, firstFree, formatIPv4, ipam, macForIPv4, parseCidr, parseIPv4, refs, type Cidr, type KubeObject as ApiObject } from '@vessel/api';
+import { firstFree, formatIPv4, ipam, macForIPv4, parseIPv4, refs, type Cidr, type KubeObject as ApiObject } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 
@@ -94,12 +94,8 @@ export function staticBand(cidr: Cidr): number {
   return cidr.size < 64 ? 0 : Math.min(Math.max(16, cidr.size / 16), 256);
 }
 
-/** Parses a vmNetworkCidr option; throws with the flag's rule when it is not a usable range. */
-export function vmNetworkCidr(text: string = ipam.DEFAULT_VM_NETWORK_CIDR): Cidr {
-  const cidr = parseCidr(text);
-  if (!cidr) throw new Error(`invalid VM network CIDR "${text}": ${CIDR_PROBLEM}`);
-  return cidr;
-}
+/** Parses a vmNetworkCidr option; throws (code InvalidVmNetworkCidr) with the rule when it is not a usable range. */
+export const vmNetworkCidr = (text?: string): Cidr => ipam.vmNetwork(text);
 
 export class IpamController extends Controller {
   private readonly cidr: Cidr;
