@@ -23,7 +23,7 @@ function vmOnPod(name: string, fixed?: string): KubeObject {
 
 describe('IPAM through the API', { skip: KUBECTL_SKIP }, () => {
   let v: Vessel;
-  const { ok } = kubectlFor(() => v);
+  const { kubectl, ok } = kubectlFor(() => v);
   const addressOf = (name: string) => eventually(`${name}'s address`, async () =>
     (await v.client.list(IPADDRESSES)).items.find((a) => (a.spec as { parentRef: { name: string } }).parentRef.name === name));
 
@@ -42,6 +42,11 @@ describe('IPAM through the API', { skip: KUBECTL_SKIP }, () => {
     assert.match(table, /^10\.250\.0\.50\s+virtualmachines\.kubevirt\.io\/default\/pinned\s*$/m);
     const labelled = await ok(['get', 'ipaddresses', '-l', 'vessel.io/network=cluster,vessel.io/interface=eth0', '-o', 'name']);
     assert.match(labelled, /ipaddress\.networking\.k8s\.io\/10\.250\.0\.50/);
+    // The Event follows the allocation.
+    await eventually('the AddressAllocated event', async () => {
+      const events = await ok(['get', 'events', '-o', 'jsonpath={range .items[*]}{.involvedObject.name} {.reason} {.message}{"\\n"}{end}']);
+      return /^pinned AddressAllocated Allocated 10\.250\.0\.50 in 10\.250\.0\.0\/24 to interface eth0 \(MAC 0a:58:0a:fa:00:32\)$/m.test(events) || undefined;
+    }, 10_000);
   });
 
   it('refuses a fixed address another VM holds, or one outside the range, naming the field; nothing is stored', async () => {
@@ -51,6 +56,10 @@ describe('IPAM through the API', { skip: KUBECTL_SKIP }, () => {
     const out = await rejects(v.client.create(VMS, vmOnPod('clash', '10.244.0.5'), { namespace: 'default' }), 422, /must be in the VM network 10\.250\.0\.0\/24/);
     assert.deepEqual(out.causes.map((c) => c.field), [field]);
     await rejects(v.client.get(VMS, 'clash', { namespace: 'default' }), 404);
+    // As kubectl prints it.
+    const r = await kubectl(['create', '-f', '-'], JSON.stringify(vmOnPod('clash', '10.250.0.50')));
+    assert.equal(r.code, 1);
+    assert.match(r.err, /spec\.template\.metadata\.annotations\[ipam\.vessel\.io\/ip\]: Invalid value: "10\.250\.0\.50": already held by virtualmachines\/default\/pinned/);
     // Back to back, before the controller has allocated for the first: the second is refused all the same.
     await v.client.create(VMS, vmOnPod('quick', '10.250.0.60'), { namespace: 'default' });
     await rejects(v.client.create(VMS, vmOnPod('quick2', '10.250.0.60'), { namespace: 'default' }), 422, /already (held|asked for) by virtualmachines\/default\/quick:/);
