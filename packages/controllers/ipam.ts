@@ -197,6 +197,7 @@ export class IpamController extends Controller {
       this.waiting.delete(key);
       this.reported.delete(key);
       for (const a of held) await this.release(a);
+      this.created.delete(key);
       return;
     }
     // Another incarnation's address, or one outside the range (the range was changed): released first.
