@@ -39,7 +39,7 @@ export {
   type FieldSupport,
   type SupportedValue,
 } from './support.ts';
-export { upstreamSchemas, type JsonSchema } from './schemas.ts';
+export { upstreamSchemas, type JsonSchema, type Json, type JsonObject } from './schemas.ts';
 export * as storage from './storage.ts';
 export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type EmbeddedMeta } from './reserved.ts';
 export * as snapshots from './snapshots.ts';

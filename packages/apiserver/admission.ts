@@ -11,12 +11,11 @@
  *    target VM that is not running unless the restore may stop it (targetReadinessPolicy
  *    StopTarget) or wait for it (WaitEventually).
  */
-import { embeddedMetadata, findByResource, isReservedKey, pvcResizeRefusal, RESERVED_PREFIX, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import { embeddedMetadata, findByResource, isReservedKey, pvcResizeRefusal, RESERVED_PREFIX, type FieldCause, type KindInfo, type KubeObject, isObject as isObj } from '@vessel/api';
 import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
 
 type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 interface Ref {
   resource: 'datasources' | 'persistentvolumeclaims' | 'virtualmachines' | 'virtualmachinesnapshots';

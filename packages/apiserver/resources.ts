@@ -6,13 +6,13 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { applyDefaults, findByResource, isObject, validateObject } from '@vessel/api';
-import type { KindInfo, KubeObject } from '@vessel/api';
+import type { JsonObject, KindInfo, KubeObject } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { ApiError, badRequest, conflict, forbidden, gone, invalid, notFound, toApiError } from './errors.ts';
 import { apiVersionOf, decode, encode, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
 import { applyPatch, checkNesting, NestingError, parsePatchBody, type PatchType } from './patch.ts';
-import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite, type JsonObject } from './managed-fields.ts';
+import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite } from './managed-fields.ts';
 import { parseResourceVersion } from './query.ts';
 import type { Matcher } from './selectors.ts';
 
