@@ -15,6 +15,7 @@ import { applyPatch, checkNesting, NestingError, parsePatchBody, type PatchType 
 import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite, type JsonObject } from './managed-fields.ts';
 import { parseResourceVersion } from './query.ts';
 import type { Matcher } from './selectors.ts';
+import { ServiceAllocator } from './services.ts';
 
 export interface WriteOptions {
   dryRun?: boolean;
@@ -62,13 +63,23 @@ function pendingFinalizers(obj: KubeObject): string[] {
   return [...(obj.metadata?.finalizers ?? []), ...(obj.kind === 'Namespace' ? spec?.finalizers ?? [] : [])];
 }
 
+export interface ResourcesOptions {
+  /** The range ClusterIPs come from (default 10.96.0.0/16). */
+  serviceCidr?: string;
+}
+
+const isService = (info: KindInfo) => info.group === '' && info.kind === 'Service';
+
 export class Resources {
   private readonly namespaces: KindInfo;
+  /** ClusterIPs and NodePorts: allocated as a Service is written, released as it is deleted. */
+  readonly services: ServiceAllocator;
 
-  constructor(private readonly store: Store) {
+  constructor(private readonly store: Store, opts: ResourcesOptions = {}) {
     const ns = findByResource('', 'v1', 'namespaces');
     if (!ns) throw new Error('the Namespace kind is not registered');
     this.namespaces = ns;
+    this.services = new ServiceAllocator(store, this, opts.serviceCidr);
   }
 
   async get(info: KindInfo, namespace: string | undefined, name: string): Promise<StoredObject> {
@@ -143,6 +154,8 @@ export class Resources {
     meta.creationTimestamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
     meta.generation = 1;
     if (info.namespaced) await this.requireActiveNamespace(namespace!);
+    // Allocated last, once nothing else can refuse the object, and undone if the store does.
+    const allocation = isService(info) ? await this.services.allocate(obj, undefined, opts.dryRun) : undefined;
     const w = fieldWrite(info, opts, undefined);
     const target = { name: meta.name, kind: info.kind, group: info.group };
     const managed = applied ? applyManagedFields(undefined, json(obj), applied, w, target, true) : updateManagedFields(undefined, json(obj), w, target);
@@ -152,6 +165,7 @@ export class Resources {
     try {
       return { object: decode(await this.store.create(key, encode(obj))), warnings };
     } catch (e) {
+      await allocation?.rollback();
       throw toApiError(e, info.plural, info.group, meta.name);
     }
   }
@@ -219,7 +233,9 @@ export class Resources {
       if (pendingFinalizers(next).length === 0) {
         if (options.dryRun) return { object: current, pending: false };
         try {
-          return { object: decode(await this.store.delete(key, Number(meta.resourceVersion))), pending: false };
+          const deleted = decode(await this.store.delete(key, Number(meta.resourceVersion)));
+          if (isService(info)) await this.releaseService(current);
+          return { object: deleted, pending: false };
         } catch (e) {
           if (isStoreError(e, 'Conflict') && !pre.resourceVersion) continue;
           throw toApiError(e, info.plural, info.group, name);
@@ -263,6 +279,7 @@ export class Resources {
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
       if (!subresource) await opts.admit?.(merged);
+      const allocation = !subresource && isService(info) ? await this.services.allocate(merged, current, opts.dryRun) : undefined;
       if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
       const w = fieldWrite(info, opts, subresource);
       const target = { name, kind: info.kind, group: info.group };
@@ -275,10 +292,17 @@ export class Resources {
         if (merged.metadata.deletionTimestamp && pendingFinalizers(merged).length === 0) {
           // The last finalizer is gone: the object goes with it.
           const kv = await this.store.delete(key, Number(current.metadata.resourceVersion));
+          if (allocation) {
+            await allocation.rollback();
+            await this.releaseService(current);
+          }
           return { object: { ...merged, metadata: { ...merged.metadata, resourceVersion: String(kv.modRevision) } }, warnings };
         }
-        return { object: decode(await this.store.update(key, encode(merged), Number(current.metadata.resourceVersion))), warnings };
+        const written = decode(await this.store.update(key, encode(merged), Number(current.metadata.resourceVersion)));
+        await allocation?.commit();
+        return { object: written, warnings };
       } catch (e) {
+        await allocation?.rollback();
         if (isStoreError(e, 'Conflict') && wanted === undefined) continue;
         throw toApiError(e, info.plural, info.group, name);
       }
@@ -346,6 +370,14 @@ export class Resources {
       delete meta.namespace;
     }
     return { ...obj, apiVersion, kind: info.kind, metadata: meta };
+  }
+
+  /**
+   * Frees a deleted Service's ClusterIP and NodePorts. The Service is gone whatever happens
+   * here, so a failure is left to the allocator's repair rather than reported as the delete's.
+   */
+  private async releaseService(svc: StoredObject): Promise<void> {
+    await this.services.release(svc).catch(() => undefined);
   }
 
   private async requireActiveNamespace(namespace: string): Promise<void> {
