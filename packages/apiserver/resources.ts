@@ -154,12 +154,13 @@ export class Resources {
     meta.creationTimestamp = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
     meta.generation = 1;
     if (info.namespaced) await this.requireActiveNamespace(namespace!);
-    // Allocated last, once nothing else can refuse the object, and undone if the store does.
-    const allocation = isService(info) ? await this.services.allocate(obj, undefined, opts.dryRun) : undefined;
     const w = fieldWrite(info, opts, undefined);
     const target = { name: meta.name, kind: info.kind, group: info.group };
     const managed = applied ? applyManagedFields(undefined, json(obj), applied, w, target, true) : updateManagedFields(undefined, json(obj), w, target);
     if (managed.length) meta.managedFields = managed;
+    // Allocated last, once nothing else can refuse the object, and undone if the store does.
+    // After managedFields, as in kube-apiserver: the allocated fields are no manager's.
+    const allocation = isService(info) ? await this.services.allocate(obj, undefined, opts.dryRun) : undefined;
     if (opts.dryRun) return { object: obj, warnings };
     const key = objectKey(info, namespace, meta.name);
     try {
@@ -279,16 +280,17 @@ export class Resources {
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
       if (!subresource) await opts.admit?.(merged);
+      // Before generation and managedFields: a PUT that leaves out the ClusterIP keeps it, and is no change.
       const allocation = !subresource && isService(info) ? await this.services.allocate(merged, current, opts.dryRun) : undefined;
-      if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
-      const w = fieldWrite(info, opts, subresource);
-      const target = { name, kind: info.kind, group: info.group };
-      const managed = apply ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
-        : updateManagedFields(json(current), json(merged), w, target, sentFields);
-      if (managed.length) merged.metadata.managedFields = managed;
-      if (opts.dryRun) return { object: merged, warnings };
-      if (encode(merged) === encode(current)) return { object: current, warnings };
       try {
+        if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
+        const w = fieldWrite(info, opts, subresource);
+        const target = { name, kind: info.kind, group: info.group };
+        const managed = apply ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
+          : updateManagedFields(json(current), json(merged), w, target, sentFields);
+        if (managed.length) merged.metadata.managedFields = managed;
+        if (opts.dryRun) return { object: merged, warnings };
+        if (encode(merged) === encode(current)) return { object: current, warnings };
         if (merged.metadata.deletionTimestamp && pendingFinalizers(merged).length === 0) {
           // The last finalizer is gone: the object goes with it.
           const kv = await this.store.delete(key, Number(current.metadata.resourceVersion));

@@ -150,7 +150,20 @@ test('repair releases allocations whose Service never got stored, once past the 
   await (r as unknown as { store: SqliteStore }).store.delete('/registry/core/services/default/ghost');
   assert.deepEqual(await r.services.repair(60_000), [], 'young allocations are left alone');
   const removed = await r.services.repair(0, Date.now() + 1000);
-  assert.deepEqual(removed.sort(), [spec(ghost).clusterIP!, 'nodePort 30999'].sort());
+  assert.deepEqual(removed.sort(), [`released ${spec(ghost).clusterIP!}`, 'released nodePort 30999'].sort());
   assert.deepEqual(await ipAddresses(r), [spec(kept).clusterIP!]);
   assert.deepEqual([...(await r.services.nodePorts()).keys()], [spec(kept).ports[0].nodePort]);
+});
+
+test('repair records again what a stored Service holds when its IPAddress was deleted by hand', async () => {
+  const r = await setup();
+  const a = (await r.create(SERVICES, 'default', svc('a', { type: 'NodePort' }))).object;
+  const ip = spec(a).clusterIP!;
+  await r.delete(IPADDRESSES, undefined, ip);
+  assert.deepEqual(await r.services.repair(), [`recorded ${ip}`]);
+  const rec = await r.get(IPADDRESSES, undefined, ip);
+  assert.equal(rec.metadata.annotations?.['vessel.io/parent-uid'], a.metadata.uid);
+  const taken = await refusal(r.create(SERVICES, 'other', svc('b', { clusterIP: ip })));
+  assert.deepEqual(taken.fields, ['spec.clusterIP']);
+  assert.deepEqual(await r.services.repair(), [], 'nothing more to do');
 });

@@ -178,10 +178,24 @@ export class ServiceAllocator {
   /**
    * Removes allocations whose Service is gone (or is a newer one of the same name) and that
    * are older than `graceMs`: what a server that died between allocating and storing left.
-   * Returns what it removed, as "ip" and "nodePort N" strings, for the log.
+   * And the other way round, records again what a stored Service holds but nothing records
+   * (an IPAddress deleted by hand, Services stored before allocation existed), so the address
+   * cannot be handed out twice. Returns what it did, as "released IP" / "recorded IP" and
+   * "... nodePort N" strings, for the log.
    */
   async repair(graceMs = REPAIR_GRACE_MS, now = Date.now()): Promise<string[]> {
     const removed: string[] = [];
+    for (const kv of await this.listAll('/registry/core/services/')) {
+      const svc = JSON.parse(kv.value) as StoredObject;
+      const held = heldBy(svc);
+      const ip = held.ip !== undefined ? parseIPv4(held.ip) : undefined;
+      if (held.ip && ip !== undefined && ip > this.cidr.base && ip < this.cidr.base + this.cidr.size - 1 && !await this.ipTaken(held.ip) && await this.claimIP(held.ip, svc)) {
+        removed.push(`recorded ${held.ip}`);
+      }
+      for (const p of held.nodePorts) {
+        if (!await this.store.get(NODE_PORT_PREFIX + p) && await this.claimNodePort(p, svc)) removed.push(`recorded nodePort ${p}`);
+      }
+    }
     const owner = async (namespace: string | undefined, name: string | undefined): Promise<string | undefined> => {
       if (!namespace || !name) return undefined;
       try { return (await this.writer.get(servicesInfo(), namespace, name)).metadata.uid; } catch (e) {
@@ -198,7 +212,7 @@ export class ServiceAllocator {
       if (await owner(parent.namespace, parent.name) === uid && uid) continue;
       try {
         await this.writer.delete(refs.IPADDRESSES, undefined, o.metadata.name, { preconditions: { uid: o.metadata.uid } });
-        removed.push(o.metadata.name);
+        removed.push(`released ${o.metadata.name}`);
       } catch (e) { if (!(e instanceof ApiError && (e.code === 404 || e.code === 409))) throw e; }
     }
     for (const kv of await this.listAll(NODE_PORT_PREFIX)) {
@@ -207,13 +221,13 @@ export class ServiceAllocator {
       if (await owner(h.namespace, h.name) === h.uid) continue;
       try {
         await this.store.delete(kv.key, kv.modRevision);
-        removed.push(`nodePort ${kv.key.slice(NODE_PORT_PREFIX.length)}`);
+        removed.push(`released nodePort ${kv.key.slice(NODE_PORT_PREFIX.length)}`);
       } catch (e) { if (!isStoreError(e, 'NotFound') && !isStoreError(e, 'Conflict')) throw e; }
     }
     return removed;
   }
 
-  /** The NodePorts allocated now, with their Services, for tests and `repair`. */
+  /** The NodePorts allocated now, with their Services (for tests). */
   async nodePorts(): Promise<Map<number, NodePortHolder>> {
     return new Map((await this.listAll(NODE_PORT_PREFIX)).map((kv) => [Number(kv.key.slice(NODE_PORT_PREFIX.length)), JSON.parse(kv.value) as NodePortHolder]));
   }
