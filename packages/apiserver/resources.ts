@@ -15,7 +15,7 @@ import { applyPatch, checkNesting, NestingError, parsePatchBody, type PatchType 
 import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite, type JsonObject } from './managed-fields.ts';
 import { parseResourceVersion } from './query.ts';
 import type { Matcher } from './selectors.ts';
-import { ServiceAllocator } from './services.ts';
+import { dropTypeDependentFields, ServiceAllocator } from './services.ts';
 
 export interface WriteOptions {
   dryRun?: boolean;
@@ -276,6 +276,7 @@ export class Resources {
       const next = this.checkBody(info, namespace, changed);
       const sentFields = next.metadata.managedFields;
       const merged = this.mergeUpdate(info, current, next, subresource);
+      if (!subresource && isService(info)) dropTypeDependentFields(current, merged);
       const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);

@@ -126,7 +126,7 @@ test('a create that fails after allocating (the name exists) leaves nothing behi
   assert.equal((await r.services.nodePorts()).size, 0);
 });
 
-test('updates keep the addresses: a PUT without clusterIP keeps it; NodePort to ClusterIP releases the ports', async () => {
+test('updates keep the addresses a Service holds; type changes allocate and release (NodePort, ClusterIP, ExternalName)', async () => {
   const r = await setup();
   const a = (await r.create(SERVICES, 'default', svc('a', { type: 'NodePort' }))).object;
   const ip = spec(a).clusterIP!;
@@ -137,6 +137,24 @@ test('updates keep the addresses: a PUT without clusterIP keeps it; NodePort to 
   assert.equal(spec(changed).clusterIP, ip);
   assert.equal(spec(changed).ports[0].nodePort, undefined);
   assert.equal((await r.services.nodePorts()).size, 0);
+  // A type change drops what the client only carried over, as kube-apiserver does (kubectl patch -p '{"spec":{"type":...}}').
+  const np = (await r.patch(SERVICES, 'default', 'a', 'merge', JSON.stringify({ spec: { type: 'NodePort' } }), undefined)).object;
+  const port2 = spec(np).ports[0].nodePort!;
+  assert.ok(port2 >= 30000);
+  const back = (await r.patch(SERVICES, 'default', 'a', 'merge', JSON.stringify({ spec: { type: 'ClusterIP' } }), undefined)).object;
+  assert.equal(spec(back).ports[0].nodePort, undefined);
+  assert.equal((await r.services.nodePorts()).size, 0);
+  const ext = (await r.patch(SERVICES, 'default', 'a', 'merge', JSON.stringify({ spec: { type: 'ExternalName', externalName: 'db.example.com' } }), undefined)).object;
+  assert.equal(spec(ext).clusterIP, undefined);
+  assert.deepEqual(await ipAddresses(r), [], 'ExternalName holds no address');
+  const again = (await r.update(SERVICES, 'default', 'a', svc('a', { ports: [{ port: 80 }] }), undefined)).object;
+  assert.deepEqual(await ipAddresses(r), [spec(again).clusterIP!], 'back to ClusterIP: a new address');
+});
+
+test('an update may not move the ClusterIP', async () => {
+  const r = await setup();
+  const a = (await r.create(SERVICES, 'default', svc('a'))).object;
+  const ip = spec(a).clusterIP!;
   const moved = await refusal(r.update(SERVICES, 'default', 'a', svc('a', { clusterIP: '10.96.9.9' }), undefined));
   assert.deepEqual(moved.fields, ['spec.clusterIP']);
   assert.deepEqual(await ipAddresses(r), [ip]);

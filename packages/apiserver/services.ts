@@ -334,6 +334,32 @@ export class ServiceAllocator {
   }
 }
 
+/**
+ * kube-apiserver's dropTypeDependentFields: when an update changes a Service's type so that it
+ * no longer needs what the old type had (nodePorts off NodePort/LoadBalancer, the ClusterIP for
+ * ExternalName), the values the client merely carried over are dropped, so `kubectl patch svc
+ * -p '{"spec":{"type":"ClusterIP"}}'` works without the client clearing them. Values the client
+ * changed are left for validation to judge. Runs before validation.
+ */
+export function dropTypeDependentFields(old: KubeObject, next: KubeObject): void {
+  const o = (old.spec ?? {}) as Obj;
+  const n = next.spec as Obj | undefined;
+  if (!n || o.type === n.type) return;
+  const needsNodePorts = (t: unknown) => t === 'NodePort' || t === 'LoadBalancer';
+  if (needsNodePorts(o.type) && !needsNodePorts(n.type) && Array.isArray(n.ports)) {
+    const was = new Map(((Array.isArray(o.ports) ? o.ports : []) as Obj[]).map((p) => [`${p.port}/${p.protocol ?? 'TCP'}`, p.nodePort]));
+    for (const p of n.ports as Obj[]) {
+      if (p && typeof p === 'object' && p.nodePort !== undefined && was.get(`${p.port}/${p.protocol ?? 'TCP'}`) === p.nodePort) delete p.nodePort;
+    }
+  }
+  if (n.type === 'ExternalName' && o.type !== 'ExternalName') {
+    if (n.clusterIP === o.clusterIP) delete n.clusterIP;
+    if (JSON.stringify(n.clusterIPs) === JSON.stringify(o.clusterIPs)) delete n.clusterIPs;
+    if (JSON.stringify(n.ipFamilies) === JSON.stringify(o.ipFamilies)) delete n.ipFamilies;
+    if (n.ipFamilyPolicy === o.ipFamilyPolicy) delete n.ipFamilyPolicy;
+  }
+}
+
 function firstString(v: unknown): string { return typeof v === 'string' ? v : ''; }
 
 function causeOf(field: string, value: unknown, detail: string): FieldCause {
