@@ -92,6 +92,11 @@ const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
     if (ips.length) return ips.join(',');
     return (o.spec as { type?: string } | undefined)?.type === 'LoadBalancer' ? '<pending>' : '<none>';
   },
+  '/Service/Selector': (o) => {
+    const sel = (o.spec as { selector?: Record<string, string> } | undefined)?.selector ?? {};
+    const pairs = Object.entries(sel).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}=${v}`);
+    return pairs.length ? pairs.join(',') : '<none>';
+  },
   // kubectl's EndpointSlice printer: at most three ports and addresses, then "+ N more...", <unset> when none.
   'discovery.k8s.io/EndpointSlice/Ports': (o) => moreList(evalPath(o, '.ports[*]').map((p) => {
     const q = p as { port?: number; name?: string };
