@@ -73,6 +73,9 @@ test('a headless Service gets no address, and None is refused for a NodePort Ser
   const h = (await r.create(SERVICES, 'default', svc('h', { clusterIP: 'None' }))).object;
   assert.deepEqual([spec(h).clusterIP, spec(h).clusterIPs], ['None', ['None']]);
   assert.deepEqual(await ipAddresses(r), []);
+  const put = (await r.update(SERVICES, 'default', 'h', svc('h', { ports: [{ port: 81 }] }), undefined)).object;
+  assert.equal(spec(put).clusterIP, 'None', 'a PUT without clusterIP keeps it headless');
+  assert.deepEqual(await ipAddresses(r), []);
   const bad = await refusal(r.create(SERVICES, 'default', svc('np', { clusterIP: 'None', type: 'NodePort' })));
   assert.deepEqual(bad.fields, ['spec.clusterIP']);
 });

@@ -80,7 +80,10 @@ export class ServiceAllocator {
     };
 
     // The ClusterIP: kept across updates that leave it out (a PUT of a manifest without it).
-    const requested = firstString(spec.clusterIP) || firstString((spec.clusterIPs as unknown[] | undefined)?.[0]);
+    const oldSpec = (old?.spec ?? {}) as Obj;
+    const requested = firstString(spec.clusterIP) || firstString((spec.clusterIPs as unknown[] | undefined)?.[0])
+      // A headless Service stays headless when a PUT leaves clusterIP out (kube's patchAllocatedValues).
+      || (oldSpec.type !== 'ExternalName' && oldSpec.clusterIP === 'None' ? 'None' : '');
     if (type === 'ExternalName') {
       // No address: ExternalName services are DNS names only.
     } else if (requested === 'None') {
