@@ -51,6 +51,17 @@ describe('Services', { skip: KUBECTL_SKIP }, () => {
     assert.match(await ok(['get', 'ipaddresses']), new RegExp(`^${webIP.replace(/\./g, '\\.')}\\s+services/default/web`, 'm'));
   });
 
+  it('kubectl apply of a Service manifest again, client- and server-side, keeps its ClusterIP and nodePort', async () => {
+    const manifest = 'apiVersion: v1\nkind: Service\nmetadata:\n  name: applied\nspec:\n  type: NodePort\n  selector:\n    app: applied\n  ports:\n  - port: 80\n    targetPort: 8080\n';
+    assert.match(await ok(['apply', '-f', '-'], manifest), /service\/applied created/);
+    const first = await getJson(['get', 'svc', 'applied']);
+    const [ip, port] = [(first.spec as Obj).clusterIP, ((first.spec as Obj).ports as Obj[])[0].nodePort];
+    assert.match(await ok(['apply', '-f', '-'], manifest.replace('8080', '8081')), /service\/applied configured/);
+    assert.match(await ok(['apply', '--server-side', '--force-conflicts', '-f', '-'], manifest), /serverside-applied/);
+    const last = await getJson(['get', 'svc', 'applied']);
+    assert.deepEqual([(last.spec as Obj).clusterIP, ((last.spec as Obj).ports as Obj[])[0].nodePort], [ip, port]);
+  });
+
   it('a requested ClusterIP is honoured; one already taken or outside the range is refused naming spec.clusterIP', async () => {
     const mine = JSON.parse(await ok(['create', 'service', 'clusterip', 'fixed', '--tcp=53:53', '--clusterip=10.96.0.10', '-o', 'json'])) as { spec: { clusterIP: string } };
     assert.equal(mine.spec.clusterIP, '10.96.0.10');
