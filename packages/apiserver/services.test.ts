@@ -1,7 +1,7 @@
 /** ClusterIP and NodePort allocation, through Resources as the API server writes Services. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { findByResource, refs, type KubeObject } from '@vessel/api';
+import { findByResource, parseIPv4, refs, type KubeObject } from '@vessel/api';
 import { SqliteStore } from '@vessel/store';
 import { ApiError } from './errors.ts';
 import { Resources } from './resources.ts';
@@ -40,6 +40,7 @@ test('a Service gets a ClusterIP from the range, recorded as an IPAddress naming
   const created = (await r.create(SERVICES, 'default', svc('web'))).object;
   const ip = spec(created).clusterIP!;
   assert.match(ip, /^10\.96\.\d+\.\d+$/);
+  assert.ok(parseIPv4(ip)! > parseIPv4('10.96.1.0')!, `${ip}: dynamic addresses leave the lowest 256 for requested ones`);
   assert.deepEqual(spec(created).clusterIPs, [ip]);
   const rec = await r.get(IPADDRESSES, undefined, ip);
   assert.deepEqual((rec.spec as Record<string, unknown>).parentRef, { group: '', resource: 'services', namespace: 'default', name: 'web' });

@@ -122,7 +122,7 @@ test('a terminating VMI stays listed as terminating and not ready; a VMI without
   await sliceWith(h.c, 'web', []);
 });
 
-test('named targetPorts are left out with a Warning Event; Services without a selector get no slice; slices go with their Service', async () => {
+test('named targetPorts are left out with a Warning Event; Services without a selector, or ExternalName, get no slice; slices go with their Service', async () => {
   await using h = await setup();
   await h.c.create(SERVICES, service('mixed', { app: 'web' }, [{ name: 'http', port: 80, targetPort: 8080 }, { name: 'admin', port: 9000, targetPort: 'admin' }]));
   await h.c.create(SERVICES, service('manual', undefined));
@@ -130,8 +130,10 @@ test('named targetPorts are left out with a Warning Event; Services without a se
   assert.deepEqual(slice.ports, [{ name: 'http', port: 8080, protocol: 'TCP' }]);
   const ev = await until('warning event', async () => (await h.c.list(EVENTS, { namespace: 'default' })).items.find((e) => (e as Obj).reason === 'NamedTargetPortUnresolved'));
   assert.match(String((ev as Obj).message), /"admin".*port number/);
+  await h.c.create(SERVICES, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'ext', namespace: 'default' }, spec: { type: 'ExternalName', externalName: 'db.example.com', selector: { app: 'web' } } });
   await settle();
   assert.deepEqual(await slicesOf(h.c, 'manual'), []);
+  assert.deepEqual(await slicesOf(h.c, 'ext'), [], 'an ExternalName Service has no endpoints');
   // A slice removed by hand comes back; the Service's deletion takes its slices.
   await h.c.delete(ENDPOINTSLICES, slice.metadata.name, { namespace: 'default' });
   await sliceWith(h.c, 'mixed', []);

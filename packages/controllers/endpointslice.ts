@@ -47,8 +47,10 @@ interface Endpoint {
 }
 
 const selectorOf = (svc: KubeObject): Labels | undefined => {
-  const s = (svc.spec as { selector?: Labels } | undefined)?.selector;
-  // An empty or missing selector selects nothing here: such a Service's endpoints are its owner's to write.
+  const spec = svc.spec as { selector?: Labels; type?: string } | undefined;
+  // An empty or missing selector selects nothing here: such a Service's endpoints are its owner's
+  // to write. An ExternalName Service is a DNS name and has no endpoints, whatever its selector.
+  const s = spec?.type === 'ExternalName' ? undefined : spec?.selector;
   return s && Object.keys(s).length > 0 ? s : undefined;
 };
 const labelsOf = (o: KubeObject): Labels => (o.metadata.labels as Labels | undefined) ?? {};
