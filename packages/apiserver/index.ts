@@ -123,11 +123,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
  * it: the deletes carry preconditions, so two servers repairing at once do no harm.
  */
 function startServiceRepair(resources: Resources, intervalMs: number, log?: (line: string) => void): { stop(): Promise<void> } {
-  let running: Promise<void> = Promise.resolve();
+  let running: Promise<void> | undefined;
   const run = () => {
+    if (running) return; // a slow pass is not overlapped by the next
     running = resources.services.repair().then(
-      (removed) => { if (removed.length) log?.(`service allocations repaired: released ${removed.join(', ')} (their Service does not exist)`); },
-      (e: unknown) => log?.(`service allocation repair failed: ${e instanceof Error ? e.message : e}`));
+      (done) => { if (done.length) log?.(`service allocations repaired: ${done.join(', ')}`); },
+      (e: unknown) => log?.(`service allocation repair failed: ${e instanceof Error ? e.message : e}`)).finally(() => { running = undefined; });
   };
   run();
   const timer = setInterval(run, intervalMs);

@@ -76,6 +76,8 @@ test('a headless Service gets no address, and None is refused for a NodePort Ser
   assert.deepEqual(await ipAddresses(r), []);
   const put = (await r.update(SERVICES, 'default', 'h', svc('h', { ports: [{ port: 81 }] }), undefined)).object;
   assert.equal(spec(put).clusterIP, 'None', 'a PUT without clusterIP keeps it headless');
+  const toNodePort = await refusal(r.patch(SERVICES, 'default', 'h', 'merge', JSON.stringify({ spec: { type: 'NodePort' } }), undefined));
+  assert.deepEqual([toNodePort.code, toNodePort.fields], [422, ['spec.clusterIP']]);
   assert.deepEqual(await ipAddresses(r), []);
   const bad = await refusal(r.create(SERVICES, 'default', svc('np', { clusterIP: 'None', type: 'NodePort' })));
   assert.deepEqual(bad.fields, ['spec.clusterIP']);

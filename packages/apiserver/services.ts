@@ -87,6 +87,8 @@ export class ServiceAllocator {
     if (type === 'ExternalName') {
       // No address: ExternalName services are DNS names only.
     } else if (requested === 'None') {
+      // Only reachable from an update of a headless Service (validation refuses it in the body).
+      if (type === 'NodePort' || type === 'LoadBalancer') return fail([causeOf('spec.clusterIP', 'None', `may not be set to 'None' for ${type} services`)]);
       spec.clusterIP = 'None';
       spec.clusterIPs = ['None'];
     } else {
