@@ -13,6 +13,7 @@ import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
 import { CloneController } from './clone.ts';
 import { NodeLifecycleController } from './node-lifecycle.ts';
+import { EndpointSliceController } from './endpointslice.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 
 export { GarbageCollector } from './gc.ts';
@@ -24,6 +25,7 @@ export { VirtualMachineController } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
 export { CloneController } from './clone.ts';
 export { NodeLifecycleController } from './node-lifecycle.ts';
+export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 
 export interface RunningControllers {
@@ -56,6 +58,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
         new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
         new CloneController(client, opts.log), new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
+        new EndpointSliceController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },
