@@ -15,12 +15,11 @@
  *    holds, so a conflict is refused before anything is stored instead of leaving a VM that
  *    cannot start.
  */
-import { embeddedMetadata, findByResource, ipam, isReservedKey, parseCidr, pvcResizeRefusal, RESERVED_PREFIX, type Cidr, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import { embeddedMetadata, findByResource, ipam, isReservedKey, parseCidr, pvcResizeRefusal, RESERVED_PREFIX, type Cidr, type FieldCause, type KindInfo, type KubeObject, isObject as isObj } from '@vessel/api';
 import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
 
 type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 interface Ref {
   resource: 'datasources' | 'persistentvolumeclaims' | 'virtualmachines' | 'virtualmachinesnapshots';

@@ -36,6 +36,8 @@ export interface HandlerOptions {
   /** host:port clients reach the server at (for /api's serverAddressByClientCIDRs). */
   serverAddress: string;
   bookmarkIntervalMs: number;
+  /** The range ClusterIPs come from (default 10.96.0.0/16). */
+  serviceCidr?: string;
   log?: (line: string) => void;
   /** The VM network fixed addresses must lie in (default 10.244.0.0/16). */
   vmNetwork?: Cidr;
@@ -102,7 +104,7 @@ export interface Handler {
 }
 
 export function createHandler(opts: HandlerOptions): Handler {
-  const resources = new Resources(opts.store);
+  const resources = new Resources(opts.store, { serviceCidr: opts.serviceCidr });
   const consoleDeps = { store: opts.store, resources, log: opts.log };
   const caches = new WatchCaches(opts.store);
   let v2Protobuf: Buffer | undefined;

@@ -14,7 +14,7 @@
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_NAMESPACE, byNamespace, cacheKey, Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
 import { refs, phaseOf, CLONE_DISK_TYPE } from '@vessel/api';
 
 const { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } = refs;
@@ -86,19 +86,23 @@ export class CloneController extends Controller {
   constructor(client: Client, log?: Log) {
     super('clone', client, log);
     this.events = new EventRecorder(client, 'clone-controller');
-    this.clones = this.inform(VMCLONES);
+    this.clones = this.inform(VMCLONES).addIndex(BY_NAMESPACE, byNamespace);
     const owner = (o: KubeObject) => ((o.metadata.ownerReferences as { kind: string; name: string }[] | undefined) ?? [])
       .filter((r) => r.kind === 'VirtualMachineClone').map((r) => `${o.metadata.namespace}/${r.name}`);
     this.snapshots = this.inform(VMSNAPSHOTS, (s) => [...owner(s), ...this.waitingOn(s)]);
     this.restores = this.inform(VMRESTORES, owner);
     this.vms = this.inform(VMS, () => []);
-    this.contents = this.inform(VMSNAPSHOTCONTENTS, (c) => this.clones.list().filter((x) => !FINAL.has(phaseOf(x)) && x.metadata.namespace === c.metadata.namespace).map((x) => `${x.metadata.namespace}/${x.metadata.name}`));
+    this.contents = this.inform(VMSNAPSHOTCONTENTS, (c) => this.clonesIn(c.metadata.namespace).map(cacheKey));
   }
 
   /** Clones whose source is this snapshot. */
   private waitingOn(snap: KubeObject): string[] {
-    return this.clones.list().filter((c) => c.metadata.namespace === snap.metadata.namespace && (c.spec as CloneSpec | undefined)?.source?.name === snap.metadata.name && !FINAL.has(phaseOf(c)))
-      .map((c) => `${c.metadata.namespace}/${c.metadata.name}`);
+    return this.clonesIn(snap.metadata.namespace).filter((c) => (c.spec as CloneSpec | undefined)?.source?.name === snap.metadata.name).map(cacheKey);
+  }
+
+  /** The clones of a namespace still at work. */
+  private clonesIn(namespace: string | undefined): KubeObject[] {
+    return namespace ? this.clones.byIndex(BY_NAMESPACE, namespace).filter((c) => !FINAL.has(phaseOf(c))) : [];
   }
 
   protected async reconcile(key: string): Promise<void> {

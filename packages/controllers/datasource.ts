@@ -3,7 +3,7 @@
  * populated (Bound). `status.source` mirrors the spec, as CDI reports it.
  */
 import type { Client } from '@vessel/client';
-import { Controller, type Log, cacheKey, type Informer, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_DATASOURCE_CLAIM, byDataSourceClaim, Controller, type Log, cacheKey, type Informer, setCondition, updateStatus } from '@vessel/runtime';
 import { refs } from '@vessel/api';
 
 const { DATASOURCES, PVCS } = refs;
@@ -16,8 +16,8 @@ export class DataSourceController extends Controller {
 
   constructor(client: Client, log?: Log) {
     super('datasource', client, log, 1);
-    this.sources = this.inform(DATASOURCES);
-    this.pvcs = this.inform(PVCS, () => this.sources.list().map(cacheKey));
+    this.sources = this.inform(DATASOURCES).addIndex(BY_DATASOURCE_CLAIM, byDataSourceClaim);
+    this.pvcs = this.inform(PVCS, (pvc) => this.sources.byIndex(BY_DATASOURCE_CLAIM, cacheKey(pvc)).map(cacheKey));
   }
 
   protected async reconcile(key: string): Promise<void> {

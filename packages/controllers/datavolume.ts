@@ -8,7 +8,7 @@
  */
 import { storage, tryParseQuantity, refs, phaseOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_DATASOURCE_CLAIM, byDataSourceClaim, Controller, splitKey, type IndexFunc, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
 
 const { DATASOURCES, DATAVOLUMES, PVCS } = refs;
 
@@ -20,6 +20,22 @@ const AGENT_PHASES = new Set(['ImportInProgress', 'CloneInProgress', 'UploadRead
 /** Where a DataVolume clones from, after following sourceRef; or why it cannot yet. */
 type CloneSource = { namespace: string; name: string; linked: boolean } | { pending: string; reason: string };
 
+const BY_CLONE_CLAIM = 'cloneClaim';
+const BY_SOURCE_REF = 'sourceRef';
+
+/** A DataVolume cloning a claim (`source.pvc`) under "namespace/claim". */
+const cloneClaimOf: IndexFunc = (dv) => {
+  const src = storage.populationSource((dv.spec ?? {}) as Obj, dv.metadata.namespace ?? 'default');
+  return src?.kind === 'pvc' ? [`${src.namespace}/${src.name}`] : [];
+};
+
+/** A DataVolume under the DataSource its `sourceRef` names, as "namespace/name". */
+const sourceRefOf: IndexFunc = (dv) => {
+  const ref = (dv.spec as { sourceRef?: { name?: string; namespace?: string } } | undefined)?.sourceRef;
+  return ref?.name ? [`${ref.namespace ?? dv.metadata.namespace}/${ref.name}`] : [];
+};
+
+
 export class DataVolumeController extends Controller {
   private readonly dvs: Informer;
   private readonly pvcs: Informer;
@@ -29,14 +45,22 @@ export class DataVolumeController extends Controller {
   constructor(client: Client, log?: Log) {
     super('datavolume', client, log);
     this.events = new EventRecorder(client, 'vessel-datavolume-controller');
-    this.dvs = this.inform(DATAVOLUMES);
-    // A claim changing wakes its DataVolume, and every DataVolume cloning from it.
+    this.dvs = this.inform(DATAVOLUMES).addIndex(BY_CLONE_CLAIM, cloneClaimOf).addIndex(BY_SOURCE_REF, sourceRefOf);
+    this.sources = this.inform(DATASOURCES, (ds) => this.waiting(this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)))).addIndex(BY_DATASOURCE_CLAIM, byDataSourceClaim);
+    // A claim changing wakes its DataVolume, and every DataVolume cloning from it: directly, or
+    // through a DataSource that names it.
     this.pvcs = this.inform(PVCS, (p) => {
-      const keys = this.dvs.list().filter((dv) => !AGENT_PHASES.has(phaseOf(dv))).map(cacheKey);
+      const key = cacheKey(p);
+      const viaSources = this.sources.byIndex(BY_DATASOURCE_CLAIM, key).flatMap((ds) => this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)));
+      const keys = this.waiting([...this.dvs.byIndex(BY_CLONE_CLAIM, key), ...viaSources]);
       const owner = annotations(p)[storage.POPULATED_FOR];
       return owner ? [...keys, `${p.metadata.namespace}/${owner}`] : keys;
     });
-    this.sources = this.inform(DATASOURCES, () => this.dvs.list().filter((dv) => !AGENT_PHASES.has(phaseOf(dv))).map(cacheKey));
+  }
+
+  /** The keys of those DataVolumes the controller still works on (the agent has the others). */
+  private waiting(dvs: KubeObject[]): string[] {
+    return dvs.filter((dv) => !AGENT_PHASES.has(phaseOf(dv))).map(cacheKey);
   }
 
   protected async reconcile(key: string): Promise<void> {

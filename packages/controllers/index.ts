@@ -14,6 +14,7 @@ import { Scheduler } from './scheduler.ts';
 import { CloneController } from './clone.ts';
 import { NodeLifecycleController } from './node-lifecycle.ts';
 import { IpamController, vmNetworkCidr } from './ipam.ts';
+import { EndpointSliceController } from './endpointslice.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 
 export { GarbageCollector } from './gc.ts';
@@ -26,6 +27,7 @@ export { Scheduler } from './scheduler.ts';
 export { CloneController } from './clone.ts';
 export { NodeLifecycleController } from './node-lifecycle.ts';
 export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';
+export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 
 export interface RunningControllers {
@@ -62,6 +64,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
         new CloneController(client, opts.log), new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
+        new EndpointSliceController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

@@ -10,7 +10,7 @@
  */
 import { storage, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject } from '@vessel/runtime';
+import { BY_NODE, byNode, Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject } from '@vessel/runtime';
 
 const { NODES, PVCS, STORAGE_CLASSES } = refs;
 
@@ -31,7 +31,7 @@ export class VolumeBinder extends Controller {
   constructor(client: Client, log?: Log) {
     super('volume-binder', client, log);
     this.events = new EventRecorder(client, 'vessel-volume-binder');
-    this.pvcs = this.inform(PVCS);
+    this.pvcs = this.inform(PVCS).addIndex(BY_NODE, byNode);
     // A node or class appearing can unblock every pending claim.
     const pending = () => this.pvcs.list().filter((p) => !annotations(p)[storage.SELECTED_NODE]).map(cacheKey);
     this.nodes = this.inform(NODES, pending);
@@ -90,12 +90,8 @@ export class VolumeBinder extends Controller {
       }
     }
     // Spread: the node with the fewest claims so far.
-    const load = new Map<string, number>();
-    for (const p of this.pvcs.list()) {
-      const n = annotations(p)[storage.SELECTED_NODE];
-      if (n) load.set(n, (load.get(n) ?? 0) + 1);
-    }
-    return ready.reduce((best, n) => ((load.get(n.metadata.name) ?? 0) < (load.get(best.metadata.name) ?? 0) ? n : best)).metadata.name;
+    const load = (n: KubeObject) => this.pvcs.byIndex(BY_NODE, n.metadata.name).length;
+    return ready.reduce((best, n) => (load(n) < load(best) ? n : best)).metadata.name;
   }
 
   private async warn(pvc: KubeObject, reason: string, message: string): Promise<void> {

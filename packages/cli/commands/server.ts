@@ -4,7 +4,7 @@
  * admin, which `vessel` finds through $VESSEL_DATA_DIR or the default data dir.
  */
 import type { Command } from 'commander';
-import { CIDR_PROBLEM, ipam, parseCidr } from '@vessel/api';
+import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, ipam, parseCidr } from '@vessel/api';
 import { defaultDataDir } from '@vessel/client';
 import { note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
@@ -20,6 +20,7 @@ interface ServerFlags {
   cpuAllocationRatio?: string;
   memoryOvercommit?: string;
   vmNetworkCidr: string;
+  serviceCidr: string;
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -36,15 +37,17 @@ export function registerServer(program: Command): void {
     .option('--no-controllers', 'serve the API only; with several servers on one etcd, let one run the controllers')
     .option('--cpu-allocation-ratio <n>', "vCPUs per requested CPU when a VM requests none (KubeVirt's cpuAllocationRatio)", '10')
     .option('--memory-overcommit <percent>', "guest memory as a percentage of what a VM's scheduling reserves (KubeVirt's memoryOvercommit)", '100')
+    .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
     .action(async (flags: ServerFlags) => {
+      const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const dataDir = flags.dataDir ?? defaultDataDir();
       const store = storeConfig(flags);
       const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
       // Loaded here, not at the top, so the other commands start without the server's modules.
       const signalled = untilSignal(); // listening from the start: a signal during start-up still shuts down cleanly
       const { startControlPlane } = await import('../control-plane.ts');
-      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, scheduling: schedulingFlags(flags), vmNetworkCidr, log: (line) => note(`${line}\n`) });
+      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, scheduling: schedulingFlags(flags), serviceCidr, vmNetworkCidr, log: (line) => note(`${line}\n`) });
       const server = cp.server;
       out(`Vessel API server listening on ${server.url}\n`);
       out(`kubeconfig: ${server.kubeconfigPath}\n`);
@@ -62,6 +65,13 @@ export const VM_NETWORK_HELP = 'the VM network IPAM hands addresses out of (VM N
 export function vmNetworkFlag(text: string): string {
   const cidr = parseCidr(text);
   if (!cidr) throw new UsageError(`--vm-network-cidr "${text}" ${CIDR_PROBLEM}`);
+  return cidr.text;
+}
+
+/** `--service-cidr`, normalised ("10.96.0.0/16"), or a usage error saying what is wrong. */
+export function serviceCidrFlag(v: string): string {
+  const cidr = parseCidr(v);
+  if (!cidr) throw new UsageError(`--service-cidr "${v}" ${CIDR_PROBLEM}`);
   return cidr.text;
 }
 

@@ -9,8 +9,8 @@ import type { Command } from 'commander';
 import { defaultDataDir, isNotFound, type ResourceRef } from '@vessel/client';
 import { note, out } from '../context.ts';
 import { qemuPriorityFlag, QEMU_PRIORITY_DEFAULT, QEMU_PRIORITY_HELP } from './agent.ts';
-import { untilSignal, vmNetworkFlag, VM_NETWORK_FLAG, VM_NETWORK_HELP } from './server.ts';
-import { ipam } from '@vessel/api';
+import { DEFAULT_SERVICE_CIDR, ipam } from '@vessel/api';
+import { serviceCidrFlag, untilSignal, vmNetworkFlag, VM_NETWORK_FLAG, VM_NETWORK_HELP } from './server.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 
@@ -56,16 +56,18 @@ export function registerUp(program: Command): void {
     .option('--listen <host:port>', 'API server address', '127.0.0.1:6443')
     .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
     .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
+    .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
     .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
-    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; vmNetworkCidr: string }) => {
+    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; serviceCidr: string; vmNetworkCidr: string }) => {
+      const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
       const dataDir = flags.dataDir ?? defaultDataDir();
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({
-        dataDir, listen: flags.listen, vmNetworkCidr, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
+        dataDir, listen: flags.listen, serviceCidr, vmNetworkCidr, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
         agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
       });
       const { ensureTinyImage } = await import('../golden.ts');
