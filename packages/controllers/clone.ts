@@ -6,8 +6,10 @@
  * RestoreInProgress → Succeeded, or Failed with the reason in the Ready condition.
  *
  * New identity: MAC addresses (newMacAddresses, else none, so the new VM's are derived from its
- * own name), SMBIOS serial (newSMBiosSerial, else none) and firmware UUID (none: the VM
- * controller gives each VM its own); cloud-init sees a new instance id from the new name.
+ * own name), SMBIOS serial (newSMBiosSerial, else none), firmware UUID (none: the VM
+ * controller gives each VM its own) and fixed address (the template annotation
+ * `ipam.vessel.io/ip` is never copied: the source holds that address, so the clone gets its own
+ * from IPAM); cloud-init sees a new instance id from the new name.
  * Labels and annotations are copied through KubeVirt's filters (`*` matches everything, a
  * leading `!` excludes). Disks are linked clones of the snapshot; the annotation
  * `clone.vessel.io/type: full` makes standalone copies instead.
@@ -15,7 +17,7 @@
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { BY_NAMESPACE, byNamespace, cacheKey, Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
-import { refs, phaseOf, CLONE_DISK_TYPE } from '@vessel/api';
+import { refs, phaseOf, CLONE_DISK_TYPE, ipam } from '@vessel/api';
 
 const { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } = refs;
 
@@ -56,7 +58,7 @@ export function identityPatches(source: { metadata?: Obj; spec?: Obj }, spec: Cl
   drop(meta.annotations, spec.annotationFilters, '/metadata/annotations', ['kubectl.kubernetes.io/last-applied-configuration']);
   const template = ((source.spec?.template ?? {}) as { metadata?: Obj; spec?: Obj });
   drop(template.metadata?.labels, spec.template?.labelFilters, '/spec/template/metadata/labels');
-  drop(template.metadata?.annotations, spec.template?.annotationFilters, '/spec/template/metadata/annotations');
+  drop(template.metadata?.annotations, spec.template?.annotationFilters, '/spec/template/metadata/annotations', [ipam.FIXED_IP]);
   const domain = (template.spec?.domain ?? {}) as { devices?: { interfaces?: Obj[] }; firmware?: Obj };
   (domain.devices?.interfaces ?? []).forEach((iface, i) => {
     const path = `/spec/template/spec/domain/devices/interfaces/${i}/macAddress`;
