@@ -17,7 +17,7 @@
  * a grace period, as kube-apiserver's repair controllers do. Releases follow the Service's
  * deletion (its namespace's too: that deletes every Service through the same path).
  */
-import { DEFAULT_SERVICE_CIDR, firstFree, formatIPv4, NODE_PORT_RANGE, parseCidr, parseIPv4, refs, type Cidr, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import { DEFAULT_SERVICE_CIDR, firstFree, ipam, formatIPv4, NODE_PORT_RANGE, parseCidr, parseIPv4, refs, type Cidr, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
 import { isStoreError, type Store } from '@vessel/store';
 import { ApiError, invalid } from './errors.ts';
 import type { StoredObject } from './objects.ts';
@@ -25,9 +25,7 @@ import type { StoredObject } from './objects.ts';
 type Obj = Record<string, unknown>;
 
 export const SERVICES_NETWORK = 'services';
-export const NETWORK_LABEL = 'vessel.io/network';
-export const PARENT_UID = 'vessel.io/parent-uid';
-const CIDR_ANNOTATION = 'vessel.io/cidr';
+const { NETWORK_LABEL, PARENT_UID_ANNOTATION: PARENT_UID, CIDR_ANNOTATION } = ipam;
 const NODE_PORT_PREFIX = '/registry/vessel.io/servicenodeports/';
 /** Allocations younger than this are never repaired away: their Service may be on its way to the store. */
 export const REPAIR_GRACE_MS = 60_000;
