@@ -6,10 +6,9 @@ import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
 import { ipam, macForIPv4, parseCidr, parseIPv4, refs } from '@vessel/api';
 import type { KubeObject } from '@vessel/runtime';
-import type { KubeObject as ApiObject, ResourceRef, Watch, WatchEvent, WatchOptions } from '@vessel/client';
 import { ADDRESS_CONDITION, IpamController, staticBand, type IpamOptions } from './ipam.ts';
 import { VirtualMachineController } from './vm.ts';
-import { createNode, InMemoryClient, NODES, settle, tryGet, until, vmObject, vmStatus } from './testing/harness.ts';
+import { createNode, InMemoryClient, LaggingClient, NODES, settle, tryGet, until, vmObject, vmStatus } from './testing/harness.ts';
 
 const { IPADDRESSES, VMIS, VMS } = refs;
 const EVENTS = { group: '', version: 'v1', plural: 'events', namespaced: true };
@@ -112,16 +111,9 @@ test('one address per VM, however often it is reconciled; many VMs at once get d
   assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'delete'), 0);
 });
 
-/** Delivers IPAddress watch events late: reconciles then run before the cache has the controller's own creates. */
-class LaggingClient extends InMemoryClient {
-  override watchResource<T extends ApiObject = ApiObject>(res: ResourceRef, opts: WatchOptions, onEvent: (event: WatchEvent<T>) => void): Watch {
-    if (res.plural !== 'ipaddresses') return super.watchResource<T>(res, opts, onEvent);
-    return super.watchResource<T>(res, opts, (ev) => { setTimeout(() => onEvent(ev), 40); });
-  }
-}
 
 test('one address per VM even when the address cache lags behind the controller\'s own creates', async () => {
-  await using h = await setup({ client: new LaggingClient() });
+  await using h = await setup({ client: new LaggingClient({ ipaddresses: 40 }) });
   await h.c.create(VMS, vm('lag'));
   for (let i = 0; i < 10; i++) {
     await h.c.patch(VMS, 'lag', { metadata: { labels: { n: String(i) } } }, { namespace: 'default' });

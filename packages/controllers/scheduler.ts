@@ -53,7 +53,9 @@ export class Scheduler extends Controller {
     if (result.node === undefined) {
       if (this.reported.get(key) !== result.message) {
         this.reported.set(key, result.message);
-        await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+        await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
+          // The cache may lag: a VMI placed (or started) meanwhile keeps the status it has.
+          if (nodeOf(fresh) || !UNSCHEDULED.has(phaseOf(fresh))) return false;
           s.phase = 'Pending';
           setCondition(s, { type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: result.message }, false);
           setCondition(s, { type: 'Ready', status: 'False', reason: 'Unschedulable', message: result.message }, false);
