@@ -141,7 +141,7 @@ export class CloneController extends Controller {
 
     const restore = this.restores.get(`${ns}/${restoreName}`);
     if (!restore) {
-      const full = (clone.metadata.annotations as Record<string, string> | undefined)?.[CLONE_DISK_TYPE] === 'full';
+      const full = clone.metadata.annotations?.[CLONE_DISK_TYPE] === 'full';
       await this.createOwned(clone, VMRESTORES, {
         apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore',
         metadata: { name: restoreName, namespace: ns, ...(full ? { annotations: { [CLONE_DISK_TYPE]: 'full' } } : {}) },

@@ -6,14 +6,13 @@
  * CloneScheduled / UploadScheduled once a node is chosen). From there the node agent that
  * holds the volume reports progress, Succeeded or Failed.
  */
-import { storage, tryParseQuantity, refs, phaseOf } from '@vessel/api';
+import { storage, tryParseQuantity, refs, phaseOf, annotationsOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { BY_DATASOURCE_CLAIM, byDataSourceClaim, Controller, splitKey, type IndexFunc, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
 
 const { DATASOURCES, DATAVOLUMES, PVCS } = refs;
 
 type Obj = Record<string, unknown>;
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 /** Phases the agent owns: this controller never writes over them. */
 const AGENT_PHASES = new Set(['ImportInProgress', 'CloneInProgress', 'UploadReady', 'Succeeded', 'Failed']);
 
@@ -53,7 +52,7 @@ export class DataVolumeController extends Controller {
       const key = cacheKey(p);
       const viaSources = this.sources.byIndex(BY_DATASOURCE_CLAIM, key).flatMap((ds) => this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)));
       const keys = this.waiting([...this.dvs.byIndex(BY_CLONE_CLAIM, key), ...viaSources]);
-      const owner = annotations(p)[storage.POPULATED_FOR];
+      const owner = annotationsOf(p)[storage.POPULATED_FOR];
       return owner ? [...keys, `${p.metadata.namespace}/${owner}`] : keys;
     });
   }
@@ -72,15 +71,15 @@ export class DataVolumeController extends Controller {
     if (clone && 'pending' in clone) return this.setPhase(dv, 'Pending', clone.reason, clone.pending);
 
     let pvc = this.pvcs.get(key);
-    if (pvc && annotations(pvc)[storage.POPULATED_FOR] !== name) {
+    if (pvc && annotationsOf(pvc)[storage.POPULATED_FOR] !== name) {
       return this.setPhase(dv, 'Pending', 'ErrClaimNotValid', `a PersistentVolumeClaim named ${name} already exists and is not this DataVolume's; delete it or rename the DataVolume`);
     }
     if (!pvc) pvc = await this.createClaim(dv, namespace, spec, clone);
 
     const kind = spec.sourceRef ? 'pvc' : storage.populationSource(spec, namespace)?.kind ?? 'blank';
-    if (annotations(pvc)[storage.SELECTED_NODE]) {
+    if (annotationsOf(pvc)[storage.SELECTED_NODE]) {
       const { scheduled } = storage.phasesFor(kind);
-      return this.setPhase(dv, scheduled, scheduled, `${scheduled === 'CloneScheduled' ? 'cloning' : scheduled === 'UploadScheduled' ? 'upload' : 'import'} will run on node ${annotations(pvc)[storage.SELECTED_NODE]}`);
+      return this.setPhase(dv, scheduled, scheduled, `${scheduled === 'CloneScheduled' ? 'cloning' : scheduled === 'UploadScheduled' ? 'upload' : 'import'} will run on node ${annotationsOf(pvc)[storage.SELECTED_NODE]}`);
     }
     return this.setPhase(dv, 'Pending', 'Pending', `PVC ${name} Pending`);
   }
@@ -105,7 +104,7 @@ export class DataVolumeController extends Controller {
     }
     const pvc = this.pvcs.get(`${target.namespace}/${target.name}`);
     if (!pvc) return { pending: `clone source PersistentVolumeClaim ${target.namespace}/${target.name} does not exist`, reason: 'CloneSourceDoesNotExist' };
-    if ((pvc.status as Obj | undefined)?.phase !== 'Bound' || !annotations(pvc)[storage.VOLUME_PATH]) {
+    if ((pvc.status as Obj | undefined)?.phase !== 'Bound' || !annotationsOf(pvc)[storage.VOLUME_PATH]) {
       return { pending: `clone source ${target.namespace}/${target.name} is not populated yet`, reason: 'CloneSourceNotReady' };
     }
     return target;
