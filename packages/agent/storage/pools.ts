@@ -202,7 +202,9 @@ async function exists(path: string): Promise<boolean> {
  * read directly: cheaper than `qemu-img info` for every volume of a pool.
  */
 export async function backingFile(path: string): Promise<string | undefined> {
-  const fh = await open(path, 'r').catch(() => undefined);
+  // Only a file removed meanwhile has no backing file: any other failure must not pass for
+  // "backs nothing" (callers decide from this whether a golden image is still in use).
+  const fh = await open(path, 'r').catch(undefinedIfMissing);
   if (!fh) return undefined;
   try {
     const head = Buffer.alloc(20);
@@ -217,4 +219,10 @@ export async function backingFile(path: string): Promise<string | undefined> {
   } finally {
     await fh.close();
   }
+}
+
+/** For `.catch`: a missing file (ENOENT) becomes undefined; any other failure is rethrown. */
+export function undefinedIfMissing(err: unknown): undefined {
+  if ((err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return undefined;
+  throw err;
 }

@@ -23,7 +23,7 @@ import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames } from '@vessel/api';
-import type { Client } from '@vessel/client';
+import { isNotFound, type Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
@@ -179,6 +179,7 @@ export class VmRuntime extends Controller {
       removed++;
     }
     const inUse = new Set(this.vmis.list().map((v) => v.metadata.namespace));
+    // rmdir removes only empty directories: one still holding a run directory stays, as it should.
     for (const ns of namespaces) if (!inUse.has(ns)) await rmdir(join(root, ns)).catch(() => undefined);
     if (removed) this.log(`vms: removed ${removed} run director${removed === 1 ? 'y' : 'ies'} of VMs that no longer exist`);
   }
@@ -225,7 +226,12 @@ export class VmRuntime extends Controller {
     if (alive && alive.meta.uid === vmi.metadata.uid) return this.attach(vmi);
     if (!alive) {
       // Its QEMU may run in a run directory by name (an agent before run directories were per uid).
-      const legacy = await adopt(join(this.root, ns, name)).catch(() => undefined);
+      // A missing legacy directory is not an error (adopt says undefined); failing to clear a
+      // stale one must not keep the VM from starting in its own directory, but is logged.
+      const legacy = await adopt(join(this.root, ns, name)).catch((e: unknown) => {
+        this.log(`vms: ${key}: legacy run directory ${join(ns, name)}: ${e instanceof Error ? e.message : e}`);
+        return undefined;
+      });
       if (legacy && legacy.meta.uid === vmi.metadata.uid) {
         this.legacyDirs.set(vmi.metadata.uid!, legacy.runDir);
         return this.attach(vmi);
@@ -443,6 +449,7 @@ export class VmRuntime extends Controller {
       session.stopping = true;
       await this.events.record(vmi, 'Normal', 'ShuttingDown', `Signaled Graceful Shutdown (grace period ${grace}s)`);
       const off = session.qmp.waitForEvent('SHUTDOWN', { timeoutMs: grace * 1000 }).then(() => true, () => false);
+      // A QEMU that cannot take the request anymore is stopped below when the grace runs out.
       await session.qmp.execute('system_powerdown').catch(() => undefined);
       const graceful = await off;
       await this.stopQemu(key, runDir, session);
@@ -454,7 +461,10 @@ export class VmRuntime extends Controller {
       if (FINAL.has(String(s.phase))) return false;
       s.phase = 'Succeeded';
       setCondition(s, { type: 'Ready', status: 'False', reason: 'Deleted', message: 'the VMI is being deleted' }, false);
-    }).catch(() => undefined);
+    }).catch((e: unknown) => {
+      // The VMI goes with its finalizer anyway: a failed last status write must not keep it, but is worth a line.
+      this.log(`vms: ${key}: could not record the shutdown in the status: ${e instanceof Error ? e.message : e}`);
+    });
     await this.dropFinalizer(vmi);
   }
 
@@ -463,6 +473,7 @@ export class VmRuntime extends Controller {
     if (session) {
       session.stopping = true;
       this.sessions.delete(key);
+      // terminate() below signals a QEMU that did not quit: a failed quit is not a failed stop.
       await session.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
       await session.qmp.close();
     }
@@ -499,7 +510,11 @@ export class VmRuntime extends Controller {
   }
 
   private async dropFinalizer(vmi: KubeObject): Promise<void> {
-    const fresh = await this.client.get(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace }).catch(() => undefined);
+    // Gone is done; any other failure throws, so the reconcile is retried rather than the VMI left stuck.
+    const fresh = await this.client.get(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace }).catch((e: unknown) => {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    });
     const finalizers = (fresh?.metadata?.finalizers as string[] | undefined) ?? [];
     if (!fresh || !finalizers.includes(VMI_FINALIZER)) return;
     const rest = finalizers.filter((f) => f !== VMI_FINALIZER);
