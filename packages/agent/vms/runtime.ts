@@ -266,11 +266,16 @@ export class VmRuntime extends Controller {
 
   /**
    * Runs a long step outside the worker, one per VMI at a time. If other work took hold of the
-   * VMI (withVm) while this reconcile awaited, the step waits for its turn.
+   * VMI (withVm) while this reconcile awaited, the step waits for its turn. A step that fails
+   * is retried with the queue's backoff, as a failed reconcile is (say, a finalizer that could
+   * not be dropped because the server did not answer).
    */
   private track(key: string, work: () => Promise<void>): void {
     if (this.busy.has(key)) { this.queue.addAfter(key, 250); return; }
-    const p = work().catch((e: unknown) => this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`)).finally(() => {
+    const p = work().catch((e: unknown) => {
+      this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`);
+      this.queue.addRateLimited(key);
+    }).finally(() => {
       if (this.busy.get(key) === p) this.busy.delete(key);
     });
     this.busy.set(key, p);
