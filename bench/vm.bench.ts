@@ -475,6 +475,8 @@ export async function runVmScale(): Promise<BenchResult> {
     const r = await scaleRun(prio);
     const tag = runs.length > 1 ? `[${prio.nice ? 'nice' : 'off'}] ` : '';
     figures.push(...r.figures.map((f) => ({ ...f, name: tag + f.name })));
+    // At once too, so a run cut short later still leaves this one's figures.
+    for (const f of r.figures) console.log(`  ${tag}${f.name}: ${fmtRatio(f.ratio)}; ${f.detail}`);
     problems.push(...r.problems.map((x) => tag + x));
     stats.push(r.stats);
   }
