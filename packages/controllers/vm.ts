@@ -57,8 +57,6 @@ export class VirtualMachineController extends Controller {
   private readonly events: EventRecorder;
   /** VM key → resourceVersion of this reconcile's own metadata patch of the VM (its status write follows it). */
   private readonly patched = new Map<string, string>();
-  /** VM key → the VM as this reconcile's early status write (before deleting a failed VMI) left it. */
-  private readonly committed = new Map<string, KubeObject>();
 
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
@@ -79,28 +77,24 @@ export class VirtualMachineController extends Controller {
     if (!vm) return;
     const status = structuredClone((vm.status ?? {}) as Obj);
     this.patched.delete(key);
-    this.committed.delete(key);
     try {
       // 'stored': sync wrote the status itself and stopped; that write's event runs the reconcile again.
       if ((await this.sync(key, vm, status)) !== 'stored') await this.commit(key, vm, status);
     } finally {
       this.patched.delete(key);
-      this.committed.delete(key);
     }
   }
 
   /**
-   * Writes `s` as the VM's status if it differs from what the cache (or this reconcile) last
-   * saw. False when the write lost a conflict: a newer VM is on its way and runs the reconcile
-   * again, so nothing is lost by stopping here.
+   * Writes `s` as the VM's status if it differs from what the cache saw. False when the write
+   * lost a conflict: a newer VM is on its way and runs the reconcile again, so nothing is lost
+   * by stopping here (what could be, a failed VMI's count, storeStartFailure stores first).
    */
   private async commit(key: string, vm: KubeObject, s: Obj): Promise<boolean> {
-    const last = this.committed.get(key) ?? vm;
-    if (JSON.stringify(s) === JSON.stringify(last.status ?? {})) return true;
-    const resourceVersion = this.patched.get(key) ?? last.metadata.resourceVersion;
+    if (JSON.stringify(s) === JSON.stringify(vm.status ?? {})) return true;
+    const resourceVersion = this.patched.get(key) ?? vm.metadata.resourceVersion;
     try {
-      const written = await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
-      this.committed.set(key, written as KubeObject);
+      await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
       this.patched.delete(key);
       return true;
     } catch (e) {
