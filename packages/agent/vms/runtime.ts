@@ -33,7 +33,7 @@ import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qe
 import { cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { scrubPaths } from '../scrub.ts';
-import { containedPath, PathError, type Pool } from '../storage/pools.ts';
+import { containedPath, emptyIfMissing, PathError, type Pool } from '../storage/pools.ts';
 import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
@@ -137,7 +137,9 @@ export class VmRuntime extends Controller {
   /** Re-adopts the QEMUs of an earlier run; each is then reconciled like any VMI. */
   protected override async started(): Promise<void> {
     const root = this.root;
-    for (const ns of await readdir(root).catch(() => [] as string[])) {
+    // No vms directory yet is nothing to adopt; one that cannot be read must fail the start, or
+    // its QEMUs would be neither adopted nor stopped and their VMIs started a second time.
+    for (const ns of await readdir(root).catch(emptyIfMissing)) {
       for (const vm of await listRunDirs(join(root, ns))) {
         const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
         const vmi = this.vmis.get(key);
@@ -152,8 +154,9 @@ export class VmRuntime extends Controller {
         await this.attach(vmi);
       }
     }
-    // What a crash left: run directories of VMs and VMIs that no longer exist.
-    await this.collectRunDirs();
+    // What a crash left: run directories of VMs and VMIs that no longer exist. Only tidying:
+    // a failure is logged and the agent starts; the sweep runs again after the next VM or VMI change.
+    await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
   }
 
   /**
@@ -164,8 +167,9 @@ export class VmRuntime extends Controller {
   private async collectRunDirs(): Promise<void> {
     const root = this.root;
     const found: { ns: string; dir: string }[] = [];
-    const namespaces = await readdir(root).catch(() => [] as string[]);
-    for (const ns of namespaces) for (const d of await readdir(join(root, ns)).catch(() => [] as string[])) found.push({ ns, dir: join(root, ns, d) });
+    const namespaces = await readdir(root).catch(emptyIfMissing);
+    // A namespace directory removed meanwhile is empty; an unreadable one throws (the sweep is retried later).
+    for (const ns of namespaces) for (const d of await readdir(join(root, ns)).catch(emptyIfMissing)) found.push({ ns, dir: join(root, ns, d) });
     const wanted = new Set<string>([...this.preparing]);
     for (const vmi of this.vmis.list()) wanted.add(this.runDirOf(vmi));
     for (const vm of this.vmList.list()) if (vm.metadata.uid) wanted.add(join(root, vm.metadata.namespace!, vm.metadata.uid));
