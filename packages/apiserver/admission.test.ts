@@ -201,5 +201,5 @@ test('a fixed address (ipam.vessel.io/ip): refused, naming the annotation, when 
   const ownVmi: KubeObject = { ...vmi(true), metadata: { ...vmi(true).metadata, namespace: 'ns3', name: 'x' } };
   await admitFixedAddress(reader({ 'virtualmachineinstances/ns3/x': ownVmi }), VMS, vmWith('10.244.0.5'));
   // Through admit(), for every user, with the server's range.
-  await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
+  await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), undefined, { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
 });
