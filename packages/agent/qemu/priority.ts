@@ -20,13 +20,19 @@ import { tryParseQuantity } from '@vessel/api';
 
 /** The agent's policy for QEMU processes (`vessel agent --qemu-priority`). */
 export interface QemuPriority {
-  /** Niceness of every QEMU thread and of its autogroup, 0..19; 0 keeps the agent's. */
+  /** Niceness of every QEMU thread, 0..19; 0 keeps the agent's. Above 0 the autogroup gets AUTOGROUP_NICE. */
   nice: number;
   /** SCHED_BATCH: QEMU never preempts a waking control-plane thread. */
   batch: boolean;
   /** A cgroup per VM where a delegated cgroup v2 subtree with the cpu controller exists. */
   cgroups: boolean;
 }
+
+/**
+ * The niceness of every QEMU's autogroup (its own session) whenever QEMU runs below the agent:
+ * the lightest, since the groups of many guests add up (thread nice only orders a QEMU's own threads).
+ */
+export const AUTOGROUP_NICE = 19;
 
 export const DEFAULT_QEMU_PRIORITY: Readonly<QemuPriority> = { nice: 10, batch: true, cgroups: true };
 export const NO_QEMU_PRIORITY: Readonly<QemuPriority> = { nice: 0, batch: false, cgroups: false };

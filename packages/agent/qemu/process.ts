@@ -15,7 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { QmpClient } from '../qmp/client.ts';
 import { QemuLaunchError, QemuProcessError, firstQemuLine } from './errors.ts';
-import { findExecutable, joinCgroup, setAutogroupNice, wrapLaunch, type LaunchPriority } from './priority.ts';
+import { AUTOGROUP_NICE, findExecutable, joinCgroup, setAutogroupNice, wrapLaunch, type LaunchPriority } from './priority.ts';
 
 export const DEFAULT_QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -206,7 +206,10 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     // -daemonize's setsid() made a new autogroup of nice 0, which would weigh as much as the
     // agent's whole session whatever the threads' nice; and the daemon may have forked before
     // the launcher joined its cgroup (a v2 move takes every thread of the process along).
-    if (prio.nice > 0) await setAutogroupNice(pid, prio.nice);
+    // Each QEMU is a group of its own, so the groups' weights add up: at the lightest (nice 19,
+    // weight 15) 50 guests weigh 750 against the control plane's 1024; at nice 10 (110) they
+    // would weigh 5500 and leave it a sixth of the CPU (bench/RESULTS-issue11.md).
+    if (prio.nice > 0) await setAutogroupNice(pid, AUTOGROUP_NICE);
     if (prio.cgroupDir) {
       try {
         await joinCgroup(prio.cgroupDir, pid);
