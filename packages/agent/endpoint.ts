@@ -131,7 +131,9 @@ export async function startEndpoint(opts: { host: string; port: number; certPem:
 /** The one place a failure becomes the endpoint's answer: code and JSON body. */
 function fail(e: unknown, req: IncomingMessage, log?: (line: string) => void): { code: number; body: Record<string, unknown> } {
   const code = e instanceof HttpError ? e.code : e instanceof ImportError ? (e.code === 'TooLarge' ? 413 : 400) : 500;
-  if (code >= 500) log?.(`agent endpoint: ${req.method} ${req.url}: ${e instanceof Error ? e.stack : e}`);
+  // A guest that refuses or ignores a port-forward is the user's answer, not the agent's fault.
+  const expected = e instanceof PortForwardError && (e.reason === 'GuestRefused' || e.reason === 'GuestTimeout');
+  if (code >= 500 && !expected) log?.(`agent endpoint: ${req.method} ${req.url}: ${e instanceof Error ? e.stack : e}`);
   return {
     code,
     body: {

@@ -153,9 +153,14 @@ export interface GuestConnection {
 export async function dialSlirp(qmp: QmpClient, netdev: string, port: number, answerTimeoutMs = DEFAULT_ANSWER_MS): Promise<GuestConnection> {
   const hmp = (cmd: string) => qmp.execute<string>('human-monitor-command', { 'command-line': cmd });
   let hostPort = 0;
-  // A free port can be taken between our probe and QEMU's bind: try a few.
+  // Our connection is told apart in slirp's table by the forward's port alone, so the port
+  // must not show there already (a closed connection lingers in it for a while, and the
+  // kernel likes to hand out the same free port again); and a free port can be taken between
+  // our probe and QEMU's bind. Try a few.
   for (let attempt = 0; ; attempt++) {
+    if (attempt >= 8) throw new PortForwardError(500, 'ForwardFailed', `QEMU could not forward a host port to guest port ${port}`);
     hostPort = await freePort();
+    if (usernetMentions(await hmp('info usernet'), hostPort)) continue;
     const answer = await hmp(`hostfwd_add ${netdev} tcp:127.0.0.1:${hostPort}-:${port}`);
     if (!answer.trim()) break;
     if (attempt >= 2) throw new PortForwardError(500, 'ForwardFailed', `QEMU could not forward a host port to guest port ${port}: ${answer.trim()}`);
@@ -188,7 +193,8 @@ export async function dialSlirp(qmp: QmpClient, netdev: string, port: number, an
     sock?.destroy();
     throw e;
   } finally {
-    // The stream keeps its own socket; the listening forward is not needed any more.
+    // The stream keeps its own socket, which slirp has accepted by now (it shows in the
+    // table, or passed data); the listening forward is not needed any more.
     await hmp(`hostfwd_remove ${netdev} tcp:127.0.0.1:${hostPort}`).catch(() => undefined);
   }
 }
@@ -205,6 +211,14 @@ export function slirpState(usernet: string, hostPort: number): string | undefine
     if (m && m[1] !== 'HOST_FORWARD' && Number(m[2]) === hostPort) return m[1];
   }
   return undefined;
+}
+
+/** Whether any TCP entry of slirp's table (forward or connection) has `hostPort` as its source port. */
+function usernetMentions(usernet: string, hostPort: number): boolean {
+  return usernet.split(/\r?\n/).some((line) => {
+    const m = /^\s*TCP\[[A-Z_0-9]+\]\s+\d+\s+\S+\s+(\d+)\s/.exec(line);
+    return m !== null && Number(m[1]) === hostPort;
+  });
 }
 
 /**

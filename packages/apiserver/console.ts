@@ -75,7 +75,9 @@ export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
     socket.on('error', () => {}); // a client that resets mid-handshake is not a server error
     connect(req, socket, head, t).catch((e: unknown) => {
       const err = toApiError(e);
-      if (err.code >= 500) deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: ${e instanceof Error ? e.stack : e}`);
+      // 502/504 from a port-forward: the guest refused or stayed silent, which the client is told.
+      const guestAnswer = t.subresource === 'portforward' && (err.code === 502 || err.code === 504) && /^the guest /.test(err.message);
+      if (err.code >= 500 && !guestAnswer) deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: ${e instanceof Error ? e.stack : e}`);
       rejectUpgrade(socket, err);
     });
   };

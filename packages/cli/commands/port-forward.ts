@@ -147,16 +147,20 @@ function proxy(client: Client, namespace: string, t: ForwardTarget, port: number
   });
 }
 
-/** stdin/stdout as the stream; resolves when the guest or the server closes it. */
+/** stdin/stdout as the stream; resolves when the guest closes it, rejects when it broke. */
 function stdio(ws: WebSocket): Promise<void> {
-  return new Promise((resolve) => {
+  return new Promise((resolve, reject) => {
     // End of input does not end the stream: the guest's answer may still come (a piped request).
-    bridge(ws, process.stdin, process.stdout, () => { process.stdin.destroy(); resolve(); });
+    bridge(ws, process.stdin, process.stdout, (clean) => {
+      process.stdin.destroy();
+      if (clean) resolve();
+      else reject(new Error('the port-forward stream broke before the guest closed it'));
+    });
   });
 }
 
-/** Bytes both ways with backpressure; `ended` runs once the websocket closed. */
-function bridge(ws: WebSocket, from: NodeJS.ReadableStream & { isPaused(): boolean }, to: NodeJS.WritableStream, ended: () => void): void {
+/** Bytes both ways with backpressure; `ended` runs once the websocket closed (clean: a normal close). */
+function bridge(ws: WebSocket, from: NodeJS.ReadableStream & { isPaused(): boolean }, to: NodeJS.WritableStream, ended: (clean: boolean) => void): void {
   ws.on('message', (data: RawData) => {
     if (!to.write(toBuffer(data))) { ws.pause(); to.once('drain', () => ws.resume()); }
   });
@@ -166,13 +170,16 @@ function bridge(ws: WebSocket, from: NodeJS.ReadableStream & { isPaused(): boole
     if (ws.bufferedAmount > HIGH_WATER) from.pause();
   };
   from.on('data', onData);
+  // A local connection that went away ends its stream; stdin (also a net.Socket when piped)
+  // does not: after a piped request the answer is still to come.
   const onClose = () => { if (ws.readyState === WebSocket.OPEN) ws.close(1000); };
-  if (from instanceof net.Socket) from.on('close', onClose);
+  if (from instanceof net.Socket && from !== process.stdin) from.on('close', onClose);
   ws.on('error', () => {});
   ws.on('close', (code: number, reason: Buffer) => {
     from.off('data', onData);
-    if (code !== 1000 && code !== 1001 && code !== 1005 && !(from instanceof net.Socket && from.destroyed)) note(`the port-forward stream closed${reason.length ? `: ${reason}` : ` (code ${code})`}\n`);
-    ended();
+    const clean = code === 1000 || code === 1001 || code === 1005;
+    if (!clean && !(from instanceof net.Socket && from.destroyed)) note(`the port-forward stream closed${reason.length ? `: ${reason}` : ` (code ${code})`}\n`);
+    ended(clean);
   });
   from.resume();
   ws.resume();
