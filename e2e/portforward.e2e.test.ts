@@ -63,7 +63,7 @@ before(async () => {
 
 after(async () => {
   for (const c of children) c.kill('SIGKILL');
-  await v?.client.delete(VM, 'web', { namespace: ns }).catch(() => undefined);
+  for (const name of ['web', 'halted']) await v?.client.delete(VM, name, { namespace: ns }).catch(() => undefined);
   await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(() => undefined);
   await v?.close();
 });
@@ -156,6 +156,15 @@ test('a closed guest port, udp, and a missing VM are clear errors, not hangs', {
   const missing = await vessel(['port-forward', '--stdio', 'vm/nope', '80']);
   assert.equal(missing.code, 1);
   assert.match(missing.err, /not found/);
+  // A stopped VM: the API says so (409), and the listening mode fails before it listens.
+  await v.client.create(VM, tinyVm('halted', { runStrategy: 'Halted' }), { namespace: ns });
+  const stopped = await vessel(['port-forward', '--stdio', 'vm/halted', '80']);
+  assert.equal(stopped.code, 1);
+  assert.match(stopped.err, /VMI is not running/);
+  const listening = await vessel(['port-forward', 'vm/halted', '0:80'], { timeoutMs: 60_000 });
+  assert.equal(listening.code, 1);
+  assert.match(listening.err, /VM default\/halted is not running/);
+  assert.doesNotMatch(listening.out, /Forwarding from/);
 });
 
 test('a tenant of another namespace is refused (403), through the CLI too', { timeout: 120_000 }, async () => {

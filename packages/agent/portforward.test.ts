@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { checkProtocol, dialGuest, parsePort, PortForwardError, slirpState } from './portforward.ts';
+import { checkProtocol, dialGuest, parsePort, podAddressOf, PortForwardError, slirpState } from './portforward.ts';
 
 const USERNET = 'Hub -1 (net-default):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n'
   + '  TCP[SYN_SENT]      19       127.0.0.1 41235       10.0.2.15    81     0     0\r\n'
@@ -29,6 +29,13 @@ test('ports and protocols: tcp only, udp refused with its reason', () => {
   assert.equal(checkProtocol(undefined), 'tcp');
   assert.equal(checkProtocol('TCP'), 'tcp');
   assert.throws(() => checkProtocol('udp'), (e: PortForwardError) => e.reason === 'UnsupportedProtocol' && /only tcp/.test(e.message));
+});
+
+test("the pod interface's address from the VMI's status, for the cluster network", () => {
+  const vmi = (status: unknown) => ({ metadata: { name: 'web', namespace: 'a' }, spec: { domain: { devices: { interfaces: [{ name: 'nic0', bridge: {} }] } }, networks: [{ name: 'nic0', pod: {} }] }, status });
+  assert.equal(podAddressOf(vmi({ interfaces: [{ name: 'nic0', ipAddress: '10.244.1.7' }] })), '10.244.1.7');
+  assert.equal(podAddressOf(vmi({ interfaces: [{ name: 'other', ipAddress: '10.244.1.8' }] })), undefined);
+  assert.equal(podAddressOf(vmi({})), undefined, 'slirp guests have none');
 });
 
 function readAll(s: Duplex): Promise<string> {

@@ -117,7 +117,7 @@ export function registerSsh(program: Command): void {
     .option('-l, --username <user>', 'user to log in as')
     .option('-p, --port <port>', 'the guest\'s SSH port', '22')
     .option('-c, --command <command>', 'run this command in the guest instead of a shell')
-    .option('-t, --local-ssh-opts <opt>', 'an extra argument for ssh (repeatable), e.g. -t "-o StrictHostKeyChecking=no"', collect, [] as string[])
+    .option('-t, --local-ssh-opts <opt>', 'an extra argument for ssh (repeatable), e.g. -t -oStrictHostKeyChecking=no', collect, [] as string[])
     .action(async (destArg: string, flags: SshFlags, cmd: Command) => {
       const o = proxyOptions(cmd);
       process.exitCode = await run('ssh', sshArgv(o, parseDestination(destArg), flags));
