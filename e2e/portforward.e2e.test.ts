@@ -167,10 +167,15 @@ test('a closed guest port, udp, and a missing VM are clear errors, not hangs', {
   assert.doesNotMatch(listening.out, /Forwarding from/);
 });
 
-test('a tenant of another namespace is refused (403), through the CLI too', { timeout: 120_000 }, async () => {
+test('a tenant of another namespace and a viewer are refused (403), through the CLI too', { timeout: 120_000 }, async () => {
   const other = new Client(loadKubeconfigFile(otherKubeconfig));
   await assert.rejects(openForward(other, ns, { resource: 'virtualmachines', name: 'web' }, 80), (e: StatusError) => e.code === 403 && /virtualmachines\/portforward/.test(e.message));
   await assert.rejects(openForward(other, ns, { resource: 'virtualmachineinstances', name: 'web' }, 80), (e: StatusError) => e.code === 403);
+  // A viewer reads the VM but gets no way into the guest (KubeVirt's view role: no portforward).
+  const t = await v.client.request<{ token: string }>('POST', '/vessel/v1/tokens', { body: { user: 'viewer', groups: ['vessel:view'] } });
+  const viewer = new Client({ ...v.client.config, token: t.token });
+  await viewer.get(VM, 'web', { namespace: ns });
+  await assert.rejects(openForward(viewer, ns, { resource: 'virtualmachines', name: 'web' }, 80), (e: StatusError) => e.code === 403);
   const r = await vessel(['port-forward', '--stdio', 'vm/web', '80'], { kubeconfig: otherKubeconfig, input: 'GET / HTTP/1.0\r\n\r\n' });
   assert.equal(r.code, 1);
   assert.match(r.err, /forbidden/i);
