@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the Vessel tiny test guest from Debian packages already installed on this machine
-# (linux-image-cloud-amd64, busybox-static, qemu-guest-agent, e2fsprogs, dosfstools, mtools,
+# (linux-image-cloud-amd64, busybox-static, qemu-guest-agent, dropbear-bin, e2fsprogs, dosfstools, mtools,
 # syslinux, fdisk, cpio, qemu-utils): no network, no loop mounts.
 #
 # Output (a cache entry, reused while the recipe and the kernel stay the same):
@@ -48,6 +48,11 @@ qga=/usr/sbin/qemu-ga
 [ -x "$qga" ] || die "no $qga: apt-get install qemu-guest-agent (scripts/setup.sh does)"
 qga_libs=$(ldd "$qga" | grep -o '/[^ ]*' | LC_ALL=C sort -u) || die "ldd $qga failed"
 [ -n "$qga_libs" ] || die "ldd found no libraries for $qga"
+# Debian's dropbear SSH server (dropbear-bin, 180 KB + 5 small libraries): `vessel ssh` logs in
+# with a key the user data puts into /root/.ssh/authorized_keys.
+dropbear=/usr/sbin/dropbear
+[ -x "$dropbear" ] || die "no $dropbear: apt-get install dropbear-bin (scripts/setup.sh does)"
+dropbear_libs=$(ldd "$dropbear" | grep -o '/[^ ]*' | LC_ALL=C sort -u) || die "ldd $dropbear failed"
 
 # Cache key: every recipe file (path and content) + kernel version (and file size, mtime) + busybox
 # version + the contents of qemu-ga and its libraries.
@@ -55,7 +60,7 @@ hash=$( {
   cd "$here"
   echo "kernel $kver $(stat -c '%s %Y' "$kimg")"
   "$busybox" 2>&1 | head -n 1
-  for f in $qga $qga_libs; do echo "bin $f $(sha256sum <"$f" | cut -c1-64)"; done
+  for f in $qga $qga_libs $dropbear $dropbear_libs; do echo "bin $f $(sha256sum <"$f" | cut -c1-64)"; done
   for f in build-tiny.sh $(find tiny -type f | LC_ALL=C sort); do
     echo "file $f $(sha256sum <"$f" | cut -c1-64)"
   done
@@ -136,6 +141,9 @@ done
 # qemu-ga with its libraries at the paths ldd resolved (the loader's default directories).
 cp "$qga" "$root/usr/sbin/qemu-ga"
 for l in $qga_libs; do mkdir -p "$root$(dirname "$l")"; cp -L "$l" "$root$l"; done
+cp "$dropbear" "$root/usr/sbin/dropbear"
+for l in $dropbear_libs; do mkdir -p "$root$(dirname "$l")"; cp -L "$l" "$root$l"; done
+mkdir -p "$root/etc/dropbear"
 cp -a "$recipe/rootfs/." "$root/"
 chmod 0755 "$root"/etc/init.d/* "$root"/usr/bin/vessel-* "$root"/etc/udhcpc/default.script "$root"/etc/acpi/PWRF/* "$root"/etc/qemu/fsfreeze-hook
 chmod 1777 "$root/tmp"; chmod 0700 "$root/root"

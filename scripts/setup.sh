@@ -18,6 +18,7 @@ want 'command -v curl'                  curl               # the import benchmar
 want 'ls /boot/vmlinuz-*-cloud-amd64'   linux-image-cloud-amd64
 want 'dpkg -s busybox-static'           busybox-static
 want 'test -x /usr/sbin/qemu-ga'        qemu-guest-agent   # copied into the guest (snapshots freeze through it)
+want 'test -x /usr/sbin/dropbear'       dropbear-bin       # copied into the guest (vessel ssh logs in to it)
 want 'command -v cpio'                  cpio
 want 'command -v mkfs.ext4'             e2fsprogs
 want 'command -v mkfs.vfat'             dosfstools

@@ -8,9 +8,11 @@
  *   PUT      /v1/vmi/NS/NAME/pause|unpause|softreboot|reset   over QMP
  *   GET      /v1/serial-log/NS/NAME[?follow=true&tailBytes=N]
  *   upgrade  /v1/console/NS/NAME, /v1/vnc/NS/NAME              (console.ts)
+ *   upgrade  /v1/portforward/NS/NAME/PORT[/PROTOCOL]           (portforward.ts)
  *
  * Failures are answered in one place (`fail`): an HttpError with its code, an ImportError as
- * 413/400, anything else 500, always with a JSON `{message, offset?, reason?}` body.
+ * 413/400, a PortForwardError with its code and reason, anything else 500, always with a JSON
+ * `{message, offset?, reason?}` body.
  */
 import { timingSafeEqual } from 'node:crypto';
 import { createServer, type Server } from 'node:https';
@@ -19,6 +21,7 @@ import type { AddressInfo } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { HttpError, Router, type Params } from '@vessel/http';
 import type { ConsoleHandlers } from './console.ts';
+import { PortForwardError, type PortForwardHandler } from './portforward.ts';
 import { ImportError } from './storage/errors.ts';
 import { UploadError } from './storage/upload.ts';
 import type { VolumeManager } from './storage/volumes.ts';
@@ -34,6 +37,8 @@ export interface EndpointDeps {
   volumes: Pick<VolumeManager, 'uploadStatus' | 'receive'>;
   vms: Pick<VmRuntime, 'act'>;
   consoles: Pick<ConsoleHandlers, 'serialLog' | 'upgrade'>;
+  /** Port-forward streams; without it the route answers 404. */
+  portForward?: Pick<PortForwardHandler, 'upgrade'>;
   /** The token check (startEndpoint's); tests on plain HTTP leave it out. */
   authorized?: (req: IncomingMessage) => boolean;
   log?: (line: string) => void;
@@ -66,9 +71,15 @@ export function agentRoutes(deps: EndpointDeps): { request(req: IncomingMessage,
       reply(res, 200, { message: '' });
     })
     .on('*', '/v1/serial-log/:namespace/:name', (req, res, { namespace, name }) => deps.consoles.serialLog(req, res, namespace, name));
+  const forward: UpgradeRoute = async (req, socket, head, { namespace, name, port, protocol }) => {
+    if (!deps.portForward) throw new HttpError(404, 'this agent does not serve port-forward');
+    await deps.portForward.upgrade(req, socket, head, namespace, name, port, protocol);
+  };
   const upgrades = new Router<UpgradeRoute>()
     .on('*', '/v1/:kind(console|vnc)/:namespace/:name', (req, socket, head, { kind, namespace, name }) =>
-      deps.consoles.upgrade(req, socket, head, kind as 'console' | 'vnc', namespace, name));
+      deps.consoles.upgrade(req, socket, head, kind as 'console' | 'vnc', namespace, name))
+    .on('*', '/v1/portforward/:namespace/:name/:port', forward)
+    .on('*', '/v1/portforward/:namespace/:name/:port/:protocol', forward);
 
   return {
     request(req, res) {
@@ -120,13 +131,16 @@ export async function startEndpoint(opts: { host: string; port: number; certPem:
 /** The one place a failure becomes the endpoint's answer: code and JSON body. */
 function fail(e: unknown, req: IncomingMessage, log?: (line: string) => void): { code: number; body: Record<string, unknown> } {
   const code = e instanceof HttpError ? e.code : e instanceof ImportError ? (e.code === 'TooLarge' ? 413 : 400) : 500;
-  if (code >= 500) log?.(`agent endpoint: ${req.method} ${req.url}: ${e instanceof Error ? e.stack : e}`);
+  // A guest that refuses or ignores a port-forward is the user's answer, not the agent's fault.
+  const expected = e instanceof PortForwardError && (e.reason === 'GuestRefused' || e.reason === 'GuestTimeout');
+  if (code >= 500 && !expected) log?.(`agent endpoint: ${req.method} ${req.url}: ${e instanceof Error ? e.stack : e}`);
   return {
     code,
     body: {
       message: e instanceof Error ? e.message : String(e),
       ...(e instanceof UploadError && e.offset !== undefined ? { offset: e.offset } : {}),
       ...(e instanceof ImportError ? { reason: e.code } : {}),
+      ...(e instanceof PortForwardError ? { reason: e.reason } : {}),
     },
   };
 }

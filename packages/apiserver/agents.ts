@@ -80,7 +80,8 @@ export function agentRefusal(call: AgentCall, code: number, body: string, nodeNa
     case 'upload':
       return new ApiError(code, reasonFor(code), `upload refused by the agent of node ${nodeName}: ${(reason ? `${message} (${reason})` : message) || `HTTP ${code}`}`);
     case 'stream':
-      if ([400, 404, 409, 503].includes(code)) return new ApiError(code, reasonFor(code), message || `the agent of node ${nodeName} answered ${code}`);
+      // 502/504: port-forward's guest refused or stayed silent, which the agent's message says.
+      if ([400, 404, 409, 502, 503, 504].includes(code)) return new ApiError(code, reasonFor(code), message || `the agent of node ${nodeName} answered ${code}`);
       return new ApiError(502, 'InternalError', `the agent of node ${nodeName} answered ${code}: ${message || STATUS_CODES[code] || 'error'}`);
     case 'action':
       return code === 409 ? new ApiError(409, 'Conflict', message) : new ApiError(500, 'InternalError', message);

@@ -1,13 +1,15 @@
 /**
- * KubeVirt's console and VNC subresources, and Vessel's serial log:
+ * KubeVirt's console, VNC and port-forward subresources, and Vessel's serial log:
  *
  *   upgrade /apis/subresources.kubevirt.io/v1/namespaces/NS/virtualmachineinstances/NAME/console
  *   upgrade .../vnc
+ *   upgrade .../virtualmachineinstances/NAME/portforward/PORT[/tcp], the same under virtualmachines/NAME
  *   GET     .../serial-log[?follow=true&tailBytes=N]    (Vessel's; streams text/plain)
  *
  * (v1alpha3 too, as virt-api serves it). Access is KubeVirt's RBAC rule: `get` on
- * `virtualmachineinstances/console` (or `/vnc`) in `subresources.kubevirt.io`; the serial log
- * counts as the console. The server connects to the VMI's node agent first (its token, its
+ * `virtualmachineinstances/console` (or `/vnc`, `/portforward`; `virtualmachines/portforward`
+ * for a VM's) in `subresources.kubevirt.io`; the serial log counts as the console. A VM's
+ * port-forward reaches the VMI of the same name, as KubeVirt's does. The server connects to the VMI's node agent first (its token, its
  * pinned certificate) and completes the client's upgrade only when the agent accepted, so every
  * failure reaches the client as an HTTP Status with the right code instead of a websocket that
  * opens and dies. Frames are raw bytes both ways (`plain.kubevirt.io`, what virtctl offers for
@@ -48,8 +50,19 @@ const HIGH_WATER = 1024 * 1024;
 /** Idle websockets die in proxies and NATs; a ping now and then keeps them open. */
 const PING_MS = 30_000;
 
-/** The VMI and stream a console, VNC or serial-log request names (server.ts routes them here). */
-export interface StreamTarget { namespace: string; name: string; subresource: 'console' | 'vnc' | 'serial-log' }
+/** The VMI and stream a console, VNC, port-forward or serial-log request names (server.ts routes them here). */
+export interface StreamTarget {
+  namespace: string;
+  name: string;
+  subresource: 'console' | 'vnc' | 'serial-log' | 'portforward';
+  /** Whose subresource it is (port-forward is served for VMs too); default the VMI's. */
+  resource?: 'virtualmachines' | 'virtualmachineinstances';
+  /** port-forward: the guest's port and protocol, as the path had them. */
+  port?: string;
+  protocol?: string;
+}
+
+const VM = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 
 export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
   const wss = new WebSocketServer({
@@ -62,23 +75,27 @@ export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
     socket.on('error', () => {}); // a client that resets mid-handshake is not a server error
     connect(req, socket, head, t).catch((e: unknown) => {
       const err = toApiError(e);
-      if (err.code >= 500) deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: ${e instanceof Error ? e.stack : e}`);
+      // 502/504 from a port-forward: the guest refused or stayed silent, which the client is told.
+      const guestAnswer = t.subresource === 'portforward' && (err.code === 502 || err.code === 504) && /^the guest /.test(err.message);
+      if (err.code >= 500 && !guestAnswer) deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: ${e instanceof Error ? e.stack : e}`);
       rejectUpgrade(socket, err);
     });
   };
 
   async function connect(req: IncomingMessage, socket: Duplex, head: Buffer, t: StreamTarget): Promise<void> {
     if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', req.url ?? '');
+    if (t.subresource === 'portforward') checkForward(t);
     const nodeName = await admit(deps, req, t);
     const target = await agentTarget(deps.resources, nodeName);
-    const agent = await dialAgent(target, nodeName, `/v1/${t.subresource}/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}`, socket);
+    const forward = t.subresource === 'portforward' ? `/${t.port}/${(t.protocol ?? 'tcp').toLowerCase()}` : '';
+    const agent = await dialAgent(target, nodeName, `/v1/${t.subresource}/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}${forward}`, socket);
     if (!agent) return; // the client went away meanwhile
     // The agent's websocket comes paused: its frames wait until the client's side is ready.
     let upgraded = false;
     wss.handleUpgrade(req, socket, head, (client) => {
       upgraded = true;
       open.add(client);
-      deps.log?.(`${t.subresource} ${t.namespace}/${t.name}: connected through node ${nodeName}`);
+      deps.log?.(`${t.subresource} ${t.namespace}/${t.name}${t.port ? `:${t.port}` : ''}: connected through node ${nodeName}`);
       relay(client, agent, () => open.delete(client));
       agent.resume();
     });
@@ -100,10 +117,12 @@ export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
  */
 export async function serialLog(deps: ConsoleDeps, req: IncomingMessage, res: ServerResponse, path: string, t: StreamTarget): Promise<void> {
   if (t.subresource !== 'serial-log') {
-    // console and vnc exist only as websockets (the upgrade listener serves them).
+    // console, vnc and portforward exist only as websockets (the upgrade listener serves them).
+    const verb = t.subresource === 'portforward' ? 'port-forward' : t.subresource;
+    const plural = t.resource ?? VMI.plural;
     throw new ApiError(400, 'BadRequest',
-      `${VMI.plural}/${t.subresource} of "${t.name}" is a websocket stream: send the request with "Connection: Upgrade" and "Upgrade: websocket" (as virtctl ${t.subresource} and vessel ${t.subresource} do)`,
-      { name: t.name, group: SUBRESOURCES_GROUP, kind: `${VMI.plural}/${t.subresource}` });
+      `${plural}/${t.subresource} of "${t.name}" is a websocket stream: send the request with "Connection: Upgrade" and "Upgrade: websocket" (as virtctl ${verb} and vessel ${verb} do)`,
+      { name: t.name, group: SUBRESOURCES_GROUP, kind: `${plural}/${t.subresource}` });
   }
   if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', path);
   const nodeName = await admit(deps, req, t, false);
@@ -151,20 +170,46 @@ export function rejectUpgrade(socket: Duplex, err: ApiError): void {
   socket.end(`HTTP/1.1 ${err.code} ${STATUS_CODES[err.code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
 }
 
-/** Authenticates and authorizes the caller, and returns the node of the VMI (which must be running for console/VNC). */
+/** A port-forward's port and protocol, checked before anything is looked up (400s). */
+function checkForward(t: StreamTarget): void {
+  const port = /^\d{1,5}$/.test(t.port ?? '') ? Number(t.port) : NaN;
+  if (!(port >= 1 && port <= 65535)) throw new ApiError(400, 'BadRequest', `invalid port "${t.port}": it must be a number from 1 to 65535`);
+  const protocol = (t.protocol ?? 'tcp').toLowerCase();
+  if (protocol === 'udp') throw new ApiError(400, 'BadRequest', 'port-forward of udp is not supported by Vessel: only tcp');
+  if (protocol !== 'tcp') throw new ApiError(400, 'BadRequest', `unknown protocol "${t.protocol}": use tcp`);
+}
+
+/** Authenticates and authorizes the caller, and returns the node of the VMI (which must be running for console/VNC/port-forward). */
 async function admit(deps: ConsoleDeps, req: IncomingMessage, t: StreamTarget, mustRun = true): Promise<string> {
   const user: User | undefined = await authenticate(deps.store, authorizationOf(req));
   if (!user) throw unauthorized();
+  const resource = t.resource ?? VMI.plural;
   authorize(user, {
-    verb: 'get', group: SUBRESOURCES_GROUP, resource: VMI.plural,
+    verb: 'get', group: SUBRESOURCES_GROUP, resource,
     subresource: t.subresource === 'serial-log' ? 'console' : t.subresource, namespace: t.namespace, name: t.name,
   });
-  const vmi = await deps.resources.get(VMI, t.namespace, t.name);
-  const status = (vmi.status ?? {}) as { phase?: string; nodeName?: string };
   const notRunning = (why: string) => new ApiError(409, 'Conflict',
     `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is not running${why}`,
     { name: t.name, group: VMI.group, kind: 'virtualmachineinstances' });
+  let vmi;
+  if (resource === VM.plural) {
+    await deps.resources.get(VM, t.namespace, t.name); // a missing VM is a 404 on the VM
+    try {
+      vmi = await deps.resources.get(VMI, t.namespace, t.name);
+    } catch (e) {
+      if (e instanceof ApiError && e.code === 404) throw notRunning(': the VM has no VMI (start it first)');
+      throw e;
+    }
+  } else {
+    vmi = await deps.resources.get(VMI, t.namespace, t.name);
+  }
+  const status = (vmi.status ?? {}) as { phase?: string; nodeName?: string; conditions?: Array<{ type?: string; status?: string }> };
   if (mustRun && status.phase !== 'Running') throw notRunning(status.phase ? ` (phase ${status.phase})` : ' (it has no phase yet)');
+  // KubeVirt refuses a paused VMI's port-forward: nothing in the guest would answer.
+  if (t.subresource === 'portforward' && status.conditions?.some((c) => c.type === 'Paused' && c.status === 'True')) {
+    throw new ApiError(409, 'Conflict', `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is paused`,
+      { name: t.name, group: VMI.group, kind: 'virtualmachineinstances' });
+  }
   if (!status.nodeName) throw notRunning(': it has not been scheduled to a node yet (status.nodeName is empty)');
   return status.nodeName;
 }

@@ -122,6 +122,10 @@ export function createHandler(opts: HandlerOptions): Handler {
     // From here on, every route needs a user.
     .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc|serial-log)`, authed(({ r, res, path, params }) =>
       serialLog(consoleDeps, r.req, res, path, { namespace: params.namespace, name: params.name, subresource: params.stream as StreamTarget['subresource'] })))
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port`, authed(({ r, res, path, params }) =>
+      serialLog(consoleDeps, r.req, res, path, forwardTarget(params))))
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`, authed(({ r, res, path, params }) =>
+      serialLog(consoleDeps, r.req, res, path, forwardTarget(params))))
     .on('POST', '/vessel/v1/tokens', authed(({ r, res }, user) => issueToken(r, res, user)))
     .on('PUT', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`, authed(async ({ r, res, params }, user) => {
       const { namespace, resource, name, action } = params;
@@ -303,7 +307,15 @@ function jsonOnly(r: Request): void {
   if (!acceptsJson(r.req.headers.accept)) throw new ApiError(406, 'NotAcceptable', 'only application/json is served here (and protobuf for /openapi/v2)');
 }
 
-/** The upgrade listener: console and VNC websockets; any other upgrade is a 404 Status. */
+/** A port-forward path's parameters as the stream it names. */
+function forwardTarget(p: Params): StreamTarget {
+  return {
+    namespace: p.namespace, name: p.name, subresource: 'portforward',
+    resource: p.resource as StreamTarget['resource'], port: p.port, protocol: p.protocol,
+  };
+}
+
+/** The upgrade listener: console, VNC and port-forward websockets; any other upgrade is a 404 Status. */
 export interface UpgradeHandler {
   (req: IncomingMessage, socket: Duplex, head: Buffer): void;
   /** Ends every open session (upgraded sockets would keep the HTTPS server from closing). */
@@ -315,7 +327,11 @@ export function createUpgradeHandler(deps: ConsoleDeps): UpgradeHandler {
   type Upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer, params: Params) => void;
   const upgrades = new Router<Upgrade>()
     .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc)`, (req, socket, head, { namespace, name, stream }) =>
-      consoles(req, socket, head, { namespace, name, subresource: stream as StreamTarget['subresource'] }));
+      consoles(req, socket, head, { namespace, name, subresource: stream as StreamTarget['subresource'] }))
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port`, (req, socket, head, params) =>
+      consoles(req, socket, head, forwardTarget(params)))
+    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`, (req, socket, head, params) =>
+      consoles(req, socket, head, forwardTarget(params)));
   const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const m = upgrades.match(req.method ?? 'GET', (req.url ?? '/').split('?')[0].replace(/\/$/, ''));
     if (m) m.handler(req, socket, head, m.params);

@@ -249,6 +249,12 @@ export class VmRuntime extends Controller {
     return this.track(key, () => this.startVm(vmi, runDir));
   }
 
+  /** VMI `name` when it is scheduled to this node. */
+  vmiOnNode(namespace: string, name: string): KubeObject | undefined {
+    const vmi = this.vmis.get(`${namespace}/${name}`);
+    return vmi && this.mine(vmi) ? vmi : undefined;
+  }
+
   /** The QMP connection of the VMI's QEMU when it runs on this node. */
   qmpFor(namespace: string, name: string): QmpClient | undefined {
     return this.sessions.get(`${namespace}/${name}`)?.qmp;

@@ -23,8 +23,13 @@ const ESCAPE = 0x1d; // ^]
  * the server's Status (StatusError) when it refuses.
  */
 export function connectSubresource(client: Client, namespace: string, name: string, subresource: 'console' | 'vnc'): Promise<WebSocket> {
+  return connectStream(client, resourcePath(SUBRESOURCE_VMI, namespace, name, subresource), `the ${subresource} of ${namespace}/${name}`);
+}
+
+/** connectSubresource for any websocket path of the API server (port-forward's); `what` names it in errors. */
+export function connectStream(client: Client, path: string, what: string): Promise<WebSocket> {
   const c = client.config;
-  const url = new URL(resourcePath(SUBRESOURCE_VMI, namespace, name, subresource), c.server);
+  const url = new URL(path, c.server);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   return new Promise((resolve, reject) => {
     // ws hands these to tls.connect, which also takes servername (its types do not say so).
@@ -50,7 +55,7 @@ export function connectSubresource(client: Client, namespace: string, name: stri
     ws.on('error', (e) => {
       if (settled) return;
       settled = true;
-      reject(new ClientError('Unreachable', `cannot open the ${subresource} of ${namespace}/${name} at ${c.server}: ${e.message}`, { cause: e }));
+      reject(new ClientError('Unreachable', `cannot open ${what} at ${c.server}: ${e.message}`, { cause: e }));
     });
   });
 }
