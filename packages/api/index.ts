@@ -45,5 +45,6 @@ export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type
 export * as snapshots from './snapshots.ts';
 export * as refs from './refs.ts';
 export { isObject, phaseOf, runStrategyOf, claimVolumes, claimNames, NODE_UNRESPONSIVE, RESUME_MEMORY, CLONE_DISK_TYPE, type RunStrategy, type ClaimVolume } from './objects.ts';
+export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, type Cidr } from './ip.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

@@ -30,6 +30,8 @@ test('kubectl-style names resolve', () => {
     secrets: 'Secret',
     sc: 'StorageClass',
     'storageclasses.storage.k8s.io': 'StorageClass',
+    ipaddresses: 'IPAddress',
+    'endpointslices.discovery.k8s.io': 'EndpointSlice',
     'configmaps.v1': 'ConfigMap',
   };
   for (const [name, kind] of Object.entries(cases)) assert.equal(resolveName(name)?.kind, kind, name);
@@ -71,6 +73,8 @@ test('upstream-accurate names, scope, subresources and columns', () => {
   assert.deepEqual(groupVersions(), [
     { group: '', version: 'v1' },
     { group: 'storage.k8s.io', version: 'v1' },
+    { group: 'networking.k8s.io', version: 'v1' },
+    { group: 'discovery.k8s.io', version: 'v1' },
     { group: 'kubevirt.io', version: 'v1' },
     { group: 'cdi.kubevirt.io', version: 'v1beta1' },
     { group: 'snapshot.kubevirt.io', version: 'v1beta1' },

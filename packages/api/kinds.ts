@@ -101,6 +101,23 @@ export const kinds: readonly KindInfo[] = Object.freeze([
       AGE,
     ],
   }),
+  // The cluster network (docs/network.md): IPAM records every address it hands out as an
+  // IPAddress, as kube-apiserver records ClusterIPs; Services' endpoints are EndpointSlices.
+  kind({
+    group: 'networking.k8s.io', version: 'v1', kind: 'IPAddress', plural: 'ipaddresses', singular: 'ipaddress',
+    shortNames: [], categories: [], namespaced: false, statusSubresource: false,
+    printerColumns: [{ name: 'ParentRef', type: 'string', jsonPath: '.spec.parentRef', description: 'resource/namespace/name of the owner of the address' }],
+  }),
+  kind({
+    group: 'discovery.k8s.io', version: 'v1', kind: 'EndpointSlice', plural: 'endpointslices', singular: 'endpointslice',
+    shortNames: [], categories: [], namespaced: true, statusSubresource: false,
+    printerColumns: [
+      { name: 'AddressType', type: 'string', jsonPath: '.addressType' },
+      { name: 'Ports', type: 'string', jsonPath: '.ports[*].port' },
+      { name: 'Endpoints', type: 'string', jsonPath: '.endpoints[*].addresses[0]' },
+      AGE,
+    ],
+  }),
   // KubeVirt: names, columns and subresources as virt-operator's CRDs declare them.
   kind({
     group: 'kubevirt.io', version: 'v1', kind: 'VirtualMachine', plural: 'virtualmachines', singular: 'virtualmachine',
@@ -205,6 +222,8 @@ const SCHEMA_NAMES: Record<string, string> = {
   '/v1/Service': 'io.k8s.api.core.v1.Service',
   '/v1/PersistentVolumeClaim': 'io.k8s.api.core.v1.PersistentVolumeClaim',
   'storage.k8s.io/v1/StorageClass': 'io.k8s.api.storage.v1.StorageClass',
+  'networking.k8s.io/v1/IPAddress': 'io.k8s.api.networking.v1.IPAddress',
+  'discovery.k8s.io/v1/EndpointSlice': 'io.k8s.api.discovery.v1.EndpointSlice',
   'kubevirt.io/v1/VirtualMachine': 'io.kubevirt.v1.VirtualMachine',
   'kubevirt.io/v1/VirtualMachineInstance': 'io.kubevirt.v1.VirtualMachineInstance',
   'kubevirt.io/v1/VirtualMachineInstanceMigration': 'io.kubevirt.v1.VirtualMachineInstanceMigration',

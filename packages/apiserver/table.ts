@@ -75,6 +75,13 @@ function cell(col: PrinterColumn, obj: StoredObject): unknown {
  * SchedulingDisabled when cordoned).
  */
 const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
+  // kubectl prints an IPAddress's parent as resource/namespace/name (resource/name when cluster-scoped).
+  'networking.k8s.io/IPAddress/ParentRef': (o) => {
+    const p = (o.spec as { parentRef?: { group?: string; resource?: string; namespace?: string; name?: string } } | undefined)?.parentRef;
+    if (!p) return '<none>';
+    const resource = p.group ? `${p.resource}.${p.group}` : p.resource;
+    return [resource, p.namespace, p.name].filter(Boolean).join('/');
+  },
   '/Node/Status': (o) => {
     const ready = evalPath(o, ".status.conditions[?(@.type=='Ready')].status")[0];
     const status = [ready === undefined ? 'Unknown' : ready === 'True' ? 'Ready' : 'NotReady'];
