@@ -6,14 +6,13 @@
  * It never allocates: creating IPAddresses is the control plane's job.
  */
 import { join } from 'node:path';
-import { refs } from '@vessel/api';
+import { isHostOf, macForIPv4, parseCidr, parseIPv4, refs } from '@vessel/api';
 import type { Client, ResourceRef } from '@vessel/client';
 import { Controller, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { BRIDGE, VM_MTU, enableForwarding, ensureBridge, setBridgeAddress } from './bridge.ts';
 import { Dnsmasq } from './dnsmasq.ts';
 import { NetworkError } from './errors.ts';
 import { type NetNs } from './exec.ts';
-import { inCidr, macOfIp, parseCidr, parseIp } from './ipv4.ts';
 import { installRuleset } from './nft.ts';
 import { ensureTap, listTaps, removeTap, tapName } from './taps.ts';
 import { ensureVxlan, syncFdb } from './vxlan.ts';
@@ -78,7 +77,7 @@ export class ClusterNetwork extends Controller {
 
   constructor(client: Client, private readonly opts: ClusterNetworkOptions) {
     super('network', client, opts.log, 1);
-    if (parseIp(opts.fabricIp) === undefined) throw new NetworkError('InvalidArgument', `bad fabric IP ${JSON.stringify(opts.fabricIp)}: an IPv4 address`);
+    if (parseIPv4(opts.fabricIp) === undefined) throw new NetworkError('InvalidArgument', `bad fabric IP ${JSON.stringify(opts.fabricIp)}: an IPv4 address`);
     this.nodes = this.inform(refs.NODES, () => [FDB_KEY]);
     this.addrs = this.inform(IPADDRESSES, (a) => {
       const p = parentRefOf(a);
@@ -110,7 +109,7 @@ export class ClusterNetwork extends Controller {
       const peers = this.nodes.list()
         .filter((n) => n.metadata.name !== this.opts.nodeName && !n.metadata.deletionTimestamp)
         .map((n) => (n.metadata.annotations as Record<string, string> | undefined)?.[FABRIC_IP_ANNOTATION] ?? '')
-        .filter((a) => parseIp(a) !== undefined && a !== this.opts.fabricIp);
+        .filter((a) => parseIPv4(a) !== undefined && a !== this.opts.fabricIp);
       const { added, removed } = await syncFdb(this.opts.netns, [...new Set(peers)].sort());
       if (added.length || removed.length) this.log(`network: VXLAN peers${added.length ? ` +${added.join(',')}` : ''}${removed.length ? ` -${removed.join(',')}` : ''}`);
       return;
@@ -137,9 +136,8 @@ export class ClusterNetwork extends Controller {
     const a = this.addrs.byIndex(BY_PARENT, parentKey({ resource: 'nodes', name: this.opts.nodeName }))
       .filter((o) => labels(o)[LABEL_NETWORK] !== 'services')
       .sort((x, y) => x.metadata.name.localeCompare(y.metadata.name))[0];
-    const cidr = a && annotations(a)[ANN_CIDR];
-    if (!a || !cidr || !parseCidr(cidr) || !inCidr(a.metadata.name, cidr)) return undefined;
-    return { ip: a.metadata.name, cidr: parseCidr(cidr)!.network + '/' + parseCidr(cidr)!.prefix };
+    const cidr = a && inRange(a.metadata.name, annotations(a)[ANN_CIDR]);
+    return cidr ? { ip: a.metadata.name, cidr } : undefined;
   }
 
   /** The address IPAM gave interface `iface` of the VMI (its VM's), or undefined. */
@@ -150,11 +148,10 @@ export class ClusterNetwork extends Controller {
     const ann = annotations(a);
     // An address of an earlier VM of the same name, not yet released: not ours.
     if (ann[ANN_PARENT_UID] && parent.uid && ann[ANN_PARENT_UID] !== parent.uid) return undefined;
-    const cidr = ann[ANN_CIDR];
-    if (!cidr || !parseCidr(cidr) || !inCidr(a.metadata.name, cidr)) return undefined;
-    const mac = (ann[ANN_MAC] ?? macOfIp(a.metadata.name)).toLowerCase();
-    if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) return undefined;
-    return { ip: a.metadata.name, mac, cidr: `${parseCidr(cidr)!.network}/${parseCidr(cidr)!.prefix}` };
+    const cidr = inRange(a.metadata.name, ann[ANN_CIDR]);
+    const mac = (ann[ANN_MAC] ?? macForIPv4(parseIPv4(a.metadata.name) ?? 0)).toLowerCase();
+    if (!cidr || !/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(mac)) return undefined;
+    return { ip: a.metadata.name, mac, cidr };
   }
 
   /** What status.interfaces can say of the VMI's cluster NIC (a lookup; nothing is created). */
@@ -173,7 +170,7 @@ export class ClusterNetwork extends Controller {
     if (!gw) throw new NetworkError('AddressPending', `node ${this.opts.nodeName} has no address on the cluster network yet (IPAM allocates it)`);
     const nic = this.nicOf(vmi, iface);
     if (!nic) throw new NetworkError('AddressPending', `interface ${iface} waits for its address on the cluster network (IPAM allocates it)`);
-    if (!inCidr(nic.ip, gw.cidr)) throw new NetworkError('InvalidArgument', `interface ${iface}: address ${nic.ip} is outside this node's VM network ${gw.cidr}`);
+    if (inRange(nic.ip, gw.cidr) !== gw.cidr) throw new NetworkError('InvalidArgument', `interface ${iface}: address ${nic.ip} is outside this node's VM network ${gw.cidr}`);
     await ensureTap(this.opts.netns, nic.tap, { multiQueue: opts.multiQueue });
     const hostname = opts.hostname && /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(opts.hostname) ? opts.hostname : undefined;
     await this.dnsmasq.setHost(nic.tap, { mac: nic.mac, ip: nic.ip, hostname });
@@ -203,6 +200,13 @@ export class ClusterNetwork extends Controller {
 
 /** A state directory for the node's network under the agent's data directory. */
 export const networkStateDir = (dataDir: string): string => join(dataDir, 'network');
+
+/** `cidr` normalised when `ip` is one of its host addresses; undefined otherwise (a malformed or foreign allocation). */
+function inRange(ip: string, cidr: string | undefined): string | undefined {
+  const c = cidr === undefined ? undefined : parseCidr(cidr);
+  const v = parseIPv4(ip);
+  return c && v !== undefined && isHostOf(c, v) ? c.text : undefined;
+}
 
 const labels = (o: KubeObject) => (o.metadata.labels ?? {}) as Record<string, string>;
 const annotations = (o: KubeObject) => (o.metadata.annotations ?? {}) as Record<string, string>;

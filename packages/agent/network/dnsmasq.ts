@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { BRIDGE, VM_MTU } from './bridge.ts';
 import { NetworkError } from './errors.ts';
 import { inNs, type NetNs } from './exec.ts';
-import { parseCidr, parseIp } from './ipv4.ts';
+import { formatIPv4, parseCidr, parseIPv4 } from '@vessel/api';
 
 export interface DnsmasqConfig {
   /** The node's gateway address on the VM network (no prefix). */
@@ -44,14 +44,14 @@ export class Dnsmasq {
   /** The daemon's arguments (after the binary). Pure apart from the paths. */
   args(c: DnsmasqConfig): string[] {
     const net = parseCidr(c.cidr);
-    if (!net || parseIp(c.gateway) === undefined) throw new NetworkError('InvalidArgument', `dnsmasq: bad gateway ${JSON.stringify(c.gateway)} or network ${JSON.stringify(c.cidr)}`);
+    if (!net || parseIPv4(c.gateway) === undefined) throw new NetworkError('InvalidArgument', `dnsmasq: bad gateway ${JSON.stringify(c.gateway)} or network ${JSON.stringify(c.cidr)}`);
     return [
       '--conf-file=/dev/null', // not the host's /etc/dnsmasq.conf
       '--no-hosts',
       `--interface=${BRIDGE}`,
       '--except-interface=lo', // a real host's loopback :53 is someone else's
       '--bind-dynamic',
-      `--dhcp-range=${net.network},static,${net.netmask},12h`,
+      `--dhcp-range=${formatIPv4(net.base)},static,${formatIPv4(2 ** 32 - net.size)},12h`,
       `--dhcp-hostsdir=${this.hostsDir}`,
       `--dhcp-option=option:router,${c.gateway}`,
       `--dhcp-option=option:dns-server,${c.gateway}`,
@@ -99,7 +99,7 @@ export class Dnsmasq {
 
   /** Writes (or replaces) the static lease of one NIC; dnsmasq sees the file appear. */
   async setHost(id: string, h: DhcpHost): Promise<void> {
-    if (!FILE_RE.test(id) || !MAC_RE.test(h.mac) || parseIp(h.ip) === undefined || (h.hostname !== undefined && !HOST_RE.test(h.hostname))) {
+    if (!FILE_RE.test(id) || !MAC_RE.test(h.mac) || parseIPv4(h.ip) === undefined || (h.hostname !== undefined && !HOST_RE.test(h.hostname))) {
       throw new NetworkError('InvalidArgument', `dnsmasq: bad static lease ${JSON.stringify({ id, ...h })}`);
     }
     await mkdir(this.hostsDir, { recursive: true, mode: 0o750 });
