@@ -80,6 +80,14 @@ const vmiStatus = async (name: string) => ((await c.client.get(VMI, name, { name
 const serialIps = async (name: string) => [...(await serialLog(c.nodes.agents.find((a) => a.nodeName === (nodeOf[name]))!.dataDir, ns, name)).matchAll(/VESSEL-IP (\S+)/g)].map((m) => m[1]);
 const nodeOf: Record<string, string> = {};
 
+/** A failed wait for a guest's DHCP, with what its node's dnsmasq and the guest's console said. */
+const explain = (name: string) => async (e: Error): Promise<never> => {
+  const agent = c.nodes.agents.find((a) => a.nodeName === nodeOf[name])!;
+  const log = await readFile(join(agent.dataDir, 'network', 'dnsmasq.log'), 'utf8').catch(() => '');
+  const serial = await serialLog(agent.dataDir, ns, name);
+  throw new Error(`${e.message}\n--- ${agent.nodeName}'s dnsmasq.log (tail)\n${log.slice(-2500)}\n--- ${name}'s serial console (tail)\n${serial.slice(-2500)}`);
+};
+
 before(async () => {
   c = await startCluster({ nodes: 2 });
   [nodeA, nodeB] = c.nodes.cluster.nodes;
@@ -151,7 +159,7 @@ test('two bridged VMs on two nodes: each waits for its address, gets it by DHCP,
     assert.match(tap.stdout, /mtu 1450/);
   }
   for (const v of vms) {
-    await eventually(`${v.name} prints VESSEL-IP ${got[v.name].ip}`, async () => ((await serialIps(v.name)).includes(got[v.name].ip) ? true : undefined), 180_000);
+    await eventually(`${v.name} prints VESSEL-IP ${got[v.name].ip}`, async () => ((await serialIps(v.name)).includes(got[v.name].ip) ? true : undefined), 300_000).catch(explain(v.name));
     const running = Date.parse((await vmiStatus(v.name)).phaseTransitionTimestamps?.find((p) => p.phase === 'Running')?.phaseTransitionTimestamp ?? '');
     console.log(`figures: ${v.name}: address allocated → Running ${running - allocatedAt} ms (IP in status with Running: 0 ms); Running → guest's VESSEL-IP seen ≤ ${Date.now() - running} ms`);
   }
@@ -188,12 +196,7 @@ test('stop and start: the VM comes back with the same IP and MAC; its tap goes w
   await eventually(`${name} got its address again by DHCP`, async () => {
     const ips = await serialIps(name);
     return ips.length > ipsBefore && ips.at(-1) === before.ipAddress ? true : undefined;
-  }, 120_000).catch(async (e: Error) => {
-    const agent = c.nodes.agents[1];
-    const log = await readFile(join(agent.dataDir, 'network', 'dnsmasq.log'), 'utf8').catch(() => '');
-    const serial = await serialLog(agent.dataDir, ns, name);
-    throw new Error(`${e.message}\n--- dnsmasq.log (tail)\n${log.slice(-3000)}\n--- serial (tail)\n${serial.slice(-3000)}`);
-  });
+  }, 300_000).catch(explain(name));
   // httpd's page is written by the guest's counter loop: it may be missing for a moment after boot.
   const r = await eventually(`${name} answering again`, async () => {
     const out = await runInNode(nodeA, ['curl', '-sS', '--max-time', '5', `http://${String(before.ipAddress)}/`]);
