@@ -204,3 +204,21 @@ test('stop and start: the VM comes back with the same IP and MAC; its tap goes w
   }, 60_000);
   assert.match(r, /counter=/);
 });
+
+test("an agent restart keeps its guests' network: dnsmasq adopted, taps kept, the VM answers throughout", async () => {
+  const name = 'web-b';
+  const ip = String((await vmiStatus(name)).interfaces?.[0]?.ipAddress);
+  const tap = String((await vmiStatus(name)).interfaces?.[0]?.podInterfaceName);
+  const pidFile = join(c.nodes.agents[1].dataDir, 'network', 'dnsmasq.pid');
+  const dnsmasqPid = (await readFile(pidFile, 'utf8')).trim();
+  const curl = async () => (await runInNode(nodeA, ['curl', '-sS', '--max-time', '5', `http://${ip}/`])).stdout;
+  await c.nodes.agents[1].stop();
+  assert.match(await curl(), /counter=/, 'the guest answers while its agent is down');
+  await c.nodes.restartAgent(1);
+  assert.equal((await readFile(pidFile, 'utf8')).trim(), dnsmasqPid, 'the same dnsmasq');
+  assert.equal((await runInNode(nodeB, ['ip', 'link', 'show', 'dev', tap])).code, 0, 'the tap is kept');
+  const s = await vmiStatus(name);
+  assert.equal(s.phase, 'Running');
+  assert.equal(s.interfaces?.[0]?.ipAddress, ip);
+  assert.match(await curl(), /counter=/);
+});

@@ -27,6 +27,8 @@ export interface DevNodes {
   agents: RunningAgent[];
   /** Stops the agents (their QEMUs and dnsmasq keep running) and keeps the namespaces. */
   stopAgents(): Promise<void>;
+  /** Stops agent `i` and starts it again on the same node (tests: what a restart keeps). */
+  restartAgent(i: number): Promise<RunningAgent>;
   /** stopAgents(), then kills what runs in the namespaces and deletes them. */
   close(): Promise<void>;
 }
@@ -43,16 +45,17 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
     for (const a of agents) await a.stop().catch((e: Error) => opts.log?.(`dev cluster: stopping agent ${a.nodeName}: ${e.message}`));
     for (const c of clients) c.close();
   };
+  const startOne = async (n: DevCluster['nodes'][number]) => {
+    const client = Client.fromKubeconfig({ explicit: opts.kubeconfig });
+    clients.push(client);
+    return startAgent({
+      client, nodeName: n.name, dataDir: join(opts.dataDir, 'nodes', n.name), sharedDir: join(opts.dataDir, 'pools', 'shared'),
+      netns: n.netns, fabricIp: n.fabricIp, qemuPriority: opts.qemuPriority, allowLoopbackImports: opts.allowLoopbackImports,
+      heartbeatMs: opts.heartbeatMs, version: opts.version, log: opts.log && ((l) => opts.log!(`[${n.name}] ${l}`)),
+    });
+  };
   try {
-    for (const n of cluster.nodes) {
-      const client = Client.fromKubeconfig({ explicit: opts.kubeconfig });
-      clients.push(client);
-      agents.push(await startAgent({
-        client, nodeName: n.name, dataDir: join(opts.dataDir, 'nodes', n.name), sharedDir: join(opts.dataDir, 'pools', 'shared'),
-        netns: n.netns, fabricIp: n.fabricIp, qemuPriority: opts.qemuPriority, allowLoopbackImports: opts.allowLoopbackImports,
-        heartbeatMs: opts.heartbeatMs, version: opts.version, log: opts.log && ((l) => opts.log!(`[${n.name}] ${l}`)),
-      }));
-    }
+    for (const n of cluster.nodes) agents.push(await startOne(n));
   } catch (e) {
     await stopAgents();
     await cluster.destroy();
@@ -60,6 +63,11 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
   }
   return {
     cluster, agents, stopAgents,
+    async restartAgent(i) {
+      await agents[i].stop();
+      agents[i] = await startOne(cluster.nodes[i]);
+      return agents[i];
+    },
     async close() {
       try { await stopAgents(); } finally { await cluster.destroy(); }
     },
