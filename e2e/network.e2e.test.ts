@@ -111,6 +111,16 @@ test('each agent publishes its fabric IP, keeps the other node in its VXLAN FDB,
       return r.stdout.includes(`00:00:00:00:00:00 dst ${other.fabricIp}`) ? true : undefined;
     }, 20_000);
   }
+  // A node that comes and goes: every agent adds its entry, then drops it. An annotation that is
+  // not an address (a hostile or broken Node) never reaches the bridge command.
+  await c.client.create(NODES, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-x', annotations: { [FABRIC_IP_ANNOTATION]: '10.233.0.99' } } });
+  await c.client.create(NODES, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-y', annotations: { [FABRIC_IP_ANNOTATION]: '10.233.0.98 dev lo self' } } });
+  const fdb = async (n: DevNode) => (await runInNode(n, ['bridge', 'fdb', 'show', 'dev', 'vsl-vx0'])).stdout;
+  for (const n of [nodeA, nodeB]) await eventually(`${n.name} adds node-x`, async () => ((await fdb(n)).includes('dst 10.233.0.99') ? true : undefined), 20_000);
+  await c.client.delete(NODES, 'node-x');
+  await c.client.delete(NODES, 'node-y');
+  for (const n of [nodeA, nodeB]) await eventually(`${n.name} drops node-x`, async () => ((await fdb(n)).includes('10.233.0.99') ? undefined : true), 20_000);
+  for (const n of [nodeA, nodeB]) assert.doesNotMatch(await fdb(n), /10\.233\.0\.98/);
   // Stand-in for IPAM: the nodes' gateways.
   for (const [i, n] of [nodeA, nodeB].entries()) await allocate(`10.244.0.${i + 1}`, { group: '', resource: 'nodes', name: n.name }, {}, {});
   for (const [i, n] of [nodeA, nodeB].entries()) {
