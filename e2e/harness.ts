@@ -39,6 +39,8 @@ export interface VesselOptions {
   compactIntervalMs?: number;
   leaseMs?: number;
   nodeGracePeriodMs?: number;
+  /** The VM network IPAM allocates from (default 10.244.0.0/16). */
+  vmNetworkCidr?: string;
   /**
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
@@ -50,7 +52,7 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'vessel-test-'));
   const cp = await startControlPlane({
     dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store, controllers: opts.controllers,
-    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs, nodeGracePeriodMs: opts.nodeGracePeriodMs, agent: opts.agent,
+    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs, nodeGracePeriodMs: opts.nodeGracePeriodMs, vmNetworkCidr: opts.vmNetworkCidr, agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });
   let stopped = false;

@@ -39,12 +39,13 @@ export {
   type FieldSupport,
   type SupportedValue,
 } from './support.ts';
-export { upstreamSchemas, type JsonSchema } from './schemas.ts';
+export { upstreamSchemas, type JsonSchema, type Json, type JsonObject } from './schemas.ts';
 export * as storage from './storage.ts';
 export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type EmbeddedMeta } from './reserved.ts';
 export * as snapshots from './snapshots.ts';
 export * as refs from './refs.ts';
-export { isObject, phaseOf, runStrategyOf, claimVolumes, claimNames, NODE_UNRESPONSIVE, RESUME_MEMORY, CLONE_DISK_TYPE, type RunStrategy, type ClaimVolume } from './objects.ts';
-export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, type Cidr } from './ip.ts';
+export { isObject, annotationsOf, phaseOf, runStrategyOf, claimVolumes, claimNames, NODE_UNRESPONSIVE, RESUME_MEMORY, CLONE_DISK_TYPE, type RunStrategy, type ClaimVolume } from './objects.ts';
+export * as ipam from './ipam.ts';
+export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE, type Cidr } from './ip.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

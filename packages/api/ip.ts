@@ -67,3 +67,8 @@ export function firstFree(cidr: Cidr, taken: (ip: number) => boolean, from: numb
   }
   return undefined;
 }
+
+/** The service range's default (`--service-cidr`), the range kubeadm clusters commonly use. */
+export const DEFAULT_SERVICE_CIDR = '10.96.0.0/16';
+/** Kubernetes' default --service-node-port-range. */
+export const NODE_PORT_RANGE = { min: 30000, max: 32767 } as const;

@@ -114,7 +114,7 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     printerColumns: [
       { name: 'AddressType', type: 'string', jsonPath: '.addressType' },
       { name: 'Ports', type: 'string', jsonPath: '.ports[*].port' },
-      { name: 'Endpoints', type: 'string', jsonPath: '.endpoints[*].addresses[0]' },
+      { name: 'Endpoints', type: 'string', jsonPath: '.endpoints[*].addresses[*]' },
       AGE,
     ],
   }),

@@ -9,6 +9,9 @@ type Obj = Record<string, unknown>;
 /** A JSON object (not null, not an array); `T` names what its members are known to be (e.g. JSON values). */
 export const isObject = <T extends Record<string, unknown> = Record<string, unknown>>(v: unknown): v is T => typeof v === 'object' && v !== null && !Array.isArray(v);
 
+/** An object's annotations ({} when it has none). */
+export const annotationsOf = (o: { metadata?: { annotations?: Record<string, string> } }): Record<string, string> => o.metadata?.annotations ?? {};
+
 /** `status.phase` as a string ('' when there is none). */
 export const phaseOf = (o: KubeObject | undefined): string => String((o?.status as Obj | undefined)?.phase ?? '');
 

@@ -10,6 +10,7 @@
  * (`snapshot.vessel.io/with-memory`, `clone.vessel.io/type`, `cdi.vessel.io/checksum`), which
  * are not reserved: a key's domain says who writes it.
  */
+import { isObject as isObj } from './objects.ts';
 
 export const RESERVED_PREFIX = 'vessel.io/';
 
@@ -22,7 +23,6 @@ export function withoutReserved(map: Record<string, string> | undefined): Record
 }
 
 type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** One object metadata inside an object, with the field path that names it. */
 export interface EmbeddedMeta { path: string; meta: Obj }

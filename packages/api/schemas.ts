@@ -6,6 +6,7 @@
 import { readFileSync } from 'node:fs';
 
 export type Json = null | boolean | number | string | Json[] | { [k: string]: Json };
+export type JsonObject = { [k: string]: Json };
 export type JsonSchema = { [k: string]: Json };
 
 export const QUANTITY = 'io.k8s.apimachinery.pkg.api.resource.Quantity';

@@ -10,6 +10,7 @@
  */
 import { Reason, notSupported } from './errors.ts';
 import type { FieldCause } from './types.ts';
+import { isObject as isObj } from './objects.ts';
 
 // ---------------------------------------------------------------------------------------------
 // The VirtualMachineInstanceSpec fields Vessel implements: the one list both admission and the
@@ -229,8 +230,6 @@ export function supportedValues(pattern: string): readonly SupportedValue[] {
   return at as readonly SupportedValue[];
 }
 
-type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 /** Unset: null, absent, or an empty list (it asks for nothing). */
 const isUnset = (v: unknown): boolean => v === undefined || v === null || (Array.isArray(v) && v.length === 0);
 

@@ -1,8 +1,8 @@
 /** Admission: clone-source authorization and the restore checks that read other objects. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { findByResource, type KindInfo, type KubeObject } from '@vessel/api';
-import { admit, admitReferences, authorizeCloneSources, cloneReferences, type ObjectReader } from './admission.ts';
+import { findByResource, parseCidr, type KindInfo, type KubeObject } from '@vessel/api';
+import { admit, admitFixedAddress, admitReferences, authorizeCloneSources, cloneReferences, type ObjectReader } from './admission.ts';
 import { ApiError, notFound } from './errors.ts';
 
 const RESTORES = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores')!;
@@ -17,7 +17,8 @@ function reader(objects: Record<string, KubeObject>): ObjectReader {
       return o;
     },
     list: async (info: KindInfo, ns: string | undefined) => ({
-      items: Object.entries(objects).filter(([k]) => k.startsWith(`${info.plural}/${ns}/`)).map(([, o]) => o),
+      // No namespace: every namespace, as Resources lists.
+      items: Object.entries(objects).filter(([k]) => k.startsWith(ns === undefined ? `${info.plural}/` : `${info.plural}/${ns}/`)).map(([, o]) => o),
     }),
   };
 }
@@ -136,4 +137,69 @@ test("Vessel's own keys: only administrators set or change them; an update that 
   // Options for users live in subdomains.
   await admit(tenant, reader({}), PVCS, claim({ 'cdi.vessel.io/checksum': 'sha256:00' }));
   await admit(admin, reader({}), PVCS, claim({ 'vessel.io/volume-path': '/anywhere.qcow2', 'vessel.io/pool': 'local' }));
+});
+
+test('a fixed address (ipam.vessel.io/ip): refused, naming the annotation, when malformed, outside the range, reserved or held by another parent', async () => {
+  const VMS = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
+  const VMIS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
+  const field = 'spec.template.metadata.annotations[ipam.vessel.io/ip]';
+  const vmWith = (ip: string, name = 'vm1', uid?: string): KubeObject => ({
+    kind: 'VirtualMachine', metadata: { name, namespace: 'ns1', ...(uid ? { uid } : {}) },
+    spec: { template: { metadata: { annotations: { 'ipam.vessel.io/ip': ip } }, spec: {} } },
+  });
+  const held = (parent: Record<string, string>): KubeObject => ({ metadata: { name: '10.244.0.5' }, spec: { parentRef: parent } });
+  const causeOf = async (world: ObjectReader, obj: KubeObject, cidr?: string) => {
+    const e = await refused(admitFixedAddress(world, VMS, obj, cidr ? parseCidr(cidr) : undefined), 422);
+    assert.equal(e.details?.causes?.length, 1);
+    return e.details!.causes![0];
+  };
+  for (const [ip, why] of [
+    ['10.244.0.05', /must be an IPv4 address in canonical form/], ['banana', /must be an IPv4 address/],
+    ['10.245.0.5', /must be in the VM network 10\.244\.0\.0\/16/], ['10.244.0.0', /is the network address/], ['10.244.255.255', /is the broadcast address/],
+  ] as const) {
+    const c = await causeOf(reader({}), vmWith(ip));
+    assert.equal(c.field, field, ip);
+    assert.equal(c.reason, 'FieldValueInvalid');
+    assert.match(c.message, why, ip);
+  }
+  // The server's range, not the default.
+  assert.match((await causeOf(reader({}), vmWith('10.244.0.5'), '10.9.0.0/24')).message, /must be in the VM network 10\.9\.0\.0\/24/);
+  await admitFixedAddress(reader({}), VMS, vmWith('10.9.0.5'), parseCidr('10.9.0.0/24'));
+
+  const other = reader({ 'ipaddresses//10.244.0.5': held({ group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'ns1', name: 'vm2' }) });
+  const c = await causeOf(other, vmWith('10.244.0.5'));
+  assert.deepEqual(c, { reason: 'FieldValueInvalid', field, message: 'Invalid value: "10.244.0.5": already held by virtualmachines/ns1/vm2: pick a free address (kubectl get ipaddresses)' });
+  assert.match((await causeOf(reader({ 'ipaddresses//10.244.0.5': held({ group: '', resource: 'nodes', name: 'node-a' }) }), vmWith('10.244.0.5'))).message, /already held by nodes\/node-a/);
+  // Its own (a VM re-created under its name, or an update): fine; free: fine.
+  await admitFixedAddress(reader({ 'ipaddresses//10.244.0.5': held({ group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'ns1', name: 'vm1' }) }), VMS, vmWith('10.244.0.5'));
+  await admitFixedAddress(reader({}), VMS, vmWith('10.244.0.5'));
+  // An update that keeps the value is not checked again; one that changes it is.
+  const stored = reader({ 'virtualmachines/ns1/vm1': vmWith('10.244.0.5', 'vm1', 'u1'), 'ipaddresses//10.244.0.5': held({ group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'ns1', name: 'vm2' }) });
+  await admitFixedAddress(stored, VMS, vmWith('10.244.0.5', 'vm1', 'u1'));
+  await refused(admitFixedAddress(stored, VMS, vmWith('10.244.0.6.1', 'vm1', 'u1')), 422);
+
+  // A standalone VMI: its own annotation; a VMI its VM made is the VM's business.
+  const vmi = (owned: boolean): KubeObject => ({
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'vm1', namespace: 'ns1', annotations: { 'ipam.vessel.io/ip': '10.244.0.5' }, ...(owned ? { ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'vm1', uid: 'u1', controller: true }] } : {}) },
+    spec: {},
+  });
+  const e = await refused(admitFixedAddress(other, VMIS, vmi(false)), 422);
+  assert.equal(e.details?.causes?.[0].field, 'metadata.annotations[ipam.vessel.io/ip]');
+  await admitFixedAddress(other, VMIS, vmi(true));
+  // A tenant is not told who holds it in another namespace.
+  const tenant = { name: 'alice', groups: ['vessel:tenant:ns1'] };
+  const elsewhere = reader({ 'ipaddresses//10.244.0.5': held({ group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'ns2', name: 'secret-vm' }) });
+  const hidden = await refused(admit(tenant, elsewhere, VMS, vmWith('10.244.0.5')), 422);
+  assert.equal(hidden.details?.causes?.[0].message, 'Invalid value: "10.244.0.5": already held by another parent: pick a free address (kubectl get ipaddresses)');
+  assert.match((await refused(admit(tenant, other, VMS, vmWith('10.244.0.5')), 422)).message, /already held by virtualmachines\/ns1\/vm2/);
+  // Asked for by another VM (or standalone VMI) that has no allocation yet: refused too; a VM's own VMI does not count.
+  const asked = (extra: Record<string, KubeObject> = {}) => reader({ 'virtualmachines/ns2/first': { ...vmWith('10.244.0.5', 'first', 'u0'), metadata: { name: 'first', namespace: 'ns2', uid: 'u0' } }, ...extra });
+  const pending = await refused(admit({ name: 'agent', groups: ['system:masters'] }, asked(), VMS, vmWith('10.244.0.5')), 422);
+  assert.equal(pending.details?.causes?.[0].message, 'Invalid value: "10.244.0.5": already asked for by virtualmachines/ns2/first: pick a free address (kubectl get ipaddresses)');
+  assert.match((await refused(admit(tenant, asked(), VMS, vmWith('10.244.0.5')), 422)).message, /already asked for by another parent:/);
+  const ownVmi: KubeObject = { ...vmi(true), metadata: { ...vmi(true).metadata, namespace: 'ns3', name: 'x' } };
+  await admitFixedAddress(reader({ 'virtualmachineinstances/ns3/x': ownVmi }), VMS, vmWith('10.244.0.5'));
+  // Through admit(), for every user, with the server's range.
+  await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
 });

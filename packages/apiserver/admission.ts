@@ -9,14 +9,17 @@
  *  - other objects (admitReferences), as virt-api's VMRestoreAdmitter reads them: a restore
  *    needs a usable VirtualMachineSnapshot, no other unfinished restore of its target, and a
  *    target VM that is not running unless the restore may stop it (targetReadinessPolicy
- *    StopTarget) or wait for it (WaitEventually).
+ *    StopTarget) or wait for it (WaitEventually);
+ *  - the cluster network's IPAddresses (admitFixedAddress): a fixed address a VM or standalone VMI
+ *    asks for (`ipam.vessel.io/ip`) must be a host address of the VM network that no other parent
+ *    holds, so a conflict is refused before anything is stored instead of leaving a VM that
+ *    cannot start.
  */
-import { embeddedMetadata, findByResource, isReservedKey, pvcResizeRefusal, RESERVED_PREFIX, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import { embeddedMetadata, findByResource, ipam, isReservedKey, parseCidr, pvcResizeRefusal, RESERVED_PREFIX, type Cidr, type FieldCause, type KindInfo, type KubeObject, isObject as isObj } from '@vessel/api';
 import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
 
 type Obj = Record<string, unknown>;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 interface Ref {
   resource: 'datasources' | 'persistentvolumeclaims' | 'virtualmachines' | 'virtualmachinesnapshots';
@@ -153,11 +156,73 @@ export async function admitReferences(reader: ObjectReader, info: KindInfo, obj:
  * (403), then the objects it refers to (422). What the API server's write path runs as
  * WriteOptions.admit, with `reader` its Resources.
  */
-export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject, opts: AdmissionOptions = {}): Promise<void> {
   authorizeCloneSources(user, info, obj);
   await admitReservedKeys(user, reader, info, obj);
   await admitReferences(reader, info, obj);
   await admitClaimResize(reader, info, obj);
+  await admitFixedAddress(reader, info, obj, opts.vmNetwork, user);
+}
+
+/** What admission needs from the server's configuration. */
+export interface AdmissionOptions {
+  /** The VM network (default 10.244.0.0/16). */
+  vmNetwork?: Cidr;
+}
+
+const IPADDRESSES = findByResource('networking.k8s.io', 'v1', 'ipaddresses')!;
+const DEFAULT_VM_NETWORK = parseCidr(ipam.DEFAULT_VM_NETWORK_CIDR)!;
+
+/**
+ * A fixed address (`ipam.vessel.io/ip` on a VM's template or a standalone VMI) is refused (422,
+ * naming the annotation) when it is malformed, outside the VM network, its network or broadcast
+ * address, or held by an IPAddress of another parent. Checked on create and whenever the value
+ * changes; an update that keeps it is not refused because the world changed since. A VMI a VM
+ * owns carries its template's annotation, but the VM is the parent: it is not checked again.
+ */
+export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK, user?: User): Promise<void> {
+  if (info.group !== 'kubevirt.io' || (info.kind !== 'VirtualMachine' && info.kind !== 'VirtualMachineInstance')) return;
+  const kind = info.kind;
+  const value = ipam.fixedIpOf(kind, obj);
+  if (value === undefined) return;
+  const vmOwned = (obj.metadata?.ownerReferences ?? []).some((r) => r.kind === 'VirtualMachine' && r.controller);
+  if (kind === 'VirtualMachineInstance' && vmOwned) return;
+  const ns = obj.metadata?.namespace ?? 'default';
+  const name = obj.metadata?.name ?? '';
+  if (obj.metadata?.uid) {
+    const stored = await getOrUndefined(reader, info, ns, name);
+    if (stored && ipam.fixedIpOf(kind, stored) === value) return;
+  }
+  const field = ipam.fixedIpField(kind);
+  const cause = ipam.fixedIpProblem(field, value, cidr);
+  if (cause) throw invalid(info.kind, info.group, name, [cause]);
+  const holder = await getOrUndefined(reader, IPADDRESSES, '', value);
+  const p = ((holder?.spec as Obj | undefined)?.parentRef ?? {}) as Partial<ipam.ParentRef>;
+  const self = (q: Partial<ipam.ParentRef>) => q.group === 'kubevirt.io' && q.resource === info.plural && q.namespace === ns && q.name === name;
+  let clash: { parent: Partial<ipam.ParentRef>; verb: string } | undefined = holder && !self(p) ? { parent: p, verb: 'already held by' } : undefined;
+  // Two VMs stored one after the other with one address would both pass the check above
+  // before the controller allocates for the first: what others ask for counts too.
+  if (!clash) {
+    for (const other of [VMS, VMIS]) {
+      const asking = (await reader.list(other, undefined, {})).items.find((o) => {
+        if (other === VMIS && (o.metadata?.ownerReferences ?? []).some((r) => r.kind === 'VirtualMachine' && r.controller)) return false;
+        const parent = { group: 'kubevirt.io', resource: other.plural, namespace: o.metadata?.namespace, name: o.metadata?.name };
+        return !self(parent) && ipam.fixedIpOf(other.kind as 'VirtualMachine' | 'VirtualMachineInstance', o) === value;
+      });
+      if (asking) { clash = { parent: { group: 'kubevirt.io', resource: other.plural, namespace: asking.metadata?.namespace, name: asking.metadata?.name }, verb: 'already asked for by' }; break; }
+    }
+  }
+  if (!clash) return;
+  // The other parent is named only to those who may read it: a tenant learns nothing of another namespace.
+  let by = 'another parent';
+  const q = clash.parent;
+  if (q.resource && q.name) {
+    try {
+      if (user) authorize(user, { verb: 'get', group: q.group ?? '', resource: q.resource, namespace: q.namespace, name: q.name });
+      by = ipam.parentKey(q as ipam.ParentRef);
+    } catch { /* not readable by this user: left unnamed */ }
+  }
+  throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: ${clash.verb} ${by}: pick a free address (kubectl get ipaddresses)` }]);
 }
 
 /**

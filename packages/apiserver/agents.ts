@@ -31,8 +31,8 @@ export async function agentTarget(resources: Resources, nodeName: string): Promi
   const status = (node.status ?? {}) as { addresses?: { type: string; address: string }[]; daemonEndpoints?: { kubeletEndpoint?: { Port?: number } } };
   const host = status.addresses?.find((a) => a.type === 'InternalIP')?.address;
   const port = status.daemonEndpoints?.kubeletEndpoint?.Port;
-  const fingerprint256 = (node.metadata.annotations as Record<string, string> | undefined)?.[storage.NODE_CERT_SHA256];
-  const ca = (node.metadata.annotations as Record<string, string> | undefined)?.[storage.NODE_CERT];
+  const fingerprint256 = node.metadata.annotations?.[storage.NODE_CERT_SHA256];
+  const ca = node.metadata.annotations?.[storage.NODE_CERT];
   if (!host || !port || !fingerprint256 || !ca) throw new ApiError(503, 'ServiceUnavailable', `node ${nodeName} has not published its agent endpoint yet`, { retryAfterSeconds: 2 });
   const secret = await resources.get(SECRET, 'kube-system', storage.AGENT_AUTH_SECRET);
   const token = Buffer.from(String((secret.data as Record<string, string>).token), 'base64').toString('utf8');

@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { findByResource } from '@vessel/api';
+import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, parseCidr } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -31,7 +31,13 @@ export interface ServerOptions {
   bookmarkIntervalMs?: number;
   /** Every interval, history older than the previous tick's revision is compacted (Kubernetes: 5 minutes). */
   compactIntervalMs?: number;
+  /** The range ClusterIPs come from (`--service-cidr`, default 10.96.0.0/16). */
+  serviceCidr?: string;
+  /** How often orphaned ClusterIPs and NodePorts are looked for (default a minute; see services.ts). */
+  serviceRepairIntervalMs?: number;
   log?: (line: string) => void;
+  /** The VM network (default 10.244.0.0/16): admission checks fixed addresses against it. */
+  vmNetworkCidr?: string;
 }
 
 export interface RunningServer {
@@ -57,7 +63,10 @@ export const DEFAULT_STORAGE_CLASSES = [
 ];
 
 export async function startServer(opts: ServerOptions): Promise<RunningServer> {
+  const vmNetwork = ipam.vmNetwork(opts.vmNetworkCidr); // a bad range stops the server before it starts
   const { host, port } = parseListen(opts.listen, '127.0.0.1:6443');
+  const serviceCidr = opts.serviceCidr ?? DEFAULT_SERVICE_CIDR;
+  if (!parseCidr(serviceCidr)) throw new Error(`invalid service CIDR "${serviceCidr}": ${CIDR_PROBLEM}`);
   await mkdir(opts.dataDir, { recursive: true, mode: 0o700 });
   const store = await openStore(opts.store ?? { kind: 'sqlite', path: join(opts.dataDir, 'store.db') });
   try {
@@ -67,11 +76,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
     let serverAddress = `${clientHost}:${port}`;
     const handler = createHandler({
-      store, get serverAddress() { return serverAddress; },
-      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log,
+      store, get serverAddress() { return serverAddress; }, serviceCidr,
+      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log, vmNetwork,
     });
     const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
-    const consoles = createUpgradeHandler({ store, resources: new Resources(store), log: opts.log });
+    const resources = new Resources(store, { serviceCidr });
+    const consoles = createUpgradeHandler({ store, resources, log: opts.log });
     server.on('upgrade', consoles);
     // Requests Node cannot parse (bad characters in the path, broken headers) still get a Status.
     server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
@@ -92,9 +102,11 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     await writeKubeconfig(kubeconfigPath, url, certs.caPem, adminToken);
 
     const compactor = startCompactor(store, { intervalMs: opts.compactIntervalMs, onError: (e) => opts.log?.(`compaction failed: ${e.message}`) });
+    const repair = startServiceRepair(resources, opts.serviceRepairIntervalMs ?? 60_000, opts.log);
     return {
       url, port: actualPort, kubeconfigPath, adminToken, caPem: certs.caPem, store,
       async close() {
+        await repair.stop();
         compactor.stop();
         await handler.close();
         consoles.close();
@@ -107,6 +119,24 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     await store.close();
     throw e;
   }
+}
+
+/**
+ * Runs the ClusterIP/NodePort repair (services.ts) now and every interval. Every server runs
+ * it: the deletes carry preconditions, so two servers repairing at once do no harm.
+ */
+function startServiceRepair(resources: Resources, intervalMs: number, log?: (line: string) => void): { stop(): Promise<void> } {
+  let running: Promise<void> | undefined;
+  const run = () => {
+    if (running) return; // a slow pass is not overlapped by the next
+    running = resources.services.repair().then(
+      (done) => { if (done.length) log?.(`service allocations repaired: ${done.join(', ')}`); },
+      (e: unknown) => log?.(`service allocation repair failed: ${e instanceof Error ? e.message : e}`)).finally(() => { running = undefined; });
+  };
+  run();
+  const timer = setInterval(run, intervalMs);
+  timer.unref();
+  return { async stop() { clearInterval(timer); await running; } };
 }
 
 /** Creates what a fresh install has, once: existing objects (a user's edits included) are left alone. */

@@ -1,6 +1,7 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyManagedFields, applyToLive, compare, fromFieldsV1, managerOf, membersOf, pathString, toFieldsV1, updateManagedFields, type FieldWrite, type JsonObject } from './managed-fields.ts';
+import { applyManagedFields, applyToLive, compare, fromFieldsV1, managerOf, membersOf, pathString, toFieldsV1, updateManagedFields, type FieldWrite } from './managed-fields.ts';
+import type { JsonObject } from '@vessel/api';
 
 const t = { name: 'x', kind: 'ConfigMap', group: '' };
 const w = (manager: string, extra: Partial<FieldWrite> = {}): FieldWrite => ({ manager, apiVersion: 'v1', statusSubresource: true, ...extra });

@@ -17,12 +17,10 @@
  * Entries are keyed by (manager, operation, subresource); status-subresource writes own only
  * `status`, and main-resource writes of kinds with a status subresource never own it.
  */
-import { isObject } from '@vessel/api';
+import { isObject, type Json, type JsonObject } from '@vessel/api';
 import { ApiError, badRequest, invalid } from './errors.ts';
 import { listMergeKey, isMergedPrimitiveList } from './patch.ts';
 
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-export type JsonObject = { [key: string]: Json };
 /** FieldsV1: a trie of path elements; `.` marks a member that also has members below it. */
 export type FieldsV1 = { [element: string]: FieldsV1 };
 

@@ -7,6 +7,7 @@
  * extensions, defaults, enums and examples travel as YAML text, as gnostic's `Any.yaml`
  * (JSON is YAML). Field numbers are those of gnostic's OpenAPIv2.proto.
  */
+import { isObject } from '@vessel/api';
 
 /** What client-go asks for; kube-openapi also accepts the second spelling, and answers with it (Go's mime parser refuses the "@"). */
 export const OPENAPI_V2_PROTOBUF_TYPES = ['application/com.github.proto-openapi.spec.v2@v1.0+protobuf', 'application/com.github.proto-openapi.spec.v2.v1.0+protobuf'];
@@ -15,7 +16,7 @@ export const OPENAPI_V2_PROTOBUF_REPLY = OPENAPI_V2_PROTOBUF_TYPES[1];
 type Json = unknown;
 type Obj = Record<string, Json>;
 
-const isObj = (v: Json): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isObj = isObject;
 
 /** Appends protobuf wire format: varints, doubles and length-delimited fields. */
 class Writer {

@@ -13,11 +13,9 @@
  */
 import jsonpatch from 'fast-json-patch';
 import YAML from 'yaml';
-import { isObject } from '@vessel/api';
+import { isObject, type Json, type JsonObject } from '@vessel/api';
 import { ApiError, badRequest, unsupportedMediaType } from './errors.ts';
 
-type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type JsonObject = { [key: string]: Json };
 
 
 export function mergePatch(target: Json | undefined, patch: Json): Json {

@@ -6,15 +6,16 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { applyDefaults, findByResource, isObject, validateObject } from '@vessel/api';
-import type { KindInfo, KubeObject } from '@vessel/api';
+import type { JsonObject, KindInfo, KubeObject } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { ApiError, badRequest, conflict, forbidden, gone, invalid, notFound, toApiError } from './errors.ts';
 import { apiVersionOf, decode, encode, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
 import { applyPatch, checkNesting, NestingError, parsePatchBody, type PatchType } from './patch.ts';
-import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite, type JsonObject } from './managed-fields.ts';
+import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite } from './managed-fields.ts';
 import { parseResourceVersion } from './query.ts';
 import type { Matcher } from './selectors.ts';
+import { dropTypeDependentFields, ServiceAllocator } from './services.ts';
 
 export interface WriteOptions {
   dryRun?: boolean;
@@ -62,13 +63,23 @@ function pendingFinalizers(obj: KubeObject): string[] {
   return [...(obj.metadata?.finalizers ?? []), ...(obj.kind === 'Namespace' ? spec?.finalizers ?? [] : [])];
 }
 
+export interface ResourcesOptions {
+  /** The range ClusterIPs come from (default 10.96.0.0/16). */
+  serviceCidr?: string;
+}
+
+const isService = (info: KindInfo) => info.group === '' && info.kind === 'Service';
+
 export class Resources {
   private readonly namespaces: KindInfo;
+  /** ClusterIPs and NodePorts: allocated as a Service is written, released as it is deleted. */
+  readonly services: ServiceAllocator;
 
-  constructor(private readonly store: Store) {
+  constructor(private readonly store: Store, opts: ResourcesOptions = {}) {
     const ns = findByResource('', 'v1', 'namespaces');
     if (!ns) throw new Error('the Namespace kind is not registered');
     this.namespaces = ns;
+    this.services = new ServiceAllocator(store, this, opts.serviceCidr);
   }
 
   async get(info: KindInfo, namespace: string | undefined, name: string): Promise<StoredObject> {
@@ -147,11 +158,15 @@ export class Resources {
     const target = { name: meta.name, kind: info.kind, group: info.group };
     const managed = applied ? applyManagedFields(undefined, json(obj), applied, w, target, true) : updateManagedFields(undefined, json(obj), w, target);
     if (managed.length) meta.managedFields = managed;
+    // Allocated last, once nothing else can refuse the object, and undone if the store does.
+    // After managedFields, as in kube-apiserver: the allocated fields are no manager's.
+    const allocation = isService(info) ? await this.services.allocate(obj, undefined, opts.dryRun) : undefined;
     if (opts.dryRun) return { object: obj, warnings };
     const key = objectKey(info, namespace, meta.name);
     try {
       return { object: decode(await this.store.create(key, encode(obj))), warnings };
     } catch (e) {
+      await allocation?.rollback();
       throw toApiError(e, info.plural, info.group, meta.name);
     }
   }
@@ -219,7 +234,9 @@ export class Resources {
       if (pendingFinalizers(next).length === 0) {
         if (options.dryRun) return { object: current, pending: false };
         try {
-          return { object: decode(await this.store.delete(key, Number(meta.resourceVersion))), pending: false };
+          const deleted = decode(await this.store.delete(key, Number(meta.resourceVersion)));
+          if (isService(info)) await this.releaseService(current);
+          return { object: deleted, pending: false };
         } catch (e) {
           if (isStoreError(e, 'Conflict') && !pre.resourceVersion) continue;
           throw toApiError(e, info.plural, info.group, name);
@@ -259,26 +276,36 @@ export class Resources {
       const next = this.checkBody(info, namespace, changed);
       const sentFields = next.metadata.managedFields;
       const merged = this.mergeUpdate(info, current, next, subresource);
+      if (!subresource && isService(info)) dropTypeDependentFields(current, merged);
       const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
       if (!subresource) await opts.admit?.(merged);
-      if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
-      const w = fieldWrite(info, opts, subresource);
-      const target = { name, kind: info.kind, group: info.group };
-      const managed = apply ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
-        : updateManagedFields(json(current), json(merged), w, target, sentFields);
-      if (managed.length) merged.metadata.managedFields = managed;
-      if (opts.dryRun) return { object: merged, warnings };
-      if (encode(merged) === encode(current)) return { object: current, warnings };
+      // Before generation and managedFields: a PUT that leaves out the ClusterIP keeps it, and is no change.
+      const allocation = !subresource && isService(info) ? await this.services.allocate(merged, current, opts.dryRun) : undefined;
       try {
+        if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
+        const w = fieldWrite(info, opts, subresource);
+        const target = { name, kind: info.kind, group: info.group };
+        const managed = apply ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
+          : updateManagedFields(json(current), json(merged), w, target, sentFields);
+        if (managed.length) merged.metadata.managedFields = managed;
+        if (opts.dryRun) return { object: merged, warnings };
+        if (encode(merged) === encode(current)) return { object: current, warnings };
         if (merged.metadata.deletionTimestamp && pendingFinalizers(merged).length === 0) {
           // The last finalizer is gone: the object goes with it.
           const kv = await this.store.delete(key, Number(current.metadata.resourceVersion));
+          if (allocation) {
+            await allocation.rollback();
+            await this.releaseService(current);
+          }
           return { object: { ...merged, metadata: { ...merged.metadata, resourceVersion: String(kv.modRevision) } }, warnings };
         }
-        return { object: decode(await this.store.update(key, encode(merged), Number(current.metadata.resourceVersion))), warnings };
+        const written = decode(await this.store.update(key, encode(merged), Number(current.metadata.resourceVersion)));
+        await allocation?.commit();
+        return { object: written, warnings };
       } catch (e) {
+        await allocation?.rollback();
         if (isStoreError(e, 'Conflict') && wanted === undefined) continue;
         throw toApiError(e, info.plural, info.group, name);
       }
@@ -346,6 +373,14 @@ export class Resources {
       delete meta.namespace;
     }
     return { ...obj, apiVersion, kind: info.kind, metadata: meta };
+  }
+
+  /**
+   * Frees a deleted Service's ClusterIP and NodePorts. The Service is gone whatever happens
+   * here, so a failure is left to the allocator's repair rather than reported as the delete's.
+   */
+  private async releaseService(svc: StoredObject): Promise<void> {
+    await this.services.release(svc).catch(() => undefined);
   }
 
   private async requireActiveNamespace(namespace: string): Promise<void> {

@@ -8,7 +8,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import YAML from 'yaml';
 import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/api';
-import type { KindInfo } from '@vessel/api';
+import type { Cidr, KindInfo } from '@vessel/api';
 import { Router, type Params } from '@vessel/http';
 import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
@@ -36,7 +36,11 @@ export interface HandlerOptions {
   /** host:port clients reach the server at (for /api's serverAddressByClientCIDRs). */
   serverAddress: string;
   bookmarkIntervalMs: number;
+  /** The range ClusterIPs come from (default 10.96.0.0/16). */
+  serviceCidr?: string;
   log?: (line: string) => void;
+  /** The VM network fixed addresses must lie in (default 10.244.0.0/16). */
+  vmNetwork?: Cidr;
 }
 
 /** A parsed resource path: /api/v1/namespaces/ns/plural/name/sub or /apis/g/v/... */
@@ -100,7 +104,7 @@ export interface Handler {
 }
 
 export function createHandler(opts: HandlerOptions): Handler {
-  const resources = new Resources(opts.store);
+  const resources = new Resources(opts.store, { serviceCidr: opts.serviceCidr });
   const consoleDeps = { store: opts.store, resources, log: opts.log };
   const caches = new WatchCaches(opts.store);
   let v2Protobuf: Buffer | undefined;
@@ -210,7 +214,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const write: WriteOptions = {
       dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
       force: parseForce(r.q('force')), userAgent: r.req.headers['user-agent'],
-      admit: (obj) => admit(user, resources, info, obj),
+      admit: (obj) => admit(user, resources, info, obj, { vmNetwork: opts.vmNetwork }),
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');

@@ -12,7 +12,7 @@
  * persisted one from making the VM RestartRequired. 400 for a request that cannot be carried
  * out (virt-api's messages), 409 when the VMI is not running.
  */
-import { findByResource } from '@vessel/api';
+import { findByResource, isObject as isObj } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
 import { agentRefusal, callAgent } from './agents.ts';
 import { ApiError, badRequest } from './errors.ts';
@@ -91,7 +91,6 @@ type VolumeRequest =
 
 /** Volume (and disk) names, as KubeVirt's: a DNS-1123 label. */
 const VOLUME_NAME = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
-const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** AddVolumeOptions / RemoveVolumeOptions → a request, or a 400 that says what is wrong. */
 export function parseVolumeRequest(action: 'addvolume' | 'removevolume', body: unknown): VolumeRequest {

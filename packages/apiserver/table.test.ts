@@ -36,4 +36,17 @@ describe('printer columns', () => {
     assert.equal(wantsTable('application/json;as=Table;v=v1;g=meta.k8s.io,application/json'), true);
     assert.equal(wantsTable('application/json'), false);
   });
+
+  it('prints Services and EndpointSlices as kubectl does', () => {
+    const svc = { metadata: { name: 'web' }, spec: { type: 'NodePort', clusterIP: '10.96.4.2', selector: { tier: 'a', app: 'web' }, ports: [{ port: 80, nodePort: 30080, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }] } };
+    const t = toTable(findByResource('', 'v1', 'services')!, [svc as never], {}, undefined);
+    assert.deepEqual(t.columnDefinitions.map((c) => c.name).slice(0, 5), ['Name', 'Type', 'Cluster-IP', 'External-IP', 'Port(s)']);
+    assert.deepEqual(t.rows[0].cells.slice(0, 5), ['web', 'NodePort', '10.96.4.2', '<none>', '80:30080/TCP,53/UDP']);
+    assert.equal(t.rows[0].cells[6], 'app=web,tier=a');
+    const slice = (n: number) => ({ metadata: { name: 'web-abc' }, addressType: 'IPv4', ports: [{ port: 8080 }], endpoints: Array.from({ length: n }, (_, i) => ({ addresses: [`10.244.0.${i + 1}`] })) });
+    const es = findByResource('discovery.k8s.io', 'v1', 'endpointslices')!;
+    assert.deepEqual(toTable(es, [slice(2) as never], {}, undefined).rows[0].cells.slice(0, 4), ['web-abc', 'IPv4', '8080', '10.244.0.1,10.244.0.2']);
+    assert.equal(toTable(es, [slice(5) as never], {}, undefined).rows[0].cells[3], '10.244.0.1,10.244.0.2,10.244.0.3 + 2 more...');
+    assert.equal(toTable(es, [slice(0) as never], {}, undefined).rows[0].cells[3], '<unset>');
+  });
 });

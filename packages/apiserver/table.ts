@@ -82,6 +82,27 @@ const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
     const resource = p.group ? `${p.resource}.${p.group}` : p.resource;
     return [resource, p.namespace, p.name].filter(Boolean).join('/');
   },
+  // kubectl's Service printer: PORT(S) as 80/TCP or 80:30080/TCP, EXTERNAL-IP <none> unless a load balancer has one.
+  '/Service/Port(s)': (o) => {
+    const ports = (o.spec as { ports?: { port?: number; nodePort?: number; protocol?: string }[] } | undefined)?.ports ?? [];
+    return ports.length ? ports.map((p) => `${p.port}${p.nodePort ? `:${p.nodePort}` : ''}/${p.protocol ?? 'TCP'}`).join(',') : '<none>';
+  },
+  '/Service/External-IP': (o) => {
+    const ips = evalPath(o, '.status.loadBalancer.ingress[*].ip');
+    if (ips.length) return ips.join(',');
+    return (o.spec as { type?: string } | undefined)?.type === 'LoadBalancer' ? '<pending>' : '<none>';
+  },
+  '/Service/Selector': (o) => {
+    const sel = (o.spec as { selector?: Record<string, string> } | undefined)?.selector ?? {};
+    const pairs = Object.entries(sel).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}=${v}`);
+    return pairs.length ? pairs.join(',') : '<none>';
+  },
+  // kubectl's EndpointSlice printer: at most three ports and addresses, then "+ N more...", <unset> when none.
+  'discovery.k8s.io/EndpointSlice/Ports': (o) => moreList(evalPath(o, '.ports[*]').map((p) => {
+    const q = p as { port?: number; name?: string };
+    return q.port !== undefined ? String(q.port) : q.name ?? '*';
+  })),
+  'discovery.k8s.io/EndpointSlice/Endpoints': (o) => moreList(evalPath(o, '.endpoints[*].addresses[*]').map(String)),
   '/Node/Status': (o) => {
     const ready = evalPath(o, ".status.conditions[?(@.type=='Ready')].status")[0];
     const status = [ready === undefined ? 'Unknown' : ready === 'True' ? 'Ready' : 'NotReady'];
@@ -89,6 +110,11 @@ const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
     return status.join(',');
   },
 };
+
+function moreList(items: string[], max = 3): string {
+  if (items.length > max) return `${items.slice(0, max).join(',')} + ${items.length - max} more...`;
+  return items.length ? items.join(',') : '<unset>';
+}
 
 /** The NAME cell: kubectl's StorageClass printer marks the default class with " (default)". */
 function nameCell(info: KindInfo, o: StoredObject): string {

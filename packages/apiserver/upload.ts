@@ -31,7 +31,7 @@ export async function issueUploadToken(resources: Resources, user: User, namespa
     throw new ApiError(422, 'Invalid', 'UploadTokenRequest is invalid: spec.pvcName: Required value', { kind: 'UploadTokenRequest', group: 'upload.cdi.kubevirt.io', causes: [{ reason: 'FieldValueRequired', field: 'spec.pvcName', message: 'Required value' }] });
   }
   const pvc = await resources.get(PVC, namespace, pvcName);
-  const dvName = (pvc.metadata.annotations as Record<string, string> | undefined)?.[storage.POPULATED_FOR];
+  const dvName = pvc.metadata.annotations?.[storage.POPULATED_FOR];
   // Only a claim an upload DataVolume fills takes bytes: a token for any other would lead to an upload the agent refuses.
   const notTarget = (why: string) => invalid('UploadTokenRequest', 'upload.cdi.kubevirt.io', pvcName,
     [{ reason: 'FieldValueInvalid', field: 'spec.pvcName', message: `PersistentVolumeClaim ${namespace}/${pvcName} is not an upload target: ${why}` }]);
@@ -59,7 +59,7 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
   const [namespace, name] = Buffer.from(claimRef ?? '', 'base64url').toString('utf8').split('/');
   if (!namespace || !name) throw new ApiError(401, 'Unauthorized', 'the upload token is not valid: request a new one');
   const pvc = await resources.get(PVC, namespace, name).catch(() => undefined);
-  const recorded = (pvc?.metadata.annotations as Record<string, string> | undefined)?.[storage.UPLOAD_TOKEN] ?? '';
+  const recorded = pvc?.metadata.annotations?.[storage.UPLOAD_TOKEN] ?? '';
   const [hash, expires] = recorded.split(':');
   const ok = !!hash && hash.length === 64 && timingSafeEqual(Buffer.from(hash), Buffer.from(sha256(token)));
   if (!pvc || !ok) throw new ApiError(401, 'Unauthorized', 'the upload token is not valid (a newer one was issued, or the claim is gone): request a new one');
@@ -67,7 +67,7 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
     // A resumed upload keeps its token; a new one must start within the token's lifetime.
     throw new ApiError(401, 'Unauthorized', 'the upload token has expired: request a new one');
   }
-  const nodeName = (pvc.metadata.annotations as Record<string, string>)[storage.SELECTED_NODE];
+  const nodeName = pvc.metadata.annotations![storage.SELECTED_NODE];
   if (!nodeName) throw new ApiError(503, 'ServiceUnavailable', `PersistentVolumeClaim ${namespace}/${name} has no node yet: wait for the DataVolume to show UploadReady`, { retryAfterSeconds: 2 });
   const target = await agentTarget(resources, nodeName);
   const headers: Record<string, string> = { Authorization: `Bearer ${target.token}`, 'X-Upload-Mode': path.endsWith('-async') ? 'async' : 'sync' };

@@ -5,11 +5,11 @@
  * (controllers' finalizers, labels, defaults, status) are left alone, which a PUT of the
  * manifest would wipe out. Lists are replaced whole, as JSON merge patch does.
  */
+import { isObject, type JsonObject } from '@vessel/api';
 
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-type JsonMap = { [key: string]: Json };
+type JsonMap = JsonObject;
 
-const isMap = (v: unknown): v is JsonMap => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isMap = (v: unknown): v is JsonMap => isObject(v);
 
 export function deepEqual(a: unknown, b: unknown): boolean {
   if (a === b) return true;

@@ -11,6 +11,7 @@ import { registerConsole } from './commands/console.ts';
 import { registerCreate } from './commands/create.ts';
 import { registerDelete } from './commands/delete.ts';
 import { registerDescribe } from './commands/describe.ts';
+import { registerExpose } from './commands/expose.ts';
 import { registerGet } from './commands/get.ts';
 import { registerImage } from './commands/image.ts';
 import { registerImageUpload } from './commands/image-upload.ts';
@@ -54,6 +55,7 @@ export function buildProgram(): Command {
   registerLogs(program);
   registerSnapshot(program);
   registerClone(program);
+  registerExpose(program);
   registerImage(program);
   return program;
 }

@@ -25,3 +25,9 @@ test('identityPatches: new or no MACs, no firmware UUID, serial replaced, filter
     { op: 'add', path: '/spec/template/spec/domain/firmware/serial', value: 'new' },
   ]);
 });
+
+test('identityPatches: a fixed address is never copied, whatever the filters', () => {
+  const source = { spec: { template: { metadata: { annotations: { 'ipam.vessel.io/ip': '10.244.0.9', note: 'n' } }, spec: {} } } };
+  const ops = identityPatches(source, {}).map((p) => JSON.parse(p) as Record<string, unknown>);
+  assert.deepEqual(ops, [{ op: 'remove', path: '/spec/template/metadata/annotations/ipam.vessel.io~1ip' }]);
+});

@@ -6,16 +6,18 @@
  * RestoreInProgress → Succeeded, or Failed with the reason in the Ready condition.
  *
  * New identity: MAC addresses (newMacAddresses, else none, so the new VM's are derived from its
- * own name), SMBIOS serial (newSMBiosSerial, else none) and firmware UUID (none: the VM
- * controller gives each VM its own); cloud-init sees a new instance id from the new name.
+ * own name), SMBIOS serial (newSMBiosSerial, else none), firmware UUID (none: the VM
+ * controller gives each VM its own) and fixed address (the template annotation
+ * `ipam.vessel.io/ip` is never copied: the source holds that address, so the clone gets its own
+ * from IPAM); cloud-init sees a new instance id from the new name.
  * Labels and annotations are copied through KubeVirt's filters (`*` matches everything, a
  * leading `!` excludes). Disks are linked clones of the snapshot; the annotation
  * `clone.vessel.io/type: full` makes standalone copies instead.
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
-import { refs, phaseOf, CLONE_DISK_TYPE } from '@vessel/api';
+import { BY_NAMESPACE, byNamespace, cacheKey, Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import { refs, phaseOf, CLONE_DISK_TYPE, ipam } from '@vessel/api';
 
 const { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } = refs;
 
@@ -56,7 +58,7 @@ export function identityPatches(source: { metadata?: Obj; spec?: Obj }, spec: Cl
   drop(meta.annotations, spec.annotationFilters, '/metadata/annotations', ['kubectl.kubernetes.io/last-applied-configuration']);
   const template = ((source.spec?.template ?? {}) as { metadata?: Obj; spec?: Obj });
   drop(template.metadata?.labels, spec.template?.labelFilters, '/spec/template/metadata/labels');
-  drop(template.metadata?.annotations, spec.template?.annotationFilters, '/spec/template/metadata/annotations');
+  drop(template.metadata?.annotations, spec.template?.annotationFilters, '/spec/template/metadata/annotations', [ipam.FIXED_IP]);
   const domain = (template.spec?.domain ?? {}) as { devices?: { interfaces?: Obj[] }; firmware?: Obj };
   (domain.devices?.interfaces ?? []).forEach((iface, i) => {
     const path = `/spec/template/spec/domain/devices/interfaces/${i}/macAddress`;
@@ -86,19 +88,23 @@ export class CloneController extends Controller {
   constructor(client: Client, log?: Log) {
     super('clone', client, log);
     this.events = new EventRecorder(client, 'clone-controller');
-    this.clones = this.inform(VMCLONES);
+    this.clones = this.inform(VMCLONES).addIndex(BY_NAMESPACE, byNamespace);
     const owner = (o: KubeObject) => ((o.metadata.ownerReferences as { kind: string; name: string }[] | undefined) ?? [])
       .filter((r) => r.kind === 'VirtualMachineClone').map((r) => `${o.metadata.namespace}/${r.name}`);
     this.snapshots = this.inform(VMSNAPSHOTS, (s) => [...owner(s), ...this.waitingOn(s)]);
     this.restores = this.inform(VMRESTORES, owner);
     this.vms = this.inform(VMS, () => []);
-    this.contents = this.inform(VMSNAPSHOTCONTENTS, (c) => this.clones.list().filter((x) => !FINAL.has(phaseOf(x)) && x.metadata.namespace === c.metadata.namespace).map((x) => `${x.metadata.namespace}/${x.metadata.name}`));
+    this.contents = this.inform(VMSNAPSHOTCONTENTS, (c) => this.clonesIn(c.metadata.namespace).map(cacheKey));
   }
 
   /** Clones whose source is this snapshot. */
   private waitingOn(snap: KubeObject): string[] {
-    return this.clones.list().filter((c) => c.metadata.namespace === snap.metadata.namespace && (c.spec as CloneSpec | undefined)?.source?.name === snap.metadata.name && !FINAL.has(phaseOf(c)))
-      .map((c) => `${c.metadata.namespace}/${c.metadata.name}`);
+    return this.clonesIn(snap.metadata.namespace).filter((c) => (c.spec as CloneSpec | undefined)?.source?.name === snap.metadata.name).map(cacheKey);
+  }
+
+  /** The clones of a namespace still at work. */
+  private clonesIn(namespace: string | undefined): KubeObject[] {
+    return namespace ? this.clones.byIndex(BY_NAMESPACE, namespace).filter((c) => !FINAL.has(phaseOf(c))) : [];
   }
 
   protected async reconcile(key: string): Promise<void> {
@@ -135,7 +141,7 @@ export class CloneController extends Controller {
 
     const restore = this.restores.get(`${ns}/${restoreName}`);
     if (!restore) {
-      const full = (clone.metadata.annotations as Record<string, string> | undefined)?.[CLONE_DISK_TYPE] === 'full';
+      const full = clone.metadata.annotations?.[CLONE_DISK_TYPE] === 'full';
       await this.createOwned(clone, VMRESTORES, {
         apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore',
         metadata: { name: restoreName, namespace: ns, ...(full ? { annotations: { [CLONE_DISK_TYPE]: 'full' } } : {}) },

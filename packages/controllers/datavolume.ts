@@ -6,19 +6,34 @@
  * CloneScheduled / UploadScheduled once a node is chosen). From there the node agent that
  * holds the volume reports progress, Succeeded or Failed.
  */
-import { storage, tryParseQuantity, refs, phaseOf } from '@vessel/api';
+import { storage, tryParseQuantity, refs, phaseOf, annotationsOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import { BY_DATASOURCE_CLAIM, byDataSourceClaim, Controller, splitKey, type IndexFunc, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
 
 const { DATASOURCES, DATAVOLUMES, PVCS } = refs;
 
 type Obj = Record<string, unknown>;
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 /** Phases the agent owns: this controller never writes over them. */
 const AGENT_PHASES = new Set(['ImportInProgress', 'CloneInProgress', 'UploadReady', 'Succeeded', 'Failed']);
 
 /** Where a DataVolume clones from, after following sourceRef; or why it cannot yet. */
 type CloneSource = { namespace: string; name: string; linked: boolean } | { pending: string; reason: string };
+
+const BY_CLONE_CLAIM = 'cloneClaim';
+const BY_SOURCE_REF = 'sourceRef';
+
+/** A DataVolume cloning a claim (`source.pvc`) under "namespace/claim". */
+const cloneClaimOf: IndexFunc = (dv) => {
+  const src = storage.populationSource((dv.spec ?? {}) as Obj, dv.metadata.namespace ?? 'default');
+  return src?.kind === 'pvc' ? [`${src.namespace}/${src.name}`] : [];
+};
+
+/** A DataVolume under the DataSource its `sourceRef` names, as "namespace/name". */
+const sourceRefOf: IndexFunc = (dv) => {
+  const ref = (dv.spec as { sourceRef?: { name?: string; namespace?: string } } | undefined)?.sourceRef;
+  return ref?.name ? [`${ref.namespace ?? dv.metadata.namespace}/${ref.name}`] : [];
+};
+
 
 export class DataVolumeController extends Controller {
   private readonly dvs: Informer;
@@ -29,14 +44,22 @@ export class DataVolumeController extends Controller {
   constructor(client: Client, log?: Log) {
     super('datavolume', client, log);
     this.events = new EventRecorder(client, 'vessel-datavolume-controller');
-    this.dvs = this.inform(DATAVOLUMES);
-    // A claim changing wakes its DataVolume, and every DataVolume cloning from it.
+    this.dvs = this.inform(DATAVOLUMES).addIndex(BY_CLONE_CLAIM, cloneClaimOf).addIndex(BY_SOURCE_REF, sourceRefOf);
+    this.sources = this.inform(DATASOURCES, (ds) => this.waiting(this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)))).addIndex(BY_DATASOURCE_CLAIM, byDataSourceClaim);
+    // A claim changing wakes its DataVolume, and every DataVolume cloning from it: directly, or
+    // through a DataSource that names it.
     this.pvcs = this.inform(PVCS, (p) => {
-      const keys = this.dvs.list().filter((dv) => !AGENT_PHASES.has(phaseOf(dv))).map(cacheKey);
-      const owner = annotations(p)[storage.POPULATED_FOR];
+      const key = cacheKey(p);
+      const viaSources = this.sources.byIndex(BY_DATASOURCE_CLAIM, key).flatMap((ds) => this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)));
+      const keys = this.waiting([...this.dvs.byIndex(BY_CLONE_CLAIM, key), ...viaSources]);
+      const owner = annotationsOf(p)[storage.POPULATED_FOR];
       return owner ? [...keys, `${p.metadata.namespace}/${owner}`] : keys;
     });
-    this.sources = this.inform(DATASOURCES, () => this.dvs.list().filter((dv) => !AGENT_PHASES.has(phaseOf(dv))).map(cacheKey));
+  }
+
+  /** The keys of those DataVolumes the controller still works on (the agent has the others). */
+  private waiting(dvs: KubeObject[]): string[] {
+    return dvs.filter((dv) => !AGENT_PHASES.has(phaseOf(dv))).map(cacheKey);
   }
 
   protected async reconcile(key: string): Promise<void> {
@@ -48,15 +71,15 @@ export class DataVolumeController extends Controller {
     if (clone && 'pending' in clone) return this.setPhase(dv, 'Pending', clone.reason, clone.pending);
 
     let pvc = this.pvcs.get(key);
-    if (pvc && annotations(pvc)[storage.POPULATED_FOR] !== name) {
+    if (pvc && annotationsOf(pvc)[storage.POPULATED_FOR] !== name) {
       return this.setPhase(dv, 'Pending', 'ErrClaimNotValid', `a PersistentVolumeClaim named ${name} already exists and is not this DataVolume's; delete it or rename the DataVolume`);
     }
     if (!pvc) pvc = await this.createClaim(dv, namespace, spec, clone);
 
     const kind = spec.sourceRef ? 'pvc' : storage.populationSource(spec, namespace)?.kind ?? 'blank';
-    if (annotations(pvc)[storage.SELECTED_NODE]) {
+    if (annotationsOf(pvc)[storage.SELECTED_NODE]) {
       const { scheduled } = storage.phasesFor(kind);
-      return this.setPhase(dv, scheduled, scheduled, `${scheduled === 'CloneScheduled' ? 'cloning' : scheduled === 'UploadScheduled' ? 'upload' : 'import'} will run on node ${annotations(pvc)[storage.SELECTED_NODE]}`);
+      return this.setPhase(dv, scheduled, scheduled, `${scheduled === 'CloneScheduled' ? 'cloning' : scheduled === 'UploadScheduled' ? 'upload' : 'import'} will run on node ${annotationsOf(pvc)[storage.SELECTED_NODE]}`);
     }
     return this.setPhase(dv, 'Pending', 'Pending', `PVC ${name} Pending`);
   }
@@ -81,7 +104,7 @@ export class DataVolumeController extends Controller {
     }
     const pvc = this.pvcs.get(`${target.namespace}/${target.name}`);
     if (!pvc) return { pending: `clone source PersistentVolumeClaim ${target.namespace}/${target.name} does not exist`, reason: 'CloneSourceDoesNotExist' };
-    if ((pvc.status as Obj | undefined)?.phase !== 'Bound' || !annotations(pvc)[storage.VOLUME_PATH]) {
+    if ((pvc.status as Obj | undefined)?.phase !== 'Bound' || !annotationsOf(pvc)[storage.VOLUME_PATH]) {
       return { pending: `clone source ${target.namespace}/${target.name} is not populated yet`, reason: 'CloneSourceNotReady' };
     }
     return target;

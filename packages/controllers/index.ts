@@ -13,6 +13,8 @@ import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
 import { CloneController } from './clone.ts';
 import { NodeLifecycleController } from './node-lifecycle.ts';
+import { IpamController, vmNetworkCidr } from './ipam.ts';
+import { EndpointSliceController } from './endpointslice.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 
 export { GarbageCollector } from './gc.ts';
@@ -24,6 +26,8 @@ export { VirtualMachineController } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
 export { CloneController } from './clone.ts';
 export { NodeLifecycleController } from './node-lifecycle.ts';
+export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';
+export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 
 export interface RunningControllers {
@@ -40,6 +44,8 @@ export interface ControllerOptions {
   scheduling?: SchedulingSettings;
   /** How long a node may go without its agent's heartbeat before it is Unknown (default 40 s). */
   nodeGracePeriodMs?: number;
+  /** The VM network IPAM allocates from (default 10.244.0.0/16). */
+  vmNetworkCidr?: string;
 }
 
 /**
@@ -47,6 +53,7 @@ export interface ControllerOptions {
  * the controllers' lease: with several servers on one store, exactly one runs them.
  */
 export async function startControllers(client: Client, opts: ControllerOptions = {}): Promise<RunningControllers> {
+  vmNetworkCidr(opts.vmNetworkCidr); // refused now, not when this process first leads
   let running: { start(): Promise<void>; stop(): Promise<void> }[] = [];
   const elector = new LeaderElector(client, {
     name: 'vessel-controllers', leaseMs: opts.leaseMs, log: opts.log,
@@ -56,6 +63,8 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
         new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
         new CloneController(client, opts.log), new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
+        new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
+        new EndpointSliceController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

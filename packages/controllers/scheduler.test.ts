@@ -8,7 +8,7 @@ import { getCondition } from '@vessel/runtime';
 import { refs } from '@vessel/api';
 import { Scheduler } from './scheduler.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
-import { agentSets, createNode, InMemoryClient, settle, until } from './testing/harness.ts';
+import { agentSets, createNode, InMemoryClient, LaggingClient, settle, until } from './testing/harness.ts';
 import type { KubeObject } from '@vessel/runtime';
 
 const { VMIS } = refs;
@@ -114,4 +114,26 @@ test('taints: NoSchedule keeps VMIs off unless tolerated; a not-Ready node takes
   assert.match(why, /untolerated taint \{dedicated: db\}/);
   await h.c.create(VMIS, vmi('tol', { tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'db', effect: 'NoSchedule' }] }));
   assert.equal(await placed(h.c, 'tol'), 'tainted');
+});
+
+
+test('a VMI placed meanwhile keeps its status: the Unschedulable report is not written over it from a stale cache', async () => {
+  const c = new LaggingClient({ virtualmachineinstances: 200 });
+  await c.namespaces('default');
+  const sched = new Scheduler(c);
+  await sched.start();
+  try {
+    await c.create(VMIS, vmi('v'));
+    // Placed by someone else before the scheduler's cache has even seen the VMI (no node fits it here).
+    const o = await c.get(VMIS, 'v', { namespace: 'default' });
+    await c.update(VMIS, { ...o, status: { phase: 'Scheduled', nodeName: 'elsewhere' } }, { namespace: 'default' });
+    await settle(600);
+    const s = (await c.get(VMIS, 'v', { namespace: 'default' })).status as { phase?: string; nodeName?: string; conditions?: unknown[] };
+    assert.equal(s.phase, 'Scheduled');
+    assert.equal(s.nodeName, 'elsewhere');
+    assert.equal(getCondition({ status: s }, 'PodScheduled'), undefined);
+  } finally {
+    await sched.stop();
+    c.close();
+  }
 });

@@ -6,22 +6,25 @@
  * kube-scheduler-style message saying why; it is tried again whenever nodes or VMIs change.
  * Claims of WaitForFirstConsumer classes get the chosen node (their first consumer).
  */
-import { storage, refs, phaseOf } from '@vessel/api';
+import type { V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import type { IoK8sApiCoreV1Node } from '@kubevirt-ui-ext/kubevirt-api/kubernetes';
+import { storage, refs, phaseOf, annotationsOf } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
-import { Controller, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
-import { scheduleVmi, vmiRequests, type NodeLike, type SchedulingSettings, type VmiSchedulingSpec } from './scheduling/fit.ts';
+import { Controller, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, type Typed, updateStatus } from '@vessel/runtime';
+import { scheduleVmi, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
 
 const { NODES, PVCS, VMIS } = refs;
 
 type Obj = Record<string, unknown>;
-const nodeOf = (o: KubeObject) => (o.status as Obj | undefined)?.nodeName as string | undefined;
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
+type Vmi = Typed<V1VirtualMachineInstance>;
+type Node = Typed<IoK8sApiCoreV1Node>;
+const nodeOf = (o: Vmi) => o.status?.nodeName;
 const UNSCHEDULED = new Set(['', 'Pending', 'Scheduling']);
 const NODE_LABEL = 'kubevirt.io/nodeName';
 
 export class Scheduler extends Controller {
-  private readonly vmis: Informer;
-  private readonly nodes: Informer;
+  private readonly vmis: Informer<Vmi>;
+  private readonly nodes: Informer<Node>;
   private readonly pvcs: Informer;
   private readonly events: EventRecorder;
   private readonly reported = new Map<string, string>();
@@ -29,8 +32,8 @@ export class Scheduler extends Controller {
   constructor(client: Client, log?: Log, private readonly settings: SchedulingSettings = {}) {
     super('scheduler', client, log, 1); // one worker: each decision sees the one before
     this.events = new EventRecorder(client, 'vessel-scheduler');
-    this.vmis = this.inform(VMIS, () => this.pending());
-    this.nodes = this.inform(NODES, () => this.pending());
+    this.vmis = this.inform<Vmi>(VMIS, () => this.pending());
+    this.nodes = this.inform<Node>(NODES, () => this.pending());
     this.pvcs = this.inform(PVCS, () => this.pending());
   }
 
@@ -41,19 +44,21 @@ export class Scheduler extends Controller {
   protected async reconcile(key: string): Promise<void> {
     const vmi = this.vmis.get(key);
     if (!vmi || vmi.metadata.deletionTimestamp || nodeOf(vmi) || !UNSCHEDULED.has(phaseOf(vmi))) return;
-    const spec = (vmi.spec ?? {}) as VmiSchedulingSpec & { volumes?: { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[] };
+    const spec = vmi.spec;
     const placed = this.vmis.list()
       .filter((v) => nodeOf(v) && !['Succeeded', 'Failed'].includes(phaseOf(v)) && v.metadata.uid !== vmi.metadata.uid)
-      .map((v) => ({ nodeName: nodeOf(v)!, requests: vmiRequests((v.spec ?? {}) as VmiSchedulingSpec, this.settings) }));
+      .map((v) => ({ nodeName: nodeOf(v)!, requests: vmiRequests(v.spec, this.settings) }));
     const { required, waitFor } = this.volumeNodes(vmi.metadata.namespace!, spec.volumes ?? []);
     const result = scheduleVmi({
       vmi: { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace! }, spec },
-      nodes: this.nodes.list() as unknown as NodeLike[], placed, requiredNodes: required, settings: this.settings,
+      nodes: this.nodes.list(), placed, requiredNodes: required, settings: this.settings,
     });
     if (result.node === undefined) {
       if (this.reported.get(key) !== result.message) {
         this.reported.set(key, result.message);
-        await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+        await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
+          // The cache may lag: a VMI placed (or started) meanwhile keeps the status it has.
+          if (s.nodeName || !UNSCHEDULED.has(phaseOf(fresh))) return false;
           s.phase = 'Pending';
           setCondition(s, { type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message: result.message }, false);
           setCondition(s, { type: 'Ready', status: 'False', reason: 'Unschedulable', message: result.message }, false);
@@ -89,7 +94,7 @@ export class Scheduler extends Controller {
       s.nodeName = node;
       s.phaseTransitionTimestamps = [...(s.phaseTransitionTimestamps as Obj[] | undefined) ?? [], { phase: 'Scheduled', phaseTransitionTimestamp: new Date().toISOString() }];
       setCondition(s, { type: 'PodScheduled', status: 'True', reason: '', message: '' }, false);
-      const metadata = VMIS.statusSubresource ? fresh.metadata : { ...fresh.metadata, labels: { ...(fresh.metadata.labels as Record<string, string> | undefined), [NODE_LABEL]: node } };
+      const metadata = VMIS.statusSubresource ? fresh.metadata : { ...fresh.metadata, labels: { ...fresh.metadata.labels, [NODE_LABEL]: node } };
       try {
         await this.client.update(VMIS, { ...fresh, metadata, status: s }, { ...opts, subresource: VMIS.statusSubresource ? 'status' : undefined });
         return true;
@@ -108,9 +113,9 @@ export class Scheduler extends Controller {
       const name = v.dataVolume?.name ?? v.persistentVolumeClaim?.claimName;
       const pvc = name ? this.pvcs.get(`${ns}/${name}`) : undefined;
       if (!pvc) continue;
-      const node = annotations(pvc)[storage.SELECTED_NODE];
+      const node = annotationsOf(pvc)[storage.SELECTED_NODE];
       if (!node) { waitFor.push(pvc.metadata.name); continue; }
-      const pool = annotations(pvc)[storage.VOLUME_POOL];
+      const pool = annotationsOf(pvc)[storage.VOLUME_POOL];
       const nodeObj = this.nodes.get(node);
       const shared = !!(pool && nodeObj && storage.nodePools(nodeObj)[pool]?.shared);
       if (!shared) required = required ? required.filter((n) => n === node) : [node];

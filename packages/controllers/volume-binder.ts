@@ -8,22 +8,24 @@
  * WaitForFirstConsumer classes wait for the VM scheduler, except for claims a DataVolume
  * fills (CDI imports them at once; see docs/design.md) or that ask to bind immediately.
  */
-import { storage, refs } from '@vessel/api';
+import { storage, refs, annotationsOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject } from '@vessel/runtime';
+import type { IoK8sApiCoreV1PersistentVolumeClaim, IoK8sApiStorageV1StorageClass } from '@kubevirt-ui-ext/kubevirt-api/kubernetes';
+import { BY_NODE, byNode, Controller, splitKey, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, type Typed } from '@vessel/runtime';
 
 const { NODES, PVCS, STORAGE_CLASSES } = refs;
 
 export function defaultClass(classes: KubeObject[]): KubeObject | undefined {
-  return classes.find((c) => (c.metadata.annotations as Record<string, string> | undefined)?.['storageclass.kubernetes.io/is-default-class'] === 'true');
+  return classes.find((c) => c.metadata.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true');
 }
 
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
+type Claim = Typed<IoK8sApiCoreV1PersistentVolumeClaim>;
+type StorageClass = Typed<IoK8sApiStorageV1StorageClass>;
 
 export class VolumeBinder extends Controller {
-  private readonly pvcs: Informer;
+  private readonly pvcs: Informer<Claim>;
   private readonly nodes: Informer;
-  private readonly classes: Informer;
+  private readonly classes: Informer<StorageClass>;
   private readonly events: EventRecorder;
   /** Claims told "waiting for first consumer", so the Event is recorded once. */
   private readonly waiting = new Set<string>();
@@ -31,17 +33,17 @@ export class VolumeBinder extends Controller {
   constructor(client: Client, log?: Log) {
     super('volume-binder', client, log);
     this.events = new EventRecorder(client, 'vessel-volume-binder');
-    this.pvcs = this.inform(PVCS);
+    this.pvcs = this.inform<Claim>(PVCS).addIndex(BY_NODE, byNode);
     // A node or class appearing can unblock every pending claim.
-    const pending = () => this.pvcs.list().filter((p) => !annotations(p)[storage.SELECTED_NODE]).map(cacheKey);
+    const pending = () => this.pvcs.list().filter((p) => !annotationsOf(p)[storage.SELECTED_NODE]).map(cacheKey);
     this.nodes = this.inform(NODES, pending);
-    this.classes = this.inform(STORAGE_CLASSES, pending);
+    this.classes = this.inform<StorageClass>(STORAGE_CLASSES, pending);
   }
 
   protected async reconcile(key: string): Promise<void> {
     const pvc = this.pvcs.get(key);
-    if (!pvc || pvc.metadata.deletionTimestamp || annotations(pvc)[storage.SELECTED_NODE]) return;
-    const spec = (pvc.spec ?? {}) as { storageClassName?: string };
+    if (!pvc || pvc.metadata.deletionTimestamp || annotationsOf(pvc)[storage.SELECTED_NODE]) return;
+    const spec = pvc.spec ?? {};
     let className = spec.storageClassName;
     if (!className) {
       const def = defaultClass(this.classes.list());
@@ -53,8 +55,8 @@ export class VolumeBinder extends Controller {
     const sc = this.classes.get(className);
     if (!sc) return this.warn(pvc, 'ProvisioningFailed', `storageclass.storage.k8s.io "${className}" not found`);
     if (sc.provisioner !== storage.PROVISIONER) return; // someone else's class
-    const pool = (sc.parameters as Record<string, string> | undefined)?.pool ?? className;
-    const a = annotations(pvc);
+    const pool = sc.parameters?.pool ?? className;
+    const a = annotationsOf(pvc);
     const populated = !!a[storage.POPULATED_FOR] || a[storage.BIND_IMMEDIATE] === 'true';
     if (sc.volumeBindingMode === 'WaitForFirstConsumer' && !populated) {
       if (!this.waiting.has(key)) {
@@ -74,13 +76,13 @@ export class VolumeBinder extends Controller {
   private chooseNode(pvc: KubeObject, pool: string): string | { why: string } {
     const ready = this.nodes.list().filter((n) => storage.isNodeReady(n) && storage.nodePools(n)[pool]).sort((x, y) => x.metadata.name.localeCompare(y.metadata.name));
     if (ready.length === 0) return { why: `no Ready node serves pool "${pool}": start a vessel agent, or check \`vessel get nodes\`` };
-    const source = annotations(pvc)[storage.CLONE_SOURCE];
+    const source = annotationsOf(pvc)[storage.CLONE_SOURCE];
     if (source) {
       const { namespace, name } = splitKey(source);
       const src = this.pvcs.get(`${namespace}/${name}`);
-      const srcNode = src && annotations(src)[storage.SELECTED_NODE];
+      const srcNode = src && annotationsOf(src)[storage.SELECTED_NODE];
       if (!src || !srcNode) return { why: `clone source ${source} is not provisioned yet` };
-      const srcPool = annotations(src)[storage.VOLUME_POOL];
+      const srcPool = annotationsOf(src)[storage.VOLUME_POOL];
       const targetShared = storage.nodePools(ready[0])[pool].shared;
       const srcNodeObj = this.nodes.get(srcNode);
       const srcShared = !!(srcNodeObj && srcPool && storage.nodePools(srcNodeObj)[srcPool]?.shared);
@@ -90,12 +92,8 @@ export class VolumeBinder extends Controller {
       }
     }
     // Spread: the node with the fewest claims so far.
-    const load = new Map<string, number>();
-    for (const p of this.pvcs.list()) {
-      const n = annotations(p)[storage.SELECTED_NODE];
-      if (n) load.set(n, (load.get(n) ?? 0) + 1);
-    }
-    return ready.reduce((best, n) => ((load.get(n.metadata.name) ?? 0) < (load.get(best.metadata.name) ?? 0) ? n : best)).metadata.name;
+    const load = (n: KubeObject) => this.pvcs.byIndex(BY_NODE, n.metadata.name).length;
+    return ready.reduce((best, n) => (load(n) < load(best) ? n : best)).metadata.name;
   }
 
   private async warn(pvc: KubeObject, reason: string, message: string): Promise<void> {

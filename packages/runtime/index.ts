@@ -5,7 +5,7 @@
  * write status and Events. It knows the API only through @vessel/client and @vessel/api.
  */
 export { Informer, cacheKey, type ListWatch, type InformerHandlers, type IndexFunc, type KubeObject, type Typed } from './informer.ts';
-export { BY_NAMESPACE, BY_NODE, BY_CLAIM, BY_OWNER, byNamespace, byNode, byClaim, byOwner } from './indexes.ts';
+export { BY_NAMESPACE, BY_NODE, BY_CLAIM, BY_OWNER, BY_DATASOURCE_CLAIM, byNamespace, byNode, byClaim, byOwner, byDataSourceClaim } from './indexes.ts';
 export { WorkQueue, runWorkers } from './workqueue.ts';
 export { listWatchFor } from './listwatch.ts';
 export { LeaderElector, type LeaderElectionOptions } from './leader.ts';

@@ -10,6 +10,7 @@ export const BY_NAMESPACE = 'namespace';
 export const BY_NODE = 'node';
 export const BY_CLAIM = 'claim';
 export const BY_OWNER = 'owner';
+export const BY_DATASOURCE_CLAIM = 'dataSourceClaim';
 
 /** A namespaced object under its namespace. */
 export const byNamespace: IndexFunc = (o) => (o.metadata.namespace ? [o.metadata.namespace] : []);
@@ -25,3 +26,9 @@ export const byClaim: IndexFunc = (o) => claimNames(o).map((c) => `${o.metadata.
 
 /** An object under the uid of each of its owners. */
 export const byOwner: IndexFunc = (o) => (o.metadata.ownerReferences ?? []).map((r) => r.uid);
+
+/** A DataSource under the claim its `spec.source.pvc` names, as "namespace/claim" (the claim's cache key). */
+export const byDataSourceClaim: IndexFunc = (ds) => {
+  const pvc = ((ds.spec as { source?: { pvc?: { name?: string; namespace?: string } } } | undefined)?.source)?.pvc;
+  return pvc?.name ? [`${pvc.namespace ?? ds.metadata.namespace}/${pvc.name}`] : [];
+};

@@ -6,7 +6,7 @@
  * It never allocates: creating IPAddresses is the control plane's job.
  */
 import { join } from 'node:path';
-import { isHostOf, macForIPv4, parseCidr, parseIPv4, refs } from '@vessel/api';
+import { ipam, isHostOf, macForIPv4, parseCidr, parseIPv4, refs } from '@vessel/api';
 import type { Client, ResourceRef } from '@vessel/client';
 import { Controller, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { BRIDGE, VM_MTU, enableForwarding, ensureBridge, setBridgeAddress } from './bridge.ts';
@@ -21,11 +21,7 @@ import { ensureVxlan, syncFdb } from './vxlan.ts';
 export const FABRIC_IP_ANNOTATION = 'vessel.io/fabric-ip';
 /** IPAM's allocations (networking.k8s.io/v1 IPAddress, cluster-scoped, named by the address). */
 export const IPADDRESSES: ResourceRef = { group: 'networking.k8s.io', version: 'v1', plural: 'ipaddresses', namespaced: false };
-export const LABEL_NETWORK = 'vessel.io/network';
-export const LABEL_INTERFACE = 'vessel.io/interface';
-export const ANN_CIDR = 'vessel.io/cidr';
-export const ANN_MAC = 'vessel.io/mac';
-export const ANN_PARENT_UID = 'vessel.io/parent-uid';
+const { NETWORK_LABEL: LABEL_NETWORK, INTERFACE_LABEL: LABEL_INTERFACE, CIDR_ANNOTATION: ANN_CIDR, MAC_ANNOTATION: ANN_MAC, PARENT_UID_ANNOTATION: ANN_PARENT_UID } = ipam;
 
 const BY_PARENT = 'parent';
 const FDB_KEY = 'fdb';
@@ -56,15 +52,14 @@ export interface ClusterNic {
 export interface VmiRef { metadata: { name: string; namespace?: string; uid?: string; ownerReferences?: unknown } }
 type Parent = { resource: string; namespace?: string; name: string; uid?: string };
 
-const parentKey = (p: { resource?: string; namespace?: string; name?: string }) => `${p.resource ?? ''}/${p.namespace ?? ''}/${p.name ?? ''}`;
+const parentKey = (p: { resource?: string; namespace?: string; name?: string }) => ipam.parentKey({ group: '', resource: p.resource ?? '', namespace: p.namespace, name: p.name ?? '' });
 const parentRefOf = (a: KubeObject) => ((a.spec as { parentRef?: { group?: string; resource?: string; namespace?: string; name?: string } } | undefined)?.parentRef ?? {});
 
-/** Who owns a VMI's addresses: its VirtualMachine, or the VMI itself when it has none. */
+/** Who owns a VMI's addresses (the IPAM contract's vmiParent): its VirtualMachine, or the VMI itself when it has none. */
 export function addressParent(vmi: VmiRef): Parent {
-  const owner = ((Array.isArray(vmi.metadata.ownerReferences) ? vmi.metadata.ownerReferences : []) as { kind?: string; name?: string; uid?: string }[]).find((r) => r.kind === 'VirtualMachine' && r.name);
-  return owner
-    ? { resource: 'virtualmachines', namespace: vmi.metadata.namespace, name: owner.name!, uid: owner.uid }
-    : { resource: 'virtualmachineinstances', namespace: vmi.metadata.namespace, name: vmi.metadata.name, uid: vmi.metadata.uid };
+  const owners = (Array.isArray(vmi.metadata.ownerReferences) ? vmi.metadata.ownerReferences : []) as { kind: string; name: string; uid: string; controller?: boolean }[];
+  const p = ipam.vmiParent({ metadata: { ...vmi.metadata, ownerReferences: owners } });
+  return { resource: p.resource, namespace: p.namespace, name: p.name, uid: p.uid || undefined };
 }
 
 export class ClusterNetwork extends Controller {

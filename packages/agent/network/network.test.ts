@@ -49,7 +49,7 @@ test('dnsmasq: static leases only, router, DNS and MTU from the gateway, on the 
 });
 
 test("a VMI's addresses belong to its VirtualMachine, or to itself when it has none", () => {
-  assert.deepEqual(addressParent({ metadata: { name: 'web', namespace: 'ns', uid: 'u1', ownerReferences: [{ kind: 'VirtualMachine', name: 'web', uid: 'vm1' }] } }),
+  assert.deepEqual(addressParent({ metadata: { name: 'web', namespace: 'ns', uid: 'u1', ownerReferences: [{ kind: 'VirtualMachine', name: 'web', uid: 'vm1', controller: true }] } }),
     { resource: 'virtualmachines', namespace: 'ns', name: 'web', uid: 'vm1' });
   assert.deepEqual(addressParent({ metadata: { name: 'solo', namespace: 'ns', uid: 'u2' } }), { resource: 'virtualmachineinstances', namespace: 'ns', name: 'solo', uid: 'u2' });
 });

@@ -14,6 +14,7 @@
  */
 import { randomInt } from 'node:crypto';
 import type net from 'node:net';
+import { isObject } from '@vessel/api';
 import { QgaClosedError, QgaConnectError, QgaError, QgaTimeoutError } from './errors.ts';
 import { connectOnce } from '../qmp/client.ts';
 
@@ -289,7 +290,7 @@ export class QgaClient {
     } catch {
       return;
     }
-    if (!isRecord(msg)) return;
+    if (!isObject(msg)) return;
     const w = this.waiter;
     if (!w) return; // stale: nobody asked
     if (w.sync) {
@@ -303,7 +304,7 @@ export class QgaClient {
     this.waiter = undefined;
     clearTimeout(w.timer);
     if ('error' in msg) {
-      const e = isRecord(msg.error) ? msg.error : {};
+      const e = isObject(msg.error) ? msg.error : {};
       w.reject(new QgaError(w.command, String(e.class ?? 'GenericError'), String(e.desc ?? 'no description')));
     } else {
       w.resolve(msg.return);
@@ -379,10 +380,6 @@ export function fstrim(socketPath: string, opts: QgaExecuteOptions = {}): Promis
 /** guest-fsfreeze-thaw over a connection of its own; the number of filesystems thawed. */
 export function fsfreezeThaw(socketPath: string, opts: QgaExecuteOptions = {}): Promise<number> {
   return withAgent(socketPath, (c) => c.fsfreezeThaw(opts.timeoutMs));
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 async function connectAgent(socketPath: string, ms: number): Promise<net.Socket> {

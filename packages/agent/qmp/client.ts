@@ -7,6 +7,7 @@
  */
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import { isObject } from '@vessel/api';
 import {
   QmpClosedError,
   QmpConnectError,
@@ -358,7 +359,7 @@ export class QmpClient {
     if (typeof m.event === 'string') {
       const ev: QmpEvent = {
         event: m.event,
-        data: isRecord(m.data) ? m.data : {},
+        data: isObject(m.data) ? m.data : {},
         timestamp: parseTimestamp(m.timestamp),
       };
       this.emit('event', ev);
@@ -372,7 +373,7 @@ export class QmpClient {
       this.pending.delete(m.id);
       clearTimeout(entry.timer);
       if ('error' in m) {
-        const e = isRecord(m.error) ? m.error : {};
+        const e = isObject(m.error) ? m.error : {};
         entry.reject(new QmpError(entry.command, String(e.class ?? 'GenericError'), String(e.desc ?? 'no description')));
       } else {
         entry.resolve(m.return);
@@ -405,18 +406,14 @@ export class QmpClient {
   }
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 function parseTimestamp(v: unknown): QmpEvent['timestamp'] {
-  const t = isRecord(v) ? v : {};
+  const t = isObject(v) ? v : {};
   return { seconds: Number(t.seconds ?? 0), microseconds: Number(t.microseconds ?? 0) };
 }
 
 function parseGreeting(g: Record<string, unknown>): QmpGreeting {
-  const version = isRecord(g.version) ? g.version : {};
-  const qemu = isRecord(version.qemu) ? version.qemu : {};
+  const version = isObject(g.version) ? g.version : {};
+  const qemu = isObject(version.qemu) ? version.qemu : {};
   return {
     version: {
       qemu: { major: Number(qemu.major ?? 0), minor: Number(qemu.minor ?? 0), micro: Number(qemu.micro ?? 0) },

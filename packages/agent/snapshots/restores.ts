@@ -10,7 +10,7 @@
 import jsonpatch from 'fast-json-patch';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { snapshots, storage, CLONE_DISK_TYPE, refs, runStrategyOf, phaseOf } from '@vessel/api';
+import { snapshots, storage, CLONE_DISK_TYPE, refs, runStrategyOf, phaseOf, annotationsOf } from '@vessel/api';
 import { Controller, getCondition, EventRecorder, setCondition, updateStatus, type Informer, type KubeObject } from '@vessel/runtime';
 import { faultPoint } from '../faults.ts';
 import { compact, restoreVolume } from '../storage/chain.ts';
@@ -25,7 +25,6 @@ const { MEMORY_FILE, SNAPSHOT_FILES, SNAPSHOT_NODE } = snapshots;
 /** On a VM made by a restore: the restore's uid. */
 export const RESTORED_BY = 'vessel.io/restored-by';
 const FINAL = new Set(['Succeeded', 'Failed']);
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 
 export type RestoreOptions = SnapshotOptions;
 
@@ -84,15 +83,15 @@ export class RestoreController extends Controller {
     if (!snap || !content || (snap.status as Obj | undefined)?.readyToUse !== true) {
       return this.progress(restore, 'VirtualMachineSnapshotNotReady', `VirtualMachineSnapshot ${spec.virtualMachineSnapshotName} is not ready to use`);
     }
-    if (annotations(content)[SNAPSHOT_NODE] !== this.opts.nodeName) return;
-    const files = JSON.parse(annotations(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>;
+    if (annotationsOf(content)[SNAPSHOT_NODE] !== this.opts.nodeName) return;
+    const files = JSON.parse(annotationsOf(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>;
     const recorded = ((content.spec as Obj).source as { virtualMachine: { metadata: Obj; spec: Obj } }).virtualMachine;
     const backups = ((content.spec as Obj).volumeBackups as Backup[] | undefined) ?? [];
     const target = String(spec.target?.name ?? '');
     const vm = this.vmList.get(`${ns}/${target}`);
 
     // In place: a VM that this restore did not make. Otherwise a new VM, perhaps made by an earlier pass.
-    const inPlace = !!vm && annotations(vm)[RESTORED_BY] !== restore.metadata.uid;
+    const inPlace = !!vm && annotationsOf(vm)[RESTORED_BY] !== restore.metadata.uid;
     if (inPlace) {
       const vmi = this.vmis.get(`${ns}/${target}`);
       if (vmi && !FINAL.has(phaseOf(vmi))) {
@@ -105,7 +104,7 @@ export class RestoreController extends Controller {
         if (qmp) throw new Error(`VirtualMachine ${target} started during the restore`);
         for (const b of backups) {
           const pvc = this.pvcs.get(`${ns}/${b.persistentVolumeClaim.metadata.name}`);
-          const recorded = pvc && annotations(pvc)[storage.VOLUME_PATH];
+          const recorded = pvc && annotationsOf(pvc)[storage.VOLUME_PATH];
           if (!recorded) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} has no volume on this node`);
           // The claim's file and the snapshot file, both in the restore's own namespace.
           const { pool, path } = containedPath(this.opts.pools.values(), ns, recorded, `${storage.VOLUME_PATH} of claim ${b.persistentVolumeClaim.metadata.name}`);
@@ -120,16 +119,16 @@ export class RestoreController extends Controller {
       delete next.runStrategy;
       if (keep.runStrategy !== undefined) next.runStrategy = keep.runStrategy;
       else next.running = keep.running ?? false;
-      const memory = annotations(content)[MEMORY_FILE];
-      const metadata = memory ? { ...vm.metadata, annotations: { ...annotations(vm), [RESUME_MEMORY]: memory } } : vm.metadata;
+      const memory = annotationsOf(content)[MEMORY_FILE];
+      const metadata = memory ? { ...vm.metadata, annotations: { ...annotationsOf(vm), [RESUME_MEMORY]: memory } } : vm.metadata;
       await this.client.update(VMS, { ...vm, metadata, spec: next }, { namespace: ns });
       for (const pool of this.opts.pools.values()) await compact(pool);
     } else {
       const claims = backups.map((b) => this.pvcs.get(`${ns}/${claimFor(restore, b.volumeName)}`));
-      if (!vm || claims.some((c) => !c)) await this.restoreToNewVm(restore, target, recorded, backups, files, annotations(content)[MEMORY_FILE]);
+      if (!vm || claims.some((c) => !c)) await this.restoreToNewVm(restore, target, recorded, backups, files, annotationsOf(content)[MEMORY_FILE]);
       // Done when the disks exist, not when they were asked for: a full clone copies for a while.
       const unbound = backups.map((b, i) => ({ name: claimFor(restore, b.volumeName), pvc: claims[i] }))
-        .filter(({ pvc }) => phaseOf(pvc) !== 'Bound' || !annotations(pvc!)[storage.VOLUME_PATH]).map(({ name }) => name);
+        .filter(({ pvc }) => phaseOf(pvc) !== 'Bound' || !annotationsOf(pvc!)[storage.VOLUME_PATH]).map(({ name }) => name);
       if (unbound.length) return this.progress(restore, 'RestoreInProgress', `waiting for the disks of ${target}: ${unbound.join(', ')}`, true);
     }
     const restores = backups.map((b) => ({ volumeName: b.volumeName, persistentVolumeClaim: inPlace ? b.persistentVolumeClaim.metadata.name : claimFor(restore, b.volumeName), volumeSnapshotName: b.volumeSnapshotName }));
@@ -165,7 +164,7 @@ export class RestoreController extends Controller {
     desired.metadata.name = target;
     desired.metadata.namespace = ns;
     // Vessel's own bookkeeping of the source VM is not the new VM's.
-    const kept = Object.entries((desired.metadata.annotations as Record<string, string> | undefined) ?? {}).filter(([k]) => !k.startsWith('vessel.io/'));
+    const kept = Object.entries(desired.metadata.annotations ?? {}).filter(([k]) => !k.startsWith('vessel.io/'));
     desired.metadata.annotations = { ...Object.fromEntries(kept), [RESTORED_BY]: restore.metadata.uid!, ...(memory ? { [RESUME_MEMORY]: memory } : {}) };
     let vm: KubeObject;
     try {
@@ -187,7 +186,7 @@ export class RestoreController extends Controller {
             labels: b.persistentVolumeClaim.metadata.labels,
             annotations: {
               [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: this.opts.nodeName, ...(pool ? { [storage.VOLUME_POOL]: pool.name } : {}),
-              ...(annotations(restore)[CLONE_DISK_TYPE] === 'full' ? { [storage.CLONE_TYPE]: 'full' } : {}),
+              ...(annotationsOf(restore)[CLONE_DISK_TYPE] === 'full' ? { [storage.CLONE_TYPE]: 'full' } : {}),
             },
             ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid!, blockOwnerDeletion: true }],
           },

@@ -15,7 +15,7 @@ import { dirname, join } from 'node:path';
 import type { Client } from '@vessel/client';
 import { Controller, EventRecorder, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { isStatusError } from '@vessel/client';
-import { snapshots, storage, refs, phaseOf } from '@vessel/api';
+import { snapshots, storage, refs, phaseOf, annotationsOf } from '@vessel/api';
 import { faultPoint } from '../faults.ts';
 import { fstrim, ping } from '../qga/client.ts';
 import { withFrozenGuest } from '../qga/freeze.ts';
@@ -35,7 +35,6 @@ export const CONTENT_FINALIZER = 'vessel.io/snapshot-files';
 const CONTENT_KEY = 'content:';
 const COMPACT_KEY = 'compact';
 const FINAL = new Set(['Succeeded', 'Failed']);
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
 export interface SnapshotOptions {
@@ -95,9 +94,9 @@ export class SnapshotController extends Controller {
     const vmi = this.vmis.get(`${ns}/${vm.metadata.name}`);
     const running = !!vmi && !FINAL.has(phaseOf(vmi)) && !vmi.metadata.deletionTimestamp && phaseOf(vmi) === 'Running';
     const claims = vols.included.map((v) => ({ ...v, pvc: this.pvcs.get(`${ns}/${v.claim}`) }));
-    const node = running ? String((vmi.status as Obj).nodeName) : claims[0] ? annotations(claims[0].pvc ?? { metadata: { name: '' } })[storage.SELECTED_NODE] : this.opts.nodeName;
+    const node = running ? String((vmi.status as Obj).nodeName) : claims[0] ? annotationsOf(claims[0].pvc ?? { metadata: { name: '' } })[storage.SELECTED_NODE] : this.opts.nodeName;
     if (node !== this.opts.nodeName) return; // that node's agent takes it
-    const unready = claims.find((c) => !c.pvc || !annotations(c.pvc)[storage.VOLUME_PATH]);
+    const unready = claims.find((c) => !c.pvc || !annotationsOf(c.pvc)[storage.VOLUME_PATH]);
     if (unready) {
       await this.progress(snap, 'False', 'VolumeNotReady', `the disk ${unready.volume} (claim ${unready.claim}) has no volume yet`);
       this.queue.addAfter(key, 3000);
@@ -113,7 +112,7 @@ export class SnapshotController extends Controller {
     // Each claim's file, checked to be in the namespace's own pool directory before anything opens it.
     const volumes: Record<string, { pool: Pool; path: string }> = {};
     try {
-      for (const c of claims) volumes[c.volume] = containedPath(this.opts.pools.values(), ns, annotations(c.pvc!)[storage.VOLUME_PATH], `${storage.VOLUME_PATH} of claim ${c.claim}`);
+      for (const c of claims) volumes[c.volume] = containedPath(this.opts.pools.values(), ns, annotationsOf(c.pvc!)[storage.VOLUME_PATH], `${storage.VOLUME_PATH} of claim ${c.claim}`);
     } catch (e) {
       if (e instanceof PathError) return this.fail(snap, e.message);
       throw e;
@@ -122,7 +121,7 @@ export class SnapshotController extends Controller {
     for (const c of claims) files[c.volume] = snapshotFileFor(volumes[c.volume].path, uid);
     const contentName = `vmsnapshot-content-${uid}`;
     // Memory only exists while the guest runs; a stopped VM's snapshot is its disks.
-    const memory = running && annotations(snap)[WITH_MEMORY] === 'true' && claims[0]
+    const memory = running && annotationsOf(snap)[WITH_MEMORY] === 'true' && claims[0]
       ? join(dirname(volumes[claims[0].volume].path), `${vm.metadata.name}@${uid}.memory`) : undefined;
     // A running guest whose agent answers is frozen around the disk switch (KubeVirt's GuestAgent
     // indication). Not with memory: the paused instant already makes disks and memory one state,
@@ -143,7 +142,7 @@ export class SnapshotController extends Controller {
     // Sparsify: blocks the guest's filesystems no longer use are discarded before the disks
     // switch, so they read as zeros in the snapshot and copies of it (images) leave them out.
     let trimmed: number | undefined;
-    if (annotations(snap)[SPARSIFY] === 'true' && !this.contents.get(`${ns}/${contentName}`)) {
+    if (annotationsOf(snap)[SPARSIFY] === 'true' && !this.contents.get(`${ns}/${contentName}`)) {
       trimmed = running && runDir && (agent || (await ping(qga))) ? await this.trim(snap, qga) : undefined;
       if (trimmed === undefined) await this.events.record(snap, 'Warning', 'NotSparsified', `${running ? 'no guest agent answers' : 'the VM is stopped'}: free space inside the guest could not be trimmed, so the snapshot keeps it`);
     }
@@ -253,12 +252,12 @@ export class SnapshotController extends Controller {
   private async reconcileContent(key: string): Promise<void> {
     const content = this.contents.get(key);
     if (!content?.metadata.deletionTimestamp) return;
-    if (annotations(content)[SNAPSHOT_NODE] !== this.opts.nodeName) return;
+    if (annotationsOf(content)[SNAPSHOT_NODE] !== this.opts.nodeName) return;
     const finalizers = (content.metadata.finalizers as string[] | undefined) ?? [];
     if (!finalizers.includes(CONTENT_FINALIZER)) return;
     const ns = content.metadata.namespace!;
-    const files = Object.values(JSON.parse(annotations(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>);
-    const memory = annotations(content)[MEMORY_FILE];
+    const files = Object.values(JSON.parse(annotationsOf(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>);
+    const memory = annotationsOf(content)[MEMORY_FILE];
     // Only files in the content's own namespace are deleted, whatever its annotations name.
     const contained = (path: string, what: string) => {
       try {

@@ -20,7 +20,7 @@
 import { X509Certificate } from 'node:crypto';
 import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
-import { claimVolumes, findByResource, parseQuantity, phaseOf, storage, tryParseQuantity, type PopulationSource, refs } from '@vessel/api';
+import { claimVolumes, findByResource, parseQuantity, phaseOf, storage, tryParseQuantity, type PopulationSource, refs, annotationsOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { BY_CLAIM, BY_NAMESPACE, byClaim, byNamespace, Controller, EventRecorder, setCondition, updateStatus, type KubeObject, type Informer, type Log } from '@vessel/runtime';
 import { deviceId } from '../qemu/argv.ts';
@@ -42,7 +42,6 @@ const NAMESPACES = findByResource('', 'v1', 'namespaces')!;
 const NAMESPACE_KEY = 'namespace:';
 /** Index of claims by their StorageClass's name. */
 const CLASS = 'storageClass';
-const annotations = (o: KubeObject) => (o.metadata.annotations as Record<string, string> | undefined) ?? {};
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
 /** Failures that will fail again however often they are retried: the DataVolume goes Failed. */
@@ -111,7 +110,7 @@ export class VolumeManager extends Controller {
     for (const pool of this.opts.pools.values()) {
       const removed = await pool.removeStaleTemps((uid) => {
         const p = byUid.get(uid);
-        return !pool.shared || !p || annotations(p)[storage.SELECTED_NODE] === this.opts.nodeName;
+        return !pool.shared || !p || annotationsOf(p)[storage.SELECTED_NODE] === this.opts.nodeName;
       });
       if (removed.length) this.log(`volumes: removed ${removed.length} temporary file(s) of interrupted imports in pool ${pool.name}`);
       await pool.collect();
@@ -137,7 +136,7 @@ export class VolumeManager extends Controller {
     if (!pvc) return this.abortPopulation(key);
     // Before the node check: a claim in the shared pool is grown by the node its VM runs on.
     if (expansionRequested(pvc)) return this.expand(pvc);
-    if (annotations(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) return;
+    if (annotationsOf(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) return;
     const pool = this.poolOf(pvc);
     if (!pool) return;
     if (pvc.metadata.deletionTimestamp) return this.release(pvc, pool);
@@ -152,7 +151,7 @@ export class VolumeManager extends Controller {
     await pool.ensureNamespaceDir(pvc.metadata.namespace!);
     if (this.running.has(key)) return;
     if (await exists(dest)) return this.bind(pvc, pool, dest); // published before a restart, not yet recorded
-    const dvName = annotations(pvc)[storage.POPULATED_FOR];
+    const dvName = annotationsOf(pvc)[storage.POPULATED_FOR];
     const dv = dvName ? this.dvs.get(`${pvc.metadata.namespace}/${dvName}`) : undefined;
     if (dvName && !dv) return; // the DataVolume's informer event brings us back
     if (dv && String((dv.status as Obj | undefined)?.phase) === 'Failed') return;
@@ -163,7 +162,7 @@ export class VolumeManager extends Controller {
   }
 
   private poolOf(pvc: KubeObject): Pool | undefined {
-    const recorded = annotations(pvc)[storage.VOLUME_POOL];
+    const recorded = annotationsOf(pvc)[storage.VOLUME_POOL];
     const className = (pvc.spec as Obj | undefined)?.storageClassName as string | undefined;
     const sc = className ? this.classes.get(className) : undefined;
     const name = recorded ?? (sc?.parameters as Record<string, string> | undefined)?.pool ?? className;
@@ -188,7 +187,7 @@ export class VolumeManager extends Controller {
 
   private async populate(pvc: KubeObject, dv: KubeObject | undefined, pool: Pool, dest: string, signal: AbortSignal): Promise<void> {
     const size = requestedBytes(pvc);
-    const restoreFrom = annotations(pvc)[storage.RESTORE_SOURCE];
+    const restoreFrom = annotationsOf(pvc)[storage.RESTORE_SOURCE];
     if (restoreFrom) {
       // Only a snapshot file of the claim's own namespace, or any for an image in the golden
       // namespace (admins only), checked with `..` and symlinks resolved before it is opened.
@@ -196,7 +195,7 @@ export class VolumeManager extends Controller {
       const source = this.containedPath(ns === storage.GOLDEN_IMAGES_NAMESPACE ? ANY_NAMESPACE : ns, restoreFrom, storage.RESTORE_SOURCE);
       if (!/@[^/]*$/.test(source)) throw new ImportError('InvalidArgument', `${storage.RESTORE_SOURCE} must name a snapshot file of namespace ${ns}`);
       // A restore into a new VM: a linked clone of the snapshot file (which never changes), or a full copy.
-      await cloneVolume({ source, dest, size: Math.max(size, 0), linked: annotations(pvc)[storage.CLONE_TYPE] !== 'full', immutableSource: true, signal });
+      await cloneVolume({ source, dest, size: Math.max(size, 0), linked: annotationsOf(pvc)[storage.CLONE_TYPE] !== 'full', immutableSource: true, signal });
       await this.bind(pvc, pool, dest);
       return;
     }
@@ -207,10 +206,10 @@ export class VolumeManager extends Controller {
     }
     const ns = dv.metadata.namespace!;
     const spec = (dv.spec ?? {}) as Obj;
-    const cloneFrom = annotations(pvc)[storage.CLONE_SOURCE];
+    const cloneFrom = annotationsOf(pvc)[storage.CLONE_SOURCE];
     const source: PopulationSource | undefined = cloneFrom
       ? { kind: 'pvc', namespace: cloneFrom.split('/')[0], name: cloneFrom.split('/')[1] }
-      : storage.populationSource(spec, ns, annotations(dv));
+      : storage.populationSource(spec, ns, annotationsOf(dv));
     if (!source) throw new ImportError('InvalidArgument', 'the DataVolume has no source Vessel can fill a volume from');
     const { running } = storage.phasesFor(source.kind);
     const progress = this.progressReporter(dv);
@@ -221,12 +220,12 @@ export class VolumeManager extends Controller {
     await this.setDvPhase(dv, running, running, `${source.kind === 'pvc' ? 'Cloning from ' + source.namespace + '/' + source.name : 'Import into ' + pvc.metadata.name + ' in progress'}`);
     if (source.kind === 'pvc') {
       const src = this.pvcs.get(`${source.namespace}/${source.name}`);
-      const recorded = src && annotations(src)[storage.VOLUME_PATH];
+      const recorded = src && annotationsOf(src)[storage.VOLUME_PATH];
       if (!src || !recorded) throw new ImportError('IOError', `clone source ${source.namespace}/${source.name} has no volume yet`);
       // The source's file must be in the source claim's own namespace (admission decided this tenant may read that claim).
       const srcPath = this.containedPath(source.namespace, recorded, `${storage.VOLUME_PATH} of the clone source`);
-      const samePool = annotations(src)[storage.VOLUME_POOL] === pool.name;
-      const linked = annotations(pvc)[storage.CLONE_TYPE] === 'linked' && samePool;
+      const samePool = annotationsOf(src)[storage.VOLUME_POOL] === pool.name;
+      const linked = annotationsOf(pvc)[storage.CLONE_TYPE] === 'linked' && samePool;
       await cloneVolume({ source: srcPath, dest, size: Math.max(size, 0), linked, signal, onProgress: progress });
     } else if (source.kind === 'blank') {
       await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
@@ -288,10 +287,10 @@ export class VolumeManager extends Controller {
     });
     this.restarts.delete(pvc.metadata.uid ?? '');
     this.retryAt.delete(pvc.metadata.uid ?? '');
-    const dvName = annotations(pvc)[storage.POPULATED_FOR];
+    const dvName = annotationsOf(pvc)[storage.POPULATED_FOR];
     const owner = dv ?? (dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined);
     if (owner) {
-      const kind = annotations(pvc)[storage.CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
+      const kind = annotationsOf(pvc)[storage.CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
       let changed = false;
       await updateStatus(this.client, DATAVOLUMES, ns, owner.metadata.name, (s) => {
         if (s.phase === 'Succeeded') return false;
@@ -394,7 +393,7 @@ export class VolumeManager extends Controller {
     }
     this.inUseReported.delete(key);
     const derived = pool.volumePath(pvc.metadata.namespace!, pvc.metadata.name, pvc.metadata.uid!);
-    const recorded = annotations(pvc)[storage.VOLUME_PATH];
+    const recorded = annotationsOf(pvc)[storage.VOLUME_PATH];
     let path = derived;
     if (recorded && recorded !== derived) {
       // Never delete a file outside the claim's namespace, whatever the annotation says.
@@ -437,7 +436,7 @@ export class VolumeManager extends Controller {
     const { request, size, user } = plan;
     let path: string;
     try {
-      path = this.containedPath(ns, annotations(pvc)[storage.VOLUME_PATH]!, storage.VOLUME_PATH);
+      path = this.containedPath(ns, annotationsOf(pvc)[storage.VOLUME_PATH]!, storage.VOLUME_PATH);
     } catch (e) {
       await this.events.record(pvc, 'Warning', 'VolumeResizeFailed', this.scrub(`resize volume pvc-${pvc.metadata.uid} refused: ${(e as Error).message}`, ns));
       return;
@@ -548,8 +547,8 @@ export class VolumeManager extends Controller {
 
   private uploadTarget(ns: string, name: string): { pvc: KubeObject; dv: KubeObject; pool: Pool; dest: string } {
     const pvc = this.pvcs.get(`${ns}/${name}`);
-    if (!pvc || annotations(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) throw new UploadError(404, `PersistentVolumeClaim ${ns}/${name} is not on node ${this.opts.nodeName}`);
-    const dvName = annotations(pvc)[storage.POPULATED_FOR];
+    if (!pvc || annotationsOf(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) throw new UploadError(404, `PersistentVolumeClaim ${ns}/${name} is not on node ${this.opts.nodeName}`);
+    const dvName = annotationsOf(pvc)[storage.POPULATED_FOR];
     const dv = dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined;
     if (!dv || !((dv.spec as Obj | undefined)?.source as Obj | undefined)?.upload) throw new UploadError(400, `PersistentVolumeClaim ${ns}/${name} is not filled by an upload DataVolume`);
     const phase = (dv.status as Obj | undefined)?.phase;
@@ -568,7 +567,7 @@ export class VolumeManager extends Controller {
 /** A Bound claim (not being deleted) whose request is more than its recorded capacity. */
 export function expansionRequested(pvc: KubeObject): boolean {
   const status = (pvc.status ?? {}) as Obj;
-  if (status.phase !== 'Bound' || pvc.metadata.deletionTimestamp || !annotations(pvc)[storage.VOLUME_PATH]) return false;
+  if (status.phase !== 'Bound' || pvc.metadata.deletionTimestamp || !annotationsOf(pvc)[storage.VOLUME_PATH]) return false;
   const capacity = tryParseQuantity((status.capacity as Obj | undefined)?.storage) ?? 0;
   return (tryParseQuantity((((pvc.spec as Obj | undefined)?.resources as Obj | undefined)?.requests as Obj | undefined)?.storage) ?? 0) > capacity;
 }
@@ -602,7 +601,7 @@ export function planExpansion(pvc: KubeObject, ctx: { nodeName: string; storageC
   }
   // A running user first: its QEMU must see the new size.
   const user = users.find((u) => u.running) ?? users[0];
-  const node = user?.node ?? annotations(pvc)[storage.SELECTED_NODE];
+  const node = user?.node ?? annotationsOf(pvc)[storage.SELECTED_NODE];
   if (node !== ctx.nodeName) return { action: 'none', why: `node ${node ?? '(none yet)'} grows it` };
   const sc = ctx.storageClass;
   const className = (pvc.spec as Obj | undefined)?.storageClassName;

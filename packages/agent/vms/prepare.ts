@@ -169,7 +169,7 @@ function claimPath(ns: string, claim: string, volume: string, ctx: PrepareContex
 /** The file of a claim a VM's volume uses, or a PrepareError saying why it cannot be used (yet). */
 export function claimVolumePath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined, locate: (namespace: string, path: string) => string): string {
   if (!pvc) throw new PrepareError('PvcNotFound', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} does not exist`, true);
-  const path = (pvc.metadata?.annotations as Record<string, string> | undefined)?.[storage.VOLUME_PATH];
+  const path = pvc.metadata?.annotations?.[storage.VOLUME_PATH];
   if ((pvc.status as { phase?: string } | undefined)?.phase !== 'Bound' || !path) {
     throw new PrepareError('PvcNotReady', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} is not Bound yet`, true);
   }

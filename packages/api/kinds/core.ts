@@ -6,6 +6,7 @@
 import { duplicate, forbidden, invalid, notSupported, required, tooLong } from '../errors.ts';
 import { validateLabels } from '../meta.ts';
 import { dns1123Label, qualifiedName } from '../names.ts';
+import { parseIPv4 } from '../ip.ts';
 import { tryParseQuantity } from '../quantity.ts';
 import type { KubeObject } from '../types.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
@@ -74,11 +75,30 @@ export function validateService(o: KubeObject, ctx: SemanticContext): void {
     }
   });
   validateLabels(spec.selector, 'spec.selector', causes);
+  validateClusterIP(spec, type, causes);
   if (ctx.op === 'update' && ctx.old) {
     const oldIP = str(obj(ctx.old.spec)?.clusterIP);
     const newIP = str(spec.clusterIP);
     if (oldIP && newIP !== undefined && newIP !== '' && newIP !== oldIP) causes.push(invalid('spec.clusterIP', newIP, 'field is immutable'));
   }
+}
+
+/**
+ * spec.clusterIP and spec.clusterIPs as kube-apiserver checks them before allocating: an IPv4
+ * address (only IPv4 is served), "None" (headless) or empty; clusterIPs[0] is clusterIP. Whether
+ * the address is in the service range and free is the allocator's to say (apiserver/services.ts).
+ */
+function validateClusterIP(spec: Obj, type: string, causes: SemanticContext['causes']): void {
+  const ip = str(spec.clusterIP);
+  const ips = arr(spec.clusterIPs);
+  if (ip !== undefined && ip !== '' && ip !== 'None' && parseIPv4(ip) === undefined) {
+    causes.push(invalid('spec.clusterIP', ip, 'must be a valid IPv4 address such as 10.96.0.10 (or "None" for a headless service, or empty to have one allocated)'));
+  }
+  if (ips.length > 1) causes.push(invalid('spec.clusterIPs', ips, 'at most one address: only IPv4 (single-stack) is served'));
+  if (ips.length === 1 && ip !== undefined && ip !== '' && ips[0] !== ip) causes.push(invalid('spec.clusterIPs', ips, 'must hold the same address as spec.clusterIP'));
+  const effective = ip || (typeof ips[0] === 'string' ? ips[0] : undefined);
+  if (effective === 'None' && (type === 'NodePort' || type === 'LoadBalancer')) causes.push(invalid('spec.clusterIP', 'None', `may not be set to 'None' for ${type} services`));
+  if (type === 'ExternalName' && effective) causes.push(forbidden('spec.clusterIP', 'may not be set for ExternalName services'));
 }
 
 /** The claim's spec.resources.requests.storage as given (quantity string or number), if any. */

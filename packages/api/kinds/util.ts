@@ -17,9 +17,8 @@ export type SemanticValidator = (obj: KubeObject, ctx: SemanticContext) => void;
 
 export type Obj = Record<string, unknown>;
 
-export function isObj(v: unknown): v is Obj {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
+import { isObject as isObj } from '../objects.ts';
+export { isObj };
 
 export function obj(v: unknown): Obj | undefined {
   return isObj(v) ? v : undefined;

@@ -12,14 +12,14 @@ import {
 import { contextOf, out, type CliContext } from '../context.ts';
 import { reportError, UsageError } from '../errors.ts';
 import { readManifests, type Manifest } from '../manifests.ts';
-import { isEmptyPatch, threeWayMergePatch, type Json } from '../merge-patch.ts';
+import { isObject, type JsonObject } from '@vessel/api';
+import { isEmptyPatch, threeWayMergePatch } from '../merge-patch.ts';
 
 export const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
 const MAX_ATTEMPTS = 5;
 /** Fields the server owns; a manifest saved from `get -o yaml` must not try to set them. */
 const SERVER_METADATA = ['resourceVersion', 'uid', 'creationTimestamp', 'generation', 'managedFields', 'selfLink', 'deletionTimestamp', 'deletionGracePeriodSeconds'];
 
-type JsonMap = { [key: string]: Json };
 export type ApplyResult = 'created' | 'configured' | 'unchanged';
 
 export function registerApply(program: Command): void {
@@ -78,7 +78,7 @@ export async function applyObject(client: Client, resource: ApiResource, object:
         throw createError;
       }
     }
-    const patch = threeWayMergePatch(lastApplied(live), modified as JsonMap, live as JsonMap);
+    const patch = threeWayMergePatch(lastApplied(live), modified as JsonObject, live as JsonObject);
     if (isEmptyPatch(patch)) return 'unchanged';
     try {
       await client.patch(resource, name, patch, { namespace, type: 'merge' });
@@ -106,12 +106,12 @@ export function withLastApplied(object: KubeObject, namespace: string | undefine
 }
 
 /** The manifest applied last time, or {} when the object was not made by apply. */
-function lastApplied(live: KubeObject): JsonMap {
+function lastApplied(live: KubeObject): JsonObject {
   const text = live.metadata?.annotations?.[LAST_APPLIED];
   if (!text) return {};
   try {
     const parsed = JSON.parse(text) as unknown;
-    return parsed && typeof parsed === 'object' && !Array.isArray(parsed) ? parsed as JsonMap : {};
+    return isObject<JsonObject>(parsed) ? parsed : {};
   } catch {
     return {}; // a mangled annotation: behave as if the object was not applied before
   }

@@ -4,6 +4,7 @@
  * admin, which `vessel` finds through $VESSEL_DATA_DIR or the default data dir.
  */
 import type { Command } from 'commander';
+import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, ipam, parseCidr } from '@vessel/api';
 import { defaultDataDir } from '@vessel/client';
 import { note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
@@ -18,6 +19,8 @@ interface ServerFlags {
   controllers: boolean;
   cpuAllocationRatio?: string;
   memoryOvercommit?: string;
+  vmNetworkCidr: string;
+  serviceCidr: string;
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -34,13 +37,17 @@ export function registerServer(program: Command): void {
     .option('--no-controllers', 'serve the API only; with several servers on one etcd, let one run the controllers')
     .option('--cpu-allocation-ratio <n>', "vCPUs per requested CPU when a VM requests none (KubeVirt's cpuAllocationRatio)", '10')
     .option('--memory-overcommit <percent>', "guest memory as a percentage of what a VM's scheduling reserves (KubeVirt's memoryOvercommit)", '100')
+    .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
+    .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
     .action(async (flags: ServerFlags) => {
+      const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const dataDir = flags.dataDir ?? defaultDataDir();
       const store = storeConfig(flags);
+      const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
       // Loaded here, not at the top, so the other commands start without the server's modules.
       const signalled = untilSignal(); // listening from the start: a signal during start-up still shuts down cleanly
       const { startControlPlane } = await import('../control-plane.ts');
-      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, scheduling: schedulingFlags(flags), log: (line) => note(`${line}\n`) });
+      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, scheduling: schedulingFlags(flags), serviceCidr, vmNetworkCidr, log: (line) => note(`${line}\n`) });
       const server = cp.server;
       out(`Vessel API server listening on ${server.url}\n`);
       out(`kubeconfig: ${server.kubeconfigPath}\n`);
@@ -49,6 +56,23 @@ export function registerServer(program: Command): void {
       note('shutting down\n');
       await cp.close();
     });
+}
+
+export const VM_NETWORK_FLAG = '--vm-network-cidr <cidr>';
+export const VM_NETWORK_HELP = 'the VM network IPAM hands addresses out of (VM NICs on the pod network, node gateways); IPv4, prefix 8 to 30';
+
+/** The --vm-network-cidr value, refused before anything starts when it is not a usable range. */
+export function vmNetworkFlag(text: string): string {
+  const cidr = parseCidr(text);
+  if (!cidr) throw new UsageError(`--vm-network-cidr "${text}" ${CIDR_PROBLEM}`);
+  return cidr.text;
+}
+
+/** `--service-cidr`, normalised ("10.96.0.0/16"), or a usage error saying what is wrong. */
+export function serviceCidrFlag(v: string): string {
+  const cidr = parseCidr(v);
+  if (!cidr) throw new UsageError(`--service-cidr "${v}" ${CIDR_PROBLEM}`);
+  return cidr.text;
 }
 
 function schedulingFlags(flags: ServerFlags): { cpuAllocationRatio: number; memoryOvercommitPercent: number } {

@@ -90,7 +90,7 @@ export async function createSnapshot(client: Client, ns: string, name: string, v
 export async function sparsified(client: Client, snap: KubeObject): Promise<string> {
   const ns = snap.metadata?.namespace;
   const content = await client.get(CONTENTS, String((snap.status as Obj).virtualMachineSnapshotContentName), { namespace: ns });
-  const bytes = (content.metadata?.annotations as Record<string, string> | undefined)?.[snapshots.TRIMMED_BYTES];
+  const bytes = content.metadata?.annotations?.[snapshots.TRIMMED_BYTES];
   return bytes === undefined
     ? `warning: the guest's free space was not trimmed (the VM is stopped or no guest agent answers): only blocks that were never written or are zero are left out\n`
     : `the guest trimmed ${Math.round(Number(bytes) / 1048576)} MiB of free space before the snapshot\n`;

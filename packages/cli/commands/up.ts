@@ -11,7 +11,8 @@ import type { QemuPriority } from '@vessel/agent';
 import { note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { qemuPriorityFlag, QEMU_PRIORITY_DEFAULT, QEMU_PRIORITY_HELP } from './agent.ts';
-import { untilSignal } from './server.ts';
+import { DEFAULT_SERVICE_CIDR, ipam } from '@vessel/api';
+import { serviceCidrFlag, untilSignal, vmNetworkFlag, VM_NETWORK_FLAG, VM_NETWORK_HELP } from './server.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 
@@ -43,12 +44,12 @@ export const DEMO_VM = {
  * `vessel up --nodes N`: the control plane and N agents on a dev cluster (packages/cli/dev-cluster.ts).
  * The golden image goes to the shared pool, which every node can clone from.
  */
-async function upCluster(o: { dataDir: string; listen: string; nodes: number; fabricCidr: string; qemuPriority: QemuPriority; allowLoopbackImports: boolean; stopVmsOnExit: boolean }): Promise<void> {
+async function upCluster(o: { dataDir: string; listen: string; nodes: number; fabricCidr: string; qemuPriority: QemuPriority; allowLoopbackImports: boolean; stopVmsOnExit: boolean; serviceCidr: string; vmNetworkCidr: string }): Promise<void> {
   const signalled = untilSignal();
   const log = process.env.VESSEL_LOG ? (l: string) => note(`${l}\n`) : undefined;
   const { startControlPlane } = await import('../control-plane.ts');
   const { startDevNodes } = await import('../dev-cluster.ts');
-  const cp = await startControlPlane({ dataDir: o.dataDir, listen: o.listen, log });
+  const cp = await startControlPlane({ dataDir: o.dataDir, listen: o.listen, serviceCidr: o.serviceCidr, vmNetworkCidr: o.vmNetworkCidr, log });
   let dev: Awaited<ReturnType<typeof startDevNodes>> | undefined;
   try {
     dev = await startDevNodes({ kubeconfig: cp.server.kubeconfigPath, dataDir: o.dataDir, nodes: o.nodes, fabricCidr: o.fabricCidr, qemuPriority: o.qemuPriority, allowLoopbackImports: o.allowLoopbackImports, log });
@@ -98,21 +99,25 @@ export function registerUp(program: Command): void {
     .option('--listen <host:port>', 'API server address', '127.0.0.1:6443')
     .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
     .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
+    .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
+    .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
     .option('--nodes <n>', 'a dev cluster of N nodes on this host instead of one: a network namespace and an agent per node, a fabric between them and the cluster network (VXLAN, DHCP) on top')
     .option('--fabric-cidr <cidr>', 'with --nodes: the fabric segment between the nodes (node i gets host .10+i)', '10.233.0.0/24')
-    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; nodes?: string; fabricCidr: string }) => {
+    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; serviceCidr: string; vmNetworkCidr: string; nodes?: string; fabricCidr: string }) => {
+      const serviceCidr = serviceCidrFlag(flags.serviceCidr);
+      const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
       const dataDir = flags.dataDir ?? defaultDataDir();
       if (flags.nodes !== undefined) {
         const n = Number(flags.nodes);
         if (!Number.isInteger(n) || n < 1 || n > 200) throw new UsageError(`--nodes must be a whole number from 1 to 200, not ${flags.nodes}`);
-        return upCluster({ dataDir, listen: flags.listen, nodes: n, fabricCidr: flags.fabricCidr, qemuPriority, allowLoopbackImports: !!flags.allowLoopbackImports, stopVmsOnExit: !!flags.stopVmsOnExit });
+        return upCluster({ dataDir, listen: flags.listen, nodes: n, fabricCidr: flags.fabricCidr, qemuPriority, allowLoopbackImports: !!flags.allowLoopbackImports, stopVmsOnExit: !!flags.stopVmsOnExit, serviceCidr, vmNetworkCidr });
       }
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({
-        dataDir, listen: flags.listen, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
+        dataDir, listen: flags.listen, serviceCidr, vmNetworkCidr, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
         agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
       });
       const { ensureTinyImage } = await import('../golden.ts');

@@ -3,6 +3,7 @@
  * Annotations first, then every other field with camelCase keys spelled as words
  * ("runStrategy" -> "Run Strategy"), then the object's Events as a table.
  */
+import { isObject } from '@vessel/api';
 import type { KubeObject } from '@vessel/client';
 import { age, renderRows } from './table.ts';
 
@@ -23,7 +24,7 @@ function scalar(value: unknown): string {
   return typeof value === 'string' ? value : String(value);
 }
 
-const isMap = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v);
+const isMap = isObject;
 
 /**
  * Lines for a mapping at `indent` levels (2 spaces each). Scalar fields of one mapping are

@@ -6,6 +6,7 @@
  */
 import { InMemoryClient } from '../../apiserver/testing/in-memory-client.ts';
 import type { KubeObject } from '@vessel/runtime';
+import type { KubeObject as ApiObject, ResourceRef, Watch, WatchEvent, WatchOptions } from '@vessel/client';
 import { setCondition, updateStatus } from '@vessel/runtime';
 import { EventRecorder } from '@vessel/runtime';
 import { refs } from '@vessel/api';
@@ -13,6 +14,22 @@ import { refs } from '@vessel/api';
 const { NODES, VMIS, VMS } = refs;
 
 export { InMemoryClient };
+
+/**
+ * Delivers the watch events of the named resources (plural → delay in ms) late, so a controller
+ * reconciles from a cache older than the store, as a busy informer does.
+ */
+export class LaggingClient extends InMemoryClient {
+  constructor(private readonly lag: Record<string, number>) {
+    super();
+  }
+
+  override watchResource<T extends ApiObject = ApiObject>(res: ResourceRef, opts: WatchOptions, onEvent: (event: WatchEvent<T>) => void): Watch {
+    const ms = this.lag[res.plural];
+    if (ms === undefined) return super.watchResource<T>(res, opts, onEvent);
+    return super.watchResource<T>(res, opts, (ev) => { setTimeout(() => onEvent(ev), ms); });
+  }
+}
 type Obj = Record<string, unknown>;
 
 /** Polls `check` until it returns a value (not undefined/false) or `ms` pass. */

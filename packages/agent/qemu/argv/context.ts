@@ -7,11 +7,11 @@
  *
  * Also the small readers and QEMU option helpers the configurators share.
  */
-import { Reason, supportedValues, type FieldCause } from '@vessel/api';
+import { Reason, supportedValues, isObject, type FieldCause } from '@vessel/api';
 import type { ChardevNeed, QemuInput } from '../argv.ts';
 
 export type Obj = Record<string, unknown>;
-export const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !Array.isArray(v);
+export const isObj: (v: unknown) => v is Obj = isObject;
 export const isSet = (v: unknown): boolean => v !== undefined && v !== null;
 
 function fmt(v: unknown): string {
