@@ -1,7 +1,7 @@
 /**
  * The cluster network end to end on a two-node dev cluster (real namespaces, bridges, VXLAN,
  * dnsmasq, nftables, QEMU): two tiny guests with the bridge binding on different nodes get
- * their allocated addresses by DHCP, one answers HTTP from the other node's namespace (over
+ * their allocated addresses by DHCP, one answers HTTP from the other node's namespace and TCP from the other guest (over
  * VXLAN), and a stopped and started VM comes back with the same IP and MAC.
  *
  * The addresses come from the control plane's IPAM controller (IPAddress objects, docs/network.md):
@@ -42,7 +42,8 @@ async function allocation(resource: string, name: string, namespace?: string): P
   }, 30_000);
 }
 
-function bridgedVm(name: string, node: string): Obj {
+function bridgedVm(name: string, node: string, userData?: string): Obj {
+  const cloudInit = userData ? { disks: [{ name: 'cloudinit', disk: { bus: 'virtio' } }], volumes: [{ name: 'cloudinit', cloudInitNoCloud: { userData } }] } : { disks: [], volumes: [] };
   return {
     apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: ns },
     spec: {
@@ -50,9 +51,9 @@ function bridgedVm(name: string, node: string): Obj {
       template: { spec: {
         terminationGracePeriodSeconds: 10,
         nodeSelector: { 'kubernetes.io/hostname': node },
-        domain: { resources: { requests: { memory: '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }], interfaces: [{ name: 'default', bridge: {} }] } },
+        domain: { resources: { requests: { memory: '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...cloudInit.disks], interfaces: [{ name: 'default', bridge: {} }] } },
         networks: [{ name: 'default', pod: {} }],
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }],
+        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, ...cloudInit.volumes],
       } },
       // The shared pool: every node can clone the golden image there.
       dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } } } }],
@@ -124,16 +125,20 @@ test('each agent publishes its fabric IP, keeps the other node in its VXLAN FDB,
   assert.equal(ping.code, 0, `node B's gateway answers node A over VXLAN: ${ping.stdout}`);
 });
 
-test('two bridged VMs on two nodes get their addresses by DHCP, and one answers HTTP from the other node', async () => {
+test('two bridged VMs on two nodes get their addresses by DHCP; one answers the other node and the other guest across VXLAN', async () => {
   const vms = [{ name: 'web-a', node: nodeA }, { name: 'web-b', node: nodeB }];
   const createdAt = Date.now();
-  for (const v of vms) {
-    nodeOf[v.name] = v.node.name;
-    await c.client.create(VM, bridgedVm(v.name, v.node.name), { namespace: ns });
-  }
   const got: Record<string, { ip: string; mac?: string }> = {};
-  for (const v of vms) {
+  // web-b first: web-a's user data asks web-b's address (IPAM allocates when a VM is created)
+  // for its TCP 8080 line every 2 s, from guest to guest across the nodes (busybox nc: the
+  // guest's static busybox wget crashes).
+  for (const v of [...vms].reverse()) {
+    nodeOf[v.name] = v.node.name;
+    const userData = v.name === 'web-a' ? `#!/bin/sh\n(while true; do if nc ${got['web-b'].ip} 8080 </dev/null | grep -q counter=; then echo VESSEL-PEER-OK; fi; sleep 2; done) &\n` : undefined;
+    await c.client.create(VM, bridgedVm(v.name, v.node.name, userData), { namespace: ns });
     got[v.name] = await allocation('virtualmachines', v.name, ns);
+  }
+  for (const v of vms) {
     assert.equal(got[v.name].mac, mac(got[v.name].ip), 'the contract\'s MAC: 0a:58: + the address');
   }
   for (const v of vms) {
@@ -164,6 +169,8 @@ test('two bridged VMs on two nodes get their addresses by DHCP, and one answers 
     return r.code === 0 && r.stdout.includes('counter=') ? r.stdout : undefined;
   }, 60_000);
   assert.match(answer, /hostname=\S+ counter=\d+/);
+  // And guest to guest: web-a (node A) reads web-b's page (node B) by its cluster IP.
+  await eventually('web-a reaching web-b guest to guest', async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-PEER-OK') ? true : undefined), 120_000).catch(explain('web-a'));
   // QEMU runs in its node's namespace (nsenter in front of its launch chain).
   const dir = await runDirOf(c.nodes.agents[1].dataDir, ns, 'web-b');
   const pid = (await readFile(join(dir!, 'qemu.pid'), 'utf8')).trim();
