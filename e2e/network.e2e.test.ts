@@ -1,8 +1,9 @@
 /**
  * The cluster network end to end on a two-node dev cluster (real namespaces, bridges, VXLAN,
  * dnsmasq, nftables, QEMU): two tiny guests with the bridge binding on different nodes get
- * their allocated addresses by DHCP, one answers HTTP from the other node's namespace and TCP from the other guest (over
- * VXLAN), and a stopped and started VM comes back with the same IP and MAC.
+ * their allocated addresses by DHCP, one answers HTTP from the other node's namespace and TCP
+ * from the other guest (over VXLAN), a stopped and started VM comes back with the same IP and
+ * MAC, an agent restart keeps the guests' network, and a VM without an address waits.
  *
  * The addresses come from the control plane's IPAM controller (IPAddress objects, docs/network.md):
  * the test only reads them and checks that the data plane follows.
