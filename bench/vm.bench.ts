@@ -3,7 +3,7 @@
  * (e2e/harness.ts) and boot the `tiny` golden guest with real QEMU (TCG on this machine).
  *
  * boot: from the create of a VirtualMachine (runStrategy Always) to the first line the guest
- *   prints on its serial console (`<dataDir>/vms/default/<name>/serial.log`, polled every
+ *   prints on its serial console (`<dataDir>/vms/default/<VM uid>/serial.log`, polled every
  *   10 ms), minus the same for QEMU launched directly with launch() (packages/agent/qemu/
  *   process.ts) and the argv the agent used (vm.json), with the same chardevs, VNC socket and
  *   -no-shutdown. Each platform VM boots its own DataVolume, a linked clone of `tiny` made
@@ -226,6 +226,13 @@ async function startWithTiny(dir: string, qemuPriority?: QemuPriority): Promise<
   return { v, golden };
 }
 
+/** A VM's run directory: `vms/<namespace>/<VM uid>`, as the agent names it (never by the VM's name). */
+function runDirOf(v: Vessel, vm: KubeObject): string {
+  const uid = vm.metadata?.uid;
+  if (!uid) throw new Error(`VirtualMachine ${vm.metadata?.name} has no uid`);
+  return join(v.dataDir, 'vms', NS, uid);
+}
+
 async function deleteVmAndWait(v: Vessel, name: string): Promise<void> {
   await v.client.delete(VMS, name, { namespace: NS }).catch((e: unknown) => { if (!isNotFound(e)) throw e; });
   await pollUntil(`VMI ${NS}/${name} to be gone`, async () => (await v.client.get(VMIS, name, { namespace: NS }).then(() => undefined, (e: unknown) => { if (isNotFound(e)) return true; throw e; })), GONE_TIMEOUT_MS, 50);
@@ -302,17 +309,16 @@ export async function runVmBoot(): Promise<BenchResult> {
 
     const platform = async (i: number): Promise<PlatformRun> => {
       const name = `boot-${i < 0 ? 'warmup' : i}`;
-      const runDir = join(v!.dataDir, 'vms', NS, name);
       await sleep(500); // let the previous run's deletion settle
       const wall0 = Date.now();
       const t0 = now();
       const cpu0 = process.cpuUsage();
       let waiting = true;
-      const serial = firstSerial(join(runDir, 'serial.log'), SERIAL_TIMEOUT_MS, () => waiting);
-      serial.catch(() => undefined);
       try {
-        await v!.client.create(VMS, vmManifest(name, { dataVolume: disks[i < 0 ? n : i] }), { namespace: NS });
-        const first = await serial;
+        const vm = await v!.client.create(VMS, vmManifest(name, { dataVolume: disks[i < 0 ? n : i] }), { namespace: NS });
+        // The run directory is named by the VM's uid, known once the create returns (well before the agent launches QEMU).
+        const runDir = runDirOf(v!, vm);
+        const first = await firstSerial(join(runDir, 'serial.log'), SERIAL_TIMEOUT_MS, () => waiting);
         const cpuMs = cpuMsSince(cpu0);
         const meta = JSON.parse(await readFile(join(runDir, 'vm.json'), 'utf8')) as { argv?: string[]; launchedAt?: string };
         const pidStat = await stat(join(runDir, 'qemu.pid'));
@@ -469,6 +475,8 @@ export async function runVmScale(): Promise<BenchResult> {
     const r = await scaleRun(prio);
     const tag = runs.length > 1 ? `[${prio.nice ? 'nice' : 'off'}] ` : '';
     figures.push(...r.figures.map((f) => ({ ...f, name: tag + f.name })));
+    // At once too, so a run cut short later still leaves this one's figures.
+    for (const f of r.figures) console.log(`  ${tag}${f.name}: ${fmtRatio(f.ratio)}; ${f.detail}`);
     problems.push(...r.problems.map((x) => tag + x));
     stats.push(r.stats);
   }
@@ -524,6 +532,7 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
 
     const created = new Map<string, number>();
     const createdWall = new Map<string, number>();
+    const runDirs = new Map<string, string>();
     const names = Array.from({ length: n }, (_, i) => `scale-${i}`);
     // Is the control plane busy, or starved by the guests? Its CPU time and event-loop delay over the burst.
     const loopDelay = monitorEventLoopDelay({ resolution: 10 });
@@ -537,7 +546,8 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
       if (wait > 0) await sleep(wait);
       created.set(names[i], now());
       createdWall.set(names[i], Date.now());
-      creates.push(v.client.create(VMS, vmManifest(names[i], { template: true }), { namespace: NS }).catch((e: unknown) => problems.push(`create ${names[i]}: ${errText(e)}`)));
+      creates.push(v.client.create(VMS, vmManifest(names[i], { template: true }), { namespace: NS })
+        .then((vm) => runDirs.set(names[i], runDirOf(v!, vm)), (e: unknown) => problems.push(`create ${names[i]}: ${errText(e)}`)));
     }
     await Promise.all(creates);
     const createSpan = now() - t0;
@@ -569,7 +579,7 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
       ['VMI seen', async (nm) => tracker!.at(`vmi/${nm}:added`)],
       ['Scheduled', async (nm) => tracker!.at(`vmi/${nm}:Scheduled`)],
       ['QEMU launch starts', async (nm) => {
-        const meta = JSON.parse(await readFile(join(v!.dataDir, 'vms', NS, nm, 'vm.json'), 'utf8').catch(() => '{}')) as { launchedAt?: string };
+        const meta = JSON.parse(await readFile(join(runDirs.get(nm) ?? '', 'vm.json'), 'utf8').catch(() => '{}')) as { launchedAt?: string };
         return meta.launchedAt ? Date.parse(meta.launchedAt) - createdWall.get(nm)! + created.get(nm)! : undefined;
       }],
       ['VMI Running', async (nm) => tracker!.at(`vmi/${nm}:Running`)],
@@ -597,7 +607,7 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
     const bootStart = now();
     let booted = 0;
     if (bootWaitMs > 0) await pollUntil(`${count} guests booted`, async () => {
-      const logs = await Promise.all(names.map((nm) => readFile(join(v!.dataDir, 'vms', NS, nm, 'serial.log'), 'latin1').catch(() => '')));
+      const logs = await Promise.all(names.map((nm) => readFile(join(runDirs.get(nm) ?? '', 'serial.log'), 'latin1').catch(() => '')));
       booted = logs.filter((l) => l.includes(TINY_SERIAL.ready)).length;
       return booted >= count ? true : undefined;
     }, bootWaitMs, 2000).catch(() => undefined);

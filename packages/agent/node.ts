@@ -57,7 +57,11 @@ export class NodeRegistration {
   private async heartbeat(): Promise<void> {
     const cpu = String(cpus().length);
     const memKi = `${Math.floor(totalmem() / 1024)}Ki`;
-    const fs = await statfs(Object.values(this.opts.pools)[0]?.dir ?? '/').catch(() => undefined);
+    const fs = await statfs(Object.values(this.opts.pools)[0]?.dir ?? '/').catch((e: Error) => {
+      // The heartbeat matters more than the disk figure: report 0 and say why.
+      this.opts.log?.(`node: cannot read the pool's disk size: ${e.message}`);
+      return undefined;
+    });
     const disk = fs ? `${Math.floor((fs.blocks * fs.bsize) / 1024)}Ki` : '0';
     const resources = { cpu, memory: memKi, 'ephemeral-storage': disk, pods: '110' };
     await updateStatus(this.client, refs.NODES, undefined, this.opts.nodeName, (s) => {

@@ -127,12 +127,12 @@ test("Vessel's own keys: only administrators set or change them; an update that 
   const e = await refused(admit(tenant, reader({}), PVCS, claim({ 'vessel.io/volume-path': '/pools/local/ns2/secret.qcow2' })), 422);
   assert.deepEqual(e.details?.causes?.map((c) => [c.reason, c.field]), [['FieldValueForbidden', 'metadata.annotations[vessel.io/volume-path]']]);
   // Changed on a stored claim: refused; kept as it is (any other change): fine.
-  const stored = reader({ 'persistentvolumeclaims/ns1/c1': claim(path, 'u1') });
-  await refused(admit(tenant, stored, PVCS, claim({ 'vessel.io/volume-path': '/pools/local/ns2/secret.qcow2' }, 'u1')), 422);
+  const stored = claim(path, 'u1');
+  await refused(admit(tenant, reader({}), PVCS, claim({ 'vessel.io/volume-path': '/pools/local/ns2/secret.qcow2' }, 'u1'), stored), 422);
   const replaced = claim({ note: 'mine' }, 'u1');
-  await admit(tenant, stored, PVCS, replaced);
+  await admit(tenant, reader({}), PVCS, replaced, stored);
   assert.deepEqual(replaced.metadata?.annotations, { note: 'mine', ...path });
-  await admit(tenant, stored, PVCS, claim({ ...path, note: 'mine' }, 'u1'));
+  await admit(tenant, reader({}), PVCS, claim({ ...path, note: 'mine' }, 'u1'), stored);
   await refused(admit(tenant, reader({}), PVCS, claim({ 'vessel.io/restore-source': '/pools/local/ns1/x@y.qcow2' })), 422);
   // Options for users live in subdomains.
   await admit(tenant, reader({}), PVCS, claim({ 'cdi.vessel.io/checksum': 'sha256:00' }));
@@ -201,5 +201,5 @@ test('a fixed address (ipam.vessel.io/ip): refused, naming the annotation, when 
   const ownVmi: KubeObject = { ...vmi(true), metadata: { ...vmi(true).metadata, namespace: 'ns3', name: 'x' } };
   await admitFixedAddress(reader({ 'virtualmachineinstances/ns3/x': ownVmi }), VMS, vmWith('10.244.0.5'));
   // Through admit(), for every user, with the server's range.
-  await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
+  await refused(admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), undefined, { vmNetwork: parseCidr('10.1.0.0/16') }), 422);
 });

@@ -154,14 +154,15 @@ export async function admitReferences(reader: ObjectReader, info: KindInfo, obj:
 /**
  * Everything admission checks before `obj` is stored: the caller's access to what it copies
  * (403), then the objects it refers to (422). What the API server's write path runs as
- * WriteOptions.admit, with `reader` its Resources.
+ * WriteOptions.admit, with `reader` its Resources. `current`: the stored object an update
+ * replaces, as the update path read it (undefined on create), so admission does not read it again.
  */
-export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject, opts: AdmissionOptions = {}): Promise<void> {
+export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject, current?: KubeObject, opts: AdmissionOptions = {}): Promise<void> {
   authorizeCloneSources(user, info, obj);
-  await admitReservedKeys(user, reader, info, obj);
+  admitReservedKeys(user, info, obj, current);
   await admitReferences(reader, info, obj);
-  await admitClaimResize(reader, info, obj);
-  await admitFixedAddress(reader, info, obj, opts.vmNetwork, user);
+  await admitClaimResize(reader, info, obj, current);
+  await admitFixedAddress(reader, info, obj, opts.vmNetwork, user, current);
 }
 
 /** What admission needs from the server's configuration. */
@@ -180,7 +181,7 @@ const DEFAULT_VM_NETWORK = parseCidr(ipam.DEFAULT_VM_NETWORK_CIDR)!;
  * changes; an update that keeps it is not refused because the world changed since. A VMI a VM
  * owns carries its template's annotation, but the VM is the parent: it is not checked again.
  */
-export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK, user?: User): Promise<void> {
+export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK, user?: User, current?: KubeObject): Promise<void> {
   if (info.group !== 'kubevirt.io' || (info.kind !== 'VirtualMachine' && info.kind !== 'VirtualMachineInstance')) return;
   const kind = info.kind;
   const value = ipam.fixedIpOf(kind, obj);
@@ -190,7 +191,7 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
   const ns = obj.metadata?.namespace ?? 'default';
   const name = obj.metadata?.name ?? '';
   if (obj.metadata?.uid) {
-    const stored = await getOrUndefined(reader, info, ns, name);
+    const stored = current ?? await getOrUndefined(reader, info, ns, name);
     if (stored && ipam.fixedIpOf(kind, stored) === value) return;
   }
   const field = ipam.fixedIpField(kind);
@@ -231,10 +232,9 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
  * controller copies. A non-administrator's update that leaves one out keeps it, so a manifest
  * applied again with `kubectl replace` does not fail on keys its author never wrote.
  */
-export async function admitReservedKeys(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+export function admitReservedKeys(user: User, info: KindInfo, obj: KubeObject, current: KubeObject | undefined): void {
   if (user.groups.includes(ADMIN_GROUP)) return;
-  const stored = obj.metadata?.uid ? await getOrUndefined(reader, info, obj.metadata.namespace ?? 'default', obj.metadata.name ?? '') : undefined;
-  const before = new Map(stored ? embeddedMetadata(stored as Obj).map((e) => [e.path, e.meta]) : []);
+  const before = new Map(current ? embeddedMetadata(current as Obj).map((e) => [e.path, e.meta]) : []);
   const causes: FieldCause[] = [];
   for (const { path, meta } of embeddedMetadata(obj as Obj)) {
     for (const field of ['labels', 'annotations'] as const) {
@@ -255,10 +255,8 @@ export async function admitReservedKeys(user: User, reader: ObjectReader, info: 
 }
 
 /** Kubernetes' PersistentVolumeClaimResize admission: a claim grows only in a class that allows it (403). */
-async function admitClaimResize(reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
-  if (info.group !== '' || info.kind !== 'PersistentVolumeClaim' || !obj.metadata?.uid) return;
-  const old = await getOrUndefined(reader, info, obj.metadata.namespace ?? 'default', obj.metadata.name ?? '');
-  if (!old) return;
+async function admitClaimResize(reader: ObjectReader, info: KindInfo, obj: KubeObject, old: KubeObject | undefined): Promise<void> {
+  if (info.group !== '' || info.kind !== 'PersistentVolumeClaim' || !obj.metadata?.uid || !old) return;
   const className = (obj.spec as { storageClassName?: string } | undefined)?.storageClassName;
   const sc = className ? await getOrUndefined(reader, STORAGE_CLASSES, '', className) : undefined;
   const why = pvcResizeRefusal(obj, old, sc);

@@ -53,6 +53,12 @@ export class ApiError extends HttpError {
   }
 }
 
+/** For `.catch`: NotFound (404) becomes undefined; any other failure is rethrown. */
+export function undefinedIfNotFound(err: unknown): undefined {
+  if (err instanceof ApiError && err.code === 404) return undefined;
+  throw err;
+}
+
 const REASONS: Readonly<Record<number, StatusReason>> = {
   400: 'BadRequest', 401: 'Unauthorized', 403: 'Forbidden', 404: 'NotFound', 405: 'MethodNotAllowed', 409: 'Conflict',
   413: 'RequestEntityTooLarge', 422: 'Invalid', 429: 'TooManyRequests', 503: 'ServiceUnavailable', 504: 'Timeout',

@@ -26,8 +26,11 @@ export interface WriteOptions {
   userAgent?: string;
   /** Unknown fields: Strict (Vessel's default) rejects them, Warn and Ignore drop them. */
   fieldValidation?: 'Strict' | 'Warn' | 'Ignore';
-  /** Checks on the object about to be stored that need the caller (see admission.ts); throws to refuse. */
-  admit?: (obj: KubeObject) => void | Promise<void>;
+  /**
+   * Checks on the object about to be stored that need the caller (see admission.ts); throws to
+   * refuse. `current`: on an update, the stored object it replaces (undefined on create).
+   */
+  admit?: (obj: KubeObject, current?: KubeObject) => void | Promise<void>;
 }
 export interface Written { object: StoredObject; warnings: string[] }
 
@@ -280,7 +283,7 @@ export class Resources {
       const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
-      if (!subresource) await opts.admit?.(merged);
+      if (!subresource) await opts.admit?.(merged, current);
       // Before generation and managedFields: a PUT that leaves out the ClusterIP keeps it, and is no change.
       const allocation = !subresource && isService(info) ? await this.services.allocate(merged, current, opts.dryRun) : undefined;
       try {

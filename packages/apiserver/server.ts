@@ -214,7 +214,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const write: WriteOptions = {
       dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
       force: parseForce(r.q('force')), userAgent: r.req.headers['user-agent'],
-      admit: (obj) => admit(user, resources, info, obj, { vmNetwork: opts.vmNetwork }),
+      admit: (obj, current) => admit(user, resources, info, obj, current, { vmNetwork: opts.vmNetwork }),
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');

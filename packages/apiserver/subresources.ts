@@ -15,7 +15,7 @@
 import { findByResource, isObject as isObj } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
 import { agentRefusal, callAgent } from './agents.ts';
-import { ApiError, badRequest } from './errors.ts';
+import { ApiError, badRequest, undefinedIfNotFound } from './errors.ts';
 import type { StoredObject } from './objects.ts';
 import type { Resources } from './resources.ts';
 
@@ -46,7 +46,8 @@ async function vmAction(resources: Resources, ns: string, name: string, action: 
   const vm = await resources.get(VM, ns, name);
   const spec = (vm.spec ?? {}) as { runStrategy?: string; running?: boolean };
   const strategy = spec.runStrategy ?? (spec.running ? 'Always' : 'Halted');
-  const vmi = await resources.get(VMI, ns, name).catch(() => undefined);
+  // No VMI means not running; failing to read it must not pass for that (the action would be wrong).
+  const vmi = await resources.get(VMI, ns, name).catch(undefinedIfNotFound);
   const alive = !!vmi && !FINAL.has(String((vmi.status as Obj | undefined)?.phase ?? '')) && !vmi.metadata.deletionTimestamp;
   const setStrategy = (next: 'Always' | 'Halted') => resources.patch(VM, ns, name, 'merge', JSON.stringify(
     spec.runStrategy !== undefined ? { spec: { runStrategy: next } } : { spec: { running: next === 'Always' } }), undefined);
@@ -194,10 +195,7 @@ async function volumeAction(resources: Resources, ns: string, resource: string, 
   const vmSpec = (vm: StoredObject) => (((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec ?? {}) as Spec;
   const vm = await resources.get(VM, ns, name);
   editSpec(vmSpec(vm), req, false);
-  const vmi = await resources.get(VMI, ns, name).catch((e: unknown) => {
-    if (e instanceof ApiError && e.code === 404) return undefined;
-    throw e;
-  });
+  const vmi = await resources.get(VMI, ns, name).catch(undefinedIfNotFound);
   const owned = ((vmi?.metadata.ownerReferences as { kind: string; uid?: string }[] | undefined) ?? []).some((r) => r.kind === 'VirtualMachine' && r.uid === vm.metadata.uid);
   const alive = !!vmi && owned && !vmi.metadata.deletionTimestamp && !FINAL.has(String((vmi.status as Obj | undefined)?.phase ?? ''));
   if (alive) editSpec((vmi.spec ?? {}) as Spec, req, true);

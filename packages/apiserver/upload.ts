@@ -12,7 +12,7 @@ import { request as httpsRequest } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { findByResource, storage } from '@vessel/api';
 import { authorize, type User } from './auth.ts';
-import { ApiError, invalid, unauthorized } from './errors.ts';
+import { ApiError, invalid, unauthorized, undefinedIfNotFound } from './errors.ts';
 import { agentRefusal, agentTarget } from './agents.ts';
 import type { Resources } from './resources.ts';
 
@@ -36,10 +36,7 @@ export async function issueUploadToken(resources: Resources, user: User, namespa
   const notTarget = (why: string) => invalid('UploadTokenRequest', 'upload.cdi.kubevirt.io', pvcName,
     [{ reason: 'FieldValueInvalid', field: 'spec.pvcName', message: `PersistentVolumeClaim ${namespace}/${pvcName} is not an upload target: ${why}` }]);
   if (!dvName) throw notTarget('no DataVolume fills it (create a DataVolume with spec.source.upload)');
-  const dv = await resources.get(DV, namespace, dvName).catch((e: unknown) => {
-    if (e instanceof ApiError && e.code === 404) return undefined;
-    throw e;
-  });
+  const dv = await resources.get(DV, namespace, dvName).catch(undefinedIfNotFound);
   if (!dv) throw notTarget(`its DataVolume ${dvName} is gone`);
   const source = (dv.spec as { source?: Record<string, unknown> } | undefined)?.source ?? {};
   if (!('upload' in source)) {
@@ -58,7 +55,12 @@ export async function proxyUpload(resources: Resources, req: IncomingMessage, re
   const [claimRef] = token.split('.');
   const [namespace, name] = Buffer.from(claimRef ?? '', 'base64url').toString('utf8').split('/');
   if (!namespace || !name) throw new ApiError(401, 'Unauthorized', 'the upload token is not valid: request a new one');
-  const pvc = await resources.get(PVC, namespace, name).catch(() => undefined);
+  // A claim that is gone (or a name no claim can have) makes the token invalid (401); a store
+  // failure stays a server error rather than telling the user to fetch a new token.
+  const pvc = await resources.get(PVC, namespace, name).catch((e: unknown) => {
+    if (e instanceof ApiError && e.code < 500) return undefined;
+    throw e;
+  });
   const recorded = pvc?.metadata.annotations?.[storage.UPLOAD_TOKEN] ?? '';
   const [hash, expires] = recorded.split(':');
   const ok = !!hash && hash.length === 64 && timingSafeEqual(Buffer.from(hash), Buffer.from(sha256(token)));

@@ -93,6 +93,7 @@ export class WatchCaches {
   }
 
   async close(): Promise<void> {
+    // A cache that failed to start has nothing to close; its failure went to its first watcher.
     for (const c of this.caches.values()) (await c.catch(() => undefined))?.close();
     this.caches.clear();
   }

@@ -11,14 +11,15 @@ import { Scheduler } from './scheduler.ts';
 import { VirtualMachineController } from './vm.ts';
 import { agentSets, agentStarts, createNode, InMemoryClient, settle, tryGet, until, vmObject, vmStatus } from './testing/harness.ts';
 import { updateStatus } from '@vessel/runtime';
+import type { KubeObject, NamespaceOption, ResourceRef } from '@vessel/client';
 
 const { DATAVOLUMES, VMIS, VMS } = refs;
 
 const started = performance.now();
 after(() => { console.log(`# vm.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
 
-async function setup(opts: { scheduler?: boolean } = {}) {
-  const c = new InMemoryClient();
+async function setup(opts: { scheduler?: boolean; client?: InMemoryClient } = {}) {
+  const c = opts.client ?? new InMemoryClient();
   await c.namespaces('default');
   const vmc = new VirtualMachineController(c);
   const sched = opts.scheduler ? new Scheduler(c) : undefined;
@@ -140,6 +141,39 @@ test('crash loop: the second failure in a row backs off (CrashLoopBackOff, start
   assert.ok(wait > 8000 && wait <= 10_000, `retry in ~10 s, got ${wait} ms`);
   await settle();
   assert.equal(await vmiUid(h.c, 'cl'), second, 'no restart during the backoff');
+});
+
+/**
+ * The real API server, where another writer's change to the VM lands between the controller's
+ * read and the first status write that carries a startFailure, as the start subresource or a
+ * user's label edit might: that write gets a 409.
+ */
+class RacingClient extends InMemoryClient {
+  raced = 0;
+  override async update<T extends KubeObject = KubeObject>(res: ResourceRef, obj: KubeObject, opts: NamespaceOption & { subresource?: string } = {}): Promise<T> {
+    if (!this.raced && res.plural === 'virtualmachines' && opts.subresource === 'status' && (obj.status as Record<string, unknown> | undefined)?.startFailure) {
+      this.raced++;
+      await this.patch(VMS, String(obj.metadata?.name), { metadata: { labels: { edited: 'meanwhile' } } }, { namespace: obj.metadata?.namespace });
+    }
+    return super.update<T>(res, obj, opts);
+  }
+}
+
+test('crash loop: the failure count survives a conflicting write to the VM (409)', async () => {
+  const c = new RacingClient();
+  await using h = await setup({ client: c });
+  await h.c.create(VMS, vmObject('race', { runStrategy: 'Always' }));
+  const first = await until('VMI', () => vmiUid(h.c, 'race'));
+  await agentSets(h.c, 'race', 'Failed');
+  const second = await until('a new VMI', async () => { const u = await vmiUid(h.c, 'race'); return u && u !== first ? u : undefined; });
+  assert.equal(c.raced, 1, 'the first status write with a startFailure met a conflicting write');
+  await agentSets(h.c, 'race', 'Failed');
+  // Had the first count been lost, this would be an immediate restart with a count of 1.
+  await printable(h.c, 'race', 'CrashLoopBackOff');
+  const sf = (await vmStatus(h.c, 'race')).startFailure as { consecutiveFailCount: number; lastFailedVMIUID: string };
+  assert.equal(sf.consecutiveFailCount, 2);
+  assert.equal(sf.lastFailedVMIUID, second);
+  assert.equal((await h.c.get(VMS, 'race', { namespace: 'default' })).metadata?.labels?.edited, 'meanwhile', 'the other write is kept');
 });
 
 test('one VM status write per reconcile: a failure that starts a backoff is one write (startFailure and CrashLoopBackOff)', async () => {

@@ -15,7 +15,7 @@
 import { createHash } from 'node:crypto';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
-import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition } from '@vessel/runtime';
+import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
 
 const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
 
@@ -57,8 +57,6 @@ export class VirtualMachineController extends Controller {
   private readonly events: EventRecorder;
   /** VM key → resourceVersion of this reconcile's own metadata patch of the VM (its status write follows it). */
   private readonly patched = new Map<string, string>();
-  /** VM key → the VM as this reconcile's early status write (before deleting a failed VMI) left it. */
-  private readonly committed = new Map<string, KubeObject>();
 
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
@@ -79,25 +77,24 @@ export class VirtualMachineController extends Controller {
     if (!vm) return;
     const status = structuredClone((vm.status ?? {}) as Obj);
     this.patched.delete(key);
-    this.committed.delete(key);
-    await this.sync(key, vm, status);
-    await this.commit(key, vm, status);
-    this.patched.delete(key);
-    this.committed.delete(key);
+    try {
+      // 'stored': sync wrote the status itself and stopped; that write's event runs the reconcile again.
+      if ((await this.sync(key, vm, status)) !== 'stored') await this.commit(key, vm, status);
+    } finally {
+      this.patched.delete(key);
+    }
   }
 
   /**
-   * Writes `s` as the VM's status if it differs from what the cache (or this reconcile) last
-   * saw. False when the write lost a conflict: a newer VM is on its way and runs the reconcile
-   * again, so nothing is lost by stopping here.
+   * Writes `s` as the VM's status if it differs from what the cache saw. False when the write
+   * lost a conflict: a newer VM is on its way and runs the reconcile again, so nothing is lost
+   * by stopping here (what could be, a failed VMI's count, storeStartFailure stores first).
    */
   private async commit(key: string, vm: KubeObject, s: Obj): Promise<boolean> {
-    const last = this.committed.get(key) ?? vm;
-    if (JSON.stringify(s) === JSON.stringify(last.status ?? {})) return true;
-    const resourceVersion = this.patched.get(key) ?? last.metadata.resourceVersion;
+    if (JSON.stringify(s) === JSON.stringify(vm.status ?? {})) return true;
+    const resourceVersion = this.patched.get(key) ?? vm.metadata.resourceVersion;
     try {
-      const written = await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
-      this.committed.set(key, written as KubeObject);
+      await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
       this.patched.delete(key);
       return true;
     } catch (e) {
@@ -106,8 +103,11 @@ export class VirtualMachineController extends Controller {
     }
   }
 
-  /** Acts on the VM and sets `s` (its status, a copy) to what it should be now. */
-  private async sync(key: string, vm: KubeObject, s: Obj): Promise<void> {
+  /**
+   * Acts on the VM and sets `s` (its status, a copy) to what it should be now. 'stored': it
+   * wrote the status itself and did nothing after (see storeStartFailure).
+   */
+  private async sync(key: string, vm: KubeObject, s: Obj): Promise<'stored' | void> {
     const { namespace } = splitKey(key);
     let vmi = this.vmis.get(key);
     if (vmi && !ownerVm(vmi).includes(key)) vmi = undefined; // someone else's VMI of the same name
@@ -163,6 +163,10 @@ export class VirtualMachineController extends Controller {
         this.queue.addAfter(key, backoffUntil - Date.now() + 50);
         return describe(s, vm, vmi, 'CrashLoopBackOff');
       }
+      if (phaseOf(vmi) === 'Failed' && JSON.stringify(s.startFailure) !== JSON.stringify((vm.status as Obj | undefined)?.startFailure)) {
+        await this.storeStartFailure(vm, vmi);
+        return 'stored';
+      }
       await this.deleteVmi(vm, vmi, phaseOf(vmi) === 'Failed' ? 'restarting after a failure' : 'restarting: the guest stopped');
       return describe(s, vm, vmi, 'Starting');
     }
@@ -192,6 +196,20 @@ export class VirtualMachineController extends Controller {
     if (wantStart) setRequests(s, requests.slice(1));
     if (vmi) describe(s, vm, vmi);
     if (strategy === 'Once') this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace }));
+  }
+
+  /**
+   * Stores the count of a failed VMI in the VM's status before that VMI is deleted: once it is
+   * gone nothing can count it again, so the commit at the end of the reconcile, which gives up
+   * on a conflict, must not be its only record. Reads the VM again and reapplies the count on a
+   * conflict (another writer: the start/stop subresources, a user's edit). The VMI is deleted
+   * by the reconcile this write's event brings, which finds the count in the cache.
+   */
+  private async storeStartFailure(vm: KubeObject, vmi: KubeObject): Promise<void> {
+    await updateStatus(this.client, VMS, vm.metadata.namespace, vm.metadata.name, (s, fresh) => {
+      if (fresh.metadata.uid !== vm.metadata.uid) return false; // a new VM of the same name
+      recordFailure(s, vmi);
+    });
   }
 
   private patchedTo(key: string, vm: { metadata?: { resourceVersion?: string } }): void {

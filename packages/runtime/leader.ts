@@ -51,6 +51,7 @@ export class LeaderElector {
     if (this.leading) {
       this.leading = false;
       await this.opts.onStoppedLeading();
+      // Releasing only speeds up the handover: if the write fails, the lease simply expires.
       await this.write(new Date(0).toISOString(), 0).catch(() => undefined);
     }
   }

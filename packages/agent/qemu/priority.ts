@@ -238,7 +238,7 @@ export async function joinCgroup(dir: string, pid: number): Promise<void> {
 
 /** Removes a VM's cgroup once its QEMU is gone (a cgroup with processes cannot be removed: left for later). */
 export async function removeVmCgroup(parent: string, uid: string): Promise<void> {
-  await rmdir(path.join(parent, uid)).catch(() => undefined);
+  await rmdir(path.join(parent, uid)).catch(() => undefined); // busy (EBUSY) or already gone: see above
 }
 
 function unescapeMount(s: string): string {

@@ -179,7 +179,10 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     outcome = missing
       ? { error: Object.assign(new Error(`spawn ${binary} ENOENT`), { code: 'ENOENT' }) }
       // The launcher joins the VM's cgroup at once, so the daemon it forks is born there.
-      : await runLauncher(command.file, command.args, log.fd, opts.env, timeoutMs, (pid) => { if (prio?.cgroupDir) joins.push(joinCgroup(prio.cgroupDir, pid).catch(() => undefined)); });
+      : await runLauncher(command.file, command.args, log.fd, opts.env, timeoutMs, (pid) => {
+        // Best effort: the agent moves the daemon into the cgroup again after start, and that move's failure is reported.
+        if (prio?.cgroupDir) joins.push(joinCgroup(prio.cgroupDir, pid).catch(() => undefined));
+      });
   } finally {
     await Promise.all(joins);
     await log.close();

@@ -67,7 +67,7 @@ export class RestoreController extends Controller {
         s.complete = false;
         setCondition(s, { type: 'Progressing', status: 'False', reason, message }, false);
         setCondition(s, { type: 'Ready', status: 'False', reason, message }, false);
-      }).catch(() => undefined);
+      }); // a failed write throws: the queue retries, and the check above lets it through again
       await this.events.record(restore, 'Warning', reason, message);
     }
   }

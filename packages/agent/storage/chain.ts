@@ -24,7 +24,7 @@ import { basename, dirname } from 'node:path';
 import { faultPoint } from '../faults.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { QemuImgError } from './errors.ts';
-import { backingFile, type Pool } from './pools.ts';
+import { backingFile, undefinedIfMissing, type Pool } from './pools.ts';
 import * as qemuImg from './qemu-img.ts';
 
 export type ChainErrorCode = 'NotAttached' | 'GoldenImage' | 'SnapshotMissing' | 'Conflict';
@@ -205,6 +205,7 @@ async function switchLive(live: LiveDisk, overlay: string): Promise<void> {
 /** Removes an overlay node that was added but never became the disk's active layer. */
 async function dropLiveNode(live: LiveDisk, overlay: string): Promise<void> {
   const node = nodeNameFor(overlay);
+  // Cleanup after a failure the caller rethrows: a node that was never added cannot be deleted, which is fine.
   await live.qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
   await live.qmp.execute('blockdev-del', { 'node-name': `${node}-f` }).catch(() => undefined);
 }
@@ -219,7 +220,8 @@ async function writeJournal(volume: string, j: Journal): Promise<void> {
 }
 
 async function readJournal(volume: string): Promise<Journal | undefined> {
-  const text = await readFile(journalOf(volume), 'utf8').catch(() => undefined);
+  // No journal means no operation in flight; an unreadable one must not pass for that.
+  const text = await readFile(journalOf(volume), 'utf8').catch(undefinedIfMissing);
   if (text === undefined) return undefined;
   try { return JSON.parse(text) as Journal; } catch { return undefined; }
 }
@@ -234,6 +236,7 @@ async function exists(path: string): Promise<boolean> {
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {
+  // A missing file is not the same file as anything; callers only ask to skip work already done.
   const [x, y] = await Promise.all([stat(a).catch(() => undefined), stat(b).catch(() => undefined)]);
   return !!x && !!y && x.ino === y.ino && x.dev === y.dev;
 }

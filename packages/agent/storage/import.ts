@@ -174,10 +174,11 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
       converted: true,
     };
   } catch (e) {
+    // Cleanup must not replace the import's own error; leftovers are swept at the next agent start.
     await Promise.all(temps.map((t) => rm(t, { force: true }).catch(() => undefined)));
     throw asImportError(e, signal, 'the import failed');
   } finally {
-    await rm(tmpIn, { force: true }).catch(() => undefined);
+    await rm(tmpIn, { force: true }).catch(() => undefined); // as above: never masks the result
   }
 }
 

@@ -40,7 +40,7 @@ export class Pool {
 
   /** The namespaces that have a directory in this pool. */
   async namespaceDirs(): Promise<string[]> {
-    return (await readdir(this.dir, { withFileTypes: true }).catch(() => [])).filter((d) => d.isDirectory()).map((d) => d.name);
+    return (await readdir(this.dir, { withFileTypes: true }).catch(emptyIfMissing)).filter((d) => d.isDirectory()).map((d) => d.name);
   }
 
   /**
@@ -72,7 +72,9 @@ export class Pool {
   /** Every qcow2 volume file in the pool (tombstoned ones included). */
   async volumes(): Promise<string[]> {
     const out: string[] = [];
-    for (const ns of await readdir(this.dir, { withFileTypes: true }).catch(() => [])) {
+    // Only a pool directory not made yet is empty: an unreadable one must not look like a pool
+    // without volumes (callers decide from this which golden images are still in use).
+    for (const ns of await readdir(this.dir, { withFileTypes: true }).catch(emptyIfMissing)) {
       if (!ns.isDirectory()) continue;
       for (const f of await readdir(join(this.dir, ns.name))) if (f.endsWith('.qcow2')) out.push(join(this.dir, ns.name, f));
     }
@@ -85,7 +87,7 @@ export class Pool {
    */
   async removeStaleTemps(mine: (uid: string) => boolean): Promise<string[]> {
     const removed: string[] = [];
-    for (const ns of await readdir(this.dir, { withFileTypes: true }).catch(() => [])) {
+    for (const ns of await readdir(this.dir, { withFileTypes: true }).catch(emptyIfMissing)) {
       if (!ns.isDirectory()) continue;
       for (const f of await readdir(join(this.dir, ns.name))) {
         const uid = UID.exec(f)?.[1];
@@ -202,7 +204,9 @@ async function exists(path: string): Promise<boolean> {
  * read directly: cheaper than `qemu-img info` for every volume of a pool.
  */
 export async function backingFile(path: string): Promise<string | undefined> {
-  const fh = await open(path, 'r').catch(() => undefined);
+  // Only a file removed meanwhile has no backing file: any other failure must not pass for
+  // "backs nothing" (callers decide from this whether a golden image is still in use).
+  const fh = await open(path, 'r').catch(undefinedIfMissing);
   if (!fh) return undefined;
   try {
     const head = Buffer.alloc(20);
@@ -217,4 +221,16 @@ export async function backingFile(path: string): Promise<string | undefined> {
   } finally {
     await fh.close();
   }
+}
+
+/** For `.catch` on a directory listing: a missing directory (ENOENT) is empty; any other failure is rethrown. */
+export function emptyIfMissing(err: unknown): never[] {
+  if ((err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return [];
+  throw err;
+}
+
+/** For `.catch`: a missing file (ENOENT) becomes undefined; any other failure is rethrown. */
+export function undefinedIfMissing(err: unknown): undefined {
+  if ((err as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') return undefined;
+  throw err;
 }

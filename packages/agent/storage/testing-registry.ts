@@ -77,7 +77,7 @@ export async function startRegistry(opts: { tls?: boolean } = {}): Promise<TestR
     const url = `127.0.0.1:${port}`;
     const deadline = Date.now() + 10_000;
     while (!dead && Date.now() < deadline) {
-      const r = await request('GET', `${scheme}://${url}/v2/`, {}, undefined, caPem).catch(() => undefined);
+      const r = await request('GET', `${scheme}://${url}/v2/`, {}, undefined, caPem).catch(() => undefined); // not listening yet: poll again
       if (r?.status === 200) {
         return {
           url,

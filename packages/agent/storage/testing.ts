@@ -68,7 +68,7 @@ export async function startServer(dir: string): Promise<TestServer> {
     void (async () => {
       const [, route, name] = (req.url ?? '').split('/');
       const path = join(dir, basename(decodeURIComponent(name ?? '')));
-      const st = await stat(path).catch(() => undefined);
+      const st = await stat(path).catch(() => undefined); // any unreadable file is a 404 to this test server
       if (!st || !st.isFile()) { res.writeHead(404, { 'content-type': 'text/plain' }); res.end('not found\n'); return; }
       if (route === 'redirect') { res.writeHead(302, { location: `/files/${name}` }); res.end(); return; }
       if (route === 'files') {

@@ -12,6 +12,7 @@ import { pipeline } from 'node:stream/promises';
 import { HttpError } from '@vessel/http';
 import type { ImportError } from './errors.ts';
 import { maxImageBytes, streamTooLarge } from './import.ts';
+import { undefinedIfMissing } from './pools.ts';
 
 /** An upload refused or cut off: `code` is the HTTP answer, `offset` the bytes kept (resume from there). */
 export class UploadError extends HttpError {
@@ -114,7 +115,8 @@ export async function receiveUpload(dest: string, body: Readable, opts: ReceiveO
 }
 
 async function syncFile(path: string): Promise<void> {
-  const fh = await open(path, 'r+').catch(() => undefined);
+  // A part file already gone has nothing to sync; failing to open one that exists is a real error.
+  const fh = await open(path, 'r+').catch(undefinedIfMissing);
   if (!fh) return;
   try { await fh.sync(); } finally { await fh.close(); }
 }

@@ -330,7 +330,10 @@ export class VolumeManager extends Controller {
         s.restartCount = restarts;
         setCondition(s, { type: 'Ready', status: 'False', reason: code, message });
         setCondition(s, { type: 'Running', status: 'False', reason: code, message });
-      }).catch(() => undefined);
+      }).catch((err: unknown) => {
+        // The caller rethrows the import's error; this one is only logged, not lost.
+        this.log(`volumes: ${keyOf(pvc)}: could not record ${code} in the DataVolume's status: ${err instanceof Error ? err.message : err}`);
+      });
     }
     await this.events.record(dv ?? pvc, 'Warning', permanent ? `${code}` : 'ImportRetry', permanent ? message : `${message} (attempt ${restarts}; retrying)`);
     if (!permanent) this.queue.addAfter(keyOf(pvc), delay);
@@ -375,7 +378,7 @@ export class VolumeManager extends Controller {
       void updateStatus(this.client, DATAVOLUMES, dv.metadata.namespace, dv.metadata.name, (s) => {
         if (s.phase === 'Succeeded' || s.phase === 'Failed') return false;
         s.progress = formatProgress(p);
-      }).catch(() => undefined).finally(() => { writing = false; });
+      }).catch(() => undefined).finally(() => { writing = false; }); // progress only: the next tick or the final status says it again
     };
   }
 
@@ -540,8 +543,9 @@ export class VolumeManager extends Controller {
         if (this.running.get(key)?.abort === abort) this.running.delete(key);
       }
     })();
+    // Its failure is recorded by failed() above; `done` only tells waiters that it is over.
     this.running.set(key, { abort, done: finish.catch(() => undefined) });
-    if (!opts.wait) finish.catch(() => undefined);
+    if (!opts.wait) finish.catch(() => undefined); // nobody awaits it: the outcome is in the status
     return { ...r, done: finish };
   }
 

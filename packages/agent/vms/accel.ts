@@ -81,6 +81,7 @@ export async function detectAccelerator(cacheFile: string | undefined = ACCEL_CA
   }
   const accel: Accelerator = (await probeAccelerator('kvm')) ? 'kvm' : 'tcg';
   if (cacheFile) {
+    // The cache only saves the next start a probe: without it the answer is the same, just slower.
     await mkdir(dirname(cacheFile), { recursive: true }).catch(() => undefined);
     await writeFile(cacheFile, JSON.stringify({ key, accel })).catch(() => undefined);
   }

@@ -211,7 +211,7 @@ export class VolumeHotplug {
     if (type !== undefined) {
       if (!SCSI_TYPES.has(type)) throw new Error(`its device ${id} is a ${type}, which cannot be unplugged; stop the VM to remove it`);
       const deleted = qmp.waitForEvent('DEVICE_DELETED', { timeoutMs: DETACH_TIMEOUT_MS, match: (ev) => ev.data.device === id });
-      deleted.catch(() => undefined);
+      deleted.catch(() => undefined); // awaited below; this only keeps an early rejection from being unhandled
       try {
         await qmp.execute('device_del', { id });
         await deleted;

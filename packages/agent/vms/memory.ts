@@ -49,6 +49,7 @@ export async function saveMemory(qmp: QmpClient, file: string, timeoutMs = 10 * 
     await rm(tmp, { force: true });
     throw e;
   } finally {
+    // Restoring the bandwidth must not mask the save's own outcome; a QEMU gone meanwhile has nothing to restore.
     await qmp.execute('migrate-set-parameters', { 'max-bandwidth': bandwidth }).catch(() => undefined);
   }
 }

@@ -23,7 +23,7 @@ import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames } from '@vessel/api';
-import type { Client } from '@vessel/client';
+import { isNotFound, type Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
@@ -33,7 +33,7 @@ import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qe
 import { cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { scrubPaths } from '../scrub.ts';
-import { containedPath, PathError, type Pool } from '../storage/pools.ts';
+import { containedPath, emptyIfMissing, PathError, type Pool } from '../storage/pools.ts';
 import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
@@ -145,7 +145,9 @@ export class VmRuntime extends Controller {
   /** Re-adopts the QEMUs of an earlier run; each is then reconciled like any VMI. */
   protected override async started(): Promise<void> {
     const root = this.root;
-    for (const ns of await readdir(root).catch(() => [] as string[])) {
+    // No vms directory yet is nothing to adopt; one that cannot be read must fail the start, or
+    // its QEMUs would be neither adopted nor stopped and their VMIs started a second time.
+    for (const ns of await readdir(root).catch(emptyIfMissing)) {
       for (const vm of await listRunDirs(join(root, ns))) {
         const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
         const vmi = this.vmis.get(key);
@@ -161,8 +163,10 @@ export class VmRuntime extends Controller {
       }
     }
     // What a crash left: run directories of VMs and VMIs that no longer exist, and their taps.
-    await this.collectRunDirs();
-    const removed = await this.opts.network?.collect(this.sessions.keys());
+    // Only tidying: a failure is logged and the agent starts; the sweep runs again after the
+    // next VM or VMI change.
+    await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
+    const removed = await this.opts.network?.collect(this.sessions.keys()).catch((e: unknown) => { this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`); return 0; });
     if (removed) this.log(`vms: removed ${removed} tap${removed === 1 ? '' : 's'} of VMs that no longer run here`);
   }
 
@@ -174,8 +178,9 @@ export class VmRuntime extends Controller {
   private async collectRunDirs(): Promise<void> {
     const root = this.root;
     const found: { ns: string; dir: string }[] = [];
-    const namespaces = await readdir(root).catch(() => [] as string[]);
-    for (const ns of namespaces) for (const d of await readdir(join(root, ns)).catch(() => [] as string[])) found.push({ ns, dir: join(root, ns, d) });
+    const namespaces = await readdir(root).catch(emptyIfMissing);
+    // A namespace directory removed meanwhile is empty; an unreadable one throws (the sweep is retried later).
+    for (const ns of namespaces) for (const d of await readdir(join(root, ns)).catch(emptyIfMissing)) found.push({ ns, dir: join(root, ns, d) });
     const wanted = new Set<string>([...this.preparing]);
     for (const vmi of this.vmis.list()) wanted.add(this.runDirOf(vmi));
     for (const vm of this.vmList.list()) if (vm.metadata.uid) wanted.add(join(root, vm.metadata.namespace!, vm.metadata.uid));
@@ -189,6 +194,7 @@ export class VmRuntime extends Controller {
       removed++;
     }
     const inUse = new Set(this.vmis.list().map((v) => v.metadata.namespace));
+    // rmdir removes only empty directories: one still holding a run directory stays, as it should.
     for (const ns of namespaces) if (!inUse.has(ns)) await rmdir(join(root, ns)).catch(() => undefined);
     if (removed) this.log(`vms: removed ${removed} run director${removed === 1 ? 'y' : 'ies'} of VMs that no longer exist`);
   }
@@ -235,7 +241,12 @@ export class VmRuntime extends Controller {
     if (alive && alive.meta.uid === vmi.metadata.uid) return this.attach(vmi);
     if (!alive) {
       // Its QEMU may run in a run directory by name (an agent before run directories were per uid).
-      const legacy = await adopt(join(this.root, ns, name)).catch(() => undefined);
+      // A missing legacy directory is not an error (adopt says undefined); failing to clear a
+      // stale one must not keep the VM from starting in its own directory, but is logged.
+      const legacy = await adopt(join(this.root, ns, name)).catch((e: unknown) => {
+        this.log(`vms: ${key}: legacy run directory ${join(ns, name)}: ${e instanceof Error ? e.message : e}`);
+        return undefined;
+      });
       if (legacy && legacy.meta.uid === vmi.metadata.uid) {
         this.legacyDirs.set(vmi.metadata.uid!, legacy.runDir);
         return this.attach(vmi);
@@ -270,11 +281,16 @@ export class VmRuntime extends Controller {
 
   /**
    * Runs a long step outside the worker, one per VMI at a time. If other work took hold of the
-   * VMI (withVm) while this reconcile awaited, the step waits for its turn.
+   * VMI (withVm) while this reconcile awaited, the step waits for its turn. A step that fails
+   * is retried with the queue's backoff, as a failed reconcile is (say, a finalizer that could
+   * not be dropped because the server did not answer).
    */
   private track(key: string, work: () => Promise<void>): void {
     if (this.busy.has(key)) { this.queue.addAfter(key, 250); return; }
-    const p = work().catch((e: unknown) => this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`)).finally(() => {
+    const p = work().catch((e: unknown) => {
+      this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`);
+      this.queue.addRateLimited(key);
+    }).finally(() => {
       if (this.busy.get(key) === p) this.busy.delete(key);
     });
     this.busy.set(key, p);
@@ -463,6 +479,7 @@ export class VmRuntime extends Controller {
       session.stopping = true;
       await this.events.record(vmi, 'Normal', 'ShuttingDown', `Signaled Graceful Shutdown (grace period ${grace}s)`);
       const off = session.qmp.waitForEvent('SHUTDOWN', { timeoutMs: grace * 1000 }).then(() => true, () => false);
+      // A QEMU that cannot take the request anymore is stopped below when the grace runs out.
       await session.qmp.execute('system_powerdown').catch(() => undefined);
       const graceful = await off;
       await this.stopQemu(key, runDir, session);
@@ -474,7 +491,10 @@ export class VmRuntime extends Controller {
       if (FINAL.has(String(s.phase))) return false;
       s.phase = 'Succeeded';
       setCondition(s, { type: 'Ready', status: 'False', reason: 'Deleted', message: 'the VMI is being deleted' }, false);
-    }).catch(() => undefined);
+    }).catch((e: unknown) => {
+      // The VMI goes with its finalizer anyway: a failed last status write must not keep it, but is worth a line.
+      this.log(`vms: ${key}: could not record the shutdown in the status: ${e instanceof Error ? e.message : e}`);
+    });
     await this.dropFinalizer(vmi);
   }
 
@@ -483,6 +503,7 @@ export class VmRuntime extends Controller {
     if (session) {
       session.stopping = true;
       this.sessions.delete(key);
+      // terminate() below signals a QEMU that did not quit: a failed quit is not a failed stop.
       await session.qmp.execute('quit', undefined, { timeoutMs: 2000 }).catch(() => undefined);
       await session.qmp.close();
     }
@@ -527,7 +548,11 @@ export class VmRuntime extends Controller {
   }
 
   private async dropFinalizer(vmi: KubeObject): Promise<void> {
-    const fresh = await this.client.get(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace }).catch(() => undefined);
+    // Gone is done; any other failure throws, so the reconcile is retried rather than the VMI left stuck.
+    const fresh = await this.client.get(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace }).catch((e: unknown) => {
+      if (isNotFound(e)) return undefined;
+      throw e;
+    });
     const finalizers = (fresh?.metadata?.finalizers as string[] | undefined) ?? [];
     if (!fresh || !finalizers.includes(VMI_FINALIZER)) return;
     const rest = finalizers.filter((f) => f !== VMI_FINALIZER);

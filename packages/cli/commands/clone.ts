@@ -5,9 +5,9 @@
  * so each clone costs a linked disk and nothing more. --full copies the disks instead.
  */
 import type { Command } from 'commander';
-import type { Client } from '@vessel/client';
+import { isNotFound, type Client } from '@vessel/client';
 import { findByResource } from '@vessel/api';
-import { contextOf, out } from '../context.ts';
+import { contextOf, note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { createSnapshot, waitFor, waitForSnapshot } from './snapshot.ts';
 
@@ -60,7 +60,12 @@ export function registerClone(program: Command): void {
         out(`cloned ${source} into ${targets.join(', ')}\n`);
       } finally {
         // The clones' disks keep reading the snapshot's files; only the object goes.
-        if (shared && flags.wait) await client.delete(SNAPSHOTS, shared, { namespace: ns }).catch(() => undefined);
+        if (shared && flags.wait) {
+          await client.delete(SNAPSHOTS, shared, { namespace: ns }).catch((e: unknown) => {
+            // Must not hide the clone's own outcome, but a snapshot left behind is worth a line.
+            if (!isNotFound(e)) note(`could not delete the temporary snapshot ${ns}/${shared} (delete it by hand): ${e instanceof Error ? e.message : e}\n`);
+          });
+        }
       }
     });
 }

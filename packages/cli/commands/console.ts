@@ -91,7 +91,7 @@ export function registerConsole(program: Command): void {
         // The session is paused until session() runs: output arriving meanwhile waits, so the
         // boot so far comes first (a line may show twice at the seam; none is lost).
         const path = withQuery(resourcePath(SUBRESOURCE_VMI, ctx.namespace(), name, 'serial-log'), { tailBytes: history });
-        const res = await ctx.client().stream('GET', path).catch(() => undefined);
+        const res = await ctx.client().stream('GET', path).catch(() => undefined); // the history is a courtesy: the live console still works
         if (res?.statusCode === 200) for await (const chunk of res) process.stdout.write(chunk as Buffer);
         else res?.resume();
       }

@@ -8,7 +8,7 @@
  * of deleted files read as zeros and the copy leaves them out.
  */
 import type { Command } from 'commander';
-import type { Client, KubeObject } from '@vessel/client';
+import { isNotFound, type Client, type KubeObject } from '@vessel/client';
 import { findByResource, snapshots, storage } from '@vessel/api';
 import { contextOf, note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
@@ -53,7 +53,7 @@ export function registerImage(program: Command): void {
         await publishImage(client, snap, srcNs, ns, name, flags.volume, timeoutMs);
         out(`datasource.cdi.kubevirt.io/${name} created in ${ns}: use it with sourceRef {kind: DataSource, name: ${name}, namespace: ${ns}}\n`);
       } finally {
-        if (flags.fromVm) await client.delete(SNAPSHOTS, snapshot, { namespace: srcNs }).catch(() => undefined);
+        if (flags.fromVm) await client.delete(SNAPSHOTS, snapshot, { namespace: srcNs }).catch((e: unknown) => leftBehind(e, srcNs, snapshot));
       }
     });
 }
@@ -79,4 +79,9 @@ async function publishImage(client: Client, snap: KubeObject, srcNs: string, ns:
     metadata: { name, namespace: ns },
     spec: { source: { pvc: { name, namespace: ns } } },
   }, { namespace: ns });
+}
+
+/** Cleanup in a finally must not hide the command's own outcome, but a snapshot left behind is worth a line. */
+function leftBehind(e: unknown, ns: string, name: string): void {
+  if (!isNotFound(e)) note(`could not delete the temporary snapshot ${ns}/${name} (delete it by hand): ${e instanceof Error ? e.message : e}\n`);
 }

@@ -86,7 +86,10 @@ const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtual
 /** Halts every VM (their guests get ACPI power-off) and waits, up to a minute, for their instances to go. */
 async function stopAllVms(client: import('@vessel/client').Client): Promise<void> {
   for (const vm of (await client.list(VM)).items) {
-    await client.patch(VM, vm.metadata!.name!, { spec: { runStrategy: 'Halted', running: null } }, { namespace: vm.metadata!.namespace }).catch(() => undefined);
+    await client.patch(VM, vm.metadata!.name!, { spec: { runStrategy: 'Halted', running: null } }, { namespace: vm.metadata!.namespace }).catch((e: unknown) => {
+      // A VM deleted meanwhile needs no halt; any other failure leaves its guest running: say so and go on with the rest.
+      if (!isNotFound(e)) note(`cannot halt VM ${vm.metadata!.namespace}/${vm.metadata!.name}: ${e instanceof Error ? e.message : e}\n`);
+    });
   }
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline && (await client.list(VMI)).items.length > 0) await new Promise((r) => setTimeout(r, 500));

@@ -10,6 +10,7 @@ import type { KubeObject as ApiObject, ResourceRef, Watch, WatchEvent, WatchOpti
 import { setCondition, updateStatus } from '@vessel/runtime';
 import { EventRecorder } from '@vessel/runtime';
 import { refs } from '@vessel/api';
+import { isNotFound } from '@vessel/client';
 
 const { NODES, VMIS, VMS } = refs;
 
@@ -76,7 +77,11 @@ export async function createNode(c: InMemoryClient, name: string, opts: Paramete
 }
 
 export const vmStatus = async (c: InMemoryClient, name: string, ns = 'default') => ((await c.get(VMS, name, { namespace: ns })).status ?? {}) as Obj;
-export const tryGet = async (c: InMemoryClient, res: typeof VMIS, name: string, ns = 'default') => c.get(res, name, { namespace: ns }).catch(() => undefined);
+/** The object, or undefined when it does not exist (any other failure fails the test). */
+export const tryGet = async (c: InMemoryClient, res: typeof VMIS, name: string, ns = 'default') => c.get(res, name, { namespace: ns }).catch((e: unknown) => {
+  if (isNotFound(e)) return undefined;
+  throw e;
+});
 export { NODES };
 
 /** The agent's part of a start on `node`: what runtime.ts writes for a Scheduled VMI that boots. */

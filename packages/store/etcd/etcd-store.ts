@@ -434,6 +434,7 @@ class EtcdWatcher {
     const watcher = this.watcher;
     if (!watcher) return;
     this.watcher = undefined;
+    // Cancelling only frees the server's watch: a failure (connection gone) leaves nothing to free.
     this.cancelled = watcher.cancel().catch(() => undefined);
   }
 }
