@@ -12,6 +12,7 @@ import { Client, StatusError } from '@vessel/client';
 import type { RunningControllers } from '@vessel/controllers';
 import type { QemuPriority, RunningAgent } from '@vessel/agent';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
+import { startDevNodes, type DevNodes } from '../packages/cli/dev-cluster.ts';
 import type { StoreConfig } from '@vessel/store';
 import type { KubeObject } from '@vessel/client';
 
@@ -63,6 +64,39 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
   return {
     dataDir, server: cp.server, client: cp.client, controllers: cp.controllers, agent: cp.agent, kubeconfig: cp.server.kubeconfigPath, stop,
     async close() { await stop(); await rm(dataDir, { recursive: true, force: true }); },
+  };
+}
+
+/** A control plane and N in-process agents, each in its node's network namespace (packages/cli/dev-cluster.ts). */
+export interface TestCluster extends Vessel {
+  nodes: DevNodes;
+}
+
+/**
+ * One control plane (no agent of its own) and `nodes` agents on a dev cluster: a namespace per
+ * node on one fabric, the shared pool shared by all, a local pool per agent. close() removes
+ * the namespaces even when something failed.
+ */
+export async function startCluster(opts: { nodes: number } & Omit<VesselOptions, 'agent'>): Promise<TestCluster> {
+  const v = await startVessel(opts);
+  let nodes: DevNodes;
+  try {
+    nodes = await startDevNodes({
+      kubeconfig: v.kubeconfig, dataDir: v.dataDir, nodes: opts.nodes, heartbeatMs: 5000,
+      log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
+    });
+  } catch (e) {
+    await v.close();
+    throw e;
+  }
+  return {
+    ...v, nodes,
+    async stop() {
+      try { await nodes.close(); } finally { await v.stop(); }
+    },
+    async close() {
+      try { await nodes.close(); } finally { await v.close(); }
+    },
   };
 }
 

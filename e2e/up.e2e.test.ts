@@ -89,3 +89,31 @@ describe('vessel up', () => {
     assert.ok(!alive(pid), 'stopped with --stop-vms-on-exit');
   });
 });
+
+describe('vessel up --nodes', () => {
+  let dataDir = '';
+  after(async () => { if (dataDir) await rm(dataDir, { recursive: true, force: true }); });
+
+  it('builds a dev cluster of namespaces with an agent each, prints the nodes, and removes the namespaces on Ctrl-C', async () => {
+    dataDir = await mkdtemp(join(tmpdir(), 'vessel-up-nodes-'));
+    const cluster = await up(dataDir, '--nodes', '2');
+    let stopped = false;
+    try {
+      const rows = [...cluster.output.matchAll(/^\s+(?:nodes\s+)?(node-\d)\s+(vsl-[0-9a-f]{6}-n\d)\s+(\S+)$/gm)].map((m) => ({ name: m[1], netns: m[2], fabricIp: m[3] }));
+      assert.deepEqual(rows.map((r) => [r.name, r.fabricIp]), [['node-0', '10.233.0.10'], ['node-1', '10.233.0.11']], cluster.output);
+      const kubeconfig = /kubeconfig\s+(\S+)/.exec(cluster.output)![1];
+      const nodes = await run('kubectl', ['--kubeconfig', kubeconfig, 'get', 'nodes', '-o', 'jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.vessel\\.io/fabric-ip} {end}']);
+      assert.equal(nodes.out.trim(), 'node-0=10.233.0.10 node-1=10.233.0.11', nodes.err);
+      const netns = (await run('ip', ['netns', 'list'])).out;
+      for (const r of rows) assert.match(netns, new RegExp(`^${r.netns}\\b`, 'm'));
+      const br = await run('ip', ['-n', rows[0].netns, 'link', 'show', 'vsl-vx0']);
+      assert.match(br.out, /master vsl-br0/);
+      assert.match(await cluster.stop(), /^code=0 /);
+      stopped = true;
+      const after = (await run('ip', ['netns', 'list'])).out;
+      for (const r of rows) assert.doesNotMatch(after, new RegExp(`^${r.netns}\\b`, 'm'), 'the namespaces are gone');
+    } finally {
+      if (!stopped) await cluster.stop();
+    }
+  });
+});

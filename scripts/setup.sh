@@ -26,6 +26,8 @@ want 'command -v mcopy'                 mtools
 want 'command -v syslinux'              syslinux
 want 'test -f /usr/lib/syslinux/mbr/mbr.bin' syslinux-common
 want 'command -v sfdisk'                fdisk
+want 'command -v nft'                   nftables           # the cluster network: NAT and (later) Services, policies
+want 'command -v dnsmasq'               dnsmasq-base       # the cluster network: DHCP and DNS per node
 want 'command -v genisoimage'           genisoimage        # cloud-init seed ISOs
 want 'test -f /usr/share/OVMF/OVMF_CODE_4M.fd' ovmf      # UEFI firmware
 want 'command -v docker-registry'       docker-registry    # the registry importer's tests

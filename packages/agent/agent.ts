@@ -18,6 +18,9 @@ import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
 import { VmRuntime } from './vms/runtime.ts';
+import { ClusterNetwork, FABRIC_IP_ANNOTATION, networkStateDir } from './network/cluster.ts';
+import { NetworkError } from './network/errors.ts';
+import { checkNetns } from './network/exec.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -44,6 +47,18 @@ export interface AgentOptions {
    * default nice 10 + SCHED_BATCH, and a cgroup per VM where cgroup v2 is delegated.
    */
   qemuPriority?: QemuPriority;
+  /**
+   * The node's network namespace (`--netns`, made with `ip netns add`): the dev cluster's
+   * stand-in for a host. The cluster network's bridge, taps, dnsmasq and nftables, and every
+   * QEMU, live there; the agent itself stays in its own namespace. Default: its own.
+   */
+  netns?: string;
+  /**
+   * This node's address on the fabric (`--fabric-ip`). With it the agent runs the node's side of
+   * the cluster network (docs/network.md) and publishes it on the Node (vessel.io/fabric-ip);
+   * without it every VM NIC stays on QEMU user networking.
+   */
+  fabricIp?: string;
 }
 
 export interface RunningAgent {
@@ -53,6 +68,8 @@ export interface RunningAgent {
   endpoint: AgentEndpoint;
   vms: VmRuntime;
   accel: Accelerator;
+  /** The node's cluster network, when started with a fabric IP. */
+  network?: ClusterNetwork;
   stop(): Promise<void>;
 }
 
@@ -69,7 +86,10 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
   const priority = await resolveQemuPriority(opts.qemuPriority ?? DEFAULT_QEMU_PRIORITY, log);
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority });
+  if (opts.netns !== undefined && opts.fabricIp === undefined) throw new NetworkError('InvalidArgument', '--netns needs --fabric-ip: the namespace holds the node\'s cluster network');
+  const network = opts.fabricIp === undefined ? undefined
+    : new ClusterNetwork(opts.client, { nodeName: opts.nodeName, netns: opts.netns === undefined ? undefined : checkNetns(opts.netns), fabricIp: opts.fabricIp, stateDir: networkStateDir(opts.dataDir), log });
+  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
@@ -84,26 +104,32 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     nodeName: opts.nodeName, address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host), port: endpoint.port,
     certFingerprint256: cert.fingerprint256, certPem: cert.certPem, pools: nodePools, version: opts.version ?? 'dev', heartbeatMs: opts.heartbeatMs, log,
     labels: { 'vessel.io/accelerator': accel },
+    annotations: opts.fabricIp === undefined ? undefined : { [FABRIC_IP_ANNOTATION]: opts.fabricIp },
   });
   try {
     await node.start();
     await volumes.start();
+    // The bridge must exist before a VM is re-adopted or started onto it.
+    await network?.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
   } catch (e) {
     node.stop();
+    await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
   }
-  log(`agent: node ${opts.nodeName} registered (${accel}); endpoint on ${host}:${endpoint.port}`);
+  log(`agent: node ${opts.nodeName} registered (${accel}); endpoint on ${host}:${endpoint.port}${network ? `; cluster network from fabric ${opts.fabricIp}${opts.netns ? ` in netns ${opts.netns}` : ''}` : ''}`);
   return {
-    nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint, vms, accel,
+    nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint, vms, accel, network,
     async stop() {
       node.stop();
       await restores.stop();
       await snapshots.stop();
       await vms.stop();
+      // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
+      await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing
       portForward.close();

@@ -18,6 +18,8 @@ export interface NodeRegistrationOptions {
   certPem: string;
   pools: Record<string, storage.NodePool>;
   labels?: Record<string, string>;
+  /** More annotations (vessel.io/fabric-ip with a cluster network). */
+  annotations?: Record<string, string>;
   heartbeatMs?: number;
   version: string;
   log?: (line: string) => void;
@@ -36,7 +38,7 @@ export class NodeRegistration {
         'kubernetes.io/hostname': nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64',
         'kubevirt.io/schedulable': 'true', ...this.opts.labels,
       },
-      annotations: { [storage.NODE_POOLS]: JSON.stringify(this.opts.pools), [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256, [storage.NODE_CERT]: this.opts.certPem },
+      annotations: { ...this.opts.annotations, [storage.NODE_POOLS]: JSON.stringify(this.opts.pools), [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256, [storage.NODE_CERT]: this.opts.certPem },
     };
     try {
       await this.client.get(refs.NODES, nodeName);

@@ -12,7 +12,7 @@ const DATASOURCES: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1',
 const NAMESPACE = 'vessel-images';
 
 /** Makes sure DataSource vessel-images/tiny exists and its volume holds the tiny guest. Returns what it did. */
-export async function ensureTinyImage(client: Client, note: (line: string) => void): Promise<'exists' | 'imported'> {
+export async function ensureTinyImage(client: Client, note: (line: string) => void, opts: { storageClass?: string } = {}): Promise<'exists' | 'imported'> {
   let have = false;
   try {
     await client.get(DATASOURCES, 'tiny', { namespace: NAMESPACE });
@@ -24,7 +24,8 @@ export async function ensureTinyImage(client: Client, note: (line: string) => vo
   if (have && dvPhase === 'Succeeded') return 'exists';
   note('building the tiny guest image (cached after the first time)...');
   const guest = await ensureTinyGuest();
-  await ensureUploadDataVolume(client, NAMESPACE, 'tiny', { size: '1Gi' }).catch((e: Error) => {
+  // A cluster of several nodes keeps it in the shared pool, where every node can clone it.
+  await ensureUploadDataVolume(client, NAMESPACE, 'tiny', { size: '1Gi', storageClass: opts.storageClass }).catch((e: Error) => {
     if (!/already holds an upload/.test(e.message)) throw e;
   });
   if (dvPhase !== 'Succeeded') {

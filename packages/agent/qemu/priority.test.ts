@@ -38,6 +38,13 @@ test('QEMU is exec\'d through nice and chrt --batch so it starts with them; miss
   assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], undefined), { file: 'qemu', args: ['-m', '96'] });
 });
 
+test('a node namespace (dev cluster) puts nsenter in front of the priority chain', () => {
+  const tools = { nice: '/usr/bin/nice', chrt: '/usr/bin/chrt' };
+  const ns = ['nsenter', '--net=/run/netns/vsl-ab12-n0', '--'];
+  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 10, batch: true, tools }, ns), { file: 'nsenter', args: ['--net=/run/netns/vsl-ab12-n0', '--', '/usr/bin/nice', '-n', '10', '/usr/bin/chrt', '--batch', '0', 'qemu', '-m', '96'] });
+  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], undefined, ns), { file: 'nsenter', args: ['--net=/run/netns/vsl-ab12-n0', '--', 'qemu', '-m', '96'] });
+});
+
 /** A host seen through its /proc files and a set of writable directories. */
 function fakeHost(files: Record<string, string>, writable: string[] = []): CgroupProbe {
   return { readFile: async (f) => files[f], writable: async (d) => writable.includes(d) };

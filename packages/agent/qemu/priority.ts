@@ -94,12 +94,13 @@ export async function findExecutable(name: string, env: NodeJS.ProcessEnv = proc
 }
 
 /**
- * The command that runs `binary argv` with the priority: `nice -n N chrt --batch 0 binary
- * argv...` (each tool execs the next, so the QEMU process itself carries the setting and
+ * The command that runs `binary argv` with the priority: `[prefix...] nice -n N chrt --batch 0
+ * binary argv...` (each tool execs the next, so the QEMU process itself carries the setting and
  * every thread it makes inherits it). Pure.
  */
-export function wrapLaunch(binary: string, argv: readonly string[], prio: Pick<LaunchPriority, 'nice' | 'batch' | 'tools'> | undefined): { file: string; args: string[] } {
-  const chain: string[] = [];
+export function wrapLaunch(binary: string, argv: readonly string[], prio: Pick<LaunchPriority, 'nice' | 'batch' | 'tools'> | undefined, prefix: readonly string[] = []): { file: string; args: string[] } {
+  // `prefix` goes first (e.g. `nsenter --net=/run/netns/NS --`, which execs the rest in the node's namespace).
+  const chain: string[] = [...prefix];
   if (prio && prio.nice > 0 && prio.tools.nice) chain.push(prio.tools.nice, '-n', String(prio.nice));
   if (prio?.batch && prio.tools.chrt) chain.push(prio.tools.chrt, '--batch', '0');
   if (chain.length === 0) return { file: binary, args: [...argv] };

@@ -106,6 +106,11 @@ export interface LaunchOptions {
    * Default: the caller's own priority.
    */
   priority?: LaunchPriority;
+  /**
+   * Run QEMU in this network namespace (`ip netns`; the node's in the dev cluster), through
+   * `nsenter --net=/run/netns/NS --` in front of the priority chain, so its taps are the node's.
+   */
+  netns?: string;
 }
 
 export interface LaunchResult {
@@ -163,7 +168,8 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
 
   const argv = [...opts.argv, ...runDirArgs(files, opts)];
   const prio = opts.priority;
-  const command = wrapLaunch(binary, argv, prio);
+  if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.netns)) throw new QemuProcessError('InvalidArgument', `bad network namespace ${JSON.stringify(opts.netns)}`);
+  const command = wrapLaunch(binary, argv, prio, opts.netns === undefined ? [] : ['nsenter', `--net=/run/netns/${opts.netns}`, '--']);
   // Through nice/chrt a missing QEMU would be their exit 127; say it the way spawn would.
   const missing = command.file !== binary && (await findExecutable(binary, opts.env ?? process.env)) === undefined;
   const log = await open(files.log, 'a');

@@ -12,13 +12,17 @@ import { parseQuantity, storage, refs } from '@vessel/api';
 import type { Client, KubeObject } from '@vessel/client';
 import { buildCloudInitIso, cloudInitIsoOptions } from '../qemu/cloudinit.ts';
 import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } from '../qemu/argv.ts';
+import { Causes } from '../qemu/argv/context.ts';
+import { cpuTopology } from '../qemu/argv/machine.ts';
+import { NetworkError } from '../network/errors.ts';
+import type { ClusterNetwork } from '../network/cluster.ts';
 import { importDisk } from '../storage/import.ts';
 import { PathError } from '../storage/pools.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { openRegistryDisk, registryInsecure } from '../storage/registry.ts';
 
-export type PrepareReason = 'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError';
+export type PrepareReason = 'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError' | 'AddressPending' | 'NetworkError';
 
 export class PrepareError extends Error {
   /** `retry`: the cause may go away by itself (a claim still filling); else the VMI fails. */
@@ -46,9 +50,15 @@ export interface PrepareContext {
   /** Where containerDisk images may be pulled from (storage/egress.ts). */
   egress?: EgressPolicy;
   signal?: AbortSignal;
+  /**
+   * The node's cluster network (network/cluster.ts), when the agent has one: the interface on
+   * the pod network with the bridge binding gets a tap there. Without it every interface is
+   * QEMU user networking.
+   */
+  network?: Pick<ClusterNetwork, 'attach'>;
 }
 
-type Vmi = { metadata: { name: string; namespace: string; uid?: string }; spec: V1VirtualMachineInstanceSpec };
+type Vmi = { metadata: { name: string; namespace: string; uid?: string; ownerReferences?: unknown }; spec: V1VirtualMachineInstanceSpec };
 
 export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): Promise<Prepared> {
   await mkdir(runDir, { recursive: true, mode: 0o750 });
@@ -56,9 +66,7 @@ export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): 
   for (const vol of vmi.spec.volumes ?? []) {
     volumes[vol.name] = await prepareVolume(vmi, vol, runDir, ctx);
   }
-  const networks: Record<string, QemuNetwork> = {};
-  // The cluster network comes later: every interface is QEMU user networking for now.
-  for (const iface of vmi.spec.domain.devices.interfaces ?? []) networks[iface.name] = { kind: 'user', mac: iface.macAddress };
+  const networks = await prepareNetworks(vmi, ctx);
   let firmware: QemuInput['firmware'];
   const efi = efiRequirements(vmi.spec);
   if (efi.efi) {
@@ -70,6 +78,41 @@ export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): 
     firmware = { ovmfCode: code, ovmfVars: vars };
   }
   return { volumes, networks, firmware };
+}
+
+/**
+ * The backend of each interface: a tap on the cluster network for the pod network's interface
+ * with the bridge binding (when the agent has a cluster network), QEMU user networking for the
+ * rest (masquerade stays there until the cluster network does masquerade; multus until NADs).
+ */
+async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<Record<string, QemuNetwork>> {
+  const networks: Record<string, QemuNetwork> = {};
+  const pod = new Set((vmi.spec.networks ?? []).filter((n) => n.pod).map((n) => n.name));
+  for (const iface of vmi.spec.domain.devices.interfaces ?? []) {
+    const bridged = !iface.masquerade && !OTHER_BINDINGS.some((k) => (iface as unknown as Record<string, unknown>)[k] !== undefined);
+    if (!ctx.network || !pod.has(iface.name) || !bridged) {
+      networks[iface.name] = { kind: 'user', mac: iface.macAddress };
+      continue;
+    }
+    try {
+      const nic = await ctx.network.attach(vmi, iface.name, { multiQueue: multiQueue(vmi, iface.model), hostname: vmi.spec.hostname ?? vmi.metadata.name });
+      networks[iface.name] = { kind: 'tap', ifname: nic.tap, mac: nic.mac };
+    } catch (e) {
+      if (!(e instanceof NetworkError)) throw e;
+      // Waiting for IPAM is normal for a moment; a command that failed on the node may pass next time.
+      throw new PrepareError(e.code === 'AddressPending' ? 'AddressPending' : 'NetworkError', e.message, e.code !== 'InvalidArgument');
+    }
+  }
+  return networks;
+}
+
+const OTHER_BINDINGS = ['sriov', 'slirp', 'macvtap', 'passt', 'passtBinding', 'binding'];
+
+/** Whether QEMU opens the tap with several queues (the argv builder's rule), so the tap must be made for it. */
+function multiQueue(vmi: Vmi, model: string | undefined): boolean {
+  if (vmi.spec.domain.devices.networkInterfaceMultiqueue !== true || (model ?? 'virtio') !== 'virtio') return false;
+  const t = cpuTopology(vmi.spec.domain as unknown as Record<string, unknown>, new Causes());
+  return t.sockets * t.cores * t.threads > 1;
 }
 
 async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: PrepareContext): Promise<QemuVolume> {

@@ -39,6 +39,7 @@ import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { PrepareError, prepareVm } from './prepare.ts';
+import type { ClusterNetwork } from '../network/cluster.ts';
 
 type Obj = Record<string, unknown>;
 const { VMIS, VMS, PVCS } = refs;
@@ -59,6 +60,11 @@ export interface VmRuntimeOptions {
   egress?: EgressPolicy;
   /** How QEMU runs below the agent (qemu/priority.ts); default: at the agent's priority. */
   priority?: HostPriority;
+  /**
+   * The node's cluster network (network/cluster.ts), started before this runtime: bridged pod
+   * interfaces get taps there, QEMU runs in its namespace, status.interfaces carry the IPs.
+   */
+  network?: ClusterNetwork;
 }
 
 /** One running QEMU followed over QMP. */
@@ -113,6 +119,8 @@ export class VmRuntime extends Controller {
       locate: (ns, path) => containedPath(opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
       scrub: (message, ns) => this.scrub(message, ns),
     }));
+    // A VMI waiting for its address starts as soon as IPAM has allocated it.
+    opts.network?.onAddress((key) => { const v = this.vmis.get(key); if (v && this.mine(v) && phaseOf(v) !== 'Running' && !FINAL.has(phaseOf(v))) this.queue.add(key); });
   }
 
   private get root(): string { return join(resolve(this.opts.dataDir), 'vms'); }
@@ -154,9 +162,12 @@ export class VmRuntime extends Controller {
         await this.attach(vmi);
       }
     }
-    // What a crash left: run directories of VMs and VMIs that no longer exist. Only tidying:
-    // a failure is logged and the agent starts; the sweep runs again after the next VM or VMI change.
+    // What a crash left: run directories of VMs and VMIs that no longer exist, and their taps.
+    // Only tidying: a failure is logged and the agent starts; the sweep runs again after the
+    // next VM or VMI change.
     await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
+    const removed = await this.opts.network?.collect(this.sessions.keys()).catch((e: unknown) => { this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`); return 0; });
+    if (removed) this.log(`vms: removed ${removed} tap${removed === 1 ? '' : 's'} of VMs that no longer run here`);
   }
 
   /**
@@ -308,13 +319,16 @@ export class VmRuntime extends Controller {
   private async launchVm(vmi: KubeObject, runDir: string): Promise<void> {
     const key = keyOf(vmi);
     const typed = { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid }, spec: vmi.spec as V1VirtualMachineInstanceSpec };
+    // The network finds a VM NIC's address by the VMI's owner (its VirtualMachine).
+    const owned = { metadata: { ...typed.metadata, ownerReferences: vmi.metadata.ownerReferences } };
     let argv: ReturnType<typeof buildQemuArgv>;
     try {
-      const prepared = await prepareVm(typed, runDir, {
+      const prepared = await prepareVm({ ...typed, ...owned }, runDir, {
         client: this.client,
         claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
         locate: (ns, path) => containedPath(this.opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
         egress: this.opts.egress,
+        network: this.opts.network,
       });
       argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
     } catch (e) {
@@ -352,6 +366,7 @@ export class VmRuntime extends Controller {
         runDir, argv: argv.argv, chardevs: argv.chardevs, env: { ...process.env, ...argv.env }, vnc: true, noShutdown: true,
         vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
         priority: prio && { nice: prio.nice, batch: prio.batch, tools: prio.tools, cgroupDir },
+        netns: this.opts.network?.netns,
       });
     } catch (e) {
       const reason = e instanceof QemuProcessError ? e.code : 'LaunchFailed';
@@ -402,7 +417,13 @@ export class VmRuntime extends Controller {
     }
     s.nodeName = this.opts.nodeName;
     const spec = (vmi.spec ?? {}) as V1VirtualMachineInstanceSpec;
-    s.interfaces = (spec.domain?.devices?.interfaces ?? []).map((i) => ({ name: i.name, mac: i.macAddress, infoSource: 'domain' }));
+    s.interfaces = (spec.domain?.devices?.interfaces ?? []).map((i) => {
+      // A cluster NIC: the address IPAM gave it, in the same write as Running. podInterfaceName
+      // is the node side (the tap); interfaceName is the guest's, which only a guest agent knows.
+      const nic = this.opts.network?.nicOf(vmi, i.name);
+      if (nic && !i.masquerade) return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
+      return { name: i.name, mac: i.macAddress, infoSource: 'domain' };
+    });
     s.machine = { type: spec.domain?.machine?.type ?? 'q35' };
     s.qosClass = 'Burstable';
     s.guestOSInfo ??= {};
@@ -494,6 +515,13 @@ export class VmRuntime extends Controller {
     }
     await terminate(runDir, { graceMs: 2000 });
     await this.dropCgroup(runDir);
+    await this.releaseNetwork(key);
+  }
+
+  /** The taps and leases of a VMI whose QEMU is gone. */
+  private async releaseNetwork(key: string): Promise<void> {
+    const [ns, name] = key.split('/');
+    await this.opts.network?.release(ns, name).catch((e: Error) => this.log(`vms: ${key}: releasing its tap: ${e.message}`));
   }
 
   /** The VM cgroup of a run directory whose QEMU is gone. */
@@ -512,6 +540,7 @@ export class VmRuntime extends Controller {
       setCondition(s, { type: 'Ready', status: 'False', reason, message }, false);
     });
     await this.events.record(vmi, phase === 'Failed' ? 'Warning' : 'Normal', phase === 'Failed' ? reason : 'Stopped', message);
+    await this.releaseNetwork(keyOf(vmi));
     await this.dropFinalizer(vmi);
   }
 

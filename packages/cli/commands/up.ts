@@ -7,7 +7,9 @@
 import { hostname } from 'node:os';
 import type { Command } from 'commander';
 import { defaultDataDir, isNotFound, type ResourceRef } from '@vessel/client';
+import type { QemuPriority } from '@vessel/agent';
 import { note, out } from '../context.ts';
+import { UsageError } from '../errors.ts';
 import { qemuPriorityFlag, QEMU_PRIORITY_DEFAULT, QEMU_PRIORITY_HELP } from './agent.ts';
 import { DEFAULT_SERVICE_CIDR, ipam } from '@vessel/api';
 import { serviceCidrFlag, untilSignal, vmNetworkFlag, VM_NETWORK_FLAG, VM_NETWORK_HELP } from './server.ts';
@@ -38,6 +40,47 @@ export const DEMO_VM = {
   },
 };
 
+/**
+ * `vessel up --nodes N`: the control plane and N agents on a dev cluster (packages/cli/dev-cluster.ts).
+ * The golden image goes to the shared pool, which every node can clone from.
+ */
+async function upCluster(o: { dataDir: string; listen: string; nodes: number; fabricCidr: string; qemuPriority: QemuPriority; allowLoopbackImports: boolean; stopVmsOnExit: boolean; serviceCidr: string; vmNetworkCidr: string }): Promise<void> {
+  const signalled = untilSignal();
+  const log = process.env.VESSEL_LOG ? (l: string) => note(`${l}\n`) : undefined;
+  const { startControlPlane } = await import('../control-plane.ts');
+  const { startDevNodes } = await import('../dev-cluster.ts');
+  const cp = await startControlPlane({ dataDir: o.dataDir, listen: o.listen, serviceCidr: o.serviceCidr, vmNetworkCidr: o.vmNetworkCidr, log });
+  let dev: Awaited<ReturnType<typeof startDevNodes>> | undefined;
+  try {
+    dev = await startDevNodes({ kubeconfig: cp.server.kubeconfigPath, dataDir: o.dataDir, nodes: o.nodes, fabricCidr: o.fabricCidr, qemuPriority: o.qemuPriority, allowLoopbackImports: o.allowLoopbackImports, log });
+    const { ensureTinyImage } = await import('../golden.ts');
+    const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`), { storageClass: 'shared' });
+    const vessel = 'bin/vessel';
+    const width = Math.max(4, ...dev.cluster.nodes.map((n) => n.name.length));
+    out([
+      `Vessel is up: a dev cluster of ${o.nodes} node${o.nodes === 1 ? '' : 's'}.`,
+      `  API server   ${cp.server.url}`,
+      `  kubeconfig   ${cp.server.kubeconfigPath}`,
+      `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
+      `  golden image vessel-images/tiny (${tiny}, shared pool)`,
+      `  nodes        ${'NAME'.padEnd(width)}  NETNS                FABRIC IP`,
+      ...dev.cluster.nodes.map((n) => `               ${n.name.padEnd(width)}  ${n.netns.padEnd(19)}  ${n.fabricIp}`),
+      `  look inside  ip netns exec ${dev.cluster.nodes[0].netns} ip addr show vsl-br0`,
+      'Ctrl-C stops the cluster; its namespaces go, and with them the VMs that ran in them.',
+      '',
+    ].join('\n'));
+    await signalled;
+    if (o.stopVmsOnExit) {
+      note('stopping VMs\n');
+      await stopAllVms(cp.client);
+    }
+    note('shutting down\n');
+  } finally {
+    await dev?.close();
+    await cp.close();
+  }
+}
+
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 
 /** Halts every VM (their guests get ACPI power-off) and waits, up to a minute, for their instances to go. */
@@ -62,11 +105,18 @@ export function registerUp(program: Command): void {
     .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
     .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
-    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; serviceCidr: string; vmNetworkCidr: string }) => {
+    .option('--nodes <n>', 'a dev cluster of N nodes on this host instead of one: a network namespace and an agent per node, a fabric between them and the cluster network (VXLAN, DHCP) on top')
+    .option('--fabric-cidr <cidr>', 'with --nodes: the fabric segment between the nodes (node i gets host .10+i)', '10.233.0.0/24')
+    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; serviceCidr: string; vmNetworkCidr: string; nodes?: string; fabricCidr: string }) => {
       const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
       const dataDir = flags.dataDir ?? defaultDataDir();
+      if (flags.nodes !== undefined) {
+        const n = Number(flags.nodes);
+        if (!Number.isInteger(n) || n < 1 || n > 200) throw new UsageError(`--nodes must be a whole number from 1 to 200, not ${flags.nodes}`);
+        return upCluster({ dataDir, listen: flags.listen, nodes: n, fabricCidr: flags.fabricCidr, qemuPriority, allowLoopbackImports: !!flags.allowLoopbackImports, stopVmsOnExit: !!flags.stopVmsOnExit, serviceCidr, vmNetworkCidr });
+      }
       const signalled = untilSignal(); // listening from the start: see untilSignal
       const { startControlPlane } = await import('../control-plane.ts');
       const cp = await startControlPlane({
