@@ -170,6 +170,11 @@ test('two bridged VMs on two nodes get their addresses by DHCP; one answers the 
     return r.code === 0 && r.stdout.includes('counter=') ? r.stdout : undefined;
   }, 60_000);
   assert.match(answer, /hostname=\S+ counter=\d+/);
+  // Through the API (the host has no route to the VM network): `vessel port-forward` reaches
+  // web-b at its cluster address, dialled by its agent inside node B's namespace.
+  const forwarded = await run('bin/vessel', ['--kubeconfig', c.kubeconfig, 'port-forward', '--stdio', 'vm/web-b', '80'], { input: 'GET / HTTP/1.0\r\n\r\n', timeoutMs: 60_000, env: { ...process.env, KUBECONFIG: '' } });
+  assert.equal(forwarded.code, 0, forwarded.err);
+  assert.match(forwarded.out, /counter=\d+/);
   // And guest to guest: web-a (node A) reads web-b's page (node B) by its cluster IP.
   await eventually('web-a reaching web-b guest to guest', async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-PEER-OK') ? true : undefined), 120_000).catch(explain('web-a'));
   // QEMU runs in its node's namespace (nsenter in front of its launch chain).

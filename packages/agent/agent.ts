@@ -8,7 +8,7 @@ import { storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { ensureSelfSignedCert, parseListen } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
-import { portForwardHandler } from './portforward.ts';
+import { podAddressOf, portForwardHandler } from './portforward.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
@@ -96,8 +96,12 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
-  // Guests are on QEMU user networking (slirp) today; the cluster network passes guestAddress and netns.
-  const portForward = portForwardHandler({ vmiFor: (ns, name) => vms.vmiOnNode(ns, name), qmpFor: (ns, name) => vms.qmpFor(ns, name), log });
+  // A guest on the cluster network is dialled at its address inside the node's namespace; one on
+  // QEMU user networking (no address in its status) through a temporary slirp forward.
+  const portForward = portForwardHandler({
+    vmiFor: (ns, name) => vms.vmiOnNode(ns, name), qmpFor: (ns, name) => vms.qmpFor(ns, name),
+    guestAddress: network ? podAddressOf : undefined, netns: opts.netns, log,
+  });
   const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, vms, consoles, portForward, log });
   const nodePools: Record<string, storage.NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
   const node = new NodeRegistration(opts.client, {
