@@ -15,11 +15,14 @@
 import { createHash } from 'node:crypto';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
-import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import type { V1VirtualMachine, V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, type Typed, updateStatus } from '@vessel/runtime';
 
 const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
 
 type Obj = Record<string, unknown>;
+type Vm = Typed<V1VirtualMachine>;
+type Vmi = Typed<V1VirtualMachineInstance>;
 interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
 
 /** On a VMI: hash of the VM template it was made from (RestartRequired when the template moves on). */
@@ -50,8 +53,8 @@ export function templateSpecHash(spec: unknown): string {
 }
 
 export class VirtualMachineController extends Controller {
-  private readonly vms: Informer;
-  private readonly vmis: Informer;
+  private readonly vms: Informer<Vm>;
+  private readonly vmis: Informer<Vmi>;
   private readonly dvs: Informer;
   private readonly pvcs: Informer;
   private readonly events: EventRecorder;
@@ -61,8 +64,8 @@ export class VirtualMachineController extends Controller {
   constructor(client: Client, log?: Log) {
     super('vm', client, log);
     this.events = new EventRecorder(client, 'virtualmachine-controller');
-    this.vms = this.inform(VMS).addIndex(BY_CLAIM, byClaim);
-    this.vmis = this.inform(VMIS, (vmi) => ownerVm(vmi));
+    this.vms = this.inform<Vm>(VMS).addIndex(BY_CLAIM, byClaim);
+    this.vmis = this.inform<Vmi>(VMIS, (vmi) => ownerVm(vmi));
     this.dvs = this.inform(DATAVOLUMES, (dv) => [...ownerVm(dv), ...this.usersOf(dv)]);
     this.pvcs = this.inform(PVCS, (pvc) => this.usersOf(pvc));
   }
@@ -107,7 +110,7 @@ export class VirtualMachineController extends Controller {
    * Acts on the VM and sets `s` (its status, a copy) to what it should be now. 'stored': it
    * wrote the status itself and did nothing after (see storeStartFailure).
    */
-  private async sync(key: string, vm: KubeObject, s: Obj): Promise<'stored' | void> {
+  private async sync(key: string, vm: Vm, s: Obj): Promise<'stored' | void> {
     const { namespace } = splitKey(key);
     let vmi = this.vmis.get(key);
     if (vmi && !ownerVm(vmi).includes(key)) vmi = undefined; // someone else's VMI of the same name
@@ -149,7 +152,7 @@ export class VirtualMachineController extends Controller {
       case 'Halted': want = false; break;
       case 'RerunOnFailure': want = wantStart || !(vmi && phaseOf(vmi) === 'Succeeded'); break;
       // Once: the VMI it made runs until it ends; none is made again (a restart's Start request aside).
-      case 'Once': want = wantStart || (vmi ? !!alive : !(vm.metadata.annotations as Record<string, string> | undefined)?.[ONCE_RAN]); break;
+      case 'Once': want = wantStart || (vmi ? !!alive : !vm.metadata.annotations?.[ONCE_RAN]); break;
       case 'Manual': want = wantStart || !!alive; break;
     }
 
@@ -174,7 +177,7 @@ export class VirtualMachineController extends Controller {
       if (alive) await this.deleteVmi(vm, vmi!, `runStrategy ${strategy}`);
       return describe(s, vm, vmi);
     }
-    if (vmi && neverScheduled(vmi) && (vmi.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH] !== templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec)) {
+    if (vmi && neverScheduled(vmi) && vmi.metadata.annotations?.[TEMPLATE_HASH] !== templateSpecHash(vm.spec.template?.spec)) {
       // A VMI that never reached a node has nothing to lose: the changed template (say, less
       // memory for an unschedulable VM) takes effect at once instead of waiting for a restart.
       if (!vmi.metadata.deletionTimestamp) await this.deleteVmi(vm, vmi, 'the template changed before it was scheduled');
@@ -217,11 +220,10 @@ export class VirtualMachineController extends Controller {
   }
 
   /** Creates the DataVolumes the VM's templates name that the cache lacks; returns those it created. */
-  private async ensureDataVolumes(vm: KubeObject): Promise<Map<string, KubeObject>> {
+  private async ensureDataVolumes(vm: Vm): Promise<Map<string, KubeObject>> {
     const created = new Map<string, KubeObject>();
-    const templates = ((vm.spec as Obj | undefined)?.dataVolumeTemplates as { metadata?: Obj; spec?: Obj }[] | undefined) ?? [];
-    for (const t of templates) {
-      const name = String(t.metadata?.name ?? '');
+    for (const t of vm.spec.dataVolumeTemplates ?? []) {
+      const name = t.metadata?.name ?? '';
       if (!name || this.dvs.get(`${vm.metadata.namespace}/${name}`)) continue;
       const meta = t.metadata ?? {};
       try {
@@ -230,8 +232,8 @@ export class VirtualMachineController extends Controller {
           metadata: {
             name, namespace: vm.metadata.namespace,
             // Vessel's own keys are never copied from what a user wrote (see @vessel/api reserved.ts).
-            labels: { ...withoutReserved(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-            annotations: withoutReserved(meta.annotations as Record<string, string> | undefined),
+            labels: { ...withoutReserved(meta.labels), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+            annotations: withoutReserved(meta.annotations),
             ownerReferences: [ownerRef(vm)],
           },
           spec: t.spec,
@@ -251,7 +253,7 @@ export class VirtualMachineController extends Controller {
    * Why the VM's disks keep it from starting, if they do. `created`: DataVolumes this reconcile
    * just made, which the cache may not have yet (they are Pending, not missing).
    */
-  private volumeProblem(vm: KubeObject, ns: string, created: Map<string, KubeObject>): { status: string; reason: string; message: string } | undefined {
+  private volumeProblem(vm: Vm, ns: string, created: Map<string, KubeObject>): { status: string; reason: string; message: string } | undefined {
     for (const ref of claimVolumes(vm)) {
       if (ref.kind === 'dataVolume') {
         const dv = this.dvs.get(`${ns}/${ref.claim}`) ?? created.get(ref.claim);
@@ -271,17 +273,17 @@ export class VirtualMachineController extends Controller {
   }
 
   /** Creates the VM's VMI; returns it (undefined when one of that name appeared meanwhile). */
-  private async createVmi(key: string, vm: KubeObject): Promise<KubeObject | undefined> {
-    const template = ((vm.spec as Obj | undefined)?.template ?? {}) as { metadata?: Obj; spec?: Obj };
+  private async createVmi(key: string, vm: Vm): Promise<Vmi | undefined> {
+    const template = vm.spec.template;
     const meta = template.metadata ?? {};
-    const resume = (vm.metadata.annotations as Record<string, string> | undefined)?.[RESUME_MEMORY];
+    const resume = vm.metadata.annotations?.[RESUME_MEMORY];
     try {
       const vmi = await this.client.create(VMIS, {
         apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance',
         metadata: {
           name: vm.metadata.name, namespace: vm.metadata.namespace,
-          labels: { ...withoutReserved(meta.labels as Record<string, string> | undefined), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-          annotations: { ...withoutReserved(meta.annotations as Record<string, string> | undefined), [TEMPLATE_HASH]: templateSpecHash(template.spec), ...(resume ? { [RESUME_MEMORY]: resume } : {}) },
+          labels: { ...withoutReserved(meta.labels), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+          annotations: { ...withoutReserved(meta.annotations), [TEMPLATE_HASH]: templateSpecHash(template.spec), ...(resume ? { [RESUME_MEMORY]: resume } : {}) },
           ownerReferences: [ownerRef(vm)],
         },
         spec: template.spec,
@@ -289,7 +291,7 @@ export class VirtualMachineController extends Controller {
       await this.events.record(vm, 'Normal', 'SuccessfulCreate', `Started the virtual machine by creating the new virtual machine instance ${vm.metadata.name}`);
       // The memory state is for this one start.
       if (resume) this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [RESUME_MEMORY]: null } } }, { namespace: vm.metadata.namespace }));
-      return vmi as KubeObject;
+      return vmi as Vmi;
     } catch (e) {
       if (isStatusError(e, 'AlreadyExists')) return undefined;
       await this.events.record(vm, 'Warning', 'FailedCreate', `Error creating VirtualMachineInstance: ${e instanceof Error ? e.message : e}`);
@@ -325,7 +327,7 @@ function recordFailure(s: Obj, vmi: KubeObject): number {
 }
 
 /** Sets printableStatus, ready, created, conditions and generations in `s` from the VM and its VMI. */
-function describe(s: Obj, vm: KubeObject, vmi: KubeObject | undefined, forced?: string, problem?: { reason: string; message: string }): void {
+function describe(s: Obj, vm: Vm, vmi: Vmi | undefined, forced?: string, problem?: { reason: string; message: string }): void {
   const paused = vmi ? getCondition(vmi, 'Paused')?.status === 'True' : false;
   const unschedulable = vmi ? getCondition(vmi, 'PodScheduled') : undefined;
   const printable = forced ?? (
@@ -336,8 +338,8 @@ function describe(s: Obj, vm: KubeObject, vmi: KubeObject | undefined, forced?: 
       : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable' ? 'ErrorUnschedulable'
       : 'Starting');
   const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
-  const templateHash = templateSpecHash(((vm.spec as Obj | undefined)?.template as Obj | undefined)?.spec);
-  const vmiHash = (vmi?.metadata.annotations as Record<string, string> | undefined)?.[TEMPLATE_HASH];
+  const templateHash = templateSpecHash(vm.spec.template?.spec);
+  const vmiHash = vmi?.metadata.annotations?.[TEMPLATE_HASH];
   const restartRequired = !!vmi && !FINAL.has(phaseOf(vmi)) && vmiHash !== undefined && vmiHash !== templateHash;
   s.printableStatus = printable;
   s.ready = ready;
