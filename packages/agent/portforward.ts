@@ -154,6 +154,8 @@ export function podAddressOf(vmi: KubeObject): string | undefined {
 export interface GuestConnection {
   stream: Duplex;
   head: Buffer[];
+  /** The guest already ended its side (its bytes are all in `head`). */
+  ended?: boolean;
 }
 
 /**
@@ -199,7 +201,7 @@ export async function dialSlirp(qmp: QmpClient, netdev: string, port: number, an
     sock.off('end', onEnd);
     sock.off('close', onEnd);
     sock.pause();
-    return { stream: sock, head };
+    return { stream: sock, head, ended };
   } catch (e) {
     sock?.destroy();
     throw e;
@@ -357,6 +359,9 @@ function pipe(ws: WebSocket, guest: GuestConnection, done: () => void): void {
   };
   stream.on('end', closeWs);
   stream.on('close', closeWs);
+  // A guest that answers and closes at once (a one-line service) may have ended the stream
+  // while dialSlirp waited for its answer: no 'end' or 'close' is coming any more.
+  if (guest.ended || stream.readableEnded || stream.destroyed) closeWs();
   ws.on('error', () => {});
   ws.on('close', () => {
     stream.destroy();
