@@ -85,6 +85,8 @@ test('an empty rule allows everything; without bridge conntrack answers are reco
   assert.ok(rules.includes('return comment "b/all"'));
   assert.ok(rules.includes('meta l4proto tcp tcp flags & (syn | ack) != syn return'));
   assert.ok(!rules.some((l) => l.startsWith('ct ')));
+  const odd = policyRuleset(input([b1], all, [pol('b', 'odd', { podSelector: {}, ingress: [{ ports: [{ port: 80.5 }, { port: 'http' }] }] })]));
+  assert.ok(!chain(odd, 'in', b1)!.some((l) => l.includes('"b/odd"')), 'ports nft cannot take (or names) allow nothing');
 });
 
 test('a VMI\'s address is the one of its pod interface in status.interfaces', () => {

@@ -164,15 +164,17 @@ function portMatchesOf(ports: netpol.NetworkPolicyPort[] | undefined): string[] 
     const proto = (p.protocol ?? 'TCP').toLowerCase();
     if (!['tcp', 'udp', 'sctp'].includes(proto)) continue;
     if (p.port === undefined || p.port === null) { byProto.set(proto, 'all'); continue; }
-    if (typeof p.port !== 'number') continue;
+    if (!isPort(p.port)) continue; // a name, or a stored value admission would refuse: allows nothing
     const cur = byProto.get(proto);
     if (cur === 'all') continue;
     const set = cur ?? new Set<string>();
-    set.add(typeof p.endPort === 'number' && p.endPort > p.port ? `${p.port}-${p.endPort}` : String(p.port));
+    set.add(isPort(p.endPort) && p.endPort > p.port ? `${p.port}-${p.endPort}` : String(p.port));
     byProto.set(proto, set);
   }
   return [...byProto].sort(([a], [b]) => a.localeCompare(b)).map(([proto, set]) => (set === 'all' ? `meta l4proto ${proto}` : `meta l4proto ${proto} th dport { ${[...set].join(', ')} }`));
 }
+
+const isPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
 
 /** Whether this kernel tracks connections in the bridge family (nf_conntrack_bridge); checked without changing anything. */
 export async function bridgeConntrack(ns: NetNs): Promise<boolean> {
