@@ -36,9 +36,11 @@ const ROOTS: Array<[SourceId, string]> = [
   ].flatMap((k): Array<[SourceId, string]> => [['kubernetes', `IoK8sApiCoreV1${k}`], ['kubernetes', `IoK8sApiCoreV1${k}List`]]),
   ['kubernetes', 'IoK8sApiStorageV1StorageClass'],
   ['kubernetes', 'IoK8sApiStorageV1StorageClassList'],
-  // The cluster network: address allocations and the endpoints of Services.
+  // The cluster network: address allocations, the endpoints of Services, network policies.
   ['kubernetes', 'IoK8sApiNetworkingV1IPAddress'],
   ['kubernetes', 'IoK8sApiNetworkingV1IPAddressList'],
+  ['kubernetes', 'IoK8sApiNetworkingV1NetworkPolicy'],
+  ['kubernetes', 'IoK8sApiNetworkingV1NetworkPolicyList'],
   ['kubernetes', 'IoK8sApiDiscoveryV1EndpointSlice'],
   ['kubernetes', 'IoK8sApiDiscoveryV1EndpointSliceList'],
   // Served alongside every group: error bodies, delete options, watch events.

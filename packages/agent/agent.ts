@@ -21,6 +21,7 @@ import { VmRuntime } from './vms/runtime.ts';
 import { ClusterNetwork, FABRIC_IP_ANNOTATION, networkStateDir } from './network/cluster.ts';
 import { NetworkError } from './network/errors.ts';
 import { checkNetns } from './network/exec.ts';
+import { PolicyEnforcer } from './network/policy.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -89,6 +90,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   if (opts.netns !== undefined && opts.fabricIp === undefined) throw new NetworkError('InvalidArgument', '--netns needs --fabric-ip: the namespace holds the node\'s cluster network');
   const network = opts.fabricIp === undefined ? undefined
     : new ClusterNetwork(opts.client, { nodeName: opts.nodeName, netns: opts.netns === undefined ? undefined : checkNetns(opts.netns), fabricIp: opts.fabricIp, stateDir: networkStateDir(opts.dataDir), log });
+  // NetworkPolicy is enforced wherever the node has a cluster network (its taps).
+  const policies = network && new PolicyEnforcer(opts.client, { nodeName: opts.nodeName, netns: network.netns, nodeAddress: () => network.gateway()?.ip, log });
   const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
@@ -115,11 +118,13 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await volumes.start();
     // The bridge must exist before a VM is re-adopted or started onto it.
     await network?.start();
+    await policies?.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
   } catch (e) {
     node.stop();
+    await policies?.stop().catch(() => undefined);
     await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
@@ -132,7 +137,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       await restores.stop();
       await snapshots.stop();
       await vms.stop();
-      // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
+      // dnsmasq, the taps and the policy table stay, like the QEMUs: the guests keep their network and its isolation.
+      await policies?.stop();
       await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing

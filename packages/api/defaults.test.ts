@@ -123,3 +123,17 @@ test('core kinds: Service, PVC, Namespace, Secret, StorageClass', () => {
   assert.equal(sc.reclaimPolicy, 'Delete');
   assert.equal(sc.volumeBindingMode, 'Immediate');
 });
+
+test('NetworkPolicy: policyTypes and port protocols as Kubernetes defaults them', () => {
+  const info = findByKind('networking.k8s.io/v1', 'NetworkPolicy')!;
+  const deny: Any = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'deny' }, spec: { podSelector: {} } };
+  applyDefaults(info, deny);
+  assert.deepEqual(deny.spec.policyTypes, ['Ingress']);
+  const out: Any = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'out' }, spec: { podSelector: {}, egress: [{ ports: [{ port: 53 }, { port: 53, protocol: 'UDP' }] }] } };
+  applyDefaults(info, out);
+  assert.deepEqual(out.spec.policyTypes, ['Ingress', 'Egress']);
+  assert.deepEqual(out.spec.egress[0].ports, [{ port: 53, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }]);
+  const kept: Any = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'k' }, spec: { podSelector: {}, policyTypes: ['Egress'] } };
+  applyDefaults(info, kept);
+  assert.deepEqual(kept.spec.policyTypes, ['Egress']);
+});

@@ -18,6 +18,8 @@
  *    (Kubernetes does that in its conversion; stringData is never stored).
  *    StorageClass: reclaimPolicy Delete, volumeBindingMode Immediate.
  *  - Namespace: status.phase Active and the kubernetes.io/metadata.name label.
+ *  - NetworkPolicy (SetDefaults_NetworkPolicy): policyTypes [Ingress], plus Egress when there
+ *    are egress rules; each port's protocol TCP.
  */
 import { createHash } from 'node:crypto';
 import { mergeStringData } from './kinds/core.ts';
@@ -185,7 +187,19 @@ function defaultNamespace(o: KubeObject): void {
   if (name && o.metadata) o.metadata.labels = { ...(o.metadata.labels ?? {}), 'kubernetes.io/metadata.name': name };
 }
 
+function defaultNetworkPolicy(o: KubeObject): void {
+  const spec = obj(o.spec);
+  if (!spec) return;
+  for (const dir of ['ingress', 'egress']) {
+    for (const r of arr(spec[dir])) {
+      for (const p of isObj(r) ? arr(r.ports) : []) if (isObj(p) && !str(p.protocol)) p.protocol = 'TCP';
+    }
+  }
+  if (arr(spec.policyTypes).length === 0) spec.policyTypes = arr(spec.egress).length ? ['Ingress', 'Egress'] : ['Ingress'];
+}
+
 const DEFAULTERS: Record<string, (o: KubeObject) => void> = {
+  'networking.k8s.io/NetworkPolicy': defaultNetworkPolicy,
   'kubevirt.io/VirtualMachine': defaultVirtualMachine,
   'kubevirt.io/VirtualMachineInstance': defaultVirtualMachineInstance,
   '/Service': defaultService,

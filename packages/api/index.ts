@@ -46,6 +46,7 @@ export * as snapshots from './snapshots.ts';
 export * as refs from './refs.ts';
 export { isObject, annotationsOf, phaseOf, runStrategyOf, claimVolumes, claimNames, NODE_UNRESPONSIVE, RESUME_MEMORY, CLONE_DISK_TYPE, type RunStrategy, type ClaimVolume } from './objects.ts';
 export * as ipam from './ipam.ts';
+export * as netpol from './netpol.ts';
 export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE, type Cidr } from './ip.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

@@ -31,6 +31,8 @@ test('kubectl-style names resolve', () => {
     sc: 'StorageClass',
     'storageclasses.storage.k8s.io': 'StorageClass',
     ipaddresses: 'IPAddress',
+    netpol: 'NetworkPolicy',
+    'networkpolicies.networking.k8s.io': 'NetworkPolicy',
     'endpointslices.discovery.k8s.io': 'EndpointSlice',
     'configmaps.v1': 'ConfigMap',
   };

@@ -109,6 +109,11 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     printerColumns: [{ name: 'ParentRef', type: 'string', jsonPath: '.spec.parentRef', description: 'resource/namespace/name of the owner of the address' }],
   }),
   kind({
+    group: 'networking.k8s.io', version: 'v1', kind: 'NetworkPolicy', plural: 'networkpolicies', singular: 'networkpolicy',
+    shortNames: ['netpol'], categories: [], namespaced: true, statusSubresource: false,
+    printerColumns: [{ name: 'Pod-Selector', type: 'string', jsonPath: '.spec.podSelector', description: 'the VMs the policy selects, as app=web' }, AGE],
+  }),
+  kind({
     group: 'discovery.k8s.io', version: 'v1', kind: 'EndpointSlice', plural: 'endpointslices', singular: 'endpointslice',
     shortNames: [], categories: [], namespaced: true, statusSubresource: false,
     printerColumns: [
@@ -223,6 +228,7 @@ const SCHEMA_NAMES: Record<string, string> = {
   '/v1/PersistentVolumeClaim': 'io.k8s.api.core.v1.PersistentVolumeClaim',
   'storage.k8s.io/v1/StorageClass': 'io.k8s.api.storage.v1.StorageClass',
   'networking.k8s.io/v1/IPAddress': 'io.k8s.api.networking.v1.IPAddress',
+  'networking.k8s.io/v1/NetworkPolicy': 'io.k8s.api.networking.v1.NetworkPolicy',
   'discovery.k8s.io/v1/EndpointSlice': 'io.k8s.api.discovery.v1.EndpointSlice',
   'kubevirt.io/v1/VirtualMachine': 'io.kubevirt.v1.VirtualMachine',
   'kubevirt.io/v1/VirtualMachineInstance': 'io.kubevirt.v1.VirtualMachineInstance',

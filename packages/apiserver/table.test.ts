@@ -49,4 +49,12 @@ describe('printer columns', () => {
     assert.equal(toTable(es, [slice(5) as never], {}, undefined).rows[0].cells[3], '10.244.0.1,10.244.0.2,10.244.0.3 + 2 more...');
     assert.equal(toTable(es, [slice(0) as never], {}, undefined).rows[0].cells[3], '<unset>');
   });
+
+  it('prints a NetworkPolicy\'s pod selector as kubectl does', () => {
+    const np = findByResource('networking.k8s.io', 'v1', 'networkpolicies')!;
+    const pol = (podSelector: unknown) => ({ metadata: { name: 'deny', creationTimestamp: new Date().toISOString() }, spec: { podSelector } });
+    assert.deepEqual(toTable(np, [pol({}) as never], {}, undefined).columnDefinitions.map((c) => c.name), ['Name', 'Pod-Selector', 'Age']);
+    assert.equal(toTable(np, [pol({}) as never], {}, undefined).rows[0].cells[1], '<none>');
+    assert.equal(toTable(np, [pol({ matchLabels: { tier: 'a', app: 'web' }, matchExpressions: [{ key: 'env', operator: 'In', values: ['prod', 'dev'] }, { key: 'x', operator: 'DoesNotExist' }] }) as never], {}, undefined).rows[0].cells[1], 'app=web,tier=a,env in (dev,prod),!x');
+  });
 });

@@ -2,7 +2,7 @@
  * Server-side printing: `kubectl get` asks for a meta.k8s.io/v1 Table and prints its cells, so
  * the columns a kind shows (printerColumns) are decided here, as for CRDs in Kubernetes.
  */
-import type { KindInfo, PrinterColumn } from '@vessel/api';
+import { netpol, type KindInfo, type PrinterColumn } from '@vessel/api';
 import type { StoredObject } from './objects.ts';
 
 export interface TableColumn { name: string; type: string; format: string; description: string; priority: number }
@@ -82,6 +82,8 @@ const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
     const resource = p.group ? `${p.resource}.${p.group}` : p.resource;
     return [resource, p.namespace, p.name].filter(Boolean).join('/');
   },
+  // kubectl's NetworkPolicy printer: the pod selector as app=web, <none> when it selects all.
+  'networking.k8s.io/NetworkPolicy/Pod-Selector': (o) => netpol.formatSelector((o.spec as { podSelector?: netpol.LabelSelector } | undefined)?.podSelector),
   // kubectl's Service printer: PORT(S) as 80/TCP or 80:30080/TCP, EXTERNAL-IP <none> unless a load balancer has one.
   '/Service/Port(s)': (o) => {
     const ports = (o.spec as { ports?: { port?: number; nodePort?: number; protocol?: string }[] } | undefined)?.ports ?? [];

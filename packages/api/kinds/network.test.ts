@@ -48,3 +48,21 @@ test('firstFree skips taken addresses, the network and the broadcast address, an
   assert.equal(firstFree(c, (ip) => ip === parseIPv4('10.0.0.2'), parseIPv4('10.0.0.2')), parseIPv4('10.0.0.1'));
   assert.equal(firstFree(c, () => true), undefined);
 });
+
+test('a NetworkPolicy names the field of a bad policy type, port, ipBlock or selector', () => {
+  const np = (spec: Record<string, unknown>): KubeObject => ({ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'p', namespace: 'b' }, spec });
+  assert.deepEqual(fields(np({ podSelector: {}, policyTypes: ['Ingress'] })), []);
+  assert.deepEqual(fields(np({
+    podSelector: { matchLabels: { app: 'web' } }, policyTypes: ['Ingress', 'Egress'],
+    ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } }, podSelector: { matchExpressions: [{ key: 'app', operator: 'In', values: ['x'] }] } }, { ipBlock: { cidr: '10.0.0.0/8', except: ['10.1.0.0/16'] } }], ports: [{ protocol: 'TCP', port: 80 }, { port: 8000, endPort: 8080 }, { port: 'http' }] }],
+    egress: [{ to: [{ ipBlock: { cidr: '0.0.0.0/0' } }] }],
+  })), []);
+  assert.deepEqual(fields(np({ podSelector: {}, policyTypes: ['Ingress', 'Sideways'] })), ['spec.policyTypes[1]']);
+  assert.deepEqual(fields(np({ podSelector: {}, ingress: [{ ports: [{ protocol: 'ICMP', port: 80 }, { port: 70000 }, { port: 90, endPort: 80 }, { port: 'http', endPort: 90 }] }] })),
+    ['spec.ingress[0].ports[0].protocol', 'spec.ingress[0].ports[1].port', 'spec.ingress[0].ports[2].endPort', 'spec.ingress[0].ports[3].port']);
+  assert.deepEqual(fields(np({ podSelector: {}, ingress: [{ from: [{ ipBlock: { cidr: '10.0.0.0/33' } }, { ipBlock: { cidr: '10.0.0.0/8', except: ['11.0.0.0/16', '10.0.0.0/8', 'x'] } }, {}, { ipBlock: { cidr: '10.0.0.0/8' }, podSelector: {} }] }] })),
+    ['spec.ingress[0].from[0].ipBlock.cidr', 'spec.ingress[0].from[1].ipBlock.except[0]', 'spec.ingress[0].from[1].ipBlock.except[1]', 'spec.ingress[0].from[1].ipBlock.except[2]', 'spec.ingress[0].from[2]', 'spec.ingress[0].from[3]']);
+  assert.deepEqual(fields(np({ podSelector: { matchLabels: { 'bad key!': 'v', app: 'bad value!' }, matchExpressions: [{ key: 'a', operator: 'Near' }, { key: 'b', operator: 'In' }, { key: 'c', operator: 'Exists', values: ['x'] }] } })),
+    ['spec.podSelector.matchLabels', 'spec.podSelector.matchLabels', 'spec.podSelector.matchExpressions[0].operator', 'spec.podSelector.matchExpressions[1].values', 'spec.podSelector.matchExpressions[2].values']);
+  assert.deepEqual(fields(np({ podSelector: {}, egress: [{ to: [{ namespaceSelector: { matchExpressions: [{ key: 'x', operator: 'NotIn', values: [] }] } }] }] })), ['spec.egress[0].to[0].namespaceSelector.matchExpressions[0].values']);
+});
