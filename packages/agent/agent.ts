@@ -21,6 +21,7 @@ import { VmRuntime } from './vms/runtime.ts';
 import { ClusterNetwork, FABRIC_IP_ANNOTATION, networkStateDir } from './network/cluster.ts';
 import { NetworkError } from './network/errors.ts';
 import { checkNetns } from './network/exec.ts';
+import { ServiceProxy } from './network/services.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -89,6 +90,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   if (opts.netns !== undefined && opts.fabricIp === undefined) throw new NetworkError('InvalidArgument', '--netns needs --fabric-ip: the namespace holds the node\'s cluster network');
   const network = opts.fabricIp === undefined ? undefined
     : new ClusterNetwork(opts.client, { nodeName: opts.nodeName, netns: opts.netns === undefined ? undefined : checkNetns(opts.netns), fabricIp: opts.fabricIp, stateDir: networkStateDir(opts.dataDir), log });
+  // Services' data plane (DNAT, DNS names) on every node of the cluster network.
+  const services = network && new ServiceProxy(opts.client, { netns: network.netns, stateDir: networkStateDir(opts.dataDir), log });
   const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
@@ -115,11 +118,13 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await volumes.start();
     // The bridge must exist before a VM is re-adopted or started onto it.
     await network?.start();
+    await services?.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
   } catch (e) {
     node.stop();
+    await services?.stop().catch(() => undefined);
     await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
@@ -133,6 +138,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       await snapshots.stop();
       await vms.stop();
       // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
+      await services?.stop();
       await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing
