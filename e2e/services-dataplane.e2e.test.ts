@@ -75,8 +75,9 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
   clusterIP = spec.clusterIP;
   nodePort = spec.ports[0].nodePort;
   await c.client.create(SVC, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web-h', namespace: ns }, spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [{ port: 80 }] } }, { namespace: ns });
-  // A guest as the client: web-a reads the Service's page every 2 s (busybox nc).
-  const poll = `#!/bin/sh\n(while true; do if nc ${clusterIP} 8080 </dev/null | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n`;
+  // A guest as the client: web-a reads the Service's page every 2 s (busybox nc: the guest's
+  // static busybox wget crashes).
+  const poll = `#!/bin/sh\n(while true; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${clusterIP} 8080 | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n`;
   const vms = [{ name: 'web-a', node: nodeA }, { name: 'web-b', node: nodeB }];
   for (const v of vms) await c.client.create(VM, webVm(v.name, v.node.name, v.name === 'web-a' ? poll : '#!/bin/sh\ntrue\n'), { namespace: ns });
   for (const v of vms) {
@@ -103,7 +104,8 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
     assert.match(r.stdout, /counter=/, `NodePort ${nodePort} on ${target.name} (${target.fabricIp}) from ${from.name}: ${r.stderr}`);
   }
   // A guest reaches it too (on its own node, or across VXLAN with the reply through node A).
-  await eventually('web-a reaching the Service from inside the guest', async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-SVC-OK') ? true : undefined), 120_000);
+  await eventually('web-a reaching the Service from inside the guest', async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-SVC-OK') ? true : undefined), 120_000)
+    .catch(async (e: Error) => { throw new Error(`${e.message}\n--- web-a's serial console (tail)\n${(await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).slice(-2000)}`); });
 
   // Latency: a few curls through the ClusterIP and straight to a VM (from node A).
   const timing = async (url: string) => {
