@@ -2,7 +2,8 @@
  * Services' data plane end to end on a two-node dev cluster (real QEMU, nftables, dnsmasq): a
  * NodePort Service over two tiny guests on two nodes answers on its ClusterIP from a node's
  * namespace and from a guest, spread over both; its NodePort answers on every node's fabric
- * address; its name (and a VM's hostname.subdomain) resolves at the node's dnsmasq; when one VM
+ * address; its name (and a VM's hostname.subdomain) resolves at the node's dnsmasq, from the node
+ * and from a guest; when one VM
  * stops its endpoint leaves the slice (measured) and the Service keeps answering.
  */
 import assert from 'node:assert/strict';
@@ -77,7 +78,10 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
   await c.client.create(SVC, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web-h', namespace: ns }, spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [{ port: 80 }] } }, { namespace: ns });
   // A guest as the client: web-a reads the Service's page every 2 s (busybox nc: the guest's
   // static busybox wget crashes).
-  const poll = `#!/bin/sh\n(while true; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${clusterIP} 8080 | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n`;
+  const poll = `#!/bin/sh\n(while true; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${clusterIP} 8080 | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n`
+    // And the resolver DHCP gave it (dnsmasq on its node's gateway, in /etc/resolv.conf)
+    // answers the names: web-a prints what nslookup got, for a minute or three.
+    + `(i=0; while [ $i -lt 60 ]; do for n in web.default.svc.cluster.local web-b.web-h.default.svc.cluster.local; do echo "VESSEL-DNS $n $(nslookup $n 2>/dev/null | sed -n 's/^Address:[[:space:]]*//p' | grep -v ':53$' | tr '\\n' ' ')"; done; i=$((i+1)); sleep 3; done) &\n`;
   const vms = [{ name: 'web-a', node: nodeA }, { name: 'web-b', node: nodeB }];
   for (const v of vms) await c.client.create(VM, webVm(v.name, v.node.name, v.name === 'web-a' ? poll : '#!/bin/sh\ntrue\n'), { namespace: ns });
   for (const v of vms) {
@@ -119,7 +123,7 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
   console.log(`figures: HTTP via ClusterIP ${viaSvc.toFixed(2)} ms / direct to the VMs ${direct.toFixed(2)} ms (medians of 15, TCG guests) = ${(viaSvc / direct).toFixed(2)}`);
 });
 
-test('DNS at the node: the Service name gives its ClusterIP, a VM hostname.subdomain its address', async () => {
+test('DNS at the node and from a guest: the Service name gives its ClusterIP, a VM hostname.subdomain its address', async () => {
   const gw = await gatewayOf(nodeA);
   const lookup = async (name: string) => (await runInNode(nodeA, ['busybox', 'nslookup', name, gw])).stdout;
   for (const name of ['web.default.svc.cluster.local', 'web.default.svc']) {
@@ -128,6 +132,12 @@ test('DNS at the node: the Service name gives its ClusterIP, a VM hostname.subdo
   }
   const a = await eventually('web-a.web-h.default.svc.cluster.local resolving', async () => { const o = await lookup('web-a.web-h.default.svc.cluster.local'); return o.includes(vmIp['web-a']) ? o : undefined; }, 10_000);
   assert.doesNotMatch(a, new RegExp(vmIp['web-b'].replace(/\./g, '\\.')));
+  // From inside a guest (web-a), through the resolver DHCP gave it.
+  const serial = () => serialLog(c.nodes.agents[0].dataDir, ns, 'web-a');
+  for (const [name, want] of [['web.default.svc.cluster.local', clusterIP], ['web-b.web-h.default.svc.cluster.local', vmIp['web-b']]]) {
+    await eventually(`web-a resolving ${name} to ${want}`, async () => ((await serial()).split('\n').some((l) => l.startsWith(`VESSEL-DNS ${name} `) && l.split(' ').includes(want)) ? true : undefined), 60_000)
+      .catch(async (e: Error) => { throw new Error(`${e.message}\n${(await serial()).split('\n').filter((l) => l.includes('VESSEL-DNS')).slice(-4).join('\n')}`); });
+  }
   const headless = await lookup('web-h.default.svc.cluster.local');
   for (const ip of Object.values(vmIp)) assert.ok(headless.includes(ip), `the headless Service lists ${ip}: ${headless}`);
 });
