@@ -2,9 +2,9 @@
  * Services' data plane end to end on a two-node dev cluster (real QEMU, nftables, dnsmasq): a
  * NodePort Service over two tiny guests on two nodes answers on its ClusterIP from a node's
  * namespace and from a guest, spread over both; its NodePort answers on every node's fabric
- * address; its name (and a VM's hostname.subdomain) resolves at the node's dnsmasq, from the node
- * and from a guest; when one VM
- * stops its endpoint leaves the slice (measured) and the Service keeps answering.
+ * address; its name (and a VM's hostname.subdomain) resolves, from a node and from a guest; a
+ * Service without endpoints refuses at once; when one VM stops its endpoint leaves the slice
+ * (measured) and the Service keeps answering.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
