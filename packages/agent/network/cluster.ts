@@ -168,7 +168,7 @@ export class ClusterNetwork extends Controller {
     if (inRange(nic.ip, gw.cidr) !== gw.cidr) throw new NetworkError('InvalidArgument', `interface ${iface}: address ${nic.ip} is outside this node's VM network ${gw.cidr}`);
     await ensureTap(this.opts.netns, nic.tap, { multiQueue: opts.multiQueue });
     const hostname = opts.hostname && /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(opts.hostname) ? opts.hostname : undefined;
-    await this.dnsmasq.setHost(nic.tap, { mac: nic.mac, ip: nic.ip, hostname, namespace: vmi.metadata.namespace });
+    await this.dnsmasq.setHost(nic.tap, { mac: nic.mac, ip: nic.ip, hostname });
     return nic;
   }
 

@@ -22,11 +22,14 @@ export interface DnsmasqConfig {
   mtu?: number;
 }
 
-/** `namespace`: the VMI's; its guest gets the Kubernetes DNS search list for it (option 119). */
-export interface DhcpHost { mac: string; ip: string; hostname?: string; namespace?: string }
+export interface DhcpHost { mac: string; ip: string; hostname?: string }
 
-/** The search domains a guest in namespace `ns` gets, as a pod in Kubernetes does. */
-export const searchDomains = (ns: string): string[] => [`${ns}.svc.cluster.local`, 'svc.cluster.local', 'cluster.local'];
+/**
+ * The search list (DHCP option 119) every guest gets. Kubernetes puts `<ns>.svc.cluster.local`
+ * first; that needs per-namespace options from a --dhcp-optsdir, and dnsmasq 2.90 segfaults
+ * after a SIGHUP with one in use (seen in the e2e), so a guest uses `name.ns` (or the full name).
+ */
+export const SEARCH_DOMAINS = ['svc.cluster.local', 'cluster.local'];
 
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const HOST_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
@@ -38,8 +41,6 @@ export class Dnsmasq {
   readonly logFile: string;
   /** DNS names of Services and VMs (written by services.ts; re-read on SIGHUP). */
   readonly dnsHostsFile: string;
-  /** Per-namespace DHCP options (the search list), tagged by the namespace's leases. */
-  readonly optsDir: string;
   private config?: DnsmasqConfig;
 
   /** `dir`: this node's dnsmasq state (pid file, log, hosts/). */
@@ -48,7 +49,6 @@ export class Dnsmasq {
     this.pidFile = join(dir, 'dnsmasq.pid');
     this.logFile = join(dir, 'dnsmasq.log');
     this.dnsHostsFile = join(dir, 'dns-hosts');
-    this.optsDir = join(dir, 'opts');
   }
 
   /** The daemon's arguments (after the binary). Pure apart from the paths. */
@@ -69,7 +69,7 @@ export class Dnsmasq {
       '--local=/cluster.local/',
       '--local=/svc/', // name.ns.svc: answered here or not at all
       `--addn-hosts=${this.dnsHostsFile}`,
-      `--dhcp-optsdir=${this.optsDir}`,
+      `--dhcp-option=option:domain-search,${SEARCH_DOMAINS.join(',')}`,
       '--leasefile-ro',
       `--pid-file=${this.pidFile}`,
       `--log-facility=${this.logFile}`,
@@ -84,7 +84,6 @@ export class Dnsmasq {
   async ensure(c: DnsmasqConfig): Promise<void> {
     const args = this.args(c);
     await mkdir(this.hostsDir, { recursive: true, mode: 0o750 });
-    await mkdir(this.optsDir, { recursive: true, mode: 0o750 });
     if (!(await readFile(this.dnsHostsFile, 'utf8').then(() => true, () => false))) await writeFile(this.dnsHostsFile, '');
     const pid = await this.pid();
     if (pid !== undefined) {
@@ -114,27 +113,15 @@ export class Dnsmasq {
 
   /** Writes (or replaces) the static lease of one NIC; dnsmasq sees the file appear. */
   async setHost(id: string, h: DhcpHost): Promise<void> {
-    if (!FILE_RE.test(id) || !MAC_RE.test(h.mac) || parseIPv4(h.ip) === undefined || (h.hostname !== undefined && !HOST_RE.test(h.hostname)) || (h.namespace !== undefined && !HOST_RE.test(h.namespace))) {
+    if (!FILE_RE.test(id) || !MAC_RE.test(h.mac) || parseIPv4(h.ip) === undefined || (h.hostname !== undefined && !HOST_RE.test(h.hostname))) {
       throw new NetworkError('InvalidArgument', `dnsmasq: bad static lease ${JSON.stringify({ id, ...h })}`);
     }
     await mkdir(this.hostsDir, { recursive: true, mode: 0o750 });
-    if (h.namespace !== undefined) await this.setSearch(h.namespace);
-    const line = [h.mac, ...(h.namespace ? [`set:ns-${h.namespace}`] : []), h.ip, ...(h.hostname ? [h.hostname] : [])].join(',') + '\n';
+    const line = [h.mac, h.ip, ...(h.hostname ? [h.hostname] : [])].join(',') + '\n';
     const file = join(this.hostsDir, id);
     if ((await readFile(file, 'utf8').catch(() => '')) === line) return;
     // dnsmasq skips dot files, so it reads the lease only once it is complete.
     const tmp = join(this.hostsDir, `.${id}.tmp`);
-    await writeFile(tmp, line);
-    await rename(tmp, file);
-  }
-
-  /** The search list (option 119) for guests whose lease is tagged with namespace `ns`; written once per namespace. */
-  private async setSearch(ns: string): Promise<void> {
-    await mkdir(this.optsDir, { recursive: true, mode: 0o750 });
-    const file = join(this.optsDir, `ns-${ns}`);
-    const line = `tag:ns-${ns},option:domain-search,${searchDomains(ns).join(',')}\n`;
-    if ((await readFile(file, 'utf8').catch(() => '')) === line) return;
-    const tmp = join(this.optsDir, `.ns-${ns}.tmp`);
     await writeFile(tmp, line);
     await rename(tmp, file);
   }
