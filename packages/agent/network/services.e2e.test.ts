@@ -38,7 +38,7 @@ const apply = async (slices: KubeObject[]) => {
   }
   return models;
 };
-const curl = (n: number, url: string) => runInNode(cluster.nodes[n], ['curl', '-sS', '--max-time', '3', url]);
+const curl = (n: number, url: string) => runInNode(cluster.nodes[n], ['curl', '-sS', '--max-time', '5', url]);
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vessel-svc-'));
@@ -118,13 +118,22 @@ test('DNS: dnsmasq answers Service names from its hosts file and re-reads it on 
   const d = new Dnsmasq(cluster.nodes[0].netns, join(dir, 'dnsmasq'));
   await d.ensure({ gateway: '10.244.0.1', cidr: '10.244.0.0/16' });
   try {
-    const lookup = async (name: string) => (await runInNode(cluster.nodes[0], ['busybox', 'nslookup', name, '10.244.0.1'])).stdout;
+    // dnsmasq re-reads on SIGHUP in its own time: ask until the answer is the expected one.
+    const lookup = async (name: string, expect: RegExp, present = true) => {
+      let out = '';
+      for (let i = 0; i < 50; i++) {
+        out = (await runInNode(cluster.nodes[0], ['busybox', 'nslookup', name, '10.244.0.1'])).stdout;
+        if (expect.test(out) === present) break;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      return out;
+    };
     await d.setDnsHosts(dnsHosts(serviceModels(SERVICES, [])));
-    assert.match(await lookup('web.default.svc.cluster.local'), /Address: 10\.96\.0\.20/);
-    assert.match(await lookup('web.default.svc'), /Address: 10\.96\.0\.20/);
+    assert.match(await lookup('web.default.svc.cluster.local', /Address: 10\.96\.0\.20/), /Address: 10\.96\.0\.20/);
+    assert.match(await lookup('web.default.svc', /Address: 10\.96\.0\.20/), /Address: 10\.96\.0\.20/);
     await d.setDnsHosts(dnsHosts(serviceModels([SERVICES[1]], [])));
-    assert.doesNotMatch(await lookup('web.default.svc.cluster.local'), /10\.96\.0\.20/);
-    assert.match(await lookup('nobody.default.svc.cluster.local'), /Address: 10\.96\.0\.21/);
+    assert.doesNotMatch(await lookup('web.default.svc.cluster.local', /10\.96\.0\.20/, false), /10\.96\.0\.20/);
+    assert.match(await lookup('nobody.default.svc.cluster.local', /Address: 10\.96\.0\.21/), /Address: 10\.96\.0\.21/);
     // The search list every guest gets (DHCP option 119).
     assert.ok(d.args({ gateway: '10.244.0.1', cidr: '10.244.0.0/16' }).includes('--dhcp-option=option:domain-search,svc.cluster.local,cluster.local'));
   } finally {
