@@ -221,6 +221,16 @@ export async function syncServiceRoutes(ns: NetNs, clusterIPs: readonly string[]
   return { added, removed };
 }
 
+/**
+ * A VM's connection to a ClusterIP enters and leaves the node on the bridge (DNAT to another VM
+ * on the segment); the kernel would then send the VM an ICMP redirect naming the endpoint as the
+ * next hop for the ClusterIP, and the VM's later connections would bypass the node's NAT and
+ * time out. Both `all` and the bridge must say no (the kernel ORs them).
+ */
+export async function disableRedirects(ns: NetNs): Promise<void> {
+  await inNs(ns, ['sysctl', '-q', '-w', 'net.ipv4.conf.all.send_redirects=0', `net.ipv4.conf.${BRIDGE}.send_redirects=0`]);
+}
+
 export interface ServiceProxyOptions {
   /** The node's namespace (dev cluster); undefined: the agent's own. */
   netns?: string;
@@ -244,7 +254,10 @@ export class ServiceProxy extends Controller {
     this.dnsmasq = new Dnsmasq(opts.netns, opts.stateDir, this.log);
   }
 
-  protected override async started(): Promise<void> { this.queue.add(SYNC); }
+  protected override async started(): Promise<void> {
+    await disableRedirects(this.opts.netns);
+    this.queue.add(SYNC);
+  }
 
   protected async reconcile(): Promise<void> {
     await new Promise((r) => setTimeout(r, DEBOUNCE_MS));
