@@ -22,6 +22,7 @@ import { ClusterNetwork, FABRIC_IP_ANNOTATION, networkStateDir } from './network
 import { NetworkError } from './network/errors.ts';
 import { checkNetns } from './network/exec.ts';
 import { PolicyEnforcer } from './network/policy.ts';
+import { ServiceProxy } from './network/services.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -92,6 +93,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     : new ClusterNetwork(opts.client, { nodeName: opts.nodeName, netns: opts.netns === undefined ? undefined : checkNetns(opts.netns), fabricIp: opts.fabricIp, stateDir: networkStateDir(opts.dataDir), log });
   // NetworkPolicy is enforced wherever the node has a cluster network (its taps).
   const policies = network && new PolicyEnforcer(opts.client, { nodeName: opts.nodeName, netns: network.netns, nodeAddress: () => network.gateway()?.ip, log });
+  // Services' data plane (DNAT, DNS names) on every node of the cluster network.
+  const services = network && new ServiceProxy(opts.client, { netns: network.netns, stateDir: networkStateDir(opts.dataDir), log });
   const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
@@ -119,12 +122,14 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     // The bridge must exist before a VM is re-adopted or started onto it.
     await network?.start();
     await policies?.start();
+    await services?.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
   } catch (e) {
     node.stop();
     await policies?.stop().catch(() => undefined);
+    await services?.stop().catch(() => undefined);
     await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
@@ -139,6 +144,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       await vms.stop();
       // dnsmasq, the taps and the policy table stay, like the QEMUs: the guests keep their network and its isolation.
       await policies?.stop();
+      // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
+      await services?.stop();
       await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing

@@ -24,6 +24,13 @@ export interface DnsmasqConfig {
 
 export interface DhcpHost { mac: string; ip: string; hostname?: string }
 
+/**
+ * The search list (DHCP option 119) every guest gets. Kubernetes puts `<ns>.svc.cluster.local`
+ * first; that needs per-namespace options from a --dhcp-optsdir, and dnsmasq 2.90 segfaults
+ * after a SIGHUP with one in use (seen in the e2e), so a guest uses `name.ns` (or the full name).
+ */
+export const SEARCH_DOMAINS = ['svc.cluster.local', 'cluster.local'];
+
 const MAC_RE = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
 const HOST_RE = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 const FILE_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
@@ -32,6 +39,8 @@ export class Dnsmasq {
   readonly hostsDir: string;
   readonly pidFile: string;
   readonly logFile: string;
+  /** DNS names of Services and VMs (written by services.ts; re-read on SIGHUP). */
+  readonly dnsHostsFile: string;
   private config?: DnsmasqConfig;
 
   /** `dir`: this node's dnsmasq state (pid file, log, hosts/). */
@@ -39,6 +48,7 @@ export class Dnsmasq {
     this.hostsDir = join(dir, 'hosts');
     this.pidFile = join(dir, 'dnsmasq.pid');
     this.logFile = join(dir, 'dnsmasq.log');
+    this.dnsHostsFile = join(dir, 'dns-hosts');
   }
 
   /** The daemon's arguments (after the binary). Pure apart from the paths. */
@@ -57,6 +67,9 @@ export class Dnsmasq {
       `--dhcp-option=option:dns-server,${c.gateway}`,
       `--dhcp-option=option:mtu,${c.mtu ?? VM_MTU}`,
       '--local=/cluster.local/',
+      '--local=/svc/', // name.ns.svc: answered here or not at all
+      `--addn-hosts=${this.dnsHostsFile}`,
+      `--dhcp-option=option:domain-search,${SEARCH_DOMAINS.join(',')}`,
       '--leasefile-ro',
       `--pid-file=${this.pidFile}`,
       `--log-facility=${this.logFile}`,
@@ -71,6 +84,7 @@ export class Dnsmasq {
   async ensure(c: DnsmasqConfig): Promise<void> {
     const args = this.args(c);
     await mkdir(this.hostsDir, { recursive: true, mode: 0o750 });
+    if (!(await readFile(this.dnsHostsFile, 'utf8').then(() => true, () => false))) await writeFile(this.dnsHostsFile, '');
     const pid = await this.pid();
     if (pid !== undefined) {
       const running = await cmdline(pid);
@@ -110,6 +124,17 @@ export class Dnsmasq {
     const tmp = join(this.hostsDir, `.${id}.tmp`);
     await writeFile(tmp, line);
     await rename(tmp, file);
+  }
+
+  /** Replaces the DNS names dnsmasq answers from its hosts file (`/etc/hosts` lines) and makes it re-read them. */
+  async setDnsHosts(text: string): Promise<boolean> {
+    if ((await readFile(this.dnsHostsFile, 'utf8').catch(() => undefined)) === text) return false;
+    await mkdir(this.dir, { recursive: true, mode: 0o750 });
+    const tmp = `${this.dnsHostsFile}.tmp`;
+    await writeFile(tmp, text);
+    await rename(tmp, this.dnsHostsFile);
+    await this.hangup();
+    return true;
   }
 
   /** Drops a NIC's lease; dnsmasq forgets removed files only when it re-reads (SIGHUP). */
