@@ -16,8 +16,11 @@ export default tseslint.config(
   layer(['packages/**'], []),
   layer(['packages/agent/**'], ['@vessel/controllers', '**/controllers/*'], 'the agent uses @vessel/runtime and @vessel/api, never the controllers'),
   layer(['packages/controllers/**'], ['@vessel/agent', '**/agent/*'], 'the controllers never import the agent'),
-  layer(['packages/runtime/**', 'packages/api/**', 'packages/client/**'],
-    ['@vessel/controllers', '@vessel/agent', '@vessel/apiserver', '@vessel/cli', '**/controllers/*', '**/agent/*'], 'a lower layer never imports a higher one'),
+  layer(
+    ['packages/runtime/**', 'packages/api/**', 'packages/client/**'],
+    ['@vessel/controllers', '@vessel/agent', '@vessel/apiserver', '@vessel/cli', '**/controllers/*', '**/agent/*'],
+    'a lower layer never imports a higher one',
+  ),
 );
 
 /** Refuses imports matching `patterns` in `files`, and relative paths into guest/ (a later layer's rule replaces an earlier one's, so each repeats it). */

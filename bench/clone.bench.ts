@@ -32,15 +32,32 @@ import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
 import { startServer, type TestServer } from '../packages/agent/storage/testing.ts';
 import {
-  createDataVolumeAndWait, DATASOURCES, envInt, errText, fmtRatio, isMain, ms, now, percentile, pollUntil, printResult, PVCS, ratio, volumePath,
-  type BenchResult, type Figure,
+  createDataVolumeAndWait,
+  DATASOURCES,
+  envInt,
+  errText,
+  fmtRatio,
+  isMain,
+  ms,
+  now,
+  percentile,
+  pollUntil,
+  printResult,
+  PVCS,
+  ratio,
+  volumePath,
+  type BenchResult,
+  type Figure,
 } from './lib.ts';
 
 const MiB = 1 << 20;
 const GiB = 1 << 30;
 const IMAGES = 'vessel-images';
 const NAMESPACE = 'default';
-const SIZES = [{ label: '1 GiB', gib: 1 }, { label: '20 GiB', gib: 20 }];
+const SIZES = [
+  { label: '1 GiB', gib: 1 },
+  { label: '20 GiB', gib: 20 },
+];
 const DV_TIMEOUT_MS = 60_000;
 /** Data in each golden image (the rest of a larger one is unallocated). */
 const DATA = GiB;
@@ -49,20 +66,37 @@ function sh(cmd: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let err = '';
-    child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+    child.stderr.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`))));
   });
 }
 
 function dataVolume(name: string, spec: Record<string, unknown>, size: string): KubeObject {
-  return { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name }, spec: { ...spec, storage: { resources: { requests: { storage: size } } } } };
+  return {
+    apiVersion: 'cdi.kubevirt.io/v1beta1',
+    kind: 'DataVolume',
+    metadata: { name },
+    spec: { ...spec, storage: { resources: { requests: { storage: size } } } },
+  };
 }
 
-const p = (xs: number[], q: number) => percentile([...xs].sort((a, b) => a - b), q);
+const p = (xs: number[], q: number) =>
+  percentile(
+    [...xs].sort((a, b) => a - b),
+    q,
+  );
 const p50p95 = (xs: number[]) => `p50 ${ms(p(xs, 50))}, p95 ${ms(p(xs, 95))}`;
 
-interface Golden { label: string; gib: number; size: string; dsName: string; path: string }
+interface Golden {
+  label: string;
+  gib: number;
+  size: string;
+  dsName: string;
+  path: string;
+}
 
 /** The golden image of `gib` GiB: file, import into vessel-images, DataSource, Ready. */
 async function makeGolden(v: Vessel, http: TestServer, serveDir: string, label: string, gib: number): Promise<Golden> {
@@ -73,12 +107,20 @@ async function makeGolden(v: Vessel, http: TestServer, serveDir: string, label: 
   const name = `golden-${gib}g`;
   const size = `${gib}Gi`;
   await createDataVolumeAndWait(v.client, IMAGES, dataVolume(name, { source: { http: { url: http.file(`golden-${gib}g.qcow2`) } } }, size), 120_000);
-  await v.client.create(DATASOURCES, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name }, spec: { source: { pvc: { name, namespace: IMAGES } } } }, { namespace: IMAGES });
-  await pollUntil(`DataSource ${IMAGES}/${name} Ready`, async () => {
-    const ds = await v.client.get(DATASOURCES, name, { namespace: IMAGES });
-    const conds = ((ds.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions) ?? [];
-    return conds.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
-  }, 30_000);
+  await v.client.create(
+    DATASOURCES,
+    { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name }, spec: { source: { pvc: { name, namespace: IMAGES } } } },
+    { namespace: IMAGES },
+  );
+  await pollUntil(
+    `DataSource ${IMAGES}/${name} Ready`,
+    async () => {
+      const ds = await v.client.get(DATASOURCES, name, { namespace: IMAGES });
+      const conds = (ds.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions ?? [];
+      return conds.some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined;
+    },
+    30_000,
+  );
   const path = volumePath(await v.client.get(PVCS, name, { namespace: IMAGES }));
   if (!path) throw new Error(`golden claim ${IMAGES}/${name} has no vessel.io/volume-path`);
   return { label, gib, size, dsName: name, path };
@@ -101,12 +143,17 @@ export async function runClone(): Promise<BenchResult> {
     const t = now();
     const goldens: Golden[] = [];
     for (const s of SIZES) goldens.push(await makeGolden(v, http, serveDir, s.label, s.gib));
-    const alloc = await Promise.all(goldens.map(async (g) => `${g.label}: ${((await stat(g.path)).blocks * 512 / MiB).toFixed(0)} MiB allocated`));
+    const alloc = await Promise.all(goldens.map(async (g) => `${g.label}: ${(((await stat(g.path)).blocks * 512) / MiB).toFixed(0)} MiB allocated`));
     console.log(`  setup: golden images imported into ${IMAGES} with DataSources in ${ms(now() - t)} (${alloc.join(', ')})`);
 
     // Warm-up outside the measurements: one of each kind on the 1 GiB image.
     const g1 = goldens[0];
-    await createDataVolumeAndWait(v.client, NAMESPACE, dataVolume('warmup', { sourceRef: { kind: 'DataSource', name: g1.dsName, namespace: IMAGES } }, g1.size), DV_TIMEOUT_MS);
+    await createDataVolumeAndWait(
+      v.client,
+      NAMESPACE,
+      dataVolume('warmup', { sourceRef: { kind: 'DataSource', name: g1.dsName, namespace: IMAGES } }, g1.size),
+      DV_TIMEOUT_MS,
+    );
     await sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', g1.path, '-F', 'qcow2', join(hand, 'warmup.qcow2')]);
 
     const vessel = new Map<number, number[]>(goldens.map((g) => [g.gib, []]));
@@ -115,16 +162,29 @@ export async function runClone(): Promise<BenchResult> {
     const fullCopy: number[] = [];
     /** Per size: ms after the POST at which each phase was first seen. */
     const phaseTimes = new Map<number, Map<string, number[]>>(goldens.map((g) => [g.gib, new Map()]));
-    const timed = async (into: number[], f: () => Promise<unknown>) => { const t0 = now(); await f(); into.push(now() - t0); };
+    const timed = async (into: number[], f: () => Promise<unknown>) => {
+      const t0 = now();
+      await f();
+      into.push(now() - t0);
+    };
     for (let i = 0; i < n; i++) {
       const steps: (() => Promise<void>)[] = [];
       for (const g of goldens) {
         steps.push(
-          () => timed(byHand.get(g.gib)!, () => sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', g.path, '-F', 'qcow2', join(hand, `linked-${g.gib}g-${i}.qcow2`)])),
-          () => timed(direct.get(g.gib)!, () => cloneVolume({ source: g.path, dest: join(hand, `direct-${g.gib}g-${i}.qcow2`), size: g.gib * GiB, linked: true })),
+          () =>
+            timed(byHand.get(g.gib)!, () =>
+              sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', g.path, '-F', 'qcow2', join(hand, `linked-${g.gib}g-${i}.qcow2`)]),
+            ),
+          () =>
+            timed(direct.get(g.gib)!, () => cloneVolume({ source: g.path, dest: join(hand, `direct-${g.gib}g-${i}.qcow2`), size: g.gib * GiB, linked: true })),
           async () => {
             const name = `vm-disk-${g.gib}g-${i}`;
-            const r = await createDataVolumeAndWait(v!.client, NAMESPACE, dataVolume(name, { sourceRef: { kind: 'DataSource', name: g.dsName, namespace: IMAGES } }, g.size), DV_TIMEOUT_MS);
+            const r = await createDataVolumeAndWait(
+              v!.client,
+              NAMESPACE,
+              dataVolume(name, { sourceRef: { kind: 'DataSource', name: g.dsName, namespace: IMAGES } }, g.size),
+              DV_TIMEOUT_MS,
+            );
             vessel.get(g.gib)!.push(r.ms);
             for (const ph of r.phases) {
               const m = phaseTimes.get(g.gib)!;
@@ -133,8 +193,9 @@ export async function runClone(): Promise<BenchResult> {
             if (i === 0) {
               // Outside the timing: it is a linked clone of the golden file with the golden's content.
               const path = volumePath(await v!.client.get(PVCS, name, { namespace: NAMESPACE }));
-              const backing = path && await backingFile(path);
-              if (backing !== g.path) problems.push(`${g.label}: the clone ${path ?? '(no volume-path)'} is backed by ${backing ?? 'nothing'}, not the golden ${g.path}`);
+              const backing = path && (await backingFile(path));
+              if (backing !== g.path)
+                problems.push(`${g.label}: the clone ${path ?? '(no volume-path)'} is backed by ${backing ?? 'nothing'}, not the golden ${g.path}`);
               else {
                 const cmp = await qemuImg.compare(g.path, path!, { formatA: 'qcow2', formatB: 'qcow2' });
                 if (!cmp.identical) problems.push(`${g.label}: the clone differs from its golden image: ${cmp.message}`);

@@ -17,10 +17,7 @@ import type { KubeList, KubeObject } from '@vessel/client';
 import { EtcdStore, SqliteStore, type Store } from '@vessel/store';
 import { startVessel, vm, type Vessel } from '../e2e/harness.ts';
 import { startEtcd, type EtcdServer } from '../packages/store/testing/etcd-server.ts';
-import {
-  checkPool, envInt, errText, isMain, ms, now, printResult, ratio, runPool, stats,
-  type BenchResult, type Figure, type PoolResult,
-} from './lib.ts';
+import { checkPool, envInt, errText, isMain, ms, now, printResult, ratio, runPool, stats, type BenchResult, type Figure, type PoolResult } from './lib.ts';
 
 const VMS = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 const NAMESPACE = 'default';
@@ -47,7 +44,10 @@ function sample(n: number, count: number): number[] {
   return idx.slice(0, Math.min(count, n));
 }
 
-interface Timed<T> { value: T; ms: number }
+interface Timed<T> {
+  value: T;
+  ms: number;
+}
 async function timed<T>(fn: () => Promise<T>): Promise<Timed<T>> {
   const t0 = now();
   const value = await fn();
@@ -62,7 +62,11 @@ async function medianOf<T>(fn: () => Promise<T>): Promise<Timed<T>> {
   return runs[Math.floor(runs.length / 2)];
 }
 
-interface Setup { vessel: Vessel; raw: Store; cleanup: () => Promise<void> }
+interface Setup {
+  vessel: Vessel;
+  raw: Store;
+  cleanup: () => Promise<void>;
+}
 
 async function setUp(kind: StoreKind): Promise<Setup> {
   const dirs: string[] = [];
@@ -155,30 +159,47 @@ async function benchStore(kind: StoreKind, n: number, gets: number, concurrency:
     const apiList = await attempt('API list (all)', () => medianOf(async () => (await client.list(VMS, { namespace: NAMESPACE })).items.length));
     count('API list', apiList?.value, apiCreate.completed);
 
-    const rawPaged = await attempt('raw paged list', () => timed(async () => {
-      let items = 0, pages = 0, startAfter: string | undefined, revision: number | undefined;
-      const maxPages = Math.ceil(n / PAGE) + 5, t0 = now();
-      for (; pages < maxPages && now() - t0 < deadlineMs; pages++) {
-        const page = await raw.list(PREFIX, { limit: PAGE, startAfter, revision });
-        items += page.items.length;
-        revision ??= page.revision;
-        if (!page.more || page.items.length === 0) { pages++; break; }
-        startAfter = page.items[page.items.length - 1].key;
-      }
-      return { items, pages };
-    }));
+    const rawPaged = await attempt('raw paged list', () =>
+      timed(async () => {
+        let items = 0,
+          pages = 0,
+          startAfter: string | undefined,
+          revision: number | undefined;
+        const maxPages = Math.ceil(n / PAGE) + 5,
+          t0 = now();
+        for (; pages < maxPages && now() - t0 < deadlineMs; pages++) {
+          const page = await raw.list(PREFIX, { limit: PAGE, startAfter, revision });
+          items += page.items.length;
+          revision ??= page.revision;
+          if (!page.more || page.items.length === 0) {
+            pages++;
+            break;
+          }
+          startAfter = page.items[page.items.length - 1].key;
+        }
+        return { items, pages };
+      }),
+    );
     count('raw paged list', rawPaged?.value.items, rawCreate.completed);
-    const apiPaged = await attempt('API paged list', () => timed(async () => {
-      let items = 0, pages = 0, cont: string | undefined;
-      const maxPages = Math.ceil(n / PAGE) + 5, t0 = now();
-      for (; pages < maxPages && now() - t0 < deadlineMs; pages++) {
-        const page: KubeList<KubeObject> = await client.list(VMS, { namespace: NAMESPACE, limit: PAGE, continue: cont });
-        items += page.items.length;
-        cont = page.metadata?.continue;
-        if (!cont) { pages++; break; }
-      }
-      return { items, pages };
-    }));
+    const apiPaged = await attempt('API paged list', () =>
+      timed(async () => {
+        let items = 0,
+          pages = 0,
+          cont: string | undefined;
+        const maxPages = Math.ceil(n / PAGE) + 5,
+          t0 = now();
+        for (; pages < maxPages && now() - t0 < deadlineMs; pages++) {
+          const page: KubeList<KubeObject> = await client.list(VMS, { namespace: NAMESPACE, limit: PAGE, continue: cont });
+          items += page.items.length;
+          cont = page.metadata?.continue;
+          if (!cont) {
+            pages++;
+            break;
+          }
+        }
+        return { items, pages };
+      }),
+    );
     count('API paged list', apiPaged?.value.items, apiCreate.completed);
 
     const s = (r: PoolResult) => stats(r.latencies);
@@ -190,17 +211,24 @@ async function benchStore(kind: StoreKind, n: number, gets: number, concurrency:
       { name: `${label} create p50 (API/raw)`, ratio: ratio(ac.p50, rc.p50), detail: lat(ac, rc) },
       { name: `${label} create p99 (API/raw)`, ratio: ratio(ac.p99, rc.p99), detail: `p99 ratio; max API ${ms(ac.max)} raw ${ms(rc.max)}` },
       {
-        name: `${label} create throughput (raw/API)`, ratio: ratio(tput(rawCreate), tput(apiCreate)),
+        name: `${label} create throughput (raw/API)`,
+        ratio: ratio(tput(rawCreate), tput(apiCreate)),
         detail: `API ${tput(apiCreate).toFixed(0)}/s (${(apiCreate.wallMs / 1000).toFixed(1)} s) | raw ${tput(rawCreate).toFixed(0)}/s (${(rawCreate.wallMs / 1000).toFixed(1)} s), ${concurrency} in flight`,
       },
       { name: `${label} get p50 (API/raw)`, ratio: ratio(ag.p50, rg.p50), detail: lat(ag, rg) },
-      { name: `${label} get p99 (API/raw)`, ratio: ratio(ag.p99, rg.p99), detail: `p99 ratio; API ${tput(apiGet).toFixed(0)}/s raw ${tput(rawGet).toFixed(0)}/s` },
       {
-        name: `${label} list all (API/raw)`, ratio: ratio(apiList?.ms ?? NaN, rawList?.ms ?? NaN),
+        name: `${label} get p99 (API/raw)`,
+        ratio: ratio(ag.p99, rg.p99),
+        detail: `p99 ratio; API ${tput(apiGet).toFixed(0)}/s raw ${tput(rawGet).toFixed(0)}/s`,
+      },
+      {
+        name: `${label} list all (API/raw)`,
+        ratio: ratio(apiList?.ms ?? NaN, rawList?.ms ?? NaN),
         detail: `API ${apiList ? `${ms(apiList.ms)} for ${apiList.value} items` : 'FAILED'} | raw store.list ${rawList ? ms(rawList.ms) : 'FAILED'} (median of ${LIST_REPEAT})`,
       },
       {
-        name: `${label} paged list ${PAGE} (API/raw)`, ratio: ratio(apiPaged?.ms ?? NaN, rawPaged?.ms ?? NaN),
+        name: `${label} paged list ${PAGE} (API/raw)`,
+        ratio: ratio(apiPaged?.ms ?? NaN, rawPaged?.ms ?? NaN),
         detail: `API ${apiPaged ? `${ms(apiPaged.ms)} ${apiPaged.value.pages} pages ${apiPaged.value.items} items` : 'FAILED'} | raw ${rawPaged ? `${ms(rawPaged.ms)} ${rawPaged.value.pages} pages` : 'FAILED'}`,
       },
     ];
@@ -217,13 +245,19 @@ export async function runCrud(): Promise<BenchResult> {
   const gets = envInt('BENCH_GETS', 2000);
   const concurrency = envInt('BENCH_CONCURRENCY', 8);
   const deadlineMs = envInt('BENCH_PHASE_TIMEOUT_S', 120) * 1000;
-  const stores = (process.env.BENCH_STORES ?? 'sqlite,etcd').split(',').map((s) => s.trim()).filter(Boolean) as StoreKind[];
+  const stores = (process.env.BENCH_STORES ?? 'sqlite,etcd')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean) as StoreKind[];
   const figures: Figure[] = [];
   const problems: string[] = [];
   for (const kind of stores) {
-    if (kind !== 'sqlite' && kind !== 'etcd') { problems.push(`unknown store "${kind}" in BENCH_STORES`); continue; }
+    if (kind !== 'sqlite' && kind !== 'etcd') {
+      problems.push(`unknown store "${kind}" in BENCH_STORES`);
+      continue;
+    }
     try {
-      figures.push(...await benchStore(kind, kind === 'etcd' ? etcdN : n, gets, concurrency, deadlineMs, problems));
+      figures.push(...(await benchStore(kind, kind === 'etcd' ? etcdN : n, gets, concurrency, deadlineMs, problems)));
     } catch (e) {
       problems.push(`${kind}: ${errText(e)}`);
     }

@@ -40,8 +40,22 @@ import { startVessel, type Vessel } from '../e2e/harness.ts';
 import { importDisk } from '../packages/agent/storage/import.ts';
 import * as qemuImg from '../packages/agent/storage/qemu-img.ts';
 import {
-  createDataVolumeAndWait, deleteDataVolume, envInt, errText, fmtRatio, isMain, loadLine, median, ms, now, printResult, PVCS, ratio, volumePath,
-  type BenchResult, type Figure,
+  createDataVolumeAndWait,
+  deleteDataVolume,
+  envInt,
+  errText,
+  fmtRatio,
+  isMain,
+  loadLine,
+  median,
+  ms,
+  now,
+  printResult,
+  PVCS,
+  ratio,
+  volumePath,
+  type BenchResult,
+  type Figure,
 } from './lib.ts';
 
 const MiB = 1 << 20;
@@ -83,20 +97,26 @@ async function makeDisk(path: string, gzPath: string, bytes: number): Promise<vo
   const chunk = Buffer.alloc(16 * MiB);
   let x = 0x2545f491;
   for (let i = 0; i < chunk.length; i++) {
-    x ^= x << 13; x ^= x >>> 17; x ^= x << 5;
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
     chunk[i] = 0x40 + ((x >>> 24) & 0x0f); // 4 bits of entropy per byte
   }
   const fh = await open(path, 'w');
   const gz = await open(gzPath, 'w');
   const inflight: Promise<Buffer>[] = [];
-  const flushOne = async () => { await gz.write(await inflight.shift()!); };
+  const flushOne = async () => {
+    await gz.write(await inflight.shift()!);
+  };
   try {
     for (let off = 0, block = 0; off < bytes; off += chunk.length) {
       for (let b = 0; b < chunk.length; b += 4096) chunk.writeUInt32BE(block++, b);
       const n = Math.min(chunk.length, bytes - off);
       await fh.write(chunk, 0, n, off);
       const copy = Buffer.from(chunk.subarray(0, n));
-      inflight.push(new Promise((resolve, reject) => gzip(copy, { level: 1, strategy: zlibConstants.Z_HUFFMAN_ONLY }, (e, out) => (e ? reject(e) : resolve(out)))));
+      inflight.push(
+        new Promise((resolve, reject) => gzip(copy, { level: 1, strategy: zlibConstants.Z_HUFFMAN_ONLY }, (e, out) => (e ? reject(e) : resolve(out)))),
+      );
       if (inflight.length >= 2) await flushOne();
     }
     while (inflight.length) await flushOne();
@@ -110,7 +130,9 @@ async function makeDisk(path: string, gzPath: string, bytes: number): Promise<vo
 function exited(child: ChildProcess, what: string): Promise<void> {
   return new Promise((resolve, reject) => {
     let stderr = '';
-    child.stderr?.on('data', (c: Buffer) => { stderr += c.toString(); });
+    child.stderr?.on('data', (c: Buffer) => {
+      stderr += c.toString();
+    });
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`${what} exited ${code}: ${stderr.trim()}`))));
   });
@@ -186,13 +208,17 @@ export async function runImport(): Promise<BenchResult> {
     await run('qemu-img', ['convert', '-W', '-f', 'raw', '-O', 'qcow2', raw, join(serveDir, 'disk.qcow2')]);
     await run('qemu-img', ['create', '-q', '-f', 'qcow2', join(serveDir, 'warmup.qcow2'), '16M']);
     const sizes = { qcow2: (await stat(join(serveDir, 'disk.qcow2'))).size, gz: (await stat(join(serveDir, 'disk.raw.gz'))).size };
-    console.log(`  setup: ${gib} GiB disk, qcow2 ${(sizes.qcow2 / MiB).toFixed(0)} MiB, raw.gz ${(sizes.gz / MiB).toFixed(0)} MiB in ${ms(now() - t)}; ${loadLine()}`);
+    console.log(
+      `  setup: ${gib} GiB disk, qcow2 ${(sizes.qcow2 / MiB).toFixed(0)} MiB, raw.gz ${(sizes.gz / MiB).toFixed(0)} MiB in ${ms(now() - t)}; ${loadLine()}`,
+    );
     const srv = await startServer(serveDir);
     server = srv.child;
     v = await startVessel({ dataDir, agent: { nodeName: 'node-a', allowLoopbackImports: true } }); // the http server is on loopback
     const client = v.client;
     const dataVolume = (name: string, url: string, size: string): KubeObject => ({
-      apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name },
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name },
       spec: { source: { http: { url } }, storage: { resources: { requests: { storage: size } } } },
     });
     // Warm-up outside the measurements: one small import through every part of the API path.
@@ -202,7 +228,15 @@ export async function runImport(): Promise<BenchResult> {
     console.log(`  control plane and node agent up, warm-up import done in ${ms(now() - t)}`);
 
     const cases = [
-      { name: 'qcow2', file: 'disk.qcow2', baseline: baselineQcow2, direct: [{ label: '', adopt: true }, { label: ', always converted', adopt: false }] },
+      {
+        name: 'qcow2',
+        file: 'disk.qcow2',
+        baseline: baselineQcow2,
+        direct: [
+          { label: '', adopt: true },
+          { label: ', always converted', adopt: false },
+        ],
+      },
       { name: 'raw.gz', file: 'disk.raw.gz', baseline: baselineGz, direct: [{ label: '', adopt: true }] },
     ];
     for (const c of cases) {
@@ -224,7 +258,9 @@ export async function runImport(): Promise<BenchResult> {
         console.log(`  ${c.name}${label}: ${how}; compare: ${cmp.message}`);
       };
       const apiVariant: Variant = {
-        label: ', DataVolume via API', api: true, times: [],
+        label: ', DataVolume via API',
+        api: true,
+        times: [],
         run: async (round) => {
           const name = `import-${c.name.replace(/\W/g, '-')}-${round}`;
           const r = await createDataVolumeAndWait(client, NAMESPACE, dataVolume(name, url, quantity), DV_TIMEOUT_MS);
@@ -241,10 +277,18 @@ export async function runImport(): Promise<BenchResult> {
       };
       const directVariants: Variant[] = c.direct.map((d) => {
         const variant: Variant = {
-          label: `, importDisk direct${d.label}`, api: false, times: [],
+          label: `, importDisk direct${d.label}`,
+          api: false,
+          times: [],
           run: async (round) => {
             const t0 = now();
-            const r = await importDisk({ source: { kind: 'http', url }, dest, maxVirtualSize: bytes, adoptPlainQcow2: d.adopt, egress: { allowLoopback: true } });
+            const r = await importDisk({
+              source: { kind: 'http', url },
+              dest,
+              maxVirtualSize: bytes,
+              adoptPlainQcow2: d.adopt,
+              egress: { allowLoopback: true },
+            });
             const took = now() - t0;
             if (round === 0) await check(variant.label, dest, `vessel ${r.converted ? 'converted' : 'published the plain qcow2 as received'}`);
             return took;
@@ -252,12 +296,21 @@ export async function runImport(): Promise<BenchResult> {
         };
         return variant;
       });
-      const baselineStep = async () => { const t0 = now(); await c.baseline(url, tmp, dest); base.push(now() - t0); };
+      const baselineStep = async () => {
+        const t0 = now();
+        await c.baseline(url, tmp, dest);
+        base.push(now() - t0);
+      };
       try {
         for (let r = 0; r < reps; r++) {
           // The direct variants run in the first directReps rounds only (time budget).
           const measured = r < directReps ? [...directVariants, apiVariant] : [apiVariant];
-          const steps: (() => Promise<void>)[] = [baselineStep, ...measured.map((vr) => async () => { vr.times.push(await vr.run(r)); })];
+          const steps: (() => Promise<void>)[] = [
+            baselineStep,
+            ...measured.map((vr) => async () => {
+              vr.times.push(await vr.run(r));
+            }),
+          ];
           if (r % 2 === 1) steps.reverse();
           for (const step of steps) {
             await clean();

@@ -46,7 +46,13 @@ export function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.max(0, rank - 1))];
 }
 
-export interface Stats { n: number; p50: number; p99: number; max: number; mean: number }
+export interface Stats {
+  n: number;
+  p50: number;
+  p99: number;
+  max: number;
+  mean: number;
+}
 
 export function stats(samples: number[]): Stats {
   const s = Float64Array.from(samples).sort();
@@ -88,12 +94,17 @@ export interface PoolResult {
  */
 export async function runPool(count: number, concurrency: number, deadlineMs: number, task: (i: number) => Promise<unknown>): Promise<PoolResult> {
   const latencies: number[] = [];
-  let next = 0, failed = 0, timedOut = false;
+  let next = 0,
+    failed = 0,
+    timedOut = false;
   let firstError: unknown;
   const started = now();
   const worker = async () => {
     while (next < count) {
-      if (now() - started > deadlineMs) { timedOut = true; return; }
+      if (now() - started > deadlineMs) {
+        timedOut = true;
+        return;
+      }
       const i = next++;
       const t0 = now();
       try {
@@ -137,7 +148,12 @@ export function isMain(moduleUrl: string): boolean {
 export async function within<T>(p: Promise<T>, timeoutMs: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([p, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what}: no result within ${timeoutMs} ms`)), timeoutMs); })]);
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${what}: no result within ${timeoutMs} ms`)), timeoutMs);
+      }),
+    ]);
   } finally {
     clearTimeout(timer);
   }
@@ -177,12 +193,19 @@ export function volumePath(pvc: KubeObject): string | undefined {
  * was first seen (ms after the POST), which shows where the time went. Rejects on phase
  * Failed (with the Ready condition's reason and message) or after timeoutMs.
  */
-export async function createDataVolumeAndWait(client: Client, namespace: string, dv: KubeObject, timeoutMs: number): Promise<{ ms: number; dv: KubeObject; phases: { phase: string; ms: number }[] }> {
+export async function createDataVolumeAndWait(
+  client: Client,
+  namespace: string,
+  dv: KubeObject,
+  timeoutMs: number,
+): Promise<{ ms: number; dv: KubeObject; phases: { phase: string; ms: number }[] }> {
   const name = dv.metadata?.name;
   if (!name) throw new Error('createDataVolumeAndWait: the DataVolume needs metadata.name');
   const rv = (await client.list(DATAVOLUMES, { namespace, limit: 1 })).metadata?.resourceVersion;
   let settle: { resolve: (o: KubeObject) => void; reject: (e: Error) => void } | undefined;
-  const outcome = new Promise<KubeObject>((resolve, reject) => { settle = { resolve, reject }; });
+  const outcome = new Promise<KubeObject>((resolve, reject) => {
+    settle = { resolve, reject };
+  });
   outcome.catch(() => undefined); // observed below; never an unhandled rejection
   let finished = false;
   let t0 = now();
@@ -191,10 +214,15 @@ export async function createDataVolumeAndWait(client: Client, namespace: string,
     if (finished || o.metadata?.name !== name) return;
     const phase = dvPhase(o);
     if (phase && !phases.some((x) => x.phase === phase)) phases.push({ phase, ms: now() - t0 });
-    if (phase === 'Succeeded') { finished = true; settle!.resolve(o); }
+    if (phase === 'Succeeded') {
+      finished = true;
+      settle!.resolve(o);
+    }
     if (phase === 'Failed') {
       finished = true;
-      const ready = ((o.status as { conditions?: { type: string; reason?: string; message?: string }[] } | undefined)?.conditions ?? []).find((c) => c.type === 'Ready');
+      const ready = ((o.status as { conditions?: { type: string; reason?: string; message?: string }[] } | undefined)?.conditions ?? []).find(
+        (c) => c.type === 'Ready',
+      );
       settle!.reject(new Error(`DataVolume ${namespace}/${name} Failed: ${ready?.reason ?? '?'}: ${ready?.message ?? ''}`));
     }
   };
@@ -208,7 +236,12 @@ export async function createDataVolumeAndWait(client: Client, namespace: string,
       if (o) seen(o);
     }
   };
-  watch.done.then(() => (finished ? undefined : poll()), () => (finished ? undefined : poll())).catch(() => undefined);
+  watch.done
+    .then(
+      () => (finished ? undefined : poll()),
+      () => (finished ? undefined : poll()),
+    )
+    .catch(() => undefined);
   try {
     t0 = now();
     await client.create(DATAVOLUMES, dv, { namespace });
@@ -223,13 +256,27 @@ export async function createDataVolumeAndWait(client: Client, namespace: string,
 /** Deletes a DataVolume and waits until its claim (of the same name) is gone, so its volume file is removed too. */
 export async function deleteDataVolume(client: Client, namespace: string, name: string, timeoutMs: number): Promise<void> {
   await client.delete(DATAVOLUMES, name, { namespace });
-  const gone = (p: Promise<unknown>) => p.then(() => false, (e: unknown) => { if (isNotFound(e)) return true; throw e; });
-  await pollUntil(`DataVolume ${namespace}/${name} and its claim to be deleted`, async () => ((await gone(client.get(DATAVOLUMES, name, { namespace }))) && (await gone(client.get(PVCS, name, { namespace }))) ? true : undefined), timeoutMs, 100);
+  const gone = (p: Promise<unknown>) =>
+    p.then(
+      () => false,
+      (e: unknown) => {
+        if (isNotFound(e)) return true;
+        throw e;
+      },
+    );
+  await pollUntil(
+    `DataVolume ${namespace}/${name} and its claim to be deleted`,
+    async () => ((await gone(client.get(DATAVOLUMES, name, { namespace }))) && (await gone(client.get(PVCS, name, { namespace }))) ? true : undefined),
+    timeoutMs,
+    100,
+  );
 }
 
 /** "load average 1.23 0.98 0.50 on 2 cores": printed by long benchmarks, since other work on the machine moves their figures. */
 export function loadLine(): string {
-  return `load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} on ${cpus().length} cores`;
+  return `load average ${loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')} on ${cpus().length} cores`;
 }
 
 /** The chardevs buildQemuArgv asked launch() for, read back from the argv's devices. */

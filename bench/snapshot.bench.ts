@@ -57,7 +57,23 @@ import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { attachSerial, launch, listRunDirs, runDirFiles, terminate } from '../packages/agent/qemu/process.ts';
 import { QmpClient } from '../packages/agent/qmp/client.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
-import { chardevsOf, errText, fmtRatio, isMain, loadLine, ms, now, percentile, printResult, PVCS, ratio, sleep, volumePath, type BenchResult, type Figure } from './lib.ts';
+import {
+  chardevsOf,
+  errText,
+  fmtRatio,
+  isMain,
+  loadLine,
+  ms,
+  now,
+  percentile,
+  printResult,
+  PVCS,
+  ratio,
+  sleep,
+  volumePath,
+  type BenchResult,
+  type Figure,
+} from './lib.ts';
 
 const VMS: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMIS: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -82,9 +98,9 @@ const GAP_MS = 300;
 const GRACE_S = 15;
 
 type Obj = Record<string, unknown>;
-const statusOf = (o: KubeObject | undefined): Obj => ((o?.status ?? {}) as Obj);
+const statusOf = (o: KubeObject | undefined): Obj => (o?.status ?? {}) as Obj;
 const phaseOf = (o: KubeObject | undefined) => String(statusOf(o).phase ?? '');
-const annotationsOf = (o: KubeObject | undefined) => ((o?.metadata?.annotations ?? {}) as Record<string, string>);
+const annotationsOf = (o: KubeObject | undefined) => (o?.metadata?.annotations ?? {}) as Record<string, string>;
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
 const p = (xs: number[], q: number) => percentile(sorted(xs), q);
 const p50 = (xs: number[]) => p(xs, 50);
@@ -108,9 +124,14 @@ const envPos = (name: string, fallback: number) => {
 function sh(cmd: string, args: string[]): Promise<string> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    child.stdout.on('data', (c: Buffer) => { out += c.toString(); });
-    child.stderr.on('data', (c: Buffer) => { err += c.toString(); });
+    let out = '',
+      err = '';
+    child.stdout.on('data', (c: Buffer) => {
+      out += c.toString();
+    });
+    child.stderr.on('data', (c: Buffer) => {
+      err += c.toString();
+    });
     child.on('error', reject);
     child.on('close', (code) => (code === 0 ? resolve(out) : reject(new Error(`${cmd} ${args.join(' ')} exited ${code}: ${err.trim()}`))));
   });
@@ -118,7 +139,11 @@ function sh(cmd: string, args: string[]): Promise<string> {
 
 async function fsyncFile(path: string): Promise<void> {
   const fh = await open(path, 'r+');
-  try { await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 async function timed(f: () => Promise<unknown>): Promise<number> {
@@ -157,7 +182,10 @@ class Cache {
     this.objs.set(kind, map);
     this.poke();
     const w: Watch = this.v.client.watchResource(FOLLOWED[kind], { namespace: NS, resourceVersion: list.metadata?.resourceVersion }, (ev) => {
-      if (ev.type === 'ERROR') { w.close(); return; }
+      if (ev.type === 'ERROR') {
+        w.close();
+        return;
+      }
       const name = ev.object?.metadata?.name;
       if (!name) return;
       if (ev.type === 'DELETED') map.delete(name);
@@ -203,8 +231,14 @@ class Cache {
           resolve({ value, at: now() });
         }
       };
-      const finish = (): void => { clearTimeout(timer); this.waiters.delete(test); };
-      const timer = setTimeout(() => { finish(); reject(new Error(`${what}: not seen within ${timeoutMs} ms`)); }, timeoutMs);
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.waiters.delete(test);
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(new Error(`${what}: not seen within ${timeoutMs} ms`));
+      }, timeoutMs);
       this.waiters.add(test);
       test();
     });
@@ -218,21 +252,35 @@ class Cache {
 
 // ---------------------------------------------------------------- the operations
 
-interface Ctx { v: Vessel; cache: Cache; problems: string[]; dir: string }
+interface Ctx {
+  v: Vessel;
+  cache: Cache;
+  problems: string[];
+  dir: string;
+}
 
 function vmManifest(name: string, storage: string, memory: string): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: NS },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: NS },
     spec: {
       // Manual: started and stopped with the subresources only, so clones and restored copies
       // (which get the recorded spec) stay stopped.
       runStrategy: 'Manual',
-      template: { spec: {
-        terminationGracePeriodSeconds: GRACE_S,
-        domain: { resources: { requests: { memory } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }],
-      } },
-      dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: IMAGES }, storage: { resources: { requests: { storage } } } } }],
+      template: {
+        spec: {
+          terminationGracePeriodSeconds: GRACE_S,
+          domain: { resources: { requests: { memory } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
+          volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }],
+        },
+      },
+      dataVolumeTemplates: [
+        {
+          metadata: { name: `${name}-root` },
+          spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: IMAGES }, storage: { resources: { requests: { storage } } } },
+        },
+      ],
     },
   };
 }
@@ -242,10 +290,14 @@ const bound = (pvc: KubeObject | undefined) => !!pvc && phaseOf(pvc) === 'Bound'
 /** Creates the VM (not started) and waits until its root claim is Bound; returns the volume path. */
 async function createVm(c: Ctx, name: string, storage: string, memory = '128Mi'): Promise<string> {
   await c.v.client.create(VMS, vmManifest(name, storage, memory), { namespace: NS });
-  const { value } = await c.cache.until(`claim ${name}-root Bound`, () => {
-    const pvc = c.cache.get('pvc', `${name}-root`);
-    return bound(pvc) ? volumePath(pvc!) : undefined;
-  }, OP_TIMEOUT_MS);
+  const { value } = await c.cache.until(
+    `claim ${name}-root Bound`,
+    () => {
+      const pvc = c.cache.get('pvc', `${name}-root`);
+      return bound(pvc) ? volumePath(pvc!) : undefined;
+    },
+    OP_TIMEOUT_MS,
+  );
   return value;
 }
 
@@ -253,11 +305,17 @@ const vmAction = (c: Ctx, name: string, action: 'start' | 'stop') =>
   c.v.client.request('PUT', `/apis/subresources.kubevirt.io/v1/namespaces/${NS}/virtualmachines/${name}/${action}`, { body: {} });
 
 async function waitVmiRunning(c: Ctx, name: string): Promise<number> {
-  return (await c.cache.until(`VMI ${name} Running`, () => {
-    const vmi = c.cache.get('vmi', name);
-    if (phaseOf(vmi) === 'Failed') throw new Error(`VMI ${name} Failed: ${JSON.stringify(statusOf(vmi).conditions ?? [])}`);
-    return phaseOf(vmi) === 'Running' ? true : undefined;
-  }, BOOT_TIMEOUT_MS)).at;
+  return (
+    await c.cache.until(
+      `VMI ${name} Running`,
+      () => {
+        const vmi = c.cache.get('vmi', name);
+        if (phaseOf(vmi) === 'Failed') throw new Error(`VMI ${name} Failed: ${JSON.stringify(statusOf(vmi).conditions ?? [])}`);
+        return phaseOf(vmi) === 'Running' ? true : undefined;
+      },
+      BOOT_TIMEOUT_MS,
+    )
+  ).at;
 }
 
 async function stopVm(c: Ctx, name: string): Promise<void> {
@@ -267,76 +325,125 @@ async function stopVm(c: Ctx, name: string): Promise<void> {
 
 /** Deletes an object (NotFound is fine) and waits until the watch shows it gone. */
 async function deleteObj(c: Ctx, kind: Kind, name: string): Promise<void> {
-  await c.v.client.delete(FOLLOWED[kind], name, { namespace: NS }).catch((e: unknown) => { if (!isNotFound(e)) throw e; });
+  await c.v.client.delete(FOLLOWED[kind], name, { namespace: NS }).catch((e: unknown) => {
+    if (!isNotFound(e)) throw e;
+  });
   await c.cache.until(`${kind} ${name} gone`, () => (c.cache.get(kind, name) ? undefined : true), OP_TIMEOUT_MS);
 }
 
 /** Deletes a VM and waits until it, its VMI and the given claims (so their volumes) are gone. */
 async function deleteVm(c: Ctx, name: string, claims: string[]): Promise<void> {
   await deleteObj(c, 'vm', name);
-  await c.cache.until(`VMI and claims of ${name} gone`, () => (c.cache.get('vmi', name) || claims.some((cl) => c.cache.get('pvc', cl)) ? undefined : true), OP_TIMEOUT_MS);
+  await c.cache.until(
+    `VMI and claims of ${name} gone`,
+    () => (c.cache.get('vmi', name) || claims.some((cl) => c.cache.get('pvc', cl)) ? undefined : true),
+    OP_TIMEOUT_MS,
+  );
 }
 
 /** Deletes a snapshot and waits until its content is gone too (its files deleted or merged). */
 async function deleteSnapshot(c: Ctx, name: string): Promise<void> {
   await deleteObj(c, 'snap', name);
-  await c.cache.until(`content of snapshot ${name} gone`, () => (c.cache.list('content').some((x) => (x.spec as Obj | undefined)?.virtualMachineSnapshotName === name) ? undefined : true), OP_TIMEOUT_MS);
+  await c.cache.until(
+    `content of snapshot ${name} gone`,
+    () => (c.cache.list('content').some((x) => (x.spec as Obj | undefined)?.virtualMachineSnapshotName === name) ? undefined : true),
+    OP_TIMEOUT_MS,
+  );
 }
 
-interface SnapshotResult { ms: number; file: string; memoryFile?: string; phases: string }
+interface SnapshotResult {
+  ms: number;
+  file: string;
+  memoryFile?: string;
+  phases: string;
+}
 
 async function snapshot(c: Ctx, vm: string, name: string, withMemory = false): Promise<SnapshotResult> {
   const seen = new Map<string, number>();
   const t0 = now();
-  await c.v.client.create(SNAPSHOTS, {
-    apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot',
-    metadata: { name, namespace: NS, ...(withMemory ? { annotations: { [WITH_MEMORY]: 'true' } } : {}) },
-    spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
-  }, { namespace: NS });
-  const { value: snap, at } = await c.cache.until(`snapshot ${name} Succeeded`, () => {
-    const s = c.cache.get('snap', name);
-    const ph = phaseOf(s);
-    if (ph && !seen.has(ph)) seen.set(ph, now() - t0);
-    if (ph === 'Failed') throw new Error(`snapshot ${name} Failed: ${JSON.stringify(statusOf(s).error ?? statusOf(s).conditions ?? {})}`);
-    return ph === 'Succeeded' ? s : undefined;
-  }, OP_TIMEOUT_MS);
+  await c.v.client.create(
+    SNAPSHOTS,
+    {
+      apiVersion: 'snapshot.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineSnapshot',
+      metadata: { name, namespace: NS, ...(withMemory ? { annotations: { [WITH_MEMORY]: 'true' } } : {}) },
+      spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
+    },
+    { namespace: NS },
+  );
+  const { value: snap, at } = await c.cache.until(
+    `snapshot ${name} Succeeded`,
+    () => {
+      const s = c.cache.get('snap', name);
+      const ph = phaseOf(s);
+      if (ph && !seen.has(ph)) seen.set(ph, now() - t0);
+      if (ph === 'Failed') throw new Error(`snapshot ${name} Failed: ${JSON.stringify(statusOf(s).error ?? statusOf(s).conditions ?? {})}`);
+      return ph === 'Succeeded' ? s : undefined;
+    },
+    OP_TIMEOUT_MS,
+  );
   const contentName = String(statusOf(snap).virtualMachineSnapshotContentName ?? '');
   const { value: content } = await c.cache.until(`content ${contentName}`, () => c.cache.get('content', contentName), 30_000);
   const files = JSON.parse(annotationsOf(content)[SNAPSHOT_FILES] ?? '{}') as Record<string, string>;
   if (!files.root) throw new Error(`snapshot ${name}: its content names no file for volume root`);
-  return { ms: at - t0, file: files.root, memoryFile: annotationsOf(content)[MEMORY_FILE], phases: [...seen].map(([ph, t]) => `${ph} ${t.toFixed(0)}`).join(', ') };
+  return {
+    ms: at - t0,
+    file: files.root,
+    memoryFile: annotationsOf(content)[MEMORY_FILE],
+    phases: [...seen].map(([ph, t]) => `${ph} ${t.toFixed(0)}`).join(', '),
+  };
 }
 
 /** Waits until the named claims are Bound (the agent made their volumes); returns when, and the paths. */
 async function claimsBound(c: Ctx, claims: string[], what: string, timeoutMs = OP_TIMEOUT_MS): Promise<{ at: number; paths: string[] }> {
   try {
-    const { at, value } = await c.cache.until(`${what}: claims ${claims.join(', ')} Bound`, () => {
-      const pvcs = claims.map((cl) => c.cache.get('pvc', cl));
-      return pvcs.every(bound) ? pvcs.map((x) => volumePath(x!)!) : undefined;
-    }, timeoutMs);
+    const { at, value } = await c.cache.until(
+      `${what}: claims ${claims.join(', ')} Bound`,
+      () => {
+        const pvcs = claims.map((cl) => c.cache.get('pvc', cl));
+        return pvcs.every(bound) ? pvcs.map((x) => volumePath(x!)!) : undefined;
+      },
+      timeoutMs,
+    );
     return { at, paths: value };
   } catch (e) {
     // Say why: the agent's last warning about the claim.
-    const evs = (await c.v.client.list(EVENTS, { namespace: NS }).catch(() => ({ items: [] as KubeObject[] }))).items
-      .filter((x) => claims.includes(String((x.involvedObject as Obj | undefined)?.name)) && x.type === 'Warning');
+    const evs = (await c.v.client.list(EVENTS, { namespace: NS }).catch(() => ({ items: [] as KubeObject[] }))).items.filter(
+      (x) => claims.includes(String((x.involvedObject as Obj | undefined)?.name)) && x.type === 'Warning',
+    );
     const last = evs.at(-1);
     throw new Error(`${errText(e)}${last ? `; last warning on the claim: ${String(last.reason)}: ${String(last.message)} (×${String(last.count ?? 1)})` : ''}`);
   }
 }
 
-interface RestoreResult { ms: number; boundMs?: number; claims: string[]; paths: string[] }
+interface RestoreResult {
+  ms: number;
+  boundMs?: number;
+  claims: string[];
+  paths: string[];
+}
 
 /** A VirtualMachineRestore of `snap` into `target` (the snapshot's stopped VM, or a new VM): POST → complete (→ new claims Bound). */
 async function restore(c: Ctx, snap: string, target: string, name: string, newVm: boolean): Promise<RestoreResult> {
   const t0 = now();
-  await c.v.client.create(RESTORES, {
-    apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore', metadata: { name, namespace: NS },
-    spec: { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target }, virtualMachineSnapshotName: snap },
-  }, { namespace: NS });
-  const { value: r, at } = await c.cache.until(`restore ${name} complete`, () => {
-    const o = c.cache.get('restore', name);
-    return statusOf(o).complete === true ? o : undefined;
-  }, OP_TIMEOUT_MS);
+  await c.v.client.create(
+    RESTORES,
+    {
+      apiVersion: 'snapshot.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineRestore',
+      metadata: { name, namespace: NS },
+      spec: { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target }, virtualMachineSnapshotName: snap },
+    },
+    { namespace: NS },
+  );
+  const { value: r, at } = await c.cache.until(
+    `restore ${name} complete`,
+    () => {
+      const o = c.cache.get('restore', name);
+      return statusOf(o).complete === true ? o : undefined;
+    },
+    OP_TIMEOUT_MS,
+  );
   const claims = ((statusOf(r).restores as { persistentVolumeClaim?: string }[] | undefined) ?? []).map((x) => String(x.persistentVolumeClaim ?? ''));
   if (!newVm) return { ms: at - t0, claims, paths: [] };
   const b = await claimsBound(c, claims, `restore ${name}`);
@@ -354,31 +461,52 @@ interface CloneResult {
 }
 
 /** A VirtualMachineClone of a VM or a snapshot into the new VM `target`: POST → Succeeded, and → the new VM's claims Bound. */
-async function clone(c: Ctx, source: { kind: 'VirtualMachine' | 'VirtualMachineSnapshot'; name: string }, target: string, full: boolean, boundTimeoutMs = OP_TIMEOUT_MS): Promise<CloneResult> {
+async function clone(
+  c: Ctx,
+  source: { kind: 'VirtualMachine' | 'VirtualMachineSnapshot'; name: string },
+  target: string,
+  full: boolean,
+  boundTimeoutMs = OP_TIMEOUT_MS,
+): Promise<CloneResult> {
   const name = `clone-${target}`;
   const seen = new Map<string, number>();
   const t0 = now();
-  await c.v.client.create(CLONES, {
-    apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone',
-    metadata: { name, namespace: NS, ...(full ? { annotations: { [CLONE_DISK_TYPE]: 'full' } } : {}) },
-    spec: {
-      source: { apiGroup: source.kind === 'VirtualMachine' ? 'kubevirt.io' : 'snapshot.kubevirt.io', kind: source.kind, name: source.name },
-      target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+  await c.v.client.create(
+    CLONES,
+    {
+      apiVersion: 'clone.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineClone',
+      metadata: { name, namespace: NS, ...(full ? { annotations: { [CLONE_DISK_TYPE]: 'full' } } : {}) },
+      spec: {
+        source: { apiGroup: source.kind === 'VirtualMachine' ? 'kubevirt.io' : 'snapshot.kubevirt.io', kind: source.kind, name: source.name },
+        target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+      },
     },
-  }, { namespace: NS });
-  const { at } = await c.cache.until(`clone ${name} Succeeded`, () => {
-    const o = c.cache.get('clone', name);
-    const ph = phaseOf(o);
-    if (ph && !seen.has(ph)) seen.set(ph, now() - t0);
-    if (ph === 'Failed') throw new Error(`clone ${name} Failed: ${JSON.stringify(statusOf(o).conditions ?? [])}`);
-    return ph === 'Succeeded' ? true : undefined;
-  }, OP_TIMEOUT_MS);
-  const { value: claims } = await c.cache.until(`VM ${target}`, () => {
-    const vm = c.cache.get('vm', target);
-    if (!vm) return undefined;
-    const vols = ((vm.spec as { template?: { spec?: { volumes?: { persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] } } }).template?.spec?.volumes ?? []);
-    return vols.map((x) => x.persistentVolumeClaim?.claimName ?? x.dataVolume?.name).filter((x): x is string => !!x);
-  }, 30_000);
+    { namespace: NS },
+  );
+  const { at } = await c.cache.until(
+    `clone ${name} Succeeded`,
+    () => {
+      const o = c.cache.get('clone', name);
+      const ph = phaseOf(o);
+      if (ph && !seen.has(ph)) seen.set(ph, now() - t0);
+      if (ph === 'Failed') throw new Error(`clone ${name} Failed: ${JSON.stringify(statusOf(o).conditions ?? [])}`);
+      return ph === 'Succeeded' ? true : undefined;
+    },
+    OP_TIMEOUT_MS,
+  );
+  const { value: claims } = await c.cache.until(
+    `VM ${target}`,
+    () => {
+      const vm = c.cache.get('vm', target);
+      if (!vm) return undefined;
+      const vols =
+        (vm.spec as { template?: { spec?: { volumes?: { persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] } } }).template?.spec
+          ?.volumes ?? [];
+      return vols.map((x) => x.persistentVolumeClaim?.claimName ?? x.dataVolume?.name).filter((x): x is string => !!x);
+    },
+    30_000,
+  );
   const phases = () => [...seen].map(([ph, t]) => `${ph} ${t.toFixed(0)}`).join(', ');
   try {
     const b = await claimsBound(c, claims, `clone ${name}`, boundTimeoutMs);
@@ -389,7 +517,10 @@ async function clone(c: Ctx, source: { kind: 'VirtualMachine' | 'VirtualMachineS
   }
 }
 
-const handLinked = (file: string, dest: string) => timed(async () => { await sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', file, '-F', 'qcow2', dest]); });
+const handLinked = (file: string, dest: string) =>
+  timed(async () => {
+    await sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', file, '-F', 'qcow2', dest]);
+  });
 
 /** Snapshot files and memory files in the namespace's pool directory. */
 async function snapshotFiles(c: Ctx): Promise<string[]> {
@@ -402,7 +533,11 @@ async function snapshotFiles(c: Ctx): Promise<string[]> {
 
 const serialFile = (c: Ctx, vm: string) => join(c.v.dataDir, 'vms', NS, vm, 'serial.log');
 const runDirOf = (c: Ctx, vm: string) => join(c.v.dataDir, 'vms', NS, vm);
-const fileSize = (f: string) => stat(f).then((s) => s.size, () => 0);
+const fileSize = (f: string) =>
+  stat(f).then(
+    (s) => s.size,
+    () => 0,
+  );
 
 async function readFrom(file: string, offset: number): Promise<string> {
   const fh = await open(file, 'r').catch(() => undefined);
@@ -462,15 +597,34 @@ async function echoProbe(runDir: string, timeoutMs: number): Promise<number> {
     const sock = await new Promise<Socket | undefined>((resolve) => {
       const x = createConnection({ path });
       x.once('connect', () => resolve(x));
-      x.once('error', () => { x.destroy(); resolve(undefined); });
+      x.once('error', () => {
+        x.destroy();
+        resolve(undefined);
+      });
     });
-    if (!sock) { await sleep(10); continue; }
+    if (!sock) {
+      await sleep(10);
+      continue;
+    }
     sock.on('error', () => undefined);
     try {
       const at = await new Promise<number | undefined>((resolve) => {
-        const timer = setInterval(() => { if (now() > deadline) { clearInterval(timer); resolve(undefined); } else sock.write('#'); }, 20);
-        sock.on('data', (d: Buffer) => { if (d.includes(0x23)) { clearInterval(timer); resolve(now()); } });
-        sock.once('close', () => { clearInterval(timer); resolve(undefined); });
+        const timer = setInterval(() => {
+          if (now() > deadline) {
+            clearInterval(timer);
+            resolve(undefined);
+          } else sock.write('#');
+        }, 20);
+        sock.on('data', (d: Buffer) => {
+          if (d.includes(0x23)) {
+            clearInterval(timer);
+            resolve(now());
+          }
+        });
+        sock.once('close', () => {
+          clearInterval(timer);
+          resolve(undefined);
+        });
         sock.write('#');
       });
       if (at !== undefined) return at;
@@ -502,7 +656,9 @@ async function fillGuestMemory(runDir: string, bytes: number): Promise<number> {
     // not match it.
     const chunk = Math.max(1, Math.ceil(bytes / MiB / 64)) * MiB;
     const copies = Math.max(1, Math.round(bytes / chunk));
-    sock.write(`yes 0123456789abcdef0123456789abcdef | head -c ${chunk} > /run/a; cat${' /run/a'.repeat(copies)} > /run/bench-fill; rm /run/a; echo VESSEL-FILL-$((40 + 2)) $(du -k /run/bench-fill)\n`);
+    sock.write(
+      `yes 0123456789abcdef0123456789abcdef | head -c ${chunk} > /run/a; cat${' /run/a'.repeat(copies)} > /run/bench-fill; rm /run/a; echo VESSEL-FILL-$((40 + 2)) $(du -k /run/bench-fill)\n`,
+    );
     await waitText(file, offset, 'VESSEL-FILL-42', 300_000);
   } finally {
     sock.destroy();
@@ -512,7 +668,10 @@ async function fillGuestMemory(runDir: string, bytes: number): Promise<number> {
 
 // ---------------------------------------------------------------- linked: snapshot, restore, linked clone; 1 GiB vs 20 GiB
 
-const LINKED_SIZES = [{ label: '1 GiB', gib: 1 }, { label: '20 GiB', gib: 20 }];
+const LINKED_SIZES = [
+  { label: '1 GiB', gib: 1 },
+  { label: '20 GiB', gib: 20 },
+];
 
 export async function runLinked(c: Ctx): Promise<BenchResult> {
   const started = now();
@@ -536,7 +695,9 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
     for (const s of LINKED_SIZES) disks.set(s.gib, await createVm(c, `lk-${s.gib}g`, `${s.gib}Gi`));
     for (const s of LINKED_SIZES) {
       const info = await qemuImg.info(disks.get(s.gib)!, { format: 'qcow2' });
-      console.log(`  linked: VM lk-${s.gib}g, disk ${disks.get(s.gib)} (virtual ${(info.virtualSize / GiB).toFixed(0)} GiB, backing ${await backingFile(disks.get(s.gib)!)})`);
+      console.log(
+        `  linked: VM lk-${s.gib}g, disk ${disks.get(s.gib)} (virtual ${(info.virtualSize / GiB).toFixed(0)} GiB, backing ${await backingFile(disks.get(s.gib)!)})`,
+      );
     }
     console.log(`  linked: setup ${ms(now() - t)}`);
 
@@ -544,14 +705,19 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
       const vm = `lk-${gib}g`;
       const tag = `${gib}g-${i < 0 ? 'w' : i}`;
       const measured = i >= 0;
-      const r = (op: string, v: number) => { if (measured) rec(op, gib, v); };
+      const r = (op: string, v: number) => {
+        if (measured) rec(op, gib, v);
+      };
       const handFirst = i % 2 === 0;
       const byHand = async () => {
         const dest = join(hand, `lk-${tag}.qcow2`);
         r('hand', await handLinked(disks.get(gib)!, dest));
         await rm(dest, { force: true });
       };
-      if (handFirst) { await sleep(GAP_MS); await byHand(); }
+      if (handFirst) {
+        await sleep(GAP_MS);
+        await byHand();
+      }
       await sleep(GAP_MS);
       const s = await snapshot(c, vm, `off-${tag}`);
       r('snapshot offline', s.ms);
@@ -569,17 +735,26 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
       r('linked clone of a snapshot', cl.boundMs);
       r('linked clone of a snapshot (Succeeded)', cl.ms);
       if (measured) note(`linked clone of a snapshot:${gib}`, cl.phases);
-      if (!handFirst) { await sleep(GAP_MS); await byHand(); }
+      if (!handFirst) {
+        await sleep(GAP_MS);
+        await byHand();
+      }
       if (i === 0) {
         // Outside the timing: the new disks are linked clones of the snapshot file, of the claim's size.
-        for (const [what, path] of [['restore to a new VM', rnew.paths[0]], ['linked clone', cl.paths[0]]] as const) {
-          const backing = path && await backingFile(path);
-          if (backing !== s.file) problems.push(`linked ${gib} GiB: the ${what}'s disk ${path ?? '(none)'} is backed by ${backing ?? 'nothing'}, not the snapshot file ${s.file}`);
+        for (const [what, path] of [
+          ['restore to a new VM', rnew.paths[0]],
+          ['linked clone', cl.paths[0]],
+        ] as const) {
+          const backing = path && (await backingFile(path));
+          if (backing !== s.file)
+            problems.push(`linked ${gib} GiB: the ${what}'s disk ${path ?? '(none)'} is backed by ${backing ?? 'nothing'}, not the snapshot file ${s.file}`);
           const size = path ? (await qemuImg.info(path, { format: 'qcow2' })).virtualSize : 0;
           if (size !== gib * GiB) problems.push(`linked ${gib} GiB: the ${what}'s disk has virtual size ${size}, not ${gib * GiB}`);
         }
       }
-      console.log(`  linked ${String(gib).padStart(2)} GiB offline ${tag}: hand ${ms(samples.get('hand')?.get(gib)?.at(-1) ?? NaN)}, snapshot ${ms(s.ms)}, restore in place ${ms(rin.ms)}, restore to new VM ${ms(rnew.ms)} (Bound ${ms(rnew.boundMs!)}), linked clone ${ms(cl.ms)} (Bound ${ms(cl.boundMs)})`);
+      console.log(
+        `  linked ${String(gib).padStart(2)} GiB offline ${tag}: hand ${ms(samples.get('hand')?.get(gib)?.at(-1) ?? NaN)}, snapshot ${ms(s.ms)}, restore in place ${ms(rin.ms)}, restore to new VM ${ms(rnew.ms)} (Bound ${ms(rnew.boundMs!)}), linked clone ${ms(cl.ms)} (Bound ${ms(cl.boundMs)})`,
+      );
       await deleteVm(c, `new-${tag}`, rnew.claims);
       await deleteVm(c, `lc-${tag}`, cl.claims);
       for (const x of [`rin-${tag}`, `rnew-${tag}`]) await deleteObj(c, 'restore', x);
@@ -603,12 +778,19 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
     }
     let onlineCloneBroken = false;
     let onlineCloneUnbound = 0;
-    const tmpSnapshotsGone = () => c.cache.until('temporary clone snapshots gone', () => (c.cache.list('snap').some((x) => x.metadata?.name?.startsWith('tmp-snapshot-')) ? undefined : true), OP_TIMEOUT_MS);
+    const tmpSnapshotsGone = () =>
+      c.cache.until(
+        'temporary clone snapshots gone',
+        () => (c.cache.list('snap').some((x) => x.metadata?.name?.startsWith('tmp-snapshot-')) ? undefined : true),
+        OP_TIMEOUT_MS,
+      );
     const online = async (gib: number, i: number) => {
       const vm = `lk-${gib}g`;
       const tag = `${gib}g-on-${i < 0 ? 'w' : i}`;
       const measured = i >= 0;
-      const r = (op: string, v: number) => { if (measured) rec(op, gib, v); };
+      const r = (op: string, v: number) => {
+        if (measured) rec(op, gib, v);
+      };
       await sleep(GAP_MS);
       const s = await snapshot(c, vm, `on-${tag}`);
       r('snapshot online', s.ms);
@@ -623,13 +805,17 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
       const cl = await clone(c, { kind: 'VirtualMachine', name: vm }, `oc-${tag}`, false, onlineCloneBroken ? 3_000 : 30_000);
       if (cl.boundError && !onlineCloneBroken) {
         onlineCloneBroken = true;
-        problems.push(`linked clone of a running VM (${gib} GiB): the clone is Succeeded but its disk never appears while the source VM runs: ${cl.boundError}`);
+        problems.push(
+          `linked clone of a running VM (${gib} GiB): the clone is Succeeded but its disk never appears while the source VM runs: ${cl.boundError}`,
+        );
       }
       if (!cl.boundError) r('linked clone of a running VM', cl.boundMs);
       else if (measured) onlineCloneUnbound++;
       r('linked clone of a running VM (Succeeded)', cl.ms);
       if (measured) note(`linked clone of a running VM:${gib}`, cl.phases);
-      console.log(`  linked ${String(gib).padStart(2)} GiB online ${tag}: snapshot ${ms(s.ms)}, hand on the snapshot file ${ms(samples.get('hand online')?.get(gib)?.at(-1) ?? NaN)}, clone of the running VM Succeeded ${ms(cl.ms)} (Bound ${cl.boundError ? 'never' : ms(cl.boundMs)})`);
+      console.log(
+        `  linked ${String(gib).padStart(2)} GiB online ${tag}: snapshot ${ms(s.ms)}, hand on the snapshot file ${ms(samples.get('hand online')?.get(gib)?.at(-1) ?? NaN)}, clone of the running VM Succeeded ${ms(cl.ms)} (Bound ${cl.boundError ? 'never' : ms(cl.boundMs)})`,
+      );
       await deleteVm(c, `oc-${tag}`, cl.claims);
       await deleteObj(c, 'clone', `clone-oc-${tag}`);
       await tmpSnapshotsGone();
@@ -653,9 +839,19 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
       { op: 'snapshot offline', base: 'hand', what: 'VirtualMachineSnapshot of the stopped VM, POST → Succeeded' },
       { op: 'restore in place', base: 'hand', what: 'VirtualMachineRestore into the same stopped VM, POST → complete' },
       { op: 'restore to a new VM', base: 'hand', extra: 'restore to a new VM (complete)', what: 'VirtualMachineRestore into a new VM, POST → new claim Bound' },
-      { op: 'linked clone of a snapshot', base: 'hand', extra: 'linked clone of a snapshot (Succeeded)', what: 'VirtualMachineClone from the snapshot, POST → new claim Bound' },
+      {
+        op: 'linked clone of a snapshot',
+        base: 'hand',
+        extra: 'linked clone of a snapshot (Succeeded)',
+        what: 'VirtualMachineClone from the snapshot, POST → new claim Bound',
+      },
       { op: 'snapshot online', base: 'hand online', what: 'VirtualMachineSnapshot of the running VM, POST → Succeeded' },
-      { op: 'linked clone of a running VM', base: 'hand online', extra: 'linked clone of a running VM (Succeeded)', what: 'VirtualMachineClone from the running VM (takes an online snapshot), POST → new claim Bound' },
+      {
+        op: 'linked clone of a running VM',
+        base: 'hand online',
+        extra: 'linked clone of a running VM (Succeeded)',
+        what: 'VirtualMachineClone from the running VM (takes an online snapshot), POST → new claim Bound',
+      },
     ];
     for (const o of ops) {
       const extra = (gib: number) => {
@@ -666,8 +862,11 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
       figures.push({
         name: `${o.op}, 20 GiB / 1 GiB (p50)`,
         ratio: ratio(p50(get(o.op, b.gib)), p50(get(o.op, a.gib))),
-        detail: `${o.what}, n=${n}: 1 GiB ${p50p95(get(o.op, a.gib))}${extra(a.gib)}; 20 GiB ${p50p95(get(o.op, b.gib))}${extra(b.gib)}` +
-          (o.op === 'linked clone of a running VM' && onlineCloneUnbound ? `; the new claim was not Bound in ${onlineCloneUnbound} of ${n * 2} rounds (see PROBLEM)` : ''),
+        detail:
+          `${o.what}, n=${n}: 1 GiB ${p50p95(get(o.op, a.gib))}${extra(a.gib)}; 20 GiB ${p50p95(get(o.op, b.gib))}${extra(b.gib)}` +
+          (o.op === 'linked clone of a running VM' && onlineCloneUnbound
+            ? `; the new claim was not Bound in ${onlineCloneUnbound} of ${n * 2} rounds (see PROBLEM)`
+            : ''),
       });
       for (const s of LINKED_SIZES) {
         const phases = detail.get(`${o.op}:${s.gib}`);
@@ -682,13 +881,21 @@ export async function runLinked(c: Ctx): Promise<BenchResult> {
   } catch (e) {
     problems.push(`linked: ${errText(e)}`);
   }
-  return { bench: `snapshot linked: snapshot / restore / linked clone, 1 GiB vs 20 GiB disk, ${n} rounds`, figures, problems, seconds: (now() - started) / 1000 };
+  return {
+    bench: `snapshot linked: snapshot / restore / linked clone, 1 GiB vs 20 GiB disk, ${n} rounds`,
+    figures,
+    problems,
+    seconds: (now() - started) / 1000,
+  };
 }
 
 // ---------------------------------------------------------------- full: full clone vs qemu-img convert by hand
 
 /** Claims big enough for 2 GiB of data: a full clone of it takes seconds here. */
-const FULL_SIZES = [{ label: '4 GiB', gib: 4 }, { label: '20 GiB', gib: 20 }];
+const FULL_SIZES = [
+  { label: '4 GiB', gib: 4 },
+  { label: '20 GiB', gib: 20 },
+];
 
 export async function runFull(c: Ctx): Promise<BenchResult> {
   const started = now();
@@ -698,7 +905,10 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
   const problems = c.problems;
   const hand = join(c.dir, 'hand-full');
   await mkdir(hand, { recursive: true });
-  const vessel = new Map<number, number[]>(), vesselSucceeded = new Map<number, number[]>(), plain = new Map<number, number[]>(), direct = new Map<number, number[]>();
+  const vessel = new Map<number, number[]>(),
+    vesselSucceeded = new Map<number, number[]>(),
+    plain = new Map<number, number[]>(),
+    direct = new Map<number, number[]>();
   const phases = new Map<number, string[]>();
   const push = (m: Map<number, number[]>, gib: number, v: number) => m.set(gib, [...(m.get(gib) ?? []), v]);
   const sources = new Map<number, string>();
@@ -716,7 +926,9 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
       const snap = await snapshot(c, `fc-${s.gib}g`, `fsrc-${s.gib}g`);
       sources.set(s.gib, snap.file);
       const allocated = (await stat(snap.file)).blocks * 512;
-      console.log(`  full: VM fc-${s.gib}g with ${dataMib} MiB written, snapshot file ${snap.file} (${mib(allocated)} allocated, backed by ${await backingFile(snap.file)}) in ${ms(now() - t)}`);
+      console.log(
+        `  full: VM fc-${s.gib}g with ${dataMib} MiB written, snapshot file ${snap.file} (${mib(allocated)} allocated, backed by ${await backingFile(snap.file)}) in ${ms(now() - t)}`,
+      );
     }
     await sh('sync', []);
 
@@ -759,8 +971,12 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
       for (const s of order) {
         const tag = `${s.gib}g-${i}`;
         const steps: (() => Promise<void>)[] = [
-          async () => { push(plain, s.gib, await byHand(s.gib, tag, 'plain')); },
-          async () => { push(direct, s.gib, await byHand(s.gib, tag, 'direct')); },
+          async () => {
+            push(plain, s.gib, await byHand(s.gib, tag, 'plain'));
+          },
+          async () => {
+            push(direct, s.gib, await byHand(s.gib, tag, 'direct'));
+          },
           async () => {
             const cl = await viaApi(s.gib, tag, i === 0);
             push(vessel, s.gib, cl.boundMs);
@@ -771,7 +987,9 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
         if (i % 2 === 1) steps.reverse();
         for (const st of steps) await st();
         const last = (m: Map<number, number[]>) => ms(m.get(s.gib)!.at(-1)!);
-        console.log(`  full ${String(s.gib).padStart(2)} GiB round ${i}: vessel ${last(vessel)}, hand convert ${last(plain)}, hand convert -t none + fsync ${last(direct)}`);
+        console.log(
+          `  full ${String(s.gib).padStart(2)} GiB round ${i}: vessel ${last(vessel)}, hand convert ${last(plain)}, hand convert -t none + fsync ${last(direct)}`,
+        );
       }
     }
     for (const s of FULL_SIZES) {
@@ -779,8 +997,12 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
       figures.push({
         name: `full clone / hand qemu-img convert, ${s.label} (p50)`,
         ratio: ratio(p50(vessel.get(g)!), p50(plain.get(g)!)),
-        detail: `goal <= 1.1: ${p50(vessel.get(g)!) <= 1.1 * p50(plain.get(g)!) ? 'met' : 'NOT met'}. VirtualMachineClone (clone.vessel.io/type: full) from the snapshot, POST → new claim Bound, n=${n}: ${p50p95(vessel.get(g)!)} ` +
-          `(clone Succeeded ${p50p95(vesselSucceeded.get(g)!)}); qemu-img convert -O qcow2 of the snapshot file (${dataMib} MiB written + tiny), page cache, no fsync: ${p50p95(plain.get(g)!)}; ms after the POST, each round: ${phases.get(g)!.map((x) => `[${x}]`).join(' ')}`,
+        detail:
+          `goal <= 1.1: ${p50(vessel.get(g)!) <= 1.1 * p50(plain.get(g)!) ? 'met' : 'NOT met'}. VirtualMachineClone (clone.vessel.io/type: full) from the snapshot, POST → new claim Bound, n=${n}: ${p50p95(vessel.get(g)!)} ` +
+          `(clone Succeeded ${p50p95(vesselSucceeded.get(g)!)}); qemu-img convert -O qcow2 of the snapshot file (${dataMib} MiB written + tiny), page cache, no fsync: ${p50p95(plain.get(g)!)}; ms after the POST, each round: ${phases
+            .get(g)!
+            .map((x) => `[${x}]`)
+            .join(' ')}`,
       });
       figures.push({
         name: `full clone / hand convert -t none + fsync, ${s.label} (p50)`,
@@ -798,14 +1020,22 @@ export async function runFull(c: Ctx): Promise<BenchResult> {
   } catch (e) {
     problems.push(`full: ${errText(e)}`);
   }
-  return { bench: `snapshot full clone: ${dataMib} MiB of data, ${FULL_SIZES.map((x) => x.label).join(' and ')} claims, ${n} rounds`, figures, problems, seconds: (now() - started) / 1000 };
+  return {
+    bench: `snapshot full clone: ${dataMib} MiB of data, ${FULL_SIZES.map((x) => x.label).join(' and ')} claims, ${n} rounds`,
+    figures,
+    problems,
+    seconds: (now() - started) / 1000,
+  };
 }
 
 // ---------------------------------------------------------------- memory: snapshot with memory, resume vs cold boot
 
 /** 1 TiB/s: no limit in practice. */
 const UNLIMITED_BANDWIDTH = 2 ** 40;
-const MEM_SIZES = [{ label: '256 MiB', request: '256Mi', bytes: 256 * MiB, name: 'mem-256m' }, { label: '1 GiB', request: '1Gi', bytes: GiB, name: 'mem-1g' }];
+const MEM_SIZES = [
+  { label: '256 MiB', request: '256Mi', bytes: 256 * MiB, name: 'mem-256m' },
+  { label: '1 GiB', request: '1Gi', bytes: GiB, name: 'mem-1g' },
+];
 
 async function pollMigration(qmp: QmpClient, incoming: boolean, timeoutMs: number): Promise<void> {
   const deadline = now() + timeoutMs;
@@ -831,14 +1061,19 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
   const problems = c.problems;
   type Series = Map<string, number[]>;
   const S = new Map<string, Series>(MEM_SIZES.map((s) => [s.name, new Map()]));
-  const rec = (vm: string, k: string, v: number) => { const m = S.get(vm)!; m.set(k, [...(m.get(k) ?? []), v]); };
+  const rec = (vm: string, k: string, v: number) => {
+    const m = S.get(vm)!;
+    m.set(k, [...(m.get(k) ?? []), v]);
+  };
   const get = (vm: string, k: string) => S.get(vm)!.get(k) ?? [];
   const rawDirs: string[] = [];
   const seenEvents = new Set<string>();
   /** The agent's "resumed … in N ms" event for this VMI not seen before: its memory load time. */
   const resumedEventMs = async (vm: string): Promise<number> => {
     for (let k = 0; k < 50; k++) {
-      const evs = (await c.v.client.list(EVENTS, { namespace: NS })).items.filter((e) => e.reason === 'Resumed' && (e.involvedObject as Obj | undefined)?.name === vm);
+      const evs = (await c.v.client.list(EVENTS, { namespace: NS })).items.filter(
+        (e) => e.reason === 'Resumed' && (e.involvedObject as Obj | undefined)?.name === vm,
+      );
       const fresh = evs.find((e) => !seenEvents.has(`${e.metadata?.name}/${String(e.count ?? '')}/${String(e.message)}`));
       if (fresh) {
         seenEvents.add(`${fresh.metadata?.name}/${String(fresh.count ?? '')}/${String(fresh.message)}`);
@@ -859,7 +1094,7 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
       await stopVm(c, s.name);
     }
 
-    const round = async (s: typeof MEM_SIZES[number], i: number) => {
+    const round = async (s: (typeof MEM_SIZES)[number], i: number) => {
       const vm = s.name;
       const file = serialFile(c, vm);
       const tag = `${vm}-${i}`;
@@ -874,13 +1109,18 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
       rec(vm, 'boot', bootMs);
       rec(vm, 'boot running', running - t0);
       // Memory in use, then the snapshot with memory.
-      const fillMs = await fillGuestMemory(runDirOf(c, vm), Math.floor(s.bytes * fillPct / 100));
+      const fillMs = await fillGuestMemory(runDirOf(c, vm), Math.floor((s.bytes * fillPct) / 100));
       const before = await lastCounter(file);
       await sleep(GAP_MS);
       const snap = await snapshot(c, vm, `mem-${tag}`, true);
       rec(vm, 'snapshot', snap.ms);
       const after = await lastCounter(file);
-      const memBytes = snap.memoryFile ? await stat(snap.memoryFile).then((x) => x.size, () => NaN) : NaN;
+      const memBytes = snap.memoryFile
+        ? await stat(snap.memoryFile).then(
+            (x) => x.size,
+            () => NaN,
+          )
+        : NaN;
       rec(vm, 'memory file', memBytes);
       if (!snap.memoryFile) problems.push(`memory ${vm}: snapshot mem-${tag} has no memory file`);
       await nextCounter(file, await fileSize(file), 30_000); // the guest runs on after the snapshot
@@ -904,8 +1144,11 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
       const loadMs = await resumedEventMs(vm);
       rec(vm, 'resume load', loadMs);
       if (/Linux version|VESSEL-GUEST-READY/.test(res.text)) problems.push(`memory ${vm} round ${i}: the guest booted instead of resuming`);
-      if (res.counter < before || res.counter > after + 2) problems.push(`memory ${vm} round ${i}: resumed at counter ${res.counter}, not where the snapshot was (${before}..${after})`);
-      console.log(`  memory ${vm} round ${i}: cold boot ${ms(bootMs)} → first counter; fill ${ms(fillMs)}; snapshot with memory ${ms(snap.ms)} (${mib(memBytes)}); restore ${ms(r.ms)}; resume → counter ${res.counter} ${ms(res.line - t0)} (Running ${ms(resRunning - t0)}, console echo ${ms(echoAt - t0)}, agent's load ${ms(loadMs)}); counters ${before}..${after} at the snapshot`);
+      if (res.counter < before || res.counter > after + 2)
+        problems.push(`memory ${vm} round ${i}: resumed at counter ${res.counter}, not where the snapshot was (${before}..${after})`);
+      console.log(
+        `  memory ${vm} round ${i}: cold boot ${ms(bootMs)} → first counter; fill ${ms(fillMs)}; snapshot with memory ${ms(snap.ms)} (${mib(memBytes)}); restore ${ms(r.ms)}; resume → counter ${res.counter} ${ms(res.line - t0)} (Running ${ms(resRunning - t0)}, console echo ${ms(echoAt - t0)}, agent's load ${ms(loadMs)}); counters ${before}..${after} at the snapshot`,
+      );
       await nextCounter(file, await fileSize(file), 30_000);
       await stopVm(c, vm);
       await deleteObj(c, 'restore', `rmem-${tag}`);
@@ -940,7 +1183,7 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
       let off = await fileSize(serial);
       await launch({ runDir, argv, chardevs, vnc: true, noShutdown: true, vm: { namespace: 'bench', name: `raw-${vm}` } });
       await nextCounter(serial, off, BOOT_TIMEOUT_MS);
-      await fillGuestMemory(runDir, Math.floor(s.bytes * fillPct / 100));
+      await fillGuestMemory(runDir, Math.floor((s.bytes * fillPct) / 100));
       for (let i = 0; i < n; i++) {
         await sleep(GAP_MS);
         let qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000 });
@@ -991,7 +1234,9 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
         rec(vm, 'raw resume', res.line - t1);
         rec(vm, 'raw resume echo', (await echo) - t1);
         if (/Linux version|VESSEL-GUEST-READY/.test(res.text)) problems.push(`memory raw ${vm} round ${i}: the guest booted instead of resuming`);
-        console.log(`  memory raw ${vm} round ${i}: stop + migrate to file ${ms(get(vm, 'raw save').at(-1)!)} (${mib(get(vm, 'raw memory file').at(-1)!)}, + fsync ${ms(get(vm, 'raw save+fsync').at(-1)!)}; unthrottled ${ms(get(vm, 'raw save unthrottled').at(-1)!)}); launch -incoming → counter ${res.counter} ${ms(res.line - t1)}, console echo ${ms(get(vm, 'raw resume echo').at(-1)!)}`);
+        console.log(
+          `  memory raw ${vm} round ${i}: stop + migrate to file ${ms(get(vm, 'raw save').at(-1)!)} (${mib(get(vm, 'raw memory file').at(-1)!)}, + fsync ${ms(get(vm, 'raw save+fsync').at(-1)!)}; unthrottled ${ms(get(vm, 'raw save unthrottled').at(-1)!)}); launch -incoming → counter ${res.counter} ${ms(res.line - t1)}, console echo ${ms(get(vm, 'raw resume echo').at(-1)!)}`,
+        );
         await nextCounter(serial, await fileSize(serial), 30_000);
       }
       await terminate(runDir, { graceMs: 2000 });
@@ -1004,7 +1249,8 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
       figures.push({
         name: `resume / cold boot, ${s.label} guest (p50)`,
         ratio: ratio(p50(get(vm, 'resume')), p50(get(vm, 'boot'))),
-        detail: `start → next VESSEL-COUNTER line, n=${n}: resumed from the memory snapshot ${p50p95(get(vm, 'resume'))} (VMI Running ${ms(p50(get(vm, 'resume running')))}, agent's memory load ${ms(p50(get(vm, 'resume load')))}); ` +
+        detail:
+          `start → next VESSEL-COUNTER line, n=${n}: resumed from the memory snapshot ${p50p95(get(vm, 'resume'))} (VMI Running ${ms(p50(get(vm, 'resume running')))}, agent's memory load ${ms(p50(get(vm, 'resume load')))}); ` +
           `cold boot from the disk ${p50p95(get(vm, 'boot'))} (VMI Running ${ms(p50(get(vm, 'boot running')))}). The guest prints a counter line once a second, so a resume shows up to ~1 s after it happens: ` +
           `the guest echoes a key on its console (it runs) ${p50p95(get(vm, 'resume echo'))} after the start, ${fmtRatio(ratio(p50(get(vm, 'resume echo')), p50(get(vm, 'boot'))))} of the cold boot`,
       });
@@ -1021,7 +1267,8 @@ export async function runMemory(c: Ctx): Promise<BenchResult> {
       figures.push({
         name: `resume, platform / raw QEMU -incoming, ${s.label} (p50)`,
         ratio: ratio(p50(get(vm, 'resume')), p50(get(vm, 'raw resume'))),
-        detail: `platform start → next counter ${p50p95(get(vm, 'resume'))}; raw launch(-incoming defer) + migrate-incoming + cont → next counter ${p50p95(get(vm, 'raw resume'))} (launch + load ${ms(p50(get(vm, 'raw load')))}); ` +
+        detail:
+          `platform start → next counter ${p50p95(get(vm, 'resume'))}; raw launch(-incoming defer) + migrate-incoming + cont → next counter ${p50p95(get(vm, 'raw resume'))} (launch + load ${ms(p50(get(vm, 'raw load')))}); ` +
           `→ console echo: platform ${p50p95(get(vm, 'resume echo'))}, raw ${p50p95(get(vm, 'raw resume echo'))} (${fmtRatio(ratio(p50(get(vm, 'resume echo')), p50(get(vm, 'raw resume echo'))))})`,
       });
     }
@@ -1086,7 +1333,11 @@ export async function runSnapshotBench(): Promise<BenchResult[]> {
     cache = new Cache(v);
     await cache.start();
     console.log(`  setup: Vessel started and tiny imported in ${ms(now() - t)}; ${loadLine()}`);
-    const parts: [string, (c: Ctx) => Promise<BenchResult>][] = [['linked', runLinked], ['full', runFull], ['memory', runMemory]];
+    const parts: [string, (c: Ctx) => Promise<BenchResult>][] = [
+      ['linked', runLinked],
+      ['full', runFull],
+      ['memory', runMemory],
+    ];
     for (const [name, f] of parts) {
       if (!only.includes(name)) continue;
       const r = await f({ v, cache, problems: [], dir });
@@ -1112,7 +1363,12 @@ export async function runSnapshotBench(): Promise<BenchResult[]> {
 if (isMain(import.meta.url)) {
   const started = now();
   const results = await runSnapshotBench();
-  console.log(`\n${results.map((r) => r.figures.map((f) => `  ${fmtRatio(f.ratio).padStart(8)}  ${f.name}`).join('\n')).filter((x) => x).join('\n')}`);
+  console.log(
+    `\n${results
+      .map((r) => r.figures.map((f) => `  ${fmtRatio(f.ratio).padStart(8)}  ${f.name}`).join('\n'))
+      .filter((x) => x)
+      .join('\n')}`,
+  );
   console.log(`\n  total ${((now() - started) / 1000).toFixed(0)} s; ${loadLine()}`);
   process.exit(results.some((r) => r.problems.length > 0) ? 1 : 0);
 }

@@ -46,8 +46,25 @@ import { launch, listRunDirs, probe, terminate } from '../packages/agent/qemu/pr
 import { findPriorityTools } from '../packages/agent/qemu/priority.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
 import {
-  chardevsOf, createDataVolumeAndWait, DATAVOLUMES, envInt, errText, fmtRatio, isMain, loadLine, ms, now, percentile, pollUntil, printResult, PVCS, ratio, sleep, volumePath,
-  type BenchResult, type Figure,
+  chardevsOf,
+  createDataVolumeAndWait,
+  DATAVOLUMES,
+  envInt,
+  errText,
+  fmtRatio,
+  isMain,
+  loadLine,
+  ms,
+  now,
+  percentile,
+  pollUntil,
+  printResult,
+  PVCS,
+  ratio,
+  sleep,
+  volumePath,
+  type BenchResult,
+  type Figure,
 } from './lib.ts';
 
 const VMS: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
@@ -79,24 +96,36 @@ const mib = (bytes: number) => `${(bytes / MiB).toFixed(2)} MiB`;
 function vmManifest(name: string, disk: { dataVolume: string } | { template: true }): KubeObject {
   const dvName = 'dataVolume' in disk ? disk.dataVolume : `${name}-root`;
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: NS },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: NS },
     spec: {
       runStrategy: 'Always',
-      template: { spec: {
-        terminationGracePeriodSeconds: GRACE_S,
-        domain: { resources: { requests: { memory: MEMORY, cpu: CPU } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
-        volumes: [{ name: 'root', dataVolume: { name: dvName } }],
-      } },
-      dataVolumeTemplates: 'template' in disk
-        ? [{ metadata: { name: dvName }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: IMAGES }, storage: { resources: { requests: { storage: '1Gi' } } } } }]
-        : [],
+      template: {
+        spec: {
+          terminationGracePeriodSeconds: GRACE_S,
+          domain: { resources: { requests: { memory: MEMORY, cpu: CPU } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
+          volumes: [{ name: 'root', dataVolume: { name: dvName } }],
+        },
+      },
+      dataVolumeTemplates:
+        'template' in disk
+          ? [
+              {
+                metadata: { name: dvName },
+                spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: IMAGES }, storage: { resources: { requests: { storage: '1Gi' } } } },
+              },
+            ]
+          : [],
     },
   };
 }
 
 function dataVolume(name: string): KubeObject {
   return {
-    apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name },
+    apiVersion: 'cdi.kubevirt.io/v1beta1',
+    kind: 'DataVolume',
+    metadata: { name },
     spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: IMAGES }, storage: { resources: { requests: { storage: '1Gi' } } } },
   };
 }
@@ -129,7 +158,10 @@ class Tracker {
     const name = o.metadata?.name;
     if (!name) return;
     const s = (o.status ?? {}) as Obj;
-    if (type === 'DELETED') { this.record(`${kind}/${name}:deleted`); return; }
+    if (type === 'DELETED') {
+      this.record(`${kind}/${name}:deleted`);
+      return;
+    }
     if (kind === 'vm') {
       if (typeof s.printableStatus === 'string') this.record(`vm/${name}:${s.printableStatus}`);
       return;
@@ -146,7 +178,9 @@ class Tracker {
   private async follow(res: ResourceRef, kind: Kind): Promise<void> {
     const list = await this.v.client.list(res, { namespace: NS });
     for (const o of list.items) this.observe(kind, 'ADDED', o);
-    const w = this.v.client.watchResource(res, { namespace: NS, resourceVersion: list.metadata?.resourceVersion }, (ev) => this.observe(kind, ev.type, ev.object));
+    const w = this.v.client.watchResource(res, { namespace: NS, resourceVersion: list.metadata?.resourceVersion }, (ev) =>
+      this.observe(kind, ev.type, ev.object),
+    );
     this.watches.push(w);
     const again = () => {
       if (this.closed) return;
@@ -180,7 +214,10 @@ async function firstSerial(file: string, timeoutMs: number, alive?: () => boolea
   const deadline = now() + timeoutMs;
   let byte: number | undefined;
   for (;;) {
-    const size = await stat(file).then((s) => s.size, () => 0);
+    const size = await stat(file).then(
+      (s) => s.size,
+      () => 0,
+    );
     if (size > 0) {
       byte ??= now();
       if ((await readFile(file, 'latin1').catch(() => '')).includes('\n')) return { byte, line: now() };
@@ -234,8 +271,22 @@ function runDirOf(v: Vessel, vm: KubeObject): string {
 }
 
 async function deleteVmAndWait(v: Vessel, name: string): Promise<void> {
-  await v.client.delete(VMS, name, { namespace: NS }).catch((e: unknown) => { if (!isNotFound(e)) throw e; });
-  await pollUntil(`VMI ${NS}/${name} to be gone`, async () => (await v.client.get(VMIS, name, { namespace: NS }).then(() => undefined, (e: unknown) => { if (isNotFound(e)) return true; throw e; })), GONE_TIMEOUT_MS, 50);
+  await v.client.delete(VMS, name, { namespace: NS }).catch((e: unknown) => {
+    if (!isNotFound(e)) throw e;
+  });
+  await pollUntil(
+    `VMI ${NS}/${name} to be gone`,
+    async () =>
+      await v.client.get(VMIS, name, { namespace: NS }).then(
+        () => undefined,
+        (e: unknown) => {
+          if (isNotFound(e)) return true;
+          throw e;
+        },
+      ),
+    GONE_TIMEOUT_MS,
+    50,
+  );
 }
 
 /** Deletes every VM of the namespace, waits for their VMIs to go, then stops any QEMU left in the data directory. */
@@ -243,7 +294,12 @@ async function cleanUp(v: Vessel, problems: string[]): Promise<void> {
   try {
     const vms = (await v.client.list(VMS, { namespace: NS })).items;
     await Promise.all(vms.map((o) => v.client.delete(VMS, o.metadata!.name!, { namespace: NS }).catch(() => undefined)));
-    await pollUntil('all VMIs gone', async () => ((await v.client.list(VMIS, { namespace: NS })).items.length === 0 ? true : undefined), GONE_TIMEOUT_MS * 2, 250);
+    await pollUntil(
+      'all VMIs gone',
+      async () => ((await v.client.list(VMIS, { namespace: NS })).items.length === 0 ? true : undefined),
+      GONE_TIMEOUT_MS * 2,
+      250,
+    );
   } catch (e) {
     problems.push(`clean-up: ${errText(e)}`);
   }
@@ -274,9 +330,18 @@ interface PlatformRun {
   cmd: string;
 }
 
-interface RawRun { byte: number; line: number; launchReturned: number; cpuMs: number; cmd: string }
+interface RawRun {
+  byte: number;
+  line: number;
+  launchReturned: number;
+  cpuMs: number;
+  cmd: string;
+}
 
-const cpuMsSince = (start: NodeJS.CpuUsage) => { const u = process.cpuUsage(start); return (u.user + u.system) / 1000; };
+const cpuMsSince = (start: NodeJS.CpuUsage) => {
+  const u = process.cpuUsage(start);
+  return (u.user + u.system) / 1000;
+};
 
 export async function runVmBoot(): Promise<BenchResult> {
   const started = now();
@@ -327,10 +392,19 @@ export async function runVmBoot(): Promise<BenchResult> {
         const running = await tracker!.waitFor(`vmi/${name}:Running`, 30_000);
         const rel = (k: string) => (tracker!.at(`vmi/${name}:${k}`) ?? NaN) - t0;
         return {
-          name, byte: first.byte - t0, line: first.line - t0,
-          vmiAdded: rel('added'), scheduled: rel('Scheduled'), finalizer: rel('finalizer'),
-          launchStarted: Date.parse(meta.launchedAt ?? '') - wall0, qemuPidfile: pidStat.mtimeMs - wall0, running: running - t0, cpuMs,
-          argv: meta.argv ?? [], disk: diskPaths[i < 0 ? n : i], cmd,
+          name,
+          byte: first.byte - t0,
+          line: first.line - t0,
+          vmiAdded: rel('added'),
+          scheduled: rel('Scheduled'),
+          finalizer: rel('finalizer'),
+          launchStarted: Date.parse(meta.launchedAt ?? '') - wall0,
+          qemuPidfile: pidStat.mtimeMs - wall0,
+          running: running - t0,
+          cpuMs,
+          argv: meta.argv ?? [],
+          disk: diskPaths[i < 0 ? n : i],
+          cmd,
         };
       } finally {
         waiting = false;
@@ -355,7 +429,15 @@ export async function runVmBoot(): Promise<BenchResult> {
         try {
           // At the agent's default priority too, so both sides start QEMU the same way.
           const priority = { nice: DEFAULT_QEMU_PRIORITY.nice, batch: DEFAULT_QEMU_PRIORITY.batch, tools: await priorityTools };
-          const res = await launch({ runDir, argv, chardevs: chardevsOf(from.argv), vnc: true, noShutdown: true, vm: { namespace: 'bench', name: `raw-${j}` }, priority });
+          const res = await launch({
+            runDir,
+            argv,
+            chardevs: chardevsOf(from.argv),
+            vnc: true,
+            noShutdown: true,
+            vm: { namespace: 'bench', name: `raw-${j}` },
+            priority,
+          });
           const launchReturned = now() - t0;
           const first = await serial;
           const cpuMs = cpuMsSince(cpu0);
@@ -389,18 +471,24 @@ export async function runVmBoot(): Promise<BenchResult> {
       }
       latest = pr;
       runs.push({ p: pr, r: rr, from: from ?? pr });
-      if (rr.cmd !== (from ?? pr).cmd) problems.push(`run ${i}: the raw QEMU command line differs from the agent's:\n    agent: ${(from ?? pr).cmd}\n    raw:   ${rr.cmd}`);
-      console.log(`  run ${String(i).padStart(2)} (${from ? 'raw first' : 'platform first'}): first line platform ${ms(pr.line)}, raw ${ms(rr.line)} (${signedMs(pr.line - rr.line)}); create → QEMU launch ${ms(pr.launchStarted)}, → Running ${ms(pr.running)}`);
+      if (rr.cmd !== (from ?? pr).cmd)
+        problems.push(`run ${i}: the raw QEMU command line differs from the agent's:\n    agent: ${(from ?? pr).cmd}\n    raw:   ${rr.cmd}`);
+      console.log(
+        `  run ${String(i).padStart(2)} (${from ? 'raw first' : 'platform first'}): first line platform ${ms(pr.line)}, raw ${ms(rr.line)} (${signedMs(pr.line - rr.line)}); create → QEMU launch ${ms(pr.launchStarted)}, → Running ${ms(pr.running)}`,
+      );
     }
 
-    const P = runs.map((x) => x.p), R = runs.map((x) => x.r);
-    const pl = P.map((x) => x.line), rl = R.map((x) => x.line);
+    const P = runs.map((x) => x.p),
+      R = runs.map((x) => x.r);
+    const pl = P.map((x) => x.line),
+      rl = R.map((x) => x.line);
     const diff = runs.map((x) => x.p.line - x.r.line);
     const byteDiff = runs.map((x) => x.p.byte - x.r.byte);
     figures.push({
       name: 'create → first serial line, platform/raw p50',
       ratio: ratio(p(pl, 50), p(rl, 50)),
-      detail: `platform − raw per pair: p50 ${signedMs(p(diff, 50))}, p95 ${signedMs(p(diff, 95))} (goal < 200 ms); ` +
+      detail:
+        `platform − raw per pair: p50 ${signedMs(p(diff, 50))}, p95 ${signedMs(p(diff, 95))} (goal < 200 ms); ` +
         `p50(platform) − p50(raw) ${signedMs(p(pl, 50) - p(rl, 50))}; platform ${p50p95(pl)}; raw QEMU ${p50p95(rl)}; n = ${runs.length} pairs. ` +
         `First serial byte, platform − raw per pair: p50 ${signedMs(p(byteDiff, 50))}, p95 ${signedMs(p(byteDiff, 95))} (the kernel prints its first lines at once)`,
     });
@@ -416,10 +504,33 @@ export async function runVmBoot(): Promise<BenchResult> {
     figures.push({
       name: 'create → agent starts QEMU / raw launch() returned, p50',
       ratio: ratio(p(controlPlane, 50), p(launchRet, 50)),
-      detail: `create → vm.json launchedAt ${p50p95(controlPlane)}. Where the platform's time goes (p50, ms after the create): ` +
-        [stage('VMI seen', P.map((x) => x.vmiAdded)), stage('Scheduled', P.map((x) => x.scheduled)), stage('agent finalizer', P.map((x) => x.finalizer)),
-          stage('QEMU launch starts', controlPlane), stage('QEMU pidfile written', P.map((x) => x.qemuPidfile)), stage('VMI Running', running),
-          stage('first serial byte', P.map((x) => x.byte)), stage('first serial line', pl)].join(', '),
+      detail:
+        `create → vm.json launchedAt ${p50p95(controlPlane)}. Where the platform's time goes (p50, ms after the create): ` +
+        [
+          stage(
+            'VMI seen',
+            P.map((x) => x.vmiAdded),
+          ),
+          stage(
+            'Scheduled',
+            P.map((x) => x.scheduled),
+          ),
+          stage(
+            'agent finalizer',
+            P.map((x) => x.finalizer),
+          ),
+          stage('QEMU launch starts', controlPlane),
+          stage(
+            'QEMU pidfile written',
+            P.map((x) => x.qemuPidfile),
+          ),
+          stage('VMI Running', running),
+          stage(
+            'first serial byte',
+            P.map((x) => x.byte),
+          ),
+          stage('first serial line', pl),
+        ].join(', '),
     });
     const bootPlatform = P.map((x) => x.line - x.launchStarted);
     figures.push({
@@ -427,11 +538,13 @@ export async function runVmBoot(): Promise<BenchResult> {
       ratio: ratio(p(bootPlatform, 50), p(rl, 50)),
       detail: `platform (from vm.json launchedAt) ${p50p95(bootPlatform)}; raw ${p50p95(rl)}: the guest's own boot, which dominates under TCG`,
     });
-    const pc = P.map((x) => x.cpuMs), rc = R.map((x) => x.cpuMs);
+    const pc = P.map((x) => x.cpuMs),
+      rc = R.map((x) => x.cpuMs);
     figures.push({
       name: 'CPU of this process until the first serial line, platform/raw p50',
       ratio: ratio(p(pc, 50), p(rc, 50)),
-      detail: `platform (API server, controllers, agent, client) ${p50p95(pc)}; raw (launch() and the 10 ms serial polling, also in the platform figure) ${p50p95(rc)}: ` +
+      detail:
+        `platform (API server, controllers, agent, client) ${p50p95(pc)}; raw (launch() and the 10 ms serial polling, also in the platform figure) ${p50p95(rc)}: ` +
         `CPU the platform takes from a booting guest on a 2-core TCG host`,
     });
     if (tracker.relists) console.log(`  note: a watch stream ended ${tracker.relists} time(s) and was reopened from a list`);
@@ -453,7 +566,15 @@ export async function runVmBoot(): Promise<BenchResult> {
 // ---------------------------------------------------------------- scale
 
 /** What the before/after comparison needs from one scale run. */
-interface ScaleStats { p50: number; p95: number; allRunning: number; lag50: number; lag99: number; lagMax: number; count: number }
+interface ScaleStats {
+  p50: number;
+  p95: number;
+  allRunning: number;
+  lag50: number;
+  lag99: number;
+  lagMax: number;
+  count: number;
+}
 
 /**
  * BENCH_VM_SCALE_PRIORITY: `both` (default) runs the scale part twice in this process, first
@@ -467,7 +588,7 @@ export async function runVmScale(): Promise<BenchResult> {
   const figures: Figure[] = [];
   const problems: string[] = [];
   const runs: [string, QemuPriority][] = [];
-  if (mode !== 'on') runs.push(['QEMU at the control plane\'s priority (off)', NO_QEMU_PRIORITY]);
+  if (mode !== 'on') runs.push(["QEMU at the control plane's priority (off)", NO_QEMU_PRIORITY]);
   if (mode !== 'off') runs.push(['QEMU below it (default: nice 10 + SCHED_BATCH)', DEFAULT_QEMU_PRIORITY]);
   const stats: (ScaleStats | undefined)[] = [];
   for (const [label, prio] of runs) {
@@ -493,7 +614,12 @@ export async function runVmScale(): Promise<BenchResult> {
       detail: `p99 ${ms(on.lag99)} vs ${ms(off.lag99)}; p50 ${ms(on.lag50)} vs ${ms(off.lag50)} (${fmtRatio(ratio(on.lag50, off.lag50))}); max ${ms(on.lagMax)} vs ${ms(off.lagMax)}`,
     });
   }
-  return { bench: `vm scale: ${envInt('BENCH_VM_SCALE_N', 50)} VMs ${envInt('BENCH_VM_SCALE_GAP_MS', 100)} ms apart`, figures, problems, seconds: (now() - started) / 1000 };
+  return {
+    bench: `vm scale: ${envInt('BENCH_VM_SCALE_N', 50)} VMs ${envInt('BENCH_VM_SCALE_GAP_MS', 100)} ms apart`,
+    figures,
+    problems,
+    seconds: (now() - started) / 1000,
+  };
 }
 
 async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]; problems: string[]; stats?: ScaleStats }> {
@@ -523,7 +649,16 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
       const t = await tracker.waitFor(`vm/${name}:Running`, 120_000);
       if (i >= 0) aloneMs.push(t - t0);
       await deleteVmAndWait(v, name);
-      await pollUntil(`DataVolume of ${name} gone`, async () => (await v!.client.get(PVCS, `${name}-root`, { namespace: NS }).then(() => undefined, () => true)), 60_000, 100);
+      await pollUntil(
+        `DataVolume of ${name} gone`,
+        async () =>
+          await v!.client.get(PVCS, `${name}-root`, { namespace: NS }).then(
+            () => undefined,
+            () => true,
+          ),
+        60_000,
+        100,
+      );
     }
 
     const gcOk = await settleMemory(5000);
@@ -546,17 +681,26 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
       if (wait > 0) await sleep(wait);
       created.set(names[i], now());
       createdWall.set(names[i], Date.now());
-      creates.push(v.client.create(VMS, vmManifest(names[i], { template: true }), { namespace: NS })
-        .then((vm) => runDirs.set(names[i], runDirOf(v!, vm)), (e: unknown) => problems.push(`create ${names[i]}: ${errText(e)}`)));
+      creates.push(
+        v.client.create(VMS, vmManifest(names[i], { template: true }), { namespace: NS }).then(
+          (vm) => runDirs.set(names[i], runDirOf(v!, vm)),
+          (e: unknown) => problems.push(`create ${names[i]}: ${errText(e)}`),
+        ),
+      );
     }
     await Promise.all(creates);
     const createSpan = now() - t0;
     let reached = 0;
     try {
-      await pollUntil(`${n} VMs Running`, async () => {
-        reached = names.filter((nm) => tracker!.at(`vm/${nm}:Running`) !== undefined).length;
-        return reached === n ? true : undefined;
-      }, timeoutMs, 100);
+      await pollUntil(
+        `${n} VMs Running`,
+        async () => {
+          reached = names.filter((nm) => tracker!.at(`vm/${nm}:Running`) !== undefined).length;
+          return reached === n ? true : undefined;
+        },
+        timeoutMs,
+        100,
+      );
     } catch {
       const why = new Map<string, number>();
       for (const o of (await v.client.list(VMS, { namespace: NS })).items) {
@@ -565,37 +709,60 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
         const k = `${st.printableStatus ?? '?'}: ${st.conditions?.find((c) => c.type === 'Ready')?.message ?? ''}`;
         why.set(k, (why.get(k) ?? 0) + 1);
       }
-      problems.push(`only ${reached} of ${n} VMs reached Running within ${timeoutMs / 1000} s (${[...why].map(([k, c]) => `${c} × ${k}`).join('; ')}): try a smaller BENCH_VM_SCALE_N`);
+      problems.push(
+        `only ${reached} of ${n} VMs reached Running within ${timeoutMs / 1000} s (${[...why].map(([k, c]) => `${c} × ${k}`).join('; ')}): try a smaller BENCH_VM_SCALE_N`,
+      );
     }
     const allRunning = now() - t0;
     loopDelay.disable();
     const burstCpuMs = cpuMsSince(burstCpu0);
     const lag = (q: number) => ms(loopDelay.percentile(q) / 1e6);
-    const toRunning = names.flatMap((nm) => { const r = tracker!.at(`vm/${nm}:Running`); return r === undefined ? [] : [r - created.get(nm)!]; });
-    stats = { p50: p(toRunning, 50), p95: p(toRunning, 95), allRunning, lag50: loopDelay.percentile(50) / 1e6, lag99: loopDelay.percentile(99) / 1e6, lagMax: loopDelay.max / 1e6, count: toRunning.length };
+    const toRunning = names.flatMap((nm) => {
+      const r = tracker!.at(`vm/${nm}:Running`);
+      return r === undefined ? [] : [r - created.get(nm)!];
+    });
+    stats = {
+      p50: p(toRunning, 50),
+      p95: p(toRunning, 95),
+      allRunning,
+      lag50: loopDelay.percentile(50) / 1e6,
+      lag99: loopDelay.percentile(99) / 1e6,
+      lagMax: loopDelay.max / 1e6,
+      count: toRunning.length,
+    };
     // Where the time goes: per VM, ms after its create at which each stage was first seen.
     const stages: [string, (nm: string) => Promise<number | undefined>][] = [
       ['DataVolume Succeeded', async (nm) => tracker!.at(`dv/${nm}-root:Succeeded`)],
       ['VMI seen', async (nm) => tracker!.at(`vmi/${nm}:added`)],
       ['Scheduled', async (nm) => tracker!.at(`vmi/${nm}:Scheduled`)],
-      ['QEMU launch starts', async (nm) => {
-        const meta = JSON.parse(await readFile(join(runDirs.get(nm) ?? '', 'vm.json'), 'utf8').catch(() => '{}')) as { launchedAt?: string };
-        return meta.launchedAt ? Date.parse(meta.launchedAt) - createdWall.get(nm)! + created.get(nm)! : undefined;
-      }],
+      [
+        'QEMU launch starts',
+        async (nm) => {
+          const meta = JSON.parse(await readFile(join(runDirs.get(nm) ?? '', 'vm.json'), 'utf8').catch(() => '{}')) as { launchedAt?: string };
+          return meta.launchedAt ? Date.parse(meta.launchedAt) - createdWall.get(nm)! + created.get(nm)! : undefined;
+        },
+      ],
       ['VMI Running', async (nm) => tracker!.at(`vmi/${nm}:Running`)],
       ['VM Running', async (nm) => tracker!.at(`vm/${nm}:Running`)],
     ];
     const breakdown: string[] = [];
     for (const [label, at] of stages) {
       const xs: number[] = [];
-      for (const nm of names) { const t = await at(nm); if (t !== undefined) xs.push(t - created.get(nm)!); }
+      for (const nm of names) {
+        const t = await at(nm);
+        if (t !== undefined) xs.push(t - created.get(nm)!);
+      }
       breakdown.push(`${label} ${ms(p(xs, 50))}/${ms(p(xs, 95))}`);
     }
 
     await settleMemory(3000);
     const after = process.memoryUsage();
-    let qemuRss = 0, qemus = 0;
-    for (const vm of await listRunDirs(join(v.dataDir, 'vms', NS))) { qemuRss += await vmRssBytes(vm.pid); qemus++; }
+    let qemuRss = 0,
+      qemus = 0;
+    for (const vm of await listRunDirs(join(v.dataDir, 'vms', NS))) {
+      qemuRss += await vmRssBytes(vm.pid);
+      qemus++;
+    }
     const count = reached || n;
     const rssPerVm = (after.rss - before.rss) / count;
     const heapPerVm = (after.heapUsed - before.heapUsed) / count;
@@ -606,42 +773,59 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
     const bootWaitMs = process.env.BENCH_VM_SCALE_BOOT_WAIT_S === '0' ? 0 : envInt('BENCH_VM_SCALE_BOOT_WAIT_S', 300) * 1000;
     const bootStart = now();
     let booted = 0;
-    if (bootWaitMs > 0) await pollUntil(`${count} guests booted`, async () => {
-      const logs = await Promise.all(names.map((nm) => readFile(join(runDirs.get(nm) ?? '', 'serial.log'), 'latin1').catch(() => '')));
-      booted = logs.filter((l) => l.includes(TINY_SERIAL.ready)).length;
-      return booted >= count ? true : undefined;
-    }, bootWaitMs, 2000).catch(() => undefined);
+    if (bootWaitMs > 0)
+      await pollUntil(
+        `${count} guests booted`,
+        async () => {
+          const logs = await Promise.all(names.map((nm) => readFile(join(runDirs.get(nm) ?? '', 'serial.log'), 'latin1').catch(() => '')));
+          booted = logs.filter((l) => l.includes(TINY_SERIAL.ready)).length;
+          return booted >= count ? true : undefined;
+        },
+        bootWaitMs,
+        2000,
+      ).catch(() => undefined);
     const bootedAfter = now() - bootStart;
     await settleMemory(3000);
     const later = process.memoryUsage();
-    let qemuRss2 = 0, qemus2 = 0;
-    for (const vm of await listRunDirs(join(v.dataDir, 'vms', NS))) { qemuRss2 += await vmRssBytes(vm.pid); qemus2++; }
+    let qemuRss2 = 0,
+      qemus2 = 0;
+    for (const vm of await listRunDirs(join(v.dataDir, 'vms', NS))) {
+      qemuRss2 += await vmRssBytes(vm.pid);
+      qemus2++;
+    }
     const rssPerVm2 = (later.rss - before.rss) / count;
     const qemuPerVm2 = qemus2 ? qemuRss2 / qemus2 : NaN;
-    if (bootWaitMs > 0 && booted < count) problems.push(`only ${booted} of ${count} guests printed ${TINY_SERIAL.ready} within ${bootWaitMs / 1000} s of all being Running (the booted-memory figure is taken then anyway)`);
+    if (bootWaitMs > 0 && booted < count)
+      problems.push(
+        `only ${booted} of ${count} guests printed ${TINY_SERIAL.ready} within ${bootWaitMs / 1000} s of all being Running (the booted-memory figure is taken then anyway)`,
+      );
 
     figures.push({
       name: `create → Running, ${count} VMs ${gap} ms apart / one at a time, p50`,
       ratio: ratio(p(toRunning, 50), p(aloneMs, 50)),
-      detail: `${count} VMs: ${p50p95(toRunning)}, all Running ${ms(allRunning)} after the first create (creates spread over ${ms(createSpan)}); ` +
+      detail:
+        `${count} VMs: ${p50p95(toRunning)}, all Running ${ms(allRunning)} after the first create (creates spread over ${ms(createSpan)}); ` +
         `one at a time (${alone}): ${p50p95(aloneMs)}. Includes each VM's DataVolume clone (dataVolumeTemplates). ` +
         `Stages, p50/p95 ms after each create: ${breakdown.join(', ')}. ` +
-        `Until all were Running this process used ${ms(burstCpuMs)} of CPU in ${ms(allRunning)} (${(100 * burstCpuMs / allRunning).toFixed(0)}% of one core); ` +
+        `Until all were Running this process used ${ms(burstCpuMs)} of CPU in ${ms(allRunning)} (${((100 * burstCpuMs) / allRunning).toFixed(0)}% of one core); ` +
         `event-loop delay p50 ${lag(50)}, p99 ${lag(99)}, max ${ms(loopDelay.max / 1e6)}; ${loadLine()}`,
     });
     figures.push({
       name: 'platform RSS growth per VM / QEMU RSS per VM',
       ratio: ratio(rssPerVm, qemuPerVm),
-      detail: `platform (server + controllers + agent, this process) ${mib(rssPerVm)} RSS and ${mib(heapPerVm)} V8 heap per VM (goal < 5 MiB); ` +
+      detail:
+        `platform (server + controllers + agent, this process) ${mib(rssPerVm)} RSS and ${mib(heapPerVm)} V8 heap per VM (goal < 5 MiB); ` +
         `RSS ${mib(before.rss)} → ${mib(after.rss)}, heapUsed ${mib(before.heapUsed)} → ${mib(after.heapUsed)}${gcOk ? '' : ' (no --expose-gc)'}; ` +
         `QEMU ${mib(qemuPerVm)} RSS per VM (${qemus} QEMUs, ${MEMORY} guests, summed VmRSS right after all were Running, guests still booting); KubeVirt reserves ~240 MiB per VM for virt-launcher`,
     });
-    if (bootWaitMs > 0) figures.push({
-      name: 'the same once the guests have booted',
-      ratio: ratio(rssPerVm2, qemuPerVm2),
-      detail: `${booted} of ${count} guests printed ${TINY_SERIAL.ready}, ${ms(bootedAfter)} after all were Running: platform ${mib(rssPerVm2)} RSS and ` +
-        `${mib((later.heapUsed - before.heapUsed) / count)} V8 heap per VM (RSS ${mib(later.rss)}, heapUsed ${mib(later.heapUsed)}); QEMU ${mib(qemuPerVm2)} RSS per VM (${qemus2} QEMUs)`,
-    });
+    if (bootWaitMs > 0)
+      figures.push({
+        name: 'the same once the guests have booted',
+        ratio: ratio(rssPerVm2, qemuPerVm2),
+        detail:
+          `${booted} of ${count} guests printed ${TINY_SERIAL.ready}, ${ms(bootedAfter)} after all were Running: platform ${mib(rssPerVm2)} RSS and ` +
+          `${mib((later.heapUsed - before.heapUsed) / count)} V8 heap per VM (RSS ${mib(later.rss)}, heapUsed ${mib(later.heapUsed)}); QEMU ${mib(qemuPerVm2)} RSS per VM (${qemus2} QEMUs)`,
+      });
     console.log(`  ${loadLine()}`);
   } catch (e) {
     problems.push(`failed: ${errText(e)}`);
@@ -659,8 +843,16 @@ async function scaleRun(qemuPriority: QemuPriority): Promise<{ figures: Figure[]
 if (isMain(import.meta.url)) {
   const only = process.env.BENCH_VM_ONLY;
   const results: BenchResult[] = [];
-  if (!only || only === 'boot') { const r = await runVmBoot(); printResult(r); results.push(r); }
-  if (!only || only === 'scale') { const r = await runVmScale(); printResult(r); results.push(r); }
+  if (!only || only === 'boot') {
+    const r = await runVmBoot();
+    printResult(r);
+    results.push(r);
+  }
+  if (!only || only === 'scale') {
+    const r = await runVmScale();
+    printResult(r);
+    results.push(r);
+  }
   console.log(`\n${results.map((r) => r.figures.map((f) => `  ${fmtRatio(f.ratio).padStart(8)}  ${f.name}`).join('\n')).join('\n')}`);
   process.exit(results.some((r) => r.problems.length > 0) ? 1 : 0);
 }

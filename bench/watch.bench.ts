@@ -24,10 +24,7 @@ import { Client, type KubeObject, type Watch } from '@vessel/client';
 import { EtcdStore, SqliteStore, type Store } from '@vessel/store';
 import { vm } from '../e2e/harness.ts';
 import { startEtcd, type EtcdServer } from '../packages/store/testing/etcd-server.ts';
-import {
-  envInt, errText, isMain, ms, now, printResult, ratio, sleep, stats, within,
-  type BenchResult, type Figure, type Stats,
-} from './lib.ts';
+import { envInt, errText, isMain, ms, now, printResult, ratio, sleep, stats, within, type BenchResult, type Figure, type Stats } from './lib.ts';
 
 const VMS = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 const NAMESPACE = 'default';
@@ -40,7 +37,12 @@ const DRAIN_TIMEOUT_MS = 30_000;
 
 type StoreKind = 'sqlite' | 'etcd';
 
-interface ChildServer { kubeconfig: string; url: string; port: number; stop(): Promise<void> }
+interface ChildServer {
+  kubeconfig: string;
+  url: string;
+  port: number;
+  stop(): Promise<void>;
+}
 
 /** Starts bench/server-child.ts and waits for the line that says it serves. */
 async function startChild(dataDir: string, kind: StoreKind, etcdEndpoint?: string): Promise<ChildServer> {
@@ -61,16 +63,20 @@ async function startChild(dataDir: string, kind: StoreKind, etcdEndpoint?: strin
     clearTimeout(timer);
   };
   try {
-    const line = await within(new Promise<string>((res, rej) => {
-      let buf = '';
-      child.stdout!.setEncoding('utf8');
-      child.stdout!.on('data', (d: string) => {
-        buf += d;
-        const nl = buf.indexOf('\n');
-        if (nl >= 0) res(buf.slice(0, nl));
-      });
-      child.once('exit', (code) => rej(new Error(`server child exited (code ${code}) before serving`)));
-    }), 30_000, 'server child start');
+    const line = await within(
+      new Promise<string>((res, rej) => {
+        let buf = '';
+        child.stdout!.setEncoding('utf8');
+        child.stdout!.on('data', (d: string) => {
+          buf += d;
+          const nl = buf.indexOf('\n');
+          if (nl >= 0) res(buf.slice(0, nl));
+        });
+        child.once('exit', (code) => rej(new Error(`server child exited (code ${code}) before serving`)));
+      }),
+      30_000,
+      'server child start',
+    );
     const info = JSON.parse(line) as { kubeconfig: string; url: string };
     return { kubeconfig: info.kubeconfig, url: info.url, port: Number(new URL(info.url).port), stop };
   } catch (e) {
@@ -101,9 +107,17 @@ function socketsOf(client: Client, idle = false): number {
   return count(agent.sockets) + (idle ? count(agent.freeSockets) : 0);
 }
 
-interface Watcher { arrivals: Map<string, number>; watch: Watch; error?: string }
+interface Watcher {
+  arrivals: Map<string, number>;
+  watch: Watch;
+  error?: string;
+}
 
-interface WriteRecord { rv: string; sent: number; answered: number }
+interface WriteRecord {
+  rv: string;
+  sent: number;
+  answered: number;
+}
 
 interface PhaseResult {
   watchers: number;
@@ -121,7 +135,16 @@ interface PhaseResult {
 }
 
 /** One phase: `count` watches from the current resourceVersion, K writes, delays. */
-async function watchPhase(kubeconfig: string, port: number, writer: Client, count: number, writes: number, gapMs: number, problems: string[], label: string): Promise<PhaseResult> {
+async function watchPhase(
+  kubeconfig: string,
+  port: number,
+  writer: Client,
+  count: number,
+  writes: number,
+  gapMs: number,
+  problems: string[],
+  label: string,
+): Promise<PhaseResult> {
   const log = (s: string) => console.log(`  [watch ${label}] ${s}`);
   // Client.watch uses the Client's keep-alive agent. With maxSockets finite, a Client could
   // queue watches behind each other on shared sockets; then give each group its own Client.
@@ -141,11 +164,16 @@ async function watchPhase(kubeconfig: string, port: number, writer: Client, coun
       const w: Watcher = { arrivals: new Map(), watch: undefined as unknown as Watch };
       w.watch = clients[Math.floor(i / perClient)].watchResource(VMS, { namespace: NAMESPACE, resourceVersion: fromRv }, (ev) => {
         const at = now();
-        if (ev.type === 'ERROR') { w.error ??= JSON.stringify(ev.object).slice(0, 200); return; }
+        if (ev.type === 'ERROR') {
+          w.error ??= JSON.stringify(ev.object).slice(0, 200);
+          return;
+        }
         const o = ev.object as KubeObject;
         if (o.metadata?.name === TARGET && o.metadata.resourceVersion) w.arrivals.set(o.metadata.resourceVersion, at);
       });
-      w.watch.done.catch((e: unknown) => { w.error ??= errText(e); });
+      w.watch.done.catch((e: unknown) => {
+        w.error ??= errText(e);
+      });
       watchers.push(w);
       if ((i + 1) % CONNECT_BATCH === 0) await sleep(10);
     }
@@ -156,7 +184,9 @@ async function watchPhase(kubeconfig: string, port: number, writer: Client, coun
     while (live() < count && now() - t0 < CONNECT_TIMEOUT_MS && !watchers.some((w) => w.error)) await sleep(20);
     const connectMs = now() - t0;
     const connections = { agentSockets: clients.reduce((n, c) => n + socketsOf(c), 0), kernel: establishedTo(port) - socketsOf(writer, true) };
-    log(`${live()}/${count} watches live after ${ms(connectMs)}; ${connections.agentSockets} agent sockets, ${connections.kernel} TCP connections (excluding the writer's)`);
+    log(
+      `${live()}/${count} watches live after ${ms(connectMs)}; ${connections.agentSockets} agent sockets, ${connections.kernel} TCP connections (excluding the writer's)`,
+    );
     if (live() < count) problems.push(`${label}: only ${live()} of ${count} watches were live after ${ms(connectMs)}`);
     if (connections.agentSockets !== count) problems.push(`${label}: ${count} watches use ${connections.agentSockets} sockets, expected one each`);
 
@@ -176,13 +206,18 @@ async function watchPhase(kubeconfig: string, port: number, writer: Client, coun
     const drainStart = now();
     while (lastRv && now() - drainStart < DRAIN_TIMEOUT_MS && watchers.some((w) => !w.arrivals.has(lastRv) && !w.error)) await sleep(20);
 
-    const delays: number[] = [], fromResponse: number[] = [], lastArrival: number[] = [];
+    const delays: number[] = [],
+      fromResponse: number[] = [],
+      lastArrival: number[] = [];
     let missing = 0;
     for (const r of records) {
       let latest = -Infinity;
       for (const w of watchers) {
         const at = w.arrivals.get(r.rv);
-        if (at === undefined) { missing++; continue; }
+        if (at === undefined) {
+          missing++;
+          continue;
+        }
         delays.push(at - r.sent);
         fromResponse.push(at - r.answered);
         latest = Math.max(latest, at - r.sent);
@@ -193,8 +228,15 @@ async function watchPhase(kubeconfig: string, port: number, writer: Client, coun
     if (errored.length) problems.push(`${label}: ${errored.length} watches failed (first: ${errored[0].error})`);
     if (missing) problems.push(`${label}: ${missing} of ${records.length * count} (watcher, event) pairs missing`);
     return {
-      watchers: count, delays: stats(delays), fromResponse: stats(fromResponse), lastArrival: stats(lastArrival),
-      write: stats(records.map((r) => r.answered - r.sent)), missing, pairs: records.length * count, connectMs, connections,
+      watchers: count,
+      delays: stats(delays),
+      fromResponse: stats(fromResponse),
+      lastArrival: stats(lastArrival),
+      write: stats(records.map((r) => r.answered - r.sent)),
+      missing,
+      pairs: records.length * count,
+      connectMs,
+      connections,
     };
   } finally {
     for (const w of watchers) w.watch.close();
@@ -211,8 +253,12 @@ async function rawStorePhase(store: Store, value: (seq: number) => string, write
   let failure: string | undefined;
   const watch = store.watch(`/registry/kubevirt.io/virtualmachines/${NAMESPACE}/`, {
     fromRevision: await store.currentRevision(),
-    onEvent: (ev) => { arrivals.set(ev.kv.modRevision, now()); },
-    onError: (e) => { failure = e.message; },
+    onEvent: (ev) => {
+      arrivals.set(ev.kv.modRevision, now());
+    },
+    onError: (e) => {
+      failure = e.message;
+    },
   });
   try {
     // Warm-up write so a watch that connects asynchronously (etcd) is live before measuring.
@@ -270,23 +316,28 @@ async function benchStore(kind: StoreKind, watcherCount: number, writes: number,
     const everyone = many.missing === 0 && one.missing === 0 ? 'yes' : 'NO';
     return [
       {
-        name: `${label} watch p99, ${watcherCount} vs 1 watcher`, ratio: ratio(many.delays.p99, one.delays.p99),
+        name: `${label} watch p99, ${watcherCount} vs 1 watcher`,
+        ratio: ratio(many.delays.p99, one.delays.p99),
         detail: `${watcherCount} watchers p50 ${ms(many.delays.p50)} p99 ${ms(many.delays.p99)} max ${ms(many.delays.max)} | 1 watcher p50 ${ms(one.delays.p50)} p99 ${ms(one.delays.p99)} max ${ms(one.delays.max)}`,
       },
       {
-        name: `${label} watch p50, ${watcherCount} vs 1 watcher`, ratio: ratio(many.delays.p50, one.delays.p50),
+        name: `${label} watch p50, ${watcherCount} vs 1 watcher`,
+        ratio: ratio(many.delays.p50, one.delays.p50),
         detail: `every watcher got every event: ${everyone} (${many.pairs - many.missing}/${many.pairs} pairs; ${writes} writes ${gapMs} ms apart)`,
       },
       {
-        name: `${label} watch last-watcher p99, ${watcherCount} vs 1`, ratio: ratio(many.lastArrival.p99, one.lastArrival.p99),
+        name: `${label} watch last-watcher p99, ${watcherCount} vs 1`,
+        ratio: ratio(many.lastArrival.p99, one.lastArrival.p99),
         detail: `time until the last of ${watcherCount} had an event: p50 ${ms(many.lastArrival.p50)} p99 ${ms(many.lastArrival.p99)} | from the PATCH response: p50 ${ms(many.fromResponse.p50)} p99 ${ms(many.fromResponse.p99)}`,
       },
       {
-        name: `${label} watch 1 watcher vs raw store.watch p99`, ratio: ratio(one.delays.p99, rawStats.p99),
+        name: `${label} watch 1 watcher vs raw store.watch p99`,
+        ratio: ratio(one.delays.p99, rawStats.p99),
         detail: `1 watcher (HTTPS, child process) p50 ${ms(one.delays.p50)} p99 ${ms(one.delays.p99)} | store.watch p50 ${ms(rawStats.p50)} p99 ${ms(rawStats.p99)}`,
       },
       {
-        name: `${label} PATCH p50 during fan-out, ${watcherCount} vs 1`, ratio: ratio(many.write.p50, one.write.p50),
+        name: `${label} PATCH p50 during fan-out, ${watcherCount} vs 1`,
+        ratio: ratio(many.write.p50, one.write.p50),
         detail: `PATCH latency with ${watcherCount} watchers p50 ${ms(many.write.p50)} p99 ${ms(many.write.p99)} | with 1 p50 ${ms(one.write.p50)} p99 ${ms(one.write.p99)}; ${many.connections.agentSockets} sockets / ${many.connections.kernel} TCP conns, connected+live in ${ms(many.connectMs)}`,
       },
     ];
@@ -304,18 +355,29 @@ export async function runWatch(): Promise<BenchResult> {
   const watchers = envInt('BENCH_WATCHERS', 1000);
   const writes = envInt('BENCH_WRITES', 50);
   const gapMs = envInt('BENCH_WRITE_GAP_MS', 50);
-  const stores = (process.env.BENCH_WATCH_STORES ?? 'sqlite,etcd').split(',').map((s) => s.trim()).filter(Boolean) as StoreKind[];
+  const stores = (process.env.BENCH_WATCH_STORES ?? 'sqlite,etcd')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean) as StoreKind[];
   const figures: Figure[] = [];
   const problems: string[] = [];
   for (const kind of stores) {
-    if (kind !== 'sqlite' && kind !== 'etcd') { problems.push(`unknown store "${kind}" in BENCH_WATCH_STORES`); continue; }
+    if (kind !== 'sqlite' && kind !== 'etcd') {
+      problems.push(`unknown store "${kind}" in BENCH_WATCH_STORES`);
+      continue;
+    }
     try {
-      figures.push(...await benchStore(kind, watchers, writes, gapMs, problems));
+      figures.push(...(await benchStore(kind, watchers, writes, gapMs, problems)));
     } catch (e) {
       problems.push(`${kind}: ${errText(e)}`);
     }
   }
-  return { bench: `watch (${watchers} watchers, ${writes} writes ${gapMs} ms apart; server in a child process)`, figures, problems, seconds: (now() - started) / 1000 };
+  return {
+    bench: `watch (${watchers} watchers, ${writes} writes ${gapMs} ms apart; server in a child process)`,
+    figures,
+    problems,
+    seconds: (now() - started) / 1000,
+  };
 }
 
 if (isMain(import.meta.url)) {

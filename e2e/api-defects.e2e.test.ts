@@ -24,11 +24,14 @@ const PYTHON = ['/usr/bin/python3', 'python3'].find((p) => spawnSync(p, ['-c', '
 
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
-
 describe('API defects of issue 10', () => {
   let v: Vessel;
-  before(async () => { v = await startVessel({ controllers: false }); });
-  after(async () => { await v?.close(); });
+  before(async () => {
+    v = await startVessel({ controllers: false });
+  });
+  after(async () => {
+    await v?.close();
+  });
 
   const kubectl = async (args: string[], input?: string) => run('kubectl', ['--kubeconfig', v.kubeconfig, ...args], { input });
   const revision = async () => Number((await v.client.list(CM, { namespace: 'default' })).metadata?.resourceVersion);
@@ -40,7 +43,7 @@ describe('API defects of issue 10', () => {
       const core = kc.makeApiClient(k8s.CoreV1Api);
       const created = await core.createNamespacedSecret({
         namespace: 'default',
-        body: { metadata: { name: 'cloud-init' }, data: { a: b64('old'), keep: b64('kept') }, stringData: { 'userdata': '#cloud-config\n', a: 'new' } },
+        body: { metadata: { name: 'cloud-init' }, data: { a: b64('old'), keep: b64('kept') }, stringData: { userdata: '#cloud-config\n', a: 'new' } },
       });
       assert.deepEqual(created.data, { a: b64('new'), keep: b64('kept'), userdata: b64('#cloud-config\n') });
       assert.equal(created.stringData, undefined);
@@ -53,18 +56,32 @@ describe('API defects of issue 10', () => {
       assert.equal(updated.stringData, undefined);
 
       const patched = await v.client.request<KubeObject>('PATCH', '/api/v1/namespaces/default/secrets/cloud-init', {
-        body: { stringData: { a: 'by-patch' } }, contentType: 'application/merge-patch+json',
+        body: { stringData: { a: 'by-patch' } },
+        contentType: 'application/merge-patch+json',
       });
       assert.deepEqual(patched.data, { a: b64('by-patch'), keep: b64('kept'), userdata: b64('#cloud-config\n'), b: b64('by-put') });
       assert.equal(patched.stringData, undefined);
     });
 
     it('cannot change an immutable Secret', async () => {
-      await v.client.create(SECRET, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'frozen', namespace: 'default' }, immutable: true, stringData: { a: 'x' } });
-      const err = await rejects(v.client.request('PATCH', '/api/v1/namespaces/default/secrets/frozen', {
-        body: { stringData: { a: 'y' } }, contentType: 'application/merge-patch+json',
-      }), 422);
-      assert.ok(err.causes.some((c) => c.field === 'data'), err.message);
+      await v.client.create(SECRET, {
+        apiVersion: 'v1',
+        kind: 'Secret',
+        metadata: { name: 'frozen', namespace: 'default' },
+        immutable: true,
+        stringData: { a: 'x' },
+      });
+      const err = await rejects(
+        v.client.request('PATCH', '/api/v1/namespaces/default/secrets/frozen', {
+          body: { stringData: { a: 'y' } },
+          contentType: 'application/merge-patch+json',
+        }),
+        422,
+      );
+      assert.ok(
+        err.causes.some((c) => c.field === 'data'),
+        err.message,
+      );
       assert.equal(((await v.client.get(SECRET, 'frozen', { namespace: 'default' })).data as Record<string, string>).a, b64('x'));
     });
   });
@@ -76,7 +93,11 @@ describe('API defects of issue 10', () => {
       assert.equal(err.reason, 'BadRequest');
       assert.equal(err.causes[0]?.field, 'metadata.resourceVersion');
       assert.deepEqual((await v.client.get(CM, 'rv', { namespace: 'default' })).data, { a: '1' });
-      for (const [path, watch] of [['/api/v1/namespaces/default/configmaps', 'false'], ['/api/v1/namespaces/default/configmaps/rv', 'false'], ['/api/v1/namespaces/default/configmaps', 'true']]) {
+      for (const [path, watch] of [
+        ['/api/v1/namespaces/default/configmaps', 'false'],
+        ['/api/v1/namespaces/default/configmaps/rv', 'false'],
+        ['/api/v1/namespaces/default/configmaps', 'true'],
+      ]) {
         const e = await rejects(v.client.request('GET', path, { query: { resourceVersion: '12x', watch } }), 400);
         assert.match(e.message, /resourceVersion: Invalid value: "12x"/);
       }
@@ -85,8 +106,12 @@ describe('API defects of issue 10', () => {
     it('a list or watch from one not reached yet waits for it, then answers 504 Too large resource version', async () => {
       const current = await revision();
       // Reached within the wait: the list answers once the write is in.
-      setTimeout(() => { void v.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'soon', namespace: 'default' } }); }, 500);
-      const list = await v.client.request<{ metadata: { resourceVersion: string }; items: KubeObject[] }>('GET', '/api/v1/namespaces/default/configmaps', { query: { resourceVersion: String(current + 1) } });
+      setTimeout(() => {
+        void v.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'soon', namespace: 'default' } });
+      }, 500);
+      const list = await v.client.request<{ metadata: { resourceVersion: string }; items: KubeObject[] }>('GET', '/api/v1/namespaces/default/configmaps', {
+        query: { resourceVersion: String(current + 1) },
+      });
       assert.ok(Number(list.metadata.resourceVersion) >= current + 1);
       assert.ok(list.items.some((i) => i.metadata?.name === 'soon'));
 
@@ -109,13 +134,22 @@ describe('API defects of issue 10', () => {
       const old = await revision();
       await v.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'after-old', namespace: 'default' } });
       // Before compaction, the exact list is the state at that revision.
-      const exact = await v.client.request<{ items: KubeObject[] }>('GET', '/api/v1/namespaces/default/configmaps', { query: { resourceVersion: String(old), resourceVersionMatch: 'Exact' } });
+      const exact = await v.client.request<{ items: KubeObject[] }>('GET', '/api/v1/namespaces/default/configmaps', {
+        query: { resourceVersion: String(old), resourceVersionMatch: 'Exact' },
+      });
       assert.ok(!exact.items.some((i) => i.metadata?.name === 'after-old'));
       await v.server.store.compact(await v.server.store.currentRevision());
-      const e = await rejects(v.client.request('GET', '/api/v1/namespaces/default/configmaps', { query: { resourceVersion: String(old), resourceVersionMatch: 'Exact' } }), 410);
+      const e = await rejects(
+        v.client.request('GET', '/api/v1/namespaces/default/configmaps', { query: { resourceVersion: String(old), resourceVersionMatch: 'Exact' } }),
+        410,
+      );
       assert.equal(e.reason, 'Expired');
       // ListOptions that make no sense are refused as Kubernetes refuses them.
-      for (const query of [{ resourceVersionMatch: 'Exact' }, { resourceVersionMatch: 'Sometimes', resourceVersion: '5' }, { resourceVersion: '5', continue: 'x' }]) {
+      for (const query of [
+        { resourceVersionMatch: 'Exact' },
+        { resourceVersionMatch: 'Sometimes', resourceVersion: '5' },
+        { resourceVersion: '5', continue: 'x' },
+      ]) {
         const bad = await rejects(v.client.request('GET', '/api/v1/namespaces/default/configmaps', { query }), 422);
         assert.match(bad.causes[0]?.field ?? '', /^resourceVersion/, JSON.stringify(query));
       }
@@ -148,16 +182,21 @@ describe('API defects of issue 10', () => {
         "print('LISTED', rv, flush=True)",
         "for ev in watch.Watch().stream(v1.list_namespaced_config_map, 'default', resource_version=rv, timeout_seconds=20):",
         "    print(ev['type'], ev['object'].metadata.name, flush=True)",
-        '    if ev[\'object\'].metadata.name == sys.argv[2] and ev[\'type\'] == \'MODIFIED\':',
+        "    if ev['object'].metadata.name == sys.argv[2] and ev['type'] == 'MODIFIED':",
         '        break',
       ].join('\n');
       const py = spawn(PYTHON!, ['-c', script, v.kubeconfig, 'py-watched'], { stdio: ['ignore', 'pipe', 'pipe'] });
       let err = '';
-      py.stderr.on('data', (d) => { err += d; });
+      py.stderr.on('data', (d) => {
+        err += d;
+      });
       const exited = new Promise<number | null>((resolve) => py.on('close', resolve));
       const lines: string[] = [];
       const listed = new Promise<void>((resolve) => {
-        createInterface({ input: py.stdout }).on('line', (l) => { lines.push(l); if (l.startsWith('LISTED')) resolve(); });
+        createInterface({ input: py.stdout }).on('line', (l) => {
+          lines.push(l);
+          if (l.startsWith('LISTED')) resolve();
+        });
       });
       const timer = setTimeout(() => py.kill('SIGKILL'), 40_000);
       try {
@@ -196,9 +235,16 @@ describe('API defects of issue 10', () => {
 
     it('apply of a v1 List validates its items against OpenAPI v2 and creates them', async () => {
       const list = {
-        apiVersion: 'v1', kind: 'List', items: [
+        apiVersion: 'v1',
+        kind: 'List',
+        items: [
           { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'from-list' }, data: { a: '1' } },
-          { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name: 'from-list' }, spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } } } },
+          {
+            apiVersion: 'kubevirt.io/v1',
+            kind: 'VirtualMachine',
+            metadata: { name: 'from-list' },
+            spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } } },
+          },
         ],
       };
       const r = await kubectl(['apply', '-f', '-'], JSON.stringify(list));
@@ -206,17 +252,30 @@ describe('API defects of issue 10', () => {
       assert.match(r.out, /configmap\/from-list created/);
       assert.match(r.out, /virtualmachine\.kubevirt\.io\/from-list created/);
       // kubectl's client-side validation (strict for a List) reads the v2 schema and names an unknown field.
-      const bad = await kubectl(['apply', '-f', '-'], JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'bad-list' }, dta: {} }] }));
+      const bad = await kubectl(
+        ['apply', '-f', '-'],
+        JSON.stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'bad-list' }, dta: {} }] }),
+      );
       assert.notEqual(bad.code, 0);
       assert.match(bad.err, /dta/);
     });
 
     it('get nodes shows Ready, NotReady, Unknown and SchedulingDisabled', async () => {
-      const nodes: [string, string | undefined, boolean][] = [['n-ready', 'True', false], ['n-notready', 'False', false], ['n-silent', 'Unknown', false], ['n-new', undefined, false], ['n-cordoned', 'True', true]];
+      const nodes: [string, string | undefined, boolean][] = [
+        ['n-ready', 'True', false],
+        ['n-notready', 'False', false],
+        ['n-silent', 'Unknown', false],
+        ['n-new', undefined, false],
+        ['n-cordoned', 'True', true],
+      ];
       for (const [name, ready, cordoned] of nodes) {
         const node = await v.client.create(NODE, { apiVersion: 'v1', kind: 'Node', metadata: { name }, spec: cordoned ? { unschedulable: true } : {} });
         if (ready) {
-          await v.client.update(NODE, { ...node, status: { conditions: [{ type: 'Ready', status: ready, reason: 'Test', lastHeartbeatTime: new Date().toISOString() }] } }, { subresource: 'status' });
+          await v.client.update(
+            NODE,
+            { ...node, status: { conditions: [{ type: 'Ready', status: ready, reason: 'Test', lastHeartbeatTime: new Date().toISOString() }] } },
+            { subresource: 'status' },
+          );
         }
       }
       const r = await kubectl(['get', 'nodes']);
@@ -237,7 +296,10 @@ describe('API defects of issue 10', () => {
         const isDefault = sc.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true';
         assert.match(r.out, new RegExp(`^${sc.metadata!.name}${isDefault ? ' \\(default\\)' : ''}\\s`, 'm'), r.out);
       }
-      assert.ok(classes.some((sc) => sc.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true'), 'a fresh install has a default class');
+      assert.ok(
+        classes.some((sc) => sc.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true'),
+        'a fresh install has a default class',
+      );
     });
 
     it('a new claim is Pending', async () => {
@@ -246,7 +308,10 @@ describe('API defects of issue 10', () => {
       const core = kc.makeApiClient(k8s.CoreV1Api);
       const pvc = await core.createNamespacedPersistentVolumeClaim({
         namespace: 'default',
-        body: { metadata: { name: 'waiting' }, spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'no-such-class', resources: { requests: { storage: '1Gi' } } } },
+        body: {
+          metadata: { name: 'waiting' },
+          spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'no-such-class', resources: { requests: { storage: '1Gi' } } },
+        },
       });
       assert.equal(pvc.status?.phase, 'Pending');
       assert.equal((await core.readNamespacedPersistentVolumeClaim({ namespace: 'default', name: 'waiting' })).status?.phase, 'Pending');

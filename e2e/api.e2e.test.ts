@@ -14,7 +14,6 @@ const CMS = findByResource('', 'v1', 'configmaps')!;
 const CM = findByResource('', 'v1', 'configmaps')!;
 const NS = findByResource('', 'v1', 'namespaces')!;
 
-
 async function eventually(cond: () => Promise<boolean>, what: string, timeoutMs = 10_000): Promise<void> {
   const start = Date.now();
   while (!(await cond())) {
@@ -24,20 +23,34 @@ async function eventually(cond: () => Promise<boolean>, what: string, timeoutMs 
 }
 
 const exists = (c: Client, res: typeof VM, name: string, ns = 'default') =>
-  c.get(res, name, { namespace: ns }).then(() => true, (e) => { if (e instanceof StatusError && e.code === 404) return false; throw e; });
+  c.get(res, name, { namespace: ns }).then(
+    () => true,
+    (e) => {
+      if (e instanceof StatusError && e.code === 404) return false;
+      throw e;
+    },
+  );
 
 describe('API server semantics', () => {
   let v: Vessel;
   let c: Client;
-  before(async () => { v = await startVessel({ bookmarkIntervalMs: 200 }); c = v.client; });
-  after(async () => { await v?.close(); });
+  before(async () => {
+    v = await startVessel({ bookmarkIntervalMs: 200 });
+    c = v.client;
+  });
+  after(async () => {
+    await v?.close();
+  });
 
   it('starts with the namespaces and the default storage class of a fresh install', async () => {
     const names = (await c.list(NS)).items.map((n) => n.metadata?.name);
     for (const ns of ['default', 'kube-system', 'vessel-images']) assert.ok(names.includes(ns), `namespace ${ns}`);
     const classes = (await c.list(findByResource('storage.k8s.io', 'v1', 'storageclasses')!)).items;
     const defaults = classes.filter((sc) => sc.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true');
-    assert.deepEqual(defaults.map((sc) => sc.metadata?.name), ['local']);
+    assert.deepEqual(
+      defaults.map((sc) => sc.metadata?.name),
+      ['local'],
+    );
   });
 
   it('creates, reads and refuses duplicates', async () => {
@@ -54,11 +67,17 @@ describe('API server semantics', () => {
     const bad = vm('bad1');
     (bad.spec as { template: { spec: { domain: Record<string, unknown> } } }).template.spec.domain.resources = {};
     const err = await rejects(c.create(VM, bad), 422);
-    assert.ok(err.causes.some((x) => x.field === 'spec.template.spec.domain.resources.requests.memory'), JSON.stringify(err.causes));
+    assert.ok(
+      err.causes.some((x) => x.field === 'spec.template.spec.domain.resources.requests.memory'),
+      JSON.stringify(err.causes),
+    );
     const unknown = vm('bad2');
     (unknown.spec as Record<string, unknown>).colour = 'blue';
     const err2 = await rejects(c.create(VM, unknown), 422);
-    assert.ok(err2.causes.some((x) => x.field === 'spec.colour'), JSON.stringify(err2.causes));
+    assert.ok(
+      err2.causes.some((x) => x.field === 'spec.colour'),
+      JSON.stringify(err2.causes),
+    );
     await rejects(c.create(VM, { ...vm('x'), metadata: { name: 'Not_A_Name' } }), 422, /metadata\.name/);
     await rejects(c.create(VM, { ...vm('x'), metadata: {} }), 422, /metadata\.name/);
     assert.equal(await exists(c, VM, 'bad1'), false);
@@ -74,10 +93,34 @@ describe('API server semantics', () => {
     };
     const T = 'spec.template.spec.domain';
     for (const [name, edit, field] of [
-      ['neg-mem', (d: Domain) => { d.resources.requests.memory = '-1Gi'; }, `${T}.resources.requests.memory`],
-      ['neg-cpu', (d: Domain) => { d.resources.requests.cpu = '-1'; }, `${T}.resources.requests.cpu`],
-      ['neg-limit', (d: Domain) => { (d.resources as Record<string, unknown>).limits = { cpu: '-2' }; }, `${T}.resources.limits.cpu`],
-      ['neg-cores', (d: Domain) => { d.cpu = { cores: -1 }; }, `${T}.cpu.cores`],
+      [
+        'neg-mem',
+        (d: Domain) => {
+          d.resources.requests.memory = '-1Gi';
+        },
+        `${T}.resources.requests.memory`,
+      ],
+      [
+        'neg-cpu',
+        (d: Domain) => {
+          d.resources.requests.cpu = '-1';
+        },
+        `${T}.resources.requests.cpu`,
+      ],
+      [
+        'neg-limit',
+        (d: Domain) => {
+          (d.resources as Record<string, unknown>).limits = { cpu: '-2' };
+        },
+        `${T}.resources.limits.cpu`,
+      ],
+      [
+        'neg-cores',
+        (d: Domain) => {
+          d.cpu = { cores: -1 };
+        },
+        `${T}.cpu.cores`,
+      ],
     ] as const) {
       const err = await rejects(c.create(VM, withDomain(name, edit)), 422);
       assert.equal(err.reason, 'Invalid');
@@ -86,10 +129,19 @@ describe('API server semantics', () => {
       assert.match(cause.message ?? '', /must be greater than or equal to 0/);
       assert.equal(await exists(c, VM, name), false);
     }
-    await c.create(VM, withDomain('cpu-ok', (d) => { d.resources.requests.cpu = '500m'; }));
+    await c.create(
+      VM,
+      withDomain('cpu-ok', (d) => {
+        d.resources.requests.cpu = '500m';
+      }),
+    );
     await rejects(c.patch(VM, 'cpu-ok', { spec: { template: { spec: { domain: { resources: { requests: { cpu: '-1' } } } } } } }), 422, /requests\.cpu/);
     const kept = await c.get(VM, 'cpu-ok');
-    assert.equal((kept.spec as { template: { spec: { domain: Domain } } }).template.spec.domain.resources.requests.cpu, '500m', 'the refused patch changed nothing');
+    assert.equal(
+      (kept.spec as { template: { spec: { domain: Domain } } }).template.spec.domain.resources.requests.cpu,
+      '500m',
+      'the refused patch changed nothing',
+    );
   });
 
   it('refuses VMI fields the VM could not start with (422 naming them); implemented ones pass without a warning', async () => {
@@ -101,20 +153,32 @@ describe('API server semantics', () => {
       edit((o.spec as { template: { spec: Spec } }).template.spec);
       return o;
     };
-    const err = await rejects(w.create(VM, withSpec('pci', (s) => {
-      s.domain.devices.interfaces = [{ name: 'default', masquerade: {}, pciAddress: '0000:81:00.1' }];
-      s.networks = [{ name: 'default', pod: {} }];
-      s.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL' }];
-    })), 422);
-    assert.deepEqual(err.causes.map((x) => [x.field, x.reason]), [
-      ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported'],
-      ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported'],
-    ]);
+    const err = await rejects(
+      w.create(
+        VM,
+        withSpec('pci', (s) => {
+          s.domain.devices.interfaces = [{ name: 'default', masquerade: {}, pciAddress: '0000:81:00.1' }];
+          s.networks = [{ name: 'default', pod: {} }];
+          s.domain.devices.gpus = [{ name: 'gpu1', deviceName: 'nvidia.com/TU104GL' }];
+        }),
+      ),
+      422,
+    );
+    assert.deepEqual(
+      err.causes.map((x) => [x.field, x.reason]),
+      [
+        ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported'],
+        ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported'],
+      ],
+    );
     assert.equal(await exists(c, VM, 'pci'), false);
-    await w.create(VM, withSpec('clocked', (s) => {
-      s.domain.clock = { timezone: 'Europe/Berlin' };
-      s.domain.devices.watchdog = { name: 'wd', i6300esb: { action: 'reset' } };
-    }));
+    await w.create(
+      VM,
+      withSpec('clocked', (s) => {
+        s.domain.clock = { timezone: 'Europe/Berlin' };
+        s.domain.devices.watchdog = { name: 'wd', i6300esb: { action: 'reset' } };
+      }),
+    );
     assert.deepEqual(warnings, []);
   });
 
@@ -171,7 +235,10 @@ describe('API server semantics', () => {
     const odd = await c.list(VM, { namespace: 'default', labelSelector: 'tier in (odd),tier!=even' });
     assert.equal(odd.items.length, 12);
     const one = await c.list(VM, { namespace: 'default', fieldSelector: 'metadata.name=page-03' });
-    assert.deepEqual(one.items.map((o) => o.metadata?.name), ['page-03']);
+    assert.deepEqual(
+      one.items.map((o) => o.metadata?.name),
+      ['page-03'],
+    );
     await rejects(c.list(VM, { labelSelector: 'tier in (odd' }), 400, /unable to parse requirement/);
     await rejects(c.list(VM, { fieldSelector: 'nonsense' }), 400, /field selector/);
   });
@@ -191,15 +258,25 @@ describe('API server semantics', () => {
     await c.patch(CMS, 'w-new', { metadata: { labels: { live: 'yes' } } });
     await eventually(async () => events.length >= 4, 'a live event');
     w.close();
-    assert.deepEqual(events.map((e) => `${e.type} ${e.object.metadata?.name}`), ['MODIFIED w-0', 'ADDED w-new', 'DELETED w-1', 'MODIFIED w-new']);
+    assert.deepEqual(
+      events.map((e) => `${e.type} ${e.object.metadata?.name}`),
+      ['MODIFIED w-0', 'ADDED w-new', 'DELETED w-1', 'MODIFIED w-new'],
+    );
     const rvs = events.map((e) => Number(e.object.metadata?.resourceVersion));
-    assert.deepEqual([...rvs].sort((a, b) => a - b), rvs, 'events arrive in revision order');
+    assert.deepEqual(
+      [...rvs].sort((a, b) => a - b),
+      rvs,
+      'events arrive in revision order',
+    );
   });
 
   it('sends bookmarks and the end of initial events when asked', async () => {
     const events: WatchEvent[] = [];
-    const w = c.watch('/apis/kubevirt.io/v1/namespaces/default/virtualmachines',
-      { allowWatchBookmarks: true, sendInitialEvents: true, resourceVersionMatch: 'NotOlderThan', fieldSelector: 'metadata.name=a1' }, (e) => events.push(e));
+    const w = c.watch(
+      '/apis/kubevirt.io/v1/namespaces/default/virtualmachines',
+      { allowWatchBookmarks: true, sendInitialEvents: true, resourceVersionMatch: 'NotOlderThan', fieldSelector: 'metadata.name=a1' },
+      (e) => events.push(e),
+    );
     await eventually(async () => events.filter((e) => e.type === 'BOOKMARK').length >= 2, 'two bookmarks');
     w.close();
     assert.equal(events[0].type, 'ADDED');
@@ -233,10 +310,18 @@ describe('API server semantics', () => {
   });
 
   it('collects dependents of a deleted owner (background, foreground, orphan)', async () => {
-    const owned = async (owner: KubeObject, name: string) => c.create(CM, {
-      apiVersion: 'v1', kind: 'ConfigMap', data: { a: 'b' },
-      metadata: { name, ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: owner.metadata!.name!, uid: owner.metadata!.uid!, blockOwnerDeletion: true }] },
-    });
+    const owned = async (owner: KubeObject, name: string) =>
+      c.create(CM, {
+        apiVersion: 'v1',
+        kind: 'ConfigMap',
+        data: { a: 'b' },
+        metadata: {
+          name,
+          ownerReferences: [
+            { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: owner.metadata!.name!, uid: owner.metadata!.uid!, blockOwnerDeletion: true },
+          ],
+        },
+      });
     const bg = await c.create(VM, vm('owner-bg'));
     await owned(bg, 'dep-bg');
     await c.delete(VM, 'owner-bg', { propagationPolicy: 'Background' });
@@ -278,7 +363,8 @@ describe('API server semantics', () => {
     assert.ok((await viewer.list(VM, { namespace: 'default' })).items.length > 0);
     await rejects(viewer.create(VM, vm('nope')), 403, /User "viewer" cannot create resource "virtualmachines"/);
     await rejects(c.request('POST', '/vessel/v1/tokens', { body: { user: 'bad user!' } }), 422, /user/);
-    anon.close(); viewer.close();
+    anon.close();
+    viewer.close();
   });
 
   it('answers malformed requests with 4xx Status objects', async () => {

@@ -15,7 +15,12 @@ import { run, startVessel, type Vessel, kubectlFor, KUBECTL_SKIP } from './harne
 
 const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
 
-interface Entry { manager: string; operation: string; subresource?: string; fieldsV1: Record<string, unknown> }
+interface Entry {
+  manager: string;
+  operation: string;
+  subresource?: string;
+  fieldsV1: Record<string, unknown>;
+}
 const entries = (obj: { metadata?: { managedFields?: unknown } }) => (obj.metadata?.managedFields ?? []) as Entry[];
 
 function configMap(data: Record<string, string>, labels: Record<string, string> = { app: 'web' }): string {
@@ -24,13 +29,17 @@ function configMap(data: Record<string, string>, labels: Record<string, string> 
 
 function vm(name: string, memory: string, labels: Record<string, string> = {}): string {
   return YAML.stringify({
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, labels },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, labels },
     spec: {
       runStrategy: 'Halted',
-      template: { spec: {
-        domain: { resources: { requests: { memory } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
-        volumes: [{ name: 'root', containerDisk: { image: 'quay.io/containerdisks/debian:12' } }],
-      } },
+      template: {
+        spec: {
+          domain: { resources: { requests: { memory } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
+          volumes: [{ name: 'root', containerDisk: { image: 'quay.io/containerdisks/debian:12' } }],
+        },
+      },
     },
   });
 }
@@ -40,8 +49,12 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
   const { kubectl, ok } = kubectlFor(() => v);
   const getYaml = async (what: string[]) => YAML.parse(await ok(['get', ...what, '-o', 'yaml', '--show-managed-fields']));
 
-  before(async () => { v = await startVessel(); });
-  after(async () => { await v?.close(); });
+  before(async () => {
+    v = await startVessel();
+  });
+  after(async () => {
+    await v?.close();
+  });
 
   it('applies twice, then drops a field that is left out of the configuration', async () => {
     assert.match(await ok(['apply', '--server-side', '-f', '-'], configMap({ a: '1', b: '2' })), /configmap\/settings serverside-applied/);
@@ -49,9 +62,10 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
     await ok(['apply', '--server-side', '-f', '-'], configMap({ a: '1', b: '2' }));
     const second = await getYaml(['cm', 'settings']);
     assert.equal(second.metadata.resourceVersion, first.metadata.resourceVersion, 'the same configuration again changes nothing');
-    assert.deepEqual(entries(second).map((e) => [e.manager, e.operation, e.fieldsV1]), [
-      ['kubectl', 'Apply', { 'f:data': { 'f:a': {}, 'f:b': {} }, 'f:metadata': { 'f:labels': { 'f:app': {} } } }],
-    ]);
+    assert.deepEqual(
+      entries(second).map((e) => [e.manager, e.operation, e.fieldsV1]),
+      [['kubectl', 'Apply', { 'f:data': { 'f:a': {}, 'f:b': {} }, 'f:metadata': { 'f:labels': { 'f:app': {} } } }]],
+    );
     await ok(['apply', '--server-side', '-f', '-'], configMap({ a: '1' }, {}));
     const third = await getYaml(['cm', 'settings']);
     assert.deepEqual(third.data, { a: '1' });
@@ -68,9 +82,11 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
     await ok(['apply', '--server-side', '--field-manager', 'other', '--force-conflicts', '-f', '-'], configMap({ a: '2', c: '3' }, {}));
     const cm = await getYaml(['cm', 'settings']);
     assert.deepEqual(cm.data, { a: '2', c: '3' });
-    assert.deepEqual(entries(cm).map((e) => [e.manager, e.fieldsV1]), [
-      ['other', { 'f:data': { 'f:a': {}, 'f:c': {} } }],
-    ], 'kubectl lost .data.a and owns nothing more');
+    assert.deepEqual(
+      entries(cm).map((e) => [e.manager, e.fieldsV1]),
+      [['other', { 'f:data': { 'f:a': {}, 'f:c': {} } }]],
+      'kubectl lost .data.a and owns nothing more',
+    );
   });
 
   it('records other writes as Update entries that apply then conflicts with', async () => {
@@ -91,7 +107,11 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
     await ok(['apply', '--server-side', '-f', '-'], cm({ a: '1' }));
     let got = await getYaml(['cm', 'switcher']);
     assert.deepEqual(got.data, { a: '1' }, 'kubectl handed the client-side fields to its server-side manager, so b went');
-    assert.deepEqual(JSON.parse(got.metadata.annotations['kubectl.kubernetes.io/last-applied-configuration']).data, { a: '1' }, 'the annotation follows the apply');
+    assert.deepEqual(
+      JSON.parse(got.metadata.annotations['kubectl.kubernetes.io/last-applied-configuration']).data,
+      { a: '1' },
+      'the annotation follows the apply',
+    );
     await ok(['apply', '-f', '-'], cm({ a: '1', c: '3' }));
     got = await getYaml(['cm', 'switcher']);
     assert.deepEqual(got.data, { a: '1', c: '3' });
@@ -99,26 +119,37 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
 
   it('treats an object stored before ownership tracking as owned by before-first-apply', async () => {
     // Written straight to the store, as objects of older Vessel versions are: no managedFields.
-    const old = { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'old', namespace: 'default', uid: 'u-old', creationTimestamp: '2026-01-01T00:00:00Z' }, data: { a: '1', b: '2' } };
+    const old = {
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: { name: 'old', namespace: 'default', uid: 'u-old', creationTimestamp: '2026-01-01T00:00:00Z' },
+      data: { a: '1', b: '2' },
+    };
     await v.server.store.create('/registry/core/configmaps/default/old', JSON.stringify(old));
     await ok(['patch', 'cm', 'old', '--type', 'merge', '-p', '{"data":{"b":"3"}}']);
     assert.equal((await getYaml(['cm', 'old'])).metadata.managedFields, undefined, 'updates do not start tracking');
     await ok(['apply', '--server-side', '-f', '-'], YAML.stringify({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'old' }, data: { a: 'new' } }));
     const got = await getYaml(['cm', 'old']);
     assert.deepEqual(got.data, { a: 'new', b: '3' }, 'no conflict, and b stays');
-    assert.deepEqual(entries(got).map((e) => [e.manager, e.operation, e.fieldsV1]), [
-      ['kubectl', 'Apply', { 'f:data': { 'f:a': {} } }],
-      ['before-first-apply', 'Update', { 'f:data': { 'f:b': {} } }],
-    ]);
+    assert.deepEqual(
+      entries(got).map((e) => [e.manager, e.operation, e.fieldsV1]),
+      [
+        ['kubectl', 'Apply', { 'f:data': { 'f:a': {} } }],
+        ['before-first-apply', 'Update', { 'f:data': { 'f:b': {} } }],
+      ],
+    );
   });
 
   it('merges keyed lists item by item and removes only the items a manager dropped', async () => {
     const disk = (name: string) => ({ name, disk: { bus: 'virtio' } });
     const volume = (name: string) => ({ name, containerDisk: { image: 'quay.io/containerdisks/debian:12' } });
-    const lists = (names: string[], extra: Record<string, unknown> = {}) => YAML.stringify({
-      apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name: 'lists' },
-      spec: { template: { spec: { domain: { ...extra, devices: { disks: names.map(disk) } }, volumes: names.map(volume) } } },
-    });
+    const lists = (names: string[], extra: Record<string, unknown> = {}) =>
+      YAML.stringify({
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachine',
+        metadata: { name: 'lists' },
+        spec: { template: { spec: { domain: { ...extra, devices: { disks: names.map(disk) } }, volumes: names.map(volume) } } },
+      });
     const base = YAML.parse(vm('lists', '128Mi'));
     base.spec.template.spec.domain.devices.disks.push(disk('data'));
     base.spec.template.spec.volumes.push(volume('data'));
@@ -126,20 +157,39 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
     await ok(['apply', '--server-side', '--field-manager', 'addon', '-f', '-'], lists(['extra']));
     const names = async () => {
       const got = await getYaml(['vm', 'lists']);
-      return [got.spec.template.spec.domain.devices.disks.map((d: { name: string }) => d.name), got.spec.template.spec.volumes.map((d: { name: string }) => d.name)];
+      return [
+        got.spec.template.spec.domain.devices.disks.map((d: { name: string }) => d.name),
+        got.spec.template.spec.volumes.map((d: { name: string }) => d.name),
+      ];
     };
-    assert.deepEqual(await names(), [['root', 'data', 'extra'], ['root', 'data', 'extra']]);
+    assert.deepEqual(await names(), [
+      ['root', 'data', 'extra'],
+      ['root', 'data', 'extra'],
+    ]);
     const addon = entries(await getYaml(['vm', 'lists'])).find((e) => e.manager === 'addon');
-    assert.deepEqual(Object.keys((addon?.fieldsV1 as { 'f:spec': { 'f:template': { 'f:spec': { 'f:volumes': object } } } })['f:spec']['f:template']['f:spec']['f:volumes']), ['k:{"name":"extra"}']);
+    assert.deepEqual(
+      Object.keys((addon?.fieldsV1 as { 'f:spec': { 'f:template': { 'f:spec': { 'f:volumes': object } } } })['f:spec']['f:template']['f:spec']['f:volumes']),
+      ['k:{"name":"extra"}'],
+    );
     base.spec.template.spec.domain.devices.disks.pop();
     base.spec.template.spec.volumes.pop();
     await ok(['apply', '--server-side', '-f', '-'], YAML.stringify(base));
-    assert.deepEqual(await names(), [['root', 'extra'], ['root', 'extra']], 'data went, extra (another manager\'s) stayed');
-    const r = await kubectl(['apply', '--server-side', '--field-manager', 'addon', '-f', '-'], lists(['extra'], { resources: { requests: { memory: '512Mi' } } }));
+    assert.deepEqual(
+      await names(),
+      [
+        ['root', 'extra'],
+        ['root', 'extra'],
+      ],
+      "data went, extra (another manager's) stayed",
+    );
+    const r = await kubectl(
+      ['apply', '--server-side', '--field-manager', 'addon', '-f', '-'],
+      lists(['extra'], { resources: { requests: { memory: '512Mi' } } }),
+    );
     assert.match(r.err, /conflict with "kubectl": \.spec\.template\.spec\.domain\.resources\.requests\.memory/);
   });
 
-  it('keeps controllers\' status writes apart from spec applies', async () => {
+  it("keeps controllers' status writes apart from spec applies", async () => {
     await ok(['apply', '--server-side', '-f', '-'], vm('owned', '128Mi'));
     const created = await getYaml(['vm', 'owned']);
     assert.ok(created.spec.template.spec.domain.machine?.type, 'the server defaulted the machine type');
@@ -173,11 +223,17 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
     const api = k8s.KubernetesObjectApi.makeApiClient(kc);
     const spec = (value: string) => ({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'from-node', namespace: 'default' }, data: { key: value } });
     await api.patch(spec('1'), undefined, undefined, 'node-app', false, k8s.PatchStrategy.ServerSideApply);
-    const err = await api.patch(spec('2'), undefined, undefined, 'other-app', false, k8s.PatchStrategy.ServerSideApply).then(() => undefined, (e: unknown) => e);
+    const err = await api.patch(spec('2'), undefined, undefined, 'other-app', false, k8s.PatchStrategy.ServerSideApply).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof k8s.ApiException && err.code === 409, String(err));
     const forced: k8s.V1ConfigMap = await api.patch(spec('2'), undefined, undefined, 'other-app', true, k8s.PatchStrategy.ServerSideApply);
     assert.equal(forced.data?.key, '2');
-    assert.deepEqual(forced.metadata?.managedFields?.map((e) => e.manager), ['other-app']);
+    assert.deepEqual(
+      forced.metadata?.managedFields?.map((e) => e.manager),
+      ['other-app'],
+    );
   });
 
   it('refuses patches nested 10,000 levels deep with a 422 and changes nothing', async () => {
@@ -193,7 +249,10 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
       ['application/apply-patch+yaml', `apiVersion: v1\nkind: ConfigMap\ndata: ${'['.repeat(10_000)}${']'.repeat(10_000)}\n`, ''],
     ];
     for (const [contentType, body, field] of attempts) {
-      const err = await v.client.request('PATCH', `${path}?fieldManager=deep`, { body, contentType }).then(() => undefined, (e: unknown) => e);
+      const err = await v.client.request('PATCH', `${path}?fieldManager=deep`, { body, contentType }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       assert.ok(err instanceof StatusError, `${contentType}: ${String(err)}`);
       assert.equal(err.status.code, 422, `${contentType}: ${err.message}`);
       assert.match(err.message, /nested more than 1000 levels deep/);
@@ -204,17 +263,31 @@ describe('server-side apply with kubectl', { skip: KUBECTL_SKIP }, () => {
     await ok(['patch', 'cm', 'settings', '--type', 'merge', '-p', '{"metadata":{"annotations":null}}']);
     const rvBefore = (await v.client.get(res, 'settings')).metadata?.resourceVersion;
     const copies = Array.from({ length: 1100 }, () => ({ op: 'copy', from: '/data', path: '/data/x' }));
-    const err = await v.client.patch(res, 'settings', copies, { type: 'json' }).then(() => undefined, (e: unknown) => e);
+    const err = await v.client.patch(res, 'settings', copies, { type: 'json' }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     assert.ok(err instanceof StatusError && err.status.code === 422, String(err));
     assert.equal((await v.client.get(res, 'settings')).metadata?.resourceVersion, rvBefore);
     // Creating such an object is refused the same way.
-    const created = await v.client.request('POST', '/api/v1/namespaces/default/configmaps', {
-      body: `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"deep"},"data":${deep(10_000)}}`,
-    }).then(() => undefined, (e: unknown) => e);
+    const created = await v.client
+      .request('POST', '/api/v1/namespaces/default/configmaps', {
+        body: `{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"deep"},"data":${deep(10_000)}}`,
+      })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.ok(created instanceof StatusError && created.status.code === 422 && /nested more than 1000/.test(created.message), String(created));
-    const createdYaml = await v.client.request('POST', '/api/v1/namespaces/default/configmaps', {
-      body: `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata: ${'['.repeat(10_000)}${']'.repeat(10_000)}\n`, contentType: 'application/yaml',
-    }).then(() => undefined, (e: unknown) => e);
+    const createdYaml = await v.client
+      .request('POST', '/api/v1/namespaces/default/configmaps', {
+        body: `apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: deep\ndata: ${'['.repeat(10_000)}${']'.repeat(10_000)}\n`,
+        contentType: 'application/yaml',
+      })
+      .then(
+        () => undefined,
+        (e: unknown) => e,
+      );
     assert.ok(createdYaml instanceof StatusError && createdYaml.status.code === 422 && /nested more than 1000/.test(createdYaml.message), String(createdYaml));
   });
 });

@@ -21,14 +21,21 @@ async function eventually(cond: () => boolean, what: string, timeoutMs = 20_000)
 
 describe('@kubernetes/client-node against vessel', () => {
   let v: Vessel;
-  before(async () => { v = await startVessel(); });
-  after(async () => { await v?.close(); });
+  before(async () => {
+    v = await startVessel();
+  });
+  after(async () => {
+    await v?.close();
+  });
 
   it('runs an informer over VirtualMachines across a server restart', async () => {
     const kc = new k8s.KubeConfig();
     kc.loadFromFile(v.kubeconfig);
     const custom = kc.makeApiClient(k8s.CustomObjectsApi);
-    const list = () => custom.listNamespacedCustomObject({ group: 'kubevirt.io', version: 'v1', namespace: 'default', plural: 'virtualmachines' }) as Promise<k8s.KubernetesListObject<k8s.KubernetesObject>>;
+    const list = () =>
+      custom.listNamespacedCustomObject({ group: 'kubevirt.io', version: 'v1', namespace: 'default', plural: 'virtualmachines' }) as Promise<
+        k8s.KubernetesListObject<k8s.KubernetesObject>
+      >;
     const informer = k8s.makeInformer(kc, '/apis/kubevirt.io/v1/namespaces/default/virtualmachines', list);
     const seen: string[] = [];
     let errors = 0;
@@ -38,7 +45,10 @@ describe('@kubernetes/client-node against vessel', () => {
     informer.on('delete', (o) => seen.push(`delete ${o.metadata?.name}`));
     informer.on('error', () => {
       errors++;
-      if (!stopped) setTimeout(() => { if (!stopped) void informer.start().catch(() => {}); }, 200);
+      if (!stopped)
+        setTimeout(() => {
+          if (!stopped) void informer.start().catch(() => {});
+        }, 200);
     });
     await informer.start();
     try {
@@ -56,7 +66,13 @@ describe('@kubernetes/client-node against vessel', () => {
       await v.client.delete(VM, 'inf1');
       await eventually(() => seen.includes('add inf2') && seen.includes('delete inf1'), 'events after the restart');
       assert.ok(errors >= 1, 'the informer noticed the restart');
-      assert.deepEqual(informer.list().map((o) => o.metadata?.name).sort(), ['inf2']);
+      assert.deepEqual(
+        informer
+          .list()
+          .map((o) => o.metadata?.name)
+          .sort(),
+        ['inf2'],
+      );
     } finally {
       stopped = true;
       await informer.stop();

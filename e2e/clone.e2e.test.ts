@@ -21,12 +21,17 @@ const identity = '#!/bin/sh\necho "VESSEL-ID mac=$(cat /sys/class/net/eth0/addre
 
 /** What the VM's guest said of itself: its MAC, firmware UUID and cloud-init instance id. */
 async function identityOf(name: string): Promise<{ mac: string; uuid: string; instance: string }> {
-  return eventually(`${name}'s identity on its console`, async () => {
-    const text = await serialLog(v.dataDir, ns, name);
-    const id = /VESSEL-ID mac=(\S+) uuid=(\S+)/.exec(text);
-    const ci = /VESSEL-CLOUDINIT (\S+)/.exec(text);
-    return id && ci ? { mac: id[1], uuid: id[2], instance: ci[1] } : undefined;
-  }, 420_000, 500);
+  return eventually(
+    `${name}'s identity on its console`,
+    async () => {
+      const text = await serialLog(v.dataDir, ns, name);
+      const id = /VESSEL-ID mac=(\S+) uuid=(\S+)/.exec(text);
+      const ci = /VESSEL-CLOUDINIT (\S+)/.exec(text);
+      return id && ci ? { mac: id[1], uuid: id[2], instance: ci[1] } : undefined;
+    },
+    420_000,
+    500,
+  );
 }
 
 before(async () => {
@@ -35,7 +40,9 @@ before(async () => {
 });
 after(async () => {
   for (const vm of (await v.client.list(VM, { namespace: ns })).items) await v.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 180_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 180_000).catch(
+    () => undefined,
+  );
   await v.close();
 });
 
@@ -53,7 +60,10 @@ test('ten clones of one VM all boot with their own MAC, UUID and cloud-init inst
   }
   assert.equal(new Set(ids.map((i) => i.mac)).size, 11, `distinct MACs: ${ids.map((i) => i.mac).join(' ')}`);
   assert.equal(new Set(ids.map((i) => i.uuid)).size, 11, `distinct UUIDs: ${ids.map((i) => i.uuid).join(' ')}`);
-  assert.ok(ids.every((i) => !/^0{8}-/.test(i.uuid)), 'every VM has a real firmware UUID');
+  assert.ok(
+    ids.every((i) => !/^0{8}-/.test(i.uuid)),
+    'every VM has a real firmware UUID',
+  );
   const clones = (await v.client.list(CLONES, { namespace: ns })).items;
   assert.ok(clones.every((c) => (c.status as { phase?: string }).phase === 'Succeeded'));
   const vms = await run('kubectl', ['--kubeconfig', v.kubeconfig, 'get', 'vmclone']);
@@ -67,5 +77,8 @@ test('one more clone straight from the running VM boots with its own identity', 
   const id = await identityOf('web-11');
   assert.equal(id.instance, `web-11.${ns}`);
   const others = await Promise.all(['web', 'web-1', 'web-10'].map(identityOf));
-  assert.ok(others.every((o) => o.mac !== id.mac && o.uuid !== id.uuid), 'web-11 has its own MAC and UUID');
+  assert.ok(
+    others.every((o) => o.mac !== id.mac && o.uuid !== id.uuid),
+    'web-11 has its own MAC and UUID',
+  );
 });

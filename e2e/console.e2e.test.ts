@@ -49,10 +49,18 @@ const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
 
 function vessel(args: string[], kubeconfig = v.kubeconfig): ChildProcessWithoutNullStreams {
-  return spawn(process.execPath, ['--import', TSX, '--input-type=module', '-e', ENTRY, '--', '--kubeconfig', kubeconfig, ...args], { cwd: ROOT, env: { ...process.env, KUBECONFIG: '' } });
+  return spawn(process.execPath, ['--import', TSX, '--input-type=module', '-e', ENTRY, '--', '--kubeconfig', kubeconfig, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, KUBECONFIG: '' },
+  });
 }
 
-interface Run { child: ChildProcessWithoutNullStreams; out: () => string; err: () => string; exited: Promise<number | null> }
+interface Run {
+  child: ChildProcessWithoutNullStreams;
+  out: () => string;
+  err: () => string;
+  exited: Promise<number | null>;
+}
 
 /** Every CLI started, so that a failed test leaves none behind. */
 const children = new Set<ChildProcessWithoutNullStreams>();
@@ -61,9 +69,14 @@ function start(args: string[], kubeconfig?: string): Run {
   const child = vessel(args, kubeconfig);
   children.add(child);
   child.on('close', () => children.delete(child));
-  let out = '', err = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString('latin1'); });
-  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  let out = '',
+    err = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString('latin1');
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
   const exited = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
   return { child, out: () => out, err: () => err, exited };
 }
@@ -81,15 +94,23 @@ async function until(what: string, check: () => boolean, timeoutMs: number, ever
   const deadline = Date.now() + timeoutMs;
   let next = 0;
   while (!check()) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${cli ? `; the CLI printed:\n${cli.out().slice(-2000)}\n${cli.err().slice(-2000)}` : ''}`);
-    if (every && Date.now() >= next) { every(); next = Date.now() + everyMs; }
+    if (Date.now() > deadline)
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${what}${cli ? `; the CLI printed:\n${cli.out().slice(-2000)}\n${cli.err().slice(-2000)}` : ''}`,
+      );
+    if (every && Date.now() >= next) {
+      every();
+      next = Date.now() + everyMs;
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 
 function vmi(name: string): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name, namespace: 'default' },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'default' },
     spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } },
   };
 }
@@ -142,11 +163,34 @@ function runTiny(): Promise<void> {
 
 async function launchTiny(kernel: string, initrd: string, cmdline: string, uid: string): Promise<void> {
   await launch({
-    runDir, vnc: true, vm: { uid, namespace: 'default', name: 'tiny' },
+    runDir,
+    vnc: true,
+    vm: { uid, namespace: 'default', name: 'tiny' },
     argv: [
-      '-machine', 'q35', '-accel', 'tcg', '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none', '-vga', 'std',
-      '-drive', `file=${join(v.dataDir, 'tiny.qcow2')},format=qcow2,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0',
-      '-kernel', kernel, '-initrd', initrd, '-append', cmdline,
+      '-machine',
+      'q35',
+      '-accel',
+      'tcg',
+      '-m',
+      '256',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-vga',
+      'std',
+      '-drive',
+      `file=${join(v.dataDir, 'tiny.qcow2')},format=qcow2,if=none,id=d0`,
+      '-device',
+      'virtio-blk-pci,drive=d0',
+      '-kernel',
+      kernel,
+      '-initrd',
+      initrd,
+      '-append',
+      cmdline,
     ],
   });
 }
@@ -160,7 +204,12 @@ test('vessel console waits for the VM, shows its boot, runs a command, and leave
   await until('the ready marker through the CLI', () => c.out().includes(TINY_SERIAL.ready), 60_000);
   log('marker seen through vessel console');
   c.child.stdin.write('\n');
-  await until('hello-42 from the serial shell', () => c.out().includes('hello-42'), 30_000, () => c.child.stdin.write('echo hello-$((6*7))\n'));
+  await until(
+    'hello-42 from the serial shell',
+    () => c.out().includes('hello-42'),
+    30_000,
+    () => c.child.stdin.write('echo hello-$((6*7))\n'),
+  );
   c.child.stdin.write(Buffer.from([0x1d]));
   assert.equal(await c.exited, 0, c.err());
 });
@@ -179,13 +228,18 @@ test("another tenant's token is refused with 403 (console, vnc, logs)", { timeou
   assert.match(results[0].err, /cannot get resource "virtualmachineinstances\/console" in API group "subresources\.kubevirt\.io"/);
   // The answer to the upgrade itself is a Status with code 403.
   const client = Client.fromKubeconfig({ explicit: otherKubeconfig });
-  await assert.rejects(connectSubresource(client, 'default', 'tiny', 'vnc'), (e: unknown) => e instanceof StatusError && e.code === 403 && e.reason === 'Forbidden');
+  await assert.rejects(
+    connectSubresource(client, 'default', 'tiny', 'vnc'),
+    (e: unknown) => e instanceof StatusError && e.code === 403 && e.reason === 'Forbidden',
+  );
   client.close();
 });
 
 test('a VMI that is not running, or missing, is refused with its reason', { timeout: 60_000 }, async () => {
   const [pending, missing, vnc] = await Promise.all([
-    runCli(['console', 'pending', '--timeout', '0']), runCli(['console', 'nope', '--timeout', '0']), runCli(['vnc', 'pending', '--proxy-only']),
+    runCli(['console', 'pending', '--timeout', '0']),
+    runCli(['console', 'nope', '--timeout', '0']),
+    runCli(['vnc', 'pending', '--proxy-only']),
   ]);
   assert.equal(pending.code, 1);
   assert.match(pending.err, /VMI is not running/);
@@ -203,7 +257,10 @@ test('vessel vnc --proxy-only prints a port that speaks RFB', { timeout: 60_000 
     const { port } = JSON.parse(c.out().trim()) as { port: number };
     const greeting = await new Promise<string>((resolve, reject) => {
       const s = net.connect(port, '127.0.0.1');
-      s.once('data', (d) => { resolve(d.toString('latin1')); s.destroy(); });
+      s.once('data', (d) => {
+        resolve(d.toString('latin1'));
+        s.destroy();
+      });
       s.once('error', reject);
     });
     assert.match(greeting, /^RFB 003\.008\n/);

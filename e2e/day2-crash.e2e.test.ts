@@ -58,7 +58,8 @@ async function chainIsWhole(claim: string): Promise<void> {
 
 const printable = async (name: string) => String((await statusOf(VM, name)).printableStatus);
 const untilVm = (name: string, s: string) => eventually(`VM ${name} ${s}`, async () => ((await printable(name)) === s ? true : undefined), 180_000, 300);
-const counting = (name: string, above: number) => eventually(`${name} counting past ${above}`, async () => ((await last(name)) > above ? true : undefined), 240_000, 300);
+const counting = (name: string, above: number) =>
+  eventually(`${name} counting past ${above}`, async () => ((await last(name)) > above ? true : undefined), 240_000, 300);
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vessel-day2-crash-'));
@@ -67,8 +68,11 @@ before(async () => {
   await ensureTinyImage(cp.client, () => undefined);
 });
 after(async () => {
-  for (const vm of (await cp.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items) await cp.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('VMIs gone', async () => ((await cp.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(() => undefined);
+  for (const vm of (await cp.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
+    await cp.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
+  await eventually('VMIs gone', async () => ((await cp.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(
+    () => undefined,
+  );
   await cp.kill();
   await rm(dir, { recursive: true, force: true });
 });
@@ -76,7 +80,18 @@ after(async () => {
 test('a snapshot of a running VM interrupted after QEMU switched overlays completes after the restart', async () => {
   await cp.client.create(VM, tinyVm('c'), { namespace: ns });
   await counting('c', 3);
-  await crashAt('snapshot:switch', () => cp.client.create(SNAPSHOTS, { apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name: 's1' }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c' } } }, { namespace: ns }));
+  await crashAt('snapshot:switch', () =>
+    cp.client.create(
+      SNAPSHOTS,
+      {
+        apiVersion: 'snapshot.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineSnapshot',
+        metadata: { name: 's1' },
+        spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c' } },
+      },
+      { namespace: ns },
+    ),
+  );
   const during = await last('c');
   await eventually('snapshot s1 Succeeded', async () => ((await statusOf(SNAPSHOTS, 's1')).phase === 'Succeeded' ? true : undefined), 120_000, 300);
   await counting('c', during + 2); // the guest never stopped
@@ -89,7 +104,18 @@ test('a restore interrupted after its overlay was made completes after the resta
   await counting('c', snapshotAt + 3);
   await cp.client.patch(VM, 'c', { spec: { runStrategy: 'Halted' } }, { namespace: ns });
   await untilVm('c', 'Stopped');
-  await crashAt('restore:overlay', () => cp.client.create(RESTORES, { apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore', metadata: { name: 'r1' }, spec: { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c' }, virtualMachineSnapshotName: 's1' } }, { namespace: ns }));
+  await crashAt('restore:overlay', () =>
+    cp.client.create(
+      RESTORES,
+      {
+        apiVersion: 'snapshot.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineRestore',
+        metadata: { name: 'r1' },
+        spec: { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c' }, virtualMachineSnapshotName: 's1' },
+      },
+      { namespace: ns },
+    ),
+  );
   await eventually('restore r1 complete', async () => ((await statusOf(RESTORES, 'r1')).complete === true ? true : undefined), 120_000, 300);
   assert.deepEqual(stray(await poolFiles()), []);
   await chainIsWhole('c-root');
@@ -100,7 +126,21 @@ test('a restore interrupted after its overlay was made completes after the resta
 });
 
 test('a clone interrupted after its VM was made, before its disks, completes after the restart', async () => {
-  await crashAt('restore:new-vm', () => cp.client.create(CLONES, { apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', metadata: { name: 'k1' }, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c' }, target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c2' } } }, { namespace: ns }));
+  await crashAt('restore:new-vm', () =>
+    cp.client.create(
+      CLONES,
+      {
+        apiVersion: 'clone.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineClone',
+        metadata: { name: 'k1' },
+        spec: {
+          source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c' },
+          target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'c2' },
+        },
+      },
+      { namespace: ns },
+    ),
+  );
   await eventually('clone k1 Succeeded', async () => ((await statusOf(CLONES, 'k1')).phase === 'Succeeded' ? true : undefined), 180_000, 300);
   await counting('c2', 1);
   assert.deepEqual(stray(await poolFiles()), []);
@@ -108,6 +148,7 @@ test('a clone interrupted after its VM was made, before its disks, completes aft
   // Everything deleted: nothing of it stays in the pool.
   for (const name of ['c', 'c2']) await cp.client.delete(VM, name, { namespace: ns });
   for (const s of (await cp.client.list(SNAPSHOTS, { namespace: ns })).items) await cp.client.delete(SNAPSHOTS, s.metadata!.name!, { namespace: ns });
-  await eventually('the pool empty', async () => ((await poolFiles()).length === 0 ? true : undefined), 180_000, 500)
-    .catch(async (e: Error) => { throw new Error(`${e.message}: ${(await poolFiles()).join(', ')}`); });
+  await eventually('the pool empty', async () => ((await poolFiles()).length === 0 ? true : undefined), 180_000, 500).catch(async (e: Error) => {
+    throw new Error(`${e.message}: ${(await poolFiles()).join(', ')}`);
+  });
 });

@@ -21,14 +21,25 @@ function startServerProcess(dataDir: string): Promise<{ child: ChildProcess; kub
   return new Promise((res, rej) => {
     const child = spawn(VESSEL, ['server', '--data-dir', dataDir, '--listen', '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); rej(new Error(`vessel server did not start: ${out}`)); }, 60_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      rej(new Error(`vessel server did not start: ${out}`));
+    }, 60_000);
     child.stdout!.on('data', (d) => {
       out += d;
       const m = /kubeconfig: (\S+)/.exec(out);
-      if (m) { clearTimeout(timer); res({ child, kubeconfig: m[1] }); }
+      if (m) {
+        clearTimeout(timer);
+        res({ child, kubeconfig: m[1] });
+      }
     });
-    child.stderr!.on('data', (d) => { out += d; });
-    child.on('exit', (code) => { clearTimeout(timer); rej(new Error(`vessel server exited (${code}): ${out}`)); });
+    child.stderr!.on('data', (d) => {
+      out += d;
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      rej(new Error(`vessel server exited (${code}): ${out}`));
+    });
   });
 }
 

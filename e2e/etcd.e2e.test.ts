@@ -31,7 +31,11 @@ describe('two servers on one etcd', () => {
     const events: WatchEvent[] = [];
     const start = (await b.client.list(CM, { namespace: 'default' })).metadata!.resourceVersion!;
     const w = b.client.watchResource(CM, { namespace: 'default', resourceVersion: start }, (e) => events.push(e));
-    const created = await a.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'shared' }, data: { a: 'b' } }, { namespace: 'default' });
+    const created = await a.client.create(
+      CM,
+      { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'shared' }, data: { a: 'b' } },
+      { namespace: 'default' },
+    );
     const viaB = await b.client.get(CM, 'shared', { namespace: 'default' });
     assert.equal(viaB.metadata?.uid, created.metadata?.uid);
     assert.equal(viaB.metadata?.resourceVersion, created.metadata?.resourceVersion);
@@ -48,7 +52,10 @@ describe('two servers on one etcd', () => {
     const deadline = Date.now() + 10_000;
     while (events.length < 3 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
     w.close();
-    assert.deepEqual(events.map((e) => e.type), ['ADDED', 'MODIFIED', 'DELETED']);
+    assert.deepEqual(
+      events.map((e) => e.type),
+      ['ADDED', 'MODIFIED', 'DELETED'],
+    );
   });
 
   it('accepts a token issued by one server on the other (tokens live in etcd)', async () => {
@@ -72,12 +79,19 @@ describe('two servers on one etcd', () => {
     assert.equal(follower.controllers!.leading, true, 'the other server took over');
     // The new leader's garbage collector works.
     const owner = await follower.client.create(VM, vm('owner'));
-    await follower.client.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'dep', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'owner', uid: owner.metadata!.uid! }] } });
+    await follower.client.create(CM, {
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: { name: 'dep', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'owner', uid: owner.metadata!.uid! }] },
+    });
     await follower.client.delete(VM, 'owner');
     const gone = Date.now() + 10_000;
     let exists = true;
     while (exists && Date.now() < gone) {
-      exists = await follower.client.get(CM, 'dep').then(() => true, () => false);
+      exists = await follower.client.get(CM, 'dep').then(
+        () => true,
+        () => false,
+      );
       await new Promise((r) => setTimeout(r, 50));
     }
     assert.equal(exists, false, 'the dependent was collected by the new leader');

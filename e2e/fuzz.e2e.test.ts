@@ -13,15 +13,79 @@ import { startVessel, vm, type Vessel } from './harness.ts';
 const SEED = Number(process.env.FUZZ_SEED ?? 20261122);
 const COUNT = Number(process.env.FUZZ_COUNT ?? 3000);
 
-interface Req { method: string; path: string; headers: Record<string, string>; body?: string | Buffer }
+interface Req {
+  method: string;
+  path: string;
+  headers: Record<string, string>;
+  body?: string | Buffer;
+}
 
 function generator(rand: () => number) {
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
-  const weird = ['', ' ', 'null', '0', '-1', '1e309', '"', '\u0000', '../../etc/passwd', '%00', 'ñ', '🙂', 'a'.repeat(300), '{}', '[]', 'true', 'Invalid Name', 'default', 'kube-system'];
-  const values: unknown[] = [null, true, 0, -1, 1.5, 2 ** 53 + 1, '', 'x', '64Mi', '-64Mi', '1e400', 'a'.repeat(10_000), [], [1, 'a'], {}, { a: { b: { c: [] } } }];
+  const weird = [
+    '',
+    ' ',
+    'null',
+    '0',
+    '-1',
+    '1e309',
+    '"',
+    '\u0000',
+    '../../etc/passwd',
+    '%00',
+    'ñ',
+    '🙂',
+    'a'.repeat(300),
+    '{}',
+    '[]',
+    'true',
+    'Invalid Name',
+    'default',
+    'kube-system',
+  ];
+  const values: unknown[] = [
+    null,
+    true,
+    0,
+    -1,
+    1.5,
+    2 ** 53 + 1,
+    '',
+    'x',
+    '64Mi',
+    '-64Mi',
+    '1e400',
+    'a'.repeat(10_000),
+    [],
+    [1, 'a'],
+    {},
+    { a: { b: { c: [] } } },
+  ];
   const bases = ['/api/v1', '/apis/kubevirt.io/v1', '/apis/cdi.kubevirt.io/v1beta1', '/apis/storage.k8s.io/v1', '/apis/nope/v9'];
-  const plurals = ['virtualmachines', 'virtualmachineinstances', 'datavolumes', 'configmaps', 'namespaces', 'nodes', 'storageclasses', 'services', 'gadgets', ''];
-  const types = ['application/json', 'application/yaml', 'application/merge-patch+json', 'application/json-patch+json', 'application/strategic-merge-patch+json', 'application/apply-patch+yaml', 'application/vnd.kubernetes.protobuf', 'text/plain', '', 'application/json; charset=utf-8'];
+  const plurals = [
+    'virtualmachines',
+    'virtualmachineinstances',
+    'datavolumes',
+    'configmaps',
+    'namespaces',
+    'nodes',
+    'storageclasses',
+    'services',
+    'gadgets',
+    '',
+  ];
+  const types = [
+    'application/json',
+    'application/yaml',
+    'application/merge-patch+json',
+    'application/json-patch+json',
+    'application/strategic-merge-patch+json',
+    'application/apply-patch+yaml',
+    'application/vnd.kubernetes.protobuf',
+    'text/plain',
+    '',
+    'application/json; charset=utf-8',
+  ];
 
   function mutate(obj: unknown, depth = 0): unknown {
     if (depth > 6 || obj === null || typeof obj !== 'object') return pick(values);
@@ -31,7 +95,10 @@ function generator(rand: () => number) {
     if (r < 0.3 && keys.length) o[pick(keys)] = pick(values);
     else if (r < 0.5) o[pick(['bogus', 'spec', 'status', 'metadata', 'kind', 'apiVersion', '__proto__', 'constructor'])] = pick(values);
     else if (r < 0.6 && keys.length) delete o[pick(keys)];
-    else if (keys.length) { const k = pick(keys); o[k] = mutate(o[k], depth + 1); }
+    else if (keys.length) {
+      const k = pick(keys);
+      o[k] = mutate(o[k], depth + 1);
+    }
     return o;
   }
 
@@ -51,8 +118,12 @@ function generator(rand: () => number) {
       dryRun: ['All', 'Some', ''],
       fieldValidation: ['Strict', 'Warn', 'Ignore', 'Loose'],
       propagationPolicy: ['Orphan', 'Background', 'Foreground', 'Sideways'],
-    })) if (rand() < 0.15) q.set(k, pick(vs));
-    if (rand() < 0.05) { q.set('watch', 'true'); q.set('timeoutSeconds', '1'); }
+    }))
+      if (rand() < 0.15) q.set(k, pick(vs));
+    if (rand() < 0.05) {
+      q.set('watch', 'true');
+      q.set('timeoutSeconds', '1');
+    }
     const qs = q.toString();
     return parts.join('/') + (qs ? `?${qs}` : '');
   }
@@ -74,7 +145,14 @@ function generator(rand: () => number) {
     else body = pick(weird);
     const headers: Record<string, string> = {};
     if (contentType) headers['content-type'] = contentType;
-    if (rand() < 0.1) headers.accept = pick(['application/json;as=Table;v=v1;g=meta.k8s.io', 'application/vnd.kubernetes.protobuf', 'text/html', '*/*', 'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1']);
+    if (rand() < 0.1)
+      headers.accept = pick([
+        'application/json;as=Table;v=v1;g=meta.k8s.io',
+        'application/vnd.kubernetes.protobuf',
+        'text/html',
+        '*/*',
+        'application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1',
+      ]);
     return { method, path: path(), headers, body };
   };
 }
@@ -84,7 +162,9 @@ function send(url: URL, ca: string, token: string, r: Req): Promise<{ code: numb
     const req = request(new URL(r.path, url), { method: r.method, ca, headers: { ...r.headers, authorization: `Bearer ${token}` } }, (res) => {
       let data = '';
       res.setEncoding('utf8');
-      res.on('data', (d) => { data += d; });
+      res.on('data', (d) => {
+        data += d;
+      });
       res.on('end', () => resolve({ code: res.statusCode ?? 0, body: data }));
       res.on('error', reject);
     });
@@ -100,7 +180,9 @@ describe('fuzzing the API server', () => {
     v = await startVessel();
     await v.client.create({ group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true }, vm('a1'));
   });
-  after(async () => { await v?.close(); });
+  after(async () => {
+    await v?.close();
+  });
 
   it(`answers ${COUNT} generated bad requests without a 5xx (seed ${SEED})`, async () => {
     const next = generator(rng(SEED));
@@ -119,8 +201,13 @@ describe('fuzzing the API server', () => {
         if (res.code >= 500 && !tooLarge) failures.push(`#${n} ${r.method} ${r.path} [${r.headers['content-type']}] -> ${res.code} ${res.body.slice(0, 300)}`);
         else if (res.code >= 400 && r.method !== 'HEAD') {
           let status: { kind?: string; code?: number; message?: string } = {};
-          try { status = JSON.parse(res.body); } catch { /* reported below */ }
-          if (status.kind !== 'Status' || status.code !== res.code || !status.message) failures.push(`#${n} ${r.method} ${r.path}: a ${res.code} without a proper Status: ${res.body.slice(0, 200)}`);
+          try {
+            status = JSON.parse(res.body);
+          } catch {
+            /* reported below */
+          }
+          if (status.kind !== 'Status' || status.code !== res.code || !status.message)
+            failures.push(`#${n} ${r.method} ${r.path}: a ${res.code} without a proper Status: ${res.body.slice(0, 200)}`);
         }
       }
     };

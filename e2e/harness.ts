@@ -49,10 +49,18 @@ export interface VesselOptions {
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
-  const dataDir = opts.dataDir ?? await mkdtemp(join(tmpdir(), 'vessel-test-'));
+  const dataDir = opts.dataDir ?? (await mkdtemp(join(tmpdir(), 'vessel-test-')));
   const cp = await startControlPlane({
-    dataDir, listen: opts.listen ?? '127.0.0.1:0', store: opts.store, controllers: opts.controllers,
-    bookmarkIntervalMs: opts.bookmarkIntervalMs, compactIntervalMs: opts.compactIntervalMs, leaseMs: opts.leaseMs, nodeGracePeriodMs: opts.nodeGracePeriodMs, vmNetworkCidr: opts.vmNetworkCidr, agent: opts.agent,
+    dataDir,
+    listen: opts.listen ?? '127.0.0.1:0',
+    store: opts.store,
+    controllers: opts.controllers,
+    bookmarkIntervalMs: opts.bookmarkIntervalMs,
+    compactIntervalMs: opts.compactIntervalMs,
+    leaseMs: opts.leaseMs,
+    nodeGracePeriodMs: opts.nodeGracePeriodMs,
+    vmNetworkCidr: opts.vmNetworkCidr,
+    agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });
   let stopped = false;
@@ -62,8 +70,17 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
     await cp.close();
   };
   return {
-    dataDir, server: cp.server, client: cp.client, controllers: cp.controllers, agent: cp.agent, kubeconfig: cp.server.kubeconfigPath, stop,
-    async close() { await stop(); await rm(dataDir, { recursive: true, force: true }); },
+    dataDir,
+    server: cp.server,
+    client: cp.client,
+    controllers: cp.controllers,
+    agent: cp.agent,
+    kubeconfig: cp.server.kubeconfigPath,
+    stop,
+    async close() {
+      await stop();
+      await rm(dataDir, { recursive: true, force: true });
+    },
   };
 }
 
@@ -82,7 +99,10 @@ export async function startCluster(opts: { nodes: number } & Omit<VesselOptions,
   let nodes: DevNodes;
   try {
     nodes = await startDevNodes({
-      kubeconfig: v.kubeconfig, dataDir: v.dataDir, nodes: opts.nodes, heartbeatMs: 5000,
+      kubeconfig: v.kubeconfig,
+      dataDir: v.dataDir,
+      nodes: opts.nodes,
+      heartbeatMs: 5000,
       log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
     });
   } catch (e) {
@@ -90,12 +110,21 @@ export async function startCluster(opts: { nodes: number } & Omit<VesselOptions,
     throw e;
   }
   return {
-    ...v, nodes,
+    ...v,
+    nodes,
     async stop() {
-      try { await nodes.close(); } finally { await v.stop(); }
+      try {
+        await nodes.close();
+      } finally {
+        await v.stop();
+      }
     },
     async close() {
-      try { await nodes.close(); } finally { await v.close(); }
+      try {
+        await nodes.close();
+      } finally {
+        await v.close();
+      }
     },
   };
 }
@@ -112,16 +141,25 @@ export interface ChildControlPlane {
 
 /** Starts the child on `dataDir` (again after a kill: it picks up where it was). `env` adds to this process's. */
 export async function startChildControlPlane(dataDir: string, env: NodeJS.ProcessEnv = {}): Promise<ChildControlPlane> {
-  const p = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'control-plane-child.ts'), dataDir, '127.0.0.1:0'], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
+  const p = spawn(process.execPath, ['--import', 'tsx', join(import.meta.dirname, 'control-plane-child.ts'), dataDir, '127.0.0.1:0'], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, ...env },
+  });
   const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
   const kubeconfig = await new Promise<string>((resolve, reject) => {
     let out = '';
-    p.stdout!.on('data', (d) => { out += d; const m = /READY (\S+)/.exec(out); if (m) resolve(m[1]); });
+    p.stdout!.on('data', (d) => {
+      out += d;
+      const m = /READY (\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
     void exited.then((code) => reject(new Error(`control plane child exited with ${code} before it was ready`)));
   });
   const client = Client.fromKubeconfig({ explicit: kubeconfig });
   return {
-    client, process: p, exited,
+    client,
+    process: p,
+    exited,
     async kill() {
       if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
       await exited;
@@ -130,7 +168,11 @@ export async function startChildControlPlane(dataDir: string, env: NodeJS.Proces
   };
 }
 
-export interface RunResult { code: number | null; out: string; err: string }
+export interface RunResult {
+  code: number | null;
+  out: string;
+  err: string;
+}
 
 /**
  * Runs a command without blocking the event loop (the server under test lives in this
@@ -139,12 +181,23 @@ export interface RunResult { code: number | null; out: string; err: string }
 export function run(cmd: string, args: string[], opts: { input?: string; timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { env: opts.env ?? process.env });
-    let out = '', err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
+    let out = '',
+      err = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      err += d;
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
-    child.on('error', (e) => { clearTimeout(timer); reject(e); });
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
     // A command that exits without reading its input must not fail the test with EPIPE.
     child.stdin.on('error', () => undefined);
     child.stdin.end(opts.input ?? '');
@@ -159,8 +212,11 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
     try {
       const v = await check();
       if (v !== undefined) return v;
-    } catch (e) { last = e; }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last instanceof Error ? last.message : last}` : ''}`);
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${last ? `: ${last instanceof Error ? last.message : last}` : ''}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
 }
@@ -168,11 +224,12 @@ export async function eventually<T>(what: string, check: () => Promise<T | undef
 /** A minimal valid VirtualMachine (Halted, 64Mi). */
 export function vm(name: string, labels: Record<string, string> = {}): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, labels },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, labels },
     spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } } },
   };
 }
-
 
 /** Awaits `p`, which must fail with a Kubernetes Status of HTTP `code` (and a message matching `match`). */
 export async function rejects(p: Promise<unknown>, code: number, match?: RegExp): Promise<StatusError> {
@@ -188,7 +245,8 @@ export async function rejects(p: Promise<unknown>, code: number, match?: RegExp)
 }
 
 /** kubectl on this machine; without it the kubectl suites skip locally and fail in CI (which must have it). */
-export const KUBECTL_SKIP: string | false = spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0 || process.env.CI ? false : 'kubectl is not installed';
+export const KUBECTL_SKIP: string | false =
+  spawnSync('kubectl', ['version', '--client'], { encoding: 'utf8' }).status === 0 || process.env.CI ? false : 'kubectl is not installed';
 
 /** Runs kubectl against the Vessel `v()` returns (a getter: suites start theirs in before()); `ok` asserts success and returns stdout. */
 export function kubectlFor(v: () => Vessel) {

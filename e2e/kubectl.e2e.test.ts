@@ -8,11 +8,11 @@ import assert from 'node:assert/strict';
 import YAML from 'yaml';
 import { startVessel, type Vessel, kubectlFor, KUBECTL_SKIP } from './harness.ts';
 
-
 function vmManifest(name: string, extra: Record<string, unknown> = {}): string {
   return YAML.stringify({
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine',
-    metadata: { name, labels: { app: 'web', ...(extra.labels as object ?? {}) } },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, labels: { app: 'web', ...((extra.labels as object) ?? {}) } },
     spec: {
       runStrategy: 'Halted',
       template: {
@@ -34,8 +34,12 @@ describe('kubectl against vessel', { skip: KUBECTL_SKIP }, () => {
   let v: Vessel;
   const { kubectl, ok } = kubectlFor(() => v);
 
-  before(async () => { v = await startVessel(); });
-  after(async () => { await v?.close(); });
+  before(async () => {
+    v = await startVessel();
+  });
+  after(async () => {
+    await v?.close();
+  });
 
   it('lists the KubeVirt resources in api-resources', async () => {
     const out = await ok(['api-resources']);
@@ -60,7 +64,9 @@ describe('kubectl against vessel', { skip: KUBECTL_SKIP }, () => {
   it('shows a second apply to a running `get -w`', async () => {
     const watcher = spawn('kubectl', ['--kubeconfig', v.kubeconfig, 'get', 'vms', '-w']);
     let seen = '';
-    watcher.stdout.on('data', (d) => { seen += d; });
+    watcher.stdout.on('data', (d) => {
+      seen += d;
+    });
     const rows = () => seen.split('\n').filter((l) => /^testvm\s/.test(l)).length;
     try {
       await waitFor(() => rows() === 1, 'the row of the initial list');

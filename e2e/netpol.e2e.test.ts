@@ -25,19 +25,37 @@ let nodeB: DevNode;
 let webIp: string;
 
 function bridgedVm(name: string, namespace: string, node: string, labels: Record<string, string>, userData?: string): Obj {
-  const cloudInit = userData ? { disks: [{ name: 'cloudinit', disk: { bus: 'virtio' } }], volumes: [{ name: 'cloudinit', cloudInitNoCloud: { userData } }] } : { disks: [], volumes: [] };
+  const cloudInit = userData
+    ? { disks: [{ name: 'cloudinit', disk: { bus: 'virtio' } }], volumes: [{ name: 'cloudinit', cloudInitNoCloud: { userData } }] }
+    : { disks: [], volumes: [] };
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace },
     spec: {
       runStrategy: 'Always',
-      template: { metadata: { labels }, spec: {
-        terminationGracePeriodSeconds: 5,
-        nodeSelector: { 'kubernetes.io/hostname': node },
-        domain: { resources: { requests: { memory: '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...cloudInit.disks], interfaces: [{ name: 'default', bridge: {} }] } },
-        networks: [{ name: 'default', pod: {} }],
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, ...cloudInit.volumes],
-      } },
-      dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } } } }],
+      template: {
+        metadata: { labels },
+        spec: {
+          terminationGracePeriodSeconds: 5,
+          nodeSelector: { 'kubernetes.io/hostname': node },
+          domain: {
+            resources: { requests: { memory: '128Mi' } },
+            devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...cloudInit.disks], interfaces: [{ name: 'default', bridge: {} }] },
+          },
+          networks: [{ name: 'default', pod: {} }],
+          volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, ...cloudInit.volumes],
+        },
+      },
+      dataVolumeTemplates: [
+        {
+          metadata: { name: `${name}-root` },
+          spec: {
+            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+          },
+        },
+      ],
     },
   };
 }
@@ -51,11 +69,16 @@ async function probes(): Promise<{ n: number; p80: boolean; p8080: boolean }[]> 
 /** Waits until three probes in a row, all made after this call, give the expected outcome. */
 async function expectProbes(what: string, p80: boolean, p8080: boolean): Promise<void> {
   const from = (await probes()).at(-1)?.n ?? -1;
-  await eventually(what, async () => {
-    const fresh = (await probes()).filter((p) => p.n > from + 1); // the probe running at the change may have raced it
-    const last = fresh.slice(-3);
-    return last.length === 3 && last.every((p) => p.p80 === p80 && p.p8080 === p8080) ? true : undefined;
-  }, 120_000, 1000);
+  await eventually(
+    what,
+    async () => {
+      const fresh = (await probes()).filter((p) => p.n > from + 1); // the probe running at the change may have raced it
+      const last = fresh.slice(-3);
+      return last.length === 3 && last.every((p) => p.p80 === p80 && p.p8080 === p8080) ? true : undefined;
+    },
+    120_000,
+    1000,
+  );
 }
 
 before(async () => {
@@ -67,30 +90,58 @@ before(async () => {
 after(async () => {
   if (!c) return;
   for (const ns of ['a', 'b']) {
-    for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items) await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
+    for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
+      await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
   }
-  for (const ns of ['a', 'b']) await eventually(`VMIs in ${ns} gone`, async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(() => undefined);
+  for (const ns of ['a', 'b'])
+    await eventually(`VMIs in ${ns} gone`, async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+      () => undefined,
+    );
   for (const ns of ['a', 'b']) await c.client.delete(NS, ns).catch(() => undefined);
   await c.close();
 });
 
 test('both guests run; without a policy the client reaches web on 80 and 8080', async () => {
   await c.client.create(VM, bridgedVm('web', 'b', nodeB.name, { app: 'web' }), { namespace: 'b' });
-  webIp = await eventually("IPAM's address for b/web", async () => (await c.client.list(IPADDRESSES)).items.find((o) => {
-    const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
-    return p.resource === 'virtualmachines' && p.namespace === 'b' && p.name === 'web';
-  })?.metadata?.name, 30_000);
+  webIp = await eventually(
+    "IPAM's address for b/web",
+    async () =>
+      (await c.client.list(IPADDRESSES)).items.find((o) => {
+        const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
+        return p.resource === 'virtualmachines' && p.namespace === 'b' && p.name === 'web';
+      })?.metadata?.name,
+    30_000,
+  );
   // busybox nc: -w bounds the connect, so a dropped SYN reads as "no" within 3 s.
   const userData = `#!/bin/sh\n(i=0; while true; do i=$((i+1)); a=no; b=no; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${webIp} 80 2>/dev/null | grep -q counter= && a=ok; nc -w 3 ${webIp} 8080 </dev/null 2>/dev/null | grep -q counter= && b=ok; echo "VESSEL-PROBE $i 80=$a 8080=$b"; sleep 2; done) &\n`;
   await c.client.create(VM, bridgedVm('client', 'a', nodeA.name, { app: 'client' }, userData), { namespace: 'a' });
-  for (const [ns, name] of [['b', 'web'], ['a', 'client']]) {
-    await eventually(`${ns}/${name} Running`, async () => (((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase === 'Running' ? true : undefined), 240_000);
+  for (const [ns, name] of [
+    ['b', 'web'],
+    ['a', 'client'],
+  ]) {
+    await eventually(
+      `${ns}/${name} Running`,
+      async () =>
+        ((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase === 'Running'
+          ? true
+          : undefined,
+      240_000,
+    );
   }
   await expectProbes('the client reaching web on 80 and 8080', true, true);
 });
 
-test('a default-deny ingress policy in b: the client in a reaches neither port; web\'s own node still does', async () => {
-  await c.client.create(NETPOL, { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'default-deny', namespace: 'b' }, spec: { podSelector: {}, policyTypes: ['Ingress'] } }, { namespace: 'b' });
+test("a default-deny ingress policy in b: the client in a reaches neither port; web's own node still does", async () => {
+  await c.client.create(
+    NETPOL,
+    {
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: { name: 'default-deny', namespace: 'b' },
+      spec: { podSelector: {}, policyTypes: ['Ingress'] },
+    },
+    { namespace: 'b' },
+  );
   await expectProbes('the client cut off from web', false, false);
   const curl = await runInNode(nodeB, ['curl', '-sS', '--max-time', '5', `http://${webIp}/`]);
   assert.match(curl.stdout, /counter=/, 'node B reaches its own VM: host traffic is not isolated');
@@ -99,10 +150,19 @@ test('a default-deny ingress policy in b: the client in a reaches neither port; 
 });
 
 test('an allow rule for TCP 80 from namespace a opens exactly that port', async () => {
-  await c.client.create(NETPOL, {
-    apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'web-from-a', namespace: 'b' },
-    spec: { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } } }], ports: [{ protocol: 'TCP', port: 80 }] }] },
-  }, { namespace: 'b' });
+  await c.client.create(
+    NETPOL,
+    {
+      apiVersion: 'networking.k8s.io/v1',
+      kind: 'NetworkPolicy',
+      metadata: { name: 'web-from-a', namespace: 'b' },
+      spec: {
+        podSelector: { matchLabels: { app: 'web' } },
+        ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } } }], ports: [{ protocol: 'TCP', port: 80 }] }],
+      },
+    },
+    { namespace: 'b' },
+  );
   await expectProbes('the client reaching web on 80 only', true, false);
   // Removing both policies opens web again.
   for (const name of ['web-from-a', 'default-deny']) await c.client.delete(NETPOL, name, { namespace: 'b' });

@@ -33,47 +33,79 @@ const mac = (ip: string) => ['0a', '58', ...ip.split('.').map((o) => Number(o).t
 
 /** IPAM's allocation for a parent (its first IPAddress), once it exists. */
 async function allocation(resource: string, name: string, namespace?: string): Promise<{ ip: string; mac?: string; cidr: string }> {
-  return eventually(`IPAM's address for ${resource}/${name}`, async () => {
-    const a = (await c.client.list(IPADDRESSES)).items.find((o) => {
-      const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
-      return p.resource === resource && p.name === name && (namespace === undefined || p.namespace === namespace);
-    });
-    const ann = (a?.metadata?.annotations ?? {}) as Record<string, string>;
-    return a && { ip: a.metadata!.name!, mac: ann['vessel.io/mac'], cidr: ann['vessel.io/cidr'] };
-  }, 30_000);
+  return eventually(
+    `IPAM's address for ${resource}/${name}`,
+    async () => {
+      const a = (await c.client.list(IPADDRESSES)).items.find((o) => {
+        const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
+        return p.resource === resource && p.name === name && (namespace === undefined || p.namespace === namespace);
+      });
+      const ann = (a?.metadata?.annotations ?? {}) as Record<string, string>;
+      return a && { ip: a.metadata!.name!, mac: ann['vessel.io/mac'], cidr: ann['vessel.io/cidr'] };
+    },
+    30_000,
+  );
 }
 
 function bridgedVm(name: string, node: string, userData?: string): Obj {
-  const cloudInit = userData ? { disks: [{ name: 'cloudinit', disk: { bus: 'virtio' } }], volumes: [{ name: 'cloudinit', cloudInitNoCloud: { userData } }] } : { disks: [], volumes: [] };
+  const cloudInit = userData
+    ? { disks: [{ name: 'cloudinit', disk: { bus: 'virtio' } }], volumes: [{ name: 'cloudinit', cloudInitNoCloud: { userData } }] }
+    : { disks: [], volumes: [] };
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: ns },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: ns },
     spec: {
       runStrategy: 'Always',
-      template: { spec: {
-        terminationGracePeriodSeconds: 10,
-        nodeSelector: { 'kubernetes.io/hostname': node },
-        domain: { resources: { requests: { memory: '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...cloudInit.disks], interfaces: [{ name: 'default', bridge: {} }] } },
-        networks: [{ name: 'default', pod: {} }],
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, ...cloudInit.volumes],
-      } },
+      template: {
+        spec: {
+          terminationGracePeriodSeconds: 10,
+          nodeSelector: { 'kubernetes.io/hostname': node },
+          domain: {
+            resources: { requests: { memory: '128Mi' } },
+            devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...cloudInit.disks], interfaces: [{ name: 'default', bridge: {} }] },
+          },
+          networks: [{ name: 'default', pod: {} }],
+          volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, ...cloudInit.volumes],
+        },
+      },
       // The shared pool: every node can clone the golden image there.
-      dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } } } }],
+      dataVolumeTemplates: [
+        {
+          metadata: { name: `${name}-root` },
+          spec: {
+            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+          },
+        },
+      ],
     },
   };
 }
 
-type VmiStatus = { phase?: string; nodeName?: string; conditions?: { type: string; reason?: string; message?: string }[]; interfaces?: Obj[]; phaseTransitionTimestamps?: { phase: string; phaseTransitionTimestamp: string }[] };
+type VmiStatus = {
+  phase?: string;
+  nodeName?: string;
+  conditions?: { type: string; reason?: string; message?: string }[];
+  interfaces?: Obj[];
+  phaseTransitionTimestamps?: { phase: string; phaseTransitionTimestamp: string }[];
+};
 const vmiStatus = async (name: string) => ((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
-const serialIps = async (name: string) => [...(await serialLog(c.nodes.agents.find((a) => a.nodeName === (nodeOf[name]))!.dataDir, ns, name)).matchAll(/VESSEL-IP (\S+)/g)].map((m) => m[1]);
+const serialIps = async (name: string) =>
+  [...(await serialLog(c.nodes.agents.find((a) => a.nodeName === nodeOf[name])!.dataDir, ns, name)).matchAll(/VESSEL-IP (\S+)/g)].map((m) => m[1]);
 const nodeOf: Record<string, string> = {};
 
 /** A failed wait for a guest's DHCP, with what its node's dnsmasq and the guest's console said. */
-const explain = (name: string) => async (e: Error): Promise<never> => {
-  const agent = c.nodes.agents.find((a) => a.nodeName === nodeOf[name])!;
-  const log = await readFile(join(agent.dataDir, 'network', 'dnsmasq.log'), 'utf8').catch(() => '');
-  const serial = await serialLog(agent.dataDir, ns, name);
-  throw new Error(`${e.message}\n--- ${agent.nodeName}'s dnsmasq.log (tail)\n${log.slice(-2500)}\n--- ${name}'s serial console (tail)\n${serial.slice(-2500)}`);
-};
+const explain =
+  (name: string) =>
+  async (e: Error): Promise<never> => {
+    const agent = c.nodes.agents.find((a) => a.nodeName === nodeOf[name])!;
+    const log = await readFile(join(agent.dataDir, 'network', 'dnsmasq.log'), 'utf8').catch(() => '');
+    const serial = await serialLog(agent.dataDir, ns, name);
+    throw new Error(
+      `${e.message}\n--- ${agent.nodeName}'s dnsmasq.log (tail)\n${log.slice(-2500)}\n--- ${name}'s serial console (tail)\n${serial.slice(-2500)}`,
+    );
+  };
 
 before(async () => {
   c = await startCluster({ nodes: 2 });
@@ -82,8 +114,11 @@ before(async () => {
 });
 after(async () => {
   if (!c) return;
-  for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items) await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(() => undefined);
+  for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
+    await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+    () => undefined,
+  );
   await c.close();
 });
 
@@ -92,18 +127,30 @@ test('each agent publishes its fabric IP, keeps the other node in its VXLAN FDB,
     const node = await c.client.get(NODES, n.name);
     assert.equal((node.metadata!.annotations as Record<string, string>)[FABRIC_IP_ANNOTATION], n.fabricIp);
   }
-  for (const [n, other] of [[nodeA, nodeB], [nodeB, nodeA]]) {
-    await eventually(`${n.name}'s FDB entry for ${other.name}`, async () => {
-      const r = await runInNode(n, ['bridge', 'fdb', 'show', 'dev', 'vsl-vx0']);
-      return r.stdout.includes(`00:00:00:00:00:00 dst ${other.fabricIp}`) ? true : undefined;
-    }, 20_000);
+  for (const [n, other] of [
+    [nodeA, nodeB],
+    [nodeB, nodeA],
+  ]) {
+    await eventually(
+      `${n.name}'s FDB entry for ${other.name}`,
+      async () => {
+        const r = await runInNode(n, ['bridge', 'fdb', 'show', 'dev', 'vsl-vx0']);
+        return r.stdout.includes(`00:00:00:00:00:00 dst ${other.fabricIp}`) ? true : undefined;
+      },
+      20_000,
+    );
   }
   // A node that comes and goes: every agent adds its entry, then drops it. An annotation that is
   // not an address (a hostile or broken Node) never reaches the bridge command.
   await c.client.create(NODES, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-x', annotations: { [FABRIC_IP_ANNOTATION]: '10.233.0.99' } } });
-  await c.client.create(NODES, { apiVersion: 'v1', kind: 'Node', metadata: { name: 'node-y', annotations: { [FABRIC_IP_ANNOTATION]: '10.233.0.98 dev lo self' } } });
+  await c.client.create(NODES, {
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: { name: 'node-y', annotations: { [FABRIC_IP_ANNOTATION]: '10.233.0.98 dev lo self' } },
+  });
   const fdb = async (n: DevNode) => (await runInNode(n, ['bridge', 'fdb', 'show', 'dev', 'vsl-vx0'])).stdout;
-  for (const n of [nodeA, nodeB]) await eventually(`${n.name} adds node-x`, async () => ((await fdb(n)).includes('dst 10.233.0.99') ? true : undefined), 20_000);
+  for (const n of [nodeA, nodeB])
+    await eventually(`${n.name} adds node-x`, async () => ((await fdb(n)).includes('dst 10.233.0.99') ? true : undefined), 20_000);
   await c.client.delete(NODES, 'node-x');
   await c.client.delete(NODES, 'node-y');
   for (const n of [nodeA, nodeB]) await eventually(`${n.name} drops node-x`, async () => ((await fdb(n)).includes('10.233.0.99') ? undefined : true), 20_000);
@@ -114,11 +161,15 @@ test('each agent publishes its fabric IP, keeps the other node in its VXLAN FDB,
     const gw = await allocation('nodes', n.name);
     assert.equal(gw.cidr, CIDR);
     gateways.push(gw.ip);
-    await eventually(`${n.name}'s bridge holds ${gw.ip}/16 and dnsmasq runs`, async () => {
-      const addr = await runInNode(n, ['ip', '-4', '-o', 'addr', 'show', 'dev', 'vsl-br0']);
-      const dns = await runInNode(n, ['ss', '-lnup']);
-      return addr.stdout.includes(`${gw.ip}/16`) && dns.stdout.includes('dnsmasq') ? true : undefined;
-    }, 20_000);
+    await eventually(
+      `${n.name}'s bridge holds ${gw.ip}/16 and dnsmasq runs`,
+      async () => {
+        const addr = await runInNode(n, ['ip', '-4', '-o', 'addr', 'show', 'dev', 'vsl-br0']);
+        const dns = await runInNode(n, ['ss', '-lnup']);
+        return addr.stdout.includes(`${gw.ip}/16`) && dns.stdout.includes('dnsmasq') ? true : undefined;
+      },
+      20_000,
+    );
   }
   const nft = await runInNode(nodeA, ['nft', 'list', 'table', 'inet', 'vessel']);
   assert.match(nft.stdout, /masquerade/);
@@ -127,7 +178,10 @@ test('each agent publishes its fabric IP, keeps the other node in its VXLAN FDB,
 });
 
 test('two bridged VMs on two nodes get their addresses by DHCP; one answers the other node and the other guest across VXLAN', async () => {
-  const vms = [{ name: 'web-a', node: nodeA }, { name: 'web-b', node: nodeB }];
+  const vms = [
+    { name: 'web-a', node: nodeA },
+    { name: 'web-b', node: nodeB },
+  ];
   const createdAt = Date.now();
   const got: Record<string, { ip: string; mac?: string }> = {};
   // web-b first: web-a's user data asks web-b's address (IPAM allocates when a VM is created)
@@ -135,18 +189,25 @@ test('two bridged VMs on two nodes get their addresses by DHCP; one answers the 
   // guest's static busybox wget crashes).
   for (const v of [...vms].reverse()) {
     nodeOf[v.name] = v.node.name;
-    const userData = v.name === 'web-a' ? `#!/bin/sh\n(while true; do if nc ${got['web-b'].ip} 8080 </dev/null | grep -q counter=; then echo VESSEL-PEER-OK; fi; sleep 2; done) &\n` : undefined;
+    const userData =
+      v.name === 'web-a'
+        ? `#!/bin/sh\n(while true; do if nc ${got['web-b'].ip} 8080 </dev/null | grep -q counter=; then echo VESSEL-PEER-OK; fi; sleep 2; done) &\n`
+        : undefined;
     await c.client.create(VM, bridgedVm(v.name, v.node.name, userData), { namespace: ns });
     got[v.name] = await allocation('virtualmachines', v.name, ns);
   }
   for (const v of vms) {
-    assert.equal(got[v.name].mac, mac(got[v.name].ip), 'the contract\'s MAC: 0a:58: + the address');
+    assert.equal(got[v.name].mac, mac(got[v.name].ip), "the contract's MAC: 0a:58: + the address");
   }
   for (const v of vms) {
-    const s = await eventually(`${v.name} Running with its IP in status`, async () => {
-      const st = await vmiStatus(v.name);
-      return st.phase === 'Running' ? st : undefined;
-    }, 180_000);
+    const s = await eventually(
+      `${v.name} Running with its IP in status`,
+      async () => {
+        const st = await vmiStatus(v.name);
+        return st.phase === 'Running' ? st : undefined;
+      },
+      180_000,
+    );
     assert.equal(s.nodeName, v.node.name);
     const iface = s.interfaces?.[0] ?? {};
     assert.equal(iface.name, 'default');
@@ -159,24 +220,42 @@ test('two bridged VMs on two nodes get their addresses by DHCP; one answers the 
     assert.match(tap.stdout, /mtu 1450/);
   }
   for (const v of vms) {
-    await eventually(`${v.name} prints VESSEL-IP ${got[v.name].ip}`, async () => ((await serialIps(v.name)).includes(got[v.name].ip) ? true : undefined), 300_000).catch(explain(v.name));
+    await eventually(
+      `${v.name} prints VESSEL-IP ${got[v.name].ip}`,
+      async () => ((await serialIps(v.name)).includes(got[v.name].ip) ? true : undefined),
+      300_000,
+    ).catch(explain(v.name));
     const running = Date.parse((await vmiStatus(v.name)).phaseTransitionTimestamps?.find((p) => p.phase === 'Running')?.phaseTransitionTimestamp ?? '');
-    console.log(`figures: ${v.name}: VM created → Running ${running - createdAt} ms (IP in status with Running: 0 ms); Running → guest's VESSEL-IP seen ≤ ${Date.now() - running} ms`);
+    console.log(
+      `figures: ${v.name}: VM created → Running ${running - createdAt} ms (IP in status with Running: 0 ms); Running → guest's VESSEL-IP seen ≤ ${Date.now() - running} ms`,
+    );
   }
   // From node A's namespace, the VM on node B answers: over the bridge, VXLAN and the fabric.
   const b = got['web-b'].ip;
-  const answer = await eventually(`web-b (${b}) answering HTTP from ${nodeA.name}`, async () => {
-    const r = await runInNode(nodeA, ['curl', '-sS', '--max-time', '5', `http://${b}/`]);
-    return r.code === 0 && r.stdout.includes('counter=') ? r.stdout : undefined;
-  }, 60_000);
+  const answer = await eventually(
+    `web-b (${b}) answering HTTP from ${nodeA.name}`,
+    async () => {
+      const r = await runInNode(nodeA, ['curl', '-sS', '--max-time', '5', `http://${b}/`]);
+      return r.code === 0 && r.stdout.includes('counter=') ? r.stdout : undefined;
+    },
+    60_000,
+  );
   assert.match(answer, /hostname=\S+ counter=\d+/);
   // Through the API (the host has no route to the VM network): `vessel port-forward` reaches
   // web-b at its cluster address, dialled by its agent inside node B's namespace.
-  const forwarded = await run('bin/vessel', ['--kubeconfig', c.kubeconfig, 'port-forward', '--stdio', 'vm/web-b', '80'], { input: 'GET / HTTP/1.0\r\n\r\n', timeoutMs: 60_000, env: { ...process.env, KUBECONFIG: '' } });
+  const forwarded = await run('bin/vessel', ['--kubeconfig', c.kubeconfig, 'port-forward', '--stdio', 'vm/web-b', '80'], {
+    input: 'GET / HTTP/1.0\r\n\r\n',
+    timeoutMs: 60_000,
+    env: { ...process.env, KUBECONFIG: '' },
+  });
   assert.equal(forwarded.code, 0, forwarded.err);
   assert.match(forwarded.out, /counter=\d+/);
   // And guest to guest: web-a (node A) reads web-b's page (node B) by its cluster IP.
-  await eventually('web-a reaching web-b guest to guest', async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-PEER-OK') ? true : undefined), 120_000).catch(explain('web-a'));
+  await eventually(
+    'web-a reaching web-b guest to guest',
+    async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-PEER-OK') ? true : undefined),
+    120_000,
+  ).catch(explain('web-a'));
   // QEMU runs in its node's namespace (nsenter in front of its launch chain).
   const dir = await runDirOf(c.nodes.agents[1].dataDir, ns, 'web-b');
   const pid = (await readFile(join(dir!, 'qemu.pid'), 'utf8')).trim();
@@ -193,22 +272,34 @@ test('stop and start: the VM comes back with the same IP and MAC; its tap goes w
   await eventually(`tap ${tap} removed`, async () => ((await runInNode(nodeB, ['ip', 'link', 'show', 'dev', tap])).code !== 0 ? true : undefined), 20_000);
   const ipsBefore = (await serialIps(name)).length;
   await c.client.patch(VM, name, { spec: { runStrategy: 'Always' } }, { namespace: ns });
-  const s = await eventually(`${name} Running again`, async () => {
-    const st = await vmiStatus(name);
-    return st.phase === 'Running' ? st : undefined;
-  }, 180_000);
+  const s = await eventually(
+    `${name} Running again`,
+    async () => {
+      const st = await vmiStatus(name);
+      return st.phase === 'Running' ? st : undefined;
+    },
+    180_000,
+  );
   const again = s.interfaces?.[0] ?? {};
   assert.equal(again.ipAddress, before.ipAddress);
   assert.equal(again.mac, before.mac);
-  await eventually(`${name} got its address again by DHCP`, async () => {
-    const ips = await serialIps(name);
-    return ips.length > ipsBefore && ips.at(-1) === before.ipAddress ? true : undefined;
-  }, 300_000).catch(explain(name));
+  await eventually(
+    `${name} got its address again by DHCP`,
+    async () => {
+      const ips = await serialIps(name);
+      return ips.length > ipsBefore && ips.at(-1) === before.ipAddress ? true : undefined;
+    },
+    300_000,
+  ).catch(explain(name));
   // httpd's page is written by the guest's counter loop: it may be missing for a moment after boot.
-  const r = await eventually(`${name} answering again`, async () => {
-    const out = await runInNode(nodeA, ['curl', '-sS', '--max-time', '5', `http://${String(before.ipAddress)}/`]);
-    return out.code === 0 && out.stdout.includes('counter=') ? out.stdout : undefined;
-  }, 60_000);
+  const r = await eventually(
+    `${name} answering again`,
+    async () => {
+      const out = await runInNode(nodeA, ['curl', '-sS', '--max-time', '5', `http://${String(before.ipAddress)}/`]);
+      return out.code === 0 && out.stdout.includes('counter=') ? out.stdout : undefined;
+    },
+    60_000,
+  );
   assert.match(r, /counter=/);
 });
 
@@ -237,17 +328,28 @@ test('a VM whose address IPAM cannot give (the VM network is full) is not starte
     const vm = bridgedVm('waiter', small.nodes.cluster.nodes[0].name) as { spec: { template: { spec: Obj }; dataVolumeTemplates?: unknown } };
     // No disk: the agent gets as far as the network, which is what this is about.
     delete vm.spec.dataVolumeTemplates;
-    Object.assign(vm.spec.template.spec, { volumes: [], domain: { resources: { requests: { memory: '64Mi' } }, devices: { interfaces: [{ name: 'default', bridge: {} }] } } });
+    Object.assign(vm.spec.template.spec, {
+      volumes: [],
+      domain: { resources: { requests: { memory: '64Mi' } }, devices: { interfaces: [{ name: 'default', bridge: {} }] } },
+    });
     await small.client.create(VM, vm, { namespace: ns });
-    const s = await eventually('the VMI waiting for its address', async () => {
-      const st = ((await small.client.get(VMI, 'waiter', { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
-      return st.conditions?.some((x) => x.reason === 'AddressPending') ? st : undefined;
-    }, 60_000);
+    const s = await eventually(
+      'the VMI waiting for its address',
+      async () => {
+        const st = ((await small.client.get(VMI, 'waiter', { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
+        return st.conditions?.some((x) => x.reason === 'AddressPending') ? st : undefined;
+      },
+      60_000,
+    );
     assert.equal(s.phase, 'Scheduled');
     assert.equal(s.nodeName, small.nodes.cluster.nodes[0].name);
     assert.match(s.conditions!.find((x) => x.reason === 'AddressPending')!.message ?? '', /waits for its address/);
     await small.client.delete(VM, 'waiter', { namespace: ns });
-    await eventually('the waiting VMI gone', async () => ((await small.client.get(VMI, 'waiter', { namespace: ns }).catch(() => undefined)) ? undefined : true), 60_000);
+    await eventually(
+      'the waiting VMI gone',
+      async () => ((await small.client.get(VMI, 'waiter', { namespace: ns }).catch(() => undefined)) ? undefined : true),
+      60_000,
+    );
   } finally {
     await small.close();
   }

@@ -30,10 +30,17 @@ let agent: ChildProcess | undefined;
 
 /** `vessel agent` for node-a in a child process; resolves once it says it runs. */
 async function startAgent(): Promise<ChildProcess> {
-  const p = spawn('bin/vessel', ['--kubeconfig', v.kubeconfig, 'agent', '--node-name', 'node-a', '--data-dir', agentDir, '--node-status-update-frequency', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const p = spawn(
+    'bin/vessel',
+    ['--kubeconfig', v.kubeconfig, 'agent', '--node-name', 'node-a', '--data-dir', agentDir, '--node-status-update-frequency', '1'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   await new Promise<void>((resolve, reject) => {
     let out = '';
-    p.stdout!.on('data', (d) => { out += d; if (/agent running as node node-a/.test(out)) resolve(); });
+    p.stdout!.on('data', (d) => {
+      out += d;
+      if (/agent running as node node-a/.test(out)) resolve();
+    });
     p.stderr!.on('data', () => undefined);
     p.on('exit', (code) => reject(new Error(`vessel agent exited with ${code} before it ran`)));
   });
@@ -47,7 +54,7 @@ async function killAgent(): Promise<void> {
   await gone;
 }
 
-const conditions = (o: KubeObject) => ((o.status as { conditions?: Condition[] } | undefined)?.conditions) ?? [];
+const conditions = (o: KubeObject) => (o.status as { conditions?: Condition[] } | undefined)?.conditions ?? [];
 const condition = (o: KubeObject, type: string) => conditions(o).find((c) => c.type === type);
 const nodeReady = async () => condition(await v.client.get(NODES, 'node-a'), 'Ready');
 const vmiReady = async (name: string) => condition(await v.client.get(VMI, name, { namespace: ns }), 'Ready');
@@ -63,7 +70,9 @@ before(async () => {
 after(async () => {
   if (agent?.exitCode !== null || agent?.signalCode !== null) agent = await startAgent().catch(() => undefined);
   for (const vm of (await v.client.list(VM, { namespace: ns })).items) await v.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(
+    () => undefined,
+  );
   await killAgent();
   await v.close();
   await rm(agentDir, { recursive: true, force: true });
@@ -71,7 +80,16 @@ after(async () => {
 
 test('a node that posts its heartbeat stays Ready; one that stops goes Unknown after the grace period', async () => {
   const heartbeat = async () => {
-    const conditions = [{ type: 'Ready', status: 'True', reason: 'AgentReady', message: 'posting', lastHeartbeatTime: new Date().toISOString(), lastTransitionTime: '2026-01-01T00:00:00Z' }];
+    const conditions = [
+      {
+        type: 'Ready',
+        status: 'True',
+        reason: 'AgentReady',
+        message: 'posting',
+        lastHeartbeatTime: new Date().toISOString(),
+        lastTransitionTime: '2026-01-01T00:00:00Z',
+      },
+    ];
     const node = await v.client.get(NODES, 'node-z');
     await v.client.update(NODES, { ...node, status: { ...(node.status as object), conditions } }, { subresource: 'status' });
   };
@@ -84,7 +102,15 @@ test('a node that posts its heartbeat stays Ready; one that stops goes Unknown a
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(condition(await v.client.get(NODES, 'node-z'), 'Ready')?.status, 'True', 'a node that posts stays Ready past the grace period');
   }
-  const c = await eventually('node-z Unknown', async () => { const r = condition(await v.client.get(NODES, 'node-z'), 'Ready'); return r?.status === 'Unknown' ? r : undefined; }, 20_000, 200);
+  const c = await eventually(
+    'node-z Unknown',
+    async () => {
+      const r = condition(await v.client.get(NODES, 'node-z'), 'Ready');
+      return r?.status === 'Unknown' ? r : undefined;
+    },
+    20_000,
+    200,
+  );
   const after = Date.now() - lastBeat;
   console.log(`# node-z Unknown ${after} ms after its last heartbeat (grace 6 s)`);
   assert.ok(after >= 5500 && after < 10_000, `Unknown ${after} ms after the last heartbeat (grace 6 s)`);
@@ -95,11 +121,22 @@ test('a node that posts its heartbeat stays Ready; one that stops goes Unknown a
 test('an agent killed: the node goes Unknown, the guest runs on, and the agent adopts it again', async () => {
   await v.client.create(VM, tinyVm('steady'), { namespace: ns });
   // The disk of a VM made while the agent is gone, made now (only an agent makes disks).
-  await v.client.create(DV, {
-    apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'waiting-root', namespace: ns },
-    spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
-  }, { namespace: ns });
-  await eventually('DataVolume waiting-root Succeeded', async () => (((await v.client.get(DV, 'waiting-root', { namespace: ns })).status as { phase?: string } | undefined)?.phase === 'Succeeded' ? true : undefined), 120_000);
+  await v.client.create(
+    DV,
+    {
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name: 'waiting-root', namespace: ns },
+      spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+    },
+    { namespace: ns },
+  );
+  await eventually(
+    'DataVolume waiting-root Succeeded',
+    async () =>
+      ((await v.client.get(DV, 'waiting-root', { namespace: ns })).status as { phase?: string } | undefined)?.phase === 'Succeeded' ? true : undefined,
+    120_000,
+  );
   await eventually('the guest counting', async () => (counters(await serial('steady')).length >= 2 ? true : undefined), 300_000, 500);
   assert.equal((await vmiReady('steady'))?.status, 'True');
   const pid = await qemuPid('steady');
@@ -107,22 +144,48 @@ test('an agent killed: the node goes Unknown, the guest runs on, and the agent a
 
   await killAgent();
   const t0 = Date.now();
-  const unknown = await eventually('node-a Ready Unknown', async () => { const c = await nodeReady(); return c?.status === 'Unknown' ? c : undefined; }, 60_000, 250);
+  const unknown = await eventually(
+    'node-a Ready Unknown',
+    async () => {
+      const c = await nodeReady();
+      return c?.status === 'Unknown' ? c : undefined;
+    },
+    60_000,
+    250,
+  );
   console.log(`# node-a Unknown ${Date.now() - t0} ms after the agent was killed (grace 6 s, heartbeat 1 s)`);
   assert.equal(unknown.reason, 'NodeStatusUnknown');
-  const vmiCond = await eventually('VMI steady NodeUnresponsive', async () => { const c = await vmiReady('steady'); return c?.reason === 'NodeUnresponsive' ? c : undefined; }, 30_000, 250);
+  const vmiCond = await eventually(
+    'VMI steady NodeUnresponsive',
+    async () => {
+      const c = await vmiReady('steady');
+      return c?.reason === 'NodeUnresponsive' ? c : undefined;
+    },
+    30_000,
+    250,
+  );
   assert.equal(vmiCond.status, 'False');
   // Nothing is done to the VM: it keeps running without its agent.
   const before = Math.max(...counters(await serial('steady')));
-  await eventually('the guest counting on without its agent', async () => (Math.max(...counters(await serial('steady'))) >= before + 3 ? true : undefined), 60_000, 500);
+  await eventually(
+    'the guest counting on without its agent',
+    async () => (Math.max(...counters(await serial('steady'))) >= before + 3 ? true : undefined),
+    60_000,
+    500,
+  );
   assert.equal(((await v.client.get(VMI, 'steady', { namespace: ns })).status as { phase: string }).phase, 'Running');
   // A new VM is not placed on the unreachable node.
   await v.client.create(VM, tinyVm('waiting', { dataVolume: 'waiting-root' }), { namespace: ns });
-  const unschedulable = await eventually('VMI waiting unschedulable', async () => {
-    const vmi = await v.client.get(VMI, 'waiting', { namespace: ns }).catch(() => undefined);
-    const c = vmi && condition(vmi, 'PodScheduled');
-    return c?.status === 'False' ? c : undefined;
-  }, 30_000, 250);
+  const unschedulable = await eventually(
+    'VMI waiting unschedulable',
+    async () => {
+      const vmi = await v.client.get(VMI, 'waiting', { namespace: ns }).catch(() => undefined);
+      const c = vmi && condition(vmi, 'PodScheduled');
+      return c?.status === 'False' ? c : undefined;
+    },
+    30_000,
+    250,
+  );
   assert.match(unschedulable.message ?? '', /unreachable/);
 
   agent = await startAgent();
@@ -135,7 +198,12 @@ test('an agent killed: the node goes Unknown, the guest runs on, and the agent a
   // An agent that only stalls (SIGSTOP, as a long pause or a partition) sets Ready back itself
   // when it goes on: it sees its VMI marked and knows the QEMU it holds runs.
   agent.kill('SIGSTOP');
-  await eventually('VMI steady NodeUnresponsive again', async () => ((await vmiReady('steady'))?.reason === 'NodeUnresponsive' ? true : undefined), 30_000, 250);
+  await eventually(
+    'VMI steady NodeUnresponsive again',
+    async () => ((await vmiReady('steady'))?.reason === 'NodeUnresponsive' ? true : undefined),
+    30_000,
+    250,
+  );
   agent.kill('SIGCONT');
   await eventually('VMI steady Ready after the stall', async () => ((await vmiReady('steady'))?.status === 'True' ? true : undefined), 30_000, 250);
   await eventually('node-a Ready after the stall', async () => ((await nodeReady())?.status === 'True' ? true : undefined), 30_000, 250);

@@ -36,7 +36,11 @@ const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
 
 const vessel = (args: string[], opts: { input?: string; kubeconfig?: string; timeoutMs?: number } = {}) =>
-  run(BIN, ['--kubeconfig', opts.kubeconfig ?? v.kubeconfig, ...args], { input: opts.input, timeoutMs: opts.timeoutMs ?? 120_000, env: { ...process.env, KUBECONFIG: '' } });
+  run(BIN, ['--kubeconfig', opts.kubeconfig ?? v.kubeconfig, ...args], {
+    input: opts.input,
+    timeoutMs: opts.timeoutMs ?? 120_000,
+    env: { ...process.env, KUBECONFIG: '' },
+  });
 
 before(async () => {
   v = await startVessel({ agent: { nodeName: 'node-a' } });
@@ -52,19 +56,30 @@ before(async () => {
   otherKubeconfig = join(v.dataDir, 'kubeconfig-other');
   await writeFile(otherKubeconfig, readFileSync(v.kubeconfig, 'utf8').replace(/token: .*/, `token: ${r.token}`));
 
-  await eventually('the guest ready, its key installed', async () => {
-    const text = await serialLog(v.dataDir, ns, 'web');
-    // The counter's first line comes after it wrote the page httpd serves (and its first sync).
-    return text.includes('VESSEL-SSH-KEY') && /VESSEL-GUEST-READY[^]*VESSEL-COUNTER \d+/.test(text) ? true : undefined;
-  }, 420_000, 500);
-  await eventually('VMI web Running', async () => ((await v.client.get(VMI, 'web', { namespace: ns })).status as { phase?: string })?.phase === 'Running' || undefined, 60_000);
+  await eventually(
+    'the guest ready, its key installed',
+    async () => {
+      const text = await serialLog(v.dataDir, ns, 'web');
+      // The counter's first line comes after it wrote the page httpd serves (and its first sync).
+      return text.includes('VESSEL-SSH-KEY') && /VESSEL-GUEST-READY[^]*VESSEL-COUNTER \d+/.test(text) ? true : undefined;
+    },
+    420_000,
+    500,
+  );
+  await eventually(
+    'VMI web Running',
+    async () => ((await v.client.get(VMI, 'web', { namespace: ns })).status as { phase?: string })?.phase === 'Running' || undefined,
+    60_000,
+  );
   log('guest ready');
 });
 
 after(async () => {
   for (const c of children) c.kill('SIGKILL');
   for (const name of ['web', 'halted']) await v?.client.delete(VM, name, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(
+    () => undefined,
+  );
   await v?.close();
 });
 
@@ -73,25 +88,45 @@ async function forward(target: string, specs: string[]): Promise<{ ports: number
   const child = spawn(BIN, ['--kubeconfig', v.kubeconfig, 'port-forward', target, ...specs], { env: { ...process.env, KUBECONFIG: '' } });
   children.add(child);
   child.on('close', () => children.delete(child));
-  let out = '', err = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-  const lines = await eventually('port-forward listening', async () => {
-    const found = [...out.matchAll(/^Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)$/gm)];
-    if (child.exitCode !== null) throw new Error(`port-forward exited ${child.exitCode}: ${err}`);
-    return found.length === specs.length ? found : undefined;
-  }, 60_000, 100);
-  assert.deepEqual(lines.map((m) => m[2]), specs.map((s) => s.split(':').at(-1)));
+  let out = '',
+    err = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  const lines = await eventually(
+    'port-forward listening',
+    async () => {
+      const found = [...out.matchAll(/^Forwarding from 127\.0\.0\.1:(\d+) -> (\d+)$/gm)];
+      if (child.exitCode !== null) throw new Error(`port-forward exited ${child.exitCode}: ${err}`);
+      return found.length === specs.length ? found : undefined;
+    },
+    60_000,
+    100,
+  );
+  assert.deepEqual(
+    lines.map((m) => m[2]),
+    specs.map((s) => s.split(':').at(-1)),
+  );
   return { ports: lines.map((m) => Number(m[1])), err: () => err, stop: () => child.kill('SIGTERM') };
 }
 
 function httpGet(port: number): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    http.get({ host: '127.0.0.1', port, path: '/', timeout: 60_000 }, (res) => {
-      let body = '';
-      res.on('data', (d: Buffer) => { body += d.toString(); });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-    }).on('error', reject).on('timeout', function (this: http.ClientRequest) { this.destroy(new Error('HTTP GET timed out')); });
+    http
+      .get({ host: '127.0.0.1', port, path: '/', timeout: 60_000 }, (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => {
+          body += d.toString();
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      })
+      .on('error', reject)
+      .on('timeout', function (this: http.ClientRequest) {
+        this.destroy(new Error('HTTP GET timed out'));
+      });
   });
 }
 
@@ -100,7 +135,9 @@ function readTcp(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const s = net.connect(port, '127.0.0.1');
     let text = '';
-    s.on('data', (d: Buffer) => { text += d.toString(); });
+    s.on('data', (d: Buffer) => {
+      text += d.toString();
+    });
     s.on('close', () => resolve(text));
     s.on('error', reject);
     s.setTimeout(60_000, () => s.destroy(new Error('timed out')));
@@ -112,7 +149,7 @@ test("port-forward reaches the guest's httpd and its other service, two connecti
   try {
     const page = await httpGet(pf.ports[0]);
     assert.equal(page.status, 200);
-    assert.match(page.body, /^hostname=\S+ counter=\d+$/m, 'the guest\'s page');
+    assert.match(page.body, /^hostname=\S+ counter=\d+$/m, "the guest's page");
     assert.match(await readTcp(pf.ports[1]), /^hostname=\S+ counter=\d+\n$/, 'the line port 8080 serves');
     // Two connections at once, each with its own stream.
     const [a, b] = await Promise.all([httpGet(pf.ports[0]), readTcp(pf.ports[1])]);
@@ -143,7 +180,12 @@ test('a closed guest port, udp, and a missing VM are clear errors, not hangs', {
   const pf = await forward('vm/web', ['0:81']);
   try {
     assert.equal(await readTcp(pf.ports[0]), '');
-    await eventually('the refusal on stderr', async () => (/error: port-forward to 81: .*refused the connection to port 81/.test(pf.err()) ? true : undefined), 30_000, 100);
+    await eventually(
+      'the refusal on stderr',
+      async () => (/error: port-forward to 81: .*refused the connection to port 81/.test(pf.err()) ? true : undefined),
+      30_000,
+      100,
+    );
   } finally {
     pf.stop();
   }
@@ -151,8 +193,10 @@ test('a closed guest port, udp, and a missing VM are clear errors, not hangs', {
   assert.equal(udp.code, 1);
   assert.match(udp.err, /udp port-forward is not supported: only tcp/);
   // The API refuses udp itself too (a client other than vessel).
-  await assert.rejects(connectStream(v.client, `${forwardPath(ns, { resource: 'virtualmachines', name: 'web' }, 53)}/udp`, 'udp 53'),
-    (e: StatusError) => e.code === 400 && /udp is not supported by Vessel: only tcp/.test(e.message));
+  await assert.rejects(
+    connectStream(v.client, `${forwardPath(ns, { resource: 'virtualmachines', name: 'web' }, 53)}/udp`, 'udp 53'),
+    (e: StatusError) => e.code === 400 && /udp is not supported by Vessel: only tcp/.test(e.message),
+  );
   const missing = await vessel(['port-forward', '--stdio', 'vm/nope', '80']);
   assert.equal(missing.code, 1);
   assert.match(missing.err, /not found/);
@@ -169,7 +213,10 @@ test('a closed guest port, udp, and a missing VM are clear errors, not hangs', {
 
 test('a tenant of another namespace and a viewer are refused (403), through the CLI too', { timeout: 120_000 }, async () => {
   const other = new Client(loadKubeconfigFile(otherKubeconfig));
-  await assert.rejects(openForward(other, ns, { resource: 'virtualmachines', name: 'web' }, 80), (e: StatusError) => e.code === 403 && /virtualmachines\/portforward/.test(e.message));
+  await assert.rejects(
+    openForward(other, ns, { resource: 'virtualmachines', name: 'web' }, 80),
+    (e: StatusError) => e.code === 403 && /virtualmachines\/portforward/.test(e.message),
+  );
   await assert.rejects(openForward(other, ns, { resource: 'virtualmachineinstances', name: 'web' }, 80), (e: StatusError) => e.code === 403);
   // A viewer reads the VM but gets no way into the guest (KubeVirt's view role: no portforward).
   const t = await v.client.request<{ token: string }>('POST', '/vessel/v1/tokens', { body: { user: 'viewer', groups: ['vessel:view'] } });
@@ -183,8 +230,20 @@ test('a tenant of another namespace and a viewer are refused (403), through the 
 });
 
 test('vessel ssh runs a command in the guest over dropbear, through port-forward', { timeout: 180_000 }, async () => {
-  const r = await vessel(['ssh', '-i', key, '--local-ssh-opts=-oStrictHostKeyChecking=no', '--local-ssh-opts=-oUserKnownHostsFile=/dev/null', '--local-ssh-opts=-oBatchMode=yes',
-    '-c', 'echo "in-guest $(hostname) $(cat /var/lib/counter)"', 'root@vm/web'], { timeoutMs: 150_000 });
+  const r = await vessel(
+    [
+      'ssh',
+      '-i',
+      key,
+      '--local-ssh-opts=-oStrictHostKeyChecking=no',
+      '--local-ssh-opts=-oUserKnownHostsFile=/dev/null',
+      '--local-ssh-opts=-oBatchMode=yes',
+      '-c',
+      'echo "in-guest $(hostname) $(cat /var/lib/counter)"',
+      'root@vm/web',
+    ],
+    { timeoutMs: 150_000 },
+  );
   assert.equal(r.code, 0, r.err);
   assert.match(r.out, /^in-guest \S+ \d+$/m);
   log('ssh: command ran in the guest');

@@ -38,7 +38,9 @@ before(async () => {
 
 after(async () => {
   for (const name of SPINNERS) await v.client.delete(VM, name, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
+    () => undefined,
+  );
   await v.close();
 });
 
@@ -88,13 +90,18 @@ test('every thread of a QEMU, vCPUs included, runs below the agent: higher nice,
     // A process of the root task group (never called setsid, e.g. a container's init and its
     // children) has an empty autogroup file: its threads count as nice-0 entities on their own.
     const own = await autogroupNice('self');
-    if (!Number.isNaN(group)) assert.ok(group > (Number.isNaN(own) ? 0 : own), `QEMU ${pid}'s autogroup nice ${group}, the agent's ${Number.isNaN(own) ? 'root group' : own}`);
+    if (!Number.isNaN(group))
+      assert.ok(group > (Number.isNaN(own) ? 0 : own), `QEMU ${pid}'s autogroup nice ${group}, the agent's ${Number.isNaN(own) ? 'root group' : own}`);
   }
 });
 
 test('two guests spinning on all their vCPUs (both cores) do not slow API GETs beyond noise (vs the same guests paused)', { timeout: 300_000 }, async () => {
   const pids = await Promise.all(SPINNERS.map(qemuPid));
-  const qmp = (name: string) => { const c = v.agent!.vms.qmpFor(ns, name); assert.ok(c, `QMP of ${name}`); return c; };
+  const qmp = (name: string) => {
+    const c = v.agent!.vms.qmpFor(ns, name);
+    assert.ok(c, `QMP of ${name}`);
+    return c;
+  };
   // One sample: 10 GETs in flight at once, so it takes the server some CPU time, not just a wake-up.
   const gets = async (n: number): Promise<number[]> => {
     const out: number[] = [];
@@ -105,7 +112,10 @@ test('two guests spinning on all their vCPUs (both cores) do not slow API GETs b
     }
     return out;
   };
-  const q = (xs: number[], pct: number) => { const s = [...xs].sort((a, b) => a - b); return s[Math.min(s.length - 1, Math.floor((pct / 100) * s.length))]; };
+  const q = (xs: number[], pct: number) => {
+    const s = [...xs].sort((a, b) => a - b);
+    return s[Math.min(s.length - 1, Math.floor((pct / 100) * s.length))];
+  };
   await gets(20); // warm-up
   const paused: number[] = [];
   const spinning: number[] = [];
@@ -118,13 +128,19 @@ test('two guests spinning on all their vCPUs (both cores) do not slow API GETs b
     for (const name of SPINNERS) await qmp(name).execute('cont');
     await new Promise((r) => setTimeout(r, 1000));
     let done = false;
-    const sampler = (async () => { while (!done) { demand.push(await runnable(pids)); await new Promise((r) => setTimeout(r, 50)); } })();
+    const sampler = (async () => {
+      while (!done) {
+        demand.push(await runnable(pids));
+        await new Promise((r) => setTimeout(r, 50));
+      }
+    })();
     spinning.push(...(await gets(40)));
     done = true;
     await sampler;
   }
   const meanDemand = demand.reduce((a, b) => a + b, 0) / demand.length;
-  const line = `10 GETs p50 ${q(spinning, 50).toFixed(1)} ms spinning vs ${q(paused, 50).toFixed(1)} ms paused, p95 ${q(spinning, 95).toFixed(1)} vs ${q(paused, 95).toFixed(1)} ms; ` +
+  const line =
+    `10 GETs p50 ${q(spinning, 50).toFixed(1)} ms spinning vs ${q(paused, 50).toFixed(1)} ms paused, p95 ${q(spinning, 95).toFixed(1)} vs ${q(paused, 95).toFixed(1)} ms; ` +
     `on average ${meanDemand.toFixed(1)} QEMU threads wanted a CPU while the guests spun`;
   console.log(`# ${line}`);
   // The guests really spun (else the comparison says nothing): their vCPU threads wanted both

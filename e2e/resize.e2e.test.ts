@@ -30,7 +30,8 @@ type Condition = { type: string; status: string; reason?: string; message?: stri
 let v: Vessel;
 const ns = 'default';
 const GiB = 2 ** 30;
-const status = (o: KubeObject | undefined) => (o?.status ?? {}) as { printableStatus?: string; phase?: string; capacity?: { storage?: string }; conditions?: Condition[]; allocatedResourceStatuses?: Obj };
+const status = (o: KubeObject | undefined) =>
+  (o?.status ?? {}) as { printableStatus?: string; phase?: string; capacity?: { storage?: string }; conditions?: Condition[]; allocatedResourceStatuses?: Obj };
 
 const tinyVm = (name: string, opts: { userData: string; memory?: string; cores?: number }) => tinyVmFor(name, { namespace: ns, ...opts });
 
@@ -47,24 +48,32 @@ async function until(name: string, printable: string, timeoutMs = 180_000): Prom
 }
 /** The last value printed after `marker` on the serial console (after `from` characters), once there is one. */
 async function lastPrinted(name: string, marker: string, from = 0, timeoutMs = 180_000, accept: (value: string) => boolean = () => true): Promise<string> {
-  return eventually(`"${marker}" on ${name}'s serial console`, async () => {
-    const values = [...(await serial(name)).slice(from).matchAll(new RegExp(`^${marker} (.*?)\\r?$`, 'gm'))].map((m) => m[1].trim());
-    const last = values[values.length - 1];
-    return last !== undefined && accept(last) ? last : undefined;
-  }, timeoutMs, 500);
+  return eventually(
+    `"${marker}" on ${name}'s serial console`,
+    async () => {
+      const values = [...(await serial(name)).slice(from).matchAll(new RegExp(`^${marker} (.*?)\\r?$`, 'gm'))].map((m) => m[1].trim());
+      const last = values[values.length - 1];
+      return last !== undefined && accept(last) ? last : undefined;
+    },
+    timeoutMs,
+    500,
+  );
 }
 async function pvcOf(name: string): Promise<KubeObject> {
   return v.client.get(PVC, name, { namespace: ns });
 }
 async function eventsAbout(name: string): Promise<{ reason: string; message: string; type: string }[]> {
   const list = await v.client.list(EVENTS, { namespace: ns });
-  return list.items.filter((e) => (e.involvedObject as Obj | undefined)?.name === name).map((e) => ({ reason: String(e.reason), message: String(e.message), type: String(e.type) }));
+  return list.items
+    .filter((e) => (e.involvedObject as Obj | undefined)?.name === name)
+    .map((e) => ({ reason: String(e.reason), message: String(e.message), type: String(e.type) }));
 }
 
 // The size of the root disk in 512-byte sectors, every 2 s.
 const PRINT_DISK = '#!/bin/sh\nwhile true; do echo "VESSEL-DISK-SECTORS $(cat /sys/block/vda/size)"; sleep 2; done\n';
 // The vCPUs, memory (MemTotal, kB) and root disk sectors the guest sees, every 2 s.
-const PRINT_CPU_MEM = '#!/bin/sh\nwhile true; do echo "VESSEL-CPU-MEM $(nproc) $(awk \'/^MemTotal:/ {print $2}\' /proc/meminfo) $(cat /sys/block/vda/size)"; sleep 2; done\n';
+const PRINT_CPU_MEM =
+  '#!/bin/sh\nwhile true; do echo "VESSEL-CPU-MEM $(nproc) $(awk \'/^MemTotal:/ {print $2}\' /proc/meminfo) $(cat /sys/block/vda/size)"; sleep 2; done\n';
 
 before(async () => {
   v = await startVessel({ agent: { nodeName: 'node-a' } });
@@ -75,7 +84,9 @@ before(async () => {
 });
 after(async () => {
   for (const vm of (await v.client.list(VM, { namespace: ns })).items) await v.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
+    () => undefined,
+  );
   await v.close();
 });
 
@@ -99,7 +110,11 @@ describe('growing a disk', () => {
     assert.equal(status(await v.client.get(VMI, 'grow', { namespace: ns })).phase, 'Running');
 
     const pvc = status(await pvcOf(claim));
-    assert.equal(pvc.conditions?.find((c) => c.type === 'Resizing'), undefined, 'the Resizing condition is gone once done');
+    assert.equal(
+      pvc.conditions?.find((c) => c.type === 'Resizing'),
+      undefined,
+      'the Resizing condition is gone once done',
+    );
     assert.equal(pvc.allocatedResourceStatuses?.storage, undefined);
     const events = await eventsAbout(claim);
     const ok = events.find((e) => e.reason === 'VolumeResizeSuccessful');
@@ -117,10 +132,16 @@ describe('growing a disk', () => {
     const r = await kubectl('patch', 'pvc', claim, '--type=merge', '-p', JSON.stringify({ spec: { resources: { requests: { storage: '1Gi' } } } }));
     assert.notEqual(r.code, 0);
     assert.match(r.err, /spec\.resources\.requests\.storage: Forbidden: field can not be less than previous value/);
-    const err = await v.client.patch(PVC, claim, { spec: { resources: { requests: { storage: '1Gi' } } } }, { namespace: ns }).then(() => undefined, (e: unknown) => e);
+    const err = await v.client.patch(PVC, claim, { spec: { resources: { requests: { storage: '1Gi' } } } }, { namespace: ns }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     assert.ok(isStatusError(err, 'Invalid'), `a 422 Invalid: ${String(err)}`);
     assert.equal(err.code, 422);
-    assert.deepEqual(err.causes.map((c) => [c.field, c.reason]), [['spec.resources.requests.storage', 'FieldValueForbidden']]);
+    assert.deepEqual(
+      err.causes.map((c) => [c.field, c.reason]),
+      [['spec.resources.requests.storage', 'FieldValueForbidden']],
+    );
     const pvc = await pvcOf(claim);
     assert.equal(((pvc.spec as Obj).resources as { requests: { storage: string } }).requests.storage, '2Gi');
     assert.equal(status(pvc).capacity?.storage, '2Gi');
@@ -133,15 +154,34 @@ describe('growing a disk', () => {
 
   test('a claim whose StorageClass does not allow expansion is not grown', async () => {
     await v.client.create(SC, {
-      apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass', metadata: { name: 'fixed-size' },
-      provisioner: 'vessel.io/qcow2', parameters: { pool: 'local' }, reclaimPolicy: 'Delete', volumeBindingMode: 'WaitForFirstConsumer', allowVolumeExpansion: false,
+      apiVersion: 'storage.k8s.io/v1',
+      kind: 'StorageClass',
+      metadata: { name: 'fixed-size' },
+      provisioner: 'vessel.io/qcow2',
+      parameters: { pool: 'local' },
+      reclaimPolicy: 'Delete',
+      volumeBindingMode: 'WaitForFirstConsumer',
+      allowVolumeExpansion: false,
     });
-    await v.client.create(DV, {
-      apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'fixed' },
-      spec: { source: { blank: {} }, storage: { storageClassName: 'fixed-size', resources: { requests: { storage: '64Mi' } } } },
-    }, { namespace: ns });
-    await eventually('DataVolume fixed Succeeded', async () => (status(await v.client.get(DV, 'fixed', { namespace: ns })).phase === 'Succeeded' ? true : undefined), 60_000);
-    const grow = await v.client.patch(PVC, 'fixed', { spec: { resources: { requests: { storage: '128Mi' } } } }, { namespace: ns }).then(() => undefined, (e: unknown) => e);
+    await v.client.create(
+      DV,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataVolume',
+        metadata: { name: 'fixed' },
+        spec: { source: { blank: {} }, storage: { storageClassName: 'fixed-size', resources: { requests: { storage: '64Mi' } } } },
+      },
+      { namespace: ns },
+    );
+    await eventually(
+      'DataVolume fixed Succeeded',
+      async () => (status(await v.client.get(DV, 'fixed', { namespace: ns })).phase === 'Succeeded' ? true : undefined),
+      60_000,
+    );
+    const grow = await v.client.patch(PVC, 'fixed', { spec: { resources: { requests: { storage: '128Mi' } } } }, { namespace: ns }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
     const words = /only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize/;
     if (grow !== undefined) {
       // The API server's admission refuses it, as kube-apiserver does (403).
@@ -149,7 +189,11 @@ describe('growing a disk', () => {
       assert.match(grow.message, words);
     } else {
       // Admitted: the agent refuses to grow it.
-      const refused = await eventually('a VolumeResizeFailed event', async () => (await eventsAbout('fixed')).find((e) => e.reason === 'VolumeResizeFailed'), 30_000);
+      const refused = await eventually(
+        'a VolumeResizeFailed event',
+        async () => (await eventsAbout('fixed')).find((e) => e.reason === 'VolumeResizeFailed'),
+        30_000,
+      );
       assert.equal(refused.type, 'Warning');
       assert.match(refused.message, words);
     }
@@ -174,8 +218,17 @@ describe('a stopped VM: CPU, memory and disk resized offline', () => {
     assert.ok(memKiB <= 128 * 1024 && memKiB > 64 * 1024, `MemTotal ${memKiB} kB for 128Mi`);
     assert.equal(sectors, GiB / 512);
 
-    await v.client.patch(VM, name, { spec: { template: { spec: { domain: { cpu: { cores: 2 }, resources: { requests: { memory: '256Mi' } } } } } } }, { namespace: ns });
-    const restart = await eventually('RestartRequired', async () => (await vmStatus(name)).conditions?.find((c) => c.type === 'RestartRequired' && c.status === 'True'), 30_000);
+    await v.client.patch(
+      VM,
+      name,
+      { spec: { template: { spec: { domain: { cpu: { cores: 2 }, resources: { requests: { memory: '256Mi' } } } } } } },
+      { namespace: ns },
+    );
+    const restart = await eventually(
+      'RestartRequired',
+      async () => (await vmStatus(name)).conditions?.find((c) => c.type === 'RestartRequired' && c.status === 'True'),
+      30_000,
+    );
     assert.match(restart.message ?? '', /next start/);
     const before = await serial(name);
     await new Promise((r) => setTimeout(r, 2500));
@@ -184,7 +237,11 @@ describe('a stopped VM: CPU, memory and disk resized offline', () => {
     assert.equal((await vessel('stop', name)).code, 0);
     await until(name, 'Stopped', 120_000);
     stopped = await serial(name);
-    assert.equal((await vmStatus(name)).conditions?.find((c) => c.type === 'RestartRequired'), undefined, 'stopped: nothing to restart');
+    assert.equal(
+      (await vmStatus(name)).conditions?.find((c) => c.type === 'RestartRequired'),
+      undefined,
+      'stopped: nothing to restart',
+    );
   });
 
   test('its disk grows offline (qemu-img) while it is stopped, and a resize cut short completes', async () => {
@@ -192,7 +249,11 @@ describe('a stopped VM: CPU, memory and disk resized offline', () => {
     await v.client.patch(PVC, claim, { spec: { resources: { requests: { storage: '2Gi' } } } }, { namespace: ns });
     await eventually('status.capacity 2Gi', async () => (status(await pvcOf(claim)).capacity?.storage === '2Gi' ? true : undefined), 60_000);
     assert.equal((await qemuImg.info(path, { format: 'qcow2' })).virtualSize, 2 * GiB);
-    const offline = await eventually('VolumeResizeSuccessful', async () => (await eventsAbout(claim)).find((e) => e.reason === 'VolumeResizeSuccessful'), 10_000);
+    const offline = await eventually(
+      'VolumeResizeSuccessful',
+      async () => (await eventsAbout(claim)).find((e) => e.reason === 'VolumeResizeSuccessful'),
+      10_000,
+    );
     assert.match(offline.message, /offline/);
     // As if the agent had died between growing the file and recording it: the file is already
     // 3Gi when the claim asks for it; the agent only has to record the capacity.
@@ -209,6 +270,9 @@ describe('a stopped VM: CPU, memory and disk resized offline', () => {
     assert.equal(cpus, 2);
     assert.ok(memKiB <= 256 * 1024 && memKiB > 128 * 1024, `MemTotal ${memKiB} kB for 256Mi: more than all of the old 128Mi`);
     assert.equal(sectors, (3 * GiB) / 512);
-    assert.equal((await vmStatus(name)).conditions?.find((c) => c.type === 'RestartRequired'), undefined);
+    assert.equal(
+      (await vmStatus(name)).conditions?.find((c) => c.type === 'RestartRequired'),
+      undefined,
+    );
   });
 });

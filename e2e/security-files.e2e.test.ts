@@ -40,21 +40,32 @@ async function eventsOf(ns: string, name: string): Promise<Event[]> {
 }
 
 function blankDv(name: string, size = '16Mi'): KubeObject {
-  return { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name }, spec: { source: { blank: {} }, storage: { resources: { requests: { storage: size } } } } };
+  return {
+    apiVersion: 'cdi.kubevirt.io/v1beta1',
+    kind: 'DataVolume',
+    metadata: { name },
+    spec: { source: { blank: {} }, storage: { resources: { requests: { storage: size } } } },
+  };
 }
 
 async function boundPath(ns: string, name: string): Promise<string> {
-  return eventually(`claim ${ns}/${name} Bound`, async () => {
-    const pvc = await v.client.get(PVC, name, { namespace: ns });
-    return (pvc.status as Obj | undefined)?.phase === 'Bound' ? annotationsOf(pvc)['vessel.io/volume-path'] : undefined;
-  }, 60_000);
+  return eventually(
+    `claim ${ns}/${name} Bound`,
+    async () => {
+      const pvc = await v.client.get(PVC, name, { namespace: ns });
+      return (pvc.status as Obj | undefined)?.phase === 'Bound' ? annotationsOf(pvc)['vessel.io/volume-path'] : undefined;
+    },
+    60_000,
+  );
 }
 
 before(async () => {
   v = await startVessel({ agent: { nodeName: 'node-a' } });
   poolDir = v.agent!.pools.get('local')!.dir;
 });
-after(async () => { await v?.close(); });
+after(async () => {
+  await v?.close();
+});
 
 test('restore-source <pool>/t1/../t2/<file>@snap on a claim in t1 is refused and makes no volume', async () => {
   await namespace('t1');
@@ -66,11 +77,20 @@ test('restore-source <pool>/t1/../t2/<file>@snap on a claim in t1 is refused and
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', decoy, '16M']);
   const traversal = `${poolDir}/t1/../t2/${decoy.split('/').pop()}`;
   // Set as an administrator (admission keeps tenants from setting vessel.io/* annotations at all).
-  await v.client.create(PVC, {
-    apiVersion: 'v1', kind: 'PersistentVolumeClaim',
-    metadata: { name: 'stolen', namespace: 't1', annotations: { 'vessel.io/restore-source': traversal, 'volume.kubernetes.io/selected-node': 'node-a', 'vessel.io/volume-pool': 'local' } },
-    spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'local', resources: { requests: { storage: '16Mi' } } },
-  }, { namespace: 't1' });
+  await v.client.create(
+    PVC,
+    {
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: {
+        name: 'stolen',
+        namespace: 't1',
+        annotations: { 'vessel.io/restore-source': traversal, 'volume.kubernetes.io/selected-node': 'node-a', 'vessel.io/volume-pool': 'local' },
+      },
+      spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'local', resources: { requests: { storage: '16Mi' } } },
+    },
+    { namespace: 't1' },
+  );
   const refusal = await eventually('the refusal on claim t1/stolen', async () => (await eventsOf('t1', 'stolen')).find((e) => e.type === 'Warning'), 30_000);
   assert.equal(refusal.reason, 'PathOutsideNamespace');
   assert.match(refusal.message, /vessel\.io\/restore-source: .*namespace t1/);
@@ -81,7 +101,11 @@ test('restore-source <pool>/t1/../t2/<file>@snap on a claim in t1 is refused and
   const pvc = await v.client.get(PVC, 'stolen', { namespace: 't1' });
   assert.notEqual((pvc.status as Obj | undefined)?.phase, 'Bound');
   assert.equal(annotationsOf(pvc)['vessel.io/volume-path'], undefined);
-  assert.deepEqual((await readdir(join(poolDir, 't1'))).filter((f) => f.startsWith('stolen-')), [], 'no volume (nor temporary) file for the claim');
+  assert.deepEqual(
+    (await readdir(join(poolDir, 't1'))).filter((f) => f.startsWith('stolen-')),
+    [],
+    'no volume (nor temporary) file for the claim',
+  );
 });
 
 test('a failing clone retries with backoff, and its DataVolume shows no host path', async () => {
@@ -91,7 +115,16 @@ test('a failing clone retries with backoff, and its DataVolume shows no host pat
   // The source volume breaks (a decoy: not a qcow2 any more): every clone attempt fails in
   // qemu-img, whose error names the source's full path.
   await writeFile(srcPath, 'this is not a qcow2 image\n'.repeat(100));
-  await v.client.create(DV, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'copy' }, spec: { source: { pvc: { namespace: 't3', name: 'src' } }, storage: { resources: { requests: { storage: '16Mi' } } } } }, { namespace: 't3' });
+  await v.client.create(
+    DV,
+    {
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name: 'copy' },
+      spec: { source: { pvc: { namespace: 't3', name: 'src' } }, storage: { resources: { requests: { storage: '16Mi' } } } },
+    },
+    { namespace: 't3' },
+  );
   const retries = async () => (await eventsOf('t3', 'copy')).filter((e) => e.reason === 'ImportRetry');
   const attempts = (es: Event[]) => es.reduce((n, e) => n + (e.count ?? 1), 0);
   await eventually('the first failed attempt', async () => ((await retries()).length ? true : undefined), 30_000, 50);
@@ -109,11 +142,16 @@ test('a failing clone retries with backoff, and its DataVolume shows no host pat
   assert.ok(within3s >= 2, `it does retry: ${within3s}`);
 
   // Between attempts the DataVolume's conditions show the failure.
-  const conditions = await eventually('the failure in the DataVolume\'s conditions', async () => {
-    const dv = await v.client.get(DV, 'copy', { namespace: 't3' });
-    const cs = ((dv.status as Obj).conditions as { type: string; message?: string }[]);
-    return cs.some((c) => c.type === 'Running' && /qemu-img/.test(c.message ?? '')) ? cs : undefined;
-  }, 30_000, 50);
+  const conditions = await eventually(
+    "the failure in the DataVolume's conditions",
+    async () => {
+      const dv = await v.client.get(DV, 'copy', { namespace: 't3' });
+      const cs = (dv.status as Obj).conditions as { type: string; message?: string }[];
+      return cs.some((c) => c.type === 'Running' && /qemu-img/.test(c.message ?? '')) ? cs : undefined;
+    },
+    30_000,
+    50,
+  );
   const messages = [...conditions.map((c) => c.message ?? ''), ...(await eventsOf('t3', 'copy')).map((e) => e.message)];
   const failure = conditions.find((c) => c.type === 'Running')?.message ?? '';
   for (const m of messages) {
@@ -130,25 +168,51 @@ test('a VM of the same name in a re-created namespace sees nothing of the delete
   const secret = `OLD-TENANT-SECRET-${Date.now()}`;
   await namespace(ns);
   await v.client.create(VM, tinyVm('box', { namespace: ns, userData: `#!/bin/sh\necho ${secret}\n` }), { namespace: ns });
-  await eventually('the secret on the old VM\'s console', async () => ((await serialLog(v.dataDir, ns, 'box')).includes(secret) ? true : undefined), 420_000, 500);
+  await eventually(
+    "the secret on the old VM's console",
+    async () => ((await serialLog(v.dataDir, ns, 'box')).includes(secret) ? true : undefined),
+    420_000,
+    500,
+  );
   const oldDir = (await runDirOf(v.dataDir, ns, 'box'))!;
   assert.ok(existsSync(join(oldDir, 'serial.log')));
 
   await v.client.delete(NS, ns);
-  await eventually(`namespace ${ns} gone`, async () => v.client.get(NS, ns).then(() => undefined, () => true), 240_000, 500);
+  await eventually(
+    `namespace ${ns} gone`,
+    async () =>
+      v.client.get(NS, ns).then(
+        () => undefined,
+        () => true,
+      ),
+    240_000,
+    500,
+  );
   await eventually('the old run directory removed', async () => (existsSync(oldDir) ? undefined : true), 30_000, 250);
-  await eventually(`the agent's directories of ${ns} removed`, async () => (!existsSync(join(v.dataDir, 'vms', ns)) && !existsSync(join(poolDir, ns)) ? true : undefined), 30_000, 250);
+  await eventually(
+    `the agent's directories of ${ns} removed`,
+    async () => (!existsSync(join(v.dataDir, 'vms', ns)) && !existsSync(join(poolDir, ns)) ? true : undefined),
+    30_000,
+    250,
+  );
 
   await namespace(ns);
   await v.client.create(VM, tinyVm('box', { namespace: ns, userData: '#!/bin/sh\necho NEW-TENANT-HERE\n' }), { namespace: ns });
-  await eventually('the new VM\'s own output', async () => ((await serialLog(v.dataDir, ns, 'box')).includes('NEW-TENANT-HERE') ? true : undefined), 420_000, 500);
+  await eventually(
+    "the new VM's own output",
+    async () => ((await serialLog(v.dataDir, ns, 'box')).includes('NEW-TENANT-HERE') ? true : undefined),
+    420_000,
+    500,
+  );
   const newDir = (await runDirOf(v.dataDir, ns, 'box'))!;
   assert.notEqual(newDir, oldDir);
   const vm = await v.client.get(VM, 'box', { namespace: ns });
-  assert.equal(newDir.split('/').pop(), vm.metadata!.uid, 'the run directory is the VM\'s uid, not its name');
-  assert.ok(!(await serialLog(v.dataDir, ns, 'box')).includes(secret), 'the new VM\'s serial log has none of the old output');
+  assert.equal(newDir.split('/').pop(), vm.metadata!.uid, "the run directory is the VM's uid, not its name");
+  assert.ok(!(await serialLog(v.dataDir, ns, 'box')).includes(secret), "the new VM's serial log has none of the old output");
   // What the tenant reads through the API: the serial-log subresource.
-  const res = await v.client.stream('GET', `/apis/subresources.kubevirt.io/v1/namespaces/${ns}/virtualmachineinstances/box/serial-log`, { headers: { Accept: 'text/plain' } });
+  const res = await v.client.stream('GET', `/apis/subresources.kubevirt.io/v1/namespaces/${ns}/virtualmachineinstances/box/serial-log`, {
+    headers: { Accept: 'text/plain' },
+  });
   const chunks: Buffer[] = [];
   for await (const c of res) chunks.push(c as Buffer);
   const viaApi = Buffer.concat(chunks).toString('utf8');
@@ -176,5 +240,10 @@ test('a restarted agent removes run directories a crash left of VMs that no long
     await writeFile(join(d, 'serial.log'), 'DECOY OUTPUT OF A DELETED VM\n');
   }
   v = await startVessel({ dataDir, agent: { nodeName: 'node-a' } });
-  await eventually('the leftover run directories removed', async () => (!existsSync(byUid) && !existsSync(byName) && !existsSync(join(dataDir, 'vms', 'gone')) ? true : undefined), 30_000, 250);
+  await eventually(
+    'the leftover run directories removed',
+    async () => (!existsSync(byUid) && !existsSync(byName) && !existsSync(join(dataDir, 'vms', 'gone')) ? true : undefined),
+    30_000,
+    250,
+  );
 });

@@ -65,9 +65,12 @@ function minimal(k: KindInfo, name: string): KubeObject {
 }
 
 const tinyVm = (name: string, template: Record<string, unknown> = {}, extra: Record<string, unknown> = {}): KubeObject => ({
-  apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name },
+  apiVersion: 'kubevirt.io/v1',
+  kind: 'VirtualMachine',
+  metadata: { name },
   spec: {
-    runStrategy: 'Halted', ...extra,
+    runStrategy: 'Halted',
+    ...extra,
     template: { ...template, spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } },
   },
 });
@@ -83,8 +86,26 @@ before(async () => {
   await t2.create(SECRET, { apiVersion: 'v1', kind: 'Secret', metadata: { name: 'db' }, stringData: { password: MARKER } } as KubeObject, { namespace: 't2' });
   await t2.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'cfg' }, data: { note: MARKER } } as KubeObject, { namespace: 't2' });
   await t2.create(VM, tinyVm('web', { metadata: { labels: { owner: MARKER } } }), { namespace: 't2' });
-  await t2.create(VMI, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'web', labels: { owner: MARKER } }, spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } }, { namespace: 't2' });
-  await t2.create(PVC, { apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'data', labels: { owner: MARKER } }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } } }, { namespace: 't2' });
+  await t2.create(
+    VMI,
+    {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name: 'web', labels: { owner: MARKER } },
+      spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } },
+    },
+    { namespace: 't2' },
+  );
+  await t2.create(
+    PVC,
+    {
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name: 'data', labels: { owner: MARKER } },
+      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
+    },
+    { namespace: 't2' },
+  );
 });
 
 after(async () => {
@@ -109,10 +130,26 @@ describe("another tenant's namespace", () => {
         await refused(`${id} watch`, c.request('GET', all, { query: { watch: 'true', timeoutSeconds: 1 } }));
         await refused(`${id} create`, c.request('POST', all, { body: minimal(k, 'intruder') }));
         await refused(`${id} update`, c.request('PUT', one, { body: minimal(k, 'web') }));
-        await refused(`${id} merge patch`, c.request('PATCH', one, { body: { metadata: { labels: { x: 'y' } } }, contentType: 'application/merge-patch+json' }));
-        await refused(`${id} json patch`, c.request('PATCH', one, { body: [{ op: 'add', path: '/metadata/labels', value: { x: 'y' } }], contentType: 'application/json-patch+json' }));
-        await refused(`${id} strategic patch`, c.request('PATCH', one, { body: { metadata: { labels: { x: 'y' } } }, contentType: 'application/strategic-merge-patch+json' }));
-        await refused(`${id} apply`, c.request('PATCH', one, { body: JSON.stringify(minimal(k, 'web')), contentType: 'application/apply-patch+yaml', query: { fieldManager: 'intruder' } }));
+        await refused(
+          `${id} merge patch`,
+          c.request('PATCH', one, { body: { metadata: { labels: { x: 'y' } } }, contentType: 'application/merge-patch+json' }),
+        );
+        await refused(
+          `${id} json patch`,
+          c.request('PATCH', one, { body: [{ op: 'add', path: '/metadata/labels', value: { x: 'y' } }], contentType: 'application/json-patch+json' }),
+        );
+        await refused(
+          `${id} strategic patch`,
+          c.request('PATCH', one, { body: { metadata: { labels: { x: 'y' } } }, contentType: 'application/strategic-merge-patch+json' }),
+        );
+        await refused(
+          `${id} apply`,
+          c.request('PATCH', one, {
+            body: JSON.stringify(minimal(k, 'web')),
+            contentType: 'application/apply-patch+yaml',
+            query: { fieldManager: 'intruder' },
+          }),
+        );
         await refused(`${id} delete`, c.request('DELETE', one));
         await refused(`${id} deletecollection`, c.request('DELETE', all));
         if (k.statusSubresource) {
@@ -125,7 +162,10 @@ describe("another tenant's namespace", () => {
   }
 
   test('lists and watches across all namespaces are refused to tenants and namespace viewers', async () => {
-    for (const [who, c] of [['tenant', t1], ['namespace viewer', viewer1]] as const) {
+    for (const [who, c] of [
+      ['tenant', t1],
+      ['namespace viewer', viewer1],
+    ] as const) {
       for (const k of namespacedKinds()) {
         await refused(`${who} list all ${k.plural}`, c.request('GET', resourcePath(k)));
         await refused(`${who} watch all ${k.plural}`, c.request('GET', resourcePath(k), { query: { watch: '1', timeoutSeconds: 1 } }));
@@ -139,7 +179,13 @@ describe("another tenant's namespace", () => {
       if (!readable) await refused(`tenant list ${k.plural}`, t1.request('GET', resourcePath(k)));
       await refused(`tenant create ${k.plural}`, t1.request('POST', resourcePath(k), { body: minimal(k, 'intruder') }));
       await refused(`tenant delete ${k.plural}`, t1.request('DELETE', resourcePath(k, undefined, k.plural === 'namespaces' ? 't2' : 'x')));
-      await refused(`tenant patch ${k.plural}`, t1.request('PATCH', resourcePath(k, undefined, k.plural === 'namespaces' ? 't2' : 'x'), { body: { metadata: { labels: { x: 'y' } } }, contentType: 'application/merge-patch+json' }));
+      await refused(
+        `tenant patch ${k.plural}`,
+        t1.request('PATCH', resourcePath(k, undefined, k.plural === 'namespaces' ? 't2' : 'x'), {
+          body: { metadata: { labels: { x: 'y' } } },
+          contentType: 'application/merge-patch+json',
+        }),
+      );
     }
     await refused('tenant get namespace t2', t1.request('GET', resourcePath(NS, undefined, 't2')));
     assert.equal((await t1.get(NS, 't1')).metadata?.name, 't1');
@@ -155,11 +201,17 @@ describe("another tenant's namespace", () => {
       await refused('serial log', c.request('GET', `${base}/virtualmachineinstances/web/serial-log`));
       for (const sub of ['console', 'vnc'] as const) {
         attempts++;
-        await assert.rejects(connectSubresource(c, 't2', 'web', sub), (e: unknown) => e instanceof StatusError && e.code === 403 && !e.message.includes(MARKER));
+        await assert.rejects(
+          connectSubresource(c, 't2', 'web', sub),
+          (e: unknown) => e instanceof StatusError && e.code === 403 && !e.message.includes(MARKER),
+        );
       }
-      await refused('upload token', c.request('POST', '/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/t2/uploadtokenrequests', {
-        body: { apiVersion: 'upload.cdi.kubevirt.io/v1beta1', kind: 'UploadTokenRequest', metadata: { name: 'data' }, spec: { pvcName: 'data' } },
-      }));
+      await refused(
+        'upload token',
+        c.request('POST', '/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/t2/uploadtokenrequests', {
+          body: { apiVersion: 'upload.cdi.kubevirt.io/v1beta1', kind: 'UploadTokenRequest', metadata: { name: 'data' }, spec: { pvcName: 'data' } },
+        }),
+      );
     }
   });
 });
@@ -170,10 +222,13 @@ describe('viewers', () => {
     assert.equal((await viewer1.get(CM, 'mine', { namespace: 't1' })).metadata?.name, 'mine');
     await refused('viewer update in t1', viewer1.patch(CM, 'mine', { data: { a: 'c' } }, { namespace: 't1' }));
     await refused('viewer delete in t1', viewer1.delete(CM, 'mine', { namespace: 't1' }));
-    await refused('viewer create in t1', viewer1.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x' } } as KubeObject, { namespace: 't1' }));
+    await refused(
+      'viewer create in t1',
+      viewer1.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x' } } as KubeObject, { namespace: 't1' }),
+    );
   });
 
-  test('viewers read no Secrets, as with Kubernetes\' view role, and open no consoles', async () => {
+  test("viewers read no Secrets, as with Kubernetes' view role, and open no consoles", async () => {
     await refused('cluster viewer get secret', viewer.get(SECRET, 'db', { namespace: 't2' }));
     await refused('cluster viewer list secrets', viewer.list(SECRET, { namespace: 't2' }));
     await refused('cluster viewer list all secrets', viewer.request('GET', resourcePath(SECRET)));
@@ -185,21 +240,45 @@ describe('viewers', () => {
 
 /** Every key of Vessel's own that the agent or a controller acts on. */
 const RESERVED_KEYS = [
-  storage.VOLUME_PATH, storage.VOLUME_POOL, storage.UPLOAD_TOKEN, storage.CLONE_TYPE, storage.RESTORE_SOURCE, 'vessel.io/clone-source',
-  snapshots.SNAPSHOT_FILES, snapshots.SNAPSHOT_NODE, snapshots.MEMORY_FILE, snapshots.TRIMMED_BYTES,
-  'vessel.io/resume-memory', 'vessel.io/template-hash', 'vessel.io/once-ran', 'vessel.io/restored-by', 'vessel.io/golden-image', 'vessel.io/accelerator',
+  storage.VOLUME_PATH,
+  storage.VOLUME_POOL,
+  storage.UPLOAD_TOKEN,
+  storage.CLONE_TYPE,
+  storage.RESTORE_SOURCE,
+  'vessel.io/clone-source',
+  snapshots.SNAPSHOT_FILES,
+  snapshots.SNAPSHOT_NODE,
+  snapshots.MEMORY_FILE,
+  snapshots.TRIMMED_BYTES,
+  'vessel.io/resume-memory',
+  'vessel.io/template-hash',
+  'vessel.io/once-ran',
+  'vessel.io/restored-by',
+  'vessel.io/golden-image',
+  'vessel.io/accelerator',
 ];
 
 describe("Vessel's own annotations and labels", () => {
   test('a tenant sets none of them, on any kind, through any verb; the object stays as it was', async () => {
     const claim = (name: string, meta: Record<string, unknown> = {}): KubeObject => ({
-      apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name, ...meta }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name, ...meta },
+      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
     });
     const targets: [KindInfo, (name: string, meta?: Record<string, unknown>) => KubeObject][] = [
       [PVC, claim],
       [CM, (name, meta = {}) => ({ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name, ...meta } })],
       [VM, (name, meta = {}) => ({ ...tinyVm(name), metadata: { name, ...meta } })],
-      [DV, (name, meta = {}) => ({ apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name, ...meta }, spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } } })],
+      [
+        DV,
+        (name, meta = {}) => ({
+          apiVersion: 'cdi.kubevirt.io/v1beta1',
+          kind: 'DataVolume',
+          metadata: { name, ...meta },
+          spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } },
+        }),
+      ],
     ];
     for (const [k, make] of targets) {
       await t1.create(k, make('own'), { namespace: 't1' });
@@ -208,18 +287,34 @@ describe("Vessel's own annotations and labels", () => {
           const value = field === 'labels' ? 'x' : `/var/lib/vessel/pools/local/t2/data.qcow2@snap`;
           const id = `${k.plural} ${field}[${key}]`;
           const e = await refused(`${id} create`, t1.create(k, make('bad', { [field]: { [key]: value } }), { namespace: 't1' }), 422);
-          assert.ok(e.causes.some((c) => c.field === `metadata.${field}[${key}]` && c.reason === 'FieldValueForbidden'), `${id}: ${JSON.stringify(e.causes)}`);
+          assert.ok(
+            e.causes.some((c) => c.field === `metadata.${field}[${key}]` && c.reason === 'FieldValueForbidden'),
+            `${id}: ${JSON.stringify(e.causes)}`,
+          );
           const one = resourcePath(k, 't1', 'own');
           const current = await t1.get(k, 'own', { namespace: 't1' });
           const { resourceVersion: _rv, ...unpinned } = current.metadata ?? {};
           await refused(`${id} update`, t1.update(k, { ...current, metadata: { ...unpinned, [field]: { [key]: value } } }, { namespace: 't1' }), 422);
           await refused(`${id} merge patch`, t1.patch(k, 'own', { metadata: { [field]: { [key]: value } } }, { namespace: 't1' }), 422);
           await refused(`${id} strategic patch`, t1.patch(k, 'own', { metadata: { [field]: { [key]: value } } }, { namespace: 't1', type: 'strategic' }), 422);
-          await refused(`${id} json patch`, t1.patch(k, 'own', [{ op: 'add', path: `/metadata/${field}`, value: { [key]: value } }], { namespace: 't1', type: 'json' }), 422);
-          await refused(`${id} apply`, t1.request('PATCH', one, { body: JSON.stringify(make('own', { [field]: { [key]: value } })), contentType: 'application/apply-patch+yaml', query: { fieldManager: 'alice' } }), [409, 422]);
+          await refused(
+            `${id} json patch`,
+            t1.patch(k, 'own', [{ op: 'add', path: `/metadata/${field}`, value: { [key]: value } }], { namespace: 't1', type: 'json' }),
+            422,
+          );
+          await refused(
+            `${id} apply`,
+            t1.request('PATCH', one, {
+              body: JSON.stringify(make('own', { [field]: { [key]: value } })),
+              contentType: 'application/apply-patch+yaml',
+              query: { fieldManager: 'alice' },
+            }),
+            [409, 422],
+          );
           // Controllers may write status meanwhile; what the tenant aimed at must be as it was.
           const after = await t1.get(k, 'own', { namespace: 't1' });
-          for (const f of ['labels', 'annotations', 'generation'] as const) assert.deepEqual(after.metadata?.[f], current.metadata?.[f], `${id}: metadata.${f} changed`);
+          for (const f of ['labels', 'annotations', 'generation'] as const)
+            assert.deepEqual(after.metadata?.[f], current.metadata?.[f], `${id}: metadata.${f} changed`);
         }
       }
       await refused(`${k.plural} bad does not exist`, t1.get(k, 'bad', { namespace: 't1' }), 404);
@@ -229,25 +324,60 @@ describe("Vessel's own annotations and labels", () => {
   test('nor in the metadata a controller copies: a VM template, its dataVolumeTemplates, a snapshot content', async () => {
     const resume = { 'vessel.io/resume-memory': '/var/lib/vessel/pools/local/t2/web.memory' };
     let e = await refused('template annotation', t1.create(VM, tinyVm('tpl', { metadata: { annotations: resume } }), { namespace: 't1' }), 422);
-    assert.ok(e.causes.some((c) => c.field === 'spec.template.metadata.annotations[vessel.io/resume-memory]'), JSON.stringify(e.causes));
-    const withDisk = tinyVm('dvt', {}, {
-      dataVolumeTemplates: [{ metadata: { name: 'd', annotations: { 'vessel.io/clone-source': 't2/data' } }, spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } } }],
-    });
-    ((withDisk.spec as { template: { spec: Record<string, unknown> } }).template.spec).volumes = [{ name: 'd', dataVolume: { name: 'd' } }];
+    assert.ok(
+      e.causes.some((c) => c.field === 'spec.template.metadata.annotations[vessel.io/resume-memory]'),
+      JSON.stringify(e.causes),
+    );
+    const withDisk = tinyVm(
+      'dvt',
+      {},
+      {
+        dataVolumeTemplates: [
+          {
+            metadata: { name: 'd', annotations: { 'vessel.io/clone-source': 't2/data' } },
+            spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } },
+          },
+        ],
+      },
+    );
+    (withDisk.spec as { template: { spec: Record<string, unknown> } }).template.spec.volumes = [{ name: 'd', dataVolume: { name: 'd' } }];
     e = await refused('dataVolumeTemplate annotation', t1.create(VM, withDisk, { namespace: 't1' }), 422);
-    assert.ok(e.causes.some((c) => c.field === 'spec.dataVolumeTemplates[0].metadata.annotations[vessel.io/clone-source]'), JSON.stringify(e.causes));
-    e = await refused('snapshot content', t1.create(CONTENT, {
-      apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshotContent', metadata: { name: 'c', annotations: { [snapshots.SNAPSHOT_FILES]: '{}' } },
-      spec: { virtualMachineSnapshotName: 's', source: { virtualMachine: { metadata: { name: 'web' }, spec: { template: { metadata: { annotations: resume } } } } } },
-    } as KubeObject, { namespace: 't1' }), 422);
-    assert.ok(e.causes.some((c) => c.field === `metadata.annotations[${snapshots.SNAPSHOT_FILES}]`), JSON.stringify(e.causes));
+    assert.ok(
+      e.causes.some((c) => c.field === 'spec.dataVolumeTemplates[0].metadata.annotations[vessel.io/clone-source]'),
+      JSON.stringify(e.causes),
+    );
+    e = await refused(
+      'snapshot content',
+      t1.create(
+        CONTENT,
+        {
+          apiVersion: 'snapshot.kubevirt.io/v1beta1',
+          kind: 'VirtualMachineSnapshotContent',
+          metadata: { name: 'c', annotations: { [snapshots.SNAPSHOT_FILES]: '{}' } },
+          spec: {
+            virtualMachineSnapshotName: 's',
+            source: { virtualMachine: { metadata: { name: 'web' }, spec: { template: { metadata: { annotations: resume } } } } },
+          },
+        } as KubeObject,
+        { namespace: 't1' },
+      ),
+      422,
+    );
+    assert.ok(
+      e.causes.some((c) => c.field === `metadata.annotations[${snapshots.SNAPSHOT_FILES}]`),
+      JSON.stringify(e.causes),
+    );
   });
 
   test('what Vessel wrote survives a tenant replacing the object without it', async () => {
     await t1.create(CM, { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'kept' }, data: { a: '1' } } as KubeObject, { namespace: 't1' });
     await v.client.patch(CM, 'kept', { metadata: { annotations: { 'vessel.io/restored-by': 'admin-wrote-this' } } }, { namespace: 't1' });
     const current = await t1.get(CM, 'kept', { namespace: 't1' });
-    const replaced = await t1.update(CM, { ...current, metadata: { name: 'kept', resourceVersion: current.metadata?.resourceVersion }, data: { a: '2' } } as KubeObject, { namespace: 't1' });
+    const replaced = await t1.update(
+      CM,
+      { ...current, metadata: { name: 'kept', resourceVersion: current.metadata?.resourceVersion }, data: { a: '2' } } as KubeObject,
+      { namespace: 't1' },
+    );
     assert.equal((replaced.metadata?.annotations as Record<string, string>)['vessel.io/restored-by'], 'admin-wrote-this');
     assert.equal((replaced as KubeObject & { data: Record<string, string> }).data.a, '2');
     // Options in subdomains are the user's to set.
@@ -257,23 +387,54 @@ describe("Vessel's own annotations and labels", () => {
 
 describe('the exploits that were found', () => {
   test("exploit 1: a claim annotated to clone another tenant's disk is refused and nothing is made", async () => {
-    await t1.create(DV, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'steal' }, spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } } }, { namespace: 't1' })
+    await t1
+      .create(
+        DV,
+        {
+          apiVersion: 'cdi.kubevirt.io/v1beta1',
+          kind: 'DataVolume',
+          metadata: { name: 'steal' },
+          spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } },
+        },
+        { namespace: 't1' },
+      )
       .catch(() => undefined);
-    const e = await refused('clone-source claim', t1.create(PVC, {
-      apiVersion: 'v1', kind: 'PersistentVolumeClaim',
-      metadata: { name: 'steal-claim', annotations: { 'vessel.io/clone-source': 't2/data', [storage.POPULATED_FOR]: 'steal', [storage.CLONE_TYPE]: 'linked' } },
-      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
-    }, { namespace: 't1' }), 422);
+    const e = await refused(
+      'clone-source claim',
+      t1.create(
+        PVC,
+        {
+          apiVersion: 'v1',
+          kind: 'PersistentVolumeClaim',
+          metadata: {
+            name: 'steal-claim',
+            annotations: { 'vessel.io/clone-source': 't2/data', [storage.POPULATED_FOR]: 'steal', [storage.CLONE_TYPE]: 'linked' },
+          },
+          spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
+        },
+        { namespace: 't1' },
+      ),
+      422,
+    );
     assert.match(e.message, /vessel\.io\/clone-source/);
     await refused('the claim was not made', t1.get(PVC, 'steal-claim', { namespace: 't1' }), 404);
   });
 
   test("exploit 2: a claim restored from another tenant's snapshot by path traversal is refused", async () => {
-    const e = await refused('restore-source traversal', t1.create(PVC, {
-      apiVersion: 'v1', kind: 'PersistentVolumeClaim',
-      metadata: { name: 'traverse', annotations: { [storage.RESTORE_SOURCE]: '/var/lib/vessel/pools/local/t1/../t2/data.qcow2@s1' } },
-      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
-    }, { namespace: 't1' }), 422);
+    const e = await refused(
+      'restore-source traversal',
+      t1.create(
+        PVC,
+        {
+          apiVersion: 'v1',
+          kind: 'PersistentVolumeClaim',
+          metadata: { name: 'traverse', annotations: { [storage.RESTORE_SOURCE]: '/var/lib/vessel/pools/local/t1/../t2/data.qcow2@s1' } },
+          spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '16Mi' } } },
+        },
+        { namespace: 't1' },
+      ),
+      422,
+    );
     assert.match(e.message, /vessel\.io\/restore-source/);
     await refused('the claim was not made', t1.get(PVC, 'traverse', { namespace: 't1' }), 404);
   });

@@ -30,31 +30,61 @@ const vmIp: Record<string, string> = {};
 
 function webVm(name: string, node: string, userData: string): Obj {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: ns },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: ns },
     spec: {
       runStrategy: 'Always',
-      template: { metadata: { labels: { app: 'web' } }, spec: {
-        hostname: name, subdomain: 'web-h',
-        terminationGracePeriodSeconds: 5,
-        nodeSelector: { 'kubernetes.io/hostname': node },
-        domain: { resources: { requests: { memory: '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, { name: 'cloudinit', disk: { bus: 'virtio' } }], interfaces: [{ name: 'default', bridge: {} }] } },
-        networks: [{ name: 'default', pod: {} }],
-        volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, { name: 'cloudinit', cloudInitNoCloud: { userData } }],
-      } },
-      dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } } } }],
+      template: {
+        metadata: { labels: { app: 'web' } },
+        spec: {
+          hostname: name,
+          subdomain: 'web-h',
+          terminationGracePeriodSeconds: 5,
+          nodeSelector: { 'kubernetes.io/hostname': node },
+          domain: {
+            resources: { requests: { memory: '128Mi' } },
+            devices: {
+              disks: [
+                { name: 'root', disk: { bus: 'virtio' } },
+                { name: 'cloudinit', disk: { bus: 'virtio' } },
+              ],
+              interfaces: [{ name: 'default', bridge: {} }],
+            },
+          },
+          networks: [{ name: 'default', pod: {} }],
+          volumes: [
+            { name: 'root', dataVolume: { name: `${name}-root` } },
+            { name: 'cloudinit', cloudInitNoCloud: { userData } },
+          ],
+        },
+      },
+      dataVolumeTemplates: [
+        {
+          metadata: { name: `${name}-root` },
+          spec: {
+            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+          },
+        },
+      ],
     },
   };
 }
 
 const curl = (n: DevNode, url: string) => runInNode(n, ['curl', '-sS', '--max-time', '3', url]);
 const hostOf = (page: string) => /hostname=(\S+)/.exec(page)?.[1];
-const readyIps = async (svc: string) => (await c.client.list(SLICES, { namespace: ns, labelSelector: `kubernetes.io/service-name=${svc}` })).items
-  .flatMap((s) => ((s as Obj).endpoints as { addresses: string[]; conditions?: { ready?: boolean } }[] | undefined) ?? [])
-  .filter((e) => e.conditions?.ready !== false).map((e) => e.addresses[0]).sort();
-const gatewayOf = async (n: DevNode) => (await c.client.list(IPADDRESSES)).items.find((o) => {
-  const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
-  return p.resource === 'nodes' && p.name === n.name;
-})!.metadata!.name!;
+const readyIps = async (svc: string) =>
+  (await c.client.list(SLICES, { namespace: ns, labelSelector: `kubernetes.io/service-name=${svc}` })).items
+    .flatMap((s) => ((s as Obj).endpoints as { addresses: string[]; conditions?: { ready?: boolean } }[] | undefined) ?? [])
+    .filter((e) => e.conditions?.ready !== false)
+    .map((e) => e.addresses[0])
+    .sort();
+const gatewayOf = async (n: DevNode) =>
+  (await c.client.list(IPADDRESSES)).items.find((o) => {
+    const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
+    return p.resource === 'nodes' && p.name === n.name;
+  })!.metadata!.name!;
 
 before(async () => {
   c = await startCluster({ nodes: 2 });
@@ -64,92 +94,183 @@ before(async () => {
 after(async () => {
   if (!c) return;
   for (const s of ['web', 'web-h', 'nobody']) await c.client.delete(SVC, s, { namespace: ns }).catch(() => undefined);
-  for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items) await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(() => undefined);
+  for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
+    await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+    () => undefined,
+  );
   await c.close();
 });
 
 test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node and from a guest, spread over both', async () => {
   // The Service first: its ClusterIP is in the create reply, and web-a's user data polls it.
-  const svc = await c.client.create(SVC, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web', namespace: ns }, spec: { type: 'NodePort', selector: { app: 'web' }, ports: [{ port: 8080, targetPort: 80, protocol: 'TCP' }] } }, { namespace: ns });
+  const svc = await c.client.create(
+    SVC,
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'web', namespace: ns },
+      spec: { type: 'NodePort', selector: { app: 'web' }, ports: [{ port: 8080, targetPort: 80, protocol: 'TCP' }] },
+    },
+    { namespace: ns },
+  );
   const spec = svc.spec as { clusterIP: string; ports: { nodePort: number }[] };
   clusterIP = spec.clusterIP;
   nodePort = spec.ports[0].nodePort;
-  await c.client.create(SVC, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web-h', namespace: ns }, spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [{ port: 80 }] } }, { namespace: ns });
+  await c.client.create(
+    SVC,
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'web-h', namespace: ns },
+      spec: { clusterIP: 'None', selector: { app: 'web' }, ports: [{ port: 80 }] },
+    },
+    { namespace: ns },
+  );
   // A guest as the client: web-a reads the Service's page every 2 s (busybox nc: the guest's
   // static busybox wget crashes).
-  const poll = `#!/bin/sh\n(while true; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${clusterIP} 8080 | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n`
+  const poll =
+    `#!/bin/sh\n(while true; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${clusterIP} 8080 | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n` +
     // And the resolver DHCP gave it (dnsmasq on its node's gateway, in /etc/resolv.conf)
     // answers the names: web-a prints what nslookup got, for a minute or three.
-    + `(i=0; while [ $i -lt 60 ]; do for n in web.default.svc.cluster.local web-b.web-h.default.svc.cluster.local; do echo "VESSEL-DNS $n $(nslookup $n 2>/dev/null | sed -n 's/^Address:[[:space:]]*//p' | grep -v ':53$' | tr '\\n' ' ')"; done; i=$((i+1)); sleep 3; done) &\n`;
-  const vms = [{ name: 'web-a', node: nodeA }, { name: 'web-b', node: nodeB }];
+    `(i=0; while [ $i -lt 60 ]; do for n in web.default.svc.cluster.local web-b.web-h.default.svc.cluster.local; do echo "VESSEL-DNS $n $(nslookup $n 2>/dev/null | sed -n 's/^Address:[[:space:]]*//p' | grep -v ':53$' | tr '\\n' ' ')"; done; i=$((i+1)); sleep 3; done) &\n`;
+  const vms = [
+    { name: 'web-a', node: nodeA },
+    { name: 'web-b', node: nodeB },
+  ];
   for (const v of vms) await c.client.create(VM, webVm(v.name, v.node.name, v.name === 'web-a' ? poll : '#!/bin/sh\ntrue\n'), { namespace: ns });
   for (const v of vms) {
-    vmIp[v.name] = await eventually(`${v.name} Running with its IP`, async () => {
-      const st = ((await c.client.get(VMI, v.name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as { phase?: string; interfaces?: { ipAddress?: string }[] };
-      return st.phase === 'Running' ? st.interfaces?.[0]?.ipAddress : undefined;
-    }, 240_000);
+    vmIp[v.name] = await eventually(
+      `${v.name} Running with its IP`,
+      async () => {
+        const st = ((await c.client.get(VMI, v.name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as {
+          phase?: string;
+          interfaces?: { ipAddress?: string }[];
+        };
+        return st.phase === 'Running' ? st.interfaces?.[0]?.ipAddress : undefined;
+      },
+      240_000,
+    );
   }
-  for (const v of vms) await eventually(`${v.name} serving HTTP at ${vmIp[v.name]}`, async () => ((await curl(nodeA, `http://${vmIp[v.name]}/`)).stdout.includes('counter=') ? true : undefined), 300_000);
+  for (const v of vms)
+    await eventually(
+      `${v.name} serving HTTP at ${vmIp[v.name]}`,
+      async () => ((await curl(nodeA, `http://${vmIp[v.name]}/`)).stdout.includes('counter=') ? true : undefined),
+      300_000,
+    );
   await eventually('both endpoints ready in the slice', async () => ((await readyIps('web')).length === 2 ? true : undefined), 30_000);
 
   // Through the ClusterIP from node A's namespace: both backends answer over a few requests.
   const seen = new Set<string>();
-  await eventually(`both VMs answering through ${clusterIP}:8080`, async () => {
-    const r = await curl(nodeA, `http://${clusterIP}:8080/`);
-    const h = hostOf(r.stdout);
-    if (h) seen.add(h);
-    return seen.size === 2 ? true : undefined;
-  }, 30_000, 50);
+  await eventually(
+    `both VMs answering through ${clusterIP}:8080`,
+    async () => {
+      const r = await curl(nodeA, `http://${clusterIP}:8080/`);
+      const h = hostOf(r.stdout);
+      if (h) seen.add(h);
+      return seen.size === 2 ? true : undefined;
+    },
+    30_000,
+    50,
+  );
   assert.deepEqual([...seen].sort(), ['web-a', 'web-b']);
   // The NodePort on each node's fabric address, asked from the other node.
-  for (const [target, from] of [[nodeA, nodeB], [nodeB, nodeA]]) {
+  for (const [target, from] of [
+    [nodeA, nodeB],
+    [nodeB, nodeA],
+  ]) {
     const r = await curl(from, `http://${target.fabricIp}:${nodePort}/`);
     assert.match(r.stdout, /counter=/, `NodePort ${nodePort} on ${target.name} (${target.fabricIp}) from ${from.name}: ${r.stderr}`);
   }
   // A guest reaches it too (on its own node, or across VXLAN with the reply through node A).
-  await eventually('web-a reaching the Service from inside the guest', async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-SVC-OK') ? true : undefined), 120_000)
-    .catch(async (e: Error) => { throw new Error(`${e.message}\n--- web-a's serial console (tail)\n${(await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).slice(-2000)}`); });
+  await eventually(
+    'web-a reaching the Service from inside the guest',
+    async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-SVC-OK') ? true : undefined),
+    120_000,
+  ).catch(async (e: Error) => {
+    throw new Error(`${e.message}\n--- web-a's serial console (tail)\n${(await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).slice(-2000)}`);
+  });
 
   // Latency: curls through the ClusterIP, and straight to the two VMs alternately (the same mix
   // of local and remote backends as the random spread), from node A; medians.
   const timing = async (urls: string[], n = 15) => {
     const t: number[] = [];
-    for (let i = 0; i < n; i++) t.push(Number((await runInNode(nodeA, ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--max-time', '3', urls[i % urls.length]])).stdout) * 1000);
+    for (let i = 0; i < n; i++)
+      t.push(
+        Number((await runInNode(nodeA, ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--max-time', '3', urls[i % urls.length]])).stdout) * 1000,
+      );
     return t.sort((x, y) => x - y)[Math.floor(n / 2)];
   };
   const viaSvc = await timing([`http://${clusterIP}:8080/`]);
   const direct = await timing([`http://${vmIp['web-a']}/`, `http://${vmIp['web-b']}/`]);
-  console.log(`figures: HTTP via ClusterIP ${viaSvc.toFixed(2)} ms / direct to the VMs ${direct.toFixed(2)} ms (medians of 15, TCG guests) = ${(viaSvc / direct).toFixed(2)}`);
+  console.log(
+    `figures: HTTP via ClusterIP ${viaSvc.toFixed(2)} ms / direct to the VMs ${direct.toFixed(2)} ms (medians of 15, TCG guests) = ${(viaSvc / direct).toFixed(2)}`,
+  );
 });
 
 test('DNS at the node and from a guest: the Service name gives its ClusterIP, a VM hostname.subdomain its address', async () => {
   const gw = await gatewayOf(nodeA);
   const lookup = async (name: string) => (await runInNode(nodeA, ['busybox', 'nslookup', name, gw])).stdout;
   for (const name of ['web.default.svc.cluster.local', 'web.default.svc']) {
-    const out = await eventually(`${name} resolving`, async () => { const o = await lookup(name); return o.includes(clusterIP) ? o : undefined; }, 10_000);
+    const out = await eventually(
+      `${name} resolving`,
+      async () => {
+        const o = await lookup(name);
+        return o.includes(clusterIP) ? o : undefined;
+      },
+      10_000,
+    );
     assert.match(out, new RegExp(`Address: ${clusterIP.replace(/\./g, '\\.')}`));
   }
-  const a = await eventually('web-a.web-h.default.svc.cluster.local resolving', async () => { const o = await lookup('web-a.web-h.default.svc.cluster.local'); return o.includes(vmIp['web-a']) ? o : undefined; }, 10_000);
+  const a = await eventually(
+    'web-a.web-h.default.svc.cluster.local resolving',
+    async () => {
+      const o = await lookup('web-a.web-h.default.svc.cluster.local');
+      return o.includes(vmIp['web-a']) ? o : undefined;
+    },
+    10_000,
+  );
   assert.doesNotMatch(a, new RegExp(vmIp['web-b'].replace(/\./g, '\\.')));
   // From inside a guest (web-a), through the resolver DHCP gave it.
   const serial = () => serialLog(c.nodes.agents[0].dataDir, ns, 'web-a');
-  for (const [name, want] of [['web.default.svc.cluster.local', clusterIP], ['web-b.web-h.default.svc.cluster.local', vmIp['web-b']]]) {
-    await eventually(`web-a resolving ${name} to ${want}`, async () => ((await serial()).split('\n').some((l) => l.startsWith(`VESSEL-DNS ${name} `) && l.split(' ').includes(want)) ? true : undefined), 60_000)
-      .catch(async (e: Error) => { throw new Error(`${e.message}\n${(await serial()).split('\n').filter((l) => l.includes('VESSEL-DNS')).slice(-4).join('\n')}`); });
+  for (const [name, want] of [
+    ['web.default.svc.cluster.local', clusterIP],
+    ['web-b.web-h.default.svc.cluster.local', vmIp['web-b']],
+  ]) {
+    await eventually(
+      `web-a resolving ${name} to ${want}`,
+      async () => ((await serial()).split('\n').some((l) => l.startsWith(`VESSEL-DNS ${name} `) && l.split(' ').includes(want)) ? true : undefined),
+      60_000,
+    ).catch(async (e: Error) => {
+      throw new Error(
+        `${e.message}\n${(await serial())
+          .split('\n')
+          .filter((l) => l.includes('VESSEL-DNS'))
+          .slice(-4)
+          .join('\n')}`,
+      );
+    });
   }
   const headless = await lookup('web-h.default.svc.cluster.local');
   for (const ip of Object.values(vmIp)) assert.ok(headless.includes(ip), `the headless Service lists ${ip}: ${headless}`);
 });
 
 test('a Service without ready endpoints refuses at once rather than hanging', async () => {
-  const svc = await c.client.create(SVC, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'nobody', namespace: ns }, spec: { selector: { app: 'nobody' }, ports: [{ port: 80 }] } }, { namespace: ns });
+  const svc = await c.client.create(
+    SVC,
+    { apiVersion: 'v1', kind: 'Service', metadata: { name: 'nobody', namespace: ns }, spec: { selector: { app: 'nobody' }, ports: [{ port: 80 }] } },
+    { namespace: ns },
+  );
   const ip = (svc.spec as { clusterIP: string }).clusterIP;
-  const r = await eventually('connection refused', async () => {
-    const t0 = Date.now();
-    const o = await curl(nodeA, `http://${ip}/`);
-    return o.code === 7 ? { ms: Date.now() - t0, o } : undefined;
-  }, 15_000);
+  const r = await eventually(
+    'connection refused',
+    async () => {
+      const t0 = Date.now();
+      const o = await curl(nodeA, `http://${ip}/`);
+      return o.code === 7 ? { ms: Date.now() - t0, o } : undefined;
+    },
+    15_000,
+  );
   assert.equal(r.o.code, 7, r.o.stderr);
   assert.ok(r.ms < 1500, `refused within ${r.ms} ms`);
 });
@@ -160,7 +281,12 @@ test('when one VM stops, its endpoint leaves the slice within 2 s and the Servic
   await eventually('web-b out of the ready endpoints', async () => ((await readyIps('web')).includes(vmIp['web-b']) ? undefined : true), 30_000, 20);
   const sliceMs = Date.now() - t0;
   // And out of node B's table (nft lists the rules the node applies).
-  await eventually("node B's table without web-b", async () => ((await runInNode(nodeB, ['nft', 'list', 'table', 'ip', 'vessel-services'])).stdout.includes(vmIp['web-b']) ? undefined : true), 10_000, 20);
+  await eventually(
+    "node B's table without web-b",
+    async () => ((await runInNode(nodeB, ['nft', 'list', 'table', 'ip', 'vessel-services'])).stdout.includes(vmIp['web-b']) ? undefined : true),
+    10_000,
+    20,
+  );
   const ruleMs = Date.now() - t0;
   console.log(`figures: VM stop requested → endpoint out of the slice ${sliceMs} ms, out of node B's nftables ${ruleMs} ms`);
   assert.ok(sliceMs < 2000, `the endpoint left in ${sliceMs} ms`);

@@ -27,22 +27,27 @@ const CLONES = findByResource('clone.kubevirt.io', 'v1beta1', 'virtualmachineclo
 
 const ADMIN = { name: 'admin', groups: ['system:masters'] };
 
-
 function snapshot(name: string, source = 'vm1', extra: Record<string, unknown> = {}): KubeObject {
   return {
-    apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', metadata: { name },
+    apiVersion: 'snapshot.kubevirt.io/v1beta1',
+    kind: 'VirtualMachineSnapshot',
+    metadata: { name },
     spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: source }, ...extra },
   };
 }
 function restore(name: string, target: string, snapshotName: string, extra: Record<string, unknown> = {}): KubeObject {
   return {
-    apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore', metadata: { name },
+    apiVersion: 'snapshot.kubevirt.io/v1beta1',
+    kind: 'VirtualMachineRestore',
+    metadata: { name },
     spec: { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target }, virtualMachineSnapshotName: snapshotName, ...extra },
   };
 }
 function clone(name: string, source: string, target?: string, extra: Record<string, unknown> = {}): KubeObject {
   return {
-    apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', metadata: { name },
+    apiVersion: 'clone.kubevirt.io/v1beta1',
+    kind: 'VirtualMachineClone',
+    metadata: { name },
     spec: {
       source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: source },
       ...(target ? { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target } } : {}),
@@ -53,17 +58,21 @@ function clone(name: string, source: string, target?: string, extra: Record<stri
 /** A VMI as virt-controller would have made it for a VM, in `phase`. */
 function vmi(name: string, phase: string): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name },
     spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } },
     status: { phase },
   };
 }
 
-
 /** The one cause of a 422, checked for its field and message. */
 async function invalidAt(p: Promise<unknown>, field: string, message: RegExp): Promise<void> {
   const e = await rejects(p, 422);
-  assert.ok(e.causes.some((c) => c.field === field && message.test(c.message ?? '')), `no cause at ${field} matching ${message}: ${JSON.stringify(e.causes)}`);
+  assert.ok(
+    e.causes.some((c) => c.field === field && message.test(c.message ?? '')),
+    `no cause at ${field} matching ${message}: ${JSON.stringify(e.causes)}`,
+  );
 }
 
 describe('snapshot and clone API', () => {
@@ -77,7 +86,9 @@ describe('snapshot and clone API', () => {
     await c.create(VMS, vm('vm1'));
     await c.create(VMS, vm('vm2'));
   });
-  after(async () => { await v?.close(); });
+  after(async () => {
+    await v?.close();
+  });
 
   it('serves the four kinds in discovery with KubeVirt names and short names', async () => {
     type Doc = { groupVersion: string; resources: Array<{ name: string; kind: string; namespaced: boolean; shortNames?: string[]; categories?: string[] }> };
@@ -95,30 +106,46 @@ describe('snapshot and clone API', () => {
       assert.equal(r.namespaced, true);
       assert.deepEqual(r.shortNames, short);
       assert.deepEqual(r.categories, ['all']);
-      assert.ok(doc.resources.some((x) => x.name === `${plural}/status`), `${plural}/status`);
+      assert.ok(
+        doc.resources.some((x) => x.name === `${plural}/status`),
+        `${plural}/status`,
+      );
     }
   });
 
   it('stores a valid snapshot and refuses an invalid one with the field', async () => {
     const created = await c.create(SNAPSHOTS, snapshot('snap1', 'vm1', { deletionPolicy: 'Delete', failureDeadline: '5m' }));
     assert.ok(created.metadata?.uid);
-    await invalidAt(c.create(SNAPSHOTS, { ...snapshot('bad1'), spec: { source: { kind: 'VirtualMachine', name: 'vm1' } } }),
-      'spec.source.apiGroup', /set apiGroup: kubevirt\.io/);
-    await invalidAt(c.create(SNAPSHOTS, snapshot('bad2', 'vm1', { source: { apiGroup: 'kubevirt.io', kind: 'DataVolume', name: 'x' } })),
-      'spec.source.kind', /supported values: "VirtualMachine"/);
+    await invalidAt(
+      c.create(SNAPSHOTS, { ...snapshot('bad1'), spec: { source: { kind: 'VirtualMachine', name: 'vm1' } } }),
+      'spec.source.apiGroup',
+      /set apiGroup: kubevirt\.io/,
+    );
+    await invalidAt(
+      c.create(SNAPSHOTS, snapshot('bad2', 'vm1', { source: { apiGroup: 'kubevirt.io', kind: 'DataVolume', name: 'x' } })),
+      'spec.source.kind',
+      /supported values: "VirtualMachine"/,
+    );
     await invalidAt(c.create(SNAPSHOTS, { ...snapshot('bad3'), spec: undefined }), 'spec', /Required value/);
     await rejects(c.get(SNAPSHOTS, 'bad1'), 404);
   });
 
   it('keeps a snapshot spec immutable, while metadata and status change', async () => {
     const cur = await c.get(SNAPSHOTS, 'snap1');
-    await invalidAt(c.update(SNAPSHOTS, { ...cur, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'vm2' } } }),
-      'spec', /spec is immutable after creation/);
+    await invalidAt(
+      c.update(SNAPSHOTS, { ...cur, spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: 'vm2' } } }),
+      'spec',
+      /spec is immutable after creation/,
+    );
     await invalidAt(c.patch(SNAPSHOTS, 'snap1', { spec: { deletionPolicy: 'Retain' } }), 'spec', /immutable/);
     const labelled = await c.patch(SNAPSHOTS, 'snap1', { metadata: { labels: { backup: 'nightly' } } });
     assert.equal(labelled.metadata?.labels?.backup, 'nightly');
     const status = {
-      phase: 'Succeeded', readyToUse: true, creationTime: '2024-05-01T10:00:00Z', sourceUID: 'u-1', virtualMachineSnapshotContentName: 'vmsnapshot-content-1',
+      phase: 'Succeeded',
+      readyToUse: true,
+      creationTime: '2024-05-01T10:00:00Z',
+      sourceUID: 'u-1',
+      virtualMachineSnapshotContentName: 'vmsnapshot-content-1',
       conditions: [{ type: 'Ready', status: 'True', reason: 'Operation complete', lastTransitionTime: '2024-05-01T10:00:00Z' }],
     };
     const done = await c.patch(SNAPSHOTS, 'snap1', { status }, { subresource: 'status' });
@@ -130,10 +157,12 @@ describe('snapshot and clone API', () => {
 
   it('stores snapshot contents with the VM copy and keeps their spec immutable', async () => {
     const content: KubeObject = {
-      apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshotContent', metadata: { name: 'vmsnapshot-content-1' },
+      apiVersion: 'snapshot.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineSnapshotContent',
+      metadata: { name: 'vmsnapshot-content-1' },
       spec: {
         virtualMachineSnapshotName: 'snap1',
-        source: { virtualMachine: { metadata: { name: 'vm1' }, spec: (vm('vm1').spec as Record<string, unknown>) } },
+        source: { virtualMachine: { metadata: { name: 'vm1' }, spec: vm('vm1').spec as Record<string, unknown> } },
         volumeBackups: [{ volumeName: 'root', persistentVolumeClaim: { metadata: { name: 'root' }, spec: { resources: { requests: { storage: '1Gi' } } } } }],
       },
     };
@@ -143,11 +172,17 @@ describe('snapshot and clone API', () => {
   });
 
   it('validates restores on their own: target, snapshot name, policies, immutability', async () => {
-    await invalidAt(c.create(RESTORES, restore('r-bad1', 'vm1', 'snap1', { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachineInstance', name: 'vm1' } })),
-      'spec.target.kind', /supported values: "VirtualMachine"/);
+    await invalidAt(
+      c.create(RESTORES, restore('r-bad1', 'vm1', 'snap1', { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachineInstance', name: 'vm1' } })),
+      'spec.target.kind',
+      /supported values: "VirtualMachine"/,
+    );
     await invalidAt(c.create(RESTORES, restore('r-bad2', 'vm1', '')), 'spec.virtualMachineSnapshotName', /Required value/);
-    await invalidAt(c.create(RESTORES, restore('r-bad3', 'vm1', 'snap1', { targetReadinessPolicy: 'Later' })),
-      'spec.targetReadinessPolicy', /"StopTarget", "WaitGracePeriod", "FailImmediate", "WaitEventually"/);
+    await invalidAt(
+      c.create(RESTORES, restore('r-bad3', 'vm1', 'snap1', { targetReadinessPolicy: 'Later' })),
+      'spec.targetReadinessPolicy',
+      /"StopTarget", "WaitGracePeriod", "FailImmediate", "WaitEventually"/,
+    );
     await c.create(RESTORES, restore('r1', 'vm1', 'snap1'));
     await invalidAt(c.patch(RESTORES, 'r1', { spec: { virtualMachineSnapshotName: 'snap2' } }), 'spec', /spec is immutable after creation/);
     const complete = await c.patch(RESTORES, 'r1', { status: { complete: true, restoreTime: '2024-05-01T11:00:00Z' } }, { subresource: 'status' });
@@ -175,10 +210,13 @@ describe('snapshot and clone API', () => {
     it('admission: a running target is refused unless the restore stops it or waits', async () => {
       const e = await check(restore('r2', 'vm1', 'snap1'));
       assert.equal(e?.code, 422);
-      assert.deepEqual(e?.details?.causes, [{
-        reason: 'FieldValueInvalid', field: 'spec.target',
-        message: 'VirtualMachine vm1 is running: stop it first (vessel stop vm1) or set spec.targetReadinessPolicy: StopTarget',
-      }]);
+      assert.deepEqual(e?.details?.causes, [
+        {
+          reason: 'FieldValueInvalid',
+          field: 'spec.target',
+          message: 'VirtualMachine vm1 is running: stop it first (vessel stop vm1) or set spec.targetReadinessPolicy: StopTarget',
+        },
+      ]);
       assert.equal(await check(restore('r2', 'vm1', 'snap1', { targetReadinessPolicy: 'StopTarget' })), undefined);
       assert.equal(await check(restore('r2', 'vm1', 'snap1', { targetReadinessPolicy: 'WaitEventually' })), undefined);
       assert.equal(await check(restore('r2', 'vm2', 'snap1')), undefined, 'a VM whose VMI Succeeded is stopped');
@@ -188,7 +226,10 @@ describe('snapshot and clone API', () => {
     it('admission: the snapshot must exist in the namespace and be ready to use', async () => {
       const missing = await check(restore('r3', 'vm2', 'nope'));
       assert.equal(missing?.code, 422);
-      assert.deepEqual(missing?.details?.causes?.map((x) => x.field), ['spec.virtualMachineSnapshotName']);
+      assert.deepEqual(
+        missing?.details?.causes?.map((x) => x.field),
+        ['spec.virtualMachineSnapshotName'],
+      );
       assert.match(missing!.details!.causes![0].message, /VirtualMachineSnapshot "nope" does not exist in namespace "default"/);
       await c.create(NS, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 'elsewhere' } });
       assert.equal((await check(restore('r3', 'vm2', 'snap1'), 'elsewhere'))?.code, 422, 'snap1 lives in default');
@@ -201,8 +242,11 @@ describe('snapshot and clone API', () => {
       c.request('POST', '/apis/snapshot.kubevirt.io/v1beta1/namespaces/default/virtualmachinerestores', { query: { dryRun: 'All' }, body: obj });
 
     it('through the API: a restore of a running VM is refused on spec.target', async () => {
-      await invalidAt(dryCreate(restore('r4', 'vm1', 'snap1')), 'spec.target',
-        /^VirtualMachine vm1 is running: stop it first \(vessel stop vm1\) or set spec\.targetReadinessPolicy: StopTarget$/);
+      await invalidAt(
+        dryCreate(restore('r4', 'vm1', 'snap1')),
+        'spec.target',
+        /^VirtualMachine vm1 is running: stop it first \(vessel stop vm1\) or set spec\.targetReadinessPolicy: StopTarget$/,
+      );
       await dryCreate(restore('r4', 'vm1', 'snap1', { targetReadinessPolicy: 'StopTarget' }));
     });
 
@@ -217,11 +261,17 @@ describe('snapshot and clone API', () => {
       await c.create(CLONES, clone('c2', 'vm1'));
       await c.create(CLONES, { ...clone('c3', 'x'), spec: { source: { apiGroup: 'snapshot.kubevirt.io', kind: 'VirtualMachineSnapshot', name: 'snap1' } } });
       await invalidAt(c.create(CLONES, clone('c-bad1', 'vm1', 'vm1')), 'spec.target.name', /Target name cannot be equal to source name/);
-      await invalidAt(c.create(CLONES, clone('c-bad2', 'vm1', 'vm3', { newMacAddresses: { default: '02:00:00:00:00' } })),
-        'spec.newMacAddresses.default', /interface default has a malformed MAC address/);
+      await invalidAt(
+        c.create(CLONES, clone('c-bad2', 'vm1', 'vm3', { newMacAddresses: { default: '02:00:00:00:00' } })),
+        'spec.newMacAddresses.default',
+        /interface default has a malformed MAC address/,
+      );
       await invalidAt(c.create(CLONES, clone('c-bad3', 'vm1', 'vm3', { annotationFilters: [''] })), 'spec.annotationFilters[0]', /Required value/);
-      await invalidAt(c.create(CLONES, { ...clone('c-bad4', 'x'), spec: { source: { apiGroup: 'kubevirt.io', kind: 'Pod', name: 'x' } } }),
-        'spec.source.kind', /"VirtualMachine", "VirtualMachineSnapshot"/);
+      await invalidAt(
+        c.create(CLONES, { ...clone('c-bad4', 'x'), spec: { source: { apiGroup: 'kubevirt.io', kind: 'Pod', name: 'x' } } }),
+        'spec.source.kind',
+        /"VirtualMachine", "VirtualMachineSnapshot"/,
+      );
       await invalidAt(c.patch(CLONES, 'c1', { spec: { newSMBiosSerial: 'x' } }), 'spec', /spec is immutable after creation/);
     });
 
@@ -246,7 +296,10 @@ describe('snapshot and clone API', () => {
       tenant = new Client({ ...c.config, token: await token('alice', ['vessel:tenant:team-a']) });
       viewer = new Client({ ...c.config, token: await token('vera', ['vessel:view']) });
     });
-    after(() => { tenant?.close(); viewer?.close(); });
+    after(() => {
+      tenant?.close();
+      viewer?.close();
+    });
 
     it('a tenant snapshots, restores and clones in its namespace, and nowhere else', async () => {
       const ns = { namespace: 'team-a' };
@@ -254,7 +307,10 @@ describe('snapshot and clone API', () => {
       await tenant.patch(SNAPSHOTS, 's1', { status: { phase: 'Succeeded', readyToUse: true } }, { ...ns, subresource: 'status' });
       await tenant.create(RESTORES, restore('r1', 'app', 's1'), ns);
       await tenant.create(CLONES, clone('c1', 'app', 'app-copy'), ns);
-      assert.deepEqual((await tenant.list(SNAPSHOTS, ns)).items.map((s) => s.metadata?.name), ['s1']);
+      assert.deepEqual(
+        (await tenant.list(SNAPSHOTS, ns)).items.map((s) => s.metadata?.name),
+        ['s1'],
+      );
       await tenant.delete(CLONES, 'c1', ns);
       const e = await rejects(tenant.create(SNAPSHOTS, snapshot('s2', 'vm1'), { namespace: 'default' }), 403);
       assert.match(e.message, /User "alice" cannot create resource "virtualmachinesnapshots" in API group "snapshot\.kubevirt\.io"/);
@@ -281,10 +337,15 @@ describe('snapshot and clone API', () => {
     it('lists the kinds in api-resources', async () => {
       const out = await kubectl(['api-resources', '--api-group=snapshot.kubevirt.io']);
       assert.match(out, /virtualmachinesnapshots\s+vmsnapshot,vmsnapshots\s+snapshot\.kubevirt\.io\/v1beta1\s+true\s+VirtualMachineSnapshot/);
-      assert.match(out, /virtualmachinesnapshotcontents\s+vmsnapshotcontent,vmsnapshotcontents\s+snapshot\.kubevirt\.io\/v1beta1\s+true\s+VirtualMachineSnapshotContent/);
+      assert.match(
+        out,
+        /virtualmachinesnapshotcontents\s+vmsnapshotcontent,vmsnapshotcontents\s+snapshot\.kubevirt\.io\/v1beta1\s+true\s+VirtualMachineSnapshotContent/,
+      );
       assert.match(out, /virtualmachinerestores\s+vmrestore,vmrestores\s+snapshot\.kubevirt\.io\/v1beta1\s+true\s+VirtualMachineRestore/);
-      assert.match(await kubectl(['api-resources', '--api-group=clone.kubevirt.io']),
-        /virtualmachineclones\s+vmclone,vmclones\s+clone\.kubevirt\.io\/v1beta1\s+true\s+VirtualMachineClone/);
+      assert.match(
+        await kubectl(['api-resources', '--api-group=clone.kubevirt.io']),
+        /virtualmachineclones\s+vmclone,vmclones\s+clone\.kubevirt\.io\/v1beta1\s+true\s+VirtualMachineClone/,
+      );
     });
 
     it('`get vmsnapshot,vmrestore,vmclone` prints the KubeVirt columns', async () => {

@@ -34,9 +34,15 @@ const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1
 const vessel = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 300_000 });
 const serial = () => serialLog(v.dataDir, ns, name);
 const last = (text: string) => Math.max(0, ...counters(text));
-const printable = async () => ((await v.client.get(VM, name, { namespace: ns }).catch(() => undefined))?.status as { printableStatus?: string } | undefined)?.printableStatus;
+const printable = async () =>
+  ((await v.client.get(VM, name, { namespace: ns }).catch(() => undefined))?.status as { printableStatus?: string } | undefined)?.printableStatus;
 
-interface SnapshotStatus { phase: string; readyToUse: boolean; indications: string[]; virtualMachineSnapshotContentName: string }
+interface SnapshotStatus {
+  phase: string;
+  readyToUse: boolean;
+  indications: string[];
+  virtualMachineSnapshotContentName: string;
+}
 
 /** Takes a snapshot with the CLI; its status and the file holding its root disk. */
 async function snapshot(snap: string): Promise<{ status: SnapshotStatus; file: string }> {
@@ -55,12 +61,23 @@ async function snapshot(snap: string): Promise<{ status: SnapshotStatus; file: s
 function tool(cmd: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '', err = '';
-    child.stdout.on('data', (d) => { out += d; });
-    child.stderr.on('data', (d) => { err += d; });
+    let out = '',
+      err = '';
+    child.stdout.on('data', (d) => {
+      out += d;
+    });
+    child.stderr.on('data', (d) => {
+      err += d;
+    });
     const timer = setTimeout(() => child.kill('SIGKILL'), 120_000);
-    child.on('error', (e) => { clearTimeout(timer); reject(e); });
-    child.on('close', (code) => { clearTimeout(timer); resolve({ code, out, err }); });
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out, err });
+    });
   });
 }
 
@@ -74,7 +91,16 @@ async function rootFilesystem(file: string): Promise<{ features: string[]; fsck:
     const table = JSON.parse((await tool('sfdisk', ['--json', raw])).out) as { partitiontable: { partitions: { start: number; size: number }[] } };
     const p = table.partitiontable.partitions[1];
     const part = join(dir, 'root.img');
-    const dd = await tool('dd', [`if=${raw}`, `of=${part}`, 'bs=1M', `skip=${p.start * 512}`, `count=${p.size * 512}`, 'iflag=skip_bytes,count_bytes', 'conv=sparse', 'status=none']);
+    const dd = await tool('dd', [
+      `if=${raw}`,
+      `of=${part}`,
+      'bs=1M',
+      `skip=${p.start * 512}`,
+      `count=${p.size * 512}`,
+      'iflag=skip_bytes,count_bytes',
+      'conv=sparse',
+      'status=none',
+    ]);
     assert.equal(dd.code, 0, dd.err);
     const dump = await tool('dumpe2fs', ['-h', part]);
     const features = (/^Filesystem features:\s*(.*)$/m.exec(dump.out)?.[1] ?? '').trim().split(/\s+/);
@@ -92,7 +118,9 @@ before(async () => {
 });
 after(async () => {
   await v.client.delete(VM, name, { namespace: ns }).catch(() => undefined);
-  await eventually('the VMI gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(() => undefined);
+  await eventually('the VMI gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
+    () => undefined,
+  );
   await v.close();
 });
 
@@ -100,11 +128,16 @@ describe('snapshots with the guest agent', () => {
   test('the running guest is frozen for the snapshot and thawed after it', { timeout: 300_000 }, async () => {
     await v.client.create(VM, tinyVm(name), { namespace: ns });
     // What `kubectl get vmi quiet -o jsonpath='{.status.conditions}'` shows once qemu-ga is up.
-    await eventually('AgentConnected on the VMI', async () => {
-      const vmi = await v.client.get(VMI, name, { namespace: ns });
-      const conds = ((vmi.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions ?? []);
-      return conds.some((c) => c.type === 'AgentConnected' && c.status === 'True') ? true : undefined;
-    }, 180_000, 500);
+    await eventually(
+      'AgentConnected on the VMI',
+      async () => {
+        const vmi = await v.client.get(VMI, name, { namespace: ns });
+        const conds = (vmi.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions ?? [];
+        return conds.some((c) => c.type === 'AgentConnected' && c.status === 'True') ? true : undefined;
+      },
+      180_000,
+      500,
+    );
     log('AgentConnected');
     const offset = (await serial()).length;
     const t0 = performance.now();

@@ -22,15 +22,27 @@ let v: Vessel;
 
 const vessel = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 300_000 });
 const serial = (name: string) => serialLog(v.dataDir, ns, name);
-const printable = async (name: string) => ((await v.client.get(VM, name, { namespace: ns }).catch(() => undefined))?.status as { printableStatus?: string } | undefined)?.printableStatus;
-const until = (name: string, status: string, timeoutMs = 180_000) => eventually(`VM ${name} ${status}`, async () => ((await printable(name)) === status ? true : undefined), timeoutMs, 300);
+const printable = async (name: string) =>
+  ((await v.client.get(VM, name, { namespace: ns }).catch(() => undefined))?.status as { printableStatus?: string } | undefined)?.printableStatus;
+const until = (name: string, status: string, timeoutMs = 180_000) =>
+  eventually(`VM ${name} ${status}`, async () => ((await printable(name)) === status ? true : undefined), timeoutMs, 300);
 const last = (text: string) => Math.max(0, ...counters(text));
 
 /** Waits until the guest's counter reaches at least `n`; returns the serial text then. */
-const counterReaches = (name: string, n: number) => eventually(`${name}'s counter at ${n}`, async () => { const t = await serial(name); return last(t) >= n ? t : undefined; }, 240_000, 300);
+const counterReaches = (name: string, n: number) =>
+  eventually(
+    `${name}'s counter at ${n}`,
+    async () => {
+      const t = await serial(name);
+      return last(t) >= n ? t : undefined;
+    },
+    240_000,
+    300,
+  );
 
 /** The first counter the VM's guest prints after `offset` bytes of its serial log: where its disk state starts. */
-const firstCounterAfter = (name: string, offset: number) => eventually(`${name} counting after its start`, async () => counters((await serial(name)).slice(offset))[0], 240_000, 300);
+const firstCounterAfter = (name: string, offset: number) =>
+  eventually(`${name} counting after its start`, async () => counters((await serial(name)).slice(offset))[0], 240_000, 300);
 
 /** Pauses the guest and returns the counter values its disk can hold now: the last printed, or one more (synced, not yet printed). */
 async function pausedAt(name: string): Promise<number> {
@@ -64,7 +76,9 @@ before(async () => {
 });
 after(async () => {
   for (const vm of (await v.client.list(VM, { namespace: ns })).items) await v.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
+    () => undefined,
+  );
   await v.close();
 });
 
@@ -101,14 +115,14 @@ describe('snapshot and restore', () => {
     assert.equal(r.code, 0, r.err);
     // Complete means the new VM's disk exists, and the status names it.
     const done = await v.client.get(RESTORES, 'to-copy', { namespace: ns });
-    const claim = ((done.status as { restores: { persistentVolumeClaim: string }[] }).restores)[0].persistentVolumeClaim;
+    const claim = (done.status as { restores: { persistentVolumeClaim: string }[] }).restores[0].persistentVolumeClaim;
     assert.match(claim, /^restore-/);
     const pvc = await v.client.get({ group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true }, claim, { namespace: ns });
     assert.equal((pvc.status as { phase?: string }).phase, 'Bound');
     const first = await firstCounterAfter('db-copy', 0);
     assert.ok(first === atSnapshot + 1 || first === atSnapshot + 2, `the copy counts on from ${atSnapshot}: first ${first}`);
     const copy = await v.client.get(VM, 'db-copy', { namespace: ns });
-    const vols = ((copy.spec as { template: { spec: { volumes: { persistentVolumeClaim?: { claimName: string } }[] } } }).template.spec.volumes);
+    const vols = (copy.spec as { template: { spec: { volumes: { persistentVolumeClaim?: { claimName: string } }[] } } }).template.spec.volumes;
     assert.equal(vols[0].persistentVolumeClaim!.claimName, claim);
     await v.client.delete(VM, 'db-copy', { namespace: ns });
   });
@@ -128,7 +142,12 @@ describe('snapshot and restore', () => {
     for (const i of [2, 3, 4].sort(() => Math.random() - 0.5)) {
       assert.equal((await vessel('delete', 'vmsnapshot', `chain-${i}`)).code, 0);
     }
-    await eventually('the deleted snapshots\' files merged and gone', async () => ((await snapshotFiles()).length === before - 3 ? true : undefined), 120_000, 500);
+    await eventually(
+      "the deleted snapshots' files merged and gone",
+      async () => ((await snapshotFiles()).length === before - 3 ? true : undefined),
+      120_000,
+      500,
+    );
 
     const now = await startAndCount('db');
     assert.ok(now === current + 1 || now === current + 2, `the VM's own state is untouched: ${current} before, ${now} after`);
@@ -141,15 +160,17 @@ describe('snapshot and restore', () => {
     }
   });
 
-  test('image create publishes a snapshot\'s disk as a golden image other VMs boot from', async () => {
+  test("image create publishes a snapshot's disk as a golden image other VMs boot from", async () => {
     const r = await vessel('image', 'create', 'db-golden', '--from-snapshot', 'before-upgrade', '-n', 'vessel-images', '--snapshot-namespace', ns);
     assert.equal(r.code, 0, r.err + r.out);
-    const pvc = await v.client.get({ group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true }, 'db-golden', { namespace: 'vessel-images' });
+    const pvc = await v.client.get({ group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true }, 'db-golden', {
+      namespace: 'vessel-images',
+    });
     const path = ((pvc.metadata?.annotations ?? {}) as Record<string, string>)['vessel.io/volume-path'];
     const info = await run('qemu-img', ['info', '--output=json', '-U', path]);
     assert.equal((JSON.parse(info.out) as { 'backing-filename'?: string })['backing-filename'], undefined, 'the image stands alone');
     const vm = tinyVm('from-golden');
-    ((vm.spec as { dataVolumeTemplates: { spec: { sourceRef: { name: string } } }[] }).dataVolumeTemplates[0].spec.sourceRef.name = 'db-golden');
+    (vm.spec as { dataVolumeTemplates: { spec: { sourceRef: { name: string } } }[] }).dataVolumeTemplates[0].spec.sourceRef.name = 'db-golden';
     await v.client.create(VM, vm, { namespace: ns });
     const first = await firstCounterAfter('from-golden', 0);
     assert.ok(first === atSnapshot + 1 || first === atSnapshot + 2, `a VM from the image counts on from ${atSnapshot}: first ${first}`);
@@ -173,7 +194,9 @@ describe('snapshot and restore', () => {
     const trimmed = /the guest trimmed (\d+) MiB/.exec(sparse.err);
     assert.ok(trimmed && Number(trimmed[1]) >= 40, `the guest agent trimmed the free space: ${sparse.err}`);
     const [a, b] = [await imageBytes('junk-plain'), await imageBytes('junk-sparse')];
-    console.log(`# image of the guest's disk: ${(a / 1048576).toFixed(1)} MiB as it is, ${(b / 1048576).toFixed(1)} MiB sparsified (${trimmed[1]} MiB trimmed)`);
+    console.log(
+      `# image of the guest's disk: ${(a / 1048576).toFixed(1)} MiB as it is, ${(b / 1048576).toFixed(1)} MiB sparsified (${trimmed[1]} MiB trimmed)`,
+    );
     assert.ok(a - b >= 35 * 1048576, `the sparsified image is smaller by the deleted data: ${a} vs ${b} bytes`);
     const refused = await vessel('image', 'create', 'nope', '--from-snapshot', 'before-upgrade', '--sparsify');
     assert.equal(refused.code, 1);
@@ -208,4 +231,3 @@ describe('snapshot and restore', () => {
     await eventually('no snapshot files', async () => ((await snapshotFiles()).length === 0 ? true : undefined), 120_000, 500);
   });
 });
-

@@ -25,7 +25,8 @@ const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtual
 const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
 
 type Obj = Record<string, unknown>;
-const status = (o: KubeObject) => (o.status ?? {}) as { phase?: string; progress?: string; conditions?: { type: string; status: string; reason?: string; message?: string }[]; capacity?: Obj };
+const status = (o: KubeObject) =>
+  (o.status ?? {}) as { phase?: string; progress?: string; conditions?: { type: string; status: string; reason?: string; message?: string }[]; capacity?: Obj };
 const path = (o: KubeObject) => (o.metadata?.annotations as Record<string, string> | undefined)?.['vessel.io/volume-path'];
 
 let v: Vessel;
@@ -34,14 +35,23 @@ let dir: string;
 let raw: string;
 
 function dataVolume(name: string, source: Obj, size = '128Mi', extra: Obj = {}): KubeObject {
-  return { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name, ...extra }, spec: { source, storage: { resources: { requests: { storage: size } } } } };
+  return {
+    apiVersion: 'cdi.kubevirt.io/v1beta1',
+    kind: 'DataVolume',
+    metadata: { name, ...extra },
+    spec: { source, storage: { resources: { requests: { storage: size } } } },
+  };
 }
 
 async function waitDv(name: string, phases: string[], namespace = 'default', client: Client = v.client, timeoutMs = 60_000): Promise<KubeObject> {
-  return eventually(`DataVolume ${namespace}/${name} to be ${phases.join(' or ')}`, async () => {
-    const dv = await client.get(DV, name, { namespace });
-    return phases.includes(status(dv).phase ?? '') ? dv : undefined;
-  }, timeoutMs);
+  return eventually(
+    `DataVolume ${namespace}/${name} to be ${phases.join(' or ')}`,
+    async () => {
+      const dv = await client.get(DV, name, { namespace });
+      return phases.includes(status(dv).phase ?? '') ? dv : undefined;
+    },
+    timeoutMs,
+  );
 }
 
 async function boundClaim(name: string, namespace = 'default'): Promise<KubeObject> {
@@ -106,8 +116,7 @@ describe('http import', () => {
       assert.equal(status(pvc).capacity?.storage, '128Mi');
       assert.equal((await qemuImg.info(path(pvc)!, { format: 'qcow2' })).virtualSize, 128 * MiB, 'the volume fills the claim');
       await assertSameDisk(pvc);
-      const events = (await v.client.list(EVENTS, { namespace: 'default' })).items
-        .filter((e) => (e.involvedObject as Obj).name === name).map((e) => e.reason);
+      const events = (await v.client.list(EVENTS, { namespace: 'default' })).items.filter((e) => (e.involvedObject as Obj).name === name).map((e) => e.reason);
       for (const r of ['ImportScheduled', 'ImportInProgress', 'ImportSucceeded']) assert.ok(events.includes(r), `Event ${r} in ${events.join(',')}`);
     });
   }
@@ -115,8 +124,16 @@ describe('http import', () => {
   test('a blank DataVolume and a plain claim get empty volumes of their size', async () => {
     await v.client.create(DV, dataVolume('blank', { blank: {} }, '256Mi'));
     await waitDv('blank', ['Succeeded']);
-    await v.client.create(PVC, { apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'plain', annotations: { 'cdi.kubevirt.io/storage.bind.immediate.requested': 'true' } }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '32Mi' } } } });
-    for (const [name, size] of [['blank', 256 * MiB], ['plain', 32 * MiB]] as const) {
+    await v.client.create(PVC, {
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name: 'plain', annotations: { 'cdi.kubevirt.io/storage.bind.immediate.requested': 'true' } },
+      spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '32Mi' } } },
+    });
+    for (const [name, size] of [
+      ['blank', 256 * MiB],
+      ['plain', 32 * MiB],
+    ] as const) {
       const pvc = await boundClaim(name);
       assert.equal((await qemuImg.info(path(pvc)!, { format: 'qcow2' })).virtualSize, size);
       assert.equal((pvc.spec as Obj).storageClassName, 'local', 'the default class was filled in');
@@ -144,7 +161,11 @@ describe('hostile and broken images are refused and leave nothing behind', () =>
       assert.notEqual(status(pvc).phase, 'Bound');
       assert.equal(path(pvc), undefined, 'no volume recorded');
       const pool = join(v.dataDir, 'pools', 'local', 'default');
-      assert.deepEqual((await readdir(pool)).filter((f) => f.startsWith(`${name}-`)), [], 'nothing in the pool');
+      assert.deepEqual(
+        (await readdir(pool)).filter((f) => f.startsWith(`${name}-`)),
+        [],
+        'nothing in the pool',
+      );
     });
   }
 
@@ -161,7 +182,11 @@ describe('hostile and broken images are refused and leave nothing behind', () =>
 
 describe('upload', () => {
   test('`vessel image-upload` creates the DataVolume, shows progress, and the volume equals the file', async () => {
-    const r = await run('bin/vessel', ['--kubeconfig', v.kubeconfig, 'image-upload', 'dv', 'uploaded', '--image-path', join(dir, 'disk.vmdk'), '--size', '128Mi'], { timeoutMs: 120_000 });
+    const r = await run(
+      'bin/vessel',
+      ['--kubeconfig', v.kubeconfig, 'image-upload', 'dv', 'uploaded', '--image-path', join(dir, 'disk.vmdk'), '--size', '128Mi'],
+      { timeoutMs: 120_000 },
+    );
     assert.equal(r.code, 0, r.err);
     assert.match(r.err, /100\.0% 64\.\d MiB|100\.0%/);
     assert.match(r.err, /completed successfully/);
@@ -182,9 +207,17 @@ describe('upload', () => {
     const total = statSync(file).size;
     const half = createReadStream(file, { end: Math.floor(total / 2) - 1 });
     const aborter = new AbortController();
-    const res = v.client.stream('POST', '/v1beta1/upload', { bearer: token, body: half, signal: aborter.signal, headers: { 'Upload-Length': String(total), 'Transfer-Encoding': 'chunked' } });
+    const res = v.client.stream('POST', '/v1beta1/upload', {
+      bearer: token,
+      body: half,
+      signal: aborter.signal,
+      headers: { 'Upload-Length': String(total), 'Transfer-Encoding': 'chunked' },
+    });
     half.on('end', () => setTimeout(() => aborter.abort(), 300));
-    await res.then(() => undefined, () => undefined);
+    await res.then(
+      () => undefined,
+      () => undefined,
+    );
     const offset = await eventually('the agent to keep the first half', async () => {
       const head = await v.client.stream('HEAD', '/v1beta1/upload', { bearer: token });
       head.resume();
@@ -193,20 +226,38 @@ describe('upload', () => {
     });
     assert.ok(offset > 0 && offset < total, `offset ${offset} of ${total}`);
     let resumedFrom = -1;
-    await uploadImage(v.client, { namespace: 'default', pvcName: 'resumed', file, onProgress: (sent) => { if (resumedFrom < 0) resumedFrom = sent; } });
+    await uploadImage(v.client, {
+      namespace: 'default',
+      pvcName: 'resumed',
+      file,
+      onProgress: (sent) => {
+        if (resumedFrom < 0) resumedFrom = sent;
+      },
+    });
     assert.equal(resumedFrom, offset, 'the second try started where the first stopped');
     await waitDv('resumed', ['Succeeded']);
     await assertSameDisk(await boundClaim('resumed'));
   });
 
-  test('no token for a claim that is no upload target; the agent\'s refusals reach the client as Status', async () => {
+  test("no token for a claim that is no upload target; the agent's refusals reach the client as Status", async () => {
     const { requestUploadToken } = await import('../packages/cli/upload.ts');
     await v.client.create(DV, dataVolume('blank-target', { blank: {} }));
-    await eventually('the blank DataVolume\'s claim', () => v.client.get(PVC, 'blank-target', { namespace: 'default' }).then((p) => p, () => undefined));
+    await eventually("the blank DataVolume's claim", () =>
+      v.client.get(PVC, 'blank-target', { namespace: 'default' }).then(
+        (p) => p,
+        () => undefined,
+      ),
+    );
     for (const claim of ['blank-target', 'no-such-claim']) {
-      const err = await requestUploadToken(v.client, 'default', claim).then(() => undefined, (e: unknown) => e);
+      const err = await requestUploadToken(v.client, 'default', claim).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
       assert.ok(err instanceof StatusError, `a token for ${claim} is refused: ${err}`);
-      if (claim === 'no-such-claim') { assert.equal(err.code, 404); continue; }
+      if (claim === 'no-such-claim') {
+        assert.equal(err.code, 404);
+        continue;
+      }
       assert.equal(err.code, 422, err.message);
       assert.equal(err.causes[0]?.field, 'spec.pvcName');
       assert.match(err.message, /not an upload target.*blank/);
@@ -216,7 +267,11 @@ describe('upload', () => {
     await waitDv('wrong-offset', ['UploadReady']);
     const token = await requestUploadToken(v.client, 'default', 'wrong-offset');
     const { Readable } = await import('node:stream');
-    const res = await v.client.stream('POST', '/v1beta1/upload', { bearer: token, body: Readable.from([Buffer.from('xxxx')]), headers: { 'Upload-Offset': '4096', 'Upload-Length': '8192', 'Content-Length': '4' } });
+    const res = await v.client.stream('POST', '/v1beta1/upload', {
+      bearer: token,
+      body: Readable.from([Buffer.from('xxxx')]),
+      headers: { 'Upload-Offset': '4096', 'Upload-Length': '8192', 'Content-Length': '4' },
+    });
     let text = '';
     for await (const chunk of res) text += chunk;
     assert.equal(res.statusCode, 409, text);
@@ -229,7 +284,10 @@ describe('upload', () => {
   });
 
   test('an upload with a wrong token is refused', async () => {
-    const res = await v.client.stream('POST', '/v1beta1/upload', { bearer: 'ZGVmYXVsdC9yZXN1bWVk.wrong', body: (await import('node:stream')).Readable.from([Buffer.from('x')]) });
+    const res = await v.client.stream('POST', '/v1beta1/upload', {
+      bearer: 'ZGVmYXVsdC9yZXN1bWVk.wrong',
+      body: (await import('node:stream')).Readable.from([Buffer.from('x')]),
+    });
     const body = await new Response(res as unknown as ReadableStream).text().catch(() => '');
     assert.equal(res.statusCode, 401, body);
   });
@@ -237,8 +295,12 @@ describe('upload', () => {
 
 describe('registry import (docker-registry on loopback)', () => {
   let registry: Awaited<ReturnType<typeof startRegistry>>;
-  before(async () => { registry = await startRegistry(); });
-  after(async () => { await registry?.stop(); });
+  before(async () => {
+    registry = await startRegistry();
+  });
+  after(async () => {
+    await registry?.stop();
+  });
 
   test('a containerDisk image pulled over the OCI API equals the source', async () => {
     await pushDiskImage(registry.url, 'disks/tiny', 'v1', [[{ path: 'disk/disk.qcow2', file: join(dir, 'disk.qcow2') }]]);
@@ -253,12 +315,26 @@ describe('golden images and clones', () => {
   test('sourceRef to a DataSource in vessel-images makes a linked clone in O(1); source.pvc a full copy', async () => {
     await v.client.create(DV, dataVolume('golden', { http: { url: http.file('disk.qcow2') } }), { namespace: 'vessel-images' });
     await waitDv('golden', ['Succeeded'], 'vessel-images');
-    await v.client.create(DS, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name: 'golden' }, spec: { source: { pvc: { name: 'golden', namespace: 'vessel-images' } } } }, { namespace: 'vessel-images' });
+    await v.client.create(
+      DS,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataSource',
+        metadata: { name: 'golden' },
+        spec: { source: { pvc: { name: 'golden', namespace: 'vessel-images' } } },
+      },
+      { namespace: 'vessel-images' },
+    );
     await eventually('DataSource Ready', async () => {
       const ds = await v.client.get(DS, 'golden', { namespace: 'vessel-images' });
       return status(ds).conditions?.find((c) => c.type === 'Ready' && c.status === 'True');
     });
-    await v.client.create(DV, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'vm-disk' }, spec: { sourceRef: { kind: 'DataSource', name: 'golden', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } } });
+    await v.client.create(DV, {
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name: 'vm-disk' },
+      spec: { sourceRef: { kind: 'DataSource', name: 'golden', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+    });
     await waitDv('vm-disk', ['Succeeded']);
     const golden = await boundClaim('golden', 'vessel-images');
     const clone = await boundClaim('vm-disk');
@@ -276,7 +352,12 @@ describe('golden images and clones', () => {
   test('a golden image deleted while clones use it stays on disk until the last clone goes', async () => {
     const golden = await boundClaim('golden', 'vessel-images');
     await v.client.delete(DV, 'golden', { namespace: 'vessel-images' });
-    await eventually('golden claim gone', async () => v.client.get(PVC, 'golden', { namespace: 'vessel-images' }).then(() => undefined, () => true));
+    await eventually('golden claim gone', async () =>
+      v.client.get(PVC, 'golden', { namespace: 'vessel-images' }).then(
+        () => undefined,
+        () => true,
+      ),
+    );
     assert.ok(existsSync(path(golden)!), 'kept for its clone');
     assert.ok(existsSync(`${path(golden)}.deleted`), 'marked deleted');
     await assertSameDisk(await boundClaim('vm-disk'));
@@ -287,14 +368,28 @@ describe('golden images and clones', () => {
   test('a claim a VMI uses is deleted only when the VMI is gone', async () => {
     await v.client.create(DV, dataVolume('in-use', { blank: {} }, '16Mi'));
     const pvc = await boundClaim('in-use');
-    await v.client.create(VMI, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'user' }, spec: { terminationGracePeriodSeconds: 1, domain: { devices: { disks: [{ name: 'd', disk: {} }] }, resources: { requests: { memory: '64Mi' } } }, volumes: [{ name: 'd', dataVolume: { name: 'in-use' } }] } });
+    await v.client.create(VMI, {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name: 'user' },
+      spec: {
+        terminationGracePeriodSeconds: 1,
+        domain: { devices: { disks: [{ name: 'd', disk: {} }] }, resources: { requests: { memory: '64Mi' } } },
+        volumes: [{ name: 'd', dataVolume: { name: 'in-use' } }],
+      },
+    });
     await v.client.delete(DV, 'in-use', { namespace: 'default' });
     await eventually('VolumeInUse event', async () => (await v.client.list(EVENTS, { namespace: 'default' })).items.find((e) => e.reason === 'VolumeInUse'));
     const held = await v.client.get(PVC, 'in-use', { namespace: 'default' });
     assert.ok(held.metadata?.deletionTimestamp, 'terminating');
     assert.ok(existsSync(path(pvc)!), 'volume still there');
     await v.client.delete(VMI, 'user', { namespace: 'default' });
-    await eventually('claim gone', async () => v.client.get(PVC, 'in-use', { namespace: 'default' }).then(() => undefined, () => true));
+    await eventually('claim gone', async () =>
+      v.client.get(PVC, 'in-use', { namespace: 'default' }).then(
+        () => undefined,
+        () => true,
+      ),
+    );
     assert.ok(!existsSync(path(pvc)!), 'volume removed');
   });
 });
@@ -312,11 +407,29 @@ describe('tenants', () => {
     const a = await clientFor('tenant-a');
     const b = await clientFor('tenant-b');
     await b.create(DV, dataVolume('secret-image', { blank: {} }, '16Mi'), { namespace: 'tenant-b' });
-    await b.create(DS, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name: 'secret-image' }, spec: { source: { pvc: { name: 'secret-image', namespace: 'tenant-b' } } } }, { namespace: 'tenant-b' });
+    await b.create(
+      DS,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataSource',
+        metadata: { name: 'secret-image' },
+        spec: { source: { pvc: { name: 'secret-image', namespace: 'tenant-b' } } },
+      },
+      { namespace: 'tenant-b' },
+    );
     await assert.rejects(a.get(DS, 'secret-image', { namespace: 'tenant-b' }), /forbidden/);
     await assert.rejects(a.list(PVC, { namespace: 'tenant-b' }), /forbidden/);
     await assert.rejects(
-      a.create(DV, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'stolen' }, spec: { sourceRef: { kind: 'DataSource', name: 'secret-image', namespace: 'tenant-b' }, storage: {} } }, { namespace: 'tenant-a' }),
+      a.create(
+        DV,
+        {
+          apiVersion: 'cdi.kubevirt.io/v1beta1',
+          kind: 'DataVolume',
+          metadata: { name: 'stolen' },
+          spec: { sourceRef: { kind: 'DataSource', name: 'secret-image', namespace: 'tenant-b' }, storage: {} },
+        },
+        { namespace: 'tenant-a' },
+      ),
       (e: Error & { code?: number }) => /spec\.sourceRef: cannot clone from tenant-b\/secret-image/.test(e.message),
     );
     await assert.rejects(
@@ -325,7 +438,16 @@ describe('tenants', () => {
     );
     // A DataSource of A's pointing at B's claim is refused too.
     await assert.rejects(
-      a.create(DS, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource', metadata: { name: 'alias' }, spec: { source: { pvc: { name: 'secret-image', namespace: 'tenant-b' } } } }, { namespace: 'tenant-a' }),
+      a.create(
+        DS,
+        {
+          apiVersion: 'cdi.kubevirt.io/v1beta1',
+          kind: 'DataSource',
+          metadata: { name: 'alias' },
+          spec: { source: { pvc: { name: 'secret-image', namespace: 'tenant-b' } } },
+        },
+        { namespace: 'tenant-a' },
+      ),
       /forbidden/,
     );
     // The shared library is readable and clonable.
@@ -338,5 +460,8 @@ describe('tenants', () => {
 });
 
 test('nothing but published volumes is left in the pools', async () => {
-  assert.deepEqual((await leftovers()).filter((f) => !f.endsWith('.deleted')), []);
+  assert.deepEqual(
+    (await leftovers()).filter((f) => !f.endsWith('.deleted')),
+    [],
+  );
 });

@@ -8,21 +8,43 @@ import { join } from 'node:path';
 
 type Obj = Record<string, unknown>;
 
-export interface TinyVmOptions { namespace?: string; runStrategy?: string; userData?: string; memory?: string; cores?: number; dataVolume?: string }
+export interface TinyVmOptions {
+  namespace?: string;
+  runStrategy?: string;
+  userData?: string;
+  memory?: string;
+  cores?: number;
+  dataVolume?: string;
+}
 
 export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
   const volumes: Obj[] = [{ name: 'root', dataVolume: { name: opts.dataVolume ?? `${name}-root` } }];
   if (opts.userData) volumes.push({ name: 'cloudinit', cloudInitNoCloud: { userData: opts.userData } });
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: opts.namespace ?? 'default' },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: opts.namespace ?? 'default' },
     spec: {
       runStrategy: opts.runStrategy ?? 'Always',
-      template: { spec: {
-        terminationGracePeriodSeconds: 20,
-        domain: { ...(opts.cores ? { cpu: { cores: opts.cores } } : {}), resources: { requests: { memory: opts.memory ?? '128Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...(opts.userData ? [{ name: 'cloudinit', disk: { bus: 'virtio' } }] : [])] } },
-        volumes,
-      } },
-      dataVolumeTemplates: opts.dataVolume ? [] : [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } } }],
+      template: {
+        spec: {
+          terminationGracePeriodSeconds: 20,
+          domain: {
+            ...(opts.cores ? { cpu: { cores: opts.cores } } : {}),
+            resources: { requests: { memory: opts.memory ?? '128Mi' } },
+            devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...(opts.userData ? [{ name: 'cloudinit', disk: { bus: 'virtio' } }] : [])] },
+          },
+          volumes,
+        },
+      },
+      dataVolumeTemplates: opts.dataVolume
+        ? []
+        : [
+            {
+              metadata: { name: `${name}-root` },
+              spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+            },
+          ],
     },
   };
 }

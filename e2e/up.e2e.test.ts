@@ -29,17 +29,30 @@ function up(dataDir: string, ...extra: string[]): Promise<{ output: string; stop
   return new Promise((res, rej) => {
     const child = spawn(VESSEL, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
-    const timer = setTimeout(() => { child.kill('SIGKILL'); rej(new Error(`vessel up did not come up: ${output}`)); }, 180_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      rej(new Error(`vessel up did not come up: ${output}`));
+    }, 180_000);
     const onData = (d: Buffer) => {
       output += d;
       if (output.includes('Ctrl-C stops')) {
         clearTimeout(timer);
-        res({ output, stop: () => new Promise((r) => { child.once('exit', (code, signal) => r(`code=${code} signal=${signal} output=${output.slice(-400)}`)); child.kill('SIGINT'); }) });
+        res({
+          output,
+          stop: () =>
+            new Promise((r) => {
+              child.once('exit', (code, signal) => r(`code=${code} signal=${signal} output=${output.slice(-400)}`));
+              child.kill('SIGINT');
+            }),
+        });
       }
     };
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
-    child.on('exit', (code) => { clearTimeout(timer); rej(new Error(`vessel up exited (${code}): ${output}`)); });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      rej(new Error(`vessel up exited (${code}): ${output}`));
+    });
   });
 }
 
@@ -49,7 +62,13 @@ describe('vessel up', () => {
     if (!dataDir) return;
     // Whatever happened, no demo QEMU outlives the test.
     const pid = Number(await readFile(join((await runDirOf(dataDir, 'default', 'demo')) ?? '/nonexistent', 'qemu.pid'), 'utf8').catch(() => '0'));
-    if (pid) { try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ } }
+    if (pid) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
+    }
     await rm(dataDir, { recursive: true, force: true });
   });
 
@@ -64,14 +83,25 @@ describe('vessel up', () => {
     const got = await kubectl('get', 'vm', 'demo', '-o', 'yaml');
     assert.equal(got.code, 0, got.err);
     assert.equal(YAML.parse(got.out).spec.runStrategy, 'Always');
-    await eventually('demo Running', async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined), 120_000);
+    await eventually(
+      'demo Running',
+      async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined),
+      120_000,
+    );
     const serialLog = join((await runDirOf(dataDir, 'default', 'demo'))!, 'serial.log');
-    await eventually('the demo guest booted', async () => ((await readFile(serialLog, 'utf8').catch(() => '')).includes('VESSEL-GUEST-READY') ? true : undefined), 120_000);
+    await eventually(
+      'the demo guest booted',
+      async () => ((await readFile(serialLog, 'utf8').catch(() => '')).includes('VESSEL-GUEST-READY') ? true : undefined),
+      120_000,
+    );
     // `vessel console demo` (what up prints) shows the boot, even though nobody watched it happen.
     const consoleOut = await new Promise<string>((res) => {
       const c = spawn(VESSEL, ['--kubeconfig', kubeconfig, 'console', 'demo'], { stdio: ['pipe', 'pipe', 'pipe'] });
       let out = '';
-      c.stdout.on('data', (d) => { out += d; if (out.includes('VESSEL-GUEST-READY')) c.stdin.write('\x1d'); });
+      c.stdout.on('data', (d) => {
+        out += d;
+        if (out.includes('VESSEL-GUEST-READY')) c.stdin.write('\x1d');
+      });
       setTimeout(() => c.kill('SIGKILL'), 30_000);
       c.on('close', () => res(out));
     });
@@ -83,7 +113,11 @@ describe('vessel up', () => {
     const second = await up(dataDir, '--stop-vms-on-exit');
     assert.match(second.output, /demo VM\s+default\/demo \(exists\)/);
     assert.match(second.output, /golden image vessel-images\/tiny \(exists\)/);
-    await eventually('demo Running again', async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined), 30_000);
+    await eventually(
+      'demo Running again',
+      async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined),
+      30_000,
+    );
     assert.equal(Number(await readFile(join((await runDirOf(dataDir, 'default', 'demo'))!, 'qemu.pid'), 'utf8')), pid, 're-adopted, not started again');
     assert.match(await second.stop(), /^code=0 /);
     assert.ok(!alive(pid), 'stopped with --stop-vms-on-exit');
@@ -92,17 +126,37 @@ describe('vessel up', () => {
 
 describe('vessel up --nodes', () => {
   let dataDir = '';
-  after(async () => { if (dataDir) await rm(dataDir, { recursive: true, force: true }); });
+  after(async () => {
+    if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  });
 
   it('builds a dev cluster of namespaces with an agent each, prints the nodes, and removes the namespaces on Ctrl-C', async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'vessel-up-nodes-'));
     const cluster = await up(dataDir, '--nodes', '2');
     let stopped = false;
     try {
-      const rows = [...cluster.output.matchAll(/^\s+(?:nodes\s+)?(node-\d)\s+(vsl-[0-9a-f]{6}-n\d)\s+(\S+)$/gm)].map((m) => ({ name: m[1], netns: m[2], fabricIp: m[3] }));
-      assert.deepEqual(rows.map((r) => [r.name, r.fabricIp]), [['node-0', '10.233.0.10'], ['node-1', '10.233.0.11']], cluster.output);
+      const rows = [...cluster.output.matchAll(/^\s+(?:nodes\s+)?(node-\d)\s+(vsl-[0-9a-f]{6}-n\d)\s+(\S+)$/gm)].map((m) => ({
+        name: m[1],
+        netns: m[2],
+        fabricIp: m[3],
+      }));
+      assert.deepEqual(
+        rows.map((r) => [r.name, r.fabricIp]),
+        [
+          ['node-0', '10.233.0.10'],
+          ['node-1', '10.233.0.11'],
+        ],
+        cluster.output,
+      );
       const kubeconfig = /kubeconfig\s+(\S+)/.exec(cluster.output)![1];
-      const nodes = await run('kubectl', ['--kubeconfig', kubeconfig, 'get', 'nodes', '-o', 'jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.vessel\\.io/fabric-ip} {end}']);
+      const nodes = await run('kubectl', [
+        '--kubeconfig',
+        kubeconfig,
+        'get',
+        'nodes',
+        '-o',
+        'jsonpath={range .items[*]}{.metadata.name}={.metadata.annotations.vessel\\.io/fabric-ip} {end}',
+      ]);
       assert.equal(nodes.out.trim(), 'node-0=10.233.0.10 node-1=10.233.0.11', nodes.err);
       const netns = (await run('ip', ['netns', 'list'])).out;
       for (const r of rows) assert.match(netns, new RegExp(`^${r.netns}\\b`, 'm'));

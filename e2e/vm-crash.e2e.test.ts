@@ -28,7 +28,8 @@ async function startChild(dataDir: string): Promise<void> {
   client = cp.client;
 }
 
-const pidOf = async (dataDir: string, name: string) => Number((await readFile(join((await runDirOf(dataDir, 'default', name)) ?? '/nonexistent', 'qemu.pid'), 'utf8')).trim());
+const pidOf = async (dataDir: string, name: string) =>
+  Number((await readFile(join((await runDirOf(dataDir, 'default', name)) ?? '/nonexistent', 'qemu.pid'), 'utf8')).trim());
 const counter = async (dataDir: string, name: string) => {
   const text = await serialLog(dataDir, 'default', name);
   return Math.max(0, ...[...text.matchAll(/VESSEL-COUNTER (\d+)/g)].map((m) => Number(m[1])));
@@ -38,7 +39,9 @@ const printable = async (name: string) => String(((await client.get(VM, name, { 
 after(async () => {
   if (client) {
     for (const n of NAMES) await client.delete(VM, n, { namespace: 'default' }).catch(() => undefined);
-    await eventually('VMIs gone', async () => ((await client.list(VMI, { namespace: 'default' })).items.length === 0 ? true : undefined), 90_000).catch(() => undefined);
+    await eventually('VMIs gone', async () => ((await client.list(VMI, { namespace: 'default' })).items.length === 0 ? true : undefined), 90_000).catch(
+      () => undefined,
+    );
   }
   if (cp && cp.process.exitCode === null) cp.process.kill('SIGTERM');
   await new Promise((r) => setTimeout(r, 1000));
@@ -51,14 +54,31 @@ test('SIGKILL of server and agent while 5 VMs run: guests live on, status conver
   await startChild(dataDir);
   await ensureTinyImage(client, () => undefined);
   for (const name of NAMES) {
-    await client.create(VM, {
-      apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name },
-      spec: {
-        runStrategy: 'Always',
-        template: { spec: { terminationGracePeriodSeconds: 10, domain: { resources: { requests: { memory: '96Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } }, volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }] } },
-        dataVolumeTemplates: [{ metadata: { name: `${name}-root` }, spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } } }],
+    await client.create(
+      VM,
+      {
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachine',
+        metadata: { name },
+        spec: {
+          runStrategy: 'Always',
+          template: {
+            spec: {
+              terminationGracePeriodSeconds: 10,
+              domain: { resources: { requests: { memory: '96Mi' } }, devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }] } },
+              volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }],
+            },
+          },
+          dataVolumeTemplates: [
+            {
+              metadata: { name: `${name}-root` },
+              spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+            },
+          ],
+        },
       },
-    }, { namespace: 'default' });
+      { namespace: 'default' },
+    );
   }
   for (const name of NAMES) await eventually(`${name} counting`, async () => ((await counter(dataDir, name)) >= 2 ? true : undefined), 180_000);
   const uids = new Map<string, string>();

@@ -18,7 +18,8 @@ type Obj = Record<string, unknown>;
 
 let v: Vessel;
 const ns = 'default';
-const status = (o: KubeObject | undefined) => (o?.status ?? {}) as { printableStatus?: string; phase?: string; conditions?: { type: string; status: string; reason?: string; message?: string }[] };
+const status = (o: KubeObject | undefined) =>
+  (o?.status ?? {}) as { printableStatus?: string; phase?: string; conditions?: { type: string; status: string; reason?: string; message?: string }[] };
 
 const tinyVm = (name: string, opts: Omit<TinyVmOptions, 'namespace'> = {}) => tinyVmFor(name, { ...opts, namespace: ns });
 
@@ -33,11 +34,15 @@ async function until(name: string, printable: string, timeoutMs = 90_000): Promi
   await eventually(`VM ${name} ${printable}`, async () => ((await vmStatus(name)) === printable ? true : undefined), timeoutMs);
 }
 async function serialHas(name: string, what: string | RegExp, times = 1, timeoutMs = 180_000): Promise<string> {
-  return eventually(`${what} x${times} on ${name}'s serial console`, async () => {
-    const text = await serial(name);
-    const n = typeof what === 'string' ? count(text, what) : (text.match(new RegExp(what, 'g')) ?? []).length;
-    return n >= times ? text : undefined;
-  }, timeoutMs);
+  return eventually(
+    `${what} x${times} on ${name}'s serial console`,
+    async () => {
+      const text = await serial(name);
+      const n = typeof what === 'string' ? count(text, what) : (text.match(new RegExp(what, 'g')) ?? []).length;
+      return n >= times ? text : undefined;
+    },
+    timeoutMs,
+  );
 }
 const lastCounter = (text: string) => Math.max(0, ...[...text.matchAll(/VESSEL-COUNTER (\d+)/g)].map((m) => Number(m[1])));
 const vessel = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 60_000 });
@@ -49,7 +54,9 @@ before(async () => {
 after(async () => {
   // Stop every VM so no QEMU outlives the test.
   for (const vm of (await v.client.list(VM, { namespace: ns })).items) await v.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
-  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+    () => undefined,
+  );
   await v.close();
 });
 
@@ -105,10 +112,14 @@ describe('lifecycle of a VM applied with kubectl', () => {
     await until(name, 'Running');
     // serial.log is appended across launches: look only at what the new boot printed. A guest on
     // a loaded machine under TCG can take minutes to boot.
-    const after = await eventually('a counter line from the new boot', async () => {
-      const m = (await serial(name)).slice(stoppedLog.length).match(/VESSEL-COUNTER (\d+)/);
-      return m ? Number(m[1]) : undefined;
-    }, 240_000);
+    const after = await eventually(
+      'a counter line from the new boot',
+      async () => {
+        const m = (await serial(name)).slice(stoppedLog.length).match(/VESSEL-COUNTER (\d+)/);
+        return m ? Number(m[1]) : undefined;
+      },
+      240_000,
+    );
     const last = lastCounter(stoppedLog);
     // The guest may have synced n but been powered off before printing it.
     assert.ok(after === last + 1 || after === last + 2, `the counter continues: ${last} before the stop, ${after} after the start`);
@@ -117,10 +128,14 @@ describe('lifecycle of a VM applied with kubectl', () => {
   test('restart makes a new VMI', async () => {
     const uid = (await v.client.get(VMI, name, { namespace: ns })).metadata!.uid;
     assert.equal((await vessel('restart', name)).code, 0);
-    await eventually('a new VMI running', async () => {
-      const vmi = await v.client.get(VMI, name, { namespace: ns }).catch(() => undefined);
-      return vmi && vmi.metadata!.uid !== uid && status(vmi).phase === 'Running' ? true : undefined;
-    }, 90_000);
+    await eventually(
+      'a new VMI running',
+      async () => {
+        const vmi = await v.client.get(VMI, name, { namespace: ns }).catch(() => undefined);
+        return vmi && vmi.metadata!.uid !== uid && status(vmi).phase === 'Running' ? true : undefined;
+      },
+      90_000,
+    );
     const events = await vessel('describe', 'vm', name);
     assert.match(events.out, /SuccessfulDelete/);
   });
@@ -129,7 +144,11 @@ describe('lifecycle of a VM applied with kubectl', () => {
 describe('runStrategy', () => {
   const powersOff = '#!/bin/sh\nsleep 1\necho powering-off-now\npoweroff\n';
   test('Always restarts a guest that powers itself off; RerunOnFailure and Manual leave it stopped', async () => {
-    for (const [name, strategy] of [['always', 'Always'], ['rerun', 'RerunOnFailure'], ['manual', 'Manual']] as const) {
+    for (const [name, strategy] of [
+      ['always', 'Always'],
+      ['rerun', 'RerunOnFailure'],
+      ['manual', 'Manual'],
+    ] as const) {
       await v.client.create(VM, tinyVm(name, { runStrategy: strategy, userData: powersOff }), { namespace: ns });
     }
     assert.equal((await vessel('start', 'manual')).code, 0, 'Manual runs on a start request');
@@ -173,10 +192,14 @@ describe('runStrategy', () => {
     const uid = (await v.client.get(VMI, 'crashy', { namespace: ns })).metadata!.uid;
     const pid = (await readFile(join(await runDir('crashy'), 'qemu.pid'), 'utf8')).trim();
     process.kill(Number(pid), 'SIGKILL');
-    await eventually('a new VMI after the crash', async () => {
-      const vmi = await v.client.get(VMI, 'crashy', { namespace: ns }).catch(() => undefined);
-      return vmi && vmi.metadata!.uid !== uid && status(vmi).phase === 'Running' ? true : undefined;
-    }, 90_000);
+    await eventually(
+      'a new VMI after the crash',
+      async () => {
+        const vmi = await v.client.get(VMI, 'crashy', { namespace: ns }).catch(() => undefined);
+        return vmi && vmi.metadata!.uid !== uid && status(vmi).phase === 'Running' ? true : undefined;
+      },
+      90_000,
+    );
     assert.equal(await vmStatus('halted'), 'Stopped');
     await assert.rejects(v.client.get(VMI, 'halted', { namespace: ns }));
     const r = await vessel('restart', 'halted');
@@ -203,13 +226,22 @@ describe('why a VM is not running', () => {
     vm.spec.instancetype = { name: 'u1.small' };
     delete vm.spec.template.spec.domain.resources;
     await v.client.create(VM, vm, { namespace: ns });
-    const ready = await eventually('the FailedCreate condition', async () => {
-      const c = status(await v.client.get(VM, 'typeless', { namespace: ns })).conditions?.find((x) => x.type === 'Ready');
-      return c?.reason === 'FailedCreate' ? c : undefined;
-    }, 60_000);
+    const ready = await eventually(
+      'the FailedCreate condition',
+      async () => {
+        const c = status(await v.client.get(VM, 'typeless', { namespace: ns })).conditions?.find((x) => x.type === 'Ready');
+        return c?.reason === 'FailedCreate' ? c : undefined;
+      },
+      60_000,
+    );
     assert.match(ready.message ?? '', /spec\.domain\.resources\.requests\.memory/);
     assert.equal(await vmStatus('typeless'), 'Stopped');
-    await v.client.patch(VM, 'typeless', { spec: { instancetype: null, template: { spec: { domain: { resources: { requests: { memory: '128Mi' } } } } } } }, { namespace: ns });
+    await v.client.patch(
+      VM,
+      'typeless',
+      { spec: { instancetype: null, template: { spec: { domain: { resources: { requests: { memory: '128Mi' } } } } } } },
+      { namespace: ns },
+    );
     await until('typeless', 'Running');
     await v.client.delete(VM, 'typeless', { namespace: ns });
   });
@@ -217,15 +249,21 @@ describe('why a VM is not running', () => {
   test('a missing DataVolume: ErrorDataVolumeNotFound, then Running once it exists', async () => {
     await v.client.create(VM, tinyVm('orphan', { dataVolume: 'later' }), { namespace: ns });
     await until('orphan', 'ErrorDataVolumeNotFound', 30_000);
-    await v.client.create({ group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true }, {
-      apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'later' },
-      spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
-    }, { namespace: ns });
+    await v.client.create(
+      { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true },
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataVolume',
+        metadata: { name: 'later' },
+        spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+      },
+      { namespace: ns },
+    );
     await until('orphan', 'Running');
     await v.client.delete(VM, 'orphan', { namespace: ns });
   });
 
-  test('a broken disk: the VMI fails with QEMU\'s reason, CrashLoopBackOff, and it recovers once the disk is fixed', async () => {
+  test("a broken disk: the VMI fails with QEMU's reason, CrashLoopBackOff, and it recovers once the disk is fixed", async () => {
     await v.client.create(VM, tinyVm('broken'), { namespace: ns });
     await until('broken', 'Running');
     await v.client.patch(VM, 'broken', { spec: { runStrategy: 'Halted' } }, { namespace: ns });

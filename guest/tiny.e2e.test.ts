@@ -58,7 +58,10 @@ class Vm {
   private waiters: (() => void)[] = [];
   stderr = '';
 
-  constructor(args: string[], readonly qmpPath: string) {
+  constructor(
+    args: string[],
+    readonly qmpPath: string,
+  ) {
     this.proc = spawn(QEMU, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc.stdout!.setEncoding('utf8').on('data', (d: string) => this.onSerial(d));
     this.proc.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
@@ -117,7 +120,10 @@ class Vm {
   }
 
   tail(n = 30): string {
-    return this.lines.slice(-n).map((l) => l.line).join('\n');
+    return this.lines
+      .slice(-n)
+      .map((l) => l.line)
+      .join('\n');
   }
 
   /** Sends one QMP command on a fresh connection (greeting, qmp_capabilities, command). */
@@ -213,14 +219,31 @@ describe('tiny guest under QEMU TCG', { timeout: 10 * 60_000 }, () => {
     const port = await freePort();
     const qmpPath = path.join(tmp, `${name}.qmp`);
     const args = [
-      '-accel', 'tcg', '-machine', 'q35', '-m', '256', '-smp', '1',
-      '-nodefaults', '-no-user-config', '-display', 'none',
-      '-chardev', 'stdio,id=serial0,signal=off', '-serial', 'chardev:serial0',
-      '-qmp', `unix:${qmpPath},server=on,wait=off`,
-      '-drive', `file=${overlay},if=virtio,format=qcow2`,
+      '-accel',
+      'tcg',
+      '-machine',
+      'q35',
+      '-m',
+      '256',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-chardev',
+      'stdio,id=serial0,signal=off',
+      '-serial',
+      'chardev:serial0',
+      '-qmp',
+      `unix:${qmpPath},server=on,wait=off`,
+      '-drive',
+      `file=${overlay},if=virtio,format=qcow2`,
       ...(opts.extraDrives ?? []).flatMap((d) => ['-drive', d]),
-      '-netdev', `user,id=net0,hostfwd=tcp:127.0.0.1:${port}-:${TINY_PORTS.tcp}`,
-      '-device', 'virtio-net-pci,netdev=net0',
+      '-netdev',
+      `user,id=net0,hostfwd=tcp:127.0.0.1:${port}-:${TINY_PORTS.tcp}`,
+      '-device',
+      'virtio-net-pci,netdev=net0',
     ];
     if (opts.kernelBoot) args.push('-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline);
     const vm = new Vm(args, qmpPath);
@@ -237,8 +260,13 @@ describe('tiny guest under QEMU TCG', { timeout: 10 * 60_000 }, () => {
 
     const { vm, port } = await boot('boot1', { kernelBoot: true, extraDrives: [`file=${cidata},if=virtio,format=raw,readonly=on`] });
     const ready = await vm.waitFor(TINY_SERIAL.ready, 60_000);
-    console.log(`boot 1 (kernel boot): first serial line ${(vm.firstLineMs! / 1000).toFixed(2)} s, ${TINY_SERIAL.ready} ${(ready.t / 1000).toFixed(2)} s after QEMU launch`);
-    assert.ok(vm.lines.some((l) => /^\[\s*\d+\.\d+\] Linux version/.test(l.line)), 'kernel boot messages on serial');
+    console.log(
+      `boot 1 (kernel boot): first serial line ${(vm.firstLineMs! / 1000).toFixed(2)} s, ${TINY_SERIAL.ready} ${(ready.t / 1000).toFixed(2)} s after QEMU launch`,
+    );
+    assert.ok(
+      vm.lines.some((l) => /^\[\s*\d+\.\d+\] Linux version/.test(l.line)),
+      'kernel boot messages on serial',
+    );
 
     const ci = await vm.waitFor(TINY_SERIAL.cloudInit, 5_000);
     assert.equal(ci.m[1], 'iid-tiny-test-1');
@@ -264,8 +292,14 @@ describe('tiny guest under QEMU TCG', { timeout: 10 * 60_000 }, () => {
     assert.ok(exit, `QEMU still running 30 s after system_powerdown\n${vm.tail()}`);
     console.log(`system_powerdown -> QEMU exit: ${((performance.now() - t0) / 1000).toFixed(2)} s`);
     assert.equal(exit.code, 0);
-    assert.ok(vm.lines.some((l) => l.line === 'VESSEL-POWERDOWN'), 'acpid saw the power button');
-    assert.ok(vm.lines.some((l) => l.line === 'VESSEL-SHUTDOWN-DONE root=ro'), `root remounted read-only at shutdown\n${vm.tail()}`);
+    assert.ok(
+      vm.lines.some((l) => l.line === 'VESSEL-POWERDOWN'),
+      'acpid saw the power button',
+    );
+    assert.ok(
+      vm.lines.some((l) => l.line === 'VESSEL-SHUTDOWN-DONE root=ro'),
+      `root remounted read-only at shutdown\n${vm.tail()}`,
+    );
     const counters = vm.lines.map((l) => l.line.match(/^VESSEL-COUNTER (\d+)$/)).filter((m) => m !== null);
     lastCounter = Number(counters[counters.length - 1]![1]);
     assert.ok(lastCounter >= n2);
@@ -283,7 +317,9 @@ describe('tiny guest under QEMU TCG', { timeout: 10 * 60_000 }, () => {
 
     const { vm, port } = await boot('boot2', { kernelBoot: false, extraDrives: [`file=${iso},if=virtio,format=raw,readonly=on`] });
     const ready = await vm.waitFor(TINY_SERIAL.ready, 90_000);
-    console.log(`boot 2 (disk only): first serial line ${(vm.firstLineMs! / 1000).toFixed(2)} s, ${TINY_SERIAL.ready} ${(ready.t / 1000).toFixed(2)} s after QEMU launch`);
+    console.log(
+      `boot 2 (disk only): first serial line ${(vm.firstLineMs! / 1000).toFixed(2)} s, ${TINY_SERIAL.ready} ${(ready.t / 1000).toFixed(2)} s after QEMU launch`,
+    );
     assert.equal((await vm.waitFor(TINY_SERIAL.cloudInit, 5_000)).m[1], 'iid-tiny-test-2');
     assert.equal((await vm.waitFor(TINY_SERIAL.hostname, 5_000)).m[1], 'tiny-iso');
     assert.ok(!vm.lines.some((l) => /EXT4-fs \(vda2\): recovery/.test(l.line)), 'clean shutdown: no journal recovery');

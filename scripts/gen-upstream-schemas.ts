@@ -31,9 +31,10 @@ const DIST_DIRS: Record<SourceId, string> = {
 
 /** Root types per output file; everything reachable from them is emitted. */
 const ROOTS: Array<[SourceId, string]> = [
-  ...[
-    'Namespace', 'Secret', 'ConfigMap', 'Event', 'Node', 'Service', 'PersistentVolumeClaim',
-  ].flatMap((k): Array<[SourceId, string]> => [['kubernetes', `IoK8sApiCoreV1${k}`], ['kubernetes', `IoK8sApiCoreV1${k}List`]]),
+  ...['Namespace', 'Secret', 'ConfigMap', 'Event', 'Node', 'Service', 'PersistentVolumeClaim'].flatMap((k): Array<[SourceId, string]> => [
+    ['kubernetes', `IoK8sApiCoreV1${k}`],
+    ['kubernetes', `IoK8sApiCoreV1${k}List`],
+  ]),
   ['kubernetes', 'IoK8sApiStorageV1StorageClass'],
   ['kubernetes', 'IoK8sApiStorageV1StorageClassList'],
   // The cluster network: address allocations, the endpoints of Services, network policies.
@@ -47,14 +48,19 @@ const ROOTS: Array<[SourceId, string]> = [
   ['kubernetes', 'IoK8sApimachineryPkgApisMetaV1Status'],
   ['kubernetes', 'IoK8sApimachineryPkgApisMetaV1DeleteOptions'],
   ['kubernetes', 'IoK8sApimachineryPkgApisMetaV1WatchEvent'],
-  ...['VirtualMachine', 'VirtualMachineInstance', 'VirtualMachineInstanceMigration'].flatMap(
-    (k): Array<[SourceId, string]> => [['kubevirt', `V1${k}`], ['kubevirt', `V1${k}List`]],
-  ),
-  ...['DataVolume', 'DataSource'].flatMap((k): Array<[SourceId, string]> => [['cdi', `V1beta1${k}`], ['cdi', `V1beta1${k}List`]]),
+  ...['VirtualMachine', 'VirtualMachineInstance', 'VirtualMachineInstanceMigration'].flatMap((k): Array<[SourceId, string]> => [
+    ['kubevirt', `V1${k}`],
+    ['kubevirt', `V1${k}List`],
+  ]),
+  ...['DataVolume', 'DataSource'].flatMap((k): Array<[SourceId, string]> => [
+    ['cdi', `V1beta1${k}`],
+    ['cdi', `V1beta1${k}List`],
+  ]),
   // snapshot.kubevirt.io/v1beta1 and clone.kubevirt.io/v1beta1 (KubeVirt's dist, emitted into kubevirt.json).
-  ...['VirtualMachineSnapshot', 'VirtualMachineSnapshotContent', 'VirtualMachineRestore', 'VirtualMachineClone'].flatMap(
-    (k): Array<[SourceId, string]> => [['kubevirt', `V1beta1${k}`], ['kubevirt', `V1beta1${k}List`]],
-  ),
+  ...['VirtualMachineSnapshot', 'VirtualMachineSnapshotContent', 'VirtualMachineRestore', 'VirtualMachineClone'].flatMap((k): Array<[SourceId, string]> => [
+    ['kubevirt', `V1beta1${k}`],
+    ['kubevirt', `V1beta1${k}List`],
+  ]),
 ];
 
 /**
@@ -66,16 +72,38 @@ const ROOTS: Array<[SourceId, string]> = [
  * clone status refers to io.kubevirt.snapshot.v1beta1.Condition.
  */
 const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
-  ...Object.fromEntries([
-    'VirtualMachineSnapshot', 'VirtualMachineSnapshotList', 'VirtualMachineSnapshotSpec', 'VirtualMachineSnapshotStatus',
-    'VirtualMachineSnapshotContent', 'VirtualMachineSnapshotContentList', 'VirtualMachineSnapshotContentSpec', 'VirtualMachineSnapshotContentStatus',
-    'VirtualMachineRestore', 'VirtualMachineRestoreList', 'VirtualMachineRestoreSpec', 'VirtualMachineRestoreStatus',
-    'Condition', 'Error', 'SnapshotVolumesLists', 'SourceIndication', 'SourceSpec', 'VirtualMachine', 'PersistentVolumeClaim',
-    'VolumeBackup', 'VolumeSnapshotStatus', 'VolumeRestore', 'VolumeRestoreOverride',
-  ].map((n) => [n, 'snapshot' as const])),
-  ...Object.fromEntries([
-    'VirtualMachineClone', 'VirtualMachineCloneList', 'VirtualMachineCloneSpec', 'VirtualMachineCloneStatus', 'VirtualMachineCloneTemplateFilters',
-  ].map((n) => [n, 'clone' as const])),
+  ...Object.fromEntries(
+    [
+      'VirtualMachineSnapshot',
+      'VirtualMachineSnapshotList',
+      'VirtualMachineSnapshotSpec',
+      'VirtualMachineSnapshotStatus',
+      'VirtualMachineSnapshotContent',
+      'VirtualMachineSnapshotContentList',
+      'VirtualMachineSnapshotContentSpec',
+      'VirtualMachineSnapshotContentStatus',
+      'VirtualMachineRestore',
+      'VirtualMachineRestoreList',
+      'VirtualMachineRestoreSpec',
+      'VirtualMachineRestoreStatus',
+      'Condition',
+      'Error',
+      'SnapshotVolumesLists',
+      'SourceIndication',
+      'SourceSpec',
+      'VirtualMachine',
+      'PersistentVolumeClaim',
+      'VolumeBackup',
+      'VolumeSnapshotStatus',
+      'VolumeRestore',
+      'VolumeRestoreOverride',
+    ].map((n) => [n, 'snapshot' as const]),
+  ),
+  ...Object.fromEntries(
+    ['VirtualMachineClone', 'VirtualMachineCloneList', 'VirtualMachineCloneSpec', 'VirtualMachineCloneStatus', 'VirtualMachineCloneTemplateFilters'].map(
+      (n) => [n, 'clone' as const],
+    ),
+  ),
 };
 
 export const QUANTITY = 'io.k8s.apimachinery.pkg.api.resource.Quantity';
@@ -108,28 +136,63 @@ const FLOAT_FIELDS = new Set(['qps', 'multipleOf', 'minimum', 'maximum']);
 const PATCH_META: Record<string, Record<string, JsonSchema>> = {
   'io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta': {
     finalizers: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-list-type': 'set' },
-    ownerReferences: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'uid', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['uid'] },
+    ownerReferences: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'uid',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['uid'],
+    },
   },
   'io.k8s.api.core.v1.ServiceSpec': {
-    ports: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'port', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['port', 'protocol'] },
+    ports: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'port',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['port', 'protocol'],
+    },
     clusterIPs: { 'x-kubernetes-list-type': 'atomic' },
     ipFamilies: { 'x-kubernetes-list-type': 'atomic' },
   },
   'io.k8s.api.core.v1.ServiceStatus': {
-    conditions: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'type', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
+    conditions: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'type',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+    },
   },
   'io.k8s.api.core.v1.NodeSpec': {
     podCIDRs: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-list-type': 'set' },
   },
   'io.k8s.api.core.v1.NodeStatus': {
-    addresses: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'type', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
-    conditions: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'type', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
+    addresses: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'type',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+    },
+    conditions: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'type',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+    },
   },
   'io.k8s.api.core.v1.PersistentVolumeClaimStatus': {
-    conditions: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'type', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
+    conditions: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'type',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+    },
   },
   'io.k8s.api.core.v1.NamespaceStatus': {
-    conditions: { 'x-kubernetes-patch-strategy': 'merge', 'x-kubernetes-patch-merge-key': 'type', 'x-kubernetes-list-type': 'map', 'x-kubernetes-list-map-keys': ['type'] },
+    conditions: {
+      'x-kubernetes-patch-strategy': 'merge',
+      'x-kubernetes-patch-merge-key': 'type',
+      'x-kubernetes-list-type': 'map',
+      'x-kubernetes-list-map-keys': ['type'],
+    },
   },
 };
 
@@ -142,17 +205,20 @@ const MISSING_FIELDS: Record<string, Record<string, JsonSchema>> = Object.fromEn
   [
     ...['VirtualMachineCondition', 'VirtualMachineInstanceCondition', 'VirtualMachineInstanceMigrationCondition'].map((k) => `io.kubevirt.v1.${k}`),
     'io.kubevirt.snapshot.v1beta1.Condition',
-  ].map((k) => [k, {
-    lastProbeTime: TIME('Last time the condition was checked.'),
-    lastTransitionTime: TIME('Last time the condition transitioned from one status to another.'),
-  }]),
+  ].map((k) => [
+    k,
+    {
+      lastProbeTime: TIME('Last time the condition was checked.'),
+      lastTransitionTime: TIME('Last time the condition transitioned from one status to another.'),
+    },
+  ]),
 );
 
 /** The `metadata` of top-level kinds has no description in the .d.ts; these are the upstream texts. */
 const OBJECT_META_FIELD_DESC =
   "Standard object's metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#metadata";
 const LIST_META_FIELD_DESC =
-  "Standard list metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds";
+  'Standard list metadata. More info: https://git.k8s.io/community/contributors/devel/sig-architecture/api-conventions.md#types-kinds';
 
 interface Source {
   id: SourceId;
@@ -290,7 +356,10 @@ interface Resolved {
 
 function descriptionOf(node: ts.Node): string {
   const docs = ts.getJSDocCommentsAndTags(node).filter(ts.isJSDoc);
-  const text = docs.map((d) => ts.getTextOfJSDocComment(d.comment) ?? '').join('\n').trim();
+  const text = docs
+    .map((d) => ts.getTextOfJSDocComment(d.comment) ?? '')
+    .join('\n')
+    .trim();
   return text;
 }
 
@@ -343,8 +412,7 @@ class Generator {
     for (const [id, name] of ROOTS) this.ref(this.sources[id], name);
     while (this.queue.length > 0) this.emit(this.queue.shift()!);
     this.schemas.kubernetes[QUANTITY] = {
-      description:
-        'Quantity is a fixed-point representation of a number (e.g. "64Mi", "1.5Gi", "500m", "2"). Accepted as a string or a number.',
+      description: 'Quantity is a fixed-point representation of a number (e.g. "64Mi", "1.5Gi", "500m", "2"). Accepted as a string or a number.',
       oneOf: [{ type: 'string' }, { type: 'number' }],
     };
     this.schemas.kubernetes[INT_OR_STRING] = {

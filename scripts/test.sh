@@ -22,6 +22,7 @@ done
 
 if [ ${#files[@]} -eq 0 ]; then
   echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
+  echo "== format"; npx prettier --check . >/dev/null || { npx prettier --list-different .; echo "run npm run format"; exit 1; }
   echo "== lint"; npx eslint --max-warnings=0 .
   [ $mode = e2e ] || mapfile -t unit < <(find packages e2e guest -name '*.test.ts' -not -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort)
   [ $mode = unit ] || mapfile -t e2e < <(find packages e2e guest -name '*.e2e.test.ts' -not -path '*/node_modules/*' | sort)

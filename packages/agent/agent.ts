@@ -88,9 +88,18 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
   const priority = await resolveQemuPriority(opts.qemuPriority ?? DEFAULT_QEMU_PRIORITY, log);
-  if (opts.netns !== undefined && opts.fabricIp === undefined) throw new NetworkError('InvalidArgument', '--netns needs --fabric-ip: the namespace holds the node\'s cluster network');
-  const network = opts.fabricIp === undefined ? undefined
-    : new ClusterNetwork(opts.client, { nodeName: opts.nodeName, netns: opts.netns === undefined ? undefined : checkNetns(opts.netns), fabricIp: opts.fabricIp, stateDir: networkStateDir(opts.dataDir), log });
+  if (opts.netns !== undefined && opts.fabricIp === undefined)
+    throw new NetworkError('InvalidArgument', "--netns needs --fabric-ip: the namespace holds the node's cluster network");
+  const network =
+    opts.fabricIp === undefined
+      ? undefined
+      : new ClusterNetwork(opts.client, {
+          nodeName: opts.nodeName,
+          netns: opts.netns === undefined ? undefined : checkNetns(opts.netns),
+          fabricIp: opts.fabricIp,
+          stateDir: networkStateDir(opts.dataDir),
+          log,
+        });
   // NetworkPolicy is enforced wherever the node has a cluster network (its taps).
   const policies = network && new PolicyEnforcer(opts.client, { nodeName: opts.nodeName, netns: network.netns, nodeAddress: () => network.gateway()?.ip, log });
   // Services' data plane (DNAT, DNS names) on every node of the cluster network.
@@ -105,14 +114,24 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   // A guest on the cluster network is dialled at its address inside the node's namespace; one on
   // QEMU user networking (no address in its status) through a temporary slirp forward.
   const portForward = portForwardHandler({
-    vmiFor: (ns, name) => vms.vmiOnNode(ns, name), qmpFor: (ns, name) => vms.qmpFor(ns, name),
-    guestAddress: network ? podAddressOf : undefined, netns: opts.netns, log,
+    vmiFor: (ns, name) => vms.vmiOnNode(ns, name),
+    qmpFor: (ns, name) => vms.qmpFor(ns, name),
+    guestAddress: network ? podAddressOf : undefined,
+    netns: opts.netns,
+    log,
   });
   const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, vms, consoles, portForward, log });
   const nodePools: Record<string, storage.NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
   const node = new NodeRegistration(opts.client, {
-    nodeName: opts.nodeName, address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host), port: endpoint.port,
-    certFingerprint256: cert.fingerprint256, certPem: cert.certPem, pools: nodePools, version: opts.version ?? 'dev', heartbeatMs: opts.heartbeatMs, log,
+    nodeName: opts.nodeName,
+    address: opts.address ?? (host === '0.0.0.0' ? '127.0.0.1' : host),
+    port: endpoint.port,
+    certFingerprint256: cert.fingerprint256,
+    certPem: cert.certPem,
+    pools: nodePools,
+    version: opts.version ?? 'dev',
+    heartbeatMs: opts.heartbeatMs,
+    log,
     labels: { 'vessel.io/accelerator': accel },
     annotations: opts.fabricIp === undefined ? undefined : { [FABRIC_IP_ANNOTATION]: opts.fabricIp },
   });
@@ -134,9 +153,17 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await endpoint.close();
     throw e;
   }
-  log(`agent: node ${opts.nodeName} registered (${accel}); endpoint on ${host}:${endpoint.port}${network ? `; cluster network from fabric ${opts.fabricIp}${opts.netns ? ` in netns ${opts.netns}` : ''}` : ''}`);
+  log(
+    `agent: node ${opts.nodeName} registered (${accel}); endpoint on ${host}:${endpoint.port}${network ? `; cluster network from fabric ${opts.fabricIp}${opts.netns ? ` in netns ${opts.netns}` : ''}` : ''}`,
+  );
   return {
-    nodeName: opts.nodeName, dataDir: opts.dataDir, pools, endpoint, vms, accel, network,
+    nodeName: opts.nodeName,
+    dataDir: opts.dataDir,
+    pools,
+    endpoint,
+    vms,
+    accel,
+    network,
     async stop() {
       node.stop();
       await restores.stop();

@@ -30,7 +30,11 @@ let first: Session;
 const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
 
-interface Session { ws: WebSocket; text: () => string; closed: Promise<{ code: number; reason: string }> }
+interface Session {
+  ws: WebSocket;
+  text: () => string;
+  closed: Promise<{ code: number; reason: string }>;
+}
 
 before(async () => {
   guest = await ensureTinyGuest();
@@ -50,12 +54,34 @@ before(async () => {
   const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', guest.disk, disk], { encoding: 'utf8' });
   assert.equal(r.status, 0, r.stderr);
   await launch({
-    runDir, vnc: true, vm: { namespace: 'default', name: 'tiny' },
+    runDir,
+    vnc: true,
+    vm: { namespace: 'default', name: 'tiny' },
     argv: [
-      '-machine', 'q35', '-accel', 'tcg', '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
-      '-drive', `file=${disk},format=qcow2,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0',
-      '-vga', 'std',
-      '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
+      '-machine',
+      'q35',
+      '-accel',
+      'tcg',
+      '-m',
+      '256',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-drive',
+      `file=${disk},format=qcow2,if=none,id=d0`,
+      '-device',
+      'virtio-blk-pci,drive=d0',
+      '-vga',
+      'std',
+      '-kernel',
+      guest.kernel,
+      '-initrd',
+      guest.initrd,
+      '-append',
+      guest.cmdline,
     ],
   });
   log('launched');
@@ -73,10 +99,15 @@ function open(path: string, protocols: string[] = ['plain.kubevirt.io']): Promis
   return new Promise((resolve, reject) => {
     const ws = new WebSocket(`ws://${base}${path}`, protocols);
     // Paused until the caller listens: the VNC greeting may come with the 101.
-    ws.once('open', () => { ws.pause(); resolve(ws); });
+    ws.once('open', () => {
+      ws.pause();
+      resolve(ws);
+    });
     ws.once('unexpected-response', (_req, res) => {
       let body = '';
-      res.on('data', (d: Buffer) => { body += d; });
+      res.on('data', (d: Buffer) => {
+        body += d;
+      });
       res.on('end', () => reject(Object.assign(new Error(`HTTP ${res.statusCode}: ${body}`), { status: res.statusCode, body })));
     });
     ws.once('error', reject);
@@ -86,7 +117,9 @@ function open(path: string, protocols: string[] = ['plain.kubevirt.io']): Promis
 async function consoleSession(): Promise<Session> {
   const ws = await open('/v1/console/default/tiny');
   let text = '';
-  ws.on('message', (d: RawData) => { text += (d as Buffer).toString('latin1'); });
+  ws.on('message', (d: RawData) => {
+    text += (d as Buffer).toString('latin1');
+  });
   ws.resume();
   const closed = new Promise<{ code: number; reason: string }>((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
   return { ws, text: () => text, closed };
@@ -97,7 +130,10 @@ async function until(what: string, check: () => boolean, timeoutMs: number, ever
   let next = 0;
   while (!check()) {
     if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    if (every && Date.now() >= next) { every(); next = Date.now() + everyMs; }
+    if (every && Date.now() >= next) {
+      every();
+      next = Date.now() + everyMs;
+    }
     await new Promise((r) => setTimeout(r, 50));
   }
 }
@@ -118,14 +154,24 @@ test('console: the boot output, a shell command, and take-over by a second conne
   assert.match(first.text(), /Linux version/);
   // The guest's serial shell starts on Enter; send the command until it has run.
   first.ws.send('\n');
-  await until('hello-42 from the serial shell', () => first.text().includes('hello-42'), 30_000, () => first.ws.send('echo hello-$((6*7))\n'));
+  await until(
+    'hello-42 from the serial shell',
+    () => first.text().includes('hello-42'),
+    30_000,
+    () => first.ws.send('echo hello-$((6*7))\n'),
+  );
   log('shell answered');
 
   const second = await consoleSession();
   const old = await first.closed;
   assert.equal(old.code, 1000);
   assert.equal(old.reason, TAKEN_OVER_REASON);
-  await until('again-6 on the second console', () => second.text().includes('again-6'), 30_000, () => second.ws.send('echo again-$((2*3))\n'));
+  await until(
+    'again-6 on the second console',
+    () => second.text().includes('again-6'),
+    30_000,
+    () => second.ws.send('echo again-$((2*3))\n'),
+  );
   second.ws.close();
   await second.closed;
 });
@@ -155,7 +201,9 @@ test('serial log: whole, tail, and follow', { timeout: 30_000 }, async () => {
   // Follow from now: the guest's counter prints a new line every second.
   const follow = await get('/v1/serial-log/default/tiny?follow=true&tailBytes=0');
   let seen = '';
-  follow.on('data', (d: Buffer) => { seen += d.toString('latin1'); });
+  follow.on('data', (d: Buffer) => {
+    seen += d.toString('latin1');
+  });
   await until('a new counter line through follow', () => TINY_SERIAL.counter.test(seen), 15_000);
   follow.destroy();
 });
@@ -167,7 +215,9 @@ test('serial log follow ends when the run directory goes away', { timeout: 15_00
   const res = await get('/v1/serial-log/default/gone?follow=1');
   let seen = '';
   const ended = new Promise<void>((resolve) => res.on('end', resolve));
-  res.on('data', (d: Buffer) => { seen += d.toString(); });
+  res.on('data', (d: Buffer) => {
+    seen += d.toString();
+  });
   await until('the first line', () => seen.includes('line one'), 5000);
   await appendFile(join(dir, 'serial.log'), 'line two\n');
   await until('the appended line', () => seen.includes('line two'), 5000);
@@ -176,9 +226,15 @@ test('serial log follow ends when the run directory goes away', { timeout: 15_00
 });
 
 test('refusals before the upgrade: unknown VM 404, VM not running 409, bad tailBytes 400', async () => {
-  await assert.rejects(open('/v1/console/default/ghost'), (e: Error & { status?: number; body?: string }) => e.status === 404 && /not on this node/.test(e.body ?? ''));
+  await assert.rejects(
+    open('/v1/console/default/ghost'),
+    (e: Error & { status?: number; body?: string }) => e.status === 404 && /not on this node/.test(e.body ?? ''),
+  );
   await mkdir(join(root, 'vms', 'default', 'stopped'), { recursive: true });
-  await assert.rejects(open('/v1/console/default/stopped'), (e: Error & { status?: number; body?: string }) => e.status === 409 && /not running/.test(e.body ?? ''));
+  await assert.rejects(
+    open('/v1/console/default/stopped'),
+    (e: Error & { status?: number; body?: string }) => e.status === 409 && /not running/.test(e.body ?? ''),
+  );
   await assert.rejects(open('/v1/vnc/default/stopped'), (e: Error & { status?: number }) => e.status === 409);
   const missing = await get('/v1/serial-log/default/ghost');
   assert.equal(missing.statusCode, 404);

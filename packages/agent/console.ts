@@ -39,7 +39,7 @@ export interface ConsoleHandlers {
 }
 
 /** Close reason a console session gets when a newer connection takes the serial port over. */
-export const TAKEN_OVER_REASON = 'another console connection took over this VM\'s serial console';
+export const TAKEN_OVER_REASON = "another console connection took over this VM's serial console";
 
 const PLAIN_PROTOCOL = 'plain.kubevirt.io';
 const BINARY_PROTOCOL = 'binary.kubevirt.io';
@@ -47,13 +47,18 @@ const BINARY_PROTOCOL = 'binary.kubevirt.io';
 const HIGH_WATER = 1024 * 1024;
 const CONNECT_TIMEOUT_MS = 5000;
 
-interface Session { ws?: WebSocket; sock?: net.Socket; end(reason: string): void }
+interface Session {
+  ws?: WebSocket;
+  sock?: net.Socket;
+  end(reason: string): void;
+}
 
 export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
   const log = opts.log ?? (() => {});
   const pollMs = opts.pollMs ?? 200;
   const wss = new WebSocketServer({
-    noServer: true, perMessageDeflate: false,
+    noServer: true,
+    perMessageDeflate: false,
     handleProtocols: (offered) => (offered.has(PLAIN_PROTOCOL) ? PLAIN_PROTOCOL : offered.has(BINARY_PROTOCOL) ? BINARY_PROTOCOL : false),
   });
   /** The console session per run directory: the newest one wins. */
@@ -81,7 +86,10 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     }
     let sock: net.Socket;
     try {
-      sock = await connectUnix(kind === 'console' ? files.serial : files.vnc, kind === 'vnc' ? `VM ${ns}/${name} has no VNC display` : `the serial console of VM ${ns}/${name} is not available (QEMU is starting or stopping)`);
+      sock = await connectUnix(
+        kind === 'console' ? files.serial : files.vnc,
+        kind === 'vnc' ? `VM ${ns}/${name} has no VNC display` : `the serial console of VM ${ns}/${name} is not available (QEMU is starting or stopping)`,
+      );
     } catch (e) {
       if (consoles.get(files.dir) === session) consoles.delete(files.dir);
       throw e;
@@ -100,15 +108,25 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
       upgraded = true;
       session.ws = ws;
       session.sock = sock;
-      let reason = kind === 'console' ? `the serial console of VM ${ns}/${name} closed (the VM stopped)` : `the VNC display of VM ${ns}/${name} closed (the VM stopped)`;
-      session.end = (why) => { reason = why; closeWs(ws, 1000, why); sock.destroy(); };
+      let reason =
+        kind === 'console' ? `the serial console of VM ${ns}/${name} closed (the VM stopped)` : `the VNC display of VM ${ns}/${name} closed (the VM stopped)`;
+      session.end = (why) => {
+        reason = why;
+        closeWs(ws, 1000, why);
+        sock.destroy();
+      };
       sessions.add(session);
       log(`agent ${kind} ${ns}/${name}: connected`);
-      bridge(ws, sock, () => reason, () => {
-        sessions.delete(session);
-        if (consoles.get(files.dir) === session) consoles.delete(files.dir);
-        log(`agent ${kind} ${ns}/${name}: disconnected`);
-      });
+      bridge(
+        ws,
+        sock,
+        () => reason,
+        () => {
+          sessions.delete(session);
+          if (consoles.get(files.dir) === session) consoles.delete(files.dir);
+          log(`agent ${kind} ${ns}/${name}: disconnected`);
+        },
+      );
     });
     // handleUpgrade answers a broken handshake itself and never calls back.
     if (!upgraded) {
@@ -124,7 +142,8 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     const tail = url.searchParams.get('tailBytes');
     if (tail !== null && !/^\d+$/.test(tail)) throw new HttpError(400, 'tailBytes must be a non-negative integer');
     const runDir = opts.runDirFor(ns, name);
-    if (!runDir || !(await isDir(runDir))) throw new HttpError(404, `VM ${ns}/${name} has no run directory on this node: it never ran here, or it was cleaned up`);
+    if (!runDir || !(await isDir(runDir)))
+      throw new HttpError(404, `VM ${ns}/${name} has no run directory on this node: it never ran here, or it was cleaned up`);
     await streamLog(runDir, res, follow, tail === null ? undefined : Number(tail));
   }
 
@@ -135,15 +154,24 @@ export function consoleHandlers(opts: ConsoleHandlerOptions): ConsoleHandlers {
     res.writeHead(200, { 'Content-Type': 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' });
     res.flushHeaders();
     let gone = false;
-    res.on('close', () => { gone = true; });
+    res.on('close', () => {
+      gone = true;
+    });
     follows.add(res);
     try {
       for (;;) {
         const { data, truncated } = await readFrom(file, pos, 256 * 1024);
-        if (truncated) { pos = 0; continue; } // a new launch rotated serial.log: go on with the new one
+        if (truncated) {
+          pos = 0;
+          continue;
+        } // a new launch rotated serial.log: go on with the new one
         if (data.length > 0) {
           pos += data.length;
-          if (!res.write(data)) await new Promise<void>((resolve) => { res.once('drain', resolve); res.once('close', resolve); });
+          if (!res.write(data))
+            await new Promise<void>((resolve) => {
+              res.once('drain', resolve);
+              res.once('close', resolve);
+            });
           continue;
         }
         if (!follow || gone || closed) break;
@@ -211,7 +239,12 @@ function closeWs(ws: WebSocket, code: number, reason: string): void {
 /** A close reason must fit in 123 bytes. */
 function truncateReason(reason: string): string {
   const buf = Buffer.from(reason);
-  return buf.length <= 123 ? reason : buf.subarray(0, 120).toString('utf8').replace(/\uFFFD+$/, '') + '...';
+  return buf.length <= 123
+    ? reason
+    : buf
+        .subarray(0, 120)
+        .toString('utf8')
+        .replace(/\uFFFD+$/, '') + '...';
 }
 
 function toBuffer(data: RawData): Buffer {
@@ -255,6 +288,5 @@ async function sizeOf(file: string): Promise<number> {
     return 0;
   }
 }
-
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

@@ -48,7 +48,10 @@ type HttpRoute = (req: IncomingMessage, res: ServerResponse, params: Params) => 
 type UpgradeRoute = (req: IncomingMessage, socket: Duplex, head: Buffer, params: Params) => Promise<void>;
 
 /** The endpoint's routes and their answers, without the TLS server (tests serve them over plain HTTP). */
-export function agentRoutes(deps: EndpointDeps): { request(req: IncomingMessage, res: ServerResponse): void; upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void } {
+export function agentRoutes(deps: EndpointDeps): {
+  request(req: IncomingMessage, res: ServerResponse): void;
+  upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): void;
+} {
   const http = new Router<HttpRoute>()
     .on(['HEAD', 'GET'], '/v1/upload/:namespace/:name', async (_req, res, { namespace, name }) => {
       const { offset } = await deps.volumes.uploadStatus(namespace, name);
@@ -64,7 +67,9 @@ export function agentRoutes(deps: EndpointDeps): { request(req: IncomingMessage,
       if (r.done && wait) await r.done;
       reply(res, 200, { received: r.received, complete: r.complete });
     })
-    .on('*', '/v1/upload/:namespace/:name', async (req) => { throw new HttpError(405, `${req.method} is not allowed here`); })
+    .on('*', '/v1/upload/:namespace/:name', async (req) => {
+      throw new HttpError(405, `${req.method} is not allowed here`);
+    })
     .on('PUT', '/v1/vmi/:namespace/:name/:action(pause|unpause|softreboot|reset)', async (req, res, { namespace, name, action }) => {
       req.resume();
       await deps.vms.act(namespace, name, action as VmAction);
@@ -77,7 +82,8 @@ export function agentRoutes(deps: EndpointDeps): { request(req: IncomingMessage,
   };
   const upgrades = new Router<UpgradeRoute>()
     .on('*', '/v1/:kind(console|vnc)/:namespace/:name', (req, socket, head, { kind, namespace, name }) =>
-      deps.consoles.upgrade(req, socket, head, kind as 'console' | 'vnc', namespace, name))
+      deps.consoles.upgrade(req, socket, head, kind as 'console' | 'vnc', namespace, name),
+    )
     .on('*', '/v1/portforward/:namespace/:name/:port', forward)
     .on('*', '/v1/portforward/:namespace/:name/:port/:protocol', forward);
 
@@ -93,25 +99,39 @@ export function agentRoutes(deps: EndpointDeps): { request(req: IncomingMessage,
         // A body left unread (an upload cut off for its size) is not drained: the connection closes after the answer.
         if (!req.complete && !res.headersSent) res.setHeader('Connection', 'close');
         const { code, body } = fail(e, req, deps.log);
-        if (res.headersSent) res.destroy(); // a stream (serial log) broke midway: the client must not take it as complete
+        if (res.headersSent)
+          res.destroy(); // a stream (serial log) broke midway: the client must not take it as complete
         else reply(res, code, body);
       });
     },
     upgrade(req, socket, head) {
-      if (deps.authorized && !deps.authorized(req)) { socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n'); return; }
+      if (deps.authorized && !deps.authorized(req)) {
+        socket.end('HTTP/1.1 401 Unauthorized\r\nConnection: close\r\n\r\n');
+        return;
+      }
       const m = upgrades.match(req.method ?? 'GET', pathOf(req));
-      if (!m) { socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n'); return; }
+      if (!m) {
+        socket.end('HTTP/1.1 404 Not Found\r\nConnection: close\r\n\r\n');
+        return;
+      }
       m.handler(req, socket, head, m.params).catch((e: unknown) => {
         const { code, body } = fail(e, req, deps.log);
-        if (socket.destroyed || !socket.writable) { socket.destroy(); return; }
+        if (socket.destroyed || !socket.writable) {
+          socket.destroy();
+          return;
+        }
         const data = JSON.stringify(body);
-        socket.end(`HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(data)}\r\nConnection: close\r\n\r\n${data}`);
+        socket.end(
+          `HTTP/1.1 ${code} ${STATUS_CODES[code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(data)}\r\nConnection: close\r\n\r\n${data}`,
+        );
       });
     },
   };
 }
 
-export async function startEndpoint(opts: { host: string; port: number; certPem: string; keyPem: string; token: string } & EndpointDeps): Promise<AgentEndpoint> {
+export async function startEndpoint(
+  opts: { host: string; port: number; certPem: string; keyPem: string; token: string } & EndpointDeps,
+): Promise<AgentEndpoint> {
   const expected = Buffer.from(`Bearer ${opts.token}`);
   const authorized = (req: IncomingMessage) => {
     const got = Buffer.from(req.headers.authorization ?? '');
@@ -121,10 +141,17 @@ export async function startEndpoint(opts: { host: string; port: number; certPem:
   const server: Server = createServer({ cert: opts.certPem, key: opts.keyPem }, (req, res) => routes.request(req, res));
   server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => routes.upgrade(req, socket, head));
 
-  await new Promise<void>((resolve, reject) => { server.once('error', reject); server.listen(opts.port, opts.host, () => resolve()); });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(opts.port, opts.host, () => resolve());
+  });
   return {
     port: (server.address() as AddressInfo).port,
-    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }
 
@@ -158,7 +185,10 @@ function intHeader(req: IncomingMessage, name: string): number | undefined {
 
 /** A JSON answer (the endpoint's routes all answer this way). */
 function reply(res: ServerResponse, code: number, body: Record<string, unknown>): void {
-  if (res.headersSent) { res.end(); return; }
+  if (res.headersSent) {
+    res.end();
+    return;
+  }
   const data = JSON.stringify(body);
   res.writeHead(code, { 'Content-Type': 'application/json', 'Content-Length': String(Buffer.byteLength(data)) }).end(data);
 }

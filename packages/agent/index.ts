@@ -10,6 +10,15 @@ export * from './storage/errors.ts';
 export * as qemuImg from './storage/qemu-img.ts';
 export type { DiskFormat, ImageInfo } from './storage/qemu-img.ts';
 export * from './storage/import.ts';
-export { createDevCluster, deleteNetns, runInNode, fabricAddress, DEFAULT_FABRIC_CIDR, type DevCluster, type DevClusterOptions, type DevNode } from './network/devcluster.ts';
+export {
+  createDevCluster,
+  deleteNetns,
+  runInNode,
+  fabricAddress,
+  DEFAULT_FABRIC_CIDR,
+  type DevCluster,
+  type DevClusterOptions,
+  type DevNode,
+} from './network/devcluster.ts';
 export { ClusterNetwork, FABRIC_IP_ANNOTATION, IPADDRESSES, type ClusterNic } from './network/cluster.ts';
 export { NetworkError, type NetworkErrorCode } from './network/errors.ts';

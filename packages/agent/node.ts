@@ -28,17 +28,28 @@ export interface NodeRegistrationOptions {
 export class NodeRegistration {
   private timer?: NodeJS.Timeout;
 
-  constructor(private readonly client: Client, private readonly opts: NodeRegistrationOptions) {}
+  constructor(
+    private readonly client: Client,
+    private readonly opts: NodeRegistrationOptions,
+  ) {}
 
   async start(): Promise<void> {
     const { nodeName } = this.opts;
     const metadata = {
       name: nodeName,
       labels: {
-        'kubernetes.io/hostname': nodeName, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64',
-        'kubevirt.io/schedulable': 'true', ...this.opts.labels,
+        'kubernetes.io/hostname': nodeName,
+        'kubernetes.io/os': 'linux',
+        'kubernetes.io/arch': 'amd64',
+        'kubevirt.io/schedulable': 'true',
+        ...this.opts.labels,
       },
-      annotations: { ...this.opts.annotations, [storage.NODE_POOLS]: JSON.stringify(this.opts.pools), [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256, [storage.NODE_CERT]: this.opts.certPem },
+      annotations: {
+        ...this.opts.annotations,
+        [storage.NODE_POOLS]: JSON.stringify(this.opts.pools),
+        [storage.NODE_CERT_SHA256]: this.opts.certFingerprint256,
+        [storage.NODE_CERT]: this.opts.certPem,
+      },
     };
     try {
       await this.client.get(refs.NODES, nodeName);
@@ -48,11 +59,15 @@ export class NodeRegistration {
       await this.client.create(refs.NODES, { apiVersion: 'v1', kind: 'Node', metadata, spec: {} });
     }
     await this.heartbeat();
-    this.timer = setInterval(() => { this.heartbeat().catch((e: Error) => this.opts.log?.(`node: heartbeat failed: ${e.message}`)); }, this.opts.heartbeatMs ?? 10_000);
+    this.timer = setInterval(() => {
+      this.heartbeat().catch((e: Error) => this.opts.log?.(`node: heartbeat failed: ${e.message}`));
+    }, this.opts.heartbeatMs ?? 10_000);
     this.timer.unref();
   }
 
-  stop(): void { clearInterval(this.timer); }
+  stop(): void {
+    clearInterval(this.timer);
+  }
 
   private async heartbeat(): Promise<void> {
     const cpu = String(cpus().length);
@@ -67,14 +82,25 @@ export class NodeRegistration {
     await updateStatus(this.client, refs.NODES, undefined, this.opts.nodeName, (s) => {
       s.capacity = resources;
       s.allocatable = resources;
-      s.addresses = [{ type: 'InternalIP', address: this.opts.address }, { type: 'Hostname', address: hostname() }];
+      s.addresses = [
+        { type: 'InternalIP', address: this.opts.address },
+        { type: 'Hostname', address: hostname() },
+      ];
       s.daemonEndpoints = { kubeletEndpoint: { Port: this.opts.port } };
       s.nodeInfo = {
-        architecture: 'amd64', operatingSystem: 'linux', kernelVersion: release(), osImage: 'Debian GNU/Linux',
-        kubeletVersion: `vessel-agent/${this.opts.version}`, kubeProxyVersion: '', containerRuntimeVersion: 'qemu',
-        machineID: '', systemUUID: '', bootID: '',
+        architecture: 'amd64',
+        operatingSystem: 'linux',
+        kernelVersion: release(),
+        osImage: 'Debian GNU/Linux',
+        kubeletVersion: `vessel-agent/${this.opts.version}`,
+        kubeProxyVersion: '',
+        containerRuntimeVersion: 'qemu',
+        machineID: '',
+        systemUUID: '',
+        bootID: '',
       };
-      for (const type of ['MemoryPressure', 'DiskPressure', 'PIDPressure']) setCondition(s, { type, status: 'False', reason: `AgentHasNo${type}`, message: '' });
+      for (const type of ['MemoryPressure', 'DiskPressure', 'PIDPressure'])
+        setCondition(s, { type, status: 'False', reason: `AgentHasNo${type}`, message: '' });
       setCondition(s, { type: 'Ready', status: 'True', reason: 'AgentReady', message: 'vessel agent is posting ready status' });
       // The heartbeat itself: always moves, so the write always happens.
       for (const c of s.conditions as Record<string, unknown>[]) c.lastHeartbeatTime = new Date().toISOString();

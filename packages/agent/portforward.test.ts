@@ -10,11 +10,12 @@ import type { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
 import { checkProtocol, dialGuest, parsePort, podAddressOf, PortForwardError, slirpState } from './portforward.ts';
 
-const USERNET = 'Hub -1 (net-default):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n'
-  + '  TCP[SYN_SENT]      19       127.0.0.1 41235       10.0.2.15    81     0     0\r\n'
-  + '  TCP[HOST_FORWARD]  21       127.0.0.1 41235       10.0.2.15    81     0     0\r\n'
-  + '  TCP[ESTABLISHED]   22       127.0.0.1 41236       10.0.2.15    80     0     0\r\n'
-  + '  TCP[HOST_FORWARD]  20       127.0.0.1 41237       10.0.2.15    80     0     0\r\n';
+const USERNET =
+  'Hub -1 (net-default):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n' +
+  '  TCP[SYN_SENT]      19       127.0.0.1 41235       10.0.2.15    81     0     0\r\n' +
+  '  TCP[HOST_FORWARD]  21       127.0.0.1 41235       10.0.2.15    81     0     0\r\n' +
+  '  TCP[ESTABLISHED]   22       127.0.0.1 41236       10.0.2.15    80     0     0\r\n' +
+  '  TCP[HOST_FORWARD]  20       127.0.0.1 41237       10.0.2.15    80     0     0\r\n';
 
 test("slirp's table: the connection through a forward, never the forward itself", () => {
   assert.equal(slirpState(USERNET, 41235), 'SYN_SENT');
@@ -25,14 +26,25 @@ test("slirp's table: the connection through a forward, never the forward itself"
 
 test('ports and protocols: tcp only, udp refused with its reason', () => {
   assert.equal(parsePort('22'), 22);
-  for (const bad of ['0', '65536', '-1', 'ssh', '']) assert.throws(() => parsePort(bad), (e: PortForwardError) => e.code === 400 && e.reason === 'InvalidPort');
+  for (const bad of ['0', '65536', '-1', 'ssh', ''])
+    assert.throws(
+      () => parsePort(bad),
+      (e: PortForwardError) => e.code === 400 && e.reason === 'InvalidPort',
+    );
   assert.equal(checkProtocol(undefined), 'tcp');
   assert.equal(checkProtocol('TCP'), 'tcp');
-  assert.throws(() => checkProtocol('udp'), (e: PortForwardError) => e.reason === 'UnsupportedProtocol' && /only tcp/.test(e.message));
+  assert.throws(
+    () => checkProtocol('udp'),
+    (e: PortForwardError) => e.reason === 'UnsupportedProtocol' && /only tcp/.test(e.message),
+  );
 });
 
 test("the pod interface's address from the VMI's status, for the cluster network", () => {
-  const vmi = (status: unknown) => ({ metadata: { name: 'web', namespace: 'a' }, spec: { domain: { devices: { interfaces: [{ name: 'nic0', bridge: {} }] } }, networks: [{ name: 'nic0', pod: {} }] }, status });
+  const vmi = (status: unknown) => ({
+    metadata: { name: 'web', namespace: 'a' },
+    spec: { domain: { devices: { interfaces: [{ name: 'nic0', bridge: {} }] } }, networks: [{ name: 'nic0', pod: {} }] },
+    status,
+  });
   assert.equal(podAddressOf(vmi({ interfaces: [{ name: 'nic0', ipAddress: '10.244.1.7' }] })), '10.244.1.7');
   assert.equal(podAddressOf(vmi({ interfaces: [{ name: 'other', ipAddress: '10.244.1.8' }] })), undefined);
   assert.equal(podAddressOf(vmi({})), undefined, 'slirp guests have none');
@@ -41,7 +53,9 @@ test("the pod interface's address from the VMI's status, for the cluster network
 function readAll(s: Duplex): Promise<string> {
   return new Promise((resolve) => {
     let text = '';
-    s.on('data', (d: Buffer) => { text += d.toString(); });
+    s.on('data', (d: Buffer) => {
+      text += d.toString();
+    });
     s.on('close', () => resolve(text));
   });
 }
@@ -69,8 +83,18 @@ before(async () => {
   if (!haveNetns) return;
   spawnSync('ip', ['-n', NS, 'link', 'set', 'lo', 'up']);
   // A listener on the namespace's own loopback: reachable only from inside it.
-  listener = spawn('ip', ['netns', 'exec', NS, process.execPath, '-e',
-    `require('node:net').createServer((c) => c.once('data', (d) => c.end('inside:' + d))).listen(${NS_PORT}, '127.0.0.1', () => console.log('up'))`], { stdio: ['ignore', 'pipe', 'inherit'] });
+  listener = spawn(
+    'ip',
+    [
+      'netns',
+      'exec',
+      NS,
+      process.execPath,
+      '-e',
+      `require('node:net').createServer((c) => c.once('data', (d) => c.end('inside:' + d))).listen(${NS_PORT}, '127.0.0.1', () => console.log('up'))`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
   await new Promise((r) => listener!.stdout!.once('data', r));
 });
 
@@ -79,15 +103,22 @@ after(() => {
   if (haveNetns) spawnSync('ip', ['netns', 'delete', NS]);
 });
 
-test('dialGuest inside a network namespace reaches what only that namespace sees', { skip: !haveNetns && 'cannot create a network namespace here' }, async () => {
-  const s = await dialGuest({ address: '127.0.0.1', port: NS_PORT, netns: NS });
-  s.write('ping');
-  assert.equal(await readAll(s), 'inside:ping');
-  await assert.rejects(dialGuest({ address: '127.0.0.1', port: NS_PORT + 1, netns: NS }), (e: PortForwardError) => e.code === 502 && e.reason === 'GuestRefused');
-  // The host's own loopback has no such listener: the namespace is what made it reachable.
-  await assert.rejects(dialGuest({ address: '127.0.0.1', port: NS_PORT }), (e: PortForwardError) => e.reason === 'GuestRefused');
-  await assert.rejects(dialGuest({ address: '127.0.0.1', port: NS_PORT, netns: 'no such/ns' }), TypeError);
-});
+test(
+  'dialGuest inside a network namespace reaches what only that namespace sees',
+  { skip: !haveNetns && 'cannot create a network namespace here' },
+  async () => {
+    const s = await dialGuest({ address: '127.0.0.1', port: NS_PORT, netns: NS });
+    s.write('ping');
+    assert.equal(await readAll(s), 'inside:ping');
+    await assert.rejects(
+      dialGuest({ address: '127.0.0.1', port: NS_PORT + 1, netns: NS }),
+      (e: PortForwardError) => e.code === 502 && e.reason === 'GuestRefused',
+    );
+    // The host's own loopback has no such listener: the namespace is what made it reachable.
+    await assert.rejects(dialGuest({ address: '127.0.0.1', port: NS_PORT }), (e: PortForwardError) => e.reason === 'GuestRefused');
+    await assert.rejects(dialGuest({ address: '127.0.0.1', port: NS_PORT, netns: 'no such/ns' }), TypeError);
+  },
+);
 
 async function closedPort(): Promise<number> {
   const s = net.createServer();

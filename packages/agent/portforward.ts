@@ -30,8 +30,7 @@ import type { QmpClient } from './qmp/client.ts';
 
 /** Stable reasons a port-forward is refused with (the endpoint's JSON `reason`). */
 export type PortForwardReason =
-  | 'InvalidPort' | 'UnsupportedProtocol' | 'NotOnNode' | 'NotRunning' | 'NoPodInterface'
-  | 'GuestRefused' | 'GuestTimeout' | 'ForwardFailed' | 'ShuttingDown';
+  'InvalidPort' | 'UnsupportedProtocol' | 'NotOnNode' | 'NotRunning' | 'NoPodInterface' | 'GuestRefused' | 'GuestTimeout' | 'ForwardFailed' | 'ShuttingDown';
 
 export class PortForwardError extends HttpError {
   readonly reason: PortForwardReason;
@@ -90,7 +89,8 @@ export function checkProtocol(protocol: string | undefined): 'tcp' {
 export function portForwardHandler(opts: PortForwardOptions): PortForwardHandler {
   const log = opts.log ?? (() => {});
   const wss = new WebSocketServer({
-    noServer: true, perMessageDeflate: false,
+    noServer: true,
+    perMessageDeflate: false,
     handleProtocols: (offered) => (offered.has(PLAIN_PROTOCOL) ? PLAIN_PROTOCOL : offered.has(BINARY_PROTOCOL) ? BINARY_PROTOCOL : false),
   });
   const open = new Set<() => void>();
@@ -114,11 +114,17 @@ export function portForwardHandler(opts: PortForwardOptions): PortForwardHandler
       if (!nic) throw new PortForwardError(409, 'NoPodInterface', `VM ${ns}/${name} has no pod network interface: port-forward reaches a guest through it`);
       guest = await dialSlirp(qmp, netdevId(nic.name), port, opts.answerTimeoutMs ?? DEFAULT_ANSWER_MS);
     }
-    if (socket.destroyed || closed) { guest.stream.destroy(); return; }
+    if (socket.destroyed || closed) {
+      guest.stream.destroy();
+      return;
+    }
     let upgraded = false;
     wss.handleUpgrade(req, socket, head, (ws) => {
       upgraded = true;
-      const end = () => { guest.stream.destroy(); ws.terminate(); };
+      const end = () => {
+        guest.stream.destroy();
+        ws.terminate();
+      };
       open.add(end);
       log(`agent portforward ${ns}/${name}:${port}: connected${address ? ` to ${address}` : ''}`);
       pipe(ws, guest, () => {
@@ -184,7 +190,9 @@ export async function dialSlirp(qmp: QmpClient, netdev: string, port: number, an
     const head: Buffer[] = [];
     let ended = false;
     const onData = (d: Buffer) => head.push(d);
-    const onEnd = () => { ended = true; };
+    const onEnd = () => {
+      ended = true;
+    };
     sock.on('data', onData);
     sock.once('end', onEnd);
     sock.once('close', onEnd);
@@ -194,7 +202,12 @@ export async function dialSlirp(qmp: QmpClient, netdev: string, port: number, an
       const state = slirpState(await hmp('info usernet'), hostPort);
       if (state && state !== 'SYN_SENT') break;
       if (ended) throw refused(port); // closed without a word before the guest's SYN-ACK: a reset
-      if (Date.now() >= deadline) throw new PortForwardError(504, 'GuestTimeout', `the guest did not answer a connection to port ${port} within ${Math.round(answerTimeoutMs / 1000)} s (is a firewall dropping it?)`);
+      if (Date.now() >= deadline)
+        throw new PortForwardError(
+          504,
+          'GuestTimeout',
+          `the guest did not answer a connection to port ${port} within ${Math.round(answerTimeoutMs / 1000)} s (is a firewall dropping it?)`,
+        );
       await sleep(POLL_MS);
     }
     sock.off('data', onData);
@@ -244,13 +257,20 @@ export function dialGuest(o: { address: string; port: number; netns?: string; ti
   const timeoutMs = o.timeoutMs ?? DEFAULT_ANSWER_MS;
   if (net.isIP(o.address) === 0) return Promise.reject(new TypeError(`dialGuest: not an IP address: ${JSON.stringify(o.address)}`));
   if (!o.netns) {
-    return connectTcp(o.address, o.port, timeoutMs).catch((e: unknown) => { throw dialError(e, o.port, timeoutMs); });
+    return connectTcp(o.address, o.port, timeoutMs).catch((e: unknown) => {
+      throw dialError(e, o.port, timeoutMs);
+    });
   }
   if (!/^[A-Za-z0-9_.-]{1,64}$/.test(o.netns)) return Promise.reject(new TypeError(`dialGuest: bad network namespace name ${JSON.stringify(o.netns)}`));
-  const child = spawn('nsenter', [`--net=/run/netns/${o.netns}`, '--', process.execPath, '-e', RELAY, o.address, String(o.port), String(timeoutMs)], { stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn('nsenter', [`--net=/run/netns/${o.netns}`, '--', process.execPath, '-e', RELAY, o.address, String(o.port), String(timeoutMs)], {
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
   return new Promise((resolve, reject) => {
     let err = '';
-    const fail = (e: Error) => { child.kill('SIGKILL'); reject(e); };
+    const fail = (e: Error) => {
+      child.kill('SIGKILL');
+      reject(e);
+    };
     const onErr = (d: Buffer) => {
       err += d.toString('utf8');
       const nl = err.indexOf('\n');
@@ -266,7 +286,14 @@ export function dialGuest(o: { address: string; port: number; netns?: string; ti
       const code = /^ERROR (\S+)/.exec(line)?.[1] ?? '';
       fail(dialError(Object.assign(new Error(line), { code }), o.port, timeoutMs));
     };
-    const onExit = (code: number | null) => fail(new PortForwardError(500, 'ForwardFailed', `the relay into network namespace ${o.netns} exited (${code}) before connecting: ${err.trim() || 'no message'}`));
+    const onExit = (code: number | null) =>
+      fail(
+        new PortForwardError(
+          500,
+          'ForwardFailed',
+          `the relay into network namespace ${o.netns} exited (${code}) before connecting: ${err.trim() || 'no message'}`,
+        ),
+      );
     child.stderr.on('data', onErr);
     child.once('exit', onExit);
     child.once('error', (e) => fail(new PortForwardError(500, 'ForwardFailed', `cannot start nsenter: ${e.message}`)));
@@ -302,7 +329,8 @@ function childStream(child: ReturnType<typeof spawn>): Duplex {
 
 function dialError(e: unknown, port: number, timeoutMs: number): Error {
   const code = (e as NodeJS.ErrnoException).code;
-  if (code === 'ETIMEDOUT') return new PortForwardError(504, 'GuestTimeout', `the guest did not answer a connection to port ${port} within ${Math.round(timeoutMs / 1000)} s`);
+  if (code === 'ETIMEDOUT')
+    return new PortForwardError(504, 'GuestTimeout', `the guest did not answer a connection to port ${port} within ${Math.round(timeoutMs / 1000)} s`);
   if (code === 'ECONNREFUSED') return refused(port);
   if (code === 'EHOSTUNREACH' || code === 'ENETUNREACH') return new PortForwardError(502, 'GuestRefused', `the guest is unreachable from this node (${code})`);
   return e instanceof Error ? e : new Error(String(e));
@@ -311,9 +339,21 @@ function dialError(e: unknown, port: number, timeoutMs: number): Error {
 function connectTcp(host: string, port: number, timeoutMs = 5000): Promise<net.Socket> {
   return new Promise((resolve, reject) => {
     const sock = net.connect({ host, port });
-    const timer = setTimeout(() => { sock.destroy(); reject(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' })); }, timeoutMs);
-    sock.once('connect', () => { clearTimeout(timer); sock.removeAllListeners('error'); sock.on('error', () => {}); resolve(sock); });
-    sock.once('error', (e) => { clearTimeout(timer); sock.destroy(); reject(e); });
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(Object.assign(new Error('connect timed out'), { code: 'ETIMEDOUT' }));
+    }, timeoutMs);
+    sock.once('connect', () => {
+      clearTimeout(timer);
+      sock.removeAllListeners('error');
+      sock.on('error', () => {});
+      resolve(sock);
+    });
+    sock.once('error', (e) => {
+      clearTimeout(timer);
+      sock.destroy();
+      reject(e);
+    });
   });
 }
 

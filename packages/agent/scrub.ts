@@ -15,7 +15,7 @@ export interface ScrubRoots {
   other?: Iterable<string>;
 }
 
-const PATH_TAIL = "[^\\s'\"`,;:)\\]}>]*";
+const PATH_TAIL = '[^\\s\'"`,;:)\\]}>]*';
 const VOLUME = /^\/([a-z0-9][a-z0-9-]*)\/([a-z0-9][a-z0-9.-]*?)-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?:\.qcow2|@|$)/;
 
 /**

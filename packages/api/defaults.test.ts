@@ -86,8 +86,14 @@ test('VirtualMachineInstance: disks, bus, pod network, firmware, guest memory', 
 
 test('VMI: no pod interface when autoattachPodInterface is false or interfaces are given; arm64 uses virtio', () => {
   const vmi: Any = {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'a' },
-    spec: { architecture: 'arm64', domain: { devices: { autoattachPodInterface: false, disks: [{ name: 'd', disk: {} }] } }, volumes: [{ name: 'd', emptyDisk: { capacity: '1Gi' } }] },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'a' },
+    spec: {
+      architecture: 'arm64',
+      domain: { devices: { autoattachPodInterface: false, disks: [{ name: 'd', disk: {} }] } },
+      volumes: [{ name: 'd', emptyDisk: { capacity: '1Gi' } }],
+    },
   };
   applyDefaults(VMI, vmi);
   assert.equal(vmi.spec.domain.devices.interfaces, undefined);
@@ -98,11 +104,19 @@ test('VMI: no pod interface when autoattachPodInterface is false or interfaces a
 });
 
 test('core kinds: Service, PVC, Namespace, Secret, StorageClass', () => {
-  const svc: Any = { apiVersion: 'v1', kind: 'Service', metadata: { name: 'web' }, spec: { ports: [{ port: 80 }, { port: 53, protocol: 'UDP', targetPort: 'dns' }] } };
+  const svc: Any = {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: 'web' },
+    spec: { ports: [{ port: 80 }, { port: 53, protocol: 'UDP', targetPort: 'dns' }] },
+  };
   applyDefaults(findByKind('v1', 'Service')!, svc);
   assert.equal(svc.spec.type, 'ClusterIP');
   assert.equal(svc.spec.sessionAffinity, 'None');
-  assert.deepEqual(svc.spec.ports, [{ port: 80, protocol: 'TCP', targetPort: 80 }, { port: 53, protocol: 'UDP', targetPort: 'dns' }]);
+  assert.deepEqual(svc.spec.ports, [
+    { port: 80, protocol: 'TCP', targetPort: 80 },
+    { port: 53, protocol: 'UDP', targetPort: 'dns' },
+  ]);
   const pvc: Any = { apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'p' }, spec: { accessModes: ['ReadWriteOnce'] } };
   applyDefaults(findByKind('v1', 'PersistentVolumeClaim')!, pvc);
   assert.equal(pvc.spec.volumeMode, 'Filesystem');
@@ -114,7 +128,13 @@ test('core kinds: Service, PVC, Namespace, Secret, StorageClass', () => {
   const secret: KubeObject = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 's' } };
   applyDefaults(findByKind('v1', 'Secret')!, secret);
   assert.equal(secret.type, 'Opaque');
-  const withStrings: Any = { apiVersion: 'v1', kind: 'Secret', metadata: { name: 's' }, data: { a: 'b2xk', keep: 'eA==' }, stringData: { a: 'new', 'user-data': '#cloud-config' } };
+  const withStrings: Any = {
+    apiVersion: 'v1',
+    kind: 'Secret',
+    metadata: { name: 's' },
+    data: { a: 'b2xk', keep: 'eA==' },
+    stringData: { a: 'new', 'user-data': '#cloud-config' },
+  };
   applyDefaults(findByKind('v1', 'Secret')!, withStrings);
   assert.deepEqual(withStrings.data, { a: 'bmV3', keep: 'eA==', 'user-data': 'I2Nsb3VkLWNvbmZpZw==' });
   assert.equal(withStrings.stringData, undefined);
@@ -129,10 +149,18 @@ test('NetworkPolicy: policyTypes and port protocols as Kubernetes defaults them'
   const deny: Any = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'deny' }, spec: { podSelector: {} } };
   applyDefaults(info, deny);
   assert.deepEqual(deny.spec.policyTypes, ['Ingress']);
-  const out: Any = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'out' }, spec: { podSelector: {}, egress: [{ ports: [{ port: 53 }, { port: 53, protocol: 'UDP' }] }] } };
+  const out: Any = {
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'NetworkPolicy',
+    metadata: { name: 'out' },
+    spec: { podSelector: {}, egress: [{ ports: [{ port: 53 }, { port: 53, protocol: 'UDP' }] }] },
+  };
   applyDefaults(info, out);
   assert.deepEqual(out.spec.policyTypes, ['Ingress', 'Egress']);
-  assert.deepEqual(out.spec.egress[0].ports, [{ port: 53, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }]);
+  assert.deepEqual(out.spec.egress[0].ports, [
+    { port: 53, protocol: 'TCP' },
+    { port: 53, protocol: 'UDP' },
+  ]);
   const kept: Any = { apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'k' }, spec: { podSelector: {}, policyTypes: ['Egress'] } };
   applyDefaults(info, kept);
   assert.deepEqual(kept.spec.policyTypes, ['Egress']);

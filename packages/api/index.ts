@@ -4,16 +4,7 @@
  * bundled schema files once.
  */
 export type { FieldCause, KindInfo, KubeObject, ObjectMeta, OwnerReference, PrinterColumn, ValidationResult } from './types.ts';
-export {
-  apiVersionOf,
-  findByKind,
-  findByResource,
-  groupVersions,
-  kinds,
-  kindsInCategory,
-  resolveName,
-  schemaNameFor,
-} from './kinds.ts';
+export { apiVersionOf, findByKind, findByResource, groupVersions, kinds, kindsInCategory, resolveName, schemaNameFor } from './kinds.ts';
 export { validateObject, type FieldValidation, type ValidateOptions } from './validate.ts';
 export { applyDefaults, applyVmiSpecDefaults, defaultDiskBus, firmwareUUID, uuidV5 } from './defaults.ts';
 export { openApiV2, openApiV3, openApiV3Hash, openApiV3Index, openApiV3Path, type OpenApiDocument } from './openapi.ts';
@@ -44,7 +35,19 @@ export * as storage from './storage.ts';
 export { embeddedMetadata, isReservedKey, withoutReserved, RESERVED_PREFIX, type EmbeddedMeta } from './reserved.ts';
 export * as snapshots from './snapshots.ts';
 export * as refs from './refs.ts';
-export { isObject, annotationsOf, phaseOf, runStrategyOf, claimVolumes, claimNames, NODE_UNRESPONSIVE, RESUME_MEMORY, CLONE_DISK_TYPE, type RunStrategy, type ClaimVolume } from './objects.ts';
+export {
+  isObject,
+  annotationsOf,
+  phaseOf,
+  runStrategyOf,
+  claimVolumes,
+  claimNames,
+  NODE_UNRESPONSIVE,
+  RESUME_MEMORY,
+  CLONE_DISK_TYPE,
+  type RunStrategy,
+  type ClaimVolume,
+} from './objects.ts';
 export * as ipam from './ipam.ts';
 export * as netpol from './netpol.ts';
 export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE, type Cidr } from './ip.ts';

@@ -40,7 +40,12 @@ export const MAC_ANNOTATION = 'vessel.io/mac';
 export const PARENT_UID_ANNOTATION = 'vessel.io/parent-uid';
 
 /** An IPAddress's spec.parentRef. */
-export interface ParentRef { group: string; resource: string; namespace?: string; name: string }
+export interface ParentRef {
+  group: string;
+  resource: string;
+  namespace?: string;
+  name: string;
+}
 
 /** "resource/namespace/name" (cluster-scoped: "resource/name"): one key per parent, for indexes and work queues. */
 export function parentKey(p: ParentRef): string {
@@ -52,7 +57,10 @@ const isObj = (v: unknown): v is Obj => typeof v === 'object' && v !== null && !
 const list = (v: unknown): Obj[] => (Array.isArray(v) ? v.filter(isObj) : []);
 
 /** A VM NIC on the cluster network: the interface's name and the MAC it asks for, if any. */
-export interface PodInterface { name: string; macAddress?: string }
+export interface PodInterface {
+  name: string;
+  macAddress?: string;
+}
 
 /**
  * The interface of a VMI spec (or VM template spec) on the `pod` network, matched by name, as
@@ -80,7 +88,8 @@ export function fixedIpProblem(field: string, value: string, cidr: Cidr): FieldC
   const ip = parseIPv4(value);
   if (ip === undefined) return invalid(field, value, 'must be an IPv4 address in canonical form, such as 10.244.0.5');
   if (ip < cidr.base || ip >= cidr.base + cidr.size) return invalid(field, value, `must be in the VM network ${cidr.text}`);
-  if (!isHostOf(cidr, ip)) return invalid(field, value, `is the ${ip === cidr.base ? 'network' : 'broadcast'} address of the VM network ${cidr.text}: pick a host address`);
+  if (!isHostOf(cidr, ip))
+    return invalid(field, value, `is the ${ip === cidr.base ? 'network' : 'broadcast'} address of the VM network ${cidr.text}: pick a host address`);
   return undefined;
 }
 
@@ -91,9 +100,7 @@ export function fixedIpField(kind: 'VirtualMachine' | 'VirtualMachineInstance'):
 
 /** The fixed address a VM (template annotation) or VMI (its own annotation) asks for. */
 export function fixedIpOf(kind: 'VirtualMachine' | 'VirtualMachineInstance', obj: { metadata?: unknown; spec?: unknown }): string | undefined {
-  const meta = kind === 'VirtualMachine'
-    ? (isObj(obj.spec) && isObj(obj.spec.template) ? obj.spec.template.metadata : undefined)
-    : obj.metadata;
+  const meta = kind === 'VirtualMachine' ? (isObj(obj.spec) && isObj(obj.spec.template) ? obj.spec.template.metadata : undefined) : obj.metadata;
   const v = isObj(meta) && isObj(meta.annotations) ? meta.annotations[FIXED_IP] : undefined;
   return typeof v === 'string' ? v : undefined;
 }
@@ -103,7 +110,9 @@ export function fixedIpOf(kind: 'VirtualMachine' | 'VirtualMachineInstance', obj
  * has one, else the VMI itself. What an agent looks up (by parent and `vessel.io/parent-uid`)
  * before it launches a VMI.
  */
-export function vmiParent(vmi: { metadata?: { name?: string; namespace?: string; uid?: string; ownerReferences?: { kind: string; name: string; uid: string; controller?: boolean }[] } }): ParentRef & { uid: string } {
+export function vmiParent(vmi: {
+  metadata?: { name?: string; namespace?: string; uid?: string; ownerReferences?: { kind: string; name: string; uid: string; controller?: boolean }[] };
+}): ParentRef & { uid: string } {
   const meta = vmi.metadata ?? {};
   const vm = (meta.ownerReferences ?? []).find((r) => r.kind === 'VirtualMachine' && r.controller);
   return vm

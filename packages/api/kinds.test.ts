@@ -56,22 +56,44 @@ test('upstream-accurate names, scope, subresources and columns', () => {
   assert.deepEqual(vm.categories, ['all']);
   assert.equal(vm.statusSubresource, true);
   assert.equal(vm.listKind, 'VirtualMachineList');
-  assert.deepEqual(vm.printerColumns.map((c) => c.name), ['Age', 'Status', 'Ready']);
+  assert.deepEqual(
+    vm.printerColumns.map((c) => c.name),
+    ['Age', 'Status', 'Ready'],
+  );
   assert.equal(vm.printerColumns[1].jsonPath, '.status.printableStatus');
   const vmi = findByKind('kubevirt.io/v1', 'VirtualMachineInstance')!;
   assert.equal(vmi.statusSubresource, false);
-  assert.deepEqual(vmi.printerColumns.filter((c) => !c.priority).map((c) => c.name), ['Age', 'Phase', 'IP', 'NodeName', 'Ready']);
+  assert.deepEqual(
+    vmi.printerColumns.filter((c) => !c.priority).map((c) => c.name),
+    ['Age', 'Phase', 'IP', 'NodeName', 'Ready'],
+  );
   assert.equal(vmi.printerColumns.find((c) => c.name === 'IP')?.jsonPath, '.status.interfaces[0].ipAddress');
   const dv = findByKind('cdi.kubevirt.io/v1beta1', 'DataVolume')!;
-  assert.deepEqual(dv.printerColumns.map((c) => c.name), ['Phase', 'Progress', 'Restarts', 'Age']);
+  assert.deepEqual(
+    dv.printerColumns.map((c) => c.name),
+    ['Phase', 'Progress', 'Restarts', 'Age'],
+  );
   const ns = findByKind('v1', 'Namespace')!;
   assert.equal(ns.printerColumns[0].jsonPath, '.status.phase');
   for (const k of ['Namespace', 'Node']) assert.equal(findByKind('v1', k)?.namespaced, false);
   assert.equal(findByKind('storage.k8s.io/v1', 'StorageClass')?.namespaced, false);
-  assert.deepEqual(kindsInCategory('all').map((k) => k.plural).sort(), [
-    'datasources', 'datavolumes', 'services', 'virtualmachineclones', 'virtualmachineinstancemigrations', 'virtualmachineinstances',
-    'virtualmachinerestores', 'virtualmachines', 'virtualmachinesnapshotcontents', 'virtualmachinesnapshots',
-  ]);
+  assert.deepEqual(
+    kindsInCategory('all')
+      .map((k) => k.plural)
+      .sort(),
+    [
+      'datasources',
+      'datavolumes',
+      'services',
+      'virtualmachineclones',
+      'virtualmachineinstancemigrations',
+      'virtualmachineinstances',
+      'virtualmachinerestores',
+      'virtualmachines',
+      'virtualmachinesnapshotcontents',
+      'virtualmachinesnapshots',
+    ],
+  );
   assert.deepEqual(groupVersions(), [
     { group: '', version: 'v1' },
     { group: 'storage.k8s.io', version: 'v1' },
@@ -100,22 +122,35 @@ test('snapshot and clone kinds: names, scope, status subresource and columns as 
   for (const [name, kind] of Object.entries(cases)) assert.equal(resolveName(name)?.kind, kind, name);
   const columns = (apiVersion: string, kind: string) => findByKind(apiVersion, kind)!.printerColumns.map((c) => `${c.name}=${c.jsonPath}`);
   assert.deepEqual(columns('snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshot'), [
-    'SourceKind=.spec.source.kind', 'SourceName=.spec.source.name', 'Phase=.status.phase', 'ReadyToUse=.status.readyToUse',
-    'CreationTime=.status.creationTime', 'Error=.status.error.message',
+    'SourceKind=.spec.source.kind',
+    'SourceName=.spec.source.name',
+    'Phase=.status.phase',
+    'ReadyToUse=.status.readyToUse',
+    'CreationTime=.status.creationTime',
+    'Error=.status.error.message',
   ]);
   assert.deepEqual(columns('snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshotContent'), [
-    'ReadyToUse=.status.readyToUse', 'CreationTime=.status.creationTime', 'Error=.status.error.message',
+    'ReadyToUse=.status.readyToUse',
+    'CreationTime=.status.creationTime',
+    'Error=.status.error.message',
   ]);
   assert.deepEqual(columns('snapshot.kubevirt.io/v1beta1', 'VirtualMachineRestore'), [
-    'TargetKind=.spec.target.kind', 'TargetName=.spec.target.name', 'Complete=.status.complete', 'RestoreTime=.status.restoreTime',
+    'TargetKind=.spec.target.kind',
+    'TargetName=.spec.target.name',
+    'Complete=.status.complete',
+    'RestoreTime=.status.restoreTime',
     'Error=.status.error.message',
   ]);
   assert.deepEqual(columns('clone.kubevirt.io/v1beta1', 'VirtualMachineClone'), [
-    'Phase=.status.phase', 'SourceVirtualMachine=.spec.source.name', 'TargetVirtualMachine=.spec.target.name',
+    'Phase=.status.phase',
+    'SourceVirtualMachine=.spec.source.name',
+    'TargetVirtualMachine=.spec.target.name',
   ]);
   for (const [apiVersion, kind] of [
-    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshot'], ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshotContent'],
-    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineRestore'], ['clone.kubevirt.io/v1beta1', 'VirtualMachineClone'],
+    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshot'],
+    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineSnapshotContent'],
+    ['snapshot.kubevirt.io/v1beta1', 'VirtualMachineRestore'],
+    ['clone.kubevirt.io/v1beta1', 'VirtualMachineClone'],
   ]) {
     const k = findByKind(apiVersion, kind)!;
     assert.equal(k.namespaced, true, kind);

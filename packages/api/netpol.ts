@@ -6,13 +6,37 @@
  */
 import { parseIPv4 } from './ip.ts';
 
-export interface LabelSelectorRequirement { key: string; operator: string; values?: string[] }
-export interface LabelSelector { matchLabels?: Record<string, string>; matchExpressions?: LabelSelectorRequirement[] }
-export interface NetworkPolicyPort { protocol?: string; port?: number | string; endPort?: number }
-export interface IPBlock { cidr: string; except?: string[] }
-export interface NetworkPolicyPeer { podSelector?: LabelSelector; namespaceSelector?: LabelSelector; ipBlock?: IPBlock }
-export interface NetworkPolicyIngressRule { ports?: NetworkPolicyPort[]; from?: NetworkPolicyPeer[] }
-export interface NetworkPolicyEgressRule { ports?: NetworkPolicyPort[]; to?: NetworkPolicyPeer[] }
+export interface LabelSelectorRequirement {
+  key: string;
+  operator: string;
+  values?: string[];
+}
+export interface LabelSelector {
+  matchLabels?: Record<string, string>;
+  matchExpressions?: LabelSelectorRequirement[];
+}
+export interface NetworkPolicyPort {
+  protocol?: string;
+  port?: number | string;
+  endPort?: number;
+}
+export interface IPBlock {
+  cidr: string;
+  except?: string[];
+}
+export interface NetworkPolicyPeer {
+  podSelector?: LabelSelector;
+  namespaceSelector?: LabelSelector;
+  ipBlock?: IPBlock;
+}
+export interface NetworkPolicyIngressRule {
+  ports?: NetworkPolicyPort[];
+  from?: NetworkPolicyPeer[];
+}
+export interface NetworkPolicyEgressRule {
+  ports?: NetworkPolicyPort[];
+  to?: NetworkPolicyPeer[];
+}
 export interface NetworkPolicySpec {
   podSelector?: LabelSelector;
   policyTypes?: string[];
@@ -31,11 +55,16 @@ export function matchesSelector(sel: LabelSelector | undefined, labels: Record<s
   for (const e of sel?.matchExpressions ?? []) {
     const has = Object.prototype.hasOwnProperty.call(l, e.key);
     const values = e.values ?? [];
-    const ok = e.operator === 'In' ? has && values.includes(l[e.key])
-      : e.operator === 'NotIn' ? !has || !values.includes(l[e.key])
-        : e.operator === 'Exists' ? has
-          : e.operator === 'DoesNotExist' ? !has
-            : false; // an unknown operator selects nothing rather than everything
+    const ok =
+      e.operator === 'In'
+        ? has && values.includes(l[e.key])
+        : e.operator === 'NotIn'
+          ? !has || !values.includes(l[e.key])
+          : e.operator === 'Exists'
+            ? has
+            : e.operator === 'DoesNotExist'
+              ? !has
+              : false; // an unknown operator selects nothing rather than everything
     if (!ok) return false;
   }
   return true;
@@ -43,7 +72,9 @@ export function matchesSelector(sel: LabelSelector | undefined, labels: Record<s
 
 /** kubectl's form (metav1.FormatLabelSelector): `app=web,tier in (a,b),!x`, `<none>` when empty. */
 export function formatSelector(sel: LabelSelector | undefined): string {
-  const parts = Object.entries(sel?.matchLabels ?? {}).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}=${v}`);
+  const parts = Object.entries(sel?.matchLabels ?? {})
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([k, v]) => `${k}=${v}`);
   for (const e of sel?.matchExpressions ?? []) {
     const values = [...(e.values ?? [])].sort().join(',');
     if (e.operator === 'In') parts.push(`${e.key} in (${values})`);
@@ -55,7 +86,11 @@ export function formatSelector(sel: LabelSelector | undefined): string {
 }
 
 /** An IPv4 block `a.b.c.d/n` with any prefix 0..32; host bits are masked (Kubernetes accepts them). */
-export interface Block { base: number; prefix: number; text: string }
+export interface Block {
+  base: number;
+  prefix: number;
+  text: string;
+}
 
 export function parseBlock(s: string): Block | undefined {
   const m = /^([^/]+)\/(\d{1,2})$/.exec(s);
@@ -73,13 +108,13 @@ export function parseBlock(s: string): Block | undefined {
 export function strictlyWithin(inner: Block, outer: Block): boolean {
   if (inner.prefix <= outer.prefix) return false;
   const mask = outer.prefix === 0 ? 0 : (0xffffffff << (32 - outer.prefix)) >>> 0;
-  return ((inner.base & mask) >>> 0) === outer.base;
+  return (inner.base & mask) >>> 0 === outer.base;
 }
 
 /** Whether address `ip` (a number) lies in the block. */
 export function blockHas(b: Block, ip: number): boolean {
   const mask = b.prefix === 0 ? 0 : (0xffffffff << (32 - b.prefix)) >>> 0;
-  return ((ip & mask) >>> 0) === b.base;
+  return (ip & mask) >>> 0 === b.base;
 }
 
 /** The policy types of a spec, defaulted as Kubernetes does: Ingress always, Egress when egress rules exist. */

@@ -7,7 +7,8 @@ import type { KubeObject } from './types.ts';
 type Obj = Record<string, unknown>;
 
 /** A JSON object (not null, not an array); `T` names what its members are known to be (e.g. JSON values). */
-export const isObject = <T extends Record<string, unknown> = Record<string, unknown>>(v: unknown): v is T => typeof v === 'object' && v !== null && !Array.isArray(v);
+export const isObject = <T extends Record<string, unknown> = Record<string, unknown>>(v: unknown): v is T =>
+  typeof v === 'object' && v !== null && !Array.isArray(v);
 
 /** An object's annotations ({} when it has none). */
 export const annotationsOf = (o: { metadata?: { annotations?: Record<string, string> } }): Record<string, string> => o.metadata?.annotations ?? {};
@@ -32,12 +33,16 @@ export function runStrategyOf(vm: KubeObject): RunStrategy {
 }
 
 /** One volume of a VM or VMI that is backed by a claim: a DataVolume's claim has the DataVolume's name. */
-export interface ClaimVolume { volume: string; claim: string; kind: 'dataVolume' | 'claim' }
+export interface ClaimVolume {
+  volume: string;
+  claim: string;
+  kind: 'dataVolume' | 'claim';
+}
 
 /** The claim-backed volumes of a VMI (spec.volumes) or a VM (spec.template.spec.volumes). */
 export function claimVolumes(o: KubeObject): ClaimVolume[] {
   const spec = o.spec as Obj | undefined;
-  const vmiSpec = o.kind === 'VirtualMachine' || isObject(spec?.template) ? (spec?.template as Obj | undefined)?.spec as Obj | undefined : spec;
+  const vmiSpec = o.kind === 'VirtualMachine' || isObject(spec?.template) ? ((spec?.template as Obj | undefined)?.spec as Obj | undefined) : spec;
   const vols = (vmiSpec?.volumes as { name?: string; persistentVolumeClaim?: { claimName?: string }; dataVolume?: { name?: string } }[] | undefined) ?? [];
   const out: ClaimVolume[] = [];
   for (const v of vols) {

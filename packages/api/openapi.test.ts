@@ -53,7 +53,14 @@ function explain(d: J, gvk: { group: string; version: string; kind: string }, pa
 test('the /openapi/v3 index lists every served group/version with a hash', () => {
   const idx = openApiV3Index();
   assert.deepEqual(Object.keys(idx.paths), [
-    'api/v1', 'apis/storage.k8s.io/v1', 'apis/networking.k8s.io/v1', 'apis/discovery.k8s.io/v1', 'apis/kubevirt.io/v1', 'apis/cdi.kubevirt.io/v1beta1', 'apis/snapshot.kubevirt.io/v1beta1', 'apis/clone.kubevirt.io/v1beta1',
+    'api/v1',
+    'apis/storage.k8s.io/v1',
+    'apis/networking.k8s.io/v1',
+    'apis/discovery.k8s.io/v1',
+    'apis/kubevirt.io/v1',
+    'apis/cdi.kubevirt.io/v1beta1',
+    'apis/snapshot.kubevirt.io/v1beta1',
+    'apis/clone.kubevirt.io/v1beta1',
   ]);
   assert.match(idx.paths['apis/kubevirt.io/v1'].serverRelativeURL, /^\/openapi\/v3\/apis\/kubevirt\.io\/v1\?hash=[0-9A-F]{128}$/);
   assert.equal(openApiV3('apps', 'v1'), undefined);
@@ -73,7 +80,10 @@ test('every kind: operations carry the GVK, and exactly one schema has it (kubec
     const holders = Object.entries(schemas).filter(([, s]) =>
       (s['x-kubernetes-group-version-kind'] as J[] | undefined)?.some((g) => g.kind === k.kind && g.group === k.group && g.version === k.version),
     );
-    assert.deepEqual(holders.map(([n]) => n), [schemaNameFor(k)]);
+    assert.deepEqual(
+      holders.map(([n]) => n),
+      [schemaNameFor(k)],
+    );
     const list = schemas[`${schemaNameFor(k)}List`];
     assert.deepEqual(list['x-kubernetes-group-version-kind'], [{ group: k.group, kind: k.listKind, version: k.version }]);
   }
@@ -87,7 +97,10 @@ test('every PATCH operation has an inline fieldValidation query parameter (serve
         const o = item[m] as J | undefined;
         if (!o) continue;
         const params = o.parameters as J[];
-        assert.ok(params.some((x) => x.name === 'fieldValidation' && x.in === 'query'), `${m} ${p}`);
+        assert.ok(
+          params.some((x) => x.name === 'fieldValidation' && x.in === 'query'),
+          `${m} ${p}`,
+        );
       }
     }
   }
@@ -106,8 +119,14 @@ test('strategic merge patch is offered for built-in kinds only', () => {
 
 test('all $refs resolve within each document', () => {
   for (const { group, version } of [
-    { group: '', version: 'v1' }, { group: 'storage.k8s.io', version: 'v1' }, { group: 'kubevirt.io', version: 'v1' }, { group: 'cdi.kubevirt.io', version: 'v1beta1' },
-    { group: 'networking.k8s.io', version: 'v1' }, { group: 'discovery.k8s.io', version: 'v1' }, { group: 'snapshot.kubevirt.io', version: 'v1beta1' }, { group: 'clone.kubevirt.io', version: 'v1beta1' },
+    { group: '', version: 'v1' },
+    { group: 'storage.k8s.io', version: 'v1' },
+    { group: 'kubevirt.io', version: 'v1' },
+    { group: 'cdi.kubevirt.io', version: 'v1beta1' },
+    { group: 'networking.k8s.io', version: 'v1' },
+    { group: 'discovery.k8s.io', version: 'v1' },
+    { group: 'snapshot.kubevirt.io', version: 'v1beta1' },
+    { group: 'clone.kubevirt.io', version: 'v1beta1' },
   ]) {
     const d = doc(group, version);
     const visit = (v: Json): void => {
@@ -157,7 +176,7 @@ test('Swagger 2.0: definitions named like io.kubevirt.v1.VirtualMachine with GVK
   assert.ok(!text.includes('"oneOf"'));
   // The meta types carry the GVK of every group.
   assert.equal((defs['io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions']['x-kubernetes-group-version-kind'] as J[]).length, 8);
-  const patch = ((v2.paths as Record<string, J>)['/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}'].patch as J);
+  const patch = (v2.paths as Record<string, J>)['/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}'].patch as J;
   assert.ok((patch.parameters as J[]).some((p) => p.name === 'fieldValidation' && p.in === 'query'));
   assert.ok((patch.parameters as J[]).some((p) => p.in === 'body'));
 });

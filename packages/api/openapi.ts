@@ -70,13 +70,20 @@ function queryParam(name: string, description: string, type: 'string' | 'boolean
 
 const P = {
   pretty: queryParam('pretty', "If 'true', then the output is pretty printed."),
-  dryRun: queryParam('dryRun', 'When present, indicates that modifications should not be persisted. Valid values are: - All: all dry run stages will be processed'),
+  dryRun: queryParam(
+    'dryRun',
+    'When present, indicates that modifications should not be persisted. Valid values are: - All: all dry run stages will be processed',
+  ),
   fieldManager: queryParam('fieldManager', 'fieldManager is a name associated with the actor or entity that is making these changes.'),
   fieldValidation: queryParam(
     'fieldValidation',
     'fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields. Valid values are: - Ignore: unknown fields are dropped silently. - Warn: unknown fields are dropped and a warning is returned for each one. - Strict: the request fails with BadRequest on unknown fields. kubectl sends Strict by default.',
   ),
-  force: queryParam('force', 'Force is going to "force" Apply requests. It means user will re-acquire conflicting fields owned by other people. Force flag must be unset for non-apply patch requests.', 'boolean'),
+  force: queryParam(
+    'force',
+    'Force is going to "force" Apply requests. It means user will re-acquire conflicting fields owned by other people. Force flag must be unset for non-apply patch requests.',
+    'boolean',
+  ),
   gracePeriodSeconds: queryParam('gracePeriodSeconds', 'The duration in seconds before the object should be deleted.', 'integer'),
   propagationPolicy: queryParam('propagationPolicy', "Whether and how garbage collection will be performed: 'Orphan', 'Background' or 'Foreground'."),
   allowWatchBookmarks: queryParam('allowWatchBookmarks', 'allowWatchBookmarks requests watch events with type "BOOKMARK".', 'boolean'),
@@ -89,11 +96,34 @@ const P = {
   sendInitialEvents: queryParam('sendInitialEvents', 'sendInitialEvents=true may be set together with watch=true.', 'boolean'),
   timeoutSeconds: queryParam('timeoutSeconds', 'Timeout for the list/watch call.', 'integer'),
   watch: queryParam('watch', 'Watch for changes to the described resources and return them as a stream of add, update, and remove notifications.', 'boolean'),
-  name: (kind: string): JsonSchema => ({ name: 'name', in: 'path', description: `name of the ${kind}`, required: true, schema: { type: 'string', uniqueItems: true } }),
-  namespace: { name: 'namespace', in: 'path', description: 'object name and auth scope, such as for teams and projects', required: true, schema: { type: 'string', uniqueItems: true } } as JsonSchema,
+  name: (kind: string): JsonSchema => ({
+    name: 'name',
+    in: 'path',
+    description: `name of the ${kind}`,
+    required: true,
+    schema: { type: 'string', uniqueItems: true },
+  }),
+  namespace: {
+    name: 'namespace',
+    in: 'path',
+    description: 'object name and auth scope, such as for teams and projects',
+    required: true,
+    schema: { type: 'string', uniqueItems: true },
+  } as JsonSchema,
 };
 
-const LIST_PARAMS = [P.allowWatchBookmarks, P.continue, P.fieldSelector, P.labelSelector, P.limit, P.resourceVersion, P.resourceVersionMatch, P.sendInitialEvents, P.timeoutSeconds, P.watch];
+const LIST_PARAMS = [
+  P.allowWatchBookmarks,
+  P.continue,
+  P.fieldSelector,
+  P.labelSelector,
+  P.limit,
+  P.resourceVersion,
+  P.resourceVersionMatch,
+  P.sendInitialEvents,
+  P.timeoutSeconds,
+  P.watch,
+];
 const WRITE_PARAMS = [P.dryRun, P.fieldManager, P.fieldValidation];
 
 function content(schema: JsonSchema, types = ['application/json', 'application/yaml']): JsonSchema {
@@ -117,7 +147,10 @@ function patchTypes(info: KindInfo): string[] {
 
 function opId(verb: string, info: KindInfo, namespaced: boolean, suffix = ''): string {
   const g = info.group
-    ? info.group.split('.').map((w) => w[0].toUpperCase() + w.slice(1)).join('')
+    ? info.group
+        .split('.')
+        .map((w) => w[0].toUpperCase() + w.slice(1))
+        .join('')
     : 'Core';
   const v = info.version[0].toUpperCase() + info.version.slice(1);
   return `${verb}${g}${v}${namespaced ? 'Namespaced' : ''}${info.kind}${suffix}`;
@@ -163,10 +196,26 @@ function pathsFor(info: KindInfo): Record<string, JsonSchema> {
 
   paths[collection] = {
     get: op(info, 'list', 'list', ns, `list or watch objects of kind ${info.kind}`, LIST_PARAMS, ok(list)),
-    post: op(info, 'post', 'create', ns, `create a ${info.kind}`, WRITE_PARAMS, { ...ok(schema), ...ok(schema, '201'), '202': { description: 'Accepted', content: content(ref(schema)) } }, body(schema)),
-    delete: op(info, 'deletecollection', 'deletecollection', ns, `delete collection of ${info.kind}`,
+    post: op(
+      info,
+      'post',
+      'create',
+      ns,
+      `create a ${info.kind}`,
+      WRITE_PARAMS,
+      { ...ok(schema), ...ok(schema, '201'), '202': { description: 'Accepted', content: content(ref(schema)) } },
+      body(schema),
+    ),
+    delete: op(
+      info,
+      'deletecollection',
+      'deletecollection',
+      ns,
+      `delete collection of ${info.kind}`,
       [...LIST_PARAMS.filter((p) => p.name !== 'watch' && p.name !== 'allowWatchBookmarks'), P.dryRun, P.gracePeriodSeconds, P.propagationPolicy],
-      ok(STATUS), { content: content(ref(DELETE_OPTIONS)) }),
+      ok(STATUS),
+      { content: content(ref(DELETE_OPTIONS)) },
+    ),
     parameters: scopeParams,
   };
   const item = `${collection}/{name}`;
@@ -174,16 +223,53 @@ function pathsFor(info: KindInfo): Record<string, JsonSchema> {
   paths[item] = {
     get: op(info, 'get', 'read', ns, `read the specified ${info.kind}`, [], ok(schema)),
     put: op(info, 'put', 'replace', ns, `replace the specified ${info.kind}`, WRITE_PARAMS, { ...ok(schema), ...ok(schema, '201') }, body(schema)),
-    patch: op(info, 'patch', 'patch', ns, `partially update the specified ${info.kind}`, [...WRITE_PARAMS, P.force], { ...ok(schema), ...ok(schema, '201') }, patchBody),
-    delete: op(info, 'delete', 'delete', ns, `delete a ${info.kind}`, [P.dryRun, P.gracePeriodSeconds, P.propagationPolicy],
-      { ...ok(STATUS), '202': { description: 'Accepted', content: content(ref(STATUS)) } }, { content: content(ref(DELETE_OPTIONS)) }),
+    patch: op(
+      info,
+      'patch',
+      'patch',
+      ns,
+      `partially update the specified ${info.kind}`,
+      [...WRITE_PARAMS, P.force],
+      { ...ok(schema), ...ok(schema, '201') },
+      patchBody,
+    ),
+    delete: op(
+      info,
+      'delete',
+      'delete',
+      ns,
+      `delete a ${info.kind}`,
+      [P.dryRun, P.gracePeriodSeconds, P.propagationPolicy],
+      { ...ok(STATUS), '202': { description: 'Accepted', content: content(ref(STATUS)) } },
+      { content: content(ref(DELETE_OPTIONS)) },
+    ),
     parameters: [P.name(info.kind), ...scopeParams],
   };
   if (info.statusSubresource) {
     paths[`${item}/status`] = {
       get: op(info, 'get', 'read', ns, `read status of the specified ${info.kind}`, [], ok(schema), undefined, 'Status'),
-      put: op(info, 'put', 'replace', ns, `replace status of the specified ${info.kind}`, WRITE_PARAMS, { ...ok(schema), ...ok(schema, '201') }, body(schema), 'Status'),
-      patch: op(info, 'patch', 'patch', ns, `partially update status of the specified ${info.kind}`, [...WRITE_PARAMS, P.force], { ...ok(schema), ...ok(schema, '201') }, patchBody, 'Status'),
+      put: op(
+        info,
+        'put',
+        'replace',
+        ns,
+        `replace status of the specified ${info.kind}`,
+        WRITE_PARAMS,
+        { ...ok(schema), ...ok(schema, '201') },
+        body(schema),
+        'Status',
+      ),
+      patch: op(
+        info,
+        'patch',
+        'patch',
+        ns,
+        `partially update status of the specified ${info.kind}`,
+        [...WRITE_PARAMS, P.force],
+        { ...ok(schema), ...ok(schema, '201') },
+        patchBody,
+        'Status',
+      ),
       parameters: [P.name(info.kind), ...scopeParams],
     };
   }
@@ -215,7 +301,11 @@ function buildV3(group: string, version: string): OpenApiDocument | undefined {
     gvks.set(`${schemaNameFor(k)}List`, [gvkOf(k, k.listKind)]);
   }
   // Like kube-apiserver, the meta types carry the GVK of every group they are served in.
-  for (const [n, kind] of [[STATUS, 'Status'], [DELETE_OPTIONS, 'DeleteOptions'], [WATCH_EVENT, 'WatchEvent']] as const) {
+  for (const [n, kind] of [
+    [STATUS, 'Status'],
+    [DELETE_OPTIONS, 'DeleteOptions'],
+    [WATCH_EVENT, 'WatchEvent'],
+  ] as const) {
     gvks.set(n, [{ group, kind, version }]);
   }
   for (const n of [...names, PATCH].sort()) {

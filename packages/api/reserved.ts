@@ -25,7 +25,10 @@ export function withoutReserved(map: Record<string, string> | undefined): Record
 type Obj = Record<string, unknown>;
 
 /** One object metadata inside an object, with the field path that names it. */
-export interface EmbeddedMeta { path: string; meta: Obj }
+export interface EmbeddedMeta {
+  path: string;
+  meta: Obj;
+}
 
 /**
  * Every object metadata in `obj` whose labels or annotations a controller may copy into an
@@ -34,14 +37,19 @@ export interface EmbeddedMeta { path: string; meta: Obj }
  */
 export function embeddedMetadata(obj: Obj): EmbeddedMeta[] {
   const out: EmbeddedMeta[] = [];
-  const add = (path: string, v: unknown) => { if (isObj(v)) out.push({ path, meta: v }); };
+  const add = (path: string, v: unknown) => {
+    if (isObj(v)) out.push({ path, meta: v });
+  };
   const vmLike = (prefix: string, o: unknown) => {
     if (!isObj(o)) return;
     add(`${prefix}metadata`, o.metadata);
     const spec = o.spec;
     if (!isObj(spec)) return;
     if (isObj(spec.template)) add(`${prefix}spec.template.metadata`, spec.template.metadata);
-    if (Array.isArray(spec.dataVolumeTemplates)) spec.dataVolumeTemplates.forEach((t, i) => { if (isObj(t)) add(`${prefix}spec.dataVolumeTemplates[${i}].metadata`, t.metadata); });
+    if (Array.isArray(spec.dataVolumeTemplates))
+      spec.dataVolumeTemplates.forEach((t, i) => {
+        if (isObj(t)) add(`${prefix}spec.dataVolumeTemplates[${i}].metadata`, t.metadata);
+      });
   };
   vmLike('', obj);
   const source = isObj(obj.spec) && isObj(obj.spec.source) ? obj.spec.source : undefined;

@@ -51,15 +51,7 @@ export interface StringNode {
   format: string | null;
 }
 export type SchemaNode =
-  | ObjectNode
-  | ArrayNode
-  | StringNode
-  | { t: 'integer' }
-  | { t: 'number' }
-  | { t: 'boolean' }
-  | { t: 'quantity' }
-  | { t: 'intOrString' }
-  | { t: 'any' };
+  ObjectNode | ArrayNode | StringNode | { t: 'integer' } | { t: 'number' } | { t: 'boolean' } | { t: 'quantity' } | { t: 'intOrString' } | { t: 'any' };
 
 const ANY: SchemaNode = { t: 'any' };
 const PRIMS: Record<string, SchemaNode> = {

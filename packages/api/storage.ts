@@ -37,8 +37,18 @@ export const AGENT_AUTH_SECRET = 'vessel-agent-auth';
 export const GOLDEN_IMAGES_NAMESPACE = 'vessel-images';
 
 export type DataVolumePhase =
-  | 'Pending' | 'PVCBound' | 'ImportScheduled' | 'ImportInProgress' | 'CloneScheduled' | 'CloneInProgress'
-  | 'UploadScheduled' | 'UploadReady' | 'WaitForFirstConsumer' | 'Succeeded' | 'Failed' | 'Unknown';
+  | 'Pending'
+  | 'PVCBound'
+  | 'ImportScheduled'
+  | 'ImportInProgress'
+  | 'CloneScheduled'
+  | 'CloneInProgress'
+  | 'UploadScheduled'
+  | 'UploadReady'
+  | 'WaitForFirstConsumer'
+  | 'Succeeded'
+  | 'Failed'
+  | 'Unknown';
 
 /** Where a DataVolume's bytes come from, after resolving sourceRef: the agent's view of spec.source. */
 export type PopulationSource =
@@ -58,8 +68,16 @@ export const RESTORE_SOURCE = 'vessel.io/restore-source';
 export function populationSource(spec: Record<string, unknown>, namespace: string, annotations: Record<string, string> = {}): PopulationSource | undefined {
   const source = (spec.source ?? {}) as Record<string, Record<string, unknown> | undefined>;
   const s = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
-  if (source.http) return { kind: 'http', url: String(source.http.url), certConfigMap: s(source.http.certConfigMap), secretRef: s(source.http.secretRef), checksum: s(annotations[CHECKSUM]) };
-  if (source.registry) return { kind: 'registry', url: String(source.registry.url), certConfigMap: s(source.registry.certConfigMap), secretRef: s(source.registry.secretRef) };
+  if (source.http)
+    return {
+      kind: 'http',
+      url: String(source.http.url),
+      certConfigMap: s(source.http.certConfigMap),
+      secretRef: s(source.http.secretRef),
+      checksum: s(annotations[CHECKSUM]),
+    };
+  if (source.registry)
+    return { kind: 'registry', url: String(source.registry.url), certConfigMap: s(source.registry.certConfigMap), secretRef: s(source.registry.secretRef) };
   if (source.upload) return { kind: 'upload' };
   if (source.blank) return { kind: 'blank' };
   if (source.pvc) return { kind: 'pvc', namespace: s(source.pvc.namespace) ?? namespace, name: String(source.pvc.name) };
@@ -73,15 +91,22 @@ export function phasesFor(kind: PopulationSource['kind']): { scheduled: DataVolu
   return { scheduled: 'ImportScheduled', running: 'ImportInProgress' };
 }
 
-export interface NodePool { dir: string; shared: boolean }
+export interface NodePool {
+  dir: string;
+  shared: boolean;
+}
 
 /** The pools a Node's agent serves (its NODE_POOLS annotation; none when unreadable). */
 export function nodePools(node: KubeObject): Record<string, NodePool> {
   const raw = node.metadata?.annotations?.[NODE_POOLS];
-  try { return raw ? (JSON.parse(raw) as Record<string, NodePool>) : {}; } catch { return {}; }
+  try {
+    return raw ? (JSON.parse(raw) as Record<string, NodePool>) : {};
+  } catch {
+    return {};
+  }
 }
 
 export function isNodeReady(node: KubeObject): boolean {
-  const conds = ((node.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions) ?? [];
+  const conds = (node.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions ?? [];
   return conds.some((c) => c.type === 'Ready' && c.status === 'True');
 }

@@ -261,7 +261,8 @@ export function unsupportedVmiSpecFields(spec: unknown, path: string, opts: { ol
       return;
     }
     if (allow === F) {
-      if (value !== false) causes.push({ reason: Reason.NotSupported, field: p, message: `Unsupported value: ${show(value)}: only false is supported by Vessel yet` });
+      if (value !== false)
+        causes.push({ reason: Reason.NotSupported, field: p, message: `Unsupported value: ${show(value)}: only false is supported by Vessel yet` });
       return;
     }
     const fields = allow as { readonly [key: string]: FieldSupport };

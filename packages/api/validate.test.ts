@@ -149,16 +149,61 @@ test('CPU: negative quantities and topology counts are refused at their path, as
     return causeAt(run(VM, vm).causes, field).message;
   };
   const T = 'spec.template.spec.domain';
-  assert.match(at((d) => { d.resources.requests.cpu = '-1'; }, `${T}.resources.requests.cpu`), /^Invalid value: "-1": must be greater than or equal to 0/);
-  assert.match(at((d) => { d.resources.limits = { cpu: '-500m' }; }, `${T}.resources.limits.cpu`), /"-500m": must be greater than or equal to 0/);
-  assert.match(at((d) => { d.resources.requests.cpu = -2; }, `${T}.resources.requests.cpu`), /-2: must be greater than or equal to 0/);
-  assert.match(at((d) => { d.cpu.cores = -1; }, `${T}.cpu.cores`), /-1: must be greater than or equal to 0/);
-  assert.match(at((d) => { d.cpu.sockets = -4; }, `${T}.cpu.sockets`), /must be greater than or equal to 0/);
-  assert.match(at((d) => { d.cpu.threads = -1; }, `${T}.cpu.threads`), /must be greater than or equal to 0/);
-  assert.match(at((d) => { d.cpu = { sockets: 16, cores: 16, threads: 2 }; }, `${T}.cpu`), /at most 255 vCPUs/);
-  assert.match(at((d) => { d.resources = { requests: { memory: '2Gi', cpu: '4' }, limits: { cpu: '2' } }; }, `${T}.resources.requests.cpu`), /less than or equal to the CPU limit 2/);
+  assert.match(
+    at((d) => {
+      d.resources.requests.cpu = '-1';
+    }, `${T}.resources.requests.cpu`),
+    /^Invalid value: "-1": must be greater than or equal to 0/,
+  );
+  assert.match(
+    at((d) => {
+      d.resources.limits = { cpu: '-500m' };
+    }, `${T}.resources.limits.cpu`),
+    /"-500m": must be greater than or equal to 0/,
+  );
+  assert.match(
+    at((d) => {
+      d.resources.requests.cpu = -2;
+    }, `${T}.resources.requests.cpu`),
+    /-2: must be greater than or equal to 0/,
+  );
+  assert.match(
+    at((d) => {
+      d.cpu.cores = -1;
+    }, `${T}.cpu.cores`),
+    /-1: must be greater than or equal to 0/,
+  );
+  assert.match(
+    at((d) => {
+      d.cpu.sockets = -4;
+    }, `${T}.cpu.sockets`),
+    /must be greater than or equal to 0/,
+  );
+  assert.match(
+    at((d) => {
+      d.cpu.threads = -1;
+    }, `${T}.cpu.threads`),
+    /must be greater than or equal to 0/,
+  );
+  assert.match(
+    at((d) => {
+      d.cpu = { sockets: 16, cores: 16, threads: 2 };
+    }, `${T}.cpu`),
+    /at most 255 vCPUs/,
+  );
+  assert.match(
+    at((d) => {
+      d.resources = { requests: { memory: '2Gi', cpu: '4' }, limits: { cpu: '2' } };
+    }, `${T}.resources.requests.cpu`),
+    /less than or equal to the CPU limit 2/,
+  );
   // The same rules for a standalone VMI.
-  const vmi: Any = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'x', namespace: 'default' }, spec: structuredClone((fedoraVM() as Any).spec.template.spec) };
+  const vmi: Any = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'x', namespace: 'default' },
+    spec: structuredClone((fedoraVM() as Any).spec.template.spec),
+  };
   vmi.spec.domain.resources.requests.cpu = '-1';
   causeAt(run(VMI, vmi).causes, 'spec.domain.resources.requests.cpu');
   // Zero means unset (Kubernetes allows 0; KubeVirt then takes the vCPUs from elsewhere); positive is fine.
@@ -226,11 +271,14 @@ test('a GPU (a VMI field Vessel does not implement) is refused, naming the field
   vm.spec.instancetype = { name: 'u1.medium' };
   const r = run(VM, vm);
   // The argv builder could not start it: refused now rather than failing at every start.
-  assert.deepEqual(r.causes.map((c) => [c.field, c.reason, c.message]), [
-    ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
-    ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
-    ['spec.template.spec.volumes[2].hostDisk', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
-  ]);
+  assert.deepEqual(
+    r.causes.map((c) => [c.field, c.reason, c.message]),
+    [
+      ['spec.template.spec.domain.devices.interfaces[0].pciAddress', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
+      ['spec.template.spec.domain.devices.gpus', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
+      ['spec.template.spec.volumes[2].hostDisk', 'FieldValueNotSupported', 'Unsupported field: not supported by Vessel yet'],
+    ],
+  );
   assert.deepEqual(r.warnings, ['spec.instancetype: not implemented by Vessel yet; accepted and ignored']);
   // Still structurally validated below, and a typo is reported once, as unknown.
   vm.spec.template.spec.domain.devices.gpus[0].deviceNam = 'typo';
@@ -238,7 +286,12 @@ test('a GPU (a VMI field Vessel does not implement) is refused, naming the field
   const typo = run(VM, vm).causes;
   causeAt(typo, 'spec.template.spec.domain.devices.gpus[0].deviceNam');
   assert.equal(typo.filter((c) => c.field === 'spec.template.spec.domain.cpu.numaa').length, 1);
-  assert.deepEqual(run(VM, vm, { fieldValidation: 'Ignore' }).causes.map((c) => c.field).filter((f) => f.includes('numaa')), []);
+  assert.deepEqual(
+    run(VM, vm, { fieldValidation: 'Ignore' })
+      .causes.map((c) => c.field)
+      .filter((f) => f.includes('numaa')),
+    [],
+  );
   // false-only fields: off is fine, on is refused.
   const cpu: Any = fedoraVM();
   cpu.spec.template.spec.domain.cpu.dedicatedCpuPlacement = false;
@@ -253,23 +306,108 @@ test('values Vessel cannot run are refused at their field, with the supported on
     mutate(vm.spec.template.spec);
     return causeAt(run(VM, vm).causes, `spec.template.spec.${field}`).message;
   };
-  assert.equal(at((s) => { s.architecture = 'arm64'; }, 'architecture'), 'Unsupported value: "arm64": supported values: "amd64"');
-  assert.match(at((s) => { s.domain.machine.type = 'isapc'; }, 'domain.machine.type'), /^Unsupported value: "isapc": supported values: "q35", "pc"/);
-  assert.equal(at((s) => { s.domain.devices.disks[0].disk.bus = 'usb'; }, 'domain.devices.disks[0].disk.bus'), 'Unsupported value: "usb": supported values: "virtio", "sata", "scsi"');
-  assert.match(at((s) => { s.domain.devices.disks[0].cache = 'unsafe'; }, 'domain.devices.disks[0].cache'), /^Unsupported value: "unsafe": supported values: "none", "writethrough", "writeback"/);
-  assert.match(at((s) => { s.domain.devices.interfaces[0].model = 'vmxnet3'; }, 'domain.devices.interfaces[0].model'), /^Unsupported value: "vmxnet3"/);
-  assert.match(at((s) => { s.domain.clock = { utc: { offsetSeconds: 3600 } }; }, 'domain.clock.utc.offsetSeconds'), /^Unsupported value: 3600: supported values: "0"/);
-  assert.match(at((s) => { s.domain.memory = { hugepages: {} }; }, 'domain.memory.hugepages.pageSize'), /^Required value/);
-  assert.match(at((s) => { s.domain.devices.interfaces[0].macAddress = '02:00:00:00:01'; }, 'domain.devices.interfaces[0].macAddress'), /must be a MAC address/);
-  assert.match(at((s) => { s.domain.devices.interfaces[0].macAddress = '01:00:5e:00:00:01'; }, 'domain.devices.interfaces[0].macAddress'), /must be a unicast address/);
-  assert.match(at((s) => { s.domain.firmware = { uuid: 'abc' }; }, 'domain.firmware.uuid'), /must be a UUID/);
-  assert.match(at((s) => { s.domain.resources.requests.memory = '8Mi'; }, 'domain.resources.requests.memory'), /must be at least 16Mi/);
-  assert.match(at((s) => { s.domain.memory = { guest: '15Mi' }; }, 'domain.memory.guest'), /must be at least 16Mi/);
-  assert.match(at((s) => { s.domain.devices.disks[0].blockSize = { custom: { logical: 1000 } }; }, 'domain.devices.disks[0].blockSize.custom.logical'), /power of two/);
-  assert.match(at((s) => { s.networks[0].pod = { vmNetworkCIDR: '10.0.0.0/30' }; }, 'networks[0].pod.vmNetworkCIDR'), /prefix length from 8 to 29/);
-  assert.match(at((s) => { s.domain.devices.watchdog = { name: 'wd' }; }, 'domain.devices.watchdog.i6300esb'), /^Required value/);
-  assert.match(at((s) => { s.domain.firmware = { kernelBoot: { kernelArgs: 'console=ttyS0' } }; }, 'domain.firmware.kernelBoot.container'), /kernelArgs need a kernel container/);
-  assert.match(at((s) => { s.domain.firmware = { kernelBoot: { container: { image: 'k' } } }; }, 'domain.firmware.kernelBoot.container.kernelPath'), /^Required value/);
+  assert.equal(
+    at((s) => {
+      s.architecture = 'arm64';
+    }, 'architecture'),
+    'Unsupported value: "arm64": supported values: "amd64"',
+  );
+  assert.match(
+    at((s) => {
+      s.domain.machine.type = 'isapc';
+    }, 'domain.machine.type'),
+    /^Unsupported value: "isapc": supported values: "q35", "pc"/,
+  );
+  assert.equal(
+    at((s) => {
+      s.domain.devices.disks[0].disk.bus = 'usb';
+    }, 'domain.devices.disks[0].disk.bus'),
+    'Unsupported value: "usb": supported values: "virtio", "sata", "scsi"',
+  );
+  assert.match(
+    at((s) => {
+      s.domain.devices.disks[0].cache = 'unsafe';
+    }, 'domain.devices.disks[0].cache'),
+    /^Unsupported value: "unsafe": supported values: "none", "writethrough", "writeback"/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.devices.interfaces[0].model = 'vmxnet3';
+    }, 'domain.devices.interfaces[0].model'),
+    /^Unsupported value: "vmxnet3"/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.clock = { utc: { offsetSeconds: 3600 } };
+    }, 'domain.clock.utc.offsetSeconds'),
+    /^Unsupported value: 3600: supported values: "0"/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.memory = { hugepages: {} };
+    }, 'domain.memory.hugepages.pageSize'),
+    /^Required value/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.devices.interfaces[0].macAddress = '02:00:00:00:01';
+    }, 'domain.devices.interfaces[0].macAddress'),
+    /must be a MAC address/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.devices.interfaces[0].macAddress = '01:00:5e:00:00:01';
+    }, 'domain.devices.interfaces[0].macAddress'),
+    /must be a unicast address/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.firmware = { uuid: 'abc' };
+    }, 'domain.firmware.uuid'),
+    /must be a UUID/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.resources.requests.memory = '8Mi';
+    }, 'domain.resources.requests.memory'),
+    /must be at least 16Mi/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.memory = { guest: '15Mi' };
+    }, 'domain.memory.guest'),
+    /must be at least 16Mi/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.devices.disks[0].blockSize = { custom: { logical: 1000 } };
+    }, 'domain.devices.disks[0].blockSize.custom.logical'),
+    /power of two/,
+  );
+  assert.match(
+    at((s) => {
+      s.networks[0].pod = { vmNetworkCIDR: '10.0.0.0/30' };
+    }, 'networks[0].pod.vmNetworkCIDR'),
+    /prefix length from 8 to 29/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.devices.watchdog = { name: 'wd' };
+    }, 'domain.devices.watchdog.i6300esb'),
+    /^Required value/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.firmware = { kernelBoot: { kernelArgs: 'console=ttyS0' } };
+    }, 'domain.firmware.kernelBoot.container'),
+    /kernelArgs need a kernel container/,
+  );
+  assert.match(
+    at((s) => {
+      s.domain.firmware = { kernelBoot: { container: { image: 'k' } } };
+    }, 'domain.firmware.kernelBoot.container.kernelPath'),
+    /^Required value/,
+  );
   const ok: Any = fedoraVM();
   ok.spec.template.spec.domain.machine.type = 'pc-q35-rhel9.2.0';
   ok.spec.template.spec.domain.devices.disks[0].cache = 'writeback';
@@ -288,7 +426,12 @@ test('updates: a refused field the stored object already had, unchanged, is not 
   next.spec.template.spec.domain.machine.type = 'isapc-2';
   const changed = run(VM, next, {}, 'update', old).causes.map((c) => c.field);
   assert.deepEqual(changed, ['spec.template.spec.domain.devices.gpus', 'spec.template.spec.domain.machine.type']);
-  const vmi: Any = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'x', namespace: 'default' }, spec: structuredClone(old.spec.template.spec) };
+  const vmi: Any = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'x', namespace: 'default' },
+    spec: structuredClone(old.spec.template.spec),
+  };
   causeAt(run(VMI, vmi).causes, 'spec.domain.devices.gpus');
   // A VM stored with a negative CPU before admission checked it can still be updated (and have
   // its status written); changing the CPU makes it checked again.
@@ -404,7 +547,12 @@ test('Service ports are 1-65535 and named when several', () => {
 
 test('core kinds: PVC, Secret, ConfigMap rules use Kubernetes paths', () => {
   const PVC = findByKind('v1', 'PersistentVolumeClaim')!;
-  const pvc = { apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'p' }, spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } } };
+  const pvc = {
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
+    metadata: { name: 'p' },
+    spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } },
+  };
   assert.deepEqual(run(PVC, pvc).causes, []);
   const bad: Any = structuredClone(pvc);
   bad.spec.resources.requests.storage = 'big';

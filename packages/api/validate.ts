@@ -213,13 +213,7 @@ function unknownField(ctx: WalkContext, o: Record<string, unknown>, key: string,
  * Validates an object for `op` on the kind `info`; `old` is the stored object on updates.
  * Never throws for bad input: every problem is a cause (422 Invalid) or a warning (299 header).
  */
-export function validateObject(
-  info: KindInfo,
-  obj: KubeObject,
-  op: 'create' | 'update',
-  old?: KubeObject,
-  opts: ValidateOptions = {},
-): ValidationResult {
+export function validateObject(info: KindInfo, obj: KubeObject, op: 'create' | 'update', old?: KubeObject, opts: ValidateOptions = {}): ValidationResult {
   const causes: FieldCause[] = [];
   const warnings: string[] = [];
   if (typeof obj !== 'object' || obj === null || Array.isArray(obj)) {

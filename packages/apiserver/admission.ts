@@ -15,7 +15,20 @@
  *    holds, so a conflict is refused before anything is stored instead of leaving a VM that
  *    cannot start.
  */
-import { embeddedMetadata, findByResource, ipam, isReservedKey, parseCidr, pvcResizeRefusal, RESERVED_PREFIX, type Cidr, type FieldCause, type KindInfo, type KubeObject, isObject as isObj } from '@vessel/api';
+import {
+  embeddedMetadata,
+  findByResource,
+  ipam,
+  isReservedKey,
+  parseCidr,
+  pvcResizeRefusal,
+  RESERVED_PREFIX,
+  type Cidr,
+  type FieldCause,
+  type KindInfo,
+  type KubeObject,
+  isObject as isObj,
+} from '@vessel/api';
 import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
 
@@ -23,7 +36,10 @@ type Obj = Record<string, unknown>;
 
 interface Ref {
   resource: 'datasources' | 'persistentvolumeclaims' | 'virtualmachines' | 'virtualmachinesnapshots';
-  group: string; namespace: string; name: string; field: string;
+  group: string;
+  namespace: string;
+  name: string;
+  field: string;
 }
 
 /** What a VirtualMachineClone may copy (spec.source.kind -> the resource read). */
@@ -107,19 +123,38 @@ async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promi
     const field = 'spec.virtualMachineSnapshotName';
     const status = (snapshot?.status ?? {}) as { phase?: string; readyToUse?: boolean };
     if (!snapshot) {
-      causes.push({ reason: 'FieldValueInvalid', field, message: `VirtualMachineSnapshot "${snapshotName}" does not exist in namespace "${ns}": name an existing snapshot (vessel get vmsnapshots -n ${ns})` });
+      causes.push({
+        reason: 'FieldValueInvalid',
+        field,
+        message: `VirtualMachineSnapshot "${snapshotName}" does not exist in namespace "${ns}": name an existing snapshot (vessel get vmsnapshots -n ${ns})`,
+      });
     } else if (status.phase === 'Failed') {
-      causes.push({ reason: 'FieldValueInvalid', field, message: `VirtualMachineSnapshot "${snapshotName}" has failed and is invalid to use: take a new snapshot` });
+      causes.push({
+        reason: 'FieldValueInvalid',
+        field,
+        message: `VirtualMachineSnapshot "${snapshotName}" has failed and is invalid to use: take a new snapshot`,
+      });
     } else if (status.readyToUse !== true) {
-      causes.push({ reason: 'FieldValueInvalid', field, message: `VirtualMachineSnapshot "${snapshotName}" is not ready to use yet: wait until its status.readyToUse is true` });
+      causes.push({
+        reason: 'FieldValueInvalid',
+        field,
+        message: `VirtualMachineSnapshot "${snapshotName}" is not ready to use yet: wait until its status.readyToUse is true`,
+      });
     }
   }
   const target = (spec.target ?? {}) as { apiGroup?: string; kind?: string; name?: string };
   // Two restores writing one VM's disks and spec would leave it half one, half the other.
-  const unfinished = target.name ? (await reader.list(VMRESTORES, ns, {})).items.find((r) =>
-    ((r.spec as Obj | undefined)?.target as { name?: string } | undefined)?.name === target.name && (r.status as Obj | undefined)?.complete !== true) : undefined;
+  const unfinished = target.name
+    ? (await reader.list(VMRESTORES, ns, {})).items.find(
+        (r) => ((r.spec as Obj | undefined)?.target as { name?: string } | undefined)?.name === target.name && (r.status as Obj | undefined)?.complete !== true,
+      )
+    : undefined;
   if (unfinished) {
-    causes.push({ reason: 'FieldValueInvalid', field: 'spec.target', message: `VirtualMachineRestore ${unfinished.metadata?.name} of ${target.name} is in progress: wait until it completes, or delete it` });
+    causes.push({
+      reason: 'FieldValueInvalid',
+      field: 'spec.target',
+      message: `VirtualMachineRestore ${unfinished.metadata?.name} of ${target.name} is in progress: wait until it completes, or delete it`,
+    });
   }
   const policy = typeof spec.targetReadinessPolicy === 'string' ? spec.targetReadinessPolicy : undefined;
   if (target.kind === 'VirtualMachine' && target.name && !(policy && MAY_RUN_POLICIES.has(policy))) {
@@ -128,7 +163,8 @@ async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promi
     const phase = (vmi?.status as { phase?: string } | undefined)?.phase ?? '';
     if (vmi && !FINAL_PHASES.has(phase)) {
       causes.push({
-        reason: 'FieldValueInvalid', field: 'spec.target',
+        reason: 'FieldValueInvalid',
+        field: 'spec.target',
         message: `VirtualMachine ${target.name} is running: stop it first (vessel stop ${target.name}) or set spec.targetReadinessPolicy: StopTarget`,
       });
     }
@@ -157,7 +193,14 @@ export async function admitReferences(reader: ObjectReader, info: KindInfo, obj:
  * WriteOptions.admit, with `reader` its Resources. `current`: the stored object an update
  * replaces, as the update path read it (undefined on create), so admission does not read it again.
  */
-export async function admit(user: User, reader: ObjectReader, info: KindInfo, obj: KubeObject, current?: KubeObject, opts: AdmissionOptions = {}): Promise<void> {
+export async function admit(
+  user: User,
+  reader: ObjectReader,
+  info: KindInfo,
+  obj: KubeObject,
+  current?: KubeObject,
+  opts: AdmissionOptions = {},
+): Promise<void> {
   authorizeCloneSources(user, info, obj);
   admitReservedKeys(user, info, obj, current);
   await admitReferences(reader, info, obj);
@@ -181,7 +224,14 @@ const DEFAULT_VM_NETWORK = parseCidr(ipam.DEFAULT_VM_NETWORK_CIDR)!;
  * changes; an update that keeps it is not refused because the world changed since. A VMI a VM
  * owns carries its template's annotation, but the VM is the parent: it is not checked again.
  */
-export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, obj: KubeObject, cidr: Cidr = DEFAULT_VM_NETWORK, user?: User, current?: KubeObject): Promise<void> {
+export async function admitFixedAddress(
+  reader: ObjectReader,
+  info: KindInfo,
+  obj: KubeObject,
+  cidr: Cidr = DEFAULT_VM_NETWORK,
+  user?: User,
+  current?: KubeObject,
+): Promise<void> {
   if (info.group !== 'kubevirt.io' || (info.kind !== 'VirtualMachine' && info.kind !== 'VirtualMachineInstance')) return;
   const kind = info.kind;
   const value = ipam.fixedIpOf(kind, obj);
@@ -191,7 +241,7 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
   const ns = obj.metadata?.namespace ?? 'default';
   const name = obj.metadata?.name ?? '';
   if (obj.metadata?.uid) {
-    const stored = current ?? await getOrUndefined(reader, info, ns, name);
+    const stored = current ?? (await getOrUndefined(reader, info, ns, name));
     if (stored && ipam.fixedIpOf(kind, stored) === value) return;
   }
   const field = ipam.fixedIpField(kind);
@@ -210,7 +260,13 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
         const parent = { group: 'kubevirt.io', resource: other.plural, namespace: o.metadata?.namespace, name: o.metadata?.name };
         return !self(parent) && ipam.fixedIpOf(other.kind as 'VirtualMachine' | 'VirtualMachineInstance', o) === value;
       });
-      if (asking) { clash = { parent: { group: 'kubevirt.io', resource: other.plural, namespace: asking.metadata?.namespace, name: asking.metadata?.name }, verb: 'already asked for by' }; break; }
+      if (asking) {
+        clash = {
+          parent: { group: 'kubevirt.io', resource: other.plural, namespace: asking.metadata?.namespace, name: asking.metadata?.name },
+          verb: 'already asked for by',
+        };
+        break;
+      }
     }
   }
   if (!clash) return;
@@ -221,9 +277,17 @@ export async function admitFixedAddress(reader: ObjectReader, info: KindInfo, ob
     try {
       if (user) authorize(user, { verb: 'get', group: q.group ?? '', resource: q.resource, namespace: q.namespace, name: q.name });
       by = ipam.parentKey(q as ipam.ParentRef);
-    } catch { /* not readable by this user: left unnamed */ }
+    } catch {
+      /* not readable by this user: left unnamed */
+    }
   }
-  throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: ${clash.verb} ${by}: pick a free address (kubectl get ipaddresses)` }]);
+  throw invalid(info.kind, info.group, name, [
+    {
+      reason: 'FieldValueInvalid',
+      field,
+      message: `Invalid value: ${JSON.stringify(value)}: ${clash.verb} ${by}: pick a free address (kubectl get ipaddresses)`,
+    },
+  ]);
 }
 
 /**
@@ -243,7 +307,11 @@ export function admitReservedKeys(user: User, info: KindInfo, obj: KubeObject, c
       const was = (isObj(old) ? old : {}) as Record<string, unknown>;
       for (const [k, v] of Object.entries(now)) {
         if (isReservedKey(k) && was[k] !== v) {
-          causes.push({ reason: 'FieldValueForbidden', field: `${path}.${field}[${k}]`, message: `${k} is set by Vessel itself: leave it out (keys under ${RESERVED_PREFIX} are reserved; user options live in subdomains such as snapshot.vessel.io/)` });
+          causes.push({
+            reason: 'FieldValueForbidden',
+            field: `${path}.${field}[${k}]`,
+            message: `${k} is set by Vessel itself: leave it out (keys under ${RESERVED_PREFIX} are reserved; user options live in subdomains such as snapshot.vessel.io/)`,
+          });
         }
       }
       if (path !== 'metadata') continue;

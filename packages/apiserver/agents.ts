@@ -33,24 +33,29 @@ export async function agentTarget(resources: Resources, nodeName: string): Promi
   const port = status.daemonEndpoints?.kubeletEndpoint?.Port;
   const fingerprint256 = node.metadata.annotations?.[storage.NODE_CERT_SHA256];
   const ca = node.metadata.annotations?.[storage.NODE_CERT];
-  if (!host || !port || !fingerprint256 || !ca) throw new ApiError(503, 'ServiceUnavailable', `node ${nodeName} has not published its agent endpoint yet`, { retryAfterSeconds: 2 });
+  if (!host || !port || !fingerprint256 || !ca)
+    throw new ApiError(503, 'ServiceUnavailable', `node ${nodeName} has not published its agent endpoint yet`, { retryAfterSeconds: 2 });
   const secret = await resources.get(SECRET, 'kube-system', storage.AGENT_AUTH_SECRET);
   const token = Buffer.from(String((secret.data as Record<string, string>).token), 'base64').toString('utf8');
   const checkServerIdentity = checkPinned(fingerprint256, () => new Error(`node ${nodeName}'s agent presented a certificate that does not match its Node`));
   return { host, port, token, tls: { ca, rejectUnauthorized: true, checkServerIdentity, agent: false } };
 }
 
-
 /** One request to a node's agent (certificate pinned, agent token sent); resolves with its answer. */
 export async function callAgent(resources: Resources, nodeName: string, method: string, path: string): Promise<{ code: number; body: string }> {
   const target = await agentTarget(resources, nodeName);
   return new Promise((resolve, reject) => {
-    const req = httpsRequest({ host: target.host, port: target.port, method, path, headers: { Authorization: `Bearer ${target.token}` }, ...target.tls }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (d: string) => { body += d; });
-      res.on('end', () => resolve({ code: res.statusCode ?? 502, body }));
-    });
+    const req = httpsRequest(
+      { host: target.host, port: target.port, method, path, headers: { Authorization: `Bearer ${target.token}` }, ...target.tls },
+      (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => {
+          body += d;
+        });
+        res.on('end', () => resolve({ code: res.statusCode ?? 502, body }));
+      },
+    );
     req.setTimeout(30_000, () => req.destroy(new Error(`node ${nodeName}'s agent did not answer within 30 s`)));
     req.on('error', (e) => reject(new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
     req.end();
@@ -75,13 +80,20 @@ export function agentRefusal(call: AgentCall, code: number, body: string, nodeNa
       message = parsed.message;
       if (typeof parsed.reason === 'string') reason = parsed.reason;
     }
-  } catch { /* not JSON: the text is the message */ }
+  } catch {
+    /* not JSON: the text is the message */
+  }
   switch (call) {
     case 'upload':
-      return new ApiError(code, reasonFor(code), `upload refused by the agent of node ${nodeName}: ${(reason ? `${message} (${reason})` : message) || `HTTP ${code}`}`);
+      return new ApiError(
+        code,
+        reasonFor(code),
+        `upload refused by the agent of node ${nodeName}: ${(reason ? `${message} (${reason})` : message) || `HTTP ${code}`}`,
+      );
     case 'stream':
       // 502/504: port-forward's guest refused or stayed silent, which the agent's message says.
-      if ([400, 404, 409, 502, 503, 504].includes(code)) return new ApiError(code, reasonFor(code), message || `the agent of node ${nodeName} answered ${code}`);
+      if ([400, 404, 409, 502, 503, 504].includes(code))
+        return new ApiError(code, reasonFor(code), message || `the agent of node ${nodeName} answered ${code}`);
       return new ApiError(502, 'InternalError', `the agent of node ${nodeName} answered ${code}: ${message || STATUS_CODES[code] || 'error'}`);
     case 'action':
       return code === 409 ? new ApiError(409, 'Conflict', message) : new ApiError(500, 'InternalError', message);

@@ -10,9 +10,17 @@ import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { forbidden, qualified } from './errors.ts';
 
-export interface User { name: string; groups: string[] }
+export interface User {
+  name: string;
+  groups: string[];
+}
 
-interface TokenRecord { user: string; groups: string[]; created: string; description?: string }
+interface TokenRecord {
+  user: string;
+  groups: string[];
+  created: string;
+  description?: string;
+}
 
 const TOKEN_PREFIX = '/vessel/tokens/';
 export const ADMIN_GROUP = 'system:masters';
@@ -106,5 +114,7 @@ export function authorize(user: User, attrs: Attributes): void {
   if (tenantOf.length && tenantAllows(tenantOf, attrs)) return;
   const res = attrs.subresource ? `${attrs.resource}/${attrs.subresource}` : attrs.resource;
   const where = attrs.namespace ? ` in the namespace "${attrs.namespace}"` : ' at the cluster scope';
-  throw forbidden(`${qualified(attrs.resource, attrs.group)}${attrs.name ? ` "${attrs.name}"` : ''} is forbidden: User "${user.name}" cannot ${attrs.verb} resource "${res}" in API group "${attrs.group}"${where}`);
+  throw forbidden(
+    `${qualified(attrs.resource, attrs.group)}${attrs.name ? ` "${attrs.name}"` : ''} is forbidden: User "${user.name}" cannot ${attrs.verb} resource "${res}" in API group "${attrs.group}"${where}`,
+  );
 }

@@ -66,7 +66,8 @@ const VM = findByResource('kubevirt.io', 'v1', 'virtualmachines')!;
 
 export function consoleUpgrade(deps: ConsoleDeps): ConsoleUpgrade {
   const wss = new WebSocketServer({
-    noServer: true, perMessageDeflate: false,
+    noServer: true,
+    perMessageDeflate: false,
     handleProtocols: (offered) => [...offered].find((p) => p === PLAIN_STREAM_PROTOCOL || p === BINARY_STREAM_PROTOCOL) ?? false,
   });
   const open = new Set<WebSocket>();
@@ -120,9 +121,12 @@ export async function serialLog(deps: ConsoleDeps, req: IncomingMessage, res: Se
     // console, vnc and portforward exist only as websockets (the upgrade listener serves them).
     const verb = t.subresource === 'portforward' ? 'port-forward' : t.subresource;
     const plural = t.resource ?? VMI.plural;
-    throw new ApiError(400, 'BadRequest',
+    throw new ApiError(
+      400,
+      'BadRequest',
       `${plural}/${t.subresource} of "${t.name}" is a websocket stream: send the request with "Connection: Upgrade" and "Upgrade: websocket" (as virtctl ${verb} and vessel ${verb} do)`,
-      { name: t.name, group: SUBRESOURCES_GROUP, kind: `${plural}/${t.subresource}` });
+      { name: t.name, group: SUBRESOURCES_GROUP, kind: `${plural}/${t.subresource}` },
+    );
   }
   if (req.method !== 'GET') throw methodNotAllowed(req.method ?? '', path);
   const nodeName = await admit(deps, req, t, false);
@@ -137,25 +141,45 @@ export async function serialLog(deps: ConsoleDeps, req: IncomingMessage, res: Se
   if (tail !== null && !/^\d+$/.test(tail)) throw new ApiError(400, 'BadRequest', `invalid tailBytes "${tail}": it must be a non-negative integer`);
   const agentPath = `/v1/serial-log/${encodeURIComponent(t.namespace)}/${encodeURIComponent(t.name)}${forward.toString() ? `?${forward}` : ''}`;
   await new Promise<void>((resolve, reject) => {
-    const out = httpsRequest({
-      host: target.host, port: target.port, method: 'GET', path: agentPath,
-      headers: { Authorization: `Bearer ${target.token}` }, ...target.tls,
-    }, (agentRes) => {
-      const code = agentRes.statusCode ?? 502;
-      if (code >= 400) {
-        readAll(agentRes).then((text) => reject(agentRefusal('stream', code, text, nodeName)), reject);
-        return;
-      }
-      res.writeHead(200, { 'Content-Type': agentRes.headers['content-type'] ?? 'text/plain; charset=utf-8', 'Cache-Control': 'no-cache', 'X-Content-Type-Options': 'nosniff' });
-      res.flushHeaders();
-      agentRes.pipe(res);
-      agentRes.on('end', resolve);
-      agentRes.on('error', () => { res.destroy(); resolve(); });
-      agentRes.on('aborted', () => { res.destroy(); resolve(); });
-    });
+    const out = httpsRequest(
+      {
+        host: target.host,
+        port: target.port,
+        method: 'GET',
+        path: agentPath,
+        headers: { Authorization: `Bearer ${target.token}` },
+        ...target.tls,
+      },
+      (agentRes) => {
+        const code = agentRes.statusCode ?? 502;
+        if (code >= 400) {
+          readAll(agentRes).then((text) => reject(agentRefusal('stream', code, text, nodeName)), reject);
+          return;
+        }
+        res.writeHead(200, {
+          'Content-Type': agentRes.headers['content-type'] ?? 'text/plain; charset=utf-8',
+          'Cache-Control': 'no-cache',
+          'X-Content-Type-Options': 'nosniff',
+        });
+        res.flushHeaders();
+        agentRes.pipe(res);
+        agentRes.on('end', resolve);
+        agentRes.on('error', () => {
+          res.destroy();
+          resolve();
+        });
+        agentRes.on('aborted', () => {
+          res.destroy();
+          resolve();
+        });
+      },
+    );
     out.on('error', (e) => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`)));
     // A follower that hangs up ends the agent's follow too.
-    res.on('close', () => { out.destroy(); resolve(); });
+    res.on('close', () => {
+      out.destroy();
+      resolve();
+    });
     out.end();
   });
 }
@@ -165,9 +189,14 @@ export async function serialLog(deps: ConsoleDeps, req: IncomingMessage, res: Se
  * upgrade listener to refuse paths nobody serves.
  */
 export function rejectUpgrade(socket: Duplex, err: ApiError): void {
-  if (socket.destroyed || !socket.writable) { socket.destroy(); return; }
+  if (socket.destroyed || !socket.writable) {
+    socket.destroy();
+    return;
+  }
   const body = JSON.stringify(err.toStatus());
-  socket.end(`HTTP/1.1 ${err.code} ${STATUS_CODES[err.code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+  socket.end(
+    `HTTP/1.1 ${err.code} ${STATUS_CODES[err.code] ?? 'Error'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+  );
 }
 
 /** A port-forward's port and protocol, checked before anything is looked up (400s). */
@@ -185,12 +214,19 @@ async function admit(deps: ConsoleDeps, req: IncomingMessage, t: StreamTarget, m
   if (!user) throw unauthorized();
   const resource = t.resource ?? VMI.plural;
   authorize(user, {
-    verb: 'get', group: SUBRESOURCES_GROUP, resource,
-    subresource: t.subresource === 'serial-log' ? 'console' : t.subresource, namespace: t.namespace, name: t.name,
+    verb: 'get',
+    group: SUBRESOURCES_GROUP,
+    resource,
+    subresource: t.subresource === 'serial-log' ? 'console' : t.subresource,
+    namespace: t.namespace,
+    name: t.name,
   });
-  const notRunning = (why: string) => new ApiError(409, 'Conflict',
-    `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is not running${why}`,
-    { name: t.name, group: VMI.group, kind: 'virtualmachineinstances' });
+  const notRunning = (why: string) =>
+    new ApiError(409, 'Conflict', `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is not running${why}`, {
+      name: t.name,
+      group: VMI.group,
+      kind: 'virtualmachineinstances',
+    });
   let vmi;
   if (resource === VM.plural) {
     await deps.resources.get(VM, t.namespace, t.name); // a missing VM is a 404 on the VM
@@ -207,8 +243,11 @@ async function admit(deps: ConsoleDeps, req: IncomingMessage, t: StreamTarget, m
   if (mustRun && status.phase !== 'Running') throw notRunning(status.phase ? ` (phase ${status.phase})` : ' (it has no phase yet)');
   // KubeVirt refuses a paused VMI's port-forward: nothing in the guest would answer.
   if (t.subresource === 'portforward' && status.conditions?.some((c) => c.type === 'Paused' && c.status === 'True')) {
-    throw new ApiError(409, 'Conflict', `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is paused`,
-      { name: t.name, group: VMI.group, kind: 'virtualmachineinstances' });
+    throw new ApiError(409, 'Conflict', `Operation cannot be fulfilled on virtualmachineinstance.kubevirt.io "${t.name}": VMI is paused`, {
+      name: t.name,
+      group: VMI.group,
+      kind: 'virtualmachineinstances',
+    });
   }
   if (!status.nodeName) throw notRunning(': it has not been scheduled to a node yet (status.nodeName is empty)');
   return status.nodeName;
@@ -217,7 +256,9 @@ async function admit(deps: ConsoleDeps, req: IncomingMessage, t: StreamTarget, m
 /** The Authorization header, or the bearer token a browser put into its subprotocols. */
 function authorizationOf(req: IncomingMessage): string | undefined {
   if (req.headers.authorization) return req.headers.authorization;
-  const offered = String(req.headers['sec-websocket-protocol'] ?? '').split(',').map((p) => p.trim());
+  const offered = String(req.headers['sec-websocket-protocol'] ?? '')
+    .split(',')
+    .map((p) => p.trim());
   const b64 = offered.find((p) => p.startsWith(BEARER_PROTOCOL_PREFIX))?.slice(BEARER_PROTOCOL_PREFIX.length);
   return b64 ? `Bearer ${Buffer.from(b64, 'base64url').toString('utf8')}` : undefined;
 }
@@ -240,20 +281,35 @@ function dialAgent(target: AgentTarget, nodeName: string, path: string, client: 
     const ws = new WebSocket(`wss://${host}:${target.port}${path}`, {
       headers: { Authorization: `Bearer ${target.token}` },
       ...(target.tls as ClientRequestArgs), // ws's own typing of checkServerIdentity predates Node's; it is passed to tls.connect as is
-      perMessageDeflate: false, handshakeTimeout: 15_000,
+      perMessageDeflate: false,
+      handshakeTimeout: 15_000,
     });
-    const onClientClose = () => settle(() => { ws.terminate(); resolve(undefined); });
+    const onClientClose = () =>
+      settle(() => {
+        ws.terminate();
+        resolve(undefined);
+      });
     client.once('close', onClientClose);
     // Paused before anyone listens: QEMU's VNC greeting can come in the same read as the 101,
     // and would be emitted before the caller's continuation runs.
-    ws.once('open', () => settle(() => { ws.pause(); resolve(ws); }));
+    ws.once('open', () =>
+      settle(() => {
+        ws.pause();
+        resolve(ws);
+      }),
+    );
     ws.on('unexpected-response', (req, res) => {
-      readAll(res).then((text) => {
-        settle(() => reject(agentRefusal('stream', res.statusCode ?? 502, text, nodeName)));
-        req.destroy();
-      }, (e: Error) => settle(() => reject(e)));
+      readAll(res).then(
+        (text) => {
+          settle(() => reject(agentRefusal('stream', res.statusCode ?? 502, text, nodeName)));
+          req.destroy();
+        },
+        (e: Error) => settle(() => reject(e)),
+      );
     });
-    ws.on('error', (e) => settle(() => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`))));
+    ws.on('error', (e) =>
+      settle(() => reject(e instanceof ApiError ? e : new ApiError(502, 'InternalError', `cannot reach the agent of node ${nodeName}: ${e.message}`))),
+    );
   });
 }
 
@@ -290,7 +346,9 @@ function relay(client: WebSocket, agent: WebSocket, done: () => void): void {
 function readAll(res: IncomingMessage): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
-    res.on('data', (c: Buffer) => { if (chunks.length < 64) chunks.push(c); });
+    res.on('data', (c: Buffer) => {
+      if (chunks.length < 64) chunks.push(c);
+    });
     res.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
     res.on('error', reject);
   });

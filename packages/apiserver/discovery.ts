@@ -9,8 +9,15 @@ import type { KindInfo } from '@vessel/api';
 const VERBS = ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'];
 
 export const serverVersion = {
-  major: '1', minor: '32', gitVersion: 'v1.32.0+vessel', gitCommit: '', gitTreeState: 'clean',
-  buildDate: '2026-01-01T00:00:00Z', goVersion: 'node' + process.versions.node, compiler: 'tsx', platform: `${process.platform}/${process.arch === 'x64' ? 'amd64' : process.arch}`,
+  major: '1',
+  minor: '32',
+  gitVersion: 'v1.32.0+vessel',
+  gitCommit: '',
+  gitTreeState: 'clean',
+  buildDate: '2026-01-01T00:00:00Z',
+  goVersion: 'node' + process.versions.node,
+  compiler: 'tsx',
+  platform: `${process.platform}/${process.arch === 'x64' ? 'amd64' : process.arch}`,
 };
 
 export function groupVersions(): Map<string, { group: string; version: string; kinds: KindInfo[] }> {
@@ -28,8 +35,7 @@ export function apiVersions(serverAddress: string) {
 }
 
 function apiGroup(group: string) {
-  const versions = [...groupVersions().values()].filter((g) => g.group === group)
-    .map((g) => ({ groupVersion: `${group}/${g.version}`, version: g.version }));
+  const versions = [...groupVersions().values()].filter((g) => g.group === group).map((g) => ({ groupVersion: `${group}/${g.version}`, version: g.version }));
   return { name: group, versions, preferredVersion: versions[0] };
 }
 
@@ -48,12 +54,18 @@ export function apiResourceList(group: string, version: string) {
   if (!gv) return undefined;
   const resources = gv.kinds.flatMap((k) => [
     {
-      name: k.plural, singularName: k.singular, namespaced: k.namespaced, kind: k.kind, verbs: VERBS,
+      name: k.plural,
+      singularName: k.singular,
+      namespaced: k.namespaced,
+      kind: k.kind,
+      verbs: VERBS,
       ...(k.shortNames.length ? { shortNames: k.shortNames } : {}),
       ...(k.categories.length ? { categories: k.categories } : {}),
       storageVersionHash: createHash('sha256').update(`${group}/${version}/${k.kind}`).digest('base64').slice(0, 11),
     },
-    ...(k.statusSubresource ? [{ name: `${k.plural}/status`, singularName: '', namespaced: k.namespaced, kind: k.kind, verbs: ['get', 'patch', 'update'] }] : []),
+    ...(k.statusSubresource
+      ? [{ name: `${k.plural}/status`, singularName: '', namespaced: k.namespaced, kind: k.kind, verbs: ['get', 'patch', 'update'] }]
+      : []),
   ]);
   return { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: group ? `${group}/${version}` : version, resources };
 }

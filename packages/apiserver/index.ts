@@ -76,10 +76,18 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
 
     let serverAddress = `${clientHost}:${port}`;
     const handler = createHandler({
-      store, get serverAddress() { return serverAddress; }, serviceCidr,
-      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000, log: opts.log, vmNetwork,
+      store,
+      get serverAddress() {
+        return serverAddress;
+      },
+      serviceCidr,
+      bookmarkIntervalMs: opts.bookmarkIntervalMs ?? 60_000,
+      log: opts.log,
+      vmNetwork,
     });
-    const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => { void handler(req, res); });
+    const server = createHttpsServer({ cert: certs.certPem, key: certs.keyPem, keepAliveTimeout: 65_000 }, (req, res) => {
+      void handler(req, res);
+    });
     const resources = new Resources(store, { serviceCidr });
     const consoles = createUpgradeHandler({ store, resources, log: opts.log });
     server.on('upgrade', consoles);
@@ -87,11 +95,16 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
       if (!socket.writable) return socket.destroy();
       const body = JSON.stringify(badRequest(`malformed HTTP request: ${err.code ?? err.message}`).toStatus());
-      socket.end(`HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`);
+      socket.end(
+        `HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+      );
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
-      server.listen(port, host, () => { server.off('error', reject); resolve(); });
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        resolve();
+      });
     });
     const actualPort = (server.address() as AddressInfo).port;
     serverAddress = `${clientHost.includes(':') ? `[${clientHost}]` : clientHost}:${actualPort}`;
@@ -104,7 +117,12 @@ export async function startServer(opts: ServerOptions): Promise<RunningServer> {
     const compactor = startCompactor(store, { intervalMs: opts.compactIntervalMs, onError: (e) => opts.log?.(`compaction failed: ${e.message}`) });
     const repair = startServiceRepair(resources, opts.serviceRepairIntervalMs ?? 60_000, opts.log);
     return {
-      url, port: actualPort, kubeconfigPath, adminToken, caPem: certs.caPem, store,
+      url,
+      port: actualPort,
+      kubeconfigPath,
+      adminToken,
+      caPem: certs.caPem,
+      store,
       async close() {
         await repair.stop();
         compactor.stop();
@@ -129,14 +147,27 @@ function startServiceRepair(resources: Resources, intervalMs: number, log?: (lin
   let running: Promise<void> | undefined;
   const run = () => {
     if (running) return; // a slow pass is not overlapped by the next
-    running = resources.services.repair().then(
-      (done) => { if (done.length) log?.(`service allocations repaired: ${done.join(', ')}`); },
-      (e: unknown) => log?.(`service allocation repair failed: ${e instanceof Error ? e.message : e}`)).finally(() => { running = undefined; });
+    running = resources.services
+      .repair()
+      .then(
+        (done) => {
+          if (done.length) log?.(`service allocations repaired: ${done.join(', ')}`);
+        },
+        (e: unknown) => log?.(`service allocation repair failed: ${e instanceof Error ? e.message : e}`),
+      )
+      .finally(() => {
+        running = undefined;
+      });
   };
   run();
   const timer = setInterval(run, intervalMs);
   timer.unref();
-  return { async stop() { clearInterval(timer); await running; } };
+  return {
+    async stop() {
+      clearInterval(timer);
+      await running;
+    },
+  };
 }
 
 /** Creates what a fresh install has, once: existing objects (a user's edits included) are left alone. */
@@ -153,10 +184,14 @@ async function bootstrap(store: Store): Promise<void> {
   await ensure('secrets', '', 'v1', agentAuthSecret());
   for (const sc of DEFAULT_STORAGE_CLASSES) {
     await ensure('storageclasses', 'storage.k8s.io', 'v1', {
-      apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass',
+      apiVersion: 'storage.k8s.io/v1',
+      kind: 'StorageClass',
       metadata: { name: sc.name, annotations: { 'storageclass.kubernetes.io/is-default-class': String(sc.isDefault) } },
-      provisioner: 'vessel.io/qcow2', parameters: { pool: sc.pool },
-      reclaimPolicy: 'Delete', volumeBindingMode: 'WaitForFirstConsumer', allowVolumeExpansion: true,
+      provisioner: 'vessel.io/qcow2',
+      parameters: { pool: sc.pool },
+      reclaimPolicy: 'Delete',
+      volumeBindingMode: 'WaitForFirstConsumer',
+      allowVolumeExpansion: true,
     });
   }
 }
@@ -173,7 +208,8 @@ async function adminTokenFor(store: Store, kubeconfigPath: string): Promise<stri
 
 export function kubeconfigFor(url: string, caPem: string, token: string, user = 'admin'): string {
   return YAML.stringify({
-    apiVersion: 'v1', kind: 'Config',
+    apiVersion: 'v1',
+    kind: 'Config',
     clusters: [{ name: 'vessel', cluster: { server: url, 'certificate-authority-data': Buffer.from(caPem).toString('base64') } }],
     users: [{ name: user, user: { token } }],
     contexts: [{ name: 'vessel', context: { cluster: 'vessel', user, namespace: 'default' } }],

@@ -1,6 +1,17 @@
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { applyManagedFields, applyToLive, compare, fromFieldsV1, managerOf, membersOf, pathString, toFieldsV1, updateManagedFields, type FieldWrite } from './managed-fields.ts';
+import {
+  applyManagedFields,
+  applyToLive,
+  compare,
+  fromFieldsV1,
+  managerOf,
+  membersOf,
+  pathString,
+  toFieldsV1,
+  updateManagedFields,
+  type FieldWrite,
+} from './managed-fields.ts';
 import type { JsonObject } from '@vessel/api';
 
 const t = { name: 'x', kind: 'ConfigMap', group: '' };
@@ -53,37 +64,53 @@ describe('server-side apply', () => {
     let obj = apply({ ...base }, cfg({ a: '1', b: '2' }), 'one');
     obj = apply(obj, cfg({ a: '1', c: '3' }), 'two');
     obj = apply(obj, cfg({}), 'one');
-    assert.deepEqual(obj.data, { a: '1', c: '3' }, 'a is still two\'s; b was only one\'s');
+    assert.deepEqual(obj.data, { a: '1', c: '3' }, "a is still two's; b was only one's");
     obj = apply(obj, cfg({}), 'two');
     assert.equal(obj.data, undefined);
   });
 
   it('conflicts on a changed value another manager owns, unless forced', () => {
     const obj = apply({ ...base }, cfg({ a: '1' }), 'one');
-    assert.throws(() => apply(obj, cfg({ a: '2' }), 'two'), (e: { code: number; details: { causes: { reason: string; field: string; message: string }[] } }) => {
-      assert.equal(e.code, 409);
-      assert.deepEqual(e.details.causes, [{ reason: 'FieldManagerConflict', message: 'conflict with "one"', field: '.data.a' }]);
-      return true;
-    });
+    assert.throws(
+      () => apply(obj, cfg({ a: '2' }), 'two'),
+      (e: { code: number; details: { causes: { reason: string; field: string; message: string }[] } }) => {
+        assert.equal(e.code, 409);
+        assert.deepEqual(e.details.causes, [{ reason: 'FieldManagerConflict', message: 'conflict with "one"', field: '.data.a' }]);
+        return true;
+      },
+    );
     const forced = apply(obj, cfg({ a: '2' }), 'two', true);
     const entries = (forced.metadata as { managedFields: { manager: string; fieldsV1: object }[] }).managedFields;
-    assert.deepEqual(entries.map((e) => [e.manager, e.fieldsV1]), [['two', { 'f:data': { 'f:a': {} } }]]);
+    assert.deepEqual(
+      entries.map((e) => [e.manager, e.fieldsV1]),
+      [['two', { 'f:data': { 'f:a': {} } }]],
+    );
   });
 
   it('an Update takes the fields it changes; a later apply of another value conflicts with it', () => {
     const obj = apply({ ...base }, cfg({ a: '1' }), 'one');
     const edited = { ...obj, data: { a: '9' } };
     const entries = updateManagedFields(obj, edited, w('kubectl-edit'), t);
-    assert.deepEqual(entries.map((e) => [e.manager, e.operation, e.fieldsV1]), [['kubectl-edit', 'Update', { 'f:data': { 'f:a': {} } }]]);
+    assert.deepEqual(
+      entries.map((e) => [e.manager, e.operation, e.fieldsV1]),
+      [['kubectl-edit', 'Update', { 'f:data': { 'f:a': {} } }]],
+    );
     const live = { ...edited, metadata: { ...base.metadata, managedFields: entries as unknown as JsonObject[] } };
     assert.throws(() => apply(live, cfg({ a: '1' }), 'one'), /conflict with "kubectl-edit" using v1: \.data\.a/);
   });
 
   it('owns nothing of status from the main resource, and status writes do not conflict with spec applies', () => {
     const created = { apiVersion: 'v1', kind: 'X', metadata: { name: 'x' }, spec: { a: 1 } };
-    const vm = { ...created, metadata: { name: 'x', managedFields: updateManagedFields(undefined, created, w('maker'), t) as unknown as JsonObject[] }, status: { s: 1 } };
+    const vm = {
+      ...created,
+      metadata: { name: 'x', managedFields: updateManagedFields(undefined, created, w('maker'), t) as unknown as JsonObject[] },
+      status: { s: 1 },
+    };
     const entries = updateManagedFields(vm, { ...vm, status: { s: 2 } }, w('ctrl', { subresource: 'status' }), t);
-    assert.deepEqual(entries.map((e) => [e.manager, e.subresource, e.fieldsV1]).sort(), [['ctrl', 'status', { 'f:status': { 'f:s': {} } }], ['maker', undefined, { 'f:spec': { 'f:a': {} } }]]);
+    assert.deepEqual(entries.map((e) => [e.manager, e.subresource, e.fieldsV1]).sort(), [
+      ['ctrl', 'status', { 'f:status': { 'f:s': {} } }],
+      ['maker', undefined, { 'f:spec': { 'f:a': {} } }],
+    ]);
     const live = { ...vm, status: { s: 2 }, metadata: { name: 'x', managedFields: entries as unknown as JsonObject[] } };
     const out = apply(live, { ...created, spec: { a: 2 }, status: { s: 5 } } as JsonObject, 'me', true);
     const mine = (out.metadata as { managedFields: { manager: string; fieldsV1: object }[] }).managedFields.find((e) => e.manager === 'me');
@@ -96,7 +123,13 @@ describe('server-side apply', () => {
     let obj = apply(legacy, cfg({ a: 'changed' }), 'one');
     assert.deepEqual(obj.data, { a: 'changed', b: '2' });
     const entries = (obj.metadata as { managedFields: { manager: string; fieldsV1: object }[] }).managedFields;
-    assert.deepEqual(entries.map((e) => [e.manager, e.fieldsV1]), [['one', { 'f:data': { 'f:a': {} } }], ['before-first-apply', { 'f:data': { 'f:b': {} } }]]);
+    assert.deepEqual(
+      entries.map((e) => [e.manager, e.fieldsV1]),
+      [
+        ['one', { 'f:data': { 'f:a': {} } }],
+        ['before-first-apply', { 'f:data': { 'f:b': {} } }],
+      ],
+    );
     obj = apply(obj, cfg({}), 'one');
     assert.deepEqual(obj.data, { b: '2' });
   });
@@ -136,15 +169,23 @@ describe('managedFields sent by clients', () => {
 
   it('takes a changed list as the new ownership, and [] or [{}] as none', () => {
     const moved = [{ ...entries[0], manager: 'someone-else' }];
-    assert.deepEqual(updateManagedFields(live, live, w('editor'), t, moved).map((e) => e.manager), ['someone-else']);
+    assert.deepEqual(
+      updateManagedFields(live, live, w('editor'), t, moved).map((e) => e.manager),
+      ['someone-else'],
+    );
     assert.deepEqual(updateManagedFields(live, live, w('editor'), t, [{}]), []);
     assert.deepEqual(updateManagedFields(live, live, w('editor'), t, []), []);
   });
 
   it('refuses entries it cannot read with the field path', () => {
-    assert.throws(() => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Sideways' }]),
-      (e: { code: number; details: { causes: { field: string }[] } }) => e.code === 422 && e.details.causes[0].field === 'metadata.managedFields[0]');
-    assert.throws(() => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Update', fieldsV1: { 'x:bad': {} } }]), /unknown path element/);
+    assert.throws(
+      () => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Sideways' }]),
+      (e: { code: number; details: { causes: { field: string }[] } }) => e.code === 422 && e.details.causes[0].field === 'metadata.managedFields[0]',
+    );
+    assert.throws(
+      () => updateManagedFields(live, live, w('editor'), t, [{ manager: 'm', operation: 'Update', fieldsV1: { 'x:bad': {} } }]),
+      /unknown path element/,
+    );
   });
 });
 

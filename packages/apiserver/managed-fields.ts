@@ -47,7 +47,6 @@ export interface FieldWrite {
 /** The manager that owns what an object had before its first apply (objects older than ownership tracking). */
 export const BEFORE_FIRST_APPLY = 'before-first-apply';
 
-
 /** A set of paths, each kept as the JSON text of its element list (canonical, so prefix tests work). */
 type FieldSet = Set<string>;
 const enc = (path: string[]): string => JSON.stringify(path);
@@ -115,7 +114,10 @@ const pathKey = (inner: string): string => `[${inner}]`;
 function addMembers(value: Json, field: string | undefined, path: string, out: FieldSet): void {
   const kids = children(value, field);
   // An empty map is no member: owning it would make its later keys conflict with its first writer.
-  if (!kids) { if (path && !(isObject<JsonObject>(value) && !Object.keys(value).length)) out.add(pathKey(path)); return; }
+  if (!kids) {
+    if (path && !(isObject<JsonObject>(value) && !Object.keys(value).length)) out.add(pathKey(path));
+    return;
+  }
   for (const [pe, v, f] of kids) {
     const p = down(path, pe);
     if (isItemElement(pe)) out.add(pathKey(p));
@@ -131,20 +133,34 @@ export function membersOf(obj: JsonObject): FieldSet {
   return out;
 }
 
-export interface Comparison { added: FieldSet; removed: FieldSet; modified: FieldSet }
+export interface Comparison {
+  added: FieldSet;
+  removed: FieldSet;
+  modified: FieldSet;
+}
 
 /** The members `next` added, `prev` had and lost, and leaves whose value changed. */
 export function compare(prev: Json | undefined, next: Json | undefined): Comparison {
   const c: Comparison = { added: new Set(), removed: new Set(), modified: new Set() };
   walkCompare(prev, next, undefined, '', c);
-  for (const p of c.added) if (c.removed.delete(p)) { c.added.delete(p); c.modified.add(p); }
+  for (const p of c.added)
+    if (c.removed.delete(p)) {
+      c.added.delete(p);
+      c.modified.add(p);
+    }
   return c;
 }
 
 function walkCompare(a: Json | undefined, b: Json | undefined, field: string | undefined, path: string, c: Comparison): void {
   if (a === undefined && b === undefined) return;
-  if (a === undefined) { addMembers(b!, field, path, c.added); return; }
-  if (b === undefined) { addMembers(a, field, path, c.removed); return; }
+  if (a === undefined) {
+    addMembers(b!, field, path, c.added);
+    return;
+  }
+  if (b === undefined) {
+    addMembers(a, field, path, c.removed);
+    return;
+  }
   const ka = children(a, field);
   const kb = children(b, field);
   const sameShape = isObject<JsonObject>(a) === isObject<JsonObject>(b) && Array.isArray(a) === Array.isArray(b);
@@ -161,7 +177,10 @@ function walkCompare(a: Json | undefined, b: Json | undefined, field: string | u
         continue;
       }
       if (isItemElement(pe) && !isObject<JsonObject>(va) && !isObject<JsonObject>(other[0])) continue; // same set value
-      if (isItemElement(pe) && (!isObject<JsonObject>(va) || !isObject<JsonObject>(other[0]))) { c.modified.add(pathKey(p)); continue; }
+      if (isItemElement(pe) && (!isObject<JsonObject>(va) || !isObject<JsonObject>(other[0]))) {
+        c.modified.add(pathKey(p));
+        continue;
+      }
       walkCompare(va, other[0], f, p, c);
     }
     for (const [pe, vb, f] of kb) {
@@ -225,7 +244,10 @@ export function fromFieldsV1(trie: unknown): FieldSet {
     const keys = Object.keys(node);
     if (!keys.length && path.length) out.add(enc(path));
     for (const k of keys) {
-      if (k === '.') { if (path.length) out.add(enc(path)); continue; }
+      if (k === '.') {
+        if (path.length) out.add(enc(path));
+        continue;
+      }
       if (!/^[fkvi]:/.test(k)) throw new Error(`unknown path element "${k}" in fieldsV1`);
       stack.push([node[k], [...path, k]]);
     }
@@ -235,28 +257,41 @@ export function fromFieldsV1(trie: unknown): FieldSet {
 
 /** A path as Kubernetes prints it in conflicts: `.spec.ports[port=80].name`, `.metadata.finalizers[="a"]`. */
 export function pathString(path: string[]): string {
-  return path.map((pe) => {
-    const body = pe.slice(2);
-    if (pe.startsWith('f:')) return `.${body}`;
-    if (pe.startsWith('v:')) return `[=${body}]`;
-    if (pe.startsWith('i:')) return `[${body}]`;
-    try {
-      const key = JSON.parse(body) as Record<string, Json>;
-      return `[${Object.entries(key).map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(',')}]`;
-    } catch { return `[${body}]`; }
-  }).join('');
+  return path
+    .map((pe) => {
+      const body = pe.slice(2);
+      if (pe.startsWith('f:')) return `.${body}`;
+      if (pe.startsWith('v:')) return `[=${body}]`;
+      if (pe.startsWith('i:')) return `[${body}]`;
+      try {
+        const key = JSON.parse(body) as Record<string, Json>;
+        return `[${Object.entries(key)
+          .map(([k, v]) => `${k}=${JSON.stringify(v)}`)
+          .join(',')}]`;
+      } catch {
+        return `[${body}]`;
+      }
+    })
+    .join('');
 }
 
 // ---- entries ----
 
-interface Owner { manager: string; operation: 'Apply' | 'Update'; subresource?: string; apiVersion: string; time: string; set: FieldSet }
+interface Owner {
+  manager: string;
+  operation: 'Apply' | 'Update';
+  subresource?: string;
+  apiVersion: string;
+  time: string;
+  set: FieldSet;
+}
 const ownerKey = (o: { manager: string; operation: string; subresource?: string }) => JSON.stringify([o.manager, o.operation, o.subresource ?? '']);
 
 /** The owners recorded on an object; throws 422 for entries a client sent that cannot be read. */
 function ownersOf(entries: unknown, name: string, kind: string, group: string): Owner[] {
   if (entries === undefined || entries === null) return [];
-  const bad = (i: number | undefined, message: string) => invalid(kind, group, name,
-    [{ reason: 'FieldValueInvalid', field: i === undefined ? 'metadata.managedFields' : `metadata.managedFields[${i}]`, message }]);
+  const bad = (i: number | undefined, message: string) =>
+    invalid(kind, group, name, [{ reason: 'FieldValueInvalid', field: i === undefined ? 'metadata.managedFields' : `metadata.managedFields[${i}]`, message }]);
   if (!Array.isArray(entries)) throw bad(undefined, 'must be a list of ManagedFieldsEntry');
   return entries.map((e: unknown, i): Owner => {
     if (!isObject<JsonObject>(e)) throw bad(i, 'must be an object');
@@ -265,10 +300,18 @@ function ownersOf(entries: unknown, name: string, kind: string, group: string): 
     if (operation !== 'Apply' && operation !== 'Update') throw bad(i, 'operation must be Apply or Update');
     if (fieldsType !== undefined && fieldsType !== 'FieldsV1') throw bad(i, 'fieldsType must be FieldsV1');
     let set: FieldSet;
-    try { set = fieldsV1 === undefined ? new Set() : fromFieldsV1(fieldsV1); } catch (err) { throw bad(i, (err as Error).message); }
+    try {
+      set = fieldsV1 === undefined ? new Set() : fromFieldsV1(fieldsV1);
+    } catch (err) {
+      throw bad(i, (err as Error).message);
+    }
     return {
-      manager, operation, apiVersion: typeof apiVersion === 'string' ? apiVersion : '', time: typeof time === 'string' ? time : '',
-      set, ...(typeof subresource === 'string' && subresource ? { subresource } : {}),
+      manager,
+      operation,
+      apiVersion: typeof apiVersion === 'string' ? apiVersion : '',
+      time: typeof time === 'string' ? time : '',
+      set,
+      ...(typeof subresource === 'string' && subresource ? { subresource } : {}),
     };
   });
 }
@@ -281,10 +324,17 @@ const ANCIENT_CHANGES = 'ancient-changes';
 function capUpdateManagers(owners: Owner[]): Owner[] {
   const updates = owners.filter((o) => o.operation === 'Update' && o.set.size);
   if (updates.length <= MAX_UPDATE_MANAGERS) return owners;
-  const oldest = updates.filter((o) => o.manager !== ANCIENT_CHANGES).sort((a, b) => a.time.localeCompare(b.time))
+  const oldest = updates
+    .filter((o) => o.manager !== ANCIENT_CHANGES)
+    .sort((a, b) => a.time.localeCompare(b.time))
     .slice(0, updates.length - MAX_UPDATE_MANAGERS + (updates.some((o) => o.manager === ANCIENT_CHANGES) ? 0 : 1));
-  const ancient = owners.find((o) => o.manager === ANCIENT_CHANGES && o.operation === 'Update' && !o.subresource)
-    ?? { manager: ANCIENT_CHANGES, operation: 'Update' as const, apiVersion: oldest[0].apiVersion, time: '', set: new Set<string>() };
+  const ancient = owners.find((o) => o.manager === ANCIENT_CHANGES && o.operation === 'Update' && !o.subresource) ?? {
+    manager: ANCIENT_CHANGES,
+    operation: 'Update' as const,
+    apiVersion: oldest[0].apiVersion,
+    time: '',
+    set: new Set<string>(),
+  };
   ancient.set = union(ancient.set, ...oldest.map((o) => o.set));
   ancient.time = oldest.reduce((t, o) => (o.time > t ? o.time : t), ancient.time);
   return [...owners.filter((o) => !oldest.includes(o) && o !== ancient), ancient];
@@ -294,17 +344,37 @@ function toEntries(all: Owner[]): ManagedFieldsEntry[] {
   const owners = capUpdateManagers(all);
   // Kubernetes' order: Apply entries first, then by time, then by manager.
   const opRank = (o: Owner) => (o.operation === 'Apply' ? 0 : 1);
-  return owners.filter((o) => o.set.size).sort((a, b) => opRank(a) - opRank(b) || a.time.localeCompare(b.time) || a.manager.localeCompare(b.manager))
+  return owners
+    .filter((o) => o.set.size)
+    .sort((a, b) => opRank(a) - opRank(b) || a.time.localeCompare(b.time) || a.manager.localeCompare(b.manager))
     .map((o) => ({
-      manager: o.manager, operation: o.operation, apiVersion: o.apiVersion, time: o.time,
-      fieldsType: 'FieldsV1' as const, fieldsV1: toFieldsV1(o.set), ...(o.subresource ? { subresource: o.subresource } : {}),
+      manager: o.manager,
+      operation: o.operation,
+      apiVersion: o.apiVersion,
+      time: o.time,
+      fieldsType: 'FieldsV1' as const,
+      fieldsV1: toFieldsV1(o.set),
+      ...(o.subresource ? { subresource: o.subresource } : {}),
     }));
 }
 
 /** Metadata the server sets: nobody owns it (as Kubernetes strips it from every field set). */
-const SERVER_PATHS = ['apiVersion', 'kind'].map((f) => [`f:${f}`]).concat(
-  ['name', 'namespace', 'uid', 'resourceVersion', 'generation', 'creationTimestamp', 'selfLink', 'managedFields', 'deletionTimestamp', 'deletionGracePeriodSeconds']
-    .map((f) => ['f:metadata', `f:${f}`]));
+const SERVER_PATHS = ['apiVersion', 'kind']
+  .map((f) => [`f:${f}`])
+  .concat(
+    [
+      'name',
+      'namespace',
+      'uid',
+      'resourceVersion',
+      'generation',
+      'creationTimestamp',
+      'selfLink',
+      'managedFields',
+      'deletionTimestamp',
+      'deletionGracePeriodSeconds',
+    ].map((f) => ['f:metadata', `f:${f}`]),
+  );
 
 const SERVER_KEYS = SERVER_PATHS.map(enc);
 const STATUS_KEY = enc(['f:status']);
@@ -317,7 +387,7 @@ function scope(set: FieldSet, w: FieldWrite): FieldSet {
   for (const p of set) {
     if (SERVER_KEYS.some((k) => atOrBelow(p, k))) continue;
     const isStatus = atOrBelow(p, STATUS_KEY);
-    if (w.subresource === 'status' ? !isStatus : (w.statusSubresource && isStatus)) continue;
+    if (w.subresource === 'status' ? !isStatus : w.statusSubresource && isStatus) continue;
     out.add(p);
   }
   return out;
@@ -335,7 +405,11 @@ function coversOrBelow(set: FieldSet, k: string): boolean {
   return false;
 }
 
-interface Target { name: string; kind: string; group: string }
+interface Target {
+  name: string;
+  kind: string;
+  group: string;
+}
 
 /**
  * Ownership after a non-apply write (create when `live` is undefined): the writer owns what it
@@ -360,8 +434,14 @@ export function updateManagedFields(live: JsonObject | undefined, next: JsonObje
   const key = ownerKey({ manager: w.manager, operation: 'Update', subresource: w.subresource });
   let mine = owners.find((o) => ownerKey(o) === key);
   const set = union(minus(mine?.set ?? new Set(), removed), changed);
-  if (!mine) { mine = { manager: w.manager, operation: 'Update', apiVersion: w.apiVersion, time: now(), set, ...(w.subresource ? { subresource: w.subresource } : {}) }; owners.push(mine); }
-  else if (!sameSet(mine.set, set) || changed.size) { mine.set = set; mine.time = now(); mine.apiVersion = w.apiVersion; }
+  if (!mine) {
+    mine = { manager: w.manager, operation: 'Update', apiVersion: w.apiVersion, time: now(), set, ...(w.subresource ? { subresource: w.subresource } : {}) };
+    owners.push(mine);
+  } else if (!sameSet(mine.set, set) || changed.size) {
+    mine.set = set;
+    mine.time = now();
+    mine.apiVersion = w.apiVersion;
+  }
   return toEntries(owners);
 }
 
@@ -380,7 +460,10 @@ function dropNulls(v: Json): Json | undefined {
   if (Array.isArray(v)) return v.map((x) => dropNulls(x) ?? null);
   if (!isObject<JsonObject>(v)) return v;
   const out: JsonObject = {};
-  for (const [k, x] of Object.entries(v)) { const d = dropNulls(x); if (d !== undefined) out[k] = d; }
+  for (const [k, x] of Object.entries(v)) {
+    const d = dropNulls(x);
+    if (d !== undefined) out[k] = d;
+  }
   return out;
 }
 
@@ -398,7 +481,8 @@ export function mergeApplied(live: Json | undefined, config: Json, field?: strin
       const out = [...live];
       for (const item of config as JsonObject[]) {
         const idx = out.findIndex((x) => keyElement(lc.key, x as JsonObject) === keyElement(lc.key, item));
-        if (idx >= 0) out[idx] = mergeApplied(out[idx], item); else out.push(structuredClone(item));
+        if (idx >= 0) out[idx] = mergeApplied(out[idx], item);
+        else out.push(structuredClone(item));
       }
       return out;
     }
@@ -422,8 +506,11 @@ export function applyToLive(live: JsonObject, config: JsonObject, w: FieldWrite,
   const others = union(...owners.filter((o) => ownerKey(o) !== key).map((o) => o.set));
   const merged = mergeApplied(live, config) as JsonObject;
   // Deepest first, so an item's fields go before the item.
-  const drop = [...minus(last, applied)].filter((p) => !coversOrBelow(others, p)).map(dec)
-    .filter((path) => !isKeyField(path)).sort((a, b) => b.length - a.length);
+  const drop = [...minus(last, applied)]
+    .filter((p) => !coversOrBelow(others, p))
+    .map(dec)
+    .filter((path) => !isKeyField(path))
+    .sort((a, b) => b.length - a.length);
   for (const path of drop) removePath(merged, path);
   syncLastApplied(merged, config, w);
   return merged;
@@ -460,7 +547,14 @@ function applyOwners(live: JsonObject, t: Target): Owner[] {
  * changes is a conflict (409) unless `force`, which takes it from them. Values set the same
  * are shared. What `before-first-apply` owns never conflicts: it stands for writers unknown.
  */
-export function applyManagedFields(live: JsonObject | undefined, next: JsonObject, config: JsonObject, w: FieldWrite, t: Target, force: boolean): ManagedFieldsEntry[] {
+export function applyManagedFields(
+  live: JsonObject | undefined,
+  next: JsonObject,
+  config: JsonObject,
+  w: FieldWrite,
+  t: Target,
+  force: boolean,
+): ManagedFieldsEntry[] {
   const owners = live ? applyOwners(live, t) : [];
   const key = ownerKey({ manager: w.manager, operation: 'Apply', subresource: w.subresource });
   const applied = scope(membersOf(config), w);
@@ -477,13 +571,22 @@ export function applyManagedFields(live: JsonObject | undefined, next: JsonObjec
   }
   if (conflicts.length) throw conflictError(conflicts, t);
   const mine = owners.find((o) => ownerKey(o) === key);
-  if (!mine) owners.push({ manager: w.manager, operation: 'Apply', apiVersion: w.apiVersion, time: now(), set: applied, ...(w.subresource ? { subresource: w.subresource } : {}) });
+  if (!mine)
+    owners.push({
+      manager: w.manager,
+      operation: 'Apply',
+      apiVersion: w.apiVersion,
+      time: now(),
+      set: applied,
+      ...(w.subresource ? { subresource: w.subresource } : {}),
+    });
   else if (!sameSet(mine.set, applied) || changed.size) Object.assign(mine, { set: applied, time: now(), apiVersion: w.apiVersion });
   return toEntries(owners);
 }
 
 function conflictError(conflicts: { owner: Owner; path: string[] }[], t: Target): ApiError {
-  const who = (o: Owner) => `"${o.manager}"${o.subresource ? ` with subresource "${o.subresource}"` : ''}${o.operation === 'Update' ? ` using ${o.apiVersion}` : ''}`;
+  const who = (o: Owner) =>
+    `"${o.manager}"${o.subresource ? ` with subresource "${o.subresource}"` : ''}${o.operation === 'Update' ? ` using ${o.apiVersion}` : ''}`;
   const causes = conflicts.map((c) => ({ reason: 'FieldManagerConflict', message: `conflict with ${who(c.owner)}`, field: pathString(c.path) }));
   let message: string;
   if (conflicts.length === 1) message = `Apply failed with 1 conflict: conflict with ${who(conflicts[0].owner)}: ${pathString(conflicts[0].path)}`;

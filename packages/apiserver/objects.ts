@@ -23,7 +23,9 @@ export function objectKey(info: KindInfo, namespace: string | undefined, name: s
   return info.namespaced ? `${kindPrefix(info)}${namespace}/${name}` : `${kindPrefix(info)}${name}`;
 }
 
-export interface StoredObject extends KubeObject { metadata: ObjectMeta & { name: string } }
+export interface StoredObject extends KubeObject {
+  metadata: ObjectMeta & { name: string };
+}
 
 export function decode(kv: KV): StoredObject {
   const obj = JSON.parse(kv.value) as StoredObject;

@@ -11,7 +11,15 @@ describe('merge patch (RFC 7396)', () => {
 
 describe('strategic merge patch', () => {
   it('merges keyed lists, unions finalizers and honours directives', () => {
-    const live = { spec: { ports: [{ port: 80, name: 'http' }, { port: 443, name: 'https' }] }, metadata: { finalizers: ['a'] } };
+    const live = {
+      spec: {
+        ports: [
+          { port: 80, name: 'http' },
+          { port: 443, name: 'https' },
+        ],
+      },
+      metadata: { finalizers: ['a'] },
+    };
     const out = strategicMergePatch(live, {
       spec: { ports: [{ port: 80, targetPort: 8080 }, { port: 443, $patch: 'delete' }, { port: 22 }], '$setElementOrder/ports': [{ port: 80 }] },
       metadata: { finalizers: ['b'] },
@@ -27,7 +35,10 @@ describe('JSON patch', () => {
     assert.deepEqual(applyPatch('json', { a: [1] }, [{ op: 'add', path: '/a/-', value: 2 }]), { a: [1, 2] });
     assert.throws(() => applyPatch('json', { a: 1 }, { op: 'add' }), /must be an array/);
     assert.throws(() => applyPatch('json', { a: 1 }, [{ op: 'remove', path: '/missing' }]), /invalid JSON patch/);
-    assert.throws(() => applyPatch('json', { a: 1 }, [{ op: 'test', path: '/a', value: 2 }]), (e: { code?: number }) => e.code === 422);
+    assert.throws(
+      () => applyPatch('json', { a: 1 }, [{ op: 'test', path: '/a', value: 2 }]),
+      (e: { code?: number }) => e.code === 422,
+    );
   });
 
   it('maps content types to patch types', () => {
@@ -38,11 +49,18 @@ describe('JSON patch', () => {
 });
 
 describe('nesting limit', () => {
-  const deep = (n: number): unknown => { let v: unknown = 'x'; for (let i = 0; i < n; i++) v = { a: v }; return v; };
+  const deep = (n: number): unknown => {
+    let v: unknown = 'x';
+    for (let i = 0; i < n; i++) v = { a: v };
+    return v;
+  };
 
   it('refuses bodies nested deeper than the limit before recursing, and names where', () => {
     assert.doesNotThrow(() => checkNesting(deep(MAX_NESTING_DEPTH)));
-    assert.throws(() => checkNesting({ spec: deep(100_000) }), (e: unknown) => e instanceof NestingError && e.field === 'spec.a.a.a.a.a...');
+    assert.throws(
+      () => checkNesting({ spec: deep(100_000) }),
+      (e: unknown) => e instanceof NestingError && e.field === 'spec.a.a.a.a.a...',
+    );
     const body = `{"metadata":{"labels":${'{"a":'.repeat(10_000)}1${'}'.repeat(10_000)}}}`;
     for (const type of ['merge', 'strategic', 'apply'] as const) assert.throws(() => parsePatchBody(type, body), NestingError, type);
     assert.throws(() => parsePatchBody('apply', `a: ${'['.repeat(10_000)}${']'.repeat(10_000)}`), NestingError, 'YAML');

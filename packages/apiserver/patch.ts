@@ -16,8 +16,6 @@ import YAML from 'yaml';
 import { isObject, type Json, type JsonObject } from '@vessel/api';
 import { ApiError, badRequest, unsupportedMediaType } from './errors.ts';
 
-
-
 export function mergePatch(target: Json | undefined, patch: Json): Json {
   if (!isObject<JsonObject>(patch)) return patch;
   const out: JsonObject = isObject<JsonObject>(target) ? { ...target } : {};
@@ -30,9 +28,19 @@ export function mergePatch(target: Json | undefined, patch: Json): Json {
 
 /** Merge keys of the list fields Vessel's kinds have, as in Kubernetes' patchMergeKey tags. */
 const MERGE_KEYS: Record<string, string> = {
-  ports: 'port', containers: 'name', initContainers: 'name', volumes: 'name', volumeMounts: 'name',
-  env: 'name', conditions: 'type', ownerReferences: 'uid', imagePullSecrets: 'name',
-  disks: 'name', interfaces: 'name', networks: 'name', dataVolumeTemplates: 'name',
+  ports: 'port',
+  containers: 'name',
+  initContainers: 'name',
+  volumes: 'name',
+  volumeMounts: 'name',
+  env: 'name',
+  conditions: 'type',
+  ownerReferences: 'uid',
+  imagePullSecrets: 'name',
+  disks: 'name',
+  interfaces: 'name',
+  networks: 'name',
+  dataVolumeTemplates: 'name',
 };
 /** Primitive lists that strategic merge unions instead of replacing. */
 const MERGED_PRIMITIVE_LISTS = new Set(['finalizers']);
@@ -78,7 +86,10 @@ function fieldPath(path: string[]): string {
 
 /** A patch body's nesting: for JSON patch each operation's value counts from where its path points. */
 function checkPatchNesting(type: PatchType, patch: Json): void {
-  if (type !== 'json' || !Array.isArray(patch)) { checkNesting(patch); return; }
+  if (type !== 'json' || !Array.isArray(patch)) {
+    checkNesting(patch);
+    return;
+  }
   patch.forEach((op, i) => {
     if (!isObject<JsonObject>(op)) return;
     const segments = typeof op.path === 'string' ? op.path.split('/').slice(1) : [];
@@ -90,7 +101,10 @@ function checkPatchNesting(type: PatchType, patch: Json): void {
 
 export function strategicMergePatch(target: Json | undefined, patch: Json): Json {
   if (!isObject<JsonObject>(patch)) return patch;
-  if (patch.$patch === 'replace') { const { $patch: _, ...rest } = patch; return rest; }
+  if (patch.$patch === 'replace') {
+    const { $patch: _, ...rest } = patch;
+    return rest;
+  }
   if (patch.$patch === 'delete') return null;
   const out: JsonObject = isObject<JsonObject>(target) ? { ...target } : {};
   for (const [k, v] of Object.entries(patch)) {
@@ -102,7 +116,10 @@ export function strategicMergePatch(target: Json | undefined, patch: Json): Json
       if (Array.isArray(cur)) out[field] = cur.filter((x) => !drop.has(JSON.stringify(x)));
       continue;
     }
-    if (v === null) { delete out[k]; continue; }
+    if (v === null) {
+      delete out[k];
+      continue;
+    }
     const cur = out[k];
     if (Array.isArray(v) && Array.isArray(cur)) {
       const mergeKey = MERGE_KEYS[k];
@@ -117,7 +134,8 @@ export function strategicMergePatch(target: Json | undefined, patch: Json): Json
       }
     }
     const merged = strategicMergePatch(cur, v);
-    if (merged === null) delete out[k]; else out[k] = merged;
+    if (merged === null) delete out[k];
+    else out[k] = merged;
   }
   return out;
 }
@@ -126,9 +144,15 @@ function mergeListByKey(cur: JsonObject[], patch: JsonObject[], key: string): Js
   const out = [...cur];
   for (const item of patch) {
     const idx = out.findIndex((c) => JSON.stringify(c[key]) === JSON.stringify(item[key]));
-    if (item.$patch === 'delete') { if (idx >= 0) out.splice(idx, 1); continue; }
+    if (item.$patch === 'delete') {
+      if (idx >= 0) out.splice(idx, 1);
+      continue;
+    }
     if (idx >= 0) out[idx] = strategicMergePatch(out[idx], item) as JsonObject;
-    else { const { $patch: _, ...rest } = item; out.push(rest); }
+    else {
+      const { $patch: _, ...rest } = item;
+      out.push(rest);
+    }
   }
   return out;
 }
@@ -137,7 +161,8 @@ export function jsonPatch(target: Json, ops: Json): Json {
   if (!Array.isArray(ops)) throw badRequest('a JSON patch must be an array of operations, e.g. [{"op":"replace","path":"/spec/running","value":true}]');
   const err = jsonpatch.validate(ops as unknown as jsonpatch.Operation[], target);
   // A failed `test` operation is a precondition that did not hold (422, as Kubernetes answers).
-  if (err?.name === 'TEST_OPERATION_FAILED') throw new ApiError(422, 'Invalid', `the server rejected our request due to an error in our request: test operation ${err.index} failed`);
+  if (err?.name === 'TEST_OPERATION_FAILED')
+    throw new ApiError(422, 'Invalid', `the server rejected our request due to an error in our request: test operation ${err.index} failed`);
   if (err) throw badRequest(`invalid JSON patch: ${err.name}: ${err.message.split('\n')[0]} (operation ${err.index})`);
   try {
     return jsonpatch.applyPatch(structuredClone(target), ops as unknown as jsonpatch.Operation[], false, true).newDocument as Json;
@@ -153,11 +178,17 @@ export type PatchType = 'merge' | 'json' | 'strategic' | 'apply';
 export function patchTypeOf(contentType: string | undefined): PatchType {
   const t = (contentType ?? '').split(';')[0].trim().toLowerCase();
   switch (t) {
-    case 'application/merge-patch+json': return 'merge';
-    case 'application/json-patch+json': return 'json';
-    case 'application/strategic-merge-patch+json': return 'strategic';
-    case 'application/apply-patch+yaml': case 'application/apply-patch+json': return 'apply';
-    default: throw unsupportedMediaType(t || '(none)');
+    case 'application/merge-patch+json':
+      return 'merge';
+    case 'application/json-patch+json':
+      return 'json';
+    case 'application/strategic-merge-patch+json':
+      return 'strategic';
+    case 'application/apply-patch+yaml':
+    case 'application/apply-patch+json':
+      return 'apply';
+    default:
+      throw unsupportedMediaType(t || '(none)');
   }
 }
 
@@ -181,17 +212,28 @@ export function parsePatchBody(type: PatchType, body: string): Json {
 /** kubectl sends apply patches as JSON, which JSON.parse reads without recursing; the YAML parser recurses. */
 function parseYamlOrJson(body: string): unknown {
   if (/^\s*[{[]/.test(body)) {
-    try { return JSON.parse(body); } catch { /* YAML flow style, e.g. {a: 1} */ }
+    try {
+      return JSON.parse(body);
+    } catch {
+      /* YAML flow style, e.g. {a: 1} */
+    }
   }
   return YAML.parse(body);
 }
 
 export function applyPatch(type: PatchType, target: Json, patch: Json): Json {
   switch (type) {
-    case 'merge': if (!isObject<JsonObject>(patch)) throw badRequest('a merge patch must be a JSON object'); return mergePatch(target, patch);
-    case 'strategic': if (!isObject<JsonObject>(patch)) throw badRequest('a strategic merge patch must be a JSON object'); return strategicMergePatch(target, patch);
+    case 'merge':
+      if (!isObject<JsonObject>(patch)) throw badRequest('a merge patch must be a JSON object');
+      return mergePatch(target, patch);
+    case 'strategic':
+      if (!isObject<JsonObject>(patch)) throw badRequest('a strategic merge patch must be a JSON object');
+      return strategicMergePatch(target, patch);
     // Without field ownership; the API server applies through managed-fields.ts instead.
-    case 'apply': if (!isObject<JsonObject>(patch)) throw badRequest('an apply patch must be an object'); return mergePatch(target, patch);
-    case 'json': return jsonPatch(target, patch);
+    case 'apply':
+      if (!isObject<JsonObject>(patch)) throw badRequest('an apply patch must be an object');
+      return mergePatch(target, patch);
+    case 'json':
+      return jsonPatch(target, patch);
   }
 }

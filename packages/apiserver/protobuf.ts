@@ -27,9 +27,17 @@ export const WireType = { VARINT: 0, I64: 1, LEN: 2, SGROUP: 3, EGROUP: 4, I32: 
 /** Reads protobuf wire format from a byte range; every read checks bounds and throws ProtobufError. */
 export class WireReader {
   pos: number;
-  constructor(readonly buf: Uint8Array, start = 0, readonly end = buf.length) { this.pos = start; }
+  constructor(
+    readonly buf: Uint8Array,
+    start = 0,
+    readonly end = buf.length,
+  ) {
+    this.pos = start;
+  }
 
-  done(): boolean { return this.pos >= this.end; }
+  done(): boolean {
+    return this.pos >= this.end;
+  }
 
   /** A field key: its number and wire type. */
   tag(): { field: number; wire: number } {
@@ -52,15 +60,25 @@ export class WireReader {
   }
 
   /** int32 fields are sign-extended to 64 bits on the wire, so negative values take 10 bytes. */
-  int32(): number { return Number(BigInt.asIntN(32, this.varint())); }
+  int32(): number {
+    return Number(BigInt.asIntN(32, this.varint()));
+  }
 
-  int64(): number { return Number(BigInt.asIntN(64, this.varint())); }
+  int64(): number {
+    return Number(BigInt.asIntN(64, this.varint()));
+  }
 
-  bool(): boolean { return this.varint() !== 0n; }
+  bool(): boolean {
+    return this.varint() !== 0n;
+  }
 
-  fixed64(): Uint8Array { return this.take(8); }
+  fixed64(): Uint8Array {
+    return this.take(8);
+  }
 
-  fixed32(): Uint8Array { return this.take(4); }
+  fixed32(): Uint8Array {
+    return this.take(4);
+  }
 
   /** A length-delimited payload (string, bytes, embedded message, map entry). */
   bytes(): Uint8Array {
@@ -72,10 +90,18 @@ export class WireReader {
   /** Skips one field's value; this is what keeps unknown (newer) fields harmless. */
   skip(wire: number, field: number): void {
     switch (wire) {
-      case WireType.VARINT: this.varint(); return;
-      case WireType.I64: this.take(8); return;
-      case WireType.LEN: this.bytes(); return;
-      case WireType.I32: this.take(4); return;
+      case WireType.VARINT:
+        this.varint();
+        return;
+      case WireType.I64:
+        this.take(8);
+        return;
+      case WireType.LEN:
+        this.bytes();
+        return;
+      case WireType.I32:
+        this.take(4);
+        return;
       case WireType.SGROUP: {
         // Deprecated groups never appear in Kubernetes messages, but skipping them is cheap.
         for (;;) {
@@ -87,7 +113,8 @@ export class WireReader {
           this.skip(t.wire, t.field);
         }
       }
-      default: throw new ProtobufError(`unexpected wire type ${wire} for field ${field} at byte ${this.pos}`);
+      default:
+        throw new ProtobufError(`unexpected wire type ${wire} for field ${field} at byte ${this.pos}`);
     }
   }
 
@@ -114,25 +141,55 @@ export class WireReader {
 const MESSAGES: Record<string, Record<number, string>> = {
   // meta/v1
   ObjectMeta: {
-    1: 'name string', 2: 'generateName string', 3: 'namespace string', 4: 'selfLink string', 5: 'uid string',
-    6: 'resourceVersion string', 7: 'generation int64', 8: 'creationTimestamp Time', 9: 'deletionTimestamp Time',
-    10: 'deletionGracePeriodSeconds *int64', 11: 'labels map[string]string', 12: 'annotations map[string]string',
-    13: 'ownerReferences []OwnerReference', 14: 'finalizers []string', 17: 'managedFields []ManagedFieldsEntry',
+    1: 'name string',
+    2: 'generateName string',
+    3: 'namespace string',
+    4: 'selfLink string',
+    5: 'uid string',
+    6: 'resourceVersion string',
+    7: 'generation int64',
+    8: 'creationTimestamp Time',
+    9: 'deletionTimestamp Time',
+    10: 'deletionGracePeriodSeconds *int64',
+    11: 'labels map[string]string',
+    12: 'annotations map[string]string',
+    13: 'ownerReferences []OwnerReference',
+    14: 'finalizers []string',
+    17: 'managedFields []ManagedFieldsEntry',
   },
   OwnerReference: {
-    5: 'apiVersion string', 1: 'kind string', 3: 'name string', 4: 'uid string', 6: 'controller *bool', 7: 'blockOwnerDeletion *bool',
+    5: 'apiVersion string',
+    1: 'kind string',
+    3: 'name string',
+    4: 'uid string',
+    6: 'controller *bool',
+    7: 'blockOwnerDeletion *bool',
   },
   ManagedFieldsEntry: {
-    1: 'manager string', 2: 'operation string', 3: 'apiVersion string', 4: 'time Time', 6: 'fieldsType string',
-    7: 'fieldsV1 FieldsV1', 8: 'subresource string',
+    1: 'manager string',
+    2: 'operation string',
+    3: 'apiVersion string',
+    4: 'time Time',
+    6: 'fieldsType string',
+    7: 'fieldsV1 FieldsV1',
+    8: 'subresource string',
   },
   DeleteOptions: {
-    1: 'gracePeriodSeconds *int64', 2: 'preconditions Preconditions', 3: 'orphanDependents *bool', 4: 'propagationPolicy *string',
-    5: 'dryRun []string', 6: 'ignoreStoreReadErrorWithClusterBreakingPotential *bool',
+    1: 'gracePeriodSeconds *int64',
+    2: 'preconditions Preconditions',
+    3: 'orphanDependents *bool',
+    4: 'propagationPolicy *string',
+    5: 'dryRun []string',
+    6: 'ignoreStoreReadErrorWithClusterBreakingPotential *bool',
   },
   Preconditions: { 1: 'uid *string', 2: 'resourceVersion *string' },
   Condition: {
-    1: 'type string', 2: 'status string', 3: 'observedGeneration int64', 4: 'lastTransitionTime Time', 5: 'reason string', 6: 'message string',
+    1: 'type string',
+    2: 'status string',
+    3: 'observedGeneration int64',
+    4: 'lastTransitionTime Time',
+    5: 'reason string',
+    6: 'message string',
   },
   LabelSelector: { 1: 'matchLabels map[string]string', 2: 'matchExpressions []LabelSelectorRequirement' },
   LabelSelectorRequirement: { 1: 'key string', 2: 'operator string', 3: 'values []string' },
@@ -150,11 +207,25 @@ const MESSAGES: Record<string, Record<number, string>> = {
   // core/v1 Service
   Service: { 1: 'metadata ObjectMeta', 2: 'spec ServiceSpec', 3: 'status ServiceStatus' },
   ServiceSpec: {
-    1: 'ports []ServicePort', 2: 'selector map[string]string', 3: 'clusterIP string', 18: 'clusterIPs []string', 4: 'type string',
-    5: 'externalIPs []string', 7: 'sessionAffinity string', 8: 'loadBalancerIP string', 9: 'loadBalancerSourceRanges []string',
-    10: 'externalName string', 11: 'externalTrafficPolicy string', 12: 'healthCheckNodePort int32', 13: 'publishNotReadyAddresses bool',
-    14: 'sessionAffinityConfig SessionAffinityConfig', 19: 'ipFamilies []string', 17: 'ipFamilyPolicy *string',
-    20: 'allocateLoadBalancerNodePorts *bool', 21: 'loadBalancerClass *string', 22: 'internalTrafficPolicy *string',
+    1: 'ports []ServicePort',
+    2: 'selector map[string]string',
+    3: 'clusterIP string',
+    18: 'clusterIPs []string',
+    4: 'type string',
+    5: 'externalIPs []string',
+    7: 'sessionAffinity string',
+    8: 'loadBalancerIP string',
+    9: 'loadBalancerSourceRanges []string',
+    10: 'externalName string',
+    11: 'externalTrafficPolicy string',
+    12: 'healthCheckNodePort int32',
+    13: 'publishNotReadyAddresses bool',
+    14: 'sessionAffinityConfig SessionAffinityConfig',
+    19: 'ipFamilies []string',
+    17: 'ipFamilyPolicy *string',
+    20: 'allocateLoadBalancerNodePorts *bool',
+    21: 'loadBalancerClass *string',
+    22: 'internalTrafficPolicy *string',
     23: 'trafficDistribution *string',
   },
   ServicePort: { 1: 'name string', 2: 'protocol string', 6: 'appProtocol *string', 3: 'port int32', 4: 'targetPort IntOrString', 5: 'nodePort int32' },
@@ -167,13 +238,30 @@ const MESSAGES: Record<string, Record<number, string>> = {
 
   // core/v1 Event
   Event: {
-    1: 'metadata ObjectMeta', 2: 'involvedObject ObjectReference', 3: 'reason string', 4: 'message string', 5: 'source EventSource',
-    6: 'firstTimestamp Time', 7: 'lastTimestamp Time', 8: 'count int32', 9: 'type string', 10: 'eventTime MicroTime',
-    11: 'series EventSeries', 12: 'action string', 13: 'related ObjectReference', 14: 'reportingComponent string',
+    1: 'metadata ObjectMeta',
+    2: 'involvedObject ObjectReference',
+    3: 'reason string',
+    4: 'message string',
+    5: 'source EventSource',
+    6: 'firstTimestamp Time',
+    7: 'lastTimestamp Time',
+    8: 'count int32',
+    9: 'type string',
+    10: 'eventTime MicroTime',
+    11: 'series EventSeries',
+    12: 'action string',
+    13: 'related ObjectReference',
+    14: 'reportingComponent string',
     15: 'reportingInstance string',
   },
   ObjectReference: {
-    1: 'kind string', 2: 'namespace string', 3: 'name string', 4: 'uid string', 5: 'apiVersion string', 6: 'resourceVersion string', 7: 'fieldPath string',
+    1: 'kind string',
+    2: 'namespace string',
+    3: 'name string',
+    4: 'uid string',
+    5: 'apiVersion string',
+    6: 'resourceVersion string',
+    7: 'fieldPath string',
   },
   EventSource: { 1: 'component string', 2: 'host string' },
   EventSeries: { 1: 'count int32', 2: 'lastObservedTime MicroTime' },
@@ -181,43 +269,83 @@ const MESSAGES: Record<string, Record<number, string>> = {
   // core/v1 PersistentVolumeClaim
   PersistentVolumeClaim: { 1: 'metadata ObjectMeta', 2: 'spec PersistentVolumeClaimSpec', 3: 'status PersistentVolumeClaimStatus' },
   PersistentVolumeClaimSpec: {
-    1: 'accessModes []string', 4: 'selector LabelSelector', 2: 'resources VolumeResourceRequirements', 3: 'volumeName string',
-    5: 'storageClassName *string', 6: 'volumeMode *string', 7: 'dataSource TypedLocalObjectReference',
-    8: 'dataSourceRef TypedObjectReference', 9: 'volumeAttributesClassName *string',
+    1: 'accessModes []string',
+    4: 'selector LabelSelector',
+    2: 'resources VolumeResourceRequirements',
+    3: 'volumeName string',
+    5: 'storageClassName *string',
+    6: 'volumeMode *string',
+    7: 'dataSource TypedLocalObjectReference',
+    8: 'dataSourceRef TypedObjectReference',
+    9: 'volumeAttributesClassName *string',
   },
   VolumeResourceRequirements: { 1: 'limits map[string]Quantity', 2: 'requests map[string]Quantity' },
   TypedLocalObjectReference: { 1: 'apiGroup *string', 2: 'kind string', 3: 'name string' },
   TypedObjectReference: { 1: 'apiGroup *string', 2: 'kind string', 3: 'name string', 4: 'namespace *string' },
   PersistentVolumeClaimStatus: {
-    1: 'phase string', 2: 'accessModes []string', 3: 'capacity map[string]Quantity', 4: 'conditions []PersistentVolumeClaimCondition',
-    5: 'allocatedResources map[string]Quantity', 7: 'allocatedResourceStatuses map[string]string',
-    8: 'currentVolumeAttributesClassName *string', 9: 'modifyVolumeStatus ModifyVolumeStatus',
+    1: 'phase string',
+    2: 'accessModes []string',
+    3: 'capacity map[string]Quantity',
+    4: 'conditions []PersistentVolumeClaimCondition',
+    5: 'allocatedResources map[string]Quantity',
+    7: 'allocatedResourceStatuses map[string]string',
+    8: 'currentVolumeAttributesClassName *string',
+    9: 'modifyVolumeStatus ModifyVolumeStatus',
   },
   PersistentVolumeClaimCondition: {
-    1: 'type string', 2: 'status string', 3: 'lastProbeTime Time', 4: 'lastTransitionTime Time', 5: 'reason string', 6: 'message string',
+    1: 'type string',
+    2: 'status string',
+    3: 'lastProbeTime Time',
+    4: 'lastTransitionTime Time',
+    5: 'reason string',
+    6: 'message string',
   },
   ModifyVolumeStatus: { 1: 'targetVolumeAttributesClassName string', 2: 'status string' },
 
   // core/v1 Node
   Node: { 1: 'metadata ObjectMeta', 2: 'spec NodeSpec', 3: 'status NodeStatus' },
   NodeSpec: {
-    1: 'podCIDR string', 7: 'podCIDRs []string', 3: 'providerID string', 4: 'unschedulable bool', 5: 'taints []Taint', 2: 'externalID string',
+    1: 'podCIDR string',
+    7: 'podCIDRs []string',
+    3: 'providerID string',
+    4: 'unschedulable bool',
+    5: 'taints []Taint',
+    2: 'externalID string',
   },
   Taint: { 1: 'key string', 2: 'value string', 3: 'effect string', 4: 'timeAdded Time' },
   NodeStatus: {
-    1: 'capacity map[string]Quantity', 2: 'allocatable map[string]Quantity', 3: 'phase string', 4: 'conditions []NodeCondition',
-    5: 'addresses []NodeAddress', 6: 'daemonEndpoints NodeDaemonEndpoints', 7: 'nodeInfo NodeSystemInfo', 8: 'images []ContainerImage',
-    9: 'volumesInUse []string', 10: 'volumesAttached []AttachedVolume',
+    1: 'capacity map[string]Quantity',
+    2: 'allocatable map[string]Quantity',
+    3: 'phase string',
+    4: 'conditions []NodeCondition',
+    5: 'addresses []NodeAddress',
+    6: 'daemonEndpoints NodeDaemonEndpoints',
+    7: 'nodeInfo NodeSystemInfo',
+    8: 'images []ContainerImage',
+    9: 'volumesInUse []string',
+    10: 'volumesAttached []AttachedVolume',
   },
   NodeCondition: {
-    1: 'type string', 2: 'status string', 3: 'lastHeartbeatTime Time', 4: 'lastTransitionTime Time', 5: 'reason string', 6: 'message string',
+    1: 'type string',
+    2: 'status string',
+    3: 'lastHeartbeatTime Time',
+    4: 'lastTransitionTime Time',
+    5: 'reason string',
+    6: 'message string',
   },
   NodeAddress: { 1: 'type string', 2: 'address string' },
   NodeDaemonEndpoints: { 1: 'kubeletEndpoint DaemonEndpoint' },
-  DaemonEndpoint: { 1: 'Port int32' },  // sic: the JSON name is capitalised upstream
+  DaemonEndpoint: { 1: 'Port int32' }, // sic: the JSON name is capitalised upstream
   NodeSystemInfo: {
-    1: 'machineID string', 2: 'systemUUID string', 3: 'bootID string', 4: 'kernelVersion string', 5: 'osImage string',
-    6: 'containerRuntimeVersion string', 7: 'kubeletVersion string', 8: 'kubeProxyVersion string', 9: 'operatingSystem string',
+    1: 'machineID string',
+    2: 'systemUUID string',
+    3: 'bootID string',
+    4: 'kernelVersion string',
+    5: 'osImage string',
+    6: 'containerRuntimeVersion string',
+    7: 'kubeletVersion string',
+    8: 'kubeProxyVersion string',
+    9: 'operatingSystem string',
     10: 'architecture string',
   },
   ContainerImage: { 1: 'names []string', 2: 'sizeBytes int64' },
@@ -233,8 +361,13 @@ const MESSAGES: Record<string, Record<number, string>> = {
 
 /** Top-level kinds by apiVersion/kind; DeleteOptions is registered in every group version, so any apiVersion goes. */
 const KINDS: Record<string, string> = {
-  'v1/Namespace': 'Namespace', 'v1/ConfigMap': 'ConfigMap', 'v1/Secret': 'Secret', 'v1/Service': 'Service',
-  'v1/Event': 'Event', 'v1/PersistentVolumeClaim': 'PersistentVolumeClaim', 'v1/Node': 'Node',
+  'v1/Namespace': 'Namespace',
+  'v1/ConfigMap': 'ConfigMap',
+  'v1/Secret': 'Secret',
+  'v1/Service': 'Service',
+  'v1/Event': 'Event',
+  'v1/PersistentVolumeClaim': 'PersistentVolumeClaim',
+  'v1/Node': 'Node',
 };
 
 const SCALARS = new Set(['string', 'int32', 'int64', 'bool', 'bytes']);
@@ -269,7 +402,9 @@ const TABLES: Record<string, Map<number, Field>> = Object.fromEntries(
 );
 
 /** Names of the messages the decoder knows (for tests). */
-export function protobufMessages(): string[] { return Object.keys(TABLES); }
+export function protobufMessages(): string[] {
+  return Object.keys(TABLES);
+}
 
 const utf8 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('utf8');
 const base64 = (b: Uint8Array): string => Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString('base64');
@@ -281,11 +416,21 @@ function expectWire(actual: number, expected: number, where: string): void {
 /** Reads one value of a non-map type; returns undefined for values whose JSON form is absent. */
 function readValue(r: WireReader, wire: number, type: string, where: string): unknown {
   switch (type) {
-    case 'string': expectWire(wire, WireType.LEN, where); return utf8(r.bytes());
-    case 'bytes': expectWire(wire, WireType.LEN, where); return base64(r.bytes());
-    case 'int32': expectWire(wire, WireType.VARINT, where); return r.int32();
-    case 'int64': expectWire(wire, WireType.VARINT, where); return r.int64();
-    case 'bool': expectWire(wire, WireType.VARINT, where); return r.bool();
+    case 'string':
+      expectWire(wire, WireType.LEN, where);
+      return utf8(r.bytes());
+    case 'bytes':
+      expectWire(wire, WireType.LEN, where);
+      return base64(r.bytes());
+    case 'int32':
+      expectWire(wire, WireType.VARINT, where);
+      return r.int32();
+    case 'int64':
+      expectWire(wire, WireType.VARINT, where);
+      return r.int64();
+    case 'bool':
+      expectWire(wire, WireType.VARINT, where);
+      return r.bool();
     default: {
       expectWire(wire, WireType.LEN, where);
       const data = r.bytes();
@@ -306,7 +451,8 @@ function special(type: string, data: Uint8Array, where: string): unknown {
       const t = decodeMessage(type, data, where) as { seconds?: number; nanos?: number };
       return formatTime(t.seconds ?? 0, t.nanos ?? 0, type === 'MicroTime', where);
     }
-    case 'Quantity': return (decodeMessage(type, data, where) as { string?: string }).string ?? '';
+    case 'Quantity':
+      return (decodeMessage(type, data, where) as { string?: string }).string ?? '';
     case 'IntOrString': {
       const v = decodeMessage(type, data, where) as { type?: number; intVal?: number; strVal?: string };
       // 0 and "" both mean "unset" to Kubernetes' defaulting (e.g. targetPort falls back to port).
@@ -321,9 +467,14 @@ function special(type: string, data: Uint8Array, where: string): unknown {
         else raw.skip(wire, field);
       }
       if (json === undefined) return undefined;
-      try { return JSON.parse(json) as unknown; } catch { throw new ProtobufError(`${where}: fieldsV1 is not JSON`); }
+      try {
+        return JSON.parse(json) as unknown;
+      } catch {
+        throw new ProtobufError(`${where}: fieldsV1 is not JSON`);
+      }
     }
-    default: throw new Error(`no special decoding for ${type}`);
+    default:
+      throw new Error(`no special decoding for ${type}`);
   }
 }
 
@@ -331,7 +482,7 @@ function formatTime(seconds: number, nanos: number, micro: boolean, where: strin
   const d = new Date(seconds * 1000);
   const year = d.getUTCFullYear();
   if (Number.isNaN(d.getTime()) || year < 0 || year > 9999) throw new ProtobufError(`${where}: timestamp ${seconds}s is out of range`);
-  const base = d.toISOString().slice(0, 19);  // YYYY-MM-DDTHH:MM:SS
+  const base = d.toISOString().slice(0, 19); // YYYY-MM-DDTHH:MM:SS
   // metav1.Time is second-precision in JSON; MicroTime always carries six fractional digits.
   return micro ? `${base}.${String(Math.floor(nanos / 1000)).padStart(6, '0')}Z` : `${base}Z`;
 }
@@ -346,7 +497,10 @@ function decodeMessage(type: string, data: Uint8Array, where: string): Record<st
   while (!r.done()) {
     const { field, wire } = r.tag();
     const f = table.get(field);
-    if (!f) { r.skip(wire, field); continue; }
+    if (!f) {
+      r.skip(wire, field);
+      continue;
+    }
     const path = `${where}.${f.name}`;
     if (f.type === 'map') {
       expectWire(wire, WireType.LEN, path);
@@ -363,7 +517,7 @@ function decodeMessage(type: string, data: Uint8Array, where: string): Record<st
     } else if (value === undefined || (isZero(value) && !f.pointer)) {
       // Not present in JSON terms: omitempty would have dropped it; protobuf cannot say null.
     } else if (isObject(value) && isObject(out[f.name])) {
-      Object.assign(out[f.name] as object, value);  // protobuf merges a repeated singular message
+      Object.assign(out[f.name] as object, value); // protobuf merges a repeated singular message
     } else {
       out[f.name] = value;
     }
@@ -395,11 +549,14 @@ export function decodeProtobufObject(body: Buffer): Record<string, unknown> {
     throw new ProtobufError('the body does not start with the Kubernetes protobuf prefix "k8s\\0"');
   }
   const r = new WireReader(body, MAGIC.length);
-  let apiVersion = '', kind = '', contentEncoding = '';
+  let apiVersion = '',
+    kind = '',
+    contentEncoding = '';
   let raw: Uint8Array = new Uint8Array(0);
   while (!r.done()) {
     const { field, wire } = r.tag();
-    if (field === 1) {  // typeMeta { apiVersion = 1, kind = 2 }
+    if (field === 1) {
+      // typeMeta { apiVersion = 1, kind = 2 }
       expectWire(wire, WireType.LEN, 'typeMeta');
       const tm = new WireReader(r.bytes());
       while (!tm.done()) {
@@ -414,7 +571,7 @@ export function decodeProtobufObject(body: Buffer): Record<string, unknown> {
     } else if (field === 3) {
       contentEncoding = readValue(r, wire, 'string', 'contentEncoding') as string;
     } else {
-      r.skip(wire, field);  // contentType (4) and anything newer
+      r.skip(wire, field); // contentType (4) and anything newer
     }
   }
   if (!kind) throw new ProtobufError('the protobuf envelope names no kind');
@@ -422,6 +579,7 @@ export function decodeProtobufObject(body: Buffer): Record<string, unknown> {
   if (!message) {
     throw new UnsupportedProtobufKind(`protobuf body of kind ${kind} (${apiVersion}) is not supported by Vessel; send JSON (application/json)`);
   }
-  if (contentEncoding) throw new UnsupportedProtobufKind(`protobuf content encoding "${contentEncoding}" is not supported by Vessel; send JSON (application/json)`);
+  if (contentEncoding)
+    throw new UnsupportedProtobufKind(`protobuf content encoding "${contentEncoding}" is not supported by Vessel; send JSON (application/json)`);
   return { apiVersion, kind, ...decodeMessage(message, raw, kind) };
 }

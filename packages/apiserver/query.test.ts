@@ -10,7 +10,11 @@ test('parseBool accepts exactly what strconv.ParseBool accepts', () => {
   assert.equal(parseBool('watch', undefined), undefined);
   assert.equal(parseBool('watch', ''), undefined);
   for (const bad of ['yes', 'tRUE', 'on', ' true', '2']) {
-    assert.throws(() => parseBool('watch', bad), (e: unknown) => e instanceof ApiError && e.code === 400 && e.details?.causes?.[0]?.field === 'watch', bad);
+    assert.throws(
+      () => parseBool('watch', bad),
+      (e: unknown) => e instanceof ApiError && e.code === 400 && e.details?.causes?.[0]?.field === 'watch',
+      bad,
+    );
   }
 });
 
@@ -20,7 +24,10 @@ test('parseResourceVersion takes decimal integers only', () => {
   assert.equal(parseResourceVersion('0'), 0);
   assert.equal(parseResourceVersion('12345'), 12345);
   for (const bad of ['abc', '-5', '1e3', '12x', ' 1', '99999999999999999999']) {
-    assert.throws(() => parseResourceVersion(bad, 'metadata.resourceVersion'),
-      (e: unknown) => e instanceof ApiError && e.code === 400 && e.reason === 'BadRequest' && e.details?.causes?.[0]?.field === 'metadata.resourceVersion', bad);
+    assert.throws(
+      () => parseResourceVersion(bad, 'metadata.resourceVersion'),
+      (e: unknown) => e instanceof ApiError && e.code === 400 && e.reason === 'BadRequest' && e.details?.causes?.[0]?.field === 'metadata.resourceVersion',
+      bad,
+    );
   }
 });

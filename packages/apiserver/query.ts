@@ -15,8 +15,9 @@ export function parseBool(name: string, value: string | undefined): boolean | un
   if (value === undefined || value === '') return undefined;
   if (TRUE.has(value)) return true;
   if (FALSE.has(value)) return false;
-  throw badRequest(`invalid value for ${name}: strconv.ParseBool: parsing ${JSON.stringify(value)}: invalid syntax (use true or false)`,
-    [{ reason: 'FieldValueInvalid', field: name, message: `Invalid value: ${JSON.stringify(value)}: must be true or false` }]);
+  throw badRequest(`invalid value for ${name}: strconv.ParseBool: parsing ${JSON.stringify(value)}: invalid syntax (use true or false)`, [
+    { reason: 'FieldValueInvalid', field: name, message: `Invalid value: ${JSON.stringify(value)}: must be true or false` },
+  ]);
 }
 
 /** The revision a resourceVersion names: undefined for "" (none given); 0 for "0" ("any"). */

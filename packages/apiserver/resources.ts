@@ -32,7 +32,10 @@ export interface WriteOptions {
    */
   admit?: (obj: KubeObject, current?: KubeObject) => void | Promise<void>;
 }
-export interface Written { object: StoredObject; warnings: string[] }
+export interface Written {
+  object: StoredObject;
+  warnings: string[];
+}
 
 export interface ListQuery {
   labels?: Matcher;
@@ -42,7 +45,11 @@ export interface ListQuery {
   /** List at this revision (resourceVersionMatch=Exact); a compacted one is 410 Expired. */
   revision?: number;
 }
-export interface ListPage { items: StoredObject[]; revision: number; continueToken?: string }
+export interface ListPage {
+  items: StoredObject[];
+  revision: number;
+  continueToken?: string;
+}
 
 export interface DeleteOptions {
   dryRun?: boolean;
@@ -51,7 +58,10 @@ export interface DeleteOptions {
 }
 
 /** A delete either removed the object or marked it (finalizers still pending). */
-export interface Deleted { object: StoredObject; pending: boolean }
+export interface Deleted {
+  object: StoredObject;
+  pending: boolean;
+}
 
 const MAX_UPDATE_RETRIES = 16;
 const NAME_SUFFIX_ALPHABET = 'bcdfghjklmnpqrstvwxz2456789';
@@ -63,7 +73,7 @@ function generateSuffix(): string {
 /** Namespaces finalize through spec.finalizers ("kubernetes") as well as metadata.finalizers. */
 function pendingFinalizers(obj: KubeObject): string[] {
   const spec = obj.spec as { finalizers?: string[] } | undefined;
-  return [...(obj.metadata?.finalizers ?? []), ...(obj.kind === 'Namespace' ? spec?.finalizers ?? [] : [])];
+  return [...(obj.metadata?.finalizers ?? []), ...(obj.kind === 'Namespace' ? (spec?.finalizers ?? []) : [])];
 }
 
 export interface ResourcesOptions {
@@ -78,7 +88,10 @@ export class Resources {
   /** ClusterIPs and NodePorts: allocated as a Service is written, released as it is deleted. */
   readonly services: ServiceAllocator;
 
-  constructor(private readonly store: Store, opts: ResourcesOptions = {}) {
+  constructor(
+    private readonly store: Store,
+    opts: ResourcesOptions = {},
+  ) {
     const ns = findByResource('', 'v1', 'namespaces');
     if (!ns) throw new Error('the Namespace kind is not registered');
     this.namespaces = ns;
@@ -107,9 +120,11 @@ export class Resources {
         page = await this.store.list(prefix, { limit: pageSize, startAfter, revision });
       } catch (e) {
         if (isStoreError(e, 'Gone')) {
-          throw gone(q.continueToken
-            ? 'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.'
-            : 'The resourceVersion for the provided list is too old.');
+          throw gone(
+            q.continueToken
+              ? 'The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.'
+              : 'The resourceVersion for the provided list is too old.',
+          );
         }
         throw e;
       }
@@ -175,7 +190,14 @@ export class Resources {
   }
 
   /** PUT: replace the object (or only its status, for the status subresource). */
-  async update(info: KindInfo, namespace: string | undefined, name: string, body: unknown, subresource: string | undefined, opts: WriteOptions = {}): Promise<Written> {
+  async update(
+    info: KindInfo,
+    namespace: string | undefined,
+    name: string,
+    body: unknown,
+    subresource: string | undefined,
+    opts: WriteOptions = {},
+  ): Promise<Written> {
     const next = this.checkBody(info, namespace, body);
     if (next.metadata.name && next.metadata.name !== name) {
       throw badRequest(`the name of the object (${next.metadata.name}) does not match the name on the URL (${name})`);
@@ -185,27 +207,57 @@ export class Resources {
     return this.guaranteedUpdate(info, namespace, name, wanted, opts, () => next, subresource);
   }
 
-  async patch(info: KindInfo, namespace: string | undefined, name: string, type: PatchType, rawBody: string, subresource: string | undefined, opts: WriteOptions = {}): Promise<Written> {
+  async patch(
+    info: KindInfo,
+    namespace: string | undefined,
+    name: string,
+    type: PatchType,
+    rawBody: string,
+    subresource: string | undefined,
+    opts: WriteOptions = {},
+  ): Promise<Written> {
     try {
       return await this.patchOnce(info, namespace, name, type, rawBody, subresource, opts);
     } catch (e) {
-      if (e instanceof NestingError) throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field: e.field || '(patch)', message: e.message }]);
+      if (e instanceof NestingError)
+        throw invalid(info.kind, info.group, name, [{ reason: 'FieldValueInvalid', field: e.field || '(patch)', message: e.message }]);
       throw e;
     }
   }
 
-  private async patchOnce(info: KindInfo, namespace: string | undefined, name: string, type: PatchType, rawBody: string, subresource: string | undefined, opts: WriteOptions): Promise<Written> {
+  private async patchOnce(
+    info: KindInfo,
+    namespace: string | undefined,
+    name: string,
+    type: PatchType,
+    rawBody: string,
+    subresource: string | undefined,
+    opts: WriteOptions,
+  ): Promise<Written> {
     const patch = parsePatchBody(type, rawBody);
     if (type === 'apply' && !opts.fieldManager) throw badRequest('PATCH with application/apply-patch+yaml requires the fieldManager query parameter');
     if (type !== 'apply' && opts.force) throw badRequest('force=true is only allowed for apply patches (application/apply-patch+yaml)');
     if (type === 'apply' && !isObject(patch)) throw badRequest('an apply patch must be an object');
-    const wanted = isObject(patch) && isObject(patch.metadata) && typeof patch.metadata.resourceVersion === 'string' && patch.metadata.resourceVersion ? patch.metadata.resourceVersion : undefined;
+    const wanted =
+      isObject(patch) && isObject(patch.metadata) && typeof patch.metadata.resourceVersion === 'string' && patch.metadata.resourceVersion
+        ? patch.metadata.resourceVersion
+        : undefined;
     const config = type === 'apply' ? cleanAppliedConfig(patch as JsonObject) : undefined;
     const w = fieldWrite(info, opts, subresource);
     try {
-      return await this.guaranteedUpdate(info, namespace, name, wanted, opts,
-        (current) => (config ? applyToLive(json(current), config, w, { name, kind: info.kind, group: info.group }) : applyPatch(type, current as never, patch as never) as unknown),
-        subresource, config && { config, force: opts.force ?? false });
+      return await this.guaranteedUpdate(
+        info,
+        namespace,
+        name,
+        wanted,
+        opts,
+        (current) =>
+          config
+            ? applyToLive(json(current), config, w, { name, kind: info.kind, group: info.group })
+            : (applyPatch(type, current as never, patch as never) as unknown),
+        subresource,
+        config && { config, force: opts.force ?? false },
+      );
     } catch (e) {
       // Server-side apply creates what does not exist yet.
       if (config && e instanceof ApiError && e.code === 404 && !subresource) {
@@ -224,7 +276,11 @@ export class Resources {
       const meta = current.metadata;
       const pre = options.preconditions ?? {};
       if (pre.uid && pre.uid !== meta.uid) {
-        throw new ApiError(409, 'Conflict', `Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${meta.uid}`, { name, group: info.group, kind: info.plural });
+        throw new ApiError(409, 'Conflict', `Precondition failed: UID in precondition: ${pre.uid}, UID in object meta: ${meta.uid}`, {
+          name,
+          group: info.group,
+          kind: info.plural,
+        });
       }
       if (pre.resourceVersion) parseResourceVersion(pre.resourceVersion, 'preconditions.resourceVersion');
       if (pre.resourceVersion && pre.resourceVersion !== meta.resourceVersion) throw conflict(info.plural, info.group, name);
@@ -264,9 +320,16 @@ export class Resources {
    * The read-modify-write loop behind PUT and PATCH: retries on concurrent writes unless the
    * client pinned a resourceVersion, in which case a mismatch is its 409.
    */
-  private async guaranteedUpdate(info: KindInfo, namespace: string | undefined, name: string, wanted: string | undefined,
-    opts: WriteOptions, change: (current: StoredObject) => unknown, subresource: string | undefined,
-    apply?: { config: JsonObject; force: boolean }): Promise<Written> {
+  private async guaranteedUpdate(
+    info: KindInfo,
+    namespace: string | undefined,
+    name: string,
+    wanted: string | undefined,
+    opts: WriteOptions,
+    change: (current: StoredObject) => unknown,
+    subresource: string | undefined,
+    apply?: { config: JsonObject; force: boolean },
+  ): Promise<Written> {
     if (subresource && subresource !== 'status') throw notFound(`${info.plural}/${subresource}`, info.group, name);
     if (subresource === 'status' && !info.statusSubresource) throw notFound(`${info.plural}/status`, info.group, name);
     // A malformed precondition is the client's error (400), not a conflict with the stored object.
@@ -280,7 +343,10 @@ export class Resources {
       const sentFields = next.metadata.managedFields;
       const merged = this.mergeUpdate(info, current, next, subresource);
       if (!subresource && isService(info)) dropTypeDependentFields(current, merged);
-      const { causes, warnings } = validateObject(info, merged, 'update', current, { ...validation(opts), subresource: subresource === 'status' ? 'status' : undefined });
+      const { causes, warnings } = validateObject(info, merged, 'update', current, {
+        ...validation(opts),
+        subresource: subresource === 'status' ? 'status' : undefined,
+      });
       if (causes.length) throw invalid(info.kind, info.group, name, causes);
       if (!subresource) applyDefaults(info, merged);
       if (!subresource) await opts.admit?.(merged, current);
@@ -290,7 +356,8 @@ export class Resources {
         if (specOf(merged) !== specOf(current)) merged.metadata.generation = (current.metadata.generation ?? 1) + 1;
         const w = fieldWrite(info, opts, subresource);
         const target = { name, kind: info.kind, group: info.group };
-        const managed = apply ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
+        const managed = apply
+          ? applyManagedFields(json(current), json(merged), apply.config, w, target, apply.force)
           : updateManagedFields(json(current), json(merged), w, target, sentFields);
         if (managed.length) merged.metadata.managedFields = managed;
         if (opts.dryRun) return { object: merged, warnings };
@@ -320,12 +387,14 @@ export class Resources {
   private mergeUpdate(info: KindInfo, current: StoredObject, next: StoredObject, subresource: string | undefined): StoredObject {
     if (subresource === 'status') {
       const out = structuredClone(current);
-      if (next.status === undefined) delete out.status; else out.status = next.status;
+      if (next.status === undefined) delete out.status;
+      else out.status = next.status;
       return out;
     }
     const meta = { ...next.metadata };
     for (const f of ['uid', 'creationTimestamp', 'deletionTimestamp', 'deletionGracePeriodSeconds', 'generation', 'namespace'] as const) {
-      if (current.metadata[f] === undefined) delete meta[f]; else (meta as Record<string, unknown>)[f] = current.metadata[f];
+      if (current.metadata[f] === undefined) delete meta[f];
+      else (meta as Record<string, unknown>)[f] = current.metadata[f];
     }
     meta.name = current.metadata.name;
     delete meta.managedFields;
@@ -337,7 +406,8 @@ export class Resources {
     }
     const out: StoredObject = { ...next, metadata: meta };
     if (info.statusSubresource) {
-      if (current.status === undefined) delete out.status; else out.status = current.status;
+      if (current.status === undefined) delete out.status;
+      else out.status = current.status;
     }
     if (info.kind === 'Namespace') out.status = current.status;
     return out;
@@ -397,7 +467,12 @@ export class Resources {
 
 /** Who a write is, for metadata.managedFields. */
 function fieldWrite(info: KindInfo, opts: WriteOptions, subresource: string | undefined): FieldWrite {
-  return { manager: managerOf(opts.fieldManager, opts.userAgent), apiVersion: apiVersionOf(info), subresource, statusSubresource: !!info.statusSubresource || info.kind === 'Namespace' };
+  return {
+    manager: managerOf(opts.fieldManager, opts.userAgent),
+    apiVersion: apiVersionOf(info),
+    subresource,
+    statusSubresource: !!info.statusSubresource || info.kind === 'Namespace',
+  };
 }
 
 const json = (obj: KubeObject): JsonObject => obj as unknown as JsonObject;
@@ -417,6 +492,8 @@ function parseContinue(token: string, prefix: string): { revision: number; start
     if (c.v === 1 && Number.isInteger(c.rv) && typeof c.start === 'string' && c.start.startsWith(prefix)) {
       return { revision: c.rv, startAfter: c.start };
     }
-  } catch { /* reported below */ }
+  } catch {
+    /* reported below */
+  }
   throw badRequest('invalid value for continue: it must be the metadata.continue of a previous list of the same resource');
 }

@@ -19,7 +19,11 @@ describe('label selectors', () => {
 
   it('names the bad part of a malformed selector', () => {
     for (const bad of ['a in (b', 'a notin ()', 'a=b=c', '-bad=x', 'a=' + 'x'.repeat(64)]) {
-      assert.throws(() => parseLabelSelector(bad), (e: Error) => /unable to parse requirement/.test(e.message) && e.message.includes('"'), bad);
+      assert.throws(
+        () => parseLabelSelector(bad),
+        (e: Error) => /unable to parse requirement/.test(e.message) && e.message.includes('"'),
+        bad,
+      );
     }
   });
 });

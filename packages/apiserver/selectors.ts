@@ -6,7 +6,11 @@
 import { badRequest } from './errors.ts';
 
 type Op = '=' | '!=' | 'in' | 'notin' | 'exists' | '!exists';
-interface Requirement { key: string; op: Op; values: string[] }
+interface Requirement {
+  key: string;
+  op: Op;
+  values: string[];
+}
 
 export type Matcher = (obj: Record<string, unknown>) => boolean;
 
@@ -21,7 +25,10 @@ function splitTerms(s: string): string[] {
   for (const ch of s) {
     if (ch === '(') depth++;
     if (ch === ')') depth--;
-    if (ch === ',' && depth === 0) { out.push(cur); cur = ''; } else cur += ch;
+    if (ch === ',' && depth === 0) {
+      out.push(cur);
+      cur = '';
+    } else cur += ch;
   }
   out.push(cur);
   return out.map((t) => t.trim()).filter((t) => t !== '');
@@ -31,7 +38,10 @@ function parseLabelTerm(term: string): Requirement {
   const setMatch = /^(\S+)\s+(in|notin)\s*\(([^()]*)\)$/.exec(term);
   let req: Requirement;
   if (setMatch) {
-    const values = setMatch[3].split(',').map((v) => v.trim()).filter((v) => v !== '');
+    const values = setMatch[3]
+      .split(',')
+      .map((v) => v.trim())
+      .filter((v) => v !== '');
     if (values.length === 0) throw badRequest(`unable to parse requirement: "${term}": the set needs at least one value`);
     req = { key: setMatch[1], op: setMatch[2] as Op, values };
   } else if (term.startsWith('!')) {
@@ -43,22 +53,33 @@ function parseLabelTerm(term: string): Requirement {
     else throw badRequest(`unable to parse requirement: "${term}": expected key, !key, key=value, key!=value, key in (a,b) or key notin (a,b)`);
   }
   if (!LABEL_KEY.test(req.key) || req.key.length > 317) {
-    throw badRequest(`unable to parse requirement: "${term}": invalid label key "${req.key}": a qualified name must consist of alphanumeric characters, '-', '_' or '.', optionally prefixed by a DNS subdomain and '/'`);
+    throw badRequest(
+      `unable to parse requirement: "${term}": invalid label key "${req.key}": a qualified name must consist of alphanumeric characters, '-', '_' or '.', optionally prefixed by a DNS subdomain and '/'`,
+    );
   }
   for (const v of req.values) {
-    if (!LABEL_VALUE.test(v)) throw badRequest(`unable to parse requirement: "${term}": invalid label value "${v}": at most 63 alphanumeric characters, '-', '_' or '.', starting and ending with an alphanumeric character`);
+    if (!LABEL_VALUE.test(v))
+      throw badRequest(
+        `unable to parse requirement: "${term}": invalid label value "${v}": at most 63 alphanumeric characters, '-', '_' or '.', starting and ending with an alphanumeric character`,
+      );
   }
   return req;
 }
 
 function test(req: Requirement, value: string | undefined): boolean {
   switch (req.op) {
-    case '=': return value === req.values[0];
-    case '!=': return value !== req.values[0];
-    case 'in': return value !== undefined && req.values.includes(value);
-    case 'notin': return value === undefined || !req.values.includes(value);
-    case 'exists': return value !== undefined;
-    case '!exists': return value === undefined;
+    case '=':
+      return value === req.values[0];
+    case '!=':
+      return value !== req.values[0];
+    case 'in':
+      return value !== undefined && req.values.includes(value);
+    case 'notin':
+      return value === undefined || !req.values.includes(value);
+    case 'exists':
+      return value !== undefined;
+    case '!exists':
+      return value === undefined;
   }
 }
 
@@ -66,7 +87,7 @@ export function parseLabelSelector(s: string | undefined): Matcher | undefined {
   if (!s || !s.trim()) return undefined;
   const reqs = splitTerms(s).map(parseLabelTerm);
   return (obj) => {
-    const labels = ((obj.metadata as { labels?: Record<string, string> } | undefined)?.labels) ?? {};
+    const labels = (obj.metadata as { labels?: Record<string, string> } | undefined)?.labels ?? {};
     return reqs.every((r) => test(r, labels[r.key]));
   };
 }
@@ -82,7 +103,11 @@ export function fieldValue(obj: Record<string, unknown>, path: string): string |
   return typeof cur === 'object' ? JSON.stringify(cur) : String(cur);
 }
 
-export interface FieldRequirement { path: string; op: '=' | '!='; value: string }
+export interface FieldRequirement {
+  path: string;
+  op: '=' | '!=';
+  value: string;
+}
 
 export function parseFieldRequirements(s: string | undefined): FieldRequirement[] {
   if (!s || !s.trim()) return [];
@@ -100,8 +125,9 @@ export function parseFieldRequirements(s: string | undefined): FieldRequirement[
 export function parseFieldSelector(s: string | undefined): Matcher | undefined {
   const reqs = parseFieldRequirements(s);
   if (reqs.length === 0) return undefined;
-  return (obj) => reqs.every((r) => {
-    const v = fieldValue(obj, r.path) ?? '';
-    return r.op === '=' ? v === r.value : v !== r.value;
-  });
+  return (obj) =>
+    reqs.every((r) => {
+      const v = fieldValue(obj, r.path) ?? '';
+      return r.op === '=' ? v === r.value : v !== r.value;
+    });
 }

@@ -53,8 +53,13 @@ export interface ResourcePath {
 }
 
 class Request {
-  constructor(readonly req: IncomingMessage, readonly url: URL) {}
-  q(name: string): string | undefined { return this.url.searchParams.get(name) ?? undefined; }
+  constructor(
+    readonly req: IncomingMessage,
+    readonly url: URL,
+  ) {}
+  q(name: string): string | undefined {
+    return this.url.searchParams.get(name) ?? undefined;
+  }
 }
 
 /** What a route's handler gets: the request, its path (trailing slashes dropped) and named params. */
@@ -67,9 +72,7 @@ interface Exchange {
 }
 
 /** A route: `open` ones run without a user (probes, version, uploads, which carry an upload token). */
-type Route =
-  | { open: true; run: (x: Exchange) => Promise<void> | void }
-  | { open: false; run: (x: Exchange, user: User) => Promise<void> | void };
+type Route = { open: true; run: (x: Exchange) => Promise<void> | void } | { open: false; run: (x: Exchange, user: User) => Promise<void> | void };
 const open = (run: (x: Exchange) => Promise<void> | void): Route => ({ open: true, run });
 const authed = (run: (x: Exchange, user: User) => Promise<void> | void): Route => ({ open: false, run });
 
@@ -79,17 +82,32 @@ const ACTIONS = ':action(start|stop|restart|pause|unpause|softreboot|reset|addvo
 const notFoundPath = (x: Exchange) => new ApiError(404, 'NotFound', `the server could not find the requested resource (${x.method} ${x.path})`);
 
 export function parseResourcePath(pathname: string): ResourcePath | undefined {
-  const segs = pathname.split('/').filter((s) => s !== '').map(decodeURIComponent);
+  const segs = pathname
+    .split('/')
+    .filter((s) => s !== '')
+    .map(decodeURIComponent);
   let group: string, version: string, rest: string[];
-  if (segs[0] === 'api' && segs.length >= 3) { group = ''; version = segs[1]; rest = segs.slice(2); }
-  else if (segs[0] === 'apis' && segs.length >= 4) { group = segs[1]; version = segs[2]; rest = segs.slice(3); }
-  else return undefined;
+  if (segs[0] === 'api' && segs.length >= 3) {
+    group = '';
+    version = segs[1];
+    rest = segs.slice(2);
+  } else if (segs[0] === 'apis' && segs.length >= 4) {
+    group = segs[1];
+    version = segs[2];
+    rest = segs.slice(3);
+  } else return undefined;
   let watchPath = false;
-  if (rest[0] === 'watch') { watchPath = true; rest = rest.slice(1); }
+  if (rest[0] === 'watch') {
+    watchPath = true;
+    rest = rest.slice(1);
+  }
   let namespace: string | undefined;
   if (rest[0] === 'namespaces' && rest.length >= 3) {
     const inner = findByResource(group, version, rest[2]);
-    if (inner?.namespaced) { namespace = rest[1]; rest = rest.slice(2); }
+    if (inner?.namespaced) {
+      namespace = rest[1];
+      rest = rest.slice(2);
+    }
   }
   const info = findByResource(group, version, rest[0]);
   if (!info || rest.length > 3) return undefined;
@@ -114,56 +132,153 @@ export function createHandler(opts: HandlerOptions): Handler {
    * method fall through to the next; the resource catch-alls last.
    */
   const routes = new Router<Route>()
-    .on('*', '/:probe(healthz|livez|readyz)', open(({ res }) => { res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok'); }))
-    .on('*', '/version', open(({ res }) => sendJson(res, 200, serverVersion)))
+    .on(
+      '*',
+      '/:probe(healthz|livez|readyz)',
+      open(({ res }) => {
+        res.writeHead(200, { 'Content-Type': 'text/plain' }).end('ok');
+      }),
+    )
+    .on(
+      '*',
+      '/version',
+      open(({ res }) => sendJson(res, 200, serverVersion)),
+    )
     // Upload tokens authenticate uploads (CDI's upload proxy), not users.
-    .on(['POST', 'PUT', 'HEAD', 'GET'], '/v1beta1/:mode(upload|upload-async)', open(({ r, res, path }) => proxyUpload(resources, r.req, res, path)))
-    .on('*', '/v1beta1/:mode(upload|upload-async)', open(({ method, path }) => { throw methodNotAllowed(method, path); }))
+    .on(
+      ['POST', 'PUT', 'HEAD', 'GET'],
+      '/v1beta1/:mode(upload|upload-async)',
+      open(({ r, res, path }) => proxyUpload(resources, r.req, res, path)),
+    )
+    .on(
+      '*',
+      '/v1beta1/:mode(upload|upload-async)',
+      open(({ method, path }) => {
+        throw methodNotAllowed(method, path);
+      }),
+    )
     // From here on, every route needs a user.
-    .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc|serial-log)`, authed(({ r, res, path, params }) =>
-      serialLog(consoleDeps, r.req, res, path, { namespace: params.namespace, name: params.name, subresource: params.stream as StreamTarget['subresource'] })))
-    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port`, authed(({ r, res, path, params }) =>
-      serialLog(consoleDeps, r.req, res, path, forwardTarget(params))))
-    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`, authed(({ r, res, path, params }) =>
-      serialLog(consoleDeps, r.req, res, path, forwardTarget(params))))
-    .on('POST', '/vessel/v1/tokens', authed(({ r, res }, user) => issueToken(r, res, user)))
-    .on('PUT', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`, authed(async ({ r, res, params }, user) => {
-      const { namespace, resource, name, action } = params;
-      // addvolume / removevolume carry their options as JSON (read once authorized); the others need no body.
-      const body = BODY_ACTIONS.has(action) ? () => readObject(r.req) : undefined;
-      if (!body) r.req.resume();
-      res.writeHead(await runAction(resources, user, namespace, resource, name, action, body)).end();
-    }))
-    .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`, authed(({ method, path }) => { throw methodNotAllowed(method, path); }))
-    .on('POST', '/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/:namespace/uploadtokenrequests', authed(async ({ r, res, params }, user) =>
-      sendJson(res, 201, await issueUploadToken(resources, user, params.namespace, await readObject(r.req)))))
+    .on(
+      '*',
+      `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc|serial-log)`,
+      authed(({ r, res, path, params }) =>
+        serialLog(consoleDeps, r.req, res, path, { namespace: params.namespace, name: params.name, subresource: params.stream as StreamTarget['subresource'] }),
+      ),
+    )
+    .on(
+      '*',
+      `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port`,
+      authed(({ r, res, path, params }) => serialLog(consoleDeps, r.req, res, path, forwardTarget(params))),
+    )
+    .on(
+      '*',
+      `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`,
+      authed(({ r, res, path, params }) => serialLog(consoleDeps, r.req, res, path, forwardTarget(params))),
+    )
+    .on(
+      'POST',
+      '/vessel/v1/tokens',
+      authed(({ r, res }, user) => issueToken(r, res, user)),
+    )
+    .on(
+      'PUT',
+      `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`,
+      authed(async ({ r, res, params }, user) => {
+        const { namespace, resource, name, action } = params;
+        // addvolume / removevolume carry their options as JSON (read once authorized); the others need no body.
+        const body = BODY_ACTIONS.has(action) ? () => readObject(r.req) : undefined;
+        if (!body) r.req.resume();
+        res.writeHead(await runAction(resources, user, namespace, resource, name, action, body)).end();
+      }),
+    )
+    .on(
+      '*',
+      `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/${ACTIONS}`,
+      authed(({ method, path }) => {
+        throw methodNotAllowed(method, path);
+      }),
+    )
+    .on(
+      'POST',
+      '/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/:namespace/uploadtokenrequests',
+      authed(async ({ r, res, params }, user) => sendJson(res, 201, await issueUploadToken(resources, user, params.namespace, await readObject(r.req)))),
+    )
     // OpenAPI: JSON, and v2 as protobuf too.
-    .on('GET', '/openapi/v2', authed(({ r, res }) => {
-      if (OPENAPI_V2_PROTOBUF_TYPES.some((t) => accepts(r.req.headers.accept, t))) {
-        // client-go's discovery reads OpenAPI v2 only as protobuf (kubectl apply of a kind not in v3 needs it).
-        v2Protobuf ??= encodeOpenApiV2(openApiV2() as Record<string, unknown>);
-        res.writeHead(200, { 'Content-Type': OPENAPI_V2_PROTOBUF_REPLY, 'Content-Length': String(v2Protobuf.length) }).end(v2Protobuf);
-        return;
-      }
-      sendDoc(r, res, '/openapi/v2', openApiV2());
-    }))
-    .on('GET', '/openapi/v3', authed(({ r, res, path }) => sendDoc(r, res, path, openApiV3Index())))
-    .on('GET', '/openapi/v3/api/:version(v1)', authed(({ r, res, path, params }) => sendDoc(r, res, path, openApiV3('', params.version))))
-    .on('GET', '/openapi/v3/apis/:group/:version', authed(({ r, res, path, params }) => sendDoc(r, res, path, openApiV3(params.group, params.version))))
-    .on('GET', '/openapi/*', authed((x) => { jsonOnly(x.r); throw notFoundPath(x); }))
+    .on(
+      'GET',
+      '/openapi/v2',
+      authed(({ r, res }) => {
+        if (OPENAPI_V2_PROTOBUF_TYPES.some((t) => accepts(r.req.headers.accept, t))) {
+          // client-go's discovery reads OpenAPI v2 only as protobuf (kubectl apply of a kind not in v3 needs it).
+          v2Protobuf ??= encodeOpenApiV2(openApiV2() as Record<string, unknown>);
+          res.writeHead(200, { 'Content-Type': OPENAPI_V2_PROTOBUF_REPLY, 'Content-Length': String(v2Protobuf.length) }).end(v2Protobuf);
+          return;
+        }
+        sendDoc(r, res, '/openapi/v2', openApiV2());
+      }),
+    )
+    .on(
+      'GET',
+      '/openapi/v3',
+      authed(({ r, res, path }) => sendDoc(r, res, path, openApiV3Index())),
+    )
+    .on(
+      'GET',
+      '/openapi/v3/api/:version(v1)',
+      authed(({ r, res, path, params }) => sendDoc(r, res, path, openApiV3('', params.version))),
+    )
+    .on(
+      'GET',
+      '/openapi/v3/apis/:group/:version',
+      authed(({ r, res, path, params }) => sendDoc(r, res, path, openApiV3(params.group, params.version))),
+    )
+    .on(
+      'GET',
+      '/openapi/*',
+      authed((x) => {
+        jsonOnly(x.r);
+        throw notFoundPath(x);
+      }),
+    )
     // Discovery.
-    .on('GET', '/api', authed(({ res }) => sendJson(res, 200, apiVersions(opts.serverAddress))))
-    .on('GET', '/apis', authed(({ res }) => sendJson(res, 200, apiGroupList())))
-    .on('GET', '/api/v1', authed(({ r, res, path }) => sendDoc(r, res, path, apiResourceList('', 'v1'))))
-    .on('GET', '/apis/:group', authed(({ r, res, path, params }) => sendDoc(r, res, path, apiGroupDoc(params.group))))
-    .on('GET', '/apis/:group/:version', authed(({ r, res, path, params }) => sendDoc(r, res, path, apiResourceList(params.group, params.version))))
+    .on(
+      'GET',
+      '/api',
+      authed(({ res }) => sendJson(res, 200, apiVersions(opts.serverAddress))),
+    )
+    .on(
+      'GET',
+      '/apis',
+      authed(({ res }) => sendJson(res, 200, apiGroupList())),
+    )
+    .on(
+      'GET',
+      '/api/v1',
+      authed(({ r, res, path }) => sendDoc(r, res, path, apiResourceList('', 'v1'))),
+    )
+    .on(
+      'GET',
+      '/apis/:group',
+      authed(({ r, res, path, params }) => sendDoc(r, res, path, apiGroupDoc(params.group))),
+    )
+    .on(
+      'GET',
+      '/apis/:group/:version',
+      authed(({ r, res, path, params }) => sendDoc(r, res, path, apiResourceList(params.group, params.version))),
+    )
     // Resources: /api/v1/[namespaces/NS/]RESOURCE[/NAME[/SUBRESOURCE]], /apis/GROUP/VERSION/... (parseResourcePath).
-    .on('*', '/:prefix(api|apis)/*', authed(async (x, user) => {
-      const rp = parseResourcePath(x.path);
-      if (!rp) throw notFoundPath(x);
-      await serveResource(x.r, x.res, rp, user, x.method);
-    }));
-  const unknownPath = authed((x) => { throw notFoundPath(x); });
+    .on(
+      '*',
+      '/:prefix(api|apis)/*',
+      authed(async (x, user) => {
+        const rp = parseResourcePath(x.path);
+        if (!rp) throw notFoundPath(x);
+        await serveResource(x.r, x.res, rp, user, x.method);
+      }),
+    );
+  const unknownPath = authed((x) => {
+    throw notFoundPath(x);
+  });
 
   const handle = async function handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const started = Date.now();
@@ -194,11 +309,18 @@ export function createHandler(opts: HandlerOptions): Handler {
   /** `vessel token create`: admins issue tokens; the token is shown once and stored hashed. */
   async function issueToken(r: Request, res: ServerResponse, user: User): Promise<void> {
     authorize(user, { verb: 'create', group: 'vessel.io', resource: 'tokens' });
-    const body = await readObject(r.req) as { user?: unknown; groups?: unknown; description?: unknown };
+    const body = (await readObject(r.req)) as { user?: unknown; groups?: unknown; description?: unknown };
     const causes = [];
-    if (typeof body.user !== 'string' || !/^[A-Za-z0-9:@._-]{1,253}$/.test(body.user)) causes.push({ reason: 'FieldValueInvalid', field: 'user', message: 'must be a user name of letters, digits and :@._-' });
-    if (body.groups !== undefined && !(Array.isArray(body.groups) && body.groups.every((g) => typeof g === 'string'))) causes.push({ reason: 'FieldValueInvalid', field: 'groups', message: 'must be a list of group names' });
-    if (causes.length) throw new ApiError(422, 'Invalid', `token request is invalid: ${causes.map((c) => `${c.field}: ${c.message}`).join(', ')}`, { kind: 'Token', group: 'vessel.io', causes });
+    if (typeof body.user !== 'string' || !/^[A-Za-z0-9:@._-]{1,253}$/.test(body.user))
+      causes.push({ reason: 'FieldValueInvalid', field: 'user', message: 'must be a user name of letters, digits and :@._-' });
+    if (body.groups !== undefined && !(Array.isArray(body.groups) && body.groups.every((g) => typeof g === 'string')))
+      causes.push({ reason: 'FieldValueInvalid', field: 'groups', message: 'must be a list of group names' });
+    if (causes.length)
+      throw new ApiError(422, 'Invalid', `token request is invalid: ${causes.map((c) => `${c.field}: ${c.message}`).join(', ')}`, {
+        kind: 'Token',
+        group: 'vessel.io',
+        causes,
+      });
     const groups = (body.groups as string[] | undefined) ?? [];
     const token = await createToken(opts.store, body.user as string, groups, typeof body.description === 'string' ? body.description : undefined);
     return sendJson(res, 201, { kind: 'Token', apiVersion: 'vessel.io/v1', user: body.user, groups, token });
@@ -207,7 +329,11 @@ export function createHandler(opts: HandlerOptions): Handler {
   async function serveResource(r: Request, res: ServerResponse, rp: ResourcePath, user: User, method: string): Promise<void> {
     const { info, namespace, name, subresource } = rp;
     if (info.namespaced && name !== undefined && namespace === undefined) {
-      throw new ApiError(404, 'NotFound', `the server could not find the requested resource: ${info.plural} are namespaced; use /namespaces/<namespace>/${info.plural}/${name}`);
+      throw new ApiError(
+        404,
+        'NotFound',
+        `the server could not find the requested resource: ${info.plural} are namespaced; use /namespaces/<namespace>/${info.plural}/${name}`,
+      );
     }
     const watch = rp.watchPath || parseBool('watch', r.q('watch')) === true;
     const verb = verbOf(method, name, watch);
@@ -216,8 +342,11 @@ export function createHandler(opts: HandlerOptions): Handler {
     const labels = parseLabelSelector(r.q('labelSelector'));
     const fields = parseFieldSelector(r.q('fieldSelector'));
     const write: WriteOptions = {
-      dryRun: parseDryRun(r.q('dryRun')), fieldManager: r.q('fieldManager'), fieldValidation: parseFieldValidation(r.q('fieldValidation')),
-      force: parseForce(r.q('force')), userAgent: r.req.headers['user-agent'],
+      dryRun: parseDryRun(r.q('dryRun')),
+      fieldManager: r.q('fieldManager'),
+      fieldValidation: parseFieldValidation(r.q('fieldValidation')),
+      force: parseForce(r.q('force')),
+      userAgent: r.req.headers['user-agent'],
       admit: (obj, current) => admit(user, resources, info, obj, current, { vmNetwork: opts.vmNetwork }),
     };
     const table = wantsTable(r.req.headers.accept);
@@ -234,33 +363,48 @@ export function createHandler(opts: HandlerOptions): Handler {
       }
       case 'list': {
         const limit = r.q('limit') ? Number(r.q('limit')) : undefined;
-        if (limit !== undefined && (!Number.isInteger(limit) || limit < 0)) throw badRequest(`invalid limit "${r.q('limit')}": it must be a non-negative integer`);
+        if (limit !== undefined && (!Number.isInteger(limit) || limit < 0))
+          throw badRequest(`invalid limit "${r.q('limit')}": it must be a non-negative integer`);
         const continueToken = r.q('continue') || undefined;
         const match = r.q('resourceVersionMatch') || undefined;
         // Kubernetes' ListOptions validation, a 422 like theirs.
         const listCause = (field: string, reason: string, message: string) => invalid('ListOptions', 'meta.k8s.io', '', [{ reason, field, message }]);
-        if (match !== undefined && match !== 'Exact' && match !== 'NotOlderThan') throw listCause('resourceVersionMatch', 'FieldValueNotSupported', `Unsupported value: "${match}": supported values: "Exact", "NotOlderThan"`);
-        if (match !== undefined && rv === undefined) throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided');
-        if (match === 'Exact' && rv === 0) throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"');
-        if (continueToken && rv) throw listCause('resourceVersion', 'FieldValueForbidden', 'Forbidden: specifying resource version is not allowed when using continue');
+        if (match !== undefined && match !== 'Exact' && match !== 'NotOlderThan')
+          throw listCause('resourceVersionMatch', 'FieldValueNotSupported', `Unsupported value: "${match}": supported values: "Exact", "NotOlderThan"`);
+        if (match !== undefined && rv === undefined)
+          throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch is forbidden unless resourceVersion is provided');
+        if (match === 'Exact' && rv === 0)
+          throw listCause('resourceVersionMatch', 'FieldValueForbidden', 'Forbidden: resourceVersionMatch "exact" is forbidden for resourceVersion "0"');
+        if (continueToken && rv)
+          throw listCause('resourceVersion', 'FieldValueForbidden', 'Forbidden: specifying resource version is not allowed when using continue');
         // Kubernetes' list semantics: a limit with a resourceVersion (and no match) reads at exactly that revision.
         const exact = !!rv && (match === 'Exact' || (match === undefined && limit !== undefined && limit > 0));
         if (rv) await waitForRevision(opts.store, rv);
         const page = await resources.list(info, namespace, { labels, fields, limit, continueToken, revision: exact ? rv : undefined });
         const meta = { resourceVersion: String(page.revision), ...(page.continueToken ? { continue: page.continueToken } : {}) };
         if (table) return sendJson(res, 200, toTable(info, page.items, meta, includeObject));
-        return sendJson(res, 200, { apiVersion: info.group ? `${info.group}/${info.version}` : info.version, kind: info.listKind, metadata: meta, items: page.items });
+        return sendJson(res, 200, {
+          apiVersion: info.group ? `${info.group}/${info.version}` : info.version,
+          kind: info.listKind,
+          metadata: meta,
+          items: page.items,
+        });
       }
       case 'watch': {
         const timeout = r.q('timeoutSeconds');
         if (rv) await waitForRevision(opts.store, rv);
         return serveWatch(opts.store, caches, res, {
-          info, namespace, resourceVersion: r.q('resourceVersion'), labels,
+          info,
+          namespace,
+          resourceVersion: r.q('resourceVersion'),
+          labels,
           fields: name ? combine(fields, (o) => (o.metadata as { name?: string }).name === name) : fields,
           allowBookmarks: parseBool('allowWatchBookmarks', r.q('allowWatchBookmarks')) ?? false,
           sendInitialEvents: parseBool('sendInitialEvents', r.q('sendInitialEvents')) ?? false,
           timeoutSeconds: timeout !== undefined && /^\d+$/.test(timeout) ? Number(timeout) : undefined,
-          table, includeObject, bookmarkIntervalMs: opts.bookmarkIntervalMs,
+          table,
+          includeObject,
+          bookmarkIntervalMs: opts.bookmarkIntervalMs,
         });
       }
       case 'create': {
@@ -287,8 +431,11 @@ export function createHandler(opts: HandlerOptions): Handler {
         const page = await resources.list(info, namespace, { labels, fields });
         const items = [];
         for (const o of page.items) {
-          try { items.push((await resources.delete(info, o.metadata.namespace, o.metadata.name, options)).object); }
-          catch (e) { if (!(e instanceof ApiError && e.code === 404)) throw e; }
+          try {
+            items.push((await resources.delete(info, o.metadata.namespace, o.metadata.name, options)).object);
+          } catch (e) {
+            if (!(e instanceof ApiError && e.code === 404)) throw e;
+          }
         }
         return sendJson(res, 200, { apiVersion: info.group ? `${info.group}/${info.version}` : info.version, kind: info.listKind, metadata: {}, items });
       }
@@ -310,8 +457,12 @@ function jsonOnly(r: Request): void {
 /** A port-forward path's parameters as the stream it names. */
 function forwardTarget(p: Params): StreamTarget {
   return {
-    namespace: p.namespace, name: p.name, subresource: 'portforward',
-    resource: p.resource as StreamTarget['resource'], port: p.port, protocol: p.protocol,
+    namespace: p.namespace,
+    name: p.name,
+    subresource: 'portforward',
+    resource: p.resource as StreamTarget['resource'],
+    port: p.port,
+    protocol: p.protocol,
   };
 }
 
@@ -327,11 +478,14 @@ export function createUpgradeHandler(deps: ConsoleDeps): UpgradeHandler {
   type Upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer, params: Params) => void;
   const upgrades = new Router<Upgrade>()
     .on('*', `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/:stream(console|vnc)`, (req, socket, head, { namespace, name, stream }) =>
-      consoles(req, socket, head, { namespace, name, subresource: stream as StreamTarget['subresource'] }))
+      consoles(req, socket, head, { namespace, name, subresource: stream as StreamTarget['subresource'] }),
+    )
     .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port`, (req, socket, head, params) =>
-      consoles(req, socket, head, forwardTarget(params)))
+      consoles(req, socket, head, forwardTarget(params)),
+    )
     .on('*', `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`, (req, socket, head, params) =>
-      consoles(req, socket, head, forwardTarget(params)));
+      consoles(req, socket, head, forwardTarget(params)),
+    );
   const upgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
     const m = upgrades.match(req.method ?? 'GET', (req.url ?? '/').split('?')[0].replace(/\/$/, ''));
     if (m) m.handler(req, socket, head, m.params);
@@ -350,12 +504,18 @@ function acceptsJson(accept: string | undefined): boolean {
 
 function verbOf(method: string, name: string | undefined, watch: boolean): string | undefined {
   switch (method) {
-    case 'GET': return watch ? 'watch' : name === undefined ? 'list' : 'get';
-    case 'POST': return name === undefined ? 'create' : undefined;
-    case 'PUT': return name === undefined ? undefined : 'update';
-    case 'PATCH': return name === undefined ? undefined : 'patch';
-    case 'DELETE': return name === undefined ? 'deletecollection' : 'delete';
-    default: return undefined;
+    case 'GET':
+      return watch ? 'watch' : name === undefined ? 'list' : 'get';
+    case 'POST':
+      return name === undefined ? 'create' : undefined;
+    case 'PUT':
+      return name === undefined ? undefined : 'update';
+    case 'PATCH':
+      return name === undefined ? undefined : 'patch';
+    case 'DELETE':
+      return name === undefined ? 'deletecollection' : 'delete';
+    default:
+      return undefined;
   }
 }
 
@@ -401,12 +561,18 @@ async function readObject(req: IncomingMessage): Promise<unknown> {
 /** The request body's bytes, refused past MAX_BODY_BYTES; parseBody decodes them by content type. */
 async function readBody(req: IncomingMessage): Promise<Buffer> {
   const declared = Number(req.headers['content-length'] ?? 0);
-  if (declared > MAX_BODY_BYTES) { req.resume(); throw tooLarge(MAX_BODY_BYTES); }
+  if (declared > MAX_BODY_BYTES) {
+    req.resume();
+    throw tooLarge(MAX_BODY_BYTES);
+  }
   const chunks: Buffer[] = [];
   let size = 0;
   for await (const chunk of req) {
     size += (chunk as Buffer).length;
-    if (size > MAX_BODY_BYTES) { req.resume(); throw tooLarge(MAX_BODY_BYTES); }
+    if (size > MAX_BODY_BYTES) {
+      req.resume();
+      throw tooLarge(MAX_BODY_BYTES);
+    }
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks);

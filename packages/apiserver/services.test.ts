@@ -85,13 +85,37 @@ test('a headless Service gets no address, and None is refused for a NodePort Ser
 
 test('NodePort Services get distinct ports in 30000-32767; requested ones are honoured or refused with spec.ports[i].nodePort', async () => {
   const r = await setup();
-  const a = (await r.create(SERVICES, 'default', svc('a', { type: 'NodePort', ports: [{ name: 'http', port: 80 }, { name: 'https', port: 443 }] }))).object;
+  const a = (
+    await r.create(
+      SERVICES,
+      'default',
+      svc('a', {
+        type: 'NodePort',
+        ports: [
+          { name: 'http', port: 80 },
+          { name: 'https', port: 443 },
+        ],
+      }),
+    )
+  ).object;
   const [p0, p1] = spec(a).ports.map((p) => p.nodePort!);
   for (const p of [p0, p1]) assert.ok(p >= 30000 && p <= 32767, String(p));
   assert.notEqual(p0, p1);
   const b = (await r.create(SERVICES, 'default', svc('b', { type: 'NodePort', ports: [{ port: 80, nodePort: 30080 }] }))).object;
   assert.equal(spec(b).ports[0].nodePort, 30080);
-  const dup = await refusal(r.create(SERVICES, 'other', svc('c', { type: 'NodePort', ports: [{ name: 'x', port: 81 }, { name: 'y', port: 82, nodePort: 30080 }] })));
+  const dup = await refusal(
+    r.create(
+      SERVICES,
+      'other',
+      svc('c', {
+        type: 'NodePort',
+        ports: [
+          { name: 'x', port: 81 },
+          { name: 'y', port: 82, nodePort: 30080 },
+        ],
+      }),
+    ),
+  );
   assert.deepEqual([dup.code, dup.fields], [422, ['spec.ports[1].nodePort']]);
   const range = await refusal(r.create(SERVICES, 'other', svc('d', { type: 'NodePort', ports: [{ port: 80, nodePort: 8080 }] })));
   assert.deepEqual(range.fields, ['spec.ports[0].nodePort']);
@@ -103,7 +127,11 @@ test('NodePort Services get distinct ports in 30000-32767; requested ones are ho
 
 test('racing creates never share a ClusterIP or a NodePort', async () => {
   const r = await setup('10.100.0.0/27');
-  const results = await Promise.allSettled(Array.from({ length: 12 }, (_, i) => r.create(SERVICES, 'default', svc(`s${i}`, { type: 'NodePort', ports: [{ port: 80, nodePort: i < 6 ? 31000 : undefined }] }))));
+  const results = await Promise.allSettled(
+    Array.from({ length: 12 }, (_, i) =>
+      r.create(SERVICES, 'default', svc(`s${i}`, { type: 'NodePort', ports: [{ port: 80, nodePort: i < 6 ? 31000 : undefined }] })),
+    ),
+  );
   const ok = results.filter((x) => x.status === 'fulfilled').map((x) => (x as PromiseFulfilledResult<{ object: KubeObject }>).value.object);
   // Six asked for 31000: one got it; the other six allocated freely.
   assert.equal(ok.length, 7);
@@ -150,7 +178,8 @@ test('updates keep the addresses a Service holds; type changes allocate and rele
   const back = (await r.patch(SERVICES, 'default', 'a', 'merge', JSON.stringify({ spec: { type: 'ClusterIP' } }), undefined)).object;
   assert.equal(spec(back).ports[0].nodePort, undefined);
   assert.equal((await r.services.nodePorts()).size, 0);
-  const ext = (await r.patch(SERVICES, 'default', 'a', 'merge', JSON.stringify({ spec: { type: 'ExternalName', externalName: 'db.example.com' } }), undefined)).object;
+  const ext = (await r.patch(SERVICES, 'default', 'a', 'merge', JSON.stringify({ spec: { type: 'ExternalName', externalName: 'db.example.com' } }), undefined))
+    .object;
   assert.equal(spec(ext).clusterIP, undefined);
   assert.deepEqual(await ipAddresses(r), [], 'ExternalName holds no address');
   const again = (await r.update(SERVICES, 'default', 'a', svc('a', { ports: [{ port: 80 }] }), undefined)).object;

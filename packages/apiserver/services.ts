@@ -17,7 +17,20 @@
  * a grace period, as kube-apiserver's repair controllers do. Releases follow the Service's
  * deletion (its namespace's too: that deletes every Service through the same path).
  */
-import { DEFAULT_SERVICE_CIDR, firstFree, ipam, formatIPv4, NODE_PORT_RANGE, parseCidr, parseIPv4, refs, type Cidr, type FieldCause, type KindInfo, type KubeObject } from '@vessel/api';
+import {
+  DEFAULT_SERVICE_CIDR,
+  firstFree,
+  ipam,
+  formatIPv4,
+  NODE_PORT_RANGE,
+  parseCidr,
+  parseIPv4,
+  refs,
+  type Cidr,
+  type FieldCause,
+  type KindInfo,
+  type KubeObject,
+} from '@vessel/api';
 import { isStoreError, type Store } from '@vessel/store';
 import { ApiError, invalid } from './errors.ts';
 import type { StoredObject } from './objects.ts';
@@ -37,8 +50,16 @@ export interface IPAddressWriter {
   get(info: KindInfo, namespace: string | undefined, name: string): Promise<StoredObject>;
 }
 
-interface NodePortHolder { namespace: string; name: string; uid: string; at: string }
-interface Held { ip?: string; nodePorts: Set<number> }
+interface NodePortHolder {
+  namespace: string;
+  name: string;
+  uid: string;
+  at: string;
+}
+interface Held {
+  ip?: string;
+  nodePorts: Set<number>;
+}
 
 /** What one write allocated: undone when the Service is not stored, and what it no longer holds released when it is. */
 export interface Allocation {
@@ -54,7 +75,11 @@ const servicesInfo = () => refs.SERVICES;
 export class ServiceAllocator {
   readonly cidr: Cidr;
 
-  constructor(private readonly store: Store, private readonly writer: IPAddressWriter, serviceCidr: string = DEFAULT_SERVICE_CIDR) {
+  constructor(
+    private readonly store: Store,
+    private readonly writer: IPAddressWriter,
+    serviceCidr: string = DEFAULT_SERVICE_CIDR,
+  ) {
     const cidr = parseCidr(serviceCidr);
     if (!cidr) throw new Error(`invalid service CIDR "${serviceCidr}": must be an IPv4 range such as 10.96.0.0/16`);
     this.cidr = cidr;
@@ -79,9 +104,11 @@ export class ServiceAllocator {
 
     // The ClusterIP: kept across updates that leave it out (a PUT of a manifest without it).
     const oldSpec = (old?.spec ?? {}) as Obj;
-    const requested = firstString(spec.clusterIP) || firstString((spec.clusterIPs as unknown[] | undefined)?.[0])
+    const requested =
+      firstString(spec.clusterIP) ||
+      firstString((spec.clusterIPs as unknown[] | undefined)?.[0]) ||
       // A headless Service stays headless when a PUT leaves clusterIP out (kube's patchAllocatedValues).
-      || (oldSpec.type !== 'ExternalName' && oldSpec.clusterIP === 'None' ? 'None' : '');
+      (oldSpec.type !== 'ExternalName' && oldSpec.clusterIP === 'None' ? 'None' : '');
     if (type === 'ExternalName') {
       // No address: ExternalName services are DNS names only.
     } else if (requested === 'None') {
@@ -101,7 +128,7 @@ export class ServiceAllocator {
         }
         if (dryRun) {
           if (await this.ipTaken(wanted)) return fail([causeOf('spec.clusterIP', wanted, 'provided IP is already allocated')]);
-        } else if (!await this.claimIP(wanted, svc)) return fail([causeOf('spec.clusterIP', wanted, 'provided IP is already allocated')]);
+        } else if (!(await this.claimIP(wanted, svc))) return fail([causeOf('spec.clusterIP', wanted, 'provided IP is already allocated')]);
         else made.push(() => this.releaseIP(wanted, svc.metadata.uid));
         ip = wanted;
       } else if (!dryRun) {
@@ -121,32 +148,36 @@ export class ServiceAllocator {
 
     // NodePorts: NodePort and LoadBalancer services, one per port (TCP and UDP of one port may share one).
     if (type === 'NodePort' || type === 'LoadBalancer') {
-      const ports = Array.isArray(spec.ports) ? spec.ports as Obj[] : [];
-      const oldPorts = (Array.isArray((old?.spec as Obj | undefined)?.ports) ? (old!.spec as Obj).ports as Obj[] : []);
+      const ports = Array.isArray(spec.ports) ? (spec.ports as Obj[]) : [];
+      const oldPorts = Array.isArray((old?.spec as Obj | undefined)?.ports) ? ((old!.spec as Obj).ports as Obj[]) : [];
       const mine = new Map<number, Set<string>>();
       for (let i = 0; i < ports.length; i++) {
         const p = ports[i];
         if (typeof p !== 'object' || p === null) continue;
         const protocol = typeof p.protocol === 'string' ? p.protocol : 'TCP';
         const previous = oldPorts.find((q) => q.port === p.port && (q.protocol ?? 'TCP') === protocol)?.nodePort;
-        const want = typeof p.nodePort === 'number' && p.nodePort !== 0 ? p.nodePort : typeof previous === 'number' && held.nodePorts.has(previous) ? previous : undefined;
+        const want =
+          typeof p.nodePort === 'number' && p.nodePort !== 0 ? p.nodePort : typeof previous === 'number' && held.nodePorts.has(previous) ? previous : undefined;
         const field = `spec.ports[${i}].nodePort`;
         let port: number | undefined;
         if (want !== undefined) {
           if (mine.get(want)?.has(protocol)) return fail([{ reason: 'FieldValueDuplicate', field, message: `Duplicate value: ${want}` }]);
           if (want < NODE_PORT_RANGE.min || want > NODE_PORT_RANGE.max) {
-            return fail([causeOf(field, want, `provided port is not in the valid range. The range of valid ports is ${NODE_PORT_RANGE.min}-${NODE_PORT_RANGE.max}`)]);
+            return fail([
+              causeOf(field, want, `provided port is not in the valid range. The range of valid ports is ${NODE_PORT_RANGE.min}-${NODE_PORT_RANGE.max}`),
+            ]);
           }
           if (!held.nodePorts.has(want) && !mine.has(want)) {
             if (dryRun) {
               if (await this.store.get(NODE_PORT_PREFIX + want)) return fail([causeOf(field, want, 'provided port is already allocated')]);
-            } else if (!await this.claimNodePort(want, svc)) return fail([causeOf(field, want, 'provided port is already allocated')]);
+            } else if (!(await this.claimNodePort(want, svc))) return fail([causeOf(field, want, 'provided port is already allocated')]);
             else made.push(() => this.releaseNodePort(want, svc.metadata.uid));
           }
           port = want;
         } else if (!dryRun) {
           port = await this.claimFreeNodePort(svc);
-          if (port === undefined) return fail([causeOf(field, 0, `failed to allocate a nodePort: the range ${NODE_PORT_RANGE.min}-${NODE_PORT_RANGE.max} is full`)]);
+          if (port === undefined)
+            return fail([causeOf(field, 0, `failed to allocate a nodePort: the range ${NODE_PORT_RANGE.min}-${NODE_PORT_RANGE.max} is full`)]);
           const got = port;
           made.push(() => this.releaseNodePort(got, svc.metadata.uid));
         }
@@ -160,7 +191,9 @@ export class ServiceAllocator {
     svc.spec = spec;
     if (dryRun || (made.length === 0 && !old)) return NOTHING;
     return {
-      rollback: async () => { for (const undo of made) await undo().catch(() => undefined); },
+      rollback: async () => {
+        for (const undo of made) await undo().catch(() => undefined);
+      },
       commit: async () => {
         if (!old) return;
         if (held.ip && held.ip !== keep.ip) await this.releaseIP(held.ip, old.metadata.uid).catch(() => undefined);
@@ -192,16 +225,25 @@ export class ServiceAllocator {
       const svc = JSON.parse(kv.value) as StoredObject;
       const held = heldBy(svc);
       const ip = held.ip !== undefined ? parseIPv4(held.ip) : undefined;
-      if (held.ip && ip !== undefined && ip > this.cidr.base && ip < this.cidr.base + this.cidr.size - 1 && !await this.ipTaken(held.ip) && await this.claimIP(held.ip, svc)) {
+      if (
+        held.ip &&
+        ip !== undefined &&
+        ip > this.cidr.base &&
+        ip < this.cidr.base + this.cidr.size - 1 &&
+        !(await this.ipTaken(held.ip)) &&
+        (await this.claimIP(held.ip, svc))
+      ) {
         removed.push(`recorded ${held.ip}`);
       }
       for (const p of held.nodePorts) {
-        if (!await this.store.get(NODE_PORT_PREFIX + p) && await this.claimNodePort(p, svc)) removed.push(`recorded nodePort ${p}`);
+        if (!(await this.store.get(NODE_PORT_PREFIX + p)) && (await this.claimNodePort(p, svc))) removed.push(`recorded nodePort ${p}`);
       }
     }
     const owner = async (namespace: string | undefined, name: string | undefined): Promise<string | undefined> => {
       if (!namespace || !name) return undefined;
-      try { return (await this.writer.get(servicesInfo(), namespace, name)).metadata.uid; } catch (e) {
+      try {
+        return (await this.writer.get(servicesInfo(), namespace, name)).metadata.uid;
+      } catch (e) {
         if (e instanceof ApiError && e.code === 404) return undefined;
         throw e;
       }
@@ -212,20 +254,24 @@ export class ServiceAllocator {
       if (parent?.resource !== 'services' || (parent.group ?? '') !== '') continue;
       if (now - Date.parse(o.metadata.creationTimestamp ?? '') < graceMs) continue;
       const uid = o.metadata.annotations?.[PARENT_UID];
-      if (await owner(parent.namespace, parent.name) === uid && uid) continue;
+      if ((await owner(parent.namespace, parent.name)) === uid && uid) continue;
       try {
         await this.writer.delete(refs.IPADDRESSES, undefined, o.metadata.name, { preconditions: { uid: o.metadata.uid } });
         removed.push(`released ${o.metadata.name}`);
-      } catch (e) { if (!(e instanceof ApiError && (e.code === 404 || e.code === 409))) throw e; }
+      } catch (e) {
+        if (!(e instanceof ApiError && (e.code === 404 || e.code === 409))) throw e;
+      }
     }
     for (const kv of await this.listAll(NODE_PORT_PREFIX)) {
       const h = JSON.parse(kv.value) as NodePortHolder;
       if (now - Date.parse(h.at) < graceMs) continue;
-      if (await owner(h.namespace, h.name) === h.uid) continue;
+      if ((await owner(h.namespace, h.name)) === h.uid) continue;
       try {
         await this.store.delete(kv.key, kv.modRevision);
         removed.push(`released nodePort ${kv.key.slice(NODE_PORT_PREFIX.length)}`);
-      } catch (e) { if (!isStoreError(e, 'NotFound') && !isStoreError(e, 'Conflict')) throw e; }
+      } catch (e) {
+        if (!isStoreError(e, 'NotFound') && !isStoreError(e, 'Conflict')) throw e;
+      }
     }
     return removed;
   }
@@ -247,7 +293,7 @@ export class ServiceAllocator {
   }
 
   private async ipTaken(ip: string): Promise<boolean> {
-    return !!await this.store.get(`/registry/networking.k8s.io/ipaddresses/${ip}`);
+    return !!(await this.store.get(`/registry/networking.k8s.io/ipaddresses/${ip}`));
   }
 
   /** Creates the IPAddress for `ip`; false when it exists (taken). */
@@ -255,8 +301,13 @@ export class ServiceAllocator {
     const ns = svc.metadata.namespace ?? 'default';
     try {
       await this.writer.create(refs.IPADDRESSES, undefined, {
-        apiVersion: 'networking.k8s.io/v1', kind: 'IPAddress',
-        metadata: { name: ip, labels: { [NETWORK_LABEL]: SERVICES_NETWORK }, annotations: { [CIDR_ANNOTATION]: this.cidr.text, [PARENT_UID]: svc.metadata.uid ?? '' } },
+        apiVersion: 'networking.k8s.io/v1',
+        kind: 'IPAddress',
+        metadata: {
+          name: ip,
+          labels: { [NETWORK_LABEL]: SERVICES_NETWORK },
+          annotations: { [CIDR_ANNOTATION]: this.cidr.text, [PARENT_UID]: svc.metadata.uid ?? '' },
+        },
         spec: { parentRef: { group: '', resource: 'services', namespace: ns, name: svc.metadata.name } },
       });
       return true;
@@ -296,7 +347,8 @@ export class ServiceAllocator {
     try {
       const o = await this.writer.get(refs.IPADDRESSES, undefined, ip);
       // Only the Service's own record: the address may already belong to someone else.
-      if (o.metadata.annotations?.[PARENT_UID] !== uid || (o.spec as { parentRef?: { resource?: string } } | undefined)?.parentRef?.resource !== 'services') return;
+      if (o.metadata.annotations?.[PARENT_UID] !== uid || (o.spec as { parentRef?: { resource?: string } } | undefined)?.parentRef?.resource !== 'services')
+        return;
       await this.writer.delete(refs.IPADDRESSES, undefined, ip, { preconditions: { uid: o.metadata.uid } });
     } catch (e) {
       if (!(e instanceof ApiError && (e.code === 404 || e.code === 409))) throw e;
@@ -304,7 +356,12 @@ export class ServiceAllocator {
   }
 
   private async claimNodePort(port: number, svc: StoredObject): Promise<boolean> {
-    const holder: NodePortHolder = { namespace: svc.metadata.namespace ?? 'default', name: svc.metadata.name, uid: svc.metadata.uid ?? '', at: new Date().toISOString() };
+    const holder: NodePortHolder = {
+      namespace: svc.metadata.namespace ?? 'default',
+      name: svc.metadata.name,
+      uid: svc.metadata.uid ?? '',
+      at: new Date().toISOString(),
+    };
     try {
       await this.store.create(NODE_PORT_PREFIX + port, JSON.stringify(holder));
       return true;
@@ -331,7 +388,9 @@ export class ServiceAllocator {
   private async releaseNodePort(port: number, uid: string | undefined): Promise<void> {
     const kv = await this.store.get(NODE_PORT_PREFIX + port);
     if (!kv || (JSON.parse(kv.value) as NodePortHolder).uid !== uid) return;
-    try { await this.store.delete(kv.key, kv.modRevision); } catch (e) {
+    try {
+      await this.store.delete(kv.key, kv.modRevision);
+    } catch (e) {
       if (!isStoreError(e, 'NotFound') && !isStoreError(e, 'Conflict')) throw e;
     }
   }
@@ -363,7 +422,9 @@ export function dropTypeDependentFields(old: KubeObject, next: KubeObject): void
   }
 }
 
-function firstString(v: unknown): string { return typeof v === 'string' ? v : ''; }
+function firstString(v: unknown): string {
+  return typeof v === 'string' ? v : '';
+}
 
 function causeOf(field: string, value: unknown, detail: string): FieldCause {
   return { reason: 'FieldValueInvalid', field, message: `Invalid value: ${JSON.stringify(value)}: ${detail}` };

@@ -34,7 +34,15 @@ const FINAL = new Set(['Succeeded', 'Failed']);
  * Carries out one action; resolves with the HTTP code to answer. `body` reads and parses the
  * request body (BODY_ACTIONS), once the user is known to be allowed.
  */
-export async function runAction(resources: Resources, user: User, namespace: string, resource: string, name: string, action: string, body?: () => Promise<unknown>): Promise<number> {
+export async function runAction(
+  resources: Resources,
+  user: User,
+  namespace: string,
+  resource: string,
+  name: string,
+  action: string,
+  body?: () => Promise<unknown>,
+): Promise<number> {
   authorize(user, { verb: 'update', group: 'subresources.kubevirt.io', resource, subresource: action, namespace, name });
   if (action === 'addvolume' || action === 'removevolume') await volumeAction(resources, namespace, resource, name, parseVolumeRequest(action, await body?.()));
   else if (resource === 'virtualmachines') await vmAction(resources, namespace, name, action);
@@ -49,26 +57,43 @@ async function vmAction(resources: Resources, ns: string, name: string, action: 
   // No VMI means not running; failing to read it must not pass for that (the action would be wrong).
   const vmi = await resources.get(VMI, ns, name).catch(undefinedIfNotFound);
   const alive = !!vmi && !FINAL.has(String((vmi.status as Obj | undefined)?.phase ?? '')) && !vmi.metadata.deletionTimestamp;
-  const setStrategy = (next: 'Always' | 'Halted') => resources.patch(VM, ns, name, 'merge', JSON.stringify(
-    spec.runStrategy !== undefined ? { spec: { runStrategy: next } } : { spec: { running: next === 'Always' } }), undefined);
+  const setStrategy = (next: 'Always' | 'Halted') =>
+    resources.patch(
+      VM,
+      ns,
+      name,
+      'merge',
+      JSON.stringify(spec.runStrategy !== undefined ? { spec: { runStrategy: next } } : { spec: { running: next === 'Always' } }),
+      undefined,
+    );
   const request = (reqs: Obj[]) => resources.patch(VM, ns, name, 'merge', JSON.stringify({ status: { stateChangeRequests: reqs } }), 'status');
   switch (action) {
     case 'start':
       if (alive) throw conflict(`VM ${name} is already running`);
-      if (strategy === 'Halted') { await setStrategy('Always'); return; }
+      if (strategy === 'Halted') {
+        await setStrategy('Always');
+        return;
+      }
       if (strategy === 'Always' || strategy === 'Once') throw conflict(`runStrategy ${strategy} does not support manual start requests`);
       await request([{ action: 'Start' }]);
       return;
     case 'stop':
       if (strategy === 'Halted' && !alive) throw conflict(`VM ${name} is not running`);
-      if (strategy === 'Always' || strategy === 'RerunOnFailure') { await setStrategy('Halted'); return; }
+      if (strategy === 'Always' || strategy === 'RerunOnFailure') {
+        await setStrategy('Halted');
+        return;
+      }
       if (!alive) throw conflict(`VM ${name} is not running`);
       await request([{ action: 'Stop', uid: vmi!.metadata.uid }]);
       return;
     case 'restart':
       if (strategy === 'Halted') throw conflict(`runStrategy Halted does not support manual restart requests`);
       if (!alive) throw conflict(`VM ${name} is not running`);
-      await request(strategy === 'Always' || strategy === 'RerunOnFailure' ? [{ action: 'Stop', uid: vmi!.metadata.uid }] : [{ action: 'Stop', uid: vmi!.metadata.uid }, { action: 'Start' }]);
+      await request(
+        strategy === 'Always' || strategy === 'RerunOnFailure'
+          ? [{ action: 'Stop', uid: vmi!.metadata.uid }]
+          : [{ action: 'Stop', uid: vmi!.metadata.uid }, { action: 'Start' }],
+      );
       return;
     default:
       throw new ApiError(404, 'NotFound', `virtualmachines have no action ${action}`);
@@ -100,10 +125,13 @@ export function parseVolumeRequest(action: 'addvolume' | 'removevolume', body: u
   const name = body.name;
   if (name === undefined || name === '') throw badRequest(`${what} requires name to be set`);
   if (typeof name !== 'string' || name.length > 63 || !VOLUME_NAME.test(name)) {
-    throw badRequest(`${what}: invalid name ${JSON.stringify(name)}: a volume name must consist of lower case letters, digits and '-', start and end with a letter or digit, and be at most 63 characters`);
+    throw badRequest(
+      `${what}: invalid name ${JSON.stringify(name)}: a volume name must consist of lower case letters, digits and '-', start and end with a letter or digit, and be at most 63 characters`,
+    );
   }
   const dryRunList = body.dryRun ?? [];
-  if (!Array.isArray(dryRunList) || dryRunList.some((d) => d !== 'All')) throw badRequest(`${what}: invalid dryRun ${JSON.stringify(body.dryRun)}: the only accepted value is ["All"]`);
+  if (!Array.isArray(dryRunList) || dryRunList.some((d) => d !== 'All'))
+    throw badRequest(`${what}: invalid dryRun ${JSON.stringify(body.dryRun)}: the only accepted value is ["All"]`);
   const dryRun = dryRunList.length > 0;
   if (action === 'removevolume') return { kind: 'remove', name, dryRun };
 
@@ -112,7 +140,9 @@ export function parseVolumeRequest(action: 'addvolume' | 'removevolume', body: u
   const src = body.volumeSource;
   const kinds = Object.keys(src).filter((k) => src[k] !== undefined && src[k] !== null);
   if (kinds.length !== 1 || !['dataVolume', 'persistentVolumeClaim'].includes(kinds[0])) {
-    throw badRequest(`AddVolumeOptions: volumeSource must set exactly one of dataVolume or persistentVolumeClaim${kinds.length ? ` (found ${kinds.join(', ')})` : ''}`);
+    throw badRequest(
+      `AddVolumeOptions: volumeSource must set exactly one of dataVolume or persistentVolumeClaim${kinds.length ? ` (found ${kinds.join(', ')})` : ''}`,
+    );
   }
   const dataVolume = kinds[0] === 'dataVolume';
   const ref = src[kinds[0]];
@@ -123,7 +153,8 @@ export function parseVolumeRequest(action: 'addvolume' | 'removevolume', body: u
   // As virt-api: the volume is hotpluggable, and the disk takes the volume's name.
   const volume: Obj = { name, [kinds[0]]: { ...(ref as Obj), hotpluggable: true } };
   const disk: Obj = { ...body.disk, name };
-  if (disk.cdrom !== undefined || disk.lun !== undefined) throw badRequest('AddVolumeOptions: only disk targets can be hotplugged on Vessel (not cdrom or lun)');
+  if (disk.cdrom !== undefined || disk.lun !== undefined)
+    throw badRequest('AddVolumeOptions: only disk targets can be hotplugged on Vessel (not cdrom or lun)');
   const target = isObj(disk.disk) ? disk.disk : {};
   // virtctl's default bus for hotplugged disks; virtio would need a free PCIe port, sata cannot hotplug.
   const bus = target.bus ?? 'scsi';
@@ -137,8 +168,10 @@ export function parseVolumeRequest(action: 'addvolume' | 'removevolume', body: u
 }
 
 type Spec = { volumes?: Obj[]; domain?: { devices?: { disks?: Obj[]; disableHotplug?: boolean } } };
-const claimOf = (v: Obj): string | undefined => ((v.dataVolume as Obj | undefined)?.name ?? (v.persistentVolumeClaim as Obj | undefined)?.claimName) as string | undefined;
-const hotpluggable = (v: Obj): boolean => (v.dataVolume as Obj | undefined)?.hotpluggable === true || (v.persistentVolumeClaim as Obj | undefined)?.hotpluggable === true;
+const claimOf = (v: Obj): string | undefined =>
+  ((v.dataVolume as Obj | undefined)?.name ?? (v.persistentVolumeClaim as Obj | undefined)?.claimName) as string | undefined;
+const hotpluggable = (v: Obj): boolean =>
+  (v.dataVolume as Obj | undefined)?.hotpluggable === true || (v.persistentVolumeClaim as Obj | undefined)?.hotpluggable === true;
 
 /**
  * The spec's volumes and disks after the request, or undefined when there is nothing to do
@@ -156,7 +189,8 @@ function editSpec(spec: Spec, req: VolumeRequest, tolerate: boolean): { volumes:
     }
     if (disks.some((d) => d.name === req.name)) throw badRequest(`Unable to add volume [${req.name}] because a disk with that name already exists`);
     if (volumes.some((v) => claimOf(v) === req.claim.name)) throw badRequest(`Unable to add volume source [${req.claim.name}] because it already exists`);
-    if (spec.domain?.devices?.disableHotplug === true) throw badRequest(`Unable to add volume [${req.name}] because hotplug is disabled (spec.domain.devices.disableHotplug)`);
+    if (spec.domain?.devices?.disableHotplug === true)
+      throw badRequest(`Unable to add volume [${req.name}] because hotplug is disabled (spec.domain.devices.disableHotplug)`);
     return { volumes: [...volumes, req.volume], disks: [...disks, req.disk] };
   }
   if (!existing) {
@@ -173,10 +207,14 @@ function editSpec(spec: Spec, req: VolumeRequest, tolerate: boolean): { volumes:
 /** The claim (or DataVolume, whose claim has its name) must exist in the namespace. */
 async function requireClaim(resources: Resources, ns: string, req: VolumeRequest): Promise<void> {
   if (req.kind !== 'add') return;
-  const found = async (info: typeof PVC) => resources.get(info, ns, req.claim.name).then(() => true, (e: unknown) => {
-    if (e instanceof ApiError && e.code === 404) return false;
-    throw e;
-  });
+  const found = async (info: typeof PVC) =>
+    resources.get(info, ns, req.claim.name).then(
+      () => true,
+      (e: unknown) => {
+        if (e instanceof ApiError && e.code === 404) return false;
+        throw e;
+      },
+    );
   if (await found(PVC)) return;
   if (req.claim.dataVolume && (await found(DV))) return;
   throw badRequest(`Unable to add volume [${req.name}]: ${req.claim.dataVolume ? 'DataVolume' : 'PersistentVolumeClaim'} ${ns}/${req.claim.name} not found`);
@@ -186,7 +224,8 @@ async function volumeAction(resources: Resources, ns: string, resource: string, 
   await requireClaim(resources, ns, req);
   if (resource === 'virtualmachineinstances') {
     await editObject(resources, VMI, ns, name, req, (vmi) => {
-      if ((vmi.status as Obj | undefined)?.phase !== 'Running' || vmi.metadata.deletionTimestamp) throw conflict(`Unable to ${req.kind} volume: VMI ${name} is not running`);
+      if ((vmi.status as Obj | undefined)?.phase !== 'Running' || vmi.metadata.deletionTimestamp)
+        throw conflict(`Unable to ${req.kind} volume: VMI ${name} is not running`);
       return { spec: (vmi.spec ?? {}) as Spec, wrap: (s) => ({ spec: s }) };
     });
     return;
@@ -196,7 +235,9 @@ async function volumeAction(resources: Resources, ns: string, resource: string, 
   const vm = await resources.get(VM, ns, name);
   editSpec(vmSpec(vm), req, false);
   const vmi = await resources.get(VMI, ns, name).catch(undefinedIfNotFound);
-  const owned = ((vmi?.metadata.ownerReferences as { kind: string; uid?: string }[] | undefined) ?? []).some((r) => r.kind === 'VirtualMachine' && r.uid === vm.metadata.uid);
+  const owned = ((vmi?.metadata.ownerReferences as { kind: string; uid?: string }[] | undefined) ?? []).some(
+    (r) => r.kind === 'VirtualMachine' && r.uid === vm.metadata.uid,
+  );
   const alive = !!vmi && owned && !vmi.metadata.deletionTimestamp && !FINAL.has(String((vmi.status as Obj | undefined)?.phase ?? ''));
   if (alive) editSpec((vmi.spec ?? {}) as Spec, req, true);
   await editObject(resources, VM, ns, name, req, (o) => ({ spec: vmSpec(o), wrap: (s) => ({ spec: { template: { spec: s } } }) }));
@@ -208,15 +249,23 @@ async function volumeAction(resources: Resources, ns: string, resource: string, 
  * read (the lists are replaced whole), again from the start when someone wrote in between.
  */
 async function editObject(
-  resources: Resources, info: typeof VM, ns: string, name: string, req: VolumeRequest,
-  locate: (o: StoredObject) => { spec: Spec; wrap: (s: Obj) => Obj }, tolerate = false,
+  resources: Resources,
+  info: typeof VM,
+  ns: string,
+  name: string,
+  req: VolumeRequest,
+  locate: (o: StoredObject) => { spec: Spec; wrap: (s: Obj) => Obj },
+  tolerate = false,
 ): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     const obj = await resources.get(info, ns, name);
     const { spec, wrap } = locate(obj);
     const next = editSpec(spec, req, tolerate);
     if (!next) return;
-    const patch = { metadata: { resourceVersion: obj.metadata.resourceVersion }, ...wrap({ volumes: next.volumes, domain: { devices: { disks: next.disks } } }) };
+    const patch = {
+      metadata: { resourceVersion: obj.metadata.resourceVersion },
+      ...wrap({ volumes: next.volumes, domain: { devices: { disks: next.disks } } }),
+    };
     try {
       await resources.patch(info, ns, name, 'merge', JSON.stringify(patch), undefined, { dryRun: req.dryRun });
       return;

@@ -5,8 +5,17 @@
 import { netpol, type KindInfo, type PrinterColumn } from '@vessel/api';
 import type { StoredObject } from './objects.ts';
 
-export interface TableColumn { name: string; type: string; format: string; description: string; priority: number }
-export interface TableRow { cells: unknown[]; object: unknown }
+export interface TableColumn {
+  name: string;
+  type: string;
+  format: string;
+  description: string;
+  priority: number;
+}
+export interface TableRow {
+  cells: unknown[];
+  object: unknown;
+}
 export interface Table {
   kind: 'Table';
   apiVersion: 'meta.k8s.io/v1';
@@ -46,7 +55,10 @@ export function age(timestamp: string | undefined, now = Date.now()): string {
   const s = Math.max(0, Math.floor((now - Date.parse(timestamp)) / 1000));
   const two = (big: number, unitA: string, small: number, unitB: string) => `${big}${unitA}${small ? `${small}${unitB}` : ''}`;
   if (s < 120) return `${s}s`;
-  const m = Math.floor(s / 60), h = Math.floor(m / 60), d = Math.floor(h / 24), y = Math.floor(d / 365);
+  const m = Math.floor(s / 60),
+    h = Math.floor(m / 60),
+    d = Math.floor(h / 24),
+    y = Math.floor(d / 365);
   if (m < 10) return two(m, 'm', s % 60, 's');
   if (m < 180) return `${m}m`;
   if (h < 8) return two(h, 'h', m % 60, 'm');
@@ -96,14 +108,19 @@ const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
   },
   '/Service/Selector': (o) => {
     const sel = (o.spec as { selector?: Record<string, string> } | undefined)?.selector ?? {};
-    const pairs = Object.entries(sel).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => `${k}=${v}`);
+    const pairs = Object.entries(sel)
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([k, v]) => `${k}=${v}`);
     return pairs.length ? pairs.join(',') : '<none>';
   },
   // kubectl's EndpointSlice printer: at most three ports and addresses, then "+ N more...", <unset> when none.
-  'discovery.k8s.io/EndpointSlice/Ports': (o) => moreList(evalPath(o, '.ports[*]').map((p) => {
-    const q = p as { port?: number; name?: string };
-    return q.port !== undefined ? String(q.port) : q.name ?? '*';
-  })),
+  'discovery.k8s.io/EndpointSlice/Ports': (o) =>
+    moreList(
+      evalPath(o, '.ports[*]').map((p) => {
+        const q = p as { port?: number; name?: string };
+        return q.port !== undefined ? String(q.port) : (q.name ?? '*');
+      }),
+    ),
   'discovery.k8s.io/EndpointSlice/Endpoints': (o) => moreList(evalPath(o, '.endpoints[*].addresses[*]').map(String)),
   '/Node/Status': (o) => {
     const ready = evalPath(o, ".status.conditions[?(@.type=='Ready')].status")[0];
@@ -123,7 +140,8 @@ function nameCell(info: KindInfo, o: StoredObject): string {
   if (info.group === 'storage.k8s.io' && info.kind === 'StorageClass') {
     const a = o.metadata.annotations ?? {};
     // Kubernetes still honours the beta annotation.
-    if (a['storageclass.kubernetes.io/is-default-class'] === 'true' || a['storageclass.beta.kubernetes.io/is-default-class'] === 'true') return `${o.metadata.name} (default)`;
+    if (a['storageclass.kubernetes.io/is-default-class'] === 'true' || a['storageclass.beta.kubernetes.io/is-default-class'] === 'true')
+      return `${o.metadata.name} (default)`;
   }
   return o.metadata.name;
 }
@@ -141,12 +159,22 @@ export function toTable(info: KindInfo, objects: StoredObject[], meta: Table['me
     metadata: meta,
     columnDefinitions: [
       { name: 'Name', type: 'string', format: 'name', description: 'Name must be unique within a namespace.', priority: 0 },
-      ...cols.map((c) => ({ name: c.name, type: c.type === 'date' ? 'date' : c.type, format: '', description: c.description ?? '', priority: c.priority ?? 0 })),
+      ...cols.map((c) => ({
+        name: c.name,
+        type: c.type === 'date' ? 'date' : c.type,
+        format: '',
+        description: c.description ?? '',
+        priority: c.priority ?? 0,
+      })),
     ],
     rows: objects.map((o) => ({
       cells: [nameCell(info, o), ...cols.map((c) => COMPUTED[`${info.group}/${info.kind}/${c.name}`]?.(o) ?? cell(c, o))],
-      object: includeObject === 'None' ? undefined : includeObject === 'Object' ? o
-        : { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
+      object:
+        includeObject === 'None'
+          ? undefined
+          : includeObject === 'Object'
+            ? o
+            : { kind: 'PartialObjectMetadata', apiVersion: 'meta.k8s.io/v1', metadata: o.metadata },
     })),
   };
 }

@@ -19,7 +19,9 @@ export interface DecodedEvent {
   lines: Map<string, string>;
 }
 
-export interface Subscription { close(): void }
+export interface Subscription {
+  close(): void;
+}
 type Listener = { prefix: string; fromRevision: number; onEvent: (e: DecodedEvent) => void; onError: (err: Error) => void };
 
 const HISTORY = 2048;
@@ -41,7 +43,12 @@ class KindCache {
   private readonly listeners = new Set<Listener>();
   private readonly watch;
 
-  constructor(store: Store, prefix: string, startRevision: number, private readonly onFail: () => void) {
+  constructor(
+    store: Store,
+    prefix: string,
+    startRevision: number,
+    private readonly onFail: () => void,
+  ) {
     this.complete = startRevision;
     this.watch = store.watch(prefix, {
       fromRevision: startRevision,
@@ -64,10 +71,17 @@ class KindCache {
     if (l.fromRevision < this.complete) return undefined;
     for (const d of this.history) if (d.revision > l.fromRevision && d.key.startsWith(l.prefix)) l.onEvent(d);
     this.listeners.add(l);
-    return { close: () => { this.listeners.delete(l); } };
+    return {
+      close: () => {
+        this.listeners.delete(l);
+      },
+    };
   }
 
-  close(): void { this.watch.close(); this.listeners.clear(); }
+  close(): void {
+    this.watch.close();
+    this.listeners.clear();
+  }
 }
 
 export class WatchCaches {
@@ -78,8 +92,13 @@ export class WatchCaches {
    * Delivers decoded events for keys under `prefix` (inside the kind's `kindPrefix`) with a
    * revision above fromRevision, in order. onError ends the subscription.
    */
-  async subscribe(kindPrefix: string, prefix: string, fromRevision: number,
-    onEvent: (e: DecodedEvent) => void, onError: (err: Error) => void): Promise<Subscription> {
+  async subscribe(
+    kindPrefix: string,
+    prefix: string,
+    fromRevision: number,
+    onEvent: (e: DecodedEvent) => void,
+    onError: (err: Error) => void,
+  ): Promise<Subscription> {
     let cache = this.caches.get(kindPrefix);
     if (!cache) {
       cache = this.store.currentRevision().then((rev) => new KindCache(this.store, kindPrefix, rev, () => this.caches.delete(kindPrefix)));

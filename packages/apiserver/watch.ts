@@ -96,7 +96,8 @@ export async function serveWatch(store: Store, caches: WatchCaches, res: ServerR
     };
     res.on('close', finish);
     caches.subscribe(kindPrefix(w.info), prefix, fromRevision, onEvent, onError).then((s) => {
-      if (finished) s.close(); else sub = s;
+      if (finished) s.close();
+      else sub = s;
     }, onError);
     if (w.allowBookmarks) timers.push(setInterval(() => writeBookmark(res, w, lastRevision), w.bookmarkIntervalMs));
     const timeout = w.timeoutSeconds ?? 1800 + Math.floor(Math.random() * 1800);
@@ -107,7 +108,8 @@ export async function serveWatch(store: Store, caches: WatchCaches, res: ServerR
 /** Kubernetes' selector rules: starting to match is ADDED, ceasing to match is DELETED. */
 function transition(ev: DecodedEvent, matches: (o: StoredObject | undefined) => boolean): EventType | undefined {
   if (ev.deleted) return matches(ev.prev) ? 'DELETED' : undefined;
-  const now = matches(ev.object), before = matches(ev.prev);
+  const now = matches(ev.object),
+    before = matches(ev.prev);
   if (now && before) return 'MODIFIED';
   if (now) return 'ADDED';
   if (before) return 'DELETED';
@@ -118,7 +120,10 @@ function transition(ev: DecodedEvent, matches: (o: StoredObject | undefined) => 
 function cachedLine(w: WatchRequest, type: EventType, ev: DecodedEvent): string {
   const key = w.table ? `${type}:table:${w.info.plural}:${w.includeObject ?? ''}` : type;
   let text = ev.lines.get(key);
-  if (text === undefined) { text = line(w, type, ev.object); ev.lines.set(key, text); }
+  if (text === undefined) {
+    text = line(w, type, ev.object);
+    ev.lines.set(key, text);
+  }
   return text;
 }
 
@@ -128,9 +133,10 @@ function beginStream(res: ServerResponse): void {
 }
 
 function line(w: WatchRequest, type: EventType, object: unknown): string {
-  const obj = w.table && (type === 'ADDED' || type === 'MODIFIED' || type === 'DELETED')
-    ? toTable(w.info, [object as StoredObject], { resourceVersion: (object as StoredObject).metadata.resourceVersion }, w.includeObject)
-    : object;
+  const obj =
+    w.table && (type === 'ADDED' || type === 'MODIFIED' || type === 'DELETED')
+      ? toTable(w.info, [object as StoredObject], { resourceVersion: (object as StoredObject).metadata.resourceVersion }, w.includeObject)
+      : object;
   return JSON.stringify({ type, object: obj }) + '\n';
 }
 
@@ -140,7 +146,8 @@ function writeEvent(res: ServerResponse, w: WatchRequest, type: EventType, objec
 
 function writeBookmark(res: ServerResponse, w: WatchRequest, revision: number, annotations?: Record<string, string>): void {
   writeEvent(res, w, 'BOOKMARK', {
-    kind: w.info.kind, apiVersion: apiVersionOf(w.info),
+    kind: w.info.kind,
+    apiVersion: apiVersionOf(w.info),
     metadata: { resourceVersion: String(revision), ...(annotations ? { annotations } : {}) },
   });
 }

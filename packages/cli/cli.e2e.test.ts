@@ -14,8 +14,11 @@ import { parse as parseYaml } from 'yaml';
 
 const VESSEL = fileURLToPath(new URL('../../bin/vessel', import.meta.url));
 
-
-interface Result { code: number | null; stdout: string; stderr: string }
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
 
 let env: NodeJS.ProcessEnv = {};
 let dir = '';
@@ -23,7 +26,8 @@ let dir = '';
 function vessel(args: string[], opts: { input?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Result> {
   return new Promise((resolve, reject) => {
     const child = spawn(VESSEL, args, { env: opts.env ?? env, cwd: dir });
-    let stdout = '', stderr = '';
+    let stdout = '',
+      stderr = '';
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.on('error', reject);
@@ -121,11 +125,19 @@ describe('vessel CLI against a real server', () => {
     watcher.stderr.on('data', (c: Buffer) => (output += c.toString()));
     try {
       const demoRows = () => output.split('\n').filter((l) => /^demo\s/.test(l)).length;
-      await waitForOutput(watcher, () => output, () => demoRows() >= 1);
+      await waitForOutput(
+        watcher,
+        () => output,
+        () => demoRows() >= 1,
+      );
       writeFileSync(join(dir, 'vm.yaml'), vmManifest('Always'));
       const changed = await vessel(['apply', '-f', 'vm.yaml']);
       assert.equal(changed.stdout, 'virtualmachine.kubevirt.io/demo configured\n', changed.stderr);
-      await waitForOutput(watcher, () => output, () => demoRows() >= 2);
+      await waitForOutput(
+        watcher,
+        () => output,
+        () => demoRows() >= 2,
+      );
       assert.match(output.split('\n')[0], /^NAME\s+AGE\s+STATUS\s+READY$/);
     } finally {
       watcher.kill('SIGTERM');
@@ -205,7 +217,12 @@ describe('vessel CLI against a real server', () => {
     child.stderr.on('data', (c: Buffer) => (output += c.toString()));
     const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
     try {
-      await waitForOutput(child, () => output, (t) => /kubeconfig: /.test(t), 30_000);
+      await waitForOutput(
+        child,
+        () => output,
+        (t) => /kubeconfig: /.test(t),
+        30_000,
+      );
       assert.match(output, /listening on https:\/\/127\.0\.0\.1:\d+/);
       const r = await vessel(['--kubeconfig', join(dataDir, 'kubeconfig'), 'get', 'namespaces', 'default', '-o', 'name']);
       assert.equal(r.stdout, 'namespace/default\n', r.stderr);

@@ -34,14 +34,26 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
   const server = await startServer(opts);
   const client = Client.fromKubeconfig({ explicit: server.kubeconfigPath });
   try {
-    const controllers = opts.controllers === false ? undefined : await startControllers(client, { log: opts.log, leaseMs: opts.leaseMs, scheduling: opts.scheduling, nodeGracePeriodMs: opts.nodeGracePeriodMs, vmNetworkCidr: opts.vmNetworkCidr });
+    const controllers =
+      opts.controllers === false
+        ? undefined
+        : await startControllers(client, {
+            log: opts.log,
+            leaseMs: opts.leaseMs,
+            scheduling: opts.scheduling,
+            nodeGracePeriodMs: opts.nodeGracePeriodMs,
+            vmNetworkCidr: opts.vmNetworkCidr,
+          });
     let agent: RunningAgent | undefined;
     if (opts.agent) {
       const { startAgent } = await import('@vessel/agent');
       agent = await startAgent({ client, dataDir: opts.dataDir, ...opts.agent, log: opts.log });
     }
     return {
-      server, client, controllers, agent,
+      server,
+      client,
+      controllers,
+      agent,
       async close() {
         await agent?.stop();
         await controllers?.stop();

@@ -49,9 +49,17 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
     const client = Client.fromKubeconfig({ explicit: opts.kubeconfig });
     clients.push(client);
     return startAgent({
-      client, nodeName: n.name, dataDir: join(opts.dataDir, 'nodes', n.name), sharedDir: join(opts.dataDir, 'pools', 'shared'),
-      netns: n.netns, fabricIp: n.fabricIp, qemuPriority: opts.qemuPriority, allowLoopbackImports: opts.allowLoopbackImports,
-      heartbeatMs: opts.heartbeatMs, version: opts.version, log: opts.log && ((l) => opts.log!(`[${n.name}] ${l}`)),
+      client,
+      nodeName: n.name,
+      dataDir: join(opts.dataDir, 'nodes', n.name),
+      sharedDir: join(opts.dataDir, 'pools', 'shared'),
+      netns: n.netns,
+      fabricIp: n.fabricIp,
+      qemuPriority: opts.qemuPriority,
+      allowLoopbackImports: opts.allowLoopbackImports,
+      heartbeatMs: opts.heartbeatMs,
+      version: opts.version,
+      log: opts.log && ((l) => opts.log!(`[${n.name}] ${l}`)),
     });
   };
   try {
@@ -62,14 +70,20 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
     throw e;
   }
   return {
-    cluster, agents, stopAgents,
+    cluster,
+    agents,
+    stopAgents,
     async restartAgent(i) {
       await agents[i].stop();
       agents[i] = await startOne(cluster.nodes[i]);
       return agents[i];
     },
     async close() {
-      try { await stopAgents(); } finally { await cluster.destroy(); }
+      try {
+        await stopAgents();
+      } finally {
+        await cluster.destroy();
+      }
     },
   };
 }

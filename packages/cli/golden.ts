@@ -20,7 +20,10 @@ export async function ensureTinyImage(client: Client, note: (line: string) => vo
   } catch (e) {
     if (!isNotFound(e)) throw e;
   }
-  const dvPhase = await waitForPhase(client, NAMESPACE, 'tiny', ['Succeeded'], 0).then(() => 'Succeeded', () => undefined);
+  const dvPhase = await waitForPhase(client, NAMESPACE, 'tiny', ['Succeeded'], 0).then(
+    () => 'Succeeded',
+    () => undefined,
+  );
   if (have && dvPhase === 'Succeeded') return 'exists';
   note('building the tiny guest image (cached after the first time)...');
   const guest = await ensureTinyGuest();
@@ -35,11 +38,16 @@ export async function ensureTinyImage(client: Client, note: (line: string) => vo
     await waitForPhase(client, NAMESPACE, 'tiny', ['Succeeded'], 120_000);
   }
   if (!have) {
-    await client.create(DATASOURCES, {
-      apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataSource',
-      metadata: { name: 'tiny', namespace: NAMESPACE, labels: { 'vessel.io/golden-image': 'true' } },
-      spec: { source: { pvc: { name: 'tiny', namespace: NAMESPACE } } },
-    }, { namespace: NAMESPACE });
+    await client.create(
+      DATASOURCES,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataSource',
+        metadata: { name: 'tiny', namespace: NAMESPACE, labels: { 'vessel.io/golden-image': 'true' } },
+        spec: { source: { pvc: { name: 'tiny', namespace: NAMESPACE } } },
+      },
+      { namespace: NAMESPACE },
+    );
   }
   return 'imported';
 }

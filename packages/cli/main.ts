@@ -6,7 +6,10 @@ import { reportError } from './errors.ts';
 import { buildProgram } from './program.ts';
 
 // `vessel get vms | head` closes our stdout early: that is not an error.
-process.stdout.on('error', (e: NodeJS.ErrnoException) => { if (e.code === 'EPIPE') process.exit(0); throw e; });
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
 
 try {
   await buildProgram().parseAsync(process.argv);

@@ -79,9 +79,11 @@ function manifestFiles(path: string, recursive: boolean): string[] {
     throw new ClientError('BadManifest', `the path "${path}" does not exist`);
   }
   if (!stat.isDirectory()) return [path];
-  return readdirSync(path).sort().flatMap((entry) => {
-    const full = join(path, entry);
-    if (statSync(full).isDirectory()) return recursive ? manifestFiles(full, recursive) : [];
-    return MANIFEST_FILE.test(entry) ? [full] : [];
-  });
+  return readdirSync(path)
+    .sort()
+    .flatMap((entry) => {
+      const full = join(path, entry);
+      if (statSync(full).isDirectory()) return recursive ? manifestFiles(full, recursive) : [];
+      return MANIFEST_FILE.test(entry) ? [full] : [];
+    });
 }

@@ -5,13 +5,15 @@ import { LAST_APPLIED, withLastApplied } from './commands/apply.ts';
 import { isEmptyPatch, threeWayMergePatch } from './merge-patch.ts';
 
 const live = {
-  apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine',
+  apiVersion: 'kubevirt.io/v1',
+  kind: 'VirtualMachine',
   metadata: { name: 'demo', resourceVersion: '7', finalizers: ['kubevirt.io/x'], labels: { app: 'demo', 'controller-label': 'y' } },
   spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } } },
   status: { printableStatus: 'Stopped' },
 };
 const manifest = {
-  apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine',
+  apiVersion: 'kubevirt.io/v1',
+  kind: 'VirtualMachine',
   metadata: { name: 'demo', labels: { app: 'demo' } },
   spec: { runStrategy: 'Halted', template: { spec: { domain: { devices: {}, resources: { requests: { memory: '64Mi' } } } } } },
 };

@@ -30,9 +30,13 @@ async function body(res: IncomingMessage): Promise<string> {
 }
 
 export async function requestUploadToken(client: Client, namespace: string, pvcName: string): Promise<string> {
-  const r = await client.request<{ status: { token: string } }>('POST', `/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/${encodeURIComponent(namespace)}/uploadtokenrequests`, {
-    body: { apiVersion: 'upload.cdi.kubevirt.io/v1beta1', kind: 'UploadTokenRequest', metadata: { name: pvcName, namespace }, spec: { pvcName } },
-  });
+  const r = await client.request<{ status: { token: string } }>(
+    'POST',
+    `/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/${encodeURIComponent(namespace)}/uploadtokenrequests`,
+    {
+      body: { apiVersion: 'upload.cdi.kubevirt.io/v1beta1', kind: 'UploadTokenRequest', metadata: { name: pvcName, namespace }, spec: { pvcName } },
+    },
+  );
   return r.status.token;
 }
 
@@ -53,16 +57,23 @@ export async function uploadImage(client: Client, opts: UploadOptions): Promise<
       // GET rather than HEAD: a refusal (say, an upload already cut off for its size) carries its reason.
       const head = await client.stream('GET', path, { bearer: token });
       const headText = await body(head);
-      if (head.statusCode === 401) { token = await requestUploadToken(client, opts.namespace, opts.pvcName); continue; }
+      if (head.statusCode === 401) {
+        token = await requestUploadToken(client, opts.namespace, opts.pvcName);
+        continue;
+      }
       if ((head.statusCode ?? 500) >= 400) throw failure(head.statusCode ?? 500, headText);
       offset = Number(head.headers['upload-offset'] ?? 0);
       if (offset > total) offset = 0; // not this file's bytes: start over
       const stream = createReadStream(opts.file, { start: offset });
       let sent = offset;
-      stream.on('data', (c) => { sent += c.length; opts.onProgress?.(sent, total); });
+      stream.on('data', (c) => {
+        sent += c.length;
+        opts.onProgress?.(sent, total);
+      });
       opts.onProgress?.(offset, total);
       const res = await client.stream('POST', path, {
-        bearer: token, body: stream,
+        bearer: token,
+        body: stream,
         headers: { 'Upload-Offset': String(offset), 'Upload-Length': String(total), 'Content-Length': String(total - offset) },
       });
       const text = await body(res);

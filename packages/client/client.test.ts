@@ -7,7 +7,12 @@ import { Client, parseWarningHeader, resourcePath, withQuery } from './client.ts
 import { ClientError, StatusError } from './errors.ts';
 import type { KubeObject, WatchEvent } from './types.ts';
 
-interface Seen { method: string; url: string; headers: http.IncomingHttpHeaders; body: string }
+interface Seen {
+  method: string;
+  url: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
 const seen: Seen[] = [];
 let server: http.Server;
 let client: Client;
@@ -29,16 +34,29 @@ before(async () => {
       const url = new URL(req.url ?? '/', 'http://x');
       if (url.pathname === '/api') return json(res, 200, { kind: 'APIVersions', versions: ['v1'] });
       if (url.pathname === '/api/v1') {
-        return json(res, 200, { groupVersion: 'v1', resources: [{ name: 'namespaces', singularName: 'namespace', namespaced: false, kind: 'Namespace', shortNames: ['ns'] }] });
+        return json(res, 200, {
+          groupVersion: 'v1',
+          resources: [{ name: 'namespaces', singularName: 'namespace', namespaced: false, kind: 'Namespace', shortNames: ['ns'] }],
+        });
       }
       if (url.pathname === '/apis') {
-        return json(res, 200, { kind: 'APIGroupList', groups: [
-          { name: 'kubevirt.io', versions: [{ groupVersion: 'kubevirt.io/v1', version: 'v1' }], preferredVersion: { groupVersion: 'kubevirt.io/v1', version: 'v1' } },
-          { name: 'broken.io', versions: [{ groupVersion: 'broken.io/v1', version: 'v1' }] },
-        ] });
+        return json(res, 200, {
+          kind: 'APIGroupList',
+          groups: [
+            {
+              name: 'kubevirt.io',
+              versions: [{ groupVersion: 'kubevirt.io/v1', version: 'v1' }],
+              preferredVersion: { groupVersion: 'kubevirt.io/v1', version: 'v1' },
+            },
+            { name: 'broken.io', versions: [{ groupVersion: 'broken.io/v1', version: 'v1' }] },
+          ],
+        });
       }
       if (url.pathname === '/apis/kubevirt.io/v1') {
-        return json(res, 200, { groupVersion: 'kubevirt.io/v1', resources: [{ name: 'virtualmachines', singularName: 'virtualmachine', namespaced: true, kind: 'VirtualMachine', shortNames: ['vm'] }] });
+        return json(res, 200, {
+          groupVersion: 'kubevirt.io/v1',
+          resources: [{ name: 'virtualmachines', singularName: 'virtualmachine', namespaced: true, kind: 'VirtualMachine', shortNames: ['vm'] }],
+        });
       }
       if (url.pathname === '/apis/broken.io/v1') return json(res, 503, { kind: 'Status', code: 503, reason: 'ServiceUnavailable', message: 'down' });
       if (url.pathname === '/apis/kubevirt.io/v1/namespaces/default/virtualmachines' && url.searchParams.get('watch') === 'true') {
@@ -54,21 +72,37 @@ before(async () => {
         return json(res, 200, { kind: 'VirtualMachine', metadata: { name: 'demo' } }, { Warning: '299 - "spec.running is deprecated"' });
       }
       if (url.pathname === '/apis/kubevirt.io/v1/namespaces/default/virtualmachines/bad') {
-        return json(res, 422, { kind: 'Status', apiVersion: 'v1', status: 'Failure', code: 422, reason: 'Invalid',
+        return json(res, 422, {
+          kind: 'Status',
+          apiVersion: 'v1',
+          status: 'Failure',
+          code: 422,
+          reason: 'Invalid',
           message: 'VirtualMachine.kubevirt.io "bad" is invalid: spec.foo: unknown field',
-          details: { causes: [{ field: 'spec.foo', message: 'unknown field', reason: 'FieldValueInvalid' }] } });
+          details: { causes: [{ field: 'spec.foo', message: 'unknown field', reason: 'FieldValueInvalid' }] },
+        });
       }
-      if (url.pathname === '/text-error') { res.writeHead(502); return res.end('bad gateway'); }
+      if (url.pathname === '/text-error') {
+        res.writeHead(502);
+        return res.end('bad gateway');
+      }
       if (req.method === 'PATCH' || req.method === 'POST' || req.method === 'DELETE') return json(res, 200, JSON.parse(body || '{}'));
       json(res, 404, { kind: 'Status', code: 404, reason: 'NotFound', message: 'the server could not find the requested resource' });
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const port = (server.address() as AddressInfo).port;
-  client = new Client({
-    path: '', context: 'test', server: `http://127.0.0.1:${port}`, insecureSkipTlsVerify: false,
-    token: 'tok', namespace: 'default',
-  }, { onWarning: (m) => warnings.push(m) });
+  client = new Client(
+    {
+      path: '',
+      context: 'test',
+      server: `http://127.0.0.1:${port}`,
+      insecureSkipTlsVerify: false,
+      token: 'tok',
+      namespace: 'default',
+    },
+    { onWarning: (m) => warnings.push(m) },
+  );
 });
 
 after(() => {
@@ -98,7 +132,10 @@ test('errors become StatusError with the server reason and causes', async () => 
     assert.ok(e instanceof StatusError);
     assert.equal(e.code, 422);
     assert.equal(e.reason, 'Invalid');
-    assert.deepEqual(e.causes.map((c) => c.field), ['spec.foo']);
+    assert.deepEqual(
+      e.causes.map((c) => c.field),
+      ['spec.foo'],
+    );
     assert.match(e.message, /is invalid: spec.foo: unknown field/);
     return true;
   });
@@ -132,7 +169,10 @@ test('watch parses newline-delimited events across chunk boundaries', async () =
   });
   watch!.close();
   await watch!.done;
-  assert.deepEqual(events.map((e) => `${e.type}:${e.object.metadata?.resourceVersion}`), ['ADDED:1', 'MODIFIED:2']);
+  assert.deepEqual(
+    events.map((e) => `${e.type}:${e.object.metadata?.resourceVersion}`),
+    ['ADDED:1', 'MODIFIED:2'],
+  );
   assert.match(seen.find((s) => s.url.includes('watch=true'))!.url, /resourceVersion=0/);
 });
 

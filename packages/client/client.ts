@@ -8,8 +8,14 @@ import http from 'node:http';
 import https from 'node:https';
 import { ClientError, StatusError, reasonForCode, type Status } from './errors.ts';
 import {
-  resolveResource, resolveResourceOrCategory, resourceForKind, resourcesFromList,
-  type APIGroupListDoc, type APIResourceListDoc, type ApiResource, type ResourceRef,
+  resolveResource,
+  resolveResourceOrCategory,
+  resourceForKind,
+  resourcesFromList,
+  type APIGroupListDoc,
+  type APIResourceListDoc,
+  type ApiResource,
+  type ResourceRef,
 } from './discovery.ts';
 import { loadKubeconfig, type ClusterConfig, type FindKubeconfigOptions } from './kubeconfig.ts';
 import type { KubeList, KubeObject, WatchEvent } from './types.ts';
@@ -33,7 +39,9 @@ export interface ClientOptions {
   timeoutMs?: number;
 }
 
-export interface NamespaceOption { namespace?: string }
+export interface NamespaceOption {
+  namespace?: string;
+}
 
 export interface ListOptions extends NamespaceOption {
   labelSelector?: string;
@@ -106,13 +114,13 @@ export class Client {
     this.options = options;
     this.agent = config.server.startsWith('https:')
       ? new https.Agent({
-        keepAlive: true,
-        ca: config.caPem,
-        rejectUnauthorized: !config.insecureSkipTlsVerify,
-        servername: config.tlsServerName,
-        cert: config.clientCertPem,
-        key: config.clientKeyPem,
-      })
+          keepAlive: true,
+          ca: config.caPem,
+          rejectUnauthorized: !config.insecureSkipTlsVerify,
+          servername: config.tlsServerName,
+          cert: config.clientCertPem,
+          key: config.clientKeyPem,
+        })
       : new http.Agent({ keepAlive: true });
   }
 
@@ -170,7 +178,8 @@ export class Client {
 
   patch<T extends KubeObject = KubeObject>(res: ResourceRef, name: string, patch: unknown, opts: PatchOptions = {}): Promise<T> {
     return this.request<T>('PATCH', resourcePath(res, this.ns(res, opts), name, opts.subresource), {
-      body: patch, contentType: PATCH_CONTENT_TYPES[opts.type ?? 'merge'],
+      body: patch,
+      contentType: PATCH_CONTENT_TYPES[opts.type ?? 'merge'],
     });
   }
 
@@ -328,7 +337,11 @@ export class Client {
    * A request whose body streams from `body` and whose response is handed over unread (uploads).
    * `bearer` replaces the kubeconfig's token (upload tokens). No timeout: a stall is the caller's to judge.
    */
-  stream(method: string, path: string, opts: { headers?: http.OutgoingHttpHeaders; body?: NodeJS.ReadableStream; bearer?: string; signal?: AbortSignal } = {}): Promise<http.IncomingMessage> {
+  stream(
+    method: string,
+    path: string,
+    opts: { headers?: http.OutgoingHttpHeaders; body?: NodeJS.ReadableStream; bearer?: string; signal?: AbortSignal } = {},
+  ): Promise<http.IncomingMessage> {
     const headers = { ...this.headers(undefined, opts.body ? 'application/octet-stream' : undefined), ...opts.headers };
     if (opts.bearer) headers.Authorization = `Bearer ${opts.bearer}`;
     const url = new URL(path, this.config.server);
@@ -366,8 +379,14 @@ export class Client {
     const timeoutMs = this.options.timeoutMs ?? 60_000;
     return new Promise((resolvePromise, reject) => {
       const req = this.transport().request(url, { method, agent: this.agent, headers });
-      req.setTimeout(timeoutMs, () => req.destroy(new ClientError('Unreachable',
-        `no answer from ${this.config.server} within ${timeoutMs / 1000}s (${method} ${url.pathname}): is the server overloaded or stopped?`)));
+      req.setTimeout(timeoutMs, () =>
+        req.destroy(
+          new ClientError(
+            'Unreachable',
+            `no answer from ${this.config.server} within ${timeoutMs / 1000}s (${method} ${url.pathname}): is the server overloaded or stopped?`,
+          ),
+        ),
+      );
       req.on('error', (err) => reject(this.unreachable(err)));
       req.on('response', (res) => {
         this.reportWarnings(res);
@@ -434,8 +453,14 @@ export function statusErrorFrom(httpCode: number, body: string): StatusError {
     // not JSON: fall through and use the text
   }
   const text = body.trim().slice(0, 500);
-  return new StatusError({
-    kind: 'Status', status: 'Failure', code: httpCode, reason: reasonForCode(httpCode),
-    message: text || `the server answered ${httpCode} ${reasonForCode(httpCode)}`,
-  }, httpCode);
+  return new StatusError(
+    {
+      kind: 'Status',
+      status: 'Failure',
+      code: httpCode,
+      reason: reasonForCode(httpCode),
+      message: text || `the server answered ${httpCode} ${reasonForCode(httpCode)}`,
+    },
+    httpCode,
+  );
 }

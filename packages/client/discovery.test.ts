@@ -3,38 +3,60 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { ClientError } from './errors.ts';
 import {
-  qualifiedKind, qualifiedResource, resolveResource, resolveResourceOrCategory, resourceForKind, resourcesFromList,
+  qualifiedKind,
+  qualifiedResource,
+  resolveResource,
+  resolveResourceOrCategory,
+  resourceForKind,
+  resourcesFromList,
   type ApiResource,
 } from './discovery.ts';
 
-const core = resourcesFromList({
-  groupVersion: 'v1',
-  resources: [
-    { name: 'namespaces', singularName: 'namespace', namespaced: false, kind: 'Namespace', shortNames: ['ns'] },
-    { name: 'events', singularName: 'event', namespaced: true, kind: 'Event', shortNames: ['ev'] },
-    { name: 'pods', singularName: '', namespaced: true, kind: 'Pod', shortNames: ['po'], categories: ['all'] },
-    { name: 'pods/status', singularName: '', namespaced: true, kind: 'Pod' },
-  ],
-}, true);
-const kubevirtV1 = resourcesFromList({
-  groupVersion: 'kubevirt.io/v1',
-  resources: [
-    { name: 'virtualmachines', singularName: 'virtualmachine', namespaced: true, kind: 'VirtualMachine', shortNames: ['vm', 'vms'], categories: ['all'] },
-    { name: 'virtualmachines/status', singularName: '', namespaced: true, kind: 'VirtualMachine' },
-    { name: 'virtualmachineinstances', singularName: 'virtualmachineinstance', namespaced: true, kind: 'VirtualMachineInstance', shortNames: ['vmi', 'vmis'], categories: ['all'] },
-  ],
-}, true);
-const kubevirtV1alpha3 = resourcesFromList({
-  groupVersion: 'kubevirt.io/v1alpha3',
-  resources: [
-    { name: 'virtualmachines', singularName: 'virtualmachine', namespaced: true, kind: 'VirtualMachine', shortNames: ['vm', 'vms'] },
-  ],
-}, false);
+const core = resourcesFromList(
+  {
+    groupVersion: 'v1',
+    resources: [
+      { name: 'namespaces', singularName: 'namespace', namespaced: false, kind: 'Namespace', shortNames: ['ns'] },
+      { name: 'events', singularName: 'event', namespaced: true, kind: 'Event', shortNames: ['ev'] },
+      { name: 'pods', singularName: '', namespaced: true, kind: 'Pod', shortNames: ['po'], categories: ['all'] },
+      { name: 'pods/status', singularName: '', namespaced: true, kind: 'Pod' },
+    ],
+  },
+  true,
+);
+const kubevirtV1 = resourcesFromList(
+  {
+    groupVersion: 'kubevirt.io/v1',
+    resources: [
+      { name: 'virtualmachines', singularName: 'virtualmachine', namespaced: true, kind: 'VirtualMachine', shortNames: ['vm', 'vms'], categories: ['all'] },
+      { name: 'virtualmachines/status', singularName: '', namespaced: true, kind: 'VirtualMachine' },
+      {
+        name: 'virtualmachineinstances',
+        singularName: 'virtualmachineinstance',
+        namespaced: true,
+        kind: 'VirtualMachineInstance',
+        shortNames: ['vmi', 'vmis'],
+        categories: ['all'],
+      },
+    ],
+  },
+  true,
+);
+const kubevirtV1alpha3 = resourcesFromList(
+  {
+    groupVersion: 'kubevirt.io/v1alpha3',
+    resources: [{ name: 'virtualmachines', singularName: 'virtualmachine', namespaced: true, kind: 'VirtualMachine', shortNames: ['vm', 'vms'] }],
+  },
+  false,
+);
 // A second group with a clashing name: the core group must win for `events`.
-const eventsGroup = resourcesFromList({
-  groupVersion: 'events.k8s.io/v1',
-  resources: [{ name: 'events', singularName: 'event', namespaced: true, kind: 'Event', shortNames: ['ev'] }],
-}, true);
+const eventsGroup = resourcesFromList(
+  {
+    groupVersion: 'events.k8s.io/v1',
+    resources: [{ name: 'events', singularName: 'event', namespaced: true, kind: 'Event', shortNames: ['ev'] }],
+  },
+  true,
+);
 const all: ApiResource[] = [...eventsGroup, ...core, ...kubevirtV1alpha3, ...kubevirtV1];
 
 const resolved = (name: string) => {
@@ -64,14 +86,19 @@ test('group and version qualifiers select among groups and versions', () => {
 });
 
 test('unknown names fail with UnknownResource', () => {
-  assert.throws(() => resolveResource(all, 'virtualmachinez'),
-    (e: unknown) => e instanceof ClientError && e.code === 'UnknownResource' && /"virtualmachinez"/.test(e.message));
+  assert.throws(
+    () => resolveResource(all, 'virtualmachinez'),
+    (e: unknown) => e instanceof ClientError && e.code === 'UnknownResource' && /"virtualmachinez"/.test(e.message),
+  );
   assert.throws(() => resolveResource(all, 'vm.example.com'), ClientError);
 });
 
 test('a category expands to its preferred resource types', () => {
-  assert.deepEqual(resolveResourceOrCategory(all, 'all').map(qualifiedResource),
-    ['pods', 'virtualmachines.kubevirt.io', 'virtualmachineinstances.kubevirt.io']);
+  assert.deepEqual(resolveResourceOrCategory(all, 'all').map(qualifiedResource), [
+    'pods',
+    'virtualmachines.kubevirt.io',
+    'virtualmachineinstances.kubevirt.io',
+  ]);
   assert.deepEqual(resolveResourceOrCategory(all, 'vm').map(qualifiedResource), ['virtualmachines.kubevirt.io']);
 });
 

@@ -62,7 +62,8 @@ export function resourcesFromList(list: APIResourceListDoc, preferred: boolean):
   return (list.resources ?? [])
     .filter((r) => !r.name.includes('/'))
     .map((r) => ({
-      group, version,
+      group,
+      version,
       plural: r.name,
       // Old servers leave singularName empty; kubectl then uses the lowercased kind.
       singular: r.singularName || r.kind.toLowerCase(),
@@ -93,8 +94,10 @@ export function qualifiedKind(res: Pick<ApiResource, 'kind' | 'group'>): string 
 export function resolveResource(resources: ApiResource[], name: string): ApiResource {
   const found = matchResources(resources, name);
   if (found.length === 0) {
-    throw new ClientError('UnknownResource',
-      `the server doesn't have a resource type "${name}": list the types with \`vessel api-resources\` or check the spelling`);
+    throw new ClientError(
+      'UnknownResource',
+      `the server doesn't have a resource type "${name}": list the types with \`vessel api-resources\` or check the spelling`,
+    );
   }
   return found[0];
 }
@@ -117,8 +120,7 @@ export function resourceForKind(resources: ApiResource[], apiVersion: string, ki
   const { group, version } = splitApiVersion(apiVersion);
   const found = resources.find((r) => r.group === group && r.version === version && r.kind === kind);
   if (!found) {
-    throw new ClientError('UnknownResource',
-      `no matches for kind "${kind}" in version "${apiVersion}": check apiVersion and kind, or install the CRD first`);
+    throw new ClientError('UnknownResource', `no matches for kind "${kind}" in version "${apiVersion}": check apiVersion and kind, or install the CRD first`);
   }
   return found;
 }
@@ -129,7 +131,8 @@ function matchResources(resources: ApiResource[], rawName: string): ApiResource[
   const wanted: Array<{ name: string; group?: string; version?: string }> = [{ name }];
   const dot = name.indexOf('.');
   if (dot > 0) {
-    const head = name.slice(0, dot), rest = name.slice(dot + 1);
+    const head = name.slice(0, dot),
+      rest = name.slice(dot + 1);
     wanted.push({ name: head, group: rest });
     const dot2 = rest.indexOf('.');
     if (dot2 > 0) wanted.push({ name: head, version: rest.slice(0, dot2), group: rest.slice(dot2 + 1) });
@@ -138,10 +141,9 @@ function matchResources(resources: ApiResource[], rawName: string): ApiResource[
   const byName = (r: ApiResource, n: string) => r.plural === n || r.singular === n || r.kind.toLowerCase() === n;
   const byShortName = (r: ApiResource, n: string) => r.shortNames.includes(n);
   for (const matches of [byName, byShortName]) {
-    const hits = resources.filter((r) => wanted.some((w) =>
-      matches(r, w.name)
-      && (w.group === undefined || r.group === w.group)
-      && (w.version === undefined || r.version === w.version)));
+    const hits = resources.filter((r) =>
+      wanted.some((w) => matches(r, w.name) && (w.group === undefined || r.group === w.group) && (w.version === undefined || r.version === w.version)),
+    );
     // Without an explicit version only the preferred version of a group counts.
     const versioned = hits.filter((r) => r.preferred || wanted.some((w) => w.version !== undefined && w.version === r.version && matches(r, w.name)));
     if (versioned.length > 0) return rankResources(resources, versioned);

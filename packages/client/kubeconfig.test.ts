@@ -67,9 +67,14 @@ test('parseKubeconfig reads certificate-authority files relative to the kubeconf
 });
 
 test('parseKubeconfig explains what is wrong', () => {
-  assert.throws(() => parseKubeconfig(kubeconfig({ current: 'nope' }), '/x'),
-    (e: unknown) => e instanceof ClientError && e.code === 'BadKubeconfig' && /context "nope" is not defined/.test(e.message));
-  assert.throws(() => parseKubeconfig('clusters: [', '/x'), (e: unknown) => e instanceof ClientError && /not valid YAML/.test(e.message));
+  assert.throws(
+    () => parseKubeconfig(kubeconfig({ current: 'nope' }), '/x'),
+    (e: unknown) => e instanceof ClientError && e.code === 'BadKubeconfig' && /context "nope" is not defined/.test(e.message),
+  );
+  assert.throws(
+    () => parseKubeconfig('clusters: [', '/x'),
+    (e: unknown) => e instanceof ClientError && /not valid YAML/.test(e.message),
+  );
   assert.throws(() => parseKubeconfig('kind: Config\n', '/x'), /no current-context/);
 });
 
@@ -94,7 +99,9 @@ test('findKubeconfig: flag, then $KUBECONFIG, then data dirs, then ~/.kube/confi
 
 test('findKubeconfig says what to do when nothing is found', () => {
   const dir = tempDir();
-  assert.throws(() => findKubeconfig({ explicit: join(dir, 'nope'), env: {}, home: dir }),
-    (e: unknown) => e instanceof ClientError && e.code === 'NoKubeconfig' && /--kubeconfig/.test(e.message));
+  assert.throws(
+    () => findKubeconfig({ explicit: join(dir, 'nope'), env: {}, home: dir }),
+    (e: unknown) => e instanceof ClientError && e.code === 'NoKubeconfig' && /--kubeconfig/.test(e.message),
+  );
   assert.throws(() => findKubeconfig({ env: { KUBECONFIG: join(dir, 'nope') }, home: dir }), /KUBECONFIG/);
 });

@@ -73,16 +73,24 @@ export function findKubeconfig(opts: FindKubeconfigOptions = {}): string {
   }
   const found = defaultKubeconfigPaths(env, opts.home ?? homedir()).find((p) => existsSync(p));
   if (!found) {
-    throw new ClientError('NoKubeconfig',
-      'no kubeconfig found: run `vessel up` (or `vessel server --data-dir DIR`), or pass --kubeconfig, or set KUBECONFIG');
+    throw new ClientError('NoKubeconfig', 'no kubeconfig found: run `vessel up` (or `vessel server --data-dir DIR`), or pass --kubeconfig, or set KUBECONFIG');
   }
   return found;
 }
 
 // The subset of the kubeconfig file format read here (kubectl's field names).
-interface NamedCluster { name: string; cluster?: Record<string, unknown> }
-interface NamedUser { name: string; user?: Record<string, unknown> }
-interface NamedContext { name: string; context?: { cluster?: string; user?: string; namespace?: string } }
+interface NamedCluster {
+  name: string;
+  cluster?: Record<string, unknown>;
+}
+interface NamedUser {
+  name: string;
+  user?: Record<string, unknown>;
+}
+interface NamedContext {
+  name: string;
+  context?: { cluster?: string; user?: string; namespace?: string };
+}
 interface KubeconfigDoc {
   clusters?: NamedCluster[];
   users?: NamedUser[];
@@ -98,9 +106,7 @@ export function loadKubeconfigFile(path: string, context?: string): ClusterConfi
     text = readFileSync(path, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    const hint = code === 'EACCES'
-      ? `permission denied: run as root, or copy it to your user (sudo vessel kubeconfig > ~/.kube/config)`
-      : (e as Error).message;
+    const hint = code === 'EACCES' ? `permission denied: run as root, or copy it to your user (sudo vessel kubeconfig > ~/.kube/config)` : (e as Error).message;
     throw new ClientError('BadKubeconfig', `cannot read kubeconfig ${path}: ${hint}`, { cause: e });
   }
   return parseKubeconfig(text, path, context);

@@ -51,6 +51,5 @@ export interface Table {
 }
 
 export function isTable(value: unknown): value is Table {
-  return typeof value === 'object' && value !== null && (value as { kind?: unknown }).kind === 'Table'
-    && Array.isArray((value as { rows?: unknown }).rows);
+  return typeof value === 'object' && value !== null && (value as { kind?: unknown }).kind === 'Table' && Array.isArray((value as { rows?: unknown }).rows);
 }

@@ -13,9 +13,26 @@ test('filterKeys: * keeps everything, !pattern drops, no match drops', () => {
 test('identityPatches: new or no MACs, no firmware UUID, serial replaced, filtered metadata removed key by key', () => {
   const source = {
     metadata: { labels: { app: 'web', 'secret/x': '1' }, annotations: { 'kubectl.kubernetes.io/last-applied-configuration': '{}', note: 'n' } },
-    spec: { template: { metadata: { labels: { app: 'web' } }, spec: { domain: { firmware: { uuid: 'u', serial: 's' }, devices: { interfaces: [{ name: 'default', macAddress: '02:00:00:00:00:01' }, { name: 'b', macAddress: '02:00:00:00:00:02' }] } } } } },
+    spec: {
+      template: {
+        metadata: { labels: { app: 'web' } },
+        spec: {
+          domain: {
+            firmware: { uuid: 'u', serial: 's' },
+            devices: {
+              interfaces: [
+                { name: 'default', macAddress: '02:00:00:00:00:01' },
+                { name: 'b', macAddress: '02:00:00:00:00:02' },
+              ],
+            },
+          },
+        },
+      },
+    },
   };
-  const ops = identityPatches(source, { labelFilters: ['*', '!secret/*'], newMacAddresses: { b: '02:aa:00:00:00:02' }, newSMBiosSerial: 'new' }).map((p) => JSON.parse(p) as Record<string, unknown>);
+  const ops = identityPatches(source, { labelFilters: ['*', '!secret/*'], newMacAddresses: { b: '02:aa:00:00:00:02' }, newSMBiosSerial: 'new' }).map(
+    (p) => JSON.parse(p) as Record<string, unknown>,
+  );
   assert.deepEqual(ops, [
     { op: 'remove', path: '/metadata/labels/secret~1x' },
     { op: 'remove', path: '/metadata/annotations/kubectl.kubernetes.io~1last-applied-configuration' },

@@ -16,7 +16,18 @@
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { BY_NAMESPACE, byNamespace, cacheKey, Controller, type Log, EventRecorder, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import {
+  BY_NAMESPACE,
+  byNamespace,
+  cacheKey,
+  Controller,
+  type Log,
+  EventRecorder,
+  type Informer,
+  type KubeObject,
+  setCondition,
+  updateStatus,
+} from '@vessel/runtime';
 import { refs, phaseOf, CLONE_DISK_TYPE, ipam } from '@vessel/api';
 
 const { VMCLONES, VMRESTORES, VMS, VMSNAPSHOTCONTENTS, VMSNAPSHOTS } = refs;
@@ -51,12 +62,13 @@ export function identityPatches(source: { metadata?: Obj; spec?: Obj }, spec: Cl
   const drop = (map: unknown, filters: string[] | undefined, path: string, always: string[] = []) => {
     const all = (map ?? {}) as Record<string, string>;
     const kept = filterKeys(all, filters);
-    for (const k of Object.keys(all)) if (!(k in kept) || always.includes(k)) ops.push({ op: 'remove', path: `${path}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}` });
+    for (const k of Object.keys(all))
+      if (!(k in kept) || always.includes(k)) ops.push({ op: 'remove', path: `${path}/${k.replace(/~/g, '~0').replace(/\//g, '~1')}` });
   };
   const meta = source.metadata ?? {};
   drop(meta.labels, spec.labelFilters, '/metadata/labels');
   drop(meta.annotations, spec.annotationFilters, '/metadata/annotations', ['kubectl.kubernetes.io/last-applied-configuration']);
-  const template = ((source.spec?.template ?? {}) as { metadata?: Obj; spec?: Obj });
+  const template = (source.spec?.template ?? {}) as { metadata?: Obj; spec?: Obj };
   drop(template.metadata?.labels, spec.template?.labelFilters, '/spec/template/metadata/labels');
   drop(template.metadata?.annotations, spec.template?.annotationFilters, '/spec/template/metadata/annotations', [ipam.FIXED_IP]);
   const domain = (template.spec?.domain ?? {}) as { devices?: { interfaces?: Obj[] }; firmware?: Obj };
@@ -89,8 +101,10 @@ export class CloneController extends Controller {
     super('clone', client, log);
     this.events = new EventRecorder(client, 'clone-controller');
     this.clones = this.inform(VMCLONES).addIndex(BY_NAMESPACE, byNamespace);
-    const owner = (o: KubeObject) => ((o.metadata.ownerReferences as { kind: string; name: string }[] | undefined) ?? [])
-      .filter((r) => r.kind === 'VirtualMachineClone').map((r) => `${o.metadata.namespace}/${r.name}`);
+    const owner = (o: KubeObject) =>
+      ((o.metadata.ownerReferences as { kind: string; name: string }[] | undefined) ?? [])
+        .filter((r) => r.kind === 'VirtualMachineClone')
+        .map((r) => `${o.metadata.namespace}/${r.name}`);
     this.snapshots = this.inform(VMSNAPSHOTS, (s) => [...owner(s), ...this.waitingOn(s)]);
     this.restores = this.inform(VMRESTORES, owner);
     this.vms = this.inform(VMS, () => []);
@@ -99,7 +113,9 @@ export class CloneController extends Controller {
 
   /** Clones whose source is this snapshot. */
   private waitingOn(snap: KubeObject): string[] {
-    return this.clonesIn(snap.metadata.namespace).filter((c) => (c.spec as CloneSpec | undefined)?.source?.name === snap.metadata.name).map(cacheKey);
+    return this.clonesIn(snap.metadata.namespace)
+      .filter((c) => (c.spec as CloneSpec | undefined)?.source?.name === snap.metadata.name)
+      .map(cacheKey);
   }
 
   /** The clones of a namespace still at work. */
@@ -113,28 +129,39 @@ export class CloneController extends Controller {
     const ns = clone.metadata.namespace!;
     const uid = clone.metadata.uid!;
     const spec = (clone.spec ?? {}) as CloneSpec;
-    const target = spec.target?.name ?? (clone.status as Obj | undefined)?.targetName as string | undefined ?? `clone-${uid.slice(0, 8)}`;
+    const target = spec.target?.name ?? ((clone.status as Obj | undefined)?.targetName as string | undefined) ?? `clone-${uid.slice(0, 8)}`;
     const fromSnapshot = spec.source?.kind === 'VirtualMachineSnapshot';
     const snapshotName = fromSnapshot ? spec.source!.name! : `tmp-snapshot-${uid}`;
     const restoreName = `tmp-restore-${uid}`;
     const existing = this.vms.get(`${ns}/${target}`);
-    if (existing && !this.restores.get(`${ns}/${restoreName}`)) return this.fail(clone, `the target VirtualMachine ${target} already exists: choose another spec.target.name`);
+    if (existing && !this.restores.get(`${ns}/${restoreName}`))
+      return this.fail(clone, `the target VirtualMachine ${target} already exists: choose another spec.target.name`);
 
     const snap = this.snapshots.get(`${ns}/${snapshotName}`);
     if (!snap && fromSnapshot) return this.setPhase(clone, 'Pending', target, 'SourceNotFound', `VirtualMachineSnapshot ${snapshotName} does not exist`);
     if (!snap) {
-      if (!this.vms.get(`${ns}/${spec.source?.name}`)) return this.setPhase(clone, 'Pending', target, 'SourceNotFound', `VirtualMachine ${spec.source?.name} does not exist`);
+      if (!this.vms.get(`${ns}/${spec.source?.name}`))
+        return this.setPhase(clone, 'Pending', target, 'SourceNotFound', `VirtualMachine ${spec.source?.name} does not exist`);
       await this.createOwned(clone, VMSNAPSHOTS, {
-        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot',
+        apiVersion: 'snapshot.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineSnapshot',
         metadata: { name: snapshotName, namespace: ns },
         spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: spec.source?.name } },
       });
       return this.setPhase(clone, 'SnapshotInProgress', target, 'SnapshotInProgress', `taking snapshot ${snapshotName} of ${spec.source?.name}`, snapshotName);
     }
-    if (phaseOf(snap) === 'Failed') return this.fail(clone, `snapshot ${snapshotName} failed: ${String(((snap.status as Obj).error as Obj | undefined)?.message ?? '')}`);
+    if (phaseOf(snap) === 'Failed')
+      return this.fail(clone, `snapshot ${snapshotName} failed: ${String(((snap.status as Obj).error as Obj | undefined)?.message ?? '')}`);
     const content = this.contents.get(`${ns}/${String((snap.status as Obj | undefined)?.virtualMachineSnapshotContentName ?? '')}`);
     if ((snap.status as Obj | undefined)?.readyToUse !== true || !content) {
-      return this.setPhase(clone, 'SnapshotInProgress', target, 'SnapshotInProgress', `waiting for snapshot ${snapshotName}`, fromSnapshot ? undefined : snapshotName);
+      return this.setPhase(
+        clone,
+        'SnapshotInProgress',
+        target,
+        'SnapshotInProgress',
+        `waiting for snapshot ${snapshotName}`,
+        fromSnapshot ? undefined : snapshotName,
+      );
     }
     // The patches apply to the VM as the snapshot recorded it.
     const source = ((content.spec as Obj).source as { virtualMachine: { metadata: Obj; spec: Obj } }).virtualMachine;
@@ -143,17 +170,44 @@ export class CloneController extends Controller {
     if (!restore) {
       const full = clone.metadata.annotations?.[CLONE_DISK_TYPE] === 'full';
       await this.createOwned(clone, VMRESTORES, {
-        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore',
+        apiVersion: 'snapshot.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineRestore',
         metadata: { name: restoreName, namespace: ns, ...(full ? { annotations: { [CLONE_DISK_TYPE]: 'full' } } : {}) },
-        spec: { target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target }, virtualMachineSnapshotName: snapshotName, patches: identityPatches(source, spec) },
+        spec: {
+          target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+          virtualMachineSnapshotName: snapshotName,
+          patches: identityPatches(source, spec),
+        },
       });
-      return this.setPhase(clone, 'RestoreInProgress', target, 'RestoreInProgress', `creating ${target} from ${snapshotName}`, fromSnapshot ? undefined : snapshotName, restoreName);
+      return this.setPhase(
+        clone,
+        'RestoreInProgress',
+        target,
+        'RestoreInProgress',
+        `creating ${target} from ${snapshotName}`,
+        fromSnapshot ? undefined : snapshotName,
+        restoreName,
+      );
     }
-    if ((restore.status as Obj | undefined)?.complete !== true) return this.setPhase(clone, 'RestoreInProgress', target, 'RestoreInProgress', `creating ${target} from ${snapshotName}`, fromSnapshot ? undefined : snapshotName, restoreName);
+    if ((restore.status as Obj | undefined)?.complete !== true)
+      return this.setPhase(
+        clone,
+        'RestoreInProgress',
+        target,
+        'RestoreInProgress',
+        `creating ${target} from ${snapshotName}`,
+        fromSnapshot ? undefined : snapshotName,
+        restoreName,
+      );
 
     // Done: the temporary objects go (the new VM's disks keep the snapshot files they read).
-    await this.client.delete(VMRESTORES, restoreName, { namespace: ns }).catch((e) => { if (!isStatusError(e, 'NotFound')) throw e; });
-    if (!fromSnapshot) await this.client.delete(VMSNAPSHOTS, snapshotName, { namespace: ns }).catch((e) => { if (!isStatusError(e, 'NotFound')) throw e; });
+    await this.client.delete(VMRESTORES, restoreName, { namespace: ns }).catch((e) => {
+      if (!isStatusError(e, 'NotFound')) throw e;
+    });
+    if (!fromSnapshot)
+      await this.client.delete(VMSNAPSHOTS, snapshotName, { namespace: ns }).catch((e) => {
+        if (!isStatusError(e, 'NotFound')) throw e;
+      });
     await updateStatus(this.client, VMCLONES, ns, clone.metadata.name, (s) => {
       s.phase = 'Succeeded';
       s.targetName = target;
@@ -166,7 +220,16 @@ export class CloneController extends Controller {
   }
 
   private async createOwned(clone: KubeObject, res: typeof VMSNAPSHOTS, obj: KubeObject): Promise<void> {
-    obj.metadata.ownerReferences = [{ apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone', name: clone.metadata.name, uid: clone.metadata.uid!, controller: true, blockOwnerDeletion: true }];
+    obj.metadata.ownerReferences = [
+      {
+        apiVersion: 'clone.kubevirt.io/v1beta1',
+        kind: 'VirtualMachineClone',
+        name: clone.metadata.name,
+        uid: clone.metadata.uid!,
+        controller: true,
+        blockOwnerDeletion: true,
+      },
+    ];
     try {
       await this.client.create(res, obj, { namespace: clone.metadata.namespace });
     } catch (e) {
@@ -174,7 +237,15 @@ export class CloneController extends Controller {
     }
   }
 
-  private async setPhase(clone: KubeObject, phase: string, target: string, reason: string, message: string, snapshotName?: string, restoreName?: string): Promise<void> {
+  private async setPhase(
+    clone: KubeObject,
+    phase: string,
+    target: string,
+    reason: string,
+    message: string,
+    snapshotName?: string,
+    restoreName?: string,
+  ): Promise<void> {
     await updateStatus(this.client, VMCLONES, clone.metadata.namespace, clone.metadata.name, (s) => {
       s.phase = phase;
       s.targetName = target;

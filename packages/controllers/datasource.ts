@@ -30,10 +30,13 @@ export class DataSourceController extends Controller {
     const ns = src?.namespace ?? ds.metadata.namespace;
     const pvc = src?.name ? this.pvcs.get(`${ns}/${src.name}`) : undefined;
     const phase = pvc?.status?.phase;
-    const cond = !src?.name ? { status: 'False' as const, reason: 'NoSource', message: 'spec.source.pvc is not set' }
-      : !pvc ? { status: 'False' as const, reason: 'NotFound', message: `PersistentVolumeClaim ${ns}/${src.name} not found` }
-      : phase !== 'Bound' ? { status: 'False' as const, reason: 'ImportInProgress', message: `PersistentVolumeClaim ${ns}/${src.name} is ${phase ?? 'Pending'}` }
-      : { status: 'True' as const, reason: 'Ready', message: '' };
+    const cond = !src?.name
+      ? { status: 'False' as const, reason: 'NoSource', message: 'spec.source.pvc is not set' }
+      : !pvc
+        ? { status: 'False' as const, reason: 'NotFound', message: `PersistentVolumeClaim ${ns}/${src.name} not found` }
+        : phase !== 'Bound'
+          ? { status: 'False' as const, reason: 'ImportInProgress', message: `PersistentVolumeClaim ${ns}/${src.name} is ${phase ?? 'Pending'}` }
+          : { status: 'True' as const, reason: 'Ready', message: '' };
     await updateStatus(this.client, DATASOURCES, ds.metadata.namespace, ds.metadata.name, (s) => {
       s.source = ds.spec.source ?? {};
       setCondition(s, { type: 'Ready', ...cond });

@@ -8,7 +8,20 @@
  */
 import { storage, tryParseQuantity, refs, phaseOf, annotationsOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { BY_DATASOURCE_CLAIM, byDataSourceClaim, Controller, splitKey, type IndexFunc, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, updateStatus } from '@vessel/runtime';
+import {
+  BY_DATASOURCE_CLAIM,
+  byDataSourceClaim,
+  Controller,
+  splitKey,
+  type IndexFunc,
+  type Log,
+  EventRecorder,
+  cacheKey,
+  type Informer,
+  type KubeObject,
+  setCondition,
+  updateStatus,
+} from '@vessel/runtime';
 
 const { DATASOURCES, DATAVOLUMES, PVCS } = refs;
 
@@ -34,7 +47,6 @@ const sourceRefOf: IndexFunc = (dv) => {
   return ref?.name ? [`${ref.namespace ?? dv.metadata.namespace}/${ref.name}`] : [];
 };
 
-
 export class DataVolumeController extends Controller {
   private readonly dvs: Informer;
   private readonly pvcs: Informer;
@@ -45,7 +57,10 @@ export class DataVolumeController extends Controller {
     super('datavolume', client, log);
     this.events = new EventRecorder(client, 'vessel-datavolume-controller');
     this.dvs = this.inform(DATAVOLUMES).addIndex(BY_CLONE_CLAIM, cloneClaimOf).addIndex(BY_SOURCE_REF, sourceRefOf);
-    this.sources = this.inform(DATASOURCES, (ds) => this.waiting(this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)))).addIndex(BY_DATASOURCE_CLAIM, byDataSourceClaim);
+    this.sources = this.inform(DATASOURCES, (ds) => this.waiting(this.dvs.byIndex(BY_SOURCE_REF, cacheKey(ds)))).addIndex(
+      BY_DATASOURCE_CLAIM,
+      byDataSourceClaim,
+    );
     // A claim changing wakes its DataVolume, and every DataVolume cloning from it: directly, or
     // through a DataSource that names it.
     this.pvcs = this.inform(PVCS, (p) => {
@@ -72,14 +87,24 @@ export class DataVolumeController extends Controller {
 
     let pvc = this.pvcs.get(key);
     if (pvc && annotationsOf(pvc)[storage.POPULATED_FOR] !== name) {
-      return this.setPhase(dv, 'Pending', 'ErrClaimNotValid', `a PersistentVolumeClaim named ${name} already exists and is not this DataVolume's; delete it or rename the DataVolume`);
+      return this.setPhase(
+        dv,
+        'Pending',
+        'ErrClaimNotValid',
+        `a PersistentVolumeClaim named ${name} already exists and is not this DataVolume's; delete it or rename the DataVolume`,
+      );
     }
     if (!pvc) pvc = await this.createClaim(dv, namespace, spec, clone);
 
-    const kind = spec.sourceRef ? 'pvc' : storage.populationSource(spec, namespace)?.kind ?? 'blank';
+    const kind = spec.sourceRef ? 'pvc' : (storage.populationSource(spec, namespace)?.kind ?? 'blank');
     if (annotationsOf(pvc)[storage.SELECTED_NODE]) {
       const { scheduled } = storage.phasesFor(kind);
-      return this.setPhase(dv, scheduled, scheduled, `${scheduled === 'CloneScheduled' ? 'cloning' : scheduled === 'UploadScheduled' ? 'upload' : 'import'} will run on node ${annotationsOf(pvc)[storage.SELECTED_NODE]}`);
+      return this.setPhase(
+        dv,
+        scheduled,
+        scheduled,
+        `${scheduled === 'CloneScheduled' ? 'cloning' : scheduled === 'UploadScheduled' ? 'upload' : 'import'} will run on node ${annotationsOf(pvc)[storage.SELECTED_NODE]}`,
+      );
     }
     return this.setPhase(dv, 'Pending', 'Pending', `PVC ${name} Pending`);
   }
@@ -111,7 +136,7 @@ export class DataVolumeController extends Controller {
   }
 
   private async createClaim(dv: KubeObject, namespace: string, spec: Obj, clone: CloneSource | undefined): Promise<KubeObject> {
-    const target = ((spec.storage ?? spec.pvc) ?? {}) as Obj;
+    const target = (spec.storage ?? spec.pvc ?? {}) as Obj;
     const source = clone && !('pending' in clone) ? this.pvcs.get(`${clone.namespace}/${clone.name}`) : undefined;
     const sourceSpec = (source?.spec ?? {}) as Obj;
     const asSize = (q: unknown) => (typeof q === 'string' || typeof q === 'number' ? String(q) : undefined);
@@ -126,12 +151,23 @@ export class DataVolumeController extends Controller {
       a[storage.CLONE_TYPE] = clone.linked ? 'linked' : 'full';
     }
     const claim = {
-      apiVersion: 'v1', kind: 'PersistentVolumeClaim',
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
       metadata: {
-        name: dv.metadata.name, namespace,
+        name: dv.metadata.name,
+        namespace,
         labels: { app: 'containerized-data-importer', 'app.kubernetes.io/managed-by': 'vessel' },
         annotations: a,
-        ownerReferences: [{ apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', name: dv.metadata.name, uid: dv.metadata.uid!, controller: true, blockOwnerDeletion: true }],
+        ownerReferences: [
+          {
+            apiVersion: 'cdi.kubevirt.io/v1beta1',
+            kind: 'DataVolume',
+            name: dv.metadata.name,
+            uid: dv.metadata.uid!,
+            controller: true,
+            blockOwnerDeletion: true,
+          },
+        ],
       },
       spec: {
         accessModes: (target.accessModes as string[] | undefined) ?? (sourceSpec.accessModes as string[] | undefined) ?? ['ReadWriteOnce'],
@@ -142,7 +178,9 @@ export class DataVolumeController extends Controller {
       },
     };
     const made = await this.client.create(PVCS, claim, { namespace });
-    await updateStatus(this.client, DATAVOLUMES, namespace, dv.metadata.name, (s) => { s.claimName = dv.metadata.name; });
+    await updateStatus(this.client, DATAVOLUMES, namespace, dv.metadata.name, (s) => {
+      s.claimName = dv.metadata.name;
+    });
     return made as KubeObject;
   }
 
@@ -155,7 +193,12 @@ export class DataVolumeController extends Controller {
       s.progress ??= 'N/A';
       s.claimName = dv.metadata.name;
       const bound = phase !== 'Pending';
-      setCondition(s, { type: 'Bound', status: bound ? 'True' : 'False', reason: bound ? 'Bound' : reason, message: bound ? `PVC ${dv.metadata.name} Bound` : message });
+      setCondition(s, {
+        type: 'Bound',
+        status: bound ? 'True' : 'False',
+        reason: bound ? 'Bound' : reason,
+        message: bound ? `PVC ${dv.metadata.name} Bound` : message,
+      });
       setCondition(s, { type: 'Ready', status: 'False', reason, message });
       setCondition(s, { type: 'Running', status: 'False', reason, message });
     });

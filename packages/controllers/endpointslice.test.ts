@@ -12,22 +12,36 @@ import { InMemoryClient, settle, until } from './testing/harness.ts';
 
 const { ENDPOINTSLICES, EVENTS, SERVICES, VMIS } = refs;
 const started = performance.now();
-after(() => { console.log(`# endpointslice.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
+after(() => {
+  console.log(`# endpointslice.test.ts: ${(performance.now() - started).toFixed(0)} ms`);
+});
 
 type Obj = Record<string, unknown>;
-interface Slice { metadata: { name: string; labels: Record<string, string>; ownerReferences: Obj[] }; endpoints: { addresses: string[]; conditions: Record<string, boolean>; nodeName?: string; targetRef: { name: string } }[]; ports: Obj[] }
+interface Slice {
+  metadata: { name: string; labels: Record<string, string>; ownerReferences: Obj[] };
+  endpoints: { addresses: string[]; conditions: Record<string, boolean>; nodeName?: string; targetRef: { name: string } }[];
+  ports: Obj[];
+}
 
 async function setup() {
   const c = new InMemoryClient();
   await c.namespaces('default', 'other');
   const ctl = new EndpointSliceController(c);
   await ctl.start();
-  return { c, async [Symbol.asyncDispose]() { await ctl.stop(); c.close(); } };
+  return {
+    c,
+    async [Symbol.asyncDispose]() {
+      await ctl.stop();
+      c.close();
+    },
+  };
 }
 
 function vmi(name: string, labels: Record<string, string>, ns = 'default'): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name, namespace: ns, labels },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: ns, labels },
     spec: { domain: { cpu: { cores: 1 }, resources: { requests: { memory: '128Mi' } }, devices: {} } },
   };
 }
@@ -43,7 +57,12 @@ async function running(c: InMemoryClient, name: string, ip: string, node = 'node
 }
 
 function service(name: string, selector: Record<string, string> | undefined, ports: Obj[] = [{ port: 80, targetPort: 8080 }]): KubeObject {
-  return { apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'default', labels: { team: 'a' } }, spec: { ...(selector ? { selector } : {}), ports } };
+  return {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name, namespace: 'default', labels: { team: 'a' } },
+    spec: { ...(selector ? { selector } : {}), ports },
+  };
 }
 
 const slicesOf = async (c: InMemoryClient, svc: string) =>
@@ -59,7 +78,10 @@ const sliceWith = (c: InMemoryClient, svc: string, want: string[], check: (s: Sl
 test('a Service gets a slice of the selected VMIs: address, ready, node, targetRef, ports from targetPort, labels, owner', async () => {
   await using h = await setup();
   const svc = await h.c.create(SERVICES, service('web', { app: 'web' }));
-  for (const [n, ip, node] of [['web-1', '10.244.0.5', 'node-a'], ['web-2', '10.244.0.6', 'node-b']]) {
+  for (const [n, ip, node] of [
+    ['web-1', '10.244.0.5', 'node-a'],
+    ['web-2', '10.244.0.6', 'node-b'],
+  ]) {
     await h.c.create(VMIS, vmi(n, { app: 'web' }));
     await running(h.c, n, ip, node);
   }
@@ -67,8 +89,11 @@ test('a Service gets a slice of the selected VMIs: address, ready, node, targetR
   await running(h.c, 'db', '10.244.0.9');
   const [slice] = await sliceWith(h.c, 'web', ['10.244.0.5', '10.244.0.6']);
   assert.equal(slice.metadata.labels['endpointslice.kubernetes.io/managed-by'], MANAGED_BY);
-  assert.equal(slice.metadata.labels.team, 'a', 'the Service\'s labels are copied');
-  assert.deepEqual(slice.metadata.ownerReferences.map((o) => [o.kind, o.name, o.uid, o.controller]), [['Service', 'web', svc.metadata?.uid, true]]);
+  assert.equal(slice.metadata.labels.team, 'a', "the Service's labels are copied");
+  assert.deepEqual(
+    slice.metadata.ownerReferences.map((o) => [o.kind, o.name, o.uid, o.controller]),
+    [['Service', 'web', svc.metadata?.uid, true]],
+  );
   assert.deepEqual(slice.ports, [{ name: '', port: 8080, protocol: 'TCP' }]);
   const e1 = slice.endpoints.find((e) => e.targetRef.name === 'web-1')!;
   assert.deepEqual(e1.conditions, { ready: true, serving: true, terminating: false });
@@ -112,7 +137,9 @@ test('a terminating VMI stays listed as terminating and not ready; a VMI without
   await h.c.create(VMIS, vmi('booting', { app: 'web' })); // no status.interfaces yet
   await h.c.create(VMIS, vmi('done', { app: 'web' }));
   await running(h.c, 'done', '10.244.0.7');
-  await updateStatus(h.c, VMIS, 'default', 'done', (s) => { s.phase = 'Succeeded'; });
+  await updateStatus(h.c, VMIS, 'default', 'done', (s) => {
+    s.phase = 'Succeeded';
+  });
   await sliceWith(h.c, 'web', ['10.244.0.5']);
   await h.c.patch(VMIS, 'web-1', { metadata: { finalizers: ['test/hold'] } }, { namespace: 'default' });
   await h.c.delete(VMIS, 'web-1', { namespace: 'default' });
@@ -124,13 +151,26 @@ test('a terminating VMI stays listed as terminating and not ready; a VMI without
 
 test('named targetPorts are left out with a Warning Event; Services without a selector, or ExternalName, get no slice; slices go with their Service', async () => {
   await using h = await setup();
-  await h.c.create(SERVICES, service('mixed', { app: 'web' }, [{ name: 'http', port: 80, targetPort: 8080 }, { name: 'admin', port: 9000, targetPort: 'admin' }]));
+  await h.c.create(
+    SERVICES,
+    service('mixed', { app: 'web' }, [
+      { name: 'http', port: 80, targetPort: 8080 },
+      { name: 'admin', port: 9000, targetPort: 'admin' },
+    ]),
+  );
   await h.c.create(SERVICES, service('manual', undefined));
   const [slice] = await sliceWith(h.c, 'mixed', []);
   assert.deepEqual(slice.ports, [{ name: 'http', port: 8080, protocol: 'TCP' }]);
-  const ev = await until('warning event', async () => (await h.c.list(EVENTS, { namespace: 'default' })).items.find((e) => (e as Obj).reason === 'NamedTargetPortUnresolved'));
+  const ev = await until('warning event', async () =>
+    (await h.c.list(EVENTS, { namespace: 'default' })).items.find((e) => (e as Obj).reason === 'NamedTargetPortUnresolved'),
+  );
   assert.match(String((ev as Obj).message), /"admin".*port number/);
-  await h.c.create(SERVICES, { apiVersion: 'v1', kind: 'Service', metadata: { name: 'ext', namespace: 'default' }, spec: { type: 'ExternalName', externalName: 'db.example.com', selector: { app: 'web' } } });
+  await h.c.create(SERVICES, {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: 'ext', namespace: 'default' },
+    spec: { type: 'ExternalName', externalName: 'db.example.com', selector: { app: 'web' } },
+  });
   await settle();
   assert.deepEqual(await slicesOf(h.c, 'manual'), []);
   assert.deepEqual(await slicesOf(h.c, 'ext'), [], 'an ExternalName Service has no endpoints');

@@ -36,8 +36,17 @@ const BY_SERVICE = 'service';
 
 type Obj = Record<string, unknown>;
 type Labels = Record<string, string>;
-interface ServicePort { name?: string; port?: number; targetPort?: number | string; protocol?: string }
-interface SlicePort { name: string; port: number; protocol: string }
+interface ServicePort {
+  name?: string;
+  port?: number;
+  targetPort?: number | string;
+  protocol?: string;
+}
+interface SlicePort {
+  name: string;
+  port: number;
+  protocol: string;
+}
 interface Endpoint {
   addresses: string[];
   conditions: { ready: boolean; serving: boolean; terminating: boolean };
@@ -73,7 +82,10 @@ export class EndpointSliceController extends Controller {
     this.vmis = this.inform(VMIS, () => []).addIndex(BY_LABEL, (v) => Object.entries(labelsOf(v)).map(([k, val]) => pair(v.metadata.namespace, k, val)));
     this.vmis.on({
       add: (v) => this.enqueueSelecting(v),
-      update: (old, v) => { this.enqueueSelecting(old); this.enqueueSelecting(v); },
+      update: (old, v) => {
+        this.enqueueSelecting(old);
+        this.enqueueSelecting(v);
+      },
       delete: (v) => this.enqueueSelecting(v),
     });
     // A slice changed or deleted by someone else is put back.
@@ -126,16 +138,23 @@ export class EndpointSliceController extends Controller {
     const spec = (svc.spec ?? {}) as { ports?: ServicePort[]; publishNotReadyAddresses?: boolean };
     const { ports, named } = slicePorts(spec.ports ?? []);
     await this.warnNamedPorts(key, svc, named);
-    const endpoints = this.selected(ns, selector).map((v) => endpointOf(v, name, spec.publishNotReadyAddresses === true)).filter((e): e is Endpoint => !!e)
+    const endpoints = this.selected(ns, selector)
+      .map((v) => endpointOf(v, name, spec.publishNotReadyAddresses === true))
+      .filter((e): e is Endpoint => !!e)
       .sort((a, b) => a.targetRef.name.localeCompare(b.targetRef.name));
     const chunks: Endpoint[][] = [];
     for (let i = 0; i < endpoints.length; i += MAX_ENDPOINTS) chunks.push(endpoints.slice(i, i + MAX_ENDPOINTS));
     if (chunks.length === 0) chunks.push([]); // Kubernetes keeps one (empty) slice per Service
-    const base = `${name.slice(0, 240)}-${createHash('sha256').update(svc.metadata.uid ?? '').digest('hex').slice(0, 5)}`;
-    const wanted = new Map(chunks.map((eps, i) => {
-      const sliceName = i === 0 ? base : `${base}-${i}`;
-      return [sliceName, desiredSlice(svc, sliceName, eps, ports)] as const;
-    }));
+    const base = `${name.slice(0, 240)}-${createHash('sha256')
+      .update(svc.metadata.uid ?? '')
+      .digest('hex')
+      .slice(0, 5)}`;
+    const wanted = new Map(
+      chunks.map((eps, i) => {
+        const sliceName = i === 0 ? base : `${base}-${i}`;
+        return [sliceName, desiredSlice(svc, sliceName, eps, ports)] as const;
+      }),
+    );
     for (const [sliceName, want] of wanted) {
       const have = existing.find((s) => s.metadata.name === sliceName) ?? this.slices.get(`${ns}/${sliceName}`);
       if (!have) await this.createSlice(want);
@@ -145,10 +164,14 @@ export class EndpointSliceController extends Controller {
   }
 
   private async warnNamedPorts(key: string, svc: KubeObject, named: string[]): Promise<void> {
-    const message = named.length ? `targetPort ${named.map((n) => `"${n}"`).join(', ')} is a port name, which only a container can resolve; VMs have none, so the port is left out of the EndpointSlices: use the port number` : '';
+    const message = named.length
+      ? `targetPort ${named.map((n) => `"${n}"`).join(', ')} is a port name, which only a container can resolve; VMs have none, so the port is left out of the EndpointSlices: use the port number`
+      : '';
     if ((this.warned.get(key) ?? '') === message) return;
-    if (message) { this.warned.set(key, message); await this.events.record(svc, 'Warning', 'NamedTargetPortUnresolved', message); }
-    else this.warned.delete(key);
+    if (message) {
+      this.warned.set(key, message);
+      await this.events.record(svc, 'Warning', 'NamedTargetPortUnresolved', message);
+    } else this.warned.delete(key);
   }
 
   private async createSlice(want: KubeObject): Promise<void> {
@@ -162,7 +185,11 @@ export class EndpointSliceController extends Controller {
 
   private async updateSlice(have: KubeObject, want: KubeObject): Promise<void> {
     try {
-      await this.client.update(ENDPOINTSLICES, { ...want, metadata: { ...have.metadata, ...want.metadata, resourceVersion: have.metadata.resourceVersion } }, { namespace: have.metadata.namespace });
+      await this.client.update(
+        ENDPOINTSLICES,
+        { ...want, metadata: { ...have.metadata, ...want.metadata, resourceVersion: have.metadata.resourceVersion } },
+        { namespace: have.metadata.namespace },
+      );
     } catch (e) {
       // A newer slice is on its way to the cache; its event runs this reconcile again.
       if (!isStatusError(e, 'Conflict') && !isStatusError(e, 'NotFound')) throw e;
@@ -185,7 +212,10 @@ function slicePorts(ports: ServicePort[]): { ports: SlicePort[]; named: string[]
   for (const p of ports) {
     const t = p.targetPort ?? p.port;
     const n = typeof t === 'number' ? t : typeof t === 'string' && /^\d+$/.test(t) ? Number(t) : undefined;
-    if (n === undefined) { if (typeof t === 'string') named.push(t); continue; }
+    if (n === undefined) {
+      if (typeof t === 'string') named.push(t);
+      continue;
+    }
     out.push({ name: p.name ?? '', port: n, protocol: p.protocol ?? 'TCP' });
   }
   return { ports: out, named };
@@ -193,10 +223,10 @@ function slicePorts(ports: ServicePort[]): { ports: SlicePort[]; named: string[]
 
 /** The address of a VMI's pod-network interface (KubeVirt reports the pod IP there for masquerade and bridge alike). */
 export function podAddress(vmi: KubeObject): string | undefined {
-  const networks = ((vmi.spec as { networks?: { name?: string; pod?: unknown }[] } | undefined)?.networks) ?? [];
+  const networks = (vmi.spec as { networks?: { name?: string; pod?: unknown }[] } | undefined)?.networks ?? [];
   const podNet = networks.find((n) => n.pod !== undefined)?.name;
   if (!podNet) return undefined;
-  const ifaces = ((vmi.status as { interfaces?: { name?: string; ipAddress?: string }[] } | undefined)?.interfaces) ?? [];
+  const ifaces = (vmi.status as { interfaces?: { name?: string; ipAddress?: string }[] } | undefined)?.interfaces ?? [];
   const ip = ifaces.find((i) => i.name === podNet)?.ipAddress;
   return ip && /^\d+\.\d+\.\d+\.\d+$/.test(ip) ? ip : undefined;
 }
@@ -215,19 +245,29 @@ function endpointOf(vmi: KubeObject, service: string, publishNotReady: boolean):
     // As for pods: the hostname is published when the VMI's subdomain is this Service.
     ...(spec.hostname && spec.subdomain === service ? { hostname: spec.hostname } : {}),
     ...(nodeName ? { nodeName } : {}),
-    targetRef: { kind: 'VirtualMachineInstance', apiVersion: 'kubevirt.io/v1', namespace: vmi.metadata.namespace!, name: vmi.metadata.name, uid: vmi.metadata.uid ?? '' },
+    targetRef: {
+      kind: 'VirtualMachineInstance',
+      apiVersion: 'kubevirt.io/v1',
+      namespace: vmi.metadata.namespace!,
+      name: vmi.metadata.name,
+      uid: vmi.metadata.uid ?? '',
+    },
   };
 }
 
 function desiredSlice(svc: KubeObject, name: string, endpoints: Endpoint[], ports: SlicePort[]): KubeObject {
   const { [SERVICE_NAME_LABEL]: _s, [MANAGED_BY_LABEL]: _m, ...svcLabels } = labelsOf(svc);
   return {
-    apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice',
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
     metadata: {
-      name, namespace: svc.metadata.namespace,
+      name,
+      namespace: svc.metadata.namespace,
       // The Service's labels, as Kubernetes copies them, under the two that say whose slice this is.
       labels: { ...svcLabels, [SERVICE_NAME_LABEL]: svc.metadata.name, [MANAGED_BY_LABEL]: MANAGED_BY },
-      ownerReferences: [{ apiVersion: 'v1', kind: 'Service', name: svc.metadata.name, uid: svc.metadata.uid ?? '', controller: true, blockOwnerDeletion: true }],
+      ownerReferences: [
+        { apiVersion: 'v1', kind: 'Service', name: svc.metadata.name, uid: svc.metadata.uid ?? '', controller: true, blockOwnerDeletion: true },
+      ],
     },
     addressType: 'IPv4',
     endpoints,

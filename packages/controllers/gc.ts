@@ -9,11 +9,20 @@ import type { KindInfo } from '@vessel/api';
 import { isNotFound, resourcePath, type Client } from '@vessel/client';
 import { Informer, type KubeObject, listWatchFor, runWorkers, WorkQueue } from '@vessel/runtime';
 
-interface OwnerRef { apiVersion: string; kind: string; name: string; uid: string; blockOwnerDeletion?: boolean }
-interface Node { info: KindInfo; obj: KubeObject }
+interface OwnerRef {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+  blockOwnerDeletion?: boolean;
+}
+interface Node {
+  info: KindInfo;
+  obj: KubeObject;
+}
 
-const ownersOf = (o: KubeObject) => ((o.metadata.ownerReferences as OwnerRef[] | undefined) ?? []);
-const finalizersOf = (o: KubeObject) => ((o.metadata.finalizers as string[] | undefined) ?? []);
+const ownersOf = (o: KubeObject) => (o.metadata.ownerReferences as OwnerRef[] | undefined) ?? [];
+const finalizersOf = (o: KubeObject) => (o.metadata.finalizers as string[] | undefined) ?? [];
 
 export class GarbageCollector {
   private readonly informers: Informer[] = [];
@@ -24,7 +33,10 @@ export class GarbageCollector {
   private readonly queue = new WorkQueue();
   private workers?: Promise<void[]>;
 
-  constructor(private readonly client: Client, private readonly log: (line: string) => void = () => {}) {}
+  constructor(
+    private readonly client: Client,
+    private readonly log: (line: string) => void = () => {},
+  ) {}
 
   async start(): Promise<void> {
     for (const info of kinds) {
@@ -38,7 +50,12 @@ export class GarbageCollector {
       inf.start();
     }
     await Promise.all(this.informers.map((i) => i.waitForSync()));
-    this.workers = runWorkers(this.queue, 2, (uid) => this.reconcile(uid), (uid, e) => this.log(`gc: ${uid}: ${e instanceof Error ? e.message : e}`));
+    this.workers = runWorkers(
+      this.queue,
+      2,
+      (uid) => this.reconcile(uid),
+      (uid, e) => this.log(`gc: ${uid}: ${e instanceof Error ? e.message : e}`),
+    );
   }
 
   async stop(): Promise<void> {
@@ -95,11 +112,12 @@ export class GarbageCollector {
 
   /** 'absent' only after the server confirms: no object by that name, or one with another uid. */
   private async ownerState(ref: OwnerRef, namespace: string | undefined): Promise<'present' | 'absent' | 'foreground'> {
-    const info = kinds.find((k) => k.kind === ref.kind && (k.group ? `${k.group}/${k.version}` : k.version) === ref.apiVersion)
-      ?? kinds.find((k) => k.kind === ref.kind && ref.apiVersion.split('/')[0] === k.group);
+    const info =
+      kinds.find((k) => k.kind === ref.kind && (k.group ? `${k.group}/${k.version}` : k.version) === ref.apiVersion) ??
+      kinds.find((k) => k.kind === ref.kind && ref.apiVersion.split('/')[0] === k.group);
     if (!info) return 'present'; // an owner kind we do not serve: never collect on its account
     try {
-      const owner = await this.client.get(info, ref.name, { namespace: info.namespaced ? namespace : undefined }) as KubeObject;
+      const owner = (await this.client.get(info, ref.name, { namespace: info.namespaced ? namespace : undefined })) as KubeObject;
       if (owner.metadata.uid !== ref.uid) return 'absent';
       return owner.metadata.deletionTimestamp && finalizersOf(owner).includes('foregroundDeletion') ? 'foreground' : 'present';
     } catch (e) {

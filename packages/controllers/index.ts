@@ -56,13 +56,21 @@ export async function startControllers(client: Client, opts: ControllerOptions =
   vmNetworkCidr(opts.vmNetworkCidr); // refused now, not when this process first leads
   let running: { start(): Promise<void>; stop(): Promise<void> }[] = [];
   const elector = new LeaderElector(client, {
-    name: 'vessel-controllers', leaseMs: opts.leaseMs, log: opts.log,
+    name: 'vessel-controllers',
+    leaseMs: opts.leaseMs,
+    log: opts.log,
     async onStartedLeading() {
       // Fresh instances each term: an informer does not restart after stop().
       running = [
-        new GarbageCollector(client, opts.log), new NamespaceController(client, opts.log), new VolumeBinder(client, opts.log),
-        new DataVolumeController(client, opts.log), new DataSourceController(client, opts.log), new VirtualMachineController(client, opts.log), new Scheduler(client, opts.log, opts.scheduling),
-        new CloneController(client, opts.log), new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
+        new GarbageCollector(client, opts.log),
+        new NamespaceController(client, opts.log),
+        new VolumeBinder(client, opts.log),
+        new DataVolumeController(client, opts.log),
+        new DataSourceController(client, opts.log),
+        new VirtualMachineController(client, opts.log),
+        new Scheduler(client, opts.log, opts.scheduling),
+        new CloneController(client, opts.log),
+        new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
         new EndpointSliceController(client, opts.log),
       ];
@@ -75,5 +83,10 @@ export async function startControllers(client: Client, opts: ControllerOptions =
     },
   });
   elector.start();
-  return { get leading() { return elector.isLeader; }, stop: () => elector.stop() };
+  return {
+    get leading() {
+      return elector.isLeader;
+    },
+    stop: () => elector.stop(),
+  };
 }

@@ -14,7 +14,9 @@ const { IPADDRESSES, VMIS, VMS } = refs;
 const EVENTS = { group: '', version: 'v1', plural: 'events', namespaced: true };
 
 const started = performance.now();
-after(() => { console.log(`# ipam.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
+after(() => {
+  console.log(`# ipam.test.ts: ${(performance.now() - started).toFixed(0)} ms`);
+});
 
 async function setup(opts: IpamOptions & { vmController?: boolean; before?: (c: InMemoryClient) => Promise<void>; client?: InMemoryClient } = {}) {
   const c = opts.client ?? new InMemoryClient();
@@ -24,13 +26,22 @@ async function setup(opts: IpamOptions & { vmController?: boolean; before?: (c: 
   const vmc = opts.vmController ? new VirtualMachineController(c) : undefined;
   await ctl.start();
   await vmc?.start();
-  return { c, async [Symbol.asyncDispose]() { await ctl.stop(); await vmc?.stop(); c.close(); } };
+  return {
+    c,
+    async [Symbol.asyncDispose]() {
+      await ctl.stop();
+      await vmc?.stop();
+      c.close();
+    },
+  };
 }
 
 /** A VM with a bridge interface on the pod network (and `extra` merged into its template). */
 function vm(name: string, opts: { fixed?: string; mac?: string; runStrategy?: string } = {}): KubeObject {
   const o = vmObject(name, { runStrategy: opts.runStrategy ?? 'Halted' });
-  const template = (o.spec as { template: { metadata?: Record<string, unknown>; spec: Record<string, unknown> & { domain: { devices: Record<string, unknown> } } } }).template;
+  const template = (
+    o.spec as { template: { metadata?: Record<string, unknown>; spec: Record<string, unknown> & { domain: { devices: Record<string, unknown> } } } }
+  ).template;
   template.spec.domain.devices.interfaces = [{ name: 'eth0', bridge: {}, ...(opts.mac ? { macAddress: opts.mac } : {}) }];
   template.spec.networks = [{ name: 'eth0', pod: {} }];
   if (opts.fixed) template.metadata = { annotations: { [ipam.FIXED_IP]: opts.fixed } };
@@ -41,12 +52,26 @@ function vm(name: string, opts: { fixed?: string; mac?: string; runStrategy?: st
 async function addressesOf(c: InMemoryClient, parent: string): Promise<KubeObject[]> {
   return ((await c.list(IPADDRESSES)).items as KubeObject[]).filter((a) => ipam.parentKey((a.spec as { parentRef: ipam.ParentRef }).parentRef) === parent);
 }
-const oneAddress = (c: InMemoryClient, parent: string) => until(`an address for ${parent}`, async () => { const a = await addressesOf(c, parent); return a.length === 1 ? a[0] : undefined; });
+const oneAddress = (c: InMemoryClient, parent: string) =>
+  until(`an address for ${parent}`, async () => {
+    const a = await addressesOf(c, parent);
+    return a.length === 1 ? a[0] : undefined;
+  });
 const noAddress = (c: InMemoryClient, parent: string) => until(`${parent}'s address released`, async () => (await addressesOf(c, parent)).length === 0);
 const uidOf = async (c: InMemoryClient, name: string) => (await c.get(VMS, name, { namespace: 'default' })).metadata!.uid!;
-const eventsOf = async (c: InMemoryClient, name: string) => ((await c.list(EVENTS, { namespace: 'default' })).items as (KubeObject & { involvedObject: { name: string }; reason: string; type: string; message: string })[])
-  .filter((e) => e.involvedObject.name === name);
-const condition = async (c: InMemoryClient, name: string) => ((await vmStatus(c, name)).conditions as { type: string; status: string; reason: string; message: string }[] | undefined ?? []).find((x) => x.type === ADDRESS_CONDITION);
+const eventsOf = async (c: InMemoryClient, name: string) =>
+  (
+    (await c.list(EVENTS, { namespace: 'default' })).items as (KubeObject & {
+      involvedObject: { name: string };
+      reason: string;
+      type: string;
+      message: string;
+    })[]
+  ).filter((e) => e.involvedObject.name === name);
+const condition = async (c: InMemoryClient, name: string) =>
+  (((await vmStatus(c, name)).conditions as { type: string; status: string; reason: string; message: string }[] | undefined) ?? []).find(
+    (x) => x.type === ADDRESS_CONDITION,
+  );
 
 test('a VM on the pod network gets one address as soon as it is created, with its MAC, parent and uid', async () => {
   await using h = await setup();
@@ -87,10 +112,16 @@ test('the address stays the same across stop/start (the VMI deleted and made aga
   await h.c.patch(VMS, 's', { spec: { runStrategy: 'Halted' } }, { namespace: 'default' });
   await until('VMI gone', async () => (await tryGet(h.c, VMIS, 's')) === undefined);
   await h.c.patch(VMS, 's', { spec: { runStrategy: 'Always' } }, { namespace: 'default' });
-  await until('a new VMI', async () => { const u = (await tryGet(h.c, VMIS, 's'))?.metadata?.uid; return u && u !== vmi1; });
+  await until('a new VMI', async () => {
+    const u = (await tryGet(h.c, VMIS, 's'))?.metadata?.uid;
+    return u && u !== vmi1;
+  });
   await settle();
   const now = await addressesOf(h.c, 'virtualmachines/default/s');
-  assert.deepEqual(now.map((a) => [a.metadata!.name, a.metadata!.uid]), [[first.metadata!.name, first.metadata!.uid]]);
+  assert.deepEqual(
+    now.map((a) => [a.metadata!.name, a.metadata!.uid]),
+    [[first.metadata!.name, first.metadata!.uid]],
+  );
   // The VM's VMI is not a parent of its own.
   assert.equal((await addressesOf(h.c, 'virtualmachineinstances/default/s')).length, 0);
 });
@@ -107,12 +138,17 @@ test('one address per VM, however often it is reconciled; many VMs at once get d
   assert.equal(new Set(all.map((a) => ipam.parentKey((a.spec as { parentRef: ipam.ParentRef }).parentRef))).size, 13);
   assert.equal((await addressesOf(h.c, 'virtualmachines/default/r')).length, 1);
   // No second allocation was made and released behind the scenes either.
-  assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'create'), 13);
-  assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'delete'), 0);
+  assert.equal(
+    h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'create'),
+    13,
+  );
+  assert.equal(
+    h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'delete'),
+    0,
+  );
 });
 
-
-test('one address per VM even when the address cache lags behind the controller\'s own creates', async () => {
+test("one address per VM even when the address cache lags behind the controller's own creates", async () => {
   await using h = await setup({ client: new LaggingClient({ ipaddresses: 40 }) });
   await h.c.create(VMS, vm('lag'));
   for (let i = 0; i < 10; i++) {
@@ -122,7 +158,10 @@ test('one address per VM even when the address cache lags behind the controller\
   await oneAddress(h.c, 'virtualmachines/default/lag');
   await settle(60);
   assert.equal((await addressesOf(h.c, 'virtualmachines/default/lag')).length, 1);
-  assert.equal(h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'create'), 1);
+  assert.equal(
+    h.c.count((w) => w.resource === 'ipaddresses' && w.verb === 'create'),
+    1,
+  );
 });
 
 test('deleting the VM (or a standalone VMI) releases its address', async () => {
@@ -134,7 +173,12 @@ test('deleting the VM (or a standalone VMI) releases its address', async () => {
 
   const vmi = { ...vm('solo', { fixed: '10.244.9.9' }) };
   const t = (vmi.spec as { template: { metadata: KubeObject['metadata']; spec: unknown } }).template;
-  await h.c.create(VMIS, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name: 'solo', namespace: 'default', annotations: t.metadata!.annotations }, spec: t.spec });
+  await h.c.create(VMIS, {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'solo', namespace: 'default', annotations: t.metadata!.annotations },
+    spec: t.spec,
+  });
   const a = await oneAddress(h.c, 'virtualmachineinstances/default/solo');
   assert.equal(a.metadata!.name, '10.244.9.9');
   await h.c.delete(VMIS, 'solo', { namespace: 'default' });
@@ -148,12 +192,22 @@ test('a fixed address is taken exactly; changing the annotation moves the alloca
   assert.equal(a.metadata!.name, '10.244.7.7');
   assert.equal(a.metadata!.annotations![ipam.MAC_ANNOTATION], '0a:58:0a:f4:07:07');
   await h.c.patch(VMS, 'f', { spec: { template: { metadata: { annotations: { [ipam.FIXED_IP]: '10.244.7.8' } } } } }, { namespace: 'default' });
-  await until('moved to .8', async () => { const all = await addressesOf(h.c, 'virtualmachines/default/f'); return all.length === 1 && all[0].metadata!.name === '10.244.7.8'; });
-  assert.ok(await until('AddressReleased event', async () => (await eventsOf(h.c, 'f')).find((e) => e.reason === 'AddressReleased' && e.message === 'Released 10.244.7.7')));
+  await until('moved to .8', async () => {
+    const all = await addressesOf(h.c, 'virtualmachines/default/f');
+    return all.length === 1 && all[0].metadata!.name === '10.244.7.8';
+  });
+  assert.ok(
+    await until('AddressReleased event', async () =>
+      (await eventsOf(h.c, 'f')).find((e) => e.reason === 'AddressReleased' && e.message === 'Released 10.244.7.7'),
+    ),
+  );
   // Dropping the annotation keeps the address it has.
   await h.c.patch(VMS, 'f', { spec: { template: { metadata: { annotations: { [ipam.FIXED_IP]: null } } } } }, { namespace: 'default' });
   await settle();
-  assert.deepEqual((await addressesOf(h.c, 'virtualmachines/default/f')).map((x) => x.metadata!.name), ['10.244.7.8']);
+  assert.deepEqual(
+    (await addressesOf(h.c, 'virtualmachines/default/f')).map((x) => x.metadata!.name),
+    ['10.244.7.8'],
+  );
 });
 
 test('a fixed address someone else holds: a Warning and a condition, no other address; taken once released', async () => {
@@ -164,7 +218,10 @@ test('a fixed address someone else holds: a Warning and a condition, no other ad
   const cond = await until('AddressConflict condition', () => condition(h.c, 'late'));
   assert.equal(cond.status, 'False');
   assert.equal(cond.reason, 'AddressConflict');
-  assert.match(cond.message, /^the fixed address 10\.244\.1\.1 \(spec\.template\.metadata\.annotations\[ipam\.vessel\.io\/ip\]\) is already held by virtualmachines\/default\/holder/);
+  assert.match(
+    cond.message,
+    /^the fixed address 10\.244\.1\.1 \(spec\.template\.metadata\.annotations\[ipam\.vessel\.io\/ip\]\) is already held by virtualmachines\/default\/holder/,
+  );
   const warning = (await eventsOf(h.c, 'late')).find((e) => e.reason === 'AddressConflict');
   assert.equal(warning?.type, 'Warning');
   await settle();
@@ -172,7 +229,10 @@ test('a fixed address someone else holds: a Warning and a condition, no other ad
   // Reconciles while in conflict do not repeat the Event.
   await h.c.patch(VMS, 'late', { metadata: { labels: { again: 'yes' } } }, { namespace: 'default' });
   await settle();
-  assert.equal((await eventsOf(h.c, 'late')).filter((e) => e.reason === 'AddressConflict').reduce((n, e) => n + Number((e as { count?: number }).count), 0), 1);
+  assert.equal(
+    (await eventsOf(h.c, 'late')).filter((e) => e.reason === 'AddressConflict').reduce((n, e) => n + Number((e as { count?: number }).count), 0),
+    1,
+  );
 
   await h.c.delete(VMS, 'holder', { namespace: 'default' });
   assert.equal((await oneAddress(h.c, 'virtualmachines/default/late')).metadata!.name, '10.244.1.1');
@@ -203,7 +263,10 @@ test('a full range (/30: two host addresses) is reported on the VM, and the addr
   await h.c.create(VMS, vm('three'));
   const cond = await until('AddressRangeFull', () => condition(h.c, 'three'));
   assert.equal(cond.reason, 'AddressRangeFull');
-  assert.equal(cond.message, 'no free address in the VM network 10.9.0.0/30 (2 host addresses, all held): delete VMs, or start the server with a larger --vm-network-cidr');
+  assert.equal(
+    cond.message,
+    'no free address in the VM network 10.9.0.0/30 (2 host addresses, all held): delete VMs, or start the server with a larger --vm-network-cidr',
+  );
   assert.equal((await eventsOf(h.c, 'three')).find((e) => e.reason === 'AddressRangeFull')?.type, 'Warning');
   const names = (await h.c.list(IPADDRESSES)).items.map((a) => a.metadata!.name).sort();
   assert.deepEqual(names, ['10.9.0.1', '10.9.0.2']);
@@ -219,7 +282,7 @@ test('a VM deleted and made again under its name is a new parent: a new allocati
   await h.c.delete(VMS, 'again', { namespace: 'default' });
   await h.c.create(VMS, vm('again'));
   const uid = await uidOf(h.c, 'again');
-  const second = await until('the new incarnation\'s address', async () => {
+  const second = await until("the new incarnation's address", async () => {
     const all = await addressesOf(h.c, 'virtualmachines/default/again');
     return all.length === 1 && all[0].metadata!.annotations![ipam.PARENT_UID_ANNOTATION] === uid ? all[0] : undefined;
   });
@@ -240,7 +303,8 @@ test('a VM deleted and made again under its name is a new parent: a new allocati
 
 test('at start, allocations whose parent is gone or another incarnation are released', async () => {
   const orphan = (name: string, parent: ipam.ParentRef, uid: string) => ({
-    apiVersion: 'networking.k8s.io/v1', kind: 'IPAddress',
+    apiVersion: 'networking.k8s.io/v1',
+    kind: 'IPAddress',
     metadata: { name, labels: { [ipam.NETWORK_LABEL]: 'cluster' }, annotations: { [ipam.PARENT_UID_ANNOTATION]: uid } },
     spec: { parentRef: parent },
   });
@@ -248,9 +312,15 @@ test('at start, allocations whose parent is gone or another incarnation are rele
     async before(c) {
       await c.create(IPADDRESSES, orphan('10.244.5.1', { group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'default', name: 'gone' }, 'u1'));
       await c.create(VMS, vm('live'));
-      await c.create(IPADDRESSES, orphan('10.244.5.2', { group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'default', name: 'live' }, 'an-older-uid'));
+      await c.create(
+        IPADDRESSES,
+        orphan('10.244.5.2', { group: 'kubevirt.io', resource: 'virtualmachines', namespace: 'default', name: 'live' }, 'an-older-uid'),
+      );
       // Not the cluster network's (a ClusterIP): left alone.
-      await c.create(IPADDRESSES, { ...orphan('10.96.0.10', { group: '', resource: 'services', namespace: 'default', name: 'web' }, 'u3'), metadata: { name: '10.96.0.10', labels: { [ipam.NETWORK_LABEL]: 'services' } } });
+      await c.create(IPADDRESSES, {
+        ...orphan('10.96.0.10', { group: '', resource: 'services', namespace: 'default', name: 'web' }, 'u3'),
+        metadata: { name: '10.96.0.10', labels: { [ipam.NETWORK_LABEL]: 'services' } },
+      });
     },
   });
   await noAddress(h.c, 'virtualmachines/default/gone');
@@ -264,7 +334,10 @@ test('at start, allocations whose parent is gone or another incarnation are rele
 
 test('an invalid range is refused when the controller is made', () => {
   const c = new InMemoryClient();
-  assert.throws(() => new IpamController(c, undefined, { cidr: '10.244.0.1/16' }), /invalid VM network CIDR "10\.244\.0\.1\/16": must be an IPv4 range such as 10\.244\.0\.0\/16/);
+  assert.throws(
+    () => new IpamController(c, undefined, { cidr: '10.244.0.1/16' }),
+    /invalid VM network CIDR "10\.244\.0\.1\/16": must be an IPv4 range such as 10\.244\.0\.0\/16/,
+  );
   c.close();
 });
 

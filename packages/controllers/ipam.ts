@@ -173,13 +173,27 @@ export class IpamController extends Controller {
       const template = (vm?.spec as Obj | undefined)?.template as Obj | undefined;
       const iface = ipam.podInterface(template?.spec);
       if (!vm || !iface) return undefined;
-      return { ref: { group: 'kubevirt.io', resource, namespace, name }, obj: vm, uid: vm.metadata.uid ?? '', iface, fixed: ipam.fixedIpOf('VirtualMachine', vm), fixedField: ipam.fixedIpField('VirtualMachine') };
+      return {
+        ref: { group: 'kubevirt.io', resource, namespace, name },
+        obj: vm,
+        uid: vm.metadata.uid ?? '',
+        iface,
+        fixed: ipam.fixedIpOf('VirtualMachine', vm),
+        fixedField: ipam.fixedIpField('VirtualMachine'),
+      };
     }
     if (resource === 'virtualmachineinstances') {
       const vmi = this.vmis.get(`${namespace}/${name}`);
       const iface = vmi && !ownedByVm(vmi) ? ipam.podInterface(vmi.spec) : undefined;
       if (!vmi || !iface) return undefined;
-      return { ref: { group: 'kubevirt.io', resource, namespace, name }, obj: vmi, uid: vmi.metadata.uid ?? '', iface, fixed: ipam.fixedIpOf('VirtualMachineInstance', vmi), fixedField: ipam.fixedIpField('VirtualMachineInstance') };
+      return {
+        ref: { group: 'kubevirt.io', resource, namespace, name },
+        obj: vmi,
+        uid: vmi.metadata.uid ?? '',
+        iface,
+        fixed: ipam.fixedIpOf('VirtualMachineInstance', vmi),
+        fixedField: ipam.fixedIpField('VirtualMachineInstance'),
+      };
     }
     return undefined;
   }
@@ -203,7 +217,9 @@ export class IpamController extends Controller {
     // Another incarnation's address, or one outside the range (the range was changed): released first.
     const current = held.filter((a) => annotationsOf(a)[PARENT_UID_ANNOTATION] === want.uid && this.inRange(a.metadata.name));
     for (const a of held) if (!current.includes(a)) await this.release(a);
-    current.sort((a, b) => String(a.metadata.creationTimestamp).localeCompare(String(b.metadata.creationTimestamp)) || a.metadata.name.localeCompare(b.metadata.name));
+    current.sort(
+      (a, b) => String(a.metadata.creationTimestamp).localeCompare(String(b.metadata.creationTimestamp)) || a.metadata.name.localeCompare(b.metadata.name),
+    );
 
     const mine = want.fixed !== undefined ? current.find((a) => a.metadata.name === want.fixed) : current[0];
     if (mine) {
@@ -233,9 +249,12 @@ export class IpamController extends Controller {
     if (await this.create(key, ip, want)) return undefined;
     this.waiting.set(key, want.fixed!);
     // Only for the message: the cache may not have the holder yet, and a failed read just leaves it unnamed.
-    const holder: ApiObject | undefined = this.addresses.get(want.fixed!) ?? await this.client.get(IPADDRESSES, want.fixed!).catch(() => undefined);
+    const holder: ApiObject | undefined = this.addresses.get(want.fixed!) ?? (await this.client.get(IPADDRESSES, want.fixed!).catch(() => undefined));
     const by = holder ? ` by ${holderOf(parentRefOf(holder), want.ref.namespace)}` : '';
-    return { reason: IpamReason.Conflict, message: `the fixed address ${want.fixed} (${field}) is already held${by}: it is not replaced by another; it is taken once released` };
+    return {
+      reason: IpamReason.Conflict,
+      message: `the fixed address ${want.fixed} (${field}) is already held${by}: it is not replaced by another; it is taken once released`,
+    };
   }
 
   private async takeAny(key: string, want: Want): Promise<Problem | undefined> {
@@ -245,7 +264,10 @@ export class IpamController extends Controller {
       const ip = firstFree(this.cidr, taken, this.next);
       if (ip === undefined) {
         this.waiting.set(key, '');
-        return { reason: IpamReason.RangeFull, message: `no free address in the VM network ${this.cidr.text} (${this.cidr.size - 2} host addresses, all held): delete VMs, or start the server with a larger --vm-network-cidr` };
+        return {
+          reason: IpamReason.RangeFull,
+          message: `no free address in the VM network ${this.cidr.text} (${this.cidr.size - 2} host addresses, all held): delete VMs, or start the server with a larger --vm-network-cidr`,
+        };
       }
       this.next = ip + 1 >= this.cidr.base + this.cidr.size - 1 ? this.dynamic : ip + 1;
       if (await this.create(key, ip, want)) return undefined;
@@ -266,7 +288,8 @@ export class IpamController extends Controller {
     const { labels, annotations } = this.metadataFor(name, want);
     try {
       const a = await this.client.create(IPADDRESSES, {
-        apiVersion: 'networking.k8s.io/v1', kind: 'IPAddress',
+        apiVersion: 'networking.k8s.io/v1',
+        kind: 'IPAddress',
         metadata: { name, labels, annotations },
         spec: { parentRef: want.ref },
       });
@@ -275,7 +298,7 @@ export class IpamController extends Controller {
       if (isStatusError(e, 'AlreadyExists')) return false;
       throw e;
     }
-    const what = want.iface ? `interface ${want.iface.name} (MAC ${annotations[MAC_ANNOTATION]})` : 'the node\'s gateway on the VM network';
+    const what = want.iface ? `interface ${want.iface.name} (MAC ${annotations[MAC_ANNOTATION]})` : "the node's gateway on the VM network";
     this.log(`ipam: ${ipam.parentKey(want.ref)}: ${name} for ${what}`);
     await this.events.record(want.obj, 'Normal', IpamReason.Allocated, `Allocated ${name} in ${this.cidr.text} to ${what}`);
     return true;

@@ -13,9 +13,14 @@ export class NamespaceController {
   private readonly queue = new WorkQueue({ baseDelayMs: 100, maxDelayMs: 5000 });
   private workers?: Promise<void[]>;
 
-  constructor(private readonly client: Client, private readonly log: (line: string) => void = () => {}) {
+  constructor(
+    private readonly client: Client,
+    private readonly log: (line: string) => void = () => {},
+  ) {
     this.informer = new Informer(listWatchFor(client, this.info), (e) => this.log(`namespace: ${e instanceof Error ? e.message : e}`));
-    const enqueue = (o: KubeObject) => { if (o.metadata.deletionTimestamp) this.queue.add(o.metadata.name); };
+    const enqueue = (o: KubeObject) => {
+      if (o.metadata.deletionTimestamp) this.queue.add(o.metadata.name);
+    };
     this.informer.on({ add: enqueue, update: (_o, n) => enqueue(n) });
   }
 
@@ -52,6 +57,9 @@ export class NamespaceController {
     const spec = (ns.spec as { finalizers?: string[] } | undefined) ?? {};
     const finalizers = (spec.finalizers ?? []).filter((f) => f !== 'kubernetes');
     this.log(`namespace: ${name} is empty; finalizing`);
-    await this.client.patch(this.info, name, { metadata: { resourceVersion: ns.metadata.resourceVersion }, spec: { finalizers: finalizers.length ? finalizers : null } });
+    await this.client.patch(this.info, name, {
+      metadata: { resourceVersion: ns.metadata.resourceVersion },
+      spec: { finalizers: finalizers.length ? finalizers : null },
+    });
   }
 }

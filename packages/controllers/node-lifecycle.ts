@@ -13,7 +13,19 @@
  */
 import type { V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { Client } from '@vessel/client';
-import { BY_NODE, byNode, Controller, type Typed, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, updateStatus } from '@vessel/runtime';
+import {
+  BY_NODE,
+  byNode,
+  Controller,
+  type Typed,
+  type Log,
+  EventRecorder,
+  type Informer,
+  type KubeObject,
+  getCondition,
+  setCondition,
+  updateStatus,
+} from '@vessel/runtime';
 import { refs, NODE_UNRESPONSIVE } from '@vessel/api';
 
 const { NODES, VMIS } = refs;
@@ -69,7 +81,13 @@ export class NodeLifecycleController extends Controller {
         if (!conds.some((c) => c.type === 'Ready')) conds.push({ type: 'Ready', status: 'Unknown' });
         // lastHeartbeatTime stays the agent's last one, as Kubernetes leaves it.
         const at = new Date().toISOString();
-        s.conditions = conds.map((c) => ({ ...c, status: 'Unknown', reason: NODE_STATUS_UNKNOWN, message, lastTransitionTime: c.status === 'Unknown' ? c.lastTransitionTime : at }));
+        s.conditions = conds.map((c) => ({
+          ...c,
+          status: 'Unknown',
+          reason: NODE_STATUS_UNKNOWN,
+          message,
+          lastTransitionTime: c.status === 'Unknown' ? c.lastTransitionTime : at,
+        }));
       });
       this.log(`node-lifecycle: node ${name}: no heartbeat for ${seconds}s: Ready Unknown`);
       await this.events.record(node, 'Normal', 'NodeNotReady', `Node ${name} status is now: NodeNotReady`);
@@ -80,12 +98,21 @@ export class NodeLifecycleController extends Controller {
       if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) continue;
       await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, current) => {
         if (current.metadata.uid !== vmi.metadata.uid || s.nodeName !== name) return false;
-        setCondition(s, { type: 'Ready', status: 'False', reason: NODE_UNRESPONSIVE, message: `node ${name} has not reported for ${seconds}s: the VM may still run there, but nothing can be done to it until its agent is back` }, false);
+        setCondition(
+          s,
+          {
+            type: 'Ready',
+            status: 'False',
+            reason: NODE_UNRESPONSIVE,
+            message: `node ${name} has not reported for ${seconds}s: the VM may still run there, but nothing can be done to it until its agent is back`,
+          },
+          false,
+        );
       });
     }
   }
 }
 
 function conditionsOf(node: KubeObject): Condition[] {
-  return ((node.status as { conditions?: Condition[] } | undefined)?.conditions) ?? [];
+  return (node.status as { conditions?: Condition[] } | undefined)?.conditions ?? [];
 }

@@ -14,7 +14,9 @@ import type { KubeObject } from '@vessel/runtime';
 const { VMIS } = refs;
 
 const started = performance.now();
-after(() => { console.log(`# scheduler.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
+after(() => {
+  console.log(`# scheduler.test.ts: ${(performance.now() - started).toFixed(0)} ms`);
+});
 
 type Obj = Record<string, unknown>;
 
@@ -23,26 +25,43 @@ async function setup(settings?: SchedulingSettings) {
   await c.namespaces('default');
   const sched = new Scheduler(c, undefined, settings);
   await sched.start();
-  return { c, async [Symbol.asyncDispose]() { await sched.stop(); c.close(); } };
+  return {
+    c,
+    async [Symbol.asyncDispose]() {
+      await sched.stop();
+      c.close();
+    },
+  };
 }
 
-function vmi(name: string, spec: { memory?: string; cores?: number; cpu?: string; nodeSelector?: Record<string, string>; tolerations?: Obj[] } = {}): KubeObject {
+function vmi(
+  name: string,
+  spec: { memory?: string; cores?: number; cpu?: string; nodeSelector?: Record<string, string>; tolerations?: Obj[] } = {},
+): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name, namespace: 'default' },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'default' },
     spec: {
-      domain: { cpu: { cores: spec.cores ?? 1 }, resources: { requests: { memory: spec.memory ?? '1Gi', ...(spec.cpu ? { cpu: spec.cpu } : {}) } }, devices: {} },
+      domain: {
+        cpu: { cores: spec.cores ?? 1 },
+        resources: { requests: { memory: spec.memory ?? '1Gi', ...(spec.cpu ? { cpu: spec.cpu } : {}) } },
+        devices: {},
+      },
       ...(spec.nodeSelector ? { nodeSelector: spec.nodeSelector } : {}),
       ...(spec.tolerations ? { tolerations: spec.tolerations } : {}),
     },
   };
 }
 
-const statusOf = async (c: InMemoryClient, name: string) => ((await c.get(VMIS, name, { namespace: 'default' })).status ?? {}) as { phase?: string; nodeName?: string };
+const statusOf = async (c: InMemoryClient, name: string) =>
+  ((await c.get(VMIS, name, { namespace: 'default' })).status ?? {}) as { phase?: string; nodeName?: string };
 const placed = (c: InMemoryClient, name: string) => until(`${name} scheduled`, async () => (await statusOf(c, name)).nodeName);
-const unschedulable = (c: InMemoryClient, name: string) => until(`${name} unschedulable`, async () => {
-  const cond = getCondition({ status: (await c.get(VMIS, name, { namespace: 'default' })).status }, 'PodScheduled');
-  return cond?.status === 'False' && cond.reason === 'Unschedulable' ? cond.message : undefined;
-});
+const unschedulable = (c: InMemoryClient, name: string) =>
+  until(`${name} unschedulable`, async () => {
+    const cond = getCondition({ status: (await c.get(VMIS, name, { namespace: 'default' })).status }, 'PodScheduled');
+    return cond?.status === 'False' && cond.reason === 'Unschedulable' ? cond.message : undefined;
+  });
 
 test('binds a VMI to a Ready node in one write: phase Scheduled, nodeName, the node label, PodScheduled', async () => {
   await using h = await setup();
@@ -54,7 +73,10 @@ test('binds a VMI to a Ready node in one write: phase Scheduled, nodeName, the n
   assert.equal((o.status as { phase: string }).phase, 'Scheduled');
   assert.equal(o.metadata?.labels?.['kubevirt.io/nodeName'], 'node-a');
   assert.equal(getCondition({ status: o.status }, 'PodScheduled')?.status, 'True');
-  assert.equal(h.c.count((w) => w.resource === 'virtualmachineinstances' && w.verb !== 'create'), 1);
+  assert.equal(
+    h.c.count((w) => w.resource === 'virtualmachineinstances' && w.verb !== 'create'),
+    1,
+  );
 });
 
 test('memory: a VMI that fits on no node stays Pending with the reason; a bigger node takes it', async () => {
@@ -82,7 +104,10 @@ test('placed VMIs use up a node; a finished one frees it', async () => {
 
 test('cpu overcommit: cpuAllocationRatio decides how many vCPUs a node takes', async () => {
   // 2 CPUs; 8 vCPUs request 8/ratio CPUs: fits with the default ratio 10, not with ratio 2.
-  for (const [ratio, fits] of [[10, true], [2, false]] as const) {
+  for (const [ratio, fits] of [
+    [10, true],
+    [2, false],
+  ] as const) {
     await using h = await setup({ cpuAllocationRatio: ratio });
     await createNode(h.c, 'n', { cpu: '2' });
     await settle(10);
@@ -115,7 +140,6 @@ test('taints: NoSchedule keeps VMIs off unless tolerated; a not-Ready node takes
   await h.c.create(VMIS, vmi('tol', { tolerations: [{ key: 'dedicated', operator: 'Equal', value: 'db', effect: 'NoSchedule' }] }));
   assert.equal(await placed(h.c, 'tol'), 'tainted');
 });
-
 
 test('a VMI placed meanwhile keeps its status: the Unschedulable report is not written over it from a stale cache', async () => {
   const c = new LaggingClient({ virtualmachineinstances: 200 });

@@ -29,7 +29,11 @@ export class Scheduler extends Controller {
   private readonly events: EventRecorder;
   private readonly reported = new Map<string, string>();
 
-  constructor(client: Client, log?: Log, private readonly settings: SchedulingSettings = {}) {
+  constructor(
+    client: Client,
+    log?: Log,
+    private readonly settings: SchedulingSettings = {},
+  ) {
     super('scheduler', client, log, 1); // one worker: each decision sees the one before
     this.events = new EventRecorder(client, 'vessel-scheduler');
     this.vmis = this.inform<Vmi>(VMIS, () => this.pending());
@@ -38,20 +42,27 @@ export class Scheduler extends Controller {
   }
 
   private pending(): string[] {
-    return this.vmis.list().filter((v) => UNSCHEDULED.has(phaseOf(v)) && !nodeOf(v) && !v.metadata.deletionTimestamp).map(cacheKey);
+    return this.vmis
+      .list()
+      .filter((v) => UNSCHEDULED.has(phaseOf(v)) && !nodeOf(v) && !v.metadata.deletionTimestamp)
+      .map(cacheKey);
   }
 
   protected async reconcile(key: string): Promise<void> {
     const vmi = this.vmis.get(key);
     if (!vmi || vmi.metadata.deletionTimestamp || nodeOf(vmi) || !UNSCHEDULED.has(phaseOf(vmi))) return;
     const spec = vmi.spec;
-    const placed = this.vmis.list()
+    const placed = this.vmis
+      .list()
       .filter((v) => nodeOf(v) && !['Succeeded', 'Failed'].includes(phaseOf(v)) && v.metadata.uid !== vmi.metadata.uid)
       .map((v) => ({ nodeName: nodeOf(v)!, requests: vmiRequests(v.spec, this.settings) }));
     const { required, waitFor } = this.volumeNodes(vmi.metadata.namespace!, spec.volumes ?? []);
     const result = scheduleVmi({
       vmi: { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace! }, spec },
-      nodes: this.nodes.list(), placed, requiredNodes: required, settings: this.settings,
+      nodes: this.nodes.list(),
+      placed,
+      requiredNodes: required,
+      settings: this.settings,
     });
     if (result.node === undefined) {
       if (this.reported.get(key) !== result.message) {
@@ -72,7 +83,7 @@ export class Scheduler extends Controller {
     for (const claim of waitFor) {
       await this.client.patch(PVCS, claim, { metadata: { annotations: { [storage.SELECTED_NODE]: result.node } } }, { namespace: vmi.metadata.namespace });
     }
-    if (!await this.bind(vmi, result.node)) return;
+    if (!(await this.bind(vmi, result.node))) return;
     await this.events.record(vmi, 'Normal', 'Scheduled', `Successfully assigned ${key} to ${result.node}`);
   }
 
@@ -86,13 +97,22 @@ export class Scheduler extends Controller {
     if (VMIS.statusSubresource) await this.client.patch(VMIS, vmi.metadata.name, { metadata: { labels: { [NODE_LABEL]: node } } }, opts);
     for (let attempt = 0; ; attempt++) {
       // The cached VMI first (no read); after a conflict, the server's.
-      const fresh = attempt === 0 ? vmi : await this.client.get(VMIS, vmi.metadata.name, opts).catch((e: unknown) => { if (isStatusError(e, 'NotFound')) return undefined; throw e; });
+      const fresh =
+        attempt === 0
+          ? vmi
+          : await this.client.get(VMIS, vmi.metadata.name, opts).catch((e: unknown) => {
+              if (isStatusError(e, 'NotFound')) return undefined;
+              throw e;
+            });
       if (!fresh?.metadata || fresh.metadata.uid !== vmi.metadata.uid) return false;
       const s = structuredClone((fresh.status ?? {}) as Obj);
       if (s.nodeName) return false;
       s.phase = 'Scheduled';
       s.nodeName = node;
-      s.phaseTransitionTimestamps = [...(s.phaseTransitionTimestamps as Obj[] | undefined) ?? [], { phase: 'Scheduled', phaseTransitionTimestamp: new Date().toISOString() }];
+      s.phaseTransitionTimestamps = [
+        ...((s.phaseTransitionTimestamps as Obj[] | undefined) ?? []),
+        { phase: 'Scheduled', phaseTransitionTimestamp: new Date().toISOString() },
+      ];
       setCondition(s, { type: 'PodScheduled', status: 'True', reason: '', message: '' }, false);
       const metadata = VMIS.statusSubresource ? fresh.metadata : { ...fresh.metadata, labels: { ...fresh.metadata.labels, [NODE_LABEL]: node } };
       try {
@@ -106,7 +126,10 @@ export class Scheduler extends Controller {
   }
 
   /** Nodes the VMI's claims pin it to (local pools), and claims still waiting for a first consumer. */
-  private volumeNodes(ns: string, volumes: { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[]): { required?: string[]; waitFor: string[] } {
+  private volumeNodes(
+    ns: string,
+    volumes: { dataVolume?: { name: string }; persistentVolumeClaim?: { claimName: string } }[],
+  ): { required?: string[]; waitFor: string[] } {
     let required: string[] | undefined;
     const waitFor: string[] = [];
     for (const v of volumes) {
@@ -114,7 +137,10 @@ export class Scheduler extends Controller {
       const pvc = name ? this.pvcs.get(`${ns}/${name}`) : undefined;
       if (!pvc) continue;
       const node = annotationsOf(pvc)[storage.SELECTED_NODE];
-      if (!node) { waitFor.push(pvc.metadata.name); continue; }
+      if (!node) {
+        waitFor.push(pvc.metadata.name);
+        continue;
+      }
       const pool = annotationsOf(pvc)[storage.VOLUME_POOL];
       const nodeObj = this.nodes.get(node);
       const shared = !!(pool && nodeObj && storage.nodePools(nodeObj)[pool]?.shared);

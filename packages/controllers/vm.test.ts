@@ -16,7 +16,9 @@ import type { KubeObject, NamespaceOption, ResourceRef } from '@vessel/client';
 const { DATAVOLUMES, VMIS, VMS } = refs;
 
 const started = performance.now();
-after(() => { console.log(`# vm.test.ts: ${(performance.now() - started).toFixed(0)} ms`); });
+after(() => {
+  console.log(`# vm.test.ts: ${(performance.now() - started).toFixed(0)} ms`);
+});
 
 async function setup(opts: { scheduler?: boolean; client?: InMemoryClient } = {}) {
   const c = opts.client ?? new InMemoryClient();
@@ -27,7 +29,11 @@ async function setup(opts: { scheduler?: boolean; client?: InMemoryClient } = {}
   await sched?.start();
   return {
     c,
-    async [Symbol.asyncDispose]() { await vmc.stop(); await sched?.stop(); c.close(); },
+    async [Symbol.asyncDispose]() {
+      await vmc.stop();
+      await sched?.stop();
+      c.close();
+    },
   };
 }
 
@@ -43,7 +49,10 @@ test('runStrategy Always: makes a VMI, and a new one after the guest stops', asy
   await printable(h.c, 'a', 'Running');
   assert.equal((await vmStatus(h.c, 'a')).ready, true);
   await agentSets(h.c, 'a', 'Succeeded');
-  const second = await until('a new VMI', async () => { const u = await vmiUid(h.c, 'a'); return u && u !== first ? u : undefined; });
+  const second = await until('a new VMI', async () => {
+    const u = await vmiUid(h.c, 'a');
+    return u && u !== first ? u : undefined;
+  });
   assert.notEqual(second, first);
 });
 
@@ -74,7 +83,10 @@ test('runStrategy RerunOnFailure: restarts after Failed, not after Succeeded', a
   const first = await until('VMI', () => vmiUid(h.c, 'r'));
   await agentSets(h.c, 'r', 'Running');
   await agentSets(h.c, 'r', 'Failed');
-  const second = await until('a new VMI', async () => { const u = await vmiUid(h.c, 'r'); return u && u !== first ? u : undefined; });
+  const second = await until('a new VMI', async () => {
+    const u = await vmiUid(h.c, 'r');
+    return u && u !== first ? u : undefined;
+  });
   await agentSets(h.c, 'r', 'Running');
   await agentSets(h.c, 'r', 'Succeeded');
   await printable(h.c, 'r', 'Stopped');
@@ -131,7 +143,10 @@ test('crash loop: the second failure in a row backs off (CrashLoopBackOff, start
   const first = await until('VMI', () => vmiUid(h.c, 'cl'));
   await agentSets(h.c, 'cl', 'Failed');
   // The first retry is immediate.
-  const second = await until('a new VMI', async () => { const u = await vmiUid(h.c, 'cl'); return u && u !== first ? u : undefined; });
+  const second = await until('a new VMI', async () => {
+    const u = await vmiUid(h.c, 'cl');
+    return u && u !== first ? u : undefined;
+  });
   await agentSets(h.c, 'cl', 'Failed');
   await printable(h.c, 'cl', 'CrashLoopBackOff');
   const sf = (await vmStatus(h.c, 'cl')).startFailure as { consecutiveFailCount: number; lastFailedVMIUID: string; retryAfterTimestamp: string };
@@ -150,7 +165,11 @@ test('crash loop: the second failure in a row backs off (CrashLoopBackOff, start
  */
 class RacingClient extends InMemoryClient {
   raced = 0;
-  override async update<T extends KubeObject = KubeObject>(res: ResourceRef, obj: KubeObject, opts: NamespaceOption & { subresource?: string } = {}): Promise<T> {
+  override async update<T extends KubeObject = KubeObject>(
+    res: ResourceRef,
+    obj: KubeObject,
+    opts: NamespaceOption & { subresource?: string } = {},
+  ): Promise<T> {
     if (!this.raced && res.plural === 'virtualmachines' && opts.subresource === 'status' && (obj.status as Record<string, unknown> | undefined)?.startFailure) {
       this.raced++;
       await this.patch(VMS, String(obj.metadata?.name), { metadata: { labels: { edited: 'meanwhile' } } }, { namespace: obj.metadata?.namespace });
@@ -165,7 +184,10 @@ test('crash loop: the failure count survives a conflicting write to the VM (409)
   await h.c.create(VMS, vmObject('race', { runStrategy: 'Always' }));
   const first = await until('VMI', () => vmiUid(h.c, 'race'));
   await agentSets(h.c, 'race', 'Failed');
-  const second = await until('a new VMI', async () => { const u = await vmiUid(h.c, 'race'); return u && u !== first ? u : undefined; });
+  const second = await until('a new VMI', async () => {
+    const u = await vmiUid(h.c, 'race');
+    return u && u !== first ? u : undefined;
+  });
   assert.equal(c.raced, 1, 'the first status write with a startFailure met a conflicting write');
   await agentSets(h.c, 'race', 'Failed');
   // Had the first count been lost, this would be an immediate restart with a count of 1.
@@ -181,7 +203,10 @@ test('one VM status write per reconcile: a failure that starts a backoff is one 
   await h.c.create(VMS, vmObject('one', { runStrategy: 'Always' }));
   const first = await until('VMI', () => vmiUid(h.c, 'one'));
   await agentSets(h.c, 'one', 'Failed');
-  await until('a new VMI', async () => { const u = await vmiUid(h.c, 'one'); return u && u !== first ? u : undefined; });
+  await until('a new VMI', async () => {
+    const u = await vmiUid(h.c, 'one');
+    return u && u !== first ? u : undefined;
+  });
   await printable(h.c, 'one', 'Starting');
   await settle();
   const before = h.c.count((w) => w.resource === 'virtualmachines/status');
@@ -206,7 +231,7 @@ test('RestartRequired when the template changes under a running VMI; cleared on 
   await agentSets(h.c, 'rr', 'Succeeded'); // the guest stops; Always makes a VMI from the new template
   await until('RestartRequired cleared', async () => !getCondition({ status: await vmStatus(h.c, 'rr') }, 'RestartRequired'));
   const vmi = await until('new VMI', () => tryGet(h.c, VMIS, 'rr'));
-  assert.equal(((vmi.spec as { domain: { resources: { requests: { memory: string } } } }).domain.resources.requests.memory), '256Mi');
+  assert.equal((vmi.spec as { domain: { resources: { requests: { memory: string } } } }).domain.resources.requests.memory, '256Mi');
 });
 
 test('dataVolumeTemplates: DataVolumes owned by the VM; no VMI until they succeed (Provisioning)', async () => {
@@ -217,9 +242,15 @@ test('dataVolumeTemplates: DataVolumes owned by the VM; no VMI until they succee
   assert.deepEqual([owner.kind, owner.name, owner.controller], ['VirtualMachine', 'd', true]);
   await printable(h.c, 'd', 'Provisioning');
   assert.equal(await vmiUid(h.c, 'd'), undefined);
-  await updateStatus(h.c, DATAVOLUMES, 'default', 'd-root', (s) => { s.phase = 'Failed'; s.conditions = [{ type: 'Ready', status: 'False', reason: 'Error', message: 'checksum mismatch' }]; });
+  await updateStatus(h.c, DATAVOLUMES, 'default', 'd-root', (s) => {
+    s.phase = 'Failed';
+    s.conditions = [{ type: 'Ready', status: 'False', reason: 'Error', message: 'checksum mismatch' }];
+  });
   await printable(h.c, 'd', 'DataVolumeError');
-  await updateStatus(h.c, DATAVOLUMES, 'default', 'd-root', (s) => { s.phase = 'Succeeded'; s.conditions = []; });
+  await updateStatus(h.c, DATAVOLUMES, 'default', 'd-root', (s) => {
+    s.phase = 'Succeeded';
+    s.conditions = [];
+  });
   await until('VMI', () => vmiUid(h.c, 'd'));
 });
 
@@ -260,7 +291,9 @@ for (const disk of [false, true]) {
       await printable(h.c, 'w', 'Provisioning');
       await settle(20);
       const before = h.c.count();
-      await updateStatus(h.c, DATAVOLUMES, 'default', 'w-root', (s) => { s.phase = 'Succeeded'; });
+      await updateStatus(h.c, DATAVOLUMES, 'default', 'w-root', (s) => {
+        s.phase = 'Succeeded';
+      });
       h.c.writes.splice(before, h.c.count() - before); // not the VM start's
     }
     await until('Scheduled', async () => ((await tryGet(h.c, VMIS, 'w'))?.status as { phase?: string } | undefined)?.phase === 'Scheduled');
@@ -270,7 +303,9 @@ for (const disk of [false, true]) {
     const writes = h.c.writes.slice(base);
     const events = writes.filter((w) => w.resource === 'events').length;
     const vmStatusWrites = writes.filter((w) => w.resource === 'virtualmachines/status').length;
-    t.diagnostic(`API writes per VM start (${disk ? 'with' : 'without'} dataVolumeTemplates): ${writes.length} (${writes.length - events} without Events; VM status ${vmStatusWrites}): ${writes.map((w) => `${w.verb} ${w.resource} ${w.name}`).join(', ')}`);
+    t.diagnostic(
+      `API writes per VM start (${disk ? 'with' : 'without'} dataVolumeTemplates): ${writes.length} (${writes.length - events} without Events; VM status ${vmStatusWrites}): ${writes.map((w) => `${w.verb} ${w.resource} ${w.name}`).join(', ')}`,
+    );
     // Before one status write per reconcile, a VMI bound in one write and a DataVolume just made
     // counted as Pending: 10 and 14 writes, 2 and 4 of them VM status (bench/README.md).
     assert.ok(vmStatusWrites <= (disk ? 3 : 2), `VM status writes: ${vmStatusWrites}`);

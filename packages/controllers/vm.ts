@@ -16,14 +16,31 @@ import { createHash } from 'node:crypto';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
 import type { V1VirtualMachine, V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { BY_CLAIM, byClaim, cacheKey, Controller, splitKey, type Log, EventRecorder, type Informer, type KubeObject, getCondition, setCondition, type Typed, updateStatus } from '@vessel/runtime';
+import {
+  BY_CLAIM,
+  byClaim,
+  cacheKey,
+  Controller,
+  splitKey,
+  type Log,
+  EventRecorder,
+  type Informer,
+  type KubeObject,
+  getCondition,
+  setCondition,
+  type Typed,
+  updateStatus,
+} from '@vessel/runtime';
 
 const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
 
 type Obj = Record<string, unknown>;
 type Vm = Typed<V1VirtualMachine>;
 type Vmi = Typed<V1VirtualMachineInstance>;
-interface ChangeRequest { action: 'Start' | 'Stop'; uid?: string }
+interface ChangeRequest {
+  action: 'Start' | 'Stop';
+  uid?: string;
+}
 
 /** On a VMI: hash of the VM template it was made from (RestartRequired when the template moves on). */
 export const TEMPLATE_HASH = 'vessel.io/template-hash';
@@ -33,7 +50,11 @@ const FINAL = new Set(['Succeeded', 'Failed']);
 /** A VMI that ran this long before failing resets the crash-loop count. */
 const STABLE_RUN_MS = 60_000;
 
-const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v ?? {})).digest('hex').slice(0, 16);
+const hashOf = (v: unknown) =>
+  createHash('sha256')
+    .update(JSON.stringify(v ?? {}))
+    .digest('hex')
+    .slice(0, 16);
 
 /**
  * Hash of a VM template's spec, for RestartRequired. Hotpluggable volumes (`hotpluggable: true`,
@@ -42,8 +63,11 @@ const hashOf = (v: unknown) => createHash('sha256').update(JSON.stringify(v ?? {
  */
 export function templateSpecHash(spec: unknown): string {
   const s = spec as { volumes?: Obj[]; domain?: { devices?: { disks?: Obj[] } } } | undefined;
-  const hot = new Set((Array.isArray(s?.volumes) ? s.volumes : []).filter((v) =>
-    (v.dataVolume as Obj | undefined)?.hotpluggable === true || (v.persistentVolumeClaim as Obj | undefined)?.hotpluggable === true).map((v) => v.name));
+  const hot = new Set(
+    (Array.isArray(s?.volumes) ? s.volumes : [])
+      .filter((v) => (v.dataVolume as Obj | undefined)?.hotpluggable === true || (v.persistentVolumeClaim as Obj | undefined)?.hotpluggable === true)
+      .map((v) => v.name),
+  );
   if (hot.size === 0) return hashOf(spec);
   const cold = structuredClone(s!);
   cold.volumes = cold.volumes!.filter((v) => !hot.has(v.name));
@@ -97,7 +121,11 @@ export class VirtualMachineController extends Controller {
     if (JSON.stringify(s) === JSON.stringify(vm.status ?? {})) return true;
     const resourceVersion = this.patched.get(key) ?? vm.metadata.resourceVersion;
     try {
-      await this.client.update(VMS, { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s }, { namespace: vm.metadata.namespace, subresource: 'status' });
+      await this.client.update(
+        VMS,
+        { ...vm, metadata: { ...vm.metadata, resourceVersion }, status: s },
+        { namespace: vm.metadata.namespace, subresource: 'status' },
+      );
       this.patched.delete(key);
       return true;
     } catch (e) {
@@ -148,12 +176,22 @@ export class VirtualMachineController extends Controller {
     const wantStart = requests[0]?.action === 'Start';
     let want: boolean;
     switch (strategy) {
-      case 'Always': want = true; break;
-      case 'Halted': want = false; break;
-      case 'RerunOnFailure': want = wantStart || !(vmi && phaseOf(vmi) === 'Succeeded'); break;
+      case 'Always':
+        want = true;
+        break;
+      case 'Halted':
+        want = false;
+        break;
+      case 'RerunOnFailure':
+        want = wantStart || !(vmi && phaseOf(vmi) === 'Succeeded');
+        break;
       // Once: the VMI it made runs until it ends; none is made again (a restart's Start request aside).
-      case 'Once': want = wantStart || (vmi ? !!alive : !vm.metadata.annotations?.[ONCE_RAN]); break;
-      case 'Manual': want = wantStart || !!alive; break;
+      case 'Once':
+        want = wantStart || (vmi ? !!alive : !vm.metadata.annotations?.[ONCE_RAN]);
+        break;
+      case 'Manual':
+        want = wantStart || !!alive;
+        break;
     }
 
     if (vmi && FINAL.has(phaseOf(vmi)) && !vmi.metadata.deletionTimestamp) {
@@ -198,7 +236,8 @@ export class VirtualMachineController extends Controller {
     }
     if (wantStart) setRequests(s, requests.slice(1));
     if (vmi) describe(s, vm, vmi);
-    if (strategy === 'Once') this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace }));
+    if (strategy === 'Once')
+      this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [ONCE_RAN]: 'true' } } }, { namespace }));
   }
 
   /**
@@ -227,17 +266,23 @@ export class VirtualMachineController extends Controller {
       if (!name || this.dvs.get(`${vm.metadata.namespace}/${name}`)) continue;
       const meta = t.metadata ?? {};
       try {
-        const dv = await this.client.create(DATAVOLUMES, {
-          apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume',
-          metadata: {
-            name, namespace: vm.metadata.namespace,
-            // Vessel's own keys are never copied from what a user wrote (see @vessel/api reserved.ts).
-            labels: { ...withoutReserved(meta.labels), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-            annotations: withoutReserved(meta.annotations),
-            ownerReferences: [ownerRef(vm)],
+        const dv = await this.client.create(
+          DATAVOLUMES,
+          {
+            apiVersion: 'cdi.kubevirt.io/v1beta1',
+            kind: 'DataVolume',
+            metadata: {
+              name,
+              namespace: vm.metadata.namespace,
+              // Vessel's own keys are never copied from what a user wrote (see @vessel/api reserved.ts).
+              labels: { ...withoutReserved(meta.labels), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+              annotations: withoutReserved(meta.annotations),
+              ownerReferences: [ownerRef(vm)],
+            },
+            spec: t.spec,
           },
-          spec: t.spec,
-        }, { namespace: vm.metadata.namespace });
+          { namespace: vm.metadata.namespace },
+        );
         created.set(name, dv as KubeObject);
         await this.events.record(vm, 'Normal', 'SuccessfulDataVolumeCreate', `Created DataVolume ${name}`);
       } catch (e) {
@@ -263,7 +308,12 @@ export class VirtualMachineController extends Controller {
           const why = getCondition(dv, 'Ready')?.message ?? '';
           return { status: 'DataVolumeError', reason: 'DataVolumeError', message: `DataVolume ${ref.claim} failed: ${why}` };
         }
-        if (phase !== 'Succeeded') return { status: 'Provisioning', reason: 'DataVolumeNotReady', message: `DataVolume ${ref.claim} is ${phase || 'Pending'} (${String((dv.status as Obj | undefined)?.progress ?? 'N/A')})` };
+        if (phase !== 'Succeeded')
+          return {
+            status: 'Provisioning',
+            reason: 'DataVolumeNotReady',
+            message: `DataVolume ${ref.claim} is ${phase || 'Pending'} (${String((dv.status as Obj | undefined)?.progress ?? 'N/A')})`,
+          };
       } else {
         const pvc = this.pvcs.get(`${ns}/${ref.claim}`);
         if (!pvc) return { status: 'ErrorPvcNotFound', reason: 'PvcNotFound', message: `PersistentVolumeClaim ${ref.claim} does not exist` };
@@ -278,19 +328,38 @@ export class VirtualMachineController extends Controller {
     const meta = template.metadata ?? {};
     const resume = vm.metadata.annotations?.[RESUME_MEMORY];
     try {
-      const vmi = await this.client.create(VMIS, {
-        apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance',
-        metadata: {
-          name: vm.metadata.name, namespace: vm.metadata.namespace,
-          labels: { ...withoutReserved(meta.labels), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
-          annotations: { ...withoutReserved(meta.annotations), [TEMPLATE_HASH]: templateSpecHash(template.spec), ...(resume ? { [RESUME_MEMORY]: resume } : {}) },
-          ownerReferences: [ownerRef(vm)],
+      const vmi = await this.client.create(
+        VMIS,
+        {
+          apiVersion: 'kubevirt.io/v1',
+          kind: 'VirtualMachineInstance',
+          metadata: {
+            name: vm.metadata.name,
+            namespace: vm.metadata.namespace,
+            labels: { ...withoutReserved(meta.labels), 'kubevirt.io/created-by': vm.metadata.uid ?? '' },
+            annotations: {
+              ...withoutReserved(meta.annotations),
+              [TEMPLATE_HASH]: templateSpecHash(template.spec),
+              ...(resume ? { [RESUME_MEMORY]: resume } : {}),
+            },
+            ownerReferences: [ownerRef(vm)],
+          },
+          spec: template.spec,
         },
-        spec: template.spec,
-      }, { namespace: vm.metadata.namespace });
-      await this.events.record(vm, 'Normal', 'SuccessfulCreate', `Started the virtual machine by creating the new virtual machine instance ${vm.metadata.name}`);
+        { namespace: vm.metadata.namespace },
+      );
+      await this.events.record(
+        vm,
+        'Normal',
+        'SuccessfulCreate',
+        `Started the virtual machine by creating the new virtual machine instance ${vm.metadata.name}`,
+      );
       // The memory state is for this one start.
-      if (resume) this.patchedTo(key, await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [RESUME_MEMORY]: null } } }, { namespace: vm.metadata.namespace }));
+      if (resume)
+        this.patchedTo(
+          key,
+          await this.client.patch(VMS, vm.metadata.name, { metadata: { annotations: { [RESUME_MEMORY]: null } } }, { namespace: vm.metadata.namespace }),
+        );
       return vmi as Vmi;
     } catch (e) {
       if (isStatusError(e, 'AlreadyExists')) return undefined;
@@ -302,16 +371,21 @@ export class VirtualMachineController extends Controller {
   private async deleteVmi(vm: KubeObject, vmi: KubeObject, why: string): Promise<void> {
     try {
       await this.client.delete(VMIS, vmi.metadata.name, { namespace: vmi.metadata.namespace, preconditions: { uid: vmi.metadata.uid } });
-      await this.events.record(vm, 'Normal', 'SuccessfulDelete', `Stopped the virtual machine by deleting the virtual machine instance ${vmi.metadata.uid} (${why})`);
+      await this.events.record(
+        vm,
+        'Normal',
+        'SuccessfulDelete',
+        `Stopped the virtual machine by deleting the virtual machine instance ${vmi.metadata.uid} (${why})`,
+      );
     } catch (e) {
       if (!isStatusError(e, 'NotFound') && !isStatusError(e, 'Conflict')) throw e;
     }
   }
-
 }
 
 function setRequests(s: Obj, requests: ChangeRequest[]): void {
-  if (requests.length) s.stateChangeRequests = requests; else delete s.stateChangeRequests;
+  if (requests.length) s.stateChangeRequests = requests;
+  else delete s.stateChangeRequests;
 }
 
 /** Counts a failed VMI once (in `s.startFailure`); returns when the next start may happen. */
@@ -330,13 +404,21 @@ function recordFailure(s: Obj, vmi: KubeObject): number {
 function describe(s: Obj, vm: Vm, vmi: Vmi | undefined, forced?: string, problem?: { reason: string; message: string }): void {
   const paused = vmi ? getCondition(vmi, 'Paused')?.status === 'True' : false;
   const unschedulable = vmi ? getCondition(vmi, 'PodScheduled') : undefined;
-  const printable = forced ?? (
-    !vmi ? 'Stopped'
-      : vmi.metadata.deletionTimestamp ? 'Stopping'
-      : FINAL.has(phaseOf(vmi)) ? 'Stopped'
-      : phaseOf(vmi) === 'Running' ? (paused ? 'Paused' : 'Running')
-      : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable' ? 'ErrorUnschedulable'
-      : 'Starting');
+  const printable =
+    forced ??
+    (!vmi
+      ? 'Stopped'
+      : vmi.metadata.deletionTimestamp
+        ? 'Stopping'
+        : FINAL.has(phaseOf(vmi))
+          ? 'Stopped'
+          : phaseOf(vmi) === 'Running'
+            ? paused
+              ? 'Paused'
+              : 'Running'
+            : unschedulable?.status === 'False' && unschedulable.reason === 'Unschedulable'
+              ? 'ErrorUnschedulable'
+              : 'Starting');
   const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
   const templateHash = templateSpecHash(vm.spec.template?.spec);
   const vmiHash = vmi?.metadata.annotations?.[TEMPLATE_HASH];
@@ -347,10 +429,34 @@ function describe(s: Obj, vm: Vm, vmi: Vmi | undefined, forced?: string, problem
   s.runStrategy = runStrategyOf(vm);
   s.desiredGeneration = vm.metadata.generation;
   s.observedGeneration = vm.metadata.generation;
-  const why = problem ?? (vmi ? { reason: String((getCondition(vmi, 'Ready')?.reason) || phaseOf(vmi) || 'Pending'), message: getCondition(vmi, 'Ready')?.message ?? '' } : { reason: 'VMINotExists', message: 'VMI does not exist' });
-  setCondition(s, ready ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: why.reason, message: why.message }, false);
-  setCondition(s, paused ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' } : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
-  if (restartRequired) setCondition(s, { type: 'RestartRequired', status: 'True', reason: 'TemplateChanged', message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start' }, false);
+  const why =
+    problem ??
+    (vmi
+      ? { reason: String(getCondition(vmi, 'Ready')?.reason || phaseOf(vmi) || 'Pending'), message: getCondition(vmi, 'Ready')?.message ?? '' }
+      : { reason: 'VMINotExists', message: 'VMI does not exist' });
+  setCondition(
+    s,
+    ready ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: why.reason, message: why.message },
+    false,
+  );
+  setCondition(
+    s,
+    paused
+      ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' }
+      : { type: 'Paused', status: 'False', reason: '', message: '' },
+    false,
+  );
+  if (restartRequired)
+    setCondition(
+      s,
+      {
+        type: 'RestartRequired',
+        status: 'True',
+        reason: 'TemplateChanged',
+        message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start',
+      },
+      false,
+    );
   else if (Array.isArray(s.conditions)) s.conditions = (s.conditions as Obj[]).filter((c) => c.type !== 'RestartRequired');
 }
 

@@ -35,7 +35,11 @@ export class VolumeBinder extends Controller {
     this.events = new EventRecorder(client, 'vessel-volume-binder');
     this.pvcs = this.inform<Claim>(PVCS).addIndex(BY_NODE, byNode);
     // A node or class appearing can unblock every pending claim.
-    const pending = () => this.pvcs.list().filter((p) => !annotationsOf(p)[storage.SELECTED_NODE]).map(cacheKey);
+    const pending = () =>
+      this.pvcs
+        .list()
+        .filter((p) => !annotationsOf(p)[storage.SELECTED_NODE])
+        .map(cacheKey);
     this.nodes = this.inform(NODES, pending);
     this.classes = this.inform<StorageClass>(STORAGE_CLASSES, pending);
   }
@@ -67,14 +71,22 @@ export class VolumeBinder extends Controller {
     }
     const node = this.chooseNode(pvc, pool);
     if (typeof node !== 'string') return this.warn(pvc, 'ProvisioningFailed', node.why);
-    await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, annotations: { [storage.SELECTED_NODE]: node } } }, { namespace: pvc.metadata.namespace });
+    await this.client.patch(
+      PVCS,
+      pvc.metadata.name,
+      { metadata: { resourceVersion: pvc.metadata.resourceVersion, annotations: { [storage.SELECTED_NODE]: node } } },
+      { namespace: pvc.metadata.namespace },
+    );
     this.waiting.delete(key);
     await this.events.record(pvc, 'Normal', 'Provisioning', `volume will be made in pool "${pool}" by node ${node}`);
   }
 
   /** A Ready node serving `pool`; the clone source's node when either pool is node-local. */
   private chooseNode(pvc: KubeObject, pool: string): string | { why: string } {
-    const ready = this.nodes.list().filter((n) => storage.isNodeReady(n) && storage.nodePools(n)[pool]).sort((x, y) => x.metadata.name.localeCompare(y.metadata.name));
+    const ready = this.nodes
+      .list()
+      .filter((n) => storage.isNodeReady(n) && storage.nodePools(n)[pool])
+      .sort((x, y) => x.metadata.name.localeCompare(y.metadata.name));
     if (ready.length === 0) return { why: `no Ready node serves pool "${pool}": start a vessel agent, or check \`vessel get nodes\`` };
     const source = annotationsOf(pvc)[storage.CLONE_SOURCE];
     if (source) {
@@ -87,7 +99,8 @@ export class VolumeBinder extends Controller {
       const srcNodeObj = this.nodes.get(srcNode);
       const srcShared = !!(srcNodeObj && srcPool && storage.nodePools(srcNodeObj)[srcPool]?.shared);
       if (!srcShared || !targetShared) {
-        if (!ready.some((n) => n.metadata.name === srcNode)) return { why: `clone source ${source} lives on node ${srcNode}, which is not Ready or has no pool "${pool}"` };
+        if (!ready.some((n) => n.metadata.name === srcNode))
+          return { why: `clone source ${source} lives on node ${srcNode}, which is not Ready or has no pool "${pool}"` };
         return srcNode;
       }
     }

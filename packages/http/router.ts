@@ -73,7 +73,9 @@ export class Router<H> {
       const m = r.pattern.exec(path);
       if (!m) continue;
       const params: Record<string, string> = {};
-      r.names.forEach((n, i) => { params[n] = decode(m[i + 1] ?? ''); });
+      r.names.forEach((n, i) => {
+        params[n] = decode(m[i + 1] ?? '');
+      });
       return { handler: r.handler, params };
     }
     return undefined;
@@ -81,5 +83,9 @@ export class Router<H> {
 }
 
 function decode(s: string): string {
-  try { return decodeURIComponent(s); } catch { return s; }
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
 }

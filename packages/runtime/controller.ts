@@ -16,15 +16,24 @@ export abstract class Controller {
   private readonly informers: Pick<Informer, 'start' | 'stop' | 'waitForSync'>[] = [];
   private workers?: Promise<void[]>;
 
-  constructor(readonly name: string, protected readonly client: Client, protected readonly log: Log = () => {}, private readonly workerCount = 2) {}
+  constructor(
+    readonly name: string,
+    protected readonly client: Client,
+    protected readonly log: Log = () => {},
+    private readonly workerCount = 2,
+  ) {}
 
   /**
    * Watches `res` into a cache; each change enqueues the keys `keysOf` returns (default: the
    * object's own namespace/name).
    */
   protected inform<T extends KubeObject = KubeObject>(res: ResourceRef, keysOf: (o: T) => string[] = (o) => [cacheKey(o)], namespace?: string): Informer<T> {
-    const inf = new Informer<T>(listWatchFor<T>(this.client, res, namespace), (e) => this.log(`${this.name}: ${res.plural}: ${e instanceof Error ? e.message : e}`));
-    const enqueue = (o: T) => { for (const k of keysOf(o)) this.queue.add(k); };
+    const inf = new Informer<T>(listWatchFor<T>(this.client, res, namespace), (e) =>
+      this.log(`${this.name}: ${res.plural}: ${e instanceof Error ? e.message : e}`),
+    );
+    const enqueue = (o: T) => {
+      for (const k of keysOf(o)) this.queue.add(k);
+    };
     inf.on({ add: enqueue, update: (_o, n) => enqueue(n), delete: enqueue });
     this.informers.push(inf);
     return inf;
@@ -34,9 +43,14 @@ export abstract class Controller {
     for (const inf of this.informers) inf.start();
     await Promise.all(this.informers.map((i) => i.waitForSync()));
     await this.started();
-    this.workers = runWorkers(this.queue, this.workerCount, (key) => this.reconcile(key), (key, err) => {
-      this.log(`${this.name}: ${key}: ${err instanceof Error ? err.message : err}`);
-    });
+    this.workers = runWorkers(
+      this.queue,
+      this.workerCount,
+      (key) => this.reconcile(key),
+      (key, err) => {
+        this.log(`${this.name}: ${key}: ${err instanceof Error ? err.message : err}`);
+      },
+    );
   }
 
   async stop(): Promise<void> {

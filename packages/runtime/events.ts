@@ -14,7 +14,11 @@ export class EventRecorder {
   /** key (object uid + reason + message) -> the Event's name and count, to aggregate repeats. */
   private readonly seen = new Map<string, { name: string; count: number }>();
 
-  constructor(private readonly client: Client, private readonly component: string, private readonly host?: string) {}
+  constructor(
+    private readonly client: Client,
+    private readonly component: string,
+    private readonly host?: string,
+  ) {}
 
   /** Records an Event; failures are swallowed (an Event is never worth failing a reconcile for). */
   async record(obj: KubeObject, type: EventType, reason: string, message: string): Promise<void> {
@@ -29,17 +33,32 @@ export class EventRecorder {
         return;
       }
       const name = `${obj.metadata.name}.${Date.now().toString(16)}${Math.floor(Math.random() * 0xfff).toString(16)}`;
-      await this.client.create(EVENTS, {
-        apiVersion: 'v1', kind: 'Event',
-        metadata: { name, namespace },
-        involvedObject: {
-          apiVersion: obj.apiVersion, kind: obj.kind, name: obj.metadata.name, namespace: obj.metadata.namespace,
-          uid: obj.metadata.uid, resourceVersion: obj.metadata.resourceVersion,
+      await this.client.create(
+        EVENTS,
+        {
+          apiVersion: 'v1',
+          kind: 'Event',
+          metadata: { name, namespace },
+          involvedObject: {
+            apiVersion: obj.apiVersion,
+            kind: obj.kind,
+            name: obj.metadata.name,
+            namespace: obj.metadata.namespace,
+            uid: obj.metadata.uid,
+            resourceVersion: obj.metadata.resourceVersion,
+          },
+          reason,
+          message,
+          type,
+          count: 1,
+          firstTimestamp: now,
+          lastTimestamp: now,
+          source: { component: this.component, ...(this.host ? { host: this.host } : {}) },
+          reportingComponent: this.component,
+          reportingInstance: this.host ?? '',
         },
-        reason, message, type, count: 1, firstTimestamp: now, lastTimestamp: now,
-        source: { component: this.component, ...(this.host ? { host: this.host } : {}) },
-        reportingComponent: this.component, reportingInstance: this.host ?? '',
-      }, { namespace });
+        { namespace },
+      );
       if (this.seen.size > 10_000) this.seen.clear();
       this.seen.set(key, { name, count: 1 });
     } catch (e) {

@@ -29,6 +29,6 @@ export const byOwner: IndexFunc = (o) => (o.metadata.ownerReferences ?? []).map(
 
 /** A DataSource under the claim its `spec.source.pvc` names, as "namespace/claim" (the claim's cache key). */
 export const byDataSourceClaim: IndexFunc = (ds) => {
-  const pvc = ((ds.spec as { source?: { pvc?: { name?: string; namespace?: string } } } | undefined)?.source)?.pvc;
+  const pvc = (ds.spec as { source?: { pvc?: { name?: string; namespace?: string } } } | undefined)?.source?.pvc;
   return pvc?.name ? [`${pvc.namespace ?? ds.metadata.namespace}/${pvc.name}`] : [];
 };

@@ -11,11 +11,18 @@ class FakeServer implements ListWatch {
   lists = 0;
   watchFrom: string[] = [];
   private sink?: { onEvent: (t: WatchEventType, o: KubeObject) => void; onEnd: (e?: Error) => void };
-  async list() { this.lists++; return { items: [...this.objects.values()], resourceVersion: String(this.rv) }; }
+  async list() {
+    this.lists++;
+    return { items: [...this.objects.values()], resourceVersion: String(this.rv) };
+  }
   watch(rv: string, onEvent: (t: WatchEventType, o: KubeObject) => void, onEnd: (e?: Error) => void) {
     this.watchFrom.push(rv);
     this.sink = { onEvent, onEnd };
-    return { close: () => { this.sink = undefined; } };
+    return {
+      close: () => {
+        this.sink = undefined;
+      },
+    };
   }
   put(name: string, label = '') {
     const obj = { metadata: { name, resourceVersion: String(++this.rv), labels: { l: label } } };
@@ -29,8 +36,15 @@ class FakeServer implements ListWatch {
     this.rv++;
     this.sink?.onEvent('DELETED', { ...obj, metadata: { ...obj.metadata, resourceVersion: String(this.rv) } });
   }
-  end(err?: Error) { const s = this.sink; this.sink = undefined; s?.onEnd(err); }
-  expire() { this.sink?.onEvent('ERROR', { code: 410 } as unknown as KubeObject); this.end(); }
+  end(err?: Error) {
+    const s = this.sink;
+    this.sink = undefined;
+    s?.onEnd(err);
+  }
+  expire() {
+    this.sink?.onEvent('ERROR', { code: 410 } as unknown as KubeObject);
+    this.end();
+  }
 }
 
 const tick = (ms = 20) => new Promise((r) => setTimeout(r, ms));
@@ -41,7 +55,11 @@ describe('informer', () => {
     server.put('a');
     const inf = new Informer(server);
     const seen: string[] = [];
-    inf.on({ add: (o) => seen.push(`add ${o.metadata.name}`), update: (_o, n) => seen.push(`update ${n.metadata.name}`), delete: (o) => seen.push(`delete ${o.metadata.name}`) });
+    inf.on({
+      add: (o) => seen.push(`add ${o.metadata.name}`),
+      update: (_o, n) => seen.push(`update ${n.metadata.name}`),
+      delete: (o) => seen.push(`delete ${o.metadata.name}`),
+    });
     inf.start();
     await inf.waitForSync();
     server.put('b');
@@ -59,7 +77,10 @@ describe('informer', () => {
     inf.stop();
     assert.equal(server.lists, 2);
     assert.deepEqual(seen, ['add a', 'add b', 'update a', 'delete b', 'delete a', 'add c']);
-    assert.deepEqual(inf.list().map((o) => o.metadata.name), ['c']);
+    assert.deepEqual(
+      inf.list().map((o) => o.metadata.name),
+      ['c'],
+    );
   });
 
   it('keeps indexes current: an update moves an object between keys, deletes and relists drop it', async () => {
@@ -70,7 +91,11 @@ describe('informer', () => {
     await inf.waitForSync();
     // Added after the sync: filled from the cache at once.
     inf.addIndex('label', (o) => [String((o.metadata.labels as Record<string, string>).l)]);
-    const names = (key: string) => inf.byIndex('label', key).map((o) => o.metadata.name).sort();
+    const names = (key: string) =>
+      inf
+        .byIndex('label', key)
+        .map((o) => o.metadata.name)
+        .sort();
     server.put('b', 'x');
     assert.deepEqual(names('x'), ['a', 'b']);
     server.put('a', 'y');
@@ -97,15 +122,35 @@ describe('informer', () => {
     server.put('a', 'y');
     inf.stop();
     assert.deepEqual(inf.byIndex('label', 'x'), []);
-    assert.deepEqual(inf.byIndex('label', 'y').map((o) => o.metadata.name), ['a']);
+    assert.deepEqual(
+      inf.byIndex('label', 'y').map((o) => o.metadata.name),
+      ['a'],
+    );
   });
 });
 
 describe('predefined indexes', () => {
   it('file VMs and VMIs by claim, VMIs and claims by node, anything by owner uid', () => {
-    const vm = { kind: 'VirtualMachine', metadata: { name: 'vm', namespace: 'ns' }, spec: { template: { spec: { volumes: [
-      { name: 'root', dataVolume: { name: 'dv' } }, { name: 'data', persistentVolumeClaim: { claimName: 'pvc' } }, { name: 'ci', cloudInitNoCloud: {} }] } } } };
-    const vmi = { metadata: { name: 'vm', namespace: 'ns', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'vm', uid: 'u1' }] }, spec: { volumes: [{ name: 'root', dataVolume: { name: 'dv' } }] }, status: { nodeName: 'n1' } };
+    const vm = {
+      kind: 'VirtualMachine',
+      metadata: { name: 'vm', namespace: 'ns' },
+      spec: {
+        template: {
+          spec: {
+            volumes: [
+              { name: 'root', dataVolume: { name: 'dv' } },
+              { name: 'data', persistentVolumeClaim: { claimName: 'pvc' } },
+              { name: 'ci', cloudInitNoCloud: {} },
+            ],
+          },
+        },
+      },
+    };
+    const vmi = {
+      metadata: { name: 'vm', namespace: 'ns', ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: 'vm', uid: 'u1' }] },
+      spec: { volumes: [{ name: 'root', dataVolume: { name: 'dv' } }] },
+      status: { nodeName: 'n1' },
+    };
     const pvc = { metadata: { name: 'pvc', namespace: 'ns', annotations: { 'volume.kubernetes.io/selected-node': 'n2' } } };
     assert.deepEqual(byClaim(vm), ['ns/dv', 'ns/pvc']);
     assert.deepEqual(byClaim(vmi), ['ns/dv']);

@@ -36,8 +36,7 @@ export interface InformerHandlers<T extends KubeObject = KubeObject> {
 /** The keys an object has under one index (none: it is not in that index). */
 export type IndexFunc<T extends KubeObject = KubeObject> = (obj: T) => string[];
 
-export const cacheKey = (obj: KubeObject): string =>
-  obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name;
+export const cacheKey = (obj: KubeObject): string => (obj.metadata.namespace ? `${obj.metadata.namespace}/${obj.metadata.name}` : obj.metadata.name);
 
 export class Informer<T extends KubeObject = KubeObject> {
   private readonly cache = new Map<string, T>();
@@ -56,12 +55,21 @@ export class Informer<T extends KubeObject = KubeObject> {
   /** Counts re-lists (after 410 Gone or errors), for tests and metrics. */
   relists = 0;
 
-  constructor(private readonly lw: ListWatch<T>, private readonly onError?: (err: unknown) => void) {}
+  constructor(
+    private readonly lw: ListWatch<T>,
+    private readonly onError?: (err: unknown) => void,
+  ) {}
 
-  on(handlers: InformerHandlers<T>): void { this.handlers.push(handlers); }
+  on(handlers: InformerHandlers<T>): void {
+    this.handlers.push(handlers);
+  }
 
-  get(key: string): T | undefined { return this.cache.get(key); }
-  list(): T[] { return [...this.cache.values()]; }
+  get(key: string): T | undefined {
+    return this.cache.get(key);
+  }
+  list(): T[] {
+    return [...this.cache.values()];
+  }
 
   /** Adds (or replaces) index `name`, filled from the cache at once and kept current after. */
   addIndex(name: string, fn: IndexFunc<T>): this {
@@ -76,17 +84,21 @@ export class Informer<T extends KubeObject = KubeObject> {
   byIndex(name: string, key: string): T[] {
     const index = this.indexes.get(name);
     if (!index) throw new Error(`informer: no index ${name}`);
-    return [...index.get(key) ?? []].map((k) => this.cache.get(k)!);
+    return [...(index.get(key) ?? [])].map((k) => this.cache.get(k)!);
   }
 
-  hasSynced(): boolean { return this.synced; }
+  hasSynced(): boolean {
+    return this.synced;
+  }
 
   /** Resolves after the first list has filled the cache. */
   waitForSync(): Promise<void> {
     return this.synced ? Promise.resolve() : new Promise((resolve) => this.syncWaiters.push(resolve));
   }
 
-  start(): void { void this.relist(); }
+  start(): void {
+    void this.relist();
+  }
 
   stop(): void {
     this.stopped = true;
@@ -100,12 +112,20 @@ export class Informer<T extends KubeObject = KubeObject> {
       if (this.stopped) return;
       const fresh = new Map(items.map((o) => [cacheKey(o), o]));
       for (const [key, old] of this.cache) {
-        if (!fresh.has(key)) { this.remove(key); this.emit('DELETED', old); }
+        if (!fresh.has(key)) {
+          this.remove(key);
+          this.emit('DELETED', old);
+        }
       }
       for (const [key, obj] of fresh) {
         const old = this.cache.get(key);
-        if (!old) { this.store(key, obj); this.emit('ADDED', obj); }
-        else if (old.metadata.resourceVersion !== obj.metadata.resourceVersion) { this.store(key, obj); this.emit('MODIFIED', obj, old); }
+        if (!old) {
+          this.store(key, obj);
+          this.emit('ADDED', obj);
+        } else if (old.metadata.resourceVersion !== obj.metadata.resourceVersion) {
+          this.store(key, obj);
+          this.emit('MODIFIED', obj, old);
+        }
       }
       this.resourceVersion = resourceVersion;
       if (this.relists++ === 0 || !this.synced) {
@@ -123,28 +143,36 @@ export class Informer<T extends KubeObject = KubeObject> {
   private watch(): void {
     if (this.stopped) return;
     let gone = false;
-    this.current = this.lw.watch(this.resourceVersion, (type, obj) => {
-      if (type === 'ERROR') {
-        const code = (obj as { code?: number }).code;
-        if (code === 410) gone = true;
-        else this.onError?.(new Error(`watch error: ${JSON.stringify(obj)}`));
-        return;
-      }
-      if (obj.metadata?.resourceVersion) this.resourceVersion = obj.metadata.resourceVersion;
-      if (type === 'BOOKMARK') return;
-      const key = cacheKey(obj);
-      const old = this.cache.get(key);
-      if (type === 'DELETED') { if (old) this.remove(key); this.emit('DELETED', old ?? obj); return; }
-      this.store(key, obj);
-      this.emit(old ? 'MODIFIED' : 'ADDED', obj, old);
-    }, (err) => {
-      if (this.stopped) return;
-      if (err) this.onError?.(err);
-      // A compacted resourceVersion cannot be resumed: list again. Otherwise resume where we were.
-      if (gone) this.retryLater(() => this.relist(), true);
-      else if (err) this.retryLater(() => this.watch());
-      else this.watch();
-    });
+    this.current = this.lw.watch(
+      this.resourceVersion,
+      (type, obj) => {
+        if (type === 'ERROR') {
+          const code = (obj as { code?: number }).code;
+          if (code === 410) gone = true;
+          else this.onError?.(new Error(`watch error: ${JSON.stringify(obj)}`));
+          return;
+        }
+        if (obj.metadata?.resourceVersion) this.resourceVersion = obj.metadata.resourceVersion;
+        if (type === 'BOOKMARK') return;
+        const key = cacheKey(obj);
+        const old = this.cache.get(key);
+        if (type === 'DELETED') {
+          if (old) this.remove(key);
+          this.emit('DELETED', old ?? obj);
+          return;
+        }
+        this.store(key, obj);
+        this.emit(old ? 'MODIFIED' : 'ADDED', obj, old);
+      },
+      (err) => {
+        if (this.stopped) return;
+        if (err) this.onError?.(err);
+        // A compacted resourceVersion cannot be resumed: list again. Otherwise resume where we were.
+        if (gone) this.retryLater(() => this.relist(), true);
+        else if (err) this.retryLater(() => this.watch());
+        else this.watch();
+      },
+    );
   }
 
   private retryLater(fn: () => void, immediate = false): void {
@@ -171,7 +199,7 @@ export class Informer<T extends KubeObject = KubeObject> {
     this.filed.get(name)!.set(key, keys);
     for (const k of keys) {
       let cacheKeys = index.get(k);
-      if (!cacheKeys) index.set(k, cacheKeys = new Set());
+      if (!cacheKeys) index.set(k, (cacheKeys = new Set()));
       cacheKeys.add(key);
     }
   }

@@ -23,7 +23,12 @@ export interface LeaderElectionOptions {
   log?: (line: string) => void;
 }
 
-interface Record { holderIdentity: string; leaseDurationSeconds: number; renewTime: string; acquireTime: string }
+interface Record {
+  holderIdentity: string;
+  leaseDurationSeconds: number;
+  renewTime: string;
+  acquireTime: string;
+}
 
 export class LeaderElector {
   readonly identity: string;
@@ -34,15 +39,22 @@ export class LeaderElector {
   private readonly leaseMs: number;
   private readonly renewMs: number;
 
-  constructor(private readonly client: Client, private readonly opts: LeaderElectionOptions) {
+  constructor(
+    private readonly client: Client,
+    private readonly opts: LeaderElectionOptions,
+  ) {
     this.identity = opts.identity ?? `${hostname()}_${randomBytes(4).toString('hex')}`;
     this.leaseMs = opts.leaseMs ?? 15_000;
     this.renewMs = opts.renewMs ?? Math.floor(this.leaseMs / 3);
   }
 
-  get isLeader(): boolean { return this.leading; }
+  get isLeader(): boolean {
+    return this.leading;
+  }
 
-  start(): void { void this.tick(); }
+  start(): void {
+    void this.tick();
+  }
 
   /** Stops campaigning; a leader steps down and releases the lock so another takes over at once. */
   async stop(): Promise<void> {
@@ -90,7 +102,7 @@ export class LeaderElector {
     const now = Date.now();
     if (this.observed?.raw !== raw) this.observed = { raw, at: now };
     const rec = raw ? (JSON.parse(raw) as Record) : undefined;
-    const expired = !rec || rec.leaseDurationSeconds === 0 || this.observed.at + (rec.leaseDurationSeconds * 1000) < now;
+    const expired = !rec || rec.leaseDurationSeconds === 0 || this.observed.at + rec.leaseDurationSeconds * 1000 < now;
     if (rec && rec.holderIdentity !== this.identity && !expired) return false;
     return this.write(new Date().toISOString(), this.leaseMs / 1000, cm);
   }
@@ -107,11 +119,15 @@ export class LeaderElector {
         current = cm;
       }
       const metadata = { name: this.opts.name, namespace: 'kube-system', annotations: { [ANNOTATION]: JSON.stringify(record) } };
-      if (current) await this.client.update(CONFIGMAPS, { ...current, metadata: { ...current.metadata, annotations: { ...current.metadata?.annotations, ...metadata.annotations } } });
+      if (current)
+        await this.client.update(CONFIGMAPS, {
+          ...current,
+          metadata: { ...current.metadata, annotations: { ...current.metadata?.annotations, ...metadata.annotations } },
+        });
       else await this.client.create(CONFIGMAPS, { apiVersion: 'v1', kind: 'ConfigMap', metadata });
       return true;
     } catch (e) {
-      if (isStatusError(e) && (e.code === 409)) return false;
+      if (isStatusError(e) && e.code === 409) return false;
       throw e;
     }
   }

@@ -10,9 +10,11 @@ export function listWatchFor<T extends KubeObject = KubeObject>(client: Client, 
       return { items: l.items as T[], resourceVersion: l.metadata?.resourceVersion ?? '' };
     },
     watch(resourceVersion, onEvent, onEnd) {
-      const w = client.watchResource(res, { namespace, resourceVersion, allowWatchBookmarks: true },
-        (ev) => onEvent(ev.type, ev.object as T));
-      w.done.then(() => onEnd(), (e: Error) => onEnd(e));
+      const w = client.watchResource(res, { namespace, resourceVersion, allowWatchBookmarks: true }, (ev) => onEvent(ev.type, ev.object as T));
+      w.done.then(
+        () => onEnd(),
+        (e: Error) => onEnd(e),
+      );
       return w;
     },
   };

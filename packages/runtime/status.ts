@@ -14,7 +14,10 @@ export type Status = Record<string, unknown>;
  * the object is gone.
  */
 export async function updateStatus(
-  client: Client, res: ResourceRef & { statusSubresource?: boolean }, namespace: string | undefined, name: string,
+  client: Client,
+  res: ResourceRef & { statusSubresource?: boolean },
+  namespace: string | undefined,
+  name: string,
   mutate: (status: Status, obj: KubeObject) => boolean | void,
 ): Promise<KubeObject | undefined> {
   for (let attempt = 0; ; attempt++) {
@@ -42,17 +45,32 @@ export async function updateStatus(
  * did not change. `heartbeat`: CDI's and core conditions carry lastHeartbeatTime; KubeVirt's
  * (VM, VMI) do not.
  */
-export function setCondition(status: Status, cond: { type: string; status: 'True' | 'False' | 'Unknown'; reason?: string; message?: string }, heartbeat = true): void {
+export function setCondition(
+  status: Status,
+  cond: { type: string; status: 'True' | 'False' | 'Unknown'; reason?: string; message?: string },
+  heartbeat = true,
+): void {
   const list = ((status.conditions as Record<string, unknown>[] | undefined) ?? []).slice();
   const i = list.findIndex((c) => c.type === cond.type);
   const now = new Date().toISOString();
   const prev = i >= 0 ? list[i] : undefined;
   const next = {
-    type: cond.type, status: cond.status, reason: cond.reason ?? '', message: cond.message ?? '',
+    type: cond.type,
+    status: cond.status,
+    reason: cond.reason ?? '',
+    message: cond.message ?? '',
     lastTransitionTime: prev && prev.status === cond.status ? prev.lastTransitionTime : now,
-    ...(heartbeat ? { lastHeartbeatTime: prev && prev.status === cond.status && prev.reason === (cond.reason ?? '') && prev.message === (cond.message ?? '') ? prev.lastHeartbeatTime ?? now : now } : {}),
+    ...(heartbeat
+      ? {
+          lastHeartbeatTime:
+            prev && prev.status === cond.status && prev.reason === (cond.reason ?? '') && prev.message === (cond.message ?? '')
+              ? (prev.lastHeartbeatTime ?? now)
+              : now,
+        }
+      : {}),
   };
-  if (i >= 0) list[i] = next; else list.push(next);
+  if (i >= 0) list[i] = next;
+  else list.push(next);
   status.conditions = list;
 }
 

@@ -15,7 +15,9 @@ describe('work queue', () => {
       await new Promise((r) => setTimeout(r, 20));
       running.delete(key);
     });
-    q.add('a'); q.add('a'); q.add('b');
+    q.add('a');
+    q.add('a');
+    q.add('b');
     await new Promise((r) => setTimeout(r, 5));
     q.add('a'); // while 'a' runs: runs once more afterwards
     q.add('a');

@@ -26,14 +26,21 @@ export class WorkQueue {
     this.maxDelayMs = opts.maxDelayMs ?? 60_000;
   }
 
-  get length(): number { return this.queue.length; }
+  get length(): number {
+    return this.queue.length;
+  }
 
   add(key: string): void {
     if (this.shuttingDown || this.dirty.has(key)) return;
     this.dirty.add(key);
     if (this.processing.has(key)) return; // re-queued by done()
     const waiter = this.waiters.shift();
-    if (waiter) { this.dirty.delete(key); this.processing.add(key); waiter(key); return; }
+    if (waiter) {
+      this.dirty.delete(key);
+      this.processing.add(key);
+      waiter(key);
+      return;
+    }
     this.queue.push(key);
   }
 
@@ -46,13 +53,18 @@ export class WorkQueue {
 
   addAfter(key: string, delayMs: number): void {
     if (this.shuttingDown || this.timers.has(key)) return;
-    const t = setTimeout(() => { this.timers.delete(key); this.add(key); }, delayMs);
+    const t = setTimeout(() => {
+      this.timers.delete(key);
+      this.add(key);
+    }, delayMs);
     t.unref();
     this.timers.set(key, t);
   }
 
   /** Stops the backoff for a key that succeeded. */
-  forget(key: string): void { this.failures.delete(key); }
+  forget(key: string): void {
+    this.failures.delete(key);
+  }
 
   /** Resolves with the next key to process, or undefined once shut down. */
   get(): Promise<string | undefined> {
@@ -68,7 +80,10 @@ export class WorkQueue {
 
   done(key: string): void {
     this.processing.delete(key);
-    if (this.dirty.has(key)) { this.dirty.delete(key); this.add(key); }
+    if (this.dirty.has(key)) {
+      this.dirty.delete(key);
+      this.add(key);
+    }
   }
 
   shutdown(): void {
@@ -80,7 +95,12 @@ export class WorkQueue {
 }
 
 /** Runs `workers` loops that take keys and call `reconcile`; errors re-queue with backoff. */
-export function runWorkers(queue: WorkQueue, workers: number, reconcile: (key: string) => Promise<void>, onError?: (key: string, err: unknown) => void): Promise<void[]> {
+export function runWorkers(
+  queue: WorkQueue,
+  workers: number,
+  reconcile: (key: string) => Promise<void>,
+  onError?: (key: string, err: unknown) => void,
+): Promise<void[]> {
   const loop = async () => {
     for (;;) {
       const key = await queue.get();

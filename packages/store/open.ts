@@ -3,9 +3,7 @@ import { EtcdStore } from './etcd/etcd-store.ts';
 import { SqliteStore } from './sqlite/sqlite-store.ts';
 import type { Store } from './types.ts';
 
-export type StoreConfig =
-  | { kind: 'sqlite'; path: string }
-  | { kind: 'etcd'; endpoints: string[]; prefix?: string };
+export type StoreConfig = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string };
 
 export async function openStore(config: StoreConfig): Promise<Store> {
   switch (config.kind) {

@@ -30,12 +30,17 @@ async function openssl(args: string[]): Promise<void> {
   }
 }
 
-export interface SelfSignedCert { certPem: string; keyPem: string; fingerprint256: string }
+export interface SelfSignedCert {
+  certPem: string;
+  keyPem: string;
+  fingerprint256: string;
+}
 
 /** `<dir>/<name>.crt` and `.key`, made once with subject CN=`cn` and kept. */
 export async function ensureSelfSignedCert(dir: string, name: string, cn: string): Promise<SelfSignedCert> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const crt = join(dir, `${name}.crt`), key = join(dir, `${name}.key`);
+  const crt = join(dir, `${name}.crt`),
+    key = join(dir, `${name}.key`);
   if (!existsSync(crt) || !existsSync(key)) {
     await openssl(['req', '-x509', ...EC_KEY, '-keyout', key, '-out', crt, '-days', '3650', '-subj', `/CN=${cn}`]);
   }
@@ -51,7 +56,11 @@ export function checkPinned(fingerprint256: string, mismatch: () => Error): (hos
   return (_host, cert) => (cert.fingerprint256 === fingerprint256 ? undefined : mismatch());
 }
 
-export interface ServingCerts { caPem: string; certPem: string; keyPem: string }
+export interface ServingCerts {
+  caPem: string;
+  certPem: string;
+  keyPem: string;
+}
 
 function sanFor(hosts: string[]): string {
   const isIp = (h: string) => /^[0-9.]+$/.test(h) || h.includes(':');
@@ -68,17 +77,19 @@ function covers(certPem: string, hosts: string[]): boolean {
 /** `<dir>/ca.crt` and a `server.crt` it signed that covers `hosts` (and this host's names). */
 export async function ensureServingCerts(dir: string, hosts: string[]): Promise<ServingCerts> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const ca = join(dir, 'ca.crt'), caKey = join(dir, 'ca.key');
-  const crt = join(dir, 'server.crt'), key = join(dir, 'server.key');
+  const ca = join(dir, 'ca.crt'),
+    caKey = join(dir, 'ca.key');
+  const crt = join(dir, 'server.crt'),
+    key = join(dir, 'server.key');
   if (!existsSync(ca) || !existsSync(caKey)) {
     await openssl(['req', '-x509', ...EC_KEY, '-keyout', caKey, '-out', ca, '-days', '3650', '-subj', '/CN=vessel-ca']);
   }
   if (!existsSync(crt) || !existsSync(key) || !covers(await readFile(crt, 'utf8'), hosts)) {
-    const csr = join(dir, 'server.csr'), ext = join(dir, 'server.ext');
+    const csr = join(dir, 'server.csr'),
+      ext = join(dir, 'server.ext');
     await writeFile(ext, `subjectAltName=${sanFor(hosts)}\nextendedKeyUsage=serverAuth\nkeyUsage=digitalSignature,keyEncipherment\n`);
     await openssl(['req', ...EC_KEY, '-keyout', key, '-out', csr, '-subj', '/CN=vessel-apiserver']);
-    await openssl(['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial',
-      '-out', crt, '-days', '825', '-extfile', ext]);
+    await openssl(['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', crt, '-days', '825', '-extfile', ext]);
   }
   return { caPem: await readFile(ca, 'utf8'), certPem: await readFile(crt, 'utf8'), keyPem: await readFile(key, 'utf8') };
 }

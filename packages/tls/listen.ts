@@ -1,6 +1,9 @@
 /** `--listen HOST:PORT` as `vessel server`, `vessel up` and `vessel agent` take it. */
 
-export interface ListenAddress { host: string; port: number }
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
 
 /**
  * Splits HOST:PORT ("[::1]:6443" for IPv6); an empty host is 127.0.0.1, so nothing listens

@@ -13,8 +13,12 @@ import { checkPinned, ensureSelfSignedCert, ensureServingCerts, parseListen } fr
 
 describe('@vessel/tls', () => {
   let dir: string;
-  before(async () => { dir = await mkdtemp(join(tmpdir(), 'vessel-tls-')); });
-  after(async () => { await rm(dir, { recursive: true, force: true }); });
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'vessel-tls-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
 
   test('a self-signed certificate is made once and kept; its fingerprint is what a pin accepts', async () => {
     const a = await ensureSelfSignedCert(join(dir, 'agent'), 'agent', 'vessel-agent:n1');

@@ -9,7 +9,8 @@ export const VM_MTU = 1450;
 export async function ensureBridge(ns: NetNs, mtu = VM_MTU): Promise<void> {
   const d = await linkDetails(ns, BRIDGE);
   const kind = (d?.linkinfo as { info_kind?: string } | undefined)?.info_kind;
-  if (d && kind !== 'bridge') throw new NetworkError('InvalidArgument', `${BRIDGE} exists but is a ${kind ?? 'plain'} device, not a bridge: remove it (ip link del ${BRIDGE})`);
+  if (d && kind !== 'bridge')
+    throw new NetworkError('InvalidArgument', `${BRIDGE} exists but is a ${kind ?? 'plain'} device, not a bridge: remove it (ip link del ${BRIDGE})`);
   if (!d) await ip(ns, ['link', 'add', BRIDGE, 'type', 'bridge']);
   await ip(ns, ['link', 'set', BRIDGE, 'mtu', String(mtu), 'up']);
 }

@@ -21,7 +21,13 @@ import { ensureVxlan, syncFdb } from './vxlan.ts';
 export const FABRIC_IP_ANNOTATION = 'vessel.io/fabric-ip';
 /** IPAM's allocations (networking.k8s.io/v1 IPAddress, cluster-scoped, named by the address). */
 export const IPADDRESSES: ResourceRef = { group: 'networking.k8s.io', version: 'v1', plural: 'ipaddresses', namespaced: false };
-const { NETWORK_LABEL: LABEL_NETWORK, INTERFACE_LABEL: LABEL_INTERFACE, CIDR_ANNOTATION: ANN_CIDR, MAC_ANNOTATION: ANN_MAC, PARENT_UID_ANNOTATION: ANN_PARENT_UID } = ipam;
+const {
+  NETWORK_LABEL: LABEL_NETWORK,
+  INTERFACE_LABEL: LABEL_INTERFACE,
+  CIDR_ANNOTATION: ANN_CIDR,
+  MAC_ANNOTATION: ANN_MAC,
+  PARENT_UID_ANNOTATION: ANN_PARENT_UID,
+} = ipam;
 
 const BY_PARENT = 'parent';
 const FDB_KEY = 'fdb';
@@ -49,15 +55,24 @@ export interface ClusterNic {
 }
 
 /** What the network needs of a VMI: its name, and its VM (owner) whose addresses it uses. */
-export interface VmiRef { metadata: { name: string; namespace?: string; uid?: string; ownerReferences?: unknown } }
+export interface VmiRef {
+  metadata: { name: string; namespace?: string; uid?: string; ownerReferences?: unknown };
+}
 type Parent = { resource: string; namespace?: string; name: string; uid?: string };
 
-const parentKey = (p: { resource?: string; namespace?: string; name?: string }) => ipam.parentKey({ group: '', resource: p.resource ?? '', namespace: p.namespace, name: p.name ?? '' });
-const parentRefOf = (a: KubeObject) => ((a.spec as { parentRef?: { group?: string; resource?: string; namespace?: string; name?: string } } | undefined)?.parentRef ?? {});
+const parentKey = (p: { resource?: string; namespace?: string; name?: string }) =>
+  ipam.parentKey({ group: '', resource: p.resource ?? '', namespace: p.namespace, name: p.name ?? '' });
+const parentRefOf = (a: KubeObject) =>
+  (a.spec as { parentRef?: { group?: string; resource?: string; namespace?: string; name?: string } } | undefined)?.parentRef ?? {};
 
 /** Who owns a VMI's addresses (the IPAM contract's vmiParent): its VirtualMachine, or the VMI itself when it has none. */
 export function addressParent(vmi: VmiRef): Parent {
-  const owners = (Array.isArray(vmi.metadata.ownerReferences) ? vmi.metadata.ownerReferences : []) as { kind: string; name: string; uid: string; controller?: boolean }[];
+  const owners = (Array.isArray(vmi.metadata.ownerReferences) ? vmi.metadata.ownerReferences : []) as {
+    kind: string;
+    name: string;
+    uid: string;
+    controller?: boolean;
+  }[];
   const p = ipam.vmiParent({ metadata: { ...vmi.metadata, ownerReferences: owners } });
   return { resource: p.resource, namespace: p.namespace, name: p.name, uid: p.uid || undefined };
 }
@@ -70,7 +85,10 @@ export class ClusterNetwork extends Controller {
   /** The gateway the bridge holds now. */
   private gatewayNow?: string;
 
-  constructor(client: Client, private readonly opts: ClusterNetworkOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: ClusterNetworkOptions,
+  ) {
     super('network', client, opts.log, 1);
     if (parseIPv4(opts.fabricIp) === undefined) throw new NetworkError('InvalidArgument', `bad fabric IP ${JSON.stringify(opts.fabricIp)}: an IPv4 address`);
     this.nodes = this.inform(refs.NODES, () => [FDB_KEY]);
@@ -84,10 +102,14 @@ export class ClusterNetwork extends Controller {
     this.dnsmasq = new Dnsmasq(opts.netns, opts.stateDir, this.log);
   }
 
-  get netns(): NetNs { return this.opts.netns; }
+  get netns(): NetNs {
+    return this.opts.netns;
+  }
 
   /** Called with "namespace/name" of a VMI whose address appeared or changed. */
-  onAddress(listener: (vmiKey: string) => void): void { this.listeners.push(listener); }
+  onAddress(listener: (vmiKey: string) => void): void {
+    this.listeners.push(listener);
+  }
 
   /** The data plane that does not depend on IPAM: bridge, VXLAN, forwarding. */
   protected override async started(): Promise<void> {
@@ -101,12 +123,14 @@ export class ClusterNetwork extends Controller {
 
   protected async reconcile(key: string): Promise<void> {
     if (key === FDB_KEY) {
-      const peers = this.nodes.list()
+      const peers = this.nodes
+        .list()
         .filter((n) => n.metadata.name !== this.opts.nodeName && !n.metadata.deletionTimestamp)
         .map((n) => (n.metadata.annotations as Record<string, string> | undefined)?.[FABRIC_IP_ANNOTATION] ?? '')
         .filter((a) => parseIPv4(a) !== undefined && a !== this.opts.fabricIp);
       const { added, removed } = await syncFdb(this.opts.netns, [...new Set(peers)].sort());
-      if (added.length || removed.length) this.log(`network: VXLAN peers${added.length ? ` +${added.join(',')}` : ''}${removed.length ? ` -${removed.join(',')}` : ''}`);
+      if (added.length || removed.length)
+        this.log(`network: VXLAN peers${added.length ? ` +${added.join(',')}` : ''}${removed.length ? ` -${removed.join(',')}` : ''}`);
       return;
     }
     if (key === GATEWAY_KEY) {
@@ -128,7 +152,8 @@ export class ClusterNetwork extends Controller {
 
   /** This node's gateway on the VM network (its IPAddress), when IPAM has allocated it. */
   gateway(): { ip: string; cidr: string } | undefined {
-    const a = this.addrs.byIndex(BY_PARENT, parentKey({ resource: 'nodes', name: this.opts.nodeName }))
+    const a = this.addrs
+      .byIndex(BY_PARENT, parentKey({ resource: 'nodes', name: this.opts.nodeName }))
       .filter((o) => labels(o)[LABEL_NETWORK] !== 'services')
       .sort((x, y) => x.metadata.name.localeCompare(y.metadata.name))[0];
     const cidr = a && inRange(a.metadata.name, annotations(a)[ANN_CIDR]);
@@ -165,7 +190,8 @@ export class ClusterNetwork extends Controller {
     if (!gw) throw new NetworkError('AddressPending', `node ${this.opts.nodeName} has no address on the cluster network yet (IPAM allocates it)`);
     const nic = this.nicOf(vmi, iface);
     if (!nic) throw new NetworkError('AddressPending', `interface ${iface} waits for its address on the cluster network (IPAM allocates it)`);
-    if (inRange(nic.ip, gw.cidr) !== gw.cidr) throw new NetworkError('InvalidArgument', `interface ${iface}: address ${nic.ip} is outside this node's VM network ${gw.cidr}`);
+    if (inRange(nic.ip, gw.cidr) !== gw.cidr)
+      throw new NetworkError('InvalidArgument', `interface ${iface}: address ${nic.ip} is outside this node's VM network ${gw.cidr}`);
     await ensureTap(this.opts.netns, nic.tap, { multiQueue: opts.multiQueue });
     const hostname = opts.hostname && /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(opts.hostname) ? opts.hostname : undefined;
     await this.dnsmasq.setHost(nic.tap, { mac: nic.mac, ip: nic.ip, hostname });
@@ -181,7 +207,12 @@ export class ClusterNetwork extends Controller {
 
   /** Removes taps and leases of VMIs other than `keep` ("namespace/name"), e.g. after an agent restart. */
   async collect(keep: Iterable<string>): Promise<number> {
-    const wanted = new Set([...keep].map((k) => { const [ns, n] = k.split('/'); return tapName(ns, n); }));
+    const wanted = new Set(
+      [...keep].map((k) => {
+        const [ns, n] = k.split('/');
+        return tapName(ns, n);
+      }),
+    );
     let removed = 0;
     for (const t of new Set([...(await listTaps(this.opts.netns)), ...(await this.dnsmasq.hosts())])) {
       if (wanted.has(t)) continue;

@@ -19,7 +19,12 @@ import { VXLAN, ensureVxlan, fdbPeers, syncFdb } from './vxlan.ts';
 let cluster: DevCluster;
 let dir: string;
 let rootLinks: string;
-const links = async () => (await ip(undefined, ['-o', 'link', 'show'])).stdout.split('\n').map((l) => l.split(':')[1]?.trim()).sort().join(' ');
+const links = async () =>
+  (await ip(undefined, ['-o', 'link', 'show'])).stdout
+    .split('\n')
+    .map((l) => l.split(':')[1]?.trim())
+    .sort()
+    .join(' ');
 
 before(async () => {
   rootLinks = await links();
@@ -34,7 +39,10 @@ after(async () => {
 test('the dev cluster: a namespace per node on a fabric, unique names, nothing in the host namespace', async () => {
   const [a, b] = cluster.nodes;
   assert.match(a.netns, /^vsl-[0-9a-f]{6}-n0$/);
-  assert.deepEqual(cluster.nodes.map((n) => n.fabricIp), ['10.233.0.10', '10.233.0.11']);
+  assert.deepEqual(
+    cluster.nodes.map((n) => n.fabricIp),
+    ['10.233.0.10', '10.233.0.11'],
+  );
   const ping = await runInNode(a, ['busybox', 'ping', '-c', '1', '-W', '2', b.fabricIp]);
   assert.equal(ping.code, 0, ping.stdout + ping.stderr);
   assert.equal(await links(), rootLinks, 'no interface was added to the host namespace');

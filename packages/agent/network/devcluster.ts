@@ -46,7 +46,8 @@ export function fabricAddress(cidr: string, i: number): { ip: string; cidr: stri
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
   const prefix = m ? Number(m[5]) : -1;
   const octets = m ? m.slice(1, 5).map(Number) : [];
-  if (!m || octets.some((o) => o > 255) || prefix < 8 || prefix > 24) throw new NetworkError('InvalidArgument', `bad fabric CIDR ${JSON.stringify(cidr)}: an IPv4 network of /8 to /24, e.g. ${DEFAULT_FABRIC_CIDR}`);
+  if (!m || octets.some((o) => o > 255) || prefix < 8 || prefix > 24)
+    throw new NetworkError('InvalidArgument', `bad fabric CIDR ${JSON.stringify(cidr)}: an IPv4 network of /8 to /24, e.g. ${DEFAULT_FABRIC_CIDR}`);
   const base = (octets.reduce((a, o) => a * 256 + o, 0) >>> (32 - prefix)) * 2 ** (32 - prefix);
   const v = base + 10 + i;
   const addr = [v >>> 24, (v >>> 16) & 255, (v >>> 8) & 255, v & 255].join('.');
@@ -54,7 +55,8 @@ export function fabricAddress(cidr: string, i: number): { ip: string; cidr: stri
 }
 
 export async function createDevCluster(opts: DevClusterOptions): Promise<DevCluster> {
-  if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 200) throw new NetworkError('InvalidArgument', `a dev cluster has 1 to 200 nodes, not ${opts.nodes}`);
+  if (!Number.isInteger(opts.nodes) || opts.nodes < 1 || opts.nodes > 200)
+    throw new NetworkError('InvalidArgument', `a dev cluster has 1 to 200 nodes, not ${opts.nodes}`);
   const id = opts.id ?? randomBytes(3).toString('hex');
   if (!/^[a-z0-9]{1,8}$/.test(id)) throw new NetworkError('InvalidArgument', `bad dev cluster id ${JSON.stringify(id)}: 1 to 8 lowercase letters or digits`);
   const cidr = opts.fabricCidr ?? DEFAULT_FABRIC_CIDR;
@@ -95,12 +97,32 @@ export async function createDevCluster(opts: DevClusterOptions): Promise<DevClus
 /** Kills every process left in `ns` (they would keep it alive), then deletes it. */
 export async function deleteNetns(ns: string): Promise<void> {
   const r = await ip(undefined, ['netns', 'pids', ns], { okCodes: [1, 255] });
-  const pids = r.code === 0 ? r.stdout.split(/\s+/).filter(Boolean).map(Number).filter((p) => p > 1 && p !== process.pid) : [];
+  const pids =
+    r.code === 0
+      ? r.stdout
+          .split(/\s+/)
+          .filter(Boolean)
+          .map(Number)
+          .filter((p) => p > 1 && p !== process.pid)
+      : [];
   for (const pid of pids) {
-    try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   }
   for (const pid of pids) {
-    for (let i = 0; i < 50 && (await readFile(`/proc/${pid}/stat`, 'utf8').then((s) => !/\) [ZX] /.test(s), () => false)); i++) await new Promise((res) => setTimeout(res, 20));
+    for (
+      let i = 0;
+      i < 50 &&
+      (await readFile(`/proc/${pid}/stat`, 'utf8').then(
+        (s) => !/\) [ZX] /.test(s),
+        () => false,
+      ));
+      i++
+    )
+      await new Promise((res) => setTimeout(res, 20));
   }
   await ip(undefined, ['netns', 'del', ns], { okCodes: [1, 255] });
 }

@@ -22,7 +22,11 @@ export interface DnsmasqConfig {
   mtu?: number;
 }
 
-export interface DhcpHost { mac: string; ip: string; hostname?: string }
+export interface DhcpHost {
+  mac: string;
+  ip: string;
+  hostname?: string;
+}
 
 /**
  * The search list (DHCP option 119) every guest gets. Kubernetes puts `<ns>.svc.cluster.local`
@@ -44,7 +48,11 @@ export class Dnsmasq {
   private config?: DnsmasqConfig;
 
   /** `dir`: this node's dnsmasq state (pid file, log, hosts/). */
-  constructor(private readonly ns: NetNs, private readonly dir: string, private readonly log: (line: string) => void = () => {}) {
+  constructor(
+    private readonly ns: NetNs,
+    private readonly dir: string,
+    private readonly log: (line: string) => void = () => {},
+  ) {
     this.hostsDir = join(dir, 'hosts');
     this.pidFile = join(dir, 'dnsmasq.pid');
     this.logFile = join(dir, 'dnsmasq.log');
@@ -54,7 +62,8 @@ export class Dnsmasq {
   /** The daemon's arguments (after the binary). Pure apart from the paths. */
   args(c: DnsmasqConfig): string[] {
     const net = parseCidr(c.cidr);
-    if (!net || parseIPv4(c.gateway) === undefined) throw new NetworkError('InvalidArgument', `dnsmasq: bad gateway ${JSON.stringify(c.gateway)} or network ${JSON.stringify(c.cidr)}`);
+    if (!net || parseIPv4(c.gateway) === undefined)
+      throw new NetworkError('InvalidArgument', `dnsmasq: bad gateway ${JSON.stringify(c.gateway)} or network ${JSON.stringify(c.cidr)}`);
     return [
       '--conf-file=/dev/null', // not the host's /etc/dnsmasq.conf
       '--no-hosts',
@@ -84,7 +93,13 @@ export class Dnsmasq {
   async ensure(c: DnsmasqConfig): Promise<void> {
     const args = this.args(c);
     await mkdir(this.hostsDir, { recursive: true, mode: 0o750 });
-    if (!(await readFile(this.dnsHostsFile, 'utf8').then(() => true, () => false))) await writeFile(this.dnsHostsFile, '');
+    if (
+      !(await readFile(this.dnsHostsFile, 'utf8').then(
+        () => true,
+        () => false,
+      ))
+    )
+      await writeFile(this.dnsHostsFile, '');
     const pid = await this.pid();
     if (pid !== undefined) {
       const running = await cmdline(pid);
@@ -141,7 +156,10 @@ export class Dnsmasq {
   async removeHost(id: string): Promise<void> {
     if (!FILE_RE.test(id)) return;
     const file = join(this.hostsDir, id);
-    const had = await readFile(file, 'utf8').then(() => true, () => false);
+    const had = await readFile(file, 'utf8').then(
+      () => true,
+      () => false,
+    );
     await rm(file, { force: true });
     if (had) await this.hangup();
   }
@@ -152,14 +170,23 @@ export class Dnsmasq {
 
   private async hangup(): Promise<void> {
     const pid = await this.pid();
-    if (pid !== undefined) try { process.kill(pid, 'SIGHUP'); } catch { /* gone */ }
+    if (pid !== undefined)
+      try {
+        process.kill(pid, 'SIGHUP');
+      } catch {
+        /* gone */
+      }
   }
 
   /** Ends our dnsmasq (the agent keeps it running when it stops; this is for a changed configuration). */
   async stop(): Promise<void> {
     const pid = await this.pid();
     if (pid === undefined) return;
-    try { process.kill(pid, 'SIGTERM'); } catch { return; }
+    try {
+      process.kill(pid, 'SIGTERM');
+    } catch {
+      return;
+    }
     // By its state, not its cmdline: an exiting process loses its cmdline before its sockets.
     for (let i = 0; i < 250 && (await alive(pid)); i++) await new Promise((r) => setTimeout(r, 20));
     await rm(this.pidFile, { force: true });

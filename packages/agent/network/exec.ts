@@ -13,7 +13,8 @@ const NETNS_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 const IFNAME_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,14}$/;
 
 export function checkNetns(ns: string): string {
-  if (!NETNS_RE.test(ns)) throw new NetworkError('InvalidArgument', `bad network namespace name ${JSON.stringify(ns)}: letters, digits, '_', '.', '-', at most 64`);
+  if (!NETNS_RE.test(ns))
+    throw new NetworkError('InvalidArgument', `bad network namespace name ${JSON.stringify(ns)}: letters, digits, '_', '.', '-', at most 64`);
   return ns;
 }
 
@@ -37,7 +38,11 @@ export interface RunOptions {
   okCodes?: number[];
 }
 
-export interface RunOutput { code: number; stdout: string; stderr: string }
+export interface RunOutput {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 /** Runs argv[0] with the rest; NetworkError CommandFailed (or ToolMissing) on failure. */
 export function runCmd(argv: readonly string[], opts: RunOptions = {}): Promise<RunOutput> {
@@ -45,7 +50,10 @@ export function runCmd(argv: readonly string[], opts: RunOptions = {}): Promise<
     const child = execFile(argv[0], argv.slice(1), { timeout: opts.timeoutMs ?? 15_000, maxBuffer: 16 * 1024 * 1024 }, (err, stdout, stderr) => {
       if (!err) return resolve({ code: 0, stdout, stderr });
       const e = err as NodeJS.ErrnoException & { code?: string | number };
-      if (e.code === 'ENOENT') return reject(new NetworkError('ToolMissing', `${argv[0]} is not installed (scripts/setup.sh installs iproute2, nftables, dnsmasq-base)`, { cause: err }));
+      if (e.code === 'ENOENT')
+        return reject(
+          new NetworkError('ToolMissing', `${argv[0]} is not installed (scripts/setup.sh installs iproute2, nftables, dnsmasq-base)`, { cause: err }),
+        );
       const code = typeof e.code === 'number' ? e.code : -1;
       if (opts.okCodes?.includes(code)) return resolve({ code, stdout, stderr });
       const first = (stderr || err.message).split('\n').find((l) => l.trim()) ?? '';

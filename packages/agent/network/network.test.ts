@@ -40,8 +40,17 @@ test('nftables: one masquerade rule for traffic leaving the VM network, replaced
 
 test('dnsmasq: static leases only, router, DNS and MTU from the gateway, on the bridge only', () => {
   const args = new Dnsmasq('ns', '/d').args({ gateway: '10.244.0.1', cidr: '10.244.0.0/16' });
-  for (const a of ['--dhcp-range=10.244.0.0,static,255.255.0.0,12h', '--dhcp-hostsdir=/d/hosts', '--dhcp-option=option:router,10.244.0.1',
-    '--dhcp-option=option:dns-server,10.244.0.1', '--dhcp-option=option:mtu,1450', '--leasefile-ro', '--pid-file=/d/dnsmasq.pid', '--interface=vsl-br0', '--conf-file=/dev/null']) {
+  for (const a of [
+    '--dhcp-range=10.244.0.0,static,255.255.0.0,12h',
+    '--dhcp-hostsdir=/d/hosts',
+    '--dhcp-option=option:router,10.244.0.1',
+    '--dhcp-option=option:dns-server,10.244.0.1',
+    '--dhcp-option=option:mtu,1450',
+    '--leasefile-ro',
+    '--pid-file=/d/dnsmasq.pid',
+    '--interface=vsl-br0',
+    '--conf-file=/dev/null',
+  ]) {
     assert.ok(args.includes(a), a);
   }
   assert.ok(!args.includes('--dhcp-authoritative'), 'not authoritative: the other nodes answer their own VMs');
@@ -49,7 +58,16 @@ test('dnsmasq: static leases only, router, DNS and MTU from the gateway, on the 
 });
 
 test("a VMI's addresses belong to its VirtualMachine, or to itself when it has none", () => {
-  assert.deepEqual(addressParent({ metadata: { name: 'web', namespace: 'ns', uid: 'u1', ownerReferences: [{ kind: 'VirtualMachine', name: 'web', uid: 'vm1', controller: true }] } }),
-    { resource: 'virtualmachines', namespace: 'ns', name: 'web', uid: 'vm1' });
-  assert.deepEqual(addressParent({ metadata: { name: 'solo', namespace: 'ns', uid: 'u2' } }), { resource: 'virtualmachineinstances', namespace: 'ns', name: 'solo', uid: 'u2' });
+  assert.deepEqual(
+    addressParent({
+      metadata: { name: 'web', namespace: 'ns', uid: 'u1', ownerReferences: [{ kind: 'VirtualMachine', name: 'web', uid: 'vm1', controller: true }] },
+    }),
+    { resource: 'virtualmachines', namespace: 'ns', name: 'web', uid: 'vm1' },
+  );
+  assert.deepEqual(addressParent({ metadata: { name: 'solo', namespace: 'ns', uid: 'u2' } }), {
+    resource: 'virtualmachineinstances',
+    namespace: 'ns',
+    name: 'solo',
+    uid: 'u2',
+  });
 });

@@ -8,7 +8,13 @@ import { tapName } from './taps.ts';
 const vm = (namespace: string, name: string, ip: string, labels: Record<string, string> = {}): PolicyVm => ({ namespace, name, ip, labels });
 const pol = (namespace: string, name: string, spec: netpol.NetworkPolicySpec): PolicyObject => ({ namespace, name, spec });
 
-function input(local: PolicyVm[], all: PolicyVm[], policies: PolicyObject[], nsLabels: Record<string, Record<string, string>> = {}, conntrack = true): PolicyInput {
+function input(
+  local: PolicyVm[],
+  all: PolicyVm[],
+  policies: PolicyObject[],
+  nsLabels: Record<string, Record<string, string>> = {},
+  conntrack = true,
+): PolicyInput {
   return {
     local,
     policiesIn: (ns) => policies.filter((p) => p.namespace === ns),
@@ -37,10 +43,12 @@ test('no policy: every NIC is open, the table exists and holds no per-NIC chain'
   assert.match(t, /chain output \{\n.*\n {4}ip saddr 10\.244\.0\.9 accept/);
 });
 
-test('default-deny ingress in b isolates b\'s VM for ingress only; the NIC keeps ARP, DHCP and answers', () => {
+test("default-deny ingress in b isolates b's VM for ingress only; the NIC keeps ARP, DHCP and answers", () => {
   const t = policyRuleset(input([a1, b1], all, [pol('b', 'deny', { podSelector: {}, policyTypes: ['Ingress'] })]));
   assert.deepEqual(chain(t, 'in', b1), [
-    'ether type arp return', 'udp sport { 67, 68 } udp dport { 67, 68 } return', 'ct state established,related return',
+    'ether type arp return',
+    'udp sport { 67, 68 } udp dport { 67, 68 } return',
+    'ct state established,related return',
     'drop comment "b/web: isolated for Ingress"',
   ]);
   assert.equal(chain(t, 'out', b1), undefined, 'egress stays open');
@@ -48,29 +56,52 @@ test('default-deny ingress in b isolates b\'s VM for ingress only; the NIC keeps
   assert.match(t, new RegExp(`oifname vmap \\{ "${tapName('b', 'web')}" : jump in_${tapName('b', 'web')} \\}`));
 });
 
-test('an allow rule from namespace a for port 80 opens exactly TCP 80 from a\'s VMs', () => {
-  const t = policyRuleset(input([b1], all, [
-    pol('b', 'deny', { podSelector: {} }),
-    pol('b', 'web-from-a', { podSelector: { matchLabels: { app: 'web' } }, ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } } }], ports: [{ protocol: 'TCP', port: 80 }] }] }),
-  ]));
+test("an allow rule from namespace a for port 80 opens exactly TCP 80 from a's VMs", () => {
+  const t = policyRuleset(
+    input([b1], all, [
+      pol('b', 'deny', { podSelector: {} }),
+      pol('b', 'web-from-a', {
+        podSelector: { matchLabels: { app: 'web' } },
+        ingress: [{ from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'a' } } }], ports: [{ protocol: 'TCP', port: 80 }] }],
+      }),
+    ]),
+  );
   const rules = chain(t, 'in', b1)!;
   assert.ok(rules.includes('ip saddr { 10.244.1.1, 10.244.1.2 } meta l4proto tcp th dport { 80 } return comment "b/web-from-a"'), rules.join('\n'));
   assert.equal(rules.at(-1), 'drop comment "b/web: isolated for Ingress"');
 });
 
-test('peers: podSelector in the policy\'s namespace, namespaceSelector by labels, both combined, ipBlock with except', () => {
+test("peers: podSelector in the policy's namespace, namespaceSelector by labels, both combined, ipBlock with except", () => {
   const b2 = vm('b', 'db', '10.244.2.2', { app: 'db' });
   const everyone = [...all, b2];
-  const peersOf = (from: netpol.NetworkPolicyPeer[]) => chain(policyRuleset(input([b2], everyone, [pol('b', 'p', { podSelector: { matchLabels: { app: 'db' } }, ingress: [{ from }] })], { a: { team: 'x' } })), 'in', b2)!.filter((l) => l.includes('"b/p"'));
+  const peersOf = (from: netpol.NetworkPolicyPeer[]) =>
+    chain(
+      policyRuleset(input([b2], everyone, [pol('b', 'p', { podSelector: { matchLabels: { app: 'db' } }, ingress: [{ from }] })], { a: { team: 'x' } })),
+      'in',
+      b2,
+    )!.filter((l) => l.includes('"b/p"'));
   assert.deepEqual(peersOf([{ podSelector: { matchLabels: { app: 'web' } } }]), ['ip saddr { 10.244.2.1 } return comment "b/p"']);
   assert.deepEqual(peersOf([{ namespaceSelector: { matchLabels: { team: 'x' } } }]), ['ip saddr { 10.244.1.1, 10.244.1.2 } return comment "b/p"']);
-  assert.deepEqual(peersOf([{ namespaceSelector: { matchLabels: { team: 'x' } }, podSelector: { matchExpressions: [{ key: 'app', operator: 'In', values: ['client'] }] } }]), ['ip saddr { 10.244.1.1 } return comment "b/p"']);
-  assert.deepEqual(peersOf([{ ipBlock: { cidr: '10.244.0.0/16', except: ['10.244.1.0/24'] } }]), ['ip saddr 10.244.0.0/16 ip saddr != { 10.244.1.0/24 } return comment "b/p"']);
+  assert.deepEqual(
+    peersOf([{ namespaceSelector: { matchLabels: { team: 'x' } }, podSelector: { matchExpressions: [{ key: 'app', operator: 'In', values: ['client'] }] } }]),
+    ['ip saddr { 10.244.1.1 } return comment "b/p"'],
+  );
+  assert.deepEqual(peersOf([{ ipBlock: { cidr: '10.244.0.0/16', except: ['10.244.1.0/24'] } }]), [
+    'ip saddr 10.244.0.0/16 ip saddr != { 10.244.1.0/24 } return comment "b/p"',
+  ]);
   assert.deepEqual(peersOf([{ podSelector: { matchLabels: { app: 'nobody' } } }]), [], 'peers that resolve to nothing allow nothing');
 });
 
 test('egress: the NIC reaches the node and the listed destinations only; UDP ranges and ports per protocol', () => {
-  const t = policyRuleset(input([a1], all, [pol('a', 'out', { podSelector: { matchLabels: { app: 'client' } }, policyTypes: ['Egress'], egress: [{ to: [{ podSelector: {}, namespaceSelector: {} }], ports: [{ protocol: 'UDP', port: 5000, endPort: 5010 }, { port: 80 }, { port: 'http' }] }] })]));
+  const t = policyRuleset(
+    input([a1], all, [
+      pol('a', 'out', {
+        podSelector: { matchLabels: { app: 'client' } },
+        policyTypes: ['Egress'],
+        egress: [{ to: [{ podSelector: {}, namespaceSelector: {} }], ports: [{ protocol: 'UDP', port: 5000, endPort: 5010 }, { port: 80 }, { port: 'http' }] }],
+      }),
+    ]),
+  );
   const rules = chain(t, 'out', a1)!;
   assert.ok(rules.includes('ip daddr 10.244.0.9 return'));
   assert.ok(rules.includes('ip daddr { 10.244.1.1, 10.244.1.2, 10.244.2.1 } meta l4proto tcp th dport { 80 } return comment "a/out"'), rules.join('\n'));
@@ -89,7 +120,16 @@ test('an empty rule allows everything; without bridge conntrack answers are reco
   assert.ok(!chain(odd, 'in', b1)!.some((l) => l.includes('"b/odd"')), 'ports nft cannot take (or names) allow nothing');
 });
 
-test('a VMI\'s address is the one of its pod interface in status.interfaces', () => {
-  const vmi = { metadata: { name: 'web', namespace: 'b', labels: { app: 'web' } }, spec: { networks: [{ name: 'nic0', pod: {} }], domain: { devices: { interfaces: [{ name: 'nic0', bridge: {} }] } } }, status: { interfaces: [{ name: 'other', ipAddress: '10.1.1.1' }, { name: 'nic0', ipAddress: '10.244.2.1' }] } };
+test("a VMI's address is the one of its pod interface in status.interfaces", () => {
+  const vmi = {
+    metadata: { name: 'web', namespace: 'b', labels: { app: 'web' } },
+    spec: { networks: [{ name: 'nic0', pod: {} }], domain: { devices: { interfaces: [{ name: 'nic0', bridge: {} }] } } },
+    status: {
+      interfaces: [
+        { name: 'other', ipAddress: '10.1.1.1' },
+        { name: 'nic0', ipAddress: '10.244.2.1' },
+      ],
+    },
+  };
   assert.deepEqual(policyVmOf(vmi as never), { namespace: 'b', name: 'web', labels: { app: 'web' }, ip: '10.244.2.1' });
 });

@@ -23,8 +23,17 @@ const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces'
 export const NAMESPACE_NAME_LABEL = 'kubernetes.io/metadata.name';
 
 /** A VM as policies see it: where it is, its labels, its cluster address (if it has one yet). */
-export interface PolicyVm { namespace: string; name: string; labels: Record<string, string>; ip?: string }
-export interface PolicyObject { namespace: string; name: string; spec: netpol.NetworkPolicySpec }
+export interface PolicyVm {
+  namespace: string;
+  name: string;
+  labels: Record<string, string>;
+  ip?: string;
+}
+export interface PolicyObject {
+  namespace: string;
+  name: string;
+  spec: netpol.NetworkPolicySpec;
+}
 
 /** What the ruleset is computed from; lookups, so the caller can answer them from indexes. */
 export interface PolicyInput {
@@ -52,10 +61,11 @@ export function policyRuleset(input: PolicyInput): string {
     const key = JSON.stringify([policyNs, peer.podSelector ?? null, peer.namespaceSelector ?? null]);
     let ips = ipsMemo.get(key);
     if (!ips) {
-      const nss = peer.namespaceSelector
-        ? [...nsLabels].filter(([, l]) => netpol.matchesSelector(peer.namespaceSelector, l)).map(([n]) => n)
-        : [policyNs];
-      ips = nss.flatMap((n) => input.vmsIn(n)).filter((v) => v.ip && netpol.matchesSelector(peer.podSelector, v.labels)).map((v) => v.ip!);
+      const nss = peer.namespaceSelector ? [...nsLabels].filter(([, l]) => netpol.matchesSelector(peer.namespaceSelector, l)).map(([n]) => n) : [policyNs];
+      ips = nss
+        .flatMap((n) => input.vmsIn(n))
+        .filter((v) => v.ip && netpol.matchesSelector(peer.podSelector, v.labels))
+        .map((v) => v.ip!);
       ips = [...new Set(ips)].sort(compareIPs);
       ipsMemo.set(key, ips);
     }
@@ -63,7 +73,8 @@ export function policyRuleset(input: PolicyInput): string {
   };
   for (const vm of [...input.local].sort((a, b) => tapOf(a).localeCompare(tapOf(b)))) {
     const tap = tapOf(vm);
-    const selecting = input.policiesIn(vm.namespace)
+    const selecting = input
+      .policiesIn(vm.namespace)
       .filter((p) => netpol.matchesSelector(p.spec.podSelector, vm.labels))
       .sort((a, b) => a.name.localeCompare(b.name));
     for (const dir of ['ingress', 'egress'] as const) {
@@ -73,8 +84,11 @@ export function policyRuleset(input: PolicyInput): string {
       const chain = `${dir === 'ingress' ? 'in' : 'out'}_${tap}`;
       const body = answersAndInfrastructure(dir, input);
       for (const p of pols) {
-        const rules = dir === 'ingress' ? p.spec.ingress ?? [] : p.spec.egress ?? [];
-        for (const r of rules) body.push(...ruleLines(dir, r.ports, dir === 'ingress' ? (r as netpol.NetworkPolicyIngressRule).from : (r as netpol.NetworkPolicyEgressRule).to, p, resolve));
+        const rules = dir === 'ingress' ? (p.spec.ingress ?? []) : (p.spec.egress ?? []);
+        for (const r of rules)
+          body.push(
+            ...ruleLines(dir, r.ports, dir === 'ingress' ? (r as netpol.NetworkPolicyIngressRule).from : (r as netpol.NetworkPolicyEgressRule).to, p, resolve),
+          );
       }
       body.push(`drop comment "${vm.namespace}/${vm.name}: isolated for ${type}"`);
       chains.push(`  chain ${chain} {`, ...body.map((l) => `    ${l}`), '  }');
@@ -133,7 +147,13 @@ function answersAndInfrastructure(dir: Dir, input: PolicyInput): string[] {
 }
 
 /** The lines that allow one rule: every peer × every port group; none when the peers resolve to nothing. */
-function ruleLines(dir: Dir, ports: netpol.NetworkPolicyPort[] | undefined, peers: netpol.NetworkPolicyPeer[] | undefined, p: PolicyObject, resolve: (ns: string, peer: netpol.NetworkPolicyPeer) => string[]): string[] {
+function ruleLines(
+  dir: Dir,
+  ports: netpol.NetworkPolicyPort[] | undefined,
+  peers: netpol.NetworkPolicyPeer[] | undefined,
+  p: PolicyObject,
+  resolve: (ns: string, peer: netpol.NetworkPolicyPeer) => string[],
+): string[] {
   const addr = dir === 'ingress' ? 'ip saddr' : 'ip daddr';
   const sources: string[] = [];
   if (!peers?.length) sources.push('');
@@ -163,7 +183,10 @@ function portMatchesOf(ports: netpol.NetworkPolicyPort[] | undefined): string[] 
   for (const p of ports) {
     const proto = (p.protocol ?? 'TCP').toLowerCase();
     if (!['tcp', 'udp', 'sctp'].includes(proto)) continue;
-    if (p.port === undefined || p.port === null) { byProto.set(proto, 'all'); continue; }
+    if (p.port === undefined || p.port === null) {
+      byProto.set(proto, 'all');
+      continue;
+    }
     if (!isPort(p.port)) continue; // a name, or a stored value admission would refuse: allows nothing
     const cur = byProto.get(proto);
     if (cur === 'all') continue;
@@ -171,7 +194,9 @@ function portMatchesOf(ports: netpol.NetworkPolicyPort[] | undefined): string[] 
     set.add(isPort(p.endPort) && p.endPort > p.port ? `${p.port}-${p.endPort}` : String(p.port));
     byProto.set(proto, set);
   }
-  return [...byProto].sort(([a], [b]) => a.localeCompare(b)).map(([proto, set]) => (set === 'all' ? `meta l4proto ${proto}` : `meta l4proto ${proto} th dport { ${[...set].join(', ')} }`));
+  return [...byProto]
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([proto, set]) => (set === 'all' ? `meta l4proto ${proto}` : `meta l4proto ${proto} th dport { ${[...set].join(', ')} }`));
 }
 
 const isPort = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= 65535;
@@ -196,7 +221,12 @@ export function policyVmOf(vmi: KubeObject): PolicyVm {
   const iface = ipam.podInterface(vmi.spec)?.name;
   const st = (vmi.status ?? {}) as { interfaces?: { name?: string; ipAddress?: string }[] };
   const ip = (st.interfaces ?? []).find((i) => i.name === iface)?.ipAddress;
-  return { namespace: vmi.metadata.namespace ?? '', name: vmi.metadata.name, labels: (vmi.metadata.labels ?? {}) as Record<string, string>, ip: ip && parseIPv4(ip) !== undefined ? ip : undefined };
+  return {
+    namespace: vmi.metadata.namespace ?? '',
+    name: vmi.metadata.name,
+    labels: (vmi.metadata.labels ?? {}) as Record<string, string>,
+    ip: ip && parseIPv4(ip) !== undefined ? ip : undefined,
+  };
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -222,9 +252,15 @@ export class PolicyEnforcer extends Controller {
   private conntrack?: boolean;
   private installed?: string;
 
-  constructor(client: Client, private readonly opts: PolicyEnforcerOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: PolicyEnforcerOptions,
+  ) {
     super('netpol', client, opts.log, 1);
-    const later = () => { this.queue.addAfter(KEY, DEBOUNCE_MS); return []; };
+    const later = () => {
+      this.queue.addAfter(KEY, DEBOUNCE_MS);
+      return [];
+    };
     this.vmis = this.inform(refs.VMIS, later);
     this.vmis.addIndex(BY_NS, (o) => [o.metadata.namespace ?? '']);
     this.vmis.addIndex(BY_NODE, (o) => [String((o.status as { nodeName?: string } | undefined)?.nodeName ?? '')]);
@@ -238,7 +274,9 @@ export class PolicyEnforcer extends Controller {
   }
 
   /** The text last installed (for tests and diagnostics). */
-  get ruleset(): string | undefined { return this.installed; }
+  get ruleset(): string | undefined {
+    return this.installed;
+  }
 
   protected async reconcile(): Promise<void> {
     this.conntrack ??= await bridgeConntrack(this.opts.netns);
@@ -246,7 +284,8 @@ export class PolicyEnforcer extends Controller {
     const nodeAddress = this.opts.nodeAddress();
     const text = policyRuleset({
       local: this.vmis.byIndex(BY_NODE, this.opts.nodeName).filter(live).map(policyVmOf),
-      policiesIn: (ns) => this.policies.byIndex(BY_NS, ns).map((p) => ({ namespace: ns, name: p.metadata.name, spec: (p.spec ?? {}) as netpol.NetworkPolicySpec })),
+      policiesIn: (ns) =>
+        this.policies.byIndex(BY_NS, ns).map((p) => ({ namespace: ns, name: p.metadata.name, spec: (p.spec ?? {}) as netpol.NetworkPolicySpec })),
       vmsIn: (ns) => this.vmis.byIndex(BY_NS, ns).filter(live).map(policyVmOf),
       namespaces: () => this.namespaces.list().map((n) => ({ name: n.metadata.name, labels: (n.metadata.labels ?? {}) as Record<string, string> })),
       nodeAddress,
@@ -257,7 +296,8 @@ export class PolicyEnforcer extends Controller {
     if (text === this.installed) return;
     await installPolicyRuleset(this.opts.netns, text);
     const isolated = (text.match(/^ {2}chain (in|out)_/gm) ?? []).length;
-    if (this.installed === undefined || isolated !== (this.installed.match(/^ {2}chain (in|out)_/gm) ?? []).length) this.log(`netpol: ${isolated} isolated NIC direction(s) on ${this.opts.nodeName}`);
+    if (this.installed === undefined || isolated !== (this.installed.match(/^ {2}chain (in|out)_/gm) ?? []).length)
+      this.log(`netpol: ${isolated} isolated NIC direction(s) on ${this.opts.nodeName}`);
     this.installed = text;
   }
 }

@@ -18,14 +18,23 @@ import { ensureVxlan, syncFdb } from './vxlan.ts';
 
 let cluster: DevCluster;
 let dir: string;
-const eps = [{ name: 'ep0', ip: '10.244.1.1', node: 0 }, { name: 'ep1', ip: '10.244.1.2', node: 1 }];
+const eps = [
+  { name: 'ep0', ip: '10.244.1.1', node: 0 },
+  { name: 'ep1', ip: '10.244.1.2', node: 1 },
+];
 const epNs = (i: number) => `${cluster.nodes[0].netns.replace(/-n0$/, '')}-ep${i}`;
 
-const svc = (name: string, spec: Record<string, unknown>): KubeObject => ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'default' }, spec }) as KubeObject;
-const slice = (service: string, ips: string[]): KubeObject => ({
-  apiVersion: 'discovery.k8s.io/v1', kind: 'EndpointSlice', metadata: { name: `${service}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': service } },
-  addressType: 'IPv4', endpoints: ips.map((a) => ({ addresses: [a], conditions: { ready: true } })), ports: [{ name: '', port: 80, protocol: 'TCP' }],
-}) as unknown as KubeObject;
+const svc = (name: string, spec: Record<string, unknown>): KubeObject =>
+  ({ apiVersion: 'v1', kind: 'Service', metadata: { name, namespace: 'default' }, spec }) as KubeObject;
+const slice = (service: string, ips: string[]): KubeObject =>
+  ({
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: `${service}-x`, namespace: 'default', labels: { 'kubernetes.io/service-name': service } },
+    addressType: 'IPv4',
+    endpoints: ips.map((a) => ({ addresses: [a], conditions: { ready: true } })),
+    ports: [{ name: '', port: 80, protocol: 'TCP' }],
+  }) as unknown as KubeObject;
 const SERVICES = [
   svc('web', { type: 'NodePort', clusterIP: '10.96.0.20', ports: [{ port: 8080, targetPort: 80, nodePort: 30080 }] }),
   svc('nobody', { clusterIP: '10.96.0.21', ports: [{ port: 80 }] }),
@@ -33,7 +42,10 @@ const SERVICES = [
 const apply = async (slices: KubeObject[]) => {
   const models = serviceModels(SERVICES, slices);
   for (const n of cluster.nodes) {
-    await syncServiceRoutes(n.netns, models.flatMap((m) => (m.clusterIP ? [m.clusterIP] : [])));
+    await syncServiceRoutes(
+      n.netns,
+      models.flatMap((m) => (m.clusterIP ? [m.clusterIP] : [])),
+    );
     await installServicesRuleset(n.netns, servicesRuleset(models));
   }
   return models;
@@ -77,7 +89,12 @@ after(async () => {
 });
 
 test('ClusterIP: spread over endpoints on both nodes (the remote one answers through masquerade); NodePort on each fabric address', async () => {
-  await apply([slice('web', eps.map((e) => e.ip))]);
+  await apply([
+    slice(
+      'web',
+      eps.map((e) => e.ip),
+    ),
+  ]);
   const seen = new Map<string, number>();
   for (let i = 0; i < 30; i++) {
     const r = await curl(0, 'http://10.96.0.20:8080/');
@@ -86,7 +103,10 @@ test('ClusterIP: spread over endpoints on both nodes (the remote one answers thr
   }
   assert.deepEqual([...seen.keys()].sort(), ['ep0', 'ep1'], JSON.stringify([...seen]));
   // From the endpoint's view the client is the node's gateway: that is what brings replies back.
-  for (const [target, from] of [[0, 1], [1, 0]]) {
+  for (const [target, from] of [
+    [0, 1],
+    [1, 0],
+  ]) {
     const r = await curl(from, `http://${cluster.nodes[target].fabricIp}:30080/`);
     assert.match(r.stdout, /hostname=ep[01]/, `NodePort on node ${target} from node ${from}: ${r.stderr}`);
   }

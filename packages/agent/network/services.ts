@@ -48,8 +48,16 @@ export interface ServiceModel {
 }
 
 type Obj = Record<string, unknown>;
-interface SliceEndpoint { addresses?: string[]; conditions?: { ready?: boolean }; hostname?: string }
-interface SlicePort { name?: string; port?: number; protocol?: string }
+interface SliceEndpoint {
+  addresses?: string[];
+  conditions?: { ready?: boolean };
+  hostname?: string;
+}
+interface SlicePort {
+  name?: string;
+  port?: number;
+  protocol?: string;
+}
 
 const validIp = (s: unknown): string | undefined => {
   const v = typeof s === 'string' ? parseIPv4(s) : undefined;
@@ -81,7 +89,9 @@ export function serviceModels(services: readonly KubeObject[], slices: readonly 
     const clusterIP = headless ? undefined : validIp(spec.clusterIP);
     if (!headless && !clusterIP) continue; // not allocated yet
     const mySlices = byService.get(`${namespace}/${name}`) ?? [];
-    const readyEps = mySlices.flatMap((s) => ((s as Obj).endpoints as SliceEndpoint[] | undefined ?? []).filter((e) => e.conditions?.ready !== false).map((e) => ({ e, s })));
+    const readyEps = mySlices.flatMap((s) =>
+      (((s as Obj).endpoints as SliceEndpoint[] | undefined) ?? []).filter((e) => e.conditions?.ready !== false).map((e) => ({ e, s })),
+    );
     const ready = new Map<string, string | undefined>();
     for (const { e } of readyEps) {
       const a = validIp(e.addresses?.[0]);
@@ -95,18 +105,26 @@ export function serviceModels(services: readonly KubeObject[], slices: readonly 
       const pname = typeof p.name === 'string' ? p.name : '';
       const endpoints = new Map<string, number>();
       for (const { e, s } of readyEps) {
-        const sp = ((s as Obj).ports as SlicePort[] | undefined ?? []).find((x) => (x.name ?? '') === pname && (x.protocol ?? 'TCP') === protocol);
+        const sp = (((s as Obj).ports as SlicePort[] | undefined) ?? []).find((x) => (x.name ?? '') === pname && (x.protocol ?? 'TCP') === protocol);
         const a = validIp(e.addresses?.[0]);
         const tp = validPort(sp?.port);
         if (a && tp !== undefined && !endpoints.has(a)) endpoints.set(a, tp);
       }
       ports.push({
-        name: pname, protocol, port,
+        name: pname,
+        protocol,
+        port,
         nodePort: spec.type === 'NodePort' || spec.type === 'LoadBalancer' ? validPort(p.nodePort) : undefined,
         endpoints: [...endpoints].map(([ip, port]) => ({ ip, port })).sort((x, y) => cmpIp(x.ip, y.ip)),
       });
     }
-    out.push({ namespace, name, clusterIP, ports, ready: [...ready].map(([ip, hostname]) => ({ ip, ...(hostname ? { hostname } : {}) })).sort((x, y) => cmpIp(x.ip, y.ip)) });
+    out.push({
+      namespace,
+      name,
+      clusterIP,
+      ports,
+      ready: [...ready].map(([ip, hostname]) => ({ ip, ...(hostname ? { hostname } : {}) })).sort((x, y) => cmpIp(x.ip, y.ip)),
+    });
   }
   return out.sort((x, y) => `${x.namespace}/${x.name}`.localeCompare(`${y.namespace}/${y.name}`));
 }
@@ -129,7 +147,10 @@ export function servicesRuleset(models: readonly ServiceModel[]): string {
     for (const p of s.ports) {
       const l4 = p.protocol.toLowerCase();
       const what = `comment "${s.namespace}/${s.name}:${p.port}/${p.protocol}"`;
-      const matches = [`ip daddr ${s.clusterIP} ${l4} dport ${p.port}`, ...(p.nodePort !== undefined ? [`fib daddr type local ${l4} dport ${p.nodePort}`] : [])];
+      const matches = [
+        `ip daddr ${s.clusterIP} ${l4} dport ${p.port}`,
+        ...(p.nodePort !== undefined ? [`fib daddr type local ${l4} dport ${p.nodePort}`] : []),
+      ];
       if (p.endpoints.length === 0) {
         const how = p.protocol === 'TCP' ? 'reject with tcp reset' : 'reject with icmp type port-unreachable';
         for (const m of matches) reject.push(`    ${m} ${how} ${what}`);
@@ -139,10 +160,16 @@ export function servicesRuleset(models: readonly ServiceModel[]): string {
       for (const m of matches) dispatch.push(`    ${m} goto ${chain} ${what}`);
       // Every endpoint of one Service port has the same target port (the controller writes the
       // Service's targetPort number); the first one's is used.
-      const target = p.endpoints.length === 1
-        ? p.endpoints[0].ip
-        : `numgen random mod ${p.endpoints.length} map { ${p.endpoints.map((e, i) => `${i} : ${e.ip}`).join(', ')} }`;
-      chains.push(`  chain ${chain} {`, `    meta mark set meta mark | 0x${MASQ_MARK.toString(16)}`, `    meta l4proto ${l4} dnat to ${target}:${p.endpoints[0].port}`, '  }');
+      const target =
+        p.endpoints.length === 1
+          ? p.endpoints[0].ip
+          : `numgen random mod ${p.endpoints.length} map { ${p.endpoints.map((e, i) => `${i} : ${e.ip}`).join(', ')} }`;
+      chains.push(
+        `  chain ${chain} {`,
+        `    meta mark set meta mark | 0x${MASQ_MARK.toString(16)}`,
+        `    meta l4proto ${l4} dnat to ${target}:${p.endpoints[0].port}`,
+        '  }',
+      );
     }
   }
   return [
@@ -190,7 +217,10 @@ export function dnsHosts(models: readonly ServiceModel[]): string {
   const names = (n: string) => `${n}.svc.cluster.local ${n}.svc`;
   for (const s of models) {
     const base = `${s.name}.${s.namespace}`;
-    if (s.clusterIP !== undefined) { lines.push(`${s.clusterIP} ${names(base)}`); continue; }
+    if (s.clusterIP !== undefined) {
+      lines.push(`${s.clusterIP} ${names(base)}`);
+      continue;
+    }
     for (const e of s.ready) lines.push(`${e.ip} ${names(base)}`);
     for (const e of s.ready) if (e.hostname) lines.push(`${e.ip} ${names(`${e.hostname}.${base}`)}`);
   }
@@ -246,7 +276,10 @@ export class ServiceProxy extends Controller {
   private readonly dnsmasq: Dnsmasq;
   private rulesNow?: string;
 
-  constructor(client: Client, private readonly opts: ServiceProxyOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: ServiceProxyOptions,
+  ) {
     // One worker: each sync rebuilds everything, so two at once would only race.
     super('services', client, opts.log, 1);
     this.services = this.inform(refs.SERVICES, () => [SYNC]);
@@ -264,11 +297,16 @@ export class ServiceProxy extends Controller {
     const models = serviceModels(this.services.list(), this.slices.list());
     const rules = servicesRuleset(models);
     // Routes first: a rule for a ClusterIP is of no use to the node's own connections without one.
-    const routes = await syncServiceRoutes(this.opts.netns, models.flatMap((m) => (m.clusterIP ? [m.clusterIP] : [])));
+    const routes = await syncServiceRoutes(
+      this.opts.netns,
+      models.flatMap((m) => (m.clusterIP ? [m.clusterIP] : [])),
+    );
     if (rules !== this.rulesNow) {
       await installServicesRuleset(this.opts.netns, rules);
       const eps = models.reduce((k, m) => k + m.ports.reduce((j, p) => j + p.endpoints.length, 0), 0);
-      this.log(`services: ${models.length} Services, ${eps} endpoints in table ${SERVICES_TABLE}${routes.added.length || routes.removed.length ? ` (routes +${routes.added.length} -${routes.removed.length})` : ''}`);
+      this.log(
+        `services: ${models.length} Services, ${eps} endpoints in table ${SERVICES_TABLE}${routes.added.length || routes.removed.length ? ` (routes +${routes.added.length} -${routes.removed.length})` : ''}`,
+      );
       this.rulesNow = rules;
     }
     await this.dnsmasq.setDnsHosts(dnsHosts(models));

@@ -14,7 +14,7 @@ const ZERO_MAC = '00:00:00:00:00:00';
 /** Creates (or re-creates, when its VNI, port or local address differ) the VXLAN device. */
 export async function ensureVxlan(ns: NetNs, localIp: string, mtu = VM_MTU): Promise<void> {
   const d = await linkDetails(ns, VXLAN);
-  const info = (d?.linkinfo as { info_kind?: string; info_data?: { id?: number; port?: number; local?: string; learning?: boolean } } | undefined);
+  const info = d?.linkinfo as { info_kind?: string; info_data?: { id?: number; port?: number; local?: string; learning?: boolean } } | undefined;
   const data = info?.info_data;
   const same = info?.info_kind === 'vxlan' && data?.id === VNI && data?.port === VXLAN_PORT && data?.local === localIp && data?.learning === false;
   if (d && !same) await ip(ns, ['link', 'del', VXLAN]);

@@ -17,16 +17,7 @@ import { fileURLToPath } from 'node:url';
 import type { V1Volume } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { applyVmiSpecDefaults } from '@vessel/api';
 import { parse } from 'yaml';
-import {
-  blockNodeNames,
-  buildQemuArgv,
-  derivedMac,
-  efiRequirements,
-  supportedSpecFields,
-  VmSpecError,
-  type QemuArgv,
-  type QemuInput,
-} from './argv.ts';
+import { blockNodeNames, buildQemuArgv, derivedMac, efiRequirements, supportedSpecFields, VmSpecError, type QemuArgv, type QemuInput } from './argv.ts';
 import { buildCloudInitIso, cloudInitIsoOptions } from './cloudinit.ts';
 
 const TESTDATA = fileURLToPath(new URL('./testdata/', import.meta.url));
@@ -127,12 +118,18 @@ describe('refused specs name every field', () => {
         /^VirtualMachineInstance default\/lun-vm cannot be started: spec\.domain\.devices\.disks\[0\]\.lun: Unsupported field/.test(e.message),
     );
     const m = loadCase('error-missing-volumes');
-    assert.throws(() => buildQemuArgv(inputOf(m)), (e: unknown) => e instanceof VmSpecError && e.code === 'InvalidVmSpec');
+    assert.throws(
+      () => buildQemuArgv(inputOf(m)),
+      (e: unknown) => e instanceof VmSpecError && e.code === 'InvalidVmSpec',
+    );
     // A value named like an Object.prototype member is a refused value, not a crash.
     const p = inputOf(loadCase('minimal'));
     const disks = p.vmi.spec?.domain.devices.disks ?? [];
     disks[0] = { ...disks[0], errorPolicy: 'toString' };
-    assert.throws(() => buildQemuArgv(p), (e: unknown) => e instanceof VmSpecError && e.causes.some((x) => x.field === 'spec.domain.devices.disks[0].errorPolicy'));
+    assert.throws(
+      () => buildQemuArgv(p),
+      (e: unknown) => e instanceof VmSpecError && e.causes.some((x) => x.field === 'spec.domain.devices.disks[0].errorPolicy'),
+    );
   });
 
   test('bad agent input is a TypeError, not a spec error', () => {
@@ -209,7 +206,10 @@ test('vCPUs from CPU quantities: a zero one counts as unset (as in KubeVirt), a 
   assert.equal(smp({ requests: { memory: '128Mi', cpu: '0' } }), '1,sockets=1,cores=1,threads=1');
   assert.equal(smp({ requests: { memory: '128Mi', cpu: '3' }, limits: { cpu: '0' } }), '3,sockets=3,cores=1,threads=1');
   assert.equal(smp({ requests: { memory: '128Mi', cpu: '1500m' }, limits: { cpu: 2 } }), '2,sockets=2,cores=1,threads=1');
-  assert.throws(() => smp({ requests: { memory: '128Mi', cpu: '-1' } }), (e: unknown) => e instanceof VmSpecError && e.causes[0].field === 'spec.domain.resources.requests.cpu');
+  assert.throws(
+    () => smp({ requests: { memory: '128Mi', cpu: '-1' } }),
+    (e: unknown) => e instanceof VmSpecError && e.causes[0].field === 'spec.domain.resources.requests.cpu',
+  );
 });
 
 test('a disk and an interface with the same name would share a device id', () => {
@@ -219,7 +219,11 @@ test('a disk and an interface with the same name would share a device id', () =>
   spec.volumes = [{ name: 'default', containerDisk: { image: 'x' } }];
   assert.throws(
     () => buildQemuArgv({ ...input, vmi: { ...input.vmi, spec }, volumes: { default: { path: '/x.qcow2', format: 'qcow2' } } }),
-    (e: unknown) => e instanceof VmSpecError && e.causes.length === 1 && e.causes[0].field === 'spec.domain.devices.disks[0].name' && e.causes[0].reason === 'FieldValueDuplicate',
+    (e: unknown) =>
+      e instanceof VmSpecError &&
+      e.causes.length === 1 &&
+      e.causes[0].field === 'spec.domain.devices.disks[0].name' &&
+      e.causes[0].reason === 'FieldValueDuplicate',
   );
 });
 

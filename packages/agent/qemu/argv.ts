@@ -51,9 +51,7 @@ export interface HostForward {
 }
 
 /** The backend the agent chose for one interface (by interface name). */
-export type QemuNetwork =
-  | { kind: 'user'; hostForwards?: HostForward[]; mac?: string }
-  | { kind: 'tap'; ifname: string; vhost?: boolean; mac?: string };
+export type QemuNetwork = { kind: 'user'; hostForwards?: HostForward[]; mac?: string } | { kind: 'tap'; ifname: string; vhost?: boolean; mac?: string };
 
 export interface QemuInput {
   vmi: { metadata: { name: string; namespace: string; uid?: string }; spec: V1VirtualMachineInstanceSpec };

@@ -20,11 +20,7 @@ function isoinfo(args: string[]): string {
 }
 const label = (iso: string): string | undefined => /^Volume id: (.*)$/m.exec(isoinfo(['-d', '-i', iso]))?.[1]?.trim();
 /** Paths in the ISO by their Rock Ridge names (what Linux shows when it mounts it). */
-const files = (iso: string): string[] =>
-  isoinfo(['-f', '-R', '-i', iso])
-    .split('\n')
-    .filter(Boolean)
-    .sort();
+const files = (iso: string): string[] => isoinfo(['-f', '-R', '-i', iso]).split('\n').filter(Boolean).sort();
 const extract = (iso: string, path: string): string => isoinfo(['-R', '-x', path, '-i', iso]);
 
 describe('cloud-init seed ISOs', { skip: haveTools ? false : 'genisoimage or isoinfo missing' }, () => {

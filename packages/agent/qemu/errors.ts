@@ -41,6 +41,9 @@ export class QemuLaunchError extends QemuProcessError {
  * error that stopped it), without the "qemu-system-x86_64: " prefix.
  */
 export function firstQemuLine(stderr: string): string {
-  const lines = stderr.split('\n').map((l) => l.trim().replace(/^qemu-system-[\w-]+:\s*/, '')).filter((l) => l.length > 0);
+  const lines = stderr
+    .split('\n')
+    .map((l) => l.trim().replace(/^qemu-system-[\w-]+:\s*/, ''))
+    .filter((l) => l.length > 0);
   return lines.find((l) => !/^warning:/i.test(l)) ?? lines[0] ?? '';
 }

@@ -11,12 +11,24 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
-  cgroup2Mount, cgroupSettings, DEFAULT_QEMU_PRIORITY, detectCgroupV2, joinCgroup, ownCgroupV2Path, parseQemuPriority,
-  prepareCgroupParent, removeVmCgroup, vmCgroup, wrapLaunch, type CgroupProbe,
+  cgroup2Mount,
+  cgroupSettings,
+  DEFAULT_QEMU_PRIORITY,
+  detectCgroupV2,
+  joinCgroup,
+  ownCgroupV2Path,
+  parseQemuPriority,
+  prepareCgroupParent,
+  removeVmCgroup,
+  vmCgroup,
+  wrapLaunch,
+  type CgroupProbe,
 } from './priority.ts';
 
 const dirs: string[] = [];
-after(async () => { for (const d of dirs) await rm(d, { recursive: true, force: true }); });
+after(async () => {
+  for (const d of dirs) await rm(d, { recursive: true, force: true });
+});
 
 test('--qemu-priority: default nice 10 + SCHED_BATCH + cgroups; off; lists override the default; bad items are refused', () => {
   assert.deepEqual(parseQemuPriority('default'), { nice: 10, batch: true, cgroups: true });
@@ -29,11 +41,17 @@ test('--qemu-priority: default nice 10 + SCHED_BATCH + cgroups; off; lists overr
   assert.throws(() => parseQemuPriority('idle'), /unknown item "idle"/);
 });
 
-test('QEMU is exec\'d through nice and chrt --batch so it starts with them; missing tools or priority off leave it alone', () => {
+test("QEMU is exec'd through nice and chrt --batch so it starts with them; missing tools or priority off leave it alone", () => {
   const tools = { nice: '/usr/bin/nice', chrt: '/usr/bin/chrt' };
-  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 10, batch: true, tools }), { file: '/usr/bin/nice', args: ['-n', '10', '/usr/bin/chrt', '--batch', '0', 'qemu', '-m', '96'] });
+  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 10, batch: true, tools }), {
+    file: '/usr/bin/nice',
+    args: ['-n', '10', '/usr/bin/chrt', '--batch', '0', 'qemu', '-m', '96'],
+  });
   assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 0, batch: true, tools }), { file: '/usr/bin/chrt', args: ['--batch', '0', 'qemu', '-m', '96'] });
-  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 5, batch: true, tools: { nice: '/bin/nice' } }), { file: '/bin/nice', args: ['-n', '5', 'qemu', '-m', '96'] });
+  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 5, batch: true, tools: { nice: '/bin/nice' } }), {
+    file: '/bin/nice',
+    args: ['-n', '5', 'qemu', '-m', '96'],
+  });
   assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 0, batch: false, tools }), { file: 'qemu', args: ['-m', '96'] });
   assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], undefined), { file: 'qemu', args: ['-m', '96'] });
 });
@@ -41,7 +59,10 @@ test('QEMU is exec\'d through nice and chrt --batch so it starts with them; miss
 test('a node namespace (dev cluster) puts nsenter in front of the priority chain', () => {
   const tools = { nice: '/usr/bin/nice', chrt: '/usr/bin/chrt' };
   const ns = ['nsenter', '--net=/run/netns/vsl-ab12-n0', '--'];
-  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 10, batch: true, tools }, ns), { file: 'nsenter', args: ['--net=/run/netns/vsl-ab12-n0', '--', '/usr/bin/nice', '-n', '10', '/usr/bin/chrt', '--batch', '0', 'qemu', '-m', '96'] });
+  assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], { nice: 10, batch: true, tools }, ns), {
+    file: 'nsenter',
+    args: ['--net=/run/netns/vsl-ab12-n0', '--', '/usr/bin/nice', '-n', '10', '/usr/bin/chrt', '--batch', '0', 'qemu', '-m', '96'],
+  });
   assert.deepEqual(wrapLaunch('qemu', ['-m', '96'], undefined, ns), { file: 'nsenter', args: ['--net=/run/netns/vsl-ab12-n0', '--', 'qemu', '-m', '96'] });
 });
 
@@ -66,7 +87,9 @@ test('cgroup v2 detection: a delegated unit with cpu and memory is used; hybrid,
   assert.equal(ownCgroupV2Path('4:memory:/x\n1:cpu:/\n'), undefined);
 
   const unitDir = `/sys/fs/cgroup${UNIT}`;
-  const delegated = fakeHost({ '/p/mountinfo': V2_MOUNTINFO, '/p/cgroup': `0::${UNIT}\n`, [`${unitDir}/cgroup.controllers`]: 'cpuset cpu io memory pids\n' }, [unitDir]);
+  const delegated = fakeHost({ '/p/mountinfo': V2_MOUNTINFO, '/p/cgroup': `0::${UNIT}\n`, [`${unitDir}/cgroup.controllers`]: 'cpuset cpu io memory pids\n' }, [
+    unitDir,
+  ]);
   assert.deepEqual(await detectCgroupV2(delegated, '/p'), { kind: 'v2', parent: `${unitDir}/vms` });
 
   const notDelegated = fakeHost({ '/p/mountinfo': V2_MOUNTINFO, '/p/cgroup': `0::${UNIT}\n`, [`${unitDir}/cgroup.controllers`]: 'cpu memory pids' });
@@ -75,7 +98,10 @@ test('cgroup v2 detection: a delegated unit with cpu and memory is used; hybrid,
   assert.match(r1.kind === 'none' ? r1.reason : '', /not delegated/);
 
   // This development machine's layout: v1 controllers, an empty-handed v2 mount beside them.
-  const hybrid = fakeHost({ '/p/mountinfo': HYBRID_MOUNTINFO, '/p/cgroup': '4:memory:/process_api/x\n1:cpu:/\n0::/\n', '/sys/fs/cgroup/unified/cgroup.controllers': 'hugetlb\n' }, ['/sys/fs/cgroup/unified']);
+  const hybrid = fakeHost(
+    { '/p/mountinfo': HYBRID_MOUNTINFO, '/p/cgroup': '4:memory:/process_api/x\n1:cpu:/\n0::/\n', '/sys/fs/cgroup/unified/cgroup.controllers': 'hugetlb\n' },
+    ['/sys/fs/cgroup/unified'],
+  );
   const r2 = await detectCgroupV2(hybrid, '/p');
   assert.equal(r2.kind, 'none');
   assert.match(r2.kind === 'none' ? r2.reason : '', /no cpu or memory controller/);
@@ -84,7 +110,14 @@ test('cgroup v2 detection: a delegated unit with cpu and memory is used; hybrid,
   assert.deepEqual(await detectCgroupV2(v1, '/p'), { kind: 'none', reason: 'no cgroup v2 hierarchy is mounted' });
 
   // A container whose cgroup namespace root is the mount's root: its own path is below it.
-  const nested = fakeHost({ '/p/mountinfo': '25 1 0:22 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw', '/p/cgroup': '0::/kubepods/pod1/c\n', '/sys/fs/cgroup/c/cgroup.controllers': 'cpu memory' }, ['/sys/fs/cgroup/c']);
+  const nested = fakeHost(
+    {
+      '/p/mountinfo': '25 1 0:22 /kubepods/pod1 /sys/fs/cgroup rw - cgroup2 cgroup2 rw',
+      '/p/cgroup': '0::/kubepods/pod1/c\n',
+      '/sys/fs/cgroup/c/cgroup.controllers': 'cpu memory',
+    },
+    ['/sys/fs/cgroup/c'],
+  );
   assert.deepEqual(await detectCgroupV2(nested, '/p'), { kind: 'v2', parent: '/sys/fs/cgroup/c/vms' });
 });
 
@@ -98,7 +131,11 @@ test('this host: VM cgroups are used only where a v2 group with cpu and memory i
 test('cgroup settings: CPU requests as kubelet weights, CPU limits as a quota, memory plus overhead', () => {
   const Mi = 1024 * 1024;
   // kubelet: 1 CPU = 1024 shares = weight 39; 30m = 31 shares = weight 2; the minimum is 1.
-  assert.deepEqual(cgroupSettings({ requests: { cpu: '1', memory: '1Gi' } }, 'kvm'), { 'cpu.weight': '39', 'cpu.max': 'max 100000', 'memory.max': String(1024 * Mi + 128 * Mi) });
+  assert.deepEqual(cgroupSettings({ requests: { cpu: '1', memory: '1Gi' } }, 'kvm'), {
+    'cpu.weight': '39',
+    'cpu.max': 'max 100000',
+    'memory.max': String(1024 * Mi + 128 * Mi),
+  });
   assert.equal(cgroupSettings({ requests: { cpu: '30m' } }, 'tcg')['cpu.weight'], '2');
   assert.equal(cgroupSettings({ requests: { cpu: '1m' } }, 'tcg')['cpu.weight'], '1');
   assert.equal(cgroupSettings({ requests: { cpu: '4' } }, 'tcg')['cpu.weight'], '157');
@@ -107,10 +144,13 @@ test('cgroup settings: CPU requests as kubelet weights, CPU limits as a quota, m
   assert.equal(cgroupSettings({}, 'tcg')['cpu.weight'], cgroupSettings({ requests: { cpu: '100m' } }, 'tcg')['cpu.weight']);
   assert.equal(cgroupSettings({ limits: { cpu: '500m' } }, 'tcg')['cpu.max'], '50000 100000');
   assert.equal(cgroupSettings({ limits: { cpu: '2' } }, 'tcg')['cpu.max'], '200000 100000');
-  assert.equal(cgroupSettings({ limits: { cpu: '1m' } }, 'tcg')['cpu.max'], '1000 100000', 'the kernel\'s smallest quota');
+  assert.equal(cgroupSettings({ limits: { cpu: '1m' } }, 'tcg')['cpu.max'], '1000 100000', "the kernel's smallest quota");
   // The largest of limit, request and guest memory, plus TCG's overhead; nothing known: no limit.
   assert.equal(cgroupSettings({ requests: { memory: '96Mi' } }, 'tcg')['memory.max'], String(96 * Mi + 256 * Mi));
-  assert.equal(cgroupSettings({ requests: { memory: '96Mi' }, limits: { memory: '512Mi' }, guestMemory: '256Mi' }, 'tcg')['memory.max'], String(512 * Mi + 256 * Mi));
+  assert.equal(
+    cgroupSettings({ requests: { memory: '96Mi' }, limits: { memory: '512Mi' }, guestMemory: '256Mi' }, 'tcg')['memory.max'],
+    String(512 * Mi + 256 * Mi),
+  );
   assert.equal(cgroupSettings({ guestMemory: '2Gi' }, 'kvm')['memory.max'], String(2048 * Mi + 128 * Mi));
   assert.equal(cgroupSettings({}, 'kvm')['memory.max'], 'max');
 });

@@ -54,7 +54,8 @@ export function parseQemuPriority(spec: string): QemuPriority {
       out.nice = n;
     } else if (part === 'batch' || part === 'no-batch') out.batch = part === 'batch';
     else if (part === 'cgroups' || part === 'no-cgroups') out.cgroups = part === 'cgroups';
-    else throw new Error(`--qemu-priority: unknown item ${JSON.stringify(part)}; use off, default, or a list of nice=0..19, batch, no-batch, cgroups, no-cgroups`);
+    else
+      throw new Error(`--qemu-priority: unknown item ${JSON.stringify(part)}; use off, default, or a list of nice=0..19, batch, no-batch, cgroups, no-cgroups`);
   }
   return out;
 }
@@ -81,7 +82,12 @@ export async function findPriorityTools(env: NodeJS.ProcessEnv = process.env): P
 
 /** `name` resolved against PATH (a name with a slash as it is), when it is an executable file. */
 export async function findExecutable(name: string, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
-  const candidates = name.includes('/') ? [name] : (env.PATH ?? '/usr/local/bin:/usr/bin:/bin').split(':').filter(Boolean).map((d) => path.join(d, name));
+  const candidates = name.includes('/')
+    ? [name]
+    : (env.PATH ?? '/usr/local/bin:/usr/bin:/bin')
+        .split(':')
+        .filter(Boolean)
+        .map((d) => path.join(d, name));
   for (const c of candidates) {
     try {
       await access(c, constants.X_OK);
@@ -98,7 +104,12 @@ export async function findExecutable(name: string, env: NodeJS.ProcessEnv = proc
  * binary argv...` (each tool execs the next, so the QEMU process itself carries the setting and
  * every thread it makes inherits it). Pure.
  */
-export function wrapLaunch(binary: string, argv: readonly string[], prio: Pick<LaunchPriority, 'nice' | 'batch' | 'tools'> | undefined, prefix: readonly string[] = []): { file: string; args: string[] } {
+export function wrapLaunch(
+  binary: string,
+  argv: readonly string[],
+  prio: Pick<LaunchPriority, 'nice' | 'batch' | 'tools'> | undefined,
+  prefix: readonly string[] = [],
+): { file: string; args: string[] } {
   // `prefix` goes first (e.g. `nsenter --net=/run/netns/NS --`, which execs the rest in the node's namespace).
   const chain: string[] = [...prefix];
   if (prio && prio.nice > 0 && prio.tools.nice) chain.push(prio.tools.nice, '-n', String(prio.nice));
@@ -132,8 +143,16 @@ export interface CgroupProbe {
 }
 
 export const hostCgroupProbe: CgroupProbe = {
-  readFile: (f) => readFile(f, 'utf8').then((t) => t, () => undefined),
-  writable: (d) => access(d, constants.W_OK).then(() => true, () => false),
+  readFile: (f) =>
+    readFile(f, 'utf8').then(
+      (t) => t,
+      () => undefined,
+    ),
+  writable: (d) =>
+    access(d, constants.W_OK).then(
+      () => true,
+      () => false,
+    ),
 };
 
 /** The cgroup v2 mount point (and the hierarchy path mounted there) from /proc/self/mountinfo. */
@@ -265,9 +284,13 @@ export interface HostPriority {
  * What of `policy` this host can do: the tools found, and a prepared cgroup v2 parent when
  * delegated. Never fails: a missing piece is logged and skipped, the rest still applies.
  */
-export async function resolveQemuPriority(policy: QemuPriority, log: (line: string) => void = () => {}, probe: CgroupProbe = hostCgroupProbe): Promise<HostPriority> {
+export async function resolveQemuPriority(
+  policy: QemuPriority,
+  log: (line: string) => void = () => {},
+  probe: CgroupProbe = hostCgroupProbe,
+): Promise<HostPriority> {
   const tools = await findPriorityTools();
-  if (policy.nice > 0 && !tools.nice) log('agent: `nice` (coreutils) is not in PATH: QEMU runs at the agent\'s niceness');
+  if (policy.nice > 0 && !tools.nice) log("agent: `nice` (coreutils) is not in PATH: QEMU runs at the agent's niceness");
   if (policy.batch && !tools.chrt) log('agent: `chrt` (util-linux) is not in PATH: QEMU runs without SCHED_BATCH');
   const out: HostPriority = { nice: policy.nice, batch: policy.batch, tools };
   if (!policy.cgroups) {
@@ -285,6 +308,8 @@ export async function resolveQemuPriority(policy: QemuPriority, log: (line: stri
       out.cgroupReason = support.reason;
     }
   }
-  log(`agent: QEMU runs at nice ${policy.nice}${policy.batch && tools.chrt ? ', SCHED_BATCH' : ''}; ${out.cgroupParent ? `a cgroup per VM under ${out.cgroupParent}` : `no VM cgroups (${out.cgroupReason})`}`);
+  log(
+    `agent: QEMU runs at nice ${policy.nice}${policy.batch && tools.chrt ? ', SCHED_BATCH' : ''}; ${out.cgroupParent ? `a cgroup per VM under ${out.cgroupParent}` : `no VM cgroups (${out.cgroupReason})`}`,
+  );
   return out;
 }

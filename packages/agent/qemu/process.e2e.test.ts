@@ -15,19 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { QemuLaunchError, QemuProcessError } from './errors.ts';
-import {
-  adopt,
-  attachSerial,
-  launch,
-  listRunDirs,
-  probe,
-  readSerialLog,
-  runDirFiles,
-  serialLogSize,
-  terminate,
-  waitExit,
-  waitForSerial,
-} from './process.ts';
+import { adopt, attachSerial, launch, listRunDirs, probe, readSerialLog, runDirFiles, serialLogSize, terminate, waitExit, waitForSerial } from './process.ts';
 import { findPriorityTools, type LaunchPriority } from './priority.ts';
 
 let guest: TinyGuest;
@@ -59,9 +47,28 @@ function overlay(name: string): string {
 
 function tinyArgv(disk: string, extra: string[] = []): string[] {
   return [
-    '-machine', 'q35', '-accel', 'tcg', '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
-    '-drive', `file=${disk},format=qcow2,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0',
-    '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
+    '-machine',
+    'q35',
+    '-accel',
+    'tcg',
+    '-m',
+    '256',
+    '-smp',
+    '1',
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-drive',
+    `file=${disk},format=qcow2,if=none,id=d0`,
+    '-device',
+    'virtio-blk-pci,drive=d0',
+    '-kernel',
+    guest.kernel,
+    '-initrd',
+    guest.initrd,
+    '-append',
+    guest.cmdline,
     ...extra,
   ];
 }
@@ -133,7 +140,10 @@ test('launch detached, pause and resume, re-adopt after an agent restart, ACPI p
   const resumeEv = qmp.waitForEvent('RESUME', { timeoutMs: 10_000 });
   await qmp.execute('cont');
   await resumeEv;
-  assert.deepEqual(events.map((e) => e.event), ['STOP', 'RESUME']);
+  assert.deepEqual(
+    events.map((e) => e.event),
+    ['STOP', 'RESUME'],
+  );
   log('paused and resumed');
 
   // The agent restarts: its client goes away, a new agent finds the VM from the run directory.
@@ -148,7 +158,10 @@ test('launch detached, pause and resume, re-adopt after an agent restart, ACPI p
   assert.deepEqual(adopted.meta.meta, { generation: '3' });
   assert.ok(adopted.meta.argv?.some((a) => a.includes(disk)));
   const listed = await listRunDirs(root);
-  assert.deepEqual(listed.map((v) => [v.runDir, v.pid]), [[files.dir, pid]]);
+  assert.deepEqual(
+    listed.map((v) => [v.runDir, v.pid]),
+    [[files.dir, pid]],
+  );
 
   const afterRestart = await serialLogSize(runDir);
   qmp = await connect(files.qmp);
@@ -202,7 +215,7 @@ test('launch detached, pause and resume, re-adopt after an agent restart, ACPI p
   assert.equal(existsSync(files.serialLog), true, 'serial.log stays for post-mortems');
 });
 
-test('a launch that fails throws QEMU\'s reason and leaves no process; owned options are refused', async () => {
+test("a launch that fails throws QEMU's reason and leaves no process; owned options are refused", async () => {
   const runDir = join(root, 'vm2');
   started.push(runDir);
   const missing = join(root, 'missing.qcow2');
@@ -280,12 +293,18 @@ test('stale pidfile with a recycled pid: adopt refuses it, launch works; the VM 
   // argv builder's conventions: its own serial device and guest agent port on chardevs
   // serial0/qga0, which launch() defines; and a VNC socket.
   const builderStyle = [
-    '-device', 'isa-serial,chardev=serial0,id=serial0',
-    '-device', 'virtio-serial-pci,id=virtio-serial0',
-    '-device', 'virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0',
+    '-device',
+    'isa-serial,chardev=serial0,id=serial0',
+    '-device',
+    'virtio-serial-pci,id=virtio-serial0',
+    '-device',
+    'virtserialport,bus=virtio-serial0.0,chardev=qga0,name=org.qemu.guest_agent.0',
     '-S',
   ];
-  const chardevs = [{ id: 'serial0', role: 'serial-console' }, { id: 'qga0', role: 'guest-agent' }];
+  const chardevs = [
+    { id: 'serial0', role: 'serial-console' },
+    { id: 'qga0', role: 'guest-agent' },
+  ];
   const script = join(root, 'agent.mts');
   const processTs = fileURLToPath(new URL('./process.ts', import.meta.url));
   await writeFile(

@@ -168,7 +168,8 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
 
   const argv = [...opts.argv, ...runDirArgs(files, opts)];
   const prio = opts.priority;
-  if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.netns)) throw new QemuProcessError('InvalidArgument', `bad network namespace ${JSON.stringify(opts.netns)}`);
+  if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.netns))
+    throw new QemuProcessError('InvalidArgument', `bad network namespace ${JSON.stringify(opts.netns)}`);
   const command = wrapLaunch(binary, argv, prio, opts.netns === undefined ? [] : ['nsenter', `--net=/run/netns/${opts.netns}`, '--']);
   // Through nice/chrt a missing QEMU would be their exit 127; say it the way spawn would.
   const missing = command.file !== binary && (await findExecutable(binary, opts.env ?? process.env)) === undefined;
@@ -178,11 +179,11 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   try {
     outcome = missing
       ? { error: Object.assign(new Error(`spawn ${binary} ENOENT`), { code: 'ENOENT' }) }
-      // The launcher joins the VM's cgroup at once, so the daemon it forks is born there.
-      : await runLauncher(command.file, command.args, log.fd, opts.env, timeoutMs, (pid) => {
-        // Best effort: the agent moves the daemon into the cgroup again after start, and that move's failure is reported.
-        if (prio?.cgroupDir) joins.push(joinCgroup(prio.cgroupDir, pid).catch(() => undefined));
-      });
+      : // The launcher joins the VM's cgroup at once, so the daemon it forks is born there.
+        await runLauncher(command.file, command.args, log.fd, opts.env, timeoutMs, (pid) => {
+          // Best effort: the agent moves the daemon into the cgroup again after start, and that move's failure is reported.
+          if (prio?.cgroupDir) joins.push(joinCgroup(prio.cgroupDir, pid).catch(() => undefined));
+        });
   } finally {
     await Promise.all(joins);
     await log.close();
@@ -190,13 +191,20 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
 
   if ('error' in outcome) {
     await removeStale(files);
-    throw new QemuLaunchError('LaunchFailed', `cannot run ${binary}: ${outcome.error.message}; install qemu-system-x86 or pass the right binary`, '', null, { cause: outcome.error });
+    throw new QemuLaunchError('LaunchFailed', `cannot run ${binary}: ${outcome.error.message}; install qemu-system-x86 or pass the right binary`, '', null, {
+      cause: outcome.error,
+    });
   }
   if (outcome.timedOut || outcome.code !== 0) {
     await killLeftover(files);
     const stderr = await readText(files.log);
     if (outcome.timedOut) {
-      throw new QemuLaunchError('StartTimeout', `QEMU did not finish starting within ${timeoutMs} ms and was killed: ${firstQemuLine(stderr) || 'no error output'}; the host may be overloaded, see ${files.log}`, stderr, null);
+      throw new QemuLaunchError(
+        'StartTimeout',
+        `QEMU did not finish starting within ${timeoutMs} ms and was killed: ${firstQemuLine(stderr) || 'no error output'}; the host may be overloaded, see ${files.log}`,
+        stderr,
+        null,
+      );
     }
     const reason = firstQemuLine(stderr) || `exit ${outcome.code ?? outcome.signal}, no error output (see ${files.log})`;
     throw new QemuLaunchError('LaunchFailed', `QEMU failed to start: ${reason}`, stderr, outcome.code);
@@ -221,7 +229,9 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
         await joinCgroup(prio.cgroupDir, pid);
       } catch (err) {
         await killLeftover(files);
-        throw new QemuLaunchError('LaunchFailed', `cannot move QEMU (pid ${pid}) into its cgroup ${prio.cgroupDir}: ${(err as Error).message}`, '', null, { cause: err });
+        throw new QemuLaunchError('LaunchFailed', `cannot move QEMU (pid ${pid}) into its cgroup ${prio.cgroupDir}: ${(err as Error).message}`, '', null, {
+          cause: err,
+        });
       }
     }
   }
@@ -235,7 +245,9 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
   } catch (err) {
     await killLeftover(files);
     const stderr = await readText(files.log);
-    throw new QemuLaunchError('StartTimeout', `QEMU started (pid ${pid}) but QMP did not answer, so it was killed: ${(err as Error).message}`, stderr, null, { cause: err });
+    throw new QemuLaunchError('StartTimeout', `QEMU started (pid ${pid}) but QMP did not answer, so it was killed: ${(err as Error).message}`, stderr, null, {
+      cause: err,
+    });
   }
   return { pid, files, serialOffset };
 }
@@ -273,7 +285,10 @@ export async function probe(runDir: string): Promise<number | undefined> {
 export async function listRunDirs(root: string): Promise<RunningVm[]> {
   let names: string[];
   try {
-    names = (await readdir(root, { withFileTypes: true })).filter((e) => e.isDirectory()).map((e) => e.name).sort();
+    names = (await readdir(root, { withFileTypes: true }))
+      .filter((e) => e.isDirectory())
+      .map((e) => e.name)
+      .sort();
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw err;
@@ -346,7 +361,13 @@ export function attachSerial(runDir: string, opts: { timeoutMs?: number } = {}):
     const onError = (err: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       socket.destroy();
-      reject(new QemuProcessError('Exited', `cannot attach to the serial console ${file} (${err.code ?? err.message}): is the VM running? Its output so far is in serial.log`, { cause: err }));
+      reject(
+        new QemuProcessError(
+          'Exited',
+          `cannot attach to the serial console ${file} (${err.code ?? err.message}): is the VM running? Its output so far is in serial.log`,
+          { cause: err },
+        ),
+      );
     };
     socket.once('error', onError);
   });
@@ -383,7 +404,8 @@ export interface WaitSerialOptions {
  */
 export async function waitForSerial(runDir: string, pattern: RegExp | string, timeoutMs: number, opts: WaitSerialOptions = {}): Promise<SerialMatch> {
   const file = runDirFiles(runDir).serialLog;
-  const re = typeof pattern === 'string' ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, ''));
+  const re =
+    typeof pattern === 'string' ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')) : new RegExp(pattern.source, pattern.flags.replace(/[gy]/g, ''));
   const pollMs = opts.pollMs ?? 100;
   const deadline = Date.now() + timeoutMs;
   let pos = opts.since ?? 0;
@@ -446,12 +468,16 @@ function checkArgv(argv: readonly string[], opts: LaunchOptions): void {
     throw new QemuProcessError('InvalidArgument', `chardevs lists a role twice (${roles.join(', ')}): the run directory has one serial.sock and one qga.sock`);
   }
   for (const c of opts.chardevs ?? []) {
-    if (!/^[A-Za-z][\w.-]*$/.test(c.id)) throw new QemuProcessError('InvalidArgument', `chardev id ${JSON.stringify(c.id)} is not a QEMU id: use letters, digits, '-', '.', '_'`);
+    if (!/^[A-Za-z][\w.-]*$/.test(c.id))
+      throw new QemuProcessError('InvalidArgument', `chardev id ${JSON.stringify(c.id)} is not a QEMU id: use letters, digits, '-', '.', '_'`);
   }
   for (const a of argv) {
     const opt = a.startsWith('--') ? a.slice(1) : a;
     if (OWNED_OPTIONS.has(opt)) {
-      throw new QemuProcessError('InvalidArgument', `argv must not contain ${a}: launch() sets the run directory's sockets, pidfile, logging and daemon mode itself (see the chardevs, vnc and noShutdown options)`);
+      throw new QemuProcessError(
+        'InvalidArgument',
+        `argv must not contain ${a}: launch() sets the run directory's sockets, pidfile, logging and daemon mode itself (see the chardevs, vnc and noShutdown options)`,
+      );
     }
   }
 }
@@ -459,22 +485,25 @@ function checkArgv(argv: readonly string[], opts: LaunchOptions): void {
 function checkRunDir(files: RunDirFiles): void {
   // QEMU's option syntax splits on commas; doubling them works for chardevs but not everywhere.
   if (files.dir.includes(',') || files.dir.includes('\n')) {
-    throw new QemuProcessError('InvalidRunDir', `run directory ${files.dir} contains a comma or newline, which QEMU's option syntax cannot carry: use a plain path`);
+    throw new QemuProcessError(
+      'InvalidRunDir',
+      `run directory ${files.dir} contains a comma or newline, which QEMU's option syntax cannot carry: use a plain path`,
+    );
   }
   const sockets = [files.qmp, files.serial, files.vnc, files.qga];
   for (const s of sockets) {
     if (Buffer.byteLength(s) > MAX_SOCKET_PATH) {
-      throw new QemuProcessError('InvalidRunDir', `socket path ${s} is longer than the ${MAX_SOCKET_PATH} bytes a unix socket allows: use a shorter run directory root`);
+      throw new QemuProcessError(
+        'InvalidRunDir',
+        `socket path ${s} is longer than the ${MAX_SOCKET_PATH} bytes a unix socket allows: use a shorter run directory root`,
+      );
     }
   }
 }
 
 /** The run-directory options appended to the caller's argv. */
 function runDirArgs(files: RunDirFiles, opts: LaunchOptions): string[] {
-  const args = [
-    '-chardev', `socket,id=${CHARDEV_IDS.qmp},path=${files.qmp},server=on,wait=off`,
-    '-mon', `chardev=${CHARDEV_IDS.qmp},mode=control`,
-  ];
+  const args = ['-chardev', `socket,id=${CHARDEV_IDS.qmp},path=${files.qmp},server=on,wait=off`, '-mon', `chardev=${CHARDEV_IDS.qmp},mode=control`];
   const chardevs = opts.chardevs ?? [{ id: CHARDEV_IDS.serial, role: 'serial-console' }];
   for (const c of chardevs) {
     if (c.role === 'serial-console') {
@@ -500,7 +529,14 @@ type LauncherOutcome = { error: Error } | { timedOut: boolean; code: number | nu
  * Runs the launching QEMU process. With -daemonize it exits once the daemon has initialised
  * (0) or failed (1), so its exit status is the startup verdict; the daemon is not our child.
  */
-function runLauncher(binary: string, argv: string[], logFd: number, env: NodeJS.ProcessEnv | undefined, timeoutMs: number, onSpawn?: (pid: number) => void): Promise<LauncherOutcome> {
+function runLauncher(
+  binary: string,
+  argv: string[],
+  logFd: number,
+  env: NodeJS.ProcessEnv | undefined,
+  timeoutMs: number,
+  onSpawn?: (pid: number) => void,
+): Promise<LauncherOutcome> {
   return new Promise((resolve) => {
     // detached: its own session, so a signal to the agent's process group never reaches it.
     const child = spawn(binary, argv, { detached: true, stdio: ['ignore', logFd, logFd], env: env ?? process.env });
@@ -663,6 +699,9 @@ export async function readFrom(file: string, pos: number, max = 4 * 1024 * 1024)
 }
 
 function lastLine(text: string): string {
-  const lines = text.split(/\r?\n/).map((l) => l.trim()).filter((l) => l.length > 0);
+  const lines = text
+    .split(/\r?\n/)
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0);
   return (lines.at(-1) ?? '').slice(0, 200);
 }

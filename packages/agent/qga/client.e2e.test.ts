@@ -37,15 +37,40 @@ before(async () => {
   const started = await launch({
     runDir,
     argv: [
-      '-machine', 'q35', '-accel', 'tcg', '-m', '256', '-smp', '1', '-nodefaults', '-no-user-config', '-display', 'none',
-      '-drive', `file=${disk},format=qcow2,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0',
-      '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline,
-      '-device', `isa-serial,chardev=${SERIAL_CHARDEV_ID}`,
+      '-machine',
+      'q35',
+      '-accel',
+      'tcg',
+      '-m',
+      '256',
+      '-smp',
+      '1',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-drive',
+      `file=${disk},format=qcow2,if=none,id=d0`,
+      '-device',
+      'virtio-blk-pci,drive=d0',
+      '-kernel',
+      guest.kernel,
+      '-initrd',
+      guest.initrd,
+      '-append',
+      guest.cmdline,
+      '-device',
+      `isa-serial,chardev=${SERIAL_CHARDEV_ID}`,
       // The guest agent channel as qemu/argv.ts gives every VM.
-      '-device', 'virtio-serial-pci,id=virtio-serial0',
-      '-device', `virtserialport,bus=virtio-serial0.0,chardev=${GUEST_AGENT_CHARDEV_ID},name=org.qemu.guest_agent.0`,
+      '-device',
+      'virtio-serial-pci,id=virtio-serial0',
+      '-device',
+      `virtserialport,bus=virtio-serial0.0,chardev=${GUEST_AGENT_CHARDEV_ID},name=org.qemu.guest_agent.0`,
     ],
-    chardevs: [{ id: SERIAL_CHARDEV_ID, role: 'serial-console' }, { id: GUEST_AGENT_CHARDEV_ID, role: 'guest-agent' }],
+    chardevs: [
+      { id: SERIAL_CHARDEV_ID, role: 'serial-console' },
+      { id: GUEST_AGENT_CHARDEV_ID, role: 'guest-agent' },
+    ],
   });
   qga = started.files.qga;
   qmp = await QmpClient.connect(started.files.qmp, { timeoutMs: 10_000 });
@@ -69,7 +94,7 @@ test('the agent answers once the guest has booted', { timeout: 180_000 }, async 
   assert.equal(await fsfreezeStatus(qga), 'thawed');
 });
 
-test('freeze holds the guest\'s disk writes until the thaw; the guest\'s hook sees both', { timeout: 120_000 }, async () => {
+test("freeze holds the guest's disk writes until the thaw; the guest's hook sees both", { timeout: 120_000 }, async () => {
   const offset = await serialLogSize(runDir);
   // One connection for the lot, as a snapshot does.
   await withAgent(qga, async (c: QgaClient) => {

@@ -83,10 +83,13 @@ class FakeAgent {
       case 'guest-sync-delimited':
         this.write(conn, Buffer.concat([Buffer.from([0xff]), Buffer.from(JSON.stringify({ return: msg.arguments?.id }) + '\n')]));
         return;
-      case 'guest-ping': return reply({ return: {} });
-      case 'guest-fsfreeze-status': return reply({ return: this.state });
+      case 'guest-ping':
+        return reply({ return: {} });
+      case 'guest-fsfreeze-status':
+        return reply({ return: this.state });
       case 'guest-fsfreeze-freeze':
-        if (this.state === 'frozen') return reply({ error: { class: 'GenericError', desc: 'Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state' } });
+        if (this.state === 'frozen')
+          return reply({ error: { class: 'GenericError', desc: 'Command guest-fsfreeze-freeze has been disabled: the agent is in frozen state' } });
         this.state = 'frozen';
         return reply({ return: 1 });
       case 'guest-fsfreeze-thaw': {
@@ -94,7 +97,8 @@ class FakeAgent {
         this.state = 'thawed';
         return reply({ return: n });
       }
-      default: return reply({ error: { class: 'CommandNotFound', desc: `The command ${msg.execute} has not been found` } });
+      default:
+        return reply({ error: { class: 'CommandNotFound', desc: `The command ${msg.execute} has not been found` } });
     }
   }
 
@@ -103,7 +107,10 @@ class FakeAgent {
   }
 
   private write(conn: net.Socket, data: Buffer): void {
-    if (!this.trickle) { conn.write(data); return; }
+    if (!this.trickle) {
+      conn.write(data);
+      return;
+    }
     for (const b of data) conn.write(Buffer.from([b]));
   }
 
@@ -163,7 +170,10 @@ test('connect syncs past stale output; commands get their own answers', async ()
     assert.deepEqual(a.commands(), ['guest-sync-delimited']);
     await c.ping();
     assert.equal(await c.fsfreezeStatus(), 'thawed');
-    assert.deepEqual(await c.execute('guest-info-x').catch((e: unknown) => e instanceof QgaError && [e.errorClass, e.code]), ['CommandNotFound', 'CommandFailed']);
+    assert.deepEqual(await c.execute('guest-info-x').catch((e: unknown) => e instanceof QgaError && [e.errorClass, e.code]), [
+      'CommandNotFound',
+      'CommandFailed',
+    ]);
   } finally {
     await c.close();
   }
@@ -255,23 +265,33 @@ test('withFrozenGuest: frozen during the work, thawed after it, also when it fai
   assert.equal(freeze.filesystems, 1);
   assert.equal(freeze.problem, undefined);
 
-  await assert.rejects(withFrozenGuest(a.path, async () => {
-    seen.push(a.state);
-    throw new Error('disk switch failed');
-  }), /disk switch failed/);
+  await assert.rejects(
+    withFrozenGuest(a.path, async () => {
+      seen.push(a.state);
+      throw new Error('disk switch failed');
+    }),
+    /disk switch failed/,
+  );
   assert.deepEqual(seen, ['frozen', 'frozen']);
   assert.equal(a.state, 'thawed', 'thawed although the work failed');
-  assert.deepEqual(a.commands().filter((c) => c.startsWith('guest-fsfreeze')), ['guest-fsfreeze-freeze', 'guest-fsfreeze-thaw', 'guest-fsfreeze-freeze', 'guest-fsfreeze-thaw']);
+  assert.deepEqual(
+    a.commands().filter((c) => c.startsWith('guest-fsfreeze')),
+    ['guest-fsfreeze-freeze', 'guest-fsfreeze-thaw', 'guest-fsfreeze-freeze', 'guest-fsfreeze-thaw'],
+  );
 });
 
 test('withFrozenGuest: a work that overruns the deadline finds the guest thawed', async () => {
   const a = await fresh();
   const seen: string[] = [];
-  const { freeze } = await withFrozenGuest(a.path, async () => {
-    seen.push(a.state);
-    await new Promise((resolve) => setTimeout(resolve, 400));
-    seen.push(a.state);
-  }, { deadlineMs: 100 });
+  const { freeze } = await withFrozenGuest(
+    a.path,
+    async () => {
+      seen.push(a.state);
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      seen.push(a.state);
+    },
+    { deadlineMs: 100 },
+  );
   assert.deepEqual(seen, ['frozen', 'thawed']);
   assert.equal(freeze.quiesced, false);
   assert.match(freeze.problem ?? '', /deadline/);
@@ -282,7 +302,10 @@ test('withFrozenGuest: the work still runs, unfrozen, when the freeze fails or n
   const a = await fresh();
   a.override['guest-fsfreeze-freeze'] = () => ({ error: { class: 'GenericError', desc: 'failed to freeze /: Operation not supported' } });
   let ran = 0;
-  const failed = await withFrozenGuest(a.path, async () => { ran++; return a.state; });
+  const failed = await withFrozenGuest(a.path, async () => {
+    ran++;
+    return a.state;
+  });
   assert.equal(failed.value, 'thawed');
   assert.equal(failed.freeze.quiesced, false);
   assert.match(failed.freeze.problem ?? '', /Operation not supported/);
@@ -290,7 +313,13 @@ test('withFrozenGuest: the work still runs, unfrozen, when the freeze fails or n
 
   a.silent = true;
   const t0 = Date.now();
-  const none = await withFrozenGuest(a.path, async () => { ran++; }, { connectTimeoutMs: 300 });
+  const none = await withFrozenGuest(
+    a.path,
+    async () => {
+      ran++;
+    },
+    { connectTimeoutMs: 300 },
+  );
   assert.ok(Date.now() - t0 < 3000);
   assert.equal(none.freeze.quiesced, false);
   assert.match(none.freeze.problem ?? '', /could not be reached/);
@@ -316,10 +345,19 @@ test('watchAgent reports the agent coming and going; agentConnected sets and rem
   const status: Record<string, unknown> = { conditions: [{ type: 'Ready', status: 'True' }] };
   assert.equal(agentConnected(status, false), false);
   assert.equal(agentConnected(status, true), true);
-  assert.deepEqual((status.conditions as { type: string; status: string }[]).map((c) => [c.type, c.status]), [['Ready', 'True'], ['AgentConnected', 'True']]);
+  assert.deepEqual(
+    (status.conditions as { type: string; status: string }[]).map((c) => [c.type, c.status]),
+    [
+      ['Ready', 'True'],
+      ['AgentConnected', 'True'],
+    ],
+  );
   assert.equal(agentConnected(status, true), false);
   assert.equal(agentConnected(status, false), true);
-  assert.deepEqual((status.conditions as { type: string }[]).map((c) => c.type), ['Ready']);
+  assert.deepEqual(
+    (status.conditions as { type: string }[]).map((c) => c.type),
+    ['Ready'],
+  );
 });
 
 async function until(cond: () => boolean, ms = 10_000): Promise<void> {

@@ -36,7 +36,11 @@ export const QGA_TIMEOUTS: Readonly<Record<string, number>> = Object.freeze({
 });
 
 /** What guest-fstrim did on one mount point. */
-export interface FstrimResult { path: string; trimmed: number; error?: string }
+export interface FstrimResult {
+  path: string;
+  trimmed: number;
+  error?: string;
+}
 
 /** For commands not in QGA_TIMEOUTS. */
 export const QGA_DEFAULT_TIMEOUT_MS = 10 * SECOND;
@@ -87,7 +91,8 @@ export class MessageSplitter {
         continue;
       }
       if (this.depth === 0) {
-        if (b === 0x7b) { // {
+        if (b === 0x7b) {
+          // {
           this.depth = 1;
           start = i;
         }
@@ -95,7 +100,8 @@ export class MessageSplitter {
       }
       if (this.inString) {
         if (this.escaped) this.escaped = false;
-        else if (b === 0x5c) this.escaped = true; // backslash
+        else if (b === 0x5c)
+          this.escaped = true; // backslash
         else if (b === 0x22) this.inString = false; // "
         continue;
       }
@@ -257,7 +263,10 @@ export class QgaClient {
 
   private enqueue<T>(work: () => Promise<T>): Promise<T> {
     const run = this.queue.then(work, work);
-    this.queue = run.then(() => undefined, () => undefined);
+    this.queue = run.then(
+      () => undefined,
+      () => undefined,
+    );
     return run;
   }
 
@@ -387,10 +396,14 @@ async function connectAgent(socketPath: string, ms: number): Promise<net.Socket>
     return await connectOnce(socketPath, ms);
   } catch (e) {
     const err = e as NodeJS.ErrnoException;
-    if (err.code === 'ETIMEDOUT') throw new QgaConnectError(socketPath, `could not connect to the guest agent socket ${socketPath} within ${ms} ms: the host is overloaded`);
-    const hint = err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
-      ? 'QEMU is not running for this VM, or was started without the guest agent channel'
-      : err.code === 'EACCES' ? 'the agent lacks permission on the run directory' : 'check that the path is the VM\'s qga.sock';
+    if (err.code === 'ETIMEDOUT')
+      throw new QgaConnectError(socketPath, `could not connect to the guest agent socket ${socketPath} within ${ms} ms: the host is overloaded`);
+    const hint =
+      err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
+        ? 'QEMU is not running for this VM, or was started without the guest agent channel'
+        : err.code === 'EACCES'
+          ? 'the agent lacks permission on the run directory'
+          : "check that the path is the VM's qga.sock";
     throw new QgaConnectError(socketPath, `cannot connect to the guest agent socket ${socketPath} (${err.code ?? err.message}): ${hint}`, { cause: err });
   }
 }

@@ -52,35 +52,39 @@ export async function withFrozenGuest<T>(socketPath: string, work: () => Promise
   };
   const connect: QgaConnectOptions = { timeoutMs: opts.connectTimeoutMs ?? 5000 };
   try {
-    await withAgent(socketPath, async (client) => {
-      let frozenAt: number | undefined;
-      try {
-        freeze.filesystems = await client.fsfreezeFreeze(opts.freezeTimeoutMs);
-        frozenAt = Date.now();
-      } catch (e) {
-        freeze.problem = `freezing the guest's filesystems failed: ${message(e)}`;
-        // A freeze that timed out may still happen, or may have frozen some filesystems.
-        await thaw(client, socketPath, opts, log);
-      }
-      if (frozenAt === undefined) return run();
-      let early = false;
-      const timer = setTimeout(() => {
-        early = true;
-        log(`guest agent ${socketPath}: still frozen after ${deadlineMs} ms: thawing before the work ends`);
-        void thaw(client, socketPath, opts, log);
-      }, deadlineMs);
-      try {
-        await run();
-      } finally {
-        clearTimeout(timer);
-        // Also after the deadline's thaw (a second thaw is harmless): that one may have failed.
-        const thawed = await thaw(client, socketPath, opts, log);
-        freeze.frozenMs = Date.now() - frozenAt;
-        freeze.quiesced = !early;
-        if (early) freeze.problem = `the guest was thawed at the ${deadlineMs} ms deadline before the work finished`;
-        else if (!thawed) freeze.problem = 'thawing the guest failed: retrying in the background';
-      }
-    }, connect);
+    await withAgent(
+      socketPath,
+      async (client) => {
+        let frozenAt: number | undefined;
+        try {
+          freeze.filesystems = await client.fsfreezeFreeze(opts.freezeTimeoutMs);
+          frozenAt = Date.now();
+        } catch (e) {
+          freeze.problem = `freezing the guest's filesystems failed: ${message(e)}`;
+          // A freeze that timed out may still happen, or may have frozen some filesystems.
+          await thaw(client, socketPath, opts, log);
+        }
+        if (frozenAt === undefined) return run();
+        let early = false;
+        const timer = setTimeout(() => {
+          early = true;
+          log(`guest agent ${socketPath}: still frozen after ${deadlineMs} ms: thawing before the work ends`);
+          void thaw(client, socketPath, opts, log);
+        }, deadlineMs);
+        try {
+          await run();
+        } finally {
+          clearTimeout(timer);
+          // Also after the deadline's thaw (a second thaw is harmless): that one may have failed.
+          const thawed = await thaw(client, socketPath, opts, log);
+          freeze.frozenMs = Date.now() - frozenAt;
+          freeze.quiesced = !early;
+          if (early) freeze.problem = `the guest was thawed at the ${deadlineMs} ms deadline before the work finished`;
+          else if (!thawed) freeze.problem = 'thawing the guest failed: retrying in the background';
+        }
+      },
+      connect,
+    );
   } catch (e) {
     if (started) throw e; // the work's own error, after the thaw
     freeze.problem = `the guest agent could not be reached: ${message(e)}`;

@@ -37,7 +37,7 @@ export function watchAgent(socketPath: string, onChange: (connected: boolean) =>
       }
       await new Promise<void>((resolve) => {
         wake = resolve;
-        timer = setTimeout(resolve, up ? opts.connectedIntervalMs ?? 15_000 : opts.silentIntervalMs ?? 5000);
+        timer = setTimeout(resolve, up ? (opts.connectedIntervalMs ?? 15_000) : (opts.silentIntervalMs ?? 5000));
       });
     }
   };

@@ -134,10 +134,13 @@ test('framing: several messages in one chunk, a message split across chunks and 
   const ts = { seconds: 1700000000, microseconds: 5 };
   // Event, reply, junk, event in one write.
   conn!.write(
-    JSON.stringify({ event: 'STOP', timestamp: ts }) + '\r\n' +
-      JSON.stringify({ return: { a: 1 }, id: ids[0] }) + '\r\n' +
+    JSON.stringify({ event: 'STOP', timestamp: ts }) +
+      '\r\n' +
+      JSON.stringify({ return: { a: 1 }, id: ids[0] }) +
+      '\r\n' +
       'this is not json\r\n[1,2]\r\n\r\n' +
-      JSON.stringify({ event: 'RESUME', data: { reason: 'x' }, timestamp: ts }) + '\n',
+      JSON.stringify({ event: 'RESUME', data: { reason: 'x' }, timestamp: ts }) +
+      '\n',
   );
   assert.deepEqual(await p1, { a: 1 });
   // One reply in three pieces; the second cut falls inside the 3-byte character '€'.

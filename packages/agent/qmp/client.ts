@@ -8,13 +8,7 @@
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { isObject } from '@vessel/api';
-import {
-  QmpClosedError,
-  QmpConnectError,
-  QmpError,
-  QmpProtocolError,
-  QmpTimeoutError,
-} from './errors.ts';
+import { QmpClosedError, QmpConnectError, QmpError, QmpProtocolError, QmpTimeoutError } from './errors.ts';
 
 /** An asynchronous QMP event, e.g. STOP, RESUME, SHUTDOWN, MIGRATION, JOB_STATUS_CHANGE. */
 export interface QmpEvent {
@@ -47,10 +41,10 @@ export const QMP_TIMEOUTS: Readonly<Record<string, number>> = Object.freeze({
   quit: 10 * SECOND,
   'human-monitor-command': 60 * SECOND,
   screendump: 30 * SECOND,
-  'device_add': 30 * SECOND,
-  'device_del': 30 * SECOND,
-  'netdev_add': 30 * SECOND,
-  'netdev_del': 30 * SECOND,
+  device_add: 30 * SECOND,
+  device_del: 30 * SECOND,
+  netdev_add: 30 * SECOND,
+  netdev_del: 30 * SECOND,
   'chardev-add': 30 * SECOND,
   'chardev-remove': 30 * SECOND,
   'blockdev-add': 30 * SECOND,
@@ -67,7 +61,7 @@ export const QMP_TIMEOUTS: Readonly<Record<string, number>> = Object.freeze({
   'blockdev-backup': 60 * SECOND,
   'block-commit': 60 * SECOND,
   'block-stream': 60 * SECOND,
-  'block_resize': 60 * SECOND,
+  block_resize: 60 * SECOND,
   'drive-mirror': 60 * SECOND,
   transaction: 60 * SECOND,
   'snapshot-save': 60 * SECOND,
@@ -81,7 +75,7 @@ export const QMP_TIMEOUTS: Readonly<Record<string, number>> = Object.freeze({
   'block-export-del': 30 * SECOND,
   migrate: 30 * SECOND,
   'migrate-incoming': 30 * SECOND,
-  'migrate_cancel': 30 * SECOND,
+  migrate_cancel: 30 * SECOND,
   'migrate-continue': 30 * SECOND,
   'migrate-recover': 30 * SECOND,
   'migrate-pause': 30 * SECOND,
@@ -191,7 +185,11 @@ export class QmpClient {
       socket.destroy();
       if (err instanceof QmpError) throw new QmpProtocolError(`QEMU at ${socketPath} refused qmp_capabilities: ${err.desc}`, { cause: err });
       if (err instanceof QmpTimeoutError) {
-        throw new QmpConnectError(socketPath, `QMP at ${socketPath} did not finish capability negotiation within ${timeoutMs} ms: QEMU is hung or very busy; retry or kill the VM`, { cause: err });
+        throw new QmpConnectError(
+          socketPath,
+          `QMP at ${socketPath} did not finish capability negotiation within ${timeoutMs} ms: QEMU is hung or very busy; retry or kill the VM`,
+          { cause: err },
+        );
       }
       throw err;
     }
@@ -395,7 +393,9 @@ export class QmpClient {
   private onClose(reason: string): void {
     if (this.closeReason !== undefined) return;
     this.closeReason = reason;
-    this.greetingWaiter?.(new QmpConnectError(this.socketPath, `${this.socketPath} closed before the QMP greeting (${reason}): QEMU may be exiting; see qemu.log`));
+    this.greetingWaiter?.(
+      new QmpConnectError(this.socketPath, `${this.socketPath} closed before the QMP greeting (${reason}): QEMU may be exiting; see qemu.log`),
+    );
     const entries = [...this.pending.values()];
     this.pending.clear();
     for (const entry of entries) {
@@ -439,7 +439,9 @@ async function openSocket(socketPath: string, deadline: number, timeoutMs: numbe
         continue;
       }
       if (code === 'ETIMEDOUT') {
-        throw new QmpConnectError(socketPath, `could not connect to QMP socket ${socketPath} within ${timeoutMs} ms: QEMU is hung or the host is overloaded`, { cause: err });
+        throw new QmpConnectError(socketPath, `could not connect to QMP socket ${socketPath} within ${timeoutMs} ms: QEMU is hung or the host is overloaded`, {
+          cause: err,
+        });
       }
       const hint =
         code === 'ENOENT' || code === 'ECONNREFUSED'

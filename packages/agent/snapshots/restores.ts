@@ -28,7 +28,11 @@ const FINAL = new Set(['Succeeded', 'Failed']);
 
 export type RestoreOptions = SnapshotOptions;
 
-interface Backup { volumeName: string; persistentVolumeClaim: { metadata: { name: string; labels?: Record<string, string> }; spec: Obj }; volumeSnapshotName: string }
+interface Backup {
+  volumeName: string;
+  persistentVolumeClaim: { metadata: { name: string; labels?: Record<string, string> }; spec: Obj };
+  volumeSnapshotName: string;
+}
 
 export class RestoreController extends Controller {
   private readonly restores: Informer;
@@ -39,11 +43,18 @@ export class RestoreController extends Controller {
   private readonly pvcs: Informer;
   private readonly events: EventRecorder;
 
-  constructor(client: Client, private readonly opts: RestoreOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: RestoreOptions,
+  ) {
     super('restores', client, opts.log);
     this.events = new EventRecorder(client, 'virt-handler', opts.nodeName);
     this.restores = this.inform(VMRESTORES);
-    const pending = () => this.restores.list().filter((r) => (r.status as Obj | undefined)?.complete !== true).map((r) => `${r.metadata.namespace}/${r.metadata.name}`);
+    const pending = () =>
+      this.restores
+        .list()
+        .filter((r) => (r.status as Obj | undefined)?.complete !== true)
+        .map((r) => `${r.metadata.namespace}/${r.metadata.name}`);
     this.snapshots = this.inform(VMSNAPSHOTS, pending);
     this.contents = this.inform(VMSNAPSHOTCONTENTS, pending);
     this.vmList = this.inform(VMS, pending);
@@ -107,7 +118,12 @@ export class RestoreController extends Controller {
           const recorded = pvc && annotationsOf(pvc)[storage.VOLUME_PATH];
           if (!recorded) throw new Error(`claim ${b.persistentVolumeClaim.metadata.name} of volume ${b.volumeName} has no volume on this node`);
           // The claim's file and the snapshot file, both in the restore's own namespace.
-          const { pool, path } = containedPath(this.opts.pools.values(), ns, recorded, `${storage.VOLUME_PATH} of claim ${b.persistentVolumeClaim.metadata.name}`);
+          const { pool, path } = containedPath(
+            this.opts.pools.values(),
+            ns,
+            recorded,
+            `${storage.VOLUME_PATH} of claim ${b.persistentVolumeClaim.metadata.name}`,
+          );
           const snapshotFile = containedPath([pool], ns, files[b.volumeName] ?? '', `${SNAPSHOT_FILES} of volume ${b.volumeName}`).path;
           await restoreVolume(pool, path, snapshotFile);
         }
@@ -127,11 +143,17 @@ export class RestoreController extends Controller {
       const claims = backups.map((b) => this.pvcs.get(`${ns}/${claimFor(restore, b.volumeName)}`));
       if (!vm || claims.some((c) => !c)) await this.restoreToNewVm(restore, target, recorded, backups, files, annotationsOf(content)[MEMORY_FILE]);
       // Done when the disks exist, not when they were asked for: a full clone copies for a while.
-      const unbound = backups.map((b, i) => ({ name: claimFor(restore, b.volumeName), pvc: claims[i] }))
-        .filter(({ pvc }) => phaseOf(pvc) !== 'Bound' || !annotationsOf(pvc!)[storage.VOLUME_PATH]).map(({ name }) => name);
+      const unbound = backups
+        .map((b, i) => ({ name: claimFor(restore, b.volumeName), pvc: claims[i] }))
+        .filter(({ pvc }) => phaseOf(pvc) !== 'Bound' || !annotationsOf(pvc!)[storage.VOLUME_PATH])
+        .map(({ name }) => name);
       if (unbound.length) return this.progress(restore, 'RestoreInProgress', `waiting for the disks of ${target}: ${unbound.join(', ')}`, true);
     }
-    const restores = backups.map((b) => ({ volumeName: b.volumeName, persistentVolumeClaim: inPlace ? b.persistentVolumeClaim.metadata.name : claimFor(restore, b.volumeName), volumeSnapshotName: b.volumeSnapshotName }));
+    const restores = backups.map((b) => ({
+      volumeName: b.volumeName,
+      persistentVolumeClaim: inPlace ? b.persistentVolumeClaim.metadata.name : claimFor(restore, b.volumeName),
+      volumeSnapshotName: b.volumeSnapshotName,
+    }));
     await updateStatus(this.client, VMRESTORES, ns, restore.metadata.name, (s) => {
       s.complete = true;
       s.restoreTime = new Date().toISOString();
@@ -139,11 +161,23 @@ export class RestoreController extends Controller {
       setCondition(s, { type: 'Progressing', status: 'False', reason: 'Operation complete', message: 'Operation complete' }, false);
       setCondition(s, { type: 'Ready', status: 'True', reason: 'Operation complete', message: 'Operation complete' }, false);
     });
-    await this.events.record(restore, 'Normal', 'VirtualMachineRestoreComplete', `Successfully completed VirtualMachineRestore ${restore.metadata.name} of ${target} from ${spec.virtualMachineSnapshotName}`);
+    await this.events.record(
+      restore,
+      'Normal',
+      'VirtualMachineRestoreComplete',
+      `Successfully completed VirtualMachineRestore ${restore.metadata.name} of ${target} from ${spec.virtualMachineSnapshotName}`,
+    );
   }
 
   /** A new VM with the recorded spec on linked clones of the snapshot files. */
-  private async restoreToNewVm(restore: KubeObject, target: string, recorded: { metadata: Obj; spec: Obj }, backups: Backup[], files: Record<string, string>, memory: string | undefined): Promise<void> {
+  private async restoreToNewVm(
+    restore: KubeObject,
+    target: string,
+    recorded: { metadata: Obj; spec: Obj },
+    backups: Backup[],
+    files: Record<string, string>,
+    memory: string | undefined,
+  ): Promise<void> {
     const ns = restore.metadata.namespace!;
     const spec = structuredClone(recorded.spec) as Obj & { template?: { spec?: { volumes?: Obj[] } } };
     delete spec.dataVolumeTemplates;
@@ -154,13 +188,25 @@ export class RestoreController extends Controller {
       v.persistentVolumeClaim = { claimName: claimFor(restore, String(v.name)) };
     }
     let desired: KubeObject = {
-      apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine',
-      metadata: { name: target, namespace: ns, labels: recorded.metadata.labels as Record<string, string> | undefined, annotations: recorded.metadata.annotations as Record<string, string> | undefined },
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachine',
+      metadata: {
+        name: target,
+        namespace: ns,
+        labels: recorded.metadata.labels as Record<string, string> | undefined,
+        annotations: recorded.metadata.annotations as Record<string, string> | undefined,
+      },
       spec,
     };
     // spec.patches: JSON patches for the new VM (a clone's new identity), one JSON string each.
     const patches = ((restore.spec as Obj).patches as string[] | undefined) ?? [];
-    if (patches.length) desired = jsonpatch.applyPatch(desired, patches.map((p) => JSON.parse(p) as jsonpatch.Operation), true, false).newDocument;
+    if (patches.length)
+      desired = jsonpatch.applyPatch(
+        desired,
+        patches.map((p) => JSON.parse(p) as jsonpatch.Operation),
+        true,
+        false,
+      ).newDocument;
     desired.metadata.name = target;
     desired.metadata.namespace = ns;
     // Vessel's own bookkeeping of the source VM is not the new VM's.
@@ -179,19 +225,27 @@ export class RestoreController extends Controller {
       const { pool, path: file } = containedPath(this.opts.pools.values(), ns, files[b.volumeName] ?? '', `${SNAPSHOT_FILES} of volume ${b.volumeName}`);
       const claim = b.persistentVolumeClaim.spec as { resources?: Obj; storageClassName?: string; accessModes?: string[] };
       try {
-        await this.client.create(PVCS, {
-          apiVersion: 'v1', kind: 'PersistentVolumeClaim',
-          metadata: {
-            name: claimFor(restore, b.volumeName), namespace: ns,
-            labels: b.persistentVolumeClaim.metadata.labels,
-            annotations: {
-              [storage.RESTORE_SOURCE]: file, [storage.SELECTED_NODE]: this.opts.nodeName, ...(pool ? { [storage.VOLUME_POOL]: pool.name } : {}),
-              ...(annotationsOf(restore)[CLONE_DISK_TYPE] === 'full' ? { [storage.CLONE_TYPE]: 'full' } : {}),
+        await this.client.create(
+          PVCS,
+          {
+            apiVersion: 'v1',
+            kind: 'PersistentVolumeClaim',
+            metadata: {
+              name: claimFor(restore, b.volumeName),
+              namespace: ns,
+              labels: b.persistentVolumeClaim.metadata.labels,
+              annotations: {
+                [storage.RESTORE_SOURCE]: file,
+                [storage.SELECTED_NODE]: this.opts.nodeName,
+                ...(pool ? { [storage.VOLUME_POOL]: pool.name } : {}),
+                ...(annotationsOf(restore)[CLONE_DISK_TYPE] === 'full' ? { [storage.CLONE_TYPE]: 'full' } : {}),
+              },
+              ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid!, blockOwnerDeletion: true }],
             },
-            ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name: target, uid: vm.metadata.uid!, blockOwnerDeletion: true }],
+            spec: { accessModes: claim.accessModes ?? ['ReadWriteOnce'], resources: claim.resources, storageClassName: claim.storageClassName },
           },
-          spec: { accessModes: claim.accessModes ?? ['ReadWriteOnce'], resources: claim.resources, storageClassName: claim.storageClassName },
-        }, { namespace: ns });
+          { namespace: ns },
+        );
       } catch (e) {
         if (!isStatusError(e, 'AlreadyExists')) throw e;
       }

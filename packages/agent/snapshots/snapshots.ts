@@ -46,7 +46,7 @@ export interface SnapshotOptions {
 
 /** A VM's disks a snapshot covers: volume name and claim name. */
 export function snapshotVolumes(vmSpec: Obj): { included: { volume: string; claim: string }[]; excluded: string[] } {
-  const vols = ((vmSpec.template as Obj | undefined)?.spec as Obj | undefined)?.volumes as Obj[] | undefined ?? [];
+  const vols = (((vmSpec.template as Obj | undefined)?.spec as Obj | undefined)?.volumes as Obj[] | undefined) ?? [];
   const included: { volume: string; claim: string }[] = [];
   const excluded: string[] = [];
   for (const v of vols) {
@@ -65,12 +65,19 @@ export class SnapshotController extends Controller {
   private readonly pvcs: Informer;
   private readonly events: EventRecorder;
 
-  constructor(client: Client, private readonly opts: SnapshotOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: SnapshotOptions,
+  ) {
     super('snapshots', client, opts.log);
     this.events = new EventRecorder(client, 'virt-handler', opts.nodeName);
     this.snapshots = this.inform(VMSNAPSHOTS);
     this.contents = this.inform(VMSNAPSHOTCONTENTS, (c) => [CONTENT_KEY + keyOf(c)]);
-    const pending = () => this.snapshots.list().filter((s) => !FINAL.has(phaseOf(s))).map(keyOf);
+    const pending = () =>
+      this.snapshots
+        .list()
+        .filter((s) => !FINAL.has(phaseOf(s)))
+        .map(keyOf);
     this.vmList = this.inform(VMS, pending);
     // A QEMU that ended lets go of its images: tombstoned snapshot files may merge now.
     this.vmis = this.inform(VMIS, (vmi) => [...pending(), ...(FINAL.has(phaseOf(vmi)) || vmi.metadata.deletionTimestamp ? [COMPACT_KEY] : [])]);
@@ -94,7 +101,11 @@ export class SnapshotController extends Controller {
     const vmi = this.vmis.get(`${ns}/${vm.metadata.name}`);
     const running = !!vmi && !FINAL.has(phaseOf(vmi)) && !vmi.metadata.deletionTimestamp && phaseOf(vmi) === 'Running';
     const claims = vols.included.map((v) => ({ ...v, pvc: this.pvcs.get(`${ns}/${v.claim}`) }));
-    const node = running ? String((vmi.status as Obj).nodeName) : claims[0] ? annotationsOf(claims[0].pvc ?? { metadata: { name: '' } })[storage.SELECTED_NODE] : this.opts.nodeName;
+    const node = running
+      ? String((vmi.status as Obj).nodeName)
+      : claims[0]
+        ? annotationsOf(claims[0].pvc ?? { metadata: { name: '' } })[storage.SELECTED_NODE]
+        : this.opts.nodeName;
     if (node !== this.opts.nodeName) return; // that node's agent takes it
     const unready = claims.find((c) => !c.pvc || !annotationsOf(c.pvc)[storage.VOLUME_PATH]);
     if (unready) {
@@ -112,7 +123,13 @@ export class SnapshotController extends Controller {
     // Each claim's file, checked to be in the namespace's own pool directory before anything opens it.
     const volumes: Record<string, { pool: Pool; path: string }> = {};
     try {
-      for (const c of claims) volumes[c.volume] = containedPath(this.opts.pools.values(), ns, annotationsOf(c.pvc!)[storage.VOLUME_PATH], `${storage.VOLUME_PATH} of claim ${c.claim}`);
+      for (const c of claims)
+        volumes[c.volume] = containedPath(
+          this.opts.pools.values(),
+          ns,
+          annotationsOf(c.pvc!)[storage.VOLUME_PATH],
+          `${storage.VOLUME_PATH} of claim ${c.claim}`,
+        );
     } catch (e) {
       if (e instanceof PathError) return this.fail(snap, e.message);
       throw e;
@@ -121,8 +138,10 @@ export class SnapshotController extends Controller {
     for (const c of claims) files[c.volume] = snapshotFileFor(volumes[c.volume].path, uid);
     const contentName = `vmsnapshot-content-${uid}`;
     // Memory only exists while the guest runs; a stopped VM's snapshot is its disks.
-    const memory = running && annotationsOf(snap)[WITH_MEMORY] === 'true' && claims[0]
-      ? join(dirname(volumes[claims[0].volume].path), `${vm.metadata.name}@${uid}.memory`) : undefined;
+    const memory =
+      running && annotationsOf(snap)[WITH_MEMORY] === 'true' && claims[0]
+        ? join(dirname(volumes[claims[0].volume].path), `${vm.metadata.name}@${uid}.memory`)
+        : undefined;
     // A running guest whose agent answers is frozen around the disk switch (KubeVirt's GuestAgent
     // indication). Not with memory: the paused instant already makes disks and memory one state,
     // and a guest saved frozen would resume frozen.
@@ -144,9 +163,23 @@ export class SnapshotController extends Controller {
     let trimmed: number | undefined;
     if (annotationsOf(snap)[SPARSIFY] === 'true' && !this.contents.get(`${ns}/${contentName}`)) {
       trimmed = running && runDir && (agent || (await ping(qga))) ? await this.trim(snap, qga) : undefined;
-      if (trimmed === undefined) await this.events.record(snap, 'Warning', 'NotSparsified', `${running ? 'no guest agent answers' : 'the VM is stopped'}: free space inside the guest could not be trimmed, so the snapshot keeps it`);
+      if (trimmed === undefined)
+        await this.events.record(
+          snap,
+          'Warning',
+          'NotSparsified',
+          `${running ? 'no guest agent answers' : 'the VM is stopped'}: free space inside the guest could not be trimmed, so the snapshot keeps it`,
+        );
     }
-    await this.ensureContent(snap, vm, contentName, claims.map((c) => ({ volume: c.volume, pvc: c.pvc! })), files, memory, trimmed);
+    await this.ensureContent(
+      snap,
+      vm,
+      contentName,
+      claims.map((c) => ({ volume: c.volume, pvc: c.pvc! })),
+      files,
+      memory,
+      trimmed,
+    );
     faultPoint('snapshot:content');
 
     const created = new Date().toISOString();
@@ -174,11 +207,15 @@ export class SnapshotController extends Controller {
         // even when the switch fails, and at the latest at the deadline.
         const { freeze } = await withFrozenGuest(qga, take, { log: (m) => this.log(`snapshots: ${ns}/${snap.metadata.name}: ${m}`) });
         if (freeze.quiesced) {
-          this.log(`snapshots: ${ns}/${snap.metadata.name}: ${freeze.filesystems} guest filesystem(s) frozen for ${freeze.frozenMs} ms${freeze.problem ? `; ${freeze.problem}` : ''}`);
+          this.log(
+            `snapshots: ${ns}/${snap.metadata.name}: ${freeze.filesystems} guest filesystem(s) frozen for ${freeze.frozenMs} ms${freeze.problem ? `; ${freeze.problem}` : ''}`,
+          );
         } else {
           // Taken crash-consistent after all: said on the snapshot, as KubeVirt does.
           await this.events.record(snap, 'Warning', 'QuiesceFailed', `${freeze.problem ?? 'the guest was not frozen'}: the snapshot is crash-consistent`);
-          await updateStatus(this.client, VMSNAPSHOTS, ns, snap.metadata.name, (s) => { s.indications = [...indications, 'QuiesceFailed']; });
+          await updateStatus(this.client, VMSNAPSHOTS, ns, snap.metadata.name, (s) => {
+            s.indications = [...indications, 'QuiesceFailed'];
+          });
         }
       });
     } catch (e) {
@@ -201,7 +238,12 @@ export class SnapshotController extends Controller {
       setCondition(s, { type: 'Progressing', status: 'False', reason: 'Operation complete', message: 'Operation complete' }, false);
       setCondition(s, { type: 'Ready', status: 'True', reason: 'Operation complete', message: 'Operation complete' }, false);
     });
-    await this.events.record(snap, 'Normal', 'SuccessfulVirtualMachineSnapshot', `Virtual Machine snapshot ${snap.metadata.name} of ${vm.metadata.name} ${running ? 'taken online' : 'taken'} (${claims.length} disk${claims.length === 1 ? '' : 's'})`);
+    await this.events.record(
+      snap,
+      'Normal',
+      'SuccessfulVirtualMachineSnapshot',
+      `Virtual Machine snapshot ${snap.metadata.name} of ${vm.metadata.name} ${running ? 'taken online' : 'taken'} (${claims.length} disk${claims.length === 1 ? '' : 's'})`,
+    );
   }
 
   /** guest-fstrim; the bytes trimmed, or undefined when the agent failed. */
@@ -210,7 +252,12 @@ export class SnapshotController extends Controller {
       const paths = await fstrim(qga);
       const bytes = paths.reduce((n, p) => n + p.trimmed, 0);
       const failed = paths.filter((p) => p.error).map((p) => `${p.path}: ${p.error}`);
-      await this.events.record(snap, 'Normal', 'GuestTrimmed', `the guest trimmed ${Math.round(bytes / 1048576)} MiB of free space on ${paths.length - failed.length} filesystem(s)${failed.length ? `; not on ${failed.join(', ')}` : ''}`);
+      await this.events.record(
+        snap,
+        'Normal',
+        'GuestTrimmed',
+        `the guest trimmed ${Math.round(bytes / 1048576)} MiB of free space on ${paths.length - failed.length} filesystem(s)${failed.length ? `; not on ${failed.join(', ')}` : ''}`,
+      );
       return bytes;
     } catch (e) {
       this.log(`snapshots: ${snap.metadata.namespace}/${snap.metadata.name}: guest-fstrim: ${e instanceof Error ? e.message : String(e)}`);
@@ -218,31 +265,64 @@ export class SnapshotController extends Controller {
     }
   }
 
-  private async ensureContent(snap: KubeObject, vm: KubeObject, name: string, claims: { volume: string; pvc: KubeObject }[], files: Record<string, string>, memory: string | undefined, trimmed: number | undefined): Promise<void> {
+  private async ensureContent(
+    snap: KubeObject,
+    vm: KubeObject,
+    name: string,
+    claims: { volume: string; pvc: KubeObject }[],
+    files: Record<string, string>,
+    memory: string | undefined,
+    trimmed: number | undefined,
+  ): Promise<void> {
     if (this.contents.get(`${snap.metadata.namespace}/${name}`)) return;
     const uid = snap.metadata.uid!;
     try {
-      await this.client.create(VMSNAPSHOTCONTENTS, {
-        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshotContent',
-        metadata: {
-          name, namespace: snap.metadata.namespace,
-          annotations: {
-            [SNAPSHOT_FILES]: JSON.stringify(files), [SNAPSHOT_NODE]: this.opts.nodeName,
-            ...(memory ? { [MEMORY_FILE]: memory } : {}), ...(trimmed !== undefined ? { [TRIMMED_BYTES]: String(trimmed) } : {}),
+      await this.client.create(
+        VMSNAPSHOTCONTENTS,
+        {
+          apiVersion: 'snapshot.kubevirt.io/v1beta1',
+          kind: 'VirtualMachineSnapshotContent',
+          metadata: {
+            name,
+            namespace: snap.metadata.namespace,
+            annotations: {
+              [SNAPSHOT_FILES]: JSON.stringify(files),
+              [SNAPSHOT_NODE]: this.opts.nodeName,
+              ...(memory ? { [MEMORY_FILE]: memory } : {}),
+              ...(trimmed !== undefined ? { [TRIMMED_BYTES]: String(trimmed) } : {}),
+            },
+            finalizers: [CONTENT_FINALIZER],
+            ownerReferences: [
+              {
+                apiVersion: 'snapshot.kubevirt.io/v1beta1',
+                kind: 'VirtualMachineSnapshot',
+                name: snap.metadata.name,
+                uid,
+                controller: true,
+                blockOwnerDeletion: true,
+              },
+            ],
           },
-          finalizers: [CONTENT_FINALIZER],
-          ownerReferences: [{ apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot', name: snap.metadata.name, uid, controller: true, blockOwnerDeletion: true }],
+          spec: {
+            virtualMachineSnapshotName: snap.metadata.name,
+            source: {
+              virtualMachine: {
+                metadata: { name: vm.metadata.name, namespace: vm.metadata.namespace, labels: vm.metadata.labels, annotations: vm.metadata.annotations },
+                spec: vm.spec,
+              },
+            },
+            volumeBackups: claims.map((c) => ({
+              volumeName: c.volume,
+              persistentVolumeClaim: {
+                metadata: { name: c.pvc.metadata.name, namespace: c.pvc.metadata.namespace, labels: c.pvc.metadata.labels },
+                spec: c.pvc.spec,
+              },
+              volumeSnapshotName: volumeSnapshotName(uid, c.volume),
+            })),
+          },
         },
-        spec: {
-          virtualMachineSnapshotName: snap.metadata.name,
-          source: { virtualMachine: { metadata: { name: vm.metadata.name, namespace: vm.metadata.namespace, labels: vm.metadata.labels, annotations: vm.metadata.annotations }, spec: vm.spec } },
-          volumeBackups: claims.map((c) => ({
-            volumeName: c.volume,
-            persistentVolumeClaim: { metadata: { name: c.pvc.metadata.name, namespace: c.pvc.metadata.namespace, labels: c.pvc.metadata.labels }, spec: c.pvc.spec },
-            volumeSnapshotName: volumeSnapshotName(uid, c.volume),
-          })),
-        },
-      }, { namespace: snap.metadata.namespace });
+        { namespace: snap.metadata.namespace },
+      );
     } catch (e) {
       if (!isStatusError(e, 'AlreadyExists')) throw e;
     }
@@ -275,7 +355,12 @@ export class SnapshotController extends Controller {
     const mem = memory ? contained(memory, MEMORY_FILE) : undefined;
     if (mem) await rm(mem.path, { force: true });
     const rest = finalizers.filter((f) => f !== CONTENT_FINALIZER);
-    await this.client.patch(VMSNAPSHOTCONTENTS, content.metadata.name, { metadata: { resourceVersion: content.metadata.resourceVersion, finalizers: rest.length ? rest : null } }, { namespace: content.metadata.namespace });
+    await this.client.patch(
+      VMSNAPSHOTCONTENTS,
+      content.metadata.name,
+      { metadata: { resourceVersion: content.metadata.resourceVersion, finalizers: rest.length ? rest : null } },
+      { namespace: content.metadata.namespace },
+    );
   }
 
   /** A message for the snapshot's status or Events: no host paths (see scrub.ts). */
@@ -311,6 +396,10 @@ export class SnapshotController extends Controller {
   }
 }
 
-const exists = (path: string) => stat(path).then(() => true, () => false);
+const exists = (path: string) =>
+  stat(path).then(
+    () => true,
+    () => false,
+  );
 
 export const volumeSnapshotName = (snapshotUid: string, volume: string) => `vmsnapshot-${snapshotUid}-volume-${volume}`;

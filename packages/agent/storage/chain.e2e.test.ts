@@ -21,14 +21,18 @@ before(async () => {
   await pool.init();
   await pool.ensureNamespaceDir('ns');
 });
-after(async () => { await rm(dir, { recursive: true, force: true }); });
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 const MiB = 1 << 20;
 let n = 0;
 type SnapshotFault = 'link' | 'overlay' | 'switch';
 /** takeSnapshot, stopped at `fault` as if the process died there. */
 async function crashedSnapshot(vol: string, snapshot: string, live: LiveDisk | undefined, fault: SnapshotFault): Promise<void> {
-  setFaultHook((p) => { if (p === `snapshot:${fault}`) throw new Error(`injected fault at ${p}`); });
+  setFaultHook((p) => {
+    if (p === `snapshot:${fault}`) throw new Error(`injected fault at ${p}`);
+  });
   try {
     await assert.rejects(takeSnapshot(pool, vol, snapshot, live), /injected/);
   } finally {
@@ -80,12 +84,18 @@ describe('offline', () => {
     await compact(pool);
     assert.equal(await backingFile(vol), undefined);
     assert.equal(read(vol), 1);
-    assert.deepEqual((await readdir(join(dir, 'ns'))).filter((f) => f.startsWith('disk1')), ['disk1-00000000-0000-4000-8000-000000000001.qcow2']);
+    assert.deepEqual(
+      (await readdir(join(dir, 'ns'))).filter((f) => f.startsWith('disk1')),
+      ['disk1-00000000-0000-4000-8000-000000000001.qcow2'],
+    );
   });
 
   test('a chain of 5: deleting the middle ones in random order keeps the others and the volume', async () => {
     const vol = await volume();
-    for (let i = 1; i <= 5; i++) { write(vol, 10 + i); await takeSnapshot(pool, vol, snap(vol, i)); }
+    for (let i = 1; i <= 5; i++) {
+      write(vol, 10 + i);
+      await takeSnapshot(pool, vol, snap(vol, i));
+    }
     write(vol, 99);
     const order = [3, 2, 4].sort(() => Math.random() - 0.5);
     for (const i of order) assert.equal(await deleteSnapshot(pool, snap(vol, i)), 'deleted', `snapshot ${i} merged into its child`);
@@ -107,7 +117,11 @@ describe('offline', () => {
       assert.equal(await recover(vol), 'back', fault);
       assert.equal(read(vol), 7);
       assert.equal(await backingFile(vol), undefined);
-      assert.deepEqual((await readdir(join(dir, 'ns'))).filter((f) => f.startsWith(`disk${n}-`)), [`disk${n}-00000000-0000-4000-8000-${String(n).padStart(12, '0')}.qcow2`], `${fault}: no leftovers`);
+      assert.deepEqual(
+        (await readdir(join(dir, 'ns'))).filter((f) => f.startsWith(`disk${n}-`)),
+        [`disk${n}-00000000-0000-4000-8000-${String(n).padStart(12, '0')}.qcow2`],
+        `${fault}: no leftovers`,
+      );
       await takeSnapshot(pool, vol, snap(vol, 1));
       assert.equal(read(snap(vol, 1)), 7);
     }
@@ -118,8 +132,14 @@ describe('offline', () => {
     write(vol, 1);
     await takeSnapshot(pool, vol, snap(vol, 1));
     write(vol, 2);
-    setFaultHook((p) => { if (p === 'restore:overlay') throw new Error('injected'); });
-    try { await assert.rejects(restoreVolume(pool, vol, snap(vol, 1)), /injected/); } finally { setFaultHook(undefined); }
+    setFaultHook((p) => {
+      if (p === 'restore:overlay') throw new Error('injected');
+    });
+    try {
+      await assert.rejects(restoreVolume(pool, vol, snap(vol, 1)), /injected/);
+    } finally {
+      setFaultHook(undefined);
+    }
     assert.equal(read(vol), 2, 'the volume is as it was');
     assert.equal(await recover(vol), 'back');
     await restoreVolume(pool, vol, snap(vol, 1));
@@ -139,17 +159,34 @@ describe('offline', () => {
 describe('live (a running QEMU)', () => {
   async function startQemu(vol: string): Promise<{ live: LiveDisk; io: (cmd: string) => Promise<string>; quit: () => Promise<void> }> {
     const sock = join(dir, `qmp-${n}.sock`);
-    const child = spawn('qemu-system-x86_64', [
-      '-machine', 'q35,accel=tcg', '-nodefaults', '-display', 'none', '-S', '-m', '64',
-      '-qmp', `unix:${sock},server=on,wait=off`,
-      '-blockdev', `driver=file,filename=${vol},node-name=file-root`,
-      '-blockdev', 'driver=qcow2,file=file-root,node-name=disk-root',
-      '-device', 'virtio-blk-pci,drive=disk-root,id=ua-root',
-    ], { stdio: 'ignore' });
+    const child = spawn(
+      'qemu-system-x86_64',
+      [
+        '-machine',
+        'q35,accel=tcg',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-S',
+        '-m',
+        '64',
+        '-qmp',
+        `unix:${sock},server=on,wait=off`,
+        '-blockdev',
+        `driver=file,filename=${vol},node-name=file-root`,
+        '-blockdev',
+        'driver=qcow2,file=file-root,node-name=disk-root',
+        '-device',
+        'virtio-blk-pci,drive=disk-root,id=ua-root',
+      ],
+      { stdio: 'ignore' },
+    );
     const qmp = await QmpClient.connect(sock, { waitForSocket: true, timeoutMs: 30_000 });
-    const io = (cmd: string) => qmp.execute<string>('human-monitor-command', { 'command-line': `qemu-io -d /machine/peripheral/ua-root/virtio-backend "${cmd}"` });
+    const io = (cmd: string) =>
+      qmp.execute<string>('human-monitor-command', { 'command-line': `qemu-io -d /machine/peripheral/ua-root/virtio-backend "${cmd}"` });
     return {
-      live: { qmp, device: 'ua-root' }, io,
+      live: { qmp, device: 'ua-root' },
+      io,
       quit: async () => {
         const exited = new Promise((r) => child.once('exit', r));
         await qmp.execute('quit').catch(() => undefined);
@@ -180,7 +217,7 @@ describe('live (a running QEMU)', () => {
     assert.equal(read(vol), 3);
   });
 
-  test('while the VM runs on, another process can open each of its snapshots (a clone\'s QEMU)', async () => {
+  test("while the VM runs on, another process can open each of its snapshots (a clone's QEMU)", async () => {
     const vol = await volume();
     const clone = (i: number) => join(dir, `clone-${n}-${i}.qcow2`);
     const q = await startQemu(vol);

@@ -30,7 +30,10 @@ import * as qemuImg from './qemu-img.ts';
 export type ChainErrorCode = 'NotAttached' | 'GoldenImage' | 'SnapshotMissing' | 'Conflict';
 
 export class ChainError extends Error {
-  constructor(readonly code: ChainErrorCode, message: string) {
+  constructor(
+    readonly code: ChainErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'ChainError';
   }
@@ -42,9 +45,7 @@ export interface LiveDisk {
   device: string;
 }
 
-type Journal =
-  | { op: 'snapshot'; snapshot: string; overlay: string; device?: string; overlayBytes?: number }
-  | { op: 'restore'; overlay: string };
+type Journal = { op: 'snapshot'; snapshot: string; overlay: string; device?: string; overlayBytes?: number } | { op: 'restore'; overlay: string };
 
 /** The file of snapshot `snapshotUid` of the volume at `volume`. */
 export function snapshotFileFor(volume: string, snapshotUid: string): string {
@@ -83,7 +84,10 @@ export async function restoreVolume(pool: Pool, volume: string, snapshot: string
   await recover(volume);
   if (!(await exists(snapshot))) throw new ChainError('SnapshotMissing', `the snapshot file ${snapshot} is gone`);
   await refuseGolden(pool, volume);
-  const current = await qemuImg.info(volume, { format: 'qcow2' }).then((i) => i.virtualSize, () => 0);
+  const current = await qemuImg.info(volume, { format: 'qcow2' }).then(
+    (i) => i.virtualSize,
+    () => 0,
+  );
   // Snapshot files never change, but a running QEMU (a clone's, or its VM's before a stop) may hold their lock.
   const size = Math.max(current, (await qemuImg.info(snapshot, { format: 'qcow2', forceShare: true })).virtualSize);
   const overlay = pendingFor(volume);
@@ -167,10 +171,17 @@ export async function compact(pool: Pool, only?: string): Promise<string[]> {
 /** A golden image must never change: its linked clones, in any namespace, read it. */
 async function refuseGolden(pool: Pool, volume: string): Promise<void> {
   const users = await pool.cloneUsers(volume);
-  if (users.length) throw new ChainError('GoldenImage', `${volume} is the base of linked clones (${basename(users[0])}): it must never change, so it cannot be snapshotted or restored; clone it fully first`);
+  if (users.length)
+    throw new ChainError(
+      'GoldenImage',
+      `${volume} is the base of linked clones (${basename(users[0])}): it must never change, so it cannot be snapshotted or restored; clone it fully first`,
+    );
 }
 
-interface BlockInfo { qdev?: string; inserted?: { 'node-name': string; image: { 'virtual-size': number }; cache: { direct: boolean; 'no-flush': boolean } } }
+interface BlockInfo {
+  qdev?: string;
+  inserted?: { 'node-name': string; image: { 'virtual-size': number }; cache: { direct: boolean; 'no-flush': boolean } };
+}
 
 async function liveBlock(live: LiveDisk): Promise<NonNullable<BlockInfo['inserted']>> {
   const blocks = await live.qmp.execute<BlockInfo[]>('query-block');
@@ -184,7 +195,10 @@ const liveTopNode = async (live: LiveDisk) => (await liveBlock(live))['node-name
 const nodeNameFor = (overlay: string) => `ov-${overlay.slice(-12)}`;
 
 async function switchLive(live: LiveDisk, overlay: string): Promise<void> {
-  const { 'node-name': top, cache: { direct, 'no-flush': noFlush } } = await liveBlock(live);
+  const {
+    'node-name': top,
+    cache: { direct, 'no-flush': noFlush },
+  } = await liveBlock(live);
   const node = nodeNameFor(overlay);
   // The disk's cache mode (KubeVirt's cache: none is O_DIRECT) carries over to its new layer.
   const cache = { direct, 'no-flush': noFlush };
@@ -214,7 +228,12 @@ async function writeJournal(volume: string, j: Journal): Promise<void> {
   const path = journalOf(volume);
   const tmp = `${path}.tmp`;
   const fh = await open(tmp, 'w');
-  try { await fh.writeFile(JSON.stringify(j)); await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.writeFile(JSON.stringify(j));
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
   await rename(tmp, path);
   await syncDir(dirname(volume));
 }
@@ -223,16 +242,27 @@ async function readJournal(volume: string): Promise<Journal | undefined> {
   // No journal means no operation in flight; an unreadable one must not pass for that.
   const text = await readFile(journalOf(volume), 'utf8').catch(undefinedIfMissing);
   if (text === undefined) return undefined;
-  try { return JSON.parse(text) as Journal; } catch { return undefined; }
+  try {
+    return JSON.parse(text) as Journal;
+  } catch {
+    return undefined;
+  }
 }
 
 async function syncDir(dir: string): Promise<void> {
   const fh = await open(dir, 'r');
-  try { await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 async function sameFile(a: string, b: string): Promise<boolean> {

@@ -30,12 +30,22 @@ export async function cloneVolume(opts: CloneOptions): Promise<{ linked: boolean
   const shared = opts.immutableSource === true;
   const src = await qemuImg.info(opts.source, { format: 'qcow2', signal: opts.signal, forceShare: shared });
   if (opts.size < src.virtualSize) {
-    throw new ImportError('TooLarge', `the clone (${opts.size} bytes) is smaller than its source (${src.virtualSize} bytes): ask for at least the source's size`);
+    throw new ImportError(
+      'TooLarge',
+      `the clone (${opts.size} bytes) is smaller than its source (${src.virtualSize} bytes): ask for at least the source's size`,
+    );
   }
   const tmp = `${opts.dest}.tmp-${randomBytes(6).toString('hex')}`;
   try {
     if (opts.linked) {
-      await qemuImg.create(tmp, { format: 'qcow2', backingFile: opts.source, backingFormat: 'qcow2', size: opts.size, unsafeBacking: shared, signal: opts.signal });
+      await qemuImg.create(tmp, {
+        format: 'qcow2',
+        backingFile: opts.source,
+        backingFormat: 'qcow2',
+        size: opts.size,
+        unsafeBacking: shared,
+        signal: opts.signal,
+      });
     } else {
       await convertDurably(opts.source, tmp, 'qcow2', opts.signal, (p) => opts.onProgress?.(p), shared);
       if (opts.size > src.virtualSize) await qemuImg.resize(tmp, opts.size, { format: 'qcow2', signal: opts.signal });

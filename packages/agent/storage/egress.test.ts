@@ -42,12 +42,22 @@ after(async () => {
 /** A decoy "host-only service": counts the requests that reach it and answers with the test disk. */
 async function decoy(host: string): Promise<{ url: string; port: number; hits: () => number; close(): Promise<void> }> {
   let hits = 0;
-  const server = http.createServer((req, res) => { hits++; res.writeHead(200); createReadStream(qcow2).pipe(res); });
+  const server = http.createServer((req, res) => {
+    hits++;
+    res.writeHead(200);
+    createReadStream(qcow2).pipe(res);
+  });
   await new Promise<void>((r) => server.listen(0, host, r));
   const port = (server.address() as AddressInfo).port;
   return {
-    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`, port, hits: () => hits,
-    close: () => new Promise<void>((r) => { server.closeAllConnections(); server.close(() => r()); }),
+    url: `http://${host.includes(':') ? `[${host}]` : host}:${port}`,
+    port,
+    hits: () => hits,
+    close: () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -70,8 +80,26 @@ function shape(message: string, url: string): string {
 
 describe('egress policy: addresses', () => {
   test('loopback, link-local, unspecified, multicast and their IPv6 spellings are refused; loopback only is allowed by the override', () => {
-    const refused = ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1', '::ffff:7f00:1', '::127.0.0.1', '64:ff9b::7f00:1',
-      '169.254.169.254', '::ffff:169.254.169.254', 'fe80::1', 'febf::1', '0.0.0.0', '0.1.2.3', '::', '224.0.0.1', '239.255.255.250', 'ff02::1', '255.255.255.255'];
+    const refused = [
+      '127.0.0.1',
+      '127.8.9.10',
+      '::1',
+      '::ffff:127.0.0.1',
+      '::ffff:7f00:1',
+      '::127.0.0.1',
+      '64:ff9b::7f00:1',
+      '169.254.169.254',
+      '::ffff:169.254.169.254',
+      'fe80::1',
+      'febf::1',
+      '0.0.0.0',
+      '0.1.2.3',
+      '::',
+      '224.0.0.1',
+      '239.255.255.250',
+      'ff02::1',
+      '255.255.255.255',
+    ];
     for (const a of refused) assert.ok(refusalReason(a, 80), `${a} must be refused`);
     const lab: EgressPolicy = { allowLoopback: true };
     for (const a of ['127.0.0.1', '::1', '::ffff:127.0.0.1', '127.1.1.1']) assert.equal(refusalReason(a, 80, lab), undefined, `${a} with the override`);
@@ -81,7 +109,10 @@ describe('egress policy: addresses', () => {
   });
 
   test("this node's own addresses are refused, and the API server's address and port", async () => {
-    const own = Object.values(networkInterfaces()).flat().filter((i) => i && !i.internal).map((i) => i!.address.replace(/%.*$/, ''));
+    const own = Object.values(networkInterfaces())
+      .flat()
+      .filter((i) => i && !i.internal)
+      .map((i) => i!.address.replace(/%.*$/, ''));
     assert.ok(own.length > 0, 'the host has a non-loopback address');
     for (const a of own) assert.ok(refusalReason(a, 80), a);
     for (const a of own.filter((x) => !x.startsWith('fe80:'))) assert.match(refusalReason(a, 80) ?? '', /own interfaces/, a);
@@ -96,11 +127,21 @@ describe('egress policy: addresses', () => {
 
 describe('egress policy: loopback sources', () => {
   let svc: Awaited<ReturnType<typeof decoy>>;
-  before(async () => { svc = await decoy('127.0.0.1'); });
-  after(async () => { await svc?.close(); });
+  before(async () => {
+    svc = await decoy('127.0.0.1');
+  });
+  after(async () => {
+    await svc?.close();
+  });
 
   test('an http source on 127.0.0.1 (also as localhost and ::ffff:127.0.0.1) is refused without the override and never contacted', async () => {
-    for (const url of [`${svc.url}/disk.qcow2`, `http://localhost:${svc.port}/disk.qcow2`, `http://[::ffff:127.0.0.1]:${svc.port}/disk.qcow2`, `http://2130706433:${svc.port}/disk.qcow2`, `http://0x7f.1:${svc.port}/disk.qcow2`]) {
+    for (const url of [
+      `${svc.url}/disk.qcow2`,
+      `http://localhost:${svc.port}/disk.qcow2`,
+      `http://[::ffff:127.0.0.1]:${svc.port}/disk.qcow2`,
+      `http://2130706433:${svc.port}/disk.qcow2`,
+      `http://0x7f.1:${svc.port}/disk.qcow2`,
+    ]) {
       const r = await importFrom(url);
       assert.equal(r.error?.code, 'Unreachable', url);
       assert.deepEqual(await readdir(r.dir), [], 'nothing left behind');
@@ -124,7 +165,10 @@ describe('egress policy: loopback sources', () => {
   });
 
   test('a registry source on loopback is refused without the override, before any request', async () => {
-    await assert.rejects(openRegistryDisk({ url: `docker://127.0.0.1:${svc.port}/disks/x:v1`, insecure: true }), (e: unknown) => e instanceof ImportError && e.code === 'Unreachable');
+    await assert.rejects(
+      openRegistryDisk({ url: `docker://127.0.0.1:${svc.port}/disks/x:v1`, insecure: true }),
+      (e: unknown) => e instanceof ImportError && e.code === 'Unreachable',
+    );
     assert.equal(svc.hits(), 1, 'no new request');
   });
 });
@@ -140,17 +184,48 @@ describe('egress policy: https sources with a certConfigMap CA', () => {
     sh('openssl', ['req', '-x509', ...ec, '-keyout', at('ca.key'), '-out', at('ca.pem'), '-days', '2', '-subj', '/CN=vessel egress test CA']);
     sh('openssl', ['req', ...ec, '-keyout', at('tls.key'), '-out', at('tls.csr'), '-subj', '/CN=localhost']);
     await writeFile(at('ext.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
-    sh('openssl', ['x509', '-req', '-in', at('tls.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca.key'), '-CAcreateserial', '-out', at('tls.pem'), '-days', '2', '-extfile', at('ext.cnf')]);
+    sh('openssl', [
+      'x509',
+      '-req',
+      '-in',
+      at('tls.csr'),
+      '-CA',
+      at('ca.pem'),
+      '-CAkey',
+      at('ca.key'),
+      '-CAcreateserial',
+      '-out',
+      at('tls.pem'),
+      '-days',
+      '2',
+      '-extfile',
+      at('ext.cnf'),
+    ]);
     caPem = await readFile(at('ca.pem'), 'utf8');
-    server = https.createServer({ cert: await readFile(at('tls.pem')), key: await readFile(at('tls.key')) }, (_req, res) => { hits++; res.writeHead(200); createReadStream(qcow2).pipe(res); });
+    server = https.createServer({ cert: await readFile(at('tls.pem')), key: await readFile(at('tls.key')) }, (_req, res) => {
+      hits++;
+      res.writeHead(200);
+      createReadStream(qcow2).pipe(res);
+    });
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     port = (server.address() as AddressInfo).port;
   });
-  after(async () => { server?.closeAllConnections(); await new Promise<void>((r) => server?.close(() => r())); });
+  after(async () => {
+    server?.closeAllConnections();
+    await new Promise<void>((r) => server?.close(() => r()));
+  });
 
   const run = async (url: string, egress: EgressPolicy | undefined, withCa = true) => {
     const dir = await mkdtemp(join(work, 'dest-'));
-    return importDisk({ source: { kind: 'http', url, caPem: withCa ? caPem : undefined }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 64 * MiB, egress }).then(() => undefined, (e: ImportError) => e);
+    return importDisk({
+      source: { kind: 'http', url, caPem: withCa ? caPem : undefined },
+      dest: join(dir, 'disk.qcow2'),
+      maxVirtualSize: 64 * MiB,
+      egress,
+    }).then(
+      () => undefined,
+      (e: ImportError) => e,
+    );
   };
 
   test('refused on loopback without the override; with it the CA is used, for an IP and for a name', async () => {
@@ -195,7 +270,12 @@ describe('egress policy: a network namespace joined by a veth pair', () => {
   test("redirects from it to loopback, 169.254.169.254 or this node's address are refused", async (t) => {
     if (typeof ns === 'string' || !srv || !hostLoop || !hostOwn) return t.skip(String(ns));
     const base = `http://${ns.nsIp}:${srv.port}/to?u=`;
-    const targets = [`${hostLoop.url}/disk.qcow2`, 'http://169.254.169.254/latest/meta-data/', `${hostOwn.url}/disk.qcow2`, `http://[::1]:${hostLoop.port}/disk.qcow2`];
+    const targets = [
+      `${hostLoop.url}/disk.qcow2`,
+      'http://169.254.169.254/latest/meta-data/',
+      `${hostOwn.url}/disk.qcow2`,
+      `http://[::1]:${hostLoop.port}/disk.qcow2`,
+    ];
     for (const to of targets) {
       const r = await importFrom(base + encodeURIComponent(to));
       assert.equal(r.error?.code, 'Unreachable', `redirect to ${to}: ${r.error?.message}`);
@@ -234,17 +314,34 @@ describe('egress policy: a network namespace joined by a veth pair', () => {
 describe('credentials and redirects', () => {
   test("the secretRef's Authorization goes to the URL's origin only, not to where it redirects", async () => {
     const seen: (string | undefined)[] = [];
-    const target = http.createServer((req, res) => { seen.push(req.headers.authorization); res.writeHead(200); createReadStream(qcow2).pipe(res); });
+    const target = http.createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(200);
+      createReadStream(qcow2).pipe(res);
+    });
     await new Promise<void>((r) => target.listen(0, '127.0.0.1', r));
     const tport = (target.address() as AddressInfo).port;
-    const first = http.createServer((req, res) => { seen.push(req.headers.authorization); res.writeHead(302, { location: `http://127.0.0.1:${tport}/disk` }).end(); });
+    const first = http.createServer((req, res) => {
+      seen.push(req.headers.authorization);
+      res.writeHead(302, { location: `http://127.0.0.1:${tport}/disk` }).end();
+    });
     await new Promise<void>((r) => first.listen(0, '127.0.0.1', r));
     try {
       const dir = await mkdtemp(join(work, 'dest-'));
-      await importDisk({ source: { kind: 'http', url: `http://127.0.0.1:${(first.address() as AddressInfo).port}/disk`, headers: { Authorization: 'Basic c2VjcmV0OnNlY3JldA==' } }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: 64 * MiB, egress: { allowLoopback: true } });
+      await importDisk({
+        source: {
+          kind: 'http',
+          url: `http://127.0.0.1:${(first.address() as AddressInfo).port}/disk`,
+          headers: { Authorization: 'Basic c2VjcmV0OnNlY3JldA==' },
+        },
+        dest: join(dir, 'disk.qcow2'),
+        maxVirtualSize: 64 * MiB,
+        egress: { allowLoopback: true },
+      });
       assert.deepEqual(seen, ['Basic c2VjcmV0OnNlY3JldA==', undefined]);
     } finally {
-      first.closeAllConnections(); target.closeAllConnections();
+      first.closeAllConnections();
+      target.closeAllConnections();
       await new Promise<void>((r) => first.close(() => r()));
       await new Promise<void>((r) => target.close(() => r()));
     }

@@ -53,7 +53,8 @@ export function refusalReason(address: string, port: number | undefined, policy:
   const key = canonical(bytes);
   for (const d of policy.denied ?? []) {
     const db = ipBytes(d.address);
-    if (db && canonical(db) === key && (d.port === undefined || d.port === port)) return d.port === undefined ? 'a denied address' : 'a denied address and port';
+    if (db && canonical(db) === key && (d.port === undefined || d.port === port))
+      return d.port === undefined ? 'a denied address' : 'a denied address and port';
   }
   // The node's own addresses: a server bound to 0.0.0.0 answers on each of them. Loopback
   // addresses among them were decided above.
@@ -147,11 +148,14 @@ export async function connectChecked(o: ConnectOptions): Promise<net.Socket> {
 export function checkedRequestOptions(url: URL, o: Omit<ConnectOptions, 'host' | 'port'>): Pick<http.RequestOptions, 'createConnection'> {
   const port = url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
   const createConnection = (_opts: unknown, oncreate: (err: Error | null, socket?: net.Socket) => void): undefined => {
-    connectChecked({ ...o, host: url.hostname, port }).then((s) => {
-      // http attaches its own handlers a tick later; until then an error must not crash the agent.
-      s.on('error', () => undefined);
-      oncreate(null, s);
-    }, (e: Error) => oncreate(e));
+    connectChecked({ ...o, host: url.hostname, port }).then(
+      (s) => {
+        // http attaches its own handlers a tick later; until then an error must not crash the agent.
+        s.on('error', () => undefined);
+        oncreate(null, s);
+      },
+      (e: Error) => oncreate(e),
+    );
     return undefined;
   };
   // No `agent`: node then opens each request's connection with createConnection (agent: false would not).
@@ -160,15 +164,25 @@ export function checkedRequestOptions(url: URL, o: Omit<ConnectOptions, 'host' |
 
 /** The one error for every target the importer does not reach. */
 export function unreachable(display: string, cause?: unknown): ImportError {
-  return new ImportError('Unreachable', `cannot connect to ${display}: the host does not resolve, does not answer, or is an address the importer may not fetch from (loopback, link-local, this node's or the API server's addresses); check the URL and that the server is reachable from the node`, { cause });
+  return new ImportError(
+    'Unreachable',
+    `cannot connect to ${display}: the host does not resolve, does not answer, or is an address the importer may not fetch from (loopback, link-local, this node's or the API server's addresses); check the URL and that the server is reachable from the node`,
+    { cause },
+  );
 }
 
 class TimeoutError extends Error {}
 
 function once(emitter: net.Socket | tls.TLSSocket, event: 'connect' | 'secureConnect'): Promise<void> {
   return new Promise((resolve, reject) => {
-    const onError = (e: Error) => { emitter.off(event, onOk); reject(e); };
-    const onOk = () => { emitter.off('error', onError); resolve(); };
+    const onError = (e: Error) => {
+      emitter.off(event, onOk);
+      reject(e);
+    };
+    const onOk = () => {
+      emitter.off('error', onError);
+      resolve();
+    };
     emitter.once(event, onOk);
     emitter.once('error', onError);
   });
@@ -179,7 +193,10 @@ function withTimeout<T>(p: Promise<T>, deadline: number, signal: AbortSignal | u
     const timer = setTimeout(() => reject(new TimeoutError('timed out')), Math.max(0, deadline - Date.now()));
     const onAbort = () => reject(signal!.reason);
     signal?.addEventListener('abort', onAbort, { once: true });
-    p.then(resolve, reject).finally(() => { clearTimeout(timer); signal?.removeEventListener('abort', onAbort); });
+    p.then(resolve, reject).finally(() => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
+    });
   });
 }
 
@@ -192,9 +209,13 @@ export function ipBytes(address: string): number[] | undefined {
   const kind = net.isIP(a);
   if (kind === 4) return a.split('.').map(Number);
   if (kind !== 6) return undefined;
-  let head = a, tail = '';
+  let head = a,
+    tail = '';
   const dbl = a.indexOf('::');
-  if (dbl >= 0) { head = a.slice(0, dbl); tail = a.slice(dbl + 2); }
+  if (dbl >= 0) {
+    head = a.slice(0, dbl);
+    tail = a.slice(dbl + 2);
+  }
   const words = (s: string): number[] => {
     if (s === '') return [];
     const out: number[] = [];
@@ -206,7 +227,8 @@ export function ipBytes(address: string): number[] | undefined {
     }
     return out;
   };
-  const h = words(head), t = words(tail);
+  const h = words(head),
+    t = words(tail);
   const all = dbl >= 0 ? [...h, ...new Array<number>(8 - h.length - t.length).fill(0), ...t] : h;
   return all.flatMap((w) => [w >> 8, w & 0xff]);
 }
@@ -277,5 +299,8 @@ export async function agentEgressPolicy(opts: { allowLoopback: boolean; apiServe
 export async function resolveAll(host: string): Promise<string[]> {
   const h = host.replace(/^\[|\]$/g, '');
   if (net.isIP(h)) return [h];
-  return lookup(h, { all: true, verbatim: true }).then((r) => r.map((a) => a.address), () => []);
+  return lookup(h, { all: true, verbatim: true }).then(
+    (r) => r.map((a) => a.address),
+    () => [],
+  );
 }

@@ -47,6 +47,10 @@ export class QemuImgError extends ImportError {
 
 /** The first non-empty line of qemu-img's stderr, without its "qemu-img: " prefix. */
 export function firstLine(stderr: string): string {
-  const line = stderr.split('\n').map((l) => l.trim()).find((l) => l.length > 0) ?? '';
+  const line =
+    stderr
+      .split('\n')
+      .map((l) => l.trim())
+      .find((l) => l.length > 0) ?? '';
   return line.replace(/^qemu-img:\s*/, '');
 }

@@ -72,7 +72,11 @@ after(async () => {
 
 async function patch(path: string, offset: number, bytes: Buffer): Promise<void> {
   const fh = await open(path, 'r+');
-  try { await fh.write(bytes, 0, bytes.length, offset); } finally { await fh.close(); }
+  try {
+    await fh.write(bytes, 0, bytes.length, offset);
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Zeroes the first refcount block: qemu-img info still opens the file, qemu-img check finds corruptions. */
@@ -85,7 +89,9 @@ async function zeroFirstRefcountBlock(path: string): Promise<void> {
     const e = Buffer.alloc(8);
     await fh.read(e, 0, 8, table);
     await fh.write(Buffer.alloc(65536), 0, 65536, Number(e.readBigUInt64BE(0)));
-  } finally { await fh.close(); }
+  } finally {
+    await fh.close();
+  }
 }
 
 async function freshDir(): Promise<string> {
@@ -107,7 +113,7 @@ async function assertIdentical(dest: string): Promise<void> {
 }
 
 async function expectRefused(opts: Omit<ImportOptions, 'dest'>, code: ImportError['code'], dir?: string): Promise<ImportError> {
-  const d = dir ?? await freshDir();
+  const d = dir ?? (await freshDir());
   let caught: unknown;
   try {
     await importDisk({ egress: LAB, ...opts, dest: join(d, 'disk.qcow2') });
@@ -122,17 +128,31 @@ async function expectRefused(opts: Omit<ImportOptions, 'dest'>, code: ImportErro
 
 describe('importDisk: every format, from HTTP and from a file', () => {
   const cases: [string, string, string][] = [
-    ['disk.raw', 'raw', 'none'], ['disk.qcow2', 'qcow2', 'none'], ['disk-compressed.qcow2', 'qcow2', 'none'],
-    ['disk.vmdk', 'vmdk', 'none'], ['disk-stream.vmdk', 'vmdk', 'none'], ['disk.vpc', 'vpc', 'none'],
-    ['disk-fixed.vpc', 'vpc', 'none'], ['disk.vhdx', 'vhdx', 'none'], ['disk.raw.gz', 'raw', 'gzip'],
-    ['disk.qcow2.gz', 'qcow2', 'gzip'], ['disk.raw.xz', 'raw', 'xz'], ['liar.iso', 'qcow2', 'none'],
+    ['disk.raw', 'raw', 'none'],
+    ['disk.qcow2', 'qcow2', 'none'],
+    ['disk-compressed.qcow2', 'qcow2', 'none'],
+    ['disk.vmdk', 'vmdk', 'none'],
+    ['disk-stream.vmdk', 'vmdk', 'none'],
+    ['disk.vpc', 'vpc', 'none'],
+    ['disk-fixed.vpc', 'vpc', 'none'],
+    ['disk.vhdx', 'vhdx', 'none'],
+    ['disk.raw.gz', 'raw', 'gzip'],
+    ['disk.qcow2.gz', 'qcow2', 'gzip'],
+    ['disk.raw.xz', 'raw', 'xz'],
+    ['liar.iso', 'qcow2', 'none'],
   ];
   for (const [name, format, compression] of cases) {
     test(`${name} over HTTP`, async () => {
       const dir = await freshDir();
       const dest = join(dir, 'disk.qcow2');
       const seen: number[] = [];
-      const r = await importDisk({ egress: LAB, source: { kind: 'http', url: server.file(name) }, dest, maxVirtualSize: SIZE + MiB, onProgress: (p) => seen.push(p) });
+      const r = await importDisk({
+        egress: LAB,
+        source: { kind: 'http', url: server.file(name) },
+        dest,
+        maxVirtualSize: SIZE + MiB,
+        onProgress: (p) => seen.push(p),
+      });
       assert.equal(r.sourceFormat, format);
       assert.equal(r.compression, compression);
       assert.equal(r.bytesTransferred, (await stat(join(srcDir, name))).size);
@@ -157,7 +177,13 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     const r1 = await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2') }, dest: join(dir, 'a.qcow2'), maxVirtualSize: SIZE });
     assert.equal(r1.converted, false);
     assert.deepEqual(await readFile(join(dir, 'a.qcow2')), await readFile(join(srcDir, 'disk.qcow2')));
-    const r2 = await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2') }, dest: join(dir, 'b.qcow2'), maxVirtualSize: SIZE, adoptPlainQcow2: false });
+    const r2 = await importDisk({
+      egress: LAB,
+      source: { kind: 'http', url: server.file('disk.qcow2') },
+      dest: join(dir, 'b.qcow2'),
+      maxVirtualSize: SIZE,
+      adoptPlainQcow2: false,
+    });
     assert.equal(r2.converted, true);
     // A qcow2 with an internal snapshot is rewritten (convert drops the snapshot).
     const snap = join(work, 'snap.qcow2');
@@ -182,7 +208,13 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     const dir = await freshDir();
     const path = join(srcDir, 'disk.raw.gz');
     const checksum = await sha('sha256', path);
-    const r = await importDisk({ egress: LAB, source: { kind: 'stream', stream: createReadStream(path), sizeHint: (await stat(path)).size }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum });
+    const r = await importDisk({
+      egress: LAB,
+      source: { kind: 'stream', stream: createReadStream(path), sizeHint: (await stat(path)).size },
+      dest: join(dir, 'disk.qcow2'),
+      maxVirtualSize: SIZE,
+      checksum,
+    });
     assert.equal(r.checksum, checksum);
     await assertIdentical(join(dir, 'disk.qcow2'));
   });
@@ -196,7 +228,13 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     }
     // From a file: hashed in place.
     const dir = await freshDir();
-    await importDisk({ egress: LAB, source: { kind: 'file', path: original }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, checksum: await sha('sha256', original) });
+    await importDisk({
+      egress: LAB,
+      source: { kind: 'file', path: original },
+      dest: join(dir, 'disk.qcow2'),
+      maxVirtualSize: SIZE,
+      checksum: await sha('sha256', original),
+    });
   });
 
   test('blank disk', async () => {
@@ -213,7 +251,9 @@ describe('importDisk: every format, from HTTP and from a file', () => {
     const dir = await freshDir();
     const dest = join(dir, 'disk.qcow2');
     await writeFile(dest, 'previous');
-    await assert.rejects(importDisk({ egress: LAB, source: { kind: 'http', url: server.file('backing.qcow2') }, dest, maxVirtualSize: SIZE }), { code: 'BackingFileRefused' });
+    await assert.rejects(importDisk({ egress: LAB, source: { kind: 'http', url: server.file('backing.qcow2') }, dest, maxVirtualSize: SIZE }), {
+      code: 'BackingFileRefused',
+    });
     assert.deepEqual(await readdir(dir), ['disk.qcow2']);
     assert.equal(await readFile(dest, 'utf8'), 'previous');
     await importDisk({ egress: LAB, source: { kind: 'http', url: server.file('disk.qcow2') }, dest, maxVirtualSize: SIZE });
@@ -297,8 +337,17 @@ describe('importDisk refuses hostile and broken images, leaving nothing behind',
     const ac = new AbortController();
     let sawProgress = false;
     const p = importDisk({
-      egress: LAB, source: http('disk.qcow2', 'slow'), dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, signal: ac.signal,
-      onProgress: (pct) => { if (pct > 0 && !sawProgress) { sawProgress = true; setTimeout(() => ac.abort(), 50); } },
+      egress: LAB,
+      source: http('disk.qcow2', 'slow'),
+      dest: join(dir, 'disk.qcow2'),
+      maxVirtualSize: SIZE,
+      signal: ac.signal,
+      onProgress: (pct) => {
+        if (pct > 0 && !sawProgress) {
+          sawProgress = true;
+          setTimeout(() => ac.abort(), 50);
+        }
+      },
     });
     await assert.rejects(p, (e: unknown) => e instanceof ImportError && e.code === 'Aborted');
     assert.ok(sawProgress);
@@ -310,8 +359,14 @@ describe('importDisk refuses hostile and broken images, leaving nothing behind',
     const ac = new AbortController();
     const phases: string[] = [];
     const p = importDisk({
-      source: file('disk.vhdx'), dest: join(dir, 'disk.qcow2'), maxVirtualSize: SIZE, signal: ac.signal,
-      onProgress: (_pct, phase) => { phases.push(phase); if (phase === 'convert') ac.abort(); },
+      source: file('disk.vhdx'),
+      dest: join(dir, 'disk.qcow2'),
+      maxVirtualSize: SIZE,
+      signal: ac.signal,
+      onProgress: (_pct, phase) => {
+        phases.push(phase);
+        if (phase === 'convert') ac.abort();
+      },
     });
     await assert.rejects(p, (e: unknown) => e instanceof ImportError && e.code === 'Aborted');
     assert.ok(phases.includes('convert'), `aborted in ${phases.join(',')}`);
@@ -341,7 +396,11 @@ async function peakStored<T>(dir: string, work: () => Promise<T>): Promise<{ pea
   const poll = (async () => {
     while (running) {
       let total = 0;
-      for (const f of await readdir(dir).catch(() => [] as string[])) total += await stat(join(dir, f)).then((s) => s.size, () => 0);
+      for (const f of await readdir(dir).catch(() => [] as string[]))
+        total += await stat(join(dir, f)).then(
+          (s) => s.size,
+          () => 0,
+        );
       peak = Math.max(peak, total);
       await new Promise((r) => setTimeout(r, 2));
     }
@@ -366,7 +425,16 @@ describe('importDisk stops a source that outgrows the claim while it streams', (
       const out: NodeJS.WritableStream = z ?? res;
       const chunk = Buffer.alloc(MiB);
       // Endless for the importer, but not for the disk should the cap ever regress: 1 GiB, then cut.
-      const more = () => { while (!res.destroyed) { if (sent >= 2 ** 30) { res.destroy(); break; } sent += chunk.length; if (!out.write(chunk)) break; } };
+      const more = () => {
+        while (!res.destroyed) {
+          if (sent >= 2 ** 30) {
+            res.destroy();
+            break;
+          }
+          sent += chunk.length;
+          if (!out.write(chunk)) break;
+        }
+      };
       (z ?? res).on('drain', more);
       res.on('close', () => z?.destroy());
       more();
@@ -374,22 +442,32 @@ describe('importDisk stops a source that outgrows the claim while it streams', (
     await new Promise<void>((r) => endless.listen(0, '127.0.0.1', r));
     url = `http://127.0.0.1:${(endless.address() as AddressInfo).port}`;
   });
-  after(async () => { endless?.closeAllConnections(); await new Promise<void>((r) => endless?.close(() => r())); });
+  after(async () => {
+    endless?.closeAllConnections();
+    await new Promise<void>((r) => endless?.close(() => r()));
+  });
 
-  for (const [name, path] of [['an endless raw stream', '/endless'], ['an endless gzip stream (decompressed bytes count)', '/endless.gz']]) {
+  for (const [name, path] of [
+    ['an endless raw stream', '/endless'],
+    ['an endless gzip stream (decompressed bytes count)', '/endless.gz'],
+  ]) {
     test(name, async () => {
       const claim = MiB;
       const dir = await freshDir();
       sent = 0;
       const started = Date.now();
-      const { peak, result } = await peakStored(dir, () => importDisk({ egress: LAB, source: { kind: 'http', url: url + path }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: claim }));
+      const { peak, result } = await peakStored(dir, () =>
+        importDisk({ egress: LAB, source: { kind: 'http', url: url + path }, dest: join(dir, 'disk.qcow2'), maxVirtualSize: claim }),
+      );
       assert.equal(result.status, 'rejected');
       const e = (result as PromiseRejectedResult).reason as ImportError;
       assert.equal(e.code, 'TooLarge', e.message);
       assert.match(e.message, /more than an image for the claim's 1048576 bytes \(1\.00 MiB\) can take .*request a larger PVC/);
       assert.ok(peak <= maxImageBytes(claim), `stored at most ${maxImageBytes(claim)} bytes, saw ${peak}`);
       assert.deepEqual(await readdir(dir), [], 'nothing left behind');
-      console.log(`# ${name}: claim ${claim} bytes, cap ${maxImageBytes(claim)}, peak stored ${peak} bytes, server sent ${sent} bytes (before compression), stopped after ${Date.now() - started} ms`);
+      console.log(
+        `# ${name}: claim ${claim} bytes, cap ${maxImageBytes(claim)}, peak stored ${peak} bytes, server sent ${sent} bytes (before compression), stopped after ${Date.now() - started} ms`,
+      );
     });
   }
 

@@ -117,7 +117,8 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
   try {
     throwIfAborted(signal);
     if (source.kind === 'blank') {
-      if (!Number.isSafeInteger(source.size) || source.size <= 0) throw new ImportError('InvalidArgument', `a blank disk needs a positive size in bytes, not ${source.size}`);
+      if (!Number.isSafeInteger(source.size) || source.size <= 0)
+        throw new ImportError('InvalidArgument', `a blank disk needs a positive size in bytes, not ${source.size}`);
       if (source.size > opts.maxVirtualSize) throw tooLarge(source.size, opts.maxVirtualSize);
       await qemuImg.create(tmpOut, { format: 'qcow2', size: source.size, signal });
       const out = await verifyOutput(tmpOut, source.size, opts.maxVirtualSize, signal);
@@ -138,7 +139,10 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
       input = tmpIn;
     }
     if (wantSum && received.digest !== wantSum.hex) {
-      throw new ImportError('ChecksumMismatch', `the ${wantSum.algo} checksum of the downloaded bytes is ${received.digest}, not ${wantSum.hex} as the DataVolume says: check the checksum, or the URL if it serves a different file now`);
+      throw new ImportError(
+        'ChecksumMismatch',
+        `the ${wantSum.algo} checksum of the downloaded bytes is ${received.digest}, not ${wantSum.hex} as the DataVolume says: check the checksum, or the URL if it serves a different file now`,
+      );
     }
     throwIfAborted(signal);
 
@@ -155,7 +159,15 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
       await verifyOutput(tmpIn, srcInfo.virtualSize, opts.maxVirtualSize, signal);
       await publish(tmpIn, dest);
       progress(100, 'publish');
-      return { dest, sourceFormat: format, compression: received.compression, virtualSize: srcInfo.virtualSize, bytesTransferred: received.bytes, checksum: wantSum ? `${wantSum.algo}:${received.digest}` : undefined, converted: false };
+      return {
+        dest,
+        sourceFormat: format,
+        compression: received.compression,
+        virtualSize: srcInfo.virtualSize,
+        bytesTransferred: received.bytes,
+        checksum: wantSum ? `${wantSum.algo}:${received.digest}` : undefined,
+        converted: false,
+      };
     }
 
     // 3b. Convert to qcow2 next to dest, verify, publish.
@@ -185,7 +197,11 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
 // ---------------------------------------------------------------------------------------
 // Transfer
 
-interface Received { bytes: number; compression: Compression; digest?: string }
+interface Received {
+  bytes: number;
+  compression: Compression;
+  digest?: string;
+}
 type Progress = (percent: number, phase: ImportPhase) => void;
 
 function parseChecksum(sum: string | undefined): { algo: string; hex: string } | undefined {
@@ -221,8 +237,13 @@ export function detectCompression(head: Buffer): Compression {
  * gz/xz, and caps the written size so a decompression bomb cannot fill the disk.
  */
 async function receive(
-  body: Readable, length: number | undefined, tmpIn: string, opts: ImportOptions,
-  wantSum: { algo: string } | undefined, progress: Progress, isHttp: boolean,
+  body: Readable,
+  length: number | undefined,
+  tmpIn: string,
+  opts: ImportOptions,
+  wantSum: { algo: string } | undefined,
+  progress: Progress,
+  isHttp: boolean,
 ): Promise<Received> {
   const cap = maxImageBytes(opts.maxVirtualSize);
   if (length !== undefined && length > cap) {
@@ -240,7 +261,10 @@ async function receive(
   try {
     while (headLen < 6) {
       const r = await it.next();
-      if (r.done) { ended = true; break; }
+      if (r.done) {
+        ended = true;
+        break;
+      }
       headParts.push(r.value);
       headLen += r.value.length;
     }
@@ -256,7 +280,10 @@ async function receive(
     if (compression === 'none' && bytes > cap) throw streamTooLarge(bytes, opts.maxVirtualSize, 'the download was stopped at');
   };
   async function* source(): AsyncGenerator<Buffer> {
-    if (head.length) { account(head); yield head; }
+    if (head.length) {
+      account(head);
+      yield head;
+    }
     if (ended) return;
     for (;;) {
       const r = await it.next();
@@ -281,7 +308,8 @@ async function receive(
   // A qcow2 arriving uncompressed may be published as it is (adoptPlainQcow2): flushing it
   // while it downloads overlaps the writeback with the transfer, so the fsync before the
   // rename has little left to do. Other inputs are temporary and never flushed.
-  const flusher = compression === 'none' && head.subarray(0, 4).toString('latin1') === 'QFI\xfb' && opts.adoptPlainQcow2 !== false ? backgroundFlush(out) : undefined;
+  const flusher =
+    compression === 'none' && head.subarray(0, 4).toString('latin1') === 'QFI\xfb' && opts.adoptPlainQcow2 !== false ? backgroundFlush(out) : undefined;
   try {
     if (compression === 'none') {
       await pipeline(source, out, { signal });
@@ -309,22 +337,41 @@ function backgroundFlush(out: WriteStream): { stop: () => Promise<void> } {
     // @types/node leaves WriteStream.fd out; node sets it once the file is open.
     const fd = (out as unknown as { fd: number | null }).fd;
     if (inflight || typeof fd !== 'number' || out.closed) return;
-    inflight = new Promise<void>((resolve) => fdatasync(fd, () => resolve())).finally(() => { inflight = undefined; });
+    inflight = new Promise<void>((resolve) => fdatasync(fd, () => resolve())).finally(() => {
+      inflight = undefined;
+    });
   }, 250);
-  return { stop: async () => { clearInterval(timer); await inflight; } };
+  return {
+    stop: async () => {
+      clearInterval(timer);
+      await inflight;
+    },
+  };
 }
 
 /** Decompresses xz through `xz -dc` (node has no xz); xz's exit status decides success. */
 async function unxz(
-  source: () => AsyncGenerator<Buffer>, capped: (s: AsyncIterable<Buffer>) => AsyncGenerator<Buffer>,
-  out: Writable, signal: AbortSignal | undefined,
+  source: () => AsyncGenerator<Buffer>,
+  capped: (s: AsyncIterable<Buffer>) => AsyncGenerator<Buffer>,
+  out: Writable,
+  signal: AbortSignal | undefined,
 ): Promise<void> {
   const child = spawn('xz', ['-dc', '-q', '--single-stream'], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
   let stderr = '';
   child.stderr.setEncoding('utf8');
-  child.stderr.on('data', (c: string) => { if (stderr.length < 4096) stderr += c; });
+  child.stderr.on('data', (c: string) => {
+    if (stderr.length < 4096) stderr += c;
+  });
   const exited = new Promise<number | null>((resolve, reject) => {
-    child.on('error', (e: NodeJS.ErrnoException) => reject(new ImportError('UnsupportedFormat', e.code === 'ENOENT' ? 'the image is xz-compressed but xz is not installed: install the Debian package xz-utils' : `cannot start xz: ${e.message}`, { cause: e })));
+    child.on('error', (e: NodeJS.ErrnoException) =>
+      reject(
+        new ImportError(
+          'UnsupportedFormat',
+          e.code === 'ENOENT' ? 'the image is xz-compressed but xz is not installed: install the Debian package xz-utils' : `cannot start xz: ${e.message}`,
+          { cause: e },
+        ),
+      ),
+    );
     child.on('close', (code) => resolve(code));
   });
   const xz = Duplex.from({ writable: child.stdin, readable: child.stdout });
@@ -367,16 +414,23 @@ async function receiveFile(path: string, tmpIn: string, opts: ImportOptions, wan
   if (compression === 'none') {
     // Only the checksum is needed: hash in place rather than copy.
     const hash = createHash(wantSum!.algo);
-    await pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), async (src: AsyncIterable<Buffer>) => {
-      for await (const c of src) hash.update(c);
-    }, { signal: opts.signal });
+    await pipeline(
+      createReadStream(path, { highWaterMark: 1 << 20 }),
+      async (src: AsyncIterable<Buffer>) => {
+        for await (const c of src) hash.update(c);
+      },
+      { signal: opts.signal },
+    );
     return { bytes: size, compression, digest: hash.digest('hex') };
   }
   return receive(createReadStream(path, { highWaterMark: 1 << 20 }), size, tmpIn, opts, wantSum, progress, false);
 }
 
 /** GET with redirects (up to 5, like CDI's importer); returns the body stream and its length. */
-async function httpGet(src: { url: string; caPem?: string; headers?: Record<string, string> }, opts: ImportOptions): Promise<{ stream: Readable; length?: number }> {
+async function httpGet(
+  src: { url: string; caPem?: string; headers?: Record<string, string> },
+  opts: ImportOptions,
+): Promise<{ stream: Readable; length?: number }> {
   let url = src.url;
   let origin: string | undefined;
   for (let hop = 0; hop <= 5; hop++) {
@@ -393,16 +447,30 @@ async function httpGet(src: { url: string; caPem?: string; headers?: Record<stri
     const res = await new Promise<http.IncomingMessage>((resolve, reject) => {
       const lib = parsed.protocol === 'https:' ? https : http;
       // The connection (and TLS, with the certConfigMap's CA) is made by the egress check.
-      const req = lib.get(parsed, {
-        // The secretRef's credentials go only to the URL's own origin, not where it redirects.
-        headers: { 'user-agent': 'vessel-importer', ...(parsed.origin === origin ? src.headers : {}) },
-        signal: opts.signal,
-        ...checkedRequestOptions(parsed, {
-          policy: opts.egress, timeoutMs: opts.idleTimeoutMs ?? 60_000, signal: opts.signal, display: redact(parsed),
-          tls: parsed.protocol === 'https:' ? (src.caPem ? { ca: src.caPem } : {}) : undefined,
-        }),
-      }, resolve);
-      req.setTimeout(opts.idleTimeoutMs ?? 60_000, () => req.destroy(new ImportError('HttpError', `no data from ${parsed.host} for ${(opts.idleTimeoutMs ?? 60_000) / 1000} s: the server is stuck or unreachable; retry the import`)));
+      const req = lib.get(
+        parsed,
+        {
+          // The secretRef's credentials go only to the URL's own origin, not where it redirects.
+          headers: { 'user-agent': 'vessel-importer', ...(parsed.origin === origin ? src.headers : {}) },
+          signal: opts.signal,
+          ...checkedRequestOptions(parsed, {
+            policy: opts.egress,
+            timeoutMs: opts.idleTimeoutMs ?? 60_000,
+            signal: opts.signal,
+            display: redact(parsed),
+            tls: parsed.protocol === 'https:' ? (src.caPem ? { ca: src.caPem } : {}) : undefined,
+          }),
+        },
+        resolve,
+      );
+      req.setTimeout(opts.idleTimeoutMs ?? 60_000, () =>
+        req.destroy(
+          new ImportError(
+            'HttpError',
+            `no data from ${parsed.host} for ${(opts.idleTimeoutMs ?? 60_000) / 1000} s: the server is stuck or unreachable; retry the import`,
+          ),
+        ),
+      );
       req.on('error', (e) => {
         if (e instanceof ImportError) return reject(e);
         if (opts.signal?.aborted) return reject(aborted(opts.signal));
@@ -417,7 +485,10 @@ async function httpGet(src: { url: string; caPem?: string; headers?: Record<stri
     }
     if (status !== 200) {
       res.resume();
-      throw new ImportError('HttpError', `${redact(parsed)} answered HTTP ${status} ${res.statusMessage ?? ''}: check the URL and that the file is published there`.replace(' :', ':'));
+      throw new ImportError(
+        'HttpError',
+        `${redact(parsed)} answered HTTP ${status} ${res.statusMessage ?? ''}: check the URL and that the file is published there`.replace(' :', ':'),
+      );
     }
     const cl = res.headers['content-length'];
     const length = cl !== undefined && /^\d+$/.test(cl) ? Number(cl) : undefined;
@@ -441,16 +512,23 @@ function transferError(e: unknown, bytes: number, length: number | undefined, si
   if (e instanceof ImportError) return e;
   const err = e as NodeJS.ErrnoException;
   if (err?.code === 'Z_BUF_ERROR' || /unexpected end of file/i.test(err?.message ?? '')) {
-    return new ImportError('Truncated', `the gzip stream ends early after ${bytes} bytes: the download or the file is incomplete; re-create or re-upload it`, { cause: e });
+    return new ImportError('Truncated', `the gzip stream ends early after ${bytes} bytes: the download or the file is incomplete; re-create or re-upload it`, {
+      cause: e,
+    });
   }
   if (typeof err?.code === 'string' && err.code.startsWith('Z_')) {
     return new ImportError('Corrupt', `the gzip data cannot be decompressed (${err.message}): re-create or re-upload the image`, { cause: e });
   }
   if (err?.code === 'ECONNRESET' || err?.message === 'aborted' || err?.code === 'ERR_STREAM_PREMATURE_CLOSE') {
     const of = length !== undefined ? ` of ${length}` : '';
-    return new ImportError('Truncated', `the transfer ended after ${bytes}${of} bytes: the ${isHttp ? 'server closed the connection' : 'stream ended'} early; retry the import`, { cause: e });
+    return new ImportError(
+      'Truncated',
+      `the transfer ended after ${bytes}${of} bytes: the ${isHttp ? 'server closed the connection' : 'stream ended'} early; retry the import`,
+      { cause: e },
+    );
   }
-  if (err?.code === 'ENOSPC') return new ImportError('TooLarge', 'the volume ran out of space while receiving the image: free space or use a larger claim', { cause: e });
+  if (err?.code === 'ENOSPC')
+    return new ImportError('TooLarge', 'the volume ran out of space while receiving the image: free space or use a larger claim', { cause: e });
   return e;
 }
 
@@ -486,7 +564,10 @@ export async function sniffFormat(path: string): Promise<DiskFormat> {
   if (at('conectix')) return 'vpc';
   if (at('vhdxfile')) return 'vhdx';
   if (at('# Disk DescriptorFile') || /createType\s*=/.test(head.toString('latin1', 0, Math.min(head.length, 1024)))) {
-    throw new ImportError('DataFileRefused', 'the image is a VMDK descriptor that names its data in other files (which could be host files): convert it to a monolithic VMDK or qcow2 first (qemu-img convert -O qcow2)');
+    throw new ImportError(
+      'DataFileRefused',
+      'the image is a VMDK descriptor that names its data in other files (which could be host files): convert it to a monolithic VMDK or qcow2 first (qemu-img convert -O qcow2)',
+    );
   }
   if (at('COWD')) throw unsupported('VMDK3 (COWD)');
   if (at('QED\0')) throw unsupported('QED');
@@ -502,7 +583,10 @@ export async function sniffFormat(path: string): Promise<DiskFormat> {
 }
 
 function unsupported(what: string): ImportError {
-  return new ImportError('UnsupportedFormat', `the image is ${what}, which Vessel does not import: convert it to qcow2, raw, vmdk, vhd or vhdx first (qemu-img convert -O qcow2)`);
+  return new ImportError(
+    'UnsupportedFormat',
+    `the image is ${what}, which Vessel does not import: convert it to qcow2, raw, vmdk, vhd or vhdx first (qemu-img convert -O qcow2)`,
+  );
 }
 
 /**
@@ -517,9 +601,16 @@ function checkQcow2Header(h: Buffer): void {
     const len = h.readUInt32BE(16);
     const off = Number(backingOffset);
     const name = off + len <= h.length && len > 0 ? `"${h.toString('utf8', off, off + len)}"` : 'a backing file';
-    throw new ImportError('BackingFileRefused', `the qcow2 image names ${name} as its backing file, which would be read from this host: flatten it first (qemu-img convert -O qcow2 without -B) and import the result`);
+    throw new ImportError(
+      'BackingFileRefused',
+      `the qcow2 image names ${name} as its backing file, which would be read from this host: flatten it first (qemu-img convert -O qcow2 without -B) and import the result`,
+    );
   }
-  if (h.readUInt32BE(32) !== 0) throw new ImportError('EncryptedRefused', 'the qcow2 image is encrypted: Vessel cannot import encrypted images; decrypt it first (qemu-img convert --object secret,... -O qcow2)');
+  if (h.readUInt32BE(32) !== 0)
+    throw new ImportError(
+      'EncryptedRefused',
+      'the qcow2 image is encrypted: Vessel cannot import encrypted images; decrypt it first (qemu-img convert --object secret,... -O qcow2)',
+    );
   if (h.readUInt32BE(4) >= 3 && h.length >= 80) {
     const incompatible = h.readBigUInt64BE(72);
     if (incompatible & 4n) throw dataFileRefused();
@@ -527,22 +618,36 @@ function checkQcow2Header(h: Buffer): void {
 }
 
 function dataFileRefused(detail = 'keeps its data in an external data file'): ImportError {
-  return new ImportError('DataFileRefused', `the image ${detail}, which would be read from this host: convert it to a self-contained image first (qemu-img convert -O qcow2) and import the result`);
+  return new ImportError(
+    'DataFileRefused',
+    `the image ${detail}, which would be read from this host: convert it to a self-contained image first (qemu-img convert -O qcow2) and import the result`,
+  );
 }
 
 function tooLarge(size: number, max: number, what = "the image's virtual size is"): ImportError {
-  return new ImportError('TooLarge', `${what} ${size} bytes (${humanBytes(size)}), more than the claim's ${max} bytes (${humanBytes(max)}): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`);
+  return new ImportError(
+    'TooLarge',
+    `${what} ${size} bytes (${humanBytes(size)}), more than the claim's ${max} bytes (${humanBytes(max)}): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`,
+  );
 }
 
 /** A transfer stopped (or refused up front) for outgrowing what the claim can hold. */
 export function streamTooLarge(bytes: number, max: number, what: string): ImportError {
-  return new ImportError('TooLarge', `${what} ${bytes} bytes (${humanBytes(bytes)}), more than an image for the claim's ${max} bytes (${humanBytes(max)}) can take (${maxImageBytes(max)} bytes with format overhead): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`);
+  return new ImportError(
+    'TooLarge',
+    `${what} ${bytes} bytes (${humanBytes(bytes)}), more than an image for the claim's ${max} bytes (${humanBytes(max)}) can take (${maxImageBytes(max)} bytes with format overhead): request a larger PVC (spec.storage.resources.requests.storage) or import a smaller image`,
+  );
 }
 
 /** A size for people: "1.50 GiB", "64.00 MiB", "12.5 KiB", "300 bytes". */
 export function humanBytes(n: number): string {
   if (!Number.isFinite(n)) return String(n);
-  const units: [number, string, number][] = [[2 ** 40, 'TiB', 2], [2 ** 30, 'GiB', 2], [2 ** 20, 'MiB', 2], [2 ** 10, 'KiB', 1]];
+  const units: [number, string, number][] = [
+    [2 ** 40, 'TiB', 2],
+    [2 ** 30, 'GiB', 2],
+    [2 ** 20, 'MiB', 2],
+    [2 ** 10, 'KiB', 1],
+  ];
   for (const [size, unit, digits] of units) if (Math.abs(n) >= size) return `${(n / size).toFixed(digits)} ${unit}`;
   return `${n} bytes`;
 }
@@ -555,27 +660,37 @@ async function inspect(path: string, format: DiskFormat, max: number, signal: Ab
   } catch (e) {
     if (signal?.aborted) throw aborted(signal);
     const why = e instanceof QemuImgError ? firstLine(e.stderr) || e.message : String(e);
-    throw new ImportError('Corrupt', `the image cannot be opened as ${format} (${why}): the file is damaged or incomplete; re-create or re-download it`, { cause: e });
+    throw new ImportError('Corrupt', `the image cannot be opened as ${format} (${why}): the file is damaged or incomplete; re-create or re-download it`, {
+      cause: e,
+    });
   }
-  if (inf.format !== format) throw new ImportError('Corrupt', `qemu-img opened the image as ${inf.format}, not ${format}: the file is damaged or not what it seems`);
+  if (inf.format !== format)
+    throw new ImportError('Corrupt', `qemu-img opened the image as ${inf.format}, not ${format}: the file is damaged or not what it seems`);
   if (inf.backingFilename !== undefined) {
-    throw new ImportError('BackingFileRefused', `the ${format} image names "${inf.backingFilename}" as its backing file, which would be read from this host: flatten it first (qemu-img convert -O qcow2) and import the result`);
+    throw new ImportError(
+      'BackingFileRefused',
+      `the ${format} image names "${inf.backingFilename}" as its backing file, which would be read from this host: flatten it first (qemu-img convert -O qcow2) and import the result`,
+    );
   }
   if (inf.encrypted) throw new ImportError('EncryptedRefused', 'the image is encrypted: Vessel cannot import encrypted images; decrypt it first');
   const d = inf.specific;
   if (format === 'qcow2') {
     if (d['data-file'] !== undefined || d['data-file-raw'] === true) throw dataFileRefused();
-    if (d.corrupt === true) throw new ImportError('Corrupt', 'the qcow2 image is marked corrupt: repair it (qemu-img check -r all) or re-create it, then import again');
+    if (d.corrupt === true)
+      throw new ImportError('Corrupt', 'the qcow2 image is marked corrupt: repair it (qemu-img check -r all) or re-create it, then import again');
   }
   if (format === 'vmdk') {
     const own = basename(path);
     const extents = Array.isArray(d.extents) ? (d.extents as { filename?: string }[]) : [];
-    if (extents.some((x) => x.filename !== undefined && basename(x.filename) !== own && x.filename !== path)) throw dataFileRefused('keeps extents in other files');
+    if (extents.some((x) => x.filename !== undefined && basename(x.filename) !== own && x.filename !== path))
+      throw dataFileRefused('keeps extents in other files');
     const type = String(d['create-type'] ?? '');
-    if (type !== 'monolithicSparse' && type !== 'streamOptimized') throw dataFileRefused(`is a ${type || 'multi-file'} VMDK, whose extents live in other files`);
+    if (type !== 'monolithicSparse' && type !== 'streamOptimized')
+      throw dataFileRefused(`is a ${type || 'multi-file'} VMDK, whose extents live in other files`);
   }
   if (inf.virtualSize === 0) throw new ImportError('Corrupt', 'the image is empty (0 bytes of disk): check that the URL or upload gives the image itself');
-  if (!Number.isSafeInteger(inf.virtualSize) || inf.virtualSize < 0) throw new ImportError('Corrupt', `the image reports a virtual size of ${inf.virtualSize}: the header is damaged`);
+  if (!Number.isSafeInteger(inf.virtualSize) || inf.virtualSize < 0)
+    throw new ImportError('Corrupt', `the image reports a virtual size of ${inf.virtualSize}: the header is damaged`);
   if (inf.virtualSize > max) throw tooLarge(inf.virtualSize, max);
   let leaks = 0;
   if (format === 'qcow2') {
@@ -588,7 +703,10 @@ async function inspect(path: string, format: DiskFormat, max: number, signal: Ab
       throw new ImportError('Corrupt', `qemu-img check cannot check the qcow2 image (${why}): it is damaged; re-create or re-download it`, { cause: e });
     }
     if (r.exitCode === 2 || r.corruptions > 0 || r.checkErrors > 0) {
-      throw new ImportError('Corrupt', `qemu-img check found ${r.corruptions} corruption(s) and ${r.checkErrors} error(s) in the qcow2 image: repair it (qemu-img check -r all) or re-create it, then import again`);
+      throw new ImportError(
+        'Corrupt',
+        `qemu-img check found ${r.corruptions} corruption(s) and ${r.checkErrors} error(s) in the qcow2 image: repair it (qemu-img check -r all) or re-create it, then import again`,
+      );
     }
     leaks = r.leaks;
   }
@@ -600,10 +718,18 @@ function isPlainQcow2(inf: ImageInfo & { leaks: number }): boolean {
   const d = inf.specific;
   const snapshots = inf.raw.snapshots;
   const bitmaps = d.bitmaps;
-  return d.compat === '1.1' && d.corrupt !== true && d['lazy-refcounts'] !== true && d['data-file'] === undefined
-    && !inf.dirty && !inf.encrypted && inf.backingFilename === undefined && inf.leaks === 0
-    && (snapshots === undefined || (Array.isArray(snapshots) && snapshots.length === 0))
-    && (bitmaps === undefined || (Array.isArray(bitmaps) && bitmaps.length === 0));
+  return (
+    d.compat === '1.1' &&
+    d.corrupt !== true &&
+    d['lazy-refcounts'] !== true &&
+    d['data-file'] === undefined &&
+    !inf.dirty &&
+    !inf.encrypted &&
+    inf.backingFilename === undefined &&
+    inf.leaks === 0 &&
+    (snapshots === undefined || (Array.isArray(snapshots) && snapshots.length === 0)) &&
+    (bitmaps === undefined || (Array.isArray(bitmaps) && bitmaps.length === 0))
+  );
 }
 
 /**
@@ -612,8 +738,16 @@ function isPlainQcow2(inf: ImageInfo & { leaks: number }): boolean {
  * MiB: 420 ms, against 380 ms + 270 ms fsync through the page cache. Filesystems without
  * O_DIRECT get the page cache and the fsync in publish().
  */
-export async function convertDurably(input: string, out: string, format: DiskFormat, signal: AbortSignal | undefined, onProgress: (p: number) => void, forceShare = false): Promise<void> {
-  const run = (destCache: 'none' | undefined) => qemuImg.convert(input, out, { srcFormat: format, outFormat: 'qcow2', destCache, signal, onProgress, forceShare });
+export async function convertDurably(
+  input: string,
+  out: string,
+  format: DiskFormat,
+  signal: AbortSignal | undefined,
+  onProgress: (p: number) => void,
+  forceShare = false,
+): Promise<void> {
+  const run = (destCache: 'none' | undefined) =>
+    qemuImg.convert(input, out, { srcFormat: format, outFormat: 'qcow2', destCache, signal, onProgress, forceShare });
   try {
     await run('none');
   } catch (e) {
@@ -638,7 +772,8 @@ async function verifyOutput(path: string, expectedSize: number, max: number, sig
   if (inf.backingFilename !== undefined) problems.push(`backing file ${inf.backingFilename}`);
   if (inf.specific['data-file'] !== undefined) problems.push('an external data file');
   // qcow2 rounds sizes up to 512 bytes; vpc's CHS geometry can make the source a little larger.
-  if (inf.virtualSize < expectedSize || inf.virtualSize > Math.max(expectedSize + 511, 0) || inf.virtualSize > max + 511) problems.push(`virtual size ${inf.virtualSize} (expected ${expectedSize})`);
+  if (inf.virtualSize < expectedSize || inf.virtualSize > Math.max(expectedSize + 511, 0) || inf.virtualSize > max + 511)
+    problems.push(`virtual size ${inf.virtualSize} (expected ${expectedSize})`);
   if (problems.length) throw new ImportError('QemuImgFailed', `the converted image is not what was asked for (${problems.join(', ')}): report this as a bug`);
   return inf;
 }

@@ -34,7 +34,9 @@ before(async () => {
   await symlink(t1File, join(pool.dir, 't1', 'own.qcow2'));
 });
 
-after(async () => { await rm(root, { recursive: true, force: true }); });
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
 const refused = (code: string) => (e: unknown) => e instanceof PathError && e.code === code;
 
@@ -54,7 +56,7 @@ test('.. out of the namespace is refused, whatever the prefix says', () => {
   assert.throws(() => pool.containedPath('t1', `${pool.dir}/t1x/disk.qcow2`), refused('PathOutsideNamespace'), 'a namespace whose name starts alike');
 });
 
-test('a symlink in the namespace to another namespace\'s file or directory is refused', () => {
+test("a symlink in the namespace to another namespace's file or directory is refused", () => {
   assert.throws(() => pool.containedPath('t1', join(pool.dir, 't1', 'link.qcow2')), refused('PathOutsideNamespace'));
   assert.throws(() => pool.containedPath('t1', join(pool.dir, 't1', 'dir', 'secret-2.qcow2')), refused('PathOutsideNamespace'));
   assert.throws(() => pool.containedPath('t1', join(pool.dir, 't1', 'dir', 'new.qcow2')), refused('PathOutsideNamespace'), 'a file to be made through it');
@@ -79,7 +81,9 @@ test('containedPath over several pools names the pool, and says what was refused
   await other.ensureNamespaceDir('t1');
   const shared = join(other.dir, 't1', 'x.qcow2');
   assert.deepEqual(containedPath([pool, other], 't1', shared, 'vessel.io/volume-path'), { pool: other, path: shared });
-  assert.throws(() => containedPath([pool, other], 't1', `${pool.dir}/t1/../t2/secret-2.qcow2`, 'vessel.io/restore-source'),
-    (e: unknown) => e instanceof PathError && e.code === 'PathOutsideNamespace' && /^vessel\.io\/restore-source: .*namespace t1.*refused$/.test(e.message));
+  assert.throws(
+    () => containedPath([pool, other], 't1', `${pool.dir}/t1/../t2/secret-2.qcow2`, 'vessel.io/restore-source'),
+    (e: unknown) => e instanceof PathError && e.code === 'PathOutsideNamespace' && /^vessel\.io\/restore-source: .*namespace t1.*refused$/.test(e.message),
+  );
   assert.throws(() => containedPath([pool, other], 't1', join(root, 'outside.qcow2'), 'x'), refused('PathNotInPool'));
 });

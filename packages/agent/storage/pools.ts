@@ -23,19 +23,32 @@ const UID = /-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.qc
 
 export class Pool {
   readonly dir: string;
-  constructor(readonly name: string, dir: string, readonly shared: boolean) { this.dir = resolve(dir); }
+  constructor(
+    readonly name: string,
+    dir: string,
+    readonly shared: boolean,
+  ) {
+    this.dir = resolve(dir);
+  }
 
-  async init(): Promise<void> { await mkdir(this.dir, { recursive: true, mode: 0o700 }); }
+  async init(): Promise<void> {
+    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+  }
 
   volumePath(namespace: string, claim: string, uid: string): string {
     return join(this.dir, namespace, `${claim}-${uid}.qcow2`);
   }
 
-  async ensureNamespaceDir(namespace: string): Promise<void> { await mkdir(join(this.dir, namespace), { recursive: true, mode: 0o700 }); }
+  async ensureNamespaceDir(namespace: string): Promise<void> {
+    await mkdir(join(this.dir, namespace), { recursive: true, mode: 0o700 });
+  }
 
   /** Removes the namespace's directory when nothing is left in it (tombstoned volumes keep it). */
   async removeNamespaceDirIfEmpty(namespace: string): Promise<boolean> {
-    return rmdir(join(this.dir, namespace)).then(() => true, () => false);
+    return rmdir(join(this.dir, namespace)).then(
+      () => true,
+      () => false,
+    );
   }
 
   /** The namespaces that have a directory in this pool. */
@@ -57,14 +70,21 @@ export class Pool {
     const lexical = resolve(path);
     if (!lexical.startsWith(this.dir + sep)) throw new PathError('PathNotInPool', `the file is not in pool ${this.name}`);
     const root = namespace === ANY_NAMESPACE ? this.dir : join(this.dir, namespace);
-    const refuse = () => new PathError('PathOutsideNamespace', namespace === ANY_NAMESPACE
-      ? `the file is not in a namespace directory of pool ${this.name}`
-      : `the file is not in namespace ${namespace}'s directory of pool ${this.name}: the agent only opens a namespace's own volumes`);
+    const refuse = () =>
+      new PathError(
+        'PathOutsideNamespace',
+        namespace === ANY_NAMESPACE
+          ? `the file is not in a namespace directory of pool ${this.name}`
+          : `the file is not in namespace ${namespace}'s directory of pool ${this.name}: the agent only opens a namespace's own volumes`,
+      );
     // Within a namespace's directory, never the pool's top level or the directory itself.
     if (!lexical.startsWith(root + sep) || (namespace === ANY_NAMESPACE && dirname(lexical) === this.dir)) throw refuse();
     const realRoot = realpathOr(root, () => join(realpathOr(this.dir), namespace === ANY_NAMESPACE ? '' : namespace));
     // A name that exists but does not resolve (a dangling symlink) could be created through: refused.
-    const real = realpathOr(lexical, () => { if (lexists(lexical)) throw refuse(); return join(realpathOr(dirname(lexical)), basename(lexical)); });
+    const real = realpathOr(lexical, () => {
+      if (lexists(lexical)) throw refuse();
+      return join(realpathOr(dirname(lexical)), basename(lexical));
+    });
     if (!real.startsWith(realRoot + sep) || (namespace === ANY_NAMESPACE && dirname(real) === realRoot)) throw refuse();
     return lexical;
   }
@@ -124,7 +144,10 @@ export class Pool {
       again = false;
       const all = await this.volumes();
       const backing = new Set<string>();
-      for (const v of all) { const b = await backingFile(v); if (b) backing.add(resolve(b)); }
+      for (const v of all) {
+        const b = await backingFile(v);
+        if (b) backing.add(resolve(b));
+      }
       for (const v of all) {
         if (!backing.has(v) && (await exists(`${v}.deleted`))) {
           await rm(v, { force: true });
@@ -152,7 +175,10 @@ export type PathErrorCode = 'PathNotInPool' | 'PathOutsideNamespace';
 
 /** A path from an object that the agent will not open. */
 export class PathError extends Error {
-  constructor(readonly code: PathErrorCode, message: string) {
+  constructor(
+    readonly code: PathErrorCode,
+    message: string,
+  ) {
     super(message);
     this.name = 'PathError';
   }
@@ -178,7 +204,12 @@ export function containedPath(pools: Iterable<Pool>, namespace: string, path: st
 }
 
 function lexists(path: string): boolean {
-  try { lstatSync(path); return true; } catch { return false; }
+  try {
+    lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function realpathOr(path: string, fallback: () => string = () => path): string {
@@ -196,7 +227,10 @@ export function poolFor(pools: Iterable<Pool>, path: string): Pool | undefined {
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /**

@@ -12,8 +12,12 @@ import * as qemuImg from './qemu-img.ts';
 import { MiB, makeRawDisk } from './testing.ts';
 
 let dir: string;
-before(async () => { dir = await mkdtemp(join(tmpdir(), 'vessel-qemu-img-')); });
-after(async () => { await rm(dir, { recursive: true, force: true }); });
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'vessel-qemu-img-'));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
 
 test('progressParser handles records split across chunks and ignores repeats', () => {
   const seen: number[] = [];
@@ -29,7 +33,14 @@ test('create, info, resize, check, convert with progress, compare', async () => 
   await makeRawDisk(raw, 16 * MiB);
   const q = join(dir, 'a.qcow2');
   const seen: number[] = [];
-  await qemuImg.convert(raw, q, { srcFormat: 'raw', outFormat: 'qcow2', onProgress: (p) => seen.push(p), outOfOrder: true, coroutines: 16, options: { cluster_size: '65536' } });
+  await qemuImg.convert(raw, q, {
+    srcFormat: 'raw',
+    outFormat: 'qcow2',
+    onProgress: (p) => seen.push(p),
+    outOfOrder: true,
+    coroutines: 16,
+    options: { cluster_size: '65536' },
+  });
   assert.equal(seen.at(-1), 100);
   const inf = await qemuImg.info(q, { format: 'qcow2', forceShare: true });
   assert.equal(inf.format, 'qcow2');
@@ -73,7 +84,7 @@ test('check reports corruption as a result, not a failure', async () => {
   assert.ok(r.corruptions > 0);
 });
 
-test('failures are QemuImgError with qemu-img\'s reason; a backing file needs its format', async () => {
+test("failures are QemuImgError with qemu-img's reason; a backing file needs its format", async () => {
   await assert.rejects(qemuImg.info(join(dir, 'missing.qcow2')), (e: unknown) => {
     assert.ok(e instanceof QemuImgError);
     assert.equal(e.code, 'QemuImgFailed');

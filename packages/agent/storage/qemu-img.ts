@@ -133,7 +133,10 @@ export function progressParser(onProgress: (percent: number) => void): (chunk: s
     while ((m = re.exec(text)) !== null) {
       end = re.lastIndex;
       const p = Math.min(100, Math.max(0, Number(m[1])));
-      if (p !== last) { last = p; onProgress(p); }
+      if (p !== last) {
+        last = p;
+        onProgress(p);
+      }
     }
     tail = text.slice(end).slice(-64);
   };
@@ -156,7 +159,8 @@ export interface CreateOptions extends RunOptions {
 export async function create(path: string, opts: CreateOptions): Promise<void> {
   const args = ['create', '-q', '-f', opts.format ?? 'qcow2'];
   if (opts.backingFile !== undefined) {
-    if (!opts.backingFormat) throw new QemuImgError(['create'], null, '', 'qemu-img create with a backing file needs backingFormat, so the backing file is never probed');
+    if (!opts.backingFormat)
+      throw new QemuImgError(['create'], null, '', 'qemu-img create with a backing file needs backingFormat, so the backing file is never probed');
     args.push('-b', opts.backingFile, '-F', opts.backingFormat);
     if (opts.unsafeBacking) args.push('-u');
   }
@@ -245,7 +249,9 @@ export async function compare(a: string, b: string, opts: CompareOptions = {}): 
 function optionString(options: Record<string, string> | undefined): string {
   if (!options) return '';
   // qemu's option syntax escapes a comma in a value by doubling it.
-  return Object.entries(options).map(([k, v]) => `${k}=${v.replaceAll(',', ',,')}`).join(',');
+  return Object.entries(options)
+    .map(([k, v]) => `${k}=${v.replaceAll(',', ',,')}`)
+    .join(',');
 }
 
 const PRLIMIT = '/usr/bin/prlimit';
@@ -279,12 +285,20 @@ async function run(args: string[], opts: InternalRun): Promise<{ stdout: string;
       if (opts.onStdout) opts.onStdout(c);
       else if (stdout.length < 16 << 20) stdout += c;
     });
-    child.stderr.on('data', (c: string) => { if (stderr.length < 64 << 10) stderr += c; });
-    const kill = (reason: string) => { why ??= reason; child.kill('SIGKILL'); };
+    child.stderr.on('data', (c: string) => {
+      if (stderr.length < 64 << 10) stderr += c;
+    });
+    const kill = (reason: string) => {
+      why ??= reason;
+      child.kill('SIGKILL');
+    };
     const onAbort = () => kill('aborted');
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     const timer = opts.timeoutMs ? setTimeout(() => kill(`timed out after ${opts.timeoutMs} ms`), opts.timeoutMs) : undefined;
-    const done = () => { clearTimeout(timer); opts.signal?.removeEventListener('abort', onAbort); };
+    const done = () => {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+    };
     child.on('error', (e: NodeJS.ErrnoException) => {
       done();
       const msg = e.code === 'ENOENT' ? `${cmd} is not installed: install the Debian package qemu-utils` : `cannot start ${cmd}: ${e.message}`;
@@ -295,7 +309,14 @@ async function run(args: string[], opts: InternalRun): Promise<{ stdout: string;
       if (why) return reject(new QemuImgError(args, code, stderr, `qemu-img ${args[0]} ${why}`, { cause: opts.signal?.reason }));
       if (code !== null && ok.includes(code)) return resolve({ stdout, stderr, exitCode: code });
       if (signal === 'SIGXCPU' || signal === 'SIGKILL') {
-        return reject(new QemuImgError(args, code, stderr, `qemu-img ${args[0]} was stopped by its resource limit (${signal}): the image makes qemu-img use too much CPU or memory`));
+        return reject(
+          new QemuImgError(
+            args,
+            code,
+            stderr,
+            `qemu-img ${args[0]} was stopped by its resource limit (${signal}): the image makes qemu-img use too much CPU or memory`,
+          ),
+        );
       }
       reject(new QemuImgError(args, code, stderr));
     });

@@ -30,7 +30,11 @@ const LAB: EgressPolicy = { allowLoopback: true };
 
 /** Bytes, or a generator for blobs too large to hold (served with backpressure). */
 type Blob = Buffer | { stream: () => Readable; size: number };
-interface Seen { method: string; url: string; authorization?: string }
+interface Seen {
+  method: string;
+  url: string;
+  authorization?: string;
+}
 
 const sha = (b: Buffer) => `sha256:${createHash('sha256').update(b).digest('hex')}`;
 const OCI_MANIFEST = 'application/vnd.oci.image.manifest.v1+json';
@@ -95,13 +99,21 @@ class FakeRegistry {
   }
 
   /** Pushes an image of these layer blobs; returns the manifest digest. */
-  addImage(repo: string, tag: string, layers: { digest: string; size: number; mediaType?: string }[], type = OCI_MANIFEST): { digest: string; size: number; mediaType: string } {
+  addImage(
+    repo: string,
+    tag: string,
+    layers: { digest: string; size: number; mediaType?: string }[],
+    type = OCI_MANIFEST,
+  ): { digest: string; size: number; mediaType: string } {
     const config = this.addBlob(Buffer.from('{"architecture":"amd64","os":"linux"}'));
-    const body = Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: type,
-      config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
-      layers: layers.map((l) => ({ mediaType: GZ, ...l })),
-    }));
+    const body = Buffer.from(
+      JSON.stringify({
+        schemaVersion: 2,
+        mediaType: type,
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', ...config },
+        layers: layers.map((l) => ({ mediaType: GZ, ...l })),
+      }),
+    );
     return this.addManifest(repo, tag, body, type);
   }
 
@@ -115,7 +127,10 @@ class FakeRegistry {
   private authorized(req: http.IncomingMessage, res: http.ServerResponse, repo: string): boolean {
     const a = req.headers.authorization;
     if (this.auth === 'bearer' && a !== `Bearer token-for-${repo}`) {
-      res.writeHead(401, { 'www-authenticate': `Bearer realm="http://${this.host}/token",service="fake-registry",scope="repository:${repo}:pull"`, 'content-type': 'application/json' });
+      res.writeHead(401, {
+        'www-authenticate': `Bearer realm="http://${this.host}/token",service="fake-registry",scope="repository:${repo}:pull"`,
+        'content-type': 'application/json',
+      });
       res.end('{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}');
       return false;
     }
@@ -134,7 +149,11 @@ class FakeRegistry {
     if (url.pathname === '/token') {
       const scope = url.searchParams.get('scope') ?? '';
       const repo = /^repository:(.+):pull$/.exec(scope)?.[1];
-      if (url.searchParams.get('service') !== 'fake-registry' || !repo) { res.writeHead(400); res.end(); return; }
+      if (url.searchParams.get('service') !== 'fake-registry' || !repo) {
+        res.writeHead(400);
+        res.end();
+        return;
+      }
       if (this.tokenCreds && req.headers.authorization !== `Basic ${Buffer.from(this.tokenCreds).toString('base64')}`) {
         res.writeHead(401, { 'content-type': 'application/json' });
         res.end('{"errors":[{"code":"UNAUTHORIZED","message":"incorrect username or password"}]}');
@@ -145,7 +164,11 @@ class FakeRegistry {
       return;
     }
     const m = /^\/v2\/(.+)\/(manifests|blobs)\/([^/]+)$/.exec(url.pathname);
-    if (!m) { res.writeHead(404); res.end(); return; }
+    if (!m) {
+      res.writeHead(404);
+      res.end();
+      return;
+    }
     const [, repo, kind, ref] = m;
     if (!this.authorized(req, res, repo)) return;
     if (kind === 'manifests') {
@@ -170,9 +193,17 @@ class FakeRegistry {
   private handleStorage(req: http.IncomingMessage, res: http.ServerResponse): void {
     this.storageSeen.push({ method: req.method ?? '', url: req.url ?? '', authorization: req.headers.authorization });
     const m = /^\/hop\/(\d+)\/([^/?]+)/.exec(req.url ?? '');
-    if (!m) { res.writeHead(404); res.end(); return; }
+    if (!m) {
+      res.writeHead(404);
+      res.end();
+      return;
+    }
     const n = Number(m[1]);
-    if (n > 0) { res.writeHead(302, { location: `/hop/${n - 1}/${m[2]}` }); res.end(); return; }
+    if (n > 0) {
+      res.writeHead(302, { location: `/hop/${n - 1}/${m[2]}` });
+      res.end();
+      return;
+    }
     this.sendBlob(m[2], res);
   }
 
@@ -191,7 +222,9 @@ class FakeRegistry {
     }
     res.writeHead(200, { 'content-length': blob.size });
     const src = blob.stream();
-    src.on('data', (c) => { this.blobBytesSent += c.length; });
+    src.on('data', (c) => {
+      this.blobBytesSent += c.length;
+    });
     src.pipe(res);
     res.on('close', () => src.destroy());
   }
@@ -204,7 +237,11 @@ async function tarBuffer(entries: TarInput[]): Promise<Buffer> {
 }
 
 /** A gzip tar layer blob in the fake registry. */
-async function layer(fake: FakeRegistry, entries: TarInput[], opts: { gzip?: boolean; mediaType?: string } = {}): Promise<{ digest: string; size: number; mediaType: string }> {
+async function layer(
+  fake: FakeRegistry,
+  entries: TarInput[],
+  opts: { gzip?: boolean; mediaType?: string } = {},
+): Promise<{ digest: string; size: number; mediaType: string }> {
   const tar = await tarBuffer(entries);
   const blob = opts.gzip === false ? tar : gzipSync(tar);
   return { ...fake.addBlob(blob), mediaType: opts.mediaType ?? GZ };
@@ -244,7 +281,10 @@ describe('parseRegistryUrl', () => {
       [`docker://quay.io/containerdisks/fedora:40@${d}`, { registry: 'quay.io', repository: 'containerdisks/fedora', reference: d }],
       ['docker://localhost:5000/a_b/c-d.e:v1.2-rc_3', { registry: 'localhost:5000', repository: 'a_b/c-d.e', reference: 'v1.2-rc_3' }],
       ['docker://localhost/x', { registry: 'localhost', repository: 'x', reference: 'latest' }],
-      ['docker://kubevirt/fedora-cloud-container-disk-demo', { registry: 'docker.io', repository: 'kubevirt/fedora-cloud-container-disk-demo', reference: 'latest' }],
+      [
+        'docker://kubevirt/fedora-cloud-container-disk-demo',
+        { registry: 'docker.io', repository: 'kubevirt/fedora-cloud-container-disk-demo', reference: 'latest' },
+      ],
       ['docker://busybox:1.36', { registry: 'docker.io', repository: 'library/busybox', reference: '1.36' }],
       ['docker://index.docker.io/busybox', { registry: 'docker.io', repository: 'library/busybox', reference: 'latest' }],
       ['docker://[::1]:5000/x:y', { registry: '[::1]:5000', repository: 'x', reference: 'y' }],
@@ -254,10 +294,20 @@ describe('parseRegistryUrl', () => {
 
   test('refuses anything that is not a valid docker:// reference', () => {
     for (const url of [
-      'http://quay.io/x', 'oci-archive:///tmp/x.tar', 'quay.io/x:1', 'docker://', 'docker://quay.io/',
-      'docker://quay.io/Fedora:1', 'docker://quay.io/x:bad tag', 'docker://quay.io/x@sha256:abc',
-      'docker://quay.io/x:-tag', 'docker://host:99999/x', 'docker://quay.io//x', 'docker://quay.io/x/',
-      'docker://ho st/x', `docker://quay.io/x:${'t'.repeat(129)}`,
+      'http://quay.io/x',
+      'oci-archive:///tmp/x.tar',
+      'quay.io/x:1',
+      'docker://',
+      'docker://quay.io/',
+      'docker://quay.io/Fedora:1',
+      'docker://quay.io/x:bad tag',
+      'docker://quay.io/x@sha256:abc',
+      'docker://quay.io/x:-tag',
+      'docker://host:99999/x',
+      'docker://quay.io//x',
+      'docker://quay.io/x/',
+      'docker://ho st/x',
+      `docker://quay.io/x:${'t'.repeat(129)}`,
     ]) {
       assert.throws(() => parseRegistryUrl(url), isImportError('InvalidArgument', /docker:\/\//), url);
     }
@@ -266,7 +316,8 @@ describe('parseRegistryUrl', () => {
 
 test('parseChallenge reads Bearer and Basic challenges', () => {
   assert.deepEqual(parseChallenge('Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/busybox:pull"'), {
-    scheme: 'bearer', params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/busybox:pull' },
+    scheme: 'bearer',
+    params: { realm: 'https://auth.docker.io/token', service: 'registry.docker.io', scope: 'repository:library/busybox:pull' },
   });
   assert.deepEqual(parseChallenge('Basic realm="Registry Realm"'), { scheme: 'basic', params: { realm: 'Registry Realm' } });
   assert.deepEqual(parseChallenge('Bearer realm=https://x/t, service=s'), { scheme: 'bearer', params: { realm: 'https://x/t', service: 's' } });
@@ -282,10 +333,16 @@ test('normalizePath treats ./disk, /disk and disk alike', () => {
 
 describe('readTar', () => {
   let dir: string;
-  before(async () => { dir = await mkdtemp(join(tmpdir(), 'vessel-tar-')); });
-  after(async () => { await rm(dir, { recursive: true, force: true }); });
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'vessel-tar-'));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
 
-  async function entries(src: AsyncIterable<Buffer> | Iterable<Buffer>): Promise<{ path: string; type: string; size: number; linkname: string; data: string }[]> {
+  async function entries(
+    src: AsyncIterable<Buffer> | Iterable<Buffer>,
+  ): Promise<{ path: string; type: string; size: number; linkname: string; data: string }[]> {
     const out = [];
     for await (const e of readTar(src)) {
       const parts: Buffer[] = [];
@@ -309,7 +366,9 @@ describe('readTar', () => {
       { path: 'disk/gnulink', type: 'symlink', linkname: `${longer}.pax`, longName: 'gnu' },
     ]);
     // Split into odd-sized chunks so headers straddle chunk boundaries.
-    async function* chunked(): AsyncGenerator<Buffer> { for (let i = 0; i < tar.length; i += 333) yield tar.subarray(i, i + 333); }
+    async function* chunked(): AsyncGenerator<Buffer> {
+      for (let i = 0; i < tar.length; i += 333) yield tar.subarray(i, i + 333);
+    }
     assert.deepEqual(await entries(chunked()), [
       { path: 'disk', type: 'directory', size: 0, linkname: '', data: '' },
       { path: long, type: 'file', size: 5, linkname: '', data: 'ustar' },
@@ -339,7 +398,11 @@ describe('readTar', () => {
       const got = await entries(createReadStream(out));
       const file = got.find((e) => e.type === 'file');
       assert.deepEqual(file, { path: `./${name}`, type: 'file', size: 19, linkname: '', data: 'hello from GNU tar\n' }, format);
-      assert.deepEqual(got.filter((e) => e.type === 'directory').map((e) => e.path.replace(/\/$/, '')), ['./disk', `./${deep}`], format);
+      assert.deepEqual(
+        got.filter((e) => e.type === 'directory').map((e) => e.path.replace(/\/$/, '')),
+        ['./disk', `./${deep}`],
+        format,
+      );
     }
   });
 
@@ -376,7 +439,10 @@ describe('openRegistryDisk against a fake registry', () => {
   test('finds the disk under a GNU long name, returns its bytes, size, path and the manifest digest', async () => {
     fake.reset();
     const path = `./disk/${'x'.repeat(150)}.qcow2`;
-    const l = await layer(fake, [{ path: './disk/', type: 'directory' }, { path, data: DISK, longName: 'gnu' }]);
+    const l = await layer(fake, [
+      { path: './disk/', type: 'directory' },
+      { path, data: DISK, longName: 'gnu' },
+    ]);
     const m = fake.addImage('long/names', 'v1', [l]);
     const got = await pull({ url: fake.url('long/names:v1') });
     assert.equal(got.file, normalizePath(path));
@@ -387,7 +453,9 @@ describe('openRegistryDisk against a fake registry', () => {
 
   test('pax path and size, absolute paths, and a Docker schema 2 manifest', async () => {
     fake.reset();
-    const l = await layer(fake, [{ path: `/disk/${'p'.repeat(120)}.img`, data: DISK, longName: 'pax', sizeAs: 'pax' }], { mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip' });
+    const l = await layer(fake, [{ path: `/disk/${'p'.repeat(120)}.img`, data: DISK, longName: 'pax', sizeAs: 'pax' }], {
+      mediaType: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+    });
     fake.addImage('pax/img', 'v1', [l], 'application/vnd.docker.distribution.manifest.v2+json');
     const got = await pull({ url: fake.url('pax/img:v1') });
     assert.equal(got.file, `disk/${'p'.repeat(120)}.img`);
@@ -397,7 +465,10 @@ describe('openRegistryDisk against a fake registry', () => {
   test('walks layers from the top: the disk in the bottom layer is found, a newer disk wins', async () => {
     fake.reset();
     const bottom = await layer(fake, [{ path: 'disk/disk.img', data: 'old disk' }]);
-    const middle = await layer(fake, [{ path: 'etc/motd', data: 'hi' }, { path: 'usr/share/x', data: 'y'.repeat(5000) }]);
+    const middle = await layer(fake, [
+      { path: 'etc/motd', data: 'hi' },
+      { path: 'usr/share/x', data: 'y'.repeat(5000) },
+    ]);
     fake.addImage('layers/a', 'v1', [bottom, middle]);
     assert.equal((await pull({ url: fake.url('layers/a:v1') })).data.toString(), 'old disk');
     const top = await layer(fake, [{ path: 'disk/disk.img', data: 'new disk' }]);
@@ -413,7 +484,13 @@ describe('openRegistryDisk against a fake registry', () => {
       [[{ path: 'disk/.wh..wh..opq', data: '' }], false],
       [[{ path: '.wh.disk', data: '' }], false],
       [[{ path: 'disk', type: 'symlink', linkname: '/elsewhere' }], false],
-      [[{ path: 'disk/.wh.other.img', data: '' }, { path: 'etc/.wh..wh..opq', data: '' }], true],
+      [
+        [
+          { path: 'disk/.wh.other.img', data: '' },
+          { path: 'etc/.wh..wh..opq', data: '' },
+        ],
+        true,
+      ],
     ];
     for (const [i, [entries, visible]] of cases.entries()) {
       const upper = await layer(fake, entries);
@@ -423,19 +500,34 @@ describe('openRegistryDisk against a fake registry', () => {
       else await assert.rejects(p, isImportError('UnsupportedFormat', /has no file under \/disk\/: is it a containerDisk\?/), JSON.stringify(entries));
     }
     // A disk added above the opaque whiteout's layer is still there.
-    const opq = await layer(fake, [{ path: 'disk/.wh..wh..opq', data: '' }, { path: 'disk/new.img', data: 'new' }]);
+    const opq = await layer(fake, [
+      { path: 'disk/.wh..wh..opq', data: '' },
+      { path: 'disk/new.img', data: 'new' },
+    ]);
     fake.addImage('wh/img', 'opq-new', [bottom, opq]);
     assert.equal((await pull({ url: fake.url('wh/img:opq-new') })).data.toString(), 'new');
   });
 
   test('an image without a disk file says it is not a containerDisk, and names skipped links', async () => {
     fake.reset();
-    const l = await layer(fake, [{ path: 'etc/motd', data: 'hi' }, { path: 'disk', type: 'directory' }]);
+    const l = await layer(fake, [
+      { path: 'etc/motd', data: 'hi' },
+      { path: 'disk', type: 'directory' },
+    ]);
     fake.addImage('nodisk/img', 'v1', [l]);
-    await assert.rejects(pull({ url: fake.url('nodisk/img:v1') }), isImportError('UnsupportedFormat', /image nodisk\/img:v1 has no file under \/disk\/: is it a containerDisk\?/));
-    const links = await layer(fake, [{ path: 'disk/disk.img', type: 'symlink', linkname: '/data/disk.img' }, { path: 'data/disk.img', data: 'x' }]);
+    await assert.rejects(
+      pull({ url: fake.url('nodisk/img:v1') }),
+      isImportError('UnsupportedFormat', /image nodisk\/img:v1 has no file under \/disk\/: is it a containerDisk\?/),
+    );
+    const links = await layer(fake, [
+      { path: 'disk/disk.img', type: 'symlink', linkname: '/data/disk.img' },
+      { path: 'data/disk.img', data: 'x' },
+    ]);
     fake.addImage('nodisk/img', 'v2', [links]);
-    await assert.rejects(pull({ url: fake.url('nodisk/img:v2') }), isImportError('UnsupportedFormat', /skipped disk\/disk\.img \(symlink\): only regular files are read, links are not followed/));
+    await assert.rejects(
+      pull({ url: fake.url('nodisk/img:v2') }),
+      isImportError('UnsupportedFormat', /skipped disk\/disk\.img \(symlink\): only regular files are read, links are not followed/),
+    );
   });
 
   test('uncompressed layers, and gzip layers whose media type says plain tar', async () => {
@@ -470,7 +562,12 @@ describe('openRegistryDisk against a fake registry', () => {
     await mkdir(dest);
     const disk = await openRegistryDisk({ egress: LAB, url: fake.url('bad/digest:v2'), insecure: true });
     await assert.rejects(
-      importDisk({ egress: LAB, source: { kind: 'stream', stream: disk.stream, sizeHint: disk.size }, dest: join(dest, 'disk.qcow2'), maxVirtualSize: 1 << 30 }),
+      importDisk({
+        egress: LAB,
+        source: { kind: 'stream', stream: disk.stream, sizeHint: disk.size },
+        dest: join(dest, 'disk.qcow2'),
+        maxVirtualSize: 1 << 30,
+      }),
       isImportError('ChecksumMismatch', /arrived with digest sha256:/),
     );
     assert.deepEqual(await readdir(dest), []);
@@ -507,22 +604,40 @@ describe('openRegistryDisk against a fake registry', () => {
     const amd = fake.addImage('multi/img', 'amd', [await layer(fake, [{ path: 'disk/disk.img', data: 'amd64 disk' }])]);
     const att = fake.addImage('multi/img', 'att', [await layer(fake, [{ path: 'attestation.json', data: '{}' }])]);
     for (const type of [OCI_INDEX, 'application/vnd.docker.distribution.manifest.list.v2+json']) {
-      const index = fake.addManifest('multi/img', 'latest', Buffer.from(JSON.stringify({
-        schemaVersion: 2, mediaType: type, manifests: [
-          { ...arm, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
-          { ...v3, platform: { os: 'linux', architecture: 'amd64', variant: 'v3' } },
-          { ...amd, platform: { os: 'linux', architecture: 'amd64' } },
-          { ...att, platform: { os: 'unknown', architecture: 'unknown' } },
-        ],
-      })), type);
+      const index = fake.addManifest(
+        'multi/img',
+        'latest',
+        Buffer.from(
+          JSON.stringify({
+            schemaVersion: 2,
+            mediaType: type,
+            manifests: [
+              { ...arm, platform: { os: 'linux', architecture: 'arm64', variant: 'v8' } },
+              { ...v3, platform: { os: 'linux', architecture: 'amd64', variant: 'v3' } },
+              { ...amd, platform: { os: 'linux', architecture: 'amd64' } },
+              { ...att, platform: { os: 'unknown', architecture: 'unknown' } },
+            ],
+          }),
+        ),
+        type,
+      );
       const got = await pull({ url: fake.url('multi/img:latest') });
       assert.equal(got.data.toString(), 'amd64 disk', type);
       assert.equal(got.digest, index.digest, 'the digest is the index the URL names');
       assert.equal((await pull({ url: fake.url('multi/img:latest'), architecture: 'arm64' })).data.toString(), 'arm64 disk');
     }
-    fake.addManifest('multi/img', 'armonly', Buffer.from(JSON.stringify({
-      schemaVersion: 2, mediaType: OCI_INDEX, manifests: [{ ...arm, platform: { os: 'linux', architecture: 'arm64' } }],
-    })), OCI_INDEX);
+    fake.addManifest(
+      'multi/img',
+      'armonly',
+      Buffer.from(
+        JSON.stringify({
+          schemaVersion: 2,
+          mediaType: OCI_INDEX,
+          manifests: [{ ...arm, platform: { os: 'linux', architecture: 'arm64' } }],
+        }),
+      ),
+      OCI_INDEX,
+    );
     await assert.rejects(pull({ url: fake.url('multi/img:armonly') }), isImportError('UnsupportedFormat', /no linux\/amd64 variant \(it has: linux\/arm64\)/));
   });
 
@@ -543,8 +658,10 @@ describe('openRegistryDisk against a fake registry', () => {
     fake.tokenCreds = 'alice:s3cret';
     assert.ok((await pull({ url: fake.url('private/img:v1'), credentials: { username: 'alice', password: 's3cret' } })).data.equals(DISK));
     assert.equal(fake.seen.find((s) => s.url.startsWith('/token'))?.authorization, `Basic ${Buffer.from('alice:s3cret').toString('base64')}`);
-    await assert.rejects(pull({ url: fake.url('private/img:v1'), credentials: { username: 'alice', password: 'wrong' } }),
-      isImportError('HttpError', /refused the credentials from secretRef .*check accessKeyId and secretKey/));
+    await assert.rejects(
+      pull({ url: fake.url('private/img:v1'), credentials: { username: 'alice', password: 'wrong' } }),
+      isImportError('HttpError', /refused the credentials from secretRef .*check accessKeyId and secretKey/),
+    );
     await assert.rejects(pull({ url: fake.url('private/img:v1') }), isImportError('HttpError', /requires a user name and password .*secretRef/));
   });
 
@@ -554,7 +671,10 @@ describe('openRegistryDisk against a fake registry', () => {
     fake.auth = 'basic';
     assert.ok((await pull({ url: fake.url('basic/img:v1'), credentials: { username: 'user', password: 'secret' } })).data.equals(DISK));
     await assert.rejects(pull({ url: fake.url('basic/img:v1') }), isImportError('HttpError', /secretRef/));
-    await assert.rejects(pull({ url: fake.url('basic/img:v1'), credentials: { username: 'user', password: 'nope' } }), isImportError('HttpError', /refused the credentials/));
+    await assert.rejects(
+      pull({ url: fake.url('basic/img:v1'), credentials: { username: 'user', password: 'nope' } }),
+      isImportError('HttpError', /refused the credentials/),
+    );
   });
 
   test('blob downloads follow redirects to storage (without the registry token) up to 5 hops', async () => {
@@ -564,17 +684,28 @@ describe('openRegistryDisk against a fake registry', () => {
     fake.redirectHops = 5;
     assert.ok((await pull({ url: fake.url('redir/img:v1') })).data.equals(DISK));
     assert.ok(fake.storageSeen.length >= 5);
-    assert.ok(fake.storageSeen.every((s) => s.authorization === undefined), 'the token stays with the registry');
+    assert.ok(
+      fake.storageSeen.every((s) => s.authorization === undefined),
+      'the token stays with the registry',
+    );
     fake.redirectHops = 6;
     await assert.rejects(pull({ url: fake.url('redir/img:v1') }), isImportError('HttpError', /redirects .* more than 5 times/));
   });
 
   test('clear errors: missing tag, missing blob, schema 1, zstd layers, refused connection', async () => {
     fake.reset();
-    await assert.rejects(pull({ url: fake.url('nothing/here:v9') }), isImportError('HttpError', new RegExp(`registry ${fake.host.replace(/\./g, '\\.')} has no image nothing/here:v9`)));
+    await assert.rejects(
+      pull({ url: fake.url('nothing/here:v9') }),
+      isImportError('HttpError', new RegExp(`registry ${fake.host.replace(/\./g, '\\.')} has no image nothing/here:v9`)),
+    );
     fake.addImage('gone/blob', 'v1', [{ digest: `sha256:${'1'.repeat(64)}`, size: 10 }]);
     await assert.rejects(pull({ url: fake.url('gone/blob:v1') }), isImportError('HttpError', /has no layer sha256:1+ .*push it again/));
-    fake.addManifest('old/img', 'v1', Buffer.from(JSON.stringify({ schemaVersion: 1, name: 'old/img', tag: 'v1', fsLayers: [] })), 'application/vnd.docker.distribution.manifest.v1+prettyjws');
+    fake.addManifest(
+      'old/img',
+      'v1',
+      Buffer.from(JSON.stringify({ schemaVersion: 1, name: 'old/img', tag: 'v1', fsLayers: [] })),
+      'application/vnd.docker.distribution.manifest.v1+prettyjws',
+    );
     await assert.rejects(pull({ url: fake.url('old/img:v1') }), isImportError('UnsupportedFormat', /schema 1/));
     const z = fake.addBlob(Buffer.from([0x28, 0xb5, 0x2f, 0xfd, 1, 2, 3, 4]));
     fake.addImage('zstd/img', 'v1', [{ ...z, mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);
@@ -583,7 +714,10 @@ describe('openRegistryDisk against a fake registry', () => {
     await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
     const port = (srv.address() as AddressInfo).port;
     await new Promise<void>((r) => srv.close(() => r()));
-    await assert.rejects(pull({ url: `docker://127.0.0.1:${port}/x:y` }), isImportError('Unreachable', /cannot connect to http:\/\/127\.0\.0\.1:\d+\/v2\/x\/manifests\/y: the host does not resolve, does not answer/));
+    await assert.rejects(
+      pull({ url: `docker://127.0.0.1:${port}/x:y` }),
+      isImportError('Unreachable', /cannot connect to http:\/\/127\.0\.0\.1:\d+\/v2\/x\/manifests\/y: the host does not resolve, does not answer/),
+    );
   });
 
   test('a layer cut short by the registry fails the stream as Truncated', async () => {
@@ -629,7 +763,10 @@ describe('openRegistryDisk against a fake registry', () => {
     const tar = () => Readable.from(tarStream([{ path: 'disk/disk.img', file: big }]), { objectMode: false });
     const hash = createHash('sha256');
     let size = 0;
-    for await (const c of tar()) { hash.update(c as Buffer); size += (c as Buffer).length; }
+    for await (const c of tar()) {
+      hash.update(c as Buffer);
+      size += (c as Buffer).length;
+    }
     const digest = `sha256:${hash.digest('hex')}`;
     fake.blobs.set(digest, { stream: tar, size });
     fake.addImage('big/img', 'v1', [{ digest, size, mediaType: 'application/vnd.oci.image.layer.v1.tar' }]);

@@ -79,7 +79,11 @@ const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:
  * rules for short names: "docker://fedora" is docker.io/library/fedora:latest.
  */
 export function parseRegistryUrl(url: string): RegistryRef {
-  const bad = (why: string) => new ImportError('InvalidArgument', `registry URL "${url}" ${why}: write it as docker://host[:port]/repository[:tag] or docker://host[:port]/repository@sha256:<digest>`);
+  const bad = (why: string) =>
+    new ImportError(
+      'InvalidArgument',
+      `registry URL "${url}" ${why}: write it as docker://host[:port]/repository[:tag] or docker://host[:port]/repository@sha256:<digest>`,
+    );
   if (typeof url !== 'string' || !url.startsWith('docker://')) {
     throw bad(/^oci-archive:/.test(String(url)) ? 'is an oci-archive, which Vessel does not import' : 'does not start with docker://');
   }
@@ -135,7 +139,12 @@ interface Ctx {
   stalled?: string;
 }
 
-interface Descriptor { mediaType: string; digest: string; size: number; platform?: { os?: string; architecture?: string; variant?: string } }
+interface Descriptor {
+  mediaType: string;
+  digest: string;
+  size: number;
+  platform?: { os?: string; architecture?: string; variant?: string };
+}
 
 /**
  * Finds the disk file of a containerDisk image and returns a stream of its bytes. Throws
@@ -170,14 +179,23 @@ export async function openRegistryDisk(opts: RegistryDiskOptions): Promise<Regis
         const entry = r.value;
         const path = normalizePath(entry.path);
         const wh = whiteoutMask(path);
-        if (wh) { masks.push(wh); continue; }
-        if (path === 'disk' && entry.type !== 'directory') { masks.push({ path, opaque: false }); continue; }
+        if (wh) {
+          masks.push(wh);
+          continue;
+        }
+        if (path === 'disk' && entry.type !== 'directory') {
+          masks.push({ path, opaque: false });
+          continue;
+        }
         if (!path.startsWith('disk/') || isHidden(path, hidden) || entry.type === 'directory') continue;
         if (entry.type === 'file') {
           return { stream: diskStream(ctx, layer, entry.body, layers[i].digest), size: entry.size, digest: top.digest, file: path };
         }
         if (entry.type === 'sparse') {
-          throw new ImportError('UnsupportedFormat', `${path} in image ${name} is stored as a sparse (or another GNU-only) tar entry, which Vessel cannot read: build the image without sparse files (e.g. COPY of a plain file)`);
+          throw new ImportError(
+            'UnsupportedFormat',
+            `${path} in image ${name} is stored as a sparse (or another GNU-only) tar entry, which Vessel cannot read: build the image without sparse files (e.g. COPY of a plain file)`,
+          );
         }
         skipped.push(`${path} (${entry.type})`);
         masks.push({ path, opaque: false });
@@ -190,7 +208,10 @@ export async function openRegistryDisk(opts: RegistryDiskOptions): Promise<Regis
     }
   }
   const links = skipped.length ? ` (skipped ${skipped.slice(0, 3).join(', ')}: only regular files are read, links are not followed)` : '';
-  throw new ImportError('UnsupportedFormat', `image ${name} has no file under /disk/: is it a containerDisk? Build one with a disk image at /disk/disk.img or /disk/disk.qcow2${links}`);
+  throw new ImportError(
+    'UnsupportedFormat',
+    `image ${name} has no file under /disk/: is it a containerDisk? Build one with a disk image at /disk/disk.img or /disk/disk.qcow2${links}`,
+  );
 }
 
 function throwIfAborted(signal: AbortSignal | undefined): void {
@@ -201,7 +222,11 @@ function aborted(signal: AbortSignal): ImportError {
   return new ImportError('Aborted', 'the import was cancelled; nothing was written', { cause: signal.reason });
 }
 
-interface Manifest { kind: 'index' | 'manifest'; json: Record<string, unknown>; digest: string }
+interface Manifest {
+  kind: 'index' | 'manifest';
+  json: Record<string, unknown>;
+  digest: string;
+}
 
 async function fetchManifest(ctx: Ctx, reference: string): Promise<Manifest> {
   const name = imageName({ ...ctx.ref, reference });
@@ -210,7 +235,10 @@ async function fetchManifest(ctx: Ctx, reference: string): Promise<Manifest> {
   if (status !== 200) {
     const detail = await errorDetail(res);
     if (status === 404) {
-      throw new ImportError('HttpError', `registry ${ctx.display} has no image ${name}${paren(detail)}: check the repository and tag in the URL, and that the image was pushed`);
+      throw new ImportError(
+        'HttpError',
+        `registry ${ctx.display} has no image ${name}${paren(detail)}: check the repository and tag in the URL, and that the image was pushed`,
+      );
     }
     throw statusError(ctx, status, detail, `image ${name}`);
   }
@@ -218,7 +246,10 @@ async function fetchManifest(ctx: Ctx, reference: string): Promise<Manifest> {
   const algo = reference.startsWith('sha512:') ? 'sha512' : 'sha256';
   const digest = `${algo}:${createHash(algo).update(body).digest('hex')}`;
   if (DIGEST_RE.test(reference) && digest !== reference) {
-    throw new ImportError('ChecksumMismatch', `registry ${ctx.display} sent a manifest for ${name} whose digest is ${digest}: it was altered on the way or by the registry; retry, or push the image again`);
+    throw new ImportError(
+      'ChecksumMismatch',
+      `registry ${ctx.display} sent a manifest for ${name} whose digest is ${digest}: it was altered on the way or by the registry; retry, or push the image again`,
+    );
   }
   let json: Record<string, unknown>;
   try {
@@ -228,9 +259,17 @@ async function fetchManifest(ctx: Ctx, reference: string): Promise<Manifest> {
   } catch (e) {
     throw new ImportError('Corrupt', `the manifest of ${name} is not valid JSON (${(e as Error).message}): push the image again`, { cause: e });
   }
-  const type = typeof json.mediaType === 'string' ? json.mediaType : String(res.headers['content-type'] ?? '').split(';')[0].trim();
+  const type =
+    typeof json.mediaType === 'string'
+      ? json.mediaType
+      : String(res.headers['content-type'] ?? '')
+          .split(';')[0]
+          .trim();
   if (json.schemaVersion === 1 || /^application\/vnd\.docker\.distribution\.manifest\.v1\+(prettyjws|json)$/.test(type)) {
-    throw new ImportError('UnsupportedFormat', `image ${name} has a Docker schema 1 manifest, which Vessel does not read: push it again with a current docker, podman or buildah (schema 2 or OCI)`);
+    throw new ImportError(
+      'UnsupportedFormat',
+      `image ${name} has a Docker schema 1 manifest, which Vessel does not read: push it again with a current docker, podman or buildah (schema 2 or OCI)`,
+    );
   }
   if (type === MEDIA.ociIndex || type === MEDIA.dockerList || (type !== MEDIA.ociManifest && type !== MEDIA.dockerManifest && Array.isArray(json.manifests))) {
     return { kind: 'index', json, digest };
@@ -245,7 +284,12 @@ function descriptor(v: unknown, what: string): Descriptor {
     throw new ImportError('Corrupt', `${what} has an invalid descriptor (${JSON.stringify(v)?.slice(0, 200)}): push the image again`);
   }
   const p = d.platform as Descriptor['platform'] | undefined;
-  return { mediaType: typeof d.mediaType === 'string' ? d.mediaType : '', digest: d.digest, size: d.size, platform: p && typeof p === 'object' ? p : undefined };
+  return {
+    mediaType: typeof d.mediaType === 'string' ? d.mediaType : '',
+    digest: d.digest,
+    size: d.size,
+    platform: p && typeof p === 'object' ? p : undefined,
+  };
 }
 
 function choosePlatform(index: Record<string, unknown>, arch: string, name: string): Descriptor {
@@ -271,7 +315,7 @@ async function registryGet(ctx: Ctx, path: string, accept?: string): Promise<htt
   let url = new URL(path, ctx.base);
   let challenged = false;
   let sameOrigin = true;
-  for (let hop = 0; ; ) {
+  for (let hop = 0; ;) {
     const headers: Record<string, string> = {};
     if (accept) headers.accept = accept;
     // Credentials stay with the registry: storage redirects carry their own signature, and S3 refuses both.
@@ -287,7 +331,11 @@ async function registryGet(ctx: Ctx, path: string, accept?: string): Promise<htt
     }
     if (status >= 300 && status < 400 && res.headers.location) {
       res.resume();
-      if (++hop > MAX_REDIRECTS) throw new ImportError('HttpError', `registry ${ctx.display} redirects ${path} more than ${MAX_REDIRECTS} times: the registry or its storage is misconfigured`);
+      if (++hop > MAX_REDIRECTS)
+        throw new ImportError(
+          'HttpError',
+          `registry ${ctx.display} redirects ${path} more than ${MAX_REDIRECTS} times: the registry or its storage is misconfigured`,
+        );
       url = new URL(res.headers.location, url);
       sameOrigin = url.origin === new URL(ctx.base).origin;
       continue;
@@ -306,10 +354,15 @@ function send(ctx: Ctx, url: URL, headers: Record<string, string>): Promise<http
     // node's `ca` replaces the system roots: add the certConfigMap's CAs to them instead.
     const tls = url.protocol === 'https:' ? (ctx.opts.caPem ? { ca: [...rootCertificates, ctx.opts.caPem] } : {}) : undefined;
     // Every request (manifests, token service, blob redirects) connects through the egress check.
-    const req = lib.get(url, {
-      headers: { 'user-agent': 'vessel-importer', ...headers }, signal,
-      ...checkedRequestOptions(url, { policy: ctx.opts.egress, tls, timeoutMs: ctx.idleMs, signal, display: `${url.protocol}//${url.host}${url.pathname}` }),
-    }, resolve);
+    const req = lib.get(
+      url,
+      {
+        headers: { 'user-agent': 'vessel-importer', ...headers },
+        signal,
+        ...checkedRequestOptions(url, { policy: ctx.opts.egress, tls, timeoutMs: ctx.idleMs, signal, display: `${url.protocol}//${url.host}${url.pathname}` }),
+      },
+      resolve,
+    );
     req.setTimeout(ctx.idleMs, () => {
       ctx.stalled = url.host;
       req.destroy(new ImportError('HttpError', `no data from ${url.host} for ${ctx.idleMs / 1000} s: the registry is stuck or unreachable; retry the import`));
@@ -331,17 +384,28 @@ function netError(e: unknown, url: URL, ctx: Ctx): ImportError {
     return new ImportError('HttpError', `the TLS certificate of ${host} is not trusted (${code}): add its CA with certConfigMap`, { cause: e });
   }
   if (/wrong version number|packet length too long|http request/i.test(msg)) {
-    return new ImportError('HttpError', `registry ${host} does not speak TLS (it seems to serve plain HTTP): mark it insecure, or give the registry a TLS certificate`, { cause: e });
+    return new ImportError(
+      'HttpError',
+      `registry ${host} does not speak TLS (it seems to serve plain HTTP): mark it insecure, or give the registry a TLS certificate`,
+      { cause: e },
+    );
   }
   if (code === 'EPROTO' || code.startsWith('ERR_SSL')) {
     // OpenSSL's text is "...:SSL routines:<function>:<reason>:<file>:<line>:": keep the reason.
     const reason = /routines:[^:]*:([^:]+)/.exec(msg)?.[1] ?? msg.split('\n')[0];
-    return new ImportError('HttpError', `TLS with registry ${host} failed (${reason}): check that it serves HTTPS on this port, or mark it insecure if it serves plain HTTP`, { cause: e });
+    return new ImportError(
+      'HttpError',
+      `TLS with registry ${host} failed (${reason}): check that it serves HTTPS on this port, or mark it insecure if it serves plain HTTP`,
+      { cause: e },
+    );
   }
   return new ImportError('HttpError', `cannot reach registry ${host}: ${msg}`, { cause: e });
 }
 
-interface Challenge { scheme: string; params: Record<string, string> }
+interface Challenge {
+  scheme: string;
+  params: Record<string, string>;
+}
 
 /** Parses one WWW-Authenticate challenge: `Bearer realm="...",service="...",scope="..."`. */
 export function parseChallenge(header: string): Challenge | undefined {
@@ -359,7 +423,11 @@ async function authenticate(ctx: Ctx, header: string | undefined): Promise<void>
   const creds = ctx.opts.credentials;
   const needCreds = `registry ${ctx.display} requires a user name and password for ${ctx.ref.repository}: set the DataVolume's secretRef to a Secret with accessKeyId and secretKey`;
   const ch = header ? parseChallenge(header) : undefined;
-  if (!ch) throw new ImportError('HttpError', creds ? `registry ${ctx.display} refused the request (HTTP 401) without saying how to log in: check the URL` : needCreds);
+  if (!ch)
+    throw new ImportError(
+      'HttpError',
+      creds ? `registry ${ctx.display} refused the request (HTTP 401) without saying how to log in: check the URL` : needCreds,
+    );
   const basic = creds ? `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` : undefined;
   if (ch.scheme === 'basic') {
     if (!basic) throw new ImportError('HttpError', needCreds);
@@ -367,7 +435,10 @@ async function authenticate(ctx: Ctx, header: string | undefined): Promise<void>
     return;
   }
   if (ch.scheme !== 'bearer' || !ch.params.realm) {
-    throw new ImportError('HttpError', `registry ${ctx.display} asks for "${ch.scheme}" authentication, which Vessel does not speak (only Basic and Bearer tokens)`);
+    throw new ImportError(
+      'HttpError',
+      `registry ${ctx.display} asks for "${ch.scheme}" authentication, which Vessel does not speak (only Basic and Bearer tokens)`,
+    );
   }
   let realm: URL;
   try {
@@ -382,9 +453,12 @@ async function authenticate(ctx: Ctx, header: string | undefined): Promise<void>
   if (status !== 200) {
     const detail = await errorDetail(res);
     if (status === 401 || status === 403) {
-      throw new ImportError('HttpError', basic
-        ? `the token service of ${ctx.display} refused the credentials from secretRef ${httpStatus(status, detail)}: check accessKeyId and secretKey in the Secret`
-        : needCreds);
+      throw new ImportError(
+        'HttpError',
+        basic
+          ? `the token service of ${ctx.display} refused the credentials from secretRef ${httpStatus(status, detail)}: check accessKeyId and secretKey in the Secret`
+          : needCreds,
+      );
     }
     throw new ImportError('HttpError', `the token service of ${ctx.display} (${realm.host}) answered HTTP ${status}${paren(detail)}: retry later`);
   }
@@ -396,18 +470,27 @@ async function authenticate(ctx: Ctx, header: string | undefined): Promise<void>
     if (e instanceof ImportError) throw e;
     throw new ImportError('HttpError', `the token service of ${ctx.display} answered something that is not JSON: the registry is misconfigured`, { cause: e });
   }
-  if (typeof token !== 'string' || token === '') throw new ImportError('HttpError', `the token service of ${ctx.display} gave no token: the registry is misconfigured`);
+  if (typeof token !== 'string' || token === '')
+    throw new ImportError('HttpError', `the token service of ${ctx.display} gave no token: the registry is misconfigured`);
   ctx.auth = `Bearer ${token}`;
 }
 
 function statusError(ctx: Ctx, status: number, detail: string, what: string): ImportError {
   if (status === 401) {
-    return new ImportError('HttpError', ctx.opts.credentials
-      ? `registry ${ctx.display} refused the credentials from secretRef for ${what} ${httpStatus(401, detail)}: check accessKeyId and secretKey in the Secret`
-      : `registry ${ctx.display} requires credentials for ${what}${paren(detail)}: set the DataVolume's secretRef to a Secret with accessKeyId and secretKey`);
+    return new ImportError(
+      'HttpError',
+      ctx.opts.credentials
+        ? `registry ${ctx.display} refused the credentials from secretRef for ${what} ${httpStatus(401, detail)}: check accessKeyId and secretKey in the Secret`
+        : `registry ${ctx.display} requires credentials for ${what}${paren(detail)}: set the DataVolume's secretRef to a Secret with accessKeyId and secretKey`,
+    );
   }
-  if (status === 403) return new ImportError('HttpError', `registry ${ctx.display} denies access to ${what} ${httpStatus(403, detail)}: check that the account in secretRef may pull it`);
-  if (status === 429) return new ImportError('HttpError', `registry ${ctx.display} is rate-limiting pulls ${httpStatus(429, detail)}: retry later, or log in with secretRef`);
+  if (status === 403)
+    return new ImportError(
+      'HttpError',
+      `registry ${ctx.display} denies access to ${what} ${httpStatus(403, detail)}: check that the account in secretRef may pull it`,
+    );
+  if (status === 429)
+    return new ImportError('HttpError', `registry ${ctx.display} is rate-limiting pulls ${httpStatus(429, detail)}: retry later, or log in with secretRef`);
   return new ImportError('HttpError', `registry ${ctx.display} answered HTTP ${status} for ${what}${paren(detail)}: retry later, or check the registry`);
 }
 
@@ -460,7 +543,11 @@ async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<Ope
   const status = res.statusCode ?? 0;
   if (status !== 200) {
     const detail = await errorDetail(res);
-    if (status === 404) throw new ImportError('HttpError', `registry ${ctx.display} has no layer ${layer.digest} of image ${name}${paren(detail)}: the image is incomplete in the registry; push it again`);
+    if (status === 404)
+      throw new ImportError(
+        'HttpError',
+        `registry ${ctx.display} has no layer ${layer.digest} of image ${name}${paren(detail)}: the image is incomplete in the registry; push it again`,
+      );
     throw statusError(ctx, status, detail, `layer ${layer.digest} of ${name}`);
   }
   if (/\+zstd$/.test(layer.mediaType)) throw zstd(name);
@@ -472,17 +559,26 @@ async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<Ope
     for await (const c of res as AsyncIterable<Buffer>) {
       count += c.length;
       if (count > layer.size) {
-        throw new ImportError('ChecksumMismatch', `layer ${layer.digest} of image ${name} is larger than the ${layer.size} bytes its manifest says: the registry sent something else; push the image again`);
+        throw new ImportError(
+          'ChecksumMismatch',
+          `layer ${layer.digest} of image ${name} is larger than the ${layer.size} bytes its manifest says: the registry sent something else; push the image again`,
+        );
       }
       hash.update(c);
       yield c;
     }
     if (count < layer.size) {
-      throw new ImportError('Truncated', `layer ${layer.digest} of image ${name} ended after ${count} of ${layer.size} bytes: the registry closed the connection early; retry the import`);
+      throw new ImportError(
+        'Truncated',
+        `layer ${layer.digest} of image ${name} ended after ${count} of ${layer.size} bytes: the registry closed the connection early; retry the import`,
+      );
     }
     const got = `${algo}:${hash.digest('hex')}`;
     if (got !== layer.digest) {
-      throw new ImportError('ChecksumMismatch', `layer ${layer.digest} of image ${name} arrived with digest ${got}: it was altered in the registry or on the way; retry, or push the image again`);
+      throw new ImportError(
+        'ChecksumMismatch',
+        `layer ${layer.digest} of image ${name} arrived with digest ${got}: it was altered in the registry or on the way; retry, or push the image again`,
+      );
     }
     verified = true;
   }
@@ -491,7 +587,10 @@ async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<Ope
   const head: Buffer[] = [];
   let headLen = 0;
   while (headLen < 4) {
-    const r = await rawIt.next().catch((e: unknown) => { res.destroy(); throw streamError(e, ctx, layer.digest); });
+    const r = await rawIt.next().catch((e: unknown) => {
+      res.destroy();
+      throw streamError(e, ctx, layer.digest);
+    });
     if (r.done) break;
     head.push(r.value);
     headLen += r.value.length;
@@ -511,7 +610,9 @@ async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<Ope
   if (first.length >= 2 && first[0] === 0x1f && first[1] === 0x8b) {
     gunzip = createGunzip({ chunkSize: 1 << 20 });
     const g = gunzip;
-    gunzipped = new Promise((resolve, reject) => { pipeline(source, g, (err) => (err ? reject(err) : resolve())); });
+    gunzipped = new Promise((resolve, reject) => {
+      pipeline(source, g, (err) => (err ? reject(err) : resolve()));
+    });
     gunzipped.catch(() => undefined); // surfaced through the gunzip stream or finish()
     source = g;
   }
@@ -534,7 +635,10 @@ async function openLayer(ctx: Ctx, layer: Descriptor, name: string): Promise<Ope
 }
 
 function zstd(name: string): ImportError {
-  return new ImportError('UnsupportedFormat', `image ${name} has zstd-compressed layers, which Vessel cannot read yet: push the containerDisk with gzip (or uncompressed) layers`);
+  return new ImportError(
+    'UnsupportedFormat',
+    `image ${name} has zstd-compressed layers, which Vessel cannot read yet: push the containerDisk with gzip (or uncompressed) layers`,
+  );
 }
 
 /** The disk entry's bytes, then the rest of its layer, so the digest is checked before the stream ends. */
@@ -561,9 +665,16 @@ function streamError(e: unknown, ctx: Ctx, digest: string): ImportError {
   const err = e as NodeJS.ErrnoException;
   const code = err?.code ?? '';
   const msg = err?.message ?? String(e);
-  if (ctx.stalled) return new ImportError('HttpError', `no data from ${ctx.stalled} for ${ctx.idleMs / 1000} s while reading layer ${digest}: the registry is stuck or unreachable; retry the import`, { cause: e });
+  if (ctx.stalled)
+    return new ImportError(
+      'HttpError',
+      `no data from ${ctx.stalled} for ${ctx.idleMs / 1000} s while reading layer ${digest}: the registry is stuck or unreachable; retry the import`,
+      { cause: e },
+    );
   if (code === 'Z_BUF_ERROR' || /unexpected end of file/i.test(msg)) {
-    return new ImportError('Truncated', `the gzip data of layer ${digest} ends early: the layer is incomplete in the registry; push the image again`, { cause: e });
+    return new ImportError('Truncated', `the gzip data of layer ${digest} ends early: the layer is incomplete in the registry; push the image again`, {
+      cause: e,
+    });
   }
   if (code.startsWith('Z_')) return new ImportError('Corrupt', `layer ${digest} cannot be decompressed (${msg}): push the image again`, { cause: e });
   if (code === 'ECONNRESET' || msg === 'aborted' || code === 'ERR_STREAM_PREMATURE_CLOSE') {
@@ -575,7 +686,10 @@ function streamError(e: unknown, ctx: Ctx, digest: string): ImportError {
 // ---------------------------------------------------------------------------------------
 // Paths and whiteouts
 
-interface Mask { path: string; opaque: boolean }
+interface Mask {
+  path: string;
+  opaque: boolean;
+}
 
 /** "./disk//x", "/disk/x" and "disk/x" are the same file. */
 export function normalizePath(p: string): string {
@@ -616,7 +730,10 @@ export interface TarEntry {
 }
 
 /** The entry being read, and how many of its bytes have not been. */
-interface TarPosition { size: number; left: number }
+interface TarPosition {
+  size: number;
+  left: number;
+}
 
 interface TarReader {
   entries: AsyncGenerator<TarEntry>;
@@ -684,7 +801,11 @@ function tarReader(source: AsyncIterable<Buffer> | Iterable<Buffer>): TarReader 
 
 function drainedOrClosed(ex: TarExtract): Promise<void> {
   return new Promise((resolve) => {
-    const done = () => { ex.off('drain', done); ex.off('close', done); resolve(); };
+    const done = () => {
+      ex.off('drain', done);
+      ex.off('close', done);
+      resolve();
+    };
     ex.on('drain', done);
     ex.on('close', done);
   });
@@ -694,13 +815,20 @@ function entryType(h: TarHeader): TarEntryType {
   const pax = (h.pax ?? {}) as Record<string, unknown>;
   if (pax['GNU.sparse.major'] !== undefined || pax['GNU.sparse.map'] !== undefined) return 'sparse';
   switch (h.type) {
-    case 'file': case 'contiguous-file': return 'file';
-    case 'directory': return 'directory';
-    case 'symlink': return 'symlink';
-    case 'link': return 'hardlink';
+    case 'file':
+    case 'contiguous-file':
+      return 'file';
+    case 'directory':
+      return 'directory';
+    case 'symlink':
+      return 'symlink';
+    case 'link':
+      return 'hardlink';
     // tar-stream names no GNU-only type (its type is null): 'S' (old GNU sparse) is one; none is readable data.
-    case null: return 'sparse';
-    default: return 'other';
+    case null:
+      return 'sparse';
+    default:
+      return 'other';
   }
 }
 
@@ -709,7 +837,11 @@ function tarError(e: unknown, current: TarPosition | undefined): ImportError {
   const msg = (e as Error)?.message ?? String(e);
   if (/unexpected end of data/i.test(msg)) {
     if (current && current.left > 0) {
-      return new ImportError('Truncated', `a tar entry of ${current.size} bytes ends after ${current.size - current.left}: the layer is incomplete; push the image again`, { cause: e });
+      return new ImportError(
+        'Truncated',
+        `a tar entry of ${current.size} bytes ends after ${current.size - current.left}: the layer is incomplete; push the image again`,
+        { cause: e },
+      );
     }
     return corruptTar('the archive ends inside a header', e);
   }
@@ -730,7 +862,11 @@ function corruptTar(why: string, cause?: unknown): ImportError {
  */
 export function isLoopbackRegistry(url: string): boolean {
   let registry: string;
-  try { registry = parseRegistryUrl(url).registry; } catch { return false; }
+  try {
+    registry = parseRegistryUrl(url).registry;
+  } catch {
+    return false;
+  }
   const host = registry.replace(/:\d+$/, '').replace(/^\[|\]$/g, '');
   return host === 'localhost' || (isIP(host) === 4 && host.startsWith('127.')) || host === '::1';
 }

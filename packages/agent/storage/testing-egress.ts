@@ -76,7 +76,10 @@ export async function makeNetns(): Promise<TestNetns | string> {
     return (e as Error).message;
   }
   return {
-    name, hostIp: `10.213.${n}.1`, nsIp: `10.213.${n}.2`, silentIp: `10.213.${n}.5`,
+    name,
+    hostIp: `10.213.${n}.1`,
+    nsIp: `10.213.${n}.2`,
+    silentIp: `10.213.${n}.5`,
     spawn: (args) => spawn('ip', ['netns', 'exec', name, process.execPath, '--import', 'tsx', SELF, ...args], { stdio: ['ignore', 'pipe', 'pipe'] }),
     close,
   };
@@ -96,27 +99,41 @@ export async function serveInNetns(ns: TestNetns, file: string): Promise<{ port:
       if (/READY/.test(d.toString())) resolve();
     });
     let err = '';
-    child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
     child.on('exit', (code) => reject(new Error(`namespace server exited (${code}): ${err}`)));
   });
   return {
-    port, requests,
-    close: () => new Promise<void>((resolve) => {
-      if (child.exitCode !== null) return resolve();
-      child.once('exit', () => resolve());
-      child.kill('SIGKILL');
-    }),
+    port,
+    requests,
+    close: () =>
+      new Promise<void>((resolve) => {
+        if (child.exitCode !== null) return resolve();
+        child.once('exit', () => resolve());
+        child.kill('SIGKILL');
+      }),
   };
 }
 
-export interface ProbeResult { label: string; url: string; code: string; message: string }
+export interface ProbeResult {
+  label: string;
+  url: string;
+  code: string;
+  message: string;
+}
 
 /** The probe role: imports each URL inside the namespace with the default policy. */
 export async function probeInNetns(ns: TestNetns, targets: { label: string; url: string }[], idleTimeoutMs: number): Promise<ProbeResult[]> {
   const child = ns.spawn(['probe', JSON.stringify({ targets, idleTimeoutMs })]);
-  let out = '', err = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr!.on('data', (d: Buffer) => { err += d.toString(); });
+  let out = '',
+    err = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
   const line = out.split('\n').find((l) => l.startsWith('RESULTS '));
   if (code !== 0 || !line) throw new Error(`probe failed (${code}): ${err}${out}`);
@@ -138,7 +155,9 @@ async function serve(port: number, file: string): Promise<void> {
     } else if (url.pathname === '/endless') {
       res.writeHead(200, { 'content-type': 'application/octet-stream' });
       const chunk = Buffer.alloc(1 << 20);
-      const more = () => { while (res.write(chunk)); };
+      const more = () => {
+        while (res.write(chunk));
+      };
       res.on('drain', more);
       more();
     } else {

@@ -39,32 +39,37 @@ export async function startRegistry(opts: { tls?: boolean } = {}): Promise<TestR
   for (let attempt = 0; ; attempt++) {
     const port = await freePort();
     const config = join(root, 'config.yml');
-    await writeFile(config, [
-      'version: 0.1',
-      'log:',
-      '  level: error',
-      '  accesslog:',
-      '    disabled: true',
-      'storage:',
-      '  filesystem:',
-      `    rootdirectory: ${join(root, 'data')}`,
-      '  delete:',
-      '    enabled: true',
-      '  maintenance:',
-      '    uploadpurging:',
-      '      enabled: false',
-      'http:',
-      `  addr: 127.0.0.1:${port}`,
-      ...(opts.tls ? ['  tls:', `    certificate: ${join(root, 'server.pem')}`, `    key: ${join(root, 'server.key')}`] : []),
-      'health:',
-      '  storagedriver:',
-      '    enabled: false',
-      '',
-    ].join('\n'));
+    await writeFile(
+      config,
+      [
+        'version: 0.1',
+        'log:',
+        '  level: error',
+        '  accesslog:',
+        '    disabled: true',
+        'storage:',
+        '  filesystem:',
+        `    rootdirectory: ${join(root, 'data')}`,
+        '  delete:',
+        '    enabled: true',
+        '  maintenance:',
+        '    uploadpurging:',
+        '      enabled: false',
+        'http:',
+        `  addr: 127.0.0.1:${port}`,
+        ...(opts.tls ? ['  tls:', `    certificate: ${join(root, 'server.pem')}`, `    key: ${join(root, 'server.key')}`] : []),
+        'health:',
+        '  storagedriver:',
+        '    enabled: false',
+        '',
+      ].join('\n'),
+    );
     const child = spawn(REGISTRY_BIN, ['serve', config], { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.setEncoding('utf8');
-    child.stderr.on('data', (c: string) => { if (stderr.length < 8192) stderr += c; });
+    child.stderr.on('data', (c: string) => {
+      if (stderr.length < 8192) stderr += c;
+    });
     const exited = new Promise<number | null>((resolve) => {
       child.on('error', () => resolve(-1));
       child.on('exit', (code) => resolve(code));
@@ -73,7 +78,10 @@ export async function startRegistry(opts: { tls?: boolean } = {}): Promise<TestR
     // A test process that dies without stop() must not leave the registry running.
     const reap = () => child.kill('SIGKILL');
     process.once('exit', reap);
-    void exited.then(() => { dead = true; process.off('exit', reap); });
+    void exited.then(() => {
+      dead = true;
+      process.off('exit', reap);
+    });
     const url = `127.0.0.1:${port}`;
     const deadline = Date.now() + 10_000;
     while (!dead && Date.now() < deadline) {
@@ -95,7 +103,10 @@ export async function startRegistry(opts: { tls?: boolean } = {}): Promise<TestR
       }
       await new Promise((r) => setTimeout(r, 50));
     }
-    if (!dead) { child.kill('SIGKILL'); await exited; }
+    if (!dead) {
+      child.kill('SIGKILL');
+      await exited;
+    }
     if (attempt >= 2) {
       await rm(root, { recursive: true, force: true });
       throw new Error(`docker-registry did not start on ${url}: ${stderr.trim() || 'no output'}`);
@@ -110,7 +121,23 @@ async function makeCertificates(dir: string): Promise<string> {
   sh('openssl', ['req', '-x509', ...ec, '-keyout', at('ca.key'), '-out', at('ca.pem'), '-days', '2', '-subj', '/CN=vessel test CA']);
   sh('openssl', ['req', ...ec, '-keyout', at('server.key'), '-out', at('server.csr'), '-subj', '/CN=127.0.0.1']);
   await writeFile(at('ext.cnf'), 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n');
-  sh('openssl', ['x509', '-req', '-in', at('server.csr'), '-CA', at('ca.pem'), '-CAkey', at('ca.key'), '-CAcreateserial', '-out', at('server.pem'), '-days', '2', '-extfile', at('ext.cnf')]);
+  sh('openssl', [
+    'x509',
+    '-req',
+    '-in',
+    at('server.csr'),
+    '-CA',
+    at('ca.pem'),
+    '-CAkey',
+    at('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    at('server.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    at('ext.cnf'),
+  ]);
   return readFile(at('ca.pem'), 'utf8');
 }
 
@@ -159,8 +186,10 @@ export async function* tarStream(entries: Iterable<TarInput>): AsyncGenerator<Bu
     if (path.length > 100) {
       const split = e.longName === 'ustar' || e.longName === undefined ? ustarSplit(e.path) : undefined;
       if (split) [prefix, name] = split;
-      else if (e.longName === 'pax' || e.longName === undefined) { pax.path = e.path; name = truncate(e.path, 100); }
-      else {
+      else if (e.longName === 'pax' || e.longName === undefined) {
+        pax.path = e.path;
+        name = truncate(e.path, 100);
+      } else {
         const long = Buffer.concat([path, Buffer.alloc(1)]);
         yield header({ name: '././@LongLink', size: long.length, flag: 'L', gnu: true });
         yield* padded(long);
@@ -181,7 +210,11 @@ export async function* tarStream(entries: Iterable<TarInput>): AsyncGenerator<Bu
     }
     if (e.sizeAs === 'pax') pax.size = String(size);
     if (Object.keys(pax).length) {
-      const records = Buffer.from(Object.entries(pax).map(([k, v]) => paxRecord(k, v)).join(''));
+      const records = Buffer.from(
+        Object.entries(pax)
+          .map(([k, v]) => paxRecord(k, v))
+          .join(''),
+      );
       yield header({ name: truncate(`PaxHeaders/${posix.basename(e.path)}`, 100), size: records.length, flag: 'x' });
       yield* padded(records);
     }
@@ -273,13 +306,14 @@ export async function writeLayer(entries: TarInput[], dest: string, opts: { gzip
   const diff = createHash('sha256');
   const blob = createHash('sha256');
   let size = 0;
-  const tap = (h: Hash, count: boolean) => async function* (src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
-    for await (const c of src) {
-      h.update(c);
-      if (count) size += c.length;
-      yield c;
-    }
-  };
+  const tap = (h: Hash, count: boolean) =>
+    async function* (src: AsyncIterable<Buffer>): AsyncGenerator<Buffer> {
+      for await (const c of src) {
+        h.update(c);
+        if (count) size += c.length;
+        yield c;
+      }
+    };
   const gzip = opts.gzip !== false;
   if (gzip) await pipeline(tarStream(entries), tap(diff, false), createGzip({ level: 1 }), tap(blob, true), createWriteStream(dest));
   else await pipeline(tarStream(entries), tap(blob, true), createWriteStream(dest));
@@ -309,8 +343,20 @@ export interface PushedManifest {
 }
 
 const MT = {
-  oci: { manifest: 'application/vnd.oci.image.manifest.v1+json', index: 'application/vnd.oci.image.index.v1+json', config: 'application/vnd.oci.image.config.v1+json', gzip: 'application/vnd.oci.image.layer.v1.tar+gzip', tar: 'application/vnd.oci.image.layer.v1.tar' },
-  docker: { manifest: 'application/vnd.docker.distribution.manifest.v2+json', index: 'application/vnd.docker.distribution.manifest.list.v2+json', config: 'application/vnd.docker.container.image.v1+json', gzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip', tar: 'application/vnd.docker.image.rootfs.diff.tar' },
+  oci: {
+    manifest: 'application/vnd.oci.image.manifest.v1+json',
+    index: 'application/vnd.oci.image.index.v1+json',
+    config: 'application/vnd.oci.image.config.v1+json',
+    gzip: 'application/vnd.oci.image.layer.v1.tar+gzip',
+    tar: 'application/vnd.oci.image.layer.v1.tar',
+  },
+  docker: {
+    manifest: 'application/vnd.docker.distribution.manifest.v2+json',
+    index: 'application/vnd.docker.distribution.manifest.list.v2+json',
+    config: 'application/vnd.docker.container.image.v1+json',
+    gzip: 'application/vnd.docker.image.rootfs.diff.tar.gzip',
+    tar: 'application/vnd.docker.image.rootfs.diff.tar',
+  },
 } as const;
 
 /**
@@ -329,12 +375,14 @@ export async function pushDiskImage(registry: string, repository: string, tag: s
       await unlink(file);
       blobs.push({ ...blob, mediaType: opts.gzip === false ? mt.tar : mt.gzip });
     }
-    const config = Buffer.from(JSON.stringify({
-      architecture: opts.architecture ?? 'amd64',
-      os: 'linux',
-      config: {},
-      rootfs: { type: 'layers', diff_ids: blobs.map((b) => b.diffId) },
-    }));
+    const config = Buffer.from(
+      JSON.stringify({
+        architecture: opts.architecture ?? 'amd64',
+        os: 'linux',
+        config: {},
+        rootfs: { type: 'layers', diff_ids: blobs.map((b) => b.diffId) },
+      }),
+    );
     const configDigest = sha256(config);
     await pushBlob(registry, repository, config, configDigest, opts.caPem);
     const manifest = {
@@ -351,12 +399,18 @@ export async function pushDiskImage(registry: string, repository: string, tag: s
 
 /** Pushes an index (manifest list) over manifests already in the repository. */
 export async function pushIndex(
-  registry: string, repository: string, tag: string,
+  registry: string,
+  repository: string,
+  tag: string,
   manifests: (PushedManifest & { platform: { os: string; architecture: string; variant?: string } })[],
   opts: { format?: 'oci' | 'docker'; caPem?: string } = {},
 ): Promise<PushedManifest> {
   const mt = MT[opts.format ?? 'oci'];
-  const body = { schemaVersion: 2, mediaType: mt.index, manifests: manifests.map((m) => ({ mediaType: m.mediaType, digest: m.digest, size: m.size, platform: m.platform })) };
+  const body = {
+    schemaVersion: 2,
+    mediaType: mt.index,
+    manifests: manifests.map((m) => ({ mediaType: m.mediaType, digest: m.digest, size: m.size, platform: m.platform })),
+  };
   return pushManifest(registry, repository, tag, Buffer.from(JSON.stringify(body)), mt.index, opts.caPem);
 }
 
@@ -372,7 +426,14 @@ export async function pushBlob(registry: string, repository: string, content: st
   if (put.status !== 201) throw new Error(`uploading ${digest} to ${repository} answered ${put.status}: ${put.body.toString()}`);
 }
 
-export async function pushManifest(registry: string, repository: string, reference: string, body: Buffer, mediaType: string, caPem?: string): Promise<PushedManifest> {
+export async function pushManifest(
+  registry: string,
+  repository: string,
+  reference: string,
+  body: Buffer,
+  mediaType: string,
+  caPem?: string,
+): Promise<PushedManifest> {
   const url = `${caPem ? 'https' : 'http'}://${registry}/v2/${repository}/manifests/${reference}`;
   const r = await request('PUT', url, { 'content-type': mediaType, 'content-length': String(body.length) }, body, caPem);
   if (r.status !== 201) throw new Error(`pushing manifest ${repository}:${reference} answered ${r.status}: ${r.body.toString()}`);
@@ -384,7 +445,13 @@ function sha256(b: Buffer): string {
 }
 
 /** One HTTP(S) request; `body` is bytes or the path of a file to stream; `caPem` for HTTPS. */
-export function request(method: string, url: string, headers: Record<string, string> = {}, body?: Buffer | string, caPem?: string): Promise<{ status: number; location?: string; headers: http.IncomingHttpHeaders; body: Buffer }> {
+export function request(
+  method: string,
+  url: string,
+  headers: Record<string, string> = {},
+  body?: Buffer | string,
+  caPem?: string,
+): Promise<{ status: number; location?: string; headers: http.IncomingHttpHeaders; body: Buffer }> {
   return new Promise((resolve, reject) => {
     const lib = url.startsWith('https:') ? https : http;
     const req = lib.request(url, { method, headers, agent: false, ...(caPem ? { ca: caPem } : {}) }, (res) => {

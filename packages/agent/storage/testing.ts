@@ -69,8 +69,16 @@ export async function startServer(dir: string): Promise<TestServer> {
       const [, route, name] = (req.url ?? '').split('/');
       const path = join(dir, basename(decodeURIComponent(name ?? '')));
       const st = await stat(path).catch(() => undefined); // any unreadable file is a 404 to this test server
-      if (!st || !st.isFile()) { res.writeHead(404, { 'content-type': 'text/plain' }); res.end('not found\n'); return; }
-      if (route === 'redirect') { res.writeHead(302, { location: `/files/${name}` }); res.end(); return; }
+      if (!st || !st.isFile()) {
+        res.writeHead(404, { 'content-type': 'text/plain' });
+        res.end('not found\n');
+        return;
+      }
+      if (route === 'redirect') {
+        res.writeHead(302, { location: `/files/${name}` });
+        res.end();
+        return;
+      }
       if (route === 'files') {
         res.writeHead(200, { 'content-length': st.size });
         await pipeline(createReadStream(path), res);
@@ -90,7 +98,8 @@ export async function startServer(dir: string): Promise<TestServer> {
         }
         res.end();
       } else {
-        res.writeHead(404); res.end();
+        res.writeHead(404);
+        res.end();
       }
     })().catch(() => res.destroy());
   });
@@ -99,6 +108,10 @@ export async function startServer(dir: string): Promise<TestServer> {
   return {
     url,
     file: (name, route = 'files') => `${url}/${route}/${encodeURIComponent(name)}`,
-    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
   };
 }

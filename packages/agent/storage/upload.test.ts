@@ -14,16 +14,26 @@ import { MiB } from './testing.ts';
 import { partPath, receiveUpload, UploadError, uploadOffset } from './upload.ts';
 
 let work: string;
-before(async () => { work = await mkdtemp(join(tmpdir(), 'vessel-upload-')); });
-after(async () => { if (work) await rm(work, { recursive: true, force: true }); });
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'vessel-upload-'));
+});
+after(async () => {
+  if (work) await rm(work, { recursive: true, force: true });
+});
 
 /** `total` bytes of zeros in 1 MiB chunks; counts what was read from it. Breaks off with an error after `failAfter`, if given. */
 function body(total: number, failAfter?: number): Readable & { pulled: () => number } {
   let pulled = 0;
   const r = new Readable({
     read() {
-      if (failAfter !== undefined && pulled >= failAfter) { this.destroy(new Error('connection reset')); return; }
-      if (pulled >= total) { this.push(null); return; }
+      if (failAfter !== undefined && pulled >= failAfter) {
+        this.destroy(new Error('connection reset'));
+        return;
+      }
+      if (pulled >= total) {
+        this.push(null);
+        return;
+      }
       const n = Math.min(MiB, total - pulled);
       pulled += n;
       this.push(Buffer.alloc(n));
@@ -34,10 +44,17 @@ function body(total: number, failAfter?: number): Readable & { pulled: () => num
 
 /** Largest size the session's file reaches while `work` runs. */
 async function peakOf<T>(file: string, work: () => Promise<T>): Promise<{ peak: number; result: PromiseSettledResult<T> }> {
-  let peak = 0, running = true;
+  let peak = 0,
+    running = true;
   const poll = (async () => {
     while (running) {
-      peak = Math.max(peak, await stat(file).then((s) => s.size, () => 0));
+      peak = Math.max(
+        peak,
+        await stat(file).then(
+          (s) => s.size,
+          () => 0,
+        ),
+      );
       await new Promise((r) => setTimeout(r, 2));
     }
   })();
@@ -66,7 +83,10 @@ test('an upload far larger than the claim is cut off at the claim plus format ov
 test('a resumed upload counts the bytes already received', async () => {
   const dest = join(work, 'b.qcow2');
   // First attempt breaks off after 6 MiB: kept for the resume.
-  await assert.rejects(receiveUpload(dest, body(64 * MiB, 6 * MiB), { offset: 0, claimBytes: claim }), (e: unknown) => e instanceof UploadError && e.code === 499);
+  await assert.rejects(
+    receiveUpload(dest, body(64 * MiB, 6 * MiB), { offset: 0, claimBytes: claim }),
+    (e: unknown) => e instanceof UploadError && e.code === 499,
+  );
   const have = await uploadOffset(dest);
   assert.ok(have >= 2 * MiB && have <= 6 * MiB, `kept ${have}`);
   // The resume alone (8 MiB) is within the cap (9.06 MiB), but with what is stored it is not.
@@ -80,7 +100,10 @@ test('a resumed upload counts the bytes already received', async () => {
 test('an announced Upload-Length above the cap is refused before a byte is stored', async () => {
   const dest = join(work, 'c.qcow2');
   const b = body(10 * 1024 * MiB);
-  await assert.rejects(receiveUpload(dest, b, { offset: 0, length: 10 * 2 ** 30, claimBytes: claim }), (e: unknown) => e instanceof ImportError && e.code === 'TooLarge' && /10737418240 bytes \(10\.00 GiB\)/.test(e.message));
+  await assert.rejects(
+    receiveUpload(dest, b, { offset: 0, length: 10 * 2 ** 30, claimBytes: claim }),
+    (e: unknown) => e instanceof ImportError && e.code === 'TooLarge' && /10737418240 bytes \(10\.00 GiB\)/.test(e.message),
+  );
   assert.equal(b.pulled(), 0);
   assert.deepEqual(await readdir(work), []);
 });

@@ -16,7 +16,11 @@ import { undefinedIfMissing } from './pools.ts';
 
 /** An upload refused or cut off: `code` is the HTTP answer, `offset` the bytes kept (resume from there). */
 export class UploadError extends HttpError {
-  constructor(code: number, message: string, readonly offset?: number) {
+  constructor(
+    code: number,
+    message: string,
+    readonly offset?: number,
+  ) {
     super(code, message);
     this.name = 'UploadError';
   }
@@ -26,7 +30,10 @@ export const partPath = (dest: string) => `${dest}.upload`;
 
 /** Bytes of the upload received so far (0 when none). */
 export async function uploadOffset(dest: string): Promise<number> {
-  return stat(partPath(dest)).then((s) => s.size, () => 0);
+  return stat(partPath(dest)).then(
+    (s) => s.size,
+    () => 0,
+  );
 }
 
 export interface ReceiveOptions {
@@ -85,12 +92,19 @@ export async function receiveUpload(dest: string, body: Readable, opts: ReceiveO
     }
     received += chunk.length;
     opts.onBytes?.(received);
-    if (!feed.write(chunk)) { body.pause(); feed.once('drain', () => { if (!tooLarge) body.resume(); }); }
+    if (!feed.write(chunk)) {
+      body.pause();
+      feed.once('drain', () => {
+        if (!tooLarge) body.resume();
+      });
+    }
   };
   body.on('data', onData);
   body.once('end', () => feed.end());
   body.once('error', (e) => feed.destroy(e));
-  body.once('close', () => { if (!body.readableEnded && !tooLarge) feed.destroy(new Error('aborted')); });
+  body.once('close', () => {
+    if (!body.readableEnded && !tooLarge) feed.destroy(new Error('aborted'));
+  });
   try {
     await pipeline(feed, out, { signal: opts.signal });
   } catch {
@@ -118,7 +132,11 @@ async function syncFile(path: string): Promise<void> {
   // A part file already gone has nothing to sync; failing to open one that exists is a real error.
   const fh = await open(path, 'r+').catch(undefinedIfMissing);
   if (!fh) return;
-  try { await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 export async function discardUpload(dest: string): Promise<void> {

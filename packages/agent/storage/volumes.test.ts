@@ -6,9 +6,12 @@ import { alignedSize, expansionRequested, planExpansion, topBlockNode, type Bloc
 
 function pvc(request: string, capacity: string | undefined, opts: { phase?: string; node?: string; className?: string; deleting?: boolean } = {}): KubeObject {
   return {
-    apiVersion: 'v1', kind: 'PersistentVolumeClaim',
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
     metadata: {
-      name: 'data', namespace: 'ns', uid: 'u1',
+      name: 'data',
+      namespace: 'ns',
+      uid: 'u1',
       annotations: { 'vessel.io/volume-path': '/pools/local/ns/data-u1.qcow2', 'volume.kubernetes.io/selected-node': opts.node ?? 'node-a' },
       ...(opts.deleting ? { deletionTimestamp: '2024-01-01T00:00:00Z' } : {}),
     },
@@ -17,10 +20,22 @@ function pvc(request: string, capacity: string | undefined, opts: { phase?: stri
   };
 }
 
-const sc = (allow: boolean | undefined, name = 'local'): KubeObject => ({ apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass', metadata: { name }, provisioner: 'vessel.io/qcow2', ...(allow === undefined ? {} : { allowVolumeExpansion: allow }) });
+const sc = (allow: boolean | undefined, name = 'local'): KubeObject => ({
+  apiVersion: 'storage.k8s.io/v1',
+  kind: 'StorageClass',
+  metadata: { name },
+  provisioner: 'vessel.io/qcow2',
+  ...(allow === undefined ? {} : { allowVolumeExpansion: allow }),
+});
 
 function vmi(name: string, phase: string, node: string | undefined, volumes: object[], namespace = 'ns'): KubeObject {
-  return { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstance', metadata: { name, namespace }, spec: { domain: {}, volumes }, status: { phase, ...(node ? { nodeName: node } : {}) } };
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace },
+    spec: { domain: {}, volumes },
+    status: { phase, ...(node ? { nodeName: node } : {}) },
+  };
 }
 
 test('expansionRequested: a Bound claim asking for more than its capacity', () => {
@@ -42,7 +57,11 @@ test('planExpansion: a VMI using the claim (by claimName or DataVolume name) dec
   const running = vmi('vm1', 'Running', 'node-b', [{ name: 'root', dataVolume: { name: 'data' } }]);
   const onB = planExpansion(pvc('2Gi', '1Gi'), { nodeName: 'node-b', storageClass: sc(true), vmis: [running] });
   assert.deepEqual(onB, { action: 'expand', request: '2Gi', size: 2 * 2 ** 30, user: { vmi: 'vm1', volume: 'root', node: 'node-b', running: true } });
-  assert.equal(planExpansion(pvc('2Gi', '1Gi'), { nodeName: 'node-a', storageClass: sc(true), vmis: [running] }).action, 'none', 'not the selected node\'s job while the VM runs elsewhere');
+  assert.equal(
+    planExpansion(pvc('2Gi', '1Gi'), { nodeName: 'node-a', storageClass: sc(true), vmis: [running] }).action,
+    'none',
+    "not the selected node's job while the VM runs elsewhere",
+  );
   const byClaim = vmi('vm2', 'Scheduled', 'node-a', [{ name: 'disk1', persistentVolumeClaim: { claimName: 'data' } }]);
   const plan = planExpansion(pvc('2Gi', '1Gi'), { nodeName: 'node-a', storageClass: sc(true), vmis: [byClaim] });
   assert.deepEqual(plan.action === 'expand' && plan.user, { vmi: 'vm2', volume: 'disk1', node: 'node-a', running: false });
@@ -59,11 +78,14 @@ test('planExpansion: finished VMIs, other namespaces and other claims do not cou
   assert.equal(plan.action === 'expand' && plan.user, undefined);
 });
 
-test('planExpansion: a class without allowVolumeExpansion refuses, with Kubernetes\' words', () => {
+test("planExpansion: a class without allowVolumeExpansion refuses, with Kubernetes' words", () => {
   for (const storageClass of [sc(false), sc(undefined), undefined, sc(true, 'other')]) {
     const plan = planExpansion(pvc('2Gi', '1Gi'), { nodeName: 'node-a', storageClass, vmis: [] });
     assert.equal(plan.action, 'refuse');
-    assert.match(plan.action === 'refuse' ? plan.message : '', /only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize/);
+    assert.match(
+      plan.action === 'refuse' ? plan.message : '',
+      /only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize/,
+    );
   }
 });
 
@@ -74,7 +96,7 @@ test('sizes are whole 512-byte sectors', () => {
   assert.equal(plan.action === 'expand' && plan.size, 1_500_000_256);
 });
 
-test('topBlockNode: the disk\'s current top node from query-block, by qdev id or QOM path', () => {
+test("topBlockNode: the disk's current top node from query-block, by qdev id or QOM path", () => {
   const blocks: BlockInfo[] = [
     { device: '', qdev: '/machine/peripheral/ua-cloudinit/virtio-backend', inserted: { 'node-name': 'disk-cloudinit', image: { 'virtual-size': 1 << 20 } } },
     { device: '', qdev: '/machine/peripheral/ua-root/virtio-backend', inserted: { 'node-name': 'snap-1', image: { 'virtual-size': 2 ** 30 } } },

@@ -22,7 +22,19 @@ import { stat } from 'node:fs/promises';
 import type { Readable } from 'node:stream';
 import { claimVolumes, findByResource, parseQuantity, phaseOf, storage, tryParseQuantity, type PopulationSource, refs, annotationsOf } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { BY_CLAIM, BY_NAMESPACE, byClaim, byNamespace, Controller, EventRecorder, setCondition, updateStatus, type KubeObject, type Informer, type Log } from '@vessel/runtime';
+import {
+  BY_CLAIM,
+  BY_NAMESPACE,
+  byClaim,
+  byNamespace,
+  Controller,
+  EventRecorder,
+  setCondition,
+  updateStatus,
+  type KubeObject,
+  type Informer,
+  type Log,
+} from '@vessel/runtime';
 import { deviceId } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { cloneVolume } from './clone.ts';
@@ -45,7 +57,18 @@ const CLASS = 'storageClass';
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
 
 /** Failures that will fail again however often they are retried: the DataVolume goes Failed. */
-const PERMANENT = new Set(['PathOutsideNamespace', 'PathNotInPool', 'BackingFileRefused', 'DataFileRefused', 'EncryptedRefused', 'TooLarge', 'Corrupt', 'ChecksumMismatch', 'UnsupportedFormat', 'InvalidArgument']);
+const PERMANENT = new Set([
+  'PathOutsideNamespace',
+  'PathNotInPool',
+  'BackingFileRefused',
+  'DataFileRefused',
+  'EncryptedRefused',
+  'TooLarge',
+  'Corrupt',
+  'ChecksumMismatch',
+  'UnsupportedFormat',
+  'InvalidArgument',
+]);
 
 export interface VolumeManagerOptions {
   nodeName: string;
@@ -69,7 +92,10 @@ export interface LiveVms {
   withVm<T>(namespace: string, name: string, work: (qmp: QmpLike | undefined) => Promise<T>): Promise<T>;
 }
 
-interface Population { abort: AbortController; done: Promise<void> }
+interface Population {
+  abort: AbortController;
+  done: Promise<void>;
+}
 
 export class VolumeManager extends Controller {
   private readonly pvcs: Informer;
@@ -88,10 +114,15 @@ export class VolumeManager extends Controller {
   /** Expansions refused (class without allowVolumeExpansion) and already reported, by "uid/request". */
   private readonly refusalsReported = new Set<string>();
 
-  constructor(client: Client, private readonly opts: VolumeManagerOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: VolumeManagerOptions,
+  ) {
     super('volumes', client, opts.log);
     this.events = new EventRecorder(client, 'vessel-agent', opts.nodeName);
-    this.pvcs = this.inform(PVCS).addIndex(BY_NAMESPACE, byNamespace).addIndex(CLASS, (p) => [String((p.spec as Obj | undefined)?.storageClassName ?? '')]);
+    this.pvcs = this.inform(PVCS)
+      .addIndex(BY_NAMESPACE, byNamespace)
+      .addIndex(CLASS, (p) => [String((p.spec as Obj | undefined)?.storageClassName ?? '')]);
     this.namespaces = this.inform(NAMESPACES, (n) => [NAMESPACE_KEY + n.metadata.name]);
     this.dvs = this.inform(DATAVOLUMES, (dv) => [keyOf(dv)]);
     // A class that now allows expansion lets its claims' pending expansions go on.
@@ -99,8 +130,14 @@ export class VolumeManager extends Controller {
     // A VM letting go of a claim may unblock its deletion; a VM starting or stopping changes how a
     // pending expansion is done.
     this.vmis = this.inform(VMIS, (vmi) => [
-      ...this.pvcs.list().filter((p) => p.metadata.deletionTimestamp).map(keyOf),
-      ...byClaim(vmi).filter((k) => { const p = this.pvcs.get(k); return p !== undefined && expansionRequested(p); }),
+      ...this.pvcs
+        .list()
+        .filter((p) => p.metadata.deletionTimestamp)
+        .map(keyOf),
+      ...byClaim(vmi).filter((k) => {
+        const p = this.pvcs.get(k);
+        return p !== undefined && expansionRequested(p);
+      }),
     ]).addIndex(BY_CLAIM, byClaim);
   }
 
@@ -121,7 +158,10 @@ export class VolumeManager extends Controller {
   /** A deleted namespace's directories in the pools go once empty (its claims' deletions empty them). */
   private async namespaceGone(ns: string): Promise<void> {
     if (this.namespaces.get(ns)) return;
-    if (this.pvcs.byIndex(BY_NAMESPACE, ns).length) { this.queue.addAfter(NAMESPACE_KEY + ns, 2000); return; }
+    if (this.pvcs.byIndex(BY_NAMESPACE, ns).length) {
+      this.queue.addAfter(NAMESPACE_KEY + ns, 2000);
+      return;
+    }
     for (const pool of this.opts.pools.values()) await pool.removeNamespaceDirIfEmpty(ns);
   }
 
@@ -144,7 +184,12 @@ export class VolumeManager extends Controller {
     const finalizers = (pvc.metadata.finalizers as string[] | undefined) ?? [];
     if (!finalizers.includes(storage.PVC_PROTECTION)) {
       // First the finalizer, so a volume is never made for a claim that can vanish without us.
-      await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: [...finalizers, storage.PVC_PROTECTION] } }, { namespace: pvc.metadata.namespace });
+      await this.client.patch(
+        PVCS,
+        pvc.metadata.name,
+        { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: [...finalizers, storage.PVC_PROTECTION] } },
+        { namespace: pvc.metadata.namespace },
+      );
       return;
     }
     const dest = pool.volumePath(pvc.metadata.namespace!, pvc.metadata.name, pvc.metadata.uid!);
@@ -157,7 +202,10 @@ export class VolumeManager extends Controller {
     if (dv && String((dv.status as Obj | undefined)?.phase) === 'Failed') return;
     // Backing off after a failure: any event meanwhile (our own status write among them) waits too.
     const wait = (this.retryAt.get(pvc.metadata.uid ?? '') ?? 0) - Date.now();
-    if (wait > 0) { if (Number.isFinite(wait)) this.queue.addAfter(key, wait); return; }
+    if (wait > 0) {
+      if (Number.isFinite(wait)) this.queue.addAfter(key, wait);
+      return;
+    }
     this.startPopulation(pvc, dv, pool, dest);
   }
 
@@ -174,7 +222,9 @@ export class VolumeManager extends Controller {
     const abort = new AbortController();
     const done = this.populate(pvc, dv, pool, dest, abort.signal)
       .catch((e) => this.failed(pvc, dv, e, abort.signal))
-      .finally(() => { if (this.running.get(key)?.abort === abort) this.running.delete(key); });
+      .finally(() => {
+        if (this.running.get(key)?.abort === abort) this.running.delete(key);
+      });
     this.running.set(key, { abort, done });
   }
 
@@ -214,10 +264,21 @@ export class VolumeManager extends Controller {
     const { running } = storage.phasesFor(source.kind);
     const progress = this.progressReporter(dv);
     if (source.kind === 'upload') {
-      await this.setDvPhase(dv, running, 'UploadReady', 'Upload into the volume is ready: run `vessel image-upload dv ' + dv.metadata.name + ' --image-path FILE`', await uploadOffset(dest) > 0);
+      await this.setDvPhase(
+        dv,
+        running,
+        'UploadReady',
+        'Upload into the volume is ready: run `vessel image-upload dv ' + dv.metadata.name + ' --image-path FILE`',
+        (await uploadOffset(dest)) > 0,
+      );
       return; // the bytes arrive through receive(); see there
     }
-    await this.setDvPhase(dv, running, running, `${source.kind === 'pvc' ? 'Cloning from ' + source.namespace + '/' + source.name : 'Import into ' + pvc.metadata.name + ' in progress'}`);
+    await this.setDvPhase(
+      dv,
+      running,
+      running,
+      `${source.kind === 'pvc' ? 'Cloning from ' + source.namespace + '/' + source.name : 'Import into ' + pvc.metadata.name + ' in progress'}`,
+    );
     if (source.kind === 'pvc') {
       const src = this.pvcs.get(`${source.namespace}/${source.name}`);
       const recorded = src && annotationsOf(src)[storage.VOLUME_PATH];
@@ -230,7 +291,15 @@ export class VolumeManager extends Controller {
     } else if (source.kind === 'blank') {
       await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
     } else {
-      await importDisk({ source: await this.importSource(source, ns, signal), dest, maxVirtualSize: size, checksum: source.kind === 'http' ? source.checksum : undefined, onProgress: progress, signal, egress: this.opts.egress });
+      await importDisk({
+        source: await this.importSource(source, ns, signal),
+        dest,
+        maxVirtualSize: size,
+        checksum: source.kind === 'http' ? source.checksum : undefined,
+        onProgress: progress,
+        signal,
+        egress: this.opts.egress,
+      });
     }
     await this.bind(pvc, pool, dest, dv);
   }
@@ -244,7 +313,14 @@ export class VolumeManager extends Controller {
         const headers = creds ? { Authorization: `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` } : undefined;
         return { kind: 'http', url: source.url, caPem, headers };
       }
-      const reg = await openRegistryDisk({ url: source.url, insecure: registryInsecure(source.url, this.opts.egress), caPem, credentials: creds, signal, egress: this.opts.egress });
+      const reg = await openRegistryDisk({
+        url: source.url,
+        insecure: registryInsecure(source.url, this.opts.egress),
+        caPem,
+        credentials: creds,
+        signal,
+        egress: this.opts.egress,
+      });
       return { kind: 'stream', stream: reg.stream, sizeHint: reg.size };
     }
   }
@@ -273,10 +349,15 @@ export class VolumeManager extends Controller {
     if (info.virtualSize < size) await qemuImg.resize(dest, size, { format: 'qcow2' });
     const ns = pvc.metadata.namespace!;
     await discardUpload(dest);
-    await this.client.patch(PVCS, pvc.metadata.name, {
-      metadata: { annotations: { [storage.VOLUME_PATH]: dest, [storage.VOLUME_POOL]: pool.name } },
-      spec: { volumeName: `pvc-${pvc.metadata.uid}` },
-    }, { namespace: ns });
+    await this.client.patch(
+      PVCS,
+      pvc.metadata.name,
+      {
+        metadata: { annotations: { [storage.VOLUME_PATH]: dest, [storage.VOLUME_POOL]: pool.name } },
+        spec: { volumeName: `pvc-${pvc.metadata.uid}` },
+      },
+      { namespace: ns },
+    );
     const spec = (pvc.spec ?? {}) as Obj;
     let newlyBound = false;
     await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
@@ -290,7 +371,11 @@ export class VolumeManager extends Controller {
     const dvName = annotationsOf(pvc)[storage.POPULATED_FOR];
     const owner = dv ?? (dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined);
     if (owner) {
-      const kind = annotationsOf(pvc)[storage.CLONE_SOURCE] ? 'Clone' : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload ? 'Upload' : 'Import';
+      const kind = annotationsOf(pvc)[storage.CLONE_SOURCE]
+        ? 'Clone'
+        : (owner.spec as Obj | undefined)?.source && ((owner.spec as Obj).source as Obj).upload
+          ? 'Upload'
+          : 'Import';
       let changed = false;
       await updateStatus(this.client, DATAVOLUMES, ns, owner.metadata.name, (s) => {
         if (s.phase === 'Succeeded') return false;
@@ -302,7 +387,13 @@ export class VolumeManager extends Controller {
         setCondition(s, { type: 'Ready', status: 'True', reason: '', message: '' });
         setCondition(s, { type: 'Running', status: 'False', reason: 'Completed', message: '' });
       });
-      if (changed) await this.events.record(owner, 'Normal', `${kind}Succeeded`, `Successfully ${kind === 'Clone' ? 'cloned' : kind === 'Upload' ? 'uploaded' : 'imported'} into PVC ${pvc.metadata.name}`);
+      if (changed)
+        await this.events.record(
+          owner,
+          'Normal',
+          `${kind}Succeeded`,
+          `Successfully ${kind === 'Clone' ? 'cloned' : kind === 'Upload' ? 'uploaded' : 'imported'} into PVC ${pvc.metadata.name}`,
+        );
     } else if (newlyBound) {
       await this.events.record(pvc, 'Normal', 'ProvisioningSucceeded', `Successfully provisioned volume pvc-${pvc.metadata.uid} in pool ${pool.name}`);
     }
@@ -378,7 +469,11 @@ export class VolumeManager extends Controller {
       void updateStatus(this.client, DATAVOLUMES, dv.metadata.namespace, dv.metadata.name, (s) => {
         if (s.phase === 'Succeeded' || s.phase === 'Failed') return false;
         s.progress = formatProgress(p);
-      }).catch(() => undefined).finally(() => { writing = false; }); // progress only: the next tick or the final status says it again
+      })
+        .catch(() => undefined)
+        .finally(() => {
+          writing = false;
+        }); // progress only: the next tick or the final status says it again
     };
   }
 
@@ -400,7 +495,9 @@ export class VolumeManager extends Controller {
     let path = derived;
     if (recorded && recorded !== derived) {
       // Never delete a file outside the claim's namespace, whatever the annotation says.
-      try { path = this.containedPath(pvc.metadata.namespace!, recorded, storage.VOLUME_PATH); } catch (e) {
+      try {
+        path = this.containedPath(pvc.metadata.namespace!, recorded, storage.VOLUME_PATH);
+      } catch (e) {
         if (!(e instanceof PathError)) throw e;
         this.log(`volumes: ${key}: ${e.message}; deleting ${derived} instead`);
       }
@@ -411,7 +508,12 @@ export class VolumeManager extends Controller {
     this.retryAt.delete(pvc.metadata.uid ?? '');
     if (outcome === 'kept-for-clones') this.log(`volumes: ${key}: volume kept until its linked clones are deleted`);
     const finalizers = ((pvc.metadata.finalizers as string[] | undefined) ?? []).filter((f) => f !== storage.PVC_PROTECTION);
-    await this.client.patch(PVCS, pvc.metadata.name, { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: finalizers.length ? finalizers : null } }, { namespace: pvc.metadata.namespace });
+    await this.client.patch(
+      PVCS,
+      pvc.metadata.name,
+      { metadata: { resourceVersion: pvc.metadata.resourceVersion, finalizers: finalizers.length ? finalizers : null } },
+      { namespace: pvc.metadata.namespace },
+    );
   }
 
   /** A VirtualMachineInstance that has not finished and mounts the claim (directly or through its DataVolume). */
@@ -426,7 +528,11 @@ export class VolumeManager extends Controller {
     const key = keyOf(pvc);
     const ns = pvc.metadata.namespace!;
     const className = (pvc.spec as Obj | undefined)?.storageClassName as string | undefined;
-    const plan = planExpansion(pvc, { nodeName: this.opts.nodeName, storageClass: className ? this.classes.get(className) : undefined, vmis: this.vmis.list() });
+    const plan = planExpansion(pvc, {
+      nodeName: this.opts.nodeName,
+      storageClass: className ? this.classes.get(className) : undefined,
+      vmis: this.vmis.list(),
+    });
     if (plan.action === 'none') return;
     if (plan.action === 'refuse') {
       const seen = `${pvc.metadata.uid}/${requestedBytes(pvc)}`;
@@ -447,7 +553,7 @@ export class VolumeManager extends Controller {
     const volumeName = `pvc-${pvc.metadata.uid}`;
     let started = false;
     await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
-      const capacity = ((s.capacity as Obj | undefined)?.storage as string | undefined);
+      const capacity = (s.capacity as Obj | undefined)?.storage as string | undefined;
       if (s.phase !== 'Bound' || (capacity !== undefined && parseQuantity(capacity) >= requestedBytes(pvc))) return false;
       started = !(s.conditions as Obj[] | undefined)?.some((c) => c.type === 'Resizing');
       s.allocatedResources = { ...(s.allocatedResources as Obj | undefined), storage: request };
@@ -484,16 +590,18 @@ export class VolumeManager extends Controller {
     }
     let finished = false;
     await updateStatus(this.client, PVCS, ns, pvc.metadata.name, (s) => {
-      const capacity = ((s.capacity as Obj | undefined)?.storage as string | undefined);
+      const capacity = (s.capacity as Obj | undefined)?.storage as string | undefined;
       if (capacity !== undefined && parseQuantity(capacity) >= requestedBytes(pvc)) return false;
       finished = true;
       s.capacity = { ...(s.capacity as Obj | undefined), storage: request };
       s.allocatedResources = { ...(s.allocatedResources as Obj | undefined), storage: request };
       const statuses = { ...(s.allocatedResourceStatuses as Obj | undefined) };
       delete statuses.storage;
-      if (Object.keys(statuses).length) s.allocatedResourceStatuses = statuses; else delete s.allocatedResourceStatuses;
+      if (Object.keys(statuses).length) s.allocatedResourceStatuses = statuses;
+      else delete s.allocatedResourceStatuses;
       const conditions = ((s.conditions as Obj[] | undefined) ?? []).filter((c) => c.type !== 'Resizing' && c.type !== 'FileSystemResizePending');
-      if (conditions.length) s.conditions = conditions; else delete s.conditions;
+      if (conditions.length) s.conditions = conditions;
+      else delete s.conditions;
     });
     if (finished) {
       this.log(`volumes: ${key}: grown to ${request} (${how})`);
@@ -513,13 +621,21 @@ export class VolumeManager extends Controller {
    * Receives (part of) an upload; when complete, imports it into the volume and binds the
    * claim. `wait` false answers as soon as the bytes are safe (upload-async).
    */
-  async receive(ns: string, name: string, body: Readable, opts: { offset: number; length?: number; wait: boolean; signal?: AbortSignal }): Promise<{ received: number; complete: boolean; done?: Promise<void> }> {
+  async receive(
+    ns: string,
+    name: string,
+    body: Readable,
+    opts: { offset: number; length?: number; wait: boolean; signal?: AbortSignal },
+  ): Promise<{ received: number; complete: boolean; done?: Promise<void> }> {
     const { pvc, dv, pool, dest } = this.uploadTarget(ns, name);
     const progress = this.progressReporter(dv);
     let r: { received: number; complete: boolean };
     try {
       r = await receiveUpload(dest, body, {
-        offset: opts.offset, length: opts.length, signal: opts.signal, claimBytes: requestedBytes(pvc),
+        offset: opts.offset,
+        length: opts.length,
+        signal: opts.signal,
+        claimBytes: requestedBytes(pvc),
         onBytes: opts.length ? (n) => progress((n / opts.length!) * 100 * 0.5) : undefined,
       });
     } catch (e) {
@@ -533,7 +649,13 @@ export class VolumeManager extends Controller {
     const abort = new AbortController();
     const finish = (async () => {
       try {
-        await importDisk({ source: { kind: 'file', path: partPath(dest) }, dest, maxVirtualSize: requestedBytes(pvc), onProgress: (p) => progress(50 + p / 2), signal: abort.signal });
+        await importDisk({
+          source: { kind: 'file', path: partPath(dest) },
+          dest,
+          maxVirtualSize: requestedBytes(pvc),
+          onProgress: (p) => progress(50 + p / 2),
+          signal: abort.signal,
+        });
         await this.bind(pvc, pool, dest, dv);
       } catch (e) {
         await discardUpload(dest);
@@ -551,17 +673,20 @@ export class VolumeManager extends Controller {
 
   private uploadTarget(ns: string, name: string): { pvc: KubeObject; dv: KubeObject; pool: Pool; dest: string } {
     const pvc = this.pvcs.get(`${ns}/${name}`);
-    if (!pvc || annotationsOf(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) throw new UploadError(404, `PersistentVolumeClaim ${ns}/${name} is not on node ${this.opts.nodeName}`);
+    if (!pvc || annotationsOf(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName)
+      throw new UploadError(404, `PersistentVolumeClaim ${ns}/${name} is not on node ${this.opts.nodeName}`);
     const dvName = annotationsOf(pvc)[storage.POPULATED_FOR];
     const dv = dvName ? this.dvs.get(`${ns}/${dvName}`) : undefined;
-    if (!dv || !((dv.spec as Obj | undefined)?.source as Obj | undefined)?.upload) throw new UploadError(400, `PersistentVolumeClaim ${ns}/${name} is not filled by an upload DataVolume`);
+    if (!dv || !((dv.spec as Obj | undefined)?.source as Obj | undefined)?.upload)
+      throw new UploadError(400, `PersistentVolumeClaim ${ns}/${name} is not filled by an upload DataVolume`);
     const phase = (dv.status as Obj | undefined)?.phase;
     if (phase === 'Succeeded') throw new UploadError(409, `DataVolume ${ns}/${dv.metadata.name} already holds its upload`);
     if (phase === 'Failed') {
       const why = ((dv.status as Obj | undefined)?.conditions as { type?: string; message?: string }[] | undefined)?.find((c) => c.type === 'Ready')?.message;
       throw new UploadError(400, `DataVolume ${ns}/${dv.metadata.name} has failed${why ? ` (${why})` : ''}: delete it and create it again`);
     }
-    if (phase !== 'UploadReady') throw new UploadError(503, `DataVolume ${ns}/${dv.metadata.name} is ${phase ?? 'Pending'}, not UploadReady yet: try again shortly`);
+    if (phase !== 'UploadReady')
+      throw new UploadError(503, `DataVolume ${ns}/${dv.metadata.name} is ${phase ?? 'Pending'}, not UploadReady yet: try again shortly`);
     const pool = this.poolOf(pvc);
     if (!pool) throw new UploadError(500, `no pool for PersistentVolumeClaim ${ns}/${name} on node ${this.opts.nodeName}`);
     return { pvc, dv, pool, dest: pool.volumePath(ns, name, pvc.metadata.uid!) };
@@ -577,7 +702,12 @@ export function expansionRequested(pvc: KubeObject): boolean {
 }
 
 /** A VMI using a claim: which VMI, through which of its volumes (= disk name), where, and whether its QEMU runs. */
-export interface ExpansionUser { vmi: string; volume: string; node?: string; running: boolean }
+export interface ExpansionUser {
+  vmi: string;
+  volume: string;
+  node?: string;
+  running: boolean;
+}
 
 export type ExpansionPlan =
   /** Nothing for this node to do (no growth asked, or another node's job). */
@@ -610,7 +740,10 @@ export function planExpansion(pvc: KubeObject, ctx: { nodeName: string; storageC
   const sc = ctx.storageClass;
   const className = (pvc.spec as Obj | undefined)?.storageClassName;
   if (!sc || !className || sc.metadata.name !== className || sc.allowVolumeExpansion !== true) {
-    return { action: 'refuse', message: `StorageClass ${className ? String(className) : '(none)'}: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize` };
+    return {
+      action: 'refuse',
+      message: `StorageClass ${className ? String(className) : '(none)'}: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize`,
+    };
   }
   const storageReq = (((pvc.spec as Obj).resources as Obj).requests as Obj).storage;
   return { action: 'expand', request: String(storageReq), size: alignedSize(requestedBytes(pvc)), user };
@@ -622,7 +755,11 @@ export function alignedSize(bytes: number): number {
 }
 
 /** One entry of QMP query-block, reduced to what is read here. */
-export interface BlockInfo { device?: string; qdev?: string; inserted?: { 'node-name'?: string; image?: { 'virtual-size'?: number } } }
+export interface BlockInfo {
+  device?: string;
+  qdev?: string;
+  inserted?: { 'node-name'?: string; image?: { 'virtual-size'?: number } };
+}
 
 /**
  * The top block node of a disk and its current size, from `query-block`: the entry whose qdev
@@ -664,7 +801,8 @@ function setPvcCondition(s: Obj, type: string, message: string): void {
   const now = new Date().toISOString().replace(/\.\d+Z$/, 'Z');
   const prev = i >= 0 ? list[i] : undefined;
   const next: Obj = { type, status: 'True', lastTransitionTime: prev?.status === 'True' ? prev.lastTransitionTime : now, ...(message ? { message } : {}) };
-  if (i >= 0) list[i] = next; else list.push(next);
+  if (i >= 0) list[i] = next;
+  else list.push(next);
   s.conditions = list;
 }
 
@@ -674,5 +812,8 @@ export function requestedBytes(pvc: KubeObject): number {
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }

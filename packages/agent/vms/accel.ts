@@ -28,14 +28,22 @@ function runQemu(args: string[], timeoutMs: number): Promise<{ code: number | nu
   return new Promise((resolve) => {
     const p = spawn('qemu-system-x86_64', ['-display', 'none', '-nodefaults', '-no-user-config', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
-    p.stdout.on('data', (d) => { out = (out + d).slice(-8192); });
+    p.stdout.on('data', (d) => {
+      out = (out + d).slice(-8192);
+    });
     p.stderr.on('data', (d) => {
       out = (out + d).slice(-8192);
       if (/KVM internal error|emulation failure/.test(out)) p.kill('SIGKILL'); // it hangs from here on
     });
     const timer = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
-    p.on('error', () => { clearTimeout(timer); resolve({ code: null, out }); });
-    p.on('exit', (c) => { clearTimeout(timer); resolve({ code: c, out }); });
+    p.on('error', () => {
+      clearTimeout(timer);
+      resolve({ code: null, out });
+    });
+    p.on('exit', (c) => {
+      clearTimeout(timer);
+      resolve({ code: c, out });
+    });
   });
 }
 
@@ -48,8 +56,24 @@ export async function probeAccelerator(accel: Accelerator, timeoutMs = 8_000): P
   if (accel === 'kvm' && !existsSync('/dev/kvm')) return false;
   const kernel = await hostKernel();
   if (kernel) {
-    const r = await runQemu(['-accel', accel, '-machine', 'q35', '-m', '128', '-serial', 'stdio', '-no-reboot',
-      '-kernel', kernel, '-append', 'console=ttyS0 panic=-1 root=/dev/nonexistent loglevel=4'], timeoutMs);
+    const r = await runQemu(
+      [
+        '-accel',
+        accel,
+        '-machine',
+        'q35',
+        '-m',
+        '128',
+        '-serial',
+        'stdio',
+        '-no-reboot',
+        '-kernel',
+        kernel,
+        '-append',
+        'console=ttyS0 panic=-1 root=/dev/nonexistent loglevel=4',
+      ],
+      timeoutMs,
+    );
     return r.code === 0 && /Kernel panic|VFS:/.test(r.out);
   }
   const dir = await mkdtemp(join(tmpdir(), 'vessel-accel-'));
@@ -76,7 +100,10 @@ export async function detectAccelerator(cacheFile: string | undefined = ACCEL_CA
   if (forced === 'kvm' || forced === 'tcg') return forced;
   const key = `${release()} ${await qemuVersion()}`;
   if (cacheFile) {
-    const cached = await readFile(cacheFile, 'utf8').then((t) => JSON.parse(t) as { key: string; accel: Accelerator }, () => undefined);
+    const cached = await readFile(cacheFile, 'utf8').then(
+      (t) => JSON.parse(t) as { key: string; accel: Accelerator },
+      () => undefined,
+    );
     if (cached?.key === key) return cached.accel;
   }
   const accel: Accelerator = (await probeAccelerator('kvm')) ? 'kvm' : 'tcg';

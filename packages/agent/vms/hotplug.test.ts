@@ -46,21 +46,31 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
   const vmi: KubeObject = { metadata: { name: 'hot', namespace: 'default', uid: 'u1' }, spec: {}, status: { phase: 'Running' } };
   const deps: HotplugDeps = {
     claim: (ns, name) => claims.get(`${ns}/${name}`),
-    locate: (_ns, path) => { if (!path.startsWith(dir)) throw new PathError('PathNotInPool', 'not here'); return path; },
-    event: async (_vmi, type, reason, message) => { events.push(`${type} ${reason} ${message}`); },
+    locate: (_ns, path) => {
+      if (!path.startsWith(dir)) throw new PathError('PathNotInPool', 'not here');
+      return path;
+    },
+    event: async (_vmi, type, reason, message) => {
+      events.push(`${type} ${reason} ${message}`);
+    },
     writeVolumeStatus: async (_vmi, entries) => {
       const status = vmi.status as Obj;
       status.volumeStatus = mergeVolumeStatus(status.volumeStatus, entries);
     },
   };
-  const volumeStatus = () => ((vmi.status as Obj).volumeStatus as VolumeStatusEntry[]);
+  const volumeStatus = () => (vmi.status as Obj).volumeStatus as VolumeStatusEntry[];
   const entry = (name: string) => volumeStatus().find((e) => e.name === name);
-  const claim = (name: string, bound = true) => claims.set(`default/${name}`, {
-    metadata: { name, namespace: 'default', annotations: bound ? { [storage.VOLUME_PATH]: join(dir, `${name}.qcow2`) } : {} },
-    spec: { accessModes: ['ReadWriteOnce'] }, status: { phase: bound ? 'Bound' : 'Pending', capacity: { storage: '16Mi' } },
-  });
+  const claim = (name: string, bound = true) =>
+    claims.set(`default/${name}`, {
+      metadata: { name, namespace: 'default', annotations: bound ? { [storage.VOLUME_PATH]: join(dir, `${name}.qcow2`) } : {} },
+      spec: { accessModes: ['ReadWriteOnce'] },
+      status: { phase: bound ? 'Bound' : 'Pending', capacity: { storage: '16Mi' } },
+    });
   const spec = (disks: Obj[], volumes: Obj[]): V1VirtualMachineInstanceSpec =>
-    ({ domain: { memory: { guest: '64Mi' }, devices: { disks, interfaces: [], autoattachPodInterface: false, autoattachGraphicsDevice: false } }, volumes }) as unknown as V1VirtualMachineInstanceSpec;
+    ({
+      domain: { memory: { guest: '64Mi' }, devices: { disks, interfaces: [], autoattachPodInterface: false, autoattachGraphicsDevice: false } },
+      volumes,
+    }) as unknown as V1VirtualMachineInstanceSpec;
   const hotDisk = (name: string, extra: Obj = {}) => ({ name, disk: { bus: 'scsi' }, ...extra });
   const hotVolume = (name: string) => ({ name, dataVolume: { name, hotpluggable: true } });
   const peripherals = async () => (await qmp.execute<{ name: string }[]>('qom-list', { path: '/machine/peripheral' })).map((p) => p.name);
@@ -81,7 +91,10 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     qemu = spawn(QEMU, args, { stdio: ['ignore', 'ignore', 'inherit'] });
     qmp = await QmpClient.connect(socket, { timeoutMs: 60_000, waitForSocket: true });
     recording = {
-      execute: (command, a, o) => { commands.push(command); return qmp.execute(command, a, o); },
+      execute: (command, a, o) => {
+        commands.push(command);
+        return qmp.execute(command, a, o);
+      },
       waitForEvent: (event, o) => qmp.waitForEvent(event, o),
     } as HotplugQmp;
   });
@@ -96,9 +109,18 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     const h = new VolumeHotplug(deps);
     assert.deepEqual(await h.sync(vmi, recording), {});
     assert.ok(!commands.includes('blockdev-add') && !commands.includes('device_add'), commands.join(' '));
-    assert.deepEqual({ ...entry('cold'), persistentVolumeClaimInfo: undefined }, {
-      name: 'cold', target: 'sda', phase: 'Ready', reason: 'VolumeReady', message: 'Successfully attach hotplugged volume cold to VM', hotplugVolume: {}, persistentVolumeClaimInfo: undefined,
-    });
+    assert.deepEqual(
+      { ...entry('cold'), persistentVolumeClaimInfo: undefined },
+      {
+        name: 'cold',
+        target: 'sda',
+        phase: 'Ready',
+        reason: 'VolumeReady',
+        message: 'Successfully attach hotplugged volume cold to VM',
+        hotplugVolume: {},
+        persistentVolumeClaimInfo: undefined,
+      },
+    );
     assert.equal(entry('cold')?.persistentVolumeClaimInfo?.claimName, 'cold');
     assert.match(events.join('\n'), /Normal VolumeReady Successfully attach hotplugged volume cold/);
   });
@@ -107,7 +129,10 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     vmi.spec = spec([hotDisk('cold'), hotDisk('hot', { serial: 'HOT01' })], [hotVolume('cold'), hotVolume('hot')]);
     commands.length = 0;
     assert.deepEqual(await new VolumeHotplug(deps).sync(vmi, recording), {});
-    assert.deepEqual(commands.filter((c) => !c.startsWith('q')), ['blockdev-add', 'blockdev-add', 'device_add']);
+    assert.deepEqual(
+      commands.filter((c) => !c.startsWith('q')),
+      ['blockdev-add', 'blockdev-add', 'device_add'],
+    );
     assert.equal(entry('hot')?.phase, 'Ready');
     assert.equal(entry('hot')?.target, 'sdb');
     assert.ok((await peripherals()).includes('ua-hot'));
@@ -120,7 +145,10 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     events.length = 0;
     const before = structuredClone(volumeStatus());
     assert.deepEqual(await new VolumeHotplug(deps).sync(vmi, recording), {});
-    assert.deepEqual(commands.filter((c) => !c.startsWith('q')), []);
+    assert.deepEqual(
+      commands.filter((c) => !c.startsWith('q')),
+      [],
+    );
     assert.deepEqual(volumeStatus(), before);
     assert.deepEqual(events, [], 'no new Events for what was already Ready');
   });
@@ -129,7 +157,10 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     vmi.spec = spec([hotDisk('cold')], [hotVolume('cold')]);
     commands.length = 0;
     assert.deepEqual(await new VolumeHotplug(deps).sync(vmi, recording), {});
-    assert.deepEqual(commands.filter((c) => !c.startsWith('q')), ['device_del', 'blockdev-del', 'blockdev-del']);
+    assert.deepEqual(
+      commands.filter((c) => !c.startsWith('q')),
+      ['device_del', 'blockdev-del', 'blockdev-del'],
+    );
     assert.ok(!(await peripherals()).includes('ua-hot'));
     assert.ok(!(await nodeNames()).some((n) => n.endsWith('-hot')));
     assert.equal(entry('hot'), undefined);
@@ -145,7 +176,10 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     vmi.spec = spec([hotDisk('cold'), hotDisk('hot')], [hotVolume('cold'), hotVolume('hot')]);
     commands.length = 0;
     assert.deepEqual(await new VolumeHotplug(deps).sync(vmi, recording), {});
-    assert.deepEqual(commands.filter((c) => !c.startsWith('q')), ['blockdev-del', 'blockdev-del', 'blockdev-add', 'blockdev-add', 'device_add']);
+    assert.deepEqual(
+      commands.filter((c) => !c.startsWith('q')),
+      ['blockdev-del', 'blockdev-del', 'blockdev-add', 'blockdev-add', 'device_add'],
+    );
     assert.equal(entry('hot')?.target, 'sdb');
   });
 
@@ -154,13 +188,18 @@ describe('hotplug with a real QEMU', { skip: haveQemu ? false : 'qemu-system-x86
     assert.deepEqual(await new VolumeHotplug(deps).sync(vmi, recording), {});
     assert.ok(!(await peripherals()).includes('ua-cold'));
     assert.ok(!(await nodeNames()).some((n) => n.endsWith('-cold')));
-    assert.deepEqual(volumeStatus().map((e) => e.name), ['hot']);
+    assert.deepEqual(
+      volumeStatus().map((e) => e.name),
+      ['hot'],
+    );
   });
 
   test('waiting and refusals are reported in volumeStatus', async () => {
     claim('other', false);
-    vmi.spec = spec([hotDisk('hot'), hotDisk('other'), { name: 'virt', disk: { bus: 'virtio' } }, hotDisk('nothere')],
-      [hotVolume('hot'), hotVolume('other'), hotVolume('virt'), hotVolume('nothere')]);
+    vmi.spec = spec(
+      [hotDisk('hot'), hotDisk('other'), { name: 'virt', disk: { bus: 'virtio' } }, hotDisk('nothere')],
+      [hotVolume('hot'), hotVolume('other'), hotVolume('virt'), hotVolume('nothere')],
+    );
     claim('virt');
     events.length = 0;
     const r = await new VolumeHotplug(deps).sync(vmi, recording);

@@ -91,7 +91,11 @@ interface QemuDisks {
 }
 
 class HotplugFailure extends Error {
-  constructor(readonly reason: string, message: string, readonly retryMs?: number) {
+  constructor(
+    readonly reason: string,
+    message: string,
+    readonly retryMs?: number,
+  ) {
     super(message);
     this.name = 'HotplugFailure';
   }
@@ -115,7 +119,9 @@ export class VolumeHotplug {
     const qemu = await inspect(qmp);
     const entries: VolumeStatusEntry[] = [];
     let retryMs: number | undefined;
-    const retryIn = (ms: number) => { retryMs = Math.min(retryMs ?? ms, ms); };
+    const retryIn = (ms: number) => {
+      retryMs = Math.min(retryMs ?? ms, ms);
+    };
 
     // Detach first: that frees SCSI targets and claims for what comes next.
     const gone = new Set<string>();
@@ -145,13 +151,37 @@ export class VolumeHotplug {
       try {
         const target = qemu.devices.has(deviceId(vol.name))
           ? await targetOf(qmp, qemu, vol.name)
-          : await this.attach(vmi, qmp, qemu, vol, disks.find((d) => d.name === vol.name), pvc, claimName);
+          : await this.attach(
+              vmi,
+              qmp,
+              qemu,
+              vol,
+              disks.find((d) => d.name === vol.name),
+              pvc,
+              claimName,
+            );
         const message = `Successfully attach hotplugged volume ${vol.name} to VM`;
-        entries.push({ name: vol.name, target, phase: 'Ready', reason: 'VolumeReady', message, hotplugVolume: {}, ...(claimInfo ? { persistentVolumeClaimInfo: claimInfo } : {}) });
+        entries.push({
+          name: vol.name,
+          target,
+          phase: 'Ready',
+          reason: 'VolumeReady',
+          message,
+          hotplugVolume: {},
+          ...(claimInfo ? { persistentVolumeClaimInfo: claimInfo } : {}),
+        });
         if (prev?.phase !== 'Ready') await this.deps.event(vmi, 'Normal', 'VolumeReady', message);
       } catch (e) {
         const f = e instanceof HotplugFailure ? e : new HotplugFailure('AttachFailed', `cannot attach volume ${vol.name}: ${errorText(e)}`, RETRY_FAILED_MS);
-        entries.push({ name: vol.name, target: '', phase: 'Pending', reason: f.reason, message: f.message, hotplugVolume: {}, ...(claimInfo ? { persistentVolumeClaimInfo: claimInfo } : {}) });
+        entries.push({
+          name: vol.name,
+          target: '',
+          phase: 'Pending',
+          reason: f.reason,
+          message: f.message,
+          hotplugVolume: {},
+          ...(claimInfo ? { persistentVolumeClaimInfo: claimInfo } : {}),
+        });
         // Waiting for a claim to fill is normal; anything else is worth an Event (once per message).
         if (prev?.message !== f.message && f.reason !== 'PvcNotReady') await this.deps.event(vmi, 'Warning', 'HotplugFailed', f.message);
         if (f.retryMs !== undefined) retryIn(f.retryMs);
@@ -162,7 +192,15 @@ export class VolumeHotplug {
   }
 
   /** Opens the claim's volume and plugs it in; resolves with the disk's target name (sdX). */
-  private async attach(vmi: KubeObject, qmp: HotplugQmp, qemu: QemuDisks, vol: V1Volume, disk: V1Disk | undefined, pvc: KubeObject | undefined, claimName: string): Promise<string> {
+  private async attach(
+    vmi: KubeObject,
+    qmp: HotplugQmp,
+    qemu: QemuDisks,
+    vol: V1Volume,
+    disk: V1Disk | undefined,
+    pvc: KubeObject | undefined,
+    claimName: string,
+  ): Promise<string> {
     const name = vol.name;
     const ns = vmi.metadata.namespace ?? '';
     if (!disk) throw new HotplugFailure('DiskNotFound', `volume ${name} has no disk of the same name in spec.domain.devices.disks`);
@@ -170,13 +208,17 @@ export class VolumeHotplug {
     const bus = disk.disk?.bus ?? 'scsi';
     if (bus !== 'scsi') throw new HotplugFailure('UnsupportedBus', `volume ${name}: a hotplugged disk must use bus scsi, not ${bus}`);
     if (!qemu.devices.has(SCSI_CONTROLLER_ID)) {
-      throw new HotplugFailure('NoScsiController', `volume ${name}: the VM has no virtio-scsi controller for hotplugged disks (it was started with disableHotplug, or by an older Vessel): restart it first`);
+      throw new HotplugFailure(
+        'NoScsiController',
+        `volume ${name}: the VM has no virtio-scsi controller for hotplugged disks (it was started with disableHotplug, or by an older Vessel): restart it first`,
+      );
     }
     const cache = disk.cache ?? 'none';
     if (!['none', 'writethrough', 'writeback'].includes(cache)) throw new HotplugFailure('InvalidDisk', `volume ${name}: unsupported cache mode ${cache}`);
     const io = disk.io;
     if (io === 'native' && cache !== 'none') throw new HotplugFailure('InvalidDisk', `volume ${name}: native I/O needs cache none`);
-    if (disk.serial !== undefined && !/^[A-Za-z0-9_.+-]+$/.test(disk.serial)) throw new HotplugFailure('InvalidDisk', `volume ${name}: the serial must consist of letters, digits or _.+-`);
+    if (disk.serial !== undefined && !/^[A-Za-z0-9_.+-]+$/.test(disk.serial))
+      throw new HotplugFailure('InvalidDisk', `volume ${name}: the serial must consist of letters, digits or _.+-`);
     const path = this.claimPath(ns, claimName, name, pvc);
 
     const nodes = blockNodeNames(name);
@@ -187,17 +229,33 @@ export class VolumeHotplug {
     const direct = cache === 'none';
     const ro = disk.disk?.readonly === true || vol.persistentVolumeClaim?.readOnly === true;
     const access: Obj = ro ? { 'read-only': true } : { discard: 'unmap' };
-    await qmp.execute('blockdev-add', { driver: 'file', filename: path, 'node-name': nodes.file, cache: { direct }, ...(io === 'native' || io === 'threads' ? { aio: io } : {}), ...access });
+    await qmp.execute('blockdev-add', {
+      driver: 'file',
+      filename: path,
+      'node-name': nodes.file,
+      cache: { direct },
+      ...(io === 'native' || io === 'threads' ? { aio: io } : {}),
+      ...access,
+    });
     qemu.nodes.add(nodes.file);
     try {
       await qmp.execute('blockdev-add', { driver: 'qcow2', file: nodes.file, 'node-name': nodes.format, cache: { direct }, ...access });
       qemu.nodes.add(nodes.format);
       await qmp.execute('device_add', {
-        driver: 'scsi-hd', bus: `${SCSI_CONTROLLER_ID}.0`, channel: 0, 'scsi-id': scsiId, lun: 0, drive: nodes.format, id,
-        'write-cache': cache === 'writethrough' ? 'off' : 'on', ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
+        driver: 'scsi-hd',
+        bus: `${SCSI_CONTROLLER_ID}.0`,
+        channel: 0,
+        'scsi-id': scsiId,
+        lun: 0,
+        drive: nodes.format,
+        id,
+        'write-cache': cache === 'writethrough' ? 'off' : 'on',
+        ...(disk.serial !== undefined ? { serial: disk.serial } : {}),
       });
     } catch (e) {
-      await dropNodes(qmp, qemu, nodes).catch((d: unknown) => this.deps.log?.(`hotplug: ${ns}/${vmi.metadata.name}: closing the nodes of ${name}: ${errorText(d)}`));
+      await dropNodes(qmp, qemu, nodes).catch((d: unknown) =>
+        this.deps.log?.(`hotplug: ${ns}/${vmi.metadata.name}: closing the nodes of ${name}: ${errorText(d)}`),
+      );
       throw e;
     }
     qemu.devices.set(id, 'scsi-hd');

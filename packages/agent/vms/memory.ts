@@ -40,10 +40,19 @@ export async function saveMemory(qmp: QmpClient, file: string, timeoutMs = 10 * 
     await waitMigration(qmp, timeoutMs, 'saving the guest memory');
     const fh = await open(tmp, 'r+');
     let size: number;
-    try { await fh.sync(); size = (await fh.stat()).size; } finally { await fh.close(); }
+    try {
+      await fh.sync();
+      size = (await fh.stat()).size;
+    } finally {
+      await fh.close();
+    }
     await rename(tmp, file);
     const dir = await open(dirname(file), 'r');
-    try { await dir.sync(); } finally { await dir.close(); }
+    try {
+      await dir.sync();
+    } finally {
+      await dir.close();
+    }
     return size;
   } catch (e) {
     await rm(tmp, { force: true });

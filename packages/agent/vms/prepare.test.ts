@@ -16,7 +16,8 @@ let pool: Pool;
 const locate = (ns: string, path: string) => containedPath([pool], ns, path, 'vessel.io/volume-path').path;
 
 const claim = (path: string): KubeObject => ({
-  apiVersion: 'v1', kind: 'PersistentVolumeClaim',
+  apiVersion: 'v1',
+  kind: 'PersistentVolumeClaim',
   metadata: { name: 'disk', namespace: 't1', annotations: { 'vessel.io/volume-path': path } },
   status: { phase: 'Bound' },
 });
@@ -30,20 +31,27 @@ before(async () => {
   await writeFile(join(pool.dir, 't2', 'other.qcow2'), 'decoy');
   await symlink(join(pool.dir, 't2', 'other.qcow2'), join(pool.dir, 't1', 'link.qcow2'));
 });
-after(async () => { await rm(root, { recursive: true, force: true }); });
+after(async () => {
+  await rm(root, { recursive: true, force: true });
+});
 
-test('the claim\'s own file is used', () => {
+test("the claim's own file is used", () => {
   assert.equal(claimVolumePath('t1', 'disk', 'root', claim(join(pool.dir, 't1', 'disk.qcow2')), locate), join(pool.dir, 't1', 'disk.qcow2'));
 });
 
 test('a volume-path into another namespace (.. or a symlink) fails the VMI with VolumeError', () => {
   for (const path of [`${pool.dir}/t1/../t2/other.qcow2`, join(pool.dir, 't1', 'link.qcow2')]) {
-    assert.throws(() => claimVolumePath('t1', 'disk', 'root', claim(path), locate),
-      (e: unknown) => e instanceof PrepareError && e.reason === 'VolumeError' && !e.retry && /namespace t1/.test(e.message), path);
+    assert.throws(
+      () => claimVolumePath('t1', 'disk', 'root', claim(path), locate),
+      (e: unknown) => e instanceof PrepareError && e.reason === 'VolumeError' && !e.retry && /namespace t1/.test(e.message),
+      path,
+    );
   }
 });
 
-test('a file in no pool of this node is another node\'s volume', () => {
-  assert.throws(() => claimVolumePath('t1', 'disk', 'root', claim(join(root, 'elsewhere.qcow2')), locate),
-    (e: unknown) => e instanceof PrepareError && e.reason === 'VolumeNotOnNode');
+test("a file in no pool of this node is another node's volume", () => {
+  assert.throws(
+    () => claimVolumePath('t1', 'disk', 'root', claim(join(root, 'elsewhere.qcow2')), locate),
+    (e: unknown) => e instanceof PrepareError && e.reason === 'VolumeNotOnNode',
+  );
 });

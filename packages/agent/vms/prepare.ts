@@ -22,11 +22,16 @@ import * as qemuImg from '../storage/qemu-img.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { openRegistryDisk, registryInsecure } from '../storage/registry.ts';
 
-export type PrepareReason = 'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError' | 'AddressPending' | 'NetworkError';
+export type PrepareReason =
+  'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError' | 'AddressPending' | 'NetworkError';
 
 export class PrepareError extends Error {
   /** `retry`: the cause may go away by itself (a claim still filling); else the VMI fails. */
-  constructor(readonly reason: PrepareReason, message: string, readonly retry: boolean) {
+  constructor(
+    readonly reason: PrepareReason,
+    message: string,
+    readonly retry: boolean,
+  ) {
     super(message);
     this.name = 'PrepareError';
   }
@@ -74,7 +79,10 @@ export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): 
     const varsTemplate = efi.secureBoot ? '/usr/share/OVMF/OVMF_VARS_4M.ms.fd' : '/usr/share/OVMF/OVMF_VARS_4M.fd';
     const vars = join(runDir, 'OVMF_VARS.fd');
     // The variable store is the VM's NVRAM: made once, kept across boots.
-    if (!(await exists(vars))) await copyFile(varsTemplate, vars).catch((e: Error) => { throw new PrepareError('VolumeError', `UEFI firmware is missing (${e.message}): apt-get install ovmf`, false); });
+    if (!(await exists(vars)))
+      await copyFile(varsTemplate, vars).catch((e: Error) => {
+        throw new PrepareError('VolumeError', `UEFI firmware is missing (${e.message}): apt-get install ovmf`, false);
+      });
     firmware = { ovmfCode: code, ovmfVars: vars };
   }
   return { volumes, networks, firmware };
@@ -141,7 +149,12 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
       const url = `docker://${vol.containerDisk.image}`;
       try {
         const reg = await openRegistryDisk({ url, insecure: registryInsecure(url, ctx.egress), signal: ctx.signal, egress: ctx.egress });
-        await importDisk({ source: { kind: 'stream', stream: reg.stream, sizeHint: reg.size }, dest: base, maxVirtualSize: Number.MAX_SAFE_INTEGER, signal: ctx.signal });
+        await importDisk({
+          source: { kind: 'stream', stream: reg.stream, sizeHint: reg.size },
+          dest: base,
+          maxVirtualSize: Number.MAX_SAFE_INTEGER,
+          signal: ctx.signal,
+        });
       } catch (e) {
         throw new PrepareError('ImagePullFailed', `volume ${vol.name}: cannot pull containerDisk ${vol.containerDisk.image}: ${(e as Error).message}`, true);
       }
@@ -153,7 +166,8 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
     const src = vol.cloudInitNoCloud ?? vol.cloudInitConfigDrive!;
     const secretData: { userData?: string; networkData?: string } = {};
     if (src.secretRef?.name) secretData.userData = await secretValue(ctx, ns, src.secretRef.name, ['userdata', 'userData'], vol.name);
-    if (src.networkDataSecretRef?.name) secretData.networkData = await secretValue(ctx, ns, src.networkDataSecretRef.name, ['networkdata', 'networkData'], vol.name);
+    if (src.networkDataSecretRef?.name)
+      secretData.networkData = await secretValue(ctx, ns, src.networkDataSecretRef.name, ['networkdata', 'networkData'], vol.name);
     const dest = join(runDir, `${vol.name}.cloudinit.iso`);
     await buildCloudInitIso(cloudInitIsoOptions({ vmi, volume: vol, secretData, dest }));
     return { path: dest, format: 'raw', readOnly: true };
@@ -167,7 +181,13 @@ function claimPath(ns: string, claim: string, volume: string, ctx: PrepareContex
 }
 
 /** The file of a claim a VM's volume uses, or a PrepareError saying why it cannot be used (yet). */
-export function claimVolumePath(ns: string, claim: string, volume: string, pvc: KubeObject | undefined, locate: (namespace: string, path: string) => string): string {
+export function claimVolumePath(
+  ns: string,
+  claim: string,
+  volume: string,
+  pvc: KubeObject | undefined,
+  locate: (namespace: string, path: string) => string,
+): string {
   if (!pvc) throw new PrepareError('PvcNotFound', `volume ${volume}: PersistentVolumeClaim ${ns}/${claim} does not exist`, true);
   const path = pvc.metadata?.annotations?.[storage.VOLUME_PATH];
   if ((pvc.status as { phase?: string } | undefined)?.phase !== 'Bound' || !path) {
@@ -201,5 +221,8 @@ async function secretValue(ctx: PrepareContext, ns: string, name: string, keys: 
 }
 
 async function exists(path: string): Promise<boolean> {
-  return stat(path).then(() => true, () => false);
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }

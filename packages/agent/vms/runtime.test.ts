@@ -27,7 +27,10 @@ test('a spec the argv builder refuses: each cause is named once, with its field'
     (spec.domain as Record<string, unknown>).resources = { requests: { memory: '128Mi', cpu: '-1' } };
   });
   assert.equal(bad.reason, 'InvalidVmSpec');
-  assert.equal(bad.message, 'VirtualMachineInstance default/minimal cannot be started: spec.domain.resources.requests.cpu: Invalid value: "-1": must be a positive quantity');
+  assert.equal(
+    bad.message,
+    'VirtualMachineInstance default/minimal cannot be started: spec.domain.resources.requests.cpu: Invalid value: "-1": must be a positive quantity',
+  );
 
   const two = failureOf((spec) => {
     const domain = spec.domain as Record<string, Record<string, unknown>>;
@@ -41,6 +44,9 @@ test('a spec the argv builder refuses: each cause is named once, with its field'
 });
 
 test('other start failures keep their reason and message', () => {
-  assert.deepEqual(startFailure(new PrepareError('PvcNotReady', 'claim root is not ready', false)), { reason: 'PvcNotReady', message: 'claim root is not ready' });
+  assert.deepEqual(startFailure(new PrepareError('PvcNotReady', 'claim root is not ready', false)), {
+    reason: 'PvcNotReady',
+    message: 'claim root is not ready',
+  });
   assert.deepEqual(startFailure(new Error('disk full')), { reason: 'PrepareFailed', message: 'disk full' });
 });

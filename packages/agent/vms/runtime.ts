@@ -103,27 +103,54 @@ export class VmRuntime extends Controller {
   private readonly busy = new Map<string, Promise<void>>();
   private readonly hotplug: VolumeHotplug;
 
-  constructor(client: Client, private readonly opts: VmRuntimeOptions) {
+  constructor(
+    client: Client,
+    private readonly opts: VmRuntimeOptions,
+  ) {
     super('vms', client, opts.log, 4);
     this.events = new EventRecorder(client, 'virt-handler', opts.nodeName);
     // Every VMI or VM change may leave a run directory unused: collected a little later, once.
-    this.vmis = this.inform(VMIS, (vmi) => { this.queue.addAfter(COLLECT_KEY, 2000); return [cacheKey(vmi)]; });
-    this.vmList = this.inform(VMS, () => { this.queue.addAfter(COLLECT_KEY, 2000); return []; });
+    this.vmis = this.inform(VMIS, (vmi) => {
+      this.queue.addAfter(COLLECT_KEY, 2000);
+      return [cacheKey(vmi)];
+    });
+    this.vmList = this.inform(VMS, () => {
+      this.queue.addAfter(COLLECT_KEY, 2000);
+      return [];
+    });
     // A claim becoming Bound can unblock a VMI waiting for it (to start, or to plug it in), and
     // a claim that grew changes the capacity its VMI's volumeStatus shows.
-    this.pvcs = this.inform(PVCS, (pvc) => this.vmis.list().filter((v) => this.mine(v) && !FINAL.has(phaseOf(v))
-      && (phaseOf(v) !== 'Running' || (v.metadata.namespace === pvc.metadata.namespace && claimNames(v).includes(pvc.metadata.name)))).map(keyOf));
-    this.hotplug = new VolumeHotplug(agentHotplugDeps({
-      client, events: this.events, log: this.log,
-      claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
-      locate: (ns, path) => containedPath(opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
-      scrub: (message, ns) => this.scrub(message, ns),
-    }));
+    this.pvcs = this.inform(PVCS, (pvc) =>
+      this.vmis
+        .list()
+        .filter(
+          (v) =>
+            this.mine(v) &&
+            !FINAL.has(phaseOf(v)) &&
+            (phaseOf(v) !== 'Running' || (v.metadata.namespace === pvc.metadata.namespace && claimNames(v).includes(pvc.metadata.name))),
+        )
+        .map(keyOf),
+    );
+    this.hotplug = new VolumeHotplug(
+      agentHotplugDeps({
+        client,
+        events: this.events,
+        log: this.log,
+        claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
+        locate: (ns, path) => containedPath(opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
+        scrub: (message, ns) => this.scrub(message, ns),
+      }),
+    );
     // A VMI waiting for its address starts as soon as IPAM has allocated it.
-    opts.network?.onAddress((key) => { const v = this.vmis.get(key); if (v && this.mine(v) && phaseOf(v) !== 'Running' && !FINAL.has(phaseOf(v))) this.queue.add(key); });
+    opts.network?.onAddress((key) => {
+      const v = this.vmis.get(key);
+      if (v && this.mine(v) && phaseOf(v) !== 'Running' && !FINAL.has(phaseOf(v))) this.queue.add(key);
+    });
   }
 
-  private get root(): string { return join(resolve(this.opts.dataDir), 'vms'); }
+  private get root(): string {
+    return join(resolve(this.opts.dataDir), 'vms');
+  }
 
   /** The VMI's run directory: its VM's (by uid), else its own (by uid); see the module comment. */
   runDirOf(vmi: KubeObject): string {
@@ -166,7 +193,10 @@ export class VmRuntime extends Controller {
     // Only tidying: a failure is logged and the agent starts; the sweep runs again after the
     // next VM or VMI change.
     await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
-    const removed = await this.opts.network?.collect(this.sessions.keys()).catch((e: unknown) => { this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`); return 0; });
+    const removed = await this.opts.network?.collect(this.sessions.keys()).catch((e: unknown) => {
+      this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`);
+      return 0;
+    });
     if (removed) this.log(`vms: removed ${removed} tap${removed === 1 ? '' : 's'} of VMs that no longer run here`);
   }
 
@@ -201,7 +231,10 @@ export class VmRuntime extends Controller {
 
   protected override async stopped(): Promise<void> {
     // The agent stops; the guests do not. Only the QMP connections close.
-    for (const s of this.sessions.values()) { s.stopping = true; await s.qmp.close(); }
+    for (const s of this.sessions.values()) {
+      s.stopping = true;
+      await s.qmp.close();
+    }
     this.sessions.clear();
   }
 
@@ -230,7 +263,10 @@ export class VmRuntime extends Controller {
       if (phaseOf(vmi) !== 'Running') return;
       // The node lifecycle controller said NodeUnresponsive while this agent was away or slow: it runs.
       if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) {
-        await updateStatus(this.client, VMIS, ns, name, (s) => { if (FINAL.has(String(s.phase))) return false; this.markRunning(s, vmi); });
+        await updateStatus(this.client, VMIS, ns, name, (s) => {
+          if (FINAL.has(String(s.phase))) return false;
+          this.markRunning(s, vmi);
+        });
       }
       // Running here: attach / detach its hotplug volumes (vms/hotplug.ts), held against start and stop.
       const { retryMs } = await this.withVm(ns, name, (qmp) => this.hotplug.sync(vmi, qmp));
@@ -280,7 +316,14 @@ export class VmRuntime extends Controller {
     const key = `${namespace}/${name}`;
     for (let p = this.busy.get(key); p; p = this.busy.get(key)) await p;
     const run = work(this.qmpFor(namespace, name));
-    const held: Promise<void> = run.then(() => undefined, () => undefined).finally(() => { if (this.busy.get(key) === held) this.busy.delete(key); });
+    const held: Promise<void> = run
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .finally(() => {
+        if (this.busy.get(key) === held) this.busy.delete(key);
+      });
     this.busy.set(key, held);
     return run;
   }
@@ -292,20 +335,30 @@ export class VmRuntime extends Controller {
    * not be dropped because the server did not answer).
    */
   private track(key: string, work: () => Promise<void>): void {
-    if (this.busy.has(key)) { this.queue.addAfter(key, 250); return; }
-    const p = work().catch((e: unknown) => {
-      this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`);
-      this.queue.addRateLimited(key);
-    }).finally(() => {
-      if (this.busy.get(key) === p) this.busy.delete(key);
-    });
+    if (this.busy.has(key)) {
+      this.queue.addAfter(key, 250);
+      return;
+    }
+    const p = work()
+      .catch((e: unknown) => {
+        this.log(`vms: ${key}: ${e instanceof Error ? e.message : e}`);
+        this.queue.addRateLimited(key);
+      })
+      .finally(() => {
+        if (this.busy.get(key) === p) this.busy.delete(key);
+      });
     this.busy.set(key, p);
   }
 
   private async startVm(vmi: KubeObject, runDir: string): Promise<void> {
     const finalizers = (vmi.metadata.finalizers as string[] | undefined) ?? [];
     if (!finalizers.includes(VMI_FINALIZER)) {
-      await this.client.patch(VMIS, vmi.metadata.name, { metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: [...finalizers, VMI_FINALIZER] } }, { namespace: vmi.metadata.namespace });
+      await this.client.patch(
+        VMIS,
+        vmi.metadata.name,
+        { metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: [...finalizers, VMI_FINALIZER] } },
+        { namespace: vmi.metadata.namespace },
+      );
       return; // the update brings the VMI back
     }
     this.preparing.add(runDir);
@@ -318,7 +371,10 @@ export class VmRuntime extends Controller {
 
   private async launchVm(vmi: KubeObject, runDir: string): Promise<void> {
     const key = keyOf(vmi);
-    const typed = { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid }, spec: vmi.spec as V1VirtualMachineInstanceSpec };
+    const typed = {
+      metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid },
+      spec: vmi.spec as V1VirtualMachineInstanceSpec,
+    };
     // The network finds a VM NIC's address by the VMI's owner (its VirtualMachine).
     const owned = { metadata: { ...typed.metadata, ownerReferences: vmi.metadata.ownerReferences } };
     let argv: ReturnType<typeof buildQemuArgv>;
@@ -349,21 +405,37 @@ export class VmRuntime extends Controller {
       // Only a memory state of the VMI's own namespace is loaded.
       resume = recordedResume ? containedPath(this.opts.pools.values(), vmi.metadata.namespace!, recordedResume, RESUME_MEMORY).path : undefined;
     } catch (e) {
-      if (e instanceof PathError) return this.finish(vmi, 'Failed', e.code, `${e.message}: remove the annotation ${RESUME_MEMORY} from the VirtualMachine and start it again`);
+      if (e instanceof PathError)
+        return this.finish(vmi, 'Failed', e.code, `${e.message}: remove the annotation ${RESUME_MEMORY} from the VirtualMachine and start it again`);
       throw e;
     }
-    const resuming = !!resume && (await stat(resume).then(() => true, () => false));
-    if (resume && !resuming) await this.events.record(vmi, 'Warning', 'MemoryStateMissing', 'the saved memory state of the snapshot is gone: the guest boots from its disks');
+    const resuming =
+      !!resume &&
+      (await stat(resume).then(
+        () => true,
+        () => false,
+      ));
+    if (resume && !resuming)
+      await this.events.record(vmi, 'Warning', 'MemoryStateMissing', 'the saved memory state of the snapshot is gone: the guest boots from its disks');
     if (resuming) argv.argv.push('-incoming', 'defer');
     const prio = this.opts.priority;
     try {
       // The VM's cgroup (where delegated) is named like its run directory and sized from its resources.
       const domain = typed.spec.domain;
       const cgroupDir = prio?.cgroupParent
-        ? await vmCgroup(prio.cgroupParent, basename(runDir), cgroupSettings({ requests: domain?.resources?.requests, limits: domain?.resources?.limits, guestMemory: domain?.memory?.guest }, this.opts.accel))
+        ? await vmCgroup(
+            prio.cgroupParent,
+            basename(runDir),
+            cgroupSettings({ requests: domain?.resources?.requests, limits: domain?.resources?.limits, guestMemory: domain?.memory?.guest }, this.opts.accel),
+          )
         : undefined;
       await launch({
-        runDir, argv: argv.argv, chardevs: argv.chardevs, env: { ...process.env, ...argv.env }, vnc: true, noShutdown: true,
+        runDir,
+        argv: argv.argv,
+        chardevs: argv.chardevs,
+        env: { ...process.env, ...argv.env },
+        vnc: true,
+        noShutdown: true,
         vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
         priority: prio && { nice: prio.nice, batch: prio.batch, tools: prio.tools, cgroupDir },
         netns: this.opts.network?.netns,
@@ -391,9 +463,13 @@ export class VmRuntime extends Controller {
     const session: Session = { uid: vmi.metadata.uid ?? '', runDir, qmp, stopping: false, rebootPending: false };
     this.sessions.set(key, session);
     // AgentConnected while the guest agent answers (qga/watch.ts), watched as long as QMP is.
-    const stopAgentWatch = watchAgent(runDirFiles(runDir).qga, (up) => updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && agentConnected(s, up)));
+    const stopAgentWatch = watchAgent(runDirFiles(runDir).qga, (up) =>
+      updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && agentConnected(s, up)),
+    );
     qmp.on('close', stopAgentWatch);
-    qmp.on('event', (ev) => { void this.onEvent(key, session, ev).catch((e: Error) => this.log(`vms: ${key}: ${ev.event}: ${e.message}`)); });
+    qmp.on('event', (ev) => {
+      void this.onEvent(key, session, ev).catch((e: Error) => this.log(`vms: ${key}: ${ev.event}: ${e.message}`));
+    });
     qmp.on('close', () => {
       if (this.sessions.get(key) === session) this.sessions.delete(key);
       if (!session.stopping) void this.onQemuGone(key, session);
@@ -403,9 +479,13 @@ export class VmRuntime extends Controller {
     await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
       if (FINAL.has(String(s.phase))) return false;
       this.markRunning(s, vmi);
-      setCondition(s, status === 'paused'
-        ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' }
-        : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
+      setCondition(
+        s,
+        status === 'paused'
+          ? { type: 'Paused', status: 'True', reason: 'PausedByUser', message: 'VMI was paused by user' }
+          : { type: 'Paused', status: 'False', reason: '', message: '' },
+        false,
+      );
     });
   }
 
@@ -421,7 +501,8 @@ export class VmRuntime extends Controller {
       // A cluster NIC: the address IPAM gave it, in the same write as Running. podInterfaceName
       // is the node side (the tap); interfaceName is the guest's, which only a guest agent knows.
       const nic = this.opts.network?.nicOf(vmi, i.name);
-      if (nic && !i.masquerade) return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
+      if (nic && !i.masquerade)
+        return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
       return { name: i.name, mac: i.macAddress, infoSource: 'domain' };
     });
     s.machine = { type: spec.domain?.machine?.type ?? 'q35' };
@@ -439,12 +520,22 @@ export class VmRuntime extends Controller {
       const paused = status !== 'running';
       await updateStatus(this.client, VMIS, ns, name, (s) => {
         if (FINAL.has(String(s.phase))) return false;
-        setCondition(s, paused
-          ? { type: 'Paused', status: 'True', reason: status === 'paused' ? 'PausedByUser' : `Paused${status}`, message: status === 'paused' ? 'VMI was paused by user' : `QEMU status ${status}` }
-          : { type: 'Paused', status: 'False', reason: '', message: '' }, false);
+        setCondition(
+          s,
+          paused
+            ? {
+                type: 'Paused',
+                status: 'True',
+                reason: status === 'paused' ? 'PausedByUser' : `Paused${status}`,
+                message: status === 'paused' ? 'VMI was paused by user' : `QEMU status ${status}`,
+              }
+            : { type: 'Paused', status: 'False', reason: '', message: '' },
+          false,
+        );
       });
       const vmi = this.vmis.get(key);
-      if (vmi) await this.events.record(vmi, 'Normal', paused ? 'Paused' : 'Unpaused', paused ? 'VirtualMachineInstance paused' : 'VirtualMachineInstance unpaused');
+      if (vmi)
+        await this.events.record(vmi, 'Normal', paused ? 'Paused' : 'Unpaused', paused ? 'VirtualMachineInstance paused' : 'VirtualMachineInstance unpaused');
     } else if (ev.event === 'SHUTDOWN') {
       if (session.rebootPending) {
         // softreboot without a guest agent: the ACPI power-off we asked for becomes a reset.
@@ -484,7 +575,10 @@ export class VmRuntime extends Controller {
     if (session && (await probe(runDir))) {
       session.stopping = true;
       await this.events.record(vmi, 'Normal', 'ShuttingDown', `Signaled Graceful Shutdown (grace period ${grace}s)`);
-      const off = session.qmp.waitForEvent('SHUTDOWN', { timeoutMs: grace * 1000 }).then(() => true, () => false);
+      const off = session.qmp.waitForEvent('SHUTDOWN', { timeoutMs: grace * 1000 }).then(
+        () => true,
+        () => false,
+      );
       // A QEMU that cannot take the request anymore is stopped below when the grace runs out.
       await session.qmp.execute('system_powerdown').catch(() => undefined);
       const graceful = await off;
@@ -545,7 +639,9 @@ export class VmRuntime extends Controller {
   }
 
   private async condition(vmi: KubeObject, type: string, status: 'True' | 'False', reason: string, message: string): Promise<void> {
-    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => { setCondition(s, { type, status, reason, message: this.scrub(message, vmi.metadata.namespace) }, false); });
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+      setCondition(s, { type, status, reason, message: this.scrub(message, vmi.metadata.namespace) }, false);
+    });
   }
 
   /** A message for the VMI's status or Events: no pool or run-directory paths (see scrub.ts). */
@@ -562,7 +658,12 @@ export class VmRuntime extends Controller {
     const finalizers = (fresh?.metadata?.finalizers as string[] | undefined) ?? [];
     if (!fresh || !finalizers.includes(VMI_FINALIZER)) return;
     const rest = finalizers.filter((f) => f !== VMI_FINALIZER);
-    await this.client.patch(VMIS, vmi.metadata.name, { metadata: { resourceVersion: fresh.metadata?.resourceVersion, finalizers: rest.length ? rest : null } }, { namespace: vmi.metadata.namespace });
+    await this.client.patch(
+      VMIS,
+      vmi.metadata.name,
+      { metadata: { resourceVersion: fresh.metadata?.resourceVersion, finalizers: rest.length ? rest : null } },
+      { namespace: vmi.metadata.namespace },
+    );
   }
 
   /** pause / unpause / softreboot / reset, as the API server's subresources ask. */
@@ -594,12 +695,18 @@ export class VmRuntime extends Controller {
 
 /** A VM action the VM's state forbids; `code` is the HTTP answer (409). */
 export class VmActionError extends HttpError {
-  constructor(code: number, message: string) { super(code, message); this.name = 'VmActionError'; }
+  constructor(code: number, message: string) {
+    super(code, message);
+    this.name = 'VmActionError';
+  }
 }
 
 async function lastLogLine(runDir: string): Promise<string> {
   const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
-  const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
   return lines[lines.length - 1] ?? 'no output from QEMU';
 }
 
@@ -613,4 +720,3 @@ function runDirKey(vmi: KubeObject): string {
   if (!UUID.test(uid)) throw new Error(`VirtualMachineInstance ${vmi.metadata.namespace}/${vmi.metadata.name} has no valid uid`);
   return uid;
 }
-

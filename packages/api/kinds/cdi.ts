@@ -79,7 +79,9 @@ export function validateDataVolumeSpec(spec: Obj, path: string, ctx: SemanticCon
     return;
   }
   if ((!source && !sourceRef) || (source && sourceRef)) {
-    causes.push(invalid(`${path}.source`, source ? 'source and sourceRef' : null, 'Data volume should have either Source or SourceRef, or be externally populated'));
+    causes.push(
+      invalid(`${path}.source`, source ? 'source and sourceRef' : null, 'Data volume should have either Source or SourceRef, or be externally populated'),
+    );
     return;
   }
   if (sourceRef) {
@@ -113,7 +115,8 @@ export function validateDataVolumeSpec(spec: Obj, path: string, ctx: SemanticCon
     } else if (url && !/^(docker|oci-archive):\/\//.test(url)) {
       causes.push(invalid(`${path}.source.registry.url`, url, 'Illegal registry source URL scheme: use docker://<image> or oci-archive://<path>'));
     }
-    if (contentType && contentType !== 'kubevirt') causes.push(invalid(`${path}.contentType`, contentType, 'ContentType must be kubevirt when Source is Registry'));
+    if (contentType && contentType !== 'kubevirt')
+      causes.push(invalid(`${path}.contentType`, contentType, 'ContentType must be kubevirt when Source is Registry'));
   }
   const srcPvc = obj(src.pvc);
   if (srcPvc) {

@@ -10,7 +10,9 @@ const PVC = findByKind('v1', 'PersistentVolumeClaim')!;
 
 function claim(size: string | number, phase?: string, extra: Record<string, unknown> = {}): KubeObject {
   return {
-    apiVersion: 'v1', kind: 'PersistentVolumeClaim', metadata: { name: 'data', namespace: 'default' },
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
+    metadata: { name: 'data', namespace: 'default' },
     spec: { accessModes: ['ReadWriteOnce'], storageClassName: 'local', volumeMode: 'Filesystem', resources: { requests: { storage: size } }, ...extra },
     ...(phase ? { status: { phase, capacity: { storage: String(size) } } } : {}),
   };
@@ -24,9 +26,11 @@ test('a Bound claim may grow', () => {
   assert.deepEqual(update(claim('1073741824'), claim('1Gi', 'Bound')), [], 'the same value written another way');
 });
 
-test('shrinking is refused with Kubernetes\' field and wording', () => {
+test("shrinking is refused with Kubernetes' field and wording", () => {
   const causes = update(claim('512Mi'), claim('1Gi', 'Bound'));
-  assert.deepEqual(causes, [{ reason: 'FieldValueForbidden', field: 'spec.resources.requests.storage', message: 'Forbidden: field can not be less than previous value' }]);
+  assert.deepEqual(causes, [
+    { reason: 'FieldValueForbidden', field: 'spec.resources.requests.storage', message: 'Forbidden: field can not be less than previous value' },
+  ]);
   // Unbound too (and then the request may not change at all).
   const pending = update(claim('512Mi'), claim('1Gi', 'Pending'));
   assert.ok(pending.some((c) => c.field === 'spec.resources.requests.storage'));
@@ -42,9 +46,16 @@ test('the request of a claim that is not Bound is immutable, as in Kubernetes', 
 
 test('other spec fields stay immutable when the request grows', () => {
   const causes = update(claim('2Gi', undefined, { accessModes: ['ReadWriteMany'] }), claim('1Gi', 'Bound'));
-  assert.deepEqual(causes.map((c) => c.field), ['spec']);
+  assert.deepEqual(
+    causes.map((c) => c.field),
+    ['spec'],
+  );
   const limits = update(claim('2Gi', undefined, { resources: { requests: { storage: '2Gi' }, limits: { storage: '5Gi' } } }), claim('1Gi', 'Bound'));
-  assert.deepEqual(limits.map((c) => c.field), ['spec'], 'limits are not part of what may change');
+  assert.deepEqual(
+    limits.map((c) => c.field),
+    ['spec'],
+    'limits are not part of what may change',
+  );
 });
 
 test('binding may still set volumeName and the default class', () => {
@@ -61,15 +72,24 @@ test('status updates of a claim are not spec changes', () => {
 });
 
 test('pvcResizeRefusal: growing needs a Bound claim and a class that allows expansion (PersistentVolumeClaimResize admission)', () => {
-  const sc = (allow?: boolean): KubeObject => ({ apiVersion: 'storage.k8s.io/v1', kind: 'StorageClass', metadata: { name: 'local' }, provisioner: 'vessel.io/qcow2', ...(allow === undefined ? {} : { allowVolumeExpansion: allow }) });
+  const sc = (allow?: boolean): KubeObject => ({
+    apiVersion: 'storage.k8s.io/v1',
+    kind: 'StorageClass',
+    metadata: { name: 'local' },
+    provisioner: 'vessel.io/qcow2',
+    ...(allow === undefined ? {} : { allowVolumeExpansion: allow }),
+  });
   assert.equal(pvcResizeRefusal(claim('2Gi'), claim('1Gi', 'Bound'), sc(true)), undefined);
   assert.equal(pvcResizeRefusal(claim('2Gi'), claim('1Gi', 'Bound'), sc(false)), PVC_RESIZE_NOT_ALLOWED);
   assert.equal(pvcResizeRefusal(claim('2Gi'), claim('1Gi', 'Bound'), sc()), PVC_RESIZE_NOT_ALLOWED);
   assert.equal(pvcResizeRefusal(claim('2Gi'), claim('1Gi', 'Bound'), undefined), PVC_RESIZE_NOT_ALLOWED);
-  assert.equal(pvcResizeRefusal(claim('2Gi', undefined, { storageClassName: undefined }), claim('1Gi', 'Bound', { storageClassName: undefined }), sc(true)), PVC_RESIZE_NOT_ALLOWED);
+  assert.equal(
+    pvcResizeRefusal(claim('2Gi', undefined, { storageClassName: undefined }), claim('1Gi', 'Bound', { storageClassName: undefined }), sc(true)),
+    PVC_RESIZE_NOT_ALLOWED,
+  );
   assert.equal(pvcResizeRefusal(claim('2Gi'), claim('1Gi', 'Pending'), sc(true)), 'Only bound persistent volume claims can be expanded');
   assert.equal(pvcResizeRefusal(claim('1Gi'), claim('1Gi', 'Bound'), sc(false)), undefined, 'no growth: nothing to admit');
-  assert.equal(pvcResizeRefusal(claim('512Mi'), claim('1Gi', 'Bound'), sc(false)), undefined, 'shrinking is validation\'s business');
+  assert.equal(pvcResizeRefusal(claim('512Mi'), claim('1Gi', 'Bound'), sc(false)), undefined, "shrinking is validation's business");
   assert.equal(PVC_RESIZE_NOT_ALLOWED, 'only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize');
 });
 
@@ -78,5 +98,8 @@ test('a PUT without the defaulted volumeMode changes nothing', () => {
   delete (put.spec as Record<string, unknown>).volumeMode;
   assert.deepEqual(update(put, claim('1Gi', 'Bound')), []);
   const block = claim('2Gi', undefined, { volumeMode: 'Block' });
-  assert.deepEqual(update(block, claim('1Gi', 'Bound')).map((c) => c.field), ['spec']);
+  assert.deepEqual(
+    update(block, claim('1Gi', 'Bound')).map((c) => c.field),
+    ['spec'],
+  );
 });

@@ -30,7 +30,13 @@ function checkPort(v: unknown, field: string, ctx: SemanticContext): void {
 /** A named target port must be an IANA service name (what container ports are named). */
 function checkPortName(v: string, field: string, ctx: SemanticContext): void {
   if (v.length > 15 || !IANA_SVC_NAME_RE.test(v) || !/[a-z]/.test(v) || v.includes('--')) {
-    ctx.causes.push(invalid(field, v, 'must be a port number (1-65535) or an IANA service name: at most 15 lower case alphanumeric characters or "-", with at least one letter'));
+    ctx.causes.push(
+      invalid(
+        field,
+        v,
+        'must be a port number (1-65535) or an IANA service name: at most 15 lower case alphanumeric characters or "-", with at least one letter',
+      ),
+    );
   }
 }
 
@@ -71,7 +77,7 @@ export function validateService(o: KubeObject, ctx: SemanticContext): void {
     }
     if (isSet(p.nodePort)) {
       checkPort(p.nodePort, `${f}.nodePort`, ctx);
-      if (type === 'ClusterIP') causes.push(forbidden(`${f}.nodePort`, 'may not be used when `type` is \'ClusterIP\''));
+      if (type === 'ClusterIP') causes.push(forbidden(`${f}.nodePort`, "may not be used when `type` is 'ClusterIP'"));
     }
   });
   validateLabels(spec.selector, 'spec.selector', causes);
@@ -92,12 +98,16 @@ function validateClusterIP(spec: Obj, type: string, causes: SemanticContext['cau
   const ip = str(spec.clusterIP);
   const ips = arr(spec.clusterIPs);
   if (ip !== undefined && ip !== '' && ip !== 'None' && parseIPv4(ip) === undefined) {
-    causes.push(invalid('spec.clusterIP', ip, 'must be a valid IPv4 address such as 10.96.0.10 (or "None" for a headless service, or empty to have one allocated)'));
+    causes.push(
+      invalid('spec.clusterIP', ip, 'must be a valid IPv4 address such as 10.96.0.10 (or "None" for a headless service, or empty to have one allocated)'),
+    );
   }
   if (ips.length > 1) causes.push(invalid('spec.clusterIPs', ips, 'at most one address: only IPv4 (single-stack) is served'));
-  if (ips.length === 1 && ip !== undefined && ip !== '' && ips[0] !== ip) causes.push(invalid('spec.clusterIPs', ips, 'must hold the same address as spec.clusterIP'));
+  if (ips.length === 1 && ip !== undefined && ip !== '' && ips[0] !== ip)
+    causes.push(invalid('spec.clusterIPs', ips, 'must hold the same address as spec.clusterIP'));
   const effective = ip || (typeof ips[0] === 'string' ? ips[0] : undefined);
-  if (effective === 'None' && (type === 'NodePort' || type === 'LoadBalancer')) causes.push(invalid('spec.clusterIP', 'None', `may not be set to 'None' for ${type} services`));
+  if (effective === 'None' && (type === 'NodePort' || type === 'LoadBalancer'))
+    causes.push(invalid('spec.clusterIP', 'None', `may not be set to 'None' for ${type} services`));
   if (type === 'ExternalName' && effective) causes.push(forbidden('spec.clusterIP', 'may not be set for ExternalName services'));
 }
 
@@ -163,7 +173,8 @@ export function validatePersistentVolumeClaim(o: KubeObject, ctx: SemanticContex
   modes.forEach((m, i) => {
     if (typeof m === 'string' && !ACCESS_MODES.includes(m)) causes.push(notSupported(`spec.accessModes[${i}]`, m, ACCESS_MODES));
   });
-  if (modes.includes('ReadWriteOncePod') && modes.length > 1) causes.push(forbidden('spec.accessModes', 'may not use ReadWriteOncePod with other access modes'));
+  if (modes.includes('ReadWriteOncePod') && modes.length > 1)
+    causes.push(forbidden('spec.accessModes', 'may not use ReadWriteOncePod with other access modes'));
   const mode = str(spec.volumeMode);
   if (mode !== undefined && !VOLUME_MODES.includes(mode)) causes.push(notSupported('spec.volumeMode', mode, VOLUME_MODES));
   const storage = storageRequest(spec);
@@ -193,7 +204,13 @@ function validateDataKeys(map: unknown, field: string, ctx: SemanticContext, bas
   if (!isObj(map)) return 0;
   for (const [k, v] of Object.entries(map)) {
     if (!CONFIG_KEY_RE.test(k) || k === '.' || k === '..' || k.startsWith('..') || k.length > 253) {
-      ctx.causes.push(invalid(field, k, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+      ctx.causes.push(
+        invalid(
+          field,
+          k,
+          "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+        ),
+      );
     }
     if (typeof v !== 'string') continue;
     if (base64) {

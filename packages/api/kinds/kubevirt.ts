@@ -27,8 +27,22 @@ import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext 
 
 export const RUN_STRATEGIES = ['Always', 'RerunOnFailure', 'Manual', 'Halted', 'Once', 'WaitAsReceiver'] as const;
 const VOLUME_SOURCES = [
-  'cloudInitConfigDrive', 'cloudInitNoCloud', 'configMap', 'containerDisk', 'containerPath', 'dataVolume', 'downwardAPI',
-  'downwardMetrics', 'emptyDisk', 'ephemeral', 'hostDisk', 'memoryDump', 'persistentVolumeClaim', 'secret', 'serviceAccount', 'sysprep',
+  'cloudInitConfigDrive',
+  'cloudInitNoCloud',
+  'configMap',
+  'containerDisk',
+  'containerPath',
+  'dataVolume',
+  'downwardAPI',
+  'downwardMetrics',
+  'emptyDisk',
+  'ephemeral',
+  'hostDisk',
+  'memoryDump',
+  'persistentVolumeClaim',
+  'secret',
+  'serviceAccount',
+  'sysprep',
 ];
 const INTERFACE_BINDINGS = ['bridge', 'masquerade', 'sriov', 'slirp', 'macvtap', 'passt', 'passtBinding', 'binding'];
 const CLOUD_INIT_MAX = 2048; // bytes of inline userData/networkData (cloudInitUserMaxLen upstream)
@@ -69,7 +83,9 @@ function uniqueNames(list: unknown[], field: string, what: string, ctx: Semantic
     if (n === undefined) return;
     const first = seen.get(n);
     if (first !== undefined) {
-      ctx.causes.push(duplicate(`${field}[${i}].name`, n, `${field}[${i}] and ${field}[${first}] must not have the same name; every ${what} needs a unique name`));
+      ctx.causes.push(
+        duplicate(`${field}[${i}].name`, n, `${field}[${i}] and ${field}[${first}] must not have the same name; every ${what} needs a unique name`),
+      );
     } else seen.set(n, i);
   });
 }
@@ -98,9 +114,11 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
   }
   // The guest gets memory.guest, else the request, else the limit (the argv builder's order); QEMU
   // is never started with less than MIN_GUEST_MEMORY. A stored value left as it was passes.
-  const [gField, gRaw, gPath] = isSet(guestRaw) ? [`${path}.domain.memory.guest`, guestRaw, ['memory', 'guest']]
-    : isSet(reqRaw) ? [reqField, reqRaw, ['resources', 'requests', 'memory']]
-    : [limField, limRaw, ['resources', 'limits', 'memory']];
+  const [gField, gRaw, gPath] = isSet(guestRaw)
+    ? [`${path}.domain.memory.guest`, guestRaw, ['memory', 'guest']]
+    : isSet(reqRaw)
+      ? [reqField, reqRaw, ['resources', 'requests', 'memory']]
+      : [limField, limRaw, ['resources', 'limits', 'memory']];
   const gBytes = tryParseQuantity(gRaw);
   let oldG: unknown = obj(opts.old)?.domain;
   for (const k of gPath) oldG = obj(oldG)?.[k];
@@ -108,11 +126,15 @@ function checkMemory(spec: Obj, path: string, opts: VmiSpecOptions, ctx: Semanti
     ctx.causes.push(invalid(gField, gRaw, 'must be at least 16Mi: Vessel starts no smaller guest'));
   }
   const hugepages = obj(memory.hugepages);
-  if (hugepages && !str(hugepages.pageSize) && !jsonEqual(hugepages, obj(obj(obj(opts.old)?.domain)?.memory)?.hugepages)) ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
+  if (hugepages && !str(hugepages.pageSize) && !jsonEqual(hugepages, obj(obj(obj(opts.old)?.domain)?.memory)?.hugepages))
+    ctx.causes.push(required(`${path}.domain.memory.hugepages.pageSize`, 'the hugepage size: 2Mi or 1Gi'));
   const hasMemory = (req ?? 0) > 0 || (lim ?? 0) > 0 || isSet(guestRaw) || isSet(memory.hugepages);
   if (!hasMemory && !opts.hasInstancetype) {
     ctx.causes.push(
-      required(reqField, `no memory requested, at least one of '${path}.domain.memory.guest', '${path}.domain.memory.hugepages.pageSize' or '${reqField}' must be set`),
+      required(
+        reqField,
+        `no memory requested, at least one of '${path}.domain.memory.guest', '${path}.domain.memory.hugepages.pageSize' or '${reqField}' must be set`,
+      ),
     );
   }
 }
@@ -166,22 +188,35 @@ function checkCloudInit(vol: Obj, field: string, kind: 'cloudInitNoCloud' | 'clo
   const base = `${field}.${kind}`;
   const userSources = ['userData', 'userDataBase64', 'secretRef'].filter((k) => isSet(ci[k]));
   const netSources = ['networkData', 'networkDataBase64', 'networkDataSecretRef'].filter((k) => isSet(ci[k]));
-  if (userSources.length > 1) ctx.causes.push(invalid(base, userSources.join(', '), 'must have only one userdata source set: userData, userDataBase64 or secretRef'));
-  if (netSources.length > 1) ctx.causes.push(invalid(base, netSources.join(', '), 'must have only one networkdata source set: networkData, networkDataBase64 or networkDataSecretRef'));
+  if (userSources.length > 1)
+    ctx.causes.push(invalid(base, userSources.join(', '), 'must have only one userdata source set: userData, userDataBase64 or secretRef'));
+  if (netSources.length > 1)
+    ctx.causes.push(invalid(base, netSources.join(', '), 'must have only one networkdata source set: networkData, networkDataBase64 or networkDataSecretRef'));
   if (userSources.length === 0 && netSources.length === 0) {
     ctx.causes.push(required(base, 'must have at least one userdata source or one networkdata source set'));
   }
-  for (const [k, secretHint] of [['userData', 'secretRef'], ['networkData', 'networkDataSecretRef']] as const) {
+  for (const [k, secretHint] of [
+    ['userData', 'secretRef'],
+    ['networkData', 'networkDataSecretRef'],
+  ] as const) {
     const plain = str(ci[k]);
     if (plain !== undefined && Buffer.byteLength(plain) > CLOUD_INIT_MAX) {
-      ctx.causes.push(invalid(`${base}.${k}`, `${plain.slice(0, 20)}...`, `exceeds the ${CLOUD_INIT_MAX} byte limit; put larger data in a Secret and use ${secretHint}`));
+      ctx.causes.push(
+        invalid(`${base}.${k}`, `${plain.slice(0, 20)}...`, `exceeds the ${CLOUD_INIT_MAX} byte limit; put larger data in a Secret and use ${secretHint}`),
+      );
     }
     const b64 = str(ci[`${k}Base64`]);
     if (b64 !== undefined) {
       if (!/^[A-Za-z0-9+/]*={0,2}$/.test(b64.replace(/\s/g, '')) || b64.replace(/\s/g, '').length % 4 !== 0) {
         ctx.causes.push(invalid(`${base}.${k}Base64`, `${b64.slice(0, 20)}...`, 'is not a valid base64 value'));
       } else if (Buffer.from(b64, 'base64').length > CLOUD_INIT_MAX) {
-        ctx.causes.push(invalid(`${base}.${k}Base64`, `${b64.slice(0, 20)}...`, `exceeds the ${CLOUD_INIT_MAX} byte limit; put larger data in a Secret and use ${secretHint}`));
+        ctx.causes.push(
+          invalid(
+            `${base}.${k}Base64`,
+            `${b64.slice(0, 20)}...`,
+            `exceeds the ${CLOUD_INIT_MAX} byte limit; put larger data in a Secret and use ${secretHint}`,
+          ),
+        );
       }
     }
   }
@@ -246,15 +281,18 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
       if (bus === 'ide') causes.push(invalid(busField, bus, 'IDE bus is not supported; use sata'));
       else if (t === 'cdrom' && bus === 'virtio') causes.push(invalid(busField, bus, 'Bus type virtio is invalid for CD-ROM device; use sata or scsi'));
       else if (!buses.includes(bus) && changed(['domain', 'devices', 'disks', i, t, 'bus'], bus)) causes.push(notSupported(busField, bus, buses));
-      else if (t === 'disk' && bus === 'sata' && obj(d.disk)?.readonly === true) causes.push(invalid(busField, bus, 'sata hard-disks do not support read-only'));
+      else if (t === 'disk' && bus === 'sata' && obj(d.disk)?.readonly === true)
+        causes.push(invalid(busField, bus, 'sata hard-disks do not support read-only'));
     }
     const custom = obj(obj(d.blockSize)?.custom);
     for (const k of ['logical', 'physical']) {
       const n = custom?.[k];
       const problem = typeof n === 'number' ? blockSizeProblem(n) : undefined;
-      if (problem && changed(['domain', 'devices', 'disks', i, 'blockSize', 'custom', k], n)) causes.push(invalid(`${disksField}[${i}].blockSize.custom.${k}`, n, problem));
+      if (problem && changed(['domain', 'devices', 'disks', i, 'blockSize', 'custom', k], n))
+        causes.push(invalid(`${disksField}[${i}].blockSize.custom.${k}`, n, problem));
     }
-    if (typeof d.bootOrder === 'number' && d.bootOrder < 1) causes.push(invalid(`${disksField}[${i}].bootOrder`, d.bootOrder, 'must have a boot order > 0, if supplied'));
+    if (typeof d.bootOrder === 'number' && d.bootOrder < 1)
+      causes.push(invalid(`${disksField}[${i}].bootOrder`, d.bootOrder, 'must have a boot order > 0, if supplied'));
   });
 
   // Networks and interfaces: unique names, each interface bound to a network, one binding each.
@@ -265,14 +303,16 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     if (!isObj(n)) return;
     const name = str(n.name);
     if (name !== undefined) {
-      if (seenNets.has(name)) causes.push(duplicate(`${netField}[${i}].name`, name, `Network with name "${name}" already exists, every network must have a unique name`));
+      if (seenNets.has(name))
+        causes.push(duplicate(`${netField}[${i}].name`, name, `Network with name "${name}" already exists, every network must have a unique name`));
       else seenNets.set(name, i);
     }
     const types = ['pod', 'multus'].filter((t) => isSet(n[t]));
     if (types.length !== 1) causes.push(invalid(`${netField}[${i}]`, types.join(', ') || null, 'should have exactly one network type: pod or multus'));
     if (isSet(n.pod)) podNetworks++;
     const cidr = str(obj(n.pod)?.vmNetworkCIDR);
-    if (cidr !== undefined && !parseVmNetworkCidr(cidr) && changed(['networks', i, 'pod', 'vmNetworkCIDR'], cidr)) causes.push(invalid(`${netField}[${i}].pod.vmNetworkCIDR`, cidr, VM_NETWORK_CIDR_PROBLEM));
+    if (cidr !== undefined && !parseVmNetworkCidr(cidr) && changed(['networks', i, 'pod', 'vmNetworkCIDR'], cidr))
+      causes.push(invalid(`${netField}[${i}].pod.vmNetworkCIDR`, cidr, VM_NETWORK_CIDR_PROBLEM));
   });
   if (podNetworks > 1) causes.push(invalid(netField, podNetworks, 'more than one pod network is not allowed'));
   const seenIfs = new Set<string>();
@@ -290,7 +330,8 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
     const macProblem = mac === undefined ? undefined : macAddressProblem(mac);
     if (macProblem && changed(['domain', 'devices', 'interfaces', i, 'macAddress'], mac)) causes.push(invalid(`${ifField}[${i}].macAddress`, mac, macProblem));
     const bindings = INTERFACE_BINDINGS.filter((b) => isSet(f[b]));
-    if (bindings.length > 1) causes.push(invalid(`${ifField}[${i}]`, bindings.join(', '), 'an interface can have only one binding method (e.g. masquerade or bridge)'));
+    if (bindings.length > 1)
+      causes.push(invalid(`${ifField}[${i}]`, bindings.join(', '), 'an interface can have only one binding method (e.g. masquerade or bridge)'));
   });
   for (const [name, i] of seenNets) {
     if (!seenIfs.has(name)) {
@@ -309,20 +350,24 @@ export function validateVmiSpec(spec: Obj, path: string, opts: VmiSpecOptions, c
   // A watchdog needs its model; a kernel boot needs the kernel's path in its container, and
   // kernel arguments need a kernel (the argv builder's requirements).
   const watchdog = obj(devices.watchdog);
-  if (watchdog && !isSet(watchdog.i6300esb) && !isSet(watchdog.diag288) && changed(['domain', 'devices', 'watchdog'], watchdog)) causes.push(required(`${path}.domain.devices.watchdog.i6300esb`, 'a watchdog model (i6300esb)'));
+  if (watchdog && !isSet(watchdog.i6300esb) && !isSet(watchdog.diag288) && changed(['domain', 'devices', 'watchdog'], watchdog))
+    causes.push(required(`${path}.domain.devices.watchdog.i6300esb`, 'a watchdog model (i6300esb)'));
   const kernelBoot = obj(obj(domain?.firmware)?.kernelBoot);
   if (kernelBoot && changed(['domain', 'firmware', 'kernelBoot'], kernelBoot)) {
     const container = obj(kernelBoot.container);
     if (!container && isSet(kernelBoot.kernelArgs)) causes.push(required(`${path}.domain.firmware.kernelBoot.container`, 'kernelArgs need a kernel container'));
-    if (container && !str(container.kernelPath)) causes.push(required(`${path}.domain.firmware.kernelBoot.container.kernelPath`, 'the kernel path in the container image'));
+    if (container && !str(container.kernelPath))
+      causes.push(required(`${path}.domain.firmware.kernelBoot.container.kernelPath`, 'the kernel path in the container image'));
   }
   const uuid = str(obj(domain?.firmware)?.uuid);
   const uuidProblem = uuid === undefined ? undefined : firmwareUuidProblem(uuid);
   if (uuidProblem && changed(['domain', 'firmware', 'uuid'], uuid)) causes.push(invalid(`${path}.domain.firmware.uuid`, uuid, uuidProblem));
   const arch = str(spec.architecture);
-  if (arch && !SUPPORTED_ARCHITECTURES.includes(arch) && changed(['architecture'], arch)) causes.push(notSupported(`${path}.architecture`, arch, SUPPORTED_ARCHITECTURES));
+  if (arch && !SUPPORTED_ARCHITECTURES.includes(arch) && changed(['architecture'], arch))
+    causes.push(notSupported(`${path}.architecture`, arch, SUPPORTED_ARCHITECTURES));
   const machine = str(obj(domain?.machine)?.type);
-  if (machine && !qemuMachineType(machine) && changed(['domain', 'machine', 'type'], machine)) causes.push(notSupported(`${path}.domain.machine.type`, machine, SUPPORTED_MACHINE_TYPES));
+  if (machine && !qemuMachineType(machine) && changed(['domain', 'machine', 'type'], machine))
+    causes.push(notSupported(`${path}.domain.machine.type`, machine, SUPPORTED_MACHINE_TYPES));
   const hostname = str(spec.hostname);
   if (hostname) for (const e of dns1123Label(hostname)) causes.push(invalid(`${path}.hostname`, hostname, e));
   const subdomain = str(spec.subdomain);
@@ -343,7 +388,8 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
   }
   if (typeof runStrategy === 'string') {
     if (!(RUN_STRATEGIES as readonly string[]).includes(runStrategy)) causes.push(notSupported('spec.runStrategy', runStrategy, RUN_STRATEGIES));
-    else if (runStrategy === 'WaitAsReceiver') ctx.warnings.push('spec.runStrategy: WaitAsReceiver (decentralized live migration) is not implemented by Vessel yet; accepted and ignored');
+    else if (runStrategy === 'WaitAsReceiver')
+      ctx.warnings.push('spec.runStrategy: WaitAsReceiver (decentralized live migration) is not implemented by Vessel yet; accepted and ignored');
   }
   if (isSet(running)) ctx.warnings.push('spec.running is deprecated, please use spec.runStrategy instead.');
 
@@ -377,11 +423,11 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
       causes.push(required(`${field}.metadata.name`, 'every dataVolumeTemplate needs a name; the DataVolume is created with it'));
     } else {
       for (const e of dns1123Subdomain(name)) causes.push(invalid(`${field}.metadata.name`, name, e));
-      const referenced = volumes.some(
-        (v) => isObj(v) && (str(obj(v.dataVolume)?.name) === name || str(obj(v.persistentVolumeClaim)?.claimName) === name),
-      );
+      const referenced = volumes.some((v) => isObj(v) && (str(obj(v.dataVolume)?.name) === name || str(obj(v.persistentVolumeClaim)?.claimName) === name));
       if (!referenced) {
-        causes.push(required(field, `DataVolumeTemplate '${name}' must be referenced in the VMI template's 'volumes' list (a dataVolume volume named '${name}')`));
+        causes.push(
+          required(field, `DataVolumeTemplate '${name}' must be referenced in the VMI template's 'volumes' list (a dataVolume volume named '${name}')`),
+        );
       }
     }
     const ns = str(meta?.namespace);

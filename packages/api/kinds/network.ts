@@ -17,7 +17,8 @@ const PROTOCOLS = ['TCP', 'UDP', 'SCTP'];
 export function validateIPAddress(o: KubeObject, ctx: SemanticContext): void {
   const name = o.metadata?.name;
   // Only IPv4 is served: Vessel's networks are IPv4 (docs/network.md).
-  if (typeof name === 'string' && parseIPv4(name) === undefined) ctx.causes.push(invalid('metadata.name', name, 'must be an IPv4 address in canonical form, such as 10.244.0.5'));
+  if (typeof name === 'string' && parseIPv4(name) === undefined)
+    ctx.causes.push(invalid('metadata.name', name, 'must be an IPv4 address in canonical form, such as 10.244.0.5'));
   const spec = obj(o.spec);
   const parent = obj(spec?.parentRef);
   // spec.parentRef with its resource and name are required by the schema (the structural walk).
@@ -31,13 +32,16 @@ export function validateEndpointSlice(o: KubeObject, ctx: SemanticContext): void
   const type = str(body.addressType);
   // addressType is required by the schema (the structural walk).
   if (type && !ADDRESS_TYPES.includes(type)) ctx.causes.push(notSupported('addressType', type, ADDRESS_TYPES));
-  else if (ctx.op === 'update' && ctx.old && str((ctx.old as Record<string, unknown>).addressType) !== type) ctx.causes.push(invalid('addressType', type, 'field is immutable'));
+  else if (ctx.op === 'update' && ctx.old && str((ctx.old as Record<string, unknown>).addressType) !== type)
+    ctx.causes.push(invalid('addressType', type, 'field is immutable'));
   arr(body.endpoints).forEach((e, i) => {
     if (!isObj(e)) return;
     const addresses = arr(e.addresses);
-    if (addresses.length === 0 || addresses.length > 100) ctx.causes.push(invalid(`endpoints[${i}].addresses`, addresses.length, 'must have from 1 to 100 addresses'));
+    if (addresses.length === 0 || addresses.length > 100)
+      ctx.causes.push(invalid(`endpoints[${i}].addresses`, addresses.length, 'must have from 1 to 100 addresses'));
     addresses.forEach((a, j) => {
-      if (type === 'IPv4' && (typeof a !== 'string' || parseIPv4(a) === undefined)) ctx.causes.push(invalid(`endpoints[${i}].addresses[${j}]`, a as string, 'must be an IPv4 address'));
+      if (type === 'IPv4' && (typeof a !== 'string' || parseIPv4(a) === undefined))
+        ctx.causes.push(invalid(`endpoints[${i}].addresses[${j}]`, a as string, 'must be an IPv4 address'));
     });
   });
   const names = new Set<string>();
@@ -47,7 +51,8 @@ export function validateEndpointSlice(o: KubeObject, ctx: SemanticContext): void
     if (name) for (const e of dns1123Label(name)) ctx.causes.push(invalid(`ports[${i}].name`, name, e));
     if (names.has(name)) ctx.causes.push(duplicate(`ports[${i}].name`, name));
     names.add(name);
-    if (typeof p.port === 'number' && (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535)) ctx.causes.push(invalid(`ports[${i}].port`, p.port, 'must be between 1 and 65535, inclusive'));
+    if (typeof p.port === 'number' && (!Number.isInteger(p.port) || p.port < 1 || p.port > 65535))
+      ctx.causes.push(invalid(`ports[${i}].port`, p.port, 'must be between 1 and 65535, inclusive'));
     const protocol = str(p.protocol);
     if (protocol !== undefined && !PROTOCOLS.includes(protocol)) ctx.causes.push(notSupported(`ports[${i}].protocol`, protocol, PROTOCOLS));
   });
@@ -69,10 +74,15 @@ function validateSelector(sel: unknown, path: string, ctx: SemanticContext): voi
     if (key !== undefined) for (const m of qualifiedName(key)) ctx.causes.push(invalid(`${p}.key`, key, m));
     const op = str(e.operator);
     const values = arr(e.values);
-    if (op !== undefined && !(netpol.SELECTOR_OPERATORS as readonly string[]).includes(op)) ctx.causes.push(notSupported(`${p}.operator`, op, netpol.SELECTOR_OPERATORS));
-    else if ((op === 'In' || op === 'NotIn') && values.length === 0) ctx.causes.push(required(`${p}.values`, 'must be specified when `operator` is \'In\' or \'NotIn\''));
-    else if ((op === 'Exists' || op === 'DoesNotExist') && values.length > 0) ctx.causes.push(forbidden(`${p}.values`, 'may not be specified when `operator` is \'Exists\' or \'DoesNotExist\''));
-    values.forEach((v, j) => { if (typeof v === 'string') for (const m of labelValue(v)) ctx.causes.push(invalid(`${p}.values[${j}]`, v, m)); });
+    if (op !== undefined && !(netpol.SELECTOR_OPERATORS as readonly string[]).includes(op))
+      ctx.causes.push(notSupported(`${p}.operator`, op, netpol.SELECTOR_OPERATORS));
+    else if ((op === 'In' || op === 'NotIn') && values.length === 0)
+      ctx.causes.push(required(`${p}.values`, "must be specified when `operator` is 'In' or 'NotIn'"));
+    else if ((op === 'Exists' || op === 'DoesNotExist') && values.length > 0)
+      ctx.causes.push(forbidden(`${p}.values`, "may not be specified when `operator` is 'Exists' or 'DoesNotExist'"));
+    values.forEach((v, j) => {
+      if (typeof v === 'string') for (const m of labelValue(v)) ctx.causes.push(invalid(`${p}.values[${j}]`, v, m));
+    });
   });
 }
 
@@ -80,15 +90,18 @@ function validatePolicyPort(x: unknown, path: string, ctx: SemanticContext): voi
   const p = obj(x);
   if (!p) return;
   const protocol = str(p.protocol);
-  if (protocol !== undefined && !(netpol.PROTOCOLS as readonly string[]).includes(protocol)) ctx.causes.push(notSupported(`${path}.protocol`, protocol, netpol.PROTOCOLS));
+  if (protocol !== undefined && !(netpol.PROTOCOLS as readonly string[]).includes(protocol))
+    ctx.causes.push(notSupported(`${path}.protocol`, protocol, netpol.PROTOCOLS));
   const port = p.port;
-  if (typeof port === 'number' && (!Number.isInteger(port) || port < 1 || port > 65535)) ctx.causes.push(invalid(`${path}.port`, port, 'must be between 1 and 65535, inclusive'));
+  if (typeof port === 'number' && (!Number.isInteger(port) || port < 1 || port > 65535))
+    ctx.causes.push(invalid(`${path}.port`, port, 'must be between 1 and 65535, inclusive'));
   if (typeof port === 'string') for (const e of ianaSvcName(port)) ctx.causes.push(invalid(`${path}.port`, port, e));
   if (isSet(p.endPort)) {
     const end = p.endPort;
     if (typeof port !== 'number') ctx.causes.push(required(`${path}.port`, 'when endPort is specified, port must be a number'));
     else if (typeof end === 'number' && end < port) ctx.causes.push(invalid(`${path}.endPort`, end, 'must be greater than or equal to `port`'));
-    if (typeof end === 'number' && (!Number.isInteger(end) || end < 1 || end > 65535)) ctx.causes.push(invalid(`${path}.endPort`, end, 'must be between 1 and 65535, inclusive'));
+    if (typeof end === 'number' && (!Number.isInteger(end) || end < 1 || end > 65535))
+      ctx.causes.push(invalid(`${path}.endPort`, end, 'must be between 1 and 65535, inclusive'));
   }
 }
 
@@ -114,7 +127,10 @@ function validatePeer(x: unknown, path: string, ctx: SemanticContext): void {
   const ipb = obj(p.ipBlock);
   if (!ipb) return;
   const cidrText = str(ipb.cidr);
-  if (!cidrText) { ctx.causes.push(required(`${path}.ipBlock.cidr`)); return; }
+  if (!cidrText) {
+    ctx.causes.push(required(`${path}.ipBlock.cidr`));
+    return;
+  }
   const cidr = netpol.parseBlock(cidrText);
   if (!cidr) ctx.causes.push(invalid(`${path}.ipBlock.cidr`, cidrText, 'must be a valid IPv4 CIDR such as 10.0.0.0/8'));
   arr(ipb.except).forEach((e, i) => {
@@ -133,7 +149,8 @@ export function validateNetworkPolicy(o: KubeObject, ctx: SemanticContext): void
   const types = arr(spec.policyTypes);
   if (types.length > 2) ctx.causes.push(invalid('spec.policyTypes', types, 'may not specify more than two policyTypes'));
   types.forEach((t, i) => {
-    if (typeof t === 'string' && !(netpol.POLICY_TYPES as readonly string[]).includes(t)) ctx.causes.push(notSupported(`spec.policyTypes[${i}]`, t, netpol.POLICY_TYPES));
+    if (typeof t === 'string' && !(netpol.POLICY_TYPES as readonly string[]).includes(t))
+      ctx.causes.push(notSupported(`spec.policyTypes[${i}]`, t, netpol.POLICY_TYPES));
   });
   for (const dir of ['ingress', 'egress'] as const) {
     arr(spec[dir]).forEach((r, i) => {

@@ -128,7 +128,8 @@ export function validateVirtualMachineRestore(o: KubeObject, ctx: SemanticContex
   arr(spec.volumeRestoreOverrides).forEach((ov, i) => {
     if (!isObj(ov)) return;
     const field = `spec.volumeRestoreOverrides[${i}]`;
-    if (!str(ov.volumeName)) causes.push(required(`${field}.volumeName`, 'volumeRestoreOverrides[].volumeName is required: name the volume of the snapshotted VM'));
+    if (!str(ov.volumeName))
+      causes.push(required(`${field}.volumeName`, 'volumeRestoreOverrides[].volumeName is required: name the volume of the snapshotted VM'));
     if (!isSet(ov.restoreName) && !isSet(ov.labels) && !isSet(ov.annotations)) {
       causes.push(required(field, 'volumeRestoreOverrides[] must specify at least one field: restoreName, annotations, or labels'));
     }

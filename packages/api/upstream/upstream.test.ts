@@ -13,7 +13,10 @@ test('committed upstream/*.json equal a fresh regeneration', () => {
   assert.deepEqual(Object.keys(files).sort(), ['cdi.json', 'kubernetes.json', 'kubevirt.json']);
   for (const [name, text] of Object.entries(files)) {
     const committed = readFileSync(new URL(`./${name}`, import.meta.url), 'utf8');
-    assert.ok(committed === text, `packages/api/upstream/${name} differs from the generator's output; regenerate with: node --import tsx scripts/gen-upstream-schemas.ts`);
+    assert.ok(
+      committed === text,
+      `packages/api/upstream/${name} differs from the generator's output; regenerate with: node --import tsx scripts/gen-upstream-schemas.ts`,
+    );
   }
 });
 

@@ -12,7 +12,14 @@ import { UsageError } from '../errors.ts';
 
 const DATAVOLUMES: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 
-interface Flags { volumeName?: string; persist?: boolean; serial?: string; bus: string; cache?: string; dryRun?: boolean }
+interface Flags {
+  volumeName?: string;
+  persist?: boolean;
+  serial?: string;
+  bus: string;
+  cache?: string;
+  dryRun?: boolean;
+}
 
 /** PUT of one of KubeVirt's volume subresources (also used by removevolume). */
 export function volumeSubresourcePath(ns: string, persist: boolean | undefined, name: string, action: 'addvolume' | 'removevolume'): string {
@@ -21,7 +28,8 @@ export function volumeSubresourcePath(ns: string, persist: boolean | undefined, 
 }
 
 export function registerAddVolume(program: Command): void {
-  program.command('addvolume')
+  program
+    .command('addvolume')
     .description('hotplug a DataVolume or PersistentVolumeClaim into a running VM as a disk')
     .argument('<name>', 'VM name')
     .requiredOption('--volume-name <name>', 'the DataVolume or PersistentVolumeClaim to add (also the disk name)')
@@ -36,14 +44,24 @@ export function registerAddVolume(program: Command): void {
       const ctx = contextOf(cmd);
       const client = ctx.client();
       const ns = ctx.namespace();
-      const isDataVolume = await client.get(DATAVOLUMES, volume, { namespace: ns }).then(() => true, (e: unknown) => {
-        if (isNotFound(e)) return false;
-        throw e;
-      });
+      const isDataVolume = await client.get(DATAVOLUMES, volume, { namespace: ns }).then(
+        () => true,
+        (e: unknown) => {
+          if (isNotFound(e)) return false;
+          throw e;
+        },
+      );
       const body = {
         name: volume,
-        disk: { name: volume, disk: { bus: flags.bus }, ...(flags.serial !== undefined ? { serial: flags.serial } : {}), ...(flags.cache !== undefined ? { cache: flags.cache } : {}) },
-        volumeSource: isDataVolume ? { dataVolume: { name: volume, hotpluggable: true } } : { persistentVolumeClaim: { claimName: volume, hotpluggable: true } },
+        disk: {
+          name: volume,
+          disk: { bus: flags.bus },
+          ...(flags.serial !== undefined ? { serial: flags.serial } : {}),
+          ...(flags.cache !== undefined ? { cache: flags.cache } : {}),
+        },
+        volumeSource: isDataVolume
+          ? { dataVolume: { name: volume, hotpluggable: true } }
+          : { persistentVolumeClaim: { claimName: volume, hotpluggable: true } },
         ...(flags.dryRun ? { dryRun: ['All'] } : {}),
       };
       await client.request('PUT', volumeSubresourcePath(ns, flags.persist, name, 'addvolume'), { body });

@@ -14,13 +14,25 @@ import { untilSignal } from './server.ts';
 import { clientVersion } from './version.ts';
 
 interface AgentFlags {
-  server?: string; token?: string; certificateAuthority?: string; insecureSkipTlsVerify?: boolean; nodeName?: string; dataDir?: string; sharedDir?: string;
-  listen: string; address?: string; nodeStatusUpdateFrequency: string; allowLoopbackImports?: boolean; qemuPriority: string;
-  netns?: string; fabricIp?: string;
+  server?: string;
+  token?: string;
+  certificateAuthority?: string;
+  insecureSkipTlsVerify?: boolean;
+  nodeName?: string;
+  dataDir?: string;
+  sharedDir?: string;
+  listen: string;
+  address?: string;
+  nodeStatusUpdateFrequency: string;
+  allowLoopbackImports?: boolean;
+  qemuPriority: string;
+  netns?: string;
+  fabricIp?: string;
 }
 
 /** The --qemu-priority option, shared with `vessel up`. */
-export const QEMU_PRIORITY_HELP = 'how QEMU runs below the control plane: off, or a list of nice=0..19, batch|no-batch (SCHED_BATCH), cgroups|no-cgroups (a cgroup per VM where cgroup v2 is delegated)';
+export const QEMU_PRIORITY_HELP =
+  'how QEMU runs below the control plane: off, or a list of nice=0..19, batch|no-batch (SCHED_BATCH), cgroups|no-cgroups (a cgroup per VM where cgroup v2 is delegated)';
 export const QEMU_PRIORITY_DEFAULT = 'nice=10,batch,cgroups';
 
 /** Parses --qemu-priority into the agent's option (a UsageError when malformed). */
@@ -34,7 +46,8 @@ export async function qemuPriorityFlag(spec: string): Promise<QemuPriority> {
 }
 
 export function registerAgent(program: Command): void {
-  program.command('agent')
+  program
+    .command('agent')
     .description('run the node agent in the foreground: registers this host as a Node and runs its storage (and VMs)')
     .option('--server <url>', 'API server URL (default: from the kubeconfig)')
     .option('--token <token>', 'bearer token for --server')
@@ -45,24 +58,50 @@ export function registerAgent(program: Command): void {
     .option('--shared-dir <dir>', 'directory of the shared pool, the same path on every node (default: DATA_DIR/pools/shared)')
     .option('--listen <host:port>', "the agent endpoint's address (the server connects to it)", '127.0.0.1:0')
     .option('--address <ip>', 'the address the server should use for this node (default: the --listen host)')
-    .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
+    .option(
+      '--allow-loopback-imports',
+      'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host',
+    )
     .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
-    .option('--fabric-ip <ip>', "this host's address on the fabric between the nodes: runs the node's side of the cluster network (bridge vsl-br0, VXLAN to the other nodes, DHCP) and publishes it on the Node")
-    .option('--netns <name>', 'a network namespace (ip netns) standing in for this host: the cluster network and the QEMU processes go there (the dev cluster); needs --fabric-ip')
-    .option('--node-status-update-frequency <seconds>', "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 40 s without)", '10')
+    .option(
+      '--fabric-ip <ip>',
+      "this host's address on the fabric between the nodes: runs the node's side of the cluster network (bridge vsl-br0, VXLAN to the other nodes, DHCP) and publishes it on the Node",
+    )
+    .option(
+      '--netns <name>',
+      'a network namespace (ip netns) standing in for this host: the cluster network and the QEMU processes go there (the dev cluster); needs --fabric-ip',
+    )
+    .option(
+      '--node-status-update-frequency <seconds>',
+      "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 40 s without)",
+      '10',
+    )
     .action(async (flags: AgentFlags, cmd: Command) => {
       const heartbeatSeconds = Number(flags.nodeStatusUpdateFrequency);
-      if (!(heartbeatSeconds > 0)) throw new UsageError(`--node-status-update-frequency must be a positive number of seconds, not ${flags.nodeStatusUpdateFrequency}`);
+      if (!(heartbeatSeconds > 0))
+        throw new UsageError(`--node-status-update-frequency must be a positive number of seconds, not ${flags.nodeStatusUpdateFrequency}`);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
-      if (flags.netns !== undefined && flags.fabricIp === undefined) throw new UsageError('--netns needs --fabric-ip: the namespace holds the node\'s side of the cluster network');
-      if (flags.fabricIp !== undefined && !/^\d{1,3}(\.\d{1,3}){3}$/.test(flags.fabricIp)) throw new UsageError(`--fabric-ip must be an IPv4 address, not ${flags.fabricIp}`);
+      if (flags.netns !== undefined && flags.fabricIp === undefined)
+        throw new UsageError("--netns needs --fabric-ip: the namespace holds the node's side of the cluster network");
+      if (flags.fabricIp !== undefined && !/^\d{1,3}(\.\d{1,3}){3}$/.test(flags.fabricIp))
+        throw new UsageError(`--fabric-ip must be an IPv4 address, not ${flags.fabricIp}`);
       const signalled = untilSignal();
       const client = agentClient(flags, cmd);
       const { startAgent } = await import('@vessel/agent');
       const agent = await startAgent({
-        client, nodeName: flags.nodeName ?? hostname(), dataDir: flags.dataDir ?? defaultDataDir(), sharedDir: flags.sharedDir,
-        listen: flags.listen, address: flags.address, heartbeatMs: heartbeatSeconds * 1000, allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority, version: clientVersion(), log: (l) => note(`${l}\n`),
-        netns: flags.netns, fabricIp: flags.fabricIp,
+        client,
+        nodeName: flags.nodeName ?? hostname(),
+        dataDir: flags.dataDir ?? defaultDataDir(),
+        sharedDir: flags.sharedDir,
+        listen: flags.listen,
+        address: flags.address,
+        heartbeatMs: heartbeatSeconds * 1000,
+        allowLoopbackImports: !!flags.allowLoopbackImports,
+        qemuPriority,
+        version: clientVersion(),
+        log: (l) => note(`${l}\n`),
+        netns: flags.netns,
+        fabricIp: flags.fabricIp,
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
       await signalled;
@@ -75,9 +114,14 @@ export function registerAgent(program: Command): void {
 function agentClient(flags: AgentFlags, cmd: Command): Client {
   if (!flags.server) return contextOf(cmd).client();
   if (!flags.token) throw new UsageError('--server needs --token (make one with `vessel token create`)');
-  if (!flags.certificateAuthority && !flags.insecureSkipTlsVerify) throw new UsageError("--server needs --certificate-authority FILE (the server's DATA_DIR/pki/ca.crt) or --insecure-skip-tls-verify");
+  if (!flags.certificateAuthority && !flags.insecureSkipTlsVerify)
+    throw new UsageError("--server needs --certificate-authority FILE (the server's DATA_DIR/pki/ca.crt) or --insecure-skip-tls-verify");
   return new Client({
-    path: '', context: '', server: flags.server.replace(/\/+$/, ''), token: flags.token, namespace: 'default',
+    path: '',
+    context: '',
+    server: flags.server.replace(/\/+$/, ''),
+    token: flags.token,
+    namespace: 'default',
     caPem: flags.certificateAuthority ? readFileSync(flags.certificateAuthority, 'utf8') : undefined,
     insecureSkipTlsVerify: !!flags.insecureSkipTlsVerify,
   });

@@ -7,7 +7,8 @@ import { contextOf, out } from '../context.ts';
 import { renderRows } from '../printers/table.ts';
 
 export function registerApiResources(program: Command): void {
-  program.command('api-resources')
+  program
+    .command('api-resources')
     .description('list the resource types the server serves')
     .option('--namespaced <bool>', 'only namespaced (true) or cluster-scoped (false) types')
     .action(async (opts: { namespaced?: string }, cmd: Command) => {
@@ -15,9 +16,11 @@ export function registerApiResources(program: Command): void {
         .filter((r) => r.preferred)
         .filter((r) => opts.namespaced === undefined || String(r.namespaced) === opts.namespaced)
         .sort((a, b) => (a.group === '' ? 0 : 1) - (b.group === '' ? 0 : 1) || a.group.localeCompare(b.group) || a.plural.localeCompare(b.plural));
-      out(renderRows([
-        ['NAME', 'SHORTNAMES', 'APIVERSION', 'NAMESPACED', 'KIND'],
-        ...resources.map((r) => [r.plural, r.shortNames.join(','), r.group ? `${r.group}/${r.version}` : r.version, String(r.namespaced), r.kind]),
-      ]));
+      out(
+        renderRows([
+          ['NAME', 'SHORTNAMES', 'APIVERSION', 'NAMESPACED', 'KIND'],
+          ...resources.map((r) => [r.plural, r.shortNames.join(','), r.group ? `${r.group}/${r.version}` : r.version, String(r.namespaced), r.kind]),
+        ]),
+      );
     });
 }

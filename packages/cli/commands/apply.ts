@@ -6,9 +6,7 @@
  * from it are removed from the object on the next apply.
  */
 import type { Command } from 'commander';
-import {
-  ClientError, isNotFound, isStatusError, qualifiedKind, StatusError, type ApiResource, type Client, type KubeObject,
-} from '@vessel/client';
+import { ClientError, isNotFound, isStatusError, qualifiedKind, StatusError, type ApiResource, type Client, type KubeObject } from '@vessel/client';
 import { contextOf, out, type CliContext } from '../context.ts';
 import { reportError, UsageError } from '../errors.ts';
 import { readManifests, type Manifest } from '../manifests.ts';
@@ -18,12 +16,22 @@ import { isEmptyPatch, threeWayMergePatch } from '../merge-patch.ts';
 export const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
 const MAX_ATTEMPTS = 5;
 /** Fields the server owns; a manifest saved from `get -o yaml` must not try to set them. */
-const SERVER_METADATA = ['resourceVersion', 'uid', 'creationTimestamp', 'generation', 'managedFields', 'selfLink', 'deletionTimestamp', 'deletionGracePeriodSeconds'];
+const SERVER_METADATA = [
+  'resourceVersion',
+  'uid',
+  'creationTimestamp',
+  'generation',
+  'managedFields',
+  'selfLink',
+  'deletionTimestamp',
+  'deletionGracePeriodSeconds',
+];
 
 export type ApplyResult = 'created' | 'configured' | 'unchanged';
 
 export function registerApply(program: Command): void {
-  program.command('apply')
+  program
+    .command('apply')
     .description('create or update objects from manifests (YAML or JSON; several documents per file allowed)')
     .requiredOption('-f, --filename <paths...>', 'files, directories, or - for stdin')
     .option('-R, --recursive', 'also read manifests in subdirectories')
@@ -52,7 +60,9 @@ async function applyManifest(ctx: CliContext, manifest: Manifest): Promise<{ res
   if (resource.namespaced) {
     const own = object.metadata?.namespace;
     if (own && ctx.namespaceGiven && own !== ctx.namespace()) {
-      throw new UsageError(`the namespace from the provided object "${own}" does not match the namespace "${ctx.namespace()}": pass --namespace=${own} or remove metadata.namespace`);
+      throw new UsageError(
+        `the namespace from the provided object "${own}" does not match the namespace "${ctx.namespace()}": pass --namespace=${own} or remove metadata.namespace`,
+      );
     }
     namespace = own ?? ctx.namespace();
   }

@@ -15,10 +15,19 @@ const CLONES = findByResource('clone.kubevirt.io', 'v1beta1', 'virtualmachineclo
 const SNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
 type Obj = Record<string, unknown>;
 
-interface Flags { name?: string; count?: string; namePrefix?: string; fromSnapshot?: boolean; full?: boolean; wait: boolean; timeout: string }
+interface Flags {
+  name?: string;
+  count?: string;
+  namePrefix?: string;
+  fromSnapshot?: boolean;
+  full?: boolean;
+  wait: boolean;
+  timeout: string;
+}
 
 export function registerClone(program: Command): void {
-  program.command('clone')
+  program
+    .command('clone')
     .description('clone a VM (new MAC addresses, firmware UUID and cloud-init instance id) into one or more new VMs')
     .argument('<source>', 'VirtualMachine to clone (or a VirtualMachineSnapshot with --from-snapshot)')
     .option('--name <vm>', 'name of the new VM')
@@ -33,7 +42,8 @@ export function registerClone(program: Command): void {
       if (!Number.isInteger(count) || count < 1) throw new UsageError(`--count must be a positive whole number, not ${flags.count}`);
       if (count > 1 && !flags.namePrefix) throw new UsageError('--count needs --name-prefix: the new VMs are named <prefix>1 ... <prefix>N');
       if (count === 1 && flags.namePrefix && flags.name) throw new UsageError('use either --name or --name-prefix');
-      const targets = count === 1 && !flags.namePrefix ? [flags.name ?? `${source}-clone`] : Array.from({ length: count }, (_, i) => `${flags.namePrefix}${i + 1}`);
+      const targets =
+        count === 1 && !flags.namePrefix ? [flags.name ?? `${source}-clone`] : Array.from({ length: count }, (_, i) => `${flags.namePrefix}${i + 1}`);
       const ctx = contextOf(cmd);
       const ns = ctx.namespace();
       const client = ctx.client();
@@ -53,7 +63,8 @@ export function registerClone(program: Command): void {
         if (!flags.wait) return;
         for (const target of targets) {
           await waitFor(client, CLONES, ns, `clone-${target}`, timeoutMs, (s) => {
-            if (s.phase === 'Failed') throw new Error(`clone ${target} failed: ${String(((s.conditions as Obj[] | undefined) ?? []).find((c) => c.type === 'Ready')?.message ?? '')}`);
+            if (s.phase === 'Failed')
+              throw new Error(`clone ${target} failed: ${String(((s.conditions as Obj[] | undefined) ?? []).find((c) => c.type === 'Ready')?.message ?? '')}`);
             return s.phase === 'Succeeded';
           });
         }
@@ -71,12 +82,19 @@ export function registerClone(program: Command): void {
 }
 
 async function createClone(client: Client, ns: string, target: string, snapshot: string | undefined, vm: string, full: boolean): Promise<void> {
-  await client.create(CLONES, {
-    apiVersion: 'clone.kubevirt.io/v1beta1', kind: 'VirtualMachineClone',
-    metadata: { name: `clone-${target}`, namespace: ns, ...(full ? { annotations: { 'clone.vessel.io/type': 'full' } } : {}) },
-    spec: {
-      source: snapshot ? { apiGroup: 'snapshot.kubevirt.io', kind: 'VirtualMachineSnapshot', name: snapshot } : { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm },
-      target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+  await client.create(
+    CLONES,
+    {
+      apiVersion: 'clone.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineClone',
+      metadata: { name: `clone-${target}`, namespace: ns, ...(full ? { annotations: { 'clone.vessel.io/type': 'full' } } : {}) },
+      spec: {
+        source: snapshot
+          ? { apiGroup: 'snapshot.kubevirt.io', kind: 'VirtualMachineSnapshot', name: snapshot }
+          : { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm },
+        target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+      },
     },
-  }, { namespace: ns });
+    { namespace: ns },
+  );
 }

@@ -33,16 +33,27 @@ export function connectStream(client: Client, path: string, what: string): Promi
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
   return new Promise((resolve, reject) => {
     // ws hands these to tls.connect, which also takes servername (its types do not say so).
-    const tlsOptions: ConnectionOptions = { ca: c.caPem, rejectUnauthorized: !c.insecureSkipTlsVerify, servername: c.tlsServerName, cert: c.clientCertPem, key: c.clientKeyPem };
+    const tlsOptions: ConnectionOptions = {
+      ca: c.caPem,
+      rejectUnauthorized: !c.insecureSkipTlsVerify,
+      servername: c.tlsServerName,
+      cert: c.clientCertPem,
+      key: c.clientKeyPem,
+    };
     const ws = new WebSocket(url, [PLAIN_STREAM_PROTOCOL], {
       ...tlsOptions,
       headers: { 'User-Agent': 'vessel-cli', ...(c.token ? { Authorization: `Bearer ${c.token}` } : {}) },
-      perMessageDeflate: false, handshakeTimeout: 60_000,
+      perMessageDeflate: false,
+      handshakeTimeout: 60_000,
     });
     let settled = false;
     // Paused before anyone listens: the first frames (VNC's greeting) can arrive with the 101
     // and would be emitted before the caller's continuation runs.
-    ws.once('open', () => { settled = true; ws.pause(); resolve(ws); });
+    ws.once('open', () => {
+      settled = true;
+      ws.pause();
+      resolve(ws);
+    });
     ws.on('unexpected-response', (req, res) => {
       const chunks: Buffer[] = [];
       res.on('data', (d: Buffer) => chunks.push(d));
@@ -64,7 +75,13 @@ export function connectStream(client: Client, path: string, what: string): Promi
  * connectSubresource, retried while the VMI is not running yet (409) or its node is not
  * reachable yet (503), like virtctl's --timeout.
  */
-export async function connectWhenRunning(client: Client, namespace: string, name: string, subresource: 'console' | 'vnc', timeoutMs: number): Promise<WebSocket> {
+export async function connectWhenRunning(
+  client: Client,
+  namespace: string,
+  name: string,
+  subresource: 'console' | 'vnc',
+  timeoutMs: number,
+): Promise<WebSocket> {
   const deadline = Date.now() + timeoutMs;
   let waiting = false;
   for (;;) {
@@ -80,7 +97,8 @@ export async function connectWhenRunning(client: Client, namespace: string, name
 }
 
 export function registerConsole(program: Command): void {
-  program.command('console')
+  program
+    .command('console')
     .description('connect to the serial console of a VirtualMachineInstance (^] to leave)')
     .argument('<name>', 'VirtualMachineInstance name')
     .option('--timeout <minutes>', 'how long to wait for the VMI to be running', '5')
@@ -96,7 +114,10 @@ export function registerConsole(program: Command): void {
         // The session is paused until session() runs: output arriving meanwhile waits, so the
         // boot so far comes first (a line may show twice at the seam; none is lost).
         const path = withQuery(resourcePath(SUBRESOURCE_VMI, ctx.namespace(), name, 'serial-log'), { tailBytes: history });
-        const res = await ctx.client().stream('GET', path).catch(() => undefined); // the history is a courtesy: the live console still works
+        const res = await ctx
+          .client()
+          .stream('GET', path)
+          .catch(() => undefined); // the history is a courtesy: the live console still works
         if (res?.statusCode === 200) for await (const chunk of res) process.stdout.write(chunk as Buffer);
         else res?.resume();
       }
@@ -136,7 +157,9 @@ function session(ws: WebSocket): Promise<void> {
     // In raw mode ^C is a byte for the guest; a signal (non-TTY, or kill) leaves cleanly.
     process.on('SIGINT', leave);
     process.on('SIGTERM', leave);
-    ws.on('message', (data: RawData) => { process.stdout.write(toBuffer(data)); });
+    ws.on('message', (data: RawData) => {
+      process.stdout.write(toBuffer(data));
+    });
     ws.resume();
     ws.on('error', () => {}); // 'close' follows with the code
     ws.on('close', (code: number, reason: Buffer) => {

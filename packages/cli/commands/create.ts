@@ -9,7 +9,8 @@ const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces'
 
 export function registerCreate(program: Command): void {
   const create = program.command('create').description('create an object without a manifest (use `apply -f` for manifests)');
-  create.command('namespace')
+  create
+    .command('namespace')
     .alias('ns')
     .description('create a namespace')
     .argument('<name>', 'the namespace name')

@@ -17,10 +17,15 @@ interface DeleteOptions {
   ignoreNotFound?: boolean;
 }
 
-interface Victim { resource: ApiResource; name: string; namespace?: string }
+interface Victim {
+  resource: ApiResource;
+  name: string;
+  namespace?: string;
+}
 
 export function registerDelete(program: Command): void {
-  program.command('delete')
+  program
+    .command('delete')
     .description('delete objects by type and name, or those in manifests (-f)')
     .argument('[type]', 'resource type, e.g. vm; or TYPE/NAME')
     .argument('[names...]', 'object names')

@@ -13,7 +13,8 @@ import { resolveTargets, withTypeMeta } from '../targets.ts';
 const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
 
 export function registerDescribe(program: Command): void {
-  program.command('describe')
+  program
+    .command('describe')
     .description('show objects in detail, with their events (e.g. `vessel describe vm demo`)')
     .argument('<type>', 'resource type, e.g. vm; or TYPE/NAME')
     .argument('[names...]', 'object names (all objects when none)')

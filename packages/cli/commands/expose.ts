@@ -26,14 +26,15 @@ export interface ExposeOptions {
 }
 
 export function registerExpose(program: Command): void {
-  program.command('expose')
+  program
+    .command('expose')
     .description('make a Service for a VM (selector: its template labels) or a VMI (its labels), as virtctl expose does')
     .argument('<kind>', 'vm or vmi')
     .argument('<name>', 'the VirtualMachine or VirtualMachineInstance')
     .requiredOption('--port <port>', 'the port the Service serves on')
     .option('--target-port <port>', "the VM's port the traffic goes to (default: --port); a number: VMs have no named ports")
     .option('--type <type>', 'ClusterIP or NodePort', 'ClusterIP')
-    .option('--name <service>', 'name of the Service (default: the VM\'s name)')
+    .option('--name <service>', "name of the Service (default: the VM's name)")
     .option('--protocol <protocol>', 'TCP or UDP', 'TCP')
     .option('--port-name <name>', 'name of the Service port')
     .action(async (kind: string, name: string, flags: ExposeOptions, cmd: Command) => {
@@ -47,7 +48,9 @@ export function registerExpose(program: Command): void {
 
 /** Creates the Service for `kind` (vm or vmi) `name`; refuses, with what to do, when there is nothing to select on. */
 export async function expose(client: Client, ns: string, kind: string, name: string, o: ExposeOptions): Promise<KubeObject> {
-  const which = ({ vm: 'vm', vms: 'vm', virtualmachine: 'vm', vmi: 'vmi', vmis: 'vmi', virtualmachineinstance: 'vmi' } as Record<string, 'vm' | 'vmi'>)[kind.toLowerCase()];
+  const which = ({ vm: 'vm', vms: 'vm', virtualmachine: 'vm', vmi: 'vmi', vmis: 'vmi', virtualmachineinstance: 'vmi' } as Record<string, 'vm' | 'vmi'>)[
+    kind.toLowerCase()
+  ];
   if (!which) throw new UsageError(`cannot expose "${kind}": use vm or vmi`);
   const port = portNumber(o.port, '--port');
   const targetPort = o.targetPort === undefined ? port : portNumber(o.targetPort, '--target-port');
@@ -63,20 +66,28 @@ export async function expose(client: Client, ns: string, kind: string, name: str
     if (isNotFound(e)) throw new UsageError(`${which === 'vm' ? 'VirtualMachine' : 'VirtualMachineInstance'} "${name}" not found in namespace "${ns}"`);
     throw e;
   }
-  const labels = which === 'vm'
-    ? ((source.spec as { template?: { metadata?: { labels?: Record<string, string> } } } | undefined)?.template?.metadata?.labels ?? {})
-    : (source.metadata?.labels ?? {});
+  const labels =
+    which === 'vm'
+      ? ((source.spec as { template?: { metadata?: { labels?: Record<string, string> } } } | undefined)?.template?.metadata?.labels ?? {})
+      : (source.metadata?.labels ?? {});
   const selector = Object.fromEntries(Object.entries(labels).filter(([k]) => !PLACEMENT_LABELS.includes(k) && !isReservedKey(k)));
   if (Object.keys(selector).length === 0) {
-    throw new UsageError(which === 'vm'
-      ? `VirtualMachine "${name}" has no labels in spec.template.metadata.labels, so a Service cannot select its VMIs: add one (e.g. kubevirt.io/domain: ${name}) and restart the VM`
-      : `VirtualMachineInstance "${name}" has no labels a Service could select it by: add one (kubectl label vmi ${name} app=${name}), or expose its VM`);
+    throw new UsageError(
+      which === 'vm'
+        ? `VirtualMachine "${name}" has no labels in spec.template.metadata.labels, so a Service cannot select its VMIs: add one (e.g. kubevirt.io/domain: ${name}) and restart the VM`
+        : `VirtualMachineInstance "${name}" has no labels a Service could select it by: add one (kubectl label vmi ${name} app=${name}), or expose its VM`,
+    );
   }
-  return client.create(SERVICES, {
-    apiVersion: 'v1', kind: 'Service',
-    metadata: { name: o.name ?? name, namespace: ns },
-    spec: { type, selector, ports: [{ ...(o.portName ? { name: o.portName } : {}), port, targetPort, protocol }] },
-  }, { namespace: ns });
+  return client.create(
+    SERVICES,
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: o.name ?? name, namespace: ns },
+      spec: { type, selector, ports: [{ ...(o.portName ? { name: o.portName } : {}), port, targetPort, protocol }] },
+    },
+    { namespace: ns },
+  );
 }
 
 function portNumber(v: string, flag: string): number {

@@ -5,8 +5,17 @@
  */
 import type { Command } from 'commander';
 import {
-  isTable, qualifiedKind, resourcePath, StatusError, TABLE_ACCEPT,
-  type ApiResource, type Client, type KubeObject, type Status, type Table, type WatchEvent,
+  isTable,
+  qualifiedKind,
+  resourcePath,
+  StatusError,
+  TABLE_ACCEPT,
+  type ApiResource,
+  type Client,
+  type KubeObject,
+  type Status,
+  type Table,
+  type WatchEvent,
 } from '@vessel/client';
 import { contextOf, note, out } from '../context.ts';
 import { reportError, UsageError } from '../errors.ts';
@@ -29,7 +38,8 @@ interface GetOptions {
 const FORMATS = ['', 'wide', 'yaml', 'json', 'name'];
 
 export function registerGet(program: Command): void {
-  program.command('get')
+  program
+    .command('get')
     .description('list objects, or show some by name (e.g. `vessel get vm`, `vessel get vm demo -o yaml`)')
     .argument('<type>', 'resource type(s), comma separated: vm, virtualmachines, vm.kubevirt.io, all; or TYPE/NAME')
     .argument('[names...]', 'object names (all objects when none)')
@@ -81,9 +91,12 @@ async function printTables(client: Client, targets: Target[], namespace: string 
     let table: Table;
     if (names.length === 0) {
       listed = true;
-      table = asTable(await client.request('GET', resourcePath(resource, ns), {
-        query: { ...listQuery(opts), includeObject: 'Metadata' }, accept: TABLE_ACCEPT,
-      }));
+      table = asTable(
+        await client.request('GET', resourcePath(resource, ns), {
+          query: { ...listQuery(opts), includeObject: 'Metadata' },
+          accept: TABLE_ACCEPT,
+        }),
+      );
     } else {
       table = await tableOfNames(client, resource, ns, names);
     }
@@ -106,9 +119,12 @@ async function tableOfNames(client: Client, resource: ApiResource, namespace: st
   let merged: Table | undefined;
   for (const name of names) {
     try {
-      const table = asTable(await client.request('GET', resourcePath(resource, namespace, name), {
-        query: { includeObject: 'Metadata' }, accept: TABLE_ACCEPT,
-      }));
+      const table = asTable(
+        await client.request('GET', resourcePath(resource, namespace, name), {
+          query: { includeObject: 'Metadata' },
+          accept: TABLE_ACCEPT,
+        }),
+      );
       if (!merged) merged = table;
       else merged.rows.push(...table.rows);
     } catch (e) {
@@ -201,7 +217,7 @@ async function watchTarget(client: Client, targets: Target[], namespace: string 
   const handle = async (event: WatchEvent<KubeObject | Table>) => {
     if (event.type === 'ERROR') throw new StatusError(event.object as unknown as Status, (event.object as unknown as Status).code ?? 500);
     const rv = isTable(event.object)
-      ? event.object.metadata?.resourceVersion ?? event.object.rows[0]?.object?.metadata?.resourceVersion
+      ? (event.object.metadata?.resourceVersion ?? event.object.rows[0]?.object?.metadata?.resourceVersion)
       : event.object.metadata?.resourceVersion;
     if (rv) resourceVersion = rv;
     if (event.type === 'BOOKMARK') return;
@@ -217,14 +233,24 @@ async function watchTarget(client: Client, targets: Target[], namespace: string 
   // Servers end watches after a while; carry on from the last version seen, as kubectl does.
   for (;;) {
     const started = Date.now();
-    const watch = client.watch<KubeObject | Table>(path, {
-      ...query, resourceVersion, allowWatchBookmarks: true, ...(structured ? {} : { includeObject: 'Metadata' }),
-    }, (event) => {
-      queue = queue.then(() => handle(event)).catch((e: unknown) => {
-        failed = e;
-        watch.close();
-      });
-    }, { accept: structured ? undefined : TABLE_ACCEPT });
+    const watch = client.watch<KubeObject | Table>(
+      path,
+      {
+        ...query,
+        resourceVersion,
+        allowWatchBookmarks: true,
+        ...(structured ? {} : { includeObject: 'Metadata' }),
+      },
+      (event) => {
+        queue = queue
+          .then(() => handle(event))
+          .catch((e: unknown) => {
+            failed = e;
+            watch.close();
+          });
+      },
+      { accept: structured ? undefined : TABLE_ACCEPT },
+    );
     await watch.done;
     await queue;
     if (failed) throw failed;
@@ -237,14 +263,22 @@ function keyOf(obj: KubeObject): string {
 }
 
 /** A Table for a watch event that carried a plain object. */
-async function rowFor(client: Client, resource: ApiResource, event: WatchEvent<KubeObject | Table>, lastRows: Map<string, Table['rows'][number]>): Promise<Table> {
+async function rowFor(
+  client: Client,
+  resource: ApiResource,
+  event: WatchEvent<KubeObject | Table>,
+  lastRows: Map<string, Table['rows'][number]>,
+): Promise<Table> {
   const obj = event.object as KubeObject;
   const previous = lastRows.get(keyOf(obj));
   if (event.type !== 'DELETED') {
     try {
-      return asTable(await client.request('GET', resourcePath(resource, obj.metadata?.namespace, obj.metadata?.name), {
-        query: { includeObject: 'Metadata' }, accept: TABLE_ACCEPT,
-      }));
+      return asTable(
+        await client.request('GET', resourcePath(resource, obj.metadata?.namespace, obj.metadata?.name), {
+          query: { includeObject: 'Metadata' },
+          accept: TABLE_ACCEPT,
+        }),
+      );
     } catch (e) {
       if (!(e instanceof StatusError && e.code === 404)) throw e; // gone since: print what we knew
     }

@@ -14,10 +14,19 @@ import { uploadImage } from '../upload.ts';
 
 const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 
-interface Flags { imagePath?: string; size?: string; storageClass?: string; accessMode?: string; noCreate?: boolean; waitSecs: string; async?: boolean }
+interface Flags {
+  imagePath?: string;
+  size?: string;
+  storageClass?: string;
+  accessMode?: string;
+  noCreate?: boolean;
+  waitSecs: string;
+  async?: boolean;
+}
 
 export function registerImageUpload(program: Command): void {
-  program.command('image-upload')
+  program
+    .command('image-upload')
     .description('upload a disk image (qcow2, raw, vmdk, vhd(x), iso; gz/xz) into a DataVolume')
     .argument('<kind>', 'dv (a DataVolume is created unless it exists)')
     .argument('<name>', 'DataVolume name')
@@ -29,7 +38,8 @@ export function registerImageUpload(program: Command): void {
     .option('--wait-secs <n>', 'how long to wait for the volume to be ready for the upload', '300')
     .option('--async', 'return once the bytes are stored, before the import finishes')
     .action(async (kind: string, name: string, flags: Flags, cmd: Command) => {
-      if (kind !== 'dv' && kind !== 'datavolume') throw new UsageError(`unknown kind "${kind}": use dv (e.g. vessel image-upload dv NAME --image-path FILE --size 10Gi)`);
+      if (kind !== 'dv' && kind !== 'datavolume')
+        throw new UsageError(`unknown kind "${kind}": use dv (e.g. vessel image-upload dv NAME --image-path FILE --size 10Gi)`);
       if (!existsSync(flags.imagePath!)) throw new UsageError(`--image-path ${flags.imagePath}: no such file`);
       const ctx = contextOf(cmd);
       const client = ctx.client();
@@ -39,7 +49,10 @@ export function registerImageUpload(program: Command): void {
       await waitForPhase(client, namespace, name, ['UploadReady'], Number(flags.waitSecs) * 1000);
       const bar = new ProgressBar(`${name}:`);
       await uploadImage(client, {
-        namespace, pvcName: name, file: flags.imagePath!, async: flags.async,
+        namespace,
+        pvcName: name,
+        file: flags.imagePath!,
+        async: flags.async,
         onProgress: (sent, total) => bar.update(sent, total),
         onRetry: (e, from) => note(`\nupload interrupted (${e.message}); resuming from byte ${from}\n`),
       });
@@ -49,11 +62,17 @@ export function registerImageUpload(program: Command): void {
 }
 
 /** Creates the upload DataVolume, or checks that an existing one takes an upload. */
-export async function ensureUploadDataVolume(client: Client, namespace: string, name: string, flags: { size?: string; storageClass?: string; accessMode?: string; noCreate?: boolean }): Promise<KubeObject> {
+export async function ensureUploadDataVolume(
+  client: Client,
+  namespace: string,
+  name: string,
+  flags: { size?: string; storageClass?: string; accessMode?: string; noCreate?: boolean },
+): Promise<KubeObject> {
   try {
     const dv = await client.get(DV, name, { namespace });
     const spec = (dv.spec ?? {}) as { source?: { upload?: unknown } };
-    if (!spec.source?.upload) throw new UsageError(`DataVolume ${namespace}/${name} exists and is not filled by an upload (spec.source.upload): pick another name`);
+    if (!spec.source?.upload)
+      throw new UsageError(`DataVolume ${namespace}/${name} exists and is not filled by an upload (spec.source.upload): pick another name`);
     const phase = (dv.status as { phase?: string } | undefined)?.phase;
     if (phase === 'Succeeded') throw new UsageError(`DataVolume ${namespace}/${name} already holds an upload; delete it first to upload again`);
     return dv;
@@ -62,18 +81,23 @@ export async function ensureUploadDataVolume(client: Client, namespace: string, 
   }
   if (flags.noCreate) throw new UsageError(`DataVolume ${namespace}/${name} does not exist (and --no-create was given)`);
   if (!flags.size) throw new UsageError('--size is required to create the DataVolume, e.g. --size 10Gi');
-  return client.create(DV, {
-    apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume',
-    metadata: { name, namespace },
-    spec: {
-      source: { upload: {} },
-      storage: {
-        resources: { requests: { storage: flags.size } },
-        ...(flags.storageClass ? { storageClassName: flags.storageClass } : {}),
-        ...(flags.accessMode ? { accessModes: [flags.accessMode] } : {}),
+  return client.create(
+    DV,
+    {
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name, namespace },
+      spec: {
+        source: { upload: {} },
+        storage: {
+          resources: { requests: { storage: flags.size } },
+          ...(flags.storageClass ? { storageClassName: flags.storageClass } : {}),
+          ...(flags.accessMode ? { accessModes: [flags.accessMode] } : {}),
+        },
       },
     },
-  }, { namespace });
+    { namespace },
+  );
 }
 
 /** Polls the DataVolume until its phase is one of `phases`; a Failed DataVolume throws with its reason. */
@@ -87,7 +111,8 @@ export async function waitForPhase(client: Client, namespace: string, name: stri
       const why = status.conditions?.find((c) => c.type === 'Ready')?.message ?? 'see `vessel describe dv ' + name + '`';
       throw new Error(`DataVolume ${namespace}/${name} failed: ${why}`);
     }
-    if (Date.now() > deadline) throw new Error(`DataVolume ${namespace}/${name} is still ${status.phase ?? 'Pending'} after ${timeoutMs / 1000}s: see \`vessel describe dv ${name}\``);
+    if (Date.now() > deadline)
+      throw new Error(`DataVolume ${namespace}/${name} is still ${status.phase ?? 'Pending'} after ${timeoutMs / 1000}s: see \`vessel describe dv ${name}\``);
     await new Promise((r) => setTimeout(r, 300));
   }
 }

@@ -9,7 +9,8 @@ import { ClientError, findKubeconfig } from '@vessel/client';
 import { contextOf, out } from '../context.ts';
 
 export function registerKubeconfig(program: Command): void {
-  program.command('kubeconfig')
+  program
+    .command('kubeconfig')
     .description('print the kubeconfig in use (or the one a server wrote in --data-dir)')
     .option('--data-dir <dir>', "a server's data directory: print DIR/kubeconfig")
     .option('--path', 'print only the file path')
@@ -21,8 +22,12 @@ export function registerKubeconfig(program: Command): void {
         text = readFileSync(path, 'utf8');
       } catch (e) {
         const code = (e as NodeJS.ErrnoException).code;
-        const hint = code === 'ENOENT' ? 'has the server been started with this data dir? (`vessel server --data-dir DIR`)'
-          : code === 'EACCES' ? 'permission denied: run as root (sudo)' : (e as Error).message;
+        const hint =
+          code === 'ENOENT'
+            ? 'has the server been started with this data dir? (`vessel server --data-dir DIR`)'
+            : code === 'EACCES'
+              ? 'permission denied: run as root (sudo)'
+              : (e as Error).message;
         throw new ClientError('NoKubeconfig', `cannot read ${path}: ${hint}`);
       }
       out(text.endsWith('\n') ? text : `${text}\n`);

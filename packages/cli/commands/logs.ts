@@ -10,19 +10,27 @@ import { UsageError } from '../errors.ts';
 
 const SUBRESOURCE_VMI: ResourceRef = { group: 'subresources.kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 
-interface Flags { follow?: boolean; tailBytes?: string }
+interface Flags {
+  follow?: boolean;
+  tailBytes?: string;
+}
 
 export function registerLogs(program: Command): void {
-  program.command('logs')
+  program
+    .command('logs')
     .description("print a VirtualMachineInstance's serial console output (-f to follow)")
     .argument('<name>', 'VirtualMachineInstance name')
     .option('-f, --follow', 'keep printing new output')
     .option('--tail-bytes <n>', 'only the last N bytes of the output so far')
     .action(async (name: string, flags: Flags, cmd: Command) => {
-      if (flags.tailBytes !== undefined && !/^\d+$/.test(flags.tailBytes)) throw new UsageError(`--tail-bytes must be a number of bytes, not "${flags.tailBytes}"`);
+      if (flags.tailBytes !== undefined && !/^\d+$/.test(flags.tailBytes))
+        throw new UsageError(`--tail-bytes must be a number of bytes, not "${flags.tailBytes}"`);
       const ctx = contextOf(cmd);
       const client = ctx.client();
-      const path = withQuery(resourcePath(SUBRESOURCE_VMI, ctx.namespace(), name, 'serial-log'), { follow: flags.follow ? 'true' : undefined, tailBytes: flags.tailBytes });
+      const path = withQuery(resourcePath(SUBRESOURCE_VMI, ctx.namespace(), name, 'serial-log'), {
+        follow: flags.follow ? 'true' : undefined,
+        tailBytes: flags.tailBytes,
+      });
       const abort = new AbortController();
       const stop = () => abort.abort();
       process.once('SIGINT', stop);

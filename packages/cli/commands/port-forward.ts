@@ -15,8 +15,14 @@ import { connectStream } from './console.ts';
 
 const HIGH_WATER = 1024 * 1024;
 const KINDS: Record<string, 'virtualmachines' | 'virtualmachineinstances'> = {
-  vm: 'virtualmachines', vms: 'virtualmachines', virtualmachine: 'virtualmachines', virtualmachines: 'virtualmachines',
-  vmi: 'virtualmachineinstances', vmis: 'virtualmachineinstances', virtualmachineinstance: 'virtualmachineinstances', virtualmachineinstances: 'virtualmachineinstances',
+  vm: 'virtualmachines',
+  vms: 'virtualmachines',
+  virtualmachine: 'virtualmachines',
+  virtualmachines: 'virtualmachines',
+  vmi: 'virtualmachineinstances',
+  vmis: 'virtualmachineinstances',
+  virtualmachineinstance: 'virtualmachineinstances',
+  virtualmachineinstances: 'virtualmachineinstances',
 };
 
 /** What a port-forward reaches: a VM or VMI by name (the namespace comes from -n or the context). */
@@ -25,7 +31,10 @@ export interface ForwardTarget {
   name: string;
 }
 
-export interface PortSpec { local: number; remote: number }
+export interface PortSpec {
+  local: number;
+  remote: number;
+}
 
 /** `vm/NAME` or `vmi/NAME` (also the long kind names). */
 export function parseTarget(arg: string): ForwardTarget {
@@ -40,7 +49,9 @@ export function parseTarget(arg: string): ForwardTarget {
 export function parsePortSpec(spec: string): PortSpec {
   const [ports, protocol] = spec.split('/', 2);
   if (protocol !== undefined && protocol.toLowerCase() !== 'tcp') {
-    throw new UsageError(protocol.toLowerCase() === 'udp' ? `"${spec}": udp port-forward is not supported: only tcp` : `"${spec}": unknown protocol "${protocol}": use tcp`);
+    throw new UsageError(
+      protocol.toLowerCase() === 'udp' ? `"${spec}": udp port-forward is not supported: only tcp` : `"${spec}": unknown protocol "${protocol}": use tcp`,
+    );
   }
   const parts = ports.split(':');
   const num = (s: string, min: number) => {
@@ -48,7 +59,10 @@ export function parsePortSpec(spec: string): PortSpec {
     if (!(n >= min && n <= 65535)) throw new UsageError(`"${spec}" is not [LOCAL:]REMOTE: ports are numbers from ${min} to 65535`);
     return n;
   };
-  if (parts.length === 1) { const p = num(parts[0], 1); return { local: p, remote: p }; }
+  if (parts.length === 1) {
+    const p = num(parts[0], 1);
+    return { local: p, remote: p };
+  }
   if (parts.length === 2) return { local: parts[0] === '' ? 0 : num(parts[0], 0), remote: num(parts[1], 1) };
   throw new UsageError(`"${spec}" is not [LOCAL:]REMOTE`);
 }
@@ -65,11 +79,15 @@ export function openForward(client: Client, namespace: string, t: ForwardTarget,
   return connectStream(client, forwardPath(namespace, t, port), `port ${port} of ${t.resource === 'virtualmachines' ? 'vm' : 'vmi'}/${t.name} in ${namespace}`);
 }
 
-interface Flags { address: string; stdio?: boolean }
+interface Flags {
+  address: string;
+  stdio?: boolean;
+}
 
 export function registerPortForward(program: Command): void {
-  program.command('port-forward')
-    .description('forward local ports to a VM\'s ports through the API server (--stdio: stdin/stdout as the stream, for ssh ProxyCommand)')
+  program
+    .command('port-forward')
+    .description("forward local ports to a VM's ports through the API server (--stdio: stdin/stdout as the stream, for ssh ProxyCommand)")
     .argument('<target>', 'vm/NAME or vmi/NAME')
     .argument('<ports...>', '[LOCAL:]REMOTE[/tcp]: LOCAL defaults to REMOTE, 0 picks a free port; with --stdio only REMOTE')
     .option('--address <address>', 'local address to listen on', '127.0.0.1')
@@ -99,7 +117,10 @@ async function checkRunning(client: Client, namespace: string, t: ForwardTarget)
     throw e;
   });
   const phase = (vmi?.status as { phase?: string } | undefined)?.phase;
-  if (phase !== 'Running') throw new Error(`${t.resource === 'virtualmachines' ? 'VM' : 'VMI'} ${namespace}/${t.name} is not running (${vmi ? `phase ${phase ?? 'unknown'}` : 'no VMI: start it first'})`);
+  if (phase !== 'Running')
+    throw new Error(
+      `${t.resource === 'virtualmachines' ? 'VM' : 'VMI'} ${namespace}/${t.name} is not running (${vmi ? `phase ${phase ?? 'unknown'}` : 'no VMI: start it first'})`,
+    );
 }
 
 /** One listener per port spec; serves until SIGINT/SIGTERM. */
@@ -115,7 +136,10 @@ async function listen(client: Client, namespace: string, t: ForwardTarget, specs
     });
     await new Promise<void>((resolve, reject) => {
       server.once('error', (e: NodeJS.ErrnoException) => reject(new Error(`cannot listen on ${host}:${spec.local}: ${e.code ?? e.message}`)));
-      server.listen(spec.local, address, () => { server.removeAllListeners('error'); resolve(); });
+      server.listen(spec.local, address, () => {
+        server.removeAllListeners('error');
+        resolve();
+      });
     });
     servers.push(server);
     out(`Forwarding from ${host}:${(server.address() as net.AddressInfo).port} -> ${spec.remote}\n`);
@@ -126,7 +150,10 @@ async function listen(client: Client, namespace: string, t: ForwardTarget, specs
       process.off('SIGTERM', done);
       for (const s of sockets) s.destroy();
       let left = servers.length;
-      for (const s of servers) s.close(() => { if (--left === 0) resolve(); });
+      for (const s of servers)
+        s.close(() => {
+          if (--left === 0) resolve();
+        });
     };
     process.on('SIGINT', done);
     process.on('SIGTERM', done);
@@ -137,14 +164,20 @@ async function listen(client: Client, namespace: string, t: ForwardTarget, specs
 function proxy(client: Client, namespace: string, t: ForwardTarget, port: number, sock: net.Socket): void {
   sock.pause();
   sock.on('error', () => {});
-  openForward(client, namespace, t, port).then((ws) => {
-    if (sock.destroyed) { ws.close(1000); return; }
-    note(`Handling connection for ${port}\n`);
-    bridge(ws, sock, sock, () => sock.end());
-  }, (e: unknown) => {
-    note(`error: port-forward to ${port}: ${formatError(e)}\n`);
-    sock.destroy();
-  });
+  openForward(client, namespace, t, port).then(
+    (ws) => {
+      if (sock.destroyed) {
+        ws.close(1000);
+        return;
+      }
+      note(`Handling connection for ${port}\n`);
+      bridge(ws, sock, sock, () => sock.end());
+    },
+    (e: unknown) => {
+      note(`error: port-forward to ${port}: ${formatError(e)}\n`);
+      sock.destroy();
+    },
+  );
 }
 
 /** stdin/stdout as the stream; resolves when the guest closes it, rejects when it broke. */
@@ -162,17 +195,24 @@ function stdio(ws: WebSocket): Promise<void> {
 /** Bytes both ways with backpressure; `ended` runs once the websocket closed (clean: a normal close). */
 function bridge(ws: WebSocket, from: NodeJS.ReadableStream & { isPaused(): boolean }, to: NodeJS.WritableStream, ended: (clean: boolean) => void): void {
   ws.on('message', (data: RawData) => {
-    if (!to.write(toBuffer(data))) { ws.pause(); to.once('drain', () => ws.resume()); }
+    if (!to.write(toBuffer(data))) {
+      ws.pause();
+      to.once('drain', () => ws.resume());
+    }
   });
   const onData = (chunk: Buffer | string) => {
     if (ws.readyState !== WebSocket.OPEN) return;
-    ws.send(chunk, { binary: true }, () => { if (from.isPaused() && ws.bufferedAmount < HIGH_WATER / 2) from.resume(); });
+    ws.send(chunk, { binary: true }, () => {
+      if (from.isPaused() && ws.bufferedAmount < HIGH_WATER / 2) from.resume();
+    });
     if (ws.bufferedAmount > HIGH_WATER) from.pause();
   };
   from.on('data', onData);
   // A local connection that went away ends its stream; stdin (also a net.Socket when piped)
   // does not: after a piped request the answer is still to come.
-  const onClose = () => { if (ws.readyState === WebSocket.OPEN) ws.close(1000); };
+  const onClose = () => {
+    if (ws.readyState === WebSocket.OPEN) ws.close(1000);
+  };
   if (from instanceof net.Socket && from !== process.stdin) from.on('close', onClose);
   ws.on('error', () => {});
   ws.on('close', (code: number, reason: Buffer) => {

@@ -9,10 +9,15 @@ import { contextOf, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { volumeSubresourcePath } from './addvolume.ts';
 
-interface Flags { volumeName?: string; persist?: boolean; dryRun?: boolean }
+interface Flags {
+  volumeName?: string;
+  persist?: boolean;
+  dryRun?: boolean;
+}
 
 export function registerRemoveVolume(program: Command): void {
-  program.command('removevolume')
+  program
+    .command('removevolume')
     .description('unplug a hotplugged volume from a running VM')
     .argument('<name>', 'VM name')
     .requiredOption('--volume-name <name>', 'the volume to remove')

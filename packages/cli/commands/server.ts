@@ -26,7 +26,8 @@ interface ServerFlags {
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
 
 export function registerServer(program: Command): void {
-  program.command('server')
+  program
+    .command('server')
     .description('run the Vessel API server in the foreground')
     .option('--data-dir <dir>', 'where certificates, the kubeconfig and the SQLite store live (default: $VESSEL_DATA_DIR or /var/lib/vessel)')
     .option('--listen <host:port>', 'address to serve on; port 0 picks a free port', '127.0.0.1:6443')
@@ -47,7 +48,16 @@ export function registerServer(program: Command): void {
       // Loaded here, not at the top, so the other commands start without the server's modules.
       const signalled = untilSignal(); // listening from the start: a signal during start-up still shuts down cleanly
       const { startControlPlane } = await import('../control-plane.ts');
-      const cp = await startControlPlane({ dataDir, listen: flags.listen, store, controllers: flags.controllers, scheduling: schedulingFlags(flags), serviceCidr, vmNetworkCidr, log: (line) => note(`${line}\n`) });
+      const cp = await startControlPlane({
+        dataDir,
+        listen: flags.listen,
+        store,
+        controllers: flags.controllers,
+        scheduling: schedulingFlags(flags),
+        serviceCidr,
+        vmNetworkCidr,
+        log: (line) => note(`${line}\n`),
+      });
       const server = cp.server;
       out(`Vessel API server listening on ${server.url}\n`);
       out(`kubeconfig: ${server.kubeconfigPath}\n`);
@@ -85,7 +95,10 @@ function schedulingFlags(flags: ServerFlags): { cpuAllocationRatio: number; memo
 
 function storeConfig(flags: ServerFlags): StoreFlag {
   if (flags.store === 'etcd') {
-    const endpoints = (flags.etcdEndpoints ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+    const endpoints = (flags.etcdEndpoints ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (endpoints.length === 0) throw new UsageError('--store etcd needs --etcd-endpoints, e.g. http://127.0.0.1:2379');
     return { kind: 'etcd', endpoints, prefix: flags.etcdPrefix };
   }

@@ -16,12 +16,13 @@ type Obj = Record<string, unknown>;
 type Condition = { type: string; status: string; reason?: string; message?: string };
 
 export function registerSnapshot(program: Command): void {
-  program.command('snapshot')
+  program
+    .command('snapshot')
     .description('take a VirtualMachineSnapshot of a VM (online while it runs)')
     .argument('<vm>', 'VirtualMachine name')
     .argument('<name>', 'name of the new VirtualMachineSnapshot')
     .option('--with-memory', 'also save the guest memory (the VM must run), so a restore resumes the guest instead of booting it')
-    .option('--sparsify', 'have the guest agent trim the guest\'s free space first, so the snapshot and copies of it leave it out')
+    .option('--sparsify', "have the guest agent trim the guest's free space first, so the snapshot and copies of it leave it out")
     .option('--no-wait', 'return once the snapshot is created')
     .option('--timeout <seconds>', 'how long to wait', '300')
     .action(async (vm: string, name: string, flags: { withMemory?: boolean; sparsify?: boolean; wait: boolean; timeout: string }, cmd: Command) => {
@@ -36,7 +37,8 @@ export function registerSnapshot(program: Command): void {
       out(`snapshot ${name} of ${vm} is ready to use\n`);
     });
 
-  program.command('restore')
+  program
+    .command('restore')
     .description('restore a VM from a VirtualMachineSnapshot (the VM must be stopped), or make a new VM from it with --to')
     .argument('<vm>', 'VirtualMachine the snapshot was taken of')
     .argument('<snapshot>', 'VirtualMachineSnapshot name')
@@ -51,15 +53,20 @@ export function registerSnapshot(program: Command): void {
       const client = ctx.client();
       const name = flags.name ?? `restore-${flags.to ?? vm}-${Date.now().toString(36)}`;
       const target = flags.to ?? vm;
-      await client.create(RESTORES, {
-        apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineRestore',
-        metadata: { name, namespace: ns },
-        spec: {
-          target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
-          virtualMachineSnapshotName: snapshot,
-          ...(flags.stop ? { targetReadinessPolicy: 'StopTarget' } : {}),
+      await client.create(
+        RESTORES,
+        {
+          apiVersion: 'snapshot.kubevirt.io/v1beta1',
+          kind: 'VirtualMachineRestore',
+          metadata: { name, namespace: ns },
+          spec: {
+            target: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: target },
+            virtualMachineSnapshotName: snapshot,
+            ...(flags.stop ? { targetReadinessPolicy: 'StopTarget' } : {}),
+          },
         },
-      }, { namespace: ns });
+        { namespace: ns },
+      );
       out(`virtualmachinerestore.snapshot.kubevirt.io/${name} created\n`);
       if (!flags.wait) return;
       await waitFor(client, RESTORES, ns, name, Number(flags.timeout) * 1000, (s) => s.complete === true);
@@ -79,11 +86,16 @@ export async function createSnapshot(client: Client, ns: string, name: string, v
   const annotations: Record<string, string> = {};
   if (flags.withMemory) annotations[snapshots.WITH_MEMORY] = 'true';
   if (flags.sparsify) annotations[snapshots.SPARSIFY] = 'true';
-  await client.create(SNAPSHOTS, {
-    apiVersion: 'snapshot.kubevirt.io/v1beta1', kind: 'VirtualMachineSnapshot',
-    metadata: { name, namespace: ns, annotations },
-    spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
-  }, { namespace: ns });
+  await client.create(
+    SNAPSHOTS,
+    {
+      apiVersion: 'snapshot.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineSnapshot',
+      metadata: { name, namespace: ns, annotations },
+      spec: { source: { apiGroup: 'kubevirt.io', kind: 'VirtualMachine', name: vm } },
+    },
+    { namespace: ns },
+  );
 }
 
 /** What trimming did for a snapshot taken with sparsify, as a line for the user. */
@@ -99,13 +111,21 @@ export async function sparsified(client: Client, snap: KubeObject): Promise<stri
 /** Waits until the snapshot is ready to use; throws with its error when it failed. */
 export function waitForSnapshot(client: Client, ns: string, name: string, timeoutMs: number): Promise<KubeObject> {
   return waitFor(client, SNAPSHOTS, ns, name, timeoutMs, (s) => {
-    if (s.phase === 'Failed') throw new Error(`snapshot ${name} failed: ${String((s.error as Obj | undefined)?.message ?? `see vessel describe vmsnapshot ${name}`)}`);
+    if (s.phase === 'Failed')
+      throw new Error(`snapshot ${name} failed: ${String((s.error as Obj | undefined)?.message ?? `see vessel describe vmsnapshot ${name}`)}`);
     return s.readyToUse === true;
   });
 }
 
 /** Polls until `done(status)`, printing each new Progressing message. */
-export async function waitFor(client: Client, res: typeof SNAPSHOTS, ns: string, name: string, timeoutMs: number, done: (status: Obj) => boolean): Promise<KubeObject> {
+export async function waitFor(
+  client: Client,
+  res: typeof SNAPSHOTS,
+  ns: string,
+  name: string,
+  timeoutMs: number,
+  done: (status: Obj) => boolean,
+): Promise<KubeObject> {
   const deadline = Date.now() + timeoutMs;
   let said = '';
   for (;;) {
@@ -114,8 +134,14 @@ export async function waitFor(client: Client, res: typeof SNAPSHOTS, ns: string,
     if (done(status)) return obj;
     const progressing = ((status.conditions as Condition[] | undefined) ?? []).find((c) => c.type === 'Progressing');
     const line = progressing?.message ? `${status.phase ?? 'Pending'}: ${progressing.message}` : '';
-    if (line && line !== said) { out(`${line}\n`); said = line; }
-    if (Date.now() > deadline) throw new Error(`${res.kind} ${ns}/${name} did not finish within ${timeoutMs / 1000}s${said ? ` (${said})` : ''}: see vessel describe ${res.plural} ${name}`);
+    if (line && line !== said) {
+      out(`${line}\n`);
+      said = line;
+    }
+    if (Date.now() > deadline)
+      throw new Error(
+        `${res.kind} ${ns}/${name} did not finish within ${timeoutMs / 1000}s${said ? ` (${said})` : ''}: see vessel describe ${res.plural} ${name}`,
+      );
     await new Promise((r) => setTimeout(r, 500));
   }
 }

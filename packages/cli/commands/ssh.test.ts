@@ -10,14 +10,21 @@ import { UsageError } from '../errors.ts';
 import { parsePortSpec, parseTarget } from './port-forward.ts';
 import { parseDestination, proxyCommand, scpArgv, sshArgv, type ProxyOptions } from './ssh.ts';
 
-const o: ProxyOptions = { self: ['/usr/bin/node', '--import', '/opt/ves sel/tsx.mjs', '/opt/vessel/main.ts'], namespace: 'team-a', kubeconfig: "/home/o'neil/kc" };
+const o: ProxyOptions = {
+  self: ['/usr/bin/node', '--import', '/opt/ves sel/tsx.mjs', '/opt/vessel/main.ts'],
+  namespace: 'team-a',
+  kubeconfig: "/home/o'neil/kc",
+};
 
 test('port specs read as kubectl reads them; udp is refused up front', () => {
   assert.deepEqual(parsePortSpec('8080'), { local: 8080, remote: 8080 });
   assert.deepEqual(parsePortSpec('2222:22'), { local: 2222, remote: 22 });
   assert.deepEqual(parsePortSpec(':80'), { local: 0, remote: 80 });
   assert.deepEqual(parsePortSpec('0:80/tcp'), { local: 0, remote: 80 });
-  assert.throws(() => parsePortSpec('53/udp'), (e: Error) => e instanceof UsageError && /udp port-forward is not supported: only tcp/.test(e.message));
+  assert.throws(
+    () => parsePortSpec('53/udp'),
+    (e: Error) => e instanceof UsageError && /udp port-forward is not supported: only tcp/.test(e.message),
+  );
   for (const bad of ['0', '70000', 'http', '1:2:3', '80:']) assert.throws(() => parsePortSpec(bad), UsageError, bad);
   assert.deepEqual(parseTarget('vm/web'), { resource: 'virtualmachines', name: 'web' });
   assert.deepEqual(parseTarget('vmi/web'), { resource: 'virtualmachineinstances', name: 'web' });
@@ -26,13 +33,26 @@ test('port specs read as kubectl reads them; udp is refused up front', () => {
 });
 
 test('vessel ssh runs ssh with port-forward --stdio as its ProxyCommand', () => {
-  const argv = sshArgv(o, parseDestination('root@vm/web'), { identityFile: '/k/id', port: '2222', command: 'uname -a', localSshOpts: ['-oStrictHostKeyChecking=no'] });
+  const argv = sshArgv(o, parseDestination('root@vm/web'), {
+    identityFile: '/k/id',
+    port: '2222',
+    command: 'uname -a',
+    localSshOpts: ['-oStrictHostKeyChecking=no'],
+  });
   assert.deepEqual(argv, [
-    '-o', "ProxyCommand=/usr/bin/node --import '/opt/ves sel/tsx.mjs' /opt/vessel/main.ts --kubeconfig '/home/o'\\''neil/kc' -n team-a port-forward --stdio vm/web 2222",
-    '-i', '/k/id', '-oStrictHostKeyChecking=no', 'root@vm.web.team-a', '--', 'uname -a',
+    '-o',
+    "ProxyCommand=/usr/bin/node --import '/opt/ves sel/tsx.mjs' /opt/vessel/main.ts --kubeconfig '/home/o'\\''neil/kc' -n team-a port-forward --stdio vm/web 2222",
+    '-i',
+    '/k/id',
+    '-oStrictHostKeyChecking=no',
+    'root@vm.web.team-a',
+    '--',
+    'uname -a',
   ]);
   // The shell ssh hands the ProxyCommand to must get back exactly our words.
-  const words = spawnSync('sh', ['-c', `printf '%s\\n' ${argv[1].slice('ProxyCommand='.length)}`], { encoding: 'utf8' }).stdout.trimEnd().split('\n');
+  const words = spawnSync('sh', ['-c', `printf '%s\\n' ${argv[1].slice('ProxyCommand='.length)}`], { encoding: 'utf8' })
+    .stdout.trimEnd()
+    .split('\n');
   assert.deepEqual(words, [...o.self, '--kubeconfig', "/home/o'neil/kc", '-n', 'team-a', 'port-forward', '--stdio', 'vm/web', '2222']);
   // -l wins over user@, no user at all leaves ssh's default; a VMI gets its own alias.
   assert.equal(sshArgv(o, parseDestination('root@vmi/db'), { username: 'admin', port: '22', localSshOpts: [] }).at(-1), 'admin@vmi.db.team-a');

@@ -21,7 +21,9 @@ export interface ProxyOptions {
 }
 
 /** A `[user@]TYPE/NAME` destination. */
-export interface Destination extends ForwardTarget { user?: string }
+export interface Destination extends ForwardTarget {
+  user?: string;
+}
 
 export function parseDestination(arg: string): Destination {
   const at = arg.lastIndexOf('@', arg.indexOf('/'));
@@ -44,8 +46,12 @@ export function proxyCommand(o: ProxyOptions, t: ForwardTarget, port: number): s
     ...o.self,
     ...(o.kubeconfig ? ['--kubeconfig', o.kubeconfig] : []),
     ...(o.context ? ['--context', o.context] : []),
-    '-n', o.namespace,
-    'port-forward', '--stdio', `${t.resource === 'virtualmachines' ? 'vm' : 'vmi'}/${t.name}`, String(port),
+    '-n',
+    o.namespace,
+    'port-forward',
+    '--stdio',
+    `${t.resource === 'virtualmachines' ? 'vm' : 'vmi'}/${t.name}`,
+    String(port),
   ];
   return argv.map(shellQuote).join(' ').replaceAll('%', '%%');
 }
@@ -54,14 +60,21 @@ function shellQuote(word: string): string {
   return /^[A-Za-z0-9_./=:@,+-]+$/.test(word) ? word : `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
-export interface SshFlags { identityFile?: string; username?: string; port: string; command?: string; localSshOpts: string[] }
+export interface SshFlags {
+  identityFile?: string;
+  username?: string;
+  port: string;
+  command?: string;
+  localSshOpts: string[];
+}
 
 /** The argv of `ssh` for `vessel ssh` (without the program name). */
 export function sshArgv(o: ProxyOptions, dest: Destination, flags: SshFlags): string[] {
   const port = sshPort(flags.port);
   const user = flags.username ?? dest.user;
   return [
-    '-o', `ProxyCommand=${proxyCommand(o, dest, port)}`,
+    '-o',
+    `ProxyCommand=${proxyCommand(o, dest, port)}`,
     ...(flags.identityFile ? ['-i', flags.identityFile] : []),
     ...flags.localSshOpts,
     `${user ? `${user}@` : ''}${hostAlias(dest, o.namespace)}`,
@@ -69,7 +82,13 @@ export function sshArgv(o: ProxyOptions, dest: Destination, flags: SshFlags): st
   ];
 }
 
-export interface ScpFlags { identityFile?: string; username?: string; port: string; recursive?: boolean; localSshOpts: string[] }
+export interface ScpFlags {
+  identityFile?: string;
+  username?: string;
+  port: string;
+  recursive?: boolean;
+  localSshOpts: string[];
+}
 
 /**
  * The argv of `scp` for `vessel scp SRC DST`: exactly one of them is `[user@]TYPE/NAME:PATH`,
@@ -87,7 +106,9 @@ export function scpArgv(o: ProxyOptions, src: string, dst: string, flags: ScpFla
   const user = flags.username ?? r.dest.user;
   const remoteArg = `${user ? `${user}@` : ''}${hostAlias(r.dest, o.namespace)}:${r.path}`;
   return [
-    '-O', '-o', `ProxyCommand=${proxyCommand(o, r.dest, sshPort(flags.port))}`,
+    '-O',
+    '-o',
+    `ProxyCommand=${proxyCommand(o, r.dest, sshPort(flags.port))}`,
     ...(flags.identityFile ? ['-i', flags.identityFile] : []),
     ...(flags.recursive ? ['-r'] : []),
     ...flags.localSshOpts,
@@ -110,25 +131,27 @@ function selfArgv(): string[] {
 const collect = (v: string, prev: string[]) => [...prev, v];
 
 export function registerSsh(program: Command): void {
-  program.command('ssh')
+  program
+    .command('ssh')
     .description('open an SSH session to a VM with the local ssh client, tunnelled through the API server (port-forward)')
     .argument('<destination>', '[user@]vm/NAME or [user@]vmi/NAME')
     .option('-i, --identity-file <file>', 'private key (ssh -i)')
     .option('-l, --username <user>', 'user to log in as')
-    .option('-p, --port <port>', 'the guest\'s SSH port', '22')
+    .option('-p, --port <port>', "the guest's SSH port", '22')
     .option('-c, --command <command>', 'run this command in the guest instead of a shell')
     .option('-t, --local-ssh-opts <opt>', 'an extra argument for ssh (repeatable), e.g. -t -oStrictHostKeyChecking=no', collect, [] as string[])
     .action(async (destArg: string, flags: SshFlags, cmd: Command) => {
       const o = proxyOptions(cmd);
       process.exitCode = await run('ssh', sshArgv(o, parseDestination(destArg), flags));
     });
-  program.command('scp')
+  program
+    .command('scp')
     .description('copy files to or from a VM with the local scp client, tunnelled through the API server (port-forward)')
     .argument('<source>', 'a local path, or [user@]vm/NAME:PATH')
     .argument('<destination>', 'a local path, or [user@]vm/NAME:PATH')
     .option('-i, --identity-file <file>', 'private key (scp -i)')
     .option('-l, --username <user>', 'user to log in as')
-    .option('-P, --port <port>', 'the guest\'s SSH port', '22')
+    .option('-P, --port <port>', "the guest's SSH port", '22')
     .option('-r, --recursive', 'copy directories recursively')
     .option('-t, --local-ssh-opts <opt>', 'an extra argument for scp (repeatable)', collect, [] as string[])
     .action(async (src: string, dst: string, flags: ScpFlags, cmd: Command) => {
@@ -145,7 +168,13 @@ function proxyOptions(cmd: Command): ProxyOptions {
 function run(program: string, argv: string[]): Promise<number> {
   return new Promise((resolve, reject) => {
     const child = spawn(program, argv, { stdio: 'inherit' });
-    child.once('error', (e: NodeJS.ErrnoException) => reject(new Error(e.code === 'ENOENT' ? `${program} is not installed: install the OpenSSH client (Debian: openssh-client)` : `cannot run ${program}: ${e.message}`)));
+    child.once('error', (e: NodeJS.ErrnoException) =>
+      reject(
+        new Error(
+          e.code === 'ENOENT' ? `${program} is not installed: install the OpenSSH client (Debian: openssh-client)` : `cannot run ${program}: ${e.message}`,
+        ),
+      ),
+    );
     child.once('exit', (code, signal) => resolve(code ?? (signal ? 128 : 1)));
   });
 }

@@ -8,10 +8,15 @@ import { contextOf, out } from '../context.ts';
 
 export function registerToken(program: Command): void {
   const token = program.command('token').description('manage bearer tokens');
-  token.command('create')
+  token
+    .command('create')
     .description('create a token for a user and print it')
     .argument('<name>', 'the user name the token authenticates as')
-    .option('--group <group...>', 'groups of the user: system:masters = admin, vessel:view = read-only (no Secrets), vessel:view:NS = read-only in NS, vessel:tenant:NS = owns NS', ['vessel:view'])
+    .option(
+      '--group <group...>',
+      'groups of the user: system:masters = admin, vessel:view = read-only (no Secrets), vessel:view:NS = read-only in NS, vessel:tenant:NS = owns NS',
+      ['vessel:view'],
+    )
     .option('--description <text>', 'a note stored with the token')
     .action(async (name: string, opts: { group: string[]; description?: string }, cmd: Command) => {
       const client = contextOf(cmd).client();

@@ -33,10 +33,12 @@ export const DEMO_VM = {
         volumes: [{ name: 'rootdisk', dataVolume: { name: 'demo-rootdisk' } }],
       },
     },
-    dataVolumeTemplates: [{
-      metadata: { name: 'demo-rootdisk' },
-      spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
-    }],
+    dataVolumeTemplates: [
+      {
+        metadata: { name: 'demo-rootdisk' },
+        spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+      },
+    ],
   },
 };
 
@@ -44,7 +46,17 @@ export const DEMO_VM = {
  * `vessel up --nodes N`: the control plane and N agents on a dev cluster (packages/cli/dev-cluster.ts).
  * The golden image goes to the shared pool, which every node can clone from.
  */
-async function upCluster(o: { dataDir: string; listen: string; nodes: number; fabricCidr: string; qemuPriority: QemuPriority; allowLoopbackImports: boolean; stopVmsOnExit: boolean; serviceCidr: string; vmNetworkCidr: string }): Promise<void> {
+async function upCluster(o: {
+  dataDir: string;
+  listen: string;
+  nodes: number;
+  fabricCidr: string;
+  qemuPriority: QemuPriority;
+  allowLoopbackImports: boolean;
+  stopVmsOnExit: boolean;
+  serviceCidr: string;
+  vmNetworkCidr: string;
+}): Promise<void> {
   const signalled = untilSignal();
   const log = process.env.VESSEL_LOG ? (l: string) => note(`${l}\n`) : undefined;
   const { startControlPlane } = await import('../control-plane.ts');
@@ -52,23 +64,33 @@ async function upCluster(o: { dataDir: string; listen: string; nodes: number; fa
   const cp = await startControlPlane({ dataDir: o.dataDir, listen: o.listen, serviceCidr: o.serviceCidr, vmNetworkCidr: o.vmNetworkCidr, log });
   let dev: Awaited<ReturnType<typeof startDevNodes>> | undefined;
   try {
-    dev = await startDevNodes({ kubeconfig: cp.server.kubeconfigPath, dataDir: o.dataDir, nodes: o.nodes, fabricCidr: o.fabricCidr, qemuPriority: o.qemuPriority, allowLoopbackImports: o.allowLoopbackImports, log });
+    dev = await startDevNodes({
+      kubeconfig: cp.server.kubeconfigPath,
+      dataDir: o.dataDir,
+      nodes: o.nodes,
+      fabricCidr: o.fabricCidr,
+      qemuPriority: o.qemuPriority,
+      allowLoopbackImports: o.allowLoopbackImports,
+      log,
+    });
     const { ensureTinyImage } = await import('../golden.ts');
     const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`), { storageClass: 'shared' });
     const vessel = 'bin/vessel';
     const width = Math.max(4, ...dev.cluster.nodes.map((n) => n.name.length));
-    out([
-      `Vessel is up: a dev cluster of ${o.nodes} node${o.nodes === 1 ? '' : 's'}.`,
-      `  API server   ${cp.server.url}`,
-      `  kubeconfig   ${cp.server.kubeconfigPath}`,
-      `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
-      `  golden image vessel-images/tiny (${tiny}, shared pool)`,
-      `  nodes        ${'NAME'.padEnd(width)}  NETNS                FABRIC IP`,
-      ...dev.cluster.nodes.map((n) => `               ${n.name.padEnd(width)}  ${n.netns.padEnd(19)}  ${n.fabricIp}`),
-      `  look inside  ip netns exec ${dev.cluster.nodes[0].netns} ip addr show vsl-br0`,
-      'Ctrl-C stops the cluster; its namespaces go, and with them the VMs that ran in them.',
-      '',
-    ].join('\n'));
+    out(
+      [
+        `Vessel is up: a dev cluster of ${o.nodes} node${o.nodes === 1 ? '' : 's'}.`,
+        `  API server   ${cp.server.url}`,
+        `  kubeconfig   ${cp.server.kubeconfigPath}`,
+        `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
+        `  golden image vessel-images/tiny (${tiny}, shared pool)`,
+        `  nodes        ${'NAME'.padEnd(width)}  NETNS                FABRIC IP`,
+        ...dev.cluster.nodes.map((n) => `               ${n.name.padEnd(width)}  ${n.netns.padEnd(19)}  ${n.fabricIp}`),
+        `  look inside  ip netns exec ${dev.cluster.nodes[0].netns} ip addr show vsl-br0`,
+        'Ctrl-C stops the cluster; its namespaces go, and with them the VMs that ran in them.',
+        '',
+      ].join('\n'),
+    );
     await signalled;
     if (o.stopVmsOnExit) {
       note('stopping VMs\n');
@@ -86,74 +108,111 @@ const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtual
 /** Halts every VM (their guests get ACPI power-off) and waits, up to a minute, for their instances to go. */
 async function stopAllVms(client: import('@vessel/client').Client): Promise<void> {
   for (const vm of (await client.list(VM)).items) {
-    await client.patch(VM, vm.metadata!.name!, { spec: { runStrategy: 'Halted', running: null } }, { namespace: vm.metadata!.namespace }).catch((e: unknown) => {
-      // A VM deleted meanwhile needs no halt; any other failure leaves its guest running: say so and go on with the rest.
-      if (!isNotFound(e)) note(`cannot halt VM ${vm.metadata!.namespace}/${vm.metadata!.name}: ${e instanceof Error ? e.message : e}\n`);
-    });
+    await client
+      .patch(VM, vm.metadata!.name!, { spec: { runStrategy: 'Halted', running: null } }, { namespace: vm.metadata!.namespace })
+      .catch((e: unknown) => {
+        // A VM deleted meanwhile needs no halt; any other failure leaves its guest running: say so and go on with the rest.
+        if (!isNotFound(e)) note(`cannot halt VM ${vm.metadata!.namespace}/${vm.metadata!.name}: ${e instanceof Error ? e.message : e}\n`);
+      });
   }
   const deadline = Date.now() + 60_000;
   while (Date.now() < deadline && (await client.list(VMI)).items.length > 0) await new Promise((r) => setTimeout(r, 500));
 }
 
 export function registerUp(program: Command): void {
-  program.command('up')
+  program
+    .command('up')
     .description('run Vessel on this host: API server, controllers and a demo VM, on embedded SQLite')
     .option('--data-dir <dir>', 'state directory (default: $VESSEL_DATA_DIR or /var/lib/vessel)')
     .option('--listen <host:port>', 'API server address', '127.0.0.1:6443')
-    .option('--allow-loopback-imports', 'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host')
+    .option(
+      '--allow-loopback-imports',
+      'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host',
+    )
     .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
     .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option('--stop-vms-on-exit', 'stop every VM when Vessel stops (by default VMs keep running and are re-adopted next time)')
     .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
-    .option('--nodes <n>', 'a dev cluster of N nodes on this host instead of one: a network namespace and an agent per node, a fabric between them and the cluster network (VXLAN, DHCP) on top')
+    .option(
+      '--nodes <n>',
+      'a dev cluster of N nodes on this host instead of one: a network namespace and an agent per node, a fabric between them and the cluster network (VXLAN, DHCP) on top',
+    )
     .option('--fabric-cidr <cidr>', 'with --nodes: the fabric segment between the nodes (node i gets host .10+i)', '10.233.0.0/24')
-    .action(async (flags: { dataDir?: string; listen: string; stopVmsOnExit?: boolean; allowLoopbackImports?: boolean; qemuPriority: string; serviceCidr: string; vmNetworkCidr: string; nodes?: string; fabricCidr: string }) => {
-      const serviceCidr = serviceCidrFlag(flags.serviceCidr);
-      const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
-      const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
-      const dataDir = flags.dataDir ?? defaultDataDir();
-      if (flags.nodes !== undefined) {
-        const n = Number(flags.nodes);
-        if (!Number.isInteger(n) || n < 1 || n > 200) throw new UsageError(`--nodes must be a whole number from 1 to 200, not ${flags.nodes}`);
-        return upCluster({ dataDir, listen: flags.listen, nodes: n, fabricCidr: flags.fabricCidr, qemuPriority, allowLoopbackImports: !!flags.allowLoopbackImports, stopVmsOnExit: !!flags.stopVmsOnExit, serviceCidr, vmNetworkCidr });
-      }
-      const signalled = untilSignal(); // listening from the start: see untilSignal
-      const { startControlPlane } = await import('../control-plane.ts');
-      const cp = await startControlPlane({
-        dataDir, listen: flags.listen, serviceCidr, vmNetworkCidr, log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
-        agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
-      });
-      const { ensureTinyImage } = await import('../golden.ts');
-      const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`));
-      let demo = 'exists';
-      try {
-        await cp.client.get(VM, 'demo', { namespace: 'default' });
-      } catch (e) {
-        if (!isNotFound(e)) throw e;
-        await cp.client.create(VM, DEMO_VM, { namespace: 'default' });
-        demo = 'created';
-      }
-      const vessel = 'bin/vessel';
-      out([
-        'Vessel is up.',
-        `  API server   ${cp.server.url}`,
-        `  kubeconfig   ${cp.server.kubeconfigPath}`,
-        `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
-        `  node         ${cp.agent?.nodeName} (this host; pools under ${dataDir}/pools)`,
-        `  golden image vessel-images/tiny (${tiny}):  ${vessel} get datasource,dv,pvc -n vessel-images`,
-        `  demo VM      default/demo (${demo}), booting under ${cp.agent?.accel.toUpperCase()}:  ${vessel} get vm demo   |   ${vessel} console demo   (^] leaves)`,
-        `               its disk is a linked clone of tiny: ${vessel} get dv,pvc`,
-        `  try          ${vessel} stop|start|restart|pause|unpause demo   |   ${vessel} vnc demo   |   ${vessel} logs demo`,
-        `               ${vessel} image-upload dv mydisk --image-path FILE --size 2Gi   |   kubectl explain vm.spec.runStrategy`,
-        `Ctrl-C stops the control plane; ${flags.stopVmsOnExit ? 'VMs are stopped too (--stop-vms-on-exit).' : 'VMs keep running and are picked up again by the next `vessel up`.'}`,
-        '',
-      ].join('\n'));
-      await signalled;
-      if (flags.stopVmsOnExit) {
-        note('stopping VMs\n');
-        await stopAllVms(cp.client);
-      }
-      note('shutting down\n');
-      await cp.close();
-    });
+    .action(
+      async (flags: {
+        dataDir?: string;
+        listen: string;
+        stopVmsOnExit?: boolean;
+        allowLoopbackImports?: boolean;
+        qemuPriority: string;
+        serviceCidr: string;
+        vmNetworkCidr: string;
+        nodes?: string;
+        fabricCidr: string;
+      }) => {
+        const serviceCidr = serviceCidrFlag(flags.serviceCidr);
+        const vmNetworkCidr = vmNetworkFlag(flags.vmNetworkCidr);
+        const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
+        const dataDir = flags.dataDir ?? defaultDataDir();
+        if (flags.nodes !== undefined) {
+          const n = Number(flags.nodes);
+          if (!Number.isInteger(n) || n < 1 || n > 200) throw new UsageError(`--nodes must be a whole number from 1 to 200, not ${flags.nodes}`);
+          return upCluster({
+            dataDir,
+            listen: flags.listen,
+            nodes: n,
+            fabricCidr: flags.fabricCidr,
+            qemuPriority,
+            allowLoopbackImports: !!flags.allowLoopbackImports,
+            stopVmsOnExit: !!flags.stopVmsOnExit,
+            serviceCidr,
+            vmNetworkCidr,
+          });
+        }
+        const signalled = untilSignal(); // listening from the start: see untilSignal
+        const { startControlPlane } = await import('../control-plane.ts');
+        const cp = await startControlPlane({
+          dataDir,
+          listen: flags.listen,
+          serviceCidr,
+          vmNetworkCidr,
+          log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
+          agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
+        });
+        const { ensureTinyImage } = await import('../golden.ts');
+        const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`));
+        let demo = 'exists';
+        try {
+          await cp.client.get(VM, 'demo', { namespace: 'default' });
+        } catch (e) {
+          if (!isNotFound(e)) throw e;
+          await cp.client.create(VM, DEMO_VM, { namespace: 'default' });
+          demo = 'created';
+        }
+        const vessel = 'bin/vessel';
+        out(
+          [
+            'Vessel is up.',
+            `  API server   ${cp.server.url}`,
+            `  kubeconfig   ${cp.server.kubeconfigPath}`,
+            `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
+            `  node         ${cp.agent?.nodeName} (this host; pools under ${dataDir}/pools)`,
+            `  golden image vessel-images/tiny (${tiny}):  ${vessel} get datasource,dv,pvc -n vessel-images`,
+            `  demo VM      default/demo (${demo}), booting under ${cp.agent?.accel.toUpperCase()}:  ${vessel} get vm demo   |   ${vessel} console demo   (^] leaves)`,
+            `               its disk is a linked clone of tiny: ${vessel} get dv,pvc`,
+            `  try          ${vessel} stop|start|restart|pause|unpause demo   |   ${vessel} vnc demo   |   ${vessel} logs demo`,
+            `               ${vessel} image-upload dv mydisk --image-path FILE --size 2Gi   |   kubectl explain vm.spec.runStrategy`,
+            `Ctrl-C stops the control plane; ${flags.stopVmsOnExit ? 'VMs are stopped too (--stop-vms-on-exit).' : 'VMs keep running and are picked up again by the next `vessel up`.'}`,
+            '',
+          ].join('\n'),
+        );
+        await signalled;
+        if (flags.stopVmsOnExit) {
+          note('stopping VMs\n');
+          await stopAllVms(cp.client);
+        }
+        note('shutting down\n');
+        await cp.close();
+      },
+    );
 }

@@ -15,7 +15,8 @@ export function clientVersion(): string {
 }
 
 export function registerVersion(program: Command): void {
-  program.command('version')
+  program
+    .command('version')
     .description("print the client's and the server's versions")
     .option('--client', 'only the client version (no server needed)')
     .option('-o, --output <format>', 'yaml or json')
@@ -29,7 +30,8 @@ export function registerVersion(program: Command): void {
         return;
       }
       const server = await contextOf(cmd).client().serverVersion();
-      if (opts.output) out(opts.output === 'json' ? toJson({ clientVersion: client, serverVersion: server }) : toYaml({ clientVersion: client, serverVersion: server }));
+      if (opts.output)
+        out(opts.output === 'json' ? toJson({ clientVersion: client, serverVersion: server }) : toYaml({ clientVersion: client, serverVersion: server }));
       else out(`Server Version: ${server.gitVersion ?? JSON.stringify(server)}\n`);
     });
 }

@@ -18,10 +18,15 @@ import { connectSubresource } from './console.ts';
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const HIGH_WATER = 1024 * 1024;
 
-interface Flags { proxyOnly?: boolean; port: string; address: string }
+interface Flags {
+  proxyOnly?: boolean;
+  port: string;
+  address: string;
+}
 
 export function registerVnc(program: Command): void {
-  program.command('vnc')
+  program
+    .command('vnc')
     .description('open a VNC connection to a VirtualMachineInstance (or only a local proxy port with --proxy-only)')
     .argument('<name>', 'VirtualMachineInstance name')
     .option('--proxy-only', 'only listen on a local port and print it as JSON {"port":N}; start no viewer')
@@ -50,14 +55,18 @@ async function serve(client: Client, namespace: string, name: string, address: s
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(port, address, () => { server.off('error', reject); resolve(); });
+    server.listen(port, address, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   const bound = (server.address() as net.AddressInfo).port;
   const host = address.includes(':') ? `[${address}]` : address;
-  const stop = () => new Promise<void>((resolve) => {
-    for (const s of sockets) s.destroy();
-    server.close(() => resolve());
-  });
+  const stop = () =>
+    new Promise<void>((resolve) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => resolve());
+    });
   let viewer: ReturnType<typeof spawn> | undefined;
   if (proxyOnly) {
     out(JSON.stringify({ port: bound }) + '\n');
@@ -81,7 +90,10 @@ async function serve(client: Client, namespace: string, name: string, address: s
     process.on('SIGINT', done);
     process.on('SIGTERM', done);
     viewer?.on('exit', done);
-    viewer?.on('error', (e) => { note(`the VNC viewer failed: ${e.message}\n`); done(); });
+    viewer?.on('error', (e) => {
+      note(`the VNC viewer failed: ${e.message}\n`);
+      done();
+    });
   });
 }
 
@@ -89,32 +101,46 @@ async function serve(client: Client, namespace: string, name: string, address: s
 function proxy(client: Client, namespace: string, name: string, sock: net.Socket): void {
   sock.pause();
   sock.on('error', () => {});
-  connectSubresource(client, namespace, name, 'vnc').then((ws) => {
-    if (sock.destroyed) { ws.close(1000); return; }
-    ws.on('message', (data: RawData) => {
-      if (!sock.write(toBuffer(data))) ws.pause();
-    });
-    sock.on('drain', () => ws.resume());
-    sock.on('data', (chunk: Buffer) => {
-      if (ws.readyState !== WebSocket.OPEN) return;
-      ws.send(chunk, { binary: true }, () => { if (sock.isPaused() && ws.bufferedAmount < HIGH_WATER / 2) sock.resume(); });
-      if (ws.bufferedAmount > HIGH_WATER) sock.pause();
-    });
-    sock.on('close', () => { if (ws.readyState === WebSocket.OPEN) ws.close(1000); });
-    ws.on('error', () => {});
-    ws.on('close', (code: number, reason: Buffer) => {
-      if (code !== 1000 && code !== 1001 && !sock.destroyed) note(`the VNC connection closed${reason.length ? `: ${reason}` : ` (code ${code})`}\n`);
-      sock.end();
-    });
-    sock.resume();
-    ws.resume();
-  }, (e: unknown) => {
-    note(formatError(e) + '\n');
-    sock.destroy();
-  });
+  connectSubresource(client, namespace, name, 'vnc').then(
+    (ws) => {
+      if (sock.destroyed) {
+        ws.close(1000);
+        return;
+      }
+      ws.on('message', (data: RawData) => {
+        if (!sock.write(toBuffer(data))) ws.pause();
+      });
+      sock.on('drain', () => ws.resume());
+      sock.on('data', (chunk: Buffer) => {
+        if (ws.readyState !== WebSocket.OPEN) return;
+        ws.send(chunk, { binary: true }, () => {
+          if (sock.isPaused() && ws.bufferedAmount < HIGH_WATER / 2) sock.resume();
+        });
+        if (ws.bufferedAmount > HIGH_WATER) sock.pause();
+      });
+      sock.on('close', () => {
+        if (ws.readyState === WebSocket.OPEN) ws.close(1000);
+      });
+      ws.on('error', () => {});
+      ws.on('close', (code: number, reason: Buffer) => {
+        if (code !== 1000 && code !== 1001 && !sock.destroyed) note(`the VNC connection closed${reason.length ? `: ${reason}` : ` (code ${code})`}\n`);
+        sock.end();
+      });
+      sock.resume();
+      ws.resume();
+    },
+    (e: unknown) => {
+      note(formatError(e) + '\n');
+      sock.destroy();
+    },
+  );
 }
 
-interface Viewer { bin: string; path: string; args: (host: string, port: number) => string[] }
+interface Viewer {
+  bin: string;
+  path: string;
+  args: (host: string, port: number) => string[];
+}
 
 /** The first VNC viewer in PATH: remote-viewer (virt-viewer, what virtctl starts on Linux), else vncviewer. */
 function findViewer(): Viewer | undefined {

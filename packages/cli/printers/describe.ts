@@ -10,7 +10,28 @@ import { age, renderRows } from './table.ts';
 const LAST_APPLIED = 'kubectl.kubernetes.io/last-applied-configuration';
 /** Metadata fields shown in the header or not worth showing. */
 const HEADER_METADATA = new Set(['name', 'namespace', 'labels', 'annotations', 'managedFields']);
-const INITIALISMS = new Set(['API', 'CPU', 'DNS', 'HTTP', 'HTTPS', 'ID', 'IP', 'IPS', 'JSON', 'MAC', 'OS', 'PCI', 'TCP', 'TLS', 'UDP', 'UID', 'URL', 'UUID', 'VM', 'VMI']);
+const INITIALISMS = new Set([
+  'API',
+  'CPU',
+  'DNS',
+  'HTTP',
+  'HTTPS',
+  'ID',
+  'IP',
+  'IPS',
+  'JSON',
+  'MAC',
+  'OS',
+  'PCI',
+  'TCP',
+  'TLS',
+  'UDP',
+  'UID',
+  'URL',
+  'UUID',
+  'VM',
+  'VMI',
+]);
 
 /** "creationTimestamp" -> "Creation Timestamp", "apiVersion" -> "API Version"; keys like "kubevirt.io/x" stay as they are. */
 export function smartLabel(key: string): string {
@@ -54,7 +75,9 @@ function describeMap(map: Record<string, unknown>, indent: number, lines: string
 
 /** `key=value` lines (labels) or `key: value` lines (annotations), continuation lines indented. */
 function multiline(title: string, entries: Record<string, string> | undefined, sep: string, width: number): string[] {
-  const pairs = Object.entries(entries ?? {}).filter(([k]) => k !== LAST_APPLIED).sort(([a], [b]) => a.localeCompare(b));
+  const pairs = Object.entries(entries ?? {})
+    .filter(([k]) => k !== LAST_APPLIED)
+    .sort(([a], [b]) => a.localeCompare(b));
   const head = `${title}:`.padEnd(width);
   if (pairs.length === 0) return [`${head}<none>`];
   return pairs.map(([k, v], i) => `${i === 0 ? head : ' '.repeat(width)}${k}${sep}${v}`);
@@ -100,7 +123,7 @@ export function eventTime(e: EventLike): string | undefined {
 /** The Events section: a Type/Reason/Age/From/Message table, oldest first, or `<none>`. */
 export function describeEvents(events: KubeObject[], now = Date.now()): string {
   if (events.length === 0) return 'Events:  <none>\n';
-  const sorted = [...events as EventLike[]].sort((a, b) => Date.parse(eventTime(a) ?? '') - Date.parse(eventTime(b) ?? ''));
+  const sorted = [...(events as EventLike[])].sort((a, b) => Date.parse(eventTime(a) ?? '') - Date.parse(eventTime(b) ?? ''));
   const rows = sorted.map((e) => {
     const last = eventTime(e);
     const first = e.firstTimestamp || e.eventTime || last;

@@ -4,13 +4,30 @@ import { test } from 'node:test';
 import type { Table } from '@vessel/client';
 import { age, asTable, formatCell, humanDuration, renderRows, renderTable, TableWriter } from './table.ts';
 
-const s = 1000, m = 60 * s, h = 60 * m, d = 24 * h;
+const s = 1000,
+  m = 60 * s,
+  h = 60 * m,
+  d = 24 * h;
 
 test('humanDuration matches kubectl', () => {
   const cases: Array<[number, string]> = [
-    [-5 * s, '<invalid>'], [-0.5 * s, '0s'], [0, '0s'], [59 * s, '59s'], [119 * s, '119s'], [2 * m, '2m'],
-    [3 * m + 20 * s, '3m20s'], [15 * m, '15m'], [179 * m, '179m'], [3 * h, '3h'], [5 * h + 2 * m, '5h2m'],
-    [20 * h, '20h'], [3 * d, '3d'], [3 * d + 4 * h, '3d4h'], [40 * d, '40d'], [2 * 365 * d + 30 * d, '2y30d'], [9 * 365 * d, '9y'],
+    [-5 * s, '<invalid>'],
+    [-0.5 * s, '0s'],
+    [0, '0s'],
+    [59 * s, '59s'],
+    [119 * s, '119s'],
+    [2 * m, '2m'],
+    [3 * m + 20 * s, '3m20s'],
+    [15 * m, '15m'],
+    [179 * m, '179m'],
+    [3 * h, '3h'],
+    [5 * h + 2 * m, '5h2m'],
+    [20 * h, '20h'],
+    [3 * d, '3d'],
+    [3 * d + 4 * h, '3d4h'],
+    [40 * d, '40d'],
+    [2 * 365 * d + 30 * d, '2y30d'],
+    [9 * 365 * d, '9y'],
   ];
   for (const [ms, want] of cases) assert.equal(humanDuration(ms), want, `${ms}ms`);
   assert.equal(age(undefined), '<unknown>');
@@ -27,10 +44,14 @@ test('cells: nothing for null, first line only, ages for raw timestamps in date 
 });
 
 test('rows align like kubectl: 3 spaces padding, min width 6, last column unpadded', () => {
-  assert.equal(renderRows([['NAME', 'AGE', 'STATUS'], ['demo', '5s', 'Stopped'], ['a-longer-name', '10m', '']]),
-    'NAME            AGE   STATUS\n' +
-    'demo            5s    Stopped\n' +
-    'a-longer-name   10m\n');
+  assert.equal(
+    renderRows([
+      ['NAME', 'AGE', 'STATUS'],
+      ['demo', '5s', 'Stopped'],
+      ['a-longer-name', '10m', ''],
+    ]),
+    'NAME            AGE   STATUS\n' + 'demo            5s    Stopped\n' + 'a-longer-name   10m\n',
+  );
 });
 
 const vmTable: Table = {
@@ -50,14 +71,13 @@ const vmTable: Table = {
 };
 
 test('renderTable hides wide columns, adds NAMESPACE and kind prefixes on request', () => {
-  assert.equal(renderTable(vmTable),
-    'NAME   AGE   STATUS    READY\n' +
-    'demo   5s    Stopped   False\n' +
-    'web    2m    Running   True\n');
-  assert.equal(renderTable(vmTable, { wide: true, withNamespace: true, kindPrefix: 'virtualmachine.kubevirt.io' }),
+  assert.equal(renderTable(vmTable), 'NAME   AGE   STATUS    READY\n' + 'demo   5s    Stopped   False\n' + 'web    2m    Running   True\n');
+  assert.equal(
+    renderTable(vmTable, { wide: true, withNamespace: true, kindPrefix: 'virtualmachine.kubevirt.io' }),
     'NAMESPACE   NAME                              AGE   STATUS    READY   NODE\n' +
-    'default     virtualmachine.kubevirt.io/demo   5s    Stopped   False   node-1\n' +
-    'prod        virtualmachine.kubevirt.io/web    2m    Running   True\n');
+      'default     virtualmachine.kubevirt.io/demo   5s    Stopped   False   node-1\n' +
+      'prod        virtualmachine.kubevirt.io/web    2m    Running   True\n',
+  );
   assert.equal(renderTable(vmTable, { noHeaders: true }).split('\n')[0], 'demo   5s    Stopped   False');
   assert.equal(renderTable({ ...vmTable, rows: [] }), '');
 });
@@ -65,14 +85,20 @@ test('renderTable hides wide columns, adds NAMESPACE and kind prefixes on reques
 test('TableWriter keeps earlier widths so watch rows line up', () => {
   let text = '';
   const writer = new TableWriter((t) => (text += t));
-  writer.writeRows([['NAME', 'STATUS'], ['a-long-name', 'Stopped']]);
+  writer.writeRows([
+    ['NAME', 'STATUS'],
+    ['a-long-name', 'Stopped'],
+  ]);
   writer.writeRows([['b', 'Running']]);
   assert.equal(text, 'NAME          STATUS\na-long-name   Stopped\nb             Running\n');
 });
 
 test('asTable turns plain objects and lists into NAME/AGE tables', () => {
   const list = asTable({ kind: 'List', items: [{ metadata: { name: 'x' } }] });
-  assert.deepEqual(list.columnDefinitions.map((c) => c.name), ['Name', 'Age']);
+  assert.deepEqual(
+    list.columnDefinitions.map((c) => c.name),
+    ['Name', 'Age'],
+  );
   assert.deepEqual(list.rows[0].cells, ['x', '<unknown>']);
   assert.equal(asTable(vmTable), vmTable);
 });

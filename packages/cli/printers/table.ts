@@ -60,9 +60,7 @@ export interface TableOptions {
 
 /** The visible header and rows of a Table, as text cells. */
 export function tableCells(table: Table, opts: TableOptions = {}): { header: string[]; rows: string[][] } {
-  const visible = table.columnDefinitions
-    .map((column, index) => ({ column, index }))
-    .filter(({ column }) => opts.wide || !column.priority);
+  const visible = table.columnDefinitions.map((column, index) => ({ column, index })).filter(({ column }) => opts.wide || !column.priority);
   const nameIndex = table.columnDefinitions.findIndex((c) => c.format === 'name' || c.name.toLowerCase() === 'name');
   const header = visible.map(({ column }) => column.name.toUpperCase());
   if (opts.withNamespace) header.unshift('NAMESPACE');
@@ -84,7 +82,11 @@ export function tableCells(table: Table, opts: TableOptions = {}): { header: str
  */
 export class TableWriter {
   private widths: number[] = [];
-  constructor(private readonly write: (text: string) => void, private readonly minWidth = 6, private readonly padding = 3) {}
+  constructor(
+    private readonly write: (text: string) => void,
+    private readonly minWidth = 6,
+    private readonly padding = 3,
+  ) {}
 
   writeRows(rows: string[][]): void {
     for (const row of rows) {
@@ -92,10 +94,12 @@ export class TableWriter {
         this.widths[i] = Math.max(this.widths[i] ?? 0, this.minWidth, textWidth(cell) + this.padding);
       });
     }
-    const lines = rows.map((row) => row
-      .map((cell, i) => (i < row.length - 1 ? cell + ' '.repeat(this.widths[i] - textWidth(cell)) : cell))
-      .join('')
-      .trimEnd());
+    const lines = rows.map((row) =>
+      row
+        .map((cell, i) => (i < row.length - 1 ? cell + ' '.repeat(this.widths[i] - textWidth(cell)) : cell))
+        .join('')
+        .trimEnd(),
+    );
     if (lines.length > 0) this.write(lines.join('\n') + '\n');
   }
 }

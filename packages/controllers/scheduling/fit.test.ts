@@ -41,7 +41,13 @@ function node(name: string, o: NodeOpts = {}): NodeLike {
     spec: { taints: o.taints, unschedulable: o.unschedulable },
     status: {
       allocatable: { cpu: o.cpu ?? '4', memory: o.memory ?? '8Gi' },
-      conditions: ready === null ? [] : [{ type: 'MemoryPressure', status: 'False' }, { type: 'Ready', status: ready }],
+      conditions:
+        ready === null
+          ? []
+          : [
+              { type: 'MemoryPressure', status: 'False' },
+              { type: 'Ready', status: ready },
+            ],
     },
   };
 }
@@ -164,7 +170,8 @@ describe('filters', () => {
     { name: 'requiredNodes excludes the node', nodes: [node('a')], more: { requiredNodes: ['b'] }, want: one('node(s) had volume node affinity conflict') },
     {
       name: 'requiredNodes empty: conflicting pins, nothing fits',
-      nodes: [node('a'), node('b')], more: { requiredNodes: [] },
+      nodes: [node('a'), node('b')],
+      more: { requiredNodes: [] },
       want: '0/2 nodes are available: 2 node(s) had volume node affinity conflict.',
     },
     { name: 'nodeSelector mismatch', nodes: [node('a', { labels: { zone: 'x' } })], spec: spec({ nodeSelector: { zone: 'y' } }), want: one(affinity) },
@@ -172,7 +179,13 @@ describe('filters', () => {
     {
       name: 'required node affinity mismatch',
       nodes: [node('a', { labels: { zone: 'x' } })],
-      spec: spec({ affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'zone', operator: 'In', values: ['y'] }] }] } } } }),
+      spec: spec({
+        affinity: {
+          nodeAffinity: {
+            requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'zone', operator: 'In', values: ['y'] }] }] },
+          },
+        },
+      }),
       want: one(affinity),
     },
     {
@@ -193,17 +206,34 @@ describe('filters', () => {
     },
     {
       name: 'first untolerated taint is the one reported',
-      nodes: [node('a', { taints: [{ key: 'ok', effect: 'NoSchedule' }, { key: 'first', value: '1', effect: 'NoSchedule' }, { key: 'second', effect: 'NoSchedule' }] })],
+      nodes: [
+        node('a', {
+          taints: [
+            { key: 'ok', effect: 'NoSchedule' },
+            { key: 'first', value: '1', effect: 'NoSchedule' },
+            { key: 'second', effect: 'NoSchedule' },
+          ],
+        }),
+      ],
       spec: spec({ tolerations: [{ key: 'ok', operator: 'Exists' }] }),
       want: one('node(s) had untolerated taint {first: 1}'),
     },
     { name: 'Insufficient cpu', nodes: [node('a', { cpu: '50m' })], want: one('Insufficient cpu') },
     { name: 'Insufficient memory', nodes: [node('a', { memory: '1Gi' })], want: one('Insufficient memory') },
-    { name: 'no allocatable reported: insufficient', nodes: [{ metadata: { name: 'a' }, status: { conditions: [{ type: 'Ready', status: 'True' }] } }], want: one('Insufficient cpu') },
+    {
+      name: 'no allocatable reported: insufficient',
+      nodes: [{ metadata: { name: 'a' }, status: { conditions: [{ type: 'Ready', status: 'True' }] } }],
+      want: one('Insufficient cpu'),
+    },
     {
       name: 'placed requests use up the node',
       nodes: [node('a', { cpu: '1', memory: '4Gi' })],
-      more: { placed: [{ nodeName: 'a', requests: { cpuMillis: 500, memoryBytes: 3 * Gi } }, { nodeName: 'a', requests: { cpuMillis: 100, memoryBytes: 512 * Mi } }] },
+      more: {
+        placed: [
+          { nodeName: 'a', requests: { cpuMillis: 500, memoryBytes: 3 * Gi } },
+          { nodeName: 'a', requests: { cpuMillis: 100, memoryBytes: 512 * Mi } },
+        ],
+      },
       want: one('Insufficient memory'),
     },
     {
@@ -291,13 +321,18 @@ describe('unschedulable message', () => {
       spec({ nodeSelector: { zone: 'y' } }),
     );
     assert.deepEqual(r, {
-      node: undefined, reason: 'Unschedulable',
+      node: undefined,
+      reason: 'Unschedulable',
       message: "0/3 nodes are available: 1 Insufficient memory, 2 node(s) didn't match Pod's node affinity/selector.",
     });
   });
 
   it('sorts entries as strings, like Go sort.Strings', () => {
-    const nodes = [...Array.from({ length: 10 }, (_, i) => node(`u${i}`, { unschedulable: true })), node('m1', { memory: '1Mi' }), node('m2', { memory: '1Mi' })];
+    const nodes = [
+      ...Array.from({ length: 10 }, (_, i) => node(`u${i}`, { unschedulable: true })),
+      node('m1', { memory: '1Mi' }),
+      node('m2', { memory: '1Mi' }),
+    ];
     assert.equal(msg(run(nodes)), '0/12 nodes are available: 10 node(s) were unschedulable, 2 Insufficient memory.');
   });
 
@@ -316,16 +351,21 @@ describe('unschedulable message', () => {
 
   it('describeUnschedulable takes a Map or a record and drops zero counts', () => {
     assert.equal(describeUnschedulable(3, new Map([['Insufficient cpu', 3]])), '0/3 nodes are available: 3 Insufficient cpu.');
-    assert.equal(describeUnschedulable(2, { 'Insufficient memory': 1, 'Insufficient cpu': 1, nope: 0 }), '0/2 nodes are available: 1 Insufficient cpu, 1 Insufficient memory.');
+    assert.equal(
+      describeUnschedulable(2, { 'Insufficient memory': 1, 'Insufficient cpu': 1, nope: 0 }),
+      '0/2 nodes are available: 1 Insufficient cpu, 1 Insufficient memory.',
+    );
   });
 });
 
 describe('node selector terms', () => {
   const n = node('node-1', { labels: { zone: 'a', gen: '5', tier: '' } });
-  const expr = (key: string, operator: string, values?: string[]): NodeSelectorTermLike =>
-    ({ matchExpressions: [{ key, operator, values } as NonNullable<NodeSelectorTermLike['matchExpressions']>[number]] });
-  const field = (operator: string, values: string[], key = 'metadata.name'): NodeSelectorTermLike =>
-    ({ matchFields: [{ key, operator, values } as NonNullable<NodeSelectorTermLike['matchFields']>[number]] });
+  const expr = (key: string, operator: string, values?: string[]): NodeSelectorTermLike => ({
+    matchExpressions: [{ key, operator, values } as NonNullable<NodeSelectorTermLike['matchExpressions']>[number]],
+  });
+  const field = (operator: string, values: string[], key = 'metadata.name'): NodeSelectorTermLike => ({
+    matchFields: [{ key, operator, values } as NonNullable<NodeSelectorTermLike['matchFields']>[number]],
+  });
   const cases: [string, NodeSelectorTermLike, boolean][] = [
     ['In matches', expr('zone', 'In', ['b', 'a']), true],
     ['In misses', expr('zone', 'In', ['b']), false],
@@ -359,7 +399,12 @@ describe('node selector terms', () => {
     ['empty term matches nothing', {}, false],
     [
       'expressions and fields are ANDed',
-      { matchExpressions: [{ key: 'zone', operator: 'In', values: ['a'] }, { key: 'gen', operator: 'Gt', values: ['9'] }] },
+      {
+        matchExpressions: [
+          { key: 'zone', operator: 'In', values: ['a'] },
+          { key: 'gen', operator: 'Gt', values: ['9'] },
+        ],
+      },
       false,
     ],
     [
@@ -372,10 +417,16 @@ describe('node selector terms', () => {
 
   it('terms are ORed in required affinity', () => {
     const s = spec({
-      affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [
-        { matchExpressions: [{ key: 'zone', operator: 'In', values: ['nope'] }] },
-        { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['b'] }] },
-      ] } } },
+      affinity: {
+        nodeAffinity: {
+          requiredDuringSchedulingIgnoredDuringExecution: {
+            nodeSelectorTerms: [
+              { matchExpressions: [{ key: 'zone', operator: 'In', values: ['nope'] }] },
+              { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['b'] }] },
+            ],
+          },
+        },
+      },
     });
     const r = run([node('a'), node('b')], s);
     assert.equal(r.node, 'b');
@@ -384,7 +435,11 @@ describe('node selector terms', () => {
   it('nodeSelector and affinity must both hold', () => {
     const s = spec({
       nodeSelector: { zone: 'x' },
-      affinity: { nodeAffinity: { requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchFields: [{ key: 'metadata.name', operator: 'In', values: ['a'] }] }] } } },
+      affinity: {
+        nodeAffinity: {
+          requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchFields: [{ key: 'metadata.name', operator: 'In', values: ['a'] }] }] },
+        },
+      },
     });
     const nodes = [node('a', { labels: { zone: 'y' } }), node('b', { labels: { zone: 'x' } }), node('c', { labels: { zone: 'x' } })];
     assert.equal(msg(run(nodes, s)), "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.");
@@ -414,10 +469,20 @@ describe('tolerations', () => {
   for (const [name, t, tt, want] of cases) it(name, () => assert.equal(toleratesTaint(t, tt), want));
 
   it('every untolerated taint must be tolerated for the node to fit', () => {
-    const n = node('a', { taints: [{ key: 'a', effect: 'NoSchedule' }, { key: 'b', value: '1', effect: 'NoExecute' }] });
+    const n = node('a', {
+      taints: [
+        { key: 'a', effect: 'NoSchedule' },
+        { key: 'b', value: '1', effect: 'NoExecute' },
+      ],
+    });
     const partial = spec({ tolerations: [{ key: 'a', operator: 'Exists' }] });
     assert.equal(msg(run([n], partial)), one('node(s) had untolerated taint {b: 1}'));
-    const full = spec({ tolerations: [{ key: 'a', operator: 'Exists' }, { key: 'b', value: '1' }] });
+    const full = spec({
+      tolerations: [
+        { key: 'a', operator: 'Exists' },
+        { key: 'b', value: '1' },
+      ],
+    });
     assert.equal(run([n], full).node, 'a');
   });
 });
@@ -441,9 +506,13 @@ describe('scoring', () => {
 
   it('preferred node affinity wins over least allocated', () => {
     const s = spec({
-      affinity: { nodeAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [
-        { weight: 10, preference: { matchExpressions: [{ key: 'disk', operator: 'In', values: ['ssd'] }] } },
-      ] } },
+      affinity: {
+        nodeAffinity: {
+          preferredDuringSchedulingIgnoredDuringExecution: [
+            { weight: 10, preference: { matchExpressions: [{ key: 'disk', operator: 'In', values: ['ssd'] }] } },
+          ],
+        },
+      },
     });
     const nodes = [node('busy', { labels: { disk: 'ssd' } }), node('idle', { labels: { disk: 'hdd' } })];
     const placed = [{ nodeName: 'busy', requests: { cpuMillis: 3000, memoryBytes: 6 * Gi } }];
@@ -462,7 +531,13 @@ describe('scoring', () => {
   it('preferred terms never make a node fit', () => {
     const s = spec({
       nodeSelector: { zone: 'a' },
-      affinity: { nodeAffinity: { preferredDuringSchedulingIgnoredDuringExecution: [{ weight: 100, preference: { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['b'] }] } }] } },
+      affinity: {
+        nodeAffinity: {
+          preferredDuringSchedulingIgnoredDuringExecution: [
+            { weight: 100, preference: { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['b'] }] } },
+          ],
+        },
+      },
     });
     assert.equal(run([node('a', { labels: { zone: 'a' } }), node('b', { labels: { zone: 'b' } })], s).node, 'a');
   });

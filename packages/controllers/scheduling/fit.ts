@@ -31,7 +31,11 @@ export type VmiSchedulingSpec = Pick<V1VirtualMachineInstanceSpec, 'affinity' | 
   domain?: Pick<V1DomainSpec, 'cpu' | 'memory' | 'resources'>;
 };
 
-export interface TaintLike { key: string; value?: string; effect: string }
+export interface TaintLike {
+  key: string;
+  value?: string;
+  effect: string;
+}
 export type TolerationLike = K8sIoApiCoreV1Toleration;
 export type NodeSelectorTermLike = K8sIoApiCoreV1NodeSelectorTerm;
 export type NodeSelectorRequirementLike = K8sIoApiCoreV1NodeSelectorRequirement;
@@ -46,7 +50,10 @@ export interface NodeLike {
   };
 }
 
-export interface Requests { cpuMillis: number; memoryBytes: number }
+export interface Requests {
+  cpuMillis: number;
+  memoryBytes: number;
+}
 
 export interface SchedulingSettings {
   /** KubeVirt developerConfiguration.cpuAllocationRatio: a vCPU requests 1/ratio of a CPU. Default 10. */
@@ -68,9 +75,7 @@ export interface ScheduleInput {
   settings?: SchedulingSettings;
 }
 
-export type ScheduleResult =
-  | { node: string; score: number }
-  | { node: undefined; reason: 'Unschedulable'; message: string };
+export type ScheduleResult = { node: string; score: number } | { node: undefined; reason: 'Unschedulable'; message: string };
 
 // ---------------------------------------------------------------------------------------------
 // Constants
@@ -158,14 +163,14 @@ export function vmiRequests(spec: VmiSchedulingSpec, settings: SchedulingSetting
   const requestedMemory = quantity(requests.memory);
   const guestSource = quantity(domain?.memory?.guest) ?? quantity(limits.memory);
   const guest = guestSource ?? requestedMemory ?? 0;
-  const baseMemory = requestedMemory ?? (guestSource ?? 0) * 100 / overcommit;
+  const baseMemory = requestedMemory ?? ((guestSource ?? 0) * 100) / overcommit;
   const overhead = domain?.resources?.overcommitGuestOverhead ? 0 : vmiOverheadBytes(guest);
 
   const requestedCpu = quantity(requests.cpu);
   let cpuMillis: number;
   if (requestedCpu !== undefined) cpuMillis = requestedCpu * 1000;
   else if (domain?.cpu?.dedicatedCpuPlacement) cpuMillis = (vmiVcpus(spec) + (domain.cpu.isolateEmulatorThread ? 1 : 0)) * 1000;
-  else cpuMillis = vmiVcpus(spec) * 1000 / ratio;
+  else cpuMillis = (vmiVcpus(spec) * 1000) / ratio;
 
   return { cpuMillis: ceilish(cpuMillis), memoryBytes: ceilish(baseMemory) + overhead };
 }
@@ -203,10 +208,14 @@ function int64(s: string): bigint | undefined {
 function requirementMatches(r: NodeSelectorRequirementLike, value: string | undefined): boolean {
   const values = r.values ?? [];
   switch (r.operator) {
-    case 'In': return value !== undefined && values.includes(value);
-    case 'NotIn': return value === undefined || !values.includes(value);
-    case 'Exists': return value !== undefined;
-    case 'DoesNotExist': return value === undefined;
+    case 'In':
+      return value !== undefined && values.includes(value);
+    case 'NotIn':
+      return value === undefined || !values.includes(value);
+    case 'Exists':
+      return value !== undefined;
+    case 'DoesNotExist':
+      return value === undefined;
     case 'Gt':
     case 'Lt': {
       const have = value === undefined ? undefined : int64(value);
@@ -214,7 +223,8 @@ function requirementMatches(r: NodeSelectorRequirementLike, value: string | unde
       if (have === undefined || want === undefined) return false;
       return r.operator === 'Gt' ? have > want : have < want;
     }
-    default: return false;
+    default:
+      return false;
   }
 }
 
@@ -268,7 +278,10 @@ function readinessTaint(node: NodeLike): TaintLike | undefined {
   return { key: ready?.status === 'False' ? TAINT_NOT_READY : TAINT_UNREACHABLE, value: '', effect: 'NoSchedule' };
 }
 
-export interface NodeResources { allocatable: Requests; used: Requests }
+export interface NodeResources {
+  allocatable: Requests;
+  used: Requests;
+}
 
 function allocatableOf(node: NodeLike): Requests {
   const a = node.status?.allocatable ?? {};
@@ -282,9 +295,7 @@ function allocatableOf(node: NodeLike): Requests {
  * Why the VMI can't go on this node: the reason of the first filter that fails, or undefined
  * when it fits. `used` is the sum of the requests already placed there.
  */
-export function filterNode(
-  spec: VmiSchedulingSpec, node: NodeLike, requests: Requests, used: Requests, requiredNodes?: readonly string[],
-): string | undefined {
+export function filterNode(spec: VmiSchedulingSpec, node: NodeLike, requests: Requests, used: Requests, requiredNodes?: readonly string[]): string | undefined {
   const tolerations = spec.tolerations;
   const notReady = readinessTaint(node);
   if (notReady && !tolerated(tolerations, notReady)) return untoleratedTaintReason(notReady);
@@ -311,7 +322,7 @@ export function filterNode(
  * free once the VMI is placed; a resource the node has none of scores 0.
  */
 export function leastAllocatedScore(allocatable: Requests, usedWithVmi: Requests): number {
-  const free = (alloc: number, used: number) => (alloc > 0 ? Math.max(0, (alloc - used) * 100 / alloc) : 0);
+  const free = (alloc: number, used: number) => (alloc > 0 ? Math.max(0, ((alloc - used) * 100) / alloc) : 0);
   return (free(allocatable.cpuMillis, usedWithVmi.cpuMillis) + free(allocatable.memoryBytes, usedWithVmi.memoryBytes)) / 2;
 }
 
@@ -336,7 +347,8 @@ export function describeUnschedulable(totalNodes: number, reasons: ReadonlyMap<s
 // Scheduling
 
 const sumRequests = (a: Requests, b: Requests): Requests => ({
-  cpuMillis: a.cpuMillis + b.cpuMillis, memoryBytes: a.memoryBytes + b.memoryBytes,
+  cpuMillis: a.cpuMillis + b.cpuMillis,
+  memoryBytes: a.memoryBytes + b.memoryBytes,
 });
 
 /**

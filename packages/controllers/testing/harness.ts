@@ -28,7 +28,9 @@ export class LaggingClient extends InMemoryClient {
   override watchResource<T extends ApiObject = ApiObject>(res: ResourceRef, opts: WatchOptions, onEvent: (event: WatchEvent<T>) => void): Watch {
     const ms = this.lag[res.plural];
     if (ms === undefined) return super.watchResource<T>(res, opts, onEvent);
-    return super.watchResource<T>(res, opts, (ev) => { setTimeout(() => onEvent(ev), ms); });
+    return super.watchResource<T>(res, opts, (ev) => {
+      setTimeout(() => onEvent(ev), ms);
+    });
   }
 }
 type Obj = Record<string, unknown>;
@@ -49,7 +51,9 @@ export const settle = (ms = 30) => new Promise((r) => setTimeout(r, ms));
 
 export function vmObject(name: string, spec: Obj = {}, ns = 'default'): KubeObject {
   return {
-    apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name, namespace: ns },
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: ns },
     spec: {
       template: { spec: { domain: { cpu: { cores: 1 }, resources: { requests: { memory: '128Mi' } }, devices: {} } } },
       ...spec,
@@ -57,9 +61,14 @@ export function vmObject(name: string, spec: Obj = {}, ns = 'default'): KubeObje
   };
 }
 
-export function nodeObject(name: string, opts: { cpu?: string; memory?: string; labels?: Record<string, string>; taints?: Obj[]; ready?: boolean } = {}): KubeObject {
+export function nodeObject(
+  name: string,
+  opts: { cpu?: string; memory?: string; labels?: Record<string, string>; taints?: Obj[]; ready?: boolean } = {},
+): KubeObject {
   return {
-    apiVersion: 'v1', kind: 'Node', metadata: { name, labels: { 'kubernetes.io/hostname': name, ...opts.labels } },
+    apiVersion: 'v1',
+    kind: 'Node',
+    metadata: { name, labels: { 'kubernetes.io/hostname': name, ...opts.labels } },
     spec: opts.taints ? { taints: opts.taints } : {},
     status: {
       capacity: { cpu: opts.cpu ?? '4', memory: opts.memory ?? '8Gi', pods: '110' },
@@ -73,32 +82,51 @@ export function nodeObject(name: string, opts: { cpu?: string; memory?: string; 
 export async function createNode(c: InMemoryClient, name: string, opts: Parameters<typeof nodeObject>[1] = {}): Promise<void> {
   const node = nodeObject(name, opts);
   await c.create(NODES, node);
-  await updateStatus(c, NODES, undefined, name, (s) => { Object.assign(s, node.status); });
+  await updateStatus(c, NODES, undefined, name, (s) => {
+    Object.assign(s, node.status);
+  });
 }
 
 export const vmStatus = async (c: InMemoryClient, name: string, ns = 'default') => ((await c.get(VMS, name, { namespace: ns })).status ?? {}) as Obj;
 /** The object, or undefined when it does not exist (any other failure fails the test). */
-export const tryGet = async (c: InMemoryClient, res: typeof VMIS, name: string, ns = 'default') => c.get(res, name, { namespace: ns }).catch((e: unknown) => {
-  if (isNotFound(e)) return undefined;
-  throw e;
-});
+export const tryGet = async (c: InMemoryClient, res: typeof VMIS, name: string, ns = 'default') =>
+  c.get(res, name, { namespace: ns }).catch((e: unknown) => {
+    if (isNotFound(e)) return undefined;
+    throw e;
+  });
 export { NODES };
 
 /** The agent's part of a start on `node`: what runtime.ts writes for a Scheduled VMI that boots. */
 export async function agentStarts(c: InMemoryClient, name: string, node: string, ns = 'default'): Promise<void> {
   const vmi = await c.get(VMIS, name, { namespace: ns });
-  await c.patch(VMIS, name, { metadata: { resourceVersion: vmi.metadata?.resourceVersion, finalizers: [...(vmi.metadata?.finalizers ?? []), 'vessel.io/vmi-runtime'] } }, { namespace: ns });
+  await c.patch(
+    VMIS,
+    name,
+    { metadata: { resourceVersion: vmi.metadata?.resourceVersion, finalizers: [...(vmi.metadata?.finalizers ?? []), 'vessel.io/vmi-runtime'] } },
+    { namespace: ns },
+  );
   await agentSets(c, name, 'Running', ns, node);
   await new EventRecorder(c, 'vessel-agent', node).record(vmi as KubeObject, 'Normal', 'Started', `VirtualMachineInstance started on ${node} (TCG)`);
 }
 
 /** Sets a VMI's phase as the agent would (Ready with Running; a final phase ends it). */
-export async function agentSets(c: InMemoryClient, name: string, phase: 'Running' | 'Succeeded' | 'Failed', ns = 'default', node = 'node-a', at = new Date()): Promise<void> {
+export async function agentSets(
+  c: InMemoryClient,
+  name: string,
+  phase: 'Running' | 'Succeeded' | 'Failed',
+  ns = 'default',
+  node = 'node-a',
+  at = new Date(),
+): Promise<void> {
   await updateStatus(c, VMIS, ns, name, (s) => {
     s.phase = phase;
     s.nodeName ??= node;
     const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
     s.phaseTransitionTimestamps = [...stamps, { phase, phaseTransitionTimestamp: at.toISOString() }];
-    setCondition(s, phase === 'Running' ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: 'Stopped', message: '' }, false);
+    setCondition(
+      s,
+      phase === 'Running' ? { type: 'Ready', status: 'True', reason: '', message: '' } : { type: 'Ready', status: 'False', reason: 'Stopped', message: '' },
+      false,
+    );
   });
 }

@@ -99,7 +99,10 @@ describe('EtcdStore', () => {
       }
       const events = await w.waitFor(40, 20000);
       await new Promise((r) => setTimeout(r, 50));
-      assert.deepEqual(events.map((e) => e.kv.modRevision), written);
+      assert.deepEqual(
+        events.map((e) => e.kv.modRevision),
+        written,
+      );
       assert.deepEqual(w.errors, []);
       w.watch.close();
     } finally {

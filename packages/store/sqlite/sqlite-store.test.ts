@@ -83,7 +83,10 @@ describe('SqliteStore', () => {
       const replay = record(store, '', 0);
       const events = await replay.waitFor(current, 10000);
       replay.watch.close();
-      assert.deepEqual(events.map((e) => e.kv.modRevision), Array.from({ length: current }, (_, i) => i + 1));
+      assert.deepEqual(
+        events.map((e) => e.kv.modRevision),
+        Array.from({ length: current }, (_, i) => i + 1),
+      );
       for (const e of events) {
         if (e.type === 'put') replayed.set(e.kv.key, e.kv.value);
         else replayed.delete(e.kv.key);
@@ -115,10 +118,22 @@ describe('SqliteStore', () => {
     try {
       assert.equal(await second.currentRevision(), rev);
       assert.equal(await second.compactedRevision(), a.modRevision);
-      assert.deepEqual((await second.list('')).items.map((kv) => [kv.key, kv.value]), [['/a', '2'], ['/b', '1']]);
+      assert.deepEqual(
+        (await second.list('')).items.map((kv) => [kv.key, kv.value]),
+        [
+          ['/a', '2'],
+          ['/b', '1'],
+        ],
+      );
       const w = record(second, '', a.modRevision);
       const events = await w.waitFor(2);
-      assert.deepEqual(events.map((e) => [e.type, e.kv.key, e.kv.value]), [['put', '/a', '2'], ['put', '/b', '1']]);
+      assert.deepEqual(
+        events.map((e) => [e.type, e.kv.key, e.kv.value]),
+        [
+          ['put', '/a', '2'],
+          ['put', '/b', '1'],
+        ],
+      );
       w.watch.close();
       const next = await second.create('/c', '1');
       assert.equal(next.modRevision, rev + 1);
@@ -131,7 +146,10 @@ describe('SqliteStore', () => {
     const path = freshPath();
     const first = new SqliteStore(path);
     try {
-      assert.throws(() => new SqliteStore(path, { lockTimeoutMs: 50 }), (e: unknown) => isStoreError(e, 'Unavailable'));
+      assert.throws(
+        () => new SqliteStore(path, { lockTimeoutMs: 50 }),
+        (e: unknown) => isStoreError(e, 'Unavailable'),
+      );
     } finally {
       await first.close();
     }
@@ -151,8 +169,14 @@ describe('SqliteStore', () => {
       const events = await w.waitFor(501);
       await new Promise((r) => setTimeout(r, 30));
       assert.equal(events.length, 501);
-      assert.deepEqual(events.map((e) => e.kv.value), ['first', ...Array.from({ length: 500 }, (_, i) => String(i))]);
-      assert.deepEqual(events.map((e) => e.kv.modRevision), Array.from({ length: 501 }, (_, i) => i + 1));
+      assert.deepEqual(
+        events.map((e) => e.kv.value),
+        ['first', ...Array.from({ length: 500 }, (_, i) => String(i))],
+      );
+      assert.deepEqual(
+        events.map((e) => e.kv.modRevision),
+        Array.from({ length: 501 }, (_, i) => i + 1),
+      );
       w.watch.close();
     } finally {
       await store.close();

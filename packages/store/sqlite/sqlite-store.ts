@@ -167,9 +167,7 @@ export class SqliteStore implements Store {
       insertKv: db.prepare('INSERT INTO kv (key, value, create_rev, mod_rev) VALUES (?, ?, ?, ?)'),
       updateKv: db.prepare('UPDATE kv SET value = ?, mod_rev = ? WHERE key = ?'),
       deleteKv: db.prepare('DELETE FROM kv WHERE key = ?'),
-      insertLog: db.prepare(
-        'INSERT INTO log (rev, key, type, value, create_rev, prev_value, prev_create_rev, prev_mod_rev) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
-      ),
+      insertLog: db.prepare('INSERT INTO log (rev, key, type, value, create_rev, prev_value, prev_create_rev, prev_mod_rev) VALUES (?, ?, ?, ?, ?, ?, ?, ?)'),
       setRev: db.prepare('UPDATE meta SET rev = ? WHERE id = 1'),
       setCompacted: db.prepare('UPDATE meta SET compacted = ? WHERE id = 1'),
       minLogRev: db.prepare('SELECT MIN(rev) AS rev FROM log'),
@@ -366,8 +364,7 @@ export class SqliteStore implements Store {
     const id = `${past}${hasHi}${hasAfter}${hasLimit}`;
     let stmt = this.listStatements.get(id);
     if (stmt) return stmt;
-    const range = (col: string) =>
-      `${col} >= @lo${hasHi ? ` AND ${col} < @hi` : ''}${hasAfter ? ` AND ${col} > @after` : ''}`;
+    const range = (col: string) => `${col} >= @lo${hasHi ? ` AND ${col} < @hi` : ''}${hasAfter ? ` AND ${col} > @after` : ''}`;
     const tail = `ORDER BY key${hasLimit ? ' LIMIT @limit' : ''}`;
     const sql = past
       ? `SELECT key, value, create_rev, mod_rev FROM (

@@ -36,14 +36,16 @@ export const clock: Configurator = (ctx) => {
   if (hpet && readBool(hpet.present, 'spec.domain.clock.timer.hpet.present', c) === false) ctx.machineProps.push(['hpet', false]);
   const rtcT = readObj(timer.rtc, 'spec.domain.clock.timer.rtc', c);
   if (rtcT) {
-    if (readBool(rtcT.present, 'spec.domain.clock.timer.rtc.present', c) === false) c.value('spec.domain.clock.timer.rtc.present', false, 'the RTC cannot be removed');
+    if (readBool(rtcT.present, 'spec.domain.clock.timer.rtc.present', c) === false)
+      c.value('spec.domain.clock.timer.rtc.present', false, 'the RTC cannot be removed');
     const tp = readStr(rtcT.tickPolicy, 'spec.domain.clock.timer.rtc.tickPolicy', c);
     if (tp === 'catchup') rtc.push(['driftfix', 'slew']);
     else if (tp !== undefined && tp !== 'delay') c.value('spec.domain.clock.timer.rtc.tickPolicy', tp, RTC_TICK_POLICIES);
   }
   const pit = readObj(timer.pit, 'spec.domain.clock.timer.pit', c);
   if (pit) {
-    if (readBool(pit.present, 'spec.domain.clock.timer.pit.present', c) === false) c.value('spec.domain.clock.timer.pit.present', false, 'the PIT cannot be removed');
+    if (readBool(pit.present, 'spec.domain.clock.timer.pit.present', c) === false)
+      c.value('spec.domain.clock.timer.pit.present', false, 'the PIT cannot be removed');
     const tp = readStr(pit.tickPolicy, 'spec.domain.clock.timer.pit.tickPolicy', c);
     if (tp !== undefined) {
       if (!PIT_TICK_POLICIES.includes(tp)) c.value('spec.domain.clock.timer.pit.tickPolicy', tp, PIT_TICK_POLICIES);
@@ -77,7 +79,13 @@ export const serialConsole: Configurator = (ctx) => {
   const { c, devices } = ctx;
   ctx.serialConsole = readBool(devices.autoattachSerialConsole, 'spec.domain.devices.autoattachSerialConsole', c) !== false;
   if (ctx.serialConsole) {
-    ctx.args.devices.push('-device', opt('isa-serial', [['chardev', SERIAL_CHARDEV_ID], ['id', 'serial0']]));
+    ctx.args.devices.push(
+      '-device',
+      opt('isa-serial', [
+        ['chardev', SERIAL_CHARDEV_ID],
+        ['id', 'serial0'],
+      ]),
+    );
     ctx.chardevs.push({ id: SERIAL_CHARDEV_ID, role: 'serial-console' });
   }
   if (readBool(devices.logSerialConsole, 'spec.domain.devices.logSerialConsole', c) === false) {
@@ -88,20 +96,45 @@ export const serialConsole: Configurator = (ctx) => {
 /** The guest agent channel is always there, as in KubeVirt. */
 export const guestAgent: Configurator = (ctx) => {
   ctx.args.devices.push('-device', opt(virtio(ctx, 'virtio-serial-pci'), [['id', 'virtio-serial0']]));
-  ctx.args.devices.push('-device', opt('virtserialport', [['bus', 'virtio-serial0.0'], ['chardev', GUEST_AGENT_CHARDEV_ID], ['name', 'org.qemu.guest_agent.0']]));
+  ctx.args.devices.push(
+    '-device',
+    opt('virtserialport', [
+      ['bus', 'virtio-serial0.0'],
+      ['chardev', GUEST_AGENT_CHARDEV_ID],
+      ['name', 'org.qemu.guest_agent.0'],
+    ]),
+  );
   ctx.chardevs.push({ id: GUEST_AGENT_CHARDEV_ID, role: 'guest-agent' });
 };
 
 export const balloon: Configurator = (ctx) => {
   if (readBool(ctx.devices.autoattachMemBalloon, 'spec.domain.devices.autoattachMemBalloon', ctx.c) === false) return;
   // Free page reporting returns freed guest memory to the host; not with hugepages (KubeVirt's rule).
-  ctx.args.devices.push('-device', opt(virtio(ctx, 'virtio-balloon-pci'), [['id', 'balloon0'], ['free-page-reporting', ctx.hugepages ? undefined : true]]));
+  ctx.args.devices.push(
+    '-device',
+    opt(virtio(ctx, 'virtio-balloon-pci'), [
+      ['id', 'balloon0'],
+      ['free-page-reporting', ctx.hugepages ? undefined : true],
+    ]),
+  );
 };
 
 export const rng: Configurator = (ctx) => {
   if (!isSet(ctx.devices.rng)) return;
-  ctx.args.devices.push('-object', opt('rng-random', [['id', 'objrng0'], ['filename', '/dev/urandom']]));
-  ctx.args.devices.push('-device', opt(virtio(ctx, 'virtio-rng-pci'), [['rng', 'objrng0'], ['id', 'rng0']]));
+  ctx.args.devices.push(
+    '-object',
+    opt('rng-random', [
+      ['id', 'objrng0'],
+      ['filename', '/dev/urandom'],
+    ]),
+  );
+  ctx.args.devices.push(
+    '-device',
+    opt(virtio(ctx, 'virtio-rng-pci'), [
+      ['rng', 'objrng0'],
+      ['id', 'rng0'],
+    ]),
+  );
 };
 
 /** The i6300esb device, and its action as -action (in the actions section, before the devices). */
@@ -118,7 +151,8 @@ export const watchdog: Configurator = (ctx) => {
     return;
   }
   const action = readStr(esb.action, 'spec.domain.devices.watchdog.i6300esb.action', c) ?? 'reset';
-  if (!['poweroff', 'reset', 'shutdown'].includes(action)) return c.value('spec.domain.devices.watchdog.i6300esb.action', action, ['poweroff', 'reset', 'shutdown']);
+  if (!['poweroff', 'reset', 'shutdown'].includes(action))
+    return c.value('spec.domain.devices.watchdog.i6300esb.action', action, ['poweroff', 'reset', 'shutdown']);
   // KubeVirt's actions are QEMU's: poweroff (hard), reset, shutdown (ACPI request).
   ctx.args.devices.push('-device', opt('i6300esb', [['id', deviceId(wname)]]));
   ctx.args.actions.push('-action', `watchdog=${action}`);
@@ -146,7 +180,13 @@ export const inputs: Configurator = (ctx) => {
     if (bus === 'usb') {
       if (!usb) ctx.args.devices.push('-device', opt('qemu-xhci', [['id', 'usb']]));
       usb = true;
-      ctx.args.devices.push('-device', opt(type === 'tablet' ? 'usb-tablet' : 'usb-kbd', [['id', deviceId(iname)], ['bus', 'usb.0']]));
+      ctx.args.devices.push(
+        '-device',
+        opt(type === 'tablet' ? 'usb-tablet' : 'usb-kbd', [
+          ['id', deviceId(iname)],
+          ['bus', 'usb.0'],
+        ]),
+      );
     } else if (bus === 'virtio') {
       ctx.args.devices.push('-device', opt(type === 'tablet' ? 'virtio-tablet-pci' : 'virtio-keyboard-pci', [['id', deviceId(iname)]]));
     } else {
@@ -161,6 +201,7 @@ export const sgabios: Configurator = (ctx) => {
   const bl = readObj(ctx.firmware.bootloader, 'spec.domain.firmware.bootloader', c);
   const bios = readObj(bl?.bios, 'spec.domain.firmware.bootloader.bios', c);
   if (readBool(bios?.useSerial, 'spec.domain.firmware.bootloader.bios.useSerial', c) !== true) return;
-  if (!ctx.serialConsole) c.invalid('spec.domain.firmware.bootloader.bios.useSerial', true, 'needs the serial console (autoattachSerialConsole must not be false)');
+  if (!ctx.serialConsole)
+    c.invalid('spec.domain.firmware.bootloader.bios.useSerial', true, 'needs the serial console (autoattachSerialConsole must not be false)');
   ctx.args.devices.push('-device', 'sga');
 };

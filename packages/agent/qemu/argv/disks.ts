@@ -6,13 +6,37 @@
  */
 import { SUPPORTED_DISK_BUSES, blockSizeProblem, defaultDiskBus } from '@vessel/api';
 import type { QemuVolume } from '../argv.ts';
-import { checkHostString, checkName, claimId, forEachNamed, isSet, opt, readBool, readBootOrder, readInt, readList, readObj, readStr, supportedStrings, virtio, type Configurator, type Ctx, type Obj, type OptProps } from './context.ts';
+import {
+  checkHostString,
+  checkName,
+  claimId,
+  forEachNamed,
+  isSet,
+  opt,
+  readBool,
+  readBootOrder,
+  readInt,
+  readList,
+  readObj,
+  readStr,
+  supportedStrings,
+  virtio,
+  type Configurator,
+  type Ctx,
+  type Obj,
+  type OptProps,
+} from './context.ts';
 import { SCSI_CONTROLLER_ID, blockNodeNames, deviceId } from './ids.ts';
 
 const CACHE_MODES = supportedStrings('domain.devices.disks[].cache');
 const IO_MODES = supportedStrings('domain.devices.disks[].io');
 /** KubeVirt's errorPolicy as QEMU's [werror, rerror]. */
-const ERROR_POLICIES: Record<string, [string, string]> = { stop: ['stop', 'stop'], report: ['report', 'report'], ignore: ['ignore', 'ignore'], enospace: ['enospc', 'report'] };
+const ERROR_POLICIES: Record<string, [string, string]> = {
+  stop: ['stop', 'stop'],
+  report: ['report', 'report'],
+  ignore: ['ignore', 'ignore'],
+  enospace: ['enospc', 'report'],
+};
 const VOLUME_SOURCES = ['containerDisk', 'dataVolume', 'persistentVolumeClaim', 'ephemeral', 'emptyDisk', 'cloudInitNoCloud', 'cloudInitConfigDrive'];
 const REFUSED_SOURCES = ['hostDisk', 'configMap', 'secret', 'serviceAccount', 'downwardAPI', 'downwardMetrics', 'sysprep', 'memoryDump', 'containerPath'];
 
@@ -115,7 +139,11 @@ function readDisk(ctx: Ctx, d: unknown, path: string, volumes: Map<string, Volum
   const hostVol = vol ? input.volumes[name] : undefined;
   const ro = readOnly === true || vol?.pvcReadOnly === true || hostVol?.readOnly === true;
   if (kind === 'disk' && bus === 'sata' && ro) {
-    c.invalid(readOnly ? `${path}.disk.readonly` : `${path}.disk.bus`, readOnly ? true : bus, 'a SATA disk cannot be read-only in QEMU; use bus virtio or scsi');
+    c.invalid(
+      readOnly ? `${path}.disk.readonly` : `${path}.disk.bus`,
+      readOnly ? true : bus,
+      'a SATA disk cannot be read-only in QEMU; use bus virtio or scsi',
+    );
   }
   const tuning = readTuning(ctx, o, path, hostVol);
   let bootindex = readBootOrder(ctx, o.bootOrder, `${path}.bootOrder`);
@@ -161,7 +189,8 @@ function readTuning(ctx: Ctx, o: Obj, path: string, hostVol: QemuVolume | undefi
   const cacheDefault = hostVol?.directIO === false ? 'writethrough' : 'none';
   const cache = readStr(o.cache, `${path}.cache`, c) ?? cacheDefault;
   if (!CACHE_MODES.includes(cache)) c.value(`${path}.cache`, cache, CACHE_MODES);
-  if (cache === 'none' && hostVol?.directIO === false) c.invalid(`${path}.cache`, cache, 'the volume is on a file system without O_DIRECT support (such as tmpfs)');
+  if (cache === 'none' && hostVol?.directIO === false)
+    c.invalid(`${path}.cache`, cache, 'the volume is on a file system without O_DIRECT support (such as tmpfs)');
   const io = readStr(o.io, `${path}.io`, c);
   if (io !== undefined && !IO_MODES.includes(io)) c.value(`${path}.io`, io, IO_MODES);
   if (io === 'native' && cache !== 'none') c.invalid(`${path}.io`, io, 'native I/O needs cache none');
@@ -222,7 +251,12 @@ function placement(ctx: Ctx, disk: Disk, walk: Walk, blockMQ: boolean): [string,
   if (disk.bus === 'virtio') return [virtio(ctx, 'virtio-blk-pci'), [['num-queues', blockMQ && ctx.vcpus > 1 ? ctx.vcpus : undefined]]];
   const cdrom = disk.kind === 'cdrom';
   if (disk.bus === 'scsi') {
-    const where: OptProps = [['bus', `${SCSI_CONTROLLER_ID}.0`], ['channel', 0], ['scsi-id', walk.scsi++], ['lun', 0]];
+    const where: OptProps = [
+      ['bus', `${SCSI_CONTROLLER_ID}.0`],
+      ['channel', 0],
+      ['scsi-id', walk.scsi++],
+      ['lun', 0],
+    ];
     return [cdrom ? 'scsi-cd' : 'scsi-hd', where];
   }
   // Six ports per AHCI controller; q35 has one built in (bus "ide"), more are ich9-ahci.

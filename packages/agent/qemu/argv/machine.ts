@@ -112,7 +112,15 @@ export const memory: Configurator = (ctx) => {
   const path = checkHostString('hugepagesPath', ctx.input.hugepagesPath ?? (size === 2 ** 30 ? '/dev/hugepages1G' : '/dev/hugepages'));
   // pc.ram: the RAM block name QEMU uses without a backend, so the migration stream is the same.
   // prealloc: fail at start, not with SIGBUS later, when the hugepage pool is short.
-  ctx.args.memory.push('-object', opt('memory-backend-file', [['id', 'pc.ram'], ['size', `${mib}M`], ['mem-path', path], ['prealloc', true]]));
+  ctx.args.memory.push(
+    '-object',
+    opt('memory-backend-file', [
+      ['id', 'pc.ram'],
+      ['size', `${mib}M`],
+      ['mem-path', path],
+      ['prealloc', true],
+    ]),
+  );
   ctx.machineProps.push(['memory-backend', 'pc.ram']);
 };
 
@@ -136,8 +144,22 @@ export const efi: Configurator = (ctx) => {
     } else {
       // -blockdev pflash: code read-only, this VM's variable store writable.
       const pf = (n: 0 | 1, path: string, ro: boolean): void => {
-        ctx.args.firmware.push('-blockdev', opt('driver=file', [['filename', checkHostString('firmware path', path)], ['node-name', `pflash${n}-file`], ['read-only', ro || undefined]]));
-        ctx.args.firmware.push('-blockdev', opt('driver=raw', [['file', `pflash${n}-file`], ['node-name', `pflash${n}`], ['read-only', ro || undefined]]));
+        ctx.args.firmware.push(
+          '-blockdev',
+          opt('driver=file', [
+            ['filename', checkHostString('firmware path', path)],
+            ['node-name', `pflash${n}-file`],
+            ['read-only', ro || undefined],
+          ]),
+        );
+        ctx.args.firmware.push(
+          '-blockdev',
+          opt('driver=raw', [
+            ['file', `pflash${n}-file`],
+            ['node-name', `pflash${n}`],
+            ['read-only', ro || undefined],
+          ]),
+        );
       };
       pf(0, fwIn.ovmfCode, true);
       pf(1, fwIn.ovmfVars, false);
@@ -158,7 +180,8 @@ export const kernelBoot: Configurator = (ctx) => {
   }
   const container = readObj(kb.container, 'spec.domain.firmware.kernelBoot.container', c);
   const kernelArgs = readStr(kb.kernelArgs, 'spec.domain.firmware.kernelBoot.kernelArgs', c);
-  if (kernelArgs !== undefined && /[\x00-\x1f\x7f]/.test(kernelArgs)) c.invalid('spec.domain.firmware.kernelBoot.kernelArgs', kernelArgs, 'must not contain control characters');
+  if (kernelArgs !== undefined && /[\x00-\x1f\x7f]/.test(kernelArgs))
+    c.invalid('spec.domain.firmware.kernelBoot.kernelArgs', kernelArgs, 'must not contain control characters');
   if (!container) {
     if (kernelArgs !== undefined) c.required('spec.domain.firmware.kernelBoot.container', 'kernelArgs need a kernel container');
     return;
@@ -209,7 +232,8 @@ export const cpu: Configurator = (ctx) => {
   const model = readStr(spec.model, 'spec.domain.cpu.model', c) ?? 'host-model';
   let qemuModel: string;
   if (model === 'host-passthrough') {
-    if (ctx.input.accel !== 'kvm') c.value('spec.domain.cpu.model', model, 'host-passthrough needs KVM and this node runs guests under TCG; use host-model or a named model');
+    if (ctx.input.accel !== 'kvm')
+      c.value('spec.domain.cpu.model', model, 'host-passthrough needs KVM and this node runs guests under TCG; use host-model or a named model');
     qemuModel = 'host';
   } else if (model === 'host-model') {
     // Under TCG "max" is the richest CPU QEMU can emulate; under KVM the host's CPU.
@@ -234,5 +258,14 @@ export const cpu: Configurator = (ctx) => {
     else c.value(`${path}.policy`, policy, ['require', 'force', 'disable']);
   });
   const { sockets, cores, threads } = ctx.topology;
-  ctx.args.cpu.push('-cpu', opt(qemuModel, props), '-smp', opt(String(ctx.vcpus), [['sockets', sockets], ['cores', cores], ['threads', threads]]));
+  ctx.args.cpu.push(
+    '-cpu',
+    opt(qemuModel, props),
+    '-smp',
+    opt(String(ctx.vcpus), [
+      ['sockets', sockets],
+      ['cores', cores],
+      ['threads', threads],
+    ]),
+  );
 };

@@ -5,7 +5,25 @@
  */
 import { VM_NETWORK_CIDR_PROBLEM, macAddressProblem, parseVmNetworkCidr } from '@vessel/api';
 import type { HostForward, QemuNetwork } from '../argv.ts';
-import { checkName, claimId, forEachNamed, isObj, isSet, opt, readBool, readBootOrder, readInt, readList, readObj, readStr, supportedStrings, virtio, type Configurator, type Ctx, type Obj } from './context.ts';
+import {
+  checkName,
+  claimId,
+  forEachNamed,
+  isObj,
+  isSet,
+  opt,
+  readBool,
+  readBootOrder,
+  readInt,
+  readList,
+  readObj,
+  readStr,
+  supportedStrings,
+  virtio,
+  type Configurator,
+  type Ctx,
+  type Obj,
+} from './context.ts';
 import { derivedMac, deviceId, netdevId } from './ids.ts';
 
 const PORT_PROTOCOLS = supportedStrings('domain.devices.interfaces[].ports[].protocol');
@@ -160,9 +178,21 @@ function netdev(ctx: Ctx, nic: Nic, backend: QemuNetwork, id: string, hostname: 
     return userNetdev(ctx, id, net, backend.hostForwards ?? [], hostname, `spec.networks[${net.index}].pod.vmNetworkCIDR`);
   }
   if (backend.kind === 'tap') {
-    if (net.cidr !== undefined) ctx.c.value(`spec.networks[${net.index}].pod.vmNetworkCIDR`, net.cidr, 'only user-mode networks take vmNetworkCIDR; the cluster network assigns addresses by DHCP');
+    if (net.cidr !== undefined)
+      ctx.c.value(
+        `spec.networks[${net.index}].pod.vmNetworkCIDR`,
+        net.cidr,
+        'only user-mode networks take vmNetworkCIDR; the cluster network assigns addresses by DHCP',
+      );
     if (!/^[A-Za-z0-9_.-]{1,15}$/.test(backend.ifname)) throw new TypeError(`buildQemuArgv: bad tap name ${JSON.stringify(backend.ifname)}`);
-    return opt('tap', [['id', id], ['ifname', backend.ifname], ['script', 'no'], ['downscript', 'no'], ['vhost', backend.vhost ? true : undefined], ['queues', queues]]);
+    return opt('tap', [
+      ['id', id],
+      ['ifname', backend.ifname],
+      ['script', 'no'],
+      ['downscript', 'no'],
+      ['vhost', backend.vhost ? true : undefined],
+      ['queues', queues],
+    ]);
   }
   throw new TypeError(`buildQemuArgv: unknown network backend for ${nic.name}`);
 }
