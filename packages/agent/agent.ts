@@ -8,7 +8,8 @@ import { storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { ensureSelfSignedCert, parseListen } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
-import { podAddressOf, portForwardHandler } from './portforward.ts';
+import { portForwardHandler } from './portforward.ts';
+import { clusterAddressOf } from './vms/prepare.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
@@ -116,7 +117,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const portForward = portForwardHandler({
     vmiFor: (ns, name) => vms.vmiOnNode(ns, name),
     qmpFor: (ns, name) => vms.qmpFor(ns, name),
-    guestAddress: network ? podAddressOf : undefined,
+    guestAddress: network ? (vmi) => clusterAddressOf(vmi, network) : undefined,
     netns: opts.netns,
     log,
   });

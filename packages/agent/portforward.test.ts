@@ -8,7 +8,8 @@ import { spawn, spawnSync } from 'node:child_process';
 import net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { after, before, test } from 'node:test';
-import { checkProtocol, dialGuest, parsePort, podAddressOf, PortForwardError, slirpState } from './portforward.ts';
+import { checkProtocol, dialGuest, parsePort, PortForwardError, slirpState } from './portforward.ts';
+import { clusterAddressOf } from './vms/prepare.ts';
 
 const USERNET =
   'Hub -1 (net-default):\r\n  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n' +
@@ -39,15 +40,22 @@ test('ports and protocols: tcp only, udp refused with its reason', () => {
   );
 });
 
-test("the pod interface's address from the VMI's status, for the cluster network", () => {
-  const vmi = (status: unknown) => ({
+test("the pod interface's address for port-forward comes from IPAM, never from the VMI's status (a tenant may write it)", () => {
+  const network = {
+    addressOf: (_v: unknown, iface: string) => (iface === 'nic0' ? { ip: '10.244.1.7', mac: '0a:58:0a:f4:01:07', cidr: '10.244.0.0/16' } : undefined),
+  };
+  const vmi = (binding: Record<string, unknown>, status: unknown = {}) => ({
     metadata: { name: 'web', namespace: 'a' },
-    spec: { domain: { devices: { interfaces: [{ name: 'nic0', bridge: {} }] } }, networks: [{ name: 'nic0', pod: {} }] },
+    spec: { domain: { devices: { interfaces: [{ name: 'nic0', ...binding }] } }, networks: [{ name: 'nic0', pod: {} }] },
     status,
   });
-  assert.equal(podAddressOf(vmi({ interfaces: [{ name: 'nic0', ipAddress: '10.244.1.7' }] })), '10.244.1.7');
-  assert.equal(podAddressOf(vmi({ interfaces: [{ name: 'other', ipAddress: '10.244.1.8' }] })), undefined);
-  assert.equal(podAddressOf(vmi({})), undefined, 'slirp guests have none');
+  assert.equal(clusterAddressOf(vmi({ bridge: {} }, { interfaces: [{ name: 'nic0', ipAddress: '10.233.0.1' }] }), network), '10.244.1.7');
+  assert.equal(clusterAddressOf(vmi({}), network), '10.244.1.7', 'no binding named: bridge');
+  assert.equal(
+    clusterAddressOf(vmi({ masquerade: {} }, { interfaces: [{ name: 'nic0', ipAddress: '10.244.1.7' }] }), network),
+    undefined,
+    'masquerade stays on slirp',
+  );
 });
 
 function readAll(s: Duplex): Promise<string> {

@@ -145,17 +145,6 @@ export function portForwardHandler(opts: PortForwardOptions): PortForwardHandler
   };
 }
 
-/**
- * The address the VMI's pod interface has in `status.interfaces[]` (what the cluster network
- * writes there), for `guestAddress` once that network is wired; undefined when none is known.
- */
-export function podAddressOf(vmi: KubeObject): string | undefined {
-  const nic = ipam.podInterface(vmi.spec);
-  const interfaces = (vmi.status as { interfaces?: Array<{ name?: string; ipAddress?: string }> } | undefined)?.interfaces ?? [];
-  const ip = nic ? interfaces.find((i) => i.name === nic.name)?.ipAddress : undefined;
-  return ip && net.isIPv4(ip) ? ip : undefined;
-}
-
 /** A connection to the guest, and what it sent before the stream was handed over. */
 export interface GuestConnection {
   stream: Duplex;

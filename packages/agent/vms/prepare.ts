@@ -15,7 +15,7 @@ import { efiRequirements, type QemuInput, type QemuNetwork, type QemuVolume } fr
 import { Causes } from '../qemu/argv/context.ts';
 import { cpuTopology } from '../qemu/argv/machine.ts';
 import { NetworkError } from '../network/errors.ts';
-import type { ClusterNetwork } from '../network/cluster.ts';
+import type { ClusterNetwork, VmiRef } from '../network/cluster.ts';
 import { importDisk } from '../storage/import.ts';
 import { PathError } from '../storage/pools.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
@@ -97,8 +97,7 @@ async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<Record<st
   const networks: Record<string, QemuNetwork> = {};
   const pod = new Set((vmi.spec.networks ?? []).filter((n) => n.pod).map((n) => n.name));
   for (const iface of vmi.spec.domain.devices.interfaces ?? []) {
-    const bridged = !iface.masquerade && !OTHER_BINDINGS.some((k) => (iface as unknown as Record<string, unknown>)[k] !== undefined);
-    if (!ctx.network || !pod.has(iface.name) || !bridged) {
+    if (!ctx.network || !pod.has(iface.name) || !isBridged(iface)) {
       networks[iface.name] = { kind: 'user', mac: iface.macAddress };
       continue;
     }
@@ -115,6 +114,24 @@ async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<Record<st
 }
 
 const OTHER_BINDINGS = ['sriov', 'slirp', 'macvtap', 'passt', 'passtBinding', 'binding'];
+
+/** An interface with the bridge binding (named, or no binding at all): a tap when on the cluster network. */
+export function isBridged(iface: object): boolean {
+  const i = iface as Record<string, unknown>;
+  return i.masquerade === undefined && !OTHER_BINDINGS.some((k) => i[k] !== undefined);
+}
+
+/**
+ * The cluster address of the VMI's pod interface when that interface is a tap on the cluster
+ * network, from the agent's own view of IPAM (never from the VMI's status, which a tenant may
+ * write): what port-forward dials.
+ */
+export function clusterAddressOf(vmi: VmiRef & { spec?: unknown }, network: Pick<ClusterNetwork, 'addressOf'>): string | undefined {
+  const spec = vmi.spec as Partial<V1VirtualMachineInstanceSpec> | undefined;
+  const pod = new Set((spec?.networks ?? []).filter((n) => n.pod).map((n) => n.name));
+  const iface = (spec?.domain?.devices?.interfaces ?? []).find((i) => pod.has(i.name));
+  return iface && isBridged(iface) ? network.addressOf(vmi, iface.name)?.ip : undefined;
+}
 
 /** Whether QEMU opens the tap with several queues (the argv builder's rule), so the tap must be made for it. */
 function multiQueue(vmi: Vmi, model: string | undefined): boolean {

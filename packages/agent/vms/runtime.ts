@@ -38,7 +38,7 @@ import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
-import { PrepareError, prepareVm } from './prepare.ts';
+import { isBridged, PrepareError, prepareVm } from './prepare.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
 
 type Obj = Record<string, unknown>;
@@ -501,7 +501,7 @@ export class VmRuntime extends Controller {
       // A cluster NIC: the address IPAM gave it, in the same write as Running. podInterfaceName
       // is the node side (the tap); interfaceName is the guest's, which only a guest agent knows.
       const nic = this.opts.network?.nicOf(vmi, i.name);
-      if (nic && !i.masquerade)
+      if (nic && isBridged(i))
         return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
       return { name: i.name, mac: i.macAddress, infoSource: 'domain' };
     });
