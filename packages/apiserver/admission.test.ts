@@ -2,7 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { findByResource, parseCidr, type KindInfo, type KubeObject } from '@vessel/api';
-import { admit, admitFixedAddress, admitReferences, authorizeCloneSources, cloneReferences, type ObjectReader } from './admission.ts';
+import { admit, admitFixedAddress, keepVmiStatus, admitReferences, authorizeCloneSources, cloneReferences, type ObjectReader } from './admission.ts';
 import { ApiError, notFound } from './errors.ts';
 
 const RESTORES = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores')!;
@@ -273,4 +273,21 @@ test('a fixed address (ipam.vessel.io/ip): refused, naming the annotation, when 
     admit({ name: 'agent', groups: ['system:masters'] }, reader({}), VMS, vmWith('10.244.0.5'), undefined, { vmNetwork: parseCidr('10.1.0.0/16') }),
     422,
   );
+});
+
+test("a VMI's status is the system's: a tenant's create carries none, its update keeps the stored one; administrators write it", () => {
+  const VMI = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
+  const tenant = { name: 'alice', groups: ['vessel:tenant:ns1'] };
+  const admin = { name: 'agent', groups: ['system:masters'] };
+  const forged = { phase: 'Running', interfaces: [{ name: 'default', ipAddress: '10.233.0.1' }] };
+  const created: KubeObject = { kind: 'VirtualMachineInstance', metadata: { name: 'v', namespace: 'ns1' }, spec: {}, status: forged };
+  keepVmiStatus(tenant, VMI, created, undefined);
+  assert.equal(created.status, undefined);
+  const stored: KubeObject = { ...created, status: { phase: 'Scheduled' } };
+  const updated: KubeObject = { ...created, status: forged };
+  keepVmiStatus(tenant, VMI, updated, stored);
+  assert.deepEqual(updated.status, { phase: 'Scheduled' });
+  const byAgent: KubeObject = { ...created, status: forged };
+  keepVmiStatus(admin, VMI, byAgent, stored);
+  assert.deepEqual(byAgent.status, forged);
 });

@@ -202,10 +202,24 @@ export async function admit(
   opts: AdmissionOptions = {},
 ): Promise<void> {
   authorizeCloneSources(user, info, obj);
+  keepVmiStatus(user, info, obj, current);
   admitReservedKeys(user, info, obj, current);
   await admitReferences(reader, info, obj);
   await admitClaimResize(reader, info, obj, current);
   await admitFixedAddress(reader, info, obj, opts.vmNetwork, user, current);
+}
+
+/**
+ * A VMI's status is the system's: KubeVirt gives VMIs no status subresource, but only its own
+ * components write the status. A user's create or update keeps what is stored (none on create),
+ * as a status subresource would: the agent dials `status.interfaces` addresses no more, but the
+ * EndpointSlice controller publishes them and Services' DNAT sends traffic there, so a tenant's
+ * own address there would aim another tenant's or the host's traffic.
+ */
+export function keepVmiStatus(user: User, info: KindInfo, obj: KubeObject, current: KubeObject | undefined): void {
+  if (info.group !== 'kubevirt.io' || info.kind !== 'VirtualMachineInstance' || user.groups.includes(ADMIN_GROUP)) return;
+  if (current?.status === undefined) delete obj.status;
+  else obj.status = current.status;
 }
 
 /** What admission needs from the server's configuration. */
