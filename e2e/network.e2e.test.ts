@@ -2,13 +2,14 @@
  * The cluster network end to end on a two-node dev cluster (real namespaces, bridges, VXLAN,
  * dnsmasq, nftables, QEMU): two tiny guests with the bridge binding on different nodes get
  * their allocated addresses by DHCP, one answers HTTP from the other node's namespace and TCP
- * from the other guest (over VXLAN), a stopped and started VM comes back with the same IP and
+ * from the other guest (over VXLAN) and reaches the outside through its node's masquerade, a stopped and started VM comes back with the same IP and
  * MAC, an agent restart keeps the guests' network, and a VM without an address waits.
  *
  * The addresses come from the control plane's IPAM controller (IPAddress objects, docs/network.md):
  * the test only reads them and checks that the data plane follows.
  */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -28,6 +29,7 @@ type Obj = Record<string, unknown>;
 let c: TestCluster;
 let nodeA: DevNode;
 let nodeB: DevNode;
+let outside: ChildProcess | undefined;
 
 const mac = (ip: string) => ['0a', '58', ...ip.split('.').map((o) => Number(o).toString(16).padStart(2, '0'))].join(':');
 
@@ -107,12 +109,21 @@ const explain =
     );
   };
 
+/** A TCP server on ADDR:PORT that answers each connection with `seen <the peer's address>`. */
+const OUTSIDE_SERVER = `
+import socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((sys.argv[1], int(sys.argv[2]))); s.listen(16)
+while True:
+    conn, peer = s.accept(); conn.sendall(('seen %s\\n' % peer[0]).encode()); conn.close()
+`;
+
 before(async () => {
   c = await startCluster({ nodes: 2 });
   [nodeA, nodeB] = c.nodes.cluster.nodes;
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
 after(async () => {
+  outside?.kill();
   if (!c) return;
   for (const vm of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
     await c.client.delete(VM, vm.metadata!.name!, { namespace: ns }).catch(() => undefined);
@@ -182,6 +193,11 @@ test('two bridged VMs on two nodes get their addresses by DHCP; one answers the 
     { name: 'web-a', node: nodeA },
     { name: 'web-b', node: nodeB },
   ];
+  // The outside (the fabric's .1, every node's default gateway): a listener that answers with the
+  // address it saw, so egress through node A's masquerade can be checked from web-a's console.
+  outside = spawn('ip', ['netns', 'exec', c.nodes.cluster.fabricNetns, '/usr/bin/python3', '-c', OUTSIDE_SERVER, c.nodes.cluster.outsideIp, '9000'], {
+    stdio: 'ignore',
+  });
   const createdAt = Date.now();
   const got: Record<string, { ip: string; mac?: string }> = {};
   // web-b first: web-a's user data asks web-b's address (IPAM allocates when a VM is created)
@@ -191,7 +207,8 @@ test('two bridged VMs on two nodes get their addresses by DHCP; one answers the 
     nodeOf[v.name] = v.node.name;
     const userData =
       v.name === 'web-a'
-        ? `#!/bin/sh\n(while true; do if nc ${got['web-b'].ip} 8080 </dev/null | grep -q counter=; then echo VESSEL-PEER-OK; fi; sleep 2; done) &\n`
+        ? `#!/bin/sh\n(while true; do if nc ${got['web-b'].ip} 8080 </dev/null | grep -q counter=; then echo VESSEL-PEER-OK; fi; sleep 2; done) &\n` +
+          `(while true; do nc ${c.nodes.cluster.outsideIp} 9000 </dev/null | sed -n 's/^seen /VESSEL-EGRESS /p'; sleep 3; done) &\n`
         : undefined;
     await c.client.create(VM, bridgedVm(v.name, v.node.name, userData), { namespace: ns });
     got[v.name] = await allocation('virtualmachines', v.name, ns);
@@ -256,6 +273,13 @@ test('two bridged VMs on two nodes get their addresses by DHCP; one answers the 
     async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-PEER-OK') ? true : undefined),
     120_000,
   ).catch(explain('web-a'));
+  // And out of the cluster: the outside sees node A's fabric address (the VM's masqueraded), never the VM's.
+  const egress = await eventually(
+    'web-a reaching the outside',
+    async () => /VESSEL-EGRESS (\S+)/.exec(await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a'))?.[1],
+    120_000,
+  ).catch(explain('web-a'));
+  assert.equal(egress, nodeA.fabricIp, "egress leaves masqueraded to the node's own address");
   // QEMU runs in its node's namespace (nsenter in front of its launch chain).
   const dir = await runDirOf(c.nodes.agents[1].dataDir, ns, 'web-b');
   const pid = (await readFile(join(dir!, 'qemu.pid'), 'utf8')).trim();

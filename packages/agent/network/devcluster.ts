@@ -34,6 +34,11 @@ export interface DevCluster {
   id: string;
   /** The namespace holding the fabric bridge. */
   fabricNetns: string;
+  /**
+   * The fabric's host .1, held by the fabric bridge: the "outside" (the default gateway every
+   * node routes to), so VM egress through a node can be tested without leaving the namespaces.
+   */
+  outsideIp: string;
   nodes: DevNode[];
   /** Kills what still runs in the namespaces (QEMU, dnsmasq) and deletes them. Idempotent. */
   destroy(): Promise<void>;
@@ -41,7 +46,7 @@ export interface DevCluster {
 
 export const DEFAULT_FABRIC_CIDR = '10.233.0.0/24';
 
-/** The fabric address of node `i` in `cidr`: host part 10 + i. */
+/** The fabric address of node `i` in `cidr`: host part 10 + i (i = -9: host .1, the outside). */
 export function fabricAddress(cidr: string, i: number): { ip: string; cidr: string } {
   const m = /^(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\/(\d{1,2})$/.exec(cidr);
   const prefix = m ? Number(m[5]) : -1;
@@ -61,6 +66,7 @@ export async function createDevCluster(opts: DevClusterOptions): Promise<DevClus
   if (!/^[a-z0-9]{1,8}$/.test(id)) throw new NetworkError('InvalidArgument', `bad dev cluster id ${JSON.stringify(id)}: 1 to 8 lowercase letters or digits`);
   const cidr = opts.fabricCidr ?? DEFAULT_FABRIC_CIDR;
   const fabricNetns = `vsl-${id}-fabric`;
+  const outside = fabricAddress(cidr, -9);
   const nodes: DevNode[] = Array.from({ length: opts.nodes }, (_, i) => {
     const a = fabricAddress(cidr, i);
     return { name: opts.nodeNames?.[i] ?? `node-${i}`, netns: `vsl-${id}-n${i}`, fabricIp: a.ip, fabricCidr: a.cidr };
@@ -76,6 +82,7 @@ export async function createDevCluster(opts: DevClusterOptions): Promise<DevClus
     await ip(fabricNetns, ['link', 'set', 'lo', 'up']);
     await ip(fabricNetns, ['link', 'add', 'fabric', 'type', 'bridge']);
     await ip(fabricNetns, ['link', 'set', 'fabric', 'up']);
+    await ip(fabricNetns, ['addr', 'add', outside.cidr, 'dev', 'fabric']);
     for (const [i, n] of nodes.entries()) {
       await ip(undefined, ['netns', 'add', n.netns]);
       made.push(n.netns);
@@ -86,12 +93,14 @@ export async function createDevCluster(opts: DevClusterOptions): Promise<DevClus
       await ip(fabricNetns, ['link', 'set', `n${i}`, 'master', 'fabric', 'up']);
       await ip(n.netns, ['addr', 'add', n.fabricCidr, 'dev', 'fab0']);
       await ip(n.netns, ['link', 'set', 'fab0', 'up']);
+      // As a host's uplink: what is not on the fabric or the VM network leaves through the outside.
+      await ip(n.netns, ['route', 'add', 'default', 'via', outside.ip, 'dev', 'fab0']);
     }
   } catch (e) {
     await destroy();
     throw e;
   }
-  return { id, fabricNetns, nodes, destroy };
+  return { id, fabricNetns, outsideIp: outside.ip, nodes, destroy };
 }
 
 /** Kills every process left in `ns` (they would keep it alive), then deletes it. */
