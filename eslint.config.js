@@ -15,7 +15,13 @@ export default tseslint.config(
   },
   layer(['packages/**'], []),
   layer(['packages/agent/**'], ['@vessel/controllers', '**/controllers/*'], 'the agent uses @vessel/runtime and @vessel/api, never the controllers'),
-  layer(['packages/controllers/**'], ['@vessel/agent', '**/agent/*'], 'the controllers never import the agent'),
+  layer(
+    ['packages/controllers/**'],
+    ['@vessel/agent', '**/agent/*', '@vessel/apiserver', '**/apiserver/*'],
+    'the controllers never import the agent, and reach the API server only through @vessel/client',
+  ),
+  // Their tests run against the API server's real semantics in-process (@vessel/apiserver/testing).
+  layer(['packages/controllers/testing/**', 'packages/controllers/**/*.test.ts'], ['@vessel/agent', '**/agent/*'], 'the controllers never import the agent'),
   layer(
     ['packages/runtime/**', 'packages/api/**', 'packages/client/**'],
     ['@vessel/controllers', '@vessel/agent', '@vessel/apiserver', '@vessel/cli', '**/controllers/*', '**/agent/*'],

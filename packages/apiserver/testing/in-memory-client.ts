@@ -5,7 +5,7 @@
  * subresource, finalizers, preconditions) and no HTTP. It fakes no answers: every call is the
  * same `Resources` call the HTTP server makes; only admission (auth, agent checks) is absent.
  *
- * It lives in packages/apiserver because it needs `Resources`; production code in
+ * It lives in packages/apiserver because it needs `Resources` (exported as `@vessel/apiserver/testing`); production code in
  * packages/controllers never imports it (only *.test.ts files do), so the runtime layering
  * controllers → client → HTTP → apiserver stays as it is.
  *

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { refs } from '@vessel/api';
 import type { KubeObject } from '@vessel/client';
-import { InMemoryClient } from '../../apiserver/testing/in-memory-client.ts';
+import { InMemoryClient } from '@vessel/apiserver/testing';
 import { UsageError } from '../errors.ts';
 import { expose } from './expose.ts';
 

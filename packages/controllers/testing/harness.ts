@@ -4,7 +4,7 @@
  * waiting for a state, and the node agent's writes for a VMI start, made as the agent makes
  * them (packages/agent/vms/runtime.ts: finalizer patch, Running status, Started event).
  */
-import { InMemoryClient } from '../../apiserver/testing/in-memory-client.ts';
+import { InMemoryClient } from '@vessel/apiserver/testing';
 import type { KubeObject } from '@vessel/runtime';
 import type { KubeObject as ApiObject, ResourceRef, Watch, WatchEvent, WatchOptions } from '@vessel/client';
 import { setCondition, updateStatus } from '@vessel/runtime';
