@@ -76,7 +76,7 @@ export class InMemoryClient extends Client {
 
   override list<T extends KubeObject = KubeObject>(res: ResourceRef, opts: ListOptions = {}): Promise<KubeList<T>> {
     return call(async () => {
-      const page = await this.resources.list(info(res), ns(res, opts.namespace), {
+      const page = await this.resources.list(info(res), collection(res, opts.namespace), {
         labels: parseLabelSelector(opts.labelSelector),
         fields: parseFieldSelector(opts.fieldSelector),
         limit: opts.limit,
@@ -142,7 +142,7 @@ export class InMemoryClient extends Client {
     const done = new Promise<void>((resolve, reject) => {
       finish = (err) => (err ? reject(err) : resolve());
     });
-    const w = this.store.watch(listPrefix(kind, ns(res, opts.namespace)), {
+    const w = this.store.watch(listPrefix(kind, collection(res, opts.namespace)), {
       fromRevision: Number(opts.resourceVersion ?? 0),
       onEvent: (ev) => {
         const d = decodeEvent(ev);
@@ -194,6 +194,8 @@ function info(res: ResourceRef): KindInfo {
 }
 
 const ns = (res: ResourceRef, namespace: string | undefined) => (res.namespaced ? (namespace ?? 'default') : undefined);
+/** A list or watch without a namespace spans all of them, as the HTTP client's does. */
+const collection = (res: ResourceRef, namespace: string | undefined) => (res.namespaced ? namespace : undefined);
 const clone = <T>(v: T): T => structuredClone(v);
 
 /** Resources throws ApiError (the server's); callers of a Client expect StatusError, as over HTTP. */
