@@ -97,13 +97,21 @@ export function validateNodeNetworkConfigurationPolicy(o: KubeObject, ctx: Seman
     if (typeof v === 'string') for (const e of labelValue(v)) ctx.causes.push(invalid(`spec.nodeSelector[${k}]`, v, e));
   }
   if (isSet(spec.capture)) ctx.causes.push(forbidden('spec.capture', 'not supported by Vessel'));
-  if (!isSet(spec.desiredState)) return ctx.causes.push(required('spec.desiredState'));
+  if (!isSet(spec.desiredState)) {
+    ctx.causes.push(required('spec.desiredState'));
+    return;
+  }
   const desired = obj(spec.desiredState);
-  if (!desired) return ctx.causes.push(invalid('spec.desiredState', spec.desiredState, 'must be an object'));
+  if (!desired) {
+    ctx.causes.push(invalid('spec.desiredState', spec.desiredState, 'must be an object'));
+    return;
+  }
   for (const k of Object.keys(desired))
     if (k !== 'interfaces') ctx.causes.push(forbidden(`spec.desiredState.${k}`, 'not supported by Vessel: only interfaces'));
-  if (isSet(desired.interfaces) && !Array.isArray(desired.interfaces))
-    return ctx.causes.push(invalid('spec.desiredState.interfaces', desired.interfaces, 'must be a list'));
+  if (isSet(desired.interfaces) && !Array.isArray(desired.interfaces)) {
+    ctx.causes.push(invalid('spec.desiredState.interfaces', desired.interfaces, 'must be a list'));
+    return;
+  }
   const names = new Map<string, { state: string; index: number }>();
   const ports: { name: string; path: string; bridge: string | undefined }[] = [];
   arr(desired.interfaces).forEach((x, i) => {
