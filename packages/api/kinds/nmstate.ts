@@ -10,7 +10,7 @@ import { parseIPv4 } from '../ip.ts';
 import { labelValue, qualifiedName } from '../names.ts';
 import { ifnameProblem, INTERFACE_STATES, INTERFACE_TYPES, PORT_VLAN_MODES } from '../nmstate.ts';
 import type { KubeObject } from '../types.ts';
-import { arr, isObj, isSet, obj, str, type SemanticContext } from './util.ts';
+import { arr, isSet, obj, str, type SemanticContext } from './util.ts';
 
 const INTERFACE_FIELDS = ['name', 'type', 'state', 'mtu', 'ipv4', 'ipv6', 'bridge', 'vlan', 'description'];
 
