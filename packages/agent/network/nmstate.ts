@@ -51,6 +51,8 @@ const labelsOf = (o: KubeObject | undefined): Record<string, string> => (o?.meta
 const statusOf = (o: KubeObject | undefined) =>
   (o?.status ?? {}) as { conditions?: { type?: string; status?: string; reason?: string; message?: string }[]; policyGeneration?: number };
 
+const isReady = (n: KubeObject) => statusOf(n).conditions?.some((c) => c.type === 'Ready' && c.status === 'True') ?? false;
+
 export class NetworkConfigurator extends Controller {
   private readonly policies: Informer;
   private readonly nodes: Informer;
@@ -198,6 +200,7 @@ export class NetworkConfigurator extends Controller {
       await this.rollBack(touched, before);
       return { phase: 'Failing', message: `${e instanceof Error ? e.message : String(e)}; rolled back to the state before the policy` };
     }
+    if (steps.length === 0) return { phase: 'Available', message: 'successfully reconciled (already in the desired state)' };
     const failed = await this.probe(this.opts.probeTimeoutMs ?? DEFAULT_PROBE_TIMEOUT_MS);
     if (failed) {
       await this.rollBack(touched, before);
@@ -241,7 +244,8 @@ export class NetworkConfigurator extends Controller {
       }
       const peers = this.nodes
         .list()
-        .filter((n) => n.metadata.name !== this.opts.nodeName)
+        // A node that is down would fail every apply: only Ready ones are probed.
+        .filter((n) => n.metadata.name !== this.opts.nodeName && isReady(n))
         .map((n) => (n.metadata.annotations as Record<string, string> | undefined)?.[FABRIC_IP_ANNOTATION])
         .filter((a): a is string => !!a);
       for (const peer of failed ? [] : peers) if (!(await this.ping(peer))) failed = `node fabric address ${peer} does not answer ping`;
@@ -253,19 +257,23 @@ export class NetworkConfigurator extends Controller {
 
   private async ping(address: string): Promise<boolean> {
     const args = ['-c', '1', '-W', '1', address];
-    if (!this.pingArgv) {
-      // Debian's ping may be missing; busybox's does the same.
-      try {
-        const r = await inNs(this.opts.netns, ['ping', ...args], { okCodes: [1, 2] });
-        this.pingArgv = ['ping'];
-        return r.code === 0;
-      } catch (e) {
-        if (!(e instanceof NetworkError && e.code === 'ToolMissing')) throw e;
+    try {
+      if (!this.pingArgv) {
+        // Debian's ping may be missing (nsenter then exits 127); busybox's does the same.
+        const r = await inNs(this.opts.netns, ['ping', ...args], { okCodes: [1, 2, 127] });
+        if (r.code !== 127) {
+          this.pingArgv = ['ping'];
+          return r.code === 0;
+        }
         this.pingArgv = ['busybox', 'ping'];
       }
+      const r = await inNs(this.opts.netns, [...this.pingArgv, ...args], { okCodes: [1, 2] });
+      return r.code === 0;
+    } catch (e) {
+      if (e instanceof NetworkError && e.code === 'ToolMissing' && !this.pingArgv) this.pingArgv = ['busybox', 'ping'];
+      this.log(`nmstate: ping ${address}: ${e instanceof Error ? e.message : e}`);
+      return false;
     }
-    const r = await inNs(this.opts.netns, [...this.pingArgv, ...args], { okCodes: [1, 2] });
-    return r.code === 0;
   }
 
   /** Whether this kernel makes 802.1Q devices; without 8021q a vlan is the VXLAN stand-in (nmstate-plan.ts). */
