@@ -139,6 +139,7 @@ describe('NodeNetworkConfigurationPolicy', () => {
     const p = await settled(refs.NNCPS, 'missing-port', 'Degraded');
     assert.equal(p.message, '1/1 nodes failed to configure');
     await c.client.delete(refs.NNCPS, 'missing-port');
+    await eventually('the enactment of a deleted policy goes', async () => ((await get(refs.NNCES, 'node-0.missing-port')) ? undefined : true));
   });
 
   it('a policy that cuts the node off (fab0 down) is rolled back after the probe fails', async () => {
@@ -153,7 +154,10 @@ describe('NodeNetworkConfigurationPolicy', () => {
     await c.client.delete(refs.NNCPS, 'cut-off');
   });
 
-  it('state: absent removes the bridge and the vlan on both nodes', async () => {
+  it('deleting a policy keeps what it made (as nmstate); state: absent removes the bridge and the vlan on both nodes', async () => {
+    await c.client.delete(refs.NNCPS, 'br-v100');
+    await eventually('the enactments of a deleted policy go', async () => ((await get(refs.NNCES, 'node-0.br-v100')) ? undefined : true));
+    for (const i of [0, 1]) assert.equal(await hasLink(i, 'br-v100'), true);
     await c.client.create(
       refs.NNCPS,
       policy('no-br-v100', [

@@ -59,6 +59,8 @@ export class NetworkConfigurator extends Controller {
   private readonly enactments: Informer;
   private readonly states: Informer;
   private readonly nodeLabels = new Map<string, string>();
+  /** The generation of each policy this agent finished, so a status-only change (or a lagging cache) does not apply it again. */
+  private readonly finished = new Map<string, number>();
   private vlanMode?: VlanMode;
   private pingArgv?: string[];
   private timer?: NodeJS.Timeout;
@@ -147,12 +149,13 @@ export class NetworkConfigurator extends Controller {
     if (!me) return this.queue.addAfter(`policy/${policyName}`, 1000);
     // Deleting a policy, or no longer selecting this node, leaves the node as it is (as nmstate).
     if (!policy || policy.metadata.deletionTimestamp || !nmstate.selectsNode(specOf(policy), labelsOf(me))) {
+      this.finished.delete(policyName);
       if (existing) await this.client.delete(refs.NNCES, enName).catch((e: unknown) => (isStatusError(e, 'NotFound') ? undefined : Promise.reject(e)));
       return;
     }
     const generation = policy.metadata.generation ?? 1;
     const st = statusOf(existing);
-    if (existing && st.policyGeneration === generation && FINISHED.has(phaseOf(st.conditions))) return;
+    if (this.finished.get(policyName) === generation || (existing && st.policyGeneration === generation && FINISHED.has(phaseOf(st.conditions)))) return;
     if (!existing) {
       try {
         await this.client.create(refs.NNCES, {
@@ -179,6 +182,7 @@ export class NetworkConfigurator extends Controller {
     const { phase, message } = await this.apply(desired.interfaces ?? []);
     this.log(`nmstate: ${policyName} on ${node}: ${phase}: ${message}`);
     await report(phase, message);
+    this.finished.set(policyName, generation);
     this.queue.add(STATE_KEY);
   }
 
