@@ -118,6 +118,15 @@ describe('NodeNetworkConfigurationPolicy', () => {
     assert.deepEqual(nns.br.bridge?.port, [{ name: 'fab0.100' }]);
     assert.deepEqual(nns.ifaces.find((x) => x.name === 'fab0.100')?.vlan, { 'base-iface': 'fab0', id: 100 });
     assert.ok((nns.s?.status as { lastSuccessfulUpdateTime?: string }).lastSuccessfulUpdateTime);
+    // `ip` changes do not persist: a node that lost them (a reboot; here, deleted by hand) gets
+    // them back when its agent starts.
+    await inNode(1, ['ip', 'link', 'del', 'br-v100']);
+    await c.nodes.restartAgent(1);
+    const back = await eventually('node-1 reaches node-0 over br-v100 again', async () => {
+      const r = await inNode(1, ['busybox', 'ping', '-c', '1', '-W', '2', '192.168.100.1']);
+      return r.code === 0 ? r : undefined;
+    });
+    assert.equal(back.code, 0);
     if (!KUBECTL_SKIP) {
       assert.match(await ok(['get', 'nncp', 'br-v100']), /^br-v100\s+Available\s+SuccessfullyConfigured/m);
       assert.match(await ok(['get', 'nnce', 'node-0.br-v100']), /^node-0\.br-v100\s+Available\s+\S+\s+SuccessfullyConfigured/m);

@@ -155,7 +155,16 @@ export class NetworkConfigurator extends Controller {
     }
     const generation = policy.metadata.generation ?? 1;
     const st = statusOf(existing);
-    if (this.finished.get(policyName) === generation || (existing && st.policyGeneration === generation && FINISHED.has(phaseOf(st.conditions)))) return;
+    if (this.finished.get(policyName) === generation) return;
+    const desired = specOf(policy).desiredState ?? {};
+    if (existing && st.policyGeneration === generation && FINISHED.has(phaseOf(st.conditions))) {
+      this.finished.set(policyName, generation);
+      // Applied before this agent started: checked once, since the node may have lost it (a
+      // reboot: `ip` changes do not persist) and applied again only then. A failed one is not
+      // retried until the policy changes (it would cut the node off again).
+      if (phaseOf(st.conditions) !== 'Available' || !(await this.drifted(desired.interfaces ?? []))) return;
+      this.log(`nmstate: ${policyName} on ${node}: the node lost the desired state; applying it again`);
+    }
     if (!existing) {
       try {
         await this.client.create(refs.NNCES, {
@@ -171,7 +180,6 @@ export class NetworkConfigurator extends Controller {
         if (!isStatusError(e, 'AlreadyExists')) throw e;
       }
     }
-    const desired = specOf(policy).desiredState ?? {};
     const report = (phase: EnactmentPhase, message: string) =>
       updateStatus(this.client, refs.NNCES, undefined, enName, (s) => {
         for (const c of enactmentConditions(phase, message)) setCondition(s, c);
@@ -211,6 +219,17 @@ export class NetworkConfigurator extends Controller {
       return { phase: 'Failing', message: `connectivity probe failed (${failed}); rolled back to the state before the policy` };
     }
     return { phase: 'Available', message: `successfully reconciled (${steps.length} change(s))` };
+  }
+
+  /** Whether the node is no longer in `desired` (an unplannable state counts as drifted: applying reports why). */
+  private async drifted(desired: readonly nmstate.DesiredInterface[]): Promise<boolean> {
+    this.vlanMode ??= await this.detectVlanMode();
+    try {
+      return planApply(desired, await this.readState(), this.vlanMode).length > 0;
+    } catch (e) {
+      if (e instanceof PlanError) return true;
+      throw e;
+    }
   }
 
   private async run(steps: readonly Step[]): Promise<void> {
