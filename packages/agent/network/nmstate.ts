@@ -7,7 +7,7 @@
  * `<node>.<policy>`; every agent also aggregates the policies' status from the enactments, and
  * writes its node's NodeNetworkState (after each apply and every minute).
  */
-import { nmstate, refs } from '@vessel/api';
+import { nmstate, refs, validateObject } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
 import { Controller, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { FABRIC_IP_ANNOTATION } from './cluster.ts';
@@ -187,7 +187,14 @@ export class NetworkConfigurator extends Controller {
         s.desiredState = desired;
       });
     await report('Progressing', 'Applying desired state');
-    const { phase, message } = await this.apply(desired.interfaces ?? []);
+    // Admission checked it; checked again because its names and addresses become `ip` arguments.
+    const invalid = validateObject(refs.NNCPS, { ...policy, status: undefined }, 'create', undefined, {
+      fieldValidation: 'Ignore',
+      subresource: 'status',
+    }).causes;
+    const { phase, message } = invalid.length
+      ? { phase: 'Failing' as const, message: `the policy is invalid: ${invalid.map((c) => `${c.field}: ${c.message}`).join('; ')}; nothing was changed` }
+      : await this.apply(desired.interfaces ?? []);
     this.log(`nmstate: ${policyName} on ${node}: ${phase}: ${message}`);
     await report(phase, message);
     this.finished.set(policyName, generation);
