@@ -85,6 +85,13 @@ export class NetworkConfigurator extends Controller {
       const names = this.policies.list().map((p) => p.metadata.name);
       return [...names.map((p) => `status/${p}`), ...(n.metadata.name === opts.nodeName ? names.map((p) => `policy/${p}`) : [])];
     });
+    // A deleted Node no longer counts in any policy's N/M.
+    this.nodes.on({
+      delete: (n) => {
+        this.nodeLabels.delete(n.metadata.name);
+        for (const p of this.policies.list()) this.queue.add(`status/${p.metadata.name}`);
+      },
+    });
   }
 
   protected override async started(): Promise<void> {
