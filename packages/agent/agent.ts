@@ -24,6 +24,7 @@ import { NetworkError } from './network/errors.ts';
 import { checkNetns } from './network/exec.ts';
 import { PolicyEnforcer } from './network/policy.ts';
 import { ServiceProxy } from './network/services.ts';
+import { NetworkConfigurator } from './network/nmstate.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -62,6 +63,11 @@ export interface AgentOptions {
    * without it every VM NIC stays on QEMU user networking.
    */
   fabricIp?: string;
+  /**
+   * NodeNetworkConfigurationPolicy: how long connectivity may stay broken after an apply before
+   * the agent rolls it back (`--nncp-probe-timeout`; default 120 s, as kubernetes-nmstate).
+   */
+  nncpProbeTimeoutMs?: number;
 }
 
 export interface RunningAgent {
@@ -105,6 +111,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const policies = network && new PolicyEnforcer(opts.client, { nodeName: opts.nodeName, netns: network.netns, nodeAddress: () => network.gateway()?.ip, log });
   // Services' data plane (DNAT, DNS names) on every node of the cluster network.
   const services = network && new ServiceProxy(opts.client, { netns: network.netns, stateDir: networkStateDir(opts.dataDir), log });
+  // Node network configuration (nmstate.io policies) in the node's namespace, or the host's.
+  const nmstateCtl = new NetworkConfigurator(opts.client, { nodeName: opts.nodeName, netns: network?.netns, probeTimeoutMs: opts.nncpProbeTimeoutMs, log });
   const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
@@ -143,6 +151,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await network?.start();
     await policies?.start();
     await services?.start();
+    await nmstateCtl.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
@@ -150,6 +159,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     node.stop();
     await policies?.stop().catch(() => undefined);
     await services?.stop().catch(() => undefined);
+    await nmstateCtl.stop().catch(() => undefined);
     await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
@@ -174,6 +184,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       await policies?.stop();
       // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
       await services?.stop();
+      await nmstateCtl.stop();
       await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing

@@ -103,6 +103,8 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: 'cdi.kubevirt.io', version: 'v1beta1' },
     { group: 'snapshot.kubevirt.io', version: 'v1beta1' },
     { group: 'clone.kubevirt.io', version: 'v1beta1' },
+    { group: 'nmstate.io', version: 'v1' },
+    { group: 'nmstate.io', version: 'v1beta1' },
   ]);
 });
 

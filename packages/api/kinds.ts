@@ -355,6 +355,51 @@ export const kinds: readonly KindInfo[] = Object.freeze([
       { name: 'TargetVirtualMachine', type: 'string', jsonPath: '.spec.target.name' },
     ],
   }),
+  // Node network configuration (docs/network.md), served as kubernetes-nmstate's CRDs: the
+  // policy in v1, the per-node state and enactments in v1beta1; columns as its printcolumns.
+  kind({
+    group: 'nmstate.io',
+    version: 'v1',
+    kind: 'NodeNetworkConfigurationPolicy',
+    plural: 'nodenetworkconfigurationpolicies',
+    singular: 'nodenetworkconfigurationpolicy',
+    shortNames: ['nncp'],
+    categories: [],
+    namespaced: false,
+    statusSubresource: true,
+    printerColumns: [
+      { name: 'Status', type: 'string', jsonPath: '.status.conditions[?(@.status=="True")].type', description: 'Status' },
+      { name: 'Reason', type: 'string', jsonPath: '.status.conditions[?(@.status=="True")].reason', description: 'Reason' },
+    ],
+  }),
+  kind({
+    group: 'nmstate.io',
+    version: 'v1beta1',
+    kind: 'NodeNetworkConfigurationEnactment',
+    plural: 'nodenetworkconfigurationenactments',
+    singular: 'nodenetworkconfigurationenactment',
+    shortNames: ['nnce'],
+    categories: [],
+    namespaced: false,
+    statusSubresource: true,
+    printerColumns: [
+      { name: 'Status', type: 'string', jsonPath: '.status.conditions[?(@.status=="True")].type', description: 'Status' },
+      { name: 'Status Age', type: 'date', jsonPath: '.status.conditions[?(@.status=="True")].lastTransitionTime', description: 'Status Age' },
+      { name: 'Reason', type: 'string', jsonPath: '.status.conditions[?(@.status=="True")].reason', description: 'Reason' },
+    ],
+  }),
+  kind({
+    group: 'nmstate.io',
+    version: 'v1beta1',
+    kind: 'NodeNetworkState',
+    plural: 'nodenetworkstates',
+    singular: 'nodenetworkstate',
+    shortNames: ['nns'],
+    categories: [],
+    namespaced: false,
+    statusSubresource: true,
+    printerColumns: [AGE],
+  }),
 ]);
 
 /** OpenAPI component schema name of each kind (and `<name>List` for its list), as in upstream documents. */
@@ -379,6 +424,9 @@ const SCHEMA_NAMES: Record<string, string> = {
   'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshotContent': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshotContent',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineRestore': 'io.kubevirt.snapshot.v1beta1.VirtualMachineRestore',
   'clone.kubevirt.io/v1beta1/VirtualMachineClone': 'io.kubevirt.clone.v1beta1.VirtualMachineClone',
+  'nmstate.io/v1/NodeNetworkConfigurationPolicy': 'io.nmstate.v1.NodeNetworkConfigurationPolicy',
+  'nmstate.io/v1beta1/NodeNetworkConfigurationEnactment': 'io.nmstate.v1beta1.NodeNetworkConfigurationEnactment',
+  'nmstate.io/v1beta1/NodeNetworkState': 'io.nmstate.v1beta1.NodeNetworkState',
 };
 
 /** The OpenAPI component schema name for a kind, e.g. 'io.kubevirt.v1.VirtualMachine'. */

@@ -14,6 +14,7 @@ import { validateDataSource, validateDataVolume } from './kinds/cdi.ts';
 import { validateVirtualMachineClone } from './kinds/clone.ts';
 import { validateEndpointSlice, validateIPAddress, validateNetworkPolicy } from './kinds/network.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
+import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
@@ -66,6 +67,7 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'networking.k8s.io/IPAddress': validateIPAddress,
   'networking.k8s.io/NetworkPolicy': validateNetworkPolicy,
   'discovery.k8s.io/EndpointSlice': validateEndpointSlice,
+  'nmstate.io/NodeNetworkConfigurationPolicy': validateNodeNetworkConfigurationPolicy,
 };
 
 /** Covers a whole subtree: no warnings below. */

@@ -18,6 +18,8 @@ export interface DevNodesOptions {
   qemuPriority?: QemuPriority;
   allowLoopbackImports?: boolean;
   heartbeatMs?: number;
+  /** The agents' NodeNetworkConfigurationPolicy probe timeout (tests: a few seconds). */
+  nncpProbeTimeoutMs?: number;
   version?: string;
   log?: (line: string) => void;
 }
@@ -58,6 +60,7 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
       qemuPriority: opts.qemuPriority,
       allowLoopbackImports: opts.allowLoopbackImports,
       heartbeatMs: opts.heartbeatMs,
+      nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
       version: opts.version,
       log: opts.log && ((l) => opts.log!(`[${n.name}] ${l}`)),
     });

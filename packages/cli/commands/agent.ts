@@ -28,6 +28,7 @@ interface AgentFlags {
   qemuPriority: string;
   netns?: string;
   fabricIp?: string;
+  nncpProbeTimeout: string;
 }
 
 /** The --qemu-priority option, shared with `vessel up`. */
@@ -72,6 +73,11 @@ export function registerAgent(program: Command): void {
       'a network namespace (ip netns) standing in for this host: the cluster network and the QEMU processes go there (the dev cluster); needs --fabric-ip',
     )
     .option(
+      '--nncp-probe-timeout <seconds>',
+      'how long connectivity (API server, the other nodes) may stay broken after a NodeNetworkConfigurationPolicy is applied before it is rolled back',
+      '120',
+    )
+    .option(
       '--node-status-update-frequency <seconds>',
       "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 40 s without)",
       '10',
@@ -80,6 +86,8 @@ export function registerAgent(program: Command): void {
       const heartbeatSeconds = Number(flags.nodeStatusUpdateFrequency);
       if (!(heartbeatSeconds > 0))
         throw new UsageError(`--node-status-update-frequency must be a positive number of seconds, not ${flags.nodeStatusUpdateFrequency}`);
+      const probeSeconds = Number(flags.nncpProbeTimeout);
+      if (!(probeSeconds > 0)) throw new UsageError(`--nncp-probe-timeout must be a positive number of seconds, not ${flags.nncpProbeTimeout}`);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
       if (flags.netns !== undefined && flags.fabricIp === undefined)
         throw new UsageError("--netns needs --fabric-ip: the namespace holds the node's side of the cluster network");
@@ -102,6 +110,7 @@ export function registerAgent(program: Command): void {
         log: (l) => note(`${l}\n`),
         netns: flags.netns,
         fabricIp: flags.fabricIp,
+        nncpProbeTimeoutMs: probeSeconds * 1000,
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
       await signalled;
