@@ -46,7 +46,11 @@ test("the pod's dnsmasq: DHCP only on k6t-eth0, the guest's MAC to 10.0.2.2, rou
   assert.ok(a.includes('--pid-file=/state/pods/p1/dnsmasq.pid'));
   assert.ok(a.includes('--conf-file=/dev/null'));
   // A hostname that is not a DNS label is left out; a bad MAC or namespace is refused.
-  assert.ok(podDnsmasqArgs({ mac: '0a:58:0a:f4:01:07', dns: '10.244.0.9', namespace: 'a', hostname: 'x,y' }, '/s').includes('--dhcp-host=0a:58:0a:f4:01:07,10.0.2.2,infinite'));
+  assert.ok(
+    podDnsmasqArgs({ mac: '0a:58:0a:f4:01:07', dns: '10.244.0.9', namespace: 'a', hostname: 'x,y' }, '/s').includes(
+      '--dhcp-host=0a:58:0a:f4:01:07,10.0.2.2,infinite',
+    ),
+  );
   assert.throws(() => podDnsmasqArgs({ mac: '0a:58:0a:f4:01:07,1.2.3.4', dns: '10.244.0.9', namespace: 'a' }, '/s'), /bad MAC/);
   assert.throws(() => podDnsmasqArgs({ mac: '0a:58:0a:f4:01:07', dns: '10.244.0.9', namespace: 'a,b' }, '/s'), /namespace/);
 });

@@ -14,7 +14,7 @@ import { BRIDGE, VM_MTU } from './bridge.ts';
 import { deleteNetns } from './devcluster.ts';
 import { alive, cmdline } from './dnsmasq.ts';
 import { NetworkError } from './errors.ts';
-import { checkNetns, inNs, ip, linkDetails, type NetNs } from './exec.ts';
+import { bridgeCmd, checkNetns, inNs, ip, linkDetails, type NetNs } from './exec.ts';
 import { ensureTap, tapName } from './taps.ts';
 
 /** KubeVirt's masquerade addresses: the guest, and the pod's bridge (its gateway). */
@@ -89,7 +89,10 @@ export interface PodDhcp {
 /** The pod's dnsmasq arguments (DHCP only, one static lease, on k6t-eth0). Pure apart from `dir`. */
 export function podDnsmasqArgs(d: PodDhcp, dir: string): string[] {
   if (!/^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/.test(d.mac) || parseIPv4(d.dns) === undefined || !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(d.namespace))
-    throw new NetworkError('InvalidArgument', `pod dnsmasq: bad MAC ${JSON.stringify(d.mac)}, DNS ${JSON.stringify(d.dns)} or namespace ${JSON.stringify(d.namespace)}`);
+    throw new NetworkError(
+      'InvalidArgument',
+      `pod dnsmasq: bad MAC ${JSON.stringify(d.mac)}, DNS ${JSON.stringify(d.dns)} or namespace ${JSON.stringify(d.namespace)}`,
+    );
   const hostname = d.hostname && /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(d.hostname) ? d.hostname : undefined;
   return [
     '--conf-file=/dev/null',
@@ -141,6 +144,9 @@ export async function ensurePod(nodeNetns: NetNs, stateDir: string, namespace: s
     await ip(nodeNetns, ['link', 'add', veth, 'type', 'veth', 'peer', 'name', POD_IFACE, 'netns', pod]);
   }
   await ip(nodeNetns, ['link', 'set', veth, 'mtu', String(VM_MTU), 'master', BRIDGE, 'up']);
+  // The VM's MAC may still be learnt on the VXLAN port (it ran on another node a moment ago) and
+  // the pod sends nothing before it is asked: tell the bridge where the MAC is now.
+  await bridgeCmd(nodeNetns, ['fdb', 'replace', p.mac, 'dev', veth, 'master', 'static']);
   await ip(pod, ['link', 'set', POD_IFACE, 'address', p.mac, 'mtu', String(VM_MTU), 'up']);
   await ip(pod, ['addr', 'flush', 'dev', POD_IFACE]);
   await ip(pod, ['addr', 'add', `${p.ip}/${p.prefix}`, 'dev', POD_IFACE]);
@@ -164,7 +170,8 @@ async function ensurePodDnsmasq(pod: string, dir: string, args: string[]): Promi
     await stopPid(pid);
   }
   await inNs(pod, ['dnsmasq', ...args], { timeoutMs: 10_000 });
-  if ((await podDnsmasqPid(dir)) === undefined) throw new NetworkError('DnsmasqFailed', `the pod dnsmasq of ${pod} wrote no pid file: see ${join(dir, 'dnsmasq.log')}`);
+  if ((await podDnsmasqPid(dir)) === undefined)
+    throw new NetworkError('DnsmasqFailed', `the pod dnsmasq of ${pod} wrote no pid file: see ${join(dir, 'dnsmasq.log')}`);
 }
 
 async function podDnsmasqPid(dir: string): Promise<number | undefined> {
