@@ -158,11 +158,13 @@ test('a masquerade guest gets 10.0.2.2 from its pod, answers at its cluster IP a
   nodeOf.a = node0;
   nodeOf.b = node1;
   const aUser = (b: string) => `#!/bin/sh\n(while true; do if nc ${b} 8080 </dev/null | grep -q counter=; then echo VESSEL-TO-B-OK; fi; sleep 3; done) &\n`;
+  // User data runs before DHCP: b waits for its address, then prints it and its resolver.
   const bUser =
-    '#!/bin/sh\n' +
-    'ip -4 -o addr show dev eth0 | sed "s/^/VESSEL-ADDR /"\n' +
-    'sed "s/^/VESSEL-RESOLV /" /etc/resolv.conf\n' +
-    '(while true; do ' +
+    '#!/bin/sh\n(' +
+    "while ! ip addr | grep -q 'inet 10.0.2.2'; do sleep 1; done; " +
+    "ip addr | grep 'inet 10.0.2.2' | sed 's/^/VESSEL-ADDR /'; " +
+    "sed 's/^/VESSEL-RESOLV /' /etc/resolv.conf; " +
+    'while true; do ' +
     'A=$(nslookup a.peers.default.svc.cluster.local 2>/dev/null | sed -n "s/^Address:[[:space:]]*//p" | grep -v ":53$" | head -n1); ' +
     'if [ -n "$A" ] && nc a.peers.default.svc.cluster.local 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-NAME $A"; fi; ' +
     'if [ -n "$A" ] && nc $A 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-IP $A"; fi; ' +
@@ -191,14 +193,29 @@ test('a masquerade guest gets 10.0.2.2 from its pod, answers at its cluster IP a
   assert.ok((await run('ip', ['netns', 'pids', pod])).out.split(/\s+/).includes(qemuPid), `QEMU runs in ${pod}`);
 
   await sees('b', /^VESSEL-IP 10\.0\.2\.2$/m, 'DHCP gave the guest 10.0.2.2');
-  assert.match(await serial('b'), /VESSEL-ADDR .*inet 10\.0\.2\.2\/24/);
-  assert.match(await serial('b'), /VESSEL-RESOLV nameserver 10\.244\./);
+  await sees('b', /VESSEL-ADDR .*inet 10\.0\.2\.2\/24/, 'eth0 holds 10.0.2.2/24', 60_000);
+  await sees('b', /VESSEL-RESOLV nameserver 10\.244\./, "the resolver is the node's gateway", 60_000);
   // From node 0's namespace and from a's guest: b at its cluster IP (pod DNAT, all ports).
   await eventually(
     `b (${ips.b}) answering HTTP from ${node0.name}`,
     async () => ((await curl(node0, ips.b)).stdout.includes('counter=') ? true : undefined),
     90_000,
-  );
+  ).catch(async (e: Error) => {
+    const out: string[] = [e.message];
+    for (const argv of [
+      ['ip', '-n', pod, 'addr'],
+      ['ip', '-n', pod, 'route'],
+      ['ip', '-n', pod, 'neigh'],
+      ['ip', 'netns', 'exec', pod, 'nft', 'list', 'ruleset'],
+      ['ip', 'netns', 'exec', pod, 'sysctl', 'net.ipv4.ip_forward'],
+      ['ip', 'netns', 'exec', node1.netns, 'bridge', 'fdb', 'show', 'br', 'vsl-br0'],
+      ['ip', 'netns', 'exec', node0.netns, 'curl', '-sS', '-v', '--max-time', '5', `http://${ips.b}/`],
+      ['ip', 'netns', 'exec', pod, 'curl', '-sS', '--max-time', '5', 'http://10.0.2.2/'],
+      ['ip', '-n', node0.netns, 'neigh'],
+    ])
+      out.push(`--- ${argv.join(' ')}\n${JSON.stringify(await run(argv[0], argv.slice(1)))}`);
+    throw new Error(out.join('\n'));
+  });
   await sees('a', /^VESSEL-TO-B-OK$/m, "a's guest reaches b's cluster IP");
   // b's guest reaches a by name and by address (its traffic leaves the pod masqueraded).
   await sees('b', new RegExp(`^VESSEL-TO-A-BY-NAME ${ips.a.replaceAll('.', '\\.')}$`, 'm'), 'b reaches a by its DNS name');
@@ -219,8 +236,11 @@ test('an agent restart adopts the pod: its dnsmasq is the same process and b ans
   const pid = (await readFile(pidFile, 'utf8')).trim();
   const i = c.nodes.agents.indexOf(agentOf(node1));
   await c.nodes.agents[i].stop();
-  assert.match((await curl(node0, ips.b)).stdout, /counter=/, 'b answers while its agent is down');
-  await c.nodes.restartAgent(i);
+  try {
+    assert.match((await curl(node0, ips.b)).stdout, /counter=/, 'b answers while its agent is down');
+  } finally {
+    await c.nodes.restartAgent(i);
+  }
   assert.equal((await readFile(pidFile, 'utf8')).trim(), pid, 'the same pod dnsmasq');
   assert.equal((await status('b')).phase, 'Running');
   assert.match((await curl(node0, ips.b)).stdout, /counter=/);
