@@ -222,7 +222,8 @@ export class ClusterNetwork extends Controller {
       return { ...nic, qemuTap: POD_TAP, netns: pod };
     }
     // A pod left from an earlier start with masquerade: its veth holds the tap's name.
-    await removePod(this.opts.netns, this.opts.stateDir, podNetnsName(this.opts.netns, namespace, name));
+    const stale = this.podNetns(namespace, name);
+    if ((await listPods(this.opts.netns)).includes(stale)) await removePod(this.opts.netns, this.opts.stateDir, stale);
     await ensureTap(this.opts.netns, nic.tap, { multiQueue: opts.multiQueue });
     await this.dnsmasq.setHost(nic.tap, { mac: nic.mac, ip: nic.ip, hostname });
     return { ...nic, qemuTap: nic.tap, netns: this.opts.netns };
