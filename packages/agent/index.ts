@@ -22,3 +22,4 @@ export {
 } from './network/devcluster.ts';
 export { ClusterNetwork, FABRIC_IP_ANNOTATION, IPADDRESSES, type ClusterNic } from './network/cluster.ts';
 export { NetworkError, type NetworkErrorCode } from './network/errors.ts';
+export { GUEST_IP, podNetnsName } from './network/pod.ts';

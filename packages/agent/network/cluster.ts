@@ -14,6 +14,7 @@ import { Dnsmasq } from './dnsmasq.ts';
 import { NetworkError } from './errors.ts';
 import { type NetNs } from './exec.ts';
 import { installRuleset } from './nft.ts';
+import { POD_TAP, ensurePod, listPods, podNetnsName, removePod, type MasqPort } from './pod.ts';
 import { ensureTap, listTaps, removeTap, tapName } from './taps.ts';
 import { ensureVxlan, syncFdb } from './vxlan.ts';
 
@@ -52,6 +53,13 @@ export interface ClusterNic {
   ip: string;
   /** The VM network, e.g. 10.244.0.0/16. */
   cidr: string;
+}
+
+/** Where QEMU opens a cluster NIC: its tap, in the node's namespace (bridge) or the VM's pod (masquerade). */
+export interface AttachedNic extends ClusterNic {
+  qemuTap: string;
+  /** The namespace QEMU must run in for this NIC (undefined: the agent's own). */
+  netns: NetNs;
 }
 
 /** What the network needs of a VMI: its name, and its VM (owner) whose addresses it uses. */
@@ -181,39 +189,70 @@ export class ClusterNetwork extends Controller {
   }
 
   /**
-   * Readies interface `iface` of the VMI for QEMU: its tap on the bridge and its static DHCP
-   * lease. NetworkError AddressPending while IPAM has not allocated the VM's or the node's
-   * address.
+   * Readies interface `iface` of the VMI for QEMU: with the bridge binding its tap on the bridge
+   * and its static DHCP lease; with `masquerade` its pod (pod.ts). NetworkError AddressPending
+   * while IPAM has not allocated the VM's or the node's address.
    */
-  async attach(vmi: VmiRef, iface: string, opts: { multiQueue?: boolean; hostname?: string } = {}): Promise<ClusterNic> {
+  async attach(
+    vmi: VmiRef,
+    iface: string,
+    opts: { multiQueue?: boolean; hostname?: string; masquerade?: { ports?: readonly MasqPort[] } } = {},
+  ): Promise<AttachedNic> {
     const gw = this.gateway();
     if (!gw) throw new NetworkError('AddressPending', `node ${this.opts.nodeName} has no address on the cluster network yet (IPAM allocates it)`);
     const nic = this.nicOf(vmi, iface);
     if (!nic) throw new NetworkError('AddressPending', `interface ${iface} waits for its address on the cluster network (IPAM allocates it)`);
     if (inRange(nic.ip, gw.cidr) !== gw.cidr)
       throw new NetworkError('InvalidArgument', `interface ${iface}: address ${nic.ip} is outside this node's VM network ${gw.cidr}`);
-    await ensureTap(this.opts.netns, nic.tap, { multiQueue: opts.multiQueue });
     const hostname = opts.hostname && /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(opts.hostname) ? opts.hostname : undefined;
+    const { namespace = '', name } = vmi.metadata;
+    if (opts.masquerade) {
+      // No lease on the node's dnsmasq: the guest asks its pod's.
+      await this.dnsmasq.removeHost(nic.tap);
+      const pod = await ensurePod(this.opts.netns, this.opts.stateDir, namespace, name, {
+        ip: nic.ip,
+        prefix: parseCidr(gw.cidr)!.prefix,
+        mac: nic.mac,
+        dns: gw.ip,
+        namespace,
+        hostname,
+        multiQueue: opts.multiQueue,
+        ports: opts.masquerade.ports,
+      });
+      return { ...nic, qemuTap: POD_TAP, netns: pod };
+    }
+    // A pod left from an earlier start with masquerade: its veth holds the tap's name.
+    const stale = this.podNetns(namespace, name);
+    if ((await listPods(this.opts.netns)).includes(stale)) await removePod(this.opts.netns, this.opts.stateDir, stale);
+    await ensureTap(this.opts.netns, nic.tap, { multiQueue: opts.multiQueue });
     await this.dnsmasq.setHost(nic.tap, { mac: nic.mac, ip: nic.ip, hostname });
-    return nic;
+    return { ...nic, qemuTap: nic.tap, netns: this.opts.netns };
   }
 
-  /** The VMI's QEMU is gone: its tap and lease go too. */
+  /** The namespace of the VMI's pod (masquerade binding), whether or not it exists. */
+  podNetns(namespace: string, name: string): string {
+    return podNetnsName(this.opts.netns, namespace, name);
+  }
+
+  /** The VMI's QEMU is gone: its tap (or pod) and lease go too. */
   async release(namespace: string, name: string): Promise<void> {
     const tap = tapName(namespace, name);
+    await removePod(this.opts.netns, this.opts.stateDir, this.podNetns(namespace, name));
     await removeTap(this.opts.netns, tap);
     await this.dnsmasq.removeHost(tap);
   }
 
-  /** Removes taps and leases of VMIs other than `keep` ("namespace/name"), e.g. after an agent restart. */
+  /** Removes taps, pods and leases of VMIs other than `keep` ("namespace/name"), e.g. after an agent restart. */
   async collect(keep: Iterable<string>): Promise<number> {
-    const wanted = new Set(
-      [...keep].map((k) => {
-        const [ns, n] = k.split('/');
-        return tapName(ns, n);
-      }),
-    );
+    const pairs = [...keep].map((k) => k.split('/'));
+    const wanted = new Set(pairs.map(([ns, n]) => tapName(ns, n)));
+    const wantedPods = new Set(pairs.map(([ns, n]) => this.podNetns(ns, n)));
     let removed = 0;
+    for (const pod of await listPods(this.opts.netns)) {
+      if (wantedPods.has(pod)) continue;
+      await removePod(this.opts.netns, this.opts.stateDir, pod);
+      removed++;
+    }
     for (const t of new Set([...(await listTaps(this.opts.netns)), ...(await this.dnsmasq.hosts())])) {
       if (wanted.has(t)) continue;
       await removeTap(this.opts.netns, t);

@@ -40,7 +40,7 @@ export interface DevCluster {
    */
   outsideIp: string;
   nodes: DevNode[];
-  /** Kills what still runs in the namespaces (QEMU, dnsmasq) and deletes them. Idempotent. */
+  /** Kills what still runs in the namespaces (QEMU, dnsmasq) and deletes them, the VMs' pods too. Idempotent. */
   destroy(): Promise<void>;
 }
 
@@ -73,6 +73,9 @@ export async function createDevCluster(opts: DevClusterOptions): Promise<DevClus
   });
   const made: string[] = [];
   const destroy = async () => {
+    // The VMs' pods (masquerade binding, pod.ts) are named after their node: `<node netns>-p<hex>`.
+    const all = (await ip(undefined, ['netns', 'list'])).stdout.split('\n').map((l) => l.split(' ')[0]);
+    for (const pod of all.filter((n) => nodes.some((node) => n.startsWith(`${node.netns}-p`)))) await deleteNetns(pod);
     for (const ns of [...made].reverse()) await deleteNetns(ns);
     made.length = 0;
   };

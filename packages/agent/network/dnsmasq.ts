@@ -193,12 +193,14 @@ export class Dnsmasq {
   }
 }
 
-async function alive(pid: number): Promise<boolean> {
+/** Whether `pid` runs (not a zombie). */
+export async function alive(pid: number): Promise<boolean> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
   return !!stat && !/\) [ZX] /.test(stat);
 }
 
-async function cmdline(pid: number): Promise<string[] | undefined> {
+/** A live process's argv (dnsmasq's, to adopt it), or undefined. */
+export async function cmdline(pid: number): Promise<string[] | undefined> {
   if (!(await alive(pid))) return undefined;
   const raw = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
   return raw ? raw.split('\0').filter((a, i, all) => a !== '' || i < all.length - 1) : undefined;

@@ -41,6 +41,11 @@ export interface Prepared {
   volumes: Record<string, QemuVolume>;
   networks: Record<string, QemuNetwork>;
   firmware?: QemuInput['firmware'];
+  /**
+   * The network namespace QEMU runs in (`ip netns` name; undefined: the agent's own): the VM's
+   * pod with the masquerade binding, else the node's. Every tap QEMU opens must be made there.
+   */
+  netns?: string;
 }
 
 export interface PrepareContext {
@@ -60,7 +65,7 @@ export interface PrepareContext {
    * the pod network with the bridge binding gets a tap there. Without it every interface is
    * QEMU user networking.
    */
-  network?: Pick<ClusterNetwork, 'attach'>;
+  network?: Pick<ClusterNetwork, 'attach' | 'netns'>;
 }
 
 type Vmi = { metadata: { name: string; namespace: string; uid?: string; ownerReferences?: unknown }; spec: V1VirtualMachineInstanceSpec };
@@ -71,7 +76,7 @@ export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): 
   for (const vol of vmi.spec.volumes ?? []) {
     volumes[vol.name] = await prepareVolume(vmi, vol, runDir, ctx);
   }
-  const networks = await prepareNetworks(vmi, ctx);
+  const { networks, netns } = await prepareNetworks(vmi, ctx);
   let firmware: QemuInput['firmware'];
   const efi = efiRequirements(vmi.spec);
   if (efi.efi) {
@@ -85,52 +90,65 @@ export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): 
       });
     firmware = { ovmfCode: code, ovmfVars: vars };
   }
-  return { volumes, networks, firmware };
+  return { volumes, networks, firmware, netns };
 }
 
 /**
  * The backend of each interface: a tap on the cluster network for the pod network's interface
- * with the bridge binding (when the agent has a cluster network), QEMU user networking for the
- * rest (masquerade stays there until the cluster network does masquerade; multus until NADs).
+ * with the bridge binding (when the agent has a cluster network), a tap in the VM's pod for one
+ * with masquerade (network/pod.ts), QEMU user networking for the rest (multus until NADs). Also
+ * the namespace QEMU must run in: the pod's when there is one, else the node's.
  */
-async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<Record<string, QemuNetwork>> {
+async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<{ networks: Record<string, QemuNetwork>; netns?: string }> {
   const networks: Record<string, QemuNetwork> = {};
+  let netns = ctx.network?.netns;
   const pod = new Set((vmi.spec.networks ?? []).filter((n) => n.pod).map((n) => n.name));
   for (const iface of vmi.spec.domain.devices.interfaces ?? []) {
-    if (!ctx.network || !pod.has(iface.name) || !isBridged(iface)) {
+    const binding = bindingOf(iface);
+    if (!ctx.network || !pod.has(iface.name) || !binding) {
       networks[iface.name] = { kind: 'user', mac: iface.macAddress };
       continue;
     }
     try {
-      const nic = await ctx.network.attach(vmi, iface.name, { multiQueue: multiQueue(vmi, iface.model), hostname: vmi.spec.hostname ?? vmi.metadata.name });
-      networks[iface.name] = { kind: 'tap', ifname: nic.tap, mac: nic.mac };
+      const nic = await ctx.network.attach(vmi, iface.name, {
+        multiQueue: multiQueue(vmi, iface.model),
+        hostname: vmi.spec.hostname ?? vmi.metadata.name,
+        masquerade: binding === 'masquerade' ? { ports: iface.ports?.map((p) => ({ port: p.port, protocol: p.protocol })) } : undefined,
+      });
+      networks[iface.name] = { kind: 'tap', ifname: nic.qemuTap, mac: nic.mac };
+      netns = nic.netns;
     } catch (e) {
       if (!(e instanceof NetworkError)) throw e;
       // Waiting for IPAM is normal for a moment; a command that failed on the node may pass next time.
       throw new PrepareError(e.code === 'AddressPending' ? 'AddressPending' : 'NetworkError', e.message, e.code !== 'InvalidArgument');
     }
   }
-  return networks;
+  return { networks, netns };
 }
 
 const OTHER_BINDINGS = ['sriov', 'slirp', 'macvtap', 'passt', 'passtBinding', 'binding'];
 
-/** An interface with the bridge binding (named, or no binding at all): a tap when on the cluster network. */
-export function isBridged(iface: object): boolean {
+/**
+ * The binding when the cluster network serves it, else undefined: `bridge` (named, or no binding
+ * at all) is a tap on vsl-br0, `masquerade` a pod (one rule for taps, status and port-forward).
+ */
+export function bindingOf(iface: object): 'bridge' | 'masquerade' | undefined {
   const i = iface as Record<string, unknown>;
-  return i.masquerade === undefined && !OTHER_BINDINGS.some((k) => i[k] !== undefined);
+  if (OTHER_BINDINGS.some((k) => i[k] !== undefined)) return undefined;
+  return i.masquerade !== undefined ? 'masquerade' : 'bridge';
 }
 
 /**
- * The cluster address of the VMI's pod interface when that interface is a tap on the cluster
- * network, from the agent's own view of IPAM (never from the VMI's status, which a tenant may
- * write): what port-forward dials.
+ * The cluster address of the VMI's pod interface when that interface is on the cluster network
+ * (bridge or masquerade), from the agent's own view of IPAM (never from the VMI's status, which
+ * a tenant may write): what port-forward dials from the node's namespace (for masquerade, the
+ * pod's DNAT passes it on to the guest).
  */
 export function clusterAddressOf(vmi: VmiRef & { spec?: unknown }, network: Pick<ClusterNetwork, 'addressOf'>): string | undefined {
   const spec = vmi.spec as Partial<V1VirtualMachineInstanceSpec> | undefined;
   const pod = new Set((spec?.networks ?? []).filter((n) => n.pod).map((n) => n.name));
   const iface = (spec?.domain?.devices?.interfaces ?? []).find((i) => pod.has(i.name));
-  return iface && isBridged(iface) ? network.addressOf(vmi, iface.name)?.ip : undefined;
+  return iface && bindingOf(iface) ? network.addressOf(vmi, iface.name)?.ip : undefined;
 }
 
 /** Whether QEMU opens the tap with several queues (the argv builder's rule), so the tap must be made for it. */

@@ -38,7 +38,7 @@ import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
-import { isBridged, PrepareError, prepareVm } from './prepare.ts';
+import { bindingOf, PrepareError, prepareVm } from './prepare.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
 
 type Obj = Record<string, unknown>;
@@ -378,6 +378,7 @@ export class VmRuntime extends Controller {
     // The network finds a VM NIC's address by the VMI's owner (its VirtualMachine).
     const owned = { metadata: { ...typed.metadata, ownerReferences: vmi.metadata.ownerReferences } };
     let argv: ReturnType<typeof buildQemuArgv>;
+    let netns: string | undefined;
     try {
       const prepared = await prepareVm({ ...typed, ...owned }, runDir, {
         client: this.client,
@@ -387,6 +388,7 @@ export class VmRuntime extends Controller {
         network: this.opts.network,
       });
       argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
+      netns = prepared.netns;
     } catch (e) {
       if (e instanceof PrepareError && e.retry) {
         await this.condition(vmi, 'Ready', 'False', e.reason, e.message);
@@ -438,7 +440,7 @@ export class VmRuntime extends Controller {
         noShutdown: true,
         vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
         priority: prio && { nice: prio.nice, batch: prio.batch, tools: prio.tools, cgroupDir },
-        netns: this.opts.network?.netns,
+        netns, // the VM's pod (masquerade) or the node's namespace
       });
     } catch (e) {
       const reason = e instanceof QemuProcessError ? e.code : 'LaunchFailed';
@@ -499,9 +501,9 @@ export class VmRuntime extends Controller {
     const spec = (vmi.spec ?? {}) as V1VirtualMachineInstanceSpec;
     s.interfaces = (spec.domain?.devices?.interfaces ?? []).map((i) => {
       // A cluster NIC: the address IPAM gave it, in the same write as Running. podInterfaceName
-      // is the node side (the tap); interfaceName is the guest's, which only a guest agent knows.
+      // is the node side (the tap, or the pod's veth: KubeVirt reports the pod IP for masquerade); interfaceName is the guest's, which only a guest agent knows.
       const nic = this.opts.network?.nicOf(vmi, i.name);
-      if (nic && isBridged(i))
+      if (nic && bindingOf(i))
         return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
       return { name: i.name, mac: i.macAddress, infoSource: 'domain' };
     });

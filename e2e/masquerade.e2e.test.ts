@@ -1,0 +1,286 @@
+/**
+ * The masquerade binding end to end on a two-node dev cluster (real namespaces, veths, nftables,
+ * dnsmasq, QEMU): VM `a` with the bridge binding on node 0, VM `b` with masquerade (no `ports`)
+ * on node 1 in its own pod namespace. `b`'s guest gets 10.0.2.2 by DHCP from its pod; `a`
+ * reaches `b` at `b`'s cluster IP, `b` reaches `a` by address and by DNS name (headless Service
+ * + hostname/subdomain); port-forward reaches `b`; an agent restart adopts the pod; stop/start
+ * and a move to node 0 keep `b`'s IP and MAC, and `a` still reaches it.
+ */
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import { IPADDRESSES, podNetnsName, runInNode, type DevNode } from '@vessel/agent';
+import type { KubeObject, ResourceRef } from '@vessel/client';
+import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { eventually, run, startCluster, type TestCluster } from './harness.ts';
+import { runDirOf, serialLog } from './tiny-vm.ts';
+
+const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
+const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+const SVC: ResourceRef = { group: '', version: 'v1', plural: 'services', namespaced: true };
+const ns = 'default';
+type Obj = Record<string, unknown>;
+
+let c: TestCluster;
+let node0: DevNode;
+let node1: DevNode;
+const ips: Record<string, string> = {};
+const nodeOf: Record<string, DevNode> = {};
+
+function vm(name: string, node: string, binding: Obj, userData: string, extra: Obj = {}): Obj {
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name, namespace: ns },
+    spec: {
+      runStrategy: 'Always',
+      template: {
+        metadata: { labels: { app: 'peer' } },
+        spec: {
+          terminationGracePeriodSeconds: 5,
+          nodeSelector: { 'kubernetes.io/hostname': node },
+          ...extra,
+          domain: {
+            resources: { requests: { memory: '128Mi' } },
+            devices: {
+              disks: [
+                { name: 'root', disk: { bus: 'virtio' } },
+                { name: 'cloudinit', disk: { bus: 'virtio' } },
+              ],
+              interfaces: [{ name: 'default', ...binding }],
+            },
+          },
+          networks: [{ name: 'default', pod: {} }],
+          volumes: [
+            { name: 'root', dataVolume: { name: `${name}-root` } },
+            { name: 'cloudinit', cloudInitNoCloud: { userData } },
+          ],
+        },
+      },
+      // The shared pool: b's disk is there for node 0 as for node 1.
+      dataVolumeTemplates: [
+        {
+          metadata: { name: `${name}-root` },
+          spec: {
+            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+          },
+        },
+      ],
+    },
+  };
+}
+
+async function allocation(name: string): Promise<string> {
+  return eventually(
+    `IPAM's address for ${name}`,
+    async () =>
+      (await c.client.list(IPADDRESSES)).items.find((o) => {
+        const p = (o.spec as { parentRef?: Obj }).parentRef ?? {};
+        return p.resource === 'virtualmachines' && p.name === name && p.namespace === ns;
+      })?.metadata?.name,
+    30_000,
+  );
+}
+
+type Status = { phase?: string; nodeName?: string; interfaces?: Obj[] };
+const status = async (name: string) => ((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as Status;
+const agentOf = (n: DevNode) => c.nodes.agents.find((a) => a.nodeName === n.name)!;
+const serial = async (name: string) => serialLog(agentOf(nodeOf[name]).dataDir, ns, name);
+
+async function running(name: string): Promise<Status> {
+  return eventually(
+    `${name} Running`,
+    async () => {
+      const s = await status(name);
+      return s.phase === 'Running' ? s : undefined;
+    },
+    240_000,
+  );
+}
+
+/** Waits for a line in the guest's console; on timeout says what the console and the pod's dnsmasq said. */
+async function sees(name: string, re: RegExp, what: string, ms = 300_000): Promise<string> {
+  return eventually(
+    `${name}: ${what}`,
+    async () => {
+      const m = re.exec(await serial(name));
+      return m ? m[0] : undefined;
+    },
+    ms,
+  ).catch(async (e: Error) => {
+    const pod = podNetnsName(nodeOf[name].netns, ns, name);
+    const log = await readFile(join(agentOf(nodeOf[name]).dataDir, 'network', 'pods', pod, 'dnsmasq.log'), 'utf8').catch(() => '');
+    throw new Error(
+      `${e.message}\n--- ${name}'s pod dnsmasq.log (tail)\n${log.slice(-2000)}\n--- ${name}'s serial console (tail)\n${(await serial(name)).slice(-3000)}`,
+    );
+  });
+}
+
+const curl = (n: DevNode, ip: string) => runInNode(n, ['curl', '-sS', '--max-time', '5', `http://${ip}/`]);
+
+async function stop(name: string): Promise<void> {
+  await c.client.patch(VM, name, { spec: { runStrategy: 'Halted' } }, { namespace: ns });
+  await eventually(`${name} stopped`, async () => ((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined)) ? undefined : true), 120_000);
+}
+
+before(async () => {
+  c = await startCluster({ nodes: 2 });
+  [node0, node1] = c.nodes.cluster.nodes;
+  await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
+});
+after(async () => {
+  if (!c) return;
+  await c.client.delete(SVC, 'peers', { namespace: ns }).catch(() => undefined);
+  for (const v of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
+    await c.client.delete(VM, v.metadata!.name!, { namespace: ns }).catch(() => undefined);
+  await eventually('all VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+    () => undefined,
+  );
+  await c.close();
+});
+
+test('a masquerade guest gets 10.0.2.2 from its pod, answers at its cluster IP and reaches a bridged guest by address and DNS name', async () => {
+  // a's DNS name: a.peers.default.svc.cluster.local (headless Service + hostname/subdomain).
+  await c.client.create(
+    SVC,
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'peers', namespace: ns },
+      spec: { clusterIP: 'None', selector: { app: 'peer' }, ports: [{ port: 8080 }] },
+    },
+    { namespace: ns },
+  );
+  // b first: its user data finds a by name; a's polls b's cluster IP (IPAM allocates it when
+  // the VM is created). busybox nc: the guest's static busybox wget crashes.
+  nodeOf.a = node0;
+  nodeOf.b = node1;
+  const aUser = (b: string) => `#!/bin/sh\n(while true; do if nc ${b} 8080 </dev/null | grep -q counter=; then echo VESSEL-TO-B-OK; fi; sleep 3; done) &\n`;
+  // User data runs before DHCP: b waits for its address, then prints it and its resolver.
+  const bUser =
+    '#!/bin/sh\n(' +
+    "while ! ip addr | grep -q 'inet 10.0.2.2'; do sleep 1; done; " +
+    "ip addr | grep 'inet 10.0.2.2' | sed 's/^/VESSEL-ADDR /'; " +
+    "sed 's/^/VESSEL-RESOLV /' /etc/resolv.conf; " +
+    'while true; do ' +
+    'A=$(nslookup a.peers.default.svc.cluster.local 2>/dev/null | sed -n "s/^Address:[[:space:]]*//p" | grep -v ":53$" | head -n1); ' +
+    'if [ -n "$A" ] && nc a.peers.default.svc.cluster.local 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-NAME $A"; fi; ' +
+    'if [ -n "$A" ] && nc $A 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-IP $A"; fi; ' +
+    'sleep 3; done) &\n';
+  await c.client.create(VM, vm('b', node1.name, { masquerade: {} }, bUser), { namespace: ns });
+  ips.b = await allocation('b');
+  await c.client.create(VM, vm('a', node0.name, { bridge: {} }, aUser(ips.b), { hostname: 'a', subdomain: 'peers' }), { namespace: ns });
+  ips.a = await allocation('a');
+  const sb = await running('b');
+  const nic = sb.interfaces?.[0] ?? {};
+  assert.equal(sb.nodeName, node1.name);
+  assert.equal(nic.ipAddress, ips.b, "b's status carries its cluster IP");
+  assert.deepEqual(nic.ipAddresses, [ips.b]);
+  assert.match(String(nic.mac), /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
+  assert.equal(nic.infoSource, 'domain');
+  // The pod: its namespace, the veth's node end on vsl-br0 (podInterfaceName), QEMU inside the pod.
+  const pod = podNetnsName(node1.netns, ns, 'b');
+  const veth = await runInNode(node1, ['ip', '-d', 'link', 'show', 'dev', String(nic.podInterfaceName)]);
+  assert.match(veth.stdout, /veth/);
+  assert.match(veth.stdout, /master vsl-br0/);
+  const eth0 = (await run('ip', ['-n', pod, '-4', '-o', 'addr', 'show', 'dev', 'eth0'])).out;
+  assert.match(eth0, new RegExp(`inet ${ips.b.replaceAll('.', '\\.')}/16`));
+  const nft = (await run('ip', ['netns', 'exec', pod, 'nft', 'list', 'table', 'ip', 'vessel-masq'])).out;
+  assert.match(nft, /dnat to 10\.0\.2\.2/);
+  const qemuPid = (await readFile(join((await runDirOf(agentOf(node1).dataDir, ns, 'b'))!, 'qemu.pid'), 'utf8')).trim();
+  assert.ok((await run('ip', ['netns', 'pids', pod])).out.split(/\s+/).includes(qemuPid), `QEMU runs in ${pod}`);
+
+  await sees('b', /^VESSEL-IP 10\.0\.2\.2$/m, 'DHCP gave the guest 10.0.2.2');
+  await sees('b', /VESSEL-ADDR .*inet 10\.0\.2\.2\/24/, 'eth0 holds 10.0.2.2/24', 60_000);
+  await sees('b', /VESSEL-RESOLV nameserver 10\.244\./, "the resolver is the node's gateway", 60_000);
+  // From node 0's namespace and from a's guest: b at its cluster IP (pod DNAT, all ports).
+  await eventually(
+    `b (${ips.b}) answering HTTP from ${node0.name}`,
+    async () => ((await curl(node0, ips.b)).stdout.includes('counter=') ? true : undefined),
+    90_000,
+  ).catch(async (e: Error) => {
+    const out: string[] = [e.message];
+    for (const argv of [
+      ['ip', '-n', pod, 'addr'],
+      ['ip', '-n', pod, 'route'],
+      ['ip', '-n', pod, 'neigh'],
+      ['ip', 'netns', 'exec', pod, 'nft', 'list', 'ruleset'],
+      ['ip', 'netns', 'exec', pod, 'sysctl', 'net.ipv4.ip_forward'],
+      ['ip', 'netns', 'exec', node1.netns, 'bridge', 'fdb', 'show', 'br', 'vsl-br0'],
+      ['ip', 'netns', 'exec', node0.netns, 'curl', '-sS', '-v', '--max-time', '5', `http://${ips.b}/`],
+      ['ip', 'netns', 'exec', pod, 'curl', '-sS', '--max-time', '5', 'http://10.0.2.2/'],
+      ['ip', '-n', node0.netns, 'neigh'],
+    ])
+      out.push(`--- ${argv.join(' ')}\n${JSON.stringify(await run(argv[0], argv.slice(1)))}`);
+    throw new Error(out.join('\n'));
+  });
+  await sees('a', /^VESSEL-TO-B-OK$/m, "a's guest reaches b's cluster IP");
+  // b's guest reaches a by name and by address (its traffic leaves the pod masqueraded).
+  await sees('b', new RegExp(`^VESSEL-TO-A-BY-NAME ${ips.a.replaceAll('.', '\\.')}$`, 'm'), 'b reaches a by its DNS name');
+  await sees('b', new RegExp(`^VESSEL-TO-A-BY-IP ${ips.a.replaceAll('.', '\\.')}$`, 'm'), 'b reaches a by address');
+  // Through the API: `vessel port-forward` to b (its agent dials the cluster IP in node 1's namespace).
+  const forwarded = await run('bin/vessel', ['--kubeconfig', c.kubeconfig, 'port-forward', '--stdio', 'vm/b', '80'], {
+    input: 'GET / HTTP/1.0\r\n\r\n',
+    timeoutMs: 60_000,
+    env: { ...process.env, KUBECONFIG: '' },
+  });
+  assert.equal(forwarded.code, 0, forwarded.err);
+  assert.match(forwarded.out, /counter=\d+/);
+});
+
+test('an agent restart adopts the pod: its dnsmasq is the same process and b answers throughout', async () => {
+  const pod = podNetnsName(node1.netns, ns, 'b');
+  const pidFile = join(agentOf(node1).dataDir, 'network', 'pods', pod, 'dnsmasq.pid');
+  const pid = (await readFile(pidFile, 'utf8')).trim();
+  const i = c.nodes.agents.indexOf(agentOf(node1));
+  await c.nodes.agents[i].stop();
+  try {
+    assert.match((await curl(node0, ips.b)).stdout, /counter=/, 'b answers while its agent is down');
+  } finally {
+    await c.nodes.restartAgent(i);
+  }
+  assert.equal((await readFile(pidFile, 'utf8')).trim(), pid, 'the same pod dnsmasq');
+  assert.equal((await status('b')).phase, 'Running');
+  assert.match((await curl(node0, ips.b)).stdout, /counter=/);
+});
+
+test('stop/start keeps b its IP and MAC; moved to node 0 it keeps them too, its old pod is gone and a still reaches it', async () => {
+  const before = (await status('b')).interfaces?.[0] ?? {};
+  const pod1 = podNetnsName(node1.netns, ns, 'b');
+  await stop('b');
+  const pods = async () => (await run('ip', ['netns', 'list'])).out;
+  await eventually(`${pod1} deleted`, async () => (!(await pods()).includes(pod1) ? true : undefined), 30_000);
+  assert.notEqual((await runInNode(node1, ['ip', 'link', 'show', 'dev', String(before.podInterfaceName)])).code, 0, 'the veth went with it');
+  await c.client.patch(VM, 'b', { spec: { runStrategy: 'Always' } }, { namespace: ns });
+  const again = (await running('b')).interfaces?.[0] ?? {};
+  assert.equal(again.ipAddress, before.ipAddress);
+  assert.equal(again.mac, before.mac);
+  await eventually(`b answering again from ${node0.name}`, async () => ((await curl(node0, ips.b)).stdout.includes('counter=') ? true : undefined), 300_000);
+
+  // Reschedule: stop, pin to node 0, start.
+  await stop('b');
+  await c.client.patch(VM, 'b', { spec: { template: { spec: { nodeSelector: { 'kubernetes.io/hostname': node0.name } } } } }, { namespace: ns });
+  nodeOf.b = node0;
+  await c.client.patch(VM, 'b', { spec: { runStrategy: 'Always' } }, { namespace: ns });
+  const moved = await running('b');
+  assert.equal(moved.nodeName, node0.name);
+  assert.equal(moved.interfaces?.[0]?.ipAddress, before.ipAddress);
+  assert.equal(moved.interfaces?.[0]?.mac, before.mac);
+  assert.ok(!(await pods()).includes(pod1), 'no pod of b is left on node 1');
+  assert.ok((await pods()).includes(podNetnsName(node0.netns, ns, 'b')), 'b has its pod on node 0');
+  await sees('b', /^VESSEL-IP 10\.0\.2\.2$/m, 'DHCP on node 0 gave the guest 10.0.2.2');
+  // a's guest keeps polling b's cluster IP: a fresh success after the move, and node 1 too.
+  const seen = ((await serial('a')).match(/^VESSEL-TO-B-OK$/gm) ?? []).length;
+  await eventually(
+    "a's guest reaching b on node 0",
+    async () => (((await serial('a')).match(/^VESSEL-TO-B-OK$/gm) ?? []).length > seen ? true : undefined),
+    300_000,
+  );
+  await eventually(
+    `b answering from ${node1.name} over VXLAN`,
+    async () => ((await curl(node1, ips.b)).stdout.includes('counter=') ? true : undefined),
+    60_000,
+  );
+});
