@@ -21,3 +21,4 @@ export const SERVICES = ref('', 'v1', 'services');
 export const EVENTS = ref('', 'v1', 'events');
 export const IPADDRESSES = ref('networking.k8s.io', 'v1', 'ipaddresses');
 export const ENDPOINTSLICES = ref('discovery.k8s.io', 'v1', 'endpointslices');
+export const NETWORK_ATTACHMENT_DEFINITIONS = ref('k8s.cni.cncf.io', 'v1', 'network-attachment-definitions');
