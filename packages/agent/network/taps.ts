@@ -16,14 +16,14 @@ export function tapName(namespace: string, name: string): string {
 
 export const isTapName = (n: string): boolean => /^vsl[0-9a-f]{11}$/.test(n);
 
-/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge, up. */
-export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: boolean; mtu?: number } = {}): Promise<void> {
+/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge (default the VM bridge), up. */
+export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: boolean; mtu?: number; bridge?: string } = {}): Promise<void> {
   const d = await linkDetails(ns, name);
   const mq = (d?.linkinfo as { info_data?: { multi_queue?: boolean } } | undefined)?.info_data?.multi_queue === true;
   // The kernel refuses a queue mode other than the tap was made with: re-create it then.
   if (d && mq !== !!opts.multiQueue) await ip(ns, ['link', 'del', name]);
   if (!d || mq !== !!opts.multiQueue) await ip(ns, ['tuntap', 'add', 'dev', name, 'mode', 'tap', ...(opts.multiQueue ? ['multi_queue'] : [])]);
-  await ip(ns, ['link', 'set', name, 'mtu', String(opts.mtu ?? VM_MTU), 'master', BRIDGE, 'up']);
+  await ip(ns, ['link', 'set', name, 'mtu', String(opts.mtu ?? VM_MTU), 'master', opts.bridge ?? BRIDGE, 'up']);
 }
 
 export async function removeTap(ns: NetNs, name: string): Promise<void> {
