@@ -24,6 +24,7 @@ import { NetworkError } from './network/errors.ts';
 import { checkNetns } from './network/exec.ts';
 import { PolicyEnforcer } from './network/policy.ts';
 import { ServiceProxy } from './network/services.ts';
+import { SecondaryNetworks } from './network/secondary.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -105,7 +106,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const policies = network && new PolicyEnforcer(opts.client, { nodeName: opts.nodeName, netns: network.netns, nodeAddress: () => network.gateway()?.ip, log });
   // Services' data plane (DNAT, DNS names) on every node of the cluster network.
   const services = network && new ServiceProxy(opts.client, { netns: network.netns, stateDir: networkStateDir(opts.dataDir), log });
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
+  // Secondary networks (NetworkAttachmentDefinitions) live beside the cluster network, in the node's namespace.
+  const secondary = network && new SecondaryNetworks(opts.client, { netns: network.netns, log });
+  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network, secondary });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
@@ -143,6 +146,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await network?.start();
     await policies?.start();
     await services?.start();
+    await secondary?.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
@@ -150,6 +154,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     node.stop();
     await policies?.stop().catch(() => undefined);
     await services?.stop().catch(() => undefined);
+    await secondary?.stop().catch(() => undefined);
     await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
@@ -174,6 +179,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       await policies?.stop();
       // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
       await services?.stop();
+      await secondary?.stop();
       await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing
