@@ -30,6 +30,11 @@ export interface BridgeConfig {
 export type ParseResult = { config: BridgeConfig; problem?: undefined } | { config?: undefined; problem: string };
 
 const IFNAME = /^[^\s/:]{1,15}$/;
+/**
+ * The node's own devices a NAD may not name: the cluster network's bridge and VXLAN (a NIC there
+ * would bypass IPAM and NetworkPolicy), loopback, and the agent's generated link names.
+ */
+const RESERVED = /^(vsl-br0|vsl-vx0|lo|vs[a-z][0-9a-f]{11})$/;
 
 /** Whether `s` is an IPv4 address with a prefix length (1-32), e.g. 10.1.0.5/24. */
 export function isIPv4Cidr(s: string): boolean {
@@ -67,6 +72,8 @@ export function parseConfig(text: unknown): ParseResult {
   const bridge = plugin.bridge ?? DEFAULT_BRIDGE;
   if (typeof bridge !== 'string' || !IFNAME.test(bridge) || bridge === '.' || bridge === '..')
     return { problem: `bridge ${JSON.stringify(bridge)} is not a valid Linux interface name: 1 to 15 characters, no '/', ':' or whitespace` };
+  if (RESERVED.test(bridge))
+    return { problem: `bridge ${JSON.stringify(bridge)} is one of Vessel's own devices (the cluster network, loopback or the agent's links)` };
   const vlan = plugin.vlan ?? 0;
   if (typeof vlan !== 'number' || !Number.isInteger(vlan) || vlan < 0 || vlan > 4094)
     return { problem: `vlan must be an integer from 0 to 4094 (0: untagged), not ${JSON.stringify(vlan)}` };
