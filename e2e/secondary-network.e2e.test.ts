@@ -31,7 +31,7 @@ const G200 = `vsl-${id}-g200`;
 let c: TestCluster;
 let nodeA: DevNode;
 let nodeB: DevNode;
-const { ok: kubectlOk } = kubectlFor(() => c);
+const { kubectl, ok: kubectlOk } = kubectlFor(() => c);
 
 const nad = (name: string, bridge: string, extra: Obj = {}): Obj => ({
   apiVersion: 'k8s.cni.cncf.io/v1',
@@ -168,8 +168,15 @@ test('NADs: a bad config is refused with spec.config named; kubectl get net-atta
   const bad = await rejects(c.client.create(NAD, nad('bad', 'br-v100', { type: 'macvlan' }), { namespace: NSN }), 422, /spec\.config/);
   assert.match(bad.message, /supported types are bridge/);
   await c.client.create(NAD, nad('v100', 'br-v100'), { namespace: NSN });
-  await c.client.create(NAD, nad('v200', 'br-v200'), { namespace: NSN });
-  if (!KUBECTL_SKIP) {
+  if (KUBECTL_SKIP) await c.client.create(NAD, nad('v200', 'br-v200'), { namespace: NSN });
+  else {
+    // As users write them: YAML through kubectl apply, the config a JSON string.
+    const yaml = (name: string, config: string) =>
+      `apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: ${name}\n  namespace: ${NSN}\nspec:\n  config: '${config}'\n`;
+    await kubectlOk(['apply', '-f', '-'], yaml('v200', '{"cniVersion": "0.3.1", "type": "bridge", "bridge": "br-v200", "mtu": 1450}'));
+    const refused = await kubectl(['apply', '-f', '-'], yaml('v300', '{"cniVersion": "0.3.1", "type": "bridge", "vlan": 5000}'));
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.err, /spec\.config.*vlan must be an integer from 0 to 4094/);
     const out = await kubectlOk(['-n', NSN, 'get', 'net-attach-def']);
     assert.match(out, /^NAME\s+AGE/m);
     assert.match(out, /^v100\s/m);
@@ -211,6 +218,8 @@ test('two guests on v100 (two nodes) reach each other over eth1; VLAN 200 reache
   assert.equal(lanB?.ipAddress, undefined, 'no ipam: the guest configures its address; no IP reported');
   const dataDirA = c.nodes.agents.find((a) => a.nodeName === nodeA.name)!.dataDir;
   // vm-a's probes: vm-b over VLAN 100 answers; g200 (same subnet, VLAN 200) does not.
+  // Under a loaded machine a TCG guest takes minutes to boot: the wait is generous, and a failure shows what the guests printed.
+  const dataDirB = c.nodes.agents.find((a) => a.nodeName === nodeB.name)!.dataDir;
   const last = await eventually(
     "vm-a's probe reaching vm-b",
     async () => {
@@ -218,9 +227,12 @@ test('two guests on v100 (two nodes) reach each other over eth1; VLAN 200 reache
       const oks = lines.filter((m) => m[2] === 'ok');
       return oks.length >= 2 ? oks : undefined;
     },
-    240_000,
+    480_000,
     1000,
-  );
+  ).catch(async (e: Error) => {
+    const tail = async (dir: string, name: string) => (await serialLog(dir, NSN, name)).split('\n').filter((l) => /VESSEL/.test(l)).slice(-6).join(' | ');
+    throw new Error(`${e.message}; vm-a: ${await tail(dataDirA, 'vm-a')}; vm-b: ${await tail(dataDirB, 'vm-b')}`);
+  });
   assert.ok(
     last.every((m) => m[3] === 'no'),
     'vm-a never reached g200 on VLAN 200',
