@@ -230,7 +230,12 @@ test('two guests on v100 (two nodes) reach each other over eth1; VLAN 200 reache
     480_000,
     1000,
   ).catch(async (e: Error) => {
-    const tail = async (dir: string, name: string) => (await serialLog(dir, NSN, name)).split('\n').filter((l) => /VESSEL/.test(l)).slice(-6).join(' | ');
+    const tail = async (dir: string, name: string) =>
+      (await serialLog(dir, NSN, name))
+        .split('\n')
+        .filter((l) => /VESSEL/.test(l))
+        .slice(-6)
+        .join(' | ');
     throw new Error(`${e.message}; vm-a: ${await tail(dataDirA, 'vm-a')}; vm-b: ${await tail(dataDirB, 'vm-b')}`);
   });
   assert.ok(
