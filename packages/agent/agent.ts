@@ -25,6 +25,7 @@ import { checkNetns } from './network/exec.ts';
 import { PolicyEnforcer } from './network/policy.ts';
 import { ServiceProxy } from './network/services.ts';
 import { NetworkConfigurator } from './network/nmstate.ts';
+import { SecondaryNetworks } from './network/secondary.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 
 export interface AgentOptions {
@@ -113,7 +114,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const services = network && new ServiceProxy(opts.client, { netns: network.netns, stateDir: networkStateDir(opts.dataDir), log });
   // Node network configuration (nmstate.io policies) in the node's namespace, or the host's.
   const nmstateCtl = new NetworkConfigurator(opts.client, { nodeName: opts.nodeName, netns: network?.netns, probeTimeoutMs: opts.nncpProbeTimeoutMs, log });
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
+  // Secondary networks (NetworkAttachmentDefinitions) live beside the cluster network, in the node's namespace.
+  const secondary = network && new SecondaryNetworks(opts.client, { netns: network.netns, log });
+  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network, secondary });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
@@ -152,6 +155,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await policies?.start();
     await services?.start();
     await nmstateCtl.start();
+    await secondary?.start();
     await vms.start();
     await snapshots.start();
     await restores.start();
@@ -160,6 +164,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await policies?.stop().catch(() => undefined);
     await services?.stop().catch(() => undefined);
     await nmstateCtl.stop().catch(() => undefined);
+    await secondary?.stop().catch(() => undefined);
     await network?.stop().catch(() => undefined);
     await endpoint.close();
     throw e;
@@ -185,6 +190,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       // dnsmasq and the taps stay, like the QEMUs: the guests keep their network.
       await services?.stop();
       await nmstateCtl.stop();
+      await secondary?.stop();
       await network?.stop();
       await volumes.stop();
       consoles.close(); // open consoles would keep the endpoint from closing

@@ -33,6 +33,7 @@ test('kubectl-style names resolve', () => {
     ipaddresses: 'IPAddress',
     netpol: 'NetworkPolicy',
     'networkpolicies.networking.k8s.io': 'NetworkPolicy',
+    'net-attach-def': 'NetworkAttachmentDefinition',
     'endpointslices.discovery.k8s.io': 'EndpointSlice',
     'configmaps.v1': 'ConfigMap',
   };
@@ -98,6 +99,7 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: '', version: 'v1' },
     { group: 'storage.k8s.io', version: 'v1' },
     { group: 'networking.k8s.io', version: 'v1' },
+    { group: 'k8s.cni.cncf.io', version: 'v1' },
     { group: 'discovery.k8s.io', version: 'v1' },
     { group: 'kubevirt.io', version: 'v1' },
     { group: 'cdi.kubevirt.io', version: 'v1beta1' },

@@ -184,6 +184,19 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     statusSubresource: false,
     printerColumns: [{ name: 'Pod-Selector', type: 'string', jsonPath: '.spec.podSelector', description: 'the VMs the policy selects, as app=web' }, AGE],
   }),
+  // Secondary networks (Multus' CRD, as KubeVirt users install it): spec.config is a CNI config.
+  kind({
+    group: 'k8s.cni.cncf.io',
+    version: 'v1',
+    kind: 'NetworkAttachmentDefinition',
+    plural: 'network-attachment-definitions',
+    singular: 'network-attachment-definition',
+    shortNames: ['net-attach-def'],
+    categories: [],
+    namespaced: true,
+    statusSubresource: false,
+    printerColumns: [AGE],
+  }),
   kind({
     group: 'discovery.k8s.io',
     version: 'v1',
@@ -415,6 +428,7 @@ const SCHEMA_NAMES: Record<string, string> = {
   'networking.k8s.io/v1/IPAddress': 'io.k8s.api.networking.v1.IPAddress',
   'networking.k8s.io/v1/NetworkPolicy': 'io.k8s.api.networking.v1.NetworkPolicy',
   'discovery.k8s.io/v1/EndpointSlice': 'io.k8s.api.discovery.v1.EndpointSlice',
+  'k8s.cni.cncf.io/v1/NetworkAttachmentDefinition': 'io.cncf.cni.k8s.v1.NetworkAttachmentDefinition',
   'kubevirt.io/v1/VirtualMachine': 'io.kubevirt.v1.VirtualMachine',
   'kubevirt.io/v1/VirtualMachineInstance': 'io.kubevirt.v1.VirtualMachineInstance',
   'kubevirt.io/v1/VirtualMachineInstanceMigration': 'io.kubevirt.v1.VirtualMachineInstanceMigration',

@@ -24,3 +24,4 @@ export const ENDPOINTSLICES = ref('discovery.k8s.io', 'v1', 'endpointslices');
 export const NNCPS = ref('nmstate.io', 'v1', 'nodenetworkconfigurationpolicies');
 export const NNCES = ref('nmstate.io', 'v1beta1', 'nodenetworkconfigurationenactments');
 export const NNSS = ref('nmstate.io', 'v1beta1', 'nodenetworkstates');
+export const NETWORK_ATTACHMENT_DEFINITIONS = ref('k8s.cni.cncf.io', 'v1', 'network-attachment-definitions');

@@ -12,7 +12,7 @@ import { invalid, notSupported, required } from './errors.ts';
 import { apiVersionOf, schemaNameFor } from './kinds.ts';
 import { validateDataSource, validateDataVolume } from './kinds/cdi.ts';
 import { validateVirtualMachineClone } from './kinds/clone.ts';
-import { validateEndpointSlice, validateIPAddress, validateNetworkPolicy } from './kinds/network.ts';
+import { validateEndpointSlice, validateIPAddress, validateNetworkAttachmentDefinition, validateNetworkPolicy } from './kinds/network.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
 import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
@@ -68,6 +68,7 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'networking.k8s.io/NetworkPolicy': validateNetworkPolicy,
   'discovery.k8s.io/EndpointSlice': validateEndpointSlice,
   'nmstate.io/NodeNetworkConfigurationPolicy': validateNodeNetworkConfigurationPolicy,
+  'k8s.cni.cncf.io/NetworkAttachmentDefinition': validateNetworkAttachmentDefinition,
 };
 
 /** Covers a whole subtree: no warnings below. */

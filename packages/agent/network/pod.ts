@@ -154,7 +154,7 @@ export async function ensurePod(nodeNetns: NetNs, stateDir: string, namespace: s
   if (!(await linkDetails(pod, POD_BRIDGE))) await ip(pod, ['link', 'add', POD_BRIDGE, 'type', 'bridge']);
   await ip(pod, ['link', 'set', POD_BRIDGE, 'mtu', String(VM_MTU), 'up']);
   await ip(pod, ['addr', 'replace', `${POD_GATEWAY}/${POD_PREFIX}`, 'dev', POD_BRIDGE]);
-  await ensureTap(pod, POD_TAP, { multiQueue: p.multiQueue, master: POD_BRIDGE });
+  await ensureTap(pod, POD_TAP, { multiQueue: p.multiQueue, bridge: POD_BRIDGE });
   await inNs(pod, ['sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
   await inNs(pod, ['nft', '-f', '-'], { input: rules });
   await ensurePodDnsmasq(pod, podStateDir(stateDir, pod), args);

@@ -16,8 +16,8 @@ export function tapName(namespace: string, name: string): string {
 
 export const isTapName = (n: string): boolean => /^vsl[0-9a-f]{11}$/.test(n);
 
-/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge (`master`, default vsl-br0), up. */
-export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: boolean; mtu?: number; master?: string } = {}): Promise<void> {
+/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge (`bridge`, default vsl-br0), up. */
+export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: boolean; mtu?: number; bridge?: string } = {}): Promise<void> {
   const d = await linkDetails(ns, name);
   const mq = (d?.linkinfo as { info_data?: { multi_queue?: boolean } } | undefined)?.info_data?.multi_queue === true;
   const tun = (d?.linkinfo as { info_kind?: string } | undefined)?.info_kind === 'tun';
@@ -26,7 +26,7 @@ export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: bo
   const stale = !!d && (!tun || mq !== !!opts.multiQueue);
   if (stale) await ip(ns, ['link', 'del', name]);
   if (!d || stale) await ip(ns, ['tuntap', 'add', 'dev', name, 'mode', 'tap', ...(opts.multiQueue ? ['multi_queue'] : [])]);
-  await ip(ns, ['link', 'set', name, 'mtu', String(opts.mtu ?? VM_MTU), 'master', opts.master ?? BRIDGE, 'up']);
+  await ip(ns, ['link', 'set', name, 'mtu', String(opts.mtu ?? VM_MTU), 'master', opts.bridge ?? BRIDGE, 'up']);
 }
 
 export async function removeTap(ns: NetNs, name: string): Promise<void> {

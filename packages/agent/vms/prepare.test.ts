@@ -9,7 +9,8 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { KubeObject } from '@vessel/client';
 import { containedPath, Pool } from '../storage/pools.ts';
-import { claimVolumePath, PrepareError } from './prepare.ts';
+import { NetworkError } from '../network/errors.ts';
+import { claimVolumePath, PrepareError, prepareVm } from './prepare.ts';
 
 let root: string;
 let pool: Pool;
@@ -54,4 +55,55 @@ test("a file in no pool of this node is another node's volume", () => {
     () => claimVolumePath('t1', 'disk', 'root', claim(join(root, 'elsewhere.qcow2')), locate),
     (e: unknown) => e instanceof PrepareError && e.reason === 'VolumeNotOnNode',
   );
+});
+
+/** A VMI with the pod network (masquerade) and a multus NIC `lan` on NAD `v100`. */
+const multusVmi = () => ({
+  metadata: { name: 'vm', namespace: 't1' },
+  spec: {
+    domain: {
+      devices: {
+        interfaces: [
+          { name: 'default', masquerade: {} },
+          { name: 'lan', bridge: {} },
+        ],
+      },
+    },
+    networks: [
+      { name: 'default', pod: {} },
+      { name: 'lan', multus: { networkName: 'v100' } },
+    ],
+  },
+});
+
+test('a multus NIC with the bridge binding is a tap on its NAD; a missing NAD keeps the VMI waiting with NetworkNotFound', async () => {
+  const calls: string[] = [];
+  const ctx = (fail?: NetworkError) => ({
+    client: {} as never,
+    claim: () => undefined,
+    locate,
+    secondary: {
+      attach: async (vmi: { namespace: string; name: string }, iface: string, networkName: string) => {
+        calls.push(`${vmi.namespace}/${vmi.name}/${iface}:${networkName}`);
+        if (fail) throw fail;
+        return { iface, tap: 'vsn0123456789a', addresses: [] };
+      },
+    },
+  });
+  const runDir = join(root, 'run-vm');
+  const prepared = await prepareVm(multusVmi() as never, runDir, ctx());
+  assert.deepEqual(prepared.networks, { default: { kind: 'user', mac: undefined }, lan: { kind: 'tap', ifname: 'vsn0123456789a', mac: undefined } });
+  assert.deepEqual(calls, ['t1/vm/lan:v100']);
+  for (const [code, reason, retry] of [
+    ['NetworkNotFound', 'NetworkNotFound', true],
+    ['NetworkInvalid', 'NetworkInvalid', true],
+    ['CommandFailed', 'NetworkError', true],
+    ['Unsupported', 'NetworkError', false],
+  ] as const) {
+    await assert.rejects(
+      prepareVm(multusVmi() as never, runDir, ctx(new NetworkError(code, `network lan: ${code}`))),
+      (e: unknown) => e instanceof PrepareError && e.reason === reason && e.retry === retry && /network lan/.test(e.message),
+      code,
+    );
+  }
 });

@@ -16,6 +16,7 @@ import { Causes } from '../qemu/argv/context.ts';
 import { cpuTopology } from '../qemu/argv/machine.ts';
 import { NetworkError } from '../network/errors.ts';
 import type { ClusterNetwork, VmiRef } from '../network/cluster.ts';
+import type { SecondaryNetworks } from '../network/secondary.ts';
 import { importDisk } from '../storage/import.ts';
 import { PathError } from '../storage/pools.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
@@ -23,7 +24,16 @@ import type { EgressPolicy } from '../storage/egress.ts';
 import { openRegistryDisk, registryInsecure } from '../storage/registry.ts';
 
 export type PrepareReason =
-  'PvcNotFound' | 'PvcNotReady' | 'VolumeNotOnNode' | 'SecretNotFound' | 'ImagePullFailed' | 'VolumeError' | 'AddressPending' | 'NetworkError';
+  | 'PvcNotFound'
+  | 'PvcNotReady'
+  | 'VolumeNotOnNode'
+  | 'SecretNotFound'
+  | 'ImagePullFailed'
+  | 'VolumeError'
+  | 'AddressPending'
+  | 'NetworkError'
+  | 'NetworkNotFound'
+  | 'NetworkInvalid';
 
 export class PrepareError extends Error {
   /** `retry`: the cause may go away by itself (a claim still filling); else the VMI fails. */
@@ -66,6 +76,11 @@ export interface PrepareContext {
    * QEMU user networking.
    */
   network?: Pick<ClusterNetwork, 'attach' | 'netns'>;
+  /**
+   * NetworkAttachmentDefinitions (network/secondary.ts), when the agent has a cluster network:
+   * an interface on a multus network with the bridge binding gets a port on the NAD's bridge.
+   */
+  secondary?: Pick<SecondaryNetworks, 'attach'>;
 }
 
 type Vmi = { metadata: { name: string; namespace: string; uid?: string; ownerReferences?: unknown }; spec: V1VirtualMachineInstanceSpec };
@@ -96,20 +111,31 @@ export async function prepareVm(vmi: Vmi, runDir: string, ctx: PrepareContext): 
 /**
  * The backend of each interface: a tap on the cluster network for the pod network's interface
  * with the bridge binding (when the agent has a cluster network), a tap in the VM's pod for one
- * with masquerade (network/pod.ts), QEMU user networking for the rest (multus until NADs). Also
- * the namespace QEMU must run in: the pod's when there is one, else the node's.
+ * with masquerade (network/pod.ts), a port on the NAD's bridge for a multus network's (when it
+ * has secondary networks), QEMU user networking for the rest. Also the namespace QEMU must run
+ * in: the pod's when there is one, else the node's. The pod interface goes first, since the
+ * secondary NICs' taps must be made where QEMU runs.
  */
 async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<{ networks: Record<string, QemuNetwork>; netns?: string }> {
   const networks: Record<string, QemuNetwork> = {};
   let netns = ctx.network?.netns;
   const pod = new Set((vmi.spec.networks ?? []).filter((n) => n.pod).map((n) => n.name));
-  for (const iface of vmi.spec.domain.devices.interfaces ?? []) {
+  const multus = new Map((vmi.spec.networks ?? []).filter((n) => n.multus?.networkName).map((n) => [n.name, n.multus!.networkName]));
+  const interfaces = vmi.spec.domain.devices.interfaces ?? [];
+  const podFirst = [...interfaces.filter((i) => pod.has(i.name)), ...interfaces.filter((i) => !pod.has(i.name))];
+  for (const iface of podFirst) {
     const binding = bindingOf(iface);
-    if (!ctx.network || !pod.has(iface.name) || !binding) {
-      networks[iface.name] = { kind: 'user', mac: iface.macAddress };
-      continue;
-    }
+    const nadName = multus.get(iface.name);
     try {
+      if (ctx.secondary && nadName !== undefined && binding === 'bridge') {
+        const nic = await ctx.secondary.attach(vmi.metadata, iface.name, nadName, { multiQueue: multiQueue(vmi, iface.model), qemuNetns: netns });
+        networks[iface.name] = { kind: 'tap', ifname: nic.tap, mac: iface.macAddress };
+        continue;
+      }
+      if (!ctx.network || !pod.has(iface.name) || !binding) {
+        networks[iface.name] = { kind: 'user', mac: iface.macAddress };
+        continue;
+      }
       const nic = await ctx.network.attach(vmi, iface.name, {
         multiQueue: multiQueue(vmi, iface.model),
         hostname: vmi.spec.hostname ?? vmi.metadata.name,
@@ -119,8 +145,9 @@ async function prepareNetworks(vmi: Vmi, ctx: PrepareContext): Promise<{ network
       netns = nic.netns;
     } catch (e) {
       if (!(e instanceof NetworkError)) throw e;
-      // Waiting for IPAM is normal for a moment; a command that failed on the node may pass next time.
-      throw new PrepareError(e.code === 'AddressPending' ? 'AddressPending' : 'NetworkError', e.message, e.code !== 'InvalidArgument');
+      // Waiting for IPAM or for a NAD is normal for a moment; a command that failed on the node may pass next time.
+      const reason = e.code === 'AddressPending' || e.code === 'NetworkNotFound' || e.code === 'NetworkInvalid' ? e.code : 'NetworkError';
+      throw new PrepareError(reason, e.message, e.code !== 'InvalidArgument' && e.code !== 'Unsupported');
     }
   }
   return { networks, netns };

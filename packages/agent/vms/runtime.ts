@@ -40,6 +40,8 @@ import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { bindingOf, PrepareError, prepareVm } from './prepare.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
+import type { SecondaryNetworks } from '../network/secondary.ts';
+import { derivedMac } from '../qemu/argv/ids.ts';
 
 type Obj = Record<string, unknown>;
 const { VMIS, VMS, PVCS } = refs;
@@ -65,6 +67,8 @@ export interface VmRuntimeOptions {
    * interfaces get taps there, QEMU runs in its namespace, status.interfaces carry the IPs.
    */
   network?: ClusterNetwork;
+  /** NetworkAttachmentDefinitions (network/secondary.ts): multus interfaces get ports on their NAD's bridge. */
+  secondary?: SecondaryNetworks;
 }
 
 /** One running QEMU followed over QMP. */
@@ -146,6 +150,10 @@ export class VmRuntime extends Controller {
       const v = this.vmis.get(key);
       if (v && this.mine(v) && phaseOf(v) !== 'Running' && !FINAL.has(phaseOf(v))) this.queue.add(key);
     });
+    // A VMI waiting for its NetworkAttachmentDefinition starts once it appears (or is fixed).
+    opts.secondary?.onChange(() => {
+      for (const v of this.vmis.list()) if (this.mine(v) && phaseOf(v) !== 'Running' && !FINAL.has(phaseOf(v))) this.queue.add(keyOf(v));
+    });
   }
 
   private get root(): string {
@@ -198,6 +206,11 @@ export class VmRuntime extends Controller {
       return 0;
     });
     if (removed) this.log(`vms: removed ${removed} tap${removed === 1 ? '' : 's'} of VMs that no longer run here`);
+    const links = await this.opts.secondary?.collect(this.sessions.keys()).catch((e: unknown) => {
+      this.log(`vms: sweeping secondary NICs: ${e instanceof Error ? e.message : e}`);
+      return 0;
+    });
+    if (links) this.log(`vms: removed ${links} secondary-network link${links === 1 ? '' : 's'} of VMs that no longer run here`);
   }
 
   /**
@@ -386,6 +399,7 @@ export class VmRuntime extends Controller {
         locate: (ns, path) => containedPath(this.opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
         egress: this.opts.egress,
         network: this.opts.network,
+        secondary: this.opts.secondary,
       });
       argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
       netns = prepared.netns;
@@ -499,7 +513,15 @@ export class VmRuntime extends Controller {
     }
     s.nodeName = this.opts.nodeName;
     const spec = (vmi.spec ?? {}) as V1VirtualMachineInstanceSpec;
+    const multus = new Map((spec.networks ?? []).filter((n) => n.multus?.networkName).map((n) => [n.name, n.multus!.networkName]));
     s.interfaces = (spec.domain?.devices?.interfaces ?? []).map((i) => {
+      // A NIC on a NAD: its MAC (set or derived, as the argv), and the NAD's static address if any.
+      const nadName = multus.get(i.name);
+      if (this.opts.secondary && nadName !== undefined && bindingOf(i) === 'bridge') {
+        const ips = this.opts.secondary.addressesOf(vmi.metadata.namespace!, nadName).map((a) => a.split('/')[0]);
+        const mac = i.macAddress?.toLowerCase().replaceAll('-', ':') ?? derivedMac(vmi.metadata.namespace!, vmi.metadata.name, i.name);
+        return { name: i.name, mac, ...(ips.length ? { ipAddress: ips[0], ipAddresses: ips } : {}), infoSource: 'domain' };
+      }
       // A cluster NIC: the address IPAM gave it, in the same write as Running. podInterfaceName
       // is the node side (the tap, or the pod's veth: KubeVirt reports the pod IP for masquerade); interfaceName is the guest's, which only a guest agent knows.
       const nic = this.opts.network?.nicOf(vmi, i.name);
@@ -618,6 +640,7 @@ export class VmRuntime extends Controller {
   private async releaseNetwork(key: string): Promise<void> {
     const [ns, name] = key.split('/');
     await this.opts.network?.release(ns, name).catch((e: Error) => this.log(`vms: ${key}: releasing its tap: ${e.message}`));
+    await this.opts.secondary?.release(ns, name).catch((e: Error) => this.log(`vms: ${key}: releasing its secondary NICs: ${e.message}`));
   }
 
   /** The VM cgroup of a run directory whose QEMU is gone. */

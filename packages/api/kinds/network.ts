@@ -2,11 +2,13 @@
  * Semantics of the cluster network's kinds, as kube-apiserver validates them where a user (or
  * a controller's bug) could go wrong: an IPAddress is named by a canonical address and names
  * its parent, both fixed once made; an EndpointSlice's addresses match its address type; a
- * NetworkPolicy's selectors, ports and ipBlocks are well formed.
+ * NetworkPolicy's selectors, ports and ipBlocks are well formed; a NetworkAttachmentDefinition's
+ * CNI config is one Vessel builds (nad.ts).
  */
 import { duplicate, forbidden, invalid, notSupported, required } from '../errors.ts';
 import { parseIPv4 } from '../ip.ts';
 import { dns1123Label, labelValue, qualifiedName } from '../names.ts';
+import * as nad from '../nad.ts';
 import * as netpol from '../netpol.ts';
 import type { KubeObject } from '../types.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type SemanticContext } from './util.ts';
@@ -161,4 +163,17 @@ export function validateNetworkPolicy(o: KubeObject, ctx: SemanticContext): void
       arr(rule[peers]).forEach((p, j) => validatePeer(p, `spec.${dir}[${i}].${peers}[${j}]`, ctx));
     });
   }
+}
+
+/** A NetworkAttachmentDefinition's `spec.config`: a CNI config Vessel can build (nad.ts says why not). */
+export function validateNetworkAttachmentDefinition(o: KubeObject, ctx: SemanticContext): void {
+  const config = obj(o.spec)?.config;
+  // Multus' CRD leaves the config optional (a NAD may name a config file on the node); Vessel has none.
+  if (config === undefined || config === null) {
+    ctx.causes.push(required('spec.config', 'a CNI configuration (JSON) of type bridge'));
+    return;
+  }
+  if (typeof config !== 'string') return; // the structural walk says it must be a string
+  const r = nad.parseConfig(config);
+  if (r.problem) ctx.causes.push(invalid('spec.config', config.length > 200 ? `${config.slice(0, 200)}...` : config, r.problem));
 }
