@@ -105,7 +105,17 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const policies = network && new PolicyEnforcer(opts.client, { nodeName: opts.nodeName, netns: network.netns, nodeAddress: () => network.gateway()?.ip, log });
   // Services' data plane (DNAT, DNS names) on every node of the cluster network.
   const services = network && new ServiceProxy(opts.client, { netns: network.netns, stateDir: networkStateDir(opts.dataDir), log });
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network });
+  const vms = new VmRuntime(opts.client, {
+    nodeName: opts.nodeName,
+    dataDir: opts.dataDir,
+    accel,
+    pools,
+    log,
+    egress,
+    priority,
+    network,
+    migrationAddress: opts.fabricIp,
+  });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
