@@ -73,7 +73,9 @@ export function liveMigratable(
       if (!pool) why.push(`volume ${v.name}: the pool of claim ${claim} is not known on this node`);
       else if (!pool.shared) why.push(`volume ${v.name} is on the ${pool.name} pool of this node (local disks are not mirrored yet)`);
     } else if (v.containerDisk || v.ephemeral || v.emptyDisk) {
-      why.push(`volume ${v.name} is a ${v.containerDisk ? 'containerDisk' : v.ephemeral ? 'ephemeral' : 'emptyDisk'} whose writes live on this node`);
+      why.push(
+        `volume ${v.name} is ${v.containerDisk ? 'a containerDisk' : v.ephemeral ? 'an ephemeral volume' : 'an emptyDisk'} whose writes live on this node`,
+      );
     } else if (!v.cloudInitNoCloud && !v.cloudInitConfigDrive) {
       why.push(`volume ${v.name}: its type is not live-migratable yet`);
     }
@@ -134,6 +136,8 @@ export class VmMigrations {
   private readonly targets = new Map<string, Target>();
   /** VMI key → migrationUid of the migration this node sends. */
   private readonly sources = new Map<string, string>();
+  /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
+  private readonly started = new Map<string, number>();
 
   constructor(private readonly host: MigrationHost) {}
 
@@ -269,6 +273,7 @@ export class VmMigrations {
       // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
       await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
       await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
+      this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
     }
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
@@ -307,7 +312,9 @@ export class VmMigrations {
       s.nodeName = target;
       obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: target };
     });
-    const secs = ((info['total-time'] ?? 0) / 1000).toFixed(1);
+    const t0 = this.started.get(key);
+    this.started.delete(key);
+    const secs = t0 === undefined ? '?' : ((Date.now() - t0) / 1000).toFixed(1);
     await this.host.record(
       vmi,
       'Normal',
