@@ -11,11 +11,12 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { runInNode, type DevNode } from '@vessel/agent';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually, startCluster, type TestCluster } from './harness.ts';
+import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
@@ -23,6 +24,7 @@ const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtual
 const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
 const ns = 'default';
 const NAME = 'mover';
+const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
 type Obj = Record<string, unknown>;
 type MigrationState = {
   targetNode?: string;
@@ -233,6 +235,60 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   } finally {
     ping.kill('SIGKILL');
   }
+});
+
+test(
+  'vessel migrate moves it back to the named node (its old run directory there is reused); migrate-cancel without a migration says so',
+  { timeout: 600_000 },
+  async () => {
+    const s0 = await vmiStatus();
+    const source = s0.nodeName!;
+    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    const r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, '-n', ns, 'migrate', NAME, '--node', target], { timeoutMs: 600_000 });
+    assert.equal(r.code, 0, `vessel migrate failed: ${r.err}`);
+    assert.match(r.out, new RegExp(`VM ${NAME} migrated from ${source} to ${target}`));
+    // Every phase, one per line, even those a poll missed.
+    assert.deepEqual(
+      r.err
+        .trim()
+        .split('\n')
+        .map((l) => l.replace(/^\S+: (\S+).*$/, '$1')),
+      ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+    );
+    assert.ok(r.err.includes(`Succeeded (${source} → ${target})`), r.err);
+    await eventually(`the VMI Running on ${target}`, async () => ((await vmiStatus()).nodeName === target ? true : undefined), 60_000);
+    await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
+    const u0 = (await lastUptime(target)) ?? 0;
+    await eventually('the guest printing its uptime on its new node', async () => (((await lastUptime(target)) ?? 0) > u0 ? true : undefined), 60_000);
+    const none = await run(VESSEL, ['--kubeconfig', c.kubeconfig, '-n', ns, 'migrate-cancel', NAME]);
+    assert.equal(none.code, 1);
+    assert.match(none.err, /has no migration in progress/);
+  },
+);
+
+test('deleting a migration while its target is being prepared aborts it: the guest stays, the target QEMU goes', { timeout: 600_000 }, async () => {
+  const s0 = await vmiStatus();
+  const source = s0.nodeName!;
+  await migrate('move-abort');
+  await eventually('the migration Scheduled', async () => ((await vmimStatus('move-abort')).phase === 'Scheduled' ? true : undefined), 60_000, 20);
+  await c.client.delete(VMIM, 'move-abort', { namespace: ns });
+  const ms = await eventually(
+    'the migration failed as aborted',
+    async () => {
+      const st = await vmiStatus();
+      return st.migrationState?.failed ? st.migrationState : undefined;
+    },
+    120_000,
+  );
+  assert.equal((ms as { abortRequested?: boolean }).abortRequested, true);
+  assert.match(ms.failureReason ?? '', /abort/);
+  const s1 = await vmiStatus();
+  assert.equal(s1.nodeName, source);
+  assert.equal(s1.phase, 'Running');
+  await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 60_000);
+  const u0 = (await lastUptime(source)) ?? 0;
+  await eventually('the guest printing its uptime where it was', async () => (((await lastUptime(source)) ?? 0) > u0 ? true : undefined), 60_000);
+  console.log(`figures: aborted migration: ${ms.failureReason}`);
 });
 
 test('a migration whose target QEMU is killed fails; the guest keeps running on its node', { timeout: 600_000 }, async () => {

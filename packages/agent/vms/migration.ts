@@ -214,8 +214,14 @@ export class VmMigrations {
     const key = keyOf(vmi);
     try {
       await this.host.launchIncoming(vmi, t.runDir);
+      // Ended while QEMU was starting (an abort): the QEMU just started goes too.
+      if (t.ended) return await this.host.stopQemu(key, t.runDir);
       const qmp = await QmpClient.connect(runDirFiles(t.runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
       t.qmp = qmp;
+      if (t.ended) {
+        await qmp.close();
+        return await this.host.stopQemu(key, t.runDir);
+      }
       qmp.on('close', () => {
         if (t.ended) return;
         void (async () => {
@@ -224,7 +230,6 @@ export class VmMigrations {
           await this.endTarget(key, t);
         })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       });
-      if (t.ended) return;
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
       // Port 0: the kernel picks a free port, which QEMU then reports.
       await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });

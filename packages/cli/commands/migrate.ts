@@ -15,6 +15,7 @@ const TARGET_NODE = 'vessel.io/migration-target-node';
 const FINAL = new Set(['Succeeded', 'Failed']);
 type Status = {
   phase?: string;
+  phaseTransitionTimestamps?: { phase: string }[];
   migrationState?: { sourceNode?: string; targetNode?: string; failureReason?: string; startTimestamp?: string; endTimestamp?: string };
 };
 
@@ -71,18 +72,17 @@ export function registerMigrate(program: Command): void {
 /** Polls the migration until Succeeded or Failed, printing each phase it passes. */
 async function waitForMigration(client: Client, ns: string, name: string, timeoutMs: number): Promise<Status> {
   const deadline = Date.now() + timeoutMs;
-  let last = '';
+  let printed = 0;
   for (;;) {
     const m = (await client.get(VMIMS, name, { namespace: ns })) as KubeObject;
     const st = (m.status ?? {}) as Status;
     const phase = st.phase ?? '';
-    if (phase && phase !== last) {
-      const where = st.migrationState?.targetNode ? ` (${st.migrationState.sourceNode} → ${st.migrationState.targetNode})` : '';
-      note(`${name}: ${phase}${where}`);
-      last = phase;
-    }
+    // Every phase passed since the last poll, from the transition timestamps (a fast migration passes several).
+    const passed = (st.phaseTransitionTimestamps ?? []).map((p) => p.phase);
+    const where = st.migrationState?.targetNode ? ` (${st.migrationState.sourceNode} → ${st.migrationState.targetNode})` : '';
+    for (; printed < passed.length; printed++) note(`${name}: ${passed[printed]}${printed === passed.length - 1 ? where : ''}\n`);
     if (FINAL.has(phase)) return st;
     if (Date.now() > deadline) throw new Error(`migration ${name} did not finish within ${timeoutMs / 1000} s (phase ${phase || 'none'}); it goes on`);
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, 250));
   }
 }
