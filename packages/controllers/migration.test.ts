@@ -147,6 +147,21 @@ test('no node other than the source fits: Failed with the scheduler’s reason',
   assert.match((await vmim(c, 'm')).reason!, /no node other than node-a/);
 });
 
+test('steps the agents made between two reconciles are recorded in order', async () => {
+  await using h = await setup();
+  const { c } = h;
+  await runningVmi(c, 'vm');
+  await migrate(c, 'm', 'vm');
+  await phaseIs(c, 'm', 'Scheduled');
+  // Target ready, transfer started and completed in one write, as a fast migration may look to the controller.
+  await agentWrites(c, 'vm', { targetNodeAddress: '10.233.0.12:49152', startTimestamp: new Date().toISOString(), completed: true });
+  await phaseIs(c, 'm', 'Succeeded');
+  assert.deepEqual(
+    (await vmim(c, 'm')).phaseTransitionTimestamps!.map((p) => p.phase),
+    ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+  );
+});
+
 test('deleting a running migration asks the agents to abort; their failure ends it', async () => {
   await using h = await setup();
   const { c } = h;

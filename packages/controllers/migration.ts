@@ -22,6 +22,8 @@ export const MIGRATION_TARGET_ANNOTATION = 'vessel.io/migration-target-node';
 
 export type MigrationPhase = 'Pending' | 'Scheduling' | 'Scheduled' | 'PreparingTarget' | 'TargetReady' | 'Running' | 'Succeeded' | 'Failed';
 const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
+/** The phases of a migration that succeeds, in order (PreparingTarget is not used: the target's preparation is Scheduled). */
+const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'];
 
 /** The VMI's status.migrationState, with KubeVirt's field names. */
 export interface MigrationState {
@@ -191,9 +193,15 @@ export class MigrationController extends Controller {
     await updateStatus(this.client, VMIMS, m.metadata.namespace, m.metadata.name, (s) => {
       if (FINAL_PHASES.has(String(s.phase ?? ''))) return false;
       if (s.phase !== phase) {
+        // The agents may pass two steps between two reconciles (target ready, transfer started):
+        // the phases the state shows were passed are recorded too, in order, at this time.
+        const from = ORDER.indexOf(String(s.phase ?? '') as MigrationPhase);
+        const to = ORDER.indexOf(phase);
+        const passed = from >= 0 && to > from ? ORDER.slice(from + 1, to + 1) : [phase];
+        const at = new Date().toISOString();
         s.phase = phase;
         const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
-        s.phaseTransitionTimestamps = [...stamps, { phase, phaseTransitionTimestamp: new Date().toISOString() }];
+        s.phaseTransitionTimestamps = [...stamps, ...passed.map((p) => ({ phase: p, phaseTransitionTimestamp: at }))];
       }
       // A refused migration has no VMI state to copy: its own says why.
       if (ms) s.migrationState = ms;
