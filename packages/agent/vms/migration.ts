@@ -26,6 +26,8 @@ type Obj = Record<string, unknown>;
 const NODE_LABEL = 'kubevirt.io/nodeName';
 /** How often the source asks QEMU how the migration goes. */
 const POLL_MS = 200;
+/** How long a ready target waits for the source to start sending. */
+const SOURCE_START_TIMEOUT_MS = 300_000;
 
 /** The VMI's status.migrationState (the fields this increment uses; KubeVirt's names). */
 export interface MigrationState {
@@ -242,6 +244,16 @@ export class VmMigrations {
         ms.targetDirectMigrationNodePorts = { [String(port)]: 0 };
       });
       if (written) this.host.log(`migration: ${key}: target ready on ${this.host.listenAddress}:${port}`);
+      // A source that never starts (its agent gone) must not keep the target waiting for ever.
+      const timer = setTimeout(() => {
+        const cur = migrationStateOf(this.host.vmi(key));
+        if (t.ended || this.targets.get(key) !== t || cur?.migrationUid !== t.migrationUid || cur.startTimestamp) return;
+        void this.fail(key, t.migrationUid, `the source did not start sending within ${SOURCE_START_TIMEOUT_MS / 1000} s`)
+          .then(() => this.endTarget(key, t))
+          .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+      }, SOURCE_START_TIMEOUT_MS);
+      timer.unref();
+      qmp.on('close', () => clearTimeout(timer));
     } catch (e) {
       if (t.ended) return;
       const message = this.host.scrub(e instanceof Error ? e.message : String(e), vmi.metadata.namespace);
