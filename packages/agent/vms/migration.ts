@@ -140,8 +140,14 @@ export class VmMigrations {
   private readonly sources = new Map<string, string>();
   /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
   private readonly started = new Map<string, number>();
+  private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
+
+  /** VMI keys this node is a migration target for (their taps are in use). */
+  targetKeys(): string[] {
+    return [...this.targets.keys()];
+  }
 
   /** Whether this node is sending the VMI's guest right now (its QEMU's STOP is the switch-over, not a pause). */
   sending(key: string): boolean {
@@ -150,6 +156,7 @@ export class VmMigrations {
 
   /** The agent stops: QMP connections of targets close (their QEMUs run on, as every QEMU does). */
   async close(): Promise<void> {
+    this.closed = true;
     for (const t of this.targets.values()) {
       t.ended = true;
       await t.qmp?.close();
@@ -173,6 +180,24 @@ export class VmMigrations {
     const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve() };
     this.targets.set(key, target);
     target.job = this.prepareTarget(vmi, target).catch((e: unknown) => this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`));
+  }
+
+  /**
+   * At agent start, a QEMU found for a VMI that runs on another node: kept (and followed as this
+   * node's target) when it is this node's migration target and the guest has arrived in it (the
+   * source records the switch next); false: it is to be stopped (its migration fails).
+   */
+  async arrived(vmi: KubeObject, runDir: string): Promise<boolean> {
+    const ms = migrationStateOf(vmi);
+    if (!active(ms) || ms.targetNode !== this.host.nodeName || ms.abortRequested) return false;
+    const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000 }).catch(() => undefined);
+    const info = await qmp?.execute<QueryMigrate>('query-migrate').catch(() => undefined);
+    if (!qmp || info?.status !== 'completed') {
+      await qmp?.close();
+      return false;
+    }
+    this.targets.set(keyOf(vmi), { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve() });
+    return true;
   }
 
   /** The VMI now runs on this node: a target QEMU of ours becomes the runtime's to follow (it attaches next). */
@@ -321,14 +346,25 @@ export class VmMigrations {
   private async switchOver(vmi: KubeObject, uid: string, target: string, info: QueryMigrate): Promise<void> {
     const key = keyOf(vmi);
     this.host.releaseSource(key);
-    await updateVmi(this.host.client, vmi, (obj) => {
-      const s = (obj.status ??= {}) as Obj;
-      const ms = s.migrationState as MigrationState | undefined;
-      if (ms?.migrationUid !== uid) return false;
-      s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
-      s.nodeName = target;
-      obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: target };
-    });
+    // The guest now runs only on the target: this write must happen (never a `failed` instead),
+    // so it is retried until it does or the agent stops (a restarted agent writes it again).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await updateVmi(this.host.client, vmi, (obj) => {
+          const s = (obj.status ??= {}) as Obj;
+          const ms = s.migrationState as MigrationState | undefined;
+          if (ms?.migrationUid !== uid) return false;
+          s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
+          s.nodeName = target;
+          obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: target };
+        });
+        break;
+      } catch (e) {
+        if (this.closed) return;
+        this.host.log(`migration: ${key}: recording the switch to ${target}: ${e instanceof Error ? e.message : e}; retrying`);
+        await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** attempt, 10_000)));
+      }
+    }
     const t0 = this.started.get(key);
     this.started.delete(key);
     const secs = t0 === undefined ? '?' : ((Date.now() - t0) / 1000).toFixed(1);

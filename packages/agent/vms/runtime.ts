@@ -199,7 +199,11 @@ export class VmRuntime extends Controller {
       for (const vm of await listRunDirs(join(root, ns))) {
         const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
         const vmi = this.vmis.get(key);
-        // A VMI that runs on another node: a migration target left by an earlier run (its migration has failed).
+        // A VMI that runs on another node: a live migration's target, kept only once the guest has arrived (vms/migration.ts).
+        if (vmi && vmi.metadata.uid === vm.meta.uid && !this.mine(vmi) && (await this.migrations.arrived(vmi, vm.runDir))) {
+          this.log(`vms: ${key}: the guest has arrived in QEMU pid ${vm.pid} (live migration): waiting for the source to hand it over`);
+          continue;
+        }
         if (!vmi || vmi.metadata.uid !== vm.meta.uid || !this.mine(vmi)) {
           this.log(`vms: QEMU pid ${vm.pid} in ${vm.runDir} belongs to no current VMI of this node: stopping it`);
           await terminate(vm.runDir, { graceMs: 5000 });
@@ -215,7 +219,7 @@ export class VmRuntime extends Controller {
     // Only tidying: a failure is logged and the agent starts; the sweep runs again after the
     // next VM or VMI change.
     await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
-    const removed = await this.opts.network?.collect(this.sessions.keys()).catch((e: unknown) => {
+    const removed = await this.opts.network?.collect([...this.sessions.keys(), ...this.migrations.targetKeys()]).catch((e: unknown) => {
       this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`);
       return 0;
     });
