@@ -116,7 +116,18 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const nmstateCtl = new NetworkConfigurator(opts.client, { nodeName: opts.nodeName, netns: network?.netns, probeTimeoutMs: opts.nncpProbeTimeoutMs, log });
   // Secondary networks (NetworkAttachmentDefinitions) live beside the cluster network, in the node's namespace.
   const secondary = network && new SecondaryNetworks(opts.client, { netns: network.netns, log });
-  const vms = new VmRuntime(opts.client, { nodeName: opts.nodeName, dataDir: opts.dataDir, accel, pools, log, egress, priority, network, secondary });
+  const vms = new VmRuntime(opts.client, {
+    nodeName: opts.nodeName,
+    dataDir: opts.dataDir,
+    accel,
+    pools,
+    log,
+    egress,
+    priority,
+    network,
+    secondary,
+    migrationAddress: opts.fabricIp,
+  });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });

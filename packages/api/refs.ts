@@ -13,6 +13,7 @@ export const DATAVOLUMES = ref('cdi.kubevirt.io', 'v1beta1', 'datavolumes');
 export const DATASOURCES = ref('cdi.kubevirt.io', 'v1beta1', 'datasources');
 export const VMS = ref('kubevirt.io', 'v1', 'virtualmachines');
 export const VMIS = ref('kubevirt.io', 'v1', 'virtualmachineinstances');
+export const VMIMS = ref('kubevirt.io', 'v1', 'virtualmachineinstancemigrations');
 export const VMSNAPSHOTS = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots');
 export const VMSNAPSHOTCONTENTS = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshotcontents');
 export const VMRESTORES = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores');

@@ -17,6 +17,7 @@ import { registerImage } from './commands/image.ts';
 import { registerImageUpload } from './commands/image-upload.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
+import { registerMigrate } from './commands/migrate.ts';
 import { registerPortForward } from './commands/port-forward.ts';
 import { registerRemoveVolume } from './commands/removevolume.ts';
 import { registerServer } from './commands/server.ts';
@@ -50,6 +51,7 @@ export function buildProgram(): Command {
   registerAgent(program);
   registerImageUpload(program);
   registerVmActions(program);
+  registerMigrate(program);
   registerAddVolume(program);
   registerRemoveVolume(program);
   registerConsole(program);

@@ -11,6 +11,7 @@ import { LeaderElector } from '@vessel/runtime';
 import { VirtualMachineController } from './vm.ts';
 import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
+import { MigrationController } from './migration.ts';
 import { CloneController } from './clone.ts';
 import { NodeLifecycleController } from './node-lifecycle.ts';
 import { IpamController, vmNetworkCidr } from './ipam.ts';
@@ -24,6 +25,7 @@ export { DataVolumeController } from './datavolume.ts';
 export { DataSourceController } from './datasource.ts';
 export { VirtualMachineController } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
+export { MigrationController, MIGRATION_TARGET_ANNOTATION, migrationStateOf, migrationActive, type MigrationState } from './migration.ts';
 export { CloneController } from './clone.ts';
 export { NodeLifecycleController } from './node-lifecycle.ts';
 export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';
@@ -69,6 +71,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new DataSourceController(client, opts.log),
         new VirtualMachineController(client, opts.log),
         new Scheduler(client, opts.log, opts.scheduling),
+        new MigrationController(client, opts.log, opts.scheduling),
         new CloneController(client, opts.log),
         new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),

@@ -39,11 +39,13 @@ import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { bindingOf, PrepareError, prepareVm } from './prepare.ts';
+import { claimPool, liveMigratable, VmMigrations } from './migration.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
 import type { SecondaryNetworks } from '../network/secondary.ts';
 import { derivedMac } from '../qemu/argv/ids.ts';
 
 type Obj = Record<string, unknown>;
+type TypedVmi = { metadata: { name: string; namespace: string; uid?: string }; spec: V1VirtualMachineInstanceSpec };
 const { VMIS, VMS, PVCS } = refs;
 /** The queue key of the run-directory collection (not a namespace/name). */
 const COLLECT_KEY = 'collect-run-dirs';
@@ -69,6 +71,8 @@ export interface VmRuntimeOptions {
   network?: ClusterNetwork;
   /** NetworkAttachmentDefinitions (network/secondary.ts): multus interfaces get ports on their NAD's bridge. */
   secondary?: SecondaryNetworks;
+  /** Where this node's QEMU listens for an incoming live migration (the node's fabric IP); default 127.0.0.1. */
+  migrationAddress?: string;
 }
 
 /** One running QEMU followed over QMP. */
@@ -106,6 +110,7 @@ export class VmRuntime extends Controller {
   private readonly sessions = new Map<string, Session>();
   private readonly busy = new Map<string, Promise<void>>();
   private readonly hotplug: VolumeHotplug;
+  private readonly migrations: VmMigrations;
 
   constructor(
     client: Client,
@@ -145,6 +150,22 @@ export class VmRuntime extends Controller {
         scrub: (message, ns) => this.scrub(message, ns),
       }),
     );
+    this.migrations = new VmMigrations({
+      nodeName: opts.nodeName,
+      client,
+      log: this.log,
+      listenAddress: opts.migrationAddress ?? '127.0.0.1',
+      vmi: (key) => this.vmis.get(key),
+      runDirOf: (vmi) => this.runDirOf(vmi),
+      launchIncoming: (vmi, runDir) => this.launchIncoming(vmi, runDir),
+      stopQemu: (key, runDir) => this.stopQemu(key, runDir),
+      releaseSource: (key) => {
+        const s = this.sessions.get(key);
+        if (s) s.stopping = true;
+      },
+      record: (vmi, type, reason, message) => this.events.record(vmi, type, reason, message),
+      scrub: (message, ns) => this.scrub(message, ns),
+    });
     // A VMI waiting for its address starts as soon as IPAM has allocated it.
     opts.network?.onAddress((key) => {
       const v = this.vmis.get(key);
@@ -186,8 +207,13 @@ export class VmRuntime extends Controller {
       for (const vm of await listRunDirs(join(root, ns))) {
         const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
         const vmi = this.vmis.get(key);
-        if (!vmi || vmi.metadata.uid !== vm.meta.uid) {
-          this.log(`vms: QEMU pid ${vm.pid} in ${vm.runDir} belongs to no current VMI: stopping it`);
+        // A VMI that runs on another node: a live migration's target, kept only once the guest has arrived (vms/migration.ts).
+        if (vmi && vmi.metadata.uid === vm.meta.uid && !this.mine(vmi) && (await this.migrations.arrived(vmi, vm.runDir))) {
+          this.log(`vms: ${key}: the guest has arrived in QEMU pid ${vm.pid} (live migration): waiting for the source to hand it over`);
+          continue;
+        }
+        if (!vmi || vmi.metadata.uid !== vm.meta.uid || !this.mine(vmi)) {
+          this.log(`vms: QEMU pid ${vm.pid} in ${vm.runDir} belongs to no current VMI of this node: stopping it`);
           await terminate(vm.runDir, { graceMs: 5000 });
           continue;
         }
@@ -201,7 +227,7 @@ export class VmRuntime extends Controller {
     // Only tidying: a failure is logged and the agent starts; the sweep runs again after the
     // next VM or VMI change.
     await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
-    const removed = await this.opts.network?.collect(this.sessions.keys()).catch((e: unknown) => {
+    const removed = await this.opts.network?.collect([...this.sessions.keys(), ...this.migrations.targetKeys()]).catch((e: unknown) => {
       this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`);
       return 0;
     });
@@ -244,6 +270,7 @@ export class VmRuntime extends Controller {
 
   protected override async stopped(): Promise<void> {
     // The agent stops; the guests do not. Only the QMP connections close.
+    await this.migrations.close();
     for (const s of this.sessions.values()) {
       s.stopping = true;
       await s.qmp.close();
@@ -260,10 +287,14 @@ export class VmRuntime extends Controller {
       // Gone without us (finalizer removed by hand): a QEMU left must not run on.
       const gone = this.sessions.get(key);
       if (gone && (await probe(gone.runDir))) await this.stopQemu(key, gone.runDir, gone);
+      await this.migrations.forget(key);
       return;
     }
     const runDir = this.runDirOf(vmi);
-    if (!this.mine(vmi)) return;
+    // Another node's VMI: this node may be its live migration's target (vms/migration.ts).
+    if (!this.mine(vmi)) return this.migrations.reconcileTarget(vmi);
+    // Migrated here: the target QEMU becomes this VMI's session below (adopted like after a restart).
+    await this.migrations.handOver(key);
     const session = this.sessions.get(key);
     if (session && session.uid !== vmi.metadata.uid) await this.stopQemu(key, session.runDir, session);
 
@@ -281,6 +312,8 @@ export class VmRuntime extends Controller {
           this.markRunning(s, vmi);
         });
       }
+      // A live migration whose target is ready: send the guest (vms/migration.ts).
+      await this.migrations.reconcileSource(vmi, this.sessions.get(key)!.qmp);
       // Running here: attach / detach its hotplug volumes (vms/hotplug.ts), held against start and stop.
       const { retryMs } = await this.withVm(ns, name, (qmp) => this.hotplug.sync(vmi, qmp));
       if (retryMs) this.queue.addAfter(key, retryMs);
@@ -382,27 +415,72 @@ export class VmRuntime extends Controller {
     }
   }
 
-  private async launchVm(vmi: KubeObject, runDir: string): Promise<void> {
-    const key = keyOf(vmi);
+  /** Everything a start needs on disk and on the network (prepare.ts), and QEMU's argv; throws what fails. */
+  private async prepareLaunch(
+    vmi: KubeObject,
+    runDir: string,
+  ): Promise<{ typed: TypedVmi; argv: ReturnType<typeof buildQemuArgv>; netns: string | undefined }> {
     const typed = {
       metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid },
       spec: vmi.spec as V1VirtualMachineInstanceSpec,
     };
     // The network finds a VM NIC's address by the VMI's owner (its VirtualMachine).
     const owned = { metadata: { ...typed.metadata, ownerReferences: vmi.metadata.ownerReferences } };
+    const prepared = await prepareVm({ ...typed, ...owned }, runDir, {
+      client: this.client,
+      claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
+      locate: (ns, path) => containedPath(this.opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
+      egress: this.opts.egress,
+      network: this.opts.network,
+      secondary: this.opts.secondary,
+    });
+    return { typed, argv: buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared }), netns: prepared.netns };
+  }
+
+  /** Starts QEMU with `argv` in the VMI's run directory (and cgroup) and network namespace `netns`; throws what fails. */
+  private async launchQemu(vmi: KubeObject, typed: TypedVmi, runDir: string, argv: ReturnType<typeof buildQemuArgv>, netns: string | undefined): Promise<void> {
+    const prio = this.opts.priority;
+    // The VM's cgroup (where delegated) is named like its run directory and sized from its resources.
+    const domain = typed.spec.domain;
+    const cgroupDir = prio?.cgroupParent
+      ? await vmCgroup(
+          prio.cgroupParent,
+          basename(runDir),
+          cgroupSettings({ requests: domain?.resources?.requests, limits: domain?.resources?.limits, guestMemory: domain?.memory?.guest }, this.opts.accel),
+        )
+      : undefined;
+    await launch({
+      runDir,
+      argv: argv.argv,
+      chardevs: argv.chardevs,
+      env: { ...process.env, ...argv.env },
+      vnc: true,
+      noShutdown: true,
+      vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
+      priority: prio && { nice: prio.nice, batch: prio.batch, tools: prio.tools, cgroupDir },
+      netns, // the VM's pod (masquerade) or the node's namespace
+    });
+  }
+
+  /** A live migration's target: the VM prepared as for a start, QEMU waiting for the guest (`-incoming defer`). */
+  private async launchIncoming(vmi: KubeObject, runDir: string): Promise<void> {
+    this.preparing.add(runDir);
+    try {
+      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir);
+      argv.argv.push('-incoming', 'defer');
+      await this.launchQemu(vmi, typed, runDir, argv, netns);
+    } finally {
+      this.preparing.delete(runDir);
+    }
+  }
+
+  private async launchVm(vmi: KubeObject, runDir: string): Promise<void> {
+    const key = keyOf(vmi);
+    let typed: TypedVmi;
     let argv: ReturnType<typeof buildQemuArgv>;
     let netns: string | undefined;
     try {
-      const prepared = await prepareVm({ ...typed, ...owned }, runDir, {
-        client: this.client,
-        claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
-        locate: (ns, path) => containedPath(this.opts.pools.values(), ns, path, storage.VOLUME_PATH).path,
-        egress: this.opts.egress,
-        network: this.opts.network,
-        secondary: this.opts.secondary,
-      });
-      argv = buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared });
-      netns = prepared.netns;
+      ({ typed, argv, netns } = await this.prepareLaunch(vmi, runDir));
     } catch (e) {
       if (e instanceof PrepareError && e.retry) {
         await this.condition(vmi, 'Ready', 'False', e.reason, e.message);
@@ -434,28 +512,8 @@ export class VmRuntime extends Controller {
     if (resume && !resuming)
       await this.events.record(vmi, 'Warning', 'MemoryStateMissing', 'the saved memory state of the snapshot is gone: the guest boots from its disks');
     if (resuming) argv.argv.push('-incoming', 'defer');
-    const prio = this.opts.priority;
     try {
-      // The VM's cgroup (where delegated) is named like its run directory and sized from its resources.
-      const domain = typed.spec.domain;
-      const cgroupDir = prio?.cgroupParent
-        ? await vmCgroup(
-            prio.cgroupParent,
-            basename(runDir),
-            cgroupSettings({ requests: domain?.resources?.requests, limits: domain?.resources?.limits, guestMemory: domain?.memory?.guest }, this.opts.accel),
-          )
-        : undefined;
-      await launch({
-        runDir,
-        argv: argv.argv,
-        chardevs: argv.chardevs,
-        env: { ...process.env, ...argv.env },
-        vnc: true,
-        noShutdown: true,
-        vm: { uid: vmi.metadata.uid, namespace: vmi.metadata.namespace, name: vmi.metadata.name },
-        priority: prio && { nice: prio.nice, batch: prio.batch, tools: prio.tools, cgroupDir },
-        netns, // the VM's pod (masquerade) or the node's namespace
-      });
+      await this.launchQemu(vmi, typed, runDir, argv, netns);
     } catch (e) {
       const reason = e instanceof QemuProcessError ? e.code : 'LaunchFailed';
       return this.finish(vmi, 'Failed', reason, (e as Error).message);
@@ -533,12 +591,18 @@ export class VmRuntime extends Controller {
     s.qosClass = 'Burstable';
     s.guestOSInfo ??= {};
     setCondition(s, { type: 'Ready', status: 'True', reason: '', message: '' }, false);
-    setCondition(s, { type: 'LiveMigratable', status: 'False', reason: 'NotMigratable', message: 'live migration is not implemented yet' }, false);
+    setCondition(
+      s,
+      liveMigratable(spec, (claim) => claimPool(this.pvcs.get(`${vmi.metadata.namespace}/${claim}`), this.opts.pools)),
+      false,
+    );
   }
 
   private async onEvent(key: string, session: Session, ev: QmpEvent): Promise<void> {
     const [ns, name] = key.split('/');
     if (ev.event === 'STOP' || ev.event === 'RESUME') {
+      // The switch-over of a live migration stops the source's CPUs: not a pause.
+      if (this.migrations.sending(key)) return;
       const { status } = await session.qmp.execute<{ status: string }>('query-status');
       if (status === 'shutdown') return; // SHUTDOWN handles it
       const paused = status !== 'running';

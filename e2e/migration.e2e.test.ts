@@ -1,0 +1,339 @@
+/**
+ * Live migration end to end on a two-node dev cluster (real QEMU under TCG, real namespaces,
+ * bridges and VXLAN): one tiny guest with the bridge binding and its root disk on the shared
+ * pool, printing its uptime every second. A VirtualMachineInstanceMigration moves it to the
+ * other node: Succeeded, the VMI on the other node with the same IP and MAC, the guest did not
+ * reboot (its uptime goes on in the target's serial log), it answers TCP from the other node's
+ * namespace, and one QEMU runs. A ping every 100 ms from a node's namespace gives the longest
+ * interruption. Then a migration whose target QEMU is killed fails and leaves the source running.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import { runInNode, type DevNode } from '@vessel/agent';
+import type { ResourceRef } from '@vessel/client';
+import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { eventually, run, startCluster, type TestCluster } from './harness.ts';
+import { runDirOf, serialLog } from './tiny-vm.ts';
+
+const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
+const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
+const ns = 'default';
+const NAME = 'mover';
+const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
+type Obj = Record<string, unknown>;
+type MigrationState = {
+  targetNode?: string;
+  sourceNode?: string;
+  completed?: boolean;
+  failed?: boolean;
+  failureReason?: string;
+  startTimestamp?: string;
+  endTimestamp?: string;
+};
+type VmiStatus = {
+  phase?: string;
+  nodeName?: string;
+  interfaces?: { ipAddress?: string; mac?: string }[];
+  migrationState?: MigrationState;
+  conditions?: { type: string; status: string; message?: string }[];
+};
+
+let c: TestCluster;
+
+/** The guest prints its uptime every second (continuity across the migration: no reboot). */
+const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
+
+function migratableVm(): Obj {
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name: NAME, namespace: ns },
+    spec: {
+      runStrategy: 'Always',
+      template: {
+        spec: {
+          terminationGracePeriodSeconds: 5,
+          domain: {
+            resources: { requests: { memory: '128Mi' } },
+            devices: {
+              disks: [
+                { name: 'root', disk: { bus: 'virtio' } },
+                { name: 'cloudinit', disk: { bus: 'virtio' } },
+              ],
+              interfaces: [{ name: 'default', bridge: {} }],
+            },
+          },
+          networks: [{ name: 'default', pod: {} }],
+          volumes: [
+            { name: 'root', dataVolume: { name: `${NAME}-root` } },
+            { name: 'cloudinit', cloudInitNoCloud: { userData: USER_DATA } },
+          ],
+        },
+      },
+      dataVolumeTemplates: [
+        {
+          metadata: { name: `${NAME}-root` },
+          spec: {
+            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+          },
+        },
+      ],
+    },
+  };
+}
+
+const vmiStatus = async () => ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
+const node = (name: string): DevNode => c.nodes.cluster.nodes.find((n) => n.name === name)!;
+const agentOf = (name: string) => c.nodes.agents.find((a) => a.nodeName === name)!;
+const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
+const lastUptime = async (nodeName: string) => uptimes(await serialLog(agentOf(nodeName).dataDir, ns, NAME)).at(-1);
+
+/** QEMU processes of this cluster (their command lines name its data directory). */
+async function qemus(): Promise<number[]> {
+  const pids: number[] = [];
+  for (const d of await readdir('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const cmd = await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '');
+    if (cmd.startsWith('qemu-system') && cmd.includes(c.dataDir)) pids.push(Number(d));
+  }
+  return pids;
+}
+
+async function migrate(name: string): Promise<void> {
+  await c.client.create(
+    VMIM,
+    { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: NAME } },
+    { namespace: ns },
+  );
+}
+const vmimStatus = async (name: string) =>
+  ((await c.client.get(VMIM, name, { namespace: ns })).status ?? {}) as {
+    phase?: string;
+    migrationState?: MigrationState;
+    phaseTransitionTimestamps?: { phase: string }[];
+  };
+
+before(async () => {
+  c = await startCluster({ nodes: 2 });
+  await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
+});
+after(async () => {
+  if (!c) return;
+  await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
+  await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+    () => undefined,
+  );
+  await c.close();
+});
+
+test('a running VM on the shared pool moves to the other node: same IP and MAC, no reboot, it answers there, one QEMU', { timeout: 900_000 }, async () => {
+  await c.client.create(VM, migratableVm(), { namespace: ns });
+  const running = await eventually(
+    'the VMI Running, live-migratable, with its IP',
+    async () => {
+      const s = await vmiStatus();
+      const lm = s.conditions?.find((x) => x.type === 'LiveMigratable');
+      return s.phase === 'Running' && s.interfaces?.[0]?.ipAddress && lm?.status === 'True' ? s : undefined;
+    },
+    300_000,
+  );
+  const source = running.nodeName!;
+  const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  const ip = running.interfaces![0].ipAddress!;
+  const mac = running.interfaces![0].mac!;
+  await eventually('the guest printing its uptime', async () => ((await lastUptime(source)) !== undefined ? true : undefined), 300_000);
+  // The guest answers before the migration, from the target node's namespace (over VXLAN).
+  await eventually(
+    `the guest (${ip}) answering TCP 8080 from ${target}`,
+    async () => {
+      const r = await runInNode(node(target), ['busybox', 'nc', '-w', '5', ip, '8080']);
+      return r.stdout.includes('counter=') ? true : undefined;
+    },
+    120_000,
+  );
+
+  // A ping every 100 ms from the target node's namespace while the guest moves.
+  const ping = spawn('ip', ['netns', 'exec', node(target).netns, 'busybox', 'ping', '-i', '0.1', ip], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let pingOut = '';
+  ping.stdout.on('data', (d) => (pingOut += d));
+  try {
+    await new Promise((r) => setTimeout(r, 2000));
+    const t0 = Date.now();
+    await migrate('move-1');
+    const done = await eventually(
+      'the migration Succeeded or Failed',
+      async () => {
+        const s = await vmimStatus('move-1');
+        return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+      },
+      600_000,
+    );
+    const took = Date.now() - t0;
+    assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+    assert.deepEqual(
+      done.phaseTransitionTimestamps!.map((p) => p.phase),
+      ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+    );
+    const after = await eventually(
+      `the VMI Running on ${target}`,
+      async () => {
+        const s = await vmiStatus();
+        return s.nodeName === target && s.phase === 'Running' && s.conditions?.find((x) => x.type === 'Ready')?.status === 'True' ? s : undefined;
+      },
+      60_000,
+    );
+    assert.equal(after.interfaces![0].ipAddress, ip, 'the same IP');
+    assert.equal(after.interfaces![0].mac, mac, 'the same MAC');
+    assert.equal(after.migrationState?.completed, true);
+    assert.equal(after.migrationState?.sourceNode, source);
+    const vmiObj = await c.client.get(VMI, NAME, { namespace: ns });
+    assert.equal((vmiObj.metadata!.labels as Record<string, string>)['kubevirt.io/nodeName'], target);
+    // The guest did not reboot: the target's serial log goes on from the source's uptime.
+    const before = (await lastUptime(source))!;
+    const continued = await eventually(
+      "the guest's uptime going on on the target",
+      async () => {
+        const u = uptimes(await serialLog(agentOf(target).dataDir, ns, NAME));
+        return u.length >= 2 && u[0] >= before - 2 ? u : undefined;
+      },
+      120_000,
+    );
+    assert.ok(
+      continued.every((u, i) => i === 0 || u >= continued[i - 1]),
+      `uptime grows: ${continued.join(' ')}`,
+    );
+    // It answers TCP on its IP from the source node's namespace, and only one QEMU runs.
+    await eventually(
+      `the guest (${ip}) answering TCP 8080 from ${source}`,
+      async () => {
+        const r = await runInNode(node(source), ['busybox', 'nc', '-w', '5', ip, '8080']);
+        return r.stdout.includes('counter=') ? true : undefined;
+      },
+      60_000,
+    );
+    await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
+    await new Promise((r) => setTimeout(r, 1000));
+    // busybox ping writes through stdio: its output is complete once it has exited.
+    const exited = new Promise((r) => ping.on('close', r));
+    ping.kill('SIGINT');
+    await exited;
+    const seqs = [...pingOut.matchAll(/ seq=(\d+)/g)].map((m) => Number(m[1]));
+    let gap = 0;
+    for (let i = 1; i < seqs.length; i++) gap = Math.max(gap, seqs[i] - seqs[i - 1]);
+    assert.ok(seqs.length > 20, `the guest answered pings (${seqs.length} answers)`);
+    const ms = done.migrationState!;
+    console.log(
+      `figures: migration ${source} → ${target}: ${took} ms from VMIM create to Succeeded; QEMU transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; ` +
+        `longest ping gap ${gap * 100} ms (${seqs.length} answers every 100 ms); uptime before ${before}s, first on target ${continued[0]}s`,
+    );
+  } finally {
+    ping.kill('SIGKILL');
+  }
+});
+
+test(
+  'vessel migrate moves it back to the named node (its old run directory there is reused); migrate-cancel without a migration says so',
+  { timeout: 600_000 },
+  async () => {
+    const s0 = await vmiStatus();
+    const source = s0.nodeName!;
+    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    const r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, '-n', ns, 'migrate', NAME, '--node', target], { timeoutMs: 600_000 });
+    assert.equal(r.code, 0, `vessel migrate failed: ${r.err}`);
+    assert.match(r.out, new RegExp(`VM ${NAME} migrated from ${source} to ${target}`));
+    // Every phase, one per line, even those a poll missed.
+    assert.deepEqual(
+      r.err
+        .trim()
+        .split('\n')
+        .map((l) => l.replace(/^\S+: (\S+).*$/, '$1')),
+      ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+    );
+    assert.ok(r.err.includes(`Succeeded (${source} → ${target})`), r.err);
+    await eventually(`the VMI Running on ${target}`, async () => ((await vmiStatus()).nodeName === target ? true : undefined), 60_000);
+    await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
+    const u0 = (await lastUptime(target)) ?? 0;
+    await eventually('the guest printing its uptime on its new node', async () => (((await lastUptime(target)) ?? 0) > u0 ? true : undefined), 60_000);
+    const none = await run(VESSEL, ['--kubeconfig', c.kubeconfig, '-n', ns, 'migrate-cancel', NAME]);
+    assert.equal(none.code, 1);
+    assert.match(none.err, /has no migration in progress/);
+  },
+);
+
+test('deleting a migration while its target is being prepared aborts it: the guest stays, the target QEMU goes', { timeout: 600_000 }, async () => {
+  const s0 = await vmiStatus();
+  const source = s0.nodeName!;
+  await migrate('move-abort');
+  await eventually('the migration Scheduled', async () => ((await vmimStatus('move-abort')).phase === 'Scheduled' ? true : undefined), 60_000, 20);
+  await c.client.delete(VMIM, 'move-abort', { namespace: ns });
+  const ms = await eventually(
+    'the migration failed as aborted',
+    async () => {
+      const st = await vmiStatus();
+      return st.migrationState?.failed ? st.migrationState : undefined;
+    },
+    120_000,
+  );
+  assert.equal((ms as { abortRequested?: boolean }).abortRequested, true);
+  assert.match(ms.failureReason ?? '', /abort/);
+  const s1 = await vmiStatus();
+  assert.equal(s1.nodeName, source);
+  assert.equal(s1.phase, 'Running');
+  await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 60_000);
+  const u0 = (await lastUptime(source)) ?? 0;
+  await eventually('the guest printing its uptime where it was', async () => (((await lastUptime(source)) ?? 0) > u0 ? true : undefined), 60_000);
+  console.log(`figures: aborted migration: ${ms.failureReason}`);
+});
+
+test('a migration whose target QEMU is killed fails; the guest keeps running on its node', { timeout: 600_000 }, async () => {
+  const s0 = await vmiStatus();
+  assert.equal(s0.phase, 'Running');
+  const source = s0.nodeName!;
+  const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  const t0 = new Date().toISOString();
+  await migrate('move-2');
+  // The target's QEMU, as soon as it runs: killed (a crash on the target).
+  const killed = await eventually(
+    `the target QEMU on ${target}`,
+    async () => {
+      const dir = await runDirOf(agentOf(target).dataDir, ns, NAME);
+      if (!dir) return undefined;
+      const meta = JSON.parse(await readFile(join(dir, 'vm.json'), 'utf8').catch(() => '{}')) as { launchedAt?: string };
+      const pid = Number(await readFile(join(dir, 'qemu.pid'), 'utf8').catch(() => ''));
+      if (!(meta.launchedAt && meta.launchedAt > t0 && pid > 0)) return undefined;
+      try {
+        process.kill(pid, 'SIGKILL');
+        return pid;
+      } catch {
+        return undefined;
+      }
+    },
+    300_000,
+    50,
+  );
+  const done = await eventually(
+    'the migration Failed',
+    async () => {
+      const s = await vmimStatus('move-2');
+      return s.phase === 'Failed' || s.phase === 'Succeeded' ? s : undefined;
+    },
+    300_000,
+  );
+  assert.equal(done.phase, 'Failed');
+  assert.match(done.migrationState?.failureReason ?? '', /./);
+  const s1 = await vmiStatus();
+  assert.equal(s1.nodeName, source, 'the VMI stays on its node');
+  assert.equal(s1.phase, 'Running');
+  assert.equal(s1.migrationState?.failed, true);
+  // The guest goes on where it was; the target's QEMU is gone and only the source's runs.
+  const u0 = (await lastUptime(source))!;
+  await eventually('the guest still printing its uptime on its node', async () => (((await lastUptime(source)) ?? 0) > u0 + 2 ? true : undefined), 60_000);
+  await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
+  console.log(`figures: failed migration (target QEMU pid ${killed} killed): ${done.migrationState?.failureReason}`);
+});

@@ -1,0 +1,441 @@
+/**
+ * Live migration on the node (docs/migration.md): the agent's half of a migration the control
+ * plane has scheduled in the VMI's status.migrationState (KubeVirt's field names).
+ *
+ * Target (the node named targetNode, while status.nodeName is still the source): prepares the
+ * VM as for a start (shared-pool disks, its tap and lease for the same IP and MAC), launches
+ * QEMU with `-incoming defer`, has it listen on the node's fabric address (QEMU runs in the
+ * node's namespace) and publishes targetNodeAddress. Source: sees the address, writes
+ * startTimestamp, sends the guest over QMP `migrate` and follows `query-migrate`. On
+ * `completed` it writes the switch (status.nodeName and the node label become the target,
+ * completed, endTimestamp) and then quits its QEMU, now in `postmigrate`, without that being
+ * the VM stopping; the target adopts its QEMU as the VMI's. On failure or abort the source
+ * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
+ * migrationState says failed with the reason.
+ */
+import { readFile } from 'node:fs/promises';
+import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import { refs, storage } from '@vessel/api';
+import { isNotFound, isStatusError, type Client } from '@vessel/client';
+import type { KubeObject, Log } from '@vessel/runtime';
+import { runDirFiles } from '../qemu/process.ts';
+import { QmpClient } from '../qmp/client.ts';
+
+const { VMIS } = refs;
+type Obj = Record<string, unknown>;
+const NODE_LABEL = 'kubevirt.io/nodeName';
+/** How often the source asks QEMU how the migration goes. */
+const POLL_MS = 200;
+/** How long a ready target waits for the source to start sending. */
+const SOURCE_START_TIMEOUT_MS = 300_000;
+
+/** The VMI's status.migrationState (the fields this increment uses; KubeVirt's names). */
+export interface MigrationState {
+  migrationUid?: string;
+  sourceNode?: string;
+  targetNode?: string;
+  targetNodeAddress?: string;
+  targetDirectMigrationNodePorts?: Record<string, number>;
+  mode?: string;
+  startTimestamp?: string;
+  endTimestamp?: string;
+  completed?: boolean;
+  failed?: boolean;
+  failureReason?: string;
+  abortRequested?: boolean;
+  abortStatus?: string;
+}
+
+export const migrationStateOf = (vmi: KubeObject | undefined): MigrationState | undefined =>
+  (vmi?.status as { migrationState?: MigrationState } | undefined)?.migrationState;
+const active = (ms: MigrationState | undefined): ms is MigrationState & { migrationUid: string } => !!ms?.migrationUid && !ms.completed && !ms.failed;
+
+export interface LiveMigratableCondition {
+  type: 'LiveMigratable';
+  status: 'True' | 'False';
+  reason: string;
+  message: string;
+}
+
+/**
+ * Whether the VMI can be live-migrated by this increment: every volume is a claim on a shared
+ * pool (the target opens the same file) or cloud-init (re-made on the target). Volumes with
+ * per-node state (local-pool claims, containerDisk and ephemeral overlays, emptyDisk) say why
+ * not: mirroring them to the target is a later increment.
+ */
+export function liveMigratable(
+  spec: V1VirtualMachineInstanceSpec,
+  poolOfClaim: (claim: string) => { name: string; shared: boolean } | undefined,
+): LiveMigratableCondition {
+  const why: string[] = [];
+  for (const v of spec.volumes ?? []) {
+    const claim = v.dataVolume?.name ?? v.persistentVolumeClaim?.claimName;
+    if (claim) {
+      const pool = poolOfClaim(claim);
+      if (!pool) why.push(`volume ${v.name}: the pool of claim ${claim} is not known on this node`);
+      else if (!pool.shared) why.push(`volume ${v.name} is on the ${pool.name} pool of this node (local disks are not mirrored yet)`);
+    } else if (v.containerDisk || v.ephemeral || v.emptyDisk) {
+      why.push(
+        `volume ${v.name} is ${v.containerDisk ? 'a containerDisk' : v.ephemeral ? 'an ephemeral volume' : 'an emptyDisk'} whose writes live on this node`,
+      );
+    } else if (!v.cloudInitNoCloud && !v.cloudInitConfigDrive) {
+      why.push(`volume ${v.name}: its type is not live-migratable yet`);
+    }
+  }
+  return why.length
+    ? { type: 'LiveMigratable', status: 'False', reason: 'DisksNotLiveMigratable', message: why.join('; ') }
+    : { type: 'LiveMigratable', status: 'True', reason: '', message: '' };
+}
+
+/** The pool a claim's volume is on, from its annotation and this node's pools. */
+export function claimPool(
+  pvc: KubeObject | undefined,
+  pools: ReadonlyMap<string, { name: string; shared: boolean }>,
+): { name: string; shared: boolean } | undefined {
+  const name = pvc?.metadata.annotations?.[storage.VOLUME_POOL];
+  return name ? pools.get(name) : undefined;
+}
+
+/** What the VM runtime (runtime.ts) lends the migration. */
+export interface MigrationHost {
+  nodeName: string;
+  client: Client;
+  log: Log;
+  /** Where a target QEMU listens: the node's fabric address (QEMU runs in the node's namespace), else 127.0.0.1. */
+  listenAddress: string;
+  /** The VMI from the runtime's cache. */
+  vmi(key: string): KubeObject | undefined;
+  runDirOf(vmi: KubeObject): string;
+  /** Prepares the VMI as for a start and launches its QEMU waiting for the guest (`-incoming defer`); throws what fails. */
+  launchIncoming(vmi: KubeObject, runDir: string): Promise<void>;
+  /** Ends the QEMU in runDir and the VMI's tap and lease on this node (no status written). */
+  stopQemu(key: string, runDir: string): Promise<void>;
+  /** Marks the source's session as ending on purpose: its QEMU going away is not the VM stopping. */
+  releaseSource(key: string): void;
+  record(vmi: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void>;
+  scrub(message: string, namespace: string | undefined): string;
+}
+
+interface Target {
+  migrationUid: string;
+  runDir: string;
+  qmp?: QmpClient;
+  /** Ended on purpose (failed, aborted, handed over): a closing QMP is not a failure. */
+  ended: boolean;
+  job: Promise<void>;
+}
+
+interface QueryMigrate {
+  status?: string;
+  'error-desc'?: string;
+  'total-time'?: number;
+  downtime?: number;
+  ram?: { transferred?: number; remaining?: number; total?: number; 'dirty-pages-rate'?: number };
+  'socket-address'?: { type?: string; host?: string; port?: string | number }[];
+}
+
+export class VmMigrations {
+  private readonly targets = new Map<string, Target>();
+  /** VMI key → migrationUid of the migration this node sends. */
+  private readonly sources = new Map<string, string>();
+  /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
+  private readonly started = new Map<string, number>();
+  private closed = false;
+
+  constructor(private readonly host: MigrationHost) {}
+
+  /** VMI keys this node is a migration target for (their taps are in use). */
+  targetKeys(): string[] {
+    return [...this.targets.keys()];
+  }
+
+  /** Whether this node is sending the VMI's guest right now (its QEMU's STOP is the switch-over, not a pause). */
+  sending(key: string): boolean {
+    return this.sources.has(key);
+  }
+
+  /** The agent stops: QMP connections of targets close (their QEMUs run on, as every QEMU does). */
+  async close(): Promise<void> {
+    this.closed = true;
+    for (const t of this.targets.values()) {
+      t.ended = true;
+      await t.qmp?.close();
+    }
+    this.targets.clear();
+  }
+
+  /** A VMI that is not this node's: when this node is its migration target, prepare or end the target. */
+  async reconcileTarget(vmi: KubeObject): Promise<void> {
+    const key = keyOf(vmi);
+    const ms = migrationStateOf(vmi);
+    const t = this.targets.get(key);
+    const wanted = active(ms) && ms.targetNode === this.host.nodeName && !vmi.metadata.deletionTimestamp;
+    if (t && (!wanted || t.migrationUid !== ms.migrationUid || ms.abortRequested)) {
+      // An abort that comes after the guest arrived is the source's to settle; a failure or another migration is not.
+      if (wanted && t.migrationUid === ms.migrationUid && (await this.incomingDone(t))) return;
+      await this.endTarget(key, t);
+      return;
+    }
+    if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
+    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve() };
+    this.targets.set(key, target);
+    target.job = this.prepareTarget(vmi, target).catch((e: unknown) => this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`));
+  }
+
+  /**
+   * At agent start, a QEMU found for a VMI that runs on another node: kept (and followed as this
+   * node's target) when it is this node's migration target and the guest has arrived in it (the
+   * source records the switch next); false: it is to be stopped (its migration fails).
+   */
+  async arrived(vmi: KubeObject, runDir: string): Promise<boolean> {
+    const ms = migrationStateOf(vmi);
+    if (!active(ms) || ms.targetNode !== this.host.nodeName || ms.abortRequested) return false;
+    const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000 }).catch(() => undefined);
+    const info = await qmp?.execute<QueryMigrate>('query-migrate').catch(() => undefined);
+    if (!qmp || info?.status !== 'completed') {
+      await qmp?.close();
+      return false;
+    }
+    this.targets.set(keyOf(vmi), { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve() });
+    return true;
+  }
+
+  /** The VMI now runs on this node: a target QEMU of ours becomes the runtime's to follow (it attaches next). */
+  async handOver(key: string): Promise<void> {
+    const t = this.targets.get(key);
+    if (!t) return;
+    await t.job;
+    t.ended = true;
+    this.targets.delete(key);
+    await t.qmp?.close();
+  }
+
+  /** The VMI is gone: a target QEMU of ours goes too. */
+  async forget(key: string): Promise<void> {
+    const t = this.targets.get(key);
+    if (t) await this.endTarget(key, t);
+  }
+
+  /** A VMI running on this node: when a migration of it has its target ready, send the guest. */
+  async reconcileSource(vmi: KubeObject, qmp: QmpClient): Promise<void> {
+    const key = keyOf(vmi);
+    const ms = migrationStateOf(vmi);
+    if (!active(ms) || ms.sourceNode !== this.host.nodeName || this.sources.has(key)) return;
+    if (ms.abortRequested) {
+      // Aborted before the transfer began: nothing runs but the target, which ends itself on `failed`.
+      await this.fail(key, ms.migrationUid, 'the migration was aborted before the transfer started', 'Succeeded');
+      return;
+    }
+    if (!ms.targetNodeAddress) return;
+    this.sources.set(key, ms.migrationUid);
+    void this.send(vmi, ms, qmp)
+      .catch(async (e: unknown) => {
+        const message = e instanceof Error ? e.message : String(e);
+        this.host.log(`migration: ${key}: ${message}`);
+        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`).catch(() => undefined);
+      })
+      .finally(() => this.sources.delete(key));
+  }
+
+  private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
+    const key = keyOf(vmi);
+    try {
+      await this.host.launchIncoming(vmi, t.runDir);
+      // Ended while QEMU was starting (an abort): the QEMU just started goes too.
+      if (t.ended) return await this.host.stopQemu(key, t.runDir);
+      const qmp = await QmpClient.connect(runDirFiles(t.runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
+      t.qmp = qmp;
+      if (t.ended) {
+        await qmp.close();
+        return await this.host.stopQemu(key, t.runDir);
+      }
+      qmp.on('close', () => {
+        if (t.ended) return;
+        void (async () => {
+          const why = `target QEMU on ${this.host.nodeName} exited: ${await lastLogLine(t.runDir)}`;
+          await this.fail(key, t.migrationUid, why);
+          await this.endTarget(key, t);
+        })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+      });
+      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      // Port 0: the kernel picks a free port, which QEMU then reports.
+      await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
+      const info = await qmp.execute<QueryMigrate>('query-migrate');
+      const port = Number(info['socket-address']?.find((a) => a.port !== undefined)?.port);
+      if (!Number.isInteger(port) || port <= 0) throw new Error(`QEMU did not say which port it listens on (${JSON.stringify(info)})`);
+      const written = await this.writeState(key, t.migrationUid, (ms) => {
+        if (ms.abortRequested) return false;
+        ms.targetNodeAddress = `${this.host.listenAddress}:${port}`;
+        ms.targetDirectMigrationNodePorts = { [String(port)]: 0 };
+      });
+      if (written) this.host.log(`migration: ${key}: target ready on ${this.host.listenAddress}:${port}`);
+      // A source that never starts (its agent gone) must not keep the target waiting for ever.
+      const timer = setTimeout(() => {
+        const cur = migrationStateOf(this.host.vmi(key));
+        if (t.ended || this.targets.get(key) !== t || cur?.migrationUid !== t.migrationUid || cur.startTimestamp) return;
+        void this.fail(key, t.migrationUid, `the source did not start sending within ${SOURCE_START_TIMEOUT_MS / 1000} s`)
+          .then(() => this.endTarget(key, t))
+          .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+      }, SOURCE_START_TIMEOUT_MS);
+      timer.unref();
+      qmp.on('close', () => clearTimeout(timer));
+    } catch (e) {
+      if (t.ended) return;
+      const message = this.host.scrub(e instanceof Error ? e.message : String(e), vmi.metadata.namespace);
+      await this.fail(key, t.migrationUid, `target ${this.host.nodeName}: ${message}`);
+      await this.endTarget(key, t);
+    }
+  }
+
+  /** Whether the target QEMU has the whole guest (the incoming migration completed). */
+  private async incomingDone(t: Target): Promise<boolean> {
+    if (!t.qmp) return false;
+    const info = await t.qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
+    return info?.status === 'completed';
+  }
+
+  private async endTarget(key: string, t: Target): Promise<void> {
+    if (this.targets.get(key) === t) this.targets.delete(key);
+    if (t.ended) return;
+    t.ended = true;
+    await t.qmp?.close();
+    await this.host.stopQemu(key, t.runDir);
+    this.host.log(`migration: ${key}: target QEMU ended`);
+  }
+
+  /** The source's side: migrate, follow, then hand over or report the failure. */
+  private async send(vmi: KubeObject, ms: MigrationState & { migrationUid: string }, qmp: QmpClient): Promise<void> {
+    const key = keyOf(vmi);
+    const uid = ms.migrationUid;
+    const before = (await qmp.execute<{ status: string }>('query-status')).status;
+    if (!ms.startTimestamp) {
+      // Started: the migration's phase becomes Running.
+      if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
+      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
+      await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+      await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
+      this.started.set(key, Date.now());
+      this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
+    }
+    // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
+    let cancelled = false;
+    for (;;) {
+      const info = await qmp.execute<QueryMigrate>('query-migrate');
+      const status = info.status ?? 'none';
+      if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info);
+      if (status === 'failed' || status === 'cancelled' || status === 'none') {
+        // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
+        const now = (await qmp.execute<{ status: string }>('query-status')).status;
+        if (now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
+        const reason = cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`;
+        await this.fail(key, uid, reason, cancelled ? 'Succeeded' : undefined);
+        this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
+        return;
+      }
+      const cur = migrationStateOf(this.host.vmi(key));
+      if (!cancelled && (cur?.migrationUid !== uid || cur.abortRequested || cur.failed)) {
+        cancelled = true;
+        await qmp.execute('migrate_cancel');
+      }
+      await new Promise((r) => setTimeout(r, POLL_MS));
+    }
+  }
+
+  /** The target runs the guest: the VMI says so, then the source QEMU (in postmigrate) goes. */
+  private async switchOver(vmi: KubeObject, uid: string, target: string, info: QueryMigrate): Promise<void> {
+    const key = keyOf(vmi);
+    this.host.releaseSource(key);
+    // The guest now runs only on the target: this write must happen (never a `failed` instead),
+    // so it is retried until it does or the agent stops (a restarted agent writes it again).
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await updateVmi(this.host.client, vmi, (obj) => {
+          const s = (obj.status ??= {}) as Obj;
+          const ms = s.migrationState as MigrationState | undefined;
+          if (ms?.migrationUid !== uid) return false;
+          s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
+          s.nodeName = target;
+          obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: target };
+        });
+        break;
+      } catch (e) {
+        if (this.closed) return;
+        this.host.log(`migration: ${key}: recording the switch to ${target}: ${e instanceof Error ? e.message : e}; retrying`);
+        await new Promise((r) => setTimeout(r, Math.min(500 * 2 ** attempt, 10_000)));
+      }
+    }
+    const t0 = this.started.get(key);
+    this.started.delete(key);
+    const secs = t0 === undefined ? '?' : ((Date.now() - t0) / 1000).toFixed(1);
+    await this.host.record(
+      vmi,
+      'Normal',
+      'Migrated',
+      `VirtualMachineInstance migrated from ${this.host.nodeName} to ${target} in ${secs} s (downtime ${info.downtime ?? '?'} ms)`,
+    );
+    this.host.log(`migration: ${key}: completed in ${secs} s, downtime ${info.downtime ?? '?'} ms; stopping the source QEMU`);
+    await this.host.stopQemu(key, this.host.runDirOf(vmi));
+  }
+
+  /** migrationState.failed with the reason (the first one stays), when it still describes migration `uid`. */
+  private async fail(key: string, uid: string, reason: string, abortStatus?: string): Promise<void> {
+    await this.writeState(key, uid, (ms) => {
+      ms.failed = true;
+      ms.failureReason = reason;
+      ms.endTimestamp = new Date().toISOString();
+      if (abortStatus && ms.abortRequested) ms.abortStatus = abortStatus;
+    });
+  }
+
+  /** Changes the VMI's migrationState when it still describes the active migration `uid`; false when it does not. */
+  private async writeState(key: string, uid: string, change: (ms: MigrationState) => boolean | void): Promise<boolean> {
+    const vmi = this.host.vmi(key);
+    if (!vmi) return false;
+    let changed = false;
+    await updateVmi(this.host.client, vmi, (obj) => {
+      const s = (obj.status ??= {}) as Obj;
+      const ms = { ...(s.migrationState as MigrationState | undefined) };
+      if (!active(ms) || ms.migrationUid !== uid || change(ms) === false) return false;
+      s.migrationState = ms;
+      changed = true;
+    });
+    return changed;
+  }
+}
+
+const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
+
+/**
+ * A read-modify-write of the VMI (status and labels together: VMIs have no status subresource),
+ * retried on conflicts; `mutate` returns false to leave it.
+ */
+async function updateVmi(client: Client, vmi: KubeObject, mutate: (obj: KubeObject) => boolean | void): Promise<void> {
+  const opts = { namespace: vmi.metadata.namespace };
+  for (let attempt = 0; ; attempt++) {
+    let fresh: KubeObject;
+    try {
+      fresh = structuredClone((await client.get(VMIS, vmi.metadata.name, opts)) as KubeObject);
+    } catch (e) {
+      if (isNotFound(e)) return;
+      throw e;
+    }
+    if (fresh.metadata.uid !== vmi.metadata.uid || mutate(fresh) === false) return;
+    try {
+      await client.update(VMIS, fresh, opts);
+      return;
+    } catch (e) {
+      if (isNotFound(e)) return;
+      if (!isStatusError(e, 'Conflict') || attempt >= 20) throw e;
+    }
+  }
+}
+
+async function lastLogLine(runDir: string): Promise<string> {
+  const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  return lines[lines.length - 1] ?? 'no output from QEMU';
+}

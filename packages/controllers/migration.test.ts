@@ -1,0 +1,179 @@
+/**
+ * Migration controller unit tests over the in-memory client: the control plane's phases
+ * (Pending → Scheduling → Scheduled, one write each), the phases mirrored from the agents'
+ * migrationState, the refusals, and deletion as an abort request. The agents' writes are made
+ * by hand, as vms/migration.ts makes them.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { refs } from '@vessel/api';
+import { setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
+import { MIGRATION_TARGET_ANNOTATION, MigrationController, type MigrationState } from './migration.ts';
+import { agentSets, createNode, InMemoryClient, until } from './testing/harness.ts';
+
+const { VMIS, VMIMS } = refs;
+type Obj = Record<string, unknown>;
+const ns = 'default';
+
+async function setup(nodes = ['node-a', 'node-b']) {
+  const c = new InMemoryClient();
+  await c.namespaces(ns);
+  for (const n of nodes) await createNode(c, n);
+  const ctrl = new MigrationController(c, process.env.MIG_LOG ? (l) => console.error(l) : undefined);
+  await ctrl.start();
+  return {
+    c,
+    async [Symbol.asyncDispose]() {
+      await ctrl.stop();
+      c.close();
+    },
+  };
+}
+
+async function runningVmi(c: InMemoryClient, name: string, opts: { migratable?: boolean; node?: string; running?: boolean } = {}): Promise<void> {
+  await c.create(VMIS, {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: ns },
+    spec: { domain: { cpu: { cores: 1 }, resources: { requests: { memory: '128Mi' } }, devices: {} } },
+  });
+  if (opts.running === false) return;
+  await agentSets(c, name, 'Running', ns, opts.node ?? 'node-a');
+  await updateStatus(c, VMIS, ns, name, (s) => {
+    setCondition(
+      s,
+      opts.migratable === false
+        ? { type: 'LiveMigratable', status: 'False', reason: 'DisksNotLiveMigratable', message: 'volume root is on the local pool of node-a' }
+        : { type: 'LiveMigratable', status: 'True', reason: '', message: '' },
+      false,
+    );
+  });
+}
+
+const migrate = (c: InMemoryClient, name: string, vmi: string, node?: string) =>
+  c.create(VMIMS, {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstanceMigration',
+    metadata: { name, namespace: ns, ...(node ? { annotations: { [MIGRATION_TARGET_ANNOTATION]: node } } : {}) },
+    spec: { vmiName: vmi },
+  });
+const vmim = async (c: InMemoryClient, name: string) => {
+  const st = ((await c.get(VMIMS, name, { namespace: ns })).status ?? {}) as {
+    phase?: string;
+    migrationState?: MigrationState;
+    phaseTransitionTimestamps?: { phase: string }[];
+  };
+  return { ...st, reason: st.migrationState?.failureReason };
+};
+const stateOf = async (c: InMemoryClient, name: string) =>
+  ((await c.get(VMIS, name, { namespace: ns })).status as Obj).migrationState as MigrationState | undefined;
+const phaseIs = (c: InMemoryClient, name: string, phase: string) =>
+  until(`${name} ${phase}`, async () => ((await vmim(c, name)).phase === phase ? true : undefined), 3000);
+const agentWrites = (c: InMemoryClient, vmi: string, change: Partial<MigrationState>) =>
+  updateStatus(c, VMIS, ns, vmi, (s) => {
+    s.migrationState = { ...(s.migrationState as Obj), ...change };
+  });
+
+test('a migration goes Pending → Scheduling → Scheduled (one phase per write), names its target on the VMI, then follows the agents to Succeeded', async () => {
+  await using h = await setup();
+  const { c } = h;
+  await runningVmi(c, 'vm1');
+  const m = (await migrate(c, 'mig1', 'vm1')) as KubeObject;
+  await phaseIs(c, 'mig1', 'Scheduled');
+  const ms = (await stateOf(c, 'vm1'))!;
+  assert.deepEqual(
+    { uid: ms.migrationUid, source: ms.sourceNode, target: ms.targetNode, mode: ms.mode },
+    { uid: m.metadata.uid, source: 'node-a', target: 'node-b', mode: 'PreCopy' },
+  );
+  assert.deepEqual(
+    (await vmim(c, 'mig1')).phaseTransitionTimestamps!.map((p) => p.phase),
+    ['Pending', 'Scheduling', 'Scheduled'],
+  );
+  await agentWrites(c, 'vm1', { targetNodeAddress: '10.233.0.12:49152' });
+  await phaseIs(c, 'mig1', 'TargetReady');
+  await agentWrites(c, 'vm1', { startTimestamp: new Date().toISOString() });
+  await phaseIs(c, 'mig1', 'Running');
+  await agentWrites(c, 'vm1', { completed: true, endTimestamp: new Date().toISOString() });
+  await phaseIs(c, 'mig1', 'Succeeded');
+  assert.deepEqual(
+    (await vmim(c, 'mig1')).phaseTransitionTimestamps!.map((p) => p.phase),
+    ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+  );
+  // A later migration of the same VMI starts afresh (the VMI now runs on node-b, as the source agent wrote).
+  await updateStatus(c, VMIS, ns, 'vm1', (s) => {
+    s.nodeName = 'node-b';
+  });
+  await migrate(c, 'mig2', 'vm1');
+  await phaseIs(c, 'mig2', 'Scheduled');
+  assert.equal((await stateOf(c, 'vm1'))!.targetNode, 'node-a');
+});
+
+test('refusals: not Running, not live-migratable (says why), no other node, a named node that is the source, a second migration while one runs', async () => {
+  await using h = await setup(['node-a', 'node-b']);
+  const { c } = h;
+  await runningVmi(c, 'halted', { running: false });
+  await migrate(c, 'm-halted', 'halted');
+  await phaseIs(c, 'm-halted', 'Failed');
+  assert.match((await vmim(c, 'm-halted')).reason!, /not Running/);
+
+  await runningVmi(c, 'local', { migratable: false });
+  await migrate(c, 'm-local', 'local');
+  await phaseIs(c, 'm-local', 'Failed');
+  assert.match((await vmim(c, 'm-local')).reason!, /not live-migratable: volume root is on the local pool/);
+  assert.equal(await stateOf(c, 'local'), undefined);
+
+  await migrate(c, 'm-missing', 'nosuch');
+  await phaseIs(c, 'm-missing', 'Failed');
+
+  await runningVmi(c, 'vm');
+  await migrate(c, 'm-self', 'vm', 'node-a');
+  await phaseIs(c, 'm-self', 'Failed');
+  assert.match((await vmim(c, 'm-self')).reason!, /runs already/);
+
+  await migrate(c, 'm-first', 'vm', 'node-b');
+  await phaseIs(c, 'm-first', 'Scheduled');
+  await migrate(c, 'm-second', 'vm');
+  await phaseIs(c, 'm-second', 'Failed');
+  assert.match((await vmim(c, 'm-second')).reason!, /another migration/);
+  assert.equal((await vmim(c, 'm-first')).phase, 'Scheduled');
+});
+
+test('no node other than the source fits: Failed with the scheduler’s reason', async () => {
+  await using h = await setup(['node-a']);
+  const { c } = h;
+  await runningVmi(c, 'vm');
+  await migrate(c, 'm', 'vm');
+  await phaseIs(c, 'm', 'Failed');
+  assert.match((await vmim(c, 'm')).reason!, /no node other than node-a/);
+});
+
+test('steps the agents made between two reconciles are recorded in order', async () => {
+  await using h = await setup();
+  const { c } = h;
+  await runningVmi(c, 'vm');
+  await migrate(c, 'm', 'vm');
+  await phaseIs(c, 'm', 'Scheduled');
+  // Target ready, transfer started and completed in one write, as a fast migration may look to the controller.
+  await agentWrites(c, 'vm', { targetNodeAddress: '10.233.0.12:49152', startTimestamp: new Date().toISOString(), completed: true });
+  await phaseIs(c, 'm', 'Succeeded');
+  assert.deepEqual(
+    (await vmim(c, 'm')).phaseTransitionTimestamps!.map((p) => p.phase),
+    ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+  );
+});
+
+test('deleting a running migration asks the agents to abort; their failure ends it', async () => {
+  await using h = await setup();
+  const { c } = h;
+  await runningVmi(c, 'vm');
+  await migrate(c, 'm', 'vm');
+  await phaseIs(c, 'm', 'Scheduled');
+  await agentWrites(c, 'vm', { targetNodeAddress: '10.233.0.12:49152', startTimestamp: new Date().toISOString() });
+  await phaseIs(c, 'm', 'Running');
+  await c.delete(VMIMS, 'm', { namespace: ns });
+  await until('abortRequested', async () => ((await stateOf(c, 'vm'))?.abortRequested ? true : undefined), 3000);
+  // The agents answer with failed: a new migration may then start.
+  await agentWrites(c, 'vm', { failed: true, failureReason: 'aborted', endTimestamp: new Date().toISOString() });
+  await migrate(c, 'm2', 'vm');
+  await phaseIs(c, 'm2', 'Scheduled');
+});

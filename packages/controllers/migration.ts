@@ -1,0 +1,222 @@
+/**
+ * The live-migration controller (KubeVirt's migration controller, first increment; see
+ * docs/migration.md). Per VMI it runs the control plane's half of a
+ * VirtualMachineInstanceMigration: Pending → Scheduling → (target chosen, written to the VMI's
+ * status.migrationState) → Scheduled. From there the agents drive the VMI's migrationState
+ * (the target writes targetNodeAddress, the source startTimestamp, then completed or failed)
+ * and this controller mirrors it onto the migration's phase: TargetReady, Running, Succeeded,
+ * Failed. Deleting a running migration sets migrationState.abortRequested, which the agents
+ * act on. Work is keyed by VMI, so one VMI's migrations are decided in order, and every
+ * reconcile makes at most one write.
+ */
+import { phaseOf, refs } from '@vessel/api';
+import type { Client } from '@vessel/client';
+import { cacheKey, Controller, EventRecorder, getCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
+import { scheduleVmi, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
+
+const { NODES, VMIS, VMIMS } = refs;
+type Obj = Record<string, unknown>;
+
+/** On a VirtualMachineInstanceMigration: the node to migrate to (`vessel migrate --node`), instead of the scheduler's choice. */
+export const MIGRATION_TARGET_ANNOTATION = 'vessel.io/migration-target-node';
+
+export type MigrationPhase = 'Pending' | 'Scheduling' | 'Scheduled' | 'PreparingTarget' | 'TargetReady' | 'Running' | 'Succeeded' | 'Failed';
+const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
+/** The phases of a migration that succeeds, in order (PreparingTarget is not used: the target's preparation is Scheduled). */
+const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'];
+
+/** The VMI's status.migrationState, with KubeVirt's field names. */
+export interface MigrationState {
+  migrationUid?: string;
+  sourceNode?: string;
+  targetNode?: string;
+  targetNodeAddress?: string;
+  targetDirectMigrationNodePorts?: Record<string, number>;
+  mode?: string;
+  startTimestamp?: string;
+  endTimestamp?: string;
+  completed?: boolean;
+  failed?: boolean;
+  failureReason?: string;
+  abortRequested?: boolean;
+  abortStatus?: string;
+}
+
+export const migrationStateOf = (vmi: KubeObject | undefined): MigrationState | undefined =>
+  (vmi?.status as { migrationState?: MigrationState } | undefined)?.migrationState;
+
+/** Whether a migrationState describes a migration still under way (neither completed nor failed). */
+export const migrationActive = (ms: MigrationState | undefined): boolean => !!ms?.migrationUid && !ms.completed && !ms.failed;
+
+/** The migration phase the VMI's migrationState stands for (the agents' progress). */
+export function phaseFromState(ms: MigrationState): MigrationPhase {
+  if (ms.failed) return 'Failed';
+  if (ms.completed) return 'Succeeded';
+  if (ms.startTimestamp) return 'Running';
+  if (ms.targetNodeAddress) return 'TargetReady';
+  return 'Scheduled';
+}
+
+const vmimPhase = (m: KubeObject): string => String((m.status as Obj | undefined)?.phase ?? '');
+const vmiNameOf = (m: KubeObject): string => String((m.spec as Obj | undefined)?.vmiName ?? '');
+const byVmi = (m: KubeObject): string => `${m.metadata.namespace}/${vmiNameOf(m)}`;
+const VMI_INDEX = 'vmi';
+
+export class MigrationController extends Controller {
+  private readonly vmims: Informer;
+  private readonly vmis: Informer;
+  private readonly nodes: Informer;
+  private readonly events: EventRecorder;
+
+  constructor(
+    client: Client,
+    log?: Log,
+    private readonly settings: SchedulingSettings = {},
+  ) {
+    super('migration', client, log, 1);
+    this.events = new EventRecorder(client, 'virt-controller');
+    this.vmims = this.inform(VMIMS, (m) => [byVmi(m)]);
+    this.vmims.addIndex(VMI_INDEX, (m) => [byVmi(m)]);
+    this.vmis = this.inform(VMIS, (v) => [cacheKey(v)]);
+    // A node becoming Ready may give a waiting migration its target.
+    this.nodes = this.inform(NODES, () =>
+      this.vmims
+        .list()
+        .filter((m) => ['', 'Pending', 'Scheduling'].includes(vmimPhase(m)))
+        .map(byVmi),
+    );
+  }
+
+  protected async reconcile(key: string): Promise<void> {
+    const vmi = this.vmis.get(key);
+    const migrations = this.vmims
+      .byIndex(VMI_INDEX, key)
+      .sort(
+        (a, b) => String(a.metadata.creationTimestamp).localeCompare(String(b.metadata.creationTimestamp)) || a.metadata.name.localeCompare(b.metadata.name),
+      );
+    const ms = migrationStateOf(vmi);
+    const current = ms?.migrationUid ? migrations.find((m) => m.metadata.uid === ms.migrationUid) : undefined;
+
+    // 1. The migration under way: its object deleted → abort; else its phase follows the agents.
+    if (vmi && ms && migrationActive(ms)) {
+      if ((!current || current.metadata.deletionTimestamp) && !ms.abortRequested) {
+        await this.writeVmiState(vmi, (cur) => (cur?.migrationUid === ms.migrationUid && migrationActive(cur) ? { ...cur, abortRequested: true } : undefined));
+        return;
+      }
+      if (current && (await this.mirror(current, ms))) return;
+    } else if (current && ms && !FINAL_PHASES.has(vmimPhase(current))) {
+      // Ended (completed or failed): the migration's last phase.
+      await this.mirror(current, ms);
+      return;
+    }
+
+    // A migration past Scheduling that the VMI no longer names (the VMI is gone, or another run took its place).
+    const lost = migrations.find((m) => !FINAL_PHASES.has(vmimPhase(m)) && !['', 'Pending', 'Scheduling'].includes(vmimPhase(m)) && m !== current);
+    if (lost) return this.setPhase(lost, 'Failed', `VirtualMachineInstance ${vmiNameOf(lost)} no longer runs this migration`);
+
+    // 2. The oldest migration not yet started.
+    const next = migrations.find((m) => !m.metadata.deletionTimestamp && ['', 'Pending', 'Scheduling'].includes(vmimPhase(m)));
+    if (!next) return;
+    const phase = vmimPhase(next);
+    if (phase === '') return this.setPhase(next, 'Pending');
+    const refusal = this.refusal(vmi, next, ms);
+    if (refusal) {
+      await this.setPhase(next, 'Failed', refusal);
+      await this.events.record(next, 'Warning', 'FailedMigration', refusal);
+      return;
+    }
+    if (phase === 'Pending') return this.setPhase(next, 'Scheduling');
+    const target = this.chooseTarget(vmi!, next);
+    if ('refusal' in target) {
+      await this.setPhase(next, 'Failed', target.refusal);
+      await this.events.record(next, 'Warning', 'FailedMigration', target.refusal);
+      return;
+    }
+    // Scheduled: the VMI names its target; the next reconcile mirrors that onto the migration.
+    const source = String((vmi!.status as Obj).nodeName);
+    await this.writeVmiState(vmi!, (cur) =>
+      migrationActive(cur) ? undefined : { migrationUid: next.metadata.uid, sourceNode: source, targetNode: target.node, mode: 'PreCopy' },
+    );
+    await this.events.record(next, 'Normal', 'MigrationTargetChosen', `migrating ${key} from ${source} to ${target.node}`);
+  }
+
+  /** Why migration `m` of `vmi` cannot start, or undefined. */
+  private refusal(vmi: KubeObject | undefined, m: KubeObject, ms: MigrationState | undefined): string | undefined {
+    if (!vmi || vmi.metadata.deletionTimestamp) return `VirtualMachineInstance ${vmiNameOf(m)} does not exist`;
+    if (phaseOf(vmi) !== 'Running' || !(vmi.status as Obj | undefined)?.nodeName)
+      return `VirtualMachineInstance ${vmiNameOf(m)} is not Running (phase ${phaseOf(vmi) || 'none'})`;
+    if (migrationActive(ms) && ms!.migrationUid !== m.metadata.uid) return `another migration of VirtualMachineInstance ${vmiNameOf(m)} is in progress`;
+    const cond = getCondition(vmi, 'LiveMigratable');
+    if (cond?.status !== 'True')
+      return `VirtualMachineInstance ${vmiNameOf(m)} is not live-migratable: ${cond?.message || cond?.reason || 'its node has not said it is'}`;
+    return undefined;
+  }
+
+  /** A node other than the source for the VMI: the named one, else the scheduler's choice. */
+  private chooseTarget(vmi: KubeObject, m: KubeObject): { node: string } | { refusal: string } {
+    const source = String((vmi.status as Obj).nodeName);
+    const named = m.metadata.annotations?.[MIGRATION_TARGET_ANNOTATION];
+    if (named === source) return { refusal: `node ${named} is where VirtualMachineInstance ${vmi.metadata.name} runs already` };
+    const placed = this.vmis
+      .list()
+      .filter((v) => (v.status as Obj | undefined)?.nodeName && !FINAL_PHASES.has(phaseOf(v)) && v.metadata.uid !== vmi.metadata.uid)
+      .map((v) => ({ nodeName: String((v.status as Obj).nodeName), requests: vmiRequests(v.spec as never, this.settings) }));
+    const nodes = this.nodes.list().filter((n) => n.metadata.name !== source && (!named || n.metadata.name === named));
+    if (named && nodes.length === 0) return { refusal: `node ${named} does not exist` };
+    const result = scheduleVmi({
+      vmi: { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace! }, spec: vmi.spec as never },
+      nodes: nodes as never,
+      placed,
+      settings: this.settings,
+    });
+    if (result.node === undefined) return { refusal: `no node other than ${source} can take VirtualMachineInstance ${vmi.metadata.name}: ${result.message}` };
+    return { node: result.node };
+  }
+
+  /** Sets the migration's phase from the VMI's migrationState; false when it already says so. */
+  private async mirror(m: KubeObject, ms: MigrationState): Promise<boolean> {
+    const phase = phaseFromState(ms);
+    const st = (m.status as Obj | undefined) ?? {};
+    if (vmimPhase(m) === phase && JSON.stringify(st.migrationState) === JSON.stringify(ms)) return false;
+    await this.setPhase(m, phase, ms.failed ? (ms.failureReason ?? 'the migration failed') : undefined, ms);
+    if (phase !== vmimPhase(m) && (phase === 'Succeeded' || phase === 'Failed'))
+      await this.events.record(
+        m,
+        phase === 'Failed' ? 'Warning' : 'Normal',
+        phase === 'Failed' ? 'FailedMigration' : 'SuccessfulMigration',
+        phase === 'Failed' ? String(ms.failureReason) : `migrated to ${ms.targetNode}`,
+      );
+    return true;
+  }
+
+  private async setPhase(m: KubeObject, phase: MigrationPhase, reason?: string, ms?: MigrationState): Promise<void> {
+    await updateStatus(this.client, VMIMS, m.metadata.namespace, m.metadata.name, (s) => {
+      if (FINAL_PHASES.has(String(s.phase ?? ''))) return false;
+      if (s.phase !== phase) {
+        // The agents may pass two steps between two reconciles (target ready, transfer started):
+        // the phases the state shows were passed are recorded too, in order, at this time.
+        const from = ORDER.indexOf(String(s.phase ?? '') as MigrationPhase);
+        const to = ORDER.indexOf(phase);
+        const passed = from >= 0 && to > from ? ORDER.slice(from + 1, to + 1) : [phase];
+        const at = new Date().toISOString();
+        s.phase = phase;
+        const stamps = (s.phaseTransitionTimestamps as Obj[] | undefined) ?? [];
+        s.phaseTransitionTimestamps = [...stamps, ...passed.map((p) => ({ phase: p, phaseTransitionTimestamp: at }))];
+      }
+      // A refused migration has no VMI state to copy: its own says why.
+      if (ms) s.migrationState = ms;
+      else if (reason && phase === 'Failed')
+        s.migrationState = { failed: true, failureReason: reason, endTimestamp: new Date().toISOString() } satisfies MigrationState;
+    });
+  }
+
+  /** One write of the VMI's status.migrationState (VMIs have no status subresource: the whole object); `next` says undefined to leave it. */
+  private async writeVmiState(vmi: KubeObject, next: (current: MigrationState | undefined) => MigrationState | undefined): Promise<void> {
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
+      if (fresh.metadata.uid !== vmi.metadata.uid) return false;
+      const n = next(s.migrationState as MigrationState | undefined);
+      if (!n) return false;
+      s.migrationState = n;
+    });
+  }
+}
