@@ -1,8 +1,8 @@
 /**
- * Secondary networks (NetworkAttachmentDefinitions) end to end on a two-node dev cluster. A
- * stand-in for NNCP, made by hand in each node's namespace: bridges `br-v100` and `br-v200`,
- * each with a VXLAN port (VNI 100 / 200 over fab0) to the other node. This machine's kernel has
- * neither 802.1Q devices nor bridge VLAN filtering, so VXLAN segments play the fabric's VLANs.
+ * Secondary networks (NetworkAttachmentDefinitions) end to end on a two-node dev cluster. An
+ * NNCP makes VLANs 100 and 200 on each node's fabric link (`fab0.100`, `fab0.200`) with bridges
+ * `br-v100` and `br-v200` on them (this machine's kernel has no 802.1Q devices: the agent's
+ * stand-in is a VXLAN segment per VLAN, docs/network.md).
  * Two tiny guests on different nodes get a second NIC (eth1) on NADs over br-v100 and configure
  * it from user data; a veth "guest" namespace on br-v200 in the same subnet is the other VLAN.
  * The first guest names its NAD before it exists: it waits, saying why, and starts once it does.
@@ -10,6 +10,7 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';
+import { refs } from '@vessel/api';
 import { runInNode, type DevNode } from '@vessel/agent';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
@@ -107,23 +108,30 @@ before(async () => {
   [nodeA, nodeB] = c.nodes.cluster.nodes;
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
   await c.client.create(NS, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: NSN } });
-  // The stand-in for NNCP: per node, br-v100 and br-v200, each with a VXLAN port to the other node.
-  for (const [self, other] of [
-    [nodeA, nodeB],
-    [nodeB, nodeA],
-  ]) {
-    for (const vni of [100, 200]) {
-      const sh = async (argv: string[]) => {
-        const r = await runInNode(self, argv);
-        assert.equal(r.code, 0, `${argv.join(' ')}: ${r.stderr}`);
-      };
-      await sh(['ip', 'link', 'add', `vx${vni}`, 'type', 'vxlan', 'id', String(vni), 'local', self.fabricIp, 'dstport', '4790', 'nolearning', 'dev', 'fab0']);
-      await sh(['bridge', 'fdb', 'append', '00:00:00:00:00:00', 'dev', `vx${vni}`, 'dst', other.fabricIp]);
-      await sh(['ip', 'link', 'add', `br-v${vni}`, 'type', 'bridge']);
-      await sh(['ip', 'link', 'set', `vx${vni}`, 'master', `br-v${vni}`, 'up']);
-      await sh(['ip', 'link', 'set', `br-v${vni}`, 'up']);
-    }
-  }
+  // The node networks, as an admin makes them: one NNCP with VLANs 100 and 200 on every node's
+  // fabric link and a bridge on each (nncp.e2e.test.ts tests the policy itself).
+  await c.client.create(refs.NNCPS, {
+    apiVersion: 'nmstate.io/v1',
+    kind: 'NodeNetworkConfigurationPolicy',
+    metadata: { name: 'vlans' },
+    spec: {
+      desiredState: {
+        interfaces: [100, 200].flatMap((id) => [
+          { name: `fab0.${id}`, type: 'vlan', state: 'up', vlan: { 'base-iface': 'fab0', id } },
+          { name: `br-v${id}`, type: 'linux-bridge', state: 'up', bridge: { options: { stp: { enabled: false } }, port: [{ name: `fab0.${id}` }] } },
+        ]),
+      },
+    },
+  });
+  await eventually(
+    'the NNCP Available on both nodes',
+    async () => {
+      const conds = ((await c.client.get(refs.NNCPS, 'vlans')).status as { conditions?: { type: string; status: string; message?: string }[] } | undefined)
+        ?.conditions;
+      return conds?.find((x) => x.type === 'Available' && x.status === 'True')?.message === '2/2 nodes successfully configured' ? true : undefined;
+    },
+    120_000,
+  );
   for (const [g, node, br, addr] of [
     [G100, nodeA, 'br-v100', '10.100.0.11'],
     [G200, nodeB, 'br-v200', '10.100.0.12'],
