@@ -4,7 +4,7 @@
  * an agent restart finds it again; removed when the VM stops.
  */
 import { createHash } from 'node:crypto';
-import { BRIDGE, VM_MTU } from './bridge.ts';
+import { VM_MTU, addBridgePort } from './bridge.ts';
 import { ip, linkDetails, type NetNs } from './exec.ts';
 
 export const TAP_PREFIX = 'vsl';
@@ -16,14 +16,14 @@ export function tapName(namespace: string, name: string): string {
 
 export const isTapName = (n: string): boolean => /^vsl[0-9a-f]{11}$/.test(n);
 
-/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge, up. */
+/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge in hairpin mode, up. */
 export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: boolean; mtu?: number } = {}): Promise<void> {
   const d = await linkDetails(ns, name);
   const mq = (d?.linkinfo as { info_data?: { multi_queue?: boolean } } | undefined)?.info_data?.multi_queue === true;
   // The kernel refuses a queue mode other than the tap was made with: re-create it then.
   if (d && mq !== !!opts.multiQueue) await ip(ns, ['link', 'del', name]);
   if (!d || mq !== !!opts.multiQueue) await ip(ns, ['tuntap', 'add', 'dev', name, 'mode', 'tap', ...(opts.multiQueue ? ['multi_queue'] : [])]);
-  await ip(ns, ['link', 'set', name, 'mtu', String(opts.mtu ?? VM_MTU), 'master', BRIDGE, 'up']);
+  await addBridgePort(ns, name, opts.mtu ?? VM_MTU);
 }
 
 export async function removeTap(ns: NetNs, name: string): Promise<void> {
