@@ -251,14 +251,14 @@ export async function runNetwork(): Promise<BenchResult> {
       await buildCloudInitIso({ kind: 'noCloud', userData: staticAddress(ADDR[k]), metaData: { instanceId: `raw-${k}`, localHostname: names[k] }, dest: iso });
       // Swap the VM's own files (disk, seed) and its tap for the baseline's; the rest stays.
       const own = (a: string) => /(?:^|,)filename=([^,]+)/.exec(a)?.[1];
-      let swapped = 0;
-      const argv = from.argv.map((a) => {
+      const swap = (a: string): string => {
         const f = own(a);
-        if (f && f.endsWith('.iso')) return (swapped++, a.replace(f, iso));
-        if (f && f.startsWith('/') && !f.startsWith('/dev/')) return (swapped++, a.replace(f, disk));
-        if (/(?:^|,)ifname=/.test(a)) return (swapped++, a.replace(/ifname=[^,]+/, `ifname=${taps[i]}`));
-        return a;
-      });
+        if (f?.endsWith('.iso')) return a.replace(f, iso);
+        if (f?.startsWith('/') && !f.startsWith('/dev/')) return a.replace(f, disk);
+        return a.replace(/(^|,)ifname=[^,]+/, `$1ifname=${taps[i]}`);
+      };
+      const argv = from.argv.map(swap);
+      const swapped = argv.filter((a, j) => a !== from.argv[j]).length;
       if (swapped !== 3) throw new Error(`the raw argv of ${k}: ${swapped} of disk, seed and tap swapped: ${from.argv.join(' ')}`);
       await launch({
         runDir,
@@ -310,7 +310,8 @@ export async function runNetwork(): Promise<BenchResult> {
     };
     const ping = async (side: Side): Promise<number[]> => {
       const out = await sh(con[side].a, `ping -c ${pings} -i 0.2 ${ADDR.b}`, 120_000);
-      const t = [...out.matchAll(/time=([\d.]+) ms/g)].map((x) => Number(x[1]));
+      // One sample per sequence number (a duplicated reply is not a second sample).
+      const t = [...new Map([...out.matchAll(/seq=(\d+) ttl=\d+ time=([\d.]+) ms/g)].map((x) => [x[1], Number(x[2])])).values()];
       if (t.length < pings) problems.push(`${side}: ${t.length} of ${pings} pings answered`);
       return t;
     };
