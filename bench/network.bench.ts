@@ -62,6 +62,8 @@ const NS = 'default';
 /** Fixed addresses from IPAM's static band, so the raw guests can have the same ones. */
 const ADDR = { a: '10.244.0.50', b: '10.244.0.51' } as const;
 const PORT = 5001;
+/** A transfer that takes longer is a failure (a stall), not a sample. */
+const TPUT_TIMEOUT_S = 150;
 const BOOT_TIMEOUT_MS = 300_000;
 
 type Side = 'vessel' | 'raw';
@@ -299,13 +301,23 @@ export async function runNetwork(): Promise<BenchResult> {
     await sleep(500);
 
     const bytes = mib * 1024 * 1024;
+    const tail = async (runDir: string) => JSON.stringify((await readFile(runDirFiles(runDir).serialLog, 'latin1').catch(() => '')).slice(-400));
+    /** Seconds for one transfer, or NaN (and a PROBLEM) when it failed or hung: bounded in the guest by `timeout`. */
     const tput = async (side: Side): Promise<number> => {
       const since = await serialLogSize(con[side].b.runDir);
-      const out = await sh(con[side].a, `time sh -c 'dd if=/dev/zero bs=64k count=${mib * 16} 2>/dev/null | nc ${ADDR.b} ${PORT}'`, 300_000);
+      const out = await sh(
+        con[side].a,
+        `time timeout ${TPUT_TIMEOUT_S} sh -c 'dd if=/dev/zero bs=64k count=${mib * 16} 2>/dev/null | nc ${ADDR.b} ${PORT}'`,
+        (TPUT_TIMEOUT_S + 60) * 1000,
+      );
       const m = /real\s+(\d+)m\s*([\d.]+)s/.exec(out);
       const rx = await waitForSerial(con[side].b.runDir, /VESSEL-RX (\d+)/, 30_000, { since, pollMs: 20 }).catch(() => undefined);
-      if (!m || /can't connect|non-zero status/.test(out)) throw new Error(`${side}: the transfer failed: ${JSON.stringify(out.slice(-300))}`);
-      if (Number(rx?.match[1]) !== bytes) problems.push(`${side}: B received ${rx?.match[1] ?? 'nothing'} bytes, not ${bytes}`);
+      if (!m || /can't connect|non-zero status/.test(out) || Number(rx?.match[1]) !== bytes) {
+        problems.push(
+          `${side}: a transfer failed, B received ${rx?.match[1] ?? 'nothing'} of ${bytes} bytes; A: ${JSON.stringify(out.slice(-300))}; B's console: ${await tail(con[side].b.runDir)}`,
+        );
+        return NaN;
+      }
       return Number(m[1]) * 60 + Number(m[2]);
     };
     const ping = async (side: Side): Promise<number[]> => {
@@ -321,9 +333,12 @@ export async function runNetwork(): Promise<BenchResult> {
     const rtt: Record<Side, number[]> = { vessel: [], raw: [] };
     for (let r = 0; r < rounds; r++) {
       const order: Side[] = r % 2 ? ['raw', 'vessel'] : ['vessel', 'raw'];
-      for (const s of order) secs[s].push(await tput(s));
+      for (const s of order) {
+        const t = await tput(s);
+        if (Number.isFinite(t)) secs[s].push(t);
+      }
       for (const s of order) rtt[s].push(...(await ping(s)));
-      console.log(`  round ${r + 1}/${rounds}: ${order.map((s) => `${s} ${secs[s].at(-1)!.toFixed(2)} s`).join(', ')}`);
+      console.log(`  round ${r + 1}/${rounds}: ${order.map((s) => `${s} ${secs[s].at(-1)?.toFixed(2)} s`).join(', ')}`);
     }
     const mbps = (s: number) => (bytes * 8) / s / 1e6;
     const medSecs = (s: Side) => pct(secs[s], 50);
