@@ -16,7 +16,7 @@
  * (d) start of the platform guests: QEMU start (vm.json launchedAt) → VMI Running → its IP in
  *     status.interfaces → the guest's DHCP lease (VESSEL-IP on serial), polled every 20 ms.
  *
- *   node --import tsx bench/network.bench.ts        # about 4-6 minutes on 2 cores
+ *   node --import tsx bench/network.bench.ts        # about 3 minutes on 2 quiet cores, up to 9 loaded
  *   env: BENCH_NET_ROUNDS (5), BENCH_NET_MIB (16: MiB per throughput run), BENCH_NET_PINGS (25 per
  *        round), BENCH_NET_HTTP_N (200 requests per side)
  */
