@@ -1,10 +1,10 @@
 /**
- * Services' data plane end to end on a two-node dev cluster (real QEMU, nftables, dnsmasq): a
- * NodePort Service over two tiny guests on two nodes answers on its ClusterIP from a node's
- * namespace and from a guest, spread over both; its NodePort answers on every node's fabric
- * address; its name (and a VM's hostname.subdomain) resolves, from a node and from a guest; a
- * Service without endpoints refuses at once; when one VM stops its endpoint leaves the slice
- * (measured) and the Service keeps answering.
+ * Services' data plane end to end on a three-node dev cluster (real QEMU, nftables, dnsmasq),
+ * issue 12's acceptance: a NodePort Service over two tiny guests on nodes A and B answers on its
+ * ClusterIP from a third node's guest (and namespace), spread over both; its NodePort answers on
+ * every node's fabric address; its name (and a VM's hostname.subdomain) resolves, from a node and
+ * from a guest; a Service without endpoints refuses at once; when one VM stops its endpoint
+ * leaves the slice within 2 s (measured) and the Service keeps answering, also in the guest.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -24,11 +24,12 @@ type Obj = Record<string, unknown>;
 let c: TestCluster;
 let nodeA: DevNode;
 let nodeB: DevNode;
+let nodeC: DevNode;
 let clusterIP = '';
 let nodePort = 0;
 const vmIp: Record<string, string> = {};
 
-function webVm(name: string, node: string, userData: string): Obj {
+function webVm(name: string, node: string, userData: string, labels: Record<string, string> = { app: 'web' }): Obj {
   return {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachine',
@@ -36,7 +37,7 @@ function webVm(name: string, node: string, userData: string): Obj {
     spec: {
       runStrategy: 'Always',
       template: {
-        metadata: { labels: { app: 'web' } },
+        metadata: { labels },
         spec: {
           hostname: name,
           subdomain: 'web-h',
@@ -87,8 +88,8 @@ const gatewayOf = async (n: DevNode) =>
   })!.metadata!.name!;
 
 before(async () => {
-  c = await startCluster({ nodes: 2 });
-  [nodeA, nodeB] = c.nodes.cluster.nodes;
+  c = await startCluster({ nodes: 3 });
+  [nodeA, nodeB, nodeC] = c.nodes.cluster.nodes;
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
 after(async () => {
@@ -102,8 +103,12 @@ after(async () => {
   await c.close();
 });
 
-test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node and from a guest, spread over both', async () => {
-  // The Service first: its ClusterIP is in the create reply, and web-a's user data polls it.
+const clientSerial = () => serialLog(c.nodes.agents[2].dataDir, ns, 'client');
+/** Who answered the client guest's requests, in order (its `VESSEL-SVC <hostname>` lines). */
+const clientAnswers = async () => [...(await clientSerial()).matchAll(/^VESSEL-SVC (\S+)/gm)].map((m) => m[1]);
+
+test('a ClusterIP/NodePort Service over two VMs on nodes A and B answers from a VM on node C, spread over both; NodePort on every node', async () => {
+  // The Service first: its ClusterIP is in the create reply, and the client's user data polls it.
   const svc = await c.client.create(
     SVC,
     {
@@ -127,18 +132,19 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
     },
     { namespace: ns },
   );
-  // A guest as the client: web-a reads the Service's page every 2 s (busybox nc: the guest's
-  // static busybox wget crashes).
+  // The client guest on node C (not selected by the Service) asks the Service once a second and
+  // prints who answered (busybox nc: the guest's static busybox wget crashes).
   const poll =
-    `#!/bin/sh\n(while true; do if printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc ${clusterIP} 8080 | grep -q counter=; then echo VESSEL-SVC-OK; fi; sleep 2; done) &\n` +
+    `#!/bin/sh\n(while true; do h=$(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${clusterIP} 8080 | sed -n 's/.*hostname=\\([^ ]*\\).*/\\1/p'); [ -n "$h" ] && echo "VESSEL-SVC $h"; sleep 1; done) &\n` +
     // And the resolver DHCP gave it (dnsmasq on its node's gateway, in /etc/resolv.conf)
-    // answers the names: web-a prints what nslookup got, for a minute or three.
+    // answers the names: it prints what nslookup got, for a minute or three.
     `(i=0; while [ $i -lt 60 ]; do for n in web.default.svc.cluster.local web-b.web-h.default.svc.cluster.local; do echo "VESSEL-DNS $n $(nslookup $n 2>/dev/null | sed -n 's/^Address:[[:space:]]*//p' | grep -v ':53$' | tr '\\n' ' ')"; done; i=$((i+1)); sleep 3; done) &\n`;
   const vms = [
-    { name: 'web-a', node: nodeA },
-    { name: 'web-b', node: nodeB },
+    { name: 'web-a', node: nodeA, userData: '#!/bin/sh\ntrue\n', labels: { app: 'web' } },
+    { name: 'web-b', node: nodeB, userData: '#!/bin/sh\ntrue\n', labels: { app: 'web' } },
+    { name: 'client', node: nodeC, userData: poll, labels: { app: 'client' } },
   ];
-  for (const v of vms) await c.client.create(VM, webVm(v.name, v.node.name, v.name === 'web-a' ? poll : '#!/bin/sh\ntrue\n'), { namespace: ns });
+  for (const v of vms) await c.client.create(VM, webVm(v.name, v.node.name, v.userData, v.labels), { namespace: ns });
   for (const v of vms) {
     vmIp[v.name] = await eventually(
       `${v.name} Running with its IP`,
@@ -149,23 +155,39 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
         };
         return st.phase === 'Running' ? st.interfaces?.[0]?.ipAddress : undefined;
       },
-      240_000,
+      300_000,
     );
   }
-  for (const v of vms)
+  for (const v of vms.slice(0, 2))
     await eventually(
       `${v.name} serving HTTP at ${vmIp[v.name]}`,
-      async () => ((await curl(nodeA, `http://${vmIp[v.name]}/`)).stdout.includes('counter=') ? true : undefined),
+      async () => ((await curl(nodeC, `http://${vmIp[v.name]}/`)).stdout.includes('counter=') ? true : undefined),
       300_000,
     );
   await eventually('both endpoints ready in the slice', async () => ((await readyIps('web')).length === 2 ? true : undefined), 30_000);
 
-  // Through the ClusterIP from node A's namespace: both backends answer over a few requests.
+  // The acceptance: the client guest on node C sees both backends through the ClusterIP.
+  const answers = await eventually(
+    'the client VM on node C answered by both web-a and web-b through the ClusterIP',
+    async () => {
+      const a = await clientAnswers();
+      return a.includes('web-a') && a.includes('web-b') ? a : undefined;
+    },
+    300_000,
+    500,
+  ).catch(async (e: Error) => {
+    throw new Error(`${e.message}\n--- client's serial console (tail)\n${(await clientSerial()).slice(-2000)}`);
+  });
+  console.log(
+    `figures: the client VM on node C: ${answers.length} answers so far, web-a ${answers.filter((h) => h === 'web-a').length}, web-b ${answers.filter((h) => h === 'web-b').length}`,
+  );
+
+  // Through the ClusterIP from node C's namespace too: both backends answer over a few requests.
   const seen = new Set<string>();
   await eventually(
-    `both VMs answering through ${clusterIP}:8080`,
+    `both VMs answering through ${clusterIP}:8080 from node C`,
     async () => {
-      const r = await curl(nodeA, `http://${clusterIP}:8080/`);
+      const r = await curl(nodeC, `http://${clusterIP}:8080/`);
       const h = hostOf(r.stdout);
       if (h) seen.add(h);
       return seen.size === 2 ? true : undefined;
@@ -174,30 +196,22 @@ test('a ClusterIP/NodePort Service over two VMs on two nodes answers from a node
     50,
   );
   assert.deepEqual([...seen].sort(), ['web-a', 'web-b']);
-  // The NodePort on each node's fabric address, asked from the other node.
-  for (const [target, from] of [
-    [nodeA, nodeB],
-    [nodeB, nodeA],
-  ]) {
+  // The NodePort on each of the three nodes' fabric addresses, asked from the next node (node C
+  // has no endpoint: its NodePort forwards to both others).
+  const nodes = [nodeA, nodeB, nodeC];
+  for (const [i, target] of nodes.entries()) {
+    const from = nodes[(i + 1) % nodes.length];
     const r = await curl(from, `http://${target.fabricIp}:${nodePort}/`);
     assert.match(r.stdout, /counter=/, `NodePort ${nodePort} on ${target.name} (${target.fabricIp}) from ${from.name}: ${r.stderr}`);
   }
-  // A guest reaches it too (on its own node, or across VXLAN with the reply through node A).
-  await eventually(
-    'web-a reaching the Service from inside the guest',
-    async () => ((await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).includes('VESSEL-SVC-OK') ? true : undefined),
-    120_000,
-  ).catch(async (e: Error) => {
-    throw new Error(`${e.message}\n--- web-a's serial console (tail)\n${(await serialLog(c.nodes.agents[0].dataDir, ns, 'web-a')).slice(-2000)}`);
-  });
 
   // Latency: curls through the ClusterIP, and straight to the two VMs alternately (the same mix
-  // of local and remote backends as the random spread), from node A; medians.
+  // of backends as the random spread: both remote from node C), from node C; medians.
   const timing = async (urls: string[], n = 15) => {
     const t: number[] = [];
     for (let i = 0; i < n; i++)
       t.push(
-        Number((await runInNode(nodeA, ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--max-time', '3', urls[i % urls.length]])).stdout) * 1000,
+        Number((await runInNode(nodeC, ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_total}', '--max-time', '3', urls[i % urls.length]])).stdout) * 1000,
       );
     return t.sort((x, y) => x - y)[Math.floor(n / 2)];
   };
@@ -231,14 +245,14 @@ test('DNS at the node and from a guest: the Service name gives its ClusterIP, a 
     10_000,
   );
   assert.doesNotMatch(a, new RegExp(vmIp['web-b'].replace(/\./g, '\\.')));
-  // From inside a guest (web-a), through the resolver DHCP gave it.
-  const serial = () => serialLog(c.nodes.agents[0].dataDir, ns, 'web-a');
+  // From inside a guest (the client on node C), through the resolver DHCP gave it.
+  const serial = clientSerial;
   for (const [name, want] of [
     ['web.default.svc.cluster.local', clusterIP],
     ['web-b.web-h.default.svc.cluster.local', vmIp['web-b']],
   ]) {
     await eventually(
-      `web-a resolving ${name} to ${want}`,
+      `the client VM resolving ${name} to ${want}`,
       async () => ((await serial()).split('\n').some((l) => l.startsWith(`VESSEL-DNS ${name} `) && l.split(' ').includes(want)) ? true : undefined),
       60_000,
     ).catch(async (e: Error) => {
@@ -252,7 +266,7 @@ test('DNS at the node and from a guest: the Service name gives its ClusterIP, a 
     });
   }
   const headless = await lookup('web-h.default.svc.cluster.local');
-  for (const ip of Object.values(vmIp)) assert.ok(headless.includes(ip), `the headless Service lists ${ip}: ${headless}`);
+  for (const ip of [vmIp['web-a'], vmIp['web-b']]) assert.ok(headless.includes(ip), `the headless Service lists ${ip}: ${headless}`);
 });
 
 test('a Service without ready endpoints refuses at once rather than hanging', async () => {
@@ -294,4 +308,27 @@ test('when one VM stops, its endpoint leaves the slice within 2 s and the Servic
     const r = await curl(nodeB, `http://${clusterIP}:8080/`);
     assert.equal(hostOf(r.stdout), 'web-a', `request ${i} answered by web-a: ${r.stderr}`);
   }
+  // The client guest on node C keeps being answered, by web-a alone, once node C's table has it.
+  await eventually(
+    "node C's table without web-b",
+    async () => ((await runInNode(nodeC, ['nft', 'list', 'table', 'ip', 'vessel-services'])).stdout.includes(vmIp['web-b']) ? undefined : true),
+    10_000,
+    20,
+  );
+  // The first answer after this point may come from a request that was already on its way to web-b.
+  const seenBefore = (await clientAnswers()).length + 1;
+  const later = await eventually(
+    'three more answers to the client VM',
+    async () => {
+      const a = (await clientAnswers()).slice(seenBefore);
+      return a.length >= 3 ? a : undefined;
+    },
+    60_000,
+    500,
+  );
+  assert.deepEqual(
+    later,
+    later.map(() => 'web-a'),
+    `answers to the client after web-b stopped: ${later.join(' ')}`,
+  );
 });

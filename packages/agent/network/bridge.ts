@@ -15,6 +15,20 @@ export async function ensureBridge(ns: NetNs, mtu = VM_MTU): Promise<void> {
   await ip(ns, ['link', 'set', BRIDGE, 'mtu', String(mtu), 'up']);
 }
 
+/**
+ * Makes `port` a port of `bridge` (default the VM bridge), up; on the VM bridge in hairpin mode. Hairpin:
+ * a VM's connection to a Service DNATed to that same VM must leave by the port it came in on.
+ * Where br_netfilter calls the IP hooks for bridged frames (`bridge-nf-call-iptables`, on in
+ * this machine's namespaces), the node's DNAT turns the frame into a bridged one towards the
+ * client's own MAC, and a bridge never sends a frame back out its ingress port unless that port
+ * is in hairpin mode (kubelet's hairpin-veth, the CNI bridge plugin's hairpinMode). The price:
+ * the VM also sees its own broadcasts, which ARP, DHCP and IPv6's DAD (nonce) ignore.
+ */
+export async function addBridgePort(ns: NetNs, port: string, mtu = VM_MTU, bridge = BRIDGE): Promise<void> {
+  await ip(ns, ['link', 'set', port, 'mtu', String(mtu), 'master', bridge, 'up']);
+  if (bridge === BRIDGE) await ip(ns, ['link', 'set', port, 'type', 'bridge_slave', 'hairpin', 'on']);
+}
+
 /** Gives the bridge exactly `cidr` (the gateway, e.g. 10.244.0.1/16) as its IPv4 address. */
 export async function setBridgeAddress(ns: NetNs, cidr: string): Promise<void> {
   const r = await ip(ns, ['-j', '-4', 'addr', 'show', 'dev', BRIDGE]);

@@ -96,7 +96,7 @@ test('nftables: the vessel table masquerades VM egress, and a rerun replaces it'
   assert.match(out, /ip saddr 10\.244\.0\.0\/16 ip daddr != 10\.244\.0\.0\/16/);
 });
 
-test('taps: made on the bridge with MTU 1450, re-made for multiqueue, removed', async () => {
+test('taps: made on the bridge with MTU 1450 in hairpin mode, re-made for multiqueue, removed', async () => {
   const [a] = cluster.nodes;
   const t = tapName('default', 'vm1');
   assert.equal(t.length, 14);
@@ -107,6 +107,9 @@ test('taps: made on the bridge with MTU 1450, re-made for multiqueue, removed', 
   await ensureTap(a.netns, t, { multiQueue: true });
   d = await linkDetails(a.netns, t);
   assert.equal((d?.linkinfo as { info_data: { multi_queue: boolean } }).info_data.multi_queue, true);
+  // Hairpin mode (a VM's Service connection DNATed to itself goes back out its own port), also
+  // on the re-made tap.
+  assert.equal((d?.linkinfo as { info_slave_data?: { hairpin?: boolean } }).info_slave_data?.hairpin, true);
   assert.deepEqual(await listTaps(a.netns), [t]);
   await removeTap(a.netns, t);
   await removeTap(a.netns, t);

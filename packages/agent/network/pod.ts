@@ -10,7 +10,7 @@
 import { mkdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseIPv4 } from '@vessel/api';
-import { BRIDGE, VM_MTU } from './bridge.ts';
+import { addBridgePort, VM_MTU } from './bridge.ts';
 import { deleteNetns } from './devcluster.ts';
 import { alive, cmdline } from './dnsmasq.ts';
 import { NetworkError } from './errors.ts';
@@ -143,7 +143,7 @@ export async function ensurePod(nodeNetns: NetNs, stateDir: string, namespace: s
     await ip(pod, ['link', 'del', POD_IFACE], { okCodes: [1, 255] });
     await ip(nodeNetns, ['link', 'add', veth, 'type', 'veth', 'peer', 'name', POD_IFACE, 'netns', pod]);
   }
-  await ip(nodeNetns, ['link', 'set', veth, 'mtu', String(VM_MTU), 'master', BRIDGE, 'up']);
+  await addBridgePort(nodeNetns, veth);
   // The VM's MAC may still be learnt on the VXLAN port (it ran on another node a moment ago) and
   // the pod sends nothing before it is asked: tell the bridge where the MAC is now.
   await bridgeCmd(nodeNetns, ['fdb', 'replace', p.mac, 'dev', veth, 'master', 'static']);

@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { KubeObject } from '@vessel/runtime';
-import { BRIDGE, enableForwarding, ensureBridge, setBridgeAddress } from './bridge.ts';
+import { addBridgePort, enableForwarding, ensureBridge, setBridgeAddress } from './bridge.ts';
 import { createDevCluster, deleteNetns, runInNode, type DevCluster } from './devcluster.ts';
 import { Dnsmasq } from './dnsmasq.ts';
 import { inNs, ip, runCmd } from './exec.ts';
@@ -50,6 +50,8 @@ const apply = async (slices: KubeObject[]) => {
   }
   return models;
 };
+/** curl from inside endpoint i's namespace (a VM as the client); never throws. */
+const fromEp = (i: number, url: string) => runCmd(['ip', 'netns', 'exec', epNs(i), 'curl', '-sS', '--max-time', '3', url], { okCodes: [...Array(256).keys()] });
 const curl = (n: number, url: string) => runInNode(cluster.nodes[n], ['curl', '-sS', '--max-time', '5', url]);
 
 before(async () => {
@@ -71,7 +73,7 @@ before(async () => {
     const node = cluster.nodes[e.node];
     await ip(undefined, ['netns', 'add', ns]);
     await ip(node.netns, ['link', 'add', `v${e.name}`, 'mtu', '1450', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns]);
-    await ip(node.netns, ['link', 'set', `v${e.name}`, 'master', BRIDGE, 'up']);
+    await addBridgePort(node.netns, `v${e.name}`); // as the agent attaches a VM's tap (hairpin mode)
     await ip(ns, ['link', 'set', 'lo', 'up']);
     await ip(ns, ['addr', 'add', `${e.ip}/16`, 'dev', 'eth0']);
     await ip(ns, ['link', 'set', 'eth0', 'up']);
@@ -111,13 +113,35 @@ test('ClusterIP: spread over endpoints on both nodes (the remote one answers thr
     assert.match(r.stdout, /hostname=ep[01]/, `NodePort on node ${target} from node ${from}: ${r.stderr}`);
   }
   // A VM as the client (ep0, to the endpoint on the other node), again and again: no ICMP
-  // redirect sends it past the node. Known gap: a client whose Service picks itself times out
-  // (docs/network.md), so ep1 is the only endpoint here.
+  // redirect sends it past the node.
   await apply([slice('web', [eps[1].ip])]);
   for (let i = 0; i < 8; i++) {
-    const r = await runCmd(['ip', 'netns', 'exec', epNs(0), 'curl', '-sS', '--max-time', '3', 'http://10.96.0.20:8080/'], { okCodes: [...Array(256).keys()] });
+    const r = await fromEp(0, 'http://10.96.0.20:8080/');
     assert.match(r.stdout, /hostname=ep1/, r.stderr);
   }
+});
+
+test('hairpin: a VM whose Service connection is DNATed to itself is answered (by itself, through the node)', async () => {
+  // ep0 is the only endpoint: every connection goes out to the node and back in by the same
+  // bridge port. Without hairpin mode on that port the bridge drops it and curl times out.
+  await apply([slice('web', [eps[0].ip])]);
+  for (let i = 0; i < 4; i++) {
+    const r = await fromEp(0, 'http://10.96.0.20:8080/');
+    assert.match(r.stdout, /hostname=ep0/, `request ${i}: ${r.stderr}`);
+  }
+  // Both endpoints: ep0 as the client is answered every time, by both over the tries.
+  await apply([
+    slice(
+      'web',
+      eps.map((e) => e.ip),
+    ),
+  ]);
+  const seen = new Map<string, number>();
+  for (let i = 0; i < 16; i++) {
+    const h = /hostname=(\S+)/.exec((await fromEp(0, 'http://10.96.0.20:8080/')).stdout)?.[1] ?? 'timeout';
+    seen.set(h, (seen.get(h) ?? 0) + 1);
+  }
+  assert.deepEqual([...seen.keys()].sort(), ['ep0', 'ep1'], JSON.stringify([...seen]));
 });
 
 test('no ready endpoints: refused at once; a slice change is applied by replacing the table whole', async () => {

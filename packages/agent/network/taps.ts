@@ -4,7 +4,7 @@
  * an agent restart finds it again; removed when the VM stops.
  */
 import { createHash } from 'node:crypto';
-import { BRIDGE, VM_MTU } from './bridge.ts';
+import { VM_MTU, addBridgePort } from './bridge.ts';
 import { ip, linkDetails, type NetNs } from './exec.ts';
 
 export const TAP_PREFIX = 'vsl';
@@ -16,7 +16,7 @@ export function tapName(namespace: string, name: string): string {
 
 export const isTapName = (n: string): boolean => /^vsl[0-9a-f]{11}$/.test(n);
 
-/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge (`bridge`, default vsl-br0), up. */
+/** Creates the tap (with multi_queue when QEMU opens several queues), a port of the bridge (`bridge`, default vsl-br0; there in hairpin mode, see addBridgePort), up. */
 export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: boolean; mtu?: number; bridge?: string } = {}): Promise<void> {
   const d = await linkDetails(ns, name);
   const mq = (d?.linkinfo as { info_data?: { multi_queue?: boolean } } | undefined)?.info_data?.multi_queue === true;
@@ -26,7 +26,7 @@ export async function ensureTap(ns: NetNs, name: string, opts: { multiQueue?: bo
   const stale = !!d && (!tun || mq !== !!opts.multiQueue);
   if (stale) await ip(ns, ['link', 'del', name]);
   if (!d || stale) await ip(ns, ['tuntap', 'add', 'dev', name, 'mode', 'tap', ...(opts.multiQueue ? ['multi_queue'] : [])]);
-  await ip(ns, ['link', 'set', name, 'mtu', String(opts.mtu ?? VM_MTU), 'master', opts.bridge ?? BRIDGE, 'up']);
+  await addBridgePort(ns, name, opts.mtu ?? VM_MTU, opts.bridge);
 }
 
 export async function removeTap(ns: NetNs, name: string): Promise<void> {
