@@ -25,7 +25,7 @@ export { DataVolumeController } from './datavolume.ts';
 export { DataSourceController } from './datasource.ts';
 export { VirtualMachineController } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
-export { MigrationController, MIGRATION_TARGET_ANNOTATION, migrationStateOf, migrationActive, type MigrationState } from './migration.ts';
+export { MigrationController, MIGRATION_TARGET_ANNOTATION } from './migration.ts';
 export { CloneController } from './clone.ts';
 export { NodeLifecycleController } from './node-lifecycle.ts';
 export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';

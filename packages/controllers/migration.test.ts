@@ -8,7 +8,10 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { refs } from '@vessel/api';
 import { setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
-import { MIGRATION_TARGET_ANNOTATION, MigrationController, type MigrationState } from './migration.ts';
+import { migration } from '@vessel/api';
+import { MIGRATION_TARGET_ANNOTATION, MigrationController } from './migration.ts';
+
+type MigrationState = migration.MigrationState;
 import { agentSets, createNode, InMemoryClient, until } from './testing/harness.ts';
 
 const { VMIS, VMIMS } = refs;

@@ -9,7 +9,7 @@
  * act on. Work is keyed by VMI, so one VMI's migrations are decided in order, and every
  * reconcile makes at most one write.
  */
-import { phaseOf, refs } from '@vessel/api';
+import { migration, phaseOf, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { cacheKey, Controller, EventRecorder, getCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { scheduleVmi, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
@@ -25,28 +25,9 @@ const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
 /** The phases of a migration that succeeds, in order (PreparingTarget is not used: the target's preparation is Scheduled). */
 const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'];
 
-/** The VMI's status.migrationState, with KubeVirt's field names. */
-export interface MigrationState {
-  migrationUid?: string;
-  sourceNode?: string;
-  targetNode?: string;
-  targetNodeAddress?: string;
-  targetDirectMigrationNodePorts?: Record<string, number>;
-  mode?: string;
-  startTimestamp?: string;
-  endTimestamp?: string;
-  completed?: boolean;
-  failed?: boolean;
-  failureReason?: string;
-  abortRequested?: boolean;
-  abortStatus?: string;
-}
-
-export const migrationStateOf = (vmi: KubeObject | undefined): MigrationState | undefined =>
-  (vmi?.status as { migrationState?: MigrationState } | undefined)?.migrationState;
-
-/** Whether a migrationState describes a migration still under way (neither completed nor failed). */
-export const migrationActive = (ms: MigrationState | undefined): boolean => !!ms?.migrationUid && !ms.completed && !ms.failed;
+type MigrationState = migration.MigrationState;
+const migrationStateOf = migration.stateOf;
+const migrationActive = migration.isActive;
 
 /** The migration phase the VMI's migrationState stands for (the agents' progress). */
 export function phaseFromState(ms: MigrationState): MigrationPhase {

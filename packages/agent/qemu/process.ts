@@ -62,6 +62,16 @@ export function runDirFiles(runDir: string): RunDirFiles {
   };
 }
 
+/** The last line QEMU wrote to its log in `runDir` (why it exited), or a placeholder. */
+export async function lastLogLine(runDir: string): Promise<string> {
+  const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
+  const lines = text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean);
+  return lines[lines.length - 1] ?? 'no output from QEMU';
+}
+
 /** Who the VM is, so an agent that restarts can map the process back to its VMI. */
 export interface VmIdentity {
   uid?: string;

@@ -13,12 +13,11 @@
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
  * migrationState says failed with the reason.
  */
-import { readFile } from 'node:fs/promises';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { refs, storage } from '@vessel/api';
+import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
-import { runDirFiles } from '../qemu/process.ts';
+import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
 
 const { VMIS } = refs;
@@ -29,26 +28,9 @@ const POLL_MS = 200;
 /** How long a ready target waits for the source to start sending. */
 const SOURCE_START_TIMEOUT_MS = 300_000;
 
-/** The VMI's status.migrationState (the fields this increment uses; KubeVirt's names). */
-export interface MigrationState {
-  migrationUid?: string;
-  sourceNode?: string;
-  targetNode?: string;
-  targetNodeAddress?: string;
-  targetDirectMigrationNodePorts?: Record<string, number>;
-  mode?: string;
-  startTimestamp?: string;
-  endTimestamp?: string;
-  completed?: boolean;
-  failed?: boolean;
-  failureReason?: string;
-  abortRequested?: boolean;
-  abortStatus?: string;
-}
-
-export const migrationStateOf = (vmi: KubeObject | undefined): MigrationState | undefined =>
-  (vmi?.status as { migrationState?: MigrationState } | undefined)?.migrationState;
-const active = (ms: MigrationState | undefined): ms is MigrationState & { migrationUid: string } => !!ms?.migrationUid && !ms.completed && !ms.failed;
+type MigrationState = migration.MigrationState;
+const migrationStateOf = migration.stateOf;
+const active = migration.isActive;
 
 export interface LiveMigratableCondition {
   type: 'LiveMigratable';
@@ -429,13 +411,4 @@ async function updateVmi(client: Client, vmi: KubeObject, mutate: (obj: KubeObje
       if (!isStatusError(e, 'Conflict') || attempt >= 20) throw e;
     }
   }
-}
-
-async function lastLogLine(runDir: string): Promise<string> {
-  const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
-  const lines = text
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean);
-  return lines[lines.length - 1] ?? 'no output from QEMU';
 }

@@ -19,7 +19,7 @@
  * namespace directory goes with it. QEMUs started before this layout (`vms/<namespace>/<name>`)
  * are re-adopted where they run, and their directory is removed when their VMI is gone.
  */
-import { readdir, readFile, rm, rmdir, stat } from 'node:fs/promises';
+import { readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames } from '@vessel/api';
@@ -29,7 +29,7 @@ import { cacheKey, Controller, EventRecorder, getCondition, setCondition, update
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
-import { adopt, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
+import { adopt, lastLogLine, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
 import { cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { scrubPaths } from '../scrub.ts';
@@ -788,15 +788,6 @@ export class VmActionError extends HttpError {
     super(code, message);
     this.name = 'VmActionError';
   }
-}
-
-async function lastLogLine(runDir: string): Promise<string> {
-  const text = await readFile(runDirFiles(runDir).log, 'utf8').catch(() => '');
-  const lines = text
-    .split('\n')
-    .map((l) => l.trim())
-    .filter(Boolean);
-  return lines[lines.length - 1] ?? 'no output from QEMU';
 }
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
