@@ -14,7 +14,7 @@ import { IPADDRESSES, podNetnsName, runInNode, type DevNode } from '@vessel/agen
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
-import { runDirOf, serialLog } from './tiny-vm.ts';
+import { runDirOf, serialLog, tinyVm, type TinyVmOptions } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -28,48 +28,9 @@ let node1: DevNode;
 const ips: Record<string, string> = {};
 const nodeOf: Record<string, DevNode> = {};
 
-function vm(name: string, node: string, binding: Obj, userData: string, extra: Obj = {}): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachine',
-    metadata: { name, namespace: ns },
-    spec: {
-      runStrategy: 'Always',
-      template: {
-        metadata: { labels: { app: 'peer' } },
-        spec: {
-          terminationGracePeriodSeconds: 5,
-          nodeSelector: { 'kubernetes.io/hostname': node },
-          ...extra,
-          domain: {
-            resources: { requests: { memory: '128Mi' } },
-            devices: {
-              disks: [
-                { name: 'root', disk: { bus: 'virtio' } },
-                { name: 'cloudinit', disk: { bus: 'virtio' } },
-              ],
-              interfaces: [{ name: 'default', ...binding }],
-            },
-          },
-          networks: [{ name: 'default', pod: {} }],
-          volumes: [
-            { name: 'root', dataVolume: { name: `${name}-root` } },
-            { name: 'cloudinit', cloudInitNoCloud: { userData } },
-          ],
-        },
-      },
-      // The shared pool: b's disk is there for node 0 as for node 1.
-      dataVolumeTemplates: [
-        {
-          metadata: { name: `${name}-root` },
-          spec: {
-            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
-            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
-          },
-        },
-      ],
-    },
-  };
+/** A tiny guest pinned to `node`, its root disk on the shared pool (so it may move). */
+function vm(name: string, node: string, binding: 'bridge' | 'masquerade', userData: string, extra: Pick<TinyVmOptions, 'hostname' | 'subdomain'> = {}): Obj {
+  return tinyVm(name, { namespace: ns, node, binding, userData, labels: { app: 'peer' }, storageClass: 'shared', terminationGracePeriodSeconds: 5, ...extra });
 }
 
 async function allocation(name: string): Promise<string> {
@@ -169,9 +130,9 @@ test('a masquerade guest gets 10.0.2.2 from its pod, answers at its cluster IP a
     'if [ -n "$A" ] && nc a.peers.default.svc.cluster.local 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-NAME $A"; fi; ' +
     'if [ -n "$A" ] && nc $A 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-IP $A"; fi; ' +
     'sleep 3; done) &\n';
-  await c.client.create(VM, vm('b', node1.name, { masquerade: {} }, bUser), { namespace: ns });
+  await c.client.create(VM, vm('b', node1.name, 'masquerade', bUser), { namespace: ns });
   ips.b = await allocation('b');
-  await c.client.create(VM, vm('a', node0.name, { bridge: {} }, aUser(ips.b), { hostname: 'a', subdomain: 'peers' }), { namespace: ns });
+  await c.client.create(VM, vm('a', node0.name, 'bridge', aUser(ips.b), { hostname: 'a', subdomain: 'peers' }), { namespace: ns });
   ips.a = await allocation('a');
   const sb = await running('b');
   const nic = sb.interfaces?.[0] ?? {};

@@ -17,7 +17,7 @@ import { FABRIC_IP_ANNOTATION, IPADDRESSES, runInNode, type DevNode } from '@ves
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
-import { runDirOf, serialLog } from './tiny-vm.ts';
+import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -49,40 +49,9 @@ async function allocation(resource: string, name: string, namespace?: string): P
   );
 }
 
+/** A tiny guest with the bridge binding, pinned to `node`; its root disk on the shared pool, where every node can clone the golden image. */
 function bridgedVm(name: string, node: string, userData?: string): Obj {
-  const cloudInit = userData
-    ? { disks: [{ name: 'cloudinit', disk: { bus: 'virtio' } }], volumes: [{ name: 'cloudinit', cloudInitNoCloud: { userData } }] }
-    : { disks: [], volumes: [] };
-  return {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachine',
-    metadata: { name, namespace: ns },
-    spec: {
-      runStrategy: 'Always',
-      template: {
-        spec: {
-          terminationGracePeriodSeconds: 10,
-          nodeSelector: { 'kubernetes.io/hostname': node },
-          domain: {
-            resources: { requests: { memory: '128Mi' } },
-            devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...cloudInit.disks], interfaces: [{ name: 'default', bridge: {} }] },
-          },
-          networks: [{ name: 'default', pod: {} }],
-          volumes: [{ name: 'root', dataVolume: { name: `${name}-root` } }, ...cloudInit.volumes],
-        },
-      },
-      // The shared pool: every node can clone the golden image there.
-      dataVolumeTemplates: [
-        {
-          metadata: { name: `${name}-root` },
-          spec: {
-            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
-            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
-          },
-        },
-      ],
-    },
-  };
+  return tinyVm(name, { namespace: ns, node, binding: 'bridge', userData, storageClass: 'shared', terminationGracePeriodSeconds: 10 });
 }
 
 type VmiStatus = {

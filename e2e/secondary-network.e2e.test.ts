@@ -15,7 +15,7 @@ import { runInNode, type DevNode } from '@vessel/agent';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, kubectlFor, KUBECTL_SKIP, rejects, run, startCluster, type TestCluster } from './harness.ts';
-import { serialLog } from './tiny-vm.ts';
+import { serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -41,52 +41,17 @@ const nad = (name: string, bridge: string, extra: Obj = {}): Obj => ({
   spec: { config: JSON.stringify({ cniVersion: '0.3.1', name, type: 'bridge', bridge, mtu: 1450, ...extra }) },
 });
 
+/** eth0 on the pod network (masquerade), eth1 (`lan`) on the NAD `networkName`. */
 function vm(name: string, node: string, networkName: string, userData: string): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachine',
-    metadata: { name, namespace: NSN },
-    spec: {
-      runStrategy: 'Always',
-      template: {
-        spec: {
-          terminationGracePeriodSeconds: 5,
-          nodeSelector: { 'kubernetes.io/hostname': node },
-          domain: {
-            resources: { requests: { memory: '128Mi' } },
-            devices: {
-              disks: [
-                { name: 'root', disk: { bus: 'virtio' } },
-                { name: 'cloudinit', disk: { bus: 'virtio' } },
-              ],
-              // eth0: the pod network (masquerade: QEMU user networking today); eth1: the NAD.
-              interfaces: [
-                { name: 'default', masquerade: {} },
-                { name: 'lan', bridge: {} },
-              ],
-            },
-          },
-          networks: [
-            { name: 'default', pod: {} },
-            { name: 'lan', multus: { networkName } },
-          ],
-          volumes: [
-            { name: 'root', dataVolume: { name: `${name}-root` } },
-            { name: 'cloudinit', cloudInitNoCloud: { userData } },
-          ],
-        },
-      },
-      dataVolumeTemplates: [
-        {
-          metadata: { name: `${name}-root` },
-          spec: {
-            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
-            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
-          },
-        },
-      ],
-    },
-  };
+  return tinyVm(name, {
+    namespace: NSN,
+    node,
+    binding: 'masquerade',
+    multus: { lan: networkName },
+    userData,
+    storageClass: 'shared',
+    terminationGracePeriodSeconds: 5,
+  });
 }
 
 /** User data: eth1 gets `addr`; with `probe`, every 2 s a line `VESSEL-SN <n> peer=<ok|no> g200=<ok|no>`. */

@@ -12,7 +12,7 @@ import { IPADDRESSES, runInNode, type DevNode } from '@vessel/agent';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, startCluster, type TestCluster } from './harness.ts';
-import { serialLog } from './tiny-vm.ts';
+import { serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -30,47 +30,17 @@ let nodePort = 0;
 const vmIp: Record<string, string> = {};
 
 function webVm(name: string, node: string, userData: string, labels: Record<string, string> = { app: 'web' }): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachine',
-    metadata: { name, namespace: ns },
-    spec: {
-      runStrategy: 'Always',
-      template: {
-        metadata: { labels },
-        spec: {
-          hostname: name,
-          subdomain: 'web-h',
-          terminationGracePeriodSeconds: 5,
-          nodeSelector: { 'kubernetes.io/hostname': node },
-          domain: {
-            resources: { requests: { memory: '128Mi' } },
-            devices: {
-              disks: [
-                { name: 'root', disk: { bus: 'virtio' } },
-                { name: 'cloudinit', disk: { bus: 'virtio' } },
-              ],
-              interfaces: [{ name: 'default', bridge: {} }],
-            },
-          },
-          networks: [{ name: 'default', pod: {} }],
-          volumes: [
-            { name: 'root', dataVolume: { name: `${name}-root` } },
-            { name: 'cloudinit', cloudInitNoCloud: { userData } },
-          ],
-        },
-      },
-      dataVolumeTemplates: [
-        {
-          metadata: { name: `${name}-root` },
-          spec: {
-            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
-            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
-          },
-        },
-      ],
-    },
-  };
+  return tinyVm(name, {
+    namespace: ns,
+    node,
+    binding: 'bridge',
+    userData,
+    labels,
+    hostname: name,
+    subdomain: 'web-h',
+    storageClass: 'shared',
+    terminationGracePeriodSeconds: 5,
+  });
 }
 
 const curl = (n: DevNode, url: string) => runInNode(n, ['curl', '-sS', '--max-time', '3', url]);

@@ -15,11 +15,32 @@ export interface TinyVmOptions {
   memory?: string;
   cores?: number;
   dataVolume?: string;
+  /** The root disk's storage class (e.g. `shared`, so any node can run the VM); default the cluster's. */
+  storageClass?: string;
+  /** Pins the VM to a node (nodeSelector `kubernetes.io/hostname`). */
+  node?: string;
+  /** The binding of the pod interface `default`; none: admission's default (masquerade). */
+  binding?: 'bridge' | 'masquerade';
+  /** Secondary NICs (bridge binding) on NetworkAttachmentDefinitions: interface name → NAD name. */
+  multus?: Record<string, string>;
+  /** The template's labels (what Services and NetworkPolicies select). */
+  labels?: Record<string, string>;
+  hostname?: string;
+  subdomain?: string;
+  terminationGracePeriodSeconds?: number;
 }
 
 export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
   const volumes: Obj[] = [{ name: 'root', dataVolume: { name: opts.dataVolume ?? `${name}-root` } }];
   if (opts.userData) volumes.push({ name: 'cloudinit', cloudInitNoCloud: { userData: opts.userData } });
+  const multus = Object.entries(opts.multus ?? {});
+  const nics =
+    opts.binding || multus.length
+      ? {
+          interfaces: [{ name: 'default', [opts.binding ?? 'masquerade']: {} }, ...multus.map(([iface]) => ({ name: iface, bridge: {} }))],
+          networks: [{ name: 'default', pod: {} }, ...multus.map(([iface, networkName]) => ({ name: iface, multus: { networkName } }))],
+        }
+      : undefined;
   return {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachine',
@@ -27,13 +48,21 @@ export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
     spec: {
       runStrategy: opts.runStrategy ?? 'Always',
       template: {
+        ...(opts.labels ? { metadata: { labels: opts.labels } } : {}),
         spec: {
-          terminationGracePeriodSeconds: 20,
+          terminationGracePeriodSeconds: opts.terminationGracePeriodSeconds ?? 20,
+          ...(opts.node ? { nodeSelector: { 'kubernetes.io/hostname': opts.node } } : {}),
+          ...(opts.hostname ? { hostname: opts.hostname } : {}),
+          ...(opts.subdomain ? { subdomain: opts.subdomain } : {}),
           domain: {
             ...(opts.cores ? { cpu: { cores: opts.cores } } : {}),
             resources: { requests: { memory: opts.memory ?? '128Mi' } },
-            devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...(opts.userData ? [{ name: 'cloudinit', disk: { bus: 'virtio' } }] : [])] },
+            devices: {
+              disks: [{ name: 'root', disk: { bus: 'virtio' } }, ...(opts.userData ? [{ name: 'cloudinit', disk: { bus: 'virtio' } }] : [])],
+              ...(nics ? { interfaces: nics.interfaces } : {}),
+            },
           },
+          ...(nics ? { networks: nics.networks } : {}),
           volumes,
         },
       },
@@ -42,7 +71,10 @@ export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
         : [
             {
               metadata: { name: `${name}-root` },
-              spec: { sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' }, storage: { resources: { requests: { storage: '1Gi' } } } },
+              spec: {
+                sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+                storage: { ...(opts.storageClass ? { storageClassName: opts.storageClass } : {}), resources: { requests: { storage: '1Gi' } } },
+              },
             },
           ],
     },
