@@ -6,6 +6,8 @@
  * reboot (its uptime goes on in the target's serial log), it answers TCP from the other node's
  * namespace, and one QEMU runs. A ping every 100 ms from a node's namespace gives the longest
  * interruption. Then a migration whose target QEMU is killed fails and leaves the source running.
+ * Last, `vessel drain` of its node moves it off (the node cordoned), and the kubevirt.io/drain
+ * taint on the other node moves it back.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -21,6 +23,7 @@ import { runDirOf, serialLog } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+const NODE: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
 const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
 const ns = 'default';
 const NAME = 'mover';
@@ -58,6 +61,8 @@ function migratableVm(): Obj {
       template: {
         spec: {
           terminationGracePeriodSeconds: 5,
+          // What `vessel drain` and the drain taint move (KubeVirt's default is None).
+          evictionStrategy: 'LiveMigrate',
           domain: {
             resources: { requests: { memory: '128Mi' } },
             devices: {
@@ -125,6 +130,7 @@ before(async () => {
 });
 after(async () => {
   if (!c) return;
+  for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null, taints: null } }).catch(() => undefined);
   await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
     () => undefined,
@@ -336,4 +342,50 @@ test('a migration whose target QEMU is killed fails; the guest keeps running on 
   await eventually('the guest still printing its uptime on its node', async () => (((await lastUptime(source)) ?? 0) > u0 + 2 ? true : undefined), 60_000);
   await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
   console.log(`figures: failed migration (target QEMU pid ${killed} killed): ${done.migrationState?.failureReason}`);
+});
+
+test('vessel drain moves the guest off its node (cordoned), uncordon; the kubevirt.io/drain taint moves it back', { timeout: 600_000 }, async () => {
+  const s0 = await vmiStatus();
+  assert.equal(s0.phase, 'Running');
+  const source = s0.nodeName!;
+  const other = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  const ip = s0.interfaces?.[0]?.ipAddress;
+  const t0 = Date.now();
+  const r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, 'drain', source, '--timeout', '300'], { timeoutMs: 400_000 });
+  assert.equal(r.code, 0, `vessel drain failed: ${r.err}`);
+  assert.match(r.out, new RegExp(`node/${source} cordoned`));
+  assert.match(r.out, new RegExp(`evicting ${ns}/${NAME} \\(live migration`));
+  assert.match(r.out, new RegExp(`node/${source} drained`));
+  const s1 = await vmiStatus();
+  assert.equal(s1.nodeName, other);
+  assert.equal(s1.interfaces?.[0]?.ipAddress, ip, 'the same IP');
+  assert.equal(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
+  const u0 = (await lastUptime(other)) ?? 0;
+  await eventually('the guest printing its uptime on its new node', async () => (((await lastUptime(other)) ?? 0) > u0 ? true : undefined), 60_000);
+  console.log(`figures: vessel drain ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+
+  const un = await run(VESSEL, ['--kubeconfig', c.kubeconfig, 'uncordon', source]);
+  assert.equal(un.code, 0, un.err);
+  assert.notEqual(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
+
+  // The drain taint on its new node: the evacuation controller migrates it back, with an event.
+  await c.client.patch(NODE, other, { spec: { taints: [{ key: 'kubevirt.io/drain', effect: 'NoSchedule' }] } });
+  try {
+    await eventually(
+      `the VMI back on ${source}`,
+      async () => {
+        const st = await vmiStatus();
+        return st.nodeName === source && st.migrationState?.completed ? true : undefined;
+      },
+      300_000,
+    );
+    const events = (await c.client.list({ group: '', version: 'v1', plural: 'events', namespaced: true }, { namespace: ns })).items as {
+      reason?: string;
+      involvedObject?: { name?: string };
+    }[];
+    assert.ok(events.some((e) => e.reason === 'EvictionTriggered' && e.involvedObject?.name === NAME));
+  } finally {
+    await c.client.patch(NODE, other, { spec: { taints: null } });
+  }
+  await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
 });

@@ -11,6 +11,7 @@ import { registerConsole } from './commands/console.ts';
 import { registerCreate } from './commands/create.ts';
 import { registerDelete } from './commands/delete.ts';
 import { registerDescribe } from './commands/describe.ts';
+import { registerDrain } from './commands/drain.ts';
 import { registerExpose } from './commands/expose.ts';
 import { registerGet } from './commands/get.ts';
 import { registerImage } from './commands/image.ts';
@@ -52,6 +53,7 @@ export function buildProgram(): Command {
   registerImageUpload(program);
   registerVmActions(program);
   registerMigrate(program);
+  registerDrain(program);
   registerAddVolume(program);
   registerRemoveVolume(program);
   registerConsole(program);

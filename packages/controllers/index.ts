@@ -13,6 +13,7 @@ import { VolumeBinder } from './volume-binder.ts';
 import { Scheduler } from './scheduler.ts';
 import { MigrationController } from './migration.ts';
 import { CloneController } from './clone.ts';
+import { EvacuationController } from './evacuation.ts';
 import { NodeLifecycleController } from './node-lifecycle.ts';
 import { IpamController, vmNetworkCidr } from './ipam.ts';
 import { EndpointSliceController } from './endpointslice.ts';
@@ -27,6 +28,7 @@ export { VirtualMachineController } from './vm.ts';
 export { Scheduler } from './scheduler.ts';
 export { MigrationController, MIGRATION_TARGET_ANNOTATION } from './migration.ts';
 export { CloneController } from './clone.ts';
+export { EvacuationController, DRAIN_TAINT, EVACUATION_LABEL, hasDrainTaint, wantsLiveMigration } from './evacuation.ts';
 export { NodeLifecycleController } from './node-lifecycle.ts';
 export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';
 export { EndpointSliceController } from './endpointslice.ts';
@@ -72,6 +74,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new VirtualMachineController(client, opts.log),
         new Scheduler(client, opts.log, opts.scheduling),
         new MigrationController(client, opts.log, opts.scheduling),
+        new EvacuationController(client, opts.log),
         new CloneController(client, opts.log),
         new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
