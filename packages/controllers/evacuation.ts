@@ -8,11 +8,10 @@
  * (KubeVirt's default strategy is None); the migration controller picks the target, and the
  * taint keeps it off this node. Work is keyed by node.
  */
-import { refs } from '@vessel/api';
+import { migration, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { BY_NODE, byNode, cacheKey, Controller, EventRecorder, getCondition, type Informer, type KubeObject, type Log } from '@vessel/runtime';
-import { migrationActive, migrationStateOf } from './migration.ts';
 
 const { NODES, VMIS, VMIMS } = refs;
 type Obj = Record<string, unknown>;
@@ -66,7 +65,7 @@ export class EvacuationController extends Controller {
     if (!hasDrainTaint(this.nodes.get(name))) return;
     for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
       if ((vmi.status as Obj | undefined)?.phase !== 'Running' || vmi.metadata.deletionTimestamp) continue;
-      if (!wantsLiveMigration(vmi) || migrationActive(migrationStateOf(vmi))) continue;
+      if (!wantsLiveMigration(vmi) || migration.isActive(migration.stateOf(vmi))) continue;
       const mine = this.vmims.byIndex(VMI_INDEX, cacheKey(vmi));
       if (mine.some((m) => !FINAL.has(phaseOf(m)))) continue;
       const evacuations = mine.filter((m) => m.metadata.labels?.[EVACUATION_LABEL] === name);
