@@ -267,6 +267,7 @@ export class VmMigrations {
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
       const ms = migrationStateOf(vmi);
       if (this.host.tlsDir && ms?.sourceNode) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // Port 0: the kernel picks a free port, which QEMU then reports.
       await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
       const info = await qmp.execute<QueryMigrate>('query-migrate');
@@ -324,6 +325,8 @@ export class VmMigrations {
       // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
       await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
       if (this.host.tlsDir) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
+      else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
