@@ -71,7 +71,7 @@ async function main(): Promise<void> {
     };
     await until(ready, 300_000, 'the VMI Running');
     let n = 0;
-    const migrateOnce = async (): Promise<number> => {
+    const migrateOnce = async (retried = false): Promise<number> => {
       const from = (await status()).nodeName;
       const name = `bench-${n++}`;
       await client.create(
@@ -87,7 +87,14 @@ async function main(): Promise<void> {
         600_000,
         `migration ${name}`,
       );
-      if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
+      if (done.phase !== 'Succeeded') {
+        // One failure is reported and retried: the figure is the next successful transfer.
+        if (retried) throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
+        console.log(`PROBLEM: migration ${name} failed (${done.migrationState?.failureReason}); once more`);
+        process.exitCode = 1;
+        await new Promise((r) => setTimeout(r, 3000));
+        return migrateOnce(true);
+      }
       await until(
         async () => {
           const s = await ready();
@@ -100,6 +107,7 @@ async function main(): Promise<void> {
     };
     const tls: number[] = [];
     for (let i = 0; i < ROUNDS; i++) tls.push(await migrateOnce());
+    console.log(`migration transfer, TLS: ${tls.join(' ')} ms`);
     for (let i = 0; i < c.nodes.agents.length; i++) await c.nodes.restartAgent(i, { migrationTls: false });
     await until(ready, 120_000, 'the VMI Running after the agents restarted');
     const plain: number[] = [];
