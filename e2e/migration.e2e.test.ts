@@ -5,13 +5,14 @@
  * other node: Succeeded, the VMI on the other node with the same IP and MAC, the guest did not
  * reboot (its uptime goes on in the target's serial log), it answers TCP from the other node's
  * namespace, and one QEMU runs. A ping every 100 ms from a node's namespace gives the longest
- * interruption. Then a migration whose target QEMU is killed fails and leaves the source running.
+ * interruption. The stream is TLS (the default): the target QEMU's migration uses the x509
+ * credentials. Then a migration whose target QEMU is killed fails and leaves the source running.
  * Last, `vessel drain` of its node moves it off (the node cordoned), and the kubevirt.io/drain
  * taint on the other node moves it back.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { readdir, readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
@@ -224,6 +225,13 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
       60_000,
     );
     await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
+    // The stream was TLS (the default): the target QEMU has the x509 credentials as its migration's,
+    // written into a 0700 directory for the peer.
+    const params = await agentOf(target).vms.qmpFor(ns, NAME)!.execute<Record<string, unknown>>('query-migrate-parameters');
+    assert.equal(params['tls-creds'], 'migration-tls', JSON.stringify(params));
+    const tlsDir = join(agentOf(target).dataDir, 'migration-tls', source);
+    assert.equal((await stat(tlsDir)).mode & 0o777, 0o700);
+    assert.ok((await readFile(join(tlsDir, 'ca-cert.pem'), 'utf8')).split('BEGIN CERTIFICATE').length === 3, 'both nodes’ migration CAs');
     await new Promise((r) => setTimeout(r, 1000));
     // busybox ping writes through stdio: its output is complete once it has exited.
     const exited = new Promise((r) => ping.on('close', r));

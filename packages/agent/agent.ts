@@ -3,10 +3,12 @@
  * (`local` under the data directory, `shared` in a directory every node sees), fills and
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
+import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
-import { ensureSelfSignedCert, parseListen } from '@vessel/tls';
+import type { KubeObject } from '@vessel/runtime';
+import { ensureMigrationCerts, ensureSelfSignedCert, parseListen, type MigrationCerts } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
@@ -69,6 +71,11 @@ export interface AgentOptions {
    * the agent rolls it back (`--nncp-probe-timeout`; default 120 s, as kubernetes-nmstate).
    */
   nncpProbeTimeoutMs?: number;
+  /**
+   * TLS on live migration streams (default true, as KubeVirt; `--migration-tls=false` turns it
+   * off): every agent of a cluster must agree, or its migrations fail.
+   */
+  migrationTls?: boolean;
 }
 
 export interface RunningAgent {
@@ -92,6 +99,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   for (const p of pools.values()) await p.init();
   const token = await agentToken(opts.client);
   const cert = await ensureSelfSignedCert(join(opts.dataDir, 'agent'), 'agent', `vessel-agent:${opts.nodeName}`);
+  const migrationTls = opts.migrationTls === false ? undefined : await ensureMigrationCerts(join(opts.dataDir, 'migration-ca'), opts.nodeName);
   const accel = await detectAccelerator();
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
@@ -127,6 +135,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     network,
     secondary,
     migrationAddress: opts.fabricIp,
+    migrationTlsDir: migrationTls && ((peer) => writeMigrationTlsDir(opts.client, join(opts.dataDir, 'migration-tls', peer), migrationTls, peer)),
   });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
@@ -156,7 +165,10 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     heartbeatMs: opts.heartbeatMs,
     log,
     labels: { 'vessel.io/accelerator': accel },
-    annotations: opts.fabricIp === undefined ? undefined : { [FABRIC_IP_ANNOTATION]: opts.fabricIp },
+    annotations: {
+      ...(opts.fabricIp === undefined ? {} : { [FABRIC_IP_ANNOTATION]: opts.fabricIp }),
+      ...(migrationTls ? { [storage.NODE_MIGRATION_CA]: migrationTls.caPem } : {}),
+    },
   });
   try {
     await node.start();
@@ -223,4 +235,26 @@ async function agentToken(client: Client): Promise<string> {
     }
     await new Promise((r) => setTimeout(r, 200));
   }
+}
+
+/**
+ * QEMU's tls-creds-x509 directory for migrations with `peer` (0700): ca-cert.pem holds this
+ * node's migration CA (QEMU checks its own certificate against it) and the peer's, read from the
+ * peer's Node; the one leaf serves as server and client certificate.
+ */
+async function writeMigrationTlsDir(client: Client, dir: string, own: MigrationCerts, peer: string): Promise<string> {
+  const node = (await client.get(refs.NODES, peer)) as KubeObject;
+  const peerCa = node.metadata.annotations?.[storage.NODE_MIGRATION_CA];
+  if (!peerCa) throw new Error(`node ${peer} publishes no migration CA (${storage.NODE_MIGRATION_CA}): is its agent running with --migration-tls=false?`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chmod(dir, 0o700);
+  const files: [string, string][] = [
+    ['ca-cert.pem', own.caPem + peerCa],
+    ['server-cert.pem', own.certPem],
+    ['server-key.pem', own.keyPem],
+    ['client-cert.pem', own.certPem],
+    ['client-key.pem', own.keyPem],
+  ];
+  for (const [name, text] of files) await writeFile(join(dir, name), text, { mode: 0o600 });
+  return dir;
 }

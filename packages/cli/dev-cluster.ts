@@ -29,8 +29,8 @@ export interface DevNodes {
   agents: RunningAgent[];
   /** Stops the agents (their QEMUs and dnsmasq keep running) and keeps the namespaces. */
   stopAgents(): Promise<void>;
-  /** Stops agent `i` and starts it again on the same node (tests: what a restart keeps). */
-  restartAgent(i: number): Promise<RunningAgent>;
+  /** Stops agent `i` and starts it again on the same node (tests: what a restart keeps; benches: migration TLS off). */
+  restartAgent(i: number, change?: { migrationTls?: boolean }): Promise<RunningAgent>;
   /** stopAgents(), then kills what runs in the namespaces and deletes them. */
   close(): Promise<void>;
 }
@@ -47,7 +47,7 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
     for (const a of agents) await a.stop().catch((e: Error) => opts.log?.(`dev cluster: stopping agent ${a.nodeName}: ${e.message}`));
     for (const c of clients) c.close();
   };
-  const startOne = async (n: DevCluster['nodes'][number]) => {
+  const startOne = async (n: DevCluster['nodes'][number], change: { migrationTls?: boolean } = {}) => {
     const client = Client.fromKubeconfig({ explicit: opts.kubeconfig });
     clients.push(client);
     return startAgent({
@@ -61,6 +61,7 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
       allowLoopbackImports: opts.allowLoopbackImports,
       heartbeatMs: opts.heartbeatMs,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
+      migrationTls: change.migrationTls,
       version: opts.version,
       log: opts.log && ((l) => opts.log!(`[${n.name}] ${l}`)),
     });
@@ -76,9 +77,9 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
     cluster,
     agents,
     stopAgents,
-    async restartAgent(i) {
+    async restartAgent(i, change) {
       await agents[i].stop();
-      agents[i] = await startOne(cluster.nodes[i]);
+      agents[i] = await startOne(cluster.nodes[i], change);
       return agents[i];
     },
     async close() {

@@ -4,5 +4,13 @@
  * server's CA and serving certificate; an agent's self-signed one, pinned by its SHA-256
  * fingerprint instead of a shared CA) and the `--listen HOST:PORT` parser.
  */
-export { checkPinned, ensureSelfSignedCert, ensureServingCerts, type SelfSignedCert, type ServingCerts } from './certs.ts';
+export {
+  checkPinned,
+  ensureMigrationCerts,
+  ensureSelfSignedCert,
+  ensureServingCerts,
+  type MigrationCerts,
+  type SelfSignedCert,
+  type ServingCerts,
+} from './certs.ts';
 export { parseListen, type ListenAddress } from './listen.ts';

@@ -1,6 +1,7 @@
 /**
  * @vessel/tls: certificates are made once and kept, the serving certificate follows the
- * listen host under the same CA, a pin accepts only its own certificate, and --listen parses.
+ * listen host under the same CA, a pin accepts only its own certificate, a migration leaf is
+ * a non-CA server and client certificate its node's CA signed, and --listen parses.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -9,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { checkPinned, ensureSelfSignedCert, ensureServingCerts, parseListen } from './index.ts';
+import { checkPinned, ensureMigrationCerts, ensureSelfSignedCert, ensureServingCerts, parseListen } from './index.ts';
 
 describe('@vessel/tls', () => {
   let dir: string;
@@ -18,6 +19,21 @@ describe('@vessel/tls', () => {
   });
   after(async () => {
     await rm(dir, { recursive: true, force: true });
+  });
+
+  test("the migration leaf is signed by the node's migration CA, names the node, is no CA, and is kept", async () => {
+    const a = await ensureMigrationCerts(join(dir, 'migration-ca'), 'node-1');
+    const b = await ensureMigrationCerts(join(dir, 'migration-ca'), 'node-1');
+    assert.equal(b.certPem, a.certPem);
+    const ca = new X509Certificate(a.caPem),
+      leaf = new X509Certificate(a.certPem);
+    assert.ok(ca.ca, 'the CA is a CA');
+    assert.ok(!leaf.ca, 'QEMU refuses a CA certificate as server or client certificate');
+    assert.ok(leaf.verify(ca.publicKey), 'signed by the CA');
+    assert.equal(leaf.checkHost('node-1'), 'node-1');
+    assert.deepEqual(leaf.keyUsage?.sort(), ['1.3.6.1.5.5.7.3.1', '1.3.6.1.5.5.7.3.2']);
+    const other = await ensureMigrationCerts(join(dir, 'migration-ca-2'), 'node-2');
+    assert.ok(!new X509Certificate(other.certPem).verify(ca.publicKey), "another node's leaf is not this CA's");
   });
 
   test('a self-signed certificate is made once and kept; its fingerprint is what a pin accepts', async () => {

@@ -27,6 +27,8 @@ const NODE_LABEL = 'kubevirt.io/nodeName';
 const POLL_MS = 200;
 /** How long a ready target waits for the source to start sending. */
 const SOURCE_START_TIMEOUT_MS = 300_000;
+/** The id of QEMU's migration TLS credentials object. */
+const TLS_CREDS = 'migration-tls';
 
 type MigrationState = migration.MigrationState;
 const migrationStateOf = migration.stateOf;
@@ -85,6 +87,11 @@ export interface MigrationHost {
   log: Log;
   /** Where a target QEMU listens: the node's fabric address (QEMU runs in the node's namespace), else 127.0.0.1. */
   listenAddress: string;
+  /**
+   * The directory of QEMU's tls-creds-x509 for a migration with `peerNode` (ca-cert.pem trusting
+   * both nodes' migration CAs, server-/client-cert.pem and -key.pem); absent: plain TCP.
+   */
+  tlsDir?: (peerNode: string) => Promise<string>;
   /** The VMI from the runtime's cache. */
   vmi(key: string): KubeObject | undefined;
   runDirOf(vmi: KubeObject): string;
@@ -240,6 +247,9 @@ export class VmMigrations {
         })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       });
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      const ms = migrationStateOf(vmi);
+      if (this.host.tlsDir && ms?.sourceNode) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // Port 0: the kernel picks a free port, which QEMU then reports.
       await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
       const info = await qmp.execute<QueryMigrate>('query-migrate');
@@ -296,6 +306,9 @@ export class VmMigrations {
       await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
       // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
       await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+      if (this.host.tlsDir) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
+      else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
@@ -322,6 +335,17 @@ export class VmMigrations {
       }
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
+  }
+
+  /**
+   * TLS on the migration stream (KubeVirt's default): x509 credentials with the peer verified
+   * (its certificate signed by its node's migration CA; the client also checks the name).
+   */
+  private async useTls(qmp: QmpClient, endpoint: 'server' | 'client', dir: string, hostname?: string): Promise<void> {
+    // A QEMU that arrived here by an earlier migration still has that one's credentials.
+    await qmp.execute('object-del', { id: TLS_CREDS }).catch(() => undefined);
+    await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint, 'verify-peer': true });
+    await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS, ...(hostname ? { 'tls-hostname': hostname } : {}) });
   }
 
   /** The target runs the guest: the VMI says so, then the source QEMU (in postmigrate) goes. */

@@ -73,6 +73,8 @@ export interface VmRuntimeOptions {
   secondary?: SecondaryNetworks;
   /** Where this node's QEMU listens for an incoming live migration (the node's fabric IP); default 127.0.0.1. */
   migrationAddress?: string;
+  /** The migration TLS credentials' directory for a peer node; absent: the stream is plain TCP (`--migration-tls=false`). */
+  migrationTlsDir?: (peerNode: string) => Promise<string>;
 }
 
 /** One running QEMU followed over QMP. */
@@ -155,6 +157,7 @@ export class VmRuntime extends Controller {
       client,
       log: this.log,
       listenAddress: opts.migrationAddress ?? '127.0.0.1',
+      tlsDir: opts.migrationTlsDir,
       vmi: (key) => this.vmis.get(key),
       runDirOf: (vmi) => this.runDirOf(vmi),
       launchIncoming: (vmi, runDir) => this.launchIncoming(vmi, runDir),

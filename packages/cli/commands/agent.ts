@@ -29,6 +29,7 @@ interface AgentFlags {
   netns?: string;
   fabricIp?: string;
   nncpProbeTimeout: string;
+  migrationTls: string;
 }
 
 /** The --qemu-priority option, shared with `vessel up`. */
@@ -73,6 +74,11 @@ export function registerAgent(program: Command): void {
       'a network namespace (ip netns) standing in for this host: the cluster network and the QEMU processes go there (the dev cluster); needs --fabric-ip',
     )
     .option(
+      '--migration-tls <bool>',
+      "TLS on live migration streams, each node's certificate signed by its own migration CA published on its Node (every agent of the cluster must agree)",
+      'true',
+    )
+    .option(
       '--nncp-probe-timeout <seconds>',
       'how long connectivity (API server, the other nodes) may stay broken after a NodeNetworkConfigurationPolicy is applied before it is rolled back',
       '120',
@@ -93,6 +99,8 @@ export function registerAgent(program: Command): void {
         throw new UsageError("--netns needs --fabric-ip: the namespace holds the node's side of the cluster network");
       if (flags.fabricIp !== undefined && !/^\d{1,3}(\.\d{1,3}){3}$/.test(flags.fabricIp))
         throw new UsageError(`--fabric-ip must be an IPv4 address, not ${flags.fabricIp}`);
+      if (flags.migrationTls !== 'true' && flags.migrationTls !== 'false')
+        throw new UsageError(`--migration-tls must be true or false, not ${flags.migrationTls}`);
       const signalled = untilSignal();
       const client = agentClient(flags, cmd);
       const { startAgent } = await import('@vessel/agent');
@@ -111,6 +119,7 @@ export function registerAgent(program: Command): void {
         netns: flags.netns,
         fabricIp: flags.fabricIp,
         nncpProbeTimeoutMs: probeSeconds * 1000,
+        migrationTls: flags.migrationTls === 'true',
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
       await signalled;
