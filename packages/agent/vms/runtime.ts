@@ -230,12 +230,14 @@ export class VmRuntime extends Controller {
     // Only tidying: a failure is logged and the agent starts; the sweep runs again after the
     // next VM or VMI change.
     await this.collectRunDirs().catch((e: unknown) => this.log(`vms: sweeping run directories: ${e instanceof Error ? e.message : e}`));
-    const removed = await this.opts.network?.collect([...this.sessions.keys(), ...this.migrations.targetKeys()]).catch((e: unknown) => {
+    // A VM's QEMU here: one it runs, or a live migration's incoming one.
+    const here = [...this.sessions.keys(), ...this.migrations.targetKeys()];
+    const removed = await this.opts.network?.collect(here).catch((e: unknown) => {
       this.log(`vms: sweeping taps: ${e instanceof Error ? e.message : e}`);
       return 0;
     });
     if (removed) this.log(`vms: removed ${removed} tap${removed === 1 ? '' : 's'} of VMs that no longer run here`);
-    const links = await this.opts.secondary?.collect(this.sessions.keys()).catch((e: unknown) => {
+    const links = await this.opts.secondary?.collect(here).catch((e: unknown) => {
       this.log(`vms: sweeping secondary NICs: ${e instanceof Error ? e.message : e}`);
       return 0;
     });
