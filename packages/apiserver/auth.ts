@@ -91,8 +91,15 @@ export const TENANT_GROUP_PREFIX = 'vessel:tenant:';
 const GOLDEN_READABLE = new Set(['datasources', 'datavolumes', 'persistentvolumeclaims']);
 const CLUSTER_READABLE = new Set(['storageclasses']);
 
+/**
+ * Kinds a tenant reads but does not write in its own namespace: a NetworkAttachmentDefinition
+ * names a bridge on the nodes (any, the host's uplink included), so which ones a namespace's VMs
+ * may join is the cluster admin's choice, as the nodes' networks (NNCP) are.
+ */
+const TENANT_READ_ONLY_GROUPS = new Set(['k8s.cni.cncf.io']);
+
 function tenantAllows(namespaces: string[], attrs: Attributes): boolean {
-  if (attrs.namespace && namespaces.includes(attrs.namespace)) return true;
+  if (attrs.namespace && namespaces.includes(attrs.namespace)) return READ_VERBS.has(attrs.verb) || !TENANT_READ_ONLY_GROUPS.has(attrs.group);
   if (!READ_VERBS.has(attrs.verb)) return false;
   if (attrs.namespace === storage.GOLDEN_IMAGES_NAMESPACE && GOLDEN_READABLE.has(attrs.resource) && !attrs.subresource) return true;
   if (!attrs.namespace && attrs.resource === 'namespaces' && attrs.name && namespaces.includes(attrs.name)) return true;

@@ -199,6 +199,12 @@ export class SecondaryNetworks extends Controller {
   /** The NAD a VM network names, parsed; NetworkError NetworkNotFound / NetworkInvalid saying which and why. */
   lookup(vmNamespace: string, network: string, networkName: string): nad.BridgeConfig {
     const ref = nad.nadRef(vmNamespace, networkName);
+    // A NAD decides which node bridge a VM joins: only its own namespace's (no Multus global namespaces).
+    if (ref.namespace !== vmNamespace)
+      throw new NetworkError(
+        'NetworkInvalid',
+        `network ${network}: NetworkAttachmentDefinition ${ref.namespace}/${ref.name} is in another namespace; a VM may use only the NADs of its own namespace (${vmNamespace})`,
+      );
     const o = this.nads.get(`${ref.namespace}/${ref.name}`);
     if (!o)
       throw new NetworkError(
