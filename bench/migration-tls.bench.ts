@@ -9,6 +9,7 @@
  */
 import type { ResourceRef } from '@vessel/client';
 import { startCluster, type TestCluster } from '../e2e/harness.ts';
+import { tinyVm } from '../e2e/tiny-vm.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { envInt, fmtRatio, loadLine, median, pollUntil, ratio } from './lib.ts';
 
@@ -28,34 +29,7 @@ type Status = {
   migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string };
 };
 
-const vm = {
-  apiVersion: 'kubevirt.io/v1',
-  kind: 'VirtualMachine',
-  metadata: { name: NAME, namespace: ns },
-  spec: {
-    runStrategy: 'Always',
-    template: {
-      spec: {
-        terminationGracePeriodSeconds: 5,
-        domain: {
-          resources: { requests: { memory: '128Mi' } },
-          devices: { disks: [{ name: 'root', disk: { bus: 'virtio' } }], interfaces: [{ name: 'default', bridge: {} }] },
-        },
-        networks: [{ name: 'default', pod: {} }],
-        volumes: [{ name: 'root', dataVolume: { name: `${NAME}-root` } }],
-      },
-    },
-    dataVolumeTemplates: [
-      {
-        metadata: { name: `${NAME}-root` },
-        spec: {
-          sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
-          storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
-        },
-      },
-    ],
-  },
-};
+const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', storageClass: 'shared', terminationGracePeriodSeconds: 5 });
 
 async function main(): Promise<void> {
   let c: TestCluster | undefined;

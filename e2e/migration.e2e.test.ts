@@ -20,7 +20,7 @@ import { runInNode, type DevNode } from '@vessel/agent';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
-import { runDirOf, serialLog } from './tiny-vm.ts';
+import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -53,45 +53,15 @@ let c: TestCluster;
 const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
 
 function migratableVm(): Obj {
-  return {
-    apiVersion: 'kubevirt.io/v1',
-    kind: 'VirtualMachine',
-    metadata: { name: NAME, namespace: ns },
-    spec: {
-      runStrategy: 'Always',
-      template: {
-        spec: {
-          terminationGracePeriodSeconds: 5,
-          // What `vessel drain` and the drain taint move (KubeVirt's default is None).
-          evictionStrategy: 'LiveMigrate',
-          domain: {
-            resources: { requests: { memory: '128Mi' } },
-            devices: {
-              disks: [
-                { name: 'root', disk: { bus: 'virtio' } },
-                { name: 'cloudinit', disk: { bus: 'virtio' } },
-              ],
-              interfaces: [{ name: 'default', bridge: {} }],
-            },
-          },
-          networks: [{ name: 'default', pod: {} }],
-          volumes: [
-            { name: 'root', dataVolume: { name: `${NAME}-root` } },
-            { name: 'cloudinit', cloudInitNoCloud: { userData: USER_DATA } },
-          ],
-        },
-      },
-      dataVolumeTemplates: [
-        {
-          metadata: { name: `${NAME}-root` },
-          spec: {
-            sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
-            storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
-          },
-        },
-      ],
-    },
-  };
+  // Its disk on the shared pool (every node opens it); LiveMigrate: what `vessel drain` and the drain taint move (KubeVirt's default is None).
+  return tinyVm(NAME, {
+    namespace: ns,
+    binding: 'bridge',
+    userData: USER_DATA,
+    storageClass: 'shared',
+    terminationGracePeriodSeconds: 5,
+    evictionStrategy: 'LiveMigrate',
+  });
 }
 
 const vmiStatus = async () => ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;

@@ -28,6 +28,8 @@ export interface TinyVmOptions {
   hostname?: string;
   subdomain?: string;
   terminationGracePeriodSeconds?: number;
+  /** What a drain does with it (`LiveMigrate`, ...); none: KubeVirt's default. */
+  evictionStrategy?: string;
 }
 
 export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
@@ -54,6 +56,7 @@ export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
           ...(opts.node ? { nodeSelector: { 'kubernetes.io/hostname': opts.node } } : {}),
           ...(opts.hostname ? { hostname: opts.hostname } : {}),
           ...(opts.subdomain ? { subdomain: opts.subdomain } : {}),
+          ...(opts.evictionStrategy ? { evictionStrategy: opts.evictionStrategy } : {}),
           domain: {
             ...(opts.cores ? { cpu: { cores: opts.cores } } : {}),
             resources: { requests: { memory: opts.memory ?? '128Mi' } },
