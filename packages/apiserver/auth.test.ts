@@ -12,3 +12,12 @@ test('a tenant reads the NetworkAttachmentDefinitions of its namespace but write
   // Its other kinds stay its own.
   assert.doesNotThrow(() => authorize(tenant, { verb: 'create', group: 'kubevirt.io', resource: 'virtualmachines', namespace: 't1' }));
 });
+
+test('a tenant reads the migrations of its VMs but neither starts nor cancels one (an infrastructure operation, as KubeVirt 1.5)', () => {
+  const vmim = { group: 'kubevirt.io', resource: 'virtualmachineinstancemigrations', namespace: 't1' };
+  for (const verb of ['get', 'list', 'watch']) assert.doesNotThrow(() => authorize(tenant, { verb, ...vmim }));
+  for (const verb of ['create', 'update', 'patch', 'delete', 'deletecollection']) assert.throws(() => authorize(tenant, { verb, ...vmim }), /forbidden/i);
+  const plan = { group: 'forklift.konveyor.io', resource: 'plans', namespace: 't1' };
+  assert.doesNotThrow(() => authorize(tenant, { verb: 'list', ...plan }));
+  assert.throws(() => authorize(tenant, { verb: 'create', ...plan }), /forbidden/i);
+});

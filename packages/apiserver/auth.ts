@@ -92,14 +92,22 @@ const GOLDEN_READABLE = new Set(['datasources', 'datavolumes', 'persistentvolume
 const CLUSTER_READABLE = new Set(['storageclasses']);
 
 /**
- * Kinds a tenant reads but does not write in its own namespace: a NetworkAttachmentDefinition
- * names a bridge on the nodes (any, the host's uplink included), so which ones a namespace's VMs
- * may join is the cluster admin's choice, as the nodes' networks (NNCP) are.
+ * Kinds a tenant reads but does not write in its own namespace:
+ * - a NetworkAttachmentDefinition names a bridge on the nodes (any, the host's uplink included),
+ *   so which ones a namespace's VMs may join is the cluster admin's choice, as the nodes'
+ *   networks (NNCP) are;
+ * - a VirtualMachineInstanceMigration is an infrastructure operation (drains, evacuations): a
+ *   tenant that may create or delete them can fill the parallel-migration slots or cancel a
+ *   drain's migrations (KubeVirt 1.5 took the same right from namespace admins);
+ * - the migration toolkit's objects (forklift.konveyor.io) read providers' disks and write into
+ *   whatever namespace a plan targets.
  */
-const TENANT_READ_ONLY_GROUPS = new Set(['k8s.cni.cncf.io']);
+const TENANT_READ_ONLY_GROUPS = new Set(['k8s.cni.cncf.io', 'forklift.konveyor.io']);
+const TENANT_READ_ONLY_RESOURCES = new Set(['kubevirt.io/virtualmachineinstancemigrations']);
+const tenantReadOnly = (attrs: Attributes) => TENANT_READ_ONLY_GROUPS.has(attrs.group) || TENANT_READ_ONLY_RESOURCES.has(`${attrs.group}/${attrs.resource}`);
 
 function tenantAllows(namespaces: string[], attrs: Attributes): boolean {
-  if (attrs.namespace && namespaces.includes(attrs.namespace)) return READ_VERBS.has(attrs.verb) || !TENANT_READ_ONLY_GROUPS.has(attrs.group);
+  if (attrs.namespace && namespaces.includes(attrs.namespace)) return READ_VERBS.has(attrs.verb) || !tenantReadOnly(attrs);
   if (!READ_VERBS.has(attrs.verb)) return false;
   if (attrs.namespace === storage.GOLDEN_IMAGES_NAMESPACE && GOLDEN_READABLE.has(attrs.resource) && !attrs.subresource) return true;
   if (!attrs.namespace && attrs.resource === 'namespaces' && attrs.name && namespaces.includes(attrs.name)) return true;
