@@ -450,9 +450,12 @@ describe("Vessel's own annotations and labels", () => {
       assert.equal((now.metadata?.annotations as Record<string, string>)[key], 'admin-wrote-this', `${what}: the annotation changed`);
       assert.equal((now.metadata?.labels as Record<string, string> | undefined)?.[key], undefined, `${what}: a reserved label was set`);
     };
-    /** A write that must be refused (422) or leave Vessel's keys as they were. */
+    /**
+     * A write that must be refused (422) or leave Vessel's keys as they were. Today each is
+     * accepted and the keys are kept (as a replace without them keeps them, and as Kubernetes'
+     * status subresource ignores metadata), so these are not counted as refused attempts.
+     */
     const noChange = async (what: string, p: Promise<unknown>) => {
-      attempts++;
       await p.catch((e: unknown) => {
         if (!(e instanceof StatusError) || e.code !== 422) throw e;
       });
