@@ -59,6 +59,29 @@ async function boundPath(ns: string, name: string): Promise<string> {
   );
 }
 
+/** What a VM that does not show its output is doing: printed when a wait for it fails. */
+async function diagnose(ns: string, name: string): Promise<string> {
+  const brief = (o: KubeObject | undefined) => JSON.stringify({ uid: o?.metadata?.uid, status: o?.status }).slice(0, 1500);
+  const get = (r: ResourceRef, n: string) => v.client.get(r, n, { namespace: ns }).catch(() => undefined);
+  const lines = [`VM ${ns}/${name}: ${brief(await get(VM, name))}`, `VMI: ${brief(await get(VMI, name))}`];
+  for (const r of [DV, PVC]) for (const o of (await v.client.list(r, { namespace: ns })).items) lines.push(`${r.plural}/${o.metadata?.name}: ${brief(o)}`);
+  for (const e of (await v.client.list(EVENTS, { namespace: ns })).items as unknown as Event[])
+    lines.push(`event ${e.type} ${e.reason} ${e.involvedObject.kind}/${e.involvedObject.name}: ${e.message}`);
+  const dir = await runDirOf(v.dataDir, ns, name);
+  lines.push(`run directory ${dir}: ${dir ? (await readdir(dir)).join(' ') : '-'}`);
+  lines.push(`serial tail: ${(await serialLog(v.dataDir, ns, name)).slice(-1500)}`);
+  return lines.join('\n');
+}
+
+/** eventually(), with diagnose(ns, name) in the error when it times out. */
+async function eventuallyVm<T>(ns: string, name: string, what: string, fn: () => Promise<T | undefined>, timeoutMs: number, intervalMs: number): Promise<T> {
+  try {
+    return await eventually(what, fn, timeoutMs, intervalMs);
+  } catch (e) {
+    throw new Error(`${(e as Error).message}\n${await diagnose(ns, name).catch((d: unknown) => `(no diagnosis: ${String(d)})`)}`, { cause: e });
+  }
+}
+
 before(async () => {
   v = await startVessel({ agent: { nodeName: 'node-a' } });
   poolDir = v.agent!.pools.get('local')!.dir;
@@ -168,7 +191,9 @@ test('a VM of the same name in a re-created namespace sees nothing of the delete
   const secret = `OLD-TENANT-SECRET-${Date.now()}`;
   await namespace(ns);
   await v.client.create(VM, tinyVm('box', { namespace: ns, userData: `#!/bin/sh\necho ${secret}\n` }), { namespace: ns });
-  await eventually(
+  await eventuallyVm(
+    ns,
+    'box',
     "the secret on the old VM's console",
     async () => ((await serialLog(v.dataDir, ns, 'box')).includes(secret) ? true : undefined),
     420_000,
@@ -198,7 +223,9 @@ test('a VM of the same name in a re-created namespace sees nothing of the delete
 
   await namespace(ns);
   await v.client.create(VM, tinyVm('box', { namespace: ns, userData: '#!/bin/sh\necho NEW-TENANT-HERE\n' }), { namespace: ns });
-  await eventually(
+  await eventuallyVm(
+    ns,
+    'box',
     "the new VM's own output",
     async () => ((await serialLog(v.dataDir, ns, 'box')).includes('NEW-TENANT-HERE') ? true : undefined),
     420_000,

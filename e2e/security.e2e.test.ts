@@ -191,6 +191,56 @@ describe("another tenant's namespace", () => {
     assert.equal((await t1.get(NS, 't1')).metadata?.name, 't1');
   });
 
+  /** Every write verb on `one` (an object's path) and `all` (its collection), each refused with 403. */
+  async function writesRefused(c: Client, id: string, k: KindInfo, one: string, all: string, name: string): Promise<void> {
+    await refused(`${id} create`, c.request('POST', all, { body: minimal(k, 'intruder') }));
+    await refused(`${id} update`, c.request('PUT', one, { body: minimal(k, name) }));
+    for (const [flavour, contentType, body] of [
+      ['merge', 'application/merge-patch+json', { metadata: { labels: { x: 'y' } } }],
+      ['strategic', 'application/strategic-merge-patch+json', { metadata: { labels: { x: 'y' } } }],
+      ['json', 'application/json-patch+json', [{ op: 'add', path: '/metadata/labels', value: { x: 'y' } }]],
+    ] as const)
+      await refused(`${id} ${flavour} patch`, c.request('PATCH', one, { body, contentType }));
+    await refused(
+      `${id} apply`,
+      c.request('PATCH', one, { body: JSON.stringify(minimal(k, name)), contentType: 'application/apply-patch+yaml', query: { fieldManager: 'intruder' } }),
+    );
+    await refused(`${id} delete`, c.request('DELETE', one));
+    await refused(`${id} deletecollection`, c.request('DELETE', all));
+    if (k.statusSubresource) {
+      await refused(`${id} update status`, c.request('PUT', `${one}/status`, { body: minimal(k, name) }));
+      await refused(`${id} patch status`, c.request('PATCH', `${one}/status`, { body: { status: {} }, contentType: 'application/merge-patch+json' }));
+    }
+  }
+
+  test('a cluster-wide viewer writes nothing, in t2 or at the cluster scope, through any verb', async () => {
+    for (const k of namespacedKinds()) await writesRefused(viewer, `cluster viewer ${k.plural}`, k, resourcePath(k, 't2', 'web'), resourcePath(k, 't2'), 'web');
+    for (const k of kinds.filter((x) => !x.namespaced)) {
+      const name = k.plural === 'namespaces' ? 't2' : 'x';
+      await writesRefused(viewer, `cluster viewer ${k.plural}`, k, resourcePath(k, undefined, name), resourcePath(k), name);
+    }
+    // What it may read, it reads: the other tenant's objects are still there.
+    assert.equal((await viewer.get(CM, 'cfg', { namespace: 't2' })).metadata?.name, 'cfg');
+    assert.equal((await viewer.get(NS, 't2')).metadata?.name, 't2');
+  });
+
+  test('cluster-scoped kinds: a tenant and a namespace viewer get, watch and write none of them but what they may read', async () => {
+    for (const [who, c] of [
+      ['tenant', t1],
+      ['namespace viewer', viewer1],
+    ] as const) {
+      for (const k of kinds.filter((x) => !x.namespaced)) {
+        const name = k.plural === 'namespaces' ? 't2' : 'x';
+        const id = `${who} ${k.plural}`;
+        if (k.plural !== 'storageclasses' || who === 'namespace viewer') {
+          await refused(`${id} get`, c.request('GET', resourcePath(k, undefined, name)));
+          await refused(`${id} watch`, c.request('GET', resourcePath(k), { query: { watch: 'true', timeoutSeconds: 1 } }));
+        }
+        await writesRefused(c, id, k, resourcePath(k, undefined, name), resourcePath(k), name);
+      }
+    }
+  });
+
   test('every VM action, console, VNC, serial log and upload token of t2 is refused', async () => {
     const base = '/apis/subresources.kubevirt.io/v1/namespaces/t2';
     for (const c of [t1, viewer1, viewer]) {
@@ -383,6 +433,58 @@ describe("Vessel's own annotations and labels", () => {
     // Options in subdomains are the user's to set.
     await t1.patch(CM, 'kept', { metadata: { annotations: { 'snapshot.vessel.io/with-memory': 'true' } } }, { namespace: 't1' });
   });
+
+  test("nor does a tenant's removal (merge patch null, JSON patch remove) or a status-subresource write change them", async () => {
+    const key = 'vessel.io/restored-by';
+    const dv: KubeObject = {
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name: 'status-own' },
+      spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '16Mi' } } } },
+    };
+    await t1.create(DV, dv, { namespace: 't1' });
+    await v.client.patch(DV, 'status-own', { metadata: { annotations: { [key]: 'admin-wrote-this' } } }, { namespace: 't1' });
+    const one = resourcePath(DV, 't1', 'status-own');
+    const kept = async (what: string) => {
+      const now = await t1.get(DV, 'status-own', { namespace: 't1' });
+      assert.equal((now.metadata?.annotations as Record<string, string>)[key], 'admin-wrote-this', `${what}: the annotation changed`);
+      assert.equal((now.metadata?.labels as Record<string, string> | undefined)?.[key], undefined, `${what}: a reserved label was set`);
+    };
+    /**
+     * A write that must be refused (422) or leave Vessel's keys as they were. Today each is
+     * accepted and the keys are kept (as a replace without them keeps them, and as Kubernetes'
+     * status subresource ignores metadata), so these are not counted as refused attempts.
+     */
+    const noChange = async (what: string, p: Promise<unknown>) => {
+      await p.catch((e: unknown) => {
+        if (!(e instanceof StatusError) || e.code !== 422) throw e;
+      });
+      await kept(what);
+    };
+    await noChange('merge patch null', t1.patch(DV, 'status-own', { metadata: { annotations: { [key]: null } } }, { namespace: 't1' }));
+    await noChange(
+      'json patch remove',
+      t1.patch(DV, 'status-own', [{ op: 'remove', path: `/metadata/annotations/${key.replace('/', '~1')}` }], { namespace: 't1', type: 'json' }),
+    );
+    const current = await t1.get(DV, 'status-own', { namespace: 't1' });
+    await noChange(
+      'status update',
+      t1.request('PUT', `${one}/status`, {
+        body: { ...current, metadata: { ...current.metadata, annotations: { [key]: 'tenant' }, labels: { [key]: 'x' } } },
+      }),
+    );
+    await noChange(
+      'status merge patch',
+      t1.request('PATCH', `${one}/status`, {
+        body: { metadata: { annotations: { [key]: 'tenant' }, labels: { [key]: 'x' } } },
+        contentType: 'application/merge-patch+json',
+      }),
+    );
+    await noChange(
+      'status merge patch null',
+      t1.request('PATCH', `${one}/status`, { body: { metadata: { annotations: { [key]: null } } }, contentType: 'application/merge-patch+json' }),
+    );
+  });
 });
 
 describe('the exploits that were found', () => {
@@ -418,6 +520,47 @@ describe('the exploits that were found', () => {
     );
     assert.match(e.message, /vessel\.io\/clone-source/);
     await refused('the claim was not made', t1.get(PVC, 'steal-claim', { namespace: 't1' }), 404);
+  });
+
+  test("a clone of t2's claim through any reference (DataVolume, DataSource, a VM's dataVolumeTemplates) is refused at admission", async () => {
+    const DS = kind('cdi.kubevirt.io', 'datasources');
+    const storageSpec = { resources: { requests: { storage: '16Mi' } } };
+    const fromPvc = { source: { pvc: { namespace: 't2', name: 'data' } }, storage: storageSpec };
+    const fromRef = { sourceRef: { kind: 'DataSource', namespace: 't2', name: 'data' }, storage: storageSpec };
+    for (const c of [t1, viewer1]) {
+      for (const [what, spec] of [
+        ['source.pvc', fromPvc],
+        ['sourceRef', fromRef],
+      ] as const) {
+        const e = await refused(
+          `DataVolume ${what}`,
+          c.create(DV, { apiVersion: 'cdi.kubevirt.io/v1beta1', kind: 'DataVolume', metadata: { name: 'steal-dv' }, spec } as KubeObject, { namespace: 't1' }),
+        );
+        if (c === t1) assert.match(e.message, /cannot clone from t2\/data/);
+        const vm = tinyVm('steal-vm', {}, { dataVolumeTemplates: [{ metadata: { name: 'd' }, spec }] });
+        (vm.spec as { template: { spec: Record<string, unknown> } }).template.spec.volumes = [{ name: 'd', dataVolume: { name: 'd' } }];
+        await refused(`VM dataVolumeTemplates ${what}`, c.create(VM, vm, { namespace: 't1' }));
+      }
+      await refused(
+        'DataSource to t2',
+        c.create(
+          DS,
+          {
+            apiVersion: 'cdi.kubevirt.io/v1beta1',
+            kind: 'DataSource',
+            metadata: { name: 'alias' },
+            spec: { source: { pvc: { namespace: 't2', name: 'data' } } },
+          } as KubeObject,
+          { namespace: 't1' },
+        ),
+      );
+    }
+    for (const [k, name] of [
+      [DV, 'steal-dv'],
+      [VM, 'steal-vm'],
+      [DS, 'alias'],
+    ] as const)
+      await refused(`${k.plural} ${name} was not made`, t1.get(k, name, { namespace: 't1' }), 404);
   });
 
   test("exploit 2: a claim restored from another tenant's snapshot by path traversal is refused", async () => {
