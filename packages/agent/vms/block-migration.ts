@@ -21,6 +21,8 @@ export const NBD_ANNOTATION = 'vessel.io/migration-nbd';
 /** Prefix of the source's mirror job ids and NBD client node names (a stateless clean-up finds them by it). */
 const JOB_PREFIX = 'vslmig-';
 const POLL_MS = 200;
+/** How long ending the mirrors may take (the guest is paused meanwhile). */
+const CONCLUDE_TIMEOUT_MS = 120_000;
 /** Ports the target's NBD server tries (QEMU does not report the port it picked for port 0). */
 const PORT_MIN = 49152;
 const PORT_SPAN = 16000;
@@ -149,7 +151,13 @@ export async function exportDisks(qmp: Qmp, host: string, disks: readonly Moving
   }
   for (const d of disks) {
     // Exporting activates the node, which an incoming QEMU keeps inactive until the switch.
-    await qmp.execute('block-export-add', { type: 'nbd', id: `${JOB_PREFIX}${d.volume}`, 'node-name': blockNodeNames(d.volume).format, name: d.volume, writable: true });
+    await qmp.execute('block-export-add', {
+      type: 'nbd',
+      id: `${JOB_PREFIX}${d.volume}`,
+      'node-name': blockNodeNames(d.volume).format,
+      name: d.volume,
+      writable: true,
+    });
   }
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
@@ -245,9 +253,12 @@ async function mirrorJobs(qmp: Qmp): Promise<BlockJob[]> {
 /** Waits until every job of ours has concluded, dismisses them, and returns their errors. */
 async function concludeJobs(qmp: Qmp): Promise<string[]> {
   const errors: string[] = [];
+  // A target that stops answering without closing the connection must not hold the paused guest for ever.
+  const deadline = Date.now() + CONCLUDE_TIMEOUT_MS;
   for (;;) {
     const jobs = await mirrorJobs(qmp);
     if (!jobs.length) return errors;
+    if (Date.now() > deadline) throw new Error(`the mirror jobs did not end within ${CONCLUDE_TIMEOUT_MS / 1000} s`);
     for (const j of jobs.filter((j) => j.status === 'concluded' || j.status === 'null')) {
       if (j.error) errors.push(`${j.device.slice(JOB_PREFIX.length)}: ${j.error}`);
       await qmp.execute('job-dismiss', { id: j.device }).catch(() => undefined);

@@ -84,6 +84,22 @@ test('target volumes: the path the node derives (pool, namespace, claim, uid) an
   assert.equal(claimBytes({ status: { capacity: { storage: '1000' } } }), 1024);
   assert.equal(claimBytes({ status: {} }), undefined);
   assert.equal(claimBytes({ status: { capacity: { storage: 'lots' } } }), undefined);
-  assert.throws(() => targetVolumes(disks, () => undefined, () => 1024), /no pool of that name on this node/);
-  assert.throws(() => targetVolumes(disks, () => '/p', () => undefined), /no capacity/);
+  assert.throws(
+    () =>
+      targetVolumes(
+        disks,
+        () => undefined,
+        () => 1024,
+      ),
+    /no pool of that name on this node/,
+  );
+  assert.throws(
+    () =>
+      targetVolumes(
+        disks,
+        () => '/p',
+        () => undefined,
+      ),
+    /no capacity/,
+  );
 });

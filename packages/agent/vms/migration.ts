@@ -197,7 +197,15 @@ export class VmMigrations {
       await qmp?.close();
       return false;
     }
-    this.targets.set(keyOf(vmi), { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks: this.blockPlan(vmi).disks, made: [] });
+    this.targets.set(keyOf(vmi), {
+      migrationUid: ms.migrationUid,
+      runDir,
+      qmp,
+      ended: false,
+      job: Promise.resolve(),
+      disks: this.blockPlan(vmi).disks,
+      made: [],
+    });
     return true;
   }
 
