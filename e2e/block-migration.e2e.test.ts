@@ -119,7 +119,7 @@ after(async () => {
   await c.close();
 });
 
-test('a VM with local-pool disks: a failed mirror leaves it running, then it moves with its disks intact', { timeout: 900_000 }, async () => {
+test('a VM with local-pool disks: a failed mirror leaves it running, then it moves with its disks intact', { timeout: 1_500_000 }, async () => {
   await c.client.create(
     PVC,
     {
@@ -138,11 +138,11 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
       const lm = s.conditions?.find((x) => x.type === 'LiveMigratable');
       return s.phase === 'Running' && lm?.status === 'True' ? s : undefined;
     },
-    300_000,
+    600_000,
   );
   const source = running.nodeName!;
   const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
-  await eventually('the guest writing records', async () => (recs(await serialLog(agentOf(source).dataDir, ns, NAME)).length > 5 ? true : undefined), 300_000);
+  await eventually('the guest writing records', async () => (recs(await serialLog(agentOf(source).dataDir, ns, NAME)).length > 5 ? true : undefined), 600_000);
   const sourceFiles = [(await annotations(ROOT))['vessel.io/volume-path'], (await annotations(DATA))['vessel.io/volume-path']];
   assert.ok(sourceFiles.every((f) => f?.startsWith(agentOf(source).dataDir)));
 

@@ -244,7 +244,8 @@ export class VmMigrations {
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
-        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`).catch(() => undefined);
+        // An abort during the disk mirror ends here too: it succeeded (abortStatus is only set when one was asked for).
+        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => undefined);
       })
       .finally(() => this.sources.delete(key));
   }
