@@ -21,6 +21,8 @@ export const NBD_ANNOTATION = 'vessel.io/migration-nbd';
 /** Prefix of the source's mirror job ids and NBD client node names (a stateless clean-up finds them by it). */
 const JOB_PREFIX = 'vslmig-';
 const POLL_MS = 200;
+/** QMP answers during a mirror may be slow (TCG on a loaded host). */
+const QMP_TIMEOUT_MS = 60_000;
 /** How long ending the mirrors may take (the guest is paused meanwhile). */
 const CONCLUDE_TIMEOUT_MS = 120_000;
 /** Ports the target's NBD server tries (QEMU does not report the port it picked for port 0). */
@@ -143,7 +145,7 @@ export async function exportDisks(qmp: Qmp, host: string, disks: readonly Moving
   for (let attempt = 0; ; attempt++) {
     port = PORT_MIN + Math.floor(Math.random() * PORT_SPAN);
     try {
-      await qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tlsCreds ? { 'tls-creds': tlsCreds } : {}) });
+      await exec(qmp, 'nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tlsCreds ? { 'tls-creds': tlsCreds } : {}) });
       break;
     } catch (e) {
       if (attempt >= 20 || !/in use/i.test(e instanceof Error ? e.message : String(e))) throw e;
@@ -151,7 +153,7 @@ export async function exportDisks(qmp: Qmp, host: string, disks: readonly Moving
   }
   for (const d of disks) {
     // Exporting activates the node, which an incoming QEMU keeps inactive until the switch.
-    await qmp.execute('block-export-add', {
+    await exec(qmp, 'block-export-add', {
       type: 'nbd',
       id: `${JOB_PREFIX}${d.volume}`,
       'node-name': blockNodeNames(d.volume).format,
@@ -164,7 +166,7 @@ export async function exportDisks(qmp: Qmp, host: string, disks: readonly Moving
 
 /** Target: the NBD server (and its exports) goes; nothing if none runs. */
 export async function stopExports(qmp: Qmp): Promise<void> {
-  await qmp.execute('nbd-server-stop').catch(() => undefined);
+  await exec(qmp, 'nbd-server-stop').catch(() => undefined);
 }
 
 interface BlockJob {
@@ -193,7 +195,7 @@ export async function startMirrors(
   const sizes = await nodeSizes(qmp);
   for (const d of disks) {
     const id = `${JOB_PREFIX}${d.volume}`.slice(0, 31);
-    await qmp.execute('blockdev-add', {
+    await exec(qmp, 'blockdev-add', {
       driver: 'nbd',
       'node-name': id,
       server: { type: 'inet', host: m[1], port: m[2] },
@@ -205,7 +207,7 @@ export async function startMirrors(
     if (sizes.get(source) !== after.get(id)) {
       throw new Error(`volume ${d.volume}: the target's disk has ${after.get(id)} bytes, this one ${sizes.get(source)}`);
     }
-    await qmp.execute('blockdev-mirror', {
+    await exec(qmp, 'blockdev-mirror', {
       'job-id': id,
       device: source,
       target: id,
@@ -231,7 +233,7 @@ export async function startMirrors(
  * drops the NBD clients. Throws when a job ends in error.
  */
 export async function finishMirrors(qmp: Qmp): Promise<void> {
-  for (const j of await mirrorJobs(qmp)) await qmp.execute('block-job-cancel', { device: j.device });
+  for (const j of await mirrorJobs(qmp)) await exec(qmp, 'block-job-cancel', { device: j.device });
   const errors = await concludeJobs(qmp);
   await dropClients(qmp);
   if (errors.length) throw new Error(`mirroring failed at the switch-over: ${errors.join('; ')}`);
@@ -240,14 +242,14 @@ export async function finishMirrors(qmp: Qmp): Promise<void> {
 /** Source, the migration failed or was aborted: every mirror job and NBD client of ours goes (the source's disks are untouched). */
 export async function cancelMirrors(qmp: Qmp): Promise<void> {
   for (const j of await mirrorJobs(qmp).catch(() => [])) {
-    if (j.status !== 'concluded') await qmp.execute('block-job-cancel', { device: j.device, force: true }).catch(() => undefined);
+    if (j.status !== 'concluded') await exec(qmp, 'block-job-cancel', { device: j.device, force: true }).catch(() => undefined);
   }
   await concludeJobs(qmp).catch(() => undefined);
   await dropClients(qmp).catch(() => undefined);
 }
 
 async function mirrorJobs(qmp: Qmp): Promise<BlockJob[]> {
-  return (await qmp.execute<BlockJob[]>('query-block-jobs')).filter((j) => j.device.startsWith(JOB_PREFIX));
+  return (await exec<BlockJob[]>(qmp, 'query-block-jobs')).filter((j) => j.device.startsWith(JOB_PREFIX));
 }
 
 /** Waits until every job of ours has concluded, dismisses them, and returns their errors. */
@@ -261,19 +263,19 @@ async function concludeJobs(qmp: Qmp): Promise<string[]> {
     if (Date.now() > deadline) throw new Error(`the mirror jobs did not end within ${CONCLUDE_TIMEOUT_MS / 1000} s`);
     for (const j of jobs.filter((j) => j.status === 'concluded' || j.status === 'null')) {
       if (j.error) errors.push(`${j.device.slice(JOB_PREFIX.length)}: ${j.error}`);
-      await qmp.execute('job-dismiss', { id: j.device }).catch(() => undefined);
+      await exec(qmp, 'job-dismiss', { id: j.device }).catch(() => undefined);
     }
     await sleep(POLL_MS / 4);
   }
 }
 
 async function dropClients(qmp: Qmp): Promise<void> {
-  for (const name of (await nodeSizes(qmp)).keys()) if (name.startsWith(JOB_PREFIX)) await qmp.execute('blockdev-del', { 'node-name': name });
+  for (const name of (await nodeSizes(qmp)).keys()) if (name.startsWith(JOB_PREFIX)) await exec(qmp, 'blockdev-del', { 'node-name': name });
 }
 
 /** Virtual size of every named block node. */
 async function nodeSizes(qmp: Qmp): Promise<Map<string, number>> {
-  const nodes = await qmp.execute<{ 'node-name': string; image?: { 'virtual-size'?: number } }[]>('query-named-block-nodes', { flat: true });
+  const nodes = await exec<{ 'node-name': string; image?: { 'virtual-size'?: number } }[]>(qmp, 'query-named-block-nodes', { flat: true });
   return new Map(nodes.map((n) => [n['node-name'], n.image?.['virtual-size'] ?? -1]));
 }
 
@@ -282,6 +284,14 @@ async function exists(path: string): Promise<boolean> {
     () => true,
     () => false,
   );
+}
+
+/**
+ * A QMP command with a long time-out: a QEMU copying a disk under TCG on a loaded host can take
+ * seconds to answer, which must not fail the migration.
+ */
+function exec<T = unknown>(qmp: Qmp, command: string, args?: Record<string, unknown>): Promise<T> {
+  return qmp.execute<T>(command, args, { timeoutMs: QMP_TIMEOUT_MS });
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
