@@ -1,10 +1,13 @@
 /**
- * The LiveMigratable rule of this increment (vms/migration.ts): shared-pool claims and
- * cloud-init move; local-pool claims and per-node overlays say why not.
+ * The LiveMigratable rule (vms/migration.ts) and the plan of which disks move over NBD and how
+ * (vms/block-migration.ts): shared-pool claims and cloud-init stay, node-local disks are
+ * mirrored, what cannot move says why.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import { Pool } from '../storage/pools.ts';
+import { claimBytes, planBlockMigration, targetVolumes } from './block-migration.ts';
 import { claimPool, liveMigratable } from './migration.ts';
 
 const pools = new Map([
@@ -14,32 +17,89 @@ const pools = new Map([
 const pvc = (pool?: string) => ({ metadata: { name: 'x', annotations: (pool ? { 'vessel.io/pool': pool } : {}) as Record<string, string> } });
 const spec = (volumes: unknown[]) => ({ domain: { devices: {} }, volumes }) as unknown as V1VirtualMachineInstanceSpec;
 
-test('shared-pool claims and cloud-init are live-migratable', () => {
-  const c = liveMigratable(
-    spec([
-      { name: 'root', dataVolume: { name: 'root-dv' } },
-      { name: 'data', persistentVolumeClaim: { claimName: 'data' } },
-      { name: 'ci', cloudInitNoCloud: { userData: '#!/bin/sh' } },
-    ]),
-    () => claimPool(pvc('shared'), pools),
-  );
-  assert.deepEqual(c, { type: 'LiveMigratable', status: 'True', reason: '', message: '' });
+test('shared-pool claims and cloud-init are live-migratable and copy nothing', () => {
+  const s = spec([
+    { name: 'root', dataVolume: { name: 'root-dv' } },
+    { name: 'data', persistentVolumeClaim: { claimName: 'data' } },
+    { name: 'ci', cloudInitNoCloud: { userData: '#!/bin/sh' } },
+  ]);
+  const poolOf = () => claimPool(pvc('shared'), pools);
+  assert.deepEqual(liveMigratable(s, poolOf), { type: 'LiveMigratable', status: 'True', reason: '', message: '' });
+  assert.deepEqual(planBlockMigration(s, poolOf), { disks: [], refused: [] });
 });
 
-test('a local-pool claim, a containerDisk, an emptyDisk or an unknown pool: False, each volume named', () => {
+test('local-pool claims, containerDisk, emptyDisk and ephemeral over a shared claim move: full or top', () => {
+  const s = spec([
+    { name: 'root', dataVolume: { name: 'root-dv' } },
+    { name: 'cd', containerDisk: { image: 'x' } },
+    { name: 'scratch', emptyDisk: { capacity: '1Gi' } },
+    { name: 'eph', ephemeral: { persistentVolumeClaim: { claimName: 'golden' } } },
+    { name: 'ci', cloudInitNoCloud: { userData: '#!/bin/sh' } },
+  ]);
+  const poolOf = (claim: string) => claimPool(pvc(claim === 'golden' ? 'shared' : 'local'), pools);
+  assert.equal(liveMigratable(s, poolOf).status, 'True');
+  assert.deepEqual(planBlockMigration(s, poolOf).disks, [
+    { volume: 'root', kind: 'claim', claim: 'root-dv', sync: 'full' },
+    { volume: 'cd', kind: 'containerDisk', sync: 'top' },
+    { volume: 'scratch', kind: 'emptyDisk', sync: 'full' },
+    { volume: 'eph', kind: 'ephemeral', sync: 'top' },
+  ]);
+});
+
+test('what cannot move: False, each volume named with why', () => {
   const c = liveMigratable(
     spec([
-      { name: 'root', dataVolume: { name: 'root-dv' } },
-      { name: 'cd', containerDisk: { image: 'x' } },
-      { name: 'scratch', emptyDisk: { capacity: '1Gi' } },
       { name: 'lost', persistentVolumeClaim: { claimName: 'lost' } },
+      { name: 'ro', persistentVolumeClaim: { claimName: 'ro', readOnly: true } },
+      { name: 'eph', ephemeral: { persistentVolumeClaim: { claimName: 'base' } } },
+      { name: 'host', hostDisk: { path: '/x', type: 'Disk' } },
     ]),
     (claim) => (claim === 'lost' ? claimPool(pvc(), pools) : claimPool(pvc('local'), pools)),
   );
   assert.equal(c.status, 'False');
   assert.equal(c.reason, 'DisksNotLiveMigratable');
-  assert.match(c.message, /volume root is on the local pool/);
-  assert.match(c.message, /volume cd is a containerDisk/);
-  assert.match(c.message, /volume scratch is an emptyDisk/);
   assert.match(c.message, /volume lost: the pool of claim lost is not known/);
+  assert.match(c.message, /volume ro is a read-only claim on the local pool/);
+  assert.match(c.message, /volume eph is an ephemeral overlay of claim base, which is on the local pool/);
+  assert.match(c.message, /volume host: its type is not live-migratable yet/);
+});
+
+test('target volumes: the path the node derives (pool, namespace, claim, uid) and the claim capacity as size', () => {
+  const local = new Pool('local', '/var/lib/vessel/pools/local', false);
+  const disks = planBlockMigration(
+    spec([
+      { name: 'root', dataVolume: { name: 'root-dv' } },
+      { name: 'scratch', emptyDisk: { capacity: '1Gi' } },
+    ]),
+    () => claimPool(pvc('local'), pools),
+  ).disks;
+  const uid = '0b5c2a8e-1111-4222-8333-444455556666';
+  const vols = targetVolumes(
+    disks,
+    (claim) => local.volumePath('t1', claim, uid),
+    () => claimBytes({ status: { capacity: { storage: '1Gi' } } }),
+  );
+  assert.deepEqual(vols, [{ volume: 'root', claim: 'root-dv', path: `/var/lib/vessel/pools/local/t1/root-dv-${uid}.qcow2`, size: 1024 ** 3 }]);
+  // Sizes round up to a sector; a claim without capacity, or without a pool here, is an error.
+  assert.equal(claimBytes({ status: { capacity: { storage: '1000' } } }), 1024);
+  assert.equal(claimBytes({ status: {} }), undefined);
+  assert.equal(claimBytes({ status: { capacity: { storage: 'lots' } } }), undefined);
+  assert.throws(
+    () =>
+      targetVolumes(
+        disks,
+        () => undefined,
+        () => 1024,
+      ),
+    /no pool of that name on this node/,
+  );
+  assert.throws(
+    () =>
+      targetVolumes(
+        disks,
+        () => '/p',
+        () => undefined,
+      ),
+    /no capacity/,
+  );
 });

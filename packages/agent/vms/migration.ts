@@ -19,8 +19,23 @@ import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
+import { containedPath, type Pool } from '../storage/pools.ts';
+import {
+  cancelMirrors,
+  claimBytes,
+  createTargetVolumes,
+  exportDisks,
+  finishMirrors,
+  NBD_ANNOTATION,
+  planBlockMigration,
+  removeFiles,
+  startMirrors,
+  stopExports,
+  targetVolumes,
+  type MovingDisk,
+} from './block-migration.ts';
 
-const { VMIS } = refs;
+const { VMIS, PVCS } = refs;
 type Obj = Record<string, unknown>;
 const NODE_LABEL = 'kubevirt.io/nodeName';
 /** How often the source asks QEMU how the migration goes. */
@@ -42,30 +57,16 @@ export interface LiveMigratableCondition {
 }
 
 /**
- * Whether the VMI can be live-migrated by this increment: every volume is a claim on a shared
- * pool (the target opens the same file) or cloud-init (re-made on the target). Volumes with
- * per-node state (local-pool claims, containerDisk and ephemeral overlays, emptyDisk) say why
- * not: mirroring them to the target is a later increment.
+ * Whether the VMI can be live-migrated: claims on a shared pool (the target opens the same
+ * file), cloud-init (re-made on the target), and the node-local disks block-migration.ts
+ * mirrors (local-pool claims, emptyDisk, containerDisk and ephemeral overlays). What cannot move
+ * says why.
  */
 export function liveMigratable(
   spec: V1VirtualMachineInstanceSpec,
   poolOfClaim: (claim: string) => { name: string; shared: boolean } | undefined,
 ): LiveMigratableCondition {
-  const why: string[] = [];
-  for (const v of spec.volumes ?? []) {
-    const claim = v.dataVolume?.name ?? v.persistentVolumeClaim?.claimName;
-    if (claim) {
-      const pool = poolOfClaim(claim);
-      if (!pool) why.push(`volume ${v.name}: the pool of claim ${claim} is not known on this node`);
-      else if (!pool.shared) why.push(`volume ${v.name} is on the ${pool.name} pool of this node (local disks are not mirrored yet)`);
-    } else if (v.containerDisk || v.ephemeral || v.emptyDisk) {
-      why.push(
-        `volume ${v.name} is ${v.containerDisk ? 'a containerDisk' : v.ephemeral ? 'an ephemeral volume' : 'an emptyDisk'} whose writes live on this node`,
-      );
-    } else if (!v.cloudInitNoCloud && !v.cloudInitConfigDrive) {
-      why.push(`volume ${v.name}: its type is not live-migratable yet`);
-    }
-  }
+  const why = planBlockMigration(spec, poolOfClaim).refused;
   return why.length
     ? { type: 'LiveMigratable', status: 'False', reason: 'DisksNotLiveMigratable', message: why.join('; ') }
     : { type: 'LiveMigratable', status: 'True', reason: '', message: '' };
@@ -95,8 +96,15 @@ export interface MigrationHost {
   /** The VMI from the runtime's cache. */
   vmi(key: string): KubeObject | undefined;
   runDirOf(vmi: KubeObject): string;
-  /** Prepares the VMI as for a start and launches its QEMU waiting for the guest (`-incoming defer`); throws what fails. */
-  launchIncoming(vmi: KubeObject, runDir: string): Promise<void>;
+  /**
+   * Prepares the VMI as for a start and launches its QEMU waiting for the guest (`-incoming
+   * defer`), the claims of `volumePaths` (volume → file) on those files; throws what fails.
+   */
+  launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>): Promise<void>;
+  /** This node's storage pools: where a target makes its copies of moving claims. */
+  pools: ReadonlyMap<string, Pool>;
+  /** A claim from the agent's cache. */
+  claim(namespace: string, name: string): KubeObject | undefined;
   /** Ends the QEMU in runDir and the VMI's tap and lease on this node (no status written). */
   stopQemu(key: string, runDir: string): Promise<void>;
   /** Marks the source's session as ending on purpose: its QEMU going away is not the VM stopping. */
@@ -112,6 +120,10 @@ interface Target {
   /** Ended on purpose (failed, aborted, handed over): a closing QMP is not a failure. */
   ended: boolean;
   job: Promise<void>;
+  /** The node-local disks coming over NBD (block-migration.ts). */
+  disks: MovingDisk[];
+  /** Volume files made for them, removed unless the guest arrives. */
+  made: string[];
 }
 
 interface QueryMigrate {
@@ -166,7 +178,7 @@ export class VmMigrations {
       return;
     }
     if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
-    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve() };
+    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [] };
     this.targets.set(key, target);
     target.job = this.prepareTarget(vmi, target).catch((e: unknown) => this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`));
   }
@@ -185,7 +197,15 @@ export class VmMigrations {
       await qmp?.close();
       return false;
     }
-    this.targets.set(keyOf(vmi), { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve() });
+    this.targets.set(keyOf(vmi), {
+      migrationUid: ms.migrationUid,
+      runDir,
+      qmp,
+      ended: false,
+      job: Promise.resolve(),
+      disks: this.blockPlan(vmi).disks,
+      made: [],
+    });
     return true;
   }
 
@@ -196,7 +216,10 @@ export class VmMigrations {
     await t.job;
     t.ended = true;
     this.targets.delete(key);
+    if (t.qmp && t.disks.length) await stopExports(t.qmp);
     await t.qmp?.close();
+    const vmi = this.host.vmi(key);
+    if (vmi && t.disks.length) await this.claimsArrived(vmi, t.disks);
   }
 
   /** The VMI is gone: a target QEMU of ours goes too. */
@@ -221,7 +244,8 @@ export class VmMigrations {
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
-        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`).catch(() => undefined);
+        // An abort during the disk mirror ends here too: it succeeded (abortStatus is only set when one was asked for).
+        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => undefined);
       })
       .finally(() => this.sources.delete(key));
   }
@@ -229,7 +253,19 @@ export class VmMigrations {
   private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
     const key = keyOf(vmi);
     try {
-      await this.host.launchIncoming(vmi, t.runDir);
+      const ns = vmi.metadata.namespace!;
+      const plan = this.blockPlan(vmi);
+      if (plan.refused.length) throw new Error(plan.refused.join('; '));
+      t.disks = plan.disks;
+      // Each moving claim gets a blank volume where this node keeps that claim's file.
+      const volumes = targetVolumes(
+        plan.disks,
+        (claim) => this.claimFile(ns, claim),
+        (claim) => claimBytes(this.host.claim(ns, claim)),
+      );
+      for (const v of volumes) await this.poolOfClaim(ns, v.claim)?.ensureNamespaceDir(ns);
+      await createTargetVolumes(volumes, t.made);
+      await this.host.launchIncoming(vmi, t.runDir, Object.fromEntries(volumes.map((v) => [v.volume, v.path])));
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
       if (t.ended) return await this.host.stopQemu(key, t.runDir);
       const qmp = await QmpClient.connect(runDirFiles(t.runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
@@ -255,11 +291,18 @@ export class VmMigrations {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const port = Number(info['socket-address']?.find((a) => a.port !== undefined)?.port);
       if (!Number.isInteger(port) || port <= 0) throw new Error(`QEMU did not say which port it listens on (${JSON.stringify(info)})`);
-      const written = await this.writeState(key, t.migrationUid, (ms) => {
-        if (ms.abortRequested) return false;
-        ms.targetNodeAddress = `${this.host.listenAddress}:${port}`;
-        ms.targetDirectMigrationNodePorts = { [String(port)]: 0 };
-      });
+      // Node-local disks: exported writable over NBD (with the migration's TLS) for the source to mirror into.
+      const nbd = plan.disks.length ? await exportDisks(qmp, this.host.listenAddress, plan.disks, this.host.tlsDir ? TLS_CREDS : undefined) : undefined;
+      const written = await this.writeState(
+        key,
+        t.migrationUid,
+        (ms) => {
+          if (ms.abortRequested) return false;
+          ms.targetNodeAddress = `${this.host.listenAddress}:${port}`;
+          ms.targetDirectMigrationNodePorts = { [String(port)]: 0 };
+        },
+        nbd ? { [NBD_ANNOTATION]: JSON.stringify({ migrationUid: t.migrationUid, address: nbd }) } : undefined,
+      );
       if (written) this.host.log(`migration: ${key}: target ready on ${this.host.listenAddress}:${port}`);
       // A source that never starts (its agent gone) must not keep the target waiting for ever.
       const timer = setTimeout(() => {
@@ -292,6 +335,8 @@ export class VmMigrations {
     t.ended = true;
     await t.qmp?.close();
     await this.host.stopQemu(key, t.runDir);
+    // The copies of node-local disks made for a guest that did not arrive.
+    await removeFiles(t.made).catch((e: Error) => this.host.log(`migration: ${key}: removing the target's volumes: ${e.message}`));
     this.host.log(`migration: ${key}: target QEMU ended`);
   }
 
@@ -300,15 +345,29 @@ export class VmMigrations {
     const key = keyOf(vmi);
     const uid = ms.migrationUid;
     const before = (await qmp.execute<{ status: string }>('query-status')).status;
+    const disks = this.blockPlan(vmi).disks;
+    // This node's files of the moving claims, removed once the guest runs on the target.
+    const sourceFiles = this.sourceFiles(vmi, disks);
+    const aborted = () => {
+      const cur = migrationStateOf(this.host.vmi(key));
+      return cur?.migrationUid !== uid || !!cur.abortRequested || !!cur.failed;
+    };
     if (!ms.startTimestamp) {
       // Started: the migration's phase becomes Running.
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+      // With local disks QEMU stops before the switch-over, so the mirrors end while the guest is paused.
+      await qmp.execute('migrate-set-capabilities', {
+        capabilities: [
+          { capability: 'events', state: true },
+          { capability: 'pause-before-switchover', state: disks.length > 0 },
+        ],
+      });
       // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
       await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
       if (this.host.tlsDir) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
+      if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted);
       await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
@@ -318,8 +377,19 @@ export class VmMigrations {
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
-      if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info);
+      if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles);
+      if (status === 'pre-switchover') {
+        // The guest is paused: the mirrors copy what is left and end, then the devices go over.
+        try {
+          await finishMirrors(qmp);
+          await qmp.execute('migrate-continue', { state: 'pre-switchover' });
+        } catch (e) {
+          this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}; cancelling`);
+          await qmp.execute('migrate_cancel').catch(() => undefined);
+        }
+      }
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
+        if (disks.length) await cancelMirrors(qmp);
         // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
         const now = (await qmp.execute<{ status: string }>('query-status')).status;
         if (now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
@@ -328,8 +398,7 @@ export class VmMigrations {
         this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
         return;
       }
-      const cur = migrationStateOf(this.host.vmi(key));
-      if (!cancelled && (cur?.migrationUid !== uid || cur.abortRequested || cur.failed)) {
+      if (!cancelled && aborted()) {
         cancelled = true;
         await qmp.execute('migrate_cancel');
       }
@@ -349,7 +418,7 @@ export class VmMigrations {
   }
 
   /** The target runs the guest: the VMI says so, then the source QEMU (in postmigrate) goes. */
-  private async switchOver(vmi: KubeObject, uid: string, target: string, info: QueryMigrate): Promise<void> {
+  private async switchOver(vmi: KubeObject, uid: string, target: string, info: QueryMigrate, sourceFiles: { pool: Pool; path: string }[]): Promise<void> {
     const key = keyOf(vmi);
     this.host.releaseSource(key);
     // The guest now runs only on the target: this write must happen (never a `failed` instead),
@@ -382,6 +451,89 @@ export class VmMigrations {
     );
     this.host.log(`migration: ${key}: completed in ${secs} s, downtime ${info.downtime ?? '?'} ms; stopping the source QEMU`);
     await this.host.stopQemu(key, this.host.runDirOf(vmi));
+    // The target has the node-local claims now (it records them as its own): this node's copies go.
+    for (const f of sourceFiles) {
+      await f.pool.deleteVolume(f.path).catch((e: Error) => this.host.log(`migration: ${key}: removing ${f.path}: ${e.message}`));
+    }
+  }
+
+  /** Which of the VMI's disks move over NBD, from this node's view of its claims and pools. */
+  private blockPlan(vmi: KubeObject) {
+    const ns = vmi.metadata.namespace!;
+    return planBlockMigration(vmi.spec as V1VirtualMachineInstanceSpec, (claim) => claimPool(this.host.claim(ns, claim), this.host.pools));
+  }
+
+  /** The node-local pool of this node a claim's volume is in (by the pool name it records). */
+  private poolOfClaim(ns: string, claim: string): Pool | undefined {
+    const pool = this.host.pools.get(this.host.claim(ns, claim)?.metadata.annotations?.[storage.VOLUME_POOL] ?? '');
+    return pool && !pool.shared ? pool : undefined;
+  }
+
+  /** Where this node keeps a claim's volume: derived from namespace, name and uid (never a path from an object). */
+  private claimFile(ns: string, claim: string): string | undefined {
+    const uid = this.host.claim(ns, claim)?.metadata.uid;
+    return uid ? this.poolOfClaim(ns, claim)?.volumePath(ns, claim, uid) : undefined;
+  }
+
+  /** The source's files of the moving claims (their recorded paths, checked to be in a local pool's namespace directory here). */
+  private sourceFiles(vmi: KubeObject, disks: readonly MovingDisk[]): { pool: Pool; path: string }[] {
+    const ns = vmi.metadata.namespace!;
+    const out: { pool: Pool; path: string }[] = [];
+    for (const d of disks) {
+      const recorded = d.claim ? this.host.claim(ns, d.claim)?.metadata.annotations?.[storage.VOLUME_PATH] : undefined;
+      if (!recorded) continue;
+      try {
+        const found = containedPath(this.host.pools.values(), ns, recorded, storage.VOLUME_PATH);
+        if (!found.pool.shared) out.push(found);
+      } catch {
+        // Not a file of this node: nothing to remove here.
+      }
+    }
+    return out;
+  }
+
+  /** Source: mirrors the node-local disks into the target's NBD exports until all are READY; on failure nothing is left running. */
+  private async mirror(vmi: KubeObject, uid: string, qmp: QmpClient, disks: readonly MovingDisk[], aborted: () => boolean): Promise<void> {
+    const key = keyOf(vmi);
+    const raw = this.host.vmi(key)?.metadata.annotations?.[NBD_ANNOTATION];
+    const nbd = raw ? (JSON.parse(raw) as { migrationUid?: string; address?: string }) : undefined;
+    if (nbd?.migrationUid !== uid || !nbd.address) throw new Error('the target did not publish its NBD server for the local disks');
+    const t0 = Date.now();
+    try {
+      await startMirrors(qmp, disks, nbd.address, {
+        tlsCreds: this.host.tlsDir ? TLS_CREDS : undefined,
+        tlsHostname: migrationStateOf(vmi)?.targetNode,
+        // A test knob: a slow mirror, to fail a migration in the middle of it.
+        speed: Number(process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC ?? 0) || undefined,
+        stop: aborted,
+      });
+    } catch (e) {
+      await cancelMirrors(qmp);
+      throw e;
+    }
+    this.host.log(`migration: ${key}: ${disks.length} local disk(s) mirrored to the target in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  }
+
+  /** Target, the guest arrived: the moving claims are this node's (their volume files are the copies made here). */
+  private async claimsArrived(vmi: KubeObject, disks: readonly MovingDisk[]): Promise<void> {
+    const ns = vmi.metadata.namespace!;
+    for (const d of disks) {
+      const path = d.claim ? this.claimFile(ns, d.claim) : undefined;
+      if (!path) continue;
+      const annotations = { [storage.SELECTED_NODE]: this.host.nodeName, [storage.VOLUME_PATH]: path };
+      for (let attempt = 0; ; attempt++) {
+        try {
+          await this.host.client.patch(PVCS, d.claim!, { metadata: { annotations } }, { namespace: ns });
+          break;
+        } catch (e) {
+          if (isNotFound(e) || attempt >= 10 || this.closed) {
+            this.host.log(`migration: ${ns}/${d.claim}: recording the claim on ${this.host.nodeName}: ${e instanceof Error ? e.message : e}`);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
+        }
+      }
+    }
   }
 
   /** migrationState.failed with the reason (the first one stays), when it still describes migration `uid`. */
@@ -394,8 +546,11 @@ export class VmMigrations {
     });
   }
 
-  /** Changes the VMI's migrationState when it still describes the active migration `uid`; false when it does not. */
-  private async writeState(key: string, uid: string, change: (ms: MigrationState) => boolean | void): Promise<boolean> {
+  /**
+   * Changes the VMI's migrationState (and sets `annotations`) when it still describes the active
+   * migration `uid`; false when it does not.
+   */
+  private async writeState(key: string, uid: string, change: (ms: MigrationState) => boolean | void, annotations?: Record<string, string>): Promise<boolean> {
     const vmi = this.host.vmi(key);
     if (!vmi) return false;
     let changed = false;
@@ -404,6 +559,7 @@ export class VmMigrations {
       const ms = { ...(s.migrationState as MigrationState | undefined) };
       if (!active(ms) || ms.migrationUid !== uid || change(ms) === false) return false;
       s.migrationState = ms;
+      if (annotations) obj.metadata.annotations = { ...obj.metadata.annotations, ...annotations };
       changed = true;
     });
     return changed;

@@ -81,6 +81,11 @@ export interface PrepareContext {
    * an interface on a multus network with the bridge binding gets a port on the NAD's bridge.
    */
   secondary?: Pick<SecondaryNetworks, 'attach'>;
+  /**
+   * A live migration's target (block-migration.ts): claim volumes (by volume name) on these
+   * files, the blank copies the agent made at paths it derived, instead of the claims' recorded files.
+   */
+  volumePaths?: Record<string, string>;
 }
 
 type Vmi = { metadata: { name: string; namespace: string; uid?: string; ownerReferences?: unknown }; spec: V1VirtualMachineInstanceSpec };
@@ -190,7 +195,8 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
   const overlay = join(runDir, `${vol.name}.overlay.qcow2`);
   if (vol.dataVolume || vol.persistentVolumeClaim) {
     const name = vol.dataVolume?.name ?? vol.persistentVolumeClaim!.claimName;
-    const path = claimPath(ns, name, vol.name, ctx);
+    const given = ctx.volumePaths && Object.hasOwn(ctx.volumePaths, vol.name) ? ctx.volumePaths[vol.name] : undefined;
+    const path = given ?? claimPath(ns, name, vol.name, ctx);
     return { path, format: 'qcow2', readOnly: vol.persistentVolumeClaim?.readOnly === true };
   }
   if (vol.ephemeral) {

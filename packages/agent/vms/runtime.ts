@@ -160,7 +160,9 @@ export class VmRuntime extends Controller {
       tlsDir: opts.migrationTlsDir,
       vmi: (key) => this.vmis.get(key),
       runDirOf: (vmi) => this.runDirOf(vmi),
-      launchIncoming: (vmi, runDir) => this.launchIncoming(vmi, runDir),
+      launchIncoming: (vmi, runDir, volumePaths) => this.launchIncoming(vmi, runDir, volumePaths),
+      pools: opts.pools,
+      claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
       stopQemu: (key, runDir) => this.stopQemu(key, runDir),
       releaseSource: (key) => {
         const s = this.sessions.get(key);
@@ -424,6 +426,7 @@ export class VmRuntime extends Controller {
   private async prepareLaunch(
     vmi: KubeObject,
     runDir: string,
+    volumePaths?: Record<string, string>,
   ): Promise<{ typed: TypedVmi; argv: ReturnType<typeof buildQemuArgv>; netns: string | undefined }> {
     const typed = {
       metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid },
@@ -438,6 +441,7 @@ export class VmRuntime extends Controller {
       egress: this.opts.egress,
       network: this.opts.network,
       secondary: this.opts.secondary,
+      volumePaths,
     });
     return { typed, argv: buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared }), netns: prepared.netns };
   }
@@ -468,10 +472,10 @@ export class VmRuntime extends Controller {
   }
 
   /** A live migration's target: the VM prepared as for a start, QEMU waiting for the guest (`-incoming defer`). */
-  private async launchIncoming(vmi: KubeObject, runDir: string): Promise<void> {
+  private async launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>): Promise<void> {
     this.preparing.add(runDir);
     try {
-      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir);
+      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir, volumePaths);
       argv.argv.push('-incoming', 'defer');
       await this.launchQemu(vmi, typed, runDir, argv, netns);
     } finally {

@@ -1,0 +1,233 @@
+/**
+ * Live migration of node-local disks end to end (vms/block-migration.ts) on a two-node dev
+ * cluster: one tiny guest with its root disk (a DataVolume) and a 64 MiB data disk (a claim) on the local pool, writing
+ * numbered 512-byte records to the data disk (each flushed) and, every 25 records, the md5 of
+ * all records so far. First a migration whose target QEMU is killed while the disks are mirrored
+ * (slowed down for the test): Failed, the guest still writing on its node, the target's new
+ * volumes gone. Then a migration that succeeds: the records on the target's file are contiguous
+ * and match the guest's checksum, the source's files are gone, the claims name the target node
+ * and its files, and the guest never rebooted.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import type { ResourceRef } from '@vessel/client';
+import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { eventually, run, startCluster, type TestCluster } from './harness.ts';
+import { serialLog, tinyVm } from './tiny-vm.ts';
+
+const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
+const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
+const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
+const ns = 'default';
+const NAME = 'localmover';
+const DATA = `${NAME}-data`;
+const ROOT = `${NAME}-root`;
+type Obj = Record<string, unknown>;
+type VmiStatus = {
+  phase?: string;
+  nodeName?: string;
+  migrationState?: { failed?: boolean; failureReason?: string; completed?: boolean; startTimestamp?: string; endTimestamp?: string; migrationUid?: string };
+  conditions?: { type: string; status: string; message?: string }[];
+};
+
+/**
+ * The writer: finds the 64 MiB disk, then record i (`REC i <hash of i>`, padded to 512 bytes)
+ * at sector i, flushed; prints each, and every 25 the md5 of the sectors written so far.
+ */
+const USER_DATA = `#!/bin/sh
+for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
+echo "VESSEL-DEV $DEV"
+(i=0; while true; do
+  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync 2>/dev/null && sync
+  echo "VESSEL-REC $i"
+  i=$((i+1))
+  [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
+done) &
+`;
+
+let c: TestCluster;
+const agentOf = (name: string) => c.nodes.agents.find((a) => a.nodeName === name)!;
+const vmiStatus = async () => ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
+const recs = (text: string) => [...text.matchAll(/VESSEL-REC (\d+)/g)].map((m) => Number(m[1]));
+const sums = (text: string) => [...text.matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+const annotations = async (claim: string) => ((await c.client.get(PVC, claim, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
+const expected = (i: number) => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
+
+function localVm(): Obj {
+  const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'local', terminationGracePeriodSeconds: 5 }) as {
+    spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
+  };
+  const t = vm.spec.template.spec;
+  t.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
+  // A plain claim: the local class waits for its first consumer, so it lands on the root disk's node.
+  t.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
+  return vm as unknown as Obj;
+}
+
+async function migrate(name: string): Promise<void> {
+  await c.client.create(
+    VMIM,
+    { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: NAME } },
+    { namespace: ns },
+  );
+}
+async function finished(name: string): Promise<{ phase?: string; migrationState?: VmiStatus['migrationState'] }> {
+  return eventually(
+    `migration ${name} Succeeded or Failed`,
+    async () => {
+      const s = ((await c.client.get(VMIM, name, { namespace: ns })).status ?? {}) as { phase?: string; migrationState?: VmiStatus['migrationState'] };
+      return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+    },
+    600_000,
+  );
+}
+
+/** PIDs of QEMUs whose command line names `dir`. */
+async function qemusIn(dir: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const d of await readdir('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const cmd = await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '');
+    if (cmd.startsWith('qemu-system') && cmd.includes(dir)) pids.push(Number(d));
+  }
+  return pids;
+}
+
+const exists = (p: string) =>
+  stat(p).then(
+    () => true,
+    () => false,
+  );
+
+before(async () => {
+  c = await startCluster({ nodes: 2 });
+  await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
+});
+after(async () => {
+  delete process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC;
+  if (!c) return;
+  await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
+  await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
+    () => undefined,
+  );
+  await c.client.delete(PVC, DATA, { namespace: ns }).catch(() => undefined);
+  await c.close();
+});
+
+test('a VM with local-pool disks: a failed mirror leaves it running, then it moves with its disks intact', { timeout: 1_500_000 }, async () => {
+  await c.client.create(
+    PVC,
+    {
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name: DATA, namespace: ns },
+      spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
+    },
+    { namespace: ns },
+  );
+  await c.client.create(VM, localVm(), { namespace: ns });
+  const running = await eventually(
+    'the VMI Running and live-migratable',
+    async () => {
+      const s = await vmiStatus();
+      const lm = s.conditions?.find((x) => x.type === 'LiveMigratable');
+      return s.phase === 'Running' && lm?.status === 'True' ? s : undefined;
+    },
+    600_000,
+  );
+  const source = running.nodeName!;
+  const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  await eventually('the guest writing records', async () => (recs(await serialLog(agentOf(source).dataDir, ns, NAME)).length > 5 ? true : undefined), 600_000);
+  const sourceFiles = [(await annotations(ROOT))['vessel.io/volume-path'], (await annotations(DATA))['vessel.io/volume-path']];
+  assert.ok(sourceFiles.every((f) => f?.startsWith(agentOf(source).dataDir)));
+
+  // 1. The target QEMU killed while the disks are mirrored (slowed to 256 KiB/s for this).
+  process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC = String(256 * 1024);
+  await migrate('local-fail');
+  const targetDir = join(agentOf(target).dataDir, 'vms');
+  // eventually() retries a check that throws: a failure is returned, then asserted.
+  const started = await eventually(
+    'the mirror under way (the transfer started) or a failure',
+    async () => {
+      const ms = (await vmiStatus()).migrationState;
+      return ms?.failed || ms?.startTimestamp ? ms : undefined;
+    },
+    300_000,
+  );
+  assert.ok(!started.failed, `failed before the mirror: ${started.failureReason}`);
+  const targetFiles = await readdir(join(agentOf(target).dataDir, 'pools', 'local', ns));
+  assert.equal(targetFiles.length, 2, `the target made both volumes: ${targetFiles.join(' ')}`);
+  const pids = await qemusIn(targetDir);
+  assert.equal(pids.length, 1);
+  process.kill(pids[0], 'SIGKILL');
+  const failed = await finished('local-fail');
+  delete process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC;
+  assert.equal(failed.phase, 'Failed');
+  const s1 = await vmiStatus();
+  assert.equal(s1.nodeName, source);
+  assert.equal(s1.phase, 'Running');
+  await eventually(
+    "the target's new volumes removed",
+    async () => ((await readdir(join(agentOf(target).dataDir, 'pools', 'local', ns)).catch(() => [])).length === 0 ? true : undefined),
+    60_000,
+  );
+  const n1 = recs(await serialLog(agentOf(source).dataDir, ns, NAME)).at(-1)!;
+  await eventually(
+    'the guest still writing on its node',
+    async () => (recs(await serialLog(agentOf(source).dataDir, ns, NAME)).at(-1)! > n1 + 3 ? true : undefined),
+    120_000,
+  );
+  console.log(`figures: failed local-disk migration: ${failed.migrationState?.failureReason}`);
+
+  // 2. The migration that succeeds.
+  const t0 = Date.now();
+  await migrate('local-ok');
+  const done = await finished('local-ok');
+  const took = Date.now() - t0;
+  assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+  const lastOnSource = recs(await serialLog(agentOf(source).dataDir, ns, NAME)).at(-1)!;
+  // The guest goes on writing on the target without a reboot (its boot script never ran again).
+  const sum = await eventually(
+    'a checksum printed on the target after the move',
+    async () => {
+      const log = await serialLog(agentOf(target).dataDir, ns, NAME);
+      return sums(log).find((s) => s.n > lastOnSource + 1);
+    },
+    180_000,
+  );
+  const targetLog = await serialLog(agentOf(target).dataDir, ns, NAME);
+  assert.ok(!targetLog.includes('VESSEL-DEV'), 'the guest did not boot again on the target');
+  assert.ok(recs(targetLog)[0] <= lastOnSource + 2, `records go on where they were: ${recs(targetLog)[0]} after ${lastOnSource}`);
+  // The claims are the target's, on files of its local pool; the source's files are gone.
+  for (const claim of [ROOT, DATA]) {
+    const a = await annotations(claim);
+    assert.equal(a['volume.kubernetes.io/selected-node'], target, claim);
+    assert.ok(a['vessel.io/volume-path'].startsWith(join(agentOf(target).dataDir, 'pools', 'local', ns)), a['vessel.io/volume-path']);
+  }
+  for (const f of sourceFiles) assert.equal(await exists(f), false, `${f} removed`);
+  // Every record up to the checksum is on the target's file, in order, and their md5 is the guest's.
+  const tmp = await mkdtemp(join(tmpdir(), 'vessel-blockmig-'));
+  try {
+    const raw = join(tmp, 'data.raw');
+    const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', (await annotations(DATA))['vessel.io/volume-path'], raw]);
+    assert.equal(r.code, 0, r.err);
+    const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
+    for (let i = 0; i < sum.n; i++) {
+      const rec = bytes.subarray(i * 512, i * 512 + 512).toString('latin1');
+      assert.equal(rec.slice(0, expected(i).length), expected(i), `record ${i}`);
+    }
+    assert.equal(createHash('md5').update(bytes).digest('hex'), sum.md5, 'the checksum of the records');
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+  const ms = done.migrationState!;
+  console.log(
+    `figures: local-disk migration ${source} → ${target} (1 GiB root + 64 MiB data, local pool): ${took} ms from create to Succeeded, ` +
+      `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; ${sum.n} records checked`,
+  );
+});

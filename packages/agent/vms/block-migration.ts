@@ -1,0 +1,297 @@
+/**
+ * Node-local disks in a live migration (docs/migration.md, "Local disks"), as libvirt and
+ * Proxmox do it with QMP: the target makes each disk blank (same virtual size) at a path it
+ * derives itself and exports it writable over NBD from its incoming QEMU; the source mirrors
+ * each disk into that export (`blockdev-mirror`) while the guest runs, migrates the memory once
+ * every mirror is READY, and at the switch-over (`pause-before-switchover`: the guest is paused,
+ * its devices not yet handed over) ends the mirrors, which copies what is left, so the target's
+ * copy is the disk the guest stops with. Moving disks: local-pool claims (a full copy),
+ * emptyDisks (full), containerDisk and ephemeral overlays (only the overlay: the target makes
+ * the same base itself).
+ */
+import { rm, stat } from 'node:fs/promises';
+import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import { parseQuantity } from '@vessel/api';
+import { blockNodeNames } from '../qemu/argv.ts';
+import type { QmpClient } from '../qmp/client.ts';
+import * as qemuImg from '../storage/qemu-img.ts';
+
+/** The VMI annotation where the target publishes its NBD server: `{"migrationUid", "address"}` (migrationState's unknown fields are pruned). */
+export const NBD_ANNOTATION = 'vessel.io/migration-nbd';
+/** Prefix of the source's mirror job ids and NBD client node names (a stateless clean-up finds them by it). */
+const JOB_PREFIX = 'vslmig-';
+const POLL_MS = 200;
+/** QMP answers during a mirror may be slow (TCG on a loaded host). */
+const QMP_TIMEOUT_MS = 60_000;
+/** How long ending the mirrors may take (the guest is paused meanwhile). */
+const CONCLUDE_TIMEOUT_MS = 120_000;
+/** Ports the target's NBD server tries (QEMU does not report the port it picked for port 0). */
+const PORT_MIN = 49152;
+const PORT_SPAN = 16000;
+
+type Qmp = Pick<QmpClient, 'execute'>;
+
+export interface MovingDisk {
+  /** The volume's (and disk's) name. */
+  volume: string;
+  kind: 'claim' | 'emptyDisk' | 'containerDisk' | 'ephemeral';
+  /** The claim of a `claim` disk. */
+  claim?: string;
+  /** `full`: the whole disk (the target's is blank); `top`: only the overlay, the target has the same base. */
+  sync: 'full' | 'top';
+}
+
+export interface BlockPlan {
+  disks: MovingDisk[];
+  /** Why volumes cannot move, one sentence each (LiveMigratable's message). */
+  refused: string[];
+}
+
+/**
+ * Which volumes a live migration copies and how; claims on a shared pool are opened by the
+ * target as they are, cloud-init is re-made there.
+ */
+export function planBlockMigration(
+  spec: V1VirtualMachineInstanceSpec,
+  poolOfClaim: (claim: string) => { name: string; shared: boolean } | undefined,
+): BlockPlan {
+  const disks: MovingDisk[] = [];
+  const refused: string[] = [];
+  for (const v of spec.volumes ?? []) {
+    const claim = v.dataVolume?.name ?? v.persistentVolumeClaim?.claimName;
+    if (claim) {
+      const pool = poolOfClaim(claim);
+      if (!pool) refused.push(`volume ${v.name}: the pool of claim ${claim} is not known on this node`);
+      // A read-only disk cannot take the mirror's writes on the target.
+      else if (!pool.shared && v.persistentVolumeClaim?.readOnly) refused.push(`volume ${v.name} is a read-only claim on the ${pool.name} pool of this node`);
+      else if (!pool.shared) disks.push({ volume: v.name, kind: 'claim', claim, sync: 'full' });
+    } else if (v.emptyDisk) {
+      disks.push({ volume: v.name, kind: 'emptyDisk', sync: 'full' });
+    } else if (v.containerDisk) {
+      // The target pulls the same image: only the guest's writes (the overlay) cross.
+      disks.push({ volume: v.name, kind: 'containerDisk', sync: 'top' });
+    } else if (v.ephemeral) {
+      const base = v.ephemeral.persistentVolumeClaim?.claimName ?? '';
+      const pool = poolOfClaim(base);
+      if (!pool) refused.push(`volume ${v.name}: the pool of claim ${base} is not known on this node`);
+      else if (!pool.shared) refused.push(`volume ${v.name} is an ephemeral overlay of claim ${base}, which is on the ${pool.name} pool of this node`);
+      else disks.push({ volume: v.name, kind: 'ephemeral', sync: 'top' });
+    } else if (!v.cloudInitNoCloud && !v.cloudInitConfigDrive) {
+      refused.push(`volume ${v.name}: its type is not live-migratable yet`);
+    }
+  }
+  return { disks, refused };
+}
+
+/** A claim's size in bytes from its status.capacity (what its volume's virtual size is grown to), rounded up to a sector. */
+export function claimBytes(pvc: object | undefined): number | undefined {
+  const s = ((pvc as { status?: unknown } | undefined)?.status as { capacity?: { storage?: string } } | undefined)?.capacity?.storage;
+  if (!s) return undefined;
+  let n: number;
+  try {
+    n = parseQuantity(s);
+  } catch {
+    return undefined;
+  }
+  return Number.isFinite(n) && n > 0 ? Math.ceil(n / 512) * 512 : undefined;
+}
+
+export interface TargetVolume {
+  volume: string;
+  claim: string;
+  path: string;
+  size: number;
+}
+
+/**
+ * The target's file of each moving claim: `file(claim)` is the path this node derives for it
+ * (its pool, the claim's namespace, name and uid), `size(claim)` its virtual size.
+ */
+export function targetVolumes(
+  disks: readonly MovingDisk[],
+  file: (claim: string) => string | undefined,
+  size: (claim: string) => number | undefined,
+): TargetVolume[] {
+  return disks
+    .filter((d) => d.kind === 'claim')
+    .map((d) => {
+      const path = file(d.claim!);
+      const bytes = size(d.claim!);
+      if (!path) throw new Error(`volume ${d.volume}: claim ${d.claim} has no pool of that name on this node`);
+      if (!bytes) throw new Error(`volume ${d.volume}: claim ${d.claim} has no capacity in its status`);
+      return { volume: d.volume, claim: d.claim!, path, size: bytes };
+    });
+}
+
+/** Makes each volume blank; never over an existing file (it may be a disk in use). Returns the files made. */
+export async function createTargetVolumes(volumes: readonly TargetVolume[], made: string[]): Promise<void> {
+  for (const v of volumes) {
+    if (await exists(v.path)) throw new Error(`volume ${v.volume}: a file is already at the target's path for claim ${v.claim}`);
+    made.push(v.path);
+    await qemuImg.create(v.path, { format: 'qcow2', size: v.size });
+  }
+}
+
+export async function removeFiles(paths: readonly string[]): Promise<void> {
+  for (const p of paths) await rm(p, { force: true });
+}
+
+/**
+ * Target: starts QEMU's NBD server on `host` (TLS with `tlsCreds`, the client certificate
+ * checked) and exports each disk writable; returns the address `host:port`.
+ */
+export async function exportDisks(qmp: Qmp, host: string, disks: readonly MovingDisk[], tlsCreds?: string): Promise<string> {
+  let port = 0;
+  for (let attempt = 0; ; attempt++) {
+    port = PORT_MIN + Math.floor(Math.random() * PORT_SPAN);
+    try {
+      await exec(qmp, 'nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tlsCreds ? { 'tls-creds': tlsCreds } : {}) });
+      break;
+    } catch (e) {
+      if (attempt >= 20 || !/in use/i.test(e instanceof Error ? e.message : String(e))) throw e;
+    }
+  }
+  for (const d of disks) {
+    // Exporting activates the node, which an incoming QEMU keeps inactive until the switch.
+    await exec(qmp, 'block-export-add', {
+      type: 'nbd',
+      id: `${JOB_PREFIX}${d.volume}`,
+      'node-name': blockNodeNames(d.volume).format,
+      name: d.volume,
+      writable: true,
+    });
+  }
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+/** Target: the NBD server (and its exports) goes; nothing if none runs. */
+export async function stopExports(qmp: Qmp): Promise<void> {
+  await exec(qmp, 'nbd-server-stop').catch(() => undefined);
+}
+
+interface BlockJob {
+  device: string;
+  type?: string;
+  status?: string;
+  ready?: boolean;
+  len?: number;
+  offset?: number;
+  error?: string;
+}
+
+/**
+ * Source: an NBD client per disk to the target's export and a mirror job into it; resolves when
+ * every job is READY (the target has the whole disk and follows its writes). `stop()` true gives
+ * up (an abort). Throws what fails; the caller then runs cancelMirrors.
+ */
+export async function startMirrors(
+  qmp: Qmp,
+  disks: readonly MovingDisk[],
+  address: string,
+  opts: { tlsCreds?: string; tlsHostname?: string; speed?: number; stop?: () => boolean } = {},
+): Promise<void> {
+  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(address);
+  if (!m) throw new Error(`the target's NBD address ${JSON.stringify(address)} is not host:port`);
+  const sizes = await nodeSizes(qmp);
+  for (const d of disks) {
+    const id = `${JOB_PREFIX}${d.volume}`.slice(0, 31);
+    await exec(qmp, 'blockdev-add', {
+      driver: 'nbd',
+      'node-name': id,
+      server: { type: 'inet', host: m[1], port: m[2] },
+      export: d.volume,
+      ...(opts.tlsCreds ? { 'tls-creds': opts.tlsCreds, 'tls-hostname': opts.tlsHostname } : {}),
+    });
+    const source = blockNodeNames(d.volume).format;
+    const after = await nodeSizes(qmp);
+    if (sizes.get(source) !== after.get(id)) {
+      throw new Error(`volume ${d.volume}: the target's disk has ${after.get(id)} bytes, this one ${sizes.get(source)}`);
+    }
+    await exec(qmp, 'blockdev-mirror', {
+      'job-id': id,
+      device: source,
+      target: id,
+      sync: d.sync,
+      'auto-dismiss': false,
+      ...(opts.speed ? { speed: opts.speed } : {}),
+    });
+  }
+  for (;;) {
+    const jobs = await mirrorJobs(qmp);
+    const bad = jobs.find((j) => j.status === 'concluded' || j.error);
+    if (bad) throw new Error(`mirroring ${bad.device.slice(JOB_PREFIX.length)}: ${bad.error ?? 'the job ended before it was ready'}`);
+    if (jobs.length < disks.length) throw new Error('a mirror job vanished');
+    if (jobs.every((j) => j.ready)) return;
+    if (opts.stop?.()) throw new Error('the migration was aborted while the disks were mirrored');
+    await sleep(POLL_MS);
+  }
+}
+
+/**
+ * Source, guest paused before the switch-over: ends each READY mirror without pivoting (QEMU
+ * copies what is still dirty first, so the target is the disk the guest stopped with), then
+ * drops the NBD clients. Throws when a job ends in error.
+ */
+export async function finishMirrors(qmp: Qmp): Promise<void> {
+  for (const j of await mirrorJobs(qmp)) await exec(qmp, 'block-job-cancel', { device: j.device });
+  const errors = await concludeJobs(qmp);
+  await dropClients(qmp);
+  if (errors.length) throw new Error(`mirroring failed at the switch-over: ${errors.join('; ')}`);
+}
+
+/** Source, the migration failed or was aborted: every mirror job and NBD client of ours goes (the source's disks are untouched). */
+export async function cancelMirrors(qmp: Qmp): Promise<void> {
+  for (const j of await mirrorJobs(qmp).catch(() => [])) {
+    if (j.status !== 'concluded') await exec(qmp, 'block-job-cancel', { device: j.device, force: true }).catch(() => undefined);
+  }
+  await concludeJobs(qmp).catch(() => undefined);
+  await dropClients(qmp).catch(() => undefined);
+}
+
+async function mirrorJobs(qmp: Qmp): Promise<BlockJob[]> {
+  return (await exec<BlockJob[]>(qmp, 'query-block-jobs')).filter((j) => j.device.startsWith(JOB_PREFIX));
+}
+
+/** Waits until every job of ours has concluded, dismisses them, and returns their errors. */
+async function concludeJobs(qmp: Qmp): Promise<string[]> {
+  const errors: string[] = [];
+  // A target that stops answering without closing the connection must not hold the paused guest for ever.
+  const deadline = Date.now() + CONCLUDE_TIMEOUT_MS;
+  for (;;) {
+    const jobs = await mirrorJobs(qmp);
+    if (!jobs.length) return errors;
+    if (Date.now() > deadline) throw new Error(`the mirror jobs did not end within ${CONCLUDE_TIMEOUT_MS / 1000} s`);
+    for (const j of jobs.filter((j) => j.status === 'concluded' || j.status === 'null')) {
+      if (j.error) errors.push(`${j.device.slice(JOB_PREFIX.length)}: ${j.error}`);
+      await exec(qmp, 'job-dismiss', { id: j.device }).catch(() => undefined);
+    }
+    await sleep(POLL_MS / 4);
+  }
+}
+
+async function dropClients(qmp: Qmp): Promise<void> {
+  for (const name of (await nodeSizes(qmp)).keys()) if (name.startsWith(JOB_PREFIX)) await exec(qmp, 'blockdev-del', { 'node-name': name });
+}
+
+/** Virtual size of every named block node. */
+async function nodeSizes(qmp: Qmp): Promise<Map<string, number>> {
+  const nodes = await exec<{ 'node-name': string; image?: { 'virtual-size'?: number } }[]>(qmp, 'query-named-block-nodes', { flat: true });
+  return new Map(nodes.map((n) => [n['node-name'], n.image?.['virtual-size'] ?? -1]));
+}
+
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * A QMP command with a long time-out: a QEMU copying a disk under TCG on a loaded host can take
+ * seconds to answer, which must not fail the migration.
+ */
+function exec<T = unknown>(qmp: Qmp, command: string, args?: Record<string, unknown>): Promise<T> {
+  return qmp.execute<T>(command, args, { timeoutMs: QMP_TIMEOUT_MS });
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
