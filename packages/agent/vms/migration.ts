@@ -19,6 +19,7 @@ import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
+import { ProgressPublisher } from './migration-progress.ts';
 
 const { VMIS } = refs;
 type Obj = Record<string, unknown>;
@@ -229,6 +230,11 @@ export class VmMigrations {
   private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
     const key = keyOf(vmi);
     try {
+      // PreparingTarget: the migration's phase says the target is being made (as KubeVirt's targetPod does).
+      await this.writeState(key, t.migrationUid, (ms) => {
+        if (ms.abortRequested || ms.targetPod) return false;
+        ms.targetPod = `${vmi.metadata.name}@${this.host.nodeName}`;
+      });
       await this.host.launchIncoming(vmi, t.runDir);
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
       if (t.ended) return await this.host.stopQemu(key, t.runDir);
@@ -315,9 +321,13 @@ export class VmMigrations {
     }
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
     let cancelled = false;
+    const progress = new ProgressPublisher(this.host.client, vmi.metadata.namespace!, uid, qmp, this.host.log);
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
+      // The final figures are not waited for: the switch-over's write comes first.
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
+      else progress.tick(info);
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info);
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
         // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
