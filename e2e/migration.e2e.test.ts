@@ -174,10 +174,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     );
     await eventually('the Migrating condition False', async () => (seen.migrating.at(-1)?.startsWith('False') ? true : undefined), 30_000);
     for (const w of watches) w.close();
-    assert.ok(
-      seen.migrating.includes(`True migration move-1 from ${source} to ${target}`),
-      `Migrating True while it ran: ${seen.migrating.join(' | ')}`,
-    );
+    assert.ok(seen.migrating.includes(`True migration move-1 from ${source} to ${target}`), `Migrating True while it ran: ${seen.migrating.join(' | ')}`);
     assert.match(seen.migrating.at(-1)!, /^False migration move-1 .*: succeeded$/);
     // Progress published while the guest was sent (the first poll publishes at once), then the final figures.
     assert.ok(
@@ -187,7 +184,9 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     const last = seen.progress.at(-1)!;
     assert.equal(last.status, 'completed');
     assert.ok(last.memory.total >= 100 * 1024 * 1024, `guest RAM in the progress: ${last.memory.total}`);
-    console.log(`progress seen: ${seen.progress.map((p) => `${p.status} ${(p.memory.remaining / 1048576).toFixed(1)}MiB-left ${p.memory.throughputMbps}Mbit/s`).join(', ')}`);
+    console.log(
+      `progress seen: ${seen.progress.map((p) => `${p.status} ${(p.memory.remaining / 1048576).toFixed(1)}MiB-left ${p.memory.throughputMbps}Mbit/s`).join(', ')}`,
+    );
     const after = await eventually(
       `the VMI Running on ${target}`,
       async () => {

@@ -73,7 +73,8 @@ const stateOf = async (c: InMemoryClient, name: string) =>
 const phaseIs = (c: InMemoryClient, name: string, phase: string) =>
   until(`${name} ${phase}`, async () => ((await vmim(c, name)).phase === phase ? true : undefined), 3000);
 const migratingOf = async (c: InMemoryClient, name: string) => getCondition(await c.get(VMIS, name, { namespace: ns }), 'Migrating');
-const pick = (cond: { status: string; reason?: string; message?: string } | undefined) => cond && { status: cond.status, reason: cond.reason, message: cond.message };
+const pick = (cond: { status: string; reason?: string; message?: string } | undefined) =>
+  cond && { status: cond.status, reason: cond.reason, message: cond.message };
 const agentWrites = (c: InMemoryClient, vmi: string, change: Partial<MigrationState>) =>
   updateStatus(c, VMIS, ns, vmi, (s) => {
     s.migrationState = { ...(s.migrationState as Obj), ...change };
@@ -109,7 +110,11 @@ test('a migration goes Pending → Scheduling → Scheduled (one phase per write
     ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
   );
   await until('Migrating False', async () => ((await migratingOf(c, 'vm1'))?.status === 'False' ? true : undefined), 3000);
-  assert.deepEqual(pick(await migratingOf(c, 'vm1')), { status: 'False', reason: 'MigrationSucceeded', message: 'migration mig1 from node-a to node-b: succeeded' });
+  assert.deepEqual(pick(await migratingOf(c, 'vm1')), {
+    status: 'False',
+    reason: 'MigrationSucceeded',
+    message: 'migration mig1 from node-a to node-b: succeeded',
+  });
   // A later migration of the same VMI starts afresh (the VMI now runs on node-b, as the source agent wrote).
   await updateStatus(c, VMIS, ns, 'vm1', (s) => {
     s.nodeName = 'node-b';
@@ -187,7 +192,11 @@ test('deleting a running migration asks the agents to abort; their failure ends 
   // The agents answer with failed: a new migration may then start.
   await agentWrites(c, 'vm', { failed: true, failureReason: 'aborted', endTimestamp: new Date().toISOString() });
   await until('Migrating False', async () => ((await migratingOf(c, 'vm'))?.status === 'False' ? true : undefined), 3000);
-  assert.deepEqual(pick(await migratingOf(c, 'vm')), { status: 'False', reason: 'MigrationFailed', message: 'migration m from node-a to node-b: failed: aborted' });
+  assert.deepEqual(pick(await migratingOf(c, 'vm')), {
+    status: 'False',
+    reason: 'MigrationFailed',
+    message: 'migration m from node-a to node-b: failed: aborted',
+  });
   await migrate(c, 'm2', 'vm');
   await phaseIs(c, 'm2', 'Scheduled');
 });

@@ -11,17 +11,17 @@ const progress = (at: string, remaining = 48 * MiB) => ({
 });
 
 test('memory remaining in MiB and %, the bar filled as memory is sent, dirty rate and throughput; disk only when mirrored', () => {
-  assert.equal(
-    formatMigrationProgress(progress('t1'), 10),
-    'memory [######····] 48.0 MiB of 128.0 MiB left (38%) · dirty 2.0 MiB/s · 812.4 Mbit/s · pass 1',
-  );
+  assert.equal(formatMigrationProgress(progress('t1'), 10), 'memory [######····] 48.0 MiB of 128.0 MiB left (38%) · dirty 2.0 MiB/s · 812.4 Mbit/s · pass 1');
   const withDisk = { ...progress('t2', 0), status: 'device', disk: { total: 1024 * MiB, remaining: 256 * MiB } };
   assert.equal(
     formatMigrationProgress(withDisk, 4),
     'memory [####] 0 B of 128.0 MiB left (0%) · disk 256.0 MiB of 1.0 GiB left (25%) · dirty 2.0 MiB/s · 812.4 Mbit/s · pass 1 · device',
   );
   // Nothing known yet (setup): no division by zero.
-  assert.match(formatMigrationProgress({ at: 't', status: 'setup', memory: { total: 0, remaining: 0, transferred: 0, dirtyRate: 0, throughputMbps: 0 } }, 2), /^memory \[··\] 0 B of 0 B left \(0%\)/);
+  assert.match(
+    formatMigrationProgress({ at: 't', status: 'setup', memory: { total: 0, remaining: 0, transferred: 0, dirtyRate: 0, throughputMbps: 0 } }, 2),
+    /^memory \[··\] 0 B of 0 B left \(0%\)/,
+  );
 });
 
 test('a TTY gets one line redrawn in place; a pipe a line every few seconds; the same figures are drawn once', () => {
