@@ -80,7 +80,7 @@ async function main(): Promise<void> {
       const s = await status(name);
       return s.phase === 'Running' && s.conditions?.find((x) => x.type === 'Ready')?.status === 'True' ? s : undefined;
     };
-    for (const g of guests) await until(() => ready(g.name), 300_000, `${g.name} Running`);
+    for (const g of guests) await until(() => ready(g.name), 600_000, `${g.name} Running`);
     // The guests boot (and the dirtying loop starts) before the first migration.
     await new Promise((r) => setTimeout(r, 30_000));
     let n = 0;

@@ -52,7 +52,7 @@ const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtua
 const NS = 'default';
 const NAME = 'bench-gap';
 const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
-const BOOT_TIMEOUT_MS = 300_000;
+const BOOT_TIMEOUT_MS = 600_000;
 /** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
 const RAW_ADDR = '10.244.0.60';
 const RAW_OBSERVER = '10.244.255.250';
