@@ -14,7 +14,8 @@
 import { migration } from '@vessel/api';
 import type { ResourceRef } from '@vessel/client';
 import { startCluster, type TestCluster } from '../e2e/harness.ts';
-import { tinyVm } from '../e2e/tiny-vm.ts';
+import { runDirOf, tinyVm } from '../e2e/tiny-vm.ts';
+import { waitForSerial } from '../packages/agent/qemu/process.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { envInt, fmtRatio, loadLine, median, pollUntil, ratio } from './lib.ts';
 
@@ -80,9 +81,25 @@ async function main(): Promise<void> {
       const s = await status(name);
       return s.phase === 'Running' && s.conditions?.find((x) => x.type === 'Ready')?.status === 'True' ? s : undefined;
     };
-    for (const g of guests) await until(() => ready(g.name), 600_000, `${g.name} Running`);
-    // The guests boot (and the dirtying loop starts) before the first migration.
-    await new Promise((r) => setTimeout(r, 30_000));
+    // Each guest booted (the dirtying loop started) before the first migration; one that panicked
+    // at boot (a starved TCG host: "IO-APIC + timer doesn't work") is started again.
+    for (const g of guests) {
+      for (let attempt = 0; ; attempt++) {
+        const s = await until(() => ready(g.name), 600_000, `${g.name} Running`);
+        const dir = await runDirOf(c.nodes.agents.find((a) => a.nodeName === s.nodeName)!.dataDir, ns, g.name);
+        const m = await waitForSerial(dir!, g.workload === 'dirty' ? /VESSEL-DIRTYING|Kernel panic/ : /VESSEL-GUEST-READY|Kernel panic/, 900_000);
+        if (!/panic/.test(m.match[0])) break;
+        if (attempt >= 2) throw new Error(`${g.name} panicked at boot ${attempt + 1} times`);
+        console.log(`PROBLEM: ${g.name} panicked at boot; starting it again`);
+        const uid = (await client.get(VMI, g.name, { namespace: ns })).metadata!.uid;
+        await client.delete(VMI, g.name, { namespace: ns });
+        await until(
+          async () => ((await client.get(VMI, g.name, { namespace: ns }).catch(() => undefined))?.metadata?.uid !== uid ? true : undefined),
+          120_000,
+          'a new VMI',
+        );
+      }
+    }
     let n = 0;
     const migrateOnce = async (vmi: string, retried = false): Promise<Sample> => {
       const from = (await status(vmi)).nodeName;
