@@ -84,13 +84,16 @@ async function main(): Promise<void> {
     // Each guest booted (the dirtying loop started) before the first migration; one that panicked
     // at boot (a starved TCG host: "IO-APIC + timer doesn't work") is started again.
     for (const g of guests) {
+      // The run directory is the VM's: a restarted guest appends to the same serial.log.
+      let since = 0;
       for (let attempt = 0; ; attempt++) {
         const s = await until(() => ready(g.name), 600_000, `${g.name} Running`);
         const dir = await runDirOf(c.nodes.agents.find((a) => a.nodeName === s.nodeName)!.dataDir, ns, g.name);
-        const m = await waitForSerial(dir!, g.workload === 'dirty' ? /VESSEL-DIRTYING|Kernel panic/ : /VESSEL-GUEST-READY|Kernel panic/, 900_000);
+        const m = await waitForSerial(dir!, g.workload === 'dirty' ? /VESSEL-DIRTYING|Kernel panic/ : /VESSEL-GUEST-READY|Kernel panic/, 900_000, { since });
         if (!/panic/.test(m.match[0])) break;
         if (attempt >= 2) throw new Error(`${g.name} panicked at boot ${attempt + 1} times`);
         console.log(`PROBLEM: ${g.name} panicked at boot; starting it again`);
+        since = m.offset;
         const uid = (await client.get(VMI, g.name, { namespace: ns })).metadata!.uid;
         await client.delete(VMI, g.name, { namespace: ns });
         await until(

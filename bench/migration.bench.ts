@@ -61,7 +61,7 @@ const TICK_PORT = 9000;
 /** The guest writes a line every 20 ms to whoever connects on TICK_PORT (the TCP stall probe). */
 const tickServer =
   `printf '#!/bin/sh\\nwhile true; do echo t; usleep 20000; done\\n' >/run/tick; chmod +x /run/tick\n` +
-  `nc -ll -p ${TICK_PORT} -e /run/tick &\necho VESSEL-TICK-READY\n`;
+  `(while true; do nc -l -p ${TICK_PORT} -e /run/tick; done) &\necho VESSEL-TICK-READY\n`;
 /** Raw QEMU's user data: no DHCP server on the hand-made network, so a static address. */
 const rawUserData =
   '#!/bin/sh\n' +
@@ -89,13 +89,19 @@ class Arrivals {
 /** A ping every 20 ms and a TCP line reader, both from `netns`, towards `addr`. */
 function observe(netns: string, addr: string): { ping: Arrivals; tcp: Arrivals; stop(): void } {
   const ping = new Arrivals(spawn('ip', ['netns', 'exec', netns, 'busybox', 'ping', '-i', '0.02', addr], { stdio: ['ignore', 'pipe', 'ignore'] }));
-  const tcp = new Arrivals(spawn('ip', ['netns', 'exec', netns, 'busybox', 'nc', addr, String(TICK_PORT)], { stdio: ['pipe', 'pipe', 'ignore'] }));
+  const tcp = new Arrivals(
+    spawn('ip', ['netns', 'exec', netns, 'sh', '-c', `while true; do busybox nc ${addr} ${TICK_PORT}; sleep 0.2; done`], {
+      stdio: ['pipe', 'pipe', 'ignore'],
+      detached: true,
+    }),
+  );
   return {
     ping,
     tcp,
     stop() {
       ping.proc.kill('SIGKILL');
-      tcp.proc.kill('SIGKILL');
+      // The reconnecting loop and its nc: the whole process group.
+      if (tcp.proc.pid) process.kill(-tcp.proc.pid, 'SIGKILL');
     },
   };
 }
@@ -110,7 +116,9 @@ interface Round {
 async function observed(netns: string, addr: string, migrate: () => Promise<number>): Promise<Round> {
   const o = observe(netns, addr);
   try {
-    await pollUntil('the observer receiving', async () => (o.ping.at.length > 5 && o.tcp.at.length > 5 ? true : undefined), 30_000, 100);
+    await pollUntil('the observer receiving', async () => (o.ping.at.length > 5 && o.tcp.at.length > 5 ? true : undefined), 60_000, 100).catch((e: Error) => {
+      throw new Error(`${e.message} (${o.ping.at.length} ping replies, ${o.tcp.at.length} TCP lines from ${addr})`);
+    });
     await sleep(1000);
     const from = now();
     const transferMs = await migrate();
@@ -149,13 +157,16 @@ export async function runMigrationGap(): Promise<BenchResult> {
     };
     // A starved TCG guest may panic at boot ("IO-APIC + timer doesn't work"): its VMI is deleted and the VM starts it again.
     const booted = async (): Promise<{ addr: string; runDir: string }> => {
+      // The run directory is the VM's: a restarted guest appends to the same serial.log.
+      let since = 0;
       for (let attempt = 0; ; attempt++) {
         const first = await pollUntil('the VMI Running with its IP', ready, BOOT_TIMEOUT_MS);
         const agent0 = c!.nodes.agents.find((a) => a.nodeName === first.nodeName)!;
         const dir = (await runDirOf(agent0.dataDir, NS, NAME))!;
-        const m = await waitForSerial(dir, /VESSEL-TICK-READY|Kernel panic/, BOOT_TIMEOUT_MS);
+        const m = await waitForSerial(dir, /VESSEL-TICK-READY|Kernel panic/, BOOT_TIMEOUT_MS, { since });
         if (!/panic/.test(m.match[0]) || attempt >= 2) return { addr: first.interfaces![0].ipAddress!, runDir: dir };
         console.log('PROBLEM: the guest panicked at boot (a starved TCG host); starting it again');
+        since = m.offset;
         const uid = (await client.get(VMI, NAME, { namespace: NS })).metadata!.uid;
         await client.delete(VMI, NAME, { namespace: NS });
         await pollUntil(
