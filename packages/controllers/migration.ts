@@ -25,7 +25,7 @@ export type MigrationPhase = 'Pending' | 'Scheduling' | 'Scheduled' | 'Preparing
 const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
 /** The phases of a migration that succeeds, in order. */
 const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'];
-/** The VMI's condition while a migration of it runs (KubeVirt's VirtualMachineInstanceMigrating type name, `Migrating`). */
+/** The VMI's condition while a migration of it runs (True, naming it), False once it ended. */
 export const MIGRATING_CONDITION = 'Migrating';
 
 type MigrationState = migration.MigrationState;
