@@ -1,15 +1,21 @@
 /**
- * The cost of TLS on the live migration stream (issue 13) under TCG: one tiny guest (128 MiB,
- * root disk on the shared pool) on a two-node dev cluster migrates back and forth, first with
- * TLS (the default), then, after both agents restart with migrationTls off (the QEMU runs on),
+ * Live migration time under TCG (issue 13): guests of each size in BENCH_MIG_SIZES (256Mi and
+ * 1Gi), idle and dirtying memory (a busybox loop rewriting 32 MiB of random data in a tmpfs),
+ * root disks on the shared pool, migrate back and forth on a two-node dev cluster: first with
+ * TLS (the default), then, after both agents restart with migrationTls off (the QEMUs run on),
  * over plain TCP. The transfer time is the VMI's migrationState endTimestamp − startTimestamp;
- * the ratio of medians TLS / plain is printed with the raw figures (same process, same guest).
+ * QEMU's downtime and the bytes sent come from the source agent's progress annotation
+ * (vessel.io/migration-progress). Printed per guest: the medians and TLS / plain; then
+ * 1Gi / 256Mi and dirty / idle (same process, same mode).
  *
- *   node --import tsx bench/migration-tls.bench.ts     # about 2 minutes; env BENCH_MIG_ROUNDS (4 per mode)
+ *   node --import tsx bench/migration-tls.bench.ts     # about 6 minutes; env BENCH_MIG_ROUNDS (2 per mode and guest),
+ *                                                      # BENCH_MIG_SIZES (256Mi,1Gi), BENCH_MIG_WORKLOADS (idle,dirty)
  */
+import { migration } from '@vessel/api';
 import type { ResourceRef } from '@vessel/client';
 import { startCluster, type TestCluster } from '../e2e/harness.ts';
-import { tinyVm } from '../e2e/tiny-vm.ts';
+import { runDirOf, tinyVm } from '../e2e/tiny-vm.ts';
+import { waitForSerial } from '../packages/agent/qemu/process.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { envInt, fmtRatio, loadLine, median, pollUntil, ratio } from './lib.ts';
 
@@ -20,8 +26,9 @@ const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualm
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
 const ns = 'default';
-const NAME = 'bench-mover';
-const ROUNDS = envInt('BENCH_MIG_ROUNDS', 4);
+const ROUNDS = envInt('BENCH_MIG_ROUNDS', 2);
+const SIZES = (process.env.BENCH_MIG_SIZES || '256Mi,1Gi').split(',');
+const WORKLOADS = (process.env.BENCH_MIG_WORKLOADS || 'idle,dirty').split(',') as ('idle' | 'dirty')[];
 type Status = {
   phase?: string;
   nodeName?: string;
@@ -29,72 +36,152 @@ type Status = {
   migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string };
 };
 
-const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', storageClass: 'shared', terminationGracePeriodSeconds: 5 });
+/** Rewrites 32 MiB of random bytes in a tmpfs for ever: pages dirtied as fast as the emulated CPU goes. */
+const DIRTY =
+  '#!/bin/sh\nmkdir -p /dirty && mount -t tmpfs -o size=80m tmpfs /dirty\n' +
+  '(dd if=/dev/urandom of=/dirty/r bs=1M count=32 2>/dev/null; echo VESSEL-DIRTYING; while true; do cat /dirty/r > /dirty/w; done) &\n';
+
+interface Guest {
+  name: string;
+  size: string;
+  workload: 'idle' | 'dirty';
+  tls: Sample[];
+  plain: Sample[];
+}
+interface Sample {
+  transferMs: number;
+  downtimeMs?: number;
+  sentMiB?: number;
+}
 
 async function main(): Promise<void> {
   let c: TestCluster | undefined;
+  const guests: Guest[] = SIZES.flatMap((size) =>
+    WORKLOADS.map((workload) => ({ name: `bench-${size.toLowerCase()}-${workload}`, size, workload, tls: [], plain: [] })),
+  );
   try {
     c = await startCluster({ nodes: 2 });
     const client = c.client;
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
-    await client.create(VM, vm, { namespace: ns });
-    const status = async () => ((await client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as Status;
-    const ready = async () => {
-      const s = await status();
+    for (const g of guests)
+      await client.create(
+        VM,
+        tinyVm(g.name, {
+          namespace: ns,
+          binding: 'bridge',
+          storageClass: 'shared',
+          memory: g.size,
+          terminationGracePeriodSeconds: 5,
+          ...(g.workload === 'dirty' ? { userData: DIRTY } : {}),
+        }),
+        { namespace: ns },
+      );
+    const status = async (name: string) => ((await client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as Status;
+    const ready = async (name: string) => {
+      const s = await status(name);
       return s.phase === 'Running' && s.conditions?.find((x) => x.type === 'Ready')?.status === 'True' ? s : undefined;
     };
-    await until(ready, 300_000, 'the VMI Running');
+    // Each guest booted (the dirtying loop started) before the first migration; one that panicked
+    // at boot (a starved TCG host: "IO-APIC + timer doesn't work") is started again.
+    for (const g of guests) {
+      // The run directory is the VM's: a restarted guest appends to the same serial.log.
+      let since = 0;
+      for (let attempt = 0; ; attempt++) {
+        const s = await until(() => ready(g.name), 600_000, `${g.name} Running`);
+        const dir = await runDirOf(c.nodes.agents.find((a) => a.nodeName === s.nodeName)!.dataDir, ns, g.name);
+        const m = await waitForSerial(dir!, g.workload === 'dirty' ? /VESSEL-DIRTYING|Kernel panic/ : /VESSEL-GUEST-READY|Kernel panic/, 900_000, { since });
+        if (!/panic/.test(m.match[0])) break;
+        if (attempt >= 2) throw new Error(`${g.name} panicked at boot ${attempt + 1} times`);
+        console.log(`PROBLEM: ${g.name} panicked at boot; starting it again`);
+        since = m.offset;
+        const uid = (await client.get(VMI, g.name, { namespace: ns })).metadata!.uid;
+        await client.delete(VMI, g.name, { namespace: ns });
+        await until(
+          async () => ((await client.get(VMI, g.name, { namespace: ns }).catch(() => undefined))?.metadata?.uid !== uid ? true : undefined),
+          120_000,
+          'a new VMI',
+        );
+      }
+    }
     let n = 0;
-    const migrateOnce = async (retried = false): Promise<number> => {
-      const from = (await status()).nodeName;
-      const name = `bench-${n++}`;
+    const migrateOnce = async (vmi: string, retried = false): Promise<Sample> => {
+      const from = (await status(vmi)).nodeName;
+      const name = `${vmi}-${n++}`;
       await client.create(
         VMIM,
-        { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: NAME } },
+        { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: vmi } },
         { namespace: ns },
       );
       const done = await until(
         async () => {
-          const s = ((await client.get(VMIM, name, { namespace: ns })).status ?? {}) as Status;
-          return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+          const m = await client.get(VMIM, name, { namespace: ns });
+          const s = (m.status ?? {}) as Status;
+          return s.phase === 'Succeeded' || s.phase === 'Failed' ? { s, progress: migration.progressOf(m) } : undefined;
         },
         600_000,
         `migration ${name}`,
       );
-      if (done.phase !== 'Succeeded') {
+      if (done.s.phase !== 'Succeeded') {
         // One failure is reported and retried: the figure is the next successful transfer.
-        if (retried) throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
-        console.log(`PROBLEM: migration ${name} failed (${done.migrationState?.failureReason}); once more`);
+        if (retried) throw new Error(`migration ${name} failed: ${done.s.migrationState?.failureReason}`);
+        console.log(`PROBLEM: migration ${name} failed (${done.s.migrationState?.failureReason}); once more`);
         process.exitCode = 1;
         await new Promise((r) => setTimeout(r, 3000));
-        return migrateOnce(true);
+        return migrateOnce(vmi, true);
       }
       await until(
         async () => {
-          const s = await ready();
+          const s = await ready(vmi);
           return s && s.nodeName !== from ? s : undefined;
         },
         120_000,
-        'the VMI Running on the target',
+        `${vmi} Running on the target`,
       );
-      return Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
+      // The final progress is written just after the switch: give it a moment.
+      const p = await until(
+        async () => migration.progressOf(await client.get(VMIM, name, { namespace: ns })) ?? undefined,
+        5_000,
+        `the progress of ${name}`,
+      ).catch(() => done.progress);
+      const sample: Sample = {
+        transferMs: Date.parse(done.s.migrationState!.endTimestamp!) - Date.parse(done.s.migrationState!.startTimestamp!),
+        downtimeMs: p?.status === 'completed' ? p.downtimeMs : undefined,
+        sentMiB: p?.status === 'completed' ? Math.round(p.memory.transferred / 1048576) : undefined,
+      };
+      console.log(`${name}: ${JSON.stringify(sample)}`);
+      return sample;
     };
-    const tls: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) tls.push(await migrateOnce());
-    console.log(`migration transfer, TLS: ${tls.join(' ')} ms`);
+    for (let i = 0; i < ROUNDS; i++) for (const g of guests) g.tls.push(await migrateOnce(g.name));
     for (let i = 0; i < c.nodes.agents.length; i++) await c.nodes.restartAgent(i, { migrationTls: false });
-    await until(ready, 120_000, 'the VMI Running after the agents restarted');
-    const plain: number[] = [];
-    for (let i = 0; i < ROUNDS; i++) plain.push(await migrateOnce());
-    const r = ratio(median(tls), median(plain));
-    console.log(`migration transfer, TLS: ${tls.join(' ')} ms (median ${median(tls)})`);
-    console.log(`migration transfer, plain TCP: ${plain.join(' ')} ms (median ${median(plain)})`);
-    console.log(`TLS / plain (median transfer time): ${fmtRatio(r)}  [${loadLine()}]`);
+    for (const g of guests) await until(() => ready(g.name), 120_000, `${g.name} Running after the agents restarted`);
+    for (let i = 0; i < ROUNDS; i++) for (const g of guests) g.plain.push(await migrateOnce(g.name));
+
+    const med = (xs: Sample[], k: keyof Sample) => median(xs.map((x) => x[k]).filter((v): v is number => v !== undefined));
+    const list = (xs: Sample[]) => xs.map((x) => `${x.transferMs} ms (downtime ${x.downtimeMs ?? '?'} ms, ${x.sentMiB ?? '?'} MiB)`).join(', ');
+    for (const g of guests) {
+      console.log(`${g.size} ${g.workload}: TLS ${list(g.tls)}`);
+      console.log(`${g.size} ${g.workload}: plain ${list(g.plain)}`);
+      console.log(
+        `${g.size} ${g.workload}: median transfer TLS ${med(g.tls, 'transferMs')} ms / plain ${med(g.plain, 'transferMs')} ms = ${fmtRatio(ratio(med(g.tls, 'transferMs'), med(g.plain, 'transferMs')))}; ` +
+          `downtime TLS ${med(g.tls, 'downtimeMs')} / plain ${med(g.plain, 'downtimeMs')} ms`,
+      );
+    }
+    const find = (size: string, w: string) => guests.find((g) => g.size === size && g.workload === w);
+    for (const w of WORKLOADS) {
+      const [a, b] = [find(SIZES[0], w), find(SIZES.at(-1)!, w)];
+      if (a && b && a !== b)
+        console.log(`${w}: ${b.size} / ${a.size} (median transfer, TLS): ${fmtRatio(ratio(med(b.tls, 'transferMs'), med(a.tls, 'transferMs')))}`);
+    }
+    for (const size of SIZES) {
+      const [a, b] = [find(size, 'idle'), find(size, 'dirty')];
+      if (a && b) console.log(`${size}: dirty / idle (median transfer, TLS): ${fmtRatio(ratio(med(b.tls, 'transferMs'), med(a.tls, 'transferMs')))}`);
+    }
+    console.log(`[${loadLine()}]`);
   } finally {
-    await c?.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
     if (c) {
       const cl = c.client;
-      await until(async () => ((await cl.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000, 'the VMI gone').catch(() => undefined);
+      for (const g of guests) await cl.delete(VM, g.name, { namespace: ns }).catch(() => undefined);
+      await until(async () => ((await cl.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000, 'the VMIs gone').catch(() => undefined);
       await c.close();
     }
   }

@@ -17,7 +17,8 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { runInNode, type DevNode } from '@vessel/agent';
-import type { ResourceRef } from '@vessel/client';
+import { migration } from '@vessel/api';
+import type { ResourceRef, Watch } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
@@ -139,8 +140,22 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   const ping = spawn('ip', ['netns', 'exec', node(target).netns, 'busybox', 'ping', '-i', '0.1', ip], { stdio: ['ignore', 'pipe', 'ignore'] });
   let pingOut = '';
   ping.stdout.on('data', (d) => (pingOut += d));
+  const watches: Watch[] = [];
   try {
     await new Promise((r) => setTimeout(r, 2000));
+    // What a client sees while it runs: the VMI's Migrating condition, the source's progress on the migration object.
+    const seen = { migrating: [] as string[], progress: [] as migration.MigrationProgress[] };
+    watches.push(
+      c.client.watchResource(VMI, { namespace: ns }, (e) => {
+        const cond = ((e.object.status as VmiStatus | undefined)?.conditions ?? []).find((x) => x.type === 'Migrating');
+        if (cond) seen.migrating.push(`${cond.status} ${cond.message}`);
+      }),
+      c.client.watchResource(VMIM, { namespace: ns }, (e) => {
+        const p = migration.progressOf(e.object);
+        if (p) seen.progress.push(p);
+      }),
+    );
+    for (const w of watches) w.done.catch(() => undefined);
     const t0 = Date.now();
     await migrate('move-1');
     const done = await eventually(
@@ -155,7 +170,22 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
     assert.deepEqual(
       done.phaseTransitionTimestamps!.map((p) => p.phase),
-      ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+      ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
+    );
+    await eventually('the Migrating condition False', async () => (seen.migrating.at(-1)?.startsWith('False') ? true : undefined), 30_000);
+    for (const w of watches) w.close();
+    assert.ok(seen.migrating.includes(`True migration move-1 from ${source} to ${target}`), `Migrating True while it ran: ${seen.migrating.join(' | ')}`);
+    assert.match(seen.migrating.at(-1)!, /^False migration move-1 .*: succeeded$/);
+    // Progress published while the guest was sent (the first poll publishes at once), then the final figures.
+    assert.ok(
+      seen.progress.some((p) => p.status !== 'completed'),
+      `progress during the transfer: ${JSON.stringify(seen.progress.map((p) => p.status))}`,
+    );
+    const last = seen.progress.at(-1)!;
+    assert.equal(last.status, 'completed');
+    assert.ok(last.memory.total >= 100 * 1024 * 1024, `guest RAM in the progress: ${last.memory.total}`);
+    console.log(
+      `progress seen: ${seen.progress.map((p) => `${p.status} ${(p.memory.remaining / 1048576).toFixed(1)}MiB-left ${p.memory.throughputMbps}Mbit/s`).join(', ')}`,
     );
     const after = await eventually(
       `the VMI Running on ${target}`,
@@ -218,6 +248,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     );
   } finally {
     ping.kill('SIGKILL');
+    for (const w of watches) w.close();
   }
 });
 
@@ -236,8 +267,9 @@ test(
       r.err
         .trim()
         .split('\n')
+        .filter((l) => !l.startsWith('memory ')) // progress lines (a line every 5 s when not a terminal)
         .map((l) => l.replace(/^\S+: (\S+).*$/, '$1')),
-      ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+      ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
     );
     assert.ok(r.err.includes(`Succeeded (${source} → ${target})`), r.err);
     await eventually(`the VMI Running on ${target}`, async () => ((await vmiStatus()).nodeName === target ? true : undefined), 60_000);
@@ -254,7 +286,12 @@ test('deleting a migration while its target is being prepared aborts it: the gue
   const s0 = await vmiStatus();
   const source = s0.nodeName!;
   await migrate('move-abort');
-  await eventually('the migration Scheduled', async () => ((await vmimStatus('move-abort')).phase === 'Scheduled' ? true : undefined), 60_000, 20);
+  await eventually(
+    'the migration Scheduled or PreparingTarget',
+    async () => (['Scheduled', 'PreparingTarget'].includes((await vmimStatus('move-abort')).phase ?? '') ? true : undefined),
+    60_000,
+    20,
+  );
   await c.client.delete(VMIM, 'move-abort', { namespace: ns });
   const ms = await eventually(
     'the migration failed as aborted',

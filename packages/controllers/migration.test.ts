@@ -7,7 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { refs } from '@vessel/api';
-import { setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
+import { getCondition, setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
 import { migration } from '@vessel/api';
 import { MIGRATION_TARGET_ANNOTATION, MigrationController } from './migration.ts';
 
@@ -72,6 +72,9 @@ const stateOf = async (c: InMemoryClient, name: string) =>
   ((await c.get(VMIS, name, { namespace: ns })).status as Obj).migrationState as MigrationState | undefined;
 const phaseIs = (c: InMemoryClient, name: string, phase: string) =>
   until(`${name} ${phase}`, async () => ((await vmim(c, name)).phase === phase ? true : undefined), 3000);
+const migratingOf = async (c: InMemoryClient, name: string) => getCondition(await c.get(VMIS, name, { namespace: ns }), 'Migrating');
+const pick = (cond: { status: string; reason?: string; message?: string } | undefined) =>
+  cond && { status: cond.status, reason: cond.reason, message: cond.message };
 const agentWrites = (c: InMemoryClient, vmi: string, change: Partial<MigrationState>) =>
   updateStatus(c, VMIS, ns, vmi, (s) => {
     s.migrationState = { ...(s.migrationState as Obj), ...change };
@@ -92,6 +95,10 @@ test('a migration goes Pending → Scheduling → Scheduled (one phase per write
     (await vmim(c, 'mig1')).phaseTransitionTimestamps!.map((p) => p.phase),
     ['Pending', 'Scheduling', 'Scheduled'],
   );
+  // The VMI's Migrating condition is written with the target, in the same write.
+  assert.deepEqual(pick(await migratingOf(c, 'vm1')), { status: 'True', reason: 'MigrationInProgress', message: 'migration mig1 from node-a to node-b' });
+  await agentWrites(c, 'vm1', { targetPod: 'vm1@node-b' });
+  await phaseIs(c, 'mig1', 'PreparingTarget');
   await agentWrites(c, 'vm1', { targetNodeAddress: '10.233.0.12:49152' });
   await phaseIs(c, 'mig1', 'TargetReady');
   await agentWrites(c, 'vm1', { startTimestamp: new Date().toISOString() });
@@ -100,8 +107,14 @@ test('a migration goes Pending → Scheduling → Scheduled (one phase per write
   await phaseIs(c, 'mig1', 'Succeeded');
   assert.deepEqual(
     (await vmim(c, 'mig1')).phaseTransitionTimestamps!.map((p) => p.phase),
-    ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+    ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
   );
+  await until('Migrating False', async () => ((await migratingOf(c, 'vm1'))?.status === 'False' ? true : undefined), 3000);
+  assert.deepEqual(pick(await migratingOf(c, 'vm1')), {
+    status: 'False',
+    reason: 'MigrationSucceeded',
+    message: 'migration mig1 from node-a to node-b: succeeded',
+  });
   // A later migration of the same VMI starts afresh (the VMI now runs on node-b, as the source agent wrote).
   await updateStatus(c, VMIS, ns, 'vm1', (s) => {
     s.nodeName = 'node-b';
@@ -161,7 +174,7 @@ test('steps the agents made between two reconciles are recorded in order', async
   await phaseIs(c, 'm', 'Succeeded');
   assert.deepEqual(
     (await vmim(c, 'm')).phaseTransitionTimestamps!.map((p) => p.phase),
-    ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'],
+    ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
   );
 });
 
@@ -173,10 +186,17 @@ test('deleting a running migration asks the agents to abort; their failure ends 
   await phaseIs(c, 'm', 'Scheduled');
   await agentWrites(c, 'vm', { targetNodeAddress: '10.233.0.12:49152', startTimestamp: new Date().toISOString() });
   await phaseIs(c, 'm', 'Running');
+  assert.equal((await migratingOf(c, 'vm'))?.status, 'True');
   await c.delete(VMIMS, 'm', { namespace: ns });
   await until('abortRequested', async () => ((await stateOf(c, 'vm'))?.abortRequested ? true : undefined), 3000);
   // The agents answer with failed: a new migration may then start.
   await agentWrites(c, 'vm', { failed: true, failureReason: 'aborted', endTimestamp: new Date().toISOString() });
+  await until('Migrating False', async () => ((await migratingOf(c, 'vm'))?.status === 'False' ? true : undefined), 3000);
+  assert.deepEqual(pick(await migratingOf(c, 'vm')), {
+    status: 'False',
+    reason: 'MigrationFailed',
+    message: 'migration m from node-a to node-b: failed: aborted',
+  });
   await migrate(c, 'm2', 'vm');
   await phaseIs(c, 'm2', 'Scheduled');
 });

@@ -2,16 +2,17 @@
  * The live-migration controller (KubeVirt's migration controller, first increment; see
  * docs/migration.md). Per VMI it runs the control plane's half of a
  * VirtualMachineInstanceMigration: Pending → Scheduling → (target chosen, written to the VMI's
- * status.migrationState) → Scheduled. From there the agents drive the VMI's migrationState
- * (the target writes targetNodeAddress, the source startTimestamp, then completed or failed)
- * and this controller mirrors it onto the migration's phase: TargetReady, Running, Succeeded,
- * Failed. Deleting a running migration sets migrationState.abortRequested, which the agents
+ * status.migrationState with its Migrating condition True) → Scheduled. From there the agents
+ * drive the VMI's migrationState (the target writes targetPod as it starts preparing, then
+ * targetNodeAddress, the source startTimestamp, then completed or failed) and this controller
+ * mirrors it onto the migration's phase: PreparingTarget, TargetReady, Running, Succeeded,
+ * Failed; once it ended, the VMI's Migrating condition turns False. Deleting a running migration sets migrationState.abortRequested, which the agents
  * act on. Work is keyed by VMI, so one VMI's migrations are decided in order, and every
  * reconcile makes at most one write.
  */
 import { migration, phaseOf, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
-import { cacheKey, Controller, EventRecorder, getCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
+import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { scheduleVmi, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
 
 const { NODES, VMIS, VMIMS } = refs;
@@ -22,8 +23,10 @@ export const MIGRATION_TARGET_ANNOTATION = 'vessel.io/migration-target-node';
 
 export type MigrationPhase = 'Pending' | 'Scheduling' | 'Scheduled' | 'PreparingTarget' | 'TargetReady' | 'Running' | 'Succeeded' | 'Failed';
 const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
-/** The phases of a migration that succeeds, in order (PreparingTarget is not used: the target's preparation is Scheduled). */
-const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'TargetReady', 'Running', 'Succeeded'];
+/** The phases of a migration that succeeds, in order. */
+const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'];
+/** The VMI's condition while a migration of it runs (True, naming it), False once it ended. */
+export const MIGRATING_CONDITION = 'Migrating';
 
 type MigrationState = migration.MigrationState;
 const migrationStateOf = migration.stateOf;
@@ -35,6 +38,7 @@ export function phaseFromState(ms: MigrationState): MigrationPhase {
   if (ms.completed) return 'Succeeded';
   if (ms.startTimestamp) return 'Running';
   if (ms.targetNodeAddress) return 'TargetReady';
+  if (ms.targetPod) return 'PreparingTarget';
   return 'Scheduled';
 }
 
@@ -91,6 +95,9 @@ export class MigrationController extends Controller {
       return;
     }
 
+    // The migration the VMI's Migrating condition names has ended: the condition says so.
+    if (vmi && !migrationActive(ms) && getCondition(vmi, MIGRATING_CONDITION)?.status === 'True') return this.endMigrating(vmi, ms);
+
     // A migration past Scheduling that the VMI no longer names (the VMI is gone, or another run took its place).
     const lost = migrations.find((m) => !FINAL_PHASES.has(vmimPhase(m)) && !['', 'Pending', 'Scheduling'].includes(vmimPhase(m)) && m !== current);
     if (lost) return this.setPhase(lost, 'Failed', `VirtualMachineInstance ${vmiNameOf(lost)} no longer runs this migration`);
@@ -115,8 +122,10 @@ export class MigrationController extends Controller {
     }
     // Scheduled: the VMI names its target; the next reconcile mirrors that onto the migration.
     const source = String((vmi!.status as Obj).nodeName);
-    await this.writeVmiState(vmi!, (cur) =>
-      migrationActive(cur) ? undefined : { migrationUid: next.metadata.uid, sourceNode: source, targetNode: target.node, mode: 'PreCopy' },
+    await this.writeVmiState(
+      vmi!,
+      (cur) => (migrationActive(cur) ? undefined : { migrationUid: next.metadata.uid, sourceNode: source, targetNode: target.node, mode: 'PreCopy' }),
+      { status: 'True', reason: 'MigrationInProgress', message: `migration ${next.metadata.name} from ${source} to ${target.node}` },
     );
     await this.events.record(next, 'Normal', 'MigrationTargetChosen', `migrating ${key} from ${source} to ${target.node}`);
   }
@@ -191,13 +200,34 @@ export class MigrationController extends Controller {
     });
   }
 
-  /** One write of the VMI's status.migrationState (VMIs have no status subresource: the whole object); `next` says undefined to leave it. */
-  private async writeVmiState(vmi: KubeObject, next: (current: MigrationState | undefined) => MigrationState | undefined): Promise<void> {
+  /**
+   * One write of the VMI's status.migrationState (VMIs have no status subresource: the whole
+   * object), with its Migrating condition when given; `next` says undefined to leave it.
+   */
+  private async writeVmiState(
+    vmi: KubeObject,
+    next: (current: MigrationState | undefined) => MigrationState | undefined,
+    migrating?: { status: 'True' | 'False'; reason: string; message: string },
+  ): Promise<void> {
     await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
       if (fresh.metadata.uid !== vmi.metadata.uid) return false;
       const n = next(s.migrationState as MigrationState | undefined);
       if (!n) return false;
       s.migrationState = n;
+      if (migrating) setCondition(s, { type: MIGRATING_CONDITION, ...migrating }, false);
+    });
+  }
+
+  /** The VMI's Migrating condition turns False once its migration ended (its migrationState kept as the agents left it). */
+  private async endMigrating(vmi: KubeObject, ms: MigrationState | undefined): Promise<void> {
+    // The True condition's message names the migration, whose object may be gone (an abort).
+    const which = getCondition(vmi, MIGRATING_CONDITION)?.message || 'the migration';
+    const cond = ms?.completed
+      ? { status: 'False' as const, reason: 'MigrationSucceeded', message: `${which}: succeeded` }
+      : { status: 'False' as const, reason: 'MigrationFailed', message: `${which}: failed: ${ms?.failureReason ?? 'the VMI no longer names it'}` };
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
+      if (fresh.metadata.uid !== vmi.metadata.uid || migrationActive(s.migrationState as MigrationState | undefined)) return false;
+      setCondition(s, { type: MIGRATING_CONDITION, ...cond }, false);
     });
   }
 }

@@ -34,6 +34,7 @@ import {
   targetVolumes,
   type MovingDisk,
 } from './block-migration.ts';
+import { ProgressPublisher } from './migration-progress.ts';
 
 const { VMIS, PVCS } = refs;
 type Obj = Record<string, unknown>;
@@ -253,6 +254,11 @@ export class VmMigrations {
   private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
     const key = keyOf(vmi);
     try {
+      // PreparingTarget: the migration's phase says the target is being made (as KubeVirt's targetPod does).
+      await this.writeState(key, t.migrationUid, (ms) => {
+        if (ms.abortRequested || ms.targetPod) return false;
+        ms.targetPod = `${vmi.metadata.name}@${this.host.nodeName}`;
+      });
       const ns = vmi.metadata.namespace!;
       const plan = this.blockPlan(vmi);
       if (plan.refused.length) throw new Error(plan.refused.join('; '));
@@ -374,9 +380,13 @@ export class VmMigrations {
     }
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
     let cancelled = false;
+    const progress = new ProgressPublisher(this.host.client, vmi.metadata.namespace!, uid, qmp, this.host.log);
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
+      // The final figures are not waited for: the switch-over's write comes first.
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
+      else progress.tick(info);
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles);
       if (status === 'pre-switchover') {
         // The guest is paused: the mirrors copy what is left and end, then the devices go over.

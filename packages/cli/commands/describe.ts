@@ -4,10 +4,12 @@
  * what they did or why they could not.
  */
 import type { Command } from 'commander';
+import { migration } from '@vessel/api';
 import { isStatusError, type Client, type KubeObject, type ResourceRef } from '@vessel/client';
 import { contextOf, note, out } from '../context.ts';
 import { reportError } from '../errors.ts';
 import { describeEvents, describeObject } from '../printers/describe.ts';
+import { formatMigrationProgress } from '../printers/migration-progress.ts';
 import { resolveTargets, withTypeMeta } from '../targets.ts';
 
 const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
@@ -43,6 +45,9 @@ export function registerDescribe(program: Command): void {
           if (!first) out('\n\n');
           first = false;
           out(describeObject(withTypeMeta(resource, obj)));
+          // A live migration's last progress, readable (the annotation above is JSON).
+          const progress = resource.plural === 'virtualmachineinstancemigrations' ? migration.progressOf(obj) : undefined;
+          if (progress) out(`Progress:  ${formatMigrationProgress(progress)}\n`);
           out(describeEvents(await eventsFor(client, withTypeMeta(resource, obj))));
         }
       }

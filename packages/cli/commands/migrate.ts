@@ -6,8 +6,9 @@
  */
 import type { Command } from 'commander';
 import type { Client, KubeObject } from '@vessel/client';
-import { findByResource } from '@vessel/api';
+import { findByResource, migration } from '@vessel/api';
 import { contextOf, note, out } from '../context.ts';
+import { MigrationProgressLine } from '../printers/migration-progress.ts';
 
 const VMIMS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstancemigrations')!;
 /** The controller's annotation for a named target node (packages/controllers/migration.ts). */
@@ -69,10 +70,11 @@ export function registerMigrate(program: Command): void {
     });
 }
 
-/** Polls the migration until Succeeded or Failed, printing each phase it passes. */
+/** Polls the migration until Succeeded or Failed, printing each phase it passes and, while it runs, its progress. */
 async function waitForMigration(client: Client, ns: string, name: string, timeoutMs: number): Promise<Status> {
   const deadline = Date.now() + timeoutMs;
   let printed = 0;
+  const progress = new MigrationProgressLine();
   for (;;) {
     const m = (await client.get(VMIMS, name, { namespace: ns })) as KubeObject;
     const st = (m.status ?? {}) as Status;
@@ -80,8 +82,13 @@ async function waitForMigration(client: Client, ns: string, name: string, timeou
     // Every phase passed since the last poll, from the transition timestamps (a fast migration passes several).
     const passed = (st.phaseTransitionTimestamps ?? []).map((p) => p.phase);
     const where = st.migrationState?.targetNode ? ` (${st.migrationState.sourceNode} → ${st.migrationState.targetNode})` : '';
+    if (printed < passed.length) progress.clear();
     for (; printed < passed.length; printed++) note(`${name}: ${passed[printed]}${printed === passed.length - 1 ? where : ''}\n`);
-    if (FINAL.has(phase)) return st;
+    if (FINAL.has(phase)) {
+      progress.clear();
+      return st;
+    }
+    if (phase === 'Running') progress.update(migration.progressOf(m));
     if (Date.now() > deadline) throw new Error(`migration ${name} did not finish within ${timeoutMs / 1000} s (phase ${phase || 'none'}); it goes on`);
     await new Promise((r) => setTimeout(r, 250));
   }

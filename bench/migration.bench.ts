@@ -1,0 +1,339 @@
+/**
+ * Live migration's interruption as seen on the network (issue 13): the longest gap between ping
+ * replies and the longest stall of a TCP stream while a tiny guest migrates between the two
+ * nodes of a dev cluster (Vessel: a VirtualMachineInstanceMigration; TLS, as by default), against
+ * the same guest migrated by hand: raw QEMU with the argv the agent used (vm.json; disk, seed and
+ * tap swapped), started in the two node namespaces of a second dev cluster on a hand-made bridge
+ * + VXLAN, `-incoming defer` + `migrate-incoming` on the target, `migrate` over QMP on the source
+ * (plain TCP, max-bandwidth lifted as the agent does). The observer is node 0's namespace in
+ * both: `busybox ping -i 0.02` and `busybox nc` reading a line the guest writes every 20 ms;
+ * a gap is the time between two arrivals in this process, from 1 s before the migration starts
+ * to 2 s after it ends. Rounds go back and forth; figures are the median of the rounds' longest
+ * gaps, Vessel / raw.
+ *
+ *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4)
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { DEFAULT_QEMU_PRIORITY, qemuImg } from '@vessel/agent';
+import type { ResourceRef } from '@vessel/client';
+import { startCluster, type TestCluster } from '../e2e/harness.ts';
+import { runDirOf, tinyVm } from '../e2e/tiny-vm.ts';
+import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { createDevCluster, type DevCluster } from '../packages/agent/network/devcluster.ts';
+import { bridgeCmd, ip } from '../packages/agent/network/exec.ts';
+import { buildCloudInitIso } from '../packages/agent/qemu/cloudinit.ts';
+import { findPriorityTools } from '../packages/agent/qemu/priority.ts';
+import { launch, runDirFiles, terminate, waitForSerial } from '../packages/agent/qemu/process.ts';
+import { QmpClient } from '../packages/agent/qmp/client.ts';
+import { cloneVolume } from '../packages/agent/storage/clone.ts';
+import {
+  chardevsOf,
+  envInt,
+  isMain,
+  loadLine,
+  median,
+  ms,
+  now,
+  pollUntil,
+  printResult,
+  PVCS,
+  sleep,
+  volumePath,
+  type BenchResult,
+  type Figure,
+} from './lib.ts';
+
+const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
+const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
+const NS = 'default';
+const NAME = 'bench-gap';
+const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
+const BOOT_TIMEOUT_MS = 600_000;
+/** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
+const RAW_ADDR = '10.244.0.60';
+const RAW_OBSERVER = '10.244.255.250';
+const TICK_PORT = 9000;
+
+/** The guest writes a line every 20 ms to whoever connects on TICK_PORT (the TCP stall probe). */
+const tickServer =
+  `printf '#!/bin/sh\\nwhile true; do echo t; usleep 20000; done\\n' >/run/tick; chmod +x /run/tick\n` +
+  `(while true; do nc -l -p ${TICK_PORT} -e /run/tick; done) &\necho VESSEL-TICK-READY\n`;
+/** Raw QEMU's user data: no DHCP server on the hand-made network, so a static address. */
+const rawUserData =
+  '#!/bin/sh\n' +
+  'i=0; while [ -z "$(pidof udhcpc)" ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done\n' +
+  'killall udhcpc 2>/dev/null\n' +
+  `ip -4 addr flush dev eth0; ip addr add ${RAW_ADDR}/16 dev eth0; ip link set eth0 up\n` +
+  tickServer;
+
+/** Arrival times of a process's output chunks (this process's clock, ms). */
+class Arrivals {
+  readonly at: number[] = [];
+  constructor(readonly proc: ChildProcess) {
+    proc.stdout!.on('data', () => this.at.push(now()));
+    proc.on('error', () => undefined);
+  }
+  /** The longest time between two arrivals within [from, to]. */
+  longestGap(from: number, to: number): number {
+    const xs = this.at.filter((t) => t >= from && t <= to);
+    let gap = 0;
+    for (let i = 1; i < xs.length; i++) gap = Math.max(gap, xs[i] - xs[i - 1]);
+    return xs.length < 2 ? NaN : gap;
+  }
+}
+
+/** A ping every 20 ms and a TCP line reader, both from `netns`, towards `addr`. */
+function observe(netns: string, addr: string): { ping: Arrivals; tcp: Arrivals; stop(): void } {
+  const ping = new Arrivals(spawn('ip', ['netns', 'exec', netns, 'busybox', 'ping', '-i', '0.02', addr], { stdio: ['ignore', 'pipe', 'ignore'] }));
+  const tcp = new Arrivals(
+    spawn('ip', ['netns', 'exec', netns, 'sh', '-c', `while true; do busybox nc ${addr} ${TICK_PORT}; sleep 0.2; done`], {
+      stdio: ['pipe', 'pipe', 'ignore'],
+      detached: true,
+    }),
+  );
+  return {
+    ping,
+    tcp,
+    stop() {
+      ping.proc.kill('SIGKILL');
+      // The reconnecting loop and its nc: the whole process group.
+      if (tcp.proc.pid) process.kill(-tcp.proc.pid, 'SIGKILL');
+    },
+  };
+}
+
+interface Round {
+  ping: number;
+  tcp: number;
+  transferMs: number;
+}
+
+/** One migration observed: gaps from 1 s before `migrate()` to 2 s after it returns. */
+async function observed(netns: string, addr: string, migrate: () => Promise<number>): Promise<Round> {
+  const o = observe(netns, addr);
+  try {
+    await pollUntil('the observer receiving', async () => (o.ping.at.length > 5 && o.tcp.at.length > 5 ? true : undefined), 60_000, 100).catch((e: Error) => {
+      throw new Error(`${e.message} (${o.ping.at.length} ping replies, ${o.tcp.at.length} TCP lines from ${addr})`);
+    });
+    await sleep(1000);
+    const from = now();
+    const transferMs = await migrate();
+    await sleep(2000);
+    const to = now();
+    return { ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs };
+  } finally {
+    o.stop();
+  }
+}
+
+export async function runMigrationGap(): Promise<BenchResult> {
+  const started = now();
+  const problems: string[] = [];
+  const figures: Figure[] = [];
+  const dir = await mkdtemp(join(tmpdir(), 'vessel-migbench-'));
+  let c: TestCluster | undefined;
+  let raw: DevCluster | undefined;
+  const rawDirs: string[] = [];
+  try {
+    c = await startCluster({ nodes: 2 });
+    const client = c.client;
+    await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
+    await client.create(
+      VM,
+      tinyVm(NAME, { namespace: NS, binding: 'bridge', storageClass: 'shared', terminationGracePeriodSeconds: 2, userData: `#!/bin/sh\n${tickServer}` }),
+      {
+        namespace: NS,
+      },
+    );
+    type St = { phase?: string; nodeName?: string; interfaces?: { ipAddress?: string }[]; conditions?: { type: string; status: string }[] };
+    const status = async () => ((await client.get(VMI, NAME, { namespace: NS }).catch(() => undefined))?.status ?? {}) as St;
+    const ready = async () => {
+      const s = await status();
+      return s.phase === 'Running' && s.interfaces?.[0]?.ipAddress && s.conditions?.find((x) => x.type === 'Ready')?.status === 'True' ? s : undefined;
+    };
+    // A starved TCG guest may panic at boot ("IO-APIC + timer doesn't work"): its VMI is deleted and the VM starts it again.
+    const booted = async (): Promise<{ addr: string; runDir: string }> => {
+      // The run directory is the VM's: a restarted guest appends to the same serial.log.
+      let since = 0;
+      for (let attempt = 0; ; attempt++) {
+        const first = await pollUntil('the VMI Running with its IP', ready, BOOT_TIMEOUT_MS);
+        const agent0 = c!.nodes.agents.find((a) => a.nodeName === first.nodeName)!;
+        const dir = (await runDirOf(agent0.dataDir, NS, NAME))!;
+        const m = await waitForSerial(dir, /VESSEL-TICK-READY|Kernel panic/, BOOT_TIMEOUT_MS, { since });
+        if (!/panic/.test(m.match[0]) || attempt >= 2) return { addr: first.interfaces![0].ipAddress!, runDir: dir };
+        console.log('PROBLEM: the guest panicked at boot (a starved TCG host); starting it again');
+        since = m.offset;
+        const uid = (await client.get(VMI, NAME, { namespace: NS })).metadata!.uid;
+        await client.delete(VMI, NAME, { namespace: NS });
+        await pollUntil(
+          'a new VMI',
+          async () => ((await client.get(VMI, NAME, { namespace: NS }).catch(() => undefined))?.metadata?.uid !== uid ? true : undefined),
+          120_000,
+        );
+      }
+    };
+    const { addr, runDir } = await booted();
+    const argv = (JSON.parse(await readFile(join(runDir, 'vm.json'), 'utf8')) as { argv: string[] }).argv;
+    const observer = c.nodes.cluster.nodes[0].netns;
+
+    // Vessel: a migration object each round, back and forth.
+    const vessel: Round[] = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      const from = (await status()).nodeName;
+      vessel.push(
+        await observed(observer, addr, async () => {
+          const name = `gap-${i}`;
+          await client.create(
+            VMIM,
+            { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: NS }, spec: { vmiName: NAME } },
+            { namespace: NS },
+          );
+          type Ms = { phase?: string; migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string } };
+          const done = await pollUntil(
+            `migration ${name}`,
+            async () => {
+              const s = ((await client.get(VMIM, name, { namespace: NS })).status ?? {}) as Ms;
+              return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+            },
+            600_000,
+            50,
+          );
+          if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
+          await pollUntil('the VMI Running on the target', async () => ((await ready())?.nodeName !== from ? true : undefined), 120_000, 50);
+          return Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
+        }),
+      );
+      console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
+    }
+
+    // Raw QEMU: the same argv in the second dev cluster's namespaces, on a bridge + VXLAN made here.
+    raw = await createDevCluster({ nodes: 2 });
+    const taps: string[] = [];
+    for (const [i, n] of raw.nodes.entries()) {
+      const peer = raw.nodes[1 - i];
+      await ip(n.netns, ['link', 'add', 'br0', 'type', 'bridge']);
+      await ip(n.netns, ['link', 'set', 'br0', 'mtu', '1450', 'up']);
+      await ip(n.netns, ['link', 'add', 'vx0', 'type', 'vxlan', 'id', '1', 'dstport', '4789', 'local', n.fabricIp, 'nolearning']);
+      await ip(n.netns, ['link', 'set', 'vx0', 'mtu', '1450', 'master', 'br0', 'up']);
+      await bridgeCmd(n.netns, ['fdb', 'append', '00:00:00:00:00:00', 'dev', 'vx0', 'dst', peer.fabricIp]);
+      const tap = `rawtap${i}`;
+      await ip(n.netns, ['tuntap', 'add', 'dev', tap, 'mode', 'tap']);
+      await ip(n.netns, ['link', 'set', tap, 'mtu', '1450', 'master', 'br0', 'up']);
+      taps.push(tap);
+    }
+    await ip(raw.nodes[0].netns, ['addr', 'add', `${RAW_OBSERVER}/16`, 'dev', 'br0']);
+    const golden = volumePath(await client.get(PVCS, 'tiny', { namespace: 'vessel-images' }));
+    if (!golden) throw new Error('claim vessel-images/tiny has no vessel.io/volume-path');
+    const disk = join(dir, 'raw.qcow2');
+    await cloneVolume({ source: golden, dest: disk, size: (await qemuImg.info(golden, { format: 'qcow2', forceShare: true })).virtualSize, linked: true });
+    const iso = join(dir, 'raw-cidata.iso');
+    await buildCloudInitIso({ kind: 'noCloud', userData: rawUserData, metaData: { instanceId: 'raw-gap', localHostname: 'raw-gap' }, dest: iso });
+    const own = (a: string) => /(?:^|,)filename=([^,]+)/.exec(a)?.[1];
+    const tools = await findPriorityTools();
+    let launched = 0;
+    const rawLaunch = async (node: number, incoming: boolean): Promise<string> => {
+      const d = join(dir, `raw-${launched++}`);
+      await mkdir(d, { recursive: true });
+      rawDirs.push(d);
+      const swap = (a: string): string => {
+        const f = own(a);
+        if (f?.endsWith('.iso')) return a.replace(f, iso);
+        if (f?.startsWith('/') && !f.startsWith('/dev/')) return a.replace(f, disk);
+        return a.replace(/(^|,)ifname=[^,]+/, `$1ifname=${taps[node]}`);
+      };
+      const a = argv.map(swap);
+      if (a.filter((x, j) => x !== argv[j]).length !== 3) throw new Error(`the raw argv: disk, seed and tap not all swapped: ${argv.join(' ')}`);
+      await launch({
+        runDir: d,
+        argv: incoming ? [...a, '-incoming', 'defer'] : a,
+        chardevs: chardevsOf(argv),
+        vnc: true,
+        noShutdown: true,
+        vm: { namespace: 'bench', name: `raw-gap-${launched}` },
+        priority: { nice: DEFAULT_QEMU_PRIORITY.nice, batch: DEFAULT_QEMU_PRIORITY.batch, tools },
+        netns: raw!.nodes[node].netns,
+      });
+      return d;
+    };
+    let srcNode = 0;
+    let src = await rawLaunch(0, false);
+    await waitForSerial(src, 'VESSEL-TICK-READY', BOOT_TIMEOUT_MS);
+    const rawRounds: Round[] = [];
+    for (let i = 0; i < ROUNDS; i++) {
+      const dstNode = 1 - srcNode;
+      const dst = await rawLaunch(dstNode, true);
+      rawRounds.push(
+        await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
+          const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
+          const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
+          try {
+            await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
+            await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
+            const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
+            await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12, 'tls-creds': '' });
+            const t0 = Date.now();
+            await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
+            const info = await pollUntil(
+              'the raw migration completed',
+              async () => {
+                const q = await sq.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
+                if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
+                return q.status === 'completed' ? q : undefined;
+              },
+              600_000,
+              50,
+            );
+            const took = Date.now() - t0;
+            void info;
+            await sq.execute('quit').catch(() => undefined);
+            return took;
+          } finally {
+            await sq.close();
+            await tq.close();
+          }
+        }),
+      );
+      await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+      src = dst;
+      srcNode = dstNode;
+      console.log(`raw round ${i}: ${JSON.stringify(rawRounds.at(-1))}`);
+    }
+
+    const fig = (name: string, key: keyof Round, goal: string) => {
+      const v = vessel.map((r) => r[key]);
+      const r = rawRounds.map((x) => x[key]);
+      figures.push({
+        name: `${name}, Vessel / raw QEMU (median of ${ROUNDS})`,
+        ratio: median(v) / median(r),
+        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; ${goal} [${loadLine()}]`,
+      });
+    };
+    fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
+    fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
+    fig('transfer time (Vessel: migrationState start → end; raw: migrate → completed)', 'transferMs', 'Vessel over TLS, raw plain TCP');
+  } catch (e) {
+    problems.push(e instanceof Error ? e.message : String(e));
+  } finally {
+    for (const d of rawDirs) await terminate(d, { graceMs: 2000 }).catch(() => undefined);
+    await raw?.destroy().catch((e: Error) => problems.push(`removing the baseline's namespaces: ${e.message}`));
+    if (c) {
+      await c.client.delete(VM, NAME, { namespace: NS }).catch(() => undefined);
+      await pollUntil('the VMI gone', async () => ((await c!.client.list(VMI, { namespace: NS })).items.length === 0 ? true : undefined), 120_000).catch(
+        (e: Error) => problems.push(e.message),
+      );
+      await c.close();
+    }
+    await rm(dir, { recursive: true, force: true });
+  }
+  return { bench: 'migration', figures, problems, seconds: (now() - started) / 1000 };
+}
+
+if (isMain(import.meta.url)) {
+  const r = await runMigrationGap();
+  printResult(r);
+  process.exit(r.problems.length > 0 ? 1 : 0);
+}
