@@ -34,7 +34,7 @@ export { NodeLifecycleController } from './node-lifecycle.ts';
 export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';
 export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
-export { ForkliftController, inventoryConfigMapName, INVENTORY_KEY, type ForkliftOptions } from './forklift/controller.ts';
+export { ForkliftController, type ForkliftOptions } from './forklift/controller.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */

@@ -1,22 +1,20 @@
 /**
  * The migration toolkit's controller (docs/forklift.md): `ova` Providers get their inventory
  * read from a directory the administrator allowed (ControllerOptions.ovaRoots), published in the
- * ConfigMap `<provider>-inventory` (owned by the Provider) and counted in its status; NetworkMaps,
+ * ConfigMap `<provider>-inventory` (@vessel/api forklift; owned by the Provider) and counted in its status; NetworkMaps,
  * StorageMaps and Plans get Forklift's conditions from that inventory and the target cluster.
  * Running a plan (the Migration) is not built yet.
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { Controller, cacheKey, type Informer, type Log, updateStatus } from '@vessel/runtime';
-import { refs, tryParseQuantity, type KubeObject } from '@vessel/api';
+import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
 import { ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
 import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern } from './validation.ts';
 
+const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
 const { FORKLIFT_PROVIDERS, FORKLIFT_NETWORKMAPS, FORKLIFT_STORAGEMAPS, FORKLIFT_PLANS, NETWORK_ATTACHMENT_DEFINITIONS, STORAGE_CLASSES, VMS, CONFIGMAPS } = refs;
 
-/** The ConfigMap holding a provider's inventory (key `inventory.json`), for `vessel inventory` and other tools. */
-export const inventoryConfigMapName = (provider: string): string => `${provider}-inventory`;
-export const INVENTORY_KEY = 'inventory.json';
 /** How often an `ova` directory is scanned again. */
 const RESCAN_MS = 60_000;
 
@@ -139,7 +137,7 @@ export class ForkliftController extends Controller {
       metadata: {
         name,
         namespace: ns,
-        labels: { 'forklift.konveyor.io/provider': provider },
+        labels: { [PROVIDER_LABEL]: provider },
         ownerReferences: [{ apiVersion: 'forklift.konveyor.io/v1beta1', kind: 'Provider', name: provider, uid, controller: true }],
       },
       data: { [INVENTORY_KEY]: text },
