@@ -30,8 +30,14 @@ test("the six kinds are served as Forklift's CRDs declare them", () => {
 
 test('valid objects pass', () => {
   assert.deepEqual(fields(fk('Provider', provider)), []);
-  assert.deepEqual(fields(fk('NetworkMap', { ...maps, map: [{ source: { name: 'VM Network' }, destination: { type: 'multus', name: 'blue', namespace: 'ns' } }] })), []);
-  assert.deepEqual(fields(fk('StorageMap', { ...maps, map: [{ source: { id: 'web.ova' }, destination: { storageClass: 'local', accessMode: 'ReadWriteOnce' } }] })), []);
+  assert.deepEqual(
+    fields(fk('NetworkMap', { ...maps, map: [{ source: { name: 'VM Network' }, destination: { type: 'multus', name: 'blue', namespace: 'ns' } }] })),
+    [],
+  );
+  assert.deepEqual(
+    fields(fk('StorageMap', { ...maps, map: [{ source: { id: 'web.ova' }, destination: { storageClass: 'local', accessMode: 'ReadWriteOnce' } }] })),
+    [],
+  );
   const plan = { ...maps, targetNamespace: 'target', map: { network: { name: 'n' }, storage: { name: 's' } }, vms: [{ name: 'web' }, { id: 'abc' }] };
   assert.deepEqual(fields(fk('Plan', plan)), []);
   assert.deepEqual(fields(fk('Migration', { plan: { name: 'p', namespace: 'ns' } })), []);
@@ -48,7 +54,10 @@ test('bad objects are refused with the field named', () => {
     [fk('NetworkMap', { ...maps, map: [{ source: {}, destination: { type: 'pod' } }] }), ['spec.map[0].source']],
     [fk('NetworkMap', { ...maps, map: [{ source: { name: 'a' }, destination: { type: 'multus' } }] }), ['spec.map[0].destination.name']],
     [fk('NetworkMap', { ...maps, map: [{ source: { name: 'a' }, destination: { type: 'bridge' } }] }), ['spec.map[0].destination.type']],
-    [fk('StorageMap', { ...maps, map: [{ source: { name: 'a' }, destination: { storageClass: 'x', volumeMode: 'Raw' } }] }), ['spec.map[0].destination.volumeMode']],
+    [
+      fk('StorageMap', { ...maps, map: [{ source: { name: 'a' }, destination: { storageClass: 'x', volumeMode: 'Raw' } }] }),
+      ['spec.map[0].destination.volumeMode'],
+    ],
     [fk('StorageMap', { ...maps, map: [{ source: { name: 'a' }, destination: {} }] }), ['spec.map[0].destination.storageClass']],
     [fk('Plan', { ...maps, map: {}, targetNamespace: 'Bad_NS', vms: [{}] }), ['spec.map.network', 'spec.map.storage', 'spec.targetNamespace', 'spec.vms[0]']],
     [fk('Plan', { ...maps, map: { network: { name: 'n' }, storage: { name: 's' } }, targetNamespace: 't', vms: [], type: 'hot' }), ['spec.type']],

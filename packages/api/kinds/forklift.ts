@@ -21,7 +21,8 @@ export function validateProvider(o: KubeObject, ctx: SemanticContext): void {
   const spec = obj(o.spec);
   if (!spec) return;
   if (isSet(spec.type) && !(PROVIDER_TYPES as readonly unknown[]).includes(spec.type)) ctx.causes.push(notSupported('spec.type', spec.type, PROVIDER_TYPES));
-  if (spec.type === 'ova' && (!isSet(spec.url) || spec.url === '')) ctx.causes.push(required('spec.url', 'an ova provider names the directory holding its OVAs'));
+  if (spec.type === 'ova' && (!isSet(spec.url) || spec.url === ''))
+    ctx.causes.push(required('spec.url', 'an ova provider names the directory holding its OVAs'));
 }
 
 export function validateNetworkMap(o: KubeObject, ctx: SemanticContext): void {
@@ -29,7 +30,8 @@ export function validateNetworkMap(o: KubeObject, ctx: SemanticContext): void {
     const entry = obj(e);
     sourceRef(entry?.source, `spec.map[${i}].source`, ctx);
     const dst = obj(entry?.destination);
-    if (dst?.type === 'multus' && !str(dst.name)) ctx.causes.push(required(`spec.map[${i}].destination.name`, 'a multus destination names its NetworkAttachmentDefinition'));
+    if (dst?.type === 'multus' && !str(dst.name))
+      ctx.causes.push(required(`spec.map[${i}].destination.name`, 'a multus destination names its NetworkAttachmentDefinition'));
   });
 }
 

@@ -50,7 +50,8 @@ export function registerInventory(program: Command): void {
     .argument('[kind]', forklift.INVENTORY_KINDS.join('|'), 'vms')
     .option('-o, --output <format>', 'json or yaml')
     .action(async (provider: string, kind: string, flags: { output?: string }, cmd: Command) => {
-      if (!(forklift.INVENTORY_KINDS as readonly string[]).includes(kind)) throw new UsageError(`kind must be one of ${forklift.INVENTORY_KINDS.join(', ')}, not "${kind}"`);
+      if (!(forklift.INVENTORY_KINDS as readonly string[]).includes(kind))
+        throw new UsageError(`kind must be one of ${forklift.INVENTORY_KINDS.join(', ')}, not "${kind}"`);
       if (flags.output && flags.output !== 'json' && flags.output !== 'yaml') throw new UsageError(`--output must be json or yaml, not "${flags.output}"`);
       const ctx = contextOf(cmd);
       const client = ctx.client();

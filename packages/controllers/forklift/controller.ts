@@ -13,7 +13,8 @@ import { ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
 import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern } from './validation.ts';
 
 const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
-const { FORKLIFT_PROVIDERS, FORKLIFT_NETWORKMAPS, FORKLIFT_STORAGEMAPS, FORKLIFT_PLANS, NETWORK_ATTACHMENT_DEFINITIONS, STORAGE_CLASSES, VMS, CONFIGMAPS } = refs;
+const { FORKLIFT_PROVIDERS, FORKLIFT_NETWORKMAPS, FORKLIFT_STORAGEMAPS, FORKLIFT_PLANS, NETWORK_ATTACHMENT_DEFINITIONS, STORAGE_CLASSES, VMS, CONFIGMAPS } =
+  refs;
 
 /** How often an `ova` directory is scanned again. */
 const RESCAN_MS = 60_000;
@@ -77,16 +78,31 @@ export class ForkliftController extends Controller {
     let phase: string;
     let inventory: Inventory | undefined;
     if (spec.type !== 'ova') {
-      concerns.push({ type: 'ProviderTypeNotSupported', status: 'True', category: 'Critical', reason: 'NotSupported', message: 'The `type` must be: [ova] (Vessel reads only OVA providers so far).' });
+      concerns.push({
+        type: 'ProviderTypeNotSupported',
+        status: 'True',
+        category: 'Critical',
+        reason: 'NotSupported',
+        message: 'The `type` must be: [ova] (Vessel reads only OVA providers so far).',
+      });
       phase = 'ValidationFailed';
     } else if (typeof spec.url !== 'string' || !spec.url) {
-      concerns.push({ type: 'UrlNotValid', status: 'True', category: 'Critical', reason: 'NotSet', message: 'The `url` is required: the directory holding the OVAs.' });
+      concerns.push({
+        type: 'UrlNotValid',
+        status: 'True',
+        category: 'Critical',
+        reason: 'NotSet',
+        message: 'The `url` is required: the directory holding the OVAs.',
+      });
       phase = 'ValidationFailed';
     } else {
       concerns.push({ type: 'Validated', status: 'True', category: 'Advisory', reason: 'Completed', message: 'Validation has been completed.' });
       const cached = this.inventories.get(key);
       try {
-        inventory = cached && cached.generation === generation && Date.now() - cached.at < RESCAN_MS ? cached.inventory : await readInventory(ovaPath(spec.url), this.ovaRoots);
+        inventory =
+          cached && cached.generation === generation && Date.now() - cached.at < RESCAN_MS
+            ? cached.inventory
+            : await readInventory(ovaPath(spec.url), this.ovaRoots);
         this.inventories.set(key, { generation, inventory, at: cached?.inventory === inventory ? cached.at : Date.now() });
         concerns.push({ type: 'ConnectionTestSucceeded', status: 'True', category: 'Required', reason: 'Tested', message: 'Connection test, succeeded.' });
         concerns.push({ type: 'InventoryCreated', status: 'True', category: 'Required', reason: 'Completed', message: 'The inventory has been loaded.' });
@@ -120,7 +136,13 @@ export class ForkliftController extends Controller {
       s.phase = phase;
       s.observedGeneration = generation;
       s.conditions = toConditions(concerns, s.conditions);
-      if (inventory) s.inventory = { vms: inventory.vms.length, networks: inventory.networks.length, datastores: inventory.datastores.length, hosts: inventory.hosts.length };
+      if (inventory)
+        s.inventory = {
+          vms: inventory.vms.length,
+          networks: inventory.networks.length,
+          datastores: inventory.datastores.length,
+          hosts: inventory.hosts.length,
+        };
       else delete s.inventory;
     });
     for (const k of this.dependents()) this.queue.add(k);

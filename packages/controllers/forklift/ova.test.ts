@@ -30,14 +30,30 @@ async function refused(p: Promise<unknown>, code: string, re?: RegExp): Promise<
 
 test('parseOvf: name, CPUs, memory, firmware, disks with capacity and file, NICs with networks, OS type', () => {
   const [vm] = parseOvf(
-    ovf([{ name: 'Web Server', cpus: 2, memoryMB: 1024, firmware: 'efi', networks: ['VM Network', 'backend'], disks: [{ file: 'web-disk1.vmdk', capacity: 2 * GiB }] }]),
+    ovf([
+      {
+        name: 'Web Server',
+        cpus: 2,
+        memoryMB: 1024,
+        firmware: 'efi',
+        networks: ['VM Network', 'backend'],
+        disks: [{ file: 'web-disk1.vmdk', capacity: 2 * GiB }],
+      },
+    ]),
   );
   assert.equal(vm.name, 'Web Server');
   assert.equal(vm.cpus, 2);
   assert.equal(vm.memoryMB, 1024);
   assert.equal(vm.firmware, 'efi');
   assert.equal(vm.osType, 'debian10_64Guest');
-  assert.deepEqual(vm.disks, [{ id: 'disk-web-disk1.vmdk', file: 'web-disk1.vmdk', capacity: 2 * GiB, format: 'http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized' }]);
+  assert.deepEqual(vm.disks, [
+    {
+      id: 'disk-web-disk1.vmdk',
+      file: 'web-disk1.vmdk',
+      capacity: 2 * GiB,
+      format: 'http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized',
+    },
+  ]);
   assert.deepEqual(
     vm.nics.map((n) => [n.network, n.model]),
     [
@@ -53,11 +69,26 @@ test('parseOvf: name, CPUs, memory, firmware, disks with capacity and file, NICs
 });
 
 test('parseOvf refuses DTDs (entity bombs, external entities), malformed XML and hrefs leaving the package', () => {
-  assert.throws(() => parseOvf('<!DOCTYPE x [<!ENTITY a "aaaa">]><Envelope/>'), (e: OvaError) => e.code === 'OvfMalformed');
-  assert.throws(() => parseOvf('<Envelope><References></Envelope>'), (e: OvaError) => e.code === 'OvfMalformed');
-  assert.throws(() => parseOvf(ovf([{ name: 'x', disks: [{ file: '../../etc/passwd', capacity: 1 }] }])), (e: OvaError) => e.code === 'PathTraversal');
-  assert.throws(() => parseOvf(ovf([{ name: 'x', disks: [{ file: '/etc/passwd', capacity: 1 }] }])), (e: OvaError) => e.code === 'PathTraversal');
-  assert.throws(() => parseManifest('MD5(x)= 00'), (e: OvaError) => e.code === 'ManifestInvalid');
+  assert.throws(
+    () => parseOvf('<!DOCTYPE x [<!ENTITY a "aaaa">]><Envelope/>'),
+    (e: OvaError) => e.code === 'OvfMalformed',
+  );
+  assert.throws(
+    () => parseOvf('<Envelope><References></Envelope>'),
+    (e: OvaError) => e.code === 'OvfMalformed',
+  );
+  assert.throws(
+    () => parseOvf(ovf([{ name: 'x', disks: [{ file: '../../etc/passwd', capacity: 1 }] }])),
+    (e: OvaError) => e.code === 'PathTraversal',
+  );
+  assert.throws(
+    () => parseOvf(ovf([{ name: 'x', disks: [{ file: '/etc/passwd', capacity: 1 }] }])),
+    (e: OvaError) => e.code === 'PathTraversal',
+  );
+  assert.throws(
+    () => parseManifest('MD5(x)= 00'),
+    (e: OvaError) => e.code === 'ManifestInvalid',
+  );
 });
 
 test('an OVA made by tar with a streamOptimized VMDK: read in place, manifest verified, inventory listed', async () => {
@@ -109,15 +140,61 @@ test('hostile OVAs are refused with a clear error and nothing is written', async
     await writeFile(decoy, 'decoy: not part of any package\n');
     const desc = (file: string) => ovf([{ name: 'h', disks: [{ file, capacity: 1024 }] }]);
     const cases: [string, Buffer, string, RegExp?][] = [
-      ['traversal.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: '../../decoy.txt', data: 'x' }]), 'PathTraversal'],
-      ['absolute.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: '/tmp/x', data: 'x' }]), 'PathTraversal'],
-      ['symlink.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: 'd.vmdk', type: '2', linkname: decoy }]), 'LinkNotAllowed'],
-      ['hardlink.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: 'd.vmdk', type: '1', linkname: 'h.ovf' }]), 'LinkNotAllowed'],
+      [
+        'traversal.ova',
+        tar([
+          { name: 'h.ovf', data: desc('d.vmdk') },
+          { name: '../../decoy.txt', data: 'x' },
+        ]),
+        'PathTraversal',
+      ],
+      [
+        'absolute.ova',
+        tar([
+          { name: 'h.ovf', data: desc('d.vmdk') },
+          { name: '/tmp/x', data: 'x' },
+        ]),
+        'PathTraversal',
+      ],
+      [
+        'symlink.ova',
+        tar([
+          { name: 'h.ovf', data: desc('d.vmdk') },
+          { name: 'd.vmdk', type: '2', linkname: decoy },
+        ]),
+        'LinkNotAllowed',
+      ],
+      [
+        'hardlink.ova',
+        tar([
+          { name: 'h.ovf', data: desc('d.vmdk') },
+          { name: 'd.vmdk', type: '1', linkname: 'h.ovf' },
+        ]),
+        'LinkNotAllowed',
+      ],
       ['href-outside.ova', tar([{ name: 'h.ovf', data: desc('../decoy.txt') }]), 'PathTraversal'],
       ['href-missing.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }]), 'FileNotFound'],
-      ['bad-sum.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: 'h.mf', data: manifest({ 'h.ovf': 'something else' }) }, { name: 'd.vmdk', data: 'disk' }]), 'ManifestMismatch', /SHA256 of "h.ovf"/],
+      [
+        'bad-sum.ova',
+        tar([
+          { name: 'h.ovf', data: desc('d.vmdk') },
+          { name: 'h.mf', data: manifest({ 'h.ovf': 'something else' }) },
+          { name: 'd.vmdk', data: 'disk' },
+        ]),
+        'ManifestMismatch',
+        /SHA256 of "h.ovf"/,
+      ],
       ['oversize.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk'), declaredSize: 1 << 30 }]), 'TarMalformed', /past the end/],
-      ['dup.ova', tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: 'd.vmdk', data: 'a' }, { name: './d.vmdk', data: 'b' }]), 'TarMalformed', /twice/],
+      [
+        'dup.ova',
+        tar([
+          { name: 'h.ovf', data: desc('d.vmdk') },
+          { name: 'd.vmdk', data: 'a' },
+          { name: './d.vmdk', data: 'b' },
+        ]),
+        'TarMalformed',
+        /twice/,
+      ],
     ];
     const pkg = join(dir, 'pkgs');
     await mkdir(pkg);
@@ -126,10 +203,22 @@ test('hostile OVAs are refused with a clear error and nothing is written', async
       await refused(readPackage(join(pkg, name), name), code, re);
     }
     // An OVF descriptor larger than allowed (limits apply to what is read into memory).
-    await writeFile(join(pkg, 'big.ova'), tar([{ name: 'h.ovf', data: desc('d.vmdk') + ' '.repeat(5000) }, { name: 'd.vmdk', data: 'x' }]));
+    await writeFile(
+      join(pkg, 'big.ova'),
+      tar([
+        { name: 'h.ovf', data: desc('d.vmdk') + ' '.repeat(5000) },
+        { name: 'd.vmdk', data: 'x' },
+      ]),
+    );
     await refused(readPackage(join(pkg, 'big.ova'), 'big.ova', { maxDescriptorBytes: 4096 }), 'OversizeEntry');
     // A disk entry larger than allowed.
-    await writeFile(join(pkg, 'bigdisk.ova'), tar([{ name: 'h.ovf', data: desc('d.vmdk') }, { name: 'd.vmdk', data: Buffer.alloc(8192) }]));
+    await writeFile(
+      join(pkg, 'bigdisk.ova'),
+      tar([
+        { name: 'h.ovf', data: desc('d.vmdk') },
+        { name: 'd.vmdk', data: Buffer.alloc(8192) },
+      ]),
+    );
     await refused(readPackage(join(pkg, 'bigdisk.ova'), 'bigdisk.ova', { maxDiskBytes: 4096 }), 'OversizeEntry');
     // An unpacked OVF whose disk is a symlink to the decoy.
     await mkdir(join(pkg, 'u'));
@@ -139,10 +228,7 @@ test('hostile OVAs are refused with a clear error and nothing is written', async
     // The inventory lists every refusal and no VM; nothing was extracted or written.
     const inv = await readInventory(pkg, [dir]);
     assert.deepEqual(inv.vms.map((v) => v.source).sort(), ['big.ova', 'bigdisk.ova'], 'valid under the default limits');
-    assert.deepEqual(
-      inv.errors.map((e) => e.source).sort(),
-      [...cases.map((c) => c[0]), 'u/h.ovf'].sort(),
-    );
+    assert.deepEqual(inv.errors.map((e) => e.source).sort(), [...cases.map((c) => c[0]), 'u/h.ovf'].sort());
     assert.deepEqual((await readdir(dir)).sort(), ['decoy.txt', 'pkgs']);
     assert.equal((await readdir(pkg)).length, cases.length + 3);
   });

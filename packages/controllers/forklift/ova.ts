@@ -58,7 +58,10 @@ function octal(b: Buffer, from: number, len: number): number {
     for (let i = from + 1; i < from + len; i++) n = n * 256 + b[i];
     return n;
   }
-  const s = b.toString('latin1', from, from + len).replace(/[\0 ]+$/g, '').trim();
+  const s = b
+    .toString('latin1', from, from + len)
+    .replace(/[\0 ]+$/g, '')
+    .trim();
   if (!/^[0-7]*$/.test(s)) throw new OvaError('TarMalformed', `bad number field "${s}"`);
   return s ? parseInt(s, 8) : 0;
 }
@@ -108,7 +111,8 @@ export async function readTar(fh: FileHandle, fileSize: number, limits?: OvaLimi
     let size = octal(header, 124, 12);
     if (pax.size !== undefined) size = Number(pax.size);
     const offset = pos + 512;
-    if (!Number.isSafeInteger(size) || size < 0 || offset + size > fileSize) throw new OvaError('TarMalformed', `entry at offset ${pos} runs past the end of the archive`);
+    if (!Number.isSafeInteger(size) || size < 0 || offset + size > fileSize)
+      throw new OvaError('TarMalformed', `entry at offset ${pos} runs past the end of the archive`);
     pos = offset + Math.ceil(size / 512) * 512;
     if (type === 'x' || type === 'L') {
       if (size > 64 * 1024) throw new OvaError('OversizeEntry', 'extended header too large');
@@ -463,4 +467,3 @@ export async function readInventory(dir: string, roots: readonly string[], limit
   inv.networks = [...networks].sort().map((n) => ({ id: n, name: n }));
   return inv;
 }
-

@@ -104,6 +104,10 @@ test('Plan: concerns per VM as Forklift reports them; Ready only without a Criti
 test('rfc1123Name and stored conditions', () => {
   assert.equal(rfc1123Name('My VM (prod)_01'), 'my-vm-prod-01');
   assert.equal(rfc1123Name('x'.repeat(80)).length, 63);
-  const c = toConditions([{ type: 'Ready', status: 'True', category: 'Required', message: 'ok' }], [{ type: 'Ready', status: 'True', lastTransitionTime: 'then' }], 'now');
+  const c = toConditions(
+    [{ type: 'Ready', status: 'True', category: 'Required', message: 'ok' }],
+    [{ type: 'Ready', status: 'True', lastTransitionTime: 'then' }],
+    'now',
+  );
   assert.deepEqual(c, [{ type: 'Ready', status: 'True', category: 'Required', message: 'ok', lastTransitionTime: 'then' }]);
 });

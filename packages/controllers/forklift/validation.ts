@@ -37,7 +37,9 @@ function resolve<T extends { id: string; name: string }>(ref: Obj, list: readonl
 }
 
 function providerConcern(inv: Inventory | undefined): Concern[] {
-  return inv ? [] : [{ type: 'SourceProviderNotReady', status: 'True', category: 'Critical', reason: 'NotFound', message: 'The source provider is not ready.' }];
+  return inv
+    ? []
+    : [{ type: 'SourceProviderNotReady', status: 'True', category: 'Critical', reason: 'NotFound', message: 'The source provider is not ready.' }];
 }
 
 /**
@@ -58,13 +60,41 @@ export function networkMapConcerns(map: Obj, inv: Inventory | undefined, nadExis
     if (dst.type === 'multus' && !(s(dst.name) && nadExists(s(dst.namespace) ?? s(o(map.metadata).namespace) ?? '', s(dst.name)!))) badDest.push(`[${i}]`);
   });
   if (bad.NotSet.length)
-    out.push({ type: 'SourceNetworkNotValid', status: 'True', category: 'Critical', reason: 'NotSet', message: 'Source network: either `ID` or `Name` required.', items: bad.NotSet });
+    out.push({
+      type: 'SourceNetworkNotValid',
+      status: 'True',
+      category: 'Critical',
+      reason: 'NotSet',
+      message: 'Source network: either `ID` or `Name` required.',
+      items: bad.NotSet,
+    });
   if (bad.NotFound.length)
-    out.push({ type: 'SourceNetworkNotValid', status: 'True', category: 'Critical', reason: 'NotFound', message: 'Source network not found.', items: bad.NotFound });
+    out.push({
+      type: 'SourceNetworkNotValid',
+      status: 'True',
+      category: 'Critical',
+      reason: 'NotFound',
+      message: 'Source network not found.',
+      items: bad.NotFound,
+    });
   if (bad.Ambiguous.length)
-    out.push({ type: 'SourceNetworkNotValid', status: 'True', category: 'Critical', reason: 'Ambiguous', message: 'Source network has ambiguous ref.', items: bad.Ambiguous });
+    out.push({
+      type: 'SourceNetworkNotValid',
+      status: 'True',
+      category: 'Critical',
+      reason: 'Ambiguous',
+      message: 'Source network has ambiguous ref.',
+      items: bad.Ambiguous,
+    });
   if (badDest.length)
-    out.push({ type: 'DestinationNetworkNotValid', status: 'True', category: 'Critical', reason: 'NotFound', message: 'Destination network (NAD) not found.', items: badDest });
+    out.push({
+      type: 'DestinationNetworkNotValid',
+      status: 'True',
+      category: 'Critical',
+      reason: 'NotFound',
+      message: 'Destination network (NAD) not found.',
+      items: badDest,
+    });
   return readyCondition(merge(out));
 }
 
@@ -83,9 +113,23 @@ export function storageMapConcerns(map: Obj, inv: Inventory | undefined, classEx
   });
   for (const [reason, items] of Object.entries(bad))
     if (items.length)
-      out.push({ type: 'SourceStorageNotValid', status: 'True', category: 'Critical', reason, message: `Source storage ${reason === 'NotSet' ? 'ref not set' : reason === 'NotFound' ? 'not found' : 'has ambiguous ref'}.`, items });
+      out.push({
+        type: 'SourceStorageNotValid',
+        status: 'True',
+        category: 'Critical',
+        reason,
+        message: `Source storage ${reason === 'NotSet' ? 'ref not set' : reason === 'NotFound' ? 'not found' : 'has ambiguous ref'}.`,
+        items,
+      });
   if (badDest.length)
-    out.push({ type: 'DestinationStorageNotValid', status: 'True', category: 'Critical', reason: 'NotFound', message: 'Destination storage class not found.', items: badDest });
+    out.push({
+      type: 'DestinationStorageNotValid',
+      status: 'True',
+      category: 'Critical',
+      reason: 'NotFound',
+      message: 'Destination storage class not found.',
+      items: badDest,
+    });
   return readyCondition(merge(out));
 }
 
@@ -140,15 +184,24 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
   const spec = o(plan.spec);
   const out: Concern[] = providerConcern(ctx.inventory);
   const ns = s(spec.targetNamespace);
-  if (!ns || !isRfc1123(ns)) out.push({ type: 'NamespaceNotValid', status: 'True', category: 'Critical', reason: 'NotValid', message: 'Target namespace is not valid.' });
+  if (!ns || !isRfc1123(ns))
+    out.push({ type: 'NamespaceNotValid', status: 'True', category: 'Critical', reason: 'NotValid', message: 'Target namespace is not valid.' });
   if (spec.warm === true || spec.type === 'warm')
-    out.push({ type: 'MigrationTypeNotValid', status: 'True', category: 'Critical', reason: 'NotSupported', message: '`warm` migration from the source provider is not supported.' });
+    out.push({
+      type: 'MigrationTypeNotValid',
+      status: 'True',
+      category: 'Critical',
+      reason: 'NotSupported',
+      message: '`warm` migration from the source provider is not supported.',
+    });
   const nm = ctx.networkMap;
   const sm = ctx.storageMap;
   if (!nm) out.push({ type: 'NetworkMapRefNotValid', status: 'True', category: 'Critical', reason: 'NotFound', message: 'Map.Network is not valid.' });
-  else if (!ctx.mapReady(nm)) out.push({ type: 'NetworkMapNotReady', status: 'True', category: 'Critical', message: 'Map.Network does not have Ready condition.' });
+  else if (!ctx.mapReady(nm))
+    out.push({ type: 'NetworkMapNotReady', status: 'True', category: 'Critical', message: 'Map.Network does not have Ready condition.' });
   if (!sm) out.push({ type: 'StorageRefNotValid', status: 'True', category: 'Critical', reason: 'NotFound', message: 'Map.Storage is not valid.' });
-  else if (!ctx.mapReady(sm)) out.push({ type: 'StorageMapNotReady', status: 'True', category: 'Critical', message: 'Map.Storage does not have Ready condition.' });
+  else if (!ctx.mapReady(sm))
+    out.push({ type: 'StorageMapNotReady', status: 'True', category: 'Critical', message: 'Map.Storage does not have Ready condition.' });
   const vms: PlanVmResult[] = [];
   if (ctx.inventory) {
     const inv = ctx.inventory;
@@ -160,7 +213,14 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       const r = resolve(ref, inv.vms);
       const label = s(ref.id) ? `id:${s(ref.id)}` : `name:${s(ref.name) ?? ''}`;
       if (r === 'NotSet') {
-        out.push({ type: 'VMRefNotValid', status: 'True', category: 'Critical', reason: 'NotSet', message: 'Either `ID` or `Name` required.', items: [`[${i}]`] });
+        out.push({
+          type: 'VMRefNotValid',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotSet',
+          message: 'Either `ID` or `Name` required.',
+          items: [`[${i}]`],
+        });
         continue;
       }
       if (r === 'NotFound') {
@@ -183,24 +243,69 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       if (!isRfc1123(targetName)) {
         newName = rfc1123Name(targetName);
         for (let k = 2; targets.has(newName) || (ns !== undefined && ctx.vmExists(ns, newName)); k++) newName = `${rfc1123Name(targetName).slice(0, 58)}-${k}`;
-        out.push({ type: 'TargetNameNotValid', status: 'True', category: 'Warn', reason: 'NotValid', message: `Target VM name does not comply with DNS1123 RFC, will be automatically changed.`, items: [`${item} newName:'${newName}'`] });
+        out.push({
+          type: 'TargetNameNotValid',
+          status: 'True',
+          category: 'Warn',
+          reason: 'NotValid',
+          message: `Target VM name does not comply with DNS1123 RFC, will be automatically changed.`,
+          items: [`${item} newName:'${newName}'`],
+        });
         targetName = newName;
       } else if (ns && ctx.vmExists(ns, targetName))
         out.push({ type: 'VMAlreadyExists', status: 'True', category: 'Critical', reason: 'NotUnique', message: 'Target VM already exists.', items: [item] });
-      if (targets.has(targetName)) out.push({ type: 'DuplicateVM', status: 'True', category: 'Critical', reason: 'NotUnique', message: 'Two VMs of the plan have the same target name.', items: [item] });
+      if (targets.has(targetName))
+        out.push({
+          type: 'DuplicateVM',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotUnique',
+          message: 'Two VMs of the plan have the same target name.',
+          items: [item],
+        });
       targets.set(targetName, r.id);
       if (nm && r.nics.some((n) => !netSources.some((src) => s(src.id) === n.network || s(src.name) === n.network)))
-        out.push({ type: 'VMNetworksNotMapped', status: 'True', category: 'Critical', reason: 'NotValid', message: 'VM has unmapped networks.', items: [item] });
+        out.push({
+          type: 'VMNetworksNotMapped',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotValid',
+          message: 'VM has unmapped networks.',
+          items: [item],
+        });
       const ds = dsEntries.find((e) => s(e.src.id) === r.source || s(e.src.name) === r.source);
-      if (sm && !ds) out.push({ type: 'VMStorageNotMapped', status: 'True', category: 'Critical', reason: 'NotValid', message: 'VM has unmapped storage.', items: [item] });
+      if (sm && !ds)
+        out.push({ type: 'VMStorageNotMapped', status: 'True', category: 'Critical', reason: 'NotValid', message: 'VM has unmapped storage.', items: [item] });
       const sc = s(ds?.dst.storageClass);
       const max = sc ? ctx.classMaxBytes(sc) : undefined;
       if (max !== undefined && r.disks.some((d) => d.capacity > max))
-        out.push({ type: 'InvalidDiskSizes', status: 'True', category: 'Critical', reason: 'NotValid', message: `VM has disks larger than storage class ${sc} allows (${max} bytes).`, items: [item] });
+        out.push({
+          type: 'InvalidDiskSizes',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotValid',
+          message: `VM has disks larger than storage class ${sc} allows (${max} bytes).`,
+          items: [item],
+        });
       if (!FIRMWARES.includes(r.firmware))
-        out.push({ type: 'UnsupportedFirmware', status: 'True', category: 'Critical', reason: 'NotSupported', message: 'VM firmware is neither BIOS nor EFI.', items: [`${item} firmware:'${r.firmware}'`] });
+        out.push({
+          type: 'UnsupportedFirmware',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotSupported',
+          message: 'VM firmware is neither BIOS nor EFI.',
+          items: [`${item} firmware:'${r.firmware}'`],
+        });
       const macs = r.nics.map((n) => n.mac).filter((m): m is string => !!m);
-      if (new Set(macs).size !== macs.length) out.push({ type: 'MacConflicts', status: 'True', category: 'Critical', reason: 'NotUnique', message: 'VM has NICs with the same MAC address.', items: [item] });
+      if (new Set(macs).size !== macs.length)
+        out.push({
+          type: 'MacConflicts',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotUnique',
+          message: 'VM has NICs with the same MAC address.',
+          items: [item],
+        });
       vms.push({ vm: r, targetName, ...(newName ? { newName } : {}) });
     }
   }
