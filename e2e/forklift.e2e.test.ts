@@ -219,6 +219,12 @@ test('maps Ready when their sources exist; a plan validated with the expected co
     return isReady(o) ? o : undefined;
   });
   assert.ok(!conds(ok).some((c) => c.category === 'Critical'));
+  // A map that stops being Ready (its StorageClass deleted) takes its plans with it.
+  await v.client.delete(SCS, 'fk-big');
+  await eventually('plan not Ready with its map', async () => {
+    const o = await v.client.get(PLANS, 'web-only', { namespace: NS });
+    return conds(o).some((c) => c.type === 'StorageMapNotReady') && !isReady(o) ? o : undefined;
+  });
   // The first plan is revalidated when the VM goes away: no VMAlreadyExists any more.
   await eventually('plan revalidated', async () => {
     const o = await v.client.get(PLANS, 'all', { namespace: NS });

@@ -44,8 +44,10 @@ export class ForkliftController extends Controller {
     this.ovaRoots = opts.ovaRoots ?? [];
     const all = (): string[] => [...this.dependents()];
     this.providers = this.inform(FORKLIFT_PROVIDERS, (p) => [`provider|${cacheKey(p)}`]);
-    this.networkMaps = this.inform(FORKLIFT_NETWORKMAPS, (m) => [`networkmap|${cacheKey(m)}`]);
-    this.storageMaps = this.inform(FORKLIFT_STORAGEMAPS, (m) => [`storagemap|${cacheKey(m)}`]);
+    // A plan reads its maps' Ready condition: a map's change revalidates the plans too.
+    const plans = (): string[] => this.plans.list().map((p) => `plan|${cacheKey(p)}`);
+    this.networkMaps = this.inform(FORKLIFT_NETWORKMAPS, (m) => [`networkmap|${cacheKey(m)}`, ...plans()]);
+    this.storageMaps = this.inform(FORKLIFT_STORAGEMAPS, (m) => [`storagemap|${cacheKey(m)}`, ...plans()]);
     this.plans = this.inform(FORKLIFT_PLANS, (p) => [`plan|${cacheKey(p)}`]);
     this.nads = this.inform(NETWORK_ATTACHMENT_DEFINITIONS, all);
     this.classes = this.inform(STORAGE_CLASSES, all);
