@@ -4,7 +4,8 @@
  * manifest, packed by tar) in an allowed directory gives a Ready `ova` Provider with the right
  * inventory (status counts, the inventory ConfigMap, `vessel inventory`); maps are Ready; a plan
  * reports the expected concerns; a provider outside the allowed roots and a hostile OVA are
- * refused. No guest boots: nothing here needs an agent.
+ * refused; a cold migration of the plan streams the VMDK from inside the OVA into an upload
+ * DataVolume (contents compared with qemu-img) and creates the VM. No guest boots.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,6 +28,9 @@ const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces'
 const SCS: ResourceRef = { group: 'storage.k8s.io', version: 'v1', plural: 'storageclasses', namespaced: false };
 const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
 const CMS = ref('configmaps', '', 'v1');
+const MIGRATIONS = ref('migrations');
+const DVS = ref('datavolumes', 'cdi.kubevirt.io', 'v1beta1');
+const PVCS = ref('persistentvolumeclaims', '', 'v1');
 const NS = 'fk-src';
 const TARGET = 'fk-target';
 const MiB = 1024 * 1024;
@@ -75,7 +79,7 @@ before(async () => {
       { name: '../decoy.txt', data: 'overwritten?' },
     ]),
   );
-  v = await startVessel({ ovaRoots: [root] });
+  v = await startVessel({ ovaRoots: [root], agent: { nodeName: 'fk-node' } });
   for (const ns of [NS, TARGET]) await v.client.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
 });
 
@@ -244,4 +248,104 @@ test('kubectl sees the kinds (discovery, columns, OpenAPI)', { skip: KUBECTL_SKI
   );
   assert.notEqual(bad.code, 0);
   assert.match(bad.err, /spec\.map\[0\]\.source/);
+});
+
+test('a cold migration: the disk streamed from inside the OVA into a DataVolume, the VM created; per-disk progress', async () => {
+  const nadConfig = JSON.stringify({ cniVersion: '0.3.1', name: 'lab', type: 'bridge', bridge: 'br-fklab' });
+  await v.client.create(
+    NADS,
+    { apiVersion: 'k8s.cni.cncf.io/v1', kind: 'NetworkAttachmentDefinition', metadata: { name: 'lab' }, spec: { config: nadConfig } },
+    { namespace: TARGET },
+  );
+  const mapping = [
+    { source: { name: 'VM Network' }, destination: { type: 'pod' } },
+    { source: { name: 'Lab Net' }, destination: { type: 'multus', name: 'lab', namespace: TARGET } },
+  ];
+  await v.client.create(NETMAPS, fk('NetworkMap', 'run-net', { provider: providerRefs, map: mapping }), { namespace: NS });
+  await v.client.create(
+    STORAGEMAPS,
+    fk('StorageMap', 'run-disks', { provider: providerRefs, map: [{ source: { name: 'web.ova' }, destination: { storageClass: 'local' } }] }),
+    {
+      namespace: NS,
+    },
+  );
+  await v.client.create(
+    PLANS,
+    fk('Plan', 'run', {
+      provider: providerRefs,
+      targetNamespace: TARGET,
+      map: { network: { name: 'run-net' }, storage: { name: 'run-disks' } },
+      vms: [{ name: 'web' }],
+    }),
+    { namespace: NS },
+  );
+  await eventually('plan run Ready', async () => (isReady(await v.client.get(PLANS, 'run', { namespace: NS })) ? true : undefined), 60_000);
+  const t0 = Date.now();
+  await v.client.create(MIGRATIONS, fk('Migration', 'run-1', { plan: { name: 'run', namespace: NS } }), { namespace: NS });
+  const m = await eventually(
+    'migration finished',
+    async () => {
+      const o = await v.client.get(MIGRATIONS, 'run-1', { namespace: NS });
+      return (o.status as { completed?: string } | undefined)?.completed ? o : undefined;
+    },
+    180_000,
+    500,
+  );
+  console.log(`cold migration of one 64 MiB disk: ${Date.now() - t0} ms`);
+  type VmS = {
+    phase: string;
+    error?: unknown;
+    pipeline: {
+      name: string;
+      phase: string;
+      progress: { total: number; completed: number };
+      tasks?: { name: string; phase: string; progress: { total: number; completed: number } }[];
+    }[];
+  };
+  const st = m.status as { vms: VmS[] };
+  assert.ok(
+    conds(m).some((c) => c.type === 'Succeeded' && c.status === 'True'),
+    JSON.stringify(m.status),
+  );
+  const vmStatus = st.vms[0];
+  assert.equal(vmStatus.phase, 'Completed', JSON.stringify(vmStatus.error));
+  assert.deepEqual(
+    vmStatus.pipeline.map((p) => [p.name, p.phase]),
+    [
+      ['Initialize', 'Completed'],
+      ['DiskTransfer', 'Completed'],
+      ['VirtualMachineCreation', 'Completed'],
+    ],
+  );
+  const task = vmStatus.pipeline[1].tasks![0];
+  assert.deepEqual([task.name, task.phase, task.progress], ['web-disk0', 'Completed', { total: 68, completed: 68 }]);
+  const plan = await v.client.get(PLANS, 'run', { namespace: NS });
+  assert.equal(((plan.status as { migration?: { vms?: VmS[] } }).migration?.vms ?? [])[0]?.phase, 'Completed');
+  assert.ok(isReady(plan), 'the VM the plan made is not a conflict');
+  // The disk holds the source's bytes.
+  const pvc = await v.client.get(PVCS, 'web-disk0', { namespace: TARGET });
+  const volume = (pvc.metadata?.annotations as Record<string, string>)['vessel.io/volume-path'];
+  const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', join(dir, 'src', 'web.qcow2'), volume]);
+  assert.equal(cmp.code, 0, cmp.out + cmp.err);
+  // The VM: the OVF's CPUs, memory, firmware, NICs with their MACs on the mapped networks, the disk.
+  const made = await v.client.get(VMS, 'web', { namespace: TARGET });
+  const spec = (made.spec as { runStrategy: string; template: { spec: Record<string, unknown> } }).template.spec as {
+    domain: { cpu: unknown; resources: unknown; firmware: unknown; devices: { interfaces: { name: string; macAddress?: string }[] } };
+    networks: unknown[];
+    volumes: unknown[];
+  };
+  assert.equal((made.spec as { runStrategy: string }).runStrategy, 'Halted');
+  assert.deepEqual(spec.domain.cpu, { cores: 2 });
+  assert.deepEqual(spec.domain.resources, { requests: { memory: '512Mi' } });
+  assert.deepEqual((spec.domain.firmware as { bootloader: unknown }).bootloader, { efi: { secureBoot: false } });
+  assert.deepEqual(
+    spec.domain.devices.interfaces.map((i) => i.macAddress),
+    ['00:50:56:00:00:00', '00:50:56:00:00:01'],
+  );
+  assert.deepEqual(spec.networks, [
+    { name: 'net0', pod: {} },
+    { name: 'net1', multus: { networkName: `${TARGET}/lab` } },
+  ]);
+  assert.deepEqual(spec.volumes, [{ name: 'disk0', dataVolume: { name: 'web-disk0' } }]);
+  assert.equal(((await v.client.get(DVS, 'web-disk0', { namespace: TARGET })).status as { phase: string }).phase, 'Succeeded');
 });

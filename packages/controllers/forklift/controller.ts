@@ -9,12 +9,23 @@ import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { Controller, cacheKey, type Informer, type Log, updateStatus } from '@vessel/runtime';
 import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
-import { ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
-import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern } from './validation.ts';
+import { join } from 'node:path';
+import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
+import { MigrationRun } from './migration.ts';
+import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern, type PlanContext } from './validation.ts';
 
 const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
-const { FORKLIFT_PROVIDERS, FORKLIFT_NETWORKMAPS, FORKLIFT_STORAGEMAPS, FORKLIFT_PLANS, NETWORK_ATTACHMENT_DEFINITIONS, STORAGE_CLASSES, VMS, CONFIGMAPS } =
-  refs;
+const {
+  FORKLIFT_PROVIDERS,
+  FORKLIFT_NETWORKMAPS,
+  FORKLIFT_STORAGEMAPS,
+  FORKLIFT_PLANS,
+  FORKLIFT_MIGRATIONS,
+  NETWORK_ATTACHMENT_DEFINITIONS,
+  STORAGE_CLASSES,
+  VMS,
+  CONFIGMAPS,
+} = refs;
 
 /** How often an `ova` directory is scanned again. */
 const RESCAN_MS = 60_000;
@@ -32,6 +43,9 @@ export class ForkliftController extends Controller {
   private readonly networkMaps: Informer;
   private readonly storageMaps: Informer;
   private readonly plans: Informer;
+  private readonly migrations: Informer;
+  /** Migrations running in this process, by uid. */
+  private readonly running = new Map<string, Promise<void>>();
   private readonly nads: Informer;
   private readonly classes: Informer;
   private readonly vms: Informer;
@@ -49,6 +63,7 @@ export class ForkliftController extends Controller {
     this.networkMaps = this.inform(FORKLIFT_NETWORKMAPS, (m) => [`networkmap|${cacheKey(m)}`, ...plans()]);
     this.storageMaps = this.inform(FORKLIFT_STORAGEMAPS, (m) => [`storagemap|${cacheKey(m)}`, ...plans()]);
     this.plans = this.inform(FORKLIFT_PLANS, (p) => [`plan|${cacheKey(p)}`]);
+    this.migrations = this.inform(FORKLIFT_MIGRATIONS, (m) => [`migration|${cacheKey(m)}`]);
     this.nads = this.inform(NETWORK_ATTACHMENT_DEFINITIONS, all);
     this.classes = this.inform(STORAGE_CLASSES, all);
     this.vms = this.inform(VMS, all);
@@ -66,6 +81,7 @@ export class ForkliftController extends Controller {
     if (kind === 'provider') return this.reconcileProvider(rest);
     if (kind === 'networkmap' || kind === 'storagemap') return this.reconcileMap(kind, rest);
     if (kind === 'plan') return this.reconcilePlan(rest);
+    if (kind === 'migration') return this.reconcileMigration(rest);
   }
 
   private async reconcileProvider(key: string): Promise<void> {
@@ -203,27 +219,98 @@ export class ForkliftController extends Controller {
   private async reconcilePlan(key: string): Promise<void> {
     const plan = this.plans.get(key);
     if (!plan || plan.metadata.deletionTimestamp) return;
+    const { concerns } = planConcerns(plan as Obj, this.planContext(plan));
+    await updateStatus(this.client, FORKLIFT_PLANS, plan.metadata.namespace, plan.metadata.name, (s) => {
+      s.observedGeneration = plan.metadata.generation ?? 0;
+      s.conditions = toConditions(concerns, s.conditions);
+    });
+    for (const m of this.migrations.list()) this.queue.add(`migration|${cacheKey(m)}`);
+  }
+
+  private mapsOf(plan: KubeObject): { networkMap: Obj | undefined; storageMap: Obj | undefined } {
     const spec = o(plan.spec);
     const mapRef = (r: unknown, inf: Informer): Obj | undefined => {
       const ref = o(r);
-      const ns = typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : plan.metadata.namespace;
+      const ns = typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : plan.metadata?.namespace;
       return inf.get(`${ns}/${typeof ref.name === 'string' ? ref.name : ''}`) as Obj | undefined;
     };
-    const { concerns } = planConcerns(plan as Obj, {
+    return { networkMap: mapRef(o(spec.map).network, this.networkMaps), storageMap: mapRef(o(spec.map).storage, this.storageMaps) };
+  }
+
+  private planContext(plan: KubeObject): PlanContext {
+    const planName = plan.metadata?.name;
+    return {
       inventory: this.inventoryFor(plan),
-      networkMap: mapRef(o(spec.map).network, this.networkMaps),
-      storageMap: mapRef(o(spec.map).storage, this.storageMaps),
-      vmExists: (ns, name) => !!this.vms.get(`${ns}/${name}`),
+      ...this.mapsOf(plan),
+      // A VM this plan made (a migration ran) is not a conflict.
+      vmExists: (ns, name) => {
+        const vm = this.vms.get(`${ns}/${name}`);
+        return !!vm && vm.metadata.labels?.['forklift.konveyor.io/plan'] !== planName;
+      },
       classMaxBytes: (sc) => {
         const q = o(o(this.classes.get(sc)).parameters).maxVolumeSize;
         return typeof q === 'string' ? tryParseQuantity(q) : undefined;
       },
       mapReady: hasReady,
-    });
-    await updateStatus(this.client, FORKLIFT_PLANS, plan.metadata.namespace, plan.metadata.name, (s) => {
-      s.observedGeneration = plan.metadata.generation ?? 0;
-      s.conditions = toConditions(concerns, s.conditions);
-    });
+    };
+  }
+
+  /** Starts a Migration of a Ready plan in the background; its run writes the status. */
+  private async reconcileMigration(key: string): Promise<void> {
+    const m = this.migrations.get(key);
+    if (!m || m.metadata.deletionTimestamp) return;
+    const uid = m.metadata.uid ?? key;
+    if (this.running.has(uid) || o(m.status).completed) return;
+    const ref = o(o(m.spec).plan);
+    const planKey = `${typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : m.metadata.namespace}/${String(ref.name ?? '')}`;
+    const plan = this.plans.get(planKey);
+    const { concerns, vms } = plan ? planConcerns(plan as Obj, this.planContext(plan)) : { concerns: [], vms: [] };
+    if (!plan || !concerns.some((c) => c.type === 'Ready')) {
+      await updateStatus(this.client, FORKLIFT_MIGRATIONS, m.metadata.namespace, m.metadata.name, (s) => {
+        s.conditions = toConditions(
+          [
+            {
+              type: 'PlanNotReady',
+              status: 'True',
+              category: 'Critical',
+              reason: plan ? 'NotReady' : 'NotFound',
+              message: `Plan ${planKey} ${plan ? 'is not Ready' : 'not found'}.`,
+            },
+          ],
+          s.conditions,
+        );
+      });
+      return;
+    }
+    const { networkMap, storageMap } = this.mapsOf(plan);
+    const entry = (map: Obj | undefined, match: (src: Obj) => boolean): Obj | undefined =>
+      ((o(map?.spec).map as unknown[] | undefined) ?? []).map(o).find((e) => match(o(e.source)));
+    const provider = this.providers.get(
+      `${String(o(o(o(plan.spec).provider).source).namespace || plan.metadata.namespace)}/${String(o(o(o(plan.spec).provider).source).name)}`,
+    );
+    const url = String(o(provider?.spec).url ?? '');
+    const run = new MigrationRun(
+      this.client,
+      {
+        migration: m,
+        plan,
+        vms,
+        disks: async (v) => (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks,
+        storage: (source) => o(entry(storageMap, (src) => src.id === source || src.name === source)?.destination) as { storageClass: string },
+        network: (name) => {
+          const d = entry(networkMap, (src) => src.id === name || src.name === name)?.destination;
+          return d ? (o(d) as { type: string; name?: string; namespace?: string }) : undefined;
+        },
+      },
+      this.log,
+    );
+    this.running.set(
+      uid,
+      run
+        .run()
+        .catch((e: unknown) => this.log(`forklift: migration ${key}: ${e instanceof Error ? e.message : e}`))
+        .finally(() => this.running.delete(uid)),
+    );
   }
 }
 

@@ -339,6 +339,18 @@ async function ovfMembers(ovfPath: string, names: string[]): Promise<Map<string,
  * declared. OvaError on anything refused.
  */
 export async function readPackage(path: string, source: string, limits?: OvaLimits): Promise<PackageVm[]> {
+  return (await openPackage(path, source, limits)).vms;
+}
+
+/** A package member's bytes: the file and the range holding them (a tar entry, or a whole file beside the OVF). */
+export interface MemberRange {
+  path: string;
+  offset: number;
+  size: number;
+}
+
+/** readPackage, with where each disk file's bytes are (checked as readPackage checks them). */
+export async function openPackage(path: string, source: string, limits?: OvaLimits): Promise<{ vms: PackageVm[]; disks: Map<string, MemberRange> }> {
   const lim = limitsOf(limits);
   let members: Map<string, Member>;
   let ovfName: string;
@@ -394,7 +406,7 @@ export async function readPackage(path: string, source: string, limits?: OvaLimi
         throw new OvaError('DiskLargerThanDeclared', `disk "${d.id}" (${d.file}) holds ${virtual} bytes, the OVF declares ${d.capacity}`);
       if (d.capacity <= 0 && virtual !== undefined) d.capacity = virtual;
     }
-  return vms.map((v) => ({ ...v, source }));
+  return { vms: vms.map((v) => ({ ...v, source })), disks: new Map(files.map((f) => [f, members.get(f)!])) };
 }
 
 export interface InventoryVm extends PackageVm {
