@@ -45,7 +45,7 @@ export class ForkliftController extends Controller {
   private readonly plans: Informer;
   private readonly migrations: Informer;
   /** Migrations running in this process, by uid. */
-  private readonly running = new Map<string, Promise<void>>();
+  private readonly running = new Map<string, { run: MigrationRun; done: Promise<void> }>();
   private readonly nads: Informer;
   private readonly classes: Informer;
   private readonly vms: Informer;
@@ -67,6 +67,13 @@ export class ForkliftController extends Controller {
     this.nads = this.inform(NETWORK_ATTACHMENT_DEFINITIONS, all);
     this.classes = this.inform(STORAGE_CLASSES, all);
     this.vms = this.inform(VMS, all);
+  }
+
+  /** Lost the lease or shutting down: running migrations stop where they are; the next leader resumes them. */
+  protected override async stopped(): Promise<void> {
+    const runs = [...this.running.values()];
+    for (const r of runs) r.run.stop();
+    await Promise.all(runs.map((r) => r.done));
   }
 
   /** Every map and plan: they depend on providers, NADs, classes and VMs (few objects, so no index). */
@@ -304,13 +311,13 @@ export class ForkliftController extends Controller {
       },
       this.log,
     );
-    this.running.set(
-      uid,
-      run
+    this.running.set(uid, {
+      run,
+      done: run
         .run()
         .catch((e: unknown) => this.log(`forklift: migration ${key}: ${e instanceof Error ? e.message : e}`))
         .finally(() => this.running.delete(uid)),
-    );
+    });
   }
 }
 

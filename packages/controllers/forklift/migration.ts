@@ -145,9 +145,13 @@ async function body(res: IncomingMessage): Promise<string> {
   return Buffer.concat(chunks).toString('utf8');
 }
 
+/** Thrown inside a run when its controller stops (lost the lease): nothing more is written, the next leader resumes. */
+class Stopped extends Error {}
+
 /** Runs one Migration to its end; status written to the Migration and the Plan's `status.migration`. */
 export class MigrationRun {
   private readonly vms: VmStatus[];
+  private stopped = false;
   private writing = Promise.resolve();
   private lastWrite = 0;
 
@@ -161,7 +165,20 @@ export class MigrationRun {
     this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns));
   }
 
+  /** Stops at the next step or poll; the run's promise then settles without marking anything failed. */
+  stop(): void {
+    this.stopped = true;
+  }
+
   async run(): Promise<void> {
+    try {
+      await this.runAll();
+    } catch (e) {
+      if (!(e instanceof Stopped)) throw e;
+    }
+  }
+
+  private async runAll(): Promise<void> {
     const started = (o(this.input.migration.status).started as string | undefined) ?? now();
     await this.write({ started, running: true });
     const inFlight = MAX_IN_FLIGHT;
@@ -171,6 +188,7 @@ export class MigrationRun {
         for (let next = queue.shift(); next; next = queue.shift()) await this.runVm(next.v, next.s);
       }),
     );
+    if (this.stopped) throw new Stopped('stopped');
     await this.write({ started, running: false, completed: now() }, true);
   }
 
@@ -225,6 +243,7 @@ export class MigrationRun {
       s.completed = now();
       s.conditions = [{ type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The VM migration has SUCCEEDED.', lastTransitionTime: now() }];
     } catch (e) {
+      if (this.stopped) throw new Stopped('stopped');
       const reason = e instanceof Error ? e.message : String(e);
       this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: ${current}: ${reason}`);
       const st = this.step(s, current);
@@ -301,6 +320,7 @@ export class MigrationRun {
 
   private async waitDv(name: string, ns: string, phases: string[]): Promise<string> {
     for (;;) {
+      if (this.stopped) throw new Stopped('stopped');
       const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
       const phase = String(o(dv.status).phase ?? '');
       if (phases.includes(phase)) return phase;
@@ -311,6 +331,7 @@ export class MigrationRun {
 
   /** Writes the VMs' status to the Migration and the Plan; progress writes at most every second. */
   private write(run?: { started: string; running: boolean; completed?: string }, force = false): Promise<void> {
+    if (this.stopped) return this.writing;
     if (!force && !run && Date.now() - this.lastWrite < 1000) return this.writing;
     this.lastWrite = Date.now();
     const vms = structuredClone(this.vms);
