@@ -41,6 +41,8 @@ export interface VesselOptions {
   nodeGracePeriodMs?: number;
   /** The VM network IPAM allocates from (default 10.244.0.0/16). */
   vmNetworkCidr?: string;
+  /** Directories `ova` Providers may read. */
+  ovaRoots?: readonly string[];
   /**
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
@@ -60,6 +62,7 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
     leaseMs: opts.leaseMs,
     nodeGracePeriodMs: opts.nodeGracePeriodMs,
     vmNetworkCidr: opts.vmNetworkCidr,
+    ovaRoots: opts.ovaRoots,
     agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });

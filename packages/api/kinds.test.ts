@@ -107,6 +107,7 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: 'clone.kubevirt.io', version: 'v1beta1' },
     { group: 'nmstate.io', version: 'v1' },
     { group: 'nmstate.io', version: 'v1beta1' },
+    { group: 'forklift.konveyor.io', version: 'v1beta1' },
   ]);
 });
 

@@ -64,6 +64,7 @@ test('the /openapi/v3 index lists every served group/version with a hash', () =>
     'apis/clone.kubevirt.io/v1beta1',
     'apis/nmstate.io/v1',
     'apis/nmstate.io/v1beta1',
+    'apis/forklift.konveyor.io/v1beta1',
   ]);
   assert.match(idx.paths['apis/kubevirt.io/v1'].serverRelativeURL, /^\/openapi\/v3\/apis\/kubevirt\.io\/v1\?hash=[0-9A-F]{128}$/);
   assert.equal(openApiV3('apps', 'v1'), undefined);
@@ -178,7 +179,7 @@ test('Swagger 2.0: definitions named like io.kubevirt.v1.VirtualMachine with GVK
   assert.ok(!text.includes('#/components/'));
   assert.ok(!text.includes('"oneOf"'));
   // The meta types carry the GVK of every group.
-  assert.equal((defs['io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions']['x-kubernetes-group-version-kind'] as J[]).length, 11);
+  assert.equal((defs['io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions']['x-kubernetes-group-version-kind'] as J[]).length, 12);
   const patch = (v2.paths as Record<string, J>)['/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}'].patch as J;
   assert.ok((patch.parameters as J[]).some((p) => p.name === 'fieldValidation' && p.in === 'query'));
   assert.ok((patch.parameters as J[]).some((p) => p.in === 'body'));

@@ -15,6 +15,7 @@ import { validateVirtualMachineClone } from './kinds/clone.ts';
 import { validateEndpointSlice, validateIPAddress, validateNetworkAttachmentDefinition, validateNetworkPolicy } from './kinds/network.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
 import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
+import { validateForkliftMigration, validateNetworkMap, validatePlan, validateProvider, validateStorageMap } from './kinds/forklift.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
@@ -69,6 +70,11 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'discovery.k8s.io/EndpointSlice': validateEndpointSlice,
   'nmstate.io/NodeNetworkConfigurationPolicy': validateNodeNetworkConfigurationPolicy,
   'k8s.cni.cncf.io/NetworkAttachmentDefinition': validateNetworkAttachmentDefinition,
+  'forklift.konveyor.io/Provider': validateProvider,
+  'forklift.konveyor.io/NetworkMap': validateNetworkMap,
+  'forklift.konveyor.io/StorageMap': validateStorageMap,
+  'forklift.konveyor.io/Plan': validatePlan,
+  'forklift.konveyor.io/Migration': validateForkliftMigration,
 };
 
 /** Covers a whole subtree: no warnings below. */

@@ -17,6 +17,8 @@ export interface ControlPlaneOptions extends ServerOptions {
   scheduling?: SchedulingSettings;
   /** How long a node may go without its agent's heartbeat before it is Unknown (tests shorten it). */
   nodeGracePeriodMs?: number;
+  /** Directories `ova` Providers may read (the administrator's allow-list). */
+  ovaRoots?: readonly string[];
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
   agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority };
 }
@@ -43,6 +45,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
             scheduling: opts.scheduling,
             nodeGracePeriodMs: opts.nodeGracePeriodMs,
             vmNetworkCidr: opts.vmNetworkCidr,
+            ovaRoots: opts.ovaRoots,
           });
     let agent: RunningAgent | undefined;
     if (opts.agent) {

@@ -16,6 +16,7 @@ import { registerExpose } from './commands/expose.ts';
 import { registerGet } from './commands/get.ts';
 import { registerImage } from './commands/image.ts';
 import { registerImageUpload } from './commands/image-upload.ts';
+import { registerInventory } from './commands/inventory.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
 import { registerMigrate } from './commands/migrate.ts';
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
   registerUp(program);
   registerAgent(program);
   registerImageUpload(program);
+  registerInventory(program);
   registerVmActions(program);
   registerMigrate(program);
   registerDrain(program);

@@ -18,6 +18,7 @@ import { NodeLifecycleController } from './node-lifecycle.ts';
 import { IpamController, vmNetworkCidr } from './ipam.ts';
 import { EndpointSliceController } from './endpointslice.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
+import { ForkliftController } from './forklift/controller.ts';
 
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
@@ -33,6 +34,7 @@ export { NodeLifecycleController } from './node-lifecycle.ts';
 export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type IpamOptions } from './ipam.ts';
 export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
+export { ForkliftController, type ForkliftOptions } from './forklift/controller.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */
@@ -50,6 +52,8 @@ export interface ControllerOptions {
   nodeGracePeriodMs?: number;
   /** The VM network IPAM allocates from (default 10.244.0.0/16). */
   vmNetworkCidr?: string;
+  /** Directories `ova` Providers may read (docs/forklift.md); none: every `ova` provider is refused. */
+  ovaRoots?: readonly string[];
 }
 
 /**
@@ -79,6 +83,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
         new EndpointSliceController(client, opts.log),
+        new ForkliftController(client, opts.log, { ovaRoots: opts.ovaRoots }),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

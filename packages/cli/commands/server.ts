@@ -21,6 +21,7 @@ interface ServerFlags {
   memoryOvercommit?: string;
   vmNetworkCidr: string;
   serviceCidr: string;
+  ovaRoot: string[];
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -40,6 +41,7 @@ export function registerServer(program: Command): void {
     .option('--memory-overcommit <percent>', "guest memory as a percentage of what a VM's scheduling reserves (KubeVirt's memoryOvercommit)", '100')
     .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
+    .option('--ova-root <dir>', 'a directory `ova` Providers may read (an NFS mount); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .action(async (flags: ServerFlags) => {
       const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const dataDir = flags.dataDir ?? defaultDataDir();
@@ -56,6 +58,7 @@ export function registerServer(program: Command): void {
         scheduling: schedulingFlags(flags),
         serviceCidr,
         vmNetworkCidr,
+        ovaRoots: flags.ovaRoot,
         log: (line) => note(`${line}\n`),
       });
       const server = cp.server;

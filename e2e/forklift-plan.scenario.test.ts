@@ -1,0 +1,142 @@
+/**
+ * Scenario (minutes; CI skips it): a plan of 5 VMs from 5 OVAs of the tiny guest's disk
+ * (streamOptimized VMDKs, OVFs written here, SHA256 manifests) cold-migrates with at most 2 VMs
+ * in flight; every volume equals the source disk (qemu-img compare); one migrated VM boots on a
+ * dev-cluster node (its guest prints its ready line on serial). Names such as "App Server 3"
+ * become RFC 1123 newNames.
+ */
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { ensureTinyGuest, TINY_SERIAL } from '@vessel/guest';
+import type { KubeObject, ResourceRef } from '@vessel/client';
+import { eventually, run, startCluster, type TestCluster } from './harness.ts';
+import { serialLog } from './tiny-vm.ts';
+import { manifest, ovf } from '../packages/controllers/forklift/testdata.ts';
+
+const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
+const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces', namespaced: false };
+const PVCS = ref('persistentvolumeclaims', '', 'v1');
+const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
+const VMIS = ref('virtualmachineinstances', 'kubevirt.io', 'v1');
+const NS = 'fkp-src';
+const TARGET = 'fkp-target';
+const N = 5;
+
+let c: TestCluster;
+let dir: string;
+let disk: string;
+
+const fk = (kind: string, name: string, spec: unknown): KubeObject => ({
+  apiVersion: 'forklift.konveyor.io/v1beta1',
+  kind,
+  metadata: { name, namespace: NS },
+  spec,
+});
+const providerRefs = { source: { name: 'ova', namespace: NS }, destination: { name: 'host', namespace: NS } };
+type Cond = { type: string; status: string };
+const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'forklift-plan-'));
+  const root = join(dir, 'ova');
+  const src = join(dir, 'src');
+  await mkdir(root);
+  await mkdir(src);
+  disk = (await ensureTinyGuest()).disk;
+  execFileSync('qemu-img', ['convert', '-O', 'vmdk', '-o', 'subformat=streamOptimized', disk, join(src, 'disk.vmdk')]);
+  const vmdk = readFileSync(join(src, 'disk.vmdk'));
+  const capacity = JSON.parse(execFileSync('qemu-img', ['info', '--output=json', disk], { encoding: 'utf8' }))['virtual-size'] as number;
+  for (let i = 1; i <= N; i++) {
+    const d = join(src, `app${i}`);
+    await mkdir(d);
+    const file = `app${i}-disk1.vmdk`;
+    execFileSync('cp', [join(src, 'disk.vmdk'), join(d, file)]);
+    const desc = ovf([{ name: `App Server ${i}`, cpus: 1, memoryMB: 256, networks: ['VM Network'], disks: [{ file, capacity }] }]);
+    await writeFile(join(d, `app${i}.ovf`), desc);
+    await writeFile(join(d, `app${i}.mf`), manifest({ [`app${i}.ovf`]: desc, [file]: vmdk }));
+    execFileSync('tar', ['-cf', join(root, `app${i}.ova`), '-C', d, `app${i}.ovf`, `app${i}.mf`, file]);
+  }
+  c = await startCluster({ nodes: 1, ovaRoots: [root] });
+  for (const ns of [NS, TARGET]) await c.client.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+});
+
+after(async () => {
+  await c?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+test('5 VMs cold-migrate with at most 2 in flight, disks intact, one boots', async () => {
+  await c.client.create(ref('providers'), fk('Provider', 'ova', { type: 'ova', url: join(dir, 'ova'), secret: {} }), { namespace: NS });
+  await c.client.create(
+    ref('networkmaps'),
+    fk('NetworkMap', 'net', { provider: providerRefs, map: [{ source: { name: 'VM Network' }, destination: { type: 'pod' } }] }),
+    {
+      namespace: NS,
+    },
+  );
+  const storage = Array.from({ length: N }, (_, i) => ({ source: { name: `app${i + 1}.ova` }, destination: { storageClass: 'local' } }));
+  await c.client.create(ref('storagemaps'), fk('StorageMap', 'disks', { provider: providerRefs, map: storage }), { namespace: NS });
+  const vms = Array.from({ length: N }, (_, i) => ({ name: `App Server ${i + 1}` }));
+  await c.client.create(
+    ref('plans'),
+    fk('Plan', 'five', { provider: providerRefs, targetNamespace: TARGET, map: { network: { name: 'net' }, storage: { name: 'disks' } }, vms }),
+    {
+      namespace: NS,
+    },
+  );
+  await eventually(
+    'plan Ready',
+    async () => (conds(await c.client.get(ref('plans'), 'five', { namespace: NS })).some((x) => x.type === 'Ready') ? true : undefined),
+    120_000,
+  );
+  const t0 = Date.now();
+  await c.client.create(ref('migrations'), fk('Migration', 'five-1', { plan: { name: 'five' } }), { namespace: NS });
+  let maxInFlight = 0;
+  const m = await eventually(
+    'migration completed',
+    async () => {
+      const o = await c.client.get(ref('migrations'), 'five-1', { namespace: NS });
+      const st = (o.status ?? {}) as { completed?: string; vms?: { phase: string }[] };
+      const active = (st.vms ?? []).filter((v) => !['Pending', 'Completed', 'Failed'].includes(v.phase)).length;
+      maxInFlight = Math.max(maxInFlight, active);
+      return st.completed ? o : undefined;
+    },
+    900_000,
+    100,
+  );
+  const total = Date.now() - t0;
+  console.log(
+    `5 VMs (${(readFileSync(join(dir, 'src', 'disk.vmdk')).length / 1e6).toFixed(1)} MB VMDK each): ${total} ms; most in flight seen: ${maxInFlight}`,
+  );
+  const st = m.status as { vms: { name: string; newName?: string; phase: string; error?: unknown }[] };
+  assert.deepEqual(
+    st.vms.map((v) => [v.newName, v.phase]),
+    Array.from({ length: N }, (_, i) => [`app-server-${i + 1}`, 'Completed']),
+    JSON.stringify(st.vms.map((v) => v.error)),
+  );
+  assert.ok(conds(m).some((x) => x.type === 'Succeeded'));
+  assert.ok(maxInFlight >= 1 && maxInFlight <= 2, `in flight: ${maxInFlight}`);
+  for (let i = 1; i <= N; i++) {
+    const pvc = await c.client.get(PVCS, `app-server-${i}-disk0`, { namespace: TARGET });
+    const volume = (pvc.metadata?.annotations as Record<string, string>)['vessel.io/volume-path'];
+    const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', disk, volume]);
+    assert.equal(cmp.code, 0, `app-server-${i}: ${cmp.out}${cmp.err}`);
+  }
+  // One of them boots from its migrated disk.
+  await c.client.patch(VMS, 'app-server-1', { spec: { runStrategy: 'Always' } }, { namespace: TARGET });
+  const node = c.nodes.agents[0];
+  await eventually(
+    'app-server-1 ready on serial',
+    async () => ((await serialLog(node.dataDir, TARGET, 'app-server-1')).includes(TINY_SERIAL.ready) ? true : undefined),
+    600_000,
+    1000,
+  );
+  const vmi = await c.client.get(VMIS, 'app-server-1', { namespace: TARGET });
+  assert.equal((vmi.status as { phase: string }).phase, 'Running');
+  await c.client.patch(VMS, 'app-server-1', { spec: { runStrategy: 'Halted' } }, { namespace: TARGET });
+});

@@ -1,0 +1,54 @@
+/**
+ * Admission of the migration toolkit's kinds (forklift.konveyor.io, docs/forklift.md), beyond
+ * their CRD schemas: what Forklift's webhooks and controllers would refuse anyway, refused here
+ * with the field named (a source with neither id nor name, a `multus` destination without its
+ * NAD, an `ova` provider without its directory, a plan without a VM or a valid namespace).
+ */
+import { invalid, notSupported, required } from '../errors.ts';
+import { dns1123Label } from '../names.ts';
+import type { KubeObject } from '../types.ts';
+import { arr, isSet, obj, str, type SemanticContext } from './util.ts';
+
+/** Forklift's provider types; Vessel reads `ova` so far (the others are accepted and reported by the controller). */
+export const PROVIDER_TYPES = ['openshift', 'vsphere', 'ovirt', 'openstack', 'ova', 'ec2', 'hyperv'] as const;
+
+function sourceRef(v: unknown, path: string, ctx: SemanticContext): void {
+  const ref = obj(v);
+  if (ref && !str(ref.id) && !str(ref.name)) ctx.causes.push(required(path, 'either id or name'));
+}
+
+export function validateProvider(o: KubeObject, ctx: SemanticContext): void {
+  const spec = obj(o.spec);
+  if (!spec) return;
+  if (isSet(spec.type) && !(PROVIDER_TYPES as readonly unknown[]).includes(spec.type)) ctx.causes.push(notSupported('spec.type', spec.type, PROVIDER_TYPES));
+  if (spec.type === 'ova' && (!isSet(spec.url) || spec.url === ''))
+    ctx.causes.push(required('spec.url', 'an ova provider names the directory holding its OVAs'));
+}
+
+export function validateNetworkMap(o: KubeObject, ctx: SemanticContext): void {
+  arr(obj(o.spec)?.map).forEach((e, i) => {
+    const entry = obj(e);
+    sourceRef(entry?.source, `spec.map[${i}].source`, ctx);
+    const dst = obj(entry?.destination);
+    if (dst?.type === 'multus' && !str(dst.name))
+      ctx.causes.push(required(`spec.map[${i}].destination.name`, 'a multus destination names its NetworkAttachmentDefinition'));
+  });
+}
+
+export function validateStorageMap(o: KubeObject, ctx: SemanticContext): void {
+  arr(obj(o.spec)?.map).forEach((e, i) => sourceRef(obj(e)?.source, `spec.map[${i}].source`, ctx));
+}
+
+export function validatePlan(o: KubeObject, ctx: SemanticContext): void {
+  const spec = obj(o.spec);
+  if (!spec) return;
+  const ns = str(spec.targetNamespace);
+  if (ns) for (const e of dns1123Label(ns)) ctx.causes.push(invalid('spec.targetNamespace', ns, e));
+  arr(spec.vms).forEach((v, i) => sourceRef(v, `spec.vms[${i}]`, ctx));
+  if (!str(obj(obj(spec.provider)?.source)?.name)) ctx.causes.push(required('spec.provider.source.name'));
+}
+
+export function validateForkliftMigration(o: KubeObject, ctx: SemanticContext): void {
+  const spec = obj(o.spec);
+  if (spec && obj(spec.plan) && !str(obj(spec.plan)?.name)) ctx.causes.push(required('spec.plan.name'));
+}

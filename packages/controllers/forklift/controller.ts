@@ -1,0 +1,324 @@
+/**
+ * The migration toolkit's controller (docs/forklift.md): `ova` Providers get their inventory
+ * read from a directory the administrator allowed (ControllerOptions.ovaRoots), published in the
+ * ConfigMap `<provider>-inventory` (@vessel/api forklift; owned by the Provider) and counted in its status; NetworkMaps,
+ * StorageMaps and Plans get Forklift's conditions from that inventory and the target cluster.
+ * Running a plan (the Migration) is not built yet.
+ */
+import type { Client } from '@vessel/client';
+import { isStatusError } from '@vessel/client';
+import { Controller, cacheKey, type Informer, type Log, updateStatus } from '@vessel/runtime';
+import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
+import { join } from 'node:path';
+import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
+import { MigrationRun } from './migration.ts';
+import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern, type PlanContext } from './validation.ts';
+
+const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
+const {
+  FORKLIFT_PROVIDERS,
+  FORKLIFT_NETWORKMAPS,
+  FORKLIFT_STORAGEMAPS,
+  FORKLIFT_PLANS,
+  FORKLIFT_MIGRATIONS,
+  NETWORK_ATTACHMENT_DEFINITIONS,
+  STORAGE_CLASSES,
+  VMS,
+  CONFIGMAPS,
+} = refs;
+
+/** How often an `ova` directory is scanned again. */
+const RESCAN_MS = 60_000;
+
+type Obj = Record<string, unknown>;
+const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
+
+export interface ForkliftOptions {
+  /** Directories `ova` providers may name (their `spec.url`), e.g. NFS mounts. None: every `ova` provider is refused. */
+  ovaRoots?: readonly string[];
+}
+
+export class ForkliftController extends Controller {
+  private readonly providers: Informer;
+  private readonly networkMaps: Informer;
+  private readonly storageMaps: Informer;
+  private readonly plans: Informer;
+  private readonly migrations: Informer;
+  /** Migrations running in this process, by uid. */
+  private readonly running = new Map<string, { run: MigrationRun; done: Promise<void> }>();
+  private readonly nads: Informer;
+  private readonly classes: Informer;
+  private readonly vms: Informer;
+  /** Ready providers' inventories by namespace/name, with the generation they were read for. */
+  private readonly inventories = new Map<string, { generation: number; inventory: Inventory; at: number }>();
+  private readonly ovaRoots: readonly string[];
+
+  constructor(client: Client, log?: Log, opts: ForkliftOptions = {}) {
+    super('forklift', client, log, 1);
+    this.ovaRoots = opts.ovaRoots ?? [];
+    const all = (): string[] => [...this.dependents()];
+    this.providers = this.inform(FORKLIFT_PROVIDERS, (p) => [`provider|${cacheKey(p)}`]);
+    // A plan reads its maps' Ready condition: a map's change revalidates the plans too.
+    const plans = (): string[] => this.plans.list().map((p) => `plan|${cacheKey(p)}`);
+    this.networkMaps = this.inform(FORKLIFT_NETWORKMAPS, (m) => [`networkmap|${cacheKey(m)}`, ...plans()]);
+    this.storageMaps = this.inform(FORKLIFT_STORAGEMAPS, (m) => [`storagemap|${cacheKey(m)}`, ...plans()]);
+    this.plans = this.inform(FORKLIFT_PLANS, (p) => [`plan|${cacheKey(p)}`]);
+    this.migrations = this.inform(FORKLIFT_MIGRATIONS, (m) => [`migration|${cacheKey(m)}`]);
+    this.nads = this.inform(NETWORK_ATTACHMENT_DEFINITIONS, all);
+    this.classes = this.inform(STORAGE_CLASSES, all);
+    this.vms = this.inform(VMS, all);
+  }
+
+  /** Lost the lease or shutting down: running migrations stop where they are; the next leader resumes them. */
+  protected override async stopped(): Promise<void> {
+    const runs = [...this.running.values()];
+    for (const r of runs) r.run.stop();
+    await Promise.all(runs.map((r) => r.done));
+  }
+
+  /** Every map and plan: they depend on providers, NADs, classes and VMs (few objects, so no index). */
+  private *dependents(): Iterable<string> {
+    for (const m of this.networkMaps.list()) yield `networkmap|${cacheKey(m)}`;
+    for (const m of this.storageMaps.list()) yield `storagemap|${cacheKey(m)}`;
+    for (const p of this.plans.list()) yield `plan|${cacheKey(p)}`;
+  }
+
+  protected async reconcile(key: string): Promise<void> {
+    const [kind, rest] = [key.slice(0, key.indexOf('|')), key.slice(key.indexOf('|') + 1)];
+    if (kind === 'provider') return this.reconcileProvider(rest);
+    if (kind === 'networkmap' || kind === 'storagemap') return this.reconcileMap(kind, rest);
+    if (kind === 'plan') return this.reconcilePlan(rest);
+    if (kind === 'migration') return this.reconcileMigration(rest);
+  }
+
+  private async reconcileProvider(key: string): Promise<void> {
+    const p = this.providers.get(key);
+    if (!p || p.metadata.deletionTimestamp) {
+      this.inventories.delete(key);
+      return;
+    }
+    const spec = o(p.spec);
+    const generation = p.metadata.generation ?? 0;
+    const concerns: Concern[] = [];
+    let phase: string;
+    let inventory: Inventory | undefined;
+    if (spec.type !== 'ova') {
+      concerns.push({
+        type: 'ProviderTypeNotSupported',
+        status: 'True',
+        category: 'Critical',
+        reason: 'NotSupported',
+        message: 'The `type` must be: [ova] (Vessel reads only OVA providers so far).',
+      });
+      phase = 'ValidationFailed';
+    } else if (typeof spec.url !== 'string' || !spec.url) {
+      concerns.push({
+        type: 'UrlNotValid',
+        status: 'True',
+        category: 'Critical',
+        reason: 'NotSet',
+        message: 'The `url` is required: the directory holding the OVAs.',
+      });
+      phase = 'ValidationFailed';
+    } else {
+      concerns.push({ type: 'Validated', status: 'True', category: 'Advisory', reason: 'Completed', message: 'Validation has been completed.' });
+      const cached = this.inventories.get(key);
+      try {
+        inventory =
+          cached && cached.generation === generation && Date.now() - cached.at < RESCAN_MS
+            ? cached.inventory
+            : await readInventory(ovaPath(spec.url), this.ovaRoots);
+        this.inventories.set(key, { generation, inventory, at: cached?.inventory === inventory ? cached.at : Date.now() });
+        concerns.push({ type: 'ConnectionTestSucceeded', status: 'True', category: 'Required', reason: 'Tested', message: 'Connection test, succeeded.' });
+        concerns.push({ type: 'InventoryCreated', status: 'True', category: 'Required', reason: 'Completed', message: 'The inventory has been loaded.' });
+        if (inventory.errors.length)
+          concerns.push({
+            type: 'PackagesRefused',
+            status: 'True',
+            category: 'Warn',
+            reason: 'NotValid',
+            message: 'Some OVA packages were refused; they are not in the inventory.',
+            items: inventory.errors.map((e) => `${e.source}: ${e.code}: ${e.message}`),
+          });
+        concerns.push({ type: 'Ready', status: 'True', category: 'Required', message: 'The provider is ready.' });
+        phase = 'Ready';
+      } catch (e) {
+        if (!(e instanceof OvaError)) throw e;
+        this.inventories.delete(key);
+        const notAllowed = e.code === 'PathNotAllowed';
+        concerns.push({
+          type: notAllowed ? 'UrlNotValid' : 'ConnectionTestFailed',
+          status: 'True',
+          category: 'Critical',
+          reason: notAllowed ? 'NotValid' : 'Malformed',
+          message: e.message,
+        });
+        phase = notAllowed ? 'ValidationFailed' : 'ConnectionFailed';
+      }
+    }
+    if (inventory) await this.publish(p.metadata.namespace ?? '', p.metadata.name, p.metadata.uid ?? '', inventory);
+    await updateStatus(this.client, FORKLIFT_PROVIDERS, p.metadata.namespace, p.metadata.name, (s) => {
+      s.phase = phase;
+      s.observedGeneration = generation;
+      s.conditions = toConditions(concerns, s.conditions);
+      if (inventory)
+        s.inventory = {
+          vms: inventory.vms.length,
+          networks: inventory.networks.length,
+          datastores: inventory.datastores.length,
+          hosts: inventory.hosts.length,
+        };
+      else delete s.inventory;
+    });
+    for (const k of this.dependents()) this.queue.add(k);
+    if (inventory) this.queue.addAfter(`provider|${key}`, RESCAN_MS);
+  }
+
+  /** Writes the inventory ConfigMap when it changed. */
+  private async publish(ns: string, provider: string, uid: string, inventory: Inventory): Promise<void> {
+    const name = inventoryConfigMapName(provider);
+    const text = JSON.stringify(inventory);
+    const body = {
+      apiVersion: 'v1',
+      kind: 'ConfigMap',
+      metadata: {
+        name,
+        namespace: ns,
+        labels: { [PROVIDER_LABEL]: provider },
+        ownerReferences: [{ apiVersion: 'forklift.konveyor.io/v1beta1', kind: 'Provider', name: provider, uid, controller: true }],
+      },
+      data: { [INVENTORY_KEY]: text },
+    };
+    try {
+      const cur = (await this.client.get(CONFIGMAPS, name, { namespace: ns })) as { metadata?: { resourceVersion?: string }; data?: Record<string, string> };
+      if (cur.data?.[INVENTORY_KEY] === text) return;
+      await this.client.update(CONFIGMAPS, { ...body, metadata: { ...body.metadata, resourceVersion: cur.metadata?.resourceVersion } }, { namespace: ns });
+    } catch (e) {
+      if (!isStatusError(e, 'NotFound')) throw e;
+      await this.client.create(CONFIGMAPS, body, { namespace: ns });
+    }
+  }
+
+  /** The inventory of the source provider a map or plan names, when that provider is Ready. */
+  private inventoryFor(obj: KubeObject): Inventory | undefined {
+    const src = o(o(o(obj.spec).provider).source);
+    const name = typeof src.name === 'string' ? src.name : '';
+    const ns = typeof src.namespace === 'string' && src.namespace ? src.namespace : obj.metadata?.namespace;
+    const p = this.providers.get(`${ns}/${name}`);
+    return p && o(p.status).phase === 'Ready' ? this.inventories.get(`${ns}/${name}`)?.inventory : undefined;
+  }
+
+  private async reconcileMap(kind: 'networkmap' | 'storagemap', key: string): Promise<void> {
+    const informer = kind === 'networkmap' ? this.networkMaps : this.storageMaps;
+    const m = informer.get(key);
+    if (!m || m.metadata.deletionTimestamp) return;
+    const inv = this.inventoryFor(m);
+    const concerns =
+      kind === 'networkmap'
+        ? networkMapConcerns(m as Obj, inv, (ns, name) => !!this.nads.get(`${ns}/${name}`))
+        : storageMapConcerns(m as Obj, inv, (name) => !!this.classes.get(name));
+    await updateStatus(this.client, kind === 'networkmap' ? FORKLIFT_NETWORKMAPS : FORKLIFT_STORAGEMAPS, m.metadata.namespace, m.metadata.name, (s) => {
+      s.observedGeneration = m.metadata.generation ?? 0;
+      s.conditions = toConditions(concerns, s.conditions);
+    });
+  }
+
+  private async reconcilePlan(key: string): Promise<void> {
+    const plan = this.plans.get(key);
+    if (!plan || plan.metadata.deletionTimestamp) return;
+    const { concerns } = planConcerns(plan as Obj, this.planContext(plan));
+    await updateStatus(this.client, FORKLIFT_PLANS, plan.metadata.namespace, plan.metadata.name, (s) => {
+      s.observedGeneration = plan.metadata.generation ?? 0;
+      s.conditions = toConditions(concerns, s.conditions);
+    });
+    for (const m of this.migrations.list()) this.queue.add(`migration|${cacheKey(m)}`);
+  }
+
+  private mapsOf(plan: KubeObject): { networkMap: Obj | undefined; storageMap: Obj | undefined } {
+    const spec = o(plan.spec);
+    const mapRef = (r: unknown, inf: Informer): Obj | undefined => {
+      const ref = o(r);
+      const ns = typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : plan.metadata?.namespace;
+      return inf.get(`${ns}/${typeof ref.name === 'string' ? ref.name : ''}`) as Obj | undefined;
+    };
+    return { networkMap: mapRef(o(spec.map).network, this.networkMaps), storageMap: mapRef(o(spec.map).storage, this.storageMaps) };
+  }
+
+  private planContext(plan: KubeObject): PlanContext {
+    const planName = plan.metadata?.name;
+    return {
+      inventory: this.inventoryFor(plan),
+      ...this.mapsOf(plan),
+      // A VM this plan made (a migration ran) is not a conflict.
+      vmExists: (ns, name) => {
+        const vm = this.vms.get(`${ns}/${name}`);
+        return !!vm && vm.metadata.labels?.['forklift.konveyor.io/plan'] !== planName;
+      },
+      classMaxBytes: (sc) => {
+        const q = o(o(this.classes.get(sc)).parameters).maxVolumeSize;
+        return typeof q === 'string' ? tryParseQuantity(q) : undefined;
+      },
+      mapReady: hasReady,
+    };
+  }
+
+  /** Starts a Migration of a Ready plan in the background; its run writes the status. */
+  private async reconcileMigration(key: string): Promise<void> {
+    const m = this.migrations.get(key);
+    if (!m || m.metadata.deletionTimestamp) return;
+    const uid = m.metadata.uid ?? key;
+    if (this.running.has(uid) || o(m.status).completed) return;
+    const ref = o(o(m.spec).plan);
+    const planKey = `${typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : m.metadata.namespace}/${String(ref.name ?? '')}`;
+    const plan = this.plans.get(planKey);
+    const { concerns, vms } = plan ? planConcerns(plan as Obj, this.planContext(plan)) : { concerns: [], vms: [] };
+    if (!plan || !concerns.some((c) => c.type === 'Ready')) {
+      await updateStatus(this.client, FORKLIFT_MIGRATIONS, m.metadata.namespace, m.metadata.name, (s) => {
+        s.conditions = toConditions(
+          [
+            {
+              type: 'PlanNotReady',
+              status: 'True',
+              category: 'Critical',
+              reason: plan ? 'NotReady' : 'NotFound',
+              message: `Plan ${planKey} ${plan ? 'is not Ready' : 'not found'}.`,
+            },
+          ],
+          s.conditions,
+        );
+      });
+      return;
+    }
+    const { networkMap, storageMap } = this.mapsOf(plan);
+    const entry = (map: Obj | undefined, match: (src: Obj) => boolean): Obj | undefined =>
+      ((o(map?.spec).map as unknown[] | undefined) ?? []).map(o).find((e) => match(o(e.source)));
+    const provider = this.providers.get(
+      `${String(o(o(o(plan.spec).provider).source).namespace || plan.metadata.namespace)}/${String(o(o(o(plan.spec).provider).source).name)}`,
+    );
+    const url = String(o(provider?.spec).url ?? '');
+    const run = new MigrationRun(
+      this.client,
+      {
+        migration: m,
+        plan,
+        vms,
+        disks: async (v) => (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks,
+        storage: (source) => o(entry(storageMap, (src) => src.id === source || src.name === source)?.destination) as { storageClass: string },
+        network: (name) => {
+          const d = entry(networkMap, (src) => src.id === name || src.name === name)?.destination;
+          return d ? (o(d) as { type: string; name?: string; namespace?: string }) : undefined;
+        },
+      },
+      this.log,
+    );
+    this.running.set(uid, {
+      run,
+      done: run
+        .run()
+        .catch((e: unknown) => this.log(`forklift: migration ${key}: ${e instanceof Error ? e.message : e}`))
+        .finally(() => this.running.delete(uid)),
+    });
+  }
+}
+
+const hasReady = (m: Obj): boolean => ((o(m.status).conditions as Obj[] | undefined) ?? []).some((c) => c.type === 'Ready' && c.status === 'True');

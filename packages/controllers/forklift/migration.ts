@@ -1,0 +1,365 @@
+/**
+ * Running a plan, cold, from an `ova` provider (docs/forklift.md, "Migration"): for each VM,
+ * Forklift's pipeline Initialize → DiskTransfer → VirtualMachineCreation. A disk goes into an
+ * upload DataVolume: its bytes are streamed from inside the OVA (the tar entry's range, no staging
+ * copy) to the upload endpoint, where the existing importer checks and converts them with
+ * qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
+ * controller restart resumes a migration (a transferred disk is not sent again).
+ */
+import { createReadStream } from 'node:fs';
+import type { IncomingMessage } from 'node:http';
+import type { Client } from '@vessel/client';
+import { isStatusError } from '@vessel/client';
+import { refs, type KubeObject } from '@vessel/api';
+import { updateStatus, type Log } from '@vessel/runtime';
+import type { MemberRange } from './ova.ts';
+import type { PlanVmResult } from './validation.ts';
+
+const { DATAVOLUMES, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
+const MB = 1_000_000;
+/** VMs of one migration transferred at once (Forklift's controller_max_vm_inflight; a setting there, fixed here). */
+export const MAX_IN_FLIGHT = 2;
+
+type Obj = Record<string, unknown>;
+const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
+
+export interface Task {
+  name: string;
+  phase: string;
+  progress: { total: number; completed: number };
+  annotations?: Record<string, string>;
+  started?: string;
+  completed?: string;
+}
+export interface Step extends Task {
+  tasks?: Task[];
+  error?: { phase: string; reasons: string[] };
+}
+export interface VmStatus {
+  id: string;
+  name: string;
+  namespace: string;
+  newName?: string;
+  phase: string;
+  pipeline: Step[];
+  started?: string;
+  completed?: string;
+  error?: { phase: string; reasons: string[] };
+  conditions?: Obj[];
+}
+
+/** What a run needs from the controller: the plan's validated VMs and where their disks' bytes are. */
+export interface RunInput {
+  migration: KubeObject;
+  plan: KubeObject;
+  vms: PlanVmResult[];
+  /** The disk bytes of a VM (by its package), checked again at the start of the transfer. */
+  disks: (vm: PlanVmResult) => Promise<Map<string, MemberRange>>;
+  /** StorageClass (and modes) for a package, from the StorageMap. */
+  storage: (source: string) => { storageClass: string; accessMode?: string; volumeMode?: string } | undefined;
+  /** The target network of a source network name, from the NetworkMap. */
+  network: (name: string) => { type: string; name?: string; namespace?: string } | undefined;
+}
+
+const now = (): string => new Date().toISOString();
+/** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
+export const diskName = (target: string, i: number): string => `${target}-disk${i}`;
+
+export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
+  const mbOf = (b: number) => Math.ceil(b / MB);
+  return {
+    id: vm.vm.id,
+    name: vm.vm.name,
+    namespace,
+    ...(vm.newName ? { newName: vm.newName } : {}),
+    phase: 'Pending',
+    pipeline: [
+      { name: 'Initialize', phase: 'Pending', progress: { total: 1, completed: 0 } },
+      {
+        name: 'DiskTransfer',
+
+        phase: 'Pending',
+        progress: { total: vm.vm.disks.reduce((a, d) => a + mbOf(d.capacity), 0), completed: 0 },
+        annotations: { unit: 'MB' },
+        tasks: vm.vm.disks.map((d, i) => ({
+          name: diskName(vm.targetName, i),
+          phase: 'Pending',
+          progress: { total: mbOf(d.capacity), completed: 0 },
+          annotations: { unit: 'MB', file: d.file },
+        })),
+      },
+      { name: 'VirtualMachineCreation', phase: 'Pending', progress: { total: 1, completed: 0 } },
+    ],
+  };
+}
+
+/** The VirtualMachine made for a migrated VM: CPUs, memory, firmware, NICs on the mapped networks with their MACs, the transferred disks. */
+export function targetVm(vm: PlanVmResult, namespace: string, plan: KubeObject, input: Pick<RunInput, 'network'>): KubeObject {
+  const v = vm.vm;
+  const networks: Obj[] = [];
+  const interfaces: Obj[] = [];
+  v.nics.forEach((n, i) => {
+    const dst = input.network(n.network);
+    if (!dst || dst.type === 'ignored') return;
+    const name = `net${i}`;
+    const mac = n.mac ? { macAddress: n.mac } : {};
+    if (dst.type === 'pod') {
+      networks.push({ name, pod: {} });
+      interfaces.push({ name, masquerade: {}, ...mac });
+    } else {
+      networks.push({ name, multus: { networkName: dst.namespace ? `${dst.namespace}/${dst.name}` : dst.name } });
+      interfaces.push({ name, bridge: {}, ...mac });
+    }
+  });
+  const power = o(plan.spec).targetPowerState;
+  return {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: {
+      name: vm.targetName,
+      namespace,
+      labels: { 'forklift.konveyor.io/plan': plan.metadata?.name ?? '', 'forklift.konveyor.io/vm-id': v.id },
+      annotations: { 'forklift.konveyor.io/source-vm-name': v.name },
+    },
+    spec: {
+      runStrategy: power === 'on' ? 'Always' : 'Halted',
+      template: {
+        spec: {
+          domain: {
+            cpu: { cores: Math.max(1, v.cpus) },
+            resources: { requests: { memory: `${Math.max(1, Math.round(v.memoryMB))}Mi` } },
+            ...(v.firmware === 'efi' ? { firmware: { bootloader: { efi: { secureBoot: false } } } } : {}),
+            devices: { disks: v.disks.map((_, i) => ({ name: `disk${i}`, disk: { bus: 'virtio' } })), interfaces },
+          },
+          networks,
+          volumes: v.disks.map((_, i) => ({ name: `disk${i}`, dataVolume: { name: diskName(vm.targetName, i) } })),
+        },
+      },
+    },
+  };
+}
+
+async function body(res: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const c of res) chunks.push(c as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+/** Thrown inside a run when its controller stops (lost the lease): nothing more is written, the next leader resumes. */
+class Stopped extends Error {}
+
+/** Runs one Migration to its end; status written to the Migration and the Plan's `status.migration`. */
+export class MigrationRun {
+  private readonly vms: VmStatus[];
+  private stopped = false;
+  private writing = Promise.resolve();
+  private lastWrite = 0;
+
+  constructor(
+    private readonly client: Client,
+    private readonly input: RunInput,
+    private readonly log: Log,
+  ) {
+    const ns = o(input.plan.spec).targetNamespace as string;
+    const prev = (o(input.migration.status).vms as VmStatus[] | undefined) ?? [];
+    this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns));
+  }
+
+  /** Stops at the next step or poll; the run's promise then settles without marking anything failed. */
+  stop(): void {
+    this.stopped = true;
+  }
+
+  async run(): Promise<void> {
+    try {
+      await this.runAll();
+    } catch (e) {
+      if (!(e instanceof Stopped)) throw e;
+    }
+  }
+
+  private async runAll(): Promise<void> {
+    const started = (o(this.input.migration.status).started as string | undefined) ?? now();
+    await this.write({ started, running: true });
+    const inFlight = MAX_IN_FLIGHT;
+    const queue = this.input.vms.map((v, i) => ({ v, s: this.vms[i] })).filter((x) => x.s.phase !== 'Completed');
+    await Promise.all(
+      Array.from({ length: Math.min(inFlight, queue.length) }, async () => {
+        for (let next = queue.shift(); next; next = queue.shift()) await this.runVm(next.v, next.s);
+      }),
+    );
+    if (this.stopped) throw new Stopped('stopped');
+    await this.write({ started, running: false, completed: now() }, true);
+  }
+
+  private step(s: VmStatus, name: string): Step {
+    return s.pipeline.find((p) => p.name === name)!;
+  }
+
+  private begin(st: Step): void {
+    st.phase = 'Running';
+    st.started ??= now();
+  }
+  private finish(st: Step): void {
+    st.phase = 'Completed';
+    st.completed = now();
+    st.progress.completed = st.progress.total;
+  }
+
+  private async runVm(v: PlanVmResult, s: VmStatus): Promise<void> {
+    const ns = s.namespace;
+    s.started ??= now();
+    s.phase = 'Initialize';
+    let current = 'Initialize';
+    try {
+      const init = this.step(s, 'Initialize');
+      this.begin(init);
+      const ranges = await this.input.disks(v);
+      this.finish(init);
+      current = 'DiskTransfer';
+      s.phase = 'DiskTransfer';
+      const transfer = this.step(s, 'DiskTransfer');
+      this.begin(transfer);
+      await this.write();
+      for (const [i, d] of v.vm.disks.entries()) {
+        const task = transfer.tasks![i];
+        const range = ranges.get(d.file);
+        if (!range) throw new Error(`disk file ${d.file} is no longer in ${v.vm.source}`);
+        await this.transferDisk(v, i, range, task, transfer, ns);
+      }
+      this.finish(transfer);
+      current = 'VirtualMachineCreation';
+      s.phase = 'VirtualMachineCreation';
+      const create = this.step(s, 'VirtualMachineCreation');
+      this.begin(create);
+      await this.write();
+      try {
+        await this.client.create(VMS, targetVm(v, ns, this.input.plan, this.input), { namespace: ns });
+      } catch (e) {
+        if (!isStatusError(e, 'AlreadyExists')) throw e;
+      }
+      this.finish(create);
+      s.phase = 'Completed';
+      s.completed = now();
+      s.conditions = [{ type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The VM migration has SUCCEEDED.', lastTransitionTime: now() }];
+    } catch (e) {
+      if (this.stopped) throw new Stopped('stopped');
+      const reason = e instanceof Error ? e.message : String(e);
+      this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: ${current}: ${reason}`);
+      const st = this.step(s, current);
+      st.phase = 'Failed';
+      st.error = { phase: current, reasons: [reason] };
+      s.error = { phase: current, reasons: [reason] };
+      s.phase = 'Failed';
+      s.completed = now();
+      s.conditions = [{ type: 'Failed', status: 'True', category: 'Advisory', message: 'The VM migration has FAILED.', lastTransitionTime: now() }];
+    }
+    await this.write(undefined, true);
+  }
+
+  /** One disk: an upload DataVolume of its capacity, then the OVA member's bytes streamed to it. */
+  private async transferDisk(v: PlanVmResult, i: number, range: MemberRange, task: Task, transfer: Step, ns: string): Promise<void> {
+    const name = diskName(v.targetName, i);
+    const sc = this.input.storage(v.vm.source);
+    task.phase = 'Running';
+    task.started ??= now();
+    const dv = {
+      apiVersion: 'cdi.kubevirt.io/v1beta1',
+      kind: 'DataVolume',
+      metadata: { name, namespace: ns, labels: { 'forklift.konveyor.io/plan': this.input.plan.metadata?.name ?? '', 'forklift.konveyor.io/vm-id': v.vm.id } },
+      spec: {
+        source: { upload: {} },
+        storage: {
+          resources: { requests: { storage: String(v.vm.disks[i].capacity) } },
+          ...(sc?.storageClass ? { storageClassName: sc.storageClass } : {}),
+          ...(sc?.accessMode ? { accessModes: [sc.accessMode] } : {}),
+          ...(sc?.volumeMode ? { volumeMode: sc.volumeMode } : {}),
+        },
+      },
+    };
+    try {
+      await this.client.create(DATAVOLUMES, dv, { namespace: ns });
+    } catch (e) {
+      if (!isStatusError(e, 'AlreadyExists')) throw e;
+    }
+    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded']);
+    if (phase !== 'Succeeded') {
+      const token = (
+        await this.client.request<{ status: { token: string } }>(
+          'POST',
+          `/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/${encodeURIComponent(ns)}/uploadtokenrequests`,
+          {
+            body: { apiVersion: 'upload.cdi.kubevirt.io/v1beta1', kind: 'UploadTokenRequest', metadata: { name, namespace: ns }, spec: { pvcName: name } },
+          },
+        )
+      ).status.token;
+      const stream = createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1 });
+      let sent = 0;
+      const base = transfer.progress.completed;
+      stream.on('data', (c) => {
+        sent += c.length;
+        // Progress in MB of the disk's capacity, as the bytes of the (compressed) VMDK arrive.
+        task.progress.completed = Math.min(task.progress.total, Math.floor((sent / Math.max(1, range.size)) * task.progress.total));
+        transfer.progress.completed = base + task.progress.completed;
+        void this.write();
+      });
+      const res = await this.client.stream('POST', '/v1beta1/upload', {
+        bearer: token,
+        body: stream,
+        headers: { 'Upload-Offset': '0', 'Upload-Length': String(range.size), 'Content-Length': String(range.size) },
+      });
+      const text = await body(res);
+      if (res.statusCode !== 200) throw new Error(`upload of ${name} refused (${res.statusCode}): ${text.slice(0, 300)}`);
+      await this.waitDv(name, ns, ['Succeeded']);
+    }
+    task.phase = 'Completed';
+    task.completed = now();
+    task.progress.completed = task.progress.total;
+    transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
+  }
+
+  private async waitDv(name: string, ns: string, phases: string[]): Promise<string> {
+    for (;;) {
+      if (this.stopped) throw new Stopped('stopped');
+      const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
+      const phase = String(o(dv.status).phase ?? '');
+      if (phases.includes(phase)) return phase;
+      if (phase === 'Failed') throw new Error(`DataVolume ${ns}/${name} failed: ${JSON.stringify(o(dv.status).conditions ?? []).slice(0, 300)}`);
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+
+  /** Writes the VMs' status to the Migration and the Plan; progress writes at most every second. */
+  private write(run?: { started: string; running: boolean; completed?: string }, force = false): Promise<void> {
+    if (this.stopped) return this.writing;
+    if (!force && !run && Date.now() - this.lastWrite < 1000) return this.writing;
+    this.lastWrite = Date.now();
+    const vms = structuredClone(this.vms);
+    const m = this.input.migration;
+    const p = this.input.plan;
+    this.writing = this.writing.then(async () => {
+      const failed = vms.some((v) => v.phase === 'Failed');
+      await updateStatus(this.client, FORKLIFT_MIGRATIONS, m.metadata?.namespace, m.metadata?.name ?? '', (s) => {
+        if (run) {
+          s.started = run.started;
+          if (run.completed) s.completed = run.completed;
+          const t = now();
+          s.conditions = run.running
+            ? [{ type: 'Running', status: 'True', category: 'Advisory', reason: 'Started', message: 'The migration is RUNNING.', lastTransitionTime: t }]
+            : [
+                failed
+                  ? { type: 'Failed', status: 'True', category: 'Advisory', message: 'The migration has FAILED.', lastTransitionTime: t }
+                  : { type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The migration has SUCCEEDED.', lastTransitionTime: t },
+              ];
+        }
+        s.vms = vms;
+      });
+      await updateStatus(this.client, FORKLIFT_PLANS, p.metadata?.namespace, p.metadata?.name ?? '', (s) => {
+        const mig = o(s.migration);
+        s.migration = { ...mig, ...(run ? { started: run.started, ...(run.completed ? { completed: run.completed } : {}) } : {}), vms };
+      });
+    });
+    this.writing = this.writing.catch((e: unknown) => this.log(`forklift: status of migration ${m.metadata?.name}: ${e instanceof Error ? e.message : e}`));
+    return this.writing;
+  }
+}

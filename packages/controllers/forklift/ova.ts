@@ -1,0 +1,481 @@
+/**
+ * The `ova` provider's reader: the inventory of a directory of `.ova` files (tar archives) and
+ * unpacked `.ovf` descriptors with their disks, read in place. Nothing is extracted or written:
+ * a tar's entries are located by offset, and whatever is doubtful is refused with a stable code
+ * (path traversal, links and devices, duplicate or oversize entries, an OVF naming a file outside
+ * its package, a manifest checksum that does not match, a disk larger than its declared capacity).
+ */
+import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
+import { lstat, open, readdir, realpath, stat, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, relative, sep } from 'node:path';
+import { descendants, kid, kids, parseXml, XmlError, type XmlElement } from './xml.ts';
+
+export class OvaError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface TarEntry {
+  name: string;
+  /** Offset of the entry's data in the archive. */
+  offset: number;
+  size: number;
+}
+
+export interface OvaLimits {
+  /** Largest OVF descriptor or manifest read into memory (default 4 MiB). */
+  maxDescriptorBytes?: number;
+  /** Largest disk file accepted (default 4 TiB). */
+  maxDiskBytes?: number;
+  /** Most entries in one archive (default 1000). */
+  maxEntries?: number;
+}
+
+const MiB = 1024 * 1024;
+const limitsOf = (l: OvaLimits = {}): Required<OvaLimits> => ({
+  maxDescriptorBytes: l.maxDescriptorBytes ?? 4 * MiB,
+  maxDiskBytes: l.maxDiskBytes ?? 4 * 1024 ** 4,
+  maxEntries: l.maxEntries ?? 1000,
+});
+
+/** A package member name made safe: relative, no `..`, no NUL; OvaError PathTraversal otherwise. */
+export function safeMemberName(raw: string): string {
+  const name = raw.replace(/^(\.\/)+/, '');
+  if (!name || name.includes('\0') || isAbsolute(name) || name.startsWith('/') || name.split(/[/\\]/).some((s) => s === '..'))
+    throw new OvaError('PathTraversal', `entry "${raw}" leaves the package`);
+  return name;
+}
+
+function octal(b: Buffer, from: number, len: number): number {
+  if (b[from] & 0x80) {
+    // base-256 (GNU) for sizes of 8 GiB and more
+    let n = b[from] & 0x7f;
+    for (let i = from + 1; i < from + len; i++) n = n * 256 + b[i];
+    return n;
+  }
+  const s = b
+    .toString('latin1', from, from + len)
+    .replace(/[\0 ]+$/g, '')
+    .trim();
+  if (!/^[0-7]*$/.test(s)) throw new OvaError('TarMalformed', `bad number field "${s}"`);
+  return s ? parseInt(s, 8) : 0;
+}
+
+const cstr = (b: Buffer, from: number, len: number): string => {
+  const end = b.indexOf(0, from);
+  return b.toString('utf8', from, end >= 0 && end < from + len ? end : from + len);
+};
+
+function paxRecords(b: Buffer): Record<string, string> {
+  const out: Record<string, string> = {};
+  let i = 0;
+  while (i < b.length) {
+    const sp = b.indexOf(0x20, i);
+    if (sp < 0) break;
+    const len = parseInt(b.toString('latin1', i, sp), 10);
+    if (!(len > 0) || i + len > b.length) throw new OvaError('TarMalformed', 'bad pax header');
+    const rec = b.toString('utf8', sp + 1, i + len - 1);
+    const eq = rec.indexOf('=');
+    if (eq > 0) out[rec.slice(0, eq)] = rec.slice(eq + 1);
+    i += len;
+  }
+  return out;
+}
+
+/**
+ * The regular-file entries of the tar archive `fh` (of `fileSize` bytes), read from its headers
+ * only. Refused (OvaError): links, devices and FIFOs (LinkNotAllowed), traversal (PathTraversal),
+ * duplicates, entries past the end of the file, bad checksums (TarMalformed), too many entries.
+ */
+export async function readTar(fh: FileHandle, fileSize: number, limits?: OvaLimits): Promise<TarEntry[]> {
+  const lim = limitsOf(limits);
+  const entries: TarEntry[] = [];
+  const seen = new Set<string>();
+  const header = Buffer.alloc(512);
+  let pos = 0;
+  let longName: string | undefined;
+  let pax: Record<string, string> = {};
+  while (pos + 512 <= fileSize) {
+    const { bytesRead } = await fh.read(header, 0, 512, pos);
+    if (bytesRead < 512) throw new OvaError('TarMalformed', 'truncated header');
+    if (header.every((x) => x === 0)) break;
+    let sum = 0;
+    for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : header[i];
+    if (sum !== octal(header, 148, 8)) throw new OvaError('TarMalformed', `bad header checksum at offset ${pos}`);
+    const type = String.fromCharCode(header[156] || 0x30);
+    let size = octal(header, 124, 12);
+    if (pax.size !== undefined) size = Number(pax.size);
+    const offset = pos + 512;
+    if (!Number.isSafeInteger(size) || size < 0 || offset + size > fileSize)
+      throw new OvaError('TarMalformed', `entry at offset ${pos} runs past the end of the archive`);
+    pos = offset + Math.ceil(size / 512) * 512;
+    if (type === 'x' || type === 'L') {
+      if (size > 64 * 1024) throw new OvaError('OversizeEntry', 'extended header too large');
+      const data = Buffer.alloc(size);
+      await fh.read(data, 0, size, offset);
+      if (type === 'x') pax = paxRecords(data);
+      else longName = cstr(data, 0, size);
+      continue;
+    }
+    if (type === 'g') continue;
+    const prefix = header.toString('latin1', 257, 262) === 'ustar' ? cstr(header, 345, 155) : '';
+    const raw = pax.path ?? longName ?? (prefix ? `${prefix}/${cstr(header, 0, 100)}` : cstr(header, 0, 100));
+    pax = {};
+    longName = undefined;
+    if (type === '5') continue;
+    if (type === '1' || type === '2') throw new OvaError('LinkNotAllowed', `entry "${raw}" is a link`);
+    if (type !== '0' && type !== '7') throw new OvaError('LinkNotAllowed', `entry "${raw}" is not a regular file (type ${type})`);
+    const name = safeMemberName(raw);
+    if (seen.has(name)) throw new OvaError('TarMalformed', `entry "${name}" appears twice`);
+    seen.add(name);
+    entries.push({ name, offset, size });
+    if (entries.length > lim.maxEntries) throw new OvaError('OversizeEntry', `more than ${lim.maxEntries} entries`);
+  }
+  return entries;
+}
+
+export interface OvfDisk {
+  /** The OVF's diskId. */
+  id: string;
+  /** The file (href) holding it, relative to the package. */
+  file: string;
+  /** Declared capacity in bytes. */
+  capacity: number;
+  /** The OVF's format URI (VMDK streamOptimized, ...). */
+  format: string;
+}
+export interface OvfNic {
+  name: string;
+  network: string;
+  mac?: string;
+  model?: string;
+}
+export interface OvfVm {
+  /** The VirtualSystem's ovf:id. */
+  ovfId: string;
+  name: string;
+  osType: string;
+  cpus: number;
+  coresPerSocket?: number;
+  memoryMB: number;
+  /** `bios`, `efi`, or what the OVF says when it is neither. */
+  firmware: string;
+  disks: OvfDisk[];
+  nics: OvfNic[];
+}
+
+/** "byte * 2^20", "byte*1024", "MegaBytes", "GigaBytes": the multiplier in bytes. */
+export function allocationUnits(u: string | undefined, fallback: number): number {
+  if (!u) return fallback;
+  const s = u.replace(/\s+/g, '').toLowerCase();
+  const pow = /^byte\*(\d+)\^(\d+)$/.exec(s);
+  if (pow) return Number(pow[1]) ** Number(pow[2]);
+  const mul = /^byte\*(\d+)$/.exec(s);
+  if (mul) return Number(mul[1]);
+  const named: Record<string, number> = { byte: 1, bytes: 1, kilobytes: 1024, megabytes: MiB, gigabytes: 1024 ** 3, terabytes: 1024 ** 4 };
+  if (s in named) return named[s];
+  throw new OvaError('OvfInvalid', `unknown allocation units "${u}"`);
+}
+
+const num = (v: string | undefined): number => {
+  const n = Number(v);
+  return Number.isFinite(n) ? n : 0;
+};
+const itemText = (item: XmlElement, name: string): string | undefined => kid(item, name)?.text.trim();
+
+/** The virtual machines an OVF descriptor declares (one per VirtualSystem). OvaError OvfInvalid or OvfMalformed. */
+export function parseOvf(text: string): OvfVm[] {
+  let root: XmlElement;
+  try {
+    root = parseXml(text);
+  } catch (e) {
+    if (e instanceof XmlError) throw new OvaError('OvfMalformed', `OVF: ${e.message}`);
+    throw e;
+  }
+  if (root.name !== 'Envelope') throw new OvaError('OvfInvalid', 'the OVF root element is not an Envelope');
+  const files = new Map<string, string>();
+  for (const f of kids(kid(root, 'References'), 'File')) {
+    if (!f.attrs.id || !f.attrs.href) throw new OvaError('OvfInvalid', 'a References/File lacks its id or href');
+    files.set(f.attrs.id, safeMemberName(f.attrs.href));
+  }
+  const disks = new Map<string, OvfDisk>();
+  for (const d of kids(kid(root, 'DiskSection'), 'Disk')) {
+    const file = files.get(d.attrs.fileRef ?? '');
+    if (!d.attrs.diskId || !file) throw new OvaError('OvfInvalid', `disk "${d.attrs.diskId ?? ''}" names no file of References`);
+    const capacity = num(d.attrs.capacity) * allocationUnits(d.attrs.capacityAllocationUnits, 1);
+    disks.set(d.attrs.diskId, { id: d.attrs.diskId, file, capacity, format: d.attrs.format ?? '' });
+  }
+  const systems = descendants(root, 'VirtualSystem');
+  if (!systems.length) throw new OvaError('OvfInvalid', 'the OVF declares no VirtualSystem');
+  return systems.map((vs) => {
+    const hw = kid(vs, 'VirtualHardwareSection');
+    const os = kid(vs, 'OperatingSystemSection');
+    const vm: OvfVm = {
+      ovfId: vs.attrs.id ?? '',
+      name: kid(vs, 'Name')?.text.trim() || vs.attrs.id || '',
+      osType: os?.attrs.osType ?? kid(os, 'Description')?.text.trim() ?? os?.attrs.id ?? '',
+      cpus: 0,
+      memoryMB: 0,
+      firmware: 'bios',
+      disks: [],
+      nics: [],
+    };
+    for (const c of kids(hw, 'Config')) if (c.attrs.key === 'firmware' && c.attrs.value) vm.firmware = c.attrs.value.toLowerCase();
+    for (const item of [...kids(hw, 'Item'), ...kids(hw, 'EthernetPortItem'), ...kids(hw, 'StorageItem')]) {
+      const type = itemText(item, 'ResourceType');
+      if (type === '3') {
+        vm.cpus = num(itemText(item, 'VirtualQuantity'));
+        const cps = kids(item, 'CoresPerSocket')[0]?.text.trim();
+        if (cps) vm.coresPerSocket = num(cps);
+      } else if (type === '4') {
+        vm.memoryMB = (num(itemText(item, 'VirtualQuantity')) * allocationUnits(itemText(item, 'AllocationUnits'), MiB)) / MiB;
+      } else if (type === '10') {
+        vm.nics.push({
+          name: itemText(item, 'ElementName') ?? `nic${vm.nics.length}`,
+          network: itemText(item, 'Connection') ?? '',
+          ...(itemText(item, 'Address') ? { mac: itemText(item, 'Address')!.toLowerCase() } : {}),
+          ...(itemText(item, 'ResourceSubType') ? { model: itemText(item, 'ResourceSubType') } : {}),
+        });
+      } else if (type === '17') {
+        const ref = itemText(item, 'HostResource') ?? '';
+        const id = ref.replace(/^ovf:\/(disk\/)?/, '').replace(/^\/disk\//, '');
+        const disk = disks.get(id);
+        if (!disk) throw new OvaError('OvfInvalid', `VM "${vm.name}": disk item names "${ref}", which DiskSection does not declare`);
+        vm.disks.push(disk);
+      }
+    }
+    return vm;
+  });
+}
+
+export type Digest = { algorithm: 'sha1' | 'sha256' | 'sha512'; hex: string };
+
+/** `SHA256(file)= hex` lines of a manifest, by file name. */
+export function parseManifest(text: string): Map<string, Digest> {
+  const out = new Map<string, Digest>();
+  for (const line of text.split(/\r?\n/)) {
+    if (!line.trim()) continue;
+    const m = /^(SHA1|SHA256|SHA512)\((.+)\)\s*=\s*([0-9a-fA-F]+)\s*$/.exec(line.trim());
+    if (!m) throw new OvaError('ManifestInvalid', `manifest line "${line.slice(0, 80)}" is not ALGO(file)= digest`);
+    out.set(safeMemberName(m[2]), { algorithm: m[1].toLowerCase() as Digest['algorithm'], hex: m[3].toLowerCase() });
+  }
+  return out;
+}
+
+async function digestOf(path: string, start: number, size: number, algorithm: string): Promise<string> {
+  const h = createHash(algorithm);
+  if (size === 0) return h.digest('hex');
+  for await (const chunk of createReadStream(path, { start, end: start + size - 1 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** A package's member: where its bytes are (the archive or a file beside the OVF). */
+interface Member {
+  path: string;
+  offset: number;
+  size: number;
+}
+
+async function readMember(m: Member, max: number, what: string): Promise<string> {
+  if (m.size > max) throw new OvaError('OversizeEntry', `${what} is ${m.size} bytes, more than the ${max} allowed`);
+  const fh = await open(m.path, 'r');
+  try {
+    const buf = Buffer.alloc(m.size);
+    await fh.read(buf, 0, m.size, m.offset);
+    return buf.toString('utf8');
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The virtual size a VMDK sparse (or streamOptimized) header declares, in bytes; undefined for other formats. */
+async function vmdkCapacity(m: Member): Promise<number | undefined> {
+  if (m.size < 512) return undefined;
+  const fh = await open(m.path, 'r');
+  try {
+    const b = Buffer.alloc(512);
+    await fh.read(b, 0, 512, m.offset);
+    if (b.toString('latin1', 0, 4) !== 'KDMV') return undefined;
+    return Number(b.readBigUInt64LE(12)) * 512;
+  } finally {
+    await fh.close();
+  }
+}
+
+export interface PackageVm extends OvfVm {
+  /** The package (`.ova` or `.ovf`) relative to the provider's directory. */
+  source: string;
+}
+
+/** Members of an unpacked OVF: files beside it, resolved without leaving its directory. */
+async function ovfMembers(ovfPath: string, names: string[]): Promise<Map<string, Member>> {
+  const dir = await realpath(dirname(ovfPath));
+  const out = new Map<string, Member>();
+  for (const n of names) {
+    const p = join(dir, n);
+    let real: string;
+    try {
+      real = await realpath(p);
+    } catch {
+      throw new OvaError('FileNotFound', `"${n}" is missing beside the OVF`);
+    }
+    if (relative(dir, real).startsWith('..') || isAbsolute(relative(dir, real)))
+      throw new OvaError('PathTraversal', `"${n}" resolves outside the OVF's directory`);
+    const st = await lstat(p);
+    if (!st.isFile()) throw new OvaError('LinkNotAllowed', `"${n}" is not a regular file`);
+    out.set(n, { path: real, offset: 0, size: st.size });
+  }
+  return out;
+}
+
+/**
+ * Reads one package, `.ova` or `.ovf`, at `path` (shown as `source`): its VMs, after the
+ * manifest's digests are checked and every disk is found, within the limits and no larger than
+ * declared. OvaError on anything refused.
+ */
+export async function readPackage(path: string, source: string, limits?: OvaLimits): Promise<PackageVm[]> {
+  return (await openPackage(path, source, limits)).vms;
+}
+
+/** A package member's bytes: the file and the range holding them (a tar entry, or a whole file beside the OVF). */
+export interface MemberRange {
+  path: string;
+  offset: number;
+  size: number;
+}
+
+/** readPackage, with where each disk file's bytes are (checked as readPackage checks them). */
+export async function openPackage(path: string, source: string, limits?: OvaLimits): Promise<{ vms: PackageVm[]; disks: Map<string, MemberRange> }> {
+  const lim = limitsOf(limits);
+  let members: Map<string, Member>;
+  let ovfName: string;
+  if (path.endsWith('.ova')) {
+    const st = await stat(path);
+    const fh = await open(path, 'r');
+    let entries: TarEntry[];
+    try {
+      entries = await readTar(fh, st.size, lim);
+    } finally {
+      await fh.close();
+    }
+    members = new Map(entries.map((e) => [e.name, { path, offset: e.offset, size: e.size }]));
+    const ovfs = entries.filter((e) => e.name.endsWith('.ovf'));
+    if (ovfs.length !== 1) throw new OvaError('OvfInvalid', `the OVA holds ${ovfs.length} .ovf descriptors, not one`);
+    ovfName = ovfs[0].name;
+  } else {
+    ovfName = basename(path);
+    members = await ovfMembers(path, [ovfName]);
+  }
+  const vms = parseOvf(await readMember(members.get(ovfName)!, lim.maxDescriptorBytes, ovfName));
+  const files = [...new Set(vms.flatMap((v) => v.disks.map((d) => d.file)))];
+  const mfName = ovfName.replace(/\.ovf$/, '.mf');
+  if (!path.endsWith('.ova')) {
+    const wanted = [...files];
+    try {
+      await lstat(join(dirname(path), mfName));
+      wanted.push(mfName);
+    } catch {
+      // no manifest: nothing to verify
+    }
+    for (const [k, v] of await ovfMembers(path, wanted)) members.set(k, v);
+  }
+  for (const f of files) {
+    const m = members.get(f);
+    if (!m) throw new OvaError('FileNotFound', `disk file "${f}" is not in the package`);
+    if (m.size > lim.maxDiskBytes) throw new OvaError('OversizeEntry', `disk file "${f}" is ${m.size} bytes, more than the ${lim.maxDiskBytes} allowed`);
+  }
+  const mf = members.get(mfName);
+  if (mf) {
+    const manifest = parseManifest(await readMember(mf, lim.maxDescriptorBytes, mfName));
+    for (const [name, want] of manifest) {
+      const m = members.get(name);
+      if (!m) throw new OvaError('ManifestMismatch', `the manifest names "${name}", which the package does not hold`);
+      const got = await digestOf(m.path, m.offset, m.size, want.algorithm);
+      if (got !== want.hex) throw new OvaError('ManifestMismatch', `${want.algorithm.toUpperCase()} of "${name}" is ${got}, the manifest says ${want.hex}`);
+    }
+  }
+  for (const vm of vms)
+    for (const d of vm.disks) {
+      const virtual = await vmdkCapacity(members.get(d.file)!);
+      if (virtual !== undefined && d.capacity > 0 && virtual > d.capacity)
+        throw new OvaError('DiskLargerThanDeclared', `disk "${d.id}" (${d.file}) holds ${virtual} bytes, the OVF declares ${d.capacity}`);
+      if (d.capacity <= 0 && virtual !== undefined) d.capacity = virtual;
+    }
+  return { vms: vms.map((v) => ({ ...v, source })), disks: new Map(files.map((f) => [f, members.get(f)!])) };
+}
+
+export interface InventoryVm extends PackageVm {
+  /** Stable id: a digest of the package and the VirtualSystem id. */
+  id: string;
+}
+export interface Inventory {
+  vms: InventoryVm[];
+  networks: { id: string; name: string }[];
+  /** One per package: the "OVA storage" a StorageMap names. */
+  datastores: { id: string; name: string }[];
+  /** OVA has no hosts; kept for the shape shared with other providers. */
+  hosts: { id: string; name: string }[];
+  /** Packages refused, with why. */
+  errors: { source: string; code: string; message: string }[];
+}
+
+/** Whether `dir` is one of `roots` or below one, after symlinks are resolved; OvaError PathNotAllowed otherwise. */
+export async function allowedDir(dir: string, roots: readonly string[]): Promise<string> {
+  if (!isAbsolute(dir)) throw new OvaError('PathNotAllowed', `"${dir}" is not an absolute path`);
+  let real: string;
+  try {
+    real = await realpath(dir);
+  } catch {
+    throw new OvaError('ConnectionFailed', `"${dir}" cannot be read`);
+  }
+  for (const r of roots) {
+    const root = await realpath(r).catch(() => undefined);
+    if (root && (real === root || real.startsWith(root.endsWith(sep) ? root : root + sep))) return real;
+  }
+  throw new OvaError('PathNotAllowed', `"${dir}" is outside the directories the server may read (its OVA roots: ${roots.join(', ') || 'none'})`);
+}
+
+/** `ova:///path`, `file:///path` or `/path`: the local path the provider's URL names (NFS mounted by the administrator). */
+export function ovaPath(url: string): string {
+  const m = /^(?:ova|file):\/\/(\/.*)$/.exec(url);
+  return m ? decodeURIComponent(m[1]) : url;
+}
+
+async function packagesUnder(dir: string, depth: number, rel = ''): Promise<string[]> {
+  const out: string[] = [];
+  for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
+    const r = rel ? `${rel}/${e.name}` : e.name;
+    if (e.isDirectory() && depth > 0) out.push(...(await packagesUnder(dir, depth - 1, r)));
+    else if (e.isFile() && (e.name.endsWith('.ova') || e.name.endsWith('.ovf'))) out.push(r);
+  }
+  return out.sort();
+}
+
+const shortId = (s: string): string => createHash('sha256').update(s).digest('hex').slice(0, 16);
+
+/** The inventory of the directory `dir` (checked against `roots`): every package in it and two levels below (symlinks not followed). */
+export async function readInventory(dir: string, roots: readonly string[], limits?: OvaLimits): Promise<Inventory> {
+  const real = await allowedDir(dir, roots);
+  const inv: Inventory = { vms: [], networks: [], datastores: [], hosts: [], errors: [] };
+  const networks = new Set<string>();
+  for (const source of await packagesUnder(real, 2)) {
+    try {
+      const vms = await readPackage(join(real, source), source, limits);
+      inv.datastores.push({ id: source, name: source });
+      for (const vm of vms) {
+        inv.vms.push({ ...vm, id: shortId(`${source}/${vm.ovfId}`) });
+        for (const n of vm.nics) if (n.network) networks.add(n.network);
+      }
+    } catch (e) {
+      if (!(e instanceof OvaError)) throw e;
+      inv.errors.push({ source, code: e.code, message: e.message });
+    }
+  }
+  inv.networks = [...networks].sort().map((n) => ({ id: n, name: n }));
+  return inv;
+}

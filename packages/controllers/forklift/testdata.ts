@@ -1,0 +1,89 @@
+/** Builders of OVF descriptors and tar archives for the OVA tests (hostile ones included). */
+import { createHash } from 'node:crypto';
+
+export interface TestVm {
+  name: string;
+  cpus?: number;
+  memoryMB?: number;
+  firmware?: string;
+  networks?: string[];
+  macs?: string[];
+  /** Disk files with their declared capacity in bytes. */
+  disks?: { file: string; capacity: number }[];
+}
+
+/** An OVF 1.0 descriptor as ovftool writes it (trimmed), one VirtualSystem per VM. */
+export function ovf(vms: TestVm[]): string {
+  const disks = vms.flatMap((v) => v.disks ?? []);
+  const nets = [...new Set(vms.flatMap((v) => v.networks ?? []))];
+  const system = (v: TestVm, k: number): string => `
+  <VirtualSystem ovf:id="${v.name}">
+    <Name>${v.name}</Name>
+    <OperatingSystemSection ovf:id="96" vmw:osType="debian10_64Guest"><Description>Debian GNU/Linux 10 (64-bit)</Description></OperatingSystemSection>
+    <VirtualHardwareSection>
+      <Item><rasd:ElementName>${v.cpus ?? 1} virtual CPU(s)</rasd:ElementName><rasd:InstanceID>1</rasd:InstanceID><rasd:ResourceType>3</rasd:ResourceType><rasd:VirtualQuantity>${v.cpus ?? 1}</rasd:VirtualQuantity></Item>
+      <Item><rasd:AllocationUnits>byte * 2^20</rasd:AllocationUnits><rasd:InstanceID>2</rasd:InstanceID><rasd:ResourceType>4</rasd:ResourceType><rasd:VirtualQuantity>${v.memoryMB ?? 256}</rasd:VirtualQuantity></Item>
+${(v.networks ?? []).map((n, i) => `      <Item><rasd:Address>${v.macs?.[i] ?? `00:50:56:00:0${k}:0${i}`}</rasd:Address><rasd:Connection>${n}</rasd:Connection><rasd:ElementName>Network adapter ${i + 1}</rasd:ElementName><rasd:InstanceID>${10 + i}</rasd:InstanceID><rasd:ResourceSubType>VmxNet3</rasd:ResourceSubType><rasd:ResourceType>10</rasd:ResourceType></Item>`).join('\n')}
+${(v.disks ?? []).map((d, i) => `      <Item><rasd:ElementName>Hard disk ${i + 1}</rasd:ElementName><rasd:HostResource>ovf:/disk/disk-${d.file}</rasd:HostResource><rasd:InstanceID>${20 + i}</rasd:InstanceID><rasd:ResourceType>17</rasd:ResourceType></Item>`).join('\n')}
+      ${v.firmware ? `<vmw:Config ovf:required="false" vmw:key="firmware" vmw:value="${v.firmware}"/>` : ''}
+    </VirtualHardwareSection>
+  </VirtualSystem>`;
+  return `<?xml version="1.0" encoding="UTF-8"?>
+<!-- written by the tests -->
+<Envelope xmlns="http://schemas.dmtf.org/ovf/envelope/1" xmlns:ovf="http://schemas.dmtf.org/ovf/envelope/1" xmlns:rasd="http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData" xmlns:vmw="http://www.vmware.com/schema/ovf">
+  <References>
+${disks.map((d) => `    <File ovf:href="${d.file}" ovf:id="file-${d.file}"/>`).join('\n')}
+  </References>
+  <DiskSection><Info>Virtual disk information</Info>
+${disks.map((d) => `    <Disk ovf:capacity="${d.capacity}" ovf:capacityAllocationUnits="byte" ovf:diskId="disk-${d.file}" ovf:fileRef="file-${d.file}" ovf:format="http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"/>`).join('\n')}
+  </DiskSection>
+  <NetworkSection><Info>The list of logical networks</Info>
+${nets.map((n) => `    <Network ovf:name="${n}"><Description>${n}</Description></Network>`).join('\n')}
+  </NetworkSection>
+${vms.length > 1 ? `<VirtualSystemCollection ovf:id="collection">${vms.map(system).join('')}</VirtualSystemCollection>` : system(vms[0], 0)}
+</Envelope>
+`;
+}
+
+/** `SHA256(name)= hex` lines for these members. */
+export function manifest(files: Record<string, Buffer | string>, algorithm = 'sha256'): string {
+  return Object.entries(files)
+    .map(([n, b]) => `${algorithm.toUpperCase()}(${n})= ${createHash(algorithm).update(b).digest('hex')}\n`)
+    .join('');
+}
+
+export interface TarMember {
+  name: string;
+  data?: Buffer | string;
+  /** Tar type flag: '0' file (default), '1' hard link, '2' symlink, '5' directory. */
+  type?: string;
+  linkname?: string;
+  /** Size written in the header when it should lie about the data. */
+  declaredSize?: number;
+}
+
+/** A ustar archive of `members`, written byte by byte so hostile headers can be made. */
+export function tar(members: TarMember[]): Buffer {
+  const blocks: Buffer[] = [];
+  for (const m of members) {
+    const data = typeof m.data === 'string' ? Buffer.from(m.data) : (m.data ?? Buffer.alloc(0));
+    const h = Buffer.alloc(512);
+    h.write(m.name, 0, 100, 'utf8');
+    h.write('0000644\0', 100);
+    h.write('0000000\0', 108);
+    h.write('0000000\0', 116);
+    h.write((m.declaredSize ?? data.length).toString(8).padStart(11, '0') + '\0', 124);
+    h.write('00000000000\0', 136);
+    h.write(m.type ?? '0', 156);
+    if (m.linkname) h.write(m.linkname, 157, 100);
+    h.write('ustar\0', 257);
+    h.write('00', 263);
+    h.fill(0x20, 148, 156);
+    let sum = 0;
+    for (const b of h) sum += b;
+    h.write(sum.toString(8).padStart(6, '0') + '\0 ', 148);
+    blocks.push(h, data, Buffer.alloc((512 - (data.length % 512)) % 512));
+  }
+  blocks.push(Buffer.alloc(1024));
+  return Buffer.concat(blocks);
+}
