@@ -198,7 +198,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
           apiReachable: async () => {
             const [api, path] = await Promise.all([
               within(
-                opts.client.request('GET', '/readyz').then(() => true),
+                opts.client.get(refs.NODES, opts.nodeName).then(() => true),
                 2000,
                 false,
               ),
