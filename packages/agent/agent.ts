@@ -14,17 +14,7 @@ import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
-import {
-  agentHealthy,
-  DEFAULT_FENCING_TIMEOUT_MS,
-  Fencer,
-  FENCING_TIMEOUT_ANNOTATION,
-  listNodes,
-  NetnsProber,
-  peerNodes,
-  runFencer,
-  within,
-} from './fencing.ts';
+import { askPeer, DEFAULT_FENCING_TIMEOUT_MS, Fencer, FENCING_TIMEOUT_ANNOTATION, listNodes, NetnsProber, peerNodes, runFencer, within } from './fencing.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
 import { Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
@@ -186,6 +176,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     portForward,
     log,
     nodeName: opts.nodeName,
+    apiReachable: () => fencer?.apiOk ?? true,
   });
   const fencingMs = opts.fencingTimeoutMs ?? DEFAULT_FENCING_TIMEOUT_MS;
   const prober = fencingMs > 0 && opts.netns !== undefined ? new NetnsProber(opts.netns) : undefined;
@@ -211,10 +202,10 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
           peers: () =>
             peerNodes(known, opts.nodeName).map((n) => ({
               name: n.metadata.name,
-              reachable: async () => {
+              check: async () => {
                 const fabric = n.metadata.annotations?.[FABRIC_IP_ANNOTATION];
-                if (prober && fabric && !(await prober.reachable(fabric, 9, 1500))) return false;
-                return agentHealthy(n, token, 1500);
+                if (prober && fabric && !(await prober.reachable(fabric, 9, 1500))) return 'unreachable';
+                return askPeer(n, token, 1500);
               },
             })),
           fence: (reason) => vms.fence(reason),

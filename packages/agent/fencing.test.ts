@@ -1,13 +1,13 @@
 /** The self-fencing decision: API server, peer quorum, timeout, recovery. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { Fencer, type Peer } from './fencing.ts';
+import { Fencer, type Peer, type PeerAnswer } from './fencing.ts';
 
-function setup(peers: boolean[]) {
+function setup(peers: PeerAnswer[]) {
   const state = { api: true, now: 0, peers, fenced: [] as string[], recovered: [] as string[] };
   const fencer = new Fencer({
     apiReachable: async () => state.api,
-    peers: () => state.peers.map((_, i): Peer => ({ name: `n${i}`, reachable: async () => state.peers[i] })),
+    peers: () => state.peers.map((_, i): Peer => ({ name: `n${i}`, check: async () => state.peers[i] })),
     fence: async (reason) => {
       state.fenced.push(reason);
       return 2;
@@ -22,7 +22,7 @@ function setup(peers: boolean[]) {
 }
 
 test('cut off from the API server and every peer: fences once after the timeout, records it when the API server is back', async () => {
-  const { state, fencer } = setup([false, false]);
+  const { state, fencer } = setup(['unreachable', 'unreachable']);
   assert.equal(await fencer.tick(), 'ok');
   state.api = false;
   state.now = 7000;
@@ -41,8 +41,8 @@ test('cut off from the API server and every peer: fences once after the timeout,
   assert.equal(fencer.fenced, false);
 });
 
-test('an API outage every node sees (a peer reachable): nothing stops', async () => {
-  const { state, fencer } = setup([true, false]);
+test('an API outage a majority shares (a peer reachable, not reaching the API server either): nothing stops', async () => {
+  const { state, fencer } = setup(['reachable', 'unreachable']);
   state.api = false;
   state.now = 60_000;
   assert.equal(await fencer.tick(), 'quorum');
@@ -50,7 +50,7 @@ test('an API outage every node sees (a peer reachable): nothing stops', async ()
 });
 
 test('two nodes: the other one unreachable as well as the API server is a fence', async () => {
-  const { state, fencer } = setup([false]);
+  const { state, fencer } = setup(['unreachable']);
   state.api = false;
   state.now = 10_000;
   assert.equal(await fencer.tick(), 'fenced');
@@ -65,8 +65,18 @@ test('a node without peers never fences', async () => {
 });
 
 test('four nodes: one reachable peer of three is not a quorum (2 of 4)', async () => {
-  const { state, fencer } = setup([true, false, false]);
+  const { state, fencer } = setup(['reachable', 'unreachable', 'unreachable']);
   state.api = false;
   state.now = 10_000;
   assert.equal(await fencer.tick(), 'fenced');
+});
+
+test('a reachable peer that reaches the API server: the control plane sees this node silent, so it fences', async () => {
+  const { state, fencer } = setup(['reachesApi', 'reachable']);
+  state.api = false;
+  state.now = 7000;
+  assert.equal(await fencer.tick(), 'waiting');
+  state.now = 8000;
+  assert.equal(await fencer.tick(), 'fenced');
+  assert.match(state.fenced[0], /one of them reaches the API server/);
 });

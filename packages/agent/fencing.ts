@@ -1,9 +1,10 @@
 /**
  * Self-fencing (as medik8s self-node-remediation): every second the agent checks the API server;
- * while it cannot reach it, it checks its peer agents (the other Nodes' agents, on their
- * endpoint's /v1/healthz, certificate pinned, agent token). When it has reached neither the API
- * server nor a quorum (itself and its reachable peers more than half of the nodes) for the
- * fencing timeout, it kills its QEMUs itself, so the control plane may start their VMs elsewhere
+ * while it cannot reach it, it asks its peer agents (the other Nodes' agents, on their
+ * endpoint's /v1/healthz, certificate pinned, agent token) whether they reach it. When for the
+ * fencing timeout it has reached neither the API server nor a majority that shares the outage
+ * (itself and its reachable peers more than half of the nodes, none of them reaching the API
+ * server), it kills its QEMUs itself, so the control plane may start their VMs elsewhere
  * once this node's fencing deadline has passed (controllers/node-lifecycle.ts). A node without
  * peers never fences; an API outage every node sees (peers reachable) stops nothing.
  *
@@ -24,10 +25,13 @@ import { checkPinned } from '@vessel/tls';
 export const FENCING_TIMEOUT_ANNOTATION = 'vessel.io/fencing-timeout-seconds';
 export const DEFAULT_FENCING_TIMEOUT_MS = 8000;
 
+/** What a peer's check found: its agent did not answer; it answered; it answered and reaches the API server. */
+export type PeerAnswer = 'unreachable' | 'reachable' | 'reachesApi';
+
 export interface Peer {
   name: string;
-  /** Whether the peer's agent answers (and, in the dev cluster, its fabric address). */
-  reachable(): Promise<boolean>;
+  /** Asks the peer's agent (in the dev cluster, its fabric address first). */
+  check(): Promise<PeerAnswer>;
 }
 
 export interface FencerDeps {
@@ -78,12 +82,17 @@ export class Fencer {
     if (this.fencedFor) return 'fenced';
     const peers = await this.deps.peers();
     if (peers.length === 0) return 'alone';
-    const answers = await Promise.all(peers.map((p) => p.reachable().catch(() => false)));
-    const reached = answers.filter(Boolean).length;
-    if ((reached + 1) * 2 > peers.length + 1) return 'quorum';
+    const answers = await Promise.all(peers.map((p) => p.check().catch((): PeerAnswer => 'unreachable')));
+    const reached = answers.filter((a) => a !== 'unreachable').length;
+    // A peer that reaches the API server: the control plane is up and sees this node silent, so
+    // it will restart its VMs elsewhere: fence. Otherwise a majority that shares the outage
+    // (this node and the peers it reaches) keeps running: the control plane fails a node over
+    // only while at least half the nodes post (node-lifecycle.ts), which such a majority denies.
+    const apiSeen = answers.includes('reachesApi');
+    if (!apiSeen && (reached + 1) * 2 > peers.length + 1) return 'quorum';
     const silentMs = this.now() - this.lastApiOk;
     if (silentMs < this.deps.timeoutMs) return 'waiting';
-    const reason = `no API server and ${reached} of ${peers.length} peer agents reachable for ${Math.round(silentMs / 1000)}s (fencing timeout ${this.deps.timeoutMs / 1000}s)`;
+    const reason = `no API server and ${reached} of ${peers.length} peer agents reachable${apiSeen ? ' (one of them reaches the API server)' : ''} for ${Math.round(silentMs / 1000)}s (fencing timeout ${this.deps.timeoutMs / 1000}s)`;
     const at = new Date(this.now());
     this.fencedFor = { reason, at };
     const n = await this.deps.fence(reason);
@@ -127,13 +136,13 @@ export function within<T>(p: Promise<T>, ms: number, fallback: T): Promise<T> {
 }
 
 /** GET /v1/healthz on a peer's agent endpoint (from its Node: address, port, pinned certificate). */
-export function agentHealthy(node: KubeObject, token: string, timeoutMs: number): Promise<boolean> {
+export function askPeer(node: KubeObject, token: string, timeoutMs: number): Promise<PeerAnswer> {
   const status = (node.status ?? {}) as { addresses?: { type: string; address: string }[]; daemonEndpoints?: { kubeletEndpoint?: { Port?: number } } };
   const host = status.addresses?.find((a) => a.type === 'InternalIP')?.address;
   const port = status.daemonEndpoints?.kubeletEndpoint?.Port;
   const fp = node.metadata.annotations?.[storage.NODE_CERT_SHA256];
   const ca = node.metadata.annotations?.[storage.NODE_CERT];
-  if (!host || !port || !fp || !ca) return Promise.resolve(false);
+  if (!host || !port || !fp || !ca) return Promise.resolve('unreachable');
   return new Promise((resolve) => {
     const req = httpsRequest(
       {
@@ -147,12 +156,24 @@ export function agentHealthy(node: KubeObject, token: string, timeoutMs: number)
         agent: false,
       },
       (res) => {
-        res.resume();
-        resolve(res.statusCode === 200);
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (d: string) => (body += d));
+        res.on('end', () => {
+          if (res.statusCode !== 200) return resolve('unreachable');
+          const answer = (() => {
+            try {
+              return JSON.parse(body) as { apiReachable?: boolean };
+            } catch {
+              return {};
+            }
+          })();
+          resolve(answer.apiReachable ? 'reachesApi' : 'reachable');
+        });
       },
     );
     req.setTimeout(timeoutMs, () => req.destroy());
-    req.on('error', () => resolve(false));
+    req.on('error', () => resolve('unreachable'));
     req.end();
   });
 }

@@ -121,3 +121,28 @@ test('a silence every node shares (the control plane was away) restarts the cloc
     await ctrl.stop();
   }
 });
+
+test('fewer than half the nodes posting (a partition, or the control plane cut from most nodes): nothing fails over', async () => {
+  const c = new InMemoryClient();
+  await c.namespaces(ns);
+  await node(c, 'node-a');
+  await node(c, 'node-b');
+  await node(c, 'node-c');
+  await vmWithVmi(c, 'shared', 'Always', { status: 'True', reason: '' });
+  const ctrl = new NodeLifecycleController(c, undefined, opts);
+  await ctrl.start();
+  const cBeats = setInterval(() => void beat(c, 'node-c'), 40);
+  try {
+    await settle(900); // node-a and node-b silent past the deadline, node-c alone posts: 1 of 3
+    assert.equal(await phase(c, 'shared'), 'Running');
+    const bBeats = setInterval(() => void beat(c, 'node-b'), 40); // 2 of 3: node-a's VMs go
+    try {
+      await until('shared failed', async () => ((await phase(c, 'shared')) === 'Failed' ? true : undefined), 3000);
+    } finally {
+      clearInterval(bBeats);
+    }
+  } finally {
+    clearInterval(cBeats);
+    await ctrl.stop();
+  }
+});

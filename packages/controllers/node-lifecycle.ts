@@ -12,8 +12,8 @@
  * its VMIs whose VM restarts them (runStrategy Always or RerunOnFailure) and whose disks are all
  * on the shared pool are failed (reason NodeFenced) and their agent's finalizer dropped, so the
  * VM controller starts them on another node; VMIs with node-local disks stay and say why (the
- * NodeFailover condition). A node without a published timeout, or without peers, is never
- * failed over: its agent does not fence, and starting a VM a second time would corrupt its
+ * NodeFailover condition), and only while at least half the fencing nodes post. A node without a
+ * published timeout, or without peers, is never failed over: its agent does not fence, and starting a VM a second time would corrupt its
  * disks. Silence that every node shares (the control plane itself was away) restarts the clocks.
  */
 import type { V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
@@ -123,8 +123,9 @@ export class NodeLifecycleController extends Controller {
     }
     const deadline = this.fencingDeadlineMs(node);
     if (deadline !== undefined) {
-      if (silentMs >= deadline) await this.failOver(node, silentMs);
-      else this.queue.addAfter(name, deadline - silentMs + 100);
+      if (silentMs < deadline) this.queue.addAfter(name, deadline - silentMs + 100);
+      else if (this.quorum(now)) await this.failOver(node, silentMs);
+      else this.queue.addAfter(name, 1000); // fewer than half the nodes post: wait (fencing.ts)
     }
     for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
       const phase = vmi.status?.phase;
@@ -145,6 +146,21 @@ export class NodeLifecycleController extends Controller {
       });
     }
   }
+  /**
+   * At least half the fencing nodes post heartbeats: only then is a silent node's agent sure to
+   * have fenced (an agent keeps its VMs only within a strict majority that does not reach the
+   * API server, which such a half would meet). Less: a partition or a control-plane outage, and
+   * nothing is restarted.
+   */
+  private quorum(now: number): boolean {
+    const fencing = this.nodes.list().filter((n) => n.metadata.annotations?.[FENCING_TIMEOUT] !== undefined);
+    const fresh = fencing.filter((n) => {
+      const seen = this.seen.get(n.metadata.name);
+      return seen !== undefined && now - seen.at < this.graceMs;
+    });
+    return fresh.length * 2 >= fencing.length;
+  }
+
   /** Silence after which the node's agent has surely fenced itself; undefined: it never does (or has no peers). */
   private fencingDeadlineMs(node: KubeObject): number | undefined {
     const fencing = Number(node.metadata.annotations?.[FENCING_TIMEOUT] ?? NaN);
