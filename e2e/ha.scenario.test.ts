@@ -24,7 +24,7 @@ const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualm
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const ns = 'default';
 const NAME = 'ha-scenario';
-type VmiStatus = { phase?: string; nodeName?: string; reason?: string };
+type VmiStatus = { phase?: string; nodeName?: string; reason?: string; conditions?: { type: string; message?: string }[] };
 
 let c: TestCluster;
 const dead = new Set<number>();
@@ -143,7 +143,9 @@ test('an agent dead alone with its QEMU left: the image lock refuses the disk el
     120_000,
     200,
   );
-  console.log(`# restarted elsewhere while the leftover QEMU ran: ${refused.phase} (${refused.reason}) on ${refused.nodeName}`);
+  const why = refused.conditions?.find((x) => x.type === 'Ready')?.message ?? '';
+  console.log(`# restarted elsewhere while the leftover QEMU ran: ${refused.phase} (${refused.reason}) on ${refused.nodeName}: ${why}`);
+  assert.match(why, /lock/i);
   assert.ok((await copies(uid))[from]?.includes(leftover), 'the leftover still runs');
   await c.nodes.setLink(i, true);
   await c.nodes.reviveNode(i);
