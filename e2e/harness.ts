@@ -105,7 +105,6 @@ export async function startCluster(opts: { nodes: number; nncpProbeTimeoutMs?: n
       kubeconfig: v.kubeconfig,
       dataDir: v.dataDir,
       nodes: opts.nodes,
-      heartbeatMs: 5000,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
       log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
     });

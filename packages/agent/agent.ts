@@ -14,6 +14,7 @@ import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
 import { NodeRegistration } from './node.ts';
+import { askPeer, DEFAULT_FENCING_TIMEOUT_MS, Fencer, FENCING_TIMEOUT_ANNOTATION, listNodes, NetnsProber, peerNodes, runFencer, within } from './fencing.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
 import { Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
@@ -76,6 +77,17 @@ export interface AgentOptions {
    * off): every agent of a cluster must agree, or its migrations fail.
    */
   migrationTls?: boolean;
+  /**
+   * Self-fencing (fencing.ts, `--fencing-timeout`): how long the agent may reach neither the API
+   * server nor a quorum of its peers before it kills its QEMUs (default 8 s; 0: never).
+   */
+  fencingTimeoutMs?: number;
+  /**
+   * Dev cluster: the address inside the node's namespace that stands for the way to the control
+   * plane (the fabric's outside address); when it stops answering the API server counts as
+   * unreachable, as for a host whose link was cut.
+   */
+  controlPlaneVia?: string;
 }
 
 export interface RunningAgent {
@@ -152,7 +164,57 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     netns: opts.netns,
     log,
   });
-  const endpoint = await startEndpoint({ host, port, certPem: cert.certPem, keyPem: cert.keyPem, token, volumes, vms, consoles, portForward, log });
+  const endpoint = await startEndpoint({
+    host,
+    port,
+    certPem: cert.certPem,
+    keyPem: cert.keyPem,
+    token,
+    volumes,
+    vms,
+    consoles,
+    portForward,
+    log,
+    nodeName: opts.nodeName,
+    apiReachable: () => fencer?.apiOk ?? true,
+  });
+  const fencingMs = opts.fencingTimeoutMs ?? DEFAULT_FENCING_TIMEOUT_MS;
+  const prober = fencingMs > 0 && opts.netns !== undefined ? new NetnsProber(opts.netns) : undefined;
+  let known: KubeObject[] = [];
+  const fencer =
+    fencingMs > 0
+      ? new Fencer({
+          timeoutMs: fencingMs,
+          log,
+          apiReachable: async () => {
+            const [api, path] = await Promise.all([
+              within(
+                opts.client.get(refs.NODES, opts.nodeName).then(() => true),
+                2000,
+                false,
+              ),
+              prober && opts.controlPlaneVia ? prober.reachable(opts.controlPlaneVia, 6443, 1500) : true,
+            ]);
+            // The peers as the API server knows them, for when it is gone.
+            if (api && path) known = (await listNodes(opts.client, 2000)) ?? known;
+            return api && path;
+          },
+          peers: () =>
+            peerNodes(known, opts.nodeName).map((n) => ({
+              name: n.metadata.name,
+              check: async () => {
+                const fabric = n.metadata.annotations?.[FABRIC_IP_ANNOTATION];
+                if (prober && fabric && !(await prober.reachable(fabric, 9, 1500))) return 'unreachable';
+                return askPeer(n, token, 1500);
+              },
+            })),
+          fence: (reason) => vms.fence(reason),
+          recovered: async (reason, at) => {
+            vms.unfence();
+            await node.recordFence(reason, at);
+          },
+        })
+      : undefined;
   const nodePools: Record<string, storage.NodePool> = Object.fromEntries([...pools.values()].map((p) => [p.name, { dir: p.dir, shared: p.shared }]));
   const node = new NodeRegistration(opts.client, {
     nodeName: opts.nodeName,
@@ -163,13 +225,17 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     pools: nodePools,
     version: opts.version ?? 'dev',
     heartbeatMs: opts.heartbeatMs,
+    connected: fencer && (() => fencer.apiOk),
     log,
     labels: { 'vessel.io/accelerator': accel },
     annotations: {
       ...(opts.fabricIp === undefined ? {} : { [FABRIC_IP_ANNOTATION]: opts.fabricIp }),
       ...(migrationTls ? { [storage.NODE_MIGRATION_CA]: migrationTls.caPem } : {}),
+      // What the control plane waits for before it restarts this node's VMs elsewhere.
+      ...(fencer ? { [FENCING_TIMEOUT_ANNOTATION]: String(fencingMs / 1000) } : {}),
     },
   });
+  let fencing: { stop(): void } | undefined;
   try {
     await node.start();
     await volumes.start();
@@ -182,7 +248,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await vms.start();
     await snapshots.start();
     await restores.start();
+    fencing = fencer && runFencer(fencer, 1000, log);
   } catch (e) {
+    prober?.close();
     node.stop();
     await policies?.stop().catch(() => undefined);
     await services?.stop().catch(() => undefined);
@@ -204,6 +272,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     accel,
     network,
     async stop() {
+      fencing?.stop();
+      prober?.close();
       node.stop();
       await restores.stop();
       await snapshots.stop();

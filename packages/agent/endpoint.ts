@@ -7,6 +7,7 @@
  *                                  X-Upload-Mode: sync (wait for the import) | async
  *   PUT      /v1/vmi/NS/NAME/pause|unpause|softreboot|reset   over QMP
  *   GET      /v1/serial-log/NS/NAME[?follow=true&tailBytes=N]
+ *   GET      /v1/healthz                                    -> 200 {node, apiReachable}: peer agents' fencing check (fencing.ts)
  *   upgrade  /v1/console/NS/NAME, /v1/vnc/NS/NAME              (console.ts)
  *   upgrade  /v1/portforward/NS/NAME/PORT[/PROTOCOL]           (portforward.ts)
  *
@@ -39,6 +40,9 @@ export interface EndpointDeps {
   consoles: Pick<ConsoleHandlers, 'serialLog' | 'upgrade'>;
   /** Port-forward streams; without it the route answers 404. */
   portForward?: Pick<PortForwardHandler, 'upgrade'>;
+  /** The node's name and whether its agent reaches the API server (what /v1/healthz answers). */
+  nodeName?: string;
+  apiReachable?: () => boolean;
   /** The token check (startEndpoint's); tests on plain HTTP leave it out. */
   authorized?: (req: IncomingMessage) => boolean;
   log?: (line: string) => void;
@@ -75,6 +79,7 @@ export function agentRoutes(deps: EndpointDeps): {
       await deps.vms.act(namespace, name, action as VmAction);
       reply(res, 200, { message: '' });
     })
+    .on('GET', '/v1/healthz', async (_req, res) => reply(res, 200, { node: deps.nodeName ?? '', apiReachable: deps.apiReachable?.() ?? true }))
     .on('*', '/v1/serial-log/:namespace/:name', (req, res, { namespace, name }) => deps.consoles.serialLog(req, res, namespace, name));
   const forward: UpgradeRoute = async (req, socket, head, { namespace, name, port, protocol }) => {
     if (!deps.portForward) throw new HttpError(404, 'this agent does not serve port-forward');

@@ -7,7 +7,13 @@ import { cpus, hostname, release, totalmem } from 'node:os';
 import { statfs } from 'node:fs/promises';
 import { storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
-import { setCondition, updateStatus } from '@vessel/runtime';
+import { EventRecorder, setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
+
+/** The Node condition an agent that fenced itself sets once it can write again (fencing.ts). */
+export const SELF_FENCED = 'SelfFenced';
+
+/** Every 2 s (kubelet: 10 s), so a dead node is noticed soon enough to restart its VMs within 30 s (docs/migration.md, HA). */
+export const DEFAULT_HEARTBEAT_MS = 2000;
 
 export interface NodeRegistrationOptions {
   nodeName: string;
@@ -21,6 +27,8 @@ export interface NodeRegistrationOptions {
   /** More annotations (vessel.io/fabric-ip with a cluster network). */
   annotations?: Record<string, string>;
   heartbeatMs?: number;
+  /** False while the agent cannot reach the API server (fencing.ts): no heartbeat then. */
+  connected?: () => boolean;
   version: string;
   log?: (line: string) => void;
 }
@@ -60,13 +68,26 @@ export class NodeRegistration {
     }
     await this.heartbeat();
     this.timer = setInterval(() => {
+      // A node cut off from the control plane does not post (in the dev cluster the agent's own
+      // connection goes around the cut, see fencing.ts).
+      if (this.opts.connected?.() === false) return;
       this.heartbeat().catch((e: Error) => this.opts.log?.(`node: heartbeat failed: ${e.message}`));
-    }, this.opts.heartbeatMs ?? 10_000);
+    }, this.opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS);
     this.timer.unref();
   }
 
   stop(): void {
     clearInterval(this.timer);
+  }
+
+  /** After a self-fence: the Node's SelfFenced condition (True, why and when) and a Warning event. */
+  async recordFence(reason: string, at: Date): Promise<void> {
+    const message = `the agent killed this node's VMs at ${at.toISOString()}: ${reason}`;
+    const node = await updateStatus(this.client, refs.NODES, undefined, this.opts.nodeName, (s) => {
+      setCondition(s, { type: SELF_FENCED, status: 'True', reason: 'ControlPlaneAndPeersUnreachable', message });
+    });
+    this.opts.log?.(`node: recorded the fence: ${message}`);
+    if (node) await new EventRecorder(this.client, 'vessel-agent', this.opts.nodeName).record(node as KubeObject, 'Warning', SELF_FENCED, message);
   }
 
   private async heartbeat(): Promise<void> {

@@ -392,7 +392,9 @@ function setRequests(s: Obj, requests: ChangeRequest[]): void {
 function recordFailure(s: Obj, vmi: KubeObject): number {
   const prior = (s.startFailure ?? {}) as { consecutiveFailCount?: number; lastFailedVMIUID?: string; retryAfterTimestamp?: string };
   if (prior.lastFailedVMIUID === vmi.metadata.uid) return Date.parse(prior.retryAfterTimestamp ?? '') || 0;
-  const count = runningFor(vmi) > STABLE_RUN_MS ? 1 : (prior.consecutiveFailCount ?? 0) + 1;
+  // A VMI failed over from a dead node (node-lifecycle.ts) did not crash: it restarts at once.
+  const fenced = (vmi.status as Obj | undefined)?.reason === 'NodeFenced';
+  const count = fenced ? (prior.consecutiveFailCount ?? 0) : runningFor(vmi) > STABLE_RUN_MS ? 1 : (prior.consecutiveFailCount ?? 0) + 1;
   // KubeVirt's curve: 10 s doubling per consecutive failure, at most 5 minutes; the first retry is immediate.
   const delay = count <= 1 ? 0 : Math.min(300_000, 10_000 * 2 ** (count - 2));
   const retryAfter = new Date(Date.now() + delay);

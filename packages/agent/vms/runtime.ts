@@ -113,6 +113,8 @@ export class VmRuntime extends Controller {
   private readonly busy = new Map<string, Promise<void>>();
   private readonly hotplug: VolumeHotplug;
   private readonly migrations: VmMigrations;
+  /** Set by a self-fence (fence()): nothing is reconciled until the API server answers again. */
+  private fencedReason?: string;
 
   constructor(
     client: Client,
@@ -217,7 +219,9 @@ export class VmRuntime extends Controller {
           this.log(`vms: ${key}: the guest has arrived in QEMU pid ${vm.pid} (live migration): waiting for the source to hand it over`);
           continue;
         }
-        if (!vmi || vmi.metadata.uid !== vm.meta.uid || !this.mine(vmi)) {
+        // A VMI that ended meanwhile (failed over while this node was dead, node-lifecycle.ts) or
+        // now runs elsewhere: its leftover QEMU must not run a second copy.
+        if (!vmi || vmi.metadata.uid !== vm.meta.uid || !this.mine(vmi) || FINAL.has(phaseOf(vmi))) {
           this.log(`vms: QEMU pid ${vm.pid} in ${vm.runDir} belongs to no current VMI of this node: stopping it`);
           await terminate(vm.runDir, { graceMs: 5000 });
           continue;
@@ -285,7 +289,31 @@ export class VmRuntime extends Controller {
     this.sessions.clear();
   }
 
+  /**
+   * Self-fencing (agent/fencing.ts): kills every QEMU of this node at once (incoming migrations
+   * too), writing nothing: the node is cut off, and the control plane restarts the VMs elsewhere
+   * after this node's fencing deadline. Reconciles wait until unfence().
+   */
+  async fence(reason: string): Promise<number> {
+    this.fencedReason = reason;
+    for (const s of this.sessions.values()) s.stopping = true;
+    const running = [];
+    for (const ns of await readdir(this.root).catch(emptyIfMissing)) running.push(...(await listRunDirs(join(this.root, ns))));
+    await Promise.all(running.map((vm) => terminate(vm.runDir, { graceMs: 500 })));
+    for (const s of this.sessions.values()) await s.qmp.close().catch(() => undefined);
+    this.sessions.clear();
+    return running.length;
+  }
+
+  /** The API server answers again after a fence: reconcile every VMI (those failed over end here). */
+  unfence(): void {
+    if (this.fencedReason === undefined) return;
+    this.fencedReason = undefined;
+    for (const v of this.vmis.list()) this.queue.add(keyOf(v));
+  }
+
   protected async reconcile(key: string): Promise<void> {
+    if (this.fencedReason !== undefined) return this.queue.addAfter(key, 2000);
     if (key === COLLECT_KEY) return this.collectRunDirs();
     for (let p = this.busy.get(key); p; p = this.busy.get(key)) await p;
     const vmi = this.vmis.get(key);

@@ -29,6 +29,7 @@ interface AgentFlags {
   netns?: string;
   fabricIp?: string;
   nncpProbeTimeout: string;
+  fencingTimeout: string;
   migrationTls: string;
 }
 
@@ -85,13 +86,20 @@ export function registerAgent(program: Command): void {
     )
     .option(
       '--node-status-update-frequency <seconds>',
-      "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 40 s without)",
-      '10',
+      "how often the Node's heartbeat is posted (kubelet's flag; the server marks a node Unknown after 8 s without)",
+      '2',
+    )
+    .option(
+      '--fencing-timeout <seconds>',
+      'how long the agent may reach neither the API server nor most of its peer agents before it kills its VMs itself, so the control plane may restart them elsewhere (0: never)',
+      '8',
     )
     .action(async (flags: AgentFlags, cmd: Command) => {
       const heartbeatSeconds = Number(flags.nodeStatusUpdateFrequency);
       if (!(heartbeatSeconds > 0))
         throw new UsageError(`--node-status-update-frequency must be a positive number of seconds, not ${flags.nodeStatusUpdateFrequency}`);
+      const fencingSeconds = Number(flags.fencingTimeout);
+      if (!(fencingSeconds >= 0)) throw new UsageError(`--fencing-timeout must be a number of seconds (0: never), not ${flags.fencingTimeout}`);
       const probeSeconds = Number(flags.nncpProbeTimeout);
       if (!(probeSeconds > 0)) throw new UsageError(`--nncp-probe-timeout must be a positive number of seconds, not ${flags.nncpProbeTimeout}`);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
@@ -119,6 +127,7 @@ export function registerAgent(program: Command): void {
         netns: flags.netns,
         fabricIp: flags.fabricIp,
         nncpProbeTimeoutMs: probeSeconds * 1000,
+        fencingTimeoutMs: fencingSeconds * 1000,
         migrationTls: flags.migrationTls === 'true',
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
