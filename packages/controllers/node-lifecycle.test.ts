@@ -6,18 +6,19 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { refs } from '@vessel/api';
+import { refs, storage } from '@vessel/api';
 import { getCondition, setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
 import { NODE_FAILOVER, NODE_FENCED, NodeLifecycleController } from './node-lifecycle.ts';
 import { agentSets, createNode, InMemoryClient, settle, tryGet, until, vmObject } from './testing/harness.ts';
 
-const { NODES, VMIS, VMS } = refs;
+const { NODES, PVCS, VMIS, VMS } = refs;
 const ns = 'default';
 const opts = { gracePeriodMs: 150, fencingMarginMs: 50 };
 
 async function node(c: InMemoryClient, name: string) {
   await createNode(c, name);
-  await c.patch(NODES, name, { metadata: { annotations: { 'vessel.io/fencing-timeout-seconds': '0.2' } } });
+  const pools = { local: { dir: '/l', shared: false }, shared: { dir: '/s', shared: true } };
+  await c.patch(NODES, name, { metadata: { annotations: { 'vessel.io/fencing-timeout-seconds': '0.2', [storage.NODE_POOLS]: JSON.stringify(pools) } } });
   await beat(c, name);
 }
 
@@ -27,8 +28,15 @@ const beat = (c: InMemoryClient, name: string) =>
     for (const cond of s.conditions as Record<string, unknown>[]) cond.lastHeartbeatTime = new Date().toISOString() + Math.random();
   });
 
-async function vmWithVmi(c: InMemoryClient, name: string, strategy: string, migratable: { status: 'True' | 'False'; reason: string }, nodeName = 'node-a') {
+/** A VM and its Running VMI with one claim on `pool` (the nodes have a node-local `local` and a `shared` pool). */
+async function vmWithVmi(c: InMemoryClient, name: string, strategy: string, pool: 'shared' | 'local', nodeName = 'node-a') {
   const vm = await c.create(VMS, vmObject(name, { runStrategy: strategy }));
+  await c.create(PVCS, {
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
+    metadata: { name: `${name}-root`, namespace: ns, annotations: { [storage.VOLUME_POOL]: pool } },
+    spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '1Gi' } } },
+  });
   await c.create(VMIS, {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachineInstance',
@@ -38,12 +46,15 @@ async function vmWithVmi(c: InMemoryClient, name: string, strategy: string, migr
       finalizers: ['vessel.io/qemu'],
       ownerReferences: [{ apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', name, uid: vm.metadata!.uid!, controller: true }],
     },
-    spec: { domain: { resources: { requests: { memory: '128Mi' } }, devices: {} } },
+    spec: {
+      domain: { resources: { requests: { memory: '128Mi' } }, devices: {} },
+      volumes: [
+        { name: 'root', persistentVolumeClaim: { claimName: `${name}-root` } },
+        { name: 'scratch', emptyDisk: { capacity: '1Gi' } },
+      ],
+    },
   });
   await agentSets(c, name, 'Running', ns, nodeName);
-  await updateStatus(c, VMIS, ns, name, (s) => {
-    setCondition(s, { type: 'LiveMigratable', status: migratable.status, reason: migratable.reason, message: 'volume root: a local-pool claim' }, false);
-  });
 }
 
 const vmi = async (c: InMemoryClient, name: string) => (await tryGet(c, VMIS, name)) as KubeObject | undefined;
@@ -54,11 +65,11 @@ test('a dead node past its fencing deadline: restartable shared-disk VMIs fail o
   await c.namespaces(ns);
   await node(c, 'node-a');
   await node(c, 'node-b');
-  await vmWithVmi(c, 'shared', 'Always', { status: 'True', reason: '' });
-  await vmWithVmi(c, 'rerun', 'RerunOnFailure', { status: 'True', reason: '' });
-  await vmWithVmi(c, 'local', 'Always', { status: 'False', reason: 'DisksNotLiveMigratable' });
-  await vmWithVmi(c, 'manual', 'Manual', { status: 'True', reason: '' });
-  await vmWithVmi(c, 'on-b', 'Always', { status: 'True', reason: '' }, 'node-b');
+  await vmWithVmi(c, 'shared', 'Always', 'shared');
+  await vmWithVmi(c, 'rerun', 'RerunOnFailure', 'shared');
+  await vmWithVmi(c, 'local', 'Always', 'local');
+  await vmWithVmi(c, 'manual', 'Manual', 'shared');
+  await vmWithVmi(c, 'on-b', 'Always', 'shared', 'node-b');
   const ctrl = new NodeLifecycleController(c, undefined, opts);
   await ctrl.start();
   const b = setInterval(() => void beat(c, 'node-b'), 40);
@@ -73,7 +84,7 @@ test('a dead node past its fencing deadline: restartable shared-disk VMIs fail o
     await until('rerun failed', async () => ((await phase(c, 'rerun')) === 'Failed' ? true : undefined));
     await until('local says why', async () => getCondition((await vmi(c, 'local'))!, NODE_FAILOVER));
     assert.equal(getCondition((await vmi(c, 'local'))!, NODE_FAILOVER)!.reason, 'NodeLocalDisks');
-    assert.match(getCondition((await vmi(c, 'local'))!, NODE_FAILOVER)!.message ?? '', /local-pool claim/);
+    assert.match(getCondition((await vmi(c, 'local'))!, NODE_FAILOVER)!.message ?? '', /volume root: claim local-root on the node-local pool local/);
     assert.equal(await phase(c, 'local'), 'Running');
     await until('manual says why', async () => getCondition((await vmi(c, 'manual'))!, NODE_FAILOVER));
     assert.equal(getCondition((await vmi(c, 'manual'))!, NODE_FAILOVER)!.reason, 'RunStrategy');
@@ -90,7 +101,7 @@ test('a node without peers, or without a fencing timeout, is never failed over',
   await c.namespaces(ns);
   await node(c, 'node-a');
   await createNode(c, 'node-b'); // no fencing timeout published: not a peer
-  await vmWithVmi(c, 'shared', 'Always', { status: 'True', reason: '' });
+  await vmWithVmi(c, 'shared', 'Always', 'shared');
   const ctrl = new NodeLifecycleController(c, undefined, opts);
   await ctrl.start();
   try {
@@ -106,7 +117,7 @@ test('a silence every node shares (the control plane was away) restarts the cloc
   await c.namespaces(ns);
   await node(c, 'node-a');
   await node(c, 'node-b');
-  await vmWithVmi(c, 'shared', 'Always', { status: 'True', reason: '' });
+  await vmWithVmi(c, 'shared', 'Always', 'shared');
   const ctrl = new NodeLifecycleController(c, undefined, opts);
   await ctrl.start();
   try {
@@ -128,7 +139,7 @@ test('fewer than half the nodes posting (a partition, or the control plane cut f
   await node(c, 'node-a');
   await node(c, 'node-b');
   await node(c, 'node-c');
-  await vmWithVmi(c, 'shared', 'Always', { status: 'True', reason: '' });
+  await vmWithVmi(c, 'shared', 'Always', 'shared');
   const ctrl = new NodeLifecycleController(c, undefined, opts);
   await ctrl.start();
   const cBeats = setInterval(() => void beat(c, 'node-c'), 40);

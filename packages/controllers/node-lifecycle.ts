@@ -31,9 +31,9 @@ import {
   setCondition,
   updateStatus,
 } from '@vessel/runtime';
-import { refs, NODE_UNRESPONSIVE } from '@vessel/api';
+import { refs, storage, NODE_UNRESPONSIVE } from '@vessel/api';
 
-const { NODES, VMIS, VMS } = refs;
+const { NODES, PVCS, VMIS, VMS } = refs;
 
 /** Agent/fencing.ts's Node annotation (the agent's fencing timeout, s); the agent's VMI finalizer (vms/runtime.ts). */
 const FENCING_TIMEOUT = 'vessel.io/fencing-timeout-seconds';
@@ -62,6 +62,7 @@ export class NodeLifecycleController extends Controller {
   private readonly vmis: Informer<Vmi>;
   private readonly events: EventRecorder;
   private readonly vms: Informer;
+  private readonly claims: Informer;
   private readonly graceMs: number;
   private readonly marginMs: number;
   /** Per node: the last heartbeat seen, and when (this process's clock). */
@@ -78,6 +79,7 @@ export class NodeLifecycleController extends Controller {
     // A VMI placed on a node already Unknown is marked too.
     this.vmis = this.inform<Vmi>(VMIS, byNode).addIndex(BY_NODE, byNode);
     this.vms = this.inform(VMS, () => []);
+    this.claims = this.inform(PVCS, () => []);
   }
 
   protected async reconcile(name: string): Promise<void> {
@@ -177,7 +179,7 @@ export class NodeLifecycleController extends Controller {
     for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
       const phase = vmi.status?.phase;
       if (phase === 'Succeeded' || phase === 'Failed' || vmi.metadata.deletionTimestamp) continue;
-      const blocked = this.failoverBlocked(vmi);
+      const blocked = this.failoverBlocked(vmi, node);
       if (blocked) {
         if (getCondition(vmi, NODE_FAILOVER)?.reason === blocked.reason) continue;
         const message = `node ${name} is dead (silent ${seconds}s, past its fencing deadline): ${blocked.message}`;
@@ -211,7 +213,7 @@ export class NodeLifecycleController extends Controller {
   }
 
   /** Why a VMI on a dead node is not restarted elsewhere; undefined when it is. */
-  private failoverBlocked(vmi: Vmi): { reason: string; message: string } | undefined {
+  private failoverBlocked(vmi: Vmi, node: KubeObject): { reason: string; message: string } | undefined {
     const owner = ((vmi.metadata.ownerReferences as { kind: string; name: string }[] | undefined) ?? []).find((o) => o.kind === 'VirtualMachine');
     const vm = owner && this.vms.get(`${vmi.metadata.namespace}/${owner.name}`);
     if (!vm) return { reason: 'NoVirtualMachine', message: 'no VirtualMachine restarts this VMI' };
@@ -219,15 +221,28 @@ export class NodeLifecycleController extends Controller {
     const strategy = spec.runStrategy ?? (spec.running ? 'Always' : 'Halted');
     if (strategy !== 'Always' && strategy !== 'RerunOnFailure')
       return { reason: 'RunStrategy', message: `runStrategy ${strategy} does not restart it (Always or RerunOnFailure do)` };
-    // The agent's LiveMigratable rule is the disk rule: every volume a shared-pool claim or cloud-init.
-    const migratable = getCondition(vmi, 'LiveMigratable');
-    if (migratable?.status !== 'True' && (!migratable || migratable.reason === 'DisksNotLiveMigratable'))
-      return {
-        reason: 'NodeLocalDisks',
-        message: `its disks stay on that node: ${migratable?.message ?? 'its volumes are not known to be on the shared pool'}`,
-      };
+    const local = nodeLocalClaims(vmi, (claim) => this.claims.get(`${vmi.metadata.namespace}/${claim}`), storage.nodePools(node));
+    if (local.length) return { reason: 'NodeLocalDisks', message: `its disks stay on that node: ${local.join('; ')}` };
     return undefined;
   }
+}
+
+/**
+ * The claims of a VMI whose data lives on its node alone (a pool the node does not share, or a
+ * claim whose pool is unknown): such a VMI restarted elsewhere would lose or fork its disk.
+ * Volumes re-made at every start (containerDisk, emptyDisk, cloud-init, an ephemeral overlay's
+ * writes) do not hold it back: a restart loses them anyway. Not the LiveMigratable rule: a
+ * live migration copies local disks from the running source, which a dead node cannot give.
+ */
+export function nodeLocalClaims(vmi: Vmi, claimOf: (name: string) => KubeObject | undefined, pools: Record<string, storage.NodePool>): string[] {
+  const out: string[] = [];
+  for (const v of vmi.spec?.volumes ?? []) {
+    const claim = v.persistentVolumeClaim?.claimName ?? v.dataVolume?.name ?? v.ephemeral?.persistentVolumeClaim?.claimName;
+    if (!claim) continue;
+    const pool = claimOf(claim)?.metadata.annotations?.[storage.VOLUME_POOL];
+    if (!pool || !pools[pool]?.shared) out.push(`volume ${v.name}: claim ${claim} ${pool ? `on the node-local pool ${pool}` : 'on no known pool'}`);
+  }
+  return out;
 }
 
 function conditionsOf(node: KubeObject): Condition[] {
