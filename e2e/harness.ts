@@ -94,7 +94,9 @@ export interface TestCluster extends Vessel {
  * node on one fabric, the shared pool shared by all, a local pool per agent. close() removes
  * the namespaces even when something failed.
  */
-export async function startCluster(opts: { nodes: number; nncpProbeTimeoutMs?: number } & Omit<VesselOptions, 'agent'>): Promise<TestCluster> {
+export async function startCluster(
+  opts: { nodes: number; nncpProbeTimeoutMs?: number; qemuPriority?: QemuPriority } & Omit<VesselOptions, 'agent'>,
+): Promise<TestCluster> {
   const v = await startVessel(opts);
   let nodes: DevNodes;
   try {
@@ -104,6 +106,7 @@ export async function startCluster(opts: { nodes: number; nncpProbeTimeoutMs?: n
       nodes: opts.nodes,
       heartbeatMs: 5000,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
+      qemuPriority: opts.qemuPriority,
       log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
     });
   } catch (e) {
