@@ -299,7 +299,7 @@ test('MariaDB rows from a Debian guest live-migrated 5 times: none lost or dupli
     const ms = st.migrationState;
     const transfer = ms?.startTimestamp && ms.endTimestamp ? (Date.parse(ms.endTimestamp) - Date.parse(ms.startTimestamp)) / 1000 : NaN;
     transfers.push(`${at}→${to} ${transfer.toFixed(1)} s (created→Succeeded ${((Date.now() - t0) / 1000).toFixed(1)} s)`);
-    log(`migration ${m}: ${transfers.at(-1)}`);
+    log(`migration ${m}: ${transfers.at(-1)}, Succeeded at ${new Date().toISOString()}`);
     at = to;
     await new Promise((r) => setTimeout(r, 10_000));
   }
@@ -341,7 +341,10 @@ test('MariaDB rows from a Debian guest live-migrated 5 times: none lost or dupli
   log(`migrations: ${transfers.join('; ')}`);
   log(`failed migration tries (retried): ${failedTries.length}${failedTries.length ? ` (${failedTries.join('; ')})` : ''}`);
   log(`rows: ${rows.length} (n 1..${max}), lost ${lost.length}, duplicated ${dup.length}`);
-  log(`longest gap between consecutive inserts: ${(gap * 1000).toFixed(0)} ms (before row ${gapAt})`);
+  const gapEnd = rows.find((r) => r.n === gapAt)?.ts ?? 0;
+  log(
+    `longest gap between consecutive inserts: ${(gap * 1000).toFixed(0)} ms (before row ${gapAt}, which the server wrote at ${new Date(gapEnd * 1000).toISOString()})`,
+  );
   log(`connections used: ${conns} (reconnects ${conns - 1}); VESSEL-DB-CONNECT lines ${connects}`);
   log(`pings: ${answers} answered, ${pingLost} lost, longest gap ~${pingGap * 10} ms (${pingGap} x 10 ms)`);
   assert.deepEqual(lost, [], 'no row lost');
