@@ -97,7 +97,9 @@ export interface TestCluster extends Vessel {
  * node on one fabric, the shared pool shared by all, a local pool per agent. close() removes
  * the namespaces even when something failed.
  */
-export async function startCluster(opts: { nodes: number; nncpProbeTimeoutMs?: number } & Omit<VesselOptions, 'agent'>): Promise<TestCluster> {
+export async function startCluster(
+  opts: { nodes: number; nncpProbeTimeoutMs?: number; qemuPriority?: QemuPriority } & Omit<VesselOptions, 'agent'>,
+): Promise<TestCluster> {
   const v = await startVessel(opts);
   let nodes: DevNodes;
   try {
@@ -106,6 +108,7 @@ export async function startCluster(opts: { nodes: number; nncpProbeTimeoutMs?: n
       dataDir: v.dataDir,
       nodes: opts.nodes,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
+      qemuPriority: opts.qemuPriority,
       log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
     });
   } catch (e) {

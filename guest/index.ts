@@ -1,5 +1,6 @@
 /**
- * @vessel/guest: the test/demo guest images built from Debian packages (build-tiny.sh), for the
+ * @vessel/guest: the test/demo guest images built from Debian packages (build-tiny.sh, build-debian.sh), for the
  * CLI's golden image (`vessel up`) and the tests that boot a guest.
  */
 export { ensureTinyGuest, TINY_SERIAL, TINY_PORTS, BUILD_SCRIPT, type TinyGuest } from './tiny.ts';
+export { ensureDebianGuest, DEBIAN_SERIAL, DEBIAN_BUILD_SCRIPT, type DebianGuest } from './debian.ts';

@@ -13,6 +13,13 @@ export async function ensureBridge(ns: NetNs, mtu = VM_MTU): Promise<void> {
     throw new NetworkError('InvalidArgument', `${BRIDGE} exists but is a ${kind ?? 'plain'} device, not a bridge: remove it (ip link del ${BRIDGE})`);
   if (!d) await ip(ns, ['link', 'add', BRIDGE, 'type', 'bridge']);
   await ip(ns, ['link', 'set', BRIDGE, 'mtu', String(mtu), 'up']);
+  // Its MAC set once (setting it, even to the same value, pins it): otherwise a bridge takes the
+  // lowest MAC of its ports, so a tap joining or leaving changes the gateway's MAC under the
+  // guests' ARP caches, and their traffic through the gateway stalls until they ask again (a
+  // 48 s stall of a TCP connection in the MariaDB scenario).
+  const now = d ?? (await linkDetails(ns, BRIDGE));
+  const mac = (now as { address?: string } | undefined)?.address;
+  if (mac) await ip(ns, ['link', 'set', BRIDGE, 'address', mac]);
 }
 
 /**

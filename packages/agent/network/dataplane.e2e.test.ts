@@ -87,6 +87,22 @@ test('bridge + VXLAN: two nodes share one L2 segment once each has the other in 
   assert.match(addrs[0], /10\.244\.0\.1\/16/);
 });
 
+test("the bridge keeps its MAC when a port with a lower MAC joins and leaves (the gateway MAC in guests' ARP caches)", async () => {
+  const [a] = cluster.nodes;
+  const mac = async () => (await linkDetails(a.netns, BRIDGE))?.address;
+  const before = await mac();
+  await ip(a.netns, ['link', 'add', 'vsl-lowmac', 'address', '02:00:00:00:00:01', 'type', 'veth', 'peer', 'name', 'vsl-lowmac-p']);
+  try {
+    await ip(a.netns, ['link', 'set', 'vsl-lowmac', 'master', BRIDGE, 'up']);
+    assert.equal(await mac(), before, 'a lower MAC joining');
+  } finally {
+    await ip(a.netns, ['link', 'del', 'vsl-lowmac']);
+  }
+  assert.equal(await mac(), before, 'a port leaving');
+  await ensureBridge(a.netns);
+  assert.equal(await mac(), before, 'ensureBridge again');
+});
+
 test('nftables: the vessel table masquerades VM egress, and a rerun replaces it', async () => {
   const [a] = cluster.nodes;
   await installRuleset(a.netns, '10.244.0.0/16');
