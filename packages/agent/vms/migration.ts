@@ -19,6 +19,7 @@ import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
+import { applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
 
 const { VMIS } = refs;
 type Obj = Record<string, unknown>;
@@ -246,8 +247,8 @@ export class VmMigrations {
           await this.endTarget(key, t);
         })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       });
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
       const ms = migrationStateOf(vmi);
+      await applyTargetSettings(qmp, configurationOf(ms));
       if (this.host.tlsDir && ms?.sourceNode) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // Port 0: the kernel picks a free port, which QEMU then reports.
@@ -303,9 +304,8 @@ export class VmMigrations {
     if (!ms.startTimestamp) {
       // Started: the migration's phase becomes Running.
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-      // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
-      await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+      // Bandwidth, auto-converge, post-copy (migration-settings.ts).
+      await applySourceSettings(qmp, configurationOf(ms));
       if (this.host.tlsDir) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
@@ -315,23 +315,44 @@ export class VmMigrations {
     }
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
     let cancelled = false;
+    // The completion and progress timeouts (migration-settings.ts); timedOut says which one cancelled it.
+    const watch = new MigrationWatch(
+      configurationOf(ms),
+      migrationDataBytes(vmi.spec),
+      this.started.get(key) ?? (Date.parse(ms.startTimestamp ?? '') || Date.now()),
+    );
+    let timedOut: string | undefined;
+    let postcopy = ms.mode === 'PostCopy';
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info);
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
         // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
+        // Not after post-copy began: the target has run the guest since, the source's memory is stale.
         const now = (await qmp.execute<{ status: string }>('query-status')).status;
-        if (now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
-        const reason = cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`;
-        await this.fail(key, uid, reason, cancelled ? 'Succeeded' : undefined);
+        if (!postcopy && now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
+        const reason = timedOut ?? (cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`);
+        await this.fail(key, uid, reason, cancelled && !timedOut ? 'Succeeded' : undefined);
         this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
         return;
       }
       const cur = migrationStateOf(this.host.vmi(key));
-      if (!cancelled && (cur?.migrationUid !== uid || cur.abortRequested || cur.failed)) {
+      if (!cancelled && !postcopy && (cur?.migrationUid !== uid || cur.abortRequested || cur.failed)) {
         cancelled = true;
         await qmp.execute('migrate_cancel');
+      }
+      const verdict = cancelled ? undefined : watch.check(info, Date.now());
+      if (verdict?.action === 'cancel') {
+        cancelled = true;
+        timedOut = verdict.reason;
+        this.host.log(`migration: ${key}: ${verdict.reason}`);
+        await qmp.execute('migrate_cancel');
+      } else if (verdict?.action === 'postcopy') {
+        postcopy = true;
+        this.host.log(`migration: ${key}: ${verdict.reason}`);
+        await qmp.execute('migrate-start-postcopy');
+        await this.writeState(key, uid, (s) => void (s.mode = 'PostCopy'));
       }
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
