@@ -22,6 +22,8 @@ export interface MigrationConfiguration {
   parallelOutboundMigrationsPerNode: number;
   allowAutoConverge: boolean;
   allowPostCopy: boolean;
+  /** The migration stream in plain TCP instead of TLS (both agents read it from the migrationState). */
+  disableTLS: boolean;
 }
 
 /** KubeVirt's defaults (bandwidth 0: unlimited). */
@@ -33,6 +35,7 @@ export const MIGRATION_DEFAULTS: Readonly<MigrationConfiguration> = Object.freez
   parallelOutboundMigrationsPerNode: 2,
   allowAutoConverge: false,
   allowPostCopy: false,
+  disableTLS: false,
 });
 
 export const EVICTION_STRATEGIES = ['None', 'LiveMigrate', 'LiveMigrateIfPossible', 'External'] as const;
@@ -51,7 +54,7 @@ type Obj = Record<string, unknown>;
 const migrationsOf = (kv: object | undefined): Obj => obj(obj(obj((kv as Obj | undefined)?.spec)?.configuration)?.migrations) ?? {};
 
 const INT_FIELDS = ['completionTimeoutPerGiB', 'progressTimeout', 'parallelMigrationsPerCluster', 'parallelOutboundMigrationsPerNode'] as const;
-const BOOL_FIELDS = ['allowAutoConverge', 'allowPostCopy'] as const;
+const BOOL_FIELDS = ['allowAutoConverge', 'allowPostCopy', 'disableTLS'] as const;
 const POLICY_FIELDS = ['allowAutoConverge', 'allowPostCopy', 'bandwidthPerMigration', 'completionTimeoutPerGiB'] as const;
 
 /** Copies the well-typed fields of `src` over `base` (stored objects were validated; stay defensive anyway). */

@@ -335,6 +335,7 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
       'parallelOutboundMigrationsPerNode',
       'allowAutoConverge',
       'allowPostCopy',
+      'disableTLS',
     ]),
   ],
   'migrations.kubevirt.io/MigrationPolicy': [

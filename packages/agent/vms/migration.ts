@@ -249,7 +249,7 @@ export class VmMigrations {
       });
       const ms = migrationStateOf(vmi);
       await applyTargetSettings(qmp, configurationOf(ms));
-      if (this.host.tlsDir && ms?.sourceNode) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // Port 0: the kernel picks a free port, which QEMU then reports.
       await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
@@ -306,7 +306,7 @@ export class VmMigrations {
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
       // Bandwidth, auto-converge, post-copy (migration-settings.ts).
       await applySourceSettings(qmp, configurationOf(ms));
-      if (this.host.tlsDir) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      if (this.host.tlsDir && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
