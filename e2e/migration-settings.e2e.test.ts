@@ -128,7 +128,12 @@ test(
       300_000,
     );
     const source = running.nodeName!;
-    await eventually('the guest dirtying its memory', async () => ((await dirtyRounds(source)) >= 1 ? true : undefined), 300_000, 500);
+    await eventually('the guest dirtying its memory', async () => ((await dirtyRounds(source)) >= 1 ? true : undefined), 600_000, 500).catch(
+      async (e: unknown) => {
+        console.log(`# serial log of ${NAME} on ${source}:\n${(await serialLog(agentOf(source).dataDir, ns, NAME)).slice(-2000)}`);
+        throw e;
+      },
+    );
 
     const t0 = Date.now();
     const failed = await migrateAndWait('slow');

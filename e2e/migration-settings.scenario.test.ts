@@ -106,7 +106,12 @@ test('post-copy after the completion timeout, then a progress timeout', { timeou
     300_000,
   );
   const source = running.nodeName!;
-  await eventually('the guest dirtying its memory', async () => ((await dirtyRounds(source)) >= 1 ? true : undefined), 300_000, 500);
+  await eventually('the guest dirtying its memory', async () => ((await dirtyRounds(source)) >= 1 ? true : undefined), 600_000, 500).catch(
+    async (e: unknown) => {
+      console.log(`# serial log of ${NAME} on ${source}:\n${(await serialLog(agentOf(source).dataDir, ns, NAME)).slice(-2000)}`);
+      throw e;
+    },
+  );
   const t0 = Date.now();
   const post = await migrateAndWait('postcopy');
   const postSecs = (Date.now() - t0) / 1000;
