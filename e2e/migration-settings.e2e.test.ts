@@ -116,7 +116,14 @@ test(
 
     await c.client.create(
       VM,
-      tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5, labels: { workload: 'busy' } }),
+      tinyVm(NAME, {
+        namespace: ns,
+        binding: 'bridge',
+        userData: USER_DATA,
+        storageClass: 'shared',
+        terminationGracePeriodSeconds: 5,
+        labels: { workload: 'busy' },
+      }),
       { namespace: ns },
     );
     const running = await eventually(
