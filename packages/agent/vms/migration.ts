@@ -347,6 +347,8 @@ export class VmMigrations {
         cancelled = true;
         timedOut = verdict.reason;
         this.host.log(`migration: ${key}: ${verdict.reason}`);
+        // The reason first: the target's QEMU fails on the cut stream and would write its own.
+        await this.writeState(key, uid, (s) => void (s.failureReason = verdict.reason));
         await qmp.execute('migrate_cancel');
       } else if (verdict?.action === 'postcopy') {
         postcopy = true;
@@ -409,7 +411,8 @@ export class VmMigrations {
   private async fail(key: string, uid: string, reason: string, abortStatus?: string): Promise<void> {
     await this.writeState(key, uid, (ms) => {
       ms.failed = true;
-      ms.failureReason = reason;
+      // A reason written before the end (a timeout's, before its cancel) is the one that counts.
+      ms.failureReason = ms.failureReason ?? reason;
       ms.endTimestamp = new Date().toISOString();
       if (abortStatus && ms.abortRequested) ms.abortStatus = abortStatus;
     });
