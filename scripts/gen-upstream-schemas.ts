@@ -52,6 +52,11 @@ const ROOTS: Array<[SourceId, string]> = [
     ['kubevirt', `V1${k}`],
     ['kubevirt', `V1${k}List`],
   ]),
+  // The cluster's KubeVirt configuration and migrations.kubevirt.io/v1alpha1 MigrationPolicy.
+  ['kubevirt', 'V1KubeVirt'],
+  ['kubevirt', 'V1KubeVirtList'],
+  ['kubevirt', 'V1alpha1MigrationPolicy'],
+  ['kubevirt', 'V1alpha1MigrationPolicyList'],
   ...['DataVolume', 'DataSource'].flatMap((k): Array<[SourceId, string]> => [
     ['cdi', `V1beta1${k}`],
     ['cdi', `V1beta1${k}List`],
@@ -105,6 +110,11 @@ const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
     ),
   ),
 };
+
+/** migrations.kubevirt.io/v1alpha1 types (KubeVirt's dist names them V1alpha1* like its other v1alpha1 types). */
+const MIGRATIONS_V1ALPHA1 = new Set(
+  ['MigrationPolicy', 'MigrationPolicyList', 'MigrationPolicySpec', 'MigrationPolicyStatus', 'Selectors'].map((n) => `V1alpha1${n}`),
+);
 
 export const QUANTITY = 'io.k8s.apimachinery.pkg.api.resource.Quantity';
 export const INT_OR_STRING = 'io.k8s.apimachinery.pkg.util.intstr.IntOrString';
@@ -383,6 +393,8 @@ class Generator {
       const group = tsName.startsWith('V1beta1') ? V1BETA1_GROUP[tsName.slice(7)] : undefined;
       if (group) return { source, tsName, name: `io.kubevirt.${group}.v1beta1.${tsName.slice(7)}`, file: 'kubevirt' };
       if (tsName.startsWith('V1beta1') && cdi.interfaces.has(tsName)) return this.resolve(cdi, tsName);
+      // KubeVirt's only v1alpha1 types served are migrations.kubevirt.io's.
+      if (MIGRATIONS_V1ALPHA1.has(tsName)) return { source, tsName, name: `io.kubevirt.migrations.v1alpha1.${tsName.slice(8)}`, file: 'kubevirt' };
       const m = /^(V\d+(?:alpha|beta)?\d*)(.*)$/.exec(tsName);
       if (!m) throw new Error(`unexpected KubeVirt type name ${tsName}`);
       return { source, tsName, name: `io.kubevirt.${m[1].toLowerCase()}.${m[2]}`, file: 'kubevirt' };

@@ -85,6 +85,8 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     [
       'datasources',
       'datavolumes',
+      'kubevirts',
+      'migrationpolicies',
       'services',
       'virtualmachineclones',
       'virtualmachineinstancemigrations',
@@ -102,6 +104,7 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: 'k8s.cni.cncf.io', version: 'v1' },
     { group: 'discovery.k8s.io', version: 'v1' },
     { group: 'kubevirt.io', version: 'v1' },
+    { group: 'migrations.kubevirt.io', version: 'v1alpha1' },
     { group: 'cdi.kubevirt.io', version: 'v1beta1' },
     { group: 'snapshot.kubevirt.io', version: 'v1beta1' },
     { group: 'clone.kubevirt.io', version: 'v1beta1' },

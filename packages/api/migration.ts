@@ -2,6 +2,7 @@
  * Live migration's shared vocabulary (docs/migration.md): the VMI's `status.migrationState` with
  * KubeVirt's field names, read the same way by the migration controller and the node agents.
  */
+import type { MigrationConfiguration } from './migration-config.ts';
 
 /** The VMI's status.migrationState (the fields Vessel uses). */
 export interface MigrationState {
@@ -20,6 +21,9 @@ export interface MigrationState {
   failureReason?: string;
   abortRequested?: boolean;
   abortStatus?: string;
+  /** The effective settings (KubeVirt object and MigrationPolicy), written with the target by the migration controller. */
+  migrationConfiguration?: MigrationConfiguration;
+  migrationPolicyName?: string;
 }
 
 /** The VMI's migrationState, if any. */

@@ -59,6 +59,7 @@ test('the /openapi/v3 index lists every served group/version with a hash', () =>
     'apis/k8s.cni.cncf.io/v1',
     'apis/discovery.k8s.io/v1',
     'apis/kubevirt.io/v1',
+    'apis/migrations.kubevirt.io/v1alpha1',
     'apis/cdi.kubevirt.io/v1beta1',
     'apis/snapshot.kubevirt.io/v1beta1',
     'apis/clone.kubevirt.io/v1beta1',
@@ -179,7 +180,7 @@ test('Swagger 2.0: definitions named like io.kubevirt.v1.VirtualMachine with GVK
   assert.ok(!text.includes('#/components/'));
   assert.ok(!text.includes('"oneOf"'));
   // The meta types carry the GVK of every group.
-  assert.equal((defs['io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions']['x-kubernetes-group-version-kind'] as J[]).length, 12);
+  assert.equal((defs['io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions']['x-kubernetes-group-version-kind'] as J[]).length, 13);
   const patch = (v2.paths as Record<string, J>)['/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}'].patch as J;
   assert.ok((patch.parameters as J[]).some((p) => p.name === 'fieldValidation' && p.in === 'query'));
   assert.ok((patch.parameters as J[]).some((p) => p.in === 'body'));

@@ -324,6 +324,28 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
   ],
   'kubevirt.io/VirtualMachineInstance': ['metadata', 'spec'],
   'kubevirt.io/VirtualMachineInstanceMigration': ['metadata', 'spec.vmiName'],
+  'kubevirt.io/KubeVirt': [
+    'metadata',
+    'spec.configuration.evictionStrategy',
+    ...under('spec.configuration.migrations', [
+      'bandwidthPerMigration',
+      'completionTimeoutPerGiB',
+      'progressTimeout',
+      'parallelMigrationsPerCluster',
+      'parallelOutboundMigrationsPerNode',
+      'allowAutoConverge',
+      'allowPostCopy',
+      'disableTLS',
+    ]),
+  ],
+  'migrations.kubevirt.io/MigrationPolicy': [
+    'metadata',
+    'spec.selectors',
+    'spec.allowAutoConverge',
+    'spec.allowPostCopy',
+    'spec.bandwidthPerMigration',
+    'spec.completionTimeoutPerGiB',
+  ],
   'cdi.kubevirt.io/DataVolume': ['metadata', ...under('spec', DV_SPEC_SUPPORTED)],
   'cdi.kubevirt.io/DataSource': ['metadata', 'spec.source.pvc'],
 };

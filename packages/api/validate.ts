@@ -17,6 +17,7 @@ import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, valid
 import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
 import { validateForkliftMigration, validateNetworkMap, validatePlan, validateProvider, validateStorageMap } from './kinds/forklift.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
+import { validateKubeVirt, validateMigrationPolicy } from './migration-config.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
 import { validateObjectMeta } from './meta.ts';
@@ -54,6 +55,8 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'kubevirt.io/VirtualMachine': validateVirtualMachine,
   'kubevirt.io/VirtualMachineInstance': validateVirtualMachineInstance,
   'kubevirt.io/VirtualMachineInstanceMigration': validateMigration,
+  'kubevirt.io/KubeVirt': validateKubeVirt,
+  'migrations.kubevirt.io/MigrationPolicy': validateMigrationPolicy,
   'cdi.kubevirt.io/DataVolume': validateDataVolume,
   'cdi.kubevirt.io/DataSource': validateDataSource,
   'snapshot.kubevirt.io/VirtualMachineSnapshot': validateVirtualMachineSnapshot,

@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, parseCidr } from '@vessel/api';
+import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, migrationConfig, parseCidr } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -50,8 +50,11 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-/** `vessel-images` holds the golden images every tenant may read (OpenShift's openshift-virtualization-os-images). */
-export const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease', 'vessel-images'];
+/**
+ * `vessel-images` holds the golden images every tenant may read (OpenShift's openshift-virtualization-os-images);
+ * `kubevirt` the cluster's KubeVirt object (virt-operator's namespace).
+ */
+export const DEFAULT_NAMESPACES = ['default', 'kube-system', 'kube-public', 'kube-node-lease', 'vessel-images', migrationConfig.KUBEVIRT_NAMESPACE];
 
 /**
  * The storage classes of a fresh install: `local` (a directory per node, the default) and
@@ -182,6 +185,7 @@ async function bootstrap(store: Store): Promise<void> {
   };
   for (const name of DEFAULT_NAMESPACES) await ensure('namespaces', '', 'v1', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
   await ensure('secrets', '', 'v1', agentAuthSecret());
+  await ensure('kubevirts', 'kubevirt.io', 'v1', migrationConfig.defaultKubeVirt());
   for (const sc of DEFAULT_STORAGE_CLASSES) {
     await ensure('storageclasses', 'storage.k8s.io', 'v1', {
       apiVersion: 'storage.k8s.io/v1',

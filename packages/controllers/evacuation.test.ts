@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { refs } from '@vessel/api';
+import { migrationConfig, refs } from '@vessel/api';
 import { setCondition, updateStatus } from '@vessel/runtime';
 import { DRAIN_TAINT, EVACUATION_LABEL, EvacuationController } from './evacuation.ts';
 import { agentSets, createNode, InMemoryClient, settle, until } from './testing/harness.ts';
@@ -79,6 +79,34 @@ test('the drain taint migrates VMIs that ask for it (LiveMigrate; LiveMigrateIfP
     });
     await settle(100);
     assert.equal((await migrations(c)).length, 2, 'a failed evacuation is retried only after a pause');
+  } finally {
+    await ctrl.stop();
+    c.close();
+  }
+});
+
+test('a VMI without its own strategy follows the KubeVirt object’s evictionStrategy', async () => {
+  const c = new InMemoryClient();
+  await c.namespaces(ns, migrationConfig.KUBEVIRT_NAMESPACE);
+  await createNode(c, 'node-a');
+  await createNode(c, 'node-b');
+  const ctrl = new EvacuationController(c);
+  await ctrl.start();
+  try {
+    await c.create(refs.KUBEVIRTS, migrationConfig.defaultKubeVirt());
+    await vmi(c, 'unset', undefined);
+    await vmi(c, 'none', 'None');
+    await taint(c, 'node-a');
+    await settle(200);
+    assert.deepEqual(await migrations(c), [], 'no cluster default: None');
+    await c.patch(
+      refs.KUBEVIRTS,
+      migrationConfig.KUBEVIRT_NAME,
+      { spec: { configuration: { evictionStrategy: 'LiveMigrate' } } },
+      { namespace: migrationConfig.KUBEVIRT_NAMESPACE },
+    );
+    await until('one migration', async () => ((await migrations(c)).length === 1 ? true : undefined));
+    assert.equal((await migrations(c))[0].vmi, 'unset');
   } finally {
     await ctrl.stop();
     c.close();

@@ -8,12 +8,12 @@
  * (KubeVirt's default strategy is None); the migration controller picks the target, and the
  * taint keeps it off this node. Work is keyed by node.
  */
-import { migration, refs } from '@vessel/api';
+import { migration, migrationConfig, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { BY_NODE, byNode, cacheKey, Controller, EventRecorder, getCondition, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 
-const { NODES, VMIS, VMIMS } = refs;
+const { NODES, VMIS, VMIMS, KUBEVIRTS } = refs;
 type Obj = Record<string, unknown>;
 
 /** KubeVirt's default nodeDrainTaintKey. */
@@ -35,11 +35,11 @@ export function hasDrainTaint(node: KubeObject | undefined, key = DRAIN_TAINT): 
 }
 
 /**
- * Whether a VMI is to be live-migrated off a draining node: its own spec.evictionStrategy
- * (missing counts as None, KubeVirt's default without a cluster-wide setting).
+ * Whether a VMI is to be live-migrated off a draining node: its own spec.evictionStrategy, else
+ * the KubeVirt object's `kv` (spec.configuration.evictionStrategy), else None (KubeVirt's default).
  */
-export function wantsLiveMigration(vmi: KubeObject): boolean {
-  const strategy = (vmi.spec as { evictionStrategy?: string } | undefined)?.evictionStrategy;
+export function wantsLiveMigration(vmi: KubeObject, kv?: KubeObject): boolean {
+  const strategy = migrationConfig.evictionStrategyOf(vmi, kv);
   if (strategy === 'LiveMigrate') return true;
   return strategy === 'LiveMigrateIfPossible' && getCondition(vmi, 'LiveMigratable')?.status === 'True';
 }
@@ -49,6 +49,7 @@ export class EvacuationController extends Controller {
   private readonly vmis: Informer;
   private readonly vmims: Informer;
   private readonly events: EventRecorder;
+  private readonly kubevirts: Informer;
 
   constructor(client: Client, log?: Log) {
     super('evacuation', client, log);
@@ -59,13 +60,21 @@ export class EvacuationController extends Controller {
     // A migration ending may let the next one of its VMI's node start.
     this.vmims = this.inform(VMIMS, (m) => byNode(this.vmis.get(vmiKeyOf(m)) ?? m));
     this.vmims.addIndex(VMI_INDEX, (m) => [vmiKeyOf(m)]);
+    // The cluster default strategy changing: the tainted nodes are looked at again.
+    this.kubevirts = this.inform(KUBEVIRTS, () =>
+      this.nodes
+        .list()
+        .filter((n) => hasDrainTaint(n))
+        .map((n) => n.metadata.name),
+    );
   }
 
   protected async reconcile(name: string): Promise<void> {
     if (!hasDrainTaint(this.nodes.get(name))) return;
     for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
       if ((vmi.status as Obj | undefined)?.phase !== 'Running' || vmi.metadata.deletionTimestamp) continue;
-      if (!wantsLiveMigration(vmi) || migration.isActive(migration.stateOf(vmi))) continue;
+      const kv = this.kubevirts.get(`${migrationConfig.KUBEVIRT_NAMESPACE}/${migrationConfig.KUBEVIRT_NAME}`);
+      if (!wantsLiveMigration(vmi, kv) || migration.isActive(migration.stateOf(vmi))) continue;
       const mine = this.vmims.byIndex(VMI_INDEX, cacheKey(vmi));
       if (mine.some((m) => !FINAL.has(phaseOf(m)))) continue;
       const evacuations = mine.filter((m) => m.metadata.labels?.[EVACUATION_LABEL] === name);

@@ -8,14 +8,18 @@
  * mirrors it onto the migration's phase: PreparingTarget, TargetReady, Running, Succeeded,
  * Failed; once it ended, the VMI's Migrating condition turns False. Deleting a running migration sets migrationState.abortRequested, which the agents
  * act on. Work is keyed by VMI, so one VMI's migrations are decided in order, and every
- * reconcile makes at most one write.
+ * reconcile makes at most one write. Settings (docs/migration.md "Settings"): a migration stays
+ * Pending while the KubeVirt object's parallel limits are reached, and the VMI's migrationState
+ * carries the effective migration configuration the agents apply.
  */
-import { migration, phaseOf, refs } from '@vessel/api';
+import { migration, migrationConfig, phaseOf, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
+import { mayStart, type RunningMigration, type WaitingMigration } from './migration-limits.ts';
 import { scheduleVmi, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
 
-const { NODES, VMIS, VMIMS } = refs;
+const { NODES, VMIS, VMIMS, KUBEVIRTS, MIGRATION_POLICIES, NAMESPACES } = refs;
+const WAITING_PHASES = new Set(['', 'Pending']);
 type Obj = Record<string, unknown>;
 
 /** On a VirtualMachineInstanceMigration: the node to migrate to (`vessel migrate --node`), instead of the scheduler's choice. */
@@ -52,6 +56,11 @@ export class MigrationController extends Controller {
   private readonly vmis: Informer;
   private readonly nodes: Informer;
   private readonly events: EventRecorder;
+  private readonly kubevirts: Informer;
+  private readonly policies: Informer;
+  private readonly namespaces: Informer;
+  /** Migrations this controller let out of Pending that its cache does not show yet (uid → source node): they hold a slot. */
+  private readonly claimed = new Map<string, string>();
 
   constructor(
     client: Client,
@@ -60,9 +69,13 @@ export class MigrationController extends Controller {
   ) {
     super('migration', client, log, 1);
     this.events = new EventRecorder(client, 'virt-controller');
-    this.vmims = this.inform(VMIMS, (m) => [byVmi(m)]);
+    // A migration or a VMI changing may free a slot: the waiting migrations are looked at again.
+    this.vmims = this.inform(VMIMS, (m) => [byVmi(m), ...this.waitingKeys()]);
     this.vmims.addIndex(VMI_INDEX, (m) => [byVmi(m)]);
-    this.vmis = this.inform(VMIS, (v) => [cacheKey(v)]);
+    this.vmis = this.inform(VMIS, (v) => [cacheKey(v), ...this.waitingKeys()]);
+    this.kubevirts = this.inform(KUBEVIRTS, () => this.waitingKeys());
+    this.policies = this.inform(MIGRATION_POLICIES, () => []);
+    this.namespaces = this.inform(NAMESPACES, () => []);
     // A node becoming Ready may give a waiting migration its target.
     this.nodes = this.inform(NODES, () =>
       this.vmims
@@ -113,7 +126,12 @@ export class MigrationController extends Controller {
       await this.events.record(next, 'Warning', 'FailedMigration', refusal);
       return;
     }
-    if (phase === 'Pending') return this.setPhase(next, 'Scheduling');
+    if (phase === 'Pending') {
+      // Beyond the parallel limits it stays Pending; a freed slot requeues it (informers above).
+      if (!this.slotFree(next)) return;
+      this.claimed.set(next.metadata.uid!, String((vmi!.status as Obj).nodeName));
+      return this.setPhase(next, 'Scheduling');
+    }
     const target = this.chooseTarget(vmi!, next);
     if ('refusal' in target) {
       await this.setPhase(next, 'Failed', target.refusal);
@@ -122,12 +140,88 @@ export class MigrationController extends Controller {
     }
     // Scheduled: the VMI names its target; the next reconcile mirrors that onto the migration.
     const source = String((vmi!.status as Obj).nodeName);
+    const settings = this.migrationSettings(vmi!);
     await this.writeVmiState(
       vmi!,
-      (cur) => (migrationActive(cur) ? undefined : { migrationUid: next.metadata.uid, sourceNode: source, targetNode: target.node, mode: 'PreCopy' }),
+      (cur) =>
+        migrationActive(cur) ? undefined : { migrationUid: next.metadata.uid, sourceNode: source, targetNode: target.node, mode: 'PreCopy', ...settings },
       { status: 'True', reason: 'MigrationInProgress', message: `migration ${next.metadata.name} from ${source} to ${target.node}` },
     );
     await this.events.record(next, 'Normal', 'MigrationTargetChosen', `migrating ${key} from ${source} to ${target.node}`);
+  }
+
+  /** The cluster's KubeVirt object, if any. */
+  private kubevirt(): KubeObject | undefined {
+    return this.kubevirts.get(`${migrationConfig.KUBEVIRT_NAMESPACE}/${migrationConfig.KUBEVIRT_NAME}`);
+  }
+
+  /** The effective configuration of `vmi`'s migration (KubeVirt object, policies, namespace labels), in KubeVirt's migrationState fields. */
+  private migrationSettings(vmi: KubeObject): Pick<MigrationState, 'migrationConfiguration' | 'migrationPolicyName'> {
+    const nsLabels = this.namespaces.get(vmi.metadata.namespace!)?.metadata.labels ?? {};
+    const { configuration, policyName } = migrationConfig.effectiveMigrationConfiguration(
+      this.kubevirt(),
+      this.policies.list(),
+      vmi.metadata.labels ?? {},
+      nsLabels,
+    );
+    return { migrationConfiguration: configuration, ...(policyName ? { migrationPolicyName: policyName } : {}) };
+  }
+
+  /** The VMI keys with a migration waiting in Pending (or new). */
+  private waitingKeys(): string[] {
+    if (!this.vmims) return [];
+    return [
+      ...new Set(
+        this.vmims
+          .list()
+          .filter((m) => WAITING_PHASES.has(vmimPhase(m)) && !m.metadata.deletionTimestamp)
+          .map(byVmi),
+      ),
+    ];
+  }
+
+  /** Whether migration `m` may leave Pending under parallelMigrationsPerCluster and parallelOutboundMigrationsPerNode. */
+  private slotFree(m: KubeObject): boolean {
+    const all = this.vmims.list();
+    // Claims end when the cache shows the migration out of Pending, or gone.
+    const present = new Map(all.map((x) => [x.metadata.uid!, vmimPhase(x)]));
+    for (const uid of this.claimed.keys()) {
+      const phase = present.get(uid);
+      if (phase === undefined || !WAITING_PHASES.has(phase)) this.claimed.delete(uid);
+    }
+    // A claim whose phase write failed: it holds its slot already.
+    if (this.claimed.has(m.metadata.uid!)) return true;
+    const conf = migrationConfig.clusterMigrationConfiguration(this.kubevirt());
+    const running = new Map<string, RunningMigration>();
+    const waiting = new Map<string, WaitingMigration>();
+    const nodeOf = (key: string): string | undefined => {
+      const v = this.vmis.get(key);
+      return v && phaseOf(v) === 'Running' ? ((v.status as Obj | undefined)?.nodeName as string | undefined) : undefined;
+    };
+    for (const v of this.vmis.list()) {
+      const ms = migrationStateOf(v);
+      if (migrationActive(ms)) running.set(ms.migrationUid, { uid: ms.migrationUid, source: ms.sourceNode ?? '' });
+    }
+    for (const x of all) {
+      const uid = x.metadata.uid!;
+      const phase = vmimPhase(x);
+      if (FINAL_PHASES.has(phase) || running.has(uid)) continue;
+      const source = nodeOf(byVmi(x));
+      if (!WAITING_PHASES.has(phase)) {
+        // Scheduling: out of Pending, its VMI not yet naming it.
+        running.set(uid, { uid, source: source ?? '' });
+      } else if (source && !x.metadata.deletionTimestamp && !this.claimed.has(uid)) {
+        const order = `${String(x.metadata.creationTimestamp)} ${x.metadata.namespace}/${x.metadata.name}`;
+        // One per VMI: its later ones wait for it anyway.
+        const prev = waiting.get(byVmi(x));
+        if (!prev || order < prev.order) waiting.set(byVmi(x), { uid, source, order });
+      }
+    }
+    for (const [uid, source] of this.claimed) if (!running.has(uid)) running.set(uid, { uid, source });
+    return mayStart(m.metadata.uid!, [...running.values()], [...waiting.values()], {
+      perCluster: conf.parallelMigrationsPerCluster,
+      perNode: conf.parallelOutboundMigrationsPerNode,
+    });
   }
 
   /** Why migration `m` of `vmi` cannot start, or undefined. */

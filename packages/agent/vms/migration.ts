@@ -35,6 +35,7 @@ import {
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
+import { applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
 
 const { VMIS, PVCS } = refs;
 type Obj = Record<string, unknown>;
@@ -288,9 +289,9 @@ export class VmMigrations {
           await this.endTarget(key, t);
         })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       });
-      await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
       const ms = migrationStateOf(vmi);
-      if (this.host.tlsDir && ms?.sourceNode) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      await applyTargetSettings(qmp, configurationOf(ms));
+      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // Port 0: the kernel picks a free port, which QEMU then reports.
       await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
@@ -361,16 +362,12 @@ export class VmMigrations {
     if (!ms.startTimestamp) {
       // Started: the migration's phase becomes Running.
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
-      // With local disks QEMU stops before the switch-over, so the mirrors end while the guest is paused.
-      await qmp.execute('migrate-set-capabilities', {
-        capabilities: [
-          { capability: 'events', state: true },
-          { capability: 'pause-before-switchover', state: disks.length > 0 },
-        ],
-      });
-      // No bandwidth limit in this increment (KubeVirt's bandwidthPerMigration comes later).
-      await qmp.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
-      if (this.host.tlsDir) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      // Bandwidth, auto-converge, post-copy (migration-settings.ts). With local disks QEMU stops
+      // before the switch-over, so the mirrors end while the guest is paused; no post-copy then
+      // (the target would run the guest before its disks are complete).
+      const conf = configurationOf(ms);
+      await applySourceSettings(qmp, disks.length ? { ...conf, allowPostCopy: false } : conf, { pauseBeforeSwitchover: disks.length > 0 });
+      if (this.host.tlsDir && !conf.disableTLS) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted);
@@ -381,6 +378,14 @@ export class VmMigrations {
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
     let cancelled = false;
     const progress = new ProgressPublisher(this.host.client, vmi.metadata.namespace!, uid, qmp, this.host.log);
+    // The completion and progress timeouts (migration-settings.ts); timedOut says which one cancelled it.
+    const watch = new MigrationWatch(
+      configurationOf(ms),
+      migrationDataBytes(vmi.spec),
+      this.started.get(key) ?? (Date.parse(ms.startTimestamp ?? '') || Date.now()),
+    );
+    let timedOut: string | undefined;
+    let postcopy = ms.mode === 'PostCopy';
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
@@ -401,16 +406,31 @@ export class VmMigrations {
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
         if (disks.length) await cancelMirrors(qmp);
         // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
+        // Not after post-copy began: the target has run the guest since, the source's memory is stale.
         const now = (await qmp.execute<{ status: string }>('query-status')).status;
-        if (now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
-        const reason = cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`;
-        await this.fail(key, uid, reason, cancelled ? 'Succeeded' : undefined);
+        if (!postcopy && now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
+        const reason = timedOut ?? (cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`);
+        await this.fail(key, uid, reason, cancelled && !timedOut ? 'Succeeded' : undefined);
         this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
         return;
       }
-      if (!cancelled && aborted()) {
+      if (!cancelled && !postcopy && aborted()) {
         cancelled = true;
         await qmp.execute('migrate_cancel');
+      }
+      const verdict = cancelled ? undefined : watch.check(info, Date.now());
+      if (verdict?.action === 'cancel') {
+        cancelled = true;
+        timedOut = verdict.reason;
+        this.host.log(`migration: ${key}: ${verdict.reason}`);
+        // The reason first: the target's QEMU fails on the cut stream and would write its own.
+        await this.writeState(key, uid, (s) => void (s.failureReason = verdict.reason));
+        await qmp.execute('migrate_cancel');
+      } else if (verdict?.action === 'postcopy') {
+        postcopy = true;
+        this.host.log(`migration: ${key}: ${verdict.reason}`);
+        await qmp.execute('migrate-start-postcopy');
+        await this.writeState(key, uid, (s) => void (s.mode = 'PostCopy'));
       }
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
@@ -550,7 +570,8 @@ export class VmMigrations {
   private async fail(key: string, uid: string, reason: string, abortStatus?: string): Promise<void> {
     await this.writeState(key, uid, (ms) => {
       ms.failed = true;
-      ms.failureReason = reason;
+      // A reason written before the end (a timeout's, before its cancel) is the one that counts.
+      ms.failureReason = ms.failureReason ?? reason;
       ms.endTimestamp = new Date().toISOString();
       if (abortStatus && ms.abortRequested) ms.abortStatus = abortStatus;
     });

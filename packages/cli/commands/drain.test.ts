@@ -29,3 +29,9 @@ test('LiveMigrate and migratable LiveMigrateIfPossible move; None, missing and u
     { key: 'default/unset', why: 'evictionStrategy None' },
   ]);
 });
+
+test('the KubeVirt object’s evictionStrategy is the default of VMIs without their own', () => {
+  const plan = planDrain([vmi('unset', undefined), vmi('none', 'None')], 'node-a', 'LiveMigrate');
+  assert.deepEqual(plan.migrate, ['default/unset']);
+  assert.deepEqual(plan.stop, [{ key: 'default/none', why: 'evictionStrategy None' }]);
+});

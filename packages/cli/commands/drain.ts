@@ -9,12 +9,13 @@
  */
 import type { Command } from 'commander';
 import type { Client, KubeObject } from '@vessel/client';
-import { findByResource } from '@vessel/api';
+import { findByResource, migrationConfig } from '@vessel/api';
 import { contextOf, note, out } from '../context.ts';
 
 const NODES = findByResource('', 'v1', 'nodes')!;
 const VMIS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
 const VMIMS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstancemigrations')!;
+const KUBEVIRTS = findByResource('kubevirt.io', 'v1', 'kubevirts')!;
 const FINAL = new Set(['Succeeded', 'Failed']);
 /** Migrations drain creates carry the node they evacuate (as the evacuation controller's). */
 const EVACUATION_LABEL = 'kubevirt.io/evacuation-node';
@@ -35,11 +36,11 @@ export interface DrainPlan {
 const keyOf = (v: VmiLike) => `${v.metadata?.namespace}/${v.metadata?.name}`;
 const runsOn = (v: VmiLike, node: string) => v.status?.nodeName === node && v.status?.phase === 'Running';
 
-/** Which of the VMIs running on `node` move and which must stop (pure: unit-tested). */
-export function planDrain(vmis: VmiLike[], node: string): DrainPlan {
+/** Which of the VMIs running on `node` move and which must stop (pure: unit-tested); `clusterDefault`: the KubeVirt object's evictionStrategy. */
+export function planDrain(vmis: VmiLike[], node: string, clusterDefault?: string): DrainPlan {
   const plan: DrainPlan = { migrate: [], stop: [] };
   for (const v of vmis.filter((x) => runsOn(x, node))) {
-    const strategy = v.spec?.evictionStrategy ?? 'None';
+    const strategy = v.spec?.evictionStrategy ?? clusterDefault ?? 'None';
     const migratable = v.status?.conditions?.find((c) => c.type === 'LiveMigratable');
     if (strategy === 'LiveMigrate' || (strategy === 'LiveMigrateIfPossible' && migratable?.status === 'True')) plan.migrate.push(keyOf(v));
     else if (strategy === 'LiveMigrateIfPossible')
@@ -76,7 +77,9 @@ export function registerDrain(program: Command): void {
       await client.get(NODES, node);
       await setUnschedulable(client, node, true);
       const vmis = (await client.list(VMIS)).items as VmiLike[];
-      const plan = planDrain(vmis, node);
+      // The cluster default for VMIs without their own strategy (none readable: KubeVirt's None).
+      const kv = await client.get(KUBEVIRTS, migrationConfig.KUBEVIRT_NAME, { namespace: migrationConfig.KUBEVIRT_NAMESPACE }).catch(() => undefined);
+      const plan = planDrain(vmis, node, migrationConfig.clusterEvictionStrategy(kv));
       if (plan.stop.length > 0 && !flags.force)
         throw new Error(
           `cannot drain node ${node}: these VMs cannot be live-migrated (use --force to stop them):\n${plan.stop.map((s) => `  ${s.key}: ${s.why}`).join('\n')}`,

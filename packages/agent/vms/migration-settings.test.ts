@@ -1,0 +1,38 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { migrationConfig } from '@vessel/api';
+import { configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
+
+const GIB = 2 ** 30;
+const conf = (c: Partial<migrationConfig.MigrationConfiguration> = {}) => ({ ...migrationConfig.MIGRATION_DEFAULTS, ...c });
+const active = (remaining: number) => ({ status: 'active', ram: { remaining } });
+
+test('the configuration: the controller’s, else KubeVirt’s defaults; the data size is the guest memory plus copied disks', () => {
+  assert.deepEqual(configurationOf(undefined), migrationConfig.MIGRATION_DEFAULTS);
+  assert.equal(configurationOf({ migrationConfiguration: conf({ allowPostCopy: true }) }).allowPostCopy, true);
+  assert.equal(migrationDataBytes({ domain: { resources: { requests: { memory: '128Mi' } } } }), 128 * 2 ** 20);
+  assert.equal(migrationDataBytes({ domain: { memory: { guest: '1Gi' }, resources: { requests: { memory: '2Gi' } } } }, GIB), 2 * GIB);
+});
+
+test('completion timeout: completionTimeoutPerGiB × GiB moved, then cancel (or post-copy when allowed), said once', () => {
+  const w = new MigrationWatch(conf({ completionTimeoutPerGiB: 8 }), GIB / 2, 0);
+  assert.equal(w.completionTimeoutMs, 4000);
+  assert.equal(w.check(active(100), 3999), undefined);
+  assert.equal(w.check({ status: 'setup' }, 5000), undefined, 'only a running precopy is judged');
+  const v = w.check(active(50), 4000)!;
+  assert.equal(v.action, 'cancel');
+  assert.match(v.reason, /^completion timeout: not done within 4\.0 s .*cancelled$/);
+  assert.equal(w.check(active(50), 9000), undefined);
+  const p = new MigrationWatch(conf({ completionTimeoutPerGiB: 8, allowPostCopy: true }), GIB / 2, 0);
+  assert.equal(p.check(active(1), 4000)?.action, 'postcopy');
+});
+
+test('progress timeout: the remaining bytes not below their lowest for progressTimeout s', () => {
+  const w = new MigrationWatch(conf({ progressTimeout: 5, completionTimeoutPerGiB: 1000 }), GIB, 0);
+  assert.equal(w.check(active(100), 1000), undefined);
+  assert.equal(w.check(active(90), 4000), undefined, 'progress at 4 s');
+  assert.equal(w.check(active(95), 8999), undefined, 'a rise is no progress, but 5 s have not passed');
+  const v = w.check(active(91), 9000)!;
+  assert.equal(v.action, 'cancel');
+  assert.match(v.reason, /^progress timeout: .* 5 s/);
+});

@@ -1,0 +1,93 @@
+/**
+ * The migration settings on the node (docs/migration.md "Settings"): what the migration
+ * controller wrote into the VMI's migrationState.migrationConfiguration, applied to QEMU. The
+ * source sets the bandwidth limit and the auto-converge and post-copy capabilities (the target
+ * post-copy too: QEMU wants it on both ends), and a watch over `query-migrate` decides when the
+ * completion or progress timeout is hit: then post-copy when allowed, else cancel.
+ */
+import { migrationConfig, tryParseQuantity } from '@vessel/api';
+import type { QmpClient } from '../qmp/client.ts';
+
+type Configuration = migrationConfig.MigrationConfiguration;
+const GIB = 2 ** 30;
+/** QEMU's "unlimited" (its max-bandwidth is bytes/s; 0 would stop the transfer). */
+const UNLIMITED = 1e12;
+
+/** The configuration a migration runs with: the controller's, else KubeVirt's defaults (a migration started before settings existed). */
+export function configurationOf(ms: { migrationConfiguration?: Partial<Configuration> } | undefined): Configuration {
+  return { ...migrationConfig.MIGRATION_DEFAULTS, ...ms?.migrationConfiguration };
+}
+
+/** Bytes a migration moves, as KubeVirt sizes the completion timeout: guest memory (+ disks it copies). */
+export function migrationDataBytes(spec: unknown, migratedDiskBytes = 0): number {
+  const dom = (spec as { domain?: { memory?: { guest?: unknown }; resources?: { requests?: { memory?: unknown }; limits?: { memory?: unknown } } } })?.domain;
+  const mem = [dom?.memory?.guest, dom?.resources?.requests?.memory, dom?.resources?.limits?.memory]
+    .map(tryParseQuantity)
+    .find((m) => m !== undefined && m > 0);
+  return (mem ?? 0) + migratedDiskBytes;
+}
+
+/** Source: capabilities and bandwidth, set every time (a QEMU that arrived by migration keeps the last ones). */
+export async function applySourceSettings(qmp: QmpClient, conf: Configuration, opts: { pauseBeforeSwitchover?: boolean } = {}): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'events', state: true },
+      { capability: 'pause-before-switchover', state: !!opts.pauseBeforeSwitchover },
+      { capability: 'auto-converge', state: conf.allowAutoConverge },
+      { capability: 'postcopy-ram', state: conf.allowPostCopy },
+    ],
+  });
+  const bw = migrationConfig.bandwidthBytes(conf.bandwidthPerMigration);
+  await qmp.execute('migrate-set-parameters', { 'max-bandwidth': bw > 0 ? bw : UNLIMITED });
+}
+
+/** Target: post-copy must be on for the incoming side too. */
+export async function applyTargetSettings(qmp: QmpClient, conf: Configuration): Promise<void> {
+  await qmp.execute('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'events', state: true },
+      { capability: 'postcopy-ram', state: conf.allowPostCopy },
+    ],
+  });
+}
+
+export type Verdict = { action: 'postcopy' | 'cancel'; reason: string };
+
+/**
+ * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved, from the
+ * start) and the progress timeout (remaining bytes not below their lowest for progressTimeout s).
+ * Says once what to do when one is hit; nothing afterwards.
+ */
+export class MigrationWatch {
+  readonly completionTimeoutMs: number;
+  private lowest = Infinity;
+  private lastProgress: number;
+  private done = false;
+
+  constructor(
+    private readonly conf: Configuration,
+    dataBytes: number,
+    private readonly startedAt: number,
+  ) {
+    this.completionTimeoutMs = Math.max(1, Math.round((conf.completionTimeoutPerGiB * dataBytes * 1000) / GIB));
+    this.lastProgress = startedAt;
+  }
+
+  check(info: { status?: string; ram?: { remaining?: number } }, now: number): Verdict | undefined {
+    if (this.done || info.status !== 'active') return undefined;
+    const remaining = info.ram?.remaining;
+    if (typeof remaining === 'number' && remaining < this.lowest) {
+      this.lowest = remaining;
+      this.lastProgress = now;
+    }
+    let why: string | undefined;
+    if (now - this.startedAt >= this.completionTimeoutMs) {
+      why = `completion timeout: not done within ${(this.completionTimeoutMs / 1000).toFixed(1)} s (completionTimeoutPerGiB ${this.conf.completionTimeoutPerGiB})`;
+    } else if (now - this.lastProgress >= this.conf.progressTimeout * 1000) {
+      why = `progress timeout: the remaining memory did not decrease for ${this.conf.progressTimeout} s (progressTimeout)`;
+    }
+    if (!why) return undefined;
+    this.done = true;
+    return this.conf.allowPostCopy ? { action: 'postcopy', reason: `${why}: switched to post-copy` } : { action: 'cancel', reason: `${why}: cancelled` };
+  }
+}
