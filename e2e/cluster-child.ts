@@ -20,7 +20,9 @@ if (mode === 'server') {
 } else {
   const [kubeconfig, nodeName, dataDir, sharedDir, netns, fabricIp] = args;
   const client = Client.fromKubeconfig({ explicit: kubeconfig });
-  const agent = await startAgent({ client, nodeName, dataDir, sharedDir, netns, fabricIp, heartbeatMs: 5000, log: (l) => log(`[${nodeName}] ${l}`) });
+  // VESSEL_TEST_MIGRATION_TLS=false: `--migration-tls=false`.
+  const migrationTls = process.env.VESSEL_TEST_MIGRATION_TLS !== 'false';
+  const agent = await startAgent({ client, nodeName, dataDir, sharedDir, netns, fabricIp, heartbeatMs: 5000, migrationTls, log: (l) => log(`[${nodeName}] ${l}`) });
   process.stdout.write(`READY ${kubeconfig}\n`);
   stop = async () => {
     await agent.stop();
