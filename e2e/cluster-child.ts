@@ -22,7 +22,17 @@ if (mode === 'server') {
   const client = Client.fromKubeconfig({ explicit: kubeconfig });
   // VESSEL_TEST_MIGRATION_TLS=false: `--migration-tls=false`.
   const migrationTls = process.env.VESSEL_TEST_MIGRATION_TLS !== 'false';
-  const agent = await startAgent({ client, nodeName, dataDir, sharedDir, netns, fabricIp, heartbeatMs: 5000, migrationTls, log: (l) => log(`[${nodeName}] ${l}`) });
+  const agent = await startAgent({
+    client,
+    nodeName,
+    dataDir,
+    sharedDir,
+    netns,
+    fabricIp,
+    heartbeatMs: 5000,
+    migrationTls,
+    log: (l) => log(`[${nodeName}] ${l}`),
+  });
   process.stdout.write(`READY ${kubeconfig}\n`);
   stop = async () => {
     await agent.stop();

@@ -24,6 +24,8 @@ for (const [kill, step, what] of [
 ] as const) {
   test(`${what}: one QEMU, on the VMI's node, the migration finished, no reboot`, { timeout: 600_000 }, async () => {
     const r = await c.crashCase(kill, step);
-    console.log(`# ${kill} step ${step}: ${r.name} ${r.phase} ${r.from} → ${r.node} settled ${r.settledMs} ms${r.failureReason ? ` (${r.failureReason})` : ''}`);
+    console.log(
+      `# ${kill} step ${step}: ${r.name} ${r.phase} ${r.from} → ${r.node} settled ${r.settledMs} ms${r.failureReason ? ` (${r.failureReason})` : ''}`,
+    );
   });
 }

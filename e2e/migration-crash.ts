@@ -243,14 +243,17 @@ export async function startCrashCluster(): Promise<CrashCluster> {
       const victim = kill === 'server' ? server : agents.get(kill === 'source' ? source : target)!;
       const phase = async () => String(((await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase);
       const create = () =>
-        c.create(VMIM, { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name }, spec: { vmiName: NAME } }, { namespace: NS });
+        c.create(
+          VMIM,
+          { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name }, spec: { vmiName: NAME } },
+          { namespace: NS },
+        );
       await create();
 
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
       const want = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running', 4: '' }[step];
-      const reached = async () =>
-        selfKilled ? !victim.running : step === 4 ? agents.get(source)!.seen(/the transfer completed/) : (await phase()) === want;
+      const reached = async () => (selfKilled ? !victim.running : step === 4 ? agents.get(source)!.seen(/the transfer completed/) : (await phase()) === want);
       try {
         // A migration that fails before the step (the loaded machine: QEMU too slow to answer) is tried again, twice.
         for (let attempt = 1; ; attempt++) {
