@@ -212,7 +212,8 @@ export async function startCrashCluster(): Promise<CrashCluster> {
           const s = (await vmi()).status;
           return s?.phase === 'Running' && s.nodeName && (await lastUptime(s.nodeName)) !== undefined ? s.nodeName : undefined;
         },
-        300_000,
+        // TCG on a loaded 2-core machine: the boot alone took over 5 minutes once.
+        600_000,
       );
       return node;
     },
@@ -315,9 +316,8 @@ export async function startCrashCluster(): Promise<CrashCluster> {
         },
         120_000,
       );
-      await new Promise((r) => setTimeout(r, 2000));
-      const later = (await lastUptime(settled.node))!;
-      assert.ok(later > now, `${name}: the guest's uptime grows (${now} → ${later})`);
+      // Still going (not paused): a starved guest (TCG at nice 10 on a loaded machine) may print nothing for seconds.
+      await eventually(`${name}: the guest's uptime growing past ${now}`, async () => ((await lastUptime(settled.node))! > now ? true : undefined), 60_000);
       const all = [...(await qemus()).values()].flat();
       assert.equal(all.length, 1, `${name}: still exactly one QEMU`);
       const ms = ((await c.get(VMIM, name, { namespace: NS })).status as { migrationState?: { failureReason?: string } }).migrationState;
