@@ -193,9 +193,12 @@ export class VmMigrations {
     if (!active(ms) || ms.targetNode !== this.host.nodeName || ms.abortRequested) return false;
     const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000 }).catch(() => undefined);
     const info = await qmp?.execute<QueryMigrate>('query-migrate').catch(() => undefined);
-    // Arriving still (the source sends): kept and followed, as stopping it could lose a guest the source has just handed over.
-    const arriving = INCOMING.has(info?.status ?? '') && !!ms.targetNodeAddress;
+    // Listening (QEMU 7.2 gives no status then, only the address) or arriving (the source sends):
+    // kept and followed, as stopping it could lose a guest the source has just handed over.
+    const listening = !info?.status && !!info?.['socket-address']?.length;
+    const arriving = (listening || INCOMING.has(info?.status ?? '')) && !!ms.targetNodeAddress;
     if (!qmp || (info?.status !== 'completed' && !arriving)) {
+      this.host.log(`migration: ${keyOf(vmi)}: the target QEMU found at start is not receiving (${info?.status ?? 'no answer'}): stopping it`);
       await qmp?.close();
       return false;
     }
