@@ -198,7 +198,9 @@ export class VmMigrations {
     const listening = !info?.status && !!info?.['socket-address']?.length;
     const arriving = (listening || INCOMING.has(info?.status ?? '')) && !!ms.targetNodeAddress;
     if (!qmp || (info?.status !== 'completed' && !arriving)) {
-      this.host.log(`migration: ${keyOf(vmi)}: the target QEMU found at start is not receiving (${info?.status ?? 'no answer'}): stopping it`);
+      this.host.log(
+        `migration: ${keyOf(vmi)}: the target QEMU found at start is not receiving (${info ? (info.status ?? 'not listening') : 'no answer'}): stopping it`,
+      );
       await qmp?.close();
       return false;
     }
