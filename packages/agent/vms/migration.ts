@@ -444,8 +444,13 @@ export class VmMigrations {
           const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
           if (info?.status === 'completed') arrivedAt = Date.now();
         } else if (Date.now() - arrivedAt >= SWITCH_TAKEOVER_MS) {
-          await this.takeOver(key, t);
-          arrivedAt = Infinity;
+          // Tried again while it cannot be written (the API server away).
+          const done = await this.takeOver(key, t).then(
+            () => true,
+            (e: Error) => this.host.log(`migration: ${key}: recording the switch here: ${e.message}; retrying`),
+          );
+          if (done) arrivedAt = Infinity;
+          else await new Promise((r) => setTimeout(r, 2000));
         }
       }
     })().catch((e: Error) => this.host.log(`migration: ${key}: following the target: ${e.message}`));
