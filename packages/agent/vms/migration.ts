@@ -17,6 +17,7 @@ import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api
 import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
+import { faultDelay, faultPoint } from '../faults.ts';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { containedPath, type Pool } from '../storage/pools.ts';
@@ -44,6 +45,13 @@ const NODE_LABEL = 'kubevirt.io/nodeName';
 const POLL_MS = 200;
 /** How long a ready target waits for the source to start sending. */
 const SOURCE_START_TIMEOUT_MS = 300_000;
+/**
+ * How long a target whose incoming migration completed waits for the source to record the
+ * switch before recording it itself (the source agent down or cut off; see takeOver).
+ */
+const SWITCH_TAKEOVER_MS = Number(process.env.VESSEL_TEST_SWITCH_TAKEOVER_MS) || 20_000;
+/** The incoming side's query-migrate statuses while the guest is arriving. */
+const INCOMING = new Set(['setup', 'active', 'device', 'pre-switchover', 'postcopy-active']);
 /** The id of QEMU's migration TLS credentials object. */
 const TLS_CREDS = 'migration-tls';
 
@@ -113,6 +121,8 @@ export interface MigrationHost {
   releaseSource(key: string): void;
   record(vmi: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void>;
   scrub(message: string, namespace: string | undefined): string;
+  /** Reconciles the VMI again a little later (a step that could not be recorded: the API server away). */
+  requeue?(key: string): void;
 }
 
 interface Target {
@@ -143,6 +153,8 @@ export class VmMigrations {
   private readonly sources = new Map<string, string>();
   /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
   private readonly started = new Map<string, number>();
+  /** VMI key → the stop of a source QEMU that has just handed its guest over (its tap and lease go with it). */
+  private readonly leaving = new Map<string, Promise<void>>();
   private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
@@ -195,19 +207,20 @@ export class VmMigrations {
     if (!active(ms) || ms.targetNode !== this.host.nodeName || ms.abortRequested) return false;
     const qmp = await QmpClient.connect(runDirFiles(runDir).qmp, { timeoutMs: 10_000 }).catch(() => undefined);
     const info = await qmp?.execute<QueryMigrate>('query-migrate').catch(() => undefined);
-    if (!qmp || info?.status !== 'completed') {
+    // Listening (QEMU 7.2 gives no status then, only the address) or arriving (the source sends):
+    // kept and followed, as stopping it could lose a guest the source has just handed over.
+    const listening = !info?.status && !!info?.['socket-address']?.length;
+    const arriving = (listening || INCOMING.has(info?.status ?? '')) && !!ms.targetNodeAddress;
+    if (!qmp || (info?.status !== 'completed' && !arriving)) {
+      this.host.log(
+        `migration: ${keyOf(vmi)}: the target QEMU found at start is not receiving (${info ? (info.status ?? 'not listening') : 'no answer'}): stopping it`,
+      );
       await qmp?.close();
       return false;
     }
-    this.targets.set(keyOf(vmi), {
-      migrationUid: ms.migrationUid,
-      runDir,
-      qmp,
-      ended: false,
-      job: Promise.resolve(),
-      disks: this.blockPlan(vmi).disks,
-      made: [],
-    });
+    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks: this.blockPlan(vmi).disks, made: [] };
+    this.targets.set(keyOf(vmi), t);
+    this.followTarget(keyOf(vmi), t, qmp);
     return true;
   }
 
@@ -247,7 +260,8 @@ export class VmMigrations {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
         // An abort during the disk mirror ends here too: it succeeded (abortStatus is only set when one was asked for).
-        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => undefined);
+        // Not recorded either (the API server away): tried again later, as nothing was sent yet or QEMU goes on.
+        await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
       })
       .finally(() => this.sources.delete(key));
   }
@@ -260,6 +274,8 @@ export class VmMigrations {
         if (ms.abortRequested || ms.targetPod) return false;
         ms.targetPod = `${vmi.metadata.name}@${this.host.nodeName}`;
       });
+      // The guest left this node just before: its old QEMU's tap and lease go first, not after ours are made.
+      await this.leaving.get(key);
       const ns = vmi.metadata.namespace!;
       const plan = this.blockPlan(vmi);
       if (plan.refused.length) throw new Error(plan.refused.join('; '));
@@ -273,6 +289,7 @@ export class VmMigrations {
       for (const v of volumes) await this.poolOfClaim(ns, v.claim)?.ensureNamespaceDir(ns);
       await createTargetVolumes(volumes, t.made);
       await this.host.launchIncoming(vmi, t.runDir, Object.fromEntries(volumes.map((v) => [v.volume, v.path])));
+      faultPoint('migration:target-launched');
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
       if (t.ended) return await this.host.stopQemu(key, t.runDir);
       const qmp = await QmpClient.connect(runDirFiles(t.runDir).qmp, { timeoutMs: 10_000, waitForSocket: true });
@@ -281,14 +298,7 @@ export class VmMigrations {
         await qmp.close();
         return await this.host.stopQemu(key, t.runDir);
       }
-      qmp.on('close', () => {
-        if (t.ended) return;
-        void (async () => {
-          const why = `target QEMU on ${this.host.nodeName} exited: ${await lastLogLine(t.runDir)}`;
-          await this.fail(key, t.migrationUid, why);
-          await this.endTarget(key, t);
-        })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
-      });
+      this.followTarget(key, t, qmp);
       const ms = migrationStateOf(vmi);
       await applyTargetSettings(qmp, configurationOf(ms));
       if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
@@ -311,6 +321,7 @@ export class VmMigrations {
         nbd ? { [NBD_ANNOTATION]: JSON.stringify({ migrationUid: t.migrationUid, address: nbd }) } : undefined,
       );
       if (written) this.host.log(`migration: ${key}: target ready on ${this.host.listenAddress}:${port}`);
+      faultPoint('migration:target-ready');
       // A source that never starts (its agent gone) must not keep the target waiting for ever.
       const timer = setTimeout(() => {
         const cur = migrationStateOf(this.host.vmi(key));
@@ -324,8 +335,13 @@ export class VmMigrations {
     } catch (e) {
       if (t.ended) return;
       const message = this.host.scrub(e instanceof Error ? e.message : String(e), vmi.metadata.namespace);
-      await this.fail(key, t.migrationUid, `target ${this.host.nodeName}: ${message}`);
+      // Not recorded (the API server away): this target goes and is prepared again later.
+      const recorded = await this.fail(key, t.migrationUid, `target ${this.host.nodeName}: ${message}`).then(
+        () => true,
+        () => false,
+      );
       await this.endTarget(key, t);
+      if (!recorded) this.host.requeue?.(key);
     }
   }
 
@@ -360,6 +376,8 @@ export class VmMigrations {
       return cur?.migrationUid !== uid || !!cur.abortRequested || !!cur.failed;
     };
     if (!ms.startTimestamp) {
+      await faultDelay('migration:source-start');
+      faultPoint('migration:source-start');
       // Started: the migration's phase becomes Running.
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
       // Bandwidth, auto-converge, post-copy (migration-settings.ts). With local disks QEMU stops
@@ -367,6 +385,7 @@ export class VmMigrations {
       // (the target would run the guest before its disks are complete).
       const conf = configurationOf(ms);
       await applySourceSettings(qmp, disks.length ? { ...conf, allowPostCopy: false } : conf, { pauseBeforeSwitchover: disks.length > 0 });
+      await slowForTests(qmp);
       if (this.host.tlsDir && !conf.disableTLS) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
@@ -374,6 +393,7 @@ export class VmMigrations {
       await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
+      faultPoint('migration:source-sending');
     }
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
     let cancelled = false;
@@ -451,6 +471,9 @@ export class VmMigrations {
   private async switchOver(vmi: KubeObject, uid: string, target: string, info: QueryMigrate, sourceFiles: { pool: Pool; path: string }[]): Promise<void> {
     const key = keyOf(vmi);
     this.host.releaseSource(key);
+    this.host.log(`migration: ${key}: the transfer completed; recording the switch to ${target}`);
+    await faultDelay('migration:source-completed');
+    faultPoint('migration:source-completed');
     // The guest now runs only on the target: this write must happen (never a `failed` instead),
     // so it is retried until it does or the agent stops (a restarted agent writes it again).
     for (let attempt = 0; ; attempt++) {
@@ -458,7 +481,8 @@ export class VmMigrations {
         await updateVmi(this.host.client, vmi, (obj) => {
           const s = (obj.status ??= {}) as Obj;
           const ms = s.migrationState as MigrationState | undefined;
-          if (ms?.migrationUid !== uid) return false;
+          // Recorded already (by the target, after SWITCH_TAKEOVER_MS): left as it is.
+          if (ms?.migrationUid !== uid || (ms.completed && s.nodeName === target)) return false;
           s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
           s.nodeName = target;
           obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: target };
@@ -480,7 +504,13 @@ export class VmMigrations {
       `VirtualMachineInstance migrated from ${this.host.nodeName} to ${target} in ${secs} s (downtime ${info.downtime ?? '?'} ms)`,
     );
     this.host.log(`migration: ${key}: completed in ${secs} s, downtime ${info.downtime ?? '?'} ms; stopping the source QEMU`);
-    await this.host.stopQemu(key, this.host.runDirOf(vmi));
+    const stop = this.host.stopQemu(key, this.host.runDirOf(vmi));
+    this.leaving.set(key, stop);
+    try {
+      await stop;
+    } finally {
+      if (this.leaving.get(key) === stop) this.leaving.delete(key);
+    }
     // The target has the node-local claims now (it records them as its own): this node's copies go.
     for (const f of sourceFiles) {
       await f.pool.deleteVolume(f.path).catch((e: Error) => this.host.log(`migration: ${key}: removing ${f.path}: ${e.message}`));
@@ -566,6 +596,71 @@ export class VmMigrations {
     }
   }
 
+  /**
+   * Follows a target QEMU: one that exits fails the migration; once the guest has arrived
+   * (query-migrate completed) and the source has not recorded the switch within
+   * SWITCH_TAKEOVER_MS, this node records it (takeOver).
+   */
+  private followTarget(key: string, t: Target, qmp: QmpClient): void {
+    qmp.on('close', () => {
+      if (t.ended) return;
+      void (async () => {
+        const why = `target QEMU on ${this.host.nodeName} exited: ${await lastLogLine(t.runDir)}`;
+        await this.fail(key, t.migrationUid, why);
+        await this.endTarget(key, t);
+      })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    });
+    void (async () => {
+      let arrivedAt: number | undefined;
+      while (!t.ended && !this.closed && this.targets.get(key) === t) {
+        await new Promise((r) => setTimeout(r, 500));
+        if (arrivedAt === undefined) {
+          const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
+          if (info?.status === 'completed') arrivedAt = Date.now();
+        } else if (Date.now() - arrivedAt >= SWITCH_TAKEOVER_MS) {
+          // Tried again while it cannot be written (the API server away).
+          const done = await this.takeOver(key, t).then(
+            () => true,
+            (e: Error) => this.host.log(`migration: ${key}: recording the switch here: ${e.message}; retrying`),
+          );
+          if (done) arrivedAt = Infinity;
+          else await new Promise((r) => setTimeout(r, 2000));
+        }
+      }
+    })().catch((e: Error) => this.host.log(`migration: ${key}: following the target: ${e.message}`));
+  }
+
+  /**
+   * The guest runs here and the source has not said so (its agent down, or cut off from the API
+   * server): this node records the switch. Safe without hearing from the source: once the
+   * incoming migration completed, the source QEMU is in `postmigrate` and no agent resumes it
+   * (a source resumes only a failed or cancelled migration), and the write is the one the source
+   * would make. A source agent coming back finds the VMI on this node and stops its QEMU.
+   */
+  private async takeOver(key: string, t: Target): Promise<void> {
+    const vmi = this.host.vmi(key);
+    if (!vmi) return;
+    let taken = false;
+    await updateVmi(this.host.client, vmi, (obj) => {
+      const s = (obj.status ??= {}) as Obj;
+      const ms = s.migrationState as MigrationState | undefined;
+      if (ms?.migrationUid !== t.migrationUid || ms.failed || (ms.completed && s.nodeName === this.host.nodeName)) return false;
+      s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
+      s.nodeName = this.host.nodeName;
+      obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: this.host.nodeName };
+      taken = true;
+    });
+    if (!taken) return;
+    const source = migrationStateOf(vmi)?.sourceNode ?? '?';
+    this.host.log(`migration: ${key}: the guest arrived ${SWITCH_TAKEOVER_MS / 1000} s ago and ${source} has not recorded it: switch recorded here`);
+    await this.host.record(
+      vmi,
+      'Normal',
+      'Migrated',
+      `VirtualMachineInstance migrated from ${source} to ${this.host.nodeName} (the switch recorded by the target: the source did not within ${SWITCH_TAKEOVER_MS / 1000} s)`,
+    );
+  }
+
   /** migrationState.failed with the reason (the first one stays), when it still describes migration `uid`. */
   private async fail(key: string, uid: string, reason: string, abortStatus?: string): Promise<void> {
     await this.writeState(key, uid, (ms) => {
@@ -598,6 +693,16 @@ export class VmMigrations {
 }
 
 const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
+
+/**
+ * Crash tests slow the transfer down (VESSEL_TEST_MIGRATION_BANDWIDTH, bytes/s) to kill a side
+ * while it runs; not a setting. The downtime allowed grows with it, or a slow transfer of a guest
+ * that keeps writing would never converge.
+ */
+async function slowForTests(qmp: QmpClient): Promise<void> {
+  const v = Number(process.env.VESSEL_TEST_MIGRATION_BANDWIDTH);
+  if (Number.isFinite(v) && v > 0) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': v, 'downtime-limit': 10_000 });
+}
 
 /**
  * A read-modify-write of the VMI (status and labels together: VMIs have no status subresource),

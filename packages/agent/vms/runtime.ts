@@ -172,6 +172,7 @@ export class VmRuntime extends Controller {
       },
       record: (vmi, type, reason, message) => this.events.record(vmi, type, reason, message),
       scrub: (message, ns) => this.scrub(message, ns),
+      requeue: (key) => this.queue.addAfter(key, 3000),
     });
     // A VMI waiting for its address starts as soon as IPAM has allocated it.
     opts.network?.onAddress((key) => {
