@@ -7,81 +7,17 @@
  * going down.
  */
 import assert from 'node:assert/strict';
-import { readdir, readFile } from 'node:fs/promises';
-import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import type { ResourceRef } from '@vessel/client';
-import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually, startCluster, type TestCluster } from './harness.ts';
+import { eventually, type TestCluster } from './harness.ts';
+import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, type Obj } from './migration-settings-fixture.ts';
 import { serialLog, tinyVm } from './tiny-vm.ts';
 
-const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
-const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
-const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
-const KV: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
-const ns = 'default';
-const NAME = 'busy';
-type Obj = Record<string, unknown>;
-type MigrationState = {
-  sourceNode?: string;
-  targetNode?: string;
-  completed?: boolean;
-  failed?: boolean;
-  failureReason?: string;
-  mode?: string;
-  migrationPolicyName?: string;
-  migrationConfiguration?: Obj;
-};
-type VmiStatus = { phase?: string; nodeName?: string; migrationState?: MigrationState; conditions?: { type: string; status: string }[] };
-
+const g = new DirtyGuestCluster();
+const { vmiStatus, agentOf, dirtyRounds, qemus, migrateAndWait } = g;
 let c: TestCluster;
 
-/**
- * Rewrites 24 MiB of a tmpfs forever with 1 MiB of random bytes (not zero pages, which QEMU
- * sends for nearly nothing; copied, as urandom itself is slow under TCG), counting the rounds.
- */
-const USER_DATA = [
-  '#!/bin/sh',
-  'mkdir -p /mnt/dirty && mount -t tmpfs -o size=40m tmpfs /mnt/dirty',
-  'dd if=/dev/urandom of=/mnt/dirty/r bs=64k count=16 2>/dev/null',
-  '(n=0; while true; do i=0; while [ $i -lt 24 ]; do dd if=/mnt/dirty/r of=/mnt/dirty/x bs=1024k count=1 seek=$i conv=notrunc 2>/dev/null; i=$((i+1)); done; n=$((n+1)); echo "VESSEL-DIRTY $n"; done) &',
-  '',
-].join('\n');
-
-const vmiStatus = async () => ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
-const agentOf = (name: string) => c.nodes.agents.find((a) => a.nodeName === name)!;
-const dirtyRounds = async (node: string) => [...(await serialLog(agentOf(node).dataDir, ns, NAME)).matchAll(/VESSEL-DIRTY (\d+)/g)].length;
-
-async function qemus(): Promise<number> {
-  let n = 0;
-  for (const d of await readdir('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    const cmd = await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '');
-    if (cmd.startsWith('qemu-system') && cmd.includes(c.dataDir)) n++;
-  }
-  return n;
-}
-
-async function migrateAndWait(name: string): Promise<{ phase: string; migrationState: MigrationState }> {
-  await c.client.create(
-    VMIM,
-    { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: NAME } },
-    { namespace: ns },
-  );
-  return eventually(
-    `${name} finished`,
-    async () => {
-      const s = ((await c.client.get(VMIM, name, { namespace: ns })).status ?? {}) as { phase?: string; migrationState?: MigrationState };
-      return s.phase === 'Succeeded' || s.phase === 'Failed' ? { phase: s.phase, migrationState: s.migrationState ?? {} } : undefined;
-    },
-    300_000,
-    300,
-  );
-}
-
 before(async () => {
-  c = await startCluster({ nodes: 2 });
-  await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
+  c = await g.start();
 });
 after(async () => {
   if (!c) return;
