@@ -107,10 +107,8 @@ test('a dead node: its shared-pool VM Running elsewhere within 30 s, its local-p
   await eventually('ha-shared Running', async () => (statusOf(await vmi('ha-shared')).phase === 'Running' ? true : undefined), 120_000);
   for (const n of others) await c.client.patch(NODE, n, { spec: { unschedulable: null } });
   assert.equal(statusOf(await vmi('ha-shared')).nodeName, first);
-  // The agent's LiveMigratable rule is what failover reads (it says the disk is local).
-  await eventually('ha-local not migratable', async () =>
-    statusOf(await vmi('ha-local')).conditions?.some((x) => x.type === 'LiveMigratable' && x.status === 'False') ? true : undefined,
-  );
+  // Failover reads where the claims are (nodeLocalClaims): ha-local's root is on the node-local pool.
+  assert.equal((await c.client.get(PVC, 'ha-local-disk', { namespace: ns })).metadata!.annotations!['vessel.io/pool'], 'local');
 
   const t0 = Date.now();
   await c.nodes.killNode(nodeIndex(first));
