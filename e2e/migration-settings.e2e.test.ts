@@ -47,7 +47,7 @@ test(
     await c.client.patch(
       KV,
       'kubevirt',
-      { spec: { configuration: { migrations: { bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 40 } } } },
+      { spec: { configuration: { migrations: { bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5 } } } },
       { namespace: 'kubevirt' },
     );
 

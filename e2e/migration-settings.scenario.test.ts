@@ -31,7 +31,7 @@ after(async () => {
 test('post-copy after the completion timeout, then a progress timeout', { timeout: 1_800_000 }, async () => {
   const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
   // 1 MiB/s cannot keep up; 40 s/GiB × 128 MiB: 5 s, then post-copy.
-  await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 40, allowPostCopy: true });
+  await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
   await c.client.create(VM, tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }), {
     namespace: ns,
   });

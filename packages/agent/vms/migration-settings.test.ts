@@ -15,7 +15,9 @@ test('the configuration: the controller’s, else KubeVirt’s defaults; the dat
 });
 
 test('completion timeout: completionTimeoutPerGiB × GiB moved, then cancel (or post-copy when allowed), said once', () => {
-  const w = new MigrationWatch(conf({ completionTimeoutPerGiB: 8 }), GIB / 2, 0);
+  // Rounded up to whole GiB (KubeVirt): half a GiB counts as one, one and a half as two.
+  assert.equal(new MigrationWatch(conf({ completionTimeoutPerGiB: 8 }), 1.5 * GIB, 0).completionTimeoutMs, 16_000);
+  const w = new MigrationWatch(conf({ completionTimeoutPerGiB: 4 }), GIB / 2, 0);
   assert.equal(w.completionTimeoutMs, 4000);
   assert.equal(w.check(active(100), 3999), undefined);
   assert.equal(w.check({ status: 'setup' }, 5000), undefined, 'only a running precopy is judged');
@@ -23,7 +25,7 @@ test('completion timeout: completionTimeoutPerGiB × GiB moved, then cancel (or 
   assert.equal(v.action, 'cancel');
   assert.match(v.reason, /^completion timeout: not done within 4\.0 s .*cancelled$/);
   assert.equal(w.check(active(50), 9000), undefined);
-  const p = new MigrationWatch(conf({ completionTimeoutPerGiB: 8, allowPostCopy: true }), GIB / 2, 0);
+  const p = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowPostCopy: true }), GIB / 2, 0);
   assert.equal(p.check(active(1), 4000)?.action, 'postcopy');
 });
 

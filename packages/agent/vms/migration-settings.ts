@@ -54,7 +54,7 @@ export async function applyTargetSettings(qmp: QmpClient, conf: Configuration): 
 export type Verdict = { action: 'postcopy' | 'cancel'; reason: string };
 
 /**
- * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved, from the
+ * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved rounded up, from the
  * start) and the progress timeout (remaining bytes not below their lowest for progressTimeout s).
  * Says once what to do when one is hit; nothing afterwards.
  */
@@ -69,7 +69,9 @@ export class MigrationWatch {
     dataBytes: number,
     private readonly startedAt: number,
   ) {
-    this.completionTimeoutMs = Math.max(1, Math.round((conf.completionTimeoutPerGiB * dataBytes * 1000) / GIB));
+    // Whole GiB, rounded up, as KubeVirt sizes it (a quantity scaled up to giga): a 128 MiB guest
+    // gets a whole completionTimeoutPerGiB, not an eighth of it.
+    this.completionTimeoutMs = conf.completionTimeoutPerGiB * Math.max(1, Math.ceil(dataBytes / GIB)) * 1000;
     this.lastProgress = startedAt;
   }
 
