@@ -81,7 +81,8 @@ export class MigrationRelay {
   /** Starts a relay for `routes` (in network namespace `netns` when given); throws RelayError. */
   static async start(routes: readonly RelayRoute[], opts: { netns?: string; log?: (line: string) => void } = {}): Promise<MigrationRelay> {
     if (!routes.length) throw new RelayError('a relay needs at least one route');
-    if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.netns)) throw new RelayError(`bad network namespace ${JSON.stringify(opts.netns)}`);
+    if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.netns))
+      throw new RelayError(`bad network namespace ${JSON.stringify(opts.netns)}`);
     const argv = [process.execPath, '-e', CHILD, JSON.stringify(routes)];
     const cmd = opts.netns === undefined ? argv : ['nsenter', `--net=/run/netns/${opts.netns}`, '--', ...argv];
     const child = spawn(cmd[0], cmd.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
