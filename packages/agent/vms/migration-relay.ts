@@ -106,7 +106,12 @@ export class MigrationRelay {
         if (nl < 0) return;
         clearTimeout(timer);
         child.removeAllListeners('exit');
-        const msg = JSON.parse(out.slice(0, nl)) as { listening?: Endpoint[]; error?: string };
+        let msg: { listening?: Endpoint[]; error?: string };
+        try {
+          msg = JSON.parse(out.slice(0, nl)) as typeof msg;
+        } catch {
+          return fail(`the relay said ${JSON.stringify(out.slice(0, 200))}`);
+        }
         if (msg.listening) resolve(msg.listening);
         else fail(`the relay cannot listen: ${msg.error ?? 'no message'}`);
       });
