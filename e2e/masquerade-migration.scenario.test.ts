@@ -5,6 +5,8 @@
  * namespace: unix sockets and the relay) and `direct` with the bridge binding (QEMU on the fabric
  * itself). Each moves back and forth ROUNDS times, alternating; the transfer time (migrationState
  * end − start) of each is printed with the medians. Every migration must succeed and keep the IP.
+ * Then a masquerade guest with its root disk on the local pool moves once: its disk is mirrored
+ * over NBD through the relays too.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -90,6 +92,15 @@ test('transfer time through the relay (masquerade) vs direct (bridge)', { timeou
   }
   const times: Record<string, number[]> = { relay: [], direct: [] };
   for (let round = 0; round < ROUNDS; round++) for (const name of Object.keys(vms)) times[name].push(await migrate(name, round));
+  // Local disk + masquerade: NBD through both relays.
+  await c.client.create(
+    VM,
+    tinyVm('relay-local', { namespace: ns, binding: 'masquerade', userData: '#!/bin/sh\n', storageClass: 'local', terminationGracePeriodSeconds: 5 }),
+    { namespace: ns },
+  );
+  await eventually('relay-local Running', async () => ((await status('relay-local')).phase === 'Running' ? true : undefined), 300_000);
+  const local = await migrate('relay-local', 0);
+  console.log(`figures: masquerade guest with a 1 GiB local root disk (tiny image): transfer ${local} ms (mirror included)`);
   console.log(
     `figures: transfer (ms), relay (masquerade): ${times.relay.join(' ')} (median ${median(times.relay)}); ` +
       `direct (bridge): ${times.direct.join(' ')} (median ${median(times.direct)}); ratio ${(median(times.relay) / median(times.direct)).toFixed(2)}x`,
