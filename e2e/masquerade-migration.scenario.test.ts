@@ -22,7 +22,7 @@ const ns = 'default';
 const ROUNDS = Number(process.env.VESSEL_RELAY_ROUNDS ?? 3);
 const USER_DATA =
   '#!/bin/sh\n(mkdir -p /mnt/fill && mount -t tmpfs -o size=48m tmpfs /mnt/fill && ' +
-  'dd if=/dev/urandom of=/mnt/fill/data bs=1M count=40 2>/dev/null; echo VESSEL-FILLED) &\n';
+  'dd if=/dev/urandom of=/mnt/fill/data bs=1M count=40 2>/dev/null; echo "VESSEL-FILLED $(cat /mnt/fill/data | wc -c)") &\n';
 
 let c: TestCluster;
 type Status = { phase?: string; nodeName?: string; interfaces?: { ipAddress?: string }[] };
@@ -44,6 +44,7 @@ after(async () => {
 
 async function migrate(name: string, round: number): Promise<number> {
   const from = await status(name);
+  assert.equal(from.phase, 'Running', `${name} before round ${round}: ${JSON.stringify(from)}`);
   const to = c.nodes.cluster.nodes.find((n) => n.name !== from.nodeName)!.name;
   const vmim = `${name}-${round}`;
   await c.client.create(
@@ -86,7 +87,8 @@ test('transfer time through the relay (masquerade) vs direct (bridge)', { timeou
     const s = await eventually(`${name} Running`, async () => ((await status(name)).phase === 'Running' ? status(name) : undefined), 300_000);
     await eventually(
       `${name} filled its memory`,
-      async () => ((await serialLog(c.nodes.agents.find((a) => a.nodeName === s.nodeName)!.dataDir, ns, name)).includes('VESSEL-FILLED') ? true : undefined),
+      async () =>
+        (await serialLog(c.nodes.agents.find((a) => a.nodeName === s.nodeName)!.dataDir, ns, name)).includes('VESSEL-FILLED 41943040') ? true : undefined,
       600_000,
     );
   }

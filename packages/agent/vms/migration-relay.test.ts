@@ -90,13 +90,40 @@ test('a connection whose far side is missing is closed; close() ends open connec
     open.on('error', () => undefined);
     await new Promise((r) => open.once('connect', r));
     const closed = new Promise((r) => open.once('close', r));
-    await relay.close();
+    await relay.close(200); // the silent peer never ends it: cut after the grace
     await closed;
   } finally {
     await relay.close();
     silent.close();
   }
   await assert.rejects(exchange({ host: '127.0.0.1', port: relay.port(0) }, Buffer.from('x')), /ECONNREFUSED/);
+});
+
+test('close() stops listening but lets a stream in flight finish (nothing of its tail is dropped)', async () => {
+  const sock = join(dir, 'slow.sock');
+  const peer = md5Server();
+  await new Promise<void>((r) => peer.listen(sock, r));
+  const relay = await MigrationRelay.start([{ listen: { host: '127.0.0.1', port: 0 }, connect: { path: sock } }]);
+  const payload = randomBytes(4 << 20);
+  try {
+    const answer = new Promise<string>((resolve, reject) => {
+      const s = net.connect({ host: '127.0.0.1', port: relay.port(0), allowHalfOpen: true });
+      let out = '';
+      s.on('data', (d) => (out += d.toString()));
+      s.on('end', () => resolve(out));
+      s.on('error', reject);
+      s.write(payload.subarray(0, 1 << 20));
+      // The rest is sent after close() was asked for.
+      setTimeout(() => s.end(payload.subarray(1 << 20)), 300);
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = relay.close();
+    assert.equal(await answer, createHash('md5').update(payload).digest('hex'));
+    await closing;
+  } finally {
+    await relay.close();
+    peer.close();
+  }
 });
 
 test('a route that cannot listen fails the start with RelayError', async () => {

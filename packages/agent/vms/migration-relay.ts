@@ -130,12 +130,19 @@ export class MigrationRelay {
     return e.port;
   }
 
-  /** Ends the relay (and every connection through it) and removes its unix sockets. Idempotent. */
-  async close(): Promise<void> {
+  /**
+   * Ends the relay and removes its unix sockets. It stops listening at once; connections still
+   * open may finish for `graceMs` (the tail of a stream the peer has not read yet must not be
+   * dropped: the source QEMU says completed once it has written everything), then are cut.
+   * Idempotent.
+   */
+  async close(graceMs = 5000): Promise<void> {
     this.child.stdin?.end();
-    const timer = setTimeout(() => this.child.kill('SIGKILL'), 2000);
+    const term = setTimeout(() => this.child.kill('SIGTERM'), graceMs);
+    const kill = setTimeout(() => this.child.kill('SIGKILL'), graceMs + 2000);
     await this.exited;
-    clearTimeout(timer);
+    clearTimeout(term);
+    clearTimeout(kill);
     for (const r of this.routes) if ('path' in r.listen) await unlink(r.listen.path).catch(() => undefined);
   }
 }
@@ -143,24 +150,37 @@ export class MigrationRelay {
 /**
  * The child: argv[1] the routes. Says `{"listening": [...]}` (or `{"error"}`) on one line of
  * stdout, then pipes each accepted connection to a new connection of its route (half-closes
- * passed on, an error on either side ends both) until stdin closes.
+ * passed on, an error on either side ends both). When stdin closes it stops listening and
+ * exits once its connections have ended; SIGTERM exits at once.
  */
 const CHILD = `
 const net = require('node:net');
 const fs = require('node:fs');
 const routes = JSON.parse(process.argv[1]);
+let open = 0;
+let closing = false;
 const done = () => {
   for (const r of routes) if (r.listen.path) { try { fs.unlinkSync(r.listen.path); } catch {} }
   process.exit(0);
 };
-process.stdin.on('end', done);
-process.stdin.on('error', done);
+const drain = () => {
+  closing = true;
+  for (const s of servers) s.close();
+  if (open === 0) done();
+};
+process.stdin.on('end', drain);
+process.stdin.on('error', drain);
 process.on('SIGTERM', done);
 process.stdin.resume();
 const servers = routes.map((r) => {
   if (r.listen.path) { try { fs.unlinkSync(r.listen.path); } catch {} }
   return net.createServer({ allowHalfOpen: true }, (a) => {
     const b = net.connect({ ...r.connect, allowHalfOpen: true });
+    open++;
+    let left = 2;
+    const closed = () => { if (--left === 0 && --open === 0 && closing) done(); };
+    a.once('close', closed);
+    b.once('close', closed);
     const end = () => { a.destroy(); b.destroy(); };
     a.on('error', end);
     b.on('error', end);
