@@ -372,6 +372,7 @@ export class VmMigrations {
     await qmp.execute('migrate-incoming', { uri: `unix:${sock(RELAY_SOCKETS.incoming)}` });
     if (disks.length) await exportDisks(qmp, { path: sock(RELAY_SOCKETS.nbd) }, disks, this.host.tlsDir ? TLS_CREDS : undefined);
     const fabric = { host: this.host.listenAddress, port: 0 };
+    const t0 = Date.now();
     t.relay = await MigrationRelay.start(
       [
         { listen: fabric, connect: { path: sock(RELAY_SOCKETS.incoming) } },
@@ -379,6 +380,7 @@ export class VmMigrations {
       ],
       { netns: this.host.nodeNetns, log: this.host.log },
     );
+    this.host.log(`migration: ${t.runDir}: relay to the pod's QEMU started in ${Date.now() - t0} ms`);
     // Ended while the relay started: it goes too (endTarget has run already).
     if (t.ended) await t.relay.close();
     return { port: t.relay.port(0), nbd: disks.length ? formatHostPort({ host: this.host.listenAddress, port: t.relay.port(1) }) : undefined };
@@ -392,6 +394,7 @@ export class VmMigrations {
     const key = keyOf(vmi);
     const sock = (name: string) => join(this.host.runDirOf(vmi), name);
     const nbdAddress = disks.length ? this.nbdAddress(key, ms.migrationUid!) : undefined;
+    const t0 = Date.now();
     const relay = await MigrationRelay.start(
       [
         { listen: { path: sock(RELAY_SOCKETS.outgoing) }, connect: parseHostPort(ms.targetNodeAddress!) },
@@ -400,6 +403,7 @@ export class VmMigrations {
       { netns: this.host.nodeNetns, log: this.host.log },
     );
     this.sourceRelays.set(key, relay);
+    this.host.log(`migration: ${key}: relay from the pod's QEMU started in ${Date.now() - t0} ms`);
     return { migrate: `unix:${sock(RELAY_SOCKETS.outgoing)}`, nbd: nbdAddress ? { path: sock(RELAY_SOCKETS.nbdOut) } : undefined };
   }
 
