@@ -4,10 +4,11 @@
  * on node 1 in its own pod namespace. `b`'s guest gets 10.0.2.2 by DHCP from its pod; `a`
  * reaches `b` at `b`'s cluster IP, `b` reaches `a` by address and by DNS name (headless Service
  * + hostname/subdomain); port-forward reaches `b`; an agent restart adopts the pod; stop/start
- * and a move to node 0 keep `b`'s IP and MAC, and `a` still reaches it.
+ * and a move to node 0 keep `b`'s IP and MAC, and `a` still reaches it; a live migration of `b`
+ * back to node 1 (its QEMU in the pod: through the migration relay) keeps them too, no reboot.
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { IPADDRESSES, podNetnsName, runInNode, type DevNode } from '@vessel/agent';
@@ -19,6 +20,8 @@ import { runDirOf, serialLog, tinyVm, type TinyVmOptions } from './tiny-vm.ts';
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const SVC: ResourceRef = { group: '', version: 'v1', plural: 'services', namespaced: true };
+const NODE: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
+const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
 const ns = 'default';
 type Obj = Record<string, unknown>;
 
@@ -93,6 +96,7 @@ before(async () => {
 });
 after(async () => {
   if (!c) return;
+  for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null } }).catch(() => undefined);
   await c.client.delete(SVC, 'peers', { namespace: ns }).catch(() => undefined);
   for (const v of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
     await c.client.delete(VM, v.metadata!.name!, { namespace: ns }).catch(() => undefined);
@@ -126,6 +130,7 @@ test('a masquerade guest gets 10.0.2.2 from its pod, answers at its cluster IP a
     "ip addr | grep 'inet 10.0.2.2' | sed 's/^/VESSEL-ADDR /'; " +
     "sed 's/^/VESSEL-RESOLV /' /etc/resolv.conf; " +
     'while true; do ' +
+    'echo "VESSEL-UPTIME $(cut -d" " -f1 /proc/uptime)"; ' +
     'A=$(nslookup a.peers.default.svc.cluster.local 2>/dev/null | sed -n "s/^Address:[[:space:]]*//p" | grep -v ":53$" | head -n1); ' +
     'if [ -n "$A" ] && nc a.peers.default.svc.cluster.local 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-NAME $A"; fi; ' +
     'if [ -n "$A" ] && nc $A 8080 </dev/null | grep -q counter=; then echo "VESSEL-TO-A-BY-IP $A"; fi; ' +
@@ -220,12 +225,13 @@ test('stop/start keeps b its IP and MAC; moved to node 0 it keeps them too, its 
   assert.equal(again.mac, before.mac);
   await eventually(`b answering again from ${node0.name}`, async () => ((await curl(node0, ips.b)).stdout.includes('counter=') ? true : undefined), 300_000);
 
-  // Reschedule: stop, pin to node 0, start.
+  // Reschedule: stop, unpin, start with node 1 cordoned (b stays free to move back by live migration).
   await stop('b');
-  await c.client.patch(VM, 'b', { spec: { template: { spec: { nodeSelector: { 'kubernetes.io/hostname': node0.name } } } } }, { namespace: ns });
+  await c.client.patch(VM, 'b', { spec: { template: { spec: { nodeSelector: null } } } }, { namespace: ns });
+  await c.client.patch(NODE, node1.name, { spec: { unschedulable: true } });
   nodeOf.b = node0;
   await c.client.patch(VM, 'b', { spec: { runStrategy: 'Always' } }, { namespace: ns });
-  const moved = await running('b');
+  const moved = await running('b').finally(() => c.client.patch(NODE, node1.name, { spec: { unschedulable: null } }));
   assert.equal(moved.nodeName, node0.name);
   assert.equal(moved.interfaces?.[0]?.ipAddress, before.ipAddress);
   assert.equal(moved.interfaces?.[0]?.mac, before.mac);
@@ -244,4 +250,88 @@ test('stop/start keeps b its IP and MAC; moved to node 0 it keeps them too, its 
     async () => ((await curl(node1, ips.b)).stdout.includes('counter=') ? true : undefined),
     60_000,
   );
+});
+
+/** QEMU processes of this cluster (their command lines name its data directory). */
+async function qemus(): Promise<number[]> {
+  const pids: number[] = [];
+  for (const d of await readdir('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const cmd = await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '');
+    if (cmd.startsWith('qemu-system') && cmd.includes(c.dataDir)) pids.push(Number(d));
+  }
+  return pids;
+}
+
+const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
+const toB = async () => ((await serial('a')).match(/^VESSEL-TO-B-OK$/gm) ?? []).length;
+
+test('a live migration of b (masquerade) to node 1: Succeeded through the relay, same IP and MAC, no reboot, a reaches it, one QEMU each', async () => {
+  const before = await running('b');
+  assert.equal(before.nodeName, node0.name);
+  const nic = before.interfaces?.[0] ?? {};
+  // Only what node 1's serial log gets from now on is the migrated guest's.
+  const targetDir = (await runDirOf(agentOf(node1).dataDir, ns, 'b'))!;
+  const offset = (await stat(join(targetDir, 'serial.log')).catch(() => ({ size: 0 }))).size;
+  const up0 = await eventually('b printing its uptime', async () => uptimes(await serial('b')).at(-1), 60_000);
+  const seen = await toB();
+  const t0 = Date.now();
+  await c.client.create(
+    VMIM,
+    {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstanceMigration',
+      metadata: { name: 'b-live', namespace: ns, annotations: { 'vessel.io/migration-target-node': node1.name } },
+      spec: { vmiName: 'b' },
+    },
+    { namespace: ns },
+  );
+  type Vmim = { phase?: string; migrationState?: { failureReason?: string; startTimestamp?: string; endTimestamp?: string } };
+  const done = await eventually(
+    'the migration of b finished',
+    async () => {
+      const st = ((await c.client.get(VMIM, 'b-live', { namespace: ns })).status ?? {}) as Vmim;
+      return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
+    },
+    180_000,
+  );
+  assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+  const ms = done.migrationState ?? {};
+  console.log(
+    `figures: masquerade migration ${node0.name} → ${node1.name} through the relay: ${Date.now() - t0} ms to Succeeded, ` +
+      `transfer ${Date.parse(ms.endTimestamp ?? '') - Date.parse(ms.startTimestamp ?? '')} ms`,
+  );
+  nodeOf.b = node1;
+  const after = await status('b');
+  assert.equal(after.nodeName, node1.name);
+  assert.equal(after.interfaces?.[0]?.ipAddress, nic.ipAddress, 'the same cluster IP');
+  assert.equal(after.interfaces?.[0]?.mac, nic.mac, 'the same MAC');
+  // The guest did not reboot: its uptime goes on in the target's log, which shows no new DHCP at boot.
+  const fresh = async () => (await readFile(join(targetDir, 'serial.log'), 'utf8')).slice(offset);
+  const up1 = await eventually('b printing its uptime on node 1', async () => uptimes(await fresh()).at(0), 60_000);
+  assert.ok(up1 >= up0, `uptime ${up1} after the move, ${up0} before: no reboot`);
+  assert.doesNotMatch(await fresh(), /VESSEL-IP /, 'no boot-time DHCP on node 1');
+  // Pods: the target's exists (same IP on eth0), the source's is gone; one QEMU each for a and b.
+  const pods = async () => (await run('ip', ['netns', 'list'])).out;
+  const pod1 = podNetnsName(node1.netns, ns, 'b');
+  assert.ok((await pods()).includes(pod1), 'b has its pod on node 1');
+  assert.match((await run('ip', ['-n', pod1, '-4', '-o', 'addr', 'show', 'dev', 'eth0'])).out, new RegExp(`inet ${ips.b.replaceAll('.', '\\.')}/`));
+  await eventually('the source pod gone', async () => (!(await pods()).includes(podNetnsName(node0.netns, ns, 'b')) ? true : undefined), 30_000);
+  await eventually('one QEMU for each of a and b', async () => ((await qemus()).length === 2 ? true : undefined), 30_000);
+  // The relays are gone with their sockets.
+  const sourceDir = (await runDirOf(agentOf(node0).dataDir, ns, 'b'))!;
+  for (const f of ['mig.sock', 'nbd.sock', 'migout.sock', 'nbdout.sock'])
+    for (const d of [sourceDir, targetDir])
+      assert.equal(
+        await stat(join(d, f)).then(
+          () => true,
+          () => false,
+        ),
+        false,
+        `${f} removed from ${d}`,
+      );
+  // Reached at its cluster IP after the move: from a's guest and from both nodes.
+  await eventually("a's guest reaching b on node 1", async () => ((await toB()) > seen ? true : undefined), 120_000);
+  for (const n of [node0, node1])
+    await eventually(`b answering from ${n.name}`, async () => ((await curl(n, ips.b)).stdout.includes('counter=') ? true : undefined), 60_000);
 });

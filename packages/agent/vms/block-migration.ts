@@ -137,15 +137,18 @@ export async function removeFiles(paths: readonly string[]): Promise<void> {
 }
 
 /**
- * Target: starts QEMU's NBD server on `host` (TLS with `tlsCreds`, the client certificate
- * checked) and exports each disk writable; returns the address `host:port`.
+ * Target: starts QEMU's NBD server on `host` (or on the unix socket `{path}`, for a QEMU in a pod
+ * namespace: migration-relay.ts) with TLS `tlsCreds` (the client certificate checked) and
+ * exports each disk writable; returns the address `host:port` (or the path).
  */
-export async function exportDisks(qmp: Qmp, host: string, disks: readonly MovingDisk[], tlsCreds?: string): Promise<string> {
+export async function exportDisks(qmp: Qmp, host: string | { path: string }, disks: readonly MovingDisk[], tlsCreds?: string): Promise<string> {
+  const tls = tlsCreds ? { 'tls-creds': tlsCreds } : {};
   let port = 0;
-  for (let attempt = 0; ; attempt++) {
+  if (typeof host !== 'string') await exec(qmp, 'nbd-server-start', { addr: { type: 'unix', data: { path: host.path } }, ...tls });
+  for (let attempt = 0; typeof host === 'string'; attempt++) {
     port = PORT_MIN + Math.floor(Math.random() * PORT_SPAN);
     try {
-      await exec(qmp, 'nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...(tlsCreds ? { 'tls-creds': tlsCreds } : {}) });
+      await exec(qmp, 'nbd-server-start', { addr: { type: 'inet', data: { host, port: String(port) } }, ...tls });
       break;
     } catch (e) {
       if (attempt >= 20 || !/in use/i.test(e instanceof Error ? e.message : String(e))) throw e;
@@ -161,6 +164,7 @@ export async function exportDisks(qmp: Qmp, host: string, disks: readonly Moving
       writable: true,
     });
   }
+  if (typeof host !== 'string') return host.path;
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
@@ -187,18 +191,20 @@ interface BlockJob {
 export async function startMirrors(
   qmp: Qmp,
   disks: readonly MovingDisk[],
-  address: string,
+  address: string | { path: string },
   opts: { tlsCreds?: string; tlsHostname?: string; speed?: number; stop?: () => boolean } = {},
 ): Promise<void> {
-  const m = /^\[?([^\]]+?)\]?:(\d+)$/.exec(address);
-  if (!m) throw new Error(`the target's NBD address ${JSON.stringify(address)} is not host:port`);
+  // A unix path: the source relay's socket (migration-relay.ts), for a QEMU in a pod namespace.
+  const m = typeof address === 'string' ? /^\[?([^\]]+?)\]?:(\d+)$/.exec(address) : undefined;
+  if (typeof address === 'string' && !m) throw new Error(`the target's NBD address ${JSON.stringify(address)} is not host:port`);
+  const server = m ? { type: 'inet', host: m[1], port: m[2] } : { type: 'unix', path: (address as { path: string }).path };
   const sizes = await nodeSizes(qmp);
   for (const d of disks) {
     const id = `${JOB_PREFIX}${d.volume}`.slice(0, 31);
     await exec(qmp, 'blockdev-add', {
       driver: 'nbd',
       'node-name': id,
-      server: { type: 'inet', host: m[1], port: m[2] },
+      server,
       export: d.volume,
       ...(opts.tlsCreds ? { 'tls-creds': opts.tlsCreds, 'tls-hostname': opts.tlsHostname } : {}),
     });

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { Pool } from '../storage/pools.ts';
 import { claimBytes, planBlockMigration, targetVolumes } from './block-migration.ts';
-import { claimPool, liveMigratable } from './migration.ts';
+import { claimPool, liveMigratable, masqueradePod } from './migration.ts';
 
 const pools = new Map([
   ['shared', { name: 'shared', shared: true }],
@@ -102,4 +102,14 @@ test('target volumes: the path the node derives (pool, namespace, claim, uid) an
       ),
     /no capacity/,
   );
+});
+
+test('masqueradePod: only a pod-network interface with the masquerade binding runs QEMU in a pod (migration relay)', () => {
+  const with_ = (iface: object, networks: unknown[] = [{ name: 'default', pod: {} }]) =>
+    ({ domain: { devices: { interfaces: [{ name: 'default', ...iface }] } }, networks }) as unknown as V1VirtualMachineInstanceSpec;
+  assert.equal(masqueradePod(with_({ masquerade: {} })), true);
+  assert.equal(masqueradePod(with_({ bridge: {} })), false);
+  assert.equal(masqueradePod(with_({ masquerade: {} }, [{ name: 'default', multus: { networkName: 'x' } }])), false);
+  assert.equal(masqueradePod(with_({ masquerade: {} }, [])), false);
+  assert.equal(masqueradePod(undefined), false);
 });

@@ -4,8 +4,9 @@
  *
  * Target (the node named targetNode, while status.nodeName is still the source): prepares the
  * VM as for a start (shared-pool disks, its tap and lease for the same IP and MAC), launches
- * QEMU with `-incoming defer`, has it listen on the node's fabric address (QEMU runs in the
- * node's namespace) and publishes targetNodeAddress. Source: sees the address, writes
+ * QEMU with `-incoming defer`, has it listen on the node's fabric address (a QEMU in a pod
+ * namespace, masquerade: on a unix socket behind a relay there, migration-relay.ts) and
+ * publishes targetNodeAddress. Source: sees the address, writes
  * startTimestamp, sends the guest over QMP `migrate` and follows `query-migrate`. On
  * `completed` it writes the switch (status.nodeName and the node label become the target,
  * completed, endTimestamp) and then quits its QEMU, now in `postmigrate`, without that being
@@ -13,6 +14,7 @@
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
  * migrationState says failed with the reason.
  */
+import { join } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
@@ -21,6 +23,8 @@ import { faultDelay, faultPoint } from '../faults.ts';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { containedPath, type Pool } from '../storage/pools.ts';
+import { bindingOf } from './prepare.ts';
+import { formatHostPort, MigrationRelay, parseHostPort, RELAY_SOCKETS } from './migration-relay.ts';
 import {
   cancelMirrors,
   claimBytes,
@@ -82,6 +86,16 @@ export function liveMigratable(
     : { type: 'LiveMigratable', status: 'True', reason: '', message: '' };
 }
 
+/**
+ * Whether the VMI's pod-network interface has the masquerade binding: with a cluster network
+ * its QEMU then runs in the VM's pod namespace (network/pod.ts), not the node's.
+ */
+export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
+  const pod = (spec?.networks ?? []).find((n) => n.pod)?.name;
+  const iface = (spec?.domain?.devices?.interfaces ?? []).find((i) => i.name === pod);
+  return pod !== undefined && iface !== undefined && bindingOf(iface) === 'masquerade';
+}
+
 /** The pool a claim's volume is on, from its annotation and this node's pools. */
 export function claimPool(
   pvc: KubeObject | undefined,
@@ -98,6 +112,13 @@ export interface MigrationHost {
   log: Log;
   /** Where a target QEMU listens: the node's fabric address (QEMU runs in the node's namespace), else 127.0.0.1. */
   listenAddress: string;
+  /**
+   * Whether the VMI's QEMU runs in a pod namespace of its own (masquerade), where listenAddress
+   * does not exist: its migration goes through a relay (migration-relay.ts) in `nodeNetns`.
+   */
+  qemuInPod(vmi: KubeObject): boolean;
+  /** The node's network namespace (`ip netns` name; undefined: the agent's own). */
+  nodeNetns?: string;
   /**
    * The directory of QEMU's tls-creds-x509 for a migration with `peerNode` (ca-cert.pem trusting
    * both nodes' migration CAs, server-/client-cert.pem and -key.pem); absent: plain TCP.
@@ -136,6 +157,8 @@ interface Target {
   disks: MovingDisk[];
   /** Volume files made for them, removed unless the guest arrives. */
   made: string[];
+  /** The relay from the fabric to a QEMU in a pod namespace. */
+  relay?: MigrationRelay;
 }
 
 interface QueryMigrate {
@@ -155,6 +178,8 @@ export class VmMigrations {
   private readonly started = new Map<string, number>();
   /** VMI key → the stop of a source QEMU that has just handed its guest over (its tap and lease go with it). */
   private readonly leaving = new Map<string, Promise<void>>();
+  /** VMI key → the relay of a source QEMU in a pod namespace (closed when its migration ends). */
+  private readonly sourceRelays = new Map<string, MigrationRelay>();
   private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
@@ -175,8 +200,11 @@ export class VmMigrations {
     for (const t of this.targets.values()) {
       t.ended = true;
       await t.qmp?.close();
+      await t.relay?.close();
     }
     this.targets.clear();
+    for (const r of this.sourceRelays.values()) await r.close();
+    this.sourceRelays.clear();
   }
 
   /** A VMI that is not this node's: when this node is its migration target, prepare or end the target. */
@@ -233,6 +261,7 @@ export class VmMigrations {
     this.targets.delete(key);
     if (t.qmp && t.disks.length) await stopExports(t.qmp);
     await t.qmp?.close();
+    await t.relay?.close();
     const vmi = this.host.vmi(key);
     if (vmi && t.disks.length) await this.claimsArrived(vmi, t.disks);
   }
@@ -263,7 +292,12 @@ export class VmMigrations {
         // Not recorded either (the API server away): tried again later, as nothing was sent yet or QEMU goes on.
         await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
       })
-      .finally(() => this.sources.delete(key));
+      .finally(() => {
+        this.sources.delete(key);
+        const relay = this.sourceRelays.get(key);
+        this.sourceRelays.delete(key);
+        void relay?.close();
+      });
   }
 
   private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
@@ -303,13 +337,7 @@ export class VmMigrations {
       await applyTargetSettings(qmp, configurationOf(ms));
       if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
-      // Port 0: the kernel picks a free port, which QEMU then reports.
-      await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
-      const info = await qmp.execute<QueryMigrate>('query-migrate');
-      const port = Number(info['socket-address']?.find((a) => a.port !== undefined)?.port);
-      if (!Number.isInteger(port) || port <= 0) throw new Error(`QEMU did not say which port it listens on (${JSON.stringify(info)})`);
-      // Node-local disks: exported writable over NBD (with the migration's TLS) for the source to mirror into.
-      const nbd = plan.disks.length ? await exportDisks(qmp, this.host.listenAddress, plan.disks, this.host.tlsDir ? TLS_CREDS : undefined) : undefined;
+      const { port, nbd } = this.host.qemuInPod(vmi) ? await this.listenInPod(t, qmp, plan.disks) : await this.listenDirect(qmp, plan.disks);
       const written = await this.writeState(
         key,
         t.migrationUid,
@@ -345,6 +373,71 @@ export class VmMigrations {
     }
   }
 
+  /** Target, QEMU in the node's namespace: it listens on the fabric address itself. */
+  private async listenDirect(qmp: QmpClient, disks: readonly MovingDisk[]): Promise<{ port: number; nbd?: string }> {
+    // Port 0: the kernel picks a free port, which QEMU then reports.
+    await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
+    const info = await qmp.execute<QueryMigrate>('query-migrate');
+    const port = Number(info['socket-address']?.find((a) => a.port !== undefined)?.port);
+    if (!Number.isInteger(port) || port <= 0) throw new Error(`QEMU did not say which port it listens on (${JSON.stringify(info)})`);
+    // Node-local disks: exported writable over NBD (with the migration's TLS) for the source to mirror into.
+    const nbd = disks.length ? await exportDisks(qmp, this.host.listenAddress, disks, this.host.tlsDir ? TLS_CREDS : undefined) : undefined;
+    return { port, nbd };
+  }
+
+  /**
+   * Target, QEMU in a pod namespace (masquerade), where the fabric address does not exist: QEMU
+   * listens on unix sockets in its run directory and a relay in the node's namespace joins the
+   * fabric address to them (migration-relay.ts).
+   */
+  private async listenInPod(t: Target, qmp: QmpClient, disks: readonly MovingDisk[]): Promise<{ port: number; nbd?: string }> {
+    const sock = (name: string) => join(t.runDir, name);
+    await qmp.execute('migrate-incoming', { uri: `unix:${sock(RELAY_SOCKETS.incoming)}` });
+    if (disks.length) await exportDisks(qmp, { path: sock(RELAY_SOCKETS.nbd) }, disks, this.host.tlsDir ? TLS_CREDS : undefined);
+    const fabric = { host: this.host.listenAddress, port: 0 };
+    const t0 = Date.now();
+    t.relay = await MigrationRelay.start(
+      [
+        { listen: fabric, connect: { path: sock(RELAY_SOCKETS.incoming) } },
+        ...(disks.length ? [{ listen: fabric, connect: { path: sock(RELAY_SOCKETS.nbd) } }] : []),
+      ],
+      { netns: this.host.nodeNetns, log: this.host.log },
+    );
+    this.host.log(`migration: ${t.runDir}: relay to the pod's QEMU started in ${Date.now() - t0} ms`);
+    // Ended while the relay started: it goes too (endTarget has run already).
+    if (t.ended) await t.relay.close();
+    return { port: t.relay.port(0), nbd: disks.length ? formatHostPort({ host: this.host.listenAddress, port: t.relay.port(1) }) : undefined };
+  }
+
+  /**
+   * Source, QEMU in a pod namespace: a relay in the node's namespace listens on unix sockets in
+   * its run directory and passes the stream (and the NBD clients) on to the target's addresses.
+   */
+  private async sourceRelay(vmi: KubeObject, ms: MigrationState, disks: readonly MovingDisk[]): Promise<{ migrate: string; nbd?: { path: string } }> {
+    const key = keyOf(vmi);
+    const sock = (name: string) => join(this.host.runDirOf(vmi), name);
+    const nbdAddress = disks.length ? this.nbdAddress(key, ms.migrationUid!) : undefined;
+    const t0 = Date.now();
+    const relay = await MigrationRelay.start(
+      [
+        { listen: { path: sock(RELAY_SOCKETS.outgoing) }, connect: parseHostPort(ms.targetNodeAddress!) },
+        ...(nbdAddress ? [{ listen: { path: sock(RELAY_SOCKETS.nbdOut) }, connect: parseHostPort(nbdAddress) }] : []),
+      ],
+      { netns: this.host.nodeNetns, log: this.host.log },
+    );
+    this.sourceRelays.set(key, relay);
+    this.host.log(`migration: ${key}: relay from the pod's QEMU started in ${Date.now() - t0} ms`);
+    return { migrate: `unix:${sock(RELAY_SOCKETS.outgoing)}`, nbd: nbdAddress ? { path: sock(RELAY_SOCKETS.nbdOut) } : undefined };
+  }
+
+  /** The NBD server the target published for migration `uid`; throws when it did not. */
+  private nbdAddress(key: string, uid: string): string {
+    const raw = this.host.vmi(key)?.metadata.annotations?.[NBD_ANNOTATION];
+    const nbd = raw ? (JSON.parse(raw) as { migrationUid?: string; address?: string }) : undefined;
+    if (nbd?.migrationUid !== uid || !nbd.address) throw new Error('the target did not publish its NBD server for the local disks');
+    return nbd.address;
+  }
+
   /** Whether the target QEMU has the whole guest (the incoming migration completed). */
   private async incomingDone(t: Target): Promise<boolean> {
     if (!t.qmp) return false;
@@ -357,6 +450,7 @@ export class VmMigrations {
     if (t.ended) return;
     t.ended = true;
     await t.qmp?.close();
+    await t.relay?.close();
     await this.host.stopQemu(key, t.runDir);
     // The copies of node-local disks made for a guest that did not arrive.
     await removeFiles(t.made).catch((e: Error) => this.host.log(`migration: ${key}: removing the target's volumes: ${e.message}`));
@@ -389,8 +483,10 @@ export class VmMigrations {
       if (this.host.tlsDir && !conf.disableTLS) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
-      if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted);
-      await qmp.execute('migrate', { uri: `tcp:${ms.targetNodeAddress}` });
+      // A QEMU in a pod namespace reaches the target through a relay (migration-relay.ts).
+      const via = this.host.qemuInPod(vmi) ? await this.sourceRelay(vmi, ms, disks) : undefined;
+      if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd);
+      await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
@@ -553,14 +649,19 @@ export class VmMigrations {
   }
 
   /** Source: mirrors the node-local disks into the target's NBD exports until all are READY; on failure nothing is left running. */
-  private async mirror(vmi: KubeObject, uid: string, qmp: QmpClient, disks: readonly MovingDisk[], aborted: () => boolean): Promise<void> {
+  private async mirror(
+    vmi: KubeObject,
+    uid: string,
+    qmp: QmpClient,
+    disks: readonly MovingDisk[],
+    aborted: () => boolean,
+    via?: { path: string },
+  ): Promise<void> {
     const key = keyOf(vmi);
-    const raw = this.host.vmi(key)?.metadata.annotations?.[NBD_ANNOTATION];
-    const nbd = raw ? (JSON.parse(raw) as { migrationUid?: string; address?: string }) : undefined;
-    if (nbd?.migrationUid !== uid || !nbd.address) throw new Error('the target did not publish its NBD server for the local disks');
+    const address = via ?? this.nbdAddress(key, uid);
     const t0 = Date.now();
     try {
-      await startMirrors(qmp, disks, nbd.address, {
+      await startMirrors(qmp, disks, address, {
         tlsCreds: this.host.tlsDir ? TLS_CREDS : undefined,
         tlsHostname: migrationStateOf(vmi)?.targetNode,
         // A test knob: a slow mirror, to fail a migration in the middle of it.

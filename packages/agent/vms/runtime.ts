@@ -39,7 +39,8 @@ import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { bindingOf, PrepareError, prepareVm } from './prepare.ts';
-import { claimPool, liveMigratable, VmMigrations } from './migration.ts';
+import { claimPool, liveMigratable, masqueradePod, VmMigrations } from './migration.ts';
+import { removeRelaySockets } from './migration-relay.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
 import type { SecondaryNetworks } from '../network/secondary.ts';
 import { derivedMac } from '../qemu/argv/ids.ts';
@@ -159,6 +160,9 @@ export class VmRuntime extends Controller {
       client,
       log: this.log,
       listenAddress: opts.migrationAddress ?? '127.0.0.1',
+      // Without a cluster network there is no pod: QEMU runs in the agent's namespace.
+      qemuInPod: (vmi) => !!opts.network && masqueradePod(vmi.spec as V1VirtualMachineInstanceSpec),
+      nodeNetns: opts.network?.netns,
       tlsDir: opts.migrationTlsDir,
       vmi: (key) => this.vmis.get(key),
       runDirOf: (vmi) => this.runDirOf(vmi),
@@ -215,6 +219,8 @@ export class VmRuntime extends Controller {
       for (const vm of await listRunDirs(join(root, ns))) {
         const key = `${vm.meta.namespace ?? ns}/${vm.meta.name ?? ''}`;
         const vmi = this.vmis.get(key);
+        // A migration relay's sockets left by the agent this one replaces (its relays ended with it).
+        await removeRelaySockets(vm.runDir);
         // A VMI that runs on another node: a live migration's target, kept only once the guest has arrived (vms/migration.ts).
         if (vmi && vmi.metadata.uid === vm.meta.uid && !this.mine(vmi) && (await this.migrations.arrived(vmi, vm.runDir))) {
           this.log(`vms: ${key}: the guest has arrived in QEMU pid ${vm.pid} (live migration): waiting for the source to hand it over`);
