@@ -133,10 +133,11 @@ export class MigrationRelay {
   /**
    * Ends the relay and removes its unix sockets. It stops listening at once; connections still
    * open may finish for `graceMs` (the tail of a stream the peer has not read yet must not be
-   * dropped: the source QEMU says completed once it has written everything), then are cut.
-   * Idempotent.
+   * dropped: the source QEMU says completed once it has written everything; a loaded target may
+   * take long to read it), then are cut. A stream both ends closed ends at once, so the grace
+   * only delays a hung one. Idempotent.
    */
-  async close(graceMs = 5000): Promise<void> {
+  async close(graceMs = 60_000): Promise<void> {
     this.child.stdin?.end();
     const term = setTimeout(() => this.child.kill('SIGTERM'), graceMs);
     const kill = setTimeout(() => this.child.kill('SIGKILL'), graceMs + 2000);

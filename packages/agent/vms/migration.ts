@@ -260,6 +260,9 @@ export class VmMigrations {
     t.ended = true;
     this.targets.delete(key);
     if (t.qmp && t.disks.length) await stopExports(t.qmp);
+    // Through a relay the source's "completed" means its bytes are in the relay, not yet in this
+    // QEMU: the relay stays until QEMU has loaded the guest (or gave up).
+    if (t.relay && t.qmp) await incomingEnded(t.qmp, 120_000);
     await t.qmp?.close();
     await t.relay?.close();
     const vmi = this.host.vmi(key);
@@ -800,6 +803,16 @@ const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
  * while it runs; not a setting. The downtime allowed grows with it, or a slow transfer of a guest
  * that keeps writing would never converge.
  */
+/** Waits until an incoming migration is no longer in progress (completed, failed), at most `timeoutMs`. */
+async function incomingEnded(qmp: QmpClient, timeoutMs: number): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  while (Date.now() < until) {
+    const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
+    if (!info || !INCOMING.has(info.status ?? '')) return;
+    await new Promise((r) => setTimeout(r, POLL_MS));
+  }
+}
+
 async function slowForTests(qmp: QmpClient): Promise<void> {
   const v = Number(process.env.VESSEL_TEST_MIGRATION_BANDWIDTH);
   if (Number.isFinite(v) && v > 0) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': v, 'downtime-limit': 10_000 });
