@@ -66,6 +66,26 @@ export class DirtyGuestCluster {
     return n;
   };
 
+  /** Waits for the guest Running, live-migratable and dirtying its memory; returns its node. */
+  runningAndDirtying = async (): Promise<string> => {
+    const running = await eventually(
+      'the VMI Running and live-migratable',
+      async () => {
+        const s = await this.vmiStatus();
+        return s.phase === 'Running' && s.conditions?.find((x) => x.type === 'LiveMigratable')?.status === 'True' ? s : undefined;
+      },
+      300_000,
+    );
+    const source = running.nodeName!;
+    await eventually('the guest dirtying its memory', async () => ((await this.dirtyRounds(source)) >= 1 ? true : undefined), 600_000, 500).catch(
+      async (e: unknown) => {
+        console.log(`# serial log of ${NAME} on ${source}:\n${(await serialLog(this.agentOf(source).dataDir, ns, NAME)).slice(-2000)}`);
+        throw e;
+      },
+    );
+    return source;
+  };
+
   migrateAndWait = async (name: string): Promise<{ phase: string; migrationState: MigrationState }> => {
     await this.c.client.create(
       VMIM,

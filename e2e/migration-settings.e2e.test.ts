@@ -11,11 +11,11 @@ import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import { eventually, type TestCluster } from './harness.ts';
 import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI } from './migration-settings-fixture.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { tinyVm } from './tiny-vm.ts';
 
 const POLICY: ResourceRef = { group: 'migrations.kubevirt.io', version: 'v1alpha1', plural: 'migrationpolicies', namespaced: false };
 const g = new DirtyGuestCluster();
-const { vmiStatus, agentOf, dirtyRounds, qemus, migrateAndWait } = g;
+const { vmiStatus, dirtyRounds, qemus, migrateAndWait, runningAndDirtying } = g;
 let c: TestCluster;
 
 before(async () => {
@@ -63,21 +63,7 @@ test(
       }),
       { namespace: ns },
     );
-    const running = await eventually(
-      'the VMI Running and live-migratable',
-      async () => {
-        const s = await vmiStatus();
-        return s.phase === 'Running' && s.conditions?.find((x) => x.type === 'LiveMigratable')?.status === 'True' ? s : undefined;
-      },
-      300_000,
-    );
-    const source = running.nodeName!;
-    await eventually('the guest dirtying its memory', async () => ((await dirtyRounds(source)) >= 1 ? true : undefined), 600_000, 500).catch(
-      async (e: unknown) => {
-        console.log(`# serial log of ${NAME} on ${source}:\n${(await serialLog(agentOf(source).dataDir, ns, NAME)).slice(-2000)}`);
-        throw e;
-      },
-    );
+    const source = await runningAndDirtying();
 
     const t0 = Date.now();
     const failed = await migrateAndWait('slow');

@@ -10,10 +10,10 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { eventually, type TestCluster } from './harness.ts';
 import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, type Obj } from './migration-settings-fixture.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
-const { vmiStatus, agentOf, dirtyRounds, qemus, migrateAndWait } = g;
+const { vmiStatus, dirtyRounds, qemus, migrateAndWait, runningAndDirtying } = g;
 let c: TestCluster;
 
 before(async () => {
@@ -30,26 +30,12 @@ after(async () => {
 
 test('post-copy after the completion timeout, then a progress timeout', { timeout: 1_800_000 }, async () => {
   const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
-  // 1 MiB/s cannot keep up; 40 s/GiB × 128 MiB: 5 s, then post-copy.
+  // 1 MiB/s cannot keep up; 5 s/GiB × 128 MiB (one GiB, rounded up): 5 s, then post-copy.
   await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
   await c.client.create(VM, tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }), {
     namespace: ns,
   });
-  const running = await eventually(
-    'the VMI Running and live-migratable',
-    async () => {
-      const s = await vmiStatus();
-      return s.phase === 'Running' && s.conditions?.find((x) => x.type === 'LiveMigratable')?.status === 'True' ? s : undefined;
-    },
-    300_000,
-  );
-  const source = running.nodeName!;
-  await eventually('the guest dirtying its memory', async () => ((await dirtyRounds(source)) >= 1 ? true : undefined), 600_000, 500).catch(
-    async (e: unknown) => {
-      console.log(`# serial log of ${NAME} on ${source}:\n${(await serialLog(agentOf(source).dataDir, ns, NAME)).slice(-2000)}`);
-      throw e;
-    },
-  );
+  const source = await runningAndDirtying();
   const t0 = Date.now();
   const post = await migrateAndWait('postcopy');
   const postSecs = (Date.now() - t0) / 1000;
