@@ -20,6 +20,7 @@ import { storage, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
 import { checkPinned } from '@vessel/tls';
+import { inNetns } from './network/exec.ts';
 
 /** The Node annotation with the agent's fencing timeout in seconds (what the control plane waits for). */
 export const FENCING_TIMEOUT_ANNOTATION = 'vessel.io/fencing-timeout-seconds';
@@ -217,7 +218,8 @@ export class NetnsProber {
 
   private relay(): ChildProcess {
     if (this.child && this.child.exitCode === null && this.child.signalCode === null) return this.child;
-    const child = spawn('nsenter', [`--net=/run/netns/${this.netns}`, '--', process.execPath, '-e', PROBER], { stdio: ['pipe', 'pipe', 'ignore'] });
+    const [cmd, ...args] = [...inNetns(this.netns), process.execPath, '-e', PROBER];
+    const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'ignore'] });
     child.on('error', () => undefined);
     child.stdin!.on('error', () => undefined);
     child.on('exit', () => {

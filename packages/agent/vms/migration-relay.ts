@@ -14,6 +14,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
+import { inNetns } from '../network/exec.ts';
 
 /** A TCP address (port 0: the kernel picks one) or a unix socket's path. */
 export type Endpoint = { host: string; port: number } | { path: string };
@@ -81,10 +82,13 @@ export class MigrationRelay {
   /** Starts a relay for `routes` (in network namespace `netns` when given); throws RelayError. */
   static async start(routes: readonly RelayRoute[], opts: { netns?: string; log?: (line: string) => void } = {}): Promise<MigrationRelay> {
     if (!routes.length) throw new RelayError('a relay needs at least one route');
-    if (opts.netns !== undefined && !/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/.test(opts.netns))
-      throw new RelayError(`bad network namespace ${JSON.stringify(opts.netns)}`);
-    const argv = [process.execPath, '-e', CHILD, JSON.stringify(routes)];
-    const cmd = opts.netns === undefined ? argv : ['nsenter', `--net=/run/netns/${opts.netns}`, '--', ...argv];
+    let prefix: string[];
+    try {
+      prefix = inNetns(opts.netns);
+    } catch (e) {
+      throw new RelayError((e as Error).message);
+    }
+    const cmd = [...prefix, process.execPath, '-e', CHILD, JSON.stringify(routes)];
     const child = spawn(cmd[0], cmd.slice(1), { stdio: ['pipe', 'pipe', 'pipe'] });
     let err = '';
     child.stderr!.on('data', (d: Buffer) => {
