@@ -197,3 +197,46 @@ test('a node cut off from the fabric fences itself before its VM starts elsewher
   assert.equal(most, 1, 'never two copies');
   assert.deepEqual(await copies(uid), { [statusOf(await vmi('ha-shared')).nodeName!]: 1 });
 });
+
+test('an agent dead alone, its QEMU left: its watchdog kills the QEMU before the VM starts elsewhere, never two copies', async () => {
+  const from = statusOf(await vmi('ha-shared')).nodeName!;
+  const i = nodeIndex(from);
+  const uid = (await c.client.get(VM, 'ha-shared', { namespace: ns })).metadata!.uid!;
+  assert.deepEqual(await copies(uid), { [from]: 1 });
+  const failoverAfter = Number((await c.client.get(NODE, from)).metadata!.annotations!['vessel.io/failover-after-seconds']);
+  assert.ok(failoverAfter > 0, 'the control plane says when it fails the node over');
+  let most = 0;
+  let goneAt = 0;
+  let elsewhereAt = 0;
+  let polling = true;
+  const poll = (async () => {
+    while (polling) {
+      const per = await copies(uid);
+      most = Math.max(
+        most,
+        Object.values(per).reduce((a, b) => a + b, 0),
+      );
+      if (!per[from] && !goneAt) goneAt = Date.now();
+      if (Object.keys(per).some((n) => n !== from) && !elsewhereAt) elsewhereAt = Date.now();
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
+  const t0 = Date.now();
+  try {
+    // The agent goes (as a crash would); its node's link and QEMU stay.
+    await c.nodes.agents[i].stop();
+    deadNode = from;
+    const to = await runningElsewhere('ha-shared', from);
+    await eventually('a QEMU elsewhere seen', async () => (elsewhereAt ? true : undefined), 10_000);
+    console.log(
+      `# agent of ${from} stopped: its QEMU killed by the watchdog after ${((goneAt - t0) / 1000).toFixed(1)} s, the VM's QEMU on ${to} after ${((elsewhereAt - t0) / 1000).toFixed(1)} s (failover after ${failoverAfter} s)`,
+    );
+    assert.ok(goneAt > 0 && goneAt < elsewhereAt, 'killed before the VM started elsewhere');
+    const log = await readFile(join(c.dataDir, 'nodes', from, 'watchdog', 'watchdog.log'), 'utf8');
+    assert.match(log, /killed 1 QEMU/);
+  } finally {
+    polling = false;
+    await poll;
+  }
+  assert.equal(most, 1, 'never two copies');
+});

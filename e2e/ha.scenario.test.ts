@@ -6,9 +6,8 @@
  *     side, gone; peers reachable) for longer than any deadline: no agent fences, nothing is
  *     restarted, the same QEMU runs on;
  *  3. an agent that dies alone (its QEMU left running, its node cut off, so it cannot fence):
- *     the control plane restarts the VM elsewhere, where QEMU's image lock refuses the disk
- *     while the leftover runs (the last line); the node back, its agent kills the leftover
- *     first and the VM runs on exactly one node.
+ *     its watchdog (agent/watchdog.ts) kills the leftover before the control plane restarts
+ *     the VM elsewhere, never two copies; the node back, it runs no copy.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -125,34 +124,48 @@ test('a control-plane outage every node sees stops nothing', async () => {
   assert.deepEqual(await copies(uid), before);
 });
 
-test('an agent dead alone with its QEMU left: the image lock refuses the disk elsewhere; back, the agent kills its leftover first', async () => {
+test('an agent dead alone with its QEMU left, its node cut off: the watchdog kills the leftover before the VM starts elsewhere', async () => {
   const from = (await status()).nodeName!;
   const i = nodeIndex(from);
   const uid = (await c.client.get(VM, NAME, { namespace: ns })).metadata!.uid!;
-  const leftover = (await copies(uid))[from]![0];
-  // The agent stops (as a crash would) and the node is cut off: nobody fences its QEMU.
-  await c.nodes.agents[i].stop();
-  dead.add(i);
-  await c.nodes.setLink(i, false);
-  const refused = await eventually(
-    'the restarted VM refused by the image lock',
-    async () => {
-      const s = await status();
-      return s.nodeName !== from && s.phase === 'Failed' ? s : undefined;
-    },
-    120_000,
-    200,
-  );
-  const why = refused.conditions?.find((x) => x.type === 'Ready')?.message ?? '';
-  console.log(`# restarted elsewhere while the leftover QEMU ran: ${refused.phase} (${refused.reason}) on ${refused.nodeName}: ${why}`);
-  assert.match(why, /lock/i);
-  assert.ok((await copies(uid))[from]?.includes(leftover), 'the leftover still runs');
-  await c.nodes.setLink(i, true);
-  await c.nodes.reviveNode(i);
-  dead.delete(i);
-  await eventually('the leftover killed', async () => (!(await copies(uid))[from] ? true : undefined), 60_000);
-  const to = await runningElsewhere(from, 180_000);
+  assert.equal((await copies(uid))[from]?.length, 1);
+  let most = 0;
+  let goneAt = 0;
+  let elsewhereAt = 0;
+  let polling = true;
+  const poll = (async () => {
+    while (polling) {
+      const per = await copies(uid);
+      most = Math.max(
+        most,
+        Object.values(per).reduce((a, b) => a + b.length, 0),
+      );
+      if (!per[from] && !goneAt) goneAt = Date.now();
+      if (Object.keys(per).some((n) => n !== from) && !elsewhereAt) elsewhereAt = Date.now();
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  })();
+  const t0 = Date.now();
+  try {
+    // The agent stops (as a crash would) and the node is cut off: only its watchdog is left.
+    await c.nodes.agents[i].stop();
+    dead.add(i);
+    await c.nodes.setLink(i, false);
+    const to = await runningElsewhere(from, 180_000);
+    await eventually('a QEMU elsewhere seen', async () => (elsewhereAt ? true : undefined), 10_000);
+    console.log(
+      `# agent dead and node cut off: leftover killed after ${((goneAt - t0) / 1000).toFixed(1)} s, the VM's QEMU on ${to} after ${((elsewhereAt - t0) / 1000).toFixed(1)} s`,
+    );
+    assert.ok(goneAt > 0 && goneAt < elsewhereAt, 'the leftover was killed before the VM started elsewhere');
+    await c.nodes.setLink(i, true);
+    await c.nodes.reviveNode(i);
+    dead.delete(i);
+    await new Promise((r) => setTimeout(r, 5000));
+  } finally {
+    polling = false;
+    await poll;
+  }
+  assert.equal(most, 1, 'never two copies');
   const now = await copies(uid);
-  assert.deepEqual(Object.keys(now), [to]);
-  assert.equal(now[to].length, 1);
+  assert.deepEqual(Object.keys(now), [(await status()).nodeName]);
 });

@@ -13,7 +13,8 @@ import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
-import { NodeRegistration } from './node.ts';
+import { DEFAULT_HEARTBEAT_MS, NodeRegistration } from './node.ts';
+import { Watchdog, watchdogTimeoutMs, type WatchdogTerms } from './watchdog.ts';
 import { askPeer, DEFAULT_FENCING_TIMEOUT_MS, Fencer, FENCING_TIMEOUT_ANNOTATION, listNodes, NetnsProber, peerNodes, runFencer, within } from './fencing.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
 import { Pool } from './storage/pools.ts';
@@ -21,7 +22,7 @@ import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
-import { VmRuntime } from './vms/runtime.ts';
+import { VmRuntime, vmsRootOf } from './vms/runtime.ts';
 import { ClusterNetwork, FABRIC_IP_ANNOTATION, networkStateDir } from './network/cluster.ts';
 import { NetworkError } from './network/errors.ts';
 import { checkNetns } from './network/exec.ts';
@@ -109,6 +110,28 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     ['shared', new Pool('shared', opts.sharedDir ?? join(opts.dataDir, 'pools', 'shared'), true)],
   ]);
   for (const p of pools.values()) await p.init();
+  const fencingMs = opts.fencingTimeoutMs ?? DEFAULT_FENCING_TIMEOUT_MS;
+  const heartbeatMs = opts.heartbeatMs ?? DEFAULT_HEARTBEAT_MS;
+  // The watchdog first, with the terms a previous agent left: a restart renews the lease before
+  // anything slow, and pets on its own until the fencing checks take over.
+  const watchdog = fencingMs > 0 ? new Watchdog(opts.dataDir, vmsRootOf(opts.dataDir), log) : undefined;
+  await watchdog?.start({ timeoutMs: watchdogTimeoutMs({ heartbeatMs, fencingMs }), armed: false });
+  const startupPets = watchdog && setInterval(() => void watchdog.pet().catch(() => undefined), 1000);
+  try {
+    return await startAgentWith(opts, log, pools, watchdog, fencingMs, heartbeatMs);
+  } finally {
+    clearInterval(startupPets);
+  }
+}
+
+async function startAgentWith(
+  opts: AgentOptions,
+  log: (line: string) => void,
+  pools: Map<string, Pool>,
+  watchdog: Watchdog | undefined,
+  fencingMs: number,
+  heartbeatMs: number,
+): Promise<RunningAgent> {
   const token = await agentToken(opts.client);
   const cert = await ensureSelfSignedCert(join(opts.dataDir, 'agent'), 'agent', `vessel-agent:${opts.nodeName}`);
   const migrationTls = opts.migrationTls === false ? undefined : await ensureMigrationCerts(join(opts.dataDir, 'migration-ca'), opts.nodeName);
@@ -178,9 +201,14 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     nodeName: opts.nodeName,
     apiReachable: () => fencer?.apiOk ?? true,
   });
-  const fencingMs = opts.fencingTimeoutMs ?? DEFAULT_FENCING_TIMEOUT_MS;
   const prober = fencingMs > 0 && opts.netns !== undefined ? new NetnsProber(opts.netns) : undefined;
   let known: KubeObject[] = [];
+  // When the control plane restarts this node's VMs elsewhere (its Node says), for the watchdog.
+  let failoverAfterMs: number | undefined;
+  const watchdogTerms = (): WatchdogTerms => ({
+    timeoutMs: watchdogTimeoutMs({ failoverAfterMs, heartbeatMs, fencingMs }),
+    armed: peerNodes(known, opts.nodeName).length > 0,
+  });
   const fencer =
     fencingMs > 0
       ? new Fencer({
@@ -189,7 +217,10 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
           apiReachable: async () => {
             const [api, path] = await Promise.all([
               within(
-                opts.client.get(refs.NODES, opts.nodeName).then(() => true),
+                opts.client.get(refs.NODES, opts.nodeName).then((n) => {
+                  failoverAfterMs = Number(n.metadata?.annotations?.[storage.NODE_FAILOVER_AFTER] ?? NaN) * 1000 || undefined;
+                  return true;
+                }),
                 2000,
                 false,
               ),
@@ -248,7 +279,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     await vms.start();
     await snapshots.start();
     await restores.start();
-    fencing = fencer && runFencer(fencer, 1000, log);
+    fencing = fencer && runFencer(fencer, 1000, log, async () => watchdog?.pet(watchdogTerms()));
   } catch (e) {
     prober?.close();
     node.stop();

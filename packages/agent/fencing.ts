@@ -102,12 +102,13 @@ export class Fencer {
   }
 }
 
-/** Runs fencer.tick() every `everyMs` until stop(). */
-export function runFencer(fencer: Fencer, everyMs: number, log?: (line: string) => void): { stop(): void } {
+/** Runs fencer.tick() every `everyMs` until stop(); `afterTick` after each (the watchdog's pet). */
+export function runFencer(fencer: Fencer, everyMs: number, log?: (line: string) => void, afterTick?: () => Promise<void>): { stop(): void } {
   let stopped = false;
   let timer: NodeJS.Timeout | undefined;
   const loop = async () => {
     await fencer.tick().catch((e: unknown) => log?.(`fencing: check failed: ${e instanceof Error ? e.message : e}`));
+    await afterTick?.().catch((e: unknown) => log?.(`watchdog: pet failed: ${e instanceof Error ? e.message : e}`));
     if (!stopped) timer = setTimeout(() => void loop(), everyMs).unref();
   };
   timer = setTimeout(() => void loop(), everyMs).unref();

@@ -29,6 +29,8 @@ export const NODE_CERT_SHA256 = 'vessel.io/agent-cert-sha256';
 export const NODE_CERT = 'vessel.io/agent-cert';
 /** On a Node: the agent's migration CA (PEM); peers verify its migration TLS certificate with it. */
 export const NODE_MIGRATION_CA = 'vessel.io/migration-ca';
+/** Node annotation the node-lifecycle controller sets: seconds of silence after which it restarts the node's VMs elsewhere (the agent's watchdog ends before). */
+export const NODE_FAILOVER_AFTER = 'vessel.io/failover-after-seconds';
 /** Kubernetes' finalizer that keeps a claim while it is in use; the agent removes it once the volume is gone. */
 export const PVC_PROTECTION = 'kubernetes.io/pvc-protection';
 /** On a StorageClass/claim: ask to bind now even with WaitForFirstConsumer (CDI's key, set for golden images). */

@@ -88,6 +88,7 @@ export class NodeLifecycleController extends Controller {
       this.seen.delete(name);
       return;
     }
+    await this.publishFailoverAfter(node);
     const ready = conditionsOf(node).find((c) => c.type === 'Ready');
     const heartbeat = ready?.lastHeartbeatTime ?? '';
     const now = Date.now();
@@ -163,13 +164,29 @@ export class NodeLifecycleController extends Controller {
     return fresh.length * 2 >= fencing.length;
   }
 
+  /**
+   * Tells a fencing node's agent after how much silence its VMs are restarted elsewhere, so its
+   * watchdog (agent/watchdog.ts) kills them before when the agent itself is dead or hung.
+   */
+  private async publishFailoverAfter(node: KubeObject): Promise<void> {
+    const fencing = Number(node.metadata.annotations?.[FENCING_TIMEOUT] ?? NaN);
+    if (!(fencing > 0)) return;
+    const seconds = String(this.failoverAfterMs(fencing) / 1000);
+    if (node.metadata.annotations?.[storage.NODE_FAILOVER_AFTER] === seconds) return;
+    await this.client.patch(NODES, node.metadata.name, { metadata: { annotations: { [storage.NODE_FAILOVER_AFTER]: seconds } } });
+  }
+
   /** Silence after which the node's agent has surely fenced itself; undefined: it never does (or has no peers). */
   private fencingDeadlineMs(node: KubeObject): number | undefined {
     const fencing = Number(node.metadata.annotations?.[FENCING_TIMEOUT] ?? NaN);
     if (!(fencing > 0)) return undefined;
     const peers = this.nodes.list().filter((n) => n.metadata.name !== node.metadata.name && n.metadata.annotations?.[FENCING_TIMEOUT] !== undefined);
     if (peers.length === 0) return undefined;
-    return this.graceMs + fencing * 1000 + this.marginMs;
+    return this.failoverAfterMs(fencing);
+  }
+
+  private failoverAfterMs(fencingSeconds: number): number {
+    return this.graceMs + fencingSeconds * 1000 + this.marginMs;
   }
 
   /** The node is dead and its agent fenced: restart what may run elsewhere, say why for the rest. */

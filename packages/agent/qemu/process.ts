@@ -351,6 +351,23 @@ export async function terminate(runDir: string, opts: { graceMs?: number } = {})
 }
 
 /**
+ * Terminates every QEMU under `root` (`root/<namespace>/<run dir>`, the agent's vms directory)
+ * at once: the fence's and the watchdog's kill. Resolves with how many ran.
+ */
+export async function terminateAll(root: string, opts: { graceMs?: number } = {}): Promise<number> {
+  const running: RunningVm[] = [];
+  let namespaces: string[] = [];
+  try {
+    namespaces = await readdir(root);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  for (const ns of namespaces) running.push(...(await listRunDirs(path.join(root, ns))));
+  await Promise.all(running.map((vm) => terminate(vm.runDir, opts)));
+  return running.length;
+}
+
+/**
  * A socket to the guest's first serial port. QEMU serves one client at a time: a second one
  * connects but sees nothing until the first disconnects. serial.log records either way.
  */

@@ -29,7 +29,7 @@ import { cacheKey, Controller, EventRecorder, getCondition, setCondition, update
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
-import { adopt, lastLogLine, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
+import { adopt, lastLogLine, launch, listRunDirs, probe, terminate, terminateAll, runDirFiles } from '../qemu/process.ts';
 import { cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { scrubPaths } from '../scrub.ts';
@@ -99,6 +99,11 @@ export type VmAction = 'pause' | 'unpause' | 'softreboot' | 'reset';
 export function startFailure(e: unknown): { reason: string; message: string } {
   const reason = e instanceof PrepareError ? e.reason : e instanceof VmSpecError ? e.code : 'PrepareFailed';
   return { reason, message: e instanceof Error ? e.message : String(e) };
+}
+
+/** The agent's vms directory under its data directory. */
+export function vmsRootOf(dataDir: string): string {
+  return join(resolve(dataDir), 'vms');
 }
 
 export class VmRuntime extends Controller {
@@ -189,8 +194,9 @@ export class VmRuntime extends Controller {
     });
   }
 
-  private get root(): string {
-    return join(resolve(this.opts.dataDir), 'vms');
+  /** Where the run directories are (`<root>/<namespace>/<uid>`): what a fence or the watchdog kills. */
+  get root(): string {
+    return vmsRootOf(this.opts.dataDir);
   }
 
   /** The VMI's run directory: its VM's (by uid), else its own (by uid); see the module comment. */
@@ -304,12 +310,10 @@ export class VmRuntime extends Controller {
   async fence(reason: string): Promise<number> {
     this.fencedReason = reason;
     for (const s of this.sessions.values()) s.stopping = true;
-    const running = [];
-    for (const ns of await readdir(this.root).catch(emptyIfMissing)) running.push(...(await listRunDirs(join(this.root, ns))));
-    await Promise.all(running.map((vm) => terminate(vm.runDir, { graceMs: 500 })));
+    const n = await terminateAll(this.root, { graceMs: 500 });
     for (const s of this.sessions.values()) await s.qmp.close().catch(() => undefined);
     this.sessions.clear();
-    return running.length;
+    return n;
   }
 
   /** The API server answers again after a fence: reconcile every VMI (those failed over end here). */
