@@ -1,0 +1,115 @@
+/**
+ * Issue 13's drain acceptance (minutes; `bash scripts/test.sh --scenarios`): a node running 5 VMs
+ * is drained with `vessel drain` on a three-node dev cluster. Afterwards every VM runs on another
+ * node with the same IP, the drained node runs no QEMU, and no guest rebooted (each prints its
+ * uptime every second; the uptime goes on past the drain on its new node). The time of the drain
+ * is printed.
+ */
+import assert from 'node:assert/strict';
+import { readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, test } from 'node:test';
+import type { ResourceRef } from '@vessel/client';
+import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { eventually, run, startCluster, type TestCluster } from './harness.ts';
+import { serialLog, tinyVm } from './tiny-vm.ts';
+
+const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
+const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
+const NODE: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
+const ns = 'default';
+const NAMES = ['d1', 'd2', 'd3', 'd4', 'd5'];
+const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
+const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
+type VmiStatus = { phase?: string; nodeName?: string; interfaces?: { ipAddress?: string }[] };
+
+let c: TestCluster;
+const status = async (name: string) => ((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
+const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
+const dataDirOf = (node: string) => c.nodes.agents.find((a) => a.nodeName === node)!.dataDir;
+
+/** QEMUs whose command line names a node's data directory. */
+async function qemusOn(node: string): Promise<number> {
+  let n = 0;
+  for (const d of await readdir('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    const cmd = await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '');
+    if (cmd.startsWith('qemu-system') && cmd.includes(join(c.dataDir, 'nodes', node) + '/')) n++;
+  }
+  return n;
+}
+
+before(async () => {
+  c = await startCluster({ nodes: 3 });
+  await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
+});
+after(async () => {
+  if (!c) return;
+  for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null } }).catch(() => undefined);
+  for (const name of NAMES) await c.client.delete(VM, name, { namespace: ns }).catch(() => undefined);
+  await eventually('the VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000).catch(
+    () => undefined,
+  );
+  await c.close();
+});
+
+test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is empty, no guest rebooted', { timeout: 1_800_000 }, async () => {
+  // All five on the first node: the others cordoned while they start.
+  const [first, ...others] = c.nodes.cluster.nodes.map((n) => n.name);
+  for (const n of others) await c.client.patch(NODE, n, { spec: { unschedulable: true } });
+  for (const name of NAMES)
+    await c.client.create(
+      VM,
+      tinyVm(name, {
+        namespace: ns,
+        binding: 'bridge',
+        userData: USER_DATA,
+        storageClass: 'shared',
+        terminationGracePeriodSeconds: 5,
+        evictionStrategy: 'LiveMigrate',
+      }),
+      { namespace: ns },
+    );
+  for (const name of NAMES) {
+    await eventually(`${name} Running`, async () => ((await status(name)).phase === 'Running' ? true : undefined), 600_000);
+    await eventually(`${name} printing its uptime`, async () => (uptimes(await serialLog(dataDirOf(first), ns, name)).length ? true : undefined), 300_000);
+  }
+  for (const n of others) await c.client.patch(NODE, n, { spec: { unschedulable: null } });
+  const before = new Map<string, VmiStatus>();
+  for (const name of NAMES) before.set(name, await status(name));
+  // The source's run directory goes with the migration: its last uptime is read now.
+  const lastBefore = new Map<string, number>();
+  for (const name of NAMES) lastBefore.set(name, uptimes(await serialLog(dataDirOf(first), ns, name)).at(-1)!);
+  for (const s of before.values()) assert.equal(s.nodeName, first);
+  assert.equal(await qemusOn(first), NAMES.length);
+
+  const t0 = Date.now();
+  const r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, 'drain', first, '--timeout', '1200'], { timeoutMs: 1_300_000 });
+  const seconds = (Date.now() - t0) / 1000;
+  assert.equal(r.code, 0, `vessel drain failed: ${r.err}\n${r.out}`);
+  assert.match(r.out, new RegExp(`node/${first} drained`));
+  console.log(`# vessel drain of 5 VMs: ${seconds.toFixed(1)} s`);
+
+  for (const name of NAMES) {
+    const s = await status(name);
+    assert.equal(s.phase, 'Running', name);
+    assert.notEqual(s.nodeName, first, `${name} still on ${first}`);
+    assert.equal(s.interfaces?.[0]?.ipAddress, before.get(name)!.interfaces?.[0]?.ipAddress, `${name} kept its IP`);
+    // No reboot: the uptime on the new node continues past the last one read before the drain
+    // (a rebooted guest starts again from about 1 s).
+    const last = lastBefore.get(name)!;
+    const now = await eventually(
+      `${name} printing its uptime on ${s.nodeName}`,
+      async () => {
+        const u = uptimes(await serialLog(dataDirOf(s.nodeName!), ns, name)).filter((x) => x > last);
+        return u.length >= 2 ? u : undefined;
+      },
+      120_000,
+    );
+    console.log(`# ${name} → ${s.nodeName}: uptime ${last.toFixed(1)} s before the drain, ${now[0].toFixed(1)} s first seen there`);
+    assert.ok(now[0] > last, `${name} rebooted: uptime ${now[0]} after ${last}`);
+  }
+  assert.equal(await qemusOn(first), 0, `no QEMU left on ${first}`);
+  assert.equal(((await c.client.get(NODE, first)).spec as { unschedulable?: boolean }).unschedulable, true, 'the node stays cordoned');
+});
