@@ -115,10 +115,8 @@ export async function runWatchdog(dir: string, vmsRoot: string): Promise<'disarm
   let terms: WatchdogTerms | undefined;
   for (;;) {
     const st = await stat(pet).catch(() => undefined);
-    if (!st) {
-      await note('disarmed: the pet file is gone');
-      return 'disarmed';
-    }
+    // Gone: disarmed, or the whole directory removed (nothing is written into it then).
+    if (!st) return 'disarmed';
     terms = (await readTerms(pet)) ?? terms;
     const silentMs = Date.now() - st.mtimeMs;
     if (terms && silentMs > terms.timeoutMs) {
