@@ -10,7 +10,8 @@
  *  - filters, in order, each failing node counted once under the first that fails: Ready (as
  *    the not-ready/unreachable NoSchedule taints the node lifecycle controller would add),
  *    spec.unschedulable, the kubevirt.io/schedulable label, volume node pins, nodeSelector and
- *    required node affinity, NoSchedule/NoExecute taints, then cpu and memory;
+ *    required node affinity, NoSchedule/NoExecute taints, a CPU manager for dedicated CPUs,
+ *    extended resources (dedicated CPUs, hugepages), then cpu and memory;
  *  - scoring: sum of matching preferred node-affinity weights first, then LeastAllocated
  *    (mean free fraction of cpu and memory after placement), ties broken by node name.
  */
@@ -337,13 +338,14 @@ export function filterNode(spec: VmiSchedulingSpec, node: NodeLike, requests: Re
     }
   }
   if (requests.extended?.[DEDICATED_CPUS] && node.metadata.labels?.[CPU_MANAGER_LABEL] !== 'true') return NO_CPU_MANAGER_REASON;
-  const alloc = allocatableOf(node);
-  if (alloc.cpuMillis - used.cpuMillis < requests.cpuMillis) return REASONS.insufficientCpu;
-  if (alloc.memoryBytes - used.memoryBytes < requests.memoryBytes) return REASONS.insufficientMemory;
+  // The scarcer, more specific resources first: their shortage is the reason worth reading.
   for (const [name, want] of Object.entries(requests.extended ?? {})) {
     const have = Math.max(0, ceilish(quantity(node.status?.allocatable?.[name]) ?? 0));
     if (have - (used.extended?.[name] ?? 0) < want) return insufficientReason(name);
   }
+  const alloc = allocatableOf(node);
+  if (alloc.cpuMillis - used.cpuMillis < requests.cpuMillis) return REASONS.insufficientCpu;
+  if (alloc.memoryBytes - used.memoryBytes < requests.memoryBytes) return REASONS.insufficientMemory;
   return undefined;
 }
 
