@@ -122,7 +122,12 @@ test('a dedicated VM owns CPU 1, a shared hugepages VM runs off it on hugetlb me
   // Pinning and the hugepages are in place once QEMU runs (memory is preallocated at start);
   // the guests' boot is checked last, as a loaded host makes TCG slow.
   for (const name of ['pinned', 'shared-hp'])
-    await eventually(`${name} Running`, async () => (((await v.client.get(VMI, name, { namespace: ns })) as Obj).status?.phase === 'Running' ? true : undefined), 120_000, 500);
+    await eventually(
+      `${name} Running`,
+      async () => (((await v.client.get(VMI, name, { namespace: ns })) as Obj).status?.phase === 'Running' ? true : undefined),
+      120_000,
+      500,
+    );
 
   const vmi = (await v.client.get(VMI, 'pinned', { namespace: ns })) as Obj;
   assert.equal(vmi.metadata.annotations['vessel.io/dedicated-cpus'], '1');
