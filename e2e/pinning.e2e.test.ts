@@ -8,7 +8,8 @@
  * - a shared VM (on 2Mi hugepages) has no thread that may run on CPU 1, and its guest memory
  *   comes from the hugepage pool (HugePages_Free drops by guest memory / 2 MiB; its smaps shows
  *   the hugetlb mapping);
- * - a second dedicated VM does not fit: ErrorUnschedulable, "Insufficient vessel.io/dedicated-cpus".
+ * - a second dedicated VM does not fit: ErrorUnschedulable, "Insufficient vessel.io/dedicated-cpus";
+ * - a restarted agent keeps the assignment and the affinities.
  * The test reserves the hugepages itself and restores the pool's size afterwards.
  */
 import assert from 'node:assert/strict';
@@ -16,6 +17,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { startAgent, type RunningAgent } from '@vessel/agent';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, startVessel, type Vessel } from './harness.ts';
@@ -46,15 +48,18 @@ const skip = ((): string | false => {
 
 let v: Vessel;
 let nrBefore: string | undefined;
+/** The agent started again by the test (the harness stops only its own). */
+let agent2: RunningAgent | undefined;
+// QEMU at the agent's own priority: the test is about where guests run, and a host loaded by
+// other tests would otherwise starve the guests confined to one CPU each.
+const AGENT = { nodeName: 'node-a', reservedCpus: '0', qemuPriority: { nice: 0, batch: false, cgroups: false } };
 
 before(async () => {
   if (skip) return;
   nrBefore = readFileSync(NR, 'utf8').trim();
   writeFileSync(NR, String(Number(nrBefore) + PAGES));
   assert.ok(Number(readFileSync(FREE, 'utf8')) >= PAGES, `the kernel reserved fewer than ${PAGES} hugepages`);
-  // QEMU at the agent's own priority: the test is about where guests run, and a host loaded by
-  // other tests would otherwise starve the guests confined to one CPU each.
-  v = await startVessel({ agent: { nodeName: 'node-a', reservedCpus: '0', qemuPriority: { nice: 0, batch: false, cgroups: false } } });
+  v = await startVessel({ agent: AGENT });
   await ensureTinyImage(v.client, () => undefined);
 });
 
@@ -65,6 +70,7 @@ after(async () => {
     await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
       () => undefined,
     );
+    await agent2?.stop();
     await v?.close();
   } finally {
     if (nrBefore !== undefined) writeFileSync(NR, nrBefore);
@@ -170,6 +176,16 @@ test('a dedicated VM owns CPU 1, a shared hugepages VM runs off it on hugetlb me
   );
   const ready = (vm2.status.conditions as Obj[]).find((c) => c.type === 'Ready');
   assert.match(ready?.message ?? '', /0\/1 nodes are available: 1 Insufficient vessel\.io\/dedicated-cpus/);
+
+  // A restarted agent re-adopts both QEMUs and reassigns nothing: same annotation, same affinity.
+  await v.agent!.stop();
+  agent2 = await startAgent({ client: v.client, dataDir: v.dataDir, ...AGENT });
+  // startAgent returns once the VM runtime has re-adopted its QEMUs and set the pools again.
+  const again = (await v.client.get(VMI, 'pinned', { namespace: ns })) as Obj;
+  assert.equal(again.metadata.annotations['vessel.io/dedicated-cpus'], '1');
+  assert.equal(again.metadata.uid, vmi.metadata.uid);
+  for (const t of await threads(await qemuPid('pinned'))) assert.equal(t.cpus, /^CPU \d+\/TCG$/.test(t.comm) ? '1' : '0', `pinned ${t.comm} after the restart`);
+  for (const t of await threads(await qemuPid('shared-hp'))) assert.equal(t.cpus, '0', `shared-hp ${t.comm} after the restart`);
 
   // The hugepages guest and the pinned one boot and run their user data.
   for (const name of ['shared-hp', 'pinned'])
