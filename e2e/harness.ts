@@ -47,7 +47,7 @@ export interface VesselOptions {
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
    */
-  agent?: { nodeName: string; sharedDir?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority };
+  agent?: { nodeName: string; sharedDir?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority; reservedCpus?: string };
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {

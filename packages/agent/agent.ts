@@ -31,6 +31,7 @@ import { ServiceProxy } from './network/services.ts';
 import { NetworkConfigurator } from './network/nmstate.ts';
 import { SecondaryNetworks } from './network/secondary.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
+import { CpuManager, formatCpuList, hostCpus, nodeExtendedResources, parseCpuList } from './vms/cpu-manager.ts';
 
 export interface AgentOptions {
   client: Client;
@@ -73,6 +74,11 @@ export interface AgentOptions {
    * the agent rolls it back (`--nncp-probe-timeout`; default 120 s, as kubernetes-nmstate).
    */
   nncpProbeTimeoutMs?: number;
+  /**
+   * Host CPUs kept for the system (`--reserved-cpus`, a CPU list such as "0"): with it the node
+   * has a CPU manager whose exclusive pool (the other CPUs) runs dedicatedCpuPlacement VMs.
+   */
+  reservedCpus?: string;
   /**
    * TLS on live migration streams (default true, as KubeVirt; `--migration-tls=false` turns it
    * off): every agent of a cluster must agree, or its migrations fail.
@@ -139,6 +145,8 @@ async function startAgentWith(
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
   const priority = await resolveQemuPriority(opts.qemuPriority ?? DEFAULT_QEMU_PRIORITY, log);
+  const cpuManager = opts.reservedCpus === undefined ? undefined : new CpuManager(await hostCpus(), parseCpuList(opts.reservedCpus));
+  if (cpuManager) log(`agent: CPU manager: CPUs ${formatCpuList(cpuManager.reserved)} reserved, ${formatCpuList(cpuManager.pool) || 'none'} dedicated`);
   if (opts.netns !== undefined && opts.fabricIp === undefined)
     throw new NetworkError('InvalidArgument', "--netns needs --fabric-ip: the namespace holds the node's cluster network");
   const network =
@@ -170,6 +178,7 @@ async function startAgentWith(
     network,
     secondary,
     migrationAddress: opts.fabricIp,
+    cpuManager,
     migrationTlsDir: migrationTls && ((peer) => writeMigrationTlsDir(opts.client, join(opts.dataDir, 'migration-tls', peer), migrationTls, peer)),
   });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
@@ -258,7 +267,8 @@ async function startAgentWith(
     heartbeatMs: opts.heartbeatMs,
     connected: fencer && (() => fencer.apiOk),
     log,
-    labels: { 'vessel.io/accelerator': accel },
+    labels: { 'vessel.io/accelerator': accel, cpumanager: String(!!cpuManager) },
+    extendedResources: () => nodeExtendedResources(cpuManager),
     annotations: {
       ...(opts.fabricIp === undefined ? {} : { [FABRIC_IP_ANNOTATION]: opts.fabricIp }),
       ...(migrationTls ? { [storage.NODE_MIGRATION_CA]: migrationTls.caPem } : {}),

@@ -27,6 +27,8 @@ export interface NodeRegistrationOptions {
   /** More annotations (vessel.io/fabric-ip with a cluster network). */
   annotations?: Record<string, string>;
   heartbeatMs?: number;
+  /** Capacity beside cpu and memory (hugepages, dedicated CPUs: vms/cpu-manager.ts), read at each heartbeat. */
+  extendedResources?: () => Promise<Record<string, string>>;
   /** False while the agent cannot reach the API server (fencing.ts): no heartbeat then. */
   connected?: () => boolean;
   version: string;
@@ -99,7 +101,7 @@ export class NodeRegistration {
       return undefined;
     });
     const disk = fs ? `${Math.floor((fs.blocks * fs.bsize) / 1024)}Ki` : '0';
-    const resources = { cpu, memory: memKi, 'ephemeral-storage': disk, pods: '110' };
+    const resources = { cpu, memory: memKi, 'ephemeral-storage': disk, pods: '110', ...(await this.opts.extendedResources?.()) };
     await updateStatus(this.client, refs.NODES, undefined, this.opts.nodeName, (s) => {
       s.capacity = resources;
       s.allocatable = resources;

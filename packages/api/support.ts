@@ -56,8 +56,10 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
       threads: L,
       model: L,
       features: { '[]': { name: L, policy: L } },
-      dedicatedCpuPlacement: F,
-      isolateEmulatorThread: F,
+      // The agent's CPU manager pins them (docs/pinning.md); guest NUMA only as passthrough.
+      dedicatedCpuPlacement: L,
+      isolateEmulatorThread: L,
+      numa: { guestMappingPassthrough: {} },
     },
     memory: { guest: L, hugepages: { pageSize: ['2Mi', '1Gi'] } },
     resources: { requests: { cpu: L, memory: L }, limits: { cpu: L, memory: L } },

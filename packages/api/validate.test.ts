@@ -293,11 +293,26 @@ test('a GPU (a VMI field Vessel does not implement) is refused, naming the field
     [],
   );
   // false-only fields: off is fine, on is refused.
+  const vsock: Any = fedoraVM();
+  vsock.spec.template.spec.domain.devices.autoattachVSOCK = false;
+  assert.deepEqual(run(VM, vsock).causes, []);
+  vsock.spec.template.spec.domain.devices.autoattachVSOCK = true;
+  assert.match(causeAt(run(VM, vsock).causes, 'spec.template.spec.domain.devices.autoattachVSOCK').message, /^Unsupported value: true: only false/);
+});
+
+test('dedicated CPUs, hugepages and guest NUMA passthrough: accepted together, NUMA and emulator isolation refused without what they need', () => {
   const cpu: Any = fedoraVM();
-  cpu.spec.template.spec.domain.cpu.dedicatedCpuPlacement = false;
+  const s = cpu.spec.template.spec;
+  s.domain.cpu = { cores: 1, dedicatedCpuPlacement: true, isolateEmulatorThread: true, numa: { guestMappingPassthrough: {} } };
+  s.domain.memory = { guest: '128Mi', hugepages: { pageSize: '2Mi' } };
   assert.deepEqual(run(VM, cpu).causes, []);
-  cpu.spec.template.spec.domain.cpu.dedicatedCpuPlacement = true;
-  assert.match(causeAt(run(VM, cpu).causes, 'spec.template.spec.domain.cpu.dedicatedCpuPlacement').message, /^Unsupported value: true: only false/);
+  delete s.domain.memory.hugepages;
+  assert.match(
+    causeAt(run(VM, cpu).causes, 'spec.template.spec.domain.cpu.numa.guestMappingPassthrough').message,
+    /needs dedicatedCpuPlacement: true and memory.hugepages/,
+  );
+  s.domain.cpu = { cores: 1, isolateEmulatorThread: true };
+  assert.match(causeAt(run(VM, cpu).causes, 'spec.template.spec.domain.cpu.isolateEmulatorThread').message, /needs dedicatedCpuPlacement: true/);
 });
 
 test('values Vessel cannot run are refused at their field, with the supported ones listed', () => {

@@ -20,7 +20,7 @@ export interface ControlPlaneOptions extends ServerOptions {
   /** Directories `ova` Providers may read (the administrator's allow-list). */
   ovaRoots?: readonly string[];
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
-  agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority };
+  agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority; reservedCpus?: string };
 }
 
 export interface ControlPlane {

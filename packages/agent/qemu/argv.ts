@@ -68,8 +68,13 @@ export interface QemuInput {
   networks?: Record<string, QemuNetwork>;
   /** The kernel (and initrd) extracted from `firmware.kernelBoot.container`. */
   kernelBoot?: { kernel: string; initrd?: string };
-  /** hugetlbfs mount for `memory.hugepages`; default /dev/hugepages (2Mi) or /dev/hugepages1G (1Gi). */
+  /** hugetlbfs mount for `memory.hugepages`; default: none, guest memory is a hugetlb memfd. */
   hugepagesPath?: string;
+  /**
+   * For `cpu.numa.guestMappingPassthrough`: the host NUMA node of each vCPU's dedicated host CPU
+   * (index = vCPU), as the agent's CPU manager assigned them.
+   */
+  hostNumaNodes?: number[];
 }
 
 /** A chardev the emitted devices use; the process layer must define it with this id. */

@@ -281,11 +281,26 @@ const cases: Array<[string, Edit, string[]]> = [
     ['spec.domain.devices.gpus', 'spec.volumes[1].hostDisk'],
   ],
   [
-    'dedicatedCpuPlacement false is off, true is refused',
+    'isolateEmulatorThread needs dedicatedCpuPlacement: refused (invalid) by both',
     (s) => {
       s.domain.cpu = { cores: 2, dedicatedCpuPlacement: false, isolateEmulatorThread: true };
     },
-    ['spec.domain.cpu.isolateEmulatorThread'],
+    [],
+  ],
+  [
+    'dedicated CPUs with an isolated emulator thread on 2Mi hugepages',
+    (s) => {
+      s.domain.cpu = { cores: 2, dedicatedCpuPlacement: true, isolateEmulatorThread: true };
+      s.domain.memory = { guest: '128Mi', hugepages: { pageSize: '2Mi' } };
+    },
+    [],
+  ],
+  [
+    'guest NUMA passthrough without dedicated CPUs and hugepages: refused (invalid) by both',
+    (s) => {
+      s.domain.cpu = { cores: 2, numa: { guestMappingPassthrough: {} } };
+    },
+    [],
   ],
   [
     'probes and DNS settings: refused by both',

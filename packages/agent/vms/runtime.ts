@@ -22,7 +22,7 @@
 import { readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames } from '@vessel/api';
+import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames, tryParseQuantity } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
@@ -44,6 +44,21 @@ import { removeRelaySockets } from './migration-relay.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
 import type { SecondaryNetworks } from '../network/secondary.ts';
 import { derivedMac } from '../qemu/argv/ids.ts';
+import { cpuTopology } from '../qemu/argv/machine.ts';
+import { Causes } from '../qemu/argv/context.ts';
+import {
+  assignedCpus,
+  assignmentAnnotations,
+  CpuManagerError,
+  HUGEPAGE_SIZES,
+  hostNumaNodes,
+  hugepagePool,
+  recordedAssignment,
+  setAffinity,
+  threadsOf,
+  type CpuAssignment,
+  type CpuManager,
+} from './cpu-manager.ts';
 
 type Obj = Record<string, unknown>;
 type TypedVmi = { metadata: { name: string; namespace: string; uid?: string }; spec: V1VirtualMachineInstanceSpec };
@@ -76,6 +91,8 @@ export interface VmRuntimeOptions {
   migrationAddress?: string;
   /** The migration TLS credentials' directory for a peer node; absent: the stream is plain TCP (`--migration-tls=false`). */
   migrationTlsDir?: (peerNode: string) => Promise<string>;
+  /** The node's CPU manager (`--reserved-cpus`, vms/cpu-manager.ts): dedicated CPUs and the shared pool's affinity. */
+  cpuManager?: CpuManager;
 }
 
 /** One running QEMU followed over QMP. */
@@ -121,6 +138,10 @@ export class VmRuntime extends Controller {
   private readonly migrations: VmMigrations;
   /** Set by a self-fence (fence()): nothing is reconciled until the API server answers again. */
   private fencedReason?: string;
+  /** Dedicated CPUs assigned (by VMI uid) but perhaps not yet seen in the VMI's annotations. */
+  private readonly pendingCpus = new Map<string, CpuAssignment>();
+  /** Affinity changes, one at a time. */
+  private affinity: Promise<void> = Promise.resolve();
 
   constructor(
     client: Client,
@@ -261,6 +282,7 @@ export class VmRuntime extends Controller {
       return 0;
     });
     if (links) this.log(`vms: removed ${links} secondary-network link${links === 1 ? '' : 's'} of VMs that no longer run here`);
+    await this.rebalanceCpus();
   }
 
   /**
@@ -388,6 +410,118 @@ export class VmRuntime extends Controller {
     return this.track(key, () => this.startVm(vmi, runDir));
   }
 
+  /** CPUs the dedicated VMIs of this node hold (recorded or being recorded), `exceptUid`'s left out. */
+  private takenCpus(exceptUid?: string): number[] {
+    const live = new Set<string>();
+    const out: number[] = [];
+    for (const v of this.vmis.list()) {
+      if (!this.mine(v) || FINAL.has(phaseOf(v)) || v.metadata.uid === exceptUid) continue;
+      live.add(v.metadata.uid ?? '');
+      const a = recordedAssignment(v.metadata.annotations as Record<string, string> | undefined);
+      if (a) out.push(...assignedCpus(a));
+    }
+    for (const [uid, a] of this.pendingCpus) {
+      if (!live.has(uid)) {
+        if (uid !== exceptUid) this.pendingCpus.delete(uid);
+        continue;
+      }
+      out.push(...assignedCpus(a));
+    }
+    return out;
+  }
+
+  /**
+   * The dedicated CPUs of a VMI with dedicatedCpuPlacement (undefined without): those its
+   * annotations recorded, else new ones from the pool, recorded before QEMU starts. Chosen
+   * synchronously, so two starts never take the same CPU.
+   */
+  private async assignCpus(vmi: KubeObject): Promise<CpuAssignment | undefined> {
+    const spec = vmi.spec as V1VirtualMachineInstanceSpec;
+    if (spec.domain?.cpu?.dedicatedCpuPlacement !== true) return undefined;
+    const cm = this.opts.cpuManager;
+    if (!cm)
+      throw new CpuManagerError(
+        'NoCpuManager',
+        `node ${this.opts.nodeName} has no CPU manager for dedicatedCpuPlacement: start its agent with --reserved-cpus`,
+      );
+    const uid = vmi.metadata.uid ?? '';
+    const topo = cpuTopology((spec.domain ?? {}) as unknown as Record<string, unknown>, new Causes());
+    const vcpus = topo.sockets * topo.cores * topo.threads;
+    const isolate = spec.domain.cpu.isolateEmulatorThread === true;
+    const taken = new Set(this.takenCpus(uid));
+    const recorded = recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined) ?? this.pendingCpus.get(uid);
+    const usable = (a: CpuAssignment) =>
+      a.vcpus.length === vcpus && (a.emulator !== undefined) === isolate && assignedCpus(a).every((c) => cm.pool.includes(c) && !taken.has(c));
+    const a = recorded && usable(recorded) ? recorded : cm.assign(vcpus, isolate, taken);
+    this.pendingCpus.set(uid, a);
+    if (recorded !== a || !recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined)) {
+      await this.client.patch(VMIS, vmi.metadata.name, { metadata: { annotations: assignmentAnnotations(a) } }, { namespace: vmi.metadata.namespace });
+      this.log(`vms: ${keyOf(vmi)}: dedicated CPUs ${a.vcpus.join(',')}${isolate ? `, emulator CPU ${a.emulator}` : ''}`);
+    }
+    return a;
+  }
+
+  /** Pins a dedicated VMI's vCPU threads to their CPUs and its other threads to the isolated CPU or the shared pool. */
+  private async pin(key: string, a: CpuAssignment): Promise<void> {
+    const s = this.sessions.get(key);
+    const pid = s && (await probe(s.runDir));
+    if (!s || !pid) return;
+    const emulator = a.emulator !== undefined ? [a.emulator] : this.opts.cpuManager!.shared(this.takenCpus());
+    await setAffinity(pid, emulator, true);
+    const threads = await s.qmp.execute<{ 'cpu-index': number; 'thread-id': number }[]>('query-cpus-fast');
+    for (const t of threads) {
+      const cpu = a.vcpus[t['cpu-index']];
+      if (cpu === undefined) throw new CpuManagerError('PinningFailed', `vCPU ${t['cpu-index']} has no dedicated CPU`);
+      await setAffinity(t['thread-id'], [cpu]);
+    }
+  }
+
+  /**
+   * Every QEMU here but the dedicated vCPU threads gets the shared pool (all CPUs no dedicated
+   * VMI holds), which changes as dedicated VMIs start and stop. One pass at a time; failures
+   * are logged (a QEMU may be going away meanwhile).
+   */
+  private rebalanceCpus(): Promise<void> {
+    const cm = this.opts.cpuManager;
+    if (!cm) return Promise.resolve();
+    const next = this.affinity.then(async () => {
+      const shared = cm.shared(this.takenCpus());
+      for (const [key, s] of this.sessions) {
+        const vmi = this.vmis.get(key);
+        const pid = await probe(s.runDir);
+        if (!vmi || !pid) continue;
+        const a = recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined) ?? this.pendingCpus.get(vmi.metadata.uid ?? '');
+        try {
+          if (!a) await setAffinity(pid, shared, true);
+          else if (a.emulator === undefined) {
+            const vcpuThreads = new Set((await s.qmp.execute<{ 'thread-id': number }[]>('query-cpus-fast')).map((t) => t['thread-id']));
+            for (const tid of await threadsOf(pid)) if (!vcpuThreads.has(tid)) await setAffinity(tid, shared);
+          }
+        } catch (e) {
+          this.log(`vms: ${key}: setting the shared CPU pool ${shared.join(',')}: ${e instanceof Error ? e.message : e}`);
+        }
+      }
+    });
+    this.affinity = next.catch(() => undefined);
+    return this.affinity;
+  }
+
+  /** A hugepages VMI fails at once, saying so, when the node's pool of its page size has too few free pages. */
+  private async checkHugepages(vmi: KubeObject): Promise<void> {
+    const domain = (vmi.spec as V1VirtualMachineInstanceSpec).domain;
+    const ps = domain?.memory?.hugepages?.pageSize;
+    const size = HUGEPAGE_SIZES.find((h) => h.resource === `hugepages-${ps}`);
+    if (!size) return;
+    const mem = domain.memory?.guest ?? domain.resources?.requests?.memory ?? domain.resources?.limits?.memory;
+    const need = Math.ceil((tryParseQuantity(mem) ?? 0) / size.bytes);
+    const pool = await hugepagePool(size.sysfs);
+    if (!pool || pool.free < need)
+      throw new CpuManagerError(
+        'HugepagesUnavailable',
+        `needs ${need} free ${ps} hugepages and node ${this.opts.nodeName} has ${pool ? `${pool.free} free of ${pool.total}` : 'no such hugepage pool'}`,
+      );
+  }
+
   /** VMI `name` when it is scheduled to this node. */
   vmiOnNode(namespace: string, name: string): KubeObject | undefined {
     const vmi = this.vmis.get(`${namespace}/${name}`);
@@ -466,6 +600,7 @@ export class VmRuntime extends Controller {
     vmi: KubeObject,
     runDir: string,
     volumePaths?: Record<string, string>,
+    hostNuma?: number[],
   ): Promise<{ typed: TypedVmi; argv: ReturnType<typeof buildQemuArgv>; netns: string | undefined }> {
     const typed = {
       metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid },
@@ -482,7 +617,7 @@ export class VmRuntime extends Controller {
       secondary: this.opts.secondary,
       volumePaths,
     });
-    return { typed, argv: buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared }), netns: prepared.netns };
+    return { typed, argv: buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared, hostNumaNodes: hostNuma }), netns: prepared.netns };
   }
 
   /** Starts QEMU with `argv` in the VMI's run directory (and cgroup) and network namespace `netns`; throws what fails. */
@@ -527,8 +662,17 @@ export class VmRuntime extends Controller {
     let typed: TypedVmi;
     let argv: ReturnType<typeof buildQemuArgv>;
     let netns: string | undefined;
+    let cpus: CpuAssignment | undefined;
     try {
-      ({ typed, argv, netns } = await this.prepareLaunch(vmi, runDir));
+      await this.checkHugepages(vmi);
+      cpus = await this.assignCpus(vmi);
+    } catch (e) {
+      if (e instanceof CpuManagerError) return this.finish(vmi, 'Failed', e.code, e.message);
+      throw e;
+    }
+    try {
+      const numa = cpus && (await hostNumaNodes());
+      ({ typed, argv, netns } = await this.prepareLaunch(vmi, runDir, undefined, cpus && cpus.vcpus.map((c) => numa?.get(c) ?? 0)));
     } catch (e) {
       if (e instanceof PrepareError && e.retry) {
         await this.condition(vmi, 'Ready', 'False', e.reason, e.message);
@@ -567,6 +711,16 @@ export class VmRuntime extends Controller {
       return this.finish(vmi, 'Failed', reason, (e as Error).message);
     }
     await this.attach(vmi);
+    if (cpus) {
+      try {
+        await this.pin(key, cpus);
+      } catch (e) {
+        if (!(e instanceof CpuManagerError)) throw e;
+        await this.stopQemu(key, runDir);
+        return this.finish(vmi, 'Failed', e.code, e.message);
+      }
+    }
+    await this.rebalanceCpus();
     const qmp = this.qmpFor(vmi.metadata.namespace!, vmi.metadata.name);
     if (resuming && qmp && resume) {
       const t0 = Date.now();
@@ -746,6 +900,7 @@ export class VmRuntime extends Controller {
     await terminate(runDir, { graceMs: 2000 });
     await this.dropCgroup(runDir);
     await this.releaseNetwork(key);
+    await this.rebalanceCpus();
   }
 
   /** The taps and leases of a VMI whose QEMU is gone. */
@@ -773,6 +928,8 @@ export class VmRuntime extends Controller {
     await this.events.record(vmi, phase === 'Failed' ? 'Warning' : 'Normal', phase === 'Failed' ? reason : 'Stopped', message);
     await this.releaseNetwork(keyOf(vmi));
     await this.dropFinalizer(vmi);
+    // Its dedicated CPUs (if any) return to the shared pool.
+    await this.rebalanceCpus();
   }
 
   private async condition(vmi: KubeObject, type: string, status: 'True' | 'False', reason: string, message: string): Promise<void> {

@@ -180,6 +180,22 @@ function checkCpu(spec: Obj, path: string, opts: VmiSpecOptions, ctx: SemanticCo
   if (counted && topology > MAX_VCPUS) {
     ctx.causes.push(invalid(`${path}.domain.cpu`, topology, `sockets * cores * threads must be at most ${MAX_VCPUS} vCPUs`));
   }
+  // KubeVirt's rules: the emulator thread is isolated only beside dedicated vCPUs, and guest NUMA
+  // passthrough needs both dedicated CPUs and hugepages (it maps host nodes' CPUs and memory).
+  const dedicated = cpu.dedicatedCpuPlacement === true;
+  if (cpu.isolateEmulatorThread === true && !dedicated)
+    ctx.causes.push(invalid(`${path}.domain.cpu.isolateEmulatorThread`, true, 'needs dedicatedCpuPlacement: true'));
+  if (isSet(obj(cpu.numa)?.guestMappingPassthrough)) {
+    const hugepages = isSet(obj(obj(domain.memory)?.hugepages));
+    if (!dedicated || !hugepages)
+      ctx.causes.push(
+        invalid(
+          `${path}.domain.cpu.numa.guestMappingPassthrough`,
+          {},
+          'needs dedicatedCpuPlacement: true and memory.hugepages (the guest gets the host NUMA nodes of its CPUs and memory)',
+        ),
+      );
+  }
 }
 
 function checkCloudInit(vol: Obj, field: string, kind: 'cloudInitNoCloud' | 'cloudInitConfigDrive', ctx: SemanticContext): void {

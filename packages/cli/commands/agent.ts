@@ -31,6 +31,7 @@ interface AgentFlags {
   nncpProbeTimeout: string;
   fencingTimeout: string;
   migrationTls: string;
+  reservedCpus?: string;
 }
 
 /** The --qemu-priority option, shared with `vessel up`. */
@@ -66,6 +67,10 @@ export function registerAgent(program: Command): void {
       'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host',
     )
     .option('--qemu-priority <spec>', QEMU_PRIORITY_HELP, QEMU_PRIORITY_DEFAULT)
+    .option(
+      '--reserved-cpus <list>',
+      'host CPUs kept for the system (e.g. 0 or 0-1): turns on the CPU manager, whose other CPUs run dedicatedCpuPlacement VMs exclusively (docs/pinning.md)',
+    )
     .option(
       '--fabric-ip <ip>',
       "this host's address on the fabric between the nodes: runs the node's side of the cluster network (bridge vsl-br0, VXLAN to the other nodes, DHCP) and publishes it on the Node",
@@ -129,6 +134,7 @@ export function registerAgent(program: Command): void {
         nncpProbeTimeoutMs: probeSeconds * 1000,
         fencingTimeoutMs: fencingSeconds * 1000,
         migrationTls: flags.migrationTls === 'true',
+        reservedCpus: flags.reservedCpus,
       });
       out(`Vessel agent running as node ${agent.nodeName}\n`);
       await signalled;

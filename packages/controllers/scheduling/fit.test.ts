@@ -125,12 +125,17 @@ describe('vmiRequests', () => {
       name: 'dedicatedCpuPlacement: whole CPUs, ratio ignored',
       spec: { domain: { cpu: { cores: 4, dedicatedCpuPlacement: true }, memory: { guest: '1Gi' } } },
       settings: { cpuAllocationRatio: 10 },
-      want: { cpuMillis: 4000, memoryBytes: Gi + overhead(Gi) },
+      want: { cpuMillis: 4000, memoryBytes: Gi + overhead(Gi), extended: { 'vessel.io/dedicated-cpus': 4 } },
     },
     {
       name: 'isolateEmulatorThread adds one dedicated CPU',
       spec: { domain: { cpu: { cores: 2, dedicatedCpuPlacement: true, isolateEmulatorThread: true }, memory: { guest: '1Gi' } } },
-      want: { cpuMillis: 3000, memoryBytes: Gi + overhead(Gi) },
+      want: { cpuMillis: 3000, memoryBytes: Gi + overhead(Gi), extended: { 'vessel.io/dedicated-cpus': 3 } },
+    },
+    {
+      name: 'hugepages: the guest from the hugepage pool, only the overhead from memory',
+      spec: { domain: { memory: { guest: '1Gi', hugepages: { pageSize: '2Mi' } } } },
+      want: { cpuMillis: 100, memoryBytes: overhead(Gi), extended: { 'hugepages-2Mi': Gi } },
     },
     {
       name: 'overcommitGuestOverhead leaves the overhead out',
@@ -556,5 +561,46 @@ describe('scoring', () => {
   it('skips failing nodes and schedules on the one that fits', () => {
     const nodes = [node('a', { ready: 'False' }), node('b', { memory: '1Gi' }), node('c', { unschedulable: true }), node('d')];
     assert.equal(run(nodes).node, 'd');
+  });
+});
+
+describe('dedicated CPUs and hugepages', () => {
+  const pinned = { domain: { cpu: { cores: 1, dedicatedCpuPlacement: true }, memory: { guest: '128Mi' } } };
+  const cpuManager = (name: string, dedicated: string, extra: Record<string, string> = {}): NodeLike => {
+    const n = node(name, { labels: { 'kubernetes.io/hostname': name, cpumanager: 'true' } });
+    Object.assign(n.status!.allocatable!, { 'vessel.io/dedicated-cpus': dedicated, ...extra });
+    return n;
+  };
+  const vmi = (spec: VmiSchedulingSpec) => ({ metadata: { name: 'v', namespace: 'ns' }, spec });
+
+  it('a dedicated VMI needs a node with a CPU manager', () => {
+    const r = scheduleVmi({ vmi: vmi(pinned), nodes: [node('plain')], placed: [] });
+    assert.equal(r.node, undefined);
+    assert.match((r as { message: string }).message, /^0\/1 nodes are available: 1 node\(s\) didn't match Pod's node affinity\/selector \(cpumanager=true/);
+    assert.equal(scheduleVmi({ vmi: vmi(pinned), nodes: [node('plain'), cpuManager('cm', '1')], placed: [] }).node, 'cm');
+  });
+
+  it('exclusive CPUs are counted from the dedicated VMIs already there', () => {
+    const placed = [{ nodeName: 'cm', requests: vmiRequests(pinned) }];
+    const r = scheduleVmi({ vmi: vmi(pinned), nodes: [cpuManager('cm', '1')], placed });
+    assert.deepEqual(r, { node: undefined, reason: 'Unschedulable', message: '0/1 nodes are available: 1 Insufficient vessel.io/dedicated-cpus.' });
+    assert.equal(scheduleVmi({ vmi: vmi(pinned), nodes: [cpuManager('cm', '2')], placed }).node, 'cm');
+    // A shared VMI does not use the exclusive pool.
+    assert.equal(scheduleVmi({ vmi: vmi({ domain: { memory: { guest: '128Mi' } } }), nodes: [cpuManager('cm', '1')], placed }).node, 'cm');
+    const isolated = { domain: { cpu: { cores: 1, dedicatedCpuPlacement: true, isolateEmulatorThread: true }, memory: { guest: '128Mi' } } };
+    assert.equal(scheduleVmi({ vmi: vmi(isolated), nodes: [cpuManager('cm', '1')], placed: [] }).node, undefined, 'two CPUs on a pool of one');
+  });
+
+  it("hugepages are counted against the node's pool of that size", () => {
+    const hp = { domain: { memory: { guest: '128Mi', hugepages: { pageSize: '2Mi' } } } };
+    const r = scheduleVmi({ vmi: vmi(hp), nodes: [node('a')], placed: [] });
+    assert.match((r as { message: string }).message, /1 Insufficient hugepages-2Mi/);
+    const n = node('a');
+    n.status!.allocatable!['hugepages-2Mi'] = '256Mi';
+    assert.equal(scheduleVmi({ vmi: vmi(hp), nodes: [n], placed: [] }).node, 'a');
+    const placed = [{ nodeName: 'a', requests: vmiRequests(hp) }];
+    assert.equal(scheduleVmi({ vmi: vmi(hp), nodes: [n], placed }).node, 'a');
+    placed.push({ nodeName: 'a', requests: vmiRequests(hp) });
+    assert.match((scheduleVmi({ vmi: vmi(hp), nodes: [n], placed }) as { message: string }).message, /1 Insufficient hugepages-2Mi/);
   });
 });

@@ -10,7 +10,8 @@
  *  - filters, in order, each failing node counted once under the first that fails: Ready (as
  *    the not-ready/unreachable NoSchedule taints the node lifecycle controller would add),
  *    spec.unschedulable, the kubevirt.io/schedulable label, volume node pins, nodeSelector and
- *    required node affinity, NoSchedule/NoExecute taints, then cpu and memory;
+ *    required node affinity, NoSchedule/NoExecute taints, a CPU manager for dedicated CPUs,
+ *    extended resources (dedicated CPUs, hugepages), then cpu and memory;
  *  - scoring: sum of matching preferred node-affinity weights first, then LeastAllocated
  *    (mean free fraction of cpu and memory after placement), ties broken by node name.
  */
@@ -53,6 +54,11 @@ export interface NodeLike {
 export interface Requests {
   cpuMillis: number;
   memoryBytes: number;
+  /**
+   * Extended resources by name, counted against the node's allocatable of that name:
+   * DEDICATED_CPUS (exclusive CPUs of the node's CPU manager) and hugepages-2Mi/-1Gi (bytes).
+   */
+  extended?: Record<string, number>;
 }
 
 export interface SchedulingSettings {
@@ -88,6 +94,10 @@ export const VM_OVERHEAD_FIXED_BYTES = 16 * 2 ** 20;
 export const VM_OVERHEAD_GUEST_FRACTION = 0.005;
 
 export const SCHEDULABLE_LABEL = 'kubevirt.io/schedulable';
+/** KubeVirt's label of a node whose CPU manager can give VMs dedicated CPUs (docs/pinning.md). */
+export const CPU_MANAGER_LABEL = 'cpumanager';
+/** The node's allocatable exclusive CPUs (its CPU manager's pool, `vessel agent --reserved-cpus`). */
+export const DEDICATED_CPUS = 'vessel.io/dedicated-cpus';
 export const TAINT_NOT_READY = 'node.kubernetes.io/not-ready';
 export const TAINT_UNREACHABLE = 'node.kubernetes.io/unreachable';
 export const TAINT_UNSCHEDULABLE = 'node.kubernetes.io/unschedulable';
@@ -107,6 +117,14 @@ export const REASONS = {
 export function untoleratedTaintReason(t: TaintLike): string {
   return `node(s) had untolerated taint {${t.key}: ${t.value ?? ''}}`;
 }
+
+/** kube-scheduler's reason for a node short of an extended resource ("Insufficient hugepages-2Mi"). */
+export function insufficientReason(resource: string): string {
+  return `Insufficient ${resource}`;
+}
+
+/** A dedicated VMI on a node without a CPU manager: the cpumanager=true selector KubeVirt adds does not match. */
+export const NO_CPU_MANAGER_REASON = "node(s) didn't match Pod's node affinity/selector (cpumanager=true: no CPU manager, see vessel agent --reserved-cpus)";
 
 // ---------------------------------------------------------------------------------------------
 // Requests
@@ -163,8 +181,14 @@ export function vmiRequests(spec: VmiSchedulingSpec, settings: SchedulingSetting
   const requestedMemory = quantity(requests.memory);
   const guestSource = quantity(domain?.memory?.guest) ?? quantity(limits.memory);
   const guest = guestSource ?? requestedMemory ?? 0;
-  const baseMemory = requestedMemory ?? ((guestSource ?? 0) * 100) / overcommit;
+  // Hugepages: the guest's memory comes from the node's hugepage pool, only the overhead from its memory (KubeVirt's launcher pod).
+  const pageSize = domain?.memory?.hugepages?.pageSize;
+  const hugepages = pageSize === '2Mi' || pageSize === '1Gi' ? `hugepages-${pageSize}` : undefined;
+  const baseMemory = hugepages ? 0 : (requestedMemory ?? ((guestSource ?? 0) * 100) / overcommit);
   const overhead = domain?.resources?.overcommitGuestOverhead ? 0 : vmiOverheadBytes(guest);
+  const extended: Record<string, number> = {};
+  if (hugepages) extended[hugepages] = ceilish(guest);
+  if (domain?.cpu?.dedicatedCpuPlacement) extended[DEDICATED_CPUS] = vmiVcpus(spec) + (domain.cpu.isolateEmulatorThread ? 1 : 0);
 
   const requestedCpu = quantity(requests.cpu);
   let cpuMillis: number;
@@ -172,7 +196,9 @@ export function vmiRequests(spec: VmiSchedulingSpec, settings: SchedulingSetting
   else if (domain?.cpu?.dedicatedCpuPlacement) cpuMillis = (vmiVcpus(spec) + (domain.cpu.isolateEmulatorThread ? 1 : 0)) * 1000;
   else cpuMillis = (vmiVcpus(spec) * 1000) / ratio;
 
-  return { cpuMillis: ceilish(cpuMillis), memoryBytes: ceilish(baseMemory) + overhead };
+  const out: Requests = { cpuMillis: ceilish(cpuMillis), memoryBytes: ceilish(baseMemory) + overhead };
+  if (Object.keys(extended).length > 0) out.extended = extended;
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -311,6 +337,12 @@ export function filterNode(spec: VmiSchedulingSpec, node: NodeLike, requests: Re
       return untoleratedTaintReason(taint);
     }
   }
+  if (requests.extended?.[DEDICATED_CPUS] && node.metadata.labels?.[CPU_MANAGER_LABEL] !== 'true') return NO_CPU_MANAGER_REASON;
+  // The scarcer, more specific resources first: their shortage is the reason worth reading.
+  for (const [name, want] of Object.entries(requests.extended ?? {})) {
+    const have = Math.max(0, ceilish(quantity(node.status?.allocatable?.[name]) ?? 0));
+    if (have - (used.extended?.[name] ?? 0) < want) return insufficientReason(name);
+  }
   const alloc = allocatableOf(node);
   if (alloc.cpuMillis - used.cpuMillis < requests.cpuMillis) return REASONS.insufficientCpu;
   if (alloc.memoryBytes - used.memoryBytes < requests.memoryBytes) return REASONS.insufficientMemory;
@@ -346,10 +378,14 @@ export function describeUnschedulable(totalNodes: number, reasons: ReadonlyMap<s
 // ---------------------------------------------------------------------------------------------
 // Scheduling
 
-const sumRequests = (a: Requests, b: Requests): Requests => ({
-  cpuMillis: a.cpuMillis + b.cpuMillis,
-  memoryBytes: a.memoryBytes + b.memoryBytes,
-});
+const sumRequests = (a: Requests, b: Requests): Requests => {
+  const out: Requests = { cpuMillis: a.cpuMillis + b.cpuMillis, memoryBytes: a.memoryBytes + b.memoryBytes };
+  if (a.extended || b.extended) {
+    out.extended = { ...a.extended };
+    for (const [k, v] of Object.entries(b.extended ?? {})) out.extended[k] = (out.extended[k] ?? 0) + v;
+  }
+  return out;
+};
 
 /**
  * Picks the node for a VMI, or explains why there is none. The returned score encodes the

@@ -5,7 +5,21 @@
  * up in -machine, which is written once all machine properties are known.
  */
 import { MIN_GUEST_MEMORY, SUPPORTED_MACHINE_TYPES, firmwareUuidProblem, qemuMachineType, tryParseQuantity } from '@vessel/api';
-import { checkHostString, opt, readBool, readInt, readList, readObj, readStr, isSet, type Causes, type Configurator, type Obj } from './context.ts';
+import {
+  checkHostString,
+  opt,
+  readBool,
+  readInt,
+  readList,
+  readObj,
+  readStr,
+  isSet,
+  type Causes,
+  type Configurator,
+  type Ctx,
+  type Obj,
+  type OptProps,
+} from './context.ts';
 
 export const isQ35 = (machine: string): boolean => machine === 'q35' || machine.startsWith('pc-q35-');
 
@@ -103,26 +117,89 @@ export const memory: Configurator = (ctx) => {
   ctx.args.memory.push('-m', `${mib}M`);
 
   const hp = readObj(mem.hugepages, 'spec.domain.memory.hugepages', c);
+  const cpuSpec = readObj(dom.cpu, 'spec.domain.cpu', c) ?? {};
+  const numaSpec = readObj(cpuSpec.numa, 'spec.domain.cpu.numa', c);
+  const passthrough = isSet(readObj(numaSpec?.guestMappingPassthrough, 'spec.domain.cpu.numa.guestMappingPassthrough', c));
+  if (passthrough && (!hp || readBool(cpuSpec.dedicatedCpuPlacement, 'spec.domain.cpu.dedicatedCpuPlacement', c) !== true))
+    c.invalid('spec.domain.cpu.numa.guestMappingPassthrough', {}, 'needs dedicatedCpuPlacement: true and memory.hugepages');
   if (!hp) return;
   ctx.hugepages = true;
   const ps = readStr(hp.pageSize, 'spec.domain.memory.hugepages.pageSize', c);
   const size = ps === undefined ? undefined : tryParseQuantity(ps);
   if (size !== 2 * 2 ** 20 && size !== 2 ** 30) return c.value('spec.domain.memory.hugepages.pageSize', ps, ['2Mi', '1Gi']);
   if ((mib * 2 ** 20) % size !== 0) c.invalid(field, q, `must be a multiple of the hugepage size ${ps}`);
-  const path = checkHostString('hugepagesPath', ctx.input.hugepagesPath ?? (size === 2 ** 30 ? '/dev/hugepages1G' : '/dev/hugepages'));
-  // pc.ram: the RAM block name QEMU uses without a backend, so the migration stream is the same.
-  // prealloc: fail at start, not with SIGBUS later, when the hugepage pool is short.
-  ctx.args.memory.push(
-    '-object',
-    opt('memory-backend-file', [
-      ['id', 'pc.ram'],
-      ['size', `${mib}M`],
-      ['mem-path', path],
-      ['prealloc', true],
-    ]),
-  );
-  ctx.machineProps.push(['memory-backend', 'pc.ram']);
+  // A hugetlbfs mount when the agent names one; else an anonymous memfd on the hugepage pool
+  // (no mount needed). prealloc: fail at start, not with SIGBUS later, when the pool is short.
+  const backend = (id: string, sizeMib: number, hostNode?: number): string =>
+    ctx.input.hugepagesPath !== undefined
+      ? opt('memory-backend-file', [
+          ['id', id],
+          ['size', `${sizeMib}M`],
+          ['mem-path', checkHostString('hugepagesPath', ctx.input.hugepagesPath)],
+          ['prealloc', true],
+          ['host-nodes', hostNode],
+          ['policy', hostNode === undefined ? undefined : 'bind'],
+        ])
+      : opt('memory-backend-memfd', [
+          ['id', id],
+          ['size', `${sizeMib}M`],
+          ['hugetlb', true],
+          ['hugetlbsize', size],
+          ['prealloc', true],
+          ['host-nodes', hostNode],
+          ['policy', hostNode === undefined ? undefined : 'bind'],
+        ]);
+  if (!passthrough) {
+    // pc.ram: the RAM block name QEMU uses without a backend, so the migration stream is the same.
+    ctx.args.memory.push('-object', backend('pc.ram', mib));
+    ctx.machineProps.push(['memory-backend', 'pc.ram']);
+    return;
+  }
+  numaPassthrough(ctx, mib, size / 2 ** 20, backend);
 };
+
+/**
+ * cpu.numa.guestMappingPassthrough: one guest NUMA node per host node the dedicated CPUs lie on
+ * (in the order the vCPUs meet them), its vCPUs those pinned there and its memory bound there;
+ * memory split by vCPU count in whole hugepages, the rest on the last node (as KubeVirt).
+ */
+function numaPassthrough(ctx: Ctx, mib: number, pageMib: number, backend: (id: string, sizeMib: number, hostNode?: number) => string): void {
+  const hostNodes = ctx.input.hostNumaNodes;
+  if (!hostNodes || hostNodes.length !== ctx.vcpus) {
+    return ctx.c.required(
+      'spec.domain.cpu.numa.guestMappingPassthrough',
+      'the host NUMA nodes of the dedicated CPUs (the VM starts on a node with a CPU manager)',
+    );
+  }
+  const groups = new Map<number, number[]>();
+  hostNodes.forEach((h, vcpu) => {
+    if (!Number.isInteger(h) || h < 0) throw new TypeError(`buildQemuArgv: bad host NUMA node ${JSON.stringify(h)}`);
+    groups.set(h, [...(groups.get(h) ?? []), vcpu]);
+  });
+  const pages = Math.floor(mib / pageMib);
+  let left = pages;
+  [...groups].forEach(([host, vcpus], i) => {
+    const last = i === groups.size - 1;
+    const nodePages = last ? left : Math.floor((pages * vcpus.length) / ctx.vcpus);
+    left -= nodePages;
+    if (nodePages <= 0) ctx.c.invalid('spec.domain.memory.guest', `${mib}Mi`, `too small to give each of ${groups.size} guest NUMA nodes a hugepage`);
+    ctx.args.memory.push('-object', backend(`ram-node${i}`, nodePages * pageMib, host));
+    const cpus: OptProps = cpuRanges(vcpus).map((r) => ['cpus', r]);
+    ctx.args.memory.push('-numa', opt('node', [['nodeid', i], ...cpus, ['memdev', `ram-node${i}`]]));
+  });
+}
+
+/** vCPU indexes as QEMU's ranges ("0-3"), one per run of consecutive numbers. */
+function cpuRanges(ns: number[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < ns.length;) {
+    let j = i;
+    while (j + 1 < ns.length && ns[j + 1] === ns[j] + 1) j++;
+    out.push(i === j ? String(ns[i]) : `${ns[i]}-${ns[j]}`);
+    i = j + 1;
+  }
+  return out;
+}
 
 /** UEFI (OVMF as pflash), secure boot and SMM. */
 export const efi: Configurator = (ctx) => {
@@ -257,6 +334,10 @@ export const cpu: Configurator = (ctx) => {
     else if (policy === 'disable') props.push([fname, false]);
     else c.value(`${path}.policy`, policy, ['require', 'force', 'disable']);
   });
+  // Dedicated CPUs are the agent's pinning after start (vms/cpu-manager.ts), nothing in argv.
+  const dedicated = readBool(spec.dedicatedCpuPlacement, 'spec.domain.cpu.dedicatedCpuPlacement', c) === true;
+  if (readBool(spec.isolateEmulatorThread, 'spec.domain.cpu.isolateEmulatorThread', c) === true && !dedicated)
+    c.invalid('spec.domain.cpu.isolateEmulatorThread', true, 'needs dedicatedCpuPlacement: true');
   const { sockets, cores, threads } = ctx.topology;
   ctx.args.cpu.push(
     '-cpu',
