@@ -12,7 +12,12 @@ const AGE: PrinterColumn = { name: 'Age', type: 'date', jsonPath: '.metadata.cre
 const REPLICA_COLUMNS: PrinterColumn[] = [
   { name: 'Desired', type: 'integer', jsonPath: '.spec.replicas', description: 'Number of desired VirtualMachineInstances' },
   { name: 'Current', type: 'integer', jsonPath: '.status.replicas', description: 'Number of managed and not final or deleted VirtualMachineInstances' },
-  { name: 'Ready', type: 'integer', jsonPath: '.status.readyReplicas', description: 'Number of managed VirtualMachineInstances which are ready to receive traffic' },
+  {
+    name: 'Ready',
+    type: 'integer',
+    jsonPath: '.status.readyReplicas',
+    description: 'Number of managed VirtualMachineInstances which are ready to receive traffic',
+  },
   AGE,
 ];
 

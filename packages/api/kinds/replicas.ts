@@ -49,7 +49,12 @@ export function validateVirtualMachinePool(o: KubeObject, ctx: SemanticContext):
   }
   // The template is checked as the VirtualMachine it becomes, paths re-rooted under the pool's.
   const oldSpec = obj(obj(obj(ctx.old?.spec)?.virtualMachineTemplate)?.spec);
-  const vm: KubeObject = { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine', metadata: { name: 'template', namespace: o.metadata?.namespace }, spec: vmSpec };
+  const vm: KubeObject = {
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachine',
+    metadata: { name: 'template', namespace: o.metadata?.namespace },
+    spec: vmSpec,
+  };
   const old: KubeObject | undefined = oldSpec ? { ...vm, spec: oldSpec } : undefined;
   const inner: SemanticContext = { op: ctx.op, old, causes: [], warnings: [] };
   validateVirtualMachine(vm, inner);
