@@ -3,6 +3,7 @@
  * resource handlers, authenticates and authorizes every request, and answers every failure
  * with a Status. No framework: the paths are Kubernetes', and watches need the raw response.
  */
+import { randomBytes } from 'node:crypto';
 import { createServer as createHttpsServer } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
@@ -133,7 +134,7 @@ export function createHandler(opts: HandlerOptions): Handler {
     const event = {
       apiVersion: 'v1',
       kind: 'Event',
-      metadata: { namespace: ns, generateName: `${obj.metadata?.name ?? 'object'}.` },
+      metadata: { namespace: ns, name: `${obj.metadata?.name ?? 'object'}.${Date.now().toString(16)}${randomBytes(2).toString('hex')}` },
       involvedObject: { apiVersion: obj.apiVersion, kind: obj.kind, name: obj.metadata?.name, namespace: ns },
       reason,
       message,
