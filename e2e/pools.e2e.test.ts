@@ -109,9 +109,13 @@ test('kubectl scale vmpool: three running replicas on their own disks, then one'
     assert.equal(vms.length, 1);
     assert.equal(dvs[0], `root-${vms[0].slice('web-'.length)}`, 'the remaining VM keeps its own disk');
   });
-  // Negative replicas: a 422 naming the field, nothing changed.
-  const bad = await kubectl(['scale', 'vmpool', 'web', '-n', NS, '--replicas', '-1']);
+  // Negative replicas through the scale subresource: a 422 naming the field, nothing changed.
+  const bad = await kubectl(['patch', 'vmpool', 'web', '-n', NS, '--subresource=scale', '--type=merge', '-p', '{"spec":{"replicas":-1}}']);
   assert.notEqual(bad.code, 0);
+  assert.match(bad.err, /spec\.replicas/);
+  assert.equal(((await ok(['get', 'vmpool', 'web', '-n', NS, '-o', 'jsonpath={.spec.replicas}'])) as string).trim(), '1');
+  const discovery = JSON.parse(await ok(['get', '--raw', '/apis/pool.kubevirt.io/v1alpha1'])) as { resources: { name: string; kind: string }[] };
+  assert.ok(discovery.resources.some((r) => r.name === 'virtualmachinepools/scale' && r.kind === 'Scale'));
   await ok(['delete', 'vmpool', 'web', '-n', NS, '--wait=false']);
 });
 

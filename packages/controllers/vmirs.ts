@@ -18,6 +18,8 @@ const { VMIRS, VMIS } = refs;
 
 type Obj = Record<string, unknown>;
 const FINAL = new Set(['Succeeded', 'Failed']);
+/** How long a creation counts before the cache shows it (KubeVirt's expectations expire too). */
+const EXPECTATION_TTL_MS = 60_000;
 
 interface ReplicaSetSpec {
   replicas?: number;
@@ -45,10 +47,10 @@ export class VirtualMachineInstanceReplicaSetController extends Controller {
   private readonly sets: Informer;
   private readonly vmis: Informer;
   private readonly events: EventRecorder;
-  /** Per replica set uid: names created that the cache has not shown yet. */
-  private readonly created = new Map<string, Set<string>>();
-  /** uids of VMIs this controller deleted, until the cache shows them deleting or gone. */
-  private readonly deleted = new Set<string>();
+  /** Per replica set uid: names created that the cache has not shown yet, with when. */
+  private readonly created = new Map<string, Map<string, number>>();
+  /** VMIs this controller deleted (uid → cache key), until the cache shows them deleting or gone. */
+  private readonly deleted = new Map<string, string>();
 
   constructor(client: Client, log?: Log) {
     super('vmirs', client, log);
@@ -64,13 +66,18 @@ export class VirtualMachineInstanceReplicaSetController extends Controller {
   private members(rs: KubeObject): { active: KubeObject[]; finished: KubeObject[]; pending: number } {
     const uid = rs.metadata.uid!;
     const owned = this.vmis.byIndex(BY_OWNER, uid);
-    const pending = this.created.get(uid) ?? new Set<string>();
+    const pending = this.created.get(uid) ?? new Map<string, number>();
     for (const vmi of owned) pending.delete(vmi.metadata.name);
+    // A creation the cache never shows (deleted at once by someone else) stops counting after a while.
+    for (const [name, at] of pending) if (Date.now() - at > EXPECTATION_TTL_MS) pending.delete(name);
+    for (const [vmiUid, key] of this.deleted) {
+      const vmi = this.vmis.get(key);
+      if (!vmi || vmi.metadata.uid !== vmiUid || vmi.metadata.deletionTimestamp) this.deleted.delete(vmiUid);
+    }
     const active: KubeObject[] = [];
     const finished: KubeObject[] = [];
     for (const vmi of owned) {
-      if (vmi.metadata.deletionTimestamp) this.deleted.delete(vmi.metadata.uid!);
-      else if (this.deleted.has(vmi.metadata.uid!)) continue;
+      if (vmi.metadata.deletionTimestamp || this.deleted.has(vmi.metadata.uid!)) continue;
       else if (FINAL.has(phaseOf(vmi))) finished.push(vmi);
       else active.push(vmi);
     }
@@ -104,7 +111,7 @@ export class VirtualMachineInstanceReplicaSetController extends Controller {
   }
 
   private async deleteVmi(rs: KubeObject, vmi: KubeObject): Promise<void> {
-    this.deleted.add(vmi.metadata.uid!);
+    this.deleted.set(vmi.metadata.uid!, `${rs.metadata.namespace}/${vmi.metadata.name}`);
     await this.client.delete(VMIS, vmi.metadata.name, { namespace: rs.metadata.namespace }).catch((e) => {
       if (!isStatusError(e, 'NotFound')) throw e;
     });
@@ -143,8 +150,8 @@ export class VirtualMachineInstanceReplicaSetController extends Controller {
       throw e;
     }
     const uid = rs.metadata.uid!;
-    if (!this.created.has(uid)) this.created.set(uid, new Set());
-    this.created.get(uid)!.add(made.metadata.name);
+    if (!this.created.has(uid)) this.created.set(uid, new Map());
+    this.created.get(uid)!.set(made.metadata.name, Date.now());
     await this.events.record(rs, 'Normal', 'SuccessfulCreate', `Created virtual machine instance: ${made.metadata.name}`);
   }
 }

@@ -85,8 +85,8 @@ export class VirtualMachinePoolController extends Controller {
   private readonly pools: Informer;
   private readonly vms: Informer;
   private readonly events: EventRecorder;
-  /** uids of VMs this controller deleted, until the cache shows them deleting or gone. */
-  private readonly deleted = new Set<string>();
+  /** VMs this controller deleted (uid → cache key), until the cache shows them deleting or gone. */
+  private readonly deleted = new Map<string, string>();
 
   constructor(client: Client, log?: Log) {
     super('vmpool', client, log);
@@ -104,13 +104,11 @@ export class VirtualMachinePoolController extends Controller {
     const ns = pool.metadata.namespace!;
     const name = pool.metadata.name;
     const spec = (pool.spec ?? {}) as PoolSpec;
-    const owned = this.vms.byIndex(BY_OWNER, pool.metadata.uid!).filter((vm) => {
-      if (vm.metadata.deletionTimestamp) {
-        this.deleted.delete(vm.metadata.uid!);
-        return false;
-      }
-      return !this.deleted.has(vm.metadata.uid!);
-    });
+    for (const [uid, vmKey] of this.deleted) {
+      const vm = this.vms.get(vmKey);
+      if (!vm || vm.metadata.uid !== uid || vm.metadata.deletionTimestamp) this.deleted.delete(uid);
+    }
+    const owned = this.vms.byIndex(BY_OWNER, pool.metadata.uid!).filter((vm) => !vm.metadata.deletionTimestamp && !this.deleted.has(vm.metadata.uid!));
     const want = spec.replicas ?? 1;
     if (!spec.paused && spec.virtualMachineTemplate?.spec) {
       if (owned.length < want) {
@@ -119,7 +117,7 @@ export class VirtualMachinePoolController extends Controller {
         for (const i of freeIndices(taken, want - owned.length)) await this.createVm(pool, spec, i);
       } else if (owned.length > want) {
         for (const vm of scaleInOrder(name, owned, owned.length - want)) {
-          this.deleted.add(vm.metadata.uid!);
+          this.deleted.set(vm.metadata.uid!, `${ns}/${vm.metadata.name}`);
           await this.client.delete(VMS, vm.metadata.name, { namespace: ns }).catch((e) => {
             if (!isStatusError(e, 'NotFound')) throw e;
           });
