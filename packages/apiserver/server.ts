@@ -372,7 +372,8 @@ export function createHandler(opts: HandlerOptions): Handler {
       fieldValidation: parseFieldValidation(r.q('fieldValidation')),
       force: parseForce(r.q('force')),
       userAgent: r.req.headers['user-agent'],
-      admit: (obj, current) => admit(user, resources, info, obj, current, { vmNetwork: opts.vmNetwork, recordEvent: admissionEvent }),
+      admit: (obj, current) =>
+        admit(user, resources, info, obj, current, { vmNetwork: opts.vmNetwork, recordEvent: write.dryRun ? undefined : admissionEvent }),
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');
