@@ -61,6 +61,14 @@ const ROOTS: Array<[SourceId, string]> = [
     ['cdi', `V1beta1${k}`],
     ['cdi', `V1beta1${k}List`],
   ]),
+  // Replica sets and presets of VMIs (kubevirt.io/v1), pool.kubevirt.io/v1alpha1 pools, and the autoscaling/v1 Scale of their scale subresource.
+  ...['VirtualMachineInstanceReplicaSet', 'VirtualMachineInstancePreset'].flatMap((k): Array<[SourceId, string]> => [
+    ['kubevirt', `V1${k}`],
+    ['kubevirt', `V1${k}List`],
+  ]),
+  ['kubevirt', 'V1alpha1VirtualMachinePool'],
+  ['kubevirt', 'V1alpha1VirtualMachinePoolList'],
+  ['kubernetes', 'IoK8sApiAutoscalingV1Scale'],
   // snapshot.kubevirt.io/v1beta1 and clone.kubevirt.io/v1beta1 (KubeVirt's dist, emitted into kubevirt.json).
   ...['VirtualMachineSnapshot', 'VirtualMachineSnapshotContent', 'VirtualMachineRestore', 'VirtualMachineClone'].flatMap((k): Array<[SourceId, string]> => [
     ['kubevirt', `V1beta1${k}`],
@@ -114,6 +122,22 @@ const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
 /** migrations.kubevirt.io/v1alpha1 types (KubeVirt's dist names them V1alpha1* like its other v1alpha1 types). */
 const MIGRATIONS_V1ALPHA1 = new Set(
   ['MigrationPolicy', 'MigrationPolicyList', 'MigrationPolicySpec', 'MigrationPolicyStatus', 'Selectors'].map((n) => `V1alpha1${n}`),
+);
+
+/** pool.kubevirt.io/v1alpha1 types (named V1alpha1* in KubeVirt's dist like migrations.kubevirt.io's). */
+const POOL_V1ALPHA1 = new Set(
+  [
+    'VirtualMachinePool',
+    'VirtualMachinePoolList',
+    'VirtualMachinePoolSpec',
+    'VirtualMachinePoolStatus',
+    'VirtualMachinePoolCondition',
+    'VirtualMachinePoolNameGeneration',
+    'VirtualMachinePoolScaleInStrategy',
+    'VirtualMachinePoolProactiveScaleInStrategy',
+    'VirtualMachinePoolSelectionPolicy',
+    'VirtualMachineTemplateSpec',
+  ].map((n) => `V1alpha1${n}`),
 );
 
 export const QUANTITY = 'io.k8s.apimachinery.pkg.api.resource.Quantity';
@@ -393,8 +417,9 @@ class Generator {
       const group = tsName.startsWith('V1beta1') ? V1BETA1_GROUP[tsName.slice(7)] : undefined;
       if (group) return { source, tsName, name: `io.kubevirt.${group}.v1beta1.${tsName.slice(7)}`, file: 'kubevirt' };
       if (tsName.startsWith('V1beta1') && cdi.interfaces.has(tsName)) return this.resolve(cdi, tsName);
-      // KubeVirt's only v1alpha1 types served are migrations.kubevirt.io's.
+      // KubeVirt's only v1alpha1 types served are migrations.kubevirt.io's and pool.kubevirt.io's.
       if (MIGRATIONS_V1ALPHA1.has(tsName)) return { source, tsName, name: `io.kubevirt.migrations.v1alpha1.${tsName.slice(8)}`, file: 'kubevirt' };
+      if (POOL_V1ALPHA1.has(tsName)) return { source, tsName, name: `io.kubevirt.pool.v1alpha1.${tsName.slice(8)}`, file: 'kubevirt' };
       const m = /^(V\d+(?:alpha|beta)?\d*)(.*)$/.exec(tsName);
       if (!m) throw new Error(`unexpected KubeVirt type name ${tsName}`);
       return { source, tsName, name: `io.kubevirt.${m[1].toLowerCase()}.${m[2]}`, file: 'kubevirt' };

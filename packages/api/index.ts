@@ -50,6 +50,8 @@ export {
 } from './objects.ts';
 export * as ipam from './ipam.ts';
 export * as netpol from './netpol.ts';
+export * as presets from './presets.ts';
+export { PRESET_DEPRECATION } from './kinds/replicas.ts';
 export * as nmstate from './nmstate.ts';
 export * as nad from './nad.ts';
 export * as migration from './migration.ts';

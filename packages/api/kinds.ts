@@ -8,6 +8,19 @@ import type { KindInfo, PrinterColumn } from './types.ts';
 
 const AGE: PrinterColumn = { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' };
 
+/** KubeVirt's columns for VirtualMachineInstanceReplicaSet and VirtualMachinePool. */
+const REPLICA_COLUMNS: PrinterColumn[] = [
+  { name: 'Desired', type: 'integer', jsonPath: '.spec.replicas', description: 'Number of desired VirtualMachineInstances' },
+  { name: 'Current', type: 'integer', jsonPath: '.status.replicas', description: 'Number of managed and not final or deleted VirtualMachineInstances' },
+  {
+    name: 'Ready',
+    type: 'integer',
+    jsonPath: '.status.readyReplicas',
+    description: 'Number of managed VirtualMachineInstances which are ready to receive traffic',
+  },
+  AGE,
+];
+
 function kind(k: Omit<KindInfo, 'listKind' | 'verbs'> & { verbs?: string[] }): KindInfo {
   return { ...k, listKind: `${k.kind}List`, verbs: k.verbs ?? [] };
 }
@@ -266,6 +279,45 @@ export const kinds: readonly KindInfo[] = Object.freeze([
       { name: 'Phase', type: 'string', jsonPath: '.status.phase', description: 'The current phase of VM instance migration' },
       { name: 'VMI', type: 'string', jsonPath: '.spec.vmiName', description: 'The name of the VMI to perform the migration on' },
     ],
+  }),
+  // Replica sets of VMIs, pools of VMs (with the scale subresource) and the deprecated VMI presets.
+  kind({
+    group: 'kubevirt.io',
+    version: 'v1',
+    kind: 'VirtualMachineInstanceReplicaSet',
+    plural: 'virtualmachineinstancereplicasets',
+    singular: 'virtualmachineinstancereplicaset',
+    shortNames: ['vmirs', 'vmirss'],
+    categories: ['all'],
+    namespaced: true,
+    statusSubresource: true,
+    scaleSubresource: true,
+    printerColumns: REPLICA_COLUMNS,
+  }),
+  kind({
+    group: 'kubevirt.io',
+    version: 'v1',
+    kind: 'VirtualMachineInstancePreset',
+    plural: 'virtualmachineinstancepresets',
+    singular: 'virtualmachineinstancepreset',
+    shortNames: ['vmipreset', 'vmipresets'],
+    categories: ['all'],
+    namespaced: true,
+    statusSubresource: false,
+    printerColumns: [AGE],
+  }),
+  kind({
+    group: 'pool.kubevirt.io',
+    version: 'v1alpha1',
+    kind: 'VirtualMachinePool',
+    plural: 'virtualmachinepools',
+    singular: 'virtualmachinepool',
+    shortNames: ['vmpool', 'vmpools'],
+    categories: ['all'],
+    namespaced: true,
+    statusSubresource: true,
+    scaleSubresource: true,
+    printerColumns: REPLICA_COLUMNS,
   }),
   // The cluster's configuration (virt-operator's CRD; Vessel serves and reads it, nothing deploys from it).
   kind({
@@ -556,6 +608,9 @@ const SCHEMA_NAMES: Record<string, string> = {
   'kubevirt.io/v1/VirtualMachineInstance': 'io.kubevirt.v1.VirtualMachineInstance',
   'kubevirt.io/v1/VirtualMachineInstanceMigration': 'io.kubevirt.v1.VirtualMachineInstanceMigration',
   'kubevirt.io/v1/KubeVirt': 'io.kubevirt.v1.KubeVirt',
+  'kubevirt.io/v1/VirtualMachineInstanceReplicaSet': 'io.kubevirt.v1.VirtualMachineInstanceReplicaSet',
+  'kubevirt.io/v1/VirtualMachineInstancePreset': 'io.kubevirt.v1.VirtualMachineInstancePreset',
+  'pool.kubevirt.io/v1alpha1/VirtualMachinePool': 'io.kubevirt.pool.v1alpha1.VirtualMachinePool',
   'migrations.kubevirt.io/v1alpha1/MigrationPolicy': 'io.kubevirt.migrations.v1alpha1.MigrationPolicy',
   'cdi.kubevirt.io/v1beta1/DataVolume': 'io.kubevirt.cdi.v1beta1.DataVolume',
   'cdi.kubevirt.io/v1beta1/DataSource': 'io.kubevirt.cdi.v1beta1.DataSource',

@@ -348,6 +348,8 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
     'spec.bandwidthPerMigration',
     'spec.completionTimeoutPerGiB',
   ],
+  // The template is checked as a VirtualMachine (kinds/replicas.ts); maxUnavailable, nameGeneration and scaleInStrategy are not built.
+  'pool.kubevirt.io/VirtualMachinePool': ['metadata', 'spec.replicas', 'spec.selector', 'spec.paused', 'spec.virtualMachineTemplate'],
   'cdi.kubevirt.io/DataVolume': ['metadata', ...under('spec', DV_SPEC_SUPPORTED)],
   'cdi.kubevirt.io/DataSource': ['metadata', 'spec.source.pvc'],
 };

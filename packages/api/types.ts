@@ -28,6 +28,8 @@ export interface KindInfo {
   /** Has a `status` subresource: the main resource ignores status changes and vice versa. */
   statusSubresource: boolean;
   printerColumns: PrinterColumn[];
+  /** Has a `scale` subresource (autoscaling/v1 Scale over spec.replicas, status.replicas and status.labelSelector). */
+  scaleSubresource?: boolean;
   /** Extra subresources served for this kind besides status (e.g. KubeVirt's start/stop), later. */
   verbs: string[];
 }

@@ -18,6 +18,7 @@ import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
 import { validateForkliftMigration, validateNetworkMap, validatePlan, validateProvider, validateStorageMap } from './kinds/forklift.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
 import { validateKubeVirt, validateMigrationPolicy } from './migration-config.ts';
+import { validateVirtualMachineInstancePreset, validateVirtualMachineInstanceReplicaSet, validateVirtualMachinePool } from './kinds/replicas.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
 import { validateObjectMeta } from './meta.ts';
@@ -56,6 +57,9 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'kubevirt.io/VirtualMachineInstance': validateVirtualMachineInstance,
   'kubevirt.io/VirtualMachineInstanceMigration': validateMigration,
   'kubevirt.io/KubeVirt': validateKubeVirt,
+  'kubevirt.io/VirtualMachineInstanceReplicaSet': validateVirtualMachineInstanceReplicaSet,
+  'kubevirt.io/VirtualMachineInstancePreset': validateVirtualMachineInstancePreset,
+  'pool.kubevirt.io/VirtualMachinePool': validateVirtualMachinePool,
   'migrations.kubevirt.io/MigrationPolicy': validateMigrationPolicy,
   'cdi.kubevirt.io/DataVolume': validateDataVolume,
   'cdi.kubevirt.io/DataSource': validateDataSource,

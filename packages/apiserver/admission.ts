@@ -13,7 +13,9 @@
  *  - the cluster network's IPAddresses (admitFixedAddress): a fixed address a VM or standalone VMI
  *    asks for (`ipam.vessel.io/ip`) must be a host address of the VM network that no other parent
  *    holds, so a conflict is refused before anything is stored instead of leaving a VM that
- *    cannot start.
+ *    cannot start;
+ *  - VirtualMachineInstancePresets (admitPresets): a VMI being created gets the domain of the
+ *    presets that select it merged in, as virt-api's mutating webhook did.
  */
 import {
   embeddedMetadata,
@@ -28,6 +30,7 @@ import {
   type KindInfo,
   type KubeObject,
   isObject as isObj,
+  presets,
 } from '@vessel/api';
 import { ADMIN_GROUP, authorize, type User } from './auth.ts';
 import { ApiError, forbidden, invalid } from './errors.ts';
@@ -207,6 +210,29 @@ export async function admit(
   await admitReferences(reader, info, obj);
   await admitClaimResize(reader, info, obj, current);
   await admitFixedAddress(reader, info, obj, opts.vmNetwork, user, current);
+  await admitPresets(reader, info, obj, current, opts.recordEvent);
+}
+
+const VMIPRESETS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstancepresets')!;
+
+/**
+ * Merges the matching presets into a VMI being created (presets.ts). Conflicting values are left
+ * as the VMI has them and reported with a Warning Event on the VMI (reason PresetFailed, as
+ * virt-api's), since the VMI still starts.
+ */
+export async function admitPresets(
+  reader: ObjectReader,
+  info: KindInfo,
+  obj: KubeObject,
+  current: KubeObject | undefined,
+  recordEvent?: AdmissionOptions['recordEvent'],
+): Promise<void> {
+  if (current || info.group !== 'kubevirt.io' || info.kind !== 'VirtualMachineInstance') return;
+  const all = (await reader.list(VMIPRESETS, obj.metadata?.namespace ?? 'default', {})).items;
+  if (all.length === 0) return;
+  const result = presets.applyPresets(obj, all);
+  if (result.conflicts.length)
+    await recordEvent?.(obj, 'Warning', 'PresetFailed', `VirtualMachineInstancePreset values not applied (the VMI's own win): ${result.conflicts.join('; ')}`);
 }
 
 /**
@@ -226,6 +252,8 @@ export function keepVmiStatus(user: User, info: KindInfo, obj: KubeObject, curre
 export interface AdmissionOptions {
   /** The VM network (default 10.244.0.0/16). */
   vmNetwork?: Cidr;
+  /** Records an Event about `obj` (preset conflicts); failures are the recorder's to swallow. */
+  recordEvent?: (obj: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string) => Promise<void>;
 }
 
 const IPADDRESSES = findByResource('networking.k8s.io', 'v1', 'ipaddresses')!;

@@ -66,6 +66,19 @@ export function apiResourceList(group: string, version: string) {
     ...(k.statusSubresource
       ? [{ name: `${k.plural}/status`, singularName: '', namespaced: k.namespaced, kind: k.kind, verbs: ['get', 'patch', 'update'] }]
       : []),
+    ...(k.scaleSubresource
+      ? [
+          {
+            name: `${k.plural}/scale`,
+            singularName: '',
+            namespaced: k.namespaced,
+            group: 'autoscaling',
+            version: 'v1',
+            kind: 'Scale',
+            verbs: ['get', 'patch', 'update'],
+          },
+        ]
+      : []),
   ]);
   return { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: group ? `${group}/${version}` : version, resources };
 }

@@ -3,12 +3,13 @@
  * resource handlers, authenticates and authorizes every request, and answers every failure
  * with a Status. No framework: the paths are Kubernetes', and watches need the raw response.
  */
+import { randomBytes } from 'node:crypto';
 import { createServer as createHttpsServer } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import YAML from 'yaml';
 import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/api';
-import type { Cidr, KindInfo } from '@vessel/api';
+import type { Cidr, KindInfo, KubeObject } from '@vessel/api';
 import { Router, type Params } from '@vessel/http';
 import type { Store } from '@vessel/store';
 import { authenticate, authorize, createToken, type User } from './auth.ts';
@@ -25,6 +26,7 @@ import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
 import { BODY_ACTIONS, runAction } from './subresources.ts';
+import { serveScale } from './scale.ts';
 import { issueUploadToken, proxyUpload } from './upload.ts';
 import { consoleUpgrade, rejectUpgrade, serialLog, type ConsoleDeps, type StreamTarget } from './console.ts';
 
@@ -76,6 +78,8 @@ type Route = { open: true; run: (x: Exchange) => Promise<void> | void } | { open
 const open = (run: (x: Exchange) => Promise<void> | void): Route => ({ open: true, run });
 const authed = (run: (x: Exchange, user: User) => Promise<void> | void): Route => ({ open: false, run });
 
+const EVENTS_INFO = findByResource('', 'v1', 'events')!;
+
 /** KubeVirt's subresource API (virt-api serves v1alpha3 as well). */
 const KUBEVIRT_SUBRESOURCES = '/apis/subresources.kubevirt.io/:version(v1|v1alpha3)/namespaces/:namespace';
 const ACTIONS = ':action(start|stop|restart|pause|unpause|softreboot|reset|addvolume|removevolume)';
@@ -123,6 +127,27 @@ export interface Handler {
 
 export function createHandler(opts: HandlerOptions): Handler {
   const resources = new Resources(opts.store, { serviceCidr: opts.serviceCidr });
+  /** An Event written by admission itself (virt-api's recorder); never fails the request. */
+  const admissionEvent = async (obj: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void> => {
+    const ns = obj.metadata?.namespace ?? 'default';
+    const now = new Date().toISOString();
+    const event = {
+      apiVersion: 'v1',
+      kind: 'Event',
+      metadata: { namespace: ns, name: `${obj.metadata?.name ?? 'object'}.${Date.now().toString(16)}${randomBytes(2).toString('hex')}` },
+      involvedObject: { apiVersion: obj.apiVersion, kind: obj.kind, name: obj.metadata?.name, namespace: ns },
+      reason,
+      message,
+      type,
+      count: 1,
+      firstTimestamp: now,
+      lastTimestamp: now,
+      source: { component: 'virt-api' },
+      reportingComponent: 'virt-api',
+      reportingInstance: '',
+    };
+    await resources.create(EVENTS_INFO, ns, event).catch(() => undefined);
+  };
   const consoleDeps = { store: opts.store, resources, log: opts.log };
   const caches = new WatchCaches(opts.store);
   let v2Protobuf: Buffer | undefined;
@@ -347,12 +372,28 @@ export function createHandler(opts: HandlerOptions): Handler {
       fieldValidation: parseFieldValidation(r.q('fieldValidation')),
       force: parseForce(r.q('force')),
       userAgent: r.req.headers['user-agent'],
-      admit: (obj, current) => admit(user, resources, info, obj, current, { vmNetwork: opts.vmNetwork }),
+      admit: (obj, current) =>
+        admit(user, resources, info, obj, current, { vmNetwork: opts.vmNetwork, recordEvent: write.dryRun ? undefined : admissionEvent }),
     };
     const table = wantsTable(r.req.headers.accept);
     const includeObject = r.q('includeObject');
     const rv = parseResourceVersion(r.q('resourceVersion'));
 
+    if (subresource === 'scale' && info.scaleSubresource && (verb === 'get' || verb === 'update' || verb === 'patch')) {
+      const scale = await serveScale(
+        resources,
+        info,
+        namespace,
+        name!,
+        verb,
+        {
+          object: () => readObject(r.req),
+          patch: async () => ({ type: patchTypeOf(r.req.headers['content-type']), text: (await readBody(r.req)).toString('utf8') }),
+        },
+        write,
+      );
+      return sendJson(res, 200, scale);
+    }
     switch (verb) {
       case 'get': {
         if (subresource && subresource !== 'status') throw new ApiError(404, 'NotFound', `${info.plural} has no subresource "${subresource}"`);

@@ -19,6 +19,8 @@ import { IpamController, vmNetworkCidr } from './ipam.ts';
 import { EndpointSliceController } from './endpointslice.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 import { ForkliftController } from './forklift/controller.ts';
+import { VirtualMachinePoolController } from './vmpool.ts';
+import { VirtualMachineInstanceReplicaSetController } from './vmirs.ts';
 
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
@@ -35,6 +37,8 @@ export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type Ipam
 export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 export { ForkliftController, type ForkliftOptions } from './forklift/controller.ts';
+export { VirtualMachinePoolController } from './vmpool.ts';
+export { VirtualMachineInstanceReplicaSetController } from './vmirs.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */
@@ -84,6 +88,8 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
         new EndpointSliceController(client, opts.log),
         new ForkliftController(client, opts.log, { ovaRoots: opts.ovaRoots }),
+        new VirtualMachinePoolController(client, opts.log),
+        new VirtualMachineInstanceReplicaSetController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },
