@@ -25,6 +25,7 @@ import { toTable, wantsTable } from './table.ts';
 import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
 import { BODY_ACTIONS, runAction } from './subresources.ts';
+import { GUEST_INFO, guestInfo, kubevirtVersion } from './guest-agent.ts';
 import { issueUploadToken, proxyUpload } from './upload.ts';
 import { consoleUpgrade, rejectUpgrade, serialLog, type ConsoleDeps, type StreamTarget } from './console.ts';
 
@@ -174,6 +175,21 @@ export function createHandler(opts: HandlerOptions): Handler {
       '*',
       `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`,
       authed(({ r, res, path, params }) => serialLog(consoleDeps, r.req, res, path, forwardTarget(params))),
+    )
+    .on(
+      'GET',
+      `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/${GUEST_INFO}`,
+      authed(async ({ res, params }, user) => sendJson(res, 200, await guestInfo(resources, user, params.namespace, params.name, params.info))),
+    )
+    .on(
+      'GET',
+      '/apis/subresources.kubevirt.io/:version(v1|v1alpha3)/version',
+      authed(({ res }) => sendJson(res, 200, kubevirtVersion())),
+    )
+    .on(
+      'GET',
+      '/apis/subresources.kubevirt.io/:version(v1|v1alpha3)/healthz',
+      authed(({ res }) => sendJson(res, 200, { apiserver: { connectivity: 'ok' } })),
     )
     .on(
       'POST',

@@ -14,6 +14,7 @@ import { registerDescribe } from './commands/describe.ts';
 import { registerDrain } from './commands/drain.ts';
 import { registerExpose } from './commands/expose.ts';
 import { registerGet } from './commands/get.ts';
+import { registerGuestInfo } from './commands/guest-info.ts';
 import { registerImage } from './commands/image.ts';
 import { registerImageUpload } from './commands/image-upload.ts';
 import { registerInventory } from './commands/inventory.ts';
@@ -54,6 +55,7 @@ export function buildProgram(): Command {
   registerImageUpload(program);
   registerInventory(program);
   registerVmActions(program);
+  registerGuestInfo(program);
   registerMigrate(program);
   registerDrain(program);
   registerAddVolume(program);
