@@ -23,7 +23,13 @@ let v: Vessel;
 const vessel = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 60_000 });
 const { ok: kubectl } = kubectlFor(() => v);
 const conditions = (o: KubeObject) => (o.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions ?? [];
-const agentUp = async () => conditions(await v.client.get(VMI, name, { namespace: ns })).some((c) => c.type === 'AgentConnected' && c.status === 'True');
+const agentUp = async () => {
+  const vmi = await v.client.get(VMI, name, { namespace: ns }).catch(async (e: Error) => {
+    const vm = await v.client.get(VM, name, { namespace: ns });
+    throw new Error(`${e.message}; VM ${JSON.stringify((vm.status as { printableStatus?: string; conditions?: unknown } | undefined) ?? {})}`);
+  });
+  return conditions(vmi).some((c) => c.type === 'AgentConnected' && c.status === 'True');
+};
 const boots = async () => (await serialLog(v.dataDir, ns, name)).split(BOOT).length - 1;
 
 before(async () => {

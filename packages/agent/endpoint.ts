@@ -8,6 +8,7 @@
  *   PUT      /v1/vmi/NS/NAME/pause|unpause|softreboot|reset   over QMP
  *   GET      /v1/serial-log/NS/NAME[?follow=true&tailBytes=N]
  *   GET      /v1/vmi/NS/NAME/guestosinfo|userlist|filesystemlist  from the guest agent (409 when it does not answer)
+ *   PUT      /v1/vmi/NS/NAME/memorydump/CLAIM/FILE           starts a memory dump into the claim (vms/memory-dump.ts)
  *   GET      /v1/healthz                                    -> 200 {node, apiReachable}: peer agents' fencing check (fencing.ts)
  *   upgrade  /v1/console/NS/NAME, /v1/vnc/NS/NAME              (console.ts)
  *   upgrade  /v1/portforward/NS/NAME/PORT[/PROTOCOL]           (portforward.ts)
@@ -38,7 +39,7 @@ export interface AgentEndpoint {
 /** What the routes call. */
 export interface EndpointDeps {
   volumes: Pick<VolumeManager, 'uploadStatus' | 'receive'>;
-  vms: Pick<VmRuntime, 'act' | 'guestInfo'>;
+  vms: Pick<VmRuntime, 'act' | 'guestInfo' | 'memoryDump'>;
   consoles: Pick<ConsoleHandlers, 'serialLog' | 'upgrade'>;
   /** Port-forward streams; without it the route answers 404. */
   portForward?: Pick<PortForwardHandler, 'upgrade'>;
@@ -83,6 +84,11 @@ export function agentRoutes(deps: EndpointDeps): {
     })
     .on('GET', '/v1/vmi/:namespace/:name/:kind(guestosinfo|userlist|filesystemlist)', async (_req, res, { namespace, name, kind }) => {
       reply(res, 200, (await deps.vms.guestInfo(namespace, name, kind as GuestInfoKind)) as Record<string, unknown>);
+    })
+    .on('PUT', '/v1/vmi/:namespace/:name/memorydump/:claim/:file', async (req, res, { namespace, name, claim, file }) => {
+      req.resume();
+      await deps.vms.memoryDump(namespace, name, claim, file);
+      reply(res, 202, { message: '' });
     })
     .on('GET', '/v1/healthz', async (_req, res) => reply(res, 200, { node: deps.nodeName ?? '', apiReachable: deps.apiReachable?.() ?? true }))
     .on('*', '/v1/serial-log/:namespace/:name', (req, res, { namespace, name }) => deps.consoles.serialLog(req, res, namespace, name));

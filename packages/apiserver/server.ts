@@ -26,6 +26,7 @@ import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
 import { BODY_ACTIONS, runAction } from './subresources.ts';
 import { GUEST_INFO, guestInfo, kubevirtVersion } from './guest-agent.ts';
+import { MEMORY_DUMP_ACTIONS, memoryDumpAction } from './memory-dump.ts';
 import { issueUploadToken, proxyUpload } from './upload.ts';
 import { consoleUpgrade, rejectUpgrade, serialLog, type ConsoleDeps, type StreamTarget } from './console.ts';
 
@@ -180,6 +181,15 @@ export function createHandler(opts: HandlerOptions): Handler {
       'GET',
       `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/${GUEST_INFO}`,
       authed(async ({ res, params }, user) => sendJson(res, 200, await guestInfo(resources, user, params.namespace, params.name, params.info))),
+    )
+    .on(
+      'PUT',
+      `${KUBEVIRT_SUBRESOURCES}/virtualmachines/:name/${MEMORY_DUMP_ACTIONS}`,
+      authed(async ({ r, res, params }, user) => {
+        // The request body (memorydump's) is read once the user is known to be allowed; removememorydump has none.
+        if (params.dump !== 'memorydump') r.req.resume();
+        res.writeHead(await memoryDumpAction(resources, user, params.namespace, params.name, params.dump, () => readObject(r.req))).end();
+      }),
     )
     .on(
       'GET',

@@ -29,6 +29,7 @@ import { cacheKey, Controller, EventRecorder, getCondition, setCondition, update
 import { agentConnected, watchAgent } from '../qga/watch.ts';
 import { mergeInterfaces, pollGuestStatus, readGuestInfo, type GuestInfoKind, type GuestStatus } from '../qga/guest-info.ts';
 import { QgaClientError, QgaError } from '../qga/errors.ts';
+import { MemoryDumpError, startMemoryDump } from './memory-dump.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, lastLogLine, launch, listRunDirs, probe, terminate, runDirFiles } from '../qemu/process.ts';
@@ -816,6 +817,28 @@ export class VmRuntime extends Controller {
       // A command the agent refuses is its answer (500); no answer at all is "not connected".
       if (e instanceof QgaClientError && !(e instanceof QgaError)) throw new VmActionError(409, 'VMI does not have guest agent connected');
       throw e;
+    }
+  }
+
+  /** The memorydump subresource: QEMU writes the dump into the claim's dump directory (vms/memory-dump.ts). */
+  async memoryDump(namespace: string, name: string, claim: string, fileName: string): Promise<void> {
+    const session = this.sessions.get(`${namespace}/${name}`);
+    if (!session) throw new VmActionError(409, `VirtualMachineInstance ${namespace}/${name} is not running on node ${this.opts.nodeName}`);
+    try {
+      await startMemoryDump({
+        client: this.client,
+        qmp: session.qmp,
+        pools: this.opts.pools.values(),
+        claim: this.pvcs.get(`${namespace}/${claim}`),
+        namespace,
+        vm: name,
+        fileName,
+        log: (line) => this.log(`vms: ${line}`),
+      });
+    } catch (e) {
+      if (e instanceof MemoryDumpError) throw new VmActionError(e.code, e.message);
+      if (e instanceof PathError) throw new VmActionError(409, e.message);
+      throw new VmActionError(500, this.scrub(e instanceof Error ? e.message : String(e), namespace));
     }
   }
 
