@@ -3,9 +3,12 @@
  * guestosinfo, userlist and filesystemlist subresources through `vessel` and `kubectl get
  * --raw`, status.guestOSInfo filled by the agent's poller, 409 when the guest agent does not
  * answer (the guest paused) or the VMI does not run, the subresource group's version, and
- * soft-reboot (virtctl's name) rebooting the guest.
+ * a memory dump into a claim (an ELF file of about the guest's memory, status Completed),
+ * and soft-reboot (virtctl's name) rebooting the guest.
  */
 import assert from 'node:assert/strict';
+import { open, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
@@ -18,6 +21,8 @@ const ns = 'default';
 const name = 'qga';
 const BOOT = 'VESSEL-QGA-BOOT';
 const SUB = `/apis/subresources.kubevirt.io/v1/namespaces/${ns}/virtualmachineinstances`;
+const VM_SUB = `/apis/subresources.kubevirt.io/v1/namespaces/${ns}/virtualmachines`;
+const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
 
 let v: Vessel;
 const vessel = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, ...args], { timeoutMs: 60_000 });
@@ -42,6 +47,7 @@ before(async () => {
 after(async () => {
   await v.client.delete(VM, name, { namespace: ns }).catch(() => undefined);
   await v.client.delete(VMI, 'nowhere', { namespace: ns }).catch(() => undefined);
+  for (const claim of ['dump', 'small-dump']) await v.client.delete(PVC, claim, { namespace: ns }).catch(() => undefined);
   await eventually('all VMIs gone', async () => ((await v.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
     () => undefined,
   );
@@ -123,6 +129,55 @@ test('no guest agent answering (guest paused) or a VMI not running: 409', async 
     assert.equal((await vessel('unpause', name)).code, 0);
   }
   await eventually('the guest agent answers again', async () => (await vessel('userlist', name)).code === 0 || undefined, 60_000, 1000);
+});
+
+test('vessel memory-dump writes an ELF file of about the guest memory into the claim; too small a claim is a 422', async () => {
+  const small = {
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
+    metadata: { name: 'small-dump' },
+    spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
+  };
+  await v.client.create(PVC, small, { namespace: ns });
+  const e = await rejects(v.client.request('PUT', `${VM_SUB}/${name}/memorydump`, { body: { claimName: 'small-dump' } }), 422, /needs at least 228Mi/);
+  assert.equal(e.status.details?.causes?.[0]?.field, 'claimName');
+  const t0 = Date.now();
+  const r = await vessel('memory-dump', 'get', name, '--claim-name', 'dump', '--create-claim');
+  assert.equal(r.code, 0, r.err);
+  const req = await eventually(
+    'the dump Completed',
+    async () => {
+      const vm = await v.client.get(VM, name, { namespace: ns });
+      const d = (vm.status as { memoryDumpRequest?: Record<string, string> } | undefined)?.memoryDumpRequest;
+      if (d?.phase === 'Failed') throw new Error(`dump failed: ${d.message}`);
+      return d?.phase === 'Completed' ? d : undefined;
+    },
+    120_000,
+    500,
+  );
+  const seconds = (Date.now() - t0) / 1000;
+  assert.equal(req.claimName, 'dump');
+  assert.ok(req.startTimestamp && req.endTimestamp);
+  assert.match(req.fileName, /^qga-dump-\d{8}-\d{6}\.memory\.dump$/);
+  const claim = await v.client.get(PVC, 'dump', { namespace: ns });
+  const volume = claim.metadata!.annotations!['vessel.io/volume-path'];
+  const file = join(`${volume.replace(/\.qcow2$/, '')}.memory-dumps`, req.fileName);
+  const head = Buffer.alloc(4);
+  const fh = await open(file, 'r');
+  try {
+    await fh.read(head, 0, 4, 0);
+  } finally {
+    await fh.close();
+  }
+  assert.deepEqual([...head], [0x7f, 0x45, 0x4c, 0x46], 'an ELF file');
+  const size = (await stat(file)).size;
+  const mem = 128 * 2 ** 20;
+  console.log(`# memory dump of a ${mem / 2 ** 20} MiB guest: ${(size / 2 ** 20).toFixed(1)} MiB in ${seconds.toFixed(1)} s (request to Completed)`);
+  assert.ok(size >= mem * 0.95 && size <= mem + 64 * 2 ** 20, `dump size ${size}`);
+  const rm = await vessel('memory-dump', 'remove', name);
+  assert.equal(rm.code, 0, rm.err);
+  const vm = await v.client.get(VM, name, { namespace: ns });
+  assert.equal((vm.status as { memoryDumpRequest?: unknown }).memoryDumpRequest, undefined);
 });
 
 test('vessel soft-reboot reboots the guest: the boot marker shows twice', async () => {

@@ -20,6 +20,7 @@ import { registerImageUpload } from './commands/image-upload.ts';
 import { registerInventory } from './commands/inventory.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
+import { registerMemoryDump } from './commands/memory-dump.ts';
 import { registerMigrate } from './commands/migrate.ts';
 import { registerPortForward } from './commands/port-forward.ts';
 import { registerRemoveVolume } from './commands/removevolume.ts';
@@ -56,6 +57,7 @@ export function buildProgram(): Command {
   registerInventory(program);
   registerVmActions(program);
   registerGuestInfo(program);
+  registerMemoryDump(program);
   registerMigrate(program);
   registerDrain(program);
   registerAddVolume(program);
