@@ -87,6 +87,21 @@ test('status.guestOSInfo is filled from the agent (kubectl jsonpath), and get --
     1000,
   );
   assert.equal((JSON.parse(os) as { prettyName: string }).prettyName, 'Vessel tiny guest 1 (busybox)');
+  // The guest's NIC (when it has one) carries the name the guest gives it.
+  if (!(await serialLog(v.dataDir, ns, name)).includes('VESSEL-NO-NET')) {
+    const ifaces = await eventually(
+      'status.interfaces from the guest agent',
+      async () => {
+        const vmi = await v.client.get(VMI, name, { namespace: ns });
+        const list = ((vmi.status as { interfaces?: Record<string, unknown>[] }).interfaces ?? []).filter((i) => String(i.infoSource).includes('guest-agent'));
+        return list.length ? list : undefined;
+      },
+      60_000,
+      1000,
+    );
+    console.log(`# status.interfaces from the guest agent: ${JSON.stringify(ifaces)}`);
+    assert.ok(ifaces.some((i) => i.interfaceName === 'eth0'));
+  }
   const raw = JSON.parse(await kubectl(['get', '--raw', `${SUB}/${name}/guestosinfo`])) as { os: { id: string } };
   assert.equal(raw.os.id, 'vessel-tiny');
   const fs = JSON.parse(await kubectl(['get', '--raw', `${SUB}/${name}/filesystemlist`])) as { kind: string; items: Record<string, unknown>[] };
@@ -100,6 +115,7 @@ test('status.guestOSInfo is filled from the agent (kubectl jsonpath), and get --
   assert.deepEqual(users.items, []); // nobody logged in
   const ver = JSON.parse(await kubectl(['get', '--raw', '/apis/subresources.kubevirt.io/v1/version'])) as { gitVersion: string; platform: string };
   assert.match(ver.gitVersion, /^v.*vessel/);
+  assert.deepEqual(await v.client.request('GET', '/apis/subresources.kubevirt.io/v1/healthz'), { apiserver: { connectivity: 'ok' } });
 });
 
 test('vessel userlist and fslist print the lists', async () => {

@@ -589,9 +589,12 @@ export class VmRuntime extends Controller {
     );
     qmp.on('close', stopAgentWatch);
     // status.guestOSInfo and the guest's part of status.interfaces, written only when they change.
-    const stopGuestPoll = pollGuestStatus(runDirFiles(runDir).qga, (g) =>
-      updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && guestStatus(s, g)),
-    );
+    const stopGuestPoll = pollGuestStatus(runDirFiles(runDir).qga, async (g) => {
+      // The informer's copy first: a guest that reports nothing new costs no request.
+      const cached = this.vmis.get(key);
+      if (cached && !guestStatus(structuredClone((cached.status ?? {}) as Obj), g)) return;
+      await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && guestStatus(s, g));
+    });
     qmp.on('close', stopGuestPoll);
     qmp.on('event', (ev) => {
       void this.onEvent(key, session, ev).catch((e: Error) => this.log(`vms: ${key}: ${ev.event}: ${e.message}`));
