@@ -100,7 +100,10 @@ test('status.guestOSInfo is filled from the agent (kubectl jsonpath), and get --
       1000,
     );
     console.log(`# status.interfaces from the guest agent: ${JSON.stringify(ifaces)}`);
-    assert.ok(ifaces.some((i) => i.interfaceName === 'eth0'));
+    assert.ok(
+      ifaces.some((i) => i.interfaceName === 'eth0' && i.name === 'default' && i.infoSource === 'domain, guest-agent'),
+      'the guest NIC merged into the spec interface',
+    );
   }
   const raw = JSON.parse(await kubectl(['get', '--raw', `${SUB}/${name}/guestosinfo`])) as { os: { id: string } };
   assert.equal(raw.os.id, 'vessel-tiny');

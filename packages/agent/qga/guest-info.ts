@@ -89,9 +89,9 @@ export function interfacesFromQga(r: unknown): GuestInterface[] {
 /**
  * status.interfaces with what the guest reports merged in: an interface the domain knows
  * (same MAC) gets the guest's name and addresses and `infoSource: domain, guest-agent`; one
- * only the guest knows is added with `infoSource: guest-agent`. An address the node gave
- * (IPAM) that the guest does not hold itself (masquerade: the guest has 10.0.2.2 behind the
- * pod's address) stays first, as KubeVirt reports the pod IP for masquerade.
+ * only the guest knows is added with `infoSource: guest-agent`. When the guest does not hold
+ * the address the node gave (IPAM), i.e. masquerade, where the guest has 10.0.2.2 behind the
+ * pod's address, the pod's addresses stay, as KubeVirt reports the pod IPs for masquerade.
  */
 export function mergeInterfaces(current: V1VirtualMachineInstanceNetworkInterface[], guest: GuestInterface[]): V1VirtualMachineInstanceNetworkInterface[] {
   const used = new Set<GuestInterface>();
@@ -108,8 +108,9 @@ export function mergeInterfaces(current: V1VirtualMachineInstanceNetworkInterfac
         return { ...rest, infoSource: 'domain' };
       }
       used.add(g);
-      const node = c.ipAddress && !g.ipAddresses.includes(c.ipAddress) ? [c.ipAddress] : [];
-      const ips = [...node, ...g.ipAddresses];
+      // Masquerade: the pod's addresses stand for the guest's (which are behind the pod's NAT).
+      if (c.ipAddress && !g.ipAddresses.includes(c.ipAddress)) return { ...c, interfaceName: g.interfaceName, infoSource: 'domain, guest-agent' };
+      const ips = g.ipAddresses;
       return compact({ ...c, interfaceName: g.interfaceName, ipAddress: ips[0], ipAddresses: ips.length ? ips : undefined, infoSource: 'domain, guest-agent' });
     });
   for (const g of guest) {

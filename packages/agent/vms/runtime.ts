@@ -640,7 +640,9 @@ export class VmRuntime extends Controller {
       const nic = this.opts.network?.nicOf(vmi, i.name);
       if (nic && bindingOf(i))
         return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
-      return { name: i.name, mac: i.macAddress, infoSource: 'domain' };
+      // No node network (user-mode): the MAC the argv gave it, so the guest agent's report can be matched to it.
+      const mac = i.macAddress?.toLowerCase().replaceAll('-', ':') ?? derivedMac(vmi.metadata.namespace!, vmi.metadata.name, i.name);
+      return { name: i.name, mac, infoSource: 'domain' };
     });
     s.machine = { type: spec.domain?.machine?.type ?? 'q35' };
     s.qosClass = 'Burstable';
