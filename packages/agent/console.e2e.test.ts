@@ -43,7 +43,11 @@ before(async () => {
   handlers = consoleHandlers({ runDirFor: (ns, name) => (name === 'ghost' ? undefined : join(root, 'vms', ns, name)), pollMs: 100 });
   // The endpoint's own routes and error answers, minus TLS and the token check.
   const unused = () => Promise.reject(new Error('not served in this test'));
-  const routes = agentRoutes({ consoles: handlers, volumes: { uploadStatus: unused, receive: unused }, vms: { act: unused } });
+  const routes = agentRoutes({
+    consoles: handlers,
+    volumes: { uploadStatus: unused, receive: unused },
+    vms: { act: unused, guestInfo: unused, memoryDump: unused },
+  });
   server = http.createServer((req, res) => routes.request(req, res));
   server.on('upgrade', (req, socket, head: Buffer) => routes.upgrade(req, socket, head));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));

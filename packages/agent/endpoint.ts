@@ -7,6 +7,8 @@
  *                                  X-Upload-Mode: sync (wait for the import) | async
  *   PUT      /v1/vmi/NS/NAME/pause|unpause|softreboot|reset   over QMP
  *   GET      /v1/serial-log/NS/NAME[?follow=true&tailBytes=N]
+ *   GET      /v1/vmi/NS/NAME/guestosinfo|userlist|filesystemlist  from the guest agent (409 when it does not answer)
+ *   PUT      /v1/vmi/NS/NAME/memorydump/CLAIM/FILE           starts a memory dump into the claim (vms/memory-dump.ts)
  *   GET      /v1/healthz                                    -> 200 {node, apiReachable}: peer agents' fencing check (fencing.ts)
  *   upgrade  /v1/console/NS/NAME, /v1/vnc/NS/NAME              (console.ts)
  *   upgrade  /v1/portforward/NS/NAME/PORT[/PROTOCOL]           (portforward.ts)
@@ -27,6 +29,7 @@ import { ImportError } from './storage/errors.ts';
 import { UploadError } from './storage/upload.ts';
 import type { VolumeManager } from './storage/volumes.ts';
 import type { VmAction, VmRuntime } from './vms/runtime.ts';
+import type { GuestInfoKind } from './qga/guest-info.ts';
 
 export interface AgentEndpoint {
   port: number;
@@ -36,7 +39,7 @@ export interface AgentEndpoint {
 /** What the routes call. */
 export interface EndpointDeps {
   volumes: Pick<VolumeManager, 'uploadStatus' | 'receive'>;
-  vms: Pick<VmRuntime, 'act'>;
+  vms: Pick<VmRuntime, 'act' | 'guestInfo' | 'memoryDump'>;
   consoles: Pick<ConsoleHandlers, 'serialLog' | 'upgrade'>;
   /** Port-forward streams; without it the route answers 404. */
   portForward?: Pick<PortForwardHandler, 'upgrade'>;
@@ -78,6 +81,14 @@ export function agentRoutes(deps: EndpointDeps): {
       req.resume();
       await deps.vms.act(namespace, name, action as VmAction);
       reply(res, 200, { message: '' });
+    })
+    .on('GET', '/v1/vmi/:namespace/:name/:kind(guestosinfo|userlist|filesystemlist)', async (_req, res, { namespace, name, kind }) => {
+      reply(res, 200, (await deps.vms.guestInfo(namespace, name, kind as GuestInfoKind)) as Record<string, unknown>);
+    })
+    .on('PUT', '/v1/vmi/:namespace/:name/memorydump/:claim/:file', async (req, res, { namespace, name, claim, file }) => {
+      req.resume();
+      await deps.vms.memoryDump(namespace, name, claim, file);
+      reply(res, 202, { message: '' });
     })
     .on('GET', '/v1/healthz', async (_req, res) => reply(res, 200, { node: deps.nodeName ?? '', apiReachable: deps.apiReachable?.() ?? true }))
     .on('*', '/v1/serial-log/:namespace/:name', (req, res, { namespace, name }) => deps.consoles.serialLog(req, res, namespace, name));

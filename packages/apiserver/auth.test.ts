@@ -21,3 +21,17 @@ test('a tenant reads the migrations of its VMs but neither starts nor cancels on
   assert.doesNotThrow(() => authorize(tenant, { verb: 'list', ...plan }));
   assert.throws(() => authorize(tenant, { verb: 'create', ...plan }), /forbidden/i);
 });
+
+test('viewers read what the guest agent reports, as the VMI, but get no console and no memory dump; another tenant reads nothing', () => {
+  const viewer = { name: 'v', groups: ['vessel:view:t1'] };
+  const sub = (subresource: string, verb = 'get', resource = 'virtualmachineinstances') =>
+    ({ verb, group: 'subresources.kubevirt.io', resource, subresource, namespace: 't1', name: 'web' }) as const;
+  for (const s of ['guestosinfo', 'userlist', 'filesystemlist']) {
+    assert.doesNotThrow(() => authorize(viewer, sub(s)));
+    assert.doesNotThrow(() => authorize(tenant, sub(s)));
+    assert.throws(() => authorize({ name: 't2-user', groups: [`${TENANT_GROUP_PREFIX}t2`] }, sub(s)), /forbidden/i);
+  }
+  assert.throws(() => authorize(viewer, sub('console')), /forbidden/i);
+  assert.throws(() => authorize(viewer, sub('memorydump', 'update', 'virtualmachines')), /forbidden/i);
+  assert.doesNotThrow(() => authorize(tenant, sub('memorydump', 'update', 'virtualmachines')));
+});

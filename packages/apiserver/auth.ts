@@ -114,11 +114,14 @@ function tenantAllows(namespaces: string[], attrs: Attributes): boolean {
   return !attrs.namespace && CLUSTER_READABLE.has(attrs.resource);
 }
 
+const VIEWABLE_SUBRESOURCES = new Set(['guestosinfo', 'userlist', 'filesystemlist']);
+
 /** Throws a 403 Status unless `user` may do `attrs`. */
 export function authorize(user: User, attrs: Attributes): void {
   if (user.groups.includes(ADMIN_GROUP)) return;
   // Viewers read objects; a console or VNC session is access to the guest, as in KubeVirt's view role.
-  const guestAccess = attrs.group === 'subresources.kubevirt.io';
+  // What the guest agent reports about the guest is readable as the VMI is (KubeVirt's view role has it).
+  const guestAccess = attrs.group === 'subresources.kubevirt.io' && !VIEWABLE_SUBRESOURCES.has(attrs.subresource ?? '');
   if (READ_VERBS.has(attrs.verb) && !guestAccess && !(attrs.group === '' && HIDDEN_FROM_VIEWERS.has(attrs.resource))) {
     if (user.groups.includes(VIEW_GROUP)) return;
     const viewed = user.groups.filter((g) => g.startsWith(NAMESPACE_VIEW_GROUP_PREFIX)).map((g) => g.slice(NAMESPACE_VIEW_GROUP_PREFIX.length));

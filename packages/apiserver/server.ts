@@ -27,6 +27,8 @@ import { serveWatch } from './watch.ts';
 import { WatchCaches } from './watch-cache.ts';
 import { BODY_ACTIONS, runAction } from './subresources.ts';
 import { serveScale } from './scale.ts';
+import { GUEST_INFO, guestInfo, kubevirtVersion } from './guest-agent.ts';
+import { MEMORY_DUMP_ACTIONS, memoryDumpAction } from './memory-dump.ts';
 import { issueUploadToken, proxyUpload } from './upload.ts';
 import { consoleUpgrade, rejectUpgrade, serialLog, type ConsoleDeps, type StreamTarget } from './console.ts';
 
@@ -199,6 +201,30 @@ export function createHandler(opts: HandlerOptions): Handler {
       '*',
       `${KUBEVIRT_SUBRESOURCES}/:resource(virtualmachines|virtualmachineinstances)/:name/portforward/:port/:protocol`,
       authed(({ r, res, path, params }) => serialLog(consoleDeps, r.req, res, path, forwardTarget(params))),
+    )
+    .on(
+      'GET',
+      `${KUBEVIRT_SUBRESOURCES}/virtualmachineinstances/:name/${GUEST_INFO}`,
+      authed(async ({ res, params }, user) => sendJson(res, 200, await guestInfo(resources, user, params.namespace, params.name, params.info))),
+    )
+    .on(
+      'PUT',
+      `${KUBEVIRT_SUBRESOURCES}/virtualmachines/:name/${MEMORY_DUMP_ACTIONS}`,
+      authed(async ({ r, res, params }, user) => {
+        // The request body (memorydump's) is read once the user is known to be allowed; removememorydump has none.
+        if (params.dump !== 'memorydump') r.req.resume();
+        res.writeHead(await memoryDumpAction(resources, user, params.namespace, params.name, params.dump, () => readObject(r.req))).end();
+      }),
+    )
+    .on(
+      'GET',
+      '/apis/subresources.kubevirt.io/:version(v1|v1alpha3)/version',
+      authed(({ res }) => sendJson(res, 200, kubevirtVersion())),
+    )
+    .on(
+      'GET',
+      '/apis/subresources.kubevirt.io/:version(v1|v1alpha3)/healthz',
+      authed(({ res }) => sendJson(res, 200, { apiserver: { connectivity: 'ok' } })),
     )
     .on(
       'POST',

@@ -27,6 +27,9 @@ import { isNotFound, type Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { agentConnected, watchAgent } from '../qga/watch.ts';
+import { mergeInterfaces, pollGuestStatus, readGuestInfo, type GuestInfoKind, type GuestStatus } from '../qga/guest-info.ts';
+import { QgaClientError, QgaError } from '../qga/errors.ts';
+import { MemoryDumpError, startMemoryDump } from './memory-dump.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, lastLogLine, launch, listRunDirs, probe, terminate, terminateAll, runDirFiles } from '../qemu/process.ts';
@@ -743,6 +746,14 @@ export class VmRuntime extends Controller {
       updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && agentConnected(s, up)),
     );
     qmp.on('close', stopAgentWatch);
+    // status.guestOSInfo and the guest's part of status.interfaces, written only when they change.
+    const stopGuestPoll = pollGuestStatus(runDirFiles(runDir).qga, async (g) => {
+      // The informer's copy first: a guest that reports nothing new costs no request.
+      const cached = this.vmis.get(key);
+      if (cached && !guestStatus(structuredClone((cached.status ?? {}) as Obj), g)) return;
+      await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => !FINAL.has(String(s.phase)) && guestStatus(s, g));
+    });
+    qmp.on('close', stopGuestPoll);
     qmp.on('event', (ev) => {
       void this.onEvent(key, session, ev).catch((e: Error) => this.log(`vms: ${key}: ${ev.event}: ${e.message}`));
     });
@@ -787,7 +798,9 @@ export class VmRuntime extends Controller {
       const nic = this.opts.network?.nicOf(vmi, i.name);
       if (nic && bindingOf(i))
         return { name: i.name, mac: i.macAddress ?? nic.mac, ipAddress: nic.ip, ipAddresses: [nic.ip], podInterfaceName: nic.tap, infoSource: 'domain' };
-      return { name: i.name, mac: i.macAddress, infoSource: 'domain' };
+      // No node network (user-mode): the MAC the argv gave it, so the guest agent's report can be matched to it.
+      const mac = i.macAddress?.toLowerCase().replaceAll('-', ':') ?? derivedMac(vmi.metadata.namespace!, vmi.metadata.name, i.name);
+      return { name: i.name, mac, infoSource: 'domain' };
     });
     s.machine = { type: spec.domain?.machine?.type ?? 'q35' };
     s.qosClass = 'Burstable';
@@ -960,6 +973,41 @@ export class VmRuntime extends Controller {
     );
   }
 
+  /** The guestosinfo / userlist / filesystemlist subresources: 409 when the guest agent does not answer, as virt-api. */
+  async guestInfo(namespace: string, name: string, kind: GuestInfoKind): Promise<object> {
+    const session = this.sessions.get(`${namespace}/${name}`);
+    if (!session) throw new VmActionError(409, `VirtualMachineInstance ${namespace}/${name} is not running on node ${this.opts.nodeName}`);
+    try {
+      return await readGuestInfo(runDirFiles(session.runDir).qga, kind);
+    } catch (e) {
+      // A command the agent refuses is its answer (500); no answer at all is "not connected".
+      if (e instanceof QgaClientError && !(e instanceof QgaError)) throw new VmActionError(409, 'VMI does not have guest agent connected');
+      throw e;
+    }
+  }
+
+  /** The memorydump subresource: QEMU writes the dump into the claim's dump directory (vms/memory-dump.ts). */
+  async memoryDump(namespace: string, name: string, claim: string, fileName: string): Promise<void> {
+    const session = this.sessions.get(`${namespace}/${name}`);
+    if (!session) throw new VmActionError(409, `VirtualMachineInstance ${namespace}/${name} is not running on node ${this.opts.nodeName}`);
+    try {
+      await startMemoryDump({
+        client: this.client,
+        qmp: session.qmp,
+        pools: this.opts.pools.values(),
+        claim: this.pvcs.get(`${namespace}/${claim}`),
+        namespace,
+        vm: name,
+        fileName,
+        log: (line) => this.log(`vms: ${line}`),
+      });
+    } catch (e) {
+      if (e instanceof MemoryDumpError) throw new VmActionError(e.code, e.message);
+      if (e instanceof PathError) throw new VmActionError(409, e.message);
+      throw new VmActionError(500, this.scrub(e instanceof Error ? e.message : String(e), namespace));
+    }
+  }
+
   /** pause / unpause / softreboot / reset, as the API server's subresources ask. */
   async act(namespace: string, name: string, action: VmAction): Promise<void> {
     const session = this.sessions.get(`${namespace}/${name}`);
@@ -985,6 +1033,14 @@ export class VmRuntime extends Controller {
         return;
     }
   }
+}
+
+/** Puts what the guest agent reports into a VMI status; false when nothing changes (no write). */
+export function guestStatus(s: Obj, g: GuestStatus): boolean {
+  const before = JSON.stringify([s.guestOSInfo, s.interfaces]);
+  if (Object.keys(g.guestOSInfo).length) s.guestOSInfo = g.guestOSInfo;
+  s.interfaces = mergeInterfaces((s.interfaces as Parameters<typeof mergeInterfaces>[0] | undefined) ?? [], g.interfaces);
+  return JSON.stringify([s.guestOSInfo, s.interfaces]) !== before;
 }
 
 /** A VM action the VM's state forbids; `code` is the HTTP answer (409). */

@@ -1,6 +1,6 @@
 /**
  * virtctl's lifecycle verbs: `vessel start|stop|restart NAME` act on the VirtualMachine,
- * `vessel pause|unpause|softreboot|reset NAME` on its running instance (virtctl's
+ * `vessel pause|unpause|softreboot (virtctl: soft-reboot)|reset NAME` on its running instance (virtctl's
  * `pause vm NAME` / `pause vmi NAME` forms are accepted too). Each is one PUT to KubeVirt's
  * subresource path; the server's refusal (409: the run strategy or state forbids it) is
  * printed as it is.
@@ -29,8 +29,10 @@ const PAST: Record<string, string> = {
 export function registerVmActions(program: Command): void {
   for (const [action, description] of Object.entries({ ...VM_ACTIONS, ...VMI_ACTIONS })) {
     const onVm = action in VM_ACTIONS;
-    program
-      .command(action)
+    const command = program.command(action);
+    // virtctl's name for softreboot; Vessel's name stays.
+    if (action === 'softreboot') command.alias('soft-reboot');
+    command
       .description(description)
       .argument('<name-or-kind>', onVm ? 'VirtualMachine name' : 'VM name (or "vm"/"vmi" followed by the name)')
       .argument('[name]')
