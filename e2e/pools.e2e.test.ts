@@ -167,7 +167,7 @@ test('kubectl scale vmirs; a preset merged into a VMI, with the deprecation warn
   const vmi = JSON.parse(await ok(['get', 'vmi', 'small', '-n', NS, '-o', 'json'])) as { metadata: { annotations: Record<string, string> }; spec: Obj };
   assert.deepEqual((vmi.spec.domain as { cpu: unknown }).cpu, { cores: 2 }, 'the preset value was merged');
   assert.equal((vmi.spec.domain as { resources: { requests: { memory: string } } }).resources.requests.memory, '64Mi', "the VMI's own value wins");
-  assert.equal(vmi.metadata.annotations['virtualmachineinstancepreset.kubevirt.io/two-cores'], 'kubevirt.io/v1');
+  assert.equal(vmi.metadata.annotations['virtualmachinepreset.kubevirt.io/two-cores'], 'kubevirt.io/v1');
   const events = await ok(['get', 'events', '-n', NS, '--field-selector', 'involvedObject.name=small']);
   assert.match(events, /PresetFailed/);
 });

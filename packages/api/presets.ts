@@ -4,14 +4,14 @@
  * selects the VMI's labels has its `spec.domain` merged into the VMI's. A value the VMI (or an
  * earlier preset, by name order) already sets differently is a conflict: it is not applied and
  * is reported (the API server records an Event). Each applied preset leaves the annotation
- * `virtualmachineinstancepreset.kubevirt.io/<name>: kubevirt.io/v1`; the VMI annotation
+ * `virtualmachinepreset.kubevirt.io/<name>: kubevirt.io/v1`; the VMI annotation
  * `virtualmachineinstancepresets.admission.kubevirt.io/exclude: "true"` opts out.
  */
 import { matchesSelector, type LabelSelector } from './netpol.ts';
 import { isObject } from './objects.ts';
 import type { KubeObject } from './types.ts';
 
-export const PRESET_ANNOTATION_PREFIX = 'virtualmachineinstancepreset.kubevirt.io/';
+export const PRESET_ANNOTATION_PREFIX = 'virtualmachinepreset.kubevirt.io/';
 export const PRESET_EXCLUDE = 'virtualmachineinstancepresets.admission.kubevirt.io/exclude';
 
 export interface PresetResult {

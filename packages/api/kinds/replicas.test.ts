@@ -72,7 +72,7 @@ test('presets: every write warns of the deprecation; an unsupported domain field
   const r = check(preset({ cpu: { cores: 2 }, devices: {} }));
   assert.deepEqual(r.causes, []);
   assert.ok(r.warnings.includes(PRESET_DEPRECATION));
-  assert.ok(fields(preset({ cpu: { cores: 2, dedicatedCpuPlacement: true }, devices: {} })).includes('spec.domain.cpu.dedicatedCpuPlacement'));
+  assert.ok(fields(preset({ cpu: { cores: 2 }, devices: { gpus: [{ name: 'g', deviceName: 'nvidia.com/GP102GL' }] } })).includes('spec.domain.devices.gpus'));
 });
 
 test('applyPresets merges matching presets; conflicts keep the VMI value and are reported', () => {
@@ -100,7 +100,7 @@ test('applyPresets merges matching presets; conflicts keep the VMI value and are
     memory: { guest: '64Mi' },
     resources: { requests: { memory: '64Mi' } },
   });
-  assert.equal(vmi.metadata?.annotations?.['virtualmachineinstancepreset.kubevirt.io/a'], 'kubevirt.io/v1');
+  assert.equal(vmi.metadata?.annotations?.['virtualmachinepreset.kubevirt.io/a'], 'kubevirt.io/v1');
   const excluded: KubeObject = {
     metadata: { name: 'x', labels: { size: 'small' }, annotations: { 'virtualmachineinstancepresets.admission.kubevirt.io/exclude': 'true' } },
     spec: {},
