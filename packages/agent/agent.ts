@@ -13,7 +13,7 @@ import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
-import { NodeRegistration } from './node.ts';
+import { NodeRegistration, type SystemReserved } from './node.ts';
 import { askPeer, DEFAULT_FENCING_TIMEOUT_MS, Fencer, FENCING_TIMEOUT_ANNOTATION, listNodes, NetnsProber, peerNodes, runFencer, within } from './fencing.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
 import { Pool } from './storage/pools.ts';
@@ -42,6 +42,8 @@ export interface AgentOptions {
   address?: string;
   version?: string;
   heartbeatMs?: number;
+  /** What the Node keeps out of status.allocatable (`--system-reserved`; default node.ts DEFAULT_SYSTEM_RESERVED). */
+  systemReserved?: SystemReserved;
   log?: (line: string) => void;
   /**
    * Let http and registry imports (and containerDisk pulls) fetch from loopback addresses
@@ -225,6 +227,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     pools: nodePools,
     version: opts.version ?? 'dev',
     heartbeatMs: opts.heartbeatMs,
+    systemReserved: opts.systemReserved,
     connected: fencer && (() => fencer.apiOk),
     log,
     labels: { 'vessel.io/accelerator': accel },

@@ -34,6 +34,8 @@ type Node = Typed<IoK8sApiCoreV1Node>;
 const nodeOf = (o: Vmi) => o.status?.nodeName;
 const UNSCHEDULED = new Set(['', 'Pending', 'Scheduling']);
 const NODE_LABEL = 'kubevirt.io/nodeName';
+/** How long an evicted VMI counts as leaving before the cache shows it (a migration may take this long to start). */
+const EVICTED_MEMORY_MS = 60_000;
 
 export class Scheduler extends Controller {
   private readonly vmis: Informer<Vmi>;
@@ -42,6 +44,8 @@ export class Scheduler extends Controller {
   private readonly kubevirts: Informer;
   private readonly events: EventRecorder;
   private readonly reported = new Map<string, string>();
+  /** Victims evicted lately (uid → when), leaving even while the cache does not show it yet: never evicted twice. */
+  private readonly evicted = new Map<string, number>();
 
   constructor(
     client: Client,
@@ -168,21 +172,18 @@ export class Scheduler extends Controller {
    */
   private async preempt(key: string, vmi: Vmi, mine: priority.ResolvedPriority, running: Vmi[], required?: string[]): Promise<string> {
     if (mine.preemptionPolicy === 'Never') return 'not eligible due to preemptionPolicy=Never.';
+    for (const [uid, at] of this.evicted) if (Date.now() - at > EVICTED_MEMORY_MS) this.evicted.delete(uid);
+    const isLeaving = (v: Vmi) => !!v.metadata.deletionTimestamp || migration.isActive(migration.stateOf(v)) || this.evicted.has(v.metadata.uid ?? '');
     // Victims already leaving the nominated node: wait for them rather than evict more (kube's PodEligibleToPreemptOthers).
     const nominatedTo = annotationsOf(vmi)[priority.NOMINATED_NODE];
     if (nominatedTo) {
-      const leaving = running.filter(
-        (v) =>
-          nodeOf(v) === nominatedTo &&
-          priority.priorityOf(v).priority < mine.priority &&
-          (v.metadata.deletionTimestamp || migration.isActive(migration.stateOf(v))),
-      );
+      const leaving = running.filter((v) => nodeOf(v) === nominatedTo && priority.priorityOf(v).priority < mine.priority && isLeaving(v));
       if (leaving.length) return `waiting on node ${nominatedTo} for ${leaving.length} preempted VMI(s) to leave.`;
     }
     const kv = this.kubevirts.get(`${migrationConfig.KUBEVIRT_NAMESPACE}/${migrationConfig.KUBEVIRT_NAME}`);
     const placed: PlacedVmi[] = running
       // A VMI migrating is not evicted again: it is leaving already, or arriving.
-      .filter((v) => !v.metadata.deletionTimestamp && !migration.isActive(migration.stateOf(v)))
+      .filter((v) => !isLeaving(v))
       .map((v) => ({
         key: cacheKey(v),
         nodeName: nodeOf(v)!,
@@ -194,7 +195,7 @@ export class Scheduler extends Controller {
       }));
     // The leaving ones still take their room until they are gone.
     const leavingRoom = running
-      .filter((v) => v.metadata.deletionTimestamp || migration.isActive(migration.stateOf(v)))
+      .filter(isLeaving)
       .map((v) => ({ key: cacheKey(v), nodeName: nodeOf(v)!, requests: vmiRequests(v.spec, this.settings), priority: Infinity, liveMigrate: false }));
     const choice = choosePreemption({
       vmi: { spec: vmi.spec, requests: vmiRequests(vmi.spec, this.settings), priority: mine.priority, preemptionPolicy: mine.preemptionPolicy },
@@ -222,6 +223,7 @@ export class Scheduler extends Controller {
     const v = this.vmis.get(victim.key);
     if (!v) return;
     const ns = v.metadata.namespace!;
+    this.evicted.set(v.metadata.uid ?? '', Date.now());
     const message = `Preempted by ${by} (priority ${prio}) on node ${node}: ${victim.action === 'migrate' ? 'live-migrating it away' : 'stopping it'}`;
     try {
       if (victim.action === 'migrate') {

@@ -96,7 +96,7 @@ export const OVERHEAD = {
    * KubeVirt's virt-launcher, virtlogd and virtqemud terms (190Mi) do not exist here.
    */
   qemuBytes: 30 * MiB,
-  tcgBytes: 32 * MiB,
+  tcgBytes: 72 * MiB,
   /** Per vCPU: the vCPU thread's stack and CPU state (KubeVirt: 8Mi). */
   perVcpuBytes: 8 * MiB,
   /** The I/O thread (KubeVirt: 8Mi, one per VM). */

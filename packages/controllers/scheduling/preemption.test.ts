@@ -99,10 +99,10 @@ describe('preemption', () => {
 
 describe('memory overhead', () => {
   it("follows KubeVirt's terms without virt-launcher's processes", () => {
-    // 128Mi, 1 vCPU, graphics: 30 + 32 (TCG) + 0.25 (128Mi/512) + 8 + 8 + 16 MiB.
-    assert.equal(vmiOverheadBytes(128 * Mi, {}), (30 + 32 + 8 + 8 + 16) * Mi + (128 * Mi) / 512);
+    // 128Mi, 1 vCPU, graphics: 30 + 72 (TCG) + 0.25 (128Mi/512) + 8 + 8 + 16 MiB.
+    assert.equal(vmiOverheadBytes(128 * Mi, {}), (30 + 72 + 8 + 8 + 16) * Mi + (128 * Mi) / 512);
     // 1Gi, 2 vCPUs: 2 MiB of page tables, 16 MiB of vCPUs.
-    assert.equal(vmiOverheadBytes(Gi, { domain: { cpu: { cores: 2 } } }), (30 + 32 + 2 + 16 + 8 + 16) * Mi);
+    assert.equal(vmiOverheadBytes(Gi, { domain: { cpu: { cores: 2 } } }), (30 + 72 + 2 + 16 + 8 + 16) * Mi);
     // No graphics device: no video RAM; KVM: no TCG term.
     const headless = { domain: { devices: { autoattachGraphicsDevice: false } } };
     assert.equal(vmiOverheadBytes(Gi, headless) - vmiOverheadBytes(Gi, {}), -OVERHEAD.videoBytes);
