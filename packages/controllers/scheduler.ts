@@ -93,8 +93,10 @@ export class Scheduler extends Controller {
     if (result.node === undefined) {
       const preemption = await this.preempt(key, vmi, mine, running, required);
       const message = `${result.message} preemption: ${preemption}`;
-      if (this.reported.get(key) !== message) {
-        this.reported.set(key, message);
+      // Per uid: a VMI made again under the same name (a preempted VM's) is reported again.
+      const mark = `${vmi.metadata.uid} ${message}`;
+      if (this.reported.get(key) !== mark) {
+        this.reported.set(key, mark);
         await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
           // The cache may lag: a VMI placed (or started) meanwhile keeps the status it has.
           if (s.nodeName || !UNSCHEDULED.has(phaseOf(fresh))) return false;
