@@ -10,7 +10,7 @@ import type { RunningServer } from '@vessel/apiserver';
 import assert from 'node:assert/strict';
 import { Client, StatusError } from '@vessel/client';
 import type { RunningControllers } from '@vessel/controllers';
-import type { QemuPriority, RunningAgent } from '@vessel/agent';
+import type { QemuPriority, RunningAgent, SystemReserved } from '@vessel/agent';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
 import { startDevNodes, type DevNodes } from '../packages/cli/dev-cluster.ts';
 import type { StoreConfig } from '@vessel/store';
@@ -47,7 +47,14 @@ export interface VesselOptions {
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
    */
-  agent?: { nodeName: string; sharedDir?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority; reservedCpus?: string };
+  agent?: {
+    nodeName: string;
+    sharedDir?: string;
+    allowLoopbackImports?: boolean;
+    qemuPriority?: QemuPriority;
+    reservedCpus?: string;
+    systemReserved?: SystemReserved;
+  };
 }
 
 export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {

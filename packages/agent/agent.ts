@@ -13,7 +13,7 @@ import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
 import { startEndpoint, type AgentEndpoint } from './endpoint.ts';
-import { DEFAULT_HEARTBEAT_MS, NodeRegistration } from './node.ts';
+import { DEFAULT_HEARTBEAT_MS, NodeRegistration, type SystemReserved } from './node.ts';
 import { Watchdog, watchdogTimeoutMs, type WatchdogTerms } from './watchdog.ts';
 import { askPeer, DEFAULT_FENCING_TIMEOUT_MS, Fencer, FENCING_TIMEOUT_ANNOTATION, listNodes, NetnsProber, peerNodes, runFencer, within } from './fencing.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
@@ -44,6 +44,8 @@ export interface AgentOptions {
   address?: string;
   version?: string;
   heartbeatMs?: number;
+  /** What the Node keeps out of status.allocatable (`--system-reserved`; default node.ts DEFAULT_SYSTEM_RESERVED). */
+  systemReserved?: SystemReserved;
   log?: (line: string) => void;
   /**
    * Let http and registry imports (and containerDisk pulls) fetch from loopback addresses
@@ -265,6 +267,7 @@ async function startAgentWith(
     pools: nodePools,
     version: opts.version ?? 'dev',
     heartbeatMs: opts.heartbeatMs,
+    systemReserved: opts.systemReserved,
     connected: fencer && (() => fencer.apiOk),
     log,
     labels: { 'vessel.io/accelerator': accel, cpumanager: String(!!cpuManager) },

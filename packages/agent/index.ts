@@ -3,6 +3,7 @@
  * volume manager, its HTTPS endpoint, and the storage data plane (qemu-img, importers).
  */
 export { startAgent, type AgentOptions, type RunningAgent } from './agent.ts';
+export { DEFAULT_SYSTEM_RESERVED, parseSystemReserved, type SystemReserved } from './node.ts';
 export { DEFAULT_QEMU_PRIORITY, NO_QEMU_PRIORITY, parseQemuPriority, type QemuPriority } from './qemu/priority.ts';
 export { Pool, backingFile } from './storage/pools.ts';
 export { VolumeManager } from './storage/volumes.ts';

@@ -1,11 +1,13 @@
 /**
  * The agent's Node: registered on start (created, or taken over after a restart), with
  * capacity, addresses, the pools it serves and the port and certificate of its endpoint,
- * and a Ready heartbeat every `heartbeatMs` (kubelet's node status update).
+ * and a Ready heartbeat every `heartbeatMs` (kubelet's node status update). Allocatable is the
+ * capacity less the system reservation (kubelet's --system-reserved), which stands for the
+ * host's own processes, the agent's and the control plane's when they share the host.
  */
 import { cpus, hostname, release, totalmem } from 'node:os';
 import { statfs } from 'node:fs/promises';
-import { storage, refs } from '@vessel/api';
+import { storage, refs, tryParseQuantity } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { EventRecorder, setCondition, updateStatus, type KubeObject } from '@vessel/runtime';
 
@@ -14,6 +16,43 @@ export const SELF_FENCED = 'SelfFenced';
 
 /** Every 2 s (kubelet: 10 s), so a dead node is noticed soon enough to restart its VMs within 30 s (docs/migration.md, HA). */
 export const DEFAULT_HEARTBEAT_MS = 2000;
+
+/** What the node keeps for itself (kubelet's --system-reserved), left out of status.allocatable. */
+export interface SystemReserved {
+  cpuMillis?: number;
+  memoryBytes?: number;
+}
+
+/** kubelet has no default reservation; Vessel keeps a little for the host, the agent and its QEMU launcher. */
+export const DEFAULT_SYSTEM_RESERVED = 'cpu=100m,memory=256Mi';
+
+/** Parses kubelet's `cpu=100m,memory=256Mi` form (either key may be left out); throws with the offending part. */
+export function parseSystemReserved(spec: string): SystemReserved {
+  const out: SystemReserved = {};
+  for (const part of spec.split(',').filter((p) => p.trim())) {
+    const [k, v] = part.split('=').map((x) => x.trim());
+    const q = tryParseQuantity(v);
+    if (q === undefined || q < 0 || (k !== 'cpu' && k !== 'memory'))
+      throw new Error(`--system-reserved: ${JSON.stringify(part)} is not cpu=QUANTITY or memory=QUANTITY`);
+    if (k === 'cpu') out.cpuMillis = Math.ceil(q * 1000);
+    else out.memoryBytes = Math.ceil(q);
+  }
+  return out;
+}
+
+/** status.capacity and status.allocatable (capacity less the reservation, never below 0), as Node quantities. */
+export function nodeResources(
+  cpus: number,
+  memoryBytes: number,
+  reserved: SystemReserved = {},
+): { capacity: Record<string, string>; allocatable: Record<string, string> } {
+  const cpuMillis = Math.max(0, cpus * 1000 - (reserved.cpuMillis ?? 0));
+  const memKi = Math.max(0, Math.floor((memoryBytes - (reserved.memoryBytes ?? 0)) / 1024));
+  return {
+    capacity: { cpu: String(cpus), memory: `${Math.floor(memoryBytes / 1024)}Ki` },
+    allocatable: { cpu: cpuMillis % 1000 === 0 ? String(cpuMillis / 1000) : `${cpuMillis}m`, memory: `${memKi}Ki` },
+  };
+}
 
 export interface NodeRegistrationOptions {
   nodeName: string;
@@ -29,6 +68,8 @@ export interface NodeRegistrationOptions {
   heartbeatMs?: number;
   /** Capacity beside cpu and memory (hugepages, dedicated CPUs: vms/cpu-manager.ts), read at each heartbeat. */
   extendedResources?: () => Promise<Record<string, string>>;
+  /** Kept out of allocatable (default DEFAULT_SYSTEM_RESERVED). */
+  systemReserved?: SystemReserved;
   /** False while the agent cannot reach the API server (fencing.ts): no heartbeat then. */
   connected?: () => boolean;
   version: string;
@@ -93,18 +134,17 @@ export class NodeRegistration {
   }
 
   private async heartbeat(): Promise<void> {
-    const cpu = String(cpus().length);
-    const memKi = `${Math.floor(totalmem() / 1024)}Ki`;
+    const { capacity, allocatable } = nodeResources(cpus().length, totalmem(), this.opts.systemReserved ?? parseSystemReserved(DEFAULT_SYSTEM_RESERVED));
     const fs = await statfs(Object.values(this.opts.pools)[0]?.dir ?? '/').catch((e: Error) => {
       // The heartbeat matters more than the disk figure: report 0 and say why.
       this.opts.log?.(`node: cannot read the pool's disk size: ${e.message}`);
       return undefined;
     });
     const disk = fs ? `${Math.floor((fs.blocks * fs.bsize) / 1024)}Ki` : '0';
-    const resources = { cpu, memory: memKi, 'ephemeral-storage': disk, pods: '110', ...(await this.opts.extendedResources?.()) };
+    const more = { 'ephemeral-storage': disk, pods: '110', ...(await this.opts.extendedResources?.()) };
     await updateStatus(this.client, refs.NODES, undefined, this.opts.nodeName, (s) => {
-      s.capacity = resources;
-      s.allocatable = resources;
+      s.capacity = { ...capacity, ...more };
+      s.allocatable = { ...allocatable, ...more };
       s.addresses = [
         { type: 'InternalIP', address: this.opts.address },
         { type: 'Hostname', address: hostname() },

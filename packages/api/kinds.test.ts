@@ -106,6 +106,7 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: 'networking.k8s.io', version: 'v1' },
     { group: 'k8s.cni.cncf.io', version: 'v1' },
     { group: 'discovery.k8s.io', version: 'v1' },
+    { group: 'scheduling.k8s.io', version: 'v1' },
     { group: 'kubevirt.io', version: 'v1' },
     { group: 'pool.kubevirt.io', version: 'v1alpha1' },
     { group: 'migrations.kubevirt.io', version: 'v1alpha1' },

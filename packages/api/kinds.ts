@@ -227,6 +227,24 @@ export const kinds: readonly KindInfo[] = Object.freeze([
       AGE,
     ],
   }),
+  // scheduling.k8s.io: VMs' priorities and preemption (docs/scheduling.md); columns as kubectl's printer.
+  kind({
+    group: 'scheduling.k8s.io',
+    version: 'v1',
+    kind: 'PriorityClass',
+    plural: 'priorityclasses',
+    singular: 'priorityclass',
+    shortNames: ['pc'],
+    categories: [],
+    namespaced: false,
+    statusSubresource: false,
+    printerColumns: [
+      { name: 'Value', type: 'integer', jsonPath: '.value' },
+      { name: 'Global-Default', type: 'boolean', jsonPath: '.globalDefault' },
+      AGE,
+      { name: 'PreemptionPolicy', type: 'string', jsonPath: '.preemptionPolicy', priority: 1 },
+    ],
+  }),
   // KubeVirt: names, columns and subresources as virt-operator's CRDs declare them.
   kind({
     group: 'kubevirt.io',
@@ -603,6 +621,7 @@ const SCHEMA_NAMES: Record<string, string> = {
   'networking.k8s.io/v1/IPAddress': 'io.k8s.api.networking.v1.IPAddress',
   'networking.k8s.io/v1/NetworkPolicy': 'io.k8s.api.networking.v1.NetworkPolicy',
   'discovery.k8s.io/v1/EndpointSlice': 'io.k8s.api.discovery.v1.EndpointSlice',
+  'scheduling.k8s.io/v1/PriorityClass': 'io.k8s.api.scheduling.v1.PriorityClass',
   'k8s.cni.cncf.io/v1/NetworkAttachmentDefinition': 'io.cncf.cni.k8s.v1.NetworkAttachmentDefinition',
   'kubevirt.io/v1/VirtualMachine': 'io.kubevirt.v1.VirtualMachine',
   'kubevirt.io/v1/VirtualMachineInstance': 'io.kubevirt.v1.VirtualMachineInstance',

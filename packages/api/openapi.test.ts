@@ -58,6 +58,7 @@ test('the /openapi/v3 index lists every served group/version with a hash', () =>
     'apis/networking.k8s.io/v1',
     'apis/k8s.cni.cncf.io/v1',
     'apis/discovery.k8s.io/v1',
+    'apis/scheduling.k8s.io/v1',
     'apis/kubevirt.io/v1',
     'apis/pool.kubevirt.io/v1alpha1',
     'apis/migrations.kubevirt.io/v1alpha1',

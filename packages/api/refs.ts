@@ -28,6 +28,7 @@ export const SERVICES = ref('', 'v1', 'services');
 export const EVENTS = ref('', 'v1', 'events');
 export const IPADDRESSES = ref('networking.k8s.io', 'v1', 'ipaddresses');
 export const ENDPOINTSLICES = ref('discovery.k8s.io', 'v1', 'endpointslices');
+export const PRIORITY_CLASSES = ref('scheduling.k8s.io', 'v1', 'priorityclasses');
 export const NNCPS = ref('nmstate.io', 'v1', 'nodenetworkconfigurationpolicies');
 export const NNCES = ref('nmstate.io', 'v1beta1', 'nodenetworkconfigurationenactments');
 export const NNSS = ref('nmstate.io', 'v1beta1', 'nodenetworkstates');

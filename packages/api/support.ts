@@ -49,6 +49,7 @@ export const VMI_SPEC_FIELDS: FieldSupport = {
   tolerations: L, // scheduler
   terminationGracePeriodSeconds: L, // the agent's stop sequence
   evictionStrategy: L, // controllers
+  priorityClassName: L, // admission resolves it, the scheduler preempts by it
   domain: {
     cpu: {
       cores: L,

@@ -19,6 +19,7 @@ import { validateForkliftMigration, validateNetworkMap, validatePlan, validatePr
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
 import { validateKubeVirt, validateMigrationPolicy } from './migration-config.ts';
 import { validateVirtualMachineInstancePreset, validateVirtualMachineInstanceReplicaSet, validateVirtualMachinePool } from './kinds/replicas.ts';
+import { validatePriorityClass } from './priority.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
 import { validateObjectMeta } from './meta.ts';
@@ -75,6 +76,7 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'networking.k8s.io/IPAddress': validateIPAddress,
   'networking.k8s.io/NetworkPolicy': validateNetworkPolicy,
   'discovery.k8s.io/EndpointSlice': validateEndpointSlice,
+  'scheduling.k8s.io/PriorityClass': validatePriorityClass,
   'nmstate.io/NodeNetworkConfigurationPolicy': validateNodeNetworkConfigurationPolicy,
   'k8s.cni.cncf.io/NetworkAttachmentDefinition': validateNetworkAttachmentDefinition,
   'forklift.konveyor.io/Provider': validateProvider,

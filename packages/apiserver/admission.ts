@@ -23,6 +23,7 @@ import {
   ipam,
   isReservedKey,
   parseCidr,
+  priority,
   pvcResizeRefusal,
   RESERVED_PREFIX,
   type Cidr,
@@ -211,6 +212,7 @@ export async function admit(
   await admitClaimResize(reader, info, obj, current);
   await admitFixedAddress(reader, info, obj, opts.vmNetwork, user, current);
   await admitPresets(reader, info, obj, current, opts.recordEvent);
+  await admitPriority(reader, info, obj);
 }
 
 const VMIPRESETS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstancepresets')!;
@@ -233,6 +235,51 @@ export async function admitPresets(
   const result = presets.applyPresets(obj, all);
   if (result.conflicts.length)
     await recordEvent?.(obj, 'Warning', 'PresetFailed', `VirtualMachineInstancePreset values not applied (the VMI's own win): ${result.conflicts.join('; ')}`);
+}
+
+const PRIORITY_CLASSES = findByResource('scheduling.k8s.io', 'v1', 'priorityclasses')!;
+
+/**
+ * Kubernetes' Priority admission plugin, for VMIs in place of pods: a new VMI's
+ * spec.priorityClassName (else the global default class) resolves into its priority
+ * annotations (priority.ts), and a name no class has is refused, so its VM reports FailedCreate
+ * (Kubernetes refuses such a pod with 403; here 422 naming the field, as every bad input). Only
+ * on create: a class deleted later changes nothing running. A PriorityClass marked globalDefault
+ * is refused while another one is (the plugin refuses it too, with 403).
+ */
+export async function admitPriority(reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
+  if (info.group === 'kubevirt.io' && info.kind === 'VirtualMachineInstance' && !obj.metadata?.uid) {
+    const name = (obj.spec as { priorityClassName?: unknown } | undefined)?.priorityClassName;
+    const className = typeof name === 'string' && name ? name : undefined;
+    const classes = (await reader.list(PRIORITY_CLASSES, undefined, {})).items as unknown as priority.PriorityClassLike[];
+    const resolved = priority.resolvePriority(className, classes);
+    if (!resolved) {
+      throw invalid(info.kind, info.group, obj.metadata?.name ?? '', [
+        { reason: 'FieldValueNotFound', field: 'spec.priorityClassName', message: `Not found: no PriorityClass with name ${className} was found` },
+      ]);
+    }
+    obj.metadata = obj.metadata ?? { name: '' };
+    obj.metadata.annotations = {
+      ...obj.metadata.annotations,
+      [priority.PRIORITY]: String(resolved.priority),
+      [priority.PREEMPTION_POLICY]: resolved.preemptionPolicy,
+    };
+    return;
+  }
+  if (info.group === 'scheduling.k8s.io' && info.kind === 'PriorityClass' && (obj as { globalDefault?: unknown }).globalDefault === true) {
+    const other = (await reader.list(PRIORITY_CLASSES, undefined, {})).items.find(
+      (c) => c.metadata?.name !== obj.metadata?.name && (c as { globalDefault?: unknown }).globalDefault === true,
+    );
+    if (other) {
+      throw invalid(info.kind, info.group, obj.metadata?.name ?? '', [
+        {
+          reason: 'FieldValueForbidden',
+          field: 'globalDefault',
+          message: `Forbidden: PriorityClass ${other.metadata?.name} is marked as default already and no more than one default may exist`,
+        },
+      ]);
+    }
+  }
 }
 
 /**

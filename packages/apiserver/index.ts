@@ -7,7 +7,7 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, migrationConfig, parseCidr } from '@vessel/api';
+import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, migrationConfig, parseCidr, priority } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -186,6 +186,7 @@ async function bootstrap(store: Store): Promise<void> {
   for (const name of DEFAULT_NAMESPACES) await ensure('namespaces', '', 'v1', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
   await ensure('secrets', '', 'v1', agentAuthSecret());
   await ensure('kubevirts', 'kubevirt.io', 'v1', migrationConfig.defaultKubeVirt());
+  for (const pc of priority.systemPriorityClasses()) await ensure('priorityclasses', 'scheduling.k8s.io', 'v1', pc);
   for (const sc of DEFAULT_STORAGE_CLASSES) {
     await ensure('storageclasses', 'storage.k8s.io', 'v1', {
       apiVersion: 'storage.k8s.io/v1',

@@ -122,6 +122,8 @@ const COMPUTED: Record<string, (obj: StoredObject) => unknown> = {
       }),
     ),
   'discovery.k8s.io/EndpointSlice/Endpoints': (o) => moreList(evalPath(o, '.endpoints[*].addresses[*]').map(String)),
+  // kubectl's PriorityClass printer: GLOBAL-DEFAULT false when unset.
+  'scheduling.k8s.io/PriorityClass/Global-Default': (o) => (o as { globalDefault?: unknown }).globalDefault === true,
   '/Node/Status': (o) => {
     const ready = evalPath(o, ".status.conditions[?(@.type=='Ready')].status")[0];
     const status = [ready === undefined ? 'Unknown' : ready === 'True' ? 'Ready' : 'NotReady'];

@@ -6,7 +6,7 @@
 import { startServer, type RunningServer, type ServerOptions } from '@vessel/apiserver';
 import { Client } from '@vessel/client';
 import { startControllers, type RunningControllers, type SchedulingSettings } from '@vessel/controllers';
-import type { QemuPriority, RunningAgent } from '@vessel/agent';
+import type { QemuPriority, RunningAgent, SystemReserved } from '@vessel/agent';
 
 export interface ControlPlaneOptions extends ServerOptions {
   /** Run the controllers in this process (default true); with several servers on one store, a lease picks the one that runs them. */
@@ -20,7 +20,15 @@ export interface ControlPlaneOptions extends ServerOptions {
   /** Directories `ova` Providers may read (the administrator's allow-list). */
   ovaRoots?: readonly string[];
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
-  agent?: { nodeName: string; sharedDir?: string; version?: string; allowLoopbackImports?: boolean; qemuPriority?: QemuPriority; reservedCpus?: string };
+  agent?: {
+    nodeName: string;
+    sharedDir?: string;
+    version?: string;
+    allowLoopbackImports?: boolean;
+    qemuPriority?: QemuPriority;
+    systemReserved?: SystemReserved;
+    reservedCpus?: string;
+  };
 }
 
 export interface ControlPlane {

@@ -161,3 +161,34 @@ test('a VMI placed meanwhile keeps its status: the Unschedulable report is not w
     c.close();
   }
 });
+
+/** A VMI of `memory` with the priority admission would have resolved. */
+function prioritized(name: string, memory: string, prio: number, policy = 'PreemptLowerPriority'): KubeObject {
+  const o = vmi(name, { memory });
+  o.metadata = { ...o.metadata!, annotations: { 'vessel.io/priority': String(prio), 'vessel.io/preemption-policy': policy } };
+  return o;
+}
+
+test('preemption: a higher-priority VMI evicts a lower one that fills the node; the victim made again waits Pending', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'n', { memory: '3Gi' });
+  await settle(10);
+  await h.c.create(VMIS, prioritized('low', '2Gi', 1000));
+  await placed(h.c, 'low');
+  const lowUid = (await h.c.get(VMIS, 'low', { namespace: 'default' })).metadata?.uid;
+  await h.c.create(VMIS, prioritized('never', '2Gi', 5000, 'Never'));
+  assert.match(await unschedulable(h.c, 'never'), /preemption: not eligible due to preemptionPolicy=Never/);
+  await h.c.create(VMIS, prioritized('high', '2Gi', 999999999));
+  // The victim is deleted (no agent here, so at once): the high one takes the node.
+  assert.equal(await placed(h.c, 'high'), 'n');
+  const high = await h.c.get(VMIS, 'high', { namespace: 'default' });
+  assert.equal(high.metadata?.annotations?.['vessel.io/nominated-node'], undefined);
+  assert.ok(Number(high.metadata?.annotations?.['vessel.io/memory-overhead']) > 0);
+  const gone = await h.c.get(VMIS, 'low', { namespace: 'default' }).catch(() => undefined);
+  assert.ok(!gone || gone.metadata?.uid !== lowUid, 'the low VMI was stopped');
+  // Its VM makes it again: it waits, and does not preempt the higher one.
+  await h.c.create(VMIS, prioritized('low', '2Gi', 1000));
+  assert.match(await unschedulable(h.c, 'low'), /Insufficient memory.*preemption: No preemption victims found/);
+  assert.equal((await statusOf(h.c, 'high')).nodeName, 'n');
+  assert.equal((await statusOf(h.c, 'never')).nodeName, undefined, 'Never does not preempt, not even after');
+});

@@ -92,6 +92,15 @@ export class VirtualMachineController extends Controller {
     this.vmis = this.inform<Vmi>(VMIS, (vmi) => ownerVm(vmi));
     this.dvs = this.inform(DATAVOLUMES, (dv) => [...ownerVm(dv), ...this.usersOf(dv)]);
     this.pvcs = this.inform(PVCS, (pvc) => this.usersOf(pvc));
+    // A VM whose VMI admission refused for an unknown PriorityClass starts once the class exists.
+    this.inform(refs.PRIORITY_CLASSES, (pc) =>
+      this.vms
+        .list()
+        .filter(
+          (vm) => (vm.spec as { template?: { spec?: { priorityClassName?: string } } } | undefined)?.template?.spec?.priorityClassName === pc.metadata.name,
+        )
+        .map(cacheKey),
+    );
   }
 
   /** VMs whose template mounts this DataVolume / claim by name. */

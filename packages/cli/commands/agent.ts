@@ -26,6 +26,7 @@ interface AgentFlags {
   nodeStatusUpdateFrequency: string;
   allowLoopbackImports?: boolean;
   qemuPriority: string;
+  systemReserved: string;
   netns?: string;
   fabricIp?: string;
   nncpProbeTimeout: string;
@@ -72,6 +73,11 @@ export function registerAgent(program: Command): void {
       'host CPUs kept for the system (e.g. 0 or 0-1): turns on the CPU manager, whose other CPUs run dedicatedCpuPlacement VMs exclusively (docs/pinning.md)',
     )
     .option(
+      '--system-reserved <spec>',
+      "cpu and memory the node keeps for itself, left out of its allocatable (kubelet's flag), e.g. cpu=100m,memory=256Mi",
+      'cpu=100m,memory=256Mi',
+    )
+    .option(
       '--fabric-ip <ip>',
       "this host's address on the fabric between the nodes: runs the node's side of the cluster network (bridge vsl-br0, VXLAN to the other nodes, DHCP) and publishes it on the Node",
     )
@@ -108,6 +114,13 @@ export function registerAgent(program: Command): void {
       const probeSeconds = Number(flags.nncpProbeTimeout);
       if (!(probeSeconds > 0)) throw new UsageError(`--nncp-probe-timeout must be a positive number of seconds, not ${flags.nncpProbeTimeout}`);
       const qemuPriority = await qemuPriorityFlag(flags.qemuPriority);
+      const { parseSystemReserved } = await import('@vessel/agent');
+      let systemReserved;
+      try {
+        systemReserved = parseSystemReserved(flags.systemReserved);
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
       if (flags.netns !== undefined && flags.fabricIp === undefined)
         throw new UsageError("--netns needs --fabric-ip: the namespace holds the node's side of the cluster network");
       if (flags.fabricIp !== undefined && !/^\d{1,3}(\.\d{1,3}){3}$/.test(flags.fabricIp))
@@ -127,6 +140,7 @@ export function registerAgent(program: Command): void {
         heartbeatMs: heartbeatSeconds * 1000,
         allowLoopbackImports: !!flags.allowLoopbackImports,
         qemuPriority,
+        systemReserved,
         version: clientVersion(),
         log: (l) => note(`${l}\n`),
         netns: flags.netns,

@@ -6,6 +6,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   describeUnschedulable,
+  OVERHEAD,
   matchesNodeSelectorTerm,
   scheduleVmi,
   toleratesTaint,
@@ -22,7 +23,9 @@ import {
 
 const Mi = 2 ** 20;
 const Gi = 2 ** 30;
-const overhead = (guest: number) => 16 * Mi + Math.ceil(guest * 0.005);
+/** The formula spelled out (vmiOverheadBytes): QEMU + TCG, guest/512, 8 MiB per vCPU, the I/O thread, video RAM. */
+const overhead = (guest: number, vcpus = 1) =>
+  OVERHEAD.qemuBytes + OVERHEAD.tcgBytes + Math.ceil(guest / 512) + vcpus * OVERHEAD.perVcpuBytes + OVERHEAD.iothreadBytes + OVERHEAD.videoBytes;
 
 interface NodeOpts {
   cpu?: string;
@@ -73,19 +76,19 @@ describe('vmiRequests', () => {
     {
       name: 'memory.guest 1Gi and 2 cores: 200m and guest + overhead',
       spec: { domain: { cpu: { cores: 2 }, memory: { guest: '1Gi' } } },
-      want: { cpuMillis: 200, memoryBytes: Gi + 16 * Mi + 5368710 },
+      want: { cpuMillis: 200, memoryBytes: Gi + overhead(Gi, 2) },
     },
     { name: 'no cpu topology: one vCPU, 100m', spec: spec(), want: { cpuMillis: 100, memoryBytes: Gi + overhead(Gi) } },
     {
       name: 'sockets * cores * threads',
       spec: { domain: { cpu: { sockets: 2, cores: 2, threads: 2 }, memory: { guest: '1Gi' } } },
-      want: { cpuMillis: 800, memoryBytes: Gi + overhead(Gi) },
+      want: { cpuMillis: 800, memoryBytes: Gi + overhead(Gi, 8) },
     },
     {
       name: 'explicit requests win over topology and guest',
       spec: { domain: { cpu: { cores: 8 }, memory: { guest: '1Gi' }, resources: { requests: { cpu: '500m', memory: '2Gi' } } } },
       settings: { memoryOvercommitPercent: 200 },
-      want: { cpuMillis: 500, memoryBytes: 2 * Gi + overhead(Gi) },
+      want: { cpuMillis: 500, memoryBytes: 2 * Gi + overhead(Gi, 8) },
     },
     {
       name: 'requests.memory alone is also the guest size',
@@ -107,7 +110,7 @@ describe('vmiRequests', () => {
       name: 'cpuAllocationRatio 1: a whole CPU per vCPU',
       spec: { domain: { cpu: { cores: 2 }, memory: { guest: '1Gi' } } },
       settings: { cpuAllocationRatio: 1 },
-      want: { cpuMillis: 2000, memoryBytes: Gi + overhead(Gi) },
+      want: { cpuMillis: 2000, memoryBytes: Gi + overhead(Gi, 2) },
     },
     {
       name: 'cpuAllocationRatio 3 rounds up like MilliValue',
@@ -125,12 +128,12 @@ describe('vmiRequests', () => {
       name: 'dedicatedCpuPlacement: whole CPUs, ratio ignored',
       spec: { domain: { cpu: { cores: 4, dedicatedCpuPlacement: true }, memory: { guest: '1Gi' } } },
       settings: { cpuAllocationRatio: 10 },
-      want: { cpuMillis: 4000, memoryBytes: Gi + overhead(Gi), extended: { 'vessel.io/dedicated-cpus': 4 } },
+      want: { cpuMillis: 4000, memoryBytes: Gi + overhead(Gi, 4), extended: { 'vessel.io/dedicated-cpus': 4 } },
     },
     {
       name: 'isolateEmulatorThread adds one dedicated CPU',
       spec: { domain: { cpu: { cores: 2, dedicatedCpuPlacement: true, isolateEmulatorThread: true }, memory: { guest: '1Gi' } } },
-      want: { cpuMillis: 3000, memoryBytes: Gi + overhead(Gi), extended: { 'vessel.io/dedicated-cpus': 3 } },
+      want: { cpuMillis: 3000, memoryBytes: Gi + overhead(Gi, 2), extended: { 'vessel.io/dedicated-cpus': 3 } },
     },
     {
       name: 'hugepages: the guest from the hugepage pool, only the overhead from memory',
@@ -153,7 +156,7 @@ describe('vmiRequests', () => {
       spec: { domain: { memory: { guest: '1Gi' }, resources: { requests: { cpu: 'lots', memory: '1 GB' } } } },
       want: { cpuMillis: 100, memoryBytes: Gi + overhead(Gi) },
     },
-    { name: 'no memory at all: only the fixed overhead', spec: {}, want: { cpuMillis: 100, memoryBytes: 16 * Mi } },
+    { name: 'no memory at all: only the fixed overhead', spec: {}, want: { cpuMillis: 100, memoryBytes: overhead(0) } },
   ];
   for (const c of cases) it(c.name, () => assert.deepEqual(vmiRequests(c.spec, c.settings), c.want));
 

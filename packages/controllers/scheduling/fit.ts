@@ -6,7 +6,8 @@
  *
  * Semantics follow what a KubeVirt virt-launcher pod would get from kube-scheduler:
  *  - requests: vmiRequests() mirrors KubeVirt's resource rendering (cpuAllocationRatio,
- *    memoryOvercommit, dedicated CPUs), with Vessel's own, smaller per-VM memory overhead;
+ *    memoryOvercommit, dedicated CPUs), with Vessel's own, smaller per-VM memory overhead
+ *    (vmiOverheadBytes: KubeVirt's formula without virt-launcher's processes, TCG measured);
  *  - filters, in order, each failing node counted once under the first that fails: Ready (as
  *    the not-ready/unreachable NoSchedule taints the node lifecycle controller would add),
  *    spec.unschedulable, the kubevirt.io/schedulable label, volume node pins, nodeSelector and
@@ -29,7 +30,7 @@ import { tryParseQuantity } from '@vessel/api';
 
 /** The part of a VMI spec that scheduling reads; a full V1VirtualMachineInstanceSpec fits. */
 export type VmiSchedulingSpec = Pick<V1VirtualMachineInstanceSpec, 'affinity' | 'nodeSelector' | 'tolerations'> & {
-  domain?: Pick<V1DomainSpec, 'cpu' | 'memory' | 'resources'>;
+  domain?: Pick<V1DomainSpec, 'cpu' | 'memory' | 'resources'> & { devices?: { autoattachGraphicsDevice?: boolean } };
 };
 
 export interface TaintLike {
@@ -88,10 +89,29 @@ export type ScheduleResult = { node: string; score: number } | { node: undefined
 
 export const DEFAULT_CPU_ALLOCATION_RATIO = 10;
 export const DEFAULT_MEMORY_OVERCOMMIT_PERCENT = 100;
-/** Fixed part of Vessel's per-VM memory overhead (see vmiOverheadBytes). */
-export const VM_OVERHEAD_FIXED_BYTES = 16 * 2 ** 20;
-/** Proportional part of Vessel's per-VM memory overhead: 0.5% of guest memory. */
-export const VM_OVERHEAD_GUEST_FRACTION = 0.005;
+const MiB = 2 ** 20;
+/**
+ * The terms of Vessel's per-VM memory overhead (vmiOverheadBytes), named after KubeVirt's
+ * GetMemoryOverhead (pkg/virt-controller/services/renderresources.go) and measured against
+ * QEMU's VmRSS under TCG (bench/overhead.bench.ts, docs/scheduling.md).
+ */
+export const OVERHEAD = {
+  /**
+   * QEMU itself beside its guest: KubeVirt's QemuOverhead is 30Mi under KVM; under TCG the
+   * translated-code cache and TCG's own state come on top (measured, see docs/scheduling.md).
+   * KubeVirt's virt-launcher, virtlogd and virtqemud terms (190Mi) do not exist here.
+   */
+  qemuBytes: 30 * MiB,
+  tcgBytes: 72 * MiB,
+  /** Per vCPU: the vCPU thread's stack and CPU state (KubeVirt: 8Mi). */
+  perVcpuBytes: 8 * MiB,
+  /** The I/O thread (KubeVirt: 8Mi, one per VM). */
+  iothreadBytes: 8 * MiB,
+  /** The VGA device's video RAM when a graphics device is attached (the default). KubeVirt counts 32Mi; QEMU's VGA has 16 MiB. */
+  videoBytes: 16 * MiB,
+  /** Page tables and dirty bitmaps: one byte per 512 of guest memory (KubeVirt's pagetable term). */
+  guestDivisor: 512,
+} as const;
 
 export const SCHEDULABLE_LABEL = 'kubevirt.io/schedulable';
 /** KubeVirt's label of a node whose CPU manager can give VMs dedicated CPUs (docs/pinning.md). */
@@ -148,15 +168,25 @@ export function vmiVcpus(spec: VmiSchedulingSpec): number {
   return positive(cpu?.sockets, 1) * positive(cpu?.cores, 1) * positive(cpu?.threads, 1);
 }
 
+/** The accelerator the overhead is counted for: the scheduler does not know a node's before placing, so TCG (the larger) unless told. */
+export type Accel = 'tcg' | 'kvm';
+
 /**
- * Vessel's per-VM memory overhead: 16 MiB + 0.5% of guest memory. KubeVirt computes a much
- * larger overhead because each VM also carries virt-launcher, libvirtd and virtqemud in its pod;
- * Vessel's agent runs QEMU directly, so what remains is QEMU itself (device model, vCPU
- * threads, I/O buffers: the fixed part) and the guest's page tables and dirty bitmaps, which
- * grow with guest memory (the proportional part).
+ * QEMU's memory beside the guest's, KubeVirt's GetMemoryOverhead without its virt-launcher,
+ * virtlogd and virtqemud terms (Vessel runs QEMU directly): QEMU's fixed part (plus TCG's),
+ * guest/512 for page tables, 8 MiB per vCPU, 8 MiB for the I/O thread, and 16 MiB of video RAM
+ * unless autoattachGraphicsDevice is false.
  */
-export function vmiOverheadBytes(guestBytes: number): number {
-  return VM_OVERHEAD_FIXED_BYTES + ceilish(Math.max(0, guestBytes) * VM_OVERHEAD_GUEST_FRACTION);
+export function vmiOverheadBytes(guestBytes: number, spec: VmiSchedulingSpec = {}, accel: Accel = 'tcg'): number {
+  const graphics = (spec.domain as { devices?: { autoattachGraphicsDevice?: boolean } } | undefined)?.devices?.autoattachGraphicsDevice !== false;
+  return (
+    OVERHEAD.qemuBytes +
+    (accel === 'tcg' ? OVERHEAD.tcgBytes : 0) +
+    ceilish(Math.max(0, guestBytes) / OVERHEAD.guestDivisor) +
+    vmiVcpus(spec) * OVERHEAD.perVcpuBytes +
+    OVERHEAD.iothreadBytes +
+    (graphics ? OVERHEAD.videoBytes : 0)
+  );
 }
 
 /**
@@ -185,7 +215,7 @@ export function vmiRequests(spec: VmiSchedulingSpec, settings: SchedulingSetting
   const pageSize = domain?.memory?.hugepages?.pageSize;
   const hugepages = pageSize === '2Mi' || pageSize === '1Gi' ? `hugepages-${pageSize}` : undefined;
   const baseMemory = hugepages ? 0 : (requestedMemory ?? ((guestSource ?? 0) * 100) / overcommit);
-  const overhead = domain?.resources?.overcommitGuestOverhead ? 0 : vmiOverheadBytes(guest);
+  const overhead = domain?.resources?.overcommitGuestOverhead ? 0 : vmiOverheadBytes(guest, spec);
   const extended: Record<string, number> = {};
   if (hugepages) extended[hugepages] = ceilish(guest);
   if (domain?.cpu?.dedicatedCpuPlacement) extended[DEDICATED_CPUS] = vmiVcpus(spec) + (domain.cpu.isolateEmulatorThread ? 1 : 0);
