@@ -20,6 +20,7 @@ import { registerInventory } from './commands/inventory.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
 import { registerMigrate } from './commands/migrate.ts';
+import { registerPlan } from './commands/plan.ts';
 import { registerPortForward } from './commands/port-forward.ts';
 import { registerRemoveVolume } from './commands/removevolume.ts';
 import { registerServer } from './commands/server.ts';
@@ -67,5 +68,6 @@ export function buildProgram(): Command {
   registerClone(program);
   registerExpose(program);
   registerImage(program);
+  registerPlan(program);
   return program;
 }
