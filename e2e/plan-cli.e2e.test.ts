@@ -21,6 +21,7 @@ const PROVIDERS = ref('providers');
 const NETMAPS = ref('networkmaps');
 const STORAGEMAPS = ref('storagemaps');
 const PLANS = ref('plans');
+const MIGRATIONS = ref('migrations');
 const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
 const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces', namespaced: false };
 const NS = 'plan-src';
@@ -134,5 +135,19 @@ test('plan create, start (progress to 100%, exit 0), describe; cancel and cutove
   const bad = await cli('start', 'p2');
   assert.equal(bad.code, 1);
   assert.match(bad.err, /plan plan-src\/p2 is not Ready:\n.*VMNotFound/);
+  // cancel and cutover write Migration.spec on a migration not finished (one waiting for p2 here): accepted by the server.
+  await v.client.create(MIGRATIONS, fk('Migration', 'p2-wait', { plan: { name: 'p2', namespace: NS } }), { namespace: NS });
+  const one = await cli('cancel', 'p2', '--vm', 'ghost');
+  assert.equal(one.code, 0, one.err);
+  assert.match(one.err, /does not implement spec\.cancel/);
+  const all = await cli('cancel', 'p2');
+  assert.equal(all.code, 0, all.err);
+  const cut = await cli('cutover', 'p2', '--time', '2030-01-01T00:00:00Z');
+  assert.equal(cut.code, 0, cut.err);
+  assert.match(cut.err, /warm migration is not built/);
+  const spec = (await v.client.get(MIGRATIONS, 'p2-wait', { namespace: NS })).spec as { cancel?: unknown; cutover?: string };
+  assert.deepEqual(spec.cancel, [{ name: 'ghost' }], 'the whole-migration cancel adds the plan VMs once');
+  assert.equal(spec.cutover, '2030-01-01T00:00:00Z');
+  assert.equal((await cli('cutover', 'p2', '--time', 'soon')).code, 1, 'a bad time is a usage error');
   assert.equal((await cli('create', 'p3', '--provider', 'ova', '--vm', 'x', '--type', 'live')).code, 1, 'a bad --type is a usage error');
 });

@@ -230,9 +230,12 @@ async function migrationsOf(client: Client, ns: string, plan: string): Promise<K
   return items.sort((a, b) => String(b.metadata?.creationTimestamp ?? '').localeCompare(String(a.metadata?.creationTimestamp ?? '')));
 }
 
-/** The plan's Migration still running (no `status.completed`), newest first; an error if none. */
+/**
+ * The plan's newest Migration not finished (no `status.completed`); an error if none. One waiting
+ * on its plan (PlanNotReady) counts: the controller starts it once the plan is Ready.
+ */
 async function runningMigration(client: Client, ns: string, plan: string): Promise<KubeObject> {
-  const m = (await migrationsOf(client, ns, plan)).find((x) => !o(x.status).completed && !outcome(x).done);
+  const m = (await migrationsOf(client, ns, plan)).find((x) => !o(x.status).completed);
   if (!m) throw new Error(`plan ${ns}/${plan} has no running migration`);
   return m;
 }
