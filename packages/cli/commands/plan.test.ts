@@ -182,6 +182,8 @@ test('describePlan: settings, concerns with category and items, VMs, the latest 
       '',
     ].join('\n'),
   );
+  const waiting = { metadata: { name: 'p-x' }, status: { conditions: [{ type: 'PlanNotReady', status: 'True', category: 'Critical' }] } };
+  assert.match(describePlan({ metadata: { name: 'p' }, spec: {} }, waiting), /\nMigration: {9}p-x \(waiting: PlanNotReady\)\n$/);
   assert.match(describePlan({ metadata: { name: 'p' }, spec: {} }), /Conditions:\n {2}<none: not validated yet>\nVMs:\nMigration: {9}<none>\n$/);
 });
 

@@ -175,7 +175,9 @@ export function describePlan(plan: KubeObject, migration?: KubeObject): string {
   }
   const mst = o(migration?.status);
   const res = migration ? outcome(migration) : undefined;
-  const state = !res ? 'unknown' : res.done ? (res.failed ? 'Failed' : 'Succeeded') : mst.started ? 'Running' : 'Pending';
+  const waiting = ((mst.conditions as Condition[] | undefined) ?? []).some((c) => c.type === 'PlanNotReady' && c.status === 'True');
+  // A Migration waiting for its plan is not finished: the controller starts it once the plan is Ready.
+  const state = waiting ? 'waiting: PlanNotReady' : !res ? 'unknown' : res.done ? (res.failed ? 'Failed' : 'Succeeded') : mst.started ? 'Running' : 'Pending';
   lines.push(`Migration:         ${migration?.metadata?.name ?? '<from the plan status>'} (${state})`);
   if (mst.started) lines.push(`  Started:         ${String(mst.started)}`);
   if (mst.completed) lines.push(`  Completed:       ${String(mst.completed)}`);
