@@ -22,6 +22,7 @@ import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
 import { registerMemoryDump } from './commands/memory-dump.ts';
 import { registerMigrate } from './commands/migrate.ts';
+import { registerPlan } from './commands/plan.ts';
 import { registerPortForward } from './commands/port-forward.ts';
 import { registerRemoveVolume } from './commands/removevolume.ts';
 import { registerServer } from './commands/server.ts';
@@ -71,5 +72,6 @@ export function buildProgram(): Command {
   registerClone(program);
   registerExpose(program);
   registerImage(program);
+  registerPlan(program);
   return program;
 }
