@@ -13,7 +13,7 @@ import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
-import { MigrationRun, type DiskBytes } from './migration.ts';
+import { MigrationRun, type DiskOpener } from './migration.ts';
 import { VsphereError } from './vsphere/soap.ts';
 import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
 import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
@@ -372,7 +372,7 @@ export class ForkliftController extends Controller {
     // A map entry names a network or datastore by id or name; the VM refers to it by id.
     const named = (list: { id: string; name: string }[] | undefined, id: string) => (src: Obj) =>
       src.id === id || src.name === id || (!!list?.find((x) => x.id === id) && src.name === list.find((x) => x.id === id)?.name);
-    const ova = async (v: PlanVmResult): Promise<(disk: number) => Promise<DiskBytes>> => {
+    const ova = async (v: PlanVmResult): Promise<DiskOpener> => {
       const ranges = (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks;
       return async (i) => {
         const range = ranges.get(v.vm.disks[i].file);
@@ -380,7 +380,7 @@ export class ForkliftController extends Controller {
         return { size: range.size, stream: createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1 }) };
       };
     };
-    const vsphere = async (v: PlanVmResult): Promise<(disk: number) => Promise<DiskBytes>> => {
+    const vsphere = async (v: PlanVmResult): Promise<DiskOpener> => {
       if (!provider) throw new Error('the source provider is gone');
       const client = await connect(url, await this.vsphereSecret(provider));
       try {
@@ -391,13 +391,10 @@ export class ForkliftController extends Controller {
         throw e;
       }
       const dsName = (id: string) => inv?.datastores.find((d) => d.id === id)?.name;
-      let left = v.vm.disks.length;
-      return async (i) => {
-        const d = await openDisk(client, v.vm as VsphereVm, i, dsName);
-        // The session ends with the last disk's stream.
-        if (--left <= 0) d.stream.once('close', () => void client.logout().finally(() => client.close()));
-        return d;
-      };
+      const open: DiskOpener = (i) => openDisk(client, v.vm as VsphereVm, i, dsName);
+      // The run calls it after the VM's disks are sent (or on failure): the session ends.
+      open.close = () => client.logout().finally(() => client.close());
+      return open;
     };
     const run = new MigrationRun(
       this.client,

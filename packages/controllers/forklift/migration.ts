@@ -56,7 +56,7 @@ export interface RunInput {
    * The Initialize step of a VM: its source checked again (an OVA package re-read; a vSphere VM
    * powered off), then how to open each disk's bytes (by index) for the transfer.
    */
-  initialize: (vm: PlanVmResult) => Promise<(disk: number) => Promise<DiskBytes>>;
+  initialize: (vm: PlanVmResult) => Promise<DiskOpener>;
   /** StorageClass (and modes) for a package (ova) or datastore id (vsphere), from the StorageMap. */
   storage: (source: string) => { storageClass: string; accessMode?: string; volumeMode?: string } | undefined;
   /** The target network of a source network name, from the NetworkMap. */
@@ -68,6 +68,9 @@ export interface DiskBytes {
   size: number;
   stream: Readable;
 }
+
+/** Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk. */
+export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & { close?: () => Promise<void> };
 
 const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
@@ -221,10 +224,12 @@ export class MigrationRun {
     s.started ??= now();
     s.phase = 'Initialize';
     let current = 'Initialize';
+    let cleanup: (() => Promise<void>) | undefined;
     try {
       const init = this.step(s, 'Initialize');
       this.begin(init);
       const open = await this.input.initialize(v);
+      cleanup = open.close;
       this.finish(init);
       current = 'DiskTransfer';
       s.phase = 'DiskTransfer';
@@ -260,6 +265,8 @@ export class MigrationRun {
       s.phase = 'Failed';
       s.completed = now();
       s.conditions = [{ type: 'Failed', status: 'True', category: 'Advisory', message: 'The VM migration has FAILED.', lastTransitionTime: now() }];
+    } finally {
+      await cleanup?.().catch(() => undefined);
     }
     await this.write(undefined, true);
   }
