@@ -32,6 +32,8 @@ want 'command -v genisoimage'           genisoimage        # cloud-init seed ISO
 want 'test -f /usr/share/OVMF/OVMF_CODE_4M.fd' ovmf      # UEFI firmware
 want 'command -v docker-registry'       docker-registry    # the registry importer's tests
 want '/usr/bin/python3 -c "import kubernetes"' python3-kubernetes # the Python client's e2e test (e2e/api-defects)
+want 'command -v go'                    golang-go          # builds vcsim (e2e/vcsim) for the vsphere provider's tests
+want 'test -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator' golang-github-vmware-govmomi-dev
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then echo "setup: run as root, or: sudo apt-get install -y ${need[*]}" >&2; exit 1; fi

@@ -3,16 +3,21 @@
  * read from a directory the administrator allowed (ControllerOptions.ovaRoots), published in the
  * ConfigMap `<provider>-inventory` (@vessel/api forklift; owned by the Provider) and counted in its status; NetworkMaps,
  * StorageMaps and Plans get Forklift's conditions from that inventory and the target cluster.
- * Running a plan (the Migration) is not built yet.
+ * `vsphere` Providers are read over the vSphere Web Services API (./vsphere/) with their Secret,
+ * into the same inventory. A Migration runs a Ready plan cold (./migration.ts).
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { Controller, cacheKey, type Informer, type Log, updateStatus } from '@vessel/runtime';
 import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
+import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
-import { MigrationRun } from './migration.ts';
-import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern, type PlanContext } from './validation.ts';
+import { MigrationRun, type DiskOpener } from './migration.ts';
+import { VsphereError } from './vsphere/soap.ts';
+import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
+import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
+import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern, type PlanContext, type PlanVmResult } from './validation.ts';
 
 const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
 const {
@@ -25,6 +30,7 @@ const {
   STORAGE_CLASSES,
   VMS,
   CONFIGMAPS,
+  SECRETS,
 } = refs;
 
 /** How often an `ova` directory is scanned again. */
@@ -102,13 +108,16 @@ export class ForkliftController extends Controller {
     const concerns: Concern[] = [];
     let phase: string;
     let inventory: Inventory | undefined;
-    if (spec.type !== 'ova') {
+    let fingerprint: string | undefined;
+    if (spec.type === 'vsphere') {
+      ({ phase, inventory, fingerprint } = await this.vsphereProvider(p, key, generation, concerns));
+    } else if (spec.type !== 'ova') {
       concerns.push({
         type: 'ProviderTypeNotSupported',
         status: 'True',
         category: 'Critical',
         reason: 'NotSupported',
-        message: 'The `type` must be: [ova] (Vessel reads only OVA providers so far).',
+        message: 'The `type` must be: [ova, vsphere] (Vessel reads only these providers so far).',
       });
       phase = 'ValidationFailed';
     } else if (typeof spec.url !== 'string' || !spec.url) {
@@ -161,6 +170,8 @@ export class ForkliftController extends Controller {
       s.phase = phase;
       s.observedGeneration = generation;
       s.conditions = toConditions(concerns, s.conditions);
+      if (fingerprint) s.fingerprint = fingerprint;
+      else if (spec.type === 'vsphere') delete s.fingerprint;
       if (inventory)
         s.inventory = {
           vms: inventory.vms.length,
@@ -172,6 +183,67 @@ export class ForkliftController extends Controller {
     });
     for (const k of this.dependents()) this.queue.add(k);
     if (inventory) this.queue.addAfter(`provider|${key}`, RESCAN_MS);
+  }
+
+  /** The provider's Secret, parsed (VsphereError SecretNotValid when missing or incomplete). */
+  private async vsphereSecret(p: KubeObject): Promise<VsphereSecret> {
+    const ref = o(o(p.spec).secret);
+    const name = typeof ref.name === 'string' ? ref.name : '';
+    const ns = typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : (p.metadata?.namespace ?? '');
+    if (!name) throw new VsphereError('SecretNotValid', 'the provider names no secret');
+    try {
+      const secret = (await this.client.get(SECRETS, name, { namespace: ns })) as { data?: Record<string, string> };
+      return parseSecret(secret.data);
+    } catch (e) {
+      if (isStatusError(e, 'NotFound')) throw new VsphereError('SecretNotValid', `secret ${ns}/${name} not found`);
+      throw e;
+    }
+  }
+
+  /** A `vsphere` provider: connect with its Secret, read the inventory (cached as the ova one), say why not. */
+  private async vsphereProvider(
+    p: KubeObject,
+    key: string,
+    generation: number,
+    concerns: Concern[],
+  ): Promise<{ phase: string; inventory?: Inventory; fingerprint?: string }> {
+    const url = o(p.spec).url;
+    if (typeof url !== 'string' || !url) {
+      concerns.push({ type: 'UrlNotValid', status: 'True', category: 'Critical', reason: 'NotSet', message: 'The `url` is required: https://vcenter/sdk.' });
+      return { phase: 'ValidationFailed' };
+    }
+    let secret: VsphereSecret;
+    try {
+      secret = await this.vsphereSecret(p);
+    } catch (e) {
+      if (!(e instanceof VsphereError)) throw e;
+      concerns.push({ type: 'SecretNotValid', status: 'True', category: 'Critical', reason: 'NotValid', message: e.message });
+      return { phase: 'ValidationFailed' };
+    }
+    concerns.push({ type: 'Validated', status: 'True', category: 'Advisory', reason: 'Completed', message: 'Validation has been completed.' });
+    const cached = this.inventories.get(key);
+    let client;
+    try {
+      client = await connect(url, secret);
+      const fingerprint = client.fingerprint;
+      const inventory =
+        cached && cached.generation === generation && Date.now() - cached.at < RESCAN_MS ? cached.inventory : await readVsphereInventory(client);
+      this.inventories.set(key, { generation, inventory, at: cached?.inventory === inventory ? cached.at : Date.now() });
+      concerns.push({ type: 'ConnectionTestSucceeded', status: 'True', category: 'Required', reason: 'Tested', message: 'Connection test, succeeded.' });
+      concerns.push({ type: 'InventoryCreated', status: 'True', category: 'Required', reason: 'Completed', message: 'The inventory has been loaded.' });
+      concerns.push({ type: 'Ready', status: 'True', category: 'Required', message: 'The provider is ready.' });
+      return { phase: 'Ready', inventory, fingerprint };
+    } catch (e) {
+      if (!(e instanceof VsphereError)) throw e;
+      this.inventories.delete(key);
+      concerns.push({ type: 'ConnectionTestFailed', status: 'True', category: 'Critical', reason: e.code, message: e.message });
+      return { phase: 'ConnectionFailed' };
+    } finally {
+      if (client) {
+        await client.logout();
+        client.close();
+      }
+    }
   }
 
   /** Writes the inventory ConfigMap when it changed. */
@@ -296,16 +368,44 @@ export class ForkliftController extends Controller {
       `${String(o(o(o(plan.spec).provider).source).namespace || plan.metadata.namespace)}/${String(o(o(o(plan.spec).provider).source).name)}`,
     );
     const url = String(o(provider?.spec).url ?? '');
+    const inv = this.inventoryFor(plan);
+    // A map entry names a network or datastore by id or name; the VM refers to it by id.
+    const named = (list: { id: string; name: string }[] | undefined, id: string) => (src: Obj) =>
+      src.id === id || src.name === id || (!!list?.find((x) => x.id === id) && src.name === list.find((x) => x.id === id)?.name);
+    const ova = async (v: PlanVmResult): Promise<DiskOpener> => {
+      const ranges = (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks;
+      return async (i) => {
+        const range = ranges.get(v.vm.disks[i].file);
+        if (!range) throw new Error(`disk file ${v.vm.disks[i].file} is no longer in ${v.vm.source}`);
+        return { size: range.size, stream: createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1 }) };
+      };
+    };
+    const vsphere = async (v: PlanVmResult): Promise<DiskOpener> => {
+      if (!provider) throw new Error('the source provider is gone');
+      const client = await connect(url, await this.vsphereSecret(provider));
+      try {
+        // Cold: the source stops first, so the disks are consistent.
+        await powerOff(client, v.vm.id);
+      } catch (e) {
+        client.close();
+        throw e;
+      }
+      const dsName = (id: string) => inv?.datastores.find((d) => d.id === id)?.name;
+      const open: DiskOpener = (i) => openDisk(client, v.vm as VsphereVm, i, dsName);
+      // The run calls it after the VM's disks are sent (or on failure): the session ends.
+      open.close = () => client.logout().finally(() => client.close());
+      return open;
+    };
     const run = new MigrationRun(
       this.client,
       {
         migration: m,
         plan,
         vms,
-        disks: async (v) => (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks,
-        storage: (source) => o(entry(storageMap, (src) => src.id === source || src.name === source)?.destination) as { storageClass: string },
-        network: (name) => {
-          const d = entry(networkMap, (src) => src.id === name || src.name === name)?.destination;
+        initialize: o(provider?.spec).type === 'vsphere' ? vsphere : ova,
+        storage: (source) => o(entry(storageMap, named(inv?.datastores, source))?.destination) as { storageClass: string },
+        network: (id) => {
+          const d = entry(networkMap, named(inv?.networks, id))?.destination;
           return d ? (o(d) as { type: string; name?: string; namespace?: string }) : undefined;
         },
       },

@@ -1,18 +1,17 @@
 /**
- * Running a plan, cold, from an `ova` provider (docs/forklift.md, "Migration"): for each VM,
- * Forklift's pipeline Initialize → DiskTransfer → VirtualMachineCreation. A disk goes into an
- * upload DataVolume: its bytes are streamed from inside the OVA (the tar entry's range, no staging
- * copy) to the upload endpoint, where the existing importer checks and converts them with
- * qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
+ * Running a plan, cold, from an `ova` or `vsphere` provider (docs/forklift.md, "Migration"): for
+ * each VM, Forklift's pipeline Initialize → DiskTransfer → VirtualMachineCreation. A disk goes into
+ * an upload DataVolume: its bytes are streamed from the source (an OVA's tar entry range; a vSphere
+ * datastore file over HTTPS; no staging copy) to the upload endpoint, where the existing importer
+ * checks and converts them with qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
  * controller restart resumes a migration (a transferred disk is not sent again).
  */
-import { createReadStream } from 'node:fs';
 import type { IncomingMessage } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { refs, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
-import type { MemberRange } from './ova.ts';
 import type { PlanVmResult } from './validation.ts';
 
 const { DATAVOLUMES, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
@@ -53,13 +52,25 @@ export interface RunInput {
   migration: KubeObject;
   plan: KubeObject;
   vms: PlanVmResult[];
-  /** The disk bytes of a VM (by its package), checked again at the start of the transfer. */
-  disks: (vm: PlanVmResult) => Promise<Map<string, MemberRange>>;
-  /** StorageClass (and modes) for a package, from the StorageMap. */
+  /**
+   * The Initialize step of a VM: its source checked again (an OVA package re-read; a vSphere VM
+   * powered off), then how to open each disk's bytes (by index) for the transfer.
+   */
+  initialize: (vm: PlanVmResult) => Promise<DiskOpener>;
+  /** StorageClass (and modes) for a package (ova) or datastore id (vsphere), from the StorageMap. */
   storage: (source: string) => { storageClass: string; accessMode?: string; volumeMode?: string } | undefined;
   /** The target network of a source network name, from the NetworkMap. */
   network: (name: string) => { type: string; name?: string; namespace?: string } | undefined;
 }
+
+/** A disk's bytes as sent to the upload endpoint. */
+export interface DiskBytes {
+  size: number;
+  stream: Readable;
+}
+
+/** Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk. */
+export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & { close?: () => Promise<void> };
 
 const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
@@ -112,6 +123,8 @@ export function targetVm(vm: PlanVmResult, namespace: string, plan: KubeObject, 
     }
   });
   const power = o(plan.spec).targetPowerState;
+  // `auto` (and unset): the source's power state before the migration (vSphere; an OVA's is off).
+  const on = power === 'on' || ((power === undefined || power === 'auto') && (v as { powerState?: string }).powerState === 'poweredOn');
   return {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachine',
@@ -122,7 +135,7 @@ export function targetVm(vm: PlanVmResult, namespace: string, plan: KubeObject, 
       annotations: { 'forklift.konveyor.io/source-vm-name': v.name },
     },
     spec: {
-      runStrategy: power === 'on' ? 'Always' : 'Halted',
+      runStrategy: on ? 'Always' : 'Halted',
       template: {
         spec: {
           domain: {
@@ -211,10 +224,12 @@ export class MigrationRun {
     s.started ??= now();
     s.phase = 'Initialize';
     let current = 'Initialize';
+    let cleanup: (() => Promise<void>) | undefined;
     try {
       const init = this.step(s, 'Initialize');
       this.begin(init);
-      const ranges = await this.input.disks(v);
+      const open = await this.input.initialize(v);
+      cleanup = open.close;
       this.finish(init);
       current = 'DiskTransfer';
       s.phase = 'DiskTransfer';
@@ -222,10 +237,7 @@ export class MigrationRun {
       this.begin(transfer);
       await this.write();
       for (const [i, d] of v.vm.disks.entries()) {
-        const task = transfer.tasks![i];
-        const range = ranges.get(d.file);
-        if (!range) throw new Error(`disk file ${d.file} is no longer in ${v.vm.source}`);
-        await this.transferDisk(v, i, range, task, transfer, ns);
+        await this.transferDisk(v, i, d.datastore ?? v.vm.source, open, transfer.tasks![i], transfer, ns);
       }
       this.finish(transfer);
       current = 'VirtualMachineCreation';
@@ -253,14 +265,24 @@ export class MigrationRun {
       s.phase = 'Failed';
       s.completed = now();
       s.conditions = [{ type: 'Failed', status: 'True', category: 'Advisory', message: 'The VM migration has FAILED.', lastTransitionTime: now() }];
+    } finally {
+      await cleanup?.().catch(() => undefined);
     }
     await this.write(undefined, true);
   }
 
-  /** One disk: an upload DataVolume of its capacity, then the OVA member's bytes streamed to it. */
-  private async transferDisk(v: PlanVmResult, i: number, range: MemberRange, task: Task, transfer: Step, ns: string): Promise<void> {
+  /** One disk: an upload DataVolume of its capacity, then the source's bytes (OVA member, datastore file) streamed to it. */
+  private async transferDisk(
+    v: PlanVmResult,
+    i: number,
+    storage: string,
+    open: (disk: number) => Promise<DiskBytes>,
+    task: Task,
+    transfer: Step,
+    ns: string,
+  ): Promise<void> {
     const name = diskName(v.targetName, i);
-    const sc = this.input.storage(v.vm.source);
+    const sc = this.input.storage(storage);
     task.phase = 'Running';
     task.started ??= now();
     const dv = {
@@ -293,20 +315,20 @@ export class MigrationRun {
           },
         )
       ).status.token;
-      const stream = createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1 });
+      const { stream, size } = await open(i);
       let sent = 0;
       const base = transfer.progress.completed;
       stream.on('data', (c) => {
         sent += c.length;
         // Progress in MB of the disk's capacity, as the bytes of the (compressed) VMDK arrive.
-        task.progress.completed = Math.min(task.progress.total, Math.floor((sent / Math.max(1, range.size)) * task.progress.total));
+        task.progress.completed = Math.min(task.progress.total, Math.floor((sent / Math.max(1, size)) * task.progress.total));
         transfer.progress.completed = base + task.progress.completed;
         void this.write();
       });
       const res = await this.client.stream('POST', '/v1beta1/upload', {
         bearer: token,
         body: stream,
-        headers: { 'Upload-Offset': '0', 'Upload-Length': String(range.size), 'Content-Length': String(range.size) },
+        headers: { 'Upload-Offset': '0', 'Upload-Length': String(size), 'Content-Length': String(size) },
       });
       const text = await body(res);
       if (res.statusCode !== 200) throw new Error(`upload of ${name} refused (${res.statusCode}): ${text.slice(0, 300)}`);

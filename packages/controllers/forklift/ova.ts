@@ -148,6 +148,10 @@ export interface OvfDisk {
   capacity: number;
   /** The OVF's format URI (VMDK streamOptimized, ...). */
   format: string;
+  /** vsphere provider: the datastore id holding the disk (an OVA's disks are in its package, `source`). */
+  datastore?: string;
+  /** vsphere provider: a raw device mapping (not copied). */
+  rdm?: boolean;
 }
 export interface OvfNic {
   name: string;
@@ -420,6 +424,10 @@ export interface Inventory {
   datastores: { id: string; name: string }[];
   /** OVA has no hosts; kept for the shape shared with other providers. */
   hosts: { id: string; name: string }[];
+  /** vsphere provider: the tree above the VMs. */
+  datacenters?: { id: string; name: string; path: string }[];
+  clusters?: { id: string; name: string }[];
+  folders?: { id: string; name: string; parent: string }[];
   /** Packages refused, with why. */
   errors: { source: string; code: string; message: string }[];
 }

@@ -186,7 +186,8 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
   const ns = s(spec.targetNamespace);
   if (!ns || !isRfc1123(ns))
     out.push({ type: 'NamespaceNotValid', status: 'True', category: 'Critical', reason: 'NotValid', message: 'Target namespace is not valid.' });
-  if (spec.warm === true || spec.type === 'warm')
+  const warm = spec.warm === true || spec.type === 'warm';
+  if (warm)
     out.push({
       type: 'MigrationTypeNotValid',
       status: 'True',
@@ -264,7 +265,11 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
           items: [item],
         });
       targets.set(targetName, r.id);
-      if (nm && r.nics.some((n) => !netSources.some((src) => s(src.id) === n.network || s(src.name) === n.network)))
+      // A NIC names its network by id (vSphere: `network-7`) or by name (OVA); a map entry by either.
+      const netName = (id: string): string | undefined => inv.networks.find((n) => n.id === id)?.name;
+      const netMapped = (id: string): boolean =>
+        netSources.some((src) => s(src.id) === id || s(src.name) === id || (netName(id) !== undefined && s(src.name) === netName(id)));
+      if (nm && r.nics.some((n) => !netMapped(n.network)))
         out.push({
           type: 'VMNetworksNotMapped',
           status: 'True',
@@ -273,19 +278,53 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
           message: 'VM has unmapped networks.',
           items: [item],
         });
-      const ds = dsEntries.find((e) => s(e.src.id) === r.source || s(e.src.name) === r.source);
-      if (sm && !ds)
+      // Each disk's storage: its datastore (vSphere, by id or name) or the VM's package (OVA).
+      const dsName = (id: string): string | undefined => inv.datastores.find((d) => d.id === id)?.name;
+      const entryFor = (id: string) =>
+        dsEntries.find((e) => s(e.src.id) === id || s(e.src.name) === id || (dsName(id) !== undefined && s(e.src.name) === dsName(id)));
+      const diskStores = r.disks.map((d) => d.datastore ?? r.source);
+      if (sm && (diskStores.length ? diskStores : [r.source]).some((id) => !entryFor(id)))
         out.push({ type: 'VMStorageNotMapped', status: 'True', category: 'Critical', reason: 'NotValid', message: 'VM has unmapped storage.', items: [item] });
-      const sc = s(ds?.dst.storageClass);
-      const max = sc ? ctx.classMaxBytes(sc) : undefined;
-      if (max !== undefined && r.disks.some((d) => d.capacity > max))
+      for (const sc of new Set(diskStores.map((id) => s(entryFor(id)?.dst.storageClass)).filter((x): x is string => !!x))) {
+        const max = ctx.classMaxBytes(sc);
+        if (max !== undefined && r.disks.some((d, k) => s(entryFor(diskStores[k])?.dst.storageClass) === sc && d.capacity > max))
+          out.push({
+            type: 'InvalidDiskSizes',
+            status: 'True',
+            category: 'Critical',
+            reason: 'NotValid',
+            message: `VM has disks larger than storage class ${sc} allows (${max} bytes).`,
+            items: [item],
+          });
+      }
+      // vSphere, warm only (warm itself is refused above, so these say what else stands in the way).
+      const vs = r as { snapshots?: string[]; changeTrackingEnabled?: boolean; unsupported?: string[] };
+      if (warm && vs.snapshots?.length)
         out.push({
-          type: 'InvalidDiskSizes',
+          type: 'VMHasSnapshots',
+          status: 'True',
+          category: 'Warn',
+          reason: 'NotSupported',
+          message: 'VM has snapshots; a warm migration takes its own and the existing ones are not carried over.',
+          items: [`${item} snapshots:${vs.snapshots.length}`],
+        });
+      if (warm && vs.changeTrackingEnabled === false)
+        out.push({
+          type: 'ChangeTrackingNotEnabled',
           status: 'True',
           category: 'Critical',
-          reason: 'NotValid',
-          message: `VM has disks larger than storage class ${sc} allows (${max} bytes).`,
+          reason: 'NotEnabled',
+          message: 'Changed Block Tracking (CBT) is not enabled on the VM; a warm migration needs it.',
           items: [item],
+        });
+      if (vs.unsupported?.length)
+        out.push({
+          type: 'UnsupportedDevices',
+          status: 'True',
+          category: 'Warn',
+          reason: 'NotSupported',
+          message: 'VM has devices that are not migrated.',
+          items: vs.unsupported.map((u) => `${item} ${u}`),
         });
       if (!FIRMWARES.includes(r.firmware))
         out.push({
