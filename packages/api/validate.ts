@@ -18,6 +18,7 @@ import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
 import { validateForkliftMigration, validateNetworkMap, validatePlan, validateProvider, validateStorageMap } from './kinds/forklift.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
 import { validateKubeVirt, validateMigrationPolicy } from './migration-config.ts';
+import { validateInstancetype, validatePreference } from './instancetype.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
 import { validateObjectMeta } from './meta.ts';
@@ -57,6 +58,10 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'kubevirt.io/VirtualMachineInstanceMigration': validateMigration,
   'kubevirt.io/KubeVirt': validateKubeVirt,
   'migrations.kubevirt.io/MigrationPolicy': validateMigrationPolicy,
+  'instancetype.kubevirt.io/VirtualMachineInstancetype': validateInstancetype,
+  'instancetype.kubevirt.io/VirtualMachineClusterInstancetype': validateInstancetype,
+  'instancetype.kubevirt.io/VirtualMachinePreference': validatePreference,
+  'instancetype.kubevirt.io/VirtualMachineClusterPreference': validatePreference,
   'cdi.kubevirt.io/DataVolume': validateDataVolume,
   'cdi.kubevirt.io/DataSource': validateDataSource,
   'snapshot.kubevirt.io/VirtualMachineSnapshot': validateVirtualMachineSnapshot,

@@ -7,7 +7,16 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, migrationConfig, parseCidr } from '@vessel/api';
+import {
+  CIDR_PROBLEM,
+  DEFAULT_SERVICE_CIDR,
+  commonClusterInstancetypes,
+  commonClusterPreferences,
+  findByResource,
+  ipam,
+  migrationConfig,
+  parseCidr,
+} from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -186,6 +195,9 @@ async function bootstrap(store: Store): Promise<void> {
   for (const name of DEFAULT_NAMESPACES) await ensure('namespaces', '', 'v1', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
   await ensure('secrets', '', 'v1', agentAuthSecret());
   await ensure('kubevirts', 'kubevirt.io', 'v1', migrationConfig.defaultKubeVirt());
+  // KubeVirt's common-instancetypes, as virt-operator deploys them (docs/instancetypes.md).
+  for (const it of commonClusterInstancetypes()) await ensure('virtualmachineclusterinstancetypes', 'instancetype.kubevirt.io', 'v1beta1', it);
+  for (const p of commonClusterPreferences()) await ensure('virtualmachineclusterpreferences', 'instancetype.kubevirt.io', 'v1beta1', p);
   for (const sc of DEFAULT_STORAGE_CLASSES) {
     await ensure('storageclasses', 'storage.k8s.io', 'v1', {
       apiVersion: 'storage.k8s.io/v1',
