@@ -67,15 +67,19 @@ export function validateInstancetype(o: KubeObject, ctx: SemanticContext): void 
     ctx.causes.push(required('spec', 'an instancetype needs spec.cpu.guest and spec.memory.guest'));
     return;
   }
+  // The structural walk reports a missing required field already; not twice.
+  const reported = (f: string) => ctx.causes.some((c) => c.field === f);
   const cpu = obj(spec.cpu);
   const guest = cpu?.guest;
-  if (!isSet(guest)) ctx.causes.push(required('spec.cpu.guest', 'the number of vCPUs the instancetype gives, e.g. 2'));
-  else if (typeof guest === 'number' && (!Number.isInteger(guest) || guest < 1))
+  if (!isSet(guest)) {
+    if (!reported('spec.cpu.guest')) ctx.causes.push(required('spec.cpu.guest', 'the number of vCPUs the instancetype gives, e.g. 2'));
+  } else if (typeof guest === 'number' && (!Number.isInteger(guest) || guest < 1))
     ctx.causes.push(invalid('spec.cpu.guest', guest, 'must be a positive number of vCPUs'));
   const mem = obj(spec.memory);
   const mg = mem?.guest;
-  if (!isSet(mg)) ctx.causes.push(required('spec.memory.guest', 'the guest memory the instancetype gives, e.g. 2Gi'));
-  else {
+  if (!isSet(mg)) {
+    if (!reported('spec.memory.guest')) ctx.causes.push(required('spec.memory.guest', 'the guest memory the instancetype gives, e.g. 2Gi'));
+  } else {
     const n = tryParseQuantity(mg);
     if (n !== undefined && n <= 0) ctx.causes.push(invalid('spec.memory.guest', mg, 'must be greater than 0'));
   }
