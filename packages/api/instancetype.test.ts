@@ -105,7 +105,7 @@ test('applying: the instancetype sizes the VMI, the preference fills only what i
         ],
       },
     },
-    volumes: [],
+    volumes: [{ name: 'root' }, { name: 'data' }, { name: 'cd' }, { name: 'cloudinit' }],
   };
   const before = structuredClone(template);
   const spec = applyInstancetype(
@@ -127,7 +127,7 @@ test('applying: the instancetype sizes the VMI, the preference fills only what i
   assert.deepEqual(spec.nodeSelector, { a: 'b' });
   assert.deepEqual(
     spec.domain.devices.disks.map((d: Any) => d.disk?.bus ?? d.cdrom?.bus),
-    ['virtio', 'sata', 'scsi'],
+    ['virtio', 'sata', 'scsi', 'virtio'],
   );
   assert.deepEqual(
     spec.domain.devices.interfaces.map((i: Any) => i.model),

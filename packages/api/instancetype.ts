@@ -221,6 +221,16 @@ function applyPreference(spec: Obj, domain: Obj, pref: Obj): void {
   const dev = obj(pref.devices) ?? {};
   const bus = str(dev.preferredDiskBus);
   const cdromBus = str(dev.preferredCdromBus);
+  if (bus) {
+    // API defaulting gives every volume without a disk one (KubeVirt's VMI mutator); add them here so they get the preferred bus too.
+    const disks = Array.isArray(devices.disks) ? (devices.disks as unknown[]) : [];
+    const named = new Set(disks.map((d) => str(obj(d)?.name)));
+    for (const v of Array.isArray(spec.volumes) ? (spec.volumes as unknown[]) : []) {
+      const name = str(obj(v)?.name);
+      if (name && !named.has(name)) disks.push({ name, disk: { bus } });
+    }
+    if (disks.length) devices.disks = disks;
+  }
   for (const d of Array.isArray(devices.disks) ? (devices.disks as unknown[]) : []) {
     const disk = obj(d);
     if (!disk) continue;
