@@ -97,6 +97,7 @@ test('a VM sized by a cluster instancetype boots with its CPUs and memory; its r
   const kb = Number(/VESSEL-MEM MemTotal:\s+(\d+) kB/.exec(text)![1]);
   // MemTotal is the guest memory less what the kernel reserves: under 192Mi, well above the 128Mi the VM would get otherwise.
   assert.ok(kb > 140_000 && kb <= 192 * 1024, `MemTotal ${kb} kB`);
+  console.log(`# guest: ${/VESSEL-NPROC (\d+)/.exec(text)![1]} CPUs, MemTotal ${kb} kB (instancetype: 2 vCPUs, 192Mi)`);
 
   const ref = JSON.parse(await ok(['get', 'vm', 'sized', '-n', ns, '-o', 'jsonpath={.status.instancetypeRef}'])) as {
     kind: string;
