@@ -7,16 +7,8 @@ import { mkdir, readFile, writeFile, rename } from 'node:fs/promises';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
-import {
-  CIDR_PROBLEM,
-  DEFAULT_SERVICE_CIDR,
-  commonClusterInstancetypes,
-  commonClusterPreferences,
-  findByResource,
-  ipam,
-  migrationConfig,
-  parseCidr,
-} from '@vessel/api';
+import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, migrationConfig, parseCidr } from '@vessel/api';
+import { commonClusterInstancetypes, commonClusterPreferences } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
