@@ -150,7 +150,8 @@ export function applyVmiSpecDefaults(spec: Obj, name: string | undefined): void 
 function defaultVirtualMachine(o: KubeObject): void {
   const spec = obj(obj(o.spec)?.template)?.spec;
   if (!isObj(spec)) return;
-  setMachineType(spec);
+  // With a preference its preferredMachineType may apply at start (KubeVirt's VM mutator leaves it too); the VMI gets q35 otherwise.
+  if (!isSet(obj(o.spec)?.preference)) setMachineType(spec);
   setFirmwareUUID(spec, o.metadata?.name);
 }
 

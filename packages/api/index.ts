@@ -58,6 +58,8 @@ export * as migration from './migration.ts';
 export * as forklift from './forklift.ts';
 export * as migrationConfig from './migration-config.ts';
 export * as priority from './priority.ts';
+export * as instancetypes from './instancetype.ts';
+export { commonClusterInstancetypes, commonClusterPreferences, commonInstancetypeSizes, type InstancetypeSize } from './common-instancetypes.ts';
 export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE, type Cidr } from './ip.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';

@@ -110,6 +110,8 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: 'kubevirt.io', version: 'v1' },
     { group: 'pool.kubevirt.io', version: 'v1alpha1' },
     { group: 'migrations.kubevirt.io', version: 'v1alpha1' },
+    { group: 'instancetype.kubevirt.io', version: 'v1beta1' },
+    { group: 'apps', version: 'v1' },
     { group: 'cdi.kubevirt.io', version: 'v1beta1' },
     { group: 'snapshot.kubevirt.io', version: 'v1beta1' },
     { group: 'clone.kubevirt.io', version: 'v1beta1' },

@@ -13,8 +13,8 @@ export const QUANTITY = 'io.k8s.apimachinery.pkg.api.resource.Quantity';
 export const INT_OR_STRING = 'io.k8s.apimachinery.pkg.util.intstr.IntOrString';
 const REF_PREFIX = '#/components/schemas/';
 
-/** Generated files, then hand-written ones (see their generatedBy): nmstate.json from kubernetes-nmstate's CRDs, multus.json from the NAD CRD, forklift.json from Forklift's CRDs, scheduling.json PriorityClass. */
-export const UPSTREAM_FILES = ['kubernetes', 'kubevirt', 'cdi', 'nmstate', 'multus', 'forklift', 'scheduling'] as const;
+/** Generated files, then hand-written ones (see their generatedBy): nmstate.json from kubernetes-nmstate's CRDs, multus.json from the NAD CRD, forklift.json from Forklift's CRDs, scheduling.json PriorityClass, instancetype.json from KubeVirt's instancetype types and apps/v1 ControllerRevision. */
+export const UPSTREAM_FILES = ['kubernetes', 'kubevirt', 'cdi', 'nmstate', 'multus', 'forklift', 'scheduling', 'instancetype'] as const;
 
 let all: Record<string, JsonSchema> | undefined;
 

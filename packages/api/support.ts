@@ -317,6 +317,8 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
     'metadata',
     'spec.running',
     'spec.runStrategy',
+    'spec.instancetype',
+    'spec.preference',
     'spec.template.metadata',
     // The VMI spec is checked against VMI_SPEC_FIELDS (refused, not warned): kinds/kubevirt.ts.
     'spec.template.spec',

@@ -20,6 +20,7 @@ import { validateMigration, validateVirtualMachine, validateVirtualMachineInstan
 import { validateKubeVirt, validateMigrationPolicy } from './migration-config.ts';
 import { validateVirtualMachineInstancePreset, validateVirtualMachineInstanceReplicaSet, validateVirtualMachinePool } from './kinds/replicas.ts';
 import { validatePriorityClass } from './priority.ts';
+import { validateInstancetype, validatePreference } from './instancetype.ts';
 import { validateVirtualMachineRestore, validateVirtualMachineSnapshot, validateVirtualMachineSnapshotContent } from './kinds/snapshot.ts';
 import type { SemanticContext, SemanticValidator } from './kinds/util.ts';
 import { validateObjectMeta } from './meta.ts';
@@ -62,6 +63,10 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'kubevirt.io/VirtualMachineInstancePreset': validateVirtualMachineInstancePreset,
   'pool.kubevirt.io/VirtualMachinePool': validateVirtualMachinePool,
   'migrations.kubevirt.io/MigrationPolicy': validateMigrationPolicy,
+  'instancetype.kubevirt.io/VirtualMachineInstancetype': validateInstancetype,
+  'instancetype.kubevirt.io/VirtualMachineClusterInstancetype': validateInstancetype,
+  'instancetype.kubevirt.io/VirtualMachinePreference': validatePreference,
+  'instancetype.kubevirt.io/VirtualMachineClusterPreference': validatePreference,
   'cdi.kubevirt.io/DataVolume': validateDataVolume,
   'cdi.kubevirt.io/DataSource': validateDataSource,
   'snapshot.kubevirt.io/VirtualMachineSnapshot': validateVirtualMachineSnapshot,

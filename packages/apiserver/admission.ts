@@ -21,6 +21,7 @@ import {
   embeddedMetadata,
   findByResource,
   ipam,
+  instancetypes,
   isReservedKey,
   parseCidr,
   priority,
@@ -176,6 +177,32 @@ async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promi
   return causes;
 }
 
+const INSTANCETYPE_KINDS: Record<string, KindInfo> = {
+  VirtualMachineInstancetype: findByResource('instancetype.kubevirt.io', 'v1beta1', 'virtualmachineinstancetypes')!,
+  VirtualMachineClusterInstancetype: findByResource('instancetype.kubevirt.io', 'v1beta1', 'virtualmachineclusterinstancetypes')!,
+  VirtualMachinePreference: findByResource('instancetype.kubevirt.io', 'v1beta1', 'virtualmachinepreferences')!,
+  VirtualMachineClusterPreference: findByResource('instancetype.kubevirt.io', 'v1beta1', 'virtualmachineclusterpreferences')!,
+};
+
+/** virt-api refuses a new VM whose instancetype or preference does not exist (inferFromVolume is resolved at start). */
+async function instancetypeCauses(reader: ObjectReader, ns: string, spec: Obj): Promise<FieldCause[]> {
+  const causes: FieldCause[] = [];
+  for (const which of ['instancetype', 'preference'] as const) {
+    const m = instancetypes.matcherOf(spec, which);
+    const kind = m && instancetypes.normalizeKind(which, m.kind);
+    const info = kind ? INSTANCETYPE_KINDS[kind] : undefined;
+    if (!m || !info) continue; // the kind was refused by validation already
+    if (!(await getOrUndefined(reader, info, info.namespaced ? ns : '', m.name))) {
+      causes.push({
+        reason: 'FieldValueNotFound',
+        field: `spec.${which}.name`,
+        message: `${kind} "${m.name}" not found${info.namespaced ? ` in namespace "${ns}"` : ''}: create it first (vessel get ${info.plural}${info.namespaced ? ` -n ${ns}` : ''})`,
+      });
+    }
+  }
+  return causes;
+}
+
 /**
  * Checks of a new object against the objects it refers to; throws a 422 Invalid naming the
  * fields. Only on create: the specs concerned are immutable, and an update (a finalizer
@@ -184,6 +211,10 @@ async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promi
  */
 export async function admitReferences(reader: ObjectReader, info: KindInfo, obj: KubeObject): Promise<void> {
   if (obj.metadata?.uid) return;
+  if (info.group === 'kubevirt.io' && info.kind === 'VirtualMachine') {
+    const causes = await instancetypeCauses(reader, obj.metadata?.namespace ?? 'default', (obj.spec ?? {}) as Obj);
+    if (causes.length) throw invalid(info.kind, info.group, obj.metadata?.name ?? '', causes);
+  }
   if (info.group === 'snapshot.kubevirt.io' && info.kind === 'VirtualMachineRestore') {
     const ns = obj.metadata?.namespace ?? 'default';
     const causes = await restoreCauses(reader, ns, (obj.spec ?? {}) as Obj);

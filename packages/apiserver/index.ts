@@ -8,6 +8,7 @@ import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import YAML from 'yaml';
 import { CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, findByResource, ipam, migrationConfig, parseCidr, priority } from '@vessel/api';
+import { commonClusterInstancetypes, commonClusterPreferences } from '@vessel/api';
 import { openStore, startCompactor, type Store, type StoreConfig } from '@vessel/store';
 import { ensureServingCerts, parseListen } from '@vessel/tls';
 import { ADMIN_GROUP, authenticate, createToken } from './auth.ts';
@@ -187,6 +188,9 @@ async function bootstrap(store: Store): Promise<void> {
   await ensure('secrets', '', 'v1', agentAuthSecret());
   await ensure('kubevirts', 'kubevirt.io', 'v1', migrationConfig.defaultKubeVirt());
   for (const pc of priority.systemPriorityClasses()) await ensure('priorityclasses', 'scheduling.k8s.io', 'v1', pc);
+  // KubeVirt's common-instancetypes, as virt-operator deploys them (docs/instancetypes.md).
+  for (const it of commonClusterInstancetypes()) await ensure('virtualmachineclusterinstancetypes', 'instancetype.kubevirt.io', 'v1beta1', it);
+  for (const p of commonClusterPreferences()) await ensure('virtualmachineclusterpreferences', 'instancetype.kubevirt.io', 'v1beta1', p);
   for (const sc of DEFAULT_STORAGE_CLASSES) {
     await ensure('storageclasses', 'storage.k8s.io', 'v1', {
       apiVersion: 'storage.k8s.io/v1',

@@ -13,8 +13,9 @@
  * a newer VM is on its way to the cache, and its event runs the reconcile again.
  */
 import { createHash } from 'node:crypto';
+import { appliedKey, appliedOf, INSTANCETYPE_APPLIED, requestedKey, sizeVm, type Lookup } from './instancetype.ts';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
-import { isStatusError, type Client } from '@vessel/client';
+import { isStatusError, type Client, type ResourceRef } from '@vessel/client';
 import type { V1VirtualMachine, V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import {
   BY_CLAIM,
@@ -32,7 +33,7 @@ import {
   updateStatus,
 } from '@vessel/runtime';
 
-const { DATAVOLUMES, PVCS, VMIS, VMS } = refs;
+const { DATAVOLUMES, PVCS, VMIS, VMS, INSTANCETYPES, CLUSTER_INSTANCETYPES, PREFERENCES, CLUSTER_PREFERENCES, CONTROLLER_REVISIONS, DATASOURCES } = refs;
 
 type Obj = Record<string, unknown>;
 type Vm = Typed<V1VirtualMachine>;
@@ -81,6 +82,8 @@ export class VirtualMachineController extends Controller {
   private readonly vmis: Informer<Vmi>;
   private readonly dvs: Informer;
   private readonly pvcs: Informer;
+  /** Instancetypes, preferences, their revisions and DataSources (inferFromVolume), by resource plural. */
+  private readonly sizing = new Map<string, Informer>();
   private readonly events: EventRecorder;
   /** VM key → resourceVersion of this reconcile's own metadata patch of the VM (its status write follows it). */
   private readonly patched = new Map<string, string>();
@@ -101,7 +104,34 @@ export class VirtualMachineController extends Controller {
         )
         .map(cacheKey),
     );
+    // A VM that could not start for want of its instancetype or preference tries again when one appears.
+    const waiting = (o: KubeObject) =>
+      this.vms
+        .list()
+        .filter((vm) => !vm.status?.created && JSON.stringify([vm.spec.instancetype, vm.spec.preference]).includes(JSON.stringify(o.metadata.name)))
+        .map(cacheKey);
+    for (const res of [INSTANCETYPES, CLUSTER_INSTANCETYPES, PREFERENCES, CLUSTER_PREFERENCES]) this.sizing.set(res.plural, this.inform(res, waiting));
+    for (const res of [CONTROLLER_REVISIONS, DATASOURCES])
+      this.sizing.set(
+        res.plural,
+        this.inform(res, () => []),
+      );
   }
+
+  /** Reads for sizeVm: the caches, then the API server (an object created just before the VM may not be cached yet). */
+  private readonly lookup: Lookup = {
+    get: async (res: ResourceRef, namespace: string | undefined, name: string) => {
+      const inf = res === DATAVOLUMES ? this.dvs : res === PVCS ? this.pvcs : this.sizing.get(res.plural);
+      const hit = inf?.get(namespace && res.namespaced ? `${namespace}/${name}` : name);
+      if (hit) return hit;
+      try {
+        return (await this.client.get(res, name, res.namespaced ? { namespace } : {})) as KubeObject;
+      } catch (e) {
+        if (isStatusError(e, 'NotFound')) return undefined;
+        throw e;
+      }
+    },
+  };
 
   /** VMs whose template mounts this DataVolume / claim by name. */
   private usersOf(o: KubeObject): string[] {
@@ -235,8 +265,14 @@ export class VirtualMachineController extends Controller {
     // Start: only once every disk is ready.
     const blocked = this.volumeProblem(vm, namespace!, createdDvs);
     if (blocked) return describe(s, vm, undefined, blocked.status, blocked);
+    const sized = await sizeVm(this.client, this.lookup, vm, s);
+    if ('problem' in sized) {
+      if (getCondition(vm as KubeObject, 'Ready')?.message !== sized.problem.message)
+        await this.events.record(vm, 'Warning', 'FailedCreate', sized.problem.message);
+      return describe(s, vm, undefined, 'Stopped', sized.problem);
+    }
     try {
-      vmi = await this.createVmi(key, vm);
+      vmi = await this.createVmi(key, vm, sized.spec, sized.applied);
     } catch (e) {
       // A template admission refuses (a field refused since the VM was stored) cannot start
       // until it is edited, and the edit brings the VM back here: say why, without retrying.
@@ -332,7 +368,7 @@ export class VirtualMachineController extends Controller {
   }
 
   /** Creates the VM's VMI; returns it (undefined when one of that name appeared meanwhile). */
-  private async createVmi(key: string, vm: Vm): Promise<Vmi | undefined> {
+  private async createVmi(key: string, vm: Vm, spec: Obj, applied: ReturnType<typeof appliedOf>): Promise<Vmi | undefined> {
     const template = vm.spec.template;
     const meta = template.metadata ?? {};
     const resume = vm.metadata.annotations?.[RESUME_MEMORY];
@@ -350,10 +386,11 @@ export class VirtualMachineController extends Controller {
               ...withoutReserved(meta.annotations),
               [TEMPLATE_HASH]: templateSpecHash(template.spec),
               ...(resume ? { [RESUME_MEMORY]: resume } : {}),
+              ...(applied?.instancetype || applied?.preference ? { [INSTANCETYPE_APPLIED]: JSON.stringify(applied) } : {}),
             },
             ownerReferences: [ownerRef(vm)],
           },
-          spec: template.spec,
+          spec,
         },
         { namespace: vm.metadata.namespace },
       );
@@ -433,7 +470,18 @@ function describe(s: Obj, vm: Vm, vmi: Vmi | undefined, forced?: string, problem
   const ready = !!vmi && phaseOf(vmi) === 'Running' && getCondition(vmi, 'Ready')?.status === 'True';
   const templateHash = templateSpecHash(vm.spec.template?.spec);
   const vmiHash = vmi?.metadata.annotations?.[TEMPLATE_HASH];
-  const restartRequired = !!vmi && !FINAL.has(phaseOf(vmi)) && vmiHash !== undefined && vmiHash !== templateHash;
+  const alive = !!vmi && !FINAL.has(phaseOf(vmi));
+  const restartRequired = alive && vmiHash !== undefined && vmiHash !== templateHash;
+  // The instancetype or preference the VM names now is not the one its VMI was made with.
+  const sizingChanged = alive && requestedKey(vm.spec) !== appliedKey(vmi!);
+  // The refs of the running VMI are the VM's (KubeVirt >= 1.4 keeps them in status); a stopped VM keeps its last ones for its next start.
+  const applied = vmi && alive ? appliedOf(vmi) : undefined;
+  if (applied) {
+    for (const which of ['instancetype', 'preference'] as const) {
+      if (applied[which]) s[`${which}Ref`] = applied[which];
+      else delete s[`${which}Ref`];
+    }
+  }
   s.printableStatus = printable;
   s.ready = ready;
   s.created = !!vmi && !FINAL.has(phaseOf(vmi));
@@ -457,14 +505,16 @@ function describe(s: Obj, vm: Vm, vmi: Vmi | undefined, forced?: string, problem
       : { type: 'Paused', status: 'False', reason: '', message: '' },
     false,
   );
-  if (restartRequired)
+  if (restartRequired || sizingChanged)
     setCondition(
       s,
       {
         type: 'RestartRequired',
         status: 'True',
-        reason: 'TemplateChanged',
-        message: 'a non-live-updatable field was changed in the template spec: it takes effect on the next start',
+        reason: restartRequired ? 'TemplateChanged' : 'InstancetypeChanged',
+        message: restartRequired
+          ? 'a non-live-updatable field was changed in the template spec: it takes effect on the next start'
+          : 'spec.instancetype or spec.preference was changed: it takes effect on the next start',
       },
       false,
     );

@@ -22,6 +22,7 @@ import {
   unsupportedVmiSpecFields,
 } from '../support.ts';
 import type { KubeObject } from '../types.ts';
+import { instancetypeConflicts, normalizeKind } from '../instancetype.ts';
 import { validateDataVolumeSpec } from './cdi.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
 
@@ -421,6 +422,7 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
     if (!tspec) causes.push(required('spec.template.spec', 'the VirtualMachineInstance template needs a spec with at least spec.domain'));
     else validateVmiSpec(tspec, 'spec.template.spec', { hasInstancetype, old: obj(obj(ctx.old?.spec)?.template)?.spec }, ctx);
   }
+  checkMatchers(spec, obj(template?.spec), ctx);
 
   const volumes = arr(obj(template?.spec)?.volumes);
   const dvts = arr(spec.dataVolumeTemplates);
@@ -457,6 +459,33 @@ export function validateVirtualMachine(o: KubeObject, ctx: SemanticContext): voi
     const dvSpec = obj(t.spec);
     if (dvSpec) validateDataVolumeSpec(dvSpec, `${field}.spec`, ctx);
   });
+}
+
+/**
+ * spec.instancetype and spec.preference (virt-api's instancetype admission): a kind it knows, a
+ * name or a volume to infer it from, and no template field the instancetype provides.
+ */
+function checkMatchers(spec: Obj, tspec: Obj | undefined, ctx: SemanticContext): void {
+  const volumes = names(arr(tspec?.volumes));
+  for (const which of ['instancetype', 'preference'] as const) {
+    const m = obj(spec[which]);
+    if (!m) continue;
+    const kind = str(m.kind);
+    if (kind !== undefined && kind !== '' && !normalizeKind(which, kind)) {
+      const allowed =
+        which === 'instancetype'
+          ? 'VirtualMachineInstancetype, VirtualMachineClusterInstancetype'
+          : 'VirtualMachinePreference, VirtualMachineClusterPreference';
+      ctx.causes.push(invalid(`spec.${which}.kind`, kind, `must be one of ${allowed}`));
+    }
+    const infer = str(m.inferFromVolume);
+    if (!str(m.name) && !infer) ctx.causes.push(required(`spec.${which}.name`, `name the ${which}, or set spec.${which}.inferFromVolume to a volume`));
+    if (infer && !volumes.has(infer)) ctx.causes.push(invalid(`spec.${which}.inferFromVolume`, infer, `must name a volume of spec.template.spec.volumes`));
+    const policy = str(m.inferFromVolumeFailurePolicy);
+    if (policy && !['RejectInferFromVolumeFailure', 'IgnoreInferFromVolumeFailure'].includes(policy))
+      ctx.causes.push(notSupported(`spec.${which}.inferFromVolumeFailurePolicy`, policy, ['RejectInferFromVolumeFailure', 'IgnoreInferFromVolumeFailure']));
+  }
+  if (isSet(spec.instancetype) && tspec) for (const c of instancetypeConflicts(tspec, 'spec.template.spec')) ctx.causes.push(c);
 }
 
 export function validateVirtualMachineInstance(o: KubeObject, ctx: SemanticContext): void {
