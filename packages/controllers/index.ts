@@ -19,6 +19,7 @@ import { IpamController, vmNetworkCidr } from './ipam.ts';
 import { EndpointSliceController } from './endpointslice.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
 import { ForkliftController } from './forklift/controller.ts';
+import { DataImportCronController } from './dataimportcron.ts';
 
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
@@ -35,6 +36,7 @@ export { IpamController, IpamReason, ADDRESS_CONDITION, vmNetworkCidr, type Ipam
 export { EndpointSliceController } from './endpointslice.ts';
 export type { SchedulingSettings } from './scheduling/fit.ts';
 export { ForkliftController, type ForkliftOptions } from './forklift/controller.ts';
+export { DataImportCronController, type DataImportCronOptions } from './dataimportcron.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */
@@ -54,6 +56,8 @@ export interface ControllerOptions {
   vmNetworkCidr?: string;
   /** Directories `ova` Providers may read (docs/forklift.md); none: every `ova` provider is refused. */
   ovaRoots?: readonly string[];
+  /** DataImportCron polls may reach loopback registries and servers (`--allow-loopback-imports`; labs and tests). */
+  allowLoopbackPolls?: boolean;
 }
 
 /**
@@ -84,6 +88,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
         new EndpointSliceController(client, opts.log),
         new ForkliftController(client, opts.log, { ovaRoots: opts.ovaRoots }),
+        new DataImportCronController(client, opts.log, { allowLoopback: opts.allowLoopbackPolls }),
       ];
       await Promise.all(running.map((c) => c.start()));
     },
