@@ -170,3 +170,24 @@ test('oldImports: newest kept by last-use time, never the one in use', () => {
   assert.deepEqual(oldImports(list, 0, 'c'), ['b', 'a']);
   assert.deepEqual(oldImports(list, 3, 'c'), []);
 });
+
+test('without a schedule a failing poll is retried a minute later, not on every event; a retrying import gives way to a new digest', async () => {
+  await using t = await setup();
+  const { c } = t;
+  const first = importName('tiny', D1);
+  await until('first import', async () => (await dvNames(c)).includes(first));
+  // The agent retries a failing import: phase kept, restartCount counted, Running False.
+  await updateStatus(c, DATAVOLUMES, 'default', first, (s) => {
+    s.phase = 'ImportInProgress';
+    s.restartCount = 2;
+    s.conditions = [{ type: 'Running', status: 'False', reason: 'HttpError', message: 'registry answered HTTP 500' }];
+  });
+  t.digest.value = D2;
+  await tick(c);
+  await until('second import replaces the retrying one', async () => JSON.stringify(await dvNames(c)) === JSON.stringify([importName('tiny', D2)]));
+
+  await using u = await setup({ schedule: '' });
+  u.digest.fail = 'unreachable';
+  await settle(300);
+  assert.ok(u.digest.polls <= 2, `polled ${u.digest.polls} times`);
+});

@@ -156,8 +156,10 @@ export class DataImportCronController extends Controller {
     const upToDate = (s: 'True' | 'False', reason: string, message: string) => setCondition(status, { type: 'UpToDate', status: s, reason, message });
     if (desired && (list.length === 0 || desired !== list[0].Digest)) {
       upToDate('False', 'Outdated', 'Source digest updated since last import');
-      if (current && phaseOf(current) === 'Failed') await this.deleteDataVolume(ns, current.metadata.name);
-      if (succeeded || list.length === 0 || (current && phaseOf(current) === 'Failed')) {
+      // CDI's deleteErroneousDataVolume: an import that failed or keeps failing gives way to the new digest.
+      const erroneous = !!current && isErroneous(current);
+      if (erroneous) await this.deleteDataVolume(ns, current.metadata.name);
+      if (succeeded || list.length === 0 || erroneous) {
         const name = await this.createImport(cron, desired);
         status.currentImports = [{ DataVolumeName: name, Digest: desired }];
         progressing('False', 'ImportScheduled', 'Import is scheduled');
@@ -176,7 +178,7 @@ export class DataImportCronController extends Controller {
     }
     const next = annotations[ANN_NEXT_CRON_TIME];
     // At most an hour ahead: timers are 32-bit, and a long wait is re-checked anyway.
-    if (next && cron.spec.schedule) this.queue.addAfter(key, Math.min(3600_000, Math.max(0, Date.parse(next) - this.now().getTime()) + 50));
+    if (next) this.queue.addAfter(key, Math.min(3600_000, Math.max(0, Date.parse(next) - this.now().getTime()) + 50));
   }
 
   private lastReason(cron: Cron): string | undefined {
@@ -213,6 +215,11 @@ export class DataImportCronController extends Controller {
       const tick = nextTick(parseCron(cron.spec.schedule), now);
       if (tick) annotations[ANN_NEXT_CRON_TIME] = tick.toISOString();
       else delete annotations[ANN_NEXT_CRON_TIME];
+    } else if (!annotations[ANN_DESIRED_DIGEST]) {
+      // No schedule and the one poll failed: try again in a minute, not on every event.
+      annotations[ANN_NEXT_CRON_TIME] = new Date(now.getTime() + 60_000).toISOString();
+    } else {
+      delete annotations[ANN_NEXT_CRON_TIME];
     }
     try {
       return (await this.client.update(
@@ -324,6 +331,13 @@ export class DataImportCronController extends Controller {
       });
     }
   }
+}
+
+/** Failed, or retrying after errors (the agent keeps the phase and counts restarts). */
+function isErroneous(dv: DataVolume): boolean {
+  if (phaseOf(dv) === 'Failed') return true;
+  const running = (dv.status?.conditions ?? []).find((c) => c.type === 'Running');
+  return phaseOf(dv) !== 'Succeeded' && (dv.status?.restartCount ?? 0) > 0 && running?.status === 'False';
 }
 
 /** Names of the imports to delete: all but the `keep` newest (by last-use time, then creation), never `inUse`. */
