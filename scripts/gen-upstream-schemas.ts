@@ -57,7 +57,7 @@ const ROOTS: Array<[SourceId, string]> = [
   ['kubevirt', 'V1KubeVirtList'],
   ['kubevirt', 'V1alpha1MigrationPolicy'],
   ['kubevirt', 'V1alpha1MigrationPolicyList'],
-  ...['DataVolume', 'DataSource'].flatMap((k): Array<[SourceId, string]> => [
+  ...['DataVolume', 'DataSource', 'DataImportCron'].flatMap((k): Array<[SourceId, string]> => [
     ['cdi', `V1beta1${k}`],
     ['cdi', `V1beta1${k}List`],
   ]),

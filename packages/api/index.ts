@@ -63,3 +63,4 @@ export { commonClusterInstancetypes, commonClusterPreferences, commonInstancetyp
 export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR_PROBLEM, DEFAULT_SERVICE_CIDR, NODE_PORT_RANGE, type Cidr } from './ip.ts';
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';
+export { parseCron, nextTick, cronProblem, type CronSchedule } from './cron.ts';

@@ -20,6 +20,7 @@ test('kubectl-style names resolve', () => {
     dvs: 'DataVolume',
     'datavolumes.cdi.kubevirt.io': 'DataVolume',
     das: 'DataSource',
+    dic: 'DataImportCron',
     pvc: 'PersistentVolumeClaim',
     ns: 'Namespace',
     namespace: 'Namespace',
@@ -83,6 +84,7 @@ test('upstream-accurate names, scope, subresources and columns', () => {
       .map((k) => k.plural)
       .sort(),
     [
+      'dataimportcrons',
       'datasources',
       'datavolumes',
       'kubevirts',

@@ -458,6 +458,18 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     statusSubresource: false,
     printerColumns: [AGE],
   }),
+  kind({
+    group: 'cdi.kubevirt.io',
+    version: 'v1beta1',
+    kind: 'DataImportCron',
+    plural: 'dataimportcrons',
+    singular: 'dataimportcron',
+    shortNames: ['dic', 'dics'],
+    categories: ['all'],
+    namespaced: true,
+    statusSubresource: true,
+    printerColumns: [{ name: 'Format', type: 'string', jsonPath: '.status.sourceFormat', description: 'The format in which created sources are saved' }, AGE],
+  }),
   // KubeVirt snapshots and clones: as virt-operator's CRDs declare them (no Age column: a CRD
   // that declares printer columns gets only those).
   kind({
@@ -704,6 +716,7 @@ const SCHEMA_NAMES: Record<string, string> = {
   'apps/v1/ControllerRevision': 'io.k8s.api.apps.v1.ControllerRevision',
   'cdi.kubevirt.io/v1beta1/DataVolume': 'io.kubevirt.cdi.v1beta1.DataVolume',
   'cdi.kubevirt.io/v1beta1/DataSource': 'io.kubevirt.cdi.v1beta1.DataSource',
+  'cdi.kubevirt.io/v1beta1/DataImportCron': 'io.kubevirt.cdi.v1beta1.DataImportCron',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshot': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshot',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshotContent': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshotContent',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineRestore': 'io.kubevirt.snapshot.v1beta1.VirtualMachineRestore',

@@ -11,6 +11,7 @@ export const CONFIGMAPS = ref('', 'v1', 'configmaps');
 export const STORAGE_CLASSES = ref('storage.k8s.io', 'v1', 'storageclasses');
 export const DATAVOLUMES = ref('cdi.kubevirt.io', 'v1beta1', 'datavolumes');
 export const DATASOURCES = ref('cdi.kubevirt.io', 'v1beta1', 'datasources');
+export const DATAIMPORTCRONS = ref('cdi.kubevirt.io', 'v1beta1', 'dataimportcrons');
 export const VMS = ref('kubevirt.io', 'v1', 'virtualmachines');
 export const VMIS = ref('kubevirt.io', 'v1', 'virtualmachineinstances');
 export const VMIMS = ref('kubevirt.io', 'v1', 'virtualmachineinstancemigrations');

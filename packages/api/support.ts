@@ -355,6 +355,15 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
   'pool.kubevirt.io/VirtualMachinePool': ['metadata', 'spec.replicas', 'spec.selector', 'spec.paused', 'spec.virtualMachineTemplate'],
   'cdi.kubevirt.io/DataVolume': ['metadata', ...under('spec', DV_SPEC_SUPPORTED)],
   'cdi.kubevirt.io/DataSource': ['metadata', 'spec.source.pvc'],
+  'cdi.kubevirt.io/DataImportCron': [
+    'metadata',
+    'spec.schedule',
+    'spec.managedDataSource',
+    'spec.importsToKeep',
+    'spec.garbageCollect',
+    'spec.template.metadata',
+    ...under('spec.template.spec', DV_SPEC_SUPPORTED),
+  ],
 };
 
 /** A prefix tree of supported paths; `all` marks a covered subtree. */

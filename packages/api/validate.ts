@@ -10,7 +10,7 @@
  */
 import { invalid, notSupported, required } from './errors.ts';
 import { apiVersionOf, schemaNameFor } from './kinds.ts';
-import { validateDataSource, validateDataVolume } from './kinds/cdi.ts';
+import { validateDataImportCron, validateDataSource, validateDataVolume } from './kinds/cdi.ts';
 import { validateVirtualMachineClone } from './kinds/clone.ts';
 import { validateEndpointSlice, validateIPAddress, validateNetworkAttachmentDefinition, validateNetworkPolicy } from './kinds/network.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
@@ -69,6 +69,7 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'instancetype.kubevirt.io/VirtualMachineClusterPreference': validatePreference,
   'cdi.kubevirt.io/DataVolume': validateDataVolume,
   'cdi.kubevirt.io/DataSource': validateDataSource,
+  'cdi.kubevirt.io/DataImportCron': validateDataImportCron,
   'snapshot.kubevirt.io/VirtualMachineSnapshot': validateVirtualMachineSnapshot,
   'snapshot.kubevirt.io/VirtualMachineSnapshotContent': validateVirtualMachineSnapshotContent,
   'snapshot.kubevirt.io/VirtualMachineRestore': validateVirtualMachineRestore,

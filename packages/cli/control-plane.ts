@@ -19,6 +19,8 @@ export interface ControlPlaneOptions extends ServerOptions {
   nodeGracePeriodMs?: number;
   /** Directories `ova` Providers may read (the administrator's allow-list). */
   ovaRoots?: readonly string[];
+  /** DataImportCron polls may reach loopback registries (default: as the in-process agent's allowLoopbackImports). */
+  allowLoopbackPolls?: boolean;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
   agent?: {
     nodeName: string;
@@ -54,6 +56,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
             nodeGracePeriodMs: opts.nodeGracePeriodMs,
             vmNetworkCidr: opts.vmNetworkCidr,
             ovaRoots: opts.ovaRoots,
+            allowLoopbackPolls: opts.allowLoopbackPolls ?? opts.agent?.allowLoopbackImports,
           });
     let agent: RunningAgent | undefined;
     if (opts.agent) {

@@ -21,6 +21,7 @@ import type { SchedulingSettings } from './scheduling/fit.ts';
 import { ForkliftController } from './forklift/controller.ts';
 import { VirtualMachinePoolController } from './vmpool.ts';
 import { VirtualMachineInstanceReplicaSetController } from './vmirs.ts';
+import { DataImportCronController } from './dataimportcron.ts';
 
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
@@ -39,6 +40,7 @@ export type { SchedulingSettings } from './scheduling/fit.ts';
 export { ForkliftController, type ForkliftOptions } from './forklift/controller.ts';
 export { VirtualMachinePoolController } from './vmpool.ts';
 export { VirtualMachineInstanceReplicaSetController } from './vmirs.ts';
+export { DataImportCronController, type DataImportCronOptions } from './dataimportcron.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */
@@ -58,6 +60,8 @@ export interface ControllerOptions {
   vmNetworkCidr?: string;
   /** Directories `ova` Providers may read (docs/forklift.md); none: every `ova` provider is refused. */
   ovaRoots?: readonly string[];
+  /** DataImportCron polls may reach loopback registries and servers (`--allow-loopback-imports`; labs and tests). */
+  allowLoopbackPolls?: boolean;
 }
 
 /**
@@ -90,6 +94,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new ForkliftController(client, opts.log, { ovaRoots: opts.ovaRoots }),
         new VirtualMachinePoolController(client, opts.log),
         new VirtualMachineInstanceReplicaSetController(client, opts.log),
+        new DataImportCronController(client, opts.log, { allowLoopback: opts.allowLoopbackPolls }),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

@@ -4,6 +4,7 @@
  * infer it from a clone source, and its spec is immutable. Also used for VM dataVolumeTemplates.
  */
 import { forbidden, invalid, notSupported, required } from '../errors.ts';
+import { cronProblem } from '../cron.ts';
 import { tryParseQuantity } from '../quantity.ts';
 import type { KubeObject } from '../types.ts';
 import { arr, isObj, isSet, jsonEqual, obj, str, type Obj, type SemanticContext } from './util.ts';
@@ -141,4 +142,56 @@ export function validateDataSource(o: KubeObject, ctx: SemanticContext): void {
   if (set.length > 1) ctx.causes.push(invalid('spec.source', set.join(', '), 'a DataSource has at most one source: pvc, snapshot or dataSource'));
   const pvc = obj(source.pvc);
   if (pvc && !str(pvc.name)) ctx.causes.push(required('spec.source.pvc.name'));
+}
+
+const GARBAGE_COLLECT = ['Outdated', 'Never'];
+const RETENTION = ['RetainAll', 'None'];
+const DNS1035 = /^[a-z]([-a-z0-9]*[a-z0-9])?$/;
+
+/**
+ * CDI's DataImportCron webhook: a template whose source Vessel can poll for a digest
+ * (registry by URL, or http: an extension, CDI polls registries, image streams and PVCs), no
+ * sourceRef or contentType, a valid DataVolume spec, a 5-field cron schedule (or "" for no
+ * polling after the first import), importsToKeep ≥ 0, garbageCollect Outdated|Never and a
+ * managedDataSource that is a DNS-1035 label. The spec is immutable, as CDI's.
+ */
+export function validateDataImportCron(o: KubeObject, ctx: SemanticContext): void {
+  const spec = obj(o.spec);
+  if (!spec) return;
+  const causes = ctx.causes;
+  const before = causes.length;
+  if (ctx.op === 'update' && ctx.old && !jsonEqual(spec, ctx.old.spec)) {
+    causes.push(forbidden('spec', 'Cannot update DataImportCron spec: it is immutable; delete and recreate the DataImportCron'));
+    return;
+  }
+  const tspec = obj(obj(spec.template)?.spec);
+  const source = obj(tspec?.source);
+  const registry = obj(source?.registry);
+  const http = obj(source?.http);
+  if (!tspec || !source || (!registry && !http)) {
+    causes.push(required('spec.template.spec.source', 'Missing source: set spec.template.spec.source.registry (docker://...) or source.http'));
+  } else {
+    const others = Object.keys(source).filter((k) => isSet(source[k]) && k !== 'registry' && k !== 'http');
+    if (others.length > 0) causes.push(notSupported(`spec.template.spec.source.${others[0]}`, others[0], ['registry', 'http']));
+    if (registry && isSet(registry.imageStream)) causes.push(notSupported('spec.template.spec.source.registry.imageStream', registry.imageStream, ['url']));
+    if (isSet(tspec.sourceRef) || isSet(tspec.contentType)) {
+      causes.push(invalid('spec.template.spec', isSet(tspec.sourceRef) ? 'sourceRef' : 'contentType', 'Unsettable fields: SourceRef, ContentType'));
+    }
+    if (causes.length === before) validateDataVolumeSpec(tspec, 'spec.template.spec', ctx);
+  }
+  const schedule = spec.schedule;
+  if (typeof schedule === 'string' && schedule !== '') {
+    const problem = cronProblem(schedule);
+    if (problem) causes.push(invalid('spec.schedule', schedule, `Illegal cron schedule: ${problem}`));
+  }
+  const keep = spec.importsToKeep;
+  if (typeof keep === 'number' && keep < 0) causes.push(invalid('spec.importsToKeep', keep, 'Illegal ImportsToKeep value: must be 0 or more'));
+  const gc = str(spec.garbageCollect);
+  if (gc !== undefined && !GARBAGE_COLLECT.includes(gc)) causes.push(notSupported('spec.garbageCollect', gc, GARBAGE_COLLECT));
+  const retention = str(spec.retentionPolicy);
+  if (retention !== undefined && !RETENTION.includes(retention)) causes.push(notSupported('spec.retentionPolicy', retention, RETENTION));
+  const ds = str(spec.managedDataSource);
+  if (ds === '' || (ds !== undefined && (ds.length > 63 || !DNS1035.test(ds)))) {
+    causes.push(invalid('spec.managedDataSource', ds, 'Illegal ManagedDataSource value: a DNS-1035 label (lowercase letters, digits and -, at most 63)'));
+  }
 }

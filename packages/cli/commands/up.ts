@@ -61,7 +61,14 @@ async function upCluster(o: {
   const log = process.env.VESSEL_LOG ? (l: string) => note(`${l}\n`) : undefined;
   const { startControlPlane } = await import('../control-plane.ts');
   const { startDevNodes } = await import('../dev-cluster.ts');
-  const cp = await startControlPlane({ dataDir: o.dataDir, listen: o.listen, serviceCidr: o.serviceCidr, vmNetworkCidr: o.vmNetworkCidr, log });
+  const cp = await startControlPlane({
+    dataDir: o.dataDir,
+    listen: o.listen,
+    serviceCidr: o.serviceCidr,
+    vmNetworkCidr: o.vmNetworkCidr,
+    allowLoopbackPolls: o.allowLoopbackImports,
+    log,
+  });
   let dev: Awaited<ReturnType<typeof startDevNodes>> | undefined;
   try {
     dev = await startDevNodes({
