@@ -220,9 +220,9 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
     },
     600_000,
   );
-  assert.ok(resumed.n > n1 + 3, `the guest wrote nothing for ${resumed.runnable} ms of the time its QEMU could run (${resumed.wall} ms in all)`);
+  assert.ok(resumed.n > n1 + 3, `the guest wrote nothing for ${Math.round(resumed.runnable)} ms of the time its QEMU could run (${resumed.wall} ms in all)`);
   console.log(
-    `figures: failed local-disk migration: ${failed.migrationState?.failureReason}; 3 more flushed records ${resumed.wall} ms after the Failed phase was seen (${resumed.runnable} ms not waiting for a CPU)`,
+    `figures: failed local-disk migration: ${failed.migrationState?.failureReason}; 3 more flushed records ${resumed.wall} ms after the Failed phase was seen (${Math.round(resumed.runnable)} ms not waiting for a CPU)`,
   );
 
   // A stale file at the target's path of the data claim (as a target agent killed mid-migration leaves): replaced, not a failure.
