@@ -9,9 +9,10 @@
  * emptyDisks (full), containerDisk and ephemeral overlays (only the overlay: the target makes
  * the same base itself).
  */
-import { rm, stat } from 'node:fs/promises';
+import { readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { parseQuantity } from '@vessel/api';
+import { parseQuantity, storage } from '@vessel/api';
 import { blockNodeNames } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
@@ -123,13 +124,85 @@ export function targetVolumes(
     });
 }
 
-/** Makes each volume blank; never over an existing file (it may be a disk in use). Returns the files made. */
-export async function createTargetVolumes(volumes: readonly TargetVolume[], made: string[]): Promise<void> {
+/**
+ * Makes each volume blank. A file already at a volume's path is replaced only when `leftover`
+ * says it is one (it returns why it is not, else undefined); without `leftover` never (it may be
+ * a disk in use). The files made are pushed to `made`.
+ */
+export async function createTargetVolumes(
+  volumes: readonly TargetVolume[],
+  made: string[],
+  leftover?: (v: TargetVolume) => Promise<string | undefined>,
+): Promise<void> {
   for (const v of volumes) {
-    if (await exists(v.path)) throw new Error(`volume ${v.volume}: a file is already at the target's path for claim ${v.claim}`);
+    if (await exists(v.path)) {
+      const kept = leftover ? await leftover(v) : 'it may be in use';
+      if (kept !== undefined) throw new Error(`volume ${v.volume}: a file is already at the target's path for claim ${v.claim} (${kept})`);
+      // A copy from an earlier incoming migration of this claim that did not end cleanly (its agent killed).
+      await rm(v.path, { force: true });
+    }
     made.push(v.path);
     await qemuImg.create(v.path, { format: 'qcow2', size: v.size });
   }
+}
+
+/**
+ * Why a file found at the target's path of a claim (the path holds the claim's uid: no other
+ * claim derives it) is not a leftover of an earlier incoming migration, or undefined when it is:
+ * it is the claim's own volume when the claim records this node and this path, and in use when
+ * a QEMU (`holders`: their pids) has it open or on its command line.
+ */
+export function notLeftover(
+  path: string,
+  claim: { metadata?: { annotations?: Record<string, string> } } | undefined,
+  nodeName: string,
+  holders: readonly number[],
+): string | undefined {
+  const a = claim?.metadata?.annotations ?? {};
+  if (a[storage.SELECTED_NODE] === nodeName && a[storage.VOLUME_PATH] === path) return `it is the claim's volume on ${nodeName}`;
+  if (holders.length) return `QEMU process ${holders.join(', ')} uses it`;
+  return undefined;
+}
+
+/** PIDs of the QEMU processes that have `path` open or name it on their command line (read from `proc`). */
+export async function qemusHolding(path: string, proc = '/proc'): Promise<number[]> {
+  const pids: number[] = [];
+  for (const d of await readdir(proc).catch(() => [] as string[])) {
+    if (!/^\d+$/.test(d)) continue;
+    const cmd = await readFile(join(proc, d, 'cmdline'), 'utf8').catch(() => '');
+    if (!/^(\S*\/)?qemu-system/.test(cmd)) continue;
+    if (cmd.includes(path)) {
+      pids.push(Number(d));
+      continue;
+    }
+    const fds = await readdir(join(proc, d, 'fd')).catch(() => [] as string[]);
+    for (const fd of fds) {
+      if ((await readlink(join(proc, d, 'fd', fd)).catch(() => '')) === path) {
+        pids.push(Number(d));
+        break;
+      }
+    }
+  }
+  return pids;
+}
+
+/**
+ * After a migration to `node`: the moving claims whose annotations do not name `node` and the
+ * file `file(claim)` derives here (the target agent stopped between the switch and recording
+ * them, so they still name the source, whose file is gone).
+ */
+export function claimsToRepair(
+  disks: readonly MovingDisk[],
+  claimOf: (claim: string) => { metadata?: { annotations?: Record<string, string> } } | undefined,
+  file: (claim: string) => string | undefined,
+  node: string,
+): MovingDisk[] {
+  return disks.filter((d) => {
+    if (d.kind !== 'claim' || !d.claim) return false;
+    const path = file(d.claim);
+    const a = claimOf(d.claim)?.metadata?.annotations;
+    return !!path && !!a && (a[storage.SELECTED_NODE] !== node || a[storage.VOLUME_PATH] !== path);
+  });
 }
 
 export async function removeFiles(paths: readonly string[]): Promise<void> {

@@ -14,6 +14,7 @@
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
  * migrationState says failed with the reason.
  */
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { migration, refs, storage } from '@vessel/api';
@@ -28,9 +29,12 @@ import { formatHostPort, MigrationRelay, parseHostPort, RELAY_SOCKETS } from './
 import {
   cancelMirrors,
   claimBytes,
+  claimsToRepair,
   createTargetVolumes,
   exportDisks,
   finishMirrors,
+  notLeftover,
+  qemusHolding,
   NBD_ANNOTATION,
   planBlockMigration,
   removeFiles,
@@ -180,6 +184,8 @@ export class VmMigrations {
   private readonly leaving = new Map<string, Promise<void>>();
   /** VMI key → the relay of a source QEMU in a pod namespace (closed when its migration ends). */
   private readonly sourceRelays = new Map<string, MigrationRelay>();
+  /** Migrations (uids) whose moving claims this node recorded as its own (or found so): repairClaims skips them. */
+  private readonly claimsRecorded = new Set<string>();
   private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
@@ -266,7 +272,35 @@ export class VmMigrations {
     await t.qmp?.close();
     await t.relay?.close();
     const vmi = this.host.vmi(key);
+    faultPoint('migration:target-claims');
     if (vmi && t.disks.length) await this.claimsArrived(vmi, t.disks);
+    this.claimsRecorded.add(t.migrationUid);
+  }
+
+  /**
+   * The guest came here by a migration whose target agent stopped after the switch and before it
+   * recorded the moving claims as this node's (handOver): they still name the source, whose
+   * files are gone. Recorded now, once per migration, for the files that are here.
+   */
+  private async repairClaims(vmi: KubeObject): Promise<void> {
+    const ms = migrationStateOf(vmi);
+    if (!ms?.migrationUid || !ms.completed || ms.targetNode !== this.host.nodeName || this.claimsRecorded.has(ms.migrationUid)) return;
+    const ns = vmi.metadata.namespace!;
+    const stale = claimsToRepair(
+      this.blockPlan(vmi).disks,
+      (claim) => this.host.claim(ns, claim),
+      (claim) => this.claimFile(ns, claim),
+      this.host.nodeName,
+    );
+    const here: MovingDisk[] = [];
+    for (const d of stale) if (await isFile(this.claimFile(ns, d.claim!)!)) here.push(d);
+    if (here.length) {
+      this.host.log(
+        `migration: ${keyOf(vmi)}: claim(s) ${here.map((d) => d.claim).join(', ')} still name another node after the guest arrived here: recording them on ${this.host.nodeName}`,
+      );
+      await this.claimsArrived(vmi, here);
+    }
+    this.claimsRecorded.add(ms.migrationUid);
   }
 
   /** The VMI is gone: a target QEMU of ours goes too. */
@@ -279,6 +313,7 @@ export class VmMigrations {
   async reconcileSource(vmi: KubeObject, qmp: QmpClient): Promise<void> {
     const key = keyOf(vmi);
     const ms = migrationStateOf(vmi);
+    await this.repairClaims(vmi);
     if (!active(ms) || ms.sourceNode !== this.host.nodeName || this.sources.has(key)) return;
     if (ms.abortRequested) {
       // Aborted before the transfer began: nothing runs but the target, which ends itself on `failed`.
@@ -324,7 +359,10 @@ export class VmMigrations {
         (claim) => claimBytes(this.host.claim(ns, claim)),
       );
       for (const v of volumes) await this.poolOfClaim(ns, v.claim)?.ensureNamespaceDir(ns);
-      await createTargetVolumes(volumes, t.made);
+      // A file left at a path by an earlier incoming migration that did not end cleanly is replaced.
+      await createTargetVolumes(volumes, t.made, async (v) =>
+        notLeftover(v.path, this.host.claim(ns, v.claim), this.host.nodeName, await qemusHolding(v.path)),
+      );
       await this.host.launchIncoming(vmi, t.runDir, Object.fromEntries(volumes.map((v) => [v.volume, v.path])));
       faultPoint('migration:target-launched');
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
@@ -523,11 +561,12 @@ export class VmMigrations {
         }
       }
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
-        if (disks.length) await cancelMirrors(qmp);
         // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
         // Not after post-copy began: the target has run the guest since, the source's memory is stale.
+        // Before the mirrors go: ending them waits for requests to a dead target, the guest need not.
         const now = (await qmp.execute<{ status: string }>('query-status')).status;
         if (!postcopy && now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
+        if (disks.length) await cancelMirrors(qmp);
         const reason = timedOut ?? (cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`);
         await this.fail(key, uid, reason, cancelled && !timedOut ? 'Succeeded' : undefined);
         this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
@@ -842,3 +881,9 @@ async function updateVmi(client: Client, vmi: KubeObject, mutate: (obj: KubeObje
     }
   }
 }
+
+const isFile = (path: string): Promise<boolean> =>
+  stat(path).then(
+    (st) => st.isFile(),
+    () => false,
+  );
