@@ -64,3 +64,4 @@ export { parseIPv4, formatIPv4, parseCidr, isHostOf, macForIPv4, firstFree, CIDR
 export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';
 export { parseCron, nextTick, cronProblem, type CronSchedule } from './cron.ts';
+export { IMAGE_DIGEST_RE, ImageUrlError, parseImageUrl, type ImageRef } from './image-url.ts';

@@ -17,6 +17,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { isIP } from 'node:net';
 import { rootCertificates } from 'node:tls';
+import { ImageUrlError, parseImageUrl as parseUrl, type ImageRef } from '@vessel/api';
 
 export interface PollSource {
   /** The template's source: registry.url (docker://...) or http.url. */
@@ -48,37 +49,14 @@ const ACCEPT = [
 ].join(', ');
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 
-export interface ImageRef {
-  registry: string;
-  repository: string;
-  /** A tag, or a digest when the URL pins one. */
-  reference: string;
-}
-
-/** docker://host[:port]/repo[:tag|@sha256:...] → parts (Docker's short-name rules). */
+/** docker://host[:port]/repo[:tag|@sha256:...] → parts (@vessel/api's parser, its refusal as a PollError). */
 export function parseImageUrl(url: string): ImageRef {
-  if (!url.startsWith('docker://')) throw new PollError(`registry URL "${url}" does not start with docker://`);
-  let rest = url.slice('docker://'.length);
-  let digest: string | undefined;
-  const at = rest.indexOf('@');
-  if (at >= 0) {
-    digest = rest.slice(at + 1);
-    rest = rest.slice(0, at);
+  try {
+    return parseUrl(url);
+  } catch (e) {
+    if (e instanceof ImageUrlError) throw new PollError(e.message);
+    throw e;
   }
-  const slash = rest.indexOf('/');
-  const first = slash >= 0 ? rest.slice(0, slash) : '';
-  const hasHost = slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost' || first.startsWith('['));
-  const registry = hasHost ? first : 'docker.io';
-  let path = hasHost ? rest.slice(slash + 1) : rest;
-  let tag = 'latest';
-  const colon = path.lastIndexOf(':');
-  if (colon > path.lastIndexOf('/')) {
-    tag = path.slice(colon + 1);
-    path = path.slice(0, colon);
-  }
-  if (registry === 'docker.io' && !path.includes('/')) path = `library/${path}`;
-  if (!path) throw new PollError(`registry URL "${url}" names no repository`);
-  return { registry, repository: path, reference: digest ?? tag };
 }
 
 /** The URL the DataVolume imports: the tag replaced by the digest (CDI's untagDigestedDockerURL). */

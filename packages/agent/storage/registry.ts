@@ -16,14 +16,9 @@ import { createGunzip } from 'node:zlib';
 import { extract as tarExtract, type Extract as TarExtract, type Header as TarHeader } from 'tar-stream';
 import { checkedRequestOptions, type EgressPolicy } from './egress.ts';
 import { ImportError } from './errors.ts';
+import { IMAGE_DIGEST_RE, ImageUrlError, parseImageUrl, type ImageRef } from '@vessel/api';
 
-export interface RegistryRef {
-  /** host[:port] as written in the URL; "docker.io" for Docker Hub short names. */
-  registry: string;
-  repository: string;
-  /** A tag, or a digest "sha256:<hex>". */
-  reference: string;
-}
+export type RegistryRef = ImageRef;
 
 export interface RegistryDiskOptions {
   /** docker://host[:port]/repo[:tag|@sha256:digest] */
@@ -66,58 +61,19 @@ const MEDIA = {
 const ACCEPT = [MEDIA.ociManifest, MEDIA.ociIndex, MEDIA.dockerManifest, MEDIA.dockerList].join(', ');
 const MAX_MANIFEST = 4 << 20;
 const MAX_REDIRECTS = 5;
-const DIGEST_RE = /^(sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$/;
-const REPO_COMPONENT = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*$/;
-const TAG_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$/;
-const HOST_RE = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::(\d{1,5}))?$/;
+const DIGEST_RE = IMAGE_DIGEST_RE;
 
 // ---------------------------------------------------------------------------------------
 // URL
 
-/**
- * Splits a CDI registry URL into registry, repository and tag or digest, with Docker's
- * rules for short names: "docker://fedora" is docker.io/library/fedora:latest.
- */
+/** parseImageUrl (@vessel/api) with the importer's error: InvalidArgument, saying how to write it. */
 export function parseRegistryUrl(url: string): RegistryRef {
-  const bad = (why: string) =>
-    new ImportError(
-      'InvalidArgument',
-      `registry URL "${url}" ${why}: write it as docker://host[:port]/repository[:tag] or docker://host[:port]/repository@sha256:<digest>`,
-    );
-  if (typeof url !== 'string' || !url.startsWith('docker://')) {
-    throw bad(/^oci-archive:/.test(String(url)) ? 'is an oci-archive, which Vessel does not import' : 'does not start with docker://');
+  try {
+    return parseImageUrl(url);
+  } catch (e) {
+    if (e instanceof ImageUrlError) throw new ImportError('InvalidArgument', e.message);
+    throw e;
   }
-  let rest = url.slice('docker://'.length);
-  let digest: string | undefined;
-  const at = rest.indexOf('@');
-  if (at >= 0) {
-    digest = rest.slice(at + 1);
-    rest = rest.slice(0, at);
-    if (!DIGEST_RE.test(digest)) throw bad(`has digest "${digest}", not sha256:<64 lowercase hex digits>`);
-  }
-  if (rest === '' || rest.includes('://')) throw bad('names no image');
-  const slash = rest.indexOf('/');
-  const first = slash >= 0 ? rest.slice(0, slash) : '';
-  // Docker's rule: the first component is a host only if it looks like one.
-  const hasHost = slash >= 0 && (first.includes('.') || first.includes(':') || first === 'localhost' || first.startsWith('['));
-  let registry = hasHost ? first : 'docker.io';
-  let path = hasHost ? rest.slice(slash + 1) : rest;
-  const lastSlash = path.lastIndexOf('/');
-  const colon = path.lastIndexOf(':');
-  let tag: string | undefined;
-  if (colon > lastSlash) {
-    tag = path.slice(colon + 1);
-    path = path.slice(0, colon);
-    if (!TAG_RE.test(tag)) throw bad(`has tag "${tag}", which is not a valid tag`);
-  }
-  const hm = HOST_RE.exec(registry);
-  if (!hm || (hm[1] !== undefined && (Number(hm[1]) < 1 || Number(hm[1]) > 65535))) throw bad(`has "${registry}", which is not a host[:port]`);
-  if (registry === 'index.docker.io') registry = 'docker.io';
-  if (registry === 'docker.io' && path !== '' && !path.includes('/')) path = `library/${path}`;
-  if (path === '' || path.length > 255 || !path.split('/').every((c) => REPO_COMPONENT.test(c))) {
-    throw bad(`has repository "${path}": use lowercase letters, digits and . _ - separated by /`);
-  }
-  return { registry, repository: path, reference: digest ?? tag ?? 'latest' };
 }
 
 function imageName(ref: RegistryRef): string {

@@ -12,6 +12,7 @@ import { execFile } from 'node:child_process';
 import { readdir, readFile } from 'node:fs/promises';
 import { cpus } from 'node:os';
 import { promisify } from 'node:util';
+import { cpuRanges } from '../qemu/argv/machine.ts';
 
 const run = promisify(execFile);
 
@@ -50,15 +51,7 @@ export function parseCpuList(list: string): number[] {
 
 /** A CPU list in Linux's short form ("0-2,5"). */
 export function formatCpuList(list: readonly number[]): string {
-  const ns = [...new Set(list)].sort((a, b) => a - b);
-  const out: string[] = [];
-  for (let i = 0; i < ns.length;) {
-    let j = i;
-    while (j + 1 < ns.length && ns[j + 1] === ns[j] + 1) j++;
-    out.push(i === j ? String(ns[i]) : `${ns[i]}-${ns[j]}`);
-    i = j + 1;
-  }
-  return out.join(',');
+  return cpuRanges([...new Set(list)].sort((a, b) => a - b)).join(',');
 }
 
 /** One dedicated VMI's CPUs. */

@@ -6,7 +6,7 @@
  * write and print.
  */
 import type { Command } from 'commander';
-import { refs } from '@vessel/api';
+import { forklift, refs } from '@vessel/api';
 import type { Client, KubeObject } from '@vessel/client';
 import { contextOf, note, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
@@ -17,25 +17,9 @@ const { FORKLIFT_PLANS: PLANS, FORKLIFT_MIGRATIONS: MIGRATIONS } = refs;
 type Obj = Record<string, unknown>;
 const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
 
-export interface Task {
-  name: string;
-  phase: string;
-  progress?: { total: number; completed: number };
-  annotations?: Record<string, string>;
-}
-export interface Step extends Task {
-  tasks?: Task[];
-  error?: { phase: string; reasons: string[] };
-}
-export interface VmStatus {
-  id: string;
-  name: string;
-  namespace?: string;
-  newName?: string;
-  phase: string;
-  pipeline?: Step[];
-  error?: { phase: string; reasons: string[] };
-}
+export type Task = Omit<forklift.MigrationTask, 'progress'> & { progress?: forklift.MigrationTask['progress'] };
+export type Step = Omit<forklift.MigrationStep, 'progress'> & { progress?: forklift.MigrationTask['progress'] };
+export type VmStatus = forklift.MigrationVmStatus;
 export interface Condition {
   type: string;
   status: string;

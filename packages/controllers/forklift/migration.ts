@@ -10,7 +10,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Readable } from 'node:stream';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { refs, type KubeObject } from '@vessel/api';
+import { forklift, refs, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
 import type { PlanVmResult } from './validation.ts';
 
@@ -22,30 +22,9 @@ export const MAX_IN_FLIGHT = 2;
 type Obj = Record<string, unknown>;
 const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
 
-export interface Task {
-  name: string;
-  phase: string;
-  progress: { total: number; completed: number };
-  annotations?: Record<string, string>;
-  started?: string;
-  completed?: string;
-}
-export interface Step extends Task {
-  tasks?: Task[];
-  error?: { phase: string; reasons: string[] };
-}
-export interface VmStatus {
-  id: string;
-  name: string;
-  namespace: string;
-  newName?: string;
-  phase: string;
-  pipeline: Step[];
-  started?: string;
-  completed?: string;
-  error?: { phase: string; reasons: string[] };
-  conditions?: Obj[];
-}
+export type Task = forklift.MigrationTask;
+export type Step = forklift.MigrationStep;
+export type VmStatus = forklift.MigrationVmStatus & { namespace: string };
 
 /** What a run needs from the controller: the plan's validated VMs and where their disks' bytes are. */
 export interface RunInput {

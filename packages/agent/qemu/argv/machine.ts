@@ -189,8 +189,8 @@ function numaPassthrough(ctx: Ctx, mib: number, pageMib: number, backend: (id: s
   });
 }
 
-/** vCPU indexes as QEMU's ranges ("0-3"), one per run of consecutive numbers. */
-function cpuRanges(ns: number[]): string[] {
+/** Sorted CPU indexes as ranges ("0-3"), one per run of consecutive numbers: QEMU's -numa cpus=, Linux's CPU lists. */
+export function cpuRanges(ns: number[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < ns.length;) {
     let j = i;
