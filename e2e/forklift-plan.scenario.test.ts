@@ -16,7 +16,7 @@ import { ensureTinyGuest, TINY_SERIAL } from '@vessel/guest';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog } from './tiny-vm.ts';
-import { manifest, ovf } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces', namespaced: false };
@@ -31,13 +31,8 @@ let c: TestCluster;
 let dir: string;
 let disk: string;
 
-const fk = (kind: string, name: string, spec: unknown): KubeObject => ({
-  apiVersion: 'forklift.konveyor.io/v1beta1',
-  kind,
-  metadata: { name, namespace: NS },
-  spec,
-});
-const providerRefs = { source: { name: 'ova', namespace: NS }, destination: { name: 'host', namespace: NS } };
+const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const providerRefs = testProviderRefs('ova', NS);
 type Cond = { type: string; status: string };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
 

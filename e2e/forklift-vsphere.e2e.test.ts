@@ -21,6 +21,7 @@ import { eventually, run, startVessel, type Vessel } from './harness.ts';
 import { runDirOf, serialLog } from './tiny-vm.ts';
 import { startVcsim, type Vcsim } from './vcsim/vcsim.ts';
 import { VsphereClient } from '../packages/controllers/forklift/vsphere/soap.ts';
+import { forkliftObject, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const PROVIDERS = ref('providers');
@@ -43,13 +44,8 @@ let disk: string;
 
 type Cond = { type: string; status: string; category?: string; reason?: string; message?: string; items?: string[] };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
-const fk = (kind: string, name: string, spec: unknown): KubeObject => ({
-  apiVersion: 'forklift.konveyor.io/v1beta1',
-  kind,
-  metadata: { name, namespace: NS },
-  spec,
-});
-const providerRefs = { source: { name: 'vcenter', namespace: NS }, destination: { name: 'host', namespace: NS } };
+const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const providerRefs = testProviderRefs('vcenter', NS);
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 const secret = (name: string, extra: Record<string, string>): KubeObject => ({
   apiVersion: 'v1',

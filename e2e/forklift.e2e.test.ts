@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { eventually, KUBECTL_SKIP, kubectlFor, rejects, run, startVessel, vm, type Vessel } from './harness.ts';
-import { manifest, ovf, tar } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, manifest, ovf, providerRefs as testProviderRefs, tar } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const PROVIDERS = ref('providers');
@@ -42,13 +42,8 @@ let root: string;
 type Cond = { type: string; status: string; category?: string; reason?: string; items?: string[] };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
 const isReady = (o: KubeObject) => conds(o).some((c) => c.type === 'Ready' && c.status === 'True');
-const fk = (kind: string, name: string, spec: unknown): KubeObject => ({
-  apiVersion: 'forklift.konveyor.io/v1beta1',
-  kind,
-  metadata: { name, namespace: NS },
-  spec,
-});
-const providerRefs = { source: { name: 'ova', namespace: NS }, destination: { name: 'host', namespace: NS } };
+const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const providerRefs = testProviderRefs('ova', NS);
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'forklift-e2e-'));

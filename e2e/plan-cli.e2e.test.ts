@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { manifest, ovf } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const PROVIDERS = ref('providers');
@@ -33,13 +33,8 @@ let dir: string;
 
 const isReady = (o: KubeObject) =>
   ((o.status as { conditions?: { type: string; status: string }[] } | undefined)?.conditions ?? []).some((c) => c.type === 'Ready' && c.status === 'True');
-const fk = (kind: string, name: string, spec: unknown): KubeObject => ({
-  apiVersion: 'forklift.konveyor.io/v1beta1',
-  kind,
-  metadata: { name, namespace: NS },
-  spec,
-});
-const providerRefs = { source: { name: 'ova', namespace: NS }, destination: { name: 'host', namespace: NS } };
+const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const providerRefs = testProviderRefs('ova', NS);
 const cli = (...args: string[]) => run('bin/vessel', ['--kubeconfig', v.kubeconfig, '-n', NS, 'plan', ...args], { timeoutMs: 120_000 });
 
 before(async () => {

@@ -87,3 +87,21 @@ export function tar(members: TarMember[]): Buffer {
   blocks.push(Buffer.alloc(1024));
   return Buffer.concat(blocks);
 }
+
+/** A forklift.konveyor.io/v1beta1 object of `kind` in `namespace` (tests' manifests). */
+export function forkliftObject(
+  kind: string,
+  name: string,
+  namespace: string,
+  spec: unknown,
+): { apiVersion: string; kind: string; metadata: { name: string; namespace: string }; spec: unknown } {
+  return { apiVersion: 'forklift.konveyor.io/v1beta1', kind, metadata: { name, namespace }, spec };
+}
+
+/** A plan's provider references: `source` in `namespace`, the destination the host cluster ("host"). */
+export function providerRefs(
+  source: string,
+  namespace: string,
+): { source: { name: string; namespace: string }; destination: { name: string; namespace: string } } {
+  return { source: { name: source, namespace }, destination: { name: 'host', namespace } };
+}
