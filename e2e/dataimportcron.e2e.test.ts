@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
+import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { StatusError, type KubeObject, type ResourceRef } from '@vessel/client';
@@ -131,10 +131,13 @@ test('v1 is imported at once; a new image under the same tag is imported within 
   assert.ok(reasons.includes('ImportStarted') && reasons.includes('ImportSucceeded'), reasons.join());
 });
 
-test('the poll: registry digests by tag; http digests follow the ETag; link-local is refused', async () => {
+/** The one message a tenant sees for any unreachable target; the precise reason only in `cause`. */
+const refusedFor = (why: RegExp) => (e: Error) => /unreachable from the poller/.test(e.message) && why.test(String((e.cause as Error | undefined)?.message));
+
+test('the poll: registry digests by tag; http digests follow the ETag; link-local and the host itself are refused', async () => {
   const pushed = await pushDiskImage(registry.url, 'golden/poll', 'v1', [[{ path: 'disk/disk.qcow2', file: join(dir, 'v1.qcow2') }]]);
   assert.equal(await registryDigest(`docker://${registry.url}/golden/poll:v1`, { allowLoopback: true }), pushed.digest);
-  await assert.rejects(registryDigest(`docker://${registry.url}/golden/poll:v1`, {}), /loopback/);
+  await assert.rejects(registryDigest(`docker://${registry.url}/golden/poll:v1`, {}), refusedFor(/loopback/));
   await assert.rejects(registryDigest(`docker://${registry.url}/golden/none:v1`, { allowLoopback: true }), /has no image/);
   let etag = '"one"';
   const server: Server = createServer((req, res) => {
@@ -151,5 +154,10 @@ test('the poll: registry digests by tag; http digests follow the ETag; link-loca
   } finally {
     server.close();
   }
-  await assert.rejects(httpDigest('http://169.254.169.254/latest/meta-data', {}), /link-local/);
+  await assert.rejects(httpDigest('http://169.254.169.254/latest/meta-data', {}), refusedFor(/link-local/));
+  // The control plane's own (non-loopback) addresses: its services are not registries.
+  const own = Object.values(networkInterfaces())
+    .flat()
+    .find((i) => i && i.family === 'IPv4' && !i.internal);
+  if (own) await assert.rejects(httpDigest(`http://${own.address}:2379/`, {}), refusedFor(/control plane's host/));
 });

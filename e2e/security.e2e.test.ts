@@ -38,6 +38,7 @@ const VM = kind('kubevirt.io', 'virtualmachines');
 const VMI = kind('kubevirt.io', 'virtualmachineinstances');
 const DV = kind('cdi.kubevirt.io', 'datavolumes');
 const CONTENT = kind('snapshot.kubevirt.io', 'virtualmachinesnapshotcontents');
+const POOL = kind('pool.kubevirt.io', 'virtualmachinepools');
 
 async function tokenClient(user: string, groups: string[]): Promise<Client> {
   const r = await v.client.request<{ token: string }>('POST', '/vessel/v1/tokens', { body: { user, groups } });
@@ -160,6 +161,19 @@ describe("another tenant's namespace", () => {
       }
     });
   }
+
+  test("a tenant's VMI may not take a system- priority class (it would preempt every other tenant's VMs)", async () => {
+    for (const pc of ['system-node-critical', 'system-cluster-critical']) {
+      const vmi = {
+        apiVersion: 'kubevirt.io/v1',
+        kind: 'VirtualMachineInstance',
+        metadata: { name: `critical-${pc.length}` },
+        spec: { priorityClassName: pc, domain: { resources: { requests: { memory: '64Mi' } }, devices: {} } },
+      } as unknown as KubeObject;
+      const e = await refused(`VMI with ${pc} in t1`, t1.create(VMI, vmi, { namespace: 't1' }));
+      assert.match(e.message, /reserved to the kube-system namespace/);
+    }
+  });
 
   test('lists and watches across all namespaces are refused to tenants and namespace viewers', async () => {
     for (const [who, c] of [
@@ -394,6 +408,18 @@ describe("Vessel's own annotations and labels", () => {
     e = await refused('dataVolumeTemplate annotation', t1.create(VM, withDisk, { namespace: 't1' }), 422);
     assert.ok(
       e.causes.some((c) => c.field === 'spec.dataVolumeTemplates[0].metadata.annotations[vessel.io/clone-source]'),
+      JSON.stringify(e.causes),
+    );
+    // A pool copies its VM template (and that template's dataVolumeTemplates) into every VM it makes.
+    const pool = {
+      apiVersion: 'pool.kubevirt.io/v1alpha1',
+      kind: 'VirtualMachinePool',
+      metadata: { name: 'pool' },
+      spec: { replicas: 1, selector: { matchLabels: { app: 'p' } }, virtualMachineTemplate: { metadata: { labels: { app: 'p' } }, spec: withDisk.spec } },
+    } as unknown as KubeObject;
+    e = await refused('pool dataVolumeTemplate annotation', t1.create(POOL, pool, { namespace: 't1' }), 422);
+    assert.ok(
+      e.causes.some((c) => c.field === 'spec.virtualMachineTemplate.spec.dataVolumeTemplates[0].metadata.annotations[vessel.io/clone-source]'),
       JSON.stringify(e.causes),
     );
     e = await refused(

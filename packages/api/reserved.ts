@@ -33,7 +33,7 @@ export interface EmbeddedMeta {
 /**
  * Every object metadata in `obj` whose labels or annotations a controller may copy into an
  * object it writes: the object's own, a VM's (or a pool's, a replica set's) template, each
- * dataVolumeTemplate, and the VM a snapshot content keeps.
+ * dataVolumeTemplate (a pool's VM template's too), and the VM a snapshot content keeps.
  */
 export function embeddedMetadata(obj: Obj): EmbeddedMeta[] {
   const out: EmbeddedMeta[] = [];
@@ -52,6 +52,8 @@ export function embeddedMetadata(obj: Obj): EmbeddedMeta[] {
       });
   };
   vmLike('', obj);
+  // A pool's VM template: its own metadata, its VMI template and its dataVolumeTemplates.
+  if (isObj(obj.spec) && isObj(obj.spec.virtualMachineTemplate)) vmLike('spec.virtualMachineTemplate.', obj.spec.virtualMachineTemplate);
   const source = isObj(obj.spec) && isObj(obj.spec.source) ? obj.spec.source : undefined;
   if (source && isObj(source.virtualMachine)) vmLike('spec.source.virtualMachine.', source.virtualMachine);
   return out;

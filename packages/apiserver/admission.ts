@@ -282,6 +282,13 @@ export async function admitPriority(reader: ObjectReader, info: KindInfo, obj: K
   if (info.group === 'kubevirt.io' && info.kind === 'VirtualMachineInstance' && !obj.metadata?.uid) {
     const name = (obj.spec as { priorityClassName?: unknown } | undefined)?.priorityClassName;
     const className = typeof name === 'string' && name ? name : undefined;
+    // The critical classes outrank every VM of every tenant: only kube-system's may use them
+    // (Kubernetes' rule until ResourceQuota scopes took over; Vessel has no quota scopes).
+    const ns = obj.metadata?.namespace ?? 'default';
+    if (className?.startsWith('system-') && ns !== 'kube-system')
+      throw forbidden(
+        `virtualmachineinstances "${obj.metadata?.name ?? ''}" is forbidden: the ${className} priority class is reserved to the kube-system namespace, not ${ns}`,
+      );
     const classes = (await reader.list(PRIORITY_CLASSES, undefined, {})).items as unknown as priority.PriorityClassLike[];
     const resolved = priority.resolvePriority(className, classes);
     if (!resolved) {

@@ -16,6 +16,7 @@ import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
 import { isIP } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { rootCertificates } from 'node:tls';
 import { ImageUrlError, parseImageUrl as parseUrl, type ImageRef } from '@vessel/api';
 
@@ -70,6 +71,29 @@ export function pinnedImageUrl(url: string, digest: string): string {
   return `${untagged}@${digest}`;
 }
 
+/**
+ * One message for a refused address, a closed port, a name that does not resolve and a
+ * timeout, as the importer's egress policy gives (agent/storage/egress.ts): the poll runs on
+ * the control plane's host, and distinct errors would let a tenant map what it reaches. The
+ * reason stays in `cause` (the controller's log).
+ */
+function unreachable(url: URL, cause: Error): PollError {
+  return new PollError(
+    `${url.host} is unreachable from the poller: no registry answered there (a refused or private address of the control plane's host, a closed port, no such name, or no answer)`,
+    { cause },
+  );
+}
+
+/** This host's own addresses: services listening on them are the control plane's, not a registry's. */
+function ownAddresses(): Set<string> {
+  return new Set(
+    Object.values(networkInterfaces())
+      .flat()
+      .map((i) => i?.address.toLowerCase())
+      .filter((a): a is string => !!a),
+  );
+}
+
 function isLoopback(address: string): boolean {
   return /^127\./.test(address) || address === '::1' || /^::ffff:127\./i.test(address);
 }
@@ -78,6 +102,7 @@ function isLoopback(address: string): boolean {
 export function pollRefusal(address: string, allowLoopback: boolean): string | undefined {
   const v4 = address.replace(/^::ffff:/i, '');
   if (isLoopback(address)) return allowLoopback ? undefined : 'a loopback address';
+  if (!allowLoopback && ownAddresses().has(v4.toLowerCase())) return "an address of the control plane's host";
   if (isIP(v4) === 4) {
     const [a, b] = v4.split('.').map(Number);
     if (a === 0) return 'an unspecified address';
@@ -118,7 +143,7 @@ function request(url: URL, method: 'HEAD' | 'GET', headers: Record<string, strin
   const host = url.hostname.replace(/^\[|\]$/g, '');
   if (isIP(host)) {
     const why = pollRefusal(host, !!opts.allowLoopback);
-    if (why) return Promise.reject(new PollError(`${url.host} is unreachable from the poller (${why})`));
+    if (why) return Promise.reject(unreachable(url, new Error(why)));
   }
   const lib = url.protocol === 'https:' ? https : http;
   const timeoutMs = opts.timeoutMs ?? 30_000;
@@ -154,8 +179,8 @@ function request(url: URL, method: 'HEAD' | 'GET', headers: Record<string, strin
         res.on('error', reject);
       },
     );
-    req.setTimeout(timeoutMs, () => req.destroy(new PollError(`no answer from ${url.host} for ${timeoutMs / 1000} s`)));
-    req.on('error', (e) => reject(e instanceof PollError ? e : new PollError(`cannot reach ${url.host}: ${(e as Error).message}`)));
+    req.setTimeout(timeoutMs, () => req.destroy(new Error(`no answer for ${timeoutMs / 1000} s`)));
+    req.on('error', (e) => reject(e instanceof PollError ? e : unreachable(url, e)));
     req.end();
   });
 }

@@ -209,6 +209,9 @@ export class DataImportCronController extends Controller {
       annotations[ANN_DESIRED_DIGEST] = digest;
     } catch (e) {
       const message = e instanceof Error ? e.message : String(e);
+      // The precise reason (a refused address, a closed port) is the administrator's, not the tenant's.
+      const cause = e instanceof Error && e.cause instanceof Error ? `: ${e.cause.message}` : '';
+      this.log(`dataimportcron: ${key}: poll failed: ${message}${cause}`);
       await this.events.record(cron, 'Warning', 'PollFailed', `cannot read the source's digest: ${message}`);
     }
     if (cron.spec.schedule) {
