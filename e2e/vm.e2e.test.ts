@@ -220,12 +220,22 @@ describe('why a VM is not running', () => {
   });
 
   test('a template that makes no valid VMI: Stopped, and Ready says why, until it is fixed', async () => {
-    // The VM passes admission (its instancetype could give the memory; Vessel warns that it
-    // ignores instancetypes), but the VMI it would make has no memory and is refused.
-    const vm = tinyVm('typeless') as { spec: { instancetype?: Obj; template: { spec: { domain: Obj } } } };
-    vm.spec.instancetype = { name: 'u1.small' };
+    // Its instancetype exists when the VM is written and is gone when it starts; once it is
+    // back, the VM starts by itself.
+    const IT: ResourceRef = { group: 'instancetype.kubevirt.io', version: 'v1beta1', plural: 'virtualmachineinstancetypes', namespaced: true };
+    const size = {
+      apiVersion: 'instancetype.kubevirt.io/v1beta1',
+      kind: 'VirtualMachineInstancetype',
+      metadata: { name: 'vanishing', namespace: ns },
+      spec: { cpu: { guest: 1 }, memory: { guest: '128Mi' } },
+    };
+    await v.client.create(IT, size, { namespace: ns });
+    const vm = tinyVm('typeless', { runStrategy: 'Halted' }) as { spec: { instancetype?: Obj; template: { spec: { domain: Obj } } } };
+    vm.spec.instancetype = { kind: 'VirtualMachineInstancetype', name: 'vanishing' };
     delete vm.spec.template.spec.domain.resources;
     await v.client.create(VM, vm, { namespace: ns });
+    await v.client.delete(IT, 'vanishing', { namespace: ns });
+    await v.client.patch(VM, 'typeless', { spec: { runStrategy: 'Always' } }, { namespace: ns });
     const ready = await eventually(
       'the FailedCreate condition',
       async () => {
@@ -234,16 +244,12 @@ describe('why a VM is not running', () => {
       },
       60_000,
     );
-    assert.match(ready.message ?? '', /spec\.domain\.resources\.requests\.memory/);
+    assert.match(ready.message ?? '', /VirtualMachineInstancetype vanishing not found/);
     assert.equal(await vmStatus('typeless'), 'Stopped');
-    await v.client.patch(
-      VM,
-      'typeless',
-      { spec: { instancetype: null, template: { spec: { domain: { resources: { requests: { memory: '128Mi' } } } } } } },
-      { namespace: ns },
-    );
+    await v.client.create(IT, size, { namespace: ns });
     await until('typeless', 'Running');
     await v.client.delete(VM, 'typeless', { namespace: ns });
+    await v.client.delete(IT, 'vanishing', { namespace: ns });
   });
 
   test('a missing DataVolume: ErrorDataVolumeNotFound, then Running once it exists', async () => {
