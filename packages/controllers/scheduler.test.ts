@@ -192,3 +192,41 @@ test('preemption: a higher-priority VMI evicts a lower one that fills the node; 
   assert.equal((await statusOf(h.c, 'high')).nodeName, 'n');
   assert.equal((await statusOf(h.c, 'never')).nodeName, undefined, 'Never does not preempt, not even after');
 });
+
+test('queue order: with one slot freeing, the higher-priority pending VMI gets it though created later', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'n', { memory: '3Gi' });
+  await settle(10);
+  // The running VMI outranks both waiting ones: neither preempts it.
+  await h.c.create(VMIS, prioritized('first', '2Gi', 5000));
+  await placed(h.c, 'first');
+  await h.c.create(VMIS, prioritized('early-low', '2Gi', 10));
+  assert.match(await unschedulable(h.c, 'early-low'), /Insufficient memory/);
+  await settle(1100); // a later creationTimestamp (seconds)
+  await h.c.create(VMIS, prioritized('late-high', '2Gi', 100));
+  assert.match(await unschedulable(h.c, 'late-high'), /Insufficient memory/);
+  await agentSets(h.c, 'first', 'Succeeded', 'default', 'n');
+  assert.equal(await placed(h.c, 'late-high'), 'n');
+  await settle(200);
+  assert.equal((await statusOf(h.c, 'early-low')).nodeName, undefined, 'the lower one keeps waiting');
+  assert.match(await unschedulable(h.c, 'early-low'), /Insufficient memory/);
+});
+
+test('queue order: equal priority goes to the older VMI; a lower one still takes room the higher cannot use', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'n', { memory: '3Gi' });
+  await settle(10);
+  await h.c.create(VMIS, prioritized('first', '2Gi', 5000));
+  await placed(h.c, 'first');
+  await h.c.create(VMIS, prioritized('older', '2Gi', 10));
+  await unschedulable(h.c, 'older');
+  await settle(1100);
+  await h.c.create(VMIS, prioritized('younger', '2Gi', 10));
+  // Too big for the node even when empty: it holds no room, so the small low one behind it is placed.
+  await h.c.create(VMIS, prioritized('huge', '8Gi', 100));
+  await unschedulable(h.c, 'younger');
+  await agentSets(h.c, 'first', 'Succeeded', 'default', 'n');
+  assert.equal(await placed(h.c, 'older'), 'n');
+  await settle(200);
+  assert.equal((await statusOf(h.c, 'younger')).nodeName, undefined);
+});

@@ -15,6 +15,11 @@
  * (vessel.io/nominated-node, kube's status.nominatedNodeName) and waits there while the victims
  * leave, its requests counted on that node against VMIs of lower priority meanwhile. A bound
  * VMI carries the memory overhead the scheduler counted for it (vessel.io/memory-overhead).
+ *
+ * Queue order, as kube-scheduler's active queue: pending VMIs are tried by priority (higher
+ * first), then creation time (older first). The work queue is FIFO, so the keys are queued in
+ * that order, and a VMI placed out of turn (its key queued earlier) still sees the room the
+ * pending VMIs ahead of it would take held for them.
  */
 import type { V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import type { IoK8sApiCoreV1Node } from '@kubevirt-ui-ext/kubevirt-api/kubernetes';
@@ -34,6 +39,18 @@ type Node = Typed<IoK8sApiCoreV1Node>;
 const nodeOf = (o: Vmi) => o.status?.nodeName;
 const UNSCHEDULED = new Set(['', 'Pending', 'Scheduling']);
 const NODE_LABEL = 'kubevirt.io/nodeName';
+/** kube-scheduler's queue order: higher priority first, then the older, then by key. */
+export function queueOrder(a: Vmi, b: Vmi): number {
+  const pa = priority.priorityOf(a).priority;
+  const pb = priority.priorityOf(b).priority;
+  if (pa !== pb) return pb - pa;
+  const ta = a.metadata.creationTimestamp ?? '';
+  const tb = b.metadata.creationTimestamp ?? '';
+  if (ta !== tb) return ta < tb ? -1 : 1;
+  const ka = cacheKey(a);
+  const kb = cacheKey(b);
+  return ka < kb ? -1 : ka > kb ? 1 : 0;
+}
 /** How long an evicted VMI counts as leaving before the cache shows it (a migration may take this long to start). */
 const EVICTED_MEMORY_MS = 60_000;
 
@@ -60,11 +77,16 @@ export class Scheduler extends Controller {
     this.kubevirts = this.inform(KUBEVIRTS);
   }
 
-  private pending(): string[] {
+  /** The VMIs waiting for a node, in queue order (queueOrder). */
+  private waiting(): Vmi[] {
     return this.vmis
       .list()
       .filter((v) => UNSCHEDULED.has(phaseOf(v)) && !nodeOf(v) && !v.metadata.deletionTimestamp)
-      .map(cacheKey);
+      .sort(queueOrder);
+  }
+
+  private pending(): string[] {
+    return this.waiting().map(cacheKey);
   }
 
   protected async reconcile(key: string): Promise<void> {
@@ -82,6 +104,21 @@ export class Scheduler extends Controller {
       ...running.map((v) => ({ nodeName: nodeOf(v)!, requests: vmiRequests(v.spec, this.settings) })),
       ...nominated.map((v) => ({ nodeName: annotationsOf(v)[priority.NOMINATED_NODE], requests: vmiRequests(v.spec, this.settings) })),
     ];
+    // The room pending VMIs ahead in the queue would take is theirs (their own reconcile binds them).
+    for (const ahead of this.waiting()) {
+      if (ahead.metadata.uid === vmi.metadata.uid || queueOrder(ahead, vmi) >= 0 || annotationsOf(ahead)[priority.NOMINATED_NODE]) continue;
+      const fit = scheduleVmi({
+        vmi: { metadata: { name: ahead.metadata.name, namespace: ahead.metadata.namespace! }, spec: ahead.spec },
+        nodes: this.nodes.list(),
+        placed,
+        requiredNodes: this.volumeNodes(ahead.metadata.namespace!, ahead.spec.volumes ?? []).required,
+        settings: this.settings,
+      });
+      if (fit.node !== undefined) {
+        placed.push({ nodeName: fit.node, requests: vmiRequests(ahead.spec, this.settings) });
+        this.queue.add(cacheKey(ahead));
+      }
+    }
     const { required, waitFor } = this.volumeNodes(vmi.metadata.namespace!, spec.volumes ?? []);
     const result = scheduleVmi({
       vmi: { metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace! }, spec },
