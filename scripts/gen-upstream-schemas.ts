@@ -68,6 +68,9 @@ const ROOTS: Array<[SourceId, string]> = [
   ]),
   ['kubevirt', 'V1alpha1VirtualMachinePool'],
   ['kubevirt', 'V1alpha1VirtualMachinePoolList'],
+  // pool.kubevirt.io/v1beta1, served next to v1alpha1 (docs/api-versions.md).
+  ['kubevirt', 'V1beta1VirtualMachinePool'],
+  ['kubevirt', 'V1beta1VirtualMachinePoolList'],
   ['kubernetes', 'IoK8sApiAutoscalingV1Scale'],
   // snapshot.kubevirt.io/v1beta1 and clone.kubevirt.io/v1beta1 (KubeVirt's dist, emitted into kubevirt.json).
   ...['VirtualMachineSnapshot', 'VirtualMachineSnapshotContent', 'VirtualMachineRestore', 'VirtualMachineClone'].flatMap((k): Array<[SourceId, string]> => [
@@ -84,7 +87,7 @@ const ROOTS: Array<[SourceId, string]> = [
  * Condition type, identical in shape to snapshot's; the .d.ts has only one V1beta1Condition, so
  * clone status refers to io.kubevirt.snapshot.v1beta1.Condition.
  */
-const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
+const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone' | 'pool'> = {
   ...Object.fromEntries(
     [
       'VirtualMachineSnapshot',
@@ -116,6 +119,26 @@ const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
     ['VirtualMachineClone', 'VirtualMachineCloneList', 'VirtualMachineCloneSpec', 'VirtualMachineCloneStatus', 'VirtualMachineCloneTemplateFilters'].map(
       (n) => [n, 'clone' as const],
     ),
+  ),
+  // pool.kubevirt.io/v1beta1 (kubevirt.io/api/pool/v1beta1).
+  ...Object.fromEntries(
+    [
+      'VirtualMachinePool',
+      'VirtualMachinePoolList',
+      'VirtualMachinePoolSpec',
+      'VirtualMachinePoolStatus',
+      'VirtualMachinePoolCondition',
+      'VirtualMachinePoolAutohealingStrategy',
+      'VirtualMachinePoolNameGeneration',
+      'VirtualMachinePoolScaleInStrategy',
+      'VirtualMachinePoolOpportunisticScaleInStrategy',
+      'VirtualMachinePoolProactiveScaleInStrategy',
+      'VirtualMachinePoolProactiveUpdateStrategy',
+      'VirtualMachinePoolUpdateStrategy',
+      'VirtualMachinePoolSelectionPolicy',
+      'VirtualMachinePoolSelectors',
+      'VirtualMachineTemplateSpec',
+    ].map((n) => [n, 'pool' as const]),
   ),
 };
 

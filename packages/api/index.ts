@@ -3,8 +3,9 @@
  * defaulting and the OpenAPI documents. Pure functions and data; no I/O beyond reading the
  * bundled schema files once.
  */
-export type { FieldCause, KindInfo, KubeObject, ObjectMeta, OwnerReference, PrinterColumn, ValidationResult } from './types.ts';
+export type { Conversion, FieldCause, KindInfo, KubeObject, ObjectMeta, OwnerReference, PrinterColumn, ValidationResult } from './types.ts';
 export { apiVersionOf, findByKind, findByResource, groupVersions, kinds, kindsInCategory, resolveName, schemaNameFor } from './kinds.ts';
+export { convertTo, convertToStorage, servedKinds, storageVersionOf } from './kinds.ts';
 export { validateObject, type FieldValidation, type ValidateOptions } from './validate.ts';
 export { applyDefaults, applyVmiSpecDefaults, defaultDiskBus, firmwareUUID, uuidV5 } from './defaults.ts';
 export { openApiV2, openApiV3, openApiV3Hash, openApiV3Index, openApiV3Path, type OpenApiDocument } from './openapi.ts';

@@ -110,6 +110,7 @@ test('upstream-accurate names, scope, subresources and columns', () => {
     { group: 'discovery.k8s.io', version: 'v1' },
     { group: 'scheduling.k8s.io', version: 'v1' },
     { group: 'kubevirt.io', version: 'v1' },
+    { group: 'pool.kubevirt.io', version: 'v1beta1' },
     { group: 'pool.kubevirt.io', version: 'v1alpha1' },
     { group: 'migrations.kubevirt.io', version: 'v1alpha1' },
     { group: 'instancetype.kubevirt.io', version: 'v1beta1' },

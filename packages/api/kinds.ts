@@ -4,7 +4,7 @@
  * groups, CDI) declare them, so that `kubectl get vm`, `kubectl get dv -o wide`, short names and
  * `kubectl get all` behave the same.
  */
-import type { KindInfo, PrinterColumn } from './types.ts';
+import type { KindInfo, KubeObject, PrinterColumn } from './types.ts';
 
 const AGE: PrinterColumn = { name: 'Age', type: 'date', jsonPath: '.metadata.creationTimestamp' };
 
@@ -324,9 +324,11 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     statusSubresource: false,
     printerColumns: [AGE],
   }),
+  // Stored at v1beta1 and served at v1alpha1 too, as KubeVirt's CRD (conversion None: the same fields).
   kind({
     group: 'pool.kubevirt.io',
-    version: 'v1alpha1',
+    version: 'v1beta1',
+    servedVersions: ['v1beta1', 'v1alpha1'],
     kind: 'VirtualMachinePool',
     plural: 'virtualmachinepools',
     singular: 'virtualmachinepool',
@@ -708,6 +710,7 @@ const SCHEMA_NAMES: Record<string, string> = {
   'kubevirt.io/v1/VirtualMachineInstanceReplicaSet': 'io.kubevirt.v1.VirtualMachineInstanceReplicaSet',
   'kubevirt.io/v1/VirtualMachineInstancePreset': 'io.kubevirt.v1.VirtualMachineInstancePreset',
   'pool.kubevirt.io/v1alpha1/VirtualMachinePool': 'io.kubevirt.pool.v1alpha1.VirtualMachinePool',
+  'pool.kubevirt.io/v1beta1/VirtualMachinePool': 'io.kubevirt.pool.v1beta1.VirtualMachinePool',
   'migrations.kubevirt.io/v1alpha1/MigrationPolicy': 'io.kubevirt.migrations.v1alpha1.MigrationPolicy',
   'instancetype.kubevirt.io/v1beta1/VirtualMachineInstancetype': 'io.kubevirt.instancetype.v1beta1.VirtualMachineInstancetype',
   'instancetype.kubevirt.io/v1beta1/VirtualMachineClusterInstancetype': 'io.kubevirt.instancetype.v1beta1.VirtualMachineClusterInstancetype',
@@ -744,6 +747,38 @@ export function apiVersionOf(info: KindInfo): string {
   return info.group ? `${info.group}/${info.version}` : info.version;
 }
 
+/**
+ * Every kind at every version it is served at: `kinds` (the storage versions) and, for a kind
+ * with several servedVersions, a KindInfo per other version (storageVersion set), in the
+ * order the kind lists them. The API server routes, discovers and converts by these.
+ */
+export const servedKinds: readonly KindInfo[] = Object.freeze(
+  kinds.flatMap((k) => (k.servedVersions ?? [k.version]).map((v) => (v === k.version ? k : Object.freeze({ ...k, version: v, storageVersion: k.version })))),
+);
+
+/** The version objects of this kind are stored at. */
+export function storageVersionOf(info: KindInfo): string {
+  return info.storageVersion ?? info.version;
+}
+
+/**
+ * `obj`, an object of info's kind at any version it is served at (its apiVersion says which),
+ * as info's version: the kind's conversion, then apiVersion set. A new object; `obj` is left as is.
+ */
+export function convertTo(info: KindInfo, obj: KubeObject): KubeObject {
+  const to = apiVersionOf(info);
+  if (obj.apiVersion === to) return obj;
+  const from = typeof obj.apiVersion === 'string' ? obj.apiVersion.slice(obj.apiVersion.lastIndexOf('/') + 1) : storageVersionOf(info);
+  const converted = info.convert ? info.convert(obj, from, info.version) : obj;
+  return { ...converted, apiVersion: to };
+}
+
+/** `obj` (at info's version) as it is stored: at the kind's storage version. */
+export function convertToStorage(info: KindInfo, obj: KubeObject): KubeObject {
+  const storage = info.storageVersion ? servedKinds.find((k) => k.group === info.group && k.kind === info.kind && !k.storageVersion) : info;
+  return convertTo(storage ?? info, obj);
+}
+
 const byResource = new Map<string, KindInfo>();
 const byKind = new Map<string, KindInfo>();
 const byName = new Map<string, KindInfo[]>();
@@ -754,7 +789,7 @@ function addName(name: string, info: KindInfo): void {
   byName.set(name, list);
 }
 
-for (const info of kinds) {
+for (const info of servedKinds) {
   byResource.set(`${info.group}/${info.version}/${info.plural}`, info);
   byKind.set(`${apiVersionOf(info)}/${info.kind}`, info);
   // kubectl accepts plural, singular, short names and the lower-cased kind, each optionally
@@ -797,7 +832,7 @@ export function kindsInCategory(category: string): KindInfo[] {
 export function groupVersions(): Array<{ group: string; version: string }> {
   const seen = new Set<string>();
   const out: Array<{ group: string; version: string }> = [];
-  for (const k of kinds) {
+  for (const k of servedKinds) {
     const key = `${k.group}/${k.version}`;
     if (!seen.has(key)) {
       seen.add(key);

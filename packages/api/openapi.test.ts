@@ -6,7 +6,7 @@
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { kinds, schemaNameFor } from './kinds.ts';
+import { kinds, schemaNameFor, servedKinds } from './kinds.ts';
 import { openApiV2, openApiV3, openApiV3Index } from './openapi.ts';
 import type { Json } from './schemas.ts';
 
@@ -60,6 +60,7 @@ test('the /openapi/v3 index lists every served group/version with a hash', () =>
     'apis/discovery.k8s.io/v1',
     'apis/scheduling.k8s.io/v1',
     'apis/kubevirt.io/v1',
+    'apis/pool.kubevirt.io/v1beta1',
     'apis/pool.kubevirt.io/v1alpha1',
     'apis/migrations.kubevirt.io/v1alpha1',
     'apis/instancetype.kubevirt.io/v1beta1',
@@ -184,7 +185,7 @@ test('Swagger 2.0: definitions named like io.kubevirt.v1.VirtualMachine with GVK
   assert.ok(!text.includes('#/components/'));
   assert.ok(!text.includes('"oneOf"'));
   // The meta types carry the GVK of every group version served.
-  const groupVersions = new Set(kinds.map((k) => `${k.group}/${k.version}`));
+  const groupVersions = new Set(servedKinds.map((k) => `${k.group}/${k.version}`));
   assert.equal((defs['io.k8s.apimachinery.pkg.apis.meta.v1.DeleteOptions']['x-kubernetes-group-version-kind'] as J[]).length, groupVersions.size);
   const patch = (v2.paths as Record<string, J>)['/apis/kubevirt.io/v1/namespaces/{namespace}/virtualmachines/{name}'].patch as J;
   assert.ok((patch.parameters as J[]).some((p) => p.name === 'fieldValidation' && p.in === 'query'));

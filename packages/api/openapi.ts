@@ -11,7 +11,7 @@
  * Documents are built once per group/version and cached; callers must not mutate them.
  */
 import { createHash } from 'node:crypto';
-import { groupVersions, kinds, schemaNameFor } from './kinds.ts';
+import { groupVersions, schemaNameFor, servedKinds } from './kinds.ts';
 import { INT_OR_STRING, QUANTITY, upstreamSchemas, type Json, type JsonSchema } from './schemas.ts';
 import type { KindInfo } from './types.ts';
 
@@ -285,7 +285,7 @@ function pathsFor(info: KindInfo): Record<string, JsonSchema> {
 // ---- documents -------------------------------------------------------------------------------
 
 function kindsOf(group: string, version: string): KindInfo[] {
-  return kinds.filter((k) => k.group === group && k.version === version);
+  return servedKinds.filter((k) => k.group === group && k.version === version);
 }
 
 function buildV3(group: string, version: string): OpenApiDocument | undefined {

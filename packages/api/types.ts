@@ -32,7 +32,22 @@ export interface KindInfo {
   scaleSubresource?: boolean;
   /** Extra subresources served for this kind besides status (e.g. KubeVirt's start/stop), later. */
   verbs: string[];
+  /**
+   * Every version the kind is served at (a CRD's served versions), `version`, the storage version,
+   * among them; absent: `version` alone. Each is a KindInfo of its own (kinds.ts servedKinds).
+   */
+  servedVersions?: string[];
+  /** On the KindInfo of a served version that is not the storage one: the version objects are stored at. */
+  storageVersion?: string;
+  /**
+   * Converts an object of this kind between served versions ('v1alpha1' → 'v1beta1'); the result
+   * has apiVersion set by the caller. Absent: the object unchanged (a CRD's conversion strategy None).
+   */
+  convert?: Conversion;
 }
+
+/** A kind's conversion between two of its served versions; must not change `obj`. */
+export type Conversion = (obj: KubeObject, from: string, to: string) => KubeObject;
 
 /** One problem with a submitted object, in Kubernetes' StatusCause shape. */
 export interface FieldCause {

@@ -3,7 +3,7 @@
  * in the legacy (unaggregated) form that every kubectl and client library understands.
  */
 import { createHash } from 'node:crypto';
-import { kinds } from '@vessel/api';
+import { kinds, servedKinds } from '@vessel/api';
 import type { KindInfo } from '@vessel/api';
 
 const VERBS = ['create', 'delete', 'deletecollection', 'get', 'list', 'patch', 'update', 'watch'];
@@ -22,7 +22,7 @@ export const serverVersion = {
 
 export function groupVersions(): Map<string, { group: string; version: string; kinds: KindInfo[] }> {
   const out = new Map<string, { group: string; version: string; kinds: KindInfo[] }>();
-  for (const k of kinds) {
+  for (const k of servedKinds) {
     const gv = k.group ? `${k.group}/${k.version}` : k.version;
     if (!out.has(gv)) out.set(gv, { group: k.group, version: k.version, kinds: [] });
     out.get(gv)!.kinds.push(k);
@@ -61,7 +61,10 @@ export function apiResourceList(group: string, version: string) {
       verbs: VERBS,
       ...(k.shortNames.length ? { shortNames: k.shortNames } : {}),
       ...(k.categories.length ? { categories: k.categories } : {}),
-      storageVersionHash: createHash('sha256').update(`${group}/${version}/${k.kind}`).digest('base64').slice(0, 11),
+      storageVersionHash: createHash('sha256')
+        .update(`${group}/${k.storageVersion ?? version}/${k.kind}`)
+        .digest('base64')
+        .slice(0, 11),
     },
     ...(k.statusSubresource
       ? [{ name: `${k.plural}/status`, singularName: '', namespaced: k.namespaced, kind: k.kind, verbs: ['get', 'patch', 'update'] }]

@@ -1,7 +1,10 @@
 /**
  * How API objects are kept in the store: the key layout Kubernetes uses, JSON values, and
- * `metadata.resourceVersion` taken from the store revision on every read (never stored).
+ * `metadata.resourceVersion` taken from the store revision on every read (never stored). A kind
+ * served at several versions is stored at one (its storage version) and converted on the way
+ * in and out (decodeAs, encodeFor), so a key holds one object whatever version wrote it.
  */
+import { convertTo, convertToStorage } from '@vessel/api';
 import type { KindInfo, KubeObject, ObjectMeta } from '@vessel/api';
 import type { KV } from '@vessel/store';
 
@@ -31,6 +34,21 @@ export function decode(kv: KV): StoredObject {
   const obj = JSON.parse(kv.value) as StoredObject;
   obj.metadata.resourceVersion = String(kv.modRevision);
   return obj;
+}
+
+/** A stored object as `info`'s version. */
+export function decodeAs(info: KindInfo, kv: KV): StoredObject {
+  return asVersion(info, decode(kv));
+}
+
+/** An object (read at any served version) as `info`'s version. */
+export function asVersion(info: KindInfo, obj: StoredObject): StoredObject {
+  return convertTo(info, obj) as StoredObject;
+}
+
+/** An object at `info`'s version, encoded for the store at the kind's storage version. */
+export function encodeFor(info: KindInfo, obj: KubeObject): string {
+  return encode(convertToStorage(info, obj));
 }
 
 export function encode(obj: KubeObject): string {

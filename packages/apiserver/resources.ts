@@ -10,7 +10,7 @@ import type { JsonObject, KindInfo, KubeObject } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { ApiError, badRequest, conflict, forbidden, gone, invalid, notFound, toApiError } from './errors.ts';
-import { apiVersionOf, decode, encode, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
+import { apiVersionOf, decode, decodeAs, encode, encodeFor, listPrefix, objectKey, specOf, type StoredObject } from './objects.ts';
 import { applyPatch, checkNesting, NestingError, parsePatchBody, type PatchType } from './patch.ts';
 import { applyManagedFields, applyToLive, cleanAppliedConfig, managerOf, updateManagedFields, type FieldWrite } from './managed-fields.ts';
 import { parseResourceVersion } from './query.ts';
@@ -101,7 +101,7 @@ export class Resources {
   async get(info: KindInfo, namespace: string | undefined, name: string): Promise<StoredObject> {
     const kv = await this.store.get(objectKey(info, namespace, name));
     if (!kv) throw notFound(info.plural, info.group, name);
-    return decode(kv);
+    return decodeAs(info, kv);
   }
 
   async list(info: KindInfo, namespace: string | undefined, q: ListQuery): Promise<ListPage> {
@@ -130,7 +130,7 @@ export class Resources {
       }
       revision ??= page.revision;
       for (const kv of page.items) {
-        const obj = decode(kv);
+        const obj = decodeAs(info, kv);
         lastKey = kv.key;
         if ((q.labels && !q.labels(obj)) || (q.fields && !q.fields(obj))) continue;
         items.push(obj);
@@ -182,7 +182,7 @@ export class Resources {
     if (opts.dryRun) return { object: obj, warnings };
     const key = objectKey(info, namespace, meta.name);
     try {
-      return { object: decode(await this.store.create(key, encode(obj))), warnings };
+      return { object: decodeAs(info, await this.store.create(key, encodeFor(info, obj))), warnings };
     } catch (e) {
       await allocation?.rollback();
       throw toApiError(e, info.plural, info.group, meta.name);
@@ -293,7 +293,7 @@ export class Resources {
       if (pendingFinalizers(next).length === 0) {
         if (options.dryRun) return { object: current, pending: false };
         try {
-          const deleted = decode(await this.store.delete(key, Number(meta.resourceVersion)));
+          const deleted = decodeAs(info, await this.store.delete(key, Number(meta.resourceVersion)));
           if (isService(info)) await this.releaseService(current);
           return { object: deleted, pending: false };
         } catch (e) {
@@ -307,7 +307,7 @@ export class Resources {
       if (options.dryRun) return { object: next, pending: true };
       if (encode(next) === encode(current)) return { object: current, pending: true };
       try {
-        return { object: decode(await this.store.update(key, encode(next), Number(meta.resourceVersion))), pending: true };
+        return { object: decodeAs(info, await this.store.update(key, encodeFor(info, next), Number(meta.resourceVersion))), pending: true };
       } catch (e) {
         if (isStoreError(e, 'Conflict') && !pre.resourceVersion) continue;
         throw toApiError(e, info.plural, info.group, name);
@@ -371,7 +371,7 @@ export class Resources {
           }
           return { object: { ...merged, metadata: { ...merged.metadata, resourceVersion: String(kv.modRevision) } }, warnings };
         }
-        const written = decode(await this.store.update(key, encode(merged), Number(current.metadata.resourceVersion)));
+        const written = decodeAs(info, await this.store.update(key, encodeFor(info, merged), Number(current.metadata.resourceVersion)));
         await allocation?.commit();
         return { object: written, warnings };
       } catch (e) {

@@ -9,7 +9,7 @@ import type { KindInfo } from '@vessel/api';
 import type { Store } from '@vessel/store';
 import { isStoreError } from '@vessel/store';
 import { badRequest, gone, toApiError } from './errors.ts';
-import { apiVersionOf, decode, kindPrefix, listPrefix, type StoredObject } from './objects.ts';
+import { apiVersionOf, asVersion, decode, kindPrefix, listPrefix, type StoredObject } from './objects.ts';
 import type { DecodedEvent, Subscription, WatchCaches } from './watch-cache.ts';
 import type { Matcher } from './selectors.ts';
 import { toTable } from './table.ts';
@@ -118,7 +118,8 @@ function transition(ev: DecodedEvent, matches: (o: StoredObject | undefined) => 
 
 /** Serializes an event once per type and format, however many watchers send it. */
 function cachedLine(w: WatchRequest, type: EventType, ev: DecodedEvent): string {
-  const key = w.table ? `${type}:table:${w.info.plural}:${w.includeObject ?? ''}` : type;
+  // Per version too: watchers of one kind at two versions share the event, not its text.
+  const key = `${w.info.version}:` + (w.table ? `${type}:table:${w.info.plural}:${w.includeObject ?? ''}` : type);
   let text = ev.lines.get(key);
   if (text === undefined) {
     text = line(w, type, ev.object);
@@ -133,10 +134,13 @@ function beginStream(res: ServerResponse): void {
 }
 
 function line(w: WatchRequest, type: EventType, object: unknown): string {
+  const isObject = type === 'ADDED' || type === 'MODIFIED' || type === 'DELETED';
+  // Stored objects are at the storage version: each watcher gets the version it watches.
+  const versioned = isObject ? asVersion(w.info, object as StoredObject) : object;
   const obj =
-    w.table && (type === 'ADDED' || type === 'MODIFIED' || type === 'DELETED')
-      ? toTable(w.info, [object as StoredObject], { resourceVersion: (object as StoredObject).metadata.resourceVersion }, w.includeObject)
-      : object;
+    w.table && isObject
+      ? toTable(w.info, [versioned as StoredObject], { resourceVersion: (versioned as StoredObject).metadata.resourceVersion }, w.includeObject)
+      : versioned;
   return JSON.stringify({ type, object: obj }) + '\n';
 }
 

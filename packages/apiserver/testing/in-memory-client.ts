@@ -31,7 +31,7 @@ import {
 } from '@vessel/client';
 import { SqliteStore, type Store } from '@vessel/store';
 import { ApiError } from '../errors.ts';
-import { listPrefix } from '../objects.ts';
+import { asVersion, listPrefix } from '../objects.ts';
 import { Resources } from '../resources.ts';
 import { parseFieldSelector, parseLabelSelector } from '../selectors.ts';
 import { decodeEvent } from '../watch-cache.ts';
@@ -147,7 +147,7 @@ export class InMemoryClient extends Client {
       onEvent: (ev) => {
         const d = decodeEvent(ev);
         if (labels && !labels(d.object)) return;
-        onEvent({ type: d.deleted ? 'DELETED' : d.prev ? 'MODIFIED' : 'ADDED', object: clone(d.object) as T });
+        onEvent({ type: d.deleted ? 'DELETED' : d.prev ? 'MODIFIED' : 'ADDED', object: clone(asVersion(kind, d.object)) as T });
       },
       onError: (err) => {
         this.watches.delete(watch);
