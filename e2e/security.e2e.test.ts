@@ -412,7 +412,7 @@ describe("Vessel's own annotations and labels", () => {
     );
     // A pool copies its VM template (and that template's dataVolumeTemplates) into every VM it makes.
     const pool = {
-      apiVersion: 'pool.kubevirt.io/v1alpha1',
+      apiVersion: 'pool.kubevirt.io/v1beta1',
       kind: 'VirtualMachinePool',
       metadata: { name: 'pool' },
       spec: { replicas: 1, selector: { matchLabels: { app: 'p' } }, virtualMachineTemplate: { metadata: { labels: { app: 'p' } }, spec: withDisk.spec } },
