@@ -473,10 +473,12 @@ export const kinds: readonly KindInfo[] = Object.freeze([
     printerColumns: [{ name: 'Format', type: 'string', jsonPath: '.status.sourceFormat', description: 'The format in which created sources are saved' }, AGE],
   }),
   // KubeVirt snapshots and clones: as virt-operator's CRDs declare them (no Age column: a CRD
-  // that declares printer columns gets only those).
+  // that declares printer columns gets only those), served at v1alpha1 too: upstream one schema
+  // validates both versions (conversion None), so v1alpha1 shares v1beta1's and converts as is.
   kind({
     group: 'snapshot.kubevirt.io',
     version: 'v1beta1',
+    servedVersions: ['v1beta1', 'v1alpha1'],
     kind: 'VirtualMachineSnapshot',
     plural: 'virtualmachinesnapshots',
     singular: 'virtualmachinesnapshot',
@@ -496,6 +498,7 @@ export const kinds: readonly KindInfo[] = Object.freeze([
   kind({
     group: 'snapshot.kubevirt.io',
     version: 'v1beta1',
+    servedVersions: ['v1beta1', 'v1alpha1'],
     kind: 'VirtualMachineSnapshotContent',
     plural: 'virtualmachinesnapshotcontents',
     singular: 'virtualmachinesnapshotcontent',
@@ -512,6 +515,7 @@ export const kinds: readonly KindInfo[] = Object.freeze([
   kind({
     group: 'snapshot.kubevirt.io',
     version: 'v1beta1',
+    servedVersions: ['v1beta1', 'v1alpha1'],
     kind: 'VirtualMachineRestore',
     plural: 'virtualmachinerestores',
     singular: 'virtualmachinerestore',
@@ -530,6 +534,7 @@ export const kinds: readonly KindInfo[] = Object.freeze([
   kind({
     group: 'clone.kubevirt.io',
     version: 'v1beta1',
+    servedVersions: ['v1beta1', 'v1alpha1'],
     kind: 'VirtualMachineClone',
     plural: 'virtualmachineclones',
     singular: 'virtualmachineclone',
@@ -721,9 +726,13 @@ const SCHEMA_NAMES: Record<string, string> = {
   'cdi.kubevirt.io/v1beta1/DataSource': 'io.kubevirt.cdi.v1beta1.DataSource',
   'cdi.kubevirt.io/v1beta1/DataImportCron': 'io.kubevirt.cdi.v1beta1.DataImportCron',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshot': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshot',
+  'snapshot.kubevirt.io/v1alpha1/VirtualMachineSnapshot': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshot',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineSnapshotContent': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshotContent',
+  'snapshot.kubevirt.io/v1alpha1/VirtualMachineSnapshotContent': 'io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshotContent',
   'snapshot.kubevirt.io/v1beta1/VirtualMachineRestore': 'io.kubevirt.snapshot.v1beta1.VirtualMachineRestore',
+  'snapshot.kubevirt.io/v1alpha1/VirtualMachineRestore': 'io.kubevirt.snapshot.v1beta1.VirtualMachineRestore',
   'clone.kubevirt.io/v1beta1/VirtualMachineClone': 'io.kubevirt.clone.v1beta1.VirtualMachineClone',
+  'clone.kubevirt.io/v1alpha1/VirtualMachineClone': 'io.kubevirt.clone.v1beta1.VirtualMachineClone',
   'nmstate.io/v1/NodeNetworkConfigurationPolicy': 'io.nmstate.v1.NodeNetworkConfigurationPolicy',
   'nmstate.io/v1beta1/NodeNetworkConfigurationEnactment': 'io.nmstate.v1beta1.NodeNetworkConfigurationEnactment',
   'nmstate.io/v1beta1/NodeNetworkState': 'io.nmstate.v1beta1.NodeNetworkState',

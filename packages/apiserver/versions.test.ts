@@ -209,3 +209,21 @@ test('watches at both versions get each event at their own version', async () =>
     await w.close();
   }
 });
+
+test('snapshot.kubevirt.io and clone.kubevirt.io at v1alpha1 too, as KubeVirt serves them: one schema, the version GVK', async () => {
+  for (const [group, plural] of [
+    ['snapshot.kubevirt.io', 'virtualmachinesnapshots'],
+    ['snapshot.kubevirt.io', 'virtualmachinesnapshotcontents'],
+    ['snapshot.kubevirt.io', 'virtualmachinerestores'],
+    ['clone.kubevirt.io', 'virtualmachineclones'],
+  ]) {
+    const alpha = findByResource(group, 'v1alpha1', plural);
+    assert.equal(alpha?.storageVersion, 'v1beta1', plural);
+    assert.equal((apiGroupDoc(group) as { preferredVersion: { version: string } }).preferredVersion.version, 'v1beta1');
+  }
+  const doc = await call('GET', '/openapi/v3/apis/snapshot.kubevirt.io/v1alpha1');
+  const schema = (doc.components as { schemas: Record<string, J> }).schemas['io.kubevirt.snapshot.v1beta1.VirtualMachineSnapshot'];
+  assert.deepEqual(schema['x-kubernetes-group-version-kind'], [{ group: 'snapshot.kubevirt.io', kind: 'VirtualMachineSnapshot', version: 'v1alpha1' }]);
+  const list = await call('GET', '/apis/snapshot.kubevirt.io/v1alpha1/namespaces/ns/virtualmachinesnapshots');
+  assert.equal(list.apiVersion, 'snapshot.kubevirt.io/v1alpha1');
+});
