@@ -118,6 +118,8 @@ export class ForkliftController extends Controller {
       s.observedGeneration = h.metadata.generation ?? 0;
       s.conditions = toConditions(concerns, s.conditions);
     });
+    // A script the administrator registers later makes the hook Ready: look again.
+    if (!concerns.some((c) => c.type === 'Ready')) this.queue.addAfter(`hook|${key}`, 30_000);
   }
 
   private async reconcileProvider(key: string): Promise<void> {

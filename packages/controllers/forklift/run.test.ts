@@ -115,6 +115,16 @@ test('MigrationRun: maxInFlight 2 over 5 VMs; two canceled (before and during); 
   // d waits for its volume: cancel it there, as `vessel plan cancel --vm d` does.
   await until('d-disk0 created', async () => (await c.list(DATAVOLUMES, { namespace: ns })).items.some((d) => d.metadata?.name === 'd-disk0'), 20_000);
   canceled.add('id-d');
+  // A cancel naming a VM already Completed does nothing to it.
+  const first = await until(
+    'a VM Completed',
+    async () => {
+      const st = (await c.get(FORKLIFT_MIGRATIONS, 'm', { namespace: ns })).status as { vms?: VmStatus[] } | undefined;
+      return st?.vms?.find((x) => x.phase === 'Completed' && x.conditions?.[0]?.type === 'Succeeded')?.id;
+    },
+    20_000,
+  );
+  canceled.add(first);
   run.checkCancel();
   await done;
   stop = true;
