@@ -15,13 +15,11 @@ import http from 'node:http';
 import https from 'node:https';
 import { isIP } from 'node:net';
 import { join, sep } from 'node:path';
+import { forklift } from '@vessel/api';
 import { checkedLookup, pollRefusal } from '../egress.ts';
 import type { Concern } from './validation.ts';
 
-/** Annotation naming a registered script (a file name in the hook directory). */
-export const HOOK_SCRIPT_ANNOTATION = 'forklift.vessel.io/hook-script';
-/** Annotation naming an http(s) URL to POST the hook's payload to. */
-export const HOOK_URL_ANNOTATION = 'forklift.vessel.io/hook-url';
+export const { HOOK_SCRIPT_ANNOTATION, HOOK_URL_ANNOTATION } = forklift;
 /** A hook without `spec.deadline` may run this long. */
 export const DEFAULT_DEADLINE_S = 600;
 
@@ -47,8 +45,6 @@ const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) 
 
 export type HookTarget = { kind: 'script'; name: string } | { kind: 'url'; url: URL };
 
-const SCRIPT_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
-
 /** What a Hook object runs, or HookError HookNotValid saying why it cannot. */
 export function hookTarget(hook: { metadata?: { annotations?: Record<string, string> } }): HookTarget {
   const ann = hook.metadata?.annotations ?? {};
@@ -56,7 +52,7 @@ export function hookTarget(hook: { metadata?: { annotations?: Record<string, str
   const url = ann[HOOK_URL_ANNOTATION];
   if (script && url) throw new HookError('HookNotValid', `set one of ${HOOK_SCRIPT_ANNOTATION} and ${HOOK_URL_ANNOTATION}, not both`);
   if (script) {
-    if (!SCRIPT_NAME.test(script) || script.includes('..'))
+    if (!forklift.HOOK_SCRIPT_NAME.test(script))
       throw new HookError('HookNotValid', `${HOOK_SCRIPT_ANNOTATION}: "${script}" is not a script name (letters, digits, '.', '_', '-')`);
     return { kind: 'script', name: script };
   }

@@ -155,6 +155,7 @@ test('Plan: pvcNameTemplate rendered per disk (the VM one over the plan one), in
         },
         { name: 'huge' },
         { name: 'odd', pvcNameTemplate: '{{.Bad}}' },
+        { name: 'web', pvcNameTemplate: 'w-{{.DiskIndex}}', hooks: [{ hook: { name: 'ok', namespace: 'other' }, step: 'PreHook' }] },
       ],
     }),
     ctx,
@@ -173,6 +174,7 @@ test('Plan: pvcNameTemplate rendered per disk (the VM one over the plan one), in
     [
       ['NotFound', [`id:3 name:'efi-vm' hook:ns/ghost`]],
       ['NotReady', [`id:3 name:'efi-vm' hook:ns/broken`]],
+      ['NotPermitted', [`id:1 name:'web' hook:other/ok`]],
     ],
   );
   assert.deepEqual(by('HookStepNotValid')[0].items, [`id:3 name:'efi-vm' step:'During'`]);

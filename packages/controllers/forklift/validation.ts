@@ -411,14 +411,20 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
           });
           continue;
         }
-        const state = ctx.hookState?.(hns, hname) ?? 'NotFound';
+        // Vessel's rule: a plan runs hooks of its own namespace only (another tenant's URL would get this plan's data).
+        const state = hns !== planNs ? 'NotPermitted' : (ctx.hookState?.(hns, hname) ?? 'NotFound');
         if (state !== 'Ready')
           out.push({
             type: 'HookNotValid',
             status: 'True',
             category: 'Critical',
             reason: state,
-            message: state === 'NotFound' ? 'Hook not found.' : 'Hook does not have Ready condition.',
+            message:
+              state === 'NotFound'
+                ? 'Hook not found.'
+                : state === 'NotPermitted'
+                  ? "Hook is not in the plan's namespace."
+                  : 'Hook does not have Ready condition.',
             items: [`${item} hook:${hns}/${hname}`],
           });
         hooks.push({ step, namespace: hns, name: hname });
