@@ -43,6 +43,9 @@ export interface VesselOptions {
   vmNetworkCidr?: string;
   /** Directories `ova` Providers may read. */
   ovaRoots?: readonly string[];
+  /** Forklift: VMs of one migration at once; the registered hook scripts' directory. */
+  forkliftMaxInFlight?: number;
+  forkliftHookDir?: string;
   /**
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
@@ -70,6 +73,8 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
     nodeGracePeriodMs: opts.nodeGracePeriodMs,
     vmNetworkCidr: opts.vmNetworkCidr,
     ovaRoots: opts.ovaRoots,
+    forkliftMaxInFlight: opts.forkliftMaxInFlight,
+    forkliftHookDir: opts.forkliftHookDir,
     agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });

@@ -26,6 +26,13 @@ export interface MigrationStep extends MigrationTask {
   tasks?: MigrationTask[];
   error?: { phase: string; reasons: string[] };
 }
+/** Hook annotation naming a script the administrator registered (a file name in `--forklift-hook-dir`). */
+export const HOOK_SCRIPT_ANNOTATION = 'forklift.vessel.io/hook-script';
+/** Hook annotation naming an http(s) URL the hook's payload is POSTed to. */
+export const HOOK_URL_ANNOTATION = 'forklift.vessel.io/hook-url';
+/** What a registered script's name may be: one path component, no `..`. */
+export const HOOK_SCRIPT_NAME = /^(?!.*\.\.)[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
 /** A VM in a Migration's `status.vms`. */
 export interface MigrationVmStatus {
   id: string;

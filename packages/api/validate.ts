@@ -15,7 +15,7 @@ import { validateVirtualMachineClone } from './kinds/clone.ts';
 import { validateEndpointSlice, validateIPAddress, validateNetworkAttachmentDefinition, validateNetworkPolicy } from './kinds/network.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
 import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
-import { validateForkliftMigration, validateNetworkMap, validatePlan, validateProvider, validateStorageMap } from './kinds/forklift.ts';
+import { validateForkliftMigration, validateHook, validateNetworkMap, validatePlan, validateProvider, validateStorageMap } from './kinds/forklift.ts';
 import { validateMigration, validateVirtualMachine, validateVirtualMachineInstance } from './kinds/kubevirt.ts';
 import { validateKubeVirt, validateMigrationPolicy } from './migration-config.ts';
 import { validateVirtualMachineInstancePreset, validateVirtualMachineInstanceReplicaSet, validateVirtualMachinePool } from './kinds/replicas.ts';
@@ -90,6 +90,7 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'forklift.konveyor.io/StorageMap': validateStorageMap,
   'forklift.konveyor.io/Plan': validatePlan,
   'forklift.konveyor.io/Migration': validateForkliftMigration,
+  'forklift.konveyor.io/Hook': validateHook,
 };
 
 /** Covers a whole subtree: no warnings below. */

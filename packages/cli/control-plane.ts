@@ -21,6 +21,9 @@ export interface ControlPlaneOptions extends ServerOptions {
   ovaRoots?: readonly string[];
   /** DataImportCron polls may reach loopback registries (default: as the in-process agent's allowLoopbackImports). */
   allowLoopbackPolls?: boolean;
+  /** Forklift: VMs of one migration at once, and the directory of registered hook scripts (docs/forklift.md). */
+  forkliftMaxInFlight?: number;
+  forkliftHookDir?: string;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
   agent?: {
     nodeName: string;
@@ -57,6 +60,8 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
             vmNetworkCidr: opts.vmNetworkCidr,
             ovaRoots: opts.ovaRoots,
             allowLoopbackPolls: opts.allowLoopbackPolls ?? opts.agent?.allowLoopbackImports,
+            forkliftMaxInFlight: opts.forkliftMaxInFlight,
+            forkliftHookDir: opts.forkliftHookDir,
           });
     let agent: RunningAgent | undefined;
     if (opts.agent) {

@@ -12,13 +12,14 @@
  * the agent); the importer validates the URL again when it pulls.
  */
 import { createHash } from 'node:crypto';
-import { lookup as dnsLookup, type LookupAddress } from 'node:dns';
 import http from 'node:http';
 import https from 'node:https';
 import { isIP } from 'node:net';
-import { networkInterfaces } from 'node:os';
 import { rootCertificates } from 'node:tls';
 import { ImageUrlError, parseImageUrl as parseUrl, type ImageRef } from '@vessel/api';
+import { checkedLookup, isLoopback, pollRefusal } from './egress.ts';
+
+export { pollRefusal };
 
 export interface PollSource {
   /** The template's source: registry.url (docker://...) or http.url. */
@@ -82,54 +83,6 @@ function unreachable(url: URL, cause: Error): PollError {
     `${url.host} is unreachable from the poller: no registry answered there (a refused or private address of the control plane's host, a closed port, no such name, or no answer)`,
     { cause },
   );
-}
-
-/** This host's own addresses: services listening on them are the control plane's, not a registry's. */
-function ownAddresses(): Set<string> {
-  return new Set(
-    Object.values(networkInterfaces())
-      .flat()
-      .map((i) => i?.address.toLowerCase())
-      .filter((a): a is string => !!a),
-  );
-}
-
-function isLoopback(address: string): boolean {
-  return /^127\./.test(address) || address === '::1' || /^::ffff:127\./i.test(address);
-}
-
-/** Why a poll may not connect to `address`, or undefined. */
-export function pollRefusal(address: string, allowLoopback: boolean): string | undefined {
-  const v4 = address.replace(/^::ffff:/i, '');
-  if (isLoopback(address)) return allowLoopback ? undefined : 'a loopback address';
-  if (!allowLoopback && ownAddresses().has(v4.toLowerCase())) return "an address of the control plane's host";
-  if (isIP(v4) === 4) {
-    const [a, b] = v4.split('.').map(Number);
-    if (a === 0) return 'an unspecified address';
-    if (a === 169 && b === 254) return 'a link-local address';
-    if (a >= 224) return 'a multicast or reserved address';
-    return undefined;
-  }
-  const lower = address.toLowerCase();
-  if (lower === '::') return 'an unspecified address';
-  if (/^fe[89ab]/.test(lower)) return 'a link-local address';
-  if (/^ff/.test(lower)) return 'a multicast address';
-  return undefined;
-}
-
-type LookupCb = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
-
-/** A `lookup` for http.request that refuses what pollRefusal refuses (IP literals are checked before the request). */
-function checkedLookup(allowLoopback: boolean) {
-  return (hostname: string, options: { all?: boolean }, cb: LookupCb) => {
-    dnsLookup(hostname, { all: true }, (err, addresses) => {
-      if (err) return cb(err, []);
-      const ok = addresses.filter((a) => !pollRefusal(a.address, allowLoopback));
-      if (ok.length === 0) return cb(Object.assign(new Error(`${hostname} resolves only to refused addresses`), { code: 'EREFUSED' }), []);
-      if (options.all) return cb(null, ok);
-      cb(null, ok[0].address, ok[0].family);
-    });
-  };
 }
 
 interface Reply {

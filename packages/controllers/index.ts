@@ -62,6 +62,9 @@ export interface ControllerOptions {
   ovaRoots?: readonly string[];
   /** DataImportCron polls may reach loopback registries and servers (`--allow-loopback-imports`; labs and tests). */
   allowLoopbackPolls?: boolean;
+  /** Forklift: VMs of one migration at once (`--forklift-max-vm-inflight`) and the registered hook scripts' directory (`--forklift-hook-dir`). */
+  forkliftMaxInFlight?: number;
+  forkliftHookDir?: string;
 }
 
 /**
@@ -91,7 +94,11 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new NodeLifecycleController(client, opts.log, { gracePeriodMs: opts.nodeGracePeriodMs }),
         new IpamController(client, opts.log, { cidr: opts.vmNetworkCidr }),
         new EndpointSliceController(client, opts.log),
-        new ForkliftController(client, opts.log, { ovaRoots: opts.ovaRoots }),
+        new ForkliftController(client, opts.log, {
+          ovaRoots: opts.ovaRoots,
+          maxInFlight: opts.forkliftMaxInFlight,
+          hooks: { hookDir: opts.forkliftHookDir, allowLoopback: opts.allowLoopbackPolls },
+        }),
         new VirtualMachinePoolController(client, opts.log),
         new VirtualMachineInstanceReplicaSetController(client, opts.log),
         new DataImportCronController(client, opts.log, { allowLoopback: opts.allowLoopbackPolls }),

@@ -66,3 +66,21 @@ test('bad objects are refused with the field named', () => {
   ];
   for (const [o, want] of cases) assert.deepEqual(fields(o), want, JSON.stringify(o.spec));
 });
+
+test("a Hook's Vessel annotations: one of them, a plain script name or an http(s) URL without credentials", () => {
+  const hook = (annotations: Record<string, string>) =>
+    fk('Hook', { image: 'quay.io/konveyor/hook-runner' }, { metadata: { name: 'h', namespace: 'ns', annotations } });
+  const S = 'metadata.annotations[forklift.vessel.io/hook-script]';
+  const U = 'metadata.annotations[forklift.vessel.io/hook-url]';
+  assert.deepEqual(fields(hook({ 'forklift.vessel.io/hook-script': 'backup-db.sh' })), []);
+  assert.deepEqual(fields(hook({ 'forklift.vessel.io/hook-url': 'https://hooks.example/pre' })), []);
+  for (const [ann, want] of [
+    [{ 'forklift.vessel.io/hook-script': '../../bin/sh' }, [S]],
+    [{ 'forklift.vessel.io/hook-script': '/bin/sh' }, [S]],
+    [{ 'forklift.vessel.io/hook-script': 'a..b' }, [S]],
+    [{ 'forklift.vessel.io/hook-url': 'file:///etc/passwd' }, [U]],
+    [{ 'forklift.vessel.io/hook-url': 'https://u:p@hooks.example/' }, [U]],
+    [{ 'forklift.vessel.io/hook-script': 'x', 'forklift.vessel.io/hook-url': 'https://hooks.example/' }, [U]],
+  ] as [Record<string, string>, string[]][])
+    assert.deepEqual(fields(hook(ann)), want, JSON.stringify(ann));
+});

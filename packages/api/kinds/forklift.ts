@@ -7,6 +7,7 @@
 import { invalid, notSupported, required } from '../errors.ts';
 import { dns1123Label } from '../names.ts';
 import type { KubeObject } from '../types.ts';
+import { HOOK_SCRIPT_ANNOTATION, HOOK_SCRIPT_NAME, HOOK_URL_ANNOTATION } from '../forklift.ts';
 import { arr, isSet, obj, str, type SemanticContext } from './util.ts';
 
 /** Forklift's provider types; Vessel reads `ova` so far (the others are accepted and reported by the controller). */
@@ -46,6 +47,28 @@ export function validatePlan(o: KubeObject, ctx: SemanticContext): void {
   if (ns) for (const e of dns1123Label(ns)) ctx.causes.push(invalid('spec.targetNamespace', ns, e));
   arr(spec.vms).forEach((v, i) => sourceRef(v, `spec.vms[${i}]`, ctx));
   if (!str(obj(obj(spec.provider)?.source)?.name)) ctx.causes.push(required('spec.provider.source.name'));
+}
+
+/** A Hook's Vessel annotations (docs/forklift.md "Hooks"): one of them, a plain script name or an http(s) URL. */
+export function validateHook(o: KubeObject, ctx: SemanticContext): void {
+  const ann = obj(obj(o.metadata)?.annotations);
+  const script = ann?.[HOOK_SCRIPT_ANNOTATION];
+  const url = ann?.[HOOK_URL_ANNOTATION];
+  const path = (k: string) => `metadata.annotations[${k}]`;
+  if (isSet(script) && isSet(url))
+    ctx.causes.push(invalid(path(HOOK_URL_ANNOTATION), url, `set only one of ${HOOK_SCRIPT_ANNOTATION} and ${HOOK_URL_ANNOTATION}`));
+  if (isSet(script) && !(typeof script === 'string' && HOOK_SCRIPT_NAME.test(script)))
+    ctx.causes.push(invalid(path(HOOK_SCRIPT_ANNOTATION), script, "a script name: letters, digits, '.', '_', '-', no path"));
+  if (isSet(url)) {
+    let u: URL | undefined;
+    try {
+      u = new URL(String(url));
+    } catch {
+      u = undefined;
+    }
+    if (!u || (u.protocol !== 'http:' && u.protocol !== 'https:') || u.username || u.password)
+      ctx.causes.push(invalid(path(HOOK_URL_ANNOTATION), url, 'an http or https URL without credentials'));
+  }
 }
 
 export function validateForkliftMigration(o: KubeObject, ctx: SemanticContext): void {

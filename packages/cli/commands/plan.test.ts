@@ -194,3 +194,13 @@ test('mergeCancel: adds refs once (by id, or by name when no id)', () => {
     { id: 'b', name: 'x' },
   ]);
 });
+
+test('a canceled VM shows Canceled; a migration whose VMs were all canceled is done and failed', () => {
+  const canceled = vm('Completed', [3, 68], { conditions: [{ type: 'Canceled', status: 'True', reason: 'UserRequested' }] });
+  assert.equal(progressLines([canceled])[0].line, 'web: Canceled');
+  assert.deepEqual(outcome({ status: { conditions: [{ type: 'Canceled', status: 'True' }], vms: [canceled] } }), {
+    done: true,
+    failed: true,
+    errors: ['the migration was canceled: every VM was canceled'],
+  });
+});

@@ -97,7 +97,8 @@ export function progressLines(vms: VmStatus[]): { key: string; line: string }[] 
     const steps = v.pipeline ?? [];
     const at = steps.findIndex((s) => s.phase === 'Running' || s.phase === 'Failed');
     let state: string;
-    if (v.phase === 'Completed') state = 'Completed';
+    if (v.phase === 'Completed' && (v.conditions ?? []).some((c) => c.type === 'Canceled' && c.status === 'True')) state = 'Canceled';
+    else if (v.phase === 'Completed') state = 'Completed';
     else if (v.phase === 'Failed' || v.error) {
       const e = v.error ?? steps.find((s) => s.error)?.error;
       state = `Failed at ${e?.phase ?? v.phase}${e?.reasons?.length ? `: ${e.reasons.join('; ')}` : ''}`;
@@ -122,6 +123,7 @@ export function outcome(m: KubeObject): { done: boolean; failed: boolean; errors
     .map((v) => `VM ${vmLabel(v)}: ${v.error?.phase ?? 'Failed'}: ${(v.error?.reasons ?? ['no reason given']).join('; ')}`);
   if (isTrue('Succeeded')) return { done: true, failed: false, errors };
   if (isTrue('Failed')) return { done: true, failed: true, errors: errors.length ? errors : ['the migration failed'] };
+  if (isTrue('Canceled')) return { done: true, failed: true, errors: ['the migration was canceled: every VM was canceled'] };
   return { done: false, failed: false, errors };
 }
 
@@ -379,7 +381,6 @@ export function registerPlan(program: Command): void {
       // resourceVersion in the merge patch: a concurrent change of the list is a 409, not lost.
       await client.patch(MIGRATIONS, m.metadata!.name!, { metadata: { resourceVersion: m.metadata!.resourceVersion }, spec: { cancel } }, { namespace: ns });
       out(`migration.forklift.konveyor.io/${m.metadata!.name}: cancel ${cancel.map((c) => String(c.name ?? c.id)).join(', ')}\n`);
-      note('Note: the controller does not implement spec.cancel yet; it ignores it and the migration goes on (docs/forklift.md)\n');
     });
 
   plan

@@ -22,6 +22,8 @@ interface ServerFlags {
   vmNetworkCidr: string;
   serviceCidr: string;
   ovaRoot: string[];
+  forkliftMaxVmInflight?: string;
+  forkliftHookDir?: string;
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -42,6 +44,8 @@ export function registerServer(program: Command): void {
     .option('--service-cidr <cidr>', 'the range ClusterIPs of Services come from', DEFAULT_SERVICE_CIDR)
     .option(VM_NETWORK_FLAG, VM_NETWORK_HELP, ipam.DEFAULT_VM_NETWORK_CIDR)
     .option('--ova-root <dir>', 'a directory `ova` Providers may read (an NFS mount); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--forklift-max-vm-inflight <n>', "VMs of one Forklift migration run at once (Forklift's controller_max_vm_inflight)", '2')
+    .option('--forklift-hook-dir <dir>', 'the directory of hook scripts Forklift Hooks may name (docs/forklift.md); none: script hooks are refused')
     .action(async (flags: ServerFlags) => {
       const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const dataDir = flags.dataDir ?? defaultDataDir();
@@ -59,6 +63,8 @@ export function registerServer(program: Command): void {
         serviceCidr,
         vmNetworkCidr,
         ovaRoots: flags.ovaRoot,
+        forkliftMaxInFlight: positiveInt('--forklift-max-vm-inflight', flags.forkliftMaxVmInflight ?? '2'),
+        forkliftHookDir: flags.forkliftHookDir,
         log: (line) => note(`${line}\n`),
       });
       const server = cp.server;
@@ -86,6 +92,12 @@ export function serviceCidrFlag(v: string): string {
   const cidr = parseCidr(v);
   if (!cidr) throw new UsageError(`--service-cidr "${v}" ${CIDR_PROBLEM}`);
   return cidr.text;
+}
+
+function positiveInt(flag: string, v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1) throw new UsageError(`${flag} must be a positive integer, not "${v}"`);
+  return n;
 }
 
 function schedulingFlags(flags: ServerFlags): { cpuAllocationRatio: number; memoryOvercommitPercent: number } {

@@ -4,7 +4,8 @@
  * ConfigMap `<provider>-inventory` (@vessel/api forklift; owned by the Provider) and counted in its status; NetworkMaps,
  * StorageMaps and Plans get Forklift's conditions from that inventory and the target cluster.
  * `vsphere` Providers are read over the vSphere Web Services API (./vsphere/) with their Secret,
- * into the same inventory. A Migration runs a Ready plan cold (./migration.ts).
+ * into the same inventory. A Migration runs a Ready plan cold (./migration.ts), its per-VM
+ * `spec.cancel` followed while it runs; Hooks get their conditions (./hooks.ts).
  */
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
@@ -13,7 +14,8 @@ import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
-import { MigrationRun, type DiskOpener } from './migration.ts';
+import { cancelNames, MigrationRun, type DiskOpener } from './migration.ts';
+import { hookConcerns, runHook, type HookOptions } from './hooks.ts';
 import { VsphereError } from './vsphere/soap.ts';
 import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
 import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
@@ -26,6 +28,7 @@ const {
   FORKLIFT_STORAGEMAPS,
   FORKLIFT_PLANS,
   FORKLIFT_MIGRATIONS,
+  FORKLIFT_HOOKS,
   NETWORK_ATTACHMENT_DEFINITIONS,
   STORAGE_CLASSES,
   VMS,
@@ -42,6 +45,10 @@ const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) 
 export interface ForkliftOptions {
   /** Directories `ova` providers may name (their `spec.url`), e.g. NFS mounts. None: every `ova` provider is refused. */
   ovaRoots?: readonly string[];
+  /** VMs of one migration run at once (Forklift's controller_max_vm_inflight); default DEFAULT_MAX_IN_FLIGHT. */
+  maxInFlight?: number;
+  /** Where registered hook scripts live, and whether URL hooks may reach loopback (./hooks.ts). */
+  hooks?: HookOptions;
 }
 
 export class ForkliftController extends Controller {
@@ -58,10 +65,13 @@ export class ForkliftController extends Controller {
   /** Ready providers' inventories by namespace/name, with the generation they were read for. */
   private readonly inventories = new Map<string, { generation: number; inventory: Inventory; at: number }>();
   private readonly ovaRoots: readonly string[];
+  private readonly hooks: Informer;
+  private readonly opts: ForkliftOptions;
 
   constructor(client: Client, log?: Log, opts: ForkliftOptions = {}) {
     super('forklift', client, log, 1);
     this.ovaRoots = opts.ovaRoots ?? [];
+    this.opts = opts;
     const all = (): string[] => [...this.dependents()];
     this.providers = this.inform(FORKLIFT_PROVIDERS, (p) => [`provider|${cacheKey(p)}`]);
     // A plan reads its maps' Ready condition: a map's change revalidates the plans too.
@@ -73,6 +83,7 @@ export class ForkliftController extends Controller {
     this.nads = this.inform(NETWORK_ATTACHMENT_DEFINITIONS, all);
     this.classes = this.inform(STORAGE_CLASSES, all);
     this.vms = this.inform(VMS, all);
+    this.hooks = this.inform(FORKLIFT_HOOKS, (h) => [`hook|${cacheKey(h)}`, ...plans()]);
   }
 
   /** Lost the lease or shutting down: running migrations stop where they are; the next leader resumes them. */
@@ -95,6 +106,20 @@ export class ForkliftController extends Controller {
     if (kind === 'networkmap' || kind === 'storagemap') return this.reconcileMap(kind, rest);
     if (kind === 'plan') return this.reconcilePlan(rest);
     if (kind === 'migration') return this.reconcileMigration(rest);
+    if (kind === 'hook') return this.reconcileHook(rest);
+  }
+
+  /** A Hook's conditions: Ready when the script or URL it names can run; images are never run. */
+  private async reconcileHook(key: string): Promise<void> {
+    const h = this.hooks.get(key);
+    if (!h || h.metadata.deletionTimestamp) return;
+    const concerns = await hookConcerns(h, this.opts.hooks ?? {});
+    await updateStatus(this.client, FORKLIFT_HOOKS, h.metadata.namespace, h.metadata.name, (s) => {
+      s.observedGeneration = h.metadata.generation ?? 0;
+      s.conditions = toConditions(concerns, s.conditions);
+    });
+    // A script the administrator registers later makes the hook Ready: look again.
+    if (!concerns.some((c) => c.type === 'Ready')) this.queue.addAfter(`hook|${key}`, 30_000);
   }
 
   private async reconcileProvider(key: string): Promise<void> {
@@ -331,6 +356,10 @@ export class ForkliftController extends Controller {
         return typeof q === 'string' ? tryParseQuantity(q) : undefined;
       },
       mapReady: hasReady,
+      hookState: (ns, name) => {
+        const h = this.hooks.get(`${ns}/${name}`);
+        return !h ? 'NotFound' : hasReady(h as Obj) ? 'Ready' : 'NotReady';
+      },
     };
   }
 
@@ -339,7 +368,9 @@ export class ForkliftController extends Controller {
     const m = this.migrations.get(key);
     if (!m || m.metadata.deletionTimestamp) return;
     const uid = m.metadata.uid ?? key;
-    if (this.running.has(uid) || o(m.status).completed) return;
+    const current = this.running.get(uid);
+    if (current) return current.run.checkCancel();
+    if (o(m.status).completed) return;
     const ref = o(o(m.spec).plan);
     const planKey = `${typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : m.metadata.namespace}/${String(ref.name ?? '')}`;
     const plan = this.plans.get(planKey);
@@ -407,6 +438,24 @@ export class ForkliftController extends Controller {
         network: (id) => {
           const d = entry(networkMap, named(inv?.networks, id))?.destination;
           return d ? (o(d) as { type: string; name?: string; namespace?: string }) : undefined;
+        },
+        maxInFlight: this.opts.maxInFlight,
+        // The Migration as the informer has it now: `vessel plan cancel` edits spec.cancel while it runs.
+        canceled: (v) => cancelNames(o(this.migrations.get(key)?.spec).cancel, v.vm),
+        runHook: async (h, v) => {
+          const hook = this.hooks.get(`${h.namespace}/${h.name}`);
+          if (!hook) throw new Error(`hook ${h.namespace}/${h.name} not found`);
+          const targetNamespace = String(o(plan.spec).targetNamespace ?? '');
+          await runHook(
+            hook,
+            {
+              step: h.step,
+              plan,
+              vm: { id: v.vm.id, name: v.vm.name, targetName: v.targetName, namespace: targetNamespace },
+              migration: { name: m.metadata.name, namespace: m.metadata.namespace ?? '' },
+            },
+            this.opts.hooks ?? {},
+          );
         },
       },
       this.log,

@@ -4,20 +4,27 @@
  * an upload DataVolume: its bytes are streamed from the source (an OVA's tar entry range; a vSphere
  * datastore file over HTTPS; no staging copy) to the upload endpoint, where the existing importer
  * checks and converts them with qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
- * controller restart resumes a migration (a transferred disk is not sent again).
+ * controller restart resumes a migration (a transferred disk is not sent again). At most
+ * `maxInFlight` VMs run at once; a VM named in `Migration.spec.cancel` stops where it is (its
+ * upload aborted, its DataVolumes deleted) and is Completed with the Canceled condition, as in
+ * Forklift; PreHook / PostHook steps run the VM's hooks (./hooks.ts).
  */
 import type { IncomingMessage } from 'node:http';
-import type { Readable } from 'node:stream';
+import { Transform, type Readable } from 'node:stream';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { forklift, refs, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
-import type { PlanVmResult } from './validation.ts';
+import type { PlanVmResult, VmHook } from './validation.ts';
 
-const { DATAVOLUMES, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
+const { DATAVOLUMES, PVCS, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
 const MB = 1_000_000;
-/** VMs of one migration transferred at once (Forklift's controller_max_vm_inflight; a setting there, fixed here). */
-export const MAX_IN_FLIGHT = 2;
+/**
+ * VMs of one migration run at once unless the controller manager is told otherwise
+ * (`--forklift-max-vm-inflight`, Forklift's controller_max_vm_inflight, whose default is 20;
+ * 2 here: a small host's disks and cores, see docs/forklift.md).
+ */
+export const DEFAULT_MAX_IN_FLIGHT = 2;
 
 type Obj = Record<string, unknown>;
 const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
@@ -40,6 +47,12 @@ export interface RunInput {
   storage: (source: string) => { storageClass: string; accessMode?: string; volumeMode?: string } | undefined;
   /** The target network of a source network name, from the NetworkMap. */
   network: (name: string) => { type: string; name?: string; namespace?: string } | undefined;
+  /** VMs run at once (default DEFAULT_MAX_IN_FLIGHT). */
+  maxInFlight?: number;
+  /** Whether the Migration's current `spec.cancel` names the VM. */
+  canceled?: (vm: PlanVmResult) => boolean;
+  /** Runs one of the VM's hooks; rejects with the reason the step fails. */
+  runHook?: (hook: VmHook, vm: PlanVmResult) => Promise<void>;
 }
 
 /** A disk's bytes as sent to the upload endpoint. */
@@ -54,9 +67,54 @@ export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & { close?: () =
 const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
 export const diskName = (target: string, i: number): string => `${target}-disk${i}`;
+/** Disk `i`'s DataVolume: the name the plan's pvcNameTemplate gave, else diskName. */
+export const claimName = (vm: PlanVmResult, i: number): string => vm.diskNames?.[i] ?? diskName(vm.targetName, i);
+
+/** Forklift's `Migration.spec.cancel` entry matches a VM by id, or by name when the entry has no id. */
+export function cancelNames(cancel: unknown, vm: { id: string; name: string }): boolean {
+  return (Array.isArray(cancel) ? cancel : []).some((c) => {
+    const r = o(c);
+    return typeof r.id === 'string' && r.id ? r.id === vm.id : typeof r.name === 'string' && !!r.name && r.name === vm.name;
+  });
+}
+
+/** Forklift's end of a migration: Failed when a VM failed, Canceled when every VM was canceled, else Succeeded. */
+export function migrationOutcome(vms: readonly Pick<VmStatus, 'phase' | 'conditions'>[]): 'Succeeded' | 'Failed' | 'Canceled' {
+  const has = (v: Pick<VmStatus, 'conditions'>, t: string) => (v.conditions ?? []).some((c) => c.type === t && c.status === 'True');
+  if (vms.some((v) => v.phase === 'Failed' || has(v, 'Failed'))) return 'Failed';
+  if (vms.length && vms.every((v) => has(v, 'Canceled'))) return 'Canceled';
+  return 'Succeeded';
+}
+
+/** Runs `fn` over `items`, at most `limit` at once, in order. */
+export async function runLimited<T>(items: readonly T[], limit: number, fn: (item: T) => Promise<void>): Promise<void> {
+  const queue = [...items];
+  await Promise.all(
+    Array.from({ length: Math.min(Math.max(1, limit), queue.length) }, async () => {
+      for (let next = queue.shift(); next !== undefined; next = queue.shift()) await fn(next);
+    }),
+  );
+}
+
+/** Test knob (VESSEL_TEST_FORKLIFT_BYTES_PER_SEC): a transfer paced to that rate, so a test can cancel it mid-way. */
+function paced(stream: Readable, bytesPerSec: number): Readable {
+  const t0 = Date.now();
+  let sent = 0;
+  const pacer = new Transform({
+    transform(chunk: Buffer, _enc, cb) {
+      sent += chunk.length;
+      setTimeout(() => cb(null, chunk), Math.max(0, (sent / bytesPerSec) * 1000 - (Date.now() - t0)));
+    },
+  });
+  stream.on('error', (e) => pacer.destroy(e));
+  pacer.on('close', () => stream.destroy());
+  return stream.pipe(pacer);
+}
 
 export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
   const mbOf = (b: number) => Math.ceil(b / MB);
+  const hook = (step: 'PreHook' | 'PostHook'): Step[] =>
+    vm.hooks?.some((h) => h.step === step) ? [{ name: step, phase: 'Pending', progress: { total: 1, completed: 0 } }] : [];
   return {
     id: vm.vm.id,
     name: vm.vm.name,
@@ -65,6 +123,7 @@ export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
     phase: 'Pending',
     pipeline: [
       { name: 'Initialize', phase: 'Pending', progress: { total: 1, completed: 0 } },
+      ...hook('PreHook'),
       {
         name: 'DiskTransfer',
 
@@ -72,13 +131,14 @@ export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
         progress: { total: vm.vm.disks.reduce((a, d) => a + mbOf(d.capacity), 0), completed: 0 },
         annotations: { unit: 'MB' },
         tasks: vm.vm.disks.map((d, i) => ({
-          name: diskName(vm.targetName, i),
+          name: claimName(vm, i),
           phase: 'Pending',
           progress: { total: mbOf(d.capacity), completed: 0 },
           annotations: { unit: 'MB', file: d.file },
         })),
       },
       { name: 'VirtualMachineCreation', phase: 'Pending', progress: { total: 1, completed: 0 } },
+      ...hook('PostHook'),
     ],
   };
 }
@@ -124,7 +184,7 @@ export function targetVm(vm: PlanVmResult, namespace: string, plan: KubeObject, 
             devices: { disks: v.disks.map((_, i) => ({ name: `disk${i}`, disk: { bus: 'virtio' } })), interfaces },
           },
           networks,
-          volumes: v.disks.map((_, i) => ({ name: `disk${i}`, dataVolume: { name: diskName(vm.targetName, i) } })),
+          volumes: v.disks.map((_, i) => ({ name: `disk${i}`, dataVolume: { name: claimName(vm, i) } })),
         },
       },
     },
@@ -139,11 +199,15 @@ async function body(res: IncomingMessage): Promise<string> {
 
 /** Thrown inside a run when its controller stops (lost the lease): nothing more is written, the next leader resumes. */
 class Stopped extends Error {}
+/** Thrown inside a VM's run when the Migration's `spec.cancel` names it. */
+class Canceled extends Error {}
 
 /** Runs one Migration to its end; status written to the Migration and the Plan's `status.migration`. */
 export class MigrationRun {
   private readonly vms: VmStatus[];
   private stopped = false;
+  /** The VMs running now, by id: aborting one's controller stops its transfer (cancel). */
+  private readonly active = new Map<string, { vm: PlanVmResult; abort: AbortController }>();
   private writing = Promise.resolve();
   private lastWrite = 0;
 
@@ -155,6 +219,11 @@ export class MigrationRun {
     const ns = o(input.plan.spec).targetNamespace as string;
     const prev = (o(input.migration.status).vms as VmStatus[] | undefined) ?? [];
     this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns));
+  }
+
+  /** The Migration changed: VMs its `spec.cancel` now names stop where they are. */
+  checkCancel(): void {
+    for (const { vm, abort } of this.active.values()) if (this.input.canceled?.(vm)) abort.abort(new Canceled('canceled'));
   }
 
   /** Stops at the next step or poll; the run's promise then settles without marking anything failed. */
@@ -173,13 +242,8 @@ export class MigrationRun {
   private async runAll(): Promise<void> {
     const started = (o(this.input.migration.status).started as string | undefined) ?? now();
     await this.write({ started, running: true });
-    const inFlight = MAX_IN_FLIGHT;
     const queue = this.input.vms.map((v, i) => ({ v, s: this.vms[i] })).filter((x) => x.s.phase !== 'Completed');
-    await Promise.all(
-      Array.from({ length: Math.min(inFlight, queue.length) }, async () => {
-        for (let next = queue.shift(); next; next = queue.shift()) await this.runVm(next.v, next.s);
-      }),
-    );
+    await runLimited(queue, this.input.maxInFlight ?? DEFAULT_MAX_IN_FLIGHT, (x) => this.runVm(x.v, x.s));
     if (this.stopped) throw new Stopped('stopped');
     await this.write({ started, running: false, completed: now() }, true);
   }
@@ -200,25 +264,39 @@ export class MigrationRun {
 
   private async runVm(v: PlanVmResult, s: VmStatus): Promise<void> {
     const ns = s.namespace;
-    s.started ??= now();
-    s.phase = 'Initialize';
+    const abort = new AbortController();
+    const signal = abort.signal;
+    this.active.set(v.vm.id, { vm: v, abort });
     let current = 'Initialize';
     let cleanup: (() => Promise<void>) | undefined;
+    // Step boundaries check the cancel list too: a cancel written before the VM started, or between watch events.
+    const checkpoint = () => {
+      if (this.stopped) throw new Stopped('stopped');
+      if (this.input.canceled?.(v)) abort.abort(new Canceled('canceled'));
+      if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
+    };
     try {
+      checkpoint();
+      s.started ??= now();
+      s.phase = 'Initialize';
       const init = this.step(s, 'Initialize');
       this.begin(init);
       const open = await this.input.initialize(v);
       cleanup = open.close;
       this.finish(init);
+      await this.hook(v, s, 'PreHook', checkpoint, (c) => (current = c));
+      checkpoint();
       current = 'DiskTransfer';
       s.phase = 'DiskTransfer';
       const transfer = this.step(s, 'DiskTransfer');
       this.begin(transfer);
       await this.write();
       for (const [i, d] of v.vm.disks.entries()) {
-        await this.transferDisk(v, i, d.datastore ?? v.vm.source, open, transfer.tasks![i], transfer, ns);
+        checkpoint();
+        await this.transferDisk(v, i, d.datastore ?? v.vm.source, open, transfer.tasks![i], transfer, ns, signal);
       }
       this.finish(transfer);
+      checkpoint();
       current = 'VirtualMachineCreation';
       s.phase = 'VirtualMachineCreation';
       const create = this.step(s, 'VirtualMachineCreation');
@@ -230,24 +308,84 @@ export class MigrationRun {
         if (!isStatusError(e, 'AlreadyExists')) throw e;
       }
       this.finish(create);
+      // The VM exists: from here a cancel no longer undoes it (Forklift's canceled VMs are the unfinished ones).
+      this.active.delete(v.vm.id);
+      await this.hook(
+        v,
+        s,
+        'PostHook',
+        () => undefined,
+        (c) => (current = c),
+      );
       s.phase = 'Completed';
       s.completed = now();
       s.conditions = [{ type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The VM migration has SUCCEEDED.', lastTransitionTime: now() }];
     } catch (e) {
       if (this.stopped) throw new Stopped('stopped');
-      const reason = e instanceof Error ? e.message : String(e);
-      this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: ${current}: ${reason}`);
-      const st = this.step(s, current);
-      st.phase = 'Failed';
-      st.error = { phase: current, reasons: [reason] };
-      s.error = { phase: current, reasons: [reason] };
-      s.phase = 'Failed';
-      s.completed = now();
-      s.conditions = [{ type: 'Failed', status: 'True', category: 'Advisory', message: 'The VM migration has FAILED.', lastTransitionTime: now() }];
+      if (e instanceof Canceled || (signal.aborted && signal.reason instanceof Canceled)) await this.canceled(v, s, current);
+      else {
+        const reason = e instanceof Error ? e.message : String(e);
+        this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: ${current}: ${reason}`);
+        const st = this.step(s, current);
+        st.phase = 'Failed';
+        st.error = { phase: current, reasons: [reason] };
+        s.error = { phase: current, reasons: [reason] };
+        s.phase = 'Failed';
+        s.completed = now();
+        s.conditions = [{ type: 'Failed', status: 'True', category: 'Advisory', message: 'The VM migration has FAILED.', lastTransitionTime: now() }];
+      }
     } finally {
+      this.active.delete(v.vm.id);
       await cleanup?.().catch(() => undefined);
     }
     await this.write(undefined, true);
+  }
+
+  /** Runs the VM's hook for `step` when it has one: the step Running, then Completed, or the hook's reason thrown. */
+  private async hook(v: PlanVmResult, s: VmStatus, step: 'PreHook' | 'PostHook', checkpoint: () => void, at: (step: string) => void): Promise<void> {
+    const h = v.hooks?.find((x) => x.step === step);
+    if (!h) return;
+    checkpoint();
+    at(step);
+    s.phase = step;
+    const st = this.step(s, step);
+    this.begin(st);
+    await this.write();
+    if (!this.input.runHook) throw new Error(`hooks cannot run here`);
+    await this.input.runHook(h, v);
+    this.finish(st);
+  }
+
+  /**
+   * A canceled VM, as Forklift leaves it: phase Completed with the Canceled condition; the step it
+   * was in (and its running disk tasks) Canceled; its DataVolumes and claims deleted.
+   */
+  private async canceled(v: PlanVmResult, s: VmStatus, current: string): Promise<void> {
+    this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: canceled at ${current}`);
+    const t = now();
+    for (const st of s.pipeline) {
+      if (st.phase === 'Running') {
+        st.phase = 'Canceled';
+        st.completed = t;
+      }
+      for (const task of st.tasks ?? [])
+        if (task.phase === 'Running') {
+          task.phase = 'Canceled';
+          task.completed = t;
+        }
+    }
+    const ns = s.namespace;
+    for (const i of v.vm.disks.keys()) {
+      for (const ref of [DATAVOLUMES, PVCS])
+        await this.client.delete(ref, claimName(v, i), { namespace: ns }).catch((e: unknown) => {
+          if (!isStatusError(e, 'NotFound')) throw e;
+        });
+    }
+    s.phase = 'Completed';
+    s.completed = t;
+    s.conditions = [
+      { type: 'Canceled', status: 'True', category: 'Advisory', reason: 'UserRequested', message: 'The migration has been canceled.', lastTransitionTime: t },
+    ];
   }
 
   /** One disk: an upload DataVolume of its capacity, then the source's bytes (OVA member, datastore file) streamed to it. */
@@ -259,8 +397,9 @@ export class MigrationRun {
     task: Task,
     transfer: Step,
     ns: string,
+    signal: AbortSignal,
   ): Promise<void> {
-    const name = diskName(v.targetName, i);
+    const name = claimName(v, i);
     const sc = this.input.storage(storage);
     task.phase = 'Running';
     task.started ??= now();
@@ -283,7 +422,7 @@ export class MigrationRun {
     } catch (e) {
       if (!isStatusError(e, 'AlreadyExists')) throw e;
     }
-    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded']);
+    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal);
     if (phase !== 'Succeeded') {
       const token = (
         await this.client.request<{ status: { token: string } }>(
@@ -294,7 +433,14 @@ export class MigrationRun {
           },
         )
       ).status.token;
-      const { stream, size } = await open(i);
+      const { stream: source, size } = await open(i);
+      const pace = Number(process.env.VESSEL_TEST_FORKLIFT_BYTES_PER_SEC ?? 0);
+      const stream = pace > 0 ? paced(source, pace) : source;
+      const stop = () => {
+        stream.destroy();
+        source.destroy();
+      };
+      signal.addEventListener('abort', stop, { once: true });
       let sent = 0;
       const base = transfer.progress.completed;
       stream.on('data', (c) => {
@@ -308,10 +454,11 @@ export class MigrationRun {
         bearer: token,
         body: stream,
         headers: { 'Upload-Offset': '0', 'Upload-Length': String(size), 'Content-Length': String(size) },
+        signal,
       });
-      const text = await body(res);
+      const text = await body(res).finally(() => signal.removeEventListener('abort', stop));
       if (res.statusCode !== 200) throw new Error(`upload of ${name} refused (${res.statusCode}): ${text.slice(0, 300)}`);
-      await this.waitDv(name, ns, ['Succeeded']);
+      await this.waitDv(name, ns, ['Succeeded'], signal);
     }
     task.phase = 'Completed';
     task.completed = now();
@@ -319,9 +466,10 @@ export class MigrationRun {
     transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
   }
 
-  private async waitDv(name: string, ns: string, phases: string[]): Promise<string> {
+  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal): Promise<string> {
     for (;;) {
       if (this.stopped) throw new Stopped('stopped');
+      if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
       const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
       const phase = String(o(dv.status).phase ?? '');
       if (phases.includes(phase)) return phase;
@@ -339,7 +487,7 @@ export class MigrationRun {
     const m = this.input.migration;
     const p = this.input.plan;
     this.writing = this.writing.then(async () => {
-      const failed = vms.some((v) => v.phase === 'Failed');
+      const end = migrationOutcome(vms);
       await updateStatus(this.client, FORKLIFT_MIGRATIONS, m.metadata?.namespace, m.metadata?.name ?? '', (s) => {
         if (run) {
           s.started = run.started;
@@ -347,11 +495,7 @@ export class MigrationRun {
           const t = now();
           s.conditions = run.running
             ? [{ type: 'Running', status: 'True', category: 'Advisory', reason: 'Started', message: 'The migration is RUNNING.', lastTransitionTime: t }]
-            : [
-                failed
-                  ? { type: 'Failed', status: 'True', category: 'Advisory', message: 'The migration has FAILED.', lastTransitionTime: t }
-                  : { type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The migration has SUCCEEDED.', lastTransitionTime: t },
-              ];
+            : [{ type: end, status: 'True', category: 'Advisory', message: `The migration has ${end.toUpperCase()}.`, lastTransitionTime: t }];
         }
         s.vms = vms;
       });

@@ -111,3 +111,72 @@ test('rfc1123Name and stored conditions', () => {
   );
   assert.deepEqual(c, [{ type: 'Ready', status: 'True', category: 'Required', message: 'ok', lastTransitionTime: 'then' }]);
 });
+
+test('Plan: pvcNameTemplate rendered per disk (the VM one over the plan one), invalid or duplicate names Critical; hooks resolved', () => {
+  const nm = { metadata: meta, spec: { map: [{ source: { name: 'VM Network' }, destination: { type: 'pod' } }] } };
+  const sm = { metadata: meta, spec: { map: [{ source: { name: 'web.ova' }, destination: { storageClass: 'local' } }] } };
+  const ctx: PlanContext = {
+    inventory: inv,
+    networkMap: nm,
+    storageMap: sm,
+    vmExists: () => false,
+    classMaxBytes: () => undefined,
+    mapReady: () => true,
+    hookState: (ns, name) => (name === 'ok' ? 'Ready' : name === 'broken' ? 'NotReady' : 'NotFound'),
+  };
+  const plan = (spec: object) => ({ metadata: { name: 'p1', namespace: 'ns' }, spec: { targetNamespace: 'target', ...spec } });
+  const good = planConcerns(
+    plan({
+      pvcNameTemplate: '{{.PlanName}}-{{.VmName}}-{{.DiskIndex}}',
+      vms: [
+        { name: 'efi-vm', hooks: [{ hook: { name: 'ok' }, step: 'PreHook' }] },
+        { name: 'huge', pvcNameTemplate: 'big-{{.DiskIndex}}' },
+      ],
+    }),
+    ctx,
+  );
+  assert.ok(ready(good.concerns), JSON.stringify(good.concerns));
+  assert.deepEqual(
+    good.vms.map((v) => v.diskNames),
+    [['p1-efi-vm-0'], ['big-0']],
+  );
+  assert.deepEqual(good.vms[0].hooks, [{ step: 'PreHook', namespace: 'ns', name: 'ok' }]);
+  const bad = planConcerns(
+    plan({
+      pvcNameTemplate: 'same',
+      vms: [
+        {
+          name: 'efi-vm',
+          hooks: [
+            { hook: { name: 'ghost' }, step: 'PreHook' },
+            { hook: { name: 'broken' }, step: 'PostHook' },
+            { hook: { name: 'ok' }, step: 'During' },
+          ],
+        },
+        { name: 'huge' },
+        { name: 'odd', pvcNameTemplate: '{{.Bad}}' },
+        { name: 'web', pvcNameTemplate: 'w-{{.DiskIndex}}', hooks: [{ hook: { name: 'ok', namespace: 'other' }, step: 'PreHook' }] },
+      ],
+    }),
+    ctx,
+  );
+  const by = (t: string) => bad.concerns.filter((c) => c.type === t);
+  assert.deepEqual(
+    by('PVCNameTemplateNotValid').flatMap((c) => c.items),
+    [
+      `id:5 name:'huge' "same" names two disks of the plan`,
+      `id:4 name:'odd' unknown variable .Bad: one of .VmName, .PlanName, .DiskIndex, .RootDiskIndex, .Shared`,
+    ],
+  );
+  assert.equal(by('PVCNameTemplateNotValid')[0].category, 'Critical');
+  assert.deepEqual(
+    by('HookNotValid').map((c) => [c.reason, c.items]),
+    [
+      ['NotFound', [`id:3 name:'efi-vm' hook:ns/ghost`]],
+      ['NotReady', [`id:3 name:'efi-vm' hook:ns/broken`]],
+      ['NotPermitted', [`id:1 name:'web' hook:other/ok`]],
+    ],
+  );
+  assert.deepEqual(by('HookStepNotValid')[0].items, [`id:3 name:'efi-vm' step:'During'`]);
+  assert.ok(!ready(bad.concerns));
+});

@@ -4,6 +4,7 @@
  * categories: Critical blocks, Warn and Advisory inform) and whether they are Ready.
  */
 import type { Inventory, InventoryVm } from './ova.ts';
+import { pvcName, TemplateError } from './template.ts';
 
 export type Category = 'Critical' | 'Error' | 'Warn' | 'Advisory' | 'Required';
 export interface Concern {
@@ -168,6 +169,15 @@ export interface PlanContext {
   classMaxBytes: (storageClass: string) => number | undefined;
   /** Whether the map is Ready (its own conditions). */
   mapReady: (map: Obj) => boolean;
+  /** A Hook's state (its own Ready condition); absent: every hook reference is NotFound. */
+  hookState?: (namespace: string, name: string) => 'Ready' | 'NotReady' | 'NotFound';
+}
+
+/** A hook a plan's VM runs at a step. */
+export interface VmHook {
+  step: 'PreHook' | 'PostHook';
+  namespace: string;
+  name: string;
 }
 
 export interface PlanVmResult {
@@ -175,6 +185,9 @@ export interface PlanVmResult {
   /** The target name: the source name, or a valid `newName` when it is not RFC 1123. */
   targetName: string;
   newName?: string;
+  /** The claim (DataVolume) name of each disk, from the pvcNameTemplate; absent: `<target>-disk<i>`. */
+  diskNames?: string[];
+  hooks?: VmHook[];
 }
 
 const FIRMWARES = ['bios', 'efi'];
@@ -210,6 +223,9 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
     const dsEntries = a(o(sm?.spec).map).map((e) => ({ src: o(o(e).source), dst: o(o(e).destination) }));
     const seen = new Set<string>();
     const targets = new Map<string, string>();
+    const claims = new Set<string>();
+    const planName = s(o(plan.metadata).name) ?? '';
+    const planNs = s(o(plan.metadata).namespace) ?? '';
     for (const [i, ref] of a(spec.vms).map((v, i) => [i, o(v)] as const)) {
       const r = resolve(ref, inv.vms);
       const label = s(ref.id) ? `id:${s(ref.id)}` : `name:${s(ref.name) ?? ''}`;
@@ -345,7 +361,75 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
           message: 'VM has NICs with the same MAC address.',
           items: [item],
         });
-      vms.push({ vm: r, targetName, ...(newName ? { newName } : {}) });
+      // pvcNameTemplate (the VM's, else the plan's): each disk's name rendered now, so a bad one blocks the plan.
+      const template = s(ref.pvcNameTemplate) ?? s(spec.pvcNameTemplate);
+      let diskNames: string[] | undefined;
+      try {
+        const names = r.disks.map((_, k) =>
+          template ? pvcName(template, { VmName: targetName, PlanName: planName, DiskIndex: k, RootDiskIndex: 0, Shared: false }) : `${targetName}-disk${k}`,
+        );
+        const dup = names.find((n, k) => claims.has(n) || names.indexOf(n) !== k);
+        if (dup) throw new TemplateError(`"${dup}" names two disks of the plan`);
+        names.forEach((n) => claims.add(n));
+        if (template) diskNames = names;
+      } catch (e) {
+        if (!(e instanceof TemplateError)) throw e;
+        out.push({
+          type: 'PVCNameTemplateNotValid',
+          status: 'True',
+          category: 'Critical',
+          reason: 'NotValid',
+          message: 'The PVC name template does not give a valid, unique DNS-1123 name for every disk.',
+          items: [`${item} ${e.message}`],
+        });
+      }
+      const hooks: VmHook[] = [];
+      for (const h of a(ref.hooks).map(o)) {
+        const step = h.step;
+        const hr = o(h.hook);
+        const hns = s(hr.namespace) ?? planNs;
+        const hname = s(hr.name) ?? '';
+        if (step !== 'PreHook' && step !== 'PostHook') {
+          out.push({
+            type: 'HookStepNotValid',
+            status: 'True',
+            category: 'Critical',
+            reason: 'NotValid',
+            message: 'Hook step must be PreHook or PostHook.',
+            items: [`${item} step:'${String(step ?? '')}'`],
+          });
+          continue;
+        }
+        if (hooks.some((x) => x.step === step)) {
+          out.push({
+            type: 'HookStepNotValid',
+            status: 'True',
+            category: 'Critical',
+            reason: 'NotUnique',
+            message: 'One hook per step.',
+            items: [`${item} step:'${step}'`],
+          });
+          continue;
+        }
+        // Vessel's rule: a plan runs hooks of its own namespace only (another tenant's URL would get this plan's data).
+        const state = hns !== planNs ? 'NotPermitted' : (ctx.hookState?.(hns, hname) ?? 'NotFound');
+        if (state !== 'Ready')
+          out.push({
+            type: 'HookNotValid',
+            status: 'True',
+            category: 'Critical',
+            reason: state,
+            message:
+              state === 'NotFound'
+                ? 'Hook not found.'
+                : state === 'NotPermitted'
+                  ? "Hook is not in the plan's namespace."
+                  : 'Hook does not have Ready condition.',
+            items: [`${item} hook:${hns}/${hname}`],
+          });
+        hooks.push({ step, namespace: hns, name: hname });
+      }
+      vms.push({ vm: r, targetName, ...(newName ? { newName } : {}), ...(diskNames ? { diskNames } : {}), ...(hooks.length ? { hooks } : {}) });
     }
   }
   const merged = merge(out);
