@@ -12,12 +12,14 @@
  *     which stores them and converts them with qemu-img (-t none, fsynced), the VM created.
  *   importDisk direct: the agent's importer alone on the VMDK file (sniff, inspect, convert,
  *     verify, publish), to show how much of the plan's time is the conversion.
- *   baseline: `qemu-img convert -f vmdk -O qcow2 disk.vmdk out.qcow2` on the extracted VMDK.
+ *   baseline: `qemu-img convert -f vmdk -O qcow2 disk.vmdk out.qcow2` on the extracted VMDK
+ *     (the figure's), and the same with `-t none` (O_DIRECT: on disk when it exits, as the
+ *     agent's conversion), a second figure.
  * Between runs, untimed, the outputs are removed and `sync` runs. A figure is the median over
  * rounds of (baseline time / plan time) = plan throughput / baseline throughput. The first plan
  * run's volume is compared with the raw disk (`qemu-img compare`).
  *
- *   node --import tsx bench/forklift-ova.bench.ts      (about 4 minutes on 2 cores)
+ *   node --import tsx bench/forklift-ova.bench.ts      (about 5 minutes on 2 loaded cores)
  *   env: BENCH_FK_OVA_GIB (virtual size, 4), BENCH_FK_OVA_DATA_GIB (data in it, 1; fractions
  *        allowed), BENCH_FK_OVA_REPS (rounds, 3), BENCH_FK_DIR (where the temp dir goes)
  */
@@ -104,13 +106,18 @@ export async function runForkliftOva(): Promise<BenchResult> {
       await rm(dest, { force: true });
       await sh('sync', []);
     };
-    const times = { base: [] as number[], plan: [] as number[], direct: [] as number[] };
+    const times = { base: [] as number[], durable: [] as number[], plan: [] as number[], direct: [] as number[] };
     const stepsOf = { init: [] as number[], transfer: [] as number[], create: [] as number[] };
     const variants: Record<keyof typeof times, (round: number) => Promise<void>> = {
       base: async () => {
         const t0 = now();
         await sh('qemu-img', ['convert', '-f', 'vmdk', '-O', 'qcow2', vmdk, dest]);
         times.base.push(now() - t0);
+      },
+      durable: async () => {
+        const t0 = now();
+        await sh('qemu-img', ['convert', '-t', 'none', '-f', 'vmdk', '-O', 'qcow2', vmdk, dest]);
+        times.durable.push(now() - t0);
       },
       direct: async () => {
         const t0 = now();
@@ -143,7 +150,7 @@ export async function runForkliftOva(): Promise<BenchResult> {
       },
     };
     for (let r = 0; r < reps; r++) {
-      const order: (keyof typeof times)[] = r % 2 === 0 ? ['base', 'direct', 'plan'] : ['plan', 'direct', 'base'];
+      const order: (keyof typeof times)[] = r % 2 === 0 ? ['base', 'durable', 'direct', 'plan'] : ['plan', 'direct', 'durable', 'base'];
       for (const k of order) {
         await clean();
         try {
@@ -153,7 +160,7 @@ export async function runForkliftOva(): Promise<BenchResult> {
         }
       }
       console.log(
-        `  round ${r}: baseline ${ms(times.base[r] ?? NaN)}, importDisk ${ms(times.direct[r] ?? NaN)}, plan ${ms(times.plan[r] ?? NaN)}; ${loadLine()}`,
+        `  round ${r}: baseline ${ms(times.base[r] ?? NaN)}, -t none ${ms(times.durable[r] ?? NaN)}, importDisk ${ms(times.direct[r] ?? NaN)}, plan ${ms(times.plan[r] ?? NaN)}; ${loadLine()}`,
       );
     }
     await clean();
@@ -170,6 +177,14 @@ export async function runForkliftOva(): Promise<BenchResult> {
         name: 'plan steps: Initialize / DiskTransfer / VM creation (ms, median)',
         ratio: ratio(median(stepsOf.transfer), median(times.plan)),
         detail: `ratio = DiskTransfer's share of the plan; Initialize ${ms(median(stepsOf.init))}, DiskTransfer ${ms(median(stepsOf.transfer))}, VirtualMachineCreation ${ms(median(stepsOf.create))}; the rest is the controller picking up the Migration and writing status`,
+      });
+    }
+    if (times.plan.length === reps && times.durable.length === reps) {
+      const perRound = times.plan.map((p, i) => ratio(times.durable[i], p));
+      figures.push({
+        name: 'the same against qemu-img convert -t none (durable, as the agent)',
+        ratio: median(perRound),
+        detail: `[${perRound.map(fmtRatio).join(', ')}]; qemu-img convert -t none: median ${ms(median(times.durable))} [${times.durable.map(ms).join(', ')}]`,
       });
     }
     if (times.direct.length === reps && times.base.length === reps) {
