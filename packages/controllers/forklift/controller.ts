@@ -408,7 +408,7 @@ export class ForkliftController extends Controller {
       return async (i) => {
         const range = ranges.get(v.vm.disks[i].file);
         if (!range) throw new Error(`disk file ${v.vm.disks[i].file} is no longer in ${v.vm.source}`);
-        return { size: range.size, stream: createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1 }) };
+        return { size: range.size, stream: createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1, highWaterMark: 1 << 20 }) };
       };
     };
     const vsphere = async (v: PlanVmResult): Promise<DiskOpener> => {

@@ -233,3 +233,19 @@ test('hostile OVAs are refused with a clear error and nothing is written', async
     assert.equal((await readdir(pkg)).length, cases.length + 3);
   });
 });
+
+test('a manifest digest is computed once per file, and again when the file changes (same size)', async () => {
+  await withDir(async (dir) => {
+    const disk = Buffer.alloc(64 * 1024, 0x11);
+    const desc = ovf([{ name: 'cached', disks: [{ file: 'cached-disk1.vmdk', capacity: disk.length }] }]);
+    const files = { 'cached.ovf': desc, 'cached-disk1.vmdk': disk };
+    await writeFile(join(dir, 'cached.ovf'), desc);
+    await writeFile(join(dir, 'cached-disk1.vmdk'), disk);
+    await writeFile(join(dir, 'cached.mf'), manifest(files));
+    assert.equal((await readPackage(join(dir, 'cached.ovf'), 'cached.ovf')).length, 1);
+    assert.equal((await readPackage(join(dir, 'cached.ovf'), 'cached.ovf')).length, 1, 'the cached digest still matches');
+    // The same size, other bytes: a new ctime, so the digest is computed again and refused.
+    await writeFile(join(dir, 'cached-disk1.vmdk'), Buffer.alloc(disk.length, 0x22));
+    await refused(readPackage(join(dir, 'cached.ovf'), 'cached.ovf'), 'ManifestMismatch', /cached-disk1\.vmdk/);
+  });
+});

@@ -271,11 +271,31 @@ export function parseManifest(text: string): Map<string, Digest> {
   return out;
 }
 
+/**
+ * Digests already computed, by file identity: a migration's Initialize re-reads the package the
+ * inventory scan checked moments before, and hashing a GiB-sized disk again cost seconds (issue 14
+ * benchmark). The key holds device, inode, size, mtime and ctime: any write to the file changes
+ * its ctime, which no user can set back, so a changed file is always hashed again.
+ */
+const digests = new Map<string, string>();
+const MAX_DIGESTS = 1000;
+
 async function digestOf(path: string, start: number, size: number, algorithm: string): Promise<string> {
   const h = createHash(algorithm);
   if (size === 0) return h.digest('hex');
-  for await (const chunk of createReadStream(path, { start, end: start + size - 1 })) h.update(chunk as Buffer);
-  return h.digest('hex');
+  const st = await stat(path, { bigint: true });
+  const key = [path, st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs, start, size, algorithm].join(':');
+  const known = digests.get(key);
+  if (known) return known;
+  for await (const chunk of createReadStream(path, { start, end: start + size - 1, highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  const hex = h.digest('hex');
+  // Checked again after the read: a file written meanwhile is hashed again next time.
+  const after = await stat(path, { bigint: true });
+  if (after.ctimeNs === st.ctimeNs && after.mtimeNs === st.mtimeNs && after.size === st.size) {
+    if (digests.size >= MAX_DIGESTS) digests.delete(digests.keys().next().value!);
+    digests.set(key, hex);
+  }
+  return hex;
 }
 
 /** A package's member: where its bytes are (the archive or a file beside the OVF). */
