@@ -22,7 +22,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject } from '@vessel/client';
 import { startVessel, type Vessel } from '../e2e/harness.ts';
-import { MAX_IN_FLIGHT } from '../packages/controllers/forklift/migration.ts';
+import { DEFAULT_MAX_IN_FLIGHT as MAX_IN_FLIGHT } from '../packages/controllers/forklift/migration.ts';
 import { cleanTarget, makeOva, removeTree, runPlan, setUpSource, sh } from './forklift-lib.ts';
 import { envInt, errText, fmtRatio, isMain, loadLine, median, ms, now, printResult, ratio, type BenchResult, type Figure } from './lib.ts';
 
