@@ -74,6 +74,9 @@ const ROOTS: Array<[SourceId, string]> = [
     ['kubevirt', `V1beta1${k}`],
     ['kubevirt', `V1beta1${k}List`],
   ]),
+  // export.kubevirt.io/v1beta1 (KubeVirt's dist, emitted into kubevirt.json).
+  ['kubevirt', 'V1beta1VirtualMachineExport'],
+  ['kubevirt', 'V1beta1VirtualMachineExportList'],
 ];
 
 /**
@@ -84,7 +87,7 @@ const ROOTS: Array<[SourceId, string]> = [
  * Condition type, identical in shape to snapshot's; the .d.ts has only one V1beta1Condition, so
  * clone status refers to io.kubevirt.snapshot.v1beta1.Condition.
  */
-const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
+const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone' | 'export'> = {
   ...Object.fromEntries(
     [
       'VirtualMachineSnapshot',
@@ -116,6 +119,22 @@ const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone'> = {
     ['VirtualMachineClone', 'VirtualMachineCloneList', 'VirtualMachineCloneSpec', 'VirtualMachineCloneStatus', 'VirtualMachineCloneTemplateFilters'].map(
       (n) => [n, 'clone' as const],
     ),
+  ),
+  // export.kubevirt.io (kubevirt.io/api/export/v1beta1); its Condition is snapshot's shape and refers to it, like clone's.
+  ...Object.fromEntries(
+    [
+      'VirtualMachineExport',
+      'VirtualMachineExportList',
+      'VirtualMachineExportSpec',
+      'VirtualMachineExportStatus',
+      'VirtualMachineExportLinks',
+      'VirtualMachineExportLink',
+      'VirtualMachineExportVolume',
+      'VirtualMachineExportVolumeFormat',
+      'VirtualMachineExportManifest',
+      'VirtualMachineExportBackup',
+      'VirtualMachineExportBackupEndpoint',
+    ].map((n) => [n, 'export' as const]),
   ),
 };
 
