@@ -32,6 +32,7 @@ import { NetworkConfigurator } from './network/nmstate.ts';
 import { SecondaryNetworks } from './network/secondary.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 import { CpuManager, formatCpuList, hostCpus, nodeExtendedResources, parseCpuList } from './vms/cpu-manager.ts';
+import { streamVolume } from './storage/export.ts';
 
 export interface AgentOptions {
   client: Client;
@@ -208,6 +209,7 @@ async function startAgentWith(
     vms,
     consoles,
     portForward,
+    exportVolume: (namespace, path, format, res, signal) => streamVolume(volumes.exportPath(namespace, path), format, res, { signal }),
     log,
     nodeName: opts.nodeName,
     apiReachable: () => fencer?.apiOk ?? true,

@@ -77,6 +77,13 @@ export function cloneReferences(info: KindInfo, obj: Obj): Ref[] {
     const kind = source?.kind !== undefined ? CLONE_SOURCES[source.kind] : undefined;
     if (kind && source?.name) return [{ ...kind, namespace: ns, name: source.name, field: 'spec.source' }];
   }
+  if (info.group === 'export.kubevirt.io' && info.kind === 'VirtualMachineExport') {
+    // An export hands out the source's bytes: its creator must be able to read the source (a local reference too).
+    const source = (obj.spec as { source?: { kind?: string; name?: string } } | undefined)?.source;
+    const kind =
+      source?.kind === 'PersistentVolumeClaim' ? { resource: 'persistentvolumeclaims' as const, group: '' } : source?.kind !== undefined ? CLONE_SOURCES[source.kind] : undefined;
+    if (kind && source?.name) return [{ ...kind, namespace: ns, name: source.name, field: 'spec.source' }];
+  }
   return [];
 }
 
