@@ -81,7 +81,11 @@ export function cloneReferences(info: KindInfo, obj: Obj): Ref[] {
     // An export hands out the source's bytes: its creator must be able to read the source (a local reference too).
     const source = (obj.spec as { source?: { kind?: string; name?: string } } | undefined)?.source;
     const kind =
-      source?.kind === 'PersistentVolumeClaim' ? { resource: 'persistentvolumeclaims' as const, group: '' } : source?.kind !== undefined ? CLONE_SOURCES[source.kind] : undefined;
+      source?.kind === 'PersistentVolumeClaim'
+        ? { resource: 'persistentvolumeclaims' as const, group: '' }
+        : source?.kind !== undefined
+          ? CLONE_SOURCES[source.kind]
+          : undefined;
     if (kind && source?.name) return [{ ...kind, namespace: ns, name: source.name, field: 'spec.source' }];
   }
   return [];

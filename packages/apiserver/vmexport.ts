@@ -64,7 +64,10 @@ async function locate(resources: Resources, exp: KubeObject, ns: string, volume:
   if (source?.kind === 'VirtualMachineSnapshot') {
     const snap = await resources.get(SNAPSHOTS, ns, source.name ?? '');
     const content = await resources.get(CONTENTS, ns, String((snap.status as Obj | undefined)?.virtualMachineSnapshotContentName ?? ''));
-    const backups = ((content.spec as Obj | undefined)?.volumeBackups ?? []) as { volumeName: string; persistentVolumeClaim?: { metadata?: { name?: string } } }[];
+    const backups = ((content.spec as Obj | undefined)?.volumeBackups ?? []) as {
+      volumeName: string;
+      persistentVolumeClaim?: { metadata?: { name?: string } };
+    }[];
     const backup = backups.find((b) => (b.persistentVolumeClaim?.metadata?.name ?? b.volumeName) === volume);
     const files = JSON.parse(content.metadata.annotations?.[snapshots.SNAPSHOT_FILES] ?? '{}') as Record<string, string>;
     const node = content.metadata.annotations?.[snapshots.SNAPSHOT_NODE];
@@ -83,7 +86,8 @@ async function locate(resources: Resources, exp: KubeObject, ns: string, volume:
 export async function serveExportVolume(resources: Resources, req: IncomingMessage, res: ServerResponse, p: Record<string, string>): Promise<void> {
   const { exp } = await authorizedExport(resources, req, p.namespace, p.name);
   const links = ((exp.status as Obj).links as { external?: Link } | undefined)?.external;
-  if (!links?.volumes?.some((v) => v.name === p.volume)) throw new ApiError(404, 'NotFound', `VirtualMachineExport ${p.namespace}/${p.name} has no volume ${p.volume}`);
+  if (!links?.volumes?.some((v) => v.name === p.volume))
+    throw new ApiError(404, 'NotFound', `VirtualMachineExport ${p.namespace}/${p.name} has no volume ${p.volume}`);
   const { node, path } = await locate(resources, exp, p.namespace, p.volume);
   const format = p.file === vmexport.EXPORT_FORMATS.gzip ? 'gzip' : 'raw';
   const target = await agentTarget(resources, node);
@@ -145,7 +149,8 @@ export async function serveExportManifest(resources: Resources, req: IncomingMes
         volumeBackups?: { persistentVolumeClaim?: { metadata?: { name?: string }; spec?: { resources?: { requests?: { storage?: string } } } } }[];
       };
       vm = spec.source?.virtualMachine;
-      for (const b of spec.volumeBackups ?? []) if (b.persistentVolumeClaim?.metadata?.name) sizes[b.persistentVolumeClaim.metadata.name] = b.persistentVolumeClaim.spec?.resources?.requests?.storage;
+      for (const b of spec.volumeBackups ?? [])
+        if (b.persistentVolumeClaim?.metadata?.name) sizes[b.persistentVolumeClaim.metadata.name] = b.persistentVolumeClaim.spec?.resources?.requests?.storage;
     } else {
       if (source?.kind === 'VirtualMachine') {
         const got = await resources.get(VMS, p.namespace, source.name ?? '');

@@ -270,7 +270,10 @@ export class VirtualMachineController extends Controller {
     if (vmi) return describe(s, vm, vmi);
 
     // Start: not while a Ready export reads the disks (KubeVirt's export pod holds them), and only once every disk is ready.
-    const exporting = exportBlocking(this.exports.list().filter((e) => e.metadata.namespace === namespace), vm.metadata.name);
+    const exporting = exportBlocking(
+      this.exports.list().filter((e) => e.metadata.namespace === namespace),
+      vm.metadata.name,
+    );
     if (exporting)
       return describe(s, vm, undefined, 'Stopped', {
         reason: 'VMExportInProgress',
