@@ -29,7 +29,14 @@ const vmWithDisk = (name: string, claim: string, spec: Obj = {}) => {
 };
 function view(o: Partial<Record<'vms' | 'vmis' | 'pvcs' | 'snaps' | 'contents', KubeObject[]>>): SourceView {
   const find = (list: KubeObject[] | undefined) => (n: string) => list?.find((x) => x.metadata.name === n);
-  return { vm: find(o.vms), vmi: find(o.vmis), pvc: find(o.pvcs), snapshot: find(o.snaps), content: find(o.contents), liveVmis: () => o.vmis ?? [] };
+  return {
+    vm: find(o.vms),
+    vmi: find(o.vmis),
+    pvc: find(o.pvcs),
+    snapshot: find(o.snaps),
+    content: find(o.contents),
+    liveVmis: () => (o.vmis ?? []).filter((v) => !['Succeeded', 'Failed'].includes(String((v.status as Obj | undefined)?.phase))),
+  };
 }
 
 test('Go durations: what ttlDuration accepts', () => {

@@ -64,6 +64,15 @@ export function sourceState(spec: ExportSpec, view: SourceView): SourceState {
       return { ready: false, reason: 'InUse', message: `VirtualMachine ${name} is running: the export waits until it is stopped`, virtualMachineName: name };
     const claims = [...new Set(claimVolumes(vm).map((c) => c.claim))];
     if (!claims.length) return { ready: false, reason: 'NoVolumes', message: `VirtualMachine ${name} has no volumes to export`, virtualMachineName: name };
+    // Another VM's running guest may hold one of the disks too.
+    const other = view.liveVmis().find((vmi) => claimVolumes(vmi).some((c) => claims.includes(c.claim)));
+    if (other)
+      return {
+        ready: false,
+        reason: 'InUse',
+        message: `a volume of VirtualMachine ${name} is in use by VirtualMachineInstance ${other.metadata.name}: the export waits until it stops`,
+        virtualMachineName: name,
+      };
     return bound(claims, name);
   }
   if (kind === 'PersistentVolumeClaim') {
