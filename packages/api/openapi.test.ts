@@ -67,6 +67,7 @@ test('the /openapi/v3 index lists every served group/version with a hash', () =>
     'apis/cdi.kubevirt.io/v1beta1',
     'apis/snapshot.kubevirt.io/v1beta1',
     'apis/clone.kubevirt.io/v1beta1',
+    'apis/export.kubevirt.io/v1beta1',
     'apis/nmstate.io/v1',
     'apis/nmstate.io/v1beta1',
     'apis/forklift.konveyor.io/v1beta1',
