@@ -5,11 +5,11 @@
  * equal the image's bytes (sha256); a missing or wrong token is a 401 and one export's token
  * opens no other namespace's export; a tenant cannot export another namespace's VM; the VM
  * stays Stopped while the export is Ready; a short ttl deletes the export; an export of a VM
- * whose VMI exists stays Pending and says why.
+ * whose VMI exists stays Pending and says why; an export of an (offline) snapshot serves its volume.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { get as httpsGet } from 'node:https';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -247,4 +247,25 @@ test('an export of a VM whose VMI exists stays Pending with the reason', async (
   assert.notEqual(d.code, 0);
   assert.match(d.err + d.out, /not Ready after 2 s: Pending \(InUse/);
   await v.client.delete(VMS, 'vm2', { namespace: A });
+});
+
+test("an export of a VirtualMachineSnapshot serves the snapshot's volumes", async () => {
+  const snap = await vessel('-n', A, 'snapshot', 'vm1', 'snap1');
+  assert.equal(snap.code, 0, snap.err + snap.out);
+  assert.equal(
+    (await kubectl(['apply', '-f', '-'], exportYaml(A, 'ex3', 'VirtualMachineSnapshot', 'snap1').replace('apiGroup: ""', 'apiGroup: snapshot.kubevirt.io')))
+      .code,
+    0,
+  );
+  const s = await waitPhase(A, 'ex3', 'Ready');
+  assert.deepEqual(
+    s.links!.external!.volumes.map((vol) => vol.name),
+    ['disk'],
+  );
+  const raw = join(dir, 'snap.img');
+  const d = await vessel('-n', A, 'vmexport', 'download', 'ex3', '--output', raw, '--format', 'raw');
+  assert.equal(d.code, 0, d.err + d.out);
+  assert.equal(sha(await readFile(raw)), sha(expected), "the snapshot's volume, byte for byte");
+  const leftovers = (await readdir(v.dataDir, { recursive: true })).filter((f) => String(f).includes('.export-'));
+  assert.deepEqual(leftovers, [], 'no temporary raw file stays in the pools');
 });
