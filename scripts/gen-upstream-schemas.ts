@@ -77,6 +77,9 @@ const ROOTS: Array<[SourceId, string]> = [
     ['kubevirt', `V1beta1${k}`],
     ['kubevirt', `V1beta1${k}List`],
   ]),
+  // export.kubevirt.io/v1beta1 (KubeVirt's dist, emitted into kubevirt.json).
+  ['kubevirt', 'V1beta1VirtualMachineExport'],
+  ['kubevirt', 'V1beta1VirtualMachineExportList'],
 ];
 
 /**
@@ -87,7 +90,7 @@ const ROOTS: Array<[SourceId, string]> = [
  * Condition type, identical in shape to snapshot's; the .d.ts has only one V1beta1Condition, so
  * clone status refers to io.kubevirt.snapshot.v1beta1.Condition.
  */
-const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone' | 'pool'> = {
+const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone' | 'pool' | 'export'> = {
   ...Object.fromEntries(
     [
       'VirtualMachineSnapshot',
@@ -139,6 +142,22 @@ const V1BETA1_GROUP: Record<string, 'snapshot' | 'clone' | 'pool'> = {
       'VirtualMachinePoolSelectors',
       'VirtualMachineTemplateSpec',
     ].map((n) => [n, 'pool' as const]),
+  ),
+  // export.kubevirt.io (kubevirt.io/api/export/v1beta1); its Condition is snapshot's shape and refers to it, like clone's.
+  ...Object.fromEntries(
+    [
+      'VirtualMachineExport',
+      'VirtualMachineExportList',
+      'VirtualMachineExportSpec',
+      'VirtualMachineExportStatus',
+      'VirtualMachineExportLinks',
+      'VirtualMachineExportLink',
+      'VirtualMachineExportVolume',
+      'VirtualMachineExportVolumeFormat',
+      'VirtualMachineExportManifest',
+      'VirtualMachineExportBackup',
+      'VirtualMachineExportBackupEndpoint',
+    ].map((n) => [n, 'export' as const]),
   ),
 };
 

@@ -17,7 +17,7 @@ import { DEFAULT_HEARTBEAT_MS, NodeRegistration, type SystemReserved } from './n
 import { Watchdog, watchdogTimeoutMs, type WatchdogTerms } from './watchdog.ts';
 import { askPeer, DEFAULT_FENCING_TIMEOUT_MS, Fencer, FENCING_TIMEOUT_ANNOTATION, listNodes, NetnsProber, peerNodes, runFencer, within } from './fencing.ts';
 import { agentEgressPolicy } from './storage/egress.ts';
-import { Pool } from './storage/pools.ts';
+import { PathError, Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
 import { VolumeManager } from './storage/volumes.ts';
@@ -32,6 +32,8 @@ import { NetworkConfigurator } from './network/nmstate.ts';
 import { SecondaryNetworks } from './network/secondary.ts';
 import { DEFAULT_QEMU_PRIORITY, resolveQemuPriority, type QemuPriority } from './qemu/priority.ts';
 import { CpuManager, formatCpuList, hostCpus, nodeExtendedResources, parseCpuList } from './vms/cpu-manager.ts';
+import { streamVolume } from './storage/export.ts';
+import { HttpError } from '@vessel/http';
 
 export interface AgentOptions {
   client: Client;
@@ -208,6 +210,17 @@ async function startAgentWith(
     vms,
     consoles,
     portForward,
+    exportVolume: async (namespace, path, format, res, signal) => {
+      let file: string;
+      try {
+        file = volumes.exportPath(namespace, path);
+      } catch (e) {
+        // Its message names host paths: the answer (which a tenant may read) does not.
+        if (e instanceof PathError) throw new HttpError(404, `the exported volume is not in namespace ${namespace}'s directory of this node's pools`);
+        throw e;
+      }
+      await streamVolume(file, format, res, { signal });
+    },
     log,
     nodeName: opts.nodeName,
     apiReachable: () => fencer?.apiOk ?? true,

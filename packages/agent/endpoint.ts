@@ -9,6 +9,7 @@
  *   GET      /v1/serial-log/NS/NAME[?follow=true&tailBytes=N]
  *   GET      /v1/vmi/NS/NAME/guestosinfo|userlist|filesystemlist  from the guest agent (409 when it does not answer)
  *   PUT      /v1/vmi/NS/NAME/memorydump/CLAIM/FILE           starts a memory dump into the claim (vms/memory-dump.ts)
+ *   GET      /v1/export/NS?path=FILE&format=raw|gzip         a volume's bytes for a VirtualMachineExport (storage/export.ts)
  *   GET      /v1/healthz                                    -> 200 {node, apiReachable}: peer agents' fencing check (fencing.ts)
  *   upgrade  /v1/console/NS/NAME, /v1/vnc/NS/NAME              (console.ts)
  *   upgrade  /v1/portforward/NS/NAME/PORT[/PROTOCOL]           (portforward.ts)
@@ -41,6 +42,8 @@ export interface EndpointDeps {
   volumes: Pick<VolumeManager, 'uploadStatus' | 'receive'>;
   vms: Pick<VmRuntime, 'act' | 'guestInfo' | 'memoryDump'>;
   consoles: Pick<ConsoleHandlers, 'serialLog' | 'upgrade'>;
+  /** A volume's bytes for an export (`path` as an object recorded it); without it the route answers 404. */
+  exportVolume?: (namespace: string, path: string, format: 'raw' | 'gzip', res: ServerResponse, signal: AbortSignal) => Promise<void>;
   /** Port-forward streams; without it the route answers 404. */
   portForward?: Pick<PortForwardHandler, 'upgrade'>;
   /** The node's name and whether its agent reaches the API server (what /v1/healthz answers). */
@@ -89,6 +92,16 @@ export function agentRoutes(deps: EndpointDeps): {
       req.resume();
       await deps.vms.memoryDump(namespace, name, claim, file);
       reply(res, 202, { message: '' });
+    })
+    .on('GET', '/v1/export/:namespace', async (req, res, { namespace }) => {
+      if (!deps.exportVolume) throw new HttpError(404, 'this agent does not serve exports');
+      const q = new URL(req.url ?? '/', 'https://agent').searchParams;
+      const path = q.get('path');
+      const format = q.get('format') ?? 'raw';
+      if (!path || (format !== 'raw' && format !== 'gzip')) throw new HttpError(400, 'path and format=raw|gzip are required');
+      const abort = new AbortController();
+      res.on('close', () => abort.abort());
+      await deps.exportVolume(namespace, path, format, res, abort.signal);
     })
     .on('GET', '/v1/healthz', async (_req, res) => reply(res, 200, { node: deps.nodeName ?? '', apiReachable: deps.apiReachable?.() ?? true }))
     .on('*', '/v1/serial-log/:namespace/:name', (req, res, { namespace, name }) => deps.consoles.serialLog(req, res, namespace, name));

@@ -66,3 +66,4 @@ export { pvcResizeRefusal, PVC_RESIZE_NOT_ALLOWED } from './kinds/core.ts';
 export type { DataVolumePhase, PopulationSource } from './storage.ts';
 export { parseCron, nextTick, cronProblem, type CronSchedule } from './cron.ts';
 export { IMAGE_DIGEST_RE, ImageUrlError, parseImageUrl, type ImageRef } from './image-url.ts';
+export * as vmexport from './kinds/export.ts';

@@ -548,6 +548,22 @@ export const kinds: readonly KindInfo[] = Object.freeze([
       { name: 'TargetVirtualMachine', type: 'string', jsonPath: '.spec.target.name' },
     ],
   }),
+  kind({
+    group: 'export.kubevirt.io',
+    version: 'v1beta1',
+    kind: 'VirtualMachineExport',
+    plural: 'virtualmachineexports',
+    singular: 'virtualmachineexport',
+    shortNames: ['vmexport', 'vmexports'],
+    categories: ['all'],
+    namespaced: true,
+    statusSubresource: true,
+    printerColumns: [
+      { name: 'SourceKind', type: 'string', jsonPath: '.spec.source.kind' },
+      { name: 'SourceName', type: 'string', jsonPath: '.spec.source.name' },
+      { name: 'Phase', type: 'string', jsonPath: '.status.phase' },
+    ],
+  }),
   // Node network configuration (docs/network.md), served as kubernetes-nmstate's CRDs: the
   // policy in v1, the per-node state and enactments in v1beta1; columns as its printcolumns.
   kind({
@@ -733,6 +749,7 @@ const SCHEMA_NAMES: Record<string, string> = {
   'snapshot.kubevirt.io/v1alpha1/VirtualMachineRestore': 'io.kubevirt.snapshot.v1beta1.VirtualMachineRestore',
   'clone.kubevirt.io/v1beta1/VirtualMachineClone': 'io.kubevirt.clone.v1beta1.VirtualMachineClone',
   'clone.kubevirt.io/v1alpha1/VirtualMachineClone': 'io.kubevirt.clone.v1beta1.VirtualMachineClone',
+  'export.kubevirt.io/v1beta1/VirtualMachineExport': 'io.kubevirt.export.v1beta1.VirtualMachineExport',
   'nmstate.io/v1/NodeNetworkConfigurationPolicy': 'io.nmstate.v1.NodeNetworkConfigurationPolicy',
   'nmstate.io/v1beta1/NodeNetworkConfigurationEnactment': 'io.nmstate.v1beta1.NodeNetworkConfigurationEnactment',
   'nmstate.io/v1beta1/NodeNetworkState': 'io.nmstate.v1beta1.NodeNetworkState',

@@ -70,6 +70,7 @@ test('the /openapi/v3 index lists every served group/version with a hash', () =>
     'apis/snapshot.kubevirt.io/v1alpha1',
     'apis/clone.kubevirt.io/v1beta1',
     'apis/clone.kubevirt.io/v1alpha1',
+    'apis/export.kubevirt.io/v1beta1',
     'apis/nmstate.io/v1',
     'apis/nmstate.io/v1beta1',
     'apis/forklift.konveyor.io/v1beta1',

@@ -25,6 +25,7 @@ export const VMSNAPSHOTS = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachin
 export const VMSNAPSHOTCONTENTS = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshotcontents');
 export const VMRESTORES = ref('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores');
 export const VMCLONES = ref('clone.kubevirt.io', 'v1beta1', 'virtualmachineclones');
+export const VMEXPORTS = ref('export.kubevirt.io', 'v1beta1', 'virtualmachineexports');
 export const SERVICES = ref('', 'v1', 'services');
 export const EVENTS = ref('', 'v1', 'events');
 export const IPADDRESSES = ref('networking.k8s.io', 'v1', 'ipaddresses');

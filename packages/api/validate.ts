@@ -12,6 +12,7 @@ import { invalid, notSupported, required } from './errors.ts';
 import { apiVersionOf, schemaNameFor } from './kinds.ts';
 import { validateDataImportCron, validateDataSource, validateDataVolume } from './kinds/cdi.ts';
 import { validateVirtualMachineClone } from './kinds/clone.ts';
+import { validateVirtualMachineExport } from './kinds/export.ts';
 import { validateEndpointSlice, validateIPAddress, validateNetworkAttachmentDefinition, validateNetworkPolicy } from './kinds/network.ts';
 import { validateConfigMap, validatePersistentVolumeClaim, validateSecret, validateService, validateStorageClass } from './kinds/core.ts';
 import { validateNodeNetworkConfigurationPolicy } from './kinds/nmstate.ts';
@@ -74,6 +75,7 @@ const SEMANTIC: Record<string, SemanticValidator> = {
   'snapshot.kubevirt.io/VirtualMachineSnapshotContent': validateVirtualMachineSnapshotContent,
   'snapshot.kubevirt.io/VirtualMachineRestore': validateVirtualMachineRestore,
   'clone.kubevirt.io/VirtualMachineClone': validateVirtualMachineClone,
+  'export.kubevirt.io/VirtualMachineExport': validateVirtualMachineExport,
   '/Service': validateService,
   '/PersistentVolumeClaim': validatePersistentVolumeClaim,
   '/Secret': validateSecret,

@@ -106,6 +106,21 @@ test('restore: one unfinished restore per target VM at a time', async () => {
   await admitReferences(world(other(false, 'vm2')), RESTORES, restore());
 });
 
+test('restore: not while a Ready export of the target VM serves its disks', async () => {
+  const ex = (phase: string, vm = 'vm1'): KubeObject => ({
+    metadata: { name: 'ex1' },
+    spec: { source: { kind: 'VirtualMachine', name: vm } },
+    status: { phase },
+  });
+  const world = (e: KubeObject) => reader({ 'virtualmachinesnapshots/ns1/snap1': readySnapshot(), 'virtualmachineexports/ns1/ex1': e });
+  const e = await refused(admitReferences(world(ex('Ready')), RESTORES, restore()), 422);
+  assert.deepEqual(e.details?.causes, [
+    { reason: 'FieldValueInvalid', field: 'spec.target', message: 'VirtualMachineExport ex1 is exporting the disks of vm1: delete it before restoring' },
+  ]);
+  await admitReferences(world(ex('Pending')), RESTORES, restore());
+  await admitReferences(world(ex('Ready', 'vm2')), RESTORES, restore());
+});
+
 test('restore: both problems at once; updates of a stored restore are not re-checked', async () => {
   const world = reader({ 'virtualmachines/ns1/vm1': VM, 'virtualmachineinstances/ns1/vm1': vmi('Running') });
   const e = await refused(admitReferences(world, RESTORES, restore()), 422);

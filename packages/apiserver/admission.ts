@@ -77,6 +77,17 @@ export function cloneReferences(info: KindInfo, obj: Obj): Ref[] {
     const kind = source?.kind !== undefined ? CLONE_SOURCES[source.kind] : undefined;
     if (kind && source?.name) return [{ ...kind, namespace: ns, name: source.name, field: 'spec.source' }];
   }
+  if (info.group === 'export.kubevirt.io' && info.kind === 'VirtualMachineExport') {
+    // An export hands out the source's bytes: its creator must be able to read the source (a local reference too).
+    const source = (obj.spec as { source?: { kind?: string; name?: string } } | undefined)?.source;
+    const kind =
+      source?.kind === 'PersistentVolumeClaim'
+        ? { resource: 'persistentvolumeclaims' as const, group: '' }
+        : source?.kind !== undefined
+          ? CLONE_SOURCES[source.kind]
+          : undefined;
+    if (kind && source?.name) return [{ ...kind, namespace: ns, name: source.name, field: 'spec.source' }];
+  }
   return [];
 }
 
@@ -104,6 +115,7 @@ const STORAGE_CLASSES = findByResource('storage.k8s.io', 'v1', 'storageclasses')
 const VMIS = findByResource('kubevirt.io', 'v1', 'virtualmachineinstances')!;
 const VMSNAPSHOTS = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinesnapshots')!;
 const VMRESTORES = findByResource('snapshot.kubevirt.io', 'v1beta1', 'virtualmachinerestores')!;
+const VMEXPORTS = findByResource('export.kubevirt.io', 'v1beta1', 'virtualmachineexports')!;
 
 /** A VMI in one of these phases has stopped for good; any other VMI is a running VM. */
 const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
@@ -159,6 +171,20 @@ async function restoreCauses(reader: ObjectReader, ns: string, spec: Obj): Promi
       reason: 'FieldValueInvalid',
       field: 'spec.target',
       message: `VirtualMachineRestore ${unfinished.metadata?.name} of ${target.name} is in progress: wait until it completes, or delete it`,
+    });
+  }
+  // A Ready export serves the VM's disks as they are: a restore would change them under it.
+  const exporting = target.name
+    ? (await reader.list(VMEXPORTS, ns, {})).items.find((e) => {
+        const source = (e.spec as { source?: { kind?: string; name?: string } } | undefined)?.source;
+        return source?.kind === 'VirtualMachine' && source.name === target.name && (e.status as Obj | undefined)?.phase === 'Ready';
+      })
+    : undefined;
+  if (exporting) {
+    causes.push({
+      reason: 'FieldValueInvalid',
+      field: 'spec.target',
+      message: `VirtualMachineExport ${exporting.metadata?.name} is exporting the disks of ${target.name}: delete it before restoring`,
     });
   }
   const policy = typeof spec.targetReadinessPolicy === 'string' ? spec.targetReadinessPolicy : undefined;

@@ -30,6 +30,7 @@ import { serveScale } from './scale.ts';
 import { GUEST_INFO, guestInfo, kubevirtVersion } from './guest-agent.ts';
 import { MEMORY_DUMP_ACTIONS, memoryDumpAction } from './memory-dump.ts';
 import { issueUploadToken, proxyUpload } from './upload.ts';
+import { serveExportManifest, serveExportVolume } from './vmexport.ts';
 import { consoleUpgrade, rejectUpgrade, serialLog, type ConsoleDeps, type StreamTarget } from './console.ts';
 
 /** Kubernetes' own limit for a request body. */
@@ -183,6 +184,17 @@ export function createHandler(opts: HandlerOptions): Handler {
       open(({ method, path }) => {
         throw methodNotAllowed(method, path);
       }),
+    )
+    // Export tokens authenticate VirtualMachineExport downloads (KubeVirt's export proxy paths), not users.
+    .on(
+      'GET',
+      '/api/export.kubevirt.io/v1beta1/namespaces/:namespace/:name/volumes/:volume/:file(disk.img|disk.img.gz)',
+      open(({ r, res, params }) => serveExportVolume(resources, r.req, res, params)),
+    )
+    .on(
+      'GET',
+      '/api/export.kubevirt.io/v1beta1/namespaces/:namespace/:name/:scope(internal|external)/manifests/:which(all|secret)',
+      open(({ r, res, params }) => serveExportManifest(resources, r.req, res, params)),
     )
     // From here on, every route needs a user.
     .on(

@@ -21,6 +21,7 @@ import { registerInventory } from './commands/inventory.ts';
 import { registerKubeconfig } from './commands/kubeconfig.ts';
 import { registerLogs } from './commands/logs.ts';
 import { registerMemoryDump } from './commands/memory-dump.ts';
+import { registerVmExport } from './commands/vmexport.ts';
 import { registerMigrate } from './commands/migrate.ts';
 import { registerPlan } from './commands/plan.ts';
 import { registerPortForward } from './commands/port-forward.ts';
@@ -59,6 +60,7 @@ export function buildProgram(): Command {
   registerVmActions(program);
   registerGuestInfo(program);
   registerMemoryDump(program);
+  registerVmExport(program);
   registerMigrate(program);
   registerDrain(program);
   registerAddVolume(program);

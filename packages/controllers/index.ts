@@ -22,6 +22,7 @@ import { ForkliftController } from './forklift/controller.ts';
 import { VirtualMachinePoolController } from './vmpool.ts';
 import { VirtualMachineInstanceReplicaSetController } from './vmirs.ts';
 import { DataImportCronController } from './dataimportcron.ts';
+import { VirtualMachineExportController } from './vmexport.ts';
 
 export { GarbageCollector } from './gc.ts';
 export { NamespaceController } from './namespace.ts';
@@ -41,6 +42,7 @@ export { ForkliftController, type ForkliftOptions } from './forklift/controller.
 export { VirtualMachinePoolController } from './vmpool.ts';
 export { VirtualMachineInstanceReplicaSetController } from './vmirs.ts';
 export { DataImportCronController, type DataImportCronOptions } from './dataimportcron.ts';
+export { VirtualMachineExportController } from './vmexport.ts';
 
 export interface RunningControllers {
   /** Whether this process currently holds the lease and runs the controllers. */
@@ -102,6 +104,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         new VirtualMachinePoolController(client, opts.log),
         new VirtualMachineInstanceReplicaSetController(client, opts.log),
         new DataImportCronController(client, opts.log, { allowLoopback: opts.allowLoopbackPolls }),
+        new VirtualMachineExportController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));
     },

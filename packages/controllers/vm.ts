@@ -14,6 +14,7 @@
  */
 import { createHash } from 'node:crypto';
 import { appliedKey, appliedOf, INSTANCETYPE_APPLIED, requestedKey, sizeVm, type Lookup } from './instancetype.ts';
+import { exportBlocking } from './vmexport.ts';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client, type ResourceRef } from '@vessel/client';
 import type { V1VirtualMachine, V1VirtualMachineInstance } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
@@ -82,6 +83,8 @@ export class VirtualMachineController extends Controller {
   private readonly vmis: Informer<Vmi>;
   private readonly dvs: Informer;
   private readonly pvcs: Informer;
+  /** VirtualMachineExports: a Ready export of a VM keeps it from starting. */
+  private readonly exports: Informer;
   /** Instancetypes, preferences, their revisions and DataSources (inferFromVolume), by resource plural. */
   private readonly sizing = new Map<string, Informer>();
   private readonly events: EventRecorder;
@@ -95,6 +98,10 @@ export class VirtualMachineController extends Controller {
     this.vmis = this.inform<Vmi>(VMIS, (vmi) => ownerVm(vmi));
     this.dvs = this.inform(DATAVOLUMES, (dv) => [...ownerVm(dv), ...this.usersOf(dv)]);
     this.pvcs = this.inform(PVCS, (pvc) => this.usersOf(pvc));
+    this.exports = this.inform(refs.VMEXPORTS, (e) => {
+      const source = (e.spec as { source?: { kind?: string; name?: string } } | undefined)?.source;
+      return source?.kind === 'VirtualMachine' && source.name ? [`${e.metadata.namespace}/${source.name}`] : [];
+    });
     // A VM whose VMI admission refused for an unknown PriorityClass starts once the class exists.
     this.inform(refs.PRIORITY_CLASSES, (pc) =>
       this.vms
@@ -262,7 +269,16 @@ export class VirtualMachineController extends Controller {
     }
     if (vmi) return describe(s, vm, vmi);
 
-    // Start: only once every disk is ready.
+    // Start: not while a Ready export reads the disks (KubeVirt's export pod holds them), and only once every disk is ready.
+    const exporting = exportBlocking(
+      this.exports.list().filter((e) => e.metadata.namespace === namespace),
+      vm.metadata.name,
+    );
+    if (exporting)
+      return describe(s, vm, undefined, 'Stopped', {
+        reason: 'VMExportInProgress',
+        message: `VirtualMachineExport ${exporting.metadata.name} is exporting the disks: delete it to start the VM`,
+      });
     const blocked = this.volumeProblem(vm, namespace!, createdDvs);
     if (blocked) return describe(s, vm, undefined, blocked.status, blocked);
     const sized = await sizeVm(this.client, this.lookup, vm, s);

@@ -430,6 +430,11 @@ export class VolumeManager extends Controller {
     if (!permanent) this.queue.addAfter(keyOf(pvc), delay);
   }
 
+  /** The file an export reads (a claim's volume or a snapshot file, as its object recorded it), checked to be in the namespace's pool directory. */
+  exportPath(namespace: string, recorded: string): string {
+    return this.containedPath(namespace === storage.GOLDEN_IMAGES_NAMESPACE ? ANY_NAMESPACE : namespace, recorded, 'the exported volume');
+  }
+
   /** `path` from an object, inside `namespace`'s directory of one of this node's pools (see Pool.containedPath). */
   private containedPath(namespace: string, path: string, what: string): string {
     return containedPath(this.opts.pools.values(), namespace, path, what).path;
