@@ -13,6 +13,7 @@ import { isStatusError } from '@vessel/client';
 import { forklift, refs, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
 import type { PlanVmResult } from './validation.ts';
+import { convert, STEP as CONVERSION } from './conversion.ts';
 
 const { DATAVOLUMES, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
 const MB = 1_000_000;
@@ -40,6 +41,8 @@ export interface RunInput {
   storage: (source: string) => { storageClass: string; accessMode?: string; volumeMode?: string } | undefined;
   /** The target network of a source network name, from the NetworkMap. */
   network: (name: string) => { type: string; name?: string; namespace?: string } | undefined;
+  /** Whether the VM goes through virt-v2v (the ImageConversion step; ./conversion.ts); none: no VM does. */
+  convert?: (vm: PlanVmResult) => boolean;
 }
 
 /** A disk's bytes as sent to the upload endpoint. */
@@ -55,7 +58,7 @@ const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
 export const diskName = (target: string, i: number): string => `${target}-disk${i}`;
 
-export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
+export function initialStatus(vm: PlanVmResult, namespace: string, convert = false): VmStatus {
   const mbOf = (b: number) => Math.ceil(b / MB);
   return {
     id: vm.vm.id,
@@ -78,6 +81,7 @@ export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
           annotations: { unit: 'MB', file: d.file },
         })),
       },
+      ...(convert ? [{ name: CONVERSION, phase: 'Pending', progress: { total: 1, completed: 0 } }] : []),
       { name: 'VirtualMachineCreation', phase: 'Pending', progress: { total: 1, completed: 0 } },
     ],
   };
@@ -154,7 +158,7 @@ export class MigrationRun {
   ) {
     const ns = o(input.plan.spec).targetNamespace as string;
     const prev = (o(input.migration.status).vms as VmStatus[] | undefined) ?? [];
-    this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns));
+    this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns, input.convert?.(v) ?? false));
   }
 
   /** Stops at the next step or poll; the run's promise then settles without marking anything failed. */
@@ -219,6 +223,11 @@ export class MigrationRun {
         await this.transferDisk(v, i, d.datastore ?? v.vm.source, open, transfer.tasks![i], transfer, ns);
       }
       this.finish(transfer);
+      if (s.pipeline.some((p) => p.name === CONVERSION)) {
+        current = CONVERSION;
+        s.phase = CONVERSION;
+        await this.convertVm(v, s, this.step(s, CONVERSION));
+      }
       current = 'VirtualMachineCreation';
       s.phase = 'VirtualMachineCreation';
       const create = this.step(s, 'VirtualMachineCreation');
@@ -248,6 +257,34 @@ export class MigrationRun {
       await cleanup?.().catch(() => undefined);
     }
     await this.write(undefined, true);
+  }
+
+  /** The ImageConversion step: the agent holding the volumes runs virt-v2v on them in place; its stage is the step's `reason`. */
+  private async convertVm(v: PlanVmResult, s: VmStatus, st: Step): Promise<void> {
+    this.begin(st);
+    await this.write();
+    const done = await convert(
+      this.client,
+      s.namespace,
+      v.vm.disks.map((_, i) => diskName(v.targetName, i)),
+      {
+        id: `${this.input.migration.metadata?.uid ?? ''}/${v.vm.id}`,
+        claims: v.vm.disks.map((_, i) => diskName(v.targetName, i)),
+        firmware: v.vm.firmware === 'efi' ? 'efi' : 'bios',
+        name: v.targetName,
+        memoryMB: v.vm.memoryMB,
+        cpus: v.vm.cpus,
+      },
+      (c) => {
+        if (c.stages) st.progress = { total: c.stages.total, completed: Math.min(c.stages.completed, c.stages.total) };
+        if (c.stage) st.reason = c.stage;
+        void this.write();
+      },
+      () => this.stopped,
+    );
+    this.finish(st);
+    if (done.warnings?.length) st.warning = done.warnings.join('; ').slice(0, 1000);
+    if (done.seconds !== undefined) st.annotations = { ...st.annotations, seconds: String(done.seconds) };
   }
 
   /** One disk: an upload DataVolume of its capacity, then the source's bytes (OVA member, datastore file) streamed to it. */

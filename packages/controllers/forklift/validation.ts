@@ -4,6 +4,7 @@
  * categories: Critical blocks, Warn and Advisory inform) and whether they are Ready.
  */
 import type { Inventory, InventoryVm } from './ova.ts';
+import { conversionConcerns } from './conversion.ts';
 
 export type Category = 'Critical' | 'Error' | 'Warn' | 'Advisory' | 'Required';
 export interface Concern {
@@ -168,6 +169,8 @@ export interface PlanContext {
   classMaxBytes: (storageClass: string) => number | undefined;
   /** Whether the map is Ready (its own conditions). */
   mapReady: (map: Obj) => boolean;
+  /** Whether a Ready node runs virt-v2v (ImageConversion); undefined: not checked. */
+  virtV2v?: boolean;
 }
 
 export interface PlanVmResult {
@@ -348,6 +351,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       vms.push({ vm: r, targetName, ...(newName ? { newName } : {}) });
     }
   }
+  if (ctx.virtV2v !== undefined) out.push(...conversionConcerns(vms, spec, ctx.virtV2v));
   const merged = merge(out);
   if (ready(merged)) merged.push({ type: 'Ready', status: 'True', category: 'Required', message: 'The migration plan is ready.' });
   return { concerns: merged, vms };
