@@ -189,7 +189,7 @@ async function startAgentWith(
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
-  const conversions = new ConversionController(opts.client, { nodeName: opts.nodeName, pools, version: virtV2v, log });
+  const conversions = new ConversionController(opts.client, { nodeName: opts.nodeName, pools, version: virtV2v, tcg: accel === 'tcg', log });
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
   // A guest on the cluster network is dialled at its address inside the node's namespace; one on

@@ -107,6 +107,11 @@ export interface ConversionOptions {
   pools: Map<string, Pool>;
   /** virt-v2v's version on this node (virtV2vVersion()), undefined when it is not installed. */
   version: string | undefined;
+  /**
+   * The node runs guests with TCG (agent vms/accel.ts): libguestfs is told so, since it tries
+   * KVM whenever /dev/kvm exists, and its appliance hangs in the firmware where KVM is broken.
+   */
+  tcg?: boolean;
   log?: Log;
   /** The command (tests put a stand-in here); default virt-v2v-in-place. */
   command?: string;
@@ -211,6 +216,7 @@ export class ConversionController extends Controller {
             ...process.env,
             LIBGUESTFS_BACKEND: process.env.LIBGUESTFS_BACKEND ?? 'direct',
             LIBGUESTFS_CACHEDIR: process.env.LIBGUESTFS_CACHEDIR ?? '/var/tmp',
+            ...(this.opts.tcg && !process.env.LIBGUESTFS_BACKEND_SETTINGS ? { LIBGUESTFS_BACKEND_SETTINGS: 'force_tcg' } : {}),
             TMPDIR: dir,
           },
           stdio: ['ignore', 'pipe', 'pipe'],
