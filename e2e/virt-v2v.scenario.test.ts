@@ -42,7 +42,7 @@ type Step = {
   name: string;
   phase: string;
   reason?: string;
-  warning?: string;
+  warning?: { reasons: string[] };
   started?: string;
   completed?: string;
   annotations?: Record<string, string>;
@@ -157,7 +157,7 @@ test('a Debian guest from an OVA is converted by virt-v2v and boots on Vessel', 
   const [, transfer, conversion] = vm.pipeline;
   console.log(
     `migration ${total} ms: transfer ${span(transfer)} s, conversion ${span(conversion)} s (virt-v2v ${conversion.annotations?.seconds} s); ` +
-      `stages seen: ${[...stages].join(' | ')}${conversion.warning ? `; warnings: ${conversion.warning}` : ''}`,
+      `stages seen: ${[...stages].join(' | ')}${conversion.warning ? `; warnings: ${conversion.warning.reasons.join(' | ')}` : ''}`,
   );
   // virt-v2v changed the guest (its initramfs and boot config): the volume differs from the source.
   const pvc = await c.client.get(PVCS, `${TARGET_NAME}-disk0`, { namespace: TARGET });

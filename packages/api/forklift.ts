@@ -25,9 +25,9 @@ export interface MigrationTask {
 export interface MigrationStep extends MigrationTask {
   tasks?: MigrationTask[];
   error?: { phase: string; reasons: string[] };
-  /** What the step is doing now (ImageConversion: virt-v2v's stage) and a warning it gave. */
+  /** What the step is doing now (ImageConversion: virt-v2v's stage) and the warnings it gave (Forklift's shape). */
   reason?: string;
-  warning?: string;
+  warning?: { phase: string; reasons: string[] };
 }
 /** A VM in a Migration's `status.vms`. */
 export interface MigrationVmStatus {

@@ -7,6 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { forklift, refs } from '@vessel/api';
 import { InMemoryClient } from '@vessel/apiserver/testing';
+import { updateStatus } from '@vessel/runtime';
 import { conversionConcerns, conversionWanted, convert, nodeHasVirtV2v, osFamily, SKIPPED_MESSAGE, type ConversionStatus } from './conversion.ts';
 import { initialStatus } from './migration.ts';
 import type { PlanVmResult } from './validation.ts';
@@ -138,4 +139,33 @@ test('convert: the request on the first claim, progress from the agent answer, S
   await new Promise((r) => setTimeout(r, 30));
   await answer({ id: 'm2/a', phase: 'Failed', message: 'ConversionFailed: inspection could not detect the source guest (or physical machine).' });
   await assert.rejects(again, /ConversionFailed: inspection could not detect/);
+});
+
+test("the step's reason, warning and annotations are what Forklift's Migration schema accepts (a string warning is not)", async () => {
+  const c = new InMemoryClient();
+  await c.create(refs.NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: 't' } });
+  await c.create(
+    refs.FORKLIFT_MIGRATIONS,
+    { apiVersion: 'forklift.konveyor.io/v1beta1', kind: 'Migration', metadata: { name: 'm', namespace: 't' }, spec: { plan: { name: 'p', namespace: 't' } } },
+    { namespace: 't' },
+  );
+  const s = initialStatus(vm('debian10_64Guest'), 't', true);
+  const step = s.pipeline.find((p) => p.name === 'ImageConversion')!;
+  Object.assign(step, {
+    phase: 'Completed',
+    reason: 'Converting Debian 12 to run on KVM',
+    warning: { phase: 'ImageConversion', reasons: ['could not determine a way to update the configuration of Grub2'] },
+    annotations: { seconds: '1547.3' },
+  });
+  await updateStatus(c, refs.FORKLIFT_MIGRATIONS, 't', 'm', (st) => {
+    st.vms = [s];
+  });
+  const got = (await c.get(refs.FORKLIFT_MIGRATIONS, 'm', { namespace: 't' })).status as { vms: { pipeline: { name: string; warning?: unknown }[] }[] };
+  assert.deepEqual(got.vms[0].pipeline[2].warning, step.warning);
+  await assert.rejects(
+    updateStatus(c, refs.FORKLIFT_MIGRATIONS, 't', 'm', (st) => {
+      st.vms = [{ ...s, pipeline: s.pipeline.map((p) => (p.name === 'ImageConversion' ? { ...p, warning: 'a string' } : p)) }];
+    }),
+    /warning/,
+  );
 });

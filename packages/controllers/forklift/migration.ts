@@ -283,7 +283,7 @@ export class MigrationRun {
       () => this.stopped,
     );
     this.finish(st);
-    if (done.warnings?.length) st.warning = done.warnings.join('; ').slice(0, 1000);
+    if (done.warnings?.length) st.warning = { phase: CONVERSION, reasons: done.warnings };
     if (done.seconds !== undefined) st.annotations = { ...st.annotations, seconds: String(done.seconds) };
   }
 
