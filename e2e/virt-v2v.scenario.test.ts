@@ -159,10 +159,10 @@ test('a Debian guest from an OVA is converted by virt-v2v and boots on Vessel', 
     `migration ${total} ms: transfer ${span(transfer)} s, conversion ${span(conversion)} s (virt-v2v ${conversion.annotations?.seconds} s); ` +
       `stages seen: ${[...stages].join(' | ')}${conversion.warning ? `; warnings: ${conversion.warning.reasons.join(' | ')}` : ''}`,
   );
-  // virt-v2v changed the guest (its initramfs and boot config): the volume differs from the source.
+  // virt-v2v changed the guest (its initramfs, firstboot scripts): the volume differs from the source (-U: the VM may already run).
   const pvc = await c.client.get(PVCS, `${TARGET_NAME}-disk0`, { namespace: TARGET });
   const volume = (pvc.metadata?.annotations as Record<string, string>)['vessel.io/volume-path'];
-  const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'qcow2', disk, volume]);
+  const cmp = await run('qemu-img', ['compare', '-U', '-f', 'raw', '-F', 'qcow2', disk, volume]);
   assert.equal(cmp.code, 1, `the converted volume differs from the source: ${cmp.out}${cmp.err}`);
   // It boots: targetPowerState on started it.
   const tb = Date.now();
