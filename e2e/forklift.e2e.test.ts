@@ -39,7 +39,7 @@ let v: Vessel;
 let dir: string;
 let root: string;
 
-type Cond = { type: string; status: string; category?: string; reason?: string; items?: string[] };
+type Cond = { type: string; status: string; category?: string; reason?: string; items?: string[]; message?: string };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
 const isReady = (o: KubeObject) => conds(o).some((c) => c.type === 'Ready' && c.status === 'True');
 const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
@@ -218,6 +218,12 @@ test('maps Ready when their sources exist; a plan validated with the expected co
     return isReady(o) ? o : undefined;
   });
   assert.ok(!conds(ok).some((c) => c.category === 'Critical'));
+  // ImageConversion (a Debian guest): a node without virt-v2v makes it a Warn, the plan stays Ready.
+  const nodes = await v.client.list({ group: '', version: 'v1', plural: 'nodes', namespaced: false });
+  const v2v = nodes.items.some((n) => n.metadata?.labels?.['vessel.io/virt-v2v']);
+  const skipped = conds(ok).find((c) => c.type === 'GuestConversionSkipped');
+  if (v2v) assert.equal(skipped, undefined);
+  else assert.deepEqual([skipped?.category, skipped?.message, skipped?.items?.length], ['Warn', 'guest conversion skipped: virt-v2v is not installed', 1]);
   // A map that stops being Ready (its StorageClass deleted) takes its plans with it.
   await v.client.delete(SCS, 'fk-big');
   await eventually('plan not Ready with its map', async () => {
@@ -271,6 +277,8 @@ test('a cold migration: the disk streamed from inside the OVA into a DataVolume,
       targetNamespace: TARGET,
       map: { network: { name: 'run-net' }, storage: { name: 'run-disks' } },
       vms: [{ name: 'web' }],
+      // Its disk is a test pattern, no guest: nothing for virt-v2v to convert.
+      skipGuestConversion: true,
     }),
     { namespace: NS },
   );

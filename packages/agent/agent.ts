@@ -5,7 +5,7 @@
  */
 import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { storage, refs } from '@vessel/api';
+import { forklift, storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
 import { ensureMigrationCerts, ensureSelfSignedCert, parseListen, type MigrationCerts } from '@vessel/tls';
@@ -20,6 +20,7 @@ import { agentEgressPolicy } from './storage/egress.ts';
 import { PathError, Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
+import { ConversionController, virtV2vVersion } from './storage/convert.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
 import { VmRuntime, vmsRootOf } from './vms/runtime.ts';
@@ -146,6 +147,7 @@ async function startAgentWith(
   const cert = await ensureSelfSignedCert(join(opts.dataDir, 'agent'), 'agent', `vessel-agent:${opts.nodeName}`);
   const migrationTls = opts.migrationTls === false ? undefined : await ensureMigrationCerts(join(opts.dataDir, 'migration-ca'), opts.nodeName);
   const accel = await detectAccelerator();
+  const virtV2v = await virtV2vVersion();
   const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
   const priority = await resolveQemuPriority(opts.qemuPriority ?? DEFAULT_QEMU_PRIORITY, log);
@@ -189,6 +191,7 @@ async function startAgentWith(
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
+  const conversions = new ConversionController(opts.client, { nodeName: opts.nodeName, pools, version: virtV2v, tcg: accel === 'tcg', log });
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
   // A guest on the cluster network is dialled at its address inside the node's namespace; one on
@@ -283,7 +286,7 @@ async function startAgentWith(
     systemReserved: opts.systemReserved,
     connected: fencer && (() => fencer.apiOk),
     log,
-    labels: { 'vessel.io/accelerator': accel, cpumanager: String(!!cpuManager) },
+    labels: { 'vessel.io/accelerator': accel, cpumanager: String(!!cpuManager), ...(virtV2v ? { [forklift.NODE_VIRT_V2V]: virtV2v } : {}) },
     extendedResources: () => nodeExtendedResources(cpuManager),
     annotations: {
       ...(opts.fabricIp === undefined ? {} : { [FABRIC_IP_ANNOTATION]: opts.fabricIp }),
@@ -305,6 +308,7 @@ async function startAgentWith(
     await vms.start();
     await snapshots.start();
     await restores.start();
+    await conversions.start();
     fencing = fencer && runFencer(fencer, 1000, log, async () => watchdog?.pet(watchdogTerms()));
   } catch (e) {
     prober?.close();
@@ -332,6 +336,7 @@ async function startAgentWith(
       fencing?.stop();
       prober?.close();
       node.stop();
+      await conversions.stop();
       await restores.stop();
       await snapshots.stop();
       await vms.stop();

@@ -25,6 +25,9 @@ export interface MigrationTask {
 export interface MigrationStep extends MigrationTask {
   tasks?: MigrationTask[];
   error?: { phase: string; reasons: string[] };
+  /** What the step is doing now (ImageConversion: virt-v2v's stage) and the warnings it gave (Forklift's shape). */
+  reason?: string;
+  warning?: { phase: string; reasons: string[] };
 }
 /** Hook annotation naming a script the administrator registered (a file name in `--forklift-hook-dir`). */
 export const HOOK_SCRIPT_ANNOTATION = 'forklift.vessel.io/hook-script';
@@ -45,4 +48,44 @@ export interface MigrationVmStatus {
   completed?: string;
   error?: { phase: string; reasons: string[] };
   conditions?: Record<string, unknown>[];
+}
+
+/**
+ * Guest conversion (virt-v2v, the ImageConversion step): the Forklift controller cannot touch
+ * node files, so it asks the agent of the node holding the VM's volumes through reserved
+ * annotations on the first disk's claim (only the control plane and agents may set `vessel.io/`
+ * keys), as clones and restores are asked for; the agent answers on the same claim.
+ */
+/** On a claim: ConversionRequest (JSON), set by the Forklift controller. */
+export const CONVERT_REQUEST = 'vessel.io/convert';
+/** On a claim: ConversionStatus (JSON), written by the agent that runs virt-v2v. */
+export const CONVERSION_STATUS = 'vessel.io/conversion';
+/** Node label the agent sets when virt-v2v (with nbdkit and libnbd's tools) works there: virt-v2v's version. */
+export const NODE_VIRT_V2V = 'vessel.io/virt-v2v';
+
+export interface ConversionRequest {
+  /** Who asks (migration uid and VM id): a new id runs again, the same id is answered once. */
+  id: string;
+  /** The VM's disk claims in the claim's namespace, in boot order (this claim first). */
+  claims: string[];
+  firmware: 'bios' | 'efi';
+  /** For the guest description virt-v2v reads (libvirt XML). */
+  name: string;
+  memoryMB: number;
+  cpus: number;
+}
+
+export interface ConversionStatus {
+  id: string;
+  phase: 'Running' | 'Succeeded' | 'Failed';
+  /** The stage virt-v2v is in (its progress messages) and how many of the expected ones passed. */
+  stage?: string;
+  stages?: { completed: number; total: number };
+  /** On failure, virt-v2v's reason (its error message) or the agent's. */
+  message?: string;
+  warnings?: string[];
+  started?: string;
+  completed?: string;
+  /** Seconds virt-v2v ran. */
+  seconds?: number;
 }

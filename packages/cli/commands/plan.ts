@@ -37,6 +37,8 @@ export interface PlanOptions {
   vms: string[];
   type?: string;
   targetPowerState?: string;
+  /** Forklift's `skipGuestConversion`: no virt-v2v (ImageConversion) for the plan's VMs. */
+  skipGuestConversion?: boolean;
   /** Forklift's destination provider; this cluster in Vessel (not checked). */
   destination?: string;
 }
@@ -68,6 +70,7 @@ export function buildPlan(name: string, namespace: string, f: PlanOptions): Kube
       vms: f.vms.map(vmRef),
       ...(f.type ? { type: f.type } : {}),
       ...(f.targetPowerState ? { targetPowerState: f.targetPowerState } : {}),
+      ...(f.skipGuestConversion ? { skipGuestConversion: true } : {}),
     },
   };
 }
@@ -272,6 +275,7 @@ export function registerPlan(program: Command): void {
     .option('--vm <vm>', 'a VM of the inventory: its name or id (id:X / name:X to be explicit); repeatable', collect, [])
     .option('--type <type>', 'cold or warm (warm is not built)')
     .option('--target-power-state <state>', 'on, off or auto')
+    .option('--skip-guest-conversion', 'no virt-v2v conversion of the guests (ImageConversion)')
     .option('--dry-run', 'print the Plan, write nothing')
     .option('-o, --output <format>', 'yaml: print the Plan written')
     .action(
@@ -285,6 +289,7 @@ export function registerPlan(program: Command): void {
           vm: string[];
           type?: string;
           targetPowerState?: string;
+          skipGuestConversion?: boolean;
           dryRun?: boolean;
           output?: string;
         },

@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
 import { cancelNames, MigrationRun, type DiskOpener } from './migration.ts';
 import { hookConcerns, runHook, type HookOptions } from './hooks.ts';
+import { conversionWanted, nodeHasVirtV2v } from './conversion.ts';
 import { VsphereError } from './vsphere/soap.ts';
 import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
 import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
@@ -34,6 +35,7 @@ const {
   VMS,
   CONFIGMAPS,
   SECRETS,
+  NODES,
 } = refs;
 
 /** How often an `ova` directory is scanned again. */
@@ -62,6 +64,7 @@ export class ForkliftController extends Controller {
   private readonly nads: Informer;
   private readonly classes: Informer;
   private readonly vms: Informer;
+  private readonly nodes: Informer;
   /** Ready providers' inventories by namespace/name, with the generation they were read for. */
   private readonly inventories = new Map<string, { generation: number; inventory: Inventory; at: number }>();
   private readonly ovaRoots: readonly string[];
@@ -84,6 +87,15 @@ export class ForkliftController extends Controller {
     this.classes = this.inform(STORAGE_CLASSES, all);
     this.vms = this.inform(VMS, all);
     this.hooks = this.inform(FORKLIFT_HOOKS, (h) => [`hook|${cacheKey(h)}`, ...plans()]);
+    // Plans say when no node can run virt-v2v (ImageConversion), so they follow the Nodes' labels.
+    // Heartbeats change Nodes every few seconds: only a change of that answer revalidates.
+    let v2v: boolean | undefined;
+    this.nodes = this.inform(NODES, () => {
+      const now = this.nodes.list().some(nodeHasVirtV2v);
+      if (now === v2v) return [];
+      v2v = now;
+      return plans();
+    });
   }
 
   /** Lost the lease or shutting down: running migrations stop where they are; the next leader resumes them. */
@@ -360,6 +372,7 @@ export class ForkliftController extends Controller {
         const h = this.hooks.get(`${ns}/${name}`);
         return !h ? 'NotFound' : hasReady(h as Obj) ? 'Ready' : 'NotReady';
       },
+      virtV2v: this.nodes.list().some(nodeHasVirtV2v),
     };
   }
 
@@ -434,6 +447,8 @@ export class ForkliftController extends Controller {
         plan,
         vms,
         initialize: o(provider?.spec).type === 'vsphere' ? vsphere : ova,
+        // Without virt-v2v on any node the VM migrates unconverted (the plan's GuestConversionSkipped).
+        convert: (v) => conversionWanted(v.vm, o(plan.spec)) && this.nodes.list().some(nodeHasVirtV2v),
         storage: (source) => o(entry(storageMap, named(inv?.datastores, source))?.destination) as { storageClass: string },
         network: (id) => {
           const d = entry(networkMap, named(inv?.networks, id))?.destination;

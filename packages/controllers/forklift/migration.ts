@@ -16,6 +16,7 @@ import { isStatusError } from '@vessel/client';
 import { forklift, refs, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
 import type { PlanVmResult, VmHook } from './validation.ts';
+import { convert, STEP as CONVERSION } from './conversion.ts';
 
 const { DATAVOLUMES, PVCS, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
 const MB = 1_000_000;
@@ -53,6 +54,8 @@ export interface RunInput {
   canceled?: (vm: PlanVmResult) => boolean;
   /** Runs one of the VM's hooks; rejects with the reason the step fails. */
   runHook?: (hook: VmHook, vm: PlanVmResult) => Promise<void>;
+  /** Whether the VM goes through virt-v2v (the ImageConversion step; ./conversion.ts); none: no VM does. */
+  convert?: (vm: PlanVmResult) => boolean;
 }
 
 /** A disk's bytes as sent to the upload endpoint. */
@@ -111,7 +114,7 @@ function paced(stream: Readable, bytesPerSec: number): Readable {
   return stream.pipe(pacer);
 }
 
-export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
+export function initialStatus(vm: PlanVmResult, namespace: string, convert = false): VmStatus {
   const mbOf = (b: number) => Math.ceil(b / MB);
   const hook = (step: 'PreHook' | 'PostHook'): Step[] =>
     vm.hooks?.some((h) => h.step === step) ? [{ name: step, phase: 'Pending', progress: { total: 1, completed: 0 } }] : [];
@@ -137,6 +140,7 @@ export function initialStatus(vm: PlanVmResult, namespace: string): VmStatus {
           annotations: { unit: 'MB', file: d.file },
         })),
       },
+      ...(convert ? [{ name: CONVERSION, phase: 'Pending', progress: { total: 1, completed: 0 } }] : []),
       { name: 'VirtualMachineCreation', phase: 'Pending', progress: { total: 1, completed: 0 } },
       ...hook('PostHook'),
     ],
@@ -218,7 +222,7 @@ export class MigrationRun {
   ) {
     const ns = o(input.plan.spec).targetNamespace as string;
     const prev = (o(input.migration.status).vms as VmStatus[] | undefined) ?? [];
-    this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns));
+    this.vms = input.vms.map((v) => prev.find((p) => p.id === v.vm.id && p.phase === 'Completed') ?? initialStatus(v, ns, input.convert?.(v) ?? false));
   }
 
   /** The Migration changed: VMs its `spec.cancel` now names stop where they are. */
@@ -297,6 +301,12 @@ export class MigrationRun {
       }
       this.finish(transfer);
       checkpoint();
+      if (s.pipeline.some((p) => p.name === CONVERSION)) {
+        current = CONVERSION;
+        s.phase = CONVERSION;
+        await this.convertVm(v, s, this.step(s, CONVERSION));
+        checkpoint();
+      }
       current = 'VirtualMachineCreation';
       s.phase = 'VirtualMachineCreation';
       const create = this.step(s, 'VirtualMachineCreation');
@@ -386,6 +396,34 @@ export class MigrationRun {
     s.conditions = [
       { type: 'Canceled', status: 'True', category: 'Advisory', reason: 'UserRequested', message: 'The migration has been canceled.', lastTransitionTime: t },
     ];
+  }
+
+  /** The ImageConversion step: the agent holding the volumes runs virt-v2v on them in place; its stage is the step's `reason`. */
+  private async convertVm(v: PlanVmResult, s: VmStatus, st: Step): Promise<void> {
+    this.begin(st);
+    await this.write();
+    const done = await convert(
+      this.client,
+      s.namespace,
+      v.vm.disks.map((_, i) => claimName(v, i)),
+      {
+        id: `${this.input.migration.metadata?.uid ?? ''}/${v.vm.id}`,
+        claims: v.vm.disks.map((_, i) => claimName(v, i)),
+        firmware: v.vm.firmware === 'efi' ? 'efi' : 'bios',
+        name: v.targetName,
+        memoryMB: v.vm.memoryMB,
+        cpus: v.vm.cpus,
+      },
+      (c) => {
+        if (c.stages) st.progress = { total: c.stages.total, completed: Math.min(c.stages.completed, c.stages.total) };
+        if (c.stage) st.reason = c.stage;
+        void this.write();
+      },
+      () => this.stopped,
+    );
+    this.finish(st);
+    if (done.warnings?.length) st.warning = { phase: CONVERSION, reasons: done.warnings };
+    if (done.seconds !== undefined) st.annotations = { ...st.annotations, seconds: String(done.seconds) };
   }
 
   /** One disk: an upload DataVolume of its capacity, then the source's bytes (OVA member, datastore file) streamed to it. */

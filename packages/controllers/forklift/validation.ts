@@ -5,6 +5,7 @@
  */
 import type { Inventory, InventoryVm } from './ova.ts';
 import { pvcName, TemplateError } from './template.ts';
+import { conversionConcerns } from './conversion.ts';
 
 export type Category = 'Critical' | 'Error' | 'Warn' | 'Advisory' | 'Required';
 export interface Concern {
@@ -170,6 +171,8 @@ export interface PlanContext {
   /** Whether the map is Ready (its own conditions). */
   mapReady: (map: Obj) => boolean;
   /** A Hook's state (its own Ready condition); absent: every hook reference is NotFound. */
+  /** Whether a Ready node runs virt-v2v (ImageConversion); undefined: not checked. */
+  virtV2v?: boolean;
   hookState?: (namespace: string, name: string) => 'Ready' | 'NotReady' | 'NotFound';
 }
 
@@ -432,6 +435,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       vms.push({ vm: r, targetName, ...(newName ? { newName } : {}), ...(diskNames ? { diskNames } : {}), ...(hooks.length ? { hooks } : {}) });
     }
   }
+  if (ctx.virtV2v !== undefined) out.push(...conversionConcerns(vms, spec, ctx.virtV2v));
   const merged = merge(out);
   if (ready(merged)) merged.push({ type: 'Ready', status: 'True', category: 'Required', message: 'The migration plan is ready.' });
   return { concerns: merged, vms };
