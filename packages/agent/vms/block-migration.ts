@@ -26,6 +26,12 @@ const POLL_MS = 200;
 const QMP_TIMEOUT_MS = 60_000;
 /** How long ending the mirrors may take (the guest is paused meanwhile). */
 const CONCLUDE_TIMEOUT_MS = 120_000;
+/**
+ * How long a source's NBD connection (blockdev-add) may take before its TCP connections to the
+ * target are cut: QEMU holds its main loop while it connects, so a connection that never ends
+ * (seen once in ~10 first migrations whose target was killed mid-handshake) freezes the guest.
+ */
+export const NBD_CONNECT_GUARD_MS = 4_000;
 /** Ports the target's NBD server tries (QEMU does not report the port it picked for port 0). */
 const PORT_MIN = 49152;
 const PORT_SPAN = 16000;
@@ -265,7 +271,14 @@ export async function startMirrors(
   qmp: Qmp,
   disks: readonly MovingDisk[],
   address: string | { path: string },
-  opts: { tlsCreds?: string; tlsHostname?: string; speed?: number; stop?: () => boolean } = {},
+  opts: {
+    tlsCreds?: string;
+    tlsHostname?: string;
+    speed?: number;
+    stop?: () => boolean;
+    /** Cuts QEMU's TCP connections to `host:port` (the agent runs `ss -K` in the node's namespace). */
+    cutConnections?: (host: string, port: number) => Promise<void>;
+  } = {},
 ): Promise<void> {
   // A unix path: the source relay's socket (migration-relay.ts), for a QEMU in a pod namespace.
   const m = typeof address === 'string' ? /^\[?([^\]]+?)\]?:(\d+)$/.exec(address) : undefined;
@@ -274,13 +287,14 @@ export async function startMirrors(
   const sizes = await nodeSizes(qmp);
   for (const d of disks) {
     const id = `${JOB_PREFIX}${d.volume}`.slice(0, 31);
-    await exec(qmp, 'blockdev-add', {
+    const connecting = exec(qmp, 'blockdev-add', {
       driver: 'nbd',
       'node-name': id,
       server,
       export: d.volume,
       ...(opts.tlsCreds ? { 'tls-creds': opts.tlsCreds, 'tls-hostname': opts.tlsHostname } : {}),
     });
+    await guarded(connecting, m && opts.cutConnections ? () => opts.cutConnections!(m[1], Number(m[2])) : undefined);
     const source = blockNodeNames(d.volume).format;
     const after = await nodeSizes(qmp);
     if (sizes.get(source) !== after.get(id)) {
@@ -304,6 +318,20 @@ export async function startMirrors(
     if (opts.stop?.()) throw new Error('the migration was aborted while the disks were mirrored');
     await sleep(POLL_MS);
   }
+}
+
+/**
+ * Waits for `connecting`; while it has not answered after NBD_CONNECT_GUARD_MS, `cut` runs
+ * (again every NBD_CONNECT_GUARD_MS): a cut connection fails the blockdev-add and frees QEMU.
+ */
+async function guarded<T>(connecting: Promise<T>, cut: (() => Promise<void>) | undefined): Promise<T> {
+  if (!cut) return connecting;
+  const answered = connecting.then(
+    () => true,
+    () => true,
+  );
+  while (!(await Promise.race([answered, sleep(NBD_CONNECT_GUARD_MS).then(() => false)]))) await cut().catch(() => undefined);
+  return connecting;
 }
 
 /**
