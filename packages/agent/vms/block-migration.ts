@@ -27,11 +27,13 @@ const QMP_TIMEOUT_MS = 60_000;
 /** How long ending the mirrors may take (the guest is paused meanwhile). */
 const CONCLUDE_TIMEOUT_MS = 120_000;
 /**
- * How long a source's NBD connection (blockdev-add) may take before its TCP connections to the
- * target are cut: QEMU holds its main loop while it connects, so a connection that never ends
- * (seen once in ~10 first migrations whose target was killed mid-handshake) freezes the guest.
+ * How long (s) a source's NBD client may take to connect (QEMU's `open-timeout`). QEMU 7.2 holds
+ * its main loop, and so the guest, while it connects; when the TLS handshake cannot finish at
+ * once, its connection thread waits for the main loop's GLib context, which never comes: a
+ * deadlock that froze the guest for good (docs/migration.md). The open timer, run by the main
+ * loop itself, ends the wait; the connection fails, QEMU and the guest go on.
  */
-export const NBD_CONNECT_GUARD_MS = 4_000;
+export const NBD_OPEN_TIMEOUT_S = 5;
 /** Ports the target's NBD server tries (QEMU does not report the port it picked for port 0). */
 const PORT_MIN = 49152;
 const PORT_SPAN = 16000;
@@ -276,8 +278,6 @@ export async function startMirrors(
     tlsHostname?: string;
     speed?: number;
     stop?: () => boolean;
-    /** Cuts QEMU's TCP connections to `host:port` (the agent runs `ss -K` in the node's namespace). */
-    cutConnections?: (host: string, port: number) => Promise<void>;
   } = {},
 ): Promise<void> {
   // A unix path: the source relay's socket (migration-relay.ts), for a QEMU in a pod namespace.
@@ -287,14 +287,14 @@ export async function startMirrors(
   const sizes = await nodeSizes(qmp);
   for (const d of disks) {
     const id = `${JOB_PREFIX}${d.volume}`.slice(0, 31);
-    const connecting = exec(qmp, 'blockdev-add', {
+    await exec(qmp, 'blockdev-add', {
       driver: 'nbd',
       'node-name': id,
       server,
       export: d.volume,
       ...(opts.tlsCreds ? { 'tls-creds': opts.tlsCreds, 'tls-hostname': opts.tlsHostname } : {}),
+      'open-timeout': NBD_OPEN_TIMEOUT_S,
     });
-    await guarded(connecting, m && opts.cutConnections ? () => opts.cutConnections!(m[1], Number(m[2])) : undefined);
     const source = blockNodeNames(d.volume).format;
     const after = await nodeSizes(qmp);
     if (sizes.get(source) !== after.get(id)) {
@@ -318,20 +318,6 @@ export async function startMirrors(
     if (opts.stop?.()) throw new Error('the migration was aborted while the disks were mirrored');
     await sleep(POLL_MS);
   }
-}
-
-/**
- * Waits for `connecting`; while it has not answered after NBD_CONNECT_GUARD_MS, `cut` runs
- * (again every NBD_CONNECT_GUARD_MS): a cut connection fails the blockdev-add and frees QEMU.
- */
-async function guarded<T>(connecting: Promise<T>, cut: (() => Promise<void>) | undefined): Promise<T> {
-  if (!cut) return connecting;
-  const answered = connecting.then(
-    () => true,
-    () => true,
-  );
-  while (!(await Promise.race([answered, sleep(NBD_CONNECT_GUARD_MS).then(() => false)]))) await cut().catch(() => undefined);
-  return connecting;
 }
 
 /**

@@ -21,7 +21,6 @@ import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
 import { faultDelay, faultPoint } from '../faults.ts';
-import { inNetns, runCmd } from '../network/exec.ts';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { containedPath, type Pool } from '../storage/pools.ts';
@@ -37,7 +36,6 @@ import {
   notLeftover,
   qemusHolding,
   NBD_ANNOTATION,
-  NBD_CONNECT_GUARD_MS,
   planBlockMigration,
   removeFiles,
   startMirrors,
@@ -711,10 +709,6 @@ export class VmMigrations {
         // A test knob: a slow mirror, to fail a migration in the middle of it.
         speed: Number(process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC ?? 0) || undefined,
         stop: aborted,
-        cutConnections: async (host, port) => {
-          this.host.log(`migration: ${key}: the NBD connection to ${host}:${port} has not answered in ${NBD_CONNECT_GUARD_MS} ms; cutting it`);
-          await runCmd([...inNetns(this.host.nodeNetns), 'ss', '-K', 'dst', host, 'dport', '=', String(port)], { timeoutMs: 10_000 });
-        },
       });
     } catch (e) {
       await cancelMirrors(qmp);
