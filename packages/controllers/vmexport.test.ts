@@ -205,7 +205,8 @@ test('a given token Secret must exist; the ttl deletes the export', async () => 
   await settle();
   assert.equal(await tryGet(c, SECRETS, 'export-token-ex2'), undefined, 'no token generated when one is given');
 
-  await c.create(VMEXPORTS, exportObject('short', { source: { kind: 'PersistentVolumeClaim', name: 'disk' }, ttlDuration: '1s' }), NS);
+  // creationTimestamp has whole seconds, so a ttl of N s leaves the export between N-1 and N s.
+  await c.create(VMEXPORTS, exportObject('short', { source: { kind: 'PersistentVolumeClaim', name: 'disk' }, ttlDuration: '3s' }), NS);
   await until('Ready', async () => (await exportStatus(c, 'short')).phase === 'Ready');
-  await until('deleted after its ttl', async () => (await tryGet(c, VMEXPORTS, 'short')) === undefined, 5000);
+  await until('deleted after its ttl', async () => (await tryGet(c, VMEXPORTS, 'short')) === undefined, 8000);
 });
