@@ -7,7 +7,7 @@
  * on the VMIs.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdir, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { Client, StatusError, type KubeObject, type ResourceRef } from '@vessel/client';
-import { ensureTinyGuest, TINY_SERIAL } from '../guest/tiny.ts';
+import { ensureTinyGuest, tinyOverlay, tinyQemuArgv, TINY_SERIAL, type TinyGuest } from '../guest/tiny.ts';
 import { launch, terminate, waitForSerial } from '../packages/agent/qemu/process.ts';
 import { connectSubresource } from '../packages/cli/commands/console.ts';
 import { startVessel, type Vessel } from './harness.ts';
@@ -131,9 +131,7 @@ before(async () => {
   runDir = join(agent.dataDir, 'vms', 'default', 'tiny');
   await mkdir(runDir, { recursive: true });
   const g = await guest;
-  const disk = join(v.dataDir, 'tiny.qcow2');
-  const img = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', g.disk, disk], { encoding: 'utf8' });
-  assert.equal(img.status, 0, img.stderr);
+  tinyOverlay(g, join(v.dataDir, 'tiny.qcow2'));
 });
 
 after(async () => {
@@ -153,7 +151,7 @@ function runTiny(): Promise<void> {
   running ??= (async () => {
     const g = await ensureTinyGuest();
     const current = await v.client.get(VMI, 'tiny', { namespace: 'default' });
-    await launchTiny(g.kernel, g.initrd, g.cmdline, current.metadata!.uid!);
+    await launchTiny(g, current.metadata!.uid!);
     log('launched');
     // VMIs have no status subresource (as upstream: virt-handler writes status through the object).
     await v.client.update(VMI, { ...current, status: { phase: 'Running', nodeName: 'node-a' } });
@@ -161,37 +159,12 @@ function runTiny(): Promise<void> {
   return running;
 }
 
-async function launchTiny(kernel: string, initrd: string, cmdline: string, uid: string): Promise<void> {
+async function launchTiny(g: TinyGuest, uid: string): Promise<void> {
   await launch({
     runDir,
     vnc: true,
     vm: { uid, namespace: 'default', name: 'tiny' },
-    argv: [
-      '-machine',
-      'q35',
-      '-accel',
-      'tcg',
-      '-m',
-      '256',
-      '-smp',
-      '1',
-      '-nodefaults',
-      '-no-user-config',
-      '-display',
-      'none',
-      '-vga',
-      'std',
-      '-drive',
-      `file=${join(v.dataDir, 'tiny.qcow2')},format=qcow2,if=none,id=d0`,
-      '-device',
-      'virtio-blk-pci,drive=d0',
-      '-kernel',
-      kernel,
-      '-initrd',
-      initrd,
-      '-append',
-      cmdline,
-    ],
+    argv: tinyQemuArgv(g, join(v.dataDir, 'tiny.qcow2'), ['-vga', 'std']),
   });
 }
 

@@ -1,5 +1,6 @@
 // The tiny test guest (guest/build-tiny.sh): builds it once per recipe into the cache and says
 // where its files are. Tests and `vessel up` call ensureTinyGuest() before booting it.
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { recipe, type GuestFiles } from './recipe.ts';
@@ -28,3 +29,25 @@ export const BUILD_SCRIPT = path.join(path.dirname(fileURLToPath(import.meta.url
  * /var/cache/vessel/guest). Concurrent callers, in this process or others, share one build.
  */
 export const ensureTinyGuest: (opts?: { timeoutMs?: number }) => Promise<TinyGuest> = recipe(BUILD_SCRIPT, 'tiny.qcow2', 10 * 60_000);
+
+/**
+ * QEMU's argv for the tiny guest booted straight from its kernel, without Vessel: TCG, 256 MiB,
+ * one vCPU, `disk` (qcow2) on virtio-blk. For tests of QEMU-facing code below the agent; `extra`
+ * adds devices (a console, a VGA card, the guest agent's channel).
+ */
+export function tinyQemuArgv(guest: TinyGuest, disk: string, extra: readonly string[] = []): string[] {
+  return [
+    ...['-machine', 'q35', '-accel', 'tcg', '-m', '256', '-smp', '1'],
+    ...['-nodefaults', '-no-user-config', '-display', 'none'],
+    ...['-drive', `file=${disk},format=qcow2,if=none,id=d0`, '-device', 'virtio-blk-pci,drive=d0'],
+    ...['-kernel', guest.kernel, '-initrd', guest.initrd, '-append', guest.cmdline],
+    ...extra,
+  ];
+}
+
+/** Makes `file` a qcow2 overlay of the cached tiny disk, so a test's guest never writes the cache. */
+export function tinyOverlay(guest: TinyGuest, file: string): string {
+  const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', guest.disk, file], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`qemu-img create ${file}: ${r.stderr || r.error?.message}`);
+  return file;
+}

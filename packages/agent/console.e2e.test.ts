@@ -5,7 +5,6 @@
  * upgrade. The handlers sit on a plain local HTTP server: the token check is the endpoint's.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, rm, appendFile } from 'node:fs/promises';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -13,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import WebSocket, { type RawData } from 'ws';
-import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
+import { ensureTinyGuest, tinyOverlay, tinyQemuArgv, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
 import { consoleHandlers, TAKEN_OVER_REASON, type ConsoleHandlers } from './console.ts';
 import { agentRoutes } from './endpoint.ts';
 import { launch, terminate } from './qemu/process.ts';
@@ -54,39 +53,12 @@ before(async () => {
   base = `127.0.0.1:${(server.address() as AddressInfo).port}`;
 
   await mkdir(runDir, { recursive: true });
-  const disk = join(root, 'tiny.qcow2');
-  const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', guest.disk, disk], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
+  const disk = tinyOverlay(guest, join(root, 'tiny.qcow2'));
   await launch({
     runDir,
     vnc: true,
     vm: { namespace: 'default', name: 'tiny' },
-    argv: [
-      '-machine',
-      'q35',
-      '-accel',
-      'tcg',
-      '-m',
-      '256',
-      '-smp',
-      '1',
-      '-nodefaults',
-      '-no-user-config',
-      '-display',
-      'none',
-      '-drive',
-      `file=${disk},format=qcow2,if=none,id=d0`,
-      '-device',
-      'virtio-blk-pci,drive=d0',
-      '-vga',
-      'std',
-      '-kernel',
-      guest.kernel,
-      '-initrd',
-      guest.initrd,
-      '-append',
-      guest.cmdline,
-    ],
+    argv: tinyQemuArgv(guest, disk, ['-vga', 'std']),
   });
   log('launched');
   first = await consoleSession();

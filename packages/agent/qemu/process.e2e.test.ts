@@ -4,7 +4,7 @@
  * is SIGKILLed), ACPI power-off, failed launches, stale pidfiles and the pid-reuse guard.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import net from 'node:net';
@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
+import { ensureTinyGuest, tinyOverlay, tinyQemuArgv, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { QemuLaunchError, QemuProcessError } from './errors.ts';
 import { adopt, attachSerial, launch, listRunDirs, probe, readSerialLog, runDirFiles, serialLogSize, terminate, waitExit, waitForSerial } from './process.ts';
@@ -38,40 +38,8 @@ const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
 
 /** A qcow2 overlay of the cached tiny disk, so the cache entry is never written. */
-function overlay(name: string): string {
-  const file = join(root, name);
-  const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', guest.disk, file], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  return file;
-}
-
-function tinyArgv(disk: string, extra: string[] = []): string[] {
-  return [
-    '-machine',
-    'q35',
-    '-accel',
-    'tcg',
-    '-m',
-    '256',
-    '-smp',
-    '1',
-    '-nodefaults',
-    '-no-user-config',
-    '-display',
-    'none',
-    '-drive',
-    `file=${disk},format=qcow2,if=none,id=d0`,
-    '-device',
-    'virtio-blk-pci,drive=d0',
-    '-kernel',
-    guest.kernel,
-    '-initrd',
-    guest.initrd,
-    '-append',
-    guest.cmdline,
-    ...extra,
-  ];
-}
+const overlay = (name: string): string => tinyOverlay(guest, join(root, name));
+const tinyArgv = (disk: string, extra: string[] = []): string[] => tinyQemuArgv(guest, disk, extra);
 
 async function connect(qmpPath: string): Promise<QmpClient> {
   const c = await QmpClient.connect(qmpPath, { timeoutMs: 10_000 });

@@ -5,12 +5,11 @@
  * so on the serial console; a paused guest does not answer, and answers again once resumed.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { ensureTinyGuest, type TinyGuest } from '@vessel/guest';
+import { ensureTinyGuest, tinyOverlay, tinyQemuArgv, type TinyGuest } from '@vessel/guest';
 import { QmpClient } from '../qmp/client.ts';
 import { launch, readSerialLog, serialLogSize, terminate, waitForSerial } from '../qemu/process.ts';
 import { GUEST_AGENT_CHARDEV_ID, SERIAL_CHARDEV_ID } from '../qemu/argv.ts';
@@ -31,34 +30,10 @@ before(async () => {
   guest = await ensureTinyGuest();
   root = await mkdtemp(join(tmpdir(), 'vessel-qga-'));
   runDir = join(root, 'vm');
-  const disk = join(root, 'root.qcow2');
-  const r = spawnSync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', guest.disk, disk], { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
+  const disk = tinyOverlay(guest, join(root, 'root.qcow2'));
   const started = await launch({
     runDir,
-    argv: [
-      '-machine',
-      'q35',
-      '-accel',
-      'tcg',
-      '-m',
-      '256',
-      '-smp',
-      '1',
-      '-nodefaults',
-      '-no-user-config',
-      '-display',
-      'none',
-      '-drive',
-      `file=${disk},format=qcow2,if=none,id=d0`,
-      '-device',
-      'virtio-blk-pci,drive=d0',
-      '-kernel',
-      guest.kernel,
-      '-initrd',
-      guest.initrd,
-      '-append',
-      guest.cmdline,
+    argv: tinyQemuArgv(guest, disk, [
       '-device',
       `isa-serial,chardev=${SERIAL_CHARDEV_ID}`,
       // The guest agent channel as qemu/argv.ts gives every VM.
@@ -66,7 +41,7 @@ before(async () => {
       'virtio-serial-pci,id=virtio-serial0',
       '-device',
       `virtserialport,bus=virtio-serial0.0,chardev=${GUEST_AGENT_CHARDEV_ID},name=org.qemu.guest_agent.0`,
-    ],
+    ]),
     chardevs: [
       { id: SERIAL_CHARDEV_ID, role: 'serial-console' },
       { id: GUEST_AGENT_CHARDEV_ID, role: 'guest-agent' },
