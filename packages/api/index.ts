@@ -11,6 +11,7 @@ export { applyDefaults, applyVmiSpecDefaults, defaultDiskBus, firmwareUUID, uuid
 export { openApiV2, openApiV3, openApiV3Hash, openApiV3Index, openApiV3Path, type OpenApiDocument } from './openapi.ts';
 export { parseQuantity, tryParseQuantity } from './quantity.ts';
 export { Reason, invalidObjectMessage } from './errors.ts';
+export { newEvent, type EventType } from './events.ts';
 export {
   SUPPORTED_FIELDS,
   DV_SPEC_SUPPORTED,

@@ -3,12 +3,11 @@
  * resource handlers, authenticates and authorizes every request, and answers every failure
  * with a Status. No framework: the paths are Kubernetes', and watches need the raw response.
  */
-import { randomBytes } from 'node:crypto';
 import { createServer as createHttpsServer } from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex } from 'node:stream';
 import YAML from 'yaml';
-import { findByResource, openApiV3, openApiV3Index, openApiV2 } from '@vessel/api';
+import { findByResource, newEvent, openApiV3, openApiV3Index, openApiV2, type EventType } from '@vessel/api';
 import type { Cidr, KindInfo, KubeObject } from '@vessel/api';
 import { Router, type Params } from '@vessel/http';
 import type { Store } from '@vessel/store';
@@ -131,25 +130,9 @@ export interface Handler {
 export function createHandler(opts: HandlerOptions): Handler {
   const resources = new Resources(opts.store, { serviceCidr: opts.serviceCidr });
   /** An Event written by admission itself (virt-api's recorder); never fails the request. */
-  const admissionEvent = async (obj: KubeObject, type: 'Normal' | 'Warning', reason: string, message: string): Promise<void> => {
-    const ns = obj.metadata?.namespace ?? 'default';
-    const now = new Date().toISOString();
-    const event = {
-      apiVersion: 'v1',
-      kind: 'Event',
-      metadata: { namespace: ns, name: `${obj.metadata?.name ?? 'object'}.${Date.now().toString(16)}${randomBytes(2).toString('hex')}` },
-      involvedObject: { apiVersion: obj.apiVersion, kind: obj.kind, name: obj.metadata?.name, namespace: ns },
-      reason,
-      message,
-      type,
-      count: 1,
-      firstTimestamp: now,
-      lastTimestamp: now,
-      source: { component: 'virt-api' },
-      reportingComponent: 'virt-api',
-      reportingInstance: '',
-    };
-    await resources.create(EVENTS_INFO, ns, event).catch(() => undefined);
+  const admissionEvent = async (obj: KubeObject, type: EventType, reason: string, message: string): Promise<void> => {
+    const event = newEvent(obj, type, reason, message, { component: 'virt-api' });
+    await resources.create(EVENTS_INFO, event.metadata!.namespace!, event).catch(() => undefined);
   };
   const consoleDeps = { store: opts.store, resources, log: opts.log };
   const caches = new WatchCaches(opts.store);

@@ -3,12 +3,13 @@
  * events`). Repeats of the same reason and message about the same object bump `count` on one
  * Event instead of adding another, as Kubernetes' recorder does.
  */
+import { newEvent, type EventType } from '@vessel/api';
 import { isStatusError, type Client, type ResourceRef } from '@vessel/client';
 import type { KubeObject } from './informer.ts';
 
 const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
 
-export type EventType = 'Normal' | 'Warning';
+export type { EventType };
 
 export class EventRecorder {
   /** key (object uid + reason + message) -> the Event's name and count, to aggregate repeats. */
@@ -32,33 +33,9 @@ export class EventRecorder {
         await this.client.patch(EVENTS, prior.name, { count: prior.count, lastTimestamp: now }, { namespace });
         return;
       }
-      const name = `${obj.metadata.name}.${Date.now().toString(16)}${Math.floor(Math.random() * 0xfff).toString(16)}`;
-      await this.client.create(
-        EVENTS,
-        {
-          apiVersion: 'v1',
-          kind: 'Event',
-          metadata: { name, namespace },
-          involvedObject: {
-            apiVersion: obj.apiVersion,
-            kind: obj.kind,
-            name: obj.metadata.name,
-            namespace: obj.metadata.namespace,
-            uid: obj.metadata.uid,
-            resourceVersion: obj.metadata.resourceVersion,
-          },
-          reason,
-          message,
-          type,
-          count: 1,
-          firstTimestamp: now,
-          lastTimestamp: now,
-          source: { component: this.component, ...(this.host ? { host: this.host } : {}) },
-          reportingComponent: this.component,
-          reportingInstance: this.host ?? '',
-        },
-        { namespace },
-      );
+      const event = newEvent(obj, type, reason, message, { component: this.component, host: this.host });
+      const name = event.metadata!.name!;
+      await this.client.create(EVENTS, event, { namespace });
       if (this.seen.size > 10_000) this.seen.clear();
       this.seen.set(key, { name, count: 1 });
     } catch (e) {
