@@ -150,6 +150,54 @@ test('applying: the instancetype sizes the VMI, the preference fills only what i
   assert.equal(o1.domain.resources.requests.memory, String(512 * 2 ** 20));
 });
 
+test('preferences: CPU features, disk block size, input bus and type, masquerade; the VM’s own values win', () => {
+  const blockSize = { custom: { logical: 4096, physical: 4096 } };
+  const pref = {
+    cpu: {
+      preferredCPUFeatures: [
+        { name: 'pcid', policy: 'require' },
+        { name: 'vmx', policy: 'disable' },
+      ],
+    },
+    devices: { preferredDiskBlockSize: blockSize, preferredInputBus: 'virtio', preferredInputType: 'keyboard', preferredInterfaceMasquerade: {} },
+  };
+  const spec = applyInstancetype(
+    {
+      domain: {
+        cpu: { features: [{ name: 'vmx', policy: 'require' }] },
+        devices: {
+          disks: [{ name: 'root' }, { name: 'data', blockSize: { matchVolume: { enabled: true } } }],
+          interfaces: [{ name: 'default' }, { name: 'sec', bridge: {} }],
+          inputs: [{ name: 'tab', type: 'tablet' }],
+        },
+      },
+      networks: [
+        { name: 'default', pod: {} },
+        { name: 'sec', multus: { networkName: 'n' } },
+      ],
+    },
+    undefined,
+    pref,
+  ) as Any;
+  assert.deepEqual(spec.domain.cpu.features, [
+    { name: 'vmx', policy: 'require' },
+    { name: 'pcid', policy: 'require' },
+  ]);
+  assert.deepEqual(
+    spec.domain.devices.disks.map((d: Any) => d.blockSize),
+    [blockSize, { matchVolume: { enabled: true } }],
+  );
+  assert.deepEqual(spec.domain.devices.interfaces, [
+    { name: 'default', masquerade: {} },
+    { name: 'sec', bridge: {} },
+  ]);
+  assert.deepEqual(spec.domain.devices.inputs, [{ name: 'tab', type: 'tablet', bus: 'virtio' }]);
+  // Autoattach with no inputs listed: the default tablet comes with the preferred bus and type.
+  const auto = applyInstancetype({ domain: {} }, undefined, { devices: { ...pref.devices, preferredAutoattachInputDevice: true } }) as Any;
+  assert.deepEqual(auto.domain.devices.inputs, [{ name: 'default-0', bus: 'virtio', type: 'keyboard' }]);
+  assert.equal(auto.domain.devices.autoattachInputDevice, true);
+});
+
 test('requirements: a preference refuses an instancetype smaller than it needs', () => {
   assert.equal(requirementsProblem({ cpu: { guest: 1 }, memory: { guest: '4Gi' } }, { requirements: { memory: { guest: '2Gi' } } }, {}), undefined);
   assert.match(requirementsProblem({ cpu: { guest: 1 }, memory: { guest: '1Gi' } }, { requirements: { memory: { guest: '2Gi' } } }, {}) ?? '', /2Gi/);

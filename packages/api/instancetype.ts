@@ -166,6 +166,14 @@ function fill(o: Obj, k: string, v: unknown): void {
   if (v !== undefined && v !== null && !isSet(o[k])) o[k] = structuredClone(v);
 }
 
+/** The objects of an array field (none when it is not an array). */
+function list(v: unknown): Obj[] {
+  return Array.isArray(v) ? v.map(obj).filter((x): x is Obj => x !== undefined) : [];
+}
+
+/** An interface's binding methods (KubeVirt's names). */
+const BINDINGS = ['bridge', 'masquerade', 'slirp', 'sriov', 'passt', 'binding', 'macvtap'];
+
 function child(o: Obj, k: string): Obj {
   const c = obj(o[k]);
   if (c) return c;
@@ -242,9 +250,31 @@ function applyPreference(spec: Obj, domain: Obj, pref: Obj): void {
     }
     fill(disk, 'cache', dev.preferredDiskCache);
     fill(disk, 'io', dev.preferredDiskIO);
+    fill(disk, 'blockSize', obj(dev.preferredDiskBlockSize));
   }
   const model = str(dev.preferredInterfaceModel);
-  if (model) for (const i of Array.isArray(devices.interfaces) ? (devices.interfaces as unknown[]) : []) if (obj(i)) fill(obj(i)!, 'model', model);
+  const podNetworks = new Set(
+    list(spec.networks)
+      .filter((n) => isSet(n.pod))
+      .map((n) => str(n.name)),
+  );
+  for (const i of list(devices.interfaces)) {
+    fill(i, 'model', model);
+    // preferredInterfaceMasquerade: a pod-network interface that names no binding gets masquerade.
+    if (obj(dev.preferredInterfaceMasquerade) && podNetworks.has(str(i.name)) && !BINDINGS.some((b) => isSet(i[b]))) i.masquerade = {};
+  }
+  // Input devices get the preferred bus and type; with autoattach and none listed, the default tablet gets them too.
+  const inputBus = str(dev.preferredInputBus);
+  const inputType = str(dev.preferredInputType);
+  if (inputBus || inputType) {
+    const inputs = list(devices.inputs);
+    if (inputs.length === 0 && (devices.autoattachInputDevice ?? dev.preferredAutoattachInputDevice) === true) inputs.push({ name: 'default-0' });
+    for (const i of inputs) {
+      fill(i, 'bus', inputBus ?? 'usb');
+      fill(i, 'type', inputType ?? 'tablet');
+    }
+    if (inputs.length) devices.inputs = inputs;
+  }
   const autoattach: Record<string, string> = {
     preferredAutoattachGraphicsDevice: 'autoattachGraphicsDevice',
     preferredAutoattachMemBalloon: 'autoattachMemBalloon',
@@ -269,6 +299,14 @@ function applyPreference(spec: Obj, domain: Obj, pref: Obj): void {
     } else if (fw.preferredUseBios === true) {
       child(domain, 'firmware').bootloader = { bios: typeof fw.preferredUseBiosSerial === 'boolean' ? { useSerial: fw.preferredUseBiosSerial } : {} };
     }
+  }
+  // preferredCPUFeatures: added by name; a feature the VM sets itself keeps its policy.
+  const cpuFeatures = list(obj(pref.cpu)?.preferredCPUFeatures);
+  if (cpuFeatures.length) {
+    const cpu = child(domain, 'cpu');
+    const own = list(cpu.features);
+    const named = new Set(own.map((f) => str(f.name)));
+    cpu.features = [...own, ...cpuFeatures.filter((f) => !named.has(str(f.name))).map((f) => structuredClone(f))];
   }
   const feats = obj(pref.features);
   if (feats) {

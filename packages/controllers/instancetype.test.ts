@@ -12,7 +12,7 @@ import { VirtualMachineController } from './vm.ts';
 import { agentSets, InMemoryClient, tryGet, until, vmStatus } from './testing/harness.ts';
 import type { KubeObject } from '@vessel/client';
 
-const { VMIS, VMS, CLUSTER_INSTANCETYPES, PREFERENCES, CONTROLLER_REVISIONS, PVCS } = refs;
+const { VMIS, VMS, CLUSTER_INSTANCETYPES, CLUSTER_PREFERENCES, PREFERENCES, CONTROLLER_REVISIONS, PVCS, DATAVOLUMES } = refs;
 type Any = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 const started = performance.now();
@@ -130,4 +130,37 @@ test('inferFromVolume: the claim’s default-instancetype label names it', async
   assert.equal(vmi.spec.domain.cpu.sockets, 2);
   const s = (await until('ref', async () => ((await vmStatus(h.c, 'i')) as Any).instancetypeRef)) as Any;
   assert.deepEqual([s.name, s.inferFromVolume], ['inferred', 'root']);
+});
+
+test('preferredStorageClassName: dataVolumeTemplates that name no storage class get it; one that names its own keeps it', async () => {
+  await using h = await setup();
+  await h.c.create(CLUSTER_PREFERENCES, {
+    apiVersion: 'instancetype.kubevirt.io/v1beta1',
+    kind: 'VirtualMachineClusterPreference',
+    metadata: { name: 'fast' },
+    spec: { volumes: { preferredStorageClassName: 'fast-local' } },
+  });
+  const dvt = (name: string, storageClassName?: string) => ({
+    metadata: { name },
+    spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '1Gi' } }, ...(storageClassName ? { storageClassName } : {}) } },
+  });
+  await h.c.create(
+    VMS,
+    vm(
+      'p',
+      {
+        runStrategy: 'Halted',
+        preference: { kind: 'VirtualMachineClusterPreference', name: 'fast' },
+        dataVolumeTemplates: [dvt('p-root'), dvt('p-data', 'shared')],
+      },
+      [
+        { name: 'root', dataVolume: { name: 'p-root' } },
+        { name: 'data', dataVolume: { name: 'p-data' } },
+      ],
+    ),
+  );
+  const root = (await until('DataVolume p-root', () => tryGet(h.c, DATAVOLUMES, 'p-root'))) as Any;
+  const data = (await until('DataVolume p-data', () => tryGet(h.c, DATAVOLUMES, 'p-data'))) as Any;
+  assert.equal(root.spec.storage.storageClassName, 'fast-local');
+  assert.equal(data.spec.storage.storageClassName, 'shared');
 });

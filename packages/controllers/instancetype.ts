@@ -136,6 +136,19 @@ async function resolveMatcher(lookup: Lookup, vm: KubeObject, which: Which): Pro
 }
 
 /**
+ * The storage class the VM's preference gives the DataVolumes of its dataVolumeTemplates that
+ * name none (`volumes.preferredStorageClassName`), read from the preference as it is now.
+ */
+export async function preferredStorageClass(lookup: Lookup, vm: KubeObject): Promise<string | undefined> {
+  const r = await resolveMatcher(lookup, vm, 'preference');
+  if (!r || 'ignored' in r || 'problem' in r) return undefined;
+  const res = KIND_REFS[r.kind]!;
+  const pref = await lookup.get(res, res.namespaced ? vm.metadata?.namespace : undefined, r.name);
+  const name = ((pref?.spec as Obj | undefined)?.volumes as Obj | undefined)?.preferredStorageClassName;
+  return typeof name === 'string' && name ? name : undefined;
+}
+
+/**
  * The spec of the instancetype or preference `ref` names for this start: the VM's revision of it
  * when it has one for the same object (spec revisionName, or the status' controllerRevisionRef),
  * else the object as it is now, stored in a new revision.

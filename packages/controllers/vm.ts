@@ -13,7 +13,7 @@
  * a newer VM is on its way to the cache, and its event runs the reconcile again.
  */
 import { createHash } from 'node:crypto';
-import { appliedKey, appliedOf, INSTANCETYPE_APPLIED, requestedKey, sizeVm, type Lookup } from './instancetype.ts';
+import { appliedKey, appliedOf, INSTANCETYPE_APPLIED, preferredStorageClass, requestedKey, sizeVm, type Lookup } from './instancetype.ts';
 import { exportBlocking } from './vmexport.ts';
 import { withoutReserved, refs, claimVolumes, phaseOf, runStrategyOf, RESUME_MEMORY, type OwnerReference } from '@vessel/api';
 import { isStatusError, type Client, type ResourceRef } from '@vessel/client';
@@ -322,11 +322,14 @@ export class VirtualMachineController extends Controller {
   /** Creates the DataVolumes the VM's templates name that the cache lacks; returns those it created. */
   private async ensureDataVolumes(vm: Vm): Promise<Map<string, KubeObject>> {
     const created = new Map<string, KubeObject>();
+    let storageClass: Promise<string | undefined> | undefined;
     for (const t of vm.spec.dataVolumeTemplates ?? []) {
       const name = t.metadata?.name ?? '';
       if (!name || this.dvs.get(`${vm.metadata.namespace}/${name}`)) continue;
       const meta = t.metadata ?? {};
       try {
+        storageClass ??= preferredStorageClass(this.lookup, vm);
+        const spec = withStorageClass(t.spec, await storageClass);
         const dv = await this.client.create(
           DATAVOLUMES,
           {
@@ -340,7 +343,7 @@ export class VirtualMachineController extends Controller {
               annotations: withoutReserved(meta.annotations),
               ownerReferences: [ownerRef(vm)],
             },
-            spec: t.spec,
+            spec,
           },
           { namespace: vm.metadata.namespace },
         );
@@ -558,4 +561,14 @@ function runningFor(vmi: KubeObject): number {
   if (!start) return 0;
   const end = stamps.find((t) => FINAL.has(t.phase));
   return (end ? Date.parse(end.phaseTransitionTimestamp) : Date.now()) - Date.parse(start.phaseTransitionTimestamp);
+}
+
+/** A DataVolume spec with `storageClassName` filled in where its storage (or pvc) names none. */
+function withStorageClass<T>(spec: T, storageClass: string | undefined): T {
+  if (!storageClass || !spec) return spec;
+  const copy = structuredClone(spec) as Obj;
+  const target = (copy.storage ?? copy.pvc) as Obj | undefined;
+  if (!target || target.storageClassName) return spec;
+  target.storageClassName = storageClass;
+  return copy as T;
 }
