@@ -1,4 +1,4 @@
-/** pvcNameTemplate: the `{{.Var}}` subset rendered, everything else refused with a reason. */
+/** pvcNameTemplate: Go's template language as a name needs it rendered, everything else refused with a reason. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { pvcName, renderTemplate, TemplateError } from './template.ts';
@@ -11,14 +11,38 @@ test('renderTemplate: literal text and {{.Var}} (spaces allowed) replaced by For
   assert.equal(renderTemplate('fixed', vars), 'fixed');
 });
 
-test('renderTemplate: other actions, unknown variables and unbalanced braces are TemplateErrors', () => {
+test('renderTemplate: {{if}}/{{else if}}/{{else}}, comparisons, pipelines, functions and trim markers, as Go renders them', () => {
+  const rootOrData = '{{if eq .DiskIndex .RootDiskIndex}}root{{else}}data{{end}}-{{.DiskIndex}}';
+  assert.equal(renderTemplate(rootOrData, vars), 'data-2');
+  assert.equal(renderTemplate(rootOrData, { ...vars, DiskIndex: 0 }), 'root-0');
+  assert.equal(renderTemplate('{{if .Shared}}s{{else if gt .DiskIndex 1}}big{{else}}small{{end}}', vars), 'big');
+  assert.equal(renderTemplate('{{if and .Shared (eq .PlanName "p1")}}a{{else if or .Shared (ne .VmName "x")}}b{{end}}', vars), 'b');
+  assert.equal(renderTemplate('{{if not .Shared}}{{.VmName | upper | lower}}{{end}}', { ...vars, VmName: 'WeB' }), 'web');
+  assert.equal(renderTemplate('{{printf "%s-%03d" .VmName .DiskIndex}}', vars), 'web-002');
+  assert.equal(renderTemplate('{{printf "%.3s" .VmName}}-{{len .PlanName}}', { ...vars, VmName: 'database' }), 'dat-2');
+  assert.equal(renderTemplate('{{.VmName | printf "%s-x"}}', vars), 'web-x');
+  assert.equal(renderTemplate('a  {{- .DiskIndex -}}  b', vars), 'a2b');
+  assert.equal(renderTemplate('{{trim " x "}}{{title "a-b"}}', vars), 'xA-B');
+  // Other variable sets (an openshift source's) render the same way.
+  assert.equal(renderTemplate('{{.SourcePVCName}}', { SourcePVCName: 'disk-a' }), 'disk-a');
+});
+
+test('renderTemplate: unsupported actions, unknown functions or variables, bad types and unbalanced blocks are TemplateErrors', () => {
   for (const [t, why] of [
-    ['{{if eq .DiskIndex .RootDiskIndex}}root{{end}}', /unsupported action/],
-    ['{{.VmName | lower}}', /unsupported action/],
+    ['{{range .VmName}}x{{end}}', /unsupported action/],
+    ['{{$x := 1}}', /unsupported action/],
+    ['{{/* c */}}', /unsupported action/],
+    ['{{.VmName | sha256}}', /function "sha256" not defined/],
     ['{{.Nope}}', /unknown variable \.Nope/],
     ['{{.VmName', /unclosed/],
     ['a}}b', /outside an action/],
-    ['{{printf "%s" .VmName}}', /unsupported action/],
+    ['{{if .Shared}}x', /without \{\{end\}\}/],
+    ['x{{end}}', /unexpected \{\{end\}\}/],
+    ['{{if .Shared}}a{{else}}b{{else}}c{{end}}', /after \{\{else\}\}/],
+    ['{{eq .DiskIndex "2"}}', /incompatible types/],
+    ['{{lower .DiskIndex}}', /lower takes a string/],
+    ['{{.VmName .PlanName}}', /too many values/],
+    ['{{(.VmName}}', /unclosed "\("/],
   ] as const)
     assert.throws(
       () => renderTemplate(t, vars),
