@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { forklift, storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
-import { ensureMigrationCerts, ensureSelfSignedCert, parseListen, type MigrationCerts } from '@vessel/tls';
+import { ensureMigrationCerts, ensureSelfSignedCert, FFDHE2048_PEM, parseListen, type MigrationCerts } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
@@ -372,7 +372,7 @@ async function agentToken(client: Client): Promise<string> {
 /**
  * QEMU's tls-creds-x509 directory for migrations with `peer` (0700): ca-cert.pem holds this
  * node's migration CA (QEMU checks its own certificate against it) and the peer's, read from the
- * peer's Node; the one leaf serves as server and client certificate.
+ * peer's Node; the one leaf serves as server and client certificate; dh-params.pem a fixed group.
  */
 async function writeMigrationTlsDir(client: Client, dir: string, own: MigrationCerts, peer: string): Promise<string> {
   const node = (await client.get(refs.NODES, peer)) as KubeObject;
@@ -386,6 +386,8 @@ async function writeMigrationTlsDir(client: Client, dir: string, own: MigrationC
     ['server-key.pem', own.keyPem],
     ['client-cert.pem', own.certPem],
     ['client-key.pem', own.keyPem],
+    // Without it QEMU generates a DH group in its main thread (seconds) at every object-add.
+    ['dh-params.pem', FFDHE2048_PEM],
   ];
   for (const [name, text] of files) await writeFile(join(dir, name), text, { mode: 0o600 });
   return dir;

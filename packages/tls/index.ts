@@ -14,3 +14,4 @@ export {
   type ServingCerts,
 } from './certs.ts';
 export { parseListen, type ListenAddress } from './listen.ts';
+export { FFDHE2048_PEM } from './dh.ts';

@@ -1,16 +1,18 @@
 /**
  * @vessel/tls: certificates are made once and kept, the serving certificate follows the
  * listen host under the same CA, a pin accepts only its own certificate, a migration leaf is
- * a non-CA server and client certificate its node's CA signed, and --listen parses.
+ * a non-CA server and client certificate its node's CA signed, --listen parses, and QEMU's DH
+ * group is the standard one.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { checkPinned, ensureMigrationCerts, ensureSelfSignedCert, ensureServingCerts, parseListen } from './index.ts';
+import { checkPinned, ensureMigrationCerts, ensureSelfSignedCert, ensureServingCerts, FFDHE2048_PEM, parseListen } from './index.ts';
 
 describe('@vessel/tls', () => {
   let dir: string;
@@ -65,5 +67,12 @@ describe('@vessel/tls', () => {
     assert.deepEqual(parseListen(':0'), { host: '127.0.0.1', port: 0 });
     assert.throws(() => parseListen('6443', '127.0.0.1:6443'), /--listen must be HOST:PORT \(for example 127\.0\.0\.1:6443\), not "6443"/);
     assert.throws(() => parseListen('host:port'), /--listen must be HOST:PORT, not "host:port"/);
+  });
+
+  test("QEMU's DH group is RFC 7919's ffdhe2048, as openssl reads it", () => {
+    const r = spawnSync('openssl', ['pkeyparam', '-text', '-noout'], { input: FFDHE2048_PEM, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /DH Parameters: \(2048 bit\)/);
+    assert.match(r.stdout, /GROUP: ffdhe2048/);
   });
 });
