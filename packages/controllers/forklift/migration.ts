@@ -64,8 +64,15 @@ export interface DiskBytes {
   stream: Readable;
 }
 
-/** Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk. */
-export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & { close?: () => Promise<void> };
+/**
+ * Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk
+ * (or on failure / cancel); `targetVm` (when set) makes the VirtualMachine instead of targetVm()
+ * (the openshift provider copies the source VM's spec).
+ */
+export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & {
+  close?: () => Promise<void>;
+  targetVm?: (vm: PlanVmResult, namespace: string) => Promise<KubeObject>;
+};
 
 const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
@@ -273,6 +280,7 @@ export class MigrationRun {
     this.active.set(v.vm.id, { vm: v, abort });
     let current = 'Initialize';
     let cleanup: (() => Promise<void>) | undefined;
+    let makeVm: DiskOpener['targetVm'];
     // Step boundaries check the cancel list too: a cancel written before the VM started, or between watch events.
     const checkpoint = () => {
       if (this.stopped) throw new Stopped('stopped');
@@ -287,6 +295,7 @@ export class MigrationRun {
       this.begin(init);
       const open = await this.input.initialize(v);
       cleanup = open.close;
+      makeVm = open.targetVm;
       this.finish(init);
       await this.hook(v, s, 'PreHook', checkpoint, (c) => (current = c));
       checkpoint();
@@ -313,7 +322,7 @@ export class MigrationRun {
       this.begin(create);
       await this.write();
       try {
-        await this.client.create(VMS, targetVm(v, ns, this.input.plan, this.input), { namespace: ns });
+        await this.client.create(VMS, makeVm ? await makeVm(v, ns) : targetVm(v, ns, this.input.plan, this.input), { namespace: ns });
       } catch (e) {
         if (!isStatusError(e, 'AlreadyExists')) throw e;
       }
