@@ -21,8 +21,25 @@ import { VsphereError } from './vsphere/soap.ts';
 import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
 import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
 import { OpenshiftError, parseOpenshiftSecret, type OpenshiftSecret, type OpenshiftVm } from './openshift/inventory.ts';
-import { fingerprint as tlsFingerprint, openshiftTargetVm, readOpenshiftInventory, remoteClient, sourceError, startSourceVm, type SourceCluster } from './openshift/provider.ts';
-import { mapSource, networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern, type PlanContext, type PlanVmResult } from './validation.ts';
+import {
+  fingerprint as tlsFingerprint,
+  openshiftTargetVm,
+  readOpenshiftInventory,
+  remoteClient,
+  sourceError,
+  startSourceVm,
+  type SourceCluster,
+} from './openshift/provider.ts';
+import {
+  mapSource,
+  networkMapConcerns,
+  planConcerns,
+  storageMapConcerns,
+  toConditions,
+  type Concern,
+  type PlanContext,
+  type PlanVmResult,
+} from './validation.ts';
 
 const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
 const {

@@ -82,7 +82,7 @@ export function networkOf(net: Obj, vmNamespace: string): string | undefined {
 }
 
 /** One VirtualMachine as the inventory lists it. */
-export function inventoryVm(vm: KubeObject, objs: Pick<ClusterObjects, 'vmis' | 'pvcs' | 'dataVolumes'>): OpenshiftVm {
+export function inventoryVm(vm: KubeObject, objs: Pick<ClusterObjects, 'vmis' | 'pvcs' | 'dataVolumes'>, defaultClass = ''): OpenshiftVm {
   const ns = vm.metadata?.namespace ?? '';
   const name = vm.metadata?.name ?? '';
   const tpl = o(o(o(vm.spec).template).spec);
@@ -114,7 +114,7 @@ export function inventoryVm(vm: KubeObject, objs: Pick<ClusterObjects, 'vmis' | 
         dataVolume: !!vol.dataVolume,
         capacity,
         format: 'raw',
-        datastore: s(pspec.storageClassName) ?? s(dspec.storageClassName) ?? '',
+        datastore: s(pspec.storageClassName) ?? s(dspec.storageClassName) ?? defaultClass,
       });
     } else if (COPIED.includes(kind)) copied.push(`${vname}:${kind}`);
     else if (NEEDS_OBJECT.includes(kind)) needsObject.push(`${vname}:${kind}`);
@@ -126,7 +126,12 @@ export function inventoryVm(vm: KubeObject, objs: Pick<ClusterObjects, 'vmis' | 
     .map((i) => {
       const net = nets.find((n) => n.name === i.name);
       const model = s(i.model);
-      return { name: s(i.name) ?? '', network: net ? (networkOf(net, ns) ?? '') : '', ...(s(i.macAddress) ? { mac: s(i.macAddress) } : {}), ...(model ? { model } : {}) };
+      return {
+        name: s(i.name) ?? '',
+        network: net ? (networkOf(net, ns) ?? '') : '',
+        ...(s(i.macAddress) ? { mac: s(i.macAddress) } : {}),
+        ...(model ? { model } : {}),
+      };
     });
   const vmi = find(objs.vmis, name);
   const ann = vm.metadata?.annotations ?? {};
@@ -154,8 +159,10 @@ export function inventoryVm(vm: KubeObject, objs: Pick<ClusterObjects, 'vmis' | 
 
 /** The whole inventory: VMs, networks (`pod` first, then the NADs as `ns/name`), storage (StorageClasses by name). */
 export function openshiftInventory(objs: ClusterObjects): Inventory {
+  // A claim that names no class got the default one.
+  const def = objs.storageClasses.find((c) => c.metadata?.annotations?.['storageclass.kubernetes.io/is-default-class'] === 'true')?.metadata?.name ?? '';
   return {
-    vms: objs.vms.map((vm) => inventoryVm(vm, objs)),
+    vms: objs.vms.map((vm) => inventoryVm(vm, objs, def)),
     networks: [
       { id: POD_NETWORK, name: POD_NETWORK },
       ...objs.nads.map((n) => ({ id: `${n.metadata?.namespace}/${n.metadata?.name}`, name: `${n.metadata?.namespace}/${n.metadata?.name}` })),
@@ -186,7 +193,8 @@ export function openshiftVmConcerns(vm: OpenshiftVm, item: string, warm: boolean
       status: 'True',
       category: vm.needsObject.length ? 'Warn' : 'Advisory',
       reason: 'NotTransferred',
-      message: 'VM volumes that are not claims (containerDisk, cloud-init, …) are copied into the target spec as they are; configMap, secret and serviceAccount volumes need their object in the target namespace.',
+      message:
+        'VM volumes that are not claims (containerDisk, cloud-init, …) are copied into the target spec as they are; configMap, secret and serviceAccount volumes need their object in the target namespace.',
       items: [...vm.copied, ...vm.needsObject].map((v) => `${item} volume:${v}`),
     });
   if (vm.unsupportedVolumes.length)

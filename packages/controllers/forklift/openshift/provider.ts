@@ -175,7 +175,13 @@ export async function startSourceVm(src: SourceCluster, vm: OpenshiftVm, migrati
       ex = await src.client.get(VMEXPORTS, name, { namespace: ns });
       const st = o(ex.status);
       if (st.phase === 'Ready') break;
-      reason = String(a(st.conditions).map(o).find((c) => c.type === 'Ready')?.reason ?? st.phase ?? '');
+      reason = String(
+        a(st.conditions)
+          .map(o)
+          .find((c) => c.type === 'Ready')?.reason ??
+          st.phase ??
+          '',
+      );
       if (Date.now() > deadline) throw new OpenshiftError('ExportNotReady', `export ${ns}/${name} not Ready after ${EXPORT_READY_MS / 1000} s (${reason})`);
       await sleep(1000);
     }
@@ -258,7 +264,9 @@ export function openshiftTargetVm(opts: {
       dropped.add(String(n.name));
       continue;
     }
-    kept.push(dst.type === 'pod' ? { name: n.name, pod: {} } : { name: n.name, multus: { networkName: dst.namespace ? `${dst.namespace}/${dst.name}` : dst.name } });
+    kept.push(
+      dst.type === 'pod' ? { name: n.name, pod: {} } : { name: n.name, multus: { networkName: dst.namespace ? `${dst.namespace}/${dst.name}` : dst.name } },
+    );
   }
   tspec.networks = kept;
   devices.interfaces = a(devices.interfaces)
