@@ -14,6 +14,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject, ResourceRef } from '@vessel/client';
@@ -38,6 +39,8 @@ const MAC = '02:00:00:0a:0b:0c';
 
 let v: Vessel;
 let dir: string;
+/** A TCP forwarder to the API server: the "other cluster's" address (the importer may not fetch from the API server's own). */
+let forwarder: Server;
 let sourceSum = '';
 const started = performance.now();
 
@@ -48,7 +51,6 @@ const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | 
 const isReady = (o: KubeObject) => conds(o).some((c) => c.type === 'Ready' && c.status === 'True');
 const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
 const b64 = (s: string) => Buffer.from(s).toString('base64');
-const providerRefs = { source: { name: 'remote', namespace: NS }, destination: { name: 'host', namespace: NS } };
 
 /** sha256 of a qcow2's guest-visible bytes. */
 async function rawSum(qcow2: string, name: string): Promise<string> {
@@ -63,7 +65,16 @@ async function rawSum(qcow2: string, name: string): Promise<string> {
 }
 
 before(async () => {
-  v = await startVessel({ agent: { nodeName: 'node-a' } });
+  // The importer fetches from the forwarder on loopback (a remote cluster in production).
+  v = await startVessel({ agent: { nodeName: 'node-a', allowLoopbackImports: true } });
+  const api = new URL(v.client.config.server);
+  forwarder = createServer((c) => {
+    const up = connect(Number(api.port), api.hostname);
+    c.pipe(up).pipe(c);
+    c.on('error', () => up.destroy());
+    up.on('error', () => c.destroy());
+  });
+  await new Promise<void>((r) => forwarder.listen(0, '127.0.0.1', r));
   dir = await mkdtemp(join(tmpdir(), 'fkos-e2e-'));
   for (const ns of [SRC, NS, TARGET]) await v.client.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
   // A 32 MiB image with data in two places and holes between.
@@ -108,9 +119,10 @@ before(async () => {
   await v.client.create(SECRETS, secret('src-token', v.client.config.token ?? ''), { namespace: NS });
   await v.client.create(SECRETS, secret('bad-token', 'not-a-token'), { namespace: NS });
   const server = v.client.config.server;
-  await v.client.create(PROVIDERS, fk('Provider', 'remote', { type: 'openshift', url: server, secret: { name: 'src-token', namespace: NS } }), {
-    namespace: NS,
-  });
+  const fwd = `https://127.0.0.1:${(forwarder.address() as { port: number }).port}`;
+  const tok = { name: 'src-token', namespace: NS };
+  await v.client.create(PROVIDERS, fk('Provider', 'remote', { type: 'openshift', url: fwd, secret: tok }), { namespace: NS });
+  await v.client.create(PROVIDERS, fk('Provider', 'local', { type: 'openshift', url: server, secret: tok }), { namespace: NS });
   await v.client.create(PROVIDERS, fk('Provider', 'host', { type: 'openshift', url: '', secret: {} }), { namespace: NS });
   await v.client.create(PROVIDERS, fk('Provider', 'bad', { type: 'openshift', url: server, secret: { name: 'bad-token', namespace: NS } }), { namespace: NS });
 });
@@ -123,6 +135,7 @@ after(async () => {
     60_000,
   ).catch(() => undefined);
   await v.close();
+  forwarder?.close();
   await rm(dir, { recursive: true, force: true });
   console.log(`# forklift-openshift.e2e.test.ts: ${((performance.now() - started) / 1000).toFixed(1)} s`);
 });
@@ -163,54 +176,52 @@ test('openshift providers: remote Ready with fingerprint and inventory, host Rea
   assert.match(storage.out, /local/);
 });
 
-test('a cold plan from the openshift provider: disks through a VirtualMachineExport, the VM from the source spec', async () => {
-  await v.client.create(NETMAPS, fk('NetworkMap', 'net', { provider: providerRefs, map: [{ source: { type: 'pod' }, destination: { type: 'pod' } }] }), {
+/** Runs a cold plan of the source VM from `provider` as `target`; asserts what a migration must give. */
+async function migrate(provider: string, plan: string, target: string): Promise<VmS> {
+  const refs = { source: { name: provider, namespace: NS }, destination: { name: 'host', namespace: NS } };
+  await v.client.create(NETMAPS, fk('NetworkMap', `net-${plan}`, { provider: refs, map: [{ source: { type: 'pod' }, destination: { type: 'pod' } }] }), {
     namespace: NS,
   });
   await v.client.create(
     STORAGEMAPS,
-    fk('StorageMap', 'disks', { provider: providerRefs, map: [{ source: { name: 'local' }, destination: { storageClass: 'local' } }] }),
-    {
-      namespace: NS,
-    },
+    fk('StorageMap', `disks-${plan}`, { provider: refs, map: [{ source: { name: 'local' }, destination: { storageClass: 'local' } }] }),
+    { namespace: NS },
   );
   await v.client.create(
     PLANS,
-    fk('Plan', 'os', {
-      provider: providerRefs,
+    fk('Plan', plan, {
+      provider: refs,
       targetNamespace: TARGET,
-      map: { network: { name: 'net', namespace: NS }, storage: { name: 'disks', namespace: NS } },
-      vms: [{ name: 'src-vm', namespace: SRC }],
+      map: { network: { name: `net-${plan}`, namespace: NS }, storage: { name: `disks-${plan}`, namespace: NS } },
+      vms: [{ name: 'src-vm', namespace: SRC, targetName: target }],
     }),
     { namespace: NS },
   );
-  await eventually(
-    'plan Ready',
-    async () => {
-      const p = await v.client.get(PLANS, 'os', { namespace: NS });
-      return isReady(p) ? true : undefined;
+  await eventually(`plan ${plan} Ready`, async () => (isReady(await v.client.get(PLANS, plan, { namespace: NS })) ? true : undefined), 60_000).catch(
+    async (e: unknown) => {
+      throw new Error(`${(e as Error).message}: ${JSON.stringify(conds(await v.client.get(PLANS, plan, { namespace: NS })))}`);
     },
-    60_000,
-  ).catch(async (e: unknown) => {
-    throw new Error(`${(e as Error).message}: ${JSON.stringify(conds(await v.client.get(PLANS, 'os', { namespace: NS })))}`);
-  });
+  );
   const t0 = Date.now();
-  await v.client.create(MIGRATIONS, fk('Migration', 'os-1', { plan: { name: 'os', namespace: NS } }), { namespace: NS });
+  await v.client.create(MIGRATIONS, fk('Migration', `${plan}-1`, { plan: { name: plan, namespace: NS } }), { namespace: NS });
+  let exportSeen = false;
   const m = await eventually(
-    'migration finished',
+    `migration ${plan} finished`,
     async () => {
-      const o = await v.client.get(MIGRATIONS, 'os-1', { namespace: NS });
+      exportSeen ||= (await v.client.list(VMEXPORTS, { namespace: SRC })).items.length > 0;
+      const o = await v.client.get(MIGRATIONS, `${plan}-1`, { namespace: NS });
       return (o.status as { completed?: string } | undefined)?.completed ? o : undefined;
     },
     120_000,
     250,
   );
-  console.log(`# openshift cold migration of a 32 MiB disk: ${Date.now() - t0} ms`);
+  console.log(`# openshift cold migration (${provider}) of a 32 MiB disk: ${Date.now() - t0} ms`);
   const vms = (m.status as { vms: VmS[] }).vms;
   assert.ok(
     conds(m).some((c) => c.type === 'Succeeded' && c.status === 'True'),
     JSON.stringify(vms.map((x) => x.error ?? x.phase)),
   );
+  assert.ok(exportSeen, 'a VirtualMachineExport was made');
   assert.deepEqual(
     vms[0].pipeline.map((p) => [p.name, p.phase]),
     [
@@ -222,11 +233,11 @@ test('a cold plan from the openshift provider: disks through a VirtualMachineExp
   const tasks = vms[0].pipeline.find((p) => p.name === 'DiskTransfer')!.tasks!;
   assert.deepEqual(
     tasks.map((t) => [t.name, t.phase, t.progress.completed === t.progress.total && t.progress.total > 0]),
-    [['src-vm-disk0', 'Completed', true]],
+    [[`${target}-disk0`, 'Completed', true]],
   );
   // The target: the source's CPUs and memory, its disk on the transferred DataVolume; the MAC
   // dropped (the source VM here has it); Halted (targetPowerState auto, the source was stopped).
-  const vm = await v.client.get(VMS, 'src-vm', { namespace: TARGET });
+  const vm = await v.client.get(VMS, target, { namespace: TARGET });
   const spec = vm.spec as {
     runStrategy: string;
     template: {
@@ -240,16 +251,37 @@ test('a cold plan from the openshift provider: disks through a VirtualMachineExp
   assert.equal(spec.runStrategy, 'Halted');
   assert.equal(spec.template.spec.domain.cpu.cores, 2);
   assert.equal(spec.template.spec.domain.resources.requests.memory, '96Mi');
-  assert.deepEqual(spec.template.spec.volumes, [{ name: 'root', dataVolume: { name: 'src-vm-disk0' } }]);
+  assert.deepEqual(spec.template.spec.volumes, [{ name: 'root', dataVolume: { name: `${target}-disk0` } }]);
   assert.deepEqual(spec.template.spec.networks, [{ name: 'default', pod: {} }]);
   assert.deepEqual(spec.template.spec.domain.devices.interfaces, [{ name: 'default', masquerade: {} }]);
-  assert.equal(vm.metadata?.labels?.['forklift.konveyor.io/plan'], 'os');
+  assert.equal(vm.metadata?.labels?.['forklift.konveyor.io/plan'], plan);
   // The bytes: the target volume's guest-visible content equals the source image's.
-  const pvc = await v.client.get(PVCS, 'src-vm-disk0', { namespace: TARGET });
+  const pvc = await v.client.get(PVCS, `${target}-disk0`, { namespace: TARGET });
   const path = (pvc.metadata?.annotations as Record<string, string>)['vessel.io/volume-path'];
-  assert.equal(await rawSum(path, 'target'), sourceSum);
-  // The export is gone; the source VM stays stopped.
+  assert.equal(await rawSum(path, target), sourceSum);
+  // The export is gone (and the header Secret and CA ConfigMap of an import); the source VM stays stopped.
   assert.deepEqual((await v.client.list(VMEXPORTS, { namespace: SRC })).items, []);
+  assert.deepEqual(
+    (await v.client.list(SECRETS, { namespace: TARGET })).items.filter((s) => s.metadata?.name?.endsWith('-hdr')),
+    [],
+  );
   const src = await v.client.get(VMS, 'src-vm', { namespace: SRC });
   assert.equal((src.spec as { runStrategy?: string }).runStrategy, 'Halted');
+  return vms[0];
+}
+
+test('cold from another cluster: the node imports each disk from the export link (token header, export CA); the VM from the source spec', async () => {
+  const dv = await migrate('remote', 'os', 'src-vm');
+  assert.equal(dv.phase, 'Completed');
+  const d = await v.client.get(ref('datavolumes', 'cdi.kubevirt.io', 'v1beta1'), 'src-vm-disk0', { namespace: TARGET });
+  const http = (d.spec as { source: { http?: { url: string; secretExtraHeaders?: string[]; certConfigMap?: string } } }).source.http;
+  assert.ok(http?.url.includes('/api/export.kubevirt.io/v1beta1/namespaces/fkos-src/'), JSON.stringify(d.spec));
+  assert.equal(http?.secretExtraHeaders?.length, 1);
+  assert.ok(http?.certConfigMap);
+});
+
+test('cold from this cluster through its URL: the export streamed into an upload DataVolume', async () => {
+  await migrate('local', 'os2', 'copy2');
+  const d = await v.client.get(ref('datavolumes', 'cdi.kubevirt.io', 'v1beta1'), 'copy2-disk0', { namespace: TARGET });
+  assert.deepEqual((d.spec as { source: unknown }).source, { upload: {} });
 });

@@ -22,6 +22,7 @@ import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
 import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
 import { OpenshiftError, parseOpenshiftSecret, type OpenshiftSecret, type OpenshiftVm } from './openshift/inventory.ts';
 import {
+  exportName,
   fingerprint as tlsFingerprint,
   openshiftTargetVm,
   readOpenshiftInventory,
@@ -531,7 +532,7 @@ export class ForkliftController extends Controller {
     // links into the upload DataVolumes; the VM is the source's spec; close deletes the export.
     const openshift = async (v: PlanVmResult): Promise<DiskOpener> => {
       if (!provider) throw new Error('the source provider is gone');
-      const { src } = await this.openshiftSource(provider);
+      const { src, url: srcUrl } = await this.openshiftSource(provider);
       const vm = v.vm as OpenshiftVm;
       let session;
       try {
@@ -542,7 +543,34 @@ export class ForkliftController extends Controller {
       }
       const s = session;
       const open: DiskOpener = (i) => s.open(i);
-      open.close = () => s.close().finally(() => src.owned && src.client.close());
+      const targetNs = String(o(plan.spec).targetNamespace ?? '');
+      const base = exportName(m.metadata.uid ?? m.metadata.name, v.targetName);
+      // Another cluster: the node's importer pulls each disk from the export (an http DataVolume
+      // with the token as an extra header and the export's CA). This cluster's own export is
+      // served by the API server, which the importer may not reach (its egress policy): streamed here.
+      const remote = !!srcUrl && new URL(srcUrl).origin !== new URL(this.client.config.server).origin;
+      const made: [typeof SECRETS, string][] = [];
+      if (remote)
+        open.dataVolumeSource = async (i) => {
+          const l = s.link(i);
+          const secret = `${base}-hdr`.slice(0, 63);
+          const ca = `${base}-ca`.slice(0, 63);
+          if (!made.length) {
+            const meta = (name: string) => ({ name, namespace: targetNs, labels: { 'forklift.konveyor.io/plan': plan.metadata.name } });
+            const ensure = (ref: typeof SECRETS, body: KubeObject) =>
+              this.client.create(ref, body, { namespace: targetNs }).catch((e: unknown) => {
+                if (!isStatusError(e, 'AlreadyExists')) throw e;
+              });
+            made.push([SECRETS, secret], [CONFIGMAPS, ca]);
+            await ensure(SECRETS, { apiVersion: 'v1', kind: 'Secret', metadata: meta(secret), stringData: { token: `x-kubevirt-export-token:${l.token}` } });
+            await ensure(CONFIGMAPS, { apiVersion: 'v1', kind: 'ConfigMap', metadata: meta(ca), data: { 'ca.pem': l.cert } });
+          }
+          return { http: { url: l.url, secretExtraHeaders: [secret], ...(l.cert.includes('BEGIN CERTIFICATE') ? { certConfigMap: ca } : {}) } };
+        };
+      open.close = async () => {
+        for (const [ref, name] of made) await this.client.delete(ref, name, { namespace: targetNs }).catch(() => undefined);
+        await s.close().finally(() => src.owned && src.client.close());
+      };
       open.targetVm = async (pv, ns) => {
         // MACs are kept unless another VM of this cluster has one (the source itself, when it is here).
         const taken = new Set<string>();

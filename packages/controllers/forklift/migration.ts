@@ -72,6 +72,8 @@ export interface DiskBytes {
 export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & {
   close?: () => Promise<void>;
   targetVm?: (vm: PlanVmResult, namespace: string) => Promise<KubeObject>;
+  /** When set, disk `i` is a DataVolume importing from this `spec.source` (e.g. `http`) instead of an upload of the opened bytes. */
+  dataVolumeSource?: (disk: number) => Promise<Record<string, unknown>>;
 };
 
 const now = (): string => new Date().toISOString();
@@ -440,7 +442,7 @@ export class MigrationRun {
     v: PlanVmResult,
     i: number,
     storage: string,
-    open: (disk: number) => Promise<DiskBytes>,
+    open: DiskOpener,
     task: Task,
     transfer: Step,
     ns: string,
@@ -450,12 +452,13 @@ export class MigrationRun {
     const sc = this.input.storage(storage);
     task.phase = 'Running';
     task.started ??= now();
+    const imported = open.dataVolumeSource ? await open.dataVolumeSource(i) : undefined;
     const dv = {
       apiVersion: 'cdi.kubevirt.io/v1beta1',
       kind: 'DataVolume',
       metadata: { name, namespace: ns, labels: { 'forklift.konveyor.io/plan': this.input.plan.metadata?.name ?? '', 'forklift.konveyor.io/vm-id': v.vm.id } },
       spec: {
-        source: { upload: {} },
+        source: imported ?? { upload: {} },
         storage: {
           resources: { requests: { storage: String(v.vm.disks[i].capacity) } },
           ...(sc?.storageClass ? { storageClassName: sc.storageClass } : {}),
@@ -469,7 +472,16 @@ export class MigrationRun {
     } catch (e) {
       if (!isStatusError(e, 'AlreadyExists')) throw e;
     }
-    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal);
+    if (imported) {
+      // The node's importer pulls the bytes; progress is the DataVolume's percentage.
+      const base = transfer.progress.completed;
+      await this.waitDv(name, ns, ['Succeeded'], signal, (pct) => {
+        task.progress.completed = Math.min(task.progress.total, Math.floor((pct / 100) * task.progress.total));
+        transfer.progress.completed = base + task.progress.completed;
+        void this.write();
+      });
+    }
+    const phase = imported ? 'Succeeded' : await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal);
     if (phase !== 'Succeeded') {
       const token = (
         await this.client.request<{ status: { token: string } }>(
@@ -513,12 +525,14 @@ export class MigrationRun {
     transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
   }
 
-  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal): Promise<string> {
+  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal, progress?: (percent: number) => void): Promise<string> {
     for (;;) {
       if (this.stopped) throw new Stopped('stopped');
       if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
       const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
       const phase = String(o(dv.status).phase ?? '');
+      const pct = parseFloat(String(o(dv.status).progress ?? ''));
+      if (progress && Number.isFinite(pct)) progress(pct);
       if (phases.includes(phase)) return phase;
       if (phase === 'Failed') throw new Error(`DataVolume ${ns}/${name} failed: ${JSON.stringify(o(dv.status).conditions ?? []).slice(0, 300)}`);
       await new Promise((r) => setTimeout(r, 500));

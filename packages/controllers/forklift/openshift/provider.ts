@@ -122,6 +122,8 @@ export interface SourceVmSession {
   vm: KubeObject;
   /** Opens disk `i`'s raw bytes from the export. */
   open: (i: number) => Promise<DiskBytes>;
+  /** Disk `i`'s raw link as the source's URL reaches it, the export token and the export's CA (for an http DataVolume). */
+  link: (i: number) => { url: string; token: string; cert: string };
   /** Deletes the export (idempotent). */
   close: () => Promise<void>;
 }
@@ -192,16 +194,20 @@ export async function startSourceVm(src: SourceCluster, vm: OpenshiftVm, migrati
     const links = o(o(st.links).external);
     const volumes = a(links.volumes).map(o);
     const server = new URL(src.client.config.server);
-    const open = async (i: number): Promise<DiskBytes> => {
+    // The link's path on the source API server as we reach it (a remote cluster's links name its own view of its URL).
+    const rawPath = (i: number): string => {
       const claim = vm.disks[i].claim;
       const vol = volumes.find((v) => v.name === claim);
       const raw = a(vol?.formats)
         .map(o)
         .find((f) => f.format === 'raw');
       if (!raw) throw new OpenshiftError('ExportNotReady', `export ${ns}/${name} has no raw link for ${claim}`);
-      // The link's path on the source API server as we reach it (a remote cluster's links name its own view of its URL).
-      const link = new URL(String(raw.url));
-      const res = await src.client.stream('GET', `${server.pathname.replace(/\/+$/, '')}${link.pathname}`, {
+      return `${server.pathname.replace(/\/+$/, '')}${new URL(String(raw.url)).pathname}`;
+    };
+    const link = (i: number) => ({ url: `${server.origin}${rawPath(i)}`, token, cert: String(links.cert ?? '') });
+    const open = async (i: number): Promise<DiskBytes> => {
+      const claim = vm.disks[i].claim;
+      const res = await src.client.stream('GET', rawPath(i), {
         headers: { 'x-kubevirt-export-token': token, Accept: 'application/octet-stream' },
         ...(signal ? { signal } : {}),
       });
@@ -216,7 +222,7 @@ export async function startSourceVm(src: SourceCluster, vm: OpenshiftVm, migrati
       }
       return { size, stream: res };
     };
-    return { wasRunning, vm: cur, open, close };
+    return { wasRunning, vm: cur, open, link, close };
   } catch (e) {
     await close().catch(() => undefined);
     throw e instanceof OpenshiftError ? e : sourceError(e);
