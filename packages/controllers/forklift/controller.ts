@@ -4,7 +4,8 @@
  * ConfigMap `<provider>-inventory` (@vessel/api forklift; owned by the Provider) and counted in its status; NetworkMaps,
  * StorageMaps and Plans get Forklift's conditions from that inventory and the target cluster.
  * `vsphere` Providers are read over the vSphere Web Services API (./vsphere/) with their Secret,
- * into the same inventory. A Migration runs a Ready plan cold (./migration.ts), its per-VM
+ * into the same inventory; `openshift` Providers from a KubeVirt cluster's API (./openshift/: this
+ * cluster, or a URL with a token), their VMs moved through VirtualMachineExports. A Migration runs a Ready plan cold (./migration.ts), its per-VM
  * `spec.cancel` followed while it runs; Hooks get their conditions (./hooks.ts).
  */
 import type { Client } from '@vessel/client';
