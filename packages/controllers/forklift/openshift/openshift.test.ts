@@ -2,6 +2,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { KubeObject } from '@vessel/api';
+import { until } from '../../testing/harness.ts';
 import { inventoryVm, openshiftInventory, parseOpenshiftSecret, OpenshiftError, type OpenshiftVm } from './inventory.ts';
 import { exportName, openshiftTargetVm } from './provider.ts';
 import { mapSource, networkMapConcerns, planConcerns, ready, storageMapConcerns, type PlanContext } from '../validation.ts';
@@ -219,4 +220,64 @@ test('secret: token required; cacert or insecureSkipVerify; export names fit 63 
   );
   const n = exportName('0123abcd-ef01-2345-6789-abcdefabcdef', 'x'.repeat(80));
   assert.ok(n.length <= 63 && n.startsWith('fk-0123abcd-'), n);
+});
+
+test('source session: a running VM is stopped, an export made and waited Ready; its links; close (and an abort) delete the export', async () => {
+  const { InMemoryClient } = await import('../../testing/harness.ts');
+  const b64 = (s: string) => Buffer.from(s).toString('base64');
+  const { startSourceVm } = await import('./provider.ts');
+  const { refs } = await import('@vessel/api');
+  const { updateStatus } = await import('@vessel/runtime');
+  const c = new InMemoryClient();
+  await c.namespaces('apps');
+  const vm = structuredClone(srcVm);
+  delete vm.metadata!.uid;
+  // What Vessel admits: no configMap volume, no template without a spec.
+  const vspec = vm.spec as { dataVolumeTemplates?: unknown; template: { spec: { volumes: { name: string }[] } } };
+  delete vspec.dataVolumeTemplates;
+  vspec.template.spec.volumes = vspec.template.spec.volumes.filter((x) => x.name !== 'cfg');
+  const made = await c.create(refs.VMS, { ...vm, apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachine' }, { namespace: 'apps' });
+  const inv = { ...inventoryVm(made, objs), uid: made.metadata?.uid ?? '' };
+  const name = exportName('mig-1', 'web');
+  // The export controller's part, played here: Ready with a token Secret and KubeVirt's links.
+  const ready = (async () => {
+    for (;;) {
+      const ex = await c.get(refs.VMEXPORTS, name, { namespace: 'apps' }).catch(() => undefined);
+      if (ex) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    await c.create(
+      refs.SECRETS,
+      { apiVersion: 'v1', kind: 'Secret', metadata: { name: 't', namespace: 'apps' }, data: { token: b64('tok') } },
+      { namespace: 'apps' },
+    );
+    const url = 'https://other.example:6443/api/export.kubevirt.io/v1beta1/namespaces/apps/x/volumes/web-root/disk.img';
+    await updateStatus(c, refs.VMEXPORTS, 'apps', name, (s) => {
+      s.phase = 'Ready';
+      s.tokenSecretRef = 't';
+      s.links = { external: { cert: 'PEM', volumes: [{ name: 'web-root', formats: [{ format: 'raw', url }] }] } };
+    });
+  })();
+  const session = await startSourceVm({ client: c, owned: false }, inv, 'mig-1');
+  await ready;
+  assert.equal(session.wasRunning, true);
+  const after = await c.get(refs.VMS, 'web', { namespace: 'apps' });
+  assert.equal((after.spec as { runStrategy: string }).runStrategy, 'Halted');
+  assert.deepEqual(session.link(0), {
+    url: 'http://in-memory.invalid/api/export.kubevirt.io/v1beta1/namespaces/apps/x/volumes/web-root/disk.img',
+    token: 'tok',
+    cert: 'PEM',
+  });
+  await session.close();
+  await assert.rejects(c.get(refs.VMEXPORTS, name, { namespace: 'apps' }), /not found/i);
+  // An export that does not turn Ready: the abort ends the wait and the export is deleted.
+  const abort = new AbortController();
+  const p = startSourceVm({ client: c, owned: false }, inv, 'mig-2', abort.signal);
+  await until(
+    'export mig-2 made',
+    async () => (await c.get(refs.VMEXPORTS, exportName('mig-2', 'web'), { namespace: 'apps' }).catch(() => undefined)) ?? false,
+  );
+  abort.abort(new Error('canceled'));
+  await assert.rejects(p, /canceled/);
+  await assert.rejects(c.get(refs.VMEXPORTS, exportName('mig-2', 'web'), { namespace: 'apps' }), /not found/i);
 });
