@@ -314,7 +314,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       const entryFor = (id: string) =>
         dsEntries.find((e) => s(e.src.id) === id || s(e.src.name) === id || (dsName(id) !== undefined && s(e.src.name) === dsName(id)));
       const diskStores = r.disks.map((d) => d.datastore ?? r.source);
-      if (sm && (diskStores.length ? diskStores : [r.source]).some((id) => !entryFor(id)))
+      if (sm && (diskStores.length ? diskStores : isOpenshiftVm(r) ? [] : [r.source]).some((id) => !entryFor(id)))
         out.push({ type: 'VMStorageNotMapped', status: 'True', category: 'Critical', reason: 'NotValid', message: 'VM has unmapped storage.', items: [item] });
       for (const sc of new Set(diskStores.map((id) => s(entryFor(id)?.dst.storageClass)).filter((x): x is string => !!x))) {
         const max = ctx.classMaxBytes(sc);

@@ -153,6 +153,11 @@ test('maps and plan: {type: pod} and {namespace, name} sources; a running VM is 
   // The NAD unmapped; the pod network alone is not enough.
   const unmapped = planConcerns(plan([{ id: 'uid-web' }]), ctx(inv, nmap.slice(0, 1), smap));
   assert.ok(unmapped.concerns.some((c) => c.type === 'VMNetworksNotMapped' && c.category === 'Critical'));
+  // A VM with no claim (a containerDisk only) needs no storage mapping.
+  const ephemeral = structuredClone(srcVm);
+  (ephemeral.spec as { template: { spec: { volumes: unknown[] } } }).template.spec.volumes = [{ name: 'cd', containerDisk: { image: 'x' } }];
+  const eph = planConcerns(plan([{ name: 'web' }]), ctx(openshiftInventory({ ...objs, vms: [ephemeral] }), nmap, []));
+  assert.ok(ready(eph.concerns), JSON.stringify(eph.concerns));
   // A hostDisk volume cannot be migrated.
   const host = structuredClone(srcVm);
   (host.spec as { template: { spec: { volumes: unknown[] } } }).template.spec.volumes.push({ name: 'h', hostDisk: { path: '/x' } });
