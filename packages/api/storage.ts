@@ -56,7 +56,7 @@ export type DataVolumePhase =
 
 /** Where a DataVolume's bytes come from, after resolving sourceRef: the agent's view of spec.source. */
 export type PopulationSource =
-  | { kind: 'http'; url: string; certConfigMap?: string; secretRef?: string; checksum?: string }
+  | { kind: 'http'; url: string; certConfigMap?: string; secretRef?: string; checksum?: string; secretExtraHeaders?: string[] }
   | { kind: 'registry'; url: string; certConfigMap?: string; secretRef?: string }
   | { kind: 'upload' }
   | { kind: 'blank' }
@@ -79,6 +79,9 @@ export function populationSource(spec: Record<string, unknown>, namespace: strin
       certConfigMap: s(source.http.certConfigMap),
       secretRef: s(source.http.secretRef),
       checksum: s(annotations[CHECKSUM]),
+      ...(Array.isArray(source.http.secretExtraHeaders) && source.http.secretExtraHeaders.length
+        ? { secretExtraHeaders: source.http.secretExtraHeaders.map(String) }
+        : {}),
     };
   if (source.registry)
     return { kind: 'registry', url: String(source.registry.url), certConfigMap: s(source.registry.certConfigMap), secretRef: s(source.registry.secretRef) };

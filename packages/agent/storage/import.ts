@@ -426,6 +426,28 @@ async function receiveFile(path: string, tmpIn: string, opts: ImportOptions, wan
   return receive(createReadStream(path, { highWaterMark: 1 << 20 }), size, tmpIn, opts, wantSum, progress, false);
 }
 
+/** Header names a Secret may not set: the request's framing and target are the importer's. */
+const RESERVED_HEADERS = new Set(['host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'trailer', 'proxy-authorization']);
+
+/**
+ * CDI's secretExtraHeaders: each value `Name: value` (or `Name:value`, as KubeVirt's export
+ * token secret) is one request header. A value that is not that, a header name that is not an
+ * HTTP token or is reserved, or a value with a line break: ImportError InvalidArgument naming `what`.
+ */
+export function parseExtraHeaders(values: readonly string[], what: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const raw of values) {
+    const line = raw.replace(/\r?\n$/, '');
+    const colon = line.indexOf(':');
+    const name = colon > 0 ? line.slice(0, colon).trim() : '';
+    const value = line.slice(colon + 1).trim();
+    if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name) || /[\r\n\0]/.test(value) || RESERVED_HEADERS.has(name.toLowerCase()))
+      throw new ImportError('InvalidArgument', `${what}: each value must be one "Name: value" header (not a reserved one)`);
+    out[name] = value;
+  }
+  return out;
+}
+
 /** GET with redirects (up to 5, like CDI's importer); returns the body stream and its length. */
 async function httpGet(
   src: { url: string; caPem?: string; headers?: Record<string, string> },

@@ -39,7 +39,7 @@ import { deviceId } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { cloneVolume } from './clone.ts';
 import { ImportError } from './errors.ts';
-import { formatProgress, importDisk, type ImportSource } from './import.ts';
+import { formatProgress, importDisk, parseExtraHeaders, type ImportSource } from './import.ts';
 import { ANY_NAMESPACE, containedPath, PathError, type Pool } from './pools.ts';
 import { scrubPaths } from '../scrub.ts';
 import * as qemuImg from './qemu-img.ts';
@@ -310,8 +310,10 @@ export class VolumeManager extends Controller {
       const caPem = source.certConfigMap ? await this.caBundle(ns, source.certConfigMap) : undefined;
       const creds = source.secretRef ? await this.credentials(ns, source.secretRef) : undefined;
       if (source.kind === 'http') {
-        const headers = creds ? { Authorization: `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}` } : undefined;
-        return { kind: 'http', url: source.url, caPem, headers };
+        const headers: Record<string, string> = {};
+        for (const name of source.secretExtraHeaders ?? []) Object.assign(headers, await this.extraHeaders(ns, name));
+        if (creds) headers.Authorization = `Basic ${Buffer.from(`${creds.username}:${creds.password}`).toString('base64')}`;
+        return { kind: 'http', url: source.url, caPem, headers: Object.keys(headers).length ? headers : undefined };
       }
       const reg = await openRegistryDisk({
         url: source.url,
@@ -331,6 +333,15 @@ export class VolumeManager extends Controller {
     if (!pems.length) throw new ImportError('InvalidArgument', `ConfigMap ${ns}/${name} (certConfigMap) holds no PEM certificate`);
     for (const p of pems) new X509Certificate(p); // a clear error now beats a TLS failure later
     return pems.join('\n');
+  }
+
+  /** CDI's secretExtraHeaders: every value of the Secret is one `Name: value` header (KubeVirt's export token secret is one). */
+  private async extraHeaders(ns: string, name: string): Promise<Record<string, string>> {
+    const secret = await this.client.get(SECRETS, name, { namespace: ns });
+    return parseExtraHeaders(
+      Object.values((secret.data as Record<string, string> | undefined) ?? {}).map((v) => Buffer.from(v, 'base64').toString('utf8')),
+      `Secret ${ns}/${name} (secretExtraHeaders)`,
+    );
   }
 
   /** CDI's secretRef: keys accessKeyId and secretKey. */

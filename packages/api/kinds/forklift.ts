@@ -29,7 +29,8 @@ export function validateProvider(o: KubeObject, ctx: SemanticContext): void {
 export function validateNetworkMap(o: KubeObject, ctx: SemanticContext): void {
   arr(obj(o.spec)?.map).forEach((e, i) => {
     const entry = obj(e);
-    sourceRef(entry?.source, `spec.map[${i}].source`, ctx);
+    // openshift: `{type: pod}` names the source cluster's pod network.
+    if (obj(entry?.source)?.type !== 'pod') sourceRef(entry?.source, `spec.map[${i}].source`, ctx);
     const dst = obj(entry?.destination);
     if (dst?.type === 'multus' && !str(dst.name))
       ctx.causes.push(required(`spec.map[${i}].destination.name`, 'a multus destination names its NetworkAttachmentDefinition'));

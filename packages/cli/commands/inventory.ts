@@ -47,9 +47,11 @@ export function registerInventory(program: Command): void {
     .command('inventory')
     .description("list a migration provider's inventory: vms (default), networks, datastores or hosts")
     .argument('<provider>', 'Provider name (forklift.konveyor.io)')
-    .argument('[kind]', forklift.INVENTORY_KINDS.join('|'), 'vms')
+    .argument('[kind]', `${forklift.INVENTORY_KINDS.join('|')}|storage`, 'vms')
     .option('-o, --output <format>', 'json or yaml')
-    .action(async (provider: string, kind: string, flags: { output?: string }, cmd: Command) => {
+    .action(async (provider: string, kindArg: string, flags: { output?: string }, cmd: Command) => {
+      // `storage` (the openshift provider's StorageClasses) is the datastores list.
+      const kind = kindArg === 'storage' ? 'datastores' : kindArg;
       if (!(forklift.INVENTORY_KINDS as readonly string[]).includes(kind))
         throw new UsageError(`kind must be one of ${forklift.INVENTORY_KINDS.join(', ')}, not "${kind}"`);
       if (flags.output && flags.output !== 'json' && flags.output !== 'yaml') throw new UsageError(`--output must be json or yaml, not "${flags.output}"`);

@@ -4,7 +4,8 @@
  * ConfigMap `<provider>-inventory` (@vessel/api forklift; owned by the Provider) and counted in its status; NetworkMaps,
  * StorageMaps and Plans get Forklift's conditions from that inventory and the target cluster.
  * `vsphere` Providers are read over the vSphere Web Services API (./vsphere/) with their Secret,
- * into the same inventory. A Migration runs a Ready plan cold (./migration.ts), its per-VM
+ * into the same inventory; `openshift` Providers from a KubeVirt cluster's API (./openshift/: this
+ * cluster, or a URL with a token), their VMs moved through VirtualMachineExports. A Migration runs a Ready plan cold (./migration.ts), its per-VM
  * `spec.cancel` followed while it runs; Hooks get their conditions (./hooks.ts).
  */
 import type { Client } from '@vessel/client';
@@ -14,13 +15,33 @@ import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
-import { cancelNames, MigrationRun, type DiskOpener } from './migration.ts';
+import { cancelNames, claimName, MigrationRun, type DiskOpener } from './migration.ts';
 import { hookConcerns, runHook, type HookOptions } from './hooks.ts';
 import { conversionWanted, nodeHasVirtV2v } from './conversion.ts';
 import { VsphereError } from './vsphere/soap.ts';
 import { readVsphereInventory, type VsphereVm } from './vsphere/inventory.ts';
 import { connect, openDisk, parseSecret, powerOff, type VsphereSecret } from './vsphere/provider.ts';
-import { networkMapConcerns, planConcerns, storageMapConcerns, toConditions, type Concern, type PlanContext, type PlanVmResult } from './validation.ts';
+import { OpenshiftError, parseOpenshiftSecret, type OpenshiftSecret, type OpenshiftVm } from './openshift/inventory.ts';
+import {
+  exportName,
+  fingerprint as tlsFingerprint,
+  openshiftTargetVm,
+  readOpenshiftInventory,
+  remoteClient,
+  sourceError,
+  startSourceVm,
+  type SourceCluster,
+} from './openshift/provider.ts';
+import {
+  mapSource,
+  networkMapConcerns,
+  planConcerns,
+  storageMapConcerns,
+  toConditions,
+  type Concern,
+  type PlanContext,
+  type PlanVmResult,
+} from './validation.ts';
 
 const { inventoryConfigMapName, INVENTORY_KEY, PROVIDER_LABEL } = forklift;
 const {
@@ -148,13 +169,15 @@ export class ForkliftController extends Controller {
     let fingerprint: string | undefined;
     if (spec.type === 'vsphere') {
       ({ phase, inventory, fingerprint } = await this.vsphereProvider(p, key, generation, concerns));
+    } else if (spec.type === 'openshift') {
+      ({ phase, inventory, fingerprint } = await this.openshiftProvider(p, key, generation, concerns));
     } else if (spec.type !== 'ova') {
       concerns.push({
         type: 'ProviderTypeNotSupported',
         status: 'True',
         category: 'Critical',
         reason: 'NotSupported',
-        message: 'The `type` must be: [ova, vsphere] (Vessel reads only these providers so far).',
+        message: 'The `type` must be: [ova, vsphere, openshift] (Vessel reads only these providers so far).',
       });
       phase = 'ValidationFailed';
     } else if (typeof spec.url !== 'string' || !spec.url) {
@@ -208,7 +231,7 @@ export class ForkliftController extends Controller {
       s.observedGeneration = generation;
       s.conditions = toConditions(concerns, s.conditions);
       if (fingerprint) s.fingerprint = fingerprint;
-      else if (spec.type === 'vsphere') delete s.fingerprint;
+      else if (spec.type === 'vsphere' || spec.type === 'openshift') delete s.fingerprint;
       if (inventory)
         s.inventory = {
           vms: inventory.vms.length,
@@ -280,6 +303,66 @@ export class ForkliftController extends Controller {
         await client.logout();
         client.close();
       }
+    }
+  }
+
+  /**
+   * An `openshift` provider's source cluster: this one for an empty `url` (Forklift's host
+   * provider; as a source it reads only its own namespace: a tenant's provider must not export
+   * other tenants' VMs with the controller's rights), else the URL with the Secret's token.
+   */
+  private async openshiftSource(p: KubeObject): Promise<{ src: SourceCluster; url?: string; secret?: OpenshiftSecret }> {
+    const url = o(p.spec).url;
+    if (typeof url !== 'string' || !url) return { src: { client: this.client, namespace: p.metadata?.namespace ?? '', owned: false } };
+    const ref = o(o(p.spec).secret);
+    const name = typeof ref.name === 'string' ? ref.name : '';
+    const ns = typeof ref.namespace === 'string' && ref.namespace ? ref.namespace : (p.metadata?.namespace ?? '');
+    if (!name) throw new OpenshiftError('SecretNotValid', 'a provider with a `url` names a secret with a `token`');
+    // Vessel's rule: the secret is in the provider's namespace (another tenant's token is not ours to use).
+    if (ns !== p.metadata?.namespace) throw new OpenshiftError('SecretNotValid', "the secret must be in the provider's namespace");
+    let secret: OpenshiftSecret;
+    try {
+      secret = parseOpenshiftSecret(((await this.client.get(SECRETS, name, { namespace: ns })) as { data?: Record<string, string> }).data);
+    } catch (e) {
+      if (isStatusError(e, 'NotFound')) throw new OpenshiftError('SecretNotValid', `secret ${ns}/${name} not found`);
+      throw e;
+    }
+    return { src: { client: remoteClient(url, secret), owned: true }, url, secret };
+  }
+
+  /** An `openshift` provider: connect (token, TLS), read the inventory (cached as the others), say why not. */
+  private async openshiftProvider(
+    p: KubeObject,
+    key: string,
+    generation: number,
+    concerns: Concern[],
+  ): Promise<{ phase: string; inventory?: Inventory; fingerprint?: string }> {
+    let source: Awaited<ReturnType<ForkliftController['openshiftSource']>>;
+    try {
+      source = await this.openshiftSource(p);
+    } catch (e) {
+      if (!(e instanceof OpenshiftError)) throw e;
+      concerns.push({ type: e.code, status: 'True', category: 'Critical', reason: 'NotValid', message: e.message });
+      return { phase: 'ValidationFailed' };
+    }
+    concerns.push({ type: 'Validated', status: 'True', category: 'Advisory', reason: 'Completed', message: 'Validation has been completed.' });
+    const cached = this.inventories.get(key);
+    try {
+      const fingerprint = source.url && source.secret ? await tlsFingerprint(source.url, source.secret) : undefined;
+      const inventory =
+        cached && cached.generation === generation && Date.now() - cached.at < RESCAN_MS ? cached.inventory : await readOpenshiftInventory(source.src);
+      this.inventories.set(key, { generation, inventory, at: cached?.inventory === inventory ? cached.at : Date.now() });
+      concerns.push({ type: 'ConnectionTestSucceeded', status: 'True', category: 'Required', reason: 'Tested', message: 'Connection test, succeeded.' });
+      concerns.push({ type: 'InventoryCreated', status: 'True', category: 'Required', reason: 'Completed', message: 'The inventory has been loaded.' });
+      concerns.push({ type: 'Ready', status: 'True', category: 'Required', message: 'The provider is ready.' });
+      return { phase: 'Ready', inventory, ...(fingerprint ? { fingerprint } : {}) };
+    } catch (e) {
+      const err = sourceError(e);
+      this.inventories.delete(key);
+      concerns.push({ type: 'ConnectionTestFailed', status: 'True', category: 'Critical', reason: err.code, message: err.message });
+      return { phase: 'ConnectionFailed' };
+    } finally {
+      if (source.src.owned) source.src.client.close();
     }
   }
 
@@ -414,8 +497,10 @@ export class ForkliftController extends Controller {
     const url = String(o(provider?.spec).url ?? '');
     const inv = this.inventoryFor(plan);
     // A map entry names a network or datastore by id or name; the VM refers to it by id.
-    const named = (list: { id: string; name: string }[] | undefined, id: string) => (src: Obj) =>
-      src.id === id || src.name === id || (!!list?.find((x) => x.id === id) && src.name === list.find((x) => x.id === id)?.name);
+    const named = (list: { id: string; name: string }[] | undefined, id: string) => (raw: Obj) => {
+      const src = mapSource(raw);
+      return src.id === id || src.name === id || (!!list?.find((x) => x.id === id) && src.name === list.find((x) => x.id === id)?.name);
+    };
     const ova = async (v: PlanVmResult): Promise<DiskOpener> => {
       const ranges = (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks;
       return async (i) => {
@@ -440,20 +525,86 @@ export class ForkliftController extends Controller {
       open.close = () => client.logout().finally(() => client.close());
       return open;
     };
+    const networkOf = (id: string) => {
+      const d = entry(networkMap, named(inv?.networks, id))?.destination;
+      return d ? (o(d) as { type: string; name?: string; namespace?: string }) : undefined;
+    };
+    // openshift: Initialize stops the source VM and exports it; disks are read from the export's raw
+    // links into the upload DataVolumes; the VM is the source's spec; close deletes the export.
+    const openshift = async (v: PlanVmResult): Promise<DiskOpener> => {
+      if (!provider) throw new Error('the source provider is gone');
+      const { src, url: srcUrl } = await this.openshiftSource(provider);
+      const vm = v.vm as OpenshiftVm;
+      let session;
+      try {
+        session = await startSourceVm(src, vm, m.metadata.uid ?? m.metadata.name);
+      } catch (e) {
+        if (src.owned) src.client.close();
+        throw e;
+      }
+      const s = session;
+      const open: DiskOpener = (i) => s.open(i);
+      const targetNs = String(o(plan.spec).targetNamespace ?? '');
+      const base = exportName(m.metadata.uid ?? m.metadata.name, v.targetName);
+      // Another cluster: the node's importer pulls each disk from the export (an http DataVolume
+      // with the token as an extra header and the export's CA). This cluster's own export is
+      // served by the API server, which the importer may not reach (its egress policy): streamed here.
+      const remote = !!srcUrl && new URL(srcUrl).origin !== new URL(this.client.config.server).origin;
+      const made: [typeof SECRETS, string][] = [];
+      if (remote)
+        open.dataVolumeSource = async (i) => {
+          const l = s.link(i);
+          const secret = `${base}-hdr`.slice(0, 63);
+          const ca = `${base}-ca`.slice(0, 63);
+          if (!made.length) {
+            const meta = (name: string) => ({ name, namespace: targetNs, labels: { 'forklift.konveyor.io/plan': plan.metadata.name } });
+            const ensure = (ref: typeof SECRETS, body: KubeObject) =>
+              this.client.create(ref, body, { namespace: targetNs }).catch((e: unknown) => {
+                if (!isStatusError(e, 'AlreadyExists')) throw e;
+              });
+            made.push([SECRETS, secret], [CONFIGMAPS, ca]);
+            await ensure(SECRETS, { apiVersion: 'v1', kind: 'Secret', metadata: meta(secret), stringData: { token: `x-kubevirt-export-token:${l.token}` } });
+            await ensure(CONFIGMAPS, { apiVersion: 'v1', kind: 'ConfigMap', metadata: meta(ca), data: { 'ca.pem': l.cert } });
+          }
+          return { http: { url: l.url, secretExtraHeaders: [secret], ...(l.cert.includes('BEGIN CERTIFICATE') ? { certConfigMap: ca } : {}) } };
+        };
+      open.close = async () => {
+        for (const [ref, name] of made) await this.client.delete(ref, name, { namespace: targetNs }).catch(() => undefined);
+        await s.close().finally(() => src.owned && src.client.close());
+      };
+      open.targetVm = async (pv, ns) => {
+        // MACs are kept unless another VM of this cluster has one (the source itself, when it is here).
+        const taken = new Set<string>();
+        for (const other of this.vms.list())
+          for (const i of (o(o(o(o(other.spec).template).spec).domain).devices as { interfaces?: { macAddress?: string }[] } | undefined)?.interfaces ?? [])
+            if (i.macAddress) taken.add(i.macAddress.toLowerCase());
+        return openshiftTargetVm({
+          source: s.vm,
+          vm,
+          name: pv.targetName,
+          namespace: ns,
+          claims: vm.disks.map((_, i) => claimName(pv, i)),
+          network: networkOf,
+          macTaken: (mac) => taken.has(mac),
+          power: o(plan.spec).targetPowerState,
+          wasRunning: s.wasRunning,
+          labels: { 'forklift.konveyor.io/plan': plan.metadata.name, 'forklift.konveyor.io/vm-id': vm.id },
+        });
+      };
+      return open;
+    };
+    const type = o(provider?.spec).type;
     const run = new MigrationRun(
       this.client,
       {
         migration: m,
         plan,
         vms,
-        initialize: o(provider?.spec).type === 'vsphere' ? vsphere : ova,
+        initialize: type === 'vsphere' ? vsphere : type === 'openshift' ? openshift : ova,
         // Without virt-v2v on any node the VM migrates unconverted (the plan's GuestConversionSkipped).
         convert: (v) => conversionWanted(v.vm, o(plan.spec)) && this.nodes.list().some(nodeHasVirtV2v),
         storage: (source) => o(entry(storageMap, named(inv?.datastores, source))?.destination) as { storageClass: string },
-        network: (id) => {
-          const d = entry(networkMap, named(inv?.networks, id))?.destination;
-          return d ? (o(d) as { type: string; name?: string; namespace?: string }) : undefined;
-        },
+        network: networkOf,
         maxInFlight: this.opts.maxInFlight,
         // The Migration as the informer has it now: `vessel plan cancel` edits spec.cancel while it runs.
         canceled: (v) => cancelNames(o(this.migrations.get(key)?.spec).cancel, v.vm),

@@ -1,8 +1,9 @@
 /**
- * Running a plan, cold, from an `ova` or `vsphere` provider (docs/forklift.md, "Migration"): for
+ * Running a plan, cold, from an `ova`, `vsphere` or `openshift` provider (docs/forklift.md, "Migration"): for
  * each VM, Forklift's pipeline Initialize → DiskTransfer → VirtualMachineCreation. A disk goes into
  * an upload DataVolume: its bytes are streamed from the source (an OVA's tar entry range; a vSphere
- * datastore file over HTTPS; no staging copy) to the upload endpoint, where the existing importer
+ * datastore file over HTTPS; an openshift export's raw link; no staging copy) to the upload endpoint
+ * (or a DataVolume imports it itself, DiskOpener.dataVolumeSource), where the existing importer
  * checks and converts them with qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
  * controller restart resumes a migration (a transferred disk is not sent again). At most
  * `maxInFlight` VMs run at once; a VM named in `Migration.spec.cancel` stops where it is (its
@@ -64,8 +65,17 @@ export interface DiskBytes {
   stream: Readable;
 }
 
-/** Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk. */
-export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & { close?: () => Promise<void> };
+/**
+ * Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk
+ * (or on failure / cancel); `targetVm` (when set) makes the VirtualMachine instead of targetVm()
+ * (the openshift provider copies the source VM's spec).
+ */
+export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & {
+  close?: () => Promise<void>;
+  targetVm?: (vm: PlanVmResult, namespace: string) => Promise<KubeObject>;
+  /** When set, disk `i` is a DataVolume importing from this `spec.source` (e.g. `http`) instead of an upload of the opened bytes. */
+  dataVolumeSource?: (disk: number) => Promise<Record<string, unknown>>;
+};
 
 const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
@@ -273,6 +283,7 @@ export class MigrationRun {
     this.active.set(v.vm.id, { vm: v, abort });
     let current = 'Initialize';
     let cleanup: (() => Promise<void>) | undefined;
+    let makeVm: DiskOpener['targetVm'];
     // Step boundaries check the cancel list too: a cancel written before the VM started, or between watch events.
     const checkpoint = () => {
       if (this.stopped) throw new Stopped('stopped');
@@ -287,6 +298,7 @@ export class MigrationRun {
       this.begin(init);
       const open = await this.input.initialize(v);
       cleanup = open.close;
+      makeVm = open.targetVm;
       this.finish(init);
       await this.hook(v, s, 'PreHook', checkpoint, (c) => (current = c));
       checkpoint();
@@ -313,7 +325,7 @@ export class MigrationRun {
       this.begin(create);
       await this.write();
       try {
-        await this.client.create(VMS, targetVm(v, ns, this.input.plan, this.input), { namespace: ns });
+        await this.client.create(VMS, makeVm ? await makeVm(v, ns) : targetVm(v, ns, this.input.plan, this.input), { namespace: ns });
       } catch (e) {
         if (!isStatusError(e, 'AlreadyExists')) throw e;
       }
@@ -431,7 +443,7 @@ export class MigrationRun {
     v: PlanVmResult,
     i: number,
     storage: string,
-    open: (disk: number) => Promise<DiskBytes>,
+    open: DiskOpener,
     task: Task,
     transfer: Step,
     ns: string,
@@ -441,12 +453,13 @@ export class MigrationRun {
     const sc = this.input.storage(storage);
     task.phase = 'Running';
     task.started ??= now();
+    const imported = open.dataVolumeSource ? await open.dataVolumeSource(i) : undefined;
     const dv = {
       apiVersion: 'cdi.kubevirt.io/v1beta1',
       kind: 'DataVolume',
       metadata: { name, namespace: ns, labels: { 'forklift.konveyor.io/plan': this.input.plan.metadata?.name ?? '', 'forklift.konveyor.io/vm-id': v.vm.id } },
       spec: {
-        source: { upload: {} },
+        source: imported ?? { upload: {} },
         storage: {
           resources: { requests: { storage: String(v.vm.disks[i].capacity) } },
           ...(sc?.storageClass ? { storageClassName: sc.storageClass } : {}),
@@ -460,7 +473,16 @@ export class MigrationRun {
     } catch (e) {
       if (!isStatusError(e, 'AlreadyExists')) throw e;
     }
-    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal);
+    if (imported) {
+      // The node's importer pulls the bytes; progress is the DataVolume's percentage.
+      const base = transfer.progress.completed;
+      await this.waitDv(name, ns, ['Succeeded'], signal, (pct) => {
+        task.progress.completed = Math.min(task.progress.total, Math.floor((pct / 100) * task.progress.total));
+        transfer.progress.completed = base + task.progress.completed;
+        void this.write();
+      });
+    }
+    const phase = imported ? 'Succeeded' : await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal);
     if (phase !== 'Succeeded') {
       const token = (
         await this.client.request<{ status: { token: string } }>(
@@ -504,12 +526,14 @@ export class MigrationRun {
     transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
   }
 
-  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal): Promise<string> {
+  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal, progress?: (percent: number) => void): Promise<string> {
     for (;;) {
       if (this.stopped) throw new Stopped('stopped');
       if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
       const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
       const phase = String(o(dv.status).phase ?? '');
+      const pct = parseFloat(String(o(dv.status).progress ?? ''));
+      if (progress && Number.isFinite(pct)) progress(pct);
       if (phases.includes(phase)) return phase;
       if (phase === 'Failed') throw new Error(`DataVolume ${ns}/${name} failed: ${JSON.stringify(o(dv.status).conditions ?? []).slice(0, 300)}`);
       await new Promise((r) => setTimeout(r, 500));

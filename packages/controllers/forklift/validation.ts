@@ -6,6 +6,7 @@
 import type { Inventory, InventoryVm } from './ova.ts';
 import { pvcName, TemplateError } from './template.ts';
 import { conversionConcerns } from './conversion.ts';
+import { isOpenshiftVm, openshiftVmConcerns } from './openshift/inventory.ts';
 
 export type Category = 'Critical' | 'Error' | 'Warn' | 'Advisory' | 'Required';
 export interface Concern {
@@ -23,6 +24,15 @@ const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) 
 const a = (v: unknown): unknown[] => (Array.isArray(v) ? v : []);
 const s = (v: unknown): string | undefined => (typeof v === 'string' && v ? v : undefined);
 
+/**
+ * A map entry's source as the inventory names it: openshift's `{type: pod}` is the network `pod`,
+ * and a NAD's `{namespace, name}` is `namespace/name` (its inventory name); other sources as they are.
+ */
+export function mapSource(src: Obj): Obj {
+  if (s(src.id) || !(src.type === 'pod' || (s(src.namespace) && s(src.name)))) return src;
+  return src.type === 'pod' ? { id: 'pod' } : { name: `${s(src.namespace)}/${s(src.name)}` };
+}
+
 /** A condition list is Ready when nothing Critical (or Error) is True. */
 export const ready = (concerns: Concern[]): boolean => !concerns.some((c) => c.status === 'True' && (c.category === 'Critical' || c.category === 'Error'));
 
@@ -34,7 +44,9 @@ function resolve<T extends { id: string; name: string }>(ref: Obj, list: readonl
   const id = s(ref.id);
   const name = s(ref.name);
   if (!id && !name) return 'NotSet';
-  const hits = id ? list.filter((x) => x.id === id) : list.filter((x) => x.name === name);
+  const ns = s(ref.namespace);
+  // openshift VMs: `{namespace, name}` (names repeat across namespaces).
+  const hits = id ? list.filter((x) => x.id === id) : list.filter((x) => x.name === name && (!ns || (x as { namespace?: string }).namespace === ns));
   return hits.length === 0 ? 'NotFound' : hits.length > 1 ? 'Ambiguous' : hits[0];
 }
 
@@ -53,7 +65,7 @@ export function networkMapConcerns(map: Obj, inv: Inventory | undefined, nadExis
   const bad = { NotSet: [] as string[], NotFound: [] as string[], Ambiguous: [] as string[] };
   const badDest: string[] = [];
   a(o(map.spec).map).forEach((e, i) => {
-    const src = o(o(e).source);
+    const src = mapSource(o(o(e).source));
     if (inv) {
       const r = resolve(src, inv.networks);
       if (typeof r === 'string') bad[r].push(`[${i}]`);
@@ -222,7 +234,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
   const vms: PlanVmResult[] = [];
   if (ctx.inventory) {
     const inv = ctx.inventory;
-    const netSources = a(o(nm?.spec).map).map((e) => o(o(e).source));
+    const netSources = a(o(nm?.spec).map).map((e) => mapSource(o(o(e).source)));
     const dsEntries = a(o(sm?.spec).map).map((e) => ({ src: o(o(e).source), dst: o(o(e).destination) }));
     const seen = new Set<string>();
     const targets = new Map<string, string>();
@@ -302,7 +314,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       const entryFor = (id: string) =>
         dsEntries.find((e) => s(e.src.id) === id || s(e.src.name) === id || (dsName(id) !== undefined && s(e.src.name) === dsName(id)));
       const diskStores = r.disks.map((d) => d.datastore ?? r.source);
-      if (sm && (diskStores.length ? diskStores : [r.source]).some((id) => !entryFor(id)))
+      if (sm && (diskStores.length ? diskStores : isOpenshiftVm(r) ? [] : [r.source]).some((id) => !entryFor(id)))
         out.push({ type: 'VMStorageNotMapped', status: 'True', category: 'Critical', reason: 'NotValid', message: 'VM has unmapped storage.', items: [item] });
       for (const sc of new Set(diskStores.map((id) => s(entryFor(id)?.dst.storageClass)).filter((x): x is string => !!x))) {
         const max = ctx.classMaxBytes(sc);
@@ -345,6 +357,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
           message: 'VM has devices that are not migrated.',
           items: vs.unsupported.map((u) => `${item} ${u}`),
         });
+      if (isOpenshiftVm(r)) out.push(...openshiftVmConcerns(r, item, warm));
       if (!FIRMWARES.includes(r.firmware))
         out.push({
           type: 'UnsupportedFirmware',
