@@ -6,6 +6,10 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { refs } from '@vessel/api';
+import { InMemoryClient } from '../testing/harness.ts';
+import { MigrationRun, type VmStatus } from './migration.ts';
+import type { PlanVmResult } from './validation.ts';
 import { cutoverTime, warmNext, warmPipeline, WarmRun, type WarmDisk, type WarmOps, type WarmVmStatus } from './warm.ts';
 
 const MIN = 60_000;
@@ -230,4 +234,67 @@ test('WarmRun: too many failed rounds fail the run in DiskTransfer; a cancel pas
   await assert.rejects(r.run.run(), Canceled);
   assert.equal(t.warm!.failures, 0);
   assert.ok(t.warm!.successes >= 1);
+});
+
+test('MigrationRun: a warm plan runs the warm pipeline through its hook; a failure releases the tracking and names the step', async () => {
+  const { NAMESPACES, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
+  const c = new InMemoryClient();
+  const ns = 'fk';
+  await c.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+  const plan = await c.create(
+    FORKLIFT_PLANS,
+    {
+      apiVersion: 'forklift.konveyor.io/v1beta1',
+      kind: 'Plan',
+      metadata: { name: 'p', namespace: ns },
+      spec: {
+        targetNamespace: ns,
+        warm: true,
+        vms: [],
+        provider: { source: { name: 'cluster' }, destination: { name: 'host' } },
+        map: { network: { name: 'n' }, storage: { name: 's' } },
+      },
+    },
+    { namespace: ns },
+  );
+  const migration = await c.create(
+    FORKLIFT_MIGRATIONS,
+    { apiVersion: 'forklift.konveyor.io/v1beta1', kind: 'Migration', metadata: { name: 'm', namespace: ns }, spec: { plan: { name: 'p', namespace: ns } } },
+    { namespace: ns },
+  );
+  const vms: PlanVmResult[] = ['ok', 'bad'].map((n) => ({
+    targetName: n,
+    vm: { id: `id-${n}`, name: n, ovfId: n, source: 'src', osType: '', cpus: 1, memoryMB: 64, firmware: 'bios', disks: [], nics: [] },
+  }));
+  const fakes = { ok: fake([disks[0]]), bad: fake([disks[1]]) };
+  fakes.bad.fail.next = 100;
+  const run = new MigrationRun(
+    c,
+    {
+      migration,
+      plan,
+      vms,
+      initialize: async () => Object.assign(() => Promise.reject(new Error('cold path used')), {}),
+      storage: () => undefined,
+      network: () => undefined,
+      warm: (v) => fakes[v.vm.name as 'ok' | 'bad'].ops,
+      cutover: () => 0,
+      precopyIntervalMs: 1,
+    },
+    () => undefined,
+  );
+  await run.run();
+  const status = (await c.get(FORKLIFT_MIGRATIONS, 'm', { namespace: ns })).status as { vms: (VmStatus & WarmVmStatus)[] };
+  const [ok, bad] = status.vms;
+  assert.equal(ok.conditions?.[0].type, 'Succeeded');
+  assert.deepEqual(
+    ok.pipeline.map((p) => p.name),
+    ['Initialize', 'DiskAllocation', 'DiskTransfer', 'Cutover', 'VirtualMachineCreation'],
+  );
+  assert.equal(ok.warm?.successes, 1);
+  assert.deepEqual(fakes.ok.calls.slice(-5), ['quiesce', 'copy root incremental', 'stop source', 'create target', 'release']);
+  assert.equal(bad.phase, 'Failed');
+  assert.equal(bad.error?.phase, 'DiskTransfer');
+  assert.equal(bad.warm?.failures, 5);
+  assert.equal(fakes.bad.calls.at(-1), 'release');
 });

@@ -169,12 +169,16 @@ export class WarmRun {
     const get = (name: string) => s.pipeline.find((p) => p.name === name)!;
     this.enter('Initialize');
     const disks = await this.ops.initialize();
+    // A pipeline made before the disks were known gets its per-disk tasks now.
+    const transfer = get('DiskTransfer');
+    if (!transfer.tasks?.length) Object.assign(transfer, warmPipeline(disks)[2]);
+    get('DiskAllocation').progress.total = disks.length;
     this.done('Initialize');
     this.opts.checkpoint();
     this.enter('DiskAllocation');
-    for (const d of disks) {
+    for (const [i, d] of disks.entries()) {
       await this.ops.allocate(d);
-      get('DiskAllocation').progress.completed++;
+      get('DiskAllocation').progress.completed = i + 1;
     }
     this.done('DiskAllocation');
     this.enter('DiskTransfer');
