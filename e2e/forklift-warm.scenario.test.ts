@@ -64,7 +64,7 @@ const written = (text: string): number[] => [...text.matchAll(/VESSEL-WROTE (\d+
 const pathOf = async (ns: string, claim: string) =>
   String((await v.client.get(PVC, claim, { namespace: ns })).metadata?.annotations?.['vessel.io/volume-path']);
 
-test('warm: full copy, 3 precopy rounds while the guest writes, cutover; the target has every write', { timeout: 1_500_000 }, async () => {
+test('warm: full copy, 3 precopy rounds while the guest writes, cutover; the target has every write', { timeout: 2_400_000 }, async () => {
   await v.client.create(
     PVC,
     {
@@ -81,7 +81,7 @@ test('warm: full copy, 3 precopy rounds while the guest writes, cutover; the tar
   vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
   vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: `${NAME}-data` } });
   await v.client.create(VM, vm as unknown as Obj, { namespace: SRC });
-  await eventually('the guest writing', async () => (written(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 300_000, 500);
+  await eventually('the guest writing', async () => (written(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
   log('source guest writes');
 
   const s: WarmVmStatus = { id: `${SRC}/${NAME}`, name: NAME, phase: 'Pending', pipeline: warmPipeline([]) };
