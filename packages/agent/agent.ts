@@ -21,6 +21,7 @@ import { PathError, Pool } from './storage/pools.ts';
 import { RestoreController } from './snapshots/restores.ts';
 import { SnapshotController } from './snapshots/snapshots.ts';
 import { ConversionController, virtV2vVersion } from './storage/convert.ts';
+import { WarmController } from './vms/warm-controller.ts';
 import { VolumeManager } from './storage/volumes.ts';
 import { detectAccelerator, type Accelerator } from './vms/accel.ts';
 import { VmRuntime, vmsRootOf } from './vms/runtime.ts';
@@ -192,6 +193,14 @@ async function startAgentWith(
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const conversions = new ConversionController(opts.client, { nodeName: opts.nodeName, pools, version: virtV2v, tcg: accel === 'tcg', log });
+  const warm = new WarmController(opts.client, {
+    nodeName: opts.nodeName,
+    pools,
+    vms,
+    listenAddress: opts.fabricIp ?? '127.0.0.1',
+    netns: network?.netns,
+    log,
+  });
   const { host, port } = parseListen(opts.listen ?? '127.0.0.1:0');
   const consoles = consoleHandlers({ runDirFor: (ns, name) => vms.runDirFor(ns, name), log });
   // A guest on the cluster network is dialled at its address inside the node's namespace; one on
@@ -309,6 +318,7 @@ async function startAgentWith(
     await snapshots.start();
     await restores.start();
     await conversions.start();
+    await warm.start();
     fencing = fencer && runFencer(fencer, 1000, log, async () => watchdog?.pet(watchdogTerms()));
   } catch (e) {
     prober?.close();
@@ -337,6 +347,7 @@ async function startAgentWith(
       prober?.close();
       node.stop();
       await conversions.stop();
+      await warm.stop();
       await restores.stop();
       await snapshots.stop();
       await vms.stop();

@@ -89,3 +89,50 @@ export interface ConversionStatus {
   /** Seconds virt-v2v ran. */
   seconds?: number;
 }
+
+/**
+ * Warm migration (docs/forklift.md, "Warm migration"): the Forklift controller asks the agents
+ * through reserved annotations, as for conversion. On the target claim: WarmExportRequest, and
+ * the agent holding its volume answers WarmExportStatus (its NBD export, TLS-PSK). On the source
+ * VMI: WarmCopyRequest, one disk's round at a time, and the agent running it answers
+ * WarmCopyStatus.
+ */
+export const WARM_EXPORT = 'vessel.io/warm-export';
+export const WARM_EXPORT_STATUS = 'vessel.io/warm-export-status';
+export const WARM_COPY = 'vessel.io/warm-copy';
+export const WARM_COPY_STATUS = 'vessel.io/warm-copy-status';
+
+export interface WarmExportRequest {
+  /** Who asks (migration uid and VM id); `stop`: the export goes. */
+  id: string;
+  stop?: boolean;
+}
+export interface WarmExportStatus {
+  id: string;
+  phase: 'Ready' | 'Failed' | 'Stopped';
+  address?: string;
+  export?: string;
+  identity?: string;
+  key?: string;
+  message?: string;
+}
+export interface WarmCopyRequest {
+  id: string;
+  /** A new seq is a new round; the same seq is answered once. */
+  seq: number;
+  /** The VMI's volume; `end`: tracking and NBD nodes of every disk go. */
+  volume?: string;
+  mode?: 'full' | 'incremental';
+  target?: { address: string; export: string; identity: string; key: string };
+  end?: boolean;
+}
+export interface WarmCopyStatus {
+  id: string;
+  seq: number;
+  phase: 'Running' | 'Succeeded' | 'Failed';
+  done?: number;
+  total?: number;
+  /** WarmNoBitmap: no change tracking (the caller goes back to full). */
+  code?: string;
+  message?: string;
+}

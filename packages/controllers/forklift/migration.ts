@@ -18,6 +18,7 @@ import { forklift, refs, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
 import type { PlanVmResult, VmHook } from './validation.ts';
 import { convert, STEP as CONVERSION } from './conversion.ts';
+import { warmPipeline, WarmRun, type WarmOps } from './warm.ts';
 
 const { DATAVOLUMES, PVCS, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
 const MB = 1_000_000;
@@ -57,6 +58,13 @@ export interface RunInput {
   runHook?: (hook: VmHook, vm: PlanVmResult) => Promise<void>;
   /** Whether the VM goes through virt-v2v (the ImageConversion step; ./conversion.ts); none: no VM does. */
   convert?: (vm: PlanVmResult) => boolean;
+  /**
+   * A warm plan's source operations for a VM (./warm.ts; the `openshift` provider's running VMs);
+   * undefined: the VM migrates cold. The Migration's cutover time is read from `cutover` at every move.
+   */
+  warm?: (vm: PlanVmResult) => WarmOps | undefined;
+  cutover?: () => number | undefined;
+  precopyIntervalMs?: number;
 }
 
 /** A disk's bytes as sent to the upload endpoint. */
@@ -293,6 +301,17 @@ export class MigrationRun {
     try {
       checkpoint();
       s.started ??= now();
+      const spec = o(this.input.plan.spec);
+      const warm = spec.warm === true || spec.type === 'warm' ? this.input.warm?.(v) : undefined;
+      if (warm) {
+        await this.runWarm(s, warm, checkpoint, (c) => (current = c));
+        this.active.delete(v.vm.id);
+        s.phase = 'Completed';
+        s.completed = now();
+        s.conditions = [{ type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The VM migration has SUCCEEDED.', lastTransitionTime: now() }];
+        await this.write(undefined, true);
+        return;
+      }
       s.phase = 'Initialize';
       const init = this.step(s, 'Initialize');
       this.begin(init);
@@ -361,6 +380,25 @@ export class MigrationRun {
       await cleanup?.().catch(() => undefined);
     }
     await this.write(undefined, true);
+  }
+
+  /** A warm VM (./warm.ts): its own pipeline; on a failure or cancel its tracking and exports go. */
+  private async runWarm(s: VmStatus, ops: WarmOps, checkpoint: () => void, at: (step: string) => void): Promise<void> {
+    if (!s.pipeline.some((p) => p.name === 'Cutover')) s.pipeline = warmPipeline([]);
+    const run = new WarmRun(s, ops, {
+      precopyIntervalMs: this.input.precopyIntervalMs,
+      cutover: () => this.input.cutover?.(),
+      write: (force) => this.write(undefined, force),
+      checkpoint,
+      log: this.log,
+    });
+    try {
+      await run.run();
+    } catch (e) {
+      at(run.current());
+      if (!this.stopped) await ops.release().catch(() => undefined);
+      throw e;
+    }
   }
 
   /** Runs the VM's hook for `step` when it has one: the step Running, then Completed, or the hook's reason thrown. */
