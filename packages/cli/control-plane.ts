@@ -24,6 +24,8 @@ export interface ControlPlaneOptions extends ServerOptions {
   /** Forklift: VMs of one migration at once, and the directory of registered hook scripts (docs/forklift.md). */
   forkliftMaxInFlight?: number;
   forkliftHookDir?: string;
+  /** Warm plans: time between precopy rounds. */
+  forkliftPrecopyIntervalMs?: number;
   /** Also run a node agent in this process (`vessel up`): its node name, and the shared pool's directory. */
   agent?: {
     nodeName: string;
@@ -62,6 +64,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
             allowLoopbackPolls: opts.allowLoopbackPolls ?? opts.agent?.allowLoopbackImports,
             forkliftMaxInFlight: opts.forkliftMaxInFlight,
             forkliftHookDir: opts.forkliftHookDir,
+            forkliftPrecopyIntervalMs: opts.forkliftPrecopyIntervalMs,
           });
     let agent: RunningAgent | undefined;
     if (opts.agent) {

@@ -67,6 +67,8 @@ export interface ControllerOptions {
   /** Forklift: VMs of one migration at once (`--forklift-max-vm-inflight`) and the registered hook scripts' directory (`--forklift-hook-dir`). */
   forkliftMaxInFlight?: number;
   forkliftHookDir?: string;
+  /** Forklift: time between a warm migration's precopy rounds (`--forklift-precopy-interval`). */
+  forkliftPrecopyIntervalMs?: number;
 }
 
 /**
@@ -100,6 +102,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
           ovaRoots: opts.ovaRoots,
           maxInFlight: opts.forkliftMaxInFlight,
           hooks: { hookDir: opts.forkliftHookDir, allowLoopback: opts.allowLoopbackPolls },
+          precopyIntervalMs: opts.forkliftPrecopyIntervalMs,
         }),
         new VirtualMachinePoolController(client, opts.log),
         new VirtualMachineInstanceReplicaSetController(client, opts.log),

@@ -24,6 +24,7 @@ interface ServerFlags {
   ovaRoot: string[];
   forkliftMaxVmInflight?: string;
   forkliftHookDir?: string;
+  forkliftPrecopyInterval?: string;
 }
 
 type StoreFlag = { kind: 'sqlite'; path: string } | { kind: 'etcd'; endpoints: string[]; prefix?: string } | undefined;
@@ -46,6 +47,7 @@ export function registerServer(program: Command): void {
     .option('--ova-root <dir>', 'a directory `ova` Providers may read (an NFS mount); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--forklift-max-vm-inflight <n>', "VMs of one Forklift migration run at once (Forklift's controller_max_vm_inflight)", '2')
     .option('--forklift-hook-dir <dir>', 'the directory of hook scripts Forklift Hooks may name (docs/forklift.md); none: script hooks are refused')
+    .option('--forklift-precopy-interval <minutes>', "minutes between a warm migration's precopy rounds (Forklift's controller_precopy_interval)", '60')
     .action(async (flags: ServerFlags) => {
       const serviceCidr = serviceCidrFlag(flags.serviceCidr);
       const dataDir = flags.dataDir ?? defaultDataDir();
@@ -65,6 +67,7 @@ export function registerServer(program: Command): void {
         ovaRoots: flags.ovaRoot,
         forkliftMaxInFlight: positiveInt('--forklift-max-vm-inflight', flags.forkliftMaxVmInflight ?? '2'),
         forkliftHookDir: flags.forkliftHookDir,
+        forkliftPrecopyIntervalMs: positiveInt('--forklift-precopy-interval', flags.forkliftPrecopyInterval ?? '60') * 60_000,
         log: (line) => note(`${line}\n`),
       });
       const server = cp.server;

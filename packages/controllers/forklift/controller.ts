@@ -16,6 +16,7 @@ import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
 import { cancelNames, claimName, MigrationRun, type DiskOpener } from './migration.ts';
+import { clusterWarmOps } from './warm-ops.ts';
 import { hookConcerns, runHook, type HookOptions } from './hooks.ts';
 import { conversionWanted, nodeHasVirtV2v } from './conversion.ts';
 import { VsphereError } from './vsphere/soap.ts';
@@ -72,6 +73,8 @@ export interface ForkliftOptions {
   maxInFlight?: number;
   /** Where registered hook scripts live, and whether URL hooks may reach loopback (./hooks.ts). */
   hooks?: HookOptions;
+  /** Warm plans: time between precopy rounds (Forklift's controller_precopy_interval); default 60 min. */
+  precopyIntervalMs?: number;
 }
 
 export class ForkliftController extends Controller {
@@ -456,6 +459,12 @@ export class ForkliftController extends Controller {
         return !h ? 'NotFound' : hasReady(h as Obj) ? 'Ready' : 'NotReady';
       },
       virtV2v: this.nodes.list().some(nodeHasVirtV2v),
+      // Warm needs this cluster's agents on both sides (./warm-ops.ts): the host provider only.
+      warmSupported: (() => {
+        const ref = o(o(o(plan.spec).provider).source);
+        const p = this.providers.get(`${String(ref.namespace || plan.metadata?.namespace)}/${String(ref.name)}`);
+        return o(p?.spec).type === 'openshift' && !o(p?.spec).url;
+      })(),
     };
   }
 
@@ -601,6 +610,28 @@ export class ForkliftController extends Controller {
         plan,
         vms,
         initialize: type === 'vsphere' ? vsphere : type === 'openshift' ? openshift : ova,
+        // Warm: a running VM of this cluster (the host provider) is copied while it runs
+        // (./warm-ops.ts); a stopped one migrates cold. Other sources are refused at validation.
+        warm: (v) => {
+          const vm = v.vm as OpenshiftVm;
+          if (type !== 'openshift' || url || vm.powerState !== 'poweredOn') return undefined;
+          const disk = vm.disks[0];
+          return clusterWarmOps(this.client, {
+            namespace: vm.namespace,
+            name: vm.name,
+            targetNamespace: String(o(plan.spec).targetNamespace ?? ''),
+            targetName: v.targetName,
+            id: `${uid}/${vm.id}`,
+            storageClass: disk ? (o(entry(storageMap, named(inv?.datastores, disk.datastore))?.destination).storageClass as string | undefined) : undefined,
+            start: o(plan.spec).targetPowerState !== 'off',
+            labels: { 'forklift.konveyor.io/plan': plan.metadata.name, 'forklift.konveyor.io/vm-id': vm.id },
+          });
+        },
+        cutover: () => {
+          const at = o(this.migrations.get(key)?.spec).cutover;
+          return typeof at === 'string' ? Date.parse(at) : undefined;
+        },
+        precopyIntervalMs: this.opts.precopyIntervalMs,
         // Without virt-v2v on any node the VM migrates unconverted (the plan's GuestConversionSkipped).
         convert: (v) => conversionWanted(v.vm, o(plan.spec)) && this.nodes.list().some(nodeHasVirtV2v),
         storage: (source) => o(entry(storageMap, named(inv?.datastores, source))?.destination) as { storageClass: string },

@@ -99,6 +99,12 @@ test('Plan: concerns per VM as Forklift reports them; Ready only without a Criti
     warm.concerns.map((c) => c.type),
     ['NamespaceNotValid', 'MigrationTypeNotValid', 'NetworkMapRefNotValid'],
   );
+  // Warm from the host openshift provider (this cluster's agents on both sides) is allowed.
+  const hostWarm = planConcerns(
+    { metadata: meta, spec: { targetNamespace: 'Bad NS', warm: true, vms: [] } },
+    { ...ctx, networkMap: undefined, warmSupported: true },
+  );
+  assert.ok(!hostWarm.concerns.some((c) => c.type === 'MigrationTypeNotValid'));
 });
 
 test('rfc1123Name and stored conditions', () => {

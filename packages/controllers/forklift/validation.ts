@@ -186,6 +186,8 @@ export interface PlanContext {
   /** Whether a Ready node runs virt-v2v (ImageConversion); undefined: not checked. */
   virtV2v?: boolean;
   hookState?: (namespace: string, name: string) => 'Ready' | 'NotReady' | 'NotFound';
+  /** Whether the source provider can migrate warm (an `openshift` provider naming this cluster). */
+  warmSupported?: boolean;
 }
 
 /** A hook a plan's VM runs at a step. */
@@ -215,7 +217,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
   if (!ns || !isRfc1123(ns))
     out.push({ type: 'NamespaceNotValid', status: 'True', category: 'Critical', reason: 'NotValid', message: 'Target namespace is not valid.' });
   const warm = spec.warm === true || spec.type === 'warm';
-  if (warm)
+  if (warm && !ctx.warmSupported)
     out.push({
       type: 'MigrationTypeNotValid',
       status: 'True',
