@@ -27,6 +27,16 @@ test('completion timeout: completionTimeoutPerGiB × GiB moved, then cancel (or 
   assert.equal(w.check(active(50), 9000), undefined);
   const p = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowPostCopy: true }), GIB / 2, 0);
   assert.equal(p.check(active(1), 4000)?.action, 'postcopy');
+  // allowWorkloadDisruption: post-copy when allowed too, else the guest paused (never a cancel).
+  const both = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowPostCopy: true, allowWorkloadDisruption: true }), GIB / 2, 0);
+  assert.equal(both.check(active(1), 4000)?.action, 'postcopy');
+  const d = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowWorkloadDisruption: true }), GIB / 2, 0);
+  const dv = d.check(active(1), 4000)!;
+  assert.equal(dv.action, 'pause');
+  assert.match(dv.reason, /^completion timeout: .*paused to complete \(allowWorkloadDisruption\)$/);
+  const dp = new MigrationWatch(conf({ progressTimeout: 2, completionTimeoutPerGiB: 1000, allowWorkloadDisruption: true }), GIB, 0);
+  assert.equal(dp.check(active(5), 0), undefined);
+  assert.equal(dp.check(active(5), 2000)?.action, 'pause');
 });
 
 test('progress timeout: the remaining bytes not below their lowest for progressTimeout s', () => {

@@ -3,7 +3,8 @@
  * controller wrote into the VMI's migrationState.migrationConfiguration, applied to QEMU. The
  * source sets the bandwidth limit and the auto-converge and post-copy capabilities (the target
  * post-copy too: QEMU wants it on both ends), and a watch over `query-migrate` decides when the
- * completion or progress timeout is hit: then post-copy when allowed, else cancel.
+ * completion or progress timeout is hit: then post-copy when allowed, else (allowWorkloadDisruption)
+ * the guest paused so the copy ends, else cancel.
  */
 import { migrationConfig, tryParseQuantity } from '@vessel/api';
 import type { QmpClient } from '../qmp/client.ts';
@@ -51,7 +52,10 @@ export async function applyTargetSettings(qmp: QmpClient, conf: Configuration): 
   });
 }
 
-export type Verdict = { action: 'postcopy' | 'cancel'; reason: string };
+export type Verdict = { action: 'postcopy' | 'pause' | 'cancel'; reason: string };
+
+/** migrationState.mode once the source paused the guest to finish (KubeVirt's MigrationPaused). */
+export const PAUSED_MODE = 'Paused';
 
 /**
  * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved rounded up, from the
@@ -90,6 +94,9 @@ export class MigrationWatch {
     }
     if (!why) return undefined;
     this.done = true;
-    return this.conf.allowPostCopy ? { action: 'postcopy', reason: `${why}: switched to post-copy` } : { action: 'cancel', reason: `${why}: cancelled` };
+    if (this.conf.allowPostCopy) return { action: 'postcopy', reason: `${why}: switched to post-copy` };
+    // KubeVirt's allowWorkloadDisruption without post-copy: the guest pauses, dirties nothing, and the copy ends.
+    if (this.conf.allowWorkloadDisruption) return { action: 'pause', reason: `${why}: the guest paused to complete (allowWorkloadDisruption)` };
+    return { action: 'cancel', reason: `${why}: cancelled` };
   }
 }
