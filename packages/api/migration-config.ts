@@ -181,7 +181,13 @@ export function validateKubeVirt(o: KubeObject, ctx: SemanticContext): void {
     for (const f of INT_FIELDS) checkPositiveInt(m[f], `spec.configuration.migrations.${f}`, ctx);
     const key = m.nodeDrainTaintKey;
     if (typeof key === 'string' && !TAINT_KEY.test(key)) {
-      ctx.causes.push(invalid('spec.configuration.migrations.nodeDrainTaintKey', key, 'a taint key: an optional DNS subdomain prefix and /, then a name of 63 characters or less'));
+      ctx.causes.push(
+        invalid(
+          'spec.configuration.migrations.nodeDrainTaintKey',
+          key,
+          'a taint key: an optional DNS subdomain prefix and /, then a name of 63 characters or less',
+        ),
+      );
     }
     // A secondary network for the stream needs an address on it on every node, which the agents
     // do not have (docs/migration.md "Settings"): refused rather than silently using the fabric.
