@@ -4,7 +4,8 @@
  * two-node dev cluster. With post-copy allowed, the completion timeout switches a migration
  * that cannot converge to post-copy and it succeeds (mode PostCopy, the guest going on at the
  * target, one QEMU); without it, a progress timeout cancels one whose remaining memory stops
- * going down.
+ * going down. With allowWorkloadDisruption (no post-copy) the completion timeout pauses the guest
+ * instead, the migration succeeds (mode Paused) and the target resumes the guest.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
