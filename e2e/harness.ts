@@ -110,7 +110,10 @@ export interface TestCluster extends Vessel {
  * the namespaces even when something failed.
  */
 export async function startCluster(
-  opts: { nodes: number; nncpProbeTimeoutMs?: number; qemuPriority?: QemuPriority } & Omit<VesselOptions, 'agent'>,
+  opts: { nodes: number; nncpProbeTimeoutMs?: number; qemuPriority?: QemuPriority; reservedCpus?: readonly (string | undefined)[] } & Omit<
+    VesselOptions,
+    'agent'
+  >,
 ): Promise<TestCluster> {
   const v = await startVessel(opts);
   let nodes: DevNodes;
@@ -121,6 +124,7 @@ export async function startCluster(
       nodes: opts.nodes,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
       qemuPriority: opts.qemuPriority,
+      reservedCpus: opts.reservedCpus,
       log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
     });
   } catch (e) {

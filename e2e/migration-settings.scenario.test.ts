@@ -4,7 +4,8 @@
  * two-node dev cluster. With post-copy allowed, the completion timeout switches a migration
  * that cannot converge to post-copy and it succeeds (mode PostCopy, the guest going on at the
  * target, one QEMU); without it, a progress timeout cancels one whose remaining memory stops
- * going down.
+ * going down. With allowWorkloadDisruption (no post-copy) the completion timeout pauses the guest
+ * instead, the migration succeeds (mode Paused) and the target resumes the guest.
  */
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
@@ -60,3 +61,60 @@ test('post-copy after the completion timeout, then a progress timeout', { timeou
   await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
   console.log(`# figures: post-copy migration ${postSecs.toFixed(1)} s to Succeeded; progress-timeout migration ${stuckSecs.toFixed(1)} s to Failed`);
 });
+
+test(
+  'allowWorkloadDisruption: past the completion timeout the source pauses the guest, the copy ends, the target resumes it',
+  { timeout: 1_800_000 },
+  async () => {
+    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
+    // 2 MiB/s cannot keep up with the guest's writes; after 5 s the guest pauses (no post-copy) and
+    // what is left (its dirty tmpfs at most) goes over at 2 MiB/s.
+    // TLS off: on a loaded host the target's TLS setup (QMP object-add) has timed out (as in the crash tests).
+    await settings({
+      bandwidthPerMigration: '2Mi',
+      completionTimeoutPerGiB: 5,
+      progressTimeout: 150,
+      allowPostCopy: false,
+      allowWorkloadDisruption: true,
+      disableTLS: true,
+    });
+    if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) {
+      await c.client.create(
+        VM,
+        tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }),
+        {
+          namespace: ns,
+        },
+      );
+    }
+    const source = await runningAndDirtying();
+    const t0 = Date.now();
+    const paused = await migrateAndWait('paused');
+    const secs = (Date.now() - t0) / 1000;
+    assert.equal(paused.phase, 'Succeeded', JSON.stringify(paused));
+    assert.equal(paused.migrationState.mode, 'Paused');
+    const moved = await vmiStatus();
+    assert.notEqual(moved.nodeName, source);
+    const target = moved.nodeName!;
+    // Resumed on the target: it writes again, and QEMU there runs.
+    await eventually('the guest writing on its new node', async () => ((await dirtyRounds(target)) > 0 ? true : undefined), 120_000, 500);
+    const qmp = g.agentOf(target).vms.qmpFor(ns, NAME)!;
+    assert.equal((await qmp.execute<{ status: string }>('query-status')).status, 'running');
+    await eventually(
+      'the Paused condition not True',
+      async () => ((await vmiStatus()).conditions?.find((x) => x.type === 'Paused')?.status !== 'True' ? true : undefined),
+      60_000,
+      300,
+    );
+    await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
+    await settings({
+      allowWorkloadDisruption: null,
+      bandwidthPerMigration: null,
+      completionTimeoutPerGiB: null,
+      progressTimeout: null,
+      allowPostCopy: null,
+      disableTLS: null,
+    });
+    console.log(`# figures: allowWorkloadDisruption migration ${secs.toFixed(1)} s to Succeeded (paused after 5 s, 2 MiB/s)`);
+  },
+);

@@ -6,9 +6,12 @@
  * reboot (its uptime goes on in the target's serial log), it answers TCP from the other node's
  * namespace, and one QEMU runs. A ping every 100 ms from a node's namespace gives the longest
  * interruption. The stream is TLS (the default): the target QEMU's migration uses the x509
- * credentials. Then a migration whose target QEMU is killed fails and leaves the source running.
- * Last, `vessel drain` of its node moves it off (the node cordoned), and the kubevirt.io/drain
- * taint on the other node moves it back.
+ * credentials. The target QEMU announces the guest's MAC as the guest starts there: the source
+ * node's bridge sees QEMU's RARP over the VXLAN port (a raw socket there) and its forwarding entry
+ * for the MAC points at the VXLAN port right at Succeeded. Then a migration whose target QEMU is
+ * killed fails and leaves the source running. Last, `vessel drain` of its node moves it off (the
+ * node cordoned), and the drain taint (the KubeVirt object's nodeDrainTaintKey, set to a key of
+ * the test's) on the other node moves it back.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -26,6 +29,7 @@ import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const NODE: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
+const KUBEVIRT: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
 const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
 const ns = 'default';
 const NAME = 'mover';
@@ -51,6 +55,25 @@ type VmiStatus = {
 let c: TestCluster;
 
 /** The guest prints its uptime every second (continuity across the migration: no reboot). */
+/**
+ * Prints `<epoch s> <ethertype hex>` for each frame whose source MAC is argv[2] arriving on
+ * interface argv[1] (AF_PACKET; the node's namespace is the test's own).
+ */
+const CAPTURE = `
+import socket, sys, time
+mac = bytes.fromhex(sys.argv[2].replace(':', ''))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+s.bind((sys.argv[1], 0))
+print('ready', flush=True)
+while True:
+    f = s.recv(65535)
+    if f[6:12] == mac:
+        print('%.3f %s' % (time.time(), f[12:14].hex()), flush=True)
+`;
+
+/** A taint key of the test's: the KubeVirt object's nodeDrainTaintKey in the drain test. */
+const TEST_DRAIN_KEY = 'drain.vessel.test/maintenance';
+
 const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
 
 function migratableVm(): Obj {
@@ -103,6 +126,9 @@ before(async () => {
 after(async () => {
   if (!c) return;
   for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null, taints: null } }).catch(() => undefined);
+  await c.client
+    .patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { nodeDrainTaintKey: null } } } }, { namespace: 'kubevirt' })
+    .catch(() => undefined);
   await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
     () => undefined,
@@ -140,8 +166,13 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   const ping = spawn('ip', ['netns', 'exec', node(target).netns, 'busybox', 'ping', '-i', '0.1', ip], { stdio: ['ignore', 'pipe', 'ignore'] });
   let pingOut = '';
   ping.stdout.on('data', (d) => (pingOut += d));
+  // The guest's frames reaching the source node over VXLAN (the pings stay on the target node).
+  const capture = spawn('ip', ['netns', 'exec', node(source).netns, '/usr/bin/python3', '-c', CAPTURE, 'vsl-vx0', mac], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let captured = '';
+  capture.stdout.on('data', (d) => (captured += d));
   const watches: Watch[] = [];
   try {
+    await eventually('the capture ready', async () => (captured.startsWith('ready') ? true : undefined), 30_000);
     await new Promise((r) => setTimeout(r, 2000));
     // What a client sees while it runs: the VMI's Migrating condition, the source's progress on the migration object.
     const seen = { migrating: [] as string[], progress: [] as migration.MigrationProgress[] };
@@ -167,7 +198,29 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
       600_000,
     );
     const took = Date.now() - t0;
+    const succeededAt = Date.now() / 1000;
     assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+    // Right at Succeeded the source node's bridge has the guest's MAC on its VXLAN port: the
+    // target QEMU's announce (RARP, ethertype 8035: only QEMU sends those, never the guest) came
+    // over VXLAN before the switch was seen.
+    const fdb = JSON.parse((await runInNode(node(source), ['bridge', '-j', 'fdb', 'show', 'br', 'vsl-br0'])).stdout || '[]') as {
+      mac: string;
+      ifname?: string;
+    }[];
+    const entry = fdb.find((e) => e.mac.toLowerCase() === mac.toLowerCase());
+    assert.equal(entry?.ifname, 'vsl-vx0', `the source bridge's entry for ${mac} right after Succeeded: ${JSON.stringify(entry)}`);
+    const frames = captured
+      .split('\n')
+      .slice(1)
+      .filter(Boolean)
+      .map((l) => l.split(' '))
+      .map(([t, type]) => ({ t: Number(t), type }));
+    const rarps = frames.filter((f) => f.type === '8035');
+    assert.ok(rarps.length >= 1 && rarps[0].t <= succeededAt, `QEMU's RARP announce seen on ${source}'s VXLAN port before Succeeded: ${captured}`);
+    console.log(
+      `figures: announce: ${rarps.length} RARP and ${frames.filter((f) => f.type === '0806').length} ARP frames from ${mac} on ${source}'s vsl-vx0 by Succeeded, ` +
+        `the first RARP ${((succeededAt - rarps[0].t) * 1000).toFixed(0)} ms before Succeeded was seen; fdb ${mac} → ${entry?.ifname}`,
+    );
     assert.deepEqual(
       done.phaseTransitionTimestamps!.map((p) => p.phase),
       ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
@@ -248,6 +301,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     );
   } finally {
     ping.kill('SIGKILL');
+    capture.kill('SIGKILL');
     for (const w of watches) w.close();
   }
 });
@@ -359,7 +413,7 @@ test('a migration whose target QEMU is killed fails; the guest keeps running on 
   console.log(`figures: failed migration (target QEMU pid ${killed} killed): ${done.migrationState?.failureReason}`);
 });
 
-test('vessel drain moves the guest off its node (cordoned), uncordon; the kubevirt.io/drain taint moves it back', { timeout: 600_000 }, async () => {
+test('vessel drain moves the guest off its node (cordoned), uncordon; the drain taint (nodeDrainTaintKey) moves it back', { timeout: 600_000 }, async () => {
   const s0 = await vmiStatus();
   assert.equal(s0.phase, 'Running');
   const source = s0.nodeName!;
@@ -383,8 +437,10 @@ test('vessel drain moves the guest off its node (cordoned), uncordon; the kubevi
   assert.equal(un.code, 0, un.err);
   assert.notEqual(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
 
-  // The drain taint on its new node: the evacuation controller migrates it back, with an event.
-  await c.client.patch(NODE, other, { spec: { taints: [{ key: 'kubevirt.io/drain', effect: 'NoSchedule' }] } });
+  // The drain taint on its new node, under the key the KubeVirt object names (nodeDrainTaintKey):
+  // the evacuation controller migrates it back, with an event naming that taint.
+  await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { nodeDrainTaintKey: TEST_DRAIN_KEY } } } }, { namespace: 'kubevirt' });
+  await c.client.patch(NODE, other, { spec: { taints: [{ key: TEST_DRAIN_KEY, effect: 'NoSchedule' }] } });
   try {
     await eventually(
       `the VMI back on ${source}`,
@@ -396,9 +452,10 @@ test('vessel drain moves the guest off its node (cordoned), uncordon; the kubevi
     );
     const events = (await c.client.list({ group: '', version: 'v1', plural: 'events', namespaced: true }, { namespace: ns })).items as {
       reason?: string;
+      message?: string;
       involvedObject?: { name?: string };
     }[];
-    assert.ok(events.some((e) => e.reason === 'EvictionTriggered' && e.involvedObject?.name === NAME));
+    assert.ok(events.some((e) => e.reason === 'EvictionTriggered' && e.involvedObject?.name === NAME && e.message?.includes(`taint ${TEST_DRAIN_KEY}`)));
   } finally {
     await c.client.patch(NODE, other, { spec: { taints: null } });
   }

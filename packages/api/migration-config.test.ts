@@ -9,6 +9,7 @@ import {
   evictionStrategyOf,
   matchMigrationPolicy,
   MIGRATION_DEFAULTS,
+  nodeDrainTaintKey,
 } from './migration-config.ts';
 import type { KubeObject } from './types.ts';
 import { validateObject } from './validate.ts';
@@ -129,4 +130,28 @@ test('eviction strategy: the VMI own, else the cluster default, else None', () =
   assert.equal(evictionStrategyOf(vmi(), undefined), 'None');
   assert.equal(evictionStrategyOf(vmi(), cluster), 'LiveMigrate');
   assert.equal(evictionStrategyOf(vmi('None'), cluster), 'None');
+});
+
+test('the other KubeVirt migration fields: read (allowWorkloadDisruption, nodeDrainTaintKey), refused (network), ignored without a warning (unsafeMigrationOverride, matchSELinuxLevelOnMigration)', () => {
+  const ok = check(
+    kv({ allowWorkloadDisruption: true, nodeDrainTaintKey: 'example.com/maintenance', unsafeMigrationOverride: true, matchSELinuxLevelOnMigration: true }),
+  );
+  assert.deepEqual(ok.causes, []);
+  assert.deepEqual(ok.warnings, []);
+  assert.equal(clusterMigrationConfiguration(kv({ allowWorkloadDisruption: true })).allowWorkloadDisruption, true);
+  assert.equal(MIGRATION_DEFAULTS.allowWorkloadDisruption, false);
+  // A policy may allow it for its VMIs (KubeVirt's MigrationPolicy field).
+  const p = policy('p', { virtualMachineInstanceSelector: { app: 'db' } }, { allowWorkloadDisruption: true });
+  assert.deepEqual(fields(p), []);
+  assert.equal(effectiveMigrationConfiguration(undefined, [p], { app: 'db' }, {}).configuration.allowWorkloadDisruption, true);
+  assert.equal(nodeDrainTaintKey(undefined), 'kubevirt.io/drain');
+  assert.equal(nodeDrainTaintKey(kv({ nodeDrainTaintKey: 'example.com/maintenance' })), 'example.com/maintenance');
+  assert.deepEqual(fields(kv({ nodeDrainTaintKey: 'not a key!' })), ['spec.configuration.migrations.nodeDrainTaintKey']);
+  assert.deepEqual(fields(kv({ allowWorkloadDisruption: 'yes' })), ['spec.configuration.migrations.allowWorkloadDisruption']);
+  const net = check(kv({ network: 'migration-net' }));
+  assert.deepEqual(
+    net.causes.map((c) => c.field),
+    ['spec.configuration.migrations.network'],
+  );
+  assert.match(net.causes[0].message, /not supported by Vessel/);
 });

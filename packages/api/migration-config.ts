@@ -4,7 +4,7 @@
  * `MigrationPolicy` objects that override it for some VMIs, resolved as KubeVirt resolves them
  * into the one configuration the migration controller writes into the VMI's migrationState.
  */
-import { invalid, notSupported } from './errors.ts';
+import { forbidden, invalid, notSupported } from './errors.ts';
 import { isSet, obj, str, type SemanticContext } from './kinds/util.ts';
 import { tryParseQuantity } from './quantity.ts';
 import type { KubeObject } from './types.ts';
@@ -24,6 +24,11 @@ export interface MigrationConfiguration {
   allowPostCopy: boolean;
   /** The migration stream in plain TCP instead of TLS (both agents read it from the migrationState). */
   disableTLS: boolean;
+  /**
+   * KubeVirt's meaning: a migration past its completion or progress timeout is not cancelled;
+   * post-copy when allowed, else the source pauses the guest so the copy ends (the target resumes it).
+   */
+  allowWorkloadDisruption: boolean;
 }
 
 /** KubeVirt's defaults (bandwidth 0: unlimited). */
@@ -36,7 +41,11 @@ export const MIGRATION_DEFAULTS: Readonly<MigrationConfiguration> = Object.freez
   allowAutoConverge: false,
   allowPostCopy: false,
   disableTLS: false,
+  allowWorkloadDisruption: false,
 });
+
+/** KubeVirt's default nodeDrainTaintKey: the NoSchedule taint that evacuates a node. */
+export const DEFAULT_DRAIN_TAINT = 'kubevirt.io/drain';
 
 export const EVICTION_STRATEGIES = ['None', 'LiveMigrate', 'LiveMigrateIfPossible', 'External'] as const;
 
@@ -54,8 +63,8 @@ type Obj = Record<string, unknown>;
 const migrationsOf = (kv: object | undefined): Obj => obj(obj(obj((kv as Obj | undefined)?.spec)?.configuration)?.migrations) ?? {};
 
 const INT_FIELDS = ['completionTimeoutPerGiB', 'progressTimeout', 'parallelMigrationsPerCluster', 'parallelOutboundMigrationsPerNode'] as const;
-const BOOL_FIELDS = ['allowAutoConverge', 'allowPostCopy', 'disableTLS'] as const;
-const POLICY_FIELDS = ['allowAutoConverge', 'allowPostCopy', 'bandwidthPerMigration', 'completionTimeoutPerGiB'] as const;
+const BOOL_FIELDS = ['allowAutoConverge', 'allowPostCopy', 'disableTLS', 'allowWorkloadDisruption'] as const;
+const POLICY_FIELDS = ['allowAutoConverge', 'allowPostCopy', 'bandwidthPerMigration', 'completionTimeoutPerGiB', 'allowWorkloadDisruption'] as const;
 
 /** Copies the well-typed fields of `src` over `base` (stored objects were validated; stay defensive anyway). */
 function overlay(base: MigrationConfiguration, src: Obj, fields: readonly string[]): MigrationConfiguration {
@@ -74,6 +83,12 @@ function overlay(base: MigrationConfiguration, src: Obj, fields: readonly string
 /** The cluster's migration configuration: the KubeVirt object's fields over KubeVirt's defaults. */
 export function clusterMigrationConfiguration(kv: object | undefined): MigrationConfiguration {
   return overlay(MIGRATION_DEFAULTS, migrationsOf(kv), ['bandwidthPerMigration', ...INT_FIELDS, ...BOOL_FIELDS]);
+}
+
+/** The taint key whose NoSchedule taint evacuates a node: spec.configuration.migrations.nodeDrainTaintKey, else KubeVirt's default. */
+export function nodeDrainTaintKey(kv: object | undefined): string {
+  const k = migrationsOf(kv).nodeDrainTaintKey;
+  return typeof k === 'string' && k !== '' ? k : DEFAULT_DRAIN_TAINT;
 }
 
 /** The cluster default evictionStrategy for VMIs without their own, or undefined (KubeVirt: None). */
@@ -164,12 +179,32 @@ export function validateKubeVirt(o: KubeObject, ctx: SemanticContext): void {
   if (m) {
     checkBandwidth(m.bandwidthPerMigration, 'spec.configuration.migrations.bandwidthPerMigration', ctx);
     for (const f of INT_FIELDS) checkPositiveInt(m[f], `spec.configuration.migrations.${f}`, ctx);
+    const key = m.nodeDrainTaintKey;
+    if (typeof key === 'string' && !TAINT_KEY.test(key)) {
+      ctx.causes.push(
+        invalid(
+          'spec.configuration.migrations.nodeDrainTaintKey',
+          key,
+          'a taint key: an optional DNS subdomain prefix and /, then a name of 63 characters or less',
+        ),
+      );
+    }
+    // A secondary network for the stream needs an address on it on every node, which the agents
+    // do not have (docs/migration.md "Settings"): refused rather than silently using the fabric.
+    if (isSet(m.network)) {
+      ctx.causes.push(
+        forbidden('spec.configuration.migrations.network', 'not supported by Vessel: the migration stream uses the cluster fabric (leave network unset)'),
+      );
+    }
   }
   const es = conf.evictionStrategy;
   if (typeof es === 'string' && !(EVICTION_STRATEGIES as readonly string[]).includes(es)) {
     ctx.causes.push(notSupported('spec.configuration.evictionStrategy', es, EVICTION_STRATEGIES));
   }
 }
+
+/** A qualified name, as a taint key: [prefix/]name. */
+const TAINT_KEY = /^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 
 const LABEL_VALUE = /^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$/;
 

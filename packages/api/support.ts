@@ -341,6 +341,13 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
       'allowAutoConverge',
       'allowPostCopy',
       'disableTLS',
+      'allowWorkloadDisruption',
+      'nodeDrainTaintKey',
+      // Refused by validation (migration-config.ts), so not warned as well.
+      'network',
+      // Accepted and ignored, on purpose (docs/migration.md "Settings"): no SELinux labels, no libvirt override.
+      'unsafeMigrationOverride',
+      'matchSELinuxLevelOnMigration',
     ]),
   ],
   'migrations.kubevirt.io/MigrationPolicy': [
@@ -350,6 +357,7 @@ export const SUPPORTED_FIELDS: Readonly<Record<string, readonly string[]>> = {
     'spec.allowPostCopy',
     'spec.bandwidthPerMigration',
     'spec.completionTimeoutPerGiB',
+    'spec.allowWorkloadDisruption',
   ],
   // The template is checked as a VirtualMachine (kinds/replicas.ts); maxUnavailable, nameGeneration and scaleInStrategy are not built.
   'pool.kubevirt.io/VirtualMachinePool': ['metadata', 'spec.replicas', 'spec.selector', 'spec.paused', 'spec.virtualMachineTemplate'],

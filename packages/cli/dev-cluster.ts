@@ -19,6 +19,8 @@ export interface DevNodesOptions {
   fabricCidr?: string;
   nodeNames?: string[];
   qemuPriority?: QemuPriority;
+  /** Per node (by index): its agent's `--reserved-cpus` (a CPU manager; tests give nodes distinct pools). */
+  reservedCpus?: readonly (string | undefined)[];
   allowLoopbackImports?: boolean;
   heartbeatMs?: number;
   /** The agents' self-fencing timeout (default theirs, 8 s; 0: off). */
@@ -77,6 +79,7 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
       netns: n.netns,
       fabricIp: n.fabricIp,
       qemuPriority: opts.qemuPriority,
+      reservedCpus: opts.reservedCpus?.[cluster.nodes.indexOf(n)],
       allowLoopbackImports: opts.allowLoopbackImports,
       heartbeatMs: opts.heartbeatMs,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,

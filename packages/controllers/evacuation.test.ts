@@ -112,3 +112,34 @@ test('a VMI without its own strategy follows the KubeVirt object’s evictionStr
     c.close();
   }
 });
+
+test('the KubeVirt object’s nodeDrainTaintKey replaces kubevirt.io/drain', async () => {
+  const c = new InMemoryClient();
+  await c.namespaces(ns, migrationConfig.KUBEVIRT_NAMESPACE);
+  await createNode(c, 'node-a');
+  await createNode(c, 'node-b');
+  const ctrl = new EvacuationController(c);
+  await ctrl.start();
+  try {
+    await c.create(refs.KUBEVIRTS, {
+      ...migrationConfig.defaultKubeVirt(),
+      spec: { configuration: { migrations: { nodeDrainTaintKey: 'example.com/maintenance' } } },
+    });
+    await settle(200);
+    await vmi(c, 'vm1', 'LiveMigrate');
+    await taint(c, 'node-a');
+    await settle(200);
+    assert.deepEqual(await migrations(c), [], 'kubevirt.io/drain is not the key any more');
+    await c.patch(NODES, 'node-a', { spec: { taints: [{ key: 'example.com/maintenance', effect: 'NoSchedule' }] } });
+    await until('one migration', async () => ((await migrations(c)).length === 1 ? true : undefined));
+    assert.equal((await migrations(c))[0].vmi, 'vm1');
+    const events = (await c.list(EVENTS, { namespace: ns })).items.map((e) => String((e as { message?: string }).message));
+    assert.ok(
+      events.some((m) => m.includes('taint example.com/maintenance')),
+      events.join('\n'),
+    );
+  } finally {
+    await ctrl.stop();
+    c.close();
+  }
+});

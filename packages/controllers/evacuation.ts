@@ -1,6 +1,7 @@
 /**
  * Evacuation (KubeVirt's evacuation controller, the drain half; see docs/migration.md "Drain"):
- * a node tainted `kubevirt.io/drain` (KubeVirt's nodeDrainTaintKey, effect NoSchedule) has
+ * a node tainted `kubevirt.io/drain` (KubeVirt's nodeDrainTaintKey: the KubeVirt object's
+ * spec.configuration.migrations.nodeDrainTaintKey, else that default; effect NoSchedule) has
  * each of its Running VMIs that asks for it (spec.evictionStrategy LiveMigrate, or
  * LiveMigrateIfPossible while its LiveMigratable condition is True) live-migrated away: one
  * VirtualMachineInstanceMigration per VMI, created only when none of its migrations is
@@ -17,7 +18,7 @@ const { NODES, VMIS, VMIMS, KUBEVIRTS } = refs;
 type Obj = Record<string, unknown>;
 
 /** KubeVirt's default nodeDrainTaintKey. */
-export const DRAIN_TAINT = 'kubevirt.io/drain';
+export const DRAIN_TAINT = migrationConfig.DEFAULT_DRAIN_TAINT;
 /** On migrations this controller creates: the node being evacuated (KubeVirt labels them the same way). */
 export const EVACUATION_LABEL = 'kubevirt.io/evacuation-node';
 /** After a failed evacuation migration, the wait before the next try (the migration's reason is in its status). */
@@ -60,20 +61,21 @@ export class EvacuationController extends Controller {
     // A migration ending may let the next one of its VMI's node start.
     this.vmims = this.inform(VMIMS, (m) => byNode(this.vmis.get(vmiKeyOf(m)) ?? m));
     this.vmims.addIndex(VMI_INDEX, (m) => [vmiKeyOf(m)]);
-    // The cluster default strategy changing: the tainted nodes are looked at again.
-    this.kubevirts = this.inform(KUBEVIRTS, () =>
-      this.nodes
-        .list()
-        .filter((n) => hasDrainTaint(n))
-        .map((n) => n.metadata.name),
-    );
+    // The cluster default strategy or the taint key changing: the tainted nodes are looked at
+    // again (every node: one tainted with the new key was not drained before).
+    this.kubevirts = this.inform(KUBEVIRTS, () => this.nodes.list().map((n) => n.metadata.name));
+  }
+
+  private kubevirt(): KubeObject | undefined {
+    return this.kubevirts.get(`${migrationConfig.KUBEVIRT_NAMESPACE}/${migrationConfig.KUBEVIRT_NAME}`);
   }
 
   protected async reconcile(name: string): Promise<void> {
-    if (!hasDrainTaint(this.nodes.get(name))) return;
+    const kv = this.kubevirt();
+    const key = migrationConfig.nodeDrainTaintKey(kv);
+    if (!hasDrainTaint(this.nodes.get(name), key)) return;
     for (const vmi of this.vmis.byIndex(BY_NODE, name)) {
       if ((vmi.status as Obj | undefined)?.phase !== 'Running' || vmi.metadata.deletionTimestamp) continue;
-      const kv = this.kubevirts.get(`${migrationConfig.KUBEVIRT_NAMESPACE}/${migrationConfig.KUBEVIRT_NAME}`);
       if (!wantsLiveMigration(vmi, kv) || migration.isActive(migration.stateOf(vmi))) continue;
       const mine = this.vmims.byIndex(VMI_INDEX, cacheKey(vmi));
       if (mine.some((m) => !FINAL.has(phaseOf(m)))) continue;
@@ -86,12 +88,12 @@ export class EvacuationController extends Controller {
         this.queue.addAfter(name, RETRY_MS - (Date.now() - lastFailed) + 100);
         continue;
       }
-      await this.evict(vmi, name, evacuations.length);
+      await this.evict(vmi, name, evacuations.length, key);
     }
   }
 
   /** One migration for the VMI; its name counts the evacuations so far, so a stale cache cannot make two. */
-  private async evict(vmi: KubeObject, node: string, n: number): Promise<void> {
+  private async evict(vmi: KubeObject, node: string, n: number, taint: string): Promise<void> {
     const ns = vmi.metadata.namespace!;
     const name = `${vmi.metadata.name.slice(0, 40)}-evacuation-${n}`;
     try {
@@ -110,6 +112,6 @@ export class EvacuationController extends Controller {
       throw err;
     }
     this.log(`evacuation: node ${node}: migrating ${ns}/${vmi.metadata.name} (${name})`);
-    await this.events.record(vmi, 'Normal', 'EvictionTriggered', `node ${node} is draining (taint ${DRAIN_TAINT}): migration ${name} created`);
+    await this.events.record(vmi, 'Normal', 'EvictionTriggered', `node ${node} is draining (taint ${taint}): migration ${name} created`);
   }
 }

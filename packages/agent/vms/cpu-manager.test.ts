@@ -5,6 +5,13 @@ import { test } from 'node:test';
 import {
   affinityOf,
   assignmentAnnotations,
+  assignmentOn,
+  DEDICATED_CPUS_ANNOTATION,
+  EMULATOR_CPUS_ANNOTATION,
+  handoverAnnotations,
+  recordedTargetAssignment,
+  TARGET_CPUS_ANNOTATION,
+  targetAnnotation,
   CpuManager,
   CpuManagerError,
   formatCpuList,
@@ -67,4 +74,39 @@ test('setAffinity pins a process (all threads) and affinityOf reads it back', as
   } finally {
     child.kill('SIGKILL');
   }
+});
+
+test('live migration: the target assigns its own CPUs, the switch hands them over, the source’s are free at once', () => {
+  const uid = 'm-1';
+  const src = { vcpus: [1] };
+  const tgt = { vcpus: [0], emulator: 3 };
+  // Before: the source node holds its CPUs; the target nothing.
+  const base = { annotations: assignmentAnnotations(src), nodeName: 'a', migrationState: { migrationUid: uid, targetNode: 'b' } };
+  assert.deepEqual(assignmentOn(base, 'a'), { a: { vcpus: [1], emulator: undefined }, incoming: false });
+  assert.equal(assignmentOn(base, 'b'), undefined);
+  // The target assigned CPUs from its own pool (recorded next to the source's).
+  const annotations = { ...base.annotations, [TARGET_CPUS_ANNOTATION]: targetAnnotation(uid, 'b', tgt) };
+  const running = { ...base, annotations };
+  assert.deepEqual(assignmentOn(running, 'a')?.a.vcpus, [1], 'the source keeps its CPUs while the guest runs there');
+  assert.deepEqual(assignmentOn(running, 'b'), { a: tgt, incoming: true });
+  // A record of another migration, or for another node, is none.
+  assert.equal(recordedTargetAssignment(annotations, 'm-2', 'b'), undefined);
+  assert.equal(recordedTargetAssignment(annotations, uid, 'c'), undefined);
+  assert.equal(recordedTargetAssignment({ [TARGET_CPUS_ANNOTATION]: '{junk' }, uid, 'b'), undefined);
+  // The switch: the VMI is the target's; the source counts nothing (its CPUs back in its shared pool),
+  // the target holds its own CPUs (not the source's numbers) until the handover.
+  const switched = { annotations, nodeName: 'b', migrationState: { migrationUid: uid, targetNode: 'b', completed: true } };
+  assert.equal(assignmentOn(switched, 'a'), undefined);
+  assert.deepEqual(assignmentOn(switched, 'b'), { a: tgt, incoming: true });
+  // The handover patch (JSON merge): the target's CPUs become the main annotations, the record goes.
+  const patch = handoverAnnotations(tgt);
+  assert.deepEqual(patch, { [DEDICATED_CPUS_ANNOTATION]: '0', [EMULATOR_CPUS_ANNOTATION]: '3', [TARGET_CPUS_ANNOTATION]: null });
+  const merged = Object.fromEntries(Object.entries({ ...annotations, ...patch }).filter(([, v]) => v !== null)) as Record<string, string>;
+  assert.deepEqual(assignmentOn({ ...switched, annotations: merged }, 'b'), { a: tgt, incoming: false });
+  // Without an isolated emulator CPU the source's emulator annotation (if any) is removed.
+  assert.equal(handoverAnnotations({ vcpus: [2] })[EMULATOR_CPUS_ANNOTATION], null);
+  // A failed migration: the target's record no longer counts; the source still holds its CPUs.
+  const failed = { ...running, migrationState: { migrationUid: uid, targetNode: 'b', failed: true } };
+  assert.equal(assignmentOn(failed, 'b'), undefined);
+  assert.deepEqual(assignmentOn(failed, 'a')?.a.vcpus, [1]);
 });

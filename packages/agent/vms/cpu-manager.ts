@@ -83,6 +83,66 @@ export function assignmentAnnotations(a: CpuAssignment): Record<string, string> 
   return { [DEDICATED_CPUS_ANNOTATION]: formatCpuList(a.vcpus), ...(a.emulator === undefined ? {} : { [EMULATOR_CPUS_ANNOTATION]: String(a.emulator) }) };
 }
 
+/**
+ * A live migration's target CPUs (docs/pinning.md "Live migration"): the target agent assigns
+ * them from its own pool before its QEMU starts and records them here as
+ * `{"migrationUid","node","cpus","emulator"?}`, next to the source's in the annotations above.
+ * Once the guest runs on the target, that agent moves them into the annotations above and
+ * removes this one; the source's CPUs are free as soon as the VMI is no longer its node's.
+ */
+export const TARGET_CPUS_ANNOTATION = 'vessel.io/migration-target-cpus';
+
+/** The target annotation's value for an assignment on `node` for migration `migrationUid`. */
+export function targetAnnotation(migrationUid: string, node: string, a: CpuAssignment): string {
+  return JSON.stringify({ migrationUid, node, cpus: formatCpuList(a.vcpus), ...(a.emulator === undefined ? {} : { emulator: String(a.emulator) }) });
+}
+
+/** The target assignment recorded for migration `migrationUid` on `node`, if any (a malformed one is none). */
+export function recordedTargetAssignment(
+  annotations: Record<string, string> | undefined,
+  migrationUid: string | undefined,
+  node: string,
+): CpuAssignment | undefined {
+  const v = annotations?.[TARGET_CPUS_ANNOTATION];
+  if (v === undefined || !migrationUid) return undefined;
+  try {
+    const t = JSON.parse(v) as { migrationUid?: unknown; node?: unknown; cpus?: unknown; emulator?: unknown };
+    if (t.migrationUid !== migrationUid || t.node !== node || typeof t.cpus !== 'string') return undefined;
+    return { vcpus: parseCpuList(t.cpus), emulator: typeof t.emulator === 'string' ? parseCpuList(t.emulator)[0] : undefined };
+  } catch {
+    return undefined;
+  }
+}
+
+/** What assignmentOn needs of a VMI. */
+export interface VmiCpuView {
+  annotations?: Record<string, string>;
+  nodeName?: string;
+  migrationState?: { migrationUid?: string; targetNode?: string; completed?: boolean; failed?: boolean };
+}
+
+/**
+ * The CPUs a VMI holds on `node`, and whether they are a migration target's not yet handed
+ * over. The target's of the current migration while it runs and once it completed there (until
+ * the handover rewrites the main annotations); else the main annotations when the VMI is the
+ * node's. A source node stops counting the VMI when the switch records the target as its node.
+ */
+export function assignmentOn(vmi: VmiCpuView, node: string): { a: CpuAssignment; incoming: boolean } | undefined {
+  const ms = vmi.migrationState;
+  if (ms && ms.targetNode === node && !ms.failed) {
+    const t = recordedTargetAssignment(vmi.annotations, ms.migrationUid, node);
+    if (t) return { a: t, incoming: true };
+  }
+  if (vmi.nodeName !== node) return undefined;
+  const a = recordedAssignment(vmi.annotations);
+  return a && { a, incoming: false };
+}
+
+/** The annotation patch of a target's handover: its CPUs become the VMI's, the target record goes. */
+export function handoverAnnotations(a: CpuAssignment): Record<string, string | null> {
+  return { ...assignmentAnnotations(a), [EMULATOR_CPUS_ANNOTATION]: a.emulator === undefined ? null : String(a.emulator), [TARGET_CPUS_ANNOTATION]: null };
+}
+
 /** The node's CPUs split into reserved (the system's, shared) and the exclusive pool. Pure. */
 export class CpuManager {
   readonly pool: number[];

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { migrationConfig } from '@vessel/api';
-import { configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
+import type { QmpClient } from '../qmp/client.ts';
+import { ANNOUNCE, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
 
 const GIB = 2 ** 30;
 const conf = (c: Partial<migrationConfig.MigrationConfiguration> = {}) => ({ ...migrationConfig.MIGRATION_DEFAULTS, ...c });
@@ -27,6 +28,16 @@ test('completion timeout: completionTimeoutPerGiB × GiB moved, then cancel (or 
   assert.equal(w.check(active(50), 9000), undefined);
   const p = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowPostCopy: true }), GIB / 2, 0);
   assert.equal(p.check(active(1), 4000)?.action, 'postcopy');
+  // allowWorkloadDisruption: post-copy when allowed too, else the guest paused (never a cancel).
+  const both = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowPostCopy: true, allowWorkloadDisruption: true }), GIB / 2, 0);
+  assert.equal(both.check(active(1), 4000)?.action, 'postcopy');
+  const d = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowWorkloadDisruption: true }), GIB / 2, 0);
+  const dv = d.check(active(1), 4000)!;
+  assert.equal(dv.action, 'pause');
+  assert.match(dv.reason, /^completion timeout: .*paused to complete \(allowWorkloadDisruption\)$/);
+  const dp = new MigrationWatch(conf({ progressTimeout: 2, completionTimeoutPerGiB: 1000, allowWorkloadDisruption: true }), GIB, 0);
+  assert.equal(dp.check(active(5), 0), undefined);
+  assert.equal(dp.check(active(5), 2000)?.action, 'pause');
 });
 
 test('progress timeout: the remaining bytes not below their lowest for progressTimeout s', () => {
@@ -37,4 +48,21 @@ test('progress timeout: the remaining bytes not below their lowest for progressT
   const v = w.check(active(91), 9000)!;
   assert.equal(v.action, 'cancel');
   assert.match(v.reason, /^progress timeout: .* 5 s/);
+});
+
+test('the target: post-copy as configured and the self-announce parameters set explicitly', async () => {
+  const calls: [string, unknown][] = [];
+  const qmp = { execute: async (cmd: string, args?: unknown) => void calls.push([cmd, args]) } as unknown as QmpClient;
+  await applyTargetSettings(qmp, conf({ allowPostCopy: true }));
+  assert.deepEqual(calls[0], [
+    'migrate-set-capabilities',
+    {
+      capabilities: [
+        { capability: 'events', state: true },
+        { capability: 'postcopy-ram', state: true },
+      ],
+    },
+  ]);
+  assert.deepEqual(calls[1], ['migrate-set-parameters', { 'announce-initial': 50, 'announce-max': 550, 'announce-rounds': 5, 'announce-step': 100 }]);
+  assert.ok(ANNOUNCE['announce-rounds'] > 0);
 });

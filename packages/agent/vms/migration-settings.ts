@@ -3,7 +3,8 @@
  * controller wrote into the VMI's migrationState.migrationConfiguration, applied to QEMU. The
  * source sets the bandwidth limit and the auto-converge and post-copy capabilities (the target
  * post-copy too: QEMU wants it on both ends), and a watch over `query-migrate` decides when the
- * completion or progress timeout is hit: then post-copy when allowed, else cancel.
+ * completion or progress timeout is hit: then post-copy when allowed, else (allowWorkloadDisruption)
+ * the guest paused so the copy ends, else cancel.
  */
 import { migrationConfig, tryParseQuantity } from '@vessel/api';
 import type { QmpClient } from '../qmp/client.ts';
@@ -41,7 +42,16 @@ export async function applySourceSettings(qmp: QmpClient, conf: Configuration, o
   await qmp.execute('migrate-set-parameters', { 'max-bandwidth': bw > 0 ? bw : UNLIMITED });
 }
 
-/** Target: post-copy must be on for the incoming side too. */
+/**
+ * The self-announce the target QEMU makes when the guest starts there (ms; QEMU 7.2's defaults,
+ * which libvirt and KubeVirt keep): a RARP per NIC MAC, and for virtio-net with
+ * VIRTIO_NET_F_GUEST_ANNOUNCE a request that the guest send its own gratuitous ARPs, at 50, 150,
+ * 250, 350 and 450 ms, so every bridge learns the guest's new port at once instead of sending
+ * to the old node until its entry ages out.
+ */
+export const ANNOUNCE = Object.freeze({ 'announce-initial': 50, 'announce-max': 550, 'announce-rounds': 5, 'announce-step': 100 });
+
+/** Target: post-copy must be on for the incoming side too; the announce set explicitly (a QEMU that arrived by migration keeps the last parameters). */
 export async function applyTargetSettings(qmp: QmpClient, conf: Configuration): Promise<void> {
   await qmp.execute('migrate-set-capabilities', {
     capabilities: [
@@ -49,9 +59,13 @@ export async function applyTargetSettings(qmp: QmpClient, conf: Configuration): 
       { capability: 'postcopy-ram', state: conf.allowPostCopy },
     ],
   });
+  await qmp.execute('migrate-set-parameters', { ...ANNOUNCE });
 }
 
-export type Verdict = { action: 'postcopy' | 'cancel'; reason: string };
+export type Verdict = { action: 'postcopy' | 'pause' | 'cancel'; reason: string };
+
+/** migrationState.mode once the source paused the guest to finish (KubeVirt's MigrationPaused). */
+export const PAUSED_MODE = 'Paused';
 
 /**
  * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved rounded up, from the
@@ -90,6 +104,9 @@ export class MigrationWatch {
     }
     if (!why) return undefined;
     this.done = true;
-    return this.conf.allowPostCopy ? { action: 'postcopy', reason: `${why}: switched to post-copy` } : { action: 'cancel', reason: `${why}: cancelled` };
+    if (this.conf.allowPostCopy) return { action: 'postcopy', reason: `${why}: switched to post-copy` };
+    // KubeVirt's allowWorkloadDisruption without post-copy: the guest pauses, dirties nothing, and the copy ends.
+    if (this.conf.allowWorkloadDisruption) return { action: 'pause', reason: `${why}: the guest paused to complete (allowWorkloadDisruption)` };
+    return { action: 'cancel', reason: `${why}: cancelled` };
   }
 }

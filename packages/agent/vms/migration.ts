@@ -44,7 +44,7 @@ import {
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
-import { applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
+import { applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch, PAUSED_MODE } from './migration-settings.ts';
 
 const { VMIS, PVCS } = refs;
 type Obj = Record<string, unknown>;
@@ -266,6 +266,7 @@ export class VmMigrations {
     t.ended = true;
     this.targets.delete(key);
     if (t.qmp && t.disks.length) await stopExports(t.qmp);
+    if (t.qmp) await this.resumePaused(key, t.qmp);
     // Through a relay the source's "completed" means its bytes are in the relay, not yet in this
     // QEMU: the relay stays until QEMU has loaded the guest (or gave up).
     if (t.relay && t.qmp) await incomingEnded(t.qmp, 120_000);
@@ -301,6 +302,18 @@ export class VmMigrations {
       await this.claimsArrived(vmi, here);
     }
     this.claimsRecorded.add(ms.migrationUid);
+  }
+
+  /**
+   * The guest arrived paused because the source paused it to complete (mode Paused,
+   * allowWorkloadDisruption): it runs on here. A guest its user paused never gets that mode.
+   */
+  private async resumePaused(key: string, qmp: QmpClient): Promise<void> {
+    if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
+    const status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+    if (status?.status !== 'paused') return;
+    await qmp.execute('cont').catch((e: Error) => this.host.log(`migration: ${key}: resuming the guest paused to complete: ${e.message}`));
+    this.host.log(`migration: ${key}: the guest paused by the source to complete runs on here`);
   }
 
   /** The VMI is gone: a target QEMU of ours goes too. */
@@ -584,6 +597,13 @@ export class VmMigrations {
         // The reason first: the target's QEMU fails on the cut stream and would write its own.
         await this.writeState(key, uid, (s) => void (s.failureReason = verdict.reason));
         await qmp.execute('migrate_cancel');
+      } else if (verdict?.action === 'pause' && before === 'running') {
+        // allowWorkloadDisruption: paused, the guest dirties nothing and the copy ends; the target
+        // resumes it on arrival (it sees mode Paused), as KubeVirt's MigrationPaused mode. A guest
+        // paused by its user already converges and stays paused.
+        this.host.log(`migration: ${key}: ${verdict.reason}`);
+        await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
+        await qmp.execute('stop');
       } else if (verdict?.action === 'postcopy') {
         postcopy = true;
         this.host.log(`migration: ${key}: ${verdict.reason}`);
@@ -759,7 +779,10 @@ export class VmMigrations {
         await new Promise((r) => setTimeout(r, 500));
         if (arrivedAt === undefined) {
           const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
-          if (info?.status === 'completed') arrivedAt = Date.now();
+          if (info?.status === 'completed') {
+            arrivedAt = Date.now();
+            await this.resumePaused(key, qmp);
+          }
         } else if (Date.now() - arrivedAt >= SWITCH_TAKEOVER_MS) {
           // Tried again while it cannot be written (the API server away).
           const done = await this.takeOver(key, t).then(

@@ -22,7 +22,7 @@
 import { readdir, rm, rmdir, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames, tryParseQuantity } from '@vessel/api';
+import { storage, NODE_UNRESPONSIVE, refs, phaseOf, claimNames, tryParseQuantity, migration } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import { HttpError } from '@vessel/http';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
@@ -52,7 +52,13 @@ import { Causes } from '../qemu/argv/context.ts';
 import {
   assignedCpus,
   assignmentAnnotations,
+  assignmentOn,
   CpuManagerError,
+  handoverAnnotations,
+  recordedTargetAssignment,
+  TARGET_CPUS_ANNOTATION,
+  targetAnnotation,
+  type VmiCpuView,
   HUGEPAGE_SIZES,
   hostNumaNodes,
   hugepagePool,
@@ -65,6 +71,15 @@ import {
 
 type Obj = Record<string, unknown>;
 type TypedVmi = { metadata: { name: string; namespace: string; uid?: string }; spec: V1VirtualMachineInstanceSpec };
+
+/** A VMI's migrationState (KubeVirt's status.migrationState). */
+const migrationStateOfVmi = (v: KubeObject) => migration.stateOf(v);
+/** What the CPU manager's pure rules (cpu-manager.ts assignmentOn) read of a VMI. */
+const cpuView = (v: KubeObject): VmiCpuView => ({
+  annotations: v.metadata.annotations as Record<string, string> | undefined,
+  nodeName: (v.status as { nodeName?: string } | undefined)?.nodeName,
+  migrationState: migration.stateOf(v),
+});
 const { VMIS, VMS, PVCS } = refs;
 /** The queue key of the run-directory collection (not a namespace/name). */
 const COLLECT_KEY = 'collect-run-dirs';
@@ -383,6 +398,11 @@ export class VmRuntime extends Controller {
           this.markRunning(s, vmi);
         });
       }
+      // Arrived by a migration with dedicated CPUs: this node's CPUs become its own, pinned.
+      await this.handOverCpus(vmi).catch((e: unknown) => {
+        this.log(`vms: ${key}: dedicated CPUs after the migration: ${e instanceof Error ? e.message : e}`);
+        this.queue.addAfter(key, 3000);
+      });
       // A live migration whose target is ready: send the guest (vms/migration.ts).
       await this.migrations.reconcileSource(vmi, this.sessions.get(key)!.qmp);
       // Running here: attach / detach its hotplug volumes (vms/hotplug.ts), held against start and stop.
@@ -413,15 +433,20 @@ export class VmRuntime extends Controller {
     return this.track(key, () => this.startVm(vmi, runDir));
   }
 
-  /** CPUs the dedicated VMIs of this node hold (recorded or being recorded), `exceptUid`'s left out. */
+  /**
+   * CPUs the dedicated VMIs of this node hold (recorded or being recorded), `exceptUid`'s left
+   * out; a VMI migrating here holds its target CPUs from the moment they are assigned.
+   */
   private takenCpus(exceptUid?: string): number[] {
     const live = new Set<string>();
     const out: number[] = [];
     for (const v of this.vmis.list()) {
-      if (!this.mine(v) || FINAL.has(phaseOf(v)) || v.metadata.uid === exceptUid) continue;
+      if (FINAL.has(phaseOf(v)) || v.metadata.uid === exceptUid) continue;
+      const ms = migrationStateOfVmi(v);
+      if (!this.mine(v) && !(ms?.targetNode === this.opts.nodeName && !ms.failed)) continue;
       live.add(v.metadata.uid ?? '');
-      const a = recordedAssignment(v.metadata.annotations as Record<string, string> | undefined);
-      if (a) out.push(...assignedCpus(a));
+      const held = assignmentOn(cpuView(v), this.opts.nodeName);
+      if (held) out.push(...assignedCpus(held.a));
     }
     for (const [uid, a] of this.pendingCpus) {
       if (!live.has(uid)) {
@@ -464,6 +489,60 @@ export class VmRuntime extends Controller {
     return a;
   }
 
+  /**
+   * A migration target's CPUs (docs/pinning.md "Live migration"): assigned from this node's pool
+   * before the incoming QEMU starts and recorded in the target annotation (the source's stay in
+   * the main ones until the switch). The same ones again when this migration's target is
+   * prepared anew. Throws InsufficientDedicatedCpus: the migration fails, the source runs on.
+   */
+  private async assignIncomingCpus(vmi: KubeObject): Promise<CpuAssignment | undefined> {
+    const spec = vmi.spec as V1VirtualMachineInstanceSpec;
+    if (spec.domain?.cpu?.dedicatedCpuPlacement !== true) return undefined;
+    const cm = this.opts.cpuManager;
+    if (!cm)
+      throw new CpuManagerError(
+        'NoCpuManager',
+        `node ${this.opts.nodeName} has no CPU manager for dedicatedCpuPlacement: start its agent with --reserved-cpus`,
+      );
+    const uid = vmi.metadata.uid ?? '';
+    const migrationUid = migrationStateOfVmi(vmi)?.migrationUid ?? '';
+    const topo = cpuTopology((spec.domain ?? {}) as unknown as Record<string, unknown>, new Causes());
+    const vcpus = topo.sockets * topo.cores * topo.threads;
+    const isolate = spec.domain.cpu.isolateEmulatorThread === true;
+    const taken = new Set(this.takenCpus(uid));
+    const recorded = recordedTargetAssignment(vmi.metadata.annotations as Record<string, string> | undefined, migrationUid, this.opts.nodeName);
+    const usable = (a: CpuAssignment) =>
+      a.vcpus.length === vcpus && (a.emulator !== undefined) === isolate && assignedCpus(a).every((c) => cm.pool.includes(c) && !taken.has(c));
+    const a = recorded && usable(recorded) ? recorded : cm.assign(vcpus, isolate, taken);
+    this.pendingCpus.set(uid, a);
+    if (recorded !== a) {
+      await this.client.patch(
+        VMIS,
+        vmi.metadata.name,
+        { metadata: { annotations: { [TARGET_CPUS_ANNOTATION]: targetAnnotation(migrationUid, this.opts.nodeName, a) } } },
+        { namespace: vmi.metadata.namespace },
+      );
+      this.log(`vms: ${keyOf(vmi)}: migration target: dedicated CPUs ${a.vcpus.join(',')}${isolate ? `, emulator CPU ${a.emulator}` : ''}`);
+    }
+    return a;
+  }
+
+  /**
+   * The guest arrived here by a migration and runs: the target CPUs become the VMI's (main
+   * annotations) and its threads are pinned to them; the shared pool is applied again. Also
+   * done by an agent restarted between the switch and this handover (the annotation says so).
+   */
+  private async handOverCpus(vmi: KubeObject): Promise<void> {
+    const held = assignmentOn(cpuView(vmi), this.opts.nodeName);
+    if (!held?.incoming || !migrationStateOfVmi(vmi)?.completed) return;
+    const key = keyOf(vmi);
+    await this.pin(key, held.a);
+    await this.client.patch(VMIS, vmi.metadata.name, { metadata: { annotations: handoverAnnotations(held.a) } }, { namespace: vmi.metadata.namespace });
+    this.pendingCpus.set(vmi.metadata.uid ?? '', held.a);
+    this.log(`vms: ${key}: arrived by migration: vCPUs pinned to this node's CPUs ${held.a.vcpus.join(',')}`);
+    await this.rebalanceCpus();
+  }
+
   /** Pins a dedicated VMI's vCPU threads to their CPUs and its other threads to the isolated CPU or the shared pool. */
   private async pin(key: string, a: CpuAssignment): Promise<void> {
     const s = this.sessions.get(key);
@@ -493,7 +572,7 @@ export class VmRuntime extends Controller {
         const vmi = this.vmis.get(key);
         const pid = await probe(s.runDir);
         if (!vmi || !pid) continue;
-        const a = recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined) ?? this.pendingCpus.get(vmi.metadata.uid ?? '');
+        const a = assignmentOn(cpuView(vmi), this.opts.nodeName)?.a ?? this.pendingCpus.get(vmi.metadata.uid ?? '');
         try {
           if (!a) await setAffinity(pid, shared, true);
           else if (a.emulator === undefined) {
@@ -652,7 +731,9 @@ export class VmRuntime extends Controller {
   private async launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>): Promise<void> {
     this.preparing.add(runDir);
     try {
-      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir, volumePaths);
+      const cpus = await this.assignIncomingCpus(vmi);
+      const numa = cpus && (await hostNumaNodes());
+      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir, volumePaths, cpus && cpus.vcpus.map((c) => numa?.get(c) ?? 0));
       argv.argv.push('-incoming', 'defer');
       await this.launchQemu(vmi, typed, runDir, argv, netns);
     } finally {
