@@ -13,7 +13,7 @@ import type { IncomingMessage } from 'node:http';
 import { Transform, type Readable } from 'node:stream';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
-import { forklift, refs, type KubeObject } from '@vessel/api';
+import { forklift, refs, storage as storageApi, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
 import type { PlanVmResult, VmHook } from './validation.ts';
 import { convert, STEP as CONVERSION } from './conversion.ts';
@@ -64,8 +64,16 @@ export interface DiskBytes {
   stream: Readable;
 }
 
-/** Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk. */
-export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & { close?: () => Promise<void> };
+/**
+ * Opens disk `i`'s bytes; `close` (when set) ends the source's session after the VM's last disk.
+ * `inPlace` (OVA): the package and member a node agent may read the disk from in place
+ * (OVA_SOURCE of @vessel/api storage on the DataVolume); the bytes are opened and uploaded only when the agent
+ * cannot (it asks for the upload).
+ */
+export type DiskOpener = ((disk: number) => Promise<DiskBytes>) & {
+  close?: () => Promise<void>;
+  inPlace?: (disk: number) => { package: string; member: string } | undefined;
+};
 
 const now = (): string => new Date().toISOString();
 /** A DataVolume's name for disk `i` of a VM: `<target>-disk<i>` (Forklift's pvcNameTemplate default differs: generated names). */
@@ -431,7 +439,7 @@ export class MigrationRun {
     v: PlanVmResult,
     i: number,
     storage: string,
-    open: (disk: number) => Promise<DiskBytes>,
+    open: DiskOpener,
     task: Task,
     transfer: Step,
     ns: string,
@@ -441,10 +449,17 @@ export class MigrationRun {
     const sc = this.input.storage(storage);
     task.phase = 'Running';
     task.started ??= now();
+    // The test knob paces uploads, so a paced run keeps to them.
+    const inPlace = Number(process.env.VESSEL_TEST_FORKLIFT_BYTES_PER_SEC ?? 0) > 0 ? undefined : open.inPlace?.(i);
     const dv = {
       apiVersion: 'cdi.kubevirt.io/v1beta1',
       kind: 'DataVolume',
-      metadata: { name, namespace: ns, labels: { 'forklift.konveyor.io/plan': this.input.plan.metadata?.name ?? '', 'forklift.konveyor.io/vm-id': v.vm.id } },
+      metadata: {
+        name,
+        namespace: ns,
+        labels: { 'forklift.konveyor.io/plan': this.input.plan.metadata?.name ?? '', 'forklift.konveyor.io/vm-id': v.vm.id },
+        ...(inPlace ? { annotations: { [storageApi.OVA_SOURCE]: JSON.stringify(inPlace) } } : {}),
+      },
       spec: {
         source: { upload: {} },
         storage: {
@@ -460,7 +475,13 @@ export class MigrationRun {
     } catch (e) {
       if (!isStatusError(e, 'AlreadyExists')) throw e;
     }
-    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal);
+    // Read in place by the agent, the disk's progress is the DataVolume's (its status.progress).
+    const fromDv = (percent: number) => {
+      task.progress.completed = Math.min(task.progress.total, Math.floor((percent / 100) * task.progress.total));
+      transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
+      void this.write();
+    };
+    const phase = await this.waitDv(name, ns, ['UploadReady', 'Succeeded'], signal, fromDv);
     if (phase !== 'Succeeded') {
       const token = (
         await this.client.request<{ status: { token: string } }>(
@@ -504,7 +525,7 @@ export class MigrationRun {
     transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
   }
 
-  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal): Promise<string> {
+  private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal, onProgress?: (percent: number) => void): Promise<string> {
     for (;;) {
       if (this.stopped) throw new Stopped('stopped');
       if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
@@ -512,6 +533,8 @@ export class MigrationRun {
       const phase = String(o(dv.status).phase ?? '');
       if (phases.includes(phase)) return phase;
       if (phase === 'Failed') throw new Error(`DataVolume ${ns}/${name} failed: ${JSON.stringify(o(dv.status).conditions ?? []).slice(0, 300)}`);
+      const percent = parseFloat(String(o(dv.status).progress ?? ''));
+      if (onProgress && phase === 'ImportInProgress' && Number.isFinite(percent)) onProgress(percent);
       await new Promise((r) => setTimeout(r, 500));
     }
   }
