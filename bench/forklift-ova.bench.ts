@@ -7,9 +7,10 @@
  * as the e2e tests make it. Measured in the same process, each round in alternating order:
  *   plan (the figure): a Plan of that one VM and its Migration, from the Migration's create to
  *     its `status.completed`, controllers and node agent in this process (e2e/harness.ts): the
- *     package re-read and its manifest re-hashed (Initialize), an upload DataVolume, the VMDK's
- *     bytes streamed from the tar entry through the API server's upload proxy to the agent,
- *     which stores them and converts them with qemu-img (-t none, fsynced), the VM created.
+ *     package re-read and its manifest digest (cached) checked (Initialize), a DataVolume the
+ *     agent fills by converting the VMDK in place inside the OVA (qemu-img over a raw
+ *     offset/size window, the manifest digest computed meanwhile, fsynced; before issue 14's
+ *     fix: uploaded through the API server's proxy, stored, then converted), the VM created.
  *   importDisk direct: the agent's importer alone on the VMDK file (sniff, inspect, convert,
  *     verify, publish), to show how much of the plan's time is the conversion.
  *   baseline: `qemu-img convert -f vmdk -O qcow2 disk.vmdk out.qcow2` on the extracted VMDK
