@@ -108,13 +108,28 @@ export async function runForkliftOva(): Promise<BenchResult> {
       await rm(dest, { force: true });
       await sh('sync', []);
     };
-    const times = { base: [] as number[], durable: [] as number[], plan: [] as number[], direct: [] as number[], inplace: [] as number[] };
+    const times = {
+      base: [] as number[],
+      synced: [] as number[],
+      durable: [] as number[],
+      plan: [] as number[],
+      direct: [] as number[],
+      inplace: [] as number[],
+    };
     const stepsOf = { init: [] as number[], transfer: [] as number[], create: [] as number[] };
     const variants: Record<keyof typeof times, (round: number) => Promise<void>> = {
       base: async () => {
         const t0 = now();
         await sh('qemu-img', ['convert', '-f', 'vmdk', '-O', 'qcow2', vmdk, dest]);
         times.base.push(now() - t0);
+      },
+      // Like with like: the plan's disk is on disk when it completes; this baseline's too.
+      synced: async () => {
+        const t0 = now();
+        await sh('qemu-img', ['convert', '-f', 'vmdk', '-O', 'qcow2', vmdk, dest]);
+        const fh = await open(dest, 'r');
+        await fh.sync().finally(() => fh.close());
+        times.synced.push(now() - t0);
       },
       durable: async () => {
         const t0 = now();
@@ -158,7 +173,8 @@ export async function runForkliftOva(): Promise<BenchResult> {
       },
     };
     for (let r = 0; r < reps; r++) {
-      const order: (keyof typeof times)[] = r % 2 === 0 ? ['base', 'durable', 'direct', 'inplace', 'plan'] : ['plan', 'inplace', 'direct', 'durable', 'base'];
+      const order: (keyof typeof times)[] =
+        r % 2 === 0 ? ['base', 'synced', 'durable', 'direct', 'inplace', 'plan'] : ['plan', 'inplace', 'direct', 'durable', 'synced', 'base'];
       for (const k of order) {
         await clean();
         try {
@@ -168,7 +184,7 @@ export async function runForkliftOva(): Promise<BenchResult> {
         }
       }
       console.log(
-        `  round ${r}: baseline ${ms(times.base[r] ?? NaN)}, -t none ${ms(times.durable[r] ?? NaN)}, importDisk ${ms(times.direct[r] ?? NaN)}, in place ${ms(times.inplace[r] ?? NaN)}, plan ${ms(times.plan[r] ?? NaN)}; ${loadLine()}`,
+        `  round ${r}: baseline ${ms(times.base[r] ?? NaN)}, + fsync ${ms(times.synced[r] ?? NaN)}, -t none ${ms(times.durable[r] ?? NaN)}, importDisk ${ms(times.direct[r] ?? NaN)}, in place ${ms(times.inplace[r] ?? NaN)}, plan ${ms(times.plan[r] ?? NaN)}; ${loadLine()}`,
       );
     }
     await clean();
@@ -185,6 +201,14 @@ export async function runForkliftOva(): Promise<BenchResult> {
         name: 'plan steps: Initialize / DiskTransfer / VM creation (ms, median)',
         ratio: ratio(median(stepsOf.transfer), median(times.plan)),
         detail: `ratio = DiskTransfer's share of the plan; Initialize ${ms(median(stepsOf.init))}, DiskTransfer ${ms(median(stepsOf.transfer))}, VirtualMachineCreation ${ms(median(stepsOf.create))}; the rest is the controller picking up the Migration and writing status`,
+      });
+    }
+    if (times.plan.length === reps && times.synced.length === reps) {
+      const perRound = times.plan.map((p, i) => ratio(times.synced[i], p));
+      figures.push({
+        name: 'the same against qemu-img convert + fsync (like with like)',
+        ratio: median(perRound),
+        detail: `[${perRound.map(fmtRatio).join(', ')}]; qemu-img convert then fsync of the output: median ${ms(median(times.synced))} [${times.synced.map(ms).join(', ')}]`,
       });
     }
     if (times.plan.length === reps && times.durable.length === reps) {
