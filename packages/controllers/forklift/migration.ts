@@ -1,9 +1,10 @@
 /**
  * Running a plan, cold, from an `ova` or `vsphere` provider (docs/forklift.md, "Migration"): for
  * each VM, Forklift's pipeline Initialize → DiskTransfer → VirtualMachineCreation. A disk goes into
- * an upload DataVolume: its bytes are streamed from the source (an OVA's tar entry range; a vSphere
- * datastore file over HTTPS; no staging copy) to the upload endpoint, where the existing importer
- * checks and converts them with qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
+ * an upload DataVolume: an OVA's disk is read in place by a node agent that has the package (the
+ * DataVolume names it; issue 14), else its bytes are streamed from the source (an OVA's tar entry
+ * range; a vSphere datastore file over HTTPS; no staging copy) to the upload endpoint, where the
+ * existing importer checks and converts them with qemu-img. Per-disk progress is in MB, as Forklift's tasks. The steps are idempotent, so a
  * controller restart resumes a migration (a transferred disk is not sent again). At most
  * `maxInFlight` VMs run at once; a VM named in `Migration.spec.cancel` stops where it is (its
  * upload aborted, its DataVolumes deleted) and is Completed with the Canceled condition, as in
