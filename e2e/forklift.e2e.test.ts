@@ -31,6 +31,7 @@ const CMS = ref('configmaps', '', 'v1');
 const MIGRATIONS = ref('migrations');
 const DVS = ref('datavolumes', 'cdi.kubevirt.io', 'v1beta1');
 const PVCS = ref('persistentvolumeclaims', '', 'v1');
+const EVENTS = ref('events', '', 'v1');
 const NS = 'fk-src';
 const TARGET = 'fk-target';
 const MiB = 1024 * 1024;
@@ -330,6 +331,14 @@ test('a cold migration: the disk streamed from inside the OVA into a DataVolume,
   const volume = (pvc.metadata?.annotations as Record<string, string>)['vessel.io/volume-path'];
   const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', join(dir, 'src', 'web.qcow2'), volume]);
   assert.equal(cmp.code, 0, cmp.out + cmp.err);
+  // Read in place from the package by the agent (its OVA root is the server's), not uploaded (issue 14).
+  const dvEvents = (await v.client.list(EVENTS, { namespace: TARGET })).items.filter(
+    (e) => (e as { involvedObject?: { kind?: string; name?: string } }).involvedObject?.name === 'web-disk0',
+  ) as { reason?: string; message?: string }[];
+  assert.ok(
+    dvEvents.some((e) => e.reason === 'ImportInProgress' && /OVA package in place/.test(e.message ?? '')),
+    JSON.stringify(dvEvents.map((e) => [e.reason, e.message])),
+  );
   // The VM: the OVF's CPUs, memory, firmware, NICs with their MACs on the mapped networks, the disk.
   const made = await v.client.get(VMS, 'web', { namespace: TARGET });
   const spec = (made.spec as { runStrategy: string; template: { spec: Record<string, unknown> } }).template.spec as {

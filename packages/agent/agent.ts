@@ -58,6 +58,8 @@ export interface AgentOptions {
    * server's addresses stay refused.
    */
   allowLoopbackImports?: boolean;
+  /** Directories of OVA packages (`--ova-root`, as the server's) whose disks a Forklift migration's DataVolume is filled from in place. */
+  ovaRoots?: readonly string[];
   /**
    * How QEMU runs below the agent, server and controllers (`--qemu-priority`, qemu/priority.ts):
    * default nice 10 + SCHED_BATCH, and a cgroup per VM where cgroup v2 is delegated.
@@ -189,7 +191,7 @@ async function startAgentWith(
     migrationTlsDir: migrationTls && ((peer) => writeMigrationTlsDir(opts.client, join(opts.dataDir, 'migration-tls', peer), migrationTls, peer)),
   });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
-  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress });
+  const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress, ovaRoots: opts.ovaRoots });
   const snapshots = new SnapshotController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const restores = new RestoreController(opts.client, { nodeName: opts.nodeName, pools, vms, log });
   const conversions = new ConversionController(opts.client, { nodeName: opts.nodeName, pools, version: virtV2v, tcg: accel === 'tcg', log });

@@ -68,3 +68,4 @@ export type { DataVolumePhase, PopulationSource } from './storage.ts';
 export { parseCron, nextTick, cronProblem, type CronSchedule } from './cron.ts';
 export { IMAGE_DIGEST_RE, ImageUrlError, parseImageUrl, type ImageRef } from './image-url.ts';
 export * as vmexport from './kinds/export.ts';
+export * as ova from './ova.ts';

@@ -65,6 +65,13 @@ export type PopulationSource =
 /** On a DataVolume: "sha256:<hex>" (or sha512/sha1/md5) the http source's bytes must match (CDI's v1beta1 type has no field for it). */
 export const CHECKSUM = 'cdi.vessel.io/checksum';
 
+/**
+ * On an upload DataVolume a Forklift migration made: `{"package": "/abs/x.ova", "member":
+ * "disk.vmdk"}`, the OVA disk it waits for. A node agent whose OVA roots hold the package reads
+ * the member in place instead (issue 14); other agents wait for the upload as usual.
+ */
+export const OVA_SOURCE = 'forklift.vessel.io/ova-source';
+
 /** On a claim a restore makes: the snapshot file its volume is a linked clone of. */
 export const RESTORE_SOURCE = 'vessel.io/restore-source';
 

@@ -69,7 +69,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
     let agent: RunningAgent | undefined;
     if (opts.agent) {
       const { startAgent } = await import('@vessel/agent');
-      agent = await startAgent({ client, dataDir: opts.dataDir, ...opts.agent, log: opts.log });
+      agent = await startAgent({ client, dataDir: opts.dataDir, ovaRoots: opts.ovaRoots, ...opts.agent, log: opts.log });
     }
     return {
       server,

@@ -45,6 +45,7 @@ import { scrubPaths } from '../scrub.ts';
 import * as qemuImg from './qemu-img.ts';
 import type { EgressPolicy } from './egress.ts';
 import { openRegistryDisk, registryInsecure } from './registry.ts';
+import { parseOvaSource, resolveOvaMember, underRoots } from './ova-source.ts';
 import { discardUpload, partPath, receiveUpload, UploadError, uploadOffset } from './upload.ts';
 
 type Obj = Record<string, unknown>;
@@ -78,6 +79,8 @@ export interface VolumeManagerOptions {
   live?: LiveVms;
   /** Where http and registry sources may be fetched from (egress.ts); default: the built-in refusals only. */
   egress?: EgressPolicy;
+  /** Directories of OVA packages an upload DataVolume marked storage.OVA_SOURCE is read from in place (./ova-source.ts); none: it waits for its upload. */
+  ovaRoots?: readonly string[];
 }
 
 /** The QMP commands the volume manager sends. */
@@ -263,6 +266,13 @@ export class VolumeManager extends Controller {
     if (!source) throw new ImportError('InvalidArgument', 'the DataVolume has no source Vessel can fill a volume from');
     const { running } = storage.phasesFor(source.kind);
     const progress = this.progressReporter(dv);
+    const ova = source.kind === 'upload' ? await this.ovaInPlace(dv) : undefined;
+    if (ova) {
+      await this.setDvPhase(dv, 'ImportInProgress', 'ImportInProgress', `Import into ${pvc.metadata.name} from the OVA package in place`);
+      await importDisk({ source: ova, dest, maxVirtualSize: size, onProgress: progress, signal });
+      await this.bind(pvc, pool, dest, dv);
+      return;
+    }
     if (source.kind === 'upload') {
       await this.setDvPhase(
         dv,
@@ -302,6 +312,19 @@ export class VolumeManager extends Controller {
       });
     }
     await this.bind(pvc, pool, dest, dv);
+  }
+
+  /**
+   * An upload DataVolume Forklift marked with its OVA disk: the range to read in place when the
+   * package is under this agent's OVA roots; undefined (the upload is awaited) otherwise.
+   */
+  private async ovaInPlace(dv: KubeObject): Promise<ImportSource | undefined> {
+    const ref = parseOvaSource(annotationsOf(dv)[storage.OVA_SOURCE]);
+    if (!ref || !this.opts.ovaRoots?.length) return undefined;
+    const real = await underRoots(ref.package, this.opts.ovaRoots);
+    if (!real) return undefined;
+    const m = await resolveOvaMember(real, ref.member);
+    return { kind: 'range', path: m.path, offset: m.offset, size: m.size, ...(m.digest ? { digest: m.digest } : {}) };
   }
 
   /** The importer's source for http/registry/blank, with CA bundles and credentials read from the namespace. */

@@ -25,6 +25,7 @@ interface AgentFlags {
   address?: string;
   nodeStatusUpdateFrequency: string;
   allowLoopbackImports?: boolean;
+  ovaRoot: string[];
   qemuPriority: string;
   systemReserved: string;
   netns?: string;
@@ -63,6 +64,12 @@ export function registerAgent(program: Command): void {
     .option('--shared-dir <dir>', 'directory of the shared pool, the same path on every node (default: DATA_DIR/pools/shared)')
     .option('--listen <host:port>', "the agent endpoint's address (the server connects to it)", '127.0.0.1:0')
     .option('--address <ip>', 'the address the server should use for this node (default: the --listen host)')
+    .option(
+      '--ova-root <dir>',
+      "a directory of OVA packages (as the server's --ova-root, the same mount): a migration's disks are read from it in place; repeatable",
+      (v: string, acc: string[]) => [...acc, v],
+      [] as string[],
+    )
     .option(
       '--allow-loopback-imports',
       'let http and registry DataVolumes import from loopback addresses (127.0.0.0/8, ::1); labs and tests only: any tenant could read services that listen on this host',
@@ -139,6 +146,7 @@ export function registerAgent(program: Command): void {
         address: flags.address,
         heartbeatMs: heartbeatSeconds * 1000,
         allowLoopbackImports: !!flags.allowLoopbackImports,
+        ovaRoots: flags.ovaRoot,
         qemuPriority,
         systemReserved,
         version: clientVersion(),

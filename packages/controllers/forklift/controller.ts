@@ -511,12 +511,16 @@ export class ForkliftController extends Controller {
       return src.id === id || src.name === id || (!!list?.find((x) => x.id === id) && src.name === list.find((x) => x.id === id)?.name);
     };
     const ova = async (v: PlanVmResult): Promise<DiskOpener> => {
-      const ranges = (await openPackage(join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source), v.vm.source)).disks;
-      return async (i) => {
+      const pkg = join(await allowedDir(ovaPath(url), this.ovaRoots), v.vm.source);
+      const ranges = (await openPackage(pkg, v.vm.source)).disks;
+      const open: DiskOpener = async (i) => {
         const range = ranges.get(v.vm.disks[i].file);
         if (!range) throw new Error(`disk file ${v.vm.disks[i].file} is no longer in ${v.vm.source}`);
         return { size: range.size, stream: createReadStream(range.path, { start: range.offset, end: range.offset + range.size - 1, highWaterMark: 1 << 20 }) };
       };
+      // A node agent with the same OVA root converts the disk from the package itself (issue 14).
+      open.inPlace = (i) => ({ package: pkg, member: v.vm.disks[i].file });
+      return open;
     };
     const vsphere = async (v: PlanVmResult): Promise<DiskOpener> => {
       if (!provider) throw new Error('the source provider is gone');
