@@ -1,6 +1,7 @@
 /**
  * `vessel up` (the README's first command): brings up the control plane, the node agent, the
- * tiny golden image and the demo VM, which boots; prints how to reach it; stops on SIGINT
+ * tiny golden image (through a DataImportCron polling the registry `vessel up` serves) and the
+ * demo VM, which boots; prints how to reach it; stops on SIGINT
  * leaving the VM running, and picks up where it left off (the same QEMU) when run again.
  */
 import { spawn } from 'node:child_process';
@@ -74,8 +75,11 @@ describe('vessel up', () => {
 
   it('brings up the demo VM, which boots; Ctrl-C leaves it running; the next up re-adopts it', async () => {
     dataDir = await mkdtemp(join(tmpdir(), 'vessel-up-'));
+    const t0 = Date.now();
     const first = await up(dataDir);
+    console.log(`# vessel up (fresh data dir): ${((Date.now() - t0) / 1000).toFixed(1)} s to "Vessel is up"`);
     assert.match(first.output, /golden image vessel-images\/tiny \(imported\)/);
+    assert.match(first.output, /DataImportCron tiny polls 127\.0\.0\.1:\d+\/vessel\/tiny:latest/);
     assert.match(first.output, /demo VM\s+default\/demo \(created\)/);
     assert.match(first.output, /vessel console demo/);
     const kubeconfig = /kubeconfig\s+(\S+)/.exec(first.output)![1];
@@ -83,6 +87,18 @@ describe('vessel up', () => {
     const got = await kubectl('get', 'vm', 'demo', '-o', 'yaml');
     assert.equal(got.code, 0, got.err);
     assert.equal(YAML.parse(got.out).spec.runStrategy, 'Always');
+    // The golden image came through the pipeline: the cron is up to date, its DataSource points at its import.
+    const cron = YAML.parse((await kubectl('get', 'dataimportcron', 'tiny', '-n', 'vessel-images', '-o', 'yaml')).out);
+    const upToDate = cron.status.conditions.find((c: { type: string }) => c.type === 'UpToDate');
+    assert.equal(upToDate.status, 'True', JSON.stringify(cron.status));
+    const digest = cron.metadata.annotations['cdi.kubevirt.io/storage.import.sourceDesiredDigest'];
+    const imported = cron.status.lastImportedPVC.name;
+    assert.equal(imported, `tiny-${digest.slice(7, 19)}`);
+    const ds = YAML.parse((await kubectl('get', 'datasource', 'tiny', '-n', 'vessel-images', '-o', 'yaml')).out);
+    assert.equal(ds.metadata.labels['cdi.kubevirt.io/dataImportCron'], 'tiny');
+    assert.deepEqual(ds.spec.source.pvc, { name: imported, namespace: 'vessel-images' });
+    const dvs = () => kubectl('get', 'dv', '-n', 'vessel-images', '-o', 'jsonpath={.items[*].metadata.name}');
+    assert.equal((await dvs()).out, imported);
     await eventually(
       'demo Running',
       async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined),
@@ -110,9 +126,20 @@ describe('vessel up', () => {
     assert.match(await first.stop(), /^code=0 /);
     assert.ok(alive(pid), 'the VM outlived the control plane');
 
+    const t1 = Date.now();
     const second = await up(dataDir, '--stop-vms-on-exit');
+    console.log(`# vessel up (again): ${((Date.now() - t1) / 1000).toFixed(1)} s to "Vessel is up"`);
     assert.match(second.output, /demo VM\s+default\/demo \(exists\)/);
     assert.match(second.output, /golden image vessel-images\/tiny \(exists\)/);
+    // The second up polled again (its registry, same port) and found the same digest: nothing new imported.
+    const again = YAML.parse((await kubectl('get', 'dataimportcron', 'tiny', '-n', 'vessel-images', '-o', 'yaml')).out);
+    assert.equal(again.metadata.annotations['cdi.kubevirt.io/storage.import.sourceDesiredDigest'], digest);
+    assert.ok(
+      again.metadata.annotations['cdi.kubevirt.io/storage.import.lastCronTime'] > cron.metadata.annotations['cdi.kubevirt.io/storage.import.lastCronTime'],
+      'polled again',
+    );
+    assert.equal(again.status.lastImportedPVC.name, imported);
+    assert.equal((await dvs()).out, imported);
     await eventually(
       'demo Running again',
       async () => ((await kubectl('get', 'vm', 'demo', '-o', 'jsonpath={.status.printableStatus}')).out === 'Running' ? true : undefined),

@@ -53,6 +53,8 @@ export function importName(dataSource: string, digest: string): string {
 export interface DataImportCronOptions {
   /** Polls may reach loopback registries and servers (labs, tests; `--allow-loopback-imports`). */
   allowLoopback?: boolean;
+  /** Loopback address and port pairs polls may reach without allowLoopback: `vessel up`'s local registry. */
+  allowed?: PollOptions['allowed'];
   /** Replaces the network poll (unit tests). */
   poller?: DigestPoller;
   /** The clock (unit tests). */
@@ -237,7 +239,7 @@ export class DataImportCronController extends Controller {
   }
 
   private async pollOptions(cron: Cron): Promise<PollOptions> {
-    const opts: PollOptions = { allowLoopback: this.opts.allowLoopback };
+    const opts: PollOptions = { allowLoopback: this.opts.allowLoopback, allowed: this.opts.allowed };
     const secretName = cron.spec.template.spec?.source?.registry?.secretRef ?? cron.spec.template.spec?.source?.http?.secretRef;
     if (secretName) {
       const secret = (await this.client.get(SECRETS, secretName, { namespace: cron.metadata.namespace })) as { data?: Record<string, string> };

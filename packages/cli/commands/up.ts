@@ -178,6 +178,10 @@ export function registerUp(program: Command): void {
         }
         const signalled = untilSignal(); // listening from the start: see untilSignal
         const { startControlPlane } = await import('../control-plane.ts');
+        const { ensureTinyCron, startTinyRegistry } = await import('../golden.ts');
+        // The tiny image's own registry, read-only on loopback: the cron polls it and the agent
+        // imports from it, both allowed exactly this address and port (not loopback at large).
+        const registry = await startTinyRegistry(dataDir, (line) => note(`${line}\n`));
         const cp = await startControlPlane({
           dataDir,
           listen: flags.listen,
@@ -185,9 +189,12 @@ export function registerUp(program: Command): void {
           vmNetworkCidr,
           log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
           agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
+          localRegistry: { address: registry.address, port: registry.port },
+        }).catch(async (e: unknown) => {
+          await registry.close();
+          throw e;
         });
-        const { ensureTinyImage } = await import('../golden.ts');
-        const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`));
+        const tiny = (await ensureTinyCron(cp.client, (line) => note(`${line}\n`), registry.url)).result;
         let demo = 'exists';
         try {
           await cp.client.get(VM, 'demo', { namespace: 'default' });
@@ -204,7 +211,8 @@ export function registerUp(program: Command): void {
             `  kubeconfig   ${cp.server.kubeconfigPath}`,
             `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
             `  node         ${cp.agent?.nodeName} (this host; pools under ${dataDir}/pools)`,
-            `  golden image vessel-images/tiny (${tiny}):  ${vessel} get datasource,dv,pvc -n vessel-images`,
+            `  golden image vessel-images/tiny (${tiny}):  ${vessel} get dataimportcron,datasource,dv,pvc -n vessel-images`,
+            `               DataImportCron tiny polls ${registry.url.replace(/^docker:\/\//, '')} (this process, read-only, loopback)`,
             `  demo VM      default/demo (${demo}), booting under ${cp.agent?.accel.toUpperCase()}:  ${vessel} get vm demo   |   ${vessel} console demo   (^] leaves)`,
             `               its disk is a linked clone of tiny: ${vessel} get dv,pvc`,
             `  try          ${vessel} stop|start|restart|pause|unpause demo   |   ${vessel} vnc demo   |   ${vessel} logs demo`,
@@ -220,6 +228,7 @@ export function registerUp(program: Command): void {
         }
         note('shutting down\n');
         await cp.close();
+        await registry.close();
       },
     );
 }
