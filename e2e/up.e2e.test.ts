@@ -108,7 +108,8 @@ describe('vessel up', () => {
     await eventually(
       'the demo guest booted',
       async () => ((await readFile(serialLog, 'utf8').catch(() => '')).includes('VESSEL-GUEST-READY') ? true : undefined),
-      120_000,
+      // Generous: QEMU runs at nice 10 (--qemu-priority), and on a shared, loaded machine a TCG boot can take minutes.
+      300_000,
     );
     // `vessel console demo` (what up prints) shows the boot, even though nobody watched it happen.
     const consoleOut = await new Promise<string>((res) => {
