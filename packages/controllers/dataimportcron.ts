@@ -298,7 +298,9 @@ export class DataImportCronController extends Controller {
       return;
     }
     const labelled = ds.metadata.labels?.[CRON_LABEL] === cron.metadata.name;
-    const same = !source || JSON.stringify(ds.spec?.source ?? {}) === JSON.stringify(source);
+    // Field by field: the server's copy orders the keys as the schema does (name before namespace), so the JSON differs.
+    const now = (ds.spec?.source ?? {}) as { pvc?: { name?: string; namespace?: string } } & Obj;
+    const same = !source || (Object.keys(now).length === 1 && now.pvc?.name === source.pvc.name && (now.pvc?.namespace ?? ns) === source.pvc.namespace);
     if (labelled && same) return;
     const next = {
       ...ds,
