@@ -1,6 +1,7 @@
 /**
  * `vessel up`: the all-in-one single-host mode. Starts the control plane on embedded SQLite
- * and a node agent for this host, makes sure the `tiny` golden image and the demo
+ * and a node agent for this host, makes sure the `tiny` golden image (a DataImportCron
+ * polling the read-only registry it serves on loopback, cli/local-registry.ts) and the demo
  * VirtualMachine exist, and prints how to reach them. Running it again on the same data
  * directory picks up where it left off. Ctrl-C stops the control plane.
  */
