@@ -128,7 +128,10 @@ export async function ensureTinyCron(
     }
     cron = undefined;
   }
-  const before = cron ? viewOf(cron).lastImportedPVC : undefined;
+  // What the DataSource pointed at before: "imported" means this run moved it.
+  const dsPvc = async () =>
+    ((await client.get(DATASOURCES, 'tiny', at).catch(() => undefined))?.spec as { source?: { pvc?: { name?: string } } } | undefined)?.source?.pvc?.name;
+  const before = await dsPvc();
   const triggered = new Date().toISOString();
   if (cron) {
     await client.patch(DATAIMPORTCRONS, 'tiny', { metadata: { annotations: { [ANN_NEXT_CRON_TIME]: triggered } } }, at);
