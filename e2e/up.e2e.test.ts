@@ -176,7 +176,21 @@ describe('vessel up --nodes', () => {
         ],
         cluster.output,
       );
+      assert.match(cluster.output, /golden image vessel-images\/tiny \(imported, shared pool\)/);
       const kubeconfig = /kubeconfig\s+(\S+)/.exec(cluster.output)![1];
+      // The tiny image came through the DataImportCron into the shared pool, as on one node.
+      const ds = await run('kubectl', [
+        '--kubeconfig',
+        kubeconfig,
+        'get',
+        'datasource',
+        'tiny',
+        '-n',
+        'vessel-images',
+        '-o',
+        'jsonpath={.metadata.labels.cdi\\.kubevirt\\.io/dataImportCron} {.spec.source.pvc.name}',
+      ]);
+      assert.match(ds.out, /^tiny tiny-[0-9a-f]{12}$/, ds.err);
       const nodes = await run('kubectl', [
         '--kubeconfig',
         kubeconfig,

@@ -20,6 +20,8 @@ export interface DevNodesOptions {
   nodeNames?: string[];
   qemuPriority?: QemuPriority;
   allowLoopbackImports?: boolean;
+  /** Loopback address and port pairs the agents may import from anyway: `vessel up`'s local registry (the agents run in this process's namespace). */
+  allowedImportSources?: readonly { address: string; port: number }[];
   heartbeatMs?: number;
   /** The agents' self-fencing timeout (default theirs, 8 s; 0: off). */
   fencingTimeoutMs?: number;
@@ -78,6 +80,7 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
       fabricIp: n.fabricIp,
       qemuPriority: opts.qemuPriority,
       allowLoopbackImports: opts.allowLoopbackImports,
+      allowedImportSources: opts.allowedImportSources,
       heartbeatMs: opts.heartbeatMs,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
       fencingTimeoutMs: opts.fencingTimeoutMs,

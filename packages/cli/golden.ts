@@ -1,9 +1,9 @@
 /**
  * The golden images `vessel up` provides: `tiny`, the test guest built from Debian packages
  * (guest/), published as the DataSource vessel-images/tiny every tenant can make VM disks
- * from: by a DataImportCron polling the local registry `vessel up` serves (ensureTinyCron), or,
- * on a dev cluster of several nodes, by upload (ensureTinyImage); `debian`
- * (guest/build-debian.sh) on request, by upload.
+ * from: by a DataImportCron polling the local registry `vessel up` serves (ensureTinyCron), or
+ * by upload (ensureTinyImage, what tests use); `debian` (guest/build-debian.sh) on request, by
+ * upload.
  */
 import { ensureDebianGuest, ensureTinyGuest } from '@vessel/guest';
 import { isNotFound, type Client, type KubeObject, type ResourceRef } from '@vessel/client';
@@ -23,7 +23,7 @@ const ANN_DESIRED_DIGEST = 'cdi.kubevirt.io/storage.import.sourceDesiredDigest';
 const GOLDEN_LABEL = 'vessel.io/golden-image';
 
 /** The DataImportCron that keeps vessel-images/tiny: the local registry's image, polled daily and on every `vessel up`. */
-export function tinyCron(url: string): KubeObject {
+export function tinyCron(url: string, storageClass?: string): KubeObject {
   return {
     apiVersion: 'cdi.kubevirt.io/v1beta1',
     kind: 'DataImportCron',
@@ -32,7 +32,13 @@ export function tinyCron(url: string): KubeObject {
       schedule: '@daily',
       managedDataSource: 'tiny',
       importsToKeep: 2,
-      template: { spec: { source: { registry: { url } }, storage: { resources: { requests: { storage: '1Gi' } } } } },
+      template: {
+        spec: {
+          source: { registry: { url } },
+          // A cluster of several nodes keeps it in the shared pool, where every node can clone it.
+          storage: { ...(storageClass ? { storageClassName: storageClass } : {}), resources: { requests: { storage: '1Gi' } } },
+        },
+      },
     },
   };
 }
@@ -104,7 +110,7 @@ export async function ensureTinyCron(
   client: Client,
   note: (line: string) => void,
   url: string,
-  opts: { timeoutMs?: number } = {},
+  opts: { timeoutMs?: number; storageClass?: string } = {},
 ): Promise<{ result: 'exists' | 'imported'; pvc: string; digest: string }> {
   const at = { namespace: NAMESPACE };
   let cron = await client.get(DATAIMPORTCRONS, 'tiny', at).catch((e: unknown) => {
@@ -137,7 +143,7 @@ export async function ensureTinyCron(
     await client.patch(DATAIMPORTCRONS, 'tiny', { metadata: { annotations: { [ANN_NEXT_CRON_TIME]: triggered } } }, at);
   } else {
     note(`importing the tiny guest into vessel-images/tiny through DataImportCron ${NAMESPACE}/tiny (${url})...`);
-    await client.create(DATAIMPORTCRONS, tinyCron(url), at);
+    await client.create(DATAIMPORTCRONS, tinyCron(url, opts.storageClass), at);
   }
   const deadline = Date.now() + (opts.timeoutMs ?? 180_000);
   for (;;) {
@@ -160,7 +166,7 @@ export async function ensureTinyCron(
   }
 }
 
-/** Makes sure DataSource vessel-images/tiny exists and its volume holds the tiny guest, by upload (`vessel up --nodes`). Returns what it did. */
+/** Makes sure DataSource vessel-images/tiny exists and its volume holds the tiny guest, by upload (the e2e tests' quick way). Returns what it did. */
 export async function ensureTinyImage(client: Client, note: (line: string) => void, opts: { storageClass?: string } = {}): Promise<'exists' | 'imported'> {
   let have = false;
   try {

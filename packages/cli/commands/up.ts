@@ -62,13 +62,20 @@ async function upCluster(o: {
   const log = process.env.VESSEL_LOG ? (l: string) => note(`${l}\n`) : undefined;
   const { startControlPlane } = await import('../control-plane.ts');
   const { startDevNodes } = await import('../dev-cluster.ts');
+  const { ensureTinyCron, startTinyRegistry } = await import('../golden.ts');
+  // As on one node: the agents run in this process (their QEMUs in the nodes' namespaces), so the loopback registry reaches them.
+  const registry = await startTinyRegistry(o.dataDir, (line) => note(`${line}\n`));
   const cp = await startControlPlane({
     dataDir: o.dataDir,
     listen: o.listen,
     serviceCidr: o.serviceCidr,
     vmNetworkCidr: o.vmNetworkCidr,
     allowLoopbackPolls: o.allowLoopbackImports,
+    localRegistry: { address: registry.address, port: registry.port },
     log,
+  }).catch(async (e: unknown) => {
+    await registry.close();
+    throw e;
   });
   let dev: Awaited<ReturnType<typeof startDevNodes>> | undefined;
   try {
@@ -79,10 +86,10 @@ async function upCluster(o: {
       fabricCidr: o.fabricCidr,
       qemuPriority: o.qemuPriority,
       allowLoopbackImports: o.allowLoopbackImports,
+      allowedImportSources: [{ address: registry.address, port: registry.port }],
       log,
     });
-    const { ensureTinyImage } = await import('../golden.ts');
-    const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`), { storageClass: 'shared' });
+    const tiny = (await ensureTinyCron(cp.client, (line) => note(`${line}\n`), registry.url, { storageClass: 'shared' })).result;
     const vessel = 'bin/vessel';
     const width = Math.max(4, ...dev.cluster.nodes.map((n) => n.name.length));
     out(
@@ -108,6 +115,7 @@ async function upCluster(o: {
   } finally {
     await dev?.close();
     await cp.close();
+    await registry.close();
   }
 }
 
