@@ -4,7 +4,7 @@
  * demo VM, which boots; prints how to reach it; stops on SIGINT
  * leaving the VM running, and picks up where it left off (the same QEMU) when run again.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -26,9 +26,22 @@ function alive(pid: number): boolean {
   }
 }
 
+/** Every `vessel up` started, so a failed test still ends them (and their registries) before removing the data dir. */
+const children: ChildProcess[] = [];
+
+async function killChildren(): Promise<void> {
+  for (const c of children.splice(0)) {
+    if (c.exitCode !== null || c.signalCode !== null) continue;
+    const exited = new Promise((r) => c.once('exit', r));
+    c.kill('SIGKILL');
+    await exited;
+  }
+}
+
 function up(dataDir: string, ...extra: string[]): Promise<{ output: string; stop: () => Promise<string> }> {
   return new Promise((res, rej) => {
     const child = spawn(VESSEL, ['up', '--data-dir', dataDir, '--listen', '127.0.0.1:0', ...extra], { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(child);
     let output = '';
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
@@ -60,6 +73,7 @@ function up(dataDir: string, ...extra: string[]): Promise<{ output: string; stop
 describe('vessel up', () => {
   let dataDir = '';
   after(async () => {
+    await killChildren();
     if (!dataDir) return;
     // Whatever happened, no demo QEMU outlives the test.
     const pid = Number(await readFile(join((await runDirOf(dataDir, 'default', 'demo')) ?? '/nonexistent', 'qemu.pid'), 'utf8').catch(() => '0'));
@@ -155,6 +169,7 @@ describe('vessel up', () => {
 describe('vessel up --nodes', () => {
   let dataDir = '';
   after(async () => {
+    await killChildren();
     if (dataDir) await rm(dataDir, { recursive: true, force: true });
   });
 
