@@ -61,6 +61,11 @@ export interface AgentOptions {
   /** Directories of OVA packages (`--ova-root`, as the server's) whose disks a Forklift migration's DataVolume is filled from in place. */
   ovaRoots?: readonly string[];
   /**
+   * Loopback address and port pairs imports may fetch from even without allowLoopbackImports:
+   * the read-only registry `vessel up` serves the tiny golden image from, and nothing else.
+   */
+  allowedImportSources?: readonly { address: string; port: number }[];
+  /**
    * How QEMU runs below the agent, server and controllers (`--qemu-priority`, qemu/priority.ts):
    * default nice 10 + SCHED_BATCH, and a cgroup per VM where cgroup v2 is delegated.
    */
@@ -151,7 +156,11 @@ async function startAgentWith(
   const migrationTls = opts.migrationTls === false ? undefined : await ensureMigrationCerts(join(opts.dataDir, 'migration-ca'), opts.nodeName);
   const accel = await detectAccelerator();
   const virtV2v = await virtV2vVersion();
-  const egress = await agentEgressPolicy({ allowLoopback: !!opts.allowLoopbackImports, apiServerUrl: opts.client.config.server });
+  const egress = await agentEgressPolicy({
+    allowLoopback: !!opts.allowLoopbackImports,
+    apiServerUrl: opts.client.config.server,
+    allowed: opts.allowedImportSources,
+  });
   if (opts.allowLoopbackImports) log('agent: imports may fetch from loopback addresses (--allow-loopback-imports): for labs and tests only');
   const priority = await resolveQemuPriority(opts.qemuPriority ?? DEFAULT_QEMU_PRIORITY, log);
   const cpuManager = opts.reservedCpus === undefined ? undefined : new CpuManager(await hostCpus(), parseCpuList(opts.reservedCpus));

@@ -21,6 +21,12 @@ export interface ControlPlaneOptions extends ServerOptions {
   ovaRoots?: readonly string[];
   /** DataImportCron polls may reach loopback registries (default: as the in-process agent's allowLoopbackImports). */
   allowLoopbackPolls?: boolean;
+  /**
+   * The read-only registry `vessel up` serves the tiny image from (packages/cli/local-registry.ts):
+   * DataImportCron polls and the in-process agent's imports may reach exactly this loopback
+   * address and port, without --allow-loopback-imports.
+   */
+  localRegistry?: { address: string; port: number };
   /** Forklift: VMs of one migration at once, and the directory of registered hook scripts (docs/forklift.md). */
   forkliftMaxInFlight?: number;
   forkliftHookDir?: string;
@@ -62,6 +68,7 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
             vmNetworkCidr: opts.vmNetworkCidr,
             ovaRoots: opts.ovaRoots,
             allowLoopbackPolls: opts.allowLoopbackPolls ?? opts.agent?.allowLoopbackImports,
+            allowedPolls: opts.localRegistry && [opts.localRegistry],
             forkliftMaxInFlight: opts.forkliftMaxInFlight,
             forkliftHookDir: opts.forkliftHookDir,
             forkliftPrecopyIntervalMs: opts.forkliftPrecopyIntervalMs,
@@ -69,7 +76,14 @@ export async function startControlPlane(opts: ControlPlaneOptions): Promise<Cont
     let agent: RunningAgent | undefined;
     if (opts.agent) {
       const { startAgent } = await import('@vessel/agent');
-      agent = await startAgent({ client, dataDir: opts.dataDir, ovaRoots: opts.ovaRoots, ...opts.agent, log: opts.log });
+      agent = await startAgent({
+        client,
+        dataDir: opts.dataDir,
+        ovaRoots: opts.ovaRoots,
+        ...opts.agent,
+        allowedImportSources: opts.localRegistry && [opts.localRegistry],
+        log: opts.log,
+      });
     }
     return {
       server,

@@ -22,6 +22,8 @@ export interface DevNodesOptions {
   /** Per node (by index): its agent's `--reserved-cpus` (a CPU manager; tests give nodes distinct pools). */
   reservedCpus?: readonly (string | undefined)[];
   allowLoopbackImports?: boolean;
+  /** Loopback address and port pairs the agents may import from anyway: `vessel up`'s local registry (the agents run in this process's namespace). */
+  allowedImportSources?: readonly { address: string; port: number }[];
   heartbeatMs?: number;
   /** The agents' self-fencing timeout (default theirs, 8 s; 0: off). */
   fencingTimeoutMs?: number;
@@ -81,6 +83,7 @@ export async function startDevNodes(opts: DevNodesOptions): Promise<DevNodes> {
       qemuPriority: opts.qemuPriority,
       reservedCpus: opts.reservedCpus?.[cluster.nodes.indexOf(n)],
       allowLoopbackImports: opts.allowLoopbackImports,
+      allowedImportSources: opts.allowedImportSources,
       heartbeatMs: opts.heartbeatMs,
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
       fencingTimeoutMs: opts.fencingTimeoutMs,

@@ -17,7 +17,7 @@ import https from 'node:https';
 import { isIP } from 'node:net';
 import { rootCertificates } from 'node:tls';
 import { ImageUrlError, parseImageUrl as parseUrl, type ImageRef } from '@vessel/api';
-import { checkedLookup, isLoopback, pollRefusal } from './egress.ts';
+import { checkedLookup, isAllowedPair, isLoopback, pollRefusal, type AllowedPair } from './egress.ts';
 
 export { pollRefusal };
 
@@ -30,6 +30,8 @@ export interface PollSource {
 export interface PollOptions {
   /** Loopback registries and http servers (labs and tests; plain http for a loopback registry, as the importer). */
   allowLoopback?: boolean;
+  /** Loopback address and port pairs reachable without allowLoopback (plain http): `vessel up`'s local registry. */
+  allowed?: readonly AllowedPair[];
   credentials?: { username: string; password: string };
   /** Extra CA (PEM) besides the system roots: the template's certConfigMap. */
   caPem?: string;
@@ -94,7 +96,7 @@ interface Reply {
 
 function request(url: URL, method: 'HEAD' | 'GET', headers: Record<string, string>, opts: PollOptions, mode: 'body' | 'hash' | 'none'): Promise<Reply> {
   const host = url.hostname.replace(/^\[|\]$/g, '');
-  if (isIP(host)) {
+  if (isIP(host) && !isAllowedPair(host, portOf(url), opts.allowed)) {
     const why = pollRefusal(host, !!opts.allowLoopback);
     if (why) return Promise.reject(unreachable(url, new Error(why)));
   }
@@ -169,7 +171,9 @@ export async function registryDigest(url: string, opts: PollOptions): Promise<st
   const ref = parseImageUrl(url);
   if (DIGEST_RE.test(ref.reference)) return ref.reference; // pinned: nothing can change
   const host = ref.registry === 'docker.io' ? 'registry-1.docker.io' : ref.registry;
-  const scheme = opts.allowLoopback && isLoopbackHost(host) ? 'http' : 'https';
+  const m = /^(.*):(\d+)$/.exec(host);
+  const allowedPair = !!m && isAllowedPair(m[1], Number(m[2]), opts.allowed);
+  const scheme = allowedPair || (opts.allowLoopback && isLoopbackHost(host)) ? 'http' : 'https';
   const manifest = new URL(`${scheme}://${host}/v2/${ref.repository}/manifests/${ref.reference}`);
   let auth: string | undefined;
   for (const method of ['HEAD', 'GET'] as const) {
@@ -189,6 +193,10 @@ export async function registryDigest(url: string, opts: PollOptions): Promise<st
     }
   }
   throw new PollError(`registry ${ref.registry} gave no digest for ${ref.repository}:${ref.reference}`);
+}
+
+function portOf(url: URL): number {
+  return url.port ? Number(url.port) : url.protocol === 'https:' ? 443 : 80;
 }
 
 function isLoopbackHost(host: string): boolean {

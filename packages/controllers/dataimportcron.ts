@@ -53,6 +53,8 @@ export function importName(dataSource: string, digest: string): string {
 export interface DataImportCronOptions {
   /** Polls may reach loopback registries and servers (labs, tests; `--allow-loopback-imports`). */
   allowLoopback?: boolean;
+  /** Loopback address and port pairs polls may reach without allowLoopback: `vessel up`'s local registry. */
+  allowed?: PollOptions['allowed'];
   /** Replaces the network poll (unit tests). */
   poller?: DigestPoller;
   /** The clock (unit tests). */
@@ -237,7 +239,7 @@ export class DataImportCronController extends Controller {
   }
 
   private async pollOptions(cron: Cron): Promise<PollOptions> {
-    const opts: PollOptions = { allowLoopback: this.opts.allowLoopback };
+    const opts: PollOptions = { allowLoopback: this.opts.allowLoopback, allowed: this.opts.allowed };
     const secretName = cron.spec.template.spec?.source?.registry?.secretRef ?? cron.spec.template.spec?.source?.http?.secretRef;
     if (secretName) {
       const secret = (await this.client.get(SECRETS, secretName, { namespace: cron.metadata.namespace })) as { data?: Record<string, string> };
@@ -296,7 +298,9 @@ export class DataImportCronController extends Controller {
       return;
     }
     const labelled = ds.metadata.labels?.[CRON_LABEL] === cron.metadata.name;
-    const same = !source || JSON.stringify(ds.spec?.source ?? {}) === JSON.stringify(source);
+    // Field by field: the server's copy orders the keys as the schema does (name before namespace), so the JSON differs.
+    const now = (ds.spec?.source ?? {}) as { pvc?: { name?: string; namespace?: string } } & Obj;
+    const same = !source || (Object.keys(now).length === 1 && now.pvc?.name === source.pvc.name && (now.pvc?.namespace ?? ns) === source.pvc.namespace);
     if (labelled && same) return;
     const next = {
       ...ds,

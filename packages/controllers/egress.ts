@@ -22,6 +22,21 @@ export function isLoopback(address: string): boolean {
   return /^127\./.test(address) || address === '::1' || /^::ffff:127\./i.test(address);
 }
 
+/** A loopback address and port the controllers may always reach: the read-only registry `vessel up` serves. */
+export interface AllowedPair {
+  address: string;
+  port: number;
+}
+
+/** Whether `address`:`port` is one of `allowed` (loopback pairs only: nothing else can be let through this way). */
+export function isAllowedPair(address: string, port: number, allowed: readonly AllowedPair[] | undefined): boolean {
+  const a = address
+    .replace(/^\[|\]$/g, '')
+    .replace(/^::ffff:/i, '')
+    .toLowerCase();
+  return isLoopback(a) && !!allowed?.some((p) => p.port === port && p.address.replace(/^::ffff:/i, '').toLowerCase() === a);
+}
+
 /** Why the controllers may not connect to `address`, or undefined. */
 export function pollRefusal(address: string, allowLoopback: boolean): string | undefined {
   const v4 = address.replace(/^::ffff:/i, '');

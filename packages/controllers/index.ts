@@ -64,6 +64,8 @@ export interface ControllerOptions {
   ovaRoots?: readonly string[];
   /** DataImportCron polls may reach loopback registries and servers (`--allow-loopback-imports`; labs and tests). */
   allowLoopbackPolls?: boolean;
+  /** Loopback address and port pairs DataImportCron polls may reach anyway: `vessel up`'s local registry. */
+  allowedPolls?: readonly { address: string; port: number }[];
   /** Forklift: VMs of one migration at once (`--forklift-max-vm-inflight`) and the registered hook scripts' directory (`--forklift-hook-dir`). */
   forkliftMaxInFlight?: number;
   forkliftHookDir?: string;
@@ -106,7 +108,7 @@ export async function startControllers(client: Client, opts: ControllerOptions =
         }),
         new VirtualMachinePoolController(client, opts.log),
         new VirtualMachineInstanceReplicaSetController(client, opts.log),
-        new DataImportCronController(client, opts.log, { allowLoopback: opts.allowLoopbackPolls }),
+        new DataImportCronController(client, opts.log, { allowLoopback: opts.allowLoopbackPolls, allowed: opts.allowedPolls }),
         new VirtualMachineExportController(client, opts.log),
       ];
       await Promise.all(running.map((c) => c.start()));

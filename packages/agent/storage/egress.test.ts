@@ -347,3 +347,12 @@ describe('credentials and redirects', () => {
     }
   });
 });
+
+test("an allowed pair (vessel up's local registry) opens one loopback port, not loopback at large, and never anything but loopback", async () => {
+  const policy = await agentEgressPolicy({ allowLoopback: false, apiServerUrl: 'https://127.0.0.1:6443', allowed: [{ address: '127.0.0.1', port: 5000 }] });
+  assert.equal(refusalReason('127.0.0.1', 5000, policy), undefined);
+  assert.equal(refusalReason('::ffff:127.0.0.1', 5000, policy), undefined);
+  assert.notEqual(refusalReason('127.0.0.1', 5001, policy), undefined);
+  assert.notEqual(refusalReason('127.0.0.1', 6443, policy), undefined);
+  assert.equal(refusalReason('169.254.169.254', 80, { allowed: [{ address: '169.254.169.254', port: 80 }] }), 'a link-local address');
+});

@@ -12,7 +12,8 @@
  * "this network" (0/8, ::), multicast and broadcast, those forms embedded in IPv6
  * (::ffff:a.b.c.d, ::a.b.c.d, 64:ff9b::a.b.c.d), every address of this node's interfaces, and
  * the API server's addresses. `allowLoopback` (vessel agent --allow-loopback-imports) lets
- * loopback through, for labs and tests; nothing else can be allowed.
+ * loopback through, for labs and tests; `allowed` lets exactly one loopback address and port
+ * through (the read-only registry `vessel up` serves the tiny golden image from).
  *
  * Every refused or unreachable target fails with the same ImportError (code Unreachable, one
  * message): a closed port, a refused address, a name that does not resolve and a timeout
@@ -34,6 +35,23 @@ export interface EgressPolicy {
    * only that port of the address; without, the whole address.
    */
   denied?: readonly { address: string; port?: number }[];
+  /**
+   * Loopback address and port pairs always allowed, whatever allowLoopback says: the local
+   * registry `vessel up` serves (packages/cli/local-registry.ts). Nothing but loopback can be
+   * allowed this way, and only the port named.
+   */
+  allowed?: readonly { address: string; port: number }[];
+}
+
+/** Whether `address`:`port` is one of the policy's allowed loopback pairs. */
+export function isAllowedPair(address: string, port: number | undefined, policy: EgressPolicy = DEFAULT_EGRESS): boolean {
+  if (port === undefined || !policy.allowed?.length || !isLoopbackAddress(address)) return false;
+  const b = ipBytes(address);
+  if (!b) return false;
+  return policy.allowed.some((a) => {
+    const ab = ipBytes(a.address);
+    return !!ab && a.port === port && canonical(ab) === canonical(b);
+  });
 }
 
 /** The policy when none is given: nothing but the built-in refusals. */
@@ -48,6 +66,7 @@ export function refusalReason(address: string, port: number | undefined, policy:
   if (!bytes) return `"${address}" is not an IP address`;
   const v4 = embeddedV4(bytes);
   const cls = v4 ? classifyV4(v4) : classifyV6(bytes);
+  if (isAllowedPair(address, port, policy)) return undefined;
   if (cls === 'loopback' && !policy.allowLoopback) return 'a loopback address';
   if (cls !== undefined && cls !== 'loopback') return `a ${cls} address`;
   const key = canonical(bytes);
@@ -282,7 +301,11 @@ export function isLoopbackAddress(address: string): boolean {
  * server: its port on every address it resolves to, and the whole address unless that is a
  * loopback address the administrator allowed (vessel up runs the server on 127.0.0.1).
  */
-export async function agentEgressPolicy(opts: { allowLoopback: boolean; apiServerUrl?: string }): Promise<EgressPolicy> {
+export async function agentEgressPolicy(opts: {
+  allowLoopback: boolean;
+  apiServerUrl?: string;
+  allowed?: readonly { address: string; port: number }[];
+}): Promise<EgressPolicy> {
   const denied: { address: string; port?: number }[] = [];
   if (opts.apiServerUrl) {
     const u = new URL(opts.apiServerUrl);
@@ -292,7 +315,7 @@ export async function agentEgressPolicy(opts: { allowLoopback: boolean; apiServe
       if (!(opts.allowLoopback && isLoopbackAddress(address))) denied.push({ address });
     }
   }
-  return { allowLoopback: opts.allowLoopback, denied };
+  return { allowLoopback: opts.allowLoopback, denied, ...(opts.allowed?.length ? { allowed: opts.allowed } : {}) };
 }
 
 /** The addresses `host` (name or literal) resolves to now, for the policy's `denied` list; [] when it does not resolve. */

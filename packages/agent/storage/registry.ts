@@ -14,7 +14,7 @@ import { Readable, pipeline } from 'node:stream';
 import { rootCertificates } from 'node:tls';
 import { createGunzip } from 'node:zlib';
 import { extract as tarExtract, type Extract as TarExtract, type Header as TarHeader } from 'tar-stream';
-import { checkedRequestOptions, type EgressPolicy } from './egress.ts';
+import { checkedRequestOptions, isAllowedPair, type EgressPolicy } from './egress.ts';
 import { ImportError } from './errors.ts';
 import { IMAGE_DIGEST_RE, ImageUrlError, parseImageUrl, type ImageRef } from '@vessel/api';
 
@@ -827,7 +827,13 @@ export function isLoopbackRegistry(url: string): boolean {
   return host === 'localhost' || (isIP(host) === 4 && host.startsWith('127.')) || host === '::1';
 }
 
-/** Plain HTTP for a registry on loopback, and only when the policy lets the importer reach loopback at all. */
+/**
+ * Plain HTTP for a registry on loopback, and only when the policy lets the importer reach
+ * loopback at all, or that registry's address and port (`allowed`: vessel up's local registry).
+ */
 export function registryInsecure(url: string, egress: EgressPolicy | undefined): boolean {
-  return !!egress?.allowLoopback && isLoopbackRegistry(url);
+  if (!isLoopbackRegistry(url)) return false;
+  if (egress?.allowLoopback) return true;
+  const m = /^(.*):(\d+)$/.exec(parseRegistryUrl(url).registry);
+  return !!m && isAllowedPair(m[1].replace(/^\[|\]$/g, ''), Number(m[2]), egress);
 }

@@ -1,6 +1,7 @@
 /**
  * `vessel up`: the all-in-one single-host mode. Starts the control plane on embedded SQLite
- * and a node agent for this host, makes sure the `tiny` golden image and the demo
+ * and a node agent for this host, makes sure the `tiny` golden image (a DataImportCron
+ * polling the read-only registry it serves on loopback, cli/local-registry.ts) and the demo
  * VirtualMachine exist, and prints how to reach them. Running it again on the same data
  * directory picks up where it left off. Ctrl-C stops the control plane.
  */
@@ -61,13 +62,20 @@ async function upCluster(o: {
   const log = process.env.VESSEL_LOG ? (l: string) => note(`${l}\n`) : undefined;
   const { startControlPlane } = await import('../control-plane.ts');
   const { startDevNodes } = await import('../dev-cluster.ts');
+  const { ensureTinyCron, startTinyRegistry } = await import('../golden.ts');
+  // As on one node: the agents run in this process (their QEMUs in the nodes' namespaces), so the loopback registry reaches them.
+  const registry = await startTinyRegistry(o.dataDir, (line) => note(`${line}\n`));
   const cp = await startControlPlane({
     dataDir: o.dataDir,
     listen: o.listen,
     serviceCidr: o.serviceCidr,
     vmNetworkCidr: o.vmNetworkCidr,
     allowLoopbackPolls: o.allowLoopbackImports,
+    localRegistry: { address: registry.address, port: registry.port },
     log,
+  }).catch(async (e: unknown) => {
+    await registry.close();
+    throw e;
   });
   let dev: Awaited<ReturnType<typeof startDevNodes>> | undefined;
   try {
@@ -78,10 +86,10 @@ async function upCluster(o: {
       fabricCidr: o.fabricCidr,
       qemuPriority: o.qemuPriority,
       allowLoopbackImports: o.allowLoopbackImports,
+      allowedImportSources: [{ address: registry.address, port: registry.port }],
       log,
     });
-    const { ensureTinyImage } = await import('../golden.ts');
-    const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`), { storageClass: 'shared' });
+    const tiny = (await ensureTinyCron(cp.client, (line) => note(`${line}\n`), registry.url, { storageClass: 'shared' })).result;
     const vessel = 'bin/vessel';
     const width = Math.max(4, ...dev.cluster.nodes.map((n) => n.name.length));
     out(
@@ -107,6 +115,7 @@ async function upCluster(o: {
   } finally {
     await dev?.close();
     await cp.close();
+    await registry.close();
   }
 }
 
@@ -178,6 +187,10 @@ export function registerUp(program: Command): void {
         }
         const signalled = untilSignal(); // listening from the start: see untilSignal
         const { startControlPlane } = await import('../control-plane.ts');
+        const { ensureTinyCron, startTinyRegistry } = await import('../golden.ts');
+        // The tiny image's own registry, read-only on loopback: the cron polls it and the agent
+        // imports from it, both allowed exactly this address and port (not loopback at large).
+        const registry = await startTinyRegistry(dataDir, (line) => note(`${line}\n`));
         const cp = await startControlPlane({
           dataDir,
           listen: flags.listen,
@@ -185,9 +198,12 @@ export function registerUp(program: Command): void {
           vmNetworkCidr,
           log: process.env.VESSEL_LOG ? (l) => note(`${l}\n`) : undefined,
           agent: { nodeName: hostname(), allowLoopbackImports: !!flags.allowLoopbackImports, qemuPriority },
+          localRegistry: { address: registry.address, port: registry.port },
+        }).catch(async (e: unknown) => {
+          await registry.close();
+          throw e;
         });
-        const { ensureTinyImage } = await import('../golden.ts');
-        const tiny = await ensureTinyImage(cp.client, (line) => note(`${line}\n`));
+        const tiny = (await ensureTinyCron(cp.client, (line) => note(`${line}\n`), registry.url)).result;
         let demo = 'exists';
         try {
           await cp.client.get(VM, 'demo', { namespace: 'default' });
@@ -204,7 +220,8 @@ export function registerUp(program: Command): void {
             `  kubeconfig   ${cp.server.kubeconfigPath}`,
             `               export KUBECONFIG=${cp.server.kubeconfigPath}   (kubectl and ${vessel} both use it)`,
             `  node         ${cp.agent?.nodeName} (this host; pools under ${dataDir}/pools)`,
-            `  golden image vessel-images/tiny (${tiny}):  ${vessel} get datasource,dv,pvc -n vessel-images`,
+            `  golden image vessel-images/tiny (${tiny}):  ${vessel} get dataimportcron,datasource,dv,pvc -n vessel-images`,
+            `               DataImportCron tiny polls ${registry.url.replace(/^docker:\/\//, '')} (this process, read-only, loopback)`,
             `  demo VM      default/demo (${demo}), booting under ${cp.agent?.accel.toUpperCase()}:  ${vessel} get vm demo   |   ${vessel} console demo   (^] leaves)`,
             `               its disk is a linked clone of tiny: ${vessel} get dv,pvc`,
             `  try          ${vessel} stop|start|restart|pause|unpause demo   |   ${vessel} vnc demo   |   ${vessel} logs demo`,
@@ -220,6 +237,7 @@ export function registerUp(program: Command): void {
         }
         note('shutting down\n');
         await cp.close();
+        await registry.close();
       },
     );
 }
