@@ -459,11 +459,11 @@ export class VmRuntime extends Controller {
   }
 
   /**
-   * The dedicated CPUs of a VMI with dedicatedCpuPlacement (undefined without): those its
-   * annotations recorded, else new ones from the pool, recorded before QEMU starts. Chosen
-   * synchronously, so two starts never take the same CPU.
+   * What a VMI with dedicatedCpuPlacement asks of this node's CPU manager (undefined without):
+   * `choose` keeps a recorded assignment that still fits (its size, the emulator CPU, free CPUs
+   * of the pool), else takes new CPUs.
    */
-  private async assignCpus(vmi: KubeObject): Promise<CpuAssignment | undefined> {
+  private dedicatedCpus(vmi: KubeObject): { uid: string; isolate: boolean; choose: (recorded?: CpuAssignment) => CpuAssignment } | undefined {
     const spec = vmi.spec as V1VirtualMachineInstanceSpec;
     if (spec.domain?.cpu?.dedicatedCpuPlacement !== true) return undefined;
     const cm = this.opts.cpuManager;
@@ -477,10 +477,22 @@ export class VmRuntime extends Controller {
     const vcpus = topo.sockets * topo.cores * topo.threads;
     const isolate = spec.domain.cpu.isolateEmulatorThread === true;
     const taken = new Set(this.takenCpus(uid));
-    const recorded = recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined) ?? this.pendingCpus.get(uid);
     const usable = (a: CpuAssignment) =>
       a.vcpus.length === vcpus && (a.emulator !== undefined) === isolate && assignedCpus(a).every((c) => cm.pool.includes(c) && !taken.has(c));
-    const a = recorded && usable(recorded) ? recorded : cm.assign(vcpus, isolate, taken);
+    return { uid, isolate, choose: (recorded) => (recorded && usable(recorded) ? recorded : cm.assign(vcpus, isolate, taken)) };
+  }
+
+  /**
+   * The dedicated CPUs of a VMI with dedicatedCpuPlacement (undefined without): those its
+   * annotations recorded, else new ones from the pool, recorded before QEMU starts. Chosen
+   * synchronously, so two starts never take the same CPU.
+   */
+  private async assignCpus(vmi: KubeObject): Promise<CpuAssignment | undefined> {
+    const want = this.dedicatedCpus(vmi);
+    if (!want) return undefined;
+    const { uid, isolate } = want;
+    const recorded = recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined) ?? this.pendingCpus.get(uid);
+    const a = want.choose(recorded);
     this.pendingCpus.set(uid, a);
     if (recorded !== a || !recordedAssignment(vmi.metadata.annotations as Record<string, string> | undefined)) {
       await this.client.patch(VMIS, vmi.metadata.name, { metadata: { annotations: assignmentAnnotations(a) } }, { namespace: vmi.metadata.namespace });
@@ -496,24 +508,12 @@ export class VmRuntime extends Controller {
    * prepared anew. Throws InsufficientDedicatedCpus: the migration fails, the source runs on.
    */
   private async assignIncomingCpus(vmi: KubeObject): Promise<CpuAssignment | undefined> {
-    const spec = vmi.spec as V1VirtualMachineInstanceSpec;
-    if (spec.domain?.cpu?.dedicatedCpuPlacement !== true) return undefined;
-    const cm = this.opts.cpuManager;
-    if (!cm)
-      throw new CpuManagerError(
-        'NoCpuManager',
-        `node ${this.opts.nodeName} has no CPU manager for dedicatedCpuPlacement: start its agent with --reserved-cpus`,
-      );
-    const uid = vmi.metadata.uid ?? '';
+    const want = this.dedicatedCpus(vmi);
+    if (!want) return undefined;
+    const { uid, isolate } = want;
     const migrationUid = migrationStateOfVmi(vmi)?.migrationUid ?? '';
-    const topo = cpuTopology((spec.domain ?? {}) as unknown as Record<string, unknown>, new Causes());
-    const vcpus = topo.sockets * topo.cores * topo.threads;
-    const isolate = spec.domain.cpu.isolateEmulatorThread === true;
-    const taken = new Set(this.takenCpus(uid));
     const recorded = recordedTargetAssignment(vmi.metadata.annotations as Record<string, string> | undefined, migrationUid, this.opts.nodeName);
-    const usable = (a: CpuAssignment) =>
-      a.vcpus.length === vcpus && (a.emulator !== undefined) === isolate && assignedCpus(a).every((c) => cm.pool.includes(c) && !taken.has(c));
-    const a = recorded && usable(recorded) ? recorded : cm.assign(vcpus, isolate, taken);
+    const a = want.choose(recorded);
     this.pendingCpus.set(uid, a);
     if (recorded !== a) {
       await this.client.patch(

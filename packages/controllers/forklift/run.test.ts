@@ -11,8 +11,9 @@ import { updateStatus } from '@vessel/runtime';
 import { InMemoryClient, until } from '../testing/harness.ts';
 import { cancelNames, migrationOutcome, MigrationRun, runLimited, type VmStatus } from './migration.ts';
 import type { PlanVmResult } from './validation.ts';
+import { planAndMigration } from './testdata.ts';
 
-const { DATAVOLUMES, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS, NAMESPACES, VMS } = refs;
+const { DATAVOLUMES, FORKLIFT_MIGRATIONS, VMS } = refs;
 
 test('runLimited: never more than the limit at once, every item once, in order', async () => {
   let now = 0;
@@ -43,27 +44,7 @@ test('cancelNames and migrationOutcome: Forklift matching (id first, else name) 
 test('MigrationRun: maxInFlight 2 over 5 VMs; two canceled (before and during); the others Completed', async () => {
   const c = new InMemoryClient();
   const ns = 'fk';
-  await c.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
-  const plan = await c.create(
-    FORKLIFT_PLANS,
-    {
-      apiVersion: 'forklift.konveyor.io/v1beta1',
-      kind: 'Plan',
-      metadata: { name: 'p', namespace: ns },
-      spec: {
-        targetNamespace: ns,
-        vms: [],
-        provider: { source: { name: 'ova' }, destination: { name: 'host' } },
-        map: { network: { name: 'n' }, storage: { name: 's' } },
-      },
-    },
-    { namespace: ns },
-  );
-  const migration = await c.create(
-    FORKLIFT_MIGRATIONS,
-    { apiVersion: 'forklift.konveyor.io/v1beta1', kind: 'Migration', metadata: { name: 'm', namespace: ns }, spec: { plan: { name: 'p', namespace: ns } } },
-    { namespace: ns },
-  );
+  const { plan, migration } = await planAndMigration(c, ns, 'ova');
   const vms: PlanVmResult[] = ['a', 'b', 'c', 'd', 'e'].map((n) => ({
     targetName: n,
     ...(n === 'e' ? { diskNames: ['custom-e'] } : {}),

@@ -1,5 +1,7 @@
 /** Builders of OVF descriptors and tar archives for the OVA tests (hostile ones included). */
 import { createHash } from 'node:crypto';
+import { refs, type KubeObject } from '@vessel/api';
+import type { ResourceRef } from '@vessel/client';
 
 export interface TestVm {
   name: string;
@@ -104,4 +106,30 @@ export function providerRefs(
   namespace: string,
 ): { source: { name: string; namespace: string }; destination: { name: string; namespace: string } } {
   return { source: { name: source, namespace }, destination: { name: 'host', namespace } };
+}
+
+/**
+ * A namespace, a Plan `p` (source provider `source`, maps `n` and `s`, `extra` spec fields) and a
+ * Migration `m` of it, created through `client`: what a MigrationRun test starts from.
+ */
+export async function planAndMigration(
+  client: { create(ref: ResourceRef, obj: KubeObject, opts?: { namespace?: string }): Promise<KubeObject> },
+  ns: string,
+  source: string,
+  extra: Record<string, unknown> = {},
+): Promise<{ plan: KubeObject; migration: KubeObject }> {
+  const { NAMESPACES, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
+  await client.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+  const spec = {
+    targetNamespace: ns,
+    ...extra,
+    vms: [],
+    provider: { source: { name: source }, destination: { name: 'host' } },
+    map: { network: { name: 'n' }, storage: { name: 's' } },
+  };
+  const plan = await client.create(FORKLIFT_PLANS, forkliftObject('Plan', 'p', ns, spec) as KubeObject, { namespace: ns });
+  const migration = await client.create(FORKLIFT_MIGRATIONS, forkliftObject('Migration', 'm', ns, { plan: { name: 'p', namespace: ns } }) as KubeObject, {
+    namespace: ns,
+  });
+  return { plan, migration };
 }

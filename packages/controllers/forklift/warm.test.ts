@@ -10,6 +10,7 @@ import { refs } from '@vessel/api';
 import { InMemoryClient } from '../testing/harness.ts';
 import { MigrationRun, type VmStatus } from './migration.ts';
 import type { PlanVmResult } from './validation.ts';
+import { planAndMigration } from './testdata.ts';
 import { cutoverTime, warmNext, warmPipeline, WarmRun, type WarmDisk, type WarmOps, type WarmVmStatus } from './warm.ts';
 
 const MIN = 60_000;
@@ -237,31 +238,10 @@ test('WarmRun: too many failed rounds fail the run in DiskTransfer; a cancel pas
 });
 
 test('MigrationRun: a warm plan runs the warm pipeline through its hook; a failure releases the tracking and names the step', async () => {
-  const { NAMESPACES, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
+  const { FORKLIFT_MIGRATIONS } = refs;
   const c = new InMemoryClient();
   const ns = 'fk';
-  await c.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
-  const plan = await c.create(
-    FORKLIFT_PLANS,
-    {
-      apiVersion: 'forklift.konveyor.io/v1beta1',
-      kind: 'Plan',
-      metadata: { name: 'p', namespace: ns },
-      spec: {
-        targetNamespace: ns,
-        warm: true,
-        vms: [],
-        provider: { source: { name: 'cluster' }, destination: { name: 'host' } },
-        map: { network: { name: 'n' }, storage: { name: 's' } },
-      },
-    },
-    { namespace: ns },
-  );
-  const migration = await c.create(
-    FORKLIFT_MIGRATIONS,
-    { apiVersion: 'forklift.konveyor.io/v1beta1', kind: 'Migration', metadata: { name: 'm', namespace: ns }, spec: { plan: { name: 'p', namespace: ns } } },
-    { namespace: ns },
-  );
+  const { plan, migration } = await planAndMigration(c, ns, 'cluster', { warm: true });
   const vms: PlanVmResult[] = ['ok', 'bad'].map((n) => ({
     targetName: n,
     vm: { id: `id-${n}`, name: n, ovfId: n, source: 'src', osType: '', cpus: 1, memoryMB: 64, firmware: 'bios', disks: [], nics: [] },
