@@ -36,11 +36,19 @@ before(async () => {
 });
 
 after(async () => {
+  if (!c) return;
   for (const [ns, name] of [
     [TARGET, 'src-vm'],
     [SRC, 'src-vm'],
   ])
     await c?.client.patch(VMS, name, { spec: { runStrategy: 'Halted' } }, { namespace: ns }).catch(() => undefined);
+  // The agents leave running guests alive when they stop: the VMIs go first.
+  for (const ns of [TARGET, SRC])
+    await eventually(
+      `the VMIs of ${ns} gone`,
+      async () => ((await c.client.list(VMIS, { namespace: ns })).items.length === 0 ? true : undefined),
+      120_000,
+    ).catch(() => undefined);
   await c?.close();
 });
 

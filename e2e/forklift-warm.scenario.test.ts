@@ -53,7 +53,15 @@ before(async () => {
 });
 
 after(async () => {
+  if (!v) return;
   for (const name of [SRC, DST]) await v?.client.delete(NS, name).catch(() => undefined);
+  // The agent leaves running guests alive when it stops: their VMIs go first.
+  for (const name of [SRC, DST])
+    await eventually(
+      `the VMIs of ${name} gone`,
+      async () => ((await v.client.list(VMI, { namespace: name })).items.length === 0 ? true : undefined),
+      120_000,
+    ).catch(() => undefined);
   await v?.close();
   if (dir) await rm(dir, { recursive: true, force: true });
 });
