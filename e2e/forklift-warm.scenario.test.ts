@@ -6,7 +6,7 @@
  * apart, then the cutover: the source paused, the last round, the source stopped, the target VM
  * made. The target claims equal the source's (qemu-img compare) and hold the last record the
  * guest wrote; the target VM then boots (its ready line). Prints the cutover's downtime (source paused → target
- * VMI Running). Not through a Plan: the `openshift` provider is built apart (docs).
+ * VMI Running). WarmRun directly; e2e/forklift-warm-plan.e2e.test.ts goes through a Plan.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';

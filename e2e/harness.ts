@@ -46,6 +46,8 @@ export interface VesselOptions {
   /** Forklift: VMs of one migration at once; the registered hook scripts' directory. */
   forkliftMaxInFlight?: number;
   forkliftHookDir?: string;
+  /** Forklift: time between a warm migration's precopy rounds (default 60 min). */
+  forkliftPrecopyIntervalMs?: number;
   /**
    * Run a node agent in the process too (storage and, later, VMs): its node name.
    * allowLoopbackImports: tests that import from their loopback http servers or registries.
@@ -75,6 +77,7 @@ export async function startVessel(opts: VesselOptions = {}): Promise<Vessel> {
     ovaRoots: opts.ovaRoots,
     forkliftMaxInFlight: opts.forkliftMaxInFlight,
     forkliftHookDir: opts.forkliftHookDir,
+    forkliftPrecopyIntervalMs: opts.forkliftPrecopyIntervalMs,
     agent: opts.agent,
     log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
   });

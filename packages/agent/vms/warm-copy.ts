@@ -21,6 +21,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { FFDHE2048_PEM } from '@vessel/tls';
 import { blockNodeNames } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { formatHostPort, MigrationRelay, parseHostPort } from './migration-relay.ts';
@@ -93,6 +94,8 @@ export async function exportTarget(opts: {
   try {
     await mkdir(join(dir, 'psk'), { mode: 0o700 });
     await writeFile(join(dir, 'psk', 'keys.psk'), `${identity}:${key}\n`, { mode: 0o600 });
+    // Without it a TLS server endpoint of QEMU 7.2 generates a DH group first (seconds; packages/tls/dh.ts).
+    await writeFile(join(dir, 'psk', 'dh-params.pem'), FFDHE2048_PEM, { mode: 0o600 });
     child = spawn(
       opts.qemuNbd ?? 'qemu-nbd',
       [

@@ -1,0 +1,186 @@
+/**
+ * Warm migration through Forklift's API (docs/forklift.md, "Warm migration"): the host `openshift`
+ * provider (empty url) in the source namespace, a NetworkMap and StorageMap, a Plan with `warm:
+ * true` into another namespace, and its Migration, while the tiny guest writes numbered records
+ * to a 64 MiB data claim. The server runs precopy rounds every 3 s; once the Migration reports 3
+ * precopies the test sets `spec.cutover` to now, as a user would. Then: the Migration Succeeded
+ * with Forklift's warm status, the target claims equal the source's (qemu-img compare) and hold
+ * the last record the source wrote, and the target VM boots (two guest boots: about 40 s on an
+ * idle host).
+ */
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import type { KubeObject, ResourceRef } from '@vessel/client';
+import { TINY_SERIAL } from '@vessel/guest';
+import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { forkliftObject } from '../packages/controllers/forklift/testdata.ts';
+import { eventually, run, startVessel, type Vessel } from './harness.ts';
+import { serialLog, tinyVm } from './tiny-vm.ts';
+
+const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1', namespaced = true): ResourceRef => ({ group, version, plural, namespaced });
+const PROVIDERS = ref('providers');
+const NETMAPS = ref('networkmaps');
+const STORAGEMAPS = ref('storagemaps');
+const PLANS = ref('plans');
+const MIGRATIONS = ref('migrations');
+const NS = ref('namespaces', '', 'v1', false);
+const VM = ref('virtualmachines', 'kubevirt.io', 'v1');
+const VMI = ref('virtualmachineinstances', 'kubevirt.io', 'v1');
+const PVC = ref('persistentvolumeclaims', '', 'v1');
+const SRC = 'wplan-src';
+const DST = 'wplan-dst';
+const NAME = 'busy';
+type Obj = Record<string, unknown>;
+type Cond = { type: string; status: string; message?: string };
+type WarmStatus = { successes: number; failures: number; precopies?: { start: string; end?: string }[] };
+type VmS = { name: string; phase: string; error?: unknown; warm?: WarmStatus; pipeline: { name: string; phase: string }[] };
+
+/** Records to 64 slots 64 KiB apart on the 64 MiB disk, each flushed, then printed. */
+const WRITER = `#!/bin/sh
+for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && dev=/dev/\${d##*/}; done
+n=0
+while :; do
+  n=$((n + 1))
+  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$(( (n % 64) * 128 )) count=1 conv=sync,notrunc,fsync 2>/dev/null
+  echo "VESSEL-WROTE $n"
+done
+`;
+
+let v: Vessel;
+let dir: string;
+const since0 = performance.now();
+const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
+const written = (text: string): number[] => [...text.matchAll(/VESSEL-WROTE (\d+)/g)].map((m) => Number(m[1]));
+const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
+const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, SRC, spec);
+const pathOf = async (ns: string, claim: string) =>
+  String((await v.client.get(PVC, claim, { namespace: ns })).metadata?.annotations?.['vessel.io/volume-path']);
+
+before(async () => {
+  v = await startVessel({ agent: { nodeName: 'node-a' }, forkliftPrecopyIntervalMs: 3000 });
+  dir = await mkdtemp(join(tmpdir(), 'vessel-wplan-'));
+  await ensureTinyImage(v.client, () => undefined);
+  for (const name of [SRC, DST]) await v.client.create(NS, { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
+});
+
+after(async () => {
+  if (!v) return;
+  for (const name of [SRC, DST]) await v.client.delete(NS, name).catch(() => undefined);
+  // The agent leaves running guests alive when it stops: their VMIs go first.
+  for (const name of [SRC, DST])
+    await eventually(
+      `the VMIs of ${name} gone`,
+      async () => ((await v.client.list(VMI, { namespace: name })).items.length === 0 ? true : undefined),
+      120_000,
+    ).catch(() => undefined);
+  await v.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+test(
+  'a warm Plan from the host openshift provider: precopies while the guest writes, cutover at spec.cutover, every write on the target',
+  { timeout: 2_400_000 },
+  async () => {
+    await v.client.create(
+      PVC,
+      {
+        apiVersion: 'v1',
+        kind: 'PersistentVolumeClaim',
+        metadata: { name: `${NAME}-data`, namespace: SRC },
+        spec: { accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
+      },
+      { namespace: SRC },
+    );
+    const vm = tinyVm(NAME, { namespace: SRC, userData: WRITER, terminationGracePeriodSeconds: 2 }) as {
+      spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
+    };
+    vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
+    vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: `${NAME}-data` } });
+    await v.client.create(VM, vm as unknown as Obj, { namespace: SRC });
+    await eventually('the guest writing', async () => (written(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
+    log('source guest writes');
+
+    const provider = { source: { name: 'host', namespace: SRC }, destination: { name: 'host', namespace: SRC } };
+    await v.client.create(PROVIDERS, fk('Provider', 'host', { type: 'openshift', url: '', secret: {} }), { namespace: SRC });
+    await v.client.create(NETMAPS, fk('NetworkMap', 'net', { provider, map: [{ source: { type: 'pod' }, destination: { type: 'pod' } }] }), { namespace: SRC });
+    const classes = ['local', 'shared'].map((name) => ({ source: { name }, destination: { storageClass: name } }));
+    await v.client.create(STORAGEMAPS, fk('StorageMap', 'disks', { provider, map: classes }), { namespace: SRC });
+    await v.client.create(
+      PLANS,
+      fk('Plan', 'warm', {
+        provider,
+        warm: true,
+        targetNamespace: DST,
+        map: { network: { name: 'net', namespace: SRC }, storage: { name: 'disks', namespace: SRC } },
+        vms: [{ name: NAME, namespace: SRC }],
+      }),
+      { namespace: SRC },
+    );
+    await eventually(
+      'the plan Ready',
+      async () => (conds(await v.client.get(PLANS, 'warm', { namespace: SRC })).some((c) => c.type === 'Ready' && c.status === 'True') ? true : undefined),
+      120_000,
+    ).catch(async (e: unknown) => {
+      throw new Error(`${(e as Error).message}: ${JSON.stringify(conds(await v.client.get(PLANS, 'warm', { namespace: SRC })))}`);
+    });
+    await v.client.create(MIGRATIONS, fk('Migration', 'warm-1', { plan: { name: 'warm', namespace: SRC } }), { namespace: SRC });
+    const vmStatus = async () => ((await v.client.get(MIGRATIONS, 'warm-1', { namespace: SRC })).status as { vms?: VmS[] } | undefined)?.vms?.[0];
+    await eventually('3 precopies after the full copy', async () => ((await vmStatus())?.warm?.successes ?? 0) >= 4 || undefined, 900_000, 500).catch(
+      async (e: unknown) => {
+        throw new Error(`${(e as Error).message}: ${JSON.stringify(await vmStatus())}`);
+      },
+    );
+    log(`precopies: ${JSON.stringify((await vmStatus())?.warm)}`);
+    const cutoverAt = performance.now();
+    await v.client.patch(MIGRATIONS, 'warm-1', { spec: { cutover: new Date().toISOString() } }, { namespace: SRC });
+    const m = await eventually(
+      'the migration completed',
+      async () => {
+        const o = await v.client.get(MIGRATIONS, 'warm-1', { namespace: SRC });
+        return (o.status as { completed?: string } | undefined)?.completed ? o : undefined;
+      },
+      600_000,
+      250,
+    );
+    const s = (m.status as { vms: VmS[] }).vms[0];
+    log(
+      `migration completed ${((performance.now() - cutoverAt) / 1000).toFixed(1)} s after spec.cutover; pipeline ${JSON.stringify(s.pipeline.map((p) => [p.name, p.phase]))}`,
+    );
+    assert.ok(
+      conds(m).some((c) => c.type === 'Succeeded' && c.status === 'True'),
+      JSON.stringify(s),
+    );
+    assert.ok(
+      s.pipeline.every((p) => p.phase === 'Completed'),
+      JSON.stringify(s.pipeline),
+    );
+    assert.ok((s.warm?.precopies?.length ?? 0) >= 5, `a full copy, 3 precopies and the cutover round: ${JSON.stringify(s.warm)}`);
+
+    // The source is stopped; the target claims equal the source's and hold the last record written.
+    await assert.rejects(v.client.get(VMI, NAME, { namespace: SRC }));
+    const last = Math.max(...written(await serialLog(v.dataDir, SRC, NAME)));
+    for (const vol of ['root', 'data']) {
+      const cmp = await run('qemu-img', ['compare', '-U', await pathOf(SRC, `${NAME}-${vol}`), await pathOf(DST, `${NAME}-${vol}`)]);
+      assert.equal(cmp.code, 0, `${vol}: ${cmp.out} ${cmp.err}`);
+    }
+    const raw = join(dir, 'data.raw');
+    const conv = await run('qemu-img', ['convert', '-U', '-O', 'raw', await pathOf(DST, `${NAME}-data`), raw]);
+    assert.equal(conv.code, 0, conv.err);
+    const bytes = await readFile(raw);
+    const slot = (n: number) => bytes.subarray((n % 64) * 65536, (n % 64) * 65536 + 20).toString('latin1');
+    assert.equal(slot(last), `VESSEL-REC ${String(last).padStart(8, '0')}\n`, `record ${last}`);
+    log(`target holds record ${last}, the last the source wrote`);
+
+    // targetPowerState unset: the target starts, and its guest comes up.
+    await eventually(
+      'the target guest ready',
+      async () => ((await serialLog(v.dataDir, DST, NAME).catch(() => '')).includes(TINY_SERIAL.ready) ? true : undefined),
+      900_000,
+      1000,
+    );
+    log(`target guest ready, ${((performance.now() - cutoverAt) / 1000).toFixed(1)} s after spec.cutover`);
+  },
+);
