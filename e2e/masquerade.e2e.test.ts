@@ -8,6 +8,7 @@
  * back to node 1 (its QEMU in the pod: through the migration relay) keeps them too, no reboot.
  */
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
@@ -94,7 +95,10 @@ before(async () => {
   [node0, node1] = c.nodes.cluster.nodes;
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
+/** Processes a test started that must not outlive the file (a packet capture). */
+const children: ChildProcess[] = [];
 after(async () => {
+  for (const p of children) p.kill();
   if (!c) return;
   for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null } }).catch(() => undefined);
   await c.client.delete(SVC, 'peers', { namespace: ns }).catch(() => undefined);
@@ -266,6 +270,19 @@ async function qemus(): Promise<number[]> {
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 const toB = async () => ((await serial('a')).match(/^VESSEL-TO-B-OK$/gm) ?? []).length;
 
+/** Prints the sender IP of every gratuitous ARP (sender IP = target IP) from a MAC seen on an interface. */
+const GARP_CAPTURE = `
+import socket, sys
+mac = bytes.fromhex(sys.argv[2].replace(':', ''))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind((sys.argv[1], 0))
+print('ready', flush=True)
+while True:
+    f = s.recv(65535)
+    if f[6:12] == mac and f[12:14] == b'\\x08\\x06' and f[28:32] == f[38:42]:
+        print('garp ' + socket.inet_ntoa(f[28:32]), flush=True)
+`;
+
 test('a live migration of b (masquerade) to node 1: Succeeded through the relay, same IP and MAC, no reboot, a reaches it, one QEMU each', async () => {
   const before = await running('b');
   assert.equal(before.nodeName, node0.name);
@@ -275,6 +292,15 @@ test('a live migration of b (masquerade) to node 1: Succeeded through the relay,
   const offset = (await stat(join(targetDir, 'serial.log')).catch(() => ({ size: 0 }))).size;
   const up0 = await eventually('b printing its uptime', async () => uptimes(await serial('b')).at(-1), 60_000);
   const seen = await toB();
+  // Node 0's VXLAN port: where b's pod announces itself from node 1 after the switch (a third
+  // node's bridge would otherwise send b's frames to node 0 until its entry aged out).
+  const capture = spawn('ip', ['netns', 'exec', node0.netns, '/usr/bin/python3', '-c', GARP_CAPTURE, 'vsl-vx0', String(nic.mac)], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let captured = '';
+  capture.stdout.on('data', (d) => (captured += d));
+  children.push(capture);
+  await eventually('the ARP capture ready', async () => (captured.startsWith('ready') ? true : undefined), 30_000);
   const t0 = Date.now();
   await c.client.create(
     VMIM,
@@ -302,10 +328,16 @@ test('a live migration of b (masquerade) to node 1: Succeeded through the relay,
       `transfer ${Date.parse(ms.endTimestamp ?? '') - Date.parse(ms.startTimestamp ?? '')} ms`,
   );
   nodeOf.b = node1;
-  const after = await status('b');
-  assert.equal(after.nodeName, node1.name);
-  assert.equal(after.interfaces?.[0]?.ipAddress, nic.ipAddress, 'the same cluster IP');
-  assert.equal(after.interfaces?.[0]?.mac, nic.mac, 'the same MAC');
+  await eventually(
+    `a gratuitous ARP for ${nic.ipAddress} from b's pod on node 1, seen on node 0's VXLAN port`,
+    async () => (captured.includes(`garp ${nic.ipAddress}\n`) ? true : undefined),
+    15_000,
+  );
+  capture.kill();
+  const moved = await status('b');
+  assert.equal(moved.nodeName, node1.name);
+  assert.equal(moved.interfaces?.[0]?.ipAddress, nic.ipAddress, 'the same cluster IP');
+  assert.equal(moved.interfaces?.[0]?.mac, nic.mac, 'the same MAC');
   // The guest did not reboot: its uptime goes on in the target's log, which shows no new DHCP at boot.
   const fresh = async () => (await readFile(join(targetDir, 'serial.log'), 'utf8')).slice(offset);
   const up1 = await eventually('b printing its uptime on node 1', async () => uptimes(await fresh()).at(0), 60_000);

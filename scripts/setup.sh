@@ -26,6 +26,7 @@ want 'command -v mcopy'                 mtools
 want 'command -v syslinux'              syslinux
 want 'test -f /usr/lib/syslinux/mbr/mbr.bin' syslinux-common
 want 'command -v sfdisk'                fdisk
+want 'arping -V | grep -q iputils'  iputils-arping     # a masquerade VM's pod announces its address after a live migration
 want 'command -v nft'                   nftables           # the cluster network: NAT and (later) Services, policies
 want 'command -v dnsmasq'               dnsmasq-base       # the cluster network: DHCP and DNS per node
 want 'command -v genisoimage'           genisoimage        # cloud-init seed ISOs

@@ -14,7 +14,7 @@ import { Dnsmasq } from './dnsmasq.ts';
 import { NetworkError } from './errors.ts';
 import { type NetNs } from './exec.ts';
 import { installRuleset } from './nft.ts';
-import { POD_TAP, ensurePod, listPods, podNetnsName, removePod, type MasqPort } from './pod.ts';
+import { POD_TAP, announcePod, ensurePod, listPods, podNetnsName, removePod, type MasqPort } from './pod.ts';
 import { ensureTap, listTaps, removeTap, tapName } from './taps.ts';
 import { ensureVxlan, syncFdb } from './vxlan.ts';
 
@@ -232,6 +232,12 @@ export class ClusterNetwork extends Controller {
   /** The namespace of the VMI's pod (masquerade binding), whether or not it exists. */
   podNetns(namespace: string, name: string): string {
     return podNetnsName(this.opts.netns, namespace, name);
+  }
+
+  /** Gratuitous ARPs for interface `iface` from the VMI's pod: the guest arrived here by a live migration. */
+  async announce(vmi: VmiRef, iface: string): Promise<void> {
+    const nic = this.nicOf(vmi, iface);
+    if (nic) await announcePod(this.podNetns(vmi.metadata.namespace ?? '', vmi.metadata.name), nic.ip);
   }
 
   /** The VMI's QEMU is gone: its tap (or pod) and lease go too. */

@@ -161,6 +161,17 @@ export async function ensurePod(nodeNetns: NetNs, stateDir: string, namespace: s
   return pod;
 }
 
+/**
+ * After a live migration every bridge and VXLAN device of the VM network still has the pod's MAC
+ * learnt towards the source node, and QEMU's own announce (RARP) stays inside the pod, behind the
+ * NAT. Gratuitous ARP requests from the pod's `eth0` (iputils' `arping -U`, broadcast, so flooded
+ * over VXLAN to every node) move them here at once; one a second, three in all, as QEMU's rounds.
+ */
+export async function announcePod(pod: string, ip: string): Promise<void> {
+  if (!parseIPv4(ip)) throw new NetworkError('InvalidArgument', `not an IPv4 address: ${ip}`);
+  await inNs(checkNetns(pod), ['arping', '-q', '-U', '-c', '3', '-I', POD_IFACE, ip], { timeoutMs: 10_000 });
+}
+
 /** Starts the pod's dnsmasq, or keeps the running one when its arguments are the same. */
 async function ensurePodDnsmasq(pod: string, dir: string, args: string[]): Promise<void> {
   await mkdir(dir, { recursive: true, mode: 0o750 });

@@ -16,7 +16,7 @@
  */
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
+import type { V1Interface, V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
@@ -95,9 +95,14 @@ export function liveMigratable(
  * its QEMU then runs in the VM's pod namespace (network/pod.ts), not the node's.
  */
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
+  const iface = podInterface(spec);
+  return iface !== undefined && bindingOf(iface) === 'masquerade';
+}
+
+/** The interface on the pod network, if the VMI has one. */
+export function podInterface(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): V1Interface | undefined {
   const pod = (spec?.networks ?? []).find((n) => n.pod)?.name;
-  const iface = (spec?.domain?.devices?.interfaces ?? []).find((i) => i.name === pod);
-  return pod !== undefined && iface !== undefined && bindingOf(iface) === 'masquerade';
+  return pod === undefined ? undefined : (spec?.domain?.devices?.interfaces ?? []).find((i) => i.name === pod);
 }
 
 /** The pool a claim's volume is on, from its annotation and this node's pools. */
@@ -121,6 +126,8 @@ export interface MigrationHost {
    * does not exist: its migration goes through a relay (migration-relay.ts) in `nodeNetns`.
    */
   qemuInPod(vmi: KubeObject): boolean;
+  /** Announces a pod's MAC and IP on the VM network (gratuitous ARP): the guest now runs here, behind the pod's NAT. */
+  announcePod?(vmi: KubeObject): Promise<void>;
   /** The node's network namespace (`ip netns` name; undefined: the agent's own). */
   nodeNetns?: string;
   /**
@@ -273,6 +280,13 @@ export class VmMigrations {
     await t.qmp?.close();
     await t.relay?.close();
     const vmi = this.host.vmi(key);
+    // Not waited for: the ARPs go out over three seconds, and a failure loses only the shortcut
+    // (peers learn the MAC again from the guest's next reply).
+    if (vmi && this.host.qemuInPod(vmi))
+      void this.host.announcePod?.(vmi).then(
+        () => this.host.log(`migration: ${key}: the pod's address announced`),
+        (e: Error) => this.host.log(`migration: ${key}: announcing the pod's address: ${e.message}`),
+      );
     faultPoint('migration:target-claims');
     if (vmi && t.disks.length) await this.claimsArrived(vmi, t.disks);
     this.claimsRecorded.add(t.migrationUid);

@@ -42,7 +42,7 @@ import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
 import { bindingOf, PrepareError, prepareVm } from './prepare.ts';
-import { claimPool, liveMigratable, masqueradePod, VmMigrations } from './migration.ts';
+import { claimPool, liveMigratable, masqueradePod, podInterface, VmMigrations } from './migration.ts';
 import { removeRelaySockets } from './migration-relay.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
 import type { SecondaryNetworks } from '../network/secondary.ts';
@@ -206,6 +206,10 @@ export class VmRuntime extends Controller {
       listenAddress: opts.migrationAddress ?? '127.0.0.1',
       // Without a cluster network there is no pod: QEMU runs in the agent's namespace.
       qemuInPod: (vmi) => !!opts.network && masqueradePod(vmi.spec as V1VirtualMachineInstanceSpec),
+      announcePod: async (vmi) => {
+        const iface = podInterface(vmi.spec as V1VirtualMachineInstanceSpec);
+        if (iface && opts.network) await opts.network.announce(vmi, iface.name);
+      },
       nodeNetns: opts.network?.netns,
       tlsDir: opts.migrationTlsDir,
       vmi: (key) => this.vmis.get(key),
