@@ -1,5 +1,6 @@
 /**
- * govmomi's vCenter simulator for the vsphere provider's tests: e2e/vcsim/main.go built offline
+ * govmomi's vCenter simulator for the vsphere provider's tests: e2e/vcsim/main.go (+ cbt.go, our
+ * Changed Block Tracking test double) built offline
  * (GO111MODULE=off against Debian's golang-github-vmware-govmomi-dev in /usr/share/gocode) once
  * per source hash into the cache ($VESSEL_CACHE_DIR/vcsim, default /var/cache/vessel/vcsim), then
  * started on loopback with TLS. `stop()` closes its stdin (it removes its datastore directories)
@@ -13,7 +14,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
-const SOURCE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.go');
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+// main.go and cbt.go (our CBT test double), built together.
+const SOURCES = ['main.go', 'cbt.go'].map((f) => path.join(HERE, f));
 const GOPATH = '/usr/share/gocode';
 
 export interface Vcsim {
@@ -34,9 +37,10 @@ let building: Promise<string> | undefined;
 /** The built simulator's path, building it (about 20 s) when the cache has none for this source. */
 export function ensureVcsim(): Promise<string> {
   building ??= (async () => {
-    const src = await readFile(SOURCE);
     const goVersion = (await promisify(execFile)('go', ['version'])).stdout.trim();
-    const hash = createHash('sha256').update(src).update(goVersion).digest('hex').slice(0, 16);
+    const h = createHash('sha256');
+    for (const f of SOURCES) h.update(await readFile(f));
+    const hash = h.update(goVersion).digest('hex').slice(0, 16);
     const dir = path.join(process.env.VESSEL_CACHE_DIR ?? '/var/cache/vessel', 'vcsim');
     const bin = path.join(dir, `vcsim-${hash}`);
     try {
@@ -50,7 +54,7 @@ export function ensureVcsim(): Promise<string> {
     });
     await mkdir(dir, { recursive: true });
     const tmp = `${bin}.${process.pid}.tmp`;
-    await promisify(execFile)('go', ['build', '-o', tmp, SOURCE], {
+    await promisify(execFile)('go', ['build', '-o', tmp, ...SOURCES], {
       env: { ...process.env, GO111MODULE: 'off', GOPATH, GOFLAGS: '', GOCACHE: path.join(dir, 'gocache'), GOPROXY: 'off' },
       timeout: 5 * 60_000,
     });
