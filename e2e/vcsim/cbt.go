@@ -2,11 +2,13 @@
 // QueryChangedDiskAreas), not VMware's behaviour. vcsim's registry type-asserts VMs to its own
 // type, so rather than wrapping the VM object this intercepts two SOAP calls before vcsim sees
 // them: CreateSnapshot_Task (new change ids on the VM's disks, recorded block hashes of each flat
-// file) and QueryChangedDiskAreas (answered from the records).
+// file) and QueryChangedDiskAreas (answered from the records). It also counts the bytes the
+// datastore's /folder interface serves (GET /vessel-test/reads, JSON path → bytes).
 package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"encoding/xml"
 	"fmt"
 	"hash/fnv"
@@ -25,6 +27,26 @@ const (
 	cbtBlock = 64 * 1024
 	cbtPage  = 4 * 1024 * 1024
 )
+
+// reads counts the bytes the datastore's /folder interface served, per URL path, so a test can
+// tell what a warm round read (GET /vessel-test/reads).
+var reads = struct {
+	sync.Mutex
+	bytes map[string]int64
+}{bytes: map[string]int64{}}
+
+type countingWriter struct {
+	http.ResponseWriter
+	path string
+}
+
+func (c countingWriter) Write(b []byte) (int, error) {
+	n, err := c.ResponseWriter.Write(b)
+	reads.Lock()
+	reads.bytes[c.path] += int64(n)
+	reads.Unlock()
+	return n, err
+}
 
 var cbt = struct {
 	sync.Mutex
@@ -188,6 +210,18 @@ func queryChangedDiskAreas(w http.ResponseWriter, q *qcdaEnvelope) {
 // withCBT wraps vcsim's handler: the two calls above, everything else passed through.
 func withCBT(next http.Handler, datastores map[string]string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && r.URL.Path == "/vessel-test/reads" {
+			reads.Lock()
+			out, _ := json.Marshal(reads.bytes)
+			reads.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(out)
+			return
+		}
+		if r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/folder/") {
+			next.ServeHTTP(countingWriter{w, r.URL.Path}, r)
+			return
+		}
 		if r.Method != http.MethodPost || !strings.HasSuffix(r.URL.Path, "/sdk") {
 			next.ServeHTTP(w, r)
 			return

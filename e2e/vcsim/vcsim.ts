@@ -8,6 +8,7 @@
  */
 import { spawn, execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import https from 'node:https';
 import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import path from 'node:path';
@@ -29,6 +30,8 @@ export interface Vcsim {
   otherCert: string;
   /** Datastore name → its directory on this host. */
   datastores: Record<string, string>;
+  /** Bytes the datastore's /folder interface has served so far, per URL path (`/folder/VM/disk1-flat.vmdk`). */
+  reads(): Promise<Record<string, number>>;
   stop(): Promise<void>;
 }
 
@@ -94,6 +97,16 @@ export async function startVcsim(opts: { memory?: Record<string, number>; disk?:
     cert: info.cert,
     otherCert: info.otherCert,
     datastores: info.datastores,
+    reads: () =>
+      new Promise((resolve, reject) => {
+        https
+          .get(new URL('/vessel-test/reads', u), { ca: info.cert }, (res) => {
+            let body = '';
+            res.setEncoding('utf8').on('data', (d: string) => (body += d));
+            res.on('end', () => resolve(JSON.parse(body) as Record<string, number>));
+          })
+          .on('error', reject);
+      }),
     async stop() {
       child.stdin.end();
       const timer = setTimeout(() => child.kill('SIGKILL'), 5000);

@@ -21,7 +21,7 @@ import { writeRanges, type NbdTarget } from '../range-writer.ts';
 import type { WarmDisk, WarmOps } from '../warm.ts';
 import { createSnapshot, queryChangedAreas, removeSnapshot, snapshotChangeIds, type DiskArea } from './cbt.ts';
 import type { VsphereVm } from './inventory.ts';
-import { openDisk, powerOff } from './provider.ts';
+import { flatExtent, powerOff } from './provider.ts';
 import { parseDatastorePath, VsphereError, type MoRef, type VsphereClient } from './soap.ts';
 
 const { DATAVOLUMES, PVCS, VMS } = refs;
@@ -100,15 +100,27 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
     }
     return { address: st.address!, export: st.export!, identity: st.identity!, key: st.key! };
   };
-  // The file holding disk i's bytes: the descriptor's flat extent (resolved once; its stream dropped).
+  // The raw file holding disk i's bytes: the descriptor's flat extent (vcsim may list only `-flat.vmdk`).
   const flatOf = async (c: VsphereClient, i: number): Promise<{ ds: string; path: string }> => {
     const known = flatFiles.get(disks[i].volume);
     if (known) return known;
-    const opened = await openDisk(c, src.vm, i, src.datastoreName);
-    opened.stream.destroy();
-    const where = parseDatastorePath(opened.file);
-    if (!where) throw new VsphereError('NotFound', `disk ${opened.file} is not a datastore path`);
-    const f = { ds: where.datastore, path: where.path };
+    const file = src.vm.disks[i].file;
+    const where = parseDatastorePath(file);
+    if (!where) throw new VsphereError('NotFound', `disk ${file} is not a datastore path`);
+    const ds = src.datastoreName(src.vm.disks[i].datastore ?? '') ?? where.datastore;
+    const res = await c.download(src.vm.datacenter, ds, where.path);
+    let path: string | undefined;
+    if (res.statusCode === 404 && where.path.endsWith('.vmdk')) path = where.path.replace(/\.vmdk$/, '-flat.vmdk');
+    else if (res.statusCode === 200 && Number(res.headers['content-length'] ?? Infinity) <= 64 * 1024) {
+      const chunks: Buffer[] = [];
+      for await (const b of res) chunks.push(b as Buffer);
+      const extent = flatExtent(Buffer.concat(chunks).toString('latin1'));
+      if (extent) path = (where.path.includes('/') ? where.path.slice(0, where.path.lastIndexOf('/') + 1) : '') + extent;
+    }
+    res.destroy();
+    // A sparse or multi-extent VMDK has no byte offsets a changed area could name.
+    if (!path) throw new VsphereError('NotSupported', `${file}: warm rounds read a flat extent; this disk has none (HTTP ${res.statusCode})`);
+    const f = { ds, path };
     flatFiles.set(disks[i].volume, f);
     return f;
   };
