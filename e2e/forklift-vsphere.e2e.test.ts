@@ -7,7 +7,10 @@
  * given a snapshot), then a cold Migration: the source is powered off in vcsim, the disk streams
  * from the datastore's /folder interface into a DataVolume (contents equal), the VM is created
  * with the source's CPUs, memory and MAC, and since the source was on, it starts and the guest
- * prints its ready line. One guest boot.
+ * prints its ready line. One guest boot. And a warm Migration (no guest boot) of DC0_C0_RP0_VM0
+ * with CBT on: rounds of QueryChangedDiskAreas (served by our double, e2e/vcsim/cbt.go) read only
+ * the blocks the test changed between rounds; at the cutover the source is powered off, its
+ * snapshots are gone and the target volume equals the source's flat file.
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
