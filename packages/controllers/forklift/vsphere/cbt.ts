@@ -86,11 +86,20 @@ export function parseChangeIds(devices: XmlElement | undefined): Map<number, str
   return out;
 }
 
-/** The change ids of a snapshot's disks (empty when CBT was off when it was taken). */
-export async function snapshotChangeIds(client: VsphereClient, snapshot: MoRef): Promise<Map<number, string>> {
+/** Device key → the disk file (`backing.fileName`) of each VirtualDisk: under a snapshot, a delta file names its base as parent. */
+export function parseDiskFiles(devices: XmlElement | undefined): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const d of kids(devices, 'VirtualDevice'))
+    if (d.attrs.type === 'VirtualDisk') out.set(Number(text(kid(d, 'key'))), text(kid(kid(d, 'backing'), 'fileName')));
+  return out;
+}
+
+/** A snapshot's disks: their change ids (none when CBT was off when it was taken) and files. */
+export async function snapshotDisks(client: VsphereClient, snapshot: MoRef): Promise<{ changeIds: Map<number, string>; files: Map<number, string> }> {
   const props = await client.retrieve(snapshot, ['config.hardware.device']);
   if (!props) throw new VsphereError('NotFound', `snapshot ${snapshot.value} is gone`);
-  return parseChangeIds(props.props.get('config.hardware.device'));
+  const devices = props.props.get('config.hardware.device');
+  return { changeIds: parseChangeIds(devices), files: parseDiskFiles(devices) };
 }
 
 /**

@@ -9,7 +9,7 @@ import assert from 'node:assert/strict';
 import { envelope, parseDatastorePath, parseReply, parseRetrieveResult, VsphereError } from './soap.ts';
 import { buildInventory, type VsphereVm } from './inventory.ts';
 import { flatExtent, parseSecret } from './provider.ts';
-import { mergeAreas, parseChangeIds, parseDiskChangeInfo, parseLeaseInfo } from './cbt.ts';
+import { mergeAreas, parseChangeIds, parseDiskChangeInfo, parseDiskFiles, parseLeaseInfo } from './cbt.ts';
 import { planConcerns } from '../validation.ts';
 
 const soap = (body: string) =>
@@ -229,6 +229,14 @@ test("a snapshot's disk changeIds; an HttpNfcLeaseInfo's device URLs with the * 
   const props = parseRetrieveResult(devices.children[0]).objects[0].props;
   // The second disk has no changeId (CBT off for it): not listed.
   assert.deepEqual([...parseChangeIds(props.get('config.hardware.device'))], [[2000, '52 3c 0a 1f 9b 2e 44 7d-8f 31 aa 04 5e 6b 21 90/12']]);
+  // The disk files (a warm round refuses a snapshot whose disk is a delta, not the inventory's file).
+  assert.deepEqual(
+    [...parseDiskFiles(props.get('config.hardware.device'))],
+    [
+      [2000, '[ds1] vm/vm.vmdk'],
+      [2001, '[ds1] vm/vm_1.vmdk'],
+    ],
+  );
 
   const lease = parseReply(
     soap(`<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="HttpNfcLease">session[52b1]52f3</obj><propSet><name>info</name><val xsi:type="HttpNfcLeaseInfo">

@@ -19,7 +19,7 @@ import { isStatusError } from '@vessel/client';
 import type { Readable } from 'node:stream';
 import { writeRanges, type NbdTarget } from '../range-writer.ts';
 import type { WarmDisk, WarmOps } from '../warm.ts';
-import { createSnapshot, queryChangedAreas, removeSnapshot, snapshotChangeIds, type DiskArea } from './cbt.ts';
+import { createSnapshot, queryChangedAreas, removeSnapshot, snapshotDisks, type DiskArea } from './cbt.ts';
 import type { VsphereVm } from './inventory.ts';
 import { flatExtent, powerOff } from './provider.ts';
 import { parseDatastorePath, VsphereError, type MoRef, type VsphereClient } from './soap.ts';
@@ -67,7 +67,7 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
   let client: VsphereClient | undefined;
   const session = async () => (client ??= await src.connect());
   // The round's snapshot and the disks copied against it; a disk copied again starts a new round.
-  let round: { snap: MoRef; ids: Map<number, string>; copied: Set<string> } | undefined;
+  let round: { snap: MoRef; ids: Map<number, string>; files: Map<number, string>; copied: Set<string> } | undefined;
   const taken: MoRef[] = [];
   /** Per disk: the changeId of the snapshot its last successful copy read. */
   const lastChangeId = new Map<string, string>();
@@ -175,8 +175,18 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
       if (!round || round.copied.has(d.volume)) {
         const snap = await createSnapshot(c, vmId, `forklift-warm-${src.id.replace(/[^\w.-]/g, '-')}-${taken.length + 1}`, 'Vessel warm migration precopy');
         taken.push(snap);
-        round = { snap, ids: await snapshotChangeIds(c, snap), copied: new Set() };
+        const seen = await snapshotDisks(c, snap);
+        round = { snap, ids: seen.changeIds, files: seen.files, copied: new Set() };
       }
+      // The flat extent is this snapshot's view only while the disk is the inventory's file: a
+      // delta file (a live ESXi, from the second snapshot on) needs VDDK or NFC, not built. Refused
+      // rather than copying stale bytes.
+      const file = round.files.get(key);
+      if (file !== undefined && file !== src.vm.disks[i].file)
+        throw new VsphereError(
+          'NotSupported',
+          `disk ${d.volume} is ${file} under snapshot ${round.snap.value}, not ${src.vm.disks[i].file}: reading a snapshot's delta needs VDDK or NFC (not built)`,
+        );
       const changeId = round.ids.get(key);
       if (!changeId)
         throw new VsphereError('ChangeTrackingNotEnabled', `disk ${d.volume} (key ${key}) has no changeId in snapshot ${round.snap.value}: CBT is off for it`);
