@@ -169,6 +169,8 @@ export interface NfcLease {
   ref: MoRef;
   devices: LeaseDevice[];
   progress(percent: number): Promise<void>;
+  /** Calls HttpNfcLeaseProgress every `everyMs` with what `percent()` says (a lease times out after `leaseTimeout` s without); returns the stop. */
+  keepAlive(percent: () => number, everyMs?: number): () => void;
   complete(): Promise<void>;
   abort(): Promise<void>;
 }
@@ -188,13 +190,19 @@ export async function openExportLease(client: VsphereClient, of: MoRef, timeoutM
     const p = (await client.retrieve(lease, ['state', 'error', 'info']))?.props;
     const state = text(p?.get('state'));
     if (state === 'ready') {
+      const progress = (percent: number) =>
+        client
+          .call('HttpNfcLeaseProgress', `${moXml('_this', lease)}<percent>${Math.max(0, Math.min(100, Math.round(percent)))}</percent>`)
+          .then(() => undefined);
       return {
         ref: lease,
         devices: parseLeaseInfo(p?.get('info'), client.host).devices,
-        progress: (percent) =>
-          client
-            .call('HttpNfcLeaseProgress', `${moXml('_this', lease)}<percent>${Math.max(0, Math.min(100, Math.round(percent)))}</percent>`)
-            .then(() => undefined),
+        progress,
+        keepAlive(percent, everyMs = 30_000) {
+          const timer = setInterval(() => void progress(percent()).catch(() => undefined), everyMs);
+          timer.unref();
+          return () => clearInterval(timer);
+        },
         complete: () => client.call('HttpNfcLeaseComplete', moXml('_this', lease)).then(() => undefined),
         abort,
       };
