@@ -5,6 +5,12 @@
 // replace a VM's disk file with a real image. Flags (repeatable) -memory VM=MB and -disk VM=BYTES
 // set a VM's memory and its first disk's capacity before the server starts. Runs until stdin
 // closes (then removes its datastore directories) or it is killed.
+//
+// Changed Block Tracking, which vcsim 0.24 lacks, is OUR TEST DOUBLE, not VMware's behaviour
+// (cbt.go): CreateSnapshot_Task of a VM with changeTrackingEnabled gives its disks new change
+// ids and records a hash per 64 KiB block of each disk's flat file at that moment;
+// QueryChangedDiskAreas answers from those records (the blocks whose hash differs; "*": the
+// non-zero blocks), in pages of 4 MiB so clients must page.
 package main
 
 import (
@@ -83,6 +89,8 @@ func main() {
 		ds := ref.(*simulator.Datastore)
 		datastores[ds.Name] = ds.Info.GetDatastoreInfo().Url
 	}
+	// Set before any client knows the URL (printed below), so no request races the swap.
+	server.Config.Handler = withCBT(server.Config.Handler, datastores)
 	out, _ := json.Marshal(map[string]interface{}{"url": server.URL.String(), "cert": certPEM, "otherCert": otherPEM, "datastores": datastores})
 	os.Stdout.Write(append(out, '\n'))
 	io.Copy(io.Discard, os.Stdin)

@@ -1,5 +1,6 @@
 /**
- * govmomi's vCenter simulator for the vsphere provider's tests: e2e/vcsim/main.go built offline
+ * govmomi's vCenter simulator for the vsphere provider's tests: e2e/vcsim/main.go (+ cbt.go, our
+ * Changed Block Tracking test double) built offline
  * (GO111MODULE=off against Debian's golang-github-vmware-govmomi-dev in /usr/share/gocode) once
  * per source hash into the cache ($VESSEL_CACHE_DIR/vcsim, default /var/cache/vessel/vcsim), then
  * started on loopback with TLS. `stop()` closes its stdin (it removes its datastore directories)
@@ -7,13 +8,16 @@
  */
 import { spawn, execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import https from 'node:https';
 import { access, mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { createInterface } from 'node:readline';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 
-const SOURCE = path.join(path.dirname(fileURLToPath(import.meta.url)), 'main.go');
+const HERE = path.dirname(fileURLToPath(import.meta.url));
+// main.go and cbt.go (our CBT test double), built together.
+const SOURCES = ['main.go', 'cbt.go'].map((f) => path.join(HERE, f));
 const GOPATH = '/usr/share/gocode';
 
 export interface Vcsim {
@@ -26,6 +30,8 @@ export interface Vcsim {
   otherCert: string;
   /** Datastore name → its directory on this host. */
   datastores: Record<string, string>;
+  /** Bytes the datastore's /folder interface has served so far, per URL path (`/folder/VM/disk1-flat.vmdk`). */
+  reads(): Promise<Record<string, number>>;
   stop(): Promise<void>;
 }
 
@@ -34,9 +40,10 @@ let building: Promise<string> | undefined;
 /** The built simulator's path, building it (about 20 s) when the cache has none for this source. */
 export function ensureVcsim(): Promise<string> {
   building ??= (async () => {
-    const src = await readFile(SOURCE);
     const goVersion = (await promisify(execFile)('go', ['version'])).stdout.trim();
-    const hash = createHash('sha256').update(src).update(goVersion).digest('hex').slice(0, 16);
+    const h = createHash('sha256');
+    for (const f of SOURCES) h.update(await readFile(f));
+    const hash = h.update(goVersion).digest('hex').slice(0, 16);
     const dir = path.join(process.env.VESSEL_CACHE_DIR ?? '/var/cache/vessel', 'vcsim');
     const bin = path.join(dir, `vcsim-${hash}`);
     try {
@@ -50,7 +57,7 @@ export function ensureVcsim(): Promise<string> {
     });
     await mkdir(dir, { recursive: true });
     const tmp = `${bin}.${process.pid}.tmp`;
-    await promisify(execFile)('go', ['build', '-o', tmp, SOURCE], {
+    await promisify(execFile)('go', ['build', '-o', tmp, ...SOURCES], {
       env: { ...process.env, GO111MODULE: 'off', GOPATH, GOFLAGS: '', GOCACHE: path.join(dir, 'gocache'), GOPROXY: 'off' },
       timeout: 5 * 60_000,
     });
@@ -90,6 +97,16 @@ export async function startVcsim(opts: { memory?: Record<string, number>; disk?:
     cert: info.cert,
     otherCert: info.otherCert,
     datastores: info.datastores,
+    reads: () =>
+      new Promise((resolve, reject) => {
+        https
+          .get(new URL('/vessel-test/reads', u), { ca: info.cert }, (res) => {
+            let body = '';
+            res.setEncoding('utf8').on('data', (d: string) => (body += d));
+            res.on('end', () => resolve(JSON.parse(body) as Record<string, number>));
+          })
+          .on('error', reject);
+      }),
     async stop() {
       child.stdin.end();
       const timer = setTimeout(() => child.kill('SIGKILL'), 5000);

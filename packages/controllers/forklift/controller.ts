@@ -15,8 +15,9 @@ import { forklift, refs, tryParseQuantity, type KubeObject } from '@vessel/api';
 import { createReadStream } from 'node:fs';
 import { join } from 'node:path';
 import { allowedDir, openPackage, ovaPath, OvaError, readInventory, type Inventory } from './ova.ts';
-import { cancelNames, claimName, MigrationRun, type DiskOpener } from './migration.ts';
+import { cancelNames, claimName, MigrationRun, targetVm, type DiskOpener } from './migration.ts';
 import { clusterWarmOps } from './warm-ops.ts';
+import { vsphereWarmOps } from './vsphere/warm.ts';
 import { hookConcerns, runHook, type HookOptions } from './hooks.ts';
 import { conversionWanted, nodeHasVirtV2v } from './conversion.ts';
 import { VsphereError } from './vsphere/soap.ts';
@@ -459,11 +460,12 @@ export class ForkliftController extends Controller {
         return !h ? 'NotFound' : hasReady(h as Obj) ? 'Ready' : 'NotReady';
       },
       virtV2v: this.nodes.list().some(nodeHasVirtV2v),
-      // Warm needs this cluster's agents on both sides (./warm-ops.ts): the host provider only.
+      // Warm: the host provider (this cluster's agents on both sides, ./warm-ops.ts) or vSphere (CBT, ./vsphere/warm.ts).
       warmSupported: (() => {
         const ref = o(o(o(plan.spec).provider).source);
         const p = this.providers.get(`${String(ref.namespace || plan.metadata?.namespace)}/${String(ref.name)}`);
-        return o(p?.spec).type === 'openshift' && !o(p?.spec).url;
+        // vSphere: CBT rounds (./vsphere/warm.ts).
+        return (o(p?.spec).type === 'openshift' && !o(p?.spec).url) || o(p?.spec).type === 'vsphere';
       })(),
     };
   }
@@ -617,6 +619,25 @@ export class ForkliftController extends Controller {
         // Warm: a running VM of this cluster (the host provider) is copied while it runs
         // (./warm-ops.ts); a stopped one migrates cold. Other sources are refused at validation.
         warm: (v) => {
+          if (type === 'vsphere' && provider && (v.vm as VsphereVm).powerState === 'poweredOn') {
+            // vSphere: CBT rounds (./vsphere/warm.ts); a powered-off VM migrates cold.
+            const disk = v.vm.disks[0];
+            return vsphereWarmOps(this.client, {
+              connect: async () => connect(url, await this.vsphereSecret(provider)),
+              vm: v.vm as VsphereVm,
+              datastoreName: (id) => inv?.datastores.find((d) => d.id === id)?.name,
+              claim: (i) => claimName(v, i),
+              targetNamespace: String(o(plan.spec).targetNamespace ?? ''),
+              id: `${uid}/${v.vm.id}`,
+              storageClass: disk
+                ? (o(entry(storageMap, named(inv?.datastores, disk.datastore ?? ''))?.destination).storageClass as string | undefined)
+                : undefined,
+              labels: { 'forklift.konveyor.io/plan': plan.metadata.name, 'forklift.konveyor.io/vm-id': v.vm.id },
+              targetVm: () => targetVm(v, String(o(plan.spec).targetNamespace ?? ''), plan, { network: networkOf }),
+              onCopy: (r) =>
+                this.log(`forklift: ${key}: ${v.vm.name} ${r.volume} ${r.snapshot} since ${r.changeId}: ${r.areas} areas, ${r.bytes} bytes, ${r.ms} ms`),
+            });
+          }
           const vm = v.vm as OpenshiftVm;
           if (type !== 'openshift' || url || vm.powerState !== 'poweredOn') return undefined;
           const disk = vm.disks[0];

@@ -330,7 +330,7 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
             items: [item],
           });
       }
-      // vSphere, warm only (warm itself is refused above, so these say what else stands in the way).
+      // vSphere, warm only: a warm plan takes its own snapshots and needs CBT, which Forklift asks the user to enable.
       const vs = r as { snapshots?: string[]; changeTrackingEnabled?: boolean; unsupported?: string[] };
       if (warm && vs.snapshots?.length)
         out.push({

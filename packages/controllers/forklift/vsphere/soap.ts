@@ -36,7 +36,8 @@ export interface VsphereOptions {
   timeoutMs?: number;
 }
 
-const esc = (s: string): string => s.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c] ?? c);
+/** XML text escaping for arguments. */
+export const esc = (s: string): string => s.replace(/[<>&'"]/g, (c) => ({ '<': '&lt;', '>': '&gt;', '&': '&amp;', "'": '&apos;', '"': '&quot;' })[c] ?? c);
 
 /** `<name type="T">v</name>` for a managed object reference. */
 export const moXml = (name: string, ref: MoRef): string => `<${name} type="${esc(ref.type)}">${esc(ref.value)}</${name}>`;
@@ -233,15 +234,18 @@ export class VsphereClient {
     return parseRetrieveResult(kid(await this.call('RetrievePropertiesEx', `${moXml('_this', pc)}${spec}<options/>`), 'returnval')).objects[0];
   }
 
-  /** Runs a `*_Task` method on `obj` and waits for the task to end (polling `info`); VsphereError TaskFailed with its fault. */
-  async runTask(method: string, obj: MoRef, args = '', timeoutMs = 120_000): Promise<void> {
+  /**
+   * Runs a `*_Task` method on `obj` and waits for the task to end (polling `info`); its
+   * `info.result` (e.g. CreateSnapshot_Task's snapshot moref), or VsphereError TaskFailed with its fault.
+   */
+  async runTask(method: string, obj: MoRef, args = '', timeoutMs = 120_000): Promise<XmlElement | undefined> {
     const task = moOf(kid(await this.call(method, `${moXml('_this', obj)}${args}`), 'returnval'));
     if (!task) throw new VsphereError('BadReply', `${method}: no task`);
     const deadline = Date.now() + timeoutMs;
     for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
-      const info = (await this.retrieve(task, ['info.state', 'info.error']))?.props;
+      const info = (await this.retrieve(task, ['info.state', 'info.error', 'info.result']))?.props;
       const state = info?.get('info.state')?.text.trim();
-      if (state === 'success') return;
+      if (state === 'success') return info?.get('info.result');
       if (state === 'error') {
         const err = info?.get('info.error');
         throw new VsphereError('TaskFailed', `${method}: ${kid(err, 'localizedMessage')?.text.trim() || kid(err, 'fault')?.attrs.type || 'failed'}`);
@@ -251,12 +255,17 @@ export class VsphereClient {
     }
   }
 
-  /** GET of a datastore file (`[ds] dir/file.vmdk` split into datastore and path) in datacenter `dcPath`. */
-  async download(dcPath: string, dsName: string, path: string): Promise<IncomingMessage> {
+  /** GET of a datastore file (`[ds] dir/file.vmdk` split into datastore and path) in datacenter `dcPath`; `range` [start, end] inclusive. */
+  async download(dcPath: string, dsName: string, path: string, range?: [number, number]): Promise<IncomingMessage> {
     const u = new URL(`/folder/${path.split('/').map(encodeURIComponent).join('/')}`, this.sdk);
     u.searchParams.set('dcPath', dcPath);
     u.searchParams.set('dsName', dsName);
-    return this.request('GET', u, {});
+    return this.request('GET', u, range ? { Range: `bytes=${range[0]}-${range[1]}` } : {});
+  }
+
+  /** The SDK URL's host (an NFC lease's device URLs name `*` for it). */
+  get host(): string {
+    return this.sdk.host;
   }
 }
 

@@ -1,9 +1,15 @@
-/** The vsphere provider's pure parts: SOAP replies and faults, the inventory from property sets, VMDK descriptors, the Secret, warm-only concerns. */
+/**
+ * The vsphere provider's pure parts: SOAP replies and faults, the inventory from property sets,
+ * VMDK descriptors, the Secret, warm-only concerns; CBT and NFC replies (QueryChangedDiskAreas'
+ * DiskChangeInfo, a snapshot's disk changeIds, an HttpNfcLeaseInfo), written after VMware's
+ * vSphere Web Services API reference (vcsim has neither call).
+ */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { envelope, parseDatastorePath, parseReply, parseRetrieveResult, VsphereError } from './soap.ts';
 import { buildInventory, type VsphereVm } from './inventory.ts';
 import { flatExtent, parseSecret } from './provider.ts';
+import { mergeAreas, parseChangeIds, parseDiskChangeInfo, parseDiskFiles, parseLeaseInfo } from './cbt.ts';
 import { planConcerns } from '../validation.ts';
 
 const soap = (body: string) =>
@@ -130,6 +136,13 @@ test('the inventory from RetrievePropertiesEx: tree, VMs with disks, NICs, snaps
     'UnsupportedDevices/Warn',
     'VMHasSnapshots/Warn',
   ]);
+  // With warm supported (the controller says so for vsphere): CBT still Critical, snapshots a warning.
+  assert.deepEqual(types(planConcerns(plan, { ...ctx, warmSupported: true }).concerns).sort(), [
+    'ChangeTrackingNotEnabled/Critical',
+    'TargetNameNotValid/Warn',
+    'UnsupportedDevices/Warn',
+    'VMHasSnapshots/Warn',
+  ]);
   const cold = planConcerns({ ...plan, spec: { ...plan.spec, warm: false } }, ctx).concerns;
   assert.deepEqual(types(cold).sort(), ['Ready/Required', 'TargetNameNotValid/Warn', 'UnsupportedDevices/Warn']);
   // An unmapped datastore or network is a concern.
@@ -158,5 +171,99 @@ test('the Secret: user and password required; cacert and insecureSkipVerify read
   assert.throws(
     () => parseSecret({ user: b('u') }),
     (e: unknown) => e instanceof VsphereError && e.code === 'SecretNotValid',
+  );
+});
+
+test('QueryChangedDiskAreas: a DiskChangeInfo page is read; areas outside it or not numbers are refused; areas merge', () => {
+  const reply = (inner: string) =>
+    parseReply(
+      soap(`<QueryChangedDiskAreasResponse xmlns="urn:vim25"><returnval>${inner}</returnval></QueryChangedDiskAreasResponse>`),
+      'QueryChangedDiskAreas',
+    );
+  const page = reply(
+    '<startOffset>0</startOffset><length>4194304</length><changedArea><start>0</start><length>65536</length></changedArea><changedArea><start>1048576</start><length>131072</length></changedArea>',
+  );
+  assert.deepEqual(parseDiskChangeInfo(page.children[0]), {
+    startOffset: 0,
+    length: 4194304,
+    areas: [
+      { start: 0, length: 65536 },
+      { start: 1048576, length: 131072 },
+    ],
+  });
+  // No change in the page: no areas, the page still says how far it went.
+  assert.deepEqual(parseDiskChangeInfo(reply('<startOffset>4194304</startOffset><length>4194304</length>').children[0]).areas, []);
+  for (const bad of [
+    '<startOffset>0</startOffset><length>65536</length><changedArea><start>65536</start><length>512</length></changedArea>',
+    '<startOffset>0</startOffset><length>x</length>',
+    '<startOffset>0</startOffset><length>-1</length>',
+  ])
+    assert.throws(
+      () => parseDiskChangeInfo(reply(bad).children[0]),
+      (e: unknown) => e instanceof VsphereError && e.code === 'BadReply',
+    );
+  assert.deepEqual(
+    mergeAreas([
+      { start: 131072, length: 65536 },
+      { start: 0, length: 65536 },
+      { start: 65536, length: 65536 },
+      { start: 500000, length: 0 },
+      { start: 1048576, length: 10 },
+    ]),
+    [
+      { start: 0, length: 196608 },
+      { start: 1048576, length: 10 },
+    ],
+  );
+});
+
+test("a snapshot's disk changeIds; an HttpNfcLeaseInfo's device URLs with the * host replaced", () => {
+  const devices = parseReply(
+    soap(`<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="VirtualMachineSnapshot">snapshot-7</obj><propSet><name>config.hardware.device</name><val xsi:type="ArrayOfVirtualDevice">
+<VirtualDevice xsi:type="VirtualIDEController"><key>200</key></VirtualDevice>
+<VirtualDevice xsi:type="VirtualDisk"><key>2000</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds1] vm/vm.vmdk</fileName><changeId>52 3c 0a 1f 9b 2e 44 7d-8f 31 aa 04 5e 6b 21 90/12</changeId></backing><capacityInBytes>17179869184</capacityInBytes></VirtualDevice>
+<VirtualDevice xsi:type="VirtualDisk"><key>2001</key><backing xsi:type="VirtualDiskFlatVer2BackingInfo"><fileName>[ds1] vm/vm_1.vmdk</fileName></backing></VirtualDevice>
+</val></propSet></objects></returnval></RetrievePropertiesExResponse>`),
+    'RetrievePropertiesEx',
+  );
+  const props = parseRetrieveResult(devices.children[0]).objects[0].props;
+  // The second disk has no changeId (CBT off for it): not listed.
+  assert.deepEqual([...parseChangeIds(props.get('config.hardware.device'))], [[2000, '52 3c 0a 1f 9b 2e 44 7d-8f 31 aa 04 5e 6b 21 90/12']]);
+  // The disk files (a warm round refuses a snapshot whose disk is a delta, not the inventory's file).
+  assert.deepEqual(
+    [...parseDiskFiles(props.get('config.hardware.device'))],
+    [
+      [2000, '[ds1] vm/vm.vmdk'],
+      [2001, '[ds1] vm/vm_1.vmdk'],
+    ],
+  );
+
+  const lease = parseReply(
+    soap(`<RetrievePropertiesExResponse xmlns="urn:vim25"><returnval><objects><obj type="HttpNfcLease">session[52b1]52f3</obj><propSet><name>info</name><val xsi:type="HttpNfcLeaseInfo">
+<lease type="HttpNfcLease">session[52b1]52f3</lease><entity type="VirtualMachine">vm-42</entity>
+<deviceUrl><key>/vm-42/VirtualLsiLogicController0:0</key><importKey>/vm/disk-0.vmdk</importKey><url>https://*/nfc/52a0-1c/disk-0.vmdk</url><sslThumbprint>AA:BB</sslThumbprint><disk>true</disk><targetId>disk-0.vmdk</targetId><datastoreKey>ds:///vmfs/volumes/1/</datastoreKey><fileSize>17179869184</fileSize></deviceUrl>
+<deviceUrl><key>/vm-42/nvram</key><importKey>/vm/nvram</importKey><url>https://esx1.example.com/nfc/52a0-1c/nvram</url><disk>false</disk></deviceUrl>
+<totalDiskCapacityInKB>16777216</totalDiskCapacityInKB><leaseTimeout>300</leaseTimeout></val></propSet></objects></returnval></RetrievePropertiesExResponse>`),
+    'RetrievePropertiesEx',
+  );
+  const info = parseLeaseInfo(parseRetrieveResult(lease.children[0]).objects[0].props.get('info'), 'vcenter.example.com:443');
+  assert.deepEqual(info, {
+    devices: [
+      {
+        key: '/vm-42/VirtualLsiLogicController0:0',
+        url: 'https://vcenter.example.com/nfc/52a0-1c/disk-0.vmdk',
+        targetId: 'disk-0.vmdk',
+        disk: true,
+        sslThumbprint: 'AA:BB',
+        fileSize: 17179869184,
+      },
+      { key: '/vm-42/nvram', url: 'https://esx1.example.com/nfc/52a0-1c/nvram', disk: false },
+    ],
+    totalDiskCapacityInKB: 16777216,
+    leaseTimeout: 300,
+  });
+  assert.throws(
+    () => parseLeaseInfo(undefined, 'h'),
+    (e: unknown) => e instanceof VsphereError && e.code === 'BadReply',
   );
 });
