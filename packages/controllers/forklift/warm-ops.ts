@@ -12,8 +12,8 @@ import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import type { WarmDisk, WarmOps } from './warm.ts';
 
-const { DATAVOLUMES, PVCS, VMS, VMIS } = refs;
-const { WARM_EXPORT, WARM_EXPORT_STATUS, WARM_COPY, WARM_COPY_STATUS } = forklift;
+const { DATAVOLUMES, PVCS, SECRETS, VMS, VMIS } = refs;
+const { WARM_EXPORT, WARM_EXPORT_STATUS, WARM_COPY, WARM_COPY_STATUS, warmPskSecretName } = forklift;
 type Obj = Record<string, unknown>;
 const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
 
@@ -87,6 +87,7 @@ export function clusterWarmOps(client: Client, src: ClusterWarmSource): WarmOps 
       return s?.id === src.id && s.phase !== 'Stopped' ? s : undefined;
     });
     if (st.phase !== 'Ready') throw new Error(`claim ${d.claim} cannot be exported: ${st.message ?? st.phase}`);
+    if (!st.secret) throw new Error(`the export of claim ${d.claim} names no PSK secret`);
     targets.set(d.claim, st);
     return st;
   };
@@ -137,7 +138,8 @@ export function clusterWarmOps(client: Client, src: ClusterWarmSource): WarmOps 
         seq: n,
         volume: d.volume,
         mode,
-        target: { address: t.address!, export: t.export!, identity: t.identity!, key: t.key! },
+        // The PSK stays in its Secret: the VMI's readers see only where it is.
+        target: { address: t.address!, export: t.export!, secret: { namespace: src.targetNamespace, name: t.secret! } },
       };
       await patchVmi({ [WARM_COPY]: JSON.stringify(req) });
       // The copy itself has no time limit (a large disk); an agent that never answers does.
@@ -217,10 +219,33 @@ export function clusterWarmOps(client: Client, src: ClusterWarmSource): WarmOps 
         await client
           .patch(PVCS, d.claim, { metadata: { annotations: { [WARM_EXPORT]: JSON.stringify(req) } } }, { namespace: src.targetNamespace })
           .catch(() => undefined);
+        // The agent deletes it when the export stops; this covers an agent that is gone.
+        await client.delete(SECRETS, warmPskSecretName(src.id, d.claim), { namespace: src.targetNamespace }).catch(() => undefined);
       }
       targets.clear();
       // A source still running (a cancel) loses its bitmaps.
       await patchVmi({ [WARM_COPY]: JSON.stringify({ id: src.id, seq: ++seq, end: true } satisfies forklift.WarmCopyRequest) }).catch(() => undefined);
+    },
+
+    async discard() {
+      const ns = src.targetNamespace;
+      const labels = Object.entries(src.labels ?? {});
+      // This run's disks, and (a cancel before Initialize knew them) the DataVolumes labelled for this VM.
+      const names = new Set(disks.map((d) => d.claim));
+      if (labels.length)
+        for (const dv of (await client.list(DATAVOLUMES, { namespace: ns, labelSelector: labels.map(([k, v]) => `${k}=${v}`).join(',') })).items)
+          names.add(dv.metadata!.name!);
+      const gone = (e: unknown) => {
+        if (!isStatusError(e, 'NotFound')) throw e;
+      };
+      for (const name of names) {
+        const dv = await client.get(DATAVOLUMES, name, { namespace: ns }).catch((e: unknown) => gone(e));
+        // Only what the run made (its labels): a DataVolume of that name the user made stays.
+        if (!dv || labels.some(([k, v]) => dv.metadata?.labels?.[k] !== v)) continue;
+        await client.delete(DATAVOLUMES, name, { namespace: ns }).catch(gone);
+        await client.delete(PVCS, name, { namespace: ns }).catch(gone);
+        await client.delete(SECRETS, warmPskSecretName(src.id, name), { namespace: ns }).catch(gone);
+      }
     },
   };
 }
