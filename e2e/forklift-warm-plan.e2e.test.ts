@@ -13,23 +13,14 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import type { KubeObject, ResourceRef } from '@vessel/client';
+import type { KubeObject } from '@vessel/client';
 import { TINY_SERIAL } from '@vessel/guest';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { forkliftObject } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { recordSlot, recordsWritten, recordText, recordWriter, serialLog, tinyVm } from './tiny-vm.ts';
 
-const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1', namespaced = true): ResourceRef => ({ group, version, plural, namespaced });
-const PROVIDERS = ref('providers');
-const NETMAPS = ref('networkmaps');
-const STORAGEMAPS = ref('storagemaps');
-const PLANS = ref('plans');
-const MIGRATIONS = ref('migrations');
-const NS = ref('namespaces', '', 'v1', false);
-const VM = ref('virtualmachines', 'kubevirt.io', 'v1');
-const VMI = ref('virtualmachineinstances', 'kubevirt.io', 'v1');
-const PVC = ref('persistentvolumeclaims', '', 'v1');
+const { MIGRATIONS, NAMESPACES: NS, NETMAPS, PLANS, PROVIDERS, PVCS: PVC, STORAGEMAPS, VMIS: VMI, VMS: VM } = FORKLIFT_REFS;
 const SRC = 'wplan-src';
 const DST = 'wplan-dst';
 const NAME = 'busy';
@@ -38,24 +29,12 @@ type Cond = { type: string; status: string; message?: string };
 type WarmStatus = { successes: number; failures: number; precopies?: { start: string; end?: string }[] };
 type VmS = { name: string; phase: string; error?: unknown; warm?: WarmStatus; pipeline: { name: string; phase: string }[] };
 
-/** Records to 64 slots 64 KiB apart on the 64 MiB disk, each flushed, then printed. */
-const WRITER = `#!/bin/sh
-for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && dev=/dev/\${d##*/}; done
-n=0
-while :; do
-  n=$((n + 1))
-  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$(( (n % 64) * 128 )) count=1 conv=sync,notrunc,fsync 2>/dev/null
-  echo "VESSEL-WROTE $n"
-done
-`;
-
 let v: Vessel;
 let dir: string;
 const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
-const written = (text: string): number[] => [...text.matchAll(/VESSEL-WROTE (\d+)/g)].map((m) => Number(m[1]));
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
-const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, SRC, spec);
+const fk = forkliftIn(SRC);
 const pathOf = async (ns: string, claim: string) =>
   String((await v.client.get(PVC, claim, { namespace: ns })).metadata?.annotations?.['vessel.io/volume-path']);
 
@@ -94,13 +73,13 @@ test(
       },
       { namespace: SRC },
     );
-    const vm = tinyVm(NAME, { namespace: SRC, userData: WRITER, terminationGracePeriodSeconds: 2 }) as {
+    const vm = tinyVm(NAME, { namespace: SRC, userData: recordWriter(), terminationGracePeriodSeconds: 2 }) as {
       spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
     };
     vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
     vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: `${NAME}-data` } });
     await v.client.create(VM, vm as unknown as Obj, { namespace: SRC });
-    await eventually('the guest writing', async () => (written(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
+    await eventually('the guest writing', async () => (recordsWritten(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
     log('source guest writes');
 
     const provider = { source: { name: 'host', namespace: SRC }, destination: { name: 'host', namespace: SRC } };
@@ -161,7 +140,7 @@ test(
 
     // The source is stopped; the target claims equal the source's and hold the last record written.
     await assert.rejects(v.client.get(VMI, NAME, { namespace: SRC }));
-    const last = Math.max(...written(await serialLog(v.dataDir, SRC, NAME)));
+    const last = Math.max(...recordsWritten(await serialLog(v.dataDir, SRC, NAME)));
     for (const vol of ['root', 'data']) {
       const cmp = await run('qemu-img', ['compare', '-U', await pathOf(SRC, `${NAME}-${vol}`), await pathOf(DST, `${NAME}-${vol}`)]);
       assert.equal(cmp.code, 0, `${vol}: ${cmp.out} ${cmp.err}`);
@@ -170,8 +149,7 @@ test(
     const conv = await run('qemu-img', ['convert', '-U', '-O', 'raw', await pathOf(DST, `${NAME}-data`), raw]);
     assert.equal(conv.code, 0, conv.err);
     const bytes = await readFile(raw);
-    const slot = (n: number) => bytes.subarray((n % 64) * 65536, (n % 64) * 65536 + 20).toString('latin1');
-    assert.equal(slot(last), `VESSEL-REC ${String(last).padStart(8, '0')}\n`, `record ${last}`);
+    assert.equal(recordSlot(bytes, last), recordText(last), `record ${last}`);
     log(`target holds record ${last}, the last the source wrote`);
 
     // targetPowerState unset: the target starts, and its guest comes up.
