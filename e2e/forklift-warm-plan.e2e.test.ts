@@ -13,6 +13,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { forklift } from '@vessel/api';
 import type { KubeObject } from '@vessel/client';
 import { TINY_SERIAL } from '@vessel/guest';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
@@ -20,14 +21,14 @@ import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/test
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
 import { recordSlot, recordsWritten, recordText, recordWriter, serialLog, tinyVm } from './tiny-vm.ts';
 
-const { MIGRATIONS, NAMESPACES: NS, NETMAPS, PLANS, PROVIDERS, PVCS: PVC, STORAGEMAPS, VMIS: VMI, VMS: VM } = FORKLIFT_REFS;
+const { DVS, MIGRATIONS, NAMESPACES: NS, NETMAPS, PLANS, PROVIDERS, PVCS: PVC, SECRETS, STORAGEMAPS, VMIS: VMI, VMS: VM } = FORKLIFT_REFS;
 const SRC = 'wplan-src';
 const DST = 'wplan-dst';
 const NAME = 'busy';
 type Obj = Record<string, unknown>;
 type Cond = { type: string; status: string; message?: string };
 type WarmStatus = { successes: number; failures: number; precopies?: { start: string; end?: string }[] };
-type VmS = { name: string; phase: string; error?: unknown; warm?: WarmStatus; pipeline: { name: string; phase: string }[] };
+type VmS = { name: string; phase: string; error?: unknown; warm?: WarmStatus; conditions?: Cond[]; pipeline: { name: string; phase: string }[] };
 
 let v: Vessel;
 let dir: string;
@@ -105,14 +106,67 @@ test(
     ).catch(async (e: unknown) => {
       throw new Error(`${(e as Error).message}: ${JSON.stringify(conds(await v.client.get(PLANS, 'warm', { namespace: SRC })))}`);
     });
+    const statusOf = async (m: string) => ((await v.client.get(MIGRATIONS, m, { namespace: SRC })).status as { vms?: VmS[] } | undefined)?.vms?.[0];
+    const pskSecrets = async () => (await v.client.list(SECRETS, { namespace: DST, labelSelector: forklift.WARM_PSK_LABEL })).items;
+    const targetObjects = async () =>
+      [...(await v.client.list(DVS, { namespace: DST })).items, ...(await v.client.list(PVC, { namespace: DST })).items, ...(await pskSecrets())].map(
+        (o) => `${o.kind}/${o.metadata?.name}`,
+      );
+
+    // A warm Migration cancelled while it copies: its exports end, and the target DataVolumes,
+    // claims and PSK secrets it made go (as a cancelled cold VM's); the source runs on.
+    await v.client.create(MIGRATIONS, fk('Migration', 'warm-0', { plan: { name: 'warm', namespace: SRC } }), { namespace: SRC });
+    await eventually(
+      'warm-0 copying',
+      async () => ((await statusOf('warm-0'))?.pipeline.find((p) => p.name === 'DiskTransfer')?.phase === 'Running' ? true : undefined),
+      600_000,
+      250,
+    );
+    assert.ok((await targetObjects()).length > 0, 'the cancelled run had made its target volumes');
+    await v.client.patch(MIGRATIONS, 'warm-0', { spec: { cancel: [{ name: NAME, namespace: SRC }] } }, { namespace: SRC });
+    const canceled = await eventually(
+      'warm-0 canceled',
+      async () => ((await statusOf('warm-0'))?.phase === 'Completed' ? statusOf('warm-0') : undefined),
+      300_000,
+      250,
+    );
+    assert.ok(
+      canceled.conditions?.some((c) => c.type === 'Canceled'),
+      JSON.stringify(canceled),
+    );
+    await eventually("the cancelled run's volumes and secrets gone", async () => ((await targetObjects()).length === 0 ? true : undefined), 60_000, 250).catch(
+      async (e: unknown) => {
+        throw new Error(`${(e as Error).message}: ${JSON.stringify(await targetObjects())}`);
+      },
+    );
+    assert.equal(((await v.client.get(VMI, NAME, { namespace: SRC })).status as { phase?: string } | undefined)?.phase, 'Running', 'the source runs on');
+    log('warm-0 canceled: its target DataVolumes, claims and PSK secrets are gone');
+
     await v.client.create(MIGRATIONS, fk('Migration', 'warm-1', { plan: { name: 'warm', namespace: SRC } }), { namespace: SRC });
-    const vmStatus = async () => ((await v.client.get(MIGRATIONS, 'warm-1', { namespace: SRC })).status as { vms?: VmS[] } | undefined)?.vms?.[0];
+    const vmStatus = () => statusOf('warm-1');
     await eventually('3 precopies after the full copy', async () => ((await vmStatus())?.warm?.successes ?? 0) >= 4 || undefined, 900_000, 500).catch(
       async (e: unknown) => {
         throw new Error(`${(e as Error).message}: ${JSON.stringify(await vmStatus())}`);
       },
     );
     log(`precopies: ${JSON.stringify((await vmStatus())?.warm)}`);
+
+    // The PSK is in a Secret per export (owned by its claim), never in an annotation a reader of the
+    // claim or the VMI sees; the annotations name the Secret.
+    const secrets = await pskSecrets();
+    assert.equal(secrets.length, 2, 'one PSK secret per exported claim (root, data)');
+    const annotations = JSON.stringify([
+      ...(await v.client.list(PVC, { namespace: DST })).items.map((o) => o.metadata?.annotations),
+      (await v.client.get(VMI, NAME, { namespace: SRC })).metadata?.annotations,
+    ]);
+    for (const sec of secrets) {
+      const key = Buffer.from(String((sec.data as Record<string, string>).key), 'base64').toString('utf8');
+      assert.match(key, /^[0-9a-f]{64}$/);
+      assert.equal((sec as { type?: string }).type, forklift.WARM_PSK_SECRET_TYPE);
+      assert.equal(sec.metadata?.ownerReferences?.[0]?.kind, 'PersistentVolumeClaim');
+      assert.ok(!annotations.includes(key), `the key of ${sec.metadata?.name} is in an annotation`);
+      assert.ok(annotations.includes(sec.metadata!.name!), `the annotations name ${sec.metadata?.name}`);
+    }
     const cutoverAt = performance.now();
     await v.client.patch(MIGRATIONS, 'warm-1', { spec: { cutover: new Date().toISOString() } }, { namespace: SRC });
     const m = await eventually(
@@ -137,6 +191,11 @@ test(
       JSON.stringify(s.pipeline),
     );
     assert.ok((s.warm?.precopies?.length ?? 0) >= 5, `a full copy, 3 precopies and the cutover round: ${JSON.stringify(s.warm)}`);
+    assert.deepEqual(
+      (await pskSecrets()).map((o) => o.metadata?.name),
+      [],
+      'the PSK secrets go with the exports',
+    );
 
     // The source is stopped; the target claims equal the source's and hold the last record written.
     await assert.rejects(v.client.get(VMI, NAME, { namespace: SRC }));
