@@ -113,6 +113,7 @@ test(
         (o) => `${o.kind}/${o.metadata?.name}`,
       );
 
+    log('plan Ready');
     // A warm Migration cancelled while it copies: its exports end, and the target DataVolumes,
     // claims and PSK secrets it made go (as a cancelled cold VM's); the source runs on.
     await v.client.create(MIGRATIONS, fk('Migration', 'warm-0', { plan: { name: 'warm', namespace: SRC } }), { namespace: SRC });

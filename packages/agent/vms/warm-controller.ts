@@ -93,8 +93,12 @@ export class WarmController extends Controller {
       const path = containedPath(this.opts.pools.values(), pvc.metadata.namespace!, ann[storage.VOLUME_PATH], `${storage.VOLUME_PATH} of claim ${key}`).path;
       const exp = await exportTarget({ path, format: 'qcow2', host: this.opts.listenAddress, netns: this.opts.netns });
       const secret = warmPskSecretName(req.id, pvc.metadata.name);
+      // No Secret, no export: nobody could use it.
+      await this.writeSecret(pvc, secret, exp).catch(async (e: unknown) => {
+        await exp.stop();
+        throw e;
+      });
       this.exports.set(key, { id: req.id, exp, secret });
-      await this.writeSecret(pvc, secret, exp);
       this.log(`warm: claim ${key} exported on ${exp.address}`);
       await this.answerExport(key, { id: req.id, phase: 'Ready', address: exp.address, export: exp.export, secret });
     } catch (e) {
