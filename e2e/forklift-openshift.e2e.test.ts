@@ -17,21 +17,11 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { createServer, connect, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { KubeObject, ResourceRef } from '@vessel/client';
+import type { KubeObject } from '@vessel/client';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { forkliftObject } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
 
-const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1', namespaced = true): ResourceRef => ({ group, version, plural, namespaced });
-const PROVIDERS = ref('providers');
-const NETMAPS = ref('networkmaps');
-const STORAGEMAPS = ref('storagemaps');
-const PLANS = ref('plans');
-const MIGRATIONS = ref('migrations');
-const NAMESPACES = ref('namespaces', '', 'v1', false);
-const SECRETS = ref('secrets', '', 'v1');
-const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
-const PVCS = ref('persistentvolumeclaims', '', 'v1');
-const VMEXPORTS = ref('virtualmachineexports', 'export.kubevirt.io', 'v1beta1');
+const { DVS, MIGRATIONS, NAMESPACES, NETMAPS, PLANS, PROVIDERS, PVCS, SECRETS, STORAGEMAPS, VMEXPORTS, VMS } = FORKLIFT_REFS;
 const SRC = 'fkos-src';
 const NS = 'fkos';
 const TARGET = 'fkos-target';
@@ -49,7 +39,7 @@ type Task = { name: string; phase: string; progress: { total: number; completed:
 type VmS = { name: string; phase: string; conditions?: Cond[]; error?: unknown; pipeline: { name: string; phase: string; tasks?: Task[] }[] };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
 const isReady = (o: KubeObject) => conds(o).some((c) => c.type === 'Ready' && c.status === 'True');
-const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const fk = forkliftIn(NS);
 const b64 = (s: string) => Buffer.from(s).toString('base64');
 
 /** sha256 of a qcow2's guest-visible bytes. */
@@ -273,7 +263,7 @@ async function migrate(provider: string, plan: string, target: string): Promise<
 test('cold from another cluster: the node imports each disk from the export link (token header, export CA); the VM from the source spec', async () => {
   const dv = await migrate('remote', 'os', 'src-vm');
   assert.equal(dv.phase, 'Completed');
-  const d = await v.client.get(ref('datavolumes', 'cdi.kubevirt.io', 'v1beta1'), 'src-vm-disk0', { namespace: TARGET });
+  const d = await v.client.get(DVS, 'src-vm-disk0', { namespace: TARGET });
   const http = (d.spec as { source: { http?: { url: string; secretExtraHeaders?: string[]; certConfigMap?: string } } }).source.http;
   assert.ok(http?.url.includes('/api/export.kubevirt.io/v1beta1/namespaces/fkos-src/'), JSON.stringify(d.spec));
   assert.equal(http?.secretExtraHeaders?.length, 1);
@@ -282,6 +272,6 @@ test('cold from another cluster: the node imports each disk from the export link
 
 test('cold from this cluster through its URL: the export streamed into an upload DataVolume', async () => {
   await migrate('local', 'os2', 'copy2');
-  const d = await v.client.get(ref('datavolumes', 'cdi.kubevirt.io', 'v1beta1'), 'copy2-disk0', { namespace: TARGET });
+  const d = await v.client.get(DVS, 'copy2-disk0', { namespace: TARGET });
   assert.deepEqual((d.spec as { source: unknown }).source, { upload: {} });
 });

@@ -10,23 +10,18 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { ensureTinyGuest, TINY_SERIAL } from '@vessel/guest';
-import type { KubeObject, ResourceRef } from '@vessel/client';
+import type { KubeObject } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog, tinyVm } from './tiny-vm.ts';
-import { forkliftObject } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
 
-const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1', namespaced = true): ResourceRef => ({ group, version, plural, namespaced });
-const NAMESPACES = ref('namespaces', '', 'v1', false);
-const SECRETS = ref('secrets', '', 'v1');
-const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
-const VMIS = ref('virtualmachineinstances', 'kubevirt.io', 'v1');
-const VMEXPORTS = ref('virtualmachineexports', 'export.kubevirt.io', 'v1beta1');
+const { MIGRATIONS, NAMESPACES, NETMAPS, PLANS, PROVIDERS, SECRETS, STORAGEMAPS, VMEXPORTS, VMIS, VMS } = FORKLIFT_REFS;
 const SRC = 'fkosc-src';
 const NS = 'fkosc';
 const TARGET = 'fkosc-target';
 
 let c: TestCluster;
-const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const fk = forkliftIn(NS);
 type Cond = { type: string; status: string };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
 
@@ -83,21 +78,21 @@ test('a running VM cold-migrates through the openshift provider: source stopped,
     { namespace: NS },
   );
   const refs = { source: { name: 'src', namespace: NS }, destination: { name: 'host', namespace: NS } };
-  await c.client.create(ref('providers'), fk('Provider', 'src', { type: 'openshift', url: c.client.config.server, secret: { name: 'tok', namespace: NS } }), {
+  await c.client.create(PROVIDERS, fk('Provider', 'src', { type: 'openshift', url: c.client.config.server, secret: { name: 'tok', namespace: NS } }), {
     namespace: NS,
   });
-  await c.client.create(ref('networkmaps'), fk('NetworkMap', 'net', { provider: refs, map: [{ source: { type: 'pod' }, destination: { type: 'pod' } }] }), {
+  await c.client.create(NETMAPS, fk('NetworkMap', 'net', { provider: refs, map: [{ source: { type: 'pod' }, destination: { type: 'pod' } }] }), {
     namespace: NS,
   });
   await c.client.create(
-    ref('storagemaps'),
+    STORAGEMAPS,
     fk('StorageMap', 'disks', { provider: refs, map: [{ source: { name: 'local' }, destination: { storageClass: 'local' } }] }),
     {
       namespace: NS,
     },
   );
   await c.client.create(
-    ref('plans'),
+    PLANS,
     fk('Plan', 'p', {
       provider: refs,
       targetNamespace: TARGET,
@@ -109,7 +104,7 @@ test('a running VM cold-migrates through the openshift provider: source stopped,
   const plan = await eventually(
     'plan Ready',
     async () => {
-      const p = await c.client.get(ref('plans'), 'p', { namespace: NS });
+      const p = await c.client.get(PLANS, 'p', { namespace: NS });
       return conds(p).some((x) => x.type === 'Ready') ? p : undefined;
     },
     120_000,
@@ -117,11 +112,11 @@ test('a running VM cold-migrates through the openshift provider: source stopped,
   // The running source is a Warn: the cold migration stops it.
   assert.ok(conds(plan).some((x) => x.type === 'VMPowerStateNotValid'));
   const t1 = Date.now();
-  await c.client.create(ref('migrations'), fk('Migration', 'm', { plan: { name: 'p', namespace: NS } }), { namespace: NS });
+  await c.client.create(MIGRATIONS, fk('Migration', 'm', { plan: { name: 'p', namespace: NS } }), { namespace: NS });
   const m = await eventually(
     'migration finished',
     async () => {
-      const o = await c.client.get(ref('migrations'), 'm', { namespace: NS });
+      const o = await c.client.get(MIGRATIONS, 'm', { namespace: NS });
       return (o.status as { completed?: string } | undefined)?.completed ? o : undefined;
     },
     600_000,

@@ -13,16 +13,12 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ensureTinyGuest, TINY_SERIAL } from '@vessel/guest';
-import type { KubeObject, ResourceRef } from '@vessel/client';
+import type { KubeObject } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog } from './tiny-vm.ts';
-import { forkliftObject, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
-const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
-const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces', namespaced: false };
-const PVCS = ref('persistentvolumeclaims', '', 'v1');
-const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
-const VMIS = ref('virtualmachineinstances', 'kubevirt.io', 'v1');
+const { MIGRATIONS, NAMESPACES, NETMAPS, PLANS, PROVIDERS, PVCS, STORAGEMAPS, VMIS, VMS } = FORKLIFT_REFS;
 const NS = 'fkp-src';
 const TARGET = 'fkp-target';
 const N = 5;
@@ -31,7 +27,7 @@ let c: TestCluster;
 let dir: string;
 let disk: string;
 
-const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const fk = forkliftIn(NS);
 const providerRefs = testProviderRefs('ova', NS);
 type Cond = { type: string; status: string };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
@@ -66,19 +62,15 @@ after(async () => {
 });
 
 test('5 VMs cold-migrate with at most 2 in flight, disks intact, one boots', async () => {
-  await c.client.create(ref('providers'), fk('Provider', 'ova', { type: 'ova', url: join(dir, 'ova'), secret: {} }), { namespace: NS });
-  await c.client.create(
-    ref('networkmaps'),
-    fk('NetworkMap', 'net', { provider: providerRefs, map: [{ source: { name: 'VM Network' }, destination: { type: 'pod' } }] }),
-    {
-      namespace: NS,
-    },
-  );
+  await c.client.create(PROVIDERS, fk('Provider', 'ova', { type: 'ova', url: join(dir, 'ova'), secret: {} }), { namespace: NS });
+  await c.client.create(NETMAPS, fk('NetworkMap', 'net', { provider: providerRefs, map: [{ source: { name: 'VM Network' }, destination: { type: 'pod' } }] }), {
+    namespace: NS,
+  });
   const storage = Array.from({ length: N }, (_, i) => ({ source: { name: `app${i + 1}.ova` }, destination: { storageClass: 'local' } }));
-  await c.client.create(ref('storagemaps'), fk('StorageMap', 'disks', { provider: providerRefs, map: storage }), { namespace: NS });
+  await c.client.create(STORAGEMAPS, fk('StorageMap', 'disks', { provider: providerRefs, map: storage }), { namespace: NS });
   const vms = Array.from({ length: N }, (_, i) => ({ name: `App Server ${i + 1}` }));
   await c.client.create(
-    ref('plans'),
+    PLANS,
     // The tiny guest is no distribution virt-v2v can inspect: not converted.
     fk('Plan', 'five', {
       provider: providerRefs,
@@ -93,16 +85,16 @@ test('5 VMs cold-migrate with at most 2 in flight, disks intact, one boots', asy
   );
   await eventually(
     'plan Ready',
-    async () => (conds(await c.client.get(ref('plans'), 'five', { namespace: NS })).some((x) => x.type === 'Ready') ? true : undefined),
+    async () => (conds(await c.client.get(PLANS, 'five', { namespace: NS })).some((x) => x.type === 'Ready') ? true : undefined),
     120_000,
   );
   const t0 = Date.now();
-  await c.client.create(ref('migrations'), fk('Migration', 'five-1', { plan: { name: 'five' } }), { namespace: NS });
+  await c.client.create(MIGRATIONS, fk('Migration', 'five-1', { plan: { name: 'five' } }), { namespace: NS });
   let maxInFlight = 0;
   const m = await eventually(
     'migration completed',
     async () => {
-      const o = await c.client.get(ref('migrations'), 'five-1', { namespace: NS });
+      const o = await c.client.get(MIGRATIONS, 'five-1', { namespace: NS });
       const st = (o.status ?? {}) as { completed?: string; vms?: { phase: string }[] };
       const active = (st.vms ?? []).filter((v) => !['Pending', 'Completed', 'Failed'].includes(v.phase)).length;
       maxInFlight = Math.max(maxInFlight, active);

@@ -13,49 +13,29 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import type { KubeObject, ResourceRef } from '@vessel/client';
+import { forklift } from '@vessel/api';
+import type { KubeObject } from '@vessel/client';
 import { TINY_SERIAL } from '@vessel/guest';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { forkliftObject } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { recordSlot, recordsWritten, recordText, recordWriter, serialLog, tinyVm } from './tiny-vm.ts';
 
-const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1', namespaced = true): ResourceRef => ({ group, version, plural, namespaced });
-const PROVIDERS = ref('providers');
-const NETMAPS = ref('networkmaps');
-const STORAGEMAPS = ref('storagemaps');
-const PLANS = ref('plans');
-const MIGRATIONS = ref('migrations');
-const NS = ref('namespaces', '', 'v1', false);
-const VM = ref('virtualmachines', 'kubevirt.io', 'v1');
-const VMI = ref('virtualmachineinstances', 'kubevirt.io', 'v1');
-const PVC = ref('persistentvolumeclaims', '', 'v1');
+const { DVS, MIGRATIONS, NAMESPACES: NS, NETMAPS, PLANS, PROVIDERS, PVCS: PVC, SECRETS, STORAGEMAPS, VMIS: VMI, VMS: VM } = FORKLIFT_REFS;
 const SRC = 'wplan-src';
 const DST = 'wplan-dst';
 const NAME = 'busy';
 type Obj = Record<string, unknown>;
 type Cond = { type: string; status: string; message?: string };
 type WarmStatus = { successes: number; failures: number; precopies?: { start: string; end?: string }[] };
-type VmS = { name: string; phase: string; error?: unknown; warm?: WarmStatus; pipeline: { name: string; phase: string }[] };
-
-/** Records to 64 slots 64 KiB apart on the 64 MiB disk, each flushed, then printed. */
-const WRITER = `#!/bin/sh
-for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && dev=/dev/\${d##*/}; done
-n=0
-while :; do
-  n=$((n + 1))
-  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$(( (n % 64) * 128 )) count=1 conv=sync,notrunc,fsync 2>/dev/null
-  echo "VESSEL-WROTE $n"
-done
-`;
+type VmS = { name: string; phase: string; error?: unknown; warm?: WarmStatus; conditions?: Cond[]; pipeline: { name: string; phase: string }[] };
 
 let v: Vessel;
 let dir: string;
 const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
-const written = (text: string): number[] => [...text.matchAll(/VESSEL-WROTE (\d+)/g)].map((m) => Number(m[1]));
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
-const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, SRC, spec);
+const fk = forkliftIn(SRC);
 const pathOf = async (ns: string, claim: string) =>
   String((await v.client.get(PVC, claim, { namespace: ns })).metadata?.annotations?.['vessel.io/volume-path']);
 
@@ -94,13 +74,13 @@ test(
       },
       { namespace: SRC },
     );
-    const vm = tinyVm(NAME, { namespace: SRC, userData: WRITER, terminationGracePeriodSeconds: 2 }) as {
+    const vm = tinyVm(NAME, { namespace: SRC, userData: recordWriter(), terminationGracePeriodSeconds: 2 }) as {
       spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
     };
     vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
     vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: `${NAME}-data` } });
     await v.client.create(VM, vm as unknown as Obj, { namespace: SRC });
-    await eventually('the guest writing', async () => (written(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
+    await eventually('the guest writing', async () => (recordsWritten(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
     log('source guest writes');
 
     const provider = { source: { name: 'host', namespace: SRC }, destination: { name: 'host', namespace: SRC } };
@@ -126,14 +106,68 @@ test(
     ).catch(async (e: unknown) => {
       throw new Error(`${(e as Error).message}: ${JSON.stringify(conds(await v.client.get(PLANS, 'warm', { namespace: SRC })))}`);
     });
+    const statusOf = async (m: string) => ((await v.client.get(MIGRATIONS, m, { namespace: SRC })).status as { vms?: VmS[] } | undefined)?.vms?.[0];
+    const pskSecrets = async () => (await v.client.list(SECRETS, { namespace: DST, labelSelector: forklift.WARM_PSK_LABEL })).items;
+    const targetObjects = async () =>
+      [...(await v.client.list(DVS, { namespace: DST })).items, ...(await v.client.list(PVC, { namespace: DST })).items, ...(await pskSecrets())].map(
+        (o) => `${o.kind}/${o.metadata?.name}`,
+      );
+
+    log('plan Ready');
+    // A warm Migration cancelled while it copies: its exports end, and the target DataVolumes,
+    // claims and PSK secrets it made go (as a cancelled cold VM's); the source runs on.
+    await v.client.create(MIGRATIONS, fk('Migration', 'warm-0', { plan: { name: 'warm', namespace: SRC } }), { namespace: SRC });
+    await eventually(
+      'warm-0 copying',
+      async () => ((await statusOf('warm-0'))?.pipeline.find((p) => p.name === 'DiskTransfer')?.phase === 'Running' ? true : undefined),
+      600_000,
+      250,
+    );
+    assert.ok((await targetObjects()).length > 0, 'the cancelled run had made its target volumes');
+    await v.client.patch(MIGRATIONS, 'warm-0', { spec: { cancel: [{ name: NAME, namespace: SRC }] } }, { namespace: SRC });
+    const canceled = await eventually(
+      'warm-0 canceled',
+      async () => ((await statusOf('warm-0'))?.phase === 'Completed' ? statusOf('warm-0') : undefined),
+      300_000,
+      250,
+    );
+    assert.ok(
+      canceled.conditions?.some((c) => c.type === 'Canceled'),
+      JSON.stringify(canceled),
+    );
+    await eventually("the cancelled run's volumes and secrets gone", async () => ((await targetObjects()).length === 0 ? true : undefined), 60_000, 250).catch(
+      async (e: unknown) => {
+        throw new Error(`${(e as Error).message}: ${JSON.stringify(await targetObjects())}`);
+      },
+    );
+    assert.equal(((await v.client.get(VMI, NAME, { namespace: SRC })).status as { phase?: string } | undefined)?.phase, 'Running', 'the source runs on');
+    log('warm-0 canceled: its target DataVolumes, claims and PSK secrets are gone');
+
     await v.client.create(MIGRATIONS, fk('Migration', 'warm-1', { plan: { name: 'warm', namespace: SRC } }), { namespace: SRC });
-    const vmStatus = async () => ((await v.client.get(MIGRATIONS, 'warm-1', { namespace: SRC })).status as { vms?: VmS[] } | undefined)?.vms?.[0];
+    const vmStatus = () => statusOf('warm-1');
     await eventually('3 precopies after the full copy', async () => ((await vmStatus())?.warm?.successes ?? 0) >= 4 || undefined, 900_000, 500).catch(
       async (e: unknown) => {
         throw new Error(`${(e as Error).message}: ${JSON.stringify(await vmStatus())}`);
       },
     );
     log(`precopies: ${JSON.stringify((await vmStatus())?.warm)}`);
+
+    // The PSK is in a Secret per export (owned by its claim), never in an annotation a reader of the
+    // claim or the VMI sees; the annotations name the Secret.
+    const secrets = await pskSecrets();
+    assert.equal(secrets.length, 2, 'one PSK secret per exported claim (root, data)');
+    const annotations = JSON.stringify([
+      ...(await v.client.list(PVC, { namespace: DST })).items.map((o) => o.metadata?.annotations),
+      (await v.client.get(VMI, NAME, { namespace: SRC })).metadata?.annotations,
+    ]);
+    for (const sec of secrets) {
+      const key = Buffer.from(String((sec.data as Record<string, string>).key), 'base64').toString('utf8');
+      assert.match(key, /^[0-9a-f]{64}$/);
+      assert.equal((sec as { type?: string }).type, forklift.WARM_PSK_SECRET_TYPE);
+      assert.equal(sec.metadata?.ownerReferences?.[0]?.kind, 'PersistentVolumeClaim');
+      assert.ok(!annotations.includes(key), `the key of ${sec.metadata?.name} is in an annotation`);
+      assert.ok(annotations.includes(sec.metadata!.name!), `the annotations name ${sec.metadata?.name}`);
+    }
     const cutoverAt = performance.now();
     await v.client.patch(MIGRATIONS, 'warm-1', { spec: { cutover: new Date().toISOString() } }, { namespace: SRC });
     const m = await eventually(
@@ -158,10 +192,15 @@ test(
       JSON.stringify(s.pipeline),
     );
     assert.ok((s.warm?.precopies?.length ?? 0) >= 5, `a full copy, 3 precopies and the cutover round: ${JSON.stringify(s.warm)}`);
+    assert.deepEqual(
+      (await pskSecrets()).map((o) => o.metadata?.name),
+      [],
+      'the PSK secrets go with the exports',
+    );
 
     // The source is stopped; the target claims equal the source's and hold the last record written.
     await assert.rejects(v.client.get(VMI, NAME, { namespace: SRC }));
-    const last = Math.max(...written(await serialLog(v.dataDir, SRC, NAME)));
+    const last = Math.max(...recordsWritten(await serialLog(v.dataDir, SRC, NAME)));
     for (const vol of ['root', 'data']) {
       const cmp = await run('qemu-img', ['compare', '-U', await pathOf(SRC, `${NAME}-${vol}`), await pathOf(DST, `${NAME}-${vol}`)]);
       assert.equal(cmp.code, 0, `${vol}: ${cmp.out} ${cmp.err}`);
@@ -170,8 +209,7 @@ test(
     const conv = await run('qemu-img', ['convert', '-U', '-O', 'raw', await pathOf(DST, `${NAME}-data`), raw]);
     assert.equal(conv.code, 0, conv.err);
     const bytes = await readFile(raw);
-    const slot = (n: number) => bytes.subarray((n % 64) * 65536, (n % 64) * 65536 + 20).toString('latin1');
-    assert.equal(slot(last), `VESSEL-REC ${String(last).padStart(8, '0')}\n`, `record ${last}`);
+    assert.equal(recordSlot(bytes, last), recordText(last), `record ${last}`);
     log(`target holds record ${last}, the last the source wrote`);
 
     // targetPowerState unset: the target starts, and its guest comes up.

@@ -19,7 +19,7 @@ import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { clusterWarmOps } from '../packages/controllers/forklift/warm-ops.ts';
 import { warmPipeline, WarmRun, type WarmOps, type WarmVmStatus } from '../packages/controllers/forklift/warm.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { recordSlot, recordsWritten, recordText, recordWriter, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -29,18 +29,6 @@ const SRC = 'warm-src';
 const DST = 'warm-dst';
 const NAME = 'busy';
 type Obj = Record<string, unknown>;
-
-/** Records to 64 slots 64 KiB apart (a bitmap cluster each) on the 64 MiB disk, each flushed, then printed. */
-const WRITER = `#!/bin/sh
-for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && dev=/dev/\${d##*/}; done
-echo "VESSEL-WARM-DEV $dev"
-n=0
-while :; do
-  n=$((n + 1))
-  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$(( (n % 64) * 128 )) count=1 conv=sync,notrunc,fsync 2>/dev/null
-  echo "VESSEL-WROTE $n"
-done
-`;
 
 let v: Vessel;
 let dir: string;
@@ -68,7 +56,6 @@ after(async () => {
 
 const since0 = performance.now();
 const log = (what: string) => console.log(`# ${((performance.now() - since0) / 1000).toFixed(1)} s ${what}`);
-const written = (text: string): number[] => [...text.matchAll(/VESSEL-WROTE (\d+)/g)].map((m) => Number(m[1]));
 const pathOf = async (ns: string, claim: string) =>
   String((await v.client.get(PVC, claim, { namespace: ns })).metadata?.annotations?.['vessel.io/volume-path']);
 
@@ -83,13 +70,13 @@ test('warm: full copy, 3 precopy rounds while the guest writes, cutover; the tar
     },
     { namespace: SRC },
   );
-  const vm = tinyVm(NAME, { namespace: SRC, userData: WRITER, terminationGracePeriodSeconds: 2 }) as {
+  const vm = tinyVm(NAME, { namespace: SRC, userData: recordWriter(), terminationGracePeriodSeconds: 2 }) as {
     spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
   };
   vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
   vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: `${NAME}-data` } });
   await v.client.create(VM, vm as unknown as Obj, { namespace: SRC });
-  await eventually('the guest writing', async () => (written(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
+  await eventually('the guest writing', async () => (recordsWritten(await serialLog(v.dataDir, SRC, NAME)).length > 5 ? true : undefined), 900_000, 500);
   log('source guest writes');
 
   const s: WarmVmStatus = { id: `${SRC}/${NAME}`, name: NAME, phase: 'Pending', pipeline: warmPipeline([]) };
@@ -141,7 +128,7 @@ test('warm: full copy, 3 precopy rounds while the guest writes, cutover; the tar
 
   // The source is gone; the target claims equal the source's and hold the last record written.
   await assert.rejects(v.client.get(VMI, NAME, { namespace: SRC }));
-  const last = Math.max(...written(await serialLog(v.dataDir, SRC, NAME)));
+  const last = Math.max(...recordsWritten(await serialLog(v.dataDir, SRC, NAME)));
   for (const vol of ['root', 'data']) {
     const src = await pathOf(SRC, vol === 'root' ? `${NAME}-root` : `${NAME}-data`);
     const dst = await pathOf(DST, `moved-${vol}`);
@@ -152,8 +139,7 @@ test('warm: full copy, 3 precopy rounds while the guest writes, cutover; the tar
   const conv = await run('qemu-img', ['convert', '-U', '-O', 'raw', await pathOf(DST, 'moved-data'), raw]);
   assert.equal(conv.code, 0, conv.err);
   const bytes = await readFile(raw);
-  const slot = (n: number) => bytes.subarray((n % 64) * 65536, (n % 64) * 65536 + 20).toString('latin1');
-  assert.equal(slot(last), `VESSEL-REC ${String(last).padStart(8, '0')}\n`, `record ${last}`);
+  assert.equal(recordSlot(bytes, last), recordText(last), `record ${last}`);
   log(`target holds record ${last}, the last the source wrote`);
 
   // The target boots on the copied disks.

@@ -1,7 +1,8 @@
 /**
  * VirtualMachines of the tiny test guest for end-to-end tests, and readers of what it prints:
  * its root disk is a linked clone of the `tiny` golden image; user data `#!/bin/sh` scripts run
- * at boot with their output on the console; `VESSEL-COUNTER n` is the on-disk counter.
+ * at boot with their output on the console; `VESSEL-COUNTER n` is the on-disk counter; recordWriter's
+ * script writes numbered records to a disk's slots (the warm-copy tests).
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -106,3 +107,37 @@ export async function serialLog(dataDir: string, namespace: string, name: string
 
 /** The counter values the text shows, in order. */
 export const counters = (text: string): number[] => [...text.matchAll(/VESSEL-COUNTER (\d+)/g)].map((m) => Number(m[1]));
+
+/** The records' layout on the disk recordWriter writes: 64 slots 64 KiB apart (one QEMU dirty-bitmap cluster each). */
+const RECORD_SLOTS = 64;
+const RECORD_SLOT_BYTES = 64 * 1024;
+
+/**
+ * A user-data script that writes numbered records (`VESSEL-REC 00000042`) round-robin to the 64
+ * slots of a 64 MiB disk, each flushed (fsync) before it prints `VESSEL-WROTE n`, without pause:
+ * the warm-copy tests' guest load (a round copies at most 64 clusters, 4 MiB). The disk is the
+ * one whose virtio serial is `serial`, or by default the one of 64 MiB (131072 sectors).
+ */
+export function recordWriter(disk: { serial: string } | { sectors: number } = { sectors: 131072 }): string {
+  const test = 'serial' in disk ? `"$(cat $d/serial 2>/dev/null)" = ${disk.serial}` : `"$(cat $d/size)" = ${disk.sectors}`;
+  return `#!/bin/sh
+for d in /sys/block/vd*; do [ ${test} ] && dev=/dev/\${d##*/}; done
+echo "VESSEL-WARM-DEV $dev"
+n=0
+while :; do
+  n=$((n + 1))
+  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$(( (n % ${RECORD_SLOTS}) * ${RECORD_SLOT_BYTES / 512} )) count=1 conv=sync,notrunc,fsync 2>/dev/null
+  echo "VESSEL-WROTE $n"
+done
+`;
+}
+
+/** The record numbers recordWriter's guest printed (written and flushed), in order. */
+export const recordsWritten = (text: string): number[] => [...text.matchAll(/VESSEL-WROTE (\d+)/g)].map((m) => Number(m[1]));
+
+/** Record `n` as it lies in its slot. */
+export const recordText = (n: number): string => `VESSEL-REC ${String(n).padStart(8, '0')}\n`;
+
+/** What slot of record `n` holds in the disk's raw bytes (compare with recordText(n)). */
+export const recordSlot = (disk: Buffer, n: number): string =>
+  disk.subarray((n % RECORD_SLOTS) * RECORD_SLOT_BYTES, (n % RECORD_SLOTS) * RECORD_SLOT_BYTES + 20).toString('latin1');

@@ -13,16 +13,12 @@ import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { KubeObject, ResourceRef } from '@vessel/client';
+import type { KubeObject } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog } from './tiny-vm.ts';
-import { forkliftObject, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
-const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
-const NAMESPACES: ResourceRef = { group: '', version: 'v1', plural: 'namespaces', namespaced: false };
-const NODES: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
-const PVCS = ref('persistentvolumeclaims', '', 'v1');
-const VMS = ref('virtualmachines', 'kubevirt.io', 'v1');
+const { MIGRATIONS, NAMESPACES, NETMAPS, NODES, PLANS, PROVIDERS, PVCS, STORAGEMAPS, VMS } = FORKLIFT_REFS;
 const NS = 'v2v-src';
 const TARGET = 'v2v-target';
 const NAME = 'Debian Bookworm';
@@ -34,7 +30,7 @@ let c: TestCluster;
 let dir: string;
 let disk: string;
 
-const fk = (kind: string, name: string, spec: unknown): KubeObject => forkliftObject(kind, name, NS, spec);
+const fk = forkliftIn(NS);
 const providerRefs = testProviderRefs('ova', NS);
 type Cond = { type: string; status: string; message?: string };
 const conds = (o: KubeObject): Cond[] => (o.status as { conditions?: Cond[] } | undefined)?.conditions ?? [];
@@ -95,19 +91,17 @@ after(async () => {
 test('a Debian guest from an OVA is converted by virt-v2v and boots on Vessel', async () => {
   const node = (await c.client.list(NODES)).items[0];
   assert.ok(node.metadata?.labels?.['vessel.io/virt-v2v'], 'the agent found virt-v2v');
-  await c.client.create(ref('providers'), fk('Provider', 'ova', { type: 'ova', url: join(dir, 'ova'), secret: {} }), { namespace: NS });
+  await c.client.create(PROVIDERS, fk('Provider', 'ova', { type: 'ova', url: join(dir, 'ova'), secret: {} }), { namespace: NS });
+  await c.client.create(NETMAPS, fk('NetworkMap', 'net', { provider: providerRefs, map: [{ source: { name: 'VM Network' }, destination: { type: 'pod' } }] }), {
+    namespace: NS,
+  });
   await c.client.create(
-    ref('networkmaps'),
-    fk('NetworkMap', 'net', { provider: providerRefs, map: [{ source: { name: 'VM Network' }, destination: { type: 'pod' } }] }),
-    { namespace: NS },
-  );
-  await c.client.create(
-    ref('storagemaps'),
+    STORAGEMAPS,
     fk('StorageMap', 'disks', { provider: providerRefs, map: [{ source: { name: 'debian.ova' }, destination: { storageClass: 'local' } }] }),
     { namespace: NS },
   );
   await c.client.create(
-    ref('plans'),
+    PLANS,
     fk('Plan', 'deb', {
       provider: providerRefs,
       targetNamespace: TARGET,
@@ -120,19 +114,19 @@ test('a Debian guest from an OVA is converted by virt-v2v and boots on Vessel', 
   const plan = await eventually(
     'plan Ready',
     async () => {
-      const p = await c.client.get(ref('plans'), 'deb', { namespace: NS });
+      const p = await c.client.get(PLANS, 'deb', { namespace: NS });
       return conds(p).some((x) => x.type === 'Ready') ? p : undefined;
     },
     120_000,
   );
   assert.ok(!conds(plan).some((x) => x.type === 'GuestConversionSkipped'), 'virt-v2v is there: no Warn');
   const t0 = Date.now();
-  await c.client.create(ref('migrations'), fk('Migration', 'deb-1', { plan: { name: 'deb' } }), { namespace: NS });
+  await c.client.create(MIGRATIONS, fk('Migration', 'deb-1', { plan: { name: 'deb' } }), { namespace: NS });
   const stages = new Set<string>();
   const m = await eventually(
     'migration completed',
     async () => {
-      const o = await c.client.get(ref('migrations'), 'deb-1', { namespace: NS });
+      const o = await c.client.get(MIGRATIONS, 'deb-1', { namespace: NS });
       const st = (o.status ?? {}) as { completed?: string; vms?: { pipeline: Step[] }[] };
       const conv = st.vms?.[0]?.pipeline.find((p) => p.name === 'ImageConversion');
       if (conv?.reason) stages.add(conv.reason);

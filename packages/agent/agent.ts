@@ -3,12 +3,11 @@
  * (`local` under the data directory, `shared` in a directory every node sees), fills and
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
-import { chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { forklift, storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
-import { ensureMigrationCerts, ensureSelfSignedCert, FFDHE2048_PEM, parseListen, type MigrationCerts } from '@vessel/tls';
+import { ensureMigrationCerts, ensureSelfSignedCert, parseListen, writeQemuTlsDir, type MigrationCerts } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
@@ -394,23 +393,12 @@ async function agentToken(client: Client): Promise<string> {
 /**
  * QEMU's tls-creds-x509 directory for migrations with `peer` (0700): ca-cert.pem holds this
  * node's migration CA (QEMU checks its own certificate against it) and the peer's, read from the
- * peer's Node; the one leaf serves as server and client certificate; dh-params.pem a fixed group.
+ * peer's Node; the one leaf serves as server and client certificate (dh-params.pem: writeQemuTlsDir).
  */
 async function writeMigrationTlsDir(client: Client, dir: string, own: MigrationCerts, peer: string): Promise<string> {
   const node = (await client.get(refs.NODES, peer)) as KubeObject;
   const peerCa = node.metadata.annotations?.[storage.NODE_MIGRATION_CA];
   if (!peerCa) throw new Error(`node ${peer} publishes no migration CA (${storage.NODE_MIGRATION_CA}): is its agent running with --migration-tls=false?`);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await chmod(dir, 0o700);
-  const files: [string, string][] = [
-    ['ca-cert.pem', own.caPem + peerCa],
-    ['server-cert.pem', own.certPem],
-    ['server-key.pem', own.keyPem],
-    ['client-cert.pem', own.certPem],
-    ['client-key.pem', own.keyPem],
-    // Without it QEMU generates a DH group in its main thread (seconds) at every object-add.
-    ['dh-params.pem', FFDHE2048_PEM],
-  ];
-  for (const [name, text] of files) await writeFile(join(dir, name), text, { mode: 0o600 });
-  return dir;
+  const own2 = { cert: own.certPem, key: own.keyPem };
+  return writeQemuTlsDir(dir, { type: 'x509', caCert: own.caPem + peerCa, server: own2, client: own2 });
 }

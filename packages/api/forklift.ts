@@ -2,6 +2,7 @@
  * The migration toolkit's conventions shared by its controller and the CLI (docs/forklift.md):
  * where a provider's inventory is published, and the per-VM status a Migration reports.
  */
+import { createHash } from 'node:crypto';
 
 /** The ConfigMap, in the provider's namespace and owned by it, holding its inventory as JSON under INVENTORY_KEY. */
 export const inventoryConfigMapName = (provider: string): string => `${provider}-inventory`;
@@ -95,12 +96,23 @@ export interface ConversionStatus {
  * through reserved annotations, as for conversion. On the target claim: WarmExportRequest, and
  * the agent holding its volume answers WarmExportStatus (its NBD export, TLS-PSK). On the source
  * VMI: WarmCopyRequest, one disk's round at a time, and the agent running it answers
- * WarmCopyStatus.
+ * WarmCopyStatus. The PSK itself is never in an annotation (whoever reads a claim or a VMI, a
+ * viewer too, would get it): the target's agent writes it to a Secret in the claim's namespace
+ * (warmPskSecretName, type WARM_PSK_SECRET_TYPE, owned by the claim) and the annotations name it.
  */
 export const WARM_EXPORT = 'vessel.io/warm-export';
 export const WARM_EXPORT_STATUS = 'vessel.io/warm-export-status';
 export const WARM_COPY = 'vessel.io/warm-copy';
 export const WARM_COPY_STATUS = 'vessel.io/warm-copy-status';
+/** The type of a warm export's PSK Secret (data: `identity`, `key` hex); the source's agent reads no other. */
+export const WARM_PSK_SECRET_TYPE = 'vessel.io/warm-psk';
+/** Label on a warm export's PSK Secret: the claim it exports. */
+export const WARM_PSK_LABEL = 'vessel.io/warm-export';
+
+/** The PSK Secret's name for export request `id` of `claim`: the same for the agent and the controller, a DNS-1123 name whatever the id holds. */
+export function warmPskSecretName(id: string, claim: string): string {
+  return `vessel-warm-psk-${createHash('sha256').update(`${id}\n${claim}`).digest('hex').slice(0, 24)}`;
+}
 
 export interface WarmExportRequest {
   /** Who asks (migration uid and VM id); `stop`: the export goes. */
@@ -112,8 +124,8 @@ export interface WarmExportStatus {
   phase: 'Ready' | 'Failed' | 'Stopped';
   address?: string;
   export?: string;
-  identity?: string;
-  key?: string;
+  /** The PSK Secret in the claim's namespace (warmPskSecretName). */
+  secret?: string;
   message?: string;
 }
 export interface WarmCopyRequest {
@@ -123,7 +135,8 @@ export interface WarmCopyRequest {
   /** The VMI's volume; `end`: tracking and NBD nodes of every disk go. */
   volume?: string;
   mode?: 'full' | 'incremental';
-  target?: { address: string; export: string; identity: string; key: string };
+  /** The target's export and where its PSK Secret is (a reference, never the key). */
+  target?: { address: string; export: string; secret: { namespace: string; name: string } };
   end?: boolean;
 }
 export interface WarmCopyStatus {

@@ -1,18 +1,19 @@
 /**
  * @vessel/tls: certificates are made once and kept, the serving certificate follows the
  * listen host under the same CA, a pin accepts only its own certificate, a migration leaf is
- * a non-CA server and client certificate its node's CA signed, --listen parses, and QEMU's DH
- * group is the standard one.
+ * a non-CA server and client certificate its node's CA signed, --listen parses, QEMU's DH
+ * group is the standard one, and a QEMU credentials directory (x509 or PSK) has QEMU's file names,
+ * that group, and modes 0700/0600.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
-import { checkPinned, ensureMigrationCerts, ensureSelfSignedCert, ensureServingCerts, FFDHE2048_PEM, parseListen } from './index.ts';
+import { checkPinned, ensureMigrationCerts, ensureSelfSignedCert, ensureServingCerts, FFDHE2048_PEM, parseListen, writeQemuTlsDir } from './index.ts';
 
 describe('@vessel/tls', () => {
   let dir: string;
@@ -74,5 +75,32 @@ describe('@vessel/tls', () => {
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /DH Parameters: \(2048 bit\)/);
     assert.match(r.stdout, /GROUP: ffdhe2048/);
+  });
+  test("a QEMU credentials directory: x509 or PSK files by QEMU's names, the DH group openssl reads, 0700 and 0600 even over older files", async () => {
+    const mode = async (p: string) => (await stat(p)).mode & 0o777;
+    const x = join(dir, 'qemu-x509');
+    // Left by an earlier run with loose modes: they are tightened.
+    await mkdir(x, { mode: 0o755 });
+    await writeFile(join(x, 'server-key.pem'), 'old', { mode: 0o644 });
+    const leaf = { cert: 'CERT\n', key: 'KEY\n' };
+    assert.equal(await writeQemuTlsDir(x, { type: 'x509', caCert: 'CA\n', server: leaf, client: leaf }), x);
+    assert.deepEqual((await readdir(x)).sort(), ['ca-cert.pem', 'client-cert.pem', 'client-key.pem', 'dh-params.pem', 'server-cert.pem', 'server-key.pem']);
+    assert.equal(await readFile(join(x, 'server-key.pem'), 'utf8'), 'KEY\n');
+    assert.equal(await mode(x), 0o700);
+    for (const f of await readdir(x)) assert.equal(await mode(join(x, f)), 0o600, f);
+
+    const p = join(dir, 'qemu-psk');
+    await writeQemuTlsDir(p, { type: 'psk', keys: [{ identity: 'vslwarm-1', key: 'ab'.repeat(32) }] });
+    assert.deepEqual((await readdir(p)).sort(), ['dh-params.pem', 'keys.psk']);
+    assert.equal(await readFile(join(p, 'keys.psk'), 'utf8'), `vslwarm-1:${'ab'.repeat(32)}\n`);
+    assert.equal(await mode(p), 0o700);
+    assert.equal(await mode(join(p, 'keys.psk')), 0o600);
+    const r = spawnSync('openssl', ['pkeyparam', '-text', '-noout', '-in', join(p, 'dh-params.pem')], { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /GROUP: ffdhe2048/);
+    // A key or identity that would add a line to keys.psk is refused, nothing written.
+    await assert.rejects(writeQemuTlsDir(join(dir, 'qemu-bad'), { type: 'psk', keys: [{ identity: 'a\nb', key: 'ab' }] }), /PSK/);
+    await assert.rejects(writeQemuTlsDir(join(dir, 'qemu-bad'), { type: 'psk', keys: [{ identity: 'a', key: 'zz\nevil:00' }] }), /PSK/);
+    await assert.rejects(stat(join(dir, 'qemu-bad')), /ENOENT/);
   });
 });

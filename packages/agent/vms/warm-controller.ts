@@ -4,16 +4,21 @@
  * NBD export (WARM_EXPORT → WARM_EXPORT_STATUS), a VMI running here gets copy rounds of its
  * disks (WARM_COPY → WARM_COPY_STATUS) with warm-copy.ts. Rounds of one VMI run one at a time;
  * exports end when asked, when their claim goes, and with the agent.
+ *
+ * An export's PSK goes to a Secret in the claim's namespace, owned by the claim and deleted when
+ * the export ends, never to an annotation: a claim or VMI is readable by viewers, a Secret is not
+ * (packages/apiserver/auth.ts). The source's agent reads it by the reference in its request and
+ * takes only a Secret of type WARM_PSK_SECRET_TYPE.
  */
 import { annotationsOf, forklift, refs, storage } from '@vessel/api';
-import type { Client } from '@vessel/client';
+import { isStatusError, type Client } from '@vessel/client';
 import { Controller, type Informer, type Log } from '@vessel/runtime';
 import { containedPath, type Pool } from '../storage/pools.ts';
 import type { QmpClient } from '../qmp/client.ts';
-import { copyRound, endTracking, exportTarget, WarmCopyError, type TargetExport } from './warm-copy.ts';
+import { copyRound, endTracking, exportTarget, WarmCopyError, type TargetExport, type WarmTarget } from './warm-copy.ts';
 
-const { PVCS, VMIS } = refs;
-const { WARM_EXPORT, WARM_EXPORT_STATUS, WARM_COPY, WARM_COPY_STATUS } = forklift;
+const { PVCS, SECRETS, VMIS } = refs;
+const { WARM_EXPORT, WARM_EXPORT_STATUS, WARM_COPY, WARM_COPY_STATUS, WARM_PSK_LABEL, WARM_PSK_SECRET_TYPE, warmPskSecretName } = forklift;
 
 export interface WarmControllerOptions {
   nodeName: string;
@@ -38,7 +43,7 @@ export class WarmController extends Controller {
   private readonly pvcs: Informer;
   private readonly vmis: Informer;
   /** Exports by claim key, with the request id they answer. */
-  private readonly exports = new Map<string, { id: string; exp: TargetExport }>();
+  private readonly exports = new Map<string, { id: string; exp: TargetExport; secret: string }>();
   /** Rounds answered or running, by VMI key: `id/seq`. */
   private readonly rounds = new Map<string, string>();
   private stopping = false;
@@ -55,6 +60,8 @@ export class WarmController extends Controller {
   override async stop(): Promise<void> {
     this.stopping = true;
     await super.stop();
+    // The Secrets stay: a restarted agent serves the exports again with new keys (and Secrets); the
+    // controller's release or the claim's deletion ends them.
     for (const { exp } of this.exports.values()) await exp.stop();
     this.exports.clear();
   }
@@ -73,6 +80,7 @@ export class WarmController extends Controller {
     if (cur && gone) {
       this.exports.delete(key);
       await cur.exp.stop();
+      await this.deleteSecret(pvc?.metadata.namespace ?? key.split('/')[0], cur.secret);
       this.log(`warm: export of claim ${key} stopped`);
       if (pvc && req?.stop) await this.answerExport(key, { id: req.id, phase: 'Stopped' });
     }
@@ -84,9 +92,15 @@ export class WarmController extends Controller {
     try {
       const path = containedPath(this.opts.pools.values(), pvc.metadata.namespace!, ann[storage.VOLUME_PATH], `${storage.VOLUME_PATH} of claim ${key}`).path;
       const exp = await exportTarget({ path, format: 'qcow2', host: this.opts.listenAddress, netns: this.opts.netns });
-      this.exports.set(key, { id: req.id, exp });
+      const secret = warmPskSecretName(req.id, pvc.metadata.name);
+      // No Secret, no export: nobody could use it.
+      await this.writeSecret(pvc, secret, exp).catch(async (e: unknown) => {
+        await exp.stop();
+        throw e;
+      });
+      this.exports.set(key, { id: req.id, exp, secret });
       this.log(`warm: claim ${key} exported on ${exp.address}`);
-      await this.answerExport(key, { id: req.id, phase: 'Ready', address: exp.address, export: exp.export, identity: exp.identity, key: exp.key });
+      await this.answerExport(key, { id: req.id, phase: 'Ready', address: exp.address, export: exp.export, secret });
     } catch (e) {
       await this.answerExport(key, { id: req.id, phase: 'Failed', message: e instanceof Error ? e.message : String(e) });
     }
@@ -111,7 +125,7 @@ export class WarmController extends Controller {
         await endTracking(qmp, v.name);
       return answer({ phase: 'Succeeded' });
     }
-    if (!req.volume || !req.target || (req.mode !== 'full' && req.mode !== 'incremental'))
+    if (!req.volume || !req.target?.secret || (req.mode !== 'full' && req.mode !== 'incremental'))
       return answer({ phase: 'Failed', message: 'the request names no volume, mode or target' });
     await answer({ phase: 'Running', done: 0, total: 0 });
     let last = 0;
@@ -119,7 +133,7 @@ export class WarmController extends Controller {
       const r = await copyRound(qmp, {
         volume: req.volume,
         mode: req.mode,
-        target: req.target,
+        target: await this.readTarget(req.target),
         runDir,
         netns: this.opts.netns,
         stop: () => this.stopping,
@@ -136,6 +150,51 @@ export class WarmController extends Controller {
       const code = e instanceof WarmCopyError ? e.code : 'WarmCopyFailed';
       await answer({ phase: 'Failed', code, message: e instanceof Error ? e.message : String(e) });
     }
+  }
+
+  /** The export's PSK Secret, owned by the claim (it goes with it); one left by an earlier export is replaced. */
+  private async writeSecret(pvc: { metadata: { name?: string; namespace?: string; uid?: string } }, name: string, exp: TargetExport): Promise<void> {
+    const ns = pvc.metadata.namespace!;
+    const b64 = (v: string) => Buffer.from(v).toString('base64');
+    const body = {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: {
+        name,
+        namespace: ns,
+        labels: { [WARM_PSK_LABEL]: pvc.metadata.name! },
+        ownerReferences: [{ apiVersion: 'v1', kind: 'PersistentVolumeClaim', name: pvc.metadata.name!, uid: pvc.metadata.uid!, blockOwnerDeletion: false }],
+      },
+      type: WARM_PSK_SECRET_TYPE,
+      data: { identity: b64(exp.identity), key: b64(exp.key) },
+    };
+    try {
+      await this.client.create(SECRETS, body, { namespace: ns });
+    } catch (e) {
+      if (!isStatusError(e, 'AlreadyExists')) throw e;
+      // Replaced, not patched: whatever else is in the name (another type, other keys) goes.
+      await this.client.delete(SECRETS, name, { namespace: ns });
+      await this.client.create(SECRETS, body, { namespace: ns });
+    }
+  }
+
+  private async deleteSecret(ns: string, name: string): Promise<void> {
+    await this.client.delete(SECRETS, name, { namespace: ns }).catch((e: unknown) => {
+      if (!isStatusError(e, 'NotFound')) this.log(`warm: deleting secret ${ns}/${name}: ${e instanceof Error ? e.message : String(e)}`);
+    });
+  }
+
+  /** The source's side: the target named by a request, its PSK read from the Secret the request names. */
+  private async readTarget(t: NonNullable<forklift.WarmCopyRequest['target']>): Promise<WarmTarget> {
+    const where = `${t.secret?.namespace}/${t.secret?.name}`;
+    const s = await this.client.get(SECRETS, t.secret.name, { namespace: t.secret.namespace }).catch((e: unknown) => {
+      throw new WarmCopyError('WarmCopyFailed', `the PSK secret ${where}: ${e instanceof Error ? e.message : String(e)}`);
+    });
+    const data = (s as { type?: string; data?: Record<string, string> }).data ?? {};
+    if ((s as { type?: string }).type !== WARM_PSK_SECRET_TYPE || !data.identity || !data.key)
+      throw new WarmCopyError('WarmCopyFailed', `secret ${where} is not a warm export's PSK (type ${WARM_PSK_SECRET_TYPE})`);
+    const d = (v: string) => Buffer.from(v, 'base64').toString('utf8');
+    return { address: t.address, export: t.export, identity: d(data.identity), key: d(data.key) };
   }
 
   private async answerExport(key: string, s: forklift.WarmExportStatus): Promise<void> {

@@ -14,22 +14,11 @@ import { after, before, test } from 'node:test';
 import { ensureTinyGuest, TINY_SERIAL, type TinyGuest } from '@vessel/guest';
 import { buildCloudInitIso } from '../qemu/cloudinit.ts';
 import { QmpClient } from '../qmp/client.ts';
+import { recordSlot, recordsWritten, recordText, recordWriter } from '../../../e2e/tiny-vm.ts';
 import { copyRound, endTracking, exportTarget, tracking, WarmCopyError, type TargetExport } from './warm-copy.ts';
 
 const MiB = 1024 * 1024;
 const DISK = 64 * MiB;
-/** Records go to 64 slots 64 KiB apart (one bitmap cluster each): a round copies at most 4 MiB. */
-const WRITER = `#!/bin/sh
-for d in /sys/block/vd*; do [ "$(cat $d/serial 2>/dev/null)" = warmdata ] && dev=/dev/\${d##*/}; done
-echo "VESSEL-WARM-DEV $dev"
-n=0
-while :; do
-  n=$((n + 1))
-  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$(( (n % 64) * 128 )) count=1 conv=sync,notrunc,fsync 2>/dev/null
-  echo "VESSEL-WROTE $n"
-done
-`;
-
 let guest: TinyGuest;
 let root: string;
 let qemu: ChildProcess | undefined;
@@ -57,7 +46,6 @@ function sh(cmd: string, args: string[]): void {
 }
 
 const serial = () => readFile(join(root, 'serial.log'), 'utf8').catch(() => '');
-const written = (text: string): number[] => [...text.matchAll(/^VESSEL-WROTE (\d+)/gm)].map((m) => Number(m[1]));
 
 async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 120_000): Promise<T> {
   const deadline = Date.now() + timeoutMs;
@@ -71,8 +59,8 @@ async function until<T>(what: string, check: () => Promise<T | undefined>, timeo
 
 /** Waits until the guest has written `more` records after the last one seen now. */
 async function moreWrites(more: number): Promise<void> {
-  const from = Math.max(0, ...written(await serial()));
-  await until(`${more} more writes`, async () => (Math.max(0, ...written(await serial())) >= from + more ? true : undefined));
+  const from = Math.max(0, ...recordsWritten(await serial()));
+  await until(`${more} more writes`, async () => (Math.max(0, ...recordsWritten(await serial())) >= from + more ? true : undefined));
 }
 
 const sha = async (path: string) =>
@@ -87,7 +75,12 @@ test('warm copy: full round, two incremental rounds, the last one paused; the ta
   sh('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', 'qcow2', '-b', guest.disk, rootDisk]);
   sh('qemu-img', ['create', '-q', '-f', 'raw', data, String(DISK)]);
   sh('qemu-img', ['create', '-q', '-f', 'raw', copy, String(DISK)]);
-  await buildCloudInitIso({ kind: 'noCloud', userData: WRITER, metaData: { instanceId: 'warm', localHostname: 'warm' }, dest: join(root, 'seed.iso') });
+  await buildCloudInitIso({
+    kind: 'noCloud',
+    userData: recordWriter({ serial: 'warmdata' }),
+    metaData: { instanceId: 'warm', localHostname: 'warm' },
+    dest: join(root, 'seed.iso'),
+  });
   const qmpPath = join(root, 'qmp.sock');
   qemu = spawn(
     'qemu-system-x86_64',
@@ -144,7 +137,7 @@ test('warm copy: full round, two incremental rounds, the last one paused; the ta
   // Cutover: the guest paused (it writes nothing more), the last round.
   await moreWrites(5);
   await qmp.execute('stop');
-  const last = Math.max(...written(await serial()));
+  const last = Math.max(...recordsWritten(await serial()));
   t = performance.now();
   const final = await round('incremental');
   log(`last round (paused): ${final.total} bytes in ${((performance.now() - t) / 1000).toFixed(1)} s; last record ${last}`);
@@ -158,7 +151,6 @@ test('warm copy: full round, two incremental rounds, the last one paused; the ta
 
   assert.equal(await sha(copy), await sha(data), 'the target is the source disk');
   const bytes = await readFile(copy);
-  const slot = (n: number) => bytes.subarray((n % 64) * 64 * 1024, (n % 64) * 64 * 1024 + 20).toString('latin1');
-  assert.equal(slot(last), `VESSEL-REC ${String(last).padStart(8, '0')}\n`);
+  assert.equal(recordSlot(bytes, last), recordText(last));
   log(`deltas ${deltas.join(', ')}, final ${final.total}`);
 });

@@ -18,10 +18,10 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { FFDHE2048_PEM } from '@vessel/tls';
+import { writeQemuTlsDir } from '@vessel/tls';
 import { blockNodeNames } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import { formatHostPort, MigrationRelay, parseHostPort } from './migration-relay.ts';
@@ -92,10 +92,7 @@ export async function exportTarget(opts: {
     await rm(dir, { recursive: true, force: true });
   };
   try {
-    await mkdir(join(dir, 'psk'), { mode: 0o700 });
-    await writeFile(join(dir, 'psk', 'keys.psk'), `${identity}:${key}\n`, { mode: 0o600 });
-    // Without it a TLS server endpoint of QEMU 7.2 generates a DH group first (seconds; packages/tls/dh.ts).
-    await writeFile(join(dir, 'psk', 'dh-params.pem'), FFDHE2048_PEM, { mode: 0o600 });
+    await writeQemuTlsDir(join(dir, 'psk'), { type: 'psk', keys: [{ identity, key }] });
     child = spawn(
       opts.qemuNbd ?? 'qemu-nbd',
       [
@@ -180,8 +177,7 @@ export async function copyRound(
   const work = join(opts.runDir, `warm-${randomBytes(3).toString('hex')}`);
   let relay: MigrationRelay | undefined;
   try {
-    await mkdir(work, { mode: 0o700 });
-    await writeFile(join(work, 'keys.psk'), `${target.identity}:${target.key}\n`, { mode: 0o600 });
+    await writeQemuTlsDir(work, { type: 'psk', keys: [{ identity: target.identity, key: target.key }] });
     const sock = join(work, 's');
     relay = await MigrationRelay.start([{ listen: { path: sock }, connect: parseHostPort(target.address) }], { netns: opts.netns });
     await cleanRound(qmp, volume);

@@ -296,6 +296,7 @@ export class MigrationRun {
     let current = 'Initialize';
     let cleanup: (() => Promise<void>) | undefined;
     let makeVm: DiskOpener['targetVm'];
+    let warm: WarmOps | undefined;
     // Step boundaries check the cancel list too: a cancel written before the VM started, or between watch events.
     const checkpoint = () => {
       if (this.stopped) throw new Stopped('stopped');
@@ -306,7 +307,7 @@ export class MigrationRun {
       checkpoint();
       s.started ??= now();
       const spec = o(this.input.plan.spec);
-      const warm = spec.warm === true || spec.type === 'warm' ? this.input.warm?.(v) : undefined;
+      warm = spec.warm === true || spec.type === 'warm' ? this.input.warm?.(v) : undefined;
       if (warm) {
         await this.runWarm(s, warm, checkpoint, (c) => (current = c));
         this.active.delete(v.vm.id);
@@ -367,7 +368,7 @@ export class MigrationRun {
       s.conditions = [{ type: 'Succeeded', status: 'True', category: 'Advisory', message: 'The VM migration has SUCCEEDED.', lastTransitionTime: now() }];
     } catch (e) {
       if (this.stopped) throw new Stopped('stopped');
-      if (e instanceof Canceled || (signal.aborted && signal.reason instanceof Canceled)) await this.canceled(v, s, current);
+      if (e instanceof Canceled || (signal.aborted && signal.reason instanceof Canceled)) await this.canceled(v, s, current, warm);
       else {
         const reason = e instanceof Error ? e.message : String(e);
         this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: ${current}: ${reason}`);
@@ -422,9 +423,10 @@ export class MigrationRun {
 
   /**
    * A canceled VM, as Forklift leaves it: phase Completed with the Canceled condition; the step it
-   * was in (and its running disk tasks) Canceled; its DataVolumes and claims deleted.
+   * was in (and its running disk tasks) Canceled; its DataVolumes and claims deleted (a warm VM's
+   * by its ops: they have their own names).
    */
-  private async canceled(v: PlanVmResult, s: VmStatus, current: string): Promise<void> {
+  private async canceled(v: PlanVmResult, s: VmStatus, current: string, warm?: WarmOps): Promise<void> {
     this.log(`forklift: migration ${this.input.migration.metadata?.name}: VM ${v.vm.name}: canceled at ${current}`);
     const t = now();
     for (const st of s.pipeline) {
@@ -439,12 +441,14 @@ export class MigrationRun {
         }
     }
     const ns = s.namespace;
-    for (const i of v.vm.disks.keys()) {
-      for (const ref of [DATAVOLUMES, PVCS])
-        await this.client.delete(ref, claimName(v, i), { namespace: ns }).catch((e: unknown) => {
-          if (!isStatusError(e, 'NotFound')) throw e;
-        });
-    }
+    if (warm) await warm.discard();
+    else
+      for (const i of v.vm.disks.keys()) {
+        for (const ref of [DATAVOLUMES, PVCS])
+          await this.client.delete(ref, claimName(v, i), { namespace: ns }).catch((e: unknown) => {
+            if (!isStatusError(e, 'NotFound')) throw e;
+          });
+      }
     s.phase = 'Completed';
     s.completed = t;
     s.conditions = [

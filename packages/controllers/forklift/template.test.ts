@@ -1,9 +1,9 @@
 /** pvcNameTemplate: Go's template language as a name needs it rendered, everything else refused with a reason. */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { pvcName, renderTemplate, TemplateError } from './template.ts';
+import { diskFileName, pvcName, renderTemplate, TemplateError } from './template.ts';
 
-const vars = { VmName: 'web', PlanName: 'p1', DiskIndex: 2, RootDiskIndex: 0, Shared: false };
+const vars = { VmName: 'web', PlanName: 'p1', DiskIndex: 2, RootDiskIndex: 0, Shared: false, FileName: 'web_2.vmdk', WinDriveLetter: '' };
 
 test('renderTemplate: literal text and {{.Var}} (spaces allowed) replaced by Forklift variables', () => {
   assert.equal(renderTemplate('{{.VmName}}-disk-{{.DiskIndex}}', vars), 'web-disk-2');
@@ -57,4 +57,17 @@ test('pvcName: the result must be a DNS-1123 label', () => {
   assert.throws(() => pvcName('Disk-{{.DiskIndex}}', vars), /not a valid DNS-1123/);
   assert.throws(() => pvcName('x'.repeat(64), vars), /not a valid DNS-1123/);
   assert.throws(() => pvcName('{{.DiskIndex}}-', vars), /not a valid DNS-1123/);
+});
+
+test(".FileName is the disk file's last path component (a vSphere datastore path or an OVF href), .WinDriveLetter empty when unknown", () => {
+  assert.equal(diskFileName('[datastore1] VMs/test-vm/test-vm-disk1.vmdk'), 'test-vm-disk1.vmdk');
+  assert.equal(diskFileName('[ds 2] web.vmdk'), 'web.vmdk');
+  assert.equal(diskFileName('disks/web-1.vmdk'), 'web-1.vmdk');
+  assert.equal(diskFileName('web-1.vmdk'), 'web-1.vmdk');
+  assert.equal(renderTemplate('{{.FileName}}', vars), 'web_2.vmdk');
+  assert.equal(renderTemplate('{{if .WinDriveLetter}}{{.WinDriveLetter}}{{else}}nodrive{{end}}-{{.DiskIndex}}', vars), 'nodrive-2');
+  assert.equal(pvcName('{{.VmName}}-{{.WinDriveLetter}}', { ...vars, WinDriveLetter: 'c' }), 'web-c');
+  // The suffix makes it no DNS-1123 label by itself: a template cuts it.
+  assert.throws(() => pvcName('{{.FileName}}', vars), /is not a valid DNS-1123 label/);
+  assert.equal(pvcName('{{printf "%.5s" .FileName | lower}}', { ...vars, FileName: 'WEB-2.vmdk' }), 'web-2');
 });

@@ -14,6 +14,23 @@ export interface PvcNameVars {
   DiskIndex: number;
   RootDiskIndex: number;
   Shared: boolean;
+  /** The disk's file name in the source, `.vmdk` suffix included (Forklift: VMware only); '' when the source has none. */
+  FileName: string;
+  /** The guest's lower-case drive letter of the disk (Forklift reads it from VMware Tools); '' when unknown. */
+  WinDriveLetter: string;
+}
+
+/**
+ * `.FileName` of a disk whose source file is `file`: its last path component, a vSphere
+ * datastore path's (`[ds1] vm/vm_1.vmdk` → `vm_1.vmdk`) or an OVF href's.
+ */
+export function diskFileName(file: string): string {
+  return (
+    file
+      .replace(/^\[[^\]]*\]\s*/, '')
+      .split('/')
+      .pop() ?? ''
+  );
 }
 
 export type TemplateValue = string | number | boolean;

@@ -100,6 +100,35 @@ export function forkliftObject(
   return { apiVersion: 'forklift.konveyor.io/v1beta1', kind, metadata: { name, namespace }, spec };
 }
 
+/**
+ * The resources the Forklift tests read and write, as client references (@vessel/api's refs, under
+ * the short names the e2e files use).
+ */
+export const FORKLIFT_REFS = {
+  PROVIDERS: refs.FORKLIFT_PROVIDERS,
+  NETMAPS: refs.FORKLIFT_NETWORKMAPS,
+  STORAGEMAPS: refs.FORKLIFT_STORAGEMAPS,
+  PLANS: refs.FORKLIFT_PLANS,
+  MIGRATIONS: refs.FORKLIFT_MIGRATIONS,
+  HOOKS: refs.FORKLIFT_HOOKS,
+  NAMESPACES: refs.NAMESPACES,
+  SECRETS: refs.SECRETS,
+  CONFIGMAPS: refs.CONFIGMAPS,
+  EVENTS: refs.EVENTS,
+  VMS: refs.VMS,
+  VMIS: refs.VMIS,
+  PVCS: refs.PVCS,
+  DVS: refs.DATAVOLUMES,
+  VMEXPORTS: refs.VMEXPORTS,
+  NADS: refs.NETWORK_ATTACHMENT_DEFINITIONS,
+  NODES: refs.NODES,
+} as const satisfies Record<string, ResourceRef>;
+
+/** forkliftObject in one namespace: `const fk = forkliftIn(NS); fk('Plan', 'p', spec)`. */
+export function forkliftIn(namespace: string): (kind: string, name: string, spec: unknown) => KubeObject {
+  return (kind, name, spec) => forkliftObject(kind, name, namespace, spec) as KubeObject;
+}
+
 /** A plan's provider references: `source` in `namespace`, the destination the host cluster ("host"). */
 export function providerRefs(
   source: string,

@@ -137,6 +137,8 @@ test('Plan: pvcNameTemplate rendered per disk (the VM one over the plan one), in
       vms: [
         { name: 'efi-vm', hooks: [{ hook: { name: 'ok' }, step: 'PreHook' }] },
         { name: 'huge', pvcNameTemplate: 'big-{{.DiskIndex}}' },
+        // .FileName: the OVF's href of the disk (d1.vmdk); .WinDriveLetter: '' (no guest-agent data).
+        { name: 'web', pvcNameTemplate: '{{printf "%.2s" .FileName}}{{.WinDriveLetter}}-{{.DiskIndex}}' },
       ],
     }),
     ctx,
@@ -144,7 +146,7 @@ test('Plan: pvcNameTemplate rendered per disk (the VM one over the plan one), in
   assert.ok(ready(good.concerns), JSON.stringify(good.concerns));
   assert.deepEqual(
     good.vms.map((v) => v.diskNames),
-    [['p1-efi-vm-0'], ['big-0']],
+    [['p1-efi-vm-0'], ['big-0'], ['d1-0']],
   );
   assert.deepEqual(good.vms[0].hooks, [{ step: 'PreHook', namespace: 'ns', name: 'ok' }]);
   const bad = planConcerns(
@@ -171,7 +173,7 @@ test('Plan: pvcNameTemplate rendered per disk (the VM one over the plan one), in
     by('PVCNameTemplateNotValid').flatMap((c) => c.items),
     [
       `id:5 name:'huge' "same" names two disks of the plan`,
-      `id:4 name:'odd' unknown variable .Bad: one of .VmName, .PlanName, .DiskIndex, .RootDiskIndex, .Shared`,
+      `id:4 name:'odd' unknown variable .Bad: one of .VmName, .PlanName, .DiskIndex, .RootDiskIndex, .Shared, .FileName, .WinDriveLetter`,
     ],
   );
   assert.equal(by('PVCNameTemplateNotValid')[0].category, 'Critical');

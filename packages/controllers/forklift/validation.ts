@@ -4,7 +4,7 @@
  * categories: Critical blocks, Warn and Advisory inform) and whether they are Ready.
  */
 import type { Inventory, InventoryVm } from './ova.ts';
-import { pvcName, TemplateError } from './template.ts';
+import { diskFileName, pvcName, TemplateError } from './template.ts';
 import { conversionConcerns } from './conversion.ts';
 import { isOpenshiftVm, openshiftVmConcerns } from './openshift/inventory.ts';
 
@@ -383,8 +383,21 @@ export function planConcerns(plan: Obj, ctx: PlanContext): { concerns: Concern[]
       const template = s(ref.pvcNameTemplate) ?? s(spec.pvcNameTemplate);
       let diskNames: string[] | undefined;
       try {
-        const names = r.disks.map((_, k) =>
-          template ? pvcName(template, { VmName: targetName, PlanName: planName, DiskIndex: k, RootDiskIndex: 0, Shared: false }) : `${targetName}-disk${k}`,
+        // FileName: a vSphere or OVA disk's file (an openshift disk is a claim: Forklift gives it none);
+        // WinDriveLetter: Vessel's inventory reads no guest-agent disk data, so always ''.
+        const fileName = (f: string) => (isOpenshiftVm(r) ? '' : diskFileName(f));
+        const names = r.disks.map((d, k) =>
+          template
+            ? pvcName(template, {
+                VmName: targetName,
+                PlanName: planName,
+                DiskIndex: k,
+                RootDiskIndex: 0,
+                Shared: false,
+                FileName: fileName(d.file),
+                WinDriveLetter: '',
+              })
+            : `${targetName}-disk${k}`,
         );
         const dup = names.find((n, k) => claims.has(n) || names.indexOf(n) !== k);
         if (dup) throw new TemplateError(`"${dup}" names two disks of the plan`);

@@ -11,9 +11,10 @@ import { forklift, parseQuantity, refs, type KubeObject } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import type { WarmDisk, WarmOps } from './warm.ts';
+import { parseAnnotation as parse, WarmTargets } from './warm-targets.ts';
 
-const { DATAVOLUMES, PVCS, VMS, VMIS } = refs;
-const { WARM_EXPORT, WARM_EXPORT_STATUS, WARM_COPY, WARM_COPY_STATUS } = forklift;
+const { PVCS, VMS, VMIS } = refs;
+const { WARM_COPY, WARM_COPY_STATUS } = forklift;
 type Obj = Record<string, unknown>;
 const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
 
@@ -38,14 +39,6 @@ export interface ClusterWarmSource {
   checkpoint?: () => void;
 }
 
-const parse = <T>(v: string | undefined): T | undefined => {
-  try {
-    return v ? (JSON.parse(v) as T) : undefined;
-  } catch {
-    return undefined;
-  }
-};
-
 /** A claim's capacity in bytes from its status. */
 function capacity(pvc: KubeObject): number | undefined {
   const s = o(o(pvc.status).capacity).storage;
@@ -58,38 +51,14 @@ function capacity(pvc: KubeObject): number | undefined {
 }
 
 export function clusterWarmOps(client: Client, src: ClusterWarmSource): WarmOps {
-  const poll = src.pollMs ?? 500;
   const answerTimeout = src.answerTimeoutMs ?? 120_000;
   let disks: WarmDisk[] = [];
-  const targets = new Map<string, forklift.WarmExportStatus>();
+  const targets = new WarmTargets(client, src);
+  const wait = targets.wait.bind(targets);
   // Rounds are numbered from the clock: a restarted controller never reuses a number.
   let seq = Date.now();
-  const wait = async <T>(what: string, check: () => Promise<T | undefined>, timeoutMs = answerTimeout): Promise<T> => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      src.checkpoint?.();
-      const v = await check();
-      if (v !== undefined) return v;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, poll));
-    }
-  };
   const vmi = () => client.get(VMIS, src.name, { namespace: src.namespace });
   const patchVmi = (ann: Record<string, string | null>) => client.patch(VMIS, src.name, { metadata: { annotations: ann } }, { namespace: src.namespace });
-  const exportOf = async (d: WarmDisk): Promise<forklift.WarmExportStatus> => {
-    const known = targets.get(d.claim);
-    if (known) return known;
-    const req: forklift.WarmExportRequest = { id: src.id };
-    await client.patch(PVCS, d.claim, { metadata: { annotations: { [WARM_EXPORT]: JSON.stringify(req) } } }, { namespace: src.targetNamespace });
-    const st = await wait(`the export of claim ${d.claim}`, async () => {
-      const pvc = await client.get(PVCS, d.claim, { namespace: src.targetNamespace });
-      const s = parse<forklift.WarmExportStatus>(pvc.metadata?.annotations?.[WARM_EXPORT_STATUS]);
-      return s?.id === src.id && s.phase !== 'Stopped' ? s : undefined;
-    });
-    if (st.phase !== 'Ready') throw new Error(`claim ${d.claim} cannot be exported: ${st.message ?? st.phase}`);
-    targets.set(d.claim, st);
-    return st;
-  };
 
   return {
     async initialize() {
@@ -108,36 +77,19 @@ export function clusterWarmOps(client: Client, src: ClusterWarmSource): WarmOps 
     },
 
     async allocate(d) {
-      const dv = {
-        apiVersion: 'cdi.kubevirt.io/v1beta1',
-        kind: 'DataVolume',
-        metadata: { name: d.claim, namespace: src.targetNamespace, labels: src.labels ?? {} },
-        spec: {
-          source: { blank: {} },
-          storage: { resources: { requests: { storage: String(d.size) } }, ...(src.storageClass ? { storageClassName: src.storageClass } : {}) },
-        },
-      };
-      try {
-        await client.create(DATAVOLUMES, dv, { namespace: src.targetNamespace });
-      } catch (e) {
-        if (!isStatusError(e, 'AlreadyExists')) throw e;
-      }
-      await wait(`DataVolume ${d.claim}`, async () => {
-        const phase = o((await client.get(DATAVOLUMES, d.claim, { namespace: src.targetNamespace })).status).phase;
-        if (phase === 'Failed') throw new Error(`DataVolume ${d.claim} failed`);
-        return phase === 'Succeeded' ? true : undefined;
-      });
+      await targets.allocate(d);
     },
 
     async copy(d, mode, progress) {
-      const t = await exportOf(d);
+      const t = await targets.exportOf(d);
       const n = ++seq;
       const req: forklift.WarmCopyRequest = {
         id: src.id,
         seq: n,
         volume: d.volume,
         mode,
-        target: { address: t.address!, export: t.export!, identity: t.identity!, key: t.key! },
+        // The PSK stays in its Secret: the VMI's readers see only where it is.
+        target: { address: t.address!, export: t.export!, secret: { namespace: src.targetNamespace, name: t.secret! } },
       };
       await patchVmi({ [WARM_COPY]: JSON.stringify(req) });
       // The copy itself has no time limit (a large disk); an agent that never answers does.
@@ -212,15 +164,13 @@ export function clusterWarmOps(client: Client, src: ClusterWarmSource): WarmOps 
     },
 
     async release() {
-      for (const d of disks) {
-        const req: forklift.WarmExportRequest = { id: src.id, stop: true };
-        await client
-          .patch(PVCS, d.claim, { metadata: { annotations: { [WARM_EXPORT]: JSON.stringify(req) } } }, { namespace: src.targetNamespace })
-          .catch(() => undefined);
-      }
-      targets.clear();
+      await targets.release(disks.map((d) => d.claim));
       // A source still running (a cancel) loses its bitmaps.
       await patchVmi({ [WARM_COPY]: JSON.stringify({ id: src.id, seq: ++seq, end: true } satisfies forklift.WarmCopyRequest) }).catch(() => undefined);
+    },
+
+    async discard() {
+      await targets.discard(disks.map((d) => d.claim));
     },
   };
 }

@@ -2,16 +2,18 @@
  * The warm pipeline's moves (warmNext) and a WarmRun over fake ops and a fake clock: a full
  * round, incremental rounds every interval, the cutover at its time (source quiesced, last
  * round, source stopped, target made), failures counted and retried, a lost bitmap copied in
- * full again, too many failures failing the VM, a cancel passing through.
+ * full again, too many failures failing the VM, a cancel passing through; a cancelled warm VM's
+ * target volumes deleted (MigrationRun, and clusterWarmOps.discard over the in-memory API server).
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { refs } from '@vessel/api';
+import { forklift, refs } from '@vessel/api';
 import { InMemoryClient } from '../testing/harness.ts';
 import { MigrationRun, type VmStatus } from './migration.ts';
 import type { PlanVmResult } from './validation.ts';
 import { planAndMigration } from './testdata.ts';
 import { cutoverTime, warmNext, warmPipeline, WarmRun, type WarmDisk, type WarmOps, type WarmVmStatus } from './warm.ts';
+import { clusterWarmOps } from './warm-ops.ts';
 
 const MIN = 60_000;
 
@@ -69,6 +71,7 @@ function fake(disks: WarmDisk[]): Fake {
       stopSource: async () => void calls.push('stop source'),
       createTarget: async () => void calls.push('create target'),
       release: async () => void calls.push('release'),
+      discard: async () => void calls.push('discard'),
     },
   };
 }
@@ -277,4 +280,93 @@ test('MigrationRun: a warm plan runs the warm pipeline through its hook; a failu
   assert.equal(bad.error?.phase, 'DiskTransfer');
   assert.equal(bad.warm?.failures, 5);
   assert.equal(fakes.bad.calls.at(-1), 'release');
+});
+
+test('MigrationRun: a cancelled warm VM is Canceled; its tracking and exports are released, then its target volumes discarded', async () => {
+  const { FORKLIFT_MIGRATIONS } = refs;
+  const c = new InMemoryClient();
+  const ns = 'fkc';
+  const { plan, migration } = await planAndMigration(c, ns, 'cluster', { warm: true });
+  const vm: PlanVmResult = {
+    targetName: 'w',
+    vm: { id: 'id-w', name: 'w', ovfId: 'w', source: 'src', osType: '', cpus: 1, memoryMB: 64, firmware: 'bios', disks: [], nics: [] },
+  };
+  const f = fake([disks[0]]);
+  let cancel = false;
+  // The user cancels once the full copy is done (the run then waits for its next round).
+  const ops: WarmOps = {
+    ...f.ops,
+    copy: async (d, mode, progress) => {
+      const r = await f.ops.copy(d, mode, progress);
+      cancel = true;
+      return r;
+    },
+  };
+  const run = new MigrationRun(
+    c,
+    {
+      migration,
+      plan,
+      vms: [vm],
+      initialize: async () => Object.assign(() => Promise.reject(new Error('cold path used')), {}),
+      storage: () => undefined,
+      network: () => undefined,
+      warm: () => ops,
+      canceled: () => cancel,
+      precopyIntervalMs: 60 * MIN,
+    },
+    () => undefined,
+  );
+  await run.run();
+  const st = (await c.get(FORKLIFT_MIGRATIONS, 'm', { namespace: ns })).status as { vms: (VmStatus & WarmVmStatus)[]; conditions: { type: string }[] };
+  assert.equal(st.vms[0].conditions?.[0].type, 'Canceled');
+  assert.equal(st.vms[0].pipeline.find((p) => p.name === 'DiskTransfer')?.phase, 'Canceled');
+  assert.deepEqual(f.calls.slice(-2), ['release', 'discard'], 'exports end before their volumes go');
+  assert.ok(!f.calls.includes('create target'));
+  assert.ok(st.conditions.some((x) => x.type === 'Canceled'));
+});
+
+test('clusterWarmOps.discard deletes the DataVolumes, claims and PSK secrets the run made, and nothing else', async () => {
+  const { DATAVOLUMES, PVCS, SECRETS, NAMESPACES } = refs;
+  const c = new InMemoryClient();
+  const ns = 'dst';
+  await c.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
+  const labels = { 'forklift.konveyor.io/plan': 'p', 'forklift.konveyor.io/vm-id': 'vm-1' };
+  const dv = (name: string, l: Record<string, string>) =>
+    c.create(
+      DATAVOLUMES,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataVolume',
+        metadata: { name, namespace: ns, labels: l },
+        spec: { source: { blank: {} }, storage: { resources: { requests: { storage: '1Mi' } } } },
+      },
+      { namespace: ns },
+    );
+  await dv('moved-root', labels);
+  await dv('moved-data', labels);
+  await dv('other-vm-root', { ...labels, 'forklift.konveyor.io/vm-id': 'vm-2' });
+  await dv('users-own', {});
+  const id = 'uid-1/vm-1';
+  await c.create(
+    SECRETS,
+    {
+      apiVersion: 'v1',
+      kind: 'Secret',
+      metadata: { name: forklift.warmPskSecretName(id, 'moved-root'), namespace: ns },
+      type: forklift.WARM_PSK_SECRET_TYPE,
+      data: {},
+    },
+    { namespace: ns },
+  );
+  const ops = clusterWarmOps(c, { namespace: 'src', name: 'vm', targetNamespace: ns, targetName: 'moved', id, labels });
+  await ops.discard();
+  await ops.discard(); // again: nothing left to delete, no error
+  const left = (await c.list(DATAVOLUMES, { namespace: ns })).items.map((o) => o.metadata!.name).sort();
+  assert.deepEqual(left, ['other-vm-root', 'users-own']);
+  assert.deepEqual(
+    (await c.list(SECRETS, { namespace: ns })).items.filter((o) => o.metadata!.name!.startsWith('vessel-warm-psk-')),
+    [],
+  );
+  assert.ok((await c.list(PVCS, { namespace: ns })).items.every((o) => !o.metadata!.name!.startsWith('moved-')));
 });

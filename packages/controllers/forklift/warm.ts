@@ -70,6 +70,11 @@ export interface WarmOps {
   createTarget(): Promise<void>;
   /** The run's end (done, failed or cancelled): tracking and exports go; nothing if none. */
   release(): Promise<void>;
+  /**
+   * A cancel, after `release`: the target volumes this run allocated go (DataVolumes, claims and
+   * their exports' secrets), as a cancelled cold VM's; nothing the run did not make.
+   */
+  discard(): Promise<void>;
 }
 
 export type WarmMove = { do: 'precopy'; full: boolean } | { do: 'cutover' } | { do: 'wait'; until: number } | { do: 'fail'; reason: string };

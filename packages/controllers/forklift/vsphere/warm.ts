@@ -13,21 +13,19 @@
  * snapshot). On a live vCenter a later round's snapshot is base + delta files, readable only
  * through VDDK or an NFC lease (../vsphere/cbt.ts openExportLease, not wired here): not built.
  */
-import { forklift, refs, type KubeObject } from '@vessel/api';
+import { refs, type KubeObject } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import type { Readable } from 'node:stream';
 import { writeRanges, type NbdTarget } from '../range-writer.ts';
 import type { WarmDisk, WarmOps } from '../warm.ts';
+import { WarmTargets } from '../warm-targets.ts';
 import { createSnapshot, queryChangedAreas, removeSnapshot, snapshotDisks, type DiskArea } from './cbt.ts';
 import type { VsphereVm } from './inventory.ts';
 import { flatExtent, powerOff } from './provider.ts';
 import { parseDatastorePath, VsphereError, type MoRef, type VsphereClient } from './soap.ts';
 
-const { DATAVOLUMES, PVCS, VMS } = refs;
-const { WARM_EXPORT, WARM_EXPORT_STATUS } = forklift;
-type Obj = Record<string, unknown>;
-const o = (v: unknown): Obj => (v && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
+const { VMS } = refs;
 
 export interface VsphereWarmSource {
   /** A logged-in client (called again after `release`). */
@@ -51,17 +49,7 @@ export interface VsphereWarmSource {
   onCopy?: (r: { volume: string; snapshot: string; changeId: string; areas: number; bytes: number; ms: number }) => void;
 }
 
-const parse = <T>(v: string | undefined): T | undefined => {
-  try {
-    return v ? (JSON.parse(v) as T) : undefined;
-  } catch {
-    return undefined;
-  }
-};
-
 export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
-  const poll = src.pollMs ?? 500;
-  const answerTimeout = src.answerTimeoutMs ?? 120_000;
   const vmId = src.vm.id;
   const disks: (WarmDisk & { key: number })[] = src.vm.disks.map((d, i) => ({ volume: `disk${i}`, size: d.capacity, claim: src.claim(i), key: Number(d.id) }));
   let client: VsphereClient | undefined;
@@ -72,34 +60,9 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
   /** Per disk: the changeId of the snapshot its last successful copy read. */
   const lastChangeId = new Map<string, string>();
   const flatFiles = new Map<string, { ds: string; path: string }>();
-  const targets = new Map<string, forklift.WarmExportStatus>();
+  const targets = new WarmTargets(kube, src);
 
-  const wait = async <T>(what: string, check: () => Promise<T | undefined>, timeoutMs = answerTimeout): Promise<T> => {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      src.checkpoint?.();
-      const v = await check();
-      if (v !== undefined) return v;
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-      await new Promise((r) => setTimeout(r, poll));
-    }
-  };
-  // The target claim's NBD export, asked of the agent holding its volume (as ../warm-ops.ts does).
-  const exportOf = async (d: WarmDisk): Promise<NbdTarget> => {
-    let st = targets.get(d.claim);
-    if (!st) {
-      const req: forklift.WarmExportRequest = { id: src.id };
-      await kube.patch(PVCS, d.claim, { metadata: { annotations: { [WARM_EXPORT]: JSON.stringify(req) } } }, { namespace: src.targetNamespace });
-      st = await wait(`the export of claim ${d.claim}`, async () => {
-        const pvc = await kube.get(PVCS, d.claim, { namespace: src.targetNamespace });
-        const s = parse<forklift.WarmExportStatus>(pvc.metadata?.annotations?.[WARM_EXPORT_STATUS]);
-        return s?.id === src.id && s.phase !== 'Stopped' ? s : undefined;
-      });
-      if (st.phase !== 'Ready') throw new Error(`claim ${d.claim} cannot be exported: ${st.message ?? st.phase}`);
-      targets.set(d.claim, st);
-    }
-    return { address: st.address!, export: st.export!, identity: st.identity!, key: st.key! };
-  };
+  const exportOf = (d: WarmDisk): Promise<NbdTarget> => targets.exportWithKey(d);
   // The raw file holding disk i's bytes: the descriptor's flat extent (vcsim may list only `-flat.vmdk`).
   const flatOf = async (c: VsphereClient, i: number): Promise<{ ds: string; path: string }> => {
     const known = flatFiles.get(disks[i].volume);
@@ -146,25 +109,7 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
     },
 
     async allocate(d) {
-      const dv = {
-        apiVersion: 'cdi.kubevirt.io/v1beta1',
-        kind: 'DataVolume',
-        metadata: { name: d.claim, namespace: src.targetNamespace, labels: src.labels ?? {} },
-        spec: {
-          source: { blank: {} },
-          storage: { resources: { requests: { storage: String(d.size) } }, ...(src.storageClass ? { storageClassName: src.storageClass } : {}) },
-        },
-      };
-      try {
-        await kube.create(DATAVOLUMES, dv, { namespace: src.targetNamespace });
-      } catch (e) {
-        if (!isStatusError(e, 'AlreadyExists')) throw e;
-      }
-      await wait(`DataVolume ${d.claim}`, async () => {
-        const phase = o((await kube.get(DATAVOLUMES, d.claim, { namespace: src.targetNamespace })).status).phase;
-        if (phase === 'Failed') throw new Error(`DataVolume ${d.claim} failed`);
-        return phase === 'Succeeded' ? true : undefined;
-      });
+      await targets.allocate(d);
     },
 
     async copy(d, mode, progress) {
@@ -236,14 +181,12 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
       }
     },
 
+    async discard() {
+      await targets.discard(disks.map((d) => d.claim));
+    },
+
     async release() {
-      for (const d of disks) {
-        const req: forklift.WarmExportRequest = { id: src.id, stop: true };
-        await kube
-          .patch(PVCS, d.claim, { metadata: { annotations: { [WARM_EXPORT]: JSON.stringify(req) } } }, { namespace: src.targetNamespace })
-          .catch(() => undefined);
-      }
-      targets.clear();
+      await targets.release(disks.map((d) => d.claim));
       const c = client;
       client = undefined;
       if (!c) return;
