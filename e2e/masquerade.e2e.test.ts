@@ -270,11 +270,15 @@ async function qemus(): Promise<number[]> {
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 const toB = async () => ((await serial('a')).match(/^VESSEL-TO-B-OK$/gm) ?? []).length;
 
-/** Prints the sender IP of every gratuitous ARP (sender IP = target IP) from a MAC seen on an interface. */
+/**
+ * Prints the sender IP of every gratuitous ARP (sender IP = target IP) from a MAC seen on an
+ * interface. ETH_P_ALL, not ETH_P_ARP: on a bridge port the bridge takes a frame before
+ * protocol-bound packet sockets would see it.
+ */
 const GARP_CAPTURE = `
 import socket, sys
 mac = bytes.fromhex(sys.argv[2].replace(':', ''))
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 s.bind((sys.argv[1], 0))
 print('ready', flush=True)
 while True:
