@@ -8,7 +8,7 @@
 import type { Command } from 'commander';
 import { forklift, refs } from '@vessel/api';
 import type { Client, KubeObject } from '@vessel/client';
-import { contextOf, note, out } from '../context.ts';
+import { contextOf, out } from '../context.ts';
 import { UsageError } from '../errors.ts';
 import { toYaml } from '../printers/structured.ts';
 
@@ -273,7 +273,7 @@ export function registerPlan(program: Command): void {
     .option('--network-map <map>', 'NetworkMap name')
     .option('--storage-map <map>', 'StorageMap name')
     .option('--vm <vm>', 'a VM of the inventory: its name or id (id:X / name:X to be explicit); repeatable', collect, [])
-    .option('--type <type>', 'cold or warm (warm is not built)')
+    .option('--type <type>', 'cold or warm (warm: running VMs of the host openshift provider, or vSphere VMs with CBT)')
     .option('--target-power-state <state>', 'on, off or auto')
     .option('--skip-guest-conversion', 'no virt-v2v conversion of the guests (ImageConversion)')
     .option('--dry-run', 'print the Plan, write nothing')
@@ -299,7 +299,6 @@ export function registerPlan(program: Command): void {
         const ctx = contextOf(cmd);
         const ns = ctx.namespace();
         const obj = buildPlan(name, ns, { ...f, vms: f.vm });
-        if (f.type === 'warm') note('Warning: warm migration is not built yet: the plan will report MigrationTypeNotValid\n');
         if (f.dryRun) return out(toYaml(obj));
         const made = await ctx.client().create(PLANS, obj, { namespace: ns });
         out(f.output === 'yaml' ? toYaml(made) : `plan.forklift.konveyor.io/${name} created\n`);
@@ -310,7 +309,7 @@ export function registerPlan(program: Command): void {
     .command('start')
     .description("run a plan: create a Migration and follow each VM's pipeline and disk transfers")
     .argument('<name>', 'Plan name')
-    .option('--cutover <time>', 'cutover time (RFC 3339) for a warm migration (warm is not built)')
+    .option('--cutover <time>', 'cutover time (RFC 3339) for a warm migration')
     .option('--no-wait', 'return once the Migration is created')
     .option('--timeout <seconds>', 'how long to wait', '3600')
     .action(async (name: string, f: { cutover?: string; wait: boolean; timeout: string }, cmd: Command) => {
@@ -318,7 +317,6 @@ export function registerPlan(program: Command): void {
       const ns = ctx.namespace();
       const client = ctx.client();
       const cutover = f.cutover ? isoTime('--cutover', f.cutover) : undefined;
-      if (cutover) note('Note: the controller does not act on spec.cutover: warm migration is not built yet\n');
       await readyPlan(client, ns, name, 60_000);
       const mname = `${name.slice(0, 50)}-${Math.random().toString(36).slice(2, 7).padEnd(5, '0')}`;
       await client.create(
@@ -364,7 +362,6 @@ export function registerPlan(program: Command): void {
       const m = await runningMigration(client, ns, name);
       await client.patch(MIGRATIONS, m.metadata!.name!, { spec: { cutover } }, { namespace: ns });
       out(`migration.forklift.konveyor.io/${m.metadata!.name} cutover set to ${cutover}\n`);
-      note('Note: warm migration is not built yet; the controller does not act on spec.cutover (docs/forklift.md)\n');
     });
 
   plan
