@@ -78,6 +78,8 @@ export interface ImportResult {
   virtualSize: number;
   /** Bytes received from the source (compressed size for gz/xz); 0 for blank. */
   bytesTransferred: number;
+  /** Virtual size of the published qcow2, as qemu-img read it before publishing (so a caller need not run it again). */
+  destVirtualSize: number;
   /** The digest computed while streaming, in the checksum's algorithm ("sha256:..."), when one was asked for. */
   checksum?: string;
   /** false when a plain qcow2 was published as received (see ImportOptions.adoptPlainQcow2). */
@@ -130,7 +132,15 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
       const out = await verifyOutput(tmpOut, source.size, opts.maxVirtualSize, signal);
       await publish(tmpOut, dest);
       progress(100, 'publish');
-      return { dest, sourceFormat: 'blank', compression: 'none', virtualSize: out.virtualSize, bytesTransferred: 0, converted: false };
+      return {
+        dest,
+        sourceFormat: 'blank',
+        compression: 'none',
+        virtualSize: out.virtualSize,
+        destVirtualSize: out.virtualSize,
+        bytesTransferred: 0,
+        converted: false,
+      };
     }
 
     if (source.kind === 'range') return await importRange(source, opts, tmpOut, progress);
@@ -164,7 +174,7 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
     // 3a. A plain qcow2 that arrived in our temp file is already what convert would write:
     // publish it as it is (half the disk writes; its writeback overlapped the download).
     if (format === 'qcow2' && input === tmpIn && opts.adoptPlainQcow2 !== false && isPlainQcow2(srcInfo)) {
-      await verifyOutput(tmpIn, srcInfo.virtualSize, opts.maxVirtualSize, signal);
+      const out = await verifyOutput(tmpIn, srcInfo.virtualSize, opts.maxVirtualSize, signal);
       await publish(tmpIn, dest);
       progress(100, 'publish');
       return {
@@ -172,6 +182,7 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
         sourceFormat: format,
         compression: received.compression,
         virtualSize: srcInfo.virtualSize,
+        destVirtualSize: out.virtualSize,
         bytesTransferred: received.bytes,
         checksum: wantSum ? `${wantSum.algo}:${received.digest}` : undefined,
         converted: false,
@@ -181,7 +192,7 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
     // 3b. Convert to qcow2 next to dest, verify, publish.
     await convertDurably(input, tmpOut, format, signal, (p) => progress(base + (p * (99 - base)) / 100, 'convert'));
     if (input === tmpIn) await rm(tmpIn, { force: true }); // free the space before the fsync
-    await verifyOutput(tmpOut, srcInfo.virtualSize, opts.maxVirtualSize, signal);
+    const out = await verifyOutput(tmpOut, srcInfo.virtualSize, opts.maxVirtualSize, signal);
     await publish(tmpOut, dest);
     progress(100, 'publish');
     return {
@@ -189,6 +200,7 @@ export async function importDisk(opts: ImportOptions): Promise<ImportResult> {
       sourceFormat: format,
       compression: received.compression,
       virtualSize: srcInfo.virtualSize,
+      destVirtualSize: out.virtualSize,
       bytesTransferred: received.bytes,
       checksum: wantSum ? `${wantSum.algo}:${received.digest}` : undefined,
       converted: true,
@@ -251,7 +263,7 @@ async function importRange(source: Extract<ImportSource, { kind: 'range' }>, opt
   const after = await stat(path, { bigint: true });
   if (after.ino !== before.ino || after.size !== before.size || after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs)
     throw new ImportError('IOError', `${basename(path)} changed while it was read: import it again`);
-  await verifyOutput(tmpOut, srcInfo.virtualSize, opts.maxVirtualSize, signal);
+  const out = await verifyOutput(tmpOut, srcInfo.virtualSize, opts.maxVirtualSize, signal);
   await publish(tmpOut, opts.dest);
   progress(100, 'publish');
   return {
@@ -259,6 +271,7 @@ async function importRange(source: Extract<ImportSource, { kind: 'range' }>, opt
     sourceFormat: format,
     compression: 'none',
     virtualSize: srcInfo.virtualSize,
+    destVirtualSize: out.virtualSize,
     bytesTransferred: size,
     checksum: digest ? `${digest.algorithm}:${digest.hex.toLowerCase()}` : undefined,
     converted: true,
