@@ -269,8 +269,8 @@ export class VolumeManager extends Controller {
     const ova = source.kind === 'upload' ? await this.ovaInPlace(dv) : undefined;
     if (ova) {
       await this.setDvPhase(dv, 'ImportInProgress', 'ImportInProgress', `Import into ${pvc.metadata.name} from the OVA package in place`);
-      await importDisk({ source: ova, dest, maxVirtualSize: size, onProgress: progress, signal });
-      await this.bind(pvc, pool, dest, dv);
+      const r = await importDisk({ source: ova, dest, maxVirtualSize: size, onProgress: progress, signal });
+      await this.bind(pvc, pool, dest, dv, r.destVirtualSize);
       return;
     }
     if (source.kind === 'upload') {
@@ -301,7 +301,7 @@ export class VolumeManager extends Controller {
     } else if (source.kind === 'blank') {
       await importDisk({ source: { kind: 'blank', size }, dest, maxVirtualSize: size, signal });
     } else {
-      await importDisk({
+      const r = await importDisk({
         source: await this.importSource(source, ns, signal),
         dest,
         maxVirtualSize: size,
@@ -310,6 +310,7 @@ export class VolumeManager extends Controller {
         signal,
         egress: this.opts.egress,
       });
+      return this.bind(pvc, pool, dest, dv, r.destVirtualSize);
     }
     await this.bind(pvc, pool, dest, dv);
   }
@@ -376,10 +377,14 @@ export class VolumeManager extends Controller {
     return { username: dec('accessKeyId'), password: dec('secretKey') };
   }
 
-  /** Publishes a made volume: grows it to the claim's size, records where it lives, marks the claim Bound and the DataVolume Succeeded. */
-  private async bind(pvc: KubeObject, pool: Pool, dest: string, dv?: KubeObject): Promise<void> {
+  /**
+   * Publishes a made volume: grows it to the claim's size, records where it lives, marks the claim
+   * Bound and the DataVolume Succeeded. `virtualSize`: the file's, when the importer just read it
+   * (one qemu-img run less at the end of every import: 0.1-0.7 s at load 20, issue 14).
+   */
+  private async bind(pvc: KubeObject, pool: Pool, dest: string, dv?: KubeObject, virtualSize?: number): Promise<void> {
     const size = requestedBytes(pvc);
-    const info = await qemuImg.info(dest, { format: 'qcow2' });
+    const info = { virtualSize: virtualSize ?? (await qemuImg.info(dest, { format: 'qcow2' })).virtualSize };
     if (info.virtualSize < size) await qemuImg.resize(dest, size, { format: 'qcow2' });
     const ns = pvc.metadata.namespace!;
     await discardUpload(dest);

@@ -13,7 +13,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { Transform, type Readable } from 'node:stream';
-import type { Client } from '@vessel/client';
+import type { Client, Watch } from '@vessel/client';
 import { isStatusError } from '@vessel/client';
 import { forklift, refs, storage as storageApi, type KubeObject } from '@vessel/api';
 import { updateStatus, type Log } from '@vessel/runtime';
@@ -23,6 +23,8 @@ import { warmPipeline, WarmRun, type WarmOps } from './warm.ts';
 
 const { DATAVOLUMES, PVCS, VMS, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
 const MB = 1_000_000;
+/** How often waitDv reads its DataVolume without a watch event (the watch is what wakes it). */
+const DV_RECHECK_MS = 1000;
 /**
  * VMs of one migration run at once unless the controller manager is told otherwise
  * (`--forklift-max-vm-inflight`, Forklift's controller_max_vm_inflight, whose default is 20;
@@ -576,18 +578,47 @@ export class MigrationRun {
     transfer.progress.completed = (transfer.tasks ?? []).reduce((a, t) => a + t.progress.completed, 0);
   }
 
+  /**
+   * Waits for the DataVolume to reach one of `phases` (Failed throws). Woken by a watch on it, so
+   * its end is seen within milliseconds (this wait is the plan's tail, issue 14); every
+   * DV_RECHECK_MS it reads the object anyway, should the watch have ended or a stop or cancel
+   * come, which the loop also checks.
+   */
   private async waitDv(name: string, ns: string, phases: string[], signal: AbortSignal, onProgress?: (percent: number) => void): Promise<string> {
-    for (;;) {
-      if (this.stopped) throw new Stopped('stopped');
-      if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
-      const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
-      const phase = String(o(dv.status).phase ?? '');
-      if (phases.includes(phase)) return phase;
-      if (phase === 'Failed') throw new Error(`DataVolume ${ns}/${name} failed: ${JSON.stringify(o(dv.status).conditions ?? []).slice(0, 300)}`);
-      const percent = parseFloat(String(o(dv.status).progress ?? ''));
-      if (onProgress && phase === 'ImportInProgress' && Number.isFinite(percent)) onProgress(percent);
-      // 250 ms: a disk read in place is done within seconds, and this wait is the plan's tail (issue 14).
-      await new Promise((r) => setTimeout(r, 250));
+    let wake: (() => void) | undefined;
+    const poke = () => wake?.();
+    let watch: Watch | undefined;
+    signal.addEventListener('abort', poke);
+    try {
+      for (;;) {
+        if (this.stopped) throw new Stopped('stopped');
+        if (signal.aborted) throw signal.reason instanceof Error ? signal.reason : new Canceled('canceled');
+        const dv = await this.client.get(DATAVOLUMES, name, { namespace: ns });
+        const phase = String(o(dv.status).phase ?? '');
+        if (phases.includes(phase)) return phase;
+        if (phase === 'Failed') throw new Error(`DataVolume ${ns}/${name} failed: ${JSON.stringify(o(dv.status).conditions ?? []).slice(0, 300)}`);
+        const percent = parseFloat(String(o(dv.status).progress ?? ''));
+        if (onProgress && phase === 'ImportInProgress' && Number.isFinite(percent)) onProgress(percent);
+        if (!watch) {
+          // From the version just read: no change between that read and the watch is missed.
+          watch = this.client.watchResource(
+            DATAVOLUMES,
+            { namespace: ns, fieldSelector: `metadata.name=${name}`, resourceVersion: dv.metadata?.resourceVersion },
+            poke,
+          );
+          watch.done.then(poke, poke); // an ended watch leaves the timer
+        }
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, DV_RECHECK_MS);
+          wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+      }
+    } finally {
+      signal.removeEventListener('abort', poke);
+      watch?.close();
     }
   }
 
