@@ -2,6 +2,7 @@
  * End to end: a real API server (in this process, on 127.0.0.1:0, in a temp dir) and the
  * real `bin/vessel` run as a child process, the way a user runs it.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { startServer, type RunningServer } from '@vessel/apiserver';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
