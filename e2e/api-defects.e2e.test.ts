@@ -5,6 +5,7 @@
  * does not serve, kubectl's printing of Nodes and StorageClasses, a new claim's phase, and a
  * plain GET on a websocket-only subresource. Real server, real kubectl, real Python client.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { spawn, spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

@@ -4,6 +4,7 @@
  * v1beta1 and v1alpha1 (`virtualmachinepools.v1alpha1.pool.kubevirt.io`), while the pool
  * controller writes it at v1alpha1; one object whatever the version (docs/api-versions.md).
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';

@@ -3,6 +3,7 @@
  * Status errors, optimistic concurrency, the status subresource, paging, watches, finalizers,
  * garbage collection, namespaces, dry runs and authorization.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { findByResource } from '@vessel/api';

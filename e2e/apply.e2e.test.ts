@@ -4,6 +4,7 @@
  * --force-conflicts, and controllers' status writes next to applies. Also: patches of every
  * flavour nested absurdly deep are refused with a 422 and change nothing.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

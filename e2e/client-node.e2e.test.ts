@@ -3,6 +3,7 @@
  * informer over VirtualMachines sees adds, updates and deletes, and carries on after the
  * server restarts (its documented pattern: restart the informer on error).
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import * as k8s from '@kubernetes/client-node';

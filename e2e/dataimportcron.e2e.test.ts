@@ -5,6 +5,7 @@
  * within one tick, the DataSource moves, and with importsToKeep 1 the old import goes.
  * Also: bad input is refused naming the field, and the http poll's digests.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer, type Server } from 'node:http';

@@ -3,6 +3,7 @@
  * it can, the server process is killed mid-stream, and after a restart on the same data
  * directory every VM that got a 201 is there, intact.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

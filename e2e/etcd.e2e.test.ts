@@ -2,6 +2,7 @@
  * etcd mode: two API servers share one real etcd. A write through one is read and watched
  * through the other, and optimistic concurrency holds across them.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { findByResource } from '@vessel/api';

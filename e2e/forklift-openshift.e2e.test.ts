@@ -10,6 +10,7 @@
  * VM, in this same cluster, has it), the volume's contents equal to the source's (sha256 of the
  * raw bytes), the export deleted, the source VM left stopped.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';

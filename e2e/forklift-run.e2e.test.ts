@@ -7,6 +7,7 @@
  * complete with their disks' bytes (qemu-img compare); a PreHook script registered in the hook
  * directory and a PostHook URL (a loopback server made here) ran. No guest boots.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';

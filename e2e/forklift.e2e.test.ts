@@ -7,6 +7,7 @@
  * refused; a cold migration of the plan streams the VMDK from inside the OVA into an upload
  * DataVolume (contents compared with qemu-img) and creates the VM. No guest boots.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';

@@ -4,6 +4,7 @@
  * resourceVersion the store has not reached, as kube-apiserver answers), and leave the server
  * serving. Seeded, so a failure can be replayed with FUZZ_SEED.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { request } from 'node:https';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

@@ -4,6 +4,7 @@
  * address someone holds is refused naming the annotation (nothing stored), and a deleted VM's
  * address is released. Also: a bad --vm-network-cidr stops `vessel server` before it starts.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { refs, type KubeObject } from '@vessel/api';

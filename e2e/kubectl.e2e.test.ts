@@ -2,6 +2,7 @@
  * The API's real test: an unmodified kubectl against a Vessel server, doing what a KubeVirt
  * user does with a VirtualMachine (apply, get, watch, patch, explain, delete, api-resources).
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { spawn } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

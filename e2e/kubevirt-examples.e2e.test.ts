@@ -6,6 +6,7 @@
  * The ones issue 15 names (instancetypes, preferences, pools, replica sets, presets, priority
  * classes) must be accepted.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';

@@ -2,6 +2,7 @@
  * NetworkPolicy through an unmodified kubectl (a real server, no agent): apply, the table's
  * columns, defaults, and refusals that name the field. Enforcement is e2e/netpol.e2e.test.ts.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { kubectlFor, KUBECTL_SKIP, startVessel, type Vessel } from './harness.ts';

@@ -5,6 +5,7 @@
  * node off (probe fails, rolled back), `state: absent`, and refusals at admission. Everything
  * happens inside the cluster's own namespaces, which close() deletes.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { refs } from '@vessel/api';

@@ -5,6 +5,7 @@
  * disk and exit 0, `plan describe` with the pipeline, and cancel/cutover without a running
  * migration refused. `targetPowerState: off`: no guest boots.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';

@@ -6,6 +6,7 @@
  * its claim and an http source that never ends are cut off while they stream, the DataVolume
  * fails TooLarge, and nothing is left in the pool.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';

@@ -9,6 +9,7 @@
  * The exploits that reach the node agent are tested where they act: uploads and importer
  * egress in security-import.e2e.test.ts, a dead VM's files in security-files.e2e.test.ts.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { kinds, storage, snapshots, type KindInfo } from '@vessel/api';

@@ -7,6 +7,7 @@
  * itself through the admin client. Those writes are marked AGENT STAND-IN below; everything
  * else is what a user does.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { refs, type KubeObject } from '@vessel/api';

@@ -5,6 +5,7 @@
  * admission checks that read other objects (a restore's snapshot and running target, a
  * clone's source).
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
 import assert from 'node:assert/strict';

@@ -4,6 +4,7 @@
  * the same data directory the import starts again and the upload resumes; the claim never
  * shows a half-written disk, and nothing is left behind in the pool.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { randomFillSync } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';

@@ -4,6 +4,7 @@
  * the way a user would: the DataVolume says Succeeded, the claim is Bound with its capacity,
  * and the volume's guest-visible content equals the source (`qemu-img compare`).
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';

@@ -7,6 +7,7 @@
  * stays Stopped while the export is Ready; a short ttl deletes the export; an export of a VM
  * whose VMI exists stays Pending and says why; an export of an (offline) snapshot serves its volume.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';

@@ -6,6 +6,9 @@
 #   scripts/test.sh --scenarios  the long scenario tests (*.scenario.test.ts: minutes each, several
 #                                guests; CI skips them, run them before resolving an issue)
 #   scripts/test.sh FILE...    just these files
+# Unit files run two at a time. An end-to-end file that boots no TCG guest says so with a line
+# `// e2e: light` (see LIGHT below); those run two at a time, before the others, which run one at
+# a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -35,15 +38,26 @@ else
   for f in "${files[@]}"; do case "$f" in *.e2e.test.ts | *.scenario.test.ts) e2e+=("$f") ;; *) unit+=("$f") ;; esac; done
 fi
 
-# Unit tests run two files at a time. End-to-end files run one at a time: each boots TCG guests
-# that need a core of their own, and two at once on a 2-core machine starve each other's guests.
+# Unit tests run two files at a time. End-to-end files that boot TCG guests run one at a time: a
+# guest needs a core of its own, and two such files at once on a 2-core machine starve each
+# other's guests. A file that boots none (API, kubectl, importers, network namespaces) marks
+# itself with a line `// e2e: light`; the file decides, as it is the one place that knows. Those
+# run two at a time: most of their time is waiting on child processes (kubectl, qemu-img, etcd),
+# and each uses its own data directory, random port and random namespace names.
+LIGHT='^// e2e: light'
+light=()
+heavy=()
+for f in "${e2e[@]}"; do
+  if grep -q "$LIGHT" "$f"; then light+=("$f"); else heavy+=("$f"); fi
+done
 status=0
 run() {
-  local concurrency=$1; shift
+  local what=$1 concurrency=$2; shift 2
   [ $# -gt 0 ] || return 0
-  echo "== tests ($# files, $concurrency at a time)"
+  echo "== $what ($# files, $concurrency at a time)"
   node --import tsx --test --test-concurrency="$concurrency" --test-reporter=spec "$@" || status=1
 }
-run 2 "${unit[@]}"
-run 1 "${e2e[@]}"
+run 'unit tests' 2 "${unit[@]}"
+run 'light e2e tests (no guest)' 2 "${light[@]}"
+run 'e2e tests' 1 "${heavy[@]}"
 exit $status

@@ -4,6 +4,7 @@
  * HA counts on: QEMUs killed once the agent stops petting, a restarted agent reusing the running
  * watchdog and keeping its VMs, nothing killed unarmed (no peers) or after a disarm.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -2,10 +2,11 @@
  * End to end: a real API server (in this process, on 127.0.0.1:0, in a temp dir) and the
  * real `bin/vessel` run as a child process, the way a user runs it.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import { startServer, type RunningServer } from '@vessel/apiserver';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -82,6 +83,8 @@ describe('vessel CLI against a real server', () => {
 
   after(async () => {
     await server?.close();
+    // Each run left its directory (data, pki, kubeconfigs) in the temp dir.
+    if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
   test('apply creates, then reports unchanged', async () => {

@@ -3,6 +3,7 @@
  * VXLAN between two nodes with the FDB kept by syncFdb, the nftables table, dnsmasq's adoption
  * and restarts, and taps. Everything is made inside namespaces this test creates and destroys.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

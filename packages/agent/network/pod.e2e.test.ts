@@ -3,6 +3,7 @@
  * addresses, nftables table and dnsmasq are there; made again it keeps its dnsmasq; listed,
  * removed; and one left behind goes with the dev cluster's destroy.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -4,6 +4,7 @@
  * a listener on 80 and 8080 in one, connections from the other and from the node. Everything is
  * made inside namespaces this test creates and deletes.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';

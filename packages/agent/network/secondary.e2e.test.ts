@@ -7,6 +7,7 @@
  * not: then the refusal is checked).
  * Everything is made inside namespaces this test creates and deletes.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after, before, test } from 'node:test';

@@ -3,6 +3,7 @@
  * without QEMU: two "endpoints" are namespaces on the nodes' bridges (one per node) serving
  * HTTP with busybox httpd. Everything lives in namespaces this test creates and deletes.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';

@@ -1,6 +1,7 @@
 // Snapshot chains with real qemu-img, qemu-io and a real QEMU (no guest: HMP qemu-io writes
 // into the running disk): snapshots keep their content, restore and delete keep every other
 // snapshot's, and a crash at each step of a snapshot is finished or undone.
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdtemp, readdir, rm } from 'node:fs/promises';

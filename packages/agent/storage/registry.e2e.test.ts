@@ -4,6 +4,7 @@
  * openRegistryDisk, imported with importDisk, and must equal the original disk
  * (qemu-img compare); missing tags and images without /disk/ must fail clearly.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';

@@ -5,6 +5,7 @@
  * test on loopback that accepts and stays silent; QEMU's open timer ends the wait, the mirror
  * fails with QEMU's reason and QEMU answers again.
  */
+// e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
