@@ -8,13 +8,13 @@
  * back to node 1 (its QEMU in the pod: through the migration relay) keeps them too, no reboot.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import { IPADDRESSES, podNetnsName, runInNode, type DevNode } from '@vessel/agent';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { captureFrames, type Capture } from './frames.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog, tinyVm, type TinyVmOptions } from './tiny-vm.ts';
 
@@ -95,10 +95,10 @@ before(async () => {
   [node0, node1] = c.nodes.cluster.nodes;
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
-/** Processes a test started that must not outlive the file (a packet capture). */
-const children: ChildProcess[] = [];
+/** Packet captures a test started: they must not outlive the file. */
+const captures: Capture[] = [];
 after(async () => {
-  for (const p of children) p.kill();
+  for (const p of captures) p.stop();
   if (!c) return;
   for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null } }).catch(() => undefined);
   await c.client.delete(SVC, 'peers', { namespace: ns }).catch(() => undefined);
@@ -270,23 +270,6 @@ async function qemus(): Promise<number[]> {
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 const toB = async () => ((await serial('a')).match(/^VESSEL-TO-B-OK$/gm) ?? []).length;
 
-/**
- * Prints the sender IP of every gratuitous ARP (sender IP = target IP) from a MAC seen on an
- * interface. ETH_P_ALL, not ETH_P_ARP: on a bridge port the bridge takes a frame before
- * protocol-bound packet sockets would see it.
- */
-const GARP_CAPTURE = `
-import socket, sys
-mac = bytes.fromhex(sys.argv[2].replace(':', ''))
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.bind((sys.argv[1], 0))
-print('ready', flush=True)
-while True:
-    f = s.recv(65535)
-    if f[6:12] == mac and f[12:14] == b'\\x08\\x06' and f[28:32] == f[38:42]:
-        print('garp ' + socket.inet_ntoa(f[28:32]), flush=True)
-`;
-
 test('a live migration of b (masquerade) to node 1: Succeeded through the relay, same IP and MAC, no reboot, a reaches it, one QEMU each', async () => {
   const before = await running('b');
   assert.equal(before.nodeName, node0.name);
@@ -298,13 +281,8 @@ test('a live migration of b (masquerade) to node 1: Succeeded through the relay,
   const seen = await toB();
   // Node 0's VXLAN port: where b's pod announces itself from node 1 after the switch (a third
   // node's bridge would otherwise send b's frames to node 0 until its entry aged out).
-  const capture = spawn('ip', ['netns', 'exec', node0.netns, '/usr/bin/python3', '-c', GARP_CAPTURE, 'vsl-vx0', String(nic.mac)], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let captured = '';
-  capture.stdout.on('data', (d) => (captured += d));
-  children.push(capture);
-  await eventually('the ARP capture ready', async () => (captured.startsWith('ready') ? true : undefined), 30_000);
+  const capture = await captureFrames(node0.netns, 'vsl-vx0', String(nic.mac));
+  captures.push(capture);
   const t0 = Date.now();
   await c.client.create(
     VMIM,
@@ -332,12 +310,14 @@ test('a live migration of b (masquerade) to node 1: Succeeded through the relay,
       `transfer ${Date.parse(ms.endTimestamp ?? '') - Date.parse(ms.startTimestamp ?? '')} ms`,
   );
   nodeOf.b = node1;
+  // Sender IP = target IP = the VM's: only the pod's announce sends that (the guest is 10.0.2.2
+  // behind the NAT; the pod's own ARP asks for its gateway).
   await eventually(
     `a gratuitous ARP for ${nic.ipAddress} from b's pod on node 1, seen on node 0's VXLAN port`,
-    async () => (captured.includes(`garp ${nic.ipAddress}\n`) ? true : undefined),
+    async () => (capture.frames().some((f) => f.type === '0806' && f.senderIp === nic.ipAddress && f.targetIp === nic.ipAddress) ? true : undefined),
     15_000,
   );
-  capture.kill();
+  capture.stop();
   const moved = await status('b');
   assert.equal(moved.nodeName, node1.name);
   assert.equal(moved.interfaces?.[0]?.ipAddress, nic.ipAddress, 'the same cluster IP');

@@ -25,6 +25,7 @@ import type { ResourceRef, Watch } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
+import { captureFrames } from './frames.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -53,22 +54,6 @@ type VmiStatus = {
 };
 
 let c: TestCluster;
-
-/**
- * Prints `<epoch s> <ethertype hex>` for each frame whose source MAC is argv[2] arriving on
- * interface argv[1] (AF_PACKET; the node's namespace is the test's own).
- */
-const CAPTURE = `
-import socket, sys, time
-mac = bytes.fromhex(sys.argv[2].replace(':', ''))
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-s.bind((sys.argv[1], 0))
-print('ready', flush=True)
-while True:
-    f = s.recv(65535)
-    if f[6:12] == mac:
-        print('%.3f %s' % (time.time(), f[12:14].hex()), flush=True)
-`;
 
 /** A taint key of the test's: the KubeVirt object's nodeDrainTaintKey in the drain test. */
 const TEST_DRAIN_KEY = 'drain.vessel.test/maintenance';
@@ -167,12 +152,9 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   let pingOut = '';
   ping.stdout.on('data', (d) => (pingOut += d));
   // The guest's frames reaching the source node over VXLAN (the pings stay on the target node).
-  const capture = spawn('ip', ['netns', 'exec', node(source).netns, '/usr/bin/python3', '-c', CAPTURE, 'vsl-vx0', mac], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let captured = '';
-  capture.stdout.on('data', (d) => (captured += d));
+  const capture = await captureFrames(node(source).netns, 'vsl-vx0', mac);
   const watches: Watch[] = [];
   try {
-    await eventually('the capture ready', async () => (captured.startsWith('ready') ? true : undefined), 30_000);
     await new Promise((r) => setTimeout(r, 2000));
     // What a client sees while it runs: the VMI's Migrating condition, the source's progress on the migration object.
     const seen = { migrating: [] as string[], progress: [] as migration.MigrationProgress[] };
@@ -209,18 +191,15 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     }[];
     const entry = fdb.find((e) => e.mac.toLowerCase() === mac.toLowerCase());
     assert.equal(entry?.ifname, 'vsl-vx0', `the source bridge's entry for ${mac} right after Succeeded: ${JSON.stringify(entry)}`);
-    const frames = () =>
-      captured
-        .split('\n')
-        .slice(1)
-        .filter(Boolean)
-        .map((l) => l.split(' '))
-        .map(([t, type]) => ({ t: Number(t), type }));
     // The capture's own clock may stamp late when python starves: seen (soon) is what is asserted.
-    await eventually("QEMU's RARP announce on the source's VXLAN port", async () => (frames().some((f) => f.type === '8035') ? true : undefined), 10_000);
-    const rarps = frames().filter((f) => f.type === '8035');
+    await eventually(
+      "QEMU's RARP announce on the source's VXLAN port",
+      async () => (capture.frames().some((f) => f.type === '8035') ? true : undefined),
+      10_000,
+    );
+    const rarps = capture.frames().filter((f) => f.type === '8035');
     console.log(
-      `figures: announce: ${rarps.length} RARP and ${frames().filter((f) => f.type === '0806').length} ARP frames from ${mac} on ${source}'s vsl-vx0 by Succeeded, ` +
+      `figures: announce: ${rarps.length} RARP and ${capture.frames().filter((f) => f.type === '0806').length} ARP frames from ${mac} on ${source}'s vsl-vx0 by Succeeded, ` +
         `the first RARP ${((succeededAt - rarps[0].t) * 1000).toFixed(0)} ms before Succeeded was seen; fdb ${mac} → ${entry?.ifname}`,
     );
     assert.deepEqual(
@@ -303,7 +282,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     );
   } finally {
     ping.kill('SIGKILL');
-    capture.kill('SIGKILL');
+    capture.stop();
     for (const w of watches) w.close();
   }
 });
