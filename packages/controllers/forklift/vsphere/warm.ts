@@ -5,13 +5,13 @@
  * areas), later ones the areas changed since the changeId its previous copy saw; those byte
  * ranges are read from the datastore (HTTP Range GETs of the disk's flat extent) and written at
  * their offsets into the target volume through its agent's NBD export (../range-writer.ts). The
- * older snapshot goes once every disk has its round. Cutover: the source is powered off, a last
- * round copies what changed since, then the snapshots this run took are removed.
- *
- * The data source is honest only where the flat extent is the snapshot's view: vcsim (one flat
- * file, our CBT double) and the first round on a real vSphere (the base disk is frozen under the
- * snapshot). On a live vCenter a later round's snapshot is base + delta files, readable only
- * through VDDK or an NFC lease (../vsphere/cbt.ts openExportLease, not wired here): not built.
+ * round's snapshot goes once every disk has read it, so each round's snapshot sits directly on
+ * the base disk: under it the base flat extent is frozen, and is exactly the snapshot's view
+ * (a second snapshot would leave the data in a delta file `/folder` cannot read at disk offsets).
+ * CBT's changeIds outlive the snapshot they were read from, as backup tools rely on. Cutover:
+ * the source is powered off, a last round copies what changed since, then its snapshot goes.
+ * A VM with snapshots of its own runs on a delta file: refused (VDDK or the NFC lease would be
+ * needed; ../vsphere/cbt.ts openExportLease is not wired here).
  */
 import { refs, type KubeObject } from '@vessel/api';
 import type { Client } from '@vessel/client';
@@ -87,8 +87,9 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
     flatFiles.set(disks[i].volume, f);
     return f;
   };
-  const removeOlder = async (c: VsphereClient) => {
-    while (taken.length > 1) {
+  let rounds = 0;
+  const removeTaken = async (c: VsphereClient) => {
+    while (taken.length) {
       await removeSnapshot(c, taken[0]);
       taken.shift();
     }
@@ -118,14 +119,14 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
       const i = disks.findIndex((x) => x.volume === d.volume);
       const key = disks[i].key;
       if (!round || round.copied.has(d.volume)) {
-        const snap = await createSnapshot(c, vmId, `forklift-warm-${src.id.replace(/[^\w.-]/g, '-')}-${taken.length + 1}`, 'Vessel warm migration precopy');
+        const snap = await createSnapshot(c, vmId, `forklift-warm-${src.id.replace(/[^\w.-]/g, '-')}-${++rounds}`, 'Vessel warm migration precopy');
         taken.push(snap);
         const seen = await snapshotDisks(c, snap);
         round = { snap, ids: seen.changeIds, files: seen.files, copied: new Set() };
       }
       // The flat extent is this snapshot's view only while the disk is the inventory's file: a
-      // delta file (a live ESXi, from the second snapshot on) needs VDDK or NFC, not built. Refused
-      // rather than copying stale bytes.
+      // delta file (snapshots left from elsewhere) needs VDDK or NFC, not built. Refused rather
+      // than copying stale bytes.
       const file = round.files.get(key);
       if (file !== undefined && file !== src.vm.disks[i].file)
         throw new VsphereError(
@@ -152,8 +153,8 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
       progress(bytes, bytes);
       lastChangeId.set(d.volume, changeId);
       round.copied.add(d.volume);
-      // Every disk has read this snapshot: the older ones are no longer a base for anything.
-      if (round.copied.size === disks.length) await removeOlder(c);
+      // Every disk has read this snapshot: it goes, so the next one sits on the base disk again.
+      if (round.copied.size === disks.length) await removeTaken(c);
       src.onCopy?.({ volume: d.volume, snapshot: round.snap.value, changeId: since, areas: areas.length, bytes, ms: Date.now() - t0 });
       return { bytes, deltaId: round.snap.value };
     },
@@ -166,10 +167,7 @@ export function vsphereWarmOps(kube: Client, src: VsphereWarmSource): WarmOps {
     async stopSource() {
       const c = await session();
       await powerOff(c, vmId);
-      while (taken.length) {
-        await removeSnapshot(c, taken[0]);
-        taken.shift();
-      }
+      await removeTaken(c);
       round = undefined;
     },
 
