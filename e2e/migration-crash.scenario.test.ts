@@ -23,7 +23,9 @@ after(async () => {
 });
 
 const report = (what: string, r: CaseResult) =>
-  results.push(`${what}: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms${r.failureReason ? ` (${r.failureReason})` : ''}`);
+  results.push(
+    `${what}: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms, transfer ${r.transferMs ?? '-'} ms, TLS setup ${r.tlsSetupMs.join('/') || '-'} ms${r.failureReason ? ` (${r.failureReason})` : ''}`,
+  );
 
 for (const kill of ['target', 'source', 'server'] as Side[]) {
   for (const step of [1, 2, 3, 4] as Step[]) {

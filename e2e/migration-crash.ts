@@ -35,6 +35,8 @@ class Child {
   private proc?: ChildProcess;
   private exited?: Promise<void>;
   private lines: string[] = [];
+  /** Every line of every run (lines: since the last start). */
+  readonly history: string[] = [];
   env: Env = {};
 
   constructor(
@@ -62,6 +64,7 @@ class Child {
       err = parts.pop()!;
       for (const l of parts) {
         this.lines.push(l);
+        this.history.push(l);
         if (process.env.VESSEL_TEST_LOG) console.error(`${this.name}: ${l}`);
       }
     });
@@ -122,6 +125,10 @@ export interface CaseResult {
   failureReason?: string;
   /** From the kill to exactly one QEMU, the VMI on its node and the migration finished. */
   settledMs: number;
+  /** migrationState end − start (the transfer, kills included), when both were written. */
+  transferMs?: number;
+  /** The agents' TLS setups of QEMU for this migration (ms each), from their logs. */
+  tlsSetupMs: number[];
 }
 
 export interface CrashCluster {
@@ -244,6 +251,7 @@ export async function startCrashCluster(): Promise<CrashCluster> {
         }
       }
       const victim = kill === 'server' ? server : agents.get(kill === 'source' ? source : target)!;
+      const logFrom = new Map([...agents].map(([n, a]) => [n, a.history.length]));
       const phase = async () => String(((await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase);
       const create = () =>
         c.create(
@@ -322,8 +330,22 @@ export async function startCrashCluster(): Promise<CrashCluster> {
       await eventually(`${name}: the guest's uptime growing past ${now}`, async () => ((await lastUptime(settled.node))! > now ? true : undefined), 60_000);
       const all = [...(await qemus()).values()].flat();
       assert.equal(all.length, 1, `${name}: still exactly one QEMU`);
-      const ms = ((await c.get(VMIM, name, { namespace: NS })).status as { migrationState?: { failureReason?: string } }).migrationState;
-      return { name, phase: settled.phase, from: source, node: settled.node, failureReason: ms?.failureReason, settledMs };
+      // The stream was TLS (unless turned off): for a migration that succeeded, the target set QEMU's
+      // x509 server credentials and the source its client ones (a failed one may have ended before).
+      const tls = [...agents].flatMap(([n, a]) => a.history.slice(logFrom.get(n)).filter((l) => /migration: .*: TLS (server|client) credentials set/.test(l)));
+      if (process.env.VESSEL_TEST_MIGRATION_TLS === 'false') assert.deepEqual(tls, [], `${name}: TLS turned off`);
+      else if (settled.phase === 'Succeeded')
+        for (const end of ['server', 'client'])
+          assert.ok(
+            tls.some((l) => l.includes(`TLS ${end} `)),
+            `${name}: no TLS ${end} credentials set: ${tls.join('; ')}`,
+          );
+      const ms = (
+        (await c.get(VMIM, name, { namespace: NS })).status as { migrationState?: { failureReason?: string; startTimestamp?: string; endTimestamp?: string } }
+      ).migrationState;
+      const transferMs = ms?.startTimestamp && ms.endTimestamp ? Date.parse(ms.endTimestamp) - Date.parse(ms.startTimestamp) : undefined;
+      const tlsSetupMs = tls.map((l) => Number(/set in (\d+) ms/.exec(l)?.[1]));
+      return { name, phase: settled.phase, from: source, node: settled.node, failureReason: ms?.failureReason, settledMs, transferMs, tlsSetupMs };
     },
     close,
   };

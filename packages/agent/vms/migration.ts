@@ -389,7 +389,7 @@ export class VmMigrations {
       this.followTarget(key, t, qmp);
       const ms = migrationStateOf(vmi);
       await applyTargetSettings(qmp, configurationOf(ms));
-      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(key, qmp, 'server', await this.host.tlsDir(ms.sourceNode));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       const { port, nbd } = this.host.qemuInPod(vmi) ? await this.listenInPod(t, qmp, plan.disks) : await this.listenDirect(qmp, plan.disks);
       const written = await this.writeState(
@@ -534,7 +534,7 @@ export class VmMigrations {
       const conf = configurationOf(ms);
       await applySourceSettings(qmp, disks.length ? { ...conf, allowPostCopy: false } : conf, { pauseBeforeSwitchover: disks.length > 0 });
       await slowForTests(qmp);
-      if (this.host.tlsDir && !conf.disableTLS) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      if (this.host.tlsDir && !conf.disableTLS) await this.useTls(key, qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // A QEMU in a pod namespace reaches the target through a relay (migration-relay.ts).
@@ -618,11 +618,14 @@ export class VmMigrations {
    * TLS on the migration stream (KubeVirt's default): x509 credentials with the peer verified
    * (its certificate signed by its node's migration CA; the client also checks the name).
    */
-  private async useTls(qmp: QmpClient, endpoint: 'server' | 'client', dir: string, hostname?: string): Promise<void> {
+  private async useTls(key: string, qmp: QmpClient, endpoint: 'server' | 'client', dir: string, hostname?: string): Promise<void> {
+    const t0 = Date.now();
     // A QEMU that arrived here by an earlier migration still has that one's credentials.
     await qmp.execute('object-del', { id: TLS_CREDS }).catch(() => undefined);
     await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint, 'verify-peer': true });
     await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS, ...(hostname ? { 'tls-hostname': hostname } : {}) });
+    // Said in the log: whether a stream was TLS, and how long QEMU took to set it up (a DH group generated at object-add once took > 15 s).
+    this.host.log(`migration: ${key}: TLS ${endpoint} credentials set in ${Date.now() - t0} ms`);
   }
 
   /** The target runs the guest: the VMI says so, then the source QEMU (in postmigrate) goes. */
