@@ -8,6 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -15,17 +16,35 @@ import { join } from 'node:path';
 import { createDevCluster, type DevCluster } from '@vessel/agent';
 import { Client, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually } from './harness.ts';
+import { eventually, run } from './harness.ts';
 import { serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
+const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
 const NS = 'default';
 const NAME = 'crashy';
 const CHILD = join(import.meta.dirname, 'cluster-child.ts');
 /** The guest prints its uptime every second: it goes on across a migration, it restarts after a reboot. */
 const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
+/** The local-disk guest's data claim (64 MiB, local pool). */
+const DATA = `${NAME}-data`;
+/**
+ * With local disks, the guest also writes numbered 512-byte records to its 64 MiB data disk
+ * (record i at sector i, each flushed), and every 25 the md5 of all so far as it reads them back.
+ */
+const LOCAL_USER_DATA = `${USER_DATA}for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
+(i=0; while true; do
+  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync 2>/dev/null && sync
+  i=$((i+1))
+  [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
+done) &
+`;
+/** Record i as the guest writes it (then zero-padded to 512 bytes). */
+const expectedRecord = (i: number) => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
+/** The mirror's speed (bytes/s) in the cases that kill during it: the tiny root (26 MiB allocated) takes seconds. */
+const SLOW_MIRROR = String(2 << 20);
 /** The slowed transfer (bytes/s) of the cases that kill during it. */
 const SLOW_BANDWIDTH = String(4 << 20);
 type Env = Record<string, string>;
@@ -114,8 +133,11 @@ class Child {
 }
 
 export type Side = 'target' | 'source' | 'server';
-/** 1 Scheduled (target being prepared), 2 TargetReady (the source not started), 3 Running (transfer), 4 completed (switch not written). */
-export type Step = 1 | 2 | 3 | 4;
+/**
+ * 1 Scheduled (target being prepared), 2 TargetReady (the source not started), 3 Running (transfer),
+ * 4 completed (switch not written); 'mirror': local disks being mirrored (startCrashCluster({localDisks})).
+ */
+export type Step = 1 | 2 | 3 | 4 | 'mirror';
 
 export interface CaseResult {
   name: string;
@@ -129,6 +151,8 @@ export interface CaseResult {
   transferMs?: number;
   /** The agents' TLS setups of QEMU for this migration (ms each), from their logs. */
   tlsSetupMs: number[];
+  /** Local disks: the records checked on the data disk's file of the VMI's node (their md5 the guest's). */
+  recordsChecked?: number;
 }
 
 export interface CrashCluster {
@@ -152,7 +176,8 @@ async function freePort(): Promise<number> {
 
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 
-export async function startCrashCluster(): Promise<CrashCluster> {
+export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Promise<CrashCluster> {
+  const localDisks = !!opts.localDisks;
   const dir = await mkdtemp(join(tmpdir(), 'vessel-migcrash-'));
   const dataDir = join(dir, 'data');
   const server = new Child('server', ['server', dataDir, `127.0.0.1:${await freePort()}`]);
@@ -165,6 +190,7 @@ export async function startCrashCluster(): Promise<CrashCluster> {
       await eventually('the VMI gone', async () => ((await client!.list(VMI, { namespace: NS })).items.length === 0 ? true : undefined), 60_000).catch(
         () => undefined,
       );
+      if (opts.localDisks) await client.delete(PVC, DATA, { namespace: NS }).catch(() => undefined);
       client.close();
     }
     for (const a of agents.values()) await a.stop().catch(() => undefined);
@@ -206,15 +232,79 @@ export async function startCrashCluster(): Promise<CrashCluster> {
   }
   const lastUptime = async (node: string) => uptimes(await serialLog(agentDir(node), NS, NAME)).at(-1);
 
+  /**
+   * The data disk intact on `node`, where the VMI runs: the claim names that node, and on its file
+   * (read with qemu-img -U beside the running QEMU) every record up to a checksum the guest printed
+   * there after the case is in place, their md5 the guest's. Returns how many records were checked.
+   */
+  async function checkDataDisk(node: string): Promise<number> {
+    const claim = async () => ((await c.get(PVC, DATA, { namespace: NS })).metadata?.annotations ?? {}) as Record<string, string>;
+    const file = await eventually(
+      `claim ${DATA} recorded on ${node}`,
+      async () => {
+        const a = await claim();
+        return a['volume.kubernetes.io/selected-node'] === node && a['vessel.io/volume-path']?.startsWith(`${agentDir(node)}/`)
+          ? a['vessel.io/volume-path']
+          : undefined;
+      },
+      60_000,
+    );
+    const sums = async () =>
+      [...(await serialLog(agentDir(node), NS, NAME)).matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+    const seen = (await sums()).length;
+    // A checksum printed after this point: written and read back by the guest on this node's disk.
+    const sum = await eventually(`a new checksum from the guest on ${node}`, async () => (await sums()).slice(seen).at(-1), 120_000);
+    const tmp = await mkdtemp(join(tmpdir(), 'vessel-migcrash-disk-'));
+    try {
+      const raw = join(tmp, 'data.raw');
+      const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
+      assert.equal(r.code, 0, r.err);
+      const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
+      const md5 = createHash('md5').update(bytes).digest('hex');
+      for (let i = 0; i < sum.n; i++) {
+        const rec = bytes.subarray(i * 512, i * 512 + expectedRecord(i).length).toString('latin1');
+        assert.equal(
+          rec,
+          expectedRecord(i),
+          `record ${i} of ${sum.n} on ${node}'s file (the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
+        );
+      }
+      assert.equal(md5, sum.md5, `the md5 of ${sum.n} records on ${node}'s file is the guest's`);
+      return sum.n;
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+  }
+
   let seq = 0;
   return {
     client: c,
     dataDir,
     nodes,
     async bootGuest() {
-      await c.create(VM, tinyVm(NAME, { namespace: NS, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }), {
+      const vm = tinyVm(NAME, {
         namespace: NS,
-      });
+        binding: 'bridge',
+        userData: opts.localDisks ? LOCAL_USER_DATA : USER_DATA,
+        storageClass: opts.localDisks ? 'local' : 'shared',
+        terminationGracePeriodSeconds: 5,
+      }) as { spec: { template: { spec: { domain: { devices: { disks: object[] } }; volumes: object[] } } } };
+      if (opts.localDisks) {
+        // Root (a DataVolume) and a 64 MiB data claim on the local pool: both mirrored over NBD when it moves.
+        await c.create(
+          PVC,
+          {
+            apiVersion: 'v1',
+            kind: 'PersistentVolumeClaim',
+            metadata: { name: DATA, namespace: NS },
+            spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
+          },
+          { namespace: NS },
+        );
+        vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
+        vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
+      }
+      await c.create(VM, vm, { namespace: NS });
       const node = await eventually(
         'the guest Running and printing its uptime',
         async () => {
@@ -243,6 +333,7 @@ export async function startCrashCluster(): Promise<CrashCluster> {
       if (kill !== 'source' && step === 3) envs[source] = { VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill !== 'source' && step === 2) envs[source] = { VESSEL_DELAY_AT: 'migration:source-start', VESSEL_DELAY_MS: '8000' };
       if (kill !== 'source' && step === 4) envs[source] = { VESSEL_DELAY_AT: 'migration:source-completed', VESSEL_DELAY_MS: '8000' };
+      if (step === 'mirror') envs[source] = { VESSEL_TEST_MIRROR_BYTES_PER_SEC: SLOW_MIRROR };
       for (const n of [source, target]) {
         const a = agents.get(n)!;
         if (JSON.stringify(a.env) !== JSON.stringify(envs[n])) {
@@ -263,8 +354,22 @@ export async function startCrashCluster(): Promise<CrashCluster> {
 
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
-      const want = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running', 4: '' }[step];
-      const reached = async () => (selfKilled ? !victim.running : step === 4 ? agents.get(source)!.seen(/the transfer completed/) : (await phase()) === want);
+      const want = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running', 4: '', mirror: '' }[step];
+      // The mirror: 1.5 s after the source began it (a few MiB of the disks copied, far from done at SLOW_MIRROR).
+      let mirroring: number | undefined;
+      const mirrorUnderway = () => {
+        if (!agents.get(source)!.seen(/mirroring \d+ local disk/)) return false;
+        mirroring ??= Date.now();
+        return Date.now() - mirroring >= 1500;
+      };
+      const reached = async () =>
+        selfKilled
+          ? !victim.running
+          : step === 4
+            ? agents.get(source)!.seen(/the transfer completed/)
+            : step === 'mirror'
+              ? mirrorUnderway()
+              : (await phase()) === want;
       try {
         // A migration that fails before the step (the loaded machine: QEMU too slow to answer) is tried again, twice.
         for (let attempt = 1; ; attempt++) {
@@ -345,7 +450,18 @@ export async function startCrashCluster(): Promise<CrashCluster> {
       ).migrationState;
       const transferMs = ms?.startTimestamp && ms.endTimestamp ? Date.parse(ms.endTimestamp) - Date.parse(ms.startTimestamp) : undefined;
       const tlsSetupMs = tls.map((l) => Number(/set in (\d+) ms/.exec(l)?.[1]));
-      return { name, phase: settled.phase, from: source, node: settled.node, failureReason: ms?.failureReason, settledMs, transferMs, tlsSetupMs };
+      const recordsChecked = localDisks ? await checkDataDisk(settled.node) : undefined;
+      return {
+        name,
+        phase: settled.phase,
+        from: source,
+        node: settled.node,
+        failureReason: ms?.failureReason,
+        settledMs,
+        transferMs,
+        tlsSetupMs,
+        recordsChecked,
+      };
     },
     close,
   };

@@ -725,6 +725,7 @@ export class VmMigrations {
     const key = keyOf(vmi);
     const address = via ?? this.nbdAddress(key, uid);
     const t0 = Date.now();
+    this.host.log(`migration: ${key}: mirroring ${disks.length} local disk(s) to the target`);
     try {
       await startMirrors(qmp, disks, address, {
         tlsCreds: this.host.tlsDir ? TLS_CREDS : undefined,
