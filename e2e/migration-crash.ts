@@ -32,11 +32,15 @@ const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f
 const DATA = `${NAME}-data`;
 /**
  * With local disks, the guest also writes numbered 512-byte records to its 64 MiB data disk
- * (record i at sector i, each flushed), and every 25 the md5 of all so far as it reads them back.
+ * (record i at sector i), and every 25 the md5 of all so far as it reads them back. Each record is
+ * flushed to the device (dd conv=fsync: fsync of a block device sends a FLUSH). `sync` alone is not
+ * enough: it writes the page cache out but sends no FLUSH for a raw block device, so QEMU may keep
+ * a new qcow2 cluster's L2 entry in its cache and the file, read beside it, shows that cluster as
+ * zeros (seen: record 1664, the first of the 14th 64 KiB cluster, the 11 after it in the guest's sum).
  */
 const LOCAL_USER_DATA = `${USER_DATA}for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
 (i=0; while true; do
-  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync 2>/dev/null && sync
+  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync,fsync 2>/dev/null && sync
   i=$((i+1))
   [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
 done) &

@@ -94,6 +94,19 @@ export function liveMigratable(
  * Whether the VMI's pod-network interface has the masquerade binding: with a cluster network
  * its QEMU then runs in the VM's pod namespace (network/pod.ts), not the node's.
  */
+/**
+ * Whether the source QEMU's `query-migrate` status speaks of another migration than the one a
+ * restarted agent resumes (`startTimestamp` written, `migrate` maybe never issued). A QEMU that
+ * arrived by migration reports that incoming one as `completed` until it sends one itself; a
+ * source whose outgoing migration completed is in `postmigrate`. So `completed` while the guest is
+ * not in `postmigrate` (still running, or paused by its user) means this QEMU was never told to
+ * migrate: the agent died before (during the disk mirror, say). Read as `completed`, the switch
+ * would be recorded and the source QEMU quit while the target had no guest: the guest lost.
+ */
+export function staleMigrateStatus(status: string | undefined, runState: string | undefined): boolean {
+  return status === 'completed' && runState !== 'postmigrate';
+}
+
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
   const pod = (spec?.networks ?? []).find((n) => n.pod)?.name;
   const iface = (spec?.domain?.devices?.interfaces ?? []).find((i) => i.name === pod);
@@ -545,7 +558,15 @@ export class VmMigrations {
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
     }
-    // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
+    // After an agent restart the migration QEMU runs (or ran) is followed from where it is, unless
+    // this QEMU never began it (its status an earlier incoming migration's): then it failed here.
+    if (ms.startTimestamp && staleMigrateStatus((await qmp.execute<QueryMigrate>('query-migrate')).status, before)) {
+      if (disks.length) await cancelMirrors(qmp);
+      const reason = `the source agent on ${this.host.nodeName} restarted before the transfer began`;
+      await this.fail(key, uid, reason);
+      this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
+      return;
+    }
     let cancelled = false;
     const progress = new ProgressPublisher(this.host.client, vmi.metadata.namespace!, uid, qmp, this.host.log);
     // The completion and progress timeouts (migration-settings.ts); timedOut says which one cancelled it.
