@@ -142,9 +142,10 @@ class Child {
 export type Side = 'target' | 'source' | 'server';
 /**
  * 1 Scheduled (target being prepared), 2 TargetReady (the source not started), 3 Running (transfer),
- * 4 completed (switch not written); 'mirror': local disks being mirrored (startCrashCluster({localDisks})).
+ * 4 completed (switch not written); 'started': the source wrote startTimestamp, QEMU not yet told to
+ * migrate (source only); 'mirror': local disks being mirrored (startCrashCluster({localDisks})).
  */
-export type Step = 1 | 2 | 3 | 4 | 'mirror';
+export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror';
 
 export interface CaseResult {
   name: string;
@@ -337,6 +338,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       if (kill === 'source' && step === 2) envs[source] = { VESSEL_CRASH_AT: 'migration:source-start' };
       if (kill === 'source' && step === 3) envs[source] = { VESSEL_CRASH_AT: 'migration:source-sending', VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill === 'source' && step === 4) envs[source] = { VESSEL_CRASH_AT: 'migration:source-completed' };
+      if (kill === 'source' && step === 'started') envs[source] = { VESSEL_CRASH_AT: 'migration:source-started' };
       if (kill !== 'source' && step === 3) envs[source] = { VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill !== 'source' && step === 2) envs[source] = { VESSEL_DELAY_AT: 'migration:source-start', VESSEL_DELAY_MS: '8000' };
       if (kill !== 'source' && step === 4) envs[source] = { VESSEL_DELAY_AT: 'migration:source-completed', VESSEL_DELAY_MS: '8000' };
@@ -361,7 +363,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
 
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
-      const want = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running', 4: '', mirror: '' }[step];
+      const want = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running', 4: '', started: '', mirror: '' }[step];
       // The mirror: 1.5 s after the source began it (a few MiB of the disks copied, far from done at SLOW_MIRROR).
       let mirroring: number | undefined;
       const mirrorUnderway = () => {

@@ -541,6 +541,8 @@ export class VmMigrations {
       faultPoint('migration:source-start');
       // Started: the migration's phase becomes Running.
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
+      // Started, QEMU not yet told to migrate: a restart from here must not take its status for this migration's.
+      faultPoint('migration:source-started');
       // Bandwidth, auto-converge, post-copy (migration-settings.ts). With local disks QEMU stops
       // before the switch-over, so the mirrors end while the guest is paused; no post-copy then
       // (the target would run the guest before its disks are complete).
