@@ -341,6 +341,8 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       if (kill === 'source' && step === 'started') envs[source] = { VESSEL_CRASH_AT: 'migration:source-started' };
       if (kill !== 'source' && step === 3) envs[source] = { VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill !== 'source' && step === 2) envs[source] = { VESSEL_DELAY_AT: 'migration:source-start', VESSEL_DELAY_MS: '8000' };
+      // Held at Scheduled while the test kills the other side: on a quiet machine the whole migration took 0.4 s.
+      if (kill !== 'target' && step === 1) envs[target] = { VESSEL_DELAY_AT: 'migration:target-launched', VESSEL_DELAY_MS: '8000' };
       if (kill !== 'source' && step === 4) envs[source] = { VESSEL_DELAY_AT: 'migration:source-completed', VESSEL_DELAY_MS: '8000' };
       if (step === 'mirror') envs[source] = { VESSEL_TEST_MIRROR_BYTES_PER_SEC: SLOW_MIRROR };
       for (const n of [source, target]) {
@@ -378,7 +380,9 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
             ? agents.get(source)!.seen(/the transfer completed/)
             : step === 'mirror'
               ? mirrorUnderway()
-              : (await phase()) === want;
+              : step === 1
+                ? ['Scheduled', 'PreparingTarget'].includes(await phase())
+                : (await phase()) === want;
       try {
         // A migration that fails before the step (the loaded machine: QEMU too slow to answer) is tried again, twice.
         for (let attempt = 1; ; attempt++) {

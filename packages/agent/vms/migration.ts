@@ -390,6 +390,7 @@ export class VmMigrations {
         notLeftover(v.path, this.host.claim(ns, v.claim), this.host.nodeName, await qemusHolding(v.path)),
       );
       await this.host.launchIncoming(vmi, t.runDir, Object.fromEntries(volumes.map((v) => [v.volume, v.path])));
+      await faultDelay('migration:target-launched');
       faultPoint('migration:target-launched');
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
       if (t.ended) return await this.host.stopQemu(key, t.runDir);
