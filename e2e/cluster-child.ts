@@ -5,7 +5,7 @@
  * KUBECONFIG NODE DATADIR SHAREDDIR NETNS FABRICIP` (a node agent as startDevNodes runs it).
  * Prints "READY <kubeconfig>" once up; SIGTERM stops it cleanly (its QEMUs run on).
  */
-import { startAgent } from '@vessel/agent';
+import { parseQemuPriority, startAgent } from '@vessel/agent';
 import { Client } from '@vessel/client';
 import { startControlPlane } from '../packages/cli/control-plane.ts';
 
@@ -22,6 +22,8 @@ if (mode === 'server') {
   const client = Client.fromKubeconfig({ explicit: kubeconfig });
   // VESSEL_TEST_MIGRATION_TLS=false: `--migration-tls=false`.
   const migrationTls = process.env.VESSEL_TEST_MIGRATION_TLS !== 'false';
+  // VESSEL_TEST_QEMU_PRIORITY: `--qemu-priority` (e.g. `off`).
+  const qemuPriority = process.env.VESSEL_TEST_QEMU_PRIORITY ? parseQemuPriority(process.env.VESSEL_TEST_QEMU_PRIORITY) : undefined;
   const agent = await startAgent({
     client,
     nodeName,
@@ -31,6 +33,7 @@ if (mode === 'server') {
     fabricIp,
     heartbeatMs: 5000,
     migrationTls,
+    qemuPriority,
     log: (l) => log(`[${nodeName}] ${l}`),
   });
   process.stdout.write(`READY ${kubeconfig}\n`);

@@ -25,7 +25,7 @@ for (const [kill, step, what] of [
   test(`${what}: one QEMU, on the VMI's node, the migration finished, no reboot`, { timeout: 600_000 }, async () => {
     const r = await c.crashCase(kill, step);
     console.log(
-      `# ${kill} step ${step}: ${r.name} ${r.phase} ${r.from} → ${r.node} settled ${r.settledMs} ms${r.failureReason ? ` (${r.failureReason})` : ''}`,
+      `# ${kill} step ${step}: ${r.name} ${r.phase} ${r.from} → ${r.node} settled ${r.settledMs} ms, transfer ${r.transferMs ?? '-'} ms, TLS setup ${r.tlsSetupMs.join('/') || '-'} ms${r.failureReason ? ` (${r.failureReason})` : ''}`,
     );
   });
 }

@@ -1,10 +1,13 @@
 /**
- * Dedicated CPUs across a live migration (docs/pinning.md "Live migration"), on a two-node dev
- * cluster whose nodes have distinct CPU manager pools on this 2-CPU host: node 0 reserves CPU 0
- * (its pool: CPU 1), node 1 reserves CPU 1 (its pool: CPU 0). A 1-vCPU dedicated tiny guest on the
+ * Dedicated CPUs across a live migration (docs/pinning.md "Live migration"), on a three-node dev
+ * cluster whose nodes have CPU manager pools of one CPU on this 2-CPU host: node 0 reserves CPU 0
+ * (its pool: CPU 1), node 1 reserves CPU 1 (its pool: CPU 0), node 2 reserves CPU 0 (its pool:
+ * CPU 1; each node's manager counts only its own VMIs). A 1-vCPU dedicated tiny guest on the
  * shared pool runs pinned to its node's pool CPU; migrated, it holds the target's pool CPU
  * (annotation rewritten, the target record gone), its target vCPU thread is pinned to exactly that
- * CPU, its uptime goes on, one QEMU runs. A scenario (CI skips it): a 2-node cluster and a TCG boot.
+ * CPU, its uptime goes on, one QEMU runs. Then two dedicated VMIs on two full nodes migrate at
+ * once while one pool is free: only one is sent there, the other fails at once with the
+ * scheduler's reason (the target choice counts migrations in flight). A scenario (CI skips it).
  */
 import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
@@ -30,27 +33,43 @@ const skip = ((): string | false => {
 
 let c: TestCluster;
 /** Node i's exclusive pool CPU (the other one is reserved). */
-const POOL = ['1', '0'];
+const POOL = ['1', '0', '1'];
 
 before(async () => {
   if (skip) return;
   const online = (await readFile('/sys/devices/system/cpu/online', 'utf8')).trim();
   assert.notEqual(online, '0', 'needs two CPUs');
   // QEMU at the agents' priority: a guest confined to one CPU of a loaded host would starve at nice 10.
-  c = await startCluster({ nodes: 2, reservedCpus: ['0', '1'], qemuPriority: { nice: 0, batch: false, cgroups: false } });
+  c = await startCluster({ nodes: 3, reservedCpus: ['0', '1', '0'], qemuPriority: { nice: 0, batch: false, cgroups: false } });
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
 
 after(async () => {
   if (!c) return;
-  await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
+  for (const n of [NAME, ...PAIR]) await c.client.delete(VM, n, { namespace: ns }).catch(() => undefined);
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 90_000).catch(
     () => undefined,
   );
   await c.close();
 });
 
-const vmi = async () => (await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined)) as Obj | undefined;
+const PAIR = ['pinned-b', 'pinned-c'];
+const vmi = async (name = NAME) => (await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined)) as Obj | undefined;
+const dedicatedVm = (name: string) => {
+  const vm = tinyVm(name, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }) as Obj;
+  vm.spec.template.spec.domain.cpu = { cores: 1, dedicatedCpuPlacement: true };
+  return vm;
+};
+const runningMigratable = (name: string) =>
+  eventually(
+    `${name} Running and live-migratable`,
+    async () => {
+      const o = await vmi(name);
+      const lm = (o?.status?.conditions ?? []).find((x: Obj) => x.type === 'LiveMigratable');
+      return o?.status?.phase === 'Running' && lm?.status === 'True' ? o : undefined;
+    },
+    300_000,
+  );
 const agentOf = (node: string) => c.nodes.agents.find((a) => a.nodeName === node)!;
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 
@@ -69,23 +88,11 @@ async function vcpuAffinity(node: string): Promise<string | undefined> {
 }
 
 test('a dedicated VM migrates onto the target node’s own CPU: re-assigned, pinned there, the source’s CPU freed', { skip, timeout: 1_200_000 }, async () => {
-  const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }) as Obj;
-  vm.spec.template.spec.domain.cpu = { cores: 1, dedicatedCpuPlacement: true };
-  await c.client.create(VM, vm, { namespace: ns });
-  const running = await eventually(
-    'the VMI Running and live-migratable',
-    async () => {
-      const o = await vmi();
-      const lm = (o?.status?.conditions ?? []).find((x: Obj) => x.type === 'LiveMigratable');
-      return o?.status?.phase === 'Running' && lm?.status === 'True' ? o : undefined;
-    },
-    300_000,
-  );
+  await c.client.create(VM, dedicatedVm(NAME), { namespace: ns });
+  const running = await runningMigratable(NAME);
   const nodes = c.nodes.cluster.nodes.map((n) => n.name);
   const source = running.status.nodeName as string;
-  const target = nodes.find((n) => n !== source)!;
   const sourceCpu = POOL[nodes.indexOf(source)];
-  const targetCpu = POOL[nodes.indexOf(target)];
   assert.equal(running.metadata.annotations['vessel.io/dedicated-cpus'], sourceCpu);
   await eventually(`the vCPU thread pinned to ${sourceCpu} on ${source}`, async () => ((await vcpuAffinity(source)) === sourceCpu ? true : undefined), 60_000);
   await eventually(
@@ -110,6 +117,8 @@ test('a dedicated VM migrates onto the target node’s own CPU: re-assigned, pin
   );
   assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
   const took = Date.now() - t0;
+  const target = done.migrationState.targetNode as string;
+  const targetCpu = POOL[nodes.indexOf(target)];
   const after = await eventually(
     `the target's CPU ${targetCpu} recorded as the VMI's`,
     async () => {
@@ -141,4 +150,49 @@ test('a dedicated VM migrates onto the target node’s own CPU: re-assigned, pin
     `figures: dedicated migration ${source} (CPU ${sourceCpu}) → ${target} (CPU ${targetCpu}): ${took} ms create → Succeeded; ` +
       `vCPU pinned on the target ${pinnedAt - t0 - took} ms after Succeeded was seen`,
   );
+});
+
+test('two dedicated VMIs migrating at once toward the one free pool: one is sent there, the other refused at once', { skip, timeout: 1_200_000 }, async () => {
+  // Two more dedicated VMIs fill the two pools the first one leaves free; then it goes, freeing its node.
+  for (const n of PAIR) await c.client.create(VM, dedicatedVm(n), { namespace: ns });
+  const placed = await Promise.all(PAIR.map((n) => runningMigratable(n)));
+  const first = (await vmi())!.status.nodeName as string;
+  const taken = placed.map((o) => o.status.nodeName as string);
+  assert.equal(new Set([first, ...taken]).size, 3, `one dedicated VMI per node: ${first} ${taken}`);
+  await c.client.delete(VM, NAME, { namespace: ns });
+  await eventually(`${NAME} gone`, async () => ((await vmi()) ? undefined : true), 120_000);
+  // Both at once: each may go only to the freed node (the other's node is full).
+  const t0 = Date.now();
+  for (const [i, n] of PAIR.entries())
+    await c.client.create(
+      VMIM,
+      { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name: `pair-${i}`, namespace: ns }, spec: { vmiName: n } },
+      { namespace: ns },
+    );
+  const status = async (i: number) => ((await c.client.get(VMIM, `pair-${i}`, { namespace: ns })).status ?? {}) as Obj;
+  const ends = await eventually(
+    'one migration sent to the freed node, the other refused',
+    async () => {
+      const st = [await status(0), await status(1)];
+      return st.some((s) => s.phase === 'Failed') && st.some((s) => s.migrationState?.targetNode) ? st : undefined;
+    },
+    300_000,
+  );
+  const refusedAt = Date.now() - t0;
+  const refused = ends.find((s) => s.phase === 'Failed')!;
+  const sent = ends.find((s) => s !== refused)!;
+  assert.equal(sent.migrationState.targetNode, first, 'the one sent goes to the freed node');
+  // Refused by the controller (no target named), not by the target agent's CPU manager.
+  assert.equal(refused.migrationState.targetNode, undefined, JSON.stringify(refused));
+  assert.match(refused.migrationState.failureReason, /0\/2 nodes are available: 2 Insufficient vessel\.io\/dedicated-cpus/);
+  const done = await eventually(
+    'the sent one Succeeded',
+    async () => {
+      const s = await status(ends.indexOf(sent));
+      return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+    },
+    600_000,
+  );
+  assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+  console.log(`figures: two dedicated migrations toward one free pool: one refused ${refusedAt} ms after creation; the other Succeeded`);
 });

@@ -12,7 +12,7 @@ import { migration } from '@vessel/api';
 import { MIGRATION_TARGET_ANNOTATION, MigrationController } from './migration.ts';
 
 type MigrationState = migration.MigrationState;
-import { agentSets, createNode, InMemoryClient, until } from './testing/harness.ts';
+import { agentSets, createNode, InMemoryClient, NODES, until } from './testing/harness.ts';
 
 const { VMIS, VMIMS } = refs;
 type Obj = Record<string, unknown>;
@@ -33,12 +33,18 @@ async function setup(nodes = ['node-a', 'node-b']) {
   };
 }
 
-async function runningVmi(c: InMemoryClient, name: string, opts: { migratable?: boolean; node?: string; running?: boolean } = {}): Promise<void> {
+async function runningVmi(
+  c: InMemoryClient,
+  name: string,
+  opts: { migratable?: boolean; node?: string; running?: boolean; dedicated?: boolean } = {},
+): Promise<void> {
   await c.create(VMIS, {
     apiVersion: 'kubevirt.io/v1',
     kind: 'VirtualMachineInstance',
     metadata: { name, namespace: ns },
-    spec: { domain: { cpu: { cores: 1 }, resources: { requests: { memory: '128Mi' } }, devices: {} } },
+    spec: {
+      domain: { cpu: { cores: 1, ...(opts.dedicated ? { dedicatedCpuPlacement: true } : {}) }, resources: { requests: { memory: '128Mi' } }, devices: {} },
+    },
   });
   if (opts.running === false) return;
   await agentSets(c, name, 'Running', ns, opts.node ?? 'node-a');
@@ -161,6 +167,57 @@ test('no node other than the source fits: Failed with the scheduler’s reason',
   await migrate(c, 'm', 'vm');
   await phaseIs(c, 'm', 'Failed');
   assert.match((await vmim(c, 'm')).reason!, /no node other than node-a/);
+});
+
+test('dedicated-CPU VMIs migrating into a node count there: two at once never share its pool of one', async () => {
+  await using h = await setup([]);
+  const { c } = h;
+  // node-a's CPU manager holds both guests (pool of 2); node-b and node-c have a pool of 1 each.
+  for (const [n, pool] of [
+    ['node-a', '2'],
+    ['node-b', '1'],
+    ['node-c', '1'],
+  ] as const) {
+    await createNode(c, n, { labels: { cpumanager: 'true' } });
+    await updateStatus(c, NODES, undefined, n, (s) => {
+      (s.allocatable as Obj)['vessel.io/dedicated-cpus'] = pool;
+    });
+  }
+  await runningVmi(c, 'one', { dedicated: true });
+  await runningVmi(c, 'two', { dedicated: true });
+  await runningVmi(c, 'three', { dedicated: true, node: 'node-b' });
+  // node-b is full (three); one and two ask at once: node-c fits only one of them.
+  await migrate(c, 'm-one', 'one');
+  await migrate(c, 'm-two', 'two');
+  await until('both decided', async () => {
+    const phases = [(await vmim(c, 'm-one')).phase, (await vmim(c, 'm-two')).phase];
+    return phases.every((p) => p === 'Scheduled' || p === 'Failed') ? phases : undefined;
+  });
+  const decided = [await vmim(c, 'm-one'), await vmim(c, 'm-two')];
+  const won = decided.filter((d) => d.phase === 'Scheduled');
+  const lost = decided.filter((d) => d.phase === 'Failed');
+  assert.equal(won.length, 1, JSON.stringify(decided.map((d) => [d.phase, d.reason])));
+  assert.equal(lost.length, 1);
+  assert.equal(won[0].migrationState?.targetNode, 'node-c');
+  assert.match(lost[0].reason!, /0\/2 nodes are available: 2 Insufficient vessel.io\/dedicated-cpus/);
+
+  // The target fails (the migration ended): its CPU on node-c is free again for the next.
+  const winner = won[0] === decided[0] ? 'one' : 'two';
+  const loser = winner === 'one' ? 'two' : 'one';
+  await agentWrites(c, winner, { failed: true, failureReason: 'target node-c: gone' });
+  await phaseIs(c, `m-${winner}`, 'Failed');
+  await migrate(c, 'm-again', loser);
+  await phaseIs(c, 'm-again', 'Scheduled');
+  assert.equal((await stateOf(c, loser))?.targetNode, 'node-c');
+  // Switched: the VMI's node is node-c, where it is counted as placed; node-c stays full.
+  await agentWrites(c, loser, { completed: true });
+  await updateStatus(c, VMIS, ns, loser, (s) => {
+    s.nodeName = 'node-c';
+  });
+  await phaseIs(c, 'm-again', 'Succeeded');
+  await migrate(c, 'm-last', winner);
+  await phaseIs(c, 'm-last', 'Failed');
+  assert.match((await vmim(c, 'm-last')).reason!, /2 Insufficient vessel.io\/dedicated-cpus/);
 });
 
 test('steps the agents made between two reconciles are recorded in order', async () => {

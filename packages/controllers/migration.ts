@@ -16,7 +16,7 @@ import { migration, migrationConfig, phaseOf, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
 import { mayStart, type RunningMigration, type WaitingMigration } from './migration-limits.ts';
-import { scheduleVmi, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
+import { migrationTargetPlacements, scheduleVmi, vmiRequests, type Requests, type SchedulingSettings, type VmiPlacementLike } from './scheduling/fit.ts';
 
 const { NODES, VMIS, VMIMS, KUBEVIRTS, MIGRATION_POLICIES, NAMESPACES } = refs;
 const WAITING_PHASES = new Set(['', 'Pending']);
@@ -61,6 +61,12 @@ export class MigrationController extends Controller {
   private readonly namespaces: Informer;
   /** Migrations this controller let out of Pending that its cache does not show yet (uid → source node): they hold a slot. */
   private readonly claimed = new Map<string, string>();
+  /**
+   * Targets this controller wrote that its cache may not show yet (migration uid → the VMI, the
+   * node, its requests): a second migration chosen right after must count them, or two
+   * dedicated-CPU VMIs could both be sent to a node whose pool fits one.
+   */
+  private readonly targeted = new Map<string, { vmiKey: string; node: string; requests: Requests; at: number }>();
 
   constructor(
     client: Client,
@@ -141,12 +147,14 @@ export class MigrationController extends Controller {
     // Scheduled: the VMI names its target; the next reconcile mirrors that onto the migration.
     const source = String((vmi!.status as Obj).nodeName);
     const settings = this.migrationSettings(vmi!);
-    await this.writeVmiState(
+    const written = await this.writeVmiState(
       vmi!,
       (cur) =>
         migrationActive(cur) ? undefined : { migrationUid: next.metadata.uid, sourceNode: source, targetNode: target.node, mode: 'PreCopy', ...settings },
       { status: 'True', reason: 'MigrationInProgress', message: `migration ${next.metadata.name} from ${source} to ${target.node}` },
     );
+    if (migrationStateOf(written)?.migrationUid === next.metadata.uid)
+      this.targeted.set(next.metadata.uid!, { vmiKey: key, node: target.node, requests: vmiRequests(vmi!.spec as never, this.settings), at: Date.now() });
     await this.events.record(next, 'Normal', 'MigrationTargetChosen', `migrating ${key} from ${source} to ${target.node}`);
   }
 
@@ -241,10 +249,15 @@ export class MigrationController extends Controller {
     const source = String((vmi.status as Obj).nodeName);
     const named = m.metadata.annotations?.[MIGRATION_TARGET_ANNOTATION];
     if (named === source) return { refusal: `node ${named} is where VirtualMachineInstance ${vmi.metadata.name} runs already` };
-    const placed = this.vmis
-      .list()
-      .filter((v) => (v.status as Obj | undefined)?.nodeName && !FINAL_PHASES.has(phaseOf(v)) && v.metadata.uid !== vmi.metadata.uid)
-      .map((v) => ({ nodeName: String((v.status as Obj).nodeName), requests: vmiRequests(v.spec as never, this.settings) }));
+    const others = this.vmis.list().filter((v) => v.metadata.uid !== vmi.metadata.uid);
+    const placed = [
+      ...others
+        .filter((v) => (v.status as Obj | undefined)?.nodeName && !FINAL_PHASES.has(phaseOf(v)))
+        .map((v) => ({ nodeName: String((v.status as Obj).nodeName), requests: vmiRequests(v.spec as never, this.settings) })),
+      // Other VMIs migrating into a node hold their room there until the switch (their target's CPUs and memory).
+      ...migrationTargetPlacements(others as unknown as VmiPlacementLike[], this.settings),
+      ...this.targetedNotCached(vmi),
+    ];
     const nodes = this.nodes.list().filter((n) => n.metadata.name !== source && (!named || n.metadata.name === named));
     if (named && nodes.length === 0) return { refusal: `node ${named} does not exist` };
     const result = scheduleVmi({
@@ -255,6 +268,22 @@ export class MigrationController extends Controller {
     });
     if (result.node === undefined) return { refusal: `no node other than ${source} can take VirtualMachineInstance ${vmi.metadata.name}: ${result.message}` };
     return { node: result.node };
+  }
+
+  /** Targets written by this controller that the cache does not show yet (the others are counted from the cache). */
+  private targetedNotCached(vmi: KubeObject): { nodeName: string; requests: Requests }[] {
+    const out: { nodeName: string; requests: Requests }[] = [];
+    for (const [uid, t] of this.targeted) {
+      const cached = this.vmis.get(t.vmiKey);
+      const ms = migrationStateOf(cached);
+      // Caught up (the cache names this migration or a later one), the VMI gone, or long past: forgotten.
+      if (!cached || (ms?.migrationUid && ms.migrationUid !== uid) || ms?.migrationUid === uid || Date.now() - t.at > 60_000) {
+        this.targeted.delete(uid);
+        continue;
+      }
+      if (cached.metadata.uid !== vmi.metadata.uid) out.push({ nodeName: t.node, requests: t.requests });
+    }
+    return out;
   }
 
   /** Sets the migration's phase from the VMI's migrationState; false when it already says so. */
@@ -302,8 +331,8 @@ export class MigrationController extends Controller {
     vmi: KubeObject,
     next: (current: MigrationState | undefined) => MigrationState | undefined,
     migrating?: { status: 'True' | 'False'; reason: string; message: string },
-  ): Promise<void> {
-    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
+  ): Promise<KubeObject | undefined> {
+    return updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, fresh) => {
       if (fresh.metadata.uid !== vmi.metadata.uid) return false;
       const n = next(s.migrationState as MigrationState | undefined);
       if (!n) return false;

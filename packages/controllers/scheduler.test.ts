@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { getCondition } from '@vessel/runtime';
+import { getCondition, updateStatus } from '@vessel/runtime';
 import { refs } from '@vessel/api';
 import { Scheduler } from './scheduler.ts';
 import type { SchedulingSettings } from './scheduling/fit.ts';
@@ -100,6 +100,27 @@ test('placed VMIs use up a node; a finished one frees it', async () => {
   assert.match(await unschedulable(h.c, 'two'), /Insufficient memory/);
   await agentSets(h.c, 'one', 'Succeeded', 'default', 'n');
   assert.equal(await placed(h.c, 'two'), 'n');
+});
+
+test('a VMI migrating into a node holds its room there until the migration ends', async () => {
+  await using h = await setup();
+  await createNode(h.c, 'src', { memory: '3Gi' });
+  await createNode(h.c, 'dst', { memory: '3Gi' });
+  await settle(10);
+  await h.c.create(VMIS, vmi('mover', { memory: '2Gi', nodeSelector: { 'kubernetes.io/hostname': 'src' } }));
+  assert.equal(await placed(h.c, 'mover'), 'src');
+  // The migration controller named dst as its target (Scheduled), the switch not made yet.
+  await updateStatus(h.c, VMIS, 'default', 'mover', (s) => {
+    s.migrationState = { migrationUid: 'm1', sourceNode: 'src', targetNode: 'dst', mode: 'PreCopy' };
+  });
+  await settle(10);
+  await h.c.create(VMIS, vmi('new', { memory: '2Gi' }));
+  assert.match(await unschedulable(h.c, 'new'), /0\/2 nodes are available: 2 Insufficient memory/);
+  // The migration failed: dst is free again.
+  await updateStatus(h.c, VMIS, 'default', 'mover', (s) => {
+    s.migrationState = { ...(s.migrationState as Obj), failed: true };
+  });
+  assert.equal(await placed(h.c, 'new'), 'dst');
 });
 
 test('cpu overcommit: cpuAllocationRatio decides how many vCPUs a node takes', async () => {

@@ -26,7 +26,15 @@ import type { IoK8sApiCoreV1Node } from '@kubevirt-ui-ext/kubevirt-api/kubernete
 import { storage, refs, phaseOf, annotationsOf, priority, migration } from '@vessel/api';
 import { isStatusError, type Client } from '@vessel/client';
 import { Controller, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, type Typed, updateStatus } from '@vessel/runtime';
-import { scheduleVmi, vmiOverheadBytes, vmiRequests, type SchedulingSettings } from './scheduling/fit.ts';
+import {
+  migrationTargetPlacements,
+  scheduleVmi,
+  vmiOverheadBytes,
+  vmiRequests,
+  type Requests,
+  type SchedulingSettings,
+  type VmiPlacementLike,
+} from './scheduling/fit.ts';
 import { choosePreemption, type PlacedVmi, type Victim } from './scheduling/preemption.ts';
 import { wantsLiveMigration } from './evacuation.ts';
 import { tryParseQuantity, migrationConfig } from '@vessel/api';
@@ -103,6 +111,8 @@ export class Scheduler extends Controller {
     const placed = [
       ...running.map((v) => ({ nodeName: nodeOf(v)!, requests: vmiRequests(v.spec, this.settings) })),
       ...nominated.map((v) => ({ nodeName: annotationsOf(v)[priority.NOMINATED_NODE], requests: vmiRequests(v.spec, this.settings) })),
+      // VMIs migrating into a node hold their room there too, until the switch.
+      ...this.migrationTargets(vmi),
     ];
     // The room pending VMIs ahead in the queue would take is theirs (their own reconcile binds them).
     for (const ahead of this.waiting()) {
@@ -197,6 +207,12 @@ export class Scheduler extends Controller {
     }
   }
 
+  /** The room other VMIs' migrations under way take on their target nodes (scheduling/fit.ts migrationTargetPlacements). */
+  private migrationTargets(vmi: Vmi): { nodeName: string; requests: Requests }[] {
+    const others = this.vmis.list().filter((v) => v.metadata.uid !== vmi.metadata.uid) as unknown as VmiPlacementLike[];
+    return migrationTargetPlacements(others, this.settings);
+  }
+
   /** The memory overhead vmiRequests counts for this VMI (0 with overcommitGuestOverhead). */
   private overheadOf(vmi: Vmi): number {
     const d = vmi.spec?.domain;
@@ -236,6 +252,8 @@ export class Scheduler extends Controller {
     const leavingRoom = running
       .filter(isLeaving)
       .map((v) => ({ key: cacheKey(v), nodeName: nodeOf(v)!, requests: vmiRequests(v.spec, this.settings), priority: Infinity, liveMigrate: false }));
+    // So do VMIs arriving by migration (never victims: evicting them is the migration's abort, not preemption's).
+    for (const t of this.migrationTargets(vmi)) leavingRoom.push({ key: `${t.nodeName}:incoming`, ...t, priority: Infinity, liveMigrate: false });
     const choice = choosePreemption({
       vmi: { spec: vmi.spec, requests: vmiRequests(vmi.spec, this.settings), priority: mine.priority, preemptionPolicy: mine.preemptionPolicy },
       nodes: this.nodes.list(),

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { Pool } from '../storage/pools.ts';
 import { claimBytes, planBlockMigration, targetVolumes } from './block-migration.ts';
-import { claimPool, liveMigratable, masqueradePod } from './migration.ts';
+import { claimPool, liveMigratable, masqueradePod, staleMigrateStatus } from './migration.ts';
 
 const pools = new Map([
   ['shared', { name: 'shared', shared: true }],
@@ -112,4 +112,14 @@ test('masqueradePod: only a pod-network interface with the masquerade binding ru
   assert.equal(masqueradePod(with_({ masquerade: {} }, [{ name: 'default', multus: { networkName: 'x' } }])), false);
   assert.equal(masqueradePod(with_({ masquerade: {} }, [])), false);
   assert.equal(masqueradePod(undefined), false);
+});
+
+test("a resumed source tells its own migration's completion from an earlier incoming one's", () => {
+  // Sent: the source QEMU is in postmigrate.
+  assert.equal(staleMigrateStatus('completed', 'postmigrate'), false);
+  // Arrived here by migration and never told to send: completed, the guest running (or paused by its user) here.
+  assert.equal(staleMigrateStatus('completed', 'running'), true);
+  assert.equal(staleMigrateStatus('completed', 'paused'), true);
+  // Any other status is this migration's (or none at all), followed as before.
+  for (const st of ['active', 'pre-switchover', 'device', 'failed', 'cancelled', undefined]) assert.equal(staleMigrateStatus(st, 'running'), false, String(st));
 });

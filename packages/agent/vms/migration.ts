@@ -94,6 +94,19 @@ export function liveMigratable(
  * Whether the VMI's pod-network interface has the masquerade binding: with a cluster network
  * its QEMU then runs in the VM's pod namespace (network/pod.ts), not the node's.
  */
+/**
+ * Whether the source QEMU's `query-migrate` status speaks of another migration than the one a
+ * restarted agent resumes (`startTimestamp` written, `migrate` maybe never issued). A QEMU that
+ * arrived by migration reports that incoming one as `completed` until it sends one itself; a
+ * source whose outgoing migration completed is in `postmigrate`. So `completed` while the guest is
+ * not in `postmigrate` (still running, or paused by its user) means this QEMU was never told to
+ * migrate: the agent died before (during the disk mirror, say). Read as `completed`, the switch
+ * would be recorded and the source QEMU quit while the target had no guest: the guest lost.
+ */
+export function staleMigrateStatus(status: string | undefined, runState: string | undefined): boolean {
+  return status === 'completed' && runState !== 'postmigrate';
+}
+
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
   const iface = podInterface(spec);
   return iface !== undefined && bindingOf(iface) === 'masquerade';
@@ -391,6 +404,7 @@ export class VmMigrations {
         notLeftover(v.path, this.host.claim(ns, v.claim), this.host.nodeName, await qemusHolding(v.path)),
       );
       await this.host.launchIncoming(vmi, t.runDir, Object.fromEntries(volumes.map((v) => [v.volume, v.path])));
+      await faultDelay('migration:target-launched');
       faultPoint('migration:target-launched');
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
       if (t.ended) return await this.host.stopQemu(key, t.runDir);
@@ -403,7 +417,7 @@ export class VmMigrations {
       this.followTarget(key, t, qmp);
       const ms = migrationStateOf(vmi);
       await applyTargetSettings(qmp, configurationOf(ms));
-      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(key, qmp, 'server', await this.host.tlsDir(ms.sourceNode));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       const { port, nbd } = this.host.qemuInPod(vmi) ? await this.listenInPod(t, qmp, plan.disks) : await this.listenDirect(qmp, plan.disks);
       const written = await this.writeState(
@@ -542,13 +556,15 @@ export class VmMigrations {
       faultPoint('migration:source-start');
       // Started: the migration's phase becomes Running.
       if (!(await this.writeState(key, uid, (s) => void (s.startTimestamp = new Date().toISOString())))) return;
+      // Started, QEMU not yet told to migrate: a restart from here must not take its status for this migration's.
+      faultPoint('migration:source-started');
       // Bandwidth, auto-converge, post-copy (migration-settings.ts). With local disks QEMU stops
       // before the switch-over, so the mirrors end while the guest is paused; no post-copy then
       // (the target would run the guest before its disks are complete).
       const conf = configurationOf(ms);
       await applySourceSettings(qmp, disks.length ? { ...conf, allowPostCopy: false } : conf, { pauseBeforeSwitchover: disks.length > 0 });
       await slowForTests(qmp);
-      if (this.host.tlsDir && !conf.disableTLS) await this.useTls(qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      if (this.host.tlsDir && !conf.disableTLS) await this.useTls(key, qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // A QEMU in a pod namespace reaches the target through a relay (migration-relay.ts).
@@ -559,7 +575,15 @@ export class VmMigrations {
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
     }
-    // After an agent restart the migration QEMU runs (or ran) is followed from where it is.
+    // After an agent restart the migration QEMU runs (or ran) is followed from where it is, unless
+    // this QEMU never began it (its status an earlier incoming migration's): then it failed here.
+    if (ms.startTimestamp && staleMigrateStatus((await qmp.execute<QueryMigrate>('query-migrate')).status, before)) {
+      if (disks.length) await cancelMirrors(qmp);
+      const reason = `the source agent on ${this.host.nodeName} restarted before the transfer began`;
+      await this.fail(key, uid, reason);
+      this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
+      return;
+    }
     let cancelled = false;
     const progress = new ProgressPublisher(this.host.client, vmi.metadata.namespace!, uid, qmp, this.host.log);
     // The completion and progress timeouts (migration-settings.ts); timedOut says which one cancelled it.
@@ -632,11 +656,14 @@ export class VmMigrations {
    * TLS on the migration stream (KubeVirt's default): x509 credentials with the peer verified
    * (its certificate signed by its node's migration CA; the client also checks the name).
    */
-  private async useTls(qmp: QmpClient, endpoint: 'server' | 'client', dir: string, hostname?: string): Promise<void> {
+  private async useTls(key: string, qmp: QmpClient, endpoint: 'server' | 'client', dir: string, hostname?: string): Promise<void> {
+    const t0 = Date.now();
     // A QEMU that arrived here by an earlier migration still has that one's credentials.
     await qmp.execute('object-del', { id: TLS_CREDS }).catch(() => undefined);
     await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id: TLS_CREDS, dir, endpoint, 'verify-peer': true });
     await qmp.execute('migrate-set-parameters', { 'tls-creds': TLS_CREDS, ...(hostname ? { 'tls-hostname': hostname } : {}) });
+    // Said in the log: whether a stream was TLS, and how long QEMU took to set it up (a DH group generated at object-add once took > 15 s).
+    this.host.log(`migration: ${key}: TLS ${endpoint} credentials set in ${Date.now() - t0} ms`);
   }
 
   /** The target runs the guest: the VMI says so, then the source QEMU (in postmigrate) goes. */
@@ -736,6 +763,7 @@ export class VmMigrations {
     const key = keyOf(vmi);
     const address = via ?? this.nbdAddress(key, uid);
     const t0 = Date.now();
+    this.host.log(`migration: ${key}: mirroring ${disks.length} local disk(s) to the target`);
     try {
       await startMirrors(qmp, disks, address, {
         tlsCreds: this.host.tlsDir ? TLS_CREDS : undefined,

@@ -8,6 +8,7 @@ import {
   describeUnschedulable,
   OVERHEAD,
   matchesNodeSelectorTerm,
+  migrationTargetPlacements,
   scheduleVmi,
   toleratesTaint,
   vmiRequests,
@@ -592,6 +593,33 @@ describe('dedicated CPUs and hugepages', () => {
     assert.equal(scheduleVmi({ vmi: vmi({ domain: { memory: { guest: '128Mi' } } }), nodes: [cpuManager('cm', '1')], placed }).node, 'cm');
     const isolated = { domain: { cpu: { cores: 1, dedicatedCpuPlacement: true, isolateEmulatorThread: true }, memory: { guest: '128Mi' } } };
     assert.equal(scheduleVmi({ vmi: vmi(isolated), nodes: [cpuManager('cm', '1')], placed: [] }).node, undefined, 'two CPUs on a pool of one');
+  });
+
+  it('a VMI migrating into a node holds its dedicated CPUs and memory there until the switch', () => {
+    const migrating = (ms: Record<string, unknown>, nodeName = 'src', phase = 'Running') => ({
+      metadata: { uid: 'u1' },
+      spec: pinned,
+      status: { phase, nodeName, migrationState: { migrationUid: 'm1', sourceNode: 'src', targetNode: 'cm', ...ms } },
+    });
+    const targets = (v: ReturnType<typeof migrating>) => migrationTargetPlacements([v]);
+    // Named as the target (Scheduled) and every step after it: counted on the target.
+    for (const step of [{}, { targetPod: 'v@cm' }, { targetNodeAddress: '10.0.0.2:4000' }, { startTimestamp: 't' }])
+      assert.deepEqual(targets(migrating(step)), [{ nodeName: 'cm', requests: vmiRequests(pinned) }], JSON.stringify(step));
+    // Switched (its node is the target: counted as placed there), completed, failed, or the VMI ended: nothing more.
+    assert.deepEqual(targets(migrating({}, 'cm')), []);
+    assert.deepEqual(targets(migrating({ completed: true })), []);
+    assert.deepEqual(targets(migrating({ failed: true })), []);
+    assert.deepEqual(targets(migrating({}, 'src', 'Failed')), []);
+    assert.deepEqual(migrationTargetPlacements([{ metadata: {}, spec: pinned, status: { phase: 'Running', nodeName: 'src' } }]), []);
+    // A second dedicated VMI does not fit a pool of one the first is migrating into.
+    const placed = [{ nodeName: 'src', requests: vmiRequests(pinned) }, ...targets(migrating({ targetPod: 'v@cm' }))];
+    const r = scheduleVmi({ vmi: vmi(pinned), nodes: [cpuManager('cm', '1')], placed });
+    assert.deepEqual(r, { node: undefined, reason: 'Unschedulable', message: '0/1 nodes are available: 1 Insufficient vessel.io/dedicated-cpus.' });
+    // Its memory counts there too.
+    const big = { domain: { memory: { guest: '5Gi' } } };
+    const bigTarget = migrationTargetPlacements([{ ...migrating({}), spec: big }]);
+    assert.equal(scheduleVmi({ vmi: vmi(big), nodes: [node('cm')], placed: [] }).node, 'cm');
+    assert.match((scheduleVmi({ vmi: vmi(big), nodes: [node('cm')], placed: bigTarget }) as { message: string }).message, /1 Insufficient memory/);
   });
 
   it("hugepages are counted against the node's pool of that size", () => {

@@ -23,7 +23,7 @@ import type {
   V1DomainSpec,
   V1VirtualMachineInstanceSpec,
 } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { tryParseQuantity } from '@vessel/api';
+import { migration, tryParseQuantity } from '@vessel/api';
 
 // ---------------------------------------------------------------------------------------------
 // Types
@@ -408,7 +408,8 @@ export function describeUnschedulable(totalNodes: number, reasons: ReadonlyMap<s
 // ---------------------------------------------------------------------------------------------
 // Scheduling
 
-const sumRequests = (a: Requests, b: Requests): Requests => {
+/** a + b, extended resources included. */
+export const sumRequests = (a: Requests, b: Requests): Requests => {
   const out: Requests = { cpuMillis: a.cpuMillis + b.cpuMillis, memoryBytes: a.memoryBytes + b.memoryBytes };
   if (a.extended || b.extended) {
     out.extended = { ...a.extended };
@@ -454,4 +455,35 @@ function better(a: { node: string; affinity: number; resources: number }, b: { n
   if (a.affinity !== b.affinity) return a.affinity > b.affinity;
   if (a.resources !== b.resources) return a.resources > b.resources;
   return a.node < b.node;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Migrations in flight
+
+/** The parts of a VMI that say where it takes room: its node, and the target of a migration under way. */
+export interface VmiPlacementLike {
+  metadata: { uid?: string };
+  spec?: VmiSchedulingSpec;
+  status?: { phase?: string; nodeName?: string; migrationState?: migration.MigrationState };
+}
+
+/**
+ * The room VMIs migrating INTO a node take there (issue 13): from the moment the migration
+ * controller names the target (in the VMI's migrationState) until the switch makes it the VMI's
+ * node, a migrating VMI holds its requests on both nodes, as KubeVirt's target virt-launcher pod
+ * does beside the source's. The target agent assigns dedicated CPUs (vessel.io/migration-target-cpus)
+ * from the same pool the scheduler counts, so without this two dedicated VMIs could be sent to
+ * one free CPU and the second target would fail. A migration that completed (the VMI's node is
+ * the target) or failed holds nothing more there.
+ */
+export function migrationTargetPlacements(vmis: readonly VmiPlacementLike[], settings: SchedulingSettings = {}): { nodeName: string; requests: Requests }[] {
+  const out: { nodeName: string; requests: Requests }[] = [];
+  for (const v of vmis) {
+    const st = v.status;
+    const ms = st?.migrationState;
+    if (!migration.isActive(ms) || !ms.targetNode || ms.targetNode === st?.nodeName) continue;
+    if (st?.phase === 'Succeeded' || st?.phase === 'Failed') continue;
+    out.push({ nodeName: ms.targetNode, requests: vmiRequests(v.spec ?? {}, settings) });
+  }
+  return out;
 }

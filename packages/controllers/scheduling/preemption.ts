@@ -15,7 +15,7 @@
  *    fits on another node (after the victims placed before it), else stopped.
  * Equal or higher priority VMIs are never victims. No PodDisruptionBudgets (Vessel has none).
  */
-import { filterNode, REASONS, type NodeLike, type Requests, type SchedulingSettings, type VmiSchedulingSpec } from './fit.ts';
+import { filterNode, REASONS, sumRequests, type NodeLike, type Requests, type SchedulingSettings, type VmiSchedulingSpec } from './fit.ts';
 
 /** A VMI already on a node, as preemption sees it. */
 export interface PlacedVmi {
@@ -52,8 +52,8 @@ export type PreemptionResult = { node: string; victims: Victim[] } | { node: und
 
 const RESOLVABLE = new Set<string>([REASONS.insufficientCpu, REASONS.insufficientMemory]);
 const ZERO: Requests = { cpuMillis: 0, memoryBytes: 0 };
-const add = (a: Requests, b: Requests): Requests => ({ cpuMillis: a.cpuMillis + b.cpuMillis, memoryBytes: a.memoryBytes + b.memoryBytes });
-const sum = (rs: Requests[]): Requests => rs.reduce(add, ZERO);
+// Extended resources (dedicated CPUs, hugepages) summed too: filterNode checks them against the node's.
+const sum = (rs: Requests[]): Requests => rs.reduce(sumRequests, ZERO);
 
 /** kube's MoreImportantPod: higher priority, then the earlier start. */
 function moreImportant(a: PlacedVmi, b: PlacedVmi): number {
@@ -81,7 +81,7 @@ export function victimsOnNode(input: PreemptionInput, node: NodeLike): PlacedVmi
 export function choosePreemption(input: PreemptionInput): PreemptionResult {
   if (input.vmi.preemptionPolicy === 'Never') return { node: undefined, reason: 'not eligible due to preemptionPolicy=Never.' };
   const used = new Map<string, Requests>();
-  for (const p of input.placed) used.set(p.nodeName, add(used.get(p.nodeName) ?? ZERO, p.requests));
+  for (const p of input.placed) used.set(p.nodeName, sumRequests(used.get(p.nodeName) ?? ZERO, p.requests));
   let best: { node: string; victims: PlacedVmi[]; top: number; total: number; latest: number } | undefined;
   for (const node of input.nodes) {
     const reason = filterNode(input.vmi.spec, node, input.vmi.requests, used.get(node.metadata.name) ?? ZERO, input.requiredNodes);
@@ -117,13 +117,13 @@ function better(
 /** Live-migrating victims go to the first other node that fits them (counting the ones moved before); the rest stop. */
 function placeVictims(input: PreemptionInput, from: string, victims: PlacedVmi[]): Victim[] {
   const used = new Map<string, Requests>();
-  for (const p of input.placed) used.set(p.nodeName, add(used.get(p.nodeName) ?? ZERO, p.requests));
+  for (const p of input.placed) used.set(p.nodeName, sumRequests(used.get(p.nodeName) ?? ZERO, p.requests));
   return victims.map((v) => {
     if (v.liveMigrate) {
       const to = input.nodes.find((n) => n.metadata.name !== from && filterNode(v.spec ?? {}, n, v.requests, used.get(n.metadata.name) ?? ZERO) === undefined)
         ?.metadata.name;
       if (to) {
-        used.set(to, add(used.get(to) ?? ZERO, v.requests));
+        used.set(to, sumRequests(used.get(to) ?? ZERO, v.requests));
         return { key: v.key, priority: v.priority, action: 'migrate', to };
       }
     }
