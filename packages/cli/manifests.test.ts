@@ -1,9 +1,9 @@
 /** Tests for reading apply/delete manifests: documents, Lists, directories, errors. */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ClientError } from '@vessel/client';
 import { parseManifests, readManifests } from './manifests.ts';
 
@@ -40,8 +40,14 @@ test('bad documents name the file and document', () => {
   assert.throws(() => parseManifests('- 1\n- 2\n', 'z.yaml'), /expected a Kubernetes object/);
 });
 
+const made: string[] = [];
+after(() => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
+
 test('directories: manifest files in name order, subdirectories only with recursive; - reads stdin', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vessel-manifests-'));
+  made.push(dir);
   writeFileSync(join(dir, 'b.yaml'), vm('b'));
   writeFileSync(join(dir, 'a.yml'), vm('a'));
   writeFileSync(join(dir, 'notes.txt'), 'not a manifest');

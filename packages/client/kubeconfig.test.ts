@@ -1,9 +1,9 @@
 /** Tests for choosing a kubeconfig file and resolving its context. */
 import assert from 'node:assert/strict';
-import { mkdtempSync, mkdirSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { ClientError } from './errors.ts';
 import { findKubeconfig, parseKubeconfig } from './kubeconfig.ts';
 
@@ -37,8 +37,15 @@ ${opts.namespace ? `    namespace: ${opts.namespace}\n` : ''}- name: other
 current-context: ${opts.current ?? 'vessel'}
 `;
 
+const made: string[] = [];
+after(() => {
+  for (const d of made) rmSync(d, { recursive: true, force: true });
+});
+
 function tempDir(): string {
-  return mkdtempSync(join(tmpdir(), 'vessel-kubeconfig-'));
+  const d = mkdtempSync(join(tmpdir(), 'vessel-kubeconfig-'));
+  made.push(d);
+  return d;
 }
 
 test('parseKubeconfig resolves the current context', () => {
