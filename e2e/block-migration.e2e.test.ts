@@ -43,13 +43,14 @@ type VmiStatus = {
 
 /**
  * The writer: finds the 64 MiB disk, then record i (`REC i <hash of i>`, padded to 512 bytes)
- * at sector i, flushed; prints each, and every 25 the md5 of the sectors written so far.
+ * at sector i, flushed to the device (`conv=fsync`: a FLUSH; `sync` alone leaves a new cluster's
+ * qcow2 mapping in QEMU's memory, so the file could read zeros there); prints each, and every 25 the md5 of the sectors written so far.
  */
 const USER_DATA = `#!/bin/sh
 for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
 echo "VESSEL-DEV $DEV"
 (i=0; while true; do
-  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync 2>/dev/null && sync
+  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync,fsync 2>/dev/null
   echo "VESSEL-REC $i"
   i=$((i+1))
   [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
