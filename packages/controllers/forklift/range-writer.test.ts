@@ -82,6 +82,12 @@ test('writeRanges: only the ranges land on the target, at their offsets; a wrong
         writeRanges({ ...t, key: '00'.repeat(32) }, ranges, read),
         (e: unknown) => e instanceof RangeWriteError && e.code === 'RangeWriteFailed',
       );
+      // Values that would add qemu-io options (they come from an agent's answer and a tenant's Secret).
+      for (const bad of [{ export: `${t.export},file.filename=/x` }, { identity: 'a,dir=/tmp' }, { address: 'h,x=1:10809' }])
+        await assert.rejects(
+          writeRanges({ ...t, ...bad }, ranges, read),
+          (e: unknown) => e instanceof RangeWriteError && e.code === 'RangeWriteFailed' && /not a plain name/.test(e.message),
+        );
       await assert.rejects(
         writeRanges(t, ranges, () => Promise.resolve(Readable.from([Buffer.alloc(10)]))),
         (e: unknown) => e instanceof RangeWriteError && e.code === 'RangeReadFailed',

@@ -9,11 +9,12 @@
  */
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { writeQemuTlsDir } from '@vessel/tls';
 
 /** A range `[start, start + length)` of the disk. */
 export interface ByteRange {
@@ -50,6 +51,12 @@ function hostPort(address: string): { host: string; port: number } {
   if (!m) throw new RangeWriteError('RangeWriteFailed', `not host:port: ${address}`);
   return { host: m[1], port: Number(m[2]) };
 }
+
+/**
+ * What may go into qemu-io's option strings: no ',' or '=' that would add an option. The values
+ * come from an agent's answer and a Secret in the tenant's namespace, so they are checked here.
+ */
+const OPTION_VALUE = /^[\w.:-]+$/;
 
 /** The ranges cut into chunks of at most `max` bytes. */
 export function chunks(ranges: readonly ByteRange[], max = CHUNK): ByteRange[] {
@@ -91,8 +98,15 @@ export async function writeRanges(
   const dir = await mkdtemp(join(opts.tmp ?? tmpdir(), 'vessel-ranges-'));
   let done = 0;
   try {
-    // The PSK file is what qemu's tls-creds-psk reads (`identity:hexkey`), private to this process' user.
-    await writeFile(join(dir, 'keys.psk'), `${target.identity}:${target.key}\n`, { mode: 0o600 });
+    for (const [what, v] of [
+      ['host', host],
+      ['export', target.export],
+      ['identity', target.identity],
+    ] as const)
+      if (!OPTION_VALUE.test(v)) throw new RangeWriteError('RangeWriteFailed', `the export's ${what} ${JSON.stringify(v)} is not a plain name`);
+    await writeQemuTlsDir(dir, { type: 'psk', keys: [{ identity: target.identity, key: target.key }] }).catch((e: Error) => {
+      throw new RangeWriteError('RangeWriteFailed', `the export's PSK: ${e.message}`);
+    });
     const base = [
       '--object',
       `tls-creds-psk,id=tls0,endpoint=client,dir=${dir},username=${target.identity}`,
