@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
+import { refs } from '@vessel/api';
 import { IPADDRESSES, podNetnsName, runInNode, type DevNode } from '@vessel/agent';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
@@ -34,7 +35,16 @@ const nodeOf: Record<string, DevNode> = {};
 
 /** A tiny guest pinned to `node`, its root disk on the shared pool (so it may move). */
 function vm(name: string, node: string, binding: 'bridge' | 'masquerade', userData: string, extra: Pick<TinyVmOptions, 'hostname' | 'subdomain'> = {}): Obj {
-  return tinyVm(name, { namespace: ns, node, binding, userData, labels: { app: 'peer' }, storageClass: 'shared', terminationGracePeriodSeconds: 5, ...extra });
+  return tinyVm(name, {
+    namespace: ns,
+    node,
+    binding,
+    userData,
+    labels: { app: 'peer', peer: name },
+    storageClass: 'shared',
+    terminationGracePeriodSeconds: 5,
+    ...extra,
+  });
 }
 
 async function allocation(name: string): Promise<string> {
@@ -101,7 +111,7 @@ after(async () => {
   for (const p of captures) p.stop();
   if (!c) return;
   for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null } }).catch(() => undefined);
-  await c.client.delete(SVC, 'peers', { namespace: ns }).catch(() => undefined);
+  for (const name of ['peers', 'b-web']) await c.client.delete(SVC, name, { namespace: ns }).catch(() => undefined);
   for (const v of (await c.client.list(VM, { namespace: ns }).catch(() => ({ items: [] as KubeObject[] }))).items)
     await c.client.delete(VM, v.metadata!.name!, { namespace: ns }).catch(() => undefined);
   await eventually('all VMIs gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
@@ -279,6 +289,25 @@ test('a live migration of b (masquerade) to node 1: Succeeded through the relay,
   const offset = (await stat(join(targetDir, 'serial.log')).catch(() => ({ size: 0 }))).size;
   const up0 = await eventually('b printing its uptime', async () => uptimes(await serial('b')).at(-1), 60_000);
   const seen = await toB();
+  // A ClusterIP Service of b alone: its endpoint must follow b to node 1 (EndpointSlice nodeName, the dataplane).
+  const svc = await c.client.create(
+    SVC,
+    {
+      apiVersion: 'v1',
+      kind: 'Service',
+      metadata: { name: 'b-web', namespace: ns },
+      spec: { selector: { peer: 'b' }, ports: [{ port: 8080, targetPort: 80 }] },
+    },
+    { namespace: ns },
+  );
+  const clusterIP = (svc.spec as { clusterIP: string }).clusterIP;
+  const endpointNode = async () =>
+    (await c.client.list(refs.ENDPOINTSLICES, { namespace: ns })).items
+      .filter((o) => o.metadata?.labels?.['kubernetes.io/service-name'] === 'b-web')
+      .flatMap((o) => (o as { endpoints?: { nodeName?: string }[] }).endpoints ?? [])
+      .map((e) => e.nodeName)
+      .join(',');
+  await eventually(`b-web's endpoint on ${node0.name}`, async () => ((await endpointNode()) === node0.name ? true : undefined), 30_000);
   // Node 0's VXLAN port: where b's pod announces itself from node 1 after the switch (a third
   // node's bridge would otherwise send b's frames to node 0 until its entry aged out).
   const capture = await captureFrames(node0.netns, 'vsl-vx0', String(nic.mac));
@@ -350,4 +379,11 @@ test('a live migration of b (masquerade) to node 1: Succeeded through the relay,
   await eventually("a's guest reaching b on node 1", async () => ((await toB()) > seen ? true : undefined), 120_000);
   for (const n of [node0, node1])
     await eventually(`b answering from ${n.name}`, async () => ((await curl(n, ips.b)).stdout.includes('counter=') ? true : undefined), 60_000);
+  await eventually(`b-web's endpoint on ${node1.name}`, async () => ((await endpointNode()) === node1.name ? true : undefined), 30_000);
+  for (const n of [node0, node1])
+    await eventually(
+      `b answering at b-web's ClusterIP from ${n.name}`,
+      async () => ((await curl(n, `${clusterIP}:8080`)).stdout.includes('counter=') ? true : undefined),
+      30_000,
+    );
 });
