@@ -8,16 +8,19 @@
  * instead, the migration succeeds (mode Paused) and the target resumes the guest. Last, post-copy
  * with a node-local disk: the guest also writes numbered, flushed records to a 64 MiB claim on the
  * local pool, which is mirrored to the target and ended in pre-switchover; after post-copy every
- * record the guest printed is on the target's copy and the guest never rebooted.
+ * record the guest printed is on the target's copy and the guest never rebooted. Then the same
+ * guest migrated back with a slow post-copy whose target QEMU is killed after the switch-over:
+ * Failed, a PostCopyFailed event, the source not resumed (its stale guest never prints again; the
+ * VM restarts), and the target's copy kept, holding every record the guest printed.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import { eventually, run, type TestCluster } from './harness.ts';
-import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, type Obj } from './migration-settings-fixture.ts';
+import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
 import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
@@ -238,5 +241,124 @@ test(
     console.log(
       `# figures: post-copy migration with a 64 MiB local disk ${secs.toFixed(1)} s to Succeeded; ${printed} records checked (${lastOnSource} written on the source)`,
     );
+  },
+);
+
+test(
+  'post-copy with a node-local disk broken after the switch-over: the source not resumed, the target’s copy kept with every record',
+  { timeout: 1_800_000 },
+  async () => {
+    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
+    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
+    const max = async (node: string) => Math.max(0, ...recordsWritten(await log(node)));
+    const vmi = await eventually(
+      'the VMI of the test before running',
+      async () => {
+        const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
+        return (v?.status as { phase?: string } | undefined)?.phase === 'Running' ? v : undefined;
+      },
+      60_000,
+    );
+    const source = (await vmiStatus()).nodeName!;
+    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    await eventually('the guest writing records', async () => ((await max(source)) > (await max(target)) ? true : undefined), 120_000, 500);
+    await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true });
+    // Post-copy's background push at 64 KiB/s: the guest runs on the target for minutes, fetching what it touches.
+    process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH = String(64 * 1024);
+    try {
+      await c.client.create(
+        VMIM,
+        {
+          apiVersion: 'kubevirt.io/v1',
+          kind: 'VirtualMachineInstanceMigration',
+          metadata: { name: 'postcopy-broken', namespace: ns },
+          spec: { vmiName: NAME },
+        },
+        { namespace: ns },
+      );
+      // The guest prints on the target (a record beyond any the source printed): the switch-over is behind.
+      await eventually(
+        'the guest running on the target in post-copy',
+        async () => ((await max(target)) > (await max(source)) ? true : undefined),
+        300_000,
+        200,
+      );
+      const sourceLogAt = (await log(source)).length;
+      const ms = (await vmiStatus()).migrationState!;
+      assert.equal(ms.mode, 'PostCopy');
+      assert.ok(!ms.completed, 'still in post-copy');
+      const pids: number[] = [];
+      for (const d of await readdir('/proc')) {
+        const cmd = /^\d+$/.test(d) ? await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '') : '';
+        if (cmd.startsWith('qemu-system') && cmd.includes(g.agentOf(target).dataDir)) pids.push(Number(d));
+      }
+      assert.equal(pids.length, 1, `one QEMU on ${target}`);
+      process.kill(pids[0], 'SIGKILL');
+      const printedOnTarget = await max(target);
+      const done = await eventually(
+        'postcopy-broken finished',
+        async () => {
+          const st = ((await c.client.get(VMIM, 'postcopy-broken', { namespace: ns })).status ?? {}) as {
+            phase?: string;
+            migrationState?: { failureReason?: string };
+          };
+          return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
+        },
+        120_000,
+        300,
+      );
+      assert.equal(done.phase, 'Failed', JSON.stringify(done));
+      const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
+      const ev = await eventually(
+        'a PostCopyFailed event',
+        async () =>
+          (await c.client.list(EVENTS, { namespace: ns })).items.find(
+            (e) =>
+              (e as { reason?: string }).reason === 'PostCopyFailed' && (e as { involvedObject?: { uid?: string } }).involvedObject?.uid === vmi.metadata?.uid,
+          ),
+        60_000,
+      );
+      assert.match((ev as { message?: string }).message ?? '', /the source is not resumed/);
+      // The source's stale guest never runs again: the VM restarts (runStrategy Always) and boots afresh.
+      const restarted = await eventually(
+        'the VM running again (a new boot)',
+        async () => {
+          const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
+          const st = (v?.status ?? {}) as { phase?: string; nodeName?: string };
+          return v && v.metadata?.uid !== vmi.metadata?.uid && st.phase === 'Running' ? st : undefined;
+        },
+        300_000,
+        500,
+      );
+      console.log(`# the VM restarted on ${restarted.nodeName} after the lost post-copy`);
+      const sinceKill = (await log(source)).slice(sourceLogAt);
+      const staleRun = sinceKill.split('VESSEL-REC-DEV')[0];
+      assert.ok(!/VESSEL-WROTE/.test(staleRun), `the source's guest printed after the switch-over: ${staleRun.slice(0, 300)}`);
+      // The target kept its copy of the data claim (the only one with the post-copy writes): every record printed on either node is on it.
+      const claimUid = (await c.client.get(PVC, DATA, { namespace: ns })).metadata?.uid ?? '?';
+      const poolDir = join(g.agentOf(target).dataDir, 'pools', 'local', ns);
+      const kept = (await readdir(poolDir).catch(() => [] as string[])).filter((f) => f.includes(claimUid));
+      assert.equal(kept.length, 1, `the target's copy kept in ${poolDir}: ${kept.join(', ')}`);
+      const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
+      try {
+        const raw = join(tmp, 'kept.raw');
+        const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', join(poolDir, kept[0]), raw]);
+        assert.equal(r.code, 0, r.err);
+        const bytes = await readFile(raw);
+        for (let n = 1; n <= printedOnTarget; n++) {
+          assert.equal(
+            bytes.subarray(n * 512, n * 512 + recordText(n).length).toString('latin1'),
+            recordText(n),
+            `record ${n} of ${printedOnTarget} on the kept copy`,
+          );
+        }
+        console.log(`# figures: post-copy broken after the switch-over: ${printedOnTarget} records on the target's kept copy`);
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    } finally {
+      delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
+      await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+    }
   },
 );

@@ -965,6 +965,9 @@ async function incomingEnded(qmp: QmpClient, timeoutMs: number): Promise<void> {
 async function slowForTests(qmp: QmpClient): Promise<void> {
   const v = Number(process.env.VESSEL_TEST_MIGRATION_BANDWIDTH);
   if (Number.isFinite(v) && v > 0) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': v, 'downtime-limit': 10_000 });
+  // A slow post-copy (its background push; pages the guest asks for still go first), to break one after the switch-over.
+  const p = Number(process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH);
+  if (Number.isFinite(p) && p > 0) await qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': p });
 }
 
 /**
