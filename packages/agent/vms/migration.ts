@@ -12,7 +12,8 @@
  * completed, endTimestamp) and then quits its QEMU, now in `postmigrate`, without that being
  * the VM stopping; the target adopts its QEMU as the VMI's. On failure or abort the source
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
- * migrationState says failed with the reason.
+ * migrationState says failed with the reason; a post-copy that breaks after the switch-over
+ * loses the guest (the source is not resumed, see postcopyLost).
  */
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
