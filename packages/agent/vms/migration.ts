@@ -966,7 +966,7 @@ async function incomingEnded(qmp: QmpClient, timeoutMs: number): Promise<void> {
 async function slowForTests(qmp: QmpClient): Promise<void> {
   const v = Number(process.env.VESSEL_TEST_MIGRATION_BANDWIDTH);
   if (Number.isFinite(v) && v > 0) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': v, 'downtime-limit': 10_000 });
-  // A slow post-copy (its background push; pages the guest asks for still go first), to break one after the switch-over.
+  // A slow post-copy, to break one after the switch-over (at 64 KiB/s the guest there crawled: its faulted pages wait too).
   const p = Number(process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH);
   if (Number.isFinite(p) && p > 0) await qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': p });
 }
