@@ -5,13 +5,23 @@
  * that cannot converge to post-copy and it succeeds (mode PostCopy, the guest going on at the
  * target, one QEMU); without it, a progress timeout cancels one whose remaining memory stops
  * going down. With allowWorkloadDisruption (no post-copy) the completion timeout pauses the guest
- * instead, the migration succeeds (mode Paused) and the target resumes the guest.
+ * instead, the migration succeeds (mode Paused) and the target resumes the guest. Last, post-copy
+ * with a node-local disk: the guest also writes numbered, flushed records to a 64 MiB claim on the
+ * local pool, which is mirrored to the target and ended in pre-switchover; after post-copy every
+ * record the guest printed is on the target's copy and the guest never rebooted. Then the same
+ * guest migrated back with a slow post-copy whose target QEMU is killed after the switch-over:
+ * Failed, a PostCopyFailed event, the source not resumed (its stale guest never prints again; the
+ * VM restarts), and the target's copy kept, holding every record the guest printed.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { eventually, type TestCluster } from './harness.ts';
-import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, type Obj } from './migration-settings-fixture.ts';
-import { tinyVm } from './tiny-vm.ts';
+import type { ResourceRef } from '@vessel/client';
+import { eventually, run, type TestCluster } from './harness.ts';
+import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
+import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
 const { vmiStatus, dirtyRounds, qemus, migrateAndWait, runningAndDirtying } = g;
@@ -26,6 +36,7 @@ after(async () => {
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
     () => undefined,
   );
+  await c.client.delete(PVC, DATA, { namespace: ns }).catch(() => undefined);
   await c.close();
 });
 
@@ -116,5 +127,235 @@ test(
       disableTLS: null,
     });
     console.log(`# figures: allowWorkloadDisruption migration ${secs.toFixed(1)} s to Succeeded (paused after 5 s, 2 MiB/s)`);
+  },
+);
+
+const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
+const DATA = `${NAME}-data`;
+/**
+ * The dirtying guest plus a writer: record n (`VESSEL-REC 0000000n`, recordText) at sector n of
+ * the 64 MiB disk, never rewritten, each flushed (fsync: a FLUSH, so the qcow2 mapping is on the
+ * file too) before the guest prints `VESSEL-WROTE n`.
+ */
+const LOCAL_USER_DATA = `${USER_DATA}for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && dev=/dev/\${d##*/}; done
+echo "VESSEL-REC-DEV $dev"
+(n=0; while true; do
+  n=$((n + 1))
+  printf 'VESSEL-REC %08d\\n' $n | dd of=$dev bs=512 seek=$n count=1 conv=sync,notrunc,fsync 2>/dev/null
+  echo "VESSEL-WROTE $n"
+done) &
+`;
+
+test(
+  'post-copy with a node-local disk: mirrored and ended before the switch-over, every flushed record on the target’s copy',
+  { timeout: 1_800_000 },
+  async () => {
+    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
+    await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
+    await eventually(
+      'the earlier VM gone',
+      async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 && (await qemus()) === 0 ? true : undefined),
+      120_000,
+      500,
+    );
+    // As the first test: 1 MiB/s cannot keep up with the guest's memory; after 5 s post-copy.
+    await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true, allowWorkloadDisruption: null });
+    await c.client.create(
+      PVC,
+      {
+        apiVersion: 'v1',
+        kind: 'PersistentVolumeClaim',
+        metadata: { name: DATA, namespace: ns },
+        spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
+      },
+      { namespace: ns },
+    );
+    const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: LOCAL_USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }) as {
+      spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
+    };
+    vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
+    vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
+    await c.client.create(VM, vm as unknown as Obj, { namespace: ns });
+    const source = await runningAndDirtying();
+    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
+    await eventually('the guest writing records', async () => (recordsWritten(await log(source)).length > 5 ? true : undefined), 300_000, 500);
+    const annotations = async () => ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
+    const sourceFile = (await annotations())['vessel.io/volume-path'];
+    assert.ok(sourceFile?.startsWith(g.agentOf(source).dataDir), `the data claim is on ${source}: ${sourceFile}`);
+
+    const t0 = Date.now();
+    const post = await migrateAndWait('postcopy-local');
+    const secs = (Date.now() - t0) / 1000;
+    assert.equal(post.phase, 'Succeeded', JSON.stringify(post));
+    assert.equal(post.migrationState.mode, 'PostCopy');
+    const target = (await vmiStatus()).nodeName!;
+    assert.notEqual(target, source);
+    const lastOnSource = recordsWritten(await log(source)).at(-1)!;
+    // Going on at the target without a reboot (the boot script's first line never printed there).
+    await eventually(
+      'records written on the target',
+      async () => ((recordsWritten(await log(target)).at(-1) ?? 0) > lastOnSource + 5 ? true : undefined),
+      180_000,
+      500,
+    );
+    assert.ok(!(await log(target)).includes('VESSEL-REC-DEV'), 'the guest did not boot again on the target');
+    assert.ok(
+      recordsWritten(await log(target))[0] <= lastOnSource + 2,
+      `records go on where they were: ${recordsWritten(await log(target))[0]} after ${lastOnSource}`,
+    );
+    await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
+    const targetFile = await eventually(
+      'the data claim recorded on the target',
+      async () => {
+        const a = await annotations();
+        return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
+      },
+      60_000,
+    );
+    assert.ok(targetFile.startsWith(g.agentOf(target).dataDir), targetFile);
+    await eventually(
+      'the source’s file removed',
+      async () =>
+        await stat(sourceFile).then(
+          () => undefined,
+          () => true,
+        ),
+      60_000,
+    );
+    // Every record printed so far (on either node: each flushed before it was printed) is on the target's file.
+    const printed = Math.max(...recordsWritten(await log(source)), ...recordsWritten(await log(target)));
+    const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
+    try {
+      const raw = join(tmp, 'data.raw');
+      const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', targetFile, raw]);
+      assert.equal(r.code, 0, r.err);
+      const bytes = await readFile(raw);
+      for (let n = 1; n <= printed; n++) {
+        const rec = bytes.subarray(n * 512, n * 512 + recordText(n).length).toString('latin1');
+        assert.equal(rec, recordText(n), `record ${n} of ${printed} (${lastOnSource} the last printed on the source)`);
+      }
+    } finally {
+      await rm(tmp, { recursive: true, force: true });
+    }
+    await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+    console.log(
+      `# figures: post-copy migration with a 64 MiB local disk ${secs.toFixed(1)} s to Succeeded; ${printed} records checked (${lastOnSource} written on the source)`,
+    );
+  },
+);
+
+test(
+  'post-copy with a node-local disk broken after the switch-over: the source not resumed, the target’s copy kept with every record',
+  { timeout: 1_800_000 },
+  async () => {
+    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
+    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
+    const max = async (node: string) => Math.max(0, ...recordsWritten(await log(node)));
+    const vmi = await eventually(
+      'the VMI of the test before running',
+      async () => {
+        const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
+        return (v?.status as { phase?: string } | undefined)?.phase === 'Running' ? v : undefined;
+      },
+      60_000,
+    );
+    const source = (await vmiStatus()).nodeName!;
+    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    await eventually('the guest writing records', async () => ((await max(source)) > (await max(target)) ? true : undefined), 120_000, 500);
+    await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true });
+    // Post-copy at 512 KiB/s (the pages the guest faults on share it: at 64 KiB/s the guest crawled
+    // into RCU stall warnings): ~100 MiB left after 5 s of precopy at 1 MiB/s keep it under way for minutes.
+    process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH = String(512 * 1024);
+    const targetLogAt = (await log(target)).length;
+    try {
+      await c.client.create(
+        VMIM,
+        {
+          apiVersion: 'kubevirt.io/v1',
+          kind: 'VirtualMachineInstanceMigration',
+          metadata: { name: 'postcopy-broken', namespace: ns },
+          spec: { vmiName: NAME },
+        },
+        { namespace: ns },
+      );
+      // The guest prints on the target (its serial log grows: an incoming QEMU runs no guest): the switch-over is behind.
+      await eventually('the guest running on the target in post-copy', async () => ((await log(target)).length > targetLogAt ? true : undefined), 300_000, 200);
+      const sourceLogAt = (await log(source)).length;
+      const ms = (await vmiStatus()).migrationState!;
+      assert.equal(ms.mode, 'PostCopy');
+      assert.ok(!ms.completed, 'still in post-copy');
+      const pids: number[] = [];
+      for (const d of await readdir('/proc')) {
+        const cmd = /^\d+$/.test(d) ? await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '') : '';
+        if (cmd.startsWith('qemu-system') && cmd.includes(g.agentOf(target).dataDir)) pids.push(Number(d));
+      }
+      assert.equal(pids.length, 1, `one QEMU on ${target}`);
+      process.kill(pids[0], 'SIGKILL');
+      const printedOnTarget = Math.max(await max(target), await max(source));
+      const done = await eventually(
+        'postcopy-broken finished',
+        async () => {
+          const st = ((await c.client.get(VMIM, 'postcopy-broken', { namespace: ns })).status ?? {}) as {
+            phase?: string;
+            migrationState?: { failureReason?: string };
+          };
+          return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
+        },
+        120_000,
+        300,
+      );
+      assert.equal(done.phase, 'Failed', JSON.stringify(done));
+      const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
+      const ev = await eventually(
+        'a PostCopyFailed event',
+        async () =>
+          (await c.client.list(EVENTS, { namespace: ns })).items.find(
+            (e) =>
+              (e as { reason?: string }).reason === 'PostCopyFailed' && (e as { involvedObject?: { uid?: string } }).involvedObject?.uid === vmi.metadata?.uid,
+          ),
+        60_000,
+      );
+      assert.match((ev as { message?: string }).message ?? '', /the source is not resumed/);
+      // The source's stale guest never runs again: the VM restarts (runStrategy Always) and boots afresh.
+      const restarted = await eventually(
+        'the VM running again (a new boot)',
+        async () => {
+          const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
+          const st = (v?.status ?? {}) as { phase?: string; nodeName?: string };
+          return v && v.metadata?.uid !== vmi.metadata?.uid && st.phase === 'Running' ? st : undefined;
+        },
+        300_000,
+        500,
+      );
+      console.log(`# the VM restarted on ${restarted.nodeName} after the lost post-copy`);
+      const sinceKill = (await log(source)).slice(sourceLogAt);
+      const staleRun = sinceKill.split('VESSEL-REC-DEV')[0];
+      assert.ok(!/VESSEL-WROTE/.test(staleRun), `the source's guest printed after the switch-over: ${staleRun.slice(0, 300)}`);
+      // The target kept its copy of the data claim (the only one with the post-copy writes): every record printed on either node is on it.
+      const claimUid = (await c.client.get(PVC, DATA, { namespace: ns })).metadata?.uid ?? '?';
+      const poolDir = join(g.agentOf(target).dataDir, 'pools', 'local', ns);
+      const kept = (await readdir(poolDir).catch(() => [] as string[])).filter((f) => f.includes(claimUid));
+      assert.equal(kept.length, 1, `the target's copy kept in ${poolDir}: ${kept.join(', ')}`);
+      const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
+      try {
+        const raw = join(tmp, 'kept.raw');
+        const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', join(poolDir, kept[0]), raw]);
+        assert.equal(r.code, 0, r.err);
+        const bytes = await readFile(raw);
+        for (let n = 1; n <= printedOnTarget; n++) {
+          assert.equal(
+            bytes.subarray(n * 512, n * 512 + recordText(n).length).toString('latin1'),
+            recordText(n),
+            `record ${n} of ${printedOnTarget} on the kept copy`,
+          );
+        }
+        console.log(`# figures: post-copy broken after the switch-over: ${printedOnTarget} records on the target's kept copy`);
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+    } finally {
+      delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
+      await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+    }
   },
 );

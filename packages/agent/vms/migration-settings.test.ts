@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { migrationConfig } from '@vessel/api';
 import type { QmpClient } from '../qmp/client.ts';
-import { ANNOUNCE, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
+import { ANNOUNCE, applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch } from './migration-settings.ts';
 
 const GIB = 2 ** 30;
 const conf = (c: Partial<migrationConfig.MigrationConfiguration> = {}) => ({ ...migrationConfig.MIGRATION_DEFAULTS, ...c });
@@ -65,4 +65,24 @@ test('the target: post-copy as configured and the self-announce parameters set e
   ]);
   assert.deepEqual(calls[1], ['migrate-set-parameters', { 'announce-initial': 50, 'announce-max': 550, 'announce-rounds': 5, 'announce-step': 100 }]);
   assert.ok(ANNOUNCE['announce-rounds'] > 0);
+});
+
+test('the source: post-copy reaches QEMU as allowed, with node-local disks too, which add the pause before the switch-over', async () => {
+  const caps = async (c: Partial<migrationConfig.MigrationConfiguration>, localDisks: number) => {
+    const calls: [string, { capabilities?: { capability: string; state: boolean }[]; 'max-bandwidth'?: number }][] = [];
+    const qmp = { execute: async (cmd: string, args?: unknown) => void calls.push([cmd, args as (typeof calls)[number][1]]) } as unknown as QmpClient;
+    await applySourceSettings(qmp, conf(c), { localDisks });
+    assert.equal(calls[0][0], 'migrate-set-capabilities');
+    assert.equal(calls[1][0], 'migrate-set-parameters');
+    return Object.fromEntries(calls[0][1].capabilities!.map((x) => [x.capability, x.state]));
+  };
+  // Local disks: the mirrors end in pre-switchover, which post-copy passes too (QEMU 7.2): both on.
+  assert.deepEqual(await caps({ allowPostCopy: true }, 2), { events: true, 'pause-before-switchover': true, 'auto-converge': false, 'postcopy-ram': true });
+  assert.deepEqual(await caps({ allowPostCopy: true }, 0), { events: true, 'pause-before-switchover': false, 'auto-converge': false, 'postcopy-ram': true });
+  assert.deepEqual(await caps({ allowPostCopy: false, allowAutoConverge: true }, 1), {
+    events: true,
+    'pause-before-switchover': true,
+    'auto-converge': true,
+    'postcopy-ram': false,
+  });
 });

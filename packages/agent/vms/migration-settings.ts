@@ -28,12 +28,17 @@ export function migrationDataBytes(spec: unknown, migratedDiskBytes = 0): number
   return (mem ?? 0) + migratedDiskBytes;
 }
 
-/** Source: capabilities and bandwidth, set every time (a QEMU that arrived by migration keeps the last ones). */
-export async function applySourceSettings(qmp: QmpClient, conf: Configuration, opts: { pauseBeforeSwitchover?: boolean } = {}): Promise<void> {
+/**
+ * Source: capabilities and bandwidth, set every time (a QEMU that arrived by migration keeps the
+ * last ones). With node-local disks QEMU pauses before the switch-over (`pre-switchover`, the
+ * guest stopped, its devices not yet sent), where migration.ts ends the disk mirrors; QEMU 7.2's
+ * postcopy_start passes that pause too, so post-copy stays allowed with them (docs/migration.md).
+ */
+export async function applySourceSettings(qmp: QmpClient, conf: Configuration, opts: { localDisks: number }): Promise<void> {
   await qmp.execute('migrate-set-capabilities', {
     capabilities: [
       { capability: 'events', state: true },
-      { capability: 'pause-before-switchover', state: !!opts.pauseBeforeSwitchover },
+      { capability: 'pause-before-switchover', state: opts.localDisks > 0 },
       { capability: 'auto-converge', state: conf.allowAutoConverge },
       { capability: 'postcopy-ram', state: conf.allowPostCopy },
     ],

@@ -12,7 +12,8 @@
  * completed, endTimestamp) and then quits its QEMU, now in `postmigrate`, without that being
  * the VM stopping; the target adopts its QEMU as the VMI's. On failure or abort the source
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
- * migrationState says failed with the reason.
+ * migrationState says failed with the reason; a post-copy that breaks after the switch-over
+ * loses the guest (the source is not resumed, see postcopyLost).
  */
 import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -183,6 +184,8 @@ interface Target {
   made: string[];
   /** The relay from the fabric to a QEMU in a pod namespace. */
   relay?: MigrationRelay;
+  /** The incoming migration was seen in post-copy: the guest ran here, the volume files may hold its only newest writes. */
+  postcopy?: boolean;
 }
 
 interface QueryMigrate {
@@ -534,8 +537,15 @@ export class VmMigrations {
     await t.qmp?.close();
     await t.relay?.close();
     await this.host.stopQemu(key, t.runDir);
-    // The copies of node-local disks made for a guest that did not arrive.
-    await removeFiles(t.made).catch((e: Error) => this.host.log(`migration: ${key}: removing the target's volumes: ${e.message}`));
+    // A failed post-copy (the source wrote mode PostCopy before starting it): the guest may have
+    // run here and written to these copies, the only ones with its last writes: kept, not removed.
+    const ms = migrationStateOf(this.host.vmi(key));
+    if (t.made.length && (t.postcopy || (ms?.migrationUid === t.migrationUid && ms.mode === 'PostCopy'))) {
+      this.host.log(`migration: ${key}: post-copy did not complete: the target's copies of the local disks are kept (${t.made.join(', ')})`);
+    } else {
+      // The copies of node-local disks made for a guest that did not arrive.
+      await removeFiles(t.made).catch((e: Error) => this.host.log(`migration: ${key}: removing the target's volumes: ${e.message}`));
+    }
     this.host.log(`migration: ${key}: target QEMU ended`);
   }
 
@@ -559,10 +569,9 @@ export class VmMigrations {
       // Started, QEMU not yet told to migrate: a restart from here must not take its status for this migration's.
       faultPoint('migration:source-started');
       // Bandwidth, auto-converge, post-copy (migration-settings.ts). With local disks QEMU stops
-      // before the switch-over, so the mirrors end while the guest is paused; no post-copy then
-      // (the target would run the guest before its disks are complete).
+      // before the switch-over, also on the way into post-copy, so the mirrors end while the guest is paused.
       const conf = configurationOf(ms);
-      await applySourceSettings(qmp, disks.length ? { ...conf, allowPostCopy: false } : conf, { pauseBeforeSwitchover: disks.length > 0 });
+      await applySourceSettings(qmp, conf, { localDisks: disks.length });
       await slowForTests(qmp);
       if (this.host.tlsDir && !conf.disableTLS) await this.useTls(key, qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
@@ -594,36 +603,51 @@ export class VmMigrations {
     );
     let timedOut: string | undefined;
     let postcopy = ms.mode === 'PostCopy';
+    // Whether the target may have run the guest (post-copy past the switch-over): the source's
+    // memory is stale from then on and is never resumed. Unknown after an agent restart: assumed.
+    let switched = postcopy;
+    let continued = false;
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
+      // With local disks, post-copy passes pre-switchover first: until migrate-continue the target has no device state.
+      if (disks.length && !continued && (status === 'active' || status === 'pre-switchover')) switched = false;
+      if (status.startsWith('postcopy')) switched = true;
       // The final figures are not waited for: the switch-over's write comes first.
       if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
       else progress.tick(info);
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles);
-      if (status === 'pre-switchover') {
-        // The guest is paused: the mirrors copy what is left and end, then the devices go over.
+      if (status === 'pre-switchover' && !continued) {
+        // The guest is paused (precopy done, or post-copy starting): the mirrors copy what is left
+        // and end, then the devices go over. Only then may the target run the guest.
+        const t0 = Date.now();
         try {
           await finishMirrors(qmp);
+          if (disks.length) this.host.log(`migration: ${key}: mirrors ended at the switch-over in ${Date.now() - t0} ms${postcopy ? ' (post-copy)' : ''}`);
+          continued = true;
+          switched = postcopy;
           await qmp.execute('migrate-continue', { state: 'pre-switchover' });
         } catch (e) {
           this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}; cancelling`);
           await qmp.execute('migrate_cancel').catch(() => undefined);
         }
       }
+      if (switched && (status === 'postcopy-paused' || status === 'failed' || status === 'cancelled' || status === 'none')) {
+        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${info['error-desc'] ?? 'the stream to the target broke'}`);
+      }
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
-        // A failed precopy leaves the source running; one paused by the switch-over attempt resumes.
-        // Not after post-copy began: the target has run the guest since, the source's memory is stale.
+        // A failed precopy leaves the source running; one paused by the switch-over attempt (a
+        // cancelled post-copy start too: QEMU leaves that in postmigrate) resumes.
         // Before the mirrors go: ending them waits for requests to a dead target, the guest need not.
         const now = (await qmp.execute<{ status: string }>('query-status')).status;
-        if (!postcopy && now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
+        if (now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
         if (disks.length) await cancelMirrors(qmp);
         const reason = timedOut ?? (cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`);
         await this.fail(key, uid, reason, cancelled && !timedOut ? 'Succeeded' : undefined);
         this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
         return;
       }
-      if (!cancelled && !postcopy && aborted()) {
+      if (!cancelled && !switched && aborted()) {
         cancelled = true;
         await qmp.execute('migrate_cancel');
       }
@@ -644,12 +668,33 @@ export class VmMigrations {
         await qmp.execute('stop');
       } else if (verdict?.action === 'postcopy') {
         postcopy = true;
+        // Without local disks QEMU switches over at once; with them at migrate-continue (above).
+        switched = !disks.length;
         this.host.log(`migration: ${key}: ${verdict.reason}`);
-        await qmp.execute('migrate-start-postcopy');
+        // The mode first: a target that fails from here on keeps its copies of the disks (endTarget).
         await this.writeState(key, uid, (s) => void (s.mode = 'PostCopy'));
+        await qmp.execute('migrate-start-postcopy');
       }
       await new Promise((r) => setTimeout(r, POLL_MS));
     }
+  }
+
+  /**
+   * Post-copy broke after the switch-over (the target gone or cut off): the guest's memory is
+   * split between the two QEMUs and QEMU 7.2 waits in `postcopy-paused` for a recovery Vessel
+   * does not do. The guest is lost (the documented exception): the source, whose memory is
+   * stale, is never resumed; it quits, so the VMI fails (QemuExited) and its VM's runStrategy
+   * decides. The disks' files stay on both nodes: the claims still name this node, whose copy is
+   * the disk as the guest stopped at the switch-over; the target keeps its copy (endTarget),
+   * which has what the guest wrote during post-copy.
+   */
+  private async postcopyLost(vmi: KubeObject, uid: string, qmp: QmpClient, why: string): Promise<void> {
+    const key = keyOf(vmi);
+    const reason = `${why}; the guest ran on the target and is lost (its memory is split between the nodes): the source is not resumed`;
+    this.host.log(`migration: ${key}: ${reason}`);
+    await this.fail(key, uid, reason);
+    await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason);
+    await qmp.execute('quit').catch(() => undefined);
   }
 
   /**
@@ -821,6 +866,7 @@ export class VmMigrations {
         await new Promise((r) => setTimeout(r, 500));
         if (arrivedAt === undefined) {
           const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
+          if (info?.status?.startsWith('postcopy')) t.postcopy = true;
           if (info?.status === 'completed') {
             arrivedAt = Date.now();
             await this.resumePaused(key, qmp);
@@ -920,6 +966,9 @@ async function incomingEnded(qmp: QmpClient, timeoutMs: number): Promise<void> {
 async function slowForTests(qmp: QmpClient): Promise<void> {
   const v = Number(process.env.VESSEL_TEST_MIGRATION_BANDWIDTH);
   if (Number.isFinite(v) && v > 0) await qmp.execute('migrate-set-parameters', { 'max-bandwidth': v, 'downtime-limit': 10_000 });
+  // A slow post-copy, to break one after the switch-over (at 64 KiB/s the guest there crawled: its faulted pages wait too).
+  const p = Number(process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH);
+  if (Number.isFinite(p) && p > 0) await qmp.execute('migrate-set-parameters', { 'max-postcopy-bandwidth': p });
 }
 
 /**
