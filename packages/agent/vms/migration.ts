@@ -107,6 +107,27 @@ export function staleMigrateStatus(status: string | undefined, runState: string 
   return status === 'completed' && runState !== 'postmigrate';
 }
 
+/**
+ * A VMI that runs on another node after a completed migration: its moving claims recorded on
+ * another node (this node's files of them are stale copies: a source agent that came back after
+ * the target recorded the switch itself never removed them), and whether one still names this node
+ * or nothing (the target has not recorded it yet: to be looked at again later).
+ */
+export function staleCopyClaims(
+  disks: readonly MovingDisk[],
+  claimOf: (claim: string) => { metadata?: { annotations?: Record<string, string> } } | undefined,
+  node: string,
+): { stale: string[]; waiting: string[] } {
+  const stale: string[] = [];
+  const waiting: string[] = [];
+  for (const d of disks) {
+    if (d.kind !== 'claim' || !d.claim) continue;
+    const recorded = claimOf(d.claim)?.metadata?.annotations?.[storage.SELECTED_NODE];
+    (recorded && recorded !== node ? stale : waiting).push(d.claim);
+  }
+  return { stale, waiting };
+}
+
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
   const iface = podInterface(spec);
   return iface !== undefined && bindingOf(iface) === 'masquerade';
@@ -206,6 +227,8 @@ export class VmMigrations {
   private readonly sourceRelays = new Map<string, MigrationRelay>();
   /** Migrations (uids) whose moving claims this node recorded as its own (or found so): repairClaims skips them. */
   private readonly claimsRecorded = new Set<string>();
+  /** VMI uid/migrationUid of completed migrations away from here → looks at their stale local copies so far (removeStaleCopies). */
+  private readonly copiesChecked = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
@@ -245,6 +268,7 @@ export class VmMigrations {
       await this.endTarget(key, t);
       return;
     }
+    if (!wanted && !t) await this.removeStaleCopies(vmi);
     if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
     const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [] };
     this.targets.set(key, target);
@@ -275,6 +299,8 @@ export class VmMigrations {
     const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks: this.blockPlan(vmi).disks, made: [] };
     this.targets.set(keyOf(vmi), t);
     this.followTarget(keyOf(vmi), t, qmp);
+    // Still waiting for the source: the timer the agent before this one armed went with it (a full 300 s again).
+    if (info?.status !== 'completed' && !ms.startTimestamp) this.armSourceStart(keyOf(vmi), t, qmp);
     return true;
   }
 
@@ -432,16 +458,7 @@ export class VmMigrations {
       );
       if (written) this.host.log(`migration: ${key}: target ready on ${this.host.listenAddress}:${port}`);
       faultPoint('migration:target-ready');
-      // A source that never starts (its agent gone) must not keep the target waiting for ever.
-      const timer = setTimeout(() => {
-        const cur = migrationStateOf(this.host.vmi(key));
-        if (t.ended || this.targets.get(key) !== t || cur?.migrationUid !== t.migrationUid || cur.startTimestamp) return;
-        void this.fail(key, t.migrationUid, `the source did not start sending within ${SOURCE_START_TIMEOUT_MS / 1000} s`)
-          .then(() => this.endTarget(key, t))
-          .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
-      }, SOURCE_START_TIMEOUT_MS);
-      timer.unref();
-      qmp.on('close', () => clearTimeout(timer));
+      this.armSourceStart(key, t, qmp);
     } catch (e) {
       if (t.ended) return;
       const message = this.host.scrub(e instanceof Error ? e.message : String(e), vmi.metadata.namespace);
@@ -453,6 +470,56 @@ export class VmMigrations {
       await this.endTarget(key, t);
       if (!recorded) this.host.requeue?.(key);
     }
+  }
+
+  /** A source that never starts (its agent gone) must not keep a ready target waiting for ever. */
+  private armSourceStart(key: string, t: Target, qmp: QmpClient): void {
+    const timer = setTimeout(() => {
+      const cur = migrationStateOf(this.host.vmi(key));
+      if (t.ended || this.targets.get(key) !== t || cur?.migrationUid !== t.migrationUid || cur.startTimestamp) return;
+      void this.fail(key, t.migrationUid, `the source did not start sending within ${SOURCE_START_TIMEOUT_MS / 1000} s`)
+        .then(() => this.endTarget(key, t))
+        .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    }, SOURCE_START_TIMEOUT_MS);
+    timer.unref();
+    qmp.on('close', () => clearTimeout(timer));
+  }
+
+  /**
+   * The VMI runs on another node after a completed migration: this node's files of its moving
+   * claims now recorded there go (a source agent that came back after the target recorded the
+   * switch itself: its switchOver, which removes them, never ran). Only the path this node derives
+   * for the claim's uid, never the claim's recorded volume here, never a file a QEMU holds.
+   */
+  private async removeStaleCopies(vmi: KubeObject): Promise<void> {
+    const ms = migrationStateOf(vmi);
+    const done = `${vmi.metadata.uid}/${ms?.migrationUid}`;
+    const looks = this.copiesChecked.get(done) ?? 0;
+    if (!ms?.migrationUid || !ms.completed || looks < 0) return;
+    const ns = vmi.metadata.namespace!;
+    const { stale, waiting } = staleCopyClaims(this.blockPlan(vmi).disks, (c) => this.host.claim(ns, c), this.host.nodeName);
+    for (const claim of stale) {
+      const path = this.claimFile(ns, claim);
+      if (!path || !(await isFile(path))) continue;
+      const keep = notLeftover(path, this.host.claim(ns, claim), this.host.nodeName, await qemusHolding(path));
+      if (keep) {
+        this.host.log(`migration: ${ns}/${claim}: keeping ${path}: ${keep}`);
+        continue;
+      }
+      const pool = this.poolOfClaim(ns, claim);
+      const recorded = this.host.claim(ns, claim)?.metadata.annotations?.[storage.SELECTED_NODE];
+      await pool
+        ?.deleteVolume(path)
+        .then(() => this.host.log(`migration: ${ns}/${claim}: removed ${path}, a stale copy (the claim is on ${recorded} since the migration)`))
+        .catch((e: Error) => this.host.log(`migration: ${ns}/${claim}: removing the stale copy ${path}: ${e.message}`));
+    }
+    // A claim with a file here that still names this node: the target records it next (handOver,
+    // or its repair after a restart), which does not reconcile this node's view of the VMI, so it
+    // is looked at again (every 3 s, for at most ~2 min); -1: done.
+    let left = false;
+    for (const claim of waiting) if (await isFile(this.claimFile(ns, claim) ?? '')) left = true;
+    this.copiesChecked.set(done, left && looks < 40 ? looks + 1 : -1);
+    if (left && looks < 40) this.host.requeue?.(keyOf(vmi));
   }
 
   /** Target, QEMU in the node's namespace: it listens on the fabric address itself. */
@@ -570,6 +637,8 @@ export class VmMigrations {
       // A QEMU in a pod namespace reaches the target through a relay (migration-relay.ts).
       const via = this.host.qemuInPod(vmi) ? await this.sourceRelay(vmi, ms, disks) : undefined;
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd);
+      // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
+      if (disks.length) faultPoint('migration:source-mirrored');
       await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
@@ -603,6 +672,7 @@ export class VmMigrations {
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles);
       if (status === 'pre-switchover') {
         // The guest is paused: the mirrors copy what is left and end, then the devices go over.
+        faultPoint('migration:source-switchover');
         try {
           await finishMirrors(qmp);
           await qmp.execute('migrate-continue', { state: 'pre-switchover' });
