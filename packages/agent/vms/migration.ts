@@ -498,12 +498,17 @@ export class VmMigrations {
     if (!ms?.migrationUid || !ms.completed || looks < 0) return;
     const ns = vmi.metadata.namespace!;
     const { stale, waiting } = staleCopyClaims(this.blockPlan(vmi).disks, (c) => this.host.claim(ns, c), this.host.nodeName);
+    // Looked at again later: a file a QEMU still holds (the old source's, being stopped), or one of
+    // a claim that still names this node (the target records it next: handOver, or its repair after
+    // a restart, neither of which reconciles this node's view of the VMI).
+    let again = false;
     for (const claim of stale) {
       const path = this.claimFile(ns, claim);
       if (!path || !(await isFile(path))) continue;
       const keep = notLeftover(path, this.host.claim(ns, claim), this.host.nodeName, await qemusHolding(path));
       if (keep) {
-        this.host.log(`migration: ${ns}/${claim}: keeping ${path}: ${keep}`);
+        if (looks === 0) this.host.log(`migration: ${ns}/${claim}: not removing ${path} yet: ${keep}`);
+        again = true;
         continue;
       }
       const pool = this.poolOfClaim(ns, claim);
@@ -513,13 +518,11 @@ export class VmMigrations {
         .then(() => this.host.log(`migration: ${ns}/${claim}: removed ${path}, a stale copy (the claim is on ${recorded} since the migration)`))
         .catch((e: Error) => this.host.log(`migration: ${ns}/${claim}: removing the stale copy ${path}: ${e.message}`));
     }
-    // A claim with a file here that still names this node: the target records it next (handOver,
-    // or its repair after a restart), which does not reconcile this node's view of the VMI, so it
-    // is looked at again (every 3 s, for at most ~2 min); -1: done.
-    let left = false;
-    for (const claim of waiting) if (await isFile(this.claimFile(ns, claim) ?? '')) left = true;
-    this.copiesChecked.set(done, left && looks < 40 ? looks + 1 : -1);
-    if (left && looks < 40) this.host.requeue?.(keyOf(vmi));
+    for (const claim of waiting) if (await isFile(this.claimFile(ns, claim) ?? '')) again = true;
+    // Every 3 s (requeue), for at most ~2 min; -1: done.
+    again &&= looks < 40;
+    this.copiesChecked.set(done, again ? looks + 1 : -1);
+    if (again) this.host.requeue?.(keyOf(vmi));
   }
 
   /** Target, QEMU in the node's namespace: it listens on the fabric address itself. */
