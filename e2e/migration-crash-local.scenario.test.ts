@@ -6,10 +6,10 @@
  * the target agent, the source agent and the API server 1.5 s into the mirror (slowed down); the
  * target agent once its volume files and NBD exports are up, before the source mirrors; the
  * source agent with the mirrors READY before `migrate`, and at pre-switchover (guest paused, the
- * mirrors not ended); either agent after the transfer completed, before the switch is recorded;
- * the target agent after the switch, before it records the claims (its restart repairs them); the
- * source agent down 30 s after completion (the target records the switch; the source, back,
- * removes its stale copies). After each: exactly one QEMU, on the VMI's node, the migration
+ * mirrors not ended); either agent and the server after the transfer completed, before the switch
+ * is recorded; the target agent after the switch, before it records the claims (its restart
+ * repairs them); the source agent down 30 s after completion (the target records the switch; the
+ * source, back, removes its stale copies). After each: exactly one QEMU, on the VMI's node, the migration
  * Succeeded or Failed, the guest's uptime going on, the data disk intact on the VMI's node (every
  * record the guest wrote up to a checksum it printed afterwards is on the claim's file, with the
  * guest's md5), both claims naming that node and an existing file there, and no file of either
@@ -38,6 +38,7 @@ const cases: { kill: Side; step: Step; label: string; stayDownMs?: number }[] = 
   { kill: 'source', step: 'switchover', label: 'at pre-switchover (guest paused, mirrors not ended)' },
   { kill: 'source', step: 4, label: 'after the transfer completed, before the switch is recorded' },
   { kill: 'target', step: 4, label: 'after the transfer completed, before the switch is recorded' },
+  { kill: 'server', step: 4, label: 'after the transfer completed, before the switch is recorded' },
   { kill: 'target', step: 'claims', label: 'after the switch, before it records the claims' },
   { kill: 'source', step: 4, label: 'after the transfer completed, down 30 s (the target takes the switch)', stayDownMs: 30_000 },
 ];

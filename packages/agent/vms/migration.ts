@@ -327,8 +327,9 @@ export class VmMigrations {
         (e: Error) => this.host.log(`migration: ${key}: announcing the pod's address: ${e.message}`),
       );
     faultPoint('migration:target-claims');
-    if (vmi && t.disks.length) await this.claimsArrived(vmi, t.disks);
-    this.claimsRecorded.add(t.migrationUid);
+    // Not all recorded (the API server away for longer than the retries): repairClaims does it on a later reconcile.
+    if (!vmi || !t.disks.length || (await this.claimsArrived(vmi, t.disks))) this.claimsRecorded.add(t.migrationUid);
+    else this.host.requeue?.(key);
   }
 
   /**
@@ -352,7 +353,7 @@ export class VmMigrations {
       this.host.log(
         `migration: ${keyOf(vmi)}: claim(s) ${here.map((d) => d.claim).join(', ')} still name another node after the guest arrived here: recording them on ${this.host.nodeName}`,
       );
-      await this.claimsArrived(vmi, here);
+      if (!(await this.claimsArrived(vmi, here))) return this.host.requeue?.(keyOf(vmi));
     }
     this.claimsRecorded.add(ms.migrationUid);
   }
@@ -852,9 +853,13 @@ export class VmMigrations {
     this.host.log(`migration: ${key}: ${disks.length} local disk(s) mirrored to the target in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
 
-  /** Target, the guest arrived: the moving claims are this node's (their volume files are the copies made here). */
-  private async claimsArrived(vmi: KubeObject, disks: readonly MovingDisk[]): Promise<void> {
+  /**
+   * Target, the guest arrived: the moving claims are this node's (their volume files are the copies
+   * made here). False when one could not be recorded (a claim deleted meanwhile counts as done).
+   */
+  private async claimsArrived(vmi: KubeObject, disks: readonly MovingDisk[]): Promise<boolean> {
     const ns = vmi.metadata.namespace!;
+    let all = true;
     for (const d of disks) {
       const path = d.claim ? this.claimFile(ns, d.claim) : undefined;
       if (!path) continue;
@@ -866,12 +871,14 @@ export class VmMigrations {
         } catch (e) {
           if (isNotFound(e) || attempt >= 10 || this.closed) {
             this.host.log(`migration: ${ns}/${d.claim}: recording the claim on ${this.host.nodeName}: ${e instanceof Error ? e.message : e}`);
+            if (!isNotFound(e)) all = false;
             break;
           }
           await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
         }
       }
     }
+    return all;
   }
 
   /**
