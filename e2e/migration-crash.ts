@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -30,6 +30,8 @@ const CHILD = join(import.meta.dirname, 'cluster-child.ts');
 const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
 /** The local-disk guest's data claim (64 MiB, local pool). */
 const DATA = `${NAME}-data`;
+/** The local-disk guest's claims: its root DataVolume's and the data claim (both mirrored when it moves). */
+const LOCAL_CLAIMS = [`${NAME}-root`, DATA];
 /**
  * With local disks, the guest also writes numbered 512-byte records to its 64 MiB data disk
  * (record i at sector i), and every 25 the md5 of all so far as it reads them back. Each record is
@@ -144,8 +146,11 @@ export type Side = 'target' | 'source' | 'server';
  * 1 Scheduled (target being prepared), 2 TargetReady (the source not started), 3 Running (transfer),
  * 4 completed (switch not written); 'started': the source wrote startTimestamp, QEMU not yet told to
  * migrate (source only); 'mirror': local disks being mirrored (startCrashCluster({localDisks})).
+ * Local disks only: 'mirrored' the mirrors READY, `migrate` not issued, and 'switchover' QEMU
+ * paused at pre-switchover, the mirrors not ended (source only); 'claims' the switch recorded,
+ * the moving claims not yet recorded on the target (target only).
  */
-export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror';
+export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims';
 
 export interface CaseResult {
   name: string;
@@ -161,6 +166,8 @@ export interface CaseResult {
   tlsSetupMs: number[];
   /** Local disks: the records checked on the data disk's file of the VMI's node (their md5 the guest's). */
   recordsChecked?: number;
+  /** Local disks: from the kill until the other node was seen with no file of the guest's claims (checked after the data disk). */
+  leftoversGoneMs?: number;
 }
 
 export interface CrashCluster {
@@ -284,6 +291,34 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
     }
   }
 
+  /**
+   * Local disks, the case settled on `node`: each of the guest's claims names `node` and a file
+   * there that exists, and the other node keeps no file of it (a name with the claim's uid, its
+   * pool's naming), waited for as the side that lost the guest removes its copies after its QEMU
+   * stopped. Returns when the last leftover went (ms after `since`).
+   */
+  async function checkClaims(node: string, since: number): Promise<number> {
+    const other = nodes.find((n) => n !== node)!;
+    const claims = await Promise.all(
+      LOCAL_CLAIMS.map(async (n) => (await c.get(PVC, n, { namespace: NS })) as { metadata: { uid?: string; annotations?: Record<string, string> } }),
+    );
+    for (const [i, pvc] of claims.entries()) {
+      const a = pvc.metadata.annotations ?? {};
+      assert.equal(a['volume.kubernetes.io/selected-node'], node, `claim ${LOCAL_CLAIMS[i]} recorded on the VMI's node`);
+      const path = a['vessel.io/volume-path'] ?? '';
+      assert.ok(path.startsWith(`${agentDir(node)}/`), `claim ${LOCAL_CLAIMS[i]}'s volume path ${path} is on ${node}`);
+      assert.ok((await stat(path).catch(() => undefined))?.isFile(), `claim ${LOCAL_CLAIMS[i]}'s file ${path} exists`);
+    }
+    const leftovers = async () =>
+      ((await readdir(agentDir(other), { recursive: true }).catch(() => [] as string[])) as string[]).filter((f) =>
+        claims.some((pvc) => pvc.metadata.uid && f.endsWith(`-${pvc.metadata.uid}.qcow2`)),
+      );
+    await eventually(`no file of the guest's claims left on ${other}`, async () => ((await leftovers()).length === 0 ? true : undefined), 60_000, 250).catch(
+      async () => assert.fail(`left on ${other}: ${(await leftovers()).join(', ')}`),
+    );
+    return Date.now() - since;
+  }
+
   let seq = 0;
   return {
     client: c,
@@ -339,6 +374,9 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       if (kill === 'source' && step === 3) envs[source] = { VESSEL_CRASH_AT: 'migration:source-sending', VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill === 'source' && step === 4) envs[source] = { VESSEL_CRASH_AT: 'migration:source-completed' };
       if (kill === 'source' && step === 'started') envs[source] = { VESSEL_CRASH_AT: 'migration:source-started' };
+      if (kill === 'source' && step === 'mirrored') envs[source] = { VESSEL_CRASH_AT: 'migration:source-mirrored' };
+      if (kill === 'source' && step === 'switchover') envs[source] = { VESSEL_CRASH_AT: 'migration:source-switchover' };
+      if (kill === 'target' && step === 'claims') envs[target] = { VESSEL_CRASH_AT: 'migration:target-claims' };
       if (kill !== 'source' && step === 3) envs[source] = { VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill !== 'source' && step === 2) envs[source] = { VESSEL_DELAY_AT: 'migration:source-start', VESSEL_DELAY_MS: '8000' };
       // Held at Scheduled while the test kills the other side: on a quiet machine the whole migration took 0.4 s.
@@ -365,7 +403,8 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
 
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
-      const want = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running', 4: '', started: '', mirror: '' }[step];
+      const wants: Record<string, string> = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running' };
+      const want = wants[String(step)] ?? '';
       // The mirror: 1.5 s after the source began it (a few MiB of the disks copied, far from done at SLOW_MIRROR).
       let mirroring: number | undefined;
       const mirrorUnderway = () => {
@@ -464,6 +503,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       const transferMs = ms?.startTimestamp && ms.endTimestamp ? Date.parse(ms.endTimestamp) - Date.parse(ms.startTimestamp) : undefined;
       const tlsSetupMs = tls.map((l) => Number(/set in (\d+) ms/.exec(l)?.[1]));
       const recordsChecked = localDisks ? await checkDataDisk(settled.node) : undefined;
+      const leftoversGoneMs = localDisks ? await checkClaims(settled.node, killedAt) : undefined;
       return {
         name,
         phase: settled.phase,
@@ -474,6 +514,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
         transferMs,
         tlsSetupMs,
         recordsChecked,
+        leftoversGoneMs,
       };
     },
     close,

@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { Pool } from '../storage/pools.ts';
 import { claimBytes, planBlockMigration, targetVolumes } from './block-migration.ts';
-import { claimPool, liveMigratable, masqueradePod, staleMigrateStatus } from './migration.ts';
+import { claimPool, liveMigratable, masqueradePod, staleCopyClaims, staleMigrateStatus } from './migration.ts';
 
 const pools = new Map([
   ['shared', { name: 'shared', shared: true }],
@@ -122,4 +122,29 @@ test("a resumed source tells its own migration's completion from an earlier inco
   assert.equal(staleMigrateStatus('completed', 'paused'), true);
   // Any other status is this migration's (or none at all), followed as before.
   for (const st of ['active', 'pre-switchover', 'device', 'failed', 'cancelled', undefined]) assert.equal(staleMigrateStatus(st, 'running'), false, String(st));
+});
+
+test('after a migration away, the moving claims recorded on another node are stale copies here; one still naming this node waits', () => {
+  const claims: Record<string, { metadata: { annotations: Record<string, string> } }> = {
+    moved: { metadata: { annotations: { 'volume.kubernetes.io/selected-node': 'node-2' } } },
+    notYet: { metadata: { annotations: { 'volume.kubernetes.io/selected-node': 'node-1' } } },
+    bare: { metadata: { annotations: {} } },
+  };
+  const disks = [
+    { volume: 'a', kind: 'claim' as const, claim: 'moved', sync: 'full' as const },
+    { volume: 'b', kind: 'claim' as const, claim: 'notYet', sync: 'full' as const },
+    { volume: 'c', kind: 'claim' as const, claim: 'bare', sync: 'full' as const },
+    { volume: 'd', kind: 'claim' as const, claim: 'gone', sync: 'full' as const },
+    // Not a claim: no pool file of a claim, left out.
+    { volume: 'e', kind: 'emptyDisk' as const, sync: 'full' as const },
+  ];
+  assert.deepEqual(
+    staleCopyClaims(disks, (c) => claims[c], 'node-1'),
+    { stale: ['moved'], waiting: ['notYet', 'bare', 'gone'] },
+  );
+  // Seen from the node the claim is recorded on: nothing there is stale.
+  assert.deepEqual(
+    staleCopyClaims(disks.slice(0, 1), (c) => claims[c], 'node-2'),
+    { stale: [], waiting: ['moved'] },
+  );
 });

@@ -108,6 +108,27 @@ export function staleMigrateStatus(status: string | undefined, runState: string 
   return status === 'completed' && runState !== 'postmigrate';
 }
 
+/**
+ * A VMI that runs on another node after a completed migration: its moving claims recorded on
+ * another node (this node's files of them are stale copies: a source agent that came back after
+ * the target recorded the switch itself never removed them), and whether one still names this node
+ * or nothing (the target has not recorded it yet: to be looked at again later).
+ */
+export function staleCopyClaims(
+  disks: readonly MovingDisk[],
+  claimOf: (claim: string) => { metadata?: { annotations?: Record<string, string> } } | undefined,
+  node: string,
+): { stale: string[]; waiting: string[] } {
+  const stale: string[] = [];
+  const waiting: string[] = [];
+  for (const d of disks) {
+    if (d.kind !== 'claim' || !d.claim) continue;
+    const recorded = claimOf(d.claim)?.metadata?.annotations?.[storage.SELECTED_NODE];
+    (recorded && recorded !== node ? stale : waiting).push(d.claim);
+  }
+  return { stale, waiting };
+}
+
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
   const iface = podInterface(spec);
   return iface !== undefined && bindingOf(iface) === 'masquerade';
@@ -209,6 +230,8 @@ export class VmMigrations {
   private readonly sourceRelays = new Map<string, MigrationRelay>();
   /** Migrations (uids) whose moving claims this node recorded as its own (or found so): repairClaims skips them. */
   private readonly claimsRecorded = new Set<string>();
+  /** VMI uid/migrationUid of completed migrations away from here → looks at their stale local copies so far (removeStaleCopies). */
+  private readonly copiesChecked = new Map<string, number>();
   private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
@@ -248,6 +271,7 @@ export class VmMigrations {
       await this.endTarget(key, t);
       return;
     }
+    if (!wanted && !t) await this.removeStaleCopies(vmi);
     if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
     const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [] };
     this.targets.set(key, target);
@@ -278,6 +302,8 @@ export class VmMigrations {
     const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks: this.blockPlan(vmi).disks, made: [] };
     this.targets.set(keyOf(vmi), t);
     this.followTarget(keyOf(vmi), t, qmp);
+    // Still waiting for the source: the timer the agent before this one armed went with it (a full 300 s again).
+    if (info?.status !== 'completed' && !ms.startTimestamp) this.armSourceStart(keyOf(vmi), t, qmp);
     return true;
   }
 
@@ -304,8 +330,9 @@ export class VmMigrations {
         (e: Error) => this.host.log(`migration: ${key}: announcing the pod's address: ${e.message}`),
       );
     faultPoint('migration:target-claims');
-    if (vmi && t.disks.length) await this.claimsArrived(vmi, t.disks);
-    this.claimsRecorded.add(t.migrationUid);
+    // Not all recorded (the API server away for longer than the retries): repairClaims does it on a later reconcile.
+    if (!vmi || !t.disks.length || (await this.claimsArrived(vmi, t.disks))) this.claimsRecorded.add(t.migrationUid);
+    else this.host.requeue?.(key);
   }
 
   /**
@@ -329,7 +356,7 @@ export class VmMigrations {
       this.host.log(
         `migration: ${keyOf(vmi)}: claim(s) ${here.map((d) => d.claim).join(', ')} still name another node after the guest arrived here: recording them on ${this.host.nodeName}`,
       );
-      await this.claimsArrived(vmi, here);
+      if (!(await this.claimsArrived(vmi, here))) return this.host.requeue?.(keyOf(vmi));
     }
     this.claimsRecorded.add(ms.migrationUid);
   }
@@ -435,16 +462,7 @@ export class VmMigrations {
       );
       if (written) this.host.log(`migration: ${key}: target ready on ${this.host.listenAddress}:${port}`);
       faultPoint('migration:target-ready');
-      // A source that never starts (its agent gone) must not keep the target waiting for ever.
-      const timer = setTimeout(() => {
-        const cur = migrationStateOf(this.host.vmi(key));
-        if (t.ended || this.targets.get(key) !== t || cur?.migrationUid !== t.migrationUid || cur.startTimestamp) return;
-        void this.fail(key, t.migrationUid, `the source did not start sending within ${SOURCE_START_TIMEOUT_MS / 1000} s`)
-          .then(() => this.endTarget(key, t))
-          .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
-      }, SOURCE_START_TIMEOUT_MS);
-      timer.unref();
-      qmp.on('close', () => clearTimeout(timer));
+      this.armSourceStart(key, t, qmp);
     } catch (e) {
       if (t.ended) return;
       const message = this.host.scrub(e instanceof Error ? e.message : String(e), vmi.metadata.namespace);
@@ -456,6 +474,59 @@ export class VmMigrations {
       await this.endTarget(key, t);
       if (!recorded) this.host.requeue?.(key);
     }
+  }
+
+  /** A source that never starts (its agent gone) must not keep a ready target waiting for ever. */
+  private armSourceStart(key: string, t: Target, qmp: QmpClient): void {
+    const timer = setTimeout(() => {
+      const cur = migrationStateOf(this.host.vmi(key));
+      if (t.ended || this.targets.get(key) !== t || cur?.migrationUid !== t.migrationUid || cur.startTimestamp) return;
+      void this.fail(key, t.migrationUid, `the source did not start sending within ${SOURCE_START_TIMEOUT_MS / 1000} s`)
+        .then(() => this.endTarget(key, t))
+        .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    }, SOURCE_START_TIMEOUT_MS);
+    timer.unref();
+    qmp.on('close', () => clearTimeout(timer));
+  }
+
+  /**
+   * The VMI runs on another node after a completed migration: this node's files of its moving
+   * claims now recorded there go (a source agent that came back after the target recorded the
+   * switch itself: its switchOver, which removes them, never ran). Only the path this node derives
+   * for the claim's uid, never the claim's recorded volume here, never a file a QEMU holds.
+   */
+  private async removeStaleCopies(vmi: KubeObject): Promise<void> {
+    const ms = migrationStateOf(vmi);
+    const done = `${vmi.metadata.uid}/${ms?.migrationUid}`;
+    const looks = this.copiesChecked.get(done) ?? 0;
+    if (!ms?.migrationUid || !ms.completed || looks < 0) return;
+    const ns = vmi.metadata.namespace!;
+    const { stale, waiting } = staleCopyClaims(this.blockPlan(vmi).disks, (c) => this.host.claim(ns, c), this.host.nodeName);
+    // Looked at again later: a file a QEMU still holds (the old source's, being stopped), or one of
+    // a claim that still names this node (the target records it next: handOver, or its repair after
+    // a restart, neither of which reconciles this node's view of the VMI).
+    let again = false;
+    for (const claim of stale) {
+      const path = this.claimFile(ns, claim);
+      if (!path || !(await isFile(path))) continue;
+      const keep = notLeftover(path, this.host.claim(ns, claim), this.host.nodeName, await qemusHolding(path));
+      if (keep) {
+        if (looks === 0) this.host.log(`migration: ${ns}/${claim}: not removing ${path} yet: ${keep}`);
+        again = true;
+        continue;
+      }
+      const pool = this.poolOfClaim(ns, claim);
+      const recorded = this.host.claim(ns, claim)?.metadata.annotations?.[storage.SELECTED_NODE];
+      await pool
+        ?.deleteVolume(path)
+        .then(() => this.host.log(`migration: ${ns}/${claim}: removed ${path}, a stale copy (the claim is on ${recorded} since the migration)`))
+        .catch((e: Error) => this.host.log(`migration: ${ns}/${claim}: removing the stale copy ${path}: ${e.message}`));
+    }
+    for (const claim of waiting) if (await isFile(this.claimFile(ns, claim) ?? '')) again = true;
+    // Every 3 s (requeue), for at most ~2 min; -1: done.
+    again &&= looks < 40;
+    this.copiesChecked.set(done, again ? looks + 1 : -1);
+    if (again) this.host.requeue?.(keyOf(vmi));
   }
 
   /** Target, QEMU in the node's namespace: it listens on the fabric address itself. */
@@ -579,6 +650,8 @@ export class VmMigrations {
       // A QEMU in a pod namespace reaches the target through a relay (migration-relay.ts).
       const via = this.host.qemuInPod(vmi) ? await this.sourceRelay(vmi, ms, disks) : undefined;
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd);
+      // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
+      if (disks.length) faultPoint('migration:source-mirrored');
       await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
@@ -620,6 +693,7 @@ export class VmMigrations {
       if (status === 'pre-switchover' && !continued) {
         // The guest is paused (precopy done, or post-copy starting): the mirrors copy what is left
         // and end, then the devices go over. Only then may the target run the guest.
+        faultPoint('migration:source-switchover');
         const t0 = Date.now();
         try {
           await finishMirrors(qmp);
@@ -824,9 +898,13 @@ export class VmMigrations {
     this.host.log(`migration: ${key}: ${disks.length} local disk(s) mirrored to the target in ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
 
-  /** Target, the guest arrived: the moving claims are this node's (their volume files are the copies made here). */
-  private async claimsArrived(vmi: KubeObject, disks: readonly MovingDisk[]): Promise<void> {
+  /**
+   * Target, the guest arrived: the moving claims are this node's (their volume files are the copies
+   * made here). False when one could not be recorded (a claim deleted meanwhile counts as done).
+   */
+  private async claimsArrived(vmi: KubeObject, disks: readonly MovingDisk[]): Promise<boolean> {
     const ns = vmi.metadata.namespace!;
+    let all = true;
     for (const d of disks) {
       const path = d.claim ? this.claimFile(ns, d.claim) : undefined;
       if (!path) continue;
@@ -838,12 +916,14 @@ export class VmMigrations {
         } catch (e) {
           if (isNotFound(e) || attempt >= 10 || this.closed) {
             this.host.log(`migration: ${ns}/${d.claim}: recording the claim on ${this.host.nodeName}: ${e instanceof Error ? e.message : e}`);
+            if (!isNotFound(e)) all = false;
             break;
           }
           await new Promise((r) => setTimeout(r, 500 * (attempt + 1)));
         }
       }
     }
+    return all;
   }
 
   /**
