@@ -226,8 +226,9 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
       (t) => t.trim(),
       () => undefined,
     );
-    // A migration's target reuses a base left here only when it is the digest the source runs.
-    if (!(await exists(base)) || (want !== undefined && have !== want)) {
+    // A migration's target reuses a base left here only when it is the digest the source runs; a
+    // base without its digest (an older agent's) is pulled again, so the digest can be recorded.
+    if (have === undefined || !(await exists(base)) || (want !== undefined && have !== want)) {
       await rm(digestFile, { force: true });
       await rm(base, { force: true });
       const image = pinned ?? vol.containerDisk.image;
