@@ -11,8 +11,8 @@
  * checksum, the source's files are gone, the claims name the target node and its files
  * (repaired by the target's next reconcile), and the guest never rebooted. A second guest on
  * the same cluster has a containerDisk root (from a docker-registry on loopback), an emptyDisk
- * and a hotplugged local claim; the containerDisk's tag moves to other bytes before it migrates:
- * on the target the guest reads the base it booted from, the records on all three disks are
+ * and a hotplugged local claim; the containerDisk's tag moves to other bytes before it migrates
+ * (a migration with its digest record changed to the moved tag's is refused by the source): on the target the guest reads the base it booted from, the records on all three disks are
  * intact, the claim is the target's, and the source's copies are gone.
  */
 import assert from 'node:assert/strict';
@@ -448,6 +448,20 @@ test(
       await rm(work, { recursive: true, force: true });
     }
     assert.notEqual(moved.digest, pushed.digest);
+    // The digest record changed since the start (its tenant may write it): the source refuses to
+    // send rather than have the overlay go over other bytes; the target's copies go.
+    const digests = (root: string) => ({ metadata: { annotations: { 'vessel.io/containerdisk-digests': JSON.stringify({ root }) } } });
+    await c.client.patch(VMI, CD, digests(moved.digest), { namespace: ns });
+    await migrate('cd-tampered', CD);
+    const refused = await finished('cd-tampered');
+    assert.equal(refused.phase, 'Failed');
+    assert.match(refused.migrationState?.failureReason ?? '', /the target would pull containerDisk digest sha256:[0-9a-f]+, this node runs sha256:/);
+    assert.equal((await cdStatus())?.status?.nodeName, source);
+    const failedTarget = await runDirOf(agentOf(target).dataDir, ns, CD);
+    if (failedTarget)
+      for (const f of ['scratch.empty.qcow2', 'root.containerdisk.qcow2'])
+        await eventually(`the failed target's ${f} removed`, async () => ((await exists(join(failedTarget, f))) ? undefined : true), 60_000);
+    await c.client.patch(VMI, CD, digests(pushed.digest), { namespace: ns });
     const baseBefore = baseSums(await srcLog()).at(-1)!;
 
     const t1 = Date.now();

@@ -149,6 +149,24 @@ export function runDirDiskFiles(disks: readonly MovingDisk[]): string[] {
   );
 }
 
+/**
+ * Source, before it sends: each moving containerDisk whose pinned digest (the VMI's record, what
+ * the target pulls) is not the one this node's base came from (its digest file in `runDir`), one
+ * sentence each. The record is on an object its tenant may write: one changed since the start would
+ * put the guest's overlay over other bytes on the target, so the migration fails instead.
+ */
+export async function pinMismatches(disks: readonly MovingDisk[], runDir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of disks) {
+    if (d.kind !== 'containerDisk' || !d.image) continue;
+    const pinned = d.image.slice(d.image.lastIndexOf('@') + 1);
+    const here = (await readFile(join(runDir, `${d.volume}.containerdisk.digest`), 'utf8').catch(() => '')).trim();
+    // No file: a base an older agent pulled, which only an image named by digest makes movable.
+    if (here && here !== pinned) out.push(`volume ${d.volume}: the target would pull containerDisk digest ${pinned}, this node runs ${here}`);
+  }
+  return out;
+}
+
 /** A claim's size in bytes from its status.capacity (what its volume's virtual size is grown to), rounded up to a sector. */
 export function claimBytes(pvc: object | undefined): number | undefined {
   const s = ((pvc as { status?: unknown } | undefined)?.status as { capacity?: { storage?: string } } | undefined)?.capacity?.storage;

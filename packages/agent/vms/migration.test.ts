@@ -4,10 +4,22 @@
  * mirrored, what cannot move says why.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { Pool } from '../storage/pools.ts';
-import { claimBytes, DIGESTS_ANNOTATION, pinnedImage, planBlockMigration, recordedDigests, runDirDiskFiles, targetVolumes } from './block-migration.ts';
+import {
+  claimBytes,
+  DIGESTS_ANNOTATION,
+  pinMismatches,
+  pinnedImage,
+  planBlockMigration,
+  recordedDigests,
+  runDirDiskFiles,
+  targetVolumes,
+} from './block-migration.ts';
 import { claimPool, liveMigratable, masqueradePod, staleMigrateStatus } from './migration.ts';
 
 const pools = new Map([
@@ -166,4 +178,28 @@ test('the run-directory files of moving disks that are not claims (removed from 
     ]),
     ['scratch.empty.qcow2', 'cd.overlay.qcow2', 'cd.containerdisk.qcow2', 'cd.containerdisk.digest', 'eph.overlay.qcow2'],
   );
+});
+
+test("the source refuses to send when the VMI's recorded digest is not the one its base came from", async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vessel-pin-'));
+  try {
+    await writeFile(join(dir, 'cd.containerdisk.digest'), `${D1}\n`);
+    const disk = (digest: string) => ({ volume: 'cd', kind: 'containerDisk' as const, sync: 'top' as const, image: `x:v1@${digest}` });
+    assert.deepEqual(await pinMismatches([disk(D1)], dir), []);
+    // The record changed since the start (its tenant may write it): the target would pull other bytes.
+    assert.deepEqual(await pinMismatches([disk(D2)], dir), [`volume cd: the target would pull containerDisk digest ${D2}, this node runs ${D1}`]);
+    // A base without its digest file (an older agent pulled it by the image's own digest) and other kinds: nothing to compare.
+    assert.deepEqual(
+      await pinMismatches(
+        [
+          { ...disk(D2), volume: 'old' },
+          { volume: 's', kind: 'emptyDisk', sync: 'full' },
+        ],
+        dir,
+      ),
+      [],
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

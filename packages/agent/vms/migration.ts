@@ -34,6 +34,7 @@ import {
   exportDisks,
   finishMirrors,
   notLeftover,
+  pinMismatches,
   qemusHolding,
   NBD_ANNOTATION,
   planBlockMigration,
@@ -556,6 +557,8 @@ export class VmMigrations {
     const uid = ms.migrationUid;
     const before = (await qmp.execute<{ status: string }>('query-status')).status;
     const disks = this.blockPlan(vmi).disks;
+    const mismatch = ms.startTimestamp ? [] : await pinMismatches(disks, this.host.runDirOf(vmi));
+    if (mismatch.length) throw new Error(mismatch.join('; '));
     // This node's files of the moving claims, removed once the guest runs on the target.
     const sourceFiles = this.sourceFiles(vmi, disks);
     const aborted = () => {
