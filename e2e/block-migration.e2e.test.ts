@@ -168,6 +168,7 @@ after(async () => {
   );
   await c.client.delete(PVC, DATA, { namespace: ns }).catch(() => undefined);
   await c.client.delete(PVC, HOTPLUG, { namespace: ns }).catch(() => undefined);
+  await c.client.delete(DV, GOLDEN, { namespace: ns }).catch(() => undefined);
   await c.close();
 });
 
@@ -332,31 +333,35 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
 
 const CD = 'cdmover';
 const HOTPLUG = `${CD}-hotplug`;
+/** A shared-pool copy of the tiny image, under the guest's ephemeral volume. */
+const GOLDEN = `${CD}-golden`;
+const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
 /**
- * The second guest's writer: its root is a containerDisk (vda), with an emptyDisk of 64 MiB and,
- * once hotplugged, a local-pool claim (sda). One loop writes record i to the emptyDisk (E), to
- * the containerDisk's overlay in the free gap before its first partition (sectors 1024-2023: C,
+ * The second guest's writer: its root is a containerDisk (vda), with an emptyDisk of 64 MiB, an
+ * ephemeral volume over a 1 GiB shared-pool claim and, once hotplugged, a local-pool claim (sda).
+ * One loop writes record i to the emptyDisk (E), to the containerDisk's and the ephemeral
+ * volume's overlays in the free gap before their first partition (sectors 1024-2023: C and P,
  * the first 1000 records) and record h to the hotplugged disk (H) once it is there; every 10 it
  * prints each disk's checksum and the md5 of 1 MiB of the containerDisk's base (8 MiB in, inside
  * the boot partition, which the booted guest never writes), read past the page cache: what the
  * base under its overlay holds.
  */
 const CD_USER_DATA = `#!/bin/sh
-for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && E=/dev/\${d##*/}; done
-echo "VESSEL-DEV $E"
+for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && E=/dev/\${d##*/}; [ "$(cat $d/size)" = 2097152 ] && P=/dev/\${d##*/}; done
+echo "VESSEL-DEV $E $P"
 ${SECTOR_RECORD_SH}
 sum() { echo "VESSEL-SUM-$1 $3 $(dd if=$2 bs=512 skip=$4 count=$3 2>/dev/null | md5sum | cut -d' ' -f1)"; }
 (i=0; h=0; H=
 while true; do
   rec $E $i 0
-  [ $i -lt 1000 ] && rec /dev/vda $i 1024
+  [ $i -lt 1000 ] && rec /dev/vda $i 1024 && rec $P $i 1024
   [ -z "$H" ] && [ -b /dev/sda ] && H=/dev/sda && echo "VESSEL-HOTPLUG $H"
   [ -n "$H" ] && rec $H $h 0 && h=$((h+1))
   i=$((i+1))
   echo "VESSEL-REC $i $h"
   if [ $((i % 10)) = 0 ]; then
     sum E $E $i 0
-    [ $i -le 1000 ] && sum C /dev/vda $i 1024
+    [ $i -le 1000 ] && sum C /dev/vda $i 1024 && sum P $P $i 1024
     [ -n "$H" ] && sum H $H $h 0
     echo "VESSEL-BASESUM $(echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M skip=8 count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
   fi
@@ -368,7 +373,7 @@ const cdStatus = async () =>
     (Obj & { status?: VmiStatus; metadata: { annotations?: Record<string, string> } }) | undefined;
 
 test(
-  'a containerDisk, an emptyDisk and a hotplugged local claim move with the guest; the containerDisk by the digest it booted from, although its tag moved',
+  'a containerDisk, an emptyDisk, an ephemeral volume and a hotplugged local claim move with the guest; the containerDisk by the digest it booted from, although its tag moved',
   { timeout: 900_000 },
   async () => {
     const t0 = Date.now();
@@ -383,6 +388,21 @@ test(
     delete vm.spec.dataVolumeTemplates;
     t.domain.devices.disks.push({ name: 'scratch', disk: { bus: 'virtio' } });
     t.volumes.push({ name: 'scratch', emptyDisk: { capacity: '64Mi' } });
+    t.domain.devices.disks.push({ name: 'eph', disk: { bus: 'virtio' } });
+    t.volumes.push({ name: 'eph', ephemeral: { persistentVolumeClaim: { claimName: GOLDEN } } });
+    await c.client.create(
+      DV,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataVolume',
+        metadata: { name: GOLDEN, namespace: ns },
+        spec: {
+          sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+          storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+        },
+      },
+      { namespace: ns },
+    );
     await c.client.create(VM, vm as unknown as Obj, { namespace: ns });
     const running = await eventually(
       'the VMI Running and live-migratable',
@@ -506,19 +526,23 @@ test(
     await checkSectorRecords(hp['vessel.io/volume-path'], sumsAfter.h, { what: 'the hotplugged claim' });
     const c1 = sectorSums(await srcLog(), 'C').at(-1)!;
     await checkSectorRecords(join(runDirTarget, 'root.overlay.qcow2'), c1, { first: 1024, what: "the containerDisk's overlay" });
+    const p1 = sectorSums(await srcLog(), 'P').at(-1)!;
+    await checkSectorRecords(join(runDirTarget, 'eph.overlay.qcow2'), p1, { first: 1024, what: "the ephemeral volume's overlay" });
     // The hotplugged disk stays attached on the target.
     const vs = ((await cdStatus())?.status as { volumeStatus?: { name: string; phase?: string }[] } | undefined)?.volumeStatus ?? [];
     assert.equal(vs.find((v) => v.name === HOTPLUG)?.phase, 'Ready', JSON.stringify(vs));
     // The source's copies go once its QEMU has quit.
     for (const f of [
       hotplugSource,
-      ...['scratch.empty.qcow2', 'root.overlay.qcow2', 'root.containerdisk.qcow2', 'root.containerdisk.digest'].map((n) => join(runDirSource!, n)),
+      ...['scratch.empty.qcow2', 'root.overlay.qcow2', 'root.containerdisk.qcow2', 'root.containerdisk.digest', 'eph.overlay.qcow2'].map((n) =>
+        join(runDirSource!, n),
+      ),
     ])
       await eventually(`${f} removed`, async () => ((await exists(f)) ? undefined : true), 60_000);
     const ms = done.migrationState!;
     console.log(
-      `figures: containerDisk + emptyDisk + hotplugged claim migration ${source} → ${target}: ${took} ms from create to Succeeded, ` +
-        `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; records checked: ${sumsAfter.e.n} emptyDisk, ${sumsAfter.h.n} hotplugged, ${c1.n} overlay; the test ${Date.now() - t0} ms`,
+      `figures: containerDisk + emptyDisk + ephemeral + hotplugged claim migration ${source} → ${target}: ${took} ms from create to Succeeded, ` +
+        `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; records checked: ${sumsAfter.e.n} emptyDisk, ${sumsAfter.h.n} hotplugged, ${c1.n} containerDisk overlay, ${p1.n} ephemeral overlay; the test ${Date.now() - t0} ms`,
     );
   },
 );
