@@ -9,10 +9,13 @@
  * data claim, and whose target agent "crashes" (an injected fault) after the switch, before it
  * records the claims: the records on the target's file are contiguous and match the guest's
  * checksum, the source's files are gone, the claims name the target node and its files
- * (repaired by the target's next reconcile), and the guest never rebooted.
+ * (repaired by the target's next reconcile), and the guest never rebooted. A second guest on
+ * the same cluster has a containerDisk root (from a docker-registry on loopback), an emptyDisk
+ * and a hotplugged local claim; the containerDisk's tag moves to other bytes before it migrates
+ * (a migration with its digest record changed to the moved tag's is refused by the source): on the target the guest reads the base it booted from, the records on all three disks are
+ * intact, the claim is the target's, and the source's copies are gone.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -21,7 +24,9 @@ import type { ResourceRef } from '@vessel/client';
 import { setFaultHook } from '../packages/agent/faults.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { pushDiskImage, startRegistry, type TestRegistry } from '../packages/agent/storage/testing-registry.ts';
+import { ensureTinyGuest } from '@vessel/guest';
+import { checkSectorRecords, runDirOf, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -49,8 +54,9 @@ type VmiStatus = {
 const USER_DATA = `#!/bin/sh
 for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
 echo "VESSEL-DEV $DEV"
+${SECTOR_RECORD_SH}
 (i=0; while true; do
-  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync,fsync 2>/dev/null
+  rec $DEV $i 0
   echo "VESSEL-REC $i"
   i=$((i+1))
   [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
@@ -61,9 +67,8 @@ let c: TestCluster;
 const agentOf = (name: string) => c.nodes.agents.find((a) => a.nodeName === name)!;
 const vmiStatus = async () => ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
 const recs = (text: string) => [...text.matchAll(/VESSEL-REC (\d+)/g)].map((m) => Number(m[1]));
-const sums = (text: string) => [...text.matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+const sums = (text: string) => sectorSums(text);
 const annotations = async (claim: string) => ((await c.client.get(PVC, claim, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
-const expected = (i: number) => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
 
 function localVm(): Obj {
   const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'local', terminationGracePeriodSeconds: 5 }) as {
@@ -76,10 +81,10 @@ function localVm(): Obj {
   return vm as unknown as Obj;
 }
 
-async function migrate(name: string): Promise<void> {
+async function migrate(name: string, vmiName = NAME): Promise<void> {
   await c.client.create(
     VMIM,
-    { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: NAME } },
+    { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName } },
     { namespace: ns },
   );
 }
@@ -145,19 +150,25 @@ const exists = (p: string) =>
     () => false,
   );
 
+let registry: TestRegistry | undefined;
 before(async () => {
-  c = await startCluster({ nodes: 2 });
+  // The agents pull the containerDisk from the test's registry on loopback.
+  c = await startCluster({ nodes: 2, allowLoopbackImports: true });
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
 after(async () => {
   delete process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC;
   setFaultHook(undefined);
+  await registry?.stop();
   if (!c) return;
   await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
+  await c.client.delete(VM, CD, { namespace: ns }).catch(() => undefined);
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
     () => undefined,
   );
   await c.client.delete(PVC, DATA, { namespace: ns }).catch(() => undefined);
+  await c.client.delete(PVC, HOTPLUG, { namespace: ns }).catch(() => undefined);
+  await c.client.delete(DV, GOLDEN, { namespace: ns }).catch(() => undefined);
   await c.close();
 });
 
@@ -310,30 +321,228 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
   // The source removes its files once its QEMU has quit, after the switch: soon, not at once.
   for (const f of sourceFiles) await eventually(`${f} removed`, async () => ((await exists(f)) ? undefined : true), 60_000);
   // Every record up to the checksum is on the target's file, in order, and their md5 is the guest's.
-  const tmp = await mkdtemp(join(tmpdir(), 'vessel-blockmig-'));
-  try {
-    const raw = join(tmp, 'data.raw');
-    const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', (await annotations(DATA))['vessel.io/volume-path'], raw]);
-    assert.equal(r.code, 0, r.err);
-    const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
-    // Told apart on a bad record: the guest saw the same bytes (its checksum matches: a write lost
-    // in the move) or other ones (the file lags behind its QEMU).
-    const md5 = createHash('md5').update(bytes).digest('hex');
-    for (let i = 0; i < sum.n; i++) {
-      const rec = bytes.subarray(i * 512, i * 512 + 512).toString('latin1');
-      assert.equal(
-        rec.slice(0, expected(i).length),
-        expected(i),
-        `record ${i} of ${sum.n} (${lastOnSource} the last written on the source; the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
-      );
-    }
-    assert.equal(md5, sum.md5, 'the checksum of the records');
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
+  await checkSectorRecords((await annotations(DATA))['vessel.io/volume-path'], sum, {
+    what: `the data disk (${lastOnSource} the last record written on the source)`,
+  });
   const ms = done.migrationState!;
   console.log(
     `figures: local-disk migration ${source} → ${target} (1 GiB root + 64 MiB data, local pool): ${took} ms from create to Succeeded, ` +
       `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; ${sum.n} records checked`,
   );
 });
+
+const CD = 'cdmover';
+const HOTPLUG = `${CD}-hotplug`;
+/** A shared-pool copy of the tiny image, under the guest's ephemeral volume. */
+const GOLDEN = `${CD}-golden`;
+const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
+/**
+ * The second guest's writer: its root is a containerDisk (vda), with an emptyDisk of 64 MiB, an
+ * ephemeral volume over a 1 GiB shared-pool claim and, once hotplugged, a local-pool claim (sda).
+ * One loop writes record i to the emptyDisk (E), to the containerDisk's and the ephemeral
+ * volume's overlays in the free gap before their first partition (sectors 1024-2023: C and P,
+ * the first 1000 records) and record h to the hotplugged disk (H) once it is there; every 10 it
+ * prints each disk's checksum and the md5 of 1 MiB of the containerDisk's base (8 MiB in, inside
+ * the boot partition, which the booted guest never writes), read past the page cache: what the
+ * base under its overlay holds.
+ */
+const CD_USER_DATA = `#!/bin/sh
+for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && E=/dev/\${d##*/}; [ "$(cat $d/size)" = 2097152 ] && P=/dev/\${d##*/}; done
+echo "VESSEL-DEV $E $P"
+${SECTOR_RECORD_SH}
+sum() { echo "VESSEL-SUM-$1 $3 $(dd if=$2 bs=512 skip=$4 count=$3 2>/dev/null | md5sum | cut -d' ' -f1)"; }
+(i=0; h=0; H=
+while true; do
+  rec $E $i 0
+  [ $i -lt 1000 ] && rec /dev/vda $i 1024 && rec $P $i 1024
+  [ -z "$H" ] && [ -b /dev/sda ] && H=/dev/sda && echo "VESSEL-HOTPLUG $H"
+  [ -n "$H" ] && rec $H $h 0 && h=$((h+1))
+  i=$((i+1))
+  echo "VESSEL-REC $i $h"
+  if [ $((i % 10)) = 0 ]; then
+    sum E $E $i 0
+    [ $i -le 1000 ] && sum C /dev/vda $i 1024 && sum P $P $i 1024
+    [ -n "$H" ] && sum H $H $h 0
+    echo "VESSEL-BASESUM $(echo 3 > /proc/sys/vm/drop_caches; dd if=/dev/vda bs=1M skip=8 count=1 2>/dev/null | md5sum | cut -d' ' -f1)"
+  fi
+done) &
+`;
+const baseSums = (text: string) => [...text.matchAll(/VESSEL-BASESUM ([0-9a-f]{32})/g)].map((m) => m[1]);
+const cdStatus = async () =>
+  ((await c.client.get(VMI, CD, { namespace: ns }).catch(() => undefined)) ?? undefined) as
+    (Obj & { status?: VmiStatus; metadata: { annotations?: Record<string, string> } }) | undefined;
+
+test(
+  'a containerDisk, an emptyDisk, an ephemeral volume and a hotplugged local claim move with the guest; the containerDisk by the digest it booted from, although its tag moved',
+  { timeout: 900_000 },
+  async () => {
+    const t0 = Date.now();
+    registry = await startRegistry();
+    const tiny = await ensureTinyGuest();
+    const pushed = await pushDiskImage(registry.url, 'disks/tiny', 'v1', [[{ path: 'disk/disk.qcow2', file: tiny.disk }]], { gzip: false });
+    const vm = tinyVm(CD, { namespace: ns, binding: 'bridge', userData: CD_USER_DATA, terminationGracePeriodSeconds: 5 }) as {
+      spec: { dataVolumeTemplates?: unknown[]; template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
+    };
+    const t = vm.spec.template.spec;
+    t.volumes[0] = { name: 'root', containerDisk: { image: `${registry.url}/disks/tiny:v1` } };
+    delete vm.spec.dataVolumeTemplates;
+    t.domain.devices.disks.push({ name: 'scratch', disk: { bus: 'virtio' } });
+    t.volumes.push({ name: 'scratch', emptyDisk: { capacity: '64Mi' } });
+    t.domain.devices.disks.push({ name: 'eph', disk: { bus: 'virtio' } });
+    t.volumes.push({ name: 'eph', ephemeral: { persistentVolumeClaim: { claimName: GOLDEN } } });
+    await c.client.create(
+      DV,
+      {
+        apiVersion: 'cdi.kubevirt.io/v1beta1',
+        kind: 'DataVolume',
+        metadata: { name: GOLDEN, namespace: ns },
+        spec: {
+          sourceRef: { kind: 'DataSource', name: 'tiny', namespace: 'vessel-images' },
+          storage: { storageClassName: 'shared', resources: { requests: { storage: '1Gi' } } },
+        },
+      },
+      { namespace: ns },
+    );
+    await c.client.create(VM, vm as unknown as Obj, { namespace: ns });
+    const running = await eventually(
+      'the VMI Running and live-migratable',
+      async () => {
+        const v = await cdStatus();
+        const lm = v?.status?.conditions?.find((x) => x.type === 'LiveMigratable');
+        return v?.status?.phase === 'Running' && lm?.status === 'True' ? v : undefined;
+      },
+      600_000,
+    );
+    // The digest it pulled is recorded on the VMI.
+    assert.deepEqual(JSON.parse(running.metadata.annotations?.['vessel.io/containerdisk-digests'] ?? '{}'), { root: pushed.digest });
+    const source = running.status!.nodeName!;
+    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    const srcLog = () => serialLog(agentOf(source).dataDir, ns, CD);
+    await eventually('the guest writing records', async () => (baseSums(await srcLog()).length > 0 ? true : undefined), 600_000);
+
+    // A local-pool claim made on the VM's node, hotplugged.
+    await c.client.create(
+      PVC,
+      {
+        apiVersion: 'v1',
+        kind: 'PersistentVolumeClaim',
+        metadata: { name: HOTPLUG, namespace: ns, annotations: { 'volume.kubernetes.io/selected-node': source } },
+        spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '32Mi' } } },
+      },
+      { namespace: ns },
+    );
+    await eventually(
+      `claim ${HOTPLUG} Bound`,
+      async () => (((await c.client.get(PVC, HOTPLUG, { namespace: ns })).status as { phase?: string } | undefined)?.phase === 'Bound' ? true : undefined),
+      120_000,
+    );
+    await c.client.request('PUT', `/apis/subresources.kubevirt.io/v1/namespaces/${ns}/virtualmachineinstances/${CD}/addvolume`, {
+      body: {
+        name: HOTPLUG,
+        disk: { name: HOTPLUG, disk: { bus: 'scsi' } },
+        volumeSource: { persistentVolumeClaim: { claimName: HOTPLUG, hotpluggable: true } },
+      },
+    });
+    await eventually('records on the hotplugged disk', async () => (sectorSums(await srcLog(), 'H').length > 0 ? true : undefined), 300_000);
+    const hotplugSource = (await annotations(HOTPLUG))['vessel.io/volume-path'];
+    assert.ok(hotplugSource.startsWith(agentOf(source).dataDir), hotplugSource);
+    const runDirSource = await runDirOf(agentOf(source).dataDir, ns, CD);
+    assert.ok(runDirSource);
+
+    // The tag moves: the same disk with other bytes where the guest reads its base.
+    const work = await mkdtemp(join(tmpdir(), 'vessel-retag-'));
+    let moved: { digest: string };
+    try {
+      const over = join(work, 'over.qcow2');
+      const other = join(work, 'other.qcow2');
+      for (const [cmd, args] of [
+        ['qemu-img', ['create', '-q', '-f', 'qcow2', '-b', tiny.disk, '-F', 'qcow2', over]],
+        ['qemu-io', ['-c', 'write -q -P 0x5a 8M 1M', over]],
+        ['qemu-img', ['convert', '-O', 'qcow2', over, other]],
+      ] as const) {
+        const r = await run(cmd, [...args]);
+        assert.equal(r.code, 0, r.err);
+      }
+      moved = await pushDiskImage(registry.url, 'disks/tiny', 'v1', [[{ path: 'disk/disk.qcow2', file: other }]], { gzip: false });
+    } finally {
+      await rm(work, { recursive: true, force: true });
+    }
+    assert.notEqual(moved.digest, pushed.digest);
+    // The digest record changed since the start (its tenant may write it): the source refuses to
+    // send rather than have the overlay go over other bytes; the target's copies go.
+    const digests = (root: string) => ({ metadata: { annotations: { 'vessel.io/containerdisk-digests': JSON.stringify({ root }) } } });
+    await c.client.patch(VMI, CD, digests(moved.digest), { namespace: ns });
+    await migrate('cd-tampered', CD);
+    const refused = await finished('cd-tampered');
+    assert.equal(refused.phase, 'Failed');
+    assert.match(refused.migrationState?.failureReason ?? '', /the target would pull containerDisk digest sha256:[0-9a-f]+, this node runs sha256:/);
+    assert.equal((await cdStatus())?.status?.nodeName, source);
+    const failedTarget = await runDirOf(agentOf(target).dataDir, ns, CD);
+    if (failedTarget)
+      for (const f of ['scratch.empty.qcow2', 'root.containerdisk.qcow2'])
+        await eventually(`the failed target's ${f} removed`, async () => ((await exists(join(failedTarget, f))) ? undefined : true), 60_000);
+    await c.client.patch(VMI, CD, digests(pushed.digest), { namespace: ns });
+    const baseBefore = baseSums(await srcLog()).at(-1)!;
+
+    const t1 = Date.now();
+    await migrate('cd-ok', CD);
+    const done = await finished('cd-ok');
+    const took = Date.now() - t1;
+    assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+    const last = Number([...(await srcLog()).matchAll(/VESSEL-REC (\d+)/g)].at(-1)![1]);
+    const tgtLog = () => serialLog(agentOf(target).dataDir, ns, CD);
+    // Checksums printed on the target after the move, for both disks that keep being written.
+    const sumsAfter = await eventually(
+      'checksums printed on the target after the move',
+      async () => {
+        const log = await tgtLog();
+        const e = sectorSums(log, 'E').find((x) => x.n > last + 1);
+        const h = e && sectorSums(log, 'H').at(-1);
+        // The base's checksum comes last in each round.
+        const base = baseSums(log);
+        return e && h && base.length ? { e, h, base } : undefined;
+      },
+      180_000,
+    );
+    const log = await tgtLog();
+    assert.ok(!log.includes('VESSEL-DEV'), 'the guest did not boot again on the target');
+    // The base under the overlay is the one it booted from, not the moved tag's.
+    assert.ok(sumsAfter.base.length > 0);
+    for (const b of sumsAfter.base) assert.equal(b, baseBefore, "the containerDisk's base read on the target");
+    const runDirTarget = (await runDirOf(agentOf(target).dataDir, ns, CD))!;
+    assert.equal((await readFile(join(runDirTarget, 'root.containerdisk.digest'), 'utf8')).trim(), pushed.digest);
+    // The records: the emptyDisk's and the hotplugged claim's files on the target (still written
+    // to), and the containerDisk's overlay (its records all written on the source).
+    await checkSectorRecords(join(runDirTarget, 'scratch.empty.qcow2'), sumsAfter.e, { what: `the emptyDisk (${last} records on the source)` });
+    const hp = await eventually(
+      `claim ${HOTPLUG} recorded on the target`,
+      async () => {
+        const a = await annotations(HOTPLUG);
+        return a['volume.kubernetes.io/selected-node'] === target ? a : undefined;
+      },
+      60_000,
+    );
+    assert.ok(hp['vessel.io/volume-path'].startsWith(join(agentOf(target).dataDir, 'pools', 'local', ns)), hp['vessel.io/volume-path']);
+    await checkSectorRecords(hp['vessel.io/volume-path'], sumsAfter.h, { what: 'the hotplugged claim' });
+    const c1 = sectorSums(await srcLog(), 'C').at(-1)!;
+    await checkSectorRecords(join(runDirTarget, 'root.overlay.qcow2'), c1, { first: 1024, what: "the containerDisk's overlay" });
+    const p1 = sectorSums(await srcLog(), 'P').at(-1)!;
+    await checkSectorRecords(join(runDirTarget, 'eph.overlay.qcow2'), p1, { first: 1024, what: "the ephemeral volume's overlay" });
+    // The hotplugged disk stays attached on the target.
+    const vs = ((await cdStatus())?.status as { volumeStatus?: { name: string; phase?: string }[] } | undefined)?.volumeStatus ?? [];
+    assert.equal(vs.find((v) => v.name === HOTPLUG)?.phase, 'Ready', JSON.stringify(vs));
+    // The source's copies go once its QEMU has quit.
+    for (const f of [
+      hotplugSource,
+      ...['scratch.empty.qcow2', 'root.overlay.qcow2', 'root.containerdisk.qcow2', 'root.containerdisk.digest', 'eph.overlay.qcow2'].map((n) =>
+        join(runDirSource!, n),
+      ),
+    ])
+      await eventually(`${f} removed`, async () => ((await exists(f)) ? undefined : true), 60_000);
+    const ms = done.migrationState!;
+    console.log(
+      `figures: containerDisk + emptyDisk + ephemeral + hotplugged claim migration ${source} → ${target}: ${took} ms from create to Succeeded, ` +
+        `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; records checked: ${sumsAfter.e.n} emptyDisk, ${sumsAfter.h.n} hotplugged, ${c1.n} containerDisk overlay, ${p1.n} ephemeral overlay; the test ${Date.now() - t0} ms`,
+    );
+  },
+);

@@ -113,10 +113,14 @@ export interface TestCluster extends Vessel {
  * the namespaces even when something failed.
  */
 export async function startCluster(
-  opts: { nodes: number; nncpProbeTimeoutMs?: number; qemuPriority?: QemuPriority; reservedCpus?: readonly (string | undefined)[] } & Omit<
-    VesselOptions,
-    'agent'
-  >,
+  opts: {
+    nodes: number;
+    nncpProbeTimeoutMs?: number;
+    qemuPriority?: QemuPriority;
+    reservedCpus?: readonly (string | undefined)[];
+    /** The agents may pull from the test's loopback registries (containerDisks, imports). */
+    allowLoopbackImports?: boolean;
+  } & Omit<VesselOptions, 'agent'>,
 ): Promise<TestCluster> {
   const v = await startVessel(opts);
   let nodes: DevNodes;
@@ -128,6 +132,7 @@ export async function startCluster(
       nncpProbeTimeoutMs: opts.nncpProbeTimeoutMs,
       qemuPriority: opts.qemuPriority,
       reservedCpus: opts.reservedCpus,
+      allowLoopbackImports: opts.allowLoopbackImports,
       log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
     });
   } catch (e) {

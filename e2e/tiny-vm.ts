@@ -2,12 +2,19 @@
  * VirtualMachines of the tiny test guest for end-to-end tests, and readers of what it prints:
  * its root disk is a linked clone of the `tiny` golden image; user data `#!/bin/sh` scripts run
  * at boot with their output on the console; `VESSEL-COUNTER n` is the on-disk counter; recordWriter's
- * script writes numbered records to a disk's slots (the warm-copy tests).
+ * script writes numbered records to a disk's slots (the warm-copy tests); sector records and
+ * their check are the local-disk migration tests'.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { promisify } from 'node:util';
 
 type Obj = Record<string, unknown>;
+const execFileP = promisify(execFile);
 
 export interface TinyVmOptions {
   namespace?: string;
@@ -141,3 +148,45 @@ export const recordText = (n: number): string => `VESSEL-REC ${String(n).padStar
 /** What slot of record `n` holds in the disk's raw bytes (compare with recordText(n)). */
 export const recordSlot = (disk: Buffer, n: number): string =>
   disk.subarray((n % RECORD_SLOTS) * RECORD_SLOT_BYTES, (n % RECORD_SLOTS) * RECORD_SLOT_BYTES + 20).toString('latin1');
+
+/**
+ * Sector records (the local-disk migration tests): record i (`REC i <hash of i>`, padded to
+ * 512 bytes) lies at sector `first + i` of a disk, flushed there by the guest (`dd conv=fsync`),
+ * which prints every 25 records `VESSEL-SUM[-tag] n md5` of the n sectors written so far.
+ */
+export const sectorRecord = (i: number): string => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
+
+/** The shell function `rec DEV I FIRST` that writes record I at sector FIRST+I of DEV, flushed (the guest side of sectorRecord). */
+export const SECTOR_RECORD_SH = `rec() { printf 'REC %08d %s\\n' $2 "$(echo $2 | md5sum | cut -c1-16)" | dd of=$1 bs=512 seek=$(($3 + $2)) conv=notrunc,sync,fsync 2>/dev/null; }`;
+
+/** The checksums `VESSEL-SUM[-tag] n md5` the guest printed, in order. */
+export const sectorSums = (text: string, tag = ''): { n: number; md5: string }[] =>
+  [...text.matchAll(new RegExp(`VESSEL-SUM${tag ? `-${tag}` : ''} (\\d+) ([0-9a-f]{32})`, 'g'))].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+
+/**
+ * Checks a qcow2 file (read with `qemu-img convert -U` beside its running QEMU) against a
+ * checksum the guest printed: records 0..n-1 at sectors first.., in order, their md5 the
+ * guest's. Throws (an AssertionError) naming the first bad record and whether the guest's
+ * checksum matches the file's (a write lost in the move) or not (the file lags its QEMU).
+ */
+export async function checkSectorRecords(file: string, sum: { n: number; md5: string }, opts: { first?: number; what?: string } = {}): Promise<void> {
+  const tmp = await mkdtemp(join(tmpdir(), 'vessel-records-'));
+  try {
+    const raw = join(tmp, 'disk.raw');
+    await execFileP('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
+    const first = (opts.first ?? 0) * 512;
+    const bytes = (await readFile(raw)).subarray(first, first + sum.n * 512);
+    const md5 = createHash('md5').update(bytes).digest('hex');
+    for (let i = 0; i < sum.n; i++) {
+      const rec = bytes.subarray(i * 512, i * 512 + sectorRecord(i).length).toString('latin1');
+      assert.equal(
+        rec,
+        sectorRecord(i),
+        `${opts.what ?? file}: record ${i} of ${sum.n} (the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
+      );
+    }
+    assert.equal(md5, sum.md5, `${opts.what ?? file}: the md5 of ${sum.n} records is the guest's`);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}

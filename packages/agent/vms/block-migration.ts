@@ -7,18 +7,26 @@
  * its devices not yet handed over) ends the mirrors, which copies what is left, so the target's
  * copy is the disk the guest stops with. Moving disks: local-pool claims (a full copy),
  * emptyDisks (full), containerDisk and ephemeral overlays (only the overlay: the target makes
- * the same base itself).
+ * the same base itself: a containerDisk pulled by the digest the source recorded, so a tag moved
+ * since cannot give the target other bytes under the guest's overlay).
  */
 import { readdir, readFile, readlink, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
-import { parseQuantity, storage } from '@vessel/api';
+import { IMAGE_DIGEST_RE, parseQuantity, storage } from '@vessel/api';
 import { blockNodeNames } from '../qemu/argv.ts';
 import type { QmpClient } from '../qmp/client.ts';
 import * as qemuImg from '../storage/qemu-img.ts';
 
 /** The VMI annotation where the target publishes its NBD server: `{"migrationUid", "address"}` (migrationState's unknown fields are pruned). */
 export const NBD_ANNOTATION = 'vessel.io/migration-nbd';
+/**
+ * The VMI annotation where the node that pulled its containerDisks records each one's manifest
+ * digest (`{"<volume>": "sha256:..."}`): a migration's target pulls that digest, not the tag.
+ * **Deviation:** KubeVirt takes the digest from the source pod's containerStatuses (imageID);
+ * Vessel has no pods, and the API prunes unknown status fields.
+ */
+export const DIGESTS_ANNOTATION = 'vessel.io/containerdisk-digests';
 /** Prefix of the source's mirror job ids and NBD client node names (a stateless clean-up finds them by it). */
 const JOB_PREFIX = 'vslmig-';
 const POLL_MS = 200;
@@ -48,6 +56,8 @@ export interface MovingDisk {
   claim?: string;
   /** `full`: the whole disk (the target's is blank); `top`: only the overlay, the target has the same base. */
   sync: 'full' | 'top';
+  /** A containerDisk's image reference pinned to the digest the source runs (`repo[:tag]@sha256:...`): what the target pulls. */
+  image?: string;
 }
 
 export interface BlockPlan {
@@ -63,6 +73,7 @@ export interface BlockPlan {
 export function planBlockMigration(
   spec: V1VirtualMachineInstanceSpec,
   poolOfClaim: (claim: string) => { name: string; shared: boolean } | undefined,
+  digests: Readonly<Record<string, string>> = {},
 ): BlockPlan {
   const disks: MovingDisk[] = [];
   const refused: string[] = [];
@@ -77,8 +88,14 @@ export function planBlockMigration(
     } else if (v.emptyDisk) {
       disks.push({ volume: v.name, kind: 'emptyDisk', sync: 'full' });
     } else if (v.containerDisk) {
-      // The target pulls the same image: only the guest's writes (the overlay) cross.
-      disks.push({ volume: v.name, kind: 'containerDisk', sync: 'top' });
+      // The target pulls the same image, by digest: only the guest's writes (the overlay) cross.
+      // A tag alone could name other bytes by then, under an overlay made for these.
+      const image = pinnedImage(v.containerDisk.image, digests[v.name]);
+      if (image) disks.push({ volume: v.name, kind: 'containerDisk', sync: 'top', image });
+      else
+        refused.push(
+          `volume ${v.name}: the digest of containerDisk image ${v.containerDisk.image} is not recorded (${DIGESTS_ANNOTATION}), so the target could pull other bytes under its tag: restart the VM, or name the image by digest (@sha256:...)`,
+        );
     } else if (v.ephemeral) {
       const base = v.ephemeral.persistentVolumeClaim?.claimName ?? '';
       const pool = poolOfClaim(base);
@@ -90,6 +107,64 @@ export function planBlockMigration(
     }
   }
   return { disks, refused };
+}
+
+/**
+ * The image reference a migration's target pulls: the image itself when it names a digest, else
+ * the image pinned to `digest` (the one the source pulled; the tag stays for the reader, the
+ * digest wins); undefined when neither.
+ */
+export function pinnedImage(image: string, digest: string | undefined): string | undefined {
+  const at = image.lastIndexOf('@');
+  if (at >= 0) return IMAGE_DIGEST_RE.test(image.slice(at + 1)) ? image : undefined;
+  return digest && IMAGE_DIGEST_RE.test(digest) ? `${image}@${digest}` : undefined;
+}
+
+/** The containerDisk digests recorded on a VMI (DIGESTS_ANNOTATION); entries that are not digests are dropped. */
+export function recordedDigests(annotations: Readonly<Record<string, string>> | undefined): Record<string, string> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(annotations?.[DIGESTS_ANNOTATION] ?? '{}');
+  } catch {
+    return {};
+  }
+  if (!raw || typeof raw !== 'object' || Array.isArray(raw)) return {};
+  return Object.fromEntries(Object.entries(raw).filter((e): e is [string, string] => typeof e[1] === 'string' && IMAGE_DIGEST_RE.test(e[1])));
+}
+
+/**
+ * The files in the VMI's run directory (prepare.ts names them) that hold the moving disks that
+ * are not claims: the emptyDisk, the overlays, a containerDisk's pulled base and its digest. The
+ * source removes them once the guest runs on the target; a target whose guest did not arrive too.
+ */
+export function runDirDiskFiles(disks: readonly MovingDisk[]): string[] {
+  return disks.flatMap((d) =>
+    d.kind === 'emptyDisk'
+      ? [`${d.volume}.empty.qcow2`]
+      : d.kind === 'containerDisk'
+        ? [`${d.volume}.overlay.qcow2`, `${d.volume}.containerdisk.qcow2`, `${d.volume}.containerdisk.digest`]
+        : d.kind === 'ephemeral'
+          ? [`${d.volume}.overlay.qcow2`]
+          : [],
+  );
+}
+
+/**
+ * Source, before it sends: each moving containerDisk whose pinned digest (the VMI's record, what
+ * the target pulls) is not the one this node's base came from (its digest file in `runDir`), one
+ * sentence each. The record is on an object its tenant may write: one changed since the start would
+ * put the guest's overlay over other bytes on the target, so the migration fails instead.
+ */
+export async function pinMismatches(disks: readonly MovingDisk[], runDir: string): Promise<string[]> {
+  const out: string[] = [];
+  for (const d of disks) {
+    if (d.kind !== 'containerDisk' || !d.image) continue;
+    const pinned = d.image.slice(d.image.lastIndexOf('@') + 1);
+    const here = (await readFile(join(runDir, `${d.volume}.containerdisk.digest`), 'utf8').catch(() => '')).trim();
+    // No file: a base an older agent pulled, which only an image named by digest makes movable.
+    if (here && here !== pinned) out.push(`volume ${d.volume}: the target would pull containerDisk digest ${pinned}, this node runs ${here}`);
+  }
+  return out;
 }
 
 /** A claim's size in bytes from its status.capacity (what its volume's virtual size is grown to), rounded up to a sector. */

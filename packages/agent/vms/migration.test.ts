@@ -4,10 +4,22 @@
  * mirrored, what cannot move says why.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import type { V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { Pool } from '../storage/pools.ts';
-import { claimBytes, planBlockMigration, targetVolumes } from './block-migration.ts';
+import {
+  claimBytes,
+  DIGESTS_ANNOTATION,
+  pinMismatches,
+  pinnedImage,
+  planBlockMigration,
+  recordedDigests,
+  runDirDiskFiles,
+  targetVolumes,
+} from './block-migration.ts';
 import { claimPool, liveMigratable, masqueradePod, staleCopyClaims, staleMigrateStatus } from './migration.ts';
 
 const pools = new Map([
@@ -15,6 +27,8 @@ const pools = new Map([
   ['local', { name: 'local', shared: false }],
 ]);
 const pvc = (pool?: string) => ({ metadata: { name: 'x', annotations: (pool ? { 'vessel.io/pool': pool } : {}) as Record<string, string> } });
+const D1 = `sha256:${'1'.repeat(64)}`;
+const D2 = `sha256:${'2'.repeat(64)}`;
 const spec = (volumes: unknown[]) => ({ domain: { devices: {} }, volumes }) as unknown as V1VirtualMachineInstanceSpec;
 
 test('shared-pool claims and cloud-init are live-migratable and copy nothing', () => {
@@ -37,10 +51,11 @@ test('local-pool claims, containerDisk, emptyDisk and ephemeral over a shared cl
     { name: 'ci', cloudInitNoCloud: { userData: '#!/bin/sh' } },
   ]);
   const poolOf = (claim: string) => claimPool(pvc(claim === 'golden' ? 'shared' : 'local'), pools);
-  assert.equal(liveMigratable(s, poolOf).status, 'True');
-  assert.deepEqual(planBlockMigration(s, poolOf).disks, [
+  const digests = { cd: D1 };
+  assert.equal(liveMigratable(s, poolOf, digests).status, 'True');
+  assert.deepEqual(planBlockMigration(s, poolOf, digests).disks, [
     { volume: 'root', kind: 'claim', claim: 'root-dv', sync: 'full' },
-    { volume: 'cd', kind: 'containerDisk', sync: 'top' },
+    { volume: 'cd', kind: 'containerDisk', sync: 'top', image: `x@${D1}` },
     { volume: 'scratch', kind: 'emptyDisk', sync: 'full' },
     { volume: 'eph', kind: 'ephemeral', sync: 'top' },
   ]);
@@ -147,4 +162,69 @@ test('after a migration away, the moving claims recorded on another node are sta
     staleCopyClaims(disks.slice(0, 1), (c) => claims[c], 'node-2'),
     { stale: [], waiting: ['moved'] },
   );
+});
+
+test('a containerDisk moves pinned to the digest the source pulled; by tag alone it is not live-migratable', () => {
+  const s = spec([
+    { name: 'tagged', containerDisk: { image: 'registry.example:5000/disks/tiny:v1' } },
+    { name: 'bydigest', containerDisk: { image: `registry.example:5000/disks/tiny@${D2}` } },
+  ]);
+  const poolOf = () => undefined;
+  // The source recorded what it pulled: the target pulls that digest (the tag stays for the reader).
+  assert.deepEqual(planBlockMigration(s, poolOf, { tagged: D1 }), {
+    disks: [
+      { volume: 'tagged', kind: 'containerDisk', sync: 'top', image: `registry.example:5000/disks/tiny:v1@${D1}` },
+      // An image named by digest is pinned already; a digest recorded for it does not change it.
+      { volume: 'bydigest', kind: 'containerDisk', sync: 'top', image: `registry.example:5000/disks/tiny@${D2}` },
+    ],
+    refused: [],
+  });
+  // Nothing recorded (a VMI started by an older agent): the tag could have moved, so no migration.
+  const c = liveMigratable(s, poolOf, {});
+  assert.equal(c.status, 'False');
+  assert.equal(c.reason, 'DisksNotLiveMigratable');
+  assert.match(c.message, /^volume tagged: the digest of containerDisk image registry.example:5000\/disks\/tiny:v1 is not recorded/);
+  assert.doesNotMatch(c.message, /bydigest/);
+  // What is read from the annotation: only digests.
+  assert.deepEqual(recordedDigests({ [DIGESTS_ANNOTATION]: JSON.stringify({ tagged: D1, bad: 'latest', worse: 7 }) }), { tagged: D1 });
+  assert.deepEqual(recordedDigests({ [DIGESTS_ANNOTATION]: '{not json' }), {});
+  assert.deepEqual(recordedDigests(undefined), {});
+  assert.equal(pinnedImage('x:v1', 'sha256:short'), undefined);
+  assert.equal(pinnedImage('x@sha256:short', D1), undefined);
+});
+
+test('the run-directory files of moving disks that are not claims (removed from the source after the move)', () => {
+  assert.deepEqual(
+    runDirDiskFiles([
+      { volume: 'root', kind: 'claim', claim: 'r', sync: 'full' },
+      { volume: 'scratch', kind: 'emptyDisk', sync: 'full' },
+      { volume: 'cd', kind: 'containerDisk', sync: 'top', image: `x@${D1}` },
+      { volume: 'eph', kind: 'ephemeral', sync: 'top' },
+    ]),
+    ['scratch.empty.qcow2', 'cd.overlay.qcow2', 'cd.containerdisk.qcow2', 'cd.containerdisk.digest', 'eph.overlay.qcow2'],
+  );
+});
+
+test("the source refuses to send when the VMI's recorded digest is not the one its base came from", async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vessel-pin-'));
+  try {
+    await writeFile(join(dir, 'cd.containerdisk.digest'), `${D1}\n`);
+    const disk = (digest: string) => ({ volume: 'cd', kind: 'containerDisk' as const, sync: 'top' as const, image: `x:v1@${digest}` });
+    assert.deepEqual(await pinMismatches([disk(D1)], dir), []);
+    // The record changed since the start (its tenant may write it): the target would pull other bytes.
+    assert.deepEqual(await pinMismatches([disk(D2)], dir), [`volume cd: the target would pull containerDisk digest ${D2}, this node runs ${D1}`]);
+    // A base without its digest file (an older agent pulled it by the image's own digest) and other kinds: nothing to compare.
+    assert.deepEqual(
+      await pinMismatches(
+        [
+          { ...disk(D2), volume: 'old' },
+          { volume: 's', kind: 'emptyDisk', sync: 'full' },
+        ],
+        dir,
+      ),
+      [],
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

@@ -35,10 +35,13 @@ import {
   exportDisks,
   finishMirrors,
   notLeftover,
+  pinMismatches,
   qemusHolding,
   NBD_ANNOTATION,
   planBlockMigration,
+  recordedDigests,
   removeFiles,
+  runDirDiskFiles,
   startMirrors,
   stopExports,
   targetVolumes,
@@ -84,8 +87,9 @@ export interface LiveMigratableCondition {
 export function liveMigratable(
   spec: V1VirtualMachineInstanceSpec,
   poolOfClaim: (claim: string) => { name: string; shared: boolean } | undefined,
+  digests: Readonly<Record<string, string>> = {},
 ): LiveMigratableCondition {
-  const why = planBlockMigration(spec, poolOfClaim).refused;
+  const why = planBlockMigration(spec, poolOfClaim, digests).refused;
   return why.length
     ? { type: 'LiveMigratable', status: 'False', reason: 'DisksNotLiveMigratable', message: why.join('; ') }
     : { type: 'LiveMigratable', status: 'True', reason: '', message: '' };
@@ -175,9 +179,10 @@ export interface MigrationHost {
   runDirOf(vmi: KubeObject): string;
   /**
    * Prepares the VMI as for a start and launches its QEMU waiting for the guest (`-incoming
-   * defer`), the claims of `volumePaths` (volume → file) on those files; throws what fails.
+   * defer`), the claims of `volumePaths` (volume → file) on those files, the containerDisks of
+   * `images` (volume → image pinned to the source's digest) pulled from there; throws what fails.
    */
-  launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>): Promise<void>;
+  launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>, images?: Record<string, string>): Promise<void>;
   /** This node's storage pools: where a target makes its copies of moving claims. */
   pools: ReadonlyMap<string, Pool>;
   /** A claim from the agent's cache. */
@@ -433,7 +438,12 @@ export class VmMigrations {
       await createTargetVolumes(volumes, t.made, async (v) =>
         notLeftover(v.path, this.host.claim(ns, v.claim), this.host.nodeName, await qemusHolding(v.path)),
       );
-      await this.host.launchIncoming(vmi, t.runDir, Object.fromEntries(volumes.map((v) => [v.volume, v.path])));
+      await this.host.launchIncoming(
+        vmi,
+        t.runDir,
+        Object.fromEntries(volumes.map((v) => [v.volume, v.path])),
+        Object.fromEntries(plan.disks.filter((d) => d.image).map((d) => [d.volume, d.image!])),
+      );
       await faultDelay('migration:target-launched');
       faultPoint('migration:target-launched');
       // Ended while QEMU was starting (an abort): the QEMU just started goes too.
@@ -614,8 +624,10 @@ export class VmMigrations {
     if (t.made.length && (t.postcopy || (ms?.migrationUid === t.migrationUid && ms.mode === 'PostCopy'))) {
       this.host.log(`migration: ${key}: post-copy did not complete: the target's copies of the local disks are kept (${t.made.join(', ')})`);
     } else {
-      // The copies of node-local disks made for a guest that did not arrive.
-      await removeFiles(t.made).catch((e: Error) => this.host.log(`migration: ${key}: removing the target's volumes: ${e.message}`));
+      // The copies of node-local disks made for a guest that did not arrive (claims', and the run directory's).
+      await removeFiles([...t.made, ...runDirDiskFiles(t.disks).map((f) => join(t.runDir, f))]).catch((e: Error) =>
+        this.host.log(`migration: ${key}: removing the target's volumes: ${e.message}`),
+      );
     }
     this.host.log(`migration: ${key}: target QEMU ended`);
   }
@@ -626,6 +638,8 @@ export class VmMigrations {
     const uid = ms.migrationUid;
     const before = (await qmp.execute<{ status: string }>('query-status')).status;
     const disks = this.blockPlan(vmi).disks;
+    const mismatch = ms.startTimestamp ? [] : await pinMismatches(disks, this.host.runDirOf(vmi));
+    if (mismatch.length) throw new Error(mismatch.join('; '));
     // This node's files of the moving claims, removed once the guest runs on the target.
     const sourceFiles = this.sourceFiles(vmi, disks);
     const aborted = () => {
@@ -689,7 +703,7 @@ export class VmMigrations {
       // The final figures are not waited for: the switch-over's write comes first.
       if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
       else progress.tick(info);
-      if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles);
+      if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles, disks);
       if (status === 'pre-switchover' && !continued) {
         // The guest is paused (precopy done, or post-copy starting): the mirrors copy what is left
         // and end, then the devices go over. Only then may the target run the guest.
@@ -786,7 +800,14 @@ export class VmMigrations {
   }
 
   /** The target runs the guest: the VMI says so, then the source QEMU (in postmigrate) goes. */
-  private async switchOver(vmi: KubeObject, uid: string, target: string, info: QueryMigrate, sourceFiles: { pool: Pool; path: string }[]): Promise<void> {
+  private async switchOver(
+    vmi: KubeObject,
+    uid: string,
+    target: string,
+    info: QueryMigrate,
+    sourceFiles: { pool: Pool; path: string }[],
+    disks: readonly MovingDisk[],
+  ): Promise<void> {
     const key = keyOf(vmi);
     this.host.releaseSource(key);
     this.host.log(`migration: ${key}: the transfer completed; recording the switch to ${target}`);
@@ -833,12 +854,21 @@ export class VmMigrations {
     for (const f of sourceFiles) {
       await f.pool.deleteVolume(f.path).catch((e: Error) => this.host.log(`migration: ${key}: removing ${f.path}: ${e.message}`));
     }
+    // Its emptyDisks, overlays and containerDisk bases too (the run directory stays while the VMI lives).
+    const runDir = this.host.runDirOf(vmi);
+    await removeFiles(runDirDiskFiles(disks).map((f) => join(runDir, f))).catch((e: Error) =>
+      this.host.log(`migration: ${key}: removing the run directory's disks: ${e.message}`),
+    );
   }
 
   /** Which of the VMI's disks move over NBD, from this node's view of its claims and pools. */
   private blockPlan(vmi: KubeObject) {
     const ns = vmi.metadata.namespace!;
-    return planBlockMigration(vmi.spec as V1VirtualMachineInstanceSpec, (claim) => claimPool(this.host.claim(ns, claim), this.host.pools));
+    return planBlockMigration(
+      vmi.spec as V1VirtualMachineInstanceSpec,
+      (claim) => claimPool(this.host.claim(ns, claim), this.host.pools),
+      recordedDigests(vmi.metadata.annotations),
+    );
   }
 
   /** The node-local pool of this node a claim's volume is in (by the pool name it records). */

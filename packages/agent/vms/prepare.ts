@@ -5,7 +5,7 @@
  * cloud-init as a seed ISO), the UEFI variable store, and the network backends.
  * Problems come back as `PrepareError`s that say which volume and why.
  */
-import { copyFile, mkdir, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { V1VirtualMachineInstanceSpec, V1Volume } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { parseQuantity, storage, refs } from '@vessel/api';
@@ -86,6 +86,11 @@ export interface PrepareContext {
    * files, the blank copies the agent made at paths it derived, instead of the claims' recorded files.
    */
   volumePaths?: Record<string, string>;
+  /**
+   * A live migration's target: containerDisk images (by volume name) pinned to the digest the
+   * source runs (block-migration.ts pinnedImage), pulled instead of the spec's reference.
+   */
+  containerDiskImages?: Record<string, string>;
 }
 
 type Vmi = { metadata: { name: string; namespace: string; uid?: string; ownerReferences?: unknown }; spec: V1VirtualMachineInstanceSpec };
@@ -211,10 +216,23 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
     return { path, format: 'qcow2' };
   }
   if (vol.containerDisk) {
-    // Pulled once per VMI (kept while it lives, across guest reboots), with a fresh overlay per start.
+    // Pulled once per VMI (kept while it lives, across guest reboots), with a fresh overlay per
+    // start; the manifest digest it came from is kept beside it (what a migration pins).
     const base = join(runDir, `${vol.name}.containerdisk.qcow2`);
-    if (!(await exists(base))) {
-      const url = `docker://${vol.containerDisk.image}`;
+    const digestFile = containerDiskDigestFile(runDir, vol.name);
+    const pinned = ctx.containerDiskImages && Object.hasOwn(ctx.containerDiskImages, vol.name) ? ctx.containerDiskImages[vol.name] : undefined;
+    const want = pinned?.slice(pinned.lastIndexOf('@') + 1);
+    const have = await readFile(digestFile, 'utf8').then(
+      (t) => t.trim(),
+      () => undefined,
+    );
+    // A migration's target reuses a base left here only when it is the digest the source runs; a
+    // base without its digest (an older agent's) is pulled again, so the digest can be recorded.
+    if (have === undefined || !(await exists(base)) || (want !== undefined && have !== want)) {
+      await rm(digestFile, { force: true });
+      await rm(base, { force: true });
+      const image = pinned ?? vol.containerDisk.image;
+      const url = `docker://${image}`;
       try {
         const reg = await openRegistryDisk({ url, insecure: registryInsecure(url, ctx.egress), signal: ctx.signal, egress: ctx.egress });
         await importDisk({
@@ -223,8 +241,9 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
           maxVirtualSize: Number.MAX_SAFE_INTEGER,
           signal: ctx.signal,
         });
+        await writeFile(digestFile, `${reg.digest}\n`);
       } catch (e) {
-        throw new PrepareError('ImagePullFailed', `volume ${vol.name}: cannot pull containerDisk ${vol.containerDisk.image}: ${(e as Error).message}`, true);
+        throw new PrepareError('ImagePullFailed', `volume ${vol.name}: cannot pull containerDisk ${image}: ${(e as Error).message}`, true);
       }
     }
     await freshOverlay(overlay, base);
@@ -242,6 +261,25 @@ async function prepareVolume(vmi: Vmi, vol: V1Volume, runDir: string, ctx: Prepa
   }
   // Other volume types are refused by the argv builder with their field path.
   return { path: '/dev/null', format: 'raw' };
+}
+
+/** Where the manifest digest of a containerDisk's pulled base is kept in the run directory. */
+function containerDiskDigestFile(runDir: string, volume: string): string {
+  return join(runDir, `${volume}.containerdisk.digest`);
+}
+
+/**
+ * The manifest digests of the VMI's containerDisks as pulled into `runDir` (volume → digest),
+ * what a migration pins; a volume whose base came without one (an older agent's) is left out.
+ */
+export async function pulledDigests(spec: V1VirtualMachineInstanceSpec, runDir: string): Promise<Record<string, string>> {
+  const out: Record<string, string> = {};
+  for (const v of spec.volumes ?? []) {
+    if (!v.containerDisk) continue;
+    const d = await readFile(containerDiskDigestFile(runDir, v.name), 'utf8').catch(() => '');
+    if (d.trim()) out[v.name] = d.trim();
+  }
+  return out;
 }
 
 function claimPath(ns: string, claim: string, volume: string, ctx: PrepareContext): string {

@@ -41,7 +41,8 @@ import type { Accelerator } from './accel.ts';
 import { agentHotplugDeps, VolumeHotplug } from './hotplug.ts';
 import { loadMemory, RESUME_MEMORY } from './memory.ts';
 import type { EgressPolicy } from '../storage/egress.ts';
-import { bindingOf, PrepareError, prepareVm } from './prepare.ts';
+import { bindingOf, PrepareError, prepareVm, pulledDigests } from './prepare.ts';
+import { DIGESTS_ANNOTATION, recordedDigests } from './block-migration.ts';
 import { claimPool, liveMigratable, masqueradePod, podInterface, VmMigrations } from './migration.ts';
 import { removeRelaySockets } from './migration-relay.ts';
 import type { ClusterNetwork } from '../network/cluster.ts';
@@ -214,7 +215,7 @@ export class VmRuntime extends Controller {
       tlsDir: opts.migrationTlsDir,
       vmi: (key) => this.vmis.get(key),
       runDirOf: (vmi) => this.runDirOf(vmi),
-      launchIncoming: (vmi, runDir, volumePaths) => this.launchIncoming(vmi, runDir, volumePaths),
+      launchIncoming: (vmi, runDir, volumePaths, images) => this.launchIncoming(vmi, runDir, volumePaths, images),
       pools: opts.pools,
       claim: (ns, name) => this.pvcs.get(`${ns}/${name}`),
       stopQemu: (key, runDir) => this.stopQemu(key, runDir),
@@ -397,9 +398,9 @@ export class VmRuntime extends Controller {
       if (phaseOf(vmi) !== 'Running') return;
       // The node lifecycle controller said NodeUnresponsive while this agent was away or slow: it runs.
       if (getCondition(vmi, 'Ready')?.reason === NODE_UNRESPONSIVE) {
-        await updateStatus(this.client, VMIS, ns, name, (s) => {
+        await updateStatus(this.client, VMIS, ns, name, (s, obj) => {
           if (FINAL.has(String(s.phase))) return false;
-          this.markRunning(s, vmi);
+          this.markRunning(s, obj);
         });
       }
       // Arrived by a migration with dedicated CPUs: this node's CPUs become its own, pinned.
@@ -687,6 +688,7 @@ export class VmRuntime extends Controller {
     runDir: string,
     volumePaths?: Record<string, string>,
     hostNuma?: number[],
+    containerDiskImages?: Record<string, string>,
   ): Promise<{ typed: TypedVmi; argv: ReturnType<typeof buildQemuArgv>; netns: string | undefined }> {
     const typed = {
       metadata: { name: vmi.metadata.name, namespace: vmi.metadata.namespace!, uid: vmi.metadata.uid },
@@ -702,6 +704,7 @@ export class VmRuntime extends Controller {
       network: this.opts.network,
       secondary: this.opts.secondary,
       volumePaths,
+      containerDiskImages,
     });
     return { typed, argv: buildQemuArgv({ vmi: typed, accel: this.opts.accel, ...prepared, hostNumaNodes: hostNuma }), netns: prepared.netns };
   }
@@ -732,12 +735,12 @@ export class VmRuntime extends Controller {
   }
 
   /** A live migration's target: the VM prepared as for a start, QEMU waiting for the guest (`-incoming defer`). */
-  private async launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>): Promise<void> {
+  private async launchIncoming(vmi: KubeObject, runDir: string, volumePaths: Record<string, string>, images?: Record<string, string>): Promise<void> {
     this.preparing.add(runDir);
     try {
       const cpus = await this.assignIncomingCpus(vmi);
       const numa = cpus && (await hostNumaNodes());
-      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir, volumePaths, cpus && cpus.vcpus.map((c) => numa?.get(c) ?? 0));
+      const { typed, argv, netns } = await this.prepareLaunch(vmi, runDir, volumePaths, cpus && cpus.vcpus.map((c) => numa?.get(c) ?? 0), images);
       argv.argv.push('-incoming', 'defer');
       await this.launchQemu(vmi, typed, runDir, argv, netns);
     } finally {
@@ -798,6 +801,7 @@ export class VmRuntime extends Controller {
       const reason = e instanceof QemuProcessError ? e.code : 'LaunchFailed';
       return this.finish(vmi, 'Failed', reason, (e as Error).message);
     }
+    await this.recordDigests(vmi, runDir);
     await this.attach(vmi);
     if (cpus) {
       try {
@@ -848,9 +852,10 @@ export class VmRuntime extends Controller {
     });
     const { status } = await qmp.execute<{ status: string }>('query-status');
     if (status === 'shutdown') return this.guestPoweredOff(key, session);
-    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s) => {
+    // The fresh object: its containerDisk digests (recordDigests) decide LiveMigratable.
+    await updateStatus(this.client, VMIS, vmi.metadata.namespace, vmi.metadata.name, (s, obj) => {
       if (FINAL.has(String(s.phase))) return false;
-      this.markRunning(s, vmi);
+      this.markRunning(s, obj);
       setCondition(
         s,
         status === 'paused'
@@ -859,6 +864,22 @@ export class VmRuntime extends Controller {
         false,
       );
     });
+  }
+
+  /**
+   * Records on the VMI the manifest digests of the containerDisks it was started with
+   * (block-migration.ts DIGESTS_ANNOTATION): a live migration's target pulls those, not the tag.
+   * One write, before the Running one, and only for VMIs with containerDisks.
+   */
+  private async recordDigests(vmi: KubeObject, runDir: string): Promise<void> {
+    const spec = vmi.spec as V1VirtualMachineInstanceSpec;
+    if (!spec.volumes?.some((v) => v.containerDisk)) return;
+    const digests = await pulledDigests(spec, runDir);
+    const value = JSON.stringify(digests);
+    if (vmi.metadata.annotations?.[DIGESTS_ANNOTATION] === value) return;
+    await this.client
+      .patch(VMIS, vmi.metadata.name, { metadata: { annotations: { [DIGESTS_ANNOTATION]: value } } }, { namespace: vmi.metadata.namespace })
+      .catch((e: Error) => this.log(`vms: ${keyOf(vmi)}: recording the containerDisk digests: ${e.message}`));
   }
 
   private markRunning(s: Obj, vmi: KubeObject): void {
@@ -893,7 +914,11 @@ export class VmRuntime extends Controller {
     setCondition(s, { type: 'Ready', status: 'True', reason: '', message: '' }, false);
     setCondition(
       s,
-      liveMigratable(spec, (claim) => claimPool(this.pvcs.get(`${vmi.metadata.namespace}/${claim}`), this.opts.pools)),
+      liveMigratable(
+        spec,
+        (claim) => claimPool(this.pvcs.get(`${vmi.metadata.namespace}/${claim}`), this.opts.pools),
+        recordedDigests(vmi.metadata.annotations),
+      ),
       false,
     );
   }
