@@ -12,16 +12,14 @@
  * (repaired by the target's next reconcile), and the guest never rebooted.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import { setFaultHook } from '../packages/agent/faults.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { checkRecordFile, checksums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -61,9 +59,7 @@ let c: TestCluster;
 const agentOf = (name: string) => c.nodes.agents.find((a) => a.nodeName === name)!;
 const vmiStatus = async () => ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
 const recs = (text: string) => [...text.matchAll(/VESSEL-REC (\d+)/g)].map((m) => Number(m[1]));
-const sums = (text: string) => [...text.matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
 const annotations = async (claim: string) => ((await c.client.get(PVC, claim, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
-const expected = (i: number) => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
 
 function localVm(): Obj {
   const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'local', terminationGracePeriodSeconds: 5 }) as {
@@ -285,7 +281,7 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
     'a checksum printed on the target after the move',
     async () => {
       const log = await serialLog(agentOf(target).dataDir, ns, NAME);
-      return sums(log).find((s) => s.n > lastOnSource + 1);
+      return checksums(log).find((s) => s.n > lastOnSource + 1);
     },
     180_000,
   );
@@ -310,27 +306,7 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
   // The source removes its files once its QEMU has quit, after the switch: soon, not at once.
   for (const f of sourceFiles) await eventually(`${f} removed`, async () => ((await exists(f)) ? undefined : true), 60_000);
   // Every record up to the checksum is on the target's file, in order, and their md5 is the guest's.
-  const tmp = await mkdtemp(join(tmpdir(), 'vessel-blockmig-'));
-  try {
-    const raw = join(tmp, 'data.raw');
-    const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', (await annotations(DATA))['vessel.io/volume-path'], raw]);
-    assert.equal(r.code, 0, r.err);
-    const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
-    // Told apart on a bad record: the guest saw the same bytes (its checksum matches: a write lost
-    // in the move) or other ones (the file lags behind its QEMU).
-    const md5 = createHash('md5').update(bytes).digest('hex');
-    for (let i = 0; i < sum.n; i++) {
-      const rec = bytes.subarray(i * 512, i * 512 + 512).toString('latin1');
-      assert.equal(
-        rec.slice(0, expected(i).length),
-        expected(i),
-        `record ${i} of ${sum.n} (${lastOnSource} the last written on the source; the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
-      );
-    }
-    assert.equal(md5, sum.md5, 'the checksum of the records');
-  } finally {
-    await rm(tmp, { recursive: true, force: true });
-  }
+  await checkRecordFile((await annotations(DATA))['vessel.io/volume-path'], sum, `on the target's file (${lastOnSource} the last written on the source)`);
   const ms = done.migrationState!;
   console.log(
     `figures: local-disk migration ${source} → ${target} (1 GiB root + 64 MiB data, local pool): ${took} ms from create to Succeeded, ` +

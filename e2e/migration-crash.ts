@@ -8,7 +8,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,8 +15,8 @@ import { join } from 'node:path';
 import { createDevCluster, type DevCluster } from '@vessel/agent';
 import { Client, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually, run } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { eventually } from './harness.ts';
+import { checkRecordFile, checksums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -45,8 +44,6 @@ const LOCAL_USER_DATA = `${USER_DATA}for d in /sys/block/vd*; do [ "$(cat $d/siz
   [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
 done) &
 `;
-/** Record i as the guest writes it (then zero-padded to 512 bytes). */
-const expectedRecord = (i: number) => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
 /**
  * The mirror's speed (bytes/s) in the cases that kill during it. The limit paces the zero areas
  * too: the 1 GiB root (26 MiB allocated) + 64 MiB data take ~35 s at 32 MiB/s (at 2 MiB/s, ~9 min).
@@ -257,31 +254,12 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       },
       60_000,
     );
-    const sums = async () =>
-      [...(await serialLog(agentDir(node), NS, NAME)).matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+    const sums = async () => checksums(await serialLog(agentDir(node), NS, NAME));
     const seen = (await sums()).length;
     // A checksum printed after this point: written and read back by the guest on this node's disk.
     const sum = await eventually(`a new checksum from the guest on ${node}`, async () => (await sums()).slice(seen).at(-1), 120_000);
-    const tmp = await mkdtemp(join(tmpdir(), 'vessel-migcrash-disk-'));
-    try {
-      const raw = join(tmp, 'data.raw');
-      const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
-      assert.equal(r.code, 0, r.err);
-      const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
-      const md5 = createHash('md5').update(bytes).digest('hex');
-      for (let i = 0; i < sum.n; i++) {
-        const rec = bytes.subarray(i * 512, i * 512 + expectedRecord(i).length).toString('latin1');
-        assert.equal(
-          rec,
-          expectedRecord(i),
-          `record ${i} of ${sum.n} on ${node}'s file (the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
-        );
-      }
-      assert.equal(md5, sum.md5, `the md5 of ${sum.n} records on ${node}'s file is the guest's`);
-      return sum.n;
-    } finally {
-      await rm(tmp, { recursive: true, force: true });
-    }
+    await checkRecordFile(file, sum, `on ${node}'s file`);
+    return sum.n;
   }
 
   let seq = 0;

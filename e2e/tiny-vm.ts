@@ -2,10 +2,15 @@
  * VirtualMachines of the tiny test guest for end-to-end tests, and readers of what it prints:
  * its root disk is a linked clone of the `tiny` golden image; user data `#!/bin/sh` scripts run
  * at boot with their output on the console; `VESSEL-COUNTER n` is the on-disk counter; recordWriter's
- * script writes numbered records to a disk's slots (the warm-copy tests).
+ * script writes numbered records to a disk's slots (the warm-copy tests); checkRecordFile checks the
+ * records and checksum of the local-disk migration tests' writer on a disk's file.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { run } from './harness.ts';
 
 type Obj = Record<string, unknown>;
 
@@ -141,3 +146,42 @@ export const recordText = (n: number): string => `VESSEL-REC ${String(n).padStar
 /** What slot of record `n` holds in the disk's raw bytes (compare with recordText(n)). */
 export const recordSlot = (disk: Buffer, n: number): string =>
   disk.subarray((n % RECORD_SLOTS) * RECORD_SLOT_BYTES, (n % RECORD_SLOTS) * RECORD_SLOT_BYTES + 20).toString('latin1');
+
+/**
+ * Record `i` as the local-disk migration tests' guest writes it at sector `i` (`REC i <hash of i>`,
+ * then zero-padded to 512 bytes).
+ */
+export const checksumRecord = (i: number): string => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
+
+/** The checksums that guest printed (`VESSEL-SUM n md5`: the md5 of its first n sectors), in order. */
+export const checksums = (text: string): { n: number; md5: string }[] =>
+  [...text.matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+
+/**
+ * Every record up to the guest's checksum `sum` is in place on the qcow2 `file` (read with
+ * qemu-img -U, beside a QEMU that may have it open), in order, and their md5 is the guest's.
+ * `where` ends each failure message (e.g. `on node-1's file`). On a bad record the message tells
+ * apart a write lost in the move (the guest's checksum matches the file) from a file that lags
+ * behind its QEMU (it differs).
+ */
+export async function checkRecordFile(file: string, sum: { n: number; md5: string }, where: string): Promise<void> {
+  const tmp = await mkdtemp(join(tmpdir(), 'vessel-records-'));
+  try {
+    const raw = join(tmp, 'data.raw');
+    const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
+    assert.equal(r.code, 0, r.err);
+    const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
+    const md5 = createHash('md5').update(bytes).digest('hex');
+    for (let i = 0; i < sum.n; i++) {
+      const want = checksumRecord(i);
+      assert.equal(
+        bytes.subarray(i * 512, i * 512 + want.length).toString('latin1'),
+        want,
+        `record ${i} of ${sum.n} ${where} (the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
+      );
+    }
+    assert.equal(md5, sum.md5, `the md5 of ${sum.n} records ${where} is the guest's`);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
