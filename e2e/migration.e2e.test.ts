@@ -214,14 +214,6 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     const took = Date.now() - t0;
     const succeededAt = Date.now() / 1000;
     assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
-    // On the wire: many MiB on the migration port (the guest's RAM), the marker in none of the frames.
-    const tls = await onMigrationPort(wire);
-    console.log(
-      `figures: TLS stream on ${source}'s fab0: ${(tls.bytes / 1048576).toFixed(1)} MiB of TCP payload on port ${tls.port}; ` +
-        `${tls.all.frames} frames, ${tls.all.marked} with the marker, ${tls.all.drops} dropped by the capture`,
-    );
-    assert.ok(tls.bytes >= 2 * MARKER_BYTES, `the migration stream captured on port ${tls.port}: ${tls.bytes} bytes (${JSON.stringify(tls.all)})`);
-    assert.equal(tls.all.marked, 0, "the guest's marker appears in no frame on the fabric while the TLS migration runs");
     // Right at Succeeded the source node's bridge has the guest's MAC on its VXLAN port: the
     // target QEMU's announce (RARP, ethertype 8035: only QEMU sends those, never the guest) came
     // over VXLAN before the switch was seen.
@@ -242,6 +234,14 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
       `figures: announce: ${rarps.length} RARP and ${capture.frames().filter((f) => f.type === '0806').length} ARP frames from ${mac} on ${source}'s vsl-vx0 by Succeeded, ` +
         `the first RARP ${((succeededAt - rarps[0].t) * 1000).toFixed(0)} ms before Succeeded was seen; fdb ${mac} → ${entry?.ifname}`,
     );
+    // On the wire: many MiB on the migration port (the guest's RAM), the marker in none of the frames.
+    const tls = await onMigrationPort(wire);
+    console.log(
+      `figures: TLS stream on ${source}'s fab0: ${(tls.bytes / 1048576).toFixed(1)} MiB of TCP payload on port ${tls.port}; ` +
+        `${tls.all.frames} frames, ${tls.all.marked} with the marker, ${tls.all.drops} dropped by the capture`,
+    );
+    assert.ok(tls.bytes >= 2 * MARKER_BYTES, `the migration stream captured on port ${tls.port}: ${tls.bytes} bytes (${JSON.stringify(tls.all)})`);
+    assert.equal(tls.all.marked, 0, "the guest's marker appears in no frame on the fabric while the TLS migration runs");
     assert.deepEqual(
       done.phaseTransitionTimestamps!.map((p) => p.phase),
       ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
