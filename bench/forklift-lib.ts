@@ -9,7 +9,7 @@ import { createReadStream } from 'node:fs';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isNotFound, type Client, type KubeObject, type ResourceRef } from '@vessel/client';
-import { forkliftObject, ovf, providerRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, ovf, planSpec, providerRefs } from '../packages/controllers/forklift/testdata.ts';
 import { now, pollUntil, sleep } from './lib.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
@@ -103,15 +103,14 @@ export async function runPlan(client: Client, ns: string, name: string, target: 
   await client.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: target } });
   await client.create(
     PLANS,
-    forkliftObject('Plan', name, ns, {
-      provider: providerRefs('ova', ns),
-      targetNamespace: target,
-      map: { network: { name: 'net' }, storage: { name: 'disks' } },
-      vms: vms.map((v) => ({ name: v })),
+    forkliftObject(
+      'Plan',
+      name,
+      ns,
       // The figure is the disk's import: with virt-v2v on the host the plan would also convert the
       // guest, and the benchmarks' synthetic disks have no OS for it to find (it fails).
-      skipGuestConversion: true,
-    }),
+      planSpec({ provider: providerRefs('ova', ns), targetNamespace: target, vms: vms.map((v) => ({ name: v })) }, { skipGuestConversion: true }),
+    ),
     { namespace: ns },
   );
   await pollUntil(`plan ${name} Ready`, async () => (isReady(await client.get(PLANS, name, { namespace: ns })) ? true : undefined), 120_000, 100);

@@ -20,7 +20,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject } from '@vessel/client';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, planSpec } from '../packages/controllers/forklift/testdata.ts';
 
 const { DVS, MIGRATIONS, NAMESPACES, NETMAPS, PLANS, PROVIDERS, PVCS, SECRETS, STORAGEMAPS, VMEXPORTS, VMS } = FORKLIFT_REFS;
 const SRC = 'fkos-src';
@@ -180,12 +180,16 @@ async function migrate(provider: string, plan: string, target: string): Promise<
   );
   await v.client.create(
     PLANS,
-    fk('Plan', plan, {
-      provider: refs,
-      targetNamespace: TARGET,
-      map: { network: { name: `net-${plan}`, namespace: NS }, storage: { name: `disks-${plan}`, namespace: NS } },
-      vms: [{ name: 'src-vm', namespace: SRC, targetName: target }],
-    }),
+    fk(
+      'Plan',
+      plan,
+      planSpec({
+        provider: refs,
+        targetNamespace: TARGET,
+        maps: { network: `net-${plan}`, storage: `disks-${plan}`, namespace: NS },
+        vms: [{ name: 'src-vm', namespace: SRC, targetName: target }],
+      }),
+    ),
     { namespace: NS },
   );
   await eventually(`plan ${plan} Ready`, async () => (isReady(await v.client.get(PLANS, plan, { namespace: NS })) ? true : undefined), 60_000).catch(

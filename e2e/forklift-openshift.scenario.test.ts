@@ -13,7 +13,7 @@ import { ensureTinyGuest, TINY_SERIAL } from '@vessel/guest';
 import type { KubeObject } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog, tinyVm } from './tiny-vm.ts';
-import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, planSpec } from '../packages/controllers/forklift/testdata.ts';
 
 const { MIGRATIONS, NAMESPACES, NETMAPS, PLANS, PROVIDERS, SECRETS, STORAGEMAPS, VMEXPORTS, VMIS, VMS } = FORKLIFT_REFS;
 const SRC = 'fkosc-src';
@@ -91,16 +91,9 @@ test('a running VM cold-migrates through the openshift provider: source stopped,
       namespace: NS,
     },
   );
-  await c.client.create(
-    PLANS,
-    fk('Plan', 'p', {
-      provider: refs,
-      targetNamespace: TARGET,
-      map: { network: { name: 'net' }, storage: { name: 'disks' } },
-      vms: [{ name: 'src-vm', namespace: SRC }],
-    }),
-    { namespace: NS },
-  );
+  await c.client.create(PLANS, fk('Plan', 'p', planSpec({ provider: refs, targetNamespace: TARGET, vms: [{ name: 'src-vm', namespace: SRC }] })), {
+    namespace: NS,
+  });
   const plan = await eventually(
     'plan Ready',
     async () => {

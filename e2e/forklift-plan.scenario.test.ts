@@ -17,7 +17,7 @@ import { ensureTinyGuest, TINY_SERIAL } from '@vessel/guest';
 import type { KubeObject } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog } from './tiny-vm.ts';
-import { forkliftIn, FORKLIFT_REFS, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, manifest, ovf, planSpec, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const { MIGRATIONS, NAMESPACES, NETMAPS, PLANS, PROVIDERS, PVCS, STORAGEMAPS, VMIS, VMS } = FORKLIFT_REFS;
 const NS = 'fkp-src';
@@ -76,13 +76,7 @@ test('5 VMs cold-migrate with at most 2 in flight, disks intact; each boots with
   await c.client.create(
     PLANS,
     // The tiny guest is no distribution virt-v2v can inspect: not converted.
-    fk('Plan', 'five', {
-      provider: providerRefs,
-      targetNamespace: TARGET,
-      map: { network: { name: 'net' }, storage: { name: 'disks' } },
-      vms,
-      skipGuestConversion: true,
-    }),
+    fk('Plan', 'five', planSpec({ provider: providerRefs, targetNamespace: TARGET, vms }, { skipGuestConversion: true })),
     {
       namespace: NS,
     },

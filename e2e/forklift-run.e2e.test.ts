@@ -18,7 +18,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
-import { forkliftObject, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, ovf, planSpec, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const PROVIDERS = ref('providers');
@@ -143,23 +143,17 @@ test('5 VMs, maxInFlight 2, one canceled mid-transfer with `vessel plan cancel`,
         ? { name, hooks: [{ hook: { name: 'post', namespace: NS }, step: 'PostHook' }] }
         : { name },
   );
-  const planSpec = (template: string) => ({
-    provider: providerRefs,
-    targetNamespace: TARGET,
-    map: { network: { name: 'net' }, storage: { name: 'disks' } },
-    pvcNameTemplate: template,
-    vms,
-    // The disks hold no OS: with virt-v2v installed on the host, ImageConversion would fail them.
-    skipGuestConversion: true,
-  });
+  // The disks hold no OS: with virt-v2v installed on the host, ImageConversion would fail them.
+  const withTemplate = (template: string) =>
+    planSpec({ provider: providerRefs, targetNamespace: TARGET, vms }, { pvcNameTemplate: template, skipGuestConversion: true });
   // A template giving an invalid name is a Critical concern naming it.
-  await v.client.create(PLANS, fk('Plan', 'badtpl', planSpec('{{.VmName}}_{{.DiskIndex}}')), { namespace: NS });
+  await v.client.create(PLANS, fk('Plan', 'badtpl', withTemplate('{{.VmName}}_{{.DiskIndex}}')), { namespace: NS });
   const badPlan = await eventually('badtpl validated', async () => {
     const p = await v.client.get(PLANS, 'badtpl', { namespace: NS });
     return conds(p).some((c) => c.type === 'PVCNameTemplateNotValid') ? p : undefined;
   });
   assert.ok(!isReady(badPlan));
-  await v.client.create(PLANS, fk('Plan', 'run', planSpec('{{.PlanName}}-{{.VmName}}-d{{.DiskIndex}}')), { namespace: NS });
+  await v.client.create(PLANS, fk('Plan', 'run', withTemplate('{{.PlanName}}-{{.VmName}}-d{{.DiskIndex}}')), { namespace: NS });
   await eventually('plan run Ready', async () => (isReady(await v.client.get(PLANS, 'run', { namespace: NS })) ? true : undefined), 60_000);
 
   const t0 = Date.now();

@@ -25,7 +25,7 @@ import { runDirOf, serialLog } from './tiny-vm.ts';
 import { startVcsim, type Vcsim } from './vcsim/vcsim.ts';
 import { VsphereClient } from '../packages/controllers/forklift/vsphere/soap.ts';
 import { setChangeTracking } from '../packages/controllers/forklift/vsphere/cbt.ts';
-import { forkliftObject, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, planSpec, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const PROVIDERS = ref('providers');
@@ -198,14 +198,14 @@ test('a warm migration from vcsim: CBT rounds copy only the changed bytes; cutov
   // targetPowerState off: no guest boots (the disk is not a bootable image).
   await v.client.create(
     PLANS,
-    fk('Plan', 'warm-cbt', {
-      provider: providerRefs,
-      targetNamespace: TARGET,
-      map: { network: { name: 'net-warm' }, storage: { name: 'disks-warm' } },
-      vms: [{ name: WARM_VM }],
-      warm: true,
-      targetPowerState: 'off',
-    }),
+    fk(
+      'Plan',
+      'warm-cbt',
+      planSpec(
+        { provider: providerRefs, targetNamespace: TARGET, maps: { network: 'net-warm', storage: 'disks-warm' }, vms: [{ name: WARM_VM }] },
+        { warm: true, targetPowerState: 'off' },
+      ),
+    ),
     { namespace: NS },
   );
   const planConds = await eventually(
@@ -319,8 +319,8 @@ test('a cold migration from vcsim: source powered off, disk transferred intact, 
     fk('StorageMap', 'disks', { provider: providerRefs, map: [{ source: { name: 'LocalDS_0' }, destination: { storageClass: 'local' } }] }),
     { namespace: NS },
   );
-  const plan = (name: string, vms: unknown[], extra: object = {}) =>
-    fk('Plan', name, { provider: providerRefs, targetNamespace: TARGET, map: { network: { name: 'net' }, storage: { name: 'disks' } }, vms, ...extra });
+  const plan = (name: string, vms: unknown[], extra: Record<string, unknown> = {}) =>
+    fk('Plan', name, planSpec({ provider: providerRefs, targetNamespace: TARGET, vms }, extra));
   await v.client.create(PLANS, plan('warm', [{ name: 'DC0_H0_VM1' }], { warm: true }), { namespace: NS });
   await v.client.create(PLANS, plan('cold', [{ name: SOURCE_VM }]), { namespace: NS });
   const warm = await eventually(

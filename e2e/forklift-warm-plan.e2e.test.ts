@@ -17,7 +17,7 @@ import { forklift } from '@vessel/api';
 import type { KubeObject } from '@vessel/client';
 import { TINY_SERIAL } from '@vessel/guest';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { forkliftIn, FORKLIFT_REFS } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, planSpec } from '../packages/controllers/forklift/testdata.ts';
 import { eventually, run, startVessel, type Vessel } from './harness.ts';
 import { recordSlot, recordsWritten, recordText, recordWriter, serialLog, tinyVm } from './tiny-vm.ts';
 
@@ -90,13 +90,7 @@ test(
     await v.client.create(STORAGEMAPS, fk('StorageMap', 'disks', { provider, map: classes }), { namespace: SRC });
     await v.client.create(
       PLANS,
-      fk('Plan', 'warm', {
-        provider,
-        warm: true,
-        targetNamespace: DST,
-        map: { network: { name: 'net', namespace: SRC }, storage: { name: 'disks', namespace: SRC } },
-        vms: [{ name: NAME, namespace: SRC }],
-      }),
+      fk('Plan', 'warm', planSpec({ provider, targetNamespace: DST, maps: { namespace: SRC }, vms: [{ name: NAME, namespace: SRC }] }, { warm: true })),
       { namespace: SRC },
     );
     await eventually(

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { eventually, KUBECTL_SKIP, kubectlFor, rejects, run, startVessel, vm, type Vessel } from './harness.ts';
-import { forkliftObject, manifest, ovf, providerRefs as testProviderRefs, tar } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftObject, manifest, ovf, planSpec, providerRefs as testProviderRefs, tar } from '../packages/controllers/forklift/testdata.ts';
 
 const ref = (plural: string, group = 'forklift.konveyor.io', version = 'v1beta1'): ResourceRef => ({ group, version, plural, namespaced: true });
 const PROVIDERS = ref('providers');
@@ -195,8 +195,7 @@ test('maps Ready when their sources exist; a plan validated with the expected co
 
   // "web" already exists in the target namespace; DB_Server.prod gets a newName and its disk is larger than fk-small allows.
   await v.client.create(VMS, vm('web'), { namespace: TARGET });
-  const plan = (name: string, vms: object[]) =>
-    fk('Plan', name, { provider: providerRefs, targetNamespace: TARGET, map: { network: { name: 'net' }, storage: { name: 'disks' } }, vms });
+  const plan = (name: string, vms: object[]) => fk('Plan', name, planSpec({ provider: providerRefs, targetNamespace: TARGET, vms }));
   await v.client.create(PLANS, plan('all', [{ name: 'web' }, { name: 'DB_Server.prod' }, { name: 'ghost' }]), { namespace: NS });
   const all = await eventually('plan validated', async () => {
     const o = await v.client.get(PLANS, 'all', { namespace: NS });
@@ -274,14 +273,15 @@ test('a cold migration: the disk streamed from inside the OVA into a DataVolume,
   );
   await v.client.create(
     PLANS,
-    fk('Plan', 'run', {
-      provider: providerRefs,
-      targetNamespace: TARGET,
-      map: { network: { name: 'run-net' }, storage: { name: 'run-disks' } },
-      vms: [{ name: 'web' }],
+    fk(
+      'Plan',
+      'run',
       // Its disk is a test pattern, no guest: nothing for virt-v2v to convert.
-      skipGuestConversion: true,
-    }),
+      planSpec(
+        { provider: providerRefs, targetNamespace: TARGET, maps: { network: 'run-net', storage: 'run-disks' }, vms: [{ name: 'web' }] },
+        { skipGuestConversion: true },
+      ),
+    ),
     { namespace: NS },
   );
   await eventually('plan run Ready', async () => (isReady(await v.client.get(PLANS, 'run', { namespace: NS })) ? true : undefined), 60_000);

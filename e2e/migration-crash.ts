@@ -8,7 +8,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -16,8 +15,8 @@ import { join } from 'node:path';
 import { createDevCluster, type DevCluster } from '@vessel/agent';
 import { Client, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually, run } from './harness.ts';
-import { serialLog, tinyVm } from './tiny-vm.ts';
+import { eventually } from './harness.ts';
+import { checkSectorRecords, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -41,14 +40,13 @@ const LOCAL_CLAIMS = [`${NAME}-root`, DATA];
  * zeros (seen: record 1664, the first of the 14th 64 KiB cluster, the 11 after it in the guest's sum).
  */
 const LOCAL_USER_DATA = `${USER_DATA}for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
+${SECTOR_RECORD_SH}
 (i=0; while true; do
-  printf 'REC %08d %s\\n' $i "$(echo $i | md5sum | cut -c1-16)" | dd of=$DEV bs=512 seek=$i conv=notrunc,sync,fsync 2>/dev/null && sync
+  rec $DEV $i 0
   i=$((i+1))
   [ $((i % 25)) = 0 ] && echo "VESSEL-SUM $i $(dd if=$DEV bs=512 count=$i 2>/dev/null | md5sum | cut -d' ' -f1)"
 done) &
 `;
-/** Record i as the guest writes it (then zero-padded to 512 bytes). */
-const expectedRecord = (i: number) => `REC ${String(i).padStart(8, '0')} ${createHash('md5').update(`${i}\n`).digest('hex').slice(0, 16)}\n`;
 /**
  * The mirror's speed (bytes/s) in the cases that kill during it. The limit paces the zero areas
  * too: the 1 GiB root (26 MiB allocated) + 64 MiB data take ~35 s at 32 MiB/s (at 2 MiB/s, ~9 min).
@@ -264,31 +262,12 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       },
       60_000,
     );
-    const sums = async () =>
-      [...(await serialLog(agentDir(node), NS, NAME)).matchAll(/VESSEL-SUM (\d+) ([0-9a-f]{32})/g)].map((m) => ({ n: Number(m[1]), md5: m[2] }));
+    const sums = async () => sectorSums(await serialLog(agentDir(node), NS, NAME));
     const seen = (await sums()).length;
     // A checksum printed after this point: written and read back by the guest on this node's disk.
     const sum = await eventually(`a new checksum from the guest on ${node}`, async () => (await sums()).slice(seen).at(-1), 120_000);
-    const tmp = await mkdtemp(join(tmpdir(), 'vessel-migcrash-disk-'));
-    try {
-      const raw = join(tmp, 'data.raw');
-      const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
-      assert.equal(r.code, 0, r.err);
-      const bytes = (await readFile(raw)).subarray(0, sum.n * 512);
-      const md5 = createHash('md5').update(bytes).digest('hex');
-      for (let i = 0; i < sum.n; i++) {
-        const rec = bytes.subarray(i * 512, i * 512 + expectedRecord(i).length).toString('latin1');
-        assert.equal(
-          rec,
-          expectedRecord(i),
-          `record ${i} of ${sum.n} on ${node}'s file (the guest's checksum ${md5 === sum.md5 ? 'matches' : 'differs from'} the file's)`,
-        );
-      }
-      assert.equal(md5, sum.md5, `the md5 of ${sum.n} records on ${node}'s file is the guest's`);
-      return sum.n;
-    } finally {
-      await rm(tmp, { recursive: true, force: true });
-    }
+    await checkSectorRecords(file, sum, { what: `${node}'s file` });
+    return sum.n;
   }
 
   /**

@@ -6,7 +6,10 @@
  * reboot (its uptime goes on in the target's serial log), it answers TCP from the other node's
  * namespace, and one QEMU runs. A ping every 100 ms from a node's namespace gives the longest
  * interruption. The stream is TLS (the default): the target QEMU's migration uses the x509
- * credentials. The target QEMU announces the guest's MAC as the guest starts there: the source
+ * credentials, and on the source node's fabric interface the migration port carries many MiB in
+ * which a marker the guest holds in RAM (a random string filling 4 MiB of a tmpfs) never appears;
+ * the next migration (`vessel migrate`, TLS off for it: disableTLS) shows the marker in its plain
+ * stream, as the same capture sees it. The target QEMU announces the guest's MAC as the guest starts there: the source
  * node's bridge sees QEMU's RARP over the VXLAN port (a raw socket there) and its forwarding entry
  * for the MAC points at the VXLAN port right at Succeeded. Then a migration whose target QEMU is
  * killed fails and leaves the source running. Last, `vessel drain` of its node moves it off (the
@@ -15,6 +18,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -25,7 +29,7 @@ import type { ResourceRef, Watch } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
-import { captureFrames } from './frames.ts';
+import { captureFrames, captureStream, type StreamCapture, type StreamSummary } from './frames.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -44,6 +48,8 @@ type MigrationState = {
   failureReason?: string;
   startTimestamp?: string;
   endTimestamp?: string;
+  targetNodeAddress?: string;
+  migrationConfiguration?: { disableTLS?: boolean };
 };
 type VmiStatus = {
   phase?: string;
@@ -58,8 +64,20 @@ let c: TestCluster;
 /** A taint key of the test's: the KubeVirt object's nodeDrainTaintKey in the drain test. */
 const TEST_DRAIN_KEY = 'drain.vessel.test/maintenance';
 
-/** The guest prints its uptime every second (continuity across the migration: no reboot). */
-const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &\n`;
+/** A string of this run's the guest keeps in RAM: looked for in the migration stream on the wire. */
+const MARKER = randomBytes(32).toString('hex');
+/** The marker's copies (64 bytes each, doubled 16 times: 4 MiB) in a tmpfs. */
+const MARKER_BYTES = 64 << 16;
+/**
+ * The guest prints its uptime every second (continuity across the migration: no reboot), after it
+ * has filled 4 MiB of a tmpfs (guest RAM) with the marker (`VESSEL-MARKED`).
+ */
+const USER_DATA = `#!/bin/sh
+mkdir -p /mark && mount -t tmpfs -o size=16m tmpfs /mark && printf %s ${MARKER} > /mark/m
+for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16; do cat /mark/m /mark/m > /mark/n && mv /mark/n /mark/m; done
+echo "VESSEL-MARKED $(wc -c < /mark/m)"
+(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f1 /proc/uptime)"; sleep 1; done) &
+`;
 
 function migratableVm(): Obj {
   // Its disk on the shared pool (every node opens it); LiveMigrate: what `vessel drain` and the drain taint move (KubeVirt's default is None).
@@ -90,6 +108,16 @@ async function qemus(): Promise<number[]> {
   return pids;
 }
 
+/**
+ * The migration port's share of what a capture on the source's fabric interface saw: the port of
+ * the VMI's migrationState.targetNodeAddress (where the target QEMU listened).
+ */
+async function onMigrationPort(capture: StreamCapture): Promise<{ port: string; bytes: number; marked: number; all: StreamSummary }> {
+  const all = await capture.stop();
+  const port = (await vmiStatus()).migrationState?.targetNodeAddress?.split(':').at(-1) ?? '';
+  return { port, ...(all.ports[port] ?? { bytes: 0, marked: 0 }), all };
+}
+
 async function migrate(name: string): Promise<void> {
   await c.client.create(
     VMIM,
@@ -112,7 +140,7 @@ after(async () => {
   if (!c) return;
   for (const n of c.nodes.cluster.nodes) await c.client.patch(NODE, n.name, { spec: { unschedulable: null, taints: null } }).catch(() => undefined);
   await c.client
-    .patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { nodeDrainTaintKey: null } } } }, { namespace: 'kubevirt' })
+    .patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { nodeDrainTaintKey: null, disableTLS: null } } } }, { namespace: 'kubevirt' })
     .catch(() => undefined);
   await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
@@ -137,6 +165,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   const ip = running.interfaces![0].ipAddress!;
   const mac = running.interfaces![0].mac!;
   await eventually('the guest printing its uptime', async () => ((await lastUptime(source)) !== undefined ? true : undefined), 300_000);
+  assert.ok((await serialLog(agentOf(source).dataDir, ns, NAME)).includes(`VESSEL-MARKED ${MARKER_BYTES}`), 'the guest holds the marker in RAM');
   // The guest answers before the migration, from the target node's namespace (over VXLAN).
   await eventually(
     `the guest (${ip}) answering TCP 8080 from ${target}`,
@@ -154,7 +183,10 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   // The guest's frames reaching the source node over VXLAN (the pings stay on the target node).
   const capture = await captureFrames(node(source).netns, 'vsl-vx0', mac);
   const watches: Watch[] = [];
+  let wire: StreamCapture | undefined;
   try {
+    // Every frame on the source's fabric interface (the migration stream's way out), searched for the marker.
+    wire = await captureStream(node(source).netns, 'fab0', MARKER);
     await new Promise((r) => setTimeout(r, 2000));
     // What a client sees while it runs: the VMI's Migrating condition, the source's progress on the migration object.
     const seen = { migrating: [] as string[], progress: [] as migration.MigrationProgress[] };
@@ -202,6 +234,15 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
       `figures: announce: ${rarps.length} RARP and ${capture.frames().filter((f) => f.type === '0806').length} ARP frames from ${mac} on ${source}'s vsl-vx0 by Succeeded, ` +
         `the first RARP ${((succeededAt - rarps[0].t) * 1000).toFixed(0)} ms before Succeeded was seen; fdb ${mac} → ${entry?.ifname}`,
     );
+    // On the wire: many MiB on the migration port (the guest's RAM), the marker in none of the frames.
+    const tls = await onMigrationPort(wire);
+    console.log(
+      `figures: TLS stream on ${source}'s fab0: ${(tls.bytes / 1048576).toFixed(1)} MiB of TCP payload on port ${tls.port}; ` +
+        `${tls.all.frames} frames, ${tls.all.marked} with the marker, ${tls.all.drops} dropped by the capture`,
+    );
+    assert.ok(tls.bytes >= 2 * MARKER_BYTES, `the migration stream captured on port ${tls.port}: ${tls.bytes} bytes (${JSON.stringify(tls.all)})`);
+    assert.equal(tls.all.drops, 0, 'the capture kept every frame');
+    assert.equal(tls.all.marked, 0, "the guest's marker appears in no frame on the fabric while the TLS migration runs");
     assert.deepEqual(
       done.phaseTransitionTimestamps!.map((p) => p.phase),
       ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'],
@@ -283,6 +324,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   } finally {
     ping.kill('SIGKILL');
     capture.stop();
+    wire?.kill();
     for (const w of watches) w.close();
   }
 });
@@ -294,8 +336,27 @@ test(
     const s0 = await vmiStatus();
     const source = s0.nodeName!;
     const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
-    const r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, '-n', ns, 'migrate', NAME, '--node', target], { timeoutMs: 600_000 });
+    // This one over plain TCP (disableTLS): the capture that saw no marker in the TLS stream sees it here.
+    await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { disableTLS: true } } } }, { namespace: 'kubevirt' });
+    // The controller sees the KubeVirt object through a watch: a moment before the migration is created.
+    await new Promise((r) => setTimeout(r, 2000));
+    const wire = await captureStream(node(source).netns, 'fab0', MARKER);
+    let r: Awaited<ReturnType<typeof run>>;
+    let plain: Awaited<ReturnType<typeof onMigrationPort>>;
+    try {
+      r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, '-n', ns, 'migrate', NAME, '--node', target], { timeoutMs: 600_000 });
+      plain = await onMigrationPort(wire);
+    } finally {
+      wire.kill();
+      await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { disableTLS: null } } } }, { namespace: 'kubevirt' });
+    }
     assert.equal(r.code, 0, `vessel migrate failed: ${r.err}`);
+    assert.equal((await vmiStatus()).migrationState?.migrationConfiguration?.disableTLS, true, 'the migration ran with TLS off');
+    console.log(
+      `figures: plain stream on ${source}'s fab0: ${(plain.bytes / 1048576).toFixed(1)} MiB of TCP payload on port ${plain.port}, ` +
+        `${plain.marked} frames there with the marker; ${plain.all.drops} dropped by the capture`,
+    );
+    assert.ok(plain.marked > 0, `the marker in the plain migration stream on port ${plain.port} (${JSON.stringify(plain.all)})`);
     assert.match(r.out, new RegExp(`VM ${NAME} migrated from ${source} to ${target}`));
     // Every phase, one per line, even those a poll missed.
     assert.deepEqual(

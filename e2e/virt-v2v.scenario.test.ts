@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import type { KubeObject } from '@vessel/client';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog } from './tiny-vm.ts';
-import { forkliftIn, FORKLIFT_REFS, manifest, ovf, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
+import { forkliftIn, FORKLIFT_REFS, manifest, ovf, planSpec, providerRefs as testProviderRefs } from '../packages/controllers/forklift/testdata.ts';
 
 const { MIGRATIONS, NAMESPACES, NETMAPS, NODES, PLANS, PROVIDERS, PVCS, STORAGEMAPS, VMS } = FORKLIFT_REFS;
 const NS = 'v2v-src';
@@ -102,13 +102,7 @@ test('a Debian guest from an OVA is converted by virt-v2v and boots on Vessel', 
   );
   await c.client.create(
     PLANS,
-    fk('Plan', 'deb', {
-      provider: providerRefs,
-      targetNamespace: TARGET,
-      map: { network: { name: 'net' }, storage: { name: 'disks' } },
-      vms: [{ name: NAME }],
-      targetPowerState: 'on',
-    }),
+    fk('Plan', 'deb', planSpec({ provider: providerRefs, targetNamespace: TARGET, vms: [{ name: NAME }] }, { targetPowerState: 'on' })),
     { namespace: NS },
   );
   const plan = await eventually(

@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, test } from 'node:test';
-import { getCondition, updateStatus } from '@vessel/runtime';
+import { getCondition, Informer, listWatchFor, updateStatus } from '@vessel/runtime';
 import { refs } from '@vessel/api';
 import { Scheduler } from './scheduler.ts';
-import type { SchedulingSettings } from './scheduling/fit.ts';
+import { BY_MIGRATION_TARGET, byMigrationTarget, type SchedulingSettings } from './scheduling/fit.ts';
 import { agentSets, createNode, InMemoryClient, LaggingClient, settle, until } from './testing/harness.ts';
 import type { KubeObject } from '@vessel/runtime';
 
@@ -121,6 +121,51 @@ test('a VMI migrating into a node holds its room there until the migration ends'
     s.migrationState = { ...(s.migrationState as Obj), failed: true };
   });
   assert.equal(await placed(h.c, 'new'), 'dst');
+});
+
+test('the index of VMIs by migration target follows adds, updates and deletes', async () => {
+  const c = new InMemoryClient();
+  await c.namespaces('default');
+  const inf = new Informer(listWatchFor(c, VMIS)).addIndex(BY_MIGRATION_TARGET, byMigrationTarget);
+  inf.start();
+  await inf.waitForSync();
+  const incoming = (node: string) =>
+    inf
+      .byIndex(BY_MIGRATION_TARGET, node)
+      .map((v) => v.metadata.name)
+      .sort();
+  const migrate = (name: string, ms: Obj) =>
+    updateStatus(c, VMIS, 'default', name, (s) => {
+      s.phase = 'Running';
+      s.nodeName = 'src';
+      s.migrationState = { migrationUid: `m-${name}`, sourceNode: 'src', mode: 'PreCopy', ...ms };
+    });
+  try {
+    // Added already migrating (as a relist finds it), and one added then named a target.
+    await c.create(VMIS, { ...vmi('a'), status: { phase: 'Running', nodeName: 'src', migrationState: { migrationUid: 'm-a', targetNode: 'dst' } } });
+    await c.create(VMIS, vmi('b'));
+    await until('a under dst', () => incoming('dst').length === 1);
+    assert.deepEqual(incoming('src'), []);
+    await migrate('b', { targetNode: 'dst' });
+    await until('a and b under dst', () => incoming('dst').length === 2);
+    assert.deepEqual(incoming('dst'), ['a', 'b']);
+    // b's migration fails and a new one targets other: it moves; a switches to dst (its node): no longer incoming.
+    await migrate('b', { targetNode: 'dst', failed: true });
+    await until('b off dst', () => incoming('dst').length === 1);
+    await migrate('b', { migrationUid: 'm-b2', targetNode: 'other' });
+    await until('b under other', () => incoming('other').length === 1);
+    await updateStatus(c, VMIS, 'default', 'a', (s) => {
+      s.nodeName = 'dst';
+    });
+    await until('a off dst', () => incoming('dst').length === 0);
+    // Deleted while migrating: gone from the index.
+    await c.delete(VMIS, 'b', { namespace: 'default' });
+    await until('b gone', () => incoming('other').length === 0);
+    assert.deepEqual([incoming('dst'), incoming('other'), incoming('src')], [[], [], []]);
+  } finally {
+    inf.stop();
+    c.close();
+  }
 });
 
 test('cpu overcommit: cpuAllocationRatio decides how many vCPUs a node takes', async () => {

@@ -27,13 +27,13 @@ import { storage, refs, phaseOf, annotationsOf, priority, migration } from '@ves
 import { isStatusError, type Client } from '@vessel/client';
 import { Controller, type Log, EventRecorder, cacheKey, type Informer, type KubeObject, setCondition, type Typed, updateStatus } from '@vessel/runtime';
 import {
-  migrationTargetPlacements,
+  BY_MIGRATION_TARGET,
+  byMigrationTarget,
   scheduleVmi,
   vmiOverheadBytes,
   vmiRequests,
   type Requests,
   type SchedulingSettings,
-  type VmiPlacementLike,
 } from './scheduling/fit.ts';
 import { choosePreemption, type PlacedVmi, type Victim } from './scheduling/preemption.ts';
 import { wantsLiveMigration } from './evacuation.ts';
@@ -80,6 +80,7 @@ export class Scheduler extends Controller {
     super('scheduler', client, log, 1); // one worker: each decision sees the one before
     this.events = new EventRecorder(client, 'vessel-scheduler');
     this.vmis = this.inform<Vmi>(VMIS, () => this.pending());
+    this.vmis.addIndex(BY_MIGRATION_TARGET, byMigrationTarget);
     this.nodes = this.inform<Node>(NODES, () => this.pending());
     this.pvcs = this.inform(PVCS, () => this.pending());
     this.kubevirts = this.inform(KUBEVIRTS);
@@ -207,10 +208,18 @@ export class Scheduler extends Controller {
     }
   }
 
-  /** The room other VMIs' migrations under way take on their target nodes (scheduling/fit.ts migrationTargetPlacements). */
+  /**
+   * The room other VMIs' migrations under way take on their target nodes (scheduling/fit.ts
+   * migrationTargetPlacements' rule), looked up per node in the index: only nodes the cache
+   * has count (a VMI is placed on no other).
+   */
   private migrationTargets(vmi: Vmi): { nodeName: string; requests: Requests }[] {
-    const others = this.vmis.list().filter((v) => v.metadata.uid !== vmi.metadata.uid) as unknown as VmiPlacementLike[];
-    return migrationTargetPlacements(others, this.settings);
+    return this.nodes.list().flatMap((n) =>
+      this.vmis
+        .byIndex(BY_MIGRATION_TARGET, n.metadata.name)
+        .filter((v) => v.metadata.uid !== vmi.metadata.uid)
+        .map((v) => ({ nodeName: n.metadata.name, requests: vmiRequests(v.spec, this.settings) })),
+    );
   }
 
   /** The memory overhead vmiRequests counts for this VMI (0 with overcommitGuestOverhead). */

@@ -137,6 +137,31 @@ export function providerRefs(
   return { source: { name: source, namespace }, destination: { name: 'host', namespace } };
 }
 
+/** A Plan's references to its providers. */
+export interface PlanProviders {
+  source: { name: string; namespace?: string };
+  destination: { name: string; namespace?: string };
+}
+
+/**
+ * A Plan's spec (what every Plan a test builds repeats): `provider`, `targetNamespace`, the
+ * NetworkMap and StorageMap by name (default `net` and `disks`, in `maps.namespace` when given,
+ * else the plan's own), the `vms`, then `extra` fields (warm, skipGuestConversion, ...).
+ */
+export function planSpec(
+  o: { provider: PlanProviders; targetNamespace: string; vms: unknown[]; maps?: { network?: string; storage?: string; namespace?: string } },
+  extra: Record<string, unknown> = {},
+): Record<string, unknown> {
+  const ref = (name: string) => (o.maps?.namespace ? { name, namespace: o.maps.namespace } : { name });
+  return {
+    provider: o.provider,
+    targetNamespace: o.targetNamespace,
+    map: { network: ref(o.maps?.network ?? 'net'), storage: ref(o.maps?.storage ?? 'disks') },
+    vms: o.vms,
+    ...extra,
+  };
+}
+
 /**
  * A namespace, a Plan `p` (source provider `source`, maps `n` and `s`, `extra` spec fields) and a
  * Migration `m` of it, created through `client`: what a MigrationRun test starts from.
@@ -149,13 +174,10 @@ export async function planAndMigration(
 ): Promise<{ plan: KubeObject; migration: KubeObject }> {
   const { NAMESPACES, FORKLIFT_MIGRATIONS, FORKLIFT_PLANS } = refs;
   await client.create(NAMESPACES, { apiVersion: 'v1', kind: 'Namespace', metadata: { name: ns } });
-  const spec = {
-    targetNamespace: ns,
-    ...extra,
-    vms: [],
-    provider: { source: { name: source }, destination: { name: 'host' } },
-    map: { network: { name: 'n' }, storage: { name: 's' } },
-  };
+  const spec = planSpec(
+    { provider: { source: { name: source }, destination: { name: 'host' } }, targetNamespace: ns, vms: [], maps: { network: 'n', storage: 's' } },
+    extra,
+  );
   const plan = await client.create(FORKLIFT_PLANS, forkliftObject('Plan', 'p', ns, spec) as KubeObject, { namespace: ns });
   const migration = await client.create(FORKLIFT_MIGRATIONS, forkliftObject('Migration', 'm', ns, { plan: { name: 'p', namespace: ns } }) as KubeObject, {
     namespace: ns,

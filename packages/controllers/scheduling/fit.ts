@@ -479,11 +479,27 @@ export interface VmiPlacementLike {
 export function migrationTargetPlacements(vmis: readonly VmiPlacementLike[], settings: SchedulingSettings = {}): { nodeName: string; requests: Requests }[] {
   const out: { nodeName: string; requests: Requests }[] = [];
   for (const v of vmis) {
-    const st = v.status;
-    const ms = st?.migrationState;
-    if (!migration.isActive(ms) || !ms.targetNode || ms.targetNode === st?.nodeName) continue;
-    if (st?.phase === 'Succeeded' || st?.phase === 'Failed') continue;
-    out.push({ nodeName: ms.targetNode, requests: vmiRequests(v.spec ?? {}, settings) });
+    const target = migrationTargetOf(v);
+    if (target) out.push({ nodeName: target, requests: vmiRequests(v.spec ?? {}, settings) });
   }
   return out;
 }
+
+/** The node a VMI is migrating into and takes room on (migrationTargetPlacements' rule), if any. */
+export function migrationTargetOf(v: VmiPlacementLike): string | undefined {
+  const st = v.status;
+  const ms = st?.migrationState;
+  if (!migration.isActive(ms) || !ms.targetNode || ms.targetNode === st?.nodeName) return undefined;
+  if (st?.phase === 'Succeeded' || st?.phase === 'Failed') return undefined;
+  return ms.targetNode;
+}
+
+/**
+ * The informer index of VMIs by the node they are migrating into (migrationTargetOf): the
+ * scheduler looks up each node's incoming VMIs rather than scanning every VMI per decision.
+ */
+export const BY_MIGRATION_TARGET = 'migrationTarget';
+export const byMigrationTarget = (v: object): string[] => {
+  const target = migrationTargetOf(v as VmiPlacementLike);
+  return target ? [target] : [];
+};
