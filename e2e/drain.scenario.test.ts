@@ -3,7 +3,8 @@
  * is drained with `vessel drain` on a three-node dev cluster. Afterwards every VM runs on another
  * node with the same IP, the drained node runs no QEMU, and no guest rebooted (each prints its
  * uptime every second; the uptime goes on past the drain on its new node). The time of the drain
- * is printed.
+ * is printed. Five migrations from one node exceed parallelOutboundMigrationsPerNode (2): the
+ * waiting ones say so in one MigrationPending Event each.
  */
 import assert from 'node:assert/strict';
 import { readdir, readFile } from 'node:fs/promises';
@@ -18,6 +19,7 @@ import { serialLog, tinyVm } from './tiny-vm.ts';
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const NODE: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
+const EVENT: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
 const ns = 'default';
 const NAMES = ['d1', 'd2', 'd3', 'd4', 'd5'];
 const VESSEL = fileURLToPath(new URL('../bin/vessel', import.meta.url));
@@ -111,5 +113,20 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
     assert.ok(now[0] > last, `${name} rebooted: uptime ${now[0]} after ${last}`);
   }
   assert.equal(await qemusOn(first), 0, `no QEMU left on ${first}`);
+  // Three of the five waited for a slot on their node (KubeVirt's default of 2 outbound
+  // migrations per node): one Event each, naming the limit, recorded once (count 1).
+  const pending = (await c.client.list(EVENT, { namespace: ns })).items.filter((e) => (e as { reason?: string }).reason === 'MigrationPending') as {
+    message: string;
+    count: number;
+    involvedObject: { kind: string; name: string };
+  }[];
+  console.log(`# MigrationPending events: ${pending.map((e) => `${e.involvedObject.name} ×${e.count}: ${e.message}`).join('; ')}`);
+  assert.ok(pending.length >= 3, `${pending.length} MigrationPending events, 3 migrations at least had to wait`);
+  for (const e of pending) {
+    assert.equal(e.involvedObject.kind, 'VirtualMachineInstanceMigration');
+    assert.match(e.message, new RegExp(`from node ${first} have reached parallelOutboundMigrationsPerNode \\(2\\)$`));
+    assert.equal(e.count, 1, `one Event per reason, not per reconcile: ${e.involvedObject.name} ×${e.count}`);
+  }
+  assert.equal(new Set(pending.map((e) => e.involvedObject.name)).size, pending.length, 'one Event per waiting migration');
   assert.equal(((await c.client.get(NODE, first)).spec as { unschedulable?: boolean }).unschedulable, true, 'the node stays cordoned');
 });
