@@ -108,7 +108,12 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
         return u.length >= 2 ? u : undefined;
       },
       120_000,
-    );
+    ).catch(async (e: Error) => {
+      // What a failure needs to be placed: the VMI as the API has it, the guest's last words there.
+      const vmi = await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined);
+      const tail = (await serialLog(dataDirOf(s.nodeName!), ns, name)).slice(-600);
+      throw new Error(`${e.message}\nVMI status: ${JSON.stringify(vmi?.status)}\nserial tail on ${s.nodeName}: ${JSON.stringify(tail)}`);
+    });
     console.log(`# ${name} → ${s.nodeName}: uptime ${last.toFixed(1)} s before the drain, ${now[0].toFixed(1)} s first seen there`);
     assert.ok(now[0] > last, `${name} rebooted: uptime ${now[0]} after ${last}`);
   }
