@@ -2,17 +2,18 @@
  * Migration settings in the migration controller, over the in-memory client: the effective
  * configuration written into the VMI's migrationState, and the parallel limits
  * (parallelMigrationsPerCluster, parallelOutboundMigrationsPerNode) keeping migrations Pending,
- * then starting them in creation order as slots free. The pure slot rule is tested first.
+ * then starting them in creation order as slots free, with one MigrationPending Event per reason
+ * while they wait. The pure slot rule is tested first.
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { migration, migrationConfig, refs } from '@vessel/api';
 import { setCondition, updateStatus } from '@vessel/runtime';
-import { mayStart } from './migration-limits.ts';
-import { MigrationController } from './migration.ts';
+import { mayStart, slotWait } from './migration-limits.ts';
+import { MIGRATION_PENDING_REASON, MigrationController } from './migration.ts';
 import { agentSets, createNode, InMemoryClient, settle, until } from './testing/harness.ts';
 
-const { VMIS, VMIMS, KUBEVIRTS, MIGRATION_POLICIES } = refs;
+const { EVENTS, VMIS, VMIMS, KUBEVIRTS, MIGRATION_POLICIES } = refs;
 type Obj = Record<string, unknown>;
 const ns = 'default';
 
@@ -37,6 +38,15 @@ test('slots: the cluster and per-node limits, older waiting migrations first', (
     false,
     'cluster full',
   );
+});
+
+test('slots: the limit a waiting migration waits for', () => {
+  const limits = { perCluster: 2, perNode: 1 };
+  const w = (uid: string, source: string, order: string) => ({ uid, source, order });
+  assert.equal(slotWait('a', [], [w('a', 'n1', '1')], limits), undefined);
+  assert.deepEqual(slotWait('a', [{ uid: 'x', source: 'n1' }], [w('a', 'n1', '1')], limits), { limit: 'perNode', max: 1, node: 'n1' });
+  assert.deepEqual(slotWait('c', [], [w('a', 'n1', '1'), w('b', 'n2', '2'), w('c', 'n3', '3')], limits), { limit: 'perCluster', max: 2 });
+  assert.deepEqual(slotWait('z', [], [w('a', 'n1', '1')], limits), { limit: 'notListed' }, 'not among the waiting: no limit to name');
 });
 
 async function setup(kvMigrations: Obj, nodes = ['node-a', 'node-b', 'node-c']) {
@@ -132,6 +142,51 @@ test('parallelMigrationsPerCluster: the next migration stays Pending, then start
   assert.equal(await phase(c, 'm3'), 'Pending', 'one slot: m3 waits for m2');
   await agentEnds(c, 'v2', { failed: true, failureReason: 'x' });
   await phaseIs(c, 'm3', 'Scheduled');
+});
+
+test('a migration kept Pending by a limit gets one MigrationPending Event per distinct reason, not one per reconcile', async () => {
+  await using h = await setup({ parallelOutboundMigrationsPerNode: 1 });
+  const { c } = h;
+  const pendingEvents = async (name: string) =>
+    (await c.list(EVENTS, { namespace: ns })).items.filter(
+      (e) => (e as { involvedObject?: { name?: string } }).involvedObject?.name === name && (e as { reason?: string }).reason === MIGRATION_PENDING_REASON,
+    ) as { message: string; count: number; type: string; involvedObject: { kind: string } }[];
+  await runningVmi(c, 'a1', 'node-a');
+  await runningVmi(c, 'a2', 'node-a');
+  await runningVmi(c, 'b1', 'node-b');
+  await migrate(c, 'ma1', 'a1');
+  await phaseIs(c, 'ma1', 'Scheduled');
+  await migrate(c, 'ma2', 'a2');
+  const first = await until('the per-node Event', async () => ((await pendingEvents('ma2')).length ? await pendingEvents('ma2') : undefined), 3000);
+  assert.equal(first[0].type, 'Normal');
+  assert.equal(first[0].involvedObject.kind, 'VirtualMachineInstanceMigration');
+  assert.equal(
+    first[0].message,
+    `Waiting to schedule target for VMI ${ns}/a2 migration: the outbound migrations from node node-a have reached parallelOutboundMigrationsPerNode (1)`,
+  );
+  // Other migrations and VMI writes reconcile ma2 again and again: still one Event, count 1.
+  await migrate(c, 'mb1', 'b1');
+  await phaseIs(c, 'mb1', 'Scheduled');
+  for (let i = 0; i < 3; i++) await c.patch(VMIS, 'b1', { metadata: { labels: { touched: String(i) } } }, { namespace: ns });
+  await settle(300);
+  assert.equal(await phase(c, 'ma2'), 'Pending');
+  assert.deepEqual(
+    (await pendingEvents('ma2')).map((e) => e.count),
+    [1],
+  );
+  assert.equal((await pendingEvents('mb1')).length + (await pendingEvents('ma1')).length, 0, 'no Event for migrations that never waited');
+  // Another reason (the cluster's limit now holds it): a second Event.
+  await c.patch(
+    KUBEVIRTS,
+    migrationConfig.KUBEVIRT_NAME,
+    { spec: { configuration: { migrations: { parallelOutboundMigrationsPerNode: 2, parallelMigrationsPerCluster: 2 } } } },
+    { namespace: migrationConfig.KUBEVIRT_NAMESPACE },
+  );
+  await until('the cluster-limit Event', async () => ((await pendingEvents('ma2')).length === 2 ? true : undefined), 3000);
+  assert.match((await pendingEvents('ma2'))[1].message, /the running migrations have reached parallelMigrationsPerCluster \(2\)$/);
+  await agentEnds(c, 'b1', { completed: true });
+  await phaseIs(c, 'ma2', 'Scheduled');
+  assert.equal((await pendingEvents('ma2')).length, 2);
 });
 
 test('parallelOutboundMigrationsPerNode: a second migration from the same node waits, others go', async () => {

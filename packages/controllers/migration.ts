@@ -9,13 +9,14 @@
  * Failed; once it ended, the VMI's Migrating condition turns False. Deleting a running migration sets migrationState.abortRequested, which the agents
  * act on. Work is keyed by VMI, so one VMI's migrations are decided in order, and every
  * reconcile makes at most one write. Settings (docs/migration.md "Settings"): a migration stays
- * Pending while the KubeVirt object's parallel limits are reached, and the VMI's migrationState
+ * Pending while the KubeVirt object's parallel limits are reached (a MigrationPending Event says
+ * which, once per reason), and the VMI's migrationState
  * carries the effective migration configuration the agents apply.
  */
 import { migration, migrationConfig, phaseOf, refs } from '@vessel/api';
 import type { Client } from '@vessel/client';
 import { cacheKey, Controller, EventRecorder, getCondition, setCondition, updateStatus, type Informer, type KubeObject, type Log } from '@vessel/runtime';
-import { mayStart, type RunningMigration, type WaitingMigration } from './migration-limits.ts';
+import { slotWait, type RunningMigration, type SlotWait, type WaitingMigration } from './migration-limits.ts';
 import { migrationTargetPlacements, scheduleVmi, vmiRequests, type Requests, type SchedulingSettings, type VmiPlacementLike } from './scheduling/fit.ts';
 
 const { NODES, VMIS, VMIMS, KUBEVIRTS, MIGRATION_POLICIES, NAMESPACES } = refs;
@@ -29,6 +30,8 @@ export type MigrationPhase = 'Pending' | 'Scheduling' | 'Scheduled' | 'Preparing
 const FINAL_PHASES = new Set(['Succeeded', 'Failed']);
 /** The phases of a migration that succeeds, in order. */
 const ORDER: readonly MigrationPhase[] = ['Pending', 'Scheduling', 'Scheduled', 'PreparingTarget', 'TargetReady', 'Running', 'Succeeded'];
+/** The Event reason on a migration that waits in Pending for a parallel-migration slot. */
+export const MIGRATION_PENDING_REASON = 'MigrationPending';
 /** The VMI's condition while a migration of it runs (True, naming it), False once it ended. */
 export const MIGRATING_CONDITION = 'Migrating';
 
@@ -67,6 +70,8 @@ export class MigrationController extends Controller {
    * dedicated-CPU VMIs could both be sent to a node whose pool fits one.
    */
   private readonly targeted = new Map<string, { vmiKey: string; node: string; requests: Requests; at: number }>();
+  /** Why each Pending migration waits, as last recorded in its Event (migration uid → message): one Event per distinct reason, not per reconcile. */
+  private readonly waitReasons = new Map<string, string>();
 
   constructor(
     client: Client,
@@ -133,8 +138,10 @@ export class MigrationController extends Controller {
       return;
     }
     if (phase === 'Pending') {
-      // Beyond the parallel limits it stays Pending; a freed slot requeues it (informers above).
-      if (!this.slotFree(next)) return;
+      // Beyond the parallel limits it stays Pending, an Event saying which; a freed slot requeues it (informers above).
+      const wait = this.slotWait(next);
+      if (wait) return this.recordWait(next, wait);
+      this.waitReasons.delete(next.metadata.uid!);
       this.claimed.set(next.metadata.uid!, String((vmi!.status as Obj).nodeName));
       return this.setPhase(next, 'Scheduling');
     }
@@ -188,17 +195,36 @@ export class MigrationController extends Controller {
     ];
   }
 
-  /** Whether migration `m` may leave Pending under parallelMigrationsPerCluster and parallelOutboundMigrationsPerNode. */
-  private slotFree(m: KubeObject): boolean {
+  /**
+   * An Event on a migration kept Pending by a parallel limit, once per distinct reason (the
+   * recorder alone would bump its count on every reconcile). KubeVirt only logs this, in these
+   * words; an Event is what `kubectl describe` shows.
+   */
+  private async recordWait(m: KubeObject, wait: SlotWait): Promise<void> {
+    if (wait.limit === 'notListed') return;
+    const vmi = `${m.metadata.namespace}/${vmiNameOf(m)}`;
+    const message =
+      wait.limit === 'perNode'
+        ? `Waiting to schedule target for VMI ${vmi} migration: the outbound migrations from node ${wait.node} have reached parallelOutboundMigrationsPerNode (${wait.max})`
+        : `Waiting to schedule target for VMI ${vmi} migration: the running migrations have reached parallelMigrationsPerCluster (${wait.max})`;
+    const uid = m.metadata.uid!;
+    if (this.waitReasons.get(uid) === message) return;
+    this.waitReasons.set(uid, message);
+    await this.events.record(m, 'Normal', MIGRATION_PENDING_REASON, message);
+  }
+
+  /** Why migration `m` may not leave Pending under parallelMigrationsPerCluster and parallelOutboundMigrationsPerNode, or undefined when it may. */
+  private slotWait(m: KubeObject): SlotWait | undefined {
     const all = this.vmims.list();
-    // Claims end when the cache shows the migration out of Pending, or gone.
+    // Claims end when the cache shows the migration out of Pending, or gone; so do recorded wait reasons.
     const present = new Map(all.map((x) => [x.metadata.uid!, vmimPhase(x)]));
     for (const uid of this.claimed.keys()) {
       const phase = present.get(uid);
       if (phase === undefined || !WAITING_PHASES.has(phase)) this.claimed.delete(uid);
     }
+    for (const uid of this.waitReasons.keys()) if (!WAITING_PHASES.has(present.get(uid) ?? 'gone')) this.waitReasons.delete(uid);
     // A claim whose phase write failed: it holds its slot already.
-    if (this.claimed.has(m.metadata.uid!)) return true;
+    if (this.claimed.has(m.metadata.uid!)) return undefined;
     const conf = migrationConfig.clusterMigrationConfiguration(this.kubevirt());
     const running = new Map<string, RunningMigration>();
     const waiting = new Map<string, WaitingMigration>();
@@ -226,7 +252,7 @@ export class MigrationController extends Controller {
       }
     }
     for (const [uid, source] of this.claimed) if (!running.has(uid)) running.set(uid, { uid, source });
-    return mayStart(m.metadata.uid!, [...running.values()], [...waiting.values()], {
+    return slotWait(m.metadata.uid!, [...running.values()], [...waiting.values()], {
       perCluster: conf.parallelMigrationsPerCluster,
       perNode: conf.parallelOutboundMigrationsPerNode,
     });
