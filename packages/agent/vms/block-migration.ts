@@ -152,8 +152,8 @@ export function runDirDiskFiles(disks: readonly MovingDisk[]): string[] {
 /**
  * Source, before it sends: each moving containerDisk whose pinned digest (the VMI's record, what
  * the target pulls) is not the one this node's base came from (its digest file in `runDir`), one
- * sentence each. The record is on an object its tenant may write: one changed since the start would
- * put the guest's overlay over other bytes on the target, so the migration fails instead.
+ * sentence each. The record is a reserved annotation (tenants cannot write it); one that does not
+ * match anyway would put the guest's overlay over other bytes on the target, so the migration fails instead.
  */
 export async function pinMismatches(disks: readonly MovingDisk[], runDir: string): Promise<string[]> {
   const out: string[] = [];
