@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
+import { agentLines, silentGuestReport } from './guest-report.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { serialLog, tinyVm } from './tiny-vm.ts';
 
@@ -27,6 +28,8 @@ const USER_DATA = `#!/bin/sh\n(while true; do echo "VESSEL-UPTIME $(cut -d' ' -f
 type VmiStatus = { phase?: string; nodeName?: string; interfaces?: { ipAddress?: string }[] };
 
 let c: TestCluster;
+// The agents' lines, kept for a failure's report (the one failure of the sweep ran without VESSEL_TEST_LOG).
+const lines = agentLines();
 const status = async (name: string) => ((await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined))?.status ?? {}) as VmiStatus;
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 const dataDirOf = (node: string) => c.nodes.agents.find((a) => a.nodeName === node)!.dataDir;
@@ -43,7 +46,7 @@ async function qemusOn(node: string): Promise<number> {
 }
 
 before(async () => {
-  c = await startCluster({ nodes: 3 });
+  c = await startCluster({ nodes: 3, nodeLog: lines.add });
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
 after(async () => {
@@ -110,14 +113,18 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
       },
       120_000,
     ).catch(async (e: Error) => {
-      // What a failure needs to be placed: the VMI as the API has it, the guest's last words there.
+      // What a failure needs to be placed: the VMI as the API has it, the guest's last words there,
+      // its QEMU there as QMP tells it, its Events and the agents' lines about it (guest-report.ts).
       const vmi = await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined);
       const tail = (await serialLog(dataDirOf(s.nodeName!), ns, name)).slice(-600);
-      throw new Error(`${e.message}\nVMI status: ${JSON.stringify(vmi?.status)}\nserial tail on ${s.nodeName}: ${JSON.stringify(tail)}`);
+      const report = await silentGuestReport(c, ns, name, s.nodeName!, lines).catch((r: Error) => `report failed: ${r.message}`);
+      throw new Error(`${e.message}\nVMI status: ${JSON.stringify(vmi?.status)}\nserial tail on ${s.nodeName}: ${JSON.stringify(tail)}\n${report}`);
     });
     console.log(`# ${name} → ${s.nodeName}: uptime ${last.toFixed(1)} s before the drain, ${now[0].toFixed(1)} s first seen there`);
     assert.ok(now[0] > last, `${name} rebooted: uptime ${now[0]} after ${last}`);
   }
+  // A healthy guest's report, to compare a silent one's with (run state, halted vCPUs, CPU time).
+  console.log(`# ${(await silentGuestReport(c, ns, NAMES[0], (await status(NAMES[0])).nodeName!)).replaceAll('\n', '\n# ')}`);
   assert.equal(await qemusOn(first), 0, `no QEMU left on ${first}`);
   // Three of the five waited for a slot on their node (KubeVirt's default of 2 outbound
   // migrations per node): one Event each, naming the limit, recorded once (count 1).

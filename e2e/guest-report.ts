@@ -1,0 +1,107 @@
+/**
+ * What places a guest that went silent on its node after a migration (issue 13's drain sweep:
+ * a VMI Running on its new node, no serial output there): the QEMU there as QMP tells it (run
+ * state, incoming migration, the serial chardev, the vCPUs' RIP and halt state sampled twice,
+ * the LAPIC timer), the QEMU process' CPU time over the same seconds, the serial log's size and
+ * age, the tail of qemu.log, the VMI's Events and the agents' lines about it. Read-only: it only
+ * asks; the guest is left as it is.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { KubeObject, ResourceRef } from '@vessel/client';
+import { runDirFiles } from '../packages/agent/qemu/process.ts';
+import type { TestCluster } from './harness.ts';
+import { runDirOf } from './tiny-vm.ts';
+
+const EVENT: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Keeps the agents' log lines (startCluster's nodeLog), the last `max` of them. */
+export function agentLines(max = 40_000): { add: (line: string) => void; about: (namespace: string, name: string) => string[] } {
+  const lines: string[] = [];
+  return {
+    add(line) {
+      lines.push(line);
+      if (lines.length > max) lines.splice(0, lines.length - max);
+    },
+    // "migration: default/d2: ...", "vms: default/d2: ...": the VMI's key followed by a non-name character.
+    about: (namespace, name) => lines.filter((l) => new RegExp(`${namespace}/${name}(?![\\w.-])`).test(l)),
+  };
+}
+
+/** utime + stime of a process in clock ticks (undefined: gone). */
+async function cpuTicks(pid: number): Promise<number | undefined> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  if (!text) return undefined;
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return Number(f[11]) + Number(f[12]);
+}
+
+/** The vCPUs' RIP and HLT flag from `info registers -a` (one line per vCPU). */
+function registers(text: string): string {
+  const rips = [...text.matchAll(/RIP=(\S+)/g)].map((m) => m[1]);
+  const hlts = [...text.matchAll(/HLT=(\d)/g)].map((m) => m[1]);
+  return rips.map((r, i) => `RIP=${r} HLT=${hlts[i] ?? '?'}`).join(', ') || text.slice(0, 200);
+}
+
+/** A multi-line report on VMI `name`'s QEMU on `node` and what is known about its guest. */
+export async function silentGuestReport(
+  c: TestCluster,
+  namespace: string,
+  name: string,
+  node: string,
+  lines?: { about: (namespace: string, name: string) => string[] },
+): Promise<string> {
+  const out: string[] = [`--- report on ${namespace}/${name} on ${node} ---`];
+  const agent = c.nodes.agents.find((a) => a.nodeName === node);
+  const dir = agent && (await runDirOf(agent.dataDir, namespace, name));
+  const files = dir ? runDirFiles(dir) : undefined;
+  const pid = files && Number((await readFile(files.pidfile, 'utf8').catch(() => '')).trim());
+  const qmp = agent?.vms.qmpFor(namespace, name);
+  const ticks0 = pid ? await cpuTicks(pid) : undefined;
+  out.push(`run directory: ${dir ?? 'none'}; QEMU pid ${pid || '?'} ${ticks0 === undefined ? 'not running' : 'running'}`);
+  if (!qmp) out.push(`no QEMU session for it in ${node}'s runtime: the target QEMU was not taken over (or is gone)`);
+  else {
+    const ask = (cmd: string, args?: Record<string, unknown>) =>
+      qmp.execute(cmd, args, { timeoutMs: 5000 }).then(
+        (r) => JSON.stringify(r),
+        (e: Error) => `error: ${e.message}`,
+      );
+    const hmp = (line: string) =>
+      qmp.execute<string>('human-monitor-command', { 'command-line': line }, { timeoutMs: 5000 }).catch((e: Error) => `error: ${e.message}`);
+    out.push(`query-status: ${await ask('query-status')}`);
+    out.push(`query-migrate: ${await ask('query-migrate')}`);
+    const chardevs = await qmp.execute<{ label: string; filename: string; 'frontend-open': boolean }[]>('query-chardev').catch(() => []);
+    out.push(`chardevs: ${chardevs.map((d) => `${d.label}=${d.filename}${d['frontend-open'] ? '' : ' (frontend closed)'}`).join('; ')}`);
+    const before = registers(await hmp('info registers -a'));
+    await sleep(2000);
+    out.push(`vCPUs: ${before}; 2 s later: ${registers(await hmp('info registers -a'))}`);
+    out.push(`info lapic: ${(await hmp('info lapic')).replace(/\s+/g, ' ').slice(0, 600)}`);
+  }
+  const ticks1 = pid ? await cpuTicks(pid) : undefined;
+  if (ticks0 !== undefined && ticks1 !== undefined) out.push(`QEMU CPU time over the last ${qmp ? 2 : 0} s+: ${ticks1 - ticks0} ticks`);
+  if (files) {
+    const s = await stat(files.serialLog).catch(() => undefined);
+    out.push(s ? `serial.log: ${s.size} bytes, written ${((Date.now() - s.mtimeMs) / 1000).toFixed(1)} s ago` : 'serial.log: missing');
+    const log = (await readFile(files.log, 'utf8').catch(() => '')).trim().split('\n').slice(-8).join(' | ');
+    out.push(`qemu.log tail: ${log || '(empty)'}`);
+  }
+  const events = (await c.client.list(EVENT, { namespace }).catch(() => ({ items: [] as KubeObject[] }))).items as unknown as {
+    reason?: string;
+    message?: string;
+    involvedObject?: { kind?: string; name?: string };
+    lastTimestamp?: string;
+  }[];
+  for (const e of events.filter((e) => e.involvedObject?.name === name || e.involvedObject?.name?.startsWith(`${name}-`)))
+    out.push(`event ${e.lastTimestamp ?? ''} ${e.involvedObject?.kind}/${e.involvedObject?.name} ${e.reason}: ${e.message}`);
+  if (lines) out.push(...lines.about(namespace, name).slice(-60));
+  else out.push('(agent log lines not kept: pass nodeLog to startCluster)');
+  // Also next to the source: the run directories of the other nodes (what the guest printed last there).
+  for (const a of c.nodes.agents) {
+    if (a.nodeName === node) continue;
+    const d = await runDirOf(a.dataDir, namespace, name);
+    const text = d ? await readFile(join(d, 'serial.log'), 'utf8').catch(() => '') : '';
+    if (text) out.push(`serial tail on ${a.nodeName}: ${JSON.stringify(text.slice(-300))}`);
+  }
+  return out.join('\n');
+}
