@@ -83,6 +83,8 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
   for (const n of others) await c.client.patch(NODE, n, { spec: { unschedulable: null } });
   const before = new Map<string, VmiStatus>();
   for (const name of NAMES) before.set(name, await status(name));
+  const uids = new Map<string, string | undefined>();
+  for (const name of NAMES) uids.set(name, (await c.client.get(VMI, name, { namespace: ns })).metadata.uid);
   // The source's run directory goes with the migration: its last uptime is read now.
   const lastBefore = new Map<string, number>();
   for (const name of NAMES) lastBefore.set(name, uptimes(await serialLog(dataDirOf(first), ns, name)).at(-1)!);
@@ -118,7 +120,9 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
       const vmi = await c.client.get(VMI, name, { namespace: ns }).catch(() => undefined);
       const tail = (await serialLog(dataDirOf(s.nodeName!), ns, name)).slice(-600);
       const report = await silentGuestReport(c, ns, name, s.nodeName!, lines).catch((r: Error) => `report failed: ${r.message}`);
-      throw new Error(`${e.message}\nVMI status: ${JSON.stringify(vmi?.status)}\nserial tail on ${s.nodeName}: ${JSON.stringify(tail)}\n${report}`);
+      // A VMI failed on its new node and started again by its VM (runStrategy Always) keeps its IP (IPAM is per VM): its uid says it.
+      const uid = vmi?.metadata.uid === uids.get(name) ? 'the same VMI as before the drain' : `a new VMI (uid ${uids.get(name)} → ${vmi?.metadata.uid})`;
+      throw new Error(`${e.message}\n${uid}\nVMI status: ${JSON.stringify(vmi?.status)}\nserial tail on ${s.nodeName}: ${JSON.stringify(tail)}\n${report}`);
     });
     console.log(`# ${name} → ${s.nodeName}: uptime ${last.toFixed(1)} s before the drain, ${now[0].toFixed(1)} s first seen there`);
     assert.ok(now[0] > last, `${name} rebooted: uptime ${now[0]} after ${last}`);

@@ -6,7 +6,7 @@
  * age, the tail of qemu.log, the VMI's Events and the agents' lines about it. Read-only: it only
  * asks; the guest is left as it is.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { KubeObject, ResourceRef } from '@vessel/client';
 import { runDirFiles } from '../packages/agent/qemu/process.ts';
@@ -37,6 +37,27 @@ async function cpuTicks(pid: number): Promise<number | undefined> {
   return Number(f[11]) + Number(f[12]);
 }
 
+/** CPU time and run-queue wait (ns) summed over a process' threads (schedstat of each task under /proc/PID/task); undefined: gone. */
+async function schedTotals(pid: number): Promise<{ cpu: number; wait: number } | undefined> {
+  const tasks = await readdir(`/proc/${pid}/task`).catch(() => undefined);
+  if (!tasks) return undefined;
+  let cpu = 0;
+  let wait = 0;
+  for (const t of tasks) {
+    const f = (await readFile(`/proc/${pid}/task/${t}/schedstat`, 'utf8').catch(() => '0 0')).trim().split(' ');
+    cpu += Number(f[0]);
+    wait += Number(f[1]);
+  }
+  return { cpu, wait };
+}
+
+/** nice and scheduling policy of a process (/proc/PID/stat fields 19 and 41). */
+async function niceAndPolicy(pid: number): Promise<string> {
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  const f = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return text ? `nice ${f[16]}, policy ${['OTHER', 'FIFO', 'RR', 'BATCH', 'ISO', 'IDLE'][Number(f[38])] ?? f[38]}` : '?';
+}
+
 /** The vCPUs' RIP and HLT flag from `info registers -a` (one line per vCPU). */
 function registers(text: string): string {
   const rips = [...text.matchAll(/RIP=(\S+)/g)].map((m) => m[1]);
@@ -59,7 +80,10 @@ export async function silentGuestReport(
   const pid = files && Number((await readFile(files.pidfile, 'utf8').catch(() => '')).trim());
   const qmp = agent?.vms.qmpFor(namespace, name);
   const ticks0 = pid ? await cpuTicks(pid) : undefined;
-  out.push(`run directory: ${dir ?? 'none'}; QEMU pid ${pid || '?'} ${ticks0 === undefined ? 'not running' : 'running'}`);
+  const sched0 = pid ? await schedTotals(pid) : undefined;
+  out.push(
+    `run directory: ${dir ?? 'none'}; QEMU pid ${pid || '?'} ${ticks0 === undefined ? 'not running' : `running (${await niceAndPolicy(pid!)})`}; host load ${(await readFile('/proc/loadavg', 'utf8')).trim()}`,
+  );
   if (!qmp) out.push(`no QEMU session for it in ${node}'s runtime: the target QEMU was not taken over (or is gone)`);
   else {
     const ask = (cmd: string, args?: Record<string, unknown>) =>
@@ -79,7 +103,13 @@ export async function silentGuestReport(
     out.push(`info lapic: ${(await hmp('info lapic')).replace(/\s+/g, ' ').slice(0, 600)}`);
   }
   const ticks1 = pid ? await cpuTicks(pid) : undefined;
+  const sched1 = pid ? await schedTotals(pid) : undefined;
+  // Starved (a cold translation cache after the move, at nice 10 under load) shows as wait far above CPU.
   if (ticks0 !== undefined && ticks1 !== undefined) out.push(`QEMU CPU time over the last ${qmp ? 2 : 0} s+: ${ticks1 - ticks0} ticks`);
+  if (sched0 && sched1)
+    out.push(
+      `QEMU threads over the same time: ${((sched1.cpu - sched0.cpu) / 1e6).toFixed(0)} ms on CPU, ${((sched1.wait - sched0.wait) / 1e6).toFixed(0)} ms waiting to run`,
+    );
   if (files) {
     const s = await stat(files.serialLog).catch(() => undefined);
     out.push(s ? `serial.log: ${s.size} bytes, written ${((Date.now() - s.mtimeMs) / 1000).toFixed(1)} s ago` : 'serial.log: missing');
