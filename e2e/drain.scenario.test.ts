@@ -84,7 +84,7 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
   const before = new Map<string, VmiStatus>();
   for (const name of NAMES) before.set(name, await status(name));
   const uids = new Map<string, string | undefined>();
-  for (const name of NAMES) uids.set(name, (await c.client.get(VMI, name, { namespace: ns })).metadata.uid);
+  for (const name of NAMES) uids.set(name, (await c.client.get(VMI, name, { namespace: ns })).metadata?.uid);
   // The source's run directory goes with the migration: its last uptime is read now.
   const lastBefore = new Map<string, number>();
   for (const name of NAMES) lastBefore.set(name, uptimes(await serialLog(dataDirOf(first), ns, name)).at(-1)!);
@@ -121,7 +121,7 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
       const tail = (await serialLog(dataDirOf(s.nodeName!), ns, name)).slice(-600);
       const report = await silentGuestReport(c, ns, name, s.nodeName!, lines).catch((r: Error) => `report failed: ${r.message}`);
       // A VMI failed on its new node and started again by its VM (runStrategy Always) keeps its IP (IPAM is per VM): its uid says it.
-      const uid = vmi?.metadata.uid === uids.get(name) ? 'the same VMI as before the drain' : `a new VMI (uid ${uids.get(name)} → ${vmi?.metadata.uid})`;
+      const uid = vmi?.metadata?.uid === uids.get(name) ? 'the same VMI as before the drain' : `a new VMI (uid ${uids.get(name)} → ${vmi?.metadata?.uid})`;
       throw new Error(`${e.message}\n${uid}\nVMI status: ${JSON.stringify(vmi?.status)}\nserial tail on ${s.nodeName}: ${JSON.stringify(tail)}\n${report}`);
     });
     console.log(`# ${name} → ${s.nodeName}: uptime ${last.toFixed(1)} s before the drain, ${now[0].toFixed(1)} s first seen there`);
