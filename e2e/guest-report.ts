@@ -135,3 +135,53 @@ export async function silentGuestReport(
   }
   return out.join('\n');
 }
+
+/** The QEMU pid of VMI `name` on the agent of `dataDir` (its run directory's pidfile), if it runs. */
+export async function qemuPidOf(dataDir: string, namespace: string, name: string): Promise<number | undefined> {
+  const dir = await runDirOf(dataDir, namespace, name);
+  const pid = dir ? Number((await readFile(runDirFiles(dir).pidfile, 'utf8').catch(() => '')).trim()) : 0;
+  return pid && (await cpuTicks(pid)) !== undefined ? pid : undefined;
+}
+
+/** run_delay (ms) of a QEMU's main and vCPU threads: how long each has waited for a CPU. */
+export async function runDelays(pid: number): Promise<Map<string, number>> {
+  const out = new Map<string, number>();
+  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const comm = (await readFile(`/proc/${pid}/task/${task}/comm`, 'utf8').catch(() => '')).trim();
+    if (task !== String(pid) && !comm.startsWith('CPU ')) continue;
+    out.set(task, Number((await readFile(`/proc/${pid}/task/${task}/schedstat`, 'utf8').catch(() => '0 0')).split(' ')[1]) / 1e6);
+  }
+  return out;
+}
+
+/**
+ * The time (ms) since `t0` during which the QEMU could run: the wall time minus the most one of
+ * its main or vCPU threads waited for a CPU since `before` (runDelays at t0). A guest starved by
+ * the host (QEMU at nice 10, SCHED_BATCH, autogroup 19 against nice-0 work) gets little of it; a
+ * paused or hung guest halts or sleeps, which is not a wait for a CPU, so its time counts.
+ */
+export async function runnableSince(pid: number | undefined, t0: number, before: Map<string, number>): Promise<number> {
+  let most = 0;
+  if (pid) for (const [task, ms] of await runDelays(pid)) most = Math.max(most, ms - (before.get(task) ?? ms));
+  return Math.max(0, Date.now() - t0 - most);
+}
+
+/**
+ * Polls `check` until it gives a value, or the guest's QEMU (`pid`) could run for `runnableMs`
+ * without one (runnableSince), or `wallMs` passed; value undefined then.
+ */
+export async function whileRunnable<T>(
+  pid: number | undefined,
+  check: () => Promise<T | undefined>,
+  runnableMs: number,
+  wallMs: number,
+): Promise<{ value?: T; runnable: number; wall: number }> {
+  const t0 = Date.now();
+  const before = pid ? await runDelays(pid) : new Map<string, number>();
+  for (;;) {
+    const value = await check().catch(() => undefined);
+    const runnable = await runnableSince(pid, t0, before);
+    if (value !== undefined || runnable > runnableMs || Date.now() - t0 > wallMs) return { value, runnable, wall: Date.now() - t0 };
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
