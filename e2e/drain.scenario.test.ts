@@ -150,7 +150,7 @@ test('drain a node running 5 VMs: all run elsewhere with their IPs, the node is 
     assert.ok(now[0] > last, `${name} rebooted: uptime ${now[0]} after ${last}`);
   }
   // A healthy guest's report, to compare a silent one's with (run state, halted vCPUs, CPU time).
-  console.log(`# ${(await silentGuestReport(c, ns, NAMES[0], (await status(NAMES[0])).nodeName!)).replaceAll('\n', '\n# ')}`);
+  console.log(`# ${(await silentGuestReport(c, ns, NAMES[0], (await status(NAMES[0])).nodeName!, lines)).replaceAll('\n', '\n# ')}`);
   assert.equal(await qemusOn(first), 0, `no QEMU left on ${first}`);
   // Three of the five waited for a slot on their node (KubeVirt's default of 2 outbound
   // migrations per node): one Event each, naming the limit, recorded once (count 1).
