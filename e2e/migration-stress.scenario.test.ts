@@ -106,7 +106,7 @@ test(`${NAMES.length} guests live-migrated together ${ROUNDS} times: each prints
           const dir = await runDirOf(dataDirOf(target), ns, name);
           const text = dir ? (await readFile(join(dir, 'serial.log')).catch(() => Buffer.alloc(0))).subarray(offsets.get(`${name}@${target}`)).toString() : '';
           const u = uptimes(text);
-          return u.length >= 2 ? u : undefined;
+          return u.length >= 2 ? { u, text } : undefined;
         },
         90_000,
       ).catch(async (e: Error) => {
@@ -114,7 +114,12 @@ test(`${NAMES.length} guests live-migrated together ${ROUNDS} times: each prints
       });
       arrivals.push(Date.now() - t0);
       // A rebooted guest starts again from about 1 s.
-      assert.ok(fresh[0] > last.get(name)!, `${name} rebooted on ${target} in round ${round}: uptime ${fresh[0]} after ${last.get(name)}`);
+      if (!(fresh.u[0] > last.get(name)!)) {
+        const report = await silentGuestReport(c, ns, name, target, lines).catch((r: Error) => `report failed: ${r.message}`);
+        assert.fail(
+          `${name} rebooted on ${target} in round ${round}: uptime ${fresh.u[0]} after ${last.get(name)}\nits output there: ${JSON.stringify(fresh.text.slice(0, 1500))}\n${report}`,
+        );
+      }
     }
     console.log(`# round ${round}: ${NAMES.join(', ')} migrated; ${migrations} so far`);
   }
