@@ -8,7 +8,8 @@
  * the report of e2e/guest-report.ts (QMP run state, vCPUs, Events, the agents' lines).
  */
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
@@ -116,8 +117,11 @@ test(`${NAMES.length} guests live-migrated together ${ROUNDS} times: each prints
       // A rebooted guest starts again from about 1 s.
       if (!(fresh.u[0] > last.get(name)!)) {
         const report = await silentGuestReport(c, ns, name, target, lines).catch((r: Error) => `report failed: ${r.message}`);
+        // The whole output kept past the cluster's removal: a guest oops (seen once) runs to many kilobytes.
+        const kept = join(tmpdir(), `vessel-migration-stress-${process.pid}-${name}-r${round}.log`);
+        await writeFile(kept, fresh.text);
         assert.fail(
-          `${name} rebooted on ${target} in round ${round}: uptime ${fresh.u[0]} after ${last.get(name)}\nits output there: ${JSON.stringify(fresh.text.slice(0, 1500))}\n${report}`,
+          `${name} rebooted on ${target} in round ${round}: uptime ${fresh.u[0]} after ${last.get(name)}\nits output there (all of it in ${kept}): ${JSON.stringify(fresh.text.slice(0, 3000))}\n${report}`,
         );
       }
     }
