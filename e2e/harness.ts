@@ -120,6 +120,8 @@ export async function startCluster(
     reservedCpus?: readonly (string | undefined)[];
     /** The agents may pull from the test's loopback registries (containerDisks, imports). */
     allowLoopbackImports?: boolean;
+    /** Gets every agent log line (`[node-N] ...`), also without VESSEL_TEST_LOG: a failure's report can quote them. */
+    nodeLog?: (line: string) => void;
   } & Omit<VesselOptions, 'agent'>,
 ): Promise<TestCluster> {
   const v = await startVessel(opts);
@@ -133,7 +135,13 @@ export async function startCluster(
       qemuPriority: opts.qemuPriority,
       reservedCpus: opts.reservedCpus,
       allowLoopbackImports: opts.allowLoopbackImports,
-      log: process.env.VESSEL_TEST_LOG ? (l) => console.error(l) : undefined,
+      log:
+        opts.nodeLog || process.env.VESSEL_TEST_LOG
+          ? (l) => {
+              opts.nodeLog?.(l);
+              if (process.env.VESSEL_TEST_LOG) console.error(l);
+            }
+          : undefined,
     });
   } catch (e) {
     await v.close();
