@@ -448,6 +448,9 @@ export class VmMigrations {
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
+        // This agent stops (its QMP connections close under the loop): QEMU goes on and the next agent
+        // follows it. A `failed` written now would end a target that may run the guest (post-copy).
+        if (this.closed) return;
         // An abort during the disk mirror ends here too: it succeeded (abortStatus is only set when one was asked for).
         // Not recorded either (the API server away): tried again later, as nothing was sent yet or QEMU goes on.
         await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
