@@ -11,7 +11,11 @@
  * record the guest printed is on the target's copy and the guest never rebooted. Then the same
  * guest migrated back with a slow post-copy whose target QEMU is killed after the switch-over:
  * Failed, a PostCopyFailed event, the source not resumed (its stale guest never prints again; the
- * VM restarts), and the target's copy kept, holding every record the guest printed.
+ * VM restarts), and the target's copy kept under `<file>.postcopy-<migrationUid>` with a
+ * PostCopyDiskKept Warning naming the node and file, holding every record the guest printed. Last,
+ * the same migration again with the source's agent restarted during post-copy: the new agent
+ * follows it to Succeeded, one QEMU, no reboot, every record on the target's new file, and the
+ * copy kept before on that node untouched.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
