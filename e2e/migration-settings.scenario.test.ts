@@ -11,7 +11,11 @@
  * record the guest printed is on the target's copy and the guest never rebooted. Then the same
  * guest migrated back with a slow post-copy whose target QEMU is killed after the switch-over:
  * Failed, a PostCopyFailed event, the source not resumed (its stale guest never prints again; the
- * VM restarts), and the target's copy kept, holding every record the guest printed.
+ * VM restarts), and the target's copy kept under `<file>.postcopy-<migrationUid>` with a
+ * PostCopyDiskKept Warning naming the node and file, holding every record the guest printed. Last,
+ * the same migration again with the source's agent restarted during post-copy: the new agent
+ * follows it to Succeeded, one QEMU, no reboot, every record on the target's new file, and the
+ * copy kept before on that node untouched.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
@@ -146,6 +150,26 @@ echo "VESSEL-REC-DEV $dev"
 done) &
 `;
 
+/** The writer guest with its 64 MiB data claim on the local pool. */
+async function createLocalVm(): Promise<void> {
+  await c.client.create(
+    PVC,
+    {
+      apiVersion: 'v1',
+      kind: 'PersistentVolumeClaim',
+      metadata: { name: DATA, namespace: ns },
+      spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
+    },
+    { namespace: ns },
+  );
+  const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: LOCAL_USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }) as {
+    spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
+  };
+  vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
+  vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
+  await c.client.create(VM, vm as unknown as Obj, { namespace: ns });
+}
+
 test(
   'post-copy with a node-local disk: mirrored and ended before the switch-over, every flushed record on the target’s copy',
   { timeout: 1_800_000 },
@@ -160,22 +184,7 @@ test(
     );
     // As the first test: 1 MiB/s cannot keep up with the guest's memory; after 5 s post-copy.
     await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true, allowWorkloadDisruption: null });
-    await c.client.create(
-      PVC,
-      {
-        apiVersion: 'v1',
-        kind: 'PersistentVolumeClaim',
-        metadata: { name: DATA, namespace: ns },
-        spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
-      },
-      { namespace: ns },
-    );
-    const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: LOCAL_USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }) as {
-      spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
-    };
-    vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
-    vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
-    await c.client.create(VM, vm as unknown as Obj, { namespace: ns });
+    await createLocalVm();
     const source = await runningAndDirtying();
     const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
     await eventually('the guest writing records', async () => (recordsWritten(await log(source)).length > 5 ? true : undefined), 300_000, 500);
@@ -316,6 +325,21 @@ test(
         60_000,
       );
       assert.match((ev as { message?: string }).message ?? '', /the source is not resumed/);
+      // The target's copy kept under the migration's name, said in a Warning event naming the node and the file.
+      const migUid = (await c.client.get(VMIM, 'postcopy-broken', { namespace: ns })).metadata?.uid ?? '?';
+      const keptEv = await eventually(
+        'a PostCopyDiskKept event',
+        async () =>
+          (await c.client.list(EVENTS, { namespace: ns })).items.find(
+            (e) =>
+              (e as { reason?: string }).reason === 'PostCopyDiskKept' &&
+              (e as { involvedObject?: { uid?: string } }).involvedObject?.uid === vmi.metadata?.uid,
+          ) as { type?: string; message?: string } | undefined,
+        60_000,
+      );
+      assert.equal(keptEv.type, 'Warning');
+      assert.match(keptEv.message ?? '', new RegExp(`node ${target} kept its copy .*claim ${DATA}: ${DATA}-[0-9a-f-]+\\.qcow2\\.postcopy-${migUid}`));
+      assert.ok(!(keptEv.message ?? '').includes(g.agentOf(target).dataDir), `no host path in the event: ${keptEv.message}`);
       // The source's stale guest never runs again: the VM restarts (runStrategy Always) and boots afresh.
       const restarted = await eventually(
         'the VM running again (a new boot)',
@@ -336,6 +360,7 @@ test(
       const poolDir = join(g.agentOf(target).dataDir, 'pools', 'local', ns);
       const kept = (await readdir(poolDir).catch(() => [] as string[])).filter((f) => f.includes(claimUid));
       assert.equal(kept.length, 1, `the target's copy kept in ${poolDir}: ${kept.join(', ')}`);
+      assert.ok(kept[0].endsWith(`.qcow2.postcopy-${migUid}`), `kept under the migration's name: ${kept[0]}`);
       const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
       try {
         const raw = join(tmp, 'kept.raw');
@@ -353,6 +378,123 @@ test(
       } finally {
         await rm(tmp, { recursive: true, force: true });
       }
+    } finally {
+      delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
+      await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+    }
+  },
+);
+
+test(
+  'post-copy with a node-local disk, the source agent restarted during post-copy: the new agent follows it to the end, one guest runs, the earlier kept copy untouched',
+  { timeout: 1_800_000 },
+  async () => {
+    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
+    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
+    // What the guest printed since its last boot (the run directory, and its serial log, are the VM's).
+    const sinceBoot = async (node: string) => {
+      const l = await log(node);
+      const i = l.lastIndexOf('VESSEL-REC-DEV');
+      return i < 0 ? '' : l.slice(i);
+    };
+    // Run alone (--test-name-pattern): the guest of the tests before made here.
+    if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) await createLocalVm();
+    await eventually(
+      'the VMI running',
+      async () =>
+        ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase === 'Running' || undefined,
+      300_000,
+    );
+    const source = (await vmiStatus()).nodeName!;
+    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    // A boot under TCG on the loaded machine took over 5 minutes.
+    await eventually('the guest writing records', async () => (recordsWritten(await sinceBoot(source)).length > 5 ? true : undefined), 600_000, 500).catch(
+      async (e: Error) => {
+        throw new Error(`${e.message}; the serial log on ${source} ends: ${(await log(source)).slice(-1500)}`);
+      },
+    );
+    // The copy the test before kept on the target (if it ran): it must survive this migration to that node.
+    const claimUid = (await c.client.get(PVC, DATA, { namespace: ns })).metadata?.uid ?? '?';
+    const poolDir = join(g.agentOf(target).dataDir, 'pools', 'local', ns);
+    const keptFiles = (await readdir(poolDir).catch(() => [] as string[])).filter((f) => f.includes(claimUid) && f.includes('.postcopy-'));
+    const keptSizes = await Promise.all(keptFiles.map(async (f) => (await stat(join(poolDir, f))).size));
+    await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true });
+    // Post-copy at 2 MiB/s: ~100 MiB keep it under way for tens of seconds, long enough to restart the agent in it.
+    process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH = String(2 << 20);
+    const targetLogAt = (await log(target)).length;
+    try {
+      await c.client.create(
+        VMIM,
+        {
+          apiVersion: 'kubevirt.io/v1',
+          kind: 'VirtualMachineInstanceMigration',
+          metadata: { name: 'postcopy-agent-restart', namespace: ns },
+          spec: { vmiName: NAME },
+        },
+        { namespace: ns },
+      );
+      await eventually('the guest running on the target in post-copy', async () => ((await log(target)).length > targetLogAt ? true : undefined), 300_000, 200);
+      const sourceLogAt = (await log(source)).length;
+      const ms = (await vmiStatus()).migrationState!;
+      assert.equal(ms.mode, 'PostCopy');
+      assert.ok(!ms.completed, 'still in post-copy');
+      const t0 = Date.now();
+      // The source's agent stops (its QEMU goes on sending) and a new one starts.
+      await c.nodes.restartAgent(c.nodes.cluster.nodes.findIndex((n) => n.name === source));
+      const restartMs = Date.now() - t0;
+      const done = await eventually(
+        'postcopy-agent-restart finished',
+        async () => {
+          const st = ((await c.client.get(VMIM, 'postcopy-agent-restart', { namespace: ns })).status ?? {}) as { phase?: string };
+          return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
+        },
+        300_000,
+        300,
+      );
+      const settledSecs = (Date.now() - t0) / 1000;
+      assert.equal(done.phase, 'Succeeded', JSON.stringify(done));
+      assert.equal((await vmiStatus()).nodeName, target);
+      await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 120_000, 300);
+      // The guest goes on at the target without a reboot; the source's stale guest never printed again.
+      const last = Math.max(0, ...recordsWritten(await sinceBoot(source)));
+      await eventually(
+        'records written on the target',
+        async () => ((recordsWritten(await log(target)).at(-1) ?? 0) > last + 5 ? true : undefined),
+        180_000,
+        500,
+      );
+      assert.ok(!(await log(target)).slice(targetLogAt).includes('VESSEL-REC-DEV'), 'the guest did not boot again on the target');
+      assert.ok(!/VESSEL-WROTE/.test((await log(source)).slice(sourceLogAt)), 'the source guest printed after the switch-over');
+      // The claim's new file on the target is its own; the kept copy of the earlier post-copy is still there, unchanged.
+      const targetFile = await eventually(
+        'the data claim recorded on the target',
+        async () => {
+          const a = ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
+          return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
+        },
+        60_000,
+      );
+      for (const [i, f] of keptFiles.entries()) {
+        assert.notEqual(join(poolDir, f), targetFile);
+        assert.equal((await stat(join(poolDir, f))).size, keptSizes[i], `${f} untouched`);
+      }
+      // Every record printed since the boot (each flushed before it was printed) is on the target's file.
+      const printed = Math.max(...recordsWritten(await sinceBoot(source)), ...recordsWritten((await log(target)).slice(targetLogAt)));
+      const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
+      try {
+        const raw = join(tmp, 'data.raw');
+        const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', targetFile, raw]);
+        assert.equal(r.code, 0, r.err);
+        const bytes = await readFile(raw);
+        for (let n = 1; n <= printed; n++) {
+          assert.equal(bytes.subarray(n * 512, n * 512 + recordText(n).length).toString('latin1'), recordText(n), `record ${n} of ${printed}`);
+        }
+      } finally {
+        await rm(tmp, { recursive: true, force: true });
+      }
+      console.log(
+        `# figures: source agent restarted in post-copy (restart ${restartMs} ms): Succeeded ${settledSecs.toFixed(1)} s after it; ${printed} records checked; ${keptFiles.length} kept copy untouched`,
+      );
     } finally {
       delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
       await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });

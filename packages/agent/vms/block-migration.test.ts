@@ -9,7 +9,7 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { claimsToRepair, createTargetVolumes, notLeftover, qemusHolding, type MovingDisk } from './block-migration.ts';
+import { claimsToRepair, createTargetVolumes, notLeftover, postcopyKeptMessage, postcopyKeptPath, qemusHolding, type MovingDisk } from './block-migration.ts';
 
 const claim = (node?: string, path?: string) => ({
   metadata: {
@@ -46,6 +46,31 @@ test('createTargetVolumes replaces a leftover and refuses anything else', async 
     assert.deepEqual(made, [v.path]);
     // A fresh qcow2 now.
     assert.equal((await readFile(v.path)).subarray(0, 4).toString('latin1'), 'QFI\xfb');
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('a copy kept after a failed post-copy is beside the claim path: a later incoming migration makes its own file and never replaces it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'vessel-blockmig-unit-'));
+  try {
+    const uid = '0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0';
+    const v = { volume: 'data', claim: 'data', path: join(dir, 'data-1234.qcow2'), size: 1024 * 1024 };
+    const kept = postcopyKeptPath(v.path, uid);
+    assert.equal(kept, `${v.path}.postcopy-${uid}`);
+    // Only a uid's characters: a hostile uid cannot make the name leave the directory.
+    assert.equal(postcopyKeptPath(v.path, '../../etc/x'), `${v.path}.postcopy-etcx`);
+    assert.equal(postcopyKeptPath(v.path, '/'), `${v.path}.postcopy-unknown`);
+    await writeFile(kept, 'the guest wrote this during post-copy');
+    const made: string[] = [];
+    // The claim's path is free: the new migration's volume is made there, the kept copy untouched.
+    await createTargetVolumes([v], made, async () => undefined);
+    assert.deepEqual(made, [v.path]);
+    assert.equal(await readFile(kept, 'utf8'), 'the guest wrote this during post-copy');
+    const msg = postcopyKeptMessage('node-b', uid, [{ claim: 'data', file: `data-1234.qcow2.postcopy-${uid}` }]);
+    assert.match(msg, new RegExp(`^Post-copy migration ${uid} did not complete: node node-b kept its copy`));
+    assert.match(msg, /claim data: data-1234\.qcow2\.postcopy-/);
+    assert.ok(!msg.includes(dir), 'no host path in the event');
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -247,6 +247,30 @@ export function notLeftover(
   return undefined;
 }
 
+/**
+ * The name a target keeps its copy of a claim's volume under after a post-copy that did not
+ * complete (the guest may have written only there): beside the path the node derives for the
+ * claim, so a later incoming migration of that claim makes its own file there and never takes
+ * the kept copy for a leftover. Only a uid's own characters go into the name.
+ */
+export function postcopyKeptPath(path: string, migrationUid: string): string {
+  const tag = migrationUid.replace(/[^A-Za-z0-9-]/g, '').slice(0, 64) || 'unknown';
+  return `${path}.postcopy-${tag}`;
+}
+
+/**
+ * The Warning event's message for copies a target kept after a failed post-copy: the node and
+ * each claim with the kept file's name (a file name, never the host path), and what to do.
+ */
+export function postcopyKeptMessage(node: string, migrationUid: string, kept: readonly { claim: string; file: string }[]): string {
+  const files = kept.map((k) => `claim ${k.claim}: ${k.file}`).join(', ');
+  return (
+    `Post-copy migration ${migrationUid} did not complete: node ${node} kept its copy of the local disk(s) (${files}), ` +
+    `which may hold what the guest wrote during post-copy; the claim(s) still use the source's volume. ` +
+    `Vessel does not use or remove the kept copy: inspect it, then delete it or copy it over the claim's volume`
+  );
+}
+
 /** PIDs of the QEMU processes that have `path` open or name it on their command line (read from `proc`). */
 export async function qemusHolding(path: string, proc = '/proc'): Promise<number[]> {
   const pids: number[] = [];

@@ -20,7 +20,7 @@ import {
   runDirDiskFiles,
   targetVolumes,
 } from './block-migration.ts';
-import { claimPool, liveMigratable, masqueradePod, staleCopyClaims, staleMigrateStatus } from './migration.ts';
+import { claimPool, liveMigratable, masqueradePod, resumedSourceView, resumeSourceAfterFailure, staleCopyClaims, staleMigrateStatus } from './migration.ts';
 
 const pools = new Map([
   ['shared', { name: 'shared', shared: true }],
@@ -227,4 +227,31 @@ test("the source refuses to send when the VMI's recorded digest is not the one i
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('a restarted source: a post-copy start with local disks is switched only once migrate-continue was issued', () => {
+  // Without local disks migrate-start-postcopy switches at once: mode PostCopy is enough.
+  assert.deepEqual(resumedSourceView('PostCopy', false, false), { switched: true, continued: false });
+  // With them QEMU waits in pre-switchover: not switched until the agent before recorded migrate-continue.
+  assert.deepEqual(resumedSourceView('PostCopy', true, false), { switched: false, continued: false });
+  assert.deepEqual(resumedSourceView('PostCopy', true, true), { switched: true, continued: true });
+  // Precopy is never switched before completed.
+  assert.deepEqual(resumedSourceView(undefined, true, true), { switched: false, continued: true });
+  assert.deepEqual(resumedSourceView('Paused', false, false), { switched: false, continued: false });
+});
+
+test('a failed migration resumes a guest it stopped, also after an agent restart; never one its user paused', () => {
+  assert.equal(resumeSourceAfterFailure('running', false, false), true);
+  assert.equal(resumeSourceAfterFailure('paused', false, true), false);
+  // Restarted in pre-switchover (finish-migrate) or after a cancelled post-copy start (postmigrate): resumed.
+  assert.equal(resumeSourceAfterFailure('finish-migrate', true, false), true);
+  assert.equal(resumeSourceAfterFailure('postmigrate', true, false), true);
+  // Those states in one agent's life come from its own start, which saw `running` or not.
+  assert.equal(resumeSourceAfterFailure('finish-migrate', false, false), false);
+  // Its user had paused it: stays paused.
+  assert.equal(resumeSourceAfterFailure('finish-migrate', true, true), false);
+  assert.equal(resumeSourceAfterFailure('paused', true, true), false);
+  // Paused by the source to complete (mode Paused): resumed.
+  assert.equal(resumeSourceAfterFailure('paused', true, true, 'Paused'), true);
+  assert.equal(resumeSourceAfterFailure('paused', true, false), false);
 });

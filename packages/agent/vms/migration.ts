@@ -15,8 +15,8 @@
  * migrationState says failed with the reason; a post-copy that breaks after the switch-over
  * loses the guest (the source is not resumed, see postcopyLost).
  */
-import { stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { readFile, rename, stat, writeFile } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import type { V1Interface, V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext/kubevirt-api/kubevirt';
 import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
@@ -36,6 +36,8 @@ import {
   finishMirrors,
   notLeftover,
   pinMismatches,
+  postcopyKeptMessage,
+  postcopyKeptPath,
   qemusHolding,
   NBD_ANNOTATION,
   planBlockMigration,
@@ -66,6 +68,12 @@ const SWITCH_TAKEOVER_MS = Number(process.env.VESSEL_TEST_SWITCH_TAKEOVER_MS) ||
 const INCOMING = new Set(['setup', 'active', 'device', 'pre-switchover', 'postcopy-active']);
 /** The id of QEMU's migration TLS credentials object. */
 const TLS_CREDS = 'migration-tls';
+/**
+ * The source's run-directory file naming the migration (its uid) it issued `migrate-continue`
+ * for: a restarted agent then knows whether a post-copy start with local disks passed the
+ * switch-over (the target may have run the guest) or not (the source's memory is still the guest's).
+ */
+const CONTINUED_FILE = 'migration-continued';
 
 type MigrationState = migration.MigrationState;
 const migrationStateOf = migration.stateOf;
@@ -131,6 +139,34 @@ export function staleCopyClaims(
     (recorded && recorded !== node ? stale : waiting).push(d.claim);
   }
   return { stale, waiting };
+}
+
+/**
+ * A source agent resuming a migration after its restart (startTimestamp written): whether the
+ * target may have run the guest (`switched`: post-copy past the switch-over, the source's memory
+ * stale) and whether `migrate-continue` was issued. Without local disks `migrate-start-postcopy`
+ * switches at once, so mode PostCopy is enough; with them QEMU waits in pre-switchover until
+ * `migrate-continue`, which the agent records first (CONTINUED_FILE): a post-copy start that never
+ * got past it is not switched, and a failure then resumes the source instead of losing the guest.
+ */
+export function resumedSourceView(mode: string | undefined, localDisks: boolean, continuedBefore: boolean): { switched: boolean; continued: boolean } {
+  const postcopy = mode === 'PostCopy';
+  return { switched: postcopy && (!localDisks || continuedBefore), continued: continuedBefore };
+}
+
+/**
+ * Whether a source whose migration failed (not switched) resumes its guest. `before` is QEMU's
+ * run state when this agent took the migration up. In one agent's life it was `running` or not;
+ * an agent restarted meanwhile finds the guest stopped by the migration itself (`finish-migrate`
+ * in pre-switchover, `postmigrate` after a post-copy start was cancelled there, `paused` when the
+ * source paused it to complete: mode Paused) and resumes it, unless its user had paused it
+ * (`userPaused`: the Paused condition said PausedByUser before) — never left paused for ever.
+ */
+export function resumeSourceAfterFailure(before: string, restarted: boolean, userPaused: boolean, mode?: string): boolean {
+  if (before === 'running') return true;
+  if (!restarted) return false;
+  if (before === 'paused') return mode === PAUSED_MODE;
+  return !userPaused && (before === 'finish-migrate' || before === 'postmigrate');
 }
 
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
@@ -237,6 +273,8 @@ export class VmMigrations {
   private readonly claimsRecorded = new Set<string>();
   /** VMI uid/migrationUid of completed migrations away from here → looks at their stale local copies so far (removeStaleCopies). */
   private readonly copiesChecked = new Map<string, number>();
+  /** Migrations (uids) whose target copies this node kept after a failed post-copy (keepPostcopyCopies): once each. */
+  private readonly keptFor = new Set<string>();
   private closed = false;
 
   constructor(private readonly host: MigrationHost) {}
@@ -276,7 +314,10 @@ export class VmMigrations {
       await this.endTarget(key, t);
       return;
     }
-    if (!wanted && !t) await this.removeStaleCopies(vmi);
+    if (!wanted && !t) {
+      await this.removeStaleCopies(vmi);
+      await this.keepLostCopies(vmi);
+    }
     if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
     const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [] };
     this.targets.set(key, target);
@@ -304,7 +345,13 @@ export class VmMigrations {
       await qmp?.close();
       return false;
     }
-    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks: this.blockPlan(vmi).disks, made: [] };
+    const disks = this.blockPlan(vmi).disks;
+    // The copies the agent before this one made: removed if the guest does not arrive, kept under
+    // their post-copy name if it ran here (endTarget), as for a target this agent prepared.
+    const made: string[] = [];
+    for (const path of this.claimCopies(vmi, disks)) if (await isFile(path)) made.push(path);
+    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks, made };
+    if (info?.status?.startsWith('postcopy')) t.postcopy = true;
     this.targets.set(keyOf(vmi), t);
     this.followTarget(keyOf(vmi), t, qmp);
     // Still waiting for the source: the timer the agent before this one armed went with it (a full 300 s again).
@@ -401,6 +448,9 @@ export class VmMigrations {
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
+        // This agent stops (its QMP connections close under the loop): QEMU goes on and the next agent
+        // follows it. A `failed` written now would end a target that may run the guest (post-copy).
+        if (this.closed) return;
         // An abort during the disk mirror ends here too: it succeeded (abortStatus is only set when one was asked for).
         // Not recorded either (the API server away): tried again later, as nothing was sent yet or QEMU goes on.
         await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
@@ -622,7 +672,7 @@ export class VmMigrations {
     // run here and written to these copies, the only ones with its last writes: kept, not removed.
     const ms = migrationStateOf(this.host.vmi(key));
     if (t.made.length && (t.postcopy || (ms?.migrationUid === t.migrationUid && ms.mode === 'PostCopy'))) {
-      this.host.log(`migration: ${key}: post-copy did not complete: the target's copies of the local disks are kept (${t.made.join(', ')})`);
+      await this.keepPostcopyCopies(key, t.migrationUid, t.disks, t.made);
     } else {
       // The copies of node-local disks made for a guest that did not arrive (claims', and the run directory's).
       await removeFiles([...t.made, ...runDirDiskFiles(t.disks).map((f) => join(t.runDir, f))]).catch((e: Error) =>
@@ -632,11 +682,82 @@ export class VmMigrations {
     this.host.log(`migration: ${key}: target QEMU ended`);
   }
 
+  /**
+   * The claim files this node derives for the VMI's moving claims, except a claim's own volume
+   * here (the claim records this node and that path): what an incoming migration makes here.
+   */
+  private claimCopies(vmi: KubeObject, disks: readonly MovingDisk[]): string[] {
+    const ns = vmi.metadata.namespace!;
+    const out: string[] = [];
+    for (const d of disks) {
+      const path = d.kind === 'claim' && d.claim ? this.claimFile(ns, d.claim) : undefined;
+      if (path && !notLeftover(path, this.host.claim(ns, d.claim!), this.host.nodeName, [])) out.push(path);
+    }
+    return out;
+  }
+
+  /**
+   * A post-copy to this node failed while this agent was not following it (it was down, or
+   * restarted and found the target QEMU gone or not receiving): its copies are still at the
+   * claims' paths, where a later incoming migration would take them for leftovers. Kept as
+   * endTarget keeps them, once no QEMU holds them (the runtime stops a target QEMU it did not keep).
+   */
+  private async keepLostCopies(vmi: KubeObject): Promise<void> {
+    const ms = migrationStateOf(vmi);
+    if (!ms?.migrationUid || !ms.failed || ms.mode !== 'PostCopy' || ms.targetNode !== this.host.nodeName || this.keptFor.has(ms.migrationUid)) return;
+    const disks = this.blockPlan(vmi).disks;
+    const found: string[] = [];
+    for (const path of this.claimCopies(vmi, disks)) {
+      if (!(await isFile(path))) continue;
+      if ((await qemusHolding(path)).length) return this.host.requeue?.(keyOf(vmi));
+      found.push(path);
+    }
+    if (found.length) await this.keepPostcopyCopies(keyOf(vmi), ms.migrationUid, disks, found);
+    else this.keptFor.add(ms.migrationUid);
+  }
+
+  /**
+   * After a post-copy that did not complete, this node's copies of the moving claims (`paths`)
+   * may hold the guest's only newest writes: renamed beside the claim's path (postcopyKeptPath),
+   * never used or removed by Vessel, and named with this node in a Warning event on the VMI
+   * (PostCopyDiskKept) for the admin to look at. A later incoming migration of the claim makes a
+   * fresh file at the claim's path and never takes a kept copy for its leftover.
+   */
+  private async keepPostcopyCopies(key: string, uid: string, disks: readonly MovingDisk[], paths: readonly string[]): Promise<void> {
+    if (this.keptFor.has(uid)) return;
+    this.keptFor.add(uid);
+    const [ns] = key.split('/');
+    const kept: { claim: string; file: string }[] = [];
+    for (const path of paths) {
+      const claim = disks.find((d) => d.claim && this.claimFile(ns, d.claim) === path)?.claim ?? '?';
+      const to = postcopyKeptPath(path, uid);
+      try {
+        await rename(path, to);
+        kept.push({ claim, file: basename(to) });
+        this.host.log(`migration: ${key}: post-copy did not complete: the target's copy of claim ${claim} kept as ${to}`);
+      } catch (e) {
+        this.host.log(`migration: ${key}: keeping the post-copy copy ${path}: ${e instanceof Error ? e.message : e}`);
+      }
+    }
+    const vmi = this.host.vmi(key);
+    if (!kept.length || !vmi) return;
+    const message = postcopyKeptMessage(this.host.nodeName, uid, kept);
+    await this.host
+      .record(vmi, 'Warning', 'PostCopyDiskKept', this.host.scrub(message, ns))
+      .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+  }
+
   /** The source's side: migrate, follow, then hand over or report the failure. */
   private async send(vmi: KubeObject, ms: MigrationState & { migrationUid: string }, qmp: QmpClient): Promise<void> {
     const key = keyOf(vmi);
     const uid = ms.migrationUid;
     const before = (await qmp.execute<{ status: string }>('query-status')).status;
+    // startTimestamp already written when this send begins: an agent before this one started it.
+    const restarted = !!ms.startTimestamp;
+    const userPaused = ((vmi.status as Obj | undefined)?.conditions as { type?: string; reason?: string }[] | undefined)?.some(
+      (c) => c.type === 'Paused' && c.reason === 'PausedByUser',
+    );
+    const continuedFile = join(this.host.runDirOf(vmi), CONTINUED_FILE);
     const disks = this.blockPlan(vmi).disks;
     const mismatch = ms.startTimestamp ? [] : await pinMismatches(disks, this.host.runDirOf(vmi));
     if (mismatch.length) throw new Error(mismatch.join('; '));
@@ -691,9 +812,10 @@ export class VmMigrations {
     let timedOut: string | undefined;
     let postcopy = ms.mode === 'PostCopy';
     // Whether the target may have run the guest (post-copy past the switch-over): the source's
-    // memory is stale from then on and is never resumed. Unknown after an agent restart: assumed.
-    let switched = postcopy;
-    let continued = false;
+    // memory is stale from then on and is never resumed. After an agent restart: from the mode and
+    // whether that agent issued migrate-continue (resumedSourceView).
+    const continuedBefore = restarted && (await readFile(continuedFile, 'utf8').catch(() => '')).trim() === uid;
+    let { switched, continued } = resumedSourceView(ms.mode, disks.length > 0, continuedBefore);
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
@@ -714,6 +836,8 @@ export class VmMigrations {
           if (disks.length) this.host.log(`migration: ${key}: mirrors ended at the switch-over in ${Date.now() - t0} ms${postcopy ? ' (post-copy)' : ''}`);
           continued = true;
           switched = postcopy;
+          // Recorded first: an agent restarted from here on knows the target may run the guest.
+          await writeFile(continuedFile, uid);
           await qmp.execute('migrate-continue', { state: 'pre-switchover' });
         } catch (e) {
           this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}; cancelling`);
@@ -728,7 +852,10 @@ export class VmMigrations {
         // cancelled post-copy start too: QEMU leaves that in postmigrate) resumes.
         // Before the mirrors go: ending them waits for requests to a dead target, the guest need not.
         const now = (await qmp.execute<{ status: string }>('query-status')).status;
-        if (now !== 'running' && before === 'running') await qmp.execute('cont').catch(() => undefined);
+        if (now !== 'running' && resumeSourceAfterFailure(before, restarted, !!userPaused, ms.mode)) {
+          await qmp.execute('cont').catch(() => undefined);
+          if (before !== 'running') this.host.log(`migration: ${key}: the guest the migration had stopped (${before}) when this agent started runs on`);
+        }
         if (disks.length) await cancelMirrors(qmp);
         const reason = timedOut ?? (cancelled ? 'the migration was aborted' : `the migration ${status}: ${info['error-desc'] ?? 'QEMU gave no reason'}`);
         await this.fail(key, uid, reason, cancelled && !timedOut ? 'Succeeded' : undefined);
