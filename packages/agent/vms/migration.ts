@@ -819,8 +819,11 @@ export class VmMigrations {
     for (;;) {
       const info = await qmp.execute<QueryMigrate>('query-migrate');
       const status = info.status ?? 'none';
-      // With local disks, post-copy passes pre-switchover first: until migrate-continue the target has no device state.
-      if (disks.length && !continued && (status === 'active' || status === 'pre-switchover')) switched = false;
+      // Still precopy: QEMU turns `postcopy-active` before it stops the guest and sends devices,
+      // and with local disks post-copy passes pre-switchover first (until migrate-continue the
+      // target has no device state). Also when the mode says PostCopy but migrate-start-postcopy
+      // never reached QEMU (the agent stopped between the two): a failure then resumes the source.
+      if (!continued && (status === 'active' || status === 'pre-switchover')) switched = false;
       if (status.startsWith('postcopy')) switched = true;
       // The final figures are not waited for: the switch-over's write comes first.
       if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
