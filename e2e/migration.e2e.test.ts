@@ -214,15 +214,27 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     const took = Date.now() - t0;
     const succeededAt = Date.now() / 1000;
     assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
-    // Right at Succeeded the source node's bridge has the guest's MAC on its VXLAN port: the
+    // Soon after Succeeded the source node's bridge has the guest's MAC on its VXLAN port: the
     // target QEMU's announce (RARP, ethertype 8035: only QEMU sends those, never the guest) came
-    // over VXLAN before the switch was seen.
-    const fdb = JSON.parse((await runInNode(node(source), ['bridge', '-j', 'fdb', 'show', 'br', 'vsl-br0'])).stdout || '[]') as {
-      mac: string;
-      ifname?: string;
-    }[];
-    const entry = fdb.find((e) => e.mac.toLowerCase() === mac.toLowerCase());
-    assert.equal(entry?.ifname, 'vsl-vx0', `the source bridge's entry for ${mac} right after Succeeded: ${JSON.stringify(entry)}`);
+    // over VXLAN. Usually before the switch is seen; under load the target's first announce (50 ms
+    // after it resumes) can come after the source's switch write, so within 3 s.
+    const fdbPort = async () => {
+      const fdb = JSON.parse((await runInNode(node(source), ['bridge', '-j', 'fdb', 'show', 'br', 'vsl-br0'])).stdout || '[]') as {
+        mac: string;
+        ifname?: string;
+      }[];
+      return fdb.find((e) => e.mac.toLowerCase() === mac.toLowerCase());
+    };
+    const atSucceeded = await fdbPort();
+    await eventually(
+      `the source bridge's entry for ${mac} on vsl-vx0 (at Succeeded: ${JSON.stringify(atSucceeded)})`,
+      async () => ((await fdbPort())?.ifname === 'vsl-vx0' ? true : undefined),
+      3_000,
+      50,
+    );
+    console.log(
+      `figures: the source bridge's entry for the guest's MAC on vsl-vx0 ${atSucceeded?.ifname === 'vsl-vx0' ? 'at' : 'after'} Succeeded (${(Date.now() / 1000 - succeededAt).toFixed(2)} s)`,
+    );
     // The capture's own clock may stamp late when python starves: seen (soon) is what is asserted.
     await eventually(
       "QEMU's RARP announce on the source's VXLAN port",
@@ -232,7 +244,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     const rarps = capture.frames().filter((f) => f.type === '8035');
     console.log(
       `figures: announce: ${rarps.length} RARP and ${capture.frames().filter((f) => f.type === '0806').length} ARP frames from ${mac} on ${source}'s vsl-vx0 by Succeeded, ` +
-        `the first RARP ${((succeededAt - rarps[0].t) * 1000).toFixed(0)} ms before Succeeded was seen; fdb ${mac} → ${entry?.ifname}`,
+        `the first RARP ${((succeededAt - rarps[0].t) * 1000).toFixed(0)} ms before Succeeded was seen`,
     );
     // On the wire: many MiB on the migration port (the guest's RAM), the marker in none of the frames.
     const tls = await onMigrationPort(wire);
