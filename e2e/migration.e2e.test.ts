@@ -420,15 +420,9 @@ test('deleting a migration while its target is being prepared aborts it: the gue
   console.log(`figures: aborted migration: ${ms.failureReason}`);
 });
 
-test('a migration whose target QEMU is killed fails; the guest keeps running on its node', { timeout: 600_000 }, async () => {
-  const s0 = await vmiStatus();
-  assert.equal(s0.phase, 'Running');
-  const source = s0.nodeName!;
-  const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
-  const t0 = new Date().toISOString();
-  await migrate('move-2');
-  // The target's QEMU, as soon as it runs: killed (a crash on the target).
-  const killed = await eventually(
+/** Kills the VM's QEMU on `target` as soon as one launched after `t0` (ISO time) runs there (a migration's target crashing); its pid. */
+async function killTargetQemu(target: string, t0: string): Promise<number> {
+  return eventually(
     `the target QEMU on ${target}`,
     async () => {
       const dir = await runDirOf(agentOf(target).dataDir, ns, NAME);
@@ -446,6 +440,17 @@ test('a migration whose target QEMU is killed fails; the guest keeps running on 
     300_000,
     50,
   );
+}
+
+test('a migration whose target QEMU is killed fails; the guest keeps running on its node', { timeout: 600_000 }, async () => {
+  const s0 = await vmiStatus();
+  assert.equal(s0.phase, 'Running');
+  const source = s0.nodeName!;
+  const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  const t0 = new Date().toISOString();
+  await migrate('move-2');
+  // The target's QEMU, as soon as it runs: killed (a crash on the target).
+  const killed = await killTargetQemu(target, t0);
   const done = await eventually(
     'the migration Failed',
     async () => {
@@ -467,51 +472,60 @@ test('a migration whose target QEMU is killed fails; the guest keeps running on 
   console.log(`figures: failed migration (target QEMU pid ${killed} killed): ${done.migrationState?.failureReason}`);
 });
 
-test('vessel drain moves the guest off its node (cordoned), uncordon; the drain taint (nodeDrainTaintKey) moves it back', { timeout: 600_000 }, async () => {
-  const s0 = await vmiStatus();
-  assert.equal(s0.phase, 'Running');
-  const source = s0.nodeName!;
-  const other = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
-  const ip = s0.interfaces?.[0]?.ipAddress;
-  const t0 = Date.now();
-  const r = await run(VESSEL, ['--kubeconfig', c.kubeconfig, 'drain', source, '--timeout', '300'], { timeoutMs: 400_000 });
-  assert.equal(r.code, 0, `vessel drain failed: ${r.err}`);
-  assert.match(r.out, new RegExp(`node/${source} cordoned`));
-  assert.match(r.out, new RegExp(`evicting ${ns}/${NAME} \\(live migration`));
-  assert.match(r.out, new RegExp(`node/${source} drained`));
-  const s1 = await vmiStatus();
-  assert.equal(s1.nodeName, other);
-  assert.equal(s1.interfaces?.[0]?.ipAddress, ip, 'the same IP');
-  assert.equal(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
-  const u0 = (await lastUptime(other)) ?? 0;
-  await eventually('the guest printing its uptime on its new node', async () => (((await lastUptime(other)) ?? 0) > u0 ? true : undefined), 60_000);
-  console.log(`figures: vessel drain ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+test(
+  'vessel drain moves the guest off its node (cordoned; a failed migration tried again), uncordon; the drain taint (nodeDrainTaintKey) moves it back',
+  { timeout: 600_000 },
+  async () => {
+    const s0 = await vmiStatus();
+    assert.equal(s0.phase, 'Running');
+    const source = s0.nodeName!;
+    const other = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+    const ip = s0.interfaces?.[0]?.ipAddress;
+    const t0 = Date.now();
+    // The first migration's target QEMU crashes: the drain migrates again (as KubeVirt's evacuation does) and empties the node.
+    const drain = run(VESSEL, ['--kubeconfig', c.kubeconfig, 'drain', source, '--timeout', '300'], { timeoutMs: 400_000 });
+    await killTargetQemu(other, new Date(t0).toISOString());
+    const r = await drain;
+    assert.equal(r.code, 0, `vessel drain failed: ${r.err}`);
+    assert.match(r.out, new RegExp(`node/${source} cordoned`));
+    assert.match(r.out, new RegExp(`evicting ${ns}/${NAME} \\(live migration`));
+    assert.match(r.err, new RegExp(`${ns}/${NAME}: migration \\S+ failed \\(.+\\); trying again`));
+    assert.equal(r.out.match(/evicting /g)?.length, 2, 'evicted twice: the failed migration, then the retry');
+    assert.match(r.out, new RegExp(`node/${source} drained`));
+    const s1 = await vmiStatus();
+    assert.equal(s1.nodeName, other);
+    assert.equal(s1.interfaces?.[0]?.ipAddress, ip, 'the same IP');
+    assert.equal(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
+    const u0 = (await lastUptime(other)) ?? 0;
+    await eventually('the guest printing its uptime on its new node', async () => (((await lastUptime(other)) ?? 0) > u0 ? true : undefined), 60_000);
+    console.log(`figures: vessel drain ${((Date.now() - t0) / 1000).toFixed(1)} s`);
 
-  const un = await run(VESSEL, ['--kubeconfig', c.kubeconfig, 'uncordon', source]);
-  assert.equal(un.code, 0, un.err);
-  assert.notEqual(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
+    const un = await run(VESSEL, ['--kubeconfig', c.kubeconfig, 'uncordon', source]);
+    assert.equal(un.code, 0, un.err);
+    assert.notEqual(((await c.client.get(NODE, source)).spec as { unschedulable?: boolean }).unschedulable, true);
 
-  // The drain taint on its new node, under the key the KubeVirt object names (nodeDrainTaintKey):
-  // the evacuation controller migrates it back, with an event naming that taint.
-  await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { nodeDrainTaintKey: TEST_DRAIN_KEY } } } }, { namespace: 'kubevirt' });
-  await c.client.patch(NODE, other, { spec: { taints: [{ key: TEST_DRAIN_KEY, effect: 'NoSchedule' }] } });
-  try {
-    await eventually(
-      `the VMI back on ${source}`,
-      async () => {
-        const st = await vmiStatus();
-        return st.nodeName === source && st.migrationState?.completed ? true : undefined;
-      },
-      300_000,
-    );
-    const events = (await c.client.list({ group: '', version: 'v1', plural: 'events', namespaced: true }, { namespace: ns })).items as {
-      reason?: string;
-      message?: string;
-      involvedObject?: { name?: string };
-    }[];
-    assert.ok(events.some((e) => e.reason === 'EvictionTriggered' && e.involvedObject?.name === NAME && e.message?.includes(`taint ${TEST_DRAIN_KEY}`)));
-  } finally {
-    await c.client.patch(NODE, other, { spec: { taints: null } });
-  }
-  await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
-});
+    // The drain taint on its new node, under the key the KubeVirt object names (nodeDrainTaintKey):
+    // the evacuation controller migrates it back, with an event naming that taint.
+    await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { nodeDrainTaintKey: TEST_DRAIN_KEY } } } }, { namespace: 'kubevirt' });
+    await c.client.patch(NODE, other, { spec: { taints: [{ key: TEST_DRAIN_KEY, effect: 'NoSchedule' }] } });
+    try {
+      await eventually(
+        `the VMI back on ${source}`,
+        async () => {
+          const st = await vmiStatus();
+          return st.nodeName === source && st.migrationState?.completed ? true : undefined;
+        },
+        300_000,
+      );
+      const events = (await c.client.list({ group: '', version: 'v1', plural: 'events', namespaced: true }, { namespace: ns })).items as {
+        reason?: string;
+        message?: string;
+        involvedObject?: { name?: string };
+      }[];
+      assert.ok(events.some((e) => e.reason === 'EvictionTriggered' && e.involvedObject?.name === NAME && e.message?.includes(`taint ${TEST_DRAIN_KEY}`)));
+    } finally {
+      await c.client.patch(NODE, other, { spec: { taints: null } });
+    }
+    await eventually('exactly one QEMU', async () => ((await qemus()).length === 1 ? true : undefined), 30_000);
+  },
+);

@@ -50,6 +50,43 @@ export function planDrain(vmis: VmiLike[], node: string, clusterDefault?: string
   return plan;
 }
 
+/** After a drain's migration of a VMI failed, the next try waits this long (kubectl drain retries evictions every 5 s). */
+export const RETRY_AFTER_MS = 5000;
+
+/**
+ * The VMIs a drain migrates again now (pure: unit-tested): each of `keys` ("namespace/name")
+ * still on the node whose migrations are all finished and whose newest one Failed at least
+ * RETRY_AFTER_MS ago (`failedSeen`: when this drain first saw that failure, by migration uid;
+ * filled in here). A VMI with a migration under way, or none yet, waits. As KubeVirt's evacuation
+ * controller, which creates a new migration for a VMI still on a draining node, until the
+ * drain's timeout.
+ */
+export function retryDue(
+  keys: readonly string[],
+  migrations: readonly KubeObject[],
+  failedSeen: Map<string, number>,
+  now: number,
+): { key: string; failed: string; reason: string }[] {
+  const due: { key: string; failed: string; reason: string }[] = [];
+  for (const key of keys) {
+    const [ns, name] = key.split('/');
+    const mine = migrations
+      .filter((m) => m.metadata?.namespace === ns && (m.spec as { vmiName?: string } | undefined)?.vmiName === name)
+      .sort((a, b) => String(a.metadata?.creationTimestamp ?? '').localeCompare(String(b.metadata?.creationTimestamp ?? '')));
+    if (mine.length === 0 || mine.some((m) => !FINAL.has(phaseOf(m)))) continue;
+    const last = mine.at(-1)!;
+    if (phaseOf(last) !== 'Failed') continue;
+    const uid = String(last.metadata?.uid ?? last.metadata?.name);
+    const seen = failedSeen.get(uid) ?? now;
+    failedSeen.set(uid, seen);
+    if (now - seen < RETRY_AFTER_MS) continue;
+    failedSeen.set(uid, Number.POSITIVE_INFINITY); // one retry per failed migration
+    const reason = (last.status as { migrationState?: { failureReason?: string } } | undefined)?.migrationState?.failureReason ?? 'no reason given';
+    due.push({ key, failed: String(last.metadata?.name), reason });
+  }
+  return due;
+}
+
 async function setUnschedulable(client: Client, node: string, on: boolean): Promise<void> {
   await client.patch(NODES, node, { spec: { unschedulable: on ? true : null } });
   out(`node/${node} ${on ? 'cordoned' : 'uncordoned'}\n`);
@@ -99,21 +136,27 @@ export function registerDrain(program: Command): void {
           note(`${key}: a migration is already under way\n`);
           continue;
         }
-        const created = await client.create(
-          VMIMS,
-          {
-            apiVersion: 'kubevirt.io/v1',
-            kind: 'VirtualMachineInstanceMigration',
-            metadata: { generateName: `${name.slice(0, 40)}-drain-`, namespace: ns, labels: { [EVACUATION_LABEL]: node } },
-            spec: { vmiName: name },
-          },
-          { namespace: ns },
-        );
-        out(`evicting ${key} (live migration ${created.metadata?.name})\n`);
+        await evict(client, key, node);
       }
-      await waitEmpty(client, node, Number(flags.timeout) * 1000);
+      await waitEmpty(client, node, Number(flags.timeout) * 1000, plan.migrate);
       out(`node/${node} drained\n`);
     });
+}
+
+/** One live migration of VMI `key` off `node`, labelled as the drain's. */
+async function evict(client: Client, key: string, node: string): Promise<void> {
+  const [ns, name] = key.split('/') as [string, string];
+  const created = await client.create(
+    VMIMS,
+    {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstanceMigration',
+      metadata: { generateName: `${name.slice(0, 40)}-drain-`, namespace: ns, labels: { [EVACUATION_LABEL]: node } },
+      spec: { vmiName: name },
+    },
+    { namespace: ns },
+  );
+  out(`evicting ${key} (live migration ${created.metadata?.name})\n`);
 }
 
 const phaseOf = (m: KubeObject): string => String((m.status as { phase?: string } | undefined)?.phase ?? '');
@@ -131,13 +174,24 @@ async function stopVm(client: Client, v: VmiLike): Promise<void> {
   out(`stopping ${ns}/${name}\n`);
 }
 
-/** Polls until no VMI runs on the node, printing each change of what is left. */
-async function waitEmpty(client: Client, node: string, timeoutMs: number): Promise<void> {
+/** Polls until no VMI runs on the node, printing each change of what is left; a failed migration of one of `migrate` is tried again (retryDue). */
+async function waitEmpty(client: Client, node: string, timeoutMs: number, migrate: readonly string[]): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const failedSeen = new Map<string, number>();
   let last = '';
   for (;;) {
     const left = ((await client.list(VMIS)).items as VmiLike[]).filter((v) => runsOn(v, node)).map(keyOf);
     if (left.length === 0) return;
+    const again = retryDue(
+      migrate.filter((k) => left.includes(k)),
+      (await client.list(VMIMS)).items,
+      failedSeen,
+      Date.now(),
+    );
+    for (const r of again) {
+      note(`${r.key}: migration ${r.failed} failed (${r.reason}); trying again\n`);
+      await evict(client, r.key, node);
+    }
     const line = `waiting for ${left.length} VM(s) on ${node}: ${left.join(', ')}`;
     if (line !== last) note(`${line}\n`);
     last = line;
