@@ -20,7 +20,17 @@ import {
   runDirDiskFiles,
   targetVolumes,
 } from './block-migration.ts';
-import { claimPool, liveMigratable, masqueradePod, resumedSourceView, resumeSourceAfterFailure, staleCopyClaims, staleMigrateStatus } from './migration.ts';
+import { QmpClosedError, QmpTimeoutError } from '../qmp/errors.ts';
+import {
+  claimPool,
+  followMigrate,
+  liveMigratable,
+  masqueradePod,
+  resumedSourceView,
+  resumeSourceAfterFailure,
+  staleCopyClaims,
+  staleMigrateStatus,
+} from './migration.ts';
 
 const pools = new Map([
   ['shared', { name: 'shared', shared: true }],
@@ -254,4 +264,31 @@ test('a failed migration resumes a guest it stopped, also after an agent restart
   // Paused by the source to complete (mode Paused): resumed.
   assert.equal(resumeSourceAfterFailure('paused', true, true, 'Paused'), true);
   assert.equal(resumeSourceAfterFailure('paused', true, false), false);
+});
+
+test('the source rides out query-migrate answers that time out while its QEMU migrates on; other errors and a QEMU silent past the patience throw', async () => {
+  const answers: (Error | { status: string })[] = [
+    new QmpTimeoutError('query-migrate', 5000),
+    new QmpTimeoutError('query-migrate', 5000),
+    { status: 'completed' },
+  ];
+  const logged: string[] = [];
+  const qmp = {
+    execute: () => {
+      const a = answers.shift()!;
+      return a instanceof Error ? Promise.reject(a) : Promise.resolve(a);
+    },
+  };
+  assert.deepEqual(await followMigrate(qmp as never, (m) => logged.push(m)), { status: 'completed' });
+  assert.equal(logged.length, 2);
+  const broken = { execute: () => Promise.reject(new QmpClosedError('query-migrate', '/x/qmp.sock', 'QEMU exited')) };
+  await assert.rejects(
+    followMigrate(broken as never, () => undefined),
+    QmpClosedError,
+  );
+  const silent = { execute: () => Promise.reject(new QmpTimeoutError('query-migrate', 5000)) };
+  await assert.rejects(
+    followMigrate(silent as never, () => undefined, 0),
+    QmpTimeoutError,
+  );
 });

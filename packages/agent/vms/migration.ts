@@ -24,6 +24,7 @@ import type { KubeObject, Log } from '@vessel/runtime';
 import { faultDelay, faultPoint } from '../faults.ts';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
+import { QmpTimeoutError } from '../qmp/errors.ts';
 import { containedPath, type Pool } from '../storage/pools.ts';
 import { bindingOf } from './prepare.ts';
 import { formatHostPort, MigrationRelay, parseHostPort, RELAY_SOCKETS } from './migration-relay.ts';
@@ -817,7 +818,7 @@ export class VmMigrations {
     const continuedBefore = restarted && (await readFile(continuedFile, 'utf8').catch(() => '')).trim() === uid;
     let { switched, continued } = resumedSourceView(ms.mode, disks.length > 0, continuedBefore);
     for (;;) {
-      const info = await qmp.execute<QueryMigrate>('query-migrate');
+      const info = await followMigrate(qmp, (m) => this.host.log(`migration: ${key}: ${m}`));
       const status = info.status ?? 'none';
       // Still precopy: QEMU turns `postcopy-active` before it stops the guest and sends devices,
       // and with local disks post-copy passes pre-switchover first (until migrate-continue the
@@ -1193,6 +1194,27 @@ const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
  * while it runs; not a setting. The downtime allowed grows with it, or a slow transfer of a guest
  * that keeps writing would never converge.
  */
+/** How long the source follows a QEMU whose `query-migrate` answers time out before it gives up on it. */
+const FOLLOW_PATIENCE_MS = 120_000;
+
+/**
+ * The source's `query-migrate` while it follows a migration, riding out slow answers: a starved
+ * QEMU (seen at load 20+) can take longer than the QMP limit (5 s) while its migration runs on,
+ * and failing then would end a target that may already hold the guest. A QEMU that does not
+ * answer for FOLLOW_PATIENCE_MS, or any other error, still throws.
+ */
+export async function followMigrate(qmp: Pick<QmpClient, 'execute'>, log: (m: string) => void, patienceMs = FOLLOW_PATIENCE_MS): Promise<QueryMigrate> {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      return await qmp.execute<QueryMigrate>('query-migrate');
+    } catch (e) {
+      if (!(e instanceof QmpTimeoutError) || Date.now() - t0 >= patienceMs) throw e;
+      log(`query-migrate got no answer in time (${e.message}); asking again`);
+    }
+  }
+}
+
 /** Waits until an incoming migration is no longer in progress (completed, failed), at most `timeoutMs`. */
 async function incomingEnded(qmp: QmpClient, timeoutMs: number): Promise<void> {
   const until = Date.now() + timeoutMs;
