@@ -26,6 +26,7 @@ import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { pushDiskImage, startRegistry, type TestRegistry } from '../packages/agent/storage/testing-registry.ts';
 import { ensureTinyGuest } from '@vessel/guest';
+import { runDelays } from './guest-report.ts';
 import { checkSectorRecords, runDirOf, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
@@ -108,20 +109,6 @@ async function qemusIn(dir: string): Promise<number[]> {
     if (cmd.startsWith('qemu-system') && cmd.includes(dir)) pids.push(Number(d));
   }
   return pids;
-}
-
-/**
- * How long (ms) each of the QEMU's main and vCPU threads has waited for a CPU (schedstat's
- * run_delay): the time a starved guest could not run.
- */
-async function runDelays(pid: number): Promise<Map<string, number>> {
-  const out = new Map<string, number>();
-  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
-    const comm = (await readFile(`/proc/${pid}/task/${task}/comm`, 'utf8').catch(() => '')).trim();
-    if (task !== String(pid) && !comm.startsWith('CPU ')) continue;
-    out.set(task, Number((await readFile(`/proc/${pid}/task/${task}/schedstat`, 'utf8').catch(() => '0 0')).split(' ')[1]) / 1e6);
-  }
-  return out;
 }
 
 /** The most any of those threads waited for a CPU since `before`. */
