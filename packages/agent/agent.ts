@@ -3,11 +3,13 @@
  * (`local` under the data directory, `shared` in a directory every node sees), fills and
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { forklift, storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
-import { ensureMigrationCerts, ensureSelfSignedCert, parseListen, writeQemuTlsDir, type MigrationCerts } from '@vessel/tls';
+import { ensureSelfSignedCert, MigrationCa, parseListen, writeQemuTlsDir, type MigrationCertLifetimes, type MigrationCerts } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
@@ -97,6 +99,13 @@ export interface AgentOptions {
    */
   migrationTls?: boolean;
   /**
+   * The migration CA's and leaf's lifetimes, renewal point and overlap (@vessel/tls
+   * MigrationCa; default KubeVirt's: CA 7 days, leaf 24 h, renewed at 80%). Env
+   * VESSEL_MIGRATION_CA_SECONDS, VESSEL_MIGRATION_LEAF_SECONDS, VESSEL_MIGRATION_CERT_OVERLAP_SECONDS
+   * set them too (tests); these options win.
+   */
+  migrationCertLifetimes?: Partial<MigrationCertLifetimes>;
+  /**
    * Self-fencing (fencing.ts, `--fencing-timeout`): how long the agent may reach neither the API
    * server nor a quorum of its peers before it kills its QEMUs (default 8 s; 0: never).
    */
@@ -152,7 +161,18 @@ async function startAgentWith(
 ): Promise<RunningAgent> {
   const token = await agentToken(opts.client);
   const cert = await ensureSelfSignedCert(join(opts.dataDir, 'agent'), 'agent', `vessel-agent:${opts.nodeName}`);
-  const migrationTls = opts.migrationTls === false ? undefined : await ensureMigrationCerts(join(opts.dataDir, 'migration-ca'), opts.nodeName);
+  // Renewed at start if expired or not yet valid, then rotated on a timer once the Node is registered.
+  const migrationTls =
+    opts.migrationTls === false
+      ? undefined
+      : await MigrationCa.open({
+          dir: join(opts.dataDir, 'migration-ca'),
+          nodeName: opts.nodeName,
+          lifetimes: { ...migrationLifetimesFromEnv(process.env), ...opts.migrationCertLifetimes },
+          log,
+          publish: async (bundle) =>
+            void (await opts.client.patch(refs.NODES, opts.nodeName, { metadata: { annotations: { [storage.NODE_MIGRATION_CA]: bundle } } })),
+        });
   const accel = await detectAccelerator();
   const virtV2v = await virtV2vVersion();
   const egress = await agentEgressPolicy({
@@ -196,7 +216,7 @@ async function startAgentWith(
     secondary,
     migrationAddress: opts.fabricIp,
     cpuManager,
-    migrationTlsDir: migrationTls && ((peer) => writeMigrationTlsDir(opts.client, join(opts.dataDir, 'migration-tls', peer), migrationTls, peer)),
+    migrationTlsDir: migrationTls && ((peer) => writeMigrationTlsDir(opts.client, join(opts.dataDir, 'migration-tls', peer), migrationTls.current(), peer)),
   });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress, ovaRoots: opts.ovaRoots });
@@ -309,7 +329,7 @@ async function startAgentWith(
     extendedResources: () => nodeExtendedResources(cpuManager),
     annotations: {
       ...(opts.fabricIp === undefined ? {} : { [FABRIC_IP_ANNOTATION]: opts.fabricIp }),
-      ...(migrationTls ? { [storage.NODE_MIGRATION_CA]: migrationTls.caPem } : {}),
+      ...(migrationTls ? { [storage.NODE_MIGRATION_CA]: migrationTls.bundle() } : {}),
       // What the control plane waits for before it restarts this node's VMs elsewhere.
       ...(fencer ? { [FENCING_TIMEOUT_ANNOTATION]: String(fencingMs / 1000) } : {}),
     },
@@ -329,6 +349,7 @@ async function startAgentWith(
     await restores.start();
     await conversions.start();
     await warm.start();
+    migrationTls?.start();
     fencing = fencer && runFencer(fencer, 1000, log, async () => watchdog?.pet(watchdogTerms()));
   } catch (e) {
     prober?.close();
@@ -356,6 +377,7 @@ async function startAgentWith(
       fencing?.stop();
       prober?.close();
       node.stop();
+      migrationTls?.stop();
       await conversions.stop();
       await warm.stop();
       await restores.stop();
@@ -390,15 +412,53 @@ async function agentToken(client: Client): Promise<string> {
   }
 }
 
+/** Lifetimes of the migration certificates from the environment (seconds; tests shorten them). */
+function migrationLifetimesFromEnv(env: NodeJS.ProcessEnv): Partial<MigrationCertLifetimes> {
+  const ms = (name: string) => {
+    const v = env[name];
+    if (v === undefined || v === '') return undefined;
+    const n = Number(v);
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`${name} must be a positive number of seconds, not ${v}`);
+    return n * 1000;
+  };
+  const caMs = ms('VESSEL_MIGRATION_CA_SECONDS'),
+    leafMs = ms('VESSEL_MIGRATION_LEAF_SECONDS'),
+    overlapMs = ms('VESSEL_MIGRATION_CERT_OVERLAP_SECONDS');
+  // Short lifetimes are checked as often as their steps fall due, not hourly.
+  const checkMs = caMs !== undefined || leafMs !== undefined ? Math.min(caMs ?? Infinity, leafMs ?? Infinity) / 10 : undefined;
+  return { caMs, leafMs, overlapMs, checkMs };
+}
+
 /**
- * QEMU's tls-creds-x509 directory for migrations with `peer` (0700): ca-cert.pem holds this
- * node's migration CA (QEMU checks its own certificate against it) and the peer's, read from the
- * peer's Node; the one leaf serves as server and client certificate (dh-params.pem: writeQemuTlsDir).
+ * QEMU's tls-creds-x509 directory for a migration with `peer`: ca-cert.pem holds this node's
+ * migration CA bundle (QEMU checks its own certificate against it) and the peer's, read from the
+ * peer's Node now; the one leaf serves as server and client certificate (dh-params.pem:
+ * writeQemuTlsDir). Each set of credentials gets its own directory under `peerDir`, named by its
+ * content and renamed into place whole: a rotation, or another migration with the same peer,
+ * never changes files a QEMU is about to read at object-add.
  */
-async function writeMigrationTlsDir(client: Client, dir: string, own: MigrationCerts, peer: string): Promise<string> {
+async function writeMigrationTlsDir(client: Client, peerDir: string, own: MigrationCerts, peer: string): Promise<string> {
   const node = (await client.get(refs.NODES, peer)) as KubeObject;
   const peerCa = node.metadata.annotations?.[storage.NODE_MIGRATION_CA];
   if (!peerCa) throw new Error(`node ${peer} publishes no migration CA (${storage.NODE_MIGRATION_CA}): is its agent running with --migration-tls=false?`);
-  const own2 = { cert: own.certPem, key: own.keyPem };
-  return writeQemuTlsDir(dir, { type: 'x509', caCert: own.caPem + peerCa, server: own2, client: own2 });
+  const caCert = own.caPem + peerCa;
+  const dir = join(peerDir, createHash('sha256').update(caCert).update(own.certPem).digest('hex').slice(0, 16));
+  await mkdir(peerDir, { recursive: true, mode: 0o700 });
+  try {
+    await stat(dir);
+    // In use again: not one of the older sets removed below (by this call or another's).
+    await utimes(dir, new Date(), new Date());
+  } catch {
+    const tmp = join(peerDir, `.new-${randomBytes(6).toString('hex')}`);
+    const own2 = { cert: own.certPem, key: own.keyPem };
+    await writeQemuTlsDir(tmp, { type: 'x509', caCert, server: own2, client: own2 });
+    // Another migration made the same directory meanwhile: its files are the same.
+    await rename(tmp, dir).catch(() => rm(tmp, { recursive: true, force: true }));
+  }
+  // Older sets: a QEMU reads its files at object-add, right after this returns, never later.
+  for (const e of await readdir(peerDir).catch(() => [] as string[])) {
+    const p = join(peerDir, e);
+    if (p !== dir && Date.now() - (await stat(p).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs > 10 * 60_000) await rm(p, { recursive: true, force: true });
+  }
+  return dir;
 }

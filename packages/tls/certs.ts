@@ -93,37 +93,3 @@ export async function ensureServingCerts(dir: string, hosts: string[]): Promise<
   }
   return { caPem: await readFile(ca, 'utf8'), certPem: await readFile(crt, 'utf8'), keyPem: await readFile(key, 'utf8') };
 }
-
-export interface MigrationCerts {
-  /** The agent's own migration CA (published on its Node so peers can verify it). */
-  caPem: string;
-  certPem: string;
-  keyPem: string;
-}
-
-/**
- * An agent's certificates for QEMU's migration TLS: its own small CA and one leaf it signed,
- * valid as server and client (QEMU refuses a CA certificate as a leaf, so the pinned agent
- * certificate cannot be reused), named DNS:`nodeName` (the source's tls-hostname).
- */
-export async function ensureMigrationCerts(dir: string, nodeName: string): Promise<MigrationCerts> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  const ca = join(dir, 'ca.crt'),
-    caKey = join(dir, 'ca.key'),
-    crt = join(dir, 'node.crt'),
-    key = join(dir, 'node.key');
-  if (!existsSync(ca) || !existsSync(caKey)) {
-    await openssl(['req', '-x509', ...EC_KEY, '-keyout', caKey, '-out', ca, '-days', '3650', '-subj', `/CN=vessel-migration-ca:${nodeName}`]);
-  }
-  if (!existsSync(crt) || !existsSync(key) || !covers(await readFile(crt, 'utf8'), [nodeName])) {
-    const csr = join(dir, 'node.csr'),
-      ext = join(dir, 'node.ext');
-    await writeFile(
-      ext,
-      `subjectAltName=DNS:${nodeName}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth,clientAuth\nkeyUsage=critical,digitalSignature,keyEncipherment\n`,
-    );
-    await openssl(['req', ...EC_KEY, '-keyout', key, '-out', csr, '-subj', `/CN=${nodeName}`]);
-    await openssl(['x509', '-req', '-in', csr, '-CA', ca, '-CAkey', caKey, '-CAcreateserial', '-out', crt, '-days', '825', '-extfile', ext]);
-  }
-  return { caPem: await readFile(ca, 'utf8'), certPem: await readFile(crt, 'utf8'), keyPem: await readFile(key, 'utf8') };
-}
