@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import { runInNode, type DevNode } from '@vessel/agent';
@@ -316,7 +316,10 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     // written into a 0700 directory for the peer.
     const params = await agentOf(target).vms.qmpFor(ns, NAME)!.execute<Record<string, unknown>>('query-migrate-parameters');
     assert.equal(params['tls-creds'], 'migration-tls', JSON.stringify(params));
-    const tlsDir = join(agentOf(target).dataDir, 'migration-tls', source);
+    // The credentials object's directory: one per set of credentials, under the peer's 0700 one.
+    const tlsDir = await agentOf(target).vms.qmpFor(ns, NAME)!.execute<string>('qom-get', { path: '/objects/migration-tls', property: 'dir' });
+    assert.equal(dirname(tlsDir), join(agentOf(target).dataDir, 'migration-tls', source));
+    assert.equal((await stat(dirname(tlsDir))).mode & 0o777, 0o700);
     assert.equal((await stat(tlsDir)).mode & 0o777, 0o700);
     assert.ok((await readFile(join(tlsDir, 'ca-cert.pem'), 'utf8')).split('BEGIN CERTIFICATE').length === 3, 'both nodes’ migration CAs');
     await new Promise((r) => setTimeout(r, 1000));
