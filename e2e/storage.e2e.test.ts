@@ -6,6 +6,7 @@
  */
 // e2e: light (boots no guest, so scripts/test.sh runs it beside another light file)
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -80,6 +81,8 @@ async function leftovers(): Promise<string[]> {
   return found;
 }
 
+const ROTATION_ENV = { VESSEL_MIGRATION_CA_SECONDS: '12', VESSEL_MIGRATION_LEAF_SECONDS: '4', VESSEL_MIGRATION_CERT_OVERLAP_SECONDS: '1' };
+
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vessel-storage-'));
   raw = join(dir, 'disk.raw');
@@ -96,10 +99,13 @@ before(async () => {
   await writeFile(join(dir, 'corrupt.qcow2'), corrupt);
   http = await startServer(dir);
   // The test's http server and registry are on loopback: the administrator's override allows them.
+  // Migration certificates of seconds (this file migrates nothing): the last test sees a whole CA rotation.
+  Object.assign(process.env, ROTATION_ENV);
   v = await startVessel({ agent: { nodeName: 'node-a', allowLoopbackImports: true } });
 });
 
 after(async () => {
+  for (const k of Object.keys(ROTATION_ENV)) delete process.env[k];
   await v?.close();
   await http?.close();
   await rm(dir, { recursive: true, force: true });
@@ -464,5 +470,42 @@ test('nothing but published volumes is left in the pools', async () => {
   assert.deepEqual(
     (await leftovers()).filter((f) => !f.endsWith('.deleted')),
     [],
+  );
+});
+
+test("the agent's migration CA rotates by itself: its Node's bundle gets the new CA beside the old one, then only the new one signs its leaf", async () => {
+  const NODES: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
+  const fingerprints = async () => {
+    const pem = ((await v.client.get(NODES, 'node-a')) as KubeObject).metadata?.annotations?.['vessel.io/migration-ca'] ?? '';
+    return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new X509Certificate(p));
+  };
+  // Bundles as they change, until one CA gave way to another through a bundle of both (CA 12 s: about every 10 s).
+  const seen: X509Certificate[][] = [];
+  const key = (b: X509Certificate[]) => b.map((c) => c.fingerprint256).join(' ');
+  const rotation = await eventually(
+    'a bundle [A], then [A, B], then [B]',
+    async () => {
+      const b = await fingerprints();
+      if (!seen.length || key(seen.at(-1)!) !== key(b)) seen.push(b);
+      for (let i = 2; i < seen.length; i++) {
+        const [a, both, only] = seen.slice(i - 2, i + 1);
+        if (a.length === 1 && both.length === 2 && only.length === 1 && key(both) === key([a[0], only[0]])) return only[0];
+      }
+      return undefined;
+    },
+    40_000,
+    100,
+  );
+  // The leaf on disk becomes the new CA's (a switch an overlap after the bundle had it).
+  await eventually(
+    "the agent's leaf signed by the new CA",
+    async () => {
+      const pem = (await readFile(join(v.agent!.dataDir, 'migration-ca', 'node.pem'), 'utf8')).match(
+        /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/,
+      )?.[0];
+      return pem && new X509Certificate(pem).verify(rotation.publicKey) ? true : undefined;
+    },
+    20_000,
+    100,
   );
 });
