@@ -82,6 +82,19 @@ async function leftovers(): Promise<string[]> {
 }
 
 const ROTATION_ENV = { VESSEL_MIGRATION_CA_SECONDS: '12', VESSEL_MIGRATION_LEAF_SECONDS: '4', VESSEL_MIGRATION_CERT_OVERLAP_SECONDS: '1' };
+/** The agent's Node's migration CA bundle and its leaf on disk, each time either changed (the last test reads them). */
+const rotationSeen: { bundle: X509Certificate[]; leaf?: X509Certificate }[] = [];
+let rotationTimer: NodeJS.Timeout | undefined;
+const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
+const caKey = (b: X509Certificate[]) => b.map((c) => c.fingerprint256).join(' ');
+async function recordRotation(): Promise<void> {
+  const node = (await v.client.get({ group: '', version: 'v1', plural: 'nodes', namespaced: false }, 'node-a')) as KubeObject;
+  const bundle = (node.metadata?.annotations?.['vessel.io/migration-ca']?.match(PEM_CERT) ?? []).map((p) => new X509Certificate(p));
+  const leafPem = (await readFile(join(v.agent!.dataDir, 'migration-ca', 'node.pem'), 'utf8').catch(() => '')).match(PEM_CERT)?.[0];
+  const leaf = leafPem ? new X509Certificate(leafPem) : undefined;
+  const last = rotationSeen.at(-1);
+  if (!last || caKey(last.bundle) !== caKey(bundle) || last.leaf?.fingerprint256 !== leaf?.fingerprint256) rotationSeen.push({ bundle, leaf });
+}
 
 before(async () => {
   dir = await mkdtemp(join(tmpdir(), 'vessel-storage-'));
@@ -102,9 +115,11 @@ before(async () => {
   // Migration certificates of seconds (this file migrates nothing): the last test sees a whole CA rotation.
   Object.assign(process.env, ROTATION_ENV);
   v = await startVessel({ agent: { nodeName: 'node-a', allowLoopbackImports: true } });
+  rotationTimer = setInterval(() => void recordRotation().catch(() => undefined), 200);
 });
 
 after(async () => {
+  clearInterval(rotationTimer);
   for (const k of Object.keys(ROTATION_ENV)) delete process.env[k];
   await v?.close();
   await http?.close();
@@ -473,39 +488,28 @@ test('nothing but published volumes is left in the pools', async () => {
   );
 });
 
-test("the agent's migration CA rotates by itself: its Node's bundle gets the new CA beside the old one, then only the new one signs its leaf", async () => {
-  const NODES: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
-  const fingerprints = async () => {
-    const pem = ((await v.client.get(NODES, 'node-a')) as KubeObject).metadata?.annotations?.['vessel.io/migration-ca'] ?? '';
-    return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new X509Certificate(p));
+test("the agent's migration CA rotates by itself: its Node's bundle gets the new CA beside the old one, then only the new one, which signs its leaf", async () => {
+  // Seen while the file ran (CA 12 s: a rotation about every 10 s), or waited for here.
+  const found = () => {
+    const seen = rotationSeen;
+    // Where the bundle changed (the leaf changes more often).
+    const starts = seen.flatMap((x, i) => (i === 0 || caKey(x.bundle) !== caKey(seen[i - 1].bundle) ? [i] : []));
+    for (let k = 2; k < starts.length; k++) {
+      const [a, both, only] = starts.slice(k - 2, k + 1).map((i) => seen[i].bundle);
+      if (a.length !== 1 || both.length !== 2 || only.length !== 1 || caKey(both) !== caKey([a[0], only[0]])) continue;
+      // The leaf was the new CA's while the bundle was [A, B] (after the switch) or [B].
+      if (seen.slice(starts[k - 1]).some((x) => x.bundle.some((c) => c.fingerprint256 === only[0].fingerprint256) && x.leaf?.verify(only[0].publicKey)))
+        return true;
+    }
+    return undefined;
   };
-  // Bundles as they change, until one CA gave way to another through a bundle of both (CA 12 s: about every 10 s).
-  const seen: X509Certificate[][] = [];
-  const key = (b: X509Certificate[]) => b.map((c) => c.fingerprint256).join(' ');
-  const rotation = await eventually(
-    'a bundle [A], then [A, B], then [B]',
+  await eventually(
+    'a bundle [A], then [A, B], then [B], and the leaf signed by B',
     async () => {
-      const b = await fingerprints();
-      if (!seen.length || key(seen.at(-1)!) !== key(b)) seen.push(b);
-      for (let i = 2; i < seen.length; i++) {
-        const [a, both, only] = seen.slice(i - 2, i + 1);
-        if (a.length === 1 && both.length === 2 && only.length === 1 && key(both) === key([a[0], only[0]])) return only[0];
-      }
-      return undefined;
+      await recordRotation();
+      return found();
     },
     40_000,
-    100,
-  );
-  // The leaf on disk becomes the new CA's (a switch an overlap after the bundle had it).
-  await eventually(
-    "the agent's leaf signed by the new CA",
-    async () => {
-      const pem = (await readFile(join(v.agent!.dataDir, 'migration-ca', 'node.pem'), 'utf8')).match(
-        /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/,
-      )?.[0];
-      return pem && new X509Certificate(pem).verify(rotation.publicKey) ? true : undefined;
-    },
-    20_000,
     100,
   );
 });
