@@ -10,7 +10,8 @@
  * published bundle verifies). Migrations under way when a rotation step happens are counted.
  * After the old CA left a node's bundle, its QEMUs that loaded an old-CA leaf earlier could only
  * migrate by loading the renewed files (object-del, object-add): the peer no longer trusts the
- * old CA. A scenario (CI skips it): about 5 minutes.
+ * old CA. Last, the guest still prints its uptime on its last node. A scenario (CI skips it):
+ * about 3 minutes.
  */
 import assert from 'node:assert/strict';
 import { X509Certificate } from 'node:crypto';
@@ -152,6 +153,11 @@ test('migrations before, during and after every rotation step succeed with TLS v
     assert.equal(now.length, 1, `${n}: the old CA left the bundle`);
     assert.notEqual(now[0].fingerprint256, firstCa[n], `${n}: a new CA`);
   }
+  // The guest lives on where it ended: its uptime lines go on in the last target's serial log.
+  const last = runs.at(-1)!.target;
+  const lines = async () => ((await serialLog(agentOf(last).dataDir, ns, NAME)).match(/VESSEL-UPTIME/g) ?? []).length;
+  const before = await lines();
+  await eventually(`the guest printing its uptime on ${last}`, async () => ((await lines()) >= before + 2 ? true : undefined), 120_000);
   const during = runs.filter((r) => events.some((e) => e.at >= r.start && e.at <= r.end));
   const durations = runs.map((r) => r.end - r.start).sort((a, b) => a - b);
   console.log(
