@@ -432,7 +432,12 @@ export class VmMigrations {
    */
   private async resumePaused(key: string, qmp: QmpClient): Promise<void> {
     if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
-    const status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+    // QEMU says `inmigrate` until it has loaded the devices, after the source's `completed`.
+    let status: { status: string } | undefined;
+    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, POLL_MS))) {
+      status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+      if (status?.status !== 'inmigrate') break;
+    }
     if (status?.status !== 'paused') return;
     await qmp.execute('cont').catch((e: Error) => this.host.log(`migration: ${key}: resuming the guest paused to complete: ${e.message}`));
     this.host.log(`migration: ${key}: the guest paused by the source to complete runs on here`);
