@@ -31,6 +31,13 @@ export type MigrationState = {
 export type VmiStatus = { phase?: string; nodeName?: string; migrationState?: MigrationState; conditions?: { type: string; status: string }[] };
 
 /**
+ * The VMI annotation that keeps a guest under TCG running during its migration (live precopy):
+ * these tests are about what a running, dirtying guest does to a migration. Without it a guest
+ * under TCG pauses for the transfer (docs/migration.md "TCG: the guest pauses for the transfer").
+ */
+export const LIVE_UNDER_TCG = { 'vessel.io/tcg-live-migration': 'true' };
+
+/**
  * Rewrites 24 MiB of a tmpfs forever with 1 MiB of random bytes (not zero pages, which QEMU
  * sends for nearly nothing; copied, as urandom itself is slow under TCG), counting the rounds.
  */

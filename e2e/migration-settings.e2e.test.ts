@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import { eventually, type TestCluster } from './harness.ts';
-import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI } from './migration-settings-fixture.ts';
+import { DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI } from './migration-settings-fixture.ts';
 import { tinyVm } from './tiny-vm.ts';
 
 const POLICY: ResourceRef = { group: 'migrations.kubevirt.io', version: 'v1alpha1', plural: 'migrationpolicies', namespaced: false };
@@ -60,6 +60,7 @@ test(
         storageClass: 'shared',
         terminationGracePeriodSeconds: 5,
         labels: { workload: 'busy' },
+        annotations: LIVE_UNDER_TCG,
       }),
       { namespace: ns },
     );

@@ -46,6 +46,7 @@ type MigrationState = {
   completed?: boolean;
   failed?: boolean;
   failureReason?: string;
+  mode?: string;
   startTimestamp?: string;
   endTimestamp?: string;
   targetNodeAddress?: string;
@@ -286,6 +287,9 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     assert.equal(after.interfaces![0].mac, mac, 'the same MAC');
     assert.equal(after.migrationState?.completed, true);
     assert.equal(after.migrationState?.sourceNode, source);
+    // Under TCG the guest paused for the transfer (stop-and-copy) and runs on the target.
+    const accel = ((await c.client.get(NODE, source)).metadata?.labels as Record<string, string> | undefined)?.['vessel.io/accelerator'];
+    if (accel === 'tcg') assert.equal(after.migrationState?.mode, 'Paused', 'under TCG the guest paused for the transfer');
     const vmiObj = await c.client.get(VMI, NAME, { namespace: ns });
     assert.equal((vmiObj.metadata!.labels as Record<string, string>)['kubevirt.io/nodeName'], target);
     // The guest did not reboot: the target's serial log goes on from the source's uptime.

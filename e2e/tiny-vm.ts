@@ -33,6 +33,8 @@ export interface TinyVmOptions {
   multus?: Record<string, string>;
   /** The template's labels (what Services and NetworkPolicies select). */
   labels?: Record<string, string>;
+  /** The template's annotations (e.g. `vessel.io/tcg-live-migration`). */
+  annotations?: Record<string, string>;
   hostname?: string;
   subdomain?: string;
   terminationGracePeriodSeconds?: number;
@@ -58,7 +60,7 @@ export function tinyVm(name: string, opts: TinyVmOptions = {}): Obj {
     spec: {
       runStrategy: opts.runStrategy ?? 'Always',
       template: {
-        ...(opts.labels ? { metadata: { labels: opts.labels } } : {}),
+        ...(opts.labels || opts.annotations ? { metadata: { labels: opts.labels, annotations: opts.annotations } } : {}),
         spec: {
           terminationGracePeriodSeconds: opts.terminationGracePeriodSeconds ?? 20,
           ...(opts.node ? { nodeSelector: { 'kubernetes.io/hostname': opts.node } } : {}),

@@ -72,6 +72,19 @@ export type Verdict = { action: 'postcopy' | 'pause' | 'cancel'; reason: string 
 /** migrationState.mode once the source paused the guest to finish (KubeVirt's MigrationPaused). */
 export const PAUSED_MODE = 'Paused';
 
+/** A VMI annotation: `"true"` lets a guest under TCG run during its migration (live precopy). */
+export const TCG_LIVE_ANNOTATION = 'vessel.io/tcg-live-migration';
+
+/**
+ * Whether the source pauses a running guest before `migrate`, for the whole transfer
+ * (stop-and-copy, mode Paused; the target resumes it). Under TCG QEMU 7.2 loses dirty-page marks
+ * of a running guest: the target's RAM then differs from the source's and the guest may crash
+ * (docs/migration.md "TCG: the guest pauses for the transfer"). Under KVM, KVM tracks dirty pages.
+ */
+export function stopAndCopy(accel: string, annotations: Readonly<Record<string, string>> | undefined, running: boolean): boolean {
+  return accel === 'tcg' && running && annotations?.[TCG_LIVE_ANNOTATION] !== 'true';
+}
+
 /**
  * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved rounded up, from the
  * start) and the progress timeout (remaining bytes not below their lowest for progressTimeout s).

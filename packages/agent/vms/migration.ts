@@ -21,6 +21,7 @@ import type { V1Interface, V1VirtualMachineInstanceSpec } from '@kubevirt-ui-ext
 import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
+import type { Accelerator } from './accel.ts';
 import { faultDelay, faultPoint } from '../faults.ts';
 import { lastLogLine, runDirFiles } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
@@ -51,7 +52,16 @@ import {
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
-import { applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch, PAUSED_MODE } from './migration-settings.ts';
+import {
+  applySourceSettings,
+  applyTargetSettings,
+  configurationOf,
+  migrationDataBytes,
+  MigrationWatch,
+  PAUSED_MODE,
+  stopAndCopy,
+  type Verdict,
+} from './migration-settings.ts';
 
 const { VMIS, PVCS } = refs;
 type Obj = Record<string, unknown>;
@@ -193,6 +203,8 @@ export function claimPool(
 /** What the VM runtime (runtime.ts) lends the migration. */
 export interface MigrationHost {
   nodeName: string;
+  /** This node's accelerator: under TCG a running guest pauses for its transfer (stopAndCopy). */
+  accel: Accelerator;
   client: Client;
   log: Log;
   /** Where a target QEMU listens: the node's fabric address (QEMU runs in the node's namespace), else 127.0.0.1. */
@@ -420,7 +432,12 @@ export class VmMigrations {
    */
   private async resumePaused(key: string, qmp: QmpClient): Promise<void> {
     if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
-    const status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+    // QEMU says `inmigrate` until it has loaded the devices, after the source's `completed`.
+    let status: { status: string } | undefined;
+    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, POLL_MS))) {
+      status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
+      if (status?.status !== 'inmigrate') break;
+    }
     if (status?.status !== 'paused') return;
     await qmp.execute('cont').catch((e: Error) => this.host.log(`migration: ${key}: resuming the guest paused to complete: ${e.message}`));
     this.host.log(`migration: ${key}: the guest paused by the source to complete runs on here`);
@@ -768,6 +785,8 @@ export class VmMigrations {
       const cur = migrationStateOf(this.host.vmi(key));
       return cur?.migrationUid !== uid || !!cur.abortRequested || !!cur.failed;
     };
+    // Whether the source paused the guest for this migration (mode Paused).
+    let paused = ms.mode === PAUSED_MODE;
     if (!ms.startTimestamp) {
       await faultDelay('migration:source-start');
       faultPoint('migration:source-start');
@@ -788,6 +807,13 @@ export class VmMigrations {
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd);
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
+      if (stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running')) {
+        // The mode first: a restarted agent or a failure resumes a guest paused with it.
+        await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
+        await qmp.execute('stop');
+        paused = true;
+        this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (stop-and-copy)`);
+      }
       await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
@@ -870,7 +896,9 @@ export class VmMigrations {
         cancelled = true;
         await qmp.execute('migrate_cancel');
       }
-      const verdict = cancelled ? undefined : watch.check(info, Date.now());
+      const seen = cancelled ? undefined : watch.check(info, Date.now());
+      // A paused guest dirties nothing: post-copy would not bring it over sooner, the timeout ends it.
+      const verdict: Verdict | undefined = seen?.action === 'postcopy' && paused ? { action: 'cancel', reason: seen.reason } : seen;
       if (verdict?.action === 'cancel') {
         cancelled = true;
         timedOut = verdict.reason;
@@ -878,10 +906,11 @@ export class VmMigrations {
         // The reason first: the target's QEMU fails on the cut stream and would write its own.
         await this.writeState(key, uid, (s) => void (s.failureReason = verdict.reason));
         await qmp.execute('migrate_cancel');
-      } else if (verdict?.action === 'pause' && before === 'running') {
+      } else if (verdict?.action === 'pause' && before === 'running' && !paused) {
         // allowWorkloadDisruption: paused, the guest dirties nothing and the copy ends; the target
         // resumes it on arrival (it sees mode Paused), as KubeVirt's MigrationPaused mode. A guest
         // paused by its user already converges and stays paused.
+        paused = true;
         this.host.log(`migration: ${key}: ${verdict.reason}`);
         await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
         await qmp.execute('stop');

@@ -202,6 +202,7 @@ export class VmRuntime extends Controller {
     );
     this.migrations = new VmMigrations({
       nodeName: opts.nodeName,
+      accel: opts.accel,
       client,
       log: this.log,
       listenAddress: opts.migrationAddress ?? '127.0.0.1',
