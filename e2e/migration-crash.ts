@@ -16,7 +16,7 @@ import { createDevCluster, type DevCluster } from '@vessel/agent';
 import { Client, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually } from './harness.ts';
-import { checkSectorRecords, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
+import { checkSectorRecords, localClaim, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -189,7 +189,11 @@ async function freePort(): Promise<number> {
 
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 
-export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Promise<CrashCluster> {
+/**
+ * `binding`: the guest's pod interface; `masquerade` runs its QEMU in a pod namespace, so its
+ * migration (stream and NBD mirror) goes through the relays (docs/migration.md); default bridge.
+ */
+export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 'bridge' | 'masquerade' } = {}): Promise<CrashCluster> {
   const localDisks = !!opts.localDisks;
   const dir = await mkdtemp(join(tmpdir(), 'vessel-migcrash-'));
   const dataDir = join(dir, 'data');
@@ -306,23 +310,14 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
     async bootGuest() {
       const vm = tinyVm(NAME, {
         namespace: NS,
-        binding: 'bridge',
+        binding: opts.binding ?? 'bridge',
         userData: opts.localDisks ? LOCAL_USER_DATA : USER_DATA,
         storageClass: opts.localDisks ? 'local' : 'shared',
         terminationGracePeriodSeconds: 5,
       }) as { spec: { template: { spec: { domain: { devices: { disks: object[] } }; volumes: object[] } } } };
       if (opts.localDisks) {
         // Root (a DataVolume) and a 64 MiB data claim on the local pool: both mirrored over NBD when it moves.
-        await c.create(
-          PVC,
-          {
-            apiVersion: 'v1',
-            kind: 'PersistentVolumeClaim',
-            metadata: { name: DATA, namespace: NS },
-            spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
-          },
-          { namespace: NS },
-        );
+        await c.create(PVC, localClaim(DATA, '64Mi', { namespace: NS }), { namespace: NS });
         vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
         vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
       }
