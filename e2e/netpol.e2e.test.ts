@@ -248,7 +248,7 @@ test("web live-migrates to the client's node under both policies: its rules are 
   assert.equal(await vmiNode(), nodeA.name);
   assert.ok((await table(nodeA)).includes(chainOfWeb));
   await eventually("node B's table without web's chain", async () => (!(await table(nodeB)).includes(chainOfWeb) ? true : undefined), 10_000);
-  // Longer than the others: in a run at load ~20 the probes after the move came ~25 s apart.
+  // Longer than the others: a run at load ~20 timed out here at 120 s (its next test, 3 fresh probes, took 95 s vs 8 s at load ~10).
   await expectProbes('the client (now on the same node) reaching web on 80 only', true, false, 300_000).catch(async (e: Error) => {
     const links = await runInNode(nodeA, ['ip', '-br', 'link']);
     throw new Error(
