@@ -458,7 +458,30 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         120_000,
       );
       // Still going (not paused): a starved guest (TCG at nice 10 on a loaded machine) may print nothing for seconds.
-      await eventually(`${name}: the guest's uptime growing past ${now}`, async () => ((await lastUptime(settled.node))! > now ? true : undefined), 60_000);
+      await eventually(
+        `${name}: the guest's uptime growing past ${now}`,
+        async () => ((await lastUptime(settled.node))! > now ? true : undefined),
+        60_000,
+      ).catch(async (e: Error) => {
+        // A guest that stops after the case: what its QEMU's threads wait on, and what the agents did.
+        const threads = await Promise.all(
+          [...(await qemus()).values()].flat().map(async (pid) => {
+            const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+            const rows = await Promise.all(
+              tasks.map(async (t) => {
+                const [comm, st, wchan] = await Promise.all(
+                  ['comm', 'stat', 'wchan'].map((f) => readFile(`/proc/${pid}/task/${t}/${f}`, 'utf8').catch(() => '?')),
+                );
+                return `${t} ${comm.trim()} ${st.split(' ')[2]} ${wchan}`;
+              }),
+            );
+            return `QEMU ${pid}:\n${rows.join('\n')}`;
+          }),
+        );
+        throw new Error(
+          `${e.message}\n${threads.join('\n')}\n--- source ${source}:\n${agents.get(source)!.tail(60)}\n--- target ${target}:\n${agents.get(target)!.tail(60)}`,
+        );
+      });
       const all = [...(await qemus()).values()].flat();
       assert.equal(all.length, 1, `${name}: still exactly one QEMU`);
       // The stream was TLS (unless turned off): for a migration that succeeded, the target set QEMU's
