@@ -366,6 +366,13 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       }
       const victim = kill === 'server' ? server : agents.get(kill === 'source' ? source : target)!;
       const logFrom = new Map([...agents].map(([n, a]) => [n, a.history.length]));
+      // This case's lines only: a source agent not restarted since the last case still holds that
+      // one's "mirroring" line (seen: a masquerade case whose source was killed before its mirror began).
+      const sourceSaid = (re: RegExp) =>
+        agents
+          .get(source)!
+          .history.slice(logFrom.get(source))
+          .some((l) => re.test(l));
       const phase = async () => String(((await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase);
       const create = () =>
         c.create(
@@ -382,7 +389,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       // The mirror: 1.5 s after the source began it (a few MiB of the disks copied, far from done at SLOW_MIRROR).
       let mirroring: number | undefined;
       const mirrorUnderway = () => {
-        if (!agents.get(source)!.seen(/mirroring \d+ local disk/)) return false;
+        if (!sourceSaid(/mirroring \d+ local disk/)) return false;
         mirroring ??= Date.now();
         return Date.now() - mirroring >= 1500;
       };
@@ -390,7 +397,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         selfKilled
           ? !victim.running
           : step === 4
-            ? agents.get(source)!.seen(/the transfer completed/)
+            ? sourceSaid(/the transfer completed/)
             : step === 'mirror'
               ? mirrorUnderway()
               : step === 1
