@@ -16,6 +16,7 @@
  * intact, the claim is the target's, and the source's copies are gone.
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,13 +27,15 @@ import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { pushDiskImage, startRegistry, type TestRegistry } from '../packages/agent/storage/testing-registry.ts';
 import { ensureTinyGuest } from '@vessel/guest';
+import { captureStream, type StreamSummary } from './frames.ts';
 import { runDelays } from './guest-report.ts';
-import { checkSectorRecords, runDirOf, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
+import { checkSectorRecords, localClaim, runDirOf, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
 const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstancemigrations', namespaced: true };
 const PVC: ResourceRef = { group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true };
+const KUBEVIRT: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
 const ns = 'default';
 /** How soon after a failed migration the guest writes again, in time its QEMU was not waiting for a CPU. */
 const RESUME_WITHIN_MS = 15_000;
@@ -43,18 +46,35 @@ type Obj = Record<string, unknown>;
 type VmiStatus = {
   phase?: string;
   nodeName?: string;
-  migrationState?: { failed?: boolean; failureReason?: string; completed?: boolean; startTimestamp?: string; endTimestamp?: string; migrationUid?: string };
+  migrationState?: {
+    failed?: boolean;
+    failureReason?: string;
+    completed?: boolean;
+    startTimestamp?: string;
+    endTimestamp?: string;
+    migrationUid?: string;
+    migrationConfiguration?: { disableTLS?: boolean };
+  };
   conditions?: { type: string; status: string; message?: string }[];
 };
 
 /**
- * The writer: finds the 64 MiB disk, then record i (`REC i <hash of i>`, padded to 512 bytes)
+ * Random per run; the guest writes 1 MiB of copies of it to its data disk at boot (sector 120000
+ * on, far past the records), which the mirror then carries: over TLS no frame on the fabric may
+ * hold it, over plain NBD (disableTLS) frames do.
+ */
+const MARKER = randomBytes(32).toString('hex');
+
+/**
+ * The writer: writes the marker, finds the 64 MiB disk, then record i (`REC i <hash of i>`, padded to 512 bytes)
  * at sector i, flushed to the device (`conv=fsync`: a FLUSH; `sync` alone leaves a new cluster's
  * qcow2 mapping in QEMU's memory, so the file could read zeros there); prints each, and every 25 the md5 of the sectors written so far.
  */
 const USER_DATA = `#!/bin/sh
 for d in /sys/block/vd*; do [ "$(cat $d/size)" = 131072 ] && DEV=/dev/\${d##*/}; done
 echo "VESSEL-DEV $DEV"
+m=${MARKER}; s=$m$m$m$m; s=$s$s$s$s; s=$s$s$s$s; s=$s$s$s$s
+(j=0; while [ $j -lt 64 ]; do printf %s "$s"; j=$((j+1)); done) | dd of=$DEV bs=512 seek=120000 conv=notrunc,fsync 2>/dev/null
 ${SECTOR_RECORD_SH}
 (i=0; while true; do
   rec $DEV $i 0
@@ -131,6 +151,14 @@ async function frozenQemu(pid: number, netns: string | undefined): Promise<strin
   ].join('\n');
 }
 
+/** The NBD server's port of the VMI's last migration (its `vessel.io/migration-nbd` annotation) and what the capture saw on it. */
+async function onNbdPort(wire: StreamSummary): Promise<{ port: string; bytes: number; marked: number }> {
+  const vmi = await c.client.get(VMI, NAME, { namespace: ns });
+  const address = (JSON.parse(vmi.metadata?.annotations?.['vessel.io/migration-nbd'] ?? '{}') as { address?: string }).address ?? '';
+  const port = address.split(':').at(-1) ?? '';
+  return { port, ...(wire.ports[port] ?? { bytes: 0, marked: 0 }) };
+}
+
 const exists = (p: string) =>
   stat(p).then(
     () => true,
@@ -148,6 +176,9 @@ after(async () => {
   setFaultHook(undefined);
   await registry?.stop();
   if (!c) return;
+  await c.client
+    .patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { disableTLS: null } } } }, { namespace: 'kubevirt' })
+    .catch(() => undefined);
   await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
   await c.client.delete(VM, CD, { namespace: ns }).catch(() => undefined);
   await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 60_000).catch(
@@ -160,16 +191,7 @@ after(async () => {
 });
 
 test('a VM with local-pool disks: a failed mirror leaves it running, then it moves with its disks intact', { timeout: 1_500_000 }, async () => {
-  await c.client.create(
-    PVC,
-    {
-      apiVersion: 'v1',
-      kind: 'PersistentVolumeClaim',
-      metadata: { name: DATA, namespace: ns },
-      spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
-    },
-    { namespace: ns },
-  );
+  await c.client.create(PVC, localClaim(DATA, '64Mi', { namespace: ns }), { namespace: ns });
   await c.client.create(VM, localVm(), { namespace: ns });
   const running = await eventually(
     'the VMI Running and live-migratable',
@@ -271,12 +293,24 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
     if (p === 'migration:target-claims' && crashed++ === 0) throw new Error('injected fault: target agent stopped before recording the claims');
   });
 
-  // 2. The migration that succeeds.
+  // 2. The migration that succeeds, every frame on the source's fabric interface captured (the mirror's way out).
+  const netnsOf = (node: string) => c.nodes.cluster.nodes.find((n) => n.name === node)!.netns;
+  let wire = await captureStream(netnsOf(source), 'fab0', MARKER);
   const t0 = Date.now();
-  await migrate('local-ok');
-  const done = await finished('local-ok');
+  let done: Awaited<ReturnType<typeof finished>>;
+  let tlsWire: StreamSummary;
+  try {
+    await migrate('local-ok');
+    done = await finished('local-ok');
+  } finally {
+    tlsWire = await wire.stop();
+  }
   const took = Date.now() - t0;
   assert.equal(done.phase, 'Succeeded', `the migration failed: ${done.migrationState?.failureReason}`);
+  // The mirror is TLS: the marker on the data disk is in no frame, though the NBD port carried the disks.
+  const tlsNbd = await onNbdPort(tlsWire);
+  assert.ok(tlsNbd.bytes > 2 << 20, `the disks crossed on the NBD port ${tlsNbd.port}: ${tlsNbd.bytes} bytes (${JSON.stringify(tlsWire.ports)})`);
+  assert.equal(tlsWire.marked, 0, `frames with the data disk's marker in the TLS mirror (${JSON.stringify(tlsWire)})`);
   const lastOnSource = recs(await serialLog(agentOf(source).dataDir, ns, NAME)).at(-1)!;
   // The guest goes on writing on the target without a reboot (its boot script never ran again).
   const sum = await eventually(
@@ -314,7 +348,40 @@ test('a VM with local-pool disks: a failed mirror leaves it running, then it mov
   const ms = done.migrationState!;
   console.log(
     `figures: local-disk migration ${source} → ${target} (1 GiB root + 64 MiB data, local pool): ${took} ms from create to Succeeded, ` +
-      `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; ${sum.n} records checked`,
+      `transfer ${Date.parse(ms.endTimestamp!) - Date.parse(ms.startTimestamp!)} ms; ${sum.n} records checked; ` +
+      `on ${source}'s fab0 ${(tlsNbd.bytes / 1048576).toFixed(1)} MiB on the NBD port, 0 of ${tlsWire.frames} frames with the marker, ${tlsWire.drops} dropped`,
+  );
+
+  // 3. Back with TLS off (the KubeVirt object's disableTLS): the same capture finds the marker on
+  // the NBD port, so the check above can fail; and the mirror runs plain on both sides.
+  await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { disableTLS: true } } } }, { namespace: 'kubevirt' });
+  // The controller sees the KubeVirt object through a watch: a moment before the migration is created.
+  await new Promise((r) => setTimeout(r, 2000));
+  const t1 = Date.now();
+  wire = await captureStream(netnsOf(target), 'fab0', MARKER);
+  let plainWire: StreamSummary;
+  let back: Awaited<ReturnType<typeof finished>>;
+  try {
+    await migrate('local-plain');
+    back = await finished('local-plain');
+  } finally {
+    plainWire = await wire.stop();
+    await c.client.patch(KUBEVIRT, 'kubevirt', { spec: { configuration: { migrations: { disableTLS: null } } } }, { namespace: 'kubevirt' });
+  }
+  assert.equal(back.phase, 'Succeeded', `the plain migration failed: ${back.migrationState?.failureReason}`);
+  assert.equal((await vmiStatus()).migrationState?.migrationConfiguration?.disableTLS, true, 'the migration ran with TLS off');
+  const plainNbd = await onNbdPort(plainWire);
+  assert.ok(plainNbd.marked > 0, `the marker in the plain mirror on port ${plainNbd.port} (${JSON.stringify(plainWire)})`);
+  const lastBefore = recs(await serialLog(agentOf(target).dataDir, ns, NAME)).at(-1)!;
+  const sumBack = await eventually(
+    'a checksum printed after the move back',
+    async () => sums(await serialLog(agentOf(source).dataDir, ns, NAME)).find((s) => s.n > lastBefore + 1),
+    180_000,
+  );
+  await checkSectorRecords((await annotations(DATA))['vessel.io/volume-path'], sumBack, { what: 'the data disk after the plain move back' });
+  console.log(
+    `figures: plain local-disk migration back ${target} → ${source}: ${Date.now() - t1} ms with its checks; ` +
+      `${(plainNbd.bytes / 1048576).toFixed(1)} MiB on the NBD port, ${plainNbd.marked} frames there with the marker, ${plainWire.drops} dropped`,
   );
 });
 
@@ -408,16 +475,7 @@ test(
     await eventually('the guest writing records', async () => (baseSums(await srcLog()).length > 0 ? true : undefined), 600_000);
 
     // A local-pool claim made on the VM's node, hotplugged.
-    await c.client.create(
-      PVC,
-      {
-        apiVersion: 'v1',
-        kind: 'PersistentVolumeClaim',
-        metadata: { name: HOTPLUG, namespace: ns, annotations: { 'volume.kubernetes.io/selected-node': source } },
-        spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '32Mi' } } },
-      },
-      { namespace: ns },
-    );
+    await c.client.create(PVC, localClaim(HOTPLUG, '32Mi', { namespace: ns, node: source }), { namespace: ns });
     await eventually(
       `claim ${HOTPLUG} Bound`,
       async () => (((await c.client.get(PVC, HOTPLUG, { namespace: ns })).status as { phase?: string } | undefined)?.phase === 'Bound' ? true : undefined),

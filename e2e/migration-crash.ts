@@ -16,7 +16,7 @@ import { createDevCluster, type DevCluster } from '@vessel/agent';
 import { Client, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually } from './harness.ts';
-import { checkSectorRecords, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
+import { checkSectorRecords, localClaim, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -189,7 +189,11 @@ async function freePort(): Promise<number> {
 
 const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)?)/g)].map((m) => Number(m[1]));
 
-export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Promise<CrashCluster> {
+/**
+ * `binding`: the guest's pod interface; `masquerade` runs its QEMU in a pod namespace, so its
+ * migration (stream and NBD mirror) goes through the relays (docs/migration.md); default bridge.
+ */
+export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 'bridge' | 'masquerade' } = {}): Promise<CrashCluster> {
   const localDisks = !!opts.localDisks;
   const dir = await mkdtemp(join(tmpdir(), 'vessel-migcrash-'));
   const dataDir = join(dir, 'data');
@@ -306,23 +310,14 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
     async bootGuest() {
       const vm = tinyVm(NAME, {
         namespace: NS,
-        binding: 'bridge',
+        binding: opts.binding ?? 'bridge',
         userData: opts.localDisks ? LOCAL_USER_DATA : USER_DATA,
         storageClass: opts.localDisks ? 'local' : 'shared',
         terminationGracePeriodSeconds: 5,
       }) as { spec: { template: { spec: { domain: { devices: { disks: object[] } }; volumes: object[] } } } };
       if (opts.localDisks) {
         // Root (a DataVolume) and a 64 MiB data claim on the local pool: both mirrored over NBD when it moves.
-        await c.create(
-          PVC,
-          {
-            apiVersion: 'v1',
-            kind: 'PersistentVolumeClaim',
-            metadata: { name: DATA, namespace: NS },
-            spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: '64Mi' } } },
-          },
-          { namespace: NS },
-        );
+        await c.create(PVC, localClaim(DATA, '64Mi', { namespace: NS }), { namespace: NS });
         vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
         vm.spec.template.spec.volumes.push({ name: 'data', persistentVolumeClaim: { claimName: DATA } });
       }
@@ -371,6 +366,13 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       }
       const victim = kill === 'server' ? server : agents.get(kill === 'source' ? source : target)!;
       const logFrom = new Map([...agents].map(([n, a]) => [n, a.history.length]));
+      // This case's lines only: a source agent not restarted since the last case still holds that
+      // one's "mirroring" line (seen: a masquerade case whose source was killed before its mirror began).
+      const sourceSaid = (re: RegExp) =>
+        agents
+          .get(source)!
+          .history.slice(logFrom.get(source))
+          .some((l) => re.test(l));
       const phase = async () => String(((await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase);
       const create = () =>
         c.create(
@@ -387,7 +389,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
       // The mirror: 1.5 s after the source began it (a few MiB of the disks copied, far from done at SLOW_MIRROR).
       let mirroring: number | undefined;
       const mirrorUnderway = () => {
-        if (!agents.get(source)!.seen(/mirroring \d+ local disk/)) return false;
+        if (!sourceSaid(/mirroring \d+ local disk/)) return false;
         mirroring ??= Date.now();
         return Date.now() - mirroring >= 1500;
       };
@@ -395,7 +397,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
         selfKilled
           ? !victim.running
           : step === 4
-            ? agents.get(source)!.seen(/the transfer completed/)
+            ? sourceSaid(/the transfer completed/)
             : step === 'mirror'
               ? mirrorUnderway()
               : step === 1
@@ -463,7 +465,30 @@ export async function startCrashCluster(opts: { localDisks?: boolean } = {}): Pr
         120_000,
       );
       // Still going (not paused): a starved guest (TCG at nice 10 on a loaded machine) may print nothing for seconds.
-      await eventually(`${name}: the guest's uptime growing past ${now}`, async () => ((await lastUptime(settled.node))! > now ? true : undefined), 60_000);
+      await eventually(
+        `${name}: the guest's uptime growing past ${now}`,
+        async () => ((await lastUptime(settled.node))! > now ? true : undefined),
+        60_000,
+      ).catch(async (e: Error) => {
+        // A guest that stops after the case: what its QEMU's threads wait on, and what the agents did.
+        const threads = await Promise.all(
+          [...(await qemus()).values()].flat().map(async (pid) => {
+            const tasks = await readdir(`/proc/${pid}/task`).catch(() => [] as string[]);
+            const rows = await Promise.all(
+              tasks.map(async (t) => {
+                const [comm, st, wchan] = await Promise.all(
+                  ['comm', 'stat', 'wchan'].map((f) => readFile(`/proc/${pid}/task/${t}/${f}`, 'utf8').catch(() => '?')),
+                );
+                return `${t} ${comm.trim()} ${st.split(' ')[2]} ${wchan}`;
+              }),
+            );
+            return `QEMU ${pid}:\n${rows.join('\n')}`;
+          }),
+        );
+        throw new Error(
+          `${e.message}\n${threads.join('\n')}\n--- source ${source}:\n${agents.get(source)!.tail(60)}\n--- target ${target}:\n${agents.get(target)!.tail(60)}`,
+        );
+      });
       const all = [...(await qemus()).values()].flat();
       assert.equal(all.length, 1, `${name}: still exactly one QEMU`);
       // The stream was TLS (unless turned off): for a migration that succeeded, the target set QEMU's

@@ -2,8 +2,8 @@
  * VirtualMachines of the tiny test guest for end-to-end tests, and readers of what it prints:
  * its root disk is a linked clone of the `tiny` golden image; user data `#!/bin/sh` scripts run
  * at boot with their output on the console; `VESSEL-COUNTER n` is the on-disk counter; recordWriter's
- * script writes numbered records to a disk's slots (the warm-copy tests); sector records and
- * their check are the local-disk migration tests'.
+ * script writes numbered records to a disk's slots (the warm-copy tests); sector records, their
+ * check and the local-pool claim are the local-disk migration tests'.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -150,6 +150,24 @@ export const recordText = (n: number): string => `VESSEL-REC ${String(n).padStar
 /** What slot of record `n` holds in the disk's raw bytes (compare with recordText(n)). */
 export const recordSlot = (disk: Buffer, n: number): string =>
   disk.subarray((n % RECORD_SLOTS) * RECORD_SLOT_BYTES, (n % RECORD_SLOTS) * RECORD_SLOT_BYTES + 20).toString('latin1');
+
+/**
+ * A PersistentVolumeClaim on the node-local pool (class `local`, ReadWriteOnce). Without `node`
+ * it waits for its first consumer, so it lands on the node of the VM that uses it; with `node`
+ * it is made there at once (`volume.kubernetes.io/selected-node`, e.g. to hotplug it).
+ */
+export function localClaim(name: string, size: string, opts: { namespace?: string; node?: string } = {}): Obj {
+  return {
+    apiVersion: 'v1',
+    kind: 'PersistentVolumeClaim',
+    metadata: {
+      name,
+      namespace: opts.namespace ?? 'default',
+      ...(opts.node ? { annotations: { 'volume.kubernetes.io/selected-node': opts.node } } : {}),
+    },
+    spec: { storageClassName: 'local', accessModes: ['ReadWriteOnce'], resources: { requests: { storage: size } } },
+  };
+}
 
 /**
  * Sector records (the local-disk migration tests): record i (`REC i <hash of i>`, padded to

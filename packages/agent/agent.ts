@@ -217,6 +217,7 @@ async function startAgentWith(
     migrationAddress: opts.fabricIp,
     cpuManager,
     migrationTlsDir: migrationTls && ((peer) => writeMigrationTlsDir(opts.client, join(opts.dataDir, 'migration-tls', peer), migrationTls.current(), peer)),
+    policyCovers: policies && ((vmi) => policies.covers(vmi.metadata.namespace ?? '', vmi.metadata.name)),
   });
   // The volume manager grows the disks of running VMs through their QEMU (held like any VM action).
   const volumes = new VolumeManager(opts.client, { nodeName: opts.nodeName, pools, log, live: vms, egress, ovaRoots: opts.ovaRoots });

@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import type { netpol } from '@vessel/api';
-import { policyRuleset, policyVmOf, type PolicyInput, type PolicyObject, type PolicyVm } from './policy.ts';
+import { policyNodesOf, policyRuleset, policyVmOf, type PolicyInput, type PolicyObject, type PolicyVm } from './policy.ts';
 import { tapName } from './taps.ts';
 
 const vm = (namespace: string, name: string, ip: string, labels: Record<string, string> = {}): PolicyVm => ({ namespace, name, ip, labels });
@@ -132,4 +132,17 @@ test("a VMI's address is the one of its pod interface in status.interfaces", () 
     },
   };
   assert.deepEqual(policyVmOf(vmi as never), { namespace: 'b', name: 'web', labels: { app: 'web' }, ip: '10.244.2.1' });
+});
+
+test("a migrating VMI is the target node's as well (its tap is there before the guest), until the migration fails", () => {
+  const vmi = (migrationState?: Record<string, unknown>) =>
+    ({ metadata: { name: 'web', namespace: 'b' }, status: { nodeName: 'n0', ...(migrationState ? { migrationState } : {}) } }) as Parameters<
+      typeof policyNodesOf
+    >[0];
+  assert.deepEqual(policyNodesOf(vmi()), ['n0']);
+  assert.deepEqual(policyNodesOf(vmi({ migrationUid: 'u', sourceNode: 'n0', targetNode: 'n1' })), ['n0', 'n1']);
+  // Completed but the switch write (nodeName) not seen yet: the guest already runs on n1.
+  assert.deepEqual(policyNodesOf(vmi({ migrationUid: 'u', sourceNode: 'n0', targetNode: 'n1', completed: true })), ['n0', 'n1']);
+  assert.deepEqual(policyNodesOf(vmi({ migrationUid: 'u', sourceNode: 'n0', targetNode: 'n1', failed: true })), ['n0']);
+  assert.deepEqual(policyNodesOf(vmi({ migrationUid: 'u', sourceNode: 'n1', targetNode: 'n0', completed: true })), ['n0']);
 });

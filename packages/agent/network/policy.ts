@@ -10,9 +10,10 @@
  * of a type selects is open for that type, as in Kubernetes. Peers are resolved to the VMs'
  * cluster addresses (status.interfaces[].ipAddress of their pod interface).
  */
-import { ipam, netpol, parseIPv4, refs } from '@vessel/api';
+import { ipam, migration, netpol, parseIPv4, refs } from '@vessel/api';
 import type { Client, ResourceRef } from '@vessel/client';
 import { Controller, type Informer, type KubeObject, type Log } from '@vessel/runtime';
+import { NetworkError } from './errors.ts';
 import { inNs, type NetNs } from './exec.ts';
 import { tapName } from './taps.ts';
 
@@ -229,12 +230,26 @@ export function policyVmOf(vmi: KubeObject): PolicyVm {
   };
 }
 
+/**
+ * The nodes whose taps serve a VMI: where it runs, and the target of its migration unless that
+ * failed. The target makes its tap before the guest arrives and the guest runs there before the
+ * switch write names that node, so the target's rules must already hold for it (no window in
+ * which the arrived guest is open); a completed migration's target is its node anyway.
+ */
+export function policyNodesOf(vmi: KubeObject): string[] {
+  const nodeName = String((vmi.status as { nodeName?: string } | undefined)?.nodeName ?? '');
+  const ms = migration.stateOf(vmi);
+  return ms?.targetNode && !ms.failed && ms.targetNode !== nodeName ? [nodeName, ms.targetNode] : [nodeName];
+}
+
 const FINAL = new Set(['Succeeded', 'Failed']);
 const KEY = 'ruleset';
 const BY_NS = 'namespace';
 const BY_NODE = 'node';
 /** Changes that come in bursts (a namespace of VMs starting) make one transaction. */
 const DEBOUNCE_MS = 100;
+/** How long a migration target waits for this node's rules to cover its VM (a working enforcer takes ~0.1 s). */
+export const COVER_TIMEOUT_MS = 30_000;
 
 export interface PolicyEnforcerOptions {
   nodeName: string;
@@ -251,6 +266,8 @@ export class PolicyEnforcer extends Controller {
   private readonly policies: Informer;
   private conntrack?: boolean;
   private installed?: string;
+  /** Those waiting for a ruleset installed (or found unchanged) after they asked that covers a VMI (`ns/name`). */
+  private readonly waiters = new Set<{ key: string; resolve: () => void }>();
 
   constructor(
     client: Client,
@@ -263,7 +280,7 @@ export class PolicyEnforcer extends Controller {
     };
     this.vmis = this.inform(refs.VMIS, later);
     this.vmis.addIndex(BY_NS, (o) => [o.metadata.namespace ?? '']);
-    this.vmis.addIndex(BY_NODE, (o) => [String((o.status as { nodeName?: string } | undefined)?.nodeName ?? '')]);
+    this.vmis.addIndex(BY_NODE, policyNodesOf);
     this.namespaces = this.inform(NAMESPACES, later);
     this.policies = this.inform(NETWORK_POLICIES, later);
     this.policies.addIndex(BY_NS, (o) => [o.metadata.namespace ?? '']);
@@ -278,12 +295,50 @@ export class PolicyEnforcer extends Controller {
     return this.installed;
   }
 
+  /**
+   * Resolves once this node's table, installed after the call, is computed with the VMI among
+   * the node's VMs (its policies' rules on its tap, or none selecting it). A migration target
+   * waits for it before it says it is ready, so the guest never runs here unpoliced. Throws
+   * after `timeoutMs` (the migration then fails rather than open the VM).
+   */
+  async covers(namespace: string, name: string, timeoutMs = COVER_TIMEOUT_MS): Promise<void> {
+    let waiter: { key: string; resolve: () => void } | undefined;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        new Promise<void>((resolve) => {
+          waiter = { key: `${namespace}/${name}`, resolve };
+          this.waiters.add(waiter);
+          this.queue.add(KEY);
+        }),
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () =>
+              reject(
+                new NetworkError(
+                  'CommandFailed',
+                  `the NetworkPolicy rules of ${namespace}/${name} are not in place on ${this.opts.nodeName} after ${timeoutMs / 1000} s`,
+                ),
+              ),
+            timeoutMs,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      if (waiter) this.waiters.delete(waiter);
+    }
+  }
+
   protected async reconcile(): Promise<void> {
     this.conntrack ??= await bridgeConntrack(this.opts.netns);
     const live = (o: KubeObject) => !FINAL.has(String((o.status as { phase?: string } | undefined)?.phase ?? '')) && !o.metadata.deletionTimestamp;
     const nodeAddress = this.opts.nodeAddress();
+    // Taken before the table is computed: a waiter added during the install waits for the next.
+    const waiting = [...this.waiters];
+    const localVmis = this.vmis.byIndex(BY_NODE, this.opts.nodeName).filter(live);
     const text = policyRuleset({
-      local: this.vmis.byIndex(BY_NODE, this.opts.nodeName).filter(live).map(policyVmOf),
+      local: localVmis.map(policyVmOf),
       policiesIn: (ns) =>
         this.policies.byIndex(BY_NS, ns).map((p) => ({ namespace: ns, name: p.metadata.name, spec: (p.spec ?? {}) as netpol.NetworkPolicySpec })),
       vmsIn: (ns) => this.vmis.byIndex(BY_NS, ns).filter(live).map(policyVmOf),
@@ -293,11 +348,14 @@ export class PolicyEnforcer extends Controller {
     });
     // The node's address comes with IPAM; until then look again soon.
     if (!nodeAddress) this.queue.addAfter(KEY, 1000);
-    if (text === this.installed) return;
-    await installPolicyRuleset(this.opts.netns, text);
-    const isolated = (text.match(/^ {2}chain (in|out)_/gm) ?? []).length;
-    if (this.installed === undefined || isolated !== (this.installed.match(/^ {2}chain (in|out)_/gm) ?? []).length)
-      this.log(`netpol: ${isolated} isolated NIC direction(s) on ${this.opts.nodeName}`);
-    this.installed = text;
+    if (text !== this.installed) {
+      await installPolicyRuleset(this.opts.netns, text);
+      const isolated = (text.match(/^ {2}chain (in|out)_/gm) ?? []).length;
+      if (this.installed === undefined || isolated !== (this.installed.match(/^ {2}chain (in|out)_/gm) ?? []).length)
+        this.log(`netpol: ${isolated} isolated NIC direction(s) on ${this.opts.nodeName}`);
+      this.installed = text;
+    }
+    const covered = new Set(localVmis.map((o) => `${o.metadata.namespace}/${o.metadata.name}`));
+    for (const w of waiting) if (covered.has(w.key)) w.resolve();
   }
 }

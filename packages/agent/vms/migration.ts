@@ -223,6 +223,8 @@ export interface MigrationHost {
    * both nodes' migration CAs, server-/client-cert.pem and -key.pem); absent: plain TCP.
    */
   tlsDir?: (peerNode: string) => Promise<string>;
+  /** Resolves once this node's NetworkPolicy table covers the VMI (network/policy.ts `covers`); throws when it does not in time. */
+  policyCovers?(vmi: KubeObject): Promise<void>;
   /** The VMI from the runtime's cache. */
   vmi(key: string): KubeObject | undefined;
   runDirOf(vmi: KubeObject): string;
@@ -489,6 +491,10 @@ export class VmMigrations {
         if (ms.abortRequested || ms.targetPod) return false;
         ms.targetPod = `${vmi.metadata.name}@${this.host.nodeName}`;
       });
+      // The node's NetworkPolicy rules for the VM, awaited before the target says it is ready (the
+      // guest must not run here unpoliced); made meanwhile.
+      const policed = this.host.policyCovers?.(vmi);
+      policed?.catch(() => undefined); // awaited below; this only keeps an early rejection from going unhandled
       // The guest left this node just before: its old QEMU's tap and lease go first, not after ours are made.
       await this.leaving.get(key);
       const ns = vmi.metadata.namespace!;
@@ -525,9 +531,14 @@ export class VmMigrations {
       this.followTarget(key, t, qmp);
       const ms = migrationStateOf(vmi);
       await applyTargetSettings(qmp, configurationOf(ms));
-      if (this.host.tlsDir && ms?.sourceNode && !configurationOf(ms).disableTLS) await this.useTls(key, qmp, 'server', await this.host.tlsDir(ms.sourceNode));
+      const tls = !!this.host.tlsDir && !!ms?.sourceNode && !configurationOf(ms).disableTLS;
+      if (tls) await this.useTls(key, qmp, 'server', await this.host.tlsDir!(ms.sourceNode!));
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
-      const { port, nbd } = this.host.qemuInPod(vmi) ? await this.listenInPod(t, qmp, plan.disks) : await this.listenDirect(qmp, plan.disks);
+      // The NBD exports use the stream's TLS or none: with disableTLS no credentials object is
+      // made, and one left by an earlier migration into this QEMU is a stale server endpoint.
+      const creds = tls ? TLS_CREDS : undefined;
+      const { port, nbd } = this.host.qemuInPod(vmi) ? await this.listenInPod(t, qmp, plan.disks, creds) : await this.listenDirect(qmp, plan.disks, creds);
+      await policed;
       const written = await this.writeState(
         key,
         t.migrationUid,
@@ -608,14 +619,14 @@ export class VmMigrations {
   }
 
   /** Target, QEMU in the node's namespace: it listens on the fabric address itself. */
-  private async listenDirect(qmp: QmpClient, disks: readonly MovingDisk[]): Promise<{ port: number; nbd?: string }> {
+  private async listenDirect(qmp: QmpClient, disks: readonly MovingDisk[], tlsCreds: string | undefined): Promise<{ port: number; nbd?: string }> {
     // Port 0: the kernel picks a free port, which QEMU then reports.
     await qmp.execute('migrate-incoming', { uri: `tcp:${this.host.listenAddress}:0` });
     const info = await qmp.execute<QueryMigrate>('query-migrate');
     const port = Number(info['socket-address']?.find((a) => a.port !== undefined)?.port);
     if (!Number.isInteger(port) || port <= 0) throw new Error(`QEMU did not say which port it listens on (${JSON.stringify(info)})`);
     // Node-local disks: exported writable over NBD (with the migration's TLS) for the source to mirror into.
-    const nbd = disks.length ? await exportDisks(qmp, this.host.listenAddress, disks, this.host.tlsDir ? TLS_CREDS : undefined) : undefined;
+    const nbd = disks.length ? await exportDisks(qmp, this.host.listenAddress, disks, tlsCreds) : undefined;
     return { port, nbd };
   }
 
@@ -624,10 +635,10 @@ export class VmMigrations {
    * listens on unix sockets in its run directory and a relay in the node's namespace joins the
    * fabric address to them (migration-relay.ts).
    */
-  private async listenInPod(t: Target, qmp: QmpClient, disks: readonly MovingDisk[]): Promise<{ port: number; nbd?: string }> {
+  private async listenInPod(t: Target, qmp: QmpClient, disks: readonly MovingDisk[], tlsCreds: string | undefined): Promise<{ port: number; nbd?: string }> {
     const sock = (name: string) => join(t.runDir, name);
     await qmp.execute('migrate-incoming', { uri: `unix:${sock(RELAY_SOCKETS.incoming)}` });
-    if (disks.length) await exportDisks(qmp, { path: sock(RELAY_SOCKETS.nbd) }, disks, this.host.tlsDir ? TLS_CREDS : undefined);
+    if (disks.length) await exportDisks(qmp, { path: sock(RELAY_SOCKETS.nbd) }, disks, tlsCreds);
     const fabric = { host: this.host.listenAddress, port: 0 };
     const t0 = Date.now();
     t.relay = await MigrationRelay.start(
@@ -799,12 +810,14 @@ export class VmMigrations {
       const conf = configurationOf(ms);
       await applySourceSettings(qmp, conf, { localDisks: disks.length });
       await slowForTests(qmp);
-      if (this.host.tlsDir && !conf.disableTLS) await this.useTls(key, qmp, 'client', await this.host.tlsDir(ms.targetNode!), ms.targetNode);
+      const tls = !!this.host.tlsDir && !conf.disableTLS;
+      if (tls) await this.useTls(key, qmp, 'client', await this.host.tlsDir!(ms.targetNode!), ms.targetNode);
       // A QEMU that arrived over TLS keeps those parameters: plain TCP is asked for explicitly.
       else await qmp.execute('migrate-set-parameters', { 'tls-creds': '' });
       // A QEMU in a pod namespace reaches the target through a relay (migration-relay.ts).
       const via = this.host.qemuInPod(vmi) ? await this.sourceRelay(vmi, ms, disks) : undefined;
-      if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd);
+      // The NBD clients as the stream: TLS, or plain with disableTLS (as the target's exports).
+      if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd, tls);
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
       if (stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running')) {
@@ -1067,7 +1080,8 @@ export class VmMigrations {
     qmp: QmpClient,
     disks: readonly MovingDisk[],
     aborted: () => boolean,
-    via?: { path: string },
+    via: { path: string } | undefined,
+    tls: boolean,
   ): Promise<void> {
     const key = keyOf(vmi);
     const address = via ?? this.nbdAddress(key, uid);
@@ -1075,7 +1089,7 @@ export class VmMigrations {
     this.host.log(`migration: ${key}: mirroring ${disks.length} local disk(s) to the target`);
     try {
       await startMirrors(qmp, disks, address, {
-        tlsCreds: this.host.tlsDir ? TLS_CREDS : undefined,
+        tlsCreds: tls ? TLS_CREDS : undefined,
         tlsHostname: migrationStateOf(vmi)?.targetNode,
         // A test knob: a slow mirror, to fail a migration in the middle of it.
         speed: Number(process.env.VESSEL_TEST_MIRROR_BYTES_PER_SEC ?? 0) || undefined,

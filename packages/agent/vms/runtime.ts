@@ -110,6 +110,8 @@ export interface VmRuntimeOptions {
   migrationAddress?: string;
   /** The migration TLS credentials' directory for a peer node; absent: the stream is plain TCP (`--migration-tls=false`). */
   migrationTlsDir?: (peerNode: string) => Promise<string>;
+  /** Resolves once the node's NetworkPolicy table covers the VMI; a migration target waits for it (network/policy.ts). */
+  policyCovers?: (vmi: KubeObject) => Promise<void>;
   /** The node's CPU manager (`--reserved-cpus`, vms/cpu-manager.ts): dedicated CPUs and the shared pool's affinity. */
   cpuManager?: CpuManager;
 }
@@ -214,6 +216,7 @@ export class VmRuntime extends Controller {
       },
       nodeNetns: opts.network?.netns,
       tlsDir: opts.migrationTlsDir,
+      policyCovers: opts.policyCovers,
       vmi: (key) => this.vmis.get(key),
       runDirOf: (vmi) => this.runDirOf(vmi),
       launchIncoming: (vmi, runDir, volumePaths, images) => this.launchIncoming(vmi, runDir, volumePaths, images),
