@@ -11,7 +11,11 @@
  * to 2 s after it ends. Rounds go back and forth; figures are the median of the rounds' longest
  * gaps, Vessel / raw.
  *
- *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4)
+ * Under TCG Vessel pauses the guest for its transfer; the raw baseline then does the same (`stop`
+ * before `migrate`, `cont` on the target). BENCH_MIG_LIVE=1 keeps both running (Vessel's
+ * `vessel.io/tcg-live-migration`).
+ *
+ *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -52,6 +56,8 @@ const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtua
 const NS = 'default';
 const NAME = 'bench-gap';
 const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
+/** BENCH_MIG_LIVE=1: both guests run during the transfer (Vessel's vessel.io/tcg-live-migration); else both pause for it, as Vessel under TCG. */
+const LIVE = process.env.BENCH_MIG_LIVE === '1';
 const BOOT_TIMEOUT_MS = 600_000;
 /** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
 const RAW_ADDR = '10.244.0.60';
@@ -144,7 +150,14 @@ export async function runMigrationGap(): Promise<BenchResult> {
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
     await client.create(
       VM,
-      tinyVm(NAME, { namespace: NS, binding: 'bridge', storageClass: 'shared', terminationGracePeriodSeconds: 2, userData: `#!/bin/sh\n${tickServer}` }),
+      tinyVm(NAME, {
+        namespace: NS,
+        binding: 'bridge',
+        storageClass: 'shared',
+        terminationGracePeriodSeconds: 2,
+        userData: `#!/bin/sh\n${tickServer}`,
+        annotations: LIVE ? { 'vessel.io/tcg-live-migration': 'true' } : undefined,
+      }),
       {
         namespace: NS,
       },
@@ -276,6 +289,8 @@ export async function runMigrationGap(): Promise<BenchResult> {
             const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
             await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12, 'tls-creds': '' });
             const t0 = Date.now();
+            // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
+            if (!LIVE) await sq.execute('stop');
             await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
             const info = await pollUntil(
               'the raw migration completed',
@@ -289,6 +304,15 @@ export async function runMigrationGap(): Promise<BenchResult> {
             );
             const took = Date.now() - t0;
             void info;
+            if (!LIVE) {
+              await pollUntil(
+                'the raw target loaded',
+                async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
+                60_000,
+                20,
+              );
+              await tq.execute('cont');
+            }
             await sq.execute('quit').catch(() => undefined);
             return took;
           } finally {
