@@ -48,6 +48,7 @@ import {
   startMirrors,
   stopExports,
   targetVolumes,
+  withKeptCopies,
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
@@ -740,12 +741,41 @@ export class VmMigrations {
         this.host.log(`migration: ${key}: keeping the post-copy copy ${path}: ${e instanceof Error ? e.message : e}`);
       }
     }
+    await this.listKeptCopies(ns, uid, kept);
     const vmi = this.host.vmi(key);
     if (!kept.length || !vmi) return;
     const message = postcopyKeptMessage(this.host.nodeName, uid, kept);
     await this.host
       .record(vmi, 'Warning', 'PostCopyDiskKept', this.host.scrub(message, ns))
       .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+  }
+
+  /**
+   * Names the kept copies on their claims (storage.POSTCOPY_KEPT: node, file, migration), where a
+   * user finds them after the VMI and its events are gone; the volume manager removes them with the
+   * claim. Read-modify-write with the resourceVersion: two nodes may add theirs at once.
+   */
+  private async listKeptCopies(ns: string, uid: string, kept: readonly { claim: string; file: string }[]): Promise<void> {
+    for (const claim of new Set(kept.map((k) => k.claim))) {
+      if (claim === '?') continue;
+      const add = kept.filter((k) => k.claim === claim).map((k) => ({ node: this.host.nodeName, file: k.file, migration: uid }));
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const pvc = (await this.host.client.get(PVCS, claim, { namespace: ns })) as KubeObject;
+          const value = withKeptCopies(pvc.metadata.annotations?.[storage.POSTCOPY_KEPT], add);
+          if (value === pvc.metadata.annotations?.[storage.POSTCOPY_KEPT]) break;
+          const metadata = { resourceVersion: pvc.metadata.resourceVersion, annotations: { [storage.POSTCOPY_KEPT]: value } };
+          await this.host.client.patch(PVCS, claim, { metadata }, { namespace: ns });
+          break;
+        } catch (e) {
+          if (isNotFound(e) || attempt >= 10 || this.closed) {
+            if (!isNotFound(e)) this.host.log(`migration: ${ns}/${claim}: listing the kept copies on the claim: ${e instanceof Error ? e.message : e}`);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, isStatusError(e, 'Conflict') ? 50 : 500 * (attempt + 1)));
+        }
+      }
+    }
   }
 
   /** The source's side: migrate, follow, then hand over or report the failure. */
