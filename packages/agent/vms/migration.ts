@@ -847,9 +847,35 @@ export class VmMigrations {
     // whether that agent issued migrate-continue (resumedSourceView).
     const continuedBefore = restarted && (await readFile(continuedFile, 'utf8').catch(() => '')).trim() === uid;
     let { switched, continued } = resumedSourceView(ms.mode, disks.length > 0, continuedBefore);
+    // The post-copy stream's progress (ram.transferred) and since when it has not moved.
+    let stall = { sent: -1, since: Date.now() };
+    const stallMs = postcopyStallMs();
+    let stalled = false;
     for (;;) {
-      const info = await followMigrate(qmp, (m) => this.host.log(`migration: ${key}: ${m}`));
+      let info: QueryMigrate;
+      try {
+        info = await followMigrate(qmp, (m) => this.host.log(`migration: ${key}: ${m}`));
+      } catch (e) {
+        // The source QEMU gone (killed, crashed) after the switch-over: the pages the target lacks
+        // went with it. This agent stopping closes QMP too: then QEMU goes on and the next agent follows.
+        if (!switched || this.closed) throw e;
+        return this.postcopyLost(vmi, uid, qmp, `post-copy: the source QEMU on ${this.host.nodeName} is gone (${e instanceof Error ? e.message : e})`);
+      }
       const status = info.status ?? 'none';
+      // Post-copy whose stream stalls (a cut link: TCP neither delivers nor fails for minutes) is
+      // paused by hand, which QEMU reports as postcopy-paused below: the guest on the target waits
+      // for pages that cannot come. `ram.transferred` grows while pages flow (the background copy
+      // goes on until all are sent), so postcopyStallMs() without growth means the stream is stuck.
+      if (switched && status === 'postcopy-active') {
+        const sent = info.ram?.transferred ?? 0;
+        if (sent !== stall.sent) stall = { sent, since: Date.now() };
+        else if (Date.now() - stall.since >= stallMs) {
+          this.host.log(`migration: ${key}: post-copy sent nothing for ${stallMs / 1000} s: pausing it (migrate-pause)`);
+          stalled = true;
+          stall.since = Infinity;
+          await qmp.execute('migrate-pause').catch((e: Error) => this.host.log(`migration: ${key}: migrate-pause: ${e.message}`));
+        }
+      }
       // Still precopy: QEMU turns `postcopy-active` before it stops the guest and sends devices,
       // and with local disks post-copy passes pre-switchover first (until migrate-continue the
       // target has no device state). Also when the mode says PostCopy but migrate-start-postcopy
@@ -879,7 +905,10 @@ export class VmMigrations {
         }
       }
       if (switched && (status === 'postcopy-paused' || status === 'failed' || status === 'cancelled' || status === 'none')) {
-        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${info['error-desc'] ?? 'the stream to the target broke'}`);
+        const why = stalled
+          ? `nothing sent for ${stallMs / 1000} s (the stream to the target stalled: link or target cut off), paused`
+          : (info['error-desc'] ?? 'the stream to the target broke');
+        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${why}`);
       }
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
         // A failed precopy leaves the source running; one paused by the switch-over attempt (a
@@ -1138,6 +1167,14 @@ export class VmMigrations {
         if (arrivedAt === undefined) {
           const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
           if (info?.status?.startsWith('postcopy')) t.postcopy = true;
+          if (info?.status === 'postcopy-paused') {
+            // The stream from the source broke after the switch-over (its QEMU or node gone, the
+            // stream cut): this QEMU waits for pages for ever, its guest stuck. Vessel does no
+            // recovery, so the guest is lost: said here too (the source's agent may be down with its
+            // node), and this QEMU ends, its copies kept (endTarget).
+            await this.targetPostcopyLost(key, t);
+            return;
+          }
           if (info?.status === 'completed') {
             arrivedAt = Date.now();
             await this.resumePaused(key, qmp);
@@ -1186,6 +1223,21 @@ export class VmMigrations {
     );
   }
 
+  /** Target: its incoming post-copy paused (the source side broke): the migration fails, the target ends. */
+  private async targetPostcopyLost(key: string, t: Target): Promise<void> {
+    const reason =
+      `post-copy postcopy-paused on the target ${this.host.nodeName}: the stream from the source broke after the switch-over; ` +
+      `the guest is lost (its memory is split between the nodes): the target QEMU is ended, its disk copies kept`;
+    this.host.log(`migration: ${key}: ${reason}`);
+    const vmi = this.host.vmi(key);
+    const cur = migrationStateOf(vmi);
+    const first = cur?.migrationUid === t.migrationUid && active(cur);
+    await this.fail(key, t.migrationUid, reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    // The event once: a source that saw it first recorded its own.
+    if (vmi && first) await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    await this.endTarget(key, t);
+  }
+
   /** migrationState.failed with the reason (the first one stays), when it still describes migration `uid`. */
   private async fail(key: string, uid: string, reason: string, abortStatus?: string): Promise<void> {
     await this.writeState(key, uid, (ms) => {
@@ -1224,6 +1276,13 @@ const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
  * while it runs; not a setting. The downtime allowed grows with it, or a slow transfer of a guest
  * that keeps writing would never converge.
  */
+/**
+ * How long a post-copy may send nothing before the source pauses it and the guest counts as lost
+ * (QEMU 7.2 notices a cut link only when TCP gives up, after minutes). Long, as a false stall loses
+ * a guest that was going to arrive; tests shorten it.
+ */
+const postcopyStallMs = (): number => Number(process.env.VESSEL_TEST_POSTCOPY_STALL_MS) || 60_000;
+
 /** How long the source follows a QEMU whose `query-migrate` answers time out before it gives up on it. */
 const FOLLOW_PATIENCE_MS = 120_000;
 
