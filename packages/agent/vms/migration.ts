@@ -156,6 +156,22 @@ export function resumedSourceView(mode: string | undefined, localDisks: boolean,
   return { switched: postcopy && (!localDisks || continuedBefore), continued: continuedBefore };
 }
 
+/** A post-copy's progress as the source follows it: bytes sent so far (`ram.transferred`) and since when that number stands. */
+export interface PostcopyProgress {
+  sent: number;
+  since: number;
+}
+
+/**
+ * One look at a post-copy past the switch-over: stalled when `ram.transferred` has not grown for
+ * `stallMs` (the background copy sends until every page is over, so a live stream always grows; a
+ * cut one stands still while TCP waits for minutes). Any growth starts the wait again.
+ */
+export function postcopyStall(prev: PostcopyProgress, sent: number, now: number, stallMs: number): { progress: PostcopyProgress; stalled: boolean } {
+  if (sent !== prev.sent) return { progress: { sent, since: now }, stalled: false };
+  return { progress: prev, stalled: now - prev.since >= stallMs };
+}
+
 /**
  * Whether a source whose migration failed (not switched) resumes its guest. `before` is QEMU's
  * run state when this agent took the migration up. In one agent's life it was `running` or not;
@@ -848,7 +864,7 @@ export class VmMigrations {
     const continuedBefore = restarted && (await readFile(continuedFile, 'utf8').catch(() => '')).trim() === uid;
     let { switched, continued } = resumedSourceView(ms.mode, disks.length > 0, continuedBefore);
     // The post-copy stream's progress (ram.transferred) and since when it has not moved.
-    let stall = { sent: -1, since: Date.now() };
+    let stall: PostcopyProgress = { sent: -1, since: Date.now() };
     const stallMs = postcopyStallMs();
     let stalled = false;
     for (;;) {
@@ -866,13 +882,12 @@ export class VmMigrations {
       // paused by hand, which QEMU reports as postcopy-paused below: the guest on the target waits
       // for pages that cannot come. `ram.transferred` grows while pages flow (the background copy
       // goes on until all are sent), so postcopyStallMs() without growth means the stream is stuck.
-      if (switched && status === 'postcopy-active') {
-        const sent = info.ram?.transferred ?? 0;
-        if (sent !== stall.sent) stall = { sent, since: Date.now() };
-        else if (Date.now() - stall.since >= stallMs) {
+      if (switched && status === 'postcopy-active' && !stalled) {
+        const seen = postcopyStall(stall, info.ram?.transferred ?? 0, Date.now(), stallMs);
+        stall = seen.progress;
+        if (seen.stalled) {
           this.host.log(`migration: ${key}: post-copy sent nothing for ${stallMs / 1000} s: pausing it (migrate-pause)`);
           stalled = true;
-          stall.since = Infinity;
           await qmp.execute('migrate-pause').catch((e: Error) => this.host.log(`migration: ${key}: migrate-pause: ${e.message}`));
         }
       }
