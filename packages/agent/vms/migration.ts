@@ -22,7 +22,7 @@ import { migration, refs, storage } from '@vessel/api';
 import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
 import { faultDelay, faultPoint } from '../faults.ts';
-import { lastLogLine, runDirFiles } from '../qemu/process.ts';
+import { lastLogLine, probe, runDirFiles, waitExit } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { QmpTimeoutError } from '../qmp/errors.ts';
 import { containedPath, type Pool } from '../storage/pools.ts';
@@ -281,6 +281,8 @@ export class VmMigrations {
   private readonly targets = new Map<string, Target>();
   /** VMI key → migrationUid of the migration this node sends. */
   private readonly sources = new Map<string, string>();
+  /** VMI key → the source's send of its migration (ends after the outcome is written). */
+  private readonly sendJobs = new Map<string, Promise<void>>();
   /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
   private readonly started = new Map<string, number>();
   /** VMI key → the stop of a source QEMU that has just handed its guest over (its tap and lease go with it). */
@@ -462,7 +464,7 @@ export class VmMigrations {
     }
     if (!ms.targetNodeAddress) return;
     this.sources.set(key, ms.migrationUid);
-    void this.send(vmi, ms, qmp)
+    const job = this.send(vmi, ms, qmp)
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
@@ -475,10 +477,25 @@ export class VmMigrations {
       })
       .finally(() => {
         this.sources.delete(key);
+        if (this.sendJobs.get(key) === job) this.sendJobs.delete(key);
         const relay = this.sourceRelays.get(key);
         this.sourceRelays.delete(key);
         void relay?.close();
       });
+    this.sendJobs.set(key, job);
+  }
+
+  /**
+   * Waits (at most `timeoutMs`) until this node's sending of the VMI has ended. The runtime waits
+   * for it when the source QEMU is gone, so the migration's own outcome (a lost post-copy's reason
+   * and event) is written before the VMI fails, which ends the migration with a bare "no longer runs".
+   */
+  async sourceSettled(key: string, timeoutMs: number): Promise<void> {
+    const job = this.sendJobs.get(key);
+    if (!job) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([job, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
   }
 
   private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
@@ -985,9 +1002,22 @@ export class VmMigrations {
     const key = keyOf(vmi);
     const reason = `${why}; the guest ran on the target and is lost (its memory is split between the nodes): the source is not resumed`;
     this.host.log(`migration: ${key}: ${reason}`);
+    const pid = await probe(this.host.runDirOf(vmi));
     await this.fail(key, uid, reason);
-    await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason);
+    await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
     await qmp.execute('quit').catch(() => undefined);
+    // QEMU 7.2 paused in post-copy can linger in its cleanup after `quit` (its QMP closed already)
+    // while it still holds the disks and the tap: the VM's restart must not find it. Its memory is
+    // stale and its disks were flushed at the switch-over, so a kill loses nothing.
+    if (pid !== undefined && !(await waitExit(pid, 3000))) {
+      this.host.log(`migration: ${key}: the source QEMU (pid ${pid}) did not exit after quit: killing it`);
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone meanwhile.
+      }
+      await waitExit(pid, 5000);
+    }
   }
 
   /**
