@@ -266,6 +266,8 @@ interface Target {
   relay?: MigrationRelay;
   /** The incoming migration was seen in post-copy: the guest ran here, the volume files may hold its only newest writes. */
   postcopy?: boolean;
+  /** The VMI as this target was made for it: the kept copies' event names it after it is gone (a restart after a lost post-copy deletes it quickly). */
+  vmi?: KubeObject;
 }
 
 interface QueryMigrate {
@@ -339,7 +341,7 @@ export class VmMigrations {
       await this.keepLostCopies(vmi);
     }
     if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
-    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [] };
+    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [], vmi };
     this.targets.set(key, target);
     target.job = this.prepareTarget(vmi, target).catch((e: unknown) => this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`));
   }
@@ -370,7 +372,7 @@ export class VmMigrations {
     // their post-copy name if it ran here (endTarget), as for a target this agent prepared.
     const made: string[] = [];
     for (const path of this.claimCopies(vmi, disks)) if (await isFile(path)) made.push(path);
-    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks, made };
+    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks, made, vmi };
     if (info?.status?.startsWith('postcopy')) t.postcopy = true;
     this.targets.set(keyOf(vmi), t);
     this.followTarget(keyOf(vmi), t, qmp);
@@ -707,7 +709,7 @@ export class VmMigrations {
     // run here and written to these copies, the only ones with its last writes: kept, not removed.
     const ms = migrationStateOf(this.host.vmi(key));
     if (t.made.length && (t.postcopy || (ms?.migrationUid === t.migrationUid && ms.mode === 'PostCopy'))) {
-      await this.keepPostcopyCopies(key, t.migrationUid, t.disks, t.made);
+      await this.keepPostcopyCopies(key, t.migrationUid, t.disks, t.made, t.vmi);
     } else {
       // The copies of node-local disks made for a guest that did not arrive (claims', and the run directory's).
       await removeFiles([...t.made, ...runDirDiskFiles(t.disks).map((f) => join(t.runDir, f))]).catch((e: Error) =>
@@ -758,7 +760,7 @@ export class VmMigrations {
    * (PostCopyDiskKept) for the admin to look at. A later incoming migration of the claim makes a
    * fresh file at the claim's path and never takes a kept copy for its leftover.
    */
-  private async keepPostcopyCopies(key: string, uid: string, disks: readonly MovingDisk[], paths: readonly string[]): Promise<void> {
+  private async keepPostcopyCopies(key: string, uid: string, disks: readonly MovingDisk[], paths: readonly string[], known?: KubeObject): Promise<void> {
     if (this.keptFor.has(uid)) return;
     this.keptFor.add(uid);
     const [ns] = key.split('/');
@@ -775,7 +777,9 @@ export class VmMigrations {
       }
     }
     await this.listKeptCopies(ns, uid, kept);
-    const vmi = this.host.vmi(key);
+    const cached = this.host.vmi(key);
+    // The VMI this target was made for, also when it is gone or replaced by the VM's restart.
+    const vmi = known && cached?.metadata.uid !== known.metadata.uid ? known : cached;
     if (!kept.length || !vmi) return;
     const message = postcopyKeptMessage(this.host.nodeName, uid, kept);
     await this.host
