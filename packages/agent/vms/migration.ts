@@ -896,7 +896,9 @@ export class VmMigrations {
         // The source QEMU gone (killed, crashed) after the switch-over: the pages the target lacks
         // went with it. This agent stopping closes QMP too: then QEMU goes on and the next agent follows.
         if (!switched || this.closed) throw e;
-        return this.postcopyLost(vmi, uid, qmp, `post-copy: the source QEMU on ${this.host.nodeName} is gone (${e instanceof Error ? e.message : e})`);
+        // The QMP error names the run directory (a host path): the log has it, the reason does not.
+        this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`);
+        return this.postcopyLost(vmi, uid, qmp, `post-copy: the source QEMU on ${this.host.nodeName} is gone (its QMP connection closed)`);
       }
       const status = info.status ?? 'none';
       // Post-copy whose stream stalls (a cut link: TCP neither delivers nor fails for minutes) is
