@@ -196,12 +196,10 @@ interface PostcopyRun {
  */
 async function startPostcopy(name: string, postcopyBandwidth: number): Promise<PostcopyRun> {
   if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) await createLocalVm();
-  const vmi = await eventually(
+  await eventually(
     'the VMI running',
-    async () => {
-      const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
-      return (v?.status as { phase?: string } | undefined)?.phase === 'Running' ? (v as KubeObject) : undefined;
-    },
+    async () =>
+      ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase === 'Running' || undefined,
     300_000,
   );
   const source = (await vmiStatus()).nodeName!;
@@ -224,10 +222,13 @@ async function startPostcopy(name: string, postcopyBandwidth: number): Promise<P
   // The guest prints on the target (its serial log grows: an incoming QEMU runs no guest): the switch-over is behind.
   await eventually('the guest running on the target in post-copy', async () => ((await log(target)).length > targetLogAt ? true : undefined), 300_000, 200);
   const sourceLogAt = (await log(source)).length;
-  const ms = (await vmiStatus()).migrationState!;
+  // The VMI that migrates (the one started before may have been replaced while it booted).
+  const migrating = (await c.client.get(VMI, NAME, { namespace: ns })) as KubeObject;
+  const ms = (migrating.status as { migrationState?: { mode?: string; completed?: boolean; sourceNode?: string } }).migrationState!;
   assert.equal(ms.mode, 'PostCopy');
   assert.ok(!ms.completed, 'still in post-copy');
-  return { vmi, source, target, sourceLogAt, targetLogAt };
+  assert.equal(ms.sourceNode, source);
+  return { vmi: migrating, source, target, sourceLogAt, targetLogAt };
 }
 
 async function endPostcopy(): Promise<void> {
