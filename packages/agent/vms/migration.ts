@@ -1012,9 +1012,9 @@ export class VmMigrations {
     await this.fail(key, uid, reason);
     await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
     await qmp.execute('quit').catch(() => undefined);
-    // QEMU 7.2 paused in post-copy can linger in its cleanup after `quit` (its QMP closed already)
-    // while it still holds the disks and the tap: the VM's restart must not find it. Its memory is
-    // stale and its disks were flushed at the switch-over, so a kill loses nothing.
+    // A safeguard: a QEMU whose QMP closed on `quit` while its cleanup waits on a stuck migration
+    // thread would still hold the disks and the tap when the VM restarts. Its memory is stale and
+    // its disks were flushed at the switch-over, so a kill loses nothing.
     if (pid !== undefined && !(await waitExit(pid, 3000))) {
       this.host.log(`migration: ${key}: the source QEMU (pid ${pid}) did not exit after quit: killing it`);
       try {
