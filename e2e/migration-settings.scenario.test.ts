@@ -308,7 +308,13 @@ async function restartedAlone(old: KubeObject, t0: number): Promise<{ node: stri
         c.nodes.cluster.nodes.map(async (n) => {
           const pids = await qemuPids(n.name);
           const cmds = new Map<string, number>();
-          for (const p of pids) cmds.set(await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => ''), p);
+          for (const p of pids) {
+            const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
+            const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+            const cmd = await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
+            // Gone meanwhile, or the daemon of a launcher counted already.
+            if (cmd && !pids.includes(ppid)) cmds.set(cmd, p);
+          }
           return [...cmds.values()].map((p) => `${n.name}:${p}`);
         }),
       );
