@@ -303,19 +303,17 @@ async function restartedAlone(old: KubeObject, t0: number): Promise<{ node: stri
   const restarted = await eventually(
     'the VM running again (a new boot)',
     async () => {
-      // One per node and command line: a QEMU starting with -daemonize is two processes for a moment (the launcher and its daemon).
       const now = await Promise.all(
         c.nodes.cluster.nodes.map(async (n) => {
-          const pids = await qemuPids(n.name);
-          const cmds = new Map<string, number>();
-          for (const p of pids) {
-            const stat = await readFile(`/proc/${p}/stat`, 'utf8').catch(() => '');
-            const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-            const cmd = await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '');
-            // Gone meanwhile, or the daemon of a launcher counted already.
-            if (cmd && !pids.includes(ppid)) cmds.set(cmd, p);
+          const out: string[] = [];
+          for (const p of await qemuPids(n.name)) {
+            // The QEMU its pidfile names: the launcher of a daemonizing QEMU (two processes for a moment) is not another copy.
+            const args = (await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).split('\0');
+            const i = args.indexOf('-pidfile');
+            const owner = i >= 0 ? Number((await readFile(args[i + 1], 'utf8').catch(() => '')).trim()) : p;
+            if (owner === p) out.push(`${n.name}:${p}`);
           }
-          return [...cmds.values()].map((p) => `${n.name}:${p}`);
+          return out;
         }),
       );
       const all = now.flat();
