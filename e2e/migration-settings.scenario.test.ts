@@ -12,10 +12,14 @@
  * guest migrated back with a slow post-copy whose target QEMU is killed after the switch-over:
  * Failed, a PostCopyFailed event, the source not resumed (its stale guest never prints again; the
  * VM restarts), and the target's copy kept under `<file>.postcopy-<migrationUid>` with a
- * PostCopyDiskKept Warning naming the node and file, holding every record the guest printed. Last,
+ * PostCopyDiskKept Warning naming the node and file, holding every record the guest printed. Then
  * the same migration again with the source's agent restarted during post-copy: the new agent
  * follows it to Succeeded, one QEMU, no reboot, every record on the target's new file, and the
- * copy kept before on that node untouched.
+ * copy kept before on that node untouched. Then the source QEMU SIGKILLed during post-copy (Failed,
+ * the guest lost, the target QEMU ended, its copy kept and listed on the claim, never two QEMUs),
+ * and the migration stream cut by an nftables drop in the source node's namespace (the source sees
+ * nothing sent for 15 s, pauses it, Failed, both QEMUs end). Last, deleting the claim removes every
+ * kept copy on both nodes. Each post-copy case starts the same way (startPostcopy).
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
@@ -23,6 +27,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
+import type { KubeObject } from '@vessel/runtime';
 import { eventually, run, type TestCluster } from './harness.ts';
 import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
 import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
@@ -30,6 +35,7 @@ import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 const g = new DirtyGuestCluster();
 const { vmiStatus, dirtyRounds, qemus, migrateAndWait, runningAndDirtying } = g;
 let c: TestCluster;
+const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
 
 before(async () => {
   c = await g.start();
@@ -45,7 +51,6 @@ after(async () => {
 });
 
 test('post-copy after the completion timeout, then a progress timeout', { timeout: 1_800_000 }, async () => {
-  const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
   // 1 MiB/s cannot keep up; 5 s/GiB × 128 MiB (one GiB, rounded up): 5 s, then post-copy.
   await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
   await c.client.create(VM, tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }), {
@@ -81,7 +86,6 @@ test(
   'allowWorkloadDisruption: past the completion timeout the source pauses the guest, the copy ends, the target resumes it',
   { timeout: 1_800_000 },
   async () => {
-    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
     // 2 MiB/s cannot keep up with the guest's writes; after 5 s the guest pauses (no post-copy) and
     // what is left (its dirty tmpfs at most) goes over at 2 MiB/s.
     // TLS off: on a loaded host the target's TLS setup (QMP object-add) has timed out (as in the crash tests).
@@ -170,11 +174,165 @@ async function createLocalVm(): Promise<void> {
   await c.client.create(VM, vm as unknown as Obj, { namespace: ns });
 }
 
+const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
+const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
+const maxRecord = async (node: string) => Math.max(0, ...recordsWritten(await log(node)));
+
+/** A post-copy migration of the writer guest under way: the guest runs on the target, pages still come from the source. */
+interface PostcopyRun {
+  vmi: KubeObject;
+  source: string;
+  target: string;
+  /** The serial logs' lengths when the guest ran on the target (what each node printed since is after them). */
+  sourceLogAt: number;
+  targetLogAt: number;
+}
+
+/**
+ * Starts migration `name` of the writer guest (made first when missing: a case run alone) with
+ * post-copy after 5 s at 1 MiB/s, post-copy at `postcopyBandwidth` bytes/s (the test knob), and
+ * returns once the guest prints on the target (the switch-over behind, post-copy under way). The
+ * caller ends with endPostcopy() in a finally.
+ */
+async function startPostcopy(name: string, postcopyBandwidth: number): Promise<PostcopyRun> {
+  if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) await createLocalVm();
+  await eventually(
+    'the VMI running',
+    async () =>
+      ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase === 'Running' || undefined,
+    300_000,
+  );
+  const source = (await vmiStatus()).nodeName!;
+  const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  // New records on the source (a fresh boot under TCG on the loaded machine took over 5 minutes).
+  const at = (await log(source)).length;
+  await eventually('the guest writing records', async () => (recordsWritten((await log(source)).slice(at)).length > 3 ? true : undefined), 600_000, 500).catch(
+    async (e: Error) => {
+      throw new Error(`${e.message}; the serial log on ${source} ends: ${(await log(source)).slice(-1500)}`);
+    },
+  );
+  await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true, allowWorkloadDisruption: null });
+  process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH = String(postcopyBandwidth);
+  const targetLogAt = (await log(target)).length;
+  await c.client.create(
+    VMIM,
+    { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: ns }, spec: { vmiName: NAME } },
+    { namespace: ns },
+  );
+  // The guest prints on the target (its serial log grows: an incoming QEMU runs no guest): the switch-over is behind.
+  await eventually('the guest running on the target in post-copy', async () => ((await log(target)).length > targetLogAt ? true : undefined), 300_000, 200);
+  const sourceLogAt = (await log(source)).length;
+  // The VMI that migrates (the one started before may have been replaced while it booted).
+  const migrating = (await c.client.get(VMI, NAME, { namespace: ns })) as KubeObject;
+  const ms = (migrating.status as { migrationState?: { mode?: string; completed?: boolean; sourceNode?: string } }).migrationState!;
+  assert.equal(ms.mode, 'PostCopy');
+  assert.ok(!ms.completed, 'still in post-copy');
+  assert.equal(ms.sourceNode, source);
+  return { vmi: migrating, source, target, sourceLogAt, targetLogAt };
+}
+
+async function endPostcopy(): Promise<void> {
+  delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
+  await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+}
+
+/** Migration `name` finished (Succeeded or Failed). */
+async function finished(name: string, timeoutMs: number): Promise<{ phase?: string; migrationState?: { failureReason?: string } }> {
+  return eventually(
+    `${name} finished`,
+    async () => {
+      const st = ((await c.client.get(VMIM, name, { namespace: ns })).status ?? {}) as { phase?: string; migrationState?: { failureReason?: string } };
+      return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
+    },
+    timeoutMs,
+    300,
+  );
+}
+
+/** The first event `reason` on VMI `uid`. */
+async function eventOf(reason: string, uid: string | undefined): Promise<{ type?: string; message?: string }> {
+  return eventually(
+    `a ${reason} event`,
+    async () =>
+      (await c.client.list(EVENTS, { namespace: ns })).items.find(
+        (e) => (e as { reason?: string }).reason === reason && (e as { involvedObject?: { uid?: string } }).involvedObject?.uid === uid,
+      ) as { type?: string; message?: string } | undefined,
+    60_000,
+  );
+}
+
+/** PIDs of the QEMUs on `node` (their command line names its data directory). */
+async function qemuPids(node: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const d of await readdir('/proc')) {
+    const cmd = /^\d+$/.test(d) ? await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '') : '';
+    if (cmd.startsWith('qemu-system') && cmd.includes(g.agentOf(node).dataDir)) pids.push(Number(d));
+  }
+  return pids;
+}
+
+/** The data claim's local-pool directory on `node` and the kept post-copy copies of the claim there. */
+async function keptCopies(node: string): Promise<{ dir: string; files: string[] }> {
+  const claimUid = (await c.client.get(PVC, DATA, { namespace: ns })).metadata?.uid ?? '?';
+  const dir = join(g.agentOf(node).dataDir, 'pools', 'local', ns);
+  return { dir, files: (await readdir(dir).catch(() => [] as string[])).filter((f) => f.includes(claimUid) && f.includes('.postcopy-')) };
+}
+
+/** Every record 1..n on the qcow2 `file` (read beside a QEMU that may hold it: -U). */
+async function assertRecords(file: string, n: number, what: string): Promise<void> {
+  const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
+  try {
+    const raw = join(tmp, 'data.raw');
+    const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', file, raw]);
+    assert.equal(r.code, 0, r.err);
+    const bytes = await readFile(raw);
+    for (let i = 1; i <= n; i++)
+      assert.equal(bytes.subarray(i * 512, i * 512 + recordText(i).length).toString('latin1'), recordText(i), `record ${i} of ${n} ${what}`);
+  } finally {
+    await rm(tmp, { recursive: true, force: true });
+  }
+}
+
+/**
+ * After a post-copy lost at `t0`: the VM runs again as a new VMI (runStrategy Always, a new boot),
+ * and while it came back no two QEMUs of the guest ran (sampled every 200 ms); returns when.
+ */
+async function restartedAlone(old: KubeObject, t0: number): Promise<{ node: string; secs: number; maxQemus: number; seen: string }> {
+  let maxQemus = 0;
+  let seen = '';
+  const restarted = await eventually(
+    'the VM running again (a new boot)',
+    async () => {
+      const now = await Promise.all(
+        c.nodes.cluster.nodes.map(async (n) => {
+          const out: string[] = [];
+          for (const p of await qemuPids(n.name)) {
+            // The QEMU its pidfile names: the launcher of a daemonizing QEMU (two processes for a moment) is not another copy.
+            const args = (await readFile(`/proc/${p}/cmdline`, 'utf8').catch(() => '')).split('\0');
+            const i = args.indexOf('-pidfile');
+            const owner = i >= 0 ? Number((await readFile(args[i + 1], 'utf8').catch(() => '')).trim()) : p;
+            if (owner === p) out.push(`${n.name}:${p}`);
+          }
+          return out;
+        }),
+      );
+      const all = now.flat();
+      if (all.length > maxQemus) seen = `${all.join(', ')} at ${((Date.now() - t0) / 1000).toFixed(1)} s`;
+      maxQemus = Math.max(maxQemus, all.length);
+      const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
+      const st = (v?.status ?? {}) as { phase?: string; nodeName?: string };
+      return v && v.metadata?.uid !== old.metadata.uid && st.phase === 'Running' ? st : undefined;
+    },
+    300_000,
+    200,
+  );
+  return { node: restarted.nodeName!, secs: (Date.now() - t0) / 1000, maxQemus, seen };
+}
+
 test(
   'post-copy with a node-local disk: mirrored and ended before the switch-over, every flushed record on the target’s copy',
   { timeout: 1_800_000 },
   async () => {
-    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
     await c.client.delete(VM, NAME, { namespace: ns }).catch(() => undefined);
     await eventually(
       'the earlier VM gone',
@@ -186,7 +344,6 @@ test(
     await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true, allowWorkloadDisruption: null });
     await createLocalVm();
     const source = await runningAndDirtying();
-    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
     await eventually('the guest writing records', async () => (recordsWritten(await log(source)).length > 5 ? true : undefined), 300_000, 500);
     const annotations = async () => ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
     const sourceFile = (await annotations())['vessel.io/volume-path'];
@@ -257,130 +414,38 @@ test(
   'post-copy with a node-local disk broken after the switch-over: the source not resumed, the target’s copy kept with every record',
   { timeout: 1_800_000 },
   async () => {
-    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
-    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
-    const max = async (node: string) => Math.max(0, ...recordsWritten(await log(node)));
-    const vmi = await eventually(
-      'the VMI of the test before running',
-      async () => {
-        const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
-        return (v?.status as { phase?: string } | undefined)?.phase === 'Running' ? v : undefined;
-      },
-      60_000,
-    );
-    const source = (await vmiStatus()).nodeName!;
-    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
-    await eventually('the guest writing records', async () => ((await max(source)) > (await max(target)) ? true : undefined), 120_000, 500);
-    await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true });
     // Post-copy at 512 KiB/s (the pages the guest faults on share it: at 64 KiB/s the guest crawled
     // into RCU stall warnings): ~100 MiB left after 5 s of precopy at 1 MiB/s keep it under way for minutes.
-    process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH = String(512 * 1024);
-    const targetLogAt = (await log(target)).length;
+    const { vmi, source, target, sourceLogAt } = await startPostcopy('postcopy-broken', 512 * 1024);
     try {
-      await c.client.create(
-        VMIM,
-        {
-          apiVersion: 'kubevirt.io/v1',
-          kind: 'VirtualMachineInstanceMigration',
-          metadata: { name: 'postcopy-broken', namespace: ns },
-          spec: { vmiName: NAME },
-        },
-        { namespace: ns },
-      );
-      // The guest prints on the target (its serial log grows: an incoming QEMU runs no guest): the switch-over is behind.
-      await eventually('the guest running on the target in post-copy', async () => ((await log(target)).length > targetLogAt ? true : undefined), 300_000, 200);
-      const sourceLogAt = (await log(source)).length;
-      const ms = (await vmiStatus()).migrationState!;
-      assert.equal(ms.mode, 'PostCopy');
-      assert.ok(!ms.completed, 'still in post-copy');
-      const pids: number[] = [];
-      for (const d of await readdir('/proc')) {
-        const cmd = /^\d+$/.test(d) ? await readFile(join('/proc', d, 'cmdline'), 'utf8').catch(() => '') : '';
-        if (cmd.startsWith('qemu-system') && cmd.includes(g.agentOf(target).dataDir)) pids.push(Number(d));
-      }
+      const pids = await qemuPids(target);
       assert.equal(pids.length, 1, `one QEMU on ${target}`);
       process.kill(pids[0], 'SIGKILL');
-      const printedOnTarget = Math.max(await max(target), await max(source));
-      const done = await eventually(
-        'postcopy-broken finished',
-        async () => {
-          const st = ((await c.client.get(VMIM, 'postcopy-broken', { namespace: ns })).status ?? {}) as {
-            phase?: string;
-            migrationState?: { failureReason?: string };
-          };
-          return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
-        },
-        120_000,
-        300,
-      );
+      const printedOnTarget = Math.max(await maxRecord(target), await maxRecord(source));
+      const done = await finished('postcopy-broken', 120_000);
       assert.equal(done.phase, 'Failed', JSON.stringify(done));
-      const EVENTS: ResourceRef = { group: '', version: 'v1', plural: 'events', namespaced: true };
-      const ev = await eventually(
-        'a PostCopyFailed event',
-        async () =>
-          (await c.client.list(EVENTS, { namespace: ns })).items.find(
-            (e) =>
-              (e as { reason?: string }).reason === 'PostCopyFailed' && (e as { involvedObject?: { uid?: string } }).involvedObject?.uid === vmi.metadata?.uid,
-          ),
-        60_000,
-      );
-      assert.match((ev as { message?: string }).message ?? '', /the source is not resumed/);
+      const ev = await eventOf('PostCopyFailed', vmi.metadata.uid);
+      assert.match(ev.message ?? '', /the source is not resumed/);
       // The target's copy kept under the migration's name, said in a Warning event naming the node and the file.
       const migUid = (await c.client.get(VMIM, 'postcopy-broken', { namespace: ns })).metadata?.uid ?? '?';
-      const keptEv = await eventually(
-        'a PostCopyDiskKept event',
-        async () =>
-          (await c.client.list(EVENTS, { namespace: ns })).items.find(
-            (e) =>
-              (e as { reason?: string }).reason === 'PostCopyDiskKept' &&
-              (e as { involvedObject?: { uid?: string } }).involvedObject?.uid === vmi.metadata?.uid,
-          ) as { type?: string; message?: string } | undefined,
-        60_000,
-      );
+      const keptEv = await eventOf('PostCopyDiskKept', vmi.metadata.uid);
       assert.equal(keptEv.type, 'Warning');
       assert.match(keptEv.message ?? '', new RegExp(`node ${target} kept its copy .*claim ${DATA}: ${DATA}-[0-9a-f-]+\\.qcow2\\.postcopy-${migUid}`));
       assert.ok(!(keptEv.message ?? '').includes(g.agentOf(target).dataDir), `no host path in the event: ${keptEv.message}`);
       // The source's stale guest never runs again: the VM restarts (runStrategy Always) and boots afresh.
-      const restarted = await eventually(
-        'the VM running again (a new boot)',
-        async () => {
-          const v = await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined);
-          const st = (v?.status ?? {}) as { phase?: string; nodeName?: string };
-          return v && v.metadata?.uid !== vmi.metadata?.uid && st.phase === 'Running' ? st : undefined;
-        },
-        300_000,
-        500,
-      );
-      console.log(`# the VM restarted on ${restarted.nodeName} after the lost post-copy`);
+      const back = await restartedAlone(vmi, Date.now());
+      console.log(`# the VM restarted on ${back.node} after the lost post-copy`);
       const sinceKill = (await log(source)).slice(sourceLogAt);
       const staleRun = sinceKill.split('VESSEL-REC-DEV')[0];
       assert.ok(!/VESSEL-WROTE/.test(staleRun), `the source's guest printed after the switch-over: ${staleRun.slice(0, 300)}`);
       // The target kept its copy of the data claim (the only one with the post-copy writes): every record printed on either node is on it.
-      const claimUid = (await c.client.get(PVC, DATA, { namespace: ns })).metadata?.uid ?? '?';
-      const poolDir = join(g.agentOf(target).dataDir, 'pools', 'local', ns);
-      const kept = (await readdir(poolDir).catch(() => [] as string[])).filter((f) => f.includes(claimUid));
-      assert.equal(kept.length, 1, `the target's copy kept in ${poolDir}: ${kept.join(', ')}`);
-      assert.ok(kept[0].endsWith(`.qcow2.postcopy-${migUid}`), `kept under the migration's name: ${kept[0]}`);
-      const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
-      try {
-        const raw = join(tmp, 'kept.raw');
-        const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', join(poolDir, kept[0]), raw]);
-        assert.equal(r.code, 0, r.err);
-        const bytes = await readFile(raw);
-        for (let n = 1; n <= printedOnTarget; n++) {
-          assert.equal(
-            bytes.subarray(n * 512, n * 512 + recordText(n).length).toString('latin1'),
-            recordText(n),
-            `record ${n} of ${printedOnTarget} on the kept copy`,
-          );
-        }
-        console.log(`# figures: post-copy broken after the switch-over: ${printedOnTarget} records on the target's kept copy`);
-      } finally {
-        await rm(tmp, { recursive: true, force: true });
-      }
+      const kept = await keptCopies(target);
+      assert.equal(kept.files.length, 1, `the target's copy kept in ${kept.dir}: ${kept.files.join(', ')}`);
+      assert.ok(kept.files[0].endsWith(`.qcow2.postcopy-${migUid}`), `kept under the migration's name: ${kept.files[0]}`);
+      await assertRecords(join(kept.dir, kept.files[0]), printedOnTarget, 'on the kept copy');
+      console.log(`# figures: post-copy broken after the switch-over: ${printedOnTarget} records on the target's kept copy`);
     } finally {
-      delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
-      await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+      await endPostcopy();
     }
   },
 );
@@ -389,68 +454,24 @@ test(
   'post-copy with a node-local disk, the source agent restarted during post-copy: the new agent follows it to the end, one guest runs, the earlier kept copy untouched',
   { timeout: 1_800_000 },
   async () => {
-    const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
-    const log = (node: string) => serialLog(g.agentOf(node).dataDir, ns, NAME);
     // What the guest printed since its last boot (the run directory, and its serial log, are the VM's).
     const sinceBoot = async (node: string) => {
       const l = await log(node);
       const i = l.lastIndexOf('VESSEL-REC-DEV');
       return i < 0 ? '' : l.slice(i);
     };
-    // Run alone (--test-name-pattern): the guest of the tests before made here.
-    if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) await createLocalVm();
-    await eventually(
-      'the VMI running',
-      async () =>
-        ((await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.status as { phase?: string } | undefined)?.phase === 'Running' || undefined,
-      300_000,
-    );
-    const source = (await vmiStatus()).nodeName!;
-    const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
-    // A boot under TCG on the loaded machine took over 5 minutes.
-    await eventually('the guest writing records', async () => (recordsWritten(await sinceBoot(source)).length > 5 ? true : undefined), 600_000, 500).catch(
-      async (e: Error) => {
-        throw new Error(`${e.message}; the serial log on ${source} ends: ${(await log(source)).slice(-1500)}`);
-      },
-    );
-    // The copy the test before kept on the target (if it ran): it must survive this migration to that node.
-    const claimUid = (await c.client.get(PVC, DATA, { namespace: ns })).metadata?.uid ?? '?';
-    const poolDir = join(g.agentOf(target).dataDir, 'pools', 'local', ns);
-    const keptFiles = (await readdir(poolDir).catch(() => [] as string[])).filter((f) => f.includes(claimUid) && f.includes('.postcopy-'));
-    const keptSizes = await Promise.all(keptFiles.map(async (f) => (await stat(join(poolDir, f))).size));
-    await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, progressTimeout: 150, allowPostCopy: true });
+    // The copy the test before kept on the node this migration goes to (if it ran): it must survive the migration.
+    const first = (await vmiStatus()).nodeName;
+    const before = first ? await keptCopies(c.nodes.cluster.nodes.find((n) => n.name !== first)!.name) : { dir: '', files: [] };
+    const keptSizes = await Promise.all(before.files.map(async (f) => (await stat(join(before.dir, f))).size));
     // Post-copy at 2 MiB/s: ~100 MiB keep it under way for tens of seconds, long enough to restart the agent in it.
-    process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH = String(2 << 20);
-    const targetLogAt = (await log(target)).length;
+    const { source, target, sourceLogAt, targetLogAt } = await startPostcopy('postcopy-agent-restart', 2 << 20);
     try {
-      await c.client.create(
-        VMIM,
-        {
-          apiVersion: 'kubevirt.io/v1',
-          kind: 'VirtualMachineInstanceMigration',
-          metadata: { name: 'postcopy-agent-restart', namespace: ns },
-          spec: { vmiName: NAME },
-        },
-        { namespace: ns },
-      );
-      await eventually('the guest running on the target in post-copy', async () => ((await log(target)).length > targetLogAt ? true : undefined), 300_000, 200);
-      const sourceLogAt = (await log(source)).length;
-      const ms = (await vmiStatus()).migrationState!;
-      assert.equal(ms.mode, 'PostCopy');
-      assert.ok(!ms.completed, 'still in post-copy');
       const t0 = Date.now();
       // The source's agent stops (its QEMU goes on sending) and a new one starts.
       await c.nodes.restartAgent(c.nodes.cluster.nodes.findIndex((n) => n.name === source));
       const restartMs = Date.now() - t0;
-      const done = await eventually(
-        'postcopy-agent-restart finished',
-        async () => {
-          const st = ((await c.client.get(VMIM, 'postcopy-agent-restart', { namespace: ns })).status ?? {}) as { phase?: string };
-          return st.phase === 'Succeeded' || st.phase === 'Failed' ? st : undefined;
-        },
-        300_000,
-        300,
-      );
+      const done = await finished('postcopy-agent-restart', 300_000);
       const settledSecs = (Date.now() - t0) / 1000;
       assert.equal(done.phase, 'Succeeded', JSON.stringify(done));
       assert.equal((await vmiStatus()).nodeName, target);
@@ -474,30 +495,170 @@ test(
         },
         60_000,
       );
-      for (const [i, f] of keptFiles.entries()) {
-        assert.notEqual(join(poolDir, f), targetFile);
-        assert.equal((await stat(join(poolDir, f))).size, keptSizes[i], `${f} untouched`);
-      }
+      if (before.dir === join(g.agentOf(target).dataDir, 'pools', 'local', ns))
+        for (const [i, f] of before.files.entries()) {
+          assert.notEqual(join(before.dir, f), targetFile);
+          assert.equal((await stat(join(before.dir, f))).size, keptSizes[i], `${f} untouched`);
+        }
       // Every record printed since the boot (each flushed before it was printed) is on the target's file.
       const printed = Math.max(...recordsWritten(await sinceBoot(source)), ...recordsWritten((await log(target)).slice(targetLogAt)));
-      const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
-      try {
-        const raw = join(tmp, 'data.raw');
-        const r = await run('qemu-img', ['convert', '-U', '-f', 'qcow2', '-O', 'raw', targetFile, raw]);
-        assert.equal(r.code, 0, r.err);
-        const bytes = await readFile(raw);
-        for (let n = 1; n <= printed; n++) {
-          assert.equal(bytes.subarray(n * 512, n * 512 + recordText(n).length).toString('latin1'), recordText(n), `record ${n} of ${printed}`);
-        }
-      } finally {
-        await rm(tmp, { recursive: true, force: true });
-      }
+      await assertRecords(targetFile, printed, "on the target's file");
       console.log(
-        `# figures: source agent restarted in post-copy (restart ${restartMs} ms): Succeeded ${settledSecs.toFixed(1)} s after it; ${printed} records checked; ${keptFiles.length} kept copy untouched`,
+        `# figures: source agent restarted in post-copy (restart ${restartMs} ms): Succeeded ${settledSecs.toFixed(1)} s after it; ${printed} records checked; ${before.files.length} kept copy untouched`,
       );
     } finally {
-      delete process.env.VESSEL_TEST_POSTCOPY_BANDWIDTH;
-      await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+      await endPostcopy();
     }
   },
 );
+
+test(
+  'post-copy with a node-local disk, the source QEMU killed during post-copy: Failed, the target ends, its copy kept and listed on the claim, never two guests',
+  { timeout: 1_800_000 },
+  async () => {
+    const { vmi, source, target } = await startPostcopy('postcopy-source-killed', 512 * 1024);
+    try {
+      const pids = await qemuPids(source);
+      assert.equal(pids.length, 1, `one QEMU on ${source}`);
+      const printed = Math.max(await maxRecord(target), await maxRecord(source));
+      const t0 = Date.now();
+      process.kill(pids[0], 'SIGKILL');
+      const done = await finished('postcopy-source-killed', 120_000);
+      const failedSecs = (Date.now() - t0) / 1000;
+      assert.equal(done.phase, 'Failed', JSON.stringify(done));
+      assert.match(done.migrationState?.failureReason ?? '', /the guest (ran on the target and )?is lost/);
+      const ev = await eventOf('PostCopyFailed', vmi.metadata.uid);
+      assert.equal(ev.type, 'Warning');
+      // The target's QEMU, which would wait in postcopy-paused for pages that cannot come, is ended.
+      await eventually('the target QEMU ended', async () => ((await qemuPids(target)).length === 0 ? true : undefined), 60_000, 200);
+      const targetGoneSecs = (Date.now() - t0) / 1000;
+      const back = await restartedAlone(vmi, t0);
+      assert.ok(back.maxQemus <= 1, `at most one QEMU of the guest while it came back (${back.maxQemus}: ${back.seen})`);
+      const migUid = (await c.client.get(VMIM, 'postcopy-source-killed', { namespace: ns })).metadata?.uid ?? '?';
+      await eventOf('PostCopyDiskKept', vmi.metadata.uid);
+      const kept = await keptCopies(target);
+      const mine = kept.files.find((f) => f.endsWith(`.postcopy-${migUid}`));
+      assert.ok(mine, `the target's copy kept in ${kept.dir}: ${kept.files.join(', ')}`);
+      await assertRecords(join(kept.dir, mine), printed, 'on the kept copy');
+      // Listed on the claim too: node, file, migration.
+      const listed = JSON.parse((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations?.['vessel.io/postcopy-kept'] ?? '[]') as {
+        node: string;
+        file: string;
+        migration: string;
+      }[];
+      assert.ok(
+        listed.some((k) => k.node === target && k.file === mine && k.migration === migUid),
+        `the claim lists the kept copy: ${JSON.stringify(listed)}`,
+      );
+      console.log(
+        `# figures: source QEMU killed in post-copy: Failed ${failedSecs.toFixed(1)} s after the kill, target QEMU gone after ${targetGoneSecs.toFixed(1)} s, ` +
+          `the VM running again on ${back.node} after ${back.secs.toFixed(1)} s (at most ${back.maxQemus} QEMU meanwhile); ${printed} records on the kept copy`,
+      );
+    } finally {
+      await endPostcopy();
+    }
+  },
+);
+
+test(
+  'post-copy with a node-local disk, the migration stream cut during post-copy: the source sees it stall, pauses it, Failed, neither side runs the guest, the copy kept',
+  { timeout: 1_800_000 },
+  async () => {
+    // The stall the source waits for before it gives the guest up (60 s by default).
+    process.env.VESSEL_TEST_POSTCOPY_STALL_MS = '15000';
+    const table = 'vessel_test_cut';
+    let netns = '';
+    const { vmi, source, target } = await startPostcopy('postcopy-cut', 512 * 1024);
+    try {
+      const address = (await vmiStatus()).migrationState as { targetNodeAddress?: string } | undefined;
+      const [ip, port] = (address?.targetNodeAddress ?? '').split(':');
+      assert.ok(ip && port, `the target's address: ${address?.targetNodeAddress}`);
+      // Every packet of the migration stream dropped in the source node's namespace (a cut link
+      // for this stream only: TCP neither delivers nor fails, the control plane still answers).
+      netns = c.nodes.cluster.nodes.find((n) => n.name === source)!.netns;
+      const nft = (rules: string) => run('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], { input: rules });
+      const r = await nft(
+        `table inet ${table} {\n chain out { type filter hook output priority 0; ip daddr ${ip} tcp dport ${port} drop; }\n` +
+          ` chain in { type filter hook input priority 0; ip saddr ${ip} tcp sport ${port} drop; }\n}\n`,
+      );
+      assert.equal(r.code, 0, r.err);
+      const t0 = Date.now();
+      const done = await finished('postcopy-cut', 180_000);
+      const failedSecs = (Date.now() - t0) / 1000;
+      assert.equal(done.phase, 'Failed', JSON.stringify(done));
+      assert.match(done.migrationState?.failureReason ?? '', /nothing sent for 15 s .*the guest ran on the target and is lost/);
+      await eventOf('PostCopyFailed', vmi.metadata.uid);
+      // Neither side runs the guest afterwards: the source quit, the target ended (it waited in post-copy for pages).
+      await eventually(
+        'both QEMUs of the lost guest ended',
+        async () =>
+          (await qemuPids(target)).length === 0 && (await c.client.get(VMI, NAME, { namespace: ns }).catch(() => undefined))?.metadata?.uid !== vmi.metadata.uid
+            ? true
+            : undefined,
+        120_000,
+        200,
+      );
+      const endedSecs = (Date.now() - t0) / 1000;
+      const back = await restartedAlone(vmi, t0);
+      assert.ok(back.maxQemus <= 1, `at most one QEMU of the guest while it came back (${back.maxQemus}: ${back.seen})`);
+      const migUid = (await c.client.get(VMIM, 'postcopy-cut', { namespace: ns })).metadata?.uid ?? '?';
+      await eventOf('PostCopyDiskKept', vmi.metadata.uid);
+      const kept = await keptCopies(target);
+      assert.ok(
+        kept.files.some((f) => f.endsWith(`.postcopy-${migUid}`)),
+        `the target's copy kept in ${kept.dir}: ${kept.files.join(', ')}`,
+      );
+      console.log(
+        `# figures: migration stream cut in post-copy: Failed ${failedSecs.toFixed(1)} s after the cut (stall 15 s), both QEMUs of the lost guest gone after ${endedSecs.toFixed(1)} s, ` +
+          `the VM running again on ${back.node} after ${back.secs.toFixed(1)} s (at most ${back.maxQemus} QEMU meanwhile)`,
+      );
+    } finally {
+      if (netns) await run('ip', ['netns', 'exec', netns, 'nft', 'delete', 'table', 'inet', table]);
+      delete process.env.VESSEL_TEST_POSTCOPY_STALL_MS;
+      await endPostcopy();
+    }
+  },
+);
+
+test('the kept post-copy copies go when their claim is deleted', { timeout: 600_000 }, async () => {
+  const listed = JSON.parse((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations?.['vessel.io/postcopy-kept'] ?? '[]') as {
+    node: string;
+    file: string;
+  }[];
+  const before = await Promise.all(c.nodes.cluster.nodes.map(async (n) => ({ node: n.name, ...(await keptCopies(n.name)) })));
+  const files = before.flatMap((b) => b.files.map((f) => join(b.dir, f)));
+  assert.ok(files.length > 0, 'the cases before kept copies (run them first)');
+  for (const b of before)
+    for (const f of b.files)
+      assert.ok(
+        listed.some((k) => k.node === b.node && k.file === f),
+        `${b.node}: ${f} listed on the claim`,
+      );
+  // The claim's deletion waits while its VM runs (pvc-protection): the VM goes first.
+  await c.client.delete(VM, NAME, { namespace: ns });
+  await eventually('the VMI gone', async () => ((await c.client.list(VMI, { namespace: ns })).items.length === 0 ? true : undefined), 120_000);
+  const t0 = Date.now();
+  await c.client.delete(PVC, DATA, { namespace: ns });
+  await eventually(
+    'every kept copy removed',
+    async () =>
+      (
+        await Promise.all(
+          files.map((f) =>
+            stat(f).then(
+              () => 1,
+              () => 0,
+            ),
+          ),
+        )
+      ).every((x) => x === 0)
+        ? true
+        : undefined,
+    60_000,
+    200,
+  );
+  const secs = (Date.now() - t0) / 1000;
+  console.log(
+    `# figures: ${files.length} kept post-copy copies on ${before.filter((b) => b.files.length).length} node(s) removed ${secs.toFixed(1)} s after the claim's deletion`,
+  );
+});

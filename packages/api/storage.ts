@@ -11,6 +11,12 @@ export const SELECTED_NODE = 'volume.kubernetes.io/selected-node';
 export const POPULATED_FOR = 'cdi.kubevirt.io/storage.populatedFor';
 /** On a claim: the qcow2 file of its volume on the selected node (or on the shared pool). */
 export const VOLUME_PATH = 'vessel.io/volume-path';
+/**
+ * On a claim: JSON list of the copies of its volume that migration targets kept after a post-copy
+ * that did not complete, `[{node, file, migration}]` (file: a name in the claim's namespace
+ * directory of that node's pool, never a path); they go when the claim is deleted.
+ */
+export const POSTCOPY_KEPT = 'vessel.io/postcopy-kept';
 /** On a claim: the pool (StorageClass parameters.pool) its volume was made in. */
 export const VOLUME_POOL = 'vessel.io/pool';
 /** On a claim: how its volume was made from another one: "linked" (qcow2 backing file) or "full". */

@@ -1,13 +1,14 @@
 /**
  * Pool.containedPath: the one check every path the agent takes from an object goes through.
- * Hostile paths point only at decoy files this test makes in a temporary directory.
+ * Hostile paths point only at decoy files this test makes in a temporary directory. Also which
+ * kept post-copy copies go with their deleted claim (orphanedPostcopyCopies, on decoy files).
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { ANY_NAMESPACE, containedPath, PathError, Pool } from './pools.ts';
+import { ANY_NAMESPACE, containedPath, orphanedPostcopyCopies, PathError, Pool } from './pools.ts';
 
 let root: string;
 let pool: Pool;
@@ -86,4 +87,41 @@ test('containedPath over several pools names the pool, and says what was refused
     (e: unknown) => e instanceof PathError && e.code === 'PathOutsideNamespace' && /^vessel\.io\/restore-source: .*namespace t1.*refused$/.test(e.message),
   );
   assert.throws(() => containedPath([pool, other], 't1', join(root, 'outside.qcow2'), 'x'), refused('PathNotInPool'));
+});
+
+const CLAIM = '0b7c3e52-5a9d-4c1e-9f3a-2d6e8b1c4f70';
+const OTHER = '7e1f0c2a-3b4d-4e5f-8a9b-0c1d2e3f4a5b';
+
+test('orphanedPostcopyCopies: only kept copies (<claim>-<uid>.qcow2.postcopy-<migration>) of claims that no longer exist', () => {
+  const files = [
+    `data-${CLAIM}.qcow2`,
+    `data-${CLAIM}.qcow2.postcopy-9d2e1f3a-0000-4000-8000-000000000001`,
+    `data-${OTHER}.qcow2.postcopy-9d2e1f3a-0000-4000-8000-000000000002`,
+    `data-${OTHER}.qcow2.tmp-abc123`,
+    `data-${OTHER}.qcow2`,
+    `data-${OTHER}.qcow2.postcopy-`,
+    `data-${OTHER}.qcow2.postcopy-x/y`,
+    'notes.txt',
+  ];
+  // Both claims exist: nothing goes.
+  assert.deepEqual(orphanedPostcopyCopies(files, new Set([CLAIM, OTHER])), []);
+  // OTHER deleted: its kept copy only (never its volume, an importer's temp file or a malformed name).
+  assert.deepEqual(orphanedPostcopyCopies(files, new Set([CLAIM])), [`data-${OTHER}.qcow2.postcopy-9d2e1f3a-0000-4000-8000-000000000002`]);
+  // A claim made again under the same name has a new uid: the old claim's copy goes.
+  assert.deepEqual(orphanedPostcopyCopies([`data-${CLAIM}.qcow2.postcopy-m1`], new Set([OTHER])), [`data-${CLAIM}.qcow2.postcopy-m1`]);
+});
+
+test('Pool.removeOrphanedPostcopyCopies removes the deleted claim’s kept copies in the namespaces asked, nothing else', async () => {
+  const p = new Pool('local2', join(root, 'local2'), false);
+  await p.init();
+  for (const ns of ['t1', 't2']) await p.ensureNamespaceDir(ns);
+  const kept1 = join(p.dir, 't1', `data-${OTHER}.qcow2.postcopy-m1`);
+  const kept2 = join(p.dir, 't2', `data-${OTHER}.qcow2.postcopy-m2`);
+  const live = join(p.dir, 't1', `data-${CLAIM}.qcow2.postcopy-m3`);
+  const volume = join(p.dir, 't1', `data-${OTHER}.qcow2`);
+  for (const f of [kept1, kept2, live, volume]) await writeFile(f, 'decoy');
+  assert.deepEqual(await p.removeOrphanedPostcopyCopies(new Set([CLAIM]), ['t1']), [kept1]);
+  assert.deepEqual(await p.removeOrphanedPostcopyCopies(new Set([CLAIM]), ['missing']), []);
+  assert.deepEqual(await p.removeOrphanedPostcopyCopies(new Set([CLAIM])), [kept2]);
+  assert.deepEqual((await readdir(join(p.dir, 't1'))).sort(), [`data-${CLAIM}.qcow2.postcopy-m3`, `data-${OTHER}.qcow2`].sort());
 });

@@ -20,6 +20,20 @@ export interface PoolConfig {
 
 const TEMP = /\.qcow2\.(tmp|part)-[0-9a-f]+$/;
 const UID = /-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.qcow2/;
+/** A copy a migration target kept after a post-copy that did not complete (block-migration.ts postcopyKeptPath). */
+const POSTCOPY_KEPT = /^.+-([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.qcow2\.postcopy-[A-Za-z0-9-]+$/;
+
+/**
+ * The kept post-copy copies among `files` (names in a namespace directory) whose claim is gone:
+ * its uid is not one of `claimUids` (the claims that exist). A claim deleted and made again under
+ * its name has a new uid, so the old claim's copies go too.
+ */
+export function orphanedPostcopyCopies(files: readonly string[], claimUids: ReadonlySet<string>): string[] {
+  return files.filter((f) => {
+    const uid = POSTCOPY_KEPT.exec(f)?.[1];
+    return uid !== undefined && !claimUids.has(uid);
+  });
+}
 
 export class Pool {
   readonly dir: string;
@@ -115,6 +129,22 @@ export class Pool {
           await rm(join(this.dir, ns.name, f), { force: true });
           removed.push(f);
         }
+      }
+    }
+    return removed;
+  }
+
+  /**
+   * Removes the copies migration targets kept after failed post-copies (orphanedPostcopyCopies)
+   * whose claim no longer exists, in `namespaces` (all when undefined); returns their paths.
+   */
+  async removeOrphanedPostcopyCopies(claimUids: ReadonlySet<string>, namespaces?: readonly string[]): Promise<string[]> {
+    const removed: string[] = [];
+    for (const ns of namespaces ?? (await this.namespaceDirs())) {
+      const dir = join(this.dir, ns);
+      for (const f of orphanedPostcopyCopies(await readdir(dir).catch(emptyIfMissing), claimUids)) {
+        await rm(join(dir, f), { force: true });
+        removed.push(join(dir, f));
       }
     }
     return removed;

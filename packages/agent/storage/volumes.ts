@@ -146,6 +146,8 @@ export class VolumeManager extends Controller {
 
   /** Removes importers' leftovers of an earlier run of this agent, once the caches know the claims. */
   protected override async started(): Promise<void> {
+    // First: a namespace directory they were the last files of goes below.
+    await this.removeKeptCopies();
     const byUid = new Map(this.pvcs.list().map((p) => [p.metadata.uid ?? '', p]));
     for (const pool of this.opts.pools.values()) {
       const removed = await pool.removeStaleTemps((uid) => {
@@ -155,6 +157,23 @@ export class VolumeManager extends Controller {
       if (removed.length) this.log(`volumes: removed ${removed.length} temporary file(s) of interrupted imports in pool ${pool.name}`);
       await pool.collect();
       for (const ns of await pool.namespaceDirs()) if (!this.namespaces.get(ns)) await pool.removeNamespaceDirIfEmpty(ns);
+    }
+  }
+
+  /**
+   * The copies this node kept as a migration target after failed post-copies (migration.ts
+   * keepPostcopyCopies) go with their claim: on its deletion (this node may not hold the claim's
+   * volume, so every agent looks), and at start for claims deleted while the agent was down.
+   */
+  private async removeKeptCopies(namespaces?: readonly string[]): Promise<void> {
+    const uids = new Set(this.pvcs.list().map((p) => p.metadata.uid ?? ''));
+    for (const pool of this.opts.pools.values()) {
+      if (pool.shared) continue;
+      const removed = await pool.removeOrphanedPostcopyCopies(uids, namespaces).catch((e: Error) => {
+        this.log(`volumes: removing kept post-copy copies in pool ${pool.name}: ${e.message}`);
+        return [];
+      });
+      for (const f of removed) this.log(`volumes: removed ${f}, a copy kept after a failed post-copy migration: its claim was deleted`);
     }
   }
 
@@ -176,7 +195,10 @@ export class VolumeManager extends Controller {
   protected async reconcile(key: string): Promise<void> {
     if (key.startsWith(NAMESPACE_KEY)) return this.namespaceGone(key.slice(NAMESPACE_KEY.length));
     const pvc = this.pvcs.get(key);
-    if (!pvc) return this.abortPopulation(key);
+    if (!pvc) {
+      await this.abortPopulation(key);
+      return this.removeKeptCopies([key.split('/')[0]]);
+    }
     // Before the node check: a claim in the shared pool is grown by the node its VM runs on.
     if (expansionRequested(pvc)) return this.expand(pvc);
     if (annotationsOf(pvc)[storage.SELECTED_NODE] !== this.opts.nodeName) return;

@@ -9,7 +9,16 @@ import { mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promis
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { claimsToRepair, createTargetVolumes, notLeftover, postcopyKeptMessage, postcopyKeptPath, qemusHolding, type MovingDisk } from './block-migration.ts';
+import {
+  claimsToRepair,
+  createTargetVolumes,
+  notLeftover,
+  postcopyKeptMessage,
+  postcopyKeptPath,
+  qemusHolding,
+  withKeptCopies,
+  type MovingDisk,
+} from './block-migration.ts';
 
 const claim = (node?: string, path?: string) => ({
   metadata: {
@@ -74,6 +83,17 @@ test('a copy kept after a failed post-copy is beside the claim path: a later inc
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+});
+
+test('withKeptCopies: the claim lists every kept copy once, other nodes’ entries stay, a hand-written value is replaced', () => {
+  const a = { node: 'node-a', file: 'data-1.qcow2.postcopy-m1', migration: 'm1' };
+  const b = { node: 'node-b', file: 'data-1.qcow2.postcopy-m2', migration: 'm2' };
+  const one = withKeptCopies(undefined, [a]);
+  assert.deepEqual(JSON.parse(one), [a]);
+  assert.deepEqual(JSON.parse(withKeptCopies(one, [b, a])), [a, b]);
+  assert.deepEqual(JSON.parse(withKeptCopies('not json', [b])), [b]);
+  assert.deepEqual(JSON.parse(withKeptCopies('[{"node":1},"x"]', [b])), [b]);
+  assert.match(postcopyKeptMessage('node-b', 'm2', [{ claim: 'data', file: b.file }]), /removes it when the claim is deleted/);
 });
 
 test('qemusHolding finds a QEMU by an open file or its command line, not other processes', async () => {

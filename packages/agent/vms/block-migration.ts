@@ -267,8 +267,41 @@ export function postcopyKeptMessage(node: string, migrationUid: string, kept: re
   return (
     `Post-copy migration ${migrationUid} did not complete: node ${node} kept its copy of the local disk(s) (${files}), ` +
     `which may hold what the guest wrote during post-copy; the claim(s) still use the source's volume. ` +
-    `Vessel does not use or remove the kept copy: inspect it, then delete it or copy it over the claim's volume`
+    `Vessel does not use the kept copy and removes it when the claim is deleted (listed in the claim's annotation ${storage.POSTCOPY_KEPT}): inspect it, then delete it or copy it over the claim's volume`
   );
+}
+
+/** One copy in a claim's storage.POSTCOPY_KEPT annotation. */
+export interface KeptCopy {
+  node: string;
+  /** The file's name in the claim's namespace directory of that node's pool. */
+  file: string;
+  migration: string;
+}
+
+/**
+ * The claim's storage.POSTCOPY_KEPT annotation with `add` in it: entries already there stay (other
+ * nodes' and earlier migrations'), one per node and file; a value that is not such a list (written
+ * by hand) is replaced rather than kept half-read.
+ */
+export function withKeptCopies(current: string | undefined, add: readonly KeptCopy[]): string {
+  let list: KeptCopy[] = [];
+  try {
+    const parsed: unknown = JSON.parse(current ?? '[]');
+    if (Array.isArray(parsed))
+      list = parsed.filter(
+        (e): e is KeptCopy =>
+          !!e &&
+          typeof e === 'object' &&
+          typeof (e as KeptCopy).node === 'string' &&
+          typeof (e as KeptCopy).file === 'string' &&
+          typeof (e as KeptCopy).migration === 'string',
+      );
+  } catch {
+    // Not JSON: replaced.
+  }
+  for (const k of add) if (!list.some((e) => e.node === k.node && e.file === k.file)) list.push({ node: k.node, file: k.file, migration: k.migration });
+  return JSON.stringify(list);
 }
 
 /** PIDs of the QEMU processes that have `path` open or name it on their command line (read from `proc`). */

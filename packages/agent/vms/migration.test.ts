@@ -26,6 +26,7 @@ import {
   followMigrate,
   liveMigratable,
   masqueradePod,
+  postcopyStall,
   resumedSourceView,
   resumeSourceAfterFailure,
   staleCopyClaims,
@@ -291,4 +292,18 @@ test('the source rides out query-migrate answers that time out while its QEMU mi
     followMigrate(silent as never, () => undefined, 0),
     QmpTimeoutError,
   );
+});
+
+test('postcopyStall: a post-copy whose sent bytes stand still for the whole wait is stalled; any growth starts the wait again', () => {
+  let p = { sent: -1, since: 0 };
+  const look = (sent: number, now: number) => {
+    const r = postcopyStall(p, sent, now, 15_000);
+    p = r.progress;
+    return r.stalled;
+  };
+  assert.equal(look(100, 1000), false, 'the first look');
+  assert.equal(look(100, 15_999), false, 'standing for 14.999 s');
+  assert.equal(look(200, 16_000), false, 'grew: the wait starts again');
+  assert.equal(look(200, 30_999), false);
+  assert.equal(look(200, 31_000), true, 'standing for 15 s');
 });

@@ -23,7 +23,7 @@ import { isNotFound, isStatusError, type Client } from '@vessel/client';
 import type { KubeObject, Log } from '@vessel/runtime';
 import type { Accelerator } from './accel.ts';
 import { faultDelay, faultPoint } from '../faults.ts';
-import { lastLogLine, runDirFiles } from '../qemu/process.ts';
+import { lastLogLine, probe, runDirFiles, waitExit } from '../qemu/process.ts';
 import { QmpClient } from '../qmp/client.ts';
 import { QmpTimeoutError } from '../qmp/errors.ts';
 import { containedPath, type Pool } from '../storage/pools.ts';
@@ -49,6 +49,7 @@ import {
   startMirrors,
   stopExports,
   targetVolumes,
+  withKeptCopies,
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
@@ -165,6 +166,22 @@ export function resumedSourceView(mode: string | undefined, localDisks: boolean,
   return { switched: postcopy && (!localDisks || continuedBefore), continued: continuedBefore };
 }
 
+/** A post-copy's progress as the source follows it: bytes sent so far (`ram.transferred`) and since when that number stands. */
+export interface PostcopyProgress {
+  sent: number;
+  since: number;
+}
+
+/**
+ * One look at a post-copy past the switch-over: stalled when `ram.transferred` has not grown for
+ * `stallMs` (the background copy sends until every page is over, so a live stream always grows; a
+ * cut one stands still while TCP waits for minutes). Any growth starts the wait again.
+ */
+export function postcopyStall(prev: PostcopyProgress, sent: number, now: number, stallMs: number): { progress: PostcopyProgress; stalled: boolean } {
+  if (sent !== prev.sent) return { progress: { sent, since: now }, stalled: false };
+  return { progress: prev, stalled: now - prev.since >= stallMs };
+}
+
 /**
  * Whether a source whose migration failed (not switched) resumes its guest. `before` is QEMU's
  * run state when this agent took the migration up. In one agent's life it was `running` or not;
@@ -263,6 +280,8 @@ interface Target {
   relay?: MigrationRelay;
   /** The incoming migration was seen in post-copy: the guest ran here, the volume files may hold its only newest writes. */
   postcopy?: boolean;
+  /** The VMI as this target was made for it: the kept copies' event names it after it is gone (a restart after a lost post-copy deletes it quickly). */
+  vmi?: KubeObject;
 }
 
 interface QueryMigrate {
@@ -278,6 +297,8 @@ export class VmMigrations {
   private readonly targets = new Map<string, Target>();
   /** VMI key → migrationUid of the migration this node sends. */
   private readonly sources = new Map<string, string>();
+  /** VMI key → the source's send of its migration (ends after the outcome is written). */
+  private readonly sendJobs = new Map<string, Promise<void>>();
   /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
   private readonly started = new Map<string, number>();
   /** VMI key → the stop of a source QEMU that has just handed its guest over (its tap and lease go with it). */
@@ -334,7 +355,7 @@ export class VmMigrations {
       await this.keepLostCopies(vmi);
     }
     if (!wanted || t || ms.abortRequested || ms.targetNodeAddress) return;
-    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [] };
+    const target: Target = { migrationUid: ms.migrationUid, runDir: this.host.runDirOf(vmi), ended: false, job: Promise.resolve(), disks: [], made: [], vmi };
     this.targets.set(key, target);
     target.job = this.prepareTarget(vmi, target).catch((e: unknown) => this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`));
   }
@@ -365,7 +386,7 @@ export class VmMigrations {
     // their post-copy name if it ran here (endTarget), as for a target this agent prepared.
     const made: string[] = [];
     for (const path of this.claimCopies(vmi, disks)) if (await isFile(path)) made.push(path);
-    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks, made };
+    const t: Target = { migrationUid: ms.migrationUid, runDir, qmp, ended: false, job: Promise.resolve(), disks, made, vmi };
     if (info?.status?.startsWith('postcopy')) t.postcopy = true;
     this.targets.set(keyOf(vmi), t);
     this.followTarget(keyOf(vmi), t, qmp);
@@ -464,7 +485,7 @@ export class VmMigrations {
     }
     if (!ms.targetNodeAddress) return;
     this.sources.set(key, ms.migrationUid);
-    void this.send(vmi, ms, qmp)
+    const job = this.send(vmi, ms, qmp)
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
@@ -477,10 +498,25 @@ export class VmMigrations {
       })
       .finally(() => {
         this.sources.delete(key);
+        if (this.sendJobs.get(key) === job) this.sendJobs.delete(key);
         const relay = this.sourceRelays.get(key);
         this.sourceRelays.delete(key);
         void relay?.close();
       });
+    this.sendJobs.set(key, job);
+  }
+
+  /**
+   * Waits (at most `timeoutMs`) until this node's sending of the VMI has ended. The runtime waits
+   * for it when the source QEMU is gone, so the migration's own outcome (a lost post-copy's reason
+   * and event) is written before the VMI fails, which ends the migration with a bare "no longer runs".
+   */
+  async sourceSettled(key: string, timeoutMs: number): Promise<void> {
+    const job = this.sendJobs.get(key);
+    if (!job) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([job, new Promise<void>((r) => (timer = setTimeout(r, timeoutMs)))]);
+    clearTimeout(timer);
   }
 
   private async prepareTarget(vmi: KubeObject, t: Target): Promise<void> {
@@ -701,7 +737,7 @@ export class VmMigrations {
     // run here and written to these copies, the only ones with its last writes: kept, not removed.
     const ms = migrationStateOf(this.host.vmi(key));
     if (t.made.length && (t.postcopy || (ms?.migrationUid === t.migrationUid && ms.mode === 'PostCopy'))) {
-      await this.keepPostcopyCopies(key, t.migrationUid, t.disks, t.made);
+      await this.keepPostcopyCopies(key, t.migrationUid, t.disks, t.made, t.vmi);
     } else {
       // The copies of node-local disks made for a guest that did not arrive (claims', and the run directory's).
       await removeFiles([...t.made, ...runDirDiskFiles(t.disks).map((f) => join(t.runDir, f))]).catch((e: Error) =>
@@ -752,7 +788,7 @@ export class VmMigrations {
    * (PostCopyDiskKept) for the admin to look at. A later incoming migration of the claim makes a
    * fresh file at the claim's path and never takes a kept copy for its leftover.
    */
-  private async keepPostcopyCopies(key: string, uid: string, disks: readonly MovingDisk[], paths: readonly string[]): Promise<void> {
+  private async keepPostcopyCopies(key: string, uid: string, disks: readonly MovingDisk[], paths: readonly string[], known?: KubeObject): Promise<void> {
     if (this.keptFor.has(uid)) return;
     this.keptFor.add(uid);
     const [ns] = key.split('/');
@@ -768,12 +804,43 @@ export class VmMigrations {
         this.host.log(`migration: ${key}: keeping the post-copy copy ${path}: ${e instanceof Error ? e.message : e}`);
       }
     }
-    const vmi = this.host.vmi(key);
+    await this.listKeptCopies(ns, uid, kept);
+    const cached = this.host.vmi(key);
+    // The VMI this target was made for, also when it is gone or replaced by the VM's restart.
+    const vmi = known && cached?.metadata.uid !== known.metadata.uid ? known : cached;
     if (!kept.length || !vmi) return;
     const message = postcopyKeptMessage(this.host.nodeName, uid, kept);
     await this.host
       .record(vmi, 'Warning', 'PostCopyDiskKept', this.host.scrub(message, ns))
       .catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+  }
+
+  /**
+   * Names the kept copies on their claims (storage.POSTCOPY_KEPT: node, file, migration), where a
+   * user finds them after the VMI and its events are gone; the volume manager removes them with the
+   * claim. Read-modify-write with the resourceVersion: two nodes may add theirs at once.
+   */
+  private async listKeptCopies(ns: string, uid: string, kept: readonly { claim: string; file: string }[]): Promise<void> {
+    for (const claim of new Set(kept.map((k) => k.claim))) {
+      if (claim === '?') continue;
+      const add = kept.filter((k) => k.claim === claim).map((k) => ({ node: this.host.nodeName, file: k.file, migration: uid }));
+      for (let attempt = 0; ; attempt++) {
+        try {
+          const pvc = (await this.host.client.get(PVCS, claim, { namespace: ns })) as KubeObject;
+          const value = withKeptCopies(pvc.metadata.annotations?.[storage.POSTCOPY_KEPT], add);
+          if (value === pvc.metadata.annotations?.[storage.POSTCOPY_KEPT]) break;
+          const metadata = { resourceVersion: pvc.metadata.resourceVersion, annotations: { [storage.POSTCOPY_KEPT]: value } };
+          await this.host.client.patch(PVCS, claim, { metadata }, { namespace: ns });
+          break;
+        } catch (e) {
+          if (isNotFound(e) || attempt >= 10 || this.closed) {
+            if (!isNotFound(e)) this.host.log(`migration: ${ns}/${claim}: listing the kept copies on the claim: ${e instanceof Error ? e.message : e}`);
+            break;
+          }
+          await new Promise((r) => setTimeout(r, isStatusError(e, 'Conflict') ? 50 : 500 * (attempt + 1)));
+        }
+      }
+    }
   }
 
   /** The source's side: migrate, follow, then hand over or report the failure. */
@@ -856,9 +923,36 @@ export class VmMigrations {
     // whether that agent issued migrate-continue (resumedSourceView).
     const continuedBefore = restarted && (await readFile(continuedFile, 'utf8').catch(() => '')).trim() === uid;
     let { switched, continued } = resumedSourceView(ms.mode, disks.length > 0, continuedBefore);
+    // The post-copy stream's progress (ram.transferred) and since when it has not moved.
+    let stall: PostcopyProgress = { sent: -1, since: Date.now() };
+    const stallMs = postcopyStallMs();
+    let stalled = false;
     for (;;) {
-      const info = await followMigrate(qmp, (m) => this.host.log(`migration: ${key}: ${m}`));
+      let info: QueryMigrate;
+      try {
+        info = await followMigrate(qmp, (m) => this.host.log(`migration: ${key}: ${m}`));
+      } catch (e) {
+        // The source QEMU gone (killed, crashed) after the switch-over: the pages the target lacks
+        // went with it. This agent stopping closes QMP too: then QEMU goes on and the next agent follows.
+        if (!switched || this.closed) throw e;
+        // The QMP error names the run directory (a host path): the log has it, the reason does not.
+        this.host.log(`migration: ${key}: ${e instanceof Error ? e.message : e}`);
+        return this.postcopyLost(vmi, uid, qmp, `post-copy: the source QEMU on ${this.host.nodeName} is gone (its QMP connection closed)`);
+      }
       const status = info.status ?? 'none';
+      // Post-copy whose stream stalls (a cut link: TCP neither delivers nor fails for minutes) is
+      // paused by hand, which QEMU reports as postcopy-paused below: the guest on the target waits
+      // for pages that cannot come. `ram.transferred` grows while pages flow (the background copy
+      // goes on until all are sent), so postcopyStallMs() without growth means the stream is stuck.
+      if (switched && status === 'postcopy-active' && !stalled) {
+        const seen = postcopyStall(stall, info.ram?.transferred ?? 0, Date.now(), stallMs);
+        stall = seen.progress;
+        if (seen.stalled) {
+          this.host.log(`migration: ${key}: post-copy sent nothing for ${stallMs / 1000} s: pausing it (migrate-pause)`);
+          stalled = true;
+          await qmp.execute('migrate-pause').catch((e: Error) => this.host.log(`migration: ${key}: migrate-pause: ${e.message}`));
+        }
+      }
       // Still precopy: QEMU turns `postcopy-active` before it stops the guest and sends devices,
       // and with local disks post-copy passes pre-switchover first (until migrate-continue the
       // target has no device state). Also when the mode says PostCopy but migrate-start-postcopy
@@ -888,7 +982,10 @@ export class VmMigrations {
         }
       }
       if (switched && (status === 'postcopy-paused' || status === 'failed' || status === 'cancelled' || status === 'none')) {
-        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${info['error-desc'] ?? 'the stream to the target broke'}`);
+        const why = stalled
+          ? `nothing sent for ${stallMs / 1000} s (the stream to the target stalled: link or target cut off), paused`
+          : (info['error-desc'] ?? 'the stream to the target broke');
+        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${why}`);
       }
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
         // A failed precopy leaves the source running; one paused by the switch-over attempt (a
@@ -953,9 +1050,22 @@ export class VmMigrations {
     const key = keyOf(vmi);
     const reason = `${why}; the guest ran on the target and is lost (its memory is split between the nodes): the source is not resumed`;
     this.host.log(`migration: ${key}: ${reason}`);
+    const pid = await probe(this.host.runDirOf(vmi));
     await this.fail(key, uid, reason);
-    await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason);
+    await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
     await qmp.execute('quit').catch(() => undefined);
+    // A safeguard: a QEMU whose QMP closed on `quit` while its cleanup waits on a stuck migration
+    // thread would still hold the disks and the tap when the VM restarts. Its memory is stale and
+    // its disks were flushed at the switch-over, so a kill loses nothing.
+    if (pid !== undefined && !(await waitExit(pid, 3000))) {
+      this.host.log(`migration: ${key}: the source QEMU (pid ${pid}) did not exit after quit: killing it`);
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // Gone meanwhile.
+      }
+      await waitExit(pid, 5000);
+    }
   }
 
   /**
@@ -1151,6 +1261,14 @@ export class VmMigrations {
         if (arrivedAt === undefined) {
           const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
           if (info?.status?.startsWith('postcopy')) t.postcopy = true;
+          if (info?.status === 'postcopy-paused') {
+            // The stream from the source broke after the switch-over (its QEMU or node gone, the
+            // stream cut): this QEMU waits for pages for ever, its guest stuck. Vessel does no
+            // recovery, so the guest is lost: said here too (the source's agent may be down with its
+            // node), and this QEMU ends, its copies kept (endTarget).
+            await this.targetPostcopyLost(key, t);
+            return;
+          }
           if (info?.status === 'completed') {
             arrivedAt = Date.now();
             await this.resumePaused(key, qmp);
@@ -1199,6 +1317,21 @@ export class VmMigrations {
     );
   }
 
+  /** Target: its incoming post-copy paused (the source side broke): the migration fails, the target ends. */
+  private async targetPostcopyLost(key: string, t: Target): Promise<void> {
+    const reason =
+      `post-copy postcopy-paused on the target ${this.host.nodeName}: the stream from the source broke after the switch-over; ` +
+      `the guest is lost (its memory is split between the nodes): the target QEMU is ended, its disk copies kept`;
+    this.host.log(`migration: ${key}: ${reason}`);
+    const vmi = this.host.vmi(key);
+    const cur = migrationStateOf(vmi);
+    const first = cur?.migrationUid === t.migrationUid && active(cur);
+    await this.fail(key, t.migrationUid, reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    // The event once: a source that saw it first recorded its own.
+    if (vmi && first) await this.host.record(vmi, 'Warning', 'PostCopyFailed', reason).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    await this.endTarget(key, t);
+  }
+
   /** migrationState.failed with the reason (the first one stays), when it still describes migration `uid`. */
   private async fail(key: string, uid: string, reason: string, abortStatus?: string): Promise<void> {
     await this.writeState(key, uid, (ms) => {
@@ -1237,6 +1370,13 @@ const keyOf = (o: KubeObject) => `${o.metadata.namespace}/${o.metadata.name}`;
  * while it runs; not a setting. The downtime allowed grows with it, or a slow transfer of a guest
  * that keeps writing would never converge.
  */
+/**
+ * How long a post-copy may send nothing before the source pauses it and the guest counts as lost
+ * (QEMU 7.2 notices a cut link only when TCP gives up, after minutes). Long, as a false stall loses
+ * a guest that was going to arrive; tests shorten it.
+ */
+const postcopyStallMs = (): number => Number(process.env.VESSEL_TEST_POSTCOPY_STALL_MS) || 60_000;
+
 /** How long the source follows a QEMU whose `query-migrate` answers time out before it gives up on it. */
 const FOLLOW_PATIENCE_MS = 120_000;
 

@@ -979,6 +979,8 @@ export class VmRuntime extends Controller {
   }
 
   private async onQemuGone(key: string, session: Session): Promise<void> {
+    // A migration this node was sending writes its outcome first (a post-copy lost with the QEMU).
+    await this.migrations.sourceSettled(key, 30_000);
     const vmi = this.vmis.get(key);
     if (!vmi || vmi.metadata.uid !== session.uid || FINAL.has(phaseOf(vmi)) || vmi.metadata.deletionTimestamp) return;
     await this.finish(vmi, 'Failed', 'QemuExited', `QEMU exited unexpectedly: ${await lastLogLine(session.runDir)}`);
