@@ -29,7 +29,7 @@ import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
 import { eventually, run, type TestCluster } from './harness.ts';
-import { DirtyGuestCluster, KV, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
+import { DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
 import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
@@ -53,9 +53,20 @@ after(async () => {
 test('post-copy after the completion timeout, then a progress timeout', { timeout: 1_800_000 }, async () => {
   // 1 MiB/s cannot keep up; 5 s/GiB × 128 MiB (one GiB, rounded up): 5 s, then post-copy.
   await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
-  await c.client.create(VM, tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }), {
-    namespace: ns,
-  });
+  await c.client.create(
+    VM,
+    tinyVm(NAME, {
+      namespace: ns,
+      binding: 'bridge',
+      userData: USER_DATA,
+      storageClass: 'shared',
+      terminationGracePeriodSeconds: 5,
+      annotations: LIVE_UNDER_TCG,
+    }),
+    {
+      namespace: ns,
+    },
+  );
   const source = await runningAndDirtying();
   const t0 = Date.now();
   const post = await migrateAndWait('postcopy');
@@ -100,7 +111,14 @@ test(
     if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) {
       await c.client.create(
         VM,
-        tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }),
+        tinyVm(NAME, {
+          namespace: ns,
+          binding: 'bridge',
+          userData: USER_DATA,
+          storageClass: 'shared',
+          terminationGracePeriodSeconds: 5,
+          annotations: LIVE_UNDER_TCG,
+        }),
         {
           namespace: ns,
         },
@@ -166,7 +184,14 @@ async function createLocalVm(): Promise<void> {
     },
     { namespace: ns },
   );
-  const vm = tinyVm(NAME, { namespace: ns, binding: 'bridge', userData: LOCAL_USER_DATA, storageClass: 'shared', terminationGracePeriodSeconds: 5 }) as {
+  const vm = tinyVm(NAME, {
+    namespace: ns,
+    binding: 'bridge',
+    userData: LOCAL_USER_DATA,
+    storageClass: 'shared',
+    terminationGracePeriodSeconds: 5,
+    annotations: LIVE_UNDER_TCG,
+  }) as {
     spec: { template: { spec: { domain: { devices: { disks: Obj[] } }; volumes: Obj[] } } };
   };
   vm.spec.template.spec.domain.devices.disks.push({ name: 'data', disk: { bus: 'virtio' } });
