@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, startCluster, type TestCluster } from './harness.ts';
-import { serialLog } from './tiny-vm.ts';
+import { serialLog, tinyVm } from './tiny-vm.ts';
 
 export const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
 export const VMI: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachineinstances', namespaced: true };
@@ -48,6 +48,18 @@ export const USER_DATA = [
   '(n=0; while true; do i=0; while [ $i -lt 24 ]; do dd if=/mnt/dirty/r of=/mnt/dirty/x bs=1024k count=1 seek=$i conv=notrunc 2>/dev/null; i=$((i+1)); done; n=$((n+1)); echo "VESSEL-DIRTY $n"; done) &',
   '',
 ].join('\n');
+
+/** The dirtying guest's VM (USER_DATA, bridge, shared pool), live under TCG. */
+export const busyVm = (labels?: Record<string, string>): Obj =>
+  tinyVm(NAME, {
+    namespace: ns,
+    binding: 'bridge',
+    userData: USER_DATA,
+    storageClass: 'shared',
+    terminationGracePeriodSeconds: 5,
+    labels,
+    annotations: LIVE_UNDER_TCG,
+  });
 
 /** The cluster and the probes; `start` in a `before` hook. */
 export class DirtyGuestCluster {

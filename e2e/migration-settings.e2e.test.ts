@@ -10,8 +10,7 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import { eventually, type TestCluster } from './harness.ts';
-import { DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI } from './migration-settings-fixture.ts';
-import { tinyVm } from './tiny-vm.ts';
+import { busyVm, DirtyGuestCluster, KV, NAME, ns, VM, VMI } from './migration-settings-fixture.ts';
 
 const POLICY: ResourceRef = { group: 'migrations.kubevirt.io', version: 'v1alpha1', plural: 'migrationpolicies', namespaced: false };
 const g = new DirtyGuestCluster();
@@ -51,19 +50,7 @@ test(
       { namespace: 'kubevirt' },
     );
 
-    await c.client.create(
-      VM,
-      tinyVm(NAME, {
-        namespace: ns,
-        binding: 'bridge',
-        userData: USER_DATA,
-        storageClass: 'shared',
-        terminationGracePeriodSeconds: 5,
-        labels: { workload: 'busy' },
-        annotations: LIVE_UNDER_TCG,
-      }),
-      { namespace: ns },
-    );
+    await c.client.create(VM, busyVm({ workload: 'busy' }), { namespace: ns });
     const source = await runningAndDirtying();
 
     const t0 = Date.now();

@@ -29,7 +29,7 @@ import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
 import { eventually, run, type TestCluster } from './harness.ts';
-import { DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
+import { busyVm, DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
 import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
@@ -53,20 +53,9 @@ after(async () => {
 test('post-copy after the completion timeout, then a progress timeout', { timeout: 1_800_000 }, async () => {
   // 1 MiB/s cannot keep up; 5 s/GiB × 128 MiB (one GiB, rounded up): 5 s, then post-copy.
   await settings({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
-  await c.client.create(
-    VM,
-    tinyVm(NAME, {
-      namespace: ns,
-      binding: 'bridge',
-      userData: USER_DATA,
-      storageClass: 'shared',
-      terminationGracePeriodSeconds: 5,
-      annotations: LIVE_UNDER_TCG,
-    }),
-    {
-      namespace: ns,
-    },
-  );
+  await c.client.create(VM, busyVm(), {
+    namespace: ns,
+  });
   const source = await runningAndDirtying();
   const t0 = Date.now();
   const post = await migrateAndWait('postcopy');
@@ -109,20 +98,9 @@ test(
       disableTLS: true,
     });
     if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) {
-      await c.client.create(
-        VM,
-        tinyVm(NAME, {
-          namespace: ns,
-          binding: 'bridge',
-          userData: USER_DATA,
-          storageClass: 'shared',
-          terminationGracePeriodSeconds: 5,
-          annotations: LIVE_UNDER_TCG,
-        }),
-        {
-          namespace: ns,
-        },
-      );
+      await c.client.create(VM, busyVm(), {
+        namespace: ns,
+      });
     }
     const source = await runningAndDirtying();
     const t0 = Date.now();
