@@ -13,7 +13,7 @@
  *
  * Under TCG Vessel pauses the guest for its transfer; the raw baseline then does the same (`stop`
  * before `migrate`, `cont` on the target). BENCH_MIG_LIVE=1 keeps both running (Vessel's
- * `vessel.io/tcg-live-migration`).
+ * `migration.vessel.io/tcg-live`).
  *
  *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
  */
@@ -56,7 +56,7 @@ const VMIM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtua
 const NS = 'default';
 const NAME = 'bench-gap';
 const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
-/** BENCH_MIG_LIVE=1: both guests run during the transfer (Vessel's vessel.io/tcg-live-migration); else both pause for it, as Vessel under TCG. */
+/** BENCH_MIG_LIVE=1: both guests run during the transfer (Vessel's migration.vessel.io/tcg-live); else both pause for it, as Vessel under TCG. */
 const LIVE = process.env.BENCH_MIG_LIVE === '1';
 const BOOT_TIMEOUT_MS = 600_000;
 /** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
@@ -156,7 +156,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
         storageClass: 'shared',
         terminationGracePeriodSeconds: 2,
         userData: `#!/bin/sh\n${tickServer}`,
-        annotations: LIVE ? { 'vessel.io/tcg-live-migration': 'true' } : undefined,
+        annotations: LIVE ? { 'migration.vessel.io/tcg-live': 'true' } : undefined,
       }),
       {
         namespace: NS,

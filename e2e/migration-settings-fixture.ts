@@ -35,7 +35,7 @@ export type VmiStatus = { phase?: string; nodeName?: string; migrationState?: Mi
  * these tests are about what a running, dirtying guest does to a migration. Without it a guest
  * under TCG pauses for the transfer (docs/migration.md "TCG: the guest pauses for the transfer").
  */
-export const LIVE_UNDER_TCG = { 'vessel.io/tcg-live-migration': 'true' };
+export const LIVE_UNDER_TCG = { 'migration.vessel.io/tcg-live': 'true' };
 
 /**
  * Rewrites 24 MiB of a tmpfs forever with 1 MiB of random bytes (not zero pages, which QEMU

@@ -84,6 +84,8 @@ test(
     const okSecs = (Date.now() - t1) / 1000;
     assert.equal(ok.phase, 'Succeeded', JSON.stringify(ok));
     assert.equal(ok.migrationState.migrationPolicyName, 'busy-vms');
+    // Live under TCG too: the template's migration.vessel.io/tcg-live reached the VMI.
+    assert.equal(ok.migrationState.mode, 'PreCopy');
     assert.equal(ok.migrationState.migrationConfiguration?.allowAutoConverge, true);
     const moved = await vmiStatus();
     assert.notEqual(moved.nodeName, source);

@@ -33,7 +33,7 @@ export interface TinyVmOptions {
   multus?: Record<string, string>;
   /** The template's labels (what Services and NetworkPolicies select). */
   labels?: Record<string, string>;
-  /** The template's annotations (e.g. `vessel.io/tcg-live-migration`). */
+  /** The template's annotations (e.g. `migration.vessel.io/tcg-live`). */
   annotations?: Record<string, string>;
   hostname?: string;
   subdomain?: string;

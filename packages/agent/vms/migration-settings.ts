@@ -73,7 +73,7 @@ export type Verdict = { action: 'postcopy' | 'pause' | 'cancel'; reason: string 
 export const PAUSED_MODE = 'Paused';
 
 /** A VMI annotation: `"true"` lets a guest under TCG run during its migration (live precopy). */
-export const TCG_LIVE_ANNOTATION = 'vessel.io/tcg-live-migration';
+export const TCG_LIVE_ANNOTATION = 'migration.vessel.io/tcg-live';
 
 /**
  * Whether the source pauses a running guest before `migrate`, for the whole transfer
