@@ -1254,6 +1254,12 @@ export class VmMigrations {
         await this.endTarget(key, t);
       })().catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
     });
+    // A guest the source paused for the transfer runs on as soon as it has arrived, as QEMU starts
+    // one that came running: at the incoming migration's end, not at the next poll below.
+    qmp.on('event', (ev) => {
+      if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
+        void this.resumePaused(key, qmp).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+    });
     void (async () => {
       let arrivedAt: number | undefined;
       while (!t.ended && !this.closed && this.targets.get(key) === t) {
