@@ -455,9 +455,10 @@ export class VmMigrations {
    */
   private async resumePaused(key: string, qmp: QmpClient): Promise<void> {
     if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
-    // QEMU says `inmigrate` until it has loaded the devices, after the source's `completed`.
+    // QEMU says `inmigrate` until it has loaded the devices, after the source's `completed`: asked
+    // often, as the guest waits paused meanwhile.
     let status: { status: string } | undefined;
-    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, POLL_MS))) {
+    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
       status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
       if (status?.status !== 'inmigrate') break;
     }
