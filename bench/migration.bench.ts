@@ -22,6 +22,7 @@ import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_QEMU_PRIORITY, qemuImg } from '@vessel/agent';
+import { migration } from '@vessel/api';
 import type { ResourceRef } from '@vessel/client';
 import { startCluster, type TestCluster } from '../e2e/harness.ts';
 import { runDirOf, tinyVm } from '../e2e/tiny-vm.ts';
@@ -156,7 +157,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
         storageClass: 'shared',
         terminationGracePeriodSeconds: 2,
         userData: `#!/bin/sh\n${tickServer}`,
-        annotations: LIVE ? { 'migration.vessel.io/tcg-live': 'true' } : undefined,
+        annotations: LIVE ? { [migration.TCG_LIVE_ANNOTATION]: 'true' } : undefined,
       }),
       {
         namespace: NS,

@@ -6,6 +6,7 @@
  */
 import { readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { migration } from '@vessel/api';
 import type { ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, startCluster, type TestCluster } from './harness.ts';
@@ -35,7 +36,7 @@ export type VmiStatus = { phase?: string; nodeName?: string; migrationState?: Mi
  * these tests are about what a running, dirtying guest does to a migration. Without it a guest
  * under TCG pauses for the transfer (docs/migration.md "TCG: the guest pauses for the transfer").
  */
-export const LIVE_UNDER_TCG = { 'migration.vessel.io/tcg-live': 'true' };
+export const LIVE_UNDER_TCG = { [migration.TCG_LIVE_ANNOTATION]: 'true' };
 
 /**
  * Rewrites 24 MiB of a tmpfs forever with 1 MiB of random bytes (not zero pages, which QEMU

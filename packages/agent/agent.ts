@@ -3,13 +3,11 @@
  * (`local` under the data directory, `shared` in a directory every node sees), fills and
  * deletes the volumes bound to it, and answers the API server on its own HTTPS endpoint.
  */
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { forklift, storage, refs } from '@vessel/api';
 import { isNotFound, type Client } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
-import { ensureSelfSignedCert, MigrationCa, parseListen, writeQemuTlsDir, type MigrationCertLifetimes, type MigrationCerts } from '@vessel/tls';
+import { ensureSelfSignedCert, MigrationCa, parseListen, writeQemuTlsSet, type MigrationCertLifetimes, type MigrationCerts } from '@vessel/tls';
 import { consoleHandlers } from './console.ts';
 import { portForwardHandler } from './portforward.ts';
 import { clusterAddressOf } from './vms/prepare.ts';
@@ -433,33 +431,14 @@ function migrationLifetimesFromEnv(env: NodeJS.ProcessEnv): Partial<MigrationCer
 /**
  * QEMU's tls-creds-x509 directory for a migration with `peer`: ca-cert.pem holds this node's
  * migration CA bundle (QEMU checks its own certificate against it) and the peer's, read from the
- * peer's Node now; the one leaf serves as server and client certificate (dh-params.pem:
- * writeQemuTlsDir). Each set of credentials gets its own directory under `peerDir`, named by its
- * content and renamed into place whole: a rotation, or another migration with the same peer,
- * never changes files a QEMU is about to read at object-add.
+ * peer's Node now; the one leaf serves as server and client certificate. A set of its own per
+ * content (writeQemuTlsSet): a rotation, or another migration with the same peer, never changes
+ * files a QEMU is about to read at object-add.
  */
 async function writeMigrationTlsDir(client: Client, peerDir: string, own: MigrationCerts, peer: string): Promise<string> {
   const node = (await client.get(refs.NODES, peer)) as KubeObject;
   const peerCa = node.metadata.annotations?.[storage.NODE_MIGRATION_CA];
   if (!peerCa) throw new Error(`node ${peer} publishes no migration CA (${storage.NODE_MIGRATION_CA}): is its agent running with --migration-tls=false?`);
-  const caCert = own.caPem + peerCa;
-  const dir = join(peerDir, createHash('sha256').update(caCert).update(own.certPem).digest('hex').slice(0, 16));
-  await mkdir(peerDir, { recursive: true, mode: 0o700 });
-  try {
-    await stat(dir);
-    // In use again: not one of the older sets removed below (by this call or another's).
-    await utimes(dir, new Date(), new Date());
-  } catch {
-    const tmp = join(peerDir, `.new-${randomBytes(6).toString('hex')}`);
-    const own2 = { cert: own.certPem, key: own.keyPem };
-    await writeQemuTlsDir(tmp, { type: 'x509', caCert, server: own2, client: own2 });
-    // Another migration made the same directory meanwhile: its files are the same.
-    await rename(tmp, dir).catch(() => rm(tmp, { recursive: true, force: true }));
-  }
-  // Older sets: a QEMU reads its files at object-add, right after this returns, never later.
-  for (const e of await readdir(peerDir).catch(() => [] as string[])) {
-    const p = join(peerDir, e);
-    if (p !== dir && Date.now() - (await stat(p).catch(() => ({ mtimeMs: Date.now() }))).mtimeMs > 10 * 60_000) await rm(p, { recursive: true, force: true });
-  }
-  return dir;
+  const leaf = { cert: own.certPem, key: own.keyPem };
+  return writeQemuTlsSet(peerDir, { type: 'x509', caCert: own.caPem + peerCa, server: leaf, client: leaf });
 }

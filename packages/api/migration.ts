@@ -34,6 +34,12 @@ export const stateOf = (vmi: object | undefined): MigrationState | undefined =>
 export const isActive = (ms: MigrationState | undefined): ms is MigrationState & { migrationUid: string } => !!ms?.migrationUid && !ms.completed && !ms.failed;
 
 /**
+ * On a VMI (from the VM's template): `"true"` lets a guest under TCG run during its migration
+ * (live precopy) instead of pausing for the transfer (docs/migration.md "TCG").
+ */
+export const TCG_LIVE_ANNOTATION = 'migration.vessel.io/tcg-live';
+
+/**
  * On a VirtualMachineInstanceMigration: JSON of MigrationProgress, written by the source agent at
  * most once a second while the guest is sent, and once more when it ends.
  */

@@ -20,4 +20,4 @@ export {
 } from './migration-ca.ts';
 export { parseListen, type ListenAddress } from './listen.ts';
 export { FFDHE2048_PEM } from './dh.ts';
-export { qemuTlsFiles, writeQemuTlsDir, type CertAndKey, type QemuTlsCreds } from './qemu-creds.ts';
+export { qemuTlsFiles, writeQemuTlsDir, writeQemuTlsSet, type CertAndKey, type QemuTlsCreds } from './qemu-creds.ts';

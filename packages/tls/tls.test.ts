@@ -12,7 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { PeerCertificate } from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 import {
@@ -25,6 +25,7 @@ import {
   parseListen,
   rotationStep,
   writeQemuTlsDir,
+  writeQemuTlsSet,
 } from './index.ts';
 
 describe('@vessel/tls', () => {
@@ -292,5 +293,25 @@ describe('@vessel/tls', () => {
     await assert.rejects(writeQemuTlsDir(join(dir, 'qemu-bad'), { type: 'psk', keys: [{ identity: 'a\nb', key: 'ab' }] }), /PSK/);
     await assert.rejects(writeQemuTlsDir(join(dir, 'qemu-bad'), { type: 'psk', keys: [{ identity: 'a', key: 'zz\nevil:00' }] }), /PSK/);
     await assert.rejects(stat(join(dir, 'qemu-bad')), /ENOENT/);
+  });
+  test('a set of QEMU credentials: one directory per content, written whole, older sets removed once unused', async () => {
+    const parent = join(dir, 'sets');
+    const leaf = { cert: 'CERT\n', key: 'KEY\n' };
+    const a = { type: 'x509' as const, caCert: 'CA-A\n', server: leaf, client: leaf };
+    // Writers racing with the same content agree on one complete directory and leave no temporary one.
+    const [a1, a2] = await Promise.all([writeQemuTlsSet(parent, a), writeQemuTlsSet(parent, a)]);
+    assert.equal(a1, a2);
+    assert.equal(await readFile(join(a1, 'ca-cert.pem'), 'utf8'), 'CA-A\n');
+    assert.deepEqual(await readdir(parent), [basename(a1)]);
+    // A rotation: another directory; the old one stays while a QEMU may still be reading it.
+    const b = await writeQemuTlsSet(parent, { ...a, caCert: 'CA-A\nCA-B\n' });
+    assert.notEqual(b, a1);
+    assert.equal(await readFile(join(a1, 'ca-cert.pem'), 'utf8'), 'CA-A\n');
+    assert.equal((await stat(b)).mode & 0o777, 0o700);
+    assert.equal((await stat(join(b, 'server-key.pem'))).mode & 0o777, 0o600);
+    // Unused past the limit: removed by the next write; the set written stays.
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(await writeQemuTlsSet(parent, { ...a, caCert: 'CA-A\nCA-B\n' }, 10), b);
+    assert.deepEqual(await readdir(parent), [basename(b)]);
   });
 });

@@ -1,17 +1,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { migrationConfig } from '@vessel/api';
+import { migration, migrationConfig } from '@vessel/api';
 import type { QmpClient } from '../qmp/client.ts';
-import {
-  ANNOUNCE,
-  applySourceSettings,
-  applyTargetSettings,
-  configurationOf,
-  migrationDataBytes,
-  MigrationWatch,
-  stopAndCopy,
-  TCG_LIVE_ANNOTATION,
-} from './migration-settings.ts';
+import { ANNOUNCE, applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch, stopAndCopy } from './migration-settings.ts';
 
 const GIB = 2 ** 30;
 const conf = (c: Partial<migrationConfig.MigrationConfiguration> = {}) => ({ ...migrationConfig.MIGRATION_DEFAULTS, ...c });
@@ -98,8 +89,8 @@ test('the source: post-copy reaches QEMU as allowed, with node-local disks too, 
 
 test('under TCG a running guest pauses for its transfer unless its VMI asks for live; under KVM it stays live', () => {
   assert.equal(stopAndCopy('tcg', undefined, true), true);
-  assert.equal(stopAndCopy('tcg', { [TCG_LIVE_ANNOTATION]: 'false' }, true), true);
-  assert.equal(stopAndCopy('tcg', { [TCG_LIVE_ANNOTATION]: 'true' }, true), false);
+  assert.equal(stopAndCopy('tcg', { [migration.TCG_LIVE_ANNOTATION]: 'false' }, true), true);
+  assert.equal(stopAndCopy('tcg', { [migration.TCG_LIVE_ANNOTATION]: 'true' }, true), false);
   assert.equal(stopAndCopy('kvm', undefined, true), false);
   // A guest already paused (by its user) is not paused again, nor resumed by the migration.
   assert.equal(stopAndCopy('tcg', undefined, false), false);

@@ -6,7 +6,7 @@
  * completion or progress timeout is hit: then post-copy when allowed, else (allowWorkloadDisruption)
  * the guest paused so the copy ends, else cancel.
  */
-import { migrationConfig, tryParseQuantity } from '@vessel/api';
+import { migration, migrationConfig, tryParseQuantity } from '@vessel/api';
 import type { QmpClient } from '../qmp/client.ts';
 
 type Configuration = migrationConfig.MigrationConfiguration;
@@ -72,9 +72,6 @@ export type Verdict = { action: 'postcopy' | 'pause' | 'cancel'; reason: string 
 /** migrationState.mode once the source paused the guest to finish (KubeVirt's MigrationPaused). */
 export const PAUSED_MODE = 'Paused';
 
-/** A VMI annotation: `"true"` lets a guest under TCG run during its migration (live precopy). */
-export const TCG_LIVE_ANNOTATION = 'migration.vessel.io/tcg-live';
-
 /**
  * Whether the source pauses a running guest before `migrate`, for the whole transfer
  * (stop-and-copy, mode Paused; the target resumes it). Under TCG QEMU 7.2 loses dirty-page marks
@@ -82,7 +79,7 @@ export const TCG_LIVE_ANNOTATION = 'migration.vessel.io/tcg-live';
  * (docs/migration.md "TCG: the guest pauses for the transfer"). Under KVM, KVM tracks dirty pages.
  */
 export function stopAndCopy(accel: string, annotations: Readonly<Record<string, string>> | undefined, running: boolean): boolean {
-  return accel === 'tcg' && running && annotations?.[TCG_LIVE_ANNOTATION] !== 'true';
+  return accel === 'tcg' && running && annotations?.[migration.TCG_LIVE_ANNOTATION] !== 'true';
 }
 
 /**
