@@ -15,10 +15,16 @@
  * before `migrate`, `cont` on the target). BENCH_MIG_LIVE=1 keeps both running (Vessel's
  * `migration.vessel.io/tcg-live`).
  *
+ * The pause is taken apart with QEMU's event times (migration-timeline.ts): source STOP → setup →
+ * active → completed, target completed → RESUME; Vessel's from the agents' `timeline` log lines,
+ * the raw baseline's from its own QMP connections. The raw baseline runs each round twice: over
+ * plain TCP and over TLS with the credentials the agents wrote for the same node pair (so TLS's
+ * share of the pause is known).
+ *
  *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_QEMU_PRIORITY, qemuImg } from '@vessel/agent';
@@ -33,6 +39,7 @@ import { findPriorityTools } from '../packages/agent/qemu/priority.ts';
 import { launch, runDirFiles, terminate, waitForSerial } from '../packages/agent/qemu/process.ts';
 import { QmpClient } from '../packages/agent/qmp/client.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
+import { MigrationTimeline, parseTimeline, pauseSegments, type Marks, type PauseSegments } from '../packages/agent/vms/migration-timeline.ts';
 import {
   chardevsOf,
   envInt,
@@ -116,10 +123,34 @@ interface Round {
   ping: number;
   tcp: number;
   transferMs: number;
+  /** The pause taken apart (QEMU's event times), when both sides' marks were seen. */
+  seg?: PauseSegments;
+}
+
+const SEGMENTS: readonly (readonly [keyof PauseSegments, string])[] = [
+  ['stopToSetup', 'source STOP → MIGRATION setup'],
+  ['setupToActive', 'source setup → active (connect, TLS handshake)'],
+  ['transfer', 'source active → completed (transfer)'],
+  ['srcToDstCompleted', 'source completed → target completed'],
+  ['completedToResume', 'target completed → RESUME'],
+  ['total', 'source STOP → target RESUME (the pause)'],
+];
+
+/** The newest credentials directory an agent wrote for a peer (`<dataDir>/migration-tls/<peer>/<hash>`). */
+async function tlsDirOf(dataDir: string, peer: string): Promise<string> {
+  const base = join(dataDir, 'migration-tls', peer);
+  const sets = await readdir(base);
+  let best: { dir: string; at: number } | undefined;
+  for (const d of sets) {
+    const at = (await stat(join(base, d))).mtimeMs;
+    if (!best || at > best.at) best = { dir: join(base, d), at };
+  }
+  if (!best) throw new Error(`no migration TLS credentials in ${base}`);
+  return best.dir;
 }
 
 /** One migration observed: gaps from 1 s before `migrate()` to 2 s after it returns. */
-async function observed(netns: string, addr: string, migrate: () => Promise<number>): Promise<Round> {
+async function observed(netns: string, addr: string, migrate: () => Promise<number | { took: number; seg?: PauseSegments }>): Promise<Round> {
   const o = observe(netns, addr);
   try {
     await pollUntil('the observer receiving', async () => (o.ping.at.length > 5 && o.tcp.at.length > 5 ? true : undefined), 60_000, 100).catch((e: Error) => {
@@ -127,10 +158,11 @@ async function observed(netns: string, addr: string, migrate: () => Promise<numb
     });
     await sleep(1000);
     const from = now();
-    const transferMs = await migrate();
+    const r = await migrate();
+    const { took: transferMs, seg } = typeof r === 'number' ? { took: r, seg: undefined } : r;
     await sleep(2000);
     const to = now();
-    return { ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs };
+    return { ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg };
   } finally {
     o.stop();
   }
@@ -145,7 +177,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
   let raw: DevCluster | undefined;
   const rawDirs: string[] = [];
   try {
-    c = await startCluster({ nodes: 2 });
+    // The agents' `timeline` lines (migration-timeline.ts): each migration's pause, both sides.
+    const timelines: string[] = [];
+    c = await startCluster({ nodes: 2, nodeLog: (l) => void (l.includes(`${NS}/${NAME}: timeline `) && timelines.push(l)) });
     const client = c.client;
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
     await client.create(
@@ -195,6 +229,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
 
     // Vessel: a migration object each round, back and forth.
     const vessel: Round[] = [];
+    let sides: { source?: Marks; target?: Marks } = {};
     for (let i = 0; i < ROUNDS; i++) {
       const from = (await status()).nodeName;
       vessel.push(
@@ -217,7 +252,20 @@ export async function runMigrationGap(): Promise<BenchResult> {
           );
           if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
           await pollUntil('the VMI Running on the target', async () => ((await ready())?.nodeName !== from ? true : undefined), 120_000, 50);
-          return Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
+          const took = Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
+          // Both sides' lines of this migration: the last source and target ones logged so far.
+          const seen = await pollUntil(
+            'both agents logging the timeline',
+            async () => {
+              const parsed = timelines.splice(0).map(parseTimeline);
+              for (const p of parsed) if (p) sides[p.side] = p.marks;
+              return sides.source && sides.target ? { source: sides.source, target: sides.target } : undefined;
+            },
+            10_000,
+            50,
+          ).catch(() => undefined);
+          sides = {};
+          return { took, seg: seen ? pauseSegments(seen.source, seen.target) : undefined };
         }),
       );
       console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
@@ -276,18 +324,49 @@ export async function runMigrationGap(): Promise<BenchResult> {
     let src = await rawLaunch(0, false);
     await waitForSerial(src, 'VESSEL-TICK-READY', BOOT_TIMEOUT_MS);
     const rawRounds: Round[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
+    const rawTlsRounds: Round[] = [];
+    // Vessel's agents, in node order: their credentials for each other serve the raw TLS rounds.
+    const agents = c.nodes.cluster.nodes.map((n) => c!.nodes.agents.find((a) => a.nodeName === n.name)!);
+    for (let i = 0; i < 2 * ROUNDS; i++) {
+      // Plain and TLS alternate, so both see the same load.
+      const tls = i % 2 === 1;
       const dstNode = 1 - srcNode;
       const dst = await rawLaunch(dstNode, true);
-      rawRounds.push(
+      (tls ? rawTlsRounds : rawRounds).push(
         await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
           const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
           const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
+          const st = new MigrationTimeline().attach(sq);
+          const dt = new MigrationTimeline().attach(tq);
           try {
-            await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
+            // The MIGRATION events carry the breakdown's times (as the agents turn them on).
+            for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+            if (tls) {
+              const [sa, da] = [agents[srcNode], agents[dstNode]];
+              await tq.execute('object-add', {
+                'qom-type': 'tls-creds-x509',
+                id: 'raw-tls',
+                dir: await tlsDirOf(da.dataDir, sa.nodeName),
+                endpoint: 'server',
+                'verify-peer': true,
+              });
+              await sq.execute('object-del', { id: 'raw-tls' }).catch(() => undefined);
+              await sq.execute('object-add', {
+                'qom-type': 'tls-creds-x509',
+                id: 'raw-tls',
+                dir: await tlsDirOf(sa.dataDir, da.nodeName),
+                endpoint: 'client',
+                'verify-peer': true,
+              });
+              await tq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls' });
+              await sq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls', 'tls-hostname': da.nodeName });
+            } else {
+              await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
+              await sq.execute('migrate-set-parameters', { 'tls-creds': '' });
+            }
             await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
             const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
-            await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12, 'tls-creds': '' });
+            await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
             const t0 = Date.now();
             // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
             if (!LIVE) await sq.execute('stop');
@@ -312,10 +391,13 @@ export async function runMigrationGap(): Promise<BenchResult> {
                 20,
               );
               await tq.execute('cont');
+              await pollUntil('the raw target RESUME event', async () => (dt.marks.resume !== undefined ? true : undefined), 10_000, 10).catch(() => undefined);
             }
             await sq.execute('quit').catch(() => undefined);
-            return took;
+            return { took, seg: pauseSegments(st.marks, dt.marks) };
           } finally {
+            st.detach();
+            dt.detach();
             await sq.close();
             await tq.close();
           }
@@ -324,18 +406,29 @@ export async function runMigrationGap(): Promise<BenchResult> {
       await terminate(src, { graceMs: 2000 }).catch(() => undefined);
       src = dst;
       srcNode = dstNode;
-      console.log(`raw round ${i}: ${JSON.stringify(rawRounds.at(-1))}`);
+      console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i >> 1}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
     }
 
-    const fig = (name: string, key: keyof Round, goal: string) => {
+    const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {
       const v = vessel.map((r) => r[key]);
       const r = rawRounds.map((x) => x[key]);
+      const t = rawTlsRounds.map((x) => x[key]);
       figures.push({
         name: `${name}, Vessel / raw QEMU (median of ${ROUNDS})`,
         ratio: median(v) / median(r),
-        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; ${goal} [${loadLine()}]`,
+        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x); ${goal} [${loadLine()}]`,
       });
     };
+    // The pause taken apart: each segment's median, Vessel / raw plain, with raw TLS beside it.
+    const segs = (rs: Round[], k: keyof PauseSegments) => rs.map((x) => x.seg?.[k] ?? NaN).filter(Number.isFinite);
+    for (const [k, what] of SEGMENTS) {
+      const [v, r, t] = [segs(vessel, k), segs(rawRounds, k), segs(rawTlsRounds, k)];
+      figures.push({
+        name: `pause: ${what}, Vessel / raw QEMU (median)`,
+        ratio: median(v) / median(r),
+        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x)`,
+      });
+    }
     fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
     fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
     fig('transfer time (Vessel: migrationState start → end; raw: migrate → completed)', 'transferMs', 'Vessel over TLS, raw plain TCP');

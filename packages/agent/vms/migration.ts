@@ -53,6 +53,7 @@ import {
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
+import { MigrationTimeline } from './migration-timeline.ts';
 import {
   applySourceSettings,
   applyTargetSettings,
@@ -866,6 +867,8 @@ export class VmMigrations {
     };
     // Whether the source paused the guest for this migration (mode Paused).
     let paused = ms.mode === PAUSED_MODE;
+    // QEMU's event times of this migration, logged at its end (migration-timeline.ts).
+    let timeline: MigrationTimeline | undefined;
     if (!ms.startTimestamp) {
       await faultDelay('migration:source-start');
       faultPoint('migration:source-start');
@@ -888,6 +891,7 @@ export class VmMigrations {
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd, tls);
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
+      timeline = new MigrationTimeline().attach(qmp);
       if (stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running')) {
         // The mode first: a restarted agent or a failure resumes a guest paused with it.
         await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
@@ -895,6 +899,7 @@ export class VmMigrations {
         paused = true;
         this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (stop-and-copy)`);
       }
+      timeline.mark('migrate-sent');
       await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
@@ -961,8 +966,12 @@ export class VmMigrations {
       if (!continued && (status === 'active' || status === 'pre-switchover')) switched = false;
       if (status.startsWith('postcopy')) switched = true;
       // The final figures are not waited for: the switch-over's write comes first.
-      if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
-      else progress.tick(info);
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') {
+        void progress.finish(info);
+        if (timeline) this.host.log(`migration: ${key}: ${timeline.line('source', `${info.ram?.transferred ?? '?'} bytes sent`)}`);
+        timeline?.detach();
+        timeline = undefined;
+      } else progress.tick(info);
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles, disks);
       if (status === 'pre-switchover' && !continued) {
         // The guest is paused (precopy done, or post-copy starting): the mirrors copy what is left
@@ -1257,9 +1266,15 @@ export class VmMigrations {
     });
     // A guest the source paused for the transfer runs on as soon as it has arrived, as QEMU starts
     // one that came running: at the incoming migration's end, not at the next poll below.
+    const timeline = new MigrationTimeline().attach(qmp);
     qmp.on('event', (ev) => {
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
         void this.resumePaused(key, qmp).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+      // The target's half of the pause breakdown: once the guest runs here (or the migration ended without it).
+      if ((ev.event === 'RESUME' && timeline.marks.completed !== undefined) || (ev.event === 'MIGRATION' && ev.data.status === 'failed')) {
+        this.host.log(`migration: ${key}: ${timeline.line('target')}`);
+        timeline.detach();
+      }
     });
     void (async () => {
       let arrivedAt: number | undefined;
