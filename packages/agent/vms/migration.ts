@@ -454,12 +454,14 @@ export class VmMigrations {
    * The guest arrived paused because the source paused it to complete (mode Paused,
    * allowWorkloadDisruption): it runs on here. A guest its user paused never gets that mode.
    */
-  private async resumePaused(key: string, qmp: QmpClient): Promise<void> {
+  private async resumePaused(key: string, qmp: QmpClient, arrived = false): Promise<void> {
     if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
-    // QEMU says `inmigrate` until it has loaded the devices, after the source's `completed`: asked
-    // often, as the guest waits paused meanwhile.
-    let status: { status: string } | undefined;
-    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
+    // At the incoming MIGRATION completed event (`arrived`) QEMU 7.2 has set the guest's run state
+    // already (process_incoming_migration_bh emits it last): a paused guest is `cont`ed without a
+    // query first. Otherwise QEMU says `inmigrate` until it has loaded the devices, after the
+    // source's `completed`: asked often, as the guest waits paused meanwhile.
+    let status: { status: string } | undefined = arrived ? { status: 'paused' } : undefined;
+    for (const until = Date.now() + 60_000; !arrived && Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
       status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
       if (status?.status !== 'inmigrate') break;
     }
@@ -892,15 +894,27 @@ export class VmMigrations {
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
       timeline = new MigrationTimeline().attach(qmp);
-      if (stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running')) {
-        // The mode first: a restarted agent or a failure resumes a guest paused with it.
-        await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
-        await qmp.execute('stop');
+      const stop = stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running');
+      // The mode first: a restarted agent or a failure resumes a guest paused with it.
+      if (stop) await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
+      timeline.mark('migrate-sent');
+      // `stop` and `migrate` leave together: QMP runs them in order, so the guest is paused before
+      // the transfer begins without a round trip inside its pause (migration-timeline.ts: stop→setup).
+      const stopped = stop ? qmp.execute('stop') : undefined;
+      const migrating = qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
+      if (stopped) {
+        try {
+          await stopped;
+        } catch (e) {
+          // QEMU's stop has no error path; a timeout means QEMU is stuck: the transfer is not left to run live.
+          migrating.catch(() => undefined);
+          await qmp.execute('migrate_cancel').catch(() => undefined);
+          throw e;
+        }
         paused = true;
         this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (stop-and-copy)`);
       }
-      timeline.mark('migrate-sent');
-      await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
+      await migrating;
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
@@ -1269,7 +1283,7 @@ export class VmMigrations {
     const timeline = new MigrationTimeline().attach(qmp);
     qmp.on('event', (ev) => {
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
-        void this.resumePaused(key, qmp).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+        void this.resumePaused(key, qmp, true).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       // The target's half of the pause breakdown: once the guest runs here (or the migration ended without it).
       if ((ev.event === 'RESUME' && timeline.marks.completed !== undefined) || (ev.event === 'MIGRATION' && ev.data.status === 'failed')) {
         this.host.log(`migration: ${key}: ${timeline.line('target')}`);
