@@ -19,7 +19,8 @@
  * active → completed, target completed → RESUME; Vessel's from the agents' `timeline` log lines,
  * the raw baseline's from its own QMP connections. The raw baseline runs each round twice: over
  * plain TCP and over TLS with the credentials the agents wrote for the same node pair (so TLS's
- * share of the pause is known).
+ * share of the pause is known). Each round migrates Vessel's guest, then the raw one plainly, then
+ * over TLS, so the three see the same load.
  *
  *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
  */
@@ -234,55 +235,6 @@ export async function runMigrationGap(): Promise<BenchResult> {
     const argv = (JSON.parse(await readFile(join(runDir, 'vm.json'), 'utf8')) as { argv: string[] }).argv;
     const observer = c.nodes.cluster.nodes[0].netns;
 
-    // Vessel: a migration object each round, back and forth.
-    const vessel: Round[] = [];
-    let sides: { source?: Marks; target?: Marks } = {};
-    for (let i = 0; i < ROUNDS; i++) {
-      const from = (await status()).nodeName;
-      vessel.push(
-        await observed(observer, addr, async () => {
-          const name = `gap-${i}`;
-          await client.create(
-            VMIM,
-            { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: NS }, spec: { vmiName: NAME } },
-            { namespace: NS },
-          );
-          type Ms = { phase?: string; migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string } };
-          const done = await pollUntil(
-            `migration ${name}`,
-            async () => {
-              const s = ((await client.get(VMIM, name, { namespace: NS })).status ?? {}) as Ms;
-              return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
-            },
-            600_000,
-            50,
-          );
-          if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
-          await pollUntil('the VMI Running on the target', async () => ((await ready())?.nodeName !== from ? true : undefined), 120_000, 50);
-          let bytes: number | undefined;
-          const took = Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
-          // Both sides' lines of this migration: the last source and target ones logged so far.
-          const seen = await pollUntil(
-            'both agents logging the timeline',
-            async () => {
-              for (const l of timelines.splice(0)) {
-                const p = parseTimeline(l);
-                if (p) sides[p.side] = p.marks;
-                const sent = /(\d+) bytes sent/.exec(l);
-                if (p?.side === 'source' && sent) bytes = Number(sent[1]);
-              }
-              return sides.source && sides.target ? { source: sides.source, target: sides.target } : undefined;
-            },
-            10_000,
-            50,
-          ).catch(() => undefined);
-          sides = {};
-          return { took, seg: seen ? pauseSegments(seen.source, seen.target) : undefined, bytes };
-        }),
-      );
-      console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
-    }
-
     // Raw QEMU: the same argv in the second dev cluster's namespaces, on a bridge + VXLAN made here.
     raw = await createDevCluster({ nodes: 2 });
     const taps: string[] = [];
@@ -339,85 +291,135 @@ export async function runMigrationGap(): Promise<BenchResult> {
     const rawTlsRounds: Round[] = [];
     // Vessel's agents, in node order: their credentials for each other serve the raw TLS rounds.
     const agents = c.nodes.cluster.nodes.map((n) => c!.nodes.agents.find((a) => a.nodeName === n.name)!);
-    for (let i = 0; i < 2 * ROUNDS; i++) {
-      // Plain and TLS alternate, so both see the same load.
-      const tls = i % 2 === 1;
-      const dstNode = 1 - srcNode;
-      const dst = await rawLaunch(dstNode, true);
-      (tls ? rawTlsRounds : rawRounds).push(
-        await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
-          const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
-          const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
-          const st = new MigrationTimeline().attach(sq);
-          const dt = new MigrationTimeline().attach(tq);
-          try {
-            // The MIGRATION events carry the breakdown's times (as the agents turn them on).
-            for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
-            if (tls) {
-              const [sa, da] = [agents[srcNode], agents[dstNode]];
-              await tq.execute('object-add', {
-                'qom-type': 'tls-creds-x509',
-                id: 'raw-tls',
-                dir: await tlsDirOf(da.dataDir, sa.nodeName),
-                endpoint: 'server',
-                'verify-peer': true,
-              });
-              await sq.execute('object-del', { id: 'raw-tls' }).catch(() => undefined);
-              await sq.execute('object-add', {
-                'qom-type': 'tls-creds-x509',
-                id: 'raw-tls',
-                dir: await tlsDirOf(sa.dataDir, da.nodeName),
-                endpoint: 'client',
-                'verify-peer': true,
-              });
-              await tq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls' });
-              await sq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls', 'tls-hostname': da.nodeName });
-            } else {
-              await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
-              await sq.execute('migrate-set-parameters', { 'tls-creds': '' });
-            }
-            await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
-            const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
-            await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
-            const t0 = Date.now();
-            // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
-            if (!LIVE) await sq.execute('stop');
-            await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
-            const info = await pollUntil(
-              'the raw migration completed',
-              async () => {
-                const q = await sq.execute<{ status?: string; 'error-desc'?: string; ram?: { transferred?: number } }>('query-migrate');
-                if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
-                return q.status === 'completed' ? q : undefined;
-              },
-              600_000,
-              50,
-            );
-            const took = Date.now() - t0;
-            if (!LIVE) {
-              await pollUntil(
-                'the raw target loaded',
-                async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
-                60_000,
-                20,
-              );
-              await tq.execute('cont');
-              await pollUntil('the raw target RESUME event', async () => (dt.marks.resume !== undefined ? true : undefined), 10_000, 10).catch(() => undefined);
-            }
-            await sq.execute('quit').catch(() => undefined);
-            return { took, seg: pauseSegments(st.marks, dt.marks), bytes: info.ram?.transferred };
-          } finally {
-            st.detach();
-            dt.detach();
-            await sq.close();
-            await tq.close();
-          }
+
+    // Vessel: a migration object each round, back and forth.
+    const vessel: Round[] = [];
+    let sides: { source?: Marks; target?: Marks } = {};
+    // One migration each per round, Vessel's then raw plain then raw TLS, so all three see the same load.
+    for (let i = 0; i < ROUNDS; i++) {
+      const from = (await status()).nodeName;
+      vessel.push(
+        await observed(observer, addr, async () => {
+          const name = `gap-${i}`;
+          await client.create(
+            VMIM,
+            { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: NS }, spec: { vmiName: NAME } },
+            { namespace: NS },
+          );
+          type Ms = { phase?: string; migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string } };
+          const done = await pollUntil(
+            `migration ${name}`,
+            async () => {
+              const s = ((await client.get(VMIM, name, { namespace: NS })).status ?? {}) as Ms;
+              return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+            },
+            600_000,
+            50,
+          );
+          if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
+          await pollUntil('the VMI Running on the target', async () => ((await ready())?.nodeName !== from ? true : undefined), 120_000, 50);
+          let bytes: number | undefined;
+          const took = Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
+          // Both sides' lines of this migration: the last source and target ones logged so far.
+          const seen = await pollUntil(
+            'both agents logging the timeline',
+            async () => {
+              for (const l of timelines.splice(0)) {
+                const p = parseTimeline(l);
+                if (p) sides[p.side] = p.marks;
+                const sent = /(\d+) bytes sent/.exec(l);
+                if (p?.side === 'source' && sent) bytes = Number(sent[1]);
+              }
+              return sides.source && sides.target ? { source: sides.source, target: sides.target } : undefined;
+            },
+            10_000,
+            50,
+          ).catch(() => undefined);
+          sides = {};
+          return { took, seg: seen ? pauseSegments(seen.source, seen.target) : undefined, bytes };
         }),
       );
-      await terminate(src, { graceMs: 2000 }).catch(() => undefined);
-      src = dst;
-      srcNode = dstNode;
-      console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i >> 1}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
+      console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
+      for (const tls of [false, true]) {
+        const dstNode = 1 - srcNode;
+        const dst = await rawLaunch(dstNode, true);
+        (tls ? rawTlsRounds : rawRounds).push(
+          await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
+            const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
+            const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
+            const st = new MigrationTimeline().attach(sq);
+            const dt = new MigrationTimeline().attach(tq);
+            try {
+              // The MIGRATION events carry the breakdown's times (as the agents turn them on).
+              for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+              if (tls) {
+                const [sa, da] = [agents[srcNode], agents[dstNode]];
+                await tq.execute('object-add', {
+                  'qom-type': 'tls-creds-x509',
+                  id: 'raw-tls',
+                  dir: await tlsDirOf(da.dataDir, sa.nodeName),
+                  endpoint: 'server',
+                  'verify-peer': true,
+                });
+                await sq.execute('object-del', { id: 'raw-tls' }).catch(() => undefined);
+                await sq.execute('object-add', {
+                  'qom-type': 'tls-creds-x509',
+                  id: 'raw-tls',
+                  dir: await tlsDirOf(sa.dataDir, da.nodeName),
+                  endpoint: 'client',
+                  'verify-peer': true,
+                });
+                await tq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls' });
+                await sq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls', 'tls-hostname': da.nodeName });
+              } else {
+                await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
+                await sq.execute('migrate-set-parameters', { 'tls-creds': '' });
+              }
+              await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
+              const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
+              await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+              const t0 = Date.now();
+              // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
+              if (!LIVE) await sq.execute('stop');
+              await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
+              const info = await pollUntil(
+                'the raw migration completed',
+                async () => {
+                  const q = await sq.execute<{ status?: string; 'error-desc'?: string; ram?: { transferred?: number } }>('query-migrate');
+                  if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
+                  return q.status === 'completed' ? q : undefined;
+                },
+                600_000,
+                50,
+              );
+              const took = Date.now() - t0;
+              if (!LIVE) {
+                await pollUntil(
+                  'the raw target loaded',
+                  async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
+                  60_000,
+                  20,
+                );
+                await tq.execute('cont');
+                await pollUntil('the raw target RESUME event', async () => (dt.marks.resume !== undefined ? true : undefined), 10_000, 10).catch(
+                  () => undefined,
+                );
+              }
+              await sq.execute('quit').catch(() => undefined);
+              return { took, seg: pauseSegments(st.marks, dt.marks), bytes: info.ram?.transferred };
+            } finally {
+              st.detach();
+              dt.detach();
+              await sq.close();
+              await tq.close();
+            }
+          }),
+        );
+        await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+        src = dst;
+        srcNode = dstNode;
+        console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
+      }
     }
 
     const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {

@@ -54,6 +54,7 @@ import {
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
 import { MigrationTimeline } from './migration-timeline.ts';
+import { boost, type Unboost } from './migration-boost.ts';
 import {
   applySourceSettings,
   applyTargetSettings,
@@ -302,6 +303,8 @@ export class VmMigrations {
   private readonly sendJobs = new Map<string, Promise<void>>();
   /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
   private readonly started = new Map<string, number>();
+  /** VMI key → puts back the priority of a source QEMU whose paused guest is being sent (migration-boost.ts). */
+  private readonly boosted = new Map<string, Unboost>();
   /** VMI key → the stop of a source QEMU that has just handed its guest over (its tap and lease go with it). */
   private readonly leaving = new Map<string, Promise<void>>();
   /** VMI key → the relay of a source QEMU in a pod namespace (closed when its migration ends). */
@@ -501,6 +504,9 @@ export class VmMigrations {
         await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
       })
       .finally(() => {
+        // Sent or resumed here: the source QEMU goes back to its weight.
+        void this.boosted.get(key)?.();
+        this.boosted.delete(key);
         this.sources.delete(key);
         if (this.sendJobs.get(key) === job) this.sendJobs.delete(key);
         const relay = this.sourceRelays.get(key);
@@ -897,6 +903,8 @@ export class VmMigrations {
       const stop = stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running');
       // The mode first: a restarted agent or a failure resumes a guest paused with it.
       if (stop) await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
+      // The transfer is the guest's pause: its QEMU runs at the agent's priority meanwhile.
+      if (stop) this.boosted.set(key, await boost(this.host.runDirOf(vmi)));
       timeline.mark('migrate-sent');
       // `stop` and `migrate` leave together: QMP runs them in order, so the guest is paused before
       // the transfer begins without a round trip inside its pause (migration-timeline.ts: stop→setup).
@@ -1281,7 +1289,13 @@ export class VmMigrations {
     // A guest the source paused for the transfer runs on as soon as it has arrived, as QEMU starts
     // one that came running: at the incoming migration's end, not at the next poll below.
     const timeline = new MigrationTimeline().attach(qmp);
+    // Until the guest has arrived this QEMU only receives: at the agent's priority, so a paused
+    // guest's transfer is not stretched by the node's load (migration-boost.ts); its vCPUs run at
+    // its own weight again from the arrival on.
+    const boosted = boost(t.runDir);
+    const unboost = () => void boosted.then((undo) => undo());
     qmp.on('event', (ev) => {
+      if (ev.event === 'MIGRATION' && (ev.data.status === 'completed' || ev.data.status === 'failed')) unboost();
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
         void this.resumePaused(key, qmp, true).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       // The target's half of the pause breakdown: once the guest runs here (or the migration ended without it).
@@ -1306,6 +1320,7 @@ export class VmMigrations {
             return;
           }
           if (info?.status === 'completed') {
+            unboost();
             arrivedAt = Date.now();
             await this.resumePaused(key, qmp);
           }
