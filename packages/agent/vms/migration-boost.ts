@@ -4,13 +4,20 @@
  * (qemu/priority.ts: nice 19, weight 15 against 1024 for a nice-0 session), so on a busy node
  * a stop-and-copy transfer, which is the guest's whole pause, crawled at a few percent of a core.
  * While the guest is paused its QEMUs do nothing but the transfer: the source's session and the
- * target's go to nice 0 until the guest runs again (target) or the source resumes it after a
- * failure; the weight they had is put back. A kernel without autogroups, or a QEMU whose session
+ * target's go to nice 0 until the guest has run on the target for ARRIVAL_BOOST_MS, or the source
+ * resumes it after a failure; the weight they had is put back. A kernel without autogroups, or a QEMU whose session
  * is at nice 0 already (`--qemu-priority off`), is left as it is.
  */
 import { readFile } from 'node:fs/promises';
 import { setAutogroupNice } from '../qemu/priority.ts';
 import { runDirFiles } from '../qemu/process.ts';
+
+/**
+ * How long a guest that arrived keeps the boost: after a pause of up to seconds its first moments
+ * are catching up (timer interrupts, the packets queued for it, the self-announce), which the
+ * network sees as the rest of the interruption.
+ */
+export const ARRIVAL_BOOST_MS = 1000;
 
 /** The nice value in `/proc/PID/autogroup` ("/autogroup-123 nice 19"), or undefined. */
 export function parseAutogroupNice(text: string): number | undefined {

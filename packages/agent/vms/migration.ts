@@ -54,7 +54,7 @@ import {
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
 import { MigrationTimeline } from './migration-timeline.ts';
-import { boost, type Unboost } from './migration-boost.ts';
+import { ARRIVAL_BOOST_MS, boost, type Unboost } from './migration-boost.ts';
 import {
   applySourceSettings,
   applyTargetSettings,
@@ -1295,7 +1295,9 @@ export class VmMigrations {
     const boosted = boost(t.runDir);
     const unboost = () => void boosted.then((undo) => undo());
     qmp.on('event', (ev) => {
-      if (ev.event === 'MIGRATION' && (ev.data.status === 'completed' || ev.data.status === 'failed')) unboost();
+      // The guest arrived: it keeps the priority ARRIVAL_BOOST_MS longer to catch up (timers, queued packets).
+      if (ev.event === 'MIGRATION' && ev.data.status === 'completed') setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
+      if (ev.event === 'MIGRATION' && ev.data.status === 'failed') unboost();
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
         void this.resumePaused(key, qmp, true).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
       // The target's half of the pause breakdown: once the guest runs here (or the migration ended without it).
