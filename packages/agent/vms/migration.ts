@@ -1336,6 +1336,9 @@ export class VmMigrations {
           else await new Promise((r) => setTimeout(r, 2000));
         }
       }
+      // Handed over, ended or this agent stopping: the boost ends whichever way (already, if it did).
+      if (this.closed) unboost();
+      else setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
     })().catch((e: Error) => this.host.log(`migration: ${key}: following the target: ${e.message}`));
   }
 
