@@ -15,10 +15,17 @@
  * before `migrate`, `cont` on the target). BENCH_MIG_LIVE=1 keeps both running (Vessel's
  * `migration.vessel.io/tcg-live`).
  *
+ * The pause is taken apart with QEMU's event times (migration-timeline.ts): source STOP → setup →
+ * active → completed, target completed → RESUME; Vessel's from the agents' `timeline` log lines,
+ * the raw baseline's from its own QMP connections. The raw baseline runs each round twice: over
+ * plain TCP and over TLS with the credentials the agents wrote for the same node pair (so TLS's
+ * share of the pause is known). Each round migrates Vessel's guest, then the raw one plainly, then
+ * over TLS, so the three see the same load.
+ *
  *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_QEMU_PRIORITY, qemuImg } from '@vessel/agent';
@@ -34,6 +41,7 @@ import { findPriorityTools } from '../packages/agent/qemu/priority.ts';
 import { launch, runDirFiles, terminate, waitForSerial } from '../packages/agent/qemu/process.ts';
 import { QmpClient } from '../packages/agent/qmp/client.ts';
 import { cloneVolume } from '../packages/agent/storage/clone.ts';
+import { MigrationTimeline, parseTimeline, pauseSegments, type Marks, type PauseSegments } from '../packages/agent/vms/migration-timeline.ts';
 import {
   chardevsOf,
   envInt,
@@ -84,12 +92,17 @@ class Arrivals {
     proc.stdout!.on('data', () => this.at.push(now()));
     proc.on('error', () => undefined);
   }
-  /** The longest time between two arrivals within [from, to]. */
+  /**
+   * The longest time without an arrival within [from, to], the window's edges included: a
+   * stream that stops at the pause and has not come back by `to` counts from its last arrival
+   * to `to` (counting only between arrivals once reported 30-40 ms for a raw guest that had
+   * paused 300 ms and was not heard from again within the window).
+   */
   longestGap(from: number, to: number): number {
-    const xs = this.at.filter((t) => t >= from && t <= to);
+    const xs = [from, ...this.at.filter((t) => t >= from && t <= to), to];
     let gap = 0;
     for (let i = 1; i < xs.length; i++) gap = Math.max(gap, xs[i] - xs[i - 1]);
-    return xs.length < 2 ? NaN : gap;
+    return gap;
   }
 }
 
@@ -117,10 +130,36 @@ interface Round {
   ping: number;
   tcp: number;
   transferMs: number;
+  /** The pause taken apart (QEMU's event times), when both sides' marks were seen. */
+  seg?: PauseSegments;
+  /** Bytes QEMU sent (query-migrate's ram.transferred; Vessel's from the source's timeline line). */
+  bytes?: number;
+}
+
+const SEGMENTS: readonly (readonly [keyof PauseSegments, string])[] = [
+  ['stopToSetup', 'source STOP → MIGRATION setup'],
+  ['setupToActive', 'source setup → active (connect, TLS handshake)'],
+  ['transfer', 'source active → completed (transfer)'],
+  ['srcToDstCompleted', 'source completed → target completed'],
+  ['completedToResume', 'target completed → RESUME'],
+  ['total', 'source STOP → target RESUME (the pause)'],
+];
+
+/** The newest credentials directory an agent wrote for a peer (`<dataDir>/migration-tls/<peer>/<hash>`). */
+async function tlsDirOf(dataDir: string, peer: string): Promise<string> {
+  const base = join(dataDir, 'migration-tls', peer);
+  const sets = await readdir(base);
+  let best: { dir: string; at: number } | undefined;
+  for (const d of sets) {
+    const at = (await stat(join(base, d))).mtimeMs;
+    if (!best || at > best.at) best = { dir: join(base, d), at };
+  }
+  if (!best) throw new Error(`no migration TLS credentials in ${base}`);
+  return best.dir;
 }
 
 /** One migration observed: gaps from 1 s before `migrate()` to 2 s after it returns. */
-async function observed(netns: string, addr: string, migrate: () => Promise<number>): Promise<Round> {
+async function observed(netns: string, addr: string, migrate: () => Promise<{ took: number; seg?: PauseSegments; bytes?: number }>): Promise<Round> {
   const o = observe(netns, addr);
   try {
     await pollUntil('the observer receiving', async () => (o.ping.at.length > 5 && o.tcp.at.length > 5 ? true : undefined), 60_000, 100).catch((e: Error) => {
@@ -128,10 +167,11 @@ async function observed(netns: string, addr: string, migrate: () => Promise<numb
     });
     await sleep(1000);
     const from = now();
-    const transferMs = await migrate();
+    const r = await migrate();
+    const { took: transferMs, seg, bytes } = r;
     await sleep(2000);
     const to = now();
-    return { ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs };
+    return { ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes };
   } finally {
     o.stop();
   }
@@ -146,7 +186,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
   let raw: DevCluster | undefined;
   const rawDirs: string[] = [];
   try {
-    c = await startCluster({ nodes: 2 });
+    // The agents' `timeline` lines (migration-timeline.ts): each migration's pause, both sides.
+    const timelines: string[] = [];
+    c = await startCluster({ nodes: 2, nodeLog: (l) => void (l.includes(`${NS}/${NAME}: timeline `) && timelines.push(l)) });
     const client = c.client;
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
     await client.create(
@@ -193,36 +235,6 @@ export async function runMigrationGap(): Promise<BenchResult> {
     const { addr, runDir } = await booted();
     const argv = (JSON.parse(await readFile(join(runDir, 'vm.json'), 'utf8')) as { argv: string[] }).argv;
     const observer = c.nodes.cluster.nodes[0].netns;
-
-    // Vessel: a migration object each round, back and forth.
-    const vessel: Round[] = [];
-    for (let i = 0; i < ROUNDS; i++) {
-      const from = (await status()).nodeName;
-      vessel.push(
-        await observed(observer, addr, async () => {
-          const name = `gap-${i}`;
-          await client.create(
-            VMIM,
-            { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: NS }, spec: { vmiName: NAME } },
-            { namespace: NS },
-          );
-          type Ms = { phase?: string; migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string } };
-          const done = await pollUntil(
-            `migration ${name}`,
-            async () => {
-              const s = ((await client.get(VMIM, name, { namespace: NS })).status ?? {}) as Ms;
-              return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
-            },
-            600_000,
-            50,
-          );
-          if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
-          await pollUntil('the VMI Running on the target', async () => ((await ready())?.nodeName !== from ? true : undefined), 120_000, 50);
-          return Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
-        }),
-      );
-      console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
-    }
 
     // Raw QEMU: the same argv in the second dev cluster's namespaces, on a bridge + VXLAN made here.
     raw = await createDevCluster({ nodes: 2 });
@@ -277,66 +289,166 @@ export async function runMigrationGap(): Promise<BenchResult> {
     let src = await rawLaunch(0, false);
     await waitForSerial(src, 'VESSEL-TICK-READY', BOOT_TIMEOUT_MS);
     const rawRounds: Round[] = [];
+    const rawTlsRounds: Round[] = [];
+    // Vessel's agents, in node order: their credentials for each other serve the raw TLS rounds.
+    const agents = c.nodes.cluster.nodes.map((n) => c!.nodes.agents.find((a) => a.nodeName === n.name)!);
+
+    // Vessel: a migration object each round, back and forth.
+    const vessel: Round[] = [];
+    let sides: { source?: Marks; target?: Marks } = {};
+    // One migration each per round, Vessel's then raw plain then raw TLS, so all three see the same load.
     for (let i = 0; i < ROUNDS; i++) {
-      const dstNode = 1 - srcNode;
-      const dst = await rawLaunch(dstNode, true);
-      rawRounds.push(
-        await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
-          const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
-          const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
-          try {
-            await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
-            await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
-            const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
-            await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12, 'tls-creds': '' });
-            const t0 = Date.now();
-            // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
-            if (!LIVE) await sq.execute('stop');
-            await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
-            const info = await pollUntil(
-              'the raw migration completed',
-              async () => {
-                const q = await sq.execute<{ status?: string; 'error-desc'?: string }>('query-migrate');
-                if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
-                return q.status === 'completed' ? q : undefined;
-              },
-              600_000,
-              50,
-            );
-            const took = Date.now() - t0;
-            void info;
-            if (!LIVE) {
-              await pollUntil(
-                'the raw target loaded',
-                async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
-                60_000,
-                20,
-              );
-              await tq.execute('cont');
-            }
-            await sq.execute('quit').catch(() => undefined);
-            return took;
-          } finally {
-            await sq.close();
-            await tq.close();
-          }
+      const from = (await status()).nodeName;
+      vessel.push(
+        await observed(observer, addr, async () => {
+          const name = `gap-${i}`;
+          await client.create(
+            VMIM,
+            { apiVersion: 'kubevirt.io/v1', kind: 'VirtualMachineInstanceMigration', metadata: { name, namespace: NS }, spec: { vmiName: NAME } },
+            { namespace: NS },
+          );
+          type Ms = { phase?: string; migrationState?: { startTimestamp?: string; endTimestamp?: string; failureReason?: string } };
+          const done = await pollUntil(
+            `migration ${name}`,
+            async () => {
+              const s = ((await client.get(VMIM, name, { namespace: NS })).status ?? {}) as Ms;
+              return s.phase === 'Succeeded' || s.phase === 'Failed' ? s : undefined;
+            },
+            600_000,
+            50,
+          );
+          if (done.phase !== 'Succeeded') throw new Error(`migration ${name} failed: ${done.migrationState?.failureReason}`);
+          await pollUntil('the VMI Running on the target', async () => ((await ready())?.nodeName !== from ? true : undefined), 120_000, 50);
+          let bytes: number | undefined;
+          const took = Date.parse(done.migrationState!.endTimestamp!) - Date.parse(done.migrationState!.startTimestamp!);
+          // Both sides' lines of this migration: the last source and target ones logged so far.
+          const seen = await pollUntil(
+            'both agents logging the timeline',
+            async () => {
+              for (const l of timelines.splice(0)) {
+                const p = parseTimeline(l);
+                if (p) sides[p.side] = p.marks;
+                const sent = /(\d+) bytes sent/.exec(l);
+                if (p?.side === 'source' && sent) bytes = Number(sent[1]);
+              }
+              return sides.source && sides.target ? { source: sides.source, target: sides.target } : undefined;
+            },
+            10_000,
+            50,
+          ).catch(() => undefined);
+          sides = {};
+          return { took, seg: seen ? pauseSegments(seen.source, seen.target) : undefined, bytes };
         }),
       );
-      await terminate(src, { graceMs: 2000 }).catch(() => undefined);
-      src = dst;
-      srcNode = dstNode;
-      console.log(`raw round ${i}: ${JSON.stringify(rawRounds.at(-1))}`);
+      console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
+      for (const tls of [false, true]) {
+        const dstNode = 1 - srcNode;
+        const dst = await rawLaunch(dstNode, true);
+        (tls ? rawTlsRounds : rawRounds).push(
+          await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
+            const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
+            const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
+            const st = new MigrationTimeline().attach(sq);
+            const dt = new MigrationTimeline().attach(tq);
+            try {
+              // The MIGRATION events carry the breakdown's times (as the agents turn them on).
+              for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+              if (tls) {
+                const [sa, da] = [agents[srcNode], agents[dstNode]];
+                await tq.execute('object-add', {
+                  'qom-type': 'tls-creds-x509',
+                  id: 'raw-tls',
+                  dir: await tlsDirOf(da.dataDir, sa.nodeName),
+                  endpoint: 'server',
+                  'verify-peer': true,
+                });
+                await sq.execute('object-del', { id: 'raw-tls' }).catch(() => undefined);
+                await sq.execute('object-add', {
+                  'qom-type': 'tls-creds-x509',
+                  id: 'raw-tls',
+                  dir: await tlsDirOf(sa.dataDir, da.nodeName),
+                  endpoint: 'client',
+                  'verify-peer': true,
+                });
+                await tq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls' });
+                await sq.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls', 'tls-hostname': da.nodeName });
+              } else {
+                await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
+                await sq.execute('migrate-set-parameters', { 'tls-creds': '' });
+              }
+              await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
+              const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
+              await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+              const t0 = Date.now();
+              // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
+              if (!LIVE) await sq.execute('stop');
+              await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
+              const info = await pollUntil(
+                'the raw migration completed',
+                async () => {
+                  const q = await sq.execute<{ status?: string; 'error-desc'?: string; ram?: { transferred?: number } }>('query-migrate');
+                  if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
+                  return q.status === 'completed' ? q : undefined;
+                },
+                600_000,
+                50,
+              );
+              const took = Date.now() - t0;
+              if (!LIVE) {
+                await pollUntil(
+                  'the raw target loaded',
+                  async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
+                  60_000,
+                  20,
+                );
+                await tq.execute('cont');
+                await pollUntil('the raw target RESUME event', async () => (dt.marks.resume !== undefined ? true : undefined), 10_000, 10).catch(
+                  () => undefined,
+                );
+              }
+              await sq.execute('quit').catch(() => undefined);
+              return { took, seg: pauseSegments(st.marks, dt.marks), bytes: info.ram?.transferred };
+            } finally {
+              st.detach();
+              dt.detach();
+              await sq.close();
+              await tq.close();
+            }
+          }),
+        );
+        await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+        src = dst;
+        srcNode = dstNode;
+        console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
+      }
     }
 
-    const fig = (name: string, key: keyof Round, goal: string) => {
+    const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {
       const v = vessel.map((r) => r[key]);
       const r = rawRounds.map((x) => x[key]);
+      const t = rawTlsRounds.map((x) => x[key]);
       figures.push({
         name: `${name}, Vessel / raw QEMU (median of ${ROUNDS})`,
         ratio: median(v) / median(r),
-        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; ${goal} [${loadLine()}]`,
+        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x); ${goal} [${loadLine()}]`,
       });
     };
+    const mib = (rs: Round[]) => rs.map((x) => (x.bytes === undefined ? '?' : (x.bytes / 2 ** 20).toFixed(0))).join(', ');
+    figures.push({
+      name: 'MiB sent, Vessel / raw QEMU (median)',
+      ratio: median(vessel.map((x) => x.bytes ?? NaN)) / median(rawRounds.map((x) => x.bytes ?? NaN)),
+      detail: `Vessel ${mib(vessel)}; raw ${mib(rawRounds)}; raw over TLS ${mib(rawTlsRounds)}`,
+    });
+    // The pause taken apart: each segment's median, Vessel / raw plain, with raw TLS beside it.
+    const segs = (rs: Round[], k: keyof PauseSegments) => rs.map((x) => x.seg?.[k] ?? NaN).filter(Number.isFinite);
+    for (const [k, what] of SEGMENTS) {
+      const [v, r, t] = [segs(vessel, k), segs(rawRounds, k), segs(rawTlsRounds, k)];
+      figures.push({
+        name: `pause: ${what}, Vessel / raw QEMU (median)`,
+        ratio: median(v) / median(r),
+        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x)`,
+      });
+    }
     fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
     fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
     fig('transfer time (Vessel: migrationState start → end; raw: migrate → completed)', 'transferMs', 'Vessel over TLS, raw plain TCP');

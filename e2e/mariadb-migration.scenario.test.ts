@@ -184,7 +184,8 @@ before(async () => {
   tmp = await mkdtemp(join(tmpdir(), 'vessel-mariadb-'));
   // QEMU at the agent's own priority: on a machine shared with other test runs, niced guests
   // (the default) starve, and the gaps measured would be the machine's, not the migration's.
-  c = await startCluster({ nodes: 3, qemuPriority: NO_QEMU_PRIORITY });
+  // Each migration's pause taken apart (QEMU's event times, migration-timeline.ts) goes to the output.
+  c = await startCluster({ nodes: 3, qemuPriority: NO_QEMU_PRIORITY, nodeLog: (l) => void (l.includes(': timeline ') && log(l)) });
   await startMariadb(c.nodes.cluster.fabricNetns, c.nodes.cluster.outsideIp);
   key = join(tmp, 'id_ed25519');
   assert.equal((await run('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'vessel-scenario', '-f', key])).code, 0);

@@ -29,6 +29,8 @@ import type { ResourceRef, Watch } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
+import { parseAutogroupNice } from '../packages/agent/vms/migration-boost.ts';
+import { parseTimeline, pauseSegments } from '../packages/agent/vms/migration-timeline.ts';
 import { captureFrames, captureStream, type StreamCapture, type StreamSummary } from './frames.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
@@ -133,8 +135,11 @@ const vmimStatus = async (name: string) =>
     phaseTransitionTimestamps?: { phase: string }[];
   };
 
+/** The agents' `timeline` lines (migration-timeline.ts): each migration's QEMU event times, per side. */
+const timelines: string[] = [];
+
 before(async () => {
-  c = await startCluster({ nodes: 2 });
+  c = await startCluster({ nodes: 2, nodeLog: (l) => void (l.includes(': timeline ') && timelines.push(l)) });
   await ensureTinyImage(c.client, () => undefined, { storageClass: 'shared' });
 });
 after(async () => {
@@ -163,6 +168,12 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   );
   const source = running.nodeName!;
   const target = c.nodes.cluster.nodes.find((n) => n.name !== source)!.name;
+  // The weight of the guest's QEMU session before the migration (qemu/priority.ts: autogroup nice 19).
+  const sessionNice = async (node: string) => {
+    const pid = (await readFile(join((await runDirOf(agentOf(node).dataDir, ns, NAME))!, 'qemu.pid'), 'utf8')).trim();
+    return parseAutogroupNice(await readFile(`/proc/${pid}/autogroup`, 'utf8').catch(() => ''));
+  };
+  const niceBefore = await sessionNice(source);
   const ip = running.interfaces![0].ipAddress!;
   const mac = running.interfaces![0].mac!;
   await eventually('the guest printing its uptime', async () => ((await lastUptime(source)) !== undefined ? true : undefined), 300_000);
@@ -290,6 +301,37 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
     // Under TCG the guest paused for the transfer (stop-and-copy) and runs on the target.
     const accel = ((await c.client.get(NODE, source)).metadata?.labels as Record<string, string> | undefined)?.['vessel.io/accelerator'];
     if (accel === 'tcg') assert.equal(after.migrationState?.mode, 'Paused', 'under TCG the guest paused for the transfer');
+    // Both agents logged QEMU's event times: the source's STOP before its transfer, the guest
+    // resumed on the target after its incoming migration completed (the pause, taken apart).
+    const sides = await eventually(
+      'both timeline lines',
+      async () => {
+        const got = Object.fromEntries(
+          timelines
+            .filter((l) => l.includes(`${ns}/${NAME}:`))
+            .map(parseTimeline)
+            .filter((x) => !!x)
+            .map((x) => [x.side, x.marks]),
+        );
+        return got.source && got.target ? (got as Record<'source' | 'target', Record<string, number>>) : undefined;
+      },
+      10_000,
+    );
+    const pause = pauseSegments(sides.source, sides.target);
+    if (accel === 'tcg') {
+      const { stop, setup, active, completed } = sides.source;
+      assert.ok(stop <= setup && setup <= active && active <= completed, `source: STOP, then setup, active, completed: ${JSON.stringify(sides.source)}`);
+      assert.ok(
+        sides.target.completed <= sides.target.resume && completed <= sides.target.completed,
+        `target: completed, then RESUME: ${JSON.stringify(sides)}`,
+      );
+      assert.ok(pause.total > 0 && pause.total < 60_000, `the pause: ${JSON.stringify(pause)}`);
+      // The target QEMU ran at nice 0 for the transfer (migration-boost.ts) and has its weight back since.
+      if (niceBefore !== undefined) {
+        await eventually('the target QEMU at its own weight again', async () => ((await sessionNice(target)) === niceBefore ? true : undefined), 10_000);
+      }
+    }
+    console.log(`figures: the pause (QEMU events, ms): ${JSON.stringify(Object.fromEntries(Object.entries(pause).map(([k, v]) => [k, Math.round(v)])))}`);
     const vmiObj = await c.client.get(VMI, NAME, { namespace: ns });
     assert.equal((vmiObj.metadata!.labels as Record<string, string>)['kubevirt.io/nodeName'], target);
     // The guest did not reboot: the target's serial log goes on from the source's uptime.

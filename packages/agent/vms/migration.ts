@@ -53,6 +53,8 @@ import {
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
+import { MigrationTimeline } from './migration-timeline.ts';
+import { ARRIVAL_BOOST_MS, boost, type Unboost } from './migration-boost.ts';
 import {
   applySourceSettings,
   applyTargetSettings,
@@ -301,6 +303,8 @@ export class VmMigrations {
   private readonly sendJobs = new Map<string, Promise<void>>();
   /** VMI key → when this agent issued `migrate` (the transfer time in the Migrated event). */
   private readonly started = new Map<string, number>();
+  /** VMI key → puts back the priority of a source QEMU whose paused guest is being sent (migration-boost.ts). */
+  private readonly boosted = new Map<string, Unboost>();
   /** VMI key → the stop of a source QEMU that has just handed its guest over (its tap and lease go with it). */
   private readonly leaving = new Map<string, Promise<void>>();
   /** VMI key → the relay of a source QEMU in a pod namespace (closed when its migration ends). */
@@ -453,12 +457,14 @@ export class VmMigrations {
    * The guest arrived paused because the source paused it to complete (mode Paused,
    * allowWorkloadDisruption): it runs on here. A guest its user paused never gets that mode.
    */
-  private async resumePaused(key: string, qmp: QmpClient): Promise<void> {
+  private async resumePaused(key: string, qmp: QmpClient, arrived = false): Promise<void> {
     if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
-    // QEMU says `inmigrate` until it has loaded the devices, after the source's `completed`: asked
-    // often, as the guest waits paused meanwhile.
-    let status: { status: string } | undefined;
-    for (const until = Date.now() + 60_000; Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
+    // At the incoming MIGRATION completed event (`arrived`) QEMU 7.2 has set the guest's run state
+    // already (process_incoming_migration_bh emits it last): a paused guest is `cont`ed without a
+    // query first. Otherwise QEMU says `inmigrate` until it has loaded the devices, after the
+    // source's `completed`: asked often, as the guest waits paused meanwhile.
+    let status: { status: string } | undefined = arrived ? { status: 'paused' } : undefined;
+    for (const until = Date.now() + 60_000; !arrived && Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
       status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
       if (status?.status !== 'inmigrate') break;
     }
@@ -498,6 +504,9 @@ export class VmMigrations {
         await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
       })
       .finally(() => {
+        // Sent or resumed here: the source QEMU goes back to its weight.
+        void this.boosted.get(key)?.();
+        this.boosted.delete(key);
         this.sources.delete(key);
         if (this.sendJobs.get(key) === job) this.sendJobs.delete(key);
         const relay = this.sourceRelays.get(key);
@@ -866,6 +875,8 @@ export class VmMigrations {
     };
     // Whether the source paused the guest for this migration (mode Paused).
     let paused = ms.mode === PAUSED_MODE;
+    // QEMU's event times of this migration, logged at its end (migration-timeline.ts).
+    let timeline: MigrationTimeline | undefined;
     if (!ms.startTimestamp) {
       await faultDelay('migration:source-start');
       faultPoint('migration:source-start');
@@ -888,14 +899,30 @@ export class VmMigrations {
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd, tls);
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
-      if (stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running')) {
-        // The mode first: a restarted agent or a failure resumes a guest paused with it.
-        await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
-        await qmp.execute('stop');
+      timeline = new MigrationTimeline().attach(qmp);
+      const stop = stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running');
+      // The mode first: a restarted agent or a failure resumes a guest paused with it.
+      if (stop) await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
+      // The transfer is the guest's pause: its QEMU runs at the agent's priority meanwhile.
+      if (stop) this.boosted.set(key, await boost(this.host.runDirOf(vmi)));
+      timeline.mark('migrate-sent');
+      // `stop` and `migrate` leave together: QMP runs them in order, so the guest is paused before
+      // the transfer begins without a round trip inside its pause (migration-timeline.ts: stop→setup).
+      const stopped = stop ? qmp.execute('stop') : undefined;
+      const migrating = qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
+      if (stopped) {
+        try {
+          await stopped;
+        } catch (e) {
+          // QEMU's stop has no error path; a timeout means QEMU is stuck: the transfer is not left to run live.
+          migrating.catch(() => undefined);
+          await qmp.execute('migrate_cancel').catch(() => undefined);
+          throw e;
+        }
         paused = true;
         this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (stop-and-copy)`);
       }
-      await qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
+      await migrating;
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
@@ -961,8 +988,12 @@ export class VmMigrations {
       if (!continued && (status === 'active' || status === 'pre-switchover')) switched = false;
       if (status.startsWith('postcopy')) switched = true;
       // The final figures are not waited for: the switch-over's write comes first.
-      if (status === 'completed' || status === 'failed' || status === 'cancelled') void progress.finish(info);
-      else progress.tick(info);
+      if (status === 'completed' || status === 'failed' || status === 'cancelled') {
+        void progress.finish(info);
+        if (timeline) this.host.log(`migration: ${key}: ${timeline.line('source', `${info.ram?.transferred ?? '?'} bytes sent`)}`);
+        timeline?.detach();
+        timeline = undefined;
+      } else progress.tick(info);
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles, disks);
       if (status === 'pre-switchover' && !continued) {
         // The guest is paused (precopy done, or post-copy starting): the mirrors copy what is left
@@ -1257,9 +1288,23 @@ export class VmMigrations {
     });
     // A guest the source paused for the transfer runs on as soon as it has arrived, as QEMU starts
     // one that came running: at the incoming migration's end, not at the next poll below.
+    const timeline = new MigrationTimeline().attach(qmp);
+    // Until the guest has arrived this QEMU only receives: at the agent's priority, so a paused
+    // guest's transfer is not stretched by the node's load (migration-boost.ts); its vCPUs run at
+    // its own weight again from the arrival on.
+    const boosted = boost(t.runDir);
+    const unboost = () => void boosted.then((undo) => undo());
     qmp.on('event', (ev) => {
+      // The guest arrived: it keeps the priority ARRIVAL_BOOST_MS longer to catch up (timers, queued packets).
+      if (ev.event === 'MIGRATION' && ev.data.status === 'completed') setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
+      if (ev.event === 'MIGRATION' && ev.data.status === 'failed') unboost();
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
-        void this.resumePaused(key, qmp).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+        void this.resumePaused(key, qmp, true).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
+      // The target's half of the pause breakdown: once the guest runs here (or the migration ended without it).
+      if ((ev.event === 'RESUME' && timeline.marks.completed !== undefined) || (ev.event === 'MIGRATION' && ev.data.status === 'failed')) {
+        this.host.log(`migration: ${key}: ${timeline.line('target')}`);
+        timeline.detach();
+      }
     });
     void (async () => {
       let arrivedAt: number | undefined;
@@ -1277,6 +1322,7 @@ export class VmMigrations {
             return;
           }
           if (info?.status === 'completed') {
+            unboost();
             arrivedAt = Date.now();
             await this.resumePaused(key, qmp);
           }
@@ -1290,6 +1336,9 @@ export class VmMigrations {
           else await new Promise((r) => setTimeout(r, 2000));
         }
       }
+      // Handed over, ended or this agent stopping: the boost ends whichever way (already, if it did).
+      if (this.closed) unboost();
+      else setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
     })().catch((e: Error) => this.host.log(`migration: ${key}: following the target: ${e.message}`));
   }
 
