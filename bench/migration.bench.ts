@@ -13,9 +13,12 @@
  *
  * Under TCG Vessel pauses the guest for its transfer; the raw baseline then does the same (`stop`
  * before `migrate`, `cont` on the target). BENCH_MIG_LIVE=1 keeps both running (Vessel's
- * `migration.vessel.io/tcg-live`).
+ * `migration.vessel.io/tcg-live`). BENCH_MIG_POSTCOPY=1: the KubeVirt object allows post-copy,
+ * so Vessel under TCG pauses the guest and starts post-copy at once; the raw baseline does the
+ * same (postcopy-ram on both, `stop`, `migrate`, `migrate-start-postcopy`; the target starts the
+ * guest itself). The transfer time is then the time until all pages arrived.
  *
- *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
+ *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -58,6 +61,9 @@ const NAME = 'bench-gap';
 const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
 /** BENCH_MIG_LIVE=1: both guests run during the transfer (Vessel's migration.vessel.io/tcg-live); else both pause for it, as Vessel under TCG. */
 const LIVE = process.env.BENCH_MIG_LIVE === '1';
+/** BENCH_MIG_POSTCOPY=1: post-copy allowed; paused guests go to post-copy at once (Vessel and raw). */
+const POSTCOPY = process.env.BENCH_MIG_POSTCOPY === '1';
+const KV: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
 const BOOT_TIMEOUT_MS = 600_000;
 /** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
 const RAW_ADDR = '10.244.0.60';
@@ -148,6 +154,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
     c = await startCluster({ nodes: 2 });
     const client = c.client;
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
+    if (POSTCOPY) await client.patch(KV, 'kubevirt', { spec: { configuration: { migrations: { allowPostCopy: true } } } }, { namespace: 'kubevirt' });
     await client.create(
       VM,
       tinyVm(NAME, {
@@ -285,6 +292,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
           const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
           try {
             await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
+            const caps = [{ capability: 'postcopy-ram', state: POSTCOPY }];
+            await tq.execute('migrate-set-capabilities', { capabilities: caps });
+            await sq.execute('migrate-set-capabilities', { capabilities: caps });
             await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
             const port = (await tq.execute<{ 'socket-address'?: { port?: string }[] }>('query-migrate'))['socket-address']?.[0]?.port;
             await sq.execute('migrate-set-parameters', { 'max-bandwidth': 1e12, 'tls-creds': '' });
@@ -292,6 +302,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
             // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
             if (!LIVE) await sq.execute('stop');
             await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
+            if (POSTCOPY) await sq.execute('migrate-start-postcopy');
             const info = await pollUntil(
               'the raw migration completed',
               async () => {
@@ -304,7 +315,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
             );
             const took = Date.now() - t0;
             void info;
-            if (!LIVE) {
+            if (!LIVE && !POSTCOPY) {
               await pollUntil(
                 'the raw target loaded',
                 async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
@@ -338,7 +349,11 @@ export async function runMigrationGap(): Promise<BenchResult> {
     };
     fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
     fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
-    fig('transfer time (Vessel: migrationState start → end; raw: migrate → completed)', 'transferMs', 'Vessel over TLS, raw plain TCP');
+    fig(
+      `transfer time${POSTCOPY ? ', all pages arrived' : ''} (Vessel: migrationState start → end; raw: migrate → completed)`,
+      'transferMs',
+      `Vessel over TLS, raw plain TCP${POSTCOPY ? '; post-copy from the paused source' : ''}`,
+    );
   } catch (e) {
     problems.push(e instanceof Error ? e.message : String(e));
   } finally {
