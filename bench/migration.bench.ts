@@ -18,7 +18,7 @@
  * same (postcopy-ram on both, `stop`, `migrate`, `migrate-start-postcopy`; the target starts the
  * guest itself). The transfer time is then the time until all pages arrived.
  *
- *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY
+ *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -154,7 +154,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
     c = await startCluster({ nodes: 2 });
     const client = c.client;
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
-    if (POSTCOPY) await client.patch(KV, 'kubevirt', { spec: { configuration: { migrations: { allowPostCopy: true } } } }, { namespace: 'kubevirt' });
+    // BENCH_MIG_PLAIN=1: Vessel's stream without TLS too (disableTLS), as the raw baseline's.
+    const migrations = { ...(POSTCOPY ? { allowPostCopy: true } : {}), ...(process.env.BENCH_MIG_PLAIN === '1' ? { disableTLS: true } : {}) };
+    if (Object.keys(migrations).length) await client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
     await client.create(
       VM,
       tinyVm(NAME, {
