@@ -17,6 +17,8 @@
  * so Vessel under TCG pauses the guest and starts post-copy at once; the raw baseline does the
  * same (postcopy-ram on both, `stop`, `migrate`, `migrate-start-postcopy`; the target starts the
  * guest itself). The transfer time is then the time until all pages arrived.
+ * BENCH_MIG_POSTCOPY=ab: rounds alternate stop-and-copy (even) and post-copy (odd), both sides,
+ * figures for each: the two compared under one load.
  *
  *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN
  */
@@ -61,8 +63,10 @@ const NAME = 'bench-gap';
 const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
 /** BENCH_MIG_LIVE=1: both guests run during the transfer (Vessel's migration.vessel.io/tcg-live); else both pause for it, as Vessel under TCG. */
 const LIVE = process.env.BENCH_MIG_LIVE === '1';
-/** BENCH_MIG_POSTCOPY=1: post-copy allowed; paused guests go to post-copy at once (Vessel and raw). */
+/** BENCH_MIG_POSTCOPY=1: post-copy allowed; paused guests go to post-copy at once (Vessel and raw). `ab`: odd rounds only. */
 const POSTCOPY = process.env.BENCH_MIG_POSTCOPY === '1';
+const AB = process.env.BENCH_MIG_POSTCOPY === 'ab';
+const postcopyRound = (i: number): boolean => POSTCOPY || (AB && i % 2 === 1);
 const KV: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
 const BOOT_TIMEOUT_MS = 600_000;
 /** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
@@ -156,6 +160,8 @@ export async function runMigrationGap(): Promise<BenchResult> {
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
     // BENCH_MIG_PLAIN=1: Vessel's stream without TLS too (disableTLS), as the raw baseline's.
     const migrations = { ...(POSTCOPY ? { allowPostCopy: true } : {}), ...(process.env.BENCH_MIG_PLAIN === '1' ? { disableTLS: true } : {}) };
+    const allowPostCopy = (on: boolean) =>
+      client.patch(KV, 'kubevirt', { spec: { configuration: { migrations: { allowPostCopy: on } } } }, { namespace: 'kubevirt' });
     if (Object.keys(migrations).length) await client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
     await client.create(
       VM,
@@ -205,6 +211,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
     // Vessel: a migration object each round, back and forth.
     const vessel: Round[] = [];
     for (let i = 0; i < ROUNDS; i++) {
+      if (AB) await allowPostCopy(postcopyRound(i));
       const from = (await status()).nodeName;
       vessel.push(
         await observed(observer, addr, async () => {
@@ -294,7 +301,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
           const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
           try {
             await tq.execute('migrate-set-parameters', { 'tls-creds': '' });
-            const caps = [{ capability: 'postcopy-ram', state: POSTCOPY }];
+            const caps = [{ capability: 'postcopy-ram', state: postcopyRound(i) }];
             await tq.execute('migrate-set-capabilities', { capabilities: caps });
             await sq.execute('migrate-set-capabilities', { capabilities: caps });
             await tq.execute('migrate-incoming', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:0` });
@@ -304,7 +311,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
             // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
             if (!LIVE) await sq.execute('stop');
             await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
-            if (POSTCOPY) await sq.execute('migrate-start-postcopy');
+            if (postcopyRound(i)) await sq.execute('migrate-start-postcopy');
             const info = await pollUntil(
               'the raw migration completed',
               async () => {
@@ -317,7 +324,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
             );
             const took = Date.now() - t0;
             void info;
-            if (!LIVE && !POSTCOPY) {
+            if (!LIVE && !postcopyRound(i)) {
               await pollUntil(
                 'the raw target loaded',
                 async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
@@ -340,21 +347,30 @@ export async function runMigrationGap(): Promise<BenchResult> {
       console.log(`raw round ${i}: ${JSON.stringify(rawRounds.at(-1))}`);
     }
 
+    // Which rounds a figure takes: all, or with BENCH_MIG_POSTCOPY=ab one kind's (round i's kind is postcopyRound(i)).
+    const kinds: { label: string; take: (i: number) => boolean }[] = AB
+      ? [
+          { label: ' [stop-and-copy]', take: (i) => !postcopyRound(i) },
+          { label: ' [post-copy from the paused source]', take: (i) => postcopyRound(i) },
+        ]
+      : [{ label: POSTCOPY ? ' [post-copy from the paused source]' : '', take: () => true }];
     const fig = (name: string, key: keyof Round, goal: string) => {
-      const v = vessel.map((r) => r[key]);
-      const r = rawRounds.map((x) => x[key]);
-      figures.push({
-        name: `${name}, Vessel / raw QEMU (median of ${ROUNDS})`,
-        ratio: median(v) / median(r),
-        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; ${goal} [${loadLine()}]`,
-      });
+      for (const k of kinds) {
+        const v = vessel.filter((_, i) => k.take(i)).map((r) => r[key]);
+        const r = rawRounds.filter((_, i) => k.take(i)).map((x) => x[key]);
+        figures.push({
+          name: `${name}${k.label}, Vessel / raw QEMU (median of ${v.length})`,
+          ratio: median(v) / median(r),
+          detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; ${goal} [${loadLine()}]`,
+        });
+      }
     };
     fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
     fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
     fig(
-      `transfer time${POSTCOPY ? ', all pages arrived' : ''} (Vessel: migrationState start → end; raw: migrate → completed)`,
+      `transfer time${POSTCOPY || AB ? ' (post-copy: until all pages arrived)' : ''} (Vessel: migrationState start → end; raw: migrate → completed)`,
       'transferMs',
-      `Vessel over TLS, raw plain TCP${POSTCOPY ? '; post-copy from the paused source' : ''}`,
+      `Vessel over ${process.env.BENCH_MIG_PLAIN === '1' ? 'plain TCP' : 'TLS'}, raw plain TCP`,
     );
   } catch (e) {
     problems.push(e instanceof Error ? e.message : String(e));
