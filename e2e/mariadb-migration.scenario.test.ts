@@ -270,6 +270,8 @@ test('MariaDB rows from a Debian guest live-migrated 5 times: none lost or dupli
   const nodes = cl.nodes.cluster.nodes.map((n) => n.name);
   let at = running.nodeName!;
   const transfers: string[] = [];
+  /** Each migration's time span (this host's clock, as the server's timestamps): its created → Succeeded, plus 3 s. */
+  const windows: [number, number][] = [];
   const failedTries: string[] = [];
   for (let m = 1; m <= MIGRATIONS; m++) {
     const to = nodes[(nodes.indexOf(at) + 1) % nodes.length];
@@ -303,6 +305,7 @@ test('MariaDB rows from a Debian guest live-migrated 5 times: none lost or dupli
       assert.ok(tries < 3, `migration ${m} failed 3 times: ${failedTries.join('; ')}`);
       await new Promise((r) => setTimeout(r, 5000));
     }
+    windows.push([t0 / 1000, Date.now() / 1000 + 3]);
     const st = await vmiStatus(DB_VM);
     assert.equal(st.nodeName, to);
     const ms = st.migrationState;
@@ -343,6 +346,12 @@ test('MariaDB rows from a Debian guest live-migrated 5 times: none lost or dupli
       gapAt = rows[i].n;
     }
   }
+  // The longest insert gap within each migration's span (a gap counts where its later row is).
+  const perMigration = windows.map(([from, to]) => {
+    let g = 0;
+    for (let i = 1; i < rows.length; i++) if (rows[i].ts >= from && rows[i].ts <= to) g = Math.max(g, rows[i].ts - rows[i - 1].ts);
+    return `${(g * 1000).toFixed(0)} ms`;
+  });
   const conns = new Set(rows.map((r) => r.conn)).size;
   const serial = await serialEverywhere(DB_VM);
   const connects = [...serial.matchAll(/VESSEL-DB-CONNECT (\d+)/g)].length;
@@ -355,6 +364,7 @@ test('MariaDB rows from a Debian guest live-migrated 5 times: none lost or dupli
   log(
     `longest gap between consecutive inserts: ${(gap * 1000).toFixed(0)} ms (before row ${gapAt}, which the server wrote at ${new Date(gapEnd * 1000).toISOString()})`,
   );
+  log(`longest insert gap per migration: ${perMigration.join(', ')}`);
   log(`connections used: ${conns} (reconnects ${conns - 1}); VESSEL-DB-CONNECT lines ${connects}`);
   log(`pings: ${answers} answered, ${pingLost} lost, longest gap ~${pingGap * 10} ms (${pingGap} x 10 ms)`);
   assert.deepEqual(lost, [], 'no row lost');
