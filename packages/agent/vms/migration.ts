@@ -984,7 +984,7 @@ export class VmMigrations {
       // Nor in `setup` or `none` (a restarted agent whose predecessor wrote the mode and stopped
       // before `migrate`, or while QEMU set it up): no page has gone over in post-copy yet.
       if (!continued && (status === 'active' || status === 'pre-switchover' || status === 'setup' || status === 'none')) switched = false;
-      if (postcopy && !postcopyAsked && !continued && status === 'active') {
+      if (postcopy && !postcopyAsked && !continued && status === 'active' && !cancelled && !aborted()) {
         postcopyAsked = true;
         await qmp.execute('migrate-start-postcopy');
       }
