@@ -129,9 +129,9 @@ test(
       const xs = [from, ...replies.filter((r) => r >= from), Date.now()];
       const gap = Math.max(...xs.slice(1).map((r, i) => r - xs[i]));
       console.log(`# figures: post-copy from the paused source: longest ping gap ${gap} ms (${xs.length - 2} replies)`);
-      // The whole memory of a dirtying guest over TLS, paused, took 1.6 s+ in the MariaDB scenario;
-      // a loose bound for a loaded CI machine: the guest did not wait for long.
-      assert.ok(gap < 5000, `longest ping gap ${gap} ms`);
+      // A loose bound for a loaded CI machine (1-2 s seen at load 2-6: this guest faults its
+      // dirtied tmpfs over in post-copy): the guest answered again soon; the writes below show it runs.
+      assert.ok(gap < 10_000, `longest ping gap ${gap} ms`);
     } finally {
       ping.kill('SIGKILL');
     }
