@@ -142,3 +142,25 @@ test(
     await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
   },
 );
+
+test('under a post-copy policy a guest its user paused migrates paused and stays paused on the target', { timeout: 600_000 }, async () => {
+  const SUB = `/apis/subresources.kubevirt.io/v1/namespaces/${ns}/virtualmachineinstances/${NAME}`;
+  const pausedCondition = async () => (await vmiStatus()).conditions?.find((x) => x.type === 'Paused')?.status;
+  const source = (await vmiStatus()).nodeName!;
+  await c.client.request('PUT', `${SUB}/pause`, { body: {} });
+  await eventually('the VMI Paused', async () => ((await pausedCondition()) === 'True' ? true : undefined), 60_000, 300);
+  const done = await migrateAndWait('user-paused');
+  assert.equal(done.phase, 'Succeeded', JSON.stringify(done));
+  // QEMU 7.2's target starts a guest at post-copy's switch-over: a paused guest never goes there.
+  assert.notEqual(done.migrationState.mode, 'PostCopy');
+  const target = (await vmiStatus()).nodeName!;
+  assert.notEqual(target, source);
+  await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
+  // Still paused on the target: the condition, and the guest writes nothing there for 3 s.
+  assert.equal(await pausedCondition(), 'True');
+  const rounds = await dirtyRounds(target);
+  await new Promise((r) => setTimeout(r, 3000));
+  assert.equal(await dirtyRounds(target), rounds, 'the paused guest wrote on the target');
+  await c.client.request('PUT', `${SUB}/unpause`, { body: {} });
+  await eventually('the guest writing after unpause', async () => ((await dirtyRounds(target)) > rounds ? true : undefined), 120_000, 500);
+});
