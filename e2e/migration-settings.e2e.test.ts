@@ -6,7 +6,8 @@
  * MigrationPolicy matching its label (auto-converge, no bandwidth limit, a longer timeout) lets
  * the next migration succeed, the VMI naming the policy. Then, under TCG, the VMI without its
  * live-under-TCG annotation and the policy allowing post-copy: the source pauses the guest and
- * starts post-copy at once (mode PostCopy); pings from the other node see only a short gap.
+ * starts post-copy at once (mode PostCopy); pings from the other node see only a short gap. Last,
+ * the guest paused by its user migrates under that policy paused and stays paused on the target.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
