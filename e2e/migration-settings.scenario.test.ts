@@ -35,6 +35,7 @@ import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 const g = new DirtyGuestCluster();
 const { vmiStatus, dirtyRounds, qemus, migrateAndWait, runningAndDirtying } = g;
 let c: TestCluster;
+const NODE: ResourceRef = { group: '', version: 'v1', plural: 'nodes', namespaced: false };
 const settings = (migrations: Obj) => c.client.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
 
 before(async () => {
@@ -410,6 +411,59 @@ test(
     console.log(
       `# figures: post-copy migration with a 64 MiB local disk ${secs.toFixed(1)} s to Succeeded; ${printed} records checked (${lastOnSource} written on the source)`,
     );
+  },
+);
+
+test(
+  'under TCG, post-copy from the paused source with a node-local disk: the mirrors end before the switch-over, every flushed record on the target’s copy',
+  { timeout: 900_000 },
+  async (t) => {
+    if (!(await c.client.get(VM, NAME, { namespace: ns }).catch(() => undefined))) await createLocalVm();
+    const source = await runningAndDirtying();
+    const accel = ((await c.client.get(NODE, source)).metadata?.labels as Record<string, string> | undefined)?.['vessel.io/accelerator'];
+    if (accel !== 'tcg') return t.skip(`the node's accelerator is ${accel}: live precopy`);
+    await eventually('the guest writing records', async () => (recordsWritten(await log(source)).length > 5 ? true : undefined), 300_000, 500);
+    // Not kept live (the VMI's annotation removed, restored at the end for the cases below); post-copy allowed, no bandwidth limit.
+    const live = (on: boolean) =>
+      c.client.patch(
+        VMI,
+        NAME,
+        { metadata: { annotations: Object.fromEntries(Object.keys(LIVE_UNDER_TCG).map((k) => [k, on ? 'true' : null])) } },
+        { namespace: ns },
+      );
+    await live(false);
+    await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: true, allowWorkloadDisruption: null });
+    try {
+      const t0 = Date.now();
+      const post = await migrateAndWait('postcopy-paused-local');
+      const secs = (Date.now() - t0) / 1000;
+      assert.equal(post.phase, 'Succeeded', JSON.stringify(post));
+      assert.equal(post.migrationState.mode, 'PostCopy', 'the paused source went to post-copy at once');
+      const target = (await vmiStatus()).nodeName!;
+      assert.notEqual(target, source);
+      const lastOnSource = recordsWritten(await log(source)).at(-1)!;
+      await eventually(
+        'records written on the target',
+        async () => ((recordsWritten(await log(target)).at(-1) ?? 0) > lastOnSource + 5 ? true : undefined),
+        180_000,
+        500,
+      );
+      await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
+      const targetFile = await eventually(
+        'the data claim recorded on the target',
+        async () => {
+          const a = ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
+          return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
+        },
+        60_000,
+      );
+      const printed = Math.max(...recordsWritten(await log(source)), ...recordsWritten(await log(target)));
+      await assertRecords(targetFile, printed, `on the target's copy (${lastOnSource} the last printed on the source)`);
+      console.log(`# figures: post-copy from the paused source with a 64 MiB local disk ${secs.toFixed(1)} s to Succeeded; ${printed} records checked`);
+    } finally {
+      await live(true);
+      await settings({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, progressTimeout: null, allowPostCopy: null });
+    }
   },
 );
 

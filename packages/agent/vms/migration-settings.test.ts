@@ -2,7 +2,17 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { migration, migrationConfig } from '@vessel/api';
 import type { QmpClient } from '../qmp/client.ts';
-import { ANNOUNCE, applySourceSettings, applyTargetSettings, configurationOf, migrationDataBytes, MigrationWatch, stopAndCopy } from './migration-settings.ts';
+import {
+  ANNOUNCE,
+  applySourceSettings,
+  applyTargetSettings,
+  configurationOf,
+  migrationDataBytes,
+  MigrationWatch,
+  stopAndCopy,
+  transferStart,
+  verdictWhenStopped,
+} from './migration-settings.ts';
 
 const GIB = 2 ** 30;
 const conf = (c: Partial<migrationConfig.MigrationConfiguration> = {}) => ({ ...migrationConfig.MIGRATION_DEFAULTS, ...c });
@@ -94,4 +104,26 @@ test('under TCG a running guest pauses for its transfer unless its VMI asks for 
   assert.equal(stopAndCopy('kvm', undefined, true), false);
   // A guest already paused (by its user) is not paused again, nor resumed by the migration.
   assert.equal(stopAndCopy('tcg', undefined, false), false);
+});
+
+test('under TCG with post-copy allowed the paused guest goes to post-copy at once; a stopped guest never goes to post-copy', () => {
+  const post = { allowPostCopy: true };
+  const pre = { allowPostCopy: false };
+  assert.equal(transferStart('tcg', undefined, true, post), 'postcopy');
+  assert.equal(transferStart('tcg', undefined, true, pre), 'stop-and-copy');
+  // Live stays live (the annotation, KVM), post-copy then only as a timeout's verdict.
+  assert.equal(transferStart('tcg', { [migration.TCG_LIVE_ANNOTATION]: 'true' }, true, post), 'live');
+  assert.equal(transferStart('kvm', undefined, true, post), 'live');
+  // A guest its user paused: QEMU 7.2's target would start it at post-copy's switch-over.
+  assert.equal(transferStart('tcg', undefined, false, post), 'live');
+
+  const w = new MigrationWatch(conf({ completionTimeoutPerGiB: 4, allowPostCopy: true }), GIB / 2, 0);
+  const v = w.check(active(1), 4000)!;
+  assert.equal(verdictWhenStopped(v, true), v);
+  const c = verdictWhenStopped(v, false)!;
+  assert.equal(c.action, 'cancel');
+  assert.match(c.reason, /^completion timeout: not done within 4\.0 s .*: cancelled \(the guest is paused: post-copy would not bring it over sooner\)$/);
+  assert.equal(verdictWhenStopped(undefined, false), undefined);
+  const pause = { action: 'pause' as const, reason: 'x' };
+  assert.equal(verdictWhenStopped(pause, false), pause);
 });

@@ -82,6 +82,42 @@ export function stopAndCopy(accel: string, annotations: Readonly<Record<string, 
   return accel === 'tcg' && running && annotations?.[migration.TCG_LIVE_ANNOTATION] !== 'true';
 }
 
+/** migrationState.mode of a post-copy (KubeVirt's MigrationPostCopy), also one started from a paused source. */
+export const POSTCOPY_MODE = 'PostCopy';
+
+/** How the source starts a transfer: live precopy, paused for all of it, or paused and straight into post-copy. */
+export type TransferStart = 'live' | 'stop-and-copy' | 'postcopy';
+
+/**
+ * Under TCG a running guest pauses for its transfer (stopAndCopy). When the migration may use
+ * post-copy it goes there at once: the target runs the guest as soon as the device state arrived
+ * and faults its pages over, so the pause is about the device state, not the whole memory. No
+ * dirty mark is involved (the source's vCPU never runs again), so TCG's lost marks cannot hit it.
+ */
+export function transferStart(
+  accel: string,
+  annotations: Readonly<Record<string, string>> | undefined,
+  running: boolean,
+  conf: Pick<Configuration, 'allowPostCopy'>,
+): TransferStart {
+  if (!stopAndCopy(accel, annotations, running)) return 'live';
+  return conf.allowPostCopy ? 'postcopy' : 'stop-and-copy';
+}
+
+/**
+ * A timeout's verdict for a guest that is not running (paused for the transfer, or by its user):
+ * post-copy would not bring it over sooner (it dirties nothing), and QEMU 7.2's target starts
+ * the guest at post-copy's switch-over whatever its state on the source, so it ends the
+ * migration instead.
+ */
+export function verdictWhenStopped(v: Verdict | undefined, guestRunning: boolean): Verdict | undefined {
+  if (v?.action !== 'postcopy' || guestRunning) return v;
+  return {
+    action: 'cancel',
+    reason: v.reason.replace(/: switched to post-copy$/, ': cancelled (the guest is paused: post-copy would not bring it over sooner)'),
+  };
+}
+
 /**
  * Follows one precopy: the completion timeout (completionTimeoutPerGiB × GiB moved rounded up, from the
  * start) and the progress timeout (remaining bytes not below their lowest for progressTimeout s).

@@ -265,6 +265,9 @@ test('a failed migration resumes a guest it stopped, also after an agent restart
   // Paused by the source to complete (mode Paused): resumed.
   assert.equal(resumeSourceAfterFailure('paused', true, true, 'Paused'), true);
   assert.equal(resumeSourceAfterFailure('paused', true, false), false);
+  // Paused for a post-copy from the paused source that failed before the switch-over (mode PostCopy); not a user's pause.
+  assert.equal(resumeSourceAfterFailure('paused', true, false, 'PostCopy'), true);
+  assert.equal(resumeSourceAfterFailure('paused', true, true, 'PostCopy'), false);
 });
 
 test('the source rides out query-migrate answers that time out while its QEMU migrates on; other errors and a QEMU silent past the patience throw', async () => {

@@ -62,7 +62,9 @@ import {
   migrationDataBytes,
   MigrationWatch,
   PAUSED_MODE,
-  stopAndCopy,
+  POSTCOPY_MODE,
+  transferStart,
+  verdictWhenStopped,
   type Verdict,
 } from './migration-settings.ts';
 
@@ -195,7 +197,9 @@ export function postcopyStall(prev: PostcopyProgress, sent: number, now: number,
 export function resumeSourceAfterFailure(before: string, restarted: boolean, userPaused: boolean, mode?: string): boolean {
   if (before === 'running') return true;
   if (!restarted) return false;
-  if (before === 'paused') return mode === PAUSED_MODE;
+  // Paused by the migration: to finish (mode Paused) or for a post-copy from the paused source
+  // that did not get past the switch-over (mode PostCopy; a user's pause is not the migration's).
+  if (before === 'paused') return mode === PAUSED_MODE || (mode === POSTCOPY_MODE && !userPaused);
   return !userPaused && (before === 'finish-migrate' || before === 'postmigrate');
 }
 
@@ -455,16 +459,22 @@ export class VmMigrations {
 
   /**
    * The guest arrived paused because the source paused it to complete (mode Paused,
-   * allowWorkloadDisruption): it runs on here. A guest its user paused never gets that mode.
+   * allowWorkloadDisruption, TCG's stop-and-copy): it runs on here. A guest its user paused never
+   * gets that mode. Post-copy (mode PostCopy, also from a paused source) needs nothing: QEMU 7.2
+   * starts the guest at the switch-over, so QEMU says `running` by the end; should the source's
+   * QEMU have finished in precopy before it took migrate-start-postcopy, the guest (running when
+   * the migration began: no other gets that mode from a paused source) runs on too.
    */
   private async resumePaused(key: string, qmp: QmpClient, arrived = false): Promise<void> {
-    if (migrationStateOf(this.host.vmi(key))?.mode !== PAUSED_MODE) return;
+    const mode = migrationStateOf(this.host.vmi(key))?.mode;
+    if (mode !== PAUSED_MODE && mode !== POSTCOPY_MODE) return;
     // At the incoming MIGRATION completed event (`arrived`) QEMU 7.2 has set the guest's run state
-    // already (process_incoming_migration_bh emits it last): a paused guest is `cont`ed without a
-    // query first. Otherwise QEMU says `inmigrate` until it has loaded the devices, after the
-    // source's `completed`: asked often, as the guest waits paused meanwhile.
-    let status: { status: string } | undefined = arrived ? { status: 'paused' } : undefined;
-    for (const until = Date.now() + 60_000; !arrived && Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
+    // already (process_incoming_migration_bh emits it last): a guest paused for the transfer is
+    // `cont`ed without a query first. Otherwise QEMU says `inmigrate` until it has loaded the
+    // devices, after the source's `completed`: asked often, as the guest waits paused meanwhile.
+    const known = arrived && mode === PAUSED_MODE;
+    let status: { status: string } | undefined = known ? { status: 'paused' } : undefined;
+    for (const until = Date.now() + 60_000; !known && Date.now() < until; await new Promise((r) => setTimeout(r, 20))) {
       status = await qmp.execute<{ status: string }>('query-status').catch(() => undefined);
       if (status?.status !== 'inmigrate') break;
     }
@@ -877,6 +887,8 @@ export class VmMigrations {
     let paused = ms.mode === PAUSED_MODE;
     // QEMU's event times of this migration, logged at its end (migration-timeline.ts).
     let timeline: MigrationTimeline | undefined;
+    // Post-copy started from the paused source by this agent (transferStart).
+    let fromPaused = false;
     if (!ms.startTimestamp) {
       await faultDelay('migration:source-start');
       faultPoint('migration:source-start');
@@ -900,15 +912,19 @@ export class VmMigrations {
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
       timeline = new MigrationTimeline().attach(qmp);
-      const stop = stopAndCopy(this.host.accel, vmi.metadata.annotations, before === 'running');
-      // The mode first: a restarted agent or a failure resumes a guest paused with it.
-      if (stop) await this.writeState(key, uid, (s) => void (s.mode = PAUSED_MODE));
-      // The transfer is the guest's pause: its QEMU runs at the agent's priority meanwhile.
-      if (stop) this.boosted.set(key, await boost(this.host.runDirOf(vmi)));
+      const start = transferStart(this.host.accel, vmi.metadata.annotations, before === 'running', conf);
+      if (start !== 'live') {
+        // The mode first: a restarted agent or a failure resumes a guest paused with it; PostCopy
+        // also makes a failing target keep its disk copies (endTarget). Written before the
+        // `stop`, so the guest's pause holds no API write.
+        await this.writeState(key, uid, (s) => void (s.mode = start === 'postcopy' ? POSTCOPY_MODE : PAUSED_MODE));
+        // The transfer is the guest's pause: its QEMU runs at the agent's priority meanwhile.
+        this.boosted.set(key, await boost(this.host.runDirOf(vmi)));
+      }
       timeline.mark('migrate-sent');
       // `stop` and `migrate` leave together: QMP runs them in order, so the guest is paused before
       // the transfer begins without a round trip inside its pause (migration-timeline.ts: stop→setup).
-      const stopped = stop ? qmp.execute('stop') : undefined;
+      const stopped = start !== 'live' ? qmp.execute('stop') : undefined;
       const migrating = qmp.execute('migrate', { uri: via?.migrate ?? `tcp:${ms.targetNodeAddress}` });
       if (stopped) {
         try {
@@ -920,9 +936,13 @@ export class VmMigrations {
           throw e;
         }
         paused = true;
-        this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (stop-and-copy)`);
+        this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (${start === 'postcopy' ? 'post-copy at once' : 'stop-and-copy'})`);
       }
       await migrating;
+      // QEMU takes it once `migrate` set the migration up; it switches at its first iteration (with
+      // local disks after pre-switchover, below). QEMU 7.2's target then starts the guest itself.
+      if (start === 'postcopy') await qmp.execute('migrate-start-postcopy');
+      fromPaused = start === 'postcopy';
       this.started.set(key, Date.now());
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
@@ -931,6 +951,8 @@ export class VmMigrations {
     // this QEMU never began it (its status an earlier incoming migration's): then it failed here.
     if (ms.startTimestamp && staleMigrateStatus((await qmp.execute<QueryMigrate>('query-migrate')).status, before)) {
       if (disks.length) await cancelMirrors(qmp);
+      // A guest the migration paused (stopAndCopy) before that agent died runs on.
+      if (before === 'paused' && resumeSourceAfterFailure(before, restarted, !!userPaused, ms.mode)) await qmp.execute('cont').catch(() => undefined);
       const reason = `the source agent on ${this.host.nodeName} restarted before the transfer began`;
       await this.fail(key, uid, reason);
       this.host.log(`migration: ${key}: ${reason}; the guest keeps running here`);
@@ -945,7 +967,10 @@ export class VmMigrations {
       this.started.get(key) ?? (Date.parse(ms.startTimestamp ?? '') || Date.now()),
     );
     let timedOut: string | undefined;
-    let postcopy = ms.mode === 'PostCopy';
+    let postcopy = ms.mode === POSTCOPY_MODE || fromPaused;
+    // A restarted agent re-issues migrate-start-postcopy once (the agent before may have stopped
+    // between the mode's write and the command; QEMU takes it twice as once).
+    let postcopyAsked = !restarted;
     // Whether the target may have run the guest (post-copy past the switch-over): the source's
     // memory is stale from then on and is never resumed. After an agent restart: from the mode and
     // whether that agent issued migrate-continue (resumedSourceView).
@@ -985,7 +1010,13 @@ export class VmMigrations {
       // and with local disks post-copy passes pre-switchover first (until migrate-continue the
       // target has no device state). Also when the mode says PostCopy but migrate-start-postcopy
       // never reached QEMU (the agent stopped between the two): a failure then resumes the source.
-      if (!continued && (status === 'active' || status === 'pre-switchover')) switched = false;
+      // Nor in `setup` or `none` (a restarted agent whose predecessor wrote the mode and stopped
+      // before `migrate`, or while QEMU set it up): no page has gone over in post-copy yet.
+      if (!continued && (status === 'active' || status === 'pre-switchover' || status === 'setup' || status === 'none')) switched = false;
+      if (postcopy && !postcopyAsked && !continued && status === 'active' && !cancelled && !aborted()) {
+        postcopyAsked = true;
+        await qmp.execute('migrate-start-postcopy');
+      }
       if (status.startsWith('postcopy')) switched = true;
       // The final figures are not waited for: the switch-over's write comes first.
       if (status === 'completed' || status === 'failed' || status === 'cancelled') {
@@ -1040,7 +1071,8 @@ export class VmMigrations {
       }
       const seen = cancelled ? undefined : watch.check(info, Date.now());
       // A paused guest dirties nothing: post-copy would not bring it over sooner, the timeout ends it.
-      const verdict: Verdict | undefined = seen?.action === 'postcopy' && paused ? { action: 'cancel', reason: seen.reason } : seen;
+      // A guest not running (paused for the transfer or by its user): post-copy would run it on the target.
+      const verdict: Verdict | undefined = verdictWhenStopped(seen, before === 'running' && !paused);
       if (verdict?.action === 'cancel') {
         cancelled = true;
         timedOut = verdict.reason;
@@ -1062,7 +1094,7 @@ export class VmMigrations {
         switched = !disks.length;
         this.host.log(`migration: ${key}: ${verdict.reason}`);
         // The mode first: a target that fails from here on keeps its copies of the disks (endTarget).
-        await this.writeState(key, uid, (s) => void (s.mode = 'PostCopy'));
+        await this.writeState(key, uid, (s) => void (s.mode = POSTCOPY_MODE));
         await qmp.execute('migrate-start-postcopy');
       }
       await new Promise((r) => setTimeout(r, POLL_MS));
