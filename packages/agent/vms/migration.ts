@@ -67,6 +67,8 @@ import {
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
   recoveryNote,
+  RESUMED_FILE,
+  resumedAttempt,
   SourceRecovery,
   TARGET_GRACE_MS,
   targetRecoveryAction,
@@ -944,7 +946,17 @@ export class VmMigrations {
     // A post-copy broken after the switch-over tries QEMU's recovery before the guest counts as
     // lost (postcopy-recovery.ts); not through the masquerade relay (bound 0: lost at once).
     const recoverMs = this.host.qemuInPod(vmi) ? 0 : recoveryBoundMs();
-    const recovery = new SourceRecovery(recoverMs);
+    const resumedFile = join(this.host.runDirOf(vmi), RESUMED_FILE);
+    // An agent restarted during a recovery takes it up where the one before left it.
+    const recovery = new SourceRecovery(
+      recoverMs,
+      restarted
+        ? {
+            note: recoveryNote(this.host.vmi(key)?.metadata.annotations, uid),
+            resumed: resumedAttempt(await readFile(resumedFile, 'utf8').catch(() => ''), uid),
+          }
+        : undefined,
+    );
     let gaveUp = false;
     for (;;) {
       let info: QueryMigrate;
@@ -1011,6 +1023,8 @@ export class VmMigrations {
           await this.requestRecovery(key, uid, step.attempt);
         } else if (step.action === 'resume') {
           this.host.log(`migration: ${key}: resuming the post-copy to ${step.address} (recovery attempt ${step.attempt})`);
+          // Recorded first: an agent restarted from here on does not connect a second time.
+          await writeFile(resumedFile, `${uid} ${step.attempt}`);
           await qmp.execute('migrate', { uri: `tcp:${step.address}`, resume: true }).catch((e: Error) => {
             this.host.log(`migration: ${key}: migrate resume: ${e.message}`);
             recovery.resumeFailed();

@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { RECOVERY_ANNOTATION, recoveryBoundMs, recoveryNote, SourceRecovery, targetRecoveryAction } from './postcopy-recovery.ts';
+import { RECOVERY_ANNOTATION, recoveryBoundMs, recoveryNote, resumedAttempt, SourceRecovery, targetRecoveryAction } from './postcopy-recovery.ts';
 
 const note = (v: unknown) => recoveryNote({ [RECOVERY_ANNOTATION]: typeof v === 'string' ? v : JSON.stringify(v) }, 'm1');
 
@@ -88,4 +88,30 @@ test('targetRecoveryAction: pauses a side that has not seen the break, listens o
   // Recovery off (0), or through the relay: a paused target is lost at once, as before.
   assert.equal(targetRecoveryAction('postcopy-paused', asked, 0, 0, 0, 0), 'lost');
   assert.equal(targetRecoveryAction('postcopy-active', asked, 0, undefined, 0, 0), 'none');
+});
+
+test('SourceRecovery after an agent restart: waits for a resume that may be connecting, resumes an answer not yet used, waits for an open request', () => {
+  const answered = { migrationUid: 'm', attempt: 2, address: 'h:2' };
+  // The agent before resumed attempt 2: its connect may still be under way; no second connect, no new request.
+  const waiting = new SourceRecovery(60_000, { note: answered, resumed: 2 });
+  for (let t = 0; t < 60_000; t += 7000) assert.deepEqual(waiting.step('postcopy-paused', t, answered), { action: 'none' }, `at ${t}`);
+  assert.deepEqual(waiting.step('postcopy-active', 61_000, answered), { action: 'recovered', ms: 61_000 });
+  assert.deepEqual(waiting.step('postcopy-paused', 62_000, answered), { action: 'request', attempt: 3 }, 'a later break: the next attempt');
+  // The target answered, the agent before died before resuming: this one resumes.
+  const unused = new SourceRecovery(60_000, { note: answered, resumed: 1 });
+  assert.deepEqual(unused.step('postcopy-paused', 0, answered), { action: 'resume', attempt: 2, address: 'h:2' });
+  // Asked, not answered yet: waits for the answer (no new attempt, which the target would serve on another port).
+  const open = { migrationUid: 'm', attempt: 3 };
+  const asked = new SourceRecovery(60_000, { note: open });
+  assert.deepEqual(asked.step('postcopy-paused', 0, open), { action: 'none' });
+  assert.deepEqual(asked.step('postcopy-paused', 500, { ...open, address: 'h:3' }), { action: 'resume', attempt: 3, address: 'h:3' });
+  // Nothing before: as a fresh one.
+  assert.deepEqual(new SourceRecovery(60_000, {}).step('postcopy-paused', 0, undefined), { action: 'request', attempt: 1 });
+});
+
+test('resumedAttempt: the attempt of this migration only', () => {
+  assert.equal(resumedAttempt('m1 3\n', 'm1'), 3);
+  assert.equal(resumedAttempt('m2 3', 'm1'), undefined);
+  assert.equal(resumedAttempt('m1 x', 'm1'), undefined);
+  assert.equal(resumedAttempt('', 'm1'), undefined);
 });

@@ -54,6 +54,20 @@ export function recoveryBoundMs(env: NodeJS.ProcessEnv = process.env): number {
  */
 export const TARGET_GRACE_MS = 30_000;
 
+/**
+ * The source's run-directory file naming the last recovery attempt it issued `migrate resume` for
+ * (`<migrationUid> <attempt>`), written just before: an agent restarted during a recovery knows
+ * whether a connect may be under way.
+ */
+export const RESUMED_FILE = 'migration-resumed';
+
+/** The attempt RESUMED_FILE's `text` names for migration `uid`. */
+export function resumedAttempt(text: string, uid: string): number | undefined {
+  const [u, a] = text.trim().split(' ');
+  const n = Number(a);
+  return u === uid && Number.isInteger(n) && n > 0 ? n : undefined;
+}
+
 export type SourceRecoveryAction =
   | { action: 'none' }
   /** Ask the target for a new listening address (write the note: uid, attempt). */
@@ -80,7 +94,22 @@ export class SourceRecovery {
   /** The last resume's connect finished (or none was issued). */
   private connected = true;
 
-  constructor(private readonly boundMs: number) {}
+  /**
+   * `before`: what an agent before this one left (a restart during a recovery): the note of this
+   * migration and the last attempt it issued `migrate resume` for (RESUMED_FILE). A resume issued
+   * for the note's attempt may still be connecting: waited for (no second connect); a published
+   * address not yet resumed is resumed; a request not yet answered is waited for.
+   */
+  constructor(
+    private readonly boundMs: number,
+    before?: { note?: RecoveryNote; resumed?: number },
+  ) {
+    const n = before?.note?.attempt;
+    if (n === undefined) return;
+    this.requested = n;
+    this.resumed = before?.resumed === n ? n : n - 1;
+    this.connected = this.resumed < n;
+  }
 
   get recovering(): boolean {
     return this.since !== undefined;
