@@ -12,8 +12,9 @@
  * completed, endTimestamp) and then quits its QEMU, now in `postmigrate`, without that being
  * the VM stopping; the target adopts its QEMU as the VMI's. On failure or abort the source
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
- * migrationState says failed with the reason; a post-copy that breaks after the switch-over
- * loses the guest (the source is not resumed, see postcopyLost).
+ * migrationState says failed with the reason; a post-copy that breaks after the switch-over is
+ * given to QEMU's recovery for a bounded time (postcopy-recovery.ts), then loses the guest (the
+ * source is not resumed, see postcopyLost).
  */
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -1094,9 +1095,8 @@ export class VmMigrations {
   }
 
   /**
-   * Post-copy broke after the switch-over (the target gone or cut off): the guest's memory is
-   * split between the two QEMUs and QEMU 7.2 waits in `postcopy-paused` for a recovery Vessel
-   * does not do. The guest is lost (the documented exception): the source, whose memory is
+   * Post-copy broke after the switch-over (the target gone or cut off) and did not recover within
+   * its bound (postcopy-recovery.ts): the guest's memory is split between the two QEMUs. The guest is lost (the documented exception): the source, whose memory is
    * stale, is never resumed; it quits, so the VMI fails (QemuExited) and its VM's runStrategy
    * decides. The disks' files stay on both nodes: the claims still name this node, whose copy is
    * the disk as the guest stopped at the switch-over; the target keeps its copy (endTarget),
