@@ -1096,9 +1096,9 @@ export class VmMigrations {
 
   /**
    * Post-copy broke after the switch-over (the target gone or cut off) and did not recover within
-   * its bound (postcopy-recovery.ts): the guest's memory is split between the two QEMUs. The guest is lost (the documented exception): the source, whose memory is
-   * stale, is never resumed; it quits, so the VMI fails (QemuExited) and its VM's runStrategy
-   * decides. The disks' files stay on both nodes: the claims still name this node, whose copy is
+   * its bound (postcopy-recovery.ts): the guest's memory is split between the two QEMUs. The
+   * guest is lost (the documented exception): the source, whose memory is stale, is never
+   * resumed; it quits, so the VMI fails (QemuExited) and its VM's runStrategy decides. The disks' files stay on both nodes: the claims still name this node, whose copy is
    * the disk as the guest stopped at the switch-over; the target keeps its copy (endTarget),
    * which has what the guest wrote during post-copy.
    */
