@@ -54,6 +54,9 @@ done) &
 const SLOW_MIRROR = String(32 << 20);
 /** The slowed transfer (bytes/s) of the cases that kill during it. */
 const SLOW_BANDWIDTH = String(4 << 20);
+/** The post-copy step's post-copy bandwidth (bytes/s): ~20 MiB of the tiny guest left take tens of seconds. */
+const POSTCOPY_BANDWIDTH = 512 << 10;
+const KV: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
 type Env = Record<string, string>;
 
 /** A child process of the cluster (server or agent), killed and started again by the cases. */
@@ -146,9 +149,11 @@ export type Side = 'target' | 'source' | 'server';
  * migrate (source only); 'mirror': local disks being mirrored (startCrashCluster({localDisks})).
  * Local disks only: 'mirrored' the mirrors READY, `migrate` not issued, and 'switchover' QEMU
  * paused at pre-switchover, the mirrors not ended (source only); 'claims' the switch recorded,
- * the moving claims not yet recorded on the target (target only).
+ * the moving claims not yet recorded on the target (target only). 'postcopy': past the switch-over
+ * into a slowed post-copy, the guest running on the target while pages still come from the source
+ * (a cluster started with `tcgLive`: a guest paused for its transfer never goes post-copy).
  */
-export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims';
+export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy';
 
 export interface CaseResult {
   name: string;
@@ -193,7 +198,11 @@ const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)
  * `binding`: the guest's pod interface; `masquerade` runs its QEMU in a pod namespace, so its
  * migration (stream and NBD mirror) goes through the relays (docs/migration.md); default bridge.
  */
-export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 'bridge' | 'masquerade' } = {}): Promise<CrashCluster> {
+/**
+ * `tcgLive`: the guest stays live under TCG during its migrations (`migration.vessel.io/tcg-live`),
+ * which the post-copy step needs.
+ */
+export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 'bridge' | 'masquerade'; tcgLive?: boolean } = {}): Promise<CrashCluster> {
   const localDisks = !!opts.localDisks;
   const dir = await mkdtemp(join(tmpdir(), 'vessel-migcrash-'));
   const dataDir = join(dir, 'data');
@@ -314,6 +323,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         userData: opts.localDisks ? LOCAL_USER_DATA : USER_DATA,
         storageClass: opts.localDisks ? 'local' : 'shared',
         terminationGracePeriodSeconds: 5,
+        annotations: opts.tcgLive ? { 'migration.vessel.io/tcg-live': 'true' } : undefined,
       }) as { spec: { template: { spec: { domain: { devices: { disks: object[] } }; volumes: object[] } } } };
       if (opts.localDisks) {
         // Root (a DataVolume) and a 64 MiB data claim on the local pool: both mirrored over NBD when it moves.
@@ -357,6 +367,11 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       if (kill !== 'target' && step === 1) envs[target] = { VESSEL_DELAY_AT: 'migration:target-launched', VESSEL_DELAY_MS: '8000' };
       if (kill !== 'source' && step === 4) envs[source] = { VESSEL_DELAY_AT: 'migration:source-completed', VESSEL_DELAY_MS: '8000' };
       if (step === 'mirror') envs[source] = { VESSEL_TEST_MIRROR_BYTES_PER_SEC: SLOW_MIRROR };
+      // Post-copy after 5 s of precopy at 1 MiB/s (the KubeVirt object, below), then slowed (the test
+      // knob, QEMU's max-postcopy-bandwidth): tens of seconds of post-copy to kill a side in.
+      if (step === 'postcopy') envs[source] = { VESSEL_TEST_POSTCOPY_BANDWIDTH: String(POSTCOPY_BANDWIDTH) };
+      const kv = (migrations: Record<string, unknown>) => c.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
+      if (step === 'postcopy') await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
       for (const n of [source, target]) {
         const a = agents.get(n)!;
         if (JSON.stringify(a.env) !== JSON.stringify(envs[n])) {
@@ -382,6 +397,15 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         );
       await create();
 
+      // Post-copy: the guest prints on the target (an incoming QEMU runs no guest): the switch-over is behind.
+      const targetLogAt = (await serialLog(agentDir(target), NS, NAME)).length;
+      let sourceLogAt = 0;
+      const inPostcopy = async () => {
+        const ms = ((await vmi()).status as { migrationState?: { mode?: string; completed?: boolean } } | undefined)?.migrationState;
+        if (ms?.mode !== 'PostCopy' || ms.completed || uptimes((await serialLog(agentDir(target), NS, NAME)).slice(targetLogAt)).length === 0) return false;
+        sourceLogAt = (await serialLog(agentDir(source), NS, NAME)).length;
+        return true;
+      };
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
       const wants: Record<string, string> = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running' };
@@ -400,9 +424,11 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
             ? sourceSaid(/the transfer completed/)
             : step === 'mirror'
               ? mirrorUnderway()
-              : step === 1
-                ? ['Scheduled', 'PreparingTarget'].includes(await phase())
-                : (await phase()) === want;
+              : step === 'postcopy'
+                ? inPostcopy()
+                : step === 1
+                  ? ['Scheduled', 'PreparingTarget'].includes(await phase())
+                  : (await phase()) === want;
       try {
         // A migration that fails before the step (the loaded machine: QEMU too slow to answer) is tried again, twice.
         for (let attempt = 1; ; attempt++) {
@@ -455,6 +481,14 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         );
       });
       const settledMs = Date.now() - killedAt;
+      if (step === 'postcopy') {
+        await kv({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, allowPostCopy: null });
+        // Past the switch-over only the target runs the guest: the source's (stale) guest never printed again.
+        if (settled.node === target) {
+          const since = (await serialLog(agentDir(source), NS, NAME)).slice(sourceLogAt);
+          assert.deepEqual(uptimes(since), [], `${name}: the source's guest printed after the switch-over into post-copy`);
+        }
+      }
       // The guest did not reboot: its uptime goes on past what it was before, on its node.
       const now = await eventually(
         `${name}: the guest's uptime going on on ${settled.node}`,

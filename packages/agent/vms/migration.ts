@@ -12,8 +12,9 @@
  * completed, endTimestamp) and then quits its QEMU, now in `postmigrate`, without that being
  * the VM stopping; the target adopts its QEMU as the VMI's. On failure or abort the source
  * keeps running (QEMU resumes a failed precopy itself), the target's QEMU is ended and
- * migrationState says failed with the reason; a post-copy that breaks after the switch-over
- * loses the guest (the source is not resumed, see postcopyLost).
+ * migrationState says failed with the reason; a post-copy that breaks after the switch-over is
+ * given to QEMU's recovery for a bounded time (postcopy-recovery.ts), then loses the guest (the
+ * source is not resumed, see postcopyLost).
  */
 import { readFile, rename, stat, writeFile } from 'node:fs/promises';
 import { basename, join } from 'node:path';
@@ -67,6 +68,17 @@ import {
   verdictWhenStopped,
   type Verdict,
 } from './migration-settings.ts';
+import {
+  RECOVERY_ANNOTATION,
+  recoveryBoundMs,
+  recoveryNote,
+  RESUMED_FILE,
+  resumedAttempt,
+  SourceRecovery,
+  TARGET_GRACE_MS,
+  targetRecoveryAction,
+  type RecoveryNote,
+} from './postcopy-recovery.ts';
 
 const { VMIS, PVCS } = refs;
 type Obj = Record<string, unknown>;
@@ -288,6 +300,9 @@ interface Target {
   postcopy?: boolean;
   /** The VMI as this target was made for it: the kept copies' event names it after it is gone (a restart after a lost post-copy deletes it quickly). */
   vmi?: KubeObject;
+  /** Post-copy recovery (postcopy-recovery.ts): the last attempt this target listened for, and since when its QEMU is postcopy-paused. */
+  recoveryServed?: number;
+  pausedSince?: number;
 }
 
 interface QueryMigrate {
@@ -381,7 +396,8 @@ export class VmMigrations {
     // Listening (QEMU 7.2 gives no status then, only the address) or arriving (the source sends):
     // kept and followed, as stopping it could lose a guest the source has just handed over.
     const listening = !info?.status && !!info?.['socket-address']?.length;
-    const arriving = (listening || INCOMING.has(info?.status ?? '')) && !!ms.targetNodeAddress;
+    // A post-copy waiting for its recovery (postcopy-paused, -recover) runs the guest here: kept too.
+    const arriving = (listening || INCOMING.has(info?.status ?? '') || !!info?.status?.startsWith('postcopy')) && !!ms.targetNodeAddress;
     if (!qmp || (info?.status !== 'completed' && !arriving)) {
       this.host.log(
         `migration: ${keyOf(vmi)}: the target QEMU found at start is not receiving (${info ? (info.status ?? 'not listening') : 'no answer'}): stopping it`,
@@ -980,6 +996,21 @@ export class VmMigrations {
     let stall: PostcopyProgress = { sent: -1, since: Date.now() };
     const stallMs = postcopyStallMs();
     let stalled = false;
+    // A post-copy broken after the switch-over tries QEMU's recovery before the guest counts as
+    // lost (postcopy-recovery.ts); not through the masquerade relay (bound 0: lost at once).
+    const recoverMs = this.host.qemuInPod(vmi) ? 0 : recoveryBoundMs();
+    const resumedFile = join(this.host.runDirOf(vmi), RESUMED_FILE);
+    // An agent restarted during a recovery takes it up where the one before left it.
+    const recovery = new SourceRecovery(
+      recoverMs,
+      restarted
+        ? {
+            note: recoveryNote(this.host.vmi(key)?.metadata.annotations, uid),
+            resumed: resumedAttempt(await readFile(resumedFile, 'utf8').catch(() => ''), uid),
+          }
+        : undefined,
+    );
+    let gaveUp = false;
     for (;;) {
       let info: QueryMigrate;
       try {
@@ -1044,11 +1075,36 @@ export class VmMigrations {
           await qmp.execute('migrate_cancel').catch(() => undefined);
         }
       }
-      if (switched && (status === 'postcopy-paused' || status === 'failed' || status === 'cancelled' || status === 'none')) {
+      if (switched && status.startsWith('postcopy')) {
+        const step = recovery.step(status, Date.now(), recoveryNote(this.host.vmi(key)?.metadata.annotations, uid));
+        if (step.action === 'recovered') {
+          this.host.log(`migration: ${key}: post-copy recovered after ${step.ms} ms broken`);
+          stalled = false;
+          stall = { sent: -1, since: Date.now() };
+        } else if (step.action === 'request') {
+          this.host.log(`migration: ${key}: post-copy ${status}: asking the target to listen again (recovery attempt ${step.attempt})`);
+          await this.requestRecovery(key, uid, step.attempt);
+        } else if (step.action === 'resume') {
+          this.host.log(`migration: ${key}: resuming the post-copy to ${step.address} (recovery attempt ${step.attempt})`);
+          // Recorded first: an agent restarted from here on does not connect a second time.
+          await writeFile(resumedFile, `${uid} ${step.attempt}`);
+          await qmp.execute('migrate', { uri: `tcp:${step.address}`, resume: true }).catch((e: Error) => {
+            this.host.log(`migration: ${key}: migrate resume: ${e.message}`);
+            recovery.resumeFailed();
+          });
+        } else if (step.action === 'give-up') gaveUp = true;
+      }
+      // The target's side failed the migration meanwhile (its QEMU gone): nothing is left to recover.
+      const cur = migrationStateOf(this.host.vmi(key));
+      const failedMeanwhile = recovery.recovering && cur?.migrationUid === uid && !!cur.failed;
+      const broken = status === 'postcopy-paused' || status === 'postcopy-recover';
+      if (switched && ((broken && (gaveUp || failedMeanwhile)) || status === 'failed' || status === 'cancelled' || status === 'none')) {
         const why = stalled
           ? `nothing sent for ${stallMs / 1000} s (the stream to the target stalled: link or target cut off), paused`
           : (info['error-desc'] ?? 'the stream to the target broke');
-        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${why}`);
+        const tried =
+          !broken || recoverMs === 0 ? '' : failedMeanwhile ? '; the migration failed during the recovery' : `; not recovered within ${recoverMs / 1000} s`;
+        return this.postcopyLost(vmi, uid, qmp, `post-copy ${status}: ${why}${tried}`);
       }
       if (status === 'failed' || status === 'cancelled' || status === 'none') {
         // A failed precopy leaves the source running; one paused by the switch-over attempt (a
@@ -1102,11 +1158,10 @@ export class VmMigrations {
   }
 
   /**
-   * Post-copy broke after the switch-over (the target gone or cut off): the guest's memory is
-   * split between the two QEMUs and QEMU 7.2 waits in `postcopy-paused` for a recovery Vessel
-   * does not do. The guest is lost (the documented exception): the source, whose memory is
-   * stale, is never resumed; it quits, so the VMI fails (QemuExited) and its VM's runStrategy
-   * decides. The disks' files stay on both nodes: the claims still name this node, whose copy is
+   * Post-copy broke after the switch-over (the target gone or cut off) and did not recover within
+   * its bound (postcopy-recovery.ts): the guest's memory is split between the two QEMUs. The
+   * guest is lost (the documented exception): the source, whose memory is stale, is never
+   * resumed; it quits, so the VMI fails (QemuExited) and its VM's runStrategy decides. The disks' files stay on both nodes: the claims still name this node, whose copy is
    * the disk as the guest stopped at the switch-over; the target keeps its copy (endTarget),
    * which has what the guest wrote during post-copy.
    */
@@ -1130,6 +1185,68 @@ export class VmMigrations {
       }
       await waitExit(pid, 5000);
     }
+  }
+
+  /** Source, post-copy recovery: asks the target for a new listening address (RECOVERY_ANNOTATION, attempt n, no address). */
+  private async requestRecovery(key: string, uid: string, attempt: number): Promise<void> {
+    const note: RecoveryNote = { migrationUid: uid, attempt };
+    await this.writeState(key, uid, () => undefined, { [RECOVERY_ANNOTATION]: JSON.stringify(note) }).catch((e: Error) =>
+      this.host.log(`migration: ${key}: asking for a recovery: ${e.message}`),
+    );
+  }
+
+  /**
+   * Target, post-copy recovery, one look at its QEMU's status: pauses a QEMU that has not seen the
+   * break, listens again (`migrate-recover`, the same TLS credentials) and publishes the address
+   * for the attempt the source asked for, or, past the bound, declares the guest lost. True when
+   * this target ended.
+   */
+  private async targetRecovery(key: string, t: Target, qmp: QmpClient, status: string): Promise<boolean> {
+    const now = Date.now();
+    if (status === 'postcopy-paused') t.pausedSince ??= now;
+    else if (status === 'postcopy-active') t.pausedSince = undefined;
+    // Not through the masquerade relay: its listener is gone with the first stream's connection.
+    const bound = t.relay ? 0 : recoveryBoundMs();
+    const note = recoveryNote(this.host.vmi(key)?.metadata.annotations, t.migrationUid);
+    const act = targetRecoveryAction(status, note, t.recoveryServed ?? 0, t.pausedSince, now, bound > 0 ? bound + TARGET_GRACE_MS : 0);
+    try {
+      if (act === 'lost') {
+        await this.targetPostcopyLost(key, t);
+        return true;
+      }
+      if (act === 'pause') {
+        this.host.log(`migration: ${key}: the source asks for a post-copy recovery while this side still runs it: pausing it (migrate-pause)`);
+        await qmp.execute('migrate-pause');
+      } else if (act === 'listen') {
+        await qmp.execute('migrate-recover', { uri: `tcp:${this.host.listenAddress}:0` });
+        // QEMU 7.2 reports only the new listener once migrate-recover has set it up.
+        const info = await qmp.execute<QueryMigrate>('query-migrate');
+        const port = Number(info['socket-address']?.find((a) => a.port !== undefined)?.port);
+        if (!Number.isInteger(port) || port <= 0) throw new Error(`QEMU did not say which port it listens on for the recovery (${JSON.stringify(info)})`);
+        t.recoveryServed = note!.attempt;
+        const address = `${this.host.listenAddress}:${port}`;
+        if (await this.publishRecovery(key, t.migrationUid, note!.attempt, address))
+          this.host.log(`migration: ${key}: post-copy recovery attempt ${note!.attempt}: listening on ${address}`);
+      }
+    } catch (e) {
+      this.host.log(`migration: ${key}: post-copy recovery: ${e instanceof Error ? e.message : e}`);
+    }
+    return false;
+  }
+
+  /** Target: completes the source's recovery request `attempt` with its new address (only that request, only once). */
+  private async publishRecovery(key: string, uid: string, attempt: number, address: string): Promise<boolean> {
+    const vmi = this.host.vmi(key);
+    if (!vmi) return false;
+    let written = false;
+    await updateVmi(this.host.client, vmi, (obj) => {
+      const ms = migrationStateOf(obj);
+      const note = recoveryNote(obj.metadata.annotations, uid);
+      if (!active(ms) || ms.migrationUid !== uid || note?.attempt !== attempt || note.address) return false;
+      obj.metadata.annotations = { ...obj.metadata.annotations, [RECOVERY_ANNOTATION]: JSON.stringify({ ...note, address }) };
+      written = true;
+    });
+    return written;
   }
 
   /**
@@ -1345,14 +1462,11 @@ export class VmMigrations {
         if (arrivedAt === undefined) {
           const info = await qmp.execute<QueryMigrate>('query-migrate').catch(() => undefined);
           if (info?.status?.startsWith('postcopy')) t.postcopy = true;
-          if (info?.status === 'postcopy-paused') {
-            // The stream from the source broke after the switch-over (its QEMU or node gone, the
-            // stream cut): this QEMU waits for pages for ever, its guest stuck. Vessel does no
-            // recovery, so the guest is lost: said here too (the source's agent may be down with its
-            // node), and this QEMU ends, its copies kept (endTarget).
-            await this.targetPostcopyLost(key, t);
-            return;
-          }
+          // The stream from the source broke after the switch-over (its QEMU or node gone, the
+          // stream cut): this QEMU waits for pages, its guest stuck, until the source's recovery
+          // reconnects; past the bound the guest is lost: said here too (the source's agent may be
+          // down with its node), and this QEMU ends, its copies kept (endTarget).
+          if (info?.status?.startsWith('postcopy') && (await this.targetRecovery(key, t, qmp, info.status))) return;
           if (info?.status === 'completed') {
             unboost();
             arrivedAt = Date.now();

@@ -1,0 +1,33 @@
+/**
+ * Agents SIGKILLed during post-copy (a scenario: CI skips it). The post-copy cases of
+ * e2e/migration-settings.scenario.test.ts run their agents in the test process, which cannot be
+ * SIGKILLed; these use the crash cluster of e2e/migration-crash.ts (server and agents in child
+ * processes) with a guest live under TCG that prints its uptime every second. Each case: post-copy
+ * after 5 s of precopy at 1 MiB/s, slowed to 512 KiB/s; once the guest prints on the target (past
+ * the switch-over) one agent is SIGKILLed and started again. Then: the migration Succeeded, exactly
+ * one QEMU, on the target, the guest's uptime going on (no reboot), and the source's guest never
+ * printed after the switch-over (never two running copies; never none).
+ */
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+import { startCrashCluster, type CrashCluster, type Side } from './migration-crash.ts';
+
+let c: CrashCluster;
+const results: string[] = [];
+before(async () => {
+  c = await startCrashCluster({ tcgLive: true });
+  await c.bootGuest();
+});
+after(async () => {
+  console.log(`# post-copy kills:\n${results.map((r) => `#   ${r}`).join('\n')}`);
+  await c?.close();
+});
+
+for (const kill of ['source', 'target'] as Side[]) {
+  test(`the ${kill} agent SIGKILLed during post-copy: Succeeded, one QEMU on the target, no reboot`, { timeout: 900_000 }, async () => {
+    const r = await c.crashCase(kill, 'postcopy');
+    results.push(`${kill}: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms after the kill, transfer ${r.transferMs ?? '-'} ms`);
+    assert.equal(r.phase, 'Succeeded', r.failureReason);
+    assert.notEqual(r.node, r.from, 'the guest runs on the target');
+  });
+}

@@ -1,0 +1,117 @@
+/**
+ * The pure decisions of post-copy recovery (vms/postcopy-recovery.ts): the note the agents
+ * share, the source's steps (ask, resume once, give up past the bound) and the target's
+ * (pause, listen, lost). The real recovery runs in e2e/migration-settings.scenario.test.ts.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { RECOVERY_ANNOTATION, recoveryBoundMs, recoveryNote, resumedAttempt, SourceRecovery, targetRecoveryAction } from './postcopy-recovery.ts';
+
+const note = (v: unknown) => recoveryNote({ [RECOVERY_ANNOTATION]: typeof v === 'string' ? v : JSON.stringify(v) }, 'm1');
+
+test('recoveryNote: only a well-formed note of this migration counts', () => {
+  assert.deepEqual(note({ migrationUid: 'm1', attempt: 2 }), { migrationUid: 'm1', attempt: 2 });
+  assert.deepEqual(note({ migrationUid: 'm1', attempt: 1, address: '10.0.0.2:4444' }), { migrationUid: 'm1', attempt: 1, address: '10.0.0.2:4444' });
+  assert.equal(note({ migrationUid: 'other', attempt: 1 }), undefined, 'another migration');
+  assert.equal(note({ migrationUid: 'm1', attempt: 0 }), undefined);
+  assert.equal(note({ migrationUid: 'm1', attempt: 1.5 }), undefined);
+  assert.equal(note({ migrationUid: 'm1', attempt: 1, address: 'unix:/etc/passwd' }), undefined, 'not host:port');
+  assert.equal(note({ migrationUid: 'm1', attempt: 1, address: '10.0.0.2:44 44' }), undefined);
+  assert.equal(note('{not json'), undefined);
+  assert.equal(recoveryNote(undefined, 'm1'), undefined);
+});
+
+test('recoveryBoundMs: 60 s unless the test knob says otherwise; 0 turns recovery off', () => {
+  assert.equal(recoveryBoundMs({}), 60_000);
+  assert.equal(recoveryBoundMs({ VESSEL_TEST_POSTCOPY_RECOVERY_MS: '20000' }), 20_000);
+  assert.equal(recoveryBoundMs({ VESSEL_TEST_POSTCOPY_RECOVERY_MS: '0' }), 0);
+  assert.equal(recoveryBoundMs({ VESSEL_TEST_POSTCOPY_RECOVERY_MS: 'x' }), 60_000);
+  assert.equal(recoveryBoundMs({ VESSEL_TEST_POSTCOPY_RECOVERY_MS: '-5' }), 60_000);
+});
+
+test('SourceRecovery: asks once, resumes once to the address the target published, then waits; recovered resets', () => {
+  const r = new SourceRecovery(60_000);
+  assert.deepEqual(r.step('postcopy-active', 0, undefined), { action: 'none' });
+  assert.equal(r.recovering, false);
+  assert.deepEqual(r.step('postcopy-paused', 1000, undefined), { action: 'request', attempt: 1 });
+  assert.equal(r.recovering, true);
+  assert.deepEqual(r.step('postcopy-paused', 1200, undefined), { action: 'none' }, 'no address yet');
+  // A stale note (an earlier attempt's address) is not this attempt's.
+  assert.deepEqual(r.step('postcopy-paused', 1400, { migrationUid: 'm1', attempt: 0, address: 'a:1' }), { action: 'none' });
+  const published = { migrationUid: 'm1', attempt: 1, address: '10.0.0.2:4444' };
+  assert.deepEqual(r.step('postcopy-paused', 1600, published), { action: 'resume', attempt: 1, address: '10.0.0.2:4444' });
+  // Its connect may hang (a cut link): no second resume, no new request, while it is outstanding.
+  for (let t = 1800; t < 60_000; t += 5000) assert.deepEqual(r.step('postcopy-paused', t, published), { action: 'none' }, `at ${t}`);
+  assert.deepEqual(r.step('postcopy-recover', 60_500, published), { action: 'none' }, 'connected: given more time');
+  assert.deepEqual(r.step('postcopy-active', 61_000, published), { action: 'recovered', ms: 60_000 });
+  assert.equal(r.recovering, false);
+  // It breaks again: a fresh bound and a new attempt (the target listens anew).
+  assert.deepEqual(r.step('postcopy-paused', 70_000, published), { action: 'request', attempt: 2 });
+  assert.deepEqual(r.step('postcopy-paused', 70_200, { ...published, attempt: 2, address: '10.0.0.2:5555' }), {
+    action: 'resume',
+    attempt: 2,
+    address: '10.0.0.2:5555',
+  });
+});
+
+test('SourceRecovery: gives up past the bound while paused; a refused resume may ask again; bound 0 gives up at once', () => {
+  const r = new SourceRecovery(20_000);
+  assert.equal(r.step('postcopy-paused', 0, undefined).action, 'request');
+  assert.equal(r.step('postcopy-paused', 1000, { migrationUid: 'm', attempt: 1, address: 'h:1' }).action, 'resume');
+  r.resumeFailed();
+  assert.deepEqual(r.step('postcopy-paused', 2000, { migrationUid: 'm', attempt: 1, address: 'h:1' }), { action: 'request', attempt: 2 });
+  assert.deepEqual(r.step('postcopy-paused', 19_999, undefined), { action: 'none' });
+  assert.deepEqual(r.step('postcopy-paused', 20_000, undefined), { action: 'give-up', waitedMs: 20_000 });
+  // Stuck in postcopy-recover (the link broke again in the handshake): twice the bound.
+  const s = new SourceRecovery(20_000);
+  s.step('postcopy-paused', 0, undefined);
+  assert.deepEqual(s.step('postcopy-recover', 39_999, undefined), { action: 'none' });
+  assert.deepEqual(s.step('postcopy-recover', 40_000, undefined), { action: 'give-up', waitedMs: 40_000 });
+  assert.deepEqual(new SourceRecovery(0).step('postcopy-paused', 5, undefined), { action: 'give-up', waitedMs: 0 });
+  // Not post-copy statuses: nothing to do.
+  assert.deepEqual(new SourceRecovery(20_000).step('active', 0, undefined), { action: 'none' });
+});
+
+test('targetRecoveryAction: pauses a side that has not seen the break, listens once per attempt, lost past its bound or without recovery', () => {
+  const asked = { migrationUid: 'm', attempt: 1 };
+  assert.equal(targetRecoveryAction('postcopy-active', undefined, 0, undefined, 0, 90_000), 'none', 'nothing asked');
+  assert.equal(targetRecoveryAction('postcopy-active', asked, 0, undefined, 0, 90_000), 'pause', 'a cut link: this side saw nothing');
+  assert.equal(targetRecoveryAction('postcopy-paused', asked, 0, 0, 100, 90_000), 'listen');
+  assert.equal(targetRecoveryAction('postcopy-paused', asked, 1, 0, 200, 90_000), 'none', 'served already');
+  assert.equal(targetRecoveryAction('postcopy-paused', { ...asked, address: 'h:1' }, 0, 0, 200, 90_000), 'none', 'answered (by an agent before this one)');
+  assert.equal(targetRecoveryAction('postcopy-recover', asked, 0, 0, 200, 90_000), 'none');
+  assert.equal(targetRecoveryAction('postcopy-paused', { ...asked, attempt: 2 }, 1, 0, 300, 90_000), 'listen', 'a new attempt');
+  // Paused for longer than its bound (the source's agent silent): lost; not while it still runs post-copy.
+  assert.equal(targetRecoveryAction('postcopy-paused', undefined, 0, 0, 89_999, 90_000), 'none');
+  assert.equal(targetRecoveryAction('postcopy-paused', asked, 1, 0, 90_000, 90_000), 'lost');
+  assert.equal(targetRecoveryAction('postcopy-active', undefined, 0, undefined, 10_000_000, 90_000), 'none');
+  // Recovery off (0), or through the relay: a paused target is lost at once, as before.
+  assert.equal(targetRecoveryAction('postcopy-paused', asked, 0, 0, 0, 0), 'lost');
+  assert.equal(targetRecoveryAction('postcopy-active', asked, 0, undefined, 0, 0), 'none');
+});
+
+test('SourceRecovery after an agent restart: waits for a resume that may be connecting, resumes an answer not yet used, waits for an open request', () => {
+  const answered = { migrationUid: 'm', attempt: 2, address: 'h:2' };
+  // The agent before resumed attempt 2: its connect may still be under way; no second connect, no new request.
+  const waiting = new SourceRecovery(60_000, { note: answered, resumed: 2 });
+  for (let t = 0; t < 60_000; t += 7000) assert.deepEqual(waiting.step('postcopy-paused', t, answered), { action: 'none' }, `at ${t}`);
+  assert.deepEqual(waiting.step('postcopy-active', 61_000, answered), { action: 'recovered', ms: 61_000 });
+  assert.deepEqual(waiting.step('postcopy-paused', 62_000, answered), { action: 'request', attempt: 3 }, 'a later break: the next attempt');
+  // The target answered, the agent before died before resuming: this one resumes.
+  const unused = new SourceRecovery(60_000, { note: answered, resumed: 1 });
+  assert.deepEqual(unused.step('postcopy-paused', 0, answered), { action: 'resume', attempt: 2, address: 'h:2' });
+  // Asked, not answered yet: waits for the answer (no new attempt, which the target would serve on another port).
+  const open = { migrationUid: 'm', attempt: 3 };
+  const asked = new SourceRecovery(60_000, { note: open });
+  assert.deepEqual(asked.step('postcopy-paused', 0, open), { action: 'none' });
+  assert.deepEqual(asked.step('postcopy-paused', 500, { ...open, address: 'h:3' }), { action: 'resume', attempt: 3, address: 'h:3' });
+  // Nothing before: as a fresh one.
+  assert.deepEqual(new SourceRecovery(60_000, {}).step('postcopy-paused', 0, undefined), { action: 'request', attempt: 1 });
+});
+
+test('resumedAttempt: the attempt of this migration only', () => {
+  assert.equal(resumedAttempt('m1 3\n', 'm1'), 3);
+  assert.equal(resumedAttempt('m2 3', 'm1'), undefined);
+  assert.equal(resumedAttempt('m1 x', 'm1'), undefined);
+  assert.equal(resumedAttempt('', 'm1'), undefined);
+});
