@@ -31,7 +31,7 @@
  * share of the pause is known). Each round migrates Vessel's guest, then the raw one plainly, then
  * over TLS, so the three see the same load.
  *
- *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN
+ *   node --import tsx bench/migration.bench.ts     # 2-4 minutes on 2 cores (8 rounds: ~2 at load 2); env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
