@@ -13,16 +13,25 @@
  *
  * Under TCG Vessel pauses the guest for its transfer; the raw baseline then does the same (`stop`
  * before `migrate`, `cont` on the target). BENCH_MIG_LIVE=1 keeps both running (Vessel's
- * `migration.vessel.io/tcg-live`).
+ * `migration.vessel.io/tcg-live`). BENCH_MIG_POSTCOPY=1: the KubeVirt object allows post-copy
+ * (migrations.allowPostCopy), so Vessel under TCG pauses the guest and starts post-copy at once;
+ * the raw baselines do the same (`postcopy-ram` on both QEMUs, `stop`, `migrate`,
+ * `migrate-start-postcopy`, no `cont`: QEMU 7.2's target starts the guest itself). The transfer
+ * time is then until all pages arrived (the source's `completed`). BENCH_MIG_POSTCOPY=ab: rounds
+ * alternate stop-and-copy (even) and post-copy (odd) on all three sides, figures for each kind
+ * apart: the two compared under one load. BENCH_MIG_PLAIN=1: Vessel's stream without TLS too
+ * (migrations.disableTLS). Each Vessel migration's migrationState.mode is checked against the kind
+ * asked for (Paused, PostCopy).
  *
  * The pause is taken apart with QEMU's event times (migration-timeline.ts): source STOP → setup →
- * active → completed, target completed → RESUME; Vessel's from the agents' `timeline` log lines,
- * the raw baseline's from its own QMP connections. The raw baseline runs each round twice: over
+ * active → completed, target completed → RESUME; in post-copy source active → postcopy-active →
+ * target RESUME (which comes before the target's completed), the pause still STOP → RESUME.
+ * Vessel's from the agents' `timeline` log lines, the raw baseline's from its own QMP connections. The raw baseline runs each round twice: over
  * plain TCP and over TLS with the credentials the agents wrote for the same node pair (so TLS's
  * share of the pause is known). Each round migrates Vessel's guest, then the raw one plainly, then
  * over TLS, so the three see the same load.
  *
- *   node --import tsx bench/migration.bench.ts     # about 4 minutes on 2 quiet cores; env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE
+ *   node --import tsx bench/migration.bench.ts     # 2-4 minutes on 2 cores (8 rounds: ~2 at load 2); env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
@@ -67,6 +76,13 @@ const NAME = 'bench-gap';
 const ROUNDS = envInt('BENCH_MIG_GAP_ROUNDS', 4);
 /** BENCH_MIG_LIVE=1: both guests run during the transfer (Vessel's migration.vessel.io/tcg-live); else both pause for it, as Vessel under TCG. */
 const LIVE = process.env.BENCH_MIG_LIVE === '1';
+/** BENCH_MIG_POSTCOPY=1: post-copy allowed, the paused guests go to post-copy at once (Vessel and raw). `ab`: odd rounds only. */
+const POSTCOPY = process.env.BENCH_MIG_POSTCOPY === '1';
+const AB = process.env.BENCH_MIG_POSTCOPY === 'ab';
+const postcopyRound = (i: number): boolean => POSTCOPY || (AB && i % 2 === 1);
+/** BENCH_MIG_PLAIN=1: Vessel's migration stream over plain TCP (migrations.disableTLS), as raw plain. */
+const PLAIN = process.env.BENCH_MIG_PLAIN === '1';
+const KV: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
 const BOOT_TIMEOUT_MS = 600_000;
 /** The raw guest's static address and the observer's on the hand-made bridge (inside the baseline's namespaces). */
 const RAW_ADDR = '10.244.0.60';
@@ -127,6 +143,8 @@ function observe(netns: string, addr: string): { ping: Arrivals; tcp: Arrivals; 
 }
 
 interface Round {
+  /** Post-copy from the paused source (else stop-and-copy, or live with BENCH_MIG_LIVE). */
+  postcopy: boolean;
   ping: number;
   tcp: number;
   transferMs: number;
@@ -144,6 +162,15 @@ const SEGMENTS: readonly (readonly [keyof PauseSegments, string])[] = [
   ['completedToResume', 'target completed → RESUME'],
   ['total', 'source STOP → target RESUME (the pause)'],
 ];
+/** Post-copy: the target runs the guest from the switch-over on (RESUME before its completed). */
+const POSTCOPY_SEGMENTS: readonly (readonly [keyof PauseSegments, string])[] = [
+  ['stopToSetup', 'source STOP → MIGRATION setup'],
+  ['setupToActive', 'source setup → active (connect, TLS handshake)'],
+  ['toPostcopy', 'source active → postcopy-active'],
+  ['postcopyToResume', 'source postcopy-active → target RESUME (devices sent, loaded)'],
+  ['total', 'source STOP → target RESUME (the pause)'],
+  ['transfer', 'source active → completed (all pages sent, guest running)'],
+];
 
 /** The newest credentials directory an agent wrote for a peer (`<dataDir>/migration-tls/<peer>/<hash>`). */
 async function tlsDirOf(dataDir: string, peer: string): Promise<string> {
@@ -159,7 +186,12 @@ async function tlsDirOf(dataDir: string, peer: string): Promise<string> {
 }
 
 /** One migration observed: gaps from 1 s before `migrate()` to 2 s after it returns. */
-async function observed(netns: string, addr: string, migrate: () => Promise<{ took: number; seg?: PauseSegments; bytes?: number }>): Promise<Round> {
+async function observed(
+  netns: string,
+  addr: string,
+  postcopy: boolean,
+  migrate: () => Promise<{ took: number; seg?: PauseSegments; bytes?: number }>,
+): Promise<Round> {
   const o = observe(netns, addr);
   try {
     await pollUntil('the observer receiving', async () => (o.ping.at.length > 5 && o.tcp.at.length > 5 ? true : undefined), 60_000, 100).catch((e: Error) => {
@@ -171,7 +203,7 @@ async function observed(netns: string, addr: string, migrate: () => Promise<{ to
     const { took: transferMs, seg, bytes } = r;
     await sleep(2000);
     const to = now();
-    return { ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes };
+    return { postcopy, ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes };
   } finally {
     o.stop();
   }
@@ -190,6 +222,16 @@ export async function runMigrationGap(): Promise<BenchResult> {
     const timelines: string[] = [];
     c = await startCluster({ nodes: 2, nodeLog: (l) => void (l.includes(`${NS}/${NAME}: timeline `) && timelines.push(l)) });
     const client = c.client;
+    if (LIVE && (POSTCOPY || AB)) throw new Error('BENCH_MIG_POSTCOPY is for the paused guest: not with BENCH_MIG_LIVE');
+    // The KubeVirt object's migration settings (the migration controller copies them into each migration).
+    const migrations = (postcopy: boolean) =>
+      client.patch(
+        KV,
+        'kubevirt',
+        { spec: { configuration: { migrations: { ...(POSTCOPY || AB ? { allowPostCopy: postcopy } : {}), ...(PLAIN ? { disableTLS: true } : {}) } } } },
+        { namespace: 'kubevirt' },
+      );
+    if (POSTCOPY || AB || PLAIN) await migrations(postcopyRound(0));
     await ensureTinyImage(client, () => undefined, { storageClass: 'shared' });
     await client.create(
       VM,
@@ -299,8 +341,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
     // One migration each per round, Vessel's then raw plain then raw TLS, so all three see the same load.
     for (let i = 0; i < ROUNDS; i++) {
       const from = (await status()).nodeName;
+      const pc = postcopyRound(i);
       vessel.push(
-        await observed(observer, addr, async () => {
+        await observed(observer, addr, pc, async () => {
           const name = `gap-${i}`;
           await client.create(
             VMIM,
@@ -337,22 +380,34 @@ export async function runMigrationGap(): Promise<BenchResult> {
             50,
           ).catch(() => undefined);
           sides = {};
+          if (!seen) problems.push(`vessel round ${i}: no timeline line from both agents within 10 s`);
+          // The kind this migration was: Paused (stop-and-copy) or PostCopy (migrationState.mode).
+          const mode = ((await client.get(VMI, NAME, { namespace: NS })).status as { migrationState?: { mode?: string } } | undefined)?.migrationState?.mode;
+          const want = LIVE ? undefined : pc ? 'PostCopy' : 'Paused';
+          if (want && mode !== want) problems.push(`vessel round ${i}: migrationState.mode ${mode ?? '(none)'}, expected ${want}`);
           return { took, seg: seen ? pauseSegments(seen.source, seen.target) : undefined, bytes };
         }),
       );
-      console.log(`vessel round ${i}: ${JSON.stringify(vessel.at(-1))}`);
+      console.log(`vessel round ${i}${pc ? ' (post-copy)' : ''}: ${JSON.stringify(vessel.at(-1))}`);
+      // The next round's kind, set now: the controller's informer has the raw rounds' time to see it.
+      if (AB && i + 1 < ROUNDS) await migrations(postcopyRound(i + 1));
       for (const tls of [false, true]) {
         const dstNode = 1 - srcNode;
         const dst = await rawLaunch(dstNode, true);
         (tls ? rawTlsRounds : rawRounds).push(
-          await observed(raw.nodes[0].netns, RAW_ADDR, async () => {
+          await observed(raw.nodes[0].netns, RAW_ADDR, pc, async () => {
             const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
             const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
             const st = new MigrationTimeline().attach(sq);
             const dt = new MigrationTimeline().attach(tq);
             try {
-              // The MIGRATION events carry the breakdown's times (as the agents turn them on).
-              for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+              // The MIGRATION events carry the breakdown's times (as the agents turn them on); post-copy
+              // set either way on both (a QEMU keeps its capabilities from the migration before).
+              const caps = [
+                { capability: 'events', state: true },
+                { capability: 'postcopy-ram', state: pc },
+              ];
+              for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: caps });
               if (tls) {
                 const [sa, da] = [agents[srcNode], agents[dstNode]];
                 await tq.execute('object-add', {
@@ -383,6 +438,8 @@ export async function runMigrationGap(): Promise<BenchResult> {
               // As Vessel under TCG: the guest paused for the transfer (stop-and-copy), unless live.
               if (!LIVE) await sq.execute('stop');
               await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
+              // As the agent: taken once `migrate` set the migration up, switching at the first iteration.
+              if (pc) await sq.execute('migrate-start-postcopy');
               const info = await pollUntil(
                 'the raw migration completed',
                 async () => {
@@ -394,7 +451,19 @@ export async function runMigrationGap(): Promise<BenchResult> {
                 50,
               );
               const took = Date.now() - t0;
-              if (!LIVE) {
+              // Post-copy asked for but precopy completed first (migrate-start-postcopy came too late):
+              // the guest paused on the target as after a stop-and-copy, so it is resumed as one.
+              const switched = pc && st.marks['postcopy-active'] !== undefined;
+              if (pc && !switched) problems.push(`raw ${tls ? 'TLS' : 'plain'} round ${i}: post-copy asked for, precopy completed first`);
+              if (switched) {
+                // QEMU 7.2's target ran the guest at the switch-over (RESUME) and completes once the last page is in.
+                await pollUntil(
+                  'the raw post-copy target RESUME and completed events',
+                  async () => (dt.marks.resume !== undefined && dt.marks.completed !== undefined ? true : undefined),
+                  10_000,
+                  10,
+                ).catch(() => undefined);
+              } else if (!LIVE) {
                 await pollUntil(
                   'the raw target loaded',
                   async () => ((await tq.execute<{ status: string }>('query-status')).status !== 'inmigrate' ? true : undefined),
@@ -419,39 +488,53 @@ export async function runMigrationGap(): Promise<BenchResult> {
         await terminate(src, { graceMs: 2000 }).catch(() => undefined);
         src = dst;
         srcNode = dstNode;
-        console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
+        console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i}${pc ? ' (post-copy)' : ''}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
       }
     }
 
-    const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {
-      const v = vessel.map((r) => r[key]);
-      const r = rawRounds.map((x) => x[key]);
-      const t = rawTlsRounds.map((x) => x[key]);
+    // The kinds the rounds were (one, or with BENCH_MIG_POSTCOPY=ab both), each figure per kind.
+    const kinds = AB
+      ? [
+          { label: ' [stop-and-copy]', postcopy: false },
+          { label: ' [post-copy from the paused source]', postcopy: true },
+        ]
+      : [{ label: POSTCOPY ? ' [post-copy from the paused source]' : '', postcopy: POSTCOPY }];
+    const vesselOver = PLAIN ? 'Vessel over plain TCP' : 'Vessel over TLS';
+    for (const kind of kinds) {
+      const [V, R, T] = [vessel, rawRounds, rawTlsRounds].map((rs) => rs.filter((x) => x.postcopy === kind.postcopy));
+      const n = V.length;
+      const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {
+        const [v, r, t] = [V, R, T].map((rs) => rs.map((x) => x[key]));
+        figures.push({
+          name: `${name}${kind.label}, Vessel / raw QEMU (median of ${n})`,
+          ratio: median(v) / median(r),
+          detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x); ${goal} [${loadLine()}]`,
+        });
+      };
+      const mib = (rs: Round[]) => rs.map((x) => (x.bytes === undefined ? '?' : (x.bytes / 2 ** 20).toFixed(0))).join(', ');
       figures.push({
-        name: `${name}, Vessel / raw QEMU (median of ${ROUNDS})`,
-        ratio: median(v) / median(r),
-        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x); ${goal} [${loadLine()}]`,
+        name: `MiB sent${kind.label}, Vessel / raw QEMU (median)`,
+        ratio: median(V.map((x) => x.bytes ?? NaN)) / median(R.map((x) => x.bytes ?? NaN)),
+        detail: `Vessel ${mib(V)}; raw ${mib(R)}; raw over TLS ${mib(T)}`,
       });
-    };
-    const mib = (rs: Round[]) => rs.map((x) => (x.bytes === undefined ? '?' : (x.bytes / 2 ** 20).toFixed(0))).join(', ');
-    figures.push({
-      name: 'MiB sent, Vessel / raw QEMU (median)',
-      ratio: median(vessel.map((x) => x.bytes ?? NaN)) / median(rawRounds.map((x) => x.bytes ?? NaN)),
-      detail: `Vessel ${mib(vessel)}; raw ${mib(rawRounds)}; raw over TLS ${mib(rawTlsRounds)}`,
-    });
-    // The pause taken apart: each segment's median, Vessel / raw plain, with raw TLS beside it.
-    const segs = (rs: Round[], k: keyof PauseSegments) => rs.map((x) => x.seg?.[k] ?? NaN).filter(Number.isFinite);
-    for (const [k, what] of SEGMENTS) {
-      const [v, r, t] = [segs(vessel, k), segs(rawRounds, k), segs(rawTlsRounds, k)];
-      figures.push({
-        name: `pause: ${what}, Vessel / raw QEMU (median)`,
-        ratio: median(v) / median(r),
-        detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x)`,
-      });
+      // The pause taken apart: each segment's median, Vessel / raw plain, with raw TLS beside it.
+      const segs = (rs: Round[], k: keyof PauseSegments) => rs.map((x) => x.seg?.[k] ?? NaN).filter(Number.isFinite);
+      for (const [k, what] of kind.postcopy ? POSTCOPY_SEGMENTS : SEGMENTS) {
+        const [v, r, t] = [segs(V, k), segs(R, k), segs(T, k)];
+        figures.push({
+          name: `pause${kind.label}: ${what}, Vessel / raw QEMU (median)`,
+          ratio: median(v) / median(r),
+          detail: `Vessel ${v.map(ms).join(', ')}; raw ${r.map(ms).join(', ')}; raw over TLS ${t.map(ms).join(', ')} (Vessel / raw TLS ${(median(v) / median(t)).toFixed(2)}x)`,
+        });
+      }
+      fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
+      fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
+      fig(
+        `transfer time${kind.postcopy ? ' (post-copy: until all pages arrived)' : ''} (Vessel: migrationState start → end; raw: migrate → completed)`,
+        'transferMs',
+        `${vesselOver}, raw plain TCP and over TLS`,
+      );
     }
-    fig('longest ping gap (20 ms pings)', 'ping', 'goal ≤ 1.2x and ≤ 50 ms more than the ping interval');
-    fig('longest TCP stall (a line every 20 ms)', 'tcp', 'goal ≤ 1.2x');
-    fig('transfer time (Vessel: migrationState start → end; raw: migrate → completed)', 'transferMs', 'Vessel over TLS, raw plain TCP');
   } catch (e) {
     problems.push(e instanceof Error ? e.message : String(e));
   } finally {

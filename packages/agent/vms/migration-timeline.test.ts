@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { EventEmitter } from 'node:events';
 import { test } from 'node:test';
 import type { QmpEvent } from '../qmp/client.ts';
-import { MigrationTimeline, parseTimeline, pauseSegments } from './migration-timeline.ts';
+import { MigrationTimeline, parseTimeline, pauseSegments, targetSettled } from './migration-timeline.ts';
 
 const at = (ms: number) => ({ seconds: Math.floor(ms / 1000), microseconds: (ms % 1000) * 1000 });
 const ev = (event: string, ms: number, data: Record<string, unknown> = {}): QmpEvent => ({ event, data, timestamp: at(ms) });
@@ -27,6 +27,31 @@ test('a side’s timeline keeps the first time of each event, logs it and parses
 test('the pause joins both sides; a missing mark gives NaN', () => {
   const src = { stop: 100, setup: 104, active: 150, completed: 500 };
   const dst = { active: 152, completed: 510, resume: 530 };
-  assert.deepEqual(pauseSegments(src, dst), { stopToSetup: 4, setupToActive: 46, transfer: 350, srcToDstCompleted: 10, completedToResume: 20, total: 430 });
+  assert.deepEqual(pauseSegments(src, dst), {
+    stopToSetup: 4,
+    setupToActive: 46,
+    transfer: 350,
+    srcToDstCompleted: 10,
+    completedToResume: 20,
+    toPostcopy: NaN,
+    postcopyToResume: NaN,
+    total: 430,
+  });
   assert.ok(Number.isNaN(pauseSegments(src, { completed: 510 }).total));
+});
+
+test('post-copy: the target resumes before it completes; its line is due once both are seen', () => {
+  const src = { stop: 100, setup: 104, active: 150, 'postcopy-active': 160, completed: 900 };
+  const dst = { active: 152, 'postcopy-active': 170, resume: 250 };
+  assert.equal(targetSettled(dst), false);
+  const seg = pauseSegments(src, { ...dst, completed: 910 });
+  assert.equal(seg.total, 150);
+  assert.equal(seg.toPostcopy, 10);
+  assert.equal(seg.postcopyToResume, 90);
+  assert.equal(seg.transfer, 750);
+  assert.equal(targetSettled({ ...dst, completed: 910 }), true);
+  const tl = new MigrationTimeline();
+  for (const [k, v] of Object.entries({ ...dst, completed: 910 })) tl.mark(k, v);
+  // completed→resume would be negative: left out; postcopy-active→resume shown.
+  assert.match(tl.line('target'), /postcopy-active→resume 80 ms$/);
 });

@@ -59,17 +59,30 @@ export class MigrationTimeline {
 const SOURCE_SEGMENTS: readonly (readonly [string, string, string])[] = [
   ['stop', 'setup', 'stop→setup'],
   ['setup', 'active', 'setup→active (connect, TLS handshake)'],
+  ['active', 'postcopy-active', 'active→postcopy-active'],
   ['active', 'completed', 'active→completed (transfer)'],
 ];
 const TARGET_SEGMENTS: readonly (readonly [string, string, string])[] = [
   ['active', 'completed', 'active→completed (receive, load)'],
+  ['postcopy-active', 'resume', 'postcopy-active→resume'],
   ['completed', 'resume', 'completed→resume'],
 ];
 
+/** `what N ms` when both marks are there in that order (in post-copy the target resumes before it completes). */
 function span(m: Marks, a: string, b: string, what: string): string | undefined {
   const x = m[a];
   const y = m[b];
-  return x === undefined || y === undefined ? undefined : `${what} ${Math.round(y - x)} ms`;
+  return x === undefined || y === undefined || y < x ? undefined : `${what} ${Math.round(y - x)} ms`;
+}
+
+/**
+ * Whether a target's half of the breakdown is complete: the guest arrived (MIGRATION completed)
+ * and runs (RESUME), in either order. After a stop-and-copy RESUME follows `completed` (the
+ * agent's `cont`); in post-copy QEMU 7.2's target starts the guest itself at the switch-over, so
+ * RESUME comes first and `completed` when the last page has arrived.
+ */
+export function targetSettled(m: Marks): boolean {
+  return m.completed !== undefined && m.resume !== undefined;
 }
 
 /** Parses a `timeline <side> k=v ...` log line back into its marks (the benchmark's side). */
@@ -96,6 +109,10 @@ export interface PauseSegments {
   srcToDstCompleted: number;
   /** Target completed → RESUME: until the guest runs again there. */
   completedToResume: number;
+  /** Post-copy: source active → postcopy-active (what precopy ran before the switch; NaN in stop-and-copy). */
+  toPostcopy: number;
+  /** Post-copy: source postcopy-active → target RESUME (device state sent and loaded; NaN in stop-and-copy). */
+  postcopyToResume: number;
   /** Source STOP → target RESUME: the guest's whole pause. */
   total: number;
 }
@@ -108,6 +125,8 @@ export function pauseSegments(src: Marks, dst: Marks): PauseSegments {
     transfer: d(src.active, src.completed),
     srcToDstCompleted: d(src.completed, dst.completed),
     completedToResume: d(dst.completed, dst.resume),
+    toPostcopy: d(src.active, src['postcopy-active']),
+    postcopyToResume: d(src['postcopy-active'], dst.resume),
     total: d(src.stop, dst.resume),
   };
 }

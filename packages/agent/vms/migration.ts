@@ -54,7 +54,7 @@ import {
   type MovingDisk,
 } from './block-migration.ts';
 import { ProgressPublisher } from './migration-progress.ts';
-import { MigrationTimeline } from './migration-timeline.ts';
+import { MigrationTimeline, targetSettled } from './migration-timeline.ts';
 import { ARRIVAL_BOOST_MS, boost, type Unboost } from './migration-boost.ts';
 import {
   applySourceSettings,
@@ -1438,6 +1438,7 @@ export class VmMigrations {
     // A guest the source paused for the transfer runs on as soon as it has arrived, as QEMU starts
     // one that came running: at the incoming migration's end, not at the next poll below.
     const timeline = new MigrationTimeline().attach(qmp);
+    let timelineLogged = false;
     // Until the guest has arrived this QEMU only receives: at the agent's priority, so a paused
     // guest's transfer is not stretched by the node's load (migration-boost.ts); its vCPUs run at
     // its own weight again from the arrival on.
@@ -1449,8 +1450,10 @@ export class VmMigrations {
       if (ev.event === 'MIGRATION' && ev.data.status === 'failed') unboost();
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
         void this.resumePaused(key, qmp, true).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
-      // The target's half of the pause breakdown: once the guest runs here (or the migration ended without it).
-      if ((ev.event === 'RESUME' && timeline.marks.completed !== undefined) || (ev.event === 'MIGRATION' && ev.data.status === 'failed')) {
+      // The target's half of the pause breakdown, once: the guest arrived and runs here (in post-copy
+      // RESUME comes first, targetSettled), or the migration ended without it.
+      if (!timelineLogged && (targetSettled(timeline.marks) || (ev.event === 'MIGRATION' && ev.data.status === 'failed'))) {
+        timelineLogged = true;
         this.host.log(`migration: ${key}: ${timeline.line('target')}`);
         timeline.detach();
       }
