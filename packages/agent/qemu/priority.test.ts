@@ -5,12 +5,15 @@
  * directory laid out like cgroupfs.
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import {
+  applyLaunchWeight,
+  AUTOGROUP_NICE,
   cgroup2Mount,
   cgroupSettings,
   DEFAULT_QEMU_PRIORITY,
@@ -20,6 +23,7 @@ import {
   parseQemuPriority,
   prepareCgroupParent,
   removeVmCgroup,
+  setAutogroupNice,
   vmCgroup,
   wrapLaunch,
   type CgroupProbe,
@@ -183,3 +187,26 @@ test('a delegated group: the agent moves into a leaf, VM groups get their settin
   assert.equal(existsSync(dir), true);
   assert.equal(existsSync(join(parent, 'empty')), false);
 });
+
+test(
+  "a QEMU's session gets its launch weight back (an agent that re-adopts one a dead agent left boosted); priority off leaves it alone",
+  { skip: !(existsSync('/proc/self/autogroup') && process.getuid?.() === 0) && 'no autogroups or not root' },
+  async () => {
+    // A stand-in for a daemonized QEMU: a session of its own.
+    const child = spawn('sleep', ['60'], { detached: true, stdio: 'ignore' });
+    const pid = child.pid!;
+    const nice = async () => /nice\s+(-?\d+)/.exec(await readFile(`/proc/${pid}/autogroup`, 'utf8'))?.[1];
+    try {
+      // Boosted for a paused transfer (nice 0), its agent gone.
+      assert.ok(await setAutogroupNice(pid, 0));
+      assert.ok(await applyLaunchWeight(pid, DEFAULT_QEMU_PRIORITY.nice));
+      assert.equal(await nice(), String(AUTOGROUP_NICE));
+      // `--qemu-priority off`: QEMU runs at the agent's weight; nothing is changed.
+      assert.ok(await setAutogroupNice(pid, 5));
+      assert.ok(await applyLaunchWeight(pid, 0));
+      assert.equal(await nice(), '5');
+    } finally {
+      child.kill('SIGKILL');
+    }
+  },
+);

@@ -119,6 +119,15 @@ export function wrapLaunch(
 }
 
 /**
+ * Gives the session of a QEMU the weight launch() gives it: the lightest (AUTOGROUP_NICE) when
+ * QEMU runs below the agent (`nice` > 0), else nothing. Also when an agent re-adopts a QEMU: the
+ * agent before may have died during a migration that boosted it (vms/migration-boost.ts).
+ */
+export async function applyLaunchWeight(pid: number, nice: number): Promise<boolean> {
+  return nice > 0 ? setAutogroupNice(pid, AUTOGROUP_NICE) : true;
+}
+
+/**
  * Gives the autogroup (session) of `pid` the niceness `nice`. False when the kernel has no
  * autogroup (no /proc/PID/autogroup) or refused it.
  */

@@ -15,7 +15,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { QmpClient } from '../qmp/client.ts';
 import { QemuLaunchError, QemuProcessError, firstQemuLine } from './errors.ts';
-import { AUTOGROUP_NICE, findExecutable, joinCgroup, setAutogroupNice, wrapLaunch, type LaunchPriority } from './priority.ts';
+import { applyLaunchWeight, findExecutable, joinCgroup, wrapLaunch, type LaunchPriority } from './priority.ts';
 
 export const DEFAULT_QEMU_BINARY = 'qemu-system-x86_64';
 
@@ -233,7 +233,7 @@ export async function launch(opts: LaunchOptions): Promise<LaunchResult> {
     // Each QEMU is a group of its own, so the groups' weights add up: at the lightest (nice 19,
     // weight 15) 50 guests weigh 750 against the control plane's 1024; at nice 10 (110) they
     // would weigh 5500 and leave it a sixth of the CPU (bench/RESULTS-issue11.md).
-    if (prio.nice > 0) await setAutogroupNice(pid, AUTOGROUP_NICE);
+    await applyLaunchWeight(pid, prio.nice);
     if (prio.cgroupDir) {
       try {
         await joinCgroup(prio.cgroupDir, pid);

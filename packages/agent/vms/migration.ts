@@ -963,6 +963,9 @@ export class VmMigrations {
       this.host.log(`migration: ${key}: sending to ${ms.targetNode} (${ms.targetNodeAddress})`);
       faultPoint('migration:source-sending');
     }
+    // A paused transfer the agent before started: its QEMU got the launch weight back at the
+    // re-adoption (runtime.ts), so it is boosted again until this send ends.
+    if (restarted && paused && !this.boosted.has(key)) this.boosted.set(key, await boost(this.host.runDirOf(vmi)));
     // After an agent restart the migration QEMU runs (or ran) is followed from where it is, unless
     // this QEMU never began it (its status an earlier incoming migration's): then it failed here.
     if (ms.startTimestamp && staleMigrateStatus((await qmp.execute<QueryMigrate>('query-migrate')).status, before)) {

@@ -33,7 +33,7 @@ import { MemoryDumpError, startMemoryDump } from './memory-dump.ts';
 import { buildQemuArgv, VmSpecError } from '../qemu/argv.ts';
 import { QemuProcessError } from '../qemu/errors.ts';
 import { adopt, lastLogLine, launch, listRunDirs, probe, terminate, terminateAll, runDirFiles } from '../qemu/process.ts';
-import { cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
+import { applyLaunchWeight, cgroupSettings, removeVmCgroup, vmCgroup, type HostPriority } from '../qemu/priority.ts';
 import { QmpClient, type QmpEvent } from '../qmp/client.ts';
 import { scrubPaths } from '../scrub.ts';
 import { containedPath, emptyIfMissing, PathError, type Pool } from '../storage/pools.ts';
@@ -275,6 +275,8 @@ export class VmRuntime extends Controller {
         const vmi = this.vmis.get(key);
         // A migration relay's sockets left by the agent this one replaces (its relays ended with it).
         await removeRelaySockets(vm.runDir);
+        // The launch weight, should the agent before have died during a migration that boosted it.
+        if (this.opts.priority) await applyLaunchWeight(vm.pid, this.opts.priority.nice);
         // A VMI that runs on another node: a live migration's target, kept only once the guest has arrived (vms/migration.ts).
         if (vmi && vmi.metadata.uid === vm.meta.uid && !this.mine(vmi) && (await this.migrations.arrived(vmi, vm.runDir))) {
           this.log(`vms: ${key}: the guest has arrived in QEMU pid ${vm.pid} (live migration): waiting for the source to hand it over`);
