@@ -284,6 +284,24 @@ async function keptCopies(node: string): Promise<{ dir: string; files: string[] 
   return { dir, files: (await readdir(dir).catch(() => [] as string[])).filter((f) => f.includes(claimUid) && f.includes('.postcopy-')) };
 }
 
+/** The data claim's file once the claim is recorded on `node` (its path in the claim's annotation). */
+async function claimFileOn(node: string): Promise<string> {
+  return eventually(
+    `the data claim recorded on ${node}`,
+    async () => {
+      const a = ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
+      return a['volume.kubernetes.io/selected-node'] === node ? a['vessel.io/volume-path'] : undefined;
+    },
+    60_000,
+  );
+}
+
+/** The guest went on at the target without a new boot there, and the source's stale guest printed nothing after the switch-over. */
+async function assertWentOnAtTarget(source: string, sourceLogAt: number, target: string, targetLogAt: number): Promise<void> {
+  assert.ok(!(await log(target)).slice(targetLogAt).includes('VESSEL-REC-DEV'), 'the guest did not boot again on the target');
+  assert.ok(!/VESSEL-WROTE/.test((await log(source)).slice(sourceLogAt)), 'the source guest printed after the switch-over');
+}
+
 /** Every record 1..n on the qcow2 `file` (read beside a QEMU that may hold it: -U). */
 async function assertRecords(file: string, n: number, what: string): Promise<void> {
   const tmp = await mkdtemp(join(tmpdir(), 'vessel-postcopy-'));
@@ -376,14 +394,7 @@ test(
       `records go on where they were: ${recordsWritten(await log(target))[0]} after ${lastOnSource}`,
     );
     await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
-    const targetFile = await eventually(
-      'the data claim recorded on the target',
-      async () => {
-        const a = await annotations();
-        return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
-      },
-      60_000,
-    );
+    const targetFile = await claimFileOn(target);
     assert.ok(targetFile.startsWith(g.agentOf(target).dataDir), targetFile);
     await eventually(
       'the source’s file removed',
@@ -451,14 +462,7 @@ test(
         500,
       );
       await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 60_000, 300);
-      const targetFile = await eventually(
-        'the data claim recorded on the target',
-        async () => {
-          const a = ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
-          return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
-        },
-        60_000,
-      );
+      const targetFile = await claimFileOn(target);
       const printed = Math.max(...recordsWritten(await log(source)), ...recordsWritten(await log(target)));
       await assertRecords(targetFile, printed, `on the target's copy (${lastOnSource} the last printed on the source)`);
       console.log(`# figures: post-copy from the paused source with a 64 MiB local disk ${secs.toFixed(1)} s to Succeeded; ${printed} records checked`);
@@ -543,17 +547,9 @@ test(
         180_000,
         500,
       );
-      assert.ok(!(await log(target)).slice(targetLogAt).includes('VESSEL-REC-DEV'), 'the guest did not boot again on the target');
-      assert.ok(!/VESSEL-WROTE/.test((await log(source)).slice(sourceLogAt)), 'the source guest printed after the switch-over');
+      await assertWentOnAtTarget(source, sourceLogAt, target, targetLogAt);
       // The claim's new file on the target is its own; the kept copy of the earlier post-copy is still there, unchanged.
-      const targetFile = await eventually(
-        'the data claim recorded on the target',
-        async () => {
-          const a = ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
-          return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
-        },
-        60_000,
-      );
+      const targetFile = await claimFileOn(target);
       if (before.dir === join(g.agentOf(target).dataDir, 'pools', 'local', ns))
         for (const [i, f] of before.files.entries()) {
           assert.notEqual(join(before.dir, f), targetFile);
@@ -706,16 +702,8 @@ test(
         180_000,
         500,
       );
-      assert.ok(!(await log(target)).slice(targetLogAt).includes('VESSEL-REC-DEV'), 'the guest did not boot again on the target');
-      assert.ok(!/VESSEL-WROTE/.test((await log(source)).slice(sourceLogAt)), 'the source guest printed after the switch-over');
-      const targetFile = await eventually(
-        'the data claim recorded on the target',
-        async () => {
-          const a = ((await c.client.get(PVC, DATA, { namespace: ns })).metadata?.annotations ?? {}) as Record<string, string>;
-          return a['volume.kubernetes.io/selected-node'] === target ? a['vessel.io/volume-path'] : undefined;
-        },
-        60_000,
-      );
+      await assertWentOnAtTarget(source, sourceLogAt, target, targetLogAt);
+      const targetFile = await claimFileOn(target);
       const printed = await maxRecord(target);
       await assertRecords(targetFile, printed, "on the target's file");
       console.log(

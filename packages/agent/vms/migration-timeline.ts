@@ -36,6 +36,11 @@ export class MigrationTimeline {
     return this;
   }
 
+  /** Whether it is attached: it records, and its line is not yet logged. */
+  get listening(): boolean {
+    return this.attached !== undefined;
+  }
+
   detach(): void {
     this.attached?.off('event', this.listener);
     this.attached = undefined;

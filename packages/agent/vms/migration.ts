@@ -518,7 +518,9 @@ export class VmMigrations {
     }
     if (!ms.targetNodeAddress) return;
     this.sources.set(key, ms.migrationUid);
-    const job = this.send(vmi, ms, qmp)
+    // QEMU's event times of this migration (migration-timeline.ts): its listener goes with the send, whichever way that ends.
+    const timeline = new MigrationTimeline();
+    const job = this.send(vmi, ms, qmp, timeline)
       .catch(async (e: unknown) => {
         const message = e instanceof Error ? e.message : String(e);
         this.host.log(`migration: ${key}: ${message}`);
@@ -530,6 +532,7 @@ export class VmMigrations {
         await this.fail(key, ms.migrationUid, `source ${this.host.nodeName}: ${message}`, 'Succeeded').catch(() => this.host.requeue?.(key));
       })
       .finally(() => {
+        timeline.detach();
         // Sent or resumed here: the source QEMU goes back to its weight.
         void this.boosted.get(key)?.();
         this.boosted.delete(key);
@@ -880,7 +883,7 @@ export class VmMigrations {
   }
 
   /** The source's side: migrate, follow, then hand over or report the failure. */
-  private async send(vmi: KubeObject, ms: MigrationState & { migrationUid: string }, qmp: QmpClient): Promise<void> {
+  private async send(vmi: KubeObject, ms: MigrationState & { migrationUid: string }, qmp: QmpClient, timeline: MigrationTimeline): Promise<void> {
     const key = keyOf(vmi);
     const uid = ms.migrationUid;
     const before = (await qmp.execute<{ status: string }>('query-status')).status;
@@ -901,8 +904,6 @@ export class VmMigrations {
     };
     // Whether the source paused the guest for this migration (mode Paused).
     let paused = ms.mode === PAUSED_MODE;
-    // QEMU's event times of this migration, logged at its end (migration-timeline.ts).
-    let timeline: MigrationTimeline | undefined;
     // Post-copy started from the paused source by this agent (transferStart).
     let fromPaused = false;
     if (!ms.startTimestamp) {
@@ -927,7 +928,8 @@ export class VmMigrations {
       if (disks.length) await this.mirror(vmi, uid, qmp, disks, aborted, via?.nbd, tls);
       // The mirrors READY, QEMU not yet told to migrate (a crash test's step with local disks).
       if (disks.length) faultPoint('migration:source-mirrored');
-      timeline = new MigrationTimeline().attach(qmp);
+      // Logged at the migration's end; not by an agent that restarted after this point.
+      timeline.attach(qmp);
       const start = transferStart(this.host.accel, vmi.metadata.annotations, before === 'running', conf);
       if (start !== 'live') {
         // The mode first: a restarted agent or a failure resumes a guest paused with it; PostCopy
@@ -1055,9 +1057,8 @@ export class VmMigrations {
       // The final figures are not waited for: the switch-over's write comes first.
       if (status === 'completed' || status === 'failed' || status === 'cancelled') {
         void progress.finish(info);
-        if (timeline) this.host.log(`migration: ${key}: ${timeline.line('source', `${info.ram?.transferred ?? '?'} bytes sent`)}`);
-        timeline?.detach();
-        timeline = undefined;
+        if (timeline.listening) this.host.log(`migration: ${key}: ${timeline.line('source', `${info.ram?.transferred ?? '?'} bytes sent`)}`);
+        timeline.detach();
       } else progress.tick(info);
       if (status === 'completed') return this.switchOver(vmi, uid, ms.targetNode!, info, sourceFiles, disks);
       if (status === 'pre-switchover' && !continued) {
@@ -1447,9 +1448,16 @@ export class VmMigrations {
     // its own weight again from the arrival on.
     const boosted = boost(t.runDir);
     const unboost = () => void boosted.then((undo) => undo());
+    // The guest arrived (QMP event, or the poll below after an agent restart): it keeps the priority
+    // ARRIVAL_BOOST_MS longer to catch up (timers, queued packets). Timed from the first sighting.
+    let unboostArmed = false;
+    const unboostAfterArrival = () => {
+      if (unboostArmed) return;
+      unboostArmed = true;
+      setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
+    };
     qmp.on('event', (ev) => {
-      // The guest arrived: it keeps the priority ARRIVAL_BOOST_MS longer to catch up (timers, queued packets).
-      if (ev.event === 'MIGRATION' && ev.data.status === 'completed') setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
+      if (ev.event === 'MIGRATION' && ev.data.status === 'completed') unboostAfterArrival();
       if (ev.event === 'MIGRATION' && ev.data.status === 'failed') unboost();
       if (ev.event === 'MIGRATION' && ev.data.status === 'completed' && !t.ended)
         void this.resumePaused(key, qmp, true).catch((e: Error) => this.host.log(`migration: ${key}: ${e.message}`));
@@ -1474,7 +1482,7 @@ export class VmMigrations {
           // down with its node), and this QEMU ends, its copies kept (endTarget).
           if (info?.status?.startsWith('postcopy') && (await this.targetRecovery(key, t, qmp, info.status))) return;
           if (info?.status === 'completed') {
-            unboost();
+            unboostAfterArrival();
             arrivedAt = Date.now();
             await this.resumePaused(key, qmp);
           }
@@ -1490,7 +1498,7 @@ export class VmMigrations {
       }
       // Handed over, ended or this agent stopping: the boost ends whichever way (already, if it did).
       if (this.closed) unboost();
-      else setTimeout(unboost, ARRIVAL_BOOST_MS).unref();
+      else unboostAfterArrival();
     })().catch((e: Error) => this.host.log(`migration: ${key}: following the target: ${e.message}`));
   }
 
