@@ -121,9 +121,13 @@ before(async () => {
 after(async () => {
   clearInterval(rotationTimer);
   for (const k of Object.keys(ROTATION_ENV)) delete process.env[k];
-  await v?.close();
-  await http?.close();
-  await rm(dir, { recursive: true, force: true });
+  // The test server closed whatever else fails: its listener would keep this file's process alive.
+  try {
+    await v?.close();
+  } finally {
+    await http?.close();
+    await rm(dir, { recursive: true, force: true });
+  }
 });
 
 describe('http import', () => {

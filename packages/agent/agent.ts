@@ -376,7 +376,7 @@ async function startAgentWith(
       fencing?.stop();
       prober?.close();
       node.stop();
-      migrationTls?.stop();
+      await migrationTls?.stop();
       await conversions.stop();
       await warm.stop();
       await restores.stop();

@@ -249,9 +249,11 @@ export class MigrationCa {
     this.schedule(0);
   }
 
-  stop(): void {
+  /** Resolves once a check under way has ended: its files are written whole before the caller removes or reuses the directory. */
+  async stop(): Promise<void> {
     this.stopped = true;
     clearTimeout(this.timer);
+    await this.queue;
   }
 
   /** Does every step due now (publishing included); resolves when none is left. */

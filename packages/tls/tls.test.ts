@@ -197,6 +197,30 @@ describe('@vessel/tls', () => {
     assert.equal(await opensslVerify(m.current().caPem, m.current().certPem, Date.now()), 'OK');
   });
 
+  test('stop() waits for a check under way: the directory can be removed once it resolves', async () => {
+    let now = Date.parse('2030-01-01T00:00:00Z');
+    let publishing: (() => void) | undefined;
+    const m = await MigrationCa.open({
+      dir: join(dir, 'stopping'),
+      nodeName: 'node-s',
+      lifetimes: { caMs: 100_000, leafMs: 20_000, overlapMs: 5_000, checkMs: 60_000 },
+      now: () => now,
+      // The first update of the Node held until released: the check is under way meanwhile.
+      publish: () => (publishing ? Promise.resolve() : new Promise<void>((r) => (publishing = r))),
+    });
+    // The CA at 80%: the next CA is made and written, then published (held), then the check goes on.
+    now += 80_000;
+    const checked = m.check();
+    while (!publishing) await new Promise((r) => setTimeout(r, 5));
+    let stopped = false;
+    const stopping = m.stop().then(() => (stopped = true));
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(stopped, false, 'stop() waits for the check');
+    publishing!();
+    await Promise.all([checked, stopping]);
+    await rm(join(dir, 'stopping'), { recursive: true });
+  });
+
   test('a CA made before rotation (ca.crt and ca.key, 10 years) is kept in the bundle and rotated out', async () => {
     const legacy = join(dir, 'legacy');
     await mkdir(legacy);
