@@ -693,6 +693,8 @@ test(
       const done = await finished('postcopy-recovered', 400_000);
       const recoveredSecs = (Date.now() - t1) / 1000;
       assert.equal(done.phase, 'Succeeded', JSON.stringify(done));
+      // The recovery's note served its migration: gone with the switch.
+      assert.equal((await c.client.get(VMI, NAME, { namespace: ns })).metadata?.annotations?.['vessel.io/migration-recovery'], undefined);
       assert.equal((await vmiStatus()).nodeName, target);
       await eventually('one QEMU', async () => ((await qemus()) === 1 ? true : undefined), 120_000, 300);
       // The guest goes on at the target where it was: no new boot there, records past the ones before the cut.

@@ -69,6 +69,7 @@ import {
   type Verdict,
 } from './migration-settings.ts';
 import {
+  dropRecoveryNote,
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
   recoveryNote,
@@ -1293,6 +1294,7 @@ export class VmMigrations {
           s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
           s.nodeName = target;
           obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: target };
+          dropRecoveryNote(obj.metadata);
         });
         break;
       } catch (e) {
@@ -1520,6 +1522,7 @@ export class VmMigrations {
       s.migrationState = { ...ms, completed: true, endTimestamp: new Date().toISOString() };
       s.nodeName = this.host.nodeName;
       obj.metadata.labels = { ...obj.metadata.labels, [NODE_LABEL]: this.host.nodeName };
+      dropRecoveryNote(obj.metadata);
       taken = true;
     });
     if (!taken) return;
@@ -1573,6 +1576,8 @@ export class VmMigrations {
       if (!active(ms) || ms.migrationUid !== uid || change(ms) === false) return false;
       s.migrationState = ms;
       if (annotations) obj.metadata.annotations = { ...obj.metadata.annotations, ...annotations };
+      // Ended: a post-copy recovery's note has served (postcopy-recovery.ts).
+      if (ms.failed || ms.completed) dropRecoveryNote(obj.metadata);
       changed = true;
     });
     return changed;

@@ -5,7 +5,15 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { RECOVERY_ANNOTATION, recoveryBoundMs, recoveryNote, resumedAttempt, SourceRecovery, targetRecoveryAction } from './postcopy-recovery.ts';
+import {
+  dropRecoveryNote,
+  RECOVERY_ANNOTATION,
+  recoveryBoundMs,
+  recoveryNote,
+  resumedAttempt,
+  SourceRecovery,
+  targetRecoveryAction,
+} from './postcopy-recovery.ts';
 
 const note = (v: unknown) => recoveryNote({ [RECOVERY_ANNOTATION]: typeof v === 'string' ? v : JSON.stringify(v) }, 'm1');
 
@@ -19,6 +27,15 @@ test('recoveryNote: only a well-formed note of this migration counts', () => {
   assert.equal(note({ migrationUid: 'm1', attempt: 1, address: '10.0.0.2:44 44' }), undefined);
   assert.equal(note('{not json'), undefined);
   assert.equal(recoveryNote(undefined, 'm1'), undefined);
+});
+
+test('dropRecoveryNote: the note goes, other annotations stay', () => {
+  const meta = { annotations: { [RECOVERY_ANNOTATION]: '{"migrationUid":"m","attempt":1}', keep: 'x' } };
+  dropRecoveryNote(meta);
+  assert.deepEqual(meta.annotations, { keep: 'x' });
+  const none: { annotations?: Record<string, string> } = {};
+  dropRecoveryNote(none);
+  assert.deepEqual(none, {});
 });
 
 test('recoveryBoundMs: 60 s unless the test knob says otherwise; 0 turns recovery off', () => {

@@ -37,6 +37,11 @@ export function recoveryNote(annotations: Readonly<Record<string, string>> | und
   }
 }
 
+/** Removes the note from `meta` (the migration ended: switched or failed); a note of any migration goes, as only one runs per VMI. */
+export function dropRecoveryNote(meta: { annotations?: Record<string, string> }): void {
+  if (meta.annotations) delete meta.annotations[RECOVERY_ANNOTATION];
+}
+
 /**
  * How long a broken post-copy is given to recover before the guest counts as lost (from the
  * moment the source saw `postcopy-paused`). 0 turns recovery off (today's lost path at once).
