@@ -198,7 +198,17 @@ test('5 VMs, maxInFlight 2, one canceled mid-transfer with `vessel plan cancel`,
     [['Canceled', 'UserRequested']],
   );
   assert.equal(by.big.pipeline.find((p) => p.name === 'DiskTransfer')?.phase, 'Canceled');
-  for (const r of [DVS, PVCS]) await assert.rejects(v.client.get(r, claim('big'), { namespace: TARGET }), /not found/i);
+  // Its DataVolume and claim deleted; the claim goes once its agent removed the volume (a finalizer), which may come after the plan's end.
+  for (const r of [DVS, PVCS])
+    await eventually(
+      `big's ${r.plural} gone`,
+      async () =>
+        v.client.get(r, claim('big'), { namespace: TARGET }).then(
+          () => undefined,
+          (e: Error) => (/not found/i.test(e.message) ? true : undefined),
+        ),
+      30_000,
+    );
   await assert.rejects(v.client.get(VMS, 'big', { namespace: TARGET }), /not found/i);
   // The others: Succeeded, disks named by the template, bytes equal to the source.
   for (const name of NAMES.filter((n) => n !== 'big')) {

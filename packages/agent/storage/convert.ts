@@ -127,7 +127,6 @@ const parse = <T>(v: string | undefined): T | undefined => {
 
 export class ConversionController extends Controller {
   private readonly pvcs: Informer;
-  private readonly vmis: Informer;
   private readonly abort = new AbortController();
   /** Request ids run by this process: a Running status left by an earlier agent is run again. */
   private readonly mine = new Set<string>();
@@ -138,7 +137,6 @@ export class ConversionController extends Controller {
   ) {
     super('conversion', client, opts.log, 1);
     this.pvcs = this.inform(PVCS, (p) => (annotationsOf(p)[CONVERT_REQUEST] ? [`${p.metadata.namespace}/${p.metadata.name}`] : []));
-    this.vmis = this.inform(VMIS, () => []);
   }
 
   override async stop(): Promise<void> {
@@ -178,7 +176,9 @@ export class ConversionController extends Controller {
         throw e;
       }
     }
-    const user = this.vmis.list().find((v) => v.metadata.namespace === ns && !['Succeeded', 'Failed'].includes(phaseOf(v)) && usesAny(v, req.claims));
+    // Read from the API server, not a cache: a VMI made a moment ago must stop the conversion too.
+    const vmis = (await this.client.list(VMIS, { namespace: ns })).items as KubeObject[];
+    const user = vmis.find((v) => v.metadata.namespace === ns && !['Succeeded', 'Failed'].includes(phaseOf(v)) && usesAny(v, req.claims));
     if (user) return answer({ phase: 'Failed', message: `InUse: VirtualMachineInstance ${user.metadata.name} uses the disks`, completed: started });
     await answer({ phase: 'Running', stage: STAGES[0], stages: { completed: 0, total: STAGES.length } });
     const t0 = Date.now();
