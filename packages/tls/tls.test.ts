@@ -205,10 +205,10 @@ describe('@vessel/tls', () => {
       nodeName: 'node-s',
       lifetimes: { caMs: 100_000, leafMs: 20_000, overlapMs: 5_000, checkMs: 60_000 },
       now: () => now,
-      // The first update of the Node held until released: the check is under way meanwhile.
+      // The check's first update of the Node held until released: the check is under way meanwhile.
       publish: () => (publishing ? Promise.resolve() : new Promise<void>((r) => (publishing = r))),
     });
-    // The CA at 80%: the next CA is made and written, then published (held), then the check goes on.
+    // Later: the bundle made at open is published (held), then the rotation's steps due by now are written.
     now += 80_000;
     const checked = m.check();
     while (!publishing) await new Promise((r) => setTimeout(r, 5));

@@ -178,7 +178,7 @@ export class ConversionController extends Controller {
     }
     // Read from the API server, not a cache: a VMI made a moment ago must stop the conversion too.
     const vmis = (await this.client.list(VMIS, { namespace: ns })).items as KubeObject[];
-    const user = vmis.find((v) => v.metadata.namespace === ns && !['Succeeded', 'Failed'].includes(phaseOf(v)) && usesAny(v, req.claims));
+    const user = vmis.find((v) => !['Succeeded', 'Failed'].includes(phaseOf(v)) && usesAny(v, req.claims));
     if (user) return answer({ phase: 'Failed', message: `InUse: VirtualMachineInstance ${user.metadata.name} uses the disks`, completed: started });
     await answer({ phase: 'Running', stage: STAGES[0], stages: { completed: 0, total: STAGES.length } });
     const t0 = Date.now();
