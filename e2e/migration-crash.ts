@@ -151,7 +151,7 @@ export type Side = 'target' | 'source' | 'server';
  * paused at pre-switchover, the mirrors not ended (source only); 'claims' the switch recorded,
  * the moving claims not yet recorded on the target (target only). 'postcopy': past the switch-over
  * into a slowed post-copy, the guest running on the target while pages still come from the source
- * (a cluster started with `tcgLive`: a guest paused for its transfer never goes post-copy).
+ * (with `tcgLive` after a precopy phase; without, under TCG, post-copy from the paused source).
  */
 export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy';
 
@@ -204,6 +204,7 @@ const uptimes = (text: string) => [...text.matchAll(/VESSEL-UPTIME (\d+(?:\.\d+)
  */
 export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 'bridge' | 'masquerade'; tcgLive?: boolean } = {}): Promise<CrashCluster> {
   const localDisks = !!opts.localDisks;
+  const tcgLive = !!opts.tcgLive;
   const dir = await mkdtemp(join(tmpdir(), 'vessel-migcrash-'));
   const dataDir = join(dir, 'data');
   const server = new Child('server', ['server', dataDir, `127.0.0.1:${await freePort()}`]);
@@ -323,7 +324,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         userData: opts.localDisks ? LOCAL_USER_DATA : USER_DATA,
         storageClass: opts.localDisks ? 'local' : 'shared',
         terminationGracePeriodSeconds: 5,
-        annotations: opts.tcgLive ? { 'migration.vessel.io/tcg-live': 'true' } : undefined,
+        annotations: tcgLive ? { 'migration.vessel.io/tcg-live': 'true' } : undefined,
       }) as { spec: { template: { spec: { domain: { devices: { disks: object[] } }; volumes: object[] } } } };
       if (opts.localDisks) {
         // Root (a DataVolume) and a 64 MiB data claim on the local pool: both mirrored over NBD when it moves.
@@ -444,6 +445,8 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
           name = `crash-${++seq}`;
           await create();
         }
+        // Without tcgLive the source paused the guest and started post-copy at once, not after a precopy phase.
+        if (step === 'postcopy') assert.equal(sourceSaid(/post-copy at once/), !tcgLive, `${name}: post-copy from the paused source: ${!tcgLive}`);
         if (!selfKilled) await victim.kill();
       } catch (e) {
         const st = (await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status;

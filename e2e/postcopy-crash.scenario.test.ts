@@ -7,27 +7,37 @@
  * the switch-over) one agent is SIGKILLed and started again. Then: the migration Succeeded, exactly
  * one QEMU, on the target, the guest's uptime going on (no reboot), and the source's guest never
  * printed after the switch-over (never two running copies; never none).
+ *
+ * Twice: with a guest live under TCG (`tcgLive`: precopy, post-copy after the completion timeout),
+ * and as under TCG by default with post-copy allowed: the source pauses the guest and starts
+ * post-copy at once (post-copy from the paused source, docs/migration.md), one cluster each.
  */
 import assert from 'node:assert/strict';
-import { after, before, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
 import { startCrashCluster, type CrashCluster, type Side } from './migration-crash.ts';
 
-let c: CrashCluster;
 const results: string[] = [];
-before(async () => {
-  c = await startCrashCluster({ tcgLive: true });
-  await c.bootGuest();
-});
-after(async () => {
-  console.log(`# post-copy kills:\n${results.map((r) => `#   ${r}`).join('\n')}`);
-  await c?.close();
-});
+after(() => console.log(`# post-copy kills:\n${results.map((r) => `#   ${r}`).join('\n')}`));
 
-for (const kill of ['source', 'target'] as Side[]) {
-  test(`the ${kill} agent SIGKILLed during post-copy: Succeeded, one QEMU on the target, no reboot`, { timeout: 900_000 }, async () => {
-    const r = await c.crashCase(kill, 'postcopy');
-    results.push(`${kill}: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms after the kill, transfer ${r.transferMs ?? '-'} ms`);
-    assert.equal(r.phase, 'Succeeded', r.failureReason);
-    assert.notEqual(r.node, r.from, 'the guest runs on the target');
+for (const tcgLive of [true, false]) {
+  const kind = tcgLive ? 'live, then post-copy' : 'post-copy from the paused source';
+  describe(kind, () => {
+    let c: CrashCluster;
+    before(async () => {
+      c = await startCrashCluster({ tcgLive });
+      await c.bootGuest();
+    });
+    after(async () => {
+      await c?.close();
+    });
+
+    for (const kill of ['source', 'target'] as Side[]) {
+      test(`the ${kill} agent SIGKILLed during post-copy: Succeeded, one QEMU on the target, no reboot`, { timeout: 900_000 }, async () => {
+        const r = await c.crashCase(kill, 'postcopy');
+        results.push(`${kind}, ${kill}: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms after the kill, transfer ${r.transferMs ?? '-'} ms`);
+        assert.equal(r.phase, 'Succeeded', r.failureReason);
+        assert.notEqual(r.node, r.from, 'the guest runs on the target');
+      });
+    }
   });
 }
