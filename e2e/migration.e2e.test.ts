@@ -29,7 +29,7 @@ import type { ResourceRef, Watch } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, run, startCluster, type TestCluster } from './harness.ts';
 import { runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
-import { parseAutogroupNice } from '../packages/agent/vms/migration-boost.ts';
+import { autogroupNice } from '../packages/agent/qemu/priority.ts';
 import { parseTimeline, pauseSegments } from '../packages/agent/vms/migration-timeline.ts';
 import { captureFrames, captureStream, type StreamCapture, type StreamSummary } from './frames.ts';
 
@@ -171,7 +171,7 @@ test('a running VM on the shared pool moves to the other node: same IP and MAC, 
   // The weight of the guest's QEMU session before the migration (qemu/priority.ts: autogroup nice 19).
   const sessionNice = async (node: string) => {
     const pid = (await readFile(join((await runDirOf(agentOf(node).dataDir, ns, NAME))!, 'qemu.pid'), 'utf8')).trim();
-    return parseAutogroupNice(await readFile(`/proc/${pid}/autogroup`, 'utf8').catch(() => ''));
+    return autogroupNice(pid);
   };
   const niceBefore = await sessionNice(source);
   const ip = running.interfaces![0].ipAddress!;

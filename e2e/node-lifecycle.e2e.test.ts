@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { KubeObject, ResourceRef } from '@vessel/client';
-import { AUTOGROUP_NICE, setAutogroupNice } from '../packages/agent/qemu/priority.ts';
+import { AUTOGROUP_NICE, autogroupNice, setAutogroupNice } from '../packages/agent/qemu/priority.ts';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
 import { eventually, startVessel, type Vessel } from './harness.ts';
 import { counters, runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
@@ -177,8 +177,7 @@ test('an agent killed: the node goes Unknown, the guest runs on, and the agent a
   assert.equal(((await v.client.get(VMI, 'steady', { namespace: ns })).status as { phase: string }).phase, 'Running');
   // As an agent that died during a paused migration transfer leaves its QEMU: boosted to nice 0
   // (vms/migration-boost.ts). The agent that adopts it puts the launch weight back.
-  const autogroupNice = async () => /nice\s+(-?\d+)/.exec(await readFile(`/proc/${pid}/autogroup`, 'utf8').catch(() => ''))?.[1];
-  const boosted = (await autogroupNice()) === String(AUTOGROUP_NICE) && (await setAutogroupNice(Number(pid), 0));
+  const boosted = (await autogroupNice(pid)) === AUTOGROUP_NICE && (await setAutogroupNice(Number(pid), 0));
   // A new VM is not placed on the unreachable node.
   await v.client.create(VM, tinyVm('waiting', { dataVolume: 'waiting-root' }), { namespace: ns });
   const unschedulable = await eventually(
@@ -197,7 +196,7 @@ test('an agent killed: the node goes Unknown, the guest runs on, and the agent a
   await eventually('node-a Ready again', async () => ((await nodeReady())?.status === 'True' ? true : undefined), 30_000, 250);
   await eventually('VMI steady Ready again', async () => ((await vmiReady('steady'))?.status === 'True' ? true : undefined), 30_000, 250);
   assert.equal(await qemuPid('steady'), pid, 'the same QEMU runs the guest');
-  if (boosted) assert.equal(await autogroupNice(), String(AUTOGROUP_NICE), 'the adopted QEMU runs at its launch weight again');
+  if (boosted) assert.equal(await autogroupNice(pid), AUTOGROUP_NICE, 'the adopted QEMU runs at its launch weight again');
   else console.log('# no autogroups here (or QEMU not launched at their lightest weight): the launch weight is not checked');
   assert.equal((await serial('steady')).split('VESSEL-GUEST-READY').length, boots, 'the guest never rebooted');
   await eventually('the waiting VM counting', async () => (counters(await serial('waiting')).length >= 1 ? true : undefined), 300_000, 500);

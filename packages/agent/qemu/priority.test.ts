@@ -14,6 +14,7 @@ import { after, test } from 'node:test';
 import {
   applyLaunchWeight,
   AUTOGROUP_NICE,
+  autogroupNice,
   cgroup2Mount,
   cgroupSettings,
   DEFAULT_QEMU_PRIORITY,
@@ -195,16 +196,16 @@ test(
     // A stand-in for a daemonized QEMU: a session of its own.
     const child = spawn('sleep', ['60'], { detached: true, stdio: 'ignore' });
     const pid = child.pid!;
-    const nice = async () => /nice\s+(-?\d+)/.exec(await readFile(`/proc/${pid}/autogroup`, 'utf8'))?.[1];
+    const nice = () => autogroupNice(pid);
     try {
       // Boosted for a paused transfer (nice 0), its agent gone.
       assert.ok(await setAutogroupNice(pid, 0));
       assert.ok(await applyLaunchWeight(pid, DEFAULT_QEMU_PRIORITY.nice));
-      assert.equal(await nice(), String(AUTOGROUP_NICE));
+      assert.equal(await nice(), AUTOGROUP_NICE);
       // `--qemu-priority off`: QEMU runs at the agent's weight; nothing is changed.
       assert.ok(await setAutogroupNice(pid, 5));
       assert.ok(await applyLaunchWeight(pid, 0));
-      assert.equal(await nice(), '5');
+      assert.equal(await nice(), 5);
     } finally {
       child.kill('SIGKILL');
     }

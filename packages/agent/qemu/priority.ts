@@ -127,6 +127,17 @@ export async function applyLaunchWeight(pid: number, nice: number): Promise<bool
   return nice > 0 ? setAutogroupNice(pid, AUTOGROUP_NICE) : true;
 }
 
+/** The nice value in `/proc/PID/autogroup` ("/autogroup-123 nice 19"), or undefined. */
+export function parseAutogroupNice(text: string): number | undefined {
+  const m = /\bnice\s+(-?\d+)/.exec(text);
+  return m ? Number(m[1]) : undefined;
+}
+
+/** The niceness of the autogroup (session) of `pid`; undefined without autogroups or the process. */
+export async function autogroupNice(pid: number | string): Promise<number | undefined> {
+  return parseAutogroupNice(await readFile(`/proc/${pid}/autogroup`, 'utf8').catch(() => ''));
+}
+
 /**
  * Gives the autogroup (session) of `pid` the niceness `nice`. False when the kernel has no
  * autogroup (no /proc/PID/autogroup) or refused it.

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { setAutogroupNice } from '../qemu/priority.ts';
-import { boost, parseAutogroupNice } from './migration-boost.ts';
+import { autogroupNice, parseAutogroupNice, setAutogroupNice } from '../qemu/priority.ts';
+import { boost } from './migration-boost.ts';
 
 test('the nice value of /proc/PID/autogroup', () => {
   assert.equal(parseAutogroupNice('/autogroup-7182 nice 19\n'), 19);
@@ -26,7 +26,7 @@ test(
     // A stand-in for QEMU: its own session (setsid), its pid in the run directory's qemu.pid.
     const child = spawn('sleep', ['60'], { detached: true, stdio: 'ignore' });
     const pid = child.pid!;
-    const nice = async () => parseAutogroupNice(await readFile(`/proc/${pid}/autogroup`, 'utf8'));
+    const nice = () => autogroupNice(pid);
     try {
       await writeFile(join(dir, 'qemu.pid'), `${pid}\n`);
       assert.ok(await setAutogroupNice(pid, 19));

@@ -9,7 +9,7 @@
  * is at nice 0 already (`--qemu-priority off`), is left as it is.
  */
 import { readFile } from 'node:fs/promises';
-import { setAutogroupNice } from '../qemu/priority.ts';
+import { autogroupNice, setAutogroupNice } from '../qemu/priority.ts';
 import { runDirFiles } from '../qemu/process.ts';
 
 /**
@@ -18,12 +18,6 @@ import { runDirFiles } from '../qemu/process.ts';
  * network sees as the rest of the interruption.
  */
 export const ARRIVAL_BOOST_MS = 1000;
-
-/** The nice value in `/proc/PID/autogroup` ("/autogroup-123 nice 19"), or undefined. */
-export function parseAutogroupNice(text: string): number | undefined {
-  const m = /\bnice\s+(-?\d+)/.exec(text);
-  return m ? Number(m[1]) : undefined;
-}
 
 /** Puts back what boost() changed; safe to call more than once, and after QEMU exited. */
 export type Unboost = () => Promise<void>;
@@ -35,7 +29,7 @@ export type Unboost = () => Promise<void>;
 export async function boost(runDir: string): Promise<Unboost> {
   const pid = Number((await readFile(runDirFiles(runDir).pidfile, 'utf8').catch(() => '')).trim());
   if (!Number.isInteger(pid) || pid <= 0) return async () => undefined;
-  const was = parseAutogroupNice(await readFile(`/proc/${pid}/autogroup`, 'utf8').catch(() => ''));
+  const was = await autogroupNice(pid);
   if (was === undefined || was <= 0 || !(await setAutogroupNice(pid, 0))) return async () => undefined;
   let undone = false;
   return async () => {
