@@ -152,8 +152,11 @@ export type Side = 'target' | 'source' | 'server';
  * the moving claims not yet recorded on the target (target only). 'postcopy': past the switch-over
  * into a slowed post-copy, the guest running on the target while pages still come from the source
  * (with `tcgLive` after a precopy phase; without, under TCG, post-copy from the paused source).
+ * Post-copy from the paused source (without `tcgLive`), source only: 'postcopy-mode' the mode
+ * written, the guest not yet stopped; 'postcopy-start' the guest paused and `migrate` under way in
+ * precopy (at 1 MiB/s), `migrate-start-postcopy` not yet sent.
  */
-export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy';
+export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy' | 'postcopy-mode' | 'postcopy-start';
 
 export interface CaseResult {
   name: string;
@@ -179,8 +182,11 @@ export interface CrashCluster {
   nodes: string[];
   /** The guest booted and printing: its node. */
   bootGuest(): Promise<string>;
-  /** One migration with `kill` killed at `step` (stayDownMs: the killed process stays down that long). */
-  crashCase(kill: Side, step: Step, opts?: { stayDownMs?: number }): Promise<CaseResult>;
+  /**
+   * One migration with `kill` killed at `step` (stayDownMs: the killed process stays down that
+   * long; postcopy: the KubeVirt object allows post-copy, as the post-copy steps imply).
+   */
+  crashCase(kill: Side, step: Step, opts?: { stayDownMs?: number; postcopy?: boolean }): Promise<CaseResult>;
   close(): Promise<void>;
 }
 
@@ -362,6 +368,8 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       if (kill === 'source' && step === 'mirrored') envs[source] = { VESSEL_CRASH_AT: 'migration:source-mirrored' };
       if (kill === 'source' && step === 'switchover') envs[source] = { VESSEL_CRASH_AT: 'migration:source-switchover' };
       if (kill === 'target' && step === 'claims') envs[target] = { VESSEL_CRASH_AT: 'migration:target-claims' };
+      if (kill === 'source' && step === 'postcopy-mode') envs[source] = { VESSEL_CRASH_AT: 'migration:source-postcopy-mode' };
+      if (kill === 'source' && step === 'postcopy-start') envs[source] = { VESSEL_CRASH_AT: 'migration:source-postcopy-start' };
       if (kill !== 'source' && step === 3) envs[source] = { VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill !== 'source' && step === 2) envs[source] = { VESSEL_DELAY_AT: 'migration:source-start', VESSEL_DELAY_MS: '8000' };
       // Held at Scheduled while the test kills the other side: on a quiet machine the whole migration took 0.4 s.
@@ -370,9 +378,12 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       if (step === 'mirror') envs[source] = { VESSEL_TEST_MIRROR_BYTES_PER_SEC: SLOW_MIRROR };
       // Post-copy after 5 s of precopy at 1 MiB/s (the KubeVirt object, below), then slowed (the test
       // knob, QEMU's max-postcopy-bandwidth): tens of seconds of post-copy to kill a side in.
-      if (step === 'postcopy') envs[source] = { VESSEL_TEST_POSTCOPY_BANDWIDTH: String(POSTCOPY_BANDWIDTH) };
+      const postcopy = step === 'postcopy' || step === 'postcopy-mode' || step === 'postcopy-start' || !!opts.postcopy;
+      if (postcopy) envs[source] = { ...envs[source], VESSEL_TEST_POSTCOPY_BANDWIDTH: String(POSTCOPY_BANDWIDTH) };
       const kv = (migrations: Record<string, unknown>) => c.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
-      if (step === 'postcopy') await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: 5, allowPostCopy: true });
+      // The paused source goes to post-copy at once (no completion timeout needed); 1 MiB/s keeps
+      // the precopy under way long enough for a restarted source to find it (postcopy-start).
+      if (postcopy) await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: step === 'postcopy' ? 5 : null, allowPostCopy: true });
       for (const n of [source, target]) {
         const a = agents.get(n)!;
         if (JSON.stringify(a.env) !== JSON.stringify(envs[n])) {
@@ -446,8 +457,11 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
           await create();
         }
         // Without tcgLive the source paused the guest and started post-copy at once, not after a precopy phase.
-        if (step === 'postcopy') assert.equal(sourceSaid(/post-copy at once/), !tcgLive, `${name}: post-copy from the paused source: ${!tcgLive}`);
+        if (step === 'postcopy' || step === 'postcopy-start')
+          assert.equal(sourceSaid(/post-copy at once/), !tcgLive, `${name}: post-copy from the paused source: ${!tcgLive}`);
         if (!selfKilled) await victim.kill();
+        // The source's guest was paused before its agent died: from here on it must not print.
+        if (step === 'postcopy-start') sourceLogAt = (await serialLog(agentDir(source), NS, NAME)).length;
       } catch (e) {
         const st = (await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status;
         throw new Error(
@@ -484,10 +498,11 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         );
       });
       const settledMs = Date.now() - killedAt;
-      if (step === 'postcopy') {
+      if (postcopy) {
         await kv({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, allowPostCopy: null });
-        // Past the switch-over only the target runs the guest: the source's (stale) guest never printed again.
-        if (settled.node === target) {
+        // Past the switch-over only the target runs the guest: the source's (stale) guest never printed
+        // again (since it was seen on the target, or since the kill of a source that had paused it).
+        if (settled.node === target && sourceLogAt > 0) {
           const since = (await serialLog(agentDir(source), NS, NAME)).slice(sourceLogAt);
           assert.deepEqual(uptimes(since), [], `${name}: the source's guest printed after the switch-over into post-copy`);
         }

@@ -10,7 +10,9 @@
  *
  * Twice: with a guest live under TCG (`tcgLive`: precopy, post-copy after the completion timeout),
  * and as under TCG by default with post-copy allowed: the source pauses the guest and starts
- * post-copy at once (post-copy from the paused source, docs/migration.md), one cluster each.
+ * post-copy at once (post-copy from the paused source, docs/migration.md), one cluster each. The
+ * second also kills before the switch-over: the source agent after writing the mode, and after
+ * `migrate` but before `migrate-start-postcopy`; the target agent with its QEMU ready.
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -19,9 +21,12 @@ import { startCrashCluster, type CrashCluster, type Side } from './migration-cra
 const results: string[] = [];
 after(() => console.log(`# post-copy kills:\n${results.map((r) => `#   ${r}`).join('\n')}`));
 
+// VESSEL_TEST_CRASH_ONLY=live|paused: one of the two clusters.
+const only = process.env.VESSEL_TEST_CRASH_ONLY;
 for (const tcgLive of [true, false]) {
   const kind = tcgLive ? 'live, then post-copy' : 'post-copy from the paused source';
-  describe(kind, () => {
+  const which = tcgLive ? 'live' : 'paused';
+  describe(kind, { skip: only && only !== which ? `VESSEL_TEST_CRASH_ONLY=${only}` : false }, () => {
     let c: CrashCluster;
     before(async () => {
       c = await startCrashCluster({ tcgLive });
@@ -39,5 +44,34 @@ for (const tcgLive of [true, false]) {
         assert.notEqual(r.node, r.from, 'the guest runs on the target');
       });
     }
+    if (tcgLive) return;
+
+    // Before the switch-over: the source agent dies with the mode written (the guest still runs
+    // there), or with the guest paused and precopy under way (the restarted agent asks for the
+    // post-copy it had not yet asked for); the target agent dies with its QEMU ready.
+    test(
+      'the source agent SIGKILLed with the mode written, the guest not yet paused: Failed, the guest runs on at the source',
+      { timeout: 900_000 },
+      async () => {
+        const r = await c.crashCase('source', 'postcopy-mode');
+        results.push(`${kind}, source before stop: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms (${r.failureReason})`);
+        assert.equal(r.phase, 'Failed');
+        assert.equal(r.node, r.from, 'the guest stays on the source');
+      },
+    );
+    test('the source agent SIGKILLed with the guest paused, before migrate-start-postcopy: Succeeded on the target', { timeout: 900_000 }, async () => {
+      const r = await c.crashCase('source', 'postcopy-start');
+      results.push(
+        `${kind}, source before migrate-start-postcopy: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms, transfer ${r.transferMs ?? '-'} ms`,
+      );
+      assert.equal(r.phase, 'Succeeded', r.failureReason);
+      assert.notEqual(r.node, r.from, 'the guest runs on the target');
+    });
+    test('the target agent SIGKILLed with its QEMU ready: one QEMU, the guest going on', { timeout: 900_000 }, async () => {
+      const r = await c.crashCase('target', 2, { postcopy: true });
+      results.push(
+        `${kind}, target at TargetReady: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms${r.failureReason ? ` (${r.failureReason})` : ''}`,
+      );
+    });
   });
 }

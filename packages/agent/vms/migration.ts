@@ -940,6 +940,8 @@ export class VmMigrations {
         // The transfer is the guest's pause: its QEMU runs at the agent's priority meanwhile.
         this.boosted.set(key, await boost(this.host.runDirOf(vmi)));
       }
+      // Post-copy from the paused source: the mode written, the guest not yet stopped (a crash test's step).
+      if (start === 'postcopy') faultPoint('migration:source-postcopy-mode');
       timeline.mark('migrate-sent');
       // `stop` and `migrate` leave together: QMP runs them in order, so the guest is paused before
       // the transfer begins without a round trip inside its pause (migration-timeline.ts: stop→setup).
@@ -958,6 +960,8 @@ export class VmMigrations {
         this.host.log(`migration: ${key}: TCG: the guest pauses for the transfer (${start === 'postcopy' ? 'post-copy at once' : 'stop-and-copy'})`);
       }
       await migrating;
+      // Paused and migrating in precopy, post-copy not yet asked for (a crash test's step).
+      if (start === 'postcopy') faultPoint('migration:source-postcopy-start');
       // QEMU takes it once `migrate` set the migration up; it switches at its first iteration (with
       // local disks after pre-switchover, below). QEMU 7.2's target then starts the guest itself.
       if (start === 'postcopy') await qmp.execute('migrate-start-postcopy');
