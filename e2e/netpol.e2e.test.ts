@@ -1,7 +1,7 @@
 /**
  * NetworkPolicy end to end on a two-node dev cluster (real namespaces, bridges, VXLAN, nftables,
  * QEMU): a tiny guest `web` in namespace b on node B, a tiny guest `client` in namespace a on
- * node A whose user data probes web's HTTP (80) and TCP (8080) every 2 s and prints the outcome
+ * node A whose user data probes web's HTTP (80) and TCP (8080) every second and prints the outcome
  * on its serial console. A default-deny ingress policy in b cuts a off; an allow rule for TCP 80
  * from namespace a opens exactly that port; the node itself still reaches its VM. Then web
  * live-migrates to node A under both policies: node A's rules for it are in place when the
@@ -137,8 +137,9 @@ test('both guests run; without a policy the client reaches web on 80 and 8080', 
       })?.metadata?.name,
     30_000,
   );
-  // busybox nc: -w bounds the connect, so a dropped SYN reads as "no" within 3 s.
-  const userData = `#!/bin/sh\n(i=0; while true; do i=$((i+1)); a=no; b=no; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 ${webIp} 80 2>/dev/null | grep -q counter= && a=ok; nc -w 3 ${webIp} 8080 </dev/null 2>/dev/null | grep -q counter= && b=ok; echo "VESSEL-PROBE $i 80=$a 8080=$b"; sleep 2; done) &\n`;
+  // busybox nc: -w bounds the connect, so a dropped SYN reads as "no" within 2 s; a probe ends
+  // in 1-5 s, and expectProbes waits for three fresh ones.
+  const userData = `#!/bin/sh\n(i=0; while true; do i=$((i+1)); a=no; b=no; printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 ${webIp} 80 2>/dev/null | grep -q counter= && a=ok; nc -w 2 ${webIp} 8080 </dev/null 2>/dev/null | grep -q counter= && b=ok; echo "VESSEL-PROBE $i 80=$a 8080=$b"; sleep 1; done) &\n`;
   await c.client.create(VM, bridgedVm('client', 'a', nodeA.name, { app: 'client' }, userData), { namespace: 'a' });
   for (const [ns, name] of [
     ['b', 'web'],

@@ -270,9 +270,15 @@ describe('why a VM is not running', () => {
   });
 
   test("a broken disk: the VMI fails with QEMU's reason, CrashLoopBackOff, and it recovers once the disk is fixed", async () => {
-    await v.client.create(VM, tinyVm('broken'), { namespace: ns });
-    await until('broken', 'Running');
-    await v.client.patch(VM, 'broken', { spec: { runStrategy: 'Halted' } }, { namespace: ns });
+    // Made stopped: its DataVolume is imported all the same, and no boot is needed to break it.
+    await v.client.create(VM, tinyVm('broken', { runStrategy: 'Halted' }), { namespace: ns });
+    const DV: ResourceRef = { group: 'cdi.kubevirt.io', version: 'v1beta1', plural: 'datavolumes', namespaced: true };
+    await eventually(
+      'the root DataVolume imported',
+      async () =>
+        ((await v.client.get(DV, 'broken-root', { namespace: ns }).catch(() => undefined))?.status as Obj | undefined)?.phase === 'Succeeded' || undefined,
+      60_000,
+    );
     await until('broken', 'Stopped', 60_000);
     const pvc = await v.client.get({ group: '', version: 'v1', plural: 'persistentvolumeclaims', namespaced: true }, 'broken-root', { namespace: ns });
     const disk = (pvc.metadata!.annotations as Record<string, string>)['vessel.io/volume-path'];
