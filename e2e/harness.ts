@@ -242,6 +242,27 @@ export function run(cmd: string, args: string[], opts: { input?: string; timeout
   });
 }
 
+/**
+ * Cuts TCP between network namespace `netns` (a dev cluster node's) and `ip`: every TCP packet to
+ * or from it dropped there, so a connection neither delivers nor fails (a cut link, as for a
+ * migration stream; UDP such as the VM network's VXLAN still passes). Returns the restore.
+ */
+export async function cutTcp(netns: string, ip: string): Promise<() => Promise<void>> {
+  const table = 'vessel_test_cut';
+  const r = await run('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], {
+    input:
+      `table inet ${table} {\n chain out { type filter hook output priority 0; ip daddr ${ip} meta l4proto tcp drop; }\n` +
+      ` chain in { type filter hook input priority 0; ip saddr ${ip} meta l4proto tcp drop; }\n}\n`,
+  });
+  if (r.code !== 0) throw new Error(`cutting TCP to ${ip} in ${netns}: ${r.err}`);
+  let restored = false;
+  return async () => {
+    if (restored) return;
+    restored = true;
+    await run('ip', ['netns', 'exec', netns, 'nft', 'delete', 'table', 'inet', table]);
+  };
+}
+
 /** Polls `check` every `everyMs` until it returns a value (not undefined), or fails with `what` after timeoutMs. */
 export async function eventually<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 30_000, everyMs = 150): Promise<T> {
   const deadline = Date.now() + timeoutMs;

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { createDevCluster, type DevCluster } from '@vessel/agent';
 import { Client, type ResourceRef } from '@vessel/client';
 import { ensureTinyImage } from '../packages/cli/golden.ts';
-import { eventually } from './harness.ts';
+import { cutTcp, eventually } from './harness.ts';
 import { checkSectorRecords, localClaim, SECTOR_RECORD_SH, sectorSums, serialLog, tinyVm } from './tiny-vm.ts';
 
 const VM: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'virtualmachines', namespaced: true };
@@ -154,9 +154,12 @@ export type Side = 'target' | 'source' | 'server';
  * (with `tcgLive` after a precopy phase; without, under TCG, post-copy from the paused source).
  * Post-copy from the paused source (without `tcgLive`), source only: 'postcopy-mode' the mode
  * written, the guest not yet stopped; 'postcopy-start' the guest paused and `migrate` under way in
- * precopy (at 1 MiB/s), `migrate-start-postcopy` not yet sent.
+ * precopy (at 1 MiB/s), `migrate-start-postcopy` not yet sent. 'recovery': as 'postcopy', then the
+ * stream cut (TCP between the nodes dropped in the source's namespace) until the source saw it stall
+ * and the target listens for the recovery; killed once the source logged its `migrate resume`
+ * (under way: its SYNs dropped), the link back 1 s after the kill.
  */
-export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy' | 'postcopy-mode' | 'postcopy-start';
+export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy' | 'postcopy-mode' | 'postcopy-start' | 'recovery';
 
 export interface CaseResult {
   name: string;
@@ -378,12 +381,17 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       if (step === 'mirror') envs[source] = { VESSEL_TEST_MIRROR_BYTES_PER_SEC: SLOW_MIRROR };
       // Post-copy after 5 s of precopy at 1 MiB/s (the KubeVirt object, below), then slowed (the test
       // knob, QEMU's max-postcopy-bandwidth): tens of seconds of post-copy to kill a side in.
-      const postcopy = step === 'postcopy' || step === 'postcopy-mode' || step === 'postcopy-start' || !!opts.postcopy;
-      if (postcopy) envs[source] = { ...envs[source], VESSEL_TEST_POSTCOPY_BANDWIDTH: String(POSTCOPY_BANDWIDTH) };
+      const postcopy = step === 'postcopy' || step === 'postcopy-mode' || step === 'postcopy-start' || step === 'recovery' || !!opts.postcopy;
+      if (postcopy) envs[source] = { ...envs[source], VESSEL_TEST_POSTCOPY_BANDWIDTH: String(step === 'recovery' ? 1 << 20 : POSTCOPY_BANDWIDTH) };
+      // The stall the source waits for before it pauses a cut post-copy (60 s by default), and a
+      // recovery bound that outlasts the kill and the restart (60 s by default), on both sides.
+      if (step === 'recovery')
+        for (const n of [source, target]) envs[n] = { ...envs[n], VESSEL_TEST_POSTCOPY_STALL_MS: '15000', VESSEL_TEST_POSTCOPY_RECOVERY_MS: '180000' };
       const kv = (migrations: Record<string, unknown>) => c.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
       // The paused source goes to post-copy at once (no completion timeout needed); 1 MiB/s keeps
       // the precopy under way long enough for a restarted source to find it (postcopy-start).
-      if (postcopy) await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: step === 'postcopy' ? 5 : null, allowPostCopy: true });
+      if (postcopy)
+        await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: step === 'postcopy' || step === 'recovery' ? 5 : null, allowPostCopy: true });
       for (const n of [source, target]) {
         const a = agents.get(n)!;
         if (JSON.stringify(a.env) !== JSON.stringify(envs[n])) {
@@ -418,6 +426,29 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         sourceLogAt = (await serialLog(agentDir(source), NS, NAME)).length;
         return true;
       };
+      // 'recovery': the stream cut once in post-copy, until the target listens for the recovery.
+      let restoreLink: (() => Promise<void>) | undefined;
+      const cutUntilRecovering = async () => {
+        const uid = (await c.get(VMIM, name, { namespace: NS })).metadata?.uid;
+        const ms = ((await vmi()).status as { migrationState?: { targetNodeAddress?: string } } | undefined)?.migrationState;
+        const [ip] = (ms?.targetNodeAddress ?? '').split(':');
+        assert.ok(ip, `the target's address: ${ms?.targetNodeAddress}`);
+        restoreLink = await cutTcp(cluster!.nodes.find((n) => n.name === source)!.netns, ip);
+        await eventually(
+          `${name}: the target listening for a recovery`,
+          async () => {
+            const raw = ((await c.get(VMI, NAME, { namespace: NS })).metadata?.annotations as Record<string, string> | undefined)?.[
+              'vessel.io/migration-recovery'
+            ];
+            const note = raw ? (JSON.parse(raw) as { migrationUid?: string; address?: string }) : undefined;
+            return note && note.migrationUid === uid && note.address ? true : undefined;
+          },
+          120_000,
+          200,
+        );
+        // The source's `migrate resume` under way (its SYNs dropped): the kill comes now.
+        await eventually(`${name}: the source resuming the post-copy`, async () => (sourceSaid(/resuming the post-copy to/) ? true : undefined), 60_000, 50);
+      };
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
       const wants: Record<string, string> = { 1: 'Scheduled', 2: 'TargetReady', 3: 'Running' };
@@ -436,7 +467,7 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
             ? sourceSaid(/the transfer completed/)
             : step === 'mirror'
               ? mirrorUnderway()
-              : step === 'postcopy'
+              : step === 'postcopy' || step === 'recovery'
                 ? inPostcopy()
                 : step === 1
                   ? ['Scheduled', 'PreparingTarget'].includes(await phase())
@@ -457,18 +488,24 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
           await create();
         }
         // Without tcgLive the source paused the guest and started post-copy at once, not after a precopy phase.
-        if (step === 'postcopy' || step === 'postcopy-start')
+        if (step === 'postcopy' || step === 'postcopy-start' || step === 'recovery')
           assert.equal(sourceSaid(/post-copy at once/), !tcgLive, `${name}: post-copy from the paused source: ${!tcgLive}`);
+        if (step === 'recovery') await cutUntilRecovering();
         if (!selfKilled) await victim.kill();
         // The source's guest was paused before its agent died: from here on it must not print.
         if (step === 'postcopy-start') sourceLogAt = (await serialLog(agentDir(source), NS, NAME)).length;
       } catch (e) {
+        await restoreLink?.();
         const st = (await c.get(VMIM, name, { namespace: NS }).catch(() => undefined))?.status;
         throw new Error(
           `${e instanceof Error ? e.message : e}\nmigration ${JSON.stringify(st)}\n--- source ${source}:\n${agents.get(source)!.tail()}\n--- target ${target}:\n${agents.get(target)!.tail()}`,
         );
       }
       const killedAt = Date.now();
+      if (restoreLink) {
+        await new Promise((r) => setTimeout(r, 1000));
+        await restoreLink();
+      }
       if (opts.stayDownMs) {
         await new Promise((r) => setTimeout(r, opts.stayDownMs));
         // The guest arrived on the target: the target records the switch without the source.

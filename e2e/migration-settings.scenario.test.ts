@@ -30,7 +30,7 @@ import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 import type { ResourceRef } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
-import { eventually, run, type TestCluster } from './harness.ts';
+import { cutTcp, eventually, run, type TestCluster } from './harness.ts';
 import { busyVm, DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
 import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
 
@@ -615,31 +615,16 @@ test(
   },
 );
 
-const CUT_TABLE = 'vessel_test_cut';
-
 /**
- * Cuts the migration stream of the running migration: every TCP packet between the source node's
- * namespace and the target's fabric address dropped there (a cut link for the migration only: TCP
- * neither delivers nor fails; a recovery's new port is cut too; the control plane and the VM
+ * Cuts the migration stream of the running migration: TCP between the source node's namespace and
+ * the target's fabric address (a recovery's new port is cut too; the control plane and the VM
  * network's VXLAN, UDP, still pass). Returns the restore.
  */
 async function cutStream(source: string): Promise<() => Promise<void>> {
   const address = (await vmiStatus()).migrationState as { targetNodeAddress?: string } | undefined;
   const [ip] = (address?.targetNodeAddress ?? '').split(':');
   assert.ok(ip, `the target's address: ${address?.targetNodeAddress}`);
-  const netns = c.nodes.cluster.nodes.find((n) => n.name === source)!.netns;
-  const r = await run('ip', ['netns', 'exec', netns, 'nft', '-f', '-'], {
-    input:
-      `table inet ${CUT_TABLE} {\n chain out { type filter hook output priority 0; ip daddr ${ip} meta l4proto tcp drop; }\n` +
-      ` chain in { type filter hook input priority 0; ip saddr ${ip} meta l4proto tcp drop; }\n}\n`,
-  });
-  assert.equal(r.code, 0, r.err);
-  let restored = false;
-  return async () => {
-    if (restored) return;
-    restored = true;
-    await run('ip', ['netns', 'exec', netns, 'nft', 'delete', 'table', 'inet', CUT_TABLE]);
-  };
+  return cutTcp(c.nodes.cluster.nodes.find((n) => n.name === source)!.netns, ip);
 }
 
 test(

@@ -12,7 +12,9 @@
  * and as under TCG by default with post-copy allowed: the source pauses the guest and starts
  * post-copy at once (post-copy from the paused source, docs/migration.md), one cluster each. The
  * second also kills before the switch-over: the source agent after writing the mode, and after
- * `migrate` but before `migrate-start-postcopy`; the target agent with its QEMU ready.
+ * `migrate` but before `migrate-start-postcopy`; the target agent with its QEMU ready; and each
+ * agent during a post-copy recovery (the stream cut, the target listening again, the source's
+ * `migrate resume` under way, the link back after the kill).
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -67,6 +69,18 @@ for (const tcgLive of [true, false]) {
       assert.equal(r.phase, 'Succeeded', r.failureReason);
       assert.notEqual(r.node, r.from, 'the guest runs on the target');
     });
+    // During a post-copy recovery: the stream cut, the source saw it stall and asked, the target
+    // listens again; one agent dies with the source's `migrate resume` under way, the link comes back.
+    for (const kill of ['source', 'target'] as Side[]) {
+      test(`the ${kill} agent SIGKILLed during a post-copy recovery: Succeeded, one QEMU on the target, no reboot`, { timeout: 900_000 }, async () => {
+        const r = await c.crashCase(kill, 'recovery');
+        results.push(
+          `${kind}, ${kill} during a recovery: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms after the kill, transfer ${r.transferMs ?? '-'} ms`,
+        );
+        assert.equal(r.phase, 'Succeeded', r.failureReason);
+        assert.notEqual(r.node, r.from, 'the guest runs on the target');
+      });
+    }
     test('the target agent SIGKILLed with its QEMU ready: one QEMU, the guest going on', { timeout: 900_000 }, async () => {
       const r = await c.crashCase('target', 2, { postcopy: true });
       results.push(
