@@ -157,9 +157,24 @@ export type Side = 'target' | 'source' | 'server';
  * precopy (at 1 MiB/s), `migrate-start-postcopy` not yet sent. 'recovery': as 'postcopy', then the
  * stream cut (TCP between the nodes dropped in the source's namespace) until the source saw it stall
  * and the target listens for the recovery; killed once the source logged its `migrate resume`
- * (under way: its SYNs dropped), the link back 1 s after the kill.
+ * (under way: its SYNs dropped), the link back 1 s after the kill. 'resume-recorded' (source
+ * only): as 'recovery', the source agent dying after it recorded its resume, before QEMU got it.
  */
-export type Step = 1 | 2 | 3 | 4 | 'started' | 'mirror' | 'mirrored' | 'switchover' | 'claims' | 'postcopy' | 'postcopy-mode' | 'postcopy-start' | 'recovery';
+export type Step =
+  | 1
+  | 2
+  | 3
+  | 4
+  | 'started'
+  | 'mirror'
+  | 'mirrored'
+  | 'switchover'
+  | 'claims'
+  | 'postcopy'
+  | 'postcopy-mode'
+  | 'postcopy-start'
+  | 'recovery'
+  | 'resume-recorded';
 
 export interface CaseResult {
   name: string;
@@ -373,6 +388,8 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       if (kill === 'target' && step === 'claims') envs[target] = { VESSEL_CRASH_AT: 'migration:target-claims' };
       if (kill === 'source' && step === 'postcopy-mode') envs[source] = { VESSEL_CRASH_AT: 'migration:source-postcopy-mode' };
       if (kill === 'source' && step === 'postcopy-start') envs[source] = { VESSEL_CRASH_AT: 'migration:source-postcopy-start' };
+      if (kill === 'source' && step === 'resume-recorded') envs[source] = { VESSEL_CRASH_AT: 'migration:source-resume-recorded' };
+      const recovery = step === 'recovery' || step === 'resume-recorded';
       if (kill !== 'source' && step === 3) envs[source] = { VESSEL_TEST_MIGRATION_BANDWIDTH: SLOW_BANDWIDTH };
       if (kill !== 'source' && step === 2) envs[source] = { VESSEL_DELAY_AT: 'migration:source-start', VESSEL_DELAY_MS: '8000' };
       // Held at Scheduled while the test kills the other side: on a quiet machine the whole migration took 0.4 s.
@@ -381,17 +398,17 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
       if (step === 'mirror') envs[source] = { VESSEL_TEST_MIRROR_BYTES_PER_SEC: SLOW_MIRROR };
       // Post-copy after 5 s of precopy at 1 MiB/s (the KubeVirt object, below), then slowed (the test
       // knob, QEMU's max-postcopy-bandwidth): tens of seconds of post-copy to kill a side in.
-      const postcopy = step === 'postcopy' || step === 'postcopy-mode' || step === 'postcopy-start' || step === 'recovery' || !!opts.postcopy;
-      if (postcopy) envs[source] = { ...envs[source], VESSEL_TEST_POSTCOPY_BANDWIDTH: String(step === 'recovery' ? 1 << 20 : POSTCOPY_BANDWIDTH) };
+      const postcopy = step === 'postcopy' || step === 'postcopy-mode' || step === 'postcopy-start' || recovery || !!opts.postcopy;
+      if (postcopy) envs[source] = { ...envs[source], VESSEL_TEST_POSTCOPY_BANDWIDTH: String(recovery ? 1 << 20 : POSTCOPY_BANDWIDTH) };
       // The stall the source waits for before it pauses a cut post-copy (60 s by default), and a
       // recovery bound that outlasts the kill and the restart (60 s by default), on both sides.
-      if (step === 'recovery')
+      if (recovery)
         for (const n of [source, target]) envs[n] = { ...envs[n], VESSEL_TEST_POSTCOPY_STALL_MS: '15000', VESSEL_TEST_POSTCOPY_RECOVERY_MS: '180000' };
       const kv = (migrations: Record<string, unknown>) => c.patch(KV, 'kubevirt', { spec: { configuration: { migrations } } }, { namespace: 'kubevirt' });
-      // The paused source goes to post-copy at once (no completion timeout needed); 1 MiB/s keeps
-      // the precopy under way long enough for a restarted source to find it (postcopy-start).
-      if (postcopy)
-        await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: step === 'postcopy' || step === 'recovery' ? 5 : null, allowPostCopy: true });
+      // With `tcgLive` the completion timeout starts post-copy after a precopy phase; the paused
+      // source starts it at once, and 1 MiB/s keeps the precopy of 'postcopy-start' under way
+      // long enough for a restarted source to find it.
+      if (postcopy) await kv({ bandwidthPerMigration: '1Mi', completionTimeoutPerGiB: step === 'postcopy' || recovery ? 5 : null, allowPostCopy: true });
       for (const n of [source, target]) {
         const a = agents.get(n)!;
         if (JSON.stringify(a.env) !== JSON.stringify(envs[n])) {
@@ -446,8 +463,14 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
           120_000,
           200,
         );
-        // The source's `migrate resume` under way (its SYNs dropped): the kill comes now.
-        await eventually(`${name}: the source resuming the post-copy`, async () => (sourceSaid(/resuming the post-copy to/) ? true : undefined), 60_000, 50);
+        // The source's `migrate resume` under way (its SYNs dropped): the kill comes now (or came:
+        // the crash point right after the source recorded it).
+        await eventually(
+          `${name}: the source resuming the post-copy`,
+          async () => (selfKilled ? !victim.running : sourceSaid(/resuming the post-copy to/)) || undefined,
+          60_000,
+          50,
+        );
       };
       // Kill at the step: a crash point kills the agent itself; otherwise the test does, seeing the step.
       const selfKilled = !!victim.env.VESSEL_CRASH_AT;
@@ -461,17 +484,19 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         return Date.now() - mirroring >= 1500;
       };
       const reached = async () =>
-        selfKilled
-          ? !victim.running
-          : step === 4
-            ? sourceSaid(/the transfer completed/)
-            : step === 'mirror'
-              ? mirrorUnderway()
-              : step === 'postcopy' || step === 'recovery'
-                ? inPostcopy()
-                : step === 1
-                  ? ['Scheduled', 'PreparingTarget'].includes(await phase())
-                  : (await phase()) === want;
+        recovery
+          ? inPostcopy()
+          : selfKilled
+            ? !victim.running
+            : step === 4
+              ? sourceSaid(/the transfer completed/)
+              : step === 'mirror'
+                ? mirrorUnderway()
+                : step === 'postcopy'
+                  ? inPostcopy()
+                  : step === 1
+                    ? ['Scheduled', 'PreparingTarget'].includes(await phase())
+                    : (await phase()) === want;
       try {
         // A migration that fails before the step (the loaded machine: QEMU too slow to answer) is tried again, twice.
         for (let attempt = 1; ; attempt++) {
@@ -488,9 +513,9 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
           await create();
         }
         // Without tcgLive the source paused the guest and started post-copy at once, not after a precopy phase.
-        if (step === 'postcopy' || step === 'postcopy-start' || step === 'recovery')
+        if (step === 'postcopy' || step === 'postcopy-start' || recovery)
           assert.equal(sourceSaid(/post-copy at once/), !tcgLive, `${name}: post-copy from the paused source: ${!tcgLive}`);
-        if (step === 'recovery') await cutUntilRecovering();
+        if (recovery) await cutUntilRecovering();
         if (!selfKilled) await victim.kill();
         // The source's guest was paused before its agent died: from here on it must not print.
         if (step === 'postcopy-start') sourceLogAt = (await serialLog(agentDir(source), NS, NAME)).length;
@@ -535,6 +560,8 @@ export async function startCrashCluster(opts: { localDisks?: boolean; binding?: 
         );
       });
       const settledMs = Date.now() - killedAt;
+      // The agent after the one that died between its resume's record and QEMU found no connect under way.
+      if (step === 'resume-recorded') assert.ok(sourceSaid(/resume is sent again/), `${name}: the restarted source sent the resume again`);
       if (postcopy) {
         await kv({ bandwidthPerMigration: null, completionTimeoutPerGiB: null, allowPostCopy: null });
         // Past the switch-over only the target runs the guest: the source's (stale) guest never printed

@@ -14,7 +14,8 @@
  * second also kills before the switch-over: the source agent after writing the mode, and after
  * `migrate` but before `migrate-start-postcopy`; the target agent with its QEMU ready; and each
  * agent during a post-copy recovery (the stream cut, the target listening again, the source's
- * `migrate resume` under way, the link back after the kill).
+ * `migrate resume` under way, the link back after the kill), and the source agent between its
+ * resume's record and QEMU (the next agent finds no connect under way and resumes again).
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
@@ -81,6 +82,16 @@ for (const tcgLive of [true, false]) {
         assert.notEqual(r.node, r.from, 'the guest runs on the target');
       });
     }
+    test(
+      'the source agent SIGKILLed after it recorded its post-copy resume, before QEMU got it: the next agent resumes, Succeeded',
+      { timeout: 900_000 },
+      async () => {
+        const r = await c.crashCase('source', 'resume-recorded');
+        results.push(`${kind}, source between its resume's record and QEMU: ${r.phase} ${r.from} → ${r.node}, settled ${r.settledMs} ms after the kill`);
+        assert.equal(r.phase, 'Succeeded', r.failureReason);
+        assert.notEqual(r.node, r.from, 'the guest runs on the target');
+      },
+    );
     test('the target agent SIGKILLed with its QEMU ready: one QEMU, the guest going on', { timeout: 900_000 }, async () => {
       const r = await c.crashCase('target', 2, { postcopy: true });
       results.push(

@@ -72,6 +72,8 @@ import {
   dropRecoveryNote,
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
+  connectingTo,
+  RESUME_CONNECT_GRACE_MS,
   recoveryNote,
   RESUMED_FILE,
   resumedAttempt,
@@ -214,6 +216,14 @@ export function resumeSourceAfterFailure(before: string, restarted: boolean, use
   // that did not get past the switch-over (mode PostCopy; a user's pause is not the migration's).
   if (before === 'paused') return mode === PAUSED_MODE || (mode === POSTCOPY_MODE && !userPaused);
   return !userPaused && (before === 'finish-migrate' || before === 'postmigrate');
+}
+
+/** Whether the QEMU of `runDir` has a connection to `address` under way or made (connectingTo: its network namespace's socket table). */
+async function qemuConnectingTo(runDir: string, address: string): Promise<boolean> {
+  const pid = await probe(runDir);
+  if (pid === undefined) return false;
+  const tables = await Promise.all(['tcp', 'tcp6'].map((f) => readFile(`/proc/${pid}/net/${f}`, 'utf8').catch(() => '')));
+  return tables.some((t) => connectingTo(t, address));
 }
 
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
@@ -1021,6 +1031,8 @@ export class VmMigrations {
         : undefined,
     );
     let gaveUp = false;
+    // When this agent last sent `migrate resume` (a predecessor's counts as long ago).
+    let resumeSentAt = 0;
     for (;;) {
       let info: QueryMigrate;
       try {
@@ -1085,7 +1097,21 @@ export class VmMigrations {
         }
       }
       if (switched && status.startsWith('postcopy')) {
-        const step = recovery.step(status, Date.now(), recoveryNote(this.host.vmi(key)?.metadata.annotations, uid));
+        const note = recoveryNote(this.host.vmi(key)?.metadata.annotations, uid);
+        // A resume that is not connecting (none of QEMU's sockets goes to the address: the agent
+        // before died before QEMU took it, or the connect gave up) is issued again; one that hangs
+        // on a cut link is left alone (a second connect would race it).
+        if (
+          status === 'postcopy-paused' &&
+          recovery.awaitingConnect &&
+          note?.address &&
+          Date.now() - resumeSentAt >= RESUME_CONNECT_GRACE_MS &&
+          !(await qemuConnectingTo(this.host.runDirOf(vmi), note.address))
+        ) {
+          this.host.log(`migration: ${key}: no connect under way to ${note.address}: the post-copy's resume is sent again`);
+          recovery.resumeAgain();
+        }
+        const step = recovery.step(status, Date.now(), note);
         if (step.action === 'recovered') {
           this.host.log(`migration: ${key}: post-copy recovered after ${step.ms} ms broken`);
           stalled = false;
@@ -1097,6 +1123,8 @@ export class VmMigrations {
           this.host.log(`migration: ${key}: resuming the post-copy to ${step.address} (recovery attempt ${step.attempt})`);
           // Recorded first: an agent restarted from here on does not connect a second time.
           await writeFile(resumedFile, `${uid} ${step.attempt}`);
+          faultPoint('migration:source-resume-recorded');
+          resumeSentAt = Date.now();
           await qmp.execute('migrate', { uri: `tcp:${step.address}`, resume: true }).catch((e: Error) => {
             this.host.log(`migration: ${key}: migrate resume: ${e.message}`);
             recovery.resumeFailed();

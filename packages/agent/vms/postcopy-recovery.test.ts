@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import {
+  connectingTo,
   dropRecoveryNote,
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
@@ -124,6 +125,43 @@ test('SourceRecovery after an agent restart: waits for a resume that may be conn
   assert.deepEqual(asked.step('postcopy-paused', 500, { ...open, address: 'h:3' }), { action: 'resume', attempt: 3, address: 'h:3' });
   // Nothing before: as a fresh one.
   assert.deepEqual(new SourceRecovery(60_000, {}).step('postcopy-paused', 0, undefined), { action: 'request', attempt: 1 });
+});
+
+test('SourceRecovery.resumeAgain: a resume found not connecting goes again to the same attempt and address', () => {
+  const answered = { migrationUid: 'm', attempt: 2, address: 'h:2' };
+  // The agent before recorded attempt 2 and died before QEMU took the command: this one is told nothing connects.
+  const r = new SourceRecovery(60_000, { note: answered, resumed: 2 });
+  assert.equal(r.awaitingConnect, true);
+  assert.deepEqual(r.step('postcopy-paused', 0, answered), { action: 'none' });
+  r.resumeAgain();
+  assert.equal(r.awaitingConnect, false);
+  assert.deepEqual(
+    r.step('postcopy-paused', 100, answered),
+    { action: 'resume', attempt: 2, address: 'h:2' },
+    'not a new attempt: the target listens once per break',
+  );
+  assert.equal(r.awaitingConnect, true);
+  assert.deepEqual(r.step('postcopy-paused', 200, answered), { action: 'none' }, 'then waits for that connect');
+  // Nothing outstanding: resumeAgain changes nothing.
+  const fresh = new SourceRecovery(60_000);
+  fresh.resumeAgain();
+  assert.deepEqual(fresh.step('postcopy-paused', 0, undefined), { action: 'request', attempt: 1 });
+});
+
+test('connectingTo: a socket of the table connecting or connected to the address, IPv4 or v4-mapped IPv6', () => {
+  const head = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
+  // 10.1.2.3:40000 (0x9C40) seen from 10.1.2.9; a listener; states 02 SYN_SENT, 01 ESTABLISHED, 06 TIME_WAIT.
+  const row = (rem: string, st: string) =>
+    `   0: 0902010A:D431 ${rem} ${st} 00000000:00000000 01:00000200 00000002     0        0 0 1 0000000000000000 100 0 0 10 0\n`;
+  assert.equal(connectingTo(head + row('0302010A:9C40', '02'), '10.1.2.3:40000'), true, 'SYN_SENT: a connect under way');
+  assert.equal(connectingTo(head + row('0302010A:9C40', '01'), '10.1.2.3:40000'), true, 'ESTABLISHED');
+  assert.equal(connectingTo(head + row('0302010A:9C40', '06'), '10.1.2.3:40000'), false, 'TIME_WAIT: a connection that ended');
+  assert.equal(connectingTo(head + row('0302010A:9C41', '02'), '10.1.2.3:40000'), false, 'another port');
+  assert.equal(connectingTo(head + row('0402010A:9C40', '02'), '10.1.2.3:40000'), false, 'another host');
+  assert.equal(connectingTo(head + row('0000000000000000FFFF00000302010A:9C40', '02'), '10.1.2.3:40000'), true, 'v4-mapped in tcp6');
+  assert.equal(connectingTo(row('0302010A:9C40', '02'), '10.1.2.3:40000'), false, 'the first line is the header');
+  assert.equal(connectingTo(head + row('0302010A:9C40', '02'), 'h:40000'), false, 'not an IPv4 address');
+  assert.equal(connectingTo('', '10.1.2.3:40000'), false);
 });
 
 test('resumedAttempt: the attempt of this migration only', () => {

@@ -125,6 +125,23 @@ export class SourceRecovery {
     this.connected = true;
   }
 
+  /** A `migrate resume` was issued and has not connected yet (its connect may hang on a cut link). */
+  get awaitingConnect(): boolean {
+    return !this.connected;
+  }
+
+  /**
+   * The last `migrate resume` is not connecting (no socket of QEMU's to the address: the agent
+   * before this one died before QEMU took the command, or the connect gave up): the same attempt
+   * is resumed again, to the address the target still listens on (its QEMU takes one
+   * `migrate-recover` per break, so a new attempt could not be served).
+   */
+  resumeAgain(): void {
+    if (this.connected) return;
+    this.connected = true;
+    this.resumed = this.requested - 1;
+  }
+
   step(status: string, now: number, note: RecoveryNote | undefined): SourceRecoveryAction {
     if (status === 'postcopy-active') {
       const was = this.since;
@@ -178,4 +195,35 @@ export function targetRecoveryAction(
   if (status === 'postcopy-active') return 'pause';
   if (status === 'postcopy-paused') return 'listen';
   return 'none';
+}
+
+/**
+ * How long after its `migrate resume` the source looks for QEMU's socket to the target: QEMU 7.2
+ * connects in a thread of its own, so the socket appears a moment after the command returned.
+ */
+export const RESUME_CONNECT_GRACE_MS = 3000;
+
+/** TCP states in /proc/net/tcp{,6}: a connect under way or done. */
+const SYN_SENT = '02';
+const ESTABLISHED = '01';
+
+/**
+ * Whether the `/proc/<pid>/net/tcp` or `tcp6` text `table` (the socket table of the network
+ * namespace QEMU runs in) holds a connection to `address` (`ipv4:port`) that is connecting
+ * (SYN_SENT) or connected: a `migrate resume` under way. IPv4 addresses appear in tcp6 as
+ * v4-mapped. A malformed address matches nothing.
+ */
+export function connectingTo(table: string, address: string): boolean {
+  const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+):(\d+)$/.exec(address);
+  if (!m) return false;
+  const hex = (n: number, width: number) => n.toString(16).toUpperCase().padStart(width, '0');
+  // The kernel prints the address as the 32-bit word in host (little-endian) order.
+  const ip = [m[4], m[3], m[2], m[1]].map((o) => hex(Number(o), 2)).join('');
+  const port = hex(Number(m[5]), 4);
+  const wanted = new Set([`${ip}:${port}`, `0000000000000000FFFF0000${ip}:${port}`]);
+  for (const line of table.split('\n').slice(1)) {
+    const f = line.trim().split(/\s+/);
+    if (f.length > 3 && wanted.has(f[2]) && (f[3] === SYN_SENT || f[3] === ESTABLISHED)) return true;
+  }
+  return false;
 }
