@@ -32,7 +32,9 @@
  * post-copy round: the source's TCP connections to the target's port (`ss -tni` in its namespace,
  * sampled every 100 ms until `completed`: how many, bytes each), the source's `postcopy-requests`,
  * the target's `postcopy-blocktime` (vCPU time spent waiting for faulted pages) and, with the
- * switch set, QEMU's `postcopy_preempt_*` trace events (`-trace`, into each raw QEMU's log).
+ * switch set, QEMU's `postcopy_preempt_*` trace events (`-trace`, into each raw QEMU's log). A raw
+ * migration that fails (`postcopy-paused` included: 7.2's preempt channel once broke the stream) is
+ * a PROBLEM with the target's last log lines; a fresh raw guest is booted and the rounds go on.
  *
  * The pause is taken apart with QEMU's event times (migration-timeline.ts): source STOP → setup →
  * active → completed, target completed → RESUME; in post-copy source active → postcopy-active →
@@ -46,7 +48,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_QEMU_PRIORITY, qemuImg } from '@vessel/agent';
 import { migration } from '@vessel/api';
@@ -108,6 +110,8 @@ const BOOT_TIMEOUT_MS = 600_000;
 const RAW_ADDR = '10.244.0.60';
 const RAW_OBSERVER = '10.244.255.250';
 const TICK_PORT = 9000;
+/** QEMU 7.2's trace events that show the preempt channel made (new_channel, tls_handshake, the target's thread) and used (switch_channel 1). */
+const PREEMPT_TRACE = ['new_channel', 'tls_handshake', 'thread_entry', 'switch_channel'];
 
 /** The guest writes a line every 20 ms to whoever connects on TICK_PORT (the TCP stall probe). */
 const tickServer =
@@ -175,6 +179,10 @@ interface Round {
   /** Raw post-copy rounds: postcopy-preempt on, and what shows whether its channel carried the requested pages. */
   preempt?: boolean;
   channels?: ChannelCheck;
+  /** The 1-minute load average when the migration started (another user's tests share the machine). */
+  load?: number;
+  /** A raw migration that failed: why (its figures are NaN and left out). */
+  failed?: string;
 }
 
 /** The source QEMU's TCP connections to the target's migration port, seen during a raw post-copy round. */
@@ -257,13 +265,16 @@ async function tlsDirOf(dataDir: string, peer: string): Promise<string> {
  * two, is a PROBLEM).
  */
 function preemptFigures(rounds: Round[], over: string, problems: string[]): Figure[] {
-  const pc = rounds.filter((x) => x.postcopy);
+  const all = rounds.filter((x) => x.postcopy);
+  const failed = (p: boolean) => all.filter((x) => x.failed && !!x.preempt === p).length;
+  const pc = all.filter((x) => !x.failed);
   const [on, off] = [pc.filter((x) => x.preempt), pc.filter((x) => !x.preempt)];
   for (const [j, x] of pc.entries()) {
     const n = x.channels?.sent.length ?? 0;
     if (x.preempt ? n < 2 : n > 1)
       problems.push(`raw ${over} post-copy round ${j}${x.preempt ? ' with' : ' without'} postcopy-preempt: ${n} connection(s) to the target`);
   }
+  const loads = (rs: Round[]) => rs.map((x) => x.load?.toFixed(1) ?? '?').join(', ');
   const range = (v: number[]) => (v.length ? `${ms(Math.min(...v))}–${ms(Math.max(...v))}` : 'n/a');
   const figs: Figure[] = [];
   const values: readonly (readonly [string, (x: Round) => number | undefined])[] = [
@@ -275,9 +286,9 @@ function preemptFigures(rounds: Round[], over: string, problems: string[]): Figu
   for (const [what, get] of values) {
     const [a, b] = [on, off].map((rs) => rs.map(get).filter((v): v is number => v !== undefined));
     figs.push({
-      name: `raw ${over} post-copy: ${what}, with postcopy-preempt / without (median of ${a.length} / ${b.length})`,
+      name: `raw ${over} post-copy: ${what}, with postcopy-preempt / without (median of ${a.length} / ${b.length}; failed ${failed(true)} / ${failed(false)})`,
       ratio: median(a) / median(b),
-      detail: `with ${a.map(ms).join(', ')} (${range(a)}); without ${b.map(ms).join(', ')} (${range(b)}) [${loadLine()}]`,
+      detail: `with ${a.map(ms).join(', ')} (${range(a)}); without ${b.map(ms).join(', ')} (${range(b)}) [${loadLine()}; at each start: with ${loads(on)}, without ${loads(off)}]`,
     });
   }
   // The second connection's bytes against the requested pages (4 KiB each, plus a header).
@@ -308,11 +319,12 @@ async function observed(
     });
     await sleep(1000);
     const from = now();
+    const load = loadavg()[0];
     const r = await migrate();
     const { took: transferMs, seg, bytes, channels } = r;
     await sleep(2000);
     const to = now();
-    return { ...kind, ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes, channels };
+    return { ...kind, load, ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes, channels };
   } finally {
     o.stop();
   }
@@ -427,8 +439,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
       };
       const a = argv.map(swap);
       if (a.filter((x, j) => x !== argv[j]).length !== 3) throw new Error(`the raw argv: disk, seed and tap not all swapped: ${argv.join(' ')}`);
-      // With BENCH_MIG_PREEMPT every raw QEMU traces the preempt channel's events (none fire without the capability).
-      if (PREEMPT) a.push('-trace', 'enable=postcopy_preempt*');
+      // With BENCH_MIG_PREEMPT every raw QEMU traces the preempt channel's events (none fire without the capability);
+      // not postcopy_preempt_send_host_page, which fires for every page sent (~37000 log lines a migration).
+      if (PREEMPT) for (const e of PREEMPT_TRACE) a.push('-trace', `enable=postcopy_preempt_${e}`);
       await launch({
         runDir: d,
         argv: incoming ? [...a, '-incoming', 'defer'] : a,
@@ -509,8 +522,10 @@ export async function runMigrationGap(): Promise<BenchResult> {
       for (const tls of [false, true]) {
         const dstNode = 1 - srcNode;
         const dst = await rawLaunch(dstNode, true);
+        const kind = { postcopy: pc, preempt };
+        const over = tls ? 'TLS' : 'plain';
         (tls ? rawTlsRounds : rawRounds).push(
-          await observed(raw.nodes[0].netns, RAW_ADDR, { postcopy: pc, preempt }, async () => {
+          await observed(raw.nodes[0].netns, RAW_ADDR, kind, async () => {
             const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
             const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
             const st = new MigrationTimeline().attach(sq);
@@ -580,6 +595,16 @@ export async function runMigrationGap(): Promise<BenchResult> {
                 async () => {
                   const q = await sq.execute<Mq>('query-migrate');
                   if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
+                  // A broken post-copy stream pauses (recoverable with migrate-recover; not tried here): the target's log says why.
+                  if (q.status === 'postcopy-paused') {
+                    const log = (await readFile(traceLog(dst), 'utf8').catch(() => '')).split('\n');
+                    throw new Error(
+                      `raw migration postcopy-paused; the target's log: ${log
+                        .filter((l) => / qemu-system-\w+: /.test(l))
+                        .slice(-3)
+                        .join(' | ')}`,
+                    );
+                  }
                   return q.status === 'completed' ? q : undefined;
                 },
                 600_000,
@@ -629,13 +654,24 @@ export async function runMigrationGap(): Promise<BenchResult> {
               await sq.close();
               await tq.close();
             }
+          }).catch(async (e: Error): Promise<Round> => {
+            // A raw migration that failed (QEMU 7.2's preempt channel once broke the stream): counted, and a
+            // fresh raw guest booted where the old one was, so the rounds go on.
+            problems.push(`raw ${over} round ${i}${preempt ? ' (preempt)' : ''}: ${e.message}`);
+            await terminate(dst, { graceMs: 2000 }).catch(() => undefined);
+            await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+            src = await rawLaunch(srcNode, false);
+            await waitForSerial(src, 'VESSEL-TICK-READY', BOOT_TIMEOUT_MS);
+            return { ...kind, ping: NaN, tcp: NaN, transferMs: NaN, failed: e.message };
           }),
         );
-        await terminate(src, { graceMs: 2000 }).catch(() => undefined);
-        src = dst;
-        srcNode = dstNode;
+        if (!(tls ? rawTlsRounds : rawRounds).at(-1)!.failed) {
+          await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+          src = dst;
+          srcNode = dstNode;
+        }
         console.log(
-          `raw ${tls ? 'TLS' : 'plain'} round ${i}${pc ? ' (post-copy)' : ''}${preempt ? ' (preempt)' : ''}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`,
+          `raw ${over} round ${i}${pc ? ' (post-copy)' : ''}${preempt ? ' (preempt)' : ''}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`,
         );
       }
     }
@@ -650,7 +686,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
       : [{ label: POSTCOPY ? ' [post-copy from the paused source]' : '', postcopy: POSTCOPY }];
     const vesselOver = PLAIN ? 'Vessel over plain TCP' : 'Vessel over TLS';
     for (const kind of kinds) {
-      const [V, R, T] = [vessel, rawRounds, rawTlsRounds].map((rs) => rs.filter((x) => x.postcopy === kind.postcopy && !x.preempt));
+      const [V, R, T] = [vessel, rawRounds, rawTlsRounds].map((rs) => rs.filter((x) => x.postcopy === kind.postcopy && !x.preempt && !x.failed));
       const n = V.length;
       const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {
         const [v, r, t] = [V, R, T].map((rs) => rs.map((x) => x[key]));
