@@ -23,6 +23,19 @@
  * (migrations.disableTLS). Each Vessel migration's migrationState.mode is checked against the kind
  * asked for (Paused, PostCopy).
  *
+ * BENCH_MIG_PREEMPT=ab (with BENCH_MIG_POSTCOPY): the raw post-copy rounds alternate without (the
+ * first) and with QEMU's `postcopy-preempt` capability (set on both raw QEMUs with `postcopy-ram`,
+ * the target's before `migrate-incoming`; over TLS the second channel does its own handshake); `1`:
+ * every raw post-copy round with it. Vessel's rounds do not change, and the Vessel / raw figures
+ * compare against the raw rounds without it; preempt's own figures are raw with / without, plain
+ * and TLS apart. Whether the requested pages took the second channel is checked on each raw
+ * post-copy round: the source's TCP connections to the target's port (`ss -tni` in its namespace,
+ * sampled every 100 ms until `completed`: how many, bytes each), the source's `postcopy-requests`,
+ * the target's `postcopy-blocktime` (vCPU time spent waiting for faulted pages) and, with the
+ * switch set, QEMU's `postcopy_preempt_*` trace events (`-trace`, into each raw QEMU's log). A raw
+ * migration that fails (`postcopy-paused` included: 7.2's preempt channel once broke the stream) is
+ * a PROBLEM with the target's last log lines; a fresh raw guest is booted and the rounds go on.
+ *
  * The pause is taken apart with QEMU's event times (migration-timeline.ts): source STOP → setup →
  * active → completed, target completed → RESUME; in post-copy source active → postcopy-active →
  * target RESUME (which comes before the target's completed), the pause still STOP → RESUME.
@@ -31,11 +44,11 @@
  * share of the pause is known). Each round migrates Vessel's guest, then the raw one plainly, then
  * over TLS, so the three see the same load.
  *
- *   node --import tsx bench/migration.bench.ts     # 2-4 minutes on 2 cores (8 rounds: ~2 at load 2); env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN
+ *   node --import tsx bench/migration.bench.ts     # 2-4 minutes on 2 cores (8 rounds: ~2 at load 2); env BENCH_MIG_GAP_ROUNDS (4), BENCH_MIG_LIVE, BENCH_MIG_POSTCOPY, BENCH_MIG_PLAIN, BENCH_MIG_PREEMPT
  */
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULT_QEMU_PRIORITY, qemuImg } from '@vessel/agent';
 import { migration } from '@vessel/api';
@@ -80,6 +93,15 @@ const LIVE = process.env.BENCH_MIG_LIVE === '1';
 const POSTCOPY = process.env.BENCH_MIG_POSTCOPY === '1';
 const AB = process.env.BENCH_MIG_POSTCOPY === 'ab';
 const postcopyRound = (i: number): boolean => POSTCOPY || (AB && i % 2 === 1);
+/** BENCH_MIG_PREEMPT=ab: raw post-copy rounds alternate without / with postcopy-preempt (the n-th post-copy round: odd n with); `1`: all with it. */
+const PREEMPT = process.env.BENCH_MIG_PREEMPT;
+const preemptRound = (i: number): boolean => {
+  if (!postcopyRound(i)) return false;
+  if (PREEMPT === '1') return true;
+  // The ordinal of this round among the post-copy ones.
+  const n = POSTCOPY ? i : (i - 1) / 2;
+  return PREEMPT === 'ab' && n % 2 === 1;
+};
 /** BENCH_MIG_PLAIN=1: Vessel's migration stream over plain TCP (migrations.disableTLS), as raw plain. */
 const PLAIN = process.env.BENCH_MIG_PLAIN === '1';
 const KV: ResourceRef = { group: 'kubevirt.io', version: 'v1', plural: 'kubevirts', namespaced: true };
@@ -88,6 +110,8 @@ const BOOT_TIMEOUT_MS = 600_000;
 const RAW_ADDR = '10.244.0.60';
 const RAW_OBSERVER = '10.244.255.250';
 const TICK_PORT = 9000;
+/** QEMU 7.2's trace events that show the preempt channel made (new_channel, tls_handshake, the target's thread) and used (switch_channel 1). */
+const PREEMPT_TRACE = ['new_channel', 'tls_handshake', 'thread_entry', 'switch_channel'];
 
 /** The guest writes a line every 20 ms to whoever connects on TICK_PORT (the TCP stall probe). */
 const tickServer =
@@ -152,6 +176,55 @@ interface Round {
   seg?: PauseSegments;
   /** Bytes QEMU sent (query-migrate's ram.transferred; Vessel's from the source's timeline line). */
   bytes?: number;
+  /** Raw post-copy rounds: postcopy-preempt on, and what shows whether its channel carried the requested pages. */
+  preempt?: boolean;
+  channels?: ChannelCheck;
+  /** The 1-minute load average when the migration started (another user's tests share the machine). */
+  load?: number;
+  /** A raw migration that failed: why (its figures are NaN and left out). */
+  failed?: string;
+}
+
+/** The source QEMU's TCP connections to the target's migration port, seen during a raw post-copy round. */
+interface ChannelCheck {
+  /** Bytes sent on each connection (the last sample), the largest first: [main, preempt?]. */
+  sent: number[];
+  /** Page requests the source answered (its query-migrate ram.postcopy-requests). */
+  requests?: number;
+  /** vCPU time blocked on faulted pages, all vCPUs overlapped (the target's postcopy-blocktime, ms). */
+  blocktimeMs?: number;
+  /** QEMU's postcopy_preempt_* trace events (source + target), by name, when traced. */
+  trace?: Record<string, number>;
+}
+
+/** The established TCP connections in `netns` towards `port`: local address → bytes sent (`ss -tni`). */
+async function connectionsTo(netns: string, port: string): Promise<Map<string, number>> {
+  const out = await new Promise<string>((resolve) =>
+    execFile('ip', ['netns', 'exec', netns, 'ss', '-tniH', 'state', 'established', 'dport', '=', `:${port}`], (e, stdout) => resolve(e ? '' : stdout)),
+  );
+  const conns = new Map<string, number>();
+  let local: string | undefined;
+  for (const line of out.split('\n')) {
+    // A socket's line (Recv-Q Send-Q Local Peer), then its indented info line.
+    if (/^\S/.test(line)) local = line.trim().split(/\s+/)[2];
+    else if (local && line.trim()) {
+      // bytes_sent is left out while 0.
+      conns.set(local, Number(/bytes_sent:(\d+)/.exec(line)?.[1] ?? 0));
+      local = undefined;
+    }
+  }
+  return conns;
+}
+
+/** The `postcopy_preempt_*` trace events in QEMU logs (`-D`) past an offset (a QEMU is the source of the round after the one it received), by name. */
+async function traceCounts(files: { path: string; from: number }[]): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const f of files) {
+    const text = (await readFile(f.path).catch(() => Buffer.alloc(0))).subarray(f.from).toString('utf8');
+    // A switch to channel 1 is a requested page sent over the preempt channel.
+    for (const m of text.matchAll(/^(?:\d+@[\d.]+:)?(postcopy_preempt_switch_channel 1|postcopy_preempt_\w+)/gm)) counts[m[1]] = (counts[m[1]] ?? 0) + 1;
+  }
+  return counts;
 }
 
 const SEGMENTS: readonly (readonly [keyof PauseSegments, string])[] = [
@@ -185,12 +258,59 @@ async function tlsDirOf(dataDir: string, peer: string): Promise<string> {
   return best.dir;
 }
 
+/**
+ * Raw post-copy rounds with postcopy-preempt against those without, one stream kind: the longest
+ * gaps, the transfer and the blocked vCPU time (with / without), and the channel check (a
+ * with-round whose source had fewer than two connections to the target, or a without-round with
+ * two, is a PROBLEM).
+ */
+function preemptFigures(rounds: Round[], over: string, problems: string[]): Figure[] {
+  const all = rounds.filter((x) => x.postcopy);
+  const failed = (p: boolean) => all.filter((x) => x.failed && !!x.preempt === p).length;
+  const pc = all.filter((x) => !x.failed);
+  const [on, off] = [pc.filter((x) => x.preempt), pc.filter((x) => !x.preempt)];
+  for (const [j, x] of pc.entries()) {
+    const n = x.channels?.sent.length ?? 0;
+    if (x.preempt ? n < 2 : n > 1)
+      problems.push(`raw ${over} post-copy round ${j}${x.preempt ? ' with' : ' without'} postcopy-preempt: ${n} connection(s) to the target`);
+  }
+  const loads = (rs: Round[]) => rs.map((x) => x.load?.toFixed(1) ?? '?').join(', ');
+  const range = (v: number[]) => (v.length ? `${ms(Math.min(...v))}–${ms(Math.max(...v))}` : 'n/a');
+  const figs: Figure[] = [];
+  const values: readonly (readonly [string, (x: Round) => number | undefined])[] = [
+    ['longest ping gap', (x) => x.ping],
+    ['longest TCP stall', (x) => x.tcp],
+    ['transfer (until all pages arrived)', (x) => x.transferMs],
+    ["target's postcopy-blocktime (vCPUs waiting on faulted pages)", (x) => x.channels?.blocktimeMs],
+  ];
+  for (const [what, get] of values) {
+    const [a, b] = [on, off].map((rs) => rs.map(get).filter((v): v is number => v !== undefined));
+    figs.push({
+      name: `raw ${over} post-copy: ${what}, with postcopy-preempt / without (median of ${a.length} / ${b.length}; failed ${failed(true)} / ${failed(false)})`,
+      ratio: median(a) / median(b),
+      detail: `with ${a.map(ms).join(', ')} (${range(a)}); without ${b.map(ms).join(', ')} (${range(b)}) [${loadLine()}; at each start: with ${loads(on)}, without ${loads(off)}]`,
+    });
+  }
+  // The second connection's bytes against the requested pages (4 KiB each, plus a header).
+  const each = (rs: Round[], f: (c: ChannelCheck) => number | undefined) => rs.map((x) => (x.channels && f(x.channels)) ?? '?').join(', ');
+  figs.push({
+    name: `raw ${over} post-copy with postcopy-preempt: KiB on the second connection / KiB requested (4 KiB × postcopy-requests)`,
+    ratio: median(on.map((x) => (x.channels?.sent[1] ?? 0) / (4096 * (x.channels?.requests ?? NaN)))),
+    detail:
+      `with: second connection ${each(on, (c) => Math.round((c.sent[1] ?? 0) / 1024))} KiB, requests ${each(on, (c) => c.requests)}, ` +
+      `switches to the preempt channel (trace) ${each(on, (c) => c.trace?.['postcopy_preempt_switch_channel 1'] ?? 0)}, ` +
+      `TLS handshakes on it ${each(on, (c) => c.trace?.postcopy_preempt_tls_handshake ?? 0)}; ` +
+      `without: requests ${each(off, (c) => c.requests)}, connections ${each(off, (c) => c.sent.length)}`,
+  });
+  return figs;
+}
+
 /** One migration observed: gaps from 1 s before `migrate()` to 2 s after it returns. */
 async function observed(
   netns: string,
   addr: string,
-  postcopy: boolean,
-  migrate: () => Promise<{ took: number; seg?: PauseSegments; bytes?: number }>,
+  kind: Pick<Round, 'postcopy' | 'preempt'>,
+  migrate: () => Promise<{ took: number; seg?: PauseSegments; bytes?: number; channels?: ChannelCheck }>,
 ): Promise<Round> {
   const o = observe(netns, addr);
   try {
@@ -199,11 +319,12 @@ async function observed(
     });
     await sleep(1000);
     const from = now();
+    const load = loadavg()[0];
     const r = await migrate();
-    const { took: transferMs, seg, bytes } = r;
+    const { took: transferMs, seg, bytes, channels } = r;
     await sleep(2000);
     const to = now();
-    return { postcopy, ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes };
+    return { ...kind, load, ping: o.ping.longestGap(from, to), tcp: o.tcp.longestGap(from, to), transferMs, seg, bytes, channels };
   } finally {
     o.stop();
   }
@@ -223,6 +344,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
     c = await startCluster({ nodes: 2, nodeLog: (l) => void (l.includes(`${NS}/${NAME}: timeline `) && timelines.push(l)) });
     const client = c.client;
     if (LIVE && (POSTCOPY || AB)) throw new Error('BENCH_MIG_POSTCOPY is for the paused guest: not with BENCH_MIG_LIVE');
+    if (PREEMPT && !(POSTCOPY || AB)) throw new Error('BENCH_MIG_PREEMPT is for the post-copy rounds: set BENCH_MIG_POSTCOPY too');
     // The KubeVirt object's migration settings (the migration controller copies them into each migration).
     const migrations = (postcopy: boolean) =>
       client.patch(
@@ -301,6 +423,8 @@ export async function runMigrationGap(): Promise<BenchResult> {
     const iso = join(dir, 'raw-cidata.iso');
     await buildCloudInitIso({ kind: 'noCloud', userData: rawUserData, metaData: { instanceId: 'raw-gap', localHostname: 'raw-gap' }, dest: iso });
     const own = (a: string) => /(?:^|,)filename=([^,]+)/.exec(a)?.[1];
+    // The log backend's trace lines go to the QEMU log launch() sets (-D).
+    const traceLog = (d: string) => runDirFiles(d).log;
     const tools = await findPriorityTools();
     let launched = 0;
     const rawLaunch = async (node: number, incoming: boolean): Promise<string> => {
@@ -315,6 +439,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
       };
       const a = argv.map(swap);
       if (a.filter((x, j) => x !== argv[j]).length !== 3) throw new Error(`the raw argv: disk, seed and tap not all swapped: ${argv.join(' ')}`);
+      // With BENCH_MIG_PREEMPT every raw QEMU traces the preempt channel's events (none fire without the capability);
+      // not postcopy_preempt_send_host_page, which fires for every page sent (~37000 log lines a migration).
+      if (PREEMPT) for (const e of PREEMPT_TRACE) a.push('-trace', `enable=postcopy_preempt_${e}`);
       await launch({
         runDir: d,
         argv: incoming ? [...a, '-incoming', 'defer'] : a,
@@ -342,8 +469,9 @@ export async function runMigrationGap(): Promise<BenchResult> {
     for (let i = 0; i < ROUNDS; i++) {
       const from = (await status()).nodeName;
       const pc = postcopyRound(i);
+      const preempt = preemptRound(i);
       vessel.push(
-        await observed(observer, addr, pc, async () => {
+        await observed(observer, addr, { postcopy: pc }, async () => {
           const name = `gap-${i}`;
           await client.create(
             VMIM,
@@ -394,8 +522,10 @@ export async function runMigrationGap(): Promise<BenchResult> {
       for (const tls of [false, true]) {
         const dstNode = 1 - srcNode;
         const dst = await rawLaunch(dstNode, true);
+        const kind = { postcopy: pc, preempt };
+        const over = tls ? 'TLS' : 'plain';
         (tls ? rawTlsRounds : rawRounds).push(
-          await observed(raw.nodes[0].netns, RAW_ADDR, pc, async () => {
+          await observed(raw.nodes[0].netns, RAW_ADDR, kind, async () => {
             const tq = await QmpClient.connect(runDirFiles(dst).qmp, { timeoutMs: 10_000, waitForSocket: true });
             const sq = await QmpClient.connect(runDirFiles(src).qmp, { timeoutMs: 10_000, waitForSocket: true });
             const st = new MigrationTimeline().attach(sq);
@@ -403,11 +533,21 @@ export async function runMigrationGap(): Promise<BenchResult> {
             try {
               // The MIGRATION events carry the breakdown's times (as the agents turn them on); post-copy
               // set either way on both (a QEMU keeps its capabilities from the migration before).
+              // postcopy-preempt needs postcopy-ram on (set together) and, on the target, comes before migrate-incoming.
               const caps = [
                 { capability: 'events', state: true },
                 { capability: 'postcopy-ram', state: pc },
+                { capability: 'postcopy-preempt', state: preempt },
               ];
               for (const q of [sq, tq]) await q.execute('migrate-set-capabilities', { capabilities: caps });
+              // The target's vCPU time blocked on faulted pages (query-migrate postcopy-blocktime).
+              await tq.execute('migrate-set-capabilities', { capabilities: [{ capability: 'postcopy-blocktime', state: pc }] });
+              const traceFrom = PREEMPT
+                ? await stat(traceLog(src)).then(
+                    (x) => x.size,
+                    () => 0,
+                  )
+                : 0;
               if (tls) {
                 const [sa, da] = [agents[srcNode], agents[dstNode]];
                 await tq.execute('object-add', {
@@ -440,17 +580,38 @@ export async function runMigrationGap(): Promise<BenchResult> {
               await sq.execute('migrate', { uri: `tcp:${raw!.nodes[dstNode].fabricIp}:${port}` });
               // As the agent: taken once `migrate` set the migration up, switching at the first iteration.
               if (pc) await sq.execute('migrate-start-postcopy');
+              // Post-copy: the source's connections to the target's port, sampled until completed (they close then).
+              const sent = new Map<string, number>();
+              let sampling = pc;
+              const sampler = (async () => {
+                while (sampling) {
+                  for (const [k, v] of await connectionsTo(raw!.nodes[srcNode].netns, String(port))) sent.set(k, v);
+                  await sleep(100);
+                }
+              })();
+              type Mq = { status?: string; 'error-desc'?: string; ram?: { transferred?: number; 'postcopy-requests'?: number } };
               const info = await pollUntil(
                 'the raw migration completed',
                 async () => {
-                  const q = await sq.execute<{ status?: string; 'error-desc'?: string; ram?: { transferred?: number } }>('query-migrate');
+                  const q = await sq.execute<Mq>('query-migrate');
                   if (q.status === 'failed' || q.status === 'cancelled') throw new Error(`raw migration ${q.status}: ${q['error-desc']}`);
+                  // A broken post-copy stream pauses (recoverable with migrate-recover; not tried here): the target's log says why.
+                  if (q.status === 'postcopy-paused') {
+                    const log = (await readFile(traceLog(dst), 'utf8').catch(() => '')).split('\n');
+                    throw new Error(
+                      `raw migration postcopy-paused; the target's log: ${log
+                        .filter((l) => / qemu-system-\w+: /.test(l))
+                        .slice(-3)
+                        .join(' | ')}`,
+                    );
+                  }
                   return q.status === 'completed' ? q : undefined;
                 },
                 600_000,
                 50,
-              );
+              ).finally(() => (sampling = false));
               const took = Date.now() - t0;
+              await sampler;
               // Post-copy asked for but precopy completed first (migrate-start-postcopy came too late):
               // the guest paused on the target as after a stop-and-copy, so it is resumed as one.
               const switched = pc && st.marks['postcopy-active'] !== undefined;
@@ -475,24 +636,48 @@ export async function runMigrationGap(): Promise<BenchResult> {
                   () => undefined,
                 );
               }
+              let channels: ChannelCheck | undefined;
+              if (pc) {
+                const blocktime = (await tq.execute<{ 'postcopy-blocktime'?: number }>('query-migrate').catch(() => undefined))?.['postcopy-blocktime'];
+                channels = { sent: [...sent.values()].sort((x, y) => y - x), requests: info.ram?.['postcopy-requests'], blocktimeMs: blocktime };
+                if (PREEMPT)
+                  channels.trace = await traceCounts([
+                    { path: traceLog(src), from: traceFrom },
+                    { path: traceLog(dst), from: 0 },
+                  ]);
+              }
               await sq.execute('quit').catch(() => undefined);
-              return { took, seg: pauseSegments(st.marks, dt.marks), bytes: info.ram?.transferred };
+              return { took, seg: pauseSegments(st.marks, dt.marks), bytes: info.ram?.transferred, channels };
             } finally {
               st.detach();
               dt.detach();
               await sq.close();
               await tq.close();
             }
+          }).catch(async (e: Error): Promise<Round> => {
+            // A raw migration that failed (QEMU 7.2's preempt channel once broke the stream): counted, and a
+            // fresh raw guest booted where the old one was, so the rounds go on.
+            problems.push(`raw ${over} round ${i}${preempt ? ' (preempt)' : ''}: ${e.message}`);
+            await terminate(dst, { graceMs: 2000 }).catch(() => undefined);
+            await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+            src = await rawLaunch(srcNode, false);
+            await waitForSerial(src, 'VESSEL-TICK-READY', BOOT_TIMEOUT_MS);
+            return { ...kind, ping: NaN, tcp: NaN, transferMs: NaN, failed: e.message };
           }),
         );
-        await terminate(src, { graceMs: 2000 }).catch(() => undefined);
-        src = dst;
-        srcNode = dstNode;
-        console.log(`raw ${tls ? 'TLS' : 'plain'} round ${i}${pc ? ' (post-copy)' : ''}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`);
+        if (!(tls ? rawTlsRounds : rawRounds).at(-1)!.failed) {
+          await terminate(src, { graceMs: 2000 }).catch(() => undefined);
+          src = dst;
+          srcNode = dstNode;
+        }
+        console.log(
+          `raw ${over} round ${i}${pc ? ' (post-copy)' : ''}${preempt ? ' (preempt)' : ''}: ${JSON.stringify((tls ? rawTlsRounds : rawRounds).at(-1))}`,
+        );
       }
     }
 
     // The kinds the rounds were (one, or with BENCH_MIG_POSTCOPY=ab both), each figure per kind.
+    // With BENCH_MIG_PREEMPT the Vessel / raw figures compare against the raw rounds without it (as Vessel runs).
     const kinds = AB
       ? [
           { label: ' [stop-and-copy]', postcopy: false },
@@ -501,7 +686,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
       : [{ label: POSTCOPY ? ' [post-copy from the paused source]' : '', postcopy: POSTCOPY }];
     const vesselOver = PLAIN ? 'Vessel over plain TCP' : 'Vessel over TLS';
     for (const kind of kinds) {
-      const [V, R, T] = [vessel, rawRounds, rawTlsRounds].map((rs) => rs.filter((x) => x.postcopy === kind.postcopy));
+      const [V, R, T] = [vessel, rawRounds, rawTlsRounds].map((rs) => rs.filter((x) => x.postcopy === kind.postcopy && !x.preempt && !x.failed));
       const n = V.length;
       const fig = (name: string, key: 'ping' | 'tcp' | 'transferMs', goal: string) => {
         const [v, r, t] = [V, R, T].map((rs) => rs.map((x) => x[key]));
@@ -535,6 +720,7 @@ export async function runMigrationGap(): Promise<BenchResult> {
         `${vesselOver}, raw plain TCP and over TLS`,
       );
     }
+    if (PREEMPT) figures.push(...preemptFigures(rawRounds, 'plain', problems), ...preemptFigures(rawTlsRounds, 'TLS', problems));
   } catch (e) {
     problems.push(e instanceof Error ? e.message : String(e));
   } finally {
