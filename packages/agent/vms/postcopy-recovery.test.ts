@@ -1,9 +1,12 @@
 /**
  * The pure decisions of post-copy recovery (vms/postcopy-recovery.ts): the note the agents
  * share, the source's steps (ask, resume once, give up past the bound) and the target's
- * (pause, listen, lost). The real recovery runs in e2e/migration-settings.scenario.test.ts.
+ * (pause, listen, lost), and connectingTo on sample rows and on the kernel's own table. The real
+ * recovery runs in e2e/migration-settings.scenario.test.ts and e2e/postcopy-crash.scenario.test.ts.
  */
 import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import { connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import {
   connectingTo,
@@ -162,6 +165,22 @@ test('connectingTo: a socket of the table connecting or connected to the address
   assert.equal(connectingTo(row('0302010A:9C40', '02'), '10.1.2.3:40000'), false, 'the first line is the header');
   assert.equal(connectingTo(head + row('0302010A:9C40', '02'), 'h:40000'), false, 'not an IPv4 address');
   assert.equal(connectingTo('', '10.1.2.3:40000'), false);
+});
+
+test("connectingTo reads the kernel's own table: a loopback connection is seen while it is open", async () => {
+  const server = createServer((s) => s.on('error', () => undefined));
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const address = `127.0.0.1:${(server.address() as { port: number }).port}`;
+  const table = () => readFile('/proc/self/net/tcp', 'utf8');
+  assert.equal(connectingTo(await table(), address), false, 'the listener alone is no connection to it');
+  const client: Socket = connect({ host: '127.0.0.1', port: Number(address.split(':')[1]) });
+  await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
+  try {
+    assert.equal(connectingTo(await table(), address), true, 'the established connection');
+  } finally {
+    client.destroy();
+    await new Promise((r) => server.close(r));
+  }
 });
 
 test('resumedAttempt: the attempt of this migration only', () => {
