@@ -32,7 +32,8 @@ import type { ResourceRef } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
 import { cutTcp, eventually, run, type TestCluster } from './harness.ts';
 import { busyVm, DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
-import { recordsWritten, recordText, serialLog, tinyVm } from './tiny-vm.ts';
+import { connectionsTo } from '../packages/agent/vms/postcopy-recovery.ts';
+import { recordsWritten, recordText, runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
 const { vmiStatus, dirtyRounds, qemus, migrateAndWait, runningAndDirtying } = g;
@@ -657,8 +658,17 @@ test(
       const detectedSecs = (Date.now() - t0) / 1000;
       const st = ((await c.client.get(VMIM, 'postcopy-recovered', { namespace: ns })).status ?? {}) as { phase?: string };
       assert.equal(st.phase, 'Running', 'not given up while the recovery runs');
-      // The source's resume is under way now (its SYNs dropped): the link comes back a little later.
-      await new Promise((r) => setTimeout(r, 2000));
+      // The source's resume is under way now (its SYNs dropped). Held cut for 8 s (past the 3 s
+      // after which the source looks for its connect): one connect, no second resume racing it.
+      const qemuPid = Number((await readFile(join((await runDirOf(g.agentOf(source).dataDir, ns, NAME))!, 'qemu.pid'), 'utf8')).trim());
+      const connects = async () =>
+        (await Promise.all(['tcp', 'tcp6'].map((f) => readFile(`/proc/${qemuPid}/net/${f}`, 'utf8').catch(() => '')))).reduce(
+          (n, t) => n + connectionsTo(t, note.address!),
+          0,
+        );
+      await eventually('the source QEMU connecting for its resume', async () => ((await connects()) > 0 ? true : undefined), 30_000, 100);
+      await new Promise((r) => setTimeout(r, 8000));
+      assert.equal(await connects(), 1, 'one connect under way while the link is cut, not a second resume');
       await restore();
       const t1 = Date.now();
       // When the source's QEMU sends again (postcopy-active after the recovery, or done): the figure

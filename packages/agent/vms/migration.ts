@@ -72,7 +72,7 @@ import {
   dropRecoveryNote,
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
-  connectingTo,
+  connectionsTo,
   RESUME_CONNECT_GRACE_MS,
   recoveryNote,
   RESUMED_FILE,
@@ -218,12 +218,12 @@ export function resumeSourceAfterFailure(before: string, restarted: boolean, use
   return !userPaused && (before === 'finish-migrate' || before === 'postmigrate');
 }
 
-/** Whether the QEMU of `runDir` has a connection to `address` under way or made (connectingTo: its network namespace's socket table). */
+/** Whether the QEMU of `runDir` has a connection to `address` under way or made (in its network namespace's socket table). */
 async function qemuConnectingTo(runDir: string, address: string): Promise<boolean> {
   const pid = await probe(runDir);
   if (pid === undefined) return false;
   const tables = await Promise.all(['tcp', 'tcp6'].map((f) => readFile(`/proc/${pid}/net/${f}`, 'utf8').catch(() => '')));
-  return tables.some((t) => connectingTo(t, address));
+  return tables.some((t) => connectionsTo(t, address) > 0);
 }
 
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {

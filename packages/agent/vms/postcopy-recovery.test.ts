@@ -1,7 +1,7 @@
 /**
  * The pure decisions of post-copy recovery (vms/postcopy-recovery.ts): the note the agents
  * share, the source's steps (ask, resume once, give up past the bound) and the target's
- * (pause, listen, lost), and connectingTo on sample rows and on the kernel's own table. The real
+ * (pause, listen, lost), and connectionsTo on sample rows and on the kernel's own table. The real
  * recovery runs in e2e/migration-settings.scenario.test.ts and e2e/postcopy-crash.scenario.test.ts.
  */
 import assert from 'node:assert/strict';
@@ -9,7 +9,7 @@ import { readFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { test } from 'node:test';
 import {
-  connectingTo,
+  connectionsTo,
   dropRecoveryNote,
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
@@ -151,32 +151,33 @@ test('SourceRecovery.resumeAgain: a resume found not connecting goes again to th
   assert.deepEqual(fresh.step('postcopy-paused', 0, undefined), { action: 'request', attempt: 1 });
 });
 
-test('connectingTo: a socket of the table connecting or connected to the address, IPv4 or v4-mapped IPv6', () => {
+test('connectionsTo: the sockets of the table connecting or connected to the address, IPv4 or v4-mapped IPv6', () => {
   const head = '  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n';
   // 10.1.2.3:40000 (0x9C40) seen from 10.1.2.9; a listener; states 02 SYN_SENT, 01 ESTABLISHED, 06 TIME_WAIT.
   const row = (rem: string, st: string) =>
     `   0: 0902010A:D431 ${rem} ${st} 00000000:00000000 01:00000200 00000002     0        0 0 1 0000000000000000 100 0 0 10 0\n`;
-  assert.equal(connectingTo(head + row('0302010A:9C40', '02'), '10.1.2.3:40000'), true, 'SYN_SENT: a connect under way');
-  assert.equal(connectingTo(head + row('0302010A:9C40', '01'), '10.1.2.3:40000'), true, 'ESTABLISHED');
-  assert.equal(connectingTo(head + row('0302010A:9C40', '06'), '10.1.2.3:40000'), false, 'TIME_WAIT: a connection that ended');
-  assert.equal(connectingTo(head + row('0302010A:9C41', '02'), '10.1.2.3:40000'), false, 'another port');
-  assert.equal(connectingTo(head + row('0402010A:9C40', '02'), '10.1.2.3:40000'), false, 'another host');
-  assert.equal(connectingTo(head + row('0000000000000000FFFF00000302010A:9C40', '02'), '10.1.2.3:40000'), true, 'v4-mapped in tcp6');
-  assert.equal(connectingTo(row('0302010A:9C40', '02'), '10.1.2.3:40000'), false, 'the first line is the header');
-  assert.equal(connectingTo(head + row('0302010A:9C40', '02'), 'h:40000'), false, 'not an IPv4 address');
-  assert.equal(connectingTo('', '10.1.2.3:40000'), false);
+  assert.equal(connectionsTo(head + row('0302010A:9C40', '02'), '10.1.2.3:40000'), 1, 'SYN_SENT: a connect under way');
+  assert.equal(connectionsTo(head + row('0302010A:9C40', '01'), '10.1.2.3:40000'), 1, 'ESTABLISHED');
+  assert.equal(connectionsTo(head + row('0302010A:9C40', '06'), '10.1.2.3:40000'), 0, 'TIME_WAIT: a connection that ended');
+  assert.equal(connectionsTo(head + row('0302010A:9C40', '02') + row('0302010A:9C40', '02'), '10.1.2.3:40000'), 2, 'two connects at once');
+  assert.equal(connectionsTo(head + row('0302010A:9C41', '02'), '10.1.2.3:40000'), 0, 'another port');
+  assert.equal(connectionsTo(head + row('0402010A:9C40', '02'), '10.1.2.3:40000'), 0, 'another host');
+  assert.equal(connectionsTo(head + row('0000000000000000FFFF00000302010A:9C40', '02'), '10.1.2.3:40000'), 1, 'v4-mapped in tcp6');
+  assert.equal(connectionsTo(row('0302010A:9C40', '02'), '10.1.2.3:40000'), 0, 'the first line is the header');
+  assert.equal(connectionsTo(head + row('0302010A:9C40', '02'), 'h:40000'), 0, 'not an IPv4 address');
+  assert.equal(connectionsTo('', '10.1.2.3:40000'), 0);
 });
 
-test("connectingTo reads the kernel's own table: a loopback connection is seen while it is open", async () => {
+test("connectionsTo reads the kernel's own table: a loopback connection is seen while it is open", async () => {
   const server = createServer((s) => s.on('error', () => undefined));
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   const address = `127.0.0.1:${(server.address() as { port: number }).port}`;
   const table = () => readFile('/proc/self/net/tcp', 'utf8');
-  assert.equal(connectingTo(await table(), address), false, 'the listener alone is no connection to it');
+  assert.equal(connectionsTo(await table(), address), 0, 'the listener alone is no connection to it');
   const client: Socket = connect({ host: '127.0.0.1', port: Number(address.split(':')[1]) });
   await new Promise<void>((r, j) => client.once('connect', r).once('error', j));
   try {
-    assert.equal(connectingTo(await table(), address), true, 'the established connection');
+    assert.equal(connectionsTo(await table(), address), 1, 'the established connection');
   } finally {
     client.destroy();
     await new Promise((r) => server.close(r));

@@ -208,22 +208,23 @@ const SYN_SENT = '02';
 const ESTABLISHED = '01';
 
 /**
- * Whether the `/proc/<pid>/net/tcp` or `tcp6` text `table` (the socket table of the network
- * namespace QEMU runs in) holds a connection to `address` (`ipv4:port`) that is connecting
- * (SYN_SENT) or connected: a `migrate resume` under way. IPv4 addresses appear in tcp6 as
- * v4-mapped. A malformed address matches nothing.
+ * How many connections to `address` (`ipv4:port`) the `/proc/<pid>/net/tcp` or `tcp6` text
+ * `table` (the socket table of the network namespace QEMU runs in) holds that are connecting
+ * (SYN_SENT) or connected: more than none is a `migrate resume` under way. IPv4 addresses appear
+ * in tcp6 as v4-mapped. A malformed address matches nothing.
  */
-export function connectingTo(table: string, address: string): boolean {
+export function connectionsTo(table: string, address: string): number {
   const m = /^(\d+)\.(\d+)\.(\d+)\.(\d+):(\d+)$/.exec(address);
-  if (!m) return false;
+  if (!m) return 0;
   const hex = (n: number, width: number) => n.toString(16).toUpperCase().padStart(width, '0');
   // The kernel prints the address as the 32-bit word in host (little-endian) order.
   const ip = [m[4], m[3], m[2], m[1]].map((o) => hex(Number(o), 2)).join('');
   const port = hex(Number(m[5]), 4);
   const wanted = new Set([`${ip}:${port}`, `0000000000000000FFFF0000${ip}:${port}`]);
+  let n = 0;
   for (const line of table.split('\n').slice(1)) {
     const f = line.trim().split(/\s+/);
-    if (f.length > 3 && wanted.has(f[2]) && (f[3] === SYN_SENT || f[3] === ESTABLISHED)) return true;
+    if (f.length > 3 && wanted.has(f[2]) && (f[3] === SYN_SENT || f[3] === ESTABLISHED)) n++;
   }
-  return false;
+  return n;
 }
