@@ -32,7 +32,7 @@ import type { ResourceRef } from '@vessel/client';
 import type { KubeObject } from '@vessel/runtime';
 import { cutTcp, eventually, run, type TestCluster } from './harness.ts';
 import { busyVm, DirtyGuestCluster, KV, LIVE_UNDER_TCG, NAME, ns, USER_DATA, VM, VMI, VMIM, type Obj } from './migration-settings-fixture.ts';
-import { connectionsTo } from '../packages/agent/vms/postcopy-recovery.ts';
+import { qemuConnectionsTo } from '../packages/agent/vms/migration.ts';
 import { recordsWritten, recordText, runDirOf, serialLog, tinyVm } from './tiny-vm.ts';
 
 const g = new DirtyGuestCluster();
@@ -660,12 +660,8 @@ test(
       assert.equal(st.phase, 'Running', 'not given up while the recovery runs');
       // The source's resume is under way now (its SYNs dropped). Held cut for 8 s (past the 3 s
       // after which the source looks for its connect): one connect, no second resume racing it.
-      const qemuPid = Number((await readFile(join((await runDirOf(g.agentOf(source).dataDir, ns, NAME))!, 'qemu.pid'), 'utf8')).trim());
-      const connects = async () =>
-        (await Promise.all(['tcp', 'tcp6'].map((f) => readFile(`/proc/${qemuPid}/net/${f}`, 'utf8').catch(() => '')))).reduce(
-          (n, t) => n + connectionsTo(t, note.address!),
-          0,
-        );
+      const sourceRunDir = (await runDirOf(g.agentOf(source).dataDir, ns, NAME))!;
+      const connects = () => qemuConnectionsTo(sourceRunDir, note.address!);
       await eventually('the source QEMU connecting for its resume', async () => ((await connects()) > 0 ? true : undefined), 30_000, 100);
       await new Promise((r) => setTimeout(r, 8000));
       assert.equal(await connects(), 1, 'one connect under way while the link is cut, not a second resume');

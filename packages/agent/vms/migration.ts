@@ -69,12 +69,12 @@ import {
   type Verdict,
 } from './migration-settings.ts';
 import {
+  connectionsTo,
   dropRecoveryNote,
   RECOVERY_ANNOTATION,
   recoveryBoundMs,
-  connectionsTo,
-  RESUME_CONNECT_GRACE_MS,
   recoveryNote,
+  RESUME_CONNECT_GRACE_MS,
   RESUMED_FILE,
   resumedAttempt,
   SourceRecovery,
@@ -218,12 +218,12 @@ export function resumeSourceAfterFailure(before: string, restarted: boolean, use
   return !userPaused && (before === 'finish-migrate' || before === 'postmigrate');
 }
 
-/** Whether the QEMU of `runDir` has a connection to `address` under way or made (in its network namespace's socket table). */
-async function qemuConnectingTo(runDir: string, address: string): Promise<boolean> {
+/** How many connections the QEMU of `runDir` has under way or made to `address` (in its network namespace's socket tables); 0 without that QEMU. */
+export async function qemuConnectionsTo(runDir: string, address: string): Promise<number> {
   const pid = await probe(runDir);
-  if (pid === undefined) return false;
+  if (pid === undefined) return 0;
   const tables = await Promise.all(['tcp', 'tcp6'].map((f) => readFile(`/proc/${pid}/net/${f}`, 'utf8').catch(() => '')));
-  return tables.some((t) => connectionsTo(t, address) > 0);
+  return tables.reduce((n, t) => n + connectionsTo(t, address), 0);
 }
 
 export function masqueradePod(spec: Partial<V1VirtualMachineInstanceSpec> | undefined): boolean {
@@ -1106,7 +1106,7 @@ export class VmMigrations {
           recovery.awaitingConnect &&
           note?.address &&
           Date.now() - resumeSentAt >= RESUME_CONNECT_GRACE_MS &&
-          !(await qemuConnectingTo(this.host.runDirOf(vmi), note.address))
+          (await qemuConnectionsTo(this.host.runDirOf(vmi), note.address)) === 0
         ) {
           this.host.log(`migration: ${key}: no connect under way to ${note.address}: the post-copy's resume is sent again`);
           recovery.resumeAgain();
