@@ -149,7 +149,16 @@ test('a dedicated VM owns CPU 1, a shared hugepages VM runs off it on hugetlb me
     20_000,
   );
   assert.ok(pinned.length > 1);
-  const shared = await threads(await qemuPid('shared-hp'));
+  // shared-hp may have started after pinned's pool change: its own affinity, set right after its
+  // start, is waited for too (seen: a CI run that read it first, every thread still on 0-1).
+  const shared = await eventually(
+    'shared-hp: every thread on CPU 0',
+    async () => {
+      const ts = await threads(await qemuPid('shared-hp'));
+      return ts.some((t) => /^CPU \d+\/TCG$/.test(t.comm)) && ts.every((t) => t.cpus === '0') ? ts : undefined;
+    },
+    20_000,
+  ).catch(async () => threads(await qemuPid('shared-hp')));
   assert.ok(shared.some((t) => /^CPU \d+\/TCG$/.test(t.comm)));
   for (const t of shared) assert.equal(t.cpus, '0', `shared-hp thread ${t.comm} (${t.tid}) may run on ${t.cpus}`);
 
